@@ -1,0 +1,256 @@
+// Package api is the contract between the banger CLI and bangerd: the wire
+// types, the error codes, the HTTP routes under /v1/ on the daemon's unix
+// socket (server side: a handler over a Service), and the client the CLI
+// uses. It holds no VM logic: the daemon implements Service.
+package api
+
+import (
+	"context"
+	"io"
+
+	"github.com/banger/banger/internal/model"
+)
+
+// Progress reports a phase of long work (image build, kernel pull, VM boot).
+type Progress struct {
+	Phase   string  `json:"phase"`             // short machine name, e.g. "debootstrap", "mkfs", "boot", "ssh"
+	Message string  `json:"message,omitempty"` // human line
+	Done    int64   `json:"done,omitempty"`    // units done, when known (bytes, files)
+	Total   int64   `json:"total,omitempty"`   // units in all, when known
+	Elapsed float64 `json:"elapsed,omitempty"` // seconds since the work began
+}
+
+// ProgressFunc receives progress events; it must not block for long.
+type ProgressFunc func(Progress)
+
+// VersionInfo describes a binary.
+type VersionInfo struct {
+	Version   string `json:"version"`
+	Commit    string `json:"commit,omitempty"`
+	GoVersion string `json:"go_version"`
+}
+
+// DaemonInfo is what `banger daemon status` and `banger doctor` show, and what
+// the CLI needs to exec ssh into a VM.
+type DaemonInfo struct {
+	Version  VersionInfo `json:"version"`
+	PID      int         `json:"pid"`
+	StateDir string      `json:"state_dir"`
+	Socket   string      `json:"socket"`
+	LogPath  string      `json:"log_path"`
+	Netns    string      `json:"netns,omitempty"` // network namespace the daemon's networking lives in
+	Started  string      `json:"started"`         // RFC 3339
+}
+
+// DoctorCheck is one line of `banger doctor`.
+type DoctorCheck struct {
+	Name   string `json:"name"` // "kvm", "firecracker", "qemu", "device-mapper", "reflink", "tun", "nftables", …
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail"` // what was found
+	Fix    string `json:"fix,omitempty"`
+}
+
+// DoctorReport is the host's capabilities and the choices the daemon makes.
+type DoctorReport struct {
+	VMM         string        `json:"vmm"`          // driver new VMs get
+	Accel       string        `json:"accel"`        // kvm or tcg
+	CowStrategy string        `json:"cow_strategy"` // strategy new VMs get
+	NetworkMode string        `json:"network_mode"` // "host" or "netns:<name>"
+	Checks      []DoctorCheck `json:"checks"`
+}
+
+// BuildImageRequest asks for an image made from distribution packages.
+type BuildImageRequest struct {
+	Name     string      `json:"name,omitempty"`
+	Distro   string      `json:"distro,omitempty"` // "debian"
+	Suite    string      `json:"suite,omitempty"`  // "bookworm"
+	Packages []string    `json:"packages,omitempty"`
+	Size     string      `json:"size,omitempty"`    // e.g. "2G"
+	Init     string      `json:"init,omitempty"`    // "fast" or "systemd"
+	Scripts  []NamedBlob `json:"scripts,omitempty"` // shell scripts run in the new root (content sent by the CLI)
+	Copies   []CopySpec  `json:"copies,omitempty"`  // host files put into the image
+	NoCache  bool        `json:"no_cache,omitempty"`
+}
+
+// NamedBlob is a file the CLI read on the user's behalf.
+type NamedBlob struct {
+	Name    string `json:"name"`
+	Content []byte `json:"content"`
+}
+
+// CopySpec is a host path copied into the image at Dst. Src is read by the
+// daemon (it runs as root on the same host).
+type CopySpec struct {
+	Src string `json:"src"`
+	Dst string `json:"dst"`
+}
+
+// ImportImageRequest registers an existing ext4 file as an image.
+type ImportImageRequest struct {
+	Path string `json:"path"`
+	Name string `json:"name,omitempty"`
+}
+
+// KernelEntry is a line of `kernel list`: a catalog entry, a pulled or
+// imported kernel, or both.
+type KernelEntry struct {
+	Name        string        `json:"name"`
+	Catalog     bool          `json:"catalog"`               // listed in the embedded catalog
+	Description string        `json:"description,omitempty"` // from the catalog
+	Kernel      *model.Kernel `json:"kernel,omitempty"`      // set when pulled or imported
+}
+
+// ImportKernelRequest registers a user's kernel.
+type ImportKernelRequest struct {
+	Name    string `json:"name"`
+	Vmlinux string `json:"vmlinux"`
+	BzImage string `json:"bzimage,omitempty"`
+	Initrd  string `json:"initrd,omitempty"`
+	Cmdline string `json:"cmdline,omitempty"`
+}
+
+// CreateVMRequest asks for a VM record and its disks.
+type CreateVMRequest struct {
+	Name   string `json:"name,omitempty"`
+	Image  string `json:"image,omitempty"`  // name or id; default image when empty
+	Kernel string `json:"kernel,omitempty"` // name or id; default kernel when empty
+	CPUs   int    `json:"cpus,omitempty"`
+	Memory string `json:"memory,omitempty"` // e.g. "1G"
+	Disk   string `json:"disk,omitempty"`   // work disk size, e.g. "4G"
+	VMM    string `json:"vmm,omitempty"`    // "", "auto", "firecracker", "qemu"
+	Start  bool   `json:"start,omitempty"`  // boot and wait for SSH after creating
+}
+
+// StopVMRequest tunes a stop.
+type StopVMRequest struct {
+	TimeoutSeconds int  `json:"timeout_seconds,omitempty"` // graceful wait before killing; default 30
+	Force          bool `json:"force,omitempty"`           // kill at once
+}
+
+// LogsRequest selects VM logs.
+type LogsRequest struct {
+	Source string `json:"source,omitempty"` // "console" (default), "vmm", "all"
+	Tail   int    `json:"tail,omitempty"`   // last N lines; 0 = all
+	Follow bool   `json:"follow,omitempty"`
+}
+
+// ExecRequest runs a command in a VM over the daemon's SSH client.
+type ExecRequest struct {
+	Command []string          `json:"command"` // argv; quoted for the guest shell by the daemon
+	Env     map[string]string `json:"env,omitempty"`
+	Cwd     string            `json:"cwd,omitempty"`
+}
+
+// SSHInfo is what the CLI needs to exec the system ssh into a VM.
+type SSHInfo struct {
+	Host           string `json:"host"` // guest IP
+	User           string `json:"user"` // root
+	Port           int    `json:"port"`
+	KeyPath        string `json:"key_path"`         // daemon's private key (root-only)
+	KnownHostsPath string `json:"known_hosts_path"` // pinned host key
+	Netns          string `json:"netns,omitempty"`
+}
+
+// WorkspaceRequest prepares a repository in a VM. The tar stream of the
+// files (made by the CLI, which can read the user's repository) is the
+// request body.
+type WorkspaceRequest struct {
+	GuestPath string `json:"guest_path,omitempty"` // default /root/repo
+	ReadOnly  bool   `json:"readonly,omitempty"`
+	Mode      string `json:"mode,omitempty"` // "full" (with .git) or "tracked"
+	Force     bool   `json:"force,omitempty"`
+}
+
+// WorkspaceInfo reports a prepared workspace.
+type WorkspaceInfo struct {
+	GuestPath string `json:"guest_path"`
+	Files     int64  `json:"files"`
+	Bytes     int64  `json:"bytes"`
+	Head      string `json:"head,omitempty"` // guest HEAD commit after prepare
+}
+
+// ExportRequest asks for the guest repository's changes.
+type ExportRequest struct {
+	GuestPath string `json:"guest_path,omitempty"`
+	Format    string `json:"format"`         // "bundle" or "patch"
+	Base      string `json:"base,omitempty"` // host commit the workspace was prepared from; changes since it
+	Message   string `json:"message,omitempty"`
+}
+
+// StartSessionRequest starts a guest session.
+type StartSessionRequest struct {
+	Name    string            `json:"name,omitempty"`
+	Command string            `json:"command"`
+	Args    []string          `json:"args,omitempty"`
+	Env     map[string]string `json:"env,omitempty"`
+	Cwd     string            `json:"cwd,omitempty"`
+	Stdin   string            `json:"stdin,omitempty"` // pipe (default) or closed
+	Require []string          `json:"require,omitempty"`
+}
+
+// SessionLogsRequest selects a session's output.
+type SessionLogsRequest struct {
+	Stderr bool `json:"stderr,omitempty"`
+	Tail   int  `json:"tail,omitempty"`
+	Follow bool `json:"follow,omitempty"`
+}
+
+// StopSessionRequest stops a session.
+type StopSessionRequest struct {
+	Signal         string `json:"signal,omitempty"`          // default TERM
+	TimeoutSeconds int    `json:"timeout_seconds,omitempty"` // then KILL; 0 = default 10
+}
+
+// AttachIO is one attachment's streams. Stdin ends (EOF) when the client
+// detaches; Stdout and Stderr carry the session's output from the point of
+// attachment.
+type AttachIO struct {
+	Stdin  io.Reader
+	Stdout io.Writer
+	Stderr io.Writer
+}
+
+// Service is what the daemon offers. Refs are a name, a full id or a unique
+// id prefix. Errors are *Error values (see errors.go) so the handler maps
+// them to status codes; any other error is "internal".
+type Service interface {
+	Info(ctx context.Context) DaemonInfo
+	Doctor(ctx context.Context) DoctorReport
+
+	ListImages(ctx context.Context) ([]model.Image, error)
+	GetImage(ctx context.Context, ref string) (model.Image, error)
+	BuildImage(ctx context.Context, req BuildImageRequest, progress ProgressFunc) (model.Image, error)
+	ImportImage(ctx context.Context, req ImportImageRequest, progress ProgressFunc) (model.Image, error)
+	RemoveImage(ctx context.Context, ref string) error
+
+	ListKernels(ctx context.Context) ([]KernelEntry, error)
+	GetKernel(ctx context.Context, ref string) (model.Kernel, error)
+	PullKernel(ctx context.Context, name string, progress ProgressFunc) (model.Kernel, error)
+	ImportKernel(ctx context.Context, req ImportKernelRequest) (model.Kernel, error)
+	RemoveKernel(ctx context.Context, ref string) error
+
+	ListVMs(ctx context.Context) ([]model.VM, error)
+	GetVM(ctx context.Context, ref string) (model.VM, error)
+	CreateVM(ctx context.Context, req CreateVMRequest, progress ProgressFunc) (model.VM, error)
+	StartVM(ctx context.Context, ref string, progress ProgressFunc) (model.VM, error)
+	StopVM(ctx context.Context, ref string, req StopVMRequest) (model.VM, error)
+	RestartVM(ctx context.Context, ref string, progress ProgressFunc) (model.VM, error)
+	DeleteVM(ctx context.Context, ref string, force bool) error
+	VMLogs(ctx context.Context, ref string, req LogsRequest, w io.Writer) error
+	ExecVM(ctx context.Context, ref string, req ExecRequest, stdout, stderr io.Writer) (exitCode int, err error)
+	SSHInfo(ctx context.Context, ref string) (SSHInfo, error)
+	Hosts(ctx context.Context) (string, error) // /etc/hosts lines for running VMs
+
+	PrepareWorkspace(ctx context.Context, ref string, req WorkspaceRequest, tar io.Reader) (WorkspaceInfo, error)
+	ExportWorkspace(ctx context.Context, ref string, req ExportRequest, w io.Writer) error
+
+	ListSessions(ctx context.Context, vmRef string) ([]model.Session, error)
+	GetSession(ctx context.Context, vmRef, ref string) (model.Session, error)
+	StartSession(ctx context.Context, vmRef string, req StartSessionRequest) (model.Session, error)
+	SessionLogs(ctx context.Context, vmRef, ref string, req SessionLogsRequest, w io.Writer) error
+	SendSession(ctx context.Context, vmRef, ref string, data io.Reader) (int64, error)
+	AttachSession(ctx context.Context, vmRef, ref string, aio AttachIO) error
+	StopSession(ctx context.Context, vmRef, ref string, req StopSessionRequest) (model.Session, error)
+	KillSession(ctx context.Context, vmRef, ref string, signal string) (model.Session, error)
+	RemoveSession(ctx context.Context, vmRef, ref string) error
+}

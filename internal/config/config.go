@@ -1,0 +1,140 @@
+// Package config holds bangerd's settings and where they come from: built-in
+// defaults, then a JSON config file, then BANGER_* environment variables,
+// then command-line flags (the caller applies flags last). It does no other
+// I/O than reading the config file.
+package config
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Config is bangerd's configuration.
+type Config struct {
+	StateDir  string `json:"state_dir"`  // default /var/lib/banger
+	Socket    string `json:"socket"`     // default <state_dir>/bangerd.sock
+	CacheDir  string `json:"cache_dir"`  // build caches keyed by recipe; default /var/cache/banger
+	Group     string `json:"group"`      // optional group allowed on the socket and state dir
+	LogLevel  string `json:"log_level"`  // debug, info, warn, error
+	Netns     string `json:"netns"`      // run all networking inside this network namespace ("" = host)
+	VMM       string `json:"vmm"`        // auto, firecracker, qemu
+	Accel     string `json:"accel"`      // auto, kvm, tcg
+	Subnet    string `json:"subnet"`     // guest subnet, default 172.16.0.0/24 (gateway .1)
+	Bridge    string `json:"bridge"`     // default banger0
+	DNSSuffix string `json:"dns_suffix"` // default "vm"
+	// Binaries; looked up on PATH when empty. BinDir is where banger-init
+	// and the other banger binaries live (default: bangerd's own directory).
+	Firecracker string `json:"firecracker"`
+	QEMU        string `json:"qemu"`
+	BinDir      string `json:"bin_dir"`
+	// Defaults for new VMs and images.
+	DefaultImage  string `json:"default_image"`  // default "default"
+	DefaultKernel string `json:"default_kernel"` // default catalog entry name
+	CPUs          int    `json:"cpus"`           // default 2
+	Memory        string `json:"memory"`         // default "1G"
+	Disk          string `json:"disk"`           // work disk, default "4G"
+}
+
+// Defaults returns the built-in configuration.
+func Defaults() Config {
+	return Config{
+		StateDir:      "/var/lib/banger",
+		CacheDir:      "/var/cache/banger",
+		LogLevel:      "info",
+		VMM:           "auto",
+		Accel:         "auto",
+		Subnet:        "172.16.0.0/24",
+		Bridge:        "banger0",
+		DNSSuffix:     "vm",
+		DefaultImage:  "default",
+		DefaultKernel: "debian-cloud-bookworm",
+		CPUs:          2,
+		Memory:        "1G",
+		Disk:          "4G",
+	}
+}
+
+// envNames maps environment variables to fields.
+var envNames = map[string]func(c *Config) *string{
+	"BANGER_STATE_DIR":   func(c *Config) *string { return &c.StateDir },
+	"BANGER_SOCKET":      func(c *Config) *string { return &c.Socket },
+	"BANGER_CACHE_DIR":   func(c *Config) *string { return &c.CacheDir },
+	"BANGER_GROUP":       func(c *Config) *string { return &c.Group },
+	"BANGER_LOG_LEVEL":   func(c *Config) *string { return &c.LogLevel },
+	"BANGER_NETNS":       func(c *Config) *string { return &c.Netns },
+	"BANGER_VMM":         func(c *Config) *string { return &c.VMM },
+	"BANGER_ACCEL":       func(c *Config) *string { return &c.Accel },
+	"BANGER_SUBNET":      func(c *Config) *string { return &c.Subnet },
+	"BANGER_BRIDGE":      func(c *Config) *string { return &c.Bridge },
+	"BANGER_DNS_SUFFIX":  func(c *Config) *string { return &c.DNSSuffix },
+	"BANGER_FIRECRACKER": func(c *Config) *string { return &c.Firecracker },
+	"BANGER_QEMU":        func(c *Config) *string { return &c.QEMU },
+	"BANGER_BIN_DIR":     func(c *Config) *string { return &c.BinDir },
+}
+
+// Load returns defaults overlaid with the config file (if it exists) and the
+// environment. The file is BANGER_CONFIG, else <state dir>/config.json.
+func Load(getenv func(string) string) (Config, error) {
+	c := Defaults()
+	if v := getenv("BANGER_STATE_DIR"); v != "" {
+		c.StateDir = v
+	}
+	path := getenv("BANGER_CONFIG")
+	explicit := path != ""
+	if !explicit {
+		path = filepath.Join(c.StateDir, "config.json")
+	}
+	if b, err := os.ReadFile(path); err == nil {
+		dec := json.NewDecoder(strings.NewReader(string(b)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&c); err != nil {
+			return c, fmt.Errorf("config file %s: %w", path, err)
+		}
+	} else if explicit || !os.IsNotExist(err) {
+		return c, fmt.Errorf("config file: %w", err)
+	}
+	for name, field := range envNames {
+		if v := getenv(name); v != "" {
+			*field(&c) = v
+		}
+	}
+	c.Finish()
+	return c, nil
+}
+
+// Finish fills the settings derived from others.
+func (c *Config) Finish() {
+	if c.Socket == "" {
+		c.Socket = filepath.Join(c.StateDir, "bangerd.sock")
+	}
+}
+
+// Validate checks the settings that have a fixed set of values.
+func (c Config) Validate() error {
+	switch c.VMM {
+	case "auto", "firecracker", "qemu":
+	default:
+		return fmt.Errorf("invalid vmm %q: use auto, firecracker or qemu", c.VMM)
+	}
+	switch c.Accel {
+	case "auto", "kvm", "tcg":
+	default:
+		return fmt.Errorf("invalid accel %q: use auto, kvm or tcg", c.Accel)
+	}
+	if !filepath.IsAbs(c.StateDir) {
+		return fmt.Errorf("state dir %q must be an absolute path", c.StateDir)
+	}
+	return nil
+}
+
+// Paths under the state directory.
+func (c Config) DBPath() string     { return filepath.Join(c.StateDir, "banger.db") }
+func (c Config) LogPath() string    { return filepath.Join(c.StateDir, "bangerd.log") }
+func (c Config) LockPath() string   { return filepath.Join(c.StateDir, "bangerd.lock") }
+func (c Config) VMsDir() string     { return filepath.Join(c.StateDir, "vms") }
+func (c Config) ImagesDir() string  { return filepath.Join(c.StateDir, "images") }
+func (c Config) KernelsDir() string { return filepath.Join(c.StateDir, "kernels") }
+func (c Config) KeyPath() string    { return filepath.Join(c.StateDir, "ssh", "id_ed25519") }

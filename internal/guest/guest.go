@@ -1,0 +1,34 @@
+// Package guest is the daemon's access to a running guest over SSH: the
+// daemon's ed25519 key, the pinned host key check, dialing with retries, a
+// pool of connections per VM, and running commands with streams.
+//
+// It knows nothing of VMs' records or of how guests are booted; it is given
+// an Endpoint and talks SSH to it.
+package guest
+
+import (
+	"context"
+	"io"
+)
+
+// Endpoint is where and how to reach a guest's sshd.
+type Endpoint struct {
+	Host    string // guest IP
+	Port    int    // 22 when 0
+	User    string // "root" when empty
+	HostKey string // pinned host public key, authorized_keys format; a mismatch fails the dial
+}
+
+// Client is one SSH connection to a guest. Safe for concurrent use: each call
+// opens its own SSH session (channel) on the shared connection.
+type Client interface {
+	// Run runs cmd through the guest's login shell (`sh -c` semantics) with
+	// stdin (may be nil), and copies its output to stdout/stderr (either may
+	// be nil to discard). It returns the command's exit status; err is set
+	// only when the command could not be run or the connection broke (then
+	// exitCode is -1). Cancelling ctx closes the session.
+	Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (exitCode int, err error)
+
+	// Close closes the connection. Idempotent.
+	Close() error
+}

@@ -1,0 +1,148 @@
+// Package model holds banger's data types: the durable records kept in the
+// store (images, kernels, VMs, guest sessions), the transient VM handles kept
+// only in memory and in a scratch file, and the validation of user input
+// (names, sizes, identifiers).
+//
+// It does no I/O and imports nothing of banger's: every other package may
+// depend on it, and it must depend on none of them.
+package model
+
+import "time"
+
+// VMState is the lifecycle state of a VM as recorded in the store.
+type VMState string
+
+// VM states. A VM moves created → starting → running → stopping → stopped,
+// and may land in failed from any of them, with LastError saying why.
+const (
+	VMCreated  VMState = "created"
+	VMStarting VMState = "starting"
+	VMRunning  VMState = "running"
+	VMStopping VMState = "stopping"
+	VMStopped  VMState = "stopped"
+	VMFailed   VMState = "failed"
+)
+
+// Image is a read-only root filesystem (ext4) that VMs are created from.
+// Images are shared by VMs and never written through.
+type Image struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Path      string    `json:"path"`       // the ext4 file
+	SizeBytes int64     `json:"size_bytes"` // apparent size of Path
+	Checksum  string    `json:"checksum"`   // "sha256:<hex>" of Path
+	Source    string    `json:"source"`     // "build" or "import"
+	Init      string    `json:"init"`       // "fast", "systemd" or "" (unknown, imported)
+	Recipe    string    `json:"recipe"`     // JSON of how it was made (recipe version, suite, packages, scripts…)
+	RecipeKey string    `json:"recipe_key"` // hash of the recipe's inputs; the build cache key
+	HostKey   string    `json:"host_key"`   // guest SSH host public key, authorized_keys format, pinned by the daemon
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Kernel is a guest kernel usable by one or both VMMs.
+type Kernel struct {
+	ID          string    `json:"id"`
+	Name        string    `json:"name"`
+	Version     string    `json:"version"`
+	VmlinuxPath string    `json:"vmlinux_path"`           // uncompressed ELF, for Firecracker (and QEMU)
+	BzImagePath string    `json:"bzimage_path,omitempty"` // compressed image, QEMU only
+	InitrdPath  string    `json:"initrd_path,omitempty"`
+	Cmdline     string    `json:"cmdline"`   // default kernel command line
+	Source      string    `json:"source"`    // e.g. "catalog:debian-cloud-6.1 (linux-image-6.1.0-28-cloud-amd64 6.1.119-1)" or "import"
+	Checksums   string    `json:"checksums"` // JSON map file→"sha256:<hex>"
+	CreatedAt   time.Time `json:"created_at"`
+}
+
+// VM is what a VM *is*: its intent, identity and deterministic paths. What is
+// currently true of it on the host (PID, tap, loops) lives in VMHandles.
+type VM struct {
+	ID           string     `json:"id"`
+	Name         string     `json:"name"`
+	ImageID      string     `json:"image_id"`
+	KernelID     string     `json:"kernel_id"`
+	CPUs         int        `json:"cpus"`
+	MemoryMiB    int        `json:"memory_mib"`
+	DiskBytes    int64      `json:"disk_bytes"`      // work disk size
+	DesiredState VMState    `json:"desired_state"`   // running or stopped: what the user asked for
+	State        VMState    `json:"state"`           // observed state
+	VMM          string     `json:"vmm"`             // "firecracker" or "qemu"
+	Accel        string     `json:"accel,omitempty"` // "kvm" or "tcg" (qemu)
+	CowStrategy  string     `json:"cow_strategy"`    // storage strategy of the system disk
+	GuestIP      string     `json:"guest_ip"`        // e.g. 172.16.0.2
+	GuestMAC     string     `json:"guest_mac"`       // derived from the IP
+	DNSName      string     `json:"dns_name"`        // <name>.<suffix>
+	CID          uint32     `json:"cid"`             // vsock context id
+	Dir          string     `json:"dir"`             // VM directory under the state dir
+	APISocket    string     `json:"api_socket"`      // firecracker api socket or qemu QMP socket
+	VsockSocket  string     `json:"vsock_socket"`    // host side of the vsock
+	LogPath      string     `json:"log_path"`        // VMM log
+	ConsolePath  string     `json:"console_path"`    // guest serial console
+	MetricsPath  string     `json:"metrics_path"`    // firecracker metrics
+	SystemDisk   string     `json:"system_disk"`     // per-VM copy-on-write system disk (overlay, clone or cow file)
+	WorkDisk     string     `json:"work_disk"`       // per-VM persistent disk mounted at /root
+	LastError    string     `json:"last_error,omitempty"`
+	CreatedAt    time.Time  `json:"created_at"`
+	UpdatedAt    time.Time  `json:"updated_at"`
+	StartedAt    *time.Time `json:"started_at,omitempty"`
+}
+
+// VMHandles is what is momentarily true of a running VM on the host. It is
+// never stored in SQLite: the daemon keeps it in memory and mirrors it to
+// handles.json in the VM directory, so that a restarted daemon can find and
+// tear down what a dead one left behind.
+type VMHandles struct {
+	PID       int      `json:"pid,omitempty"`        // VMM process
+	APISocket string   `json:"api_socket,omitempty"` // the socket the VMM was started with; identifies the process
+	Tap       string   `json:"tap,omitempty"`
+	Loops     []string `json:"loops,omitempty"`    // loop devices, e.g. /dev/loop3
+	DMNames   []string `json:"dm_names,omitempty"` // device-mapper targets
+	Bridge    string   `json:"bridge,omitempty"`
+	Netns     string   `json:"netns,omitempty"`
+}
+
+// SessionStatus is the status of a guest session.
+type SessionStatus string
+
+// Guest session statuses.
+const (
+	SessionStarting SessionStatus = "starting"
+	SessionRunning  SessionStatus = "running"
+	SessionStopping SessionStatus = "stopping"
+	SessionExited   SessionStatus = "exited"
+	SessionFailed   SessionStatus = "failed"
+)
+
+// Stdin modes of a guest session.
+const (
+	StdinPipe   = "pipe"
+	StdinClosed = "closed"
+)
+
+// Session is a long-running process inside a VM, started and driven by banger.
+type Session struct {
+	ID            string            `json:"id"`
+	VMID          string            `json:"vm_id"`
+	Name          string            `json:"name"`
+	Command       string            `json:"command"`
+	Args          []string          `json:"args"`
+	Env           map[string]string `json:"env,omitempty"`
+	Cwd           string            `json:"cwd"`
+	StdinMode     string            `json:"stdin_mode"` // pipe or closed
+	Require       []string          `json:"require,omitempty"`
+	Status        SessionStatus     `json:"status"`
+	GuestPID      int               `json:"guest_pid,omitempty"`
+	ExitCode      *int              `json:"exit_code,omitempty"`
+	Attachable    bool              `json:"attachable"`
+	Reattachable  bool              `json:"reattachable"`
+	AttachMode    string            `json:"attach_mode,omitempty"`    // "exclusive"
+	AttachBackend string            `json:"attach_backend,omitempty"` // "fifo"
+	LaunchStage   string            `json:"launch_stage,omitempty"`   // stage that failed at launch
+	LaunchError   string            `json:"launch_error,omitempty"`   // message of that failure
+	LaunchLog     string            `json:"launch_log,omitempty"`     // raw guest output of that failure
+	Error         string            `json:"error,omitempty"`          // why it failed after launch
+	StateDir      string            `json:"state_dir"`                // guest path of the state files
+	CreatedAt     time.Time         `json:"created_at"`
+	UpdatedAt     time.Time         `json:"updated_at"`
+	StartedAt     *time.Time        `json:"started_at,omitempty"`
+	EndedAt       *time.Time        `json:"ended_at,omitempty"`
+}

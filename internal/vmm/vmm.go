@@ -1,0 +1,139 @@
+// Package vmm defines what the daemon needs of a virtual machine monitor and
+// the registry that picks one. Each VMM lives in its own sub-package
+// (vmm/firecracker, vmm/qemu); nothing outside a sub-package knows its VMM's
+// API, flags or files.
+//
+// The daemon is not the parent of a VMM process after it restarts, so a VM is
+// identified on the host by the api socket its VMM was started with: Find
+// looks the process up by that socket, and every method that acts on a
+// running VM takes the Handle recorded at Start (or rebuilt by Find).
+package vmm
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Disk is a block device given to the guest, in the order the guest sees
+// them (vda, vdb, …).
+type Disk struct {
+	ID       string // "root", "work", …; unique within a Spec
+	Path     string // file or block device on the host
+	Format   string // "raw" or "qcow2" (qcow2 is QEMU only)
+	ReadOnly bool
+}
+
+// NetIface is the guest's network interface, backed by a host tap device.
+type NetIface struct {
+	Tap string // host tap device name, already created and attached to the bridge
+	MAC string // guest MAC, "02:…"
+}
+
+// Kernel is the guest kernel and how to boot it.
+type Kernel struct {
+	Vmlinux string // uncompressed ELF; Firecracker needs it, QEMU accepts it
+	BzImage string // optional compressed image, preferred by QEMU when set
+	Initrd  string // optional
+}
+
+// Spec is everything a driver needs to boot one VM. All paths are absolute
+// and live in the VM's directory unless noted.
+type Spec struct {
+	ID        string // VM id; used as the VMM's instance id
+	Name      string
+	Dir       string // the VM directory
+	CPUs      int
+	MemoryMiB int
+	Kernel    Kernel
+	Cmdline   string // full kernel command line (the driver may append console settings of its own)
+	Disks     []Disk // Disks[0] is the root disk
+	Net       *NetIface
+	CID       uint32 // vsock context id (0: no vsock)
+	APISocket string // firecracker api socket or QEMU QMP socket
+	VsockPath string // host side unix socket of the vsock
+	LogPath   string // VMM's own log
+	Console   string // guest serial console output
+	Metrics   string // metrics file (firecracker)
+}
+
+// Handle identifies a started VMM process.
+type Handle struct {
+	PID       int
+	APISocket string
+}
+
+// ErrNotFound is returned by Find when no live VMM process holds the socket.
+var ErrNotFound = errors.New("vmm process not found")
+
+// Driver starts and stops VMs with one VMM.
+//
+// Implementations must be safe for concurrent use on different VMs; the
+// daemon serialises calls for one VM.
+type Driver interface {
+	// Name is the driver's name as shown to users and stored in VM records:
+	// "firecracker" or "qemu".
+	Name() string
+
+	// Available reports whether this host can run the driver (binary found,
+	// accelerator usable), with a human reason when it cannot. It may take a
+	// few seconds the first time (a probe) and must cache its answer.
+	Available(ctx context.Context) (ok bool, reason string)
+
+	// Start launches the VMM process for spec, configures it and boots the
+	// guest. It returns once the VMM reports the guest started (not when the
+	// guest is ready for SSH). The process must not be a child that dies with
+	// the daemon: it runs in its own session, its output goes to spec.LogPath.
+	// On error Start leaves no process behind and removes the sockets it
+	// made. Calling Start for a spec whose APISocket is held by a live
+	// process must fail.
+	Start(ctx context.Context, spec Spec) (Handle, error)
+
+	// Shutdown asks the guest to power off (Ctrl-Alt-Del for Firecracker,
+	// ACPI power button for QEMU) and returns without waiting. It is not an
+	// error if the process is already gone.
+	Shutdown(ctx context.Context, h Handle) error
+
+	// Kill ends the VMM process at once (SIGKILL after a short SIGTERM grace)
+	// and removes its api socket. Idempotent: killing a gone process is not
+	// an error.
+	Kill(ctx context.Context, h Handle) error
+
+	// Find returns the handle of the live VMM process started with
+	// apiSocket, or ErrNotFound. Used to reconcile after a daemon restart.
+	Find(apiSocket string) (Handle, error)
+
+	// Alive reports whether the process of h is still the VMM started with
+	// h.APISocket (a recycled PID is not alive).
+	Alive(h Handle) bool
+}
+
+// Pauser is an optional ability of a Driver: pausing and resuming a running
+// guest's vCPUs. Callers discover it with a type assertion.
+type Pauser interface {
+	Pause(ctx context.Context, h Handle) error
+	Resume(ctx context.Context, h Handle) error
+}
+
+// Describer is an optional ability: the VMM's own view of a running VM
+// (version, state, configuration) for `vm show`.
+type Describer interface {
+	Describe(ctx context.Context, h Handle) (map[string]any, error)
+}
+
+// WaitExit polls until the process of h is gone or ctx ends; it returns true
+// when the process exited.
+func WaitExit(ctx context.Context, d Driver, h Handle, poll time.Duration) bool {
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	for {
+		if !d.Alive(h) {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return !d.Alive(h)
+		case <-t.C:
+		}
+	}
+}
