@@ -1,0 +1,204 @@
+// Package daemon is bangerd's logic: it implements api.Service by composing
+// the store (durable intent), the VMM drivers, host networking, storage
+// strategies and the guest SSH client. It owns the transient VM handles
+// cache and its handles.json mirror, the per-VM request serialisation, and
+// reconciliation at start-up.
+//
+// It does not parse HTTP (package api does) and does not know any VMM's API
+// (packages vmm/*): it calls them through their interfaces.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/config"
+	"github.com/banger/banger/internal/guest"
+	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/store"
+)
+
+// Version is the banger version, set at build time with -ldflags.
+var Version = "dev"
+
+// Daemon implements api.Service.
+type Daemon struct {
+	cfg     config.Config
+	store   *store.Store
+	log     *slog.Logger
+	started time.Time
+
+	locks   keyedMutex // serialises requests on one VM (key: VM id)
+	handles *handleCache
+
+	// Test seams: replaceable behaviours, so a test swaps one without a
+	// mock framework.
+	//
+	// dialGuest returns a (pooled) SSH client to a running VM's guest.
+	dialGuest func(ctx context.Context, vm model.VM) (guest.Client, error)
+	// dropGuest forgets pooled connections to a VM (it stopped or is gone).
+	dropGuest func(vmID string)
+	// processAlive reports whether the VMM process of a VM is alive (by its
+	// cached handles and api socket). Only vmAlive calls it.
+	processAlive func(vm model.VM) bool
+	now          func() time.Time
+}
+
+// New makes a daemon over an open store. It does not touch the host; Start
+// does.
+func New(cfg config.Config, st *store.Store, log *slog.Logger) (*Daemon, error) {
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	d := &Daemon{
+		cfg:     cfg,
+		store:   st,
+		log:     log,
+		started: time.Now(),
+		handles: newHandleCache(),
+		now:     time.Now,
+	}
+	d.dialGuest = func(ctx context.Context, vm model.VM) (guest.Client, error) {
+		return nil, api.Errorf(api.CodeUnavailable, "guest access is not configured")
+	}
+	d.dropGuest = func(string) {}
+	d.processAlive = func(model.VM) bool { return false }
+	return d, nil
+}
+
+// Start prepares the host side (directories, keys, network) and reconciles
+// VMs recorded as running with what is really running.
+func (d *Daemon) Start(ctx context.Context) error {
+	for _, dir := range []string{d.cfg.StateDir, d.cfg.VMsDir(), d.cfg.ImagesDir(), d.cfg.KernelsDir()} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("state dir: %w", err)
+		}
+	}
+	return d.startHost(ctx)
+}
+
+// Close releases what the daemon holds in-process. Running VMs keep running.
+func (d *Daemon) Close() error {
+	return d.closeHost()
+}
+
+// Info describes the daemon.
+func (d *Daemon) Info(ctx context.Context) api.DaemonInfo {
+	return api.DaemonInfo{
+		Version:  VersionInfo(),
+		PID:      os.Getpid(),
+		StateDir: d.cfg.StateDir,
+		Socket:   d.cfg.Socket,
+		LogPath:  d.cfg.LogPath(),
+		Netns:    d.cfg.Netns,
+		Started:  d.started.UTC().Format(time.RFC3339),
+	}
+}
+
+// storeErr maps store errors to API errors naming the object.
+func storeErr(kind, ref string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, store.ErrNotFound):
+		return api.NotFound(kind, ref)
+	case errors.Is(err, store.ErrAmbiguous):
+		return api.Errorf(api.CodeInvalid, "%s %q is ambiguous: several match that id prefix; use the name or a longer id", kind, ref)
+	case errors.Is(err, store.ErrConflict):
+		return api.Errorf(api.CodeConflict, "%s", err.Error())
+	}
+	return err
+}
+
+// resolveVM finds a VM by name, id or id prefix.
+func (d *Daemon) resolveVM(ctx context.Context, ref string) (model.VM, error) {
+	if ref == "" {
+		return model.VM{}, api.Errorf(api.CodeInvalid, "vm name or id is empty")
+	}
+	vm, err := d.store.GetVM(ctx, ref)
+	return vm, storeErr("vm", ref, err)
+}
+
+// ListVMs lists every VM.
+func (d *Daemon) ListVMs(ctx context.Context) ([]model.VM, error) {
+	vms, err := d.store.ListVMs(ctx)
+	if vms == nil {
+		vms = []model.VM{}
+	}
+	return vms, err
+}
+
+// GetVM shows one VM.
+func (d *Daemon) GetVM(ctx context.Context, ref string) (model.VM, error) {
+	return d.resolveVM(ctx, ref)
+}
+
+// ListImages lists every image.
+func (d *Daemon) ListImages(ctx context.Context) ([]model.Image, error) {
+	ims, err := d.store.ListImages(ctx)
+	if ims == nil {
+		ims = []model.Image{}
+	}
+	return ims, err
+}
+
+// GetImage shows one image.
+func (d *Daemon) GetImage(ctx context.Context, ref string) (model.Image, error) {
+	im, err := d.store.GetImage(ctx, ref)
+	return im, storeErr("image", ref, err)
+}
+
+// GetKernel shows one pulled or imported kernel.
+func (d *Daemon) GetKernel(ctx context.Context, ref string) (model.Kernel, error) {
+	k, err := d.store.GetKernel(ctx, ref)
+	return k, storeErr("kernel", ref, err)
+}
+
+// keyedMutex serialises work per key while letting different keys run in
+// parallel.
+type keyedMutex struct {
+	mu    sync.Mutex
+	locks map[string]*keyedEntry
+}
+
+type keyedEntry struct {
+	mu   sync.Mutex
+	refs int
+}
+
+// Lock locks key and returns the unlock function.
+func (k *keyedMutex) Lock(key string) func() {
+	k.mu.Lock()
+	if k.locks == nil {
+		k.locks = map[string]*keyedEntry{}
+	}
+	e := k.locks[key]
+	if e == nil {
+		e = &keyedEntry{}
+		k.locks[key] = e
+	}
+	e.refs++
+	k.mu.Unlock()
+	e.mu.Lock()
+	return func() {
+		e.mu.Unlock()
+		k.mu.Lock()
+		e.refs--
+		if e.refs == 0 {
+			delete(k.locks, key)
+		}
+		k.mu.Unlock()
+	}
+}
+
+// vmAlive is the one liveness check used everywhere: the VM is recorded
+// running and the VMM process started with its api socket is alive.
+func (d *Daemon) vmAlive(vm model.VM) bool {
+	return vm.State == model.VMRunning && d.processAlive(vm)
+}

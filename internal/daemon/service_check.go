@@ -1,0 +1,5 @@
+package daemon
+
+import "github.com/banger/banger/internal/api"
+
+var _ api.Service = (*Daemon)(nil)
