@@ -1,0 +1,39 @@
+// Command banger-init is the boot hook of banger's guest images.
+//
+// Run as PID 1 (images built with --init fast, /sbin/init points here) it
+// mounts the kernel filesystems, configures the guest from the banger.*
+// kernel parameters (hostname, hosts, resolv.conf, eth0, the work disk at
+// /root, the daemon's SSH key), runs sshd and keeps it running, reaps
+// orphans, and on a stop request (Ctrl-Alt-Del as SIGINT, SIGTERM, SIGPWR or
+// the ACPI power key) shuts down cleanly and reboots, which ends the VMM.
+//
+// `banger-init setup` does only the configuration steps, for images whose
+// PID 1 is systemd (a oneshot unit ordered before ssh.service).
+//
+// It owns nothing on the host; the parsing and rendering live in
+// internal/guestinit so they can be tested without a guest.
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "setup" {
+		if err := setup(); err != nil {
+			fmt.Fprintln(os.Stderr, "banger-init setup:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(os.Args) > 1 {
+		fmt.Fprintf(os.Stderr, "banger-init: unknown argument %q (allowed: none, to run as PID 1; \"setup\")\n", os.Args[1])
+		os.Exit(2)
+	}
+	if os.Getpid() != 1 {
+		fmt.Fprintln(os.Stderr, "banger-init: without arguments it must run as PID 1; use \"setup\" to configure only")
+		os.Exit(2)
+	}
+	runPID1()
+}

@@ -1,0 +1,182 @@
+// Package guestinit is the pure side of banger's guest boot hook: it parses
+// the banger.* kernel command line parameters the daemon writes and renders
+// the files the guest needs from them (hostname, /etc/hosts,
+// /etc/resolv.conf, the authorized_keys file) and the sshd configuration
+// banger's images carry.
+//
+// It does no I/O. cmd/banger-init applies what it returns inside the guest;
+// internal/image writes the sshd configuration into new images. It must not
+// know how the host builds disks or starts VMMs.
+package guestinit
+
+import (
+	"encoding/base64"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strings"
+)
+
+// Paths inside the guest that the boot contract fixes.
+const (
+	// AuthorizedKeysPath is where banger-init writes the daemon's key; the
+	// image's sshd reads it first.
+	AuthorizedKeysPath = "/run/banger/authorized_keys"
+	// InitPath is where images carry the banger-init binary.
+	InitPath = "/usr/local/sbin/banger-init"
+	// SSHDConfigPath is the drop-in the image carries with banger's sshd options.
+	SSHDConfigPath = "/etc/ssh/sshd_config.d/banger.conf"
+	// WorkMount is where the work disk is mounted.
+	WorkMount = "/root"
+)
+
+// Params are the banger.* parameters of the kernel command line, plus the
+// standard ones banger-init needs.
+type Params struct {
+	Addr     netip.Prefix // banger.ip: guest address and prefix, e.g. 172.16.0.2/24
+	Gateway  netip.Addr   // banger.gw: default route; invalid when absent
+	DNS      []netip.Addr // banger.dns: resolvers (comma-separated)
+	Hostname string       // banger.hostname
+	Key      string       // banger.key decoded: the authorized_keys line(s)
+	WorkDisk string       // banger.work: block device mounted at /root; empty when absent
+	Root     string       // root=
+	Init     string       // init=
+}
+
+var hostnameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ParseCmdline reads the parameters from a kernel command line (the content
+// of /proc/cmdline). Parameters other than banger.*, root= and init= are
+// ignored; a later parameter overrides an earlier one, as in the kernel.
+// A malformed banger.* value is an error naming the parameter and what is
+// allowed. Missing parameters are left zero: callers decide what is required
+// (see Params.Validate).
+func ParseCmdline(cmdline string) (Params, error) {
+	var p Params
+	for _, field := range strings.Fields(cmdline) {
+		k, v, ok := strings.Cut(field, "=")
+		if !ok {
+			continue
+		}
+		var err error
+		switch k {
+		case "banger.ip":
+			p.Addr, err = netip.ParsePrefix(v)
+			if err == nil && !p.Addr.Addr().Is4() {
+				err = fmt.Errorf("not IPv4")
+			}
+		case "banger.gw":
+			p.Gateway, err = netip.ParseAddr(v)
+		case "banger.dns":
+			p.DNS = nil
+			for _, s := range strings.Split(v, ",") {
+				if s == "" {
+					continue
+				}
+				a, e := netip.ParseAddr(s)
+				if e != nil {
+					err = e
+					break
+				}
+				p.DNS = append(p.DNS, a)
+			}
+		case "banger.hostname":
+			if !hostnameRE.MatchString(v) {
+				err = fmt.Errorf("allowed: lower-case letters, digits and inner '-', at most 63 characters")
+			}
+			p.Hostname = v
+		case "banger.key":
+			var b []byte
+			b, err = base64.StdEncoding.DecodeString(v)
+			if err == nil {
+				p.Key = strings.TrimSpace(string(b))
+				if p.Key == "" {
+					err = fmt.Errorf("decodes to nothing")
+				}
+			}
+		case "banger.work":
+			if !strings.HasPrefix(v, "/dev/") {
+				err = fmt.Errorf("allowed: a /dev/ path")
+			}
+			p.WorkDisk = v
+		case "root":
+			p.Root = v
+		case "init":
+			p.Init = v
+		default:
+			continue
+		}
+		if err != nil {
+			return Params{}, fmt.Errorf("kernel parameter %s=%q: %v", k, v, err)
+		}
+	}
+	return p, nil
+}
+
+// Validate reports the first parameter banger-init cannot do without:
+// banger.ip, banger.hostname and banger.key. The gateway must lie in the
+// address's subnet when given.
+func (p Params) Validate() error {
+	switch {
+	case !p.Addr.IsValid():
+		return fmt.Errorf("kernel parameter banger.ip missing (want e.g. banger.ip=172.16.0.2/24)")
+	case p.Hostname == "":
+		return fmt.Errorf("kernel parameter banger.hostname missing")
+	case p.Key == "":
+		return fmt.Errorf("kernel parameter banger.key missing (base64 of an authorized_keys line)")
+	case p.Gateway.IsValid() && !p.Addr.Masked().Contains(p.Gateway):
+		return fmt.Errorf("banger.gw=%s is outside banger.ip=%s", p.Gateway, p.Addr)
+	}
+	return nil
+}
+
+// Hosts renders /etc/hosts naming the guest by its hostname and address.
+func Hosts(p Params) string {
+	var b strings.Builder
+	b.WriteString("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+	if p.Hostname != "" {
+		b.WriteString("127.0.1.1\t" + p.Hostname + "\n")
+		if p.Addr.IsValid() {
+			b.WriteString(p.Addr.Addr().String() + "\t" + p.Hostname + "\n")
+		}
+	}
+	return b.String()
+}
+
+// ResolvConf renders /etc/resolv.conf from banger.dns; with no resolver it
+// names none, so lookups fail fast rather than time out.
+func ResolvConf(p Params) string {
+	var b strings.Builder
+	b.WriteString("# written by banger-init from the kernel command line\n")
+	for _, a := range p.DNS {
+		b.WriteString("nameserver " + a.String() + "\n")
+	}
+	b.WriteString("options timeout:2 attempts:2\n")
+	return b.String()
+}
+
+// AuthorizedKeys renders the authorized_keys file from banger.key.
+func AuthorizedKeys(p Params) string {
+	if p.Key == "" {
+		return ""
+	}
+	return p.Key + "\n"
+}
+
+// SSHDConfig is the sshd drop-in banger images carry: root login by key
+// only, banger's key file first, and the options that make a login fast
+// (no PAM, no DNS lookups, no banner waits).
+func SSHDConfig() string {
+	return `# banger: root by key only; the daemon's key is written at boot.
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+AuthorizedKeysFile ` + AuthorizedKeysPath + ` .ssh/authorized_keys
+UsePAM no
+UseDNS no
+GSSAPIAuthentication no
+PrintMotd no
+PrintLastLog no
+HostKey /etc/ssh/ssh_host_ed25519_key
+`
+}
