@@ -1,0 +1,140 @@
+package store
+
+import (
+	"context"
+	"fmt"
+)
+
+// migrations are the schema steps; migrations[i] brings a database from
+// version i to i+1 (PRAGMA user_version). Never edit a released step: append.
+var migrations = []string{
+	// 1: the four kinds of record.
+	`
+CREATE TABLE images (
+	id         TEXT PRIMARY KEY,
+	name       TEXT NOT NULL UNIQUE,
+	path       TEXT NOT NULL,
+	size_bytes INTEGER NOT NULL,
+	checksum   TEXT NOT NULL,
+	source     TEXT NOT NULL,
+	init       TEXT NOT NULL,
+	recipe     TEXT NOT NULL,
+	recipe_key TEXT NOT NULL,
+	host_key   TEXT NOT NULL,
+	created_at TEXT NOT NULL
+);
+CREATE TABLE kernels (
+	id           TEXT PRIMARY KEY,
+	name         TEXT NOT NULL UNIQUE,
+	version      TEXT NOT NULL,
+	vmlinux_path TEXT NOT NULL,
+	bzimage_path TEXT NOT NULL,
+	initrd_path  TEXT NOT NULL,
+	cmdline      TEXT NOT NULL,
+	source       TEXT NOT NULL,
+	checksums    TEXT NOT NULL,
+	created_at   TEXT NOT NULL
+);
+CREATE TABLE vms (
+	id            TEXT PRIMARY KEY,
+	name          TEXT NOT NULL UNIQUE,
+	image_id      TEXT NOT NULL,
+	kernel_id     TEXT NOT NULL,
+	cpus          INTEGER NOT NULL,
+	memory_mib    INTEGER NOT NULL,
+	disk_bytes    INTEGER NOT NULL,
+	desired_state TEXT NOT NULL,
+	state         TEXT NOT NULL,
+	vmm           TEXT NOT NULL,
+	accel         TEXT NOT NULL,
+	cow_strategy  TEXT NOT NULL,
+	guest_ip      TEXT NOT NULL UNIQUE,
+	guest_mac     TEXT NOT NULL,
+	dns_name      TEXT NOT NULL,
+	cid           INTEGER NOT NULL UNIQUE,
+	dir           TEXT NOT NULL,
+	api_socket    TEXT NOT NULL,
+	vsock_socket  TEXT NOT NULL,
+	log_path      TEXT NOT NULL,
+	console_path  TEXT NOT NULL,
+	metrics_path  TEXT NOT NULL,
+	system_disk   TEXT NOT NULL,
+	work_disk     TEXT NOT NULL,
+	last_error    TEXT NOT NULL,
+	created_at    TEXT NOT NULL,
+	updated_at    TEXT NOT NULL,
+	started_at    TEXT
+);
+CREATE TABLE sessions (
+	id             TEXT PRIMARY KEY,
+	vm_id          TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+	name           TEXT NOT NULL,
+	command        TEXT NOT NULL,
+	args           TEXT NOT NULL,
+	env            TEXT NOT NULL,
+	cwd            TEXT NOT NULL,
+	stdin_mode     TEXT NOT NULL,
+	require        TEXT NOT NULL,
+	status         TEXT NOT NULL,
+	guest_pid      INTEGER NOT NULL,
+	exit_code      INTEGER,
+	attachable     INTEGER NOT NULL,
+	reattachable   INTEGER NOT NULL,
+	attach_mode    TEXT NOT NULL,
+	attach_backend TEXT NOT NULL,
+	launch_stage   TEXT NOT NULL,
+	launch_error   TEXT NOT NULL,
+	launch_log     TEXT NOT NULL,
+	error          TEXT NOT NULL,
+	state_dir      TEXT NOT NULL,
+	created_at     TEXT NOT NULL,
+	updated_at     TEXT NOT NULL,
+	started_at     TEXT,
+	ended_at       TEXT,
+	UNIQUE (vm_id, name)
+);
+`,
+	// 2: lookups the daemon makes on every image/kernel removal and listing.
+	`
+CREATE INDEX vms_image_id ON vms(image_id);
+CREATE INDEX vms_kernel_id ON vms(kernel_id);
+CREATE INDEX vms_created_at ON vms(created_at);
+`,
+}
+
+// migrate applies the steps the database lacks, up to version upTo, each in
+// its own transaction together with its version bump.
+func (s *Store) migrate(ctx context.Context, upTo int) error {
+	for {
+		done, err := s.migrateStep(ctx, upTo)
+		if err != nil || done {
+			return err
+		}
+	}
+}
+
+func (s *Store) migrateStep(ctx context.Context, upTo int) (done bool, err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, fmt.Errorf("migrate: %w", err)
+	}
+	defer tx.Rollback()
+	var v int
+	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+		return false, fmt.Errorf("read schema version: %w", err)
+	}
+	if v > len(migrations) {
+		return false, fmt.Errorf("schema version %d is newer than this banger knows (%d): use a newer bangerd", v, len(migrations))
+	}
+	if v >= upTo {
+		return true, nil
+	}
+	if _, err := tx.ExecContext(ctx, migrations[v]); err != nil {
+		return false, fmt.Errorf("migrate schema to version %d: %w", v+1, err)
+	}
+	// PRAGMA takes no parameters; v+1 is our own integer.
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", v+1)); err != nil {
+		return false, fmt.Errorf("set schema version %d: %w", v+1, err)
+	}
+	return false, tx.Commit()
+}

@@ -1,0 +1,443 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/banger/banger/internal/model"
+)
+
+func openTest(t *testing.T) *Store {
+	t.Helper()
+	s, err := Open(filepath.Join(t.TempDir(), "banger.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+var t0 = time.Date(2025, 3, 4, 5, 6, 7, 890000000, time.UTC)
+
+func testVM(id, name string, n int) model.VM {
+	started := t0.Add(time.Minute)
+	return model.VM{
+		ID: id, Name: name, ImageID: "img1", KernelID: "k1", CPUs: 2, MemoryMiB: 1024, DiskBytes: 4 << 30,
+		DesiredState: model.VMRunning, State: model.VMRunning, VMM: "qemu", Accel: "tcg", CowStrategy: "qcow2",
+		GuestIP: fmt.Sprintf("172.16.0.%d", n), GuestMAC: "02:fc:00:00:00:02", DNSName: name + ".vm",
+		CID: uint32(100 + n), Dir: "/s/vms/" + id, APISocket: "/s/api.sock", VsockSocket: "/s/v.sock",
+		LogPath: "/s/log", ConsolePath: "/s/console", MetricsPath: "/s/metrics", SystemDisk: "/s/sys.qcow2",
+		WorkDisk: "/s/work.ext4", LastError: "", CreatedAt: t0.Add(time.Duration(n) * time.Second),
+		UpdatedAt: t0, StartedAt: &started,
+	}
+}
+
+func TestImagesCRUD(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	im := model.Image{ID: "abcdef0123", Name: "default", Path: "/s/images/x.ext4", SizeBytes: 1 << 30,
+		Checksum: "sha256:00", Source: "build", Init: "fast", Recipe: `{"v":1}`, RecipeKey: "rk", HostKey: "ssh-ed25519 AAA", CreatedAt: t0}
+	if err := s.CreateImage(ctx, im); err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range []string{"abcdef0123", "default", "abcd"} {
+		got, err := s.GetImage(ctx, ref)
+		if err != nil {
+			t.Fatalf("GetImage(%q): %v", ref, err)
+		}
+		if !reflect.DeepEqual(got, im) {
+			t.Fatalf("GetImage(%q) = %+v, want %+v", ref, got, im)
+		}
+	}
+	dup := im
+	dup.ID = "ffff"
+	if err := s.CreateImage(ctx, dup); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "name") {
+		t.Fatalf("duplicate name: got %v, want ErrConflict naming the name", err)
+	}
+	im2 := im
+	im2.ID, im2.Name = "0000aaaa", "alpha"
+	if err := s.CreateImage(ctx, im2); err != nil {
+		t.Fatal(err)
+	}
+	l, err := s.ListImages(ctx)
+	if err != nil || len(l) != 2 || l[0].Name != "alpha" || l[1].Name != "default" {
+		t.Fatalf("ListImages = %v, %v; want alpha, default", l, err)
+	}
+	if err := s.DeleteImage(ctx, im.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetImage(ctx, "default"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("after delete: %v, want ErrNotFound", err)
+	}
+	if err := s.DeleteImage(ctx, im.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second delete: %v, want ErrNotFound", err)
+	}
+}
+
+func TestKernelsCRUD(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	k := model.Kernel{ID: "k1k1k1k1", Name: "debian", Version: "6.1", VmlinuxPath: "/k/vmlinux", BzImagePath: "/k/bz",
+		InitrdPath: "/k/initrd", Cmdline: "console=ttyS0", Source: "import", Checksums: `{"vmlinux":"sha256:1"}`, CreatedAt: t0}
+	if err := s.CreateKernel(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetKernel(ctx, "debian")
+	if err != nil || !reflect.DeepEqual(got, k) {
+		t.Fatalf("GetKernel = %+v, %v; want %+v", got, err, k)
+	}
+	k2 := k
+	k2.ID = "k2k2"
+	if err := s.CreateKernel(ctx, k2); !errors.Is(err, ErrConflict) {
+		t.Fatalf("duplicate kernel name: %v", err)
+	}
+	l, err := s.ListKernels(ctx)
+	if err != nil || len(l) != 1 {
+		t.Fatalf("ListKernels = %v, %v", l, err)
+	}
+	if err := s.DeleteKernel(ctx, k.ID); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := s.ListKernels(ctx); l == nil || len(l) != 0 {
+		t.Fatalf("ListKernels after delete = %#v, want empty non-nil", l)
+	}
+}
+
+func TestVMsCRUDAndUniqueness(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	a := testVM("aaaa1111", "alpha", 2)
+	a.StartedAt = nil
+	if err := s.CreateVM(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetVM(ctx, "alpha")
+	if err != nil || !reflect.DeepEqual(got, a) {
+		t.Fatalf("GetVM = %+v, %v\nwant %+v", got, err, a)
+	}
+	for _, tc := range []struct {
+		name   string
+		mutate func(*model.VM)
+		col    string
+	}{
+		{"name", func(v *model.VM) { v.Name = "alpha" }, "name"},
+		{"ip", func(v *model.VM) { v.GuestIP = a.GuestIP }, "guest_ip"},
+		{"cid", func(v *model.VM) { v.CID = a.CID }, "cid"},
+		{"id", func(v *model.VM) { v.ID = a.ID }, "id"},
+	} {
+		b := testVM("bbbb2222", "beta", 3)
+		tc.mutate(&b)
+		err := s.CreateVM(ctx, b)
+		if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), tc.col) {
+			t.Errorf("duplicate %s: got %v, want ErrConflict naming %s", tc.name, err, tc.col)
+		}
+	}
+	b := testVM("bbbb2222", "beta", 3)
+	b.ImageID = "img2"
+	if err := s.CreateVM(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	// Created later but listed by created_at.
+	c := testVM("cccc3333", "gamma", 1)
+	if err := s.CreateVM(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	l, err := s.ListVMs(ctx)
+	if err != nil || len(l) != 3 || l[0].Name != "gamma" || l[1].Name != "alpha" || l[2].Name != "beta" {
+		t.Fatalf("ListVMs order = %v, %v; want gamma alpha beta", names(l), err)
+	}
+	u, err := s.VMsUsingImage(ctx, "img1")
+	if err != nil || len(u) != 2 {
+		t.Fatalf("VMsUsingImage(img1) = %v, %v; want 2", names(u), err)
+	}
+	u, err = s.VMsUsingKernel(ctx, "k1")
+	if err != nil || len(u) != 3 {
+		t.Fatalf("VMsUsingKernel(k1) = %v, %v; want 3", names(u), err)
+	}
+	if u, _ := s.VMsUsingImage(ctx, "none"); len(u) != 0 {
+		t.Fatalf("VMsUsingImage(none) = %v", names(u))
+	}
+
+	before := time.Now()
+	a.State = model.VMFailed
+	a.LastError = "boom"
+	now := time.Now()
+	a.StartedAt = &now
+	if err := s.UpdateVM(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.GetVM(ctx, a.ID)
+	if got.State != model.VMFailed || got.LastError != "boom" || got.StartedAt == nil || !got.StartedAt.Equal(now) {
+		t.Fatalf("after update: %+v", got)
+	}
+	if got.UpdatedAt.Before(before.Add(-time.Millisecond)) {
+		t.Fatalf("UpdatedAt not set: %v < %v", got.UpdatedAt, before)
+	}
+	a.GuestIP = b.GuestIP
+	if err := s.UpdateVM(ctx, a); !errors.Is(err, ErrConflict) {
+		t.Fatalf("update to a taken IP: %v, want ErrConflict", err)
+	}
+	ghost := testVM("dddd4444", "ghost", 9)
+	if err := s.UpdateVM(ctx, ghost); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("update of missing VM: %v, want ErrNotFound", err)
+	}
+}
+
+func names(vms []model.VM) []string {
+	var out []string
+	for _, v := range vms {
+		out = append(out, v.Name)
+	}
+	return out
+}
+
+func TestRefResolution(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	for i, id := range []string{"abc12345", "abc19999", "fedc0000"} {
+		if err := s.CreateVM(ctx, testVM(id, fmt.Sprintf("vm%d", i), i+2)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A VM named like another's id prefix: the name wins over the prefix.
+	if err := s.CreateVM(ctx, testVM("99990000", "fedc", 9)); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		ref    string
+		wantID string
+		err    error
+	}{
+		{"abc12345", "abc12345", nil},
+		{"vm1", "abc19999", nil},
+		{"abc1", "", ErrAmbiguous},
+		{"abc12", "abc12345", nil},
+		{"abc", "", ErrNotFound}, // prefix too short
+		{"fedc", "99990000", nil},
+		{"fedc0", "fedc0000", nil},
+		{"zzzz", "", ErrNotFound},
+		{"", "", ErrNotFound},
+		{"abc1%", "", ErrNotFound},
+	} {
+		got, err := s.GetVM(ctx, tc.ref)
+		if tc.err != nil {
+			if !errors.Is(err, tc.err) {
+				t.Errorf("GetVM(%q) err = %v, want %v", tc.ref, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got.ID != tc.wantID {
+			t.Errorf("GetVM(%q) = %q, %v; want %q", tc.ref, got.ID, err, tc.wantID)
+		}
+	}
+	_, err := s.GetVM(ctx, "nope")
+	if err == nil || err.Error() != `vm "nope": not found` {
+		t.Errorf("not found message = %v", err)
+	}
+}
+
+func TestSessions(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	v1, v2 := testVM("v1v1v1v1", "one", 2), testVM("v2v2v2v2", "two", 3)
+	for _, v := range []model.VM{v1, v2} {
+		if err := s.CreateVM(ctx, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code := 3
+	ended := t0.Add(time.Hour)
+	ss := model.Session{ID: "s1s1s1s1", VMID: v1.ID, Name: "agent", Command: "python3", Args: []string{"-u", "a b"},
+		Env: map[string]string{"K": "V"}, Cwd: "/root", StdinMode: model.StdinPipe, Require: []string{"git"},
+		Status: model.SessionExited, GuestPID: 42, ExitCode: &code, Attachable: true, Reattachable: true,
+		AttachMode: "exclusive", AttachBackend: "fifo", StateDir: "/root/.local/state/banger/sessions/s1",
+		CreatedAt: t0, UpdatedAt: t0, StartedAt: &t0, EndedAt: &ended}
+	if err := s.CreateSession(ctx, ss); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetSession(ctx, v1.ID, "agent")
+	if err != nil || !reflect.DeepEqual(got, ss) {
+		t.Fatalf("GetSession = %+v, %v\nwant %+v", got, err, ss)
+	}
+	// Same name in another VM is fine, in the same VM a conflict.
+	other := ss
+	other.ID, other.VMID = "s2s2s2s2", v2.ID
+	other.ExitCode, other.Args, other.Env, other.Require, other.StartedAt, other.EndedAt = nil, nil, nil, nil, nil, nil
+	if err := s.CreateSession(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	got, err = s.GetSession(ctx, v2.ID, "s2s2")
+	if err != nil || !reflect.DeepEqual(got, other) {
+		t.Fatalf("GetSession(nil fields) = %+v, %v\nwant %+v", got, err, other)
+	}
+	dup := ss
+	dup.ID = "s3s3s3s3"
+	if err := s.CreateSession(ctx, dup); !errors.Is(err, ErrConflict) {
+		t.Fatalf("duplicate session name: %v", err)
+	}
+	orphan := ss
+	orphan.ID, orphan.VMID = "s4s4s4s4", "missing"
+	if err := s.CreateSession(ctx, orphan); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("session of missing VM: %v, want ErrNotFound", err)
+	}
+	if _, err := s.GetSession(ctx, v2.ID, ss.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("session of another VM resolved: %v", err)
+	}
+	ss.Status = model.SessionFailed
+	ss.Error = "vm gone"
+	if err := s.UpdateSession(ctx, ss); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.GetSession(ctx, v1.ID, ss.ID); got.Status != model.SessionFailed || got.Error != "vm gone" {
+		t.Fatalf("after update: %+v", got)
+	}
+	l, err := s.ListSessions(ctx, v1.ID)
+	if err != nil || len(l) != 1 {
+		t.Fatalf("ListSessions = %v, %v", l, err)
+	}
+	if err := s.DeleteVM(ctx, v1.ID); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := s.ListSessions(ctx, v1.ID); len(l) != 0 {
+		t.Fatalf("sessions survive their VM: %v", l)
+	}
+	if err := s.DeleteSession(ctx, other.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteSession(ctx, other.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second DeleteSession: %v", err)
+	}
+	if err := s.DeleteVM(ctx, v1.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second DeleteVM: %v", err)
+	}
+}
+
+func TestMigrations(t *testing.T) {
+	ctx := context.Background()
+	for from := 0; from <= len(migrations); from++ {
+		t.Run(fmt.Sprintf("from%d", from), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "banger.db")
+			old, err := openAt(path, from)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v, _ := old.SchemaVersion(ctx); v != from {
+				t.Fatalf("old version = %d, want %d", v, from)
+			}
+			if from >= 1 {
+				// Version-1 data must survive every later step.
+				if err := old.CreateVM(ctx, testVM("keep1234", "keep", 2)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			old.Close()
+			s, err := Open(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if v, _ := s.SchemaVersion(ctx); v != len(migrations) {
+				t.Fatalf("version = %d, want %d", v, len(migrations))
+			}
+			if from >= 1 {
+				if _, err := s.GetVM(ctx, "keep"); err != nil {
+					t.Fatalf("data lost in upgrade: %v", err)
+				}
+			}
+			// The upgraded schema works.
+			if err := s.CreateImage(ctx, model.Image{ID: "i1", Name: "x", CreatedAt: t0}); err != nil {
+				t.Fatal(err)
+			}
+			var n int
+			if err := s.db.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_master WHERE type='index' AND name='vms_image_id'").Scan(&n); err != nil || n != 1 {
+				t.Fatalf("index vms_image_id: %d, %v", n, err)
+			}
+		})
+	}
+}
+
+func TestRefusesNewerSchema(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "banger.db")
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.db.Exec(fmt.Sprintf("PRAGMA user_version = %d", len(migrations)+1)); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if _, err := Open(path); err == nil || !strings.Contains(err.Error(), "newer") {
+		t.Fatalf("Open of a newer schema: %v, want a refusal", err)
+	}
+}
+
+func TestPragmas(t *testing.T) {
+	s := openTest(t)
+	var mode string
+	var fk, busy int
+	if err := s.db.QueryRow("PRAGMA journal_mode").Scan(&mode); err != nil || mode != "wal" {
+		t.Fatalf("journal_mode = %q, %v", mode, err)
+	}
+	if err := s.db.QueryRow("PRAGMA foreign_keys").Scan(&fk); err != nil || fk != 1 {
+		t.Fatalf("foreign_keys = %d, %v", fk, err)
+	}
+	if err := s.db.QueryRow("PRAGMA busy_timeout").Scan(&busy); err != nil || busy != 5000 {
+		t.Fatalf("busy_timeout = %d, %v", busy, err)
+	}
+}
+
+// Two Stores on one file (as two processes would be) writing at once: WAL
+// and the busy timeout make every write succeed.
+func TestConcurrentWriters(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "banger.db")
+	a, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	const per = 40
+	var wg sync.WaitGroup
+	errs := make(chan error, 4*per)
+	for w, st := range []*Store{a, b, a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < per; i++ {
+				n := w*per + i
+				vm := testVM(fmt.Sprintf("id%06d", n), fmt.Sprintf("vm-%d", n), n)
+				vm.GuestIP = fmt.Sprintf("ip-%d", n)
+				if err := st.CreateVM(ctx, vm); err != nil {
+					errs <- err
+					return
+				}
+				vm.State = model.VMStopped
+				if err := st.UpdateVM(ctx, vm); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	l, err := b.ListVMs(ctx)
+	if err != nil || len(l) != 4*per {
+		t.Fatalf("ListVMs = %d, %v; want %d", len(l), err, 4*per)
+	}
+}

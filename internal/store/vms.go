@@ -1,0 +1,120 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"github.com/banger/banger/internal/model"
+)
+
+const vmCols = "id, name, image_id, kernel_id, cpus, memory_mib, disk_bytes, desired_state, state, vmm, accel, " +
+	"cow_strategy, guest_ip, guest_mac, dns_name, cid, dir, api_socket, vsock_socket, log_path, console_path, " +
+	"metrics_path, system_disk, work_disk, last_error, created_at, updated_at, started_at"
+
+const vmColCount = 28
+
+func scanVM(r *sql.Rows) (model.VM, error) {
+	var vm model.VM
+	var created, updated string
+	var started sql.NullString
+	var cid int64
+	if err := r.Scan(&vm.ID, &vm.Name, &vm.ImageID, &vm.KernelID, &vm.CPUs, &vm.MemoryMiB, &vm.DiskBytes,
+		&vm.DesiredState, &vm.State, &vm.VMM, &vm.Accel, &vm.CowStrategy, &vm.GuestIP, &vm.GuestMAC,
+		&vm.DNSName, &cid, &vm.Dir, &vm.APISocket, &vm.VsockSocket, &vm.LogPath, &vm.ConsolePath,
+		&vm.MetricsPath, &vm.SystemDisk, &vm.WorkDisk, &vm.LastError, &created, &updated, &started); err != nil {
+		return vm, err
+	}
+	vm.CID = uint32(cid)
+	var err error
+	if vm.CreatedAt, err = parseTime(created); err != nil {
+		return vm, err
+	}
+	if vm.UpdatedAt, err = parseTime(updated); err != nil {
+		return vm, err
+	}
+	vm.StartedAt, err = parseTimePtr(started)
+	return vm, err
+}
+
+// vmArgs are the column values of vm in vmCols order.
+func vmArgs(vm model.VM) []any {
+	return []any{vm.ID, vm.Name, vm.ImageID, vm.KernelID, vm.CPUs, vm.MemoryMiB, vm.DiskBytes,
+		string(vm.DesiredState), string(vm.State), vm.VMM, vm.Accel, vm.CowStrategy, vm.GuestIP, vm.GuestMAC,
+		vm.DNSName, int64(vm.CID), vm.Dir, vm.APISocket, vm.VsockSocket, vm.LogPath, vm.ConsolePath,
+		vm.MetricsPath, vm.SystemDisk, vm.WorkDisk, vm.LastError, fmtTime(vm.CreatedAt), fmtTime(vm.UpdatedAt),
+		fmtTimePtr(vm.StartedAt)}
+}
+
+// CreateVM records a new VM. It returns ErrConflict when its id, name,
+// guest IP or CID is taken.
+func (s *Store) CreateVM(ctx context.Context, vm model.VM) error {
+	_, err := s.db.ExecContext(ctx, "INSERT INTO vms ("+vmCols+") VALUES ("+placeholders(vmColCount)+")", vmArgs(vm)...)
+	if err != nil {
+		return fmt.Errorf("create vm %q: %w", vm.Name, constraint("vm", err))
+	}
+	return nil
+}
+
+// GetVM finds a VM by id, name or unique id prefix (ErrNotFound,
+// ErrAmbiguous).
+func (s *Store) GetVM(ctx context.Context, ref string) (model.VM, error) {
+	return resolve(ctx, s.db, "vm", "vms", vmCols, ref, "", nil, scanVM)
+}
+
+// ListVMs returns all VMs, oldest first.
+func (s *Store) ListVMs(ctx context.Context) ([]model.VM, error) {
+	return list(ctx, s.db, "SELECT "+vmCols+" FROM vms ORDER BY created_at, id", nil, scanVM)
+}
+
+// UpdateVM replaces the whole record with vm.ID, setting UpdatedAt to now
+// (the caller's UpdatedAt is ignored). ErrNotFound when there is no such
+// id; ErrConflict when the new name, IP or CID is taken by another VM.
+func (s *Store) UpdateVM(ctx context.Context, vm model.VM) error {
+	vm.UpdatedAt = time.Now()
+	args := vmArgs(vm)
+	// SET every column but id, then WHERE id = ?.
+	query := "UPDATE vms SET name=?, image_id=?, kernel_id=?, cpus=?, memory_mib=?, disk_bytes=?, " +
+		"desired_state=?, state=?, vmm=?, accel=?, cow_strategy=?, guest_ip=?, guest_mac=?, dns_name=?, cid=?, " +
+		"dir=?, api_socket=?, vsock_socket=?, log_path=?, console_path=?, metrics_path=?, system_disk=?, " +
+		"work_disk=?, last_error=?, created_at=?, updated_at=?, started_at=? WHERE id = ?"
+	if err := s.execOne(ctx, "vm", vm.ID, query, append(args[1:], vm.ID)...); err != nil {
+		return fmt.Errorf("update vm: %w", err)
+	}
+	return nil
+}
+
+// DeleteVM removes the VM with this exact id and its sessions (ErrNotFound).
+func (s *Store) DeleteVM(ctx context.Context, id string) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	// The foreign key cascades too; deleting explicitly keeps this true
+	// whatever the connection's foreign_keys setting.
+	if _, err := tx.ExecContext(ctx, "DELETE FROM sessions WHERE vm_id = ?", id); err != nil {
+		return err
+	}
+	res, err := tx.ExecContext(ctx, "DELETE FROM vms WHERE id = ?", id)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("vm %q: %w", id, ErrNotFound)
+	}
+	return tx.Commit()
+}
+
+// VMsUsingImage returns the VMs made from the image with this id, oldest
+// first.
+func (s *Store) VMsUsingImage(ctx context.Context, imageID string) ([]model.VM, error) {
+	return list(ctx, s.db, "SELECT "+vmCols+" FROM vms WHERE image_id = ? ORDER BY created_at, id", []any{imageID}, scanVM)
+}
+
+// VMsUsingKernel returns the VMs booting the kernel with this id, oldest
+// first.
+func (s *Store) VMsUsingKernel(ctx context.Context, kernelID string) ([]model.VM, error) {
+	return list(ctx, s.db, "SELECT "+vmCols+" FROM vms WHERE kernel_id = ? ORDER BY created_at, id", []any{kernelID}, scanVM)
+}
