@@ -11,6 +11,11 @@ import (
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 
+// sizeNumRE is the number part of a size: decimal digits with at most one
+// point. strconv.ParseFloat alone would also take "NaN", "Inf", hex floats
+// and underscores.
+var sizeNumRE = regexp.MustCompile(`^([0-9]+\.?[0-9]*|\.[0-9]+)$`)
+
 // ValidateName checks a user-given name of a VM, image, kernel or session.
 // kind ("vm", "image", …) is used in the error message.
 func ValidateName(kind, name string) error {
@@ -33,6 +38,7 @@ func ParseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("size is empty: use a number with an optional unit K, M, G or T (e.g. 512M, 2G)")
 	}
 	u := strings.ToUpper(s)
+	binary := strings.HasSuffix(u, "IB") // "GiB": only valid after a unit letter
 	u = strings.TrimSuffix(u, "IB")
 	u = strings.TrimSuffix(u, "B")
 	mult := int64(1)
@@ -50,7 +56,7 @@ func ParseSize(s string) (int64, error) {
 	}
 	u = strings.TrimSpace(u)
 	bad := fmt.Errorf("invalid size %q: use a positive number with an optional unit K, M, G or T (e.g. 512M, 2G)", orig)
-	if u == "" || strings.ContainsAny(u, "+-eE") {
+	if !sizeNumRE.MatchString(u) || (binary && mult == 1) {
 		return 0, bad
 	}
 	f, err := strconv.ParseFloat(u, 64)
