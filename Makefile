@@ -1,0 +1,56 @@
+# banger — see README.md. `make demo` and `make test` each do all set-up.
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
+GO ?= go
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/banger/banger/internal/daemon.Version=$(VERSION)
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# Fuzz targets run briefly in every test run.
+FUZZTIME ?= 5s
+
+.PHONY: all deps build test unit e2e fuzz lint bench demo clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/banger ./cmd/banger
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/bangerd ./cmd/bangerd
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o bin/banger-init ./cmd/banger-init
+
+# The whole suite: unit and integration tests, fuzz smoke, and the
+# end-to-end tests that boot real guests under QEMU inside test network
+# namespaces.
+test: deps build
+	BANGER_E2E=1 $(GO) test -count=1 -timeout 60m ./...
+	$(MAKE) --no-print-directory fuzz
+
+unit: build
+	$(GO) test -count=1 ./...
+
+e2e: deps build
+	BANGER_E2E=1 $(GO) test -count=1 -timeout 60m -v ./test/...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzValidateName$$' -fuzztime $(FUZZTIME) ./internal/model
+	$(GO) test -run '^$$' -fuzz '^FuzzParseSize$$' -fuzztime $(FUZZTIME) ./internal/model
+	$(GO) test -run '^$$' -fuzz '^FuzzQuote$$' -fuzztime $(FUZZTIME) ./internal/guest
+	$(GO) test -run '^$$' -fuzz '^FuzzRunnerScript$$' -fuzztime $(FUZZTIME) ./internal/session
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+	shellcheck scripts/*.sh .ci/run
+
+bench: deps build
+	BANGER_E2E=1 $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
+
+# The main job: boot a VM and run a command in it (default: uname -a).
+demo: deps build
+	scripts/demo.sh $(CMD)
+
+clean:
+	rm -rf bin

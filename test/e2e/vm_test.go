@@ -1,0 +1,288 @@
+package e2e
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/banger/banger/internal/model"
+)
+
+// TestVMRun is the main job: one command boots a VM from the default image
+// and kernel, runs a command, streams its output and returns its exit code.
+func TestVMRun(t *testing.T) {
+	h := NewHarness(t)
+	out := h.MustRun("vm", "run", "--rm", "--", "uname", "-a")
+	if !strings.HasPrefix(out, "Linux ") || !strings.Contains(out, "x86_64") {
+		t.Fatalf("vm run uname -a printed %q, want the guest kernel's line", out)
+	}
+	var k []struct {
+		Kernel *model.Kernel `json:"kernel"`
+	}
+	h.JSON(&k, "kernel", "list")
+	found := false
+	for _, e := range k {
+		if e.Kernel != nil && strings.Contains(out, e.Kernel.Version) {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("uname -a %q names none of the pulled kernels' versions", out)
+	}
+	_, _, code := h.Run("vm", "run", "--rm", "--", "sh", "-c", "exit 7")
+	if code != 7 {
+		t.Fatalf("vm run -- sh -c 'exit 7' exited %d, want 7", code)
+	}
+	var vms []model.VM
+	h.JSON(&vms, "vm", "list")
+	if len(vms) != 0 {
+		t.Fatalf("--rm left vms: %+v", vms)
+	}
+	h.AssertNoLeaks()
+}
+
+// TestVMLifecycle: a file written in /root survives stop and start; the
+// image is never written through.
+func TestVMLifecycle(t *testing.T) {
+	h := NewHarness(t)
+	vm := h.StartVM("life")
+	var im model.Image
+	h.JSON(&im, "image", "show", vm.ImageID)
+	before := fileSum(t, im.Path)
+
+	h.MustRun("vm", "exec", "life", "--", "sh", "-c", "echo kept > /root/marker && echo gone > /etc/banger-marker && sync")
+	if got := strings.TrimSpace(h.MustRun("vm", "exec", "life", "--", "cat", "/root/marker")); got != "kept" {
+		t.Fatalf("marker = %q", got)
+	}
+	h.MustRun("vm", "stop", "life")
+	if st := h.VM("life").State; st != model.VMStopped {
+		t.Fatalf("state after stop = %s", st)
+	}
+	if l := h.Leaks(); len(l) > 1 || (len(l) == 1 && !strings.HasPrefix(l[0], "vm dir")) {
+		t.Fatalf("stopped vm still holds host resources: %v", l)
+	}
+	h.MustRun("vm", "start", "life")
+	if got := strings.TrimSpace(h.MustRun("vm", "exec", "life", "--", "cat", "/root/marker")); got != "kept" {
+		t.Fatalf("after restart /root/marker = %q, want kept", got)
+	}
+	// The system disk is per VM and kept too; the image is untouched.
+	if got := strings.TrimSpace(h.MustRun("vm", "exec", "life", "--", "cat", "/etc/banger-marker")); got != "gone" {
+		t.Fatalf("system disk change lost across stop/start: %q", got)
+	}
+	_, _, code := h.Run("vm", "exec", "life", "--", "false")
+	if code != 1 {
+		t.Fatalf("vm exec false exited %d, want 1", code)
+	}
+	logs := h.MustRun("vm", "logs", "life")
+	if !strings.Contains(logs, "Linux version") {
+		t.Errorf("vm logs does not show the guest console:\n%.500s", logs)
+	}
+	h.MustRun("vm", "restart", "life")
+	h.MustRun("vm", "exec", "life", "--", "true")
+	h.MustRun("vm", "delete", "--force", "life")
+	if after := fileSum(t, im.Path); after != before {
+		t.Fatalf("image checksum changed: %s → %s", before, after)
+	}
+	h.AssertNoLeaks()
+}
+
+// TestTwoVMsAndDaemonCrash: two VMs get distinct addresses and reach each
+// other; kill -9 of bangerd leaves them running and reachable, and the next
+// CLI call brings the daemon back.
+func TestTwoVMsAndDaemonCrash(t *testing.T) {
+	h := NewHarness(t)
+	a := h.StartVM("va")
+	b := h.StartVM("vb")
+	if a.GuestIP == b.GuestIP || a.CID == b.CID || a.GuestMAC == b.GuestMAC || a.ID == b.ID {
+		t.Fatalf("vms share identity: %+v %+v", a, b)
+	}
+	ha, hb := readHandles(t, a), readHandles(t, b)
+	if ha.Tap == "" || ha.Tap == hb.Tap {
+		t.Fatalf("taps: %q %q", ha.Tap, hb.Tap)
+	}
+	// va reaches vb's sshd over the bridge.
+	probe := fmt.Sprintf("exec 3<>/dev/tcp/%s/22 && head -c 7 <&3", b.GuestIP)
+	if got := h.MustRun("vm", "exec", "va", "--", "bash", "-c", probe); !strings.HasPrefix(got, "SSH-2.0") {
+		t.Fatalf("va → vb:22 answered %q", got)
+	}
+	// Names resolve on the host side through the daemon's DNS responder.
+	if out, err := h.InNetns("getent", "hosts", "vb.vm"); err == nil && strings.Contains(out, b.GuestIP) {
+		t.Logf("getent resolved vb.vm (resolver configured)")
+	}
+	hosts := h.MustRun("vm", "hosts")
+	if !strings.Contains(hosts, b.GuestIP) || !strings.Contains(hosts, "vb.vm") {
+		t.Fatalf("vm hosts = %q", hosts)
+	}
+
+	pid := h.DaemonPID()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, pid)
+	for _, name := range []string{"va", "vb"} {
+		if got := strings.TrimSpace(h.MustRun("vm", "exec", name, "--", "hostname")); got != name {
+			t.Fatalf("after daemon kill -9, exec in %s: hostname %q", name, got)
+		}
+		if st := h.VM(name).State; st != model.VMRunning {
+			t.Fatalf("%s state after daemon restart = %s", name, st)
+		}
+	}
+	if newPID := h.DaemonPID(); newPID == pid {
+		t.Fatalf("daemon pid unchanged after kill -9")
+	}
+	h.MustRun("vm", "delete", "--force", "va")
+	h.MustRun("vm", "delete", "--force", "vb")
+	h.AssertNoLeaks()
+}
+
+// TestVMMCrash: kill -9 of a VM's QEMU stops the VM and frees its tap.
+func TestVMMCrash(t *testing.T) {
+	h := NewHarness(t)
+	vm := h.StartVM("crash")
+	hd := readHandles(t, vm)
+	if err := syscall.Kill(hd.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for h.VM("crash").State == model.VMRunning {
+		if time.Now().After(deadline) {
+			t.Fatal("vm still running 30s after its vmm was killed")
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	got := h.VM("crash")
+	if got.State != model.VMStopped && got.State != model.VMFailed {
+		t.Fatalf("state = %s", got.State)
+	}
+	if got.LastError == "" {
+		t.Errorf("no last_error recorded for the crash")
+	}
+	if l := h.Leaks(); len(l) != 1 {
+		t.Fatalf("after vmm crash, leaks besides the kept vm dir: %v", l)
+	}
+	_, errOut, code := h.Run("vm", "exec", "crash", "--", "true")
+	if code == 0 || !strings.Contains(errOut, "not running") {
+		t.Fatalf("exec on crashed vm: code %d, %q", code, errOut)
+	}
+	h.MustRun("vm", "start", "crash")
+	h.MustRun("vm", "exec", "crash", "--", "true")
+}
+
+// TestCreateDeleteCyclesAndFailures: repeated create/delete and every failing
+// path leave nothing behind.
+func TestCreateDeleteCyclesAndFailures(t *testing.T) {
+	h := NewHarness(t)
+	for i := 0; i < 20; i++ {
+		name := fmt.Sprintf("cyc-%d", i)
+		h.MustRun("vm", "create", "--name", name)
+		h.MustRun("vm", "delete", name)
+	}
+	h.AssertNoLeaks()
+
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"vm", "create", "--image", "no-such-image"}, `image "no-such-image" not found`},
+		{[]string{"vm", "create", "--kernel", "no-such-kernel"}, `kernel "no-such-kernel" not found`},
+		{[]string{"vm", "create", "--name", "Bad_Name"}, "invalid vm name"},
+		{[]string{"vm", "create", "--memory", "12Q"}, "invalid size"},
+		{[]string{"vm", "start", "ghost"}, `vm "ghost" not found`},
+	} {
+		_, errOut, code := h.Run(tc.args...)
+		if code == 0 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("banger %s: code %d stderr %q, want an error containing %q", strings.Join(tc.args, " "), code, errOut, tc.want)
+		}
+	}
+
+	// A kernel the VMM cannot boot: the start fails, the record says why,
+	// and nothing is left running.
+	bad := filepath.Join(t.TempDir(), "vmlinux")
+	if err := os.WriteFile(bad, append([]byte("\x7fELF"), make([]byte, 4096)...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.MustRun("kernel", "import", "--name", "broken", "--vmlinux", bad)
+	h.MustRun("vm", "create", "--name", "nokern", "--kernel", "broken")
+	_, errOut, code := h.Run("vm", "start", "nokern")
+	if code == 0 {
+		t.Fatalf("start with a broken kernel succeeded")
+	}
+	vm := h.VM("nokern")
+	if vm.State != model.VMFailed || vm.LastError == "" {
+		t.Fatalf("after failed start: state %s last_error %q (cli said %q)", vm.State, vm.LastError, errOut)
+	}
+	if l := h.Leaks(); len(l) != 1 {
+		t.Fatalf("failed start leaked: %v", l)
+	}
+	h.MustRun("vm", "delete", "nokern")
+
+	// Disk full: the VM directory's filesystem has no room for the disks.
+	vmsDir := filepath.Join(h.StateDir, "vms")
+	if err := syscall.Mount("tmpfs", vmsDir, "tmpfs", 0, "size=256k"); err != nil {
+		t.Fatalf("mount tiny tmpfs: %v", err)
+	}
+	defer syscall.Unmount(vmsDir, 0)
+	_, errOut, code = h.Run("vm", "create", "--name", "full")
+	if code == 0 {
+		t.Fatalf("create on a full disk succeeded")
+	}
+	if _, _, c := h.Run("vm", "show", "full"); c == 0 {
+		t.Fatalf("a failed create left a record (cli said %q)", errOut)
+	}
+	if ents, _ := os.ReadDir(vmsDir); len(ents) != 0 {
+		t.Fatalf("a failed create left files: %v", ents)
+	}
+	syscall.Unmount(vmsDir, 0)
+	h.AssertNoLeaks()
+}
+
+type handles struct {
+	PID int    `json:"pid"`
+	Tap string `json:"tap"`
+}
+
+func readHandles(t *testing.T, vm model.VM) handles {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(vm.Dir, "handles.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h handles
+	if err := json.Unmarshal(b, &h); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func waitGone(t *testing.T, pid int) {
+	t.Helper()
+	for i := 0; i < 100; i++ {
+		if syscall.Kill(pid, 0) != nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("pid %d still alive", pid)
+}
+
+func fileSum(t *testing.T, p string) string {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
