@@ -1,0 +1,165 @@
+package qemu
+
+import (
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/banger/banger/internal/vmm"
+)
+
+// Machine types the driver knows how to wire devices for.
+const (
+	MachineMicrovm = "microvm" // virtio-mmio devices, no PCI; fastest boot
+	MachineQ35     = "q35"     // PCI (virtio-*-pci), firmware boot path
+)
+
+// ArgOptions are the host-dependent choices that BuildArgs does not take
+// from the spec.
+type ArgOptions struct {
+	Machine    string // MachineMicrovm (default) or MachineQ35
+	Accel      string // "kvm" or "tcg"
+	TSCkHz     int    // host TSC in kHz; under TCG added as tsc_early_khz= when > 0
+	VhostVsock bool   // host has /dev/vhost-vsock: give the guest a vsock when spec.CID != 0
+}
+
+var idRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]{0,31}$`)
+
+// PIDFile is where QEMU writes its PID, in the VM directory.
+func PIDFile(dir string) string { return filepath.Join(dir, "qemu.pid") }
+
+// qmpArg is the exact -qmp value for a socket path; Find matches on it.
+func qmpArg(socket string) string {
+	return "unix:" + escape(socket) + ",server=on,wait=off"
+}
+
+// escape doubles commas, QEMU's quoting inside option values.
+func escape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// BuildArgs returns QEMU's argv (without the binary) for spec. It does no
+// I/O. It refuses a spec it cannot express: unknown machine or accelerator,
+// a disk with an unknown format or a bad id, no api socket.
+func BuildArgs(spec vmm.Spec, o ArgOptions) ([]string, error) {
+	machine := o.Machine
+	if machine == "" {
+		machine = MachineMicrovm
+	}
+	var blkDev, netDev, vsockDev, mflag string
+	switch machine {
+	case MachineMicrovm:
+		// acpi=on: the Debian cloud kernel finds no disk on microvm without it.
+		mflag, blkDev, netDev, vsockDev = "microvm,acpi=on", "virtio-blk-device", "virtio-net-device", "vhost-vsock-device"
+	case MachineQ35:
+		mflag, blkDev, netDev, vsockDev = "q35", "virtio-blk-pci", "virtio-net-pci", "vhost-vsock-pci"
+	default:
+		return nil, fmt.Errorf("unknown qemu machine %q: use %s or %s", machine, MachineMicrovm, MachineQ35)
+	}
+	if spec.APISocket == "" {
+		return nil, fmt.Errorf("spec for %q has no api socket: the QMP socket is required", spec.Name)
+	}
+	if spec.Dir == "" {
+		return nil, fmt.Errorf("spec for %q has no VM directory", spec.Name)
+	}
+	cpus, mem := spec.CPUs, spec.MemoryMiB
+	if cpus <= 0 {
+		cpus = 1
+	}
+	if mem <= 0 {
+		return nil, fmt.Errorf("spec for %q: memory must be positive, got %d MiB", spec.Name, mem)
+	}
+	name := spec.Name
+	if name == "" {
+		name = spec.ID
+	}
+	args := []string{"-name", escape(name), "-M", mflag}
+	switch o.Accel {
+	case "kvm":
+		args = append(args, "-accel", "kvm", "-cpu", "host")
+	case "tcg":
+		args = append(args, "-accel", "tcg,thread=multi", "-cpu", "max")
+	default:
+		return nil, fmt.Errorf("unknown accelerator %q: use kvm or tcg", o.Accel)
+	}
+	args = append(args,
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-smp", strconv.Itoa(cpus), "-m", strconv.Itoa(mem),
+	)
+	kernel := spec.Kernel.BzImage
+	if kernel == "" {
+		kernel = spec.Kernel.Vmlinux
+	}
+	if kernel != "" {
+		args = append(args, "-kernel", kernel)
+		if spec.Kernel.Initrd != "" {
+			args = append(args, "-initrd", spec.Kernel.Initrd)
+		}
+		args = append(args, "-append", Cmdline(spec.Cmdline, o))
+	} else if spec.Kernel.Initrd != "" || spec.Cmdline != "" {
+		return nil, fmt.Errorf("spec for %q has an initrd or command line but no kernel", spec.Name)
+	}
+	seen := map[string]bool{}
+	for i, d := range spec.Disks {
+		if !idRE.MatchString(d.ID) || seen[d.ID] {
+			return nil, fmt.Errorf("disk %d id %q: want a unique id of letters, digits, '-' or '_' starting with a letter", i, d.ID)
+		}
+		seen[d.ID] = true
+		format := d.Format
+		if format == "" {
+			format = "raw"
+		}
+		if format != "raw" && format != "qcow2" {
+			return nil, fmt.Errorf("disk %q format %q: use raw or qcow2", d.ID, d.Format)
+		}
+		if d.Path == "" {
+			return nil, fmt.Errorf("disk %q has no path", d.ID)
+		}
+		drive := "file=" + escape(d.Path) + ",format=" + format + ",if=none,id=" + d.ID + ",cache=writeback,discard=unmap"
+		if d.ReadOnly {
+			drive += ",readonly=on"
+		}
+		args = append(args, "-drive", drive, "-device", blkDev+",drive="+d.ID)
+	}
+	if spec.Net != nil {
+		if spec.Net.Tap == "" || spec.Net.MAC == "" {
+			return nil, fmt.Errorf("network interface needs both a tap and a MAC, got tap %q mac %q", spec.Net.Tap, spec.Net.MAC)
+		}
+		args = append(args,
+			"-netdev", "tap,id=net0,ifname="+escape(spec.Net.Tap)+",script=no,downscript=no",
+			"-device", netDev+",netdev=net0,mac="+spec.Net.MAC)
+	}
+	if spec.CID != 0 && o.VhostVsock {
+		args = append(args, "-device", vsockDev+",guest-cid="+strconv.FormatUint(uint64(spec.CID), 10))
+	}
+	if spec.Console != "" {
+		args = append(args, "-chardev", "file,id=serial0,path="+escape(spec.Console), "-serial", "chardev:serial0")
+	}
+	args = append(args,
+		"-qmp", qmpArg(spec.APISocket),
+		"-pidfile", PIDFile(spec.Dir),
+	)
+	return args, nil
+}
+
+// Cmdline is the kernel command line QEMU passes: the spec's, plus a serial
+// console when it names none, plus tsc_early_khz under TCG (microvm hangs at
+// TSC calibration under TCG in about one boot of four without it).
+func Cmdline(base string, o ArgOptions) string {
+	parts := strings.Fields(base)
+	has := func(key string) bool {
+		for _, p := range parts {
+			if p == key || strings.HasPrefix(p, key+"=") {
+				return true
+			}
+		}
+		return false
+	}
+	if !has("console") {
+		parts = append(parts, "console=ttyS0")
+	}
+	if o.Accel == "tcg" && o.TSCkHz > 0 && !has("tsc_early_khz") {
+		parts = append(parts, "tsc_early_khz="+strconv.Itoa(o.TSCkHz))
+	}
+	return strings.Join(parts, " ")
+}

@@ -1,0 +1,399 @@
+// Package qemu is banger's QEMU driver: it builds QEMU's command line
+// (-M microvm or q35, KVM when usable else TCG), starts QEMU detached,
+// and drives it over QMP on the VM's api socket.
+//
+// It owns everything QEMU-specific: flags, QMP, the pidfile and the
+// accelerator probe. It must not touch host networking, disks or the store:
+// taps and disk files arrive ready in the vmm.Spec.
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/banger/banger/internal/proc"
+	"github.com/banger/banger/internal/vmm"
+)
+
+// DefaultBinary is looked up on PATH when Options.Binary is empty.
+const DefaultBinary = "qemu-system-x86_64"
+
+// Options configure a Driver.
+type Options struct {
+	Binary  string // QEMU binary; DefaultBinary on PATH when empty
+	Machine string // MachineMicrovm (default) or MachineQ35
+	// Accel is "auto" (default: KVM if /dev/kvm opens and a probe boot under
+	// KVM makes progress, else TCG), "kvm" or "tcg".
+	Accel string
+	// ProbeKernel, when set, is booted by the KVM probe instead of firmware.
+	ProbeKernel *ProbeKernel
+	// ProbeTimeout bounds the KVM probe (default 8s).
+	ProbeTimeout time.Duration
+	// TSCkHz overrides the host TSC frequency given to TCG guests
+	// (0: HostTSCkHz; negative: do not pass tsc_early_khz).
+	TSCkHz int
+	// StartTimeout bounds Start's wait for QMP (default 30s).
+	StartTimeout time.Duration
+}
+
+// Driver runs VMs under QEMU. It implements vmm.Driver, vmm.Pauser and
+// vmm.Describer.
+type Driver struct {
+	opts Options
+
+	mu       sync.Mutex
+	decided  bool
+	bin      string
+	version  string
+	accel    string
+	reason   string
+	ok       bool
+	tscKHz   int
+	hasVsock bool
+}
+
+var (
+	_ vmm.Driver    = (*Driver)(nil)
+	_ vmm.Pauser    = (*Driver)(nil)
+	_ vmm.Describer = (*Driver)(nil)
+)
+
+// New returns a driver; nothing is probed until Available or Start.
+func New(opts Options) *Driver {
+	if opts.Accel == "" {
+		opts.Accel = "auto"
+	}
+	if opts.Machine == "" {
+		opts.Machine = MachineMicrovm
+	}
+	if opts.ProbeTimeout <= 0 {
+		opts.ProbeTimeout = 8 * time.Second
+	}
+	if opts.StartTimeout <= 0 {
+		opts.StartTimeout = 30 * time.Second
+	}
+	return &Driver{opts: opts}
+}
+
+// Name is "qemu".
+func (d *Driver) Name() string { return "qemu" }
+
+// Available finds the binary, reads its version and decides the
+// accelerator (probing KVM when Accel is auto), once; later calls return the
+// cached answer. The reason is filled in both cases: why it cannot run, or
+// which binary and accelerator it will use and why.
+func (d *Driver) Available(ctx context.Context) (bool, string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.decided {
+		d.decide(ctx)
+	}
+	return d.ok, d.reason
+}
+
+// Accel returns the accelerator Start will use ("kvm" or "tcg", "" when the
+// driver is unavailable) and why it was chosen.
+func (d *Driver) Accel(ctx context.Context) (accel, reason string) {
+	d.Available(ctx)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.accel, d.reason
+}
+
+// decide fills the cached fields; d.mu is held.
+func (d *Driver) decide(ctx context.Context) {
+	bin := d.opts.Binary
+	if bin == "" {
+		bin = DefaultBinary
+	}
+	path, err := exec.LookPath(bin)
+	if err != nil {
+		d.decided, d.reason = true, fmt.Sprintf("qemu binary %q not found: %v", bin, err)
+		return
+	}
+	out, err := exec.CommandContext(ctx, path, "-version").Output()
+	if err != nil {
+		if ctx.Err() != nil {
+			d.reason = fmt.Sprintf("%s -version interrupted: %v", path, ctx.Err())
+			return // not cached: the caller gave up, the host did not answer no
+		}
+		d.decided, d.reason = true, fmt.Sprintf("%s -version failed: %v", path, err)
+		return
+	}
+	d.bin, d.version = path, ParseVersion(string(out))
+	var why string
+	switch d.opts.Accel {
+	case "tcg":
+		d.accel, why = "tcg", "tcg forced by configuration"
+	case "kvm":
+		if ok, r := kvmOpens(); !ok {
+			d.decided, d.reason = true, fmt.Sprintf("kvm forced by configuration but %s", r)
+			return
+		}
+		d.accel, why = "kvm", "kvm forced by configuration"
+	case "auto":
+		if ok, r := kvmOpens(); !ok {
+			d.accel, why = "tcg", r
+		} else if ok, r := probe(ctx, path, "kvm", d.opts.ProbeKernel, d.opts.ProbeTimeout); !ok {
+			if ctx.Err() != nil {
+				d.reason = r
+				return
+			}
+			d.accel, why = "tcg", "/dev/kvm opens but guests do not run under it: "+r
+		} else {
+			d.accel, why = "kvm", r
+		}
+	default:
+		d.decided, d.reason = true, fmt.Sprintf("unknown accel %q: use auto, kvm or tcg", d.opts.Accel)
+		return
+	}
+	if d.accel == "tcg" && d.opts.TSCkHz >= 0 {
+		d.tscKHz = d.opts.TSCkHz
+		if d.tscKHz == 0 {
+			d.tscKHz, _ = HostTSCkHz() // 0 leaves tsc_early_khz out
+		}
+	}
+	_, err = os.Stat("/dev/vhost-vsock")
+	d.hasVsock = err == nil
+	d.decided, d.ok = true, true
+	d.reason = fmt.Sprintf("qemu %s (%s), machine %s, accel %s: %s", d.version, path, d.opts.Machine, d.accel, why)
+}
+
+// ParseVersion extracts "7.2.22" from `qemu-system-x86_64 -version` output.
+func ParseVersion(out string) string {
+	const key = "version "
+	i := strings.Index(out, key)
+	if i < 0 {
+		return strings.TrimSpace(out)
+	}
+	f := strings.Fields(out[i+len(key):])
+	if len(f) == 0 {
+		return ""
+	}
+	return f[0]
+}
+
+// matcher recognises the QEMU process started with socket.
+func matcher(socket string) proc.Matcher {
+	return proc.ArgMatcher("-qmp", qmpArg(socket))
+}
+
+// Start launches QEMU for spec and returns once QMP answers and reports the
+// guest running. See vmm.Driver.
+func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
+	if ok, reason := d.Available(ctx); !ok {
+		return vmm.Handle{}, fmt.Errorf("qemu unavailable: %s", reason)
+	}
+	d.mu.Lock()
+	ao := ArgOptions{Machine: d.opts.Machine, Accel: d.accel, TSCkHz: d.tscKHz, VhostVsock: d.hasVsock}
+	bin := d.bin
+	d.mu.Unlock()
+	args, err := BuildArgs(spec, ao)
+	if err != nil {
+		return vmm.Handle{}, err
+	}
+	if h, err := d.Find(spec.APISocket); err == nil {
+		return vmm.Handle{}, fmt.Errorf("api socket %s is held by running qemu pid %d", spec.APISocket, h.PID)
+	}
+	if err := claimSocket(spec.APISocket); err != nil {
+		return vmm.Handle{}, err
+	}
+	pidfile := PIDFile(spec.Dir)
+	_ = os.Remove(pidfile)
+	child, err := proc.StartDetached(bin, args, spec.LogPath)
+	if err != nil {
+		return vmm.Handle{}, err
+	}
+	h := vmm.Handle{PID: child.PID, APISocket: spec.APISocket}
+	fail := func(err error) (vmm.Handle, error) {
+		_ = proc.Terminate(context.Background(), child.PID, nil, 0)
+		<-child.Done()
+		_ = os.Remove(spec.APISocket)
+		_ = os.Remove(pidfile)
+		return vmm.Handle{}, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, d.opts.StartTimeout)
+	defer cancel()
+	for {
+		var st qmpStatus
+		err := withQMP(sctx, spec.APISocket, func(c *qmp) error {
+			return c.execute(sctx, "query-status", nil, &st)
+		})
+		if err == nil && st.Running {
+			return h, nil
+		}
+		if err == nil && st.Status != "prelaunch" && st.Status != "inmigrate" {
+			return fail(fmt.Errorf("qemu started but guest status is %q", st.Status))
+		}
+		select {
+		case <-child.Done():
+			return fail(fmt.Errorf("qemu exited during start (%v): %s", child.Err(), logTail(spec.LogPath)))
+		case <-sctx.Done():
+			return fail(fmt.Errorf("qemu did not answer on %s within %v: %w (log: %s)", spec.APISocket, d.opts.StartTimeout, sctx.Err(), logTail(spec.LogPath)))
+		case <-time.After(25 * time.Millisecond):
+		}
+	}
+}
+
+// claimSocket refuses a socket path something answers on, and removes a
+// stale one nothing listens on.
+func claimSocket(path string) error {
+	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("api socket %s is in use by another process", path)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("remove stale api socket: %w", err)
+	}
+	return nil
+}
+
+// logTail returns the last lines of a log file for error messages.
+func logTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "no log"
+	}
+	s := strings.TrimSpace(string(b))
+	if len(s) > 600 {
+		s = "…" + s[len(s)-600:]
+	}
+	if s == "" {
+		return "empty log"
+	}
+	return s
+}
+
+// Shutdown presses the ACPI power button (system_powerdown). QEMU runs
+// with -no-reboot, so the guest's poweroff or reboot ends the process.
+func (d *Driver) Shutdown(ctx context.Context, h vmm.Handle) error {
+	if !d.Alive(h) {
+		return nil
+	}
+	err := withQMP(ctx, h.APISocket, func(c *qmp) error {
+		return c.execute(ctx, "system_powerdown", nil, nil)
+	})
+	if err != nil && !d.Alive(h) {
+		return nil
+	}
+	return err
+}
+
+// Kill asks QEMU to quit over QMP, then SIGTERM/SIGKILL if it lingers, and
+// removes the api socket and pidfile.
+func (d *Driver) Kill(ctx context.Context, h vmm.Handle) error {
+	m := matcher(h.APISocket)
+	if proc.Alive(h.PID, m) {
+		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_ = withQMP(qctx, h.APISocket, func(c *qmp) error { return c.execute(qctx, "quit", nil, nil) })
+		cancel()
+		proc.WaitGone(ctx, h.PID, m, 2*time.Second)
+		if err := proc.Terminate(ctx, h.PID, m, time.Second); err != nil {
+			return err
+		}
+	}
+	_ = os.Remove(h.APISocket)
+	if dir := dirOf(h.APISocket); dir != "" {
+		_ = os.Remove(PIDFile(dir))
+	}
+	return nil
+}
+
+func dirOf(p string) string {
+	i := strings.LastIndexByte(p, '/')
+	if i <= 0 {
+		return ""
+	}
+	return p[:i]
+}
+
+// Find returns the live QEMU started with apiSocket. It trusts the pidfile
+// next to the socket when its PID still carries the socket, else scans
+// /proc.
+func (d *Driver) Find(apiSocket string) (vmm.Handle, error) {
+	m := matcher(apiSocket)
+	if dir := dirOf(apiSocket); dir != "" {
+		if b, err := os.ReadFile(PIDFile(dir)); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && proc.Alive(pid, m) {
+				return vmm.Handle{PID: pid, APISocket: apiSocket}, nil
+			}
+		}
+	}
+	pids, err := proc.Find(m)
+	if err != nil {
+		return vmm.Handle{}, err
+	}
+	if len(pids) == 0 {
+		return vmm.Handle{}, vmm.ErrNotFound
+	}
+	return vmm.Handle{PID: pids[0], APISocket: apiSocket}, nil
+}
+
+// Alive reports whether h.PID is still QEMU with h's QMP socket.
+func (d *Driver) Alive(h vmm.Handle) bool { return proc.Alive(h.PID, matcher(h.APISocket)) }
+
+// Pause stops the guest's vCPUs (QMP stop).
+func (d *Driver) Pause(ctx context.Context, h vmm.Handle) error {
+	return withQMP(ctx, h.APISocket, func(c *qmp) error { return c.execute(ctx, "stop", nil, nil) })
+}
+
+// Resume restarts the guest's vCPUs (QMP cont).
+func (d *Driver) Resume(ctx context.Context, h vmm.Handle) error {
+	return withQMP(ctx, h.APISocket, func(c *qmp) error { return c.execute(ctx, "cont", nil, nil) })
+}
+
+// Describe returns QEMU's version, the guest's run status, the
+// accelerator and machine, and the process's command line.
+func (d *Driver) Describe(ctx context.Context, h vmm.Handle) (map[string]any, error) {
+	var v qmpVersion
+	var st qmpStatus
+	var kvm struct {
+		Enabled bool `json:"enabled"`
+		Present bool `json:"present"`
+	}
+	err := withQMP(ctx, h.APISocket, func(c *qmp) error {
+		if err := c.execute(ctx, "query-version", nil, &v); err != nil {
+			return err
+		}
+		if err := c.execute(ctx, "query-status", nil, &st); err != nil {
+			return err
+		}
+		return c.execute(ctx, "query-kvm", nil, &kvm)
+	})
+	if err != nil {
+		return nil, err
+	}
+	accel := "tcg"
+	if kvm.Enabled {
+		accel = "kvm"
+	}
+	out := map[string]any{
+		"vmm":     "qemu",
+		"version": v.String(),
+		"package": strings.TrimSpace(v.Package),
+		"status":  st.Status,
+		"running": st.Running,
+		"accel":   accel,
+		"pid":     h.PID,
+	}
+	if argv, err := proc.Cmdline(h.PID); err == nil {
+		out["cmdline"] = argv
+		for i, a := range argv {
+			if a == "-M" && i+1 < len(argv) {
+				out["machine"] = argv[i+1]
+			}
+		}
+	}
+	return out, nil
+}
