@@ -1,0 +1,219 @@
+package hostnet
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strings"
+)
+
+// nftTable is the nftables table that holds every rule banger makes; it is
+// replaced whole by Ensure and deleted whole by Teardown, so banger never
+// edits anyone else's rules.
+const nftTable = "banger"
+
+// ruleTag is the comment on every iptables rule banger makes, and the one
+// way Teardown finds them.
+const ruleTag = "banger"
+
+// NftScript returns the nft script that replaces banger's table with the
+// rules for bridge and subnet: masquerade of the subnet leaving by any other
+// interface, and forward accept for traffic from the bridge and replies to
+// it. Declaring the table before deleting it makes the delete succeed when
+// no table exists, and nft applies the whole script as one transaction.
+func NftScript(bridge string, subnet netip.Prefix) string {
+	return fmt.Sprintf(`table ip %[1]s {}
+delete table ip %[1]s
+table ip %[1]s {
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr %[3]s oifname != "%[2]s" masquerade comment "%[4]s"
+	}
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		iifname "%[2]s" accept comment "%[4]s"
+		oifname "%[2]s" ct state related,established accept comment "%[4]s"
+	}
+}
+`, nftTable, bridge, subnet.Masked(), ruleTag)
+}
+
+// iptablesRule is one rule: its table and its rule specification without
+// the -A/-C/-D verb.
+type iptablesRule struct {
+	table string
+	spec  []string
+}
+
+// iptablesRules returns the rules the iptables fallback adds, each as the
+// argv tail after "iptables -t TABLE -A", tagged with banger's comment.
+func iptablesRules(bridge string, subnet netip.Prefix) []iptablesRule {
+	tag := []string{"-m", "comment", "--comment", ruleTag}
+	return []iptablesRule{
+		{"nat", append([]string{"POSTROUTING", "-s", subnet.Masked().String(), "!", "-o", bridge, "-j", "MASQUERADE"}, tag...)},
+		{"filter", append([]string{"FORWARD", "-i", bridge, "-j", "ACCEPT"}, tag...)},
+		{"filter", append([]string{"FORWARD", "-o", bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"}, tag...)},
+	}
+}
+
+// IptablesArgs returns the argv (without the binary) to apply verb ("-A",
+// "-C" or "-D") to each of the fallback's rules.
+func IptablesArgs(verb, bridge string, subnet netip.Prefix) [][]string {
+	var out [][]string
+	for _, r := range iptablesRules(bridge, subnet) {
+		args := append([]string{"-w", "-t", r.table, verb}, r.spec...)
+		out = append(out, args)
+	}
+	return out
+}
+
+// taggedIptablesRules picks, from "iptables -S" output, the rules that carry
+// banger's comment, as "-A CHAIN ..." lines.
+func taggedIptablesRules(listing string) []string {
+	var out []string
+	for _, line := range strings.Split(listing, "\n") {
+		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "-A ") && strings.Contains(line, "--comment "+ruleTag) &&
+			(strings.HasSuffix(line, "--comment "+ruleTag) || strings.Contains(line, "--comment "+ruleTag+" ")) {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// nftRules picks the rule lines out of "nft list table" output: every line
+// inside a chain that is not the chain's type/policy declaration.
+func nftRules(listing string) []string {
+	var out []string
+	depth := 0
+	for _, line := range strings.Split(listing, "\n") {
+		t := strings.TrimSpace(line)
+		switch {
+		case strings.HasSuffix(t, "{"):
+			depth++
+		case t == "}":
+			depth--
+		case depth >= 2 && t != "" && !strings.HasPrefix(t, "type "):
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// run runs a command and returns its stdout, with stderr in the error.
+func run(ctx context.Context, stdin string, name string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return out.String(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
+	}
+	return out.String(), nil
+}
+
+// firewall applies and removes banger's forwarding and NAT rules.
+type firewall interface {
+	ensure(ctx context.Context, bridge string, subnet netip.Prefix) error
+	teardown(ctx context.Context, bridge string, subnet netip.Prefix) error
+	rules(ctx context.Context) ([]string, error)
+}
+
+type nftFirewall struct{ bin string }
+
+func (f nftFirewall) ensure(ctx context.Context, bridge string, subnet netip.Prefix) error {
+	_, err := run(ctx, NftScript(bridge, subnet), f.bin, "-f", "-")
+	return err
+}
+
+func (f nftFirewall) teardown(ctx context.Context, _ string, _ netip.Prefix) error {
+	// Same idiom as the script: declare then delete, so a missing table is
+	// not an error and nothing else is touched.
+	_, err := run(ctx, fmt.Sprintf("table ip %[1]s {}\ndelete table ip %[1]s\n", nftTable), f.bin, "-f", "-")
+	return err
+}
+
+func (f nftFirewall) rules(ctx context.Context) ([]string, error) {
+	out, err := run(ctx, "", f.bin, "list", "tables", "ip")
+	if err != nil {
+		return nil, err
+	}
+	if !strings.Contains(out, "table ip "+nftTable+"\n") && !strings.HasSuffix(strings.TrimSpace(out), "table ip "+nftTable) {
+		return nil, nil
+	}
+	out, err = run(ctx, "", f.bin, "list", "table", "ip", nftTable)
+	if err != nil {
+		return nil, err
+	}
+	return nftRules(out), nil
+}
+
+type iptablesFirewall struct{ bin string }
+
+func (f iptablesFirewall) ensure(ctx context.Context, bridge string, subnet netip.Prefix) error {
+	check := IptablesArgs("-C", bridge, subnet)
+	add := IptablesArgs("-A", bridge, subnet)
+	for i := range add {
+		if _, err := run(ctx, "", f.bin, check[i]...); err == nil {
+			continue // present already
+		}
+		if _, err := run(ctx, "", f.bin, add[i]...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// teardown deletes every rule carrying banger's tag, whatever bridge or
+// subnet it names, so rules left by an earlier configuration go too.
+func (f iptablesFirewall) teardown(ctx context.Context, _ string, _ netip.Prefix) error {
+	var errs []error
+	for _, table := range []string{"nat", "filter"} {
+		out, err := run(ctx, "", f.bin, "-w", "-t", table, "-S")
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, rule := range taggedIptablesRules(out) {
+			args, err := splitRule(rule)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			args[0] = "-D"
+			if _, err := run(ctx, "", f.bin, append([]string{"-w", "-t", table}, args...)...); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (f iptablesFirewall) rules(ctx context.Context) ([]string, error) {
+	var all []string
+	for _, table := range []string{"nat", "filter"} {
+		out, err := run(ctx, "", f.bin, "-w", "-t", table, "-S")
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range taggedIptablesRules(out) {
+			all = append(all, "-t "+table+" "+r)
+		}
+	}
+	return all, nil
+}
+
+// splitRule splits an "iptables -S" line into arguments. iptables quotes
+// only values with spaces, with double quotes; banger's rules have none, so
+// a line with a quote is refused rather than guessed at.
+func splitRule(line string) ([]string, error) {
+	if strings.ContainsAny(line, `"'\`) {
+		return nil, fmt.Errorf("iptables rule %q has quoting banger does not parse", line)
+	}
+	return strings.Fields(line), nil
+}

@@ -1,0 +1,250 @@
+// Package hostnet owns banger's host networking: the bridge, one tap per VM,
+// guest IP and MAC allocation helpers, the NAT and forwarding rules that give
+// guests egress, the DNS responder for <vm>.<suffix> names, and entering the
+// network namespace the daemon runs in.
+//
+// It works in the network namespace of the calling process. It must not
+// touch VM records or VMM processes, and it removes exactly what it made:
+// rules live in banger's own nftables table "banger" (or, with iptables,
+// carry the comment "banger"), and taps are named by TapName.
+package hostnet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"sort"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Config says which bridge and subnet banger uses.
+type Config struct {
+	Bridge    string       // bridge device name, at most 15 characters
+	Subnet    netip.Prefix // IPv4, /30 or larger; the gateway is its first host address
+	DNSSuffix string       // guests are named <vm>.<suffix>
+	// Firewall picks the rule backend: "nft", "iptables", or "" for nft
+	// when the nft binary is found, else iptables.
+	Firewall string
+}
+
+// Network manages banger's bridge, taps and rules in the current network
+// namespace.
+type Network struct {
+	cfg Config
+	fw  firewall
+}
+
+// New validates cfg and picks the firewall backend. It makes nothing.
+func New(cfg Config) (*Network, error) {
+	if cfg.Bridge == "" || len(cfg.Bridge) > unix.IFNAMSIZ-1 {
+		return nil, fmt.Errorf("invalid bridge name %q: use 1-15 characters", cfg.Bridge)
+	}
+	if !cfg.Subnet.IsValid() || !cfg.Subnet.Addr().Is4() {
+		return nil, fmt.Errorf("invalid subnet %q: use an IPv4 prefix such as 172.16.0.0/24", cfg.Subnet)
+	}
+	if cfg.Subnet.Bits() > 30 {
+		return nil, fmt.Errorf("subnet %s is too small: use a prefix of /30 or larger", cfg.Subnet)
+	}
+	cfg.Subnet = cfg.Subnet.Masked()
+	n := &Network{cfg: cfg}
+	switch cfg.Firewall {
+	case "", "nft":
+		if bin, err := exec.LookPath("nft"); err == nil {
+			n.fw = nftFirewall{bin: bin}
+			break
+		} else if cfg.Firewall == "nft" {
+			return nil, fmt.Errorf("firewall nft: nft not found on PATH: install nftables")
+		}
+		fallthrough
+	case "iptables":
+		bin, err := exec.LookPath("iptables")
+		if err != nil {
+			return nil, fmt.Errorf("no firewall tool: neither nft nor iptables found on PATH: install nftables")
+		}
+		n.fw = iptablesFirewall{bin: bin}
+	default:
+		return nil, fmt.Errorf("invalid firewall %q: use nft, iptables or empty for automatic", cfg.Firewall)
+	}
+	return n, nil
+}
+
+// Gateway returns the bridge's address: the subnet's first host address.
+func (n *Network) Gateway() netip.Addr { return n.cfg.Subnet.Addr().Next() }
+
+// Subnet returns the guest subnet.
+func (n *Network) Subnet() netip.Prefix { return n.cfg.Subnet }
+
+// Bridge returns the bridge device name.
+func (n *Network) Bridge() string { return n.cfg.Bridge }
+
+// Ensure makes the bridge exist and be up with the gateway address, turns
+// on IPv4 forwarding, and (re)writes banger's NAT and forward rules. It is
+// idempotent: calling it again changes nothing that is already right.
+func (n *Network) Ensure(ctx context.Context) error {
+	br, err := n.ensureBridge()
+	if err != nil {
+		return err
+	}
+	addr := &netlink.Addr{IPNet: &net.IPNet{
+		IP:   n.Gateway().AsSlice(),
+		Mask: net.CIDRMask(n.cfg.Subnet.Bits(), 32),
+	}}
+	if err := netlink.AddrReplace(br, addr); err != nil {
+		return fmt.Errorf("set address %s on bridge %s: %w", addr.IPNet, n.cfg.Bridge, err)
+	}
+	if err := netlink.LinkSetUp(br); err != nil {
+		return fmt.Errorf("bring bridge %s up: %w", n.cfg.Bridge, err)
+	}
+	// /proc/sys/net is per network namespace: this turns forwarding on
+	// where banger runs, not necessarily in the host's namespace.
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0); err != nil {
+		return fmt.Errorf("enable ip forwarding: %w", err)
+	}
+	if err := n.fw.ensure(ctx, n.cfg.Bridge, n.cfg.Subnet); err != nil {
+		return fmt.Errorf("nat rules for %s: %w", n.cfg.Subnet, err)
+	}
+	return nil
+}
+
+func (n *Network) ensureBridge() (netlink.Link, error) {
+	link, err := netlink.LinkByName(n.cfg.Bridge)
+	if err == nil {
+		if link.Type() != "bridge" {
+			return nil, fmt.Errorf("device %s exists and is a %s, not a bridge: choose another bridge name", n.cfg.Bridge, link.Type())
+		}
+		return link, nil
+	}
+	if !isNotFound(err) {
+		return nil, fmt.Errorf("look up bridge %s: %w", n.cfg.Bridge, err)
+	}
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: n.cfg.Bridge}}
+	if err := netlink.LinkAdd(br); err != nil && !errors.Is(err, unix.EEXIST) {
+		return nil, fmt.Errorf("create bridge %s: %w", n.cfg.Bridge, err)
+	}
+	return netlink.LinkByName(n.cfg.Bridge)
+}
+
+// Teardown removes banger's rules and the bridge. What is already gone is
+// not an error. Taps are the VMs' and are left to DeleteTap.
+func (n *Network) Teardown(ctx context.Context) error {
+	var errs []error
+	if err := n.fw.teardown(ctx, n.cfg.Bridge, n.cfg.Subnet); err != nil {
+		errs = append(errs, fmt.Errorf("remove nat rules: %w", err))
+	}
+	if link, err := netlink.LinkByName(n.cfg.Bridge); err == nil {
+		if link.Type() != "bridge" {
+			errs = append(errs, fmt.Errorf("device %s is a %s, not banger's bridge: left alone", n.cfg.Bridge, link.Type()))
+		} else if err := netlink.LinkDel(link); err != nil && !isNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete bridge %s: %w", n.cfg.Bridge, err))
+		}
+	} else if !isNotFound(err) {
+		errs = append(errs, fmt.Errorf("look up bridge %s: %w", n.cfg.Bridge, err))
+	}
+	return errors.Join(errs...)
+}
+
+// CreateTap makes a persistent tap device name, attached to the bridge and
+// up, ready for a VMM to open. It is idempotent: an existing tap is
+// (re)attached and brought up. A non-tap device of that name is an error.
+// The bridge must exist (Ensure).
+func (n *Network) CreateTap(ctx context.Context, name string) error {
+	if name == "" || len(name) > unix.IFNAMSIZ-1 {
+		return fmt.Errorf("invalid tap name %q: use 1-15 characters", name)
+	}
+	br, err := netlink.LinkByName(n.cfg.Bridge)
+	if err != nil {
+		return fmt.Errorf("bridge %s for tap %s: %w (call Ensure first)", n.cfg.Bridge, name, err)
+	}
+	link, err := netlink.LinkByName(name)
+	created := false
+	switch {
+	case err == nil:
+		if _, ok := link.(*netlink.Tuntap); !ok {
+			return fmt.Errorf("device %s exists and is a %s, not a tap", name, link.Type())
+		}
+	case isNotFound(err):
+		tap := &netlink.Tuntap{
+			LinkAttrs: netlink.LinkAttrs{Name: name},
+			Mode:      netlink.TUNTAP_MODE_TAP,
+			// No packet info header, single queue: what Firecracker and
+			// QEMU open a tap with.
+			Flags: netlink.TUNTAP_NO_PI,
+		}
+		if err := netlink.LinkAdd(tap); err != nil {
+			return fmt.Errorf("create tap %s: %w", name, err)
+		}
+		if link, err = netlink.LinkByName(name); err != nil {
+			return fmt.Errorf("look up new tap %s: %w", name, err)
+		}
+		created = true
+	default:
+		return fmt.Errorf("look up tap %s: %w", name, err)
+	}
+	if err := netlink.LinkSetMaster(link, br); err != nil {
+		if created { // a failed CreateTap leaves nothing behind
+			_ = netlink.LinkDel(link)
+		}
+		return fmt.Errorf("attach tap %s to bridge %s: %w", name, n.cfg.Bridge, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		if created {
+			_ = netlink.LinkDel(link)
+		}
+		return fmt.Errorf("bring tap %s up: %w", name, err)
+	}
+	return nil
+}
+
+// DeleteTap removes the tap device name. A missing device is not an error;
+// a device of that name that is not a tap is left alone and reported.
+func (n *Network) DeleteTap(ctx context.Context, name string) error {
+	link, err := netlink.LinkByName(name)
+	if isNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look up tap %s: %w", name, err)
+	}
+	if _, ok := link.(*netlink.Tuntap); !ok {
+		return fmt.Errorf("device %s is a %s, not a tap: left alone", name, link.Type())
+	}
+	if err := netlink.LinkDel(link); err != nil && !isNotFound(err) {
+		return fmt.Errorf("delete tap %s: %w", name, err)
+	}
+	return nil
+}
+
+// Taps lists the tap devices present whose names have TapName's shape,
+// sorted. It is what reconcile and leak checks compare with the VMs known.
+func (n *Network) Taps() ([]string, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	var out []string
+	for _, l := range links {
+		if _, ok := l.(*netlink.Tuntap); ok && isTapName(l.Attrs().Name) {
+			out = append(out, l.Attrs().Name)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// NATRules lists banger's firewall rules present, one per line of the
+// backend's own listing (nft rule lines, or "-t TABLE -A CHAIN ..." for
+// iptables). Empty means none.
+func (n *Network) NATRules() ([]string, error) {
+	return n.fw.rules(context.Background())
+}
+
+func isNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf)
+}

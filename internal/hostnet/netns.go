@@ -1,0 +1,84 @@
+package hostnet
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// netnsDir is where iproute2 keeps named network namespaces.
+const netnsDir = "/run/netns"
+
+// enteredEnv marks a process re-executed by EnterNetns with the namespace it
+// was sent into, so that a failed entry cannot loop.
+const enteredEnv = "BANGER_NETNS_ENTERED"
+
+var netnsNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
+
+// InNetns reports whether the calling thread is in the named network
+// namespace (the one bound at /run/netns/NAME). A namespace that does not
+// exist is false, not an error.
+func InNetns(name string) (bool, error) {
+	if !netnsNameRE.MatchString(name) {
+		return false, fmt.Errorf("invalid network namespace name %q: use letters, digits, '.', '_' and '-'", name)
+	}
+	var want, have unix.Stat_t
+	if err := unix.Stat(filepath.Join(netnsDir, name), &want); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return false, nil
+		}
+		return false, fmt.Errorf("stat network namespace %s: %w", name, err)
+	}
+	if err := unix.Stat("/proc/thread-self/ns/net", &have); err != nil {
+		return false, fmt.Errorf("stat own network namespace: %w", err)
+	}
+	return want.Dev == have.Dev && want.Ino == have.Ino, nil
+}
+
+// EnterNetns makes the process run inside the named network namespace. When
+// already inside it returns nil. Otherwise it creates the namespace if
+// missing ("ip netns add") and replaces the process, keeping its PID, with
+// "ip netns exec NAME <own executable> <same args>", which also gives the
+// new image a /sys of that namespace. It returns only on failure. The
+// environment marker BANGER_NETNS_ENTERED stops a second re-exec if the
+// entry did not take.
+func EnterNetns(name string) error {
+	in, err := InNetns(name)
+	if err != nil {
+		return err
+	}
+	if in {
+		return nil
+	}
+	if os.Getenv(enteredEnv) == name {
+		return fmt.Errorf("re-executed into network namespace %s but not inside it: refusing to loop", name)
+	}
+	ip, err := exec.LookPath("ip")
+	if err != nil {
+		return fmt.Errorf("enter network namespace %s: ip not found on PATH: install iproute2", name)
+	}
+	if _, err := os.Stat(filepath.Join(netnsDir, name)); errors.Is(err, os.ErrNotExist) {
+		if out, err := exec.Command(ip, "netns", "add", name).CombinedOutput(); err != nil {
+			// A concurrent creator may have won; only fail when it is still missing.
+			if _, serr := os.Stat(filepath.Join(netnsDir, name)); serr != nil {
+				return fmt.Errorf("create network namespace %s: %w: %s", name, err, out)
+			}
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("enter network namespace %s: find own executable: %w", name, err)
+	}
+	argv := append([]string{ip, "netns", "exec", name, self}, os.Args[1:]...)
+	env := append(os.Environ(), enteredEnv+"="+name)
+	if err := syscall.Exec(ip, argv, env); err != nil {
+		return fmt.Errorf("re-exec into network namespace %s: %w", name, err)
+	}
+	return nil // not reached
+}

@@ -1,0 +1,298 @@
+package hostnet
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/vishvananda/netlink"
+)
+
+const testBridge = "bangertest0"
+
+var testSubnet = netip.MustParsePrefix("172.16.0.0/24")
+
+func newTestNetwork(t *testing.T, firewall string) *Network {
+	t.Helper()
+	n, err := New(Config{Bridge: testBridge, Subnet: testSubnet, DNSSuffix: "vm", Firewall: firewall})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// assertClean fails unless the bridge and every banger rule are gone.
+func assertClean(t *testing.T, n *Network) {
+	t.Helper()
+	if _, err := netlink.LinkByName(testBridge); !isNotFound(err) {
+		t.Errorf("bridge %s still present after Teardown (err %v)", testBridge, err)
+	}
+	rules, err := n.NATRules()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rules) != 0 {
+		t.Errorf("rules left after Teardown: %q", rules)
+	}
+}
+
+func testEnsureTeardown(t *testing.T, firewall string) {
+	ctx := context.Background()
+	n := newTestNetwork(t, firewall)
+	for i := 0; i < 2; i++ { // the second call must change nothing
+		if err := n.Ensure(ctx); err != nil {
+			t.Fatalf("Ensure #%d: %v", i+1, err)
+		}
+		br, err := netlink.LinkByName(testBridge)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if br.Attrs().Flags&net.FlagUp == 0 {
+			t.Errorf("bridge is not up")
+		}
+		as, err := netlink.AddrList(br, netlink.FAMILY_V4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(as) != 1 || as[0].IPNet.String() != "172.16.0.1/24" {
+			t.Errorf("bridge addresses after Ensure #%d = %v, want [172.16.0.1/24]", i+1, as)
+		}
+		rules, err := n.NATRules()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rules) != 3 {
+			t.Errorf("rules after Ensure #%d = %q, want 3 (masquerade, 2 forward)", i+1, rules)
+		}
+		if !slices.ContainsFunc(rules, func(r string) bool { return strings.Contains(strings.ToLower(r), "masquerade") }) {
+			t.Errorf("no masquerade rule in %q", rules)
+		}
+	}
+	// Rules of others survive Teardown.
+	if firewall == "iptables" {
+		sh(t, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "lo", "-j", "MASQUERADE")
+	} else {
+		sh(t, "nft", "add", "table", "ip", "other")
+	}
+	if err := n.Teardown(ctx); err != nil {
+		t.Fatalf("Teardown: %v", err)
+	}
+	assertClean(t, n)
+	if firewall == "iptables" {
+		if out := sh(t, "iptables", "-t", "nat", "-S", "POSTROUTING"); !strings.Contains(out, "-o lo -j MASQUERADE") {
+			t.Errorf("Teardown removed a rule that was not banger's:\n%s", out)
+		}
+	} else if out := sh(t, "nft", "list", "tables"); !strings.Contains(out, "table ip other") {
+		t.Errorf("Teardown removed a table that was not banger's:\n%s", out)
+	}
+	if err := n.Teardown(ctx); err != nil {
+		t.Fatalf("second Teardown: %v", err)
+	}
+}
+
+func TestEnsureTeardownNft(t *testing.T) {
+	if insideTestNetns(t, "nft") {
+		testEnsureTeardown(t, "nft")
+	}
+}
+
+func TestEnsureTeardownIptables(t *testing.T) {
+	if insideTestNetns(t, "iptables") {
+		testEnsureTeardown(t, "iptables")
+	}
+}
+
+func TestTaps(t *testing.T) {
+	if !insideTestNetns(t, "nft") {
+		return
+	}
+	ctx := context.Background()
+	n := newTestNetwork(t, "")
+	if err := n.CreateTap(ctx, "bt000000000001"); err == nil {
+		t.Fatal("CreateTap without a bridge succeeded")
+	}
+	if err := n.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer n.Teardown(ctx)
+	name := TapName("0123456789abcdef0123456789abcdef")
+	for i := 0; i < 2; i++ {
+		if err := n.CreateTap(ctx, name); err != nil {
+			t.Fatalf("CreateTap #%d: %v", i+1, err)
+		}
+	}
+	tap, err := netlink.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	br, _ := netlink.LinkByName(testBridge)
+	if tap.Attrs().MasterIndex != br.Attrs().Index {
+		t.Errorf("tap master index = %d, want bridge %d", tap.Attrs().MasterIndex, br.Attrs().Index)
+	}
+	if tap.Attrs().Flags&net.FlagUp == 0 {
+		t.Errorf("tap is not up")
+	}
+	// A device that is not banger's tap is neither listed nor deleted.
+	sh(t, "ip", "link", "add", "other0", "type", "veth", "peer", "name", "other1")
+	if err := n.DeleteTap(ctx, "other0"); err == nil {
+		t.Error("DeleteTap deleted a veth device")
+	}
+	if err := n.CreateTap(ctx, "other0"); err == nil {
+		t.Error("CreateTap accepted an existing veth device")
+	}
+	taps, err := n.Taps()
+	if err != nil || !slices.Equal(taps, []string{name}) {
+		t.Fatalf("Taps = %v, %v; want [%s]", taps, err, name)
+	}
+	for i := 0; i < 2; i++ {
+		if err := n.DeleteTap(ctx, name); err != nil {
+			t.Fatalf("DeleteTap #%d: %v", i+1, err)
+		}
+	}
+	if taps, err := n.Taps(); err != nil || len(taps) != 0 {
+		t.Fatalf("Taps after delete = %v, %v", taps, err)
+	}
+}
+
+// testNAT builds, inside the test namespace (the "host"), an "internet"
+// namespace on 198.51.100.0/24 and a "guest" namespace behind banger's
+// bridge, and shows a guest's TCP connection arriving from the host's
+// uplink address.
+func testNAT(t *testing.T, firewall string) {
+	ctx := context.Background()
+	n := newTestNetwork(t, firewall)
+	if err := n.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := n.Teardown(ctx); err != nil {
+			t.Error(err)
+		}
+		assertClean(t, n)
+	}()
+	inet := addNetns(t, "banger-test-inet-")
+	guest := addNetns(t, "banger-test-guest-")
+	sh(t, "ip", "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", inet)
+	sh(t, "ip", "addr", "add", "198.51.100.1/24", "dev", "up0")
+	sh(t, "ip", "link", "set", "up0", "up")
+	sh(t, "ip", "-n", inet, "addr", "add", "198.51.100.2/24", "dev", "eth0")
+	sh(t, "ip", "-n", inet, "link", "set", "eth0", "up")
+	sh(t, "ip", "link", "add", "gp0", "type", "veth", "peer", "name", "eth0", "netns", guest)
+	sh(t, "ip", "link", "set", "gp0", "master", testBridge, "up")
+	sh(t, "ip", "-n", guest, "addr", "add", "172.16.0.2/24", "dev", "eth0")
+	sh(t, "ip", "-n", guest, "link", "set", "eth0", "up")
+	sh(t, "ip", "-n", guest, "route", "add", "default", "via", n.Gateway().String())
+
+	var ln net.Listener
+	inNamedNetns(t, inet, func() {
+		var err error
+		if ln, err = net.Listen("tcp", "198.51.100.2:0"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer ln.Close()
+	peer := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			peer <- err.Error()
+			return
+		}
+		peer <- c.RemoteAddr().(*net.TCPAddr).IP.String()
+		c.Close()
+	}()
+	var conn net.Conn
+	inNamedNetns(t, guest, func() {
+		var err error
+		if conn, err = net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second); err != nil {
+			t.Fatalf("guest connect to %s: %v", ln.Addr(), err)
+		}
+	})
+	defer conn.Close()
+	if got := <-peer; got != "198.51.100.1" {
+		t.Fatalf("guest connection arrived from %s, want the uplink address 198.51.100.1 (masqueraded)", got)
+	}
+}
+
+func TestNATNft(t *testing.T) {
+	if insideTestNetns(t, "nft") {
+		testNAT(t, "nft")
+	}
+}
+
+func TestNATIptables(t *testing.T) {
+	if insideTestNetns(t, "iptables") {
+		testNAT(t, "iptables")
+	}
+}
+
+func TestDNS(t *testing.T) {
+	if !insideTestNetns(t) {
+		return
+	}
+	sh(t, "ip", "link", "set", "lo", "up")
+	vms := map[string]netip.Addr{"web": netip.MustParseAddr("172.16.0.5")}
+	d := NewDNS("vm", func(h string) (netip.Addr, bool) { a, ok := vms[h]; return a, ok },
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := d.Start("127.0.0.53:53"); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Start("127.0.0.53:53"); err == nil {
+		t.Error("second Start succeeded")
+	}
+	tests := []struct {
+		name  string
+		qtype uint16
+		rcode int
+		want  string
+	}{
+		{"web.vm.", dns.TypeA, dns.RcodeSuccess, "172.16.0.5"},
+		{"WEB.Vm.", dns.TypeA, dns.RcodeSuccess, "172.16.0.5"},
+		{"web.vm.", dns.TypeAAAA, dns.RcodeSuccess, ""},
+		{"db.vm.", dns.TypeA, dns.RcodeNameError, ""},
+		{"vm.", dns.TypeA, dns.RcodeNameError, ""},
+		{"example.com.", dns.TypeA, dns.RcodeNameError, ""},
+	}
+	for _, proto := range []string{"udp", "tcp"} {
+		c := &dns.Client{Net: proto, Timeout: 2 * time.Second}
+		for _, tt := range tests {
+			m := new(dns.Msg)
+			m.SetQuestion(tt.name, tt.qtype)
+			r, _, err := c.Exchange(m, "127.0.0.53:53")
+			if err != nil {
+				t.Fatalf("%s query %s: %v", proto, tt.name, err)
+			}
+			if r.Rcode != tt.rcode {
+				t.Errorf("%s %s %s: rcode %s, want %s", proto, tt.name, dns.TypeToString[tt.qtype], dns.RcodeToString[r.Rcode], dns.RcodeToString[tt.rcode])
+			}
+			var got string
+			if len(r.Answer) == 1 {
+				if a, ok := r.Answer[0].(*dns.A); ok {
+					got = a.A.String()
+				}
+			} else if len(r.Answer) > 1 {
+				got = "many"
+			}
+			if got != tt.want {
+				t.Errorf("%s %s %s: answer %q, want %q", proto, tt.name, dns.TypeToString[tt.qtype], got, tt.want)
+			}
+		}
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c := &dns.Client{Net: "tcp", Timeout: time.Second}
+	m := new(dns.Msg)
+	m.SetQuestion("web.vm.", dns.TypeA)
+	if _, _, err := c.Exchange(m, "127.0.0.53:53"); err == nil {
+		t.Error("DNS still answers after Close")
+	}
+}
