@@ -1,0 +1,526 @@
+package guest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// Timings. Variables so that tests can shorten them.
+var (
+	// keepaliveInterval is how often an idle-or-not connection proves it is
+	// alive; keepaliveTimeout is how long an answer may take before the
+	// connection is declared dead and closed. Guests under TCG emulation
+	// answer slowly when busy, hence the generous timeout.
+	keepaliveInterval = 15 * time.Second
+	keepaliveTimeout  = 15 * time.Second
+	// staleAfter is how long a pooled connection may go without proof of
+	// life before Pool.Get checks it with a keepalive round trip.
+	staleAfter = 2 * time.Second
+	// dialAttemptTimeout bounds one attempt of WaitReady, so that a SYN lost
+	// to a guest whose network is not up yet does not eat the whole wait.
+	dialAttemptTimeout = 20 * time.Second
+	// cancelGrace is how long a cancelled Run waits for the session to wind
+	// down before returning anyway.
+	cancelGrace = 2 * time.Second
+)
+
+// ErrConnLost is wrapped by the errors of Dial-ed clients' Run when the SSH
+// connection broke (or was found broken) rather than the command failing.
+var ErrConnLost = errors.New("ssh connection lost")
+
+// HostKeyMismatchError is returned by Dial when the guest presents a host key
+// other than the pinned one. It is never retried and never trusted.
+type HostKeyMismatchError struct {
+	Addr   string // host:port dialed
+	Pinned string // fingerprint of the pinned key, "SHA256:…"
+	Got    string // fingerprint of the key the guest presented
+}
+
+func (e *HostKeyMismatchError) Error() string {
+	return fmt.Sprintf("host key mismatch for %s: pinned %s, guest presented %s; refusing to connect", e.Addr, e.Pinned, e.Got)
+}
+
+// connLostError is a Run error caused by the connection, not the command.
+type connLostError struct {
+	op string
+	// notStarted: nothing of the command reached the guest, so it can be
+	// retried on another connection without running twice.
+	notStarted bool
+	err        error
+}
+
+func (e *connLostError) Error() string {
+	return fmt.Sprintf("%s: %v: %v", e.op, ErrConnLost, e.err)
+}
+func (e *connLostError) Unwrap() error        { return e.err }
+func (e *connLostError) Is(target error) bool { return target == ErrConnLost }
+
+// canRetry reports whether err is a Run error after which nothing of the
+// command had reached the guest.
+func canRetry(err error) bool {
+	var cl *connLostError
+	return errors.As(err, &cl) && cl.notStarted
+}
+
+func (ep Endpoint) addr() string {
+	port := ep.Port
+	if port == 0 {
+		port = 22
+	}
+	return net.JoinHostPort(ep.Host, strconv.Itoa(port))
+}
+
+func (ep Endpoint) user() string {
+	if ep.User == "" {
+		return "root"
+	}
+	return ep.User
+}
+
+// conn is a Client on one SSH connection.
+type conn struct {
+	addr      string
+	c         *ssh.Client
+	done      chan struct{} // closed once the connection is gone
+	lastAlive atomic.Int64  // unix nanoseconds of the last proof of life
+}
+
+// Dial connects to ep's sshd as ep.User with signer, accepting only the host
+// key pinned in ep.HostKey: an empty pin is refused (never trust on first
+// use) and a different key fails with *HostKeyMismatchError naming both
+// fingerprints. ctx bounds the TCP connect and the handshake. The returned
+// client sends keepalives and closes itself when they go unanswered.
+func Dial(ctx context.Context, ep Endpoint, signer ssh.Signer) (Client, error) {
+	return dial(ctx, ep, signer)
+}
+
+func dial(ctx context.Context, ep Endpoint, signer ssh.Signer) (*conn, error) {
+	if signer == nil {
+		return nil, errors.New("dial guest: no client key given")
+	}
+	if ep.Host == "" {
+		return nil, errors.New("dial guest: endpoint has no host")
+	}
+	if ep.Port < 0 || ep.Port > 65535 {
+		return nil, fmt.Errorf("dial guest: port %d out of range 1-65535", ep.Port)
+	}
+	pinned, err := ParseHostKey(ep.HostKey)
+	if err != nil {
+		return nil, fmt.Errorf("dial guest %s: %w", ep.Host, err)
+	}
+	addr := ep.addr()
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial guest %s: %w", addr, err)
+	}
+	// The handshake has no context of its own: a deadline bounds it and a
+	// cancellation interrupts it by expiring that deadline.
+	if dl, ok := ctx.Deadline(); ok {
+		nc.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
+	cfg := &ssh.ClientConfig{
+		User:              ep.user(),
+		Auth:              []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback:   pinnedHostKey(addr, pinned),
+		HostKeyAlgorithms: hostKeyAlgorithms(pinned),
+		ClientVersion:     "SSH-2.0-banger",
+	}
+	sc, chans, reqs, err := ssh.NewClientConn(nc, addr, cfg)
+	if !stop() || ctx.Err() != nil {
+		if err == nil {
+			sc.Close()
+		}
+		nc.Close()
+		return nil, fmt.Errorf("ssh handshake with %s: %w", addr, context.Cause(ctx))
+	}
+	if err != nil {
+		nc.Close()
+		var mm *HostKeyMismatchError
+		if errors.As(err, &mm) {
+			return nil, mm
+		}
+		return nil, fmt.Errorf("ssh handshake with %s as %s: %w", addr, ep.user(), err)
+	}
+	nc.SetDeadline(time.Time{})
+	c := &conn{addr: addr, c: ssh.NewClient(sc, chans, reqs), done: make(chan struct{})}
+	c.touch()
+	go func() {
+		c.c.Wait()
+		close(c.done)
+	}()
+	go c.keepalive()
+	return c, nil
+}
+
+func pinnedHostKey(addr string, pinned ssh.PublicKey) ssh.HostKeyCallback {
+	want := pinned.Marshal()
+	return func(_ string, _ net.Addr, key ssh.PublicKey) error {
+		if bytes.Equal(key.Marshal(), want) {
+			return nil
+		}
+		return &HostKeyMismatchError{
+			Addr:   addr,
+			Pinned: ssh.FingerprintSHA256(pinned),
+			Got:    ssh.FingerprintSHA256(key),
+		}
+	}
+}
+
+// hostKeyAlgorithms asks the server for the pinned key's type only, so that
+// a server holding several host keys presents the pinned one.
+func hostKeyAlgorithms(pk ssh.PublicKey) []string {
+	if pk.Type() == ssh.KeyAlgoRSA {
+		return []string{ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA}
+	}
+	return []string{pk.Type()}
+}
+
+func (c *conn) touch() { c.lastAlive.Store(time.Now().UnixNano()) }
+
+func (c *conn) isDone() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// idle is how long since the connection last proved alive.
+func (c *conn) idle() time.Duration {
+	return time.Since(time.Unix(0, c.lastAlive.Load()))
+}
+
+// ping sends one keepalive@openssh.com request and waits for any answer
+// (OpenSSH answers it with a failure, which proves life as well). A
+// connection that does not answer before ctx ends is closed.
+func (c *conn) ping(ctx context.Context) error {
+	res := make(chan error, 1)
+	go func() {
+		_, _, err := c.c.SendRequest("keepalive@openssh.com", true, nil)
+		res <- err
+	}()
+	select {
+	case err := <-res:
+		if err != nil {
+			c.Close()
+			return &connLostError{op: "keepalive to " + c.addr, err: err}
+		}
+		c.touch()
+		return nil
+	case <-c.done:
+		return &connLostError{op: "keepalive to " + c.addr, err: net.ErrClosed}
+	case <-ctx.Done():
+		c.Close()
+		return &connLostError{op: "keepalive to " + c.addr, err: fmt.Errorf("no answer: %w", context.Cause(ctx))}
+	}
+}
+
+func (c *conn) keepalive() {
+	t := time.NewTicker(keepaliveInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), keepaliveTimeout)
+			err := c.ping(ctx)
+			cancel()
+			if err != nil {
+				return
+			}
+		}
+	}
+}
+
+// Close closes the connection. Idempotent.
+func (c *conn) Close() error {
+	err := c.c.Close()
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+// Run runs cmd in a new session; see Client.
+//
+// The stdin copy is not waited for: Run returns once the command has exited
+// even if stdin has not reached EOF (a goroutine may stay blocked in
+// stdin.Read until it returns). A read error from stdin (other than EOF)
+// aborts the command, so that a truncated input never looks complete to it.
+// Nothing is written to stdout or stderr after Run returns. A cancelled ctx
+// sends SIGTERM to the command (servers that do not support signals ignore
+// it) and closes the session.
+func (c *conn) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return -1, fmt.Errorf("run on %s: %w", c.addr, context.Cause(ctx))
+	}
+	sess, err := c.openSession(ctx)
+	if err != nil {
+		return -1, err
+	}
+	defer sess.Close()
+
+	outGate, errGate := newGate(stdout), newGate(stderr)
+	defer outGate.close()
+	defer errGate.close()
+	if outGate != nil {
+		sess.Stdout = outGate
+	}
+	if errGate != nil {
+		sess.Stderr = errGate
+	}
+	var stdinPipe io.WriteCloser
+	if stdin != nil {
+		if stdinPipe, err = sess.StdinPipe(); err != nil {
+			return -1, fmt.Errorf("run on %s: %w", c.addr, err)
+		}
+	}
+	if err := sess.Start(cmd); err != nil {
+		if c.isDone() {
+			return -1, &connLostError{op: "start command on " + c.addr, err: err}
+		}
+		return -1, fmt.Errorf("guest %s refused to run the command: %w", c.addr, err)
+	}
+
+	stdinFailed := make(chan error, 1)
+	if stdin != nil {
+		go func() {
+			rr := &readRecorder{r: stdin}
+			_, err := io.Copy(stdinPipe, rr)
+			if rr.err != nil {
+				// A read error, not the command going away: abort rather
+				// than let the command take a truncated input for a whole.
+				stdinFailed <- rr.err
+				return
+			}
+			if err == nil {
+				stdinPipe.Close() // EOF to the command
+			}
+			// A write error means the command or the connection went away;
+			// Wait reports that.
+		}()
+	}
+
+	waited := make(chan error, 1)
+	go func() { waited <- sess.Wait() }()
+
+	select {
+	case err := <-waited:
+		return c.exitResult(ctx, err, outGate, errGate)
+	case <-ctx.Done():
+		c.abort(sess, waited)
+		return -1, fmt.Errorf("command on %s cancelled: %w", c.addr, context.Cause(ctx))
+	case err := <-stdinFailed:
+		c.abort(sess, waited)
+		return -1, fmt.Errorf("reading the command's stdin: %w (command on %s aborted)", err, c.addr)
+	}
+}
+
+// openSession opens a session, giving up when ctx ends: a connection that
+// died without our noticing yet can leave the open request unanswered.
+func (c *conn) openSession(ctx context.Context) (*ssh.Session, error) {
+	type opened struct {
+		s   *ssh.Session
+		err error
+	}
+	res := make(chan opened, 1)
+	go func() {
+		s, err := c.c.NewSession()
+		res <- opened{s, err}
+	}()
+	select {
+	case o := <-res:
+		if o.err == nil {
+			return o.s, nil
+		}
+		var oce *ssh.OpenChannelError
+		if errors.As(o.err, &oce) {
+			// The connection works; the guest refused another session.
+			// OpenSSH does so beyond MaxSessions (10 by default).
+			return nil, fmt.Errorf("guest %s refused a new session (sshd MaxSessions reached?): %w", c.addr, o.err)
+		}
+		return nil, &connLostError{op: "open session on " + c.addr, notStarted: true, err: o.err}
+	case <-ctx.Done():
+		go func() {
+			if o := <-res; o.s != nil {
+				o.s.Close()
+			}
+		}()
+		return nil, fmt.Errorf("open session on %s: %w", c.addr, context.Cause(ctx))
+	}
+}
+
+// abort signals and closes a running session, then waits a little for its
+// output to drain.
+func (c *conn) abort(sess *ssh.Session, waited <-chan error) {
+	sess.Signal(ssh.SIGTERM)
+	sess.Close()
+	t := time.NewTimer(cancelGrace)
+	defer t.Stop()
+	select {
+	case <-waited:
+	case <-t.C:
+	}
+}
+
+func (c *conn) exitResult(ctx context.Context, err error, gates ...*gate) (int, error) {
+	code := -1
+	var ee *ssh.ExitError
+	var em *ssh.ExitMissingError
+	switch {
+	case err == nil:
+		code = 0
+	case errors.As(err, &ee):
+		if sig := ee.Signal(); sig != "" {
+			return -1, fmt.Errorf("command on %s killed by signal %s", c.addr, sig)
+		}
+		code = ee.ExitStatus()
+	case errors.As(err, &em):
+		// A connection that dropped also ends a session this way; tell the
+		// two apart by asking the connection.
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), keepaliveTimeout)
+		defer cancel()
+		if perr := c.ping(pctx); perr != nil {
+			return -1, &connLostError{op: "command on " + c.addr, err: perr}
+		}
+		return -1, fmt.Errorf("command on %s ended without an exit status", c.addr)
+	default:
+		if c.isDone() {
+			return -1, &connLostError{op: "command on " + c.addr, err: err}
+		}
+		return -1, fmt.Errorf("command on %s: %w", c.addr, err)
+	}
+	c.touch()
+	for _, g := range gates {
+		if werr := g.failed(); werr != nil {
+			return -1, fmt.Errorf("command on %s exited with status %d but its output could not be written: %w", c.addr, code, werr)
+		}
+	}
+	return code, nil
+}
+
+// readRecorder remembers the read error (other than EOF) of r.
+type readRecorder struct {
+	r   io.Reader
+	err error
+}
+
+func (rr *readRecorder) Read(p []byte) (int, error) {
+	n, err := rr.r.Read(p)
+	if err != nil && err != io.EOF {
+		rr.err = err
+	}
+	return n, err
+}
+
+// gate passes writes to w until closed, then drops them, so that nothing is
+// written after Run returns. A write error from w is remembered and later
+// output drained, so that a failing writer cannot stall the session.
+type gate struct {
+	mu     sync.Mutex
+	w      io.Writer
+	err    error
+	closed bool
+}
+
+func newGate(w io.Writer) *gate {
+	if w == nil {
+		return nil
+	}
+	return &gate{w: w}
+}
+
+func (g *gate) Write(p []byte) (int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed || g.err != nil {
+		return len(p), nil
+	}
+	if _, err := g.w.Write(p); err != nil {
+		g.err = err
+	}
+	return len(p), nil
+}
+
+func (g *gate) close() {
+	if g == nil {
+		return
+	}
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+}
+
+func (g *gate) failed() error {
+	if g == nil {
+		return nil
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.err
+}
+
+// WaitReady dials ep every interval until a connection is made and `true`
+// runs on it with status 0, and returns that connection. It gives up when
+// ctx ends, returning an error that wraps both ctx's error and the last
+// attempt's error. A host key mismatch is returned at once, never retried.
+func WaitReady(ctx context.Context, ep Endpoint, signer ssh.Signer, interval time.Duration) (Client, error) {
+	if interval <= 0 {
+		interval = 250 * time.Millisecond
+	}
+	var last error
+	for {
+		c, err := readyOnce(ctx, ep, signer)
+		if err == nil {
+			return c, nil
+		}
+		var mm *HostKeyMismatchError
+		if errors.As(err, &mm) {
+			return nil, err
+		}
+		// An attempt cut short by ctx itself says nothing about the guest.
+		if ctx.Err() == nil || last == nil {
+			last = err
+		}
+		t := time.NewTimer(interval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("guest %s not reachable over SSH: %w (last attempt: %w)", ep.addr(), context.Cause(ctx), last)
+		case <-t.C:
+		}
+	}
+}
+
+// readyOnce is one attempt of WaitReady, bounded by dialAttemptTimeout.
+func readyOnce(ctx context.Context, ep Endpoint, signer ssh.Signer) (*conn, error) {
+	actx, cancel := context.WithTimeout(ctx, dialAttemptTimeout)
+	defer cancel()
+	c, err := dial(actx, ep, signer)
+	if err != nil {
+		return nil, err
+	}
+	code, err := c.Run(actx, "true", nil, nil, nil)
+	if err == nil && code != 0 {
+		err = fmt.Errorf("`true` exited with status %d on %s", code, c.addr)
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}

@@ -1,0 +1,196 @@
+package guest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// DialFunc makes a new connection; Dial is the real one.
+type DialFunc func(ctx context.Context, ep Endpoint, s ssh.Signer) (Client, error)
+
+// Pool shares one connection per key (a VM id) between all callers, redialing
+// transparently when it broke. Safe for concurrent use; Gets for different
+// keys never wait for each other.
+type Pool struct {
+	signer ssh.Signer
+	dial   DialFunc
+
+	mu     sync.Mutex
+	slots  map[string]*slot
+	closed bool
+}
+
+// slot holds the connection of one key.
+type slot struct {
+	key     string
+	dropped atomic.Bool // set by Drop and Close; a dropped slot never dials again
+
+	mu sync.Mutex // held while dialing, so that one key has one connection
+	ep Endpoint
+	c  Client
+}
+
+// NewPool makes a pool that authenticates with signer and connects with dial
+// (Dial when nil).
+func NewPool(signer ssh.Signer, dial DialFunc) *Pool {
+	if dial == nil {
+		dial = Dial
+	}
+	return &Pool{signer: signer, dial: dial, slots: map[string]*slot{}}
+}
+
+// Get returns a client for key, connected to ep: the pooled connection when
+// it is alive and was made for the same endpoint, else a new one. A
+// connection idle for a while is checked with a keepalive round trip first.
+//
+// The returned client's Run uses the key's current connection; when that
+// connection turns out broken before anything of the command was sent, Run
+// redials and tries once more, so no command ever runs twice. Its Close
+// releases only the handle: the connection belongs to the pool and is closed
+// by Drop or Close. After Drop(key), handles obtained before fail.
+func (p *Pool) Get(ctx context.Context, key string, ep Endpoint) (Client, error) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, errors.New("guest connection pool is closed")
+	}
+	s := p.slots[key]
+	if s == nil {
+		s = &slot{key: key}
+		p.slots[key] = s
+	}
+	p.mu.Unlock()
+	if _, err := p.conn(ctx, s, ep); err != nil {
+		return nil, err
+	}
+	return &pooled{p: p, s: s, ep: ep}, nil
+}
+
+// Drop closes and forgets key's connection (its VM stopped or was deleted).
+// A dial in progress for key is closed when it completes.
+func (p *Pool) Drop(key string) {
+	p.mu.Lock()
+	s := p.slots[key]
+	delete(p.slots, key)
+	p.mu.Unlock()
+	if s != nil {
+		s.drop()
+	}
+}
+
+// Close closes every connection; Get fails afterwards. Idempotent.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	p.closed = true
+	slots := p.slots
+	p.slots = map[string]*slot{}
+	p.mu.Unlock()
+	for _, s := range slots {
+		s.drop()
+	}
+}
+
+func (s *slot) drop() {
+	s.dropped.Store(true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.c != nil {
+		s.c.Close()
+		s.c = nil
+	}
+}
+
+// conn returns s's live connection to ep, dialing when there is none.
+func (p *Pool) conn(ctx context.Context, s *slot, ep Endpoint) (Client, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dropped.Load() {
+		return nil, fmt.Errorf("guest connection %q was dropped (VM stopped or deleted)", s.key)
+	}
+	if s.c != nil && (s.ep != ep || !healthy(ctx, s.c)) {
+		s.c.Close()
+		s.c = nil
+	}
+	if s.c != nil {
+		return s.c, nil
+	}
+	c, err := p.dial(ctx, ep, p.signer)
+	if err != nil {
+		return nil, err
+	}
+	if s.dropped.Load() {
+		c.Close()
+		return nil, fmt.Errorf("guest connection %q was dropped (VM stopped or deleted)", s.key)
+	}
+	s.c, s.ep = c, ep
+	return c, nil
+}
+
+// discard forgets c as s's connection, if it still is, and closes it.
+func (s *slot) discard(c Client) {
+	s.mu.Lock()
+	if s.c == c {
+		s.c = nil
+	}
+	s.mu.Unlock()
+	c.Close()
+}
+
+// healthy reports whether c can be reused: not known dead and, when idle for
+// a while, answering a keepalive. Clients not made by Dial are trusted.
+func healthy(ctx context.Context, c Client) bool {
+	cc, ok := c.(*conn)
+	if !ok {
+		return true
+	}
+	if cc.isDone() {
+		return false
+	}
+	if cc.idle() < staleAfter {
+		return true
+	}
+	pctx, cancel := context.WithTimeout(ctx, keepaliveTimeout)
+	defer cancel()
+	return cc.ping(pctx) == nil
+}
+
+// pooled is the Client handed out by Pool.Get.
+type pooled struct {
+	p      *Pool
+	s      *slot
+	ep     Endpoint
+	closed atomic.Bool
+}
+
+// Run runs cmd on the key's current connection; see Pool.Get.
+func (h *pooled) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	if h.closed.Load() {
+		return -1, fmt.Errorf("guest client for %q is closed", h.s.key)
+	}
+	for attempt := 0; ; attempt++ {
+		c, err := h.p.conn(ctx, h.s, h.ep)
+		if err != nil {
+			return -1, err
+		}
+		code, err := c.Run(ctx, cmd, stdin, stdout, stderr)
+		if err == nil || !errors.Is(err, ErrConnLost) {
+			return code, err
+		}
+		h.s.discard(c)
+		if attempt > 0 || !canRetry(err) {
+			return code, err
+		}
+	}
+}
+
+// Close releases the handle; the pooled connection stays. Idempotent.
+func (h *pooled) Close() error {
+	h.closed.Store(true)
+	return nil
+}
