@@ -1,0 +1,305 @@
+package workspace
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// gitEnv isolates git from the machine's configuration.
+func gitEnv(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Skip("git is not installed")
+	}
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	t.Setenv("XDG_CONFIG_HOME", filepath.Join(home, ".config"))
+	t.Setenv("GIT_CONFIG_NOSYSTEM", "1")
+	t.Setenv("GIT_AUTHOR_NAME", "Test")
+	t.Setenv("GIT_AUTHOR_EMAIL", "test@example.com")
+	t.Setenv("GIT_COMMITTER_NAME", "Test")
+	t.Setenv("GIT_COMMITTER_EMAIL", "test@example.com")
+}
+
+func run(t *testing.T, dir string, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s in %s: %v\n%s", name, strings.Join(args, " "), dir, err, out)
+	}
+	return string(out)
+}
+
+func git(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	return run(t, dir, "git", args...)
+}
+
+func write(t *testing.T, path, content string, mode os.FileMode) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// sampleRepo makes a repository with the kinds of files a workspace must
+// carry, one commit, then uncommitted changes of each kind.
+func sampleRepo(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	git(t, dir, "init", "-q", "-b", "main")
+	write(t, filepath.Join(dir, "README.md"), "hello\n", 0o644)
+	write(t, filepath.Join(dir, ".gitignore"), "build/\n*.tmp\n", 0o644)
+	write(t, filepath.Join(dir, "src/.gitignore"), "*.log\n", 0o644)
+	write(t, filepath.Join(dir, "src/main.go"), "package main\n", 0o644)
+	write(t, filepath.Join(dir, "run.sh"), "#!/bin/sh\necho run\n", 0o755)
+	write(t, filepath.Join(dir, "with space.txt"), "spaced\n", 0o644)
+	write(t, filepath.Join(dir, "naïve-日本.txt"), "unicode\n", 0o644)
+	write(t, filepath.Join(dir, "empty"), "", 0o644)
+	write(t, filepath.Join(dir, "gone.txt"), "to be deleted\n", 0o644)
+	if err := os.Symlink("README.md", filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	git(t, dir, "add", "-A")
+	git(t, dir, "commit", "-q", "-m", "initial")
+	// Uncommitted state: an edit, a deletion, an untracked file, ignored files.
+	write(t, filepath.Join(dir, "README.md"), "hello, edited\n", 0o644)
+	if err := os.Remove(filepath.Join(dir, "gone.txt")); err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(dir, "notes.txt"), "untracked\n", 0o644)
+	write(t, filepath.Join(dir, "src/debug.log"), "ignored by nested .gitignore\n", 0o644)
+	write(t, filepath.Join(dir, "build/out.bin"), "ignored dir\n", 0o644)
+	write(t, filepath.Join(dir, "x.tmp"), "ignored by root .gitignore\n", 0o644)
+	return dir
+}
+
+func TestListFiles(t *testing.T) {
+	gitEnv(t)
+	dir := sampleRepo(t)
+	// A registered submodule and an untracked nested repository.
+	other := t.TempDir()
+	git(t, other, "init", "-q", "-b", "main")
+	write(t, filepath.Join(other, "f"), "f\n", 0o644)
+	git(t, other, "add", "f")
+	git(t, other, "commit", "-q", "-m", "other")
+	git(t, dir, "-c", "protocol.file.allow=always", "submodule", "add", "-q", other, "vendor/sub")
+	nested := filepath.Join(dir, "nested")
+	git(t, dir, "init", "-q", nested)
+
+	files, warnings, err := ListFiles(context.Background(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{".gitignore", ".gitmodules", "README.md", "empty", "link", "naïve-日本.txt", "notes.txt", "run.sh", "src/.gitignore", "src/main.go", "with space.txt"}
+	if !reflect.DeepEqual(files, want) {
+		t.Errorf("files:\n got %q\nwant %q", files, want)
+	}
+	if len(warnings) != 2 || !strings.Contains(warnings[0], "submodule vendor/sub") || !strings.Contains(warnings[1], "nested git repository nested/") {
+		t.Errorf("warnings = %q, want the submodule and the nested repository", warnings)
+	}
+}
+
+func TestListFilesErrors(t *testing.T) {
+	gitEnv(t)
+	plain := t.TempDir()
+	if _, _, err := ListFiles(context.Background(), plain); !errors.Is(err, ErrNotRepo) {
+		t.Errorf("plain directory: err = %v, want ErrNotRepo", err)
+	}
+	dir := sampleRepo(t)
+	_, _, err := ListFiles(context.Background(), filepath.Join(dir, "src"))
+	if err == nil || !strings.Contains(err.Error(), "top-level") {
+		t.Errorf("subdirectory: err = %v, want a top-level error", err)
+	}
+	if _, _, err := ListFiles(context.Background(), filepath.Join(plain, "missing")); err == nil {
+		t.Error("missing directory: no error")
+	}
+}
+
+type entry struct {
+	typ  byte
+	mode int64
+	size int64
+	link string
+	body string
+}
+
+func readTar(t *testing.T, b []byte) map[string]entry {
+	t.Helper()
+	out := map[string]entry{}
+	tr := tar.NewReader(bytes.NewReader(b))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(tr)
+		if h.Uid != 0 || h.Gid != 0 {
+			t.Errorf("%s: owner %d:%d, want 0:0", h.Name, h.Uid, h.Gid)
+		}
+		out[h.Name] = entry{h.Typeflag, h.Mode, h.Size, h.Linkname, string(body)}
+	}
+}
+
+func TestWriteTar(t *testing.T) {
+	gitEnv(t)
+	dir := sampleRepo(t)
+	for _, mode := range []string{ModeFull, ModeTracked} {
+		t.Run(mode, func(t *testing.T) {
+			var buf bytes.Buffer
+			st, err := WriteTar(context.Background(), dir, TarOptions{Mode: mode}, &buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ents := readTar(t, buf.Bytes())
+			checks := map[string]entry{
+				"README.md":      {typ: tar.TypeReg, mode: 0o644, body: "hello, edited\n"},
+				"run.sh":         {typ: tar.TypeReg, mode: 0o755, body: "#!/bin/sh\necho run\n"},
+				"empty":          {typ: tar.TypeReg, mode: 0o644, body: ""},
+				"with space.txt": {typ: tar.TypeReg, mode: 0o644, body: "spaced\n"},
+				"naïve-日本.txt":   {typ: tar.TypeReg, mode: 0o644, body: "unicode\n"},
+				"notes.txt":      {typ: tar.TypeReg, mode: 0o644, body: "untracked\n"},
+				"link":           {typ: tar.TypeSymlink, mode: 0o777, link: "README.md"},
+			}
+			for name, w := range checks {
+				g, ok := ents[name]
+				if !ok {
+					t.Errorf("%s missing from the stream", name)
+					continue
+				}
+				if g.typ != w.typ || g.mode != w.mode || g.link != w.link || g.body != w.body {
+					t.Errorf("%s = %+v, want %+v", name, g, w)
+				}
+			}
+			for _, name := range []string{"gone.txt", "src/debug.log", "build/out.bin", "x.tmp"} {
+				if _, ok := ents[name]; ok {
+					t.Errorf("%s is in the stream; it is deleted or ignored", name)
+				}
+			}
+			_, hasGit := ents[".git/HEAD"]
+			if hasGit != (mode == ModeFull) {
+				t.Errorf(".git/HEAD in stream = %v in mode %s", hasGit, mode)
+			}
+			files, n, err := CountTar(bytes.NewReader(buf.Bytes()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Files != 10 || files != st.Files || n != st.Bytes {
+				t.Errorf("stats %d files %d bytes, CountTar %d files %d bytes; want 10 files", st.Files, st.Bytes, files, n)
+			}
+			head := strings.TrimSpace(git(t, dir, "rev-parse", "HEAD"))
+			if st.Head != head {
+				t.Errorf("head %q, want %q", st.Head, head)
+			}
+		})
+	}
+}
+
+func TestWriteTarPlainAndErrors(t *testing.T) {
+	gitEnv(t)
+	plain := t.TempDir()
+	write(t, filepath.Join(plain, "a/b.txt"), "b\n", 0o600)
+	if err := os.Mkdir(filepath.Join(plain, "emptydir"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := WriteTar(context.Background(), plain, TarOptions{}, &buf); !errors.Is(err, ErrNotRepo) {
+		t.Fatalf("plain dir without NoGit: err = %v, want ErrNotRepo", err)
+	}
+	buf.Reset()
+	st, err := WriteTar(context.Background(), plain, TarOptions{NoGit: true, Mode: ModeTracked}, &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ents := readTar(t, buf.Bytes())
+	if e := ents["a/b.txt"]; e.body != "b\n" || e.mode != 0o600 {
+		t.Errorf("a/b.txt = %+v", e)
+	}
+	if e, ok := ents["emptydir/"]; !ok || e.typ != tar.TypeDir || e.mode != 0o750 {
+		t.Errorf("emptydir/ = %+v (present %v)", e, ok)
+	}
+	if st.Files != 1 || st.Bytes != 2 || st.Head != "" {
+		t.Errorf("stats = %+v", st)
+	}
+	if _, err := WriteTar(context.Background(), plain, TarOptions{Mode: "everything"}, io.Discard); err == nil || !strings.Contains(err.Error(), `"full"`) {
+		t.Errorf("bad mode: err = %v", err)
+	}
+	if _, _, err := CountTar(strings.NewReader(strings.Repeat("not a tar stream ", 64))); err == nil {
+		t.Error("CountTar accepted garbage")
+	}
+}
+
+func TestValidateGuestPath(t *testing.T) {
+	for _, tc := range []struct {
+		path string
+		ok   bool
+		msg  string
+	}{
+		{"/root/repo", true, ""},
+		{"/root/work/my repo", true, ""},
+		{"/root/.config/x", true, ""},
+		{"", false, "empty"},
+		{"root/repo", false, "relative"},
+		{"/root", false, "not under /root"},
+		{"/root/", false, "empty component"},
+		{"/home/user/repo", false, "not under /root"},
+		{"/rootfs/repo", false, "not under /root"},
+		{"/root/../etc", false, `".."`},
+		{"/root/./repo", false, `"."`},
+		{"/root//repo", false, "empty component"},
+		{"/root/repo\nx", false, "control character"},
+		{"/root/.ssh", false, ".ssh"},
+		{"/root/.ssh/keys", false, ".ssh"},
+	} {
+		err := ValidateGuestPath(tc.path)
+		if (err == nil) != tc.ok || (err != nil && !strings.Contains(err.Error(), tc.msg)) {
+			t.Errorf("ValidateGuestPath(%q) = %v, want ok=%v containing %q", tc.path, err, tc.ok, tc.msg)
+		}
+	}
+}
+
+func TestPureHelpers(t *testing.T) {
+	if got := TempPath("/root/repo", "ab12"); got != "/root/.repo.banger-tmp-ab12" {
+		t.Errorf("TempPath = %q", got)
+	}
+	if got := BashCommand("echo 'hi'", map[string]string{"B": "x y", "A": "it's", "bad name": "z"}); got != `A='it'\''s' B='x y' bash -c 'echo '\''hi'\'''` {
+		t.Errorf("BashCommand = %q", got)
+	}
+	for _, tc := range []struct{ out, head string }{
+		{"banger-head=abc\n", "abc"},
+		{"noise\nbanger-head=\n", ""},
+		{"", ""},
+	} {
+		if got := ParsePrepareOutput(tc.out); got != tc.head {
+			t.Errorf("ParsePrepareOutput(%q) = %q, want %q", tc.out, got, tc.head)
+		}
+	}
+	for _, m := range []string{"", ModeFull, ModeTracked} {
+		if err := ValidateMode(m); err != nil {
+			t.Errorf("ValidateMode(%q) = %v", m, err)
+		}
+	}
+	if err := ValidateMode("all"); err == nil {
+		t.Error(`ValidateMode("all") = nil`)
+	}
+}
