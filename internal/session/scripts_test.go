@@ -1,0 +1,374 @@
+package session
+
+import (
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/banger/banger/internal/model"
+)
+
+// These tests run the generated scripts with the host's bash, the state
+// root redirected to a temp dir: the same scripts the guest runs.
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+func needTools(t *testing.T) {
+	t.Helper()
+	for _, c := range []string{"bash", "setsid", "nohup", "base64", "tail", "mkfifo"} {
+		if _, err := exec.LookPath(c); err != nil {
+			t.Skipf("%s not found on this host; the script tests need it", c)
+		}
+	}
+}
+
+// run runs script with bash, stdin, and returns stdout, stderr, exit code.
+func run(t *testing.T, script string, stdin []byte) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command("bash", "-c", script)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	return out.String(), errb.String(), code
+}
+
+func newID(t *testing.T) string { t.Helper(); return model.NewID() }
+
+// start runs the whole start script and registers a cleanup that kills
+// what it launched.
+func start(t *testing.T, root string, s Spec) StartResult {
+	t.Helper()
+	out, stderr, code := run(t, StartScript(root, s), []byte(RunnerScript(root, s)))
+	if code != 0 {
+		t.Fatalf("start script exit %d: %s %s", code, out, stderr)
+	}
+	t.Cleanup(func() { run(t, SignalScript(root, s.ID, "KILL", 2, true), nil) })
+	return ParseStart(out+stderr, s.ID)
+}
+
+func state(t *testing.T, root, id string) State {
+	t.Helper()
+	out, _, _ := run(t, StateScript(root, id), nil)
+	return ParseStates(out)[id]
+}
+
+func waitFinal(t *testing.T, root, id string) State {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		st := state(t, root, id)
+		if st.ExitCode != nil && (st.Status == "exited" || st.Status == "failed") {
+			return st
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("session %s did not finish: %+v", id, state(t, root, id))
+	return State{}
+}
+
+func readFile(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestScriptsPassShellcheckSyntax(t *testing.T) {
+	needTools(t)
+	s := Spec{ID: "abcd", Command: "cat", Args: []string{"-u", "it's"}, Env: map[string]string{"B": "2", "A": "$(x)"}, Cwd: "/root", StdinMode: model.StdinPipe, Require: []string{"cat", "git"}}
+	scripts := map[string]string{
+		"preflight": PreflightScript(s), "runner": RunnerScript("/r", s), "start": StartScript("/r", s),
+		"states": StatesScript("/r"), "state": StateScript("/r", "abcd"), "send": SendScript("/r", "abcd"),
+		"logs": LogsScript("/r", "abcd", false, 0, false), "logsf": LogsScript("/r", "abcd", true, 5, true),
+		"attach": AttachOutputScript("/r", "abcd"), "signal": SignalScript("/r", "abcd", "TERM", 3, true),
+		"remove": RemoveScript("/r", "abcd"),
+	}
+	for name, sc := range scripts {
+		if out, err := exec.Command("bash", "-n", "-c", sc).CombinedOutput(); err != nil {
+			t.Errorf("%s: bash -n: %v: %s", name, err, out)
+		}
+		if _, err := exec.LookPath("shellcheck"); err == nil {
+			cmd := exec.Command("shellcheck", "-s", "bash", "-S", "error", "-")
+			cmd.Stdin = strings.NewReader(sc)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Errorf("%s: shellcheck: %v: %s", name, err, out)
+			}
+		}
+	}
+	// Env is exported in sorted order.
+	r := RunnerScript("/r", s)
+	if a, b := strings.Index(r, "export A="), strings.Index(r, "export B="); a < 0 || b < a {
+		t.Errorf("env not exported in sorted order:\n%s", r)
+	}
+}
+
+func TestPreflight(t *testing.T) {
+	needTools(t)
+	dir := t.TempDir()
+	cases := []struct {
+		name  string
+		spec  Spec
+		stage string
+		msg   string
+	}{
+		{"ok", Spec{Cwd: dir, Require: []string{"cat", "bash"}}, "", ""},
+		{"missing cwd", Spec{Cwd: dir + "/nope", Require: []string{"cat"}}, StagePreflightCwd, "No such file or directory"},
+		{"cwd is a file", Spec{Cwd: "/etc/hostname", Require: []string{"cat"}}, StagePreflightCwd, "Not a directory"},
+		{"missing command", Spec{Cwd: dir, Require: []string{"cat", "no-such-cmd-xyz"}}, StagePreflightCommand, "no-such-cmd-xyz"},
+		{"relative command resolved from cwd", Spec{Cwd: "/bin", Require: []string{"./cat"}}, "", ""},
+		{"env PATH used", Spec{Cwd: dir, Env: map[string]string{"PATH": "/nonexistent"}, Require: []string{"cat"}}, StagePreflightCommand, "cat"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			out, _, code := run(t, PreflightScript(c.spec), nil)
+			if code != 0 {
+				t.Fatalf("exit %d", code)
+			}
+			r := ParseStart(out, "")
+			if c.stage == "" {
+				if r.Failed != nil || len(r.Stages) != 1 || r.Stages[0].Stage != "preflight" {
+					t.Fatalf("want ok, got %+v", r)
+				}
+				return
+			}
+			if r.Failed == nil || r.Failed.Stage != c.stage || !strings.Contains(r.Failed.Message, c.msg) {
+				t.Fatalf("want %s %q, got %+v", c.stage, c.msg, r)
+			}
+		})
+	}
+}
+
+func TestStartSendLogsStop(t *testing.T) {
+	needTools(t)
+	root := t.TempDir()
+	s := Spec{ID: newID(t), Command: "cat", Cwd: root, StdinMode: model.StdinPipe, Require: []string{"cat"}}
+	r := start(t, root, s)
+	if r.Failed != nil || r.State.Status != "running" || !r.State.PIDAlive || r.State.PID == 0 || r.State.MonitorPID == 0 || r.State.KeepalivePID == 0 {
+		t.Fatalf("start = %+v", r)
+	}
+	dir := StateDir(root, s.ID)
+	if fi, err := os.Stat(filepath.Join(dir, FileStdin)); err != nil || fi.Mode()&os.ModeNamedPipe == 0 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("stdin fifo: %v %v", fi, err)
+	}
+	// Three sends arrive in order; the keep-alive keeps cat from seeing EOF.
+	for i := 0; i < 3; i++ {
+		line := fmt.Sprintf("{\"n\":%d}\n", i)
+		if _, errs, code := run(t, SendScript(root, s.ID), []byte(line)); code != 0 {
+			t.Fatalf("send %d: exit %d %s", i, code, errs)
+		}
+	}
+	// 1 MiB arrives intact.
+	big := bytes.Repeat([]byte("0123456789abcdef"), 1<<16)
+	if _, errs, code := run(t, SendScript(root, s.ID), big); code != 0 {
+		t.Fatalf("big send: exit %d %s", code, errs)
+	}
+	want := "{\"n\":0}\n{\"n\":1}\n{\"n\":2}\n" + string(big)
+	deadline := time.Now().Add(5 * time.Second)
+	for readFile(t, filepath.Join(dir, FileStdout)) != want && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := readFile(t, filepath.Join(dir, FileStdout)); got != want {
+		t.Fatalf("stdout.log has %d bytes, want %d", len(got), len(want))
+	}
+	out, _, code := run(t, LogsScript(root, s.ID, false, 2, false), nil)
+	if code != 0 || !strings.HasPrefix(out, "{\"n\":2}\n0123") {
+		t.Fatalf("logs tail 2: exit %d %.40q", code, out)
+	}
+	// Stop: TERM ends the keep-alive and cat; cat exits 0 or by TERM.
+	out, _, _ = run(t, SignalScript(root, s.ID, "TERM", 5, true), nil)
+	st := ParseStates(out)[s.ID]
+	if st.ExitCode == nil || (st.Status != "exited" && st.Status != "failed") {
+		t.Fatalf("after stop: %+v", st)
+	}
+	if st.PIDAlive || st.MonitorAlive {
+		t.Fatalf("processes alive after stop: %+v", st)
+	}
+	if pidAlive(st.KeepalivePID) {
+		t.Fatalf("keep-alive %d survived", st.KeepalivePID)
+	}
+	// Sending to a finished session is refused with its own code.
+	if _, _, code := run(t, SendScript(root, s.ID), []byte("x")); code != ExitNotRunning {
+		t.Fatalf("send after stop: exit %d, want %d", code, ExitNotRunning)
+	}
+	// Remove deletes the state dir.
+	if _, errs, code := run(t, RemoveScript(root, s.ID), nil); code != 0 {
+		t.Fatalf("remove: %d %s", code, errs)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("state dir left: %v", err)
+	}
+}
+
+func pidAlive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// A zombie is dead for our purposes.
+	f := strings.Fields(string(b))
+	return len(f) > 2 && f[2] != "Z"
+}
+
+func TestExitCodesAndClosedStdin(t *testing.T) {
+	needTools(t)
+	root := t.TempDir()
+	s := Spec{ID: newID(t), Command: "bash", Args: []string{"-c", "echo out; echo err >&2; exit 3"}, Cwd: root, StdinMode: model.StdinClosed, Require: []string{"bash"}}
+	r := start(t, root, s)
+	if r.Failed != nil {
+		t.Fatalf("start: %+v", r)
+	}
+	st := waitFinal(t, root, s.ID)
+	if st.Status != "failed" || *st.ExitCode != 3 {
+		t.Fatalf("state = %+v", st)
+	}
+	dir := StateDir(root, s.ID)
+	if readFile(t, filepath.Join(dir, FileStdout)) != "out\n" || readFile(t, filepath.Join(dir, FileStderr)) != "err\n" {
+		t.Fatalf("logs wrong")
+	}
+	if _, err := os.Stat(filepath.Join(dir, FileStdin)); !os.IsNotExist(err) {
+		t.Fatalf("closed mode made a fifo")
+	}
+	out, _, _ := run(t, LogsScript(root, s.ID, true, 0, true), nil)
+	if out != "err\n" {
+		t.Fatalf("logs --stderr --follow of a finished session = %q", out)
+	}
+
+	s2 := Spec{ID: newID(t), Command: "true", Cwd: root, StdinMode: model.StdinPipe, Require: []string{"true"}}
+	start(t, root, s2)
+	if st := waitFinal(t, root, s2.ID); st.Status != "exited" || *st.ExitCode != 0 {
+		t.Fatalf("true = %+v", st)
+	}
+	// Both appear in the all-sessions read.
+	out, _, _ = run(t, StatesScript(root), nil)
+	all := ParseStates(out)
+	if len(all) != 2 || all[s.ID].Status != "failed" || all[s2.ID].Status != "exited" {
+		t.Fatalf("states = %+v", all)
+	}
+}
+
+func TestStopEscalatesToKill(t *testing.T) {
+	needTools(t)
+	root := t.TempDir()
+	s := Spec{ID: newID(t), Command: "bash", Args: []string{"-c", "trap '' TERM; echo ready; while :; do sleep 0.1; done"}, Cwd: root, StdinMode: model.StdinClosed, Require: []string{"bash"}}
+	if r := start(t, root, s); r.Failed != nil {
+		t.Fatalf("start: %+v", r)
+	}
+	t0 := time.Now()
+	out, _, _ := run(t, SignalScript(root, s.ID, "TERM", 1, true), nil)
+	st := ParseStates(out)[s.ID]
+	if st.Status != "failed" || st.ExitCode == nil || *st.ExitCode != 137 {
+		t.Fatalf("after escalation: %+v", st)
+	}
+	if d := time.Since(t0); d < time.Second {
+		t.Fatalf("did not wait for the timeout: %v", d)
+	}
+}
+
+func TestFollowEndsWithSession(t *testing.T) {
+	needTools(t)
+	root := t.TempDir()
+	s := Spec{ID: newID(t), Command: "bash", Args: []string{"-c", "for i in 1 2 3; do echo $i; sleep 0.2; done"}, Cwd: root, StdinMode: model.StdinClosed, Require: []string{"bash"}}
+	start(t, root, s)
+	done := make(chan string, 1)
+	go func() {
+		out, _, _ := run(t, LogsScript(root, s.ID, false, 0, true), nil)
+		done <- out
+	}()
+	select {
+	case out := <-done:
+		if out != "1\n2\n3\n" {
+			t.Fatalf("follow = %q", out)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("follow did not end with the session")
+	}
+}
+
+// checkHostile runs a session whose name, cwd, env and args carry v and
+// checks that the command (printf) sees v exactly.
+func checkHostile(t *testing.T, v string) {
+	t.Helper()
+	if strings.ContainsRune(v, 0) {
+		return
+	}
+	root := t.TempDir()
+	cwdName := strings.ReplaceAll(v, "/", "_")
+	if cwdName == "" || cwdName == "." || cwdName == ".." || len(cwdName) > 200 {
+		cwdName = "d"
+	}
+	cwd := filepath.Join(root, "cwd", cwdName)
+	if err := os.MkdirAll(cwd, 0o755); err != nil {
+		t.Skipf("cannot make a dir named %q here: %v", cwdName, err)
+	}
+	s := Spec{
+		ID:      "0123456789abcdef0123456789abcdef",
+		Command: "bash",
+		// printf prints the arg and the env value; pwd prints the cwd.
+		Args:      []string{"-c", `printf '%s|%s|' "$1" "$HOSTILE"; pwd`, "_", v},
+		Env:       map[string]string{"HOSTILE": v, "Z": v},
+		Cwd:       cwd,
+		StdinMode: model.StdinClosed,
+	}
+	runner := RunnerScript(root, s)
+	if out, err := exec.Command("bash", "-n", "-c", runner).CombinedOutput(); err != nil {
+		t.Fatalf("runner for %q fails bash -n: %v %s", v, err, out)
+	}
+	dir := StateDir(root, s.ID)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, FileRunner), []byte(runner), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// Run the runner in the foreground: it returns when the command ends.
+	if out, err := exec.Command("bash", filepath.Join(dir, FileRunner)).CombinedOutput(); err != nil {
+		t.Fatalf("runner for %q: %v %s", v, err, out)
+	}
+	want := v + "|" + v + "|" + cwd + "\n"
+	if got := readFile(t, filepath.Join(dir, FileStdout)); got != want {
+		t.Fatalf("value %q came back as %q, want %q (stderr %q)", v, got, want, readFile(t, filepath.Join(dir, FileStderr)))
+	}
+	if st := strings.TrimSpace(readFile(t, filepath.Join(dir, FileStatus))); st != "exited" {
+		t.Fatalf("status %q", st)
+	}
+}
+
+func TestHostileValues(t *testing.T) {
+	needTools(t)
+	for _, v := range []string{"", "'", "''", `"`, "$(touch /tmp/pwned)", "`id`", "a\nb", "\\", "-n", "--", "*", "~", "$HOME", "${x:-y}", "!!", "\t", "é", "\x01\x7f", "a'b\"c$d`e\\f"} {
+		checkHostile(t, v)
+	}
+}
+
+func FuzzRunnerHostile(f *testing.F) {
+	for _, s := range []string{"", "'", "$(id)", "a\nb", "`x`", "\\'\""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		if _, err := exec.LookPath("setsid"); err != nil {
+			t.Skip("setsid missing")
+		}
+		checkHostile(t, v)
+	})
+}
