@@ -6,7 +6,7 @@
 //
 // It does no I/O at all: it neither dials guests nor touches the store or the
 // host. The daemon runs the scripts over SSH and persists records. Every value
-// that reaches a script is single-quoted by Quote; the state root is a
+// that reaches a script is quoted by guest.Quote; the state root is a
 // parameter so that tests run the very same scripts on the host in a temp
 // directory.
 package session
@@ -55,12 +55,6 @@ const (
 	StageLaunch           = "launch"
 	StageWaitReady        = "wait_ready"
 )
-
-// Quote quotes s for a POSIX shell: the result is one word whose value is
-// exactly s, whatever bytes s holds.
-func Quote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
 
 // StateDir is the state directory of session id under root.
 func StateDir(root, id string) string {

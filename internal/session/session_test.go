@@ -1,27 +1,12 @@
 package session
 
 import (
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/banger/banger/internal/model"
 )
-
-func TestQuote(t *testing.T) {
-	for _, s := range []string{"", "plain", "it's", "a b", "$(rm -rf /)", "`x`", "\"q\"", "\\", "new\nline", "'''", "!*?[]{};&|<>#~", "\t\r\x01\xff"} {
-		t.Run(s, func(t *testing.T) {
-			out, err := exec.Command("bash", "-c", "printf '%s' "+Quote(s)).Output()
-			if err != nil {
-				t.Fatalf("bash: %v", err)
-			}
-			if string(out) != s {
-				t.Fatalf("Quote(%q) round-trips as %q", s, out)
-			}
-		})
-	}
-}
 
 func TestStateDir(t *testing.T) {
 	if got := StateDir(DefaultStateRoot, "abc"); got != "/root/.local/state/banger/sessions/abc" {
