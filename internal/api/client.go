@@ -1,0 +1,620 @@
+package api
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/banger/banger/internal/model"
+)
+
+// ErrDaemonUnreachable is matched (errors.Is) by every client error that
+// comes from failing to connect to the daemon's socket: the daemon is not
+// running, or the socket is stale. The CLI starts the daemon on it.
+var ErrDaemonUnreachable = errors.New("daemon not reachable")
+
+// UnreachableError says which socket could not be reached and why.
+type UnreachableError struct {
+	Socket string
+	Err    error
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("daemon not reachable on %s: %v", e.Socket, e.Err)
+}
+
+func (e *UnreachableError) Unwrap() []error { return []error{ErrDaemonUnreachable, e.Err} }
+
+// Client calls bangerd's API on its unix socket. API errors are *Error
+// values; connection failures match ErrDaemonUnreachable.
+type Client struct {
+	socket string
+	hc     *http.Client
+}
+
+// NewClient returns a client of the daemon listening on socket.
+func NewClient(socket string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "unix", socket)
+			if err != nil {
+				return nil, &UnreachableError{Socket: socket, Err: err}
+			}
+			return c, nil
+		},
+		MaxIdleConns:      4,
+		DisableKeepAlives: false,
+	}
+	return &Client{socket: socket, hc: &http.Client{Transport: tr}}
+}
+
+// Socket is the socket the client dials.
+func (c *Client) Socket() string { return c.socket }
+
+// esc escapes one path segment.
+func esc(s string) string { return url.PathEscape(s) }
+
+func (c *Client) newRequest(ctx context.Context, method, path string, query url.Values, body io.Reader) (*http.Request, error) {
+	u := "http://bangerd" + path
+	if len(query) > 0 {
+		u += "?" + query.Encode()
+	}
+	return http.NewRequestWithContext(ctx, method, u, body)
+}
+
+func jsonBody(v any) (io.Reader, error) {
+	if v == nil {
+		return nil, nil
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return bytes.NewReader(b), nil
+}
+
+// do sends a request and returns the response when its status is 2xx or
+// 101, else the API error it carries.
+func (c *Client) do(ctx context.Context, method, path string, query url.Values, body io.Reader, hdr http.Header) (*http.Response, error) {
+	req, err := c.newRequest(ctx, method, path, query, body)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	if body != nil && req.Header.Get("Content-Type") == "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		var ue *UnreachableError
+		if errors.As(err, &ue) {
+			return nil, ue
+		}
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if resp.StatusCode/100 == 2 || resp.StatusCode == http.StatusSwitchingProtocols {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	return nil, readError(resp)
+}
+
+// readError decodes an error response; a body that is not an API error
+// becomes an internal error quoting it.
+func readError(resp *http.Response) error {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var e Error
+	if json.Unmarshal(b, &e) == nil && e.Code != "" {
+		return &e
+	}
+	return &Error{Code: CodeInternal, Message: fmt.Sprintf("daemon answered %s: %s", resp.Status, strings.TrimSpace(string(b)))}
+}
+
+// call sends a JSON request (in may be nil) and decodes a JSON answer into
+// out (may be nil).
+func (c *Client) call(ctx context.Context, method, path string, query url.Values, in, out any) error {
+	body, err := jsonBody(in)
+	if err != nil {
+		return err
+	}
+	resp, err := c.do(ctx, method, path, query, body, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
+	}
+	return nil
+}
+
+// frames reads an NDJSON stream, calling fn for each frame until fn says
+// it was the last or the stream ends.
+func frames(r io.Reader, fn func(f Frame, raw json.RawMessage) (last bool, err error)) error {
+	dec := json.NewDecoder(r)
+	for {
+		var raw struct {
+			Frame
+			Result json.RawMessage `json:"result,omitempty"`
+		}
+		if err := dec.Decode(&raw); err != nil {
+			if err == io.EOF {
+				return errors.New("the daemon ended the stream without a result (did it stop?)")
+			}
+			return fmt.Errorf("read stream: %w", err)
+		}
+		last, err := fn(raw.Frame, raw.Result)
+		if err != nil || last {
+			return err
+		}
+	}
+}
+
+// stream sends a request whose answer is a progress stream, and decodes
+// its result into out.
+func (c *Client) stream(ctx context.Context, method, path string, in any, progress ProgressFunc, out any) error {
+	body, err := jsonBody(in)
+	if err != nil {
+		return err
+	}
+	resp, err := c.do(ctx, method, path, nil, body, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return frames(resp.Body, func(f Frame, result json.RawMessage) (bool, error) {
+		switch f.Type {
+		case FrameProgress:
+			if progress != nil && f.Progress != nil {
+				progress(*f.Progress)
+			}
+			return false, nil
+		case FrameResult:
+			if out != nil {
+				if err := json.Unmarshal(result, out); err != nil {
+					return true, fmt.Errorf("decode result: %w", err)
+				}
+			}
+			return true, nil
+		case FrameError:
+			if f.Error == nil {
+				return true, &Error{Code: CodeInternal, Message: "error frame without an error"}
+			}
+			return true, f.Error
+		default:
+			return false, nil // unknown frames are for newer clients
+		}
+	})
+}
+
+// raw sends a request whose answer is raw bytes copied to w; an error the
+// daemon met after sending bytes arrives in the TrailerError trailer.
+func (c *Client) raw(ctx context.Context, method, path string, query url.Values, in any, w io.Writer) error {
+	body, err := jsonBody(in)
+	if err != nil {
+		return err
+	}
+	resp, err := c.do(ctx, method, path, query, body, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		return err
+	}
+	if t := resp.Trailer.Get(TrailerError); t != "" {
+		code, msg, ok := strings.Cut(t, ": ")
+		if !ok {
+			code, msg = CodeInternal, t
+		}
+		return &Error{Code: code, Message: msg}
+	}
+	return nil
+}
+
+// ---- daemon ----
+
+// Version returns the daemon's version.
+func (c *Client) Version(ctx context.Context) (VersionInfo, error) {
+	var v VersionInfo
+	return v, c.call(ctx, "GET", "/v1/version", nil, nil, &v)
+}
+
+// Health returns nil when the daemon answers.
+func (c *Client) Health(ctx context.Context) error {
+	var v Health
+	return c.call(ctx, "GET", "/v1/health", nil, nil, &v)
+}
+
+// Info describes the running daemon.
+func (c *Client) Info(ctx context.Context) (DaemonInfo, error) {
+	var v DaemonInfo
+	return v, c.call(ctx, "GET", "/v1/info", nil, nil, &v)
+}
+
+// Doctor returns the host's capabilities and the daemon's choices.
+func (c *Client) Doctor(ctx context.Context) (DoctorReport, error) {
+	var v DoctorReport
+	return v, c.call(ctx, "GET", "/v1/doctor", nil, nil, &v)
+}
+
+// ---- images ----
+
+// ListImages lists images by name.
+func (c *Client) ListImages(ctx context.Context) ([]model.Image, error) {
+	var v []model.Image
+	return v, c.call(ctx, "GET", "/v1/images", nil, nil, &v)
+}
+
+// GetImage returns one image by ref.
+func (c *Client) GetImage(ctx context.Context, ref string) (model.Image, error) {
+	var v model.Image
+	return v, c.call(ctx, "GET", "/v1/images/"+esc(ref), nil, nil, &v)
+}
+
+// BuildImage builds an image, reporting progress.
+func (c *Client) BuildImage(ctx context.Context, req BuildImageRequest, progress ProgressFunc) (model.Image, error) {
+	var v model.Image
+	return v, c.stream(ctx, "POST", "/v1/images/build", req, progress, &v)
+}
+
+// ImportImage registers an existing ext4 file, reporting progress.
+func (c *Client) ImportImage(ctx context.Context, req ImportImageRequest, progress ProgressFunc) (model.Image, error) {
+	var v model.Image
+	return v, c.stream(ctx, "POST", "/v1/images/import", req, progress, &v)
+}
+
+// RemoveImage removes an image.
+func (c *Client) RemoveImage(ctx context.Context, ref string) error {
+	return c.call(ctx, "DELETE", "/v1/images/"+esc(ref), nil, nil, nil)
+}
+
+// ---- kernels ----
+
+// ListKernels lists catalog entries and installed kernels.
+func (c *Client) ListKernels(ctx context.Context) ([]KernelEntry, error) {
+	var v []KernelEntry
+	return v, c.call(ctx, "GET", "/v1/kernels", nil, nil, &v)
+}
+
+// GetKernel returns one installed kernel by ref.
+func (c *Client) GetKernel(ctx context.Context, ref string) (model.Kernel, error) {
+	var v model.Kernel
+	return v, c.call(ctx, "GET", "/v1/kernels/"+esc(ref), nil, nil, &v)
+}
+
+// PullKernel installs a catalog kernel, reporting progress.
+func (c *Client) PullKernel(ctx context.Context, name string, progress ProgressFunc) (model.Kernel, error) {
+	var v model.Kernel
+	return v, c.stream(ctx, "POST", "/v1/kernels/"+esc(name)+"/pull", nil, progress, &v)
+}
+
+// ImportKernel registers the user's kernel files.
+func (c *Client) ImportKernel(ctx context.Context, req ImportKernelRequest) (model.Kernel, error) {
+	var v model.Kernel
+	return v, c.call(ctx, "POST", "/v1/kernels/import", nil, req, &v)
+}
+
+// RemoveKernel removes an installed kernel.
+func (c *Client) RemoveKernel(ctx context.Context, ref string) error {
+	return c.call(ctx, "DELETE", "/v1/kernels/"+esc(ref), nil, nil, nil)
+}
+
+// ---- VMs ----
+
+// ListVMs lists VMs, oldest first.
+func (c *Client) ListVMs(ctx context.Context) ([]model.VM, error) {
+	var v []model.VM
+	return v, c.call(ctx, "GET", "/v1/vms", nil, nil, &v)
+}
+
+// GetVM returns one VM by ref.
+func (c *Client) GetVM(ctx context.Context, ref string) (model.VM, error) {
+	var v model.VM
+	return v, c.call(ctx, "GET", "/v1/vms/"+esc(ref), nil, nil, &v)
+}
+
+// CreateVM creates (and with req.Start, boots) a VM, reporting progress.
+func (c *Client) CreateVM(ctx context.Context, req CreateVMRequest, progress ProgressFunc) (model.VM, error) {
+	var v model.VM
+	return v, c.stream(ctx, "POST", "/v1/vms", req, progress, &v)
+}
+
+// StartVM boots a VM, reporting progress.
+func (c *Client) StartVM(ctx context.Context, ref string, progress ProgressFunc) (model.VM, error) {
+	var v model.VM
+	return v, c.stream(ctx, "POST", "/v1/vms/"+esc(ref)+"/start", nil, progress, &v)
+}
+
+// StopVM stops a VM.
+func (c *Client) StopVM(ctx context.Context, ref string, req StopVMRequest) (model.VM, error) {
+	var v model.VM
+	return v, c.call(ctx, "POST", "/v1/vms/"+esc(ref)+"/stop", nil, req, &v)
+}
+
+// RestartVM stops and boots a VM, reporting progress.
+func (c *Client) RestartVM(ctx context.Context, ref string, progress ProgressFunc) (model.VM, error) {
+	var v model.VM
+	return v, c.stream(ctx, "POST", "/v1/vms/"+esc(ref)+"/restart", nil, progress, &v)
+}
+
+// DeleteVM deletes a VM; force stops it first if it runs.
+func (c *Client) DeleteVM(ctx context.Context, ref string, force bool) error {
+	var q url.Values
+	if force {
+		q = url.Values{"force": {"true"}}
+	}
+	return c.call(ctx, "DELETE", "/v1/vms/"+esc(ref), q, nil, nil)
+}
+
+// VMLogs copies a VM's logs to w (until ctx ends when following).
+func (c *Client) VMLogs(ctx context.Context, ref string, req LogsRequest, w io.Writer) error {
+	q := url.Values{}
+	if req.Source != "" {
+		q.Set("source", req.Source)
+	}
+	if req.Tail > 0 {
+		q.Set("tail", strconv.Itoa(req.Tail))
+	}
+	if req.Follow {
+		q.Set("follow", "true")
+	}
+	return c.raw(ctx, "GET", "/v1/vms/"+esc(ref)+"/logs", q, nil, w)
+}
+
+// ExecVM runs a command in a VM, copying its output to stdout and stderr,
+// and returns its exit code.
+func (c *Client) ExecVM(ctx context.Context, ref string, req ExecRequest, stdout, stderr io.Writer) (int, error) {
+	body, err := jsonBody(req)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.do(ctx, "POST", "/v1/vms/"+esc(ref)+"/exec", nil, body, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	code := 0
+	err = frames(resp.Body, func(f Frame, _ json.RawMessage) (bool, error) {
+		switch f.Type {
+		case FrameStdout:
+			_, err := stdout.Write(f.Data)
+			return false, err
+		case FrameStderr:
+			_, err := stderr.Write(f.Data)
+			return false, err
+		case FrameExit:
+			if f.ExitCode != nil {
+				code = *f.ExitCode
+			}
+			return true, nil
+		case FrameError:
+			if f.Error == nil {
+				return true, &Error{Code: CodeInternal, Message: "error frame without an error"}
+			}
+			return true, f.Error
+		}
+		return false, nil
+	})
+	return code, err
+}
+
+// SSHInfo returns what the CLI needs to exec ssh into a VM.
+func (c *Client) SSHInfo(ctx context.Context, ref string) (SSHInfo, error) {
+	var v SSHInfo
+	return v, c.call(ctx, "GET", "/v1/vms/"+esc(ref)+"/ssh", nil, nil, &v)
+}
+
+// Hosts returns /etc/hosts lines for the running VMs.
+func (c *Client) Hosts(ctx context.Context) (string, error) {
+	var b strings.Builder
+	err := c.raw(ctx, "GET", "/v1/hosts", nil, nil, &b)
+	return b.String(), err
+}
+
+// ---- workspaces ----
+
+// PrepareWorkspace sends a tar stream of a repository into a VM.
+func (c *Client) PrepareWorkspace(ctx context.Context, ref string, req WorkspaceRequest, tar io.Reader) (WorkspaceInfo, error) {
+	opts, err := json.Marshal(req)
+	if err != nil {
+		return WorkspaceInfo{}, err
+	}
+	hdr := http.Header{}
+	hdr.Set(HeaderOptions, string(opts))
+	hdr.Set("Content-Type", "application/x-tar")
+	resp, err := c.do(ctx, "POST", "/v1/vms/"+esc(ref)+"/workspace/prepare", nil, tar, hdr)
+	if err != nil {
+		return WorkspaceInfo{}, err
+	}
+	defer resp.Body.Close()
+	var v WorkspaceInfo
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		return v, fmt.Errorf("workspace prepare: decode answer: %w", err)
+	}
+	return v, nil
+}
+
+// ExportWorkspace copies the guest repository's changes (a bundle or a
+// patch) to w.
+func (c *Client) ExportWorkspace(ctx context.Context, ref string, req ExportRequest, w io.Writer) error {
+	return c.raw(ctx, "POST", "/v1/vms/"+esc(ref)+"/workspace/export", nil, req, w)
+}
+
+// ---- sessions ----
+
+func sessionPath(vm, s string) string { return "/v1/vms/" + esc(vm) + "/sessions/" + esc(s) }
+
+// ListSessions lists a VM's sessions.
+func (c *Client) ListSessions(ctx context.Context, vmRef string) ([]model.Session, error) {
+	var v []model.Session
+	return v, c.call(ctx, "GET", "/v1/vms/"+esc(vmRef)+"/sessions", nil, nil, &v)
+}
+
+// GetSession returns one session.
+func (c *Client) GetSession(ctx context.Context, vmRef, ref string) (model.Session, error) {
+	var v model.Session
+	return v, c.call(ctx, "GET", sessionPath(vmRef, ref), nil, nil, &v)
+}
+
+// StartSession starts a guest session.
+func (c *Client) StartSession(ctx context.Context, vmRef string, req StartSessionRequest) (model.Session, error) {
+	var v model.Session
+	return v, c.call(ctx, "POST", "/v1/vms/"+esc(vmRef)+"/sessions", nil, req, &v)
+}
+
+// SessionLogs copies a session's stdout (or stderr) to w.
+func (c *Client) SessionLogs(ctx context.Context, vmRef, ref string, req SessionLogsRequest, w io.Writer) error {
+	q := url.Values{}
+	if req.Stderr {
+		q.Set("stderr", "true")
+	}
+	if req.Tail > 0 {
+		q.Set("tail", strconv.Itoa(req.Tail))
+	}
+	if req.Follow {
+		q.Set("follow", "true")
+	}
+	return c.raw(ctx, "GET", sessionPath(vmRef, ref)+"/logs", q, nil, w)
+}
+
+// SendSession writes data to a session's stdin and returns the byte count.
+func (c *Client) SendSession(ctx context.Context, vmRef, ref string, data io.Reader) (int64, error) {
+	hdr := http.Header{"Content-Type": {"application/octet-stream"}}
+	resp, err := c.do(ctx, "POST", sessionPath(vmRef, ref)+"/send", nil, data, hdr)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var v SendResult
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		return 0, fmt.Errorf("session send: decode answer: %w", err)
+	}
+	return v.Bytes, nil
+}
+
+// StopSession stops a session gracefully.
+func (c *Client) StopSession(ctx context.Context, vmRef, ref string, req StopSessionRequest) (model.Session, error) {
+	var v model.Session
+	return v, c.call(ctx, "POST", sessionPath(vmRef, ref)+"/stop", nil, req, &v)
+}
+
+// KillSession sends a signal (default KILL) to a session.
+func (c *Client) KillSession(ctx context.Context, vmRef, ref, signal string) (model.Session, error) {
+	var v model.Session
+	return v, c.call(ctx, "POST", sessionPath(vmRef, ref)+"/kill", nil, KillSessionRequest{Signal: signal}, &v)
+}
+
+// RemoveSession removes a finished session's record.
+func (c *Client) RemoveSession(ctx context.Context, vmRef, ref string) error {
+	return c.call(ctx, "DELETE", sessionPath(vmRef, ref), nil, nil, nil)
+}
+
+// AttachSession attaches to a session. Errors before the attachment (not
+// found, already attached) are *Error values.
+func (c *Client) AttachSession(ctx context.Context, vmRef, ref string) (*AttachStream, error) {
+	hdr := http.Header{}
+	hdr.Set("Connection", "Upgrade")
+	hdr.Set("Upgrade", AttachProtocol)
+	resp, err := c.do(ctx, "POST", sessionPath(vmRef, ref)+"/attach", nil, nil, hdr)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		resp.Body.Close()
+		return nil, &Error{Code: CodeInternal, Message: "daemon did not upgrade the attach request: " + resp.Status}
+	}
+	rwc, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		resp.Body.Close()
+		return nil, &Error{Code: CodeInternal, Message: "attach connection is not writable"}
+	}
+	return &AttachStream{rwc: rwc, r: bufio.NewReader(rwc)}, nil
+}
+
+// AttachStream is the client side of an attachment: Write sends stdin,
+// Detach leaves the session running, Receive copies output until the end.
+type AttachStream struct {
+	rwc io.ReadWriteCloser
+	r   *bufio.Reader
+	mu  sync.Mutex // serialises frame writes
+}
+
+// Write sends p to the session's stdin.
+func (a *AttachStream) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := WriteAttachFrame(a.rwc, AttachStdin, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// Detach asks the daemon to end the attachment, leaving the session
+// running; Receive then returns with reason "detached".
+func (a *AttachStream) Detach() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return WriteAttachFrame(a.rwc, AttachDetach, nil)
+}
+
+// Receive copies the session's output to stdout and stderr until the
+// daemon ends the attachment, and returns how it ended. An error the
+// daemon reported in the end frame is returned as an *Error too.
+func (a *AttachStream) Receive(stdout, stderr io.Writer) (AttachEndInfo, error) {
+	for {
+		typ, p, err := ReadAttachFrame(a.r)
+		if err != nil {
+			if err == io.EOF {
+				err = errors.New("the daemon closed the attachment without saying why (did it stop?)")
+			}
+			return AttachEndInfo{}, err
+		}
+		switch typ {
+		case AttachStdout:
+			if _, err := stdout.Write(p); err != nil {
+				return AttachEndInfo{}, err
+			}
+		case AttachStderr:
+			if _, err := stderr.Write(p); err != nil {
+				return AttachEndInfo{}, err
+			}
+		case AttachEnd:
+			var end AttachEndInfo
+			if err := json.Unmarshal(p, &end); err != nil {
+				return end, fmt.Errorf("attach end frame: %w", err)
+			}
+			if end.Error != "" {
+				code := end.Code
+				if code == "" {
+					code = CodeInternal
+				}
+				return end, &Error{Code: code, Message: end.Error}
+			}
+			return end, nil
+		}
+	}
+}
+
+// Close closes the connection.
+func (a *AttachStream) Close() error { return a.rwc.Close() }

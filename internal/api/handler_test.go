@@ -1,0 +1,473 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/banger/banger/internal/model"
+)
+
+// fakeService answers the methods a test sets; any other call fails the
+// test through the nil embedded interface (a panic in the handler).
+type fakeService struct {
+	Service
+	getVM        func(ref string) (model.VM, error)
+	listVMs      func() ([]model.VM, error)
+	createVM     func(req CreateVMRequest, p ProgressFunc) (model.VM, error)
+	deleteVM     func(ref string, force bool) error
+	vmLogs       func(req LogsRequest, w io.Writer) error
+	execVM       func(req ExecRequest, stdout, stderr io.Writer) (int, error)
+	prepare      func(req WorkspaceRequest, tar io.Reader) (WorkspaceInfo, error)
+	send         func(data io.Reader) (int64, error)
+	attach       func(ctx context.Context, aio AttachIO) error
+	getSession   func(vm, ref string) (model.Session, error)
+	listSessions func(vm string) ([]model.Session, error)
+	listImages   func() ([]model.Image, error)
+	info         DaemonInfo
+}
+
+func (f *fakeService) Info(context.Context) DaemonInfo { return f.info }
+func (f *fakeService) GetVM(_ context.Context, ref string) (model.VM, error) {
+	return f.getVM(ref)
+}
+func (f *fakeService) ListVMs(context.Context) ([]model.VM, error) { return f.listVMs() }
+func (f *fakeService) CreateVM(_ context.Context, req CreateVMRequest, p ProgressFunc) (model.VM, error) {
+	return f.createVM(req, p)
+}
+func (f *fakeService) DeleteVM(_ context.Context, ref string, force bool) error {
+	return f.deleteVM(ref, force)
+}
+func (f *fakeService) VMLogs(_ context.Context, _ string, req LogsRequest, w io.Writer) error {
+	return f.vmLogs(req, w)
+}
+func (f *fakeService) ExecVM(_ context.Context, _ string, req ExecRequest, stdout, stderr io.Writer) (int, error) {
+	return f.execVM(req, stdout, stderr)
+}
+func (f *fakeService) PrepareWorkspace(_ context.Context, _ string, req WorkspaceRequest, tar io.Reader) (WorkspaceInfo, error) {
+	return f.prepare(req, tar)
+}
+func (f *fakeService) SendSession(_ context.Context, _, _ string, data io.Reader) (int64, error) {
+	return f.send(data)
+}
+func (f *fakeService) AttachSession(ctx context.Context, _, _ string, aio AttachIO) error {
+	return f.attach(ctx, aio)
+}
+func (f *fakeService) GetSession(_ context.Context, vm, ref string) (model.Session, error) {
+	return f.getSession(vm, ref)
+}
+func (f *fakeService) ListSessions(_ context.Context, vm string) ([]model.Session, error) {
+	return f.listSessions(vm)
+}
+func (f *fakeService) ListImages(context.Context) ([]model.Image, error) { return f.listImages() }
+
+// serve runs the handler on a unix socket and returns a client of it and
+// a raw HTTP client for status checks.
+func serve(t *testing.T, svc Service) (*Client, *http.Client) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "d.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: NewHandler(svc, nil)}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	raw := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return net.Dial("unix", sock)
+	}}}
+	return NewClient(sock), raw
+}
+
+func rawDo(t *testing.T, hc *http.Client, method, path, body string) (int, string, http.Header) {
+	t.Helper()
+	req, _ := http.NewRequest(method, "http://bangerd"+path, strings.NewReader(body))
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
+}
+
+func TestErrorsAndValidation(t *testing.T) {
+	svc := &fakeService{
+		getVM: func(ref string) (model.VM, error) {
+			switch ref {
+			case "ok":
+				return model.VM{ID: "1", Name: "ok"}, nil
+			case "boom":
+				return model.VM{}, errors.New("disk on fire")
+			}
+			return model.VM{}, NotFound("vm", ref)
+		},
+		listVMs: func() ([]model.VM, error) { return nil, nil },
+		deleteVM: func(ref string, force bool) error {
+			return Errorf(CodeConflict, "vm %q is running (force=%v)", ref, force)
+		},
+		createVM: func(CreateVMRequest, ProgressFunc) (model.VM, error) {
+			t.Error("CreateVM called on bad input")
+			return model.VM{}, nil
+		},
+	}
+	_, hc := serve(t, svc)
+	for _, tc := range []struct {
+		method, path, body string
+		status             int
+		code, inMessage    string
+	}{
+		{"GET", "/v1/vms/nope", "", 404, CodeNotFound, `vm "nope" not found`},
+		{"GET", "/v1/vms/boom", "", 500, CodeInternal, "disk on fire"},
+		{"POST", "/v1/vms", `{"cpus":"two"}`, 400, CodeInvalid, `"cpus"`},
+		{"POST", "/v1/vms", `{"cpuz":2}`, 400, CodeInvalid, `cpuz`},
+		{"POST", "/v1/vms", `{"cpus":`, 400, CodeInvalid, "request body"},
+		{"POST", "/v1/vms", `{} {}`, 400, CodeInvalid, "extra data"},
+		{"DELETE", "/v1/vms/x?force=maybe", "", 400, CodeInvalid, "force"},
+		{"DELETE", "/v1/vms/x?force=1", "", 409, CodeConflict, "force=true"},
+		{"GET", "/v1/vms/x/logs?tail=-1", "", 400, CodeInvalid, "tail"},
+		{"GET", "/v1/vms/x/logs?source=disk", "", 400, CodeInvalid, "console, vmm or all"},
+		{"POST", "/v1/vms/x/exec", `{"command":[]}`, 400, CodeInvalid, "command"},
+		{"POST", "/v1/vms/x/sessions/s/attach", ``, 400, CodeInvalid, "Upgrade"},
+		{"GET", "/v1/nothing", "", 404, CodeNotFound, "no route"},
+		{"PUT", "/v1/vms/x", "", 405, CodeInvalid, "GET"},
+	} {
+		status, body, hdr := rawDo(t, hc, tc.method, tc.path, tc.body)
+		if status != tc.status {
+			t.Errorf("%s %s: status %d, want %d (%s)", tc.method, tc.path, status, tc.status, body)
+			continue
+		}
+		if tc.code == "" {
+			continue
+		}
+		var e Error
+		if err := json.Unmarshal([]byte(body), &e); err != nil || hdr.Get("Content-Type") != "application/json" {
+			t.Errorf("%s %s: body %q is not a JSON error: %v", tc.method, tc.path, body, err)
+			continue
+		}
+		if e.Code != tc.code || !strings.Contains(e.Message, tc.inMessage) {
+			t.Errorf("%s %s: error %+v, want code %s with %q", tc.method, tc.path, e, tc.code, tc.inMessage)
+		}
+	}
+	status, body, _ := rawDo(t, hc, "GET", "/v1/vms", "")
+	if status != 200 || strings.TrimSpace(body) != "[]" {
+		t.Errorf("empty list: %d %q, want 200 []", status, body)
+	}
+	status, body, _ = rawDo(t, hc, "GET", "/v1/vms/ok", "")
+	if status != 200 || !strings.Contains(body, `"name":"ok"`) {
+		t.Errorf("GET ok: %d %q", status, body)
+	}
+}
+
+func TestClientErrors(t *testing.T) {
+	svc := &fakeService{getVM: func(ref string) (model.VM, error) { return model.VM{}, NotFound("vm", ref) }}
+	c, _ := serve(t, svc)
+	_, err := c.GetVM(context.Background(), "a/b")
+	var e *Error
+	if !errors.As(err, &e) || e.Code != CodeNotFound || e.Message != `vm "a/b" not found` {
+		t.Fatalf("GetVM error = %#v", err)
+	}
+	if errors.Is(err, ErrDaemonUnreachable) {
+		t.Fatal("an API error matched ErrDaemonUnreachable")
+	}
+	dead := NewClient(filepath.Join(t.TempDir(), "none.sock"))
+	err = dead.Health(context.Background())
+	if !errors.Is(err, ErrDaemonUnreachable) || !strings.Contains(err.Error(), "none.sock") {
+		t.Fatalf("dead socket: %v, want ErrDaemonUnreachable naming the socket", err)
+	}
+}
+
+func TestProgressStream(t *testing.T) {
+	svc := &fakeService{createVM: func(req CreateVMRequest, p ProgressFunc) (model.VM, error) {
+		switch req.Name {
+		case "early":
+			return model.VM{}, Errorf(CodeConflict, "vm %q already exists", req.Name)
+		case "late":
+			p(Progress{Phase: "disk"})
+			return model.VM{}, Errorf(CodeTimeout, "ssh did not answer")
+		}
+		p(Progress{Phase: "disk", Message: "making disks", Done: 1, Total: 2})
+		p(Progress{Phase: "boot", Elapsed: 1.5})
+		return model.VM{ID: "id1", Name: req.Name, CPUs: req.CPUs}, nil
+	}}
+	c, hc := serve(t, svc)
+
+	status, body, hdr := rawDo(t, hc, "POST", "/v1/vms", `{"name":"a","cpus":3}`)
+	if status != 200 || hdr.Get("Content-Type") != ContentTypeNDJSON {
+		t.Fatalf("stream: %d %s", status, hdr.Get("Content-Type"))
+	}
+	lines := strings.Split(strings.TrimSpace(body), "\n")
+	want := []string{
+		`{"type":"progress","progress":{"phase":"disk","message":"making disks","done":1,"total":2}}`,
+		`{"type":"progress","progress":{"phase":"boot","elapsed":1.5}}`,
+	}
+	if len(lines) != 3 || lines[0] != want[0] || lines[1] != want[1] || !strings.HasPrefix(lines[2], `{"type":"result","result":{"id":"id1","name":"a"`) {
+		t.Fatalf("stream lines:\n%s", body)
+	}
+
+	var got []Progress
+	vm, err := c.CreateVM(context.Background(), CreateVMRequest{Name: "b", CPUs: 2}, func(p Progress) { got = append(got, p) })
+	if err != nil || vm.Name != "b" || vm.CPUs != 2 || len(got) != 2 || got[0].Total != 2 || got[1].Phase != "boot" {
+		t.Fatalf("client stream: %+v %v %+v", vm, err, got)
+	}
+
+	status, body, _ = rawDo(t, hc, "POST", "/v1/vms", `{"name":"early"}`)
+	if status != 409 || !strings.Contains(body, `"code":"conflict"`) {
+		t.Fatalf("error before progress: %d %s, want a 409 JSON error", status, body)
+	}
+	_, err = c.CreateVM(context.Background(), CreateVMRequest{Name: "late"}, nil)
+	var e *Error
+	if !errors.As(err, &e) || e.Code != CodeTimeout || e.Message != "ssh did not answer" {
+		t.Fatalf("error after progress: %#v", err)
+	}
+}
+
+func TestExecFrames(t *testing.T) {
+	svc := &fakeService{execVM: func(req ExecRequest, stdout, stderr io.Writer) (int, error) {
+		if req.Command[0] == "missing" {
+			return 0, NotFound("vm", "x")
+		}
+		io.WriteString(stdout, "out\x00put\n")
+		io.WriteString(stderr, "err\n")
+		return 42, nil
+	}}
+	c, hc := serve(t, svc)
+	var out, errb bytes.Buffer
+	code, err := c.ExecVM(context.Background(), "x", ExecRequest{Command: []string{"sh", "-c", "x"}}, &out, &errb)
+	if err != nil || code != 42 || out.String() != "out\x00put\n" || errb.String() != "err\n" {
+		t.Fatalf("exec: %d %v %q %q", code, err, out.String(), errb.String())
+	}
+	_, body, _ := rawDo(t, hc, "POST", "/v1/vms/x/exec", `{"command":["a"]}`)
+	if !strings.Contains(body, `{"type":"stderr","data":"ZXJyCg=="}`) || !strings.Contains(body, `{"type":"exit","exit_code":42}`) {
+		t.Fatalf("exec frames:\n%s", body)
+	}
+	_, err = c.ExecVM(context.Background(), "x", ExecRequest{Command: []string{"missing"}}, &out, &errb)
+	if !IsNotFound(err) {
+		t.Fatalf("exec error: %v", err)
+	}
+}
+
+func TestRawLogsAndTrailer(t *testing.T) {
+	svc := &fakeService{vmLogs: func(req LogsRequest, w io.Writer) error {
+		if req.Source == "vmm" {
+			return Errorf(CodeUnavailable, "no vmm log yet")
+		}
+		io.WriteString(w, "line1\n")
+		if req.Follow {
+			io.WriteString(w, "line2\n")
+			return Errorf(CodeInternal, "console vanished")
+		}
+		return nil
+	}}
+	c, _ := serve(t, svc)
+	var b bytes.Buffer
+	if err := c.VMLogs(context.Background(), "x", LogsRequest{Tail: 5}, &b); err != nil || b.String() != "line1\n" {
+		t.Fatalf("logs: %q %v", b.String(), err)
+	}
+	b.Reset()
+	err := c.VMLogs(context.Background(), "x", LogsRequest{Follow: true}, &b)
+	if b.String() != "line1\nline2\n" || err == nil || !strings.Contains(err.Error(), "console vanished") || CodeOf(err) != CodeInternal {
+		t.Fatalf("logs with late error: %q %v", b.String(), err)
+	}
+	err = c.VMLogs(context.Background(), "x", LogsRequest{Source: "vmm"}, &b)
+	if CodeOf(err) != CodeUnavailable {
+		t.Fatalf("logs early error: %v", err)
+	}
+}
+
+func TestWorkspaceAndSend(t *testing.T) {
+	svc := &fakeService{
+		prepare: func(req WorkspaceRequest, tar io.Reader) (WorkspaceInfo, error) {
+			b, _ := io.ReadAll(tar)
+			return WorkspaceInfo{GuestPath: req.GuestPath, Bytes: int64(len(b)), Files: map[bool]int64{true: 1}[req.ReadOnly]}, nil
+		},
+		send: func(data io.Reader) (int64, error) { return io.Copy(io.Discard, data) },
+	}
+	c, hc := serve(t, svc)
+	info, err := c.PrepareWorkspace(context.Background(), "x", WorkspaceRequest{GuestPath: "/root/r", ReadOnly: true, Mode: "tracked"}, strings.NewReader("tarbytes"))
+	if err != nil || info.GuestPath != "/root/r" || info.Bytes != 8 || info.Files != 1 {
+		t.Fatalf("prepare: %+v %v", info, err)
+	}
+	status, body, _ := rawDo(t, hc, "POST", "/v1/vms/x/workspace/prepare?mode=zip", "")
+	if status != 400 || !strings.Contains(body, "full or tracked") {
+		t.Fatalf("bad mode: %d %s", status, body)
+	}
+	n, err := c.SendSession(context.Background(), "x", "s", strings.NewReader("hello\n"))
+	if err != nil || n != 6 {
+		t.Fatalf("send: %d %v", n, err)
+	}
+}
+
+func TestAttach(t *testing.T) {
+	exit := 7
+	svc := &fakeService{
+		getSession: func(vm, ref string) (model.Session, error) {
+			return model.Session{Name: ref, ExitCode: &exit}, nil
+		},
+		attach: func(ctx context.Context, aio AttachIO) error {
+			return nil
+		},
+	}
+	c, _ := serve(t, svc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	// Echo upper-cased stdin until EOF (detach).
+	svc.attach = func(ctx context.Context, aio AttachIO) error {
+		buf := make([]byte, 100)
+		for {
+			n, err := aio.Stdin.Read(buf)
+			if n > 0 {
+				aio.Stdout.Write(bytes.ToUpper(buf[:n]))
+				aio.Stderr.Write([]byte("e"))
+			}
+			if err != nil {
+				return nil
+			}
+		}
+	}
+	a, err := c.AttachSession(ctx, "vm", "echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errb syncBuffer
+	done := make(chan AttachEndInfo)
+	go func() {
+		end, err := a.Receive(&out, &errb)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- end
+	}()
+	a.Write([]byte("hello"))
+	waitFor(t, func() bool { return out.String() == "HELLO" })
+	a.Detach()
+	end := <-done
+	a.Close()
+	if end.Reason != AttachDetached || errb.String() != "e" {
+		t.Fatalf("detach: %+v, stderr %q", end, errb.String())
+	}
+
+	// The session ends by itself: reason exited with its exit code.
+	svc.attach = func(ctx context.Context, aio AttachIO) error {
+		aio.Stdout.Write([]byte("bye"))
+		return nil
+	}
+	a, err = c.AttachSession(ctx, "vm", "ends")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out2 bytes.Buffer
+	end, err = a.Receive(&out2, io.Discard)
+	a.Close()
+	if err != nil || end.Reason != AttachExited || end.ExitCode != 7 || out2.String() != "bye" {
+		t.Fatalf("exit: %+v %v %q", end, err, out2.String())
+	}
+
+	// Refused before anything happened: a plain 409.
+	svc.attach = func(ctx context.Context, aio AttachIO) error {
+		return Errorf(CodeConflict, "session is attached elsewhere")
+	}
+	_, err = c.AttachSession(ctx, "vm", "busy")
+	var e *Error
+	if !errors.As(err, &e) || e.Code != CodeConflict || e.HTTPStatus() != 409 {
+		t.Fatalf("busy: %#v", err)
+	}
+
+	// A client that vanishes ends Stdin and cancels the context.
+	gone := make(chan error, 1)
+	svc.attach = func(ctx context.Context, aio AttachIO) error {
+		_, err := io.Copy(io.Discard, aio.Stdin)
+		<-ctx.Done()
+		gone <- err
+		return nil
+	}
+	a, err = c.AttachSession(ctx, "vm", "gone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Write([]byte("x"))
+	a.Close()
+	select {
+	case err := <-gone:
+		if err != nil {
+			t.Fatalf("stdin after disconnect: %v, want EOF", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("disconnect did not end the attachment")
+	}
+}
+
+func TestAttachFrames(t *testing.T) {
+	var b bytes.Buffer
+	big := bytes.Repeat([]byte("z"), MaxAttachFrame+3)
+	for _, f := range []struct {
+		typ byte
+		p   []byte
+	}{{AttachStdin, []byte("abc")}, {AttachDetach, nil}, {AttachStdout, big}} {
+		if err := WriteAttachFrame(&b, f.typ, f.p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, want := range []struct {
+		typ byte
+		n   int
+	}{{AttachStdin, 3}, {AttachDetach, 0}, {AttachStdout, MaxAttachFrame}, {AttachStdout, 3}} {
+		typ, p, err := ReadAttachFrame(&b)
+		if err != nil || typ != want.typ || len(p) != want.n {
+			t.Fatalf("frame: %c %d %v, want %c %d", typ, len(p), err, want.typ, want.n)
+		}
+	}
+	if _, _, err := ReadAttachFrame(&b); err != io.EOF {
+		t.Fatalf("end: %v, want EOF", err)
+	}
+	if _, _, err := ReadAttachFrame(bytes.NewReader([]byte{'o', 0xff, 0, 0, 0})); err == nil || !strings.Contains(err.Error(), "limit") {
+		t.Fatalf("oversized frame: %v", err)
+	}
+	if _, _, err := ReadAttachFrame(bytes.NewReader([]byte{'o', 0, 0, 0, 5, 'a'})); err == nil || err == io.EOF {
+		t.Fatalf("truncated frame: %v", err)
+	}
+}
+
+type syncBuffer struct {
+	mu chan struct{}
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) lock() {
+	if s.mu == nil {
+		s.mu = make(chan struct{}, 1)
+	}
+	s.mu <- struct{}{}
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.lock()
+	defer func() { <-s.mu }()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.lock()
+	defer func() { <-s.mu }()
+	return s.b.String()
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 5 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
