@@ -303,6 +303,9 @@ func (d *Driver) Kill(ctx context.Context, h vmm.Handle) error {
 			return err
 		}
 	}
+	if _, err := d.Find(h.APISocket); err == nil {
+		return nil // a newer qemu owns the socket now
+	}
 	_ = os.Remove(h.APISocket)
 	if dir := dirOf(h.APISocket); dir != "" {
 		_ = os.Remove(PIDFile(dir))

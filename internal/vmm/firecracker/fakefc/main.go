@@ -1,0 +1,530 @@
+// Command fakefc is a stand-in for the firecracker binary, used by banger's
+// tests on hosts without Firecracker or without a KVM that runs guests. It
+// takes firecracker v1.14's flags and serves the part of its REST API that
+// banger uses on the --api-sock unix socket, with the answers v1.14.2 gives:
+// 204 with an empty body on success, 400 {"fault_message": …} on a bad body
+// or a request out of order, GET / state "Not started" → "Running" →
+// "Paused", SendCtrlAltDel ending the process like a rebooting guest (exit
+// 0), SIGTERM ending it with status 143.
+//
+// It boots nothing. Every request is appended as one JSON line
+// {"method","path","body"} to <api-sock>.requests.jsonl, so that a test can
+// check what a driver sent.
+//
+// It owns nothing outside its socket, that record file and the log and
+// metrics files it is told to write.
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+const version = "1.14.2"
+
+// Request bodies as firecracker's API defines them. Unknown fields are
+// refused, as firecracker's deserialiser does.
+type machineConfig struct {
+	VcpuCount       *int    `json:"vcpu_count"`
+	MemSizeMib      *int    `json:"mem_size_mib"`
+	Smt             bool    `json:"smt"`
+	TrackDirtyPages bool    `json:"track_dirty_pages"`
+	HugePages       string  `json:"huge_pages,omitempty"`
+	CPUTemplate     *string `json:"cpu_template,omitempty"`
+}
+
+type bootSource struct {
+	KernelImagePath string `json:"kernel_image_path"`
+	InitrdPath      string `json:"initrd_path,omitempty"`
+	BootArgs        string `json:"boot_args,omitempty"`
+}
+
+type drive struct {
+	DriveID      string          `json:"drive_id"`
+	PathOnHost   string          `json:"path_on_host"`
+	IsRootDevice *bool           `json:"is_root_device"`
+	IsReadOnly   bool            `json:"is_read_only"`
+	PartUUID     string          `json:"partuuid,omitempty"`
+	CacheType    string          `json:"cache_type,omitempty"`
+	IoEngine     string          `json:"io_engine,omitempty"`
+	RateLimiter  json.RawMessage `json:"rate_limiter,omitempty"`
+}
+
+type netIface struct {
+	IfaceID     string          `json:"iface_id"`
+	HostDevName string          `json:"host_dev_name"`
+	GuestMAC    string          `json:"guest_mac,omitempty"`
+	RxRate      json.RawMessage `json:"rx_rate_limiter,omitempty"`
+	TxRate      json.RawMessage `json:"tx_rate_limiter,omitempty"`
+}
+
+type vsock struct {
+	GuestCID *uint32 `json:"guest_cid"`
+	UDSPath  string  `json:"uds_path"`
+	VsockID  string  `json:"vsock_id,omitempty"`
+}
+
+type logger struct {
+	LogPath       string `json:"log_path,omitempty"`
+	Level         string `json:"level,omitempty"`
+	ShowLevel     bool   `json:"show_level"`
+	ShowLogOrigin bool   `json:"show_log_origin"`
+	Module        string `json:"module,omitempty"`
+}
+
+type metrics struct {
+	MetricsPath string `json:"metrics_path"`
+}
+
+type action struct {
+	ActionType string `json:"action_type"`
+}
+
+type vmState struct {
+	State string `json:"state"`
+}
+
+type server struct {
+	mu      sync.Mutex
+	id      string
+	state   string // "Not started", "Running", "Paused"
+	machine machineConfig
+	boot    *bootSource
+	drives  []drive
+	ifaces  []netIface
+	vsock   *vsock
+	logger  *logger
+	metrics *metrics
+	logf    *os.File
+	record  *os.File
+	pci     bool
+}
+
+func main() {
+	fs := flag.NewFlagSet("firecracker", flag.ContinueOnError)
+	apiSock := fs.String("api-sock", "/run/firecracker.socket", "")
+	id := fs.String("id", "anonymous-instance", "")
+	enablePCI := fs.Bool("enable-pci", false, "")
+	showVersion := fs.Bool("version", false, "")
+	noAPI := fs.Bool("no-api", false, "")
+	fs.String("config-file", "", "")
+	fs.String("log-path", "", "")
+	fs.String("level", "", "")
+	fs.String("metrics-path", "", "")
+	fs.Bool("boot-timer", false, "")
+	fs.Bool("no-seccomp", false, "")
+	fs.String("seccomp-filter", "", "")
+	fs.String("metadata", "", "")
+	fs.String("snapshot-version", "", "")
+	fs.String("describe-snapshot", "", "")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		os.Exit(1)
+	}
+	if *showVersion {
+		fmt.Printf("Firecracker v%s\n\n", version)
+		return
+	}
+	if *noAPI {
+		fmt.Fprintln(os.Stderr, "fakefc: --no-api is not supported by this fake")
+		os.Exit(1)
+	}
+	if !regexp.MustCompile(`^[a-zA-Z0-9-]{1,64}$`).MatchString(*id) {
+		fmt.Fprintf(os.Stderr, "Invalid instance ID: %s\n", *id)
+		os.Exit(1)
+	}
+	l, err := net.Listen("unix", *apiSock)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "Failed to open the API socket at: %s. Check that it is not already used.\n", *apiSock)
+		os.Exit(1)
+	}
+	rec, err := os.OpenFile(*apiSock+".requests.jsonl", os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	s := &server{id: *id, state: "Not started", record: rec, pci: *enablePCI}
+	one, mem := 1, 128
+	s.machine = machineConfig{VcpuCount: &one, MemSizeMib: &mem, HugePages: "None"}
+	fmt.Printf("Running Firecracker v%s\n", version)
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		sig := <-sigs
+		// firecracker exits with 128+signal and leaves its socket behind.
+		os.Exit(128 + int(sig.(syscall.Signal)))
+	}()
+	_ = http.Serve(l, s)
+}
+
+func (s *server) fault(w http.ResponseWriter, status int, format string, args ...any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	b, _ := json.Marshal(map[string]string{"fault_message": fmt.Sprintf(format, args...)})
+	w.Write(b)
+}
+
+func (s *server) ok(w http.ResponseWriter) { w.WriteHeader(http.StatusNoContent) }
+
+func (s *server) json(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	b, _ := json.Marshal(v)
+	w.Write(b)
+}
+
+func (s *server) log(format string, args ...any) {
+	if s.logf != nil {
+		fmt.Fprintf(s.logf, "%s [%s:main] %s\n", time.Now().Format("2006-01-02T15:04:05.000000000"), s.id, fmt.Sprintf(format, args...))
+	}
+}
+
+// decode reads a JSON body strictly into v.
+func decode(body []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return fmt.Errorf("trailing data after the JSON body")
+	}
+	return nil
+}
+
+func exists(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var raw any = nil
+	if len(body) > 0 {
+		if json.Unmarshal(body, &raw) != nil {
+			raw = string(body)
+		}
+	}
+	line, _ := json.Marshal(map[string]any{"method": r.Method, "path": r.URL.Path, "body": raw})
+	s.record.Write(append(line, '\n'))
+
+	started := s.state != "Not started"
+	preBoot := func() bool {
+		if started {
+			s.fault(w, 400, "The requested operation is not supported after starting the microVM.")
+			return false
+		}
+		return true
+	}
+	bad := func(err error) {
+		s.fault(w, 400, "An error occurred when deserializing the json body of a request: %v.", err)
+	}
+	p := r.URL.Path
+	switch {
+	case r.Method == "GET" && p == "/":
+		s.json(w, map[string]any{"id": s.id, "state": s.state, "vmm_version": version, "app_name": "Firecracker"})
+	case r.Method == "GET" && p == "/version":
+		s.json(w, map[string]any{"firecracker_version": version})
+	case r.Method == "GET" && p == "/machine-config":
+		s.json(w, s.machine)
+	case r.Method == "GET" && p == "/vm/config":
+		s.json(w, s.fullConfig())
+	case r.Method == "PUT" && p == "/logger":
+		var l logger
+		if err := decode(body, &l); err != nil {
+			bad(err)
+			return
+		}
+		if !preBoot() {
+			return
+		}
+		if l.LogPath != "" {
+			f, err := os.OpenFile(l.LogPath, os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				s.fault(w, 400, "Logger: %v", err)
+				return
+			}
+			s.logf = f
+		}
+		s.logger = &l
+		s.log("Running Firecracker v%s", version)
+		if s.pci {
+			s.log("PCI enabled")
+		}
+		s.ok(w)
+	case r.Method == "PUT" && p == "/metrics":
+		var m metrics
+		if err := decode(body, &m); err != nil {
+			bad(err)
+			return
+		}
+		if !preBoot() {
+			return
+		}
+		if err := exists(m.MetricsPath); err != nil {
+			s.fault(w, 400, "Metrics: %v", err)
+			return
+		}
+		s.metrics = &m
+		s.ok(w)
+	case r.Method == "PUT" && p == "/machine-config":
+		var m machineConfig
+		if err := decode(body, &m); err != nil {
+			bad(err)
+			return
+		}
+		if m.VcpuCount == nil || m.MemSizeMib == nil {
+			bad(fmt.Errorf("missing field `vcpu_count` or `mem_size_mib`"))
+			return
+		}
+		if !preBoot() {
+			return
+		}
+		if *m.VcpuCount < 1 || *m.VcpuCount > 32 || (*m.VcpuCount > 1 && *m.VcpuCount%2 == 1 && m.Smt) {
+			s.fault(w, 400, "The vCPU number is invalid! The vCPU number can only be 1 or an even number when SMT is enabled.")
+			return
+		}
+		if *m.MemSizeMib < 1 {
+			s.fault(w, 400, "The memory size (MiB) is invalid.")
+			return
+		}
+		if m.HugePages == "" {
+			m.HugePages = "None"
+		}
+		s.machine = m
+		s.ok(w)
+	case r.Method == "PUT" && p == "/boot-source":
+		var b bootSource
+		if err := decode(body, &b); err != nil {
+			bad(err)
+			return
+		}
+		if !preBoot() {
+			return
+		}
+		if err := exists(b.KernelImagePath); err != nil {
+			s.fault(w, 400, "The kernel file cannot be opened: %v", err)
+			return
+		}
+		if b.InitrdPath != "" {
+			if err := exists(b.InitrdPath); err != nil {
+				s.fault(w, 400, "The initrd file cannot be opened due to invalid path or invalid permissions. %v", err)
+				return
+			}
+		}
+		s.boot = &b
+		s.ok(w)
+	case r.Method == "PUT" && strings.HasPrefix(p, "/drives/"):
+		var d drive
+		if err := decode(body, &d); err != nil {
+			bad(err)
+			return
+		}
+		if d.IsRootDevice == nil || d.DriveID == "" || d.PathOnHost == "" {
+			bad(fmt.Errorf("missing field `drive_id`, `path_on_host` or `is_root_device`"))
+			return
+		}
+		if d.DriveID != strings.TrimPrefix(p, "/drives/") {
+			s.fault(w, 400, "The id from the path does not match the id from the body!")
+			return
+		}
+		if !preBoot() {
+			return
+		}
+		if err := exists(d.PathOnHost); err != nil {
+			s.fault(w, 400, "Unable to create the block device: BackingFile(%v, %q)", err, d.PathOnHost)
+			return
+		}
+		kept := s.drives[:0]
+		for _, o := range s.drives {
+			if o.DriveID == d.DriveID {
+				continue
+			}
+			if *o.IsRootDevice && *d.IsRootDevice {
+				s.fault(w, 400, "A root block device already exists!")
+				return
+			}
+			kept = append(kept, o)
+		}
+		s.drives = append(kept, d)
+		s.ok(w)
+	case r.Method == "PUT" && strings.HasPrefix(p, "/network-interfaces/"):
+		var n netIface
+		if err := decode(body, &n); err != nil {
+			bad(err)
+			return
+		}
+		if n.IfaceID == "" || n.HostDevName == "" {
+			bad(fmt.Errorf("missing field `iface_id` or `host_dev_name`"))
+			return
+		}
+		if n.IfaceID != strings.TrimPrefix(p, "/network-interfaces/") {
+			s.fault(w, 400, "The id from the path does not match the id from the body!")
+			return
+		}
+		if !preBoot() {
+			return
+		}
+		if n.GuestMAC != "" {
+			if _, err := net.ParseMAC(n.GuestMAC); err != nil {
+				bad(err)
+				return
+			}
+		}
+		kept := s.ifaces[:0]
+		for _, o := range s.ifaces {
+			if o.IfaceID != n.IfaceID {
+				kept = append(kept, o)
+			}
+		}
+		s.ifaces = append(kept, n)
+		s.ok(w)
+	case r.Method == "PUT" && p == "/vsock":
+		var v vsock
+		if err := decode(body, &v); err != nil {
+			bad(err)
+			return
+		}
+		if v.GuestCID == nil || v.UDSPath == "" {
+			bad(fmt.Errorf("missing field `guest_cid` or `uds_path`"))
+			return
+		}
+		if !preBoot() {
+			return
+		}
+		if *v.GuestCID < 3 {
+			s.fault(w, 400, "Cannot create vsock device: invalid guest CID %d", *v.GuestCID)
+			return
+		}
+		if _, err := os.Lstat(v.UDSPath); err == nil {
+			s.fault(w, 400, "Cannot create backend for vsock device: UnixBind(Os { code: 98, kind: AddrInUse, message: \"Address in use\" })")
+			return
+		}
+		s.vsock = &v
+		s.ok(w)
+	case r.Method == "PUT" && p == "/actions":
+		var a action
+		if err := decode(body, &a); err != nil {
+			bad(err)
+			return
+		}
+		s.action(w, a)
+	case r.Method == "PATCH" && p == "/vm":
+		var v vmState
+		if err := decode(body, &v); err != nil {
+			bad(err)
+			return
+		}
+		switch {
+		case !started:
+			s.fault(w, 400, "The requested operation is not supported before starting the microVM.")
+		case v.State == "Paused":
+			s.state = "Paused"
+			s.log("The microVM has been paused")
+			s.ok(w)
+		case v.State == "Resumed":
+			s.state = "Running"
+			s.log("The microVM has been resumed")
+			s.ok(w)
+		default:
+			bad(fmt.Errorf("unknown variant `%s`, expected `Paused` or `Resumed`", v.State))
+		}
+	default:
+		s.fault(w, 400, "Invalid request method and/or path: %s %s.", r.Method, p)
+	}
+}
+
+func (s *server) action(w http.ResponseWriter, a action) {
+	switch a.ActionType {
+	case "InstanceStart":
+		if s.state != "Not started" {
+			s.fault(w, 400, "The requested operation is not supported after starting the microVM.")
+			return
+		}
+		if s.boot == nil {
+			s.fault(w, 400, "Cannot start microvm without kernel configuration.")
+			return
+		}
+		if s.vsock != nil {
+			if l, err := net.Listen("unix", s.vsock.UDSPath); err == nil {
+				// Kept open for the life of the process, like firecracker's
+				// vsock backend.
+				go func() {
+					for {
+						c, err := l.Accept()
+						if err != nil {
+							return
+						}
+						c.Close()
+					}
+				}()
+			}
+		}
+		s.state = "Running"
+		s.log("Successfully started microvm that was configured from one single json")
+		s.ok(w)
+	case "SendCtrlAltDel":
+		if s.state == "Not started" {
+			s.fault(w, 400, "The requested operation is not supported before starting the microVM.")
+			return
+		}
+		s.ok(w)
+		// The guest reboots a moment later; firecracker exits with 0.
+		go func() {
+			time.Sleep(100 * time.Millisecond)
+			s.mu.Lock()
+			s.log("Vmm is stopping.")
+			os.Exit(0)
+		}()
+	case "FlushMetrics":
+		if s.state == "Not started" {
+			s.fault(w, 400, "The requested operation is not supported before starting the microVM.")
+			return
+		}
+		s.ok(w)
+	default:
+		s.fault(w, 400, "An error occurred when deserializing the json body of a request: unknown variant `%s`, expected one of `FlushMetrics`, `InstanceStart`, `SendCtrlAltDel`.", a.ActionType)
+	}
+}
+
+func (s *server) fullConfig() map[string]any {
+	drives := s.drives
+	if drives == nil {
+		drives = []drive{}
+	}
+	ifaces := s.ifaces
+	if ifaces == nil {
+		ifaces = []netIface{}
+	}
+	return map[string]any{
+		"balloon":            nil,
+		"drives":             drives,
+		"boot-source":        s.boot,
+		"cpu-config":         nil,
+		"logger":             s.logger,
+		"machine-config":     s.machine,
+		"metrics":            s.metrics,
+		"mmds-config":        nil,
+		"network-interfaces": ifaces,
+		"vsock":              s.vsock,
+		"entropy":            nil,
+		"pmem":               []any{},
+	}
+}

@@ -1,0 +1,509 @@
+// Package firecracker is banger's Firecracker driver: it starts the
+// firecracker binary detached with an api socket per VM and configures and
+// boots the guest over Firecracker's REST API on that socket.
+//
+// It owns everything Firecracker-specific: flags, API paths and bodies. It
+// must not touch host networking, disks or the store: taps and disk files
+// arrive ready in the vmm.Spec.
+package firecracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/banger/banger/internal/proc"
+	"github.com/banger/banger/internal/vmm"
+)
+
+// DefaultBinary is looked up on PATH when Options.Binary is empty.
+const DefaultBinary = "firecracker"
+
+// Options configure a Driver.
+type Options struct {
+	Binary string // firecracker binary; DefaultBinary on PATH when empty
+	// NoPCI starts firecracker without --enable-pci, so devices are
+	// virtio-mmio announced on the kernel command line. The default (PCI)
+	// suits kernels without CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES, such as
+	// Debian's cloud kernel.
+	NoPCI bool
+	// LogLevel of Firecracker's own log: Error, Warning, Info (default) or Debug.
+	LogLevel string
+	// StartTimeout bounds Start's wait for the api socket (default 10s).
+	StartTimeout time.Duration
+	// ProbeKernel, when set, is booted by Available to check that KVM runs
+	// a guest (a kernel with no root disk must reach its root mount).
+	ProbeKernel string
+	// ProbeTimeout bounds that probe boot (default 10s).
+	ProbeTimeout time.Duration
+}
+
+// Driver runs VMs under Firecracker. It implements vmm.Driver, vmm.Pauser
+// and vmm.Describer.
+type Driver struct {
+	opts Options
+
+	mu      sync.Mutex
+	decided bool
+	ok      bool
+	reason  string
+}
+
+var (
+	_ vmm.Driver    = (*Driver)(nil)
+	_ vmm.Pauser    = (*Driver)(nil)
+	_ vmm.Describer = (*Driver)(nil)
+)
+
+// New returns a driver; nothing is probed until Available.
+func New(opts Options) *Driver {
+	if opts.LogLevel == "" {
+		opts.LogLevel = "Info"
+	}
+	if opts.StartTimeout <= 0 {
+		opts.StartTimeout = 10 * time.Second
+	}
+	if opts.ProbeTimeout <= 0 {
+		opts.ProbeTimeout = 10 * time.Second
+	}
+	return &Driver{opts: opts}
+}
+
+// Name is "firecracker".
+func (d *Driver) Name() string { return "firecracker" }
+
+func (d *Driver) binary() (string, error) {
+	bin := d.opts.Binary
+	if bin == "" {
+		bin = DefaultBinary
+	}
+	p, err := exec.LookPath(bin)
+	if err != nil {
+		return "", fmt.Errorf("firecracker binary %q not found: %w", bin, err)
+	}
+	return p, nil
+}
+
+// Available reports whether the binary runs and KVM is usable, once; later
+// calls return the cached answer. /dev/kvm opening is necessary but not
+// enough (a paravirtualised KVM may run no ordinary guest): with
+// Options.ProbeKernel the answer rests on a real probe boot, otherwise the
+// reason says the guest side was not verified.
+func (d *Driver) Available(ctx context.Context) (bool, string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.decided {
+		return d.ok, d.reason
+	}
+	ok, reason, final := d.check(ctx)
+	d.ok, d.reason, d.decided = ok, reason, final
+	return ok, reason
+}
+
+func (d *Driver) check(ctx context.Context) (ok bool, reason string, final bool) {
+	bin, err := d.binary()
+	if err != nil {
+		return false, err.Error(), true
+	}
+	out, err := exec.CommandContext(ctx, bin, "--version").Output()
+	if err != nil {
+		if ctx.Err() != nil {
+			return false, fmt.Sprintf("%s --version interrupted: %v", bin, ctx.Err()), false
+		}
+		return false, fmt.Sprintf("%s --version failed: %v", bin, err), true
+	}
+	ver := ParseVersion(string(out))
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return false, fmt.Sprintf("firecracker %s (%s) found but KVM is unusable: %v", ver, bin, err), true
+	}
+	f.Close()
+	if d.opts.ProbeKernel == "" {
+		return true, fmt.Sprintf("firecracker %s (%s), /dev/kvm opens (guest boot not probed: no probe kernel configured)", ver, bin), true
+	}
+	pok, why := d.probe(ctx)
+	if ctx.Err() != nil {
+		return false, "firecracker probe interrupted: " + why, false
+	}
+	if !pok {
+		return false, fmt.Sprintf("firecracker %s (%s): /dev/kvm opens but KVM runs no ordinary guest here: %s", ver, bin, why), true
+	}
+	return true, fmt.Sprintf("firecracker %s (%s), KVM boots guests: %s", ver, bin, why), true
+}
+
+// probe boots ProbeKernel with no disk; reaching the root mount (a panic
+// there) or init proves KVM runs guests. Nothing is left behind.
+func (d *Driver) probe(ctx context.Context) (bool, string) {
+	dir, err := os.MkdirTemp("", "banger-fc-probe-")
+	if err != nil {
+		return false, err.Error()
+	}
+	defer os.RemoveAll(dir)
+	spec := vmm.Spec{
+		ID: "banger-probe", Name: "banger-probe", Dir: dir, CPUs: 1, MemoryMiB: 128,
+		Kernel:    vmm.Kernel{Vmlinux: d.opts.ProbeKernel},
+		Cmdline:   "console=ttyS0 panic=-1 reboot=k",
+		APISocket: dir + "/api.sock", LogPath: dir + "/fc.log", Console: dir + "/console.log",
+	}
+	h, err := d.Start(ctx, spec)
+	if err != nil {
+		return false, err.Error()
+	}
+	defer d.Kill(context.Background(), h)
+	deadline := time.Now().Add(d.opts.ProbeTimeout)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		b, _ := os.ReadFile(spec.Console)
+		for _, m := range []string{"Kernel panic", "Run /init", "Freeing unused kernel", "VFS: "} {
+			if strings.Contains(string(b), m) {
+				return true, fmt.Sprintf("probe boot reached %q", m)
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return false, fmt.Sprintf("probe boot made no progress in %v", d.opts.ProbeTimeout)
+}
+
+var versionRE = regexp.MustCompile(`Firecracker v([0-9][0-9A-Za-z.\-]*)`)
+
+// ParseVersion extracts "1.14.2" from `firecracker --version` output.
+func ParseVersion(out string) string {
+	if m := versionRE.FindStringSubmatch(out); m != nil {
+		return m[1]
+	}
+	return strings.TrimSpace(out)
+}
+
+// Args returns firecracker's argv (without the binary) for spec.
+func Args(spec vmm.Spec, pci bool) []string {
+	args := []string{"--api-sock", spec.APISocket, "--id", InstanceID(spec.ID)}
+	if pci {
+		args = append(args, "--enable-pci")
+	}
+	return args
+}
+
+var badIDChars = regexp.MustCompile(`[^a-zA-Z0-9-]`)
+
+// InstanceID maps a VM id to Firecracker's instance id alphabet
+// (letters, digits, '-', at most 64).
+func InstanceID(id string) string {
+	s := badIDChars.ReplaceAllString(id, "-")
+	if len(s) > 64 {
+		s = s[:64]
+	}
+	if s == "" {
+		s = "anonymous-instance"
+	}
+	return s
+}
+
+// Request is one API call of the boot sequence.
+type Request struct {
+	Method string
+	Path   string
+	Body   any
+}
+
+// BootArgs is the guest command line given to Firecracker: the spec's, plus
+// a serial console when it names none and reboot=k (a guest reboot then
+// exits Firecracker, which is how a Ctrl-Alt-Del shutdown completes).
+func BootArgs(cmdline string) string {
+	parts := strings.Fields(cmdline)
+	has := func(key string) bool {
+		for _, p := range parts {
+			if p == key || strings.HasPrefix(p, key+"=") {
+				return true
+			}
+		}
+		return false
+	}
+	if !has("console") {
+		parts = append(parts, "console=ttyS0")
+	}
+	if !has("reboot") {
+		parts = append(parts, "reboot=k")
+	}
+	return strings.Join(parts, " ")
+}
+
+var driveIDRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// BootSequence returns the API calls that configure and start spec's VM,
+// in order. It does no I/O. It refuses what Firecracker cannot do: no
+// vmlinux, qcow2 disks, bad drive ids.
+func BootSequence(spec vmm.Spec) ([]Request, error) {
+	if spec.Kernel.Vmlinux == "" {
+		return nil, fmt.Errorf("firecracker needs an uncompressed ELF vmlinux; kernel for %q has none", spec.Name)
+	}
+	if spec.MemoryMiB <= 0 {
+		return nil, fmt.Errorf("spec for %q: memory must be positive, got %d MiB", spec.Name, spec.MemoryMiB)
+	}
+	cpus := spec.CPUs
+	if cpus <= 0 {
+		cpus = 1
+	}
+	if cpus > 32 {
+		return nil, fmt.Errorf("spec for %q: firecracker takes at most 32 vCPUs, got %d", spec.Name, cpus)
+	}
+	var reqs []Request
+	put := func(path string, body any) { reqs = append(reqs, Request{http.MethodPut, path, body}) }
+	if spec.LogPath != "" {
+		put("/logger", logger{LogPath: spec.LogPath, Level: "Info", ShowLevel: true})
+	}
+	if spec.Metrics != "" {
+		put("/metrics", metrics{MetricsPath: spec.Metrics})
+	}
+	put("/machine-config", machineConfig{VcpuCount: cpus, MemSizeMib: spec.MemoryMiB})
+	put("/boot-source", bootSource{KernelImagePath: spec.Kernel.Vmlinux, InitrdPath: spec.Kernel.Initrd, BootArgs: BootArgs(spec.Cmdline)})
+	seen := map[string]bool{}
+	for i, dk := range spec.Disks {
+		if !driveIDRE.MatchString(dk.ID) || seen[dk.ID] {
+			return nil, fmt.Errorf("disk %d id %q: want a unique id of letters, digits, '-' or '_'", i, dk.ID)
+		}
+		seen[dk.ID] = true
+		if dk.Format != "" && dk.Format != "raw" {
+			return nil, fmt.Errorf("disk %q is %s: firecracker takes raw disks only", dk.ID, dk.Format)
+		}
+		if dk.Path == "" {
+			return nil, fmt.Errorf("disk %q has no path", dk.ID)
+		}
+		put("/drives/"+dk.ID, drive{DriveID: dk.ID, PathOnHost: dk.Path, IsRootDevice: i == 0, IsReadOnly: dk.ReadOnly})
+	}
+	if spec.Net != nil {
+		if spec.Net.Tap == "" {
+			return nil, fmt.Errorf("network interface for %q has no tap", spec.Name)
+		}
+		put("/network-interfaces/eth0", netIface{IfaceID: "eth0", HostDevName: spec.Net.Tap, GuestMAC: spec.Net.MAC})
+	}
+	if spec.CID != 0 {
+		if spec.CID < 3 {
+			return nil, fmt.Errorf("vsock CID %d is reserved: use 3 or more", spec.CID)
+		}
+		if spec.VsockPath == "" {
+			return nil, fmt.Errorf("vsock CID %d given without a vsock socket path", spec.CID)
+		}
+		put("/vsock", vsock{GuestCID: spec.CID, UDSPath: spec.VsockPath})
+	}
+	put("/actions", action{ActionType: "InstanceStart"})
+	return reqs, nil
+}
+
+// applyOptions overrides the logger level of a sequence with Options.LogLevel.
+func (d *Driver) applyOptions(reqs []Request) {
+	for i, r := range reqs {
+		if l, ok := r.Body.(logger); ok {
+			l.Level = d.opts.LogLevel
+			reqs[i].Body = l
+		}
+	}
+}
+
+func matcher(socket string) proc.Matcher { return proc.ArgMatcher("--api-sock", socket) }
+
+// Start launches firecracker for spec, configures the VM and starts it.
+// The process's stdout and stderr (the guest serial console, and
+// firecracker's messages before its logger is set) go to spec.Console, or
+// to spec.LogPath when no console is given; firecracker's own log goes to
+// spec.LogPath through PUT /logger. See vmm.Driver for the contract.
+func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
+	bin, err := d.binary()
+	if err != nil {
+		return vmm.Handle{}, err
+	}
+	if spec.APISocket == "" {
+		return vmm.Handle{}, fmt.Errorf("spec for %q has no api socket", spec.Name)
+	}
+	reqs, err := BootSequence(spec)
+	if err != nil {
+		return vmm.Handle{}, err
+	}
+	d.applyOptions(reqs)
+	if h, err := d.Find(spec.APISocket); err == nil {
+		return vmm.Handle{}, fmt.Errorf("api socket %s is held by running firecracker pid %d", spec.APISocket, h.PID)
+	}
+	if err := claimSocket(spec.APISocket); err != nil {
+		return vmm.Handle{}, err
+	}
+	if spec.CID != 0 {
+		if err := claimSocket(spec.VsockPath); err != nil {
+			return vmm.Handle{}, err
+		}
+	}
+	// firecracker opens its log and metrics files but does not create them.
+	var made []string
+	for _, p := range []string{spec.LogPath, spec.Metrics} {
+		if p == "" {
+			continue
+		}
+		if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
+			made = append(made, p)
+		}
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return vmm.Handle{}, fmt.Errorf("create firecracker log file: %w", err)
+		}
+		f.Close()
+	}
+	out := spec.Console
+	if out == "" {
+		out = spec.LogPath
+	}
+	if out == "" {
+		out = os.DevNull
+	}
+	child, err := proc.StartDetached(bin, Args(spec, !d.opts.NoPCI), out)
+	if err != nil {
+		return vmm.Handle{}, err
+	}
+	h := vmm.Handle{PID: child.PID, APISocket: spec.APISocket}
+	fail := func(err error) (vmm.Handle, error) {
+		_ = proc.Terminate(context.Background(), child.PID, nil, 0)
+		<-child.Done()
+		_ = os.Remove(spec.APISocket)
+		if spec.CID != 0 {
+			_ = os.Remove(spec.VsockPath)
+		}
+		for _, p := range made {
+			_ = os.Remove(p)
+		}
+		return vmm.Handle{}, err
+	}
+	c := newClient(spec.APISocket)
+	sctx, cancel := context.WithTimeout(ctx, d.opts.StartTimeout)
+	defer cancel()
+	for {
+		var info instanceInfo
+		err := c.do(sctx, http.MethodGet, "/", nil, &info)
+		if err == nil {
+			break
+		}
+		select {
+		case <-child.Done():
+			return fail(fmt.Errorf("firecracker exited during start (%v): %s", child.Err(), logTail(out)))
+		case <-sctx.Done():
+			return fail(fmt.Errorf("firecracker api socket %s did not answer within %v: %w", spec.APISocket, d.opts.StartTimeout, err))
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	for _, r := range reqs {
+		if err := c.do(ctx, r.Method, r.Path, r.Body, nil); err != nil {
+			return fail(err)
+		}
+	}
+	return h, nil
+}
+
+// claimSocket refuses a socket path something answers on, and removes a
+// stale one nothing listens on (firecracker refuses to bind over a file).
+func claimSocket(path string) error {
+	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("socket %s is in use by another process", path)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("remove stale socket: %w", err)
+	}
+	return nil
+}
+
+func logTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "no output"
+	}
+	s := strings.TrimSpace(string(b))
+	if len(s) > 600 {
+		s = "…" + s[len(s)-600:]
+	}
+	if s == "" {
+		return "no output"
+	}
+	return s
+}
+
+// Shutdown sends Ctrl-Alt-Del to the guest; with reboot=k the guest's
+// reboot ends firecracker.
+func (d *Driver) Shutdown(ctx context.Context, h vmm.Handle) error {
+	if !d.Alive(h) {
+		return nil
+	}
+	err := newClient(h.APISocket).put(ctx, "/actions", action{ActionType: "SendCtrlAltDel"})
+	if err != nil && !d.Alive(h) {
+		return nil
+	}
+	return err
+}
+
+// Kill sends SIGTERM, then SIGKILL after a second, and removes the api
+// socket (firecracker leaves it behind).
+func (d *Driver) Kill(ctx context.Context, h vmm.Handle) error {
+	if err := proc.Terminate(ctx, h.PID, matcher(h.APISocket), time.Second); err != nil {
+		return err
+	}
+	if _, err := d.Find(h.APISocket); err == nil {
+		return nil // a newer firecracker owns the socket now
+	}
+	if err := os.Remove(h.APISocket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove api socket: %w", err)
+	}
+	return nil
+}
+
+// Find returns the live firecracker started with --api-sock apiSocket.
+func (d *Driver) Find(apiSocket string) (vmm.Handle, error) {
+	pids, err := proc.Find(matcher(apiSocket))
+	if err != nil {
+		return vmm.Handle{}, err
+	}
+	if len(pids) == 0 {
+		return vmm.Handle{}, vmm.ErrNotFound
+	}
+	return vmm.Handle{PID: pids[0], APISocket: apiSocket}, nil
+}
+
+// Alive reports whether h.PID is still firecracker with h's api socket.
+func (d *Driver) Alive(h vmm.Handle) bool { return proc.Alive(h.PID, matcher(h.APISocket)) }
+
+// Pause pauses the guest's vCPUs (PATCH /vm Paused).
+func (d *Driver) Pause(ctx context.Context, h vmm.Handle) error {
+	return newClient(h.APISocket).do(ctx, http.MethodPatch, "/vm", vmState{State: "Paused"}, nil)
+}
+
+// Resume resumes them (PATCH /vm Resumed).
+func (d *Driver) Resume(ctx context.Context, h vmm.Handle) error {
+	return newClient(h.APISocket).do(ctx, http.MethodPatch, "/vm", vmState{State: "Resumed"}, nil)
+}
+
+// Describe returns firecracker's instance info (GET /) and its full VM
+// configuration (GET /vm/config).
+func (d *Driver) Describe(ctx context.Context, h vmm.Handle) (map[string]any, error) {
+	c := newClient(h.APISocket)
+	var info instanceInfo
+	if err := c.do(ctx, http.MethodGet, "/", nil, &info); err != nil {
+		return nil, err
+	}
+	var cfg map[string]any
+	if err := c.do(ctx, http.MethodGet, "/vm/config", nil, &cfg); err != nil {
+		return nil, err
+	}
+	return map[string]any{
+		"vmm":      "firecracker",
+		"version":  info.VMMVersion,
+		"id":       info.ID,
+		"state":    info.State,
+		"app_name": info.AppName,
+		"pid":      h.PID,
+		"config":   cfg,
+	}, nil
+}

@@ -1,0 +1,81 @@
+package firecracker
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/banger/banger/internal/vmm"
+)
+
+// TestRealFirecracker runs the real binary when one is on PATH. Without a
+// guest kernel it checks the API conversation up to InstanceStart, which
+// firecracker refuses for a kernel file that is not an ELF: the refusal
+// must come back with firecracker's fault_message and leave nothing behind.
+// With BANGER_TEST_VMLINUX and a usable /dev/kvm it also starts a guest.
+func TestRealFirecracker(t *testing.T) {
+	bin, err := exec.LookPath(DefaultBinary)
+	if err != nil {
+		t.Skip("real firecracker test: no firecracker binary on PATH (it is not packaged for Debian; install a release binary to run this)")
+	}
+	ctx := context.Background()
+	d := New(Options{Binary: bin})
+	ok, reason := d.Available(ctx)
+	t.Logf("available=%v: %s", ok, reason)
+
+	spec := fakeSpec(t) // kernel and disks are one-byte files
+	spec.Net = nil      // no tap outside a network namespace
+	cleanupVM(t, d, spec.APISocket)
+	_, err = d.Start(ctx, spec)
+	var ae *APIError
+	if !errors.As(err, &ae) {
+		t.Fatalf("Start with a non-ELF kernel: %v, want a firecracker API error", err)
+	}
+	t.Logf("refused as expected: %v", ae)
+	assertNothingLeft(t, spec)
+
+	vmlinux := os.Getenv("BANGER_TEST_VMLINUX")
+	if vmlinux == "" || !ok {
+		t.Skip("guest boot under real firecracker: set BANGER_TEST_VMLINUX and have a KVM that runs guests")
+	}
+	spec = fakeSpec(t)
+	spec.Net, spec.Disks, spec.CID = nil, nil, 0
+	spec.Kernel = vmm.Kernel{Vmlinux: vmlinux}
+	spec.Cmdline = "console=ttyS0 panic=-1"
+	cleanupVM(t, d, spec.APISocket)
+	h, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, err := d.Describe(ctx, h)
+	if err != nil || desc["state"] != "Running" {
+		t.Fatalf("Describe = %v, %v", desc, err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if b, _ := os.ReadFile(spec.Console); strings.Contains(string(b), "Linux version") {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatal("no kernel output on the console within 20s")
+}
+
+func TestAvailableWithoutKVM(t *testing.T) {
+	d := New(Options{Binary: fakeBin})
+	ok, reason := d.Available(context.Background())
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		if ok || !strings.Contains(reason, "KVM is unusable") || !strings.Contains(reason, "1.14.2") {
+			t.Fatalf("Available without /dev/kvm = %v, %q", ok, reason)
+		}
+	} else if !strings.Contains(reason, "1.14.2") {
+		t.Fatalf("Available = %v, %q", ok, reason)
+	}
+	if ok, reason := New(Options{Binary: "/nonexistent/firecracker"}).Available(context.Background()); ok || !strings.Contains(reason, "not found") {
+		t.Fatalf("missing binary: %v %q", ok, reason)
+	}
+}
