@@ -1,0 +1,253 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// dmControl is the device-mapper control node; its absence means the
+// kernel has no device-mapper (dm_mod not built or not loaded).
+const dmControl = "/dev/mapper/control"
+
+// DMSnapshot makes a device-mapper snapshot target over a read-only loop of
+// the image and a loop of a sparse per-VM cow file: any VMM, needs
+// device-mapper. The zero value looks losetup and dmsetup up on PATH.
+type DMSnapshot struct {
+	Losetup string // "" means look it up on PATH
+	Dmsetup string // "" means look it up on PATH
+}
+
+// Name returns "dm-snapshot".
+func (DMSnapshot) Name() string { return "dm-snapshot" }
+
+// Format returns "raw": the VMM opens a block device.
+func (DMSnapshot) Format() string { return "raw" }
+
+func (d DMSnapshot) bins() (losetup, dmsetup string, err error) {
+	losetup, dmsetup = d.Losetup, d.Dmsetup
+	if losetup == "" {
+		if losetup, err = exec.LookPath("losetup"); err != nil {
+			return "", "", fmt.Errorf("dm-snapshot storage needs losetup: not found on PATH (install util-linux)")
+		}
+	}
+	if dmsetup == "" {
+		if dmsetup, err = exec.LookPath("dmsetup"); err != nil {
+			return "", "", fmt.Errorf("dm-snapshot storage needs dmsetup: not found on PATH (install dmsetup)")
+		}
+	}
+	return losetup, dmsetup, nil
+}
+
+// Available reports whether the kernel has device-mapper and the tools are
+// installed. dir does not matter: the cow file may live anywhere.
+func (d DMSnapshot) Available(dir string) (bool, string) {
+	if _, err := os.Stat(dmControl); err != nil {
+		return false, "device-mapper not available: " + dmControl + " missing (no dm_mod)"
+	}
+	if _, _, err := d.bins(); err != nil {
+		return false, err.Error()
+	}
+	return true, ""
+}
+
+// DMName returns the device-mapper target name of the VM whose directory
+// is vmDir (named by the VM's id): "banger-<id>-root".
+func DMName(vmDir string) string { return "banger-" + filepath.Base(vmDir) + "-root" }
+
+// DMSnapshotTable returns the dmsetup table of a persistent snapshot of
+// base (sectors long) storing its changes in cow, with 8-sector (4 KiB)
+// chunks.
+func DMSnapshotTable(sectors int64, base, cow string) string {
+	return fmt.Sprintf("0 %d snapshot %s %s P 8", sectors, base, cow)
+}
+
+// LosetupAttachArgs returns the argv attaching file to a free loop device
+// and printing its name.
+func LosetupAttachArgs(losetup, file string, readOnly bool) []string {
+	argv := []string{losetup, "--find", "--show"}
+	if readOnly {
+		argv = append(argv, "--read-only")
+	}
+	return append(argv, file)
+}
+
+// LosetupDetachArgs returns the argv detaching loop device dev.
+func LosetupDetachArgs(losetup, dev string) []string { return []string{losetup, "--detach", dev} }
+
+// DmsetupCreateArgs returns the argv creating target name with table.
+func DmsetupCreateArgs(dmsetup, name, table string) []string {
+	return []string{dmsetup, "create", name, "--table", table}
+}
+
+// DmsetupRemoveArgs returns the argv removing target name; --retry rides
+// out a udev process briefly holding the device open.
+func DmsetupRemoveArgs(dmsetup, name string) []string {
+	return []string{dmsetup, "remove", "--retry", name}
+}
+
+// DmsetupDepsArgs returns the argv listing the devices target name uses,
+// by kernel name.
+func DmsetupDepsArgs(dmsetup, name string) []string {
+	return []string{dmsetup, "deps", "-o", "devname", name}
+}
+
+// ParseDMDeps reads "dmsetup deps -o devname" output, e.g.
+// " 2 dependencies\t: (loop4) (loop3)", into device paths.
+func ParseDMDeps(out string) []string {
+	var devs []string
+	for _, f := range strings.Fields(out) {
+		if strings.HasPrefix(f, "(") && strings.HasSuffix(f, ")") && len(f) > 2 {
+			devs = append(devs, "/dev/"+f[1:len(f)-1])
+		}
+	}
+	return devs
+}
+
+// Create writes VMDIR/system.cow, a sparse file as large as the image (the
+// most a snapshot can need), replacing a previous one.
+func (DMSnapshot) Create(ctx context.Context, image, vmDir string) error {
+	st, err := os.Stat(image)
+	if err != nil {
+		return fmt.Errorf("dm-snapshot cow file: image: %w", err)
+	}
+	path := filepath.Join(vmDir, CowFile)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, nil, 0o600); err != nil {
+		return fmt.Errorf("dm-snapshot cow file: %w", err)
+	}
+	if err := os.Truncate(tmp, st.Size()); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("dm-snapshot cow file: %w", err)
+	}
+	return replaceFile(tmp, path)
+}
+
+// Attach attaches a read-only loop over image and a loop over the VM's cow
+// file, and creates the snapshot target DMName(vmDir) over them. A target
+// or cow loop left by a crash is removed first. On failure everything made
+// so far is undone.
+func (d DMSnapshot) Attach(ctx context.Context, image, vmDir string) (sd SystemDisk, err error) {
+	if ok, reason := d.Available(vmDir); !ok {
+		return SystemDisk{}, errors.New(reason)
+	}
+	losetup, dmsetup, _ := d.bins()
+	st, err := os.Stat(image)
+	if err != nil {
+		return SystemDisk{}, fmt.Errorf("dm-snapshot: image: %w", err)
+	}
+	if st.Size()%512 != 0 || st.Size() == 0 {
+		return SystemDisk{}, fmt.Errorf("dm-snapshot: image %s is %d bytes: must be a non-zero multiple of 512", image, st.Size())
+	}
+	cow := filepath.Join(vmDir, CowFile)
+	if _, err := os.Stat(cow); err != nil {
+		return SystemDisk{}, fmt.Errorf("dm-snapshot: cow file: %w (was the VM created?)", err)
+	}
+	name := DMName(vmDir)
+
+	// Replace what a crashed daemon left: the target with its loops, and
+	// any loop still over this VM's cow file.
+	stale := SystemDisk{DMNames: []string{name}}
+	if loops, err := LoopsOf(cow); err == nil {
+		stale.Loops = loops
+	}
+	if err := d.Detach(ctx, stale); err != nil {
+		return SystemDisk{}, fmt.Errorf("dm-snapshot: remove leftovers of %s: %w", name, err)
+	}
+
+	var made SystemDisk
+	defer func() {
+		if err != nil {
+			if derr := d.Detach(context.WithoutCancel(ctx), made); derr != nil {
+				err = errors.Join(err, fmt.Errorf("undo: %w", derr))
+			}
+		}
+	}()
+	out, err := runArgv(ctx, LosetupAttachArgs(losetup, image, true))
+	if err != nil {
+		return SystemDisk{}, fmt.Errorf("dm-snapshot base loop: %w", err)
+	}
+	base := strings.TrimSpace(out)
+	made.Loops = append(made.Loops, base)
+	if out, err = runArgv(ctx, LosetupAttachArgs(losetup, cow, false)); err != nil {
+		return SystemDisk{}, fmt.Errorf("dm-snapshot cow loop: %w", err)
+	}
+	cowLoop := strings.TrimSpace(out)
+	made.Loops = append(made.Loops, cowLoop)
+	table := DMSnapshotTable(st.Size()/512, base, cowLoop)
+	if _, err = runArgv(ctx, DmsetupCreateArgs(dmsetup, name, table)); err != nil {
+		return SystemDisk{}, fmt.Errorf("dm-snapshot target: %w", err)
+	}
+	made.DMNames = []string{name}
+	made.Path = "/dev/mapper/" + name
+	made.Format = "raw"
+	return made, nil
+}
+
+// Detach removes the targets named in sd, then its loops. Targets and
+// loops already gone are skipped. Because loop numbers are reused, a loop
+// is detached only while it still looks like banger's: used by one of the
+// targets being removed, backed by a cow file, or read-only (a base loop).
+func (d DMSnapshot) Detach(ctx context.Context, sd SystemDisk) error {
+	if len(sd.DMNames) == 0 && len(sd.Loops) == 0 {
+		return nil
+	}
+	var errs []error
+	losetup, dmsetup, binErr := d.bins()
+	deps := map[string]bool{}
+	if _, err := os.Stat(dmControl); err == nil {
+		for _, name := range sd.DMNames {
+			if _, err := os.Stat("/dev/mapper/" + name); err != nil {
+				continue // gone already
+			}
+			if binErr != nil {
+				return binErr
+			}
+			if out, err := runArgv(ctx, DmsetupDepsArgs(dmsetup, name)); err == nil {
+				for _, dev := range ParseDMDeps(out) {
+					deps[dev] = true
+				}
+			}
+			if _, err := runArgv(ctx, DmsetupRemoveArgs(dmsetup, name)); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	loops := append([]string{}, sd.Loops...)
+	for dev := range deps {
+		loops = append(loops, dev)
+	}
+	seen := map[string]bool{}
+	for _, dev := range loops {
+		if seen[dev] {
+			continue
+		}
+		seen[dev] = true
+		backing, ok := loopBacking(dev)
+		if !ok {
+			continue // not attached any more
+		}
+		if !deps[dev] && filepath.Base(backing) != CowFile && !loopReadOnly(dev) {
+			continue // reused by someone else since
+		}
+		if binErr != nil {
+			return binErr
+		}
+		if _, err := runArgv(ctx, LosetupDetachArgs(losetup, dev)); err != nil {
+			if _, still := loopBacking(dev); still {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Remove deletes the cow file.
+func (DMSnapshot) Remove(ctx context.Context, vmDir string) error {
+	p := filepath.Join(vmDir, CowFile)
+	return removeFiles(p, p+".tmp")
+}

@@ -1,0 +1,194 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+)
+
+// MinWorkDisk is the smallest work disk CreateWorkDisk makes: below it
+// mkfs.ext4 has no room for a journal worth having.
+const MinWorkDisk = 16 << 20
+
+// WorkDiskLabel is the ext4 label of every work disk; the guest mounts the
+// disk at /root by it.
+const WorkDiskLabel = "banger-work"
+
+// ErrNotFound is returned (wrapped) by ReadFile and ListDir when the path
+// does not exist on the disk. It is fs.ErrNotExist, so errors.Is with
+// either works.
+var ErrNotFound = fs.ErrNotExist
+
+// MkfsWorkDiskArgs returns the mkfs.ext4 argv that formats path as a work
+// disk. Lazy inode table and journal init keep it fast for any size; no
+// blocks are reserved for root since root is the only user; the root
+// directory is owned by root as /root must be.
+func MkfsWorkDiskArgs(mkfs, path string) []string {
+	return []string{mkfs, "-q", "-F", "-m", "0",
+		"-E", "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0",
+		"-L", WorkDiskLabel, path}
+}
+
+// CreateWorkDisk makes a sparse file of size bytes at path and formats it
+// ext4. An existing file is never overwritten: work disks hold user data.
+// On failure the file is removed.
+func CreateWorkDisk(ctx context.Context, path string, size int64) error {
+	if size < MinWorkDisk {
+		return fmt.Errorf("work disk size %d bytes is too small: use at least 16M", size)
+	}
+	mkfs, err := exec.LookPath("mkfs.ext4")
+	if err != nil {
+		return fmt.Errorf("work disk: mkfs.ext4 not found on PATH (install e2fsprogs)")
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("work disk: %w", err)
+	}
+	err = f.Truncate(size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		_, err = runArgv(ctx, MkfsWorkDiskArgs(mkfs, path))
+	}
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("work disk %s: %w", path, err)
+	}
+	return nil
+}
+
+// debugfsRequest quotes path for a debugfs request: debugfs splits on
+// spaces unless inside double quotes, and has no escape for a quote or a
+// newline, so paths with those are refused. Only absolute paths are taken.
+func debugfsRequest(cmd, path string) (string, error) {
+	if !strings.HasPrefix(path, "/") {
+		return "", fmt.Errorf("disk path %q must be absolute", path)
+	}
+	if strings.ContainsAny(path, "\"\n\r\x00") {
+		return "", fmt.Errorf("disk path %q has a double quote, NUL or newline: not readable with debugfs", path)
+	}
+	return fmt.Sprintf("%s \"%s\"", cmd, path), nil
+}
+
+var debugfsBanner = regexp.MustCompile(`^debugfs [0-9.]+ \(.*\)$`)
+
+// debugfsError turns debugfs's stderr into an error: debugfs exits 0 when
+// a request fails and only says so on stderr, after its version banner.
+func debugfsError(disk, path, stderr string) error {
+	var msgs []string
+	for _, line := range strings.Split(stderr, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || debugfsBanner.MatchString(line) {
+			continue
+		}
+		msgs = append(msgs, line)
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	msg := strings.Join(msgs, "; ")
+	if strings.Contains(msg, "File not found by ext2_lookup") {
+		return fmt.Errorf("%s on disk %s: %w", path, disk, ErrNotFound)
+	}
+	return fmt.Errorf("read %s on disk %s: %s", path, disk, msg)
+}
+
+// debugfs runs one read-only request against disk.
+func debugfs(ctx context.Context, disk, path, cmd string) (string, error) {
+	req, err := debugfsRequest(cmd, path)
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(disk); err != nil {
+		return "", fmt.Errorf("disk: %w", err)
+	}
+	c := exec.CommandContext(ctx, "debugfs", "-R", req, disk)
+	c.Env = append(os.Environ(), "DEBUGFS_PAGER=__none__", "PAGER=__none__")
+	var out, errb strings.Builder
+	c.Stdout, c.Stderr = &out, &errb
+	if err := c.Run(); err != nil {
+		if errors.Is(err, exec.ErrNotFound) {
+			return "", fmt.Errorf("debugfs not found on PATH (install e2fsprogs)")
+		}
+		return "", fmt.Errorf("debugfs %s on %s: %w: %s", req, disk, err, strings.TrimSpace(errb.String()))
+	}
+	if err := debugfsError(disk, path, errb.String()); err != nil {
+		return "", err
+	}
+	return out.String(), nil
+}
+
+var statTypeRE = regexp.MustCompile(`Type: (\S+)`)
+
+// ReadFile returns the content of the regular file path on the ext4 disk
+// image, without mounting it. A missing path is ErrNotFound; a directory or
+// other non-regular file is an error. The disk should not be in use by a
+// running VM: its view may be stale.
+func ReadFile(ctx context.Context, disk, path string) ([]byte, error) {
+	st, err := debugfs(ctx, disk, path, "stat")
+	if err != nil {
+		return nil, err
+	}
+	if m := statTypeRE.FindStringSubmatch(st); m == nil || m[1] != "regular" {
+		kind := "unknown"
+		if m != nil {
+			kind = m[1]
+		}
+		return nil, fmt.Errorf("%s on disk %s is a %s, not a regular file", path, disk, kind)
+	}
+	out, err := debugfs(ctx, disk, path, "cat")
+	if err != nil {
+		return nil, err
+	}
+	return []byte(out), nil
+}
+
+// ListDir returns the names in directory path on the ext4 disk image,
+// without "." and "..", in directory order, without mounting it. A missing
+// path is ErrNotFound; a path that is not a directory is an error.
+func ListDir(ctx context.Context, disk, path string) ([]string, error) {
+	out, err := debugfs(ctx, disk, path, "ls -p")
+	if err != nil {
+		return nil, err
+	}
+	return ParseDebugfsLs(out), nil
+}
+
+// ParseDebugfsLs reads "debugfs ls -p" output, lines of the form
+// "/inode/mode/uid/gid/name/size/", into names without "." and "..".
+// Names may hold '/' only in theory (ext4 forbids it), so the name is what
+// lies between the fifth and the last-but-one slash.
+func ParseDebugfsLs(out string) []string {
+	var names []string
+	for _, line := range strings.Split(out, "\n") {
+		line = strings.TrimSpace(line)
+		if !strings.HasPrefix(line, "/") || !strings.HasSuffix(line, "/") {
+			continue
+		}
+		parts := strings.SplitN(line[1:], "/", 5) // inode, mode, uid, gid, rest
+		if len(parts) != 5 {
+			continue
+		}
+		rest := strings.TrimSuffix(parts[4], "/")
+		i := strings.LastIndex(rest, "/")
+		if i < 0 {
+			continue
+		}
+		name := rest[:i]
+		if name == "." || name == ".." || name == "" {
+			continue
+		}
+		// Deleted entries still show with inode 0.
+		if parts[0] == "0" {
+			continue
+		}
+		names = append(names, name)
+	}
+	return names
+}
