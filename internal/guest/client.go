@@ -124,11 +124,8 @@ func dial(ctx context.Context, ep Endpoint, signer ssh.Signer) (*conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial guest %s: %w", addr, err)
 	}
-	// The handshake has no context of its own: a deadline bounds it and a
-	// cancellation interrupts it by expiring that deadline.
-	if dl, ok := ctx.Deadline(); ok {
-		nc.SetDeadline(dl)
-	}
+	// The handshake has no context of its own: ctx ending interrupts it by
+	// expiring the connection's deadline.
 	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
 	cfg := &ssh.ClientConfig{
 		User:              ep.user(),
@@ -153,7 +150,6 @@ func dial(ctx context.Context, ep Endpoint, signer ssh.Signer) (*conn, error) {
 		}
 		return nil, fmt.Errorf("ssh handshake with %s as %s: %w", addr, ep.user(), err)
 	}
-	nc.SetDeadline(time.Time{})
 	c := &conn{addr: addr, c: ssh.NewClient(sc, chans, reqs), done: make(chan struct{})}
 	c.touch()
 	go func() {

@@ -112,7 +112,8 @@ func (s *Server) Keepalives() int { return int(s.keepalives.Load()) }
 func (s *Server) Execs() int { return int(s.execs.Load()) }
 
 // DropConnections closes every live connection at the TCP level, as a guest
-// that rebooted would; processes they started are killed.
+// that rebooted would. Processes they started go on, as under sshd without a
+// pty, until they end or Close kills them.
 func (s *Server) DropConnections() {
 	s.mu.Lock()
 	conns := make([]*gateConn, 0, len(s.conns))
@@ -151,7 +152,8 @@ func (s *Server) Close() {
 	}
 	for cmd := range s.procs {
 		if cmd.Process != nil {
-			cmd.Process.Kill()
+			// The whole group: a shell's children would hold its output open.
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		}
 	}
 	s.mu.Unlock()
@@ -304,6 +306,7 @@ func (s *Server) startCmd(command string, ch ssh.Channel) (*exec.Cmd, io.WriteCl
 	cmd := exec.Command("/bin/sh", "-c", command)
 	cmd.Stdout = ch
 	cmd.Stderr = ch.Stderr()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	// A process that leaves children holding stdout must not hold the
 	// session open forever.
 	cmd.WaitDelay = 5 * time.Second

@@ -1,0 +1,301 @@
+package guest
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/banger/banger/internal/guest/guesttest"
+	"golang.org/x/crypto/ssh"
+)
+
+// countingDial is Dial counting its calls.
+type countingDial struct{ n atomic.Int64 }
+
+func (d *countingDial) dial(ctx context.Context, ep Endpoint, s ssh.Signer) (Client, error) {
+	d.n.Add(1)
+	return Dial(ctx, ep, s)
+}
+
+func newTestPool(t *testing.T, f *fixture) (*Pool, *countingDial) {
+	d := &countingDial{}
+	p := NewPool(f.signer, d.dial)
+	t.Cleanup(p.Close)
+	return p, d
+}
+
+func poolRun(t *testing.T, p *Pool, key string, ep Endpoint, cmd string) (int, string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := p.Get(ctx, key, ep)
+	if err != nil {
+		return -1, "", err
+	}
+	defer c.Close()
+	var out strings.Builder
+	code, err := c.Run(ctx, cmd, nil, &out, nil)
+	return code, out.String(), err
+}
+
+func TestPoolReusesConnection(t *testing.T) {
+	f := newFixture(t)
+	p, d := newTestPool(t, f)
+	for i := range 10 {
+		code, out, err := poolRun(t, p, "vm-a", f.ep, "echo a")
+		if err != nil || code != 0 || out != "a\n" {
+			t.Fatalf("run %d: %d, %q, %v", i, code, out, err)
+		}
+	}
+	if d.n.Load() != 1 || f.srv.Accepted() != 1 {
+		t.Errorf("10 runs for one key made %d dials, %d connections; want 1", d.n.Load(), f.srv.Accepted())
+	}
+	if _, _, err := poolRun(t, p, "vm-b", f.ep, "true"); err != nil {
+		t.Fatal(err)
+	}
+	if d.n.Load() != 2 {
+		t.Errorf("a second key made %d dials in all, want 2", d.n.Load())
+	}
+}
+
+func TestPoolConcurrentGetsDialOnce(t *testing.T) {
+	f := newFixture(t)
+	p, d := newTestPool(t, f)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if code, _, err := poolRun(t, p, "vm-a", f.ep, "true"); err != nil || code != 0 {
+				t.Errorf("%d, %v", code, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if d.n.Load() != 1 {
+		t.Errorf("8 concurrent callers made %d dials, want 1", d.n.Load())
+	}
+}
+
+func TestPoolRedialsAfterServerDropsConnection(t *testing.T) {
+	f := newFixture(t)
+	p, d := newTestPool(t, f)
+	ctx := context.Background()
+	c, err := p.Get(ctx, "vm-a", f.ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, err := c.Run(ctx, "true", nil, nil, nil); err != nil || code != 0 {
+		t.Fatalf("%d, %v", code, err)
+	}
+	f.srv.DropConnections()
+	// The handle obtained before the drop works on, through a new connection.
+	var out strings.Builder
+	if code, err := c.Run(ctx, "echo again", nil, &out, nil); err != nil || code != 0 || out.String() != "again\n" {
+		t.Fatalf("after drop: %d, %q, %v", code, out.String(), err)
+	}
+	if d.n.Load() != 2 || f.srv.Accepted() != 2 {
+		t.Errorf("%d dials, %d connections; want 2", d.n.Load(), f.srv.Accepted())
+	}
+}
+
+// brokenClient fails every Run as a connection found dead before sending
+// anything, counting the calls.
+type brokenClient struct{ runs, closes atomic.Int64 }
+
+func (b *brokenClient) Run(context.Context, string, io.Reader, io.Writer, io.Writer) (int, error) {
+	b.runs.Add(1)
+	return -1, &connLostError{op: "open session", notStarted: true, err: io.EOF}
+}
+
+func (b *brokenClient) Close() error { b.closes.Add(1); return nil }
+
+func TestPoolRetriesOnceWhenNothingWasSent(t *testing.T) {
+	f := newFixture(t)
+	broken := &brokenClient{}
+	var dials atomic.Int64
+	p := NewPool(f.signer, func(ctx context.Context, ep Endpoint, s ssh.Signer) (Client, error) {
+		if dials.Add(1) == 1 {
+			return broken, nil
+		}
+		return Dial(ctx, ep, s)
+	})
+	defer p.Close()
+	log := filepath.Join(t.TempDir(), "log")
+	c, err := p.Get(context.Background(), "vm-a", f.ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, err := c.Run(context.Background(), "echo ran >> "+Quote(log), nil, nil, nil)
+	if err != nil || code != 0 {
+		t.Fatalf("Run = %d, %v; want a transparent retry", code, err)
+	}
+	if broken.runs.Load() != 1 || broken.closes.Load() != 1 || dials.Load() != 2 {
+		t.Errorf("broken client: %d runs, %d closes; %d dials; want 1, 1, 2", broken.runs.Load(), broken.closes.Load(), dials.Load())
+	}
+	if data, _ := os.ReadFile(log); string(data) != "ran\n" {
+		t.Errorf("command log %q, want it to have run once", data)
+	}
+}
+
+func TestPoolRetriesOnlyOnce(t *testing.T) {
+	f := newFixture(t)
+	var made []*brokenClient
+	p := NewPool(f.signer, func(context.Context, Endpoint, ssh.Signer) (Client, error) {
+		b := &brokenClient{}
+		made = append(made, b)
+		return b, nil
+	})
+	defer p.Close()
+	c, err := p.Get(context.Background(), "vm-a", f.ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Run(context.Background(), "true", nil, nil, nil)
+	if !errors.Is(err, ErrConnLost) {
+		t.Fatalf("err = %v, want ErrConnLost", err)
+	}
+	if len(made) != 2 {
+		t.Errorf("%d connections tried, want 2 (one retry)", len(made))
+	}
+}
+
+func TestPoolNoRetryOnceCommandStarted(t *testing.T) {
+	f := newFixture(t)
+	p, _ := newTestPool(t, f)
+	dir := t.TempDir()
+	log, ready := filepath.Join(dir, "log"), filepath.Join(dir, "ready")
+	c, err := p.Get(context.Background(), "vm-a", f.ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := make(chan error, 1)
+	go func() {
+		_, err := c.Run(context.Background(), "echo ran >> "+Quote(log)+"; touch "+Quote(ready)+"; sleep 30", nil, nil, nil)
+		res <- err
+	}()
+	waitFile(t, ready)
+	f.srv.DropConnections()
+	select {
+	case err := <-res:
+		if !errors.Is(err, ErrConnLost) {
+			t.Fatalf("err = %v, want ErrConnLost", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after the connection dropped")
+	}
+	if data, _ := os.ReadFile(log); string(data) != "ran\n" {
+		t.Errorf("command log %q: a started command was run again", data)
+	}
+	if code, err := c.Run(context.Background(), "exit 4", nil, nil, nil); err != nil || code != 4 {
+		t.Errorf("next Run = %d, %v; want 4 on a new connection", code, err)
+	}
+}
+
+func TestPoolDetectsDeadConnectionWithKeepalive(t *testing.T) {
+	setTimings(t, time.Hour, 200*time.Millisecond) // only Get's check runs
+	staleAfter = 50 * time.Millisecond
+	f := newFixture(t)
+	var conns []*conn
+	p := NewPool(f.signer, func(ctx context.Context, ep Endpoint, s ssh.Signer) (Client, error) {
+		c, err := dial(ctx, ep, s)
+		if err == nil {
+			conns = append(conns, c)
+		}
+		return c, err
+	})
+	defer p.Close()
+	if _, _, err := poolRun(t, p, "vm-a", f.ep, "true"); err != nil {
+		t.Fatal(err)
+	}
+	f.srv.Freeze() // the peer stops answering without closing: a hard reset
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	code, out, err := poolRun(t, p, "vm-a", f.ep, "echo fresh")
+	if err != nil || code != 0 || out != "fresh\n" {
+		t.Fatalf("after freeze: %d, %q, %v", code, out, err)
+	}
+	if len(conns) != 2 {
+		t.Fatalf("%d dials, want 2", len(conns))
+	}
+	if !conns[0].isDone() {
+		t.Error("the unanswering connection was not closed")
+	}
+	if el := time.Since(start); el < keepaliveTimeout || el > 3*time.Second {
+		t.Errorf("redial took %v; want the keepalive timeout (%v) and little more", el, keepaliveTimeout)
+	}
+}
+
+func TestPoolDrop(t *testing.T) {
+	f := newFixture(t)
+	p, d := newTestPool(t, f)
+	c, err := p.Get(context.Background(), "vm-a", f.ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Drop("vm-a")
+	if _, err := c.Run(context.Background(), "true", nil, nil, nil); err == nil || !strings.Contains(err.Error(), "dropped") {
+		t.Fatalf("Run after Drop: %v, want a dropped error", err)
+	}
+	p.Drop("vm-a") // idempotent
+	p.Drop("never-seen")
+	if _, _, err := poolRun(t, p, "vm-a", f.ep, "true"); err != nil {
+		t.Fatal(err)
+	}
+	if d.n.Load() != 2 {
+		t.Errorf("%d dials, want 2 (Drop forgets the connection)", d.n.Load())
+	}
+}
+
+func TestPoolEndpointChangeRedials(t *testing.T) {
+	f1, f2 := newFixture(t), newFixture(t)
+	// Both servers accept f1's key.
+	f2.srv = guesttest.New(t, f1.signer.PublicKey())
+	f2.ep = Endpoint{Host: f2.srv.Host, Port: f2.srv.Port, HostKey: f2.srv.HostKey}
+	p, _ := newTestPool(t, f1)
+	if _, _, err := poolRun(t, p, "vm-a", f1.ep, "true"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := poolRun(t, p, "vm-a", f2.ep, "true"); err != nil {
+		t.Fatal(err)
+	}
+	if f2.srv.Accepted() != 1 || f2.srv.Execs() != 1 {
+		t.Errorf("the new endpoint saw %d connections, %d commands; want 1, 1", f2.srv.Accepted(), f2.srv.Execs())
+	}
+}
+
+func TestPoolClose(t *testing.T) {
+	f := newFixture(t)
+	var conns []*conn
+	p := NewPool(f.signer, func(ctx context.Context, ep Endpoint, s ssh.Signer) (Client, error) {
+		c, err := dial(ctx, ep, s)
+		if err == nil {
+			conns = append(conns, c)
+		}
+		return c, err
+	})
+	for _, key := range []string{"a", "b"} {
+		if _, _, err := poolRun(t, p, key, f.ep, "true"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.Close()
+	p.Close()
+	for i, c := range conns {
+		select {
+		case <-c.done:
+		case <-time.After(5 * time.Second):
+			t.Errorf("connection %d still open after Close", i)
+		}
+	}
+	if _, err := p.Get(context.Background(), "a", f.ep); err == nil {
+		t.Error("Get after Close succeeded")
+	}
+}
