@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 )
 
@@ -59,8 +60,8 @@ func iptablesRules(bridge string, subnet netip.Prefix) []iptablesRule {
 	}
 }
 
-// IptablesArgs returns the argv (without the binary) to apply verb ("-A",
-// "-C" or "-D") to each of the fallback's rules.
+// IptablesArgs returns the argv (without the binary) to apply verb ("-I",
+// "-A", "-C" or "-D") to each of the fallback's rules.
 func IptablesArgs(verb, bridge string, subnet netip.Prefix) [][]string {
 	var out [][]string
 	for _, r := range iptablesRules(bridge, subnet) {
@@ -124,41 +125,89 @@ type firewall interface {
 	rules(ctx context.Context) ([]string, error)
 }
 
-type nftFirewall struct{ bin string }
-
-func (f nftFirewall) ensure(ctx context.Context, bridge string, subnet netip.Prefix) error {
-	_, err := run(ctx, NftScript(bridge, subnet), f.bin, "-f", "-")
-	return err
+// nftFirewall keeps banger's rules in its own nft table. An accept there
+// cannot override a drop in another table (a packet must pass every
+// forward hook), so when iptables' FORWARD policy drops (as on hosts with
+// Docker), it also inserts banger's tagged forward accepts with iptables.
+type nftFirewall struct {
+	bin      string
+	iptables string // "" when iptables is not installed
 }
 
-func (f nftFirewall) teardown(ctx context.Context, _ string, _ netip.Prefix) error {
+func (f nftFirewall) ensure(ctx context.Context, bridge string, subnet netip.Prefix) error {
+	if _, err := run(ctx, NftScript(bridge, subnet), f.bin, "-f", "-"); err != nil {
+		return err
+	}
+	if f.iptables == "" {
+		return nil
+	}
+	out, err := run(ctx, "", f.iptables, "-w", "-t", "filter", "-S", "FORWARD")
+	if err != nil || !forwardPolicyDrops(out) {
+		return nil // no iptables filter table in use, or it accepts
+	}
+	return iptablesFirewall{bin: f.iptables}.ensureRules(ctx, bridge, subnet, "filter")
+}
+
+// forwardPolicyDrops reports whether "iptables -S FORWARD" output sets a
+// DROP policy.
+func forwardPolicyDrops(listing string) bool {
+	for _, line := range strings.Split(listing, "\n") {
+		if strings.TrimSpace(line) == "-P FORWARD DROP" {
+			return true
+		}
+	}
+	return false
+}
+
+func (f nftFirewall) teardown(ctx context.Context, bridge string, subnet netip.Prefix) error {
 	// Same idiom as the script: declare then delete, so a missing table is
 	// not an error and nothing else is touched.
 	_, err := run(ctx, fmt.Sprintf("table ip %[1]s {}\ndelete table ip %[1]s\n", nftTable), f.bin, "-f", "-")
+	if f.iptables != "" {
+		err = errors.Join(err, iptablesFirewall{bin: f.iptables}.teardown(ctx, bridge, subnet))
+	}
 	return err
 }
 
 func (f nftFirewall) rules(ctx context.Context) ([]string, error) {
+	var all []string
+	if f.iptables != "" {
+		r, err := iptablesFirewall{bin: f.iptables}.rules(ctx)
+		if err != nil {
+			return nil, err
+		}
+		all = r
+	}
 	out, err := run(ctx, "", f.bin, "list", "tables", "ip")
 	if err != nil {
 		return nil, err
 	}
-	if !strings.Contains(out, "table ip "+nftTable+"\n") && !strings.HasSuffix(strings.TrimSpace(out), "table ip "+nftTable) {
-		return nil, nil
+	if !slices.Contains(strings.Split(out, "\n"), "table ip "+nftTable) {
+		return all, nil
 	}
 	out, err = run(ctx, "", f.bin, "list", "table", "ip", nftTable)
 	if err != nil {
 		return nil, err
 	}
-	return nftRules(out), nil
+	return append(all, nftRules(out)...), nil
 }
 
 type iptablesFirewall struct{ bin string }
 
 func (f iptablesFirewall) ensure(ctx context.Context, bridge string, subnet netip.Prefix) error {
+	return f.ensureRules(ctx, bridge, subnet, "")
+}
+
+// ensureRules inserts, at the head of their chains so that no earlier
+// rule of someone else drops guest traffic first, banger's rules that are
+// not present yet; only those of table when table is not "".
+func (f iptablesFirewall) ensureRules(ctx context.Context, bridge string, subnet netip.Prefix, table string) error {
 	check := IptablesArgs("-C", bridge, subnet)
-	add := IptablesArgs("-A", bridge, subnet)
+	add := IptablesArgs("-I", bridge, subnet)
 	for i := range add {
+		if table != "" && add[i][2] != table {
+			continue
+		}
 		if _, err := run(ctx, "", f.bin, check[i]...); err == nil {
 			continue // present already
 		}

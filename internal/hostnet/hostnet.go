@@ -56,7 +56,8 @@ func New(cfg Config) (*Network, error) {
 	switch cfg.Firewall {
 	case "", "nft":
 		if bin, err := exec.LookPath("nft"); err == nil {
-			n.fw = nftFirewall{bin: bin}
+			ipt, _ := exec.LookPath("iptables") // optional, see nftFirewall
+			n.fw = nftFirewall{bin: bin, iptables: ipt}
 			break
 		} else if cfg.Firewall == "nft" {
 			return nil, fmt.Errorf("firewall nft: nft not found on PATH: install nftables")

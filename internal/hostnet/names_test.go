@@ -209,3 +209,20 @@ func TestTaggedIptablesRules(t *testing.T) {
 		t.Fatalf("IptablesArgs = %q", args)
 	}
 }
+
+func TestForwardPolicyDrops(t *testing.T) {
+	tests := []struct {
+		listing string
+		want    bool
+	}{
+		{"-P FORWARD ACCEPT\n", false},
+		{"-P FORWARD DROP\n-A FORWARD -j DOCKER-USER\n", true},
+		{"-P FORWARD ACCEPT\n-A FORWARD -j DROP\n", false},
+		{"", false},
+	}
+	for _, tt := range tests {
+		if got := forwardPolicyDrops(tt.listing); got != tt.want {
+			t.Errorf("forwardPolicyDrops(%q) = %v, want %v", tt.listing, got, tt.want)
+		}
+	}
+}

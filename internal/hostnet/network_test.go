@@ -227,6 +227,19 @@ func TestNATNft(t *testing.T) {
 	}
 }
 
+// TestNATNftForwardDrop: with iptables' FORWARD policy at DROP (a Docker
+// host), nft's accept alone would not let guests out.
+func TestNATNftForwardDrop(t *testing.T) {
+	if !insideTestNetns(t, "nft", "iptables") {
+		return
+	}
+	sh(t, "iptables", "-w", "-P", "FORWARD", "DROP")
+	testNAT(t, "nft")
+	if out := sh(t, "iptables", "-w", "-S", "FORWARD"); strings.Contains(out, "banger") {
+		t.Errorf("tagged iptables rules left after Teardown:\n%s", out)
+	}
+}
+
 func TestNATIptables(t *testing.T) {
 	if insideTestNetns(t, "iptables") {
 		testNAT(t, "iptables")
