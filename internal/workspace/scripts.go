@@ -159,6 +159,9 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 mkdir -m 0700 -- "$tmp"
 tar -x -f - -C "$tmp" --no-same-owner --same-permissions || fail "unpacking the workspace stream failed"
+# Read the stream to its end (tar may stop at its end-of-archive blocks), so
+# the sender knows all of it was taken.
+cat >/dev/null
 if [ "$mode" = tracked ] || [ -d "$tmp/.git" ]; then
 	command -v git >/dev/null || fail "git is not installed in the guest"
 fi

@@ -1,0 +1,243 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+
+	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/workspace"
+)
+
+// Workspaces: the CLI makes the tar stream (it can read the user's
+// repository, the daemon may not be able to), the daemon pipes it to the
+// guest in one SSH session running workspace.PrepareScript, and runs
+// workspace.ExportScript to stream changes back. The scripts do the work in
+// the guest; this file resolves, serialises and maps failures to API errors.
+
+// PrepareWorkspace unpacks the tar stream body (workspace.WriteTar's) at
+// the guest path of a running VM, replacing what was there once the new
+// tree is complete. It refuses a path that a live session uses as its
+// working directory unless req.Force.
+func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.WorkspaceRequest, body io.Reader) (api.WorkspaceInfo, error) {
+	guestPath, err := workspaceGuestPath(req.GuestPath)
+	if err != nil {
+		return api.WorkspaceInfo{}, err
+	}
+	if err := workspace.ValidateMode(req.Mode); err != nil {
+		return api.WorkspaceInfo{}, api.Invalid(err)
+	}
+	vm, unlock, err := d.lockRunningWorkspaceVM(ctx, ref)
+	if err != nil {
+		return api.WorkspaceInfo{}, err
+	}
+	defer unlock()
+	if !req.Force {
+		if err := d.workspaceInUse(ctx, vm, guestPath); err != nil {
+			return api.WorkspaceInfo{}, err
+		}
+	}
+	cli, err := d.dialGuest(ctx, vm)
+	if err != nil {
+		return api.WorkspaceInfo{}, err
+	}
+	suffix := make([]byte, 6)
+	if _, err := rand.Read(suffix); err != nil {
+		return api.WorkspaceInfo{}, err
+	}
+	script := workspace.PrepareScript(guestPath, workspace.TempPath(guestPath, hex.EncodeToString(suffix)), req.ReadOnly, req.Mode, "")
+
+	// Count the stream's files as it passes to the guest, so the answer
+	// says what arrived without a second pass in the guest.
+	pr, pw := io.Pipe()
+	type counted struct {
+		files, bytes int64
+		err          error
+	}
+	countc := make(chan counted, 1)
+	go func() {
+		files, n, err := workspace.CountTar(pr)
+		if err != nil {
+			_, _ = io.Copy(io.Discard, pr) // keep the tee flowing
+		}
+		countc <- counted{files, n, err}
+	}()
+	var stdout bytes.Buffer
+	stderr := &tailWriter{max: 16 << 10}
+	code, runErr := cli.Run(ctx, workspace.BashCommand(script, nil), io.TeeReader(body, pw), &stdout, stderr)
+	// The script reads its stdin to EOF, so on success the whole stream
+	// went through the tee; on failure the counter is cut short.
+	if runErr != nil || code != 0 {
+		pw.CloseWithError(fmt.Errorf("prepare stopped"))
+	} else {
+		pw.Close()
+	}
+	c := <-countc
+	if runErr != nil {
+		return api.WorkspaceInfo{}, fmt.Errorf("prepare workspace %s in vm %s: %w", guestPath, vm.Name, runErr)
+	}
+	if code != 0 {
+		return api.WorkspaceInfo{}, api.Errorf(api.CodeInternal, "prepare workspace %s in vm %s failed (exit %d): %s", guestPath, vm.Name, code, guestMessage(stderr.String()))
+	}
+	if c.err != nil {
+		return api.WorkspaceInfo{}, api.Invalid(c.err)
+	}
+	if w := strings.TrimSpace(stderr.String()); w != "" {
+		d.log.Warn("workspace prepare", "vm", vm.Name, "path", guestPath, "stderr", w)
+	}
+	return api.WorkspaceInfo{
+		GuestPath: guestPath,
+		Files:     c.files,
+		Bytes:     c.bytes,
+		Head:      workspace.ParsePrepareOutput(stdout.String()),
+	}, nil
+}
+
+var hexCommit = regexp.MustCompile(`^[0-9a-f]{4,64}$`)
+
+// ExportWorkspace writes the guest repository's changes since its base to
+// w: a git bundle (its one ref is HEAD) or format-patch output. Uncommitted
+// guest changes are first committed in the guest as one commit. Nothing is
+// written to w unless the export succeeds.
+func (d *Daemon) ExportWorkspace(ctx context.Context, ref string, req api.ExportRequest, w io.Writer) error {
+	guestPath, err := workspaceGuestPath(req.GuestPath)
+	if err != nil {
+		return err
+	}
+	format := req.Format
+	if format == "" {
+		format = workspace.FormatBundle
+	}
+	if format != workspace.FormatBundle && format != workspace.FormatPatch {
+		return api.Errorf(api.CodeInvalid, "export format %q is not allowed: use %q or %q", format, workspace.FormatBundle, workspace.FormatPatch)
+	}
+	env := map[string]string{}
+	if req.Base != "" {
+		if !hexCommit.MatchString(req.Base) {
+			return api.Errorf(api.CodeInvalid, "base %q is not a commit id: give 4 to 64 lowercase hex digits", req.Base)
+		}
+		env["BANGER_BASE"] = req.Base
+	}
+	vm, unlock, err := d.lockRunningWorkspaceVM(ctx, ref)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	message := req.Message
+	if message == "" {
+		message = "banger: uncommitted changes from " + vm.Name
+	}
+	cli, err := d.dialGuest(ctx, vm)
+	if err != nil {
+		return err
+	}
+	stderr := &tailWriter{max: 16 << 10}
+	code, err := cli.Run(ctx, workspace.BashCommand(workspace.ExportScript(guestPath, format, message), env), nil, w, stderr)
+	if err != nil {
+		return fmt.Errorf("export workspace %s from vm %s: %w", guestPath, vm.Name, err)
+	}
+	msg := guestMessage(stderr.String())
+	switch code {
+	case 0:
+		return nil
+	case workspace.ExitNothingToExport:
+		return api.Errorf(api.CodeConflict, "vm %s, %s: %s", vm.Name, guestPath, msg)
+	case workspace.ExitNoWorkspace:
+		return api.Errorf(api.CodeNotFound, "vm %s: %s", vm.Name, msg)
+	case workspace.ExitNotRepo, workspace.ExitBadBase:
+		return api.Errorf(api.CodeConflict, "vm %s: %s", vm.Name, msg)
+	}
+	return api.Errorf(api.CodeInternal, "export workspace %s from vm %s failed (exit %d): %s", guestPath, vm.Name, code, msg)
+}
+
+// workspaceGuestPath applies the default and validates.
+func workspaceGuestPath(p string) (string, error) {
+	if p == "" {
+		p = workspace.DefaultGuestPath
+	}
+	if err := workspace.ValidateGuestPath(p); err != nil {
+		return "", api.Invalid(err)
+	}
+	return p, nil
+}
+
+// lockRunningWorkspaceVM resolves ref, takes the VM's lock, and checks,
+// under the lock, that the VM runs: workspaces live on the work disk and
+// are reached over SSH, so a stopped VM is refused with how to start it.
+func (d *Daemon) lockRunningWorkspaceVM(ctx context.Context, ref string) (model.VM, func(), error) {
+	vm, err := d.resolveVM(ctx, ref)
+	if err != nil {
+		return vm, func() {}, err
+	}
+	unlock := d.locks.Lock(vm.ID)
+	vm, err = d.runningVM(ctx, vm.ID)
+	if err != nil {
+		unlock()
+		return vm, func() {}, err
+	}
+	return vm, unlock, nil
+}
+
+// workspaceInUse refuses a guest path that a live session runs in.
+func (d *Daemon) workspaceInUse(ctx context.Context, vm model.VM, guestPath string) error {
+	sessions, err := d.store.ListSessions(ctx, vm.ID)
+	if err != nil {
+		return err
+	}
+	var users []string
+	for _, s := range sessions {
+		switch s.Status {
+		case model.SessionStarting, model.SessionRunning, model.SessionStopping:
+		default:
+			continue
+		}
+		if s.Cwd == guestPath || strings.HasPrefix(s.Cwd, guestPath+"/") {
+			users = append(users, fmt.Sprintf("%s (cwd %s)", s.Name, s.Cwd))
+		}
+	}
+	if len(users) > 0 {
+		return api.Errorf(api.CodeConflict, "workspace %s in vm %s is in use by running session(s) %s: stop them first, or force to replace the files under them", guestPath, vm.Name, strings.Join(users, ", "))
+	}
+	return nil
+}
+
+// guestMessage is the useful part of a script's stderr: its "banger:"
+// lines without the prefix, else its last lines.
+func guestMessage(stderr string) string {
+	var msgs []string
+	for _, line := range strings.Split(stderr, "\n") {
+		if m, ok := strings.CutPrefix(strings.TrimSpace(line), "banger: "); ok {
+			msgs = append(msgs, m)
+		}
+	}
+	if len(msgs) > 0 {
+		return strings.Join(msgs, "; ")
+	}
+	s := strings.TrimSpace(stderr)
+	if s == "" {
+		return "no message from the guest"
+	}
+	return s
+}
+
+// tailWriter keeps the last max bytes written to it.
+type tailWriter struct {
+	max int
+	buf []byte
+}
+
+func (t *tailWriter) Write(p []byte) (int, error) {
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > t.max {
+		t.buf = append(t.buf[:0], t.buf[len(t.buf)-t.max:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailWriter) String() string { return string(t.buf) }

@@ -1,0 +1,201 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/guest"
+	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/workspace"
+)
+
+// localGuest runs guest commands on this host in a private mount namespace
+// where a temp directory is bind-mounted on /root, so the workspace scripts
+// run for real against the paths the daemon gives them without touching the
+// host's /root.
+type localGuest struct{ root string }
+
+func (g localGuest) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	c := exec.CommandContext(ctx, "unshare", "--mount", "--propagation", "private", "sh", "-c",
+		`mount --bind "$WS_ROOT" /root && exec sh -c "$WS_CMD"`)
+	c.Env = append(os.Environ(), "WS_ROOT="+g.root, "WS_CMD="+cmd, "HOME=/root")
+	c.Stdin, c.Stdout, c.Stderr = stdin, stdout, stderr
+	err := c.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), nil
+	}
+	if err != nil {
+		return -1, err
+	}
+	return 0, nil
+}
+
+func (localGuest) Close() error { return nil }
+
+func wsGit(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("git", append([]string{"-C", dir}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("git %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+func TestWorkspacePrepareExport(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the fake guest bind-mounts a temp dir on /root in a private mount namespace")
+	}
+	for _, bin := range []string{"unshare", "git", "bash", "tar"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("%s is not installed", bin)
+		}
+	}
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	t.Setenv("GIT_CONFIG_NOSYSTEM", "1")
+	for _, k := range []string{"GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"} {
+		t.Setenv(k, "Test")
+	}
+	for _, k := range []string{"GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"} {
+		t.Setenv(k, "test@example.com")
+	}
+
+	f := newFixture(t)
+	ctx := context.Background()
+	if _, err := f.d.CreateVM(ctx, api.CreateVMRequest{Name: "ws", Disk: "64M"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	vm, err := f.d.StartVM(ctx, "ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	guestRoot := t.TempDir()
+	t.Cleanup(func() { _ = exec.Command("chattr", "-R", "-i", guestRoot).Run() })
+	f.d.dialGuest = func(context.Context, model.VM) (guest.Client, error) { return localGuest{guestRoot}, nil }
+
+	repo := t.TempDir()
+	wsGit(t, repo, "init", "-q", "-b", "main")
+	os.WriteFile(filepath.Join(repo, "a.txt"), []byte("a\n"), 0o644)
+	os.WriteFile(filepath.Join(repo, ".gitignore"), []byte("*.log\n"), 0o644)
+	wsGit(t, repo, "add", "-A")
+	wsGit(t, repo, "commit", "-q", "-m", "one")
+	os.WriteFile(filepath.Join(repo, "untracked.txt"), []byte("u\n"), 0o644)
+	os.WriteFile(filepath.Join(repo, "x.log"), []byte("ignored\n"), 0o644)
+	hostHead := strings.TrimSpace(wsGit(t, repo, "rev-parse", "HEAD"))
+
+	stream := func() io.Reader {
+		var buf bytes.Buffer
+		if _, err := workspace.WriteTar(ctx, repo, workspace.TarOptions{}, &buf); err != nil {
+			t.Fatal(err)
+		}
+		return &buf
+	}
+	info, err := f.d.PrepareWorkspace(ctx, "ws", api.WorkspaceRequest{}, stream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.GuestPath != "/root/repo" || info.Files != 3 || info.Bytes != 10 || info.Head != hostHead {
+		t.Errorf("info = %+v, want /root/repo, 3 files, 10 bytes, head %s", info, hostHead)
+	}
+	gdir := filepath.Join(guestRoot, "repo")
+	if b, err := os.ReadFile(filepath.Join(gdir, "untracked.txt")); err != nil || string(b) != "u\n" {
+		t.Errorf("untracked.txt in guest: %q, %v", b, err)
+	}
+	if _, err := os.Stat(filepath.Join(gdir, "x.log")); err == nil {
+		t.Error("ignored x.log reached the guest")
+	}
+	if b, _ := os.ReadFile(filepath.Join(guestRoot, ".gitconfig")); !strings.Contains(string(b), "directory = /root/repo") {
+		t.Errorf("guest safe.directory not set: %s", b)
+	}
+
+	// A live session working in the path blocks a new prepare unless forced.
+	now := f.d.now()
+	if err := f.st.CreateSession(ctx, model.Session{ID: model.NewID(), VMID: vm.ID, Name: "agent", Command: "sh", Cwd: "/root/repo/src", StdinMode: model.StdinPipe, Status: model.SessionRunning, CreatedAt: now, UpdatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.d.PrepareWorkspace(ctx, "ws", api.WorkspaceRequest{}, stream()); api.CodeOf(err) != api.CodeConflict || !strings.Contains(err.Error(), "agent") {
+		t.Errorf("prepare under a running session: %v", err)
+	}
+	if _, err := f.d.PrepareWorkspace(ctx, "ws", api.WorkspaceRequest{GuestPath: "/root/other"}, stream()); err != nil {
+		t.Errorf("prepare at another path: %v", err)
+	}
+	if _, err := f.d.PrepareWorkspace(ctx, "ws", api.WorkspaceRequest{Force: true}, stream()); err != nil {
+		t.Errorf("forced prepare: %v", err)
+	}
+
+	// The guest works; export brings it back as a branch.
+	os.WriteFile(filepath.Join(gdir, "a.txt"), []byte("changed in guest\n"), 0o644)
+	var bundle bytes.Buffer
+	if err := f.d.ExportWorkspace(ctx, "ws", api.ExportRequest{}, &bundle); err != nil {
+		t.Fatal(err)
+	}
+	bpath := filepath.Join(t.TempDir(), "b.bundle")
+	os.WriteFile(bpath, bundle.Bytes(), 0o600)
+	statusBefore := wsGit(t, repo, "status", "--porcelain")
+	if err := workspace.ImportBundle(ctx, repo, bpath, "agent/1", false); err != nil {
+		t.Fatal(err)
+	}
+	if got := wsGit(t, repo, "log", "-1", "--format=%s", "agent/1"); got != "banger: uncommitted changes from ws\n" {
+		t.Errorf("agent/1 tip subject = %q", got)
+	}
+	if got := wsGit(t, repo, "show", "agent/1:untracked.txt"); got != "u\n" {
+		t.Errorf("agent/1:untracked.txt = %q", got)
+	}
+	if got := wsGit(t, repo, "status", "--porcelain"); got != statusBefore {
+		t.Errorf("host status changed: %q, was %q", got, statusBefore)
+	}
+	var out bytes.Buffer
+	if err := f.d.ExportWorkspace(ctx, "ws", api.ExportRequest{Base: strings.TrimSpace(wsGit(t, gdir, "rev-parse", "HEAD"))}, &out); api.CodeOf(err) != api.CodeConflict || !strings.Contains(err.Error(), "nothing to export") || out.Len() != 0 {
+		t.Errorf("empty export: %v (%d bytes written)", err, out.Len())
+	}
+	if err := f.d.ExportWorkspace(ctx, "ws", api.ExportRequest{GuestPath: "/root/none"}, &out); !api.IsNotFound(err) {
+		t.Errorf("export of a missing workspace: %v", err)
+	}
+
+	// Input errors.
+	for name, err := range map[string]error{
+		"guest path": func() error {
+			_, err := f.d.PrepareWorkspace(ctx, "ws", api.WorkspaceRequest{GuestPath: "/etc"}, stream())
+			return err
+		}(),
+		"mode": func() error {
+			_, err := f.d.PrepareWorkspace(ctx, "ws", api.WorkspaceRequest{Mode: "all"}, stream())
+			return err
+		}(),
+		"format": f.d.ExportWorkspace(ctx, "ws", api.ExportRequest{Format: "zip"}, io.Discard),
+		"base":   f.d.ExportWorkspace(ctx, "ws", api.ExportRequest{Base: "HEAD~1"}, io.Discard),
+		"stream": func() error {
+			_, err := f.d.PrepareWorkspace(ctx, "ws", api.WorkspaceRequest{Force: true}, strings.NewReader(strings.Repeat("junk", 300)))
+			return err
+		}(),
+	} {
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+		} else if name != "stream" && api.CodeOf(err) != api.CodeInvalid {
+			t.Errorf("%s: %v (code %s), want invalid", name, err, api.CodeOf(err))
+		}
+	}
+	if _, err := os.Stat(filepath.Join(gdir, "a.txt")); err != nil {
+		t.Errorf("a failed prepare damaged the workspace: %v", err)
+	}
+	if _, err := f.d.PrepareWorkspace(ctx, "nope", api.WorkspaceRequest{}, stream()); !api.IsNotFound(err) {
+		t.Errorf("unknown vm: %v", err)
+	}
+
+	// A stopped VM is refused with how to start it.
+	if _, err := f.d.StopVM(ctx, "ws", api.StopVMRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.d.ExportWorkspace(ctx, "ws", api.ExportRequest{}, io.Discard); api.CodeOf(err) != api.CodeConflict || !strings.Contains(err.Error(), "vm start") {
+		t.Errorf("export from a stopped vm: %v", err)
+	}
+}
