@@ -1,0 +1,460 @@
+package image
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/guestinit"
+)
+
+// DefaultSize is the image size when BuildOptions.SizeBytes is 0.
+const DefaultSize int64 = 2 << 30
+
+// BuildOptions are the inputs of an image build.
+type BuildOptions struct {
+	Name       string   // shown in progress only
+	Suite      string   // Debian suite; "bookworm" when empty
+	Packages   []string // added to BasePackages
+	SizeBytes  int64    // ext4 size; DefaultSize when 0
+	Init       string   // InitFast (default) or InitSystemd
+	Scripts    []Script // run in the new root after packages, in order
+	Copies     []Copy   // put into the root before the scripts run
+	InitBinary string   // path of the banger-init binary to install (required)
+	CacheDir   string   // build cache root; no cache when empty
+	NoCache    bool     // rebuild even when the cache holds this recipe
+	Mirror     string   // Debian mirror URL; the host's configured one when empty
+}
+
+// Result describes a built image.
+type Result struct {
+	Path       string `json:"path"`
+	SizeBytes  int64  `json:"size_bytes"`
+	Checksum   string `json:"checksum"` // "sha256:<hex>" of the ext4 file
+	HostKey    string `json:"host_key"` // guest sshd's public key, "ssh-ed25519 AAAA…"
+	Init       string `json:"init"`
+	RecipeJSON string `json:"recipe"`
+	RecipeKey  string `json:"recipe_key"`
+	Cached     bool   `json:"cached"` // true when reused from the cache
+}
+
+// Build makes an ext4 root filesystem image at destPath from Debian packages
+// and returns what to record about it. destPath must not exist.
+//
+// With a CacheDir, an earlier build of the same recipe
+// (CacheDir/images/<key>.ext4 and its .json sidecar) is hard-linked (or
+// copied) to destPath in constant time, unless NoCache. Otherwise the image
+// is built in a temporary directory next to destPath, which is removed on
+// any failure or when ctx is cancelled; the finished file is renamed into
+// place. No mount is made by Build itself (mmdebstrap's hooks mount and
+// unmount /dev, /proc, /sys inside the tree around scripts).
+//
+// Progress phases: recipe, mmdebstrap (its output lines), customise, mkfs,
+// checksum, cache.
+func Build(ctx context.Context, opts BuildOptions, destPath string, progress api.ProgressFunc) (Result, error) {
+	start := time.Now()
+	report := func(phase, format string, args ...any) {
+		if progress != nil {
+			progress(api.Progress{Phase: phase, Message: fmt.Sprintf(format, args...), Elapsed: time.Since(start).Seconds()})
+		}
+	}
+	if _, err := os.Lstat(destPath); err == nil {
+		return Result{}, fmt.Errorf("image file %s already exists; remove it first", destPath)
+	}
+	recipe, err := NewRecipe(opts)
+	if err != nil {
+		return Result{}, err
+	}
+	key := recipe.Key()
+	report("recipe", "recipe %s: %s %s, %d packages, init %s", key[:12], recipe.Distro, recipe.Suite, len(recipe.Packages), recipe.Init)
+
+	var cacheImg string
+	if opts.CacheDir != "" {
+		cacheImg = filepath.Join(opts.CacheDir, "images", key+".ext4")
+		if !opts.NoCache {
+			if res, err := fromCache(cacheImg, destPath); err == nil {
+				report("cache", "reusing the cached image %s", key[:12])
+				return res, nil
+			}
+		}
+	}
+
+	if err := os.MkdirAll(filepath.Dir(destPath), 0o755); err != nil {
+		return Result{}, err
+	}
+	work, err := os.MkdirTemp(filepath.Dir(destPath), ".build-"+filepath.Base(destPath)+"-")
+	if err != nil {
+		return Result{}, err
+	}
+	defer os.RemoveAll(work)
+
+	res, err := buildIn(ctx, work, opts, recipe, report)
+	if err != nil {
+		return Result{}, err
+	}
+	res.RecipeJSON, res.RecipeKey = recipe.JSON(), key
+	if err := os.Rename(res.Path, destPath); err != nil {
+		return Result{}, fmt.Errorf("move image into %s: %w", destPath, err)
+	}
+	res.Path = destPath
+	if cacheImg != "" {
+		report("cache", "storing the image in the cache")
+		if err := toCache(res, cacheImg); err != nil {
+			// The image is fine; only its reuse is lost.
+			report("cache", "not cached: %v", err)
+		}
+	}
+	return res, nil
+}
+
+// NewRecipe validates opts and computes the recipe: it reads the scripts,
+// copies and banger-init binary to hash them, and the host's apt sources
+// when no mirror is given.
+func NewRecipe(opts BuildOptions) (Recipe, error) {
+	r := Recipe{Version: recipeVersion, Distro: "debian", Suite: opts.Suite, Init: opts.Init, SizeBytes: opts.SizeBytes, Mirror: opts.Mirror}
+	if r.Suite == "" {
+		r.Suite = "bookworm"
+	}
+	if !suiteRE.MatchString(r.Suite) {
+		return Recipe{}, fmt.Errorf("suite %q invalid (allowed: a Debian codename such as bookworm)", r.Suite)
+	}
+	if r.Init == "" {
+		r.Init = InitFast
+	}
+	if r.Init != InitFast && r.Init != InitSystemd {
+		return Recipe{}, fmt.Errorf("init %q invalid (allowed: fast, systemd)", r.Init)
+	}
+	if r.SizeBytes == 0 {
+		r.SizeBytes = DefaultSize
+	}
+	if r.SizeBytes < 256<<20 {
+		return Recipe{}, fmt.Errorf("image size %d bytes too small (allowed: at least 256M)", r.SizeBytes)
+	}
+	var err error
+	if r.Packages, err = normalisePackages(opts.Packages, r.Init); err != nil {
+		return Recipe{}, err
+	}
+	if r.Mirror == "" {
+		if r.Mirror, err = HostMirror(); err != nil {
+			return Recipe{}, err
+		}
+	}
+	for i, s := range opts.Scripts {
+		name := s.Name
+		if name == "" {
+			name = fmt.Sprintf("script-%d", i+1)
+		}
+		r.Scripts = append(r.Scripts, RecipeFile{Name: name, SHA256: hashBytes(s.Content)})
+	}
+	for _, c := range opts.Copies {
+		if !filepath.IsAbs(c.Dst) || filepath.Clean(c.Dst) == "/" {
+			return Recipe{}, fmt.Errorf("copy destination %q invalid (allowed: an absolute path below /)", c.Dst)
+		}
+		sum, err := hashFile(c.Src)
+		if err != nil {
+			return Recipe{}, fmt.Errorf("copy source %s: %w", c.Src, err)
+		}
+		r.Copies = append(r.Copies, RecipeFile{Name: filepath.Clean(c.Dst), Source: c.Src, SHA256: sum})
+	}
+	if opts.InitBinary == "" {
+		return Recipe{}, errors.New("no banger-init binary given (it is installed in every image)")
+	}
+	b, err := os.ReadFile(opts.InitBinary)
+	if err != nil {
+		return Recipe{}, fmt.Errorf("banger-init binary: %w", err)
+	}
+	r.InitBinary = hashBytes(b)
+	return r, nil
+}
+
+// buildIn does the work inside work and returns the image at work/image.ext4.
+func buildIn(ctx context.Context, work string, opts BuildOptions, r Recipe, report func(string, string, ...any)) (Result, error) {
+	overlay := filepath.Join(work, "overlay")
+	tree := filepath.Join(work, "rootfs")
+	img := filepath.Join(work, "image.ext4")
+
+	report("customise", "preparing banger's files")
+	hostKey, err := writeOverlay(ctx, overlay, opts, r)
+	if err != nil {
+		return Result{}, err
+	}
+	var scripts []string
+	for i, s := range opts.Scripts {
+		p := filepath.Join(work, fmt.Sprintf("script-%d", i+1))
+		if err := os.WriteFile(p, s.Content, 0o755); err != nil {
+			return Result{}, err
+		}
+		scripts = append(scripts, p)
+	}
+	hook := filepath.Join(work, "customize.sh")
+	if err := os.WriteFile(hook, []byte(customizeScript(overlay, r.Init, r.Scripts, scripts)), 0o755); err != nil {
+		return Result{}, err
+	}
+
+	tool, args, err := bootstrapCommand(r, tree, hook)
+	if err != nil {
+		return Result{}, err
+	}
+	report(tool, "%s %s into a new root (packages: %s)", tool, r.Suite, strings.Join(r.Packages, " "))
+	if err := runStreaming(ctx, tool, args, func(line string) { report(tool, "%s", line) }); err != nil {
+		return Result{}, err
+	}
+	if tool == "debootstrap" { // debootstrap has no hooks: customise now
+		if err := runStreaming(ctx, "sh", []string{hook, tree}, func(line string) { report("customise", "%s", line) }); err != nil {
+			return Result{}, err
+		}
+	}
+
+	report("mkfs", "writing %s ext4 (%d MiB) from the tree", filepath.Base(img), r.SizeBytes>>20)
+	if err := mkfs(ctx, tree, img, r.SizeBytes); err != nil {
+		return Result{}, err
+	}
+	report("checksum", "hashing the image")
+	sum, err := fileChecksum(ctx, img)
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{Path: img, SizeBytes: r.SizeBytes, Checksum: sum, HostKey: hostKey, Init: r.Init}, nil
+}
+
+// bootstrapCommand picks mmdebstrap (with hooks) or debootstrap.
+func bootstrapCommand(r Recipe, tree, hook string) (string, []string, error) {
+	include := "--include=" + strings.Join(r.Packages, ",")
+	if _, err := exec.LookPath("mmdebstrap"); err == nil {
+		return "mmdebstrap", []string{
+			"--variant=minbase", "--mode=root", "--format=directory", include,
+			"--customize-hook=sh " + shellQuote(hook) + ` "$1"`,
+			r.Suite, tree, r.Mirror,
+		}, nil
+	}
+	if _, err := exec.LookPath("debootstrap"); err == nil {
+		return "debootstrap", []string{"--variant=minbase", include, r.Suite, tree, r.Mirror}, nil
+	}
+	return "", nil, errors.New("neither mmdebstrap nor debootstrap is installed (apt-get install mmdebstrap)")
+}
+
+// runStreaming runs a command, passing each output line to line, and on
+// failure returns an error carrying the last lines. Cancelling ctx sends
+// SIGTERM first so mmdebstrap can unmount what its hooks mounted.
+func runStreaming(ctx context.Context, name string, args []string, line func(string)) error {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 30 * time.Second
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	var tail []string
+	var mu sync.Mutex
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			l := sc.Text()
+			mu.Lock()
+			tail = append(tail, l)
+			if len(tail) > 25 {
+				tail = tail[1:]
+			}
+			mu.Unlock()
+			line(l)
+		}
+		_, _ = io.Copy(io.Discard, pr)
+	}()
+	err := cmd.Run()
+	pw.Close()
+	<-done
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s cancelled: %w", name, ctx.Err())
+	}
+	if err != nil {
+		mu.Lock()
+		defer mu.Unlock()
+		return fmt.Errorf("%s failed (%v); its last output:\n%s", name, err, strings.Join(tail, "\n"))
+	}
+	return nil
+}
+
+// mkfs writes the tree into a new ext4 file of the given size.
+func mkfs(ctx context.Context, tree, img string, size int64) error {
+	f, err := os.OpenFile(img, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	err = f.Truncate(size)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("size %s: %w", img, err)
+	}
+	out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-d", tree, "-L", "banger-root", img).CombinedOutput()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err != nil {
+		return fmt.Errorf("mkfs.ext4 -d: %v: %s (is the image size big enough for the packages?)", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func fileChecksum(ctx context.Context, path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	buf := make([]byte, 4<<20)
+	for {
+		if err := ctx.Err(); err != nil {
+			return "", err
+		}
+		n, err := f.Read(buf)
+		h.Write(buf[:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return "", err
+		}
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// writeOverlay lays out the files banger puts into every image and returns
+// the new sshd host public key.
+func writeOverlay(ctx context.Context, overlay string, opts BuildOptions, r Recipe) (string, error) {
+	files := map[string]string{
+		guestinit.SSHDConfigPath: guestinit.SSHDConfig(),
+		"/etc/machine-id":        randomHex(16) + "\n",
+	}
+	if r.Init == InitSystemd {
+		for path, content := range systemdFiles() {
+			files[path] = content
+		}
+	}
+	for path, content := range files {
+		p := filepath.Join(overlay, path)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return "", err
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			return "", err
+		}
+	}
+	bin := filepath.Join(overlay, guestinit.InitPath)
+	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+		return "", err
+	}
+	if out, err := exec.CommandContext(ctx, "cp", opts.InitBinary, bin).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("copy banger-init: %v: %s", err, out)
+	}
+	if err := os.Chmod(bin, 0o755); err != nil {
+		return "", err
+	}
+	keyPath := filepath.Join(overlay, "etc/ssh/ssh_host_ed25519_key")
+	if out, err := exec.CommandContext(ctx, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "banger-image", "-f", keyPath).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("ssh-keygen for the host key: %v: %s (install openssh-client)", err, out)
+	}
+	pub, err := os.ReadFile(keyPath + ".pub")
+	if err != nil {
+		return "", err
+	}
+	f := strings.Fields(string(pub))
+	if len(f) < 2 {
+		return "", fmt.Errorf("ssh-keygen wrote an unreadable public key")
+	}
+	for _, c := range opts.Copies {
+		dst := filepath.Join(overlay, filepath.Clean(c.Dst))
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return "", err
+		}
+		if out, err := exec.CommandContext(ctx, "cp", "-a", "--", c.Src, dst).CombinedOutput(); err != nil {
+			return "", fmt.Errorf("copy %s to %s: %v: %s", c.Src, c.Dst, err, out)
+		}
+	}
+	return f[0] + " " + f[1], nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// fromCache links a cached image to destPath; it fails when the cache has
+// no finished entry (image and sidecar).
+func fromCache(cacheImg, destPath string) (Result, error) {
+	var res Result
+	b, err := os.ReadFile(sidecar(cacheImg))
+	if err != nil {
+		return res, err
+	}
+	if err := json.Unmarshal(b, &res); err != nil {
+		return res, err
+	}
+	st, err := os.Stat(cacheImg)
+	if err != nil || st.Size() != res.SizeBytes {
+		return res, fmt.Errorf("cached image incomplete")
+	}
+	if err := os.MkdirAll(filepath.Dir(destPath), 0o755); err != nil {
+		return res, err
+	}
+	if err := linkOrCopy(cacheImg, destPath); err != nil {
+		return res, err
+	}
+	res.Path, res.Cached = destPath, true
+	return res, nil
+}
+
+// toCache links the finished image into the cache, sidecar last: its
+// presence marks a complete entry.
+func toCache(res Result, cacheImg string) error {
+	if err := os.MkdirAll(filepath.Dir(cacheImg), 0o755); err != nil {
+		return err
+	}
+	tmp := cacheImg + ".tmp"
+	_ = os.Remove(tmp)
+	if err := linkOrCopy(res.Path, tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, cacheImg); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	side := res
+	side.Path, side.Cached = "", false
+	b, _ := json.MarshalIndent(side, "", "  ")
+	if err := os.WriteFile(sidecar(cacheImg)+".tmp", b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(sidecar(cacheImg)+".tmp", sidecar(cacheImg))
+}
+
+func sidecar(cacheImg string) string { return strings.TrimSuffix(cacheImg, ".ext4") + ".json" }
+
+// linkOrCopy hard-links src to dst (images are never written through), or
+// copies it sparsely across file systems.
+func linkOrCopy(src, dst string) error {
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
+	if out, err := exec.Command("cp", "--sparse=always", "--reflink=auto", "--", src, dst).CombinedOutput(); err != nil {
+		os.Remove(dst)
+		return fmt.Errorf("copy %s to %s: %v: %s", src, dst, err, out)
+	}
+	return nil
+}
