@@ -1,0 +1,178 @@
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func gitIn(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command("git", append([]string{"-C", dir}, args...)...)
+	cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=Test", "GIT_AUTHOR_EMAIL=t@example.com",
+		"GIT_COMMITTER_NAME=Test", "GIT_COMMITTER_EMAIL=t@example.com", "GIT_CONFIG_NOSYSTEM=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("git %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// runIn runs the banger CLI with dir as its working directory.
+func (h *Harness) runIn(dir string, args ...string) (string, string, int) {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	cmd := h.Command(ctx, args...)
+	cmd.Dir = dir
+	var o, e strings.Builder
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		code = -1
+	}
+	return o.String(), e.String(), code
+}
+
+// guestSh runs a shell command in the VM and returns its stdout.
+func (h *Harness) guestSh(vm, script string) (string, int) {
+	h.t.Helper()
+	out, _, code := h.Run("vm", "exec", vm, "--", "sh", "-c", script)
+	return out, code
+}
+
+// TestWorkspace: a repository goes into a guest with its history and
+// uncommitted state, and the guest's work comes back as a branch without
+// touching the host's working tree.
+func TestWorkspace(t *testing.T) {
+	h := NewHarness(t)
+	repo := t.TempDir()
+	gitIn(t, repo, "init", "-q", "-b", "main")
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.WriteFile(filepath.Join(repo, "README.md"), []byte("hello\n"), 0o644))
+	must(os.WriteFile(filepath.Join(repo, "build.sh"), []byte("#!/bin/sh\necho built\n"), 0o755))
+	must(os.WriteFile(filepath.Join(repo, "file with spaces.txt"), []byte("spaces\n"), 0o644))
+	must(os.WriteFile(filepath.Join(repo, ".gitignore"), []byte("secret.env\n"), 0o644))
+	must(os.Symlink("README.md", filepath.Join(repo, "readme-link")))
+	gitIn(t, repo, "add", "-A")
+	gitIn(t, repo, "commit", "-q", "-m", "initial")
+	must(os.WriteFile(filepath.Join(repo, "secret.env"), []byte("TOKEN=x\n"), 0o644))
+	must(os.WriteFile(filepath.Join(repo, "notes.txt"), []byte("untracked\n"), 0o644))
+	must(os.WriteFile(filepath.Join(repo, "README.md"), []byte("hello, edited\n"), 0o644))
+	hostStatus := gitIn(t, repo, "status", "--porcelain")
+	hostHead := strings.TrimSpace(gitIn(t, repo, "rev-parse", "HEAD"))
+
+	h.StartVM("ws")
+	h.MustRun("vm", "workspace", "prepare", "ws", "--source", repo, "--guest-path", "/root/repo")
+
+	if out, _ := h.guestSh("ws", "cd /root/repo && git status --porcelain"); out != hostStatus {
+		t.Errorf("guest git status:\n%s\nwant the host's:\n%s", out, hostStatus)
+	}
+	if out, _ := h.guestSh("ws", "cd /root/repo && git rev-parse HEAD"); strings.TrimSpace(out) != hostHead {
+		t.Errorf("guest HEAD %q, want %s", out, hostHead)
+	}
+	checks := map[string]string{
+		"cat /root/repo/README.md":                     "hello, edited\n",
+		"cat /root/repo/notes.txt":                     "untracked\n",
+		"cat '/root/repo/file with spaces.txt'":        "spaces\n",
+		"/root/repo/build.sh":                          "built\n",
+		"readlink /root/repo/readme-link":              "README.md\n",
+		"test -e /root/repo/secret.env || echo absent": "absent\n",
+	}
+	for cmd, want := range checks {
+		if out, _ := h.guestSh("ws", cmd); out != want {
+			t.Errorf("guest %s = %q, want %q", cmd, out, want)
+		}
+	}
+
+	// Read-only: nothing in it can be written, even by root.
+	h.MustRun("vm", "workspace", "prepare", "ws", "--source", repo, "--guest-path", "/root/ro", "--readonly")
+	if _, code := h.guestSh("ws", "echo x >> /root/ro/README.md"); code == 0 {
+		t.Error("writing into a read-only workspace succeeded")
+	}
+	if _, code := h.guestSh("ws", "touch /root/ro/new"); code == 0 {
+		t.Error("creating a file in a read-only workspace succeeded")
+	}
+
+	// The guest commits one change and leaves another uncommitted.
+	if _, code := h.guestSh("ws", `cd /root/repo && git add -A && git -c user.name=agent -c user.email=a@b commit -q -m "agent: commit" && echo more >> build.sh && echo guest > guest.txt`); code != 0 {
+		t.Fatal("guest work failed")
+	}
+	if out, errOut, code := h.runIn(repo, "vm", "workspace", "export", "ws", "--guest-path", "/root/repo", "--branch", "agent/1"); code != 0 {
+		t.Fatalf("export: exit %d\n%s%s", code, out, errOut)
+	}
+	if _, errOut, code := h.runIn(repo, "vm", "workspace", "export", "ws", "--guest-path", "/root/repo", "--branch", "agent/1"); code == 0 {
+		t.Error("a second export onto the existing branch without --force succeeded")
+	} else {
+		t.Logf("second export refused: %s", strings.TrimSpace(errOut))
+	}
+	log := gitIn(t, repo, "log", "--format=%s", "main..agent/1")
+	for _, want := range []string{"agent: commit", "banger: uncommitted changes from ws"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("agent/1 lacks %q:\n%s", want, log)
+		}
+	}
+	if got := gitIn(t, repo, "show", "agent/1:guest.txt"); got != "guest\n" {
+		t.Errorf("agent/1:guest.txt = %q", got)
+	}
+	if got := gitIn(t, repo, "status", "--porcelain"); got != hostStatus {
+		t.Errorf("host status changed by export:\n%s\nwas:\n%s", got, hostStatus)
+	}
+	if got := strings.TrimSpace(gitIn(t, repo, "rev-parse", "HEAD")); got != hostHead {
+		t.Errorf("host HEAD moved to %s", got)
+	}
+}
+
+// TestWorkspaceBench compares prepare with a plain `tar | ssh tar` of the
+// same files to the same guest in the same run (set BANGER_BENCH=1).
+func TestWorkspaceBench(t *testing.T) {
+	if os.Getenv("BANGER_BENCH") != "1" {
+		t.Skip("set BANGER_BENCH=1 (with BANGER_E2E=1) to run the workspace throughput bench")
+	}
+	h := NewHarness(t)
+	repo := t.TempDir()
+	gitIn(t, repo, "init", "-q", "-b", "main")
+	// ~5,000 files, ~200 MB, incompressible.
+	buf := make([]byte, 40<<10)
+	for i := 0; i < 5000; i++ {
+		_, _ = rand.Read(buf)
+		p := filepath.Join(repo, fmt.Sprintf("d%02d", i%50), fmt.Sprintf("f%04d.bin", i))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, buf, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gitIn(t, repo, "add", "-A")
+	gitIn(t, repo, "commit", "-q", "-m", "bulk")
+	h.StartVM("bench", "--disk", "4G")
+
+	start := time.Now()
+	h.MustRun("vm", "workspace", "prepare", "bench", "--source", repo, "--guest-path", "/root/ws", "--mode", "tracked")
+	prep := time.Since(start)
+
+	base := exec.Command("sh", "-c", `git ls-files -z | tar --null -T - -cf - | "$BANGER" vm ssh bench -- 'mkdir -p /root/base && tar -xf - -C /root/base'`)
+	base.Dir = repo
+	base.Env = append(h.env, "BANGER="+filepath.Join(binDir, "banger"))
+	start = time.Now()
+	if out, err := base.CombinedOutput(); err != nil {
+		t.Fatalf("baseline: %v\n%s", err, out)
+	}
+	baseline := time.Since(start)
+	t.Logf("prepare (tracked mode) %.1fs, tar|ssh baseline %.1fs, ratio %.2f", prep.Seconds(), baseline.Seconds(), prep.Seconds()/baseline.Seconds())
+}
