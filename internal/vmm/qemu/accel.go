@@ -60,6 +60,10 @@ func probe(ctx context.Context, bin, accel string, pk *ProbeKernel, timeout time
 	markers := firmwareDone
 	if pk != nil {
 		cmdline := "console=ttyS0 panic=-1"
+		// microvm can hang at TSC calibration without it (see Cmdline).
+		if khz, err := HostTSCkHz(); err == nil {
+			cmdline += " tsc_early_khz=" + strconv.Itoa(khz)
+		}
 		if pk.Initrd != "" {
 			// rdinit names nothing: the kernel unpacks the initrd but goes on
 			// to mount root (and panics there) instead of running its init.
