@@ -22,6 +22,7 @@ import (
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/vmm"
 )
 
 // Version is the banger version, set at build time with -ldflags.
@@ -36,6 +37,8 @@ type Daemon struct {
 
 	locks   keyedMutex // serialises requests on one VM (key: VM id)
 	handles *handleCache
+	allocMu sync.Mutex // serialises IP/CID/name allocation at create
+	host    hostDeps
 
 	// Test seams: replaceable behaviours, so a test swaps one without a
 	// mock framework.
@@ -47,7 +50,9 @@ type Daemon struct {
 	// processAlive reports whether the VMM process of a VM is alive (by its
 	// cached handles and api socket). Only vmAlive calls it.
 	processAlive func(vm model.VM) bool
-	now          func() time.Time
+	// waitGuest waits until a booting VM's guest is ready for commands.
+	waitGuest func(ctx context.Context, vm model.VM, drv vmm.Driver, h vmm.Handle) error
+	now       func() time.Time
 }
 
 // New makes a daemon over an open store. It does not touch the host; Start

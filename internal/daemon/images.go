@@ -1,0 +1,414 @@
+package daemon
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/image"
+	"github.com/banger/banger/internal/kernel"
+	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/store"
+)
+
+// buildMu serialises image builds and kernel pulls: they are heavy, and two
+// first-run `vm create`s must not build the default image twice.
+var buildMu sync.Mutex
+
+// initBinary is the guest init put into built images: next to bangerd, or
+// in the configured bin dir.
+func (d *Daemon) initBinary() (string, error) {
+	dir := d.cfg.BinDir
+	if dir == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return "", err
+		}
+		dir = filepath.Dir(exe)
+	}
+	p := filepath.Join(dir, "banger-init")
+	if _, err := os.Stat(p); err != nil {
+		return "", api.Errorf(api.CodeUnavailable, "guest init binary %s not found: install banger-init next to bangerd (make build) or set bin_dir", p)
+	}
+	return p, nil
+}
+
+// BuildImage builds an image from distribution packages and registers it.
+func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest, progress api.ProgressFunc) (model.Image, error) {
+	progress = orNop(progress)
+	name := req.Name
+	if name == "" {
+		name = d.cfg.DefaultImage
+	}
+	if err := model.ValidateName("image", name); err != nil {
+		return model.Image{}, api.Invalid(err)
+	}
+	if req.Distro != "" && req.Distro != "debian" {
+		return model.Image{}, api.Errorf(api.CodeInvalid, "unsupported distro %q: only debian is supported", req.Distro)
+	}
+	var size int64
+	if req.Size != "" {
+		s, err := model.ParseSize(req.Size)
+		if err != nil {
+			return model.Image{}, api.Errorf(api.CodeInvalid, "size: %v", err)
+		}
+		size = s
+	}
+	switch req.Init {
+	case "", "fast", "systemd":
+	default:
+		return model.Image{}, api.Errorf(api.CodeInvalid, "invalid init %q: use fast or systemd", req.Init)
+	}
+	initBin, err := d.initBinary()
+	if err != nil {
+		return model.Image{}, err
+	}
+	opts := image.BuildOptions{
+		Name: name, Suite: req.Suite, Packages: req.Packages, SizeBytes: size, Init: req.Init,
+		InitBinary: initBin, CacheDir: d.cfg.CacheDir, NoCache: req.NoCache,
+	}
+	for _, s := range req.Scripts {
+		opts.Scripts = append(opts.Scripts, image.Script{Name: s.Name, Content: s.Content})
+	}
+	for _, c := range req.Copies {
+		opts.Copies = append(opts.Copies, image.Copy{Src: c.Src, Dst: c.Dst})
+	}
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if _, err := d.store.GetImage(ctx, name); err == nil {
+		return model.Image{}, api.Errorf(api.CodeConflict, "image %q already exists: remove it first (banger image rm %s) or pick another --name", name, name)
+	}
+	id := model.NewID()
+	dest := filepath.Join(d.cfg.ImagesDir(), id+".ext4")
+	res, err := image.Build(ctx, opts, dest, progress)
+	if err != nil {
+		_ = os.Remove(dest)
+		return model.Image{}, err
+	}
+	im := model.Image{
+		ID: id, Name: name, Path: res.Path, SizeBytes: res.SizeBytes, Checksum: res.Checksum,
+		Source: "build", Init: res.Init, Recipe: res.RecipeJSON, RecipeKey: res.RecipeKey,
+		HostKey: res.HostKey, CreatedAt: d.now().UTC(),
+	}
+	if err := d.store.CreateImage(ctx, im); err != nil {
+		_ = os.Remove(res.Path)
+		return model.Image{}, storeErr("image", name, err)
+	}
+	return im, nil
+}
+
+// ImportImage registers an existing ext4 file after checking it carries
+// what banger needs.
+func (d *Daemon) ImportImage(ctx context.Context, req api.ImportImageRequest, progress api.ProgressFunc) (model.Image, error) {
+	progress = orNop(progress)
+	if req.Path == "" || !filepath.IsAbs(req.Path) {
+		return model.Image{}, api.Errorf(api.CodeInvalid, "image file %q must be an absolute path", req.Path)
+	}
+	name := req.Name
+	if name == "" {
+		name = strings.ToLower(strings.TrimSuffix(filepath.Base(req.Path), filepath.Ext(req.Path)))
+	}
+	if err := model.ValidateName("image", name); err != nil {
+		return model.Image{}, api.Invalid(err)
+	}
+	if _, err := d.store.GetImage(ctx, name); err == nil {
+		return model.Image{}, api.Errorf(api.CodeConflict, "image %q already exists", name)
+	}
+	progress(api.Progress{Phase: "inspect", Message: "checking " + req.Path})
+	rep, err := image.Inspect(req.Path)
+	if err != nil {
+		return model.Image{}, api.Errorf(api.CodeInvalid, "cannot import %s: %v", req.Path, err)
+	}
+	if !rep.Ext4 {
+		return model.Image{}, api.Errorf(api.CodeInvalid, "cannot import %s: not an ext4 filesystem", req.Path)
+	}
+	if len(rep.Missing) > 0 {
+		return model.Image{}, api.Errorf(api.CodeInvalid, "cannot import %s: the image lacks what banger needs: %s", req.Path, strings.Join(rep.Missing, "; "))
+	}
+	id := model.NewID()
+	dest := filepath.Join(d.cfg.ImagesDir(), id+".ext4")
+	progress(api.Progress{Phase: "copy", Message: "copying into the state directory"})
+	sum, size, err := copyFileSum(ctx, req.Path, dest)
+	if err != nil {
+		_ = os.Remove(dest)
+		return model.Image{}, err
+	}
+	im := model.Image{
+		ID: id, Name: name, Path: dest, SizeBytes: size, Checksum: sum, Source: "import",
+		Recipe: mustJSON(map[string]string{"imported_from": req.Path}), HostKey: rep.HostKey,
+		CreatedAt: d.now().UTC(),
+	}
+	if err := d.store.CreateImage(ctx, im); err != nil {
+		_ = os.Remove(dest)
+		return model.Image{}, storeErr("image", name, err)
+	}
+	return im, nil
+}
+
+// RemoveImage deletes an image unless a VM uses it.
+func (d *Daemon) RemoveImage(ctx context.Context, ref string) error {
+	im, err := d.GetImage(ctx, ref)
+	if err != nil {
+		return err
+	}
+	users, err := d.store.VMsUsingImage(ctx, im.ID)
+	if err != nil {
+		return err
+	}
+	if len(users) > 0 {
+		return api.Errorf(api.CodeConflict, "image %s is used by vm %s: delete the vm first", im.Name, vmNames(users))
+	}
+	if err := d.store.DeleteImage(ctx, im.ID); err != nil {
+		return storeErr("image", ref, err)
+	}
+	if err := os.Remove(im.Path); err != nil && !os.IsNotExist(err) {
+		d.log.Warn("remove image file", "path", im.Path, "err", err)
+	}
+	return nil
+}
+
+func vmNames(vms []model.VM) string {
+	var names []string
+	for _, v := range vms {
+		names = append(names, v.Name)
+	}
+	return strings.Join(names, ", ")
+}
+
+// imageForVM resolves the image of a new VM; the default image is built on
+// first use.
+func (d *Daemon) imageForVM(ctx context.Context, ref string, progress api.ProgressFunc) (model.Image, error) {
+	if ref == "" {
+		ref = d.cfg.DefaultImage
+	}
+	im, err := d.store.GetImage(ctx, ref)
+	if err == nil {
+		return im, nil
+	}
+	if !errors.Is(err, store.ErrNotFound) || ref != d.cfg.DefaultImage {
+		return im, storeErr("image", ref, err)
+	}
+	progress(api.Progress{Phase: "image", Message: fmt.Sprintf("no image %q yet: building the default image (first run; cached afterwards)", ref)})
+	im, err = d.BuildImage(ctx, api.BuildImageRequest{Name: ref}, progress)
+	if api.CodeOf(err) == api.CodeConflict {
+		// Another request built it meanwhile.
+		im, err = d.store.GetImage(ctx, ref)
+		return im, storeErr("image", ref, err)
+	}
+	return im, err
+}
+
+// kernelForVM resolves the kernel of a new VM; a catalog kernel is pulled on
+// first use.
+func (d *Daemon) kernelForVM(ctx context.Context, ref string, progress api.ProgressFunc) (model.Kernel, error) {
+	if ref == "" {
+		ref = d.cfg.DefaultKernel
+	}
+	k, err := d.store.GetKernel(ctx, ref)
+	if err == nil {
+		return k, nil
+	}
+	if _, ok := kernel.Lookup(ref); !ok || !errors.Is(err, store.ErrNotFound) {
+		return k, storeErr("kernel", ref, err)
+	}
+	progress(api.Progress{Phase: "kernel", Message: fmt.Sprintf("no kernel %q yet: pulling it from the catalog (first run; cached afterwards)", ref)})
+	k, err = d.PullKernel(ctx, ref, progress)
+	if api.CodeOf(err) == api.CodeConflict {
+		k, err = d.store.GetKernel(ctx, ref)
+		return k, storeErr("kernel", ref, err)
+	}
+	return k, err
+}
+
+// ListKernels lists catalog entries and pulled or imported kernels.
+func (d *Daemon) ListKernels(ctx context.Context) ([]api.KernelEntry, error) {
+	cat, err := kernel.Catalog()
+	if err != nil {
+		return nil, err
+	}
+	ks, err := d.store.ListKernels(ctx)
+	if err != nil {
+		return nil, err
+	}
+	byName := map[string]*model.Kernel{}
+	for i := range ks {
+		byName[ks[i].Name] = &ks[i]
+	}
+	out := []api.KernelEntry{}
+	for _, e := range cat {
+		out = append(out, api.KernelEntry{Name: e.Name, Catalog: true, Description: e.Description, Kernel: byName[e.Name]})
+		delete(byName, e.Name)
+	}
+	for i := range ks {
+		if byName[ks[i].Name] != nil {
+			out = append(out, api.KernelEntry{Name: ks[i].Name, Kernel: &ks[i]})
+		}
+	}
+	return out, nil
+}
+
+// PullKernel fetches a catalog kernel and registers it under the entry's
+// name.
+func (d *Daemon) PullKernel(ctx context.Context, name string, progress api.ProgressFunc) (model.Kernel, error) {
+	progress = orNop(progress)
+	e, ok := kernel.Lookup(name)
+	if !ok {
+		return model.Kernel{}, api.Errorf(api.CodeNotFound, "kernel %q is not in the catalog: see `banger kernel list`", name)
+	}
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if _, err := d.store.GetKernel(ctx, name); err == nil {
+		return model.Kernel{}, api.Errorf(api.CodeConflict, "kernel %q is already pulled: remove it first to pull again", name)
+	}
+	id := model.NewID()
+	dir := filepath.Join(d.cfg.KernelsDir(), id)
+	art, err := kernel.Pull(ctx, e, dir, d.cfg.CacheDir, progress)
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return model.Kernel{}, err
+	}
+	k := model.Kernel{
+		ID: id, Name: name, Version: art.Version, VmlinuxPath: art.Vmlinux, BzImagePath: art.BzImage,
+		InitrdPath: art.Initrd, Cmdline: art.Cmdline, Source: art.Source, Checksums: mustJSON(art.Checksums),
+		CreatedAt: d.now().UTC(),
+	}
+	if err := d.store.CreateKernel(ctx, k); err != nil {
+		_ = os.RemoveAll(dir)
+		return model.Kernel{}, storeErr("kernel", name, err)
+	}
+	return k, nil
+}
+
+// ImportKernel registers a user's kernel (and initrd), copied into the
+// state directory.
+func (d *Daemon) ImportKernel(ctx context.Context, req api.ImportKernelRequest) (model.Kernel, error) {
+	if err := model.ValidateName("kernel", req.Name); err != nil {
+		return model.Kernel{}, api.Invalid(err)
+	}
+	if _, err := d.store.GetKernel(ctx, req.Name); err == nil {
+		return model.Kernel{}, api.Errorf(api.CodeConflict, "kernel %q already exists", req.Name)
+	}
+	if req.Vmlinux == "" {
+		return model.Kernel{}, api.Errorf(api.CodeInvalid, "--vmlinux is required: an uncompressed ELF kernel")
+	}
+	if err := checkELF(req.Vmlinux); err != nil {
+		return model.Kernel{}, api.Invalid(err)
+	}
+	id := model.NewID()
+	dir := filepath.Join(d.cfg.KernelsDir(), id)
+	if err := ensureDir(dir); err != nil {
+		return model.Kernel{}, err
+	}
+	sums := map[string]string{}
+	k := model.Kernel{ID: id, Name: req.Name, Version: "unknown", Cmdline: req.Cmdline, Source: "import", CreatedAt: d.now().UTC()}
+	if k.Cmdline == "" {
+		k.Cmdline = "console=ttyS0 reboot=k panic=1"
+	}
+	for _, f := range []struct {
+		src, name string
+		dst       *string
+	}{{req.Vmlinux, "vmlinux", &k.VmlinuxPath}, {req.BzImage, "bzImage", &k.BzImagePath}, {req.Initrd, "initrd", &k.InitrdPath}} {
+		if f.src == "" {
+			continue
+		}
+		dst := filepath.Join(dir, f.name)
+		sum, _, err := copyFileSum(ctx, f.src, dst)
+		if err != nil {
+			_ = os.RemoveAll(dir)
+			return model.Kernel{}, api.Errorf(api.CodeInvalid, "%s: %v", f.name, err)
+		}
+		*f.dst = dst
+		sums[f.name] = sum
+	}
+	k.Checksums = mustJSON(sums)
+	if err := d.store.CreateKernel(ctx, k); err != nil {
+		_ = os.RemoveAll(dir)
+		return model.Kernel{}, storeErr("kernel", req.Name, err)
+	}
+	return k, nil
+}
+
+// RemoveKernel deletes a kernel unless a VM uses it.
+func (d *Daemon) RemoveKernel(ctx context.Context, ref string) error {
+	k, err := d.GetKernel(ctx, ref)
+	if err != nil {
+		return err
+	}
+	users, err := d.store.VMsUsingKernel(ctx, k.ID)
+	if err != nil {
+		return err
+	}
+	if len(users) > 0 {
+		return api.Errorf(api.CodeConflict, "kernel %s is used by vm %s: delete the vm first", k.Name, vmNames(users))
+	}
+	if err := d.store.DeleteKernel(ctx, k.ID); err != nil {
+		return storeErr("kernel", ref, err)
+	}
+	_ = os.RemoveAll(filepath.Join(d.cfg.KernelsDir(), k.ID))
+	return nil
+}
+
+func checkELF(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return fmt.Errorf("vmlinux: %w", err)
+	}
+	defer f.Close()
+	var magic [4]byte
+	if _, err := io.ReadFull(f, magic[:]); err != nil || string(magic[:]) != "\x7fELF" {
+		return fmt.Errorf("vmlinux %s is not an uncompressed ELF kernel (Firecracker needs vmlinux, not bzImage)", p)
+	}
+	return nil
+}
+
+// copyFileSum copies src to dst (0600) and returns its sha256 and size.
+func copyFileSum(ctx context.Context, src, dst string) (string, int64, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return "", 0, err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return "", 0, err
+	}
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(out, h), ctxReader{ctx, in})
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(dst)
+		return "", 0, err
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "{}"
+	}
+	return string(b)
+}

@@ -1,0 +1,616 @@
+package daemon
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/guest"
+	"github.com/banger/banger/internal/hostnet"
+	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/storage"
+	"github.com/banger/banger/internal/vmm"
+)
+
+// Limits of VM sizes accepted at create.
+const (
+	minMemoryMiB = 128
+	maxCPUs      = 64
+	minDiskBytes = 64 << 20
+	sshTimeout   = 180 * time.Second
+)
+
+// vmPaths are the deterministic paths of a VM under its directory.
+func vmPaths(vm *model.VM, dir string, strategy string) {
+	vm.Dir = dir
+	vm.APISocket = filepath.Join(dir, "api.sock")
+	vm.VsockSocket = filepath.Join(dir, "vsock.sock")
+	vm.LogPath = filepath.Join(dir, "vmm.log")
+	vm.ConsolePath = filepath.Join(dir, "console.log")
+	vm.MetricsPath = filepath.Join(dir, "metrics.json")
+	vm.WorkDisk = filepath.Join(dir, "work.ext4")
+	vm.SystemDisk = storage.SystemFile(strategy, dir)
+}
+
+// CreateVM makes the VM record and its disks, and boots it when asked.
+func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest, progress api.ProgressFunc) (model.VM, error) {
+	progress = orNop(progress)
+	cpus := req.CPUs
+	if cpus == 0 {
+		cpus = d.cfg.CPUs
+	}
+	if cpus < 1 || cpus > maxCPUs {
+		return model.VM{}, api.Errorf(api.CodeInvalid, "invalid cpus %d: use 1 to %d", cpus, maxCPUs)
+	}
+	memStr := req.Memory
+	if memStr == "" {
+		memStr = d.cfg.Memory
+	}
+	mem, err := model.ParseSize(memStr)
+	if err != nil {
+		return model.VM{}, api.Errorf(api.CodeInvalid, "memory: %v", err)
+	}
+	if mem < minMemoryMiB<<20 {
+		return model.VM{}, api.Errorf(api.CodeInvalid, "memory %s is too small: use at least %dM", memStr, minMemoryMiB)
+	}
+	diskStr := req.Disk
+	if diskStr == "" {
+		diskStr = d.cfg.Disk
+	}
+	disk, err := model.ParseSize(diskStr)
+	if err != nil {
+		return model.VM{}, api.Errorf(api.CodeInvalid, "disk: %v", err)
+	}
+	if disk < minDiskBytes {
+		return model.VM{}, api.Errorf(api.CodeInvalid, "disk %s is too small: use at least 64M", diskStr)
+	}
+	id := model.NewID()
+	name := req.Name
+	if name == "" {
+		name = "vm-" + model.ShortID(id)
+	}
+	if err := model.ValidateName("vm", name); err != nil {
+		return model.VM{}, api.Invalid(err)
+	}
+	if _, err := d.store.GetVM(ctx, name); err == nil {
+		return model.VM{}, api.Errorf(api.CodeConflict, "vm %q already exists", name)
+	}
+
+	drv, err := d.pickDriver(ctx, req.VMM)
+	if err != nil {
+		return model.VM{}, err
+	}
+	strat, err := d.pickStrategy(drv.Name())
+	if err != nil {
+		return model.VM{}, err
+	}
+	im, err := d.imageForVM(ctx, req.Image, progress)
+	if err != nil {
+		return model.VM{}, err
+	}
+	k, err := d.kernelForVM(ctx, req.Kernel, progress)
+	if err != nil {
+		return model.VM{}, err
+	}
+
+	now := d.now().UTC()
+	vm := model.VM{
+		ID: id, Name: name, ImageID: im.ID, KernelID: k.ID,
+		CPUs: cpus, MemoryMiB: int(mem >> 20), DiskBytes: disk,
+		DesiredState: model.VMStopped, State: model.VMCreated,
+		VMM: drv.Name(), CowStrategy: strat.Name(),
+		DNSName:   name + "." + d.cfg.DNSSuffix,
+		CreatedAt: now, UpdatedAt: now,
+	}
+	if a, ok := drv.(accelReporter); ok {
+		vm.Accel, _ = a.Accel(ctx)
+	}
+	vmPaths(&vm, d.vmDir(id), strat.Name())
+
+	// Reserve the name, IP and CID in one step: the store's unique
+	// constraints are the last word, the mutex keeps our own choices apart.
+	d.allocMu.Lock()
+	err = d.allocate(ctx, &vm)
+	if err == nil {
+		err = storeErr("vm", name, d.store.CreateVM(ctx, vm))
+	}
+	d.allocMu.Unlock()
+	if err != nil {
+		return model.VM{}, err
+	}
+	progress(api.Progress{Phase: "disks", Message: fmt.Sprintf("creating %s system disk and %s work disk", strat.Name(), model.FormatSize(disk))})
+	if err := d.makeDisks(ctx, vm, im, strat); err != nil {
+		_ = os.RemoveAll(vm.Dir)
+		_ = d.store.DeleteVM(context.Background(), vm.ID)
+		return model.VM{}, fmt.Errorf("create vm %s: %w", name, err)
+	}
+	d.log.Info("vm created", "vm", name, "id", id, "vmm", vm.VMM, "cow", vm.CowStrategy, "ip", vm.GuestIP)
+	if req.Start {
+		return d.StartVM(ctx, id, progress)
+	}
+	return vm, nil
+}
+
+// allocate picks the lowest free guest IP and CID. Called with allocMu held.
+func (d *Daemon) allocate(ctx context.Context, vm *model.VM) error {
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	var used []netip.Addr
+	cids := map[uint32]bool{}
+	for _, o := range vms {
+		if ip, err := netip.ParseAddr(o.GuestIP); err == nil {
+			used = append(used, ip)
+		}
+		cids[o.CID] = true
+	}
+	ip, err := hostnet.AllocateIP(d.host.subnet, used)
+	if err != nil {
+		return api.Errorf(api.CodeConflict, "no free guest address in %s: %v", d.host.subnet, err)
+	}
+	vm.GuestIP = ip.String()
+	vm.GuestMAC = hostnet.MACForIP(ip)
+	cid := uint32(3) // 0-2 are reserved by vsock
+	for cids[cid] {
+		cid++
+	}
+	vm.CID = cid
+	return nil
+}
+
+// makeDisks creates the system disk and the work disk side by side.
+func (d *Daemon) makeDisks(ctx context.Context, vm model.VM, im model.Image, strat storage.Strategy) error {
+	if err := ensureDir(vm.Dir); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	var sysErr, workErr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		sysErr = strat.Create(ctx, im.Path, vm.Dir)
+	}()
+	workErr = storage.CreateWorkDisk(ctx, vm.WorkDisk, vm.DiskBytes)
+	wg.Wait()
+	return errors.Join(sysErr, workErr)
+}
+
+// pickDriver resolves --vmm (request, then config) to a driver this host
+// can run.
+func (d *Daemon) pickDriver(ctx context.Context, want string) (vmm.Driver, error) {
+	if want == "" {
+		want = d.cfg.VMM
+	}
+	switch want {
+	case "", "auto":
+		if fc, ok := d.host.drivers["firecracker"]; ok {
+			if ok, _ := fc.Available(ctx); ok {
+				return fc, nil
+			}
+		}
+		want = "qemu"
+	}
+	drv, err := d.driver(want)
+	if err != nil {
+		return nil, err
+	}
+	if ok, reason := drv.Available(ctx); !ok {
+		return nil, api.Errorf(api.CodeUnavailable, "vmm %s is not usable on this host: %s", want, reason)
+	}
+	return drv, nil
+}
+
+// pickStrategy chooses the copy-on-write strategy for a VMM on this state dir.
+func (d *Daemon) pickStrategy(vmmName string) (storage.Strategy, error) {
+	s, reason := storage.Choose(vmmName, d.cfg.VMsDir(), d.host.strategies...)
+	if s == nil {
+		return nil, api.Errorf(api.CodeUnavailable, "no copy-on-write strategy for %s on this host: %s", vmmName, reason)
+	}
+	return s, nil
+}
+
+// StartVM boots a VM and waits until its guest answers SSH.
+func (d *Daemon) StartVM(ctx context.Context, ref string, progress api.ProgressFunc) (model.VM, error) {
+	progress = orNop(progress)
+	vm, err := d.resolveVM(ctx, ref)
+	if err != nil {
+		return vm, err
+	}
+	unlock := d.locks.Lock(vm.ID)
+	defer unlock()
+	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
+		return vm, storeErr("vm", ref, err)
+	}
+	if d.vmAlive(vm) {
+		return vm, nil
+	}
+	return d.boot(ctx, vm, progress)
+}
+
+// boot does the work of a start. Called with the VM's lock held.
+func (d *Daemon) boot(ctx context.Context, vm model.VM, progress api.ProgressFunc) (model.VM, error) {
+	if d.host.netErr != nil {
+		return vm, api.Errorf(api.CodeUnavailable, "cannot start vm %s: %v", vm.Name, d.host.netErr)
+	}
+	drv, err := d.driver(vm.VMM)
+	if err != nil {
+		return vm, err
+	}
+	im, err := d.store.GetImage(ctx, vm.ImageID)
+	if err != nil {
+		return vm, storeErr("image", vm.ImageID, err)
+	}
+	k, err := d.store.GetKernel(ctx, vm.KernelID)
+	if err != nil {
+		return vm, storeErr("kernel", vm.KernelID, err)
+	}
+	strat, err := d.strategy(vm.CowStrategy)
+	if err != nil {
+		return vm, err
+	}
+	// Whatever a previous run left (a crash mid-start) goes first.
+	d.teardown(ctx, vm)
+
+	vm.State = model.VMStarting
+	vm.DesiredState = model.VMRunning
+	vm.LastError = ""
+	if err := d.save(ctx, &vm); err != nil {
+		return vm, err
+	}
+	start := time.Now()
+	fail := func(err error) (model.VM, error) {
+		d.teardown(context.Background(), vm)
+		vm.State = model.VMFailed
+		vm.LastError = err.Error()
+		_ = d.save(context.Background(), &vm)
+		d.log.Error("vm start failed", "vm", vm.Name, "err", err)
+		return vm, fmt.Errorf("start vm %s: %w", vm.Name, err)
+	}
+
+	progress(api.Progress{Phase: "disks", Message: "attaching disks"})
+	sys, err := strat.Attach(ctx, im.Path, vm.Dir)
+	h := model.VMHandles{APISocket: vm.APISocket, Tap: hostnet.TapName(vm.ID), Bridge: d.cfg.Bridge, Netns: d.cfg.Netns,
+		Loops: sys.Loops, DMNames: sys.DMNames}
+	// Record what is about to exist before making it, so a crash in
+	// between leaves a scratch file naming it.
+	if herr := d.handles.set(vm.ID, vm.Dir, h); herr != nil && err == nil {
+		err = herr
+	}
+	if err != nil {
+		return fail(fmt.Errorf("system disk: %w", err))
+	}
+	if err := d.host.taps.CreateTap(ctx, h.Tap); err != nil {
+		return fail(fmt.Errorf("tap %s: %w", h.Tap, err))
+	}
+	pubKey := guest.AuthorizedKey(d.host.signer)
+	spec := vmm.Spec{
+		ID: vm.ID, Name: vm.Name, Dir: vm.Dir, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
+		Kernel:  vmm.Kernel{Vmlinux: k.VmlinuxPath, BzImage: k.BzImagePath, Initrd: k.InitrdPath},
+		Cmdline: Cmdline(k.Cmdline, vm, d.host.taps.Gateway(), d.host.subnet.Bits(), pubKey),
+		Disks: []vmm.Disk{
+			{ID: "root", Path: sys.Path, Format: sys.Format},
+			{ID: "work", Path: vm.WorkDisk, Format: "raw"},
+		},
+		Net:       &vmm.NetIface{Tap: h.Tap, MAC: vm.GuestMAC},
+		CID:       vm.CID,
+		APISocket: vm.APISocket, VsockPath: vm.VsockSocket,
+		LogPath: vm.LogPath, Console: vm.ConsolePath, Metrics: vm.MetricsPath,
+	}
+	// A fresh console log per boot: `vm logs` shows this boot.
+	_ = os.Remove(vm.ConsolePath)
+	progress(api.Progress{Phase: "boot", Message: fmt.Sprintf("booting with %s", vm.VMM), Elapsed: time.Since(start).Seconds()})
+	vh, err := drv.Start(ctx, spec)
+	if err != nil {
+		return fail(err)
+	}
+	h.PID = vh.PID
+	if err := d.handles.set(vm.ID, vm.Dir, h); err != nil {
+		return fail(err)
+	}
+	if err := d.writeKnownHosts(vm, im); err != nil {
+		return fail(err)
+	}
+	progress(api.Progress{Phase: "ssh", Message: "waiting for the guest's SSH", Elapsed: time.Since(start).Seconds()})
+	if err := d.waitGuest(ctx, vm, drv, vh); err != nil {
+		return fail(err)
+	}
+	now := d.now().UTC()
+	vm.State = model.VMRunning
+	vm.StartedAt = &now
+	if err := d.save(ctx, &vm); err != nil {
+		return fail(err)
+	}
+	progress(api.Progress{Phase: "ready", Message: fmt.Sprintf("%s is running at %s", vm.Name, vm.GuestIP), Elapsed: time.Since(start).Seconds()})
+	d.log.Info("vm started", "vm", vm.Name, "pid", vh.PID, "seconds", time.Since(start).Seconds())
+	return vm, nil
+}
+
+// waitReady waits until the guest's sshd runs commands, failing early when
+// the VMM process dies.
+func (d *Daemon) waitReady(ctx context.Context, vm model.VM, drv vmm.Driver, vh vmm.Handle) error {
+	ep, err := d.endpoint(ctx, vm)
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, sshTimeout)
+	defer cancel()
+	go func() {
+		// Stop waiting as soon as the VMM is gone: its log says why.
+		for wctx.Err() == nil {
+			if !drv.Alive(vh) {
+				cancel()
+				return
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+	}()
+	c, err := guest.WaitReady(wctx, ep, d.host.signer, 200*time.Millisecond)
+	if err != nil {
+		if !drv.Alive(vh) {
+			return fmt.Errorf("the vmm exited during boot; %s", tailFile(vm.LogPath, vm.ConsolePath))
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("guest ssh did not answer within %s: %v; %s", sshTimeout, err, tailFile(vm.ConsolePath))
+	}
+	_ = c.Close()
+	return nil
+}
+
+// tailFile returns the last lines of the first non-empty file, for errors.
+func tailFile(paths ...string) string {
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil || len(strings.TrimSpace(string(b))) == 0 {
+			continue
+		}
+		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		if len(lines) > 8 {
+			lines = lines[len(lines)-8:]
+		}
+		return fmt.Sprintf("last lines of %s:\n%s", p, strings.Join(lines, "\n"))
+	}
+	return "no log output"
+}
+
+// writeKnownHosts writes the pinned host key for `vm ssh`.
+func (d *Daemon) writeKnownHosts(vm model.VM, im model.Image) error {
+	line := guest.KnownHostsLine(vm.GuestIP, im.HostKey)
+	return os.WriteFile(filepath.Join(vm.Dir, "known_hosts"), []byte(line+"\n"), 0o600)
+}
+
+// Cmdline builds the guest kernel command line: the kernel's defaults, the
+// root and work disks, and banger's boot parameters read by the guest init.
+func Cmdline(kernelDefault string, vm model.VM, gw netip.Addr, prefixBits int, authorizedKey string) string {
+	parts := []string{}
+	if strings.TrimSpace(kernelDefault) != "" {
+		parts = append(parts, strings.TrimSpace(kernelDefault))
+	}
+	parts = append(parts,
+		"root=/dev/vda", "rw",
+		fmt.Sprintf("banger.ip=%s/%d", vm.GuestIP, prefixBits),
+		"banger.gw="+gw.String(),
+		"banger.dns="+gw.String(),
+		"banger.hostname="+vm.Name,
+		"banger.key="+base64.StdEncoding.EncodeToString([]byte(authorizedKey)),
+		"banger.work=/dev/vdb",
+	)
+	return strings.Join(parts, " ")
+}
+
+// StopVM shuts a VM down gracefully, then forcefully after the timeout.
+func (d *Daemon) StopVM(ctx context.Context, ref string, req api.StopVMRequest) (model.VM, error) {
+	vm, err := d.resolveVM(ctx, ref)
+	if err != nil {
+		return vm, err
+	}
+	unlock := d.locks.Lock(vm.ID)
+	defer unlock()
+	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
+		return vm, storeErr("vm", ref, err)
+	}
+	return d.halt(ctx, vm, req)
+}
+
+// halt stops a VM. Called with the VM's lock held.
+func (d *Daemon) halt(ctx context.Context, vm model.VM, req api.StopVMRequest) (model.VM, error) {
+	vm.DesiredState = model.VMStopped
+	if d.vmAlive(vm) {
+		vm.State = model.VMStopping
+		if err := d.save(ctx, &vm); err != nil {
+			return vm, err
+		}
+		drv, err := d.driver(vm.VMM)
+		if err != nil {
+			return vm, err
+		}
+		h, _ := d.handles.get(vm.ID)
+		vh := vmm.Handle{PID: h.PID, APISocket: h.APISocket}
+		timeout := time.Duration(req.TimeoutSeconds) * time.Second
+		if timeout <= 0 {
+			timeout = 30 * time.Second
+		}
+		exited := false
+		if !req.Force {
+			if err := drv.Shutdown(ctx, vh); err != nil {
+				d.log.Warn("graceful shutdown request failed", "vm", vm.Name, "err", err)
+			} else {
+				wctx, cancel := context.WithTimeout(ctx, timeout)
+				exited = vmm.WaitExit(wctx, drv, vh, 100*time.Millisecond)
+				cancel()
+			}
+		}
+		if !exited {
+			if err := drv.Kill(context.Background(), vh); err != nil {
+				return vm, fmt.Errorf("kill vmm of %s: %w", vm.Name, err)
+			}
+		}
+	}
+	d.teardown(ctx, vm)
+	if vm.State != model.VMFailed || vm.DesiredState == model.VMStopped {
+		vm.State = model.VMStopped
+	}
+	if err := d.save(ctx, &vm); err != nil {
+		return vm, err
+	}
+	d.log.Info("vm stopped", "vm", vm.Name)
+	return vm, nil
+}
+
+// RestartVM stops then starts a VM.
+func (d *Daemon) RestartVM(ctx context.Context, ref string, progress api.ProgressFunc) (model.VM, error) {
+	vm, err := d.resolveVM(ctx, ref)
+	if err != nil {
+		return vm, err
+	}
+	unlock := d.locks.Lock(vm.ID)
+	defer unlock()
+	if vm, err = d.halt(ctx, vm, api.StopVMRequest{}); err != nil {
+		return vm, err
+	}
+	return d.boot(ctx, vm, orNop(progress))
+}
+
+// DeleteVM removes a VM and everything it has on the host.
+func (d *Daemon) DeleteVM(ctx context.Context, ref string, force bool) error {
+	vm, err := d.resolveVM(ctx, ref)
+	if err != nil {
+		return err
+	}
+	unlock := d.locks.Lock(vm.ID)
+	defer unlock()
+	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
+		return storeErr("vm", ref, err)
+	}
+	if d.vmAlive(vm) {
+		if !force {
+			return api.Errorf(api.CodeConflict, "vm %s is running: stop it first or delete with --force", vm.Name)
+		}
+		if _, err := d.halt(ctx, vm, api.StopVMRequest{Force: true}); err != nil {
+			return err
+		}
+	}
+	d.teardown(ctx, vm)
+	if strat, err := d.strategy(vm.CowStrategy); err == nil {
+		if err := strat.Remove(ctx, vm.Dir); err != nil {
+			d.log.Warn("remove system disk", "vm", vm.Name, "err", err)
+		}
+	}
+	if err := os.RemoveAll(vm.Dir); err != nil {
+		return fmt.Errorf("remove %s: %w", vm.Dir, err)
+	}
+	if err := d.store.DeleteVM(ctx, vm.ID); err != nil {
+		return storeErr("vm", ref, err)
+	}
+	d.log.Info("vm deleted", "vm", vm.Name)
+	return nil
+}
+
+// teardown releases every transient host resource of a VM: VMM process,
+// tap, loops, dm targets, sockets, pooled connections. Each step tolerates
+// things already gone, so it is safe after a crash and safe to repeat.
+func (d *Daemon) teardown(ctx context.Context, vm model.VM) {
+	h, ok := d.handles.get(vm.ID)
+	if !ok {
+		var err error
+		if h, err = readHandlesFile(vm.Dir); err != nil {
+			d.log.Warn("handles file unreadable; tearing down by derived names", "vm", vm.Name, "err", err)
+		}
+	}
+	if h.APISocket == "" {
+		h.APISocket = vm.APISocket
+	}
+	if h.Tap == "" {
+		h.Tap = hostnet.TapName(vm.ID)
+	}
+	d.dropGuest(vm.ID)
+	if drv, err := d.driver(vm.VMM); err == nil {
+		if vh, err := drv.Find(h.APISocket); err == nil {
+			if err := drv.Kill(ctx, vh); err != nil {
+				d.log.Warn("kill vmm", "vm", vm.Name, "err", err)
+			}
+		}
+	}
+	if d.host.taps != nil {
+		if err := d.host.taps.DeleteTap(ctx, h.Tap); err != nil {
+			d.log.Warn("delete tap", "vm", vm.Name, "tap", h.Tap, "err", err)
+		}
+	}
+	if len(h.Loops) > 0 || len(h.DMNames) > 0 {
+		if strat, err := d.strategy(vm.CowStrategy); err == nil {
+			if err := strat.Detach(ctx, storage.SystemDisk{Loops: h.Loops, DMNames: h.DMNames}); err != nil {
+				d.log.Warn("detach system disk", "vm", vm.Name, "err", err)
+			}
+		}
+	}
+	for _, p := range []string{vm.APISocket, vm.VsockSocket, filepath.Join(vm.Dir, "qemu.pid")} {
+		_ = os.Remove(p)
+	}
+	d.handles.forget(vm.ID, vm.Dir)
+}
+
+// save writes a VM record, stamping UpdatedAt.
+func (d *Daemon) save(ctx context.Context, vm *model.VM) error {
+	vm.UpdatedAt = d.now().UTC()
+	return storeErr("vm", vm.Name, d.store.UpdateVM(ctx, *vm))
+}
+
+// watch notices VMM processes that died under a running VM (killed, or the
+// guest powered itself off) and releases their resources.
+func (d *Daemon) watch(ctx context.Context, every time.Duration) {
+	defer close(d.host.watchDone)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		vms, err := d.store.ListVMs(ctx)
+		if err != nil {
+			continue
+		}
+		for _, vm := range vms {
+			if vm.State != model.VMRunning {
+				continue
+			}
+			if _, cached := d.handles.get(vm.ID); !cached || d.processAlive(vm) {
+				continue
+			}
+			d.reapDead(ctx, vm.ID)
+		}
+	}
+}
+
+// reapDead marks a running VM whose VMM is gone as stopped.
+func (d *Daemon) reapDead(ctx context.Context, id string) {
+	unlock := d.locks.Lock(id)
+	defer unlock()
+	vm, err := d.store.GetVM(ctx, id)
+	if err != nil || vm.State != model.VMRunning || d.processAlive(vm) {
+		return
+	}
+	d.teardown(ctx, vm)
+	vm.State = model.VMStopped
+	vm.LastError = "vmm process exited while the vm was running (guest powered off, or the process was killed)"
+	_ = d.save(ctx, &vm)
+	d.log.Warn("vmm process gone; vm marked stopped", "vm", vm.Name)
+}
+
+func orNop(p api.ProgressFunc) api.ProgressFunc {
+	if p == nil {
+		return func(api.Progress) {}
+	}
+	return p
+}
