@@ -1,0 +1,678 @@
+package daemon
+
+// Guest sessions: the daemon side. The guest side (scripts, parsers, state
+// rules) is package session; this file runs those scripts over the VM's
+// pooled SSH client and keeps the session records in the store in step with
+// the guest's state files.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"sync"
+	"time"
+
+	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/session"
+	"github.com/banger/banger/internal/storage"
+)
+
+// sessionStateRoot is where session state lives in the guest. Tests point
+// it at a temp dir and run the scripts on the host.
+var sessionStateRoot = session.DefaultStateRoot
+
+// readSessionFiles reads a session's state files from a stopped VM's work
+// disk without booting it; a nil map means the directory is missing. A
+// variable so tests can count calls.
+var readSessionFiles = func(ctx context.Context, disk, id string) (map[string][]byte, error) {
+	dir := path.Join(session.WorkDiskStateRoot, id)
+	names, err := storage.ListDir(ctx, disk, dir)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	files := map[string][]byte{}
+	for _, n := range names {
+		switch n {
+		case session.FileStatus, session.FilePID, session.FileMonitorPID, session.FileKeepalive, session.FileExitCode, session.FileError:
+			b, err := storage.ReadFile(ctx, disk, path.Join(dir, n))
+			if err != nil {
+				return nil, err
+			}
+			files[n] = b
+		}
+	}
+	return files, nil
+}
+
+// attachments records which sessions have an attached client, and since
+// when: attach is exclusive. Session ids are unique, so one table serves
+// every Daemon of the process.
+var attachments = struct {
+	mu sync.Mutex
+	m  map[string]time.Time
+}{m: map[string]time.Time{}}
+
+// sessionLock serialises the record writes of one VM's sessions
+// (reconcile, start, stop), not the guest work around them.
+func (d *Daemon) sessionLock(vmID string) func() { return d.locks.Lock("sessions:" + vmID) }
+
+// resolveSession finds a VM and one of its sessions by id, id prefix or name.
+func (d *Daemon) resolveSession(ctx context.Context, vmRef, ref string) (model.VM, model.Session, error) {
+	vm, err := d.resolveVM(ctx, vmRef)
+	if err != nil {
+		return vm, model.Session{}, err
+	}
+	if ref == "" {
+		return vm, model.Session{}, api.Errorf(api.CodeInvalid, "session name or id is empty")
+	}
+	s, err := d.store.GetSession(ctx, vm.ID, ref)
+	if err != nil {
+		return vm, s, storeErr("session", ref, err)
+	}
+	return vm, s, nil
+}
+
+func sessionFinished(s model.Session) bool {
+	return s.Status == model.SessionExited || s.Status == model.SessionFailed
+}
+
+// guestRun runs a bash script in a VM and returns its exit code and output.
+func (d *Daemon) guestRun(ctx context.Context, vm model.VM, script string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	c, err := d.dialGuest(ctx, vm)
+	if err != nil {
+		return -1, api.Errorf(api.CodeUnavailable, "cannot reach vm %s over SSH: %v", vm.Name, err)
+	}
+	code, err := c.Run(ctx, session.BashCommand(script), stdin, stdout, stderr)
+	if err != nil {
+		return code, api.Errorf(api.CodeUnavailable, "command in vm %s failed: %v", vm.Name, err)
+	}
+	return code, nil
+}
+
+// observe reads the state of the given sessions: from the guest in one round
+// trip when the VM runs, else from its work disk. The bool says whether the
+// VM runs.
+func (d *Daemon) observe(ctx context.Context, vm model.VM, recs []model.Session) (map[string]session.State, bool, error) {
+	states := map[string]session.State{}
+	if !d.vmAlive(vm) {
+		for _, r := range recs {
+			if vm.WorkDisk == "" {
+				continue
+			}
+			files, err := readSessionFiles(ctx, vm.WorkDisk, r.ID)
+			if err != nil {
+				d.log.Warn("read session state from work disk", "vm", vm.Name, "session", r.ID, "err", err)
+				continue
+			}
+			states[r.ID] = session.StateFromFiles(files)
+		}
+		return states, false, nil
+	}
+	var out, errb bytes.Buffer
+	script := session.StatesScript(sessionStateRoot)
+	if len(recs) == 1 {
+		script = session.StateScript(sessionStateRoot, recs[0].ID)
+	}
+	code, err := d.guestRun(ctx, vm, script, nil, &out, &errb)
+	if err != nil {
+		return nil, true, err
+	}
+	if code != 0 {
+		return nil, true, fmt.Errorf("reading session states in vm %s: exit %d: %s", vm.Name, code, errb.String())
+	}
+	states = session.ParseStates(out.String())
+	for _, r := range recs {
+		// The script lists every session directory: one not listed is gone.
+		if _, ok := states[r.ID]; !ok {
+			states[r.ID] = session.State{Known: true, Missing: true}
+		}
+	}
+	return states, true, nil
+}
+
+// reconcileSessions folds the guest's state into the unfinished records
+// among recs, persisting only those that changed, and returns all of recs
+// updated. An unreachable guest leaves the records as they are.
+func (d *Daemon) reconcileSessions(ctx context.Context, vm model.VM, recs []model.Session) []model.Session {
+	var open []model.Session
+	for _, r := range recs {
+		if !sessionFinished(r) {
+			open = append(open, r)
+		}
+	}
+	if len(open) == 0 {
+		return recs
+	}
+	unlock := d.sessionLock(vm.ID)
+	defer unlock()
+	states, running, err := d.observe(ctx, vm, open)
+	if err != nil {
+		d.log.Warn("reconcile sessions", "vm", vm.Name, "err", err)
+		return recs
+	}
+	out := make([]model.Session, len(recs))
+	for i, r := range recs {
+		out[i] = r
+		if sessionFinished(r) {
+			continue
+		}
+		// Re-read under the lock: a stop may have written since the list.
+		fresh, err := d.store.GetSession(ctx, vm.ID, r.ID)
+		if err != nil {
+			continue
+		}
+		nr, changed := session.Apply(fresh, states[r.ID], running, d.now())
+		if changed {
+			if err := d.store.UpdateSession(ctx, nr); err != nil {
+				d.log.Warn("save session", "session", r.ID, "err", err)
+				continue
+			}
+		}
+		out[i] = nr
+	}
+	return out
+}
+
+// ListSessions lists a VM's sessions, reconciled with the guest.
+func (d *Daemon) ListSessions(ctx context.Context, vmRef string) ([]model.Session, error) {
+	vm, err := d.resolveVM(ctx, vmRef)
+	if err != nil {
+		return nil, err
+	}
+	recs, err := d.store.ListSessions(ctx, vm.ID)
+	if err != nil {
+		return nil, err
+	}
+	recs = d.reconcileSessions(ctx, vm, recs)
+	if recs == nil {
+		recs = []model.Session{}
+	}
+	return recs, nil
+}
+
+// GetSession shows one session, reconciled with the guest.
+func (d *Daemon) GetSession(ctx context.Context, vmRef, ref string) (model.Session, error) {
+	vm, s, err := d.resolveSession(ctx, vmRef, ref)
+	if err != nil {
+		return s, err
+	}
+	return d.reconcileSessions(ctx, vm, []model.Session{s})[0], nil
+}
+
+// stageOrder is the launch stages in order, to name the one a broken
+// connection interrupted.
+var stageOrder = []string{"preflight", session.StageUpload, session.StageLaunch, session.StageWaitReady}
+
+// StartSession validates the request, records the session as starting and
+// launches it in one guest round trip (preflight, upload, launch, wait).
+// A failed stage leaves the record failed with the stage, message and raw
+// guest output, and returns an error naming the stage.
+func (d *Daemon) StartSession(ctx context.Context, vmRef string, req api.StartSessionRequest) (model.Session, error) {
+	vm, err := d.runningVM(ctx, vmRef)
+	if err != nil {
+		return model.Session{}, err
+	}
+	id := model.NewID()
+	spec, name, err := session.Normalize(id, req.Name, req.Command, req.Args, req.Env, req.Cwd, req.Stdin, req.Require)
+	if err != nil {
+		return model.Session{}, api.Invalid(err)
+	}
+	now := d.now()
+	rec := model.Session{
+		ID: id, VMID: vm.ID, Name: name,
+		Command: spec.Command, Args: spec.Args, Env: spec.Env, Cwd: spec.Cwd,
+		StdinMode: spec.StdinMode, Require: spec.Require,
+		Status:     model.SessionStarting,
+		AttachMode: "exclusive",
+		StateDir:   session.StateDir(sessionStateRoot, id),
+		CreatedAt:  now, UpdatedAt: now,
+	}
+	if rec.Args == nil {
+		rec.Args = []string{}
+	}
+	if spec.StdinMode == model.StdinPipe {
+		rec.AttachBackend = "fifo"
+	}
+	unlock := d.sessionLock(vm.ID)
+	err = d.store.CreateSession(ctx, rec)
+	unlock()
+	if err != nil {
+		if api.CodeOf(storeErr("session", name, err)) == api.CodeConflict {
+			return model.Session{}, api.Errorf(api.CodeConflict, "vm %s already has a session named %s: choose another --name or remove it", vm.Name, name)
+		}
+		return model.Session{}, storeErr("session", name, err)
+	}
+
+	var out bytes.Buffer
+	code, runErr := d.guestRun(ctx, vm, session.StartScript(sessionStateRoot, spec),
+		bytes.NewReader([]byte(session.RunnerScript(sessionStateRoot, spec))), &out, &out)
+	res := session.ParseStart(out.String(), id)
+	if runErr == nil && code != 0 && res.Failed == nil {
+		runErr = fmt.Errorf("start script exited %d", code)
+	}
+	stage, msg := "", ""
+	switch {
+	case res.Failed != nil:
+		stage, msg = res.Failed.Stage, res.Failed.Message
+	case runErr != nil || len(res.Stages) < len(stageOrder):
+		// Interrupted: the failed stage is the first one not reported ok.
+		stage = stageOrder[len(res.Stages)%len(stageOrder)]
+		if len(res.Stages) >= len(stageOrder) {
+			stage = session.StageWaitReady
+		}
+		msg = "the guest did not finish this stage"
+		if runErr != nil {
+			msg = runErr.Error()
+		}
+	}
+	if stage != "" {
+		d.cleanupLaunch(vm, id, stage)
+		return d.failLaunch(ctx, vm, rec, stage, msg, res.Log)
+	}
+
+	unlock = d.sessionLock(vm.ID)
+	defer unlock()
+	fresh, err := d.store.GetSession(ctx, vm.ID, id)
+	if err != nil {
+		return rec, storeErr("session", id, err)
+	}
+	nr, changed := session.Apply(fresh, res.State, true, d.now())
+	if nr.StartedAt == nil {
+		t := d.now()
+		nr.StartedAt = &t
+		changed = true
+	}
+	if changed {
+		if err := d.store.UpdateSession(ctx, nr); err != nil {
+			return nr, err
+		}
+	}
+	return nr, nil
+}
+
+// failLaunch records a launch failure and returns the error for the user.
+// Preflight failures are the request's fault (invalid); others are not.
+func (d *Daemon) failLaunch(ctx context.Context, vm model.VM, rec model.Session, stage, msg, log string) (model.Session, error) {
+	unlock := d.sessionLock(vm.ID)
+	defer unlock()
+	if fresh, err := d.store.GetSession(ctx, vm.ID, rec.ID); err == nil {
+		rec = fresh
+	}
+	now := d.now()
+	rec.Status = model.SessionFailed
+	rec.LaunchStage, rec.LaunchError, rec.LaunchLog = stage, msg, log
+	rec.Error = session.StepError(stage, msg, "")
+	rec.Attachable, rec.Reattachable = false, false
+	rec.EndedAt = &now
+	// Record the failure even when the caller has gone away.
+	if err := d.store.UpdateSession(context.WithoutCancel(ctx), rec); err != nil {
+		d.log.Warn("record session launch failure", "session", rec.ID, "err", err)
+	}
+	code := api.CodeInternal
+	switch stage {
+	case session.StagePreflightCwd, session.StagePreflightCommand:
+		code = api.CodeInvalid
+	case session.StageWaitReady:
+		code = api.CodeTimeout
+	}
+	return rec, api.Errorf(code, "%s", session.StepError(stage, msg, log))
+}
+
+// cleanupLaunch removes what a launch that failed after the preflight left
+// in the guest: a runner that is up but never reported ready is killed; a
+// state directory holding no running session is removed.
+func (d *Daemon) cleanupLaunch(vm model.VM, id, stage string) {
+	if stage == session.StagePreflightCwd || stage == session.StagePreflightCommand || stage == "preflight" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if stage == session.StageWaitReady {
+		_, _ = d.guestRun(ctx, vm, session.SignalScript(sessionStateRoot, id, "KILL", 2, true), nil, io.Discard, io.Discard)
+		return
+	}
+	_, _ = d.guestRun(ctx, vm, session.RemoveScript(sessionStateRoot, id), nil, io.Discard, io.Discard)
+}
+
+// liveSession resolves a session that must be running in a running VM, with
+// errors that say which of those is not so.
+func (d *Daemon) liveSession(ctx context.Context, vmRef, ref string) (model.VM, model.Session, error) {
+	vm, s, err := d.resolveSession(ctx, vmRef, ref)
+	if err != nil {
+		return vm, s, err
+	}
+	if sessionFinished(s) {
+		return vm, s, finishedErr(s)
+	}
+	if !d.vmAlive(vm) {
+		return vm, s, api.Errorf(api.CodeConflict, "vm %s is not running (state %s), so session %s is not either", vm.Name, vm.State, s.Name)
+	}
+	return vm, s, nil
+}
+
+func finishedErr(s model.Session) error {
+	code := ""
+	if s.ExitCode != nil {
+		code = fmt.Sprintf(", exit code %d", *s.ExitCode)
+	}
+	reason := ""
+	if s.Error != "" {
+		reason = ": " + s.Error
+	}
+	return api.Errorf(api.CodeConflict, "session %s has finished (status %s%s)%s", s.Name, s.Status, code, reason)
+}
+
+// afterGuestRefusal reconciles a session the guest said is not running and
+// returns the error to give.
+func (d *Daemon) afterGuestRefusal(ctx context.Context, vm model.VM, s model.Session) error {
+	ns := d.reconcileSessions(ctx, vm, []model.Session{s})[0]
+	if sessionFinished(ns) {
+		return finishedErr(ns)
+	}
+	return api.Errorf(api.CodeConflict, "session %s is not running in vm %s (status %s)", s.Name, vm.Name, ns.Status)
+}
+
+// SessionLogs writes a session's stdout (or stderr) log: the last Tail lines
+// (all when 0), and with Follow what comes next until the session or ctx
+// ends. For a stopped VM the log is read from its work disk.
+func (d *Daemon) SessionLogs(ctx context.Context, vmRef, ref string, req api.SessionLogsRequest, w io.Writer) error {
+	vm, s, err := d.resolveSession(ctx, vmRef, ref)
+	if err != nil {
+		return err
+	}
+	if req.Tail < 0 {
+		return api.Errorf(api.CodeInvalid, "invalid --tail %d: use 0 (everything) or a positive line count", req.Tail)
+	}
+	file := session.FileStdout
+	if req.Stderr {
+		file = session.FileStderr
+	}
+	if !d.vmAlive(vm) {
+		b, err := storage.ReadFile(ctx, vm.WorkDisk, path.Join(session.WorkDiskStateRoot, s.ID, file))
+		if errors.Is(err, storage.ErrNotFound) {
+			return api.Errorf(api.CodeNotFound, "session %s has no %s on the work disk of vm %s", s.Name, file, vm.Name)
+		}
+		if err != nil {
+			return fmt.Errorf("read %s of session %s from the work disk of vm %s: %w", file, s.Name, vm.Name, err)
+		}
+		_, err = w.Write(session.TailLines(b, req.Tail))
+		return err
+	}
+	var errb bytes.Buffer
+	code, err := d.guestRun(ctx, vm, session.LogsScript(sessionStateRoot, s.ID, req.Stderr, req.Tail, req.Follow), nil, w, &errb)
+	if err != nil {
+		if ctx.Err() != nil && req.Follow {
+			return nil // the client stopped following
+		}
+		return err
+	}
+	switch code {
+	case 0:
+		return nil
+	case session.ExitNoLog:
+		return api.Errorf(api.CodeNotFound, "session %s has no %s in vm %s", s.Name, file, vm.Name)
+	}
+	if ctx.Err() != nil && req.Follow {
+		return nil
+	}
+	return fmt.Errorf("session logs in vm %s: exit %d: %s", vm.Name, code, errb.String())
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// SendSession writes data to a running pipe-mode session's stdin fifo and
+// returns the byte count. Empty data writes nothing and opens no
+// connection. Sends to one session are serialised so they never
+// interleave.
+func (d *Daemon) SendSession(ctx context.Context, vmRef, ref string, data io.Reader) (int64, error) {
+	vm, s, err := d.resolveSession(ctx, vmRef, ref)
+	if err != nil {
+		return 0, err
+	}
+	if s.StdinMode != model.StdinPipe {
+		return 0, api.Errorf(api.CodeInvalid, "session %s has its stdin closed (started with --stdin %s): it takes no input; start it with --stdin pipe to send to it", s.Name, s.StdinMode)
+	}
+	if _, _, err := d.liveSession(ctx, vmRef, ref); err != nil {
+		return 0, err
+	}
+	if data == nil {
+		return 0, nil
+	}
+	br := bufio.NewReaderSize(data, 64<<10)
+	if _, err := br.Peek(1); err == io.EOF {
+		return 0, nil
+	} else if err != nil {
+		return 0, api.Errorf(api.CodeInvalid, "reading the data to send: %v", err)
+	}
+	unlock := d.locks.Lock("session-send:" + s.ID)
+	defer unlock()
+	cr := &countingReader{r: br}
+	var errb bytes.Buffer
+	code, err := d.guestRun(ctx, vm, session.SendScript(sessionStateRoot, s.ID), cr, nil, &errb)
+	if err != nil {
+		return 0, err
+	}
+	switch code {
+	case 0:
+		return cr.n, nil
+	case session.ExitNoStdin:
+		return 0, api.Errorf(api.CodeConflict, "session %s has no stdin fifo in the guest: its stdin is closed", s.Name)
+	case session.ExitNotRunning:
+		return 0, d.afterGuestRefusal(ctx, vm, s)
+	}
+	return 0, fmt.Errorf("send to session %s: exit %d: %s", s.Name, code, errb.String())
+}
+
+// AttachSession bridges aio to a running session, exclusively: stdin goes
+// to the session's fifo (pipe mode; in closed mode it is only watched for
+// the detach), the session's stdout and stderr from now on come back. It
+// returns when aio.Stdin ends (detach; the session keeps running), when the
+// session ends, or when ctx ends.
+func (d *Daemon) AttachSession(ctx context.Context, vmRef, ref string, aio api.AttachIO) error {
+	vm, s, err := d.liveSession(ctx, vmRef, ref)
+	if err != nil {
+		return err
+	}
+	attachments.mu.Lock()
+	if since, ok := attachments.m[s.ID]; ok {
+		attachments.mu.Unlock()
+		return api.Errorf(api.CodeConflict, "session %s is attached (since %s): detach the other client first", s.Name, since.UTC().Format(time.RFC3339))
+	}
+	attachments.m[s.ID] = d.now()
+	attachments.mu.Unlock()
+	defer func() {
+		attachments.mu.Lock()
+		delete(attachments.m, s.ID)
+		attachments.mu.Unlock()
+	}()
+
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		code int
+		err  error
+	}
+	outDone := make(chan result, 1)
+	inDone := make(chan result, 1)
+	stdout, stderr := aio.Stdout, aio.Stderr
+	if stdout == nil {
+		stdout = io.Discard
+	}
+	if stderr == nil {
+		stderr = io.Discard
+	}
+	go func() {
+		code, err := d.guestRun(actx, vm, session.AttachOutputScript(sessionStateRoot, s.ID), nil, stdout, stderr)
+		outDone <- result{code, err}
+	}()
+	go func() {
+		if aio.Stdin == nil {
+			<-actx.Done()
+			inDone <- result{}
+			return
+		}
+		if s.StdinMode != model.StdinPipe {
+			_, err := io.Copy(io.Discard, aio.Stdin)
+			inDone <- result{0, err}
+			return
+		}
+		var errb bytes.Buffer
+		code, err := d.guestRun(actx, vm, session.SendScript(sessionStateRoot, s.ID), aio.Stdin, nil, &errb)
+		inDone <- result{code, err}
+	}()
+	select {
+	case r := <-inDone:
+		// Detached (or the fifo writer failed): stop streaming output.
+		cancel()
+		<-outDone
+		if r.code == session.ExitNotRunning {
+			return d.afterGuestRefusal(context.WithoutCancel(ctx), vm, s)
+		}
+		if r.err != nil && ctx.Err() == nil {
+			return r.err
+		}
+		return nil
+	case r := <-outDone:
+		// The session ended (or output failed): the stdin side is cancelled;
+		// a reader blocked on aio.Stdin is the caller's to close.
+		cancel()
+		d.reconcileSessions(context.WithoutCancel(ctx), vm, []model.Session{s})
+		if r.code == session.ExitNotRunning {
+			return d.afterGuestRefusal(context.WithoutCancel(ctx), vm, s)
+		}
+		if r.err != nil && ctx.Err() == nil {
+			return r.err
+		}
+		return nil
+	}
+}
+
+// defaultStopTimeout is how long a stop waits before KILL.
+const defaultStopTimeout = 10
+
+// StopSession sends the signal (TERM by default) to the session's command,
+// its monitor and stdin keep-alive, waits up to the timeout and then kills
+// it; the final state comes from the guest. Stopping a finished session
+// returns it as it is.
+func (d *Daemon) StopSession(ctx context.Context, vmRef, ref string, req api.StopSessionRequest) (model.Session, error) {
+	sig, err := session.ParseSignal(req.Signal, "TERM")
+	if err != nil {
+		return model.Session{}, api.Invalid(err)
+	}
+	if req.TimeoutSeconds < 0 {
+		return model.Session{}, api.Errorf(api.CodeInvalid, "invalid timeout %d: use 0 (default %ds) or a positive number of seconds", req.TimeoutSeconds, defaultStopTimeout)
+	}
+	timeout := req.TimeoutSeconds
+	if timeout == 0 {
+		timeout = defaultStopTimeout
+	}
+	return d.signalSession(ctx, vmRef, ref, sig, timeout, true)
+}
+
+// KillSession sends a signal (KILL by default) to the session's command and
+// returns its state a moment later.
+func (d *Daemon) KillSession(ctx context.Context, vmRef, ref string, signal string) (model.Session, error) {
+	sig, err := session.ParseSignal(signal, "KILL")
+	if err != nil {
+		return model.Session{}, api.Invalid(err)
+	}
+	return d.signalSession(ctx, vmRef, ref, sig, 5, false)
+}
+
+func (d *Daemon) signalSession(ctx context.Context, vmRef, ref, sig string, waitSeconds int, stop bool) (model.Session, error) {
+	vm, s, err := d.resolveSession(ctx, vmRef, ref)
+	if err != nil {
+		return s, err
+	}
+	s = d.reconcileSessions(ctx, vm, []model.Session{s})[0]
+	if sessionFinished(s) {
+		return s, nil
+	}
+	if !d.vmAlive(vm) {
+		return s, api.Errorf(api.CodeConflict, "vm %s is not running (state %s), so session %s is not either", vm.Name, vm.State, s.Name)
+	}
+	opLock := d.locks.Lock("session-op:" + s.ID)
+	defer opLock()
+	if stop {
+		unlock := d.sessionLock(vm.ID)
+		if fresh, err := d.store.GetSession(ctx, vm.ID, s.ID); err == nil && !sessionFinished(fresh) {
+			fresh.Status = model.SessionStopping
+			if err := d.store.UpdateSession(ctx, fresh); err == nil {
+				s = fresh
+			}
+		}
+		unlock()
+	}
+	var out, errb bytes.Buffer
+	rctx, cancel := context.WithTimeout(ctx, time.Duration(waitSeconds+30)*time.Second)
+	defer cancel()
+	code, err := d.guestRun(rctx, vm, session.SignalScript(sessionStateRoot, s.ID, sig, waitSeconds, stop), nil, &out, &errb)
+	if err != nil {
+		return s, err
+	}
+	if code != 0 {
+		return s, fmt.Errorf("signal session %s: exit %d: %s", s.Name, code, errb.String())
+	}
+	st := session.ParseStates(out.String())[s.ID]
+	unlock := d.sessionLock(vm.ID)
+	defer unlock()
+	fresh, err := d.store.GetSession(ctx, vm.ID, s.ID)
+	if err != nil {
+		return s, storeErr("session", s.ID, err)
+	}
+	nr, changed := session.Apply(fresh, st, true, d.now())
+	if changed {
+		if err := d.store.UpdateSession(ctx, nr); err != nil {
+			return nr, err
+		}
+	}
+	return nr, nil
+}
+
+// RemoveSession deletes a finished session's record and, when the VM runs,
+// its state directory in the guest. (A stopped VM keeps the directory on its
+// work disk; the daemon never writes a disk it does not run.)
+func (d *Daemon) RemoveSession(ctx context.Context, vmRef, ref string) error {
+	vm, s, err := d.resolveSession(ctx, vmRef, ref)
+	if err != nil {
+		return err
+	}
+	s = d.reconcileSessions(ctx, vm, []model.Session{s})[0]
+	if !sessionFinished(s) {
+		return api.Errorf(api.CodeConflict, "session %s is %s: stop it first (banger session stop %s %s)", s.Name, s.Status, vm.Name, s.Name)
+	}
+	opLock := d.locks.Lock("session-op:" + s.ID)
+	defer opLock()
+	if d.vmAlive(vm) {
+		var errb bytes.Buffer
+		code, err := d.guestRun(ctx, vm, session.RemoveScript(sessionStateRoot, s.ID), nil, nil, &errb)
+		if err != nil {
+			return err
+		}
+		if code == session.ExitStillRunning {
+			return api.Errorf(api.CodeConflict, "session %s still has a live process in vm %s: stop it first", s.Name, vm.Name)
+		}
+		if code != 0 {
+			return fmt.Errorf("remove session %s state in vm %s: exit %d: %s", s.Name, vm.Name, code, errb.String())
+		}
+	}
+	return storeErr("session", s.Name, d.store.DeleteSession(ctx, s.ID))
+}
