@@ -1,0 +1,123 @@
+package cli
+
+import (
+	"bytes"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/model"
+)
+
+func TestSSHArgv(t *testing.T) {
+	base := api.SSHInfo{Host: "172.16.0.2", User: "root", Port: 22, KeyPath: "/s/ssh/id_ed25519", KnownHostsPath: "/s/vms/x/known_hosts"}
+	opts := []string{"ssh", "-i", "/s/ssh/id_ed25519", "-o", "UserKnownHostsFile=/s/vms/x/known_hosts",
+		"-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes"}
+	withNS := base
+	withNS.Netns = "banger"
+	port := base
+	port.Port, port.User = 2222, ""
+	for _, tc := range []struct {
+		name string
+		info api.SSHInfo
+		cmd  []string
+		want []string
+	}{
+		{"plain", base, nil, append(append([]string{}, opts...), "root@172.16.0.2")},
+		{"command", base, []string{"ls", "-l"}, append(append([]string{}, opts...), "root@172.16.0.2", "--", "ls", "-l")},
+		{"netns", withNS, nil, append(append([]string{"ip", "netns", "exec", "banger"}, opts...), "root@172.16.0.2")},
+		{"port and default user", port, nil, append(append([]string{}, opts...), "-p", "2222", "root@172.16.0.2")},
+	} {
+		if got := sshArgv(tc.info, tc.cmd); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s: sshArgv = %q\nwant %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestParseCopyAndEnv(t *testing.T) {
+	c, err := parseCopy("/etc/hosts:/etc/hosts.host")
+	if err != nil || c.Src != "/etc/hosts" || c.Dst != "/etc/hosts.host" {
+		t.Fatalf("parseCopy = %+v %v", c, err)
+	}
+	for _, bad := range []string{"nocolon", ":/x", "a:relative", "a:"} {
+		if _, err := parseCopy(bad); err == nil || !strings.Contains(err.Error(), "SRC:DST") {
+			t.Errorf("parseCopy(%q) = %v, want an error saying SRC:DST", bad, err)
+		}
+	}
+	env, err := parseEnv([]string{"A=1", "B=x=y", "C="})
+	if err != nil || !reflect.DeepEqual(env, map[string]string{"A": "1", "B": "x=y", "C": ""}) {
+		t.Fatalf("parseEnv = %v %v", env, err)
+	}
+	for _, bad := range []string{"A", "=1", "A B=1"} {
+		if _, err := parseEnv([]string{bad}); err == nil {
+			t.Errorf("parseEnv(%q) accepted", bad)
+		}
+	}
+}
+
+func TestSendData(t *testing.T) {
+	for _, tc := range []struct {
+		args  []string
+		stdin string
+		want  string
+	}{
+		{nil, "ignored", ""},
+		{[]string{"hello"}, "ignored", "hello"},
+		{[]string{"-"}, "from stdin\n", "from stdin\n"},
+		{[]string{"-"}, "", ""},
+	} {
+		got, err := sendData(tc.args, strings.NewReader(tc.stdin))
+		if err != nil || string(got) != tc.want {
+			t.Errorf("sendData(%q) = %q %v, want %q", tc.args, got, err, tc.want)
+		}
+	}
+}
+
+func TestCopyStdinDetach(t *testing.T) {
+	var w bytes.Buffer
+	copyStdin(&w, strings.NewReader("abc\x1ddef"), true)
+	if w.String() != "abc" {
+		t.Fatalf("tty: sent %q, want the bytes before Ctrl-]", w.String())
+	}
+	w.Reset()
+	copyStdin(&w, strings.NewReader("abc\x1ddef"), false)
+	if w.String() != "abc\x1ddef" {
+		t.Fatalf("pipe: sent %q, want everything", w.String())
+	}
+}
+
+func TestFormatProgress(t *testing.T) {
+	for _, tc := range []struct {
+		p    api.Progress
+		want string
+	}{
+		{api.Progress{Phase: "boot", Elapsed: 1.25}, "[   1.2s] boot"},
+		{api.Progress{Phase: "mkfs", Message: "writing", Done: 1, Total: 4, Elapsed: 12}, "[  12.0s] mkfs: writing (25%)"},
+	} {
+		if got := formatProgress(tc.p); got != tc.want {
+			t.Errorf("formatProgress(%+v) = %q, want %q", tc.p, got, tc.want)
+		}
+	}
+}
+
+func TestTables(t *testing.T) {
+	now := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	var b bytes.Buffer
+	if err := table(&b, vmHeader, vmRows(nil, now)); err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(b.String()) != strings.Join(strings.Fields(strings.Join(vmHeader, " ")), "  ") {
+		t.Fatalf("empty table: %q", b.String())
+	}
+	b.Reset()
+	vm := model.VM{ID: "0123456789abcdef", Name: "dev", State: model.VMRunning, ImageID: "fedcba9876543210", VMM: "qemu",
+		CPUs: 2, MemoryMiB: 1024, DiskBytes: 4 << 30, GuestIP: "172.16.0.2", CreatedAt: now.Add(-90 * time.Second)}
+	table(&b, vmHeader, vmRows([]model.VM{vm}, now))
+	line := strings.Fields(strings.Split(b.String(), "\n")[1])
+	want := []string{"01234567", "dev", "running", "fedcba98", "qemu", "2", "1G", "4G", "172.16.0.2", "1m", "ago"}
+	if !reflect.DeepEqual(line, want) {
+		t.Fatalf("row = %q, want %q", line, want)
+	}
+}

@@ -1,0 +1,167 @@
+// Package cli is the banger command line: cobra commands that call bangerd
+// through api.Client, start the daemon when it is not running, and render
+// answers as tables or JSON.
+//
+// It holds no VM logic and touches no host state itself, apart from
+// starting bangerd, reading the user's repository for workspaces, and
+// exec'ing the system ssh.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/config"
+)
+
+// Version is the CLI's version, set at build time with -ldflags.
+var Version = "dev"
+
+// exitCode ends banger with a code and no message of its own (the guest
+// command's code for exec and run).
+type exitCode int
+
+func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+// app is what every command shares: global flags and the streams.
+type app struct {
+	socket   string
+	stateDir string
+	json     bool
+
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	getenv         func(string) string
+}
+
+// Main runs banger with args and returns the process exit code.
+func Main(args []string) int {
+	a := &app{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
+	root := a.rootCommand()
+	root.SetArgs(args)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	var code exitCode
+	if errors.As(err, &code) {
+		return int(code)
+	}
+	fmt.Fprintf(a.stderr, "banger: %v\n", err)
+	return 1
+}
+
+func (a *app) rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "banger",
+		Short:         "Disposable, hardware-isolated Linux machines with your repository inside",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		CompletionOptions: cobra.CompletionOptions{
+			DisableDefaultCmd: true,
+		},
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.socket, "socket", "", "bangerd API socket (env BANGER_SOCKET; default <state-dir>/bangerd.sock)")
+	pf.StringVar(&a.stateDir, "state-dir", "", "bangerd state directory (env BANGER_STATE_DIR; default /var/lib/banger)")
+	pf.BoolVar(&a.json, "json", false, "print JSON instead of tables")
+	root.AddCommand(
+		a.versionCommand(),
+		a.daemonCommand(),
+		a.doctorCommand(),
+		a.imageCommand(),
+		a.kernelCommand(),
+		a.vmCommand(),
+		a.sessionCommand(),
+	)
+	return root
+}
+
+// resolvedStateDir is the state dir from the flag, the environment, or the
+// default.
+func (a *app) resolvedStateDir() string {
+	if a.stateDir != "" {
+		return a.stateDir
+	}
+	if v := a.getenv("BANGER_STATE_DIR"); v != "" {
+		return v
+	}
+	return config.Defaults().StateDir
+}
+
+// resolvedSocket is the socket from the flag, the environment, or the
+// state dir.
+func (a *app) resolvedSocket() string {
+	if a.socket != "" {
+		return a.socket
+	}
+	if v := a.getenv("BANGER_SOCKET"); v != "" {
+		return v
+	}
+	return filepath.Join(a.resolvedStateDir(), "bangerd.sock")
+}
+
+func (a *app) logPath() string { return filepath.Join(a.resolvedStateDir(), "bangerd.log") }
+
+func (a *app) printJSON(v any) error {
+	enc := json.NewEncoder(a.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func cliVersion() api.VersionInfo {
+	v := api.VersionInfo{Version: Version, GoVersion: runtime.Version()}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				v.Commit = s.Value
+			}
+		}
+	}
+	return v
+}
+
+func (a *app) versionCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the CLI's and the daemon's versions",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			dv, err := c.Version(cmd.Context())
+			if err != nil {
+				return err
+			}
+			cv := cliVersion()
+			if a.json {
+				return a.printJSON(map[string]api.VersionInfo{"cli": cv, "daemon": dv})
+			}
+			fmt.Fprintf(a.stdout, "banger  %s %s %s\nbangerd %s %s %s\n", cv.Version, short(cv.Commit), cv.GoVersion, dv.Version, short(dv.Commit), dv.GoVersion)
+			return nil
+		},
+	}
+}
+
+func short(commit string) string {
+	if len(commit) > 12 {
+		return commit[:12]
+	}
+	return commit
+}

@@ -1,0 +1,340 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/model"
+)
+
+// detachByte is Ctrl-], the detach key of an attachment from a terminal.
+const detachByte = 0x1d
+
+func (a *app) sessionCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "session", Short: "Run and drive long-lived processes inside a VM"}
+	cmd.AddCommand(a.sessionStartCommand(), a.sessionAttachCommand())
+	cmd.AddCommand(&cobra.Command{
+		Use: "list VM", Aliases: []string{"ls"}, Short: "List a VM's sessions", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			ss, err := c.ListSessions(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(nonNil(ss))
+			}
+			return table(a.stdout, sessionHeader, sessionRows(ss, time.Now()))
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use: "show VM SESSION", Short: "Show a session", Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			s, err := c.GetSession(cmd.Context(), args[0], args[1])
+			if err != nil {
+				return err
+			}
+			return a.showSession(s)
+		},
+	})
+	var lreq api.SessionLogsRequest
+	logs := &cobra.Command{
+		Use: "logs VM SESSION", Short: "Print a session's stdout (or stderr)", Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			err = c.SessionLogs(cmd.Context(), args[0], args[1], lreq, a.stdout)
+			if lreq.Follow && errors.Is(err, context.Canceled) {
+				return nil
+			}
+			return err
+		},
+	}
+	logs.Flags().BoolVar(&lreq.Stderr, "stderr", false, "stderr instead of stdout")
+	logs.Flags().IntVar(&lreq.Tail, "tail", 0, "only the last N lines")
+	logs.Flags().BoolVarP(&lreq.Follow, "follow", "f", false, "keep printing new output")
+	cmd.AddCommand(logs)
+	cmd.AddCommand(&cobra.Command{
+		Use:   "send VM SESSION [DATA | -]",
+		Short: "Write DATA (or stdin, with -) to a session's stdin and print the byte count",
+		Long: "Write DATA, or all of standard input when DATA is -, to the stdin of a running\n" +
+			"pipe-mode session, and print how many bytes were written. Empty input sends nothing.",
+		Args: cobra.RangeArgs(2, 3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			data, err := sendData(args[2:], a.stdin)
+			if err != nil {
+				return err
+			}
+			if len(data) == 0 {
+				// Nothing to write: no daemon, no connection.
+				fmt.Fprintln(a.stdout, 0)
+				return nil
+			}
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			n, err := c.SendSession(cmd.Context(), args[0], args[1], bytes.NewReader(data))
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(api.SendResult{Bytes: n})
+			}
+			fmt.Fprintln(a.stdout, n)
+			return nil
+		},
+	})
+	var sreq api.StopSessionRequest
+	var stopTimeout time.Duration
+	stop := &cobra.Command{
+		Use: "stop VM SESSION", Short: "Stop a session (TERM, then KILL after --timeout)", Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			r := sreq
+			r.TimeoutSeconds = int(stopTimeout.Seconds())
+			s, err := c.StopSession(cmd.Context(), args[0], args[1], r)
+			if err != nil {
+				return err
+			}
+			return a.showSession(s)
+		},
+	}
+	stop.Flags().StringVar(&sreq.Signal, "signal", "", "signal to send first (default TERM)")
+	stop.Flags().DurationVar(&stopTimeout, "timeout", 0, "wait before KILL (default 10s)")
+	cmd.AddCommand(stop)
+	var signal string
+	kill := &cobra.Command{
+		Use: "kill VM SESSION", Short: "Send a signal (default KILL) to a session", Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			s, err := c.KillSession(cmd.Context(), args[0], args[1], signal)
+			if err != nil {
+				return err
+			}
+			return a.showSession(s)
+		},
+	}
+	kill.Flags().StringVar(&signal, "signal", "", "signal (default KILL)")
+	cmd.AddCommand(kill)
+	cmd.AddCommand(&cobra.Command{
+		Use: "rm VM SESSION", Aliases: []string{"remove"}, Short: "Remove a finished session's record", Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if err := c.RemoveSession(cmd.Context(), args[0], args[1]); err != nil {
+				return err
+			}
+			fmt.Fprintln(a.stdout, args[1])
+			return nil
+		},
+	})
+	return cmd
+}
+
+// sendData is DATA, or stdin for "-", or nothing.
+func sendData(args []string, stdin io.Reader) ([]byte, error) {
+	if len(args) == 0 {
+		return nil, nil
+	}
+	if args[0] == "-" {
+		b, err := io.ReadAll(stdin)
+		if err != nil {
+			return nil, fmt.Errorf("read stdin: %w", err)
+		}
+		return b, nil
+	}
+	return []byte(args[0]), nil
+}
+
+// parseEnv turns K=V flags into a map.
+func parseEnv(kvs []string) (map[string]string, error) {
+	if len(kvs) == 0 {
+		return nil, nil
+	}
+	env := map[string]string{}
+	for _, s := range kvs {
+		k, v, ok := strings.Cut(s, "=")
+		if !ok || k == "" || strings.ContainsAny(k, " \t\n") {
+			return nil, fmt.Errorf("invalid --env %q: use NAME=VALUE", s)
+		}
+		env[k] = v
+	}
+	return env, nil
+}
+
+func (a *app) showSession(s model.Session) error {
+	if a.json {
+		return a.printJSON(s)
+	}
+	exit := ""
+	if s.ExitCode != nil {
+		exit = fmt.Sprint(*s.ExitCode)
+	}
+	return kv(a.stdout, "id", s.ID, "name", s.Name, "vm", s.VMID, "status", string(s.Status),
+		"command", strings.Join(append([]string{s.Command}, s.Args...), " "), "cwd", s.Cwd, "stdin", s.StdinMode,
+		"guest pid", map[bool]string{true: fmt.Sprint(s.GuestPID)}[s.GuestPID > 0], "exit code", exit,
+		"launch stage", s.LaunchStage, "launch error", s.LaunchError, "error", s.Error,
+		"created", s.CreatedAt.Local().Format(time.RFC3339), "launch log", s.LaunchLog)
+}
+
+func (a *app) sessionStartCommand() *cobra.Command {
+	var req api.StartSessionRequest
+	var env []string
+	var attach bool
+	cmd := &cobra.Command{
+		Use:   "start VM [flags] -- CMD [ARGS...]",
+		Short: "Start a long-running process in a VM",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r := req
+			var err error
+			if r.Env, err = parseEnv(env); err != nil {
+				return err
+			}
+			r.Command, r.Args = args[1], args[2:]
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			s, err := c.StartSession(cmd.Context(), args[0], r)
+			if err != nil {
+				return err
+			}
+			if !attach {
+				return a.showSession(s)
+			}
+			fmt.Fprintf(a.stderr, "banger: session %s started\n", s.Name)
+			return a.attach(cmd.Context(), c, args[0], s.ID)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.Name, "name", "", "session name (default <command>-<shortid>)")
+	f.StringVar(&req.Cwd, "cwd", "", "working directory (default /root)")
+	f.StringArrayVar(&env, "env", nil, "environment variable NAME=VALUE (repeatable)")
+	f.StringVar(&req.Stdin, "stdin", "", "pipe (default: send and attach can write) or closed")
+	f.StringArrayVar(&req.Require, "require", nil, "command that must exist in the guest (repeatable)")
+	f.BoolVar(&attach, "attach", false, "attach once started")
+	return cmd
+}
+
+func (a *app) sessionAttachCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "attach VM SESSION",
+		Short: "Attach to a session: your input to its stdin, its output to yours",
+		Long: "Attach to a session exclusively: standard input goes to its stdin, its stdout\n" +
+			"and stderr come back. The session keeps running when you detach.\n\n" +
+			"Detach with Ctrl-] when stdin is a terminal, or by ending stdin (EOF).",
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return a.attach(cmd.Context(), c, args[0], args[1])
+		},
+	}
+}
+
+func (a *app) attach(ctx context.Context, c *api.Client, vm, s string) error {
+	st, err := c.AttachSession(ctx, vm, s)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	tty := false
+	if f, ok := a.stdin.(*os.File); ok {
+		if restore, err := cbreak(int(f.Fd())); err == nil {
+			tty = true
+			defer restore()
+			fmt.Fprintln(a.stderr, "banger: attached; Ctrl-] detaches")
+		}
+	}
+	go func() {
+		copyStdin(st, a.stdin, tty)
+		st.Detach()
+	}()
+	stop := context.AfterFunc(ctx, func() { st.Close() })
+	defer stop()
+	end, err := st.Receive(a.stdout, a.stderr)
+	if err != nil {
+		return err
+	}
+	switch end.Reason {
+	case api.AttachExited:
+		fmt.Fprintf(a.stderr, "banger: session exited with code %d\n", end.ExitCode)
+		if end.ExitCode != 0 {
+			return exitCode(end.ExitCode)
+		}
+	default:
+		fmt.Fprintln(a.stderr, "banger: detached; the session keeps running")
+	}
+	return nil
+}
+
+// copyStdin sends stdin to the attachment until EOF, or until the detach
+// byte when stdin is a terminal (bytes before it are still sent).
+func copyStdin(w io.Writer, r io.Reader, tty bool) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			p := buf[:n]
+			if tty {
+				if i := bytes.IndexByte(p, detachByte); i >= 0 {
+					w.Write(p[:i])
+					return
+				}
+			}
+			if _, werr := w.Write(p); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// cbreak puts a terminal in non-canonical mode, so that Ctrl-] arrives at
+// once, keeping echo and Ctrl-C. It fails when fd is not a terminal.
+func cbreak(fd int) (restore func(), err error) {
+	old, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	if err != nil {
+		return nil, err
+	}
+	t := *old
+	t.Lflag &^= unix.ICANON
+	t.Cc[unix.VMIN], t.Cc[unix.VTIME] = 1, 0
+	if err := unix.IoctlSetTermios(fd, unix.TCSETS, &t); err != nil {
+		return nil, err
+	}
+	return func() { _ = unix.IoctlSetTermios(fd, unix.TCSETS, old) }, nil
+}

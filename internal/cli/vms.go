@@ -1,0 +1,490 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/workspace"
+)
+
+func (a *app) vmCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "vm", Short: "Create, run, inspect and remove microVMs"}
+	cmd.AddCommand(a.vmCreateCommand(), a.vmRunCommand(), a.vmExecCommand(), a.vmSSHCommand(), a.vmLogsCommand(),
+		a.vmStopCommand(), a.workspaceCommand())
+
+	cmd.AddCommand(&cobra.Command{
+		Use: "start VM", Short: "Boot a VM and wait for SSH", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			vm, err := c.StartVM(cmd.Context(), args[0], progressPrinter(a.stderr))
+			if err != nil {
+				return err
+			}
+			return a.showVM(vm)
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use: "restart VM", Short: "Stop and boot a VM", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			vm, err := c.RestartVM(cmd.Context(), args[0], progressPrinter(a.stderr))
+			if err != nil {
+				return err
+			}
+			return a.showVM(vm)
+		},
+	})
+	var force bool
+	del := &cobra.Command{
+		Use: "delete VM...", Aliases: []string{"rm"}, Short: "Delete VMs and everything they hold on the host",
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			for _, ref := range args {
+				if err := c.DeleteVM(cmd.Context(), ref, force); err != nil {
+					return err
+				}
+				fmt.Fprintln(a.stdout, ref)
+			}
+			return nil
+		},
+	}
+	del.Flags().BoolVarP(&force, "force", "f", false, "stop running VMs first")
+	cmd.AddCommand(del)
+	cmd.AddCommand(&cobra.Command{
+		Use: "list", Aliases: []string{"ls"}, Short: "List VMs", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			vms, err := c.ListVMs(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(nonNil(vms))
+			}
+			return table(a.stdout, vmHeader, vmRows(vms, time.Now()))
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use: "show VM", Short: "Show a VM", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			vm, err := c.GetVM(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return a.showVM(vm)
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use: "hosts", Short: "Print /etc/hosts lines for the running VMs", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			h, err := c.Hosts(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(map[string]string{"hosts": h})
+			}
+			_, err = io.WriteString(a.stdout, h)
+			return err
+		},
+	})
+	return cmd
+}
+
+func (a *app) showVM(vm model.VM) error {
+	if a.json {
+		return a.printJSON(vm)
+	}
+	started := ""
+	if vm.StartedAt != nil {
+		started = vm.StartedAt.Local().Format(time.RFC3339)
+	}
+	return kv(a.stdout, "id", vm.ID, "name", vm.Name, "state", string(vm.State), "desired", string(vm.DesiredState),
+		"image", vm.ImageID, "kernel", vm.KernelID, "vmm", vm.VMM, "accel", vm.Accel, "cpus", fmt.Sprint(vm.CPUs),
+		"memory", size(int64(vm.MemoryMiB)<<20), "disk", size(vm.DiskBytes), "ip", vm.GuestIP, "mac", vm.GuestMAC,
+		"dns", vm.DNSName, "cid", fmt.Sprint(vm.CID), "storage", vm.CowStrategy, "dir", vm.Dir,
+		"created", vm.CreatedAt.Local().Format(time.RFC3339), "started", started, "last error", vm.LastError)
+}
+
+// vmFlags are the shape flags of create and run.
+func vmFlags(cmd *cobra.Command, req *api.CreateVMRequest) {
+	f := cmd.Flags()
+	f.StringVar(&req.Name, "name", "", "VM name (default: generated)")
+	f.StringVar(&req.Image, "image", "", "image name or id (default: the default image)")
+	f.StringVar(&req.Kernel, "kernel", "", "kernel name or id (default: the default kernel)")
+	f.IntVar(&req.CPUs, "cpus", 0, "vCPUs")
+	f.StringVar(&req.Memory, "memory", "", "memory, e.g. 1G")
+	f.StringVar(&req.Disk, "disk", "", "work disk size, e.g. 4G")
+}
+
+func (a *app) vmCreateCommand() *cobra.Command {
+	var req api.CreateVMRequest
+	var start bool
+	cmd := &cobra.Command{
+		Use: "create", Short: "Create a VM (and its disks) without booting it", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			r := req
+			r.Start = start
+			vm, err := c.CreateVM(cmd.Context(), r, progressPrinter(a.stderr))
+			if err != nil {
+				return err
+			}
+			return a.showVM(vm)
+		},
+	}
+	vmFlags(cmd, &req)
+	cmd.Flags().StringVar(&req.VMM, "vmm", "", "VMM: auto, firecracker or qemu")
+	cmd.Flags().BoolVar(&start, "start", false, "boot it and wait for SSH")
+	return cmd
+}
+
+func (a *app) vmStopCommand() *cobra.Command {
+	var req api.StopVMRequest
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use: "stop VM...", Short: "Shut VMs down (forcefully after --timeout)", Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			r := req
+			r.TimeoutSeconds = int(timeout.Seconds())
+			for _, ref := range args {
+				vm, err := c.StopVM(cmd.Context(), ref, r)
+				if err != nil {
+					return err
+				}
+				if !a.json {
+					fmt.Fprintf(a.stdout, "%s %s\n", vm.Name, vm.State)
+				} else if err := a.printJSON(vm); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "graceful wait before killing (default 30s)")
+	cmd.Flags().BoolVarP(&req.Force, "force", "f", false, "kill at once")
+	return cmd
+}
+
+func (a *app) vmLogsCommand() *cobra.Command {
+	var req api.LogsRequest
+	var vmm bool
+	cmd := &cobra.Command{
+		Use: "logs VM", Short: "Print a VM's serial console (or VMM) log", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			r := req
+			if vmm {
+				r.Source = "vmm"
+			}
+			err = c.VMLogs(cmd.Context(), args[0], r, a.stdout)
+			if r.Follow && errors.Is(err, context.Canceled) {
+				return nil
+			}
+			return err
+		},
+	}
+	cmd.Flags().BoolVar(&vmm, "vmm", false, "the VMM's log instead of the console")
+	cmd.Flags().IntVar(&req.Tail, "tail", 0, "only the last N lines")
+	cmd.Flags().BoolVarP(&req.Follow, "follow", "f", false, "keep printing new output")
+	return cmd
+}
+
+func (a *app) vmExecCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "exec VM -- CMD [ARGS...]",
+		Short: "Run a command in a VM; its exit code becomes banger's",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			code, err := c.ExecVM(cmd.Context(), args[0], api.ExecRequest{Command: args[1:]}, a.stdout, a.stderr)
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return exitCode(code)
+			}
+			return nil
+		},
+	}
+}
+
+// sshArgv is the command line that opens ssh into a VM: the system ssh
+// with the daemon's key and pinned host key, under "ip netns exec" when the
+// VM network lives in a namespace.
+func sshArgv(info api.SSHInfo, command []string) []string {
+	user := info.User
+	if user == "" {
+		user = "root"
+	}
+	argv := []string{"ssh", "-i", info.KeyPath, "-o", "UserKnownHostsFile=" + info.KnownHostsPath,
+		"-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes"}
+	if info.Port != 0 && info.Port != 22 {
+		argv = append(argv, "-p", fmt.Sprint(info.Port))
+	}
+	argv = append(argv, user+"@"+info.Host)
+	if len(command) > 0 {
+		argv = append(append(argv, "--"), command...)
+	}
+	if info.Netns != "" {
+		argv = append([]string{"ip", "netns", "exec", info.Netns}, argv...)
+	}
+	return argv
+}
+
+func (a *app) vmSSHCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "ssh VM [-- CMD...]",
+		Short: "Open ssh into a VM (the system ssh, with banger's key)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			info, err := c.SSHInfo(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			argv := sshArgv(info, args[1:])
+			bin, err := exec.LookPath(argv[0])
+			if err != nil {
+				return fmt.Errorf("%s not found on PATH: install %s", argv[0], map[string]string{"ssh": "openssh-client", "ip": "iproute2"}[argv[0]])
+			}
+			return syscall.Exec(bin, argv, os.Environ())
+		},
+	}
+}
+
+func (a *app) vmRunCommand() *cobra.Command {
+	var req api.CreateVMRequest
+	var rm bool
+	var wsDir, wsMode string
+	cmd := &cobra.Command{
+		Use:   "run [flags] -- CMD [ARGS...]",
+		Short: "Create and boot a VM, optionally copy a repository in, run a command, return its exit code",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, err := a.client(ctx)
+			if err != nil {
+				return err
+			}
+			r := req
+			r.Start = true
+			vm, err := c.CreateVM(ctx, r, progressPrinter(a.stderr))
+			if err != nil {
+				if rm && vm.ID == "" && r.Name != "" {
+					a.cleanupRun(c, r.Name)
+				}
+				return err
+			}
+			if rm {
+				// Also after Ctrl-C or SIGTERM: ctx is done then, so delete
+				// with a fresh one.
+				defer a.cleanupRun(c, vm.ID)
+			}
+			if wsDir != "" {
+				fmt.Fprintf(a.stderr, "banger: copying %s into %s\n", wsDir, vm.Name)
+				if _, err := a.prepare(ctx, c, vm.ID, wsDir, api.WorkspaceRequest{Mode: wsMode}); err != nil {
+					return err
+				}
+			}
+			code, err := c.ExecVM(ctx, vm.ID, api.ExecRequest{Command: args}, a.stdout, a.stderr)
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return exitCode(code)
+			}
+			return nil
+		},
+	}
+	vmFlags(cmd, &req)
+	cmd.Flags().BoolVar(&rm, "rm", false, "delete the VM afterwards (also on Ctrl-C)")
+	cmd.Flags().StringVar(&wsDir, "workspace", "", "copy this git repository into the VM first")
+	cmd.Flags().StringVar(&wsMode, "workspace-mode", "", "full (with git history, default) or tracked")
+	return cmd
+}
+
+func (a *app) cleanupRun(c *api.Client, ref string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := c.DeleteVM(ctx, ref, true); err != nil && !api.IsNotFound(err) {
+		fmt.Fprintf(a.stderr, "banger: --rm: delete %s: %v\n", ref, err)
+	}
+}
+
+// prepare streams dir as a tar into the VM's workspace.
+func (a *app) prepare(ctx context.Context, c *api.Client, ref, dir string, req api.WorkspaceRequest) (api.WorkspaceInfo, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return api.WorkspaceInfo{}, err
+	}
+	if req.Mode == "" {
+		req.Mode = workspace.ModeFull
+	}
+	if err := workspace.ValidateMode(req.Mode); err != nil {
+		return api.WorkspaceInfo{}, err
+	}
+	pr, pw := io.Pipe()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		_, err := workspace.WriteTar(ctx, abs, workspace.TarOptions{Mode: req.Mode}, pw)
+		pw.CloseWithError(err)
+	}()
+	info, err := c.PrepareWorkspace(ctx, ref, req, pr)
+	pr.CloseWithError(errors.New("workspace request ended"))
+	return info, err
+}
+
+func (a *app) workspaceCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "workspace", Short: "Copy a git repository into a VM and bring its changes back"}
+	var src string
+	var req api.WorkspaceRequest
+	prep := &cobra.Command{
+		Use: "prepare VM", Short: "Copy a repository (tracked and unignored files, with history) into a VM",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			info, err := a.prepare(cmd.Context(), c, args[0], src, req)
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return a.printJSON(info)
+			}
+			return kv(a.stdout, "guest path", info.GuestPath, "files", fmt.Sprint(info.Files), "bytes", size(info.Bytes), "head", info.Head)
+		},
+	}
+	prep.Flags().StringVar(&src, "source", ".", "host repository")
+	prep.Flags().StringVar(&req.GuestPath, "guest-path", "", "where in the guest (default /root/repo)")
+	prep.Flags().BoolVar(&req.ReadOnly, "readonly", false, "make the guest copy read-only")
+	prep.Flags().StringVar(&req.Mode, "mode", "", "full (with git history, default) or tracked")
+	prep.Flags().BoolVar(&req.Force, "force", false, "replace an existing guest copy")
+	cmd.AddCommand(prep)
+
+	var ereq api.ExportRequest
+	var branch, patch, repo string
+	var force bool
+	exp := &cobra.Command{
+		Use:   "export VM (--branch B [--force] | --patch FILE)",
+		Short: "Bring the guest repository's changes back as a branch or a patch (the host working tree is never touched)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if (branch == "") == (patch == "") {
+				return errors.New("give exactly one of --branch B or --patch FILE")
+			}
+			if force && branch == "" {
+				return errors.New("--force only applies to --branch")
+			}
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			r := ereq
+			if patch != "" {
+				r.Format = "patch"
+				return a.exportPatch(cmd.Context(), c, args[0], r, patch)
+			}
+			r.Format = "bundle"
+			return a.exportBranch(cmd.Context(), c, args[0], r, repo, branch, force)
+		},
+	}
+	exp.Flags().StringVar(&ereq.GuestPath, "guest-path", "", "guest repository (default /root/repo)")
+	exp.Flags().StringVar(&ereq.Base, "base", "", "host commit the workspace was prepared from")
+	exp.Flags().StringVar(&branch, "branch", "", "host branch to create from the guest's commits")
+	exp.Flags().BoolVar(&force, "force", false, "overwrite an existing --branch")
+	exp.Flags().StringVar(&patch, "patch", "", "write a patch to this file (- for stdout)")
+	exp.Flags().StringVar(&repo, "source", ".", "host repository to import the branch into")
+	cmd.AddCommand(exp)
+	return cmd
+}
+
+func (a *app) exportPatch(ctx context.Context, c *api.Client, ref string, r api.ExportRequest, path string) error {
+	if path == "-" {
+		return c.ExportWorkspace(ctx, ref, r, a.stdout)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".banger-patch-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := c.ExportWorkspace(ctx, ref, r, tmp); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+func (a *app) exportBranch(ctx context.Context, c *api.Client, ref string, r api.ExportRequest, repo, branch string, force bool) error {
+	tmp, err := os.CreateTemp("", "banger-export-*.bundle")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := c.ExportWorkspace(ctx, ref, r, tmp); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := workspace.ImportBundle(ctx, repo, tmp.Name(), branch, force); err != nil {
+		return err
+	}
+	fmt.Fprintf(a.stderr, "banger: branch %s created in %s\n", branch, repo)
+	return nil
+}
