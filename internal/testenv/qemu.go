@@ -1,0 +1,325 @@
+package testenv
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/banger/banger/internal/image"
+	"github.com/banger/banger/internal/kernel"
+)
+
+// Addresses of the test network inside each test namespace (never the host's).
+const (
+	GuestIP   = "172.16.0.2"
+	GatewayIP = "172.16.0.1"
+	guestMAC  = "02:ba:00:00:00:02"
+)
+
+// QEMUOptions describe a guest booted by BootQEMU.
+type QEMUOptions struct {
+	Image         image.Result
+	Kernel        kernel.Artifacts
+	AuthorizedKey string // the authorized_keys line put on the command line (banger.key)
+	Hostname      string // "guest" when empty
+	CPUs          int    // 2 when 0
+	MemoryMiB     int    // 512 when 0
+	WorkDiskBytes int64  // 256 MiB when 0
+}
+
+// QEMU is a guest booted by BootQEMU.
+type QEMU struct {
+	IP      string // guest address inside the namespace
+	Ns      string // the namespace
+	Console string // serial console log
+	QMP     string // QMP socket
+	Started time.Time
+	cmd     *exec.Cmd
+	exited  chan struct{}
+}
+
+// BootQEMU boots opts' image and kernel under plain QEMU/TCG (-M microvm)
+// inside namespace ns: a qcow2 overlay over the image (the image is never
+// written), a fresh ext4 work disk, a bridge with the gateway address and a
+// tap. The guest is killed and its files removed when the test ends.
+func BootQEMU(t testing.TB, ns string, opts QEMUOptions) *QEMU {
+	t.Helper()
+	RequireBinary(t, "qemu-system-x86_64")
+	RequireBinary(t, "qemu-img")
+	if opts.Hostname == "" {
+		opts.Hostname = "guest"
+	}
+	if opts.CPUs == 0 {
+		opts.CPUs = 2
+	}
+	if opts.MemoryMiB == 0 {
+		opts.MemoryMiB = 512
+	}
+	if opts.WorkDiskBytes == 0 {
+		opts.WorkDiskBytes = 256 << 20
+	}
+	dir := t.TempDir()
+	overlay := filepath.Join(dir, "root.qcow2")
+	work := filepath.Join(dir, "work.ext4")
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", opts.Image.Path, "-F", "raw", overlay)
+	f, err := os.Create(work)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = f.Truncate(opts.WorkDiskBytes)
+	f.Close()
+	run(t, "mkfs.ext4", "-q", "-F", "-L", "banger-work", work)
+
+	// The network, all inside ns.
+	run(t, "ip", "-n", ns, "link", "add", "br0", "type", "bridge")
+	run(t, "ip", "-n", ns, "addr", "add", GatewayIP+"/24", "dev", "br0")
+	run(t, "ip", "-n", ns, "link", "set", "br0", "up")
+	run(t, "ip", "-n", ns, "tuntap", "add", "tap0", "mode", "tap")
+	run(t, "ip", "-n", ns, "link", "set", "tap0", "master", "br0", "up")
+	run(t, "ip", "-n", ns, "neigh", "replace", GuestIP, "lladdr", guestMAC, "dev", "br0", "nud", "permanent")
+
+	khz, err := HostTSCkHz()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmdline := strings.Join([]string{
+		opts.Kernel.Cmdline, "root=/dev/vda rw",
+		"banger.ip=" + GuestIP + "/24", "banger.gw=" + GatewayIP, "banger.dns=" + GatewayIP,
+		"banger.hostname=" + opts.Hostname,
+		"banger.key=" + base64.StdEncoding.EncodeToString([]byte(strings.TrimSpace(opts.AuthorizedKey))),
+		"banger.work=/dev/vdb", "tsc_early_khz=" + strconv.Itoa(khz),
+	}, " ")
+	vm := &QEMU{IP: GuestIP, Ns: ns, Console: filepath.Join(dir, "console.log"), QMP: filepath.Join(dir, "qmp.sock"), exited: make(chan struct{})}
+	args := []string{"netns", "exec", ns, "qemu-system-x86_64",
+		"-M", "microvm,acpi=on", "-accel", "tcg", "-cpu", "max",
+		"-smp", strconv.Itoa(opts.CPUs), "-m", strconv.Itoa(opts.MemoryMiB),
+		"-no-reboot", "-nodefaults", "-no-user-config", "-display", "none",
+		"-serial", "file:" + vm.Console,
+		"-qmp", "unix:" + vm.QMP + ",server=on,wait=off",
+		"-kernel", opts.Kernel.Vmlinux, "-initrd", opts.Kernel.Initrd, "-append", cmdline,
+		"-drive", "id=root,file=" + overlay + ",format=qcow2,if=none",
+		"-device", "virtio-blk-device,drive=root",
+		"-drive", "id=work,file=" + work + ",format=raw,if=none",
+		"-device", "virtio-blk-device,drive=work",
+		"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
+		"-device", "virtio-net-device,netdev=n0,mac=" + guestMAC,
+	}
+	vm.cmd = exec.Command("ip", args...)
+	logf, err := os.Create(filepath.Join(dir, "qemu.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm.cmd.Stdout, vm.cmd.Stderr = logf, logf
+	vm.Started = time.Now()
+	if err := vm.cmd.Start(); err != nil {
+		t.Fatalf("start qemu: %v", err)
+	}
+	go func() {
+		_ = vm.cmd.Wait()
+		logf.Close()
+		close(vm.exited)
+	}()
+	t.Cleanup(func() {
+		if !vm.Exited() {
+			_ = vm.cmd.Process.Kill()
+			<-vm.exited
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(vm.Console)
+			q, _ := os.ReadFile(filepath.Join(dir, "qemu.log"))
+			t.Logf("guest console:\n%s\nqemu log:\n%s", tail(string(b), 60), q)
+		}
+	})
+	return vm
+}
+
+// Exited reports whether the QEMU process has ended.
+func (q *QEMU) Exited() bool {
+	select {
+	case <-q.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// WaitExit waits up to d for QEMU to end and reports whether it did.
+func (q *QEMU) WaitExit(d time.Duration) bool {
+	select {
+	case <-q.exited:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// Powerdown presses the ACPI power button over QMP (what `vm stop` does).
+func (q *QEMU) Powerdown() error {
+	c, err := net.DialTimeout("unix", q.QMP, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(c)
+	if _, err := r.ReadString('\n'); err != nil { // greeting
+		return err
+	}
+	for _, cmd := range []string{"qmp_capabilities", "system_powerdown"} {
+		if err := json.NewEncoder(c).Encode(map[string]string{"execute": cmd}); err != nil {
+			return err
+		}
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return err
+			}
+			var msg map[string]any
+			_ = json.Unmarshal([]byte(line), &msg)
+			if e, ok := msg["error"]; ok {
+				return fmt.Errorf("qmp %s: %v", cmd, e)
+			}
+			if _, ok := msg["return"]; ok {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// DialSSH connects to the guest's sshd from inside the namespace as root
+// with signer, pinning hostKey, retrying until timeout.
+func (q *QEMU) DialSSH(signer ssh.Signer, hostKey string, timeout time.Duration) (*ssh.Client, error) {
+	pinned, _, _, _, err := ssh.ParseAuthorizedKey([]byte(hostKey))
+	if err != nil {
+		return nil, fmt.Errorf("host key %q: %w", hostKey, err)
+	}
+	cfg := &ssh.ClientConfig{
+		User:            "root",
+		Auth:            []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: ssh.FixedHostKey(pinned),
+		Timeout:         3 * time.Second,
+	}
+	deadline := time.Now().Add(timeout)
+	var lastErr error
+	for time.Now().Before(deadline) {
+		if q.Exited() {
+			return nil, fmt.Errorf("qemu exited before SSH answered (last error: %v)", lastErr)
+		}
+		conn, err := DialInNetns(q.Ns, "tcp", net.JoinHostPort(q.IP, "22"), 2*time.Second)
+		if err == nil {
+			c, chans, reqs, err := ssh.NewClientConn(conn, q.IP, cfg)
+			if err == nil {
+				return ssh.NewClient(c, chans, reqs), nil
+			}
+			conn.Close()
+			lastErr = err
+		} else {
+			lastErr = err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return nil, fmt.Errorf("no SSH to %s within %s: %v", q.IP, timeout, lastErr)
+}
+
+// DialInNetns opens a connection from inside namespace ns; the socket stays
+// in ns after the calling thread returns to its own namespace.
+func DialInNetns(ns, network, addr string, timeout time.Duration) (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		// The thread's namespace is changed: let it die with the goroutine
+		// rather than return to the pool.
+		target, err := netns.GetFromName(ns)
+		if err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		var d net.Dialer
+		c, err := d.DialContext(ctx, network, addr)
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	return r.c, r.err
+}
+
+// Run runs cmd on the guest and returns its combined output.
+func Run(c *ssh.Client, cmd string) (string, error) {
+	s, err := c.NewSession()
+	if err != nil {
+		return "", err
+	}
+	defer s.Close()
+	out, err := s.CombinedOutput(cmd)
+	return string(out), err
+}
+
+var (
+	refinedRE  = regexp.MustCompile(`Refined TSC clocksource calibration: ([0-9.]+) MHz`)
+	detectedRE = regexp.MustCompile(`tsc: Detected ([0-9.]+) MHz`)
+	cpuMHzRE   = regexp.MustCompile(`(?m)^cpu MHz\s*:\s*([0-9.]+)`)
+)
+
+// HostTSCkHz is the host's TSC frequency in kHz (for tsc_early_khz=): from
+// the kernel log when readable, else /proc/cpuinfo.
+func HostTSCkHz() (int, error) {
+	dmesg, _ := exec.Command("dmesg").Output()
+	cpuinfo, _ := os.ReadFile("/proc/cpuinfo")
+	return parseTSCkHz(string(dmesg), string(cpuinfo))
+}
+
+func parseTSCkHz(dmesg, cpuinfo string) (int, error) {
+	for _, m := range []struct {
+		re *regexp.Regexp
+		s  string
+	}{{refinedRE, dmesg}, {detectedRE, dmesg}, {cpuMHzRE, cpuinfo}} {
+		if sub := m.re.FindStringSubmatch(m.s); sub != nil {
+			mhz, err := strconv.ParseFloat(sub[1], 64)
+			if err == nil && mhz > 0 {
+				return int(mhz*1000 + 0.5), nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("host TSC frequency not found in dmesg or /proc/cpuinfo")
+}
+
+func run(t testing.TB, name string, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
+	}
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
