@@ -1,12 +1,14 @@
 package hostnet
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -77,8 +79,49 @@ func EnterNetns(name string) error {
 	}
 	argv := append([]string{ip, "netns", "exec", name, self}, os.Args[1:]...)
 	env := append(os.Environ(), enteredEnv+"="+name)
+	// Keep the namespace we were started in open across the exec (no
+	// close-on-exec), so work that needs the host's network — package
+	// downloads — can still run there (HostCommand).
+	if fd, err := syscall.Open("/proc/self/ns/net", syscall.O_RDONLY, 0); err == nil {
+		env = append(env, hostNetnsEnv+"="+strconv.Itoa(fd))
+	}
 	if err := syscall.Exec(ip, argv, env); err != nil {
 		return fmt.Errorf("re-exec into network namespace %s: %w", name, err)
 	}
 	return nil // not reached
+}
+
+// hostNetnsEnv carries the number of an inherited file descriptor open on
+// the network namespace bangerd was started in, set by EnterNetns.
+const hostNetnsEnv = "BANGER_HOST_NETNS_FD"
+
+// HostNetns returns a path naming the network namespace this process was
+// started in before EnterNetns moved it, or "" when it was not moved.
+func HostNetns() string {
+	v := os.Getenv(hostNetnsEnv)
+	if v == "" || os.Getenv(enteredEnv) == "" {
+		return ""
+	}
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 0 {
+		return ""
+	}
+	p := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), fd)
+	if _, err := os.Stat(p); err != nil {
+		return ""
+	}
+	return p
+}
+
+// HostCommand is exec.CommandContext for commands that need the network of
+// the host bangerd was started on (apt, mmdebstrap): when bangerd moved
+// itself into a network namespace for its VMs, the command runs back in the
+// original namespace through nsenter; otherwise it runs as it is.
+func HostCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
+	if ns := HostNetns(); ns != "" {
+		if nsenter, err := exec.LookPath("nsenter"); err == nil {
+			return exec.CommandContext(ctx, nsenter, append([]string{"--net=" + ns, "--", name}, args...)...)
+		}
+	}
+	return exec.CommandContext(ctx, name, args...)
 }
