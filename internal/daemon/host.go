@@ -72,9 +72,18 @@ func (d *Daemon) startHost(ctx context.Context) error {
 	d.processAlive = d.vmmAlive
 
 	if d.host.drivers == nil {
+		// The KVM probe boots the default kernel when there is one: on a
+		// host whose KVM opens but runs no ordinary guest, only a real
+		// kernel tells.
+		var qpk *qemu.ProbeKernel
+		var fpk string
+		if k, err := d.store.GetKernel(ctx, d.cfg.DefaultKernel); err == nil {
+			qpk = &qemu.ProbeKernel{Kernel: firstNonEmpty(k.BzImagePath, k.VmlinuxPath), Initrd: k.InitrdPath}
+			fpk = k.VmlinuxPath
+		}
 		d.host.drivers = map[string]vmm.Driver{
-			"qemu":        qemu.New(qemu.Options{Binary: d.cfg.QEMU, Accel: d.cfg.Accel}),
-			"firecracker": firecracker.New(firecracker.Options{Binary: d.cfg.Firecracker}),
+			"qemu":        qemu.New(qemu.Options{Binary: d.cfg.QEMU, Accel: d.cfg.Accel, ProbeKernel: qpk}),
+			"firecracker": firecracker.New(firecracker.Options{Binary: d.cfg.Firecracker, ProbeKernel: fpk}),
 		}
 	}
 	if d.host.strategies == nil {
