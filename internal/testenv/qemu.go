@@ -247,8 +247,12 @@ func DialInNetns(ns, network, addr string, timeout time.Duration) (net.Conn, err
 	ch := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread()
-		// The thread's namespace is changed: let it die with the goroutine
-		// rather than return to the pool.
+		origin, err := netns.Get()
+		if err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		defer origin.Close()
 		target, err := netns.GetFromName(ns)
 		if err != nil {
 			ch <- result{nil, err}
@@ -259,6 +263,14 @@ func DialInNetns(ns, network, addr string, timeout time.Duration) (net.Conn, err
 			ch <- result{nil, err}
 			return
 		}
+		// Back to the host namespace before the thread serves anything
+		// else; if that fails the thread stays locked and dies with the
+		// goroutine.
+		defer func() {
+			if netns.Set(origin) == nil {
+				runtime.UnlockOSThread()
+			}
+		}()
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
 		var d net.Dialer
