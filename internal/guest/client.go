@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,9 +30,8 @@ var (
 	// dialAttemptTimeout bounds one attempt of WaitReady, so that a SYN lost
 	// to a guest whose network is not up yet does not eat the whole wait.
 	dialAttemptTimeout = 20 * time.Second
-	// cancelGrace is how long a cancelled Run waits for the session to wind
-	// down before returning anyway.
-	cancelGrace = 2 * time.Second
+	// killTimeout bounds the stopping of a cancelled command (see Run).
+	killTimeout = 20 * time.Second
 )
 
 // ErrConnLost is wrapped by the errors of Dial-ed clients' Run when the SSH
@@ -257,10 +257,21 @@ func (c *conn) Close() error {
 // even if stdin has not reached EOF (a goroutine may stay blocked in
 // stdin.Read until it returns). A read error from stdin (other than EOF)
 // aborts the command, so that a truncated input never looks complete to it.
-// Nothing is written to stdout or stderr after Run returns. A cancelled ctx
-// sends SIGTERM to the command (servers that do not support signals ignore
-// it) and closes the session.
+// Nothing is written to stdout or stderr after Run returns.
+//
+// A cancelled ctx makes Run return at once and stops the command in the
+// background with SIGTERM, then closes the session. The signal goes both as an SSH "signal" request and, because OpenSSH
+// ignores those in sessions of root (it runs them without privilege
+// separation), as `kill -TERM` to the command's process group from a second
+// session: cmd runs wrapped so that the first line of its stderr names its
+// process group, which Run strips before the caller sees stderr.
 func (c *conn) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	return c.run(ctx, cmd, stdin, stdout, stderr, true)
+}
+
+// run is Run; killable wraps cmd to learn its process group (the kill
+// command itself runs unwrapped).
+func (c *conn) run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer, killable bool) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return -1, fmt.Errorf("run on %s: %w", c.addr, context.Cause(ctx))
 	}
@@ -268,7 +279,12 @@ func (c *conn) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, std
 	if err != nil {
 		return -1, err
 	}
-	defer sess.Close()
+	stopping := false // the session was handed to stop, which closes it
+	defer func() {
+		if !stopping {
+			sess.Close()
+		}
+	}()
 
 	outGate, errGate := newGate(stdout), newGate(stderr)
 	defer outGate.close()
@@ -276,7 +292,12 @@ func (c *conn) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, std
 	if outGate != nil {
 		sess.Stdout = outGate
 	}
-	if errGate != nil {
+	var pg *pgidReader
+	if killable {
+		pg = newPgidReader(errGate)
+		sess.Stderr = pg
+		cmd = wrapKillable(cmd)
+	} else if errGate != nil {
 		sess.Stderr = errGate
 	}
 	var stdinPipe io.WriteCloser
@@ -316,14 +337,122 @@ func (c *conn) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, std
 
 	select {
 	case err := <-waited:
+		pg.flush()
 		return c.exitResult(ctx, err, outGate, errGate)
 	case <-ctx.Done():
-		c.abort(sess, waited)
+		stopping = true
+		go c.stop(sess, waited, pg)
 		return -1, fmt.Errorf("command on %s cancelled: %w", c.addr, context.Cause(ctx))
 	case err := <-stdinFailed:
-		c.abort(sess, waited)
+		stopping = true
+		go c.stop(sess, waited, pg)
 		return -1, fmt.Errorf("reading the command's stdin: %w (command on %s aborted)", err, c.addr)
 	}
+}
+
+// killGroupCommand sends SIGTERM to process group pgid. The form "-TERM -N"
+// is the one dash, bash and busybox sh all read as a group ("--" is not).
+func killGroupCommand(pgid int) string {
+	return fmt.Sprintf("kill -TERM -%d 2>/dev/null; true", pgid)
+}
+
+// pgidMarker starts the line a killable command first writes to stderr.
+const pgidMarker = "banger-pgid:"
+
+// wrapKillable makes cmd report its process group first. sshd starts each
+// command's shell with setsid, so the shell's pid is its group; eval runs cmd
+// in that same shell, so cmd means what it meant.
+func wrapKillable(cmd string) string {
+	return `printf '` + pgidMarker + `%d\n' "$$" >&2; eval ` + Quote(cmd)
+}
+
+// parsePgidLine reads the marker line (without its newline).
+func parsePgidLine(line string) (int, bool) {
+	rest, ok := strings.CutPrefix(line, pgidMarker)
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.Atoi(rest)
+	if err != nil || n <= 1 {
+		return 0, false
+	}
+	return n, true
+}
+
+// pgidReader takes the marker line off the head of stderr and passes the
+// rest to w (nil: discard). A head that is not a marker is passed on whole.
+type pgidReader struct {
+	w     io.Writer
+	mu    sync.Mutex
+	head  []byte
+	done  bool
+	pgid  int
+	known chan struct{} // closed once the head is decided
+}
+
+func newPgidReader(w *gate) *pgidReader {
+	p := &pgidReader{known: make(chan struct{})}
+	if w != nil {
+		p.w = w
+	}
+	return p
+}
+
+func (p *pgidReader) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.done {
+		return p.pass(b)
+	}
+	p.head = append(p.head, b...)
+	i := bytes.IndexByte(p.head, '\n')
+	if i < 0 {
+		if len(p.head) <= len(pgidMarker)+20 {
+			return len(b), nil
+		}
+		p.decide()
+		return len(b), nil
+	}
+	if n, ok := parsePgidLine(string(p.head[:i])); ok {
+		p.pgid = n
+		p.head = p.head[i+1:]
+	}
+	p.decide()
+	return len(b), nil
+}
+
+// decide ends the head: what is left of it goes on to w.
+func (p *pgidReader) decide() {
+	p.done = true
+	close(p.known)
+	head := p.head
+	p.head = nil
+	p.pass(head)
+}
+
+func (p *pgidReader) pass(b []byte) (int, error) {
+	if p.w != nil && len(b) > 0 {
+		p.w.Write(b) // a gate: never fails
+	}
+	return len(b), nil
+}
+
+// flush passes on a head cut short by the end of the stream.
+func (p *pgidReader) flush() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.done {
+		p.decide()
+	}
+}
+
+func (p *pgidReader) group() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pgid
 }
 
 // openSession opens a session, giving up when ctx ends: a connection that
@@ -360,16 +489,31 @@ func (c *conn) openSession(ctx context.Context) (*ssh.Session, error) {
 	}
 }
 
-// abort signals and closes a running session, then waits a little for its
-// output to drain.
-func (c *conn) abort(sess *ssh.Session, waited <-chan error) {
+// stop stops a running session in the background of a Run that already
+// returned: SIGTERM as an SSH signal and, when the command's process group is
+// known, by `kill` from a second session, and only then closes the session,
+// so that the command never sees its stdin end before the signal.
+func (c *conn) stop(sess *ssh.Session, waited <-chan error, pg *pgidReader) {
+	defer sess.Close()
 	sess.Signal(ssh.SIGTERM)
-	sess.Close()
-	t := time.NewTimer(cancelGrace)
+	if pg == nil {
+		return
+	}
+	// The marker is the command's first output; a cancel right after the
+	// start may come before it.
+	t := time.NewTimer(killTimeout)
 	defer t.Stop()
 	select {
+	case <-pg.known:
 	case <-waited:
+		return
 	case <-t.C:
+		return
+	}
+	if g := pg.group(); g > 0 {
+		kctx, cancel := context.WithTimeout(context.Background(), killTimeout)
+		defer cancel()
+		c.run(kctx, killGroupCommand(g), nil, nil, nil, false)
 	}
 }
 

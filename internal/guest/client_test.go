@@ -9,9 +9,11 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -172,12 +174,13 @@ func TestRunExitCodesAndStreams(t *testing.T) {
 		{"exit 3", 3, "", ""},
 		{"exit 255", 255, "", ""},
 		{"echo out; echo err >&2; exit 7", 7, "out\n", "err\n"},
+		{"printf 'banger-pgid:1\\n' >&2", 0, "", "banger-pgid:1\n"},
 		{"printf '%s' \"$0\" >/dev/null; echo $((6*7))", 0, "42\n", ""},
 		{"no-such-command-banger", 127, "", "not found"},
 	}
 	for _, tt := range tests {
 		code, out, errOut := run(t, c, tt.cmd, nil)
-		if code != tt.code || out != tt.stdout || !strings.Contains(errOut, tt.stderr) {
+		if code != tt.code || out != tt.stdout || !strings.Contains(errOut, tt.stderr) || strings.Contains(errOut, "banger-pgid:") != strings.Contains(tt.stderr, "banger-pgid:") {
 			t.Errorf("Run(%q) = %d, %q, %q; want %d, %q, stderr containing %q", tt.cmd, code, out, errOut, tt.code, tt.stdout, tt.stderr)
 		}
 	}
@@ -259,7 +262,16 @@ func (r *failingReader) Read(p []byte) (int, error) {
 }
 
 func TestRunStdinReadErrorAborts(t *testing.T) {
+	for _, signals := range []bool{true, false} {
+		t.Run(fmt.Sprintf("server signals %v", signals), func(t *testing.T) {
+			testRunStdinReadErrorAborts(t, signals)
+		})
+	}
+}
+
+func testRunStdinReadErrorAborts(t *testing.T, signals bool) {
 	f := newFixture(t)
+	f.srv.IgnoreSignals.Store(!signals)
 	c := f.dial(t)
 	marker := filepath.Join(t.TempDir(), "completed")
 	in := &failingReader{data: []byte("partial"), err: errors.New("client went away")}
@@ -267,7 +279,7 @@ func TestRunStdinReadErrorAborts(t *testing.T) {
 	if code != -1 || err == nil || !strings.Contains(err.Error(), "client went away") {
 		t.Fatalf("Run = %d, %v; want -1 and the read error", code, err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond)
 	if _, err := os.Stat(marker); err == nil {
 		t.Error("the command took a truncated stdin for a whole one and went on")
 	}
@@ -299,7 +311,16 @@ func TestRunConcurrentOnOneConnection(t *testing.T) {
 }
 
 func TestRunCancel(t *testing.T) {
+	for _, signals := range []bool{true, false} {
+		t.Run(fmt.Sprintf("server signals %v", signals), func(t *testing.T) {
+			testRunCancel(t, signals)
+		})
+	}
+}
+
+func testRunCancel(t *testing.T, signals bool) {
 	f := newFixture(t)
+	f.srv.IgnoreSignals.Store(!signals)
 	c := f.dial(t)
 	dir := t.TempDir()
 	got := filepath.Join(dir, "signal")
@@ -325,6 +346,9 @@ func TestRunCancel(t *testing.T) {
 		t.Fatal("Run did not return after cancel")
 	}
 	waitFile(t, got)
+	if !signals && f.srv.Execs() != 2 {
+		t.Errorf("server ran %d commands, want the command and its kill", f.srv.Execs())
+	}
 	// The connection is still usable.
 	if code, _, _ := run(t, c, "exit 2", nil); code != 2 {
 		t.Errorf("after cancel: code %d, want 2", code)
@@ -491,4 +515,108 @@ func (ff *flakyFront) attempts() int {
 	ff.mu.Lock()
 	defer ff.mu.Unlock()
 	return ff.seen
+}
+
+func TestPgidReader(t *testing.T) {
+	tests := []struct {
+		name   string
+		chunks []string
+		pgid   int
+		out    string
+	}{
+		{"marker then output", []string{"banger-pgid:1234\nerr\n"}, 1234, "err\n"},
+		{"marker in pieces", []string{"bang", "er-pgid:12", "34", "\nmore", "\n"}, 1234, "more\n"},
+		{"no marker", []string{"plain error\n"}, 0, "plain error\n"},
+		{"long head without newline", []string{strings.Repeat("x", 100)}, 0, strings.Repeat("x", 100)},
+		{"short head cut by the end", []string{"oops"}, 0, "oops"},
+		{"bad number", []string{"banger-pgid:x1\n"}, 0, "banger-pgid:x1\n"},
+		{"group 1 refused", []string{"banger-pgid:1\n"}, 0, "banger-pgid:1\n"},
+		{"marker only", []string{"banger-pgid:77\n"}, 77, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			p := newPgidReader(newGate(&out))
+			for _, c := range tt.chunks {
+				if n, err := p.Write([]byte(c)); n != len(c) || err != nil {
+					t.Fatalf("Write(%q) = %d, %v", c, n, err)
+				}
+			}
+			p.flush()
+			if p.group() != tt.pgid || out.String() != tt.out {
+				t.Errorf("pgid %d, out %q; want %d, %q", p.group(), out.String(), tt.pgid, tt.out)
+			}
+			select {
+			case <-p.known:
+			default:
+				t.Error("head still undecided after flush")
+			}
+		})
+	}
+	// Without a writer, output is dropped but the group still found.
+	p := newPgidReader(nil)
+	p.Write([]byte("banger-pgid:42\nx"))
+	if p.group() != 42 {
+		t.Errorf("pgid %d, want 42", p.group())
+	}
+}
+
+func TestKillGroupCommandInShells(t *testing.T) {
+	shells := [][]string{{"/bin/sh", "-c"}, {"/bin/bash", "-c"}, {"/bin/busybox", "sh", "-c"}}
+	for _, sh := range shells {
+		if _, err := os.Stat(sh[0]); err != nil {
+			t.Logf("skipping %s: not installed", sh[0])
+			continue
+		}
+		t.Run(filepath.Base(sh[0]), func(t *testing.T) {
+			// A group leader with a child, as sshd's session shell is.
+			leader := exec.Command("/bin/sh", "-c", "sleep 30 & wait")
+			leader.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+			if err := leader.Start(); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- leader.Wait() }()
+			t.Cleanup(func() { syscall.Kill(-leader.Process.Pid, syscall.SIGKILL) })
+			time.Sleep(50 * time.Millisecond)
+			argv := append(append([]string{}, sh[1:]...), killGroupCommand(leader.Process.Pid))
+			if out, err := exec.Command(sh[0], argv...).CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v\n%s", sh[0], err, out)
+			}
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("process group still running")
+			}
+			deadline := time.Now().Add(3 * time.Second)
+			for liveInGroup(leader.Process.Pid) > 0 {
+				if time.Now().After(deadline) {
+					t.Fatal("a member of the group survived")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
+}
+
+// liveInGroup counts the processes of group pgid that are not zombies.
+func liveInGroup(pgid int) int {
+	n := 0
+	dirs, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, d := range dirs {
+		data, err := os.ReadFile(d)
+		if err != nil {
+			continue
+		}
+		// After "(comm)": state ppid pgrp ...
+		i := bytes.LastIndexByte(data, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(data[i+1:]))
+		if len(f) > 2 && f[2] == fmt.Sprint(pgid) && f[0] != "Z" {
+			n++
+		}
+	}
+	return n
 }

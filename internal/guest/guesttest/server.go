@@ -35,6 +35,9 @@ type Server struct {
 	Port int
 	// HostKey is its host public key in authorized_keys format, to pin.
 	HostKey string
+	// IgnoreSignals makes it ignore "signal" requests, as OpenSSH does in
+	// sessions of root.
+	IgnoreSignals atomic.Bool
 
 	ln         net.Listener
 	cfg        *ssh.ServerConfig
@@ -269,7 +272,7 @@ func (s *Server) handleSession(ch ssh.Channel, reqs <-chan *ssh.Request) {
 			}()
 		case "signal":
 			var msg struct{ Signal string }
-			if ssh.Unmarshal(r.Payload, &msg) == nil {
+			if !s.IgnoreSignals.Load() && ssh.Unmarshal(r.Payload, &msg) == nil {
 				sess.mu.Lock()
 				if sess.cmd != nil && sess.cmd.Process != nil {
 					if sig, ok := signals[msg.Signal]; ok {
