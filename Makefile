@@ -4,6 +4,7 @@ export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
 GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/banger/banger/internal/daemon.Version=$(VERSION)
+INIT_FLAGS := -trimpath -buildvcs=false
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Fuzz targets run briefly in every test run.
 FUZZTIME ?= 5s
@@ -18,7 +19,9 @@ deps:
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/banger ./cmd/banger
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/bangerd ./cmd/bangerd
-	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o bin/banger-init ./cmd/banger-init
+	# Reproducible: the image recipe key hashes this binary, so the same
+	# source must give the same bytes whatever the checkout path or version.
+	CGO_ENABLED=0 $(GO) build $(INIT_FLAGS) -o bin/banger-init ./cmd/banger-init
 
 # The whole suite: unit and integration tests, fuzz smoke, and the
 # end-to-end tests that boot real guests under QEMU inside test network

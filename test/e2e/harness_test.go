@@ -36,7 +36,9 @@ func TestMain(m *testing.M) {
 	for _, b := range []struct{ out, pkg string }{
 		{"banger", "./cmd/banger"}, {"bangerd", "./cmd/bangerd"}, {"banger-init", "./cmd/banger-init"},
 	} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b.out), b.pkg)
+		// The same flags as `make build` for banger-init: the image recipe
+		// key hashes it, so every build path must give the same bytes.
+		cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-o", filepath.Join(dir, b.out), b.pkg)
 		cmd.Dir = "../.."
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
