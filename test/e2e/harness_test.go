@@ -55,7 +55,7 @@ func TestMain(m *testing.M) {
 // Harness is one bangerd (started by the CLI on demand) with its own state
 // directory, whose networking lives in a test network namespace.
 type Harness struct {
-	t        *testing.T
+	t        testing.TB
 	StateDir string
 	Netns    string
 	env      []string
@@ -63,8 +63,8 @@ type Harness struct {
 
 // NewHarness makes a state dir and a network namespace, and registers the
 // clean-up that deletes every VM, stops the daemon and checks that nothing
-// leaked.
-func NewHarness(t *testing.T) *Harness {
+// leaked. env adds KEY=VALUE settings for the daemon (e.g. BANGER_VMM).
+func NewHarness(t testing.TB, env ...string) *Harness {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireE2E(t)
@@ -81,6 +81,7 @@ func NewHarness(t *testing.T) *Harness {
 		"BANGER_SOCKET=",
 		"BANGER_CONFIG=",
 	)
+	h.env = append(h.env, env...)
 	t.Cleanup(func() { h.cleanup() })
 	return h
 }
