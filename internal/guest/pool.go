@@ -152,10 +152,10 @@ func healthy(ctx context.Context, c Client) bool {
 	if cc.isDone() {
 		return false
 	}
-	if cc.idle() < staleAfter {
+	if cc.idle() < cc.t.staleAfter {
 		return true
 	}
-	pctx, cancel := context.WithTimeout(ctx, keepaliveTimeout)
+	pctx, cancel := context.WithTimeout(ctx, cc.t.keepaliveTimeout)
 	defer cancel()
 	return cc.ping(pctx) == nil
 }
