@@ -8,7 +8,9 @@
 // the ACPI power key) shuts down cleanly and reboots, which ends the VMM.
 //
 // `banger-init setup` does only the configuration steps, for images whose
-// PID 1 is systemd (a oneshot unit ordered before ssh.service).
+// PID 1 is systemd (a oneshot unit ordered before ssh.service), and
+// `banger-init watch-power` turns the ACPI power key into `systemctl
+// reboot` there (minimal images have no logind, which would otherwise do it).
 //
 // It owns nothing on the host; the parsing and rendering live in
 // internal/guestinit so they can be tested without a guest.
@@ -27,8 +29,12 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "watch-power" {
+		watchPowerSystemd()
+		return
+	}
 	if len(os.Args) > 1 {
-		fmt.Fprintf(os.Stderr, "banger-init: unknown argument %q (allowed: none, to run as PID 1; \"setup\")\n", os.Args[1])
+		fmt.Fprintf(os.Stderr, "banger-init: unknown argument %q (allowed: none, to run as PID 1; \"setup\"; \"watch-power\")\n", os.Args[1])
 		os.Exit(2)
 	}
 	if os.Getpid() != 1 {

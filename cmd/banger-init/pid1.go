@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"syscall"
@@ -180,6 +181,21 @@ func watchPowerKey(out chan<- string) {
 			seen[p] = true
 			go readPowerKey(p, out)
 		}
+	}
+}
+
+// watchPowerSystemd waits for the power key and asks systemd to reboot,
+// which ends the VMM like a reboot from PID 1 does.
+func watchPowerSystemd() {
+	power := make(chan string, 1)
+	go watchPowerKey(power)
+	why := <-power
+	logf("stop requested (%s): systemctl reboot", why)
+	cmd := exec.Command("systemctl", "reboot")
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		logf("systemctl reboot: %v", err)
+		os.Exit(1)
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/guestinit"
+	"github.com/banger/banger/internal/hostnet"
 )
 
 // DefaultSize is the image size when BuildOptions.SizeBytes is 0.
@@ -251,7 +252,7 @@ func bootstrapCommand(r Recipe, tree, hook string) (string, []string, error) {
 // failure returns an error carrying the last lines. Cancelling ctx sends
 // SIGTERM first so mmdebstrap can unmount what its hooks mounted.
 func runStreaming(ctx context.Context, name string, args []string, line func(string)) error {
-	cmd := exec.CommandContext(ctx, name, args...)
+	cmd := hostnet.HostCommand(ctx, name, args...) // downloads need the host's network
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 30 * time.Second
 	pr, pw := io.Pipe()

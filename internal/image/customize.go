@@ -11,12 +11,14 @@ import (
 )
 
 // maskedUnits are systemd units a banger guest does not need; masking them
-// saves seconds of boot under emulation. systemd-logind stays: it turns the
-// ACPI power key into a poweroff.
+// saves seconds of boot under emulation. Minimal images have no udev device
+// units for the serial console and no logind (no dbus): the gettys would
+// wait for nothing, and banger-power.service handles the power key.
 var maskedUnits = []string{
 	"apt-daily.service", "apt-daily.timer", "apt-daily-upgrade.service", "apt-daily-upgrade.timer",
 	"dpkg-db-backup.service", "dpkg-db-backup.timer", "e2scrub_all.service", "e2scrub_all.timer",
-	"e2scrub_reap.service", "fstrim.service", "fstrim.timer", "getty@tty1.service",
+	"e2scrub_reap.service", "fstrim.service", "fstrim.timer", "getty@tty1.service", "getty-static.service",
+	"serial-getty@ttyS0.service",
 	"ldconfig.service", "systemd-firstboot.service", "systemd-hwdb-update.service",
 	"systemd-journal-catalog-update.service", "systemd-machine-id-commit.service",
 	"systemd-networkd-wait-online.service", "systemd-pstore.service", "systemd-timesyncd.service",
@@ -42,13 +44,27 @@ StandardOutput=journal+console
 WantedBy=sysinit.target
 `
 
+// powerUnit reboots on the ACPI power key (QEMU's stop request); systemd
+// itself maps Ctrl-Alt-Del (Firecracker's) to reboot.target.
+const powerUnit = `[Unit]
+Description=banger: reboot on the power key
+DefaultDependencies=no
+After=banger-setup.service
+
+[Service]
+ExecStart=` + guestinit.InitPath + ` watch-power
+Restart=on-failure
+
+[Install]
+WantedBy=sysinit.target
+`
+
 // systemdFiles are the files (path in the image -> content) systemd images
 // get besides the common ones.
 func systemdFiles() map[string]string {
 	return map[string]string{
 		"/etc/systemd/system/banger-setup.service": setupUnit,
-		// The power key and Ctrl-Alt-Del both end the VM.
-		"/etc/systemd/logind.conf.d/banger.conf": "[Login]\nHandlePowerKey=poweroff\n",
+		"/etc/systemd/system/banger-power.service": powerUnit,
 	}
 }
 
@@ -69,6 +85,7 @@ chmod 755 "$root"` + guestinit.InitPath + "\n")
 	case InitSystemd:
 		b.WriteString("mkdir -p \"$root\"/etc/systemd/system/sysinit.target.wants\n")
 		b.WriteString("ln -sf ../banger-setup.service \"$root\"/etc/systemd/system/sysinit.target.wants/banger-setup.service\n")
+		b.WriteString("ln -sf ../banger-power.service \"$root\"/etc/systemd/system/sysinit.target.wants/banger-power.service\n")
 		units := append([]string(nil), maskedUnits...)
 		sort.Strings(units)
 		for _, u := range units {

@@ -177,7 +177,7 @@ func TestCustomizeScript(t *testing.T) {
 	}{
 		{fast, []string{`cp -a '/w/overlay'/. "$root"/`, `ln -sf '/usr/local/sbin/banger-init' "$root"/sbin/init`,
 			`chroot "$root" /bin/sh /tmp/banger-script`, `'it'\''s mine'`, "ssh_host_rsa_key"}, []string{"systemd"}},
-		{sysd, []string{"sysinit.target.wants/banger-setup.service", `ln -sf /dev/null "$root"/etc/systemd/system/'apt-daily.timer'`},
+		{sysd, []string{"sysinit.target.wants/banger-setup.service", "sysinit.target.wants/banger-power.service", `ln -sf /dev/null "$root"/etc/systemd/system/'apt-daily.timer'`},
 			[]string{"sbin/init", "chroot"}},
 	} {
 		for _, w := range tt.want {
@@ -199,12 +199,15 @@ func TestCustomizeScript(t *testing.T) {
 		}
 	}
 	for _, u := range maskedUnits {
-		if strings.HasPrefix(u, "systemd-logind") || strings.HasPrefix(u, "ssh") {
+		if strings.HasPrefix(u, "banger") || strings.HasPrefix(u, "ssh") {
 			t.Errorf("%s must not be masked", u)
 		}
 	}
 	if !strings.Contains(systemdFiles()["/etc/systemd/system/banger-setup.service"], "Before=sysinit.target network.target ssh.service") {
 		t.Error("setup unit not ordered before ssh")
+	}
+	if !strings.Contains(systemdFiles()["/etc/systemd/system/banger-power.service"], "banger-init watch-power") {
+		t.Error("power unit does not run watch-power")
 	}
 }
 
