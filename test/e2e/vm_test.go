@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -225,22 +226,33 @@ func TestCreateDeleteCyclesAndFailures(t *testing.T) {
 	h.MustRun("vm", "delete", "nokern")
 
 	// Disk full: the VM directory's filesystem has no room for the disks.
+	// The daemon runs in its own mount namespace (ip netns exec makes one),
+	// so the tiny filesystem is mounted there.
 	vmsDir := filepath.Join(h.StateDir, "vms")
-	if err := syscall.Mount("tmpfs", vmsDir, "tmpfs", 0, "size=256k"); err != nil {
-		t.Fatalf("mount tiny tmpfs: %v", err)
+	inDaemonMounts := func(args ...string) (string, error) {
+		out, err := exec.Command("nsenter", append([]string{"-t", fmt.Sprint(h.DaemonPID()), "-m", "--"}, args...)...).CombinedOutput()
+		return string(out), err
 	}
-	defer syscall.Unmount(vmsDir, 0)
+	if out, err := inDaemonMounts("mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", vmsDir); err != nil {
+		t.Fatalf("mount tiny tmpfs: %v: %s", err, out)
+	}
+	defer inDaemonMounts("umount", vmsDir)
 	_, errOut, code = h.Run("vm", "create", "--name", "full")
 	if code == 0 {
 		t.Fatalf("create on a full disk succeeded")
 	}
+	if !strings.Contains(strings.ToLower(errOut), "no space left on device") {
+		t.Errorf("create on a full disk: %q does not say the disk is full", errOut)
+	}
 	if _, _, c := h.Run("vm", "show", "full"); c == 0 {
 		t.Fatalf("a failed create left a record (cli said %q)", errOut)
 	}
-	if ents, _ := os.ReadDir(vmsDir); len(ents) != 0 {
-		t.Fatalf("a failed create left files: %v", ents)
+	if out, _ := inDaemonMounts("ls", "-A", vmsDir); strings.TrimSpace(out) != "" {
+		t.Fatalf("a failed create left files: %s", out)
 	}
-	syscall.Unmount(vmsDir, 0)
+	if out, err := inDaemonMounts("umount", vmsDir); err != nil {
+		t.Fatalf("umount: %v: %s", err, out)
+	}
 	h.AssertNoLeaks()
 }
 
