@@ -35,7 +35,7 @@ const (
 // workspaces and agents rely on.
 var BasePackages = []string{
 	"openssh-server", "bash", "git", "coreutils", "iproute2", "ca-certificates",
-	"procps", "util-linux", "e2fsprogs", "python3-minimal",
+	"procps", "util-linux", "e2fsprogs", "python3",
 }
 
 // Script is a shell script run in the new root after its packages.
