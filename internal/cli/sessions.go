@@ -209,6 +209,7 @@ func (a *app) sessionStartCommand() *cobra.Command {
 	var req api.StartSessionRequest
 	var env []string
 	var attach bool
+	var wsDir, wsMode string
 	cmd := &cobra.Command{
 		Use:   "start VM [flags] -- CMD [ARGS...]",
 		Short: "Start a long-running process in a VM",
@@ -223,6 +224,16 @@ func (a *app) sessionStartCommand() *cobra.Command {
 			c, err := a.client(cmd.Context())
 			if err != nil {
 				return err
+			}
+			if wsDir != "" {
+				fmt.Fprintf(a.stderr, "banger: copying %s into %s\n", wsDir, args[0])
+				info, err := a.prepare(cmd.Context(), c, args[0], wsDir, api.WorkspaceRequest{Mode: wsMode})
+				if err != nil {
+					return err
+				}
+				if r.Cwd == "" {
+					r.Cwd = info.GuestPath // the session runs in the repository
+				}
 			}
 			s, err := c.StartSession(cmd.Context(), args[0], r)
 			if err != nil {
@@ -242,6 +253,8 @@ func (a *app) sessionStartCommand() *cobra.Command {
 	f.StringVar(&req.Stdin, "stdin", "", "pipe (default: send and attach can write) or closed")
 	f.StringArrayVar(&req.Require, "require", nil, "command that must exist in the guest (repeatable)")
 	f.BoolVar(&attach, "attach", false, "attach once started")
+	f.StringVar(&wsDir, "workspace", "", "copy this git repository into the VM first; the cwd defaults to it")
+	f.StringVar(&wsMode, "workspace-mode", "", "full (with git history, default) or tracked")
 	return cmd
 }
 

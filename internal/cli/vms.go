@@ -317,9 +317,14 @@ func (a *app) vmRunCommand() *cobra.Command {
 			}
 			r := req
 			r.Start = true
+			if rm && r.Name == "" {
+				// A name known before the create, so an interrupted boot
+				// can still be deleted.
+				r.Name = "run-" + model.ShortID(model.NewID())
+			}
 			vm, err := c.CreateVM(ctx, r, progressPrinter(a.stderr))
 			if err != nil {
-				if rm && vm.ID == "" && r.Name != "" {
+				if rm && vm.ID == "" {
 					a.cleanupRun(c, r.Name)
 				}
 				return err
@@ -329,13 +334,16 @@ func (a *app) vmRunCommand() *cobra.Command {
 				// with a fresh one.
 				defer a.cleanupRun(c, vm.ID)
 			}
+			exec := api.ExecRequest{Command: args}
 			if wsDir != "" {
 				fmt.Fprintf(a.stderr, "banger: copying %s into %s\n", wsDir, vm.Name)
-				if _, err := a.prepare(ctx, c, vm.ID, wsDir, api.WorkspaceRequest{Mode: wsMode}); err != nil {
+				info, err := a.prepare(ctx, c, vm.ID, wsDir, api.WorkspaceRequest{Mode: wsMode})
+				if err != nil {
 					return err
 				}
+				exec.Cwd = info.GuestPath // the command runs in the repository
 			}
-			code, err := c.ExecVM(ctx, vm.ID, api.ExecRequest{Command: args}, a.stdout, a.stderr)
+			code, err := c.ExecVM(ctx, vm.ID, exec, a.stdout, a.stderr)
 			if err != nil {
 				return err
 			}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/model"
 )
 
@@ -48,6 +49,13 @@ func TestVMRun(t *testing.T) {
 		t.Fatalf("--rm left vms: %+v", vms)
 	}
 	h.AssertNoLeaks()
+
+	// doctor says what this host gives and why.
+	var rep api.DoctorReport
+	h.JSON(&rep, "doctor")
+	if rep.VMM != "qemu" || rep.CowStrategy != "qcow2" || rep.Accel == "" || rep.NetworkMode != "netns:"+h.Netns {
+		t.Fatalf("doctor: %+v", rep)
+	}
 }
 
 // TestVMLifecycle: a file written in /root survives stop and start; the
@@ -114,9 +122,17 @@ func TestTwoVMsAndDaemonCrash(t *testing.T) {
 	if got := h.MustRun("vm", "exec", "va", "--", "bash", "-c", probe); !strings.HasPrefix(got, "SSH-2.0") {
 		t.Fatalf("va → vb:22 answered %q", got)
 	}
-	// Names resolve on the host side through the daemon's DNS responder.
-	if out, err := h.InNetns("getent", "hosts", "vb.vm"); err == nil && strings.Contains(out, b.GuestIP) {
-		t.Logf("getent resolved vb.vm (resolver configured)")
+	// <vm>.vm resolves through the daemon's DNS responder on the gateway,
+	// which is each guest's nameserver.
+	if got := h.MustRun("vm", "exec", "va", "--", "getent", "hosts", "vb.vm"); !strings.HasPrefix(got, b.GuestIP+" ") {
+		t.Fatalf("getent hosts vb.vm in va = %q, want %s", got, b.GuestIP)
+	}
+	if _, _, code := h.Run("vm", "exec", "va", "--", "getent", "hosts", "nosuch.vm"); code == 0 {
+		t.Fatalf("an unknown name resolved")
+	}
+	// vm ssh execs the system ssh with the daemon key and the pinned host key.
+	if got := strings.TrimSpace(h.MustRun("vm", "ssh", "vb", "--", "hostname")); got != "vb" {
+		t.Fatalf("vm ssh vb -- hostname = %q", got)
 	}
 	hosts := h.MustRun("vm", "hosts")
 	if !strings.Contains(hosts, b.GuestIP) || !strings.Contains(hosts, "vb.vm") {
@@ -297,4 +313,39 @@ func fileSum(t *testing.T, p string) string {
 		t.Fatal(err)
 	}
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// TestVMRunWorkspace is the first job of banger: a repository copied into a
+// fresh VM, a command run in it, its exit code returned, the VM gone after.
+func TestVMRunWorkspace(t *testing.T) {
+	h := NewHarness(t)
+	repo := t.TempDir()
+	git := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command("git", append([]string{"-C", repo, "-c", "user.name=t", "-c", "user.email=t@example.com"}, args...)...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v: %s", args, err, out)
+		}
+	}
+	git("init", "-q", "-b", "main")
+	os.WriteFile(filepath.Join(repo, "hello.txt"), []byte("hello from the host\n"), 0o644)
+	git("add", "hello.txt")
+	git("commit", "-q", "-m", "first")
+	os.WriteFile(filepath.Join(repo, "hello.txt"), []byte("edited, not committed\n"), 0o644)
+
+	out := h.MustRun("vm", "run", "--rm", "--workspace", repo, "--", "sh", "-c", "pwd && cat hello.txt && git log --format=%s && git status --short")
+	want := "/root/repo\nedited, not committed\nfirst\n M hello.txt\n"
+	if out != want {
+		t.Fatalf("vm run --workspace printed\n%q\nwant\n%q", out, want)
+	}
+	_, _, code := h.Run("vm", "run", "--rm", "--workspace", repo, "--", "sh", "-c", "test -f hello.txt && exit 5")
+	if code != 5 {
+		t.Fatalf("exit code %d, want 5", code)
+	}
+	var vms []model.VM
+	h.JSON(&vms, "vm", "list")
+	if len(vms) != 0 {
+		t.Fatalf("--rm left vms: %+v", vms)
+	}
+	h.AssertNoLeaks()
 }
