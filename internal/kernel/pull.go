@@ -12,13 +12,13 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/hostnet"
 )
 
 // Artifacts are the files of a pulled kernel and what to record about them.
@@ -386,7 +386,7 @@ func kernelDependency(depends string) string {
 }
 
 func run(ctx context.Context, dir, name string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
+	cmd := hostnet.HostCommand(ctx, name, args...) // downloads need the host's network
 	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() != nil {

@@ -150,7 +150,7 @@ func BuildInit(t testing.TB, dir string) string {
 		t.Fatal(err)
 	}
 	out := filepath.Join(dir, "banger-init")
-	cmd := exec.Command("go", "build", "-trimpath", "-o", out, "./cmd/banger-init")
+	cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-o", out, "./cmd/banger-init")
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
