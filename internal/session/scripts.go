@@ -175,13 +175,17 @@ __bg_fwd() { kill -"$1" -- "-$__bg_pid" 2>/dev/null || kill -"$1" "$__bg_pid" 2>
 trap '__bg_fwd TERM' TERM
 trap '__bg_fwd INT' INT
 trap '__bg_fwd HUP' HUP
-# A trapped signal interrupts wait; wait again until the command is gone,
-# then once more for its real status (bash remembers it).
-wait "$__bg_pid" || true
-while kill -0 "$__bg_pid" 2>/dev/null; do wait "$__bg_pid" || true; done
-__bg_rc=0
-wait "$__bg_pid" || __bg_rc=$?
-trap - TERM INT HUP
+# A trapped signal interrupts wait (status > 128) while the command may
+# still run: wait again until it is gone. The status is that of the wait
+# that saw it go; a second wait on a reported child gives garbage (-1).
+while :; do
+	__bg_rc=0
+	wait "$__bg_pid" || __bg_rc=$?
+	kill -0 "$__bg_pid" 2>/dev/null || break
+done
+# The command is gone: from here a stop request (which signals this
+# monitor too) or the guest shutting down must not cut the recording short.
+trap '' TERM INT HUP
 if [ -n "$__bg_ka" ]; then kill "$__bg_ka" 2>/dev/null || true; fi
 __bg_put exit_code "$__bg_rc"
 if [ "$__bg_rc" -eq 0 ]; then __bg_put status exited; else __bg_put status failed; fi

@@ -218,14 +218,17 @@ func Apply(rec model.Session, st State, vmRunning bool, now time.Time) (model.Se
 		} else {
 			end(model.SessionFailed, st.Error)
 		}
+	case !vmRunning:
+		// Before the runner's own "failed": a guest shutting down TERMs the
+		// runner, which records failed with no exit code, but the cause
+		// is the VM stopping.
+		end(model.SessionFailed, ReasonVMNotRunning)
 	case st.Known && !st.Missing && st.Status == string(model.SessionFailed):
 		reason := st.Error
 		if reason == "" {
 			reason = ReasonNoExitCode
 		}
 		end(model.SessionFailed, reason)
-	case !vmRunning:
-		end(model.SessionFailed, ReasonVMNotRunning)
 	case !st.Known:
 		// Nothing observed (no answer for this session): keep the record.
 	case st.Missing:
