@@ -27,12 +27,11 @@ func BenchmarkVMRunVsBareQEMU(b *testing.B) {
 		b.Fatal(err)
 	}
 	authorized := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))
-	bareNs := testenv.Netns(b) // its own bridge: apart from the daemon's
-
 	var bare, run []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for j := 0; j < 3; j++ {
+			bareNs := testenv.Netns(b) // a bridge of its own, apart from the daemon's
 			start := time.Now()
 			q := testenv.BootQEMU(b, bareNs, testenv.QEMUOptions{Image: im, Kernel: k, AuthorizedKey: authorized})
 			c, err := q.DialSSH(signer, im.HostKey, 2*time.Minute)
