@@ -212,6 +212,8 @@ func TestApply(t *testing.T) {
 		{"runner failure", starting, State{Known: true, Status: "failed", Error: "mkfifo: denied"}, true, model.SessionFailed, true, "mkfifo: denied", nil, false},
 		{"vm not running", base, State{}, false, model.SessionFailed, true, ReasonVMNotRunning, nil, false},
 		{"vm stopped after exit keeps the code", base, State{Known: true, Status: "exited", ExitCode: intp(0)}, false, model.SessionExited, true, "", intp(0), false},
+		{"vm stopped, killed by the shutdown", base, State{Known: true, Status: "failed", PID: 42, ExitCode: intp(143)}, false, model.SessionFailed, true, ReasonVMNotRunning, intp(143), false},
+		{"vm stopped, runner failed unrecorded", base, State{Known: true, Status: "failed", PID: 42}, false, model.SessionFailed, true, ReasonVMNotRunning, nil, false},
 		{"vm stopped, disk says running", base, State{Known: true, Status: "running", PID: 42}, false, model.SessionFailed, true, ReasonVMNotRunning, nil, false},
 		{"missing dir", base, State{Known: true, Missing: true}, true, model.SessionFailed, true, ReasonStateMissing, nil, false},
 		{"missing dir while starting", starting, State{Known: true, Missing: true}, true, model.SessionStarting, false, "", nil, false},

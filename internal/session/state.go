@@ -213,10 +213,16 @@ func Apply(rec model.Session, st State, vmRunning bool, now time.Time) (model.Se
 	case st.Known && !st.Missing && st.ExitCode != nil:
 		code := *st.ExitCode
 		out.ExitCode = &code
+		reason := st.Error
+		if reason == "" && code != 0 && !vmRunning {
+			// Still running when last seen, ended by a signal or error
+			// with its VM now down: the guest shutting down ended it.
+			reason = ReasonVMNotRunning
+		}
 		if code == 0 {
 			end(model.SessionExited, st.Error)
 		} else {
-			end(model.SessionFailed, st.Error)
+			end(model.SessionFailed, reason)
 		}
 	case !vmRunning:
 		// Before the runner's own "failed": a guest shutting down TERMs the
