@@ -11,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -329,11 +328,11 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 	if h, err := d.Find(spec.APISocket); err == nil {
 		return vmm.Handle{}, fmt.Errorf("api socket %s is held by running firecracker pid %d", spec.APISocket, h.PID)
 	}
-	if err := claimSocket(spec.APISocket); err != nil {
+	if err := vmm.ClaimSocket(spec.APISocket); err != nil {
 		return vmm.Handle{}, err
 	}
 	if spec.CID != 0 {
-		if err := claimSocket(spec.VsockPath); err != nil {
+		if err := vmm.ClaimSocket(spec.VsockPath); err != nil {
 			return vmm.Handle{}, err
 		}
 	}
@@ -387,7 +386,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 		}
 		select {
 		case <-child.Done():
-			return fail(fmt.Errorf("firecracker exited during start (%v): %s", child.Err(), logTail(out)))
+			return fail(fmt.Errorf("firecracker exited during start (%v): %s", child.Err(), vmm.LogTail(out)))
 		case <-sctx.Done():
 			return fail(fmt.Errorf("firecracker api socket %s did not answer within %v: %w", spec.APISocket, d.opts.StartTimeout, err))
 		case <-time.After(10 * time.Millisecond):
@@ -399,37 +398,6 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 		}
 	}
 	return h, nil
-}
-
-// claimSocket refuses a socket path something answers on, and removes a
-// stale one nothing listens on (firecracker refuses to bind over a file).
-func claimSocket(path string) error {
-	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return fmt.Errorf("socket %s is in use by another process", path)
-	}
-	if err := os.Remove(path); err != nil {
-		return fmt.Errorf("remove stale socket: %w", err)
-	}
-	return nil
-}
-
-func logTail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "no output"
-	}
-	s := strings.TrimSpace(string(b))
-	if len(s) > 600 {
-		s = "…" + s[len(s)-600:]
-	}
-	if s == "" {
-		return "no output"
-	}
-	return s
 }
 
 // Shutdown sends Ctrl-Alt-Del to the guest; with reboot=k the guest's

@@ -9,9 +9,7 @@ package qemu
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -203,7 +201,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 	if h, err := d.Find(spec.APISocket); err == nil {
 		return vmm.Handle{}, fmt.Errorf("api socket %s is held by running qemu pid %d", spec.APISocket, h.PID)
 	}
-	if err := claimSocket(spec.APISocket); err != nil {
+	if err := vmm.ClaimSocket(spec.APISocket); err != nil {
 		return vmm.Handle{}, err
 	}
 	pidfile := PIDFile(spec.Dir)
@@ -235,44 +233,12 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 		}
 		select {
 		case <-child.Done():
-			return fail(fmt.Errorf("qemu exited during start (%v): %s", child.Err(), logTail(spec.LogPath)))
+			return fail(fmt.Errorf("qemu exited during start (%v): %s", child.Err(), vmm.LogTail(spec.LogPath)))
 		case <-sctx.Done():
-			return fail(fmt.Errorf("qemu did not answer on %s within %v: %w (log: %s)", spec.APISocket, d.opts.StartTimeout, sctx.Err(), logTail(spec.LogPath)))
+			return fail(fmt.Errorf("qemu did not answer on %s within %v: %w (log: %s)", spec.APISocket, d.opts.StartTimeout, sctx.Err(), vmm.LogTail(spec.LogPath)))
 		case <-time.After(25 * time.Millisecond):
 		}
 	}
-}
-
-// claimSocket refuses a socket path something answers on, and removes a
-// stale one nothing listens on.
-func claimSocket(path string) error {
-	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return fmt.Errorf("api socket %s is in use by another process", path)
-	}
-	if err := os.Remove(path); err != nil {
-		return fmt.Errorf("remove stale api socket: %w", err)
-	}
-	return nil
-}
-
-// logTail returns the last lines of a log file for error messages.
-func logTail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "no log"
-	}
-	s := strings.TrimSpace(string(b))
-	if len(s) > 600 {
-		s = "…" + s[len(s)-600:]
-	}
-	if s == "" {
-		return "empty log"
-	}
-	return s
 }
 
 // Shutdown presses the ACPI power button (system_powerdown). QEMU runs
