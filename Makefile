@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
 GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X github.com/banger/banger/internal/daemon.Version=$(VERSION)
+LDFLAGS := -X github.com/banger/banger/internal/version.Version=$(VERSION)
 INIT_FLAGS := -trimpath -buildvcs=false
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Fuzz targets run briefly in every test run.

@@ -25,6 +25,7 @@ import (
 	"github.com/banger/banger/internal/daemon"
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/version"
 )
 
 // shutdownGrace is how long in-flight requests get to finish on SIGTERM.
@@ -44,7 +45,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		return 2
 	}
 	if showVersion {
-		v := daemon.VersionInfo()
+		v := version.Info()
 		fmt.Fprintf(stderr, "bangerd %s %s %s\n", v.Version, v.Commit, v.GoVersion)
 		return 0
 	}

@@ -16,18 +16,14 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
-	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/config"
+	"github.com/banger/banger/internal/version"
 )
-
-// Version is the CLI's version, set at build time with -ldflags.
-var Version = "dev"
 
 // exitCode ends banger with a code and no message of its own (the guest
 // command's code for exec and run).
@@ -123,18 +119,6 @@ func (a *app) printJSON(v any) error {
 	return enc.Encode(v)
 }
 
-func cliVersion() api.VersionInfo {
-	v := api.VersionInfo{Version: Version, GoVersion: runtime.Version()}
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" {
-				v.Commit = s.Value
-			}
-		}
-	}
-	return v
-}
-
 func (a *app) versionCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
@@ -149,7 +133,7 @@ func (a *app) versionCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cv := cliVersion()
+			cv := version.Info()
 			if a.json {
 				return a.printJSON(map[string]api.VersionInfo{"cli": cv, "daemon": dv})
 			}

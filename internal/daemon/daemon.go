@@ -22,11 +22,9 @@ import (
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/version"
 	"github.com/banger/banger/internal/vmm"
 )
-
-// Version is the banger version, set at build time with -ldflags.
-var Version = "dev"
 
 // Daemon implements api.Service.
 type Daemon struct {
@@ -96,7 +94,7 @@ func (d *Daemon) Close() error {
 // Info describes the daemon.
 func (d *Daemon) Info(ctx context.Context) api.DaemonInfo {
 	return api.DaemonInfo{
-		Version:  VersionInfo(),
+		Version:  version.Info(),
 		PID:      os.Getpid(),
 		StateDir: d.cfg.StateDir,
 		Socket:   d.cfg.Socket,
