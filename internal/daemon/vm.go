@@ -50,27 +50,13 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest, progress
 	if cpus < 1 || cpus > maxCPUs {
 		return model.VM{}, api.Errorf(api.CodeInvalid, "invalid cpus %d: use 1 to %d", cpus, maxCPUs)
 	}
-	memStr := req.Memory
-	if memStr == "" {
-		memStr = d.cfg.Memory
-	}
-	mem, err := model.ParseSize(memStr)
+	mem, err := sizeAtLeast("memory", req.Memory, d.cfg.Memory, minMemoryMiB<<20)
 	if err != nil {
-		return model.VM{}, api.Errorf(api.CodeInvalid, "memory: %v", err)
+		return model.VM{}, err
 	}
-	if mem < minMemoryMiB<<20 {
-		return model.VM{}, api.Errorf(api.CodeInvalid, "memory %s is too small: use at least %dM", memStr, minMemoryMiB)
-	}
-	diskStr := req.Disk
-	if diskStr == "" {
-		diskStr = d.cfg.Disk
-	}
-	disk, err := model.ParseSize(diskStr)
+	disk, err := sizeAtLeast("disk", req.Disk, d.cfg.Disk, minDiskBytes)
 	if err != nil {
-		return model.VM{}, api.Errorf(api.CodeInvalid, "disk: %v", err)
-	}
-	if disk < minDiskBytes {
-		return model.VM{}, api.Errorf(api.CodeInvalid, "disk %s is too small: use at least 64M", diskStr)
+		return model.VM{}, err
 	}
 	id := model.NewID()
 	name := req.Name
@@ -137,6 +123,22 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest, progress
 		return d.StartVM(ctx, id, progress)
 	}
 	return vm, nil
+}
+
+// sizeAtLeast parses a requested size (or the configured default) and
+// checks its minimum.
+func sizeAtLeast(what, req, def string, min int64) (int64, error) {
+	if req == "" {
+		req = def
+	}
+	n, err := model.ParseSize(req)
+	if err != nil {
+		return 0, api.Errorf(api.CodeInvalid, "%s: %v", what, err)
+	}
+	if n < min {
+		return 0, api.Errorf(api.CodeInvalid, "%s %s is too small: use at least %s", what, req, model.FormatSize(min))
+	}
+	return n, nil
 }
 
 // allocate picks the lowest free guest IP and CID. Called with allocMu held.
