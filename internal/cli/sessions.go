@@ -210,6 +210,7 @@ func (a *app) sessionStartCommand() *cobra.Command {
 	var env []string
 	var attach bool
 	var wsDir, wsMode string
+	var noGit bool
 	cmd := &cobra.Command{
 		Use:   "start VM [flags] -- CMD [ARGS...]",
 		Short: "Start a long-running process in a VM",
@@ -227,7 +228,7 @@ func (a *app) sessionStartCommand() *cobra.Command {
 			}
 			if wsDir != "" {
 				fmt.Fprintf(a.stderr, "banger: copying %s into %s\n", wsDir, args[0])
-				info, err := a.prepare(cmd.Context(), c, args[0], wsDir, api.WorkspaceRequest{Mode: wsMode})
+				info, err := a.prepare(cmd.Context(), c, args[0], wsDir, api.WorkspaceRequest{Mode: wsMode}, noGit)
 				if err != nil {
 					return err
 				}
@@ -255,6 +256,7 @@ func (a *app) sessionStartCommand() *cobra.Command {
 	f.BoolVar(&attach, "attach", false, "attach once started")
 	f.StringVar(&wsDir, "workspace", "", "copy this git repository into the VM first; the cwd defaults to it")
 	f.StringVar(&wsMode, "workspace-mode", "", "full (with git history, default) or tracked")
+	f.BoolVar(&noGit, "no-git", false, "the workspace is a plain directory, not a git repository: copy all of it")
 	return cmd
 }
 

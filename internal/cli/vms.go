@@ -305,12 +305,22 @@ func (a *app) vmRunCommand() *cobra.Command {
 	var req api.CreateVMRequest
 	var rm bool
 	var wsDir, wsMode string
+	var noGit bool
 	cmd := &cobra.Command{
 		Use:   "run [flags] -- CMD [ARGS...]",
 		Short: "Create and boot a VM, optionally copy a repository in, run a command, return its exit code",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			if wsDir != "" && !noGit {
+				// Refuse a source that is not a repository before booting.
+				if _, _, err := workspace.ListFiles(ctx, wsDir); err != nil {
+					if errors.Is(err, workspace.ErrNotRepo) {
+						return fmt.Errorf("%w (--no-git copies it as a plain directory)", err)
+					}
+					return err
+				}
+			}
 			c, err := a.client(ctx)
 			if err != nil {
 				return err
@@ -337,7 +347,7 @@ func (a *app) vmRunCommand() *cobra.Command {
 			exec := api.ExecRequest{Command: args}
 			if wsDir != "" {
 				fmt.Fprintf(a.stderr, "banger: copying %s into %s\n", wsDir, vm.Name)
-				info, err := a.prepare(ctx, c, vm.ID, wsDir, api.WorkspaceRequest{Mode: wsMode})
+				info, err := a.prepare(ctx, c, vm.ID, wsDir, api.WorkspaceRequest{Mode: wsMode}, noGit)
 				if err != nil {
 					return err
 				}
@@ -357,6 +367,7 @@ func (a *app) vmRunCommand() *cobra.Command {
 	cmd.Flags().BoolVar(&rm, "rm", false, "delete the VM afterwards (also on Ctrl-C)")
 	cmd.Flags().StringVar(&wsDir, "workspace", "", "copy this git repository into the VM first")
 	cmd.Flags().StringVar(&wsMode, "workspace-mode", "", "full (with git history, default) or tracked")
+	cmd.Flags().BoolVar(&noGit, "no-git", false, "the workspace is a plain directory, not a git repository: copy all of it")
 	return cmd
 }
 
@@ -369,7 +380,7 @@ func (a *app) cleanupRun(c *api.Client, ref string) {
 }
 
 // prepare streams dir as a tar into the VM's workspace.
-func (a *app) prepare(ctx context.Context, c *api.Client, ref, dir string, req api.WorkspaceRequest) (api.WorkspaceInfo, error) {
+func (a *app) prepare(ctx context.Context, c *api.Client, ref, dir string, req api.WorkspaceRequest, noGit bool) (api.WorkspaceInfo, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return api.WorkspaceInfo{}, err
@@ -384,7 +395,7 @@ func (a *app) prepare(ctx context.Context, c *api.Client, ref, dir string, req a
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
-		_, err := workspace.WriteTar(ctx, abs, workspace.TarOptions{Mode: req.Mode}, pw)
+		_, err := workspace.WriteTar(ctx, abs, workspace.TarOptions{Mode: req.Mode, NoGit: noGit}, pw)
 		pw.CloseWithError(err)
 	}()
 	info, err := c.PrepareWorkspace(ctx, ref, req, pr)
@@ -396,6 +407,7 @@ func (a *app) workspaceCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "workspace", Short: "Copy a git repository into a VM and bring its changes back"}
 	var src string
 	var req api.WorkspaceRequest
+	var noGit bool
 	prep := &cobra.Command{
 		Use: "prepare VM", Short: "Copy a repository (tracked and unignored files, with history) into a VM",
 		Args: cobra.ExactArgs(1),
@@ -404,7 +416,7 @@ func (a *app) workspaceCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			info, err := a.prepare(cmd.Context(), c, args[0], src, req)
+			info, err := a.prepare(cmd.Context(), c, args[0], src, req, noGit)
 			if err != nil {
 				return err
 			}
@@ -419,6 +431,7 @@ func (a *app) workspaceCommand() *cobra.Command {
 	prep.Flags().BoolVar(&req.ReadOnly, "readonly", false, "make the guest copy read-only")
 	prep.Flags().StringVar(&req.Mode, "mode", "", "full (with git history, default) or tracked")
 	prep.Flags().BoolVar(&req.Force, "force", false, "replace an existing guest copy")
+	prep.Flags().BoolVar(&noGit, "no-git", false, "the source is a plain directory, not a git repository: copy all of it")
 	cmd.AddCommand(prep)
 
 	var ereq api.ExportRequest

@@ -342,6 +342,15 @@ func TestVMRunWorkspace(t *testing.T) {
 	if code != 5 {
 		t.Fatalf("exit code %d, want 5", code)
 	}
+	// A plain directory is refused as a workspace unless --no-git says so.
+	plain := t.TempDir()
+	os.WriteFile(filepath.Join(plain, "notes.txt"), []byte("plain\n"), 0o644)
+	if _, errOut, code := h.Run("vm", "run", "--rm", "--workspace", plain, "--", "true"); code == 0 || !strings.Contains(errOut, "git") {
+		t.Fatalf("plain dir as workspace: exit %d %q, want a clear not-a-repository error", code, errOut)
+	}
+	if out := h.MustRun("vm", "run", "--rm", "--workspace", plain, "--no-git", "--", "cat", "notes.txt"); out != "plain\n" {
+		t.Fatalf("--no-git workspace: %q", out)
+	}
 	var vms []model.VM
 	h.JSON(&vms, "vm", "list")
 	if len(vms) != 0 {
