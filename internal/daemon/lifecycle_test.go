@@ -414,3 +414,34 @@ func TestLastLines(t *testing.T) {
 		t.Fatalf("%q", got)
 	}
 }
+
+func TestRemoveImageAndKernelInUse(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	vm, err := f.d.CreateVM(ctx, api.CreateVMRequest{Name: "user", Disk: "64M"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.d.RemoveImage(ctx, "default"); api.CodeOf(err) != api.CodeConflict || !strings.Contains(err.Error(), "user") {
+		t.Fatalf("image rm while used: %v", err)
+	}
+	if err := f.d.RemoveKernel(ctx, f.cfg.DefaultKernel); api.CodeOf(err) != api.CodeConflict || !strings.Contains(err.Error(), "user") {
+		t.Fatalf("kernel rm while used: %v", err)
+	}
+	if err := f.d.RemoveImage(ctx, "nope"); !api.IsNotFound(err) {
+		t.Fatalf("rm unknown image: %v", err)
+	}
+	if err := f.d.DeleteVM(ctx, vm.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	im, _ := f.d.GetImage(ctx, "default")
+	if err := f.d.RemoveImage(ctx, "default"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(im.Path); !os.IsNotExist(err) {
+		t.Fatalf("image file left after rm: %v", err)
+	}
+	if err := f.d.RemoveKernel(ctx, f.cfg.DefaultKernel); err != nil {
+		t.Fatal(err)
+	}
+}
