@@ -365,7 +365,8 @@ func (d *Daemon) waitReady(ctx context.Context, vm model.VM, drv vmm.Driver, vh 
 		}
 		return fmt.Errorf("guest ssh did not answer within %s: %v; %s", sshTimeout, err, tailFile(vm.ConsolePath))
 	}
-	_ = c.Close()
+	// The connection that proved the guest ready serves the first exec.
+	d.host.pool.Adopt(vm.ID, ep, c)
 	return nil
 }
 

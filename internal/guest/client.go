@@ -37,6 +37,11 @@ var (
 	// dialAttemptTimeout bounds one attempt of WaitReady, so that a SYN lost
 	// to a guest whose network is not up yet does not eat the whole wait.
 	dialAttemptTimeout = 20 * time.Second
+	// readyConnectTimeout bounds the TCP connect of one WaitReady attempt:
+	// a SYN sent before the guest's network was up is lost, and waiting for
+	// TCP's own retransmit (1 s, then 3 s) delays readiness; a fresh attempt
+	// sends a fresh SYN at once.
+	readyConnectTimeout = time.Second
 	// killTimeout bounds the stopping of a cancelled command (see Run).
 	killTimeout = 20 * time.Second
 )
@@ -113,6 +118,12 @@ func Dial(ctx context.Context, ep Endpoint, signer ssh.Signer) (Client, error) {
 }
 
 func dial(ctx context.Context, ep Endpoint, signer ssh.Signer) (*conn, error) {
+	return dialTimeout(ctx, ep, signer, 0)
+}
+
+// dialTimeout is dial with a bound on the TCP connect alone (0: none beyond
+// ctx).
+func dialTimeout(ctx context.Context, ep Endpoint, signer ssh.Signer, connect time.Duration) (*conn, error) {
 	if signer == nil {
 		return nil, errors.New("dial guest: no client key given")
 	}
@@ -127,7 +138,7 @@ func dial(ctx context.Context, ep Endpoint, signer ssh.Signer) (*conn, error) {
 		return nil, fmt.Errorf("dial guest %s: %w", ep.Host, err)
 	}
 	addr := ep.addr()
-	var d net.Dialer
+	d := net.Dialer{Timeout: connect}
 	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial guest %s: %w", addr, err)
@@ -295,7 +306,7 @@ func WaitReady(ctx context.Context, ep Endpoint, signer ssh.Signer, interval tim
 func readyOnce(ctx context.Context, ep Endpoint, signer ssh.Signer) (*conn, error) {
 	actx, cancel := context.WithTimeout(ctx, dialAttemptTimeout)
 	defer cancel()
-	c, err := dial(actx, ep, signer)
+	c, err := dialTimeout(actx, ep, signer, readyConnectTimeout)
 	if err != nil {
 		return nil, err
 	}

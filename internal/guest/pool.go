@@ -72,6 +72,31 @@ func (p *Pool) Get(ctx context.Context, key string, ep Endpoint) (Client, error)
 	return &pooled{p: p, s: s, ep: ep}, nil
 }
 
+// Adopt gives the pool a connection made elsewhere (the one WaitReady
+// proved the guest ready with), so the next Get for key does not dial
+// again. If key already has a live connection, c is closed instead.
+func (p *Pool) Adopt(key string, ep Endpoint, c Client) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		c.Close()
+		return
+	}
+	s := p.slots[key]
+	if s == nil {
+		s = &slot{key: key}
+		p.slots[key] = s
+	}
+	p.mu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.c != nil || s.dropped.Load() {
+		c.Close()
+		return
+	}
+	s.ep, s.c = ep, c
+}
+
 // Drop closes and forgets key's connection (its VM stopped or was deleted).
 // A dial in progress for key is closed when it completes.
 func (p *Pool) Drop(key string) {

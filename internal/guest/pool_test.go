@@ -299,3 +299,34 @@ func TestPoolClose(t *testing.T) {
 		t.Error("Get after Close succeeded")
 	}
 }
+
+func TestPoolAdoptsReadyConnection(t *testing.T) {
+	f := newFixture(t)
+	p, d := newTestPool(t, f)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := WaitReady(ctx, f.ep, f.signer, 50*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Adopt("vm-a", f.ep, c)
+	code, out, err := poolRun(t, p, "vm-a", f.ep, "echo adopted")
+	if err != nil || code != 0 || out != "adopted\n" {
+		t.Fatalf("run on the adopted connection: %d, %q, %v", code, out, err)
+	}
+	if d.n.Load() != 0 || f.srv.Accepted() != 1 {
+		t.Fatalf("adopted key dialled %d times (%d connections), want 0 (1)", d.n.Load(), f.srv.Accepted())
+	}
+	// A key that has a connection already keeps it; the adopted one closes.
+	c2, err := WaitReady(ctx, f.ep, f.signer, 50*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Adopt("vm-a", f.ep, c2)
+	if _, err := c2.Run(ctx, "true", nil, nil, nil); err == nil {
+		t.Fatal("the surplus connection was not closed")
+	}
+	if _, _, err := poolRun(t, p, "vm-a", f.ep, "true"); err != nil {
+		t.Fatal(err)
+	}
+}
