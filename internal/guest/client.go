@@ -41,7 +41,7 @@ var (
 	// a SYN sent before the guest's network was up is lost, and waiting for
 	// TCP's own retransmit (1 s, then 3 s) delays readiness; a fresh attempt
 	// sends a fresh SYN at once.
-	readyConnectTimeout = time.Second
+	readyConnectTimeout = 500 * time.Millisecond
 	// killTimeout bounds the stopping of a cancelled command (see Run).
 	killTimeout = 20 * time.Second
 )

@@ -221,7 +221,7 @@ func (q *QEMU) DialSSH(signer ssh.Signer, hostKey string, timeout time.Duration)
 		if q.Exited() {
 			return nil, fmt.Errorf("qemu exited before SSH answered (last error: %v)", lastErr)
 		}
-		conn, err := DialInNetns(q.Ns, "tcp", net.JoinHostPort(q.IP, "22"), 2*time.Second)
+		conn, err := DialInNetns(q.Ns, "tcp", net.JoinHostPort(q.IP, "22"), 500*time.Millisecond) // short: a fresh SYN beats TCP's retransmit backoff
 		if err == nil {
 			c, chans, reqs, err := ssh.NewClientConn(conn, q.IP, cfg)
 			if err == nil {
