@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -101,7 +103,7 @@ func Build(ctx context.Context, opts BuildOptions, destPath string, progress api
 	if err != nil {
 		return Result{}, err
 	}
-	defer os.RemoveAll(work)
+	defer removeWork(work)
 
 	res, err := buildIn(ctx, work, opts, recipe, report)
 	if err != nil {
@@ -117,9 +119,70 @@ func Build(ctx context.Context, opts BuildOptions, destPath string, progress api
 		if err := toCache(res, cacheImg); err != nil {
 			// The image is fine; only its reuse is lost.
 			report("cache", "not cached: %v", err)
+		} else if err := pruneCache(filepath.Dir(cacheImg), cacheKeep); err != nil {
+			report("cache", "pruning old cache entries: %v", err)
 		}
 	}
 	return res, nil
+}
+
+// removeWork deletes the work directory, first detaching any mount a killed
+// mmdebstrap left in the tree (/dev/shm is a bind of the host's): a
+// recursive delete must never reach through one.
+func removeWork(work string) {
+	if mounts, err := mountsUnder(work); err != nil || !detachAll(mounts) {
+		return // leave it rather than delete the host's files
+	}
+	os.RemoveAll(work)
+}
+
+// mountsUnder lists the mount points below dir, deepest first.
+func mountsUnder(dir string) ([]string, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 4 {
+			if mp := unescapeMountinfo(f[4]); strings.HasPrefix(mp, dir+"/") {
+				out = append(out, mp)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out, nil
+}
+
+// detachAll lazily unmounts each mount point and reports whether all are gone.
+func detachAll(mounts []string) bool {
+	ok := true
+	for _, mp := range mounts {
+		if err := syscall.Unmount(mp, syscall.MNT_DETACH); err != nil {
+			ok = false
+		}
+	}
+	return ok
+}
+
+// unescapeMountinfo undoes the octal escapes (\040 for a space) of
+// /proc/self/mountinfo paths.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // NewRecipe validates opts and computes the recipe: it reads the scripts,
@@ -249,11 +312,15 @@ func bootstrapCommand(r Recipe, tree, hook string) (string, []string, error) {
 }
 
 // runStreaming runs a command, passing each output line to line, and on
-// failure returns an error carrying the last lines. Cancelling ctx sends
-// SIGTERM first so mmdebstrap can unmount what its hooks mounted.
+// failure returns an error carrying the last lines. The command gets its own
+// process group and cancelling ctx sends SIGTERM to all of it, as Ctrl-C in
+// a terminal would: mmdebstrap ignores the signal itself and waits for its
+// apt and dpkg to die of it, then unmounts what it mounted in the tree.
+// Whatever of the group outlives the command is killed.
 func runStreaming(ctx context.Context, name string, args []string, line func(string)) error {
 	cmd := hostnet.HostCommand(ctx, name, args...) // downloads need the host's network
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
 	cmd.WaitDelay = 30 * time.Second
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
@@ -277,6 +344,11 @@ func runStreaming(ctx context.Context, name string, args []string, line func(str
 		_, _ = io.Copy(io.Discard, pr)
 	}()
 	err := cmd.Run()
+	if cmd.Process != nil {
+		// Strays of the group (the leader killed after WaitDelay); ESRCH
+		// when none is left.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
 	pw.Close()
 	<-done
 	if ctx.Err() != nil {
@@ -418,7 +490,50 @@ func fromCache(cacheImg, destPath string) (Result, error) {
 		return res, err
 	}
 	res.Path, res.Cached = destPath, true
+	// Mark the entry as recently used, for pruning.
+	now := time.Now()
+	_ = os.Chtimes(sidecar(cacheImg), now, now)
 	return res, nil
+}
+
+// cacheKeep is how many images the cache keeps: every change of a recipe's
+// inputs (a package, the banger-init binary) makes a new entry of ~0.5 GB.
+const cacheKeep = 6
+
+// pruneCache removes all but the keep most recently used entries (by the
+// sidecar's mtime, touched on every hit) from the image cache dir. Images
+// registered in a state dir are hard links of their own and survive.
+func pruneCache(dir string, keep int) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	type entry struct {
+		base string
+		used time.Time
+	}
+	var all []entry
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			continue
+		}
+		all = append(all, entry{strings.TrimSuffix(e.Name(), ".json"), info.ModTime()})
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].used.After(all[j].used) })
+	var errs []error
+	for i := keep; i < len(all); i++ {
+		// Sidecar first: without it the entry is not a cache hit anymore.
+		for _, ext := range []string{".json", ".ext4"} {
+			if err := os.Remove(filepath.Join(dir, all[i].base+ext)); err != nil && !os.IsNotExist(err) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // toCache links the finished image into the cache, sidecar last: its
