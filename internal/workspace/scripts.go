@@ -174,7 +174,13 @@ if [ "$mode" = tracked ]; then
 fi
 head=
 if [ -d "$tmp/.git" ]; then
-	# Unpacked files have new stat data; refresh the index so status is exact and quick.
+	# Unpacked files have new inodes and ctimes, which tar cannot carry:
+	# compared on those, every entry looks changed and git rehashes the
+	# whole tree. Compare on size and mtime seconds (which tar keeps;
+	# git's racy-entry check still covers same-second edits), then refresh
+	# so status is exact and quick.
+	git -C "$tmp" config core.checkStat minimal
+	git -C "$tmp" config core.trustctime false
 	git -C "$tmp" update-index -q --refresh >/dev/null 2>&1 || true
 	head=$(git -C "$tmp" rev-parse --verify -q HEAD || true)
 	if [ -z "$base" ]; then base=$head; fi
