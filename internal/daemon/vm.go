@@ -220,18 +220,30 @@ func (d *Daemon) pickStrategy(vmmName string) (storage.Strategy, error) {
 	return s, nil
 }
 
+// lockVM resolves ref, takes the VM's lock and reads its record again
+// under the lock, so the caller acts on what is current. The caller must
+// call unlock.
+func (d *Daemon) lockVM(ctx context.Context, ref string) (model.VM, func(), error) {
+	vm, err := d.resolveVM(ctx, ref)
+	if err != nil {
+		return vm, nil, err
+	}
+	unlock := d.locks.Lock(vm.ID)
+	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
+		unlock()
+		return vm, nil, storeErr("vm", ref, err)
+	}
+	return vm, unlock, nil
+}
+
 // StartVM boots a VM and waits until its guest answers SSH.
 func (d *Daemon) StartVM(ctx context.Context, ref string, progress api.ProgressFunc) (model.VM, error) {
 	progress = orNop(progress)
-	vm, err := d.resolveVM(ctx, ref)
+	vm, unlock, err := d.lockVM(ctx, ref)
 	if err != nil {
 		return vm, err
 	}
-	unlock := d.locks.Lock(vm.ID)
 	defer unlock()
-	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
-		return vm, storeErr("vm", ref, err)
-	}
 	if d.vmAlive(vm) {
 		return vm, nil
 	}
@@ -413,15 +425,11 @@ func Cmdline(kernelDefault string, vm model.VM, gw netip.Addr, prefixBits int, a
 
 // StopVM shuts a VM down gracefully, then forcefully after the timeout.
 func (d *Daemon) StopVM(ctx context.Context, ref string, req api.StopVMRequest) (model.VM, error) {
-	vm, err := d.resolveVM(ctx, ref)
+	vm, unlock, err := d.lockVM(ctx, ref)
 	if err != nil {
 		return vm, err
 	}
-	unlock := d.locks.Lock(vm.ID)
 	defer unlock()
-	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
-		return vm, storeErr("vm", ref, err)
-	}
 	return d.halt(ctx, vm, req)
 }
 
@@ -472,11 +480,10 @@ func (d *Daemon) halt(ctx context.Context, vm model.VM, req api.StopVMRequest) (
 
 // RestartVM stops then starts a VM.
 func (d *Daemon) RestartVM(ctx context.Context, ref string, progress api.ProgressFunc) (model.VM, error) {
-	vm, err := d.resolveVM(ctx, ref)
+	vm, unlock, err := d.lockVM(ctx, ref)
 	if err != nil {
 		return vm, err
 	}
-	unlock := d.locks.Lock(vm.ID)
 	defer unlock()
 	if vm, err = d.halt(ctx, vm, api.StopVMRequest{}); err != nil {
 		return vm, err
@@ -486,15 +493,11 @@ func (d *Daemon) RestartVM(ctx context.Context, ref string, progress api.Progres
 
 // DeleteVM removes a VM and everything it has on the host.
 func (d *Daemon) DeleteVM(ctx context.Context, ref string, force bool) error {
-	vm, err := d.resolveVM(ctx, ref)
+	vm, unlock, err := d.lockVM(ctx, ref)
 	if err != nil {
 		return err
 	}
-	unlock := d.locks.Lock(vm.ID)
 	defer unlock()
-	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
-		return storeErr("vm", ref, err)
-	}
 	if d.vmAlive(vm) {
 		if !force {
 			return api.Errorf(api.CodeConflict, "vm %s is running: stop it first or delete with --force", vm.Name)
