@@ -15,6 +15,7 @@ import (
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/session"
 )
 
 // runningVM resolves a VM and checks it runs.
@@ -118,7 +119,7 @@ func (d *Daemon) VMLogs(ctx context.Context, ref string, req api.LogsRequest, w 
 		}
 		offsets[i] = int64(len(b))
 		if req.Tail > 0 {
-			b = lastLines(b, req.Tail)
+			b = session.TailLines(b, req.Tail)
 		}
 		if _, err := w.Write(b); err != nil {
 			return err
@@ -160,19 +161,6 @@ func flush(w io.Writer) {
 	if f, ok := w.(interface{ Flush() }); ok {
 		f.Flush()
 	}
-}
-
-// lastLines returns the last n lines of b.
-func lastLines(b []byte, n int) []byte {
-	s := strings.TrimRight(string(b), "\n")
-	if s == "" {
-		return nil
-	}
-	lines := strings.Split(s, "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return []byte(strings.Join(lines, "\n") + "\n")
 }
 
 // SSHInfo tells the CLI how to exec the system ssh into a VM.

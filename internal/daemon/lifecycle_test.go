@@ -406,15 +406,6 @@ func TestExecCommandQuoting(t *testing.T) {
 	}
 }
 
-func TestLastLines(t *testing.T) {
-	if got := string(lastLines([]byte("a\nb\nc\n"), 2)); got != "b\nc\n" {
-		t.Fatalf("%q", got)
-	}
-	if got := lastLines(nil, 3); got != nil {
-		t.Fatalf("%q", got)
-	}
-}
-
 func TestRemoveImageAndKernelInUse(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
