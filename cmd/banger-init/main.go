@@ -11,6 +11,9 @@
 // PID 1 is systemd (a oneshot unit ordered before ssh.service), and
 // `banger-init watch-power` turns the ACPI power key into `systemctl
 // reboot` there (minimal images have no logind, which would otherwise do it).
+// `banger-init recv` receives a stream from the daemon over the data
+// channel of internal/transfer (workspaces use it: it is much faster than
+// the SSH session under software emulation).
 //
 // It owns nothing on the host; the parsing and rendering live in
 // internal/guestinit so they can be tested without a guest.
@@ -29,12 +32,15 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "recv" {
+		os.Exit(recv(os.Args[2:]))
+	}
 	if len(os.Args) > 1 && os.Args[1] == "watch-power" {
 		watchPowerSystemd()
 		return
 	}
 	if len(os.Args) > 1 {
-		fmt.Fprintf(os.Stderr, "banger-init: unknown argument %q (allowed: none, to run as PID 1; \"setup\"; \"watch-power\")\n", os.Args[1])
+		fmt.Fprintf(os.Stderr, "banger-init: unknown argument %q (allowed: none, to run as PID 1; \"setup\"; \"watch-power\"; \"recv\")\n", os.Args[1])
 		os.Exit(2)
 	}
 	if os.Getpid() != 1 {

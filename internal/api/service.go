@@ -167,6 +167,9 @@ type WorkspaceInfo struct {
 	Files     int64  `json:"files"`
 	Bytes     int64  `json:"bytes"`
 	Head      string `json:"head,omitempty"` // guest HEAD commit after prepare
+	// Transport is how the stream reached the guest: "tcp" (the data
+	// channel) or "ssh" (the session, for guests that cannot receive).
+	Transport string `json:"transport,omitempty"`
 }
 
 // ExportRequest asks for the guest repository's changes.

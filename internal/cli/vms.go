@@ -379,6 +379,9 @@ func (a *app) cleanupRun(c *api.Client, ref string) {
 	}
 }
 
+// errRequestEnded stops the tar writer once the prepare request is over.
+var errRequestEnded = errors.New("workspace request ended")
+
 // prepare streams dir as a tar into the VM's workspace.
 func (a *app) prepare(ctx context.Context, c *api.Client, ref, dir string, req api.WorkspaceRequest, noGit bool) (api.WorkspaceInfo, error) {
 	abs, err := filepath.Abs(dir)
@@ -394,12 +397,23 @@ func (a *app) prepare(ctx context.Context, c *api.Client, ref, dir string, req a
 	pr, pw := io.Pipe()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	tarErr := make(chan error, 1)
 	go func() {
-		_, err := workspace.WriteTar(ctx, abs, workspace.TarOptions{Mode: req.Mode, NoGit: noGit}, pw)
+		st, err := workspace.WriteTar(ctx, abs, workspace.TarOptions{Mode: req.Mode, NoGit: noGit}, pw)
+		for _, w := range st.Warnings {
+			fmt.Fprintln(a.stderr, "warning:", w)
+		}
 		pw.CloseWithError(err)
+		tarErr <- err
 	}()
 	info, err := c.PrepareWorkspace(ctx, ref, req, pr)
-	pr.CloseWithError(errors.New("workspace request ended"))
+	pr.CloseWithError(errRequestEnded)
+	cancel()
+	// When reading the repository failed, that is the error to show, not
+	// how the request ended because of it.
+	if terr := <-tarErr; err != nil && terr != nil && !errors.Is(terr, context.Canceled) && !errors.Is(terr, errRequestEnded) {
+		return info, fmt.Errorf("read %s: %w", abs, terr)
+	}
 	return info, err
 }
 
@@ -423,7 +437,7 @@ func (a *app) workspaceCommand() *cobra.Command {
 			if a.json {
 				return a.printJSON(info)
 			}
-			return kv(a.stdout, "guest path", info.GuestPath, "files", fmt.Sprint(info.Files), "bytes", size(info.Bytes), "head", info.Head)
+			return kv(a.stdout, "guest path", info.GuestPath, "files", fmt.Sprint(info.Files), "bytes", size(info.Bytes), "head", info.Head, "transport", info.Transport)
 		},
 	}
 	prep.Flags().StringVar(&src, "source", ".", "host repository")

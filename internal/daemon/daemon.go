@@ -13,7 +13,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -43,6 +45,9 @@ type Daemon struct {
 	//
 	// dialGuest returns a (pooled) SSH client to a running VM's guest.
 	dialGuest func(ctx context.Context, vm model.VM) (guest.Client, error)
+	// dialData connects to a port a running VM's guest listens on, for the
+	// data channel of internal/transfer.
+	dialData func(ctx context.Context, vm model.VM, port int) (net.Conn, error)
 	// dropGuest forgets pooled connections to a VM (it stopped or is gone).
 	dropGuest func(vmID string)
 	// processAlive reports whether the VMM process of a VM is alive (by its
@@ -69,6 +74,10 @@ func New(cfg config.Config, st *store.Store, log *slog.Logger) (*Daemon, error) 
 	}
 	d.dialGuest = func(ctx context.Context, vm model.VM) (guest.Client, error) {
 		return nil, api.Errorf(api.CodeUnavailable, "guest access is not configured")
+	}
+	d.dialData = func(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
+		dialer := net.Dialer{Timeout: 10 * time.Second}
+		return dialer.DialContext(ctx, "tcp", net.JoinHostPort(vm.GuestIP, strconv.Itoa(port)))
 	}
 	d.dropGuest = func(string) {}
 	d.processAlive = func(model.VM) bool { return false }

@@ -5,15 +5,20 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/testenv"
 	"github.com/banger/banger/internal/workspace"
 )
 
@@ -28,6 +33,11 @@ func (g localGuest) Run(ctx context.Context, cmd string, stdin io.Reader, stdout
 		`mount --bind "$WS_ROOT" /root && exec sh -c "$WS_CMD"`)
 	c.Env = append(os.Environ(), "WS_ROOT="+g.root, "WS_CMD="+cmd, "HOME=/root")
 	c.Stdin, c.Stdout, c.Stderr = stdin, stdout, stderr
+	// As the SSH client does: a cancelled command's process group gets
+	// SIGTERM.
+	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	c.Cancel = func() error { return syscall.Kill(-c.Process.Pid, syscall.SIGTERM) }
+	c.WaitDelay = 10 * time.Second
 	err := c.Run()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
@@ -50,7 +60,11 @@ func wsGit(t *testing.T, dir string, args ...string) string {
 	return string(out)
 }
 
-func TestWorkspacePrepareExport(t *testing.T) {
+// workspaceVM makes a fixture with a running VM "ws" whose guest is a
+// localGuest over a temp dir, which it returns, with git isolated from the
+// machine's configuration.
+func workspaceVM(t *testing.T) (*fixture, model.VM, string) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: the fake guest bind-mounts a temp dir on /root in a private mount namespace")
 	}
@@ -68,6 +82,9 @@ func TestWorkspacePrepareExport(t *testing.T) {
 	for _, k := range []string{"GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"} {
 		t.Setenv(k, "test@example.com")
 	}
+	// The guest's banger-init is not this host's: without one, prepare
+	// takes the SSH session (tests that want the data channel build one).
+	t.Setenv("BANGER_INIT", filepath.Join(t.TempDir(), "no-banger-init"))
 
 	f := newFixture(t)
 	ctx := context.Background()
@@ -81,6 +98,12 @@ func TestWorkspacePrepareExport(t *testing.T) {
 	guestRoot := t.TempDir()
 	t.Cleanup(func() { _ = exec.Command("chattr", "-R", "-i", guestRoot).Run() })
 	f.d.dialGuest = func(context.Context, model.VM) (guest.Client, error) { return localGuest{guestRoot}, nil }
+	return f, vm, guestRoot
+}
+
+func TestWorkspacePrepareExport(t *testing.T) {
+	f, vm, guestRoot := workspaceVM(t)
+	ctx := context.Background()
 
 	repo := t.TempDir()
 	wsGit(t, repo, "init", "-q", "-b", "main")
@@ -198,4 +221,92 @@ func TestWorkspacePrepareExport(t *testing.T) {
 	if err := f.d.ExportWorkspace(ctx, "ws", api.ExportRequest{}, io.Discard); api.CodeOf(err) != api.CodeConflict || !strings.Contains(err.Error(), "vm start") {
 		t.Errorf("export from a stopped vm: %v", err)
 	}
+}
+
+// brokenReader gives r's bytes, then fails.
+type brokenReader struct{ r io.Reader }
+
+func (b brokenReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err == io.EOF {
+		return n, errors.New("file changed while it was read")
+	}
+	return n, err
+}
+
+// TestWorkspacePrepareTransports runs prepare over the data channel (a
+// banger-init that can receive, reached on loopback) and over the SSH
+// session (a guest without one), and breaks the data channel both ways.
+func TestWorkspacePrepareTransports(t *testing.T) {
+	f, _, guestRoot := workspaceVM(t)
+	ctx := context.Background()
+	initBin := testenv.BuildInit(t, t.TempDir())
+	var dialed []int
+	f.d.dialData = func(ctx context.Context, _ model.VM, port int) (net.Conn, error) {
+		dialed = append(dialed, port)
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	}
+	repo := t.TempDir()
+	wsGit(t, repo, "init", "-q", "-b", "main")
+	os.WriteFile(filepath.Join(repo, "a.txt"), bytes.Repeat([]byte("a"), 3<<20), 0o644)
+	wsGit(t, repo, "add", "-A")
+	wsGit(t, repo, "commit", "-q", "-m", "one")
+	var tarball bytes.Buffer
+	if _, err := workspace.WriteTar(ctx, repo, workspace.TarOptions{}, &tarball); err != nil {
+		t.Fatal(err)
+	}
+	gdir := filepath.Join(guestRoot, "repo")
+
+	// No banger-init that can receive: the session's stdin.
+	info, err := f.d.PrepareWorkspace(ctx, "ws", api.WorkspaceRequest{}, bytes.NewReader(tarball.Bytes()))
+	if err != nil || info.Transport != TransportSSH || info.Files != 1 || len(dialed) != 0 {
+		t.Fatalf("prepare without a receiver: %+v, %v (dialed %v)", info, err, dialed)
+	}
+
+	t.Setenv("BANGER_INIT", initBin)
+	info, err = f.d.PrepareWorkspace(ctx, "ws", api.WorkspaceRequest{}, bytes.NewReader(tarball.Bytes()))
+	if err != nil || info.Transport != TransportTCP || info.Files != 1 || info.Bytes != 3<<20 || len(dialed) != 1 {
+		t.Fatalf("prepare over the data channel: %+v, %v (dialed %v)", info, err, dialed)
+	}
+	if fi, err := os.Stat(filepath.Join(gdir, "a.txt")); err != nil || fi.Size() != 3<<20 {
+		t.Fatalf("a.txt in the guest: %v", err)
+	}
+	os.WriteFile(filepath.Join(gdir, "marker"), []byte("old tree\n"), 0o644)
+	oldTreeIntact := func(what string) {
+		t.Helper()
+		if _, err := os.Stat(filepath.Join(gdir, "marker")); err != nil {
+			t.Errorf("%s damaged the old tree: %v", what, err)
+		}
+		ents, _ := os.ReadDir(guestRoot)
+		for _, e := range ents {
+			if strings.Contains(e.Name(), "banger-tmp") {
+				t.Errorf("%s left %s", what, e.Name())
+			}
+		}
+	}
+
+	// The client's stream breaks half way: that is the error, and the
+	// guest keeps its old tree.
+	half := io.LimitReader(bytes.NewReader(tarball.Bytes()), int64(tarball.Len()/2))
+	_, err = f.d.PrepareWorkspace(ctx, "ws", api.WorkspaceRequest{}, brokenReader{half})
+	if err == nil || !strings.Contains(err.Error(), "file changed while it was read") {
+		t.Errorf("broken client stream: %v", err)
+	}
+	oldTreeIntact("a broken client stream")
+
+	// The data channel cannot be reached: a clear error, and the guest
+	// side is stopped rather than left waiting for a sender.
+	f.d.dialData = func(context.Context, model.VM, int) (net.Conn, error) {
+		return nil, errors.New("connection refused")
+	}
+	start := time.Now()
+	_, err = f.d.PrepareWorkspace(ctx, "ws", api.WorkspaceRequest{}, bytes.NewReader(tarball.Bytes()))
+	if err == nil || !strings.Contains(err.Error(), "data channel") {
+		t.Errorf("unreachable data channel: %v", err)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("unreachable data channel took %s: the guest side was left waiting", d)
+	}
+	oldTreeIntact("an unreachable data channel")
 }

@@ -6,6 +6,9 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+
+	"github.com/banger/banger/internal/guestinit"
+	"github.com/banger/banger/internal/transfer"
 )
 
 // DefaultGuestPath is where a workspace goes when none is given.
@@ -108,7 +111,11 @@ func ParsePrepareOutput(stdout string) string {
 }
 
 // PrepareScript is the guest-side bash script of a prepare. It reads a tar
-// stream (WriteTar's) on stdin, unpacks it into tmpPath (see TempPath),
+// stream (WriteTar's) and unpacks it into tmpPath (see TempPath). When
+// $BANGER_XFER_TOKEN is set and the guest's banger-init can receive, the
+// stream comes over the data channel of internal/transfer, whose port
+// banger-init announces on stderr; otherwise the script announces
+// transfer.AnnounceStdin on stderr and reads the stream on stdin. It
 // sets up git there, and only then swaps it in for guestPath, removing the
 // old tree last. On any failure it removes tmpPath and leaves guestPath as
 // it was.
@@ -151,6 +158,7 @@ done
 cleanup() {
 	rc=$?
 	if [ -e "$tmp" ]; then rm -rf -- "$tmp"; fi
+	rm -f -- "$tmp.err"
 	exit "$rc"
 }
 trap cleanup EXIT
@@ -158,10 +166,22 @@ trap 'exit 129' HUP
 trap 'exit 130' INT
 trap 'exit 143' TERM
 mkdir -m 0700 -- "$tmp"
-tar -x -f - -C "$tmp" --no-same-owner --same-permissions || fail "unpacking the workspace stream failed"
-# Read the stream to its end (tar may stop at its end-of-archive blocks), so
-# the sender knows all of it was taken.
-cat >/dev/null
+recv=${BANGER_INIT:-%s}
+# 128 KiB reads (-b 256, -B: whole records from a pipe) rather than tar's
+# 10 KiB: under emulation each read and context switch is dear.
+untar() { tar -x -b 256 -B -f - -C "$tmp" --no-same-owner --same-permissions 2>"$tmp.err"; }
+untar_failed() { fail "unpacking the workspace stream failed: $(tail -n 3 -- "$tmp.err" | tr '\n' ' ')"; }
+if [ -n "${%s:-}" ] && [ -x "$recv" ] && "$recv" recv --check >/dev/null 2>&1; then
+	# The stream comes over the data channel (banger-init recv announces
+	# its port on stderr); the session's stdin carries nothing.
+	"$recv" recv | untar || untar_failed
+else
+	echo %s >&2
+	untar || untar_failed
+	# Read the stream to its end (tar may stop at its end-of-archive
+	# blocks), so the sender knows all of it was taken.
+	cat >/dev/null
+fi
 if [ "$mode" = tracked ] || [ -d "$tmp/.git" ]; then
 	command -v git >/dev/null || fail "git is not installed in the guest"
 fi
@@ -215,7 +235,8 @@ if [ "$readonly_ws" = 1 ]; then
 	fi
 fi
 echo "%s$head"
-`, shellQuote(guestPath), shellQuote(tmpPath), shellQuote(mode), ro, shellQuote(base), headPrefix)
+`, shellQuote(guestPath), shellQuote(tmpPath), shellQuote(mode), ro, shellQuote(base),
+		guestinit.InitPath, transfer.TokenEnv, shellQuote(transfer.AnnounceStdin), headPrefix)
 }
 
 // ExportScript is the guest-side bash script of an export. It commits the

@@ -1,14 +1,20 @@
 package workspace
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/banger/banger/internal/testenv"
+	"github.com/banger/banger/internal/transfer"
 )
 
 // runScript runs a generated script with bash the way the daemon runs it in
@@ -342,5 +348,89 @@ func TestScriptsShellcheck(t *testing.T) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Errorf("shellcheck %s: %v\n%s", name, err, out)
 		}
+	}
+}
+
+// prepareOverChannel runs PrepareScript as the daemon does with a guest
+// whose banger-init can receive: it waits for the announcement on stderr
+// and sends stream to that port (on loopback) with transfer.Send.
+func prepareOverChannel(t *testing.T, initBin, guest string, stream []byte) (stdout, stderr string, code int, sendErr error) {
+	t.Helper()
+	tok, err := transfer.NewToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sh", "-c", BashCommand(PrepareScript(guest, TempPath(guest, "tcp"), false, ModeFull, ""),
+		map[string]string{transfer.TokenEnv: tok, "BANGER_INIT": initBin}))
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	errPipe, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var errText strings.Builder
+	sc := bufio.NewScanner(errPipe)
+	announced := false
+	for sc.Scan() {
+		line := sc.Text()
+		errText.WriteString(line + "\n")
+		port, stdin, ok := transfer.ParseAnnounce(line)
+		if !ok || announced {
+			continue
+		}
+		announced = true
+		if stdin {
+			t.Fatalf("the script fell back to stdin with a banger-init that can receive")
+		}
+		conn, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, sendErr = transfer.Send(context.Background(), conn, tok, bytes.NewReader(stream))
+	}
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	if !announced {
+		t.Fatalf("no announcement on stderr: %s", errText.String())
+	}
+	return out.String(), errText.String(), code, sendErr
+}
+
+func TestPrepareOverDataChannel(t *testing.T) {
+	gitEnv(t)
+	initBin := testenv.BuildInit(t, t.TempDir())
+	origin := sampleRepo(t)
+	guest := filepath.Join(guestRoot(t), "root", "repo")
+	stdout, stderr, code, sendErr := prepareOverChannel(t, initBin, guest, tarOf(t, origin, TarOptions{}))
+	if code != 0 || sendErr != nil {
+		t.Fatalf("prepare over the data channel: exit %d, send %v: %s", code, sendErr, stderr)
+	}
+	if head := ParsePrepareOutput(stdout); head != strings.TrimSpace(git(t, origin, "rev-parse", "HEAD")) {
+		t.Errorf("head %q", head)
+	}
+	if a, b := git(t, origin, "status", "--porcelain"), git(t, guest, "status", "--porcelain"); a != b {
+		t.Errorf("guest status %q, host %q", b, a)
+	}
+
+	// A stream that is not tar fails with tar's own words, and leaves the
+	// tree that was there and no temp files.
+	write(t, filepath.Join(guest, "guest-only.txt"), "x\n", 0o644)
+	_, stderr, code, _ = prepareOverChannel(t, initBin, guest, []byte(strings.Repeat("garbage ", 200)))
+	if code == 0 || !strings.Contains(stderr, "unpacking the workspace stream failed: tar:") {
+		t.Errorf("garbage stream: exit %d, stderr %q", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(guest, "guest-only.txt")); err != nil {
+		t.Errorf("failed prepare damaged the old tree: %v", err)
+	}
+	if got := siblings(t, guest); len(got) != 1 || got[0] != "repo" {
+		t.Errorf("after a failed prepare the parent holds %q, want only repo", got)
 	}
 }

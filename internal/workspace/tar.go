@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // Workspace modes.
@@ -160,9 +161,13 @@ func (t *treeWriter) add(path, name string, st *Stats) error {
 		return err
 	}
 	hdr := &tar.Header{
-		Name:    name,
-		Mode:    int64(fi.Mode().Perm()),
-		ModTime: fi.ModTime(),
+		Name: name,
+		Mode: int64(fi.Mode().Perm()),
+		// Seconds, truncated as GNU tar and git's index see them: left
+		// whole, archive/tar rounds to the nearest second, so half the
+		// files would arrive a second newer than the index says and git in
+		// the guest would rehash them.
+		ModTime: fi.ModTime().Truncate(time.Second),
 		Uname:   "root",
 		Gname:   "root",
 	}

@@ -12,6 +12,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 // gitEnv isolates git from the machine's configuration.
@@ -304,5 +305,35 @@ func TestPureHelpers(t *testing.T) {
 	}
 	if err := ValidateMode("all"); err == nil {
 		t.Error(`ValidateMode("all") = nil`)
+	}
+}
+
+// TestWriteTarKeepsMtimeSeconds: the stream carries each file's mtime
+// truncated to the second, as git's index compares it; rounding would
+// make files with a late sub-second look modified in the guest, and git
+// there would rehash them.
+func TestWriteTarKeepsMtimeSeconds(t *testing.T) {
+	gitEnv(t)
+	dir := sampleRepo(t)
+	late := time.Unix(1700000000, 900_000_000)
+	if err := os.Chtimes(filepath.Join(dir, "README.md"), late, late); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := WriteTar(context.Background(), dir, TarOptions{}, &buf); err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(&buf)
+	for {
+		hdr, err := tr.Next()
+		if err != nil {
+			t.Fatalf("README.md not in the stream: %v", err)
+		}
+		if hdr.Name == "README.md" {
+			if got := hdr.ModTime.Unix(); got != late.Unix() {
+				t.Errorf("README.md mtime %d in the stream, want %d", got, late.Unix())
+			}
+			return
+		}
 	}
 }

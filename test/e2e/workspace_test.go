@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/banger/banger/internal/api"
 )
 
 func gitIn(t *testing.T, dir string, args ...string) string {
@@ -77,7 +79,13 @@ func TestWorkspace(t *testing.T) {
 	hostHead := strings.TrimSpace(gitIn(t, repo, "rev-parse", "HEAD"))
 
 	h.StartVM("ws")
-	h.MustRun("vm", "workspace", "prepare", "ws", "--source", repo, "--guest-path", "/root/repo")
+	var info api.WorkspaceInfo
+	h.JSON(&info, "vm", "workspace", "prepare", "ws", "--source", repo, "--guest-path", "/root/repo")
+	// The default image's banger-init receives: the stream took the data
+	// channel, not the SSH session.
+	if info.Transport != "tcp" || info.Files != 6 || info.Head != hostHead {
+		t.Errorf("prepare answered %+v, want transport tcp, 6 files, head %s", info, hostHead)
+	}
 
 	if out, _ := h.guestSh("ws", "cd /root/repo && git status --porcelain"); out != hostStatus {
 		t.Errorf("guest git status:\n%s\nwant the host's:\n%s", out, hostStatus)
