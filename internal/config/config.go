@@ -25,6 +25,11 @@ type Config struct {
 	Subnet    string `json:"subnet"`     // guest subnet, default 172.16.0.0/24 (gateway .1)
 	Bridge    string `json:"bridge"`     // default banger0
 	DNSSuffix string `json:"dns_suffix"` // default "vm"
+	// WorkspaceTransport is how workspace streams reach guests: "tcp" (the
+	// token-guarded plain data channel, default; fast under emulation) or
+	// "ssh" (always encrypted, for hosts whose VMs must not see each
+	// other's traffic even when one spoofs the bridge).
+	WorkspaceTransport string `json:"workspace_transport"`
 	// Binaries; looked up on PATH when empty. BinDir is where banger-init
 	// and the other banger binaries live (default: bangerd's own directory).
 	Firecracker string `json:"firecracker"`
@@ -41,38 +46,40 @@ type Config struct {
 // Defaults returns the built-in configuration.
 func Defaults() Config {
 	return Config{
-		StateDir:      "/var/lib/banger",
-		CacheDir:      "/var/cache/banger",
-		LogLevel:      "info",
-		VMM:           "auto",
-		Accel:         "auto",
-		Subnet:        "172.16.0.0/24",
-		Bridge:        "banger0",
-		DNSSuffix:     "vm",
-		DefaultImage:  "default",
-		DefaultKernel: "debian-cloud-bookworm",
-		CPUs:          2,
-		Memory:        "1G",
-		Disk:          "4G",
+		StateDir:           "/var/lib/banger",
+		CacheDir:           "/var/cache/banger",
+		LogLevel:           "info",
+		VMM:                "auto",
+		Accel:              "auto",
+		Subnet:             "172.16.0.0/24",
+		Bridge:             "banger0",
+		DNSSuffix:          "vm",
+		WorkspaceTransport: "tcp",
+		DefaultImage:       "default",
+		DefaultKernel:      "debian-cloud-bookworm",
+		CPUs:               2,
+		Memory:             "1G",
+		Disk:               "4G",
 	}
 }
 
 // envNames maps environment variables to fields.
 var envNames = map[string]func(c *Config) *string{
-	"BANGER_STATE_DIR":   func(c *Config) *string { return &c.StateDir },
-	"BANGER_SOCKET":      func(c *Config) *string { return &c.Socket },
-	"BANGER_CACHE_DIR":   func(c *Config) *string { return &c.CacheDir },
-	"BANGER_GROUP":       func(c *Config) *string { return &c.Group },
-	"BANGER_LOG_LEVEL":   func(c *Config) *string { return &c.LogLevel },
-	"BANGER_NETNS":       func(c *Config) *string { return &c.Netns },
-	"BANGER_VMM":         func(c *Config) *string { return &c.VMM },
-	"BANGER_ACCEL":       func(c *Config) *string { return &c.Accel },
-	"BANGER_SUBNET":      func(c *Config) *string { return &c.Subnet },
-	"BANGER_BRIDGE":      func(c *Config) *string { return &c.Bridge },
-	"BANGER_DNS_SUFFIX":  func(c *Config) *string { return &c.DNSSuffix },
-	"BANGER_FIRECRACKER": func(c *Config) *string { return &c.Firecracker },
-	"BANGER_QEMU":        func(c *Config) *string { return &c.QEMU },
-	"BANGER_BIN_DIR":     func(c *Config) *string { return &c.BinDir },
+	"BANGER_STATE_DIR":           func(c *Config) *string { return &c.StateDir },
+	"BANGER_SOCKET":              func(c *Config) *string { return &c.Socket },
+	"BANGER_CACHE_DIR":           func(c *Config) *string { return &c.CacheDir },
+	"BANGER_GROUP":               func(c *Config) *string { return &c.Group },
+	"BANGER_LOG_LEVEL":           func(c *Config) *string { return &c.LogLevel },
+	"BANGER_NETNS":               func(c *Config) *string { return &c.Netns },
+	"BANGER_VMM":                 func(c *Config) *string { return &c.VMM },
+	"BANGER_ACCEL":               func(c *Config) *string { return &c.Accel },
+	"BANGER_SUBNET":              func(c *Config) *string { return &c.Subnet },
+	"BANGER_BRIDGE":              func(c *Config) *string { return &c.Bridge },
+	"BANGER_DNS_SUFFIX":          func(c *Config) *string { return &c.DNSSuffix },
+	"BANGER_WORKSPACE_TRANSPORT": func(c *Config) *string { return &c.WorkspaceTransport },
+	"BANGER_FIRECRACKER":         func(c *Config) *string { return &c.Firecracker },
+	"BANGER_QEMU":                func(c *Config) *string { return &c.QEMU },
+	"BANGER_BIN_DIR":             func(c *Config) *string { return &c.BinDir },
 }
 
 // Load returns defaults overlaid with the config file (if it exists) and the
@@ -118,6 +125,11 @@ func (c Config) Validate() error {
 	case "auto", "firecracker", "qemu":
 	default:
 		return fmt.Errorf("invalid vmm %q: use auto, firecracker or qemu", c.VMM)
+	}
+	switch c.WorkspaceTransport {
+	case "tcp", "ssh":
+	default:
+		return fmt.Errorf("invalid workspace_transport %q: use tcp (fast data channel) or ssh (always encrypted)", c.WorkspaceTransport)
 	}
 	switch c.Accel {
 	case "auto", "kvm", "tcg":

@@ -95,7 +95,11 @@ func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.Works
 	}
 	runc := make(chan ran, 1)
 	go func() {
-		code, err := cli.Run(runCtx, workspace.BashCommand(script, map[string]string{transfer.TokenEnv: token}), stdinR, &stdout, stderr)
+		env := map[string]string{transfer.TokenEnv: token}
+		if d.cfg.WorkspaceTransport == TransportSSH {
+			env = nil // without a token the script reads SSH stdin
+		}
+		code, err := cli.Run(runCtx, workspace.BashCommand(script, env), stdinR, &stdout, stderr)
 		// Whatever still sends has nobody to send to.
 		stdinR.CloseWithError(errors.New("the guest command ended"))
 		cancelSend()
@@ -168,7 +172,8 @@ func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.Works
 }
 
 // Transports a prepare reports: the data channel, or the SSH session when
-// the guest's banger-init cannot receive (an image made before it could).
+// the configuration asks for it (workspace_transport "ssh") or the guest's
+// banger-init cannot receive (an image made before it could).
 const (
 	TransportTCP = "tcp"
 	TransportSSH = "ssh"

@@ -272,6 +272,15 @@ func TestWorkspacePrepareTransports(t *testing.T) {
 	if fi, err := os.Stat(filepath.Join(gdir, "a.txt")); err != nil || fi.Size() != 3<<20 {
 		t.Fatalf("a.txt in the guest: %v", err)
 	}
+
+	// Configured for SSH: the session's stdin even though the guest could
+	// receive on the data channel.
+	f.d.cfg.WorkspaceTransport = TransportSSH
+	info, err = f.d.PrepareWorkspace(ctx, "ws", api.WorkspaceRequest{}, bytes.NewReader(tarball.Bytes()))
+	if err != nil || info.Transport != TransportSSH || info.Bytes != 3<<20 || len(dialed) != 1 {
+		t.Fatalf("prepare configured for ssh: %+v, %v (dialed %v)", info, err, dialed)
+	}
+	f.d.cfg.WorkspaceTransport = TransportTCP
 	os.WriteFile(filepath.Join(gdir, "marker"), []byte("old tree\n"), 0o644)
 	oldTreeIntact := func(what string) {
 		t.Helper()

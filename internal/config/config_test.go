@@ -1,0 +1,68 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestLoadLayers(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"bridge":"bg1","workspace_transport":"ssh"}`), 0o644)
+
+	c, err := Load(env(map[string]string{"BANGER_STATE_DIR": dir}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Bridge != "bg1" || c.WorkspaceTransport != "ssh" || c.Subnet != Defaults().Subnet {
+		t.Errorf("file over defaults: %+v", c)
+	}
+	if c.Socket != filepath.Join(dir, "bangerd.sock") {
+		t.Errorf("socket: %q", c.Socket)
+	}
+
+	c, err = Load(env(map[string]string{"BANGER_STATE_DIR": dir, "BANGER_WORKSPACE_TRANSPORT": "tcp"}))
+	if err != nil || c.WorkspaceTransport != "tcp" {
+		t.Errorf("environment over file: %q, %v", c.WorkspaceTransport, err)
+	}
+
+	os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"bridges":"x"}`), 0o644)
+	if _, err := Load(env(map[string]string{"BANGER_STATE_DIR": dir})); err == nil || !strings.Contains(err.Error(), "bridges") {
+		t.Errorf("unknown field: %v", err)
+	}
+	if _, err := Load(env(map[string]string{"BANGER_CONFIG": filepath.Join(dir, "missing.json")})); err == nil {
+		t.Error("a named config file that is missing was accepted")
+	}
+}
+
+func TestValidate(t *testing.T) {
+	if err := Defaults().Validate(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	for _, tc := range []struct {
+		set  func(*Config)
+		want string
+	}{
+		{func(c *Config) { c.VMM = "xen" }, `invalid vmm "xen"`},
+		{func(c *Config) { c.Accel = "hvf" }, `invalid accel "hvf"`},
+		{func(c *Config) { c.WorkspaceTransport = "rsync" }, `invalid workspace_transport "rsync"`},
+		{func(c *Config) { c.WorkspaceTransport = "" }, `invalid workspace_transport ""`},
+		{func(c *Config) { c.StateDir = "state" }, "must be an absolute path"},
+	} {
+		c := Defaults()
+		tc.set(&c)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("want %q, got %v", tc.want, err)
+		}
+	}
+	c := Defaults()
+	c.WorkspaceTransport = "ssh"
+	if err := c.Validate(); err != nil {
+		t.Errorf("ssh transport: %v", err)
+	}
+}
