@@ -75,11 +75,21 @@ func (d *Daemon) startHost(ctx context.Context) error {
 		// The KVM probe boots the default kernel when there is one: on a
 		// host whose KVM opens but runs no ordinary guest, only a real
 		// kernel tells.
-		var qpk *qemu.ProbeKernel
-		var fpk string
-		if k, err := d.store.GetKernel(ctx, d.cfg.DefaultKernel); err == nil {
-			qpk = &qemu.ProbeKernel{Kernel: firstNonEmpty(k.BzImagePath, k.VmlinuxPath), Initrd: k.InitrdPath}
-			fpk = k.VmlinuxPath
+		// Asked at each decision: the default kernel may be registered
+		// after the daemon starts (the first `vm create` fetches it).
+		qpk := func() *qemu.ProbeKernel {
+			k, err := d.store.GetKernel(context.Background(), d.cfg.DefaultKernel)
+			if err != nil {
+				return nil
+			}
+			return &qemu.ProbeKernel{Kernel: firstNonEmpty(k.BzImagePath, k.VmlinuxPath), Initrd: k.InitrdPath}
+		}
+		fpk := func() string {
+			k, err := d.store.GetKernel(context.Background(), d.cfg.DefaultKernel)
+			if err != nil {
+				return ""
+			}
+			return k.VmlinuxPath
 		}
 		d.host.drivers = map[string]vmm.Driver{
 			"qemu":        qemu.New(qemu.Options{Binary: d.cfg.QEMU, Accel: d.cfg.Accel, ProbeKernel: qpk}),

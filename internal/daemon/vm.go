@@ -70,12 +70,8 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest, progress
 		return model.VM{}, api.Errorf(api.CodeConflict, "vm %q already exists", name)
 	}
 
-	drv, err := d.pickDriver(ctx, req.VMM)
-	if err != nil {
-		return model.VM{}, err
-	}
-	strat, err := d.pickStrategy(drv.Name())
-	if err != nil {
+	// Checked before the image and kernel, which may take minutes to fetch.
+	if _, err := d.pickDriver(ctx, req.VMM); err != nil {
 		return model.VM{}, err
 	}
 	im, err := d.imageForVM(ctx, req.Image, progress)
@@ -83,6 +79,16 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest, progress
 		return model.VM{}, err
 	}
 	k, err := d.kernelForVM(ctx, req.Kernel, progress)
+	if err != nil {
+		return model.VM{}, err
+	}
+	// Picked again now that the default kernel is surely registered: the
+	// drivers' KVM probes boot it, which firmware alone does not prove.
+	drv, err := d.pickDriver(ctx, req.VMM)
+	if err != nil {
+		return model.VM{}, err
+	}
+	strat, err := d.pickStrategy(drv.Name())
 	if err != nil {
 		return model.VM{}, err
 	}

@@ -38,9 +38,11 @@ type Options struct {
 	LogLevel string
 	// StartTimeout bounds Start's wait for the api socket (default 10s).
 	StartTimeout time.Duration
-	// ProbeKernel, when set, is booted by Available to check that KVM runs
-	// a guest (a kernel with no root disk must reach its root mount).
-	ProbeKernel string
+	// ProbeKernel, when set, returns the vmlinux Available boots to check
+	// that KVM runs a guest (a kernel with no root disk must reach its root
+	// mount), or "" while there is none. Until there is one, Available's
+	// answer is not cached, so a kernel registered later is probed.
+	ProbeKernel func() string
 	// ProbeTimeout bounds that probe boot (default 10s).
 	ProbeTimeout time.Duration
 }
@@ -94,8 +96,9 @@ func (d *Driver) binary() (string, error) {
 // Available reports whether the binary runs and KVM is usable, once; later
 // calls return the cached answer. /dev/kvm opening is necessary but not
 // enough (a paravirtualised KVM may run no ordinary guest): with
-// Options.ProbeKernel the answer rests on a real probe boot, otherwise the
-// reason says the guest side was not verified.
+// a kernel from Options.ProbeKernel the answer rests on a real probe boot;
+// without one the reason says the guest side was not verified, and the
+// answer is not kept, so the next call probes once a kernel exists.
 func (d *Driver) Available(ctx context.Context) (bool, string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -125,10 +128,14 @@ func (d *Driver) check(ctx context.Context) (ok bool, reason string, final bool)
 		return false, fmt.Sprintf("firecracker %s (%s) found but KVM is unusable: %v", ver, bin, err), true
 	}
 	f.Close()
-	if d.opts.ProbeKernel == "" {
-		return true, fmt.Sprintf("firecracker %s (%s), /dev/kvm opens (guest boot not probed: no probe kernel configured)", ver, bin), true
+	pk := ""
+	if d.opts.ProbeKernel != nil {
+		pk = d.opts.ProbeKernel()
 	}
-	pok, why := d.probe(ctx)
+	if pk == "" {
+		return true, fmt.Sprintf("firecracker %s (%s), /dev/kvm opens (guest boot not probed yet: no kernel to probe with)", ver, bin), false
+	}
+	pok, why := d.probe(ctx, pk)
 	if ctx.Err() != nil {
 		return false, "firecracker probe interrupted: " + why, false
 	}
@@ -138,9 +145,9 @@ func (d *Driver) check(ctx context.Context) (ok bool, reason string, final bool)
 	return true, fmt.Sprintf("firecracker %s (%s), KVM boots guests: %s", ver, bin, why), true
 }
 
-// probe boots ProbeKernel with no disk; reaching the root mount (a panic
+// probe boots kernel with no disk; reaching the root mount (a panic
 // there) or init proves KVM runs guests. Nothing is left behind.
-func (d *Driver) probe(ctx context.Context) (bool, string) {
+func (d *Driver) probe(ctx context.Context, kernel string) (bool, string) {
 	dir, err := os.MkdirTemp("", "banger-fc-probe-")
 	if err != nil {
 		return false, err.Error()
@@ -148,7 +155,7 @@ func (d *Driver) probe(ctx context.Context) (bool, string) {
 	defer os.RemoveAll(dir)
 	spec := vmm.Spec{
 		ID: "banger-probe", Name: "banger-probe", Dir: dir, CPUs: 1, MemoryMiB: 128,
-		Kernel:    vmm.Kernel{Vmlinux: d.opts.ProbeKernel},
+		Kernel:    vmm.Kernel{Vmlinux: kernel},
 		Cmdline:   "console=ttyS0 panic=-1 reboot=k",
 		APISocket: dir + "/api.sock", LogPath: dir + "/fc.log", Console: dir + "/console.log",
 	}

@@ -79,3 +79,29 @@ func TestAvailableWithoutKVM(t *testing.T) {
 		t.Fatalf("missing binary: %v %q", ok, reason)
 	}
 }
+
+// TestAvailableProbesOnceAKernelExists: without a kernel to probe with the
+// answer is provisional and not kept; once the kernel function gives one,
+// Available boots it (the fake's guest prints nothing, so the probe fails)
+// and keeps that answer.
+func TestAvailableProbesOnceAKernelExists(t *testing.T) {
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		t.Skip("needs /dev/kvm to open: without it Available stops before any probe")
+	}
+	kernel := ""
+	asked := 0
+	d := New(Options{Binary: fakeBin, ProbeTimeout: 300 * time.Millisecond, ProbeKernel: func() string { asked++; return kernel }})
+	ok, reason := d.Available(context.Background())
+	if !ok || !strings.Contains(reason, "not probed yet") {
+		t.Fatalf("without a kernel: %v, %q", ok, reason)
+	}
+	kernel = fakeSpec(t).Kernel.Vmlinux
+	ok, reason = d.Available(context.Background())
+	if ok || !strings.Contains(reason, "runs no ordinary guest") {
+		t.Fatalf("with a kernel that does not boot: %v, %q", ok, reason)
+	}
+	n := asked
+	if ok, _ := d.Available(context.Background()); ok || asked != n {
+		t.Errorf("a probed answer was not kept (asked %d times, then %d)", n, asked)
+	}
+}

@@ -31,8 +31,11 @@ type Options struct {
 	// Accel is "auto" (default: KVM if /dev/kvm opens and a probe boot under
 	// KVM makes progress, else TCG), "kvm" or "tcg".
 	Accel string
-	// ProbeKernel, when set, is booted by the KVM probe instead of firmware.
-	ProbeKernel *ProbeKernel
+	// ProbeKernel, when set, returns the kernel the KVM probe boots instead
+	// of firmware, or nil while there is none (e.g. before the default
+	// kernel is registered). It is asked at each decision, so a kernel
+	// that appears later is used.
+	ProbeKernel func() *ProbeKernel
 	// ProbeTimeout bounds the KVM probe (default 8s).
 	ProbeTimeout time.Duration
 	// TSCkHz overrides the host TSC frequency given to TCG guests
@@ -56,6 +59,10 @@ type Driver struct {
 	ok       bool
 	tscKHz   int
 	hasVsock bool
+	// weak: KVM was chosen on a firmware probe alone. Some hosts
+	// (paravirtualised KVM) run firmware but no ordinary kernel, so the
+	// choice is checked again by booting a kernel as soon as there is one.
+	weak bool
 }
 
 var (
@@ -86,15 +93,30 @@ func (d *Driver) Name() string { return "qemu" }
 
 // Available finds the binary, reads its version and decides the
 // accelerator (probing KVM when Accel is auto), once; later calls return the
-// cached answer. The reason is filled in both cases: why it cannot run, or
-// which binary and accelerator it will use and why.
+// cached answer, except that a KVM choice resting on firmware alone is
+// probed again with a kernel once Options.ProbeKernel gives one. The reason
+// is filled in both cases: why it cannot run, or which binary and
+// accelerator it will use and why.
 func (d *Driver) Available(ctx context.Context) (bool, string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if !d.decided {
-		d.decide(ctx)
-	}
+	d.decideWith(ctx, d.probeKernel())
 	return d.ok, d.reason
+}
+
+// decideWith decides when nothing is decided yet, or when the decision is
+// weak and pk (nil: none) can make it strong; d.mu is held.
+func (d *Driver) decideWith(ctx context.Context, pk *ProbeKernel) {
+	if !d.decided || (d.weak && pk != nil) {
+		d.decide(ctx, pk)
+	}
+}
+
+func (d *Driver) probeKernel() *ProbeKernel {
+	if d.opts.ProbeKernel == nil {
+		return nil
+	}
+	return d.opts.ProbeKernel()
 }
 
 // Accel returns the accelerator Start will use ("kvm" or "tcg", "" when the
@@ -106,8 +128,10 @@ func (d *Driver) Accel(ctx context.Context) (accel, reason string) {
 	return d.accel, d.reason
 }
 
-// decide fills the cached fields; d.mu is held.
-func (d *Driver) decide(ctx context.Context) {
+// decide fills the cached fields, probing KVM with pk (nil: firmware);
+// d.mu is held.
+func (d *Driver) decide(ctx context.Context, pk *ProbeKernel) {
+	d.weak, d.tscKHz = false, 0
 	bin := d.opts.Binary
 	if bin == "" {
 		bin = DefaultBinary
@@ -140,7 +164,7 @@ func (d *Driver) decide(ctx context.Context) {
 	case "auto":
 		if ok, r := kvmOpens(); !ok {
 			d.accel, why = "tcg", r
-		} else if ok, r := probe(ctx, path, "kvm", d.opts.ProbeKernel, d.opts.ProbeTimeout); !ok {
+		} else if ok, r := probe(ctx, path, "kvm", pk, d.opts.ProbeTimeout); !ok {
 			if ctx.Err() != nil {
 				d.reason = r
 				return
@@ -148,6 +172,10 @@ func (d *Driver) decide(ctx context.Context) {
 			d.accel, why = "tcg", "/dev/kvm opens but guests do not run under it: "+r
 		} else {
 			d.accel, why = "kvm", r
+			if pk == nil {
+				d.weak = true
+				why += " (firmware only: a kernel boot checks again before the first VM)"
+			}
 		}
 	default:
 		d.decided, d.reason = true, fmt.Sprintf("unknown accel %q: use auto, kvm or tcg", d.opts.Accel)
@@ -191,6 +219,18 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 		return vmm.Handle{}, fmt.Errorf("qemu unavailable: %s", reason)
 	}
 	d.mu.Lock()
+	// A firmware-only KVM choice is checked with the kernel about to boot.
+	if k := spec.Kernel.BzImage + spec.Kernel.Vmlinux; k != "" {
+		if spec.Kernel.BzImage != "" {
+			k = spec.Kernel.BzImage
+		}
+		d.decideWith(ctx, &ProbeKernel{Kernel: k, Initrd: spec.Kernel.Initrd})
+	}
+	if !d.ok {
+		reason := d.reason
+		d.mu.Unlock()
+		return vmm.Handle{}, fmt.Errorf("qemu unavailable: %s", reason)
+	}
 	ao := ArgOptions{Machine: d.opts.Machine, Accel: d.accel, TSCkHz: d.tscKHz, VhostVsock: d.hasVsock}
 	bin := d.bin
 	d.mu.Unlock()
