@@ -120,9 +120,10 @@ func ParsePrepareOutput(stdout string) string {
 // old tree last. On any failure it removes tmpPath and leaves guestPath as
 // it was.
 //
-// mode ModeTracked makes a fresh repository with one commit of the files;
 // ModeFull keeps the .git that came in the stream (a stream without one is
-// a plain directory and gets no git set-up). The base commit exports are
+// a plain directory and gets no git set-up). ModeTracked keeps it too (it
+// is the snapshot WriteTar made), and makes a fresh repository with one
+// commit of the files when the stream has none (a plain directory). The base commit exports are
 // measured from is recorded as `git config banger.base`: base when given,
 // else the HEAD after unpacking. The path is added to the global git
 // safe.directory list. readOnly removes write permission and sets the
@@ -186,11 +187,11 @@ if [ "$mode" = tracked ] || [ -d "$tmp/.git" ]; then
 	command -v git >/dev/null || fail "git is not installed in the guest"
 fi
 export GIT_AUTHOR_NAME=banger GIT_AUTHOR_EMAIL=banger@localhost GIT_COMMITTER_NAME=banger GIT_COMMITTER_EMAIL=banger@localhost
-if [ "$mode" = tracked ]; then
-	rm -rf -- "$tmp/.git"
+if [ "$mode" = tracked ] && [ ! -d "$tmp/.git" ]; then
+	# A repository's snapshot comes made; a plain directory gets one here.
 	git -C "$tmp" init -q -b main
 	git -C "$tmp" add -A
-	git -C "$tmp" commit -q --allow-empty -m "banger: workspace snapshot"
+	git -C "$tmp" commit -q --allow-empty -m %s
 fi
 head=
 if [ -d "$tmp/.git" ]; then
@@ -236,7 +237,7 @@ if [ "$readonly_ws" = 1 ]; then
 fi
 echo "%s$head"
 `, shellQuote(guestPath), shellQuote(tmpPath), shellQuote(mode), ro, shellQuote(base),
-		guestinit.InitPath, transfer.TokenEnv, shellQuote(transfer.AnnounceStdin), headPrefix)
+		guestinit.InitPath, transfer.TokenEnv, shellQuote(transfer.AnnounceStdin), shellQuote(SnapshotMessage), headPrefix)
 }
 
 // ExportScript is the guest-side bash script of an export. It commits the

@@ -19,8 +19,8 @@ const (
 	// ModeFull copies the working tree and the whole .git directory: the
 	// guest has the host's history and HEAD.
 	ModeFull = "full"
-	// ModeTracked copies the working tree only; the guest makes a fresh
-	// repository with one commit of it.
+	// ModeTracked copies the working tree with a fresh repository holding
+	// one commit of it, made on the host: no history of the source.
 	ModeTracked = "tracked"
 )
 
@@ -48,8 +48,12 @@ func ValidateMode(mode string) error {
 }
 
 // WriteTar writes dir's workspace to w as one tar stream: the files of
-// ListFiles as they are on disk (uncommitted edits included), then .git in
-// full mode. Symlinks stay symlinks, permission bits and empty files are
+// ListFiles as they are on disk (uncommitted edits included) and a .git.
+// In full mode the .git is the repository's own and comes first; in
+// tracked mode it is a fresh one-commit repository of those files, made in
+// a temporary directory while they stream (see makeSnapshot), and comes
+// last. With NoGit all of dir is copied, except in tracked mode a
+// top-level .git, since the guest then makes the one commit. Symlinks stay symlinks, permission bits and empty files are
 // kept, names are stored exactly (PAX records when not plain ASCII); owners
 // are written as root, since the guest unpacks as root. Sockets, pipes and
 // devices are left out with a warning. Nothing is written to dir.
@@ -70,6 +74,7 @@ func WriteTar(ctx context.Context, dir string, opts TarOptions, w io.Writer) (St
 		} else if !fi.IsDir() {
 			return st, fmt.Errorf("source %s is not a directory", abs)
 		}
+		tw.skipGit = opts.Mode == ModeTracked
 		if err := tw.walk(abs, "", &st, true); err != nil {
 			return st, err
 		}
@@ -83,7 +88,38 @@ func WriteTar(ctx context.Context, dir string, opts TarOptions, w io.Writer) (St
 		if out, err := gitOutput(ctx, top, "rev-parse", "--verify", "-q", "HEAD"); err == nil {
 			st.Head = strings.TrimSpace(string(out))
 		}
-		if opts.Mode != ModeTracked {
+		writeGit := func(gitDir string) error {
+			var gst Stats
+			err := tw.walk(gitDir, ".git", &gst, false)
+			st.Warnings = append(st.Warnings, gst.Warnings...)
+			return err
+		}
+		writeFiles := func() error {
+			for _, rel := range files {
+				if err := tw.add(filepath.Join(top, filepath.FromSlash(rel)), rel, &st); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		if opts.Mode == ModeTracked {
+			// The snapshot is made while the files stream (the guest, not
+			// the host, is the slow end), and follows them.
+			snap := startSnapshot(ctx, top, files)
+			if err := writeFiles(); err != nil {
+				snap.discard()
+				return st, err
+			}
+			gitDir, err := snap.wait()
+			if err != nil {
+				return st, err
+			}
+			err = writeGit(gitDir)
+			snap.discard()
+			if err != nil {
+				return st, err
+			}
+		} else {
 			gitDir := filepath.Join(top, ".git")
 			fi, err := os.Lstat(gitDir)
 			if err != nil {
@@ -92,14 +128,10 @@ func WriteTar(ctx context.Context, dir string, opts TarOptions, w io.Writer) (St
 			if !fi.IsDir() {
 				return st, fmt.Errorf("%s is not a directory (a worktree or a submodule checkout points elsewhere): full mode cannot copy it; use mode %q", gitDir, ModeTracked)
 			}
-			var gst Stats
-			if err := tw.walk(gitDir, ".git", &gst, false); err != nil {
+			if err := writeGit(gitDir); err != nil {
 				return st, err
 			}
-			st.Warnings = append(st.Warnings, gst.Warnings...)
-		}
-		for _, rel := range files {
-			if err := tw.add(filepath.Join(top, filepath.FromSlash(rel)), rel, &st); err != nil {
+			if err := writeFiles(); err != nil {
 				return st, err
 			}
 		}
@@ -111,9 +143,10 @@ func WriteTar(ctx context.Context, dir string, opts TarOptions, w io.Writer) (St
 }
 
 type treeWriter struct {
-	ctx context.Context
-	tw  *tar.Writer
-	buf []byte
+	ctx     context.Context
+	tw      *tar.Writer
+	buf     []byte
+	skipGit bool // walk leaves out a top-level .git
 }
 
 // walk adds the tree at root under the name prefix (empty: top level),
@@ -134,6 +167,11 @@ func (t *treeWriter) walk(root, prefix string, st *Stats, count bool) error {
 				name = prefix
 			}
 		} else if rel == "." {
+			return nil
+		} else if t.skipGit && name == ".git" {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
 			return nil
 		}
 		if count {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -200,9 +201,26 @@ func TestWriteTar(t *testing.T) {
 					t.Errorf("%s is in the stream; it is deleted or ignored", name)
 				}
 			}
-			_, hasGit := ents[".git/HEAD"]
-			if hasGit != (mode == ModeFull) {
-				t.Errorf(".git/HEAD in stream = %v in mode %s", hasGit, mode)
+			if _, ok := ents[".git/HEAD"]; !ok {
+				t.Errorf(".git/HEAD is not in the stream in mode %s", mode)
+			}
+			if mode == ModeTracked {
+				// The snapshot's .git, not the source's: one pack, no
+				// hooks, no loose objects, no source history.
+				packs := 0
+				for name := range ents {
+					switch {
+					case strings.HasPrefix(name, ".git/objects/pack/") && strings.HasSuffix(name, ".pack"):
+						packs++
+					case strings.HasPrefix(name, ".git/hooks/"):
+						t.Errorf("%s is in the snapshot", name)
+					case len(name) == len(".git/objects/xx/")+38 && strings.HasPrefix(name, ".git/objects/") && !strings.HasPrefix(name, ".git/objects/pack/"):
+						t.Errorf("loose object %s is in the snapshot", name)
+					}
+				}
+				if packs != 1 {
+					t.Errorf("snapshot has %d packs, want 1", packs)
+				}
 			}
 			files, n, err := CountTar(bytes.NewReader(buf.Bytes()))
 			if err != nil {
@@ -335,5 +353,140 @@ func TestWriteTarKeepsMtimeSeconds(t *testing.T) {
 			}
 			return
 		}
+	}
+}
+
+func TestMakeSnapshot(t *testing.T) {
+	gitEnv(t)
+	t.Setenv("TMPDIR", t.TempDir())
+	dir := sampleRepo(t)
+	// Names fast-import must be given quoted, and a pipe (left out).
+	write(t, filepath.Join(dir, `say "hi"\now.txt`), "quoted\n", 0o644)
+	write(t, filepath.Join(dir, "two\nlines.txt"), "newline\n", 0o644)
+	if err := syscall.Mkfifo(filepath.Join(dir, "fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The user's own configuration must not shape the snapshot.
+	git(t, dir, "config", "--global", "index.version", "4")
+	statusBefore := git(t, dir, "status", "--porcelain")
+	objectsBefore := git(t, dir, "count-objects", "-v")
+	files, _, err := ListFiles(context.Background(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gitDir, err := makeSnapshot(context.Background(), dir, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(filepath.Dir(gitDir))
+	snap := func(args ...string) string {
+		return git(t, dir, append([]string{"--git-dir", gitDir, "--work-tree", dir}, args...)...)
+	}
+	if got := strings.Fields(snap("ls-files")); len(got) == 0 {
+		t.Fatal("snapshot index is empty")
+	}
+	var want []string
+	for _, f := range files {
+		if f != "fifo" {
+			want = append(want, f)
+		}
+	}
+	if got := strings.Split(strings.TrimSuffix(snap("ls-files", "-z"), "\x00"), "\x00"); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("snapshot index holds %q, want %q", got, want)
+	}
+	if got := strings.Split(strings.TrimSuffix(snap("ls-tree", "-r", "-z", "--name-only", "HEAD"), "\x00"), "\x00"); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("snapshot commit holds %q, want %q", got, want)
+	}
+	if index, head := snap("write-tree"), snap("rev-parse", "HEAD^{tree}"); index != head {
+		t.Errorf("index tree %s differs from the commit's %s", index, head)
+	}
+	// diff-files does not refresh: a clean answer means the index's stat
+	// data matches the files, so nobody rehashes them.
+	if out := snap("diff-files", "--name-only"); out != "" {
+		t.Errorf("snapshot index is stat-dirty for %q", out)
+	}
+	if out := snap("status", "--porcelain"); out != "" {
+		t.Errorf("snapshot is not clean: %q", out)
+	}
+	if got := strings.TrimSpace(snap("log", "--format=%an|%s")); got != "banger|"+SnapshotMessage {
+		t.Errorf("snapshot history %q, want one banger commit", got)
+	}
+	if got := strings.TrimSpace(snap("symbolic-ref", "HEAD")); got != "refs/heads/main" {
+		t.Errorf("snapshot HEAD is %q", got)
+	}
+	stage := snap("ls-files", "-s", "run.sh", "link", "README.md")
+	for _, want := range []string{"100755 ", "120000 ", "100644 "} {
+		if !strings.Contains(stage, want) {
+			t.Errorf("snapshot modes %q lack %q", stage, want)
+		}
+	}
+	if got := snap("show", "HEAD:link"); got != "README.md" {
+		t.Errorf("snapshot link blob = %q, want its target", got)
+	}
+	if got := snap("show", "HEAD:README.md"); got != "hello, edited\n" {
+		t.Errorf("snapshot README.md = %q, want the uncommitted edit", got)
+	}
+	if b, _ := os.ReadFile(filepath.Join(gitDir, "index")); len(b) < 8 || b[7] != 2 {
+		t.Errorf("snapshot index is not version 2 (the user's index.version leaked in)")
+	}
+	if got := git(t, dir, "status", "--porcelain"); got != statusBefore {
+		t.Errorf("source status changed:\n%s\nwas\n%s", got, statusBefore)
+	}
+	if got := git(t, dir, "count-objects", "-v"); got != objectsBefore {
+		t.Errorf("source objects changed:\n%s\nwas\n%s", got, objectsBefore)
+	}
+
+	// A file that vanished: a clear error and no temporary directory left.
+	if _, err := makeSnapshot(context.Background(), dir, append(files, "vanished.txt")); err == nil || !strings.Contains(err.Error(), "tracked snapshot") || !strings.Contains(err.Error(), "vanished.txt") {
+		t.Errorf("snapshot of a vanished file: %v", err)
+	}
+	left, _ := filepath.Glob(filepath.Join(os.Getenv("TMPDIR"), "banger-snapshot-*"))
+	if len(left) != 1 { // the good snapshot, still deferred
+		t.Errorf("temporary snapshot directories: %v", left)
+	}
+}
+
+func TestFastImportPath(t *testing.T) {
+	for in, want := range map[string]string{
+		"a/b.txt":      `"a/b.txt"`,
+		"with space":   `"with space"`,
+		`say "hi"\now`: `"say \"hi\"\\now"`,
+		"two\nlines":   `"two\nlines"`,
+		"tab\there":    `"tab\011here"`,
+		"naïve-日本.txt": `"naïve-日本.txt"`,
+	} {
+		if got := fastImportPath(in); got != want {
+			t.Errorf("fastImportPath(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+type failingWriter struct{ left int }
+
+func (w *failingWriter) Write(p []byte) (int, error) {
+	if len(p) > w.left {
+		return 0, errors.New("reader went away")
+	}
+	w.left -= len(p)
+	return len(p), nil
+}
+
+// TestWriteTarTrackedCleansUp: a tracked stream whose reader goes away, or
+// whose snapshot fails, leaves no temporary snapshot behind.
+func TestWriteTarTrackedCleansUp(t *testing.T) {
+	gitEnv(t)
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	dir := sampleRepo(t)
+	// Big enough to pass the 1 MiB buffer, so the writer is reached.
+	write(t, filepath.Join(dir, "big.bin"), strings.Repeat("x", 3<<20), 0o644)
+	if _, err := WriteTar(context.Background(), dir, TarOptions{Mode: ModeTracked}, &failingWriter{left: 1 << 20}); err == nil || !strings.Contains(err.Error(), "reader went away") {
+		t.Errorf("broken writer: %v", err)
+	}
+	if _, err := WriteTar(context.Background(), dir, TarOptions{Mode: ModeTracked}, io.Discard); err != nil {
+		t.Errorf("whole stream: %v", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(tmp, "banger-snapshot-*")); len(left) != 0 {
+		t.Errorf("left behind: %v", left)
 	}
 }
