@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/banger/banger/internal/model"
 )
@@ -240,7 +241,15 @@ func (c *Client) Version(ctx context.Context) (VersionInfo, error) {
 // Health returns nil when the daemon answers.
 func (c *Client) Health(ctx context.Context) error {
 	var v Health
-	return c.call(ctx, "GET", "/v1/health", nil, nil, &v)
+	err := c.call(ctx, "GET", "/v1/health", nil, nil, &v)
+	// A daemon that dies with the connection still in its listen backlog
+	// drops it unanswered. For a health check (it changes nothing) that is
+	// a daemon not reachable, like a refused connection.
+	if err != nil && !errors.Is(err, ErrDaemonUnreachable) &&
+		(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+		return &UnreachableError{Socket: c.socket, Err: err}
+	}
+	return err
 }
 
 // Info describes the running daemon.

@@ -183,6 +183,26 @@ func TestClientErrors(t *testing.T) {
 	if !errors.Is(err, ErrDaemonUnreachable) || !strings.Contains(err.Error(), "none.sock") {
 		t.Fatalf("dead socket: %v, want ErrDaemonUnreachable naming the socket", err)
 	}
+
+	// A dying daemon: the connection is taken, then dropped unanswered.
+	sock := filepath.Join(t.TempDir(), "dying.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conn.Close()
+		}
+	}()
+	if err := NewClient(sock).Health(context.Background()); !errors.Is(err, ErrDaemonUnreachable) {
+		t.Fatalf("a connection dropped unanswered: %v, want ErrDaemonUnreachable", err)
+	}
 }
 
 func TestProgressStream(t *testing.T) {

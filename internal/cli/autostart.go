@@ -94,18 +94,29 @@ func (a *app) startDaemon(ctx context.Context, c *api.Client) error {
 		return err
 	}
 	defer devnull.Close()
-	cmd := exec.Command(bin)
-	cmd.Env = a.daemonEnv()
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, logf, logf
-	// Its own session: no terminal signals, and it outlives this CLI.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	cmd.Dir = "/"
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", bin, err)
+	launch := func() (chan struct{}, error) {
+		cmd := exec.Command(bin)
+		cmd.Env = a.daemonEnv()
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, logf, logf
+		// Its own session: no terminal signals, and it outlives this CLI.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		cmd.Dir = "/"
+		if err := cmd.Start(); err != nil {
+			return nil, fmt.Errorf("start %s: %w", bin, err)
+		}
+		fmt.Fprintf(a.stderr, "banger: started bangerd (pid %d), log %s\n", cmd.Process.Pid, logPath)
+		exited := make(chan struct{})
+		go func() { cmd.Wait(); close(exited) }()
+		return exited, nil
 	}
-	fmt.Fprintf(a.stderr, "banger: started bangerd (pid %d), log %s\n", cmd.Process.Pid, logPath)
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
+	exited, err := launch()
+	if err != nil {
+		return err
+	}
+	// A daemon that is still dying holds the state dir's lock for a
+	// moment, so the one just started may exit at once; then it is
+	// started again, a few times.
+	relaunches := 0
 
 	deadline := time.NewTimer(startTimeout)
 	defer deadline.Stop()
@@ -121,9 +132,17 @@ func (a *app) startDaemon(ctx context.Context, c *api.Client) error {
 		select {
 		case <-exited:
 			exited = nil // checked once; keep polling for a racing winner
-			if !a.lockHeld(stateDir) {
-				return fmt.Errorf("bangerd exited without serving %s; see %s:\n%s", c.Socket(), logPath, tailFile(logPath, 10))
+			if a.lockHeld(stateDir) {
+				break
 			}
+			if relaunches < 3 && strings.Contains(tailFile(logPath, 3), "another bangerd") {
+				relaunches++
+				if exited, err = launch(); err != nil {
+					return err
+				}
+				break
+			}
+			return fmt.Errorf("bangerd exited without serving %s; see %s:\n%s", c.Socket(), logPath, tailFile(logPath, 10))
 		case <-deadline.C:
 			return fmt.Errorf("bangerd did not answer on %s within %s; see %s:\n%s", c.Socket(), startTimeout, logPath, tailFile(logPath, 10))
 		case <-ctx.Done():
