@@ -72,6 +72,12 @@ func (d *Daemon) Doctor(ctx context.Context) api.DoctorReport {
 		add("network", false, d.host.netErr.Error(), "run bangerd as root with CAP_NET_ADMIN")
 	} else if d.host.net != nil {
 		add("network", true, "bridge "+d.cfg.Bridge+" with gateway "+d.host.net.Gateway().String(), "")
+		if d.host.net.Guarded() {
+			add("tap guard", true, "each VM's tap lets it send only from its own MAC and address (nft bridge tables)", "")
+		} else {
+			add("tap guard", false, "taps are not guarded: a VM could spoof another's MAC or address on the bridge (the iptables backend cannot guard)",
+				"install nftables, or set workspace_transport to ssh")
+		}
 	}
 	for _, b := range []struct{ bin, fix string }{
 		{"mmdebstrap", "apt-get install mmdebstrap (or debootstrap)"},

@@ -38,7 +38,7 @@ type hostDeps struct {
 
 // tapManager is the part of host networking that VM start and teardown use.
 type tapManager interface {
-	CreateTap(ctx context.Context, name string) error
+	CreateTap(ctx context.Context, name string, g hostnet.Guest) error
 	DeleteTap(ctx context.Context, name string) error
 	Gateway() netip.Addr
 }
@@ -110,6 +110,9 @@ func (d *Daemon) startHost(ctx context.Context) error {
 		return err
 	}
 	d.host.net = n
+	if !n.Guarded() {
+		d.log.Warn("taps are not guarded against spoofing: the iptables backend cannot; install nftables")
+	}
 	if d.host.taps == nil {
 		d.host.taps = n
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -112,7 +113,10 @@ type fakeTaps struct {
 	taps map[string]bool
 }
 
-func (f *fakeTaps) CreateTap(ctx context.Context, name string) error {
+func (f *fakeTaps) CreateTap(ctx context.Context, name string, g hostnet.Guest) error {
+	if len(g.MAC) != 6 || !g.IP.Is4() {
+		return fmt.Errorf("tap %s for guest %+v", name, g)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.taps[name] = true

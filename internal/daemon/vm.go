@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -308,7 +309,11 @@ func (d *Daemon) boot(ctx context.Context, vm model.VM, progress api.ProgressFun
 	if err != nil {
 		return fail(fmt.Errorf("system disk: %w", err))
 	}
-	if err := d.host.taps.CreateTap(ctx, h.Tap); err != nil {
+	g, err := guestOf(vm)
+	if err != nil {
+		return fail(err)
+	}
+	if err := d.host.taps.CreateTap(ctx, h.Tap, g); err != nil {
 		return fail(fmt.Errorf("tap %s: %w", h.Tap, err))
 	}
 	pubKey := guest.AuthorizedKey(d.host.signer)
@@ -625,4 +630,17 @@ func orNop(p api.ProgressFunc) api.ProgressFunc {
 		return func(api.Progress) {}
 	}
 	return p
+}
+
+// guestOf is the VM's address on the bridge, which its tap lets it send as.
+func guestOf(vm model.VM) (hostnet.Guest, error) {
+	mac, err := net.ParseMAC(vm.GuestMAC)
+	if err != nil {
+		return hostnet.Guest{}, fmt.Errorf("vm %s has an invalid MAC %q: %w", vm.Name, vm.GuestMAC, err)
+	}
+	ip, err := netip.ParseAddr(vm.GuestIP)
+	if err != nil {
+		return hostnet.Guest{}, fmt.Errorf("vm %s has an invalid address %q: %w", vm.Name, vm.GuestIP, err)
+	}
+	return hostnet.Guest{MAC: mac, IP: ip}, nil
 }

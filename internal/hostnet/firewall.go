@@ -125,6 +125,16 @@ type firewall interface {
 	rules(ctx context.Context) ([]string, error)
 }
 
+// guarder is the part of a firewall that guards taps against spoofing
+// (nft only).
+type guarder interface {
+	guard(ctx context.Context, tap string, g Guest) error
+	unguard(ctx context.Context, tap string) error
+	guards(ctx context.Context) ([]string, error)
+}
+
+var _ guarder = nftFirewall{}
+
 // nftFirewall keeps banger's rules in its own nft table. An accept there
 // cannot override a drop in another table (a packet must pass every
 // forward hook), so when iptables' FORWARD policy drops (as on hosts with

@@ -1,12 +1,14 @@
-// Package hostnet owns banger's host networking: the bridge, one tap per VM,
-// guest IP and MAC allocation helpers, the NAT and forwarding rules that give
-// guests egress, the DNS responder for <vm>.<suffix> names, and entering the
+// Package hostnet owns banger's host networking: the bridge, one tap per VM
+// and the guard that lets that VM send only as itself, guest IP and MAC
+// allocation helpers, the NAT and forwarding rules that give guests
+// egress, the DNS responder for <vm>.<suffix> names, and entering the
 // network namespace the daemon runs in.
 //
 // It works in the network namespace of the calling process. It must not
 // touch VM records or VMM processes, and it removes exactly what it made:
-// rules live in banger's own nftables table "banger" (or, with iptables,
-// carry the comment "banger"), and taps are named by TapName.
+// rules live in banger's own nftables tables "ip banger" and
+// "bridge banger-<tap>" (or, with iptables, carry the comment "banger"),
+// and taps are named by TapName.
 package hostnet
 
 import (
@@ -150,13 +152,20 @@ func (n *Network) Teardown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// CreateTap makes a persistent tap device name, attached to the bridge and
-// up, ready for a VMM to open. It is idempotent: an existing tap is
-// (re)attached and brought up. A non-tap device of that name is an error.
-// The bridge must exist (Ensure).
-func (n *Network) CreateTap(ctx context.Context, name string) error {
+// CreateTap makes a persistent tap device name for guest g, attached to the
+// bridge and up, ready for a VMM to open. The bridge forwards frames for
+// g's MAC only to this tap (a static entry; unknown destinations are not
+// flooded to it), and with the nft backend the tap is guarded (see
+// GuardScript): the VM can send only as g. It is idempotent: an existing
+// tap is (re)attached, brought up and guarded again. A non-tap device of
+// that name is an error. The bridge must exist (Ensure). A failed
+// CreateTap leaves no tap or guard it made.
+func (n *Network) CreateTap(ctx context.Context, name string, g Guest) error {
 	if name == "" || len(name) > unix.IFNAMSIZ-1 {
 		return fmt.Errorf("invalid tap name %q: use 1-15 characters", name)
+	}
+	if err := g.check(); err != nil {
+		return fmt.Errorf("tap %s: %w", name, err)
 	}
 	br, err := netlink.LinkByName(n.cfg.Bridge)
 	if err != nil {
@@ -193,32 +202,68 @@ func (n *Network) CreateTap(ctx context.Context, name string) error {
 		}
 		return fmt.Errorf("attach tap %s to bridge %s: %w", name, n.cfg.Bridge, err)
 	}
-	if err := netlink.LinkSetUp(link); err != nil {
+	fail := func(err error) error {
 		if created {
 			_ = netlink.LinkDel(link)
+			if gd, ok := n.fw.(guarder); ok {
+				_ = gd.unguard(context.Background(), name)
+			}
 		}
-		return fmt.Errorf("bring tap %s up: %w", name, err)
+		return err
+	}
+	// The static entry also keeps the bridge from flooding g's frames to
+	// every port once a learned entry would have aged out.
+	if err := netlink.NeighSet(&netlink.Neigh{
+		LinkIndex: link.Attrs().Index, Family: unix.AF_BRIDGE,
+		State: netlink.NUD_NOARP, Flags: netlink.NTF_MASTER, HardwareAddr: g.MAC,
+	}); err != nil {
+		return fail(fmt.Errorf("bridge entry for %s on tap %s: %w", g.MAC, name, err))
+	}
+	if err := netlink.LinkSetFlood(link, false); err != nil {
+		return fail(fmt.Errorf("turn off unknown-unicast flooding to tap %s: %w", name, err))
+	}
+	if gd, ok := n.fw.(guarder); ok {
+		if err := gd.guard(ctx, name, g); err != nil {
+			return fail(fmt.Errorf("guard tap %s: %w", name, err))
+		}
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fail(fmt.Errorf("bring tap %s up: %w", name, err))
 	}
 	return nil
 }
 
-// DeleteTap removes the tap device name. A missing device is not an error;
-// a device of that name that is not a tap is left alone and reported.
+// Guarded reports whether CreateTap guards taps against spoofing: it does
+// with the nft backend, not with iptables alone.
+func (n *Network) Guarded() bool {
+	_, ok := n.fw.(guarder)
+	return ok
+}
+
+// DeleteTap removes the tap device name and its guard. What is missing is
+// not an error; a device of that name that is not a tap is left alone and
+// reported.
 func (n *Network) DeleteTap(ctx context.Context, name string) error {
+	var guardErr error
+	if gd, ok := n.fw.(guarder); ok {
+		if err := gd.unguard(ctx, name); err != nil {
+			guardErr = fmt.Errorf("remove the guard of tap %s: %w", name, err)
+		}
+	}
 	link, err := netlink.LinkByName(name)
 	if isNotFound(err) {
-		return nil
+		return guardErr
 	}
 	if err != nil {
-		return fmt.Errorf("look up tap %s: %w", name, err)
+		return errors.Join(guardErr, fmt.Errorf("look up tap %s: %w", name, err))
 	}
 	if _, ok := link.(*netlink.Tuntap); !ok {
-		return fmt.Errorf("device %s is a %s, not a tap: left alone", name, link.Type())
+		return errors.Join(guardErr, fmt.Errorf("device %s is a %s, not a tap: left alone", name, link.Type()))
 	}
 	if err := netlink.LinkDel(link); err != nil && !isNotFound(err) {
-		return fmt.Errorf("delete tap %s: %w", name, err)
+		return errors.Join(guardErr, fmt.Errorf("delete tap %s: %w", name, err))
 	}
-	return nil
+	return guardErr
 }
 
 // Taps lists the tap devices present whose names have TapName's shape,
@@ -238,11 +283,19 @@ func (n *Network) Taps() ([]string, error) {
 	return out, nil
 }
 
-// NATRules lists banger's firewall rules present, one per line of the
-// backend's own listing (nft rule lines, or "-t TABLE -A CHAIN ..." for
-// iptables). Empty means none.
+// NATRules lists banger's NAT and forwarding rules present, one per line
+// of the backend's own listing (nft rule lines, or "-t TABLE -A CHAIN ..."
+// for iptables). Empty means none. Tap guards are listed by Guards.
 func (n *Network) NATRules() ([]string, error) {
 	return n.fw.rules(context.Background())
+}
+
+// Guards lists the tap guard tables present (nft backend; none otherwise).
+func (n *Network) Guards() ([]string, error) {
+	if gd, ok := n.fw.(guarder); ok {
+		return gd.guards(context.Background())
+	}
+	return nil, nil
 }
 
 func isNotFound(err error) bool {

@@ -13,11 +13,14 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 const testBridge = "bangertest0"
 
 var testSubnet = netip.MustParsePrefix("172.16.0.0/24")
+
+var testGuest = Guest{MAC: net.HardwareAddr{0x02, 0xba, 0xac, 0x10, 0x00, 0x05}, IP: netip.MustParseAddr("172.16.0.5")}
 
 func newTestNetwork(t *testing.T, firewall string) *Network {
 	t.Helper()
@@ -115,7 +118,7 @@ func TestTaps(t *testing.T) {
 	}
 	ctx := context.Background()
 	n := newTestNetwork(t, "")
-	if err := n.CreateTap(ctx, "bt000000000001"); err == nil {
+	if err := n.CreateTap(ctx, "bt000000000001", testGuest); err == nil {
 		t.Fatal("CreateTap without a bridge succeeded")
 	}
 	if err := n.Ensure(ctx); err != nil {
@@ -123,10 +126,16 @@ func TestTaps(t *testing.T) {
 	}
 	defer n.Teardown(ctx)
 	name := TapName("0123456789abcdef0123456789abcdef")
+	if err := n.CreateTap(ctx, name, Guest{IP: testGuest.IP}); err == nil {
+		t.Fatal("CreateTap without a guest MAC succeeded")
+	}
 	for i := 0; i < 2; i++ {
-		if err := n.CreateTap(ctx, name); err != nil {
+		if err := n.CreateTap(ctx, name, testGuest); err != nil {
 			t.Fatalf("CreateTap #%d: %v", i+1, err)
 		}
+	}
+	if guards, err := n.Guards(); err != nil || !slices.Equal(guards, []string{guardTable(name)}) {
+		t.Errorf("guards = %v, %v; want the tap's", guards, err)
 	}
 	tap, err := netlink.LinkByName(name)
 	if err != nil {
@@ -139,12 +148,24 @@ func TestTaps(t *testing.T) {
 	if tap.Attrs().Flags&net.FlagUp == 0 {
 		t.Errorf("tap is not up")
 	}
+	if p, err := netlink.LinkGetProtinfo(tap); err != nil || p.Flood {
+		t.Errorf("unknown-unicast flooding to the tap is on (%+v, %v)", p, err)
+	}
+	fdb, err := netlink.NeighList(tap.Attrs().Index, unix.AF_BRIDGE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(fdb, func(e netlink.Neigh) bool {
+		return e.HardwareAddr.String() == testGuest.MAC.String() && e.State&netlink.NUD_NOARP != 0
+	}) {
+		t.Errorf("no static bridge entry for %s on the tap: %+v", testGuest.MAC, fdb)
+	}
 	// A device that is not banger's tap is neither listed nor deleted.
 	sh(t, "ip", "link", "add", "other0", "type", "veth", "peer", "name", "other1")
 	if err := n.DeleteTap(ctx, "other0"); err == nil {
 		t.Error("DeleteTap deleted a veth device")
 	}
-	if err := n.CreateTap(ctx, "other0"); err == nil {
+	if err := n.CreateTap(ctx, "other0", testGuest); err == nil {
 		t.Error("CreateTap accepted an existing veth device")
 	}
 	taps, err := n.Taps()
@@ -158,6 +179,9 @@ func TestTaps(t *testing.T) {
 	}
 	if taps, err := n.Taps(); err != nil || len(taps) != 0 {
 		t.Fatalf("Taps after delete = %v, %v", taps, err)
+	}
+	if guards, err := n.Guards(); err != nil || len(guards) != 0 {
+		t.Fatalf("guards after delete = %v, %v", guards, err)
 	}
 }
 

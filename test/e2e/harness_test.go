@@ -176,7 +176,7 @@ func (h *Harness) InNetns(args ...string) (string, error) {
 }
 
 // Leaks lists what banger left on the host for this state dir: VMM
-// processes, taps, loop devices, VM directories.
+// processes, taps and their guards, loop devices, VM directories.
 func (h *Harness) Leaks() []string {
 	var leaks []string
 	// Processes whose argv names the state dir (VMMs, stray daemons).
@@ -199,6 +199,13 @@ func (h *Harness) Leaks() []string {
 		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
 			if strings.TrimSpace(l) != "" {
 				leaks = append(leaks, "tap: "+l)
+			}
+		}
+	}
+	if out, err := h.InNetns("nft", "list", "tables", "bridge"); err == nil {
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			if strings.HasPrefix(strings.TrimSpace(l), "table bridge banger-") {
+				leaks = append(leaks, "tap guard: "+l)
 			}
 		}
 	}

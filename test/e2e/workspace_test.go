@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/hostnet"
 )
 
 func gitIn(t *testing.T, dir string, args ...string) string {
@@ -78,7 +79,11 @@ func TestWorkspace(t *testing.T) {
 	hostStatus := gitIn(t, repo, "status", "--porcelain")
 	hostHead := strings.TrimSpace(gitIn(t, repo, "rev-parse", "HEAD"))
 
-	h.StartVM("ws")
+	vm := h.StartVM("ws")
+	// The data channel relies on the tap guard: the VM's tap has one.
+	if out, err := h.InNetns("nft", "list", "table", "bridge", "banger-"+hostnet.TapName(vm.ID)); err != nil || !strings.Contains(out, "ether saddr != "+vm.GuestMAC) {
+		t.Errorf("the VM's tap is not guarded: %v\n%s", err, out)
+	}
 	var info api.WorkspaceInfo
 	h.JSON(&info, "vm", "workspace", "prepare", "ws", "--source", repo, "--guest-path", "/root/repo")
 	// The default image's banger-init receives: the stream took the data
