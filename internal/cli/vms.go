@@ -454,7 +454,11 @@ func (a *app) workspaceCommand() *cobra.Command {
 	exp := &cobra.Command{
 		Use:   "export VM (--branch B [--force] | --patch FILE)",
 		Short: "Bring the guest repository's changes back as a branch or a patch (the host working tree is never touched)",
-		Args:  cobra.ExactArgs(1),
+		Long: "Bring the guest repository's changes back: its commits since the prepare, plus its uncommitted\n" +
+			"changes as one more commit, as a branch of the host repository (nothing checked out) or a patch.\n" +
+			"Works on a running VM, and on a stopped one without booting it (read from its work disk; the\n" +
+			"guest's uncommitted changes then stay uncommitted in the VM).",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if (branch == "") == (patch == "") {
 				return errors.New("give exactly one of --branch B or --patch FILE")

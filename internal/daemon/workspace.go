@@ -8,12 +8,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/guestinit"
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/storage"
 	"github.com/banger/banger/internal/transfer"
 	"github.com/banger/banger/internal/workspace"
 )
@@ -263,7 +270,7 @@ func (d *Daemon) ExportWorkspace(ctx context.Context, ref string, req api.Export
 		}
 		env["BANGER_BASE"] = req.Base
 	}
-	vm, unlock, err := d.lockRunningWorkspaceVM(ctx, ref)
+	vm, unlock, err := d.lockVM(ctx, ref)
 	if err != nil {
 		return err
 	}
@@ -272,14 +279,26 @@ func (d *Daemon) ExportWorkspace(ctx context.Context, ref string, req api.Export
 	if message == "" {
 		message = "banger: uncommitted changes from " + vm.Name
 	}
-	cli, err := d.dialGuest(ctx, vm)
-	if err != nil {
-		return err
-	}
 	stderr := &tailWriter{max: 16 << 10}
-	code, err := cli.Run(ctx, workspace.BashCommand(workspace.ExportScript(guestPath, format, message), env), nil, w, stderr)
-	if err != nil {
-		return fmt.Errorf("export workspace %s from vm %s: %w", guestPath, vm.Name, err)
+	var code int
+	if d.vmAlive(vm) {
+		cli, err := d.dialGuest(ctx, vm)
+		if err != nil {
+			return err
+		}
+		code, err = cli.Run(ctx, workspace.BashCommand(workspace.ExportScript(guestPath, format, message), env), nil, w, stderr)
+		if err != nil {
+			return fmt.Errorf("export workspace %s from vm %s: %w", guestPath, vm.Name, err)
+		}
+	} else {
+		switch vm.State {
+		case model.VMStarting, model.VMStopping:
+			return api.Errorf(api.CodeConflict, "vm %s is %s: export when it has settled", vm.Name, vm.State)
+		}
+		code, err = d.exportOffline(ctx, vm, guestPath, format, message, env, w, stderr)
+		if err != nil {
+			return err
+		}
 	}
 	msg := guestMessage(stderr.String())
 	switch code {
@@ -380,3 +399,67 @@ func (t *tailWriter) Write(p []byte) (int, error) {
 }
 
 func (t *tailWriter) String() string { return string(t.buf) }
+
+// exportSandbox is the user that reads a stopped VM's work disk and runs
+// git over the copy: an id no account uses, so that no other process on
+// the host can reach the files while it works.
+var exportSandbox = storage.Sandbox{UID: 0x7fff_fff0, GID: 0x7fff_fff0}
+
+// exportOffline exports from a stopped VM without booting it: the
+// workspace directory is copied out of the work disk (storage.CopyOut,
+// which never mounts it), made safe for host git (workspace.SanitizeRepo),
+// and the export script runs over the copy as the sandbox user. The work
+// disk is only read (a journal left by a killed VM is replayed, as a boot
+// would), so uncommitted guest changes are committed in the copy only and
+// stay uncommitted in the VM. The caller holds the VM's lock, which keeps
+// the VM from starting meanwhile.
+func (d *Daemon) exportOffline(ctx context.Context, vm model.VM, guestPath, format, message string, env map[string]string, w io.Writer, stderr io.Writer) (int, error) {
+	if _, err := os.Stat(vm.WorkDisk); err != nil {
+		return 0, api.Errorf(api.CodeNotFound, "vm %s has no work disk to export from: %v", vm.Name, err)
+	}
+	tmp, err := os.MkdirTemp("", "banger-export-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(tmp)
+	// Only the sandbox can enter: the copy is the guest's data.
+	if err := os.Chown(tmp, int(exportSandbox.UID), int(exportSandbox.GID)); err != nil {
+		return 0, err
+	}
+	rel := strings.TrimPrefix(guestPath, guestinit.WorkMount)
+	copyDir := filepath.Join(tmp, "copy")
+	if err := storage.CopyOut(ctx, vm.WorkDisk, rel, copyDir, exportSandbox); err != nil {
+		if errors.Is(err, storage.ErrNotFound) {
+			return 0, api.Errorf(api.CodeNotFound, "vm %s: no workspace at %s: prepare one first", vm.Name, guestPath)
+		}
+		return 0, fmt.Errorf("read workspace %s from the work disk of vm %s: %w", guestPath, vm.Name, err)
+	}
+	repo := filepath.Join(copyDir, path.Base(rel))
+	if err := workspace.SanitizeRepo(ctx, repo); err != nil {
+		return 0, api.Errorf(api.CodeConflict, "vm %s is stopped and %s cannot be exported from its disk: %v", vm.Name, guestPath, err)
+	}
+	home := filepath.Join(tmp, "home")
+	if err := os.Mkdir(home, 0o700); err != nil {
+		return 0, err
+	}
+	if err := os.Chown(home, int(exportSandbox.UID), int(exportSandbox.GID)); err != nil {
+		return 0, err
+	}
+	cmd := exec.CommandContext(ctx, "bash", "-c", workspace.ExportScript(repo, format, message))
+	cmd.Dir = tmp
+	cmd.Env = append(workspace.HardenedGitEnv(home), "TMPDIR="+home)
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: exportSandbox.UID, Gid: exportSandbox.GID, Groups: []uint32{}}}
+	cmd.Stdout, cmd.Stderr = w, stderr
+	err = cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("export workspace %s from the disk of vm %s: %w", guestPath, vm.Name, err)
+	}
+	return 0, nil
+}

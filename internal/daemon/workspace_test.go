@@ -18,6 +18,7 @@ import (
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/storage"
 	"github.com/banger/banger/internal/testenv"
 	"github.com/banger/banger/internal/workspace"
 )
@@ -214,12 +215,85 @@ func TestWorkspacePrepareExport(t *testing.T) {
 		t.Errorf("unknown vm: %v", err)
 	}
 
-	// A stopped VM is refused with how to start it.
+	testExportStopped(t, f, vm, guestRoot, repo)
+}
+
+// testExportStopped: the guest commits, edits another file and plants
+// what would make host git run a program, then the VM stops. Export reads
+// the work disk without booting: the branch has both changes, nothing
+// planted ran, and the disk is unchanged.
+func testExportStopped(t *testing.T, f *fixture, vm model.VM, guestRoot, repo string) {
+	for _, bin := range []string{"mkfs.ext4", "debugfs", "losetup"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("offline export: %s is not installed", bin)
+		}
+	}
+	ctx := context.Background()
+	gdir := filepath.Join(guestRoot, "repo")
+	os.WriteFile(filepath.Join(gdir, "a.txt"), []byte("committed in guest\n"), 0o644)
+	wsGit(t, gdir, "add", "-A")
+	wsGit(t, gdir, "commit", "-q", "-m", "guest commit")
+	os.WriteFile(filepath.Join(gdir, "later.txt"), []byte("left uncommitted\n"), 0o644)
+	// The sandbox could not write a marker in a private directory whether
+	// or not the program ran: this one is open to it.
+	open, err := os.MkdirTemp("", "banger-marker-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(open)
+	os.Chmod(open, 0o777)
+	marker := filepath.Join(open, "ran")
+	os.WriteFile(filepath.Join(gdir, ".git", "hooks", "pre-commit"), []byte("#!/bin/sh\ntouch "+marker+"\n"), 0o755)
+	wsGit(t, gdir, "config", "filter.evil.clean", "touch "+marker+"; cat")
+	wsGit(t, gdir, "config", "core.fsmonitor", "touch "+marker+"; false")
+	os.WriteFile(filepath.Join(gdir, ".gitattributes"), []byte("* filter=evil\n"), 0o644)
+
 	if _, err := f.d.StopVM(ctx, "ws", api.StopVMRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.d.ExportWorkspace(ctx, "ws", api.ExportRequest{}, io.Discard); api.CodeOf(err) != api.CodeConflict || !strings.Contains(err.Error(), "vm start") {
-		t.Errorf("export from a stopped vm: %v", err)
+	// The work disk as the guest left it.
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", guestRoot, vm.WorkDisk, "64M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	}
+	diskBefore, _ := os.ReadFile(vm.WorkDisk)
+	tmpdir, _ := os.MkdirTemp("", "banger-tmpdir-")
+	defer os.RemoveAll(tmpdir)
+	os.Chmod(tmpdir, 0o755)
+	t.Setenv("TMPDIR", tmpdir)
+
+	var bundle bytes.Buffer
+	if err := f.d.ExportWorkspace(ctx, "ws", api.ExportRequest{}, &bundle); err != nil {
+		t.Fatalf("export from a stopped vm: %v", err)
+	}
+	bpath := filepath.Join(t.TempDir(), "b.bundle")
+	os.WriteFile(bpath, bundle.Bytes(), 0o600)
+	if err := workspace.ImportBundle(ctx, repo, bpath, "agent/2", false); err != nil {
+		t.Fatal(err)
+	}
+	if got := wsGit(t, repo, "log", "--format=%s", "agent/1..agent/2"); got != "banger: uncommitted changes from ws\nguest commit\n" {
+		t.Errorf("agent/2 adds %q, want the guest commit and the uncommitted change", got)
+	}
+	if got := wsGit(t, repo, "show", "agent/2:later.txt"); got != "left uncommitted\n" {
+		t.Errorf("agent/2:later.txt = %q", got)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Error("a program the guest planted in its repository ran on the host")
+	}
+	if diskAfter, _ := os.ReadFile(vm.WorkDisk); !bytes.Equal(diskBefore, diskAfter) {
+		t.Error("the offline export changed the work disk")
+	}
+	var patch bytes.Buffer
+	if err := f.d.ExportWorkspace(ctx, "ws", api.ExportRequest{Format: workspace.FormatPatch}, &patch); err != nil || !strings.Contains(patch.String(), "Subject: [PATCH 2/3] guest commit") || !strings.Contains(patch.String(), "Subject: [PATCH 3/3] banger: uncommitted changes from ws") {
+		t.Errorf("offline patch export: %v\n%.300s", err, patch.String())
+	}
+	if err := f.d.ExportWorkspace(ctx, "ws", api.ExportRequest{GuestPath: "/root/none"}, io.Discard); !api.IsNotFound(err) {
+		t.Errorf("offline export of a missing workspace: %v", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(tmpdir, "*")); len(left) != 0 {
+		t.Errorf("offline export left %v", left)
+	}
+	if loops, _ := storage.LoopsOf(vm.WorkDisk); len(loops) != 0 {
+		t.Errorf("offline export left loop devices %v", loops)
 	}
 }
 

@@ -93,7 +93,7 @@ func TestDebugfsRequest(t *testing.T) {
 		{"cat", "/a.txt", `cat "/a.txt"`, ""},
 		{"ls -p", "/dir with space", `ls -p "/dir with space"`, ""},
 		{"cat", "relative", "", "must be absolute"},
-		{"cat", `/a"b`, "", "double quote"},
+		{"cat", `/a"b`, `cat "/a""b"`, ""},
 		{"cat", "/a\nb", "", "newline"},
 	}
 	for _, tt := range tests {

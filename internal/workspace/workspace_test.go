@@ -490,3 +490,60 @@ func TestWriteTarTrackedCleansUp(t *testing.T) {
 		t.Errorf("left behind: %v", left)
 	}
 }
+
+func TestSanitizeRepo(t *testing.T) {
+	gitEnv(t)
+	ctx := context.Background()
+	fresh := func() string {
+		dir := t.TempDir()
+		git(t, dir, "init", "-q", "-b", "main")
+		git(t, dir, "config", "banger.base", "0123abcd")
+		git(t, dir, "config", "filter.evil.clean", "touch /tmp/x")
+		git(t, dir, "config", "core.pager", "evil")
+		write(t, filepath.Join(dir, ".git/hooks/pre-commit"), "#!/bin/sh\n", 0o755)
+		write(t, filepath.Join(dir, ".git/objects/info/alternates"), "/etc\n", 0o644)
+		return dir
+	}
+	dir := fresh()
+	if err := SanitizeRepo(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, ".git/config"))
+	cfg := string(b)
+	for _, gone := range []string{"evil", "pager", "filter"} {
+		if strings.Contains(cfg, gone) {
+			t.Errorf("sanitized config keeps %q:\n%s", gone, cfg)
+		}
+	}
+	if !strings.Contains(cfg, "base = 0123abcd") || !strings.Contains(cfg, "repositoryformatversion = 0") {
+		t.Errorf("sanitized config lost what export needs:\n%s", cfg)
+	}
+	for _, p := range []string{".git/hooks", ".git/objects/info/alternates", ".git/info"} {
+		if _, err := os.Lstat(filepath.Join(dir, p)); err == nil {
+			t.Errorf("%s survived", p)
+		}
+	}
+	if out := git(t, dir, "status", "--porcelain"); out != "" {
+		t.Errorf("sanitized repository is not usable: %q", out)
+	}
+
+	for name, spoil := range map[string]func(dir string){
+		"symlink": func(dir string) { os.Symlink("/etc/passwd", filepath.Join(dir, ".git/refs/evil")) },
+		"gitfile": func(dir string) {
+			os.RemoveAll(filepath.Join(dir, ".git"))
+			write(t, filepath.Join(dir, ".git"), "gitdir: /etc\n", 0o644)
+		},
+		"commondir": func(dir string) { write(t, filepath.Join(dir, ".git/commondir"), "/etc\n", 0o644) },
+		"extension": func(dir string) {
+			git(t, dir, "config", "core.repositoryformatversion", "1")
+			git(t, dir, "config", "extensions.worktreeConfig", "true")
+		},
+		"base": func(dir string) { git(t, dir, "config", "banger.base", "HEAD; rm -rf /") },
+	} {
+		dir := fresh()
+		spoil(dir)
+		if err := SanitizeRepo(ctx, dir); err == nil {
+			t.Errorf("%s: a repository sanitize cannot vouch for was accepted", name)
+		}
+	}
+}

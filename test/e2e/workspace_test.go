@@ -169,6 +169,31 @@ func TestWorkspace(t *testing.T) {
 	if got := strings.TrimSpace(gitIn(t, repo, "rev-parse", "HEAD")); got != hostHead {
 		t.Errorf("host HEAD moved to %s", got)
 	}
+
+	// After the VM stops: more guest work comes back read from its disk,
+	// without a boot.
+	if _, code := h.guestSh("ws", `cd /root/repo && echo after >> README.md && git -c user.name=agent -c user.email=a@b commit -qam "agent: before stop" && echo late > late.txt`); code != 0 {
+		t.Fatal("guest work before stop failed")
+	}
+	h.MustRun("vm", "stop", "ws")
+	if st := h.VM("ws").State; st != "stopped" {
+		t.Fatalf("vm state %s after stop", st)
+	}
+	if out, errOut, code := h.runIn(repo, "vm", "workspace", "export", "ws", "--guest-path", "/root/repo", "--branch", "agent/2"); code != 0 {
+		t.Fatalf("export from the stopped vm: exit %d\n%s%s", code, out, errOut)
+	}
+	if got := gitIn(t, repo, "log", "--format=%s", "agent/1..agent/2"); got != "banger: uncommitted changes from ws\nagent: before stop\n" {
+		t.Errorf("agent/2 adds %q", got)
+	}
+	if got := gitIn(t, repo, "show", "agent/2:late.txt"); got != "late\n" {
+		t.Errorf("agent/2:late.txt = %q", got)
+	}
+	if st := h.VM("ws").State; st != "stopped" {
+		t.Errorf("export from a stopped vm left it %s", st)
+	}
+	if got := gitIn(t, repo, "status", "--porcelain"); got != hostStatus {
+		t.Errorf("host status changed by export:\n%s\nwas:\n%s", got, hostStatus)
+	}
 }
 
 // TestWorkspaceBench compares prepare with a plain `tar | ssh tar` of the
