@@ -156,10 +156,12 @@ for stale in "$parent/.$name.banger-tmp-"*; do
 		rm -rf -- "$stale"
 	fi
 done
+# tar's messages go off the target disk, which may be what is full.
+errf=
 cleanup() {
 	rc=$?
 	if [ -e "$tmp" ]; then rm -rf -- "$tmp"; fi
-	rm -f -- "$tmp.err"
+	if [ -n "$errf" ]; then rm -f -- "$errf"; fi
 	exit "$rc"
 }
 trap cleanup EXIT
@@ -167,11 +169,19 @@ trap 'exit 129' HUP
 trap 'exit 130' INT
 trap 'exit 143' TERM
 mkdir -m 0700 -- "$tmp"
+errf=$(mktemp 2>/dev/null || echo "$tmp.err")
 recv=${BANGER_INIT:-%s}
 # 128 KiB reads (-b 256, -B: whole records from a pipe) rather than tar's
 # 10 KiB: under emulation each read and context switch is dear.
-untar() { tar -x -b 256 -B -f - -C "$tmp" --no-same-owner --same-permissions 2>"$tmp.err"; }
-untar_failed() { fail "unpacking the workspace stream failed: $(tail -n 3 -- "$tmp.err" | tr '\n' ' ')"; }
+untar() { tar -x -b 256 -B -f - -C "$tmp" --no-same-owner --same-permissions 2>"$errf"; }
+free=$(df -h --output=avail -- "$parent" 2>/dev/null | tail -n 1 | tr -d ' ' || true)
+untar_failed() {
+	# GNU tar reports a full disk as ENOSPC, or as a short write.
+	if grep -qE "No space left on device|Wrote only [0-9]+ of [0-9]+ bytes" -- "$errf"; then
+		fail "the guest's disk is full: the workspace did not fit in $parent (${free:-?} was free before it); free space in the VM or give it a larger --disk"
+	fi
+	fail "unpacking the workspace stream failed: $(tail -n 3 -- "$errf" | tr '\n' ' ')"
+}
 if [ -n "${%s:-}" ] && [ -x "$recv" ] && "$recv" recv --check >/dev/null 2>&1; then
 	# The stream comes over the data channel (banger-init recv announces
 	# its port on stderr); the session's stdin carries nothing.

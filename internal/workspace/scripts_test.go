@@ -434,3 +434,28 @@ func TestPrepareOverDataChannel(t *testing.T) {
 		t.Errorf("after a failed prepare the parent holds %q, want only repo", got)
 	}
 }
+
+// TestPrepareDiskFull: a stream that does not fit is a clear error naming
+// the full disk, and nothing of it stays.
+func TestPrepareDiskFull(t *testing.T) {
+	gitEnv(t)
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	disk := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", disk).CombinedOutput(); err != nil {
+		t.Skipf("mount tmpfs: %v %s", err, out)
+	}
+	defer exec.Command("umount", disk).Run()
+	src := t.TempDir()
+	git(t, src, "init", "-q", "-b", "main")
+	write(t, filepath.Join(src, "big.bin"), strings.Repeat("x", 3<<20), 0o644)
+	guest := filepath.Join(disk, "repo")
+	_, stderr, code := runScript(t, PrepareScript(guest, TempPath(guest, "t1"), false, ModeFull, ""), nil, tarOf(t, src, TarOptions{}))
+	if code == 0 || !strings.Contains(stderr, "the guest's disk is full") || !strings.Contains(stderr, "larger --disk") {
+		t.Errorf("prepare onto a full disk: exit %d, %q", code, stderr)
+	}
+	if names := siblings(t, guest); len(names) != 0 {
+		t.Errorf("left on the full disk: %v", names)
+	}
+}

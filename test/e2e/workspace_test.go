@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -120,6 +121,34 @@ func TestWorkspace(t *testing.T) {
 	if _, code := h.guestSh("ws", "touch /root/ro/new"); code == 0 {
 		t.Error("creating a file in a read-only workspace succeeded")
 	}
+
+	// Disk full in the guest: a clear error, the old tree as it was, no
+	// temp dir left, the space given back.
+	if _, code := h.guestSh("ws", `fallocate -l $(( $(df --output=avail -B1 /root | tail -1) - 16*1024*1024 )) /root/filler`); code != 0 {
+		t.Fatal("filling the guest's disk failed")
+	}
+	big := t.TempDir()
+	gitIn(t, big, "init", "-q", "-b", "main")
+	blob := make([]byte, 24<<20)
+	rng := mathrand.NewChaCha8([32]byte{3})
+	rng.Read(blob)
+	must(os.WriteFile(filepath.Join(big, "big.bin"), blob, 0o644))
+	gitIn(t, big, "add", "-A")
+	gitIn(t, big, "commit", "-q", "-m", "big")
+	if _, errOut, code := h.Run("vm", "workspace", "prepare", "ws", "--source", big, "--guest-path", "/root/repo"); code == 0 || !strings.Contains(errOut, "the guest's disk is full") {
+		t.Errorf("prepare onto a full disk: exit %d, stderr %q; want a failure naming the full disk", code, errOut)
+	} else {
+		t.Logf("prepare onto a full disk: %s", strings.TrimSpace(errOut))
+	}
+	if out, _ := h.guestSh("ws", "ls -a /root | grep -c banger-tmp; cat /root/repo/README.md"); out != "0\nhello, edited\n" {
+		t.Errorf("after the failed prepare: %q, want no temp dir and the old tree", out)
+	}
+	if out, _ := h.guestSh("ws", "df --output=avail -B1 /root | tail -1"); strings.TrimSpace(out) == "" {
+		t.Error("df failed")
+	} else if avail, _ := strconv.ParseInt(strings.TrimSpace(out), 10, 64); avail < 8<<20 {
+		t.Errorf("the failed prepare kept its space: %d bytes free", avail)
+	}
+	h.guestSh("ws", "rm -f /root/filler")
 
 	// Tracked: the same files in a fresh one-commit repository, made on
 	// the host, clean in the guest's eyes.
