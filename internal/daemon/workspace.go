@@ -401,9 +401,8 @@ func (t *tailWriter) Write(p []byte) (int, error) {
 func (t *tailWriter) String() string { return string(t.buf) }
 
 // exportSandbox is the user that reads a stopped VM's work disk and runs
-// git over the copy: an id no account uses, so that no other process on
-// the host can reach the files while it works.
-var exportSandbox = storage.Sandbox{UID: 0x7fff_fff0, GID: 0x7fff_fff0}
+// git over the copy.
+var exportSandbox = storage.DefaultSandbox
 
 // exportOffline exports from a stopped VM without booting it: the
 // workspace directory is copied out of the work disk (storage.CopyOut,

@@ -44,6 +44,10 @@ func NeedsRecovery(path string) (bool, error) {
 // Sandbox is the unprivileged user that parses a guest's filesystem.
 type Sandbox struct{ UID, GID uint32 }
 
+// DefaultSandbox is an id no account uses, so that no other process on
+// the host can reach what the sandbox reads or writes while it works.
+var DefaultSandbox = Sandbox{UID: 0x7fff_fff0, GID: 0x7fff_fff0}
+
 // CopyOut copies the directory dir (absolute, inside the filesystem) of
 // the ext4 image file image to dst, which must not exist, without mounting
 // it: the host kernel never parses a guest-made filesystem. debugfs reads
@@ -120,6 +124,11 @@ func withLentLoop(ctx context.Context, image string, ro bool, sb Sandbox, fn fun
 	}
 	dev := strings.TrimSpace(string(out))
 	defer exec.Command(losetup, "--detach", dev).Run()
+	// udev resets a new loop device's owner when it handles the attach:
+	// let it finish first, or it could take the device back mid-read.
+	if udevadm, err := exec.LookPath("udevadm"); err == nil {
+		_ = exec.CommandContext(ctx, udevadm, "settle", "--timeout=5").Run()
+	}
 	fi, err := os.Stat(dev)
 	if err != nil {
 		return err

@@ -2,7 +2,9 @@
 // system disk made over a shared read-only image, and the persistent work
 // disk mounted at /root in the guest. It owns the loop devices and
 // device-mapper targets it makes, and nothing else: it never mounts a guest
-// filesystem and knows nothing of VMMs beyond the disk format they accept.
+// filesystem (it reads a stopped VM's work disk with debugfs, as an
+// unprivileged sandbox user) and knows nothing of VMMs beyond the disk
+// format they accept.
 //
 // A copy-on-write system disk lets many VMs share one image that is never
 // written through. Strategies differ in what they need of the host and what

@@ -2,7 +2,6 @@ package storage
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -106,7 +105,9 @@ func debugfsError(disk, path, stderr string) error {
 	return fmt.Errorf("read %s on disk %s: %s", path, disk, msg)
 }
 
-// debugfs runs one read-only request against disk.
+// debugfs runs one read-only request against disk, as DefaultSandbox
+// through a lent read-only loop device (see CopyOut): the guest-made
+// filesystem is parsed by an unprivileged process.
 func debugfs(ctx context.Context, disk, path, cmd string) (string, error) {
 	req, err := debugfsRequest(cmd, path)
 	if err != nil {
@@ -115,20 +116,16 @@ func debugfs(ctx context.Context, disk, path, cmd string) (string, error) {
 	if _, err := os.Stat(disk); err != nil {
 		return "", fmt.Errorf("disk: %w", err)
 	}
-	c := exec.CommandContext(ctx, "debugfs", "-R", req, disk)
-	c.Env = append(os.Environ(), "DEBUGFS_PAGER=__none__", "PAGER=__none__")
-	var out, errb strings.Builder
-	c.Stdout, c.Stderr = &out, &errb
-	if err := c.Run(); err != nil {
-		if errors.Is(err, exec.ErrNotFound) {
-			return "", fmt.Errorf("debugfs not found on PATH (install e2fsprogs)")
+	var out string
+	err = withLentLoop(ctx, disk, true, DefaultSandbox, func(dev string) error {
+		stdout, stderr, err := sandboxed(ctx, DefaultSandbox, "debugfs", "-c", "-R", req, dev)
+		if err != nil {
+			return err
 		}
-		return "", fmt.Errorf("debugfs %s on %s: %w: %s", req, disk, err, strings.TrimSpace(errb.String()))
-	}
-	if err := debugfsError(disk, path, errb.String()); err != nil {
-		return "", err
-	}
-	return out.String(), nil
+		out = stdout
+		return debugfsError(disk, path, stderr)
+	})
+	return out, err
 }
 
 var statTypeRE = regexp.MustCompile(`Type: (\S+)`)

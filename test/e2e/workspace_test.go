@@ -99,6 +99,9 @@ func TestWorkspace(t *testing.T) {
 	if out, _ := h.guestSh("ws", "cd /root/repo && git rev-parse HEAD"); strings.TrimSpace(out) != hostHead {
 		t.Errorf("guest HEAD %q, want %s", out, hostHead)
 	}
+	if out, _ := h.guestSh("ws", "cd /root/repo && git log --format='%H %an %s' --all"); out != gitIn(t, repo, "log", "--format=%H %an %s", "--all") {
+		t.Errorf("guest git log:\n%s\nwant the host's", out)
+	}
 	checks := map[string]string{
 		"cat /root/repo/README.md":                     "hello, edited\n",
 		"cat /root/repo/notes.txt":                     "untracked\n",
