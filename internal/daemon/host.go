@@ -72,23 +72,24 @@ func (d *Daemon) startHost(ctx context.Context) error {
 	d.processAlive = d.vmmAlive
 
 	if d.host.drivers == nil {
-		// The KVM probe boots the default kernel when there is one: on a
+		// The KVM probes boot the default kernel when there is one: on a
 		// host whose KVM opens but runs no ordinary guest, only a real
-		// kernel tells.
-		// Asked at each decision: the default kernel may be registered
-		// after the daemon starts (the first `vm create` fetches it).
-		qpk := func() *qemu.ProbeKernel {
+		// kernel tells. Looked up at each decision: the default kernel may
+		// be registered after the daemon starts (the first `vm create`
+		// fetches it).
+		defaultKernel := func() (model.Kernel, bool) {
 			k, err := d.store.GetKernel(context.Background(), d.cfg.DefaultKernel)
-			if err != nil {
+			return k, err == nil
+		}
+		qpk := func() *qemu.ProbeKernel {
+			k, ok := defaultKernel()
+			if !ok {
 				return nil
 			}
 			return &qemu.ProbeKernel{Kernel: firstNonEmpty(k.BzImagePath, k.VmlinuxPath), Initrd: k.InitrdPath}
 		}
 		fpk := func() string {
-			k, err := d.store.GetKernel(context.Background(), d.cfg.DefaultKernel)
-			if err != nil {
-				return ""
-			}
+			k, _ := defaultKernel()
 			return k.VmlinuxPath
 		}
 		d.host.drivers = map[string]vmm.Driver{

@@ -15,7 +15,6 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/guestinit"
@@ -450,7 +449,7 @@ func (d *Daemon) exportOffline(ctx context.Context, vm model.VM, guestPath, form
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: exportSandbox.UID, Gid: exportSandbox.GID, Groups: []uint32{}}}
+	cmd.SysProcAttr = exportSandbox.SysProcAttr()
 	cmd.Stdout, cmd.Stderr = w, stderr
 	err = cmd.Run()
 	var ee *exec.ExitError

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -43,6 +42,12 @@ func NeedsRecovery(path string) (bool, error) {
 
 // Sandbox is the unprivileged user that parses a guest's filesystem.
 type Sandbox struct{ UID, GID uint32 }
+
+// SysProcAttr makes a child process run as the sandbox user, with no
+// supplementary groups.
+func (sb Sandbox) SysProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: sb.UID, Gid: sb.GID, Groups: []uint32{}}}
+}
 
 // DefaultSandbox is an id no account uses, so that no other process on
 // the host can reach what the sandbox reads or writes while it works.
@@ -118,12 +123,12 @@ func withLentLoop(ctx context.Context, image string, ro bool, sb Sandbox, fn fun
 	if err != nil {
 		return fmt.Errorf("losetup not found: %w", err)
 	}
-	out, err := exec.CommandContext(ctx, losetup, LosetupAttachArgs(losetup, image, ro)[1:]...).Output()
+	out, err := runArgv(ctx, LosetupAttachArgs(losetup, image, ro))
 	if err != nil {
-		return fmt.Errorf("attach %s to a loop device: %w", image, exitDetail(err))
+		return fmt.Errorf("attach %s to a loop device: %w", image, err)
 	}
-	dev := strings.TrimSpace(string(out))
-	defer exec.Command(losetup, "--detach", dev).Run()
+	dev := strings.TrimSpace(out)
+	defer runArgv(context.Background(), LosetupDetachArgs(losetup, dev))
 	// udev resets a new loop device's owner when it handles the attach:
 	// let it finish first, or it could take the device back mid-read.
 	if udevadm, err := exec.LookPath("udevadm"); err == nil {
@@ -149,7 +154,7 @@ func sandboxed(ctx context.Context, sb Sandbox, name string, args ...string) (st
 		return "", "", fmt.Errorf("%s not found (apt-get install e2fsprogs): %w", name, err)
 	}
 	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: sb.UID, Gid: sb.GID, Groups: []uint32{}}}
+	cmd.SysProcAttr = sb.SysProcAttr()
 	cmd.Dir = "/"
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "DEBUGFS_PAGER=__none__", "PAGER=__none__"}
 	var out, errb bytes.Buffer
@@ -158,12 +163,4 @@ func sandboxed(ctx context.Context, sb Sandbox, name string, args ...string) (st
 		return out.String(), errb.String(), fmt.Errorf("%s: %w: %s", name, err, strings.TrimSpace(errb.String()+" "+out.String()))
 	}
 	return out.String(), errb.String(), nil
-}
-
-func exitDetail(err error) error {
-	var ee *exec.ExitError
-	if errors.As(err, &ee) && len(ee.Stderr) > 0 {
-		return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(ee.Stderr)))
-	}
-	return err
 }

@@ -86,11 +86,7 @@ func BuildArgs(spec vmm.Spec, o ArgOptions) ([]string, error) {
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
 		"-smp", strconv.Itoa(cpus), "-m", strconv.Itoa(mem),
 	)
-	kernel := spec.Kernel.BzImage
-	if kernel == "" {
-		kernel = spec.Kernel.Vmlinux
-	}
-	if kernel != "" {
+	if kernel := bootKernel(spec.Kernel); kernel != "" {
 		args = append(args, "-kernel", kernel)
 		if spec.Kernel.Initrd != "" {
 			args = append(args, "-initrd", spec.Kernel.Initrd)
@@ -162,4 +158,13 @@ func Cmdline(base string, o ArgOptions) string {
 		parts = append(parts, "tsc_early_khz="+strconv.Itoa(o.TSCkHz))
 	}
 	return strings.Join(parts, " ")
+}
+
+// bootKernel is the kernel file QEMU boots: the compressed image when there
+// is one, else the vmlinux; "" when there is neither.
+func bootKernel(k vmm.Kernel) string {
+	if k.BzImage != "" {
+		return k.BzImage
+	}
+	return k.Vmlinux
 }

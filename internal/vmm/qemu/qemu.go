@@ -220,10 +220,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 	}
 	d.mu.Lock()
 	// A firmware-only KVM choice is checked with the kernel about to boot.
-	if k := spec.Kernel.BzImage + spec.Kernel.Vmlinux; k != "" {
-		if spec.Kernel.BzImage != "" {
-			k = spec.Kernel.BzImage
-		}
+	if k := bootKernel(spec.Kernel); k != "" {
 		d.decideWith(ctx, &ProbeKernel{Kernel: k, Initrd: spec.Kernel.Initrd})
 	}
 	if !d.ok {
