@@ -8,8 +8,9 @@ import (
 	"os"
 	"time"
 
-	"github.com/banger/banger/internal/transfer"
 	"golang.org/x/sys/unix"
+
+	"github.com/banger/banger/internal/transfer"
 )
 
 // recv is `banger-init recv`: it receives one stream from the daemon over

@@ -45,7 +45,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		return 2
 	}
 	if showVersion {
-		v := version.Info()
+		v := version.Current()
 		fmt.Fprintf(stderr, "bangerd %s %s %s\n", v.Version, v.Commit, v.GoVersion)
 		return 0
 	}

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+
+	"github.com/banger/banger/internal/errdefs"
 )
 
 // attachSession bridges a hijacked connection and Service.AttachSession.
@@ -20,7 +22,7 @@ import (
 // not happen.
 func (h *handler) attachSession(w http.ResponseWriter, r *http.Request) {
 	if !headerHas(r.Header, "Connection", "upgrade") || !strings.EqualFold(r.Header.Get("Upgrade"), AttachProtocol) {
-		writeError(w, Errorf(CodeInvalid, "attach needs the headers Connection: Upgrade and Upgrade: %s", AttachProtocol))
+		writeError(w, errdefs.Errorf(errdefs.CodeInvalid, "attach needs the headers Connection: Upgrade and Upgrade: %s", AttachProtocol))
 		return
 	}
 	vmRef, sRef := r.PathValue("ref"), r.PathValue("s")

@@ -16,7 +16,10 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/progress"
+	"github.com/banger/banger/internal/version"
 )
 
 // ErrDaemonUnreachable is matched (errors.Is) by every client error that
@@ -36,7 +39,7 @@ func (e *UnreachableError) Error() string {
 
 func (e *UnreachableError) Unwrap() []error { return []error{ErrDaemonUnreachable, e.Err} }
 
-// Client calls bangerd's API on its unix socket. API errors are *Error
+// Client calls bangerd's API on its unix socket. API errors are *errdefs.Error
 // values; connection failures match ErrDaemonUnreachable.
 type Client struct {
 	socket string
@@ -117,11 +120,11 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 // becomes an internal error quoting it.
 func readError(resp *http.Response) error {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	var e Error
+	var e errdefs.Error
 	if json.Unmarshal(b, &e) == nil && e.Code != "" {
 		return &e
 	}
-	return &Error{Code: CodeInternal, Message: fmt.Sprintf("daemon answered %s: %s", resp.Status, strings.TrimSpace(string(b)))}
+	return &errdefs.Error{Code: errdefs.CodeInternal, Message: fmt.Sprintf("daemon answered %s: %s", resp.Status, strings.TrimSpace(string(b)))}
 }
 
 // call sends a JSON request (in may be nil) and decodes a JSON answer into
@@ -170,7 +173,7 @@ func frames(r io.Reader, fn func(f Frame, raw json.RawMessage) (last bool, err e
 
 // stream sends a request whose answer is a progress stream, and decodes
 // its result into out.
-func (c *Client) stream(ctx context.Context, method, path string, in any, progress ProgressFunc, out any) error {
+func (c *Client) stream(ctx context.Context, method, path string, in any, report progress.Func, out any) error {
 	body, err := jsonBody(in)
 	if err != nil {
 		return err
@@ -183,8 +186,8 @@ func (c *Client) stream(ctx context.Context, method, path string, in any, progre
 	return frames(resp.Body, func(f Frame, result json.RawMessage) (bool, error) {
 		switch f.Type {
 		case FrameProgress:
-			if progress != nil && f.Progress != nil {
-				progress(*f.Progress)
+			if report != nil && f.Progress != nil {
+				report(*f.Progress)
 			}
 			return false, nil
 		case FrameResult:
@@ -196,7 +199,7 @@ func (c *Client) stream(ctx context.Context, method, path string, in any, progre
 			return true, nil
 		case FrameError:
 			if f.Error == nil {
-				return true, &Error{Code: CodeInternal, Message: "error frame without an error"}
+				return true, &errdefs.Error{Code: errdefs.CodeInternal, Message: "error frame without an error"}
 			}
 			return true, f.Error
 		default:
@@ -223,9 +226,9 @@ func (c *Client) raw(ctx context.Context, method, path string, query url.Values,
 	if t := resp.Trailer.Get(TrailerError); t != "" {
 		code, msg, ok := strings.Cut(t, ": ")
 		if !ok {
-			code, msg = CodeInternal, t
+			code, msg = errdefs.CodeInternal, t
 		}
-		return &Error{Code: code, Message: msg}
+		return &errdefs.Error{Code: code, Message: msg}
 	}
 	return nil
 }
@@ -233,8 +236,8 @@ func (c *Client) raw(ctx context.Context, method, path string, query url.Values,
 // ---- daemon ----
 
 // Version returns the daemon's version.
-func (c *Client) Version(ctx context.Context) (VersionInfo, error) {
-	var v VersionInfo
+func (c *Client) Version(ctx context.Context) (version.Info, error) {
+	var v version.Info
 	return v, c.call(ctx, "GET", "/v1/version", nil, nil, &v)
 }
 
@@ -279,15 +282,15 @@ func (c *Client) GetImage(ctx context.Context, ref string) (model.Image, error) 
 }
 
 // BuildImage builds an image, reporting progress.
-func (c *Client) BuildImage(ctx context.Context, req BuildImageRequest, progress ProgressFunc) (model.Image, error) {
+func (c *Client) BuildImage(ctx context.Context, req BuildImageRequest, report progress.Func) (model.Image, error) {
 	var v model.Image
-	return v, c.stream(ctx, "POST", "/v1/images/build", req, progress, &v)
+	return v, c.stream(ctx, "POST", "/v1/images/build", req, report, &v)
 }
 
 // ImportImage registers an existing ext4 file, reporting progress.
-func (c *Client) ImportImage(ctx context.Context, req ImportImageRequest, progress ProgressFunc) (model.Image, error) {
+func (c *Client) ImportImage(ctx context.Context, req ImportImageRequest, report progress.Func) (model.Image, error) {
 	var v model.Image
-	return v, c.stream(ctx, "POST", "/v1/images/import", req, progress, &v)
+	return v, c.stream(ctx, "POST", "/v1/images/import", req, report, &v)
 }
 
 // RemoveImage removes an image.
@@ -310,9 +313,9 @@ func (c *Client) GetKernel(ctx context.Context, ref string) (model.Kernel, error
 }
 
 // PullKernel installs a catalog kernel, reporting progress.
-func (c *Client) PullKernel(ctx context.Context, name string, progress ProgressFunc) (model.Kernel, error) {
+func (c *Client) PullKernel(ctx context.Context, name string, report progress.Func) (model.Kernel, error) {
 	var v model.Kernel
-	return v, c.stream(ctx, "POST", "/v1/kernels/"+esc(name)+"/pull", nil, progress, &v)
+	return v, c.stream(ctx, "POST", "/v1/kernels/"+esc(name)+"/pull", nil, report, &v)
 }
 
 // ImportKernel registers the user's kernel files.
@@ -341,15 +344,15 @@ func (c *Client) GetVM(ctx context.Context, ref string) (model.VM, error) {
 }
 
 // CreateVM creates (and with req.Start, boots) a VM, reporting progress.
-func (c *Client) CreateVM(ctx context.Context, req CreateVMRequest, progress ProgressFunc) (model.VM, error) {
+func (c *Client) CreateVM(ctx context.Context, req CreateVMRequest, report progress.Func) (model.VM, error) {
 	var v model.VM
-	return v, c.stream(ctx, "POST", "/v1/vms", req, progress, &v)
+	return v, c.stream(ctx, "POST", "/v1/vms", req, report, &v)
 }
 
 // StartVM boots a VM, reporting progress.
-func (c *Client) StartVM(ctx context.Context, ref string, progress ProgressFunc) (model.VM, error) {
+func (c *Client) StartVM(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
 	var v model.VM
-	return v, c.stream(ctx, "POST", "/v1/vms/"+esc(ref)+"/start", nil, progress, &v)
+	return v, c.stream(ctx, "POST", "/v1/vms/"+esc(ref)+"/start", nil, report, &v)
 }
 
 // StopVM stops a VM.
@@ -359,9 +362,9 @@ func (c *Client) StopVM(ctx context.Context, ref string, req StopVMRequest) (mod
 }
 
 // RestartVM stops and boots a VM, reporting progress.
-func (c *Client) RestartVM(ctx context.Context, ref string, progress ProgressFunc) (model.VM, error) {
+func (c *Client) RestartVM(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
 	var v model.VM
-	return v, c.stream(ctx, "POST", "/v1/vms/"+esc(ref)+"/restart", nil, progress, &v)
+	return v, c.stream(ctx, "POST", "/v1/vms/"+esc(ref)+"/restart", nil, report, &v)
 }
 
 // DeleteVM deletes a VM; force stops it first if it runs.
@@ -416,7 +419,7 @@ func (c *Client) ExecVM(ctx context.Context, ref string, req ExecRequest, stdout
 			return true, nil
 		case FrameError:
 			if f.Error == nil {
-				return true, &Error{Code: CodeInternal, Message: "error frame without an error"}
+				return true, &errdefs.Error{Code: errdefs.CodeInternal, Message: "error frame without an error"}
 			}
 			return true, f.Error
 		}
@@ -537,7 +540,7 @@ func (c *Client) RemoveSession(ctx context.Context, vmRef, ref string) error {
 }
 
 // AttachSession attaches to a session. Errors before the attachment (not
-// found, already attached) are *Error values.
+// found, already attached) are *errdefs.Error values.
 func (c *Client) AttachSession(ctx context.Context, vmRef, ref string) (*AttachStream, error) {
 	hdr := http.Header{}
 	hdr.Set("Connection", "Upgrade")
@@ -548,12 +551,12 @@ func (c *Client) AttachSession(ctx context.Context, vmRef, ref string) (*AttachS
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		resp.Body.Close()
-		return nil, &Error{Code: CodeInternal, Message: "daemon did not upgrade the attach request: " + resp.Status}
+		return nil, &errdefs.Error{Code: errdefs.CodeInternal, Message: "daemon did not upgrade the attach request: " + resp.Status}
 	}
 	rwc, ok := resp.Body.(io.ReadWriteCloser)
 	if !ok {
 		resp.Body.Close()
-		return nil, &Error{Code: CodeInternal, Message: "attach connection is not writable"}
+		return nil, &errdefs.Error{Code: errdefs.CodeInternal, Message: "attach connection is not writable"}
 	}
 	return &AttachStream{rwc: rwc, r: bufio.NewReader(rwc)}, nil
 }
@@ -589,7 +592,7 @@ func (a *AttachStream) Detach() error {
 
 // Receive copies the session's output to stdout and stderr until the
 // daemon ends the attachment, and returns how it ended. An error the
-// daemon reported in the end frame is returned as an *Error too.
+// daemon reported in the end frame is returned as an *errdefs.Error too.
 func (a *AttachStream) Receive(stdout, stderr io.Writer) (AttachEndInfo, error) {
 	for {
 		typ, p, err := ReadAttachFrame(a.r)
@@ -616,9 +619,9 @@ func (a *AttachStream) Receive(stdout, stderr io.Writer) (AttachEndInfo, error) 
 			if end.Error != "" {
 				code := end.Code
 				if code == "" {
-					code = CodeInternal
+					code = errdefs.CodeInternal
 				}
-				return end, &Error{Code: code, Message: end.Error}
+				return end, &errdefs.Error{Code: code, Message: end.Error}
 			}
 			return end, nil
 		}

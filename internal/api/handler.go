@@ -10,11 +10,14 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/banger/banger/internal/errdefs"
+	"github.com/banger/banger/internal/progress"
 )
 
 // NewHandler serves the /v1/ API over svc. Errors are JSON
-// {"error": "...", "code": "..."} with the status of (*Error).HTTPStatus;
-// errors that are not *Error are "internal". Each request is logged.
+// {"error": "...", "code": "..."} with the status of (*errdefs.Error).HTTPStatus;
+// errors that are not *errdefs.Error are "internal". Each request is logged.
 func NewHandler(svc Service, log *slog.Logger) http.Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -41,9 +44,9 @@ func noRoute(mux *http.ServeMux, w http.ResponseWriter, r *http.Request) {
 	if allow := rec.h.Get("Allow"); allow != "" {
 		w.Header().Set("Allow", allow)
 	}
-	e := Errorf(CodeNotFound, "no route %s %s: see the /v1/ routes of this bangerd", r.Method, r.URL.Path)
+	e := errdefs.Errorf(errdefs.CodeNotFound, "no route %s %s: see the /v1/ routes of this bangerd", r.Method, r.URL.Path)
 	if rec.status == http.StatusMethodNotAllowed {
-		e = Errorf(CodeInvalid, "method %s is not allowed on %s: use %s", r.Method, r.URL.Path, rec.h.Get("Allow"))
+		e = errdefs.Errorf(errdefs.CodeInvalid, "method %s is not allowed on %s: use %s", r.Method, r.URL.Path, rec.h.Get("Allow"))
 		writeJSON(w, http.StatusMethodNotAllowed, e)
 		return
 	}
@@ -156,13 +159,13 @@ func (h *handler) logged(next http.Handler) http.Handler {
 	})
 }
 
-// asError makes any error an *Error; unknown errors are internal.
-func asError(err error) *Error {
-	var e *Error
+// asError makes any error an *errdefs.Error; unknown errors are internal.
+func asError(err error) *errdefs.Error {
+	var e *errdefs.Error
 	if errors.As(err, &e) {
 		return e
 	}
-	return &Error{Code: CodeInternal, Message: err.Error()}
+	return &errdefs.Error{Code: errdefs.CodeInternal, Message: err.Error()}
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -173,7 +176,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func writeError(w http.ResponseWriter, err error) {
 	e := asError(err)
-	writeJSON(w, e.HTTPStatus(), e)
+	writeJSON(w, HTTPStatus(e.Code), e)
 }
 
 // reply writes v, or the error.
@@ -222,13 +225,13 @@ func jsonError(where string, err error) error {
 	}
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {
-		return Errorf(CodeInvalid, "invalid %s: field %q must be %s, not JSON %s", where, te.Field, te.Type, te.Value)
+		return errdefs.Errorf(errdefs.CodeInvalid, "invalid %s: field %q must be %s, not JSON %s", where, te.Field, te.Type, te.Value)
 	}
 	var se *json.SyntaxError
 	if errors.As(err, &se) {
-		return Errorf(CodeInvalid, "invalid %s: malformed JSON at byte %d: %v", where, se.Offset, err)
+		return errdefs.Errorf(errdefs.CodeInvalid, "invalid %s: malformed JSON at byte %d: %v", where, se.Offset, err)
 	}
-	return Errorf(CodeInvalid, "invalid %s: %v", where, err)
+	return errdefs.Errorf(errdefs.CodeInvalid, "invalid %s: %v", where, err)
 }
 
 func queryBool(r *http.Request, name string) (bool, error) {
@@ -238,7 +241,7 @@ func queryBool(r *http.Request, name string) (bool, error) {
 	}
 	b, err := strconv.ParseBool(v)
 	if err != nil {
-		return false, Errorf(CodeInvalid, "invalid query parameter %s=%q: use true or false", name, v)
+		return false, errdefs.Errorf(errdefs.CodeInvalid, "invalid query parameter %s=%q: use true or false", name, v)
 	}
 	return b, nil
 }
@@ -250,7 +253,7 @@ func queryInt(r *http.Request, name string) (int, error) {
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 0 {
-		return 0, Errorf(CodeInvalid, "invalid query parameter %s=%q: use a whole number >= 0", name, v)
+		return 0, errdefs.Errorf(errdefs.CodeInvalid, "invalid query parameter %s=%q: use a whole number >= 0", name, v)
 	}
 	return n, nil
 }
@@ -285,7 +288,7 @@ func (s *stream) frame(f Frame) {
 	flush(s.w)
 }
 
-func (s *stream) progress(p Progress) { s.frame(Frame{Type: FrameProgress, Progress: &p}) }
+func (s *stream) progress(p progress.Event) { s.frame(Frame{Type: FrameProgress, Progress: &p}) }
 
 // finish writes the last frame: the result, or the error (as a JSON error
 // response when nothing was streamed yet).
@@ -472,7 +475,7 @@ func (h *handler) stopVM(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.TimeoutSeconds < 0 {
-		writeError(w, Errorf(CodeInvalid, "invalid timeout_seconds %d: use 0 (default) or more", req.TimeoutSeconds))
+		writeError(w, errdefs.Errorf(errdefs.CodeInvalid, "invalid timeout_seconds %d: use 0 (default) or more", req.TimeoutSeconds))
 		return
 	}
 	v, err := h.svc.StopVM(r.Context(), r.PathValue("ref"), req)
@@ -504,12 +507,6 @@ func (h *handler) vmLogs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	switch req.Source {
-	case "", "console", "vmm", "all":
-	default:
-		writeError(w, Errorf(CodeInvalid, "invalid query parameter source=%q: use console, vmm or all", req.Source))
-		return
-	}
 	rw := &rawWriter{w: w, contentType: "text/plain; charset=utf-8"}
 	rw.finish(h.svc.VMLogs(r.Context(), r.PathValue("ref"), req, rw))
 }
@@ -532,7 +529,7 @@ func (h *handler) execVM(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if len(req.Command) == 0 {
-		writeError(w, Errorf(CodeInvalid, "invalid request body: field \"command\" is empty: give the command and its arguments"))
+		writeError(w, errdefs.Errorf(errdefs.CodeInvalid, "invalid request body: field \"command\" is empty: give the command and its arguments"))
 		return
 	}
 	s := &stream{w: w}
@@ -588,12 +585,6 @@ func (h *handler) prepareWorkspace(w http.ResponseWriter, r *http.Request) {
 			*dst = b
 		}
 	}
-	switch req.Mode {
-	case "", "full", "tracked":
-	default:
-		writeError(w, Errorf(CodeInvalid, "invalid workspace mode %q: use full or tracked", req.Mode))
-		return
-	}
 	v, err := h.svc.PrepareWorkspace(r.Context(), r.PathValue("ref"), req, r.Body)
 	reply(w, v, err)
 }
@@ -602,12 +593,6 @@ func (h *handler) exportWorkspace(w http.ResponseWriter, r *http.Request) {
 	var req ExportRequest
 	if err := decodeBody(r, &req); err != nil {
 		writeError(w, err)
-		return
-	}
-	switch req.Format {
-	case "bundle", "patch":
-	default:
-		writeError(w, Errorf(CodeInvalid, "invalid export format %q: use bundle or patch", req.Format))
 		return
 	}
 	rw := &rawWriter{w: w, contentType: "application/octet-stream"}
@@ -628,13 +613,7 @@ func (h *handler) startSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Command == "" {
-		writeError(w, Errorf(CodeInvalid, "invalid request body: field \"command\" is empty: give the command to run"))
-		return
-	}
-	switch req.Stdin {
-	case "", "pipe", "closed":
-	default:
-		writeError(w, Errorf(CodeInvalid, "invalid stdin mode %q: use pipe or closed", req.Stdin))
+		writeError(w, errdefs.Errorf(errdefs.CodeInvalid, "invalid request body: field \"command\" is empty: give the command to run"))
 		return
 	}
 	v, err := h.svc.StartSession(r.Context(), r.PathValue("ref"), req)
@@ -674,7 +653,7 @@ func (h *handler) stopSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.TimeoutSeconds < 0 {
-		writeError(w, Errorf(CodeInvalid, "invalid timeout_seconds %d: use 0 (default) or more", req.TimeoutSeconds))
+		writeError(w, errdefs.Errorf(errdefs.CodeInvalid, "invalid timeout_seconds %d: use 0 (default) or more", req.TimeoutSeconds))
 		return
 	}
 	v, err := h.svc.StopSession(r.Context(), r.PathValue("ref"), r.PathValue("s"), req)

@@ -13,7 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/progress"
+	"github.com/banger/banger/internal/workspace"
 )
 
 // fakeService answers the methods a test sets; any other call fails the
@@ -22,7 +25,7 @@ type fakeService struct {
 	Service
 	getVM        func(ref string) (model.VM, error)
 	listVMs      func() ([]model.VM, error)
-	createVM     func(req CreateVMRequest, p ProgressFunc) (model.VM, error)
+	createVM     func(req CreateVMRequest, p progress.Func) (model.VM, error)
 	deleteVM     func(ref string, force bool) error
 	vmLogs       func(req LogsRequest, w io.Writer) error
 	execVM       func(req ExecRequest, stdout, stderr io.Writer) (int, error)
@@ -40,13 +43,17 @@ func (f *fakeService) GetVM(_ context.Context, ref string) (model.VM, error) {
 	return f.getVM(ref)
 }
 func (f *fakeService) ListVMs(context.Context) ([]model.VM, error) { return f.listVMs() }
-func (f *fakeService) CreateVM(_ context.Context, req CreateVMRequest, p ProgressFunc) (model.VM, error) {
+func (f *fakeService) CreateVM(_ context.Context, req CreateVMRequest, p progress.Func) (model.VM, error) {
 	return f.createVM(req, p)
 }
 func (f *fakeService) DeleteVM(_ context.Context, ref string, force bool) error {
 	return f.deleteVM(ref, force)
 }
 func (f *fakeService) VMLogs(_ context.Context, _ string, req LogsRequest, w io.Writer) error {
+	// Enums are the domain's to validate; the handler only decodes.
+	if err := model.ValidateLogSource(req.Source); err != nil {
+		return errdefs.Invalid(err)
+	}
 	return f.vmLogs(req, w)
 }
 func (f *fakeService) ExecVM(_ context.Context, _ string, req ExecRequest, stdout, stderr io.Writer) (int, error) {
@@ -108,13 +115,13 @@ func TestErrorsAndValidation(t *testing.T) {
 			case "boom":
 				return model.VM{}, errors.New("disk on fire")
 			}
-			return model.VM{}, NotFound("vm", ref)
+			return model.VM{}, errdefs.NotFound("vm", ref)
 		},
 		listVMs: func() ([]model.VM, error) { return nil, nil },
 		deleteVM: func(ref string, force bool) error {
-			return Errorf(CodeConflict, "vm %q is running (force=%v)", ref, force)
+			return errdefs.Errorf(errdefs.CodeConflict, "vm %q is running (force=%v)", ref, force)
 		},
-		createVM: func(CreateVMRequest, ProgressFunc) (model.VM, error) {
+		createVM: func(CreateVMRequest, progress.Func) (model.VM, error) {
 			t.Error("CreateVM called on bad input")
 			return model.VM{}, nil
 		},
@@ -125,20 +132,20 @@ func TestErrorsAndValidation(t *testing.T) {
 		status             int
 		code, inMessage    string
 	}{
-		{"GET", "/v1/vms/nope", "", 404, CodeNotFound, `vm "nope" not found`},
-		{"GET", "/v1/vms/boom", "", 500, CodeInternal, "disk on fire"},
-		{"POST", "/v1/vms", `{"cpus":"two"}`, 400, CodeInvalid, `"cpus"`},
-		{"POST", "/v1/vms", `{"cpuz":2}`, 400, CodeInvalid, `cpuz`},
-		{"POST", "/v1/vms", `{"cpus":`, 400, CodeInvalid, "request body"},
-		{"POST", "/v1/vms", `{} {}`, 400, CodeInvalid, "extra data"},
-		{"DELETE", "/v1/vms/x?force=maybe", "", 400, CodeInvalid, "force"},
-		{"DELETE", "/v1/vms/x?force=1", "", 409, CodeConflict, "force=true"},
-		{"GET", "/v1/vms/x/logs?tail=-1", "", 400, CodeInvalid, "tail"},
-		{"GET", "/v1/vms/x/logs?source=disk", "", 400, CodeInvalid, "console, vmm or all"},
-		{"POST", "/v1/vms/x/exec", `{"command":[]}`, 400, CodeInvalid, "command"},
-		{"POST", "/v1/vms/x/sessions/s/attach", ``, 400, CodeInvalid, "Upgrade"},
-		{"GET", "/v1/nothing", "", 404, CodeNotFound, "no route"},
-		{"PUT", "/v1/vms/x", "", 405, CodeInvalid, "GET"},
+		{"GET", "/v1/vms/nope", "", 404, errdefs.CodeNotFound, `vm "nope" not found`},
+		{"GET", "/v1/vms/boom", "", 500, errdefs.CodeInternal, "disk on fire"},
+		{"POST", "/v1/vms", `{"cpus":"two"}`, 400, errdefs.CodeInvalid, `"cpus"`},
+		{"POST", "/v1/vms", `{"cpuz":2}`, 400, errdefs.CodeInvalid, `cpuz`},
+		{"POST", "/v1/vms", `{"cpus":`, 400, errdefs.CodeInvalid, "request body"},
+		{"POST", "/v1/vms", `{} {}`, 400, errdefs.CodeInvalid, "extra data"},
+		{"DELETE", "/v1/vms/x?force=maybe", "", 400, errdefs.CodeInvalid, "force"},
+		{"DELETE", "/v1/vms/x?force=1", "", 409, errdefs.CodeConflict, "force=true"},
+		{"GET", "/v1/vms/x/logs?tail=-1", "", 400, errdefs.CodeInvalid, "tail"},
+		{"GET", "/v1/vms/x/logs?source=disk", "", 400, errdefs.CodeInvalid, "console, vmm or all"},
+		{"POST", "/v1/vms/x/exec", `{"command":[]}`, 400, errdefs.CodeInvalid, "command"},
+		{"POST", "/v1/vms/x/sessions/s/attach", ``, 400, errdefs.CodeInvalid, "Upgrade"},
+		{"GET", "/v1/nothing", "", 404, errdefs.CodeNotFound, "no route"},
+		{"PUT", "/v1/vms/x", "", 405, errdefs.CodeInvalid, "GET"},
 	} {
 		status, body, hdr := rawDo(t, hc, tc.method, tc.path, tc.body)
 		if status != tc.status {
@@ -148,7 +155,7 @@ func TestErrorsAndValidation(t *testing.T) {
 		if tc.code == "" {
 			continue
 		}
-		var e Error
+		var e errdefs.Error
 		if err := json.Unmarshal([]byte(body), &e); err != nil || hdr.Get("Content-Type") != "application/json" {
 			t.Errorf("%s %s: body %q is not a JSON error: %v", tc.method, tc.path, body, err)
 			continue
@@ -168,11 +175,11 @@ func TestErrorsAndValidation(t *testing.T) {
 }
 
 func TestClientErrors(t *testing.T) {
-	svc := &fakeService{getVM: func(ref string) (model.VM, error) { return model.VM{}, NotFound("vm", ref) }}
+	svc := &fakeService{getVM: func(ref string) (model.VM, error) { return model.VM{}, errdefs.NotFound("vm", ref) }}
 	c, _ := serve(t, svc)
 	_, err := c.GetVM(context.Background(), "a/b")
-	var e *Error
-	if !errors.As(err, &e) || e.Code != CodeNotFound || e.Message != `vm "a/b" not found` {
+	var e *errdefs.Error
+	if !errors.As(err, &e) || e.Code != errdefs.CodeNotFound || e.Message != `vm "a/b" not found` {
 		t.Fatalf("GetVM error = %#v", err)
 	}
 	if errors.Is(err, ErrDaemonUnreachable) {
@@ -206,16 +213,16 @@ func TestClientErrors(t *testing.T) {
 }
 
 func TestProgressStream(t *testing.T) {
-	svc := &fakeService{createVM: func(req CreateVMRequest, p ProgressFunc) (model.VM, error) {
+	svc := &fakeService{createVM: func(req CreateVMRequest, p progress.Func) (model.VM, error) {
 		switch req.Name {
 		case "early":
-			return model.VM{}, Errorf(CodeConflict, "vm %q already exists", req.Name)
+			return model.VM{}, errdefs.Errorf(errdefs.CodeConflict, "vm %q already exists", req.Name)
 		case "late":
-			p(Progress{Phase: "disk"})
-			return model.VM{}, Errorf(CodeTimeout, "ssh did not answer")
+			p(progress.Event{Phase: "disk"})
+			return model.VM{}, errdefs.Errorf(errdefs.CodeTimeout, "ssh did not answer")
 		}
-		p(Progress{Phase: "disk", Message: "making disks", Done: 1, Total: 2})
-		p(Progress{Phase: "boot", Elapsed: 1.5})
+		p(progress.Event{Phase: "disk", Message: "making disks", Done: 1, Total: 2})
+		p(progress.Event{Phase: "boot", Elapsed: 1.5})
 		return model.VM{ID: "id1", Name: req.Name, CPUs: req.CPUs}, nil
 	}}
 	c, hc := serve(t, svc)
@@ -233,8 +240,8 @@ func TestProgressStream(t *testing.T) {
 		t.Fatalf("stream lines:\n%s", body)
 	}
 
-	var got []Progress
-	vm, err := c.CreateVM(context.Background(), CreateVMRequest{Name: "b", CPUs: 2}, func(p Progress) { got = append(got, p) })
+	var got []progress.Event
+	vm, err := c.CreateVM(context.Background(), CreateVMRequest{Name: "b", CPUs: 2}, func(p progress.Event) { got = append(got, p) })
 	if err != nil || vm.Name != "b" || vm.CPUs != 2 || len(got) != 2 || got[0].Total != 2 || got[1].Phase != "boot" {
 		t.Fatalf("client stream: %+v %v %+v", vm, err, got)
 	}
@@ -244,8 +251,8 @@ func TestProgressStream(t *testing.T) {
 		t.Fatalf("error before progress: %d %s, want a 409 JSON error", status, body)
 	}
 	_, err = c.CreateVM(context.Background(), CreateVMRequest{Name: "late"}, nil)
-	var e *Error
-	if !errors.As(err, &e) || e.Code != CodeTimeout || e.Message != "ssh did not answer" {
+	var e *errdefs.Error
+	if !errors.As(err, &e) || e.Code != errdefs.CodeTimeout || e.Message != "ssh did not answer" {
 		t.Fatalf("error after progress: %#v", err)
 	}
 }
@@ -253,7 +260,7 @@ func TestProgressStream(t *testing.T) {
 func TestExecFrames(t *testing.T) {
 	svc := &fakeService{execVM: func(req ExecRequest, stdout, stderr io.Writer) (int, error) {
 		if req.Command[0] == "missing" {
-			return 0, NotFound("vm", "x")
+			return 0, errdefs.NotFound("vm", "x")
 		}
 		io.WriteString(stdout, "out\x00put\n")
 		io.WriteString(stderr, "err\n")
@@ -270,7 +277,7 @@ func TestExecFrames(t *testing.T) {
 		t.Fatalf("exec frames:\n%s", body)
 	}
 	_, err = c.ExecVM(context.Background(), "x", ExecRequest{Command: []string{"missing"}}, &out, &errb)
-	if !IsNotFound(err) {
+	if !errdefs.IsNotFound(err) {
 		t.Fatalf("exec error: %v", err)
 	}
 }
@@ -278,12 +285,12 @@ func TestExecFrames(t *testing.T) {
 func TestRawLogsAndTrailer(t *testing.T) {
 	svc := &fakeService{vmLogs: func(req LogsRequest, w io.Writer) error {
 		if req.Source == "vmm" {
-			return Errorf(CodeUnavailable, "no vmm log yet")
+			return errdefs.Errorf(errdefs.CodeUnavailable, "no vmm log yet")
 		}
 		io.WriteString(w, "line1\n")
 		if req.Follow {
 			io.WriteString(w, "line2\n")
-			return Errorf(CodeInternal, "console vanished")
+			return errdefs.Errorf(errdefs.CodeInternal, "console vanished")
 		}
 		return nil
 	}}
@@ -294,11 +301,11 @@ func TestRawLogsAndTrailer(t *testing.T) {
 	}
 	b.Reset()
 	err := c.VMLogs(context.Background(), "x", LogsRequest{Follow: true}, &b)
-	if b.String() != "line1\nline2\n" || err == nil || !strings.Contains(err.Error(), "console vanished") || CodeOf(err) != CodeInternal {
+	if b.String() != "line1\nline2\n" || err == nil || !strings.Contains(err.Error(), "console vanished") || errdefs.CodeOf(err) != errdefs.CodeInternal {
 		t.Fatalf("logs with late error: %q %v", b.String(), err)
 	}
 	err = c.VMLogs(context.Background(), "x", LogsRequest{Source: "vmm"}, &b)
-	if CodeOf(err) != CodeUnavailable {
+	if errdefs.CodeOf(err) != errdefs.CodeUnavailable {
 		t.Fatalf("logs early error: %v", err)
 	}
 }
@@ -306,6 +313,10 @@ func TestRawLogsAndTrailer(t *testing.T) {
 func TestWorkspaceAndSend(t *testing.T) {
 	svc := &fakeService{
 		prepare: func(req WorkspaceRequest, tar io.Reader) (WorkspaceInfo, error) {
+			// Enums are the domain's to validate; the handler only decodes.
+			if err := workspace.ValidateMode(req.Mode); err != nil {
+				return WorkspaceInfo{}, errdefs.Invalid(err)
+			}
 			b, _ := io.ReadAll(tar)
 			return WorkspaceInfo{GuestPath: req.GuestPath, Bytes: int64(len(b)), Files: map[bool]int64{true: 1}[req.ReadOnly]}, nil
 		},
@@ -317,7 +328,7 @@ func TestWorkspaceAndSend(t *testing.T) {
 		t.Fatalf("prepare: %+v %v", info, err)
 	}
 	status, body, _ := rawDo(t, hc, "POST", "/v1/vms/x/workspace/prepare?mode=zip", "")
-	if status != 400 || !strings.Contains(body, "full or tracked") {
+	if status != 400 || !strings.Contains(body, `workspace mode \"zip\" is not allowed`) {
 		t.Fatalf("bad mode: %d %s", status, body)
 	}
 	n, err := c.SendSession(context.Background(), "x", "s", strings.NewReader("hello\n"))
@@ -394,11 +405,11 @@ func TestAttach(t *testing.T) {
 
 	// Refused before anything happened: a plain 409.
 	svc.attach = func(ctx context.Context, aio AttachIO) error {
-		return Errorf(CodeConflict, "session is attached elsewhere")
+		return errdefs.Errorf(errdefs.CodeConflict, "session is attached elsewhere")
 	}
 	_, err = c.AttachSession(ctx, "vm", "busy")
-	var e *Error
-	if !errors.As(err, &e) || e.Code != CodeConflict || e.HTTPStatus() != 409 {
+	var e *errdefs.Error
+	if !errors.As(err, &e) || e.Code != errdefs.CodeConflict || HTTPStatus(e.Code) != 409 {
 		t.Fatalf("busy: %#v", err)
 	}
 

@@ -1,5 +1,5 @@
 // Package api is the contract between the banger CLI and bangerd: the wire
-// types, the error codes, the HTTP routes under /v1/ on the daemon's unix
+// types, the HTTP routes under /v1/ on the daemon's unix
 // socket (server side: a handler over a Service), and the client the CLI
 // uses. It holds no VM logic: the daemon implements Service.
 package api
@@ -9,37 +9,20 @@ import (
 	"io"
 
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/progress"
+	"github.com/banger/banger/internal/version"
 )
-
-// Progress reports a phase of long work (image build, kernel pull, VM boot).
-type Progress struct {
-	Phase   string  `json:"phase"`             // short machine name, e.g. "debootstrap", "mkfs", "boot", "ssh"
-	Message string  `json:"message,omitempty"` // human line
-	Done    int64   `json:"done,omitempty"`    // units done, when known (bytes, files)
-	Total   int64   `json:"total,omitempty"`   // units in all, when known
-	Elapsed float64 `json:"elapsed,omitempty"` // seconds since the work began
-}
-
-// ProgressFunc receives progress events; it must not block for long.
-type ProgressFunc func(Progress)
-
-// VersionInfo describes a binary.
-type VersionInfo struct {
-	Version   string `json:"version"`
-	Commit    string `json:"commit,omitempty"`
-	GoVersion string `json:"go_version"`
-}
 
 // DaemonInfo is what `banger daemon status` and `banger doctor` show, and what
 // the CLI needs to exec ssh into a VM.
 type DaemonInfo struct {
-	Version  VersionInfo `json:"version"`
-	PID      int         `json:"pid"`
-	StateDir string      `json:"state_dir"`
-	Socket   string      `json:"socket"`
-	LogPath  string      `json:"log_path"`
-	Netns    string      `json:"netns,omitempty"` // network namespace the daemon's networking lives in
-	Started  string      `json:"started"`         // RFC 3339
+	Version  version.Info `json:"version"`
+	PID      int          `json:"pid"`
+	StateDir string       `json:"state_dir"`
+	Socket   string       `json:"socket"`
+	LogPath  string       `json:"log_path"`
+	Netns    string       `json:"netns,omitempty"` // network namespace the daemon's networking lives in
+	Started  string       `json:"started"`         // RFC 3339
 }
 
 // DoctorCheck is one line of `banger doctor`.
@@ -214,7 +197,7 @@ type AttachIO struct {
 }
 
 // Service is what the daemon offers. Refs are a name, a full id or a unique
-// id prefix. Errors are *Error values (see errors.go) so the handler maps
+// id prefix. Errors are *errdefs.Error values (see errors.go) so the handler maps
 // them to status codes; any other error is "internal".
 type Service interface {
 	Info(ctx context.Context) DaemonInfo
@@ -222,22 +205,22 @@ type Service interface {
 
 	ListImages(ctx context.Context) ([]model.Image, error)
 	GetImage(ctx context.Context, ref string) (model.Image, error)
-	BuildImage(ctx context.Context, req BuildImageRequest, progress ProgressFunc) (model.Image, error)
-	ImportImage(ctx context.Context, req ImportImageRequest, progress ProgressFunc) (model.Image, error)
+	BuildImage(ctx context.Context, req BuildImageRequest, report progress.Func) (model.Image, error)
+	ImportImage(ctx context.Context, req ImportImageRequest, report progress.Func) (model.Image, error)
 	RemoveImage(ctx context.Context, ref string) error
 
 	ListKernels(ctx context.Context) ([]KernelEntry, error)
 	GetKernel(ctx context.Context, ref string) (model.Kernel, error)
-	PullKernel(ctx context.Context, name string, progress ProgressFunc) (model.Kernel, error)
+	PullKernel(ctx context.Context, name string, report progress.Func) (model.Kernel, error)
 	ImportKernel(ctx context.Context, req ImportKernelRequest) (model.Kernel, error)
 	RemoveKernel(ctx context.Context, ref string) error
 
 	ListVMs(ctx context.Context) ([]model.VM, error)
 	GetVM(ctx context.Context, ref string) (model.VM, error)
-	CreateVM(ctx context.Context, req CreateVMRequest, progress ProgressFunc) (model.VM, error)
-	StartVM(ctx context.Context, ref string, progress ProgressFunc) (model.VM, error)
+	CreateVM(ctx context.Context, req CreateVMRequest, report progress.Func) (model.VM, error)
+	StartVM(ctx context.Context, ref string, report progress.Func) (model.VM, error)
 	StopVM(ctx context.Context, ref string, req StopVMRequest) (model.VM, error)
-	RestartVM(ctx context.Context, ref string, progress ProgressFunc) (model.VM, error)
+	RestartVM(ctx context.Context, ref string, report progress.Func) (model.VM, error)
 	DeleteVM(ctx context.Context, ref string, force bool) error
 	VMLogs(ctx context.Context, ref string, req LogsRequest, w io.Writer) error
 	ExecVM(ctx context.Context, ref string, req ExecRequest, stdout, stderr io.Writer) (exitCode int, err error)

@@ -4,6 +4,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+
+	"github.com/banger/banger/internal/errdefs"
+	"github.com/banger/banger/internal/progress"
 )
 
 // Wire details shared by the handler and the client.
@@ -34,12 +37,12 @@ const (
 // Frame is one line of an NDJSON stream: progress of long work then its
 // result or error, or the output then the exit code of a command.
 type Frame struct {
-	Type     string    `json:"type"`
-	Progress *Progress `json:"progress,omitempty"`
-	Result   any       `json:"result,omitempty"` // decoded by the client into the expected type
-	Error    *Error    `json:"error,omitempty"`
-	Data     []byte    `json:"data,omitempty"` // base64 in JSON
-	ExitCode *int      `json:"exit_code,omitempty"`
+	Type     string          `json:"type"`
+	Progress *progress.Event `json:"progress,omitempty"`
+	Result   any             `json:"result,omitempty"` // decoded by the client into the expected type
+	Error    *errdefs.Error  `json:"error,omitempty"`
+	Data     []byte          `json:"data,omitempty"` // base64 in JSON
+	ExitCode *int            `json:"exit_code,omitempty"`
 }
 
 // Health is the answer of GET /v1/health.

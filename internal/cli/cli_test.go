@@ -9,6 +9,7 @@ import (
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/progress"
 )
 
 func TestSSHArgv(t *testing.T) {
@@ -90,11 +91,11 @@ func TestCopyStdinDetach(t *testing.T) {
 
 func TestFormatProgress(t *testing.T) {
 	for _, tc := range []struct {
-		p    api.Progress
+		p    progress.Event
 		want string
 	}{
-		{api.Progress{Phase: "boot", Elapsed: 1.25}, "[   1.2s] boot"},
-		{api.Progress{Phase: "mkfs", Message: "writing", Done: 1, Total: 4, Elapsed: 12}, "[  12.0s] mkfs: writing (25%)"},
+		{progress.Event{Phase: "boot", Elapsed: 1.25}, "[   1.2s] boot"},
+		{progress.Event{Phase: "mkfs", Message: "writing", Done: 1, Total: 4, Elapsed: 12}, "[  12.0s] mkfs: writing (25%)"},
 	} {
 		if got := formatProgress(tc.p); got != tc.want {
 			t.Errorf("formatProgress(%+v) = %q, want %q", tc.p, got, tc.want)

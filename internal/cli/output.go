@@ -10,6 +10,7 @@ import (
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/progress"
 )
 
 // table writes aligned columns.
@@ -65,7 +66,7 @@ func orDash(s string) string {
 }
 
 // formatProgress renders one progress event as a line.
-func formatProgress(p api.Progress) string {
+func formatProgress(p progress.Event) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "[%6.1fs] %s", p.Elapsed, p.Phase)
 	if p.Message != "" {
@@ -78,9 +79,9 @@ func formatProgress(p api.Progress) string {
 }
 
 // progressPrinter prints progress lines to w; safe for concurrent use.
-func progressPrinter(w io.Writer) api.ProgressFunc {
+func progressPrinter(w io.Writer) progress.Func {
 	var mu sync.Mutex
-	return func(p api.Progress) {
+	return func(p progress.Event) {
 		mu.Lock()
 		defer mu.Unlock()
 		fmt.Fprintln(w, formatProgress(p))

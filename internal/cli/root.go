@@ -20,7 +20,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/config"
 	"github.com/banger/banger/internal/version"
 )
@@ -133,9 +132,9 @@ func (a *app) versionCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cv := version.Info()
+			cv := version.Current()
 			if a.json {
-				return a.printJSON(map[string]api.VersionInfo{"cli": cv, "daemon": dv})
+				return a.printJSON(map[string]version.Info{"cli": cv, "daemon": dv})
 			}
 			fmt.Fprintf(a.stdout, "banger  %s %s %s\nbangerd %s %s %s\n", cv.Version, short(cv.Commit), cv.GoVersion, dv.Version, short(dv.Commit), dv.GoVersion)
 			return nil

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/workspace"
 )
@@ -217,7 +218,7 @@ func (a *app) vmLogsCommand() *cobra.Command {
 			}
 			r := req
 			if vmm {
-				r.Source = "vmm"
+				r.Source = model.LogVMM
 			}
 			err = c.VMLogs(cmd.Context(), args[0], r, a.stdout)
 			if r.Follow && errors.Is(err, context.Canceled) {
@@ -374,7 +375,7 @@ func (a *app) vmRunCommand() *cobra.Command {
 func (a *app) cleanupRun(c *api.Client, ref string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := c.DeleteVM(ctx, ref, true); err != nil && !api.IsNotFound(err) {
+	if err := c.DeleteVM(ctx, ref, true); err != nil && !errdefs.IsNotFound(err) {
 		fmt.Fprintf(a.stderr, "banger: --rm: delete %s: %v\n", ref, err)
 	}
 }
@@ -472,10 +473,10 @@ func (a *app) workspaceCommand() *cobra.Command {
 			}
 			r := ereq
 			if patch != "" {
-				r.Format = "patch"
+				r.Format = workspace.FormatPatch
 				return a.exportPatch(cmd.Context(), c, args[0], r, patch)
 			}
-			r.Format = "bundle"
+			r.Format = workspace.FormatBundle
 			return a.exportBranch(cmd.Context(), c, args[0], r, repo, branch, force)
 		},
 	}

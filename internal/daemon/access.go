@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
@@ -25,7 +26,7 @@ func (d *Daemon) runningVM(ctx context.Context, ref string) (model.VM, error) {
 		return vm, err
 	}
 	if !d.vmAlive(vm) {
-		return vm, api.Errorf(api.CodeConflict, "vm %s is not running (state %s): start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
+		return vm, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running (state %s): start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
 	}
 	return vm, nil
 }
@@ -33,7 +34,7 @@ func (d *Daemon) runningVM(ctx context.Context, ref string) (model.VM, error) {
 // ExecVM runs a command in a running VM over the daemon's SSH connection.
 func (d *Daemon) ExecVM(ctx context.Context, ref string, req api.ExecRequest, stdout, stderr io.Writer) (int, error) {
 	if len(req.Command) == 0 {
-		return -1, api.Errorf(api.CodeInvalid, "no command given: put it after --")
+		return -1, errdefs.Errorf(errdefs.CodeInvalid, "no command given: put it after --")
 	}
 	vm, err := d.runningVM(ctx, ref)
 	if err != nil {
@@ -41,7 +42,7 @@ func (d *Daemon) ExecVM(ctx context.Context, ref string, req api.ExecRequest, st
 	}
 	cmd, err := ExecCommand(req)
 	if err != nil {
-		return -1, api.Invalid(err)
+		return -1, errdefs.Invalid(err)
 	}
 	c, err := d.dialGuest(ctx, vm)
 	if err != nil {
@@ -99,17 +100,17 @@ func (d *Daemon) VMLogs(ctx context.Context, ref string, req api.LogsRequest, w 
 	}
 	var paths []string
 	switch req.Source {
-	case "", "console":
+	case "", model.LogConsole:
 		paths = []string{vm.ConsolePath}
-	case "vmm":
+	case model.LogVMM:
 		paths = []string{vm.LogPath}
-	case "all":
+	case model.LogAll:
 		paths = []string{vm.LogPath, vm.ConsolePath}
 	default:
-		return api.Errorf(api.CodeInvalid, "invalid log source %q: use console, vmm or all", req.Source)
+		return errdefs.Invalid(model.ValidateLogSource(req.Source))
 	}
 	if req.Tail < 0 {
-		return api.Errorf(api.CodeInvalid, "invalid tail %d: use a positive number of lines", req.Tail)
+		return errdefs.Errorf(errdefs.CodeInvalid, "invalid tail %d: use a positive number of lines", req.Tail)
 	}
 	offsets := make([]int64, len(paths))
 	for i, p := range paths {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/config"
+	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/store"
@@ -73,7 +74,7 @@ func New(cfg config.Config, st *store.Store, log *slog.Logger) (*Daemon, error) 
 		now:     time.Now,
 	}
 	d.dialGuest = func(ctx context.Context, vm model.VM) (guest.Client, error) {
-		return nil, api.Errorf(api.CodeUnavailable, "guest access is not configured")
+		return nil, errdefs.Errorf(errdefs.CodeUnavailable, "guest access is not configured")
 	}
 	d.dialData = func(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
 		dialer := net.Dialer{Timeout: 10 * time.Second}
@@ -103,7 +104,7 @@ func (d *Daemon) Close() error {
 // Info describes the daemon.
 func (d *Daemon) Info(ctx context.Context) api.DaemonInfo {
 	return api.DaemonInfo{
-		Version:  version.Info(),
+		Version:  version.Current(),
 		PID:      os.Getpid(),
 		StateDir: d.cfg.StateDir,
 		Socket:   d.cfg.Socket,
@@ -119,11 +120,11 @@ func storeErr(kind, ref string, err error) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, store.ErrNotFound):
-		return api.NotFound(kind, ref)
+		return errdefs.NotFound(kind, ref)
 	case errors.Is(err, store.ErrAmbiguous):
-		return api.Errorf(api.CodeInvalid, "%s %q is ambiguous: several match that id prefix; use the name or a longer id", kind, ref)
+		return errdefs.Errorf(errdefs.CodeInvalid, "%s %q is ambiguous: several match that id prefix; use the name or a longer id", kind, ref)
 	case errors.Is(err, store.ErrConflict):
-		return api.Errorf(api.CodeConflict, "%s", err.Error())
+		return errdefs.Errorf(errdefs.CodeConflict, "%s", err.Error())
 	}
 	return err
 }
@@ -131,7 +132,7 @@ func storeErr(kind, ref string, err error) error {
 // resolveVM finds a VM by name, id or id prefix.
 func (d *Daemon) resolveVM(ctx context.Context, ref string) (model.VM, error) {
 	if ref == "" {
-		return model.VM{}, api.Errorf(api.CodeInvalid, "vm name or id is empty")
+		return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "vm name or id is empty")
 	}
 	vm, err := d.store.GetVM(ctx, ref)
 	return vm, storeErr("vm", ref, err)

@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
@@ -172,7 +172,7 @@ func (d *Daemon) endpoint(ctx context.Context, vm model.VM) (guest.Endpoint, err
 		return guest.Endpoint{}, storeErr("image", vm.ImageID, err)
 	}
 	if im.HostKey == "" {
-		return guest.Endpoint{}, api.Errorf(api.CodeInvalid, "image %s has no recorded SSH host key; rebuild or re-import it", im.Name)
+		return guest.Endpoint{}, errdefs.Errorf(errdefs.CodeInvalid, "image %s has no recorded SSH host key; rebuild or re-import it", im.Name)
 	}
 	return guest.Endpoint{Host: vm.GuestIP, Port: 22, User: "root", HostKey: im.HostKey}, nil
 }
@@ -181,7 +181,7 @@ func (d *Daemon) endpoint(ctx context.Context, vm model.VM) (guest.Endpoint, err
 func (d *Daemon) driver(name string) (vmm.Driver, error) {
 	drv, ok := d.host.drivers[name]
 	if !ok {
-		return nil, api.Errorf(api.CodeInvalid, "unknown vmm %q: use firecracker or qemu", name)
+		return nil, errdefs.Errorf(errdefs.CodeInvalid, "unknown vmm %q: use firecracker or qemu", name)
 	}
 	return drv, nil
 }
@@ -193,7 +193,7 @@ func (d *Daemon) strategy(name string) (storage.Strategy, error) {
 			return s, nil
 		}
 	}
-	return nil, api.Errorf(api.CodeInternal, "unknown storage strategy %q", name)
+	return nil, errdefs.Errorf(errdefs.CodeInternal, "unknown storage strategy %q", name)
 }
 
 // vmmAlive checks the VMM process of a VM by its cached handles.

@@ -14,9 +14,11 @@ import (
 	"sync"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/image"
 	"github.com/banger/banger/internal/kernel"
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/progress"
 	"github.com/banger/banger/internal/store"
 )
 
@@ -37,36 +39,36 @@ func (d *Daemon) initBinary() (string, error) {
 	}
 	p := filepath.Join(dir, "banger-init")
 	if _, err := os.Stat(p); err != nil {
-		return "", api.Errorf(api.CodeUnavailable, "guest init binary %s not found: install banger-init next to bangerd (make build) or set bin_dir", p)
+		return "", errdefs.Errorf(errdefs.CodeUnavailable, "guest init binary %s not found: install banger-init next to bangerd (make build) or set bin_dir", p)
 	}
 	return p, nil
 }
 
 // BuildImage builds an image from distribution packages and registers it.
-func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest, progress api.ProgressFunc) (model.Image, error) {
-	progress = orNop(progress)
+func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest, report progress.Func) (model.Image, error) {
+	report = progress.OrNop(report)
 	name := req.Name
 	if name == "" {
 		name = d.cfg.DefaultImage
 	}
 	if err := model.ValidateName("image", name); err != nil {
-		return model.Image{}, api.Invalid(err)
+		return model.Image{}, errdefs.Invalid(err)
 	}
 	if req.Distro != "" && req.Distro != "debian" {
-		return model.Image{}, api.Errorf(api.CodeInvalid, "unsupported distro %q: only debian is supported", req.Distro)
+		return model.Image{}, errdefs.Errorf(errdefs.CodeInvalid, "unsupported distro %q: only debian is supported", req.Distro)
 	}
 	var size int64
 	if req.Size != "" {
 		s, err := model.ParseSize(req.Size)
 		if err != nil {
-			return model.Image{}, api.Errorf(api.CodeInvalid, "size: %v", err)
+			return model.Image{}, errdefs.Errorf(errdefs.CodeInvalid, "size: %v", err)
 		}
 		size = s
 	}
 	switch req.Init {
 	case "", "fast", "systemd":
 	default:
-		return model.Image{}, api.Errorf(api.CodeInvalid, "invalid init %q: use fast or systemd", req.Init)
+		return model.Image{}, errdefs.Errorf(errdefs.CodeInvalid, "invalid init %q: use fast or systemd", req.Init)
 	}
 	initBin, err := d.initBinary()
 	if err != nil {
@@ -85,11 +87,11 @@ func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest, prog
 	buildMu.Lock()
 	defer buildMu.Unlock()
 	if _, err := d.store.GetImage(ctx, name); err == nil {
-		return model.Image{}, api.Errorf(api.CodeConflict, "image %q already exists: remove it first (banger image rm %s) or pick another --name", name, name)
+		return model.Image{}, errdefs.Errorf(errdefs.CodeConflict, "image %q already exists: remove it first (banger image rm %s) or pick another --name", name, name)
 	}
 	id := model.NewID()
 	dest := filepath.Join(d.cfg.ImagesDir(), id+".ext4")
-	res, err := image.Build(ctx, opts, dest, progress)
+	res, err := image.Build(ctx, opts, dest, report)
 	if err != nil {
 		_ = os.Remove(dest)
 		return model.Image{}, err
@@ -108,35 +110,35 @@ func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest, prog
 
 // ImportImage registers an existing ext4 file after checking it carries
 // what banger needs.
-func (d *Daemon) ImportImage(ctx context.Context, req api.ImportImageRequest, progress api.ProgressFunc) (model.Image, error) {
-	progress = orNop(progress)
+func (d *Daemon) ImportImage(ctx context.Context, req api.ImportImageRequest, report progress.Func) (model.Image, error) {
+	report = progress.OrNop(report)
 	if req.Path == "" || !filepath.IsAbs(req.Path) {
-		return model.Image{}, api.Errorf(api.CodeInvalid, "image file %q must be an absolute path", req.Path)
+		return model.Image{}, errdefs.Errorf(errdefs.CodeInvalid, "image file %q must be an absolute path", req.Path)
 	}
 	name := req.Name
 	if name == "" {
 		name = strings.ToLower(strings.TrimSuffix(filepath.Base(req.Path), filepath.Ext(req.Path)))
 	}
 	if err := model.ValidateName("image", name); err != nil {
-		return model.Image{}, api.Invalid(err)
+		return model.Image{}, errdefs.Invalid(err)
 	}
 	if _, err := d.store.GetImage(ctx, name); err == nil {
-		return model.Image{}, api.Errorf(api.CodeConflict, "image %q already exists", name)
+		return model.Image{}, errdefs.Errorf(errdefs.CodeConflict, "image %q already exists", name)
 	}
-	progress(api.Progress{Phase: "inspect", Message: "checking " + req.Path})
+	report(progress.Event{Phase: "inspect", Message: "checking " + req.Path})
 	rep, err := image.Inspect(req.Path)
 	if err != nil {
-		return model.Image{}, api.Errorf(api.CodeInvalid, "cannot import %s: %v", req.Path, err)
+		return model.Image{}, errdefs.Errorf(errdefs.CodeInvalid, "cannot import %s: %v", req.Path, err)
 	}
 	if !rep.Ext4 {
-		return model.Image{}, api.Errorf(api.CodeInvalid, "cannot import %s: not an ext4 filesystem", req.Path)
+		return model.Image{}, errdefs.Errorf(errdefs.CodeInvalid, "cannot import %s: not an ext4 filesystem", req.Path)
 	}
 	if len(rep.Missing) > 0 {
-		return model.Image{}, api.Errorf(api.CodeInvalid, "cannot import %s: the image lacks what banger needs: %s", req.Path, strings.Join(rep.Missing, "; "))
+		return model.Image{}, errdefs.Errorf(errdefs.CodeInvalid, "cannot import %s: the image lacks what banger needs: %s", req.Path, strings.Join(rep.Missing, "; "))
 	}
 	id := model.NewID()
 	dest := filepath.Join(d.cfg.ImagesDir(), id+".ext4")
-	progress(api.Progress{Phase: "copy", Message: "copying into the state directory"})
+	report(progress.Event{Phase: "copy", Message: "copying into the state directory"})
 	sum, size, err := copyFileSum(ctx, req.Path, dest)
 	if err != nil {
 		_ = os.Remove(dest)
@@ -165,7 +167,7 @@ func (d *Daemon) RemoveImage(ctx context.Context, ref string) error {
 		return err
 	}
 	if len(users) > 0 {
-		return api.Errorf(api.CodeConflict, "image %s is used by vm %s: delete the vm first", im.Name, vmNames(users))
+		return errdefs.Errorf(errdefs.CodeConflict, "image %s is used by vm %s: delete the vm first", im.Name, vmNames(users))
 	}
 	if err := d.store.DeleteImage(ctx, im.ID); err != nil {
 		return storeErr("image", ref, err)
@@ -186,7 +188,7 @@ func vmNames(vms []model.VM) string {
 
 // imageForVM resolves the image of a new VM; the default image is built on
 // first use.
-func (d *Daemon) imageForVM(ctx context.Context, ref string, progress api.ProgressFunc) (model.Image, error) {
+func (d *Daemon) imageForVM(ctx context.Context, ref string, report progress.Func) (model.Image, error) {
 	if ref == "" {
 		ref = d.cfg.DefaultImage
 	}
@@ -197,9 +199,9 @@ func (d *Daemon) imageForVM(ctx context.Context, ref string, progress api.Progre
 	if !errors.Is(err, store.ErrNotFound) || ref != d.cfg.DefaultImage {
 		return im, storeErr("image", ref, err)
 	}
-	progress(api.Progress{Phase: "image", Message: fmt.Sprintf("no image %q yet: building the default image (first run; cached afterwards)", ref)})
-	im, err = d.BuildImage(ctx, api.BuildImageRequest{Name: ref}, progress)
-	if api.CodeOf(err) == api.CodeConflict {
+	report(progress.Event{Phase: "image", Message: fmt.Sprintf("no image %q yet: building the default image (first run; cached afterwards)", ref)})
+	im, err = d.BuildImage(ctx, api.BuildImageRequest{Name: ref}, report)
+	if errdefs.CodeOf(err) == errdefs.CodeConflict {
 		// Another request built it meanwhile.
 		im, err = d.store.GetImage(ctx, ref)
 		return im, storeErr("image", ref, err)
@@ -209,7 +211,7 @@ func (d *Daemon) imageForVM(ctx context.Context, ref string, progress api.Progre
 
 // kernelForVM resolves the kernel of a new VM; a catalog kernel is pulled on
 // first use.
-func (d *Daemon) kernelForVM(ctx context.Context, ref string, progress api.ProgressFunc) (model.Kernel, error) {
+func (d *Daemon) kernelForVM(ctx context.Context, ref string, report progress.Func) (model.Kernel, error) {
 	if ref == "" {
 		ref = d.cfg.DefaultKernel
 	}
@@ -220,9 +222,9 @@ func (d *Daemon) kernelForVM(ctx context.Context, ref string, progress api.Progr
 	if _, ok := kernel.Lookup(ref); !ok || !errors.Is(err, store.ErrNotFound) {
 		return k, storeErr("kernel", ref, err)
 	}
-	progress(api.Progress{Phase: "kernel", Message: fmt.Sprintf("no kernel %q yet: pulling it from the catalog (first run; cached afterwards)", ref)})
-	k, err = d.PullKernel(ctx, ref, progress)
-	if api.CodeOf(err) == api.CodeConflict {
+	report(progress.Event{Phase: "kernel", Message: fmt.Sprintf("no kernel %q yet: pulling it from the catalog (first run; cached afterwards)", ref)})
+	k, err = d.PullKernel(ctx, ref, report)
+	if errdefs.CodeOf(err) == errdefs.CodeConflict {
 		k, err = d.store.GetKernel(ctx, ref)
 		return k, storeErr("kernel", ref, err)
 	}
@@ -258,20 +260,20 @@ func (d *Daemon) ListKernels(ctx context.Context) ([]api.KernelEntry, error) {
 
 // PullKernel fetches a catalog kernel and registers it under the entry's
 // name.
-func (d *Daemon) PullKernel(ctx context.Context, name string, progress api.ProgressFunc) (model.Kernel, error) {
-	progress = orNop(progress)
+func (d *Daemon) PullKernel(ctx context.Context, name string, report progress.Func) (model.Kernel, error) {
+	report = progress.OrNop(report)
 	e, ok := kernel.Lookup(name)
 	if !ok {
-		return model.Kernel{}, api.Errorf(api.CodeNotFound, "kernel %q is not in the catalog: see `banger kernel list`", name)
+		return model.Kernel{}, errdefs.Errorf(errdefs.CodeNotFound, "kernel %q is not in the catalog: see `banger kernel list`", name)
 	}
 	buildMu.Lock()
 	defer buildMu.Unlock()
 	if _, err := d.store.GetKernel(ctx, name); err == nil {
-		return model.Kernel{}, api.Errorf(api.CodeConflict, "kernel %q is already pulled: remove it first to pull again", name)
+		return model.Kernel{}, errdefs.Errorf(errdefs.CodeConflict, "kernel %q is already pulled: remove it first to pull again", name)
 	}
 	id := model.NewID()
 	dir := filepath.Join(d.cfg.KernelsDir(), id)
-	art, err := kernel.Pull(ctx, e, dir, d.cfg.CacheDir, progress)
+	art, err := kernel.Pull(ctx, e, dir, d.cfg.CacheDir, report)
 	if err != nil {
 		_ = os.RemoveAll(dir)
 		return model.Kernel{}, err
@@ -292,16 +294,16 @@ func (d *Daemon) PullKernel(ctx context.Context, name string, progress api.Progr
 // state directory.
 func (d *Daemon) ImportKernel(ctx context.Context, req api.ImportKernelRequest) (model.Kernel, error) {
 	if err := model.ValidateName("kernel", req.Name); err != nil {
-		return model.Kernel{}, api.Invalid(err)
+		return model.Kernel{}, errdefs.Invalid(err)
 	}
 	if _, err := d.store.GetKernel(ctx, req.Name); err == nil {
-		return model.Kernel{}, api.Errorf(api.CodeConflict, "kernel %q already exists", req.Name)
+		return model.Kernel{}, errdefs.Errorf(errdefs.CodeConflict, "kernel %q already exists", req.Name)
 	}
 	if req.Vmlinux == "" {
-		return model.Kernel{}, api.Errorf(api.CodeInvalid, "--vmlinux is required: an uncompressed ELF kernel")
+		return model.Kernel{}, errdefs.Errorf(errdefs.CodeInvalid, "--vmlinux is required: an uncompressed ELF kernel")
 	}
 	if err := checkELF(req.Vmlinux); err != nil {
-		return model.Kernel{}, api.Invalid(err)
+		return model.Kernel{}, errdefs.Invalid(err)
 	}
 	id := model.NewID()
 	dir := filepath.Join(d.cfg.KernelsDir(), id)
@@ -324,7 +326,7 @@ func (d *Daemon) ImportKernel(ctx context.Context, req api.ImportKernelRequest) 
 		sum, _, err := copyFileSum(ctx, f.src, dst)
 		if err != nil {
 			_ = os.RemoveAll(dir)
-			return model.Kernel{}, api.Errorf(api.CodeInvalid, "%s: %v", f.name, err)
+			return model.Kernel{}, errdefs.Errorf(errdefs.CodeInvalid, "%s: %v", f.name, err)
 		}
 		*f.dst = dst
 		sums[f.name] = sum
@@ -348,7 +350,7 @@ func (d *Daemon) RemoveKernel(ctx context.Context, ref string) error {
 		return err
 	}
 	if len(users) > 0 {
-		return api.Errorf(api.CodeConflict, "kernel %s is used by vm %s: delete the vm first", k.Name, vmNames(users))
+		return errdefs.Errorf(errdefs.CodeConflict, "kernel %s is used by vm %s: delete the vm first", k.Name, vmNames(users))
 	}
 	if err := d.store.DeleteKernel(ctx, k.ID); err != nil {
 		return storeErr("kernel", ref, err)

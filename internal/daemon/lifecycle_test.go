@@ -18,6 +18,7 @@ import (
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/config"
+	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/storage"
@@ -204,7 +205,7 @@ func TestLifecycleWithFakes(t *testing.T) {
 	if vm2.GuestIP == vm.GuestIP || vm2.CID == vm.CID || vm2.GuestMAC == vm.GuestMAC {
 		t.Fatalf("two vms share identity: %+v %+v", vm, vm2)
 	}
-	if _, err := f.d.CreateVM(ctx, api.CreateVMRequest{Name: "one"}, nil); api.CodeOf(err) != api.CodeConflict {
+	if _, err := f.d.CreateVM(ctx, api.CreateVMRequest{Name: "one"}, nil); errdefs.CodeOf(err) != errdefs.CodeConflict {
 		t.Fatalf("duplicate name: %v", err)
 	}
 
@@ -235,7 +236,7 @@ func TestLifecycleWithFakes(t *testing.T) {
 	if _, err := f.d.StartVM(ctx, "one", nil); err != nil || len(f.drv.started) != 1 {
 		t.Fatalf("second start: %v, %d starts", err, len(f.drv.started))
 	}
-	if err := f.d.DeleteVM(ctx, "one", false); api.CodeOf(err) != api.CodeConflict {
+	if err := f.d.DeleteVM(ctx, "one", false); errdefs.CodeOf(err) != errdefs.CodeConflict {
 		t.Fatalf("delete running without force: %v", err)
 	}
 
@@ -258,7 +259,7 @@ func TestLifecycleWithFakes(t *testing.T) {
 	if _, err := os.Stat(vm.Dir); !os.IsNotExist(err) {
 		t.Fatalf("vm dir left after delete")
 	}
-	if _, err := f.d.GetVM(ctx, "one"); !api.IsNotFound(err) {
+	if _, err := f.d.GetVM(ctx, "one"); !errdefs.IsNotFound(err) {
 		t.Fatalf("get deleted: %v", err)
 	}
 }
@@ -302,7 +303,7 @@ func TestCreateFailureLeavesNothing(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "no space") {
 		t.Fatalf("err = %v", err)
 	}
-	if _, err := f.d.GetVM(context.Background(), "full"); !api.IsNotFound(err) {
+	if _, err := f.d.GetVM(context.Background(), "full"); !errdefs.IsNotFound(err) {
 		t.Fatalf("record left: %v", err)
 	}
 	if ents, _ := os.ReadDir(f.cfg.VMsDir()); len(ents) != 0 {
@@ -417,13 +418,13 @@ func TestRemoveImageAndKernelInUse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := f.d.RemoveImage(ctx, "default"); api.CodeOf(err) != api.CodeConflict || !strings.Contains(err.Error(), "user") {
+	if err := f.d.RemoveImage(ctx, "default"); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "user") {
 		t.Fatalf("image rm while used: %v", err)
 	}
-	if err := f.d.RemoveKernel(ctx, f.cfg.DefaultKernel); api.CodeOf(err) != api.CodeConflict || !strings.Contains(err.Error(), "user") {
+	if err := f.d.RemoveKernel(ctx, f.cfg.DefaultKernel); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "user") {
 		t.Fatalf("kernel rm while used: %v", err)
 	}
-	if err := f.d.RemoveImage(ctx, "nope"); !api.IsNotFound(err) {
+	if err := f.d.RemoveImage(ctx, "nope"); !errdefs.IsNotFound(err) {
 		t.Fatalf("rm unknown image: %v", err)
 	}
 	if err := f.d.DeleteVM(ctx, vm.ID, false); err != nil {

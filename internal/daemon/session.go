@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/session"
 	"github.com/banger/banger/internal/storage"
@@ -71,7 +72,7 @@ func (d *Daemon) resolveSession(ctx context.Context, vmRef, ref string) (model.V
 		return vm, model.Session{}, err
 	}
 	if ref == "" {
-		return vm, model.Session{}, api.Errorf(api.CodeInvalid, "session name or id is empty")
+		return vm, model.Session{}, errdefs.Errorf(errdefs.CodeInvalid, "session name or id is empty")
 	}
 	s, err := d.store.GetSession(ctx, vm.ID, ref)
 	if err != nil {
@@ -88,11 +89,11 @@ func sessionFinished(s model.Session) bool {
 func (d *Daemon) guestRun(ctx context.Context, vm model.VM, script string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
 	c, err := d.dialGuest(ctx, vm)
 	if err != nil {
-		return -1, api.Errorf(api.CodeUnavailable, "cannot reach vm %s over SSH: %v", vm.Name, err)
+		return -1, errdefs.Errorf(errdefs.CodeUnavailable, "cannot reach vm %s over SSH: %v", vm.Name, err)
 	}
 	code, err := c.Run(ctx, session.BashCommand(script), stdin, stdout, stderr)
 	if err != nil {
-		return code, api.Errorf(api.CodeUnavailable, "command in vm %s failed: %v", vm.Name, err)
+		return code, errdefs.Errorf(errdefs.CodeUnavailable, "command in vm %s failed: %v", vm.Name, err)
 	}
 	return code, nil
 }
@@ -223,7 +224,7 @@ func (d *Daemon) StartSession(ctx context.Context, vmRef string, req api.StartSe
 	id := model.NewID()
 	spec, name, err := session.Normalize(id, req.Name, req.Command, req.Args, req.Env, req.Cwd, req.Stdin, req.Require)
 	if err != nil {
-		return model.Session{}, api.Invalid(err)
+		return model.Session{}, errdefs.Invalid(err)
 	}
 	now := d.now()
 	rec := model.Session{
@@ -245,8 +246,8 @@ func (d *Daemon) StartSession(ctx context.Context, vmRef string, req api.StartSe
 	err = d.store.CreateSession(ctx, rec)
 	unlock()
 	if err != nil {
-		if api.CodeOf(storeErr("session", name, err)) == api.CodeConflict {
-			return model.Session{}, api.Errorf(api.CodeConflict, "vm %s already has a session named %s: choose another --name or remove it", vm.Name, name)
+		if errdefs.CodeOf(storeErr("session", name, err)) == errdefs.CodeConflict {
+			return model.Session{}, errdefs.Errorf(errdefs.CodeConflict, "vm %s already has a session named %s: choose another --name or remove it", vm.Name, name)
 		}
 		return model.Session{}, storeErr("session", name, err)
 	}
@@ -316,14 +317,14 @@ func (d *Daemon) failLaunch(ctx context.Context, vm model.VM, rec model.Session,
 	if err := d.store.UpdateSession(context.WithoutCancel(ctx), rec); err != nil {
 		d.log.Warn("record session launch failure", "session", rec.ID, "err", err)
 	}
-	code := api.CodeInternal
+	code := errdefs.CodeInternal
 	switch stage {
 	case session.StagePreflightCwd, session.StagePreflightCommand:
-		code = api.CodeInvalid
+		code = errdefs.CodeInvalid
 	case session.StageWaitReady:
-		code = api.CodeTimeout
+		code = errdefs.CodeTimeout
 	}
-	return rec, api.Errorf(code, "%s", session.StepError(stage, msg, log))
+	return rec, errdefs.Errorf(code, "%s", session.StepError(stage, msg, log))
 }
 
 // cleanupLaunch removes what a launch that failed after the preflight left
@@ -353,7 +354,7 @@ func (d *Daemon) liveSession(ctx context.Context, vmRef, ref string) (model.VM, 
 		return vm, s, finishedErr(s)
 	}
 	if !d.vmAlive(vm) {
-		return vm, s, api.Errorf(api.CodeConflict, "vm %s is not running (state %s), so session %s is not either", vm.Name, vm.State, s.Name)
+		return vm, s, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running (state %s), so session %s is not either", vm.Name, vm.State, s.Name)
 	}
 	return vm, s, nil
 }
@@ -367,7 +368,7 @@ func finishedErr(s model.Session) error {
 	if s.Error != "" {
 		reason = ": " + s.Error
 	}
-	return api.Errorf(api.CodeConflict, "session %s has finished (status %s%s)%s", s.Name, s.Status, code, reason)
+	return errdefs.Errorf(errdefs.CodeConflict, "session %s has finished (status %s%s)%s", s.Name, s.Status, code, reason)
 }
 
 // afterGuestRefusal reconciles a session the guest said is not running and
@@ -377,7 +378,7 @@ func (d *Daemon) afterGuestRefusal(ctx context.Context, vm model.VM, s model.Ses
 	if sessionFinished(ns) {
 		return finishedErr(ns)
 	}
-	return api.Errorf(api.CodeConflict, "session %s is not running in vm %s (status %s)", s.Name, vm.Name, ns.Status)
+	return errdefs.Errorf(errdefs.CodeConflict, "session %s is not running in vm %s (status %s)", s.Name, vm.Name, ns.Status)
 }
 
 // SessionLogs writes a session's stdout (or stderr) log: the last Tail lines
@@ -389,7 +390,7 @@ func (d *Daemon) SessionLogs(ctx context.Context, vmRef, ref string, req api.Ses
 		return err
 	}
 	if req.Tail < 0 {
-		return api.Errorf(api.CodeInvalid, "invalid --tail %d: use 0 (everything) or a positive line count", req.Tail)
+		return errdefs.Errorf(errdefs.CodeInvalid, "invalid --tail %d: use 0 (everything) or a positive line count", req.Tail)
 	}
 	file := session.FileStdout
 	if req.Stderr {
@@ -398,7 +399,7 @@ func (d *Daemon) SessionLogs(ctx context.Context, vmRef, ref string, req api.Ses
 	if !d.vmAlive(vm) {
 		b, err := storage.ReadFile(ctx, vm.WorkDisk, path.Join(session.WorkDiskStateRoot, s.ID, file))
 		if errors.Is(err, storage.ErrNotFound) {
-			return api.Errorf(api.CodeNotFound, "session %s has no %s on the work disk of vm %s", s.Name, file, vm.Name)
+			return errdefs.Errorf(errdefs.CodeNotFound, "session %s has no %s on the work disk of vm %s", s.Name, file, vm.Name)
 		}
 		if err != nil {
 			return fmt.Errorf("read %s of session %s from the work disk of vm %s: %w", file, s.Name, vm.Name, err)
@@ -418,7 +419,7 @@ func (d *Daemon) SessionLogs(ctx context.Context, vmRef, ref string, req api.Ses
 	case 0:
 		return nil
 	case session.ExitNoLog:
-		return api.Errorf(api.CodeNotFound, "session %s has no %s in vm %s", s.Name, file, vm.Name)
+		return errdefs.Errorf(errdefs.CodeNotFound, "session %s has no %s in vm %s", s.Name, file, vm.Name)
 	}
 	if ctx.Err() != nil && req.Follow {
 		return nil
@@ -448,7 +449,7 @@ func (d *Daemon) SendSession(ctx context.Context, vmRef, ref string, data io.Rea
 		return 0, err
 	}
 	if s.StdinMode != model.StdinPipe {
-		return 0, api.Errorf(api.CodeInvalid, "session %s has its stdin closed (started with --stdin %s): it takes no input; start it with --stdin pipe to send to it", s.Name, s.StdinMode)
+		return 0, errdefs.Errorf(errdefs.CodeInvalid, "session %s has its stdin closed (started with --stdin %s): it takes no input; start it with --stdin pipe to send to it", s.Name, s.StdinMode)
 	}
 	if _, _, err := d.liveSession(ctx, vmRef, ref); err != nil {
 		return 0, err
@@ -460,7 +461,7 @@ func (d *Daemon) SendSession(ctx context.Context, vmRef, ref string, data io.Rea
 	if _, err := br.Peek(1); err == io.EOF {
 		return 0, nil
 	} else if err != nil {
-		return 0, api.Errorf(api.CodeInvalid, "reading the data to send: %v", err)
+		return 0, errdefs.Errorf(errdefs.CodeInvalid, "reading the data to send: %v", err)
 	}
 	unlock := d.locks.Lock("session-send:" + s.ID)
 	defer unlock()
@@ -474,7 +475,7 @@ func (d *Daemon) SendSession(ctx context.Context, vmRef, ref string, data io.Rea
 	case 0:
 		return cr.n, nil
 	case session.ExitNoStdin:
-		return 0, api.Errorf(api.CodeConflict, "session %s has no stdin fifo in the guest: its stdin is closed", s.Name)
+		return 0, errdefs.Errorf(errdefs.CodeConflict, "session %s has no stdin fifo in the guest: its stdin is closed", s.Name)
 	case session.ExitNotRunning:
 		return 0, d.afterGuestRefusal(ctx, vm, s)
 	}
@@ -494,7 +495,7 @@ func (d *Daemon) AttachSession(ctx context.Context, vmRef, ref string, aio api.A
 	attachments.mu.Lock()
 	if since, ok := attachments.m[s.ID]; ok {
 		attachments.mu.Unlock()
-		return api.Errorf(api.CodeConflict, "session %s is attached (since %s): detach the other client first", s.Name, since.UTC().Format(time.RFC3339))
+		return errdefs.Errorf(errdefs.CodeConflict, "session %s is attached (since %s): detach the other client first", s.Name, since.UTC().Format(time.RFC3339))
 	}
 	attachments.m[s.ID] = d.now()
 	attachments.mu.Unlock()
@@ -575,10 +576,10 @@ const defaultStopTimeout = 10
 func (d *Daemon) StopSession(ctx context.Context, vmRef, ref string, req api.StopSessionRequest) (model.Session, error) {
 	sig, err := session.ParseSignal(req.Signal, "TERM")
 	if err != nil {
-		return model.Session{}, api.Invalid(err)
+		return model.Session{}, errdefs.Invalid(err)
 	}
 	if req.TimeoutSeconds < 0 {
-		return model.Session{}, api.Errorf(api.CodeInvalid, "invalid timeout %d: use 0 (default %ds) or a positive number of seconds", req.TimeoutSeconds, defaultStopTimeout)
+		return model.Session{}, errdefs.Errorf(errdefs.CodeInvalid, "invalid timeout %d: use 0 (default %ds) or a positive number of seconds", req.TimeoutSeconds, defaultStopTimeout)
 	}
 	timeout := req.TimeoutSeconds
 	if timeout == 0 {
@@ -592,7 +593,7 @@ func (d *Daemon) StopSession(ctx context.Context, vmRef, ref string, req api.Sto
 func (d *Daemon) KillSession(ctx context.Context, vmRef, ref string, signal string) (model.Session, error) {
 	sig, err := session.ParseSignal(signal, "KILL")
 	if err != nil {
-		return model.Session{}, api.Invalid(err)
+		return model.Session{}, errdefs.Invalid(err)
 	}
 	return d.signalSession(ctx, vmRef, ref, sig, 5, false)
 }
@@ -607,7 +608,7 @@ func (d *Daemon) signalSession(ctx context.Context, vmRef, ref, sig string, wait
 		return s, nil
 	}
 	if !d.vmAlive(vm) {
-		return s, api.Errorf(api.CodeConflict, "vm %s is not running (state %s), so session %s is not either", vm.Name, vm.State, s.Name)
+		return s, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running (state %s), so session %s is not either", vm.Name, vm.State, s.Name)
 	}
 	opLock := d.locks.Lock("session-op:" + s.ID)
 	defer opLock()
@@ -657,7 +658,7 @@ func (d *Daemon) RemoveSession(ctx context.Context, vmRef, ref string) error {
 	}
 	s = d.reconcileSessions(ctx, vm, []model.Session{s})[0]
 	if !sessionFinished(s) {
-		return api.Errorf(api.CodeConflict, "session %s is %s: stop it first (banger session stop %s %s)", s.Name, s.Status, vm.Name, s.Name)
+		return errdefs.Errorf(errdefs.CodeConflict, "session %s is %s: stop it first (banger session stop %s %s)", s.Name, s.Status, vm.Name, s.Name)
 	}
 	opLock := d.locks.Lock("session-op:" + s.ID)
 	defer opLock()
@@ -668,7 +669,7 @@ func (d *Daemon) RemoveSession(ctx context.Context, vmRef, ref string) error {
 			return err
 		}
 		if code == session.ExitStillRunning {
-			return api.Errorf(api.CodeConflict, "session %s still has a live process in vm %s: stop it first", s.Name, vm.Name)
+			return errdefs.Errorf(errdefs.CodeConflict, "session %s still has a live process in vm %s: stop it first", s.Name, vm.Name)
 		}
 		if code != 0 {
 			return fmt.Errorf("remove session %s state in vm %s: exit %d: %s", s.Name, vm.Name, code, errb.String())

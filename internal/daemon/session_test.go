@@ -18,6 +18,7 @@ import (
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/config"
+	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/session"
@@ -229,7 +230,7 @@ func TestSessionStartSendLogsStop(t *testing.T) {
 		t.Fatalf("stopped = %+v", stopped)
 	}
 	_, err = e.d.SendSession(ctx, e.vm.Name, s.Name, strings.NewReader("late"))
-	if api.CodeOf(err) != api.CodeConflict || !strings.Contains(err.Error(), "has finished") {
+	if errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "has finished") {
 		t.Fatalf("send after stop: %v", err)
 	}
 	if err := e.d.RemoveSession(ctx, e.vm.Name, s.Name); err != nil {
@@ -238,7 +239,7 @@ func TestSessionStartSendLogsStop(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(e.root, s.ID)); !os.IsNotExist(err) {
 		t.Fatalf("state dir left after remove: %v", err)
 	}
-	if _, err := e.d.GetSession(ctx, e.vm.Name, s.Name); !api.IsNotFound(err) {
+	if _, err := e.d.GetSession(ctx, e.vm.Name, s.Name); !errdefs.IsNotFound(err) {
 		t.Fatalf("get after remove: %v", err)
 	}
 }
@@ -267,7 +268,7 @@ func TestSessionExitCodeAndDefaults(t *testing.T) {
 		t.Fatalf("session = %+v", got)
 	}
 	waitLog(t, e, s, e.root+"\nit's me\n")
-	if _, err := e.d.SendSession(ctx, e.vm.Name, s.Name, strings.NewReader("x")); api.CodeOf(err) != api.CodeInvalid || !strings.Contains(err.Error(), "stdin closed") {
+	if _, err := e.d.SendSession(ctx, e.vm.Name, s.Name, strings.NewReader("x")); errdefs.CodeOf(err) != errdefs.CodeInvalid || !strings.Contains(err.Error(), "stdin closed") {
 		t.Fatalf("send to closed-stdin session: %v", err)
 	}
 }
@@ -286,17 +287,17 @@ func TestSendEmptyAndRefusalsDialNothing(t *testing.T) {
 	if n, err := e.d.SendSession(ctx, e.vm.Name, running.Name, strings.NewReader("")); err != nil || n != 0 {
 		t.Fatalf("empty send: %d %v", n, err)
 	}
-	if _, err := e.d.SendSession(ctx, e.vm.Name, closed.Name, strings.NewReader("x")); api.CodeOf(err) != api.CodeInvalid || !strings.Contains(err.Error(), "stdin closed") {
+	if _, err := e.d.SendSession(ctx, e.vm.Name, closed.Name, strings.NewReader("x")); errdefs.CodeOf(err) != errdefs.CodeInvalid || !strings.Contains(err.Error(), "stdin closed") {
 		t.Fatalf("closed: %v", err)
 	}
-	if _, err := e.d.SendSession(ctx, e.vm.Name, done.Name, strings.NewReader("x")); api.CodeOf(err) != api.CodeConflict || !strings.Contains(err.Error(), "has finished (status exited, exit code 0)") {
+	if _, err := e.d.SendSession(ctx, e.vm.Name, done.Name, strings.NewReader("x")); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "has finished (status exited, exit code 0)") {
 		t.Fatalf("finished: %v", err)
 	}
-	if _, err := e.d.SendSession(ctx, e.vm.Name, "nope", strings.NewReader("x")); !api.IsNotFound(err) || !strings.Contains(err.Error(), `session "nope" not found`) {
+	if _, err := e.d.SendSession(ctx, e.vm.Name, "nope", strings.NewReader("x")); !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), `session "nope" not found`) {
 		t.Fatalf("unknown: %v", err)
 	}
 	e.alive.Store(false)
-	if _, err := e.d.SendSession(ctx, e.vm.Name, running.Name, strings.NewReader("x")); api.CodeOf(err) != api.CodeConflict || !strings.Contains(err.Error(), "vm box is not running") {
+	if _, err := e.d.SendSession(ctx, e.vm.Name, running.Name, strings.NewReader("x")); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "vm box is not running") {
 		t.Fatalf("vm stopped: %v", err)
 	}
 	if n := e.dials.Load(); n != 0 {
@@ -315,14 +316,14 @@ func TestStartPreflightFailures(t *testing.T) {
 		msg   string
 		code  string
 	}{
-		{"cwd", api.StartSessionRequest{Name: "a", Command: "cat", Cwd: "/nonexistent-dir"}, session.StagePreflightCwd, "No such file or directory", api.CodeInvalid},
-		{"command", api.StartSessionRequest{Name: "b", Command: "no-such-command-x", Cwd: e.root}, session.StagePreflightCommand, "no-such-command-x", api.CodeInvalid},
-		{"require", api.StartSessionRequest{Name: "c", Command: "cat", Cwd: e.root, Require: []string{"cat", "no-such-tool"}}, session.StagePreflightCommand, "no-such-tool", api.CodeInvalid},
+		{"cwd", api.StartSessionRequest{Name: "a", Command: "cat", Cwd: "/nonexistent-dir"}, session.StagePreflightCwd, "No such file or directory", errdefs.CodeInvalid},
+		{"command", api.StartSessionRequest{Name: "b", Command: "no-such-command-x", Cwd: e.root}, session.StagePreflightCommand, "no-such-command-x", errdefs.CodeInvalid},
+		{"require", api.StartSessionRequest{Name: "c", Command: "cat", Cwd: e.root, Require: []string{"cat", "no-such-tool"}}, session.StagePreflightCommand, "no-such-tool", errdefs.CodeInvalid},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := e.d.StartSession(ctx, e.vm.Name, c.req)
-			if api.CodeOf(err) != c.code || !strings.Contains(err.Error(), c.stage) || !strings.Contains(err.Error(), c.msg) {
+			if errdefs.CodeOf(err) != c.code || !strings.Contains(err.Error(), c.stage) || !strings.Contains(err.Error(), c.msg) {
 				t.Fatalf("err = %v", err)
 			}
 			rec, err := e.d.store.GetSession(ctx, e.vm.ID, c.req.Name)
@@ -353,7 +354,7 @@ func TestStartPreflightFailures(t *testing.T) {
 	}
 	e.cli = sessionCannedGuest{out: mark("preflight", "ok", "") + mark("upload", "ok", "") + mark("launch", "ok", "") + mark("wait_ready", "fail", "the runner did not report running")}
 	_, err = e.d.StartSession(ctx, e.vm.Name, api.StartSessionRequest{Name: "f", Command: "cat", Cwd: e.root})
-	if api.CodeOf(err) != api.CodeTimeout || !strings.Contains(err.Error(), "at wait_ready") {
+	if errdefs.CodeOf(err) != errdefs.CodeTimeout || !strings.Contains(err.Error(), "at wait_ready") {
 		t.Fatalf("wait_ready: %v", err)
 	}
 	rec, _ := e.d.store.GetSession(ctx, e.vm.ID, "f")
@@ -365,7 +366,7 @@ func TestStartPreflightFailures(t *testing.T) {
 	for _, req := range []api.StartSessionRequest{
 		{Command: "cat", Stdin: "tty"}, {Command: "cat", Cwd: "rel"}, {Command: "cat", Env: map[string]string{"9x": ""}}, {Name: "Bad", Command: "cat"},
 	} {
-		if _, err := e.d.StartSession(ctx, e.vm.Name, req); api.CodeOf(err) != api.CodeInvalid {
+		if _, err := e.d.StartSession(ctx, e.vm.Name, req); errdefs.CodeOf(err) != errdefs.CodeInvalid {
 			t.Errorf("%+v: %v", req, err)
 		}
 	}
@@ -557,7 +558,7 @@ func TestAttachExclusiveDetachReattach(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	err := e.d.AttachSession(ctx, e.vm.Name, s.Name, api.AttachIO{Stdin: strings.NewReader(""), Stdout: io.Discard})
-	if api.CodeOf(err) != api.CodeConflict || !strings.Contains(err.Error(), "session echo is attached (since ") {
+	if errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "session echo is attached (since ") {
 		t.Fatalf("second attach: %v", err)
 	}
 	time.Sleep(700 * time.Millisecond) // let the output tail start

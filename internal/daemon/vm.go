@@ -14,9 +14,11 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/progress"
 	"github.com/banger/banger/internal/storage"
 	"github.com/banger/banger/internal/vmm"
 )
@@ -42,14 +44,14 @@ func vmPaths(vm *model.VM, dir string, strategy string) {
 }
 
 // CreateVM makes the VM record and its disks, and boots it when asked.
-func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest, progress api.ProgressFunc) (model.VM, error) {
-	progress = orNop(progress)
+func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest, report progress.Func) (model.VM, error) {
+	report = progress.OrNop(report)
 	cpus := req.CPUs
 	if cpus == 0 {
 		cpus = d.cfg.CPUs
 	}
 	if cpus < 1 || cpus > maxCPUs {
-		return model.VM{}, api.Errorf(api.CodeInvalid, "invalid cpus %d: use 1 to %d", cpus, maxCPUs)
+		return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "invalid cpus %d: use 1 to %d", cpus, maxCPUs)
 	}
 	mem, err := sizeAtLeast("memory", req.Memory, d.cfg.Memory, minMemoryMiB<<20)
 	if err != nil {
@@ -65,21 +67,21 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest, progress
 		name = "vm-" + model.ShortID(id)
 	}
 	if err := model.ValidateName("vm", name); err != nil {
-		return model.VM{}, api.Invalid(err)
+		return model.VM{}, errdefs.Invalid(err)
 	}
 	if _, err := d.store.GetVM(ctx, name); err == nil {
-		return model.VM{}, api.Errorf(api.CodeConflict, "vm %q already exists", name)
+		return model.VM{}, errdefs.Errorf(errdefs.CodeConflict, "vm %q already exists", name)
 	}
 
 	// Checked before the image and kernel, which may take minutes to fetch.
 	if _, err := d.pickDriver(ctx, req.VMM); err != nil {
 		return model.VM{}, err
 	}
-	im, err := d.imageForVM(ctx, req.Image, progress)
+	im, err := d.imageForVM(ctx, req.Image, report)
 	if err != nil {
 		return model.VM{}, err
 	}
-	k, err := d.kernelForVM(ctx, req.Kernel, progress)
+	k, err := d.kernelForVM(ctx, req.Kernel, report)
 	if err != nil {
 		return model.VM{}, err
 	}
@@ -119,7 +121,7 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest, progress
 	if err != nil {
 		return model.VM{}, err
 	}
-	progress(api.Progress{Phase: "disks", Message: fmt.Sprintf("creating %s system disk and %s work disk", strat.Name(), model.FormatSize(disk))})
+	report(progress.Event{Phase: "disks", Message: fmt.Sprintf("creating %s system disk and %s work disk", strat.Name(), model.FormatSize(disk))})
 	if err := d.makeDisks(ctx, vm, im, strat); err != nil {
 		_ = os.RemoveAll(vm.Dir)
 		_ = d.store.DeleteVM(context.Background(), vm.ID)
@@ -127,7 +129,7 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest, progress
 	}
 	d.log.Info("vm created", "vm", name, "id", id, "vmm", vm.VMM, "cow", vm.CowStrategy, "ip", vm.GuestIP)
 	if req.Start {
-		return d.StartVM(ctx, id, progress)
+		return d.StartVM(ctx, id, report)
 	}
 	return vm, nil
 }
@@ -140,10 +142,10 @@ func sizeAtLeast(what, req, def string, min int64) (int64, error) {
 	}
 	n, err := model.ParseSize(req)
 	if err != nil {
-		return 0, api.Errorf(api.CodeInvalid, "%s: %v", what, err)
+		return 0, errdefs.Errorf(errdefs.CodeInvalid, "%s: %v", what, err)
 	}
 	if n < min {
-		return 0, api.Errorf(api.CodeInvalid, "%s %s is too small: use at least %s", what, req, model.FormatSize(min))
+		return 0, errdefs.Errorf(errdefs.CodeInvalid, "%s %s is too small: use at least %s", what, req, model.FormatSize(min))
 	}
 	return n, nil
 }
@@ -164,7 +166,7 @@ func (d *Daemon) allocate(ctx context.Context, vm *model.VM) error {
 	}
 	ip, err := hostnet.AllocateIP(d.host.subnet, used)
 	if err != nil {
-		return api.Errorf(api.CodeConflict, "no free guest address in %s: %v", d.host.subnet, err)
+		return errdefs.Errorf(errdefs.CodeConflict, "no free guest address in %s: %v", d.host.subnet, err)
 	}
 	vm.GuestIP = ip.String()
 	vm.GuestMAC = hostnet.MACForIP(ip)
@@ -213,7 +215,7 @@ func (d *Daemon) pickDriver(ctx context.Context, want string) (vmm.Driver, error
 		return nil, err
 	}
 	if ok, reason := drv.Available(ctx); !ok {
-		return nil, api.Errorf(api.CodeUnavailable, "vmm %s is not usable on this host: %s", want, reason)
+		return nil, errdefs.Errorf(errdefs.CodeUnavailable, "vmm %s is not usable on this host: %s", want, reason)
 	}
 	return drv, nil
 }
@@ -222,7 +224,7 @@ func (d *Daemon) pickDriver(ctx context.Context, want string) (vmm.Driver, error
 func (d *Daemon) pickStrategy(vmmName string) (storage.Strategy, error) {
 	s, reason := storage.Choose(vmmName, d.cfg.VMsDir(), d.host.strategies...)
 	if s == nil {
-		return nil, api.Errorf(api.CodeUnavailable, "no copy-on-write strategy for %s on this host: %s", vmmName, reason)
+		return nil, errdefs.Errorf(errdefs.CodeUnavailable, "no copy-on-write strategy for %s on this host: %s", vmmName, reason)
 	}
 	return s, nil
 }
@@ -244,8 +246,8 @@ func (d *Daemon) lockVM(ctx context.Context, ref string) (model.VM, func(), erro
 }
 
 // StartVM boots a VM and waits until its guest answers SSH.
-func (d *Daemon) StartVM(ctx context.Context, ref string, progress api.ProgressFunc) (model.VM, error) {
-	progress = orNop(progress)
+func (d *Daemon) StartVM(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
+	report = progress.OrNop(report)
 	vm, unlock, err := d.lockVM(ctx, ref)
 	if err != nil {
 		return vm, err
@@ -254,13 +256,13 @@ func (d *Daemon) StartVM(ctx context.Context, ref string, progress api.ProgressF
 	if d.vmAlive(vm) {
 		return vm, nil
 	}
-	return d.boot(ctx, vm, progress)
+	return d.boot(ctx, vm, report)
 }
 
 // boot does the work of a start. Called with the VM's lock held.
-func (d *Daemon) boot(ctx context.Context, vm model.VM, progress api.ProgressFunc) (model.VM, error) {
+func (d *Daemon) boot(ctx context.Context, vm model.VM, report progress.Func) (model.VM, error) {
 	if d.host.netErr != nil {
-		return vm, api.Errorf(api.CodeUnavailable, "cannot start vm %s: %v", vm.Name, d.host.netErr)
+		return vm, errdefs.Errorf(errdefs.CodeUnavailable, "cannot start vm %s: %v", vm.Name, d.host.netErr)
 	}
 	drv, err := d.driver(vm.VMM)
 	if err != nil {
@@ -297,7 +299,7 @@ func (d *Daemon) boot(ctx context.Context, vm model.VM, progress api.ProgressFun
 		return vm, fmt.Errorf("start vm %s: %w", vm.Name, err)
 	}
 
-	progress(api.Progress{Phase: "disks", Message: "attaching disks"})
+	report(progress.Event{Phase: "disks", Message: "attaching disks"})
 	sys, err := strat.Attach(ctx, im.Path, vm.Dir)
 	h := model.VMHandles{APISocket: vm.APISocket, Tap: hostnet.TapName(vm.ID), Bridge: d.cfg.Bridge, Netns: d.cfg.Netns,
 		Loops: sys.Loops, DMNames: sys.DMNames}
@@ -332,7 +334,7 @@ func (d *Daemon) boot(ctx context.Context, vm model.VM, progress api.ProgressFun
 	}
 	// A fresh console log per boot: `vm logs` shows this boot.
 	_ = os.Remove(vm.ConsolePath)
-	progress(api.Progress{Phase: "boot", Message: fmt.Sprintf("booting with %s", vm.VMM), Elapsed: time.Since(start).Seconds()})
+	report(progress.Event{Phase: "boot", Message: fmt.Sprintf("booting with %s", vm.VMM), Elapsed: time.Since(start).Seconds()})
 	vh, err := drv.Start(ctx, spec)
 	if err != nil {
 		return fail(err)
@@ -344,7 +346,7 @@ func (d *Daemon) boot(ctx context.Context, vm model.VM, progress api.ProgressFun
 	if err := d.writeKnownHosts(vm, im); err != nil {
 		return fail(err)
 	}
-	progress(api.Progress{Phase: "ssh", Message: "waiting for the guest's SSH", Elapsed: time.Since(start).Seconds()})
+	report(progress.Event{Phase: "ssh", Message: "waiting for the guest's SSH", Elapsed: time.Since(start).Seconds()})
 	if err := d.waitGuest(ctx, vm, drv, vh); err != nil {
 		return fail(err)
 	}
@@ -354,7 +356,7 @@ func (d *Daemon) boot(ctx context.Context, vm model.VM, progress api.ProgressFun
 	if err := d.save(ctx, &vm); err != nil {
 		return fail(err)
 	}
-	progress(api.Progress{Phase: "ready", Message: fmt.Sprintf("%s is running at %s", vm.Name, vm.GuestIP), Elapsed: time.Since(start).Seconds()})
+	report(progress.Event{Phase: "ready", Message: fmt.Sprintf("%s is running at %s", vm.Name, vm.GuestIP), Elapsed: time.Since(start).Seconds()})
 	d.log.Info("vm started", "vm", vm.Name, "pid", vh.PID, "seconds", time.Since(start).Seconds())
 	return vm, nil
 }
@@ -490,7 +492,7 @@ func (d *Daemon) halt(ctx context.Context, vm model.VM, req api.StopVMRequest) (
 }
 
 // RestartVM stops then starts a VM.
-func (d *Daemon) RestartVM(ctx context.Context, ref string, progress api.ProgressFunc) (model.VM, error) {
+func (d *Daemon) RestartVM(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
 	vm, unlock, err := d.lockVM(ctx, ref)
 	if err != nil {
 		return vm, err
@@ -499,7 +501,7 @@ func (d *Daemon) RestartVM(ctx context.Context, ref string, progress api.Progres
 	if vm, err = d.halt(ctx, vm, api.StopVMRequest{}); err != nil {
 		return vm, err
 	}
-	return d.boot(ctx, vm, orNop(progress))
+	return d.boot(ctx, vm, progress.OrNop(report))
 }
 
 // DeleteVM removes a VM and everything it has on the host.
@@ -511,7 +513,7 @@ func (d *Daemon) DeleteVM(ctx context.Context, ref string, force bool) error {
 	defer unlock()
 	if d.vmAlive(vm) {
 		if !force {
-			return api.Errorf(api.CodeConflict, "vm %s is running: stop it first or delete with --force", vm.Name)
+			return errdefs.Errorf(errdefs.CodeConflict, "vm %s is running: stop it first or delete with --force", vm.Name)
 		}
 		if _, err := d.halt(ctx, vm, api.StopVMRequest{Force: true}); err != nil {
 			return err
@@ -623,13 +625,6 @@ func (d *Daemon) reapDead(ctx context.Context, id string) {
 	vm.LastError = "vmm process exited while the vm was running (guest powered off, or the process was killed)"
 	_ = d.save(ctx, &vm)
 	d.log.Warn("vmm process gone; vm marked stopped", "vm", vm.Name)
-}
-
-func orNop(p api.ProgressFunc) api.ProgressFunc {
-	if p == nil {
-		return func(api.Progress) {}
-	}
-	return p
 }
 
 // guestOf is the VM's address on the bridge, which its tap lets it send as.

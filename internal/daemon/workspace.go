@@ -17,6 +17,7 @@ import (
 	"sync"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guestinit"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/storage"
@@ -43,7 +44,7 @@ func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.Works
 		return api.WorkspaceInfo{}, err
 	}
 	if err := workspace.ValidateMode(req.Mode); err != nil {
-		return api.WorkspaceInfo{}, api.Invalid(err)
+		return api.WorkspaceInfo{}, errdefs.Invalid(err)
 	}
 	vm, unlock, err := d.lockRunningWorkspaceVM(ctx, ref)
 	if err != nil {
@@ -148,22 +149,22 @@ func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.Works
 	if src.err != nil && !errors.Is(src.err, io.EOF) {
 		// The client's stream broke (e.g. a file changed while it was read):
 		// that, not the guest's view of a short stream, is the cause.
-		return api.WorkspaceInfo{}, api.Invalid(fmt.Errorf("the workspace stream from the client broke: %w", src.err))
+		return api.WorkspaceInfo{}, errdefs.Invalid(fmt.Errorf("the workspace stream from the client broke: %w", src.err))
 	}
 	if dialErr != nil {
-		return api.WorkspaceInfo{}, api.Errorf(api.CodeUnavailable, "prepare workspace %s in vm %s: %v", guestPath, vm.Name, dialErr)
+		return api.WorkspaceInfo{}, errdefs.Errorf(errdefs.CodeUnavailable, "prepare workspace %s in vm %s: %v", guestPath, vm.Name, dialErr)
 	}
 	if res.err != nil {
 		return api.WorkspaceInfo{}, fmt.Errorf("prepare workspace %s in vm %s: %w", guestPath, vm.Name, res.err)
 	}
 	if res.code != 0 {
-		return api.WorkspaceInfo{}, api.Errorf(api.CodeInternal, "prepare workspace %s in vm %s failed (exit %d): %s", guestPath, vm.Name, res.code, guestMessage(stderr.String()))
+		return api.WorkspaceInfo{}, errdefs.Errorf(errdefs.CodeInternal, "prepare workspace %s in vm %s failed (exit %d): %s", guestPath, vm.Name, res.code, guestMessage(stderr.String()))
 	}
 	if sendErr != nil {
 		return api.WorkspaceInfo{}, fmt.Errorf("prepare workspace %s in vm %s: %w", guestPath, vm.Name, sendErr)
 	}
 	if c.err != nil {
-		return api.WorkspaceInfo{}, api.Invalid(c.err)
+		return api.WorkspaceInfo{}, errdefs.Invalid(c.err)
 	}
 	if w := strings.TrimSpace(stderr.String()); w != "" {
 		d.log.Warn("workspace prepare", "vm", vm.Name, "path", guestPath, "stderr", w)
@@ -255,17 +256,17 @@ func (d *Daemon) ExportWorkspace(ctx context.Context, ref string, req api.Export
 	if err != nil {
 		return err
 	}
+	if err := workspace.ValidateFormat(req.Format); err != nil {
+		return errdefs.Invalid(err)
+	}
 	format := req.Format
 	if format == "" {
 		format = workspace.FormatBundle
 	}
-	if format != workspace.FormatBundle && format != workspace.FormatPatch {
-		return api.Errorf(api.CodeInvalid, "export format %q is not allowed: use %q or %q", format, workspace.FormatBundle, workspace.FormatPatch)
-	}
 	env := map[string]string{}
 	if req.Base != "" {
 		if !hexCommit.MatchString(req.Base) {
-			return api.Errorf(api.CodeInvalid, "base %q is not a commit id: give 4 to 64 lowercase hex digits", req.Base)
+			return errdefs.Errorf(errdefs.CodeInvalid, "base %q is not a commit id: give 4 to 64 lowercase hex digits", req.Base)
 		}
 		env["BANGER_BASE"] = req.Base
 	}
@@ -292,7 +293,7 @@ func (d *Daemon) ExportWorkspace(ctx context.Context, ref string, req api.Export
 	} else {
 		switch vm.State {
 		case model.VMStarting, model.VMStopping:
-			return api.Errorf(api.CodeConflict, "vm %s is %s: export when it has settled", vm.Name, vm.State)
+			return errdefs.Errorf(errdefs.CodeConflict, "vm %s is %s: export when it has settled", vm.Name, vm.State)
 		}
 		code, err = d.exportOffline(ctx, vm, guestPath, format, message, env, w, stderr)
 		if err != nil {
@@ -304,13 +305,13 @@ func (d *Daemon) ExportWorkspace(ctx context.Context, ref string, req api.Export
 	case 0:
 		return nil
 	case workspace.ExitNothingToExport:
-		return api.Errorf(api.CodeConflict, "vm %s, %s: %s", vm.Name, guestPath, msg)
+		return errdefs.Errorf(errdefs.CodeConflict, "vm %s, %s: %s", vm.Name, guestPath, msg)
 	case workspace.ExitNoWorkspace:
-		return api.Errorf(api.CodeNotFound, "vm %s: %s", vm.Name, msg)
+		return errdefs.Errorf(errdefs.CodeNotFound, "vm %s: %s", vm.Name, msg)
 	case workspace.ExitNotRepo, workspace.ExitBadBase:
-		return api.Errorf(api.CodeConflict, "vm %s: %s", vm.Name, msg)
+		return errdefs.Errorf(errdefs.CodeConflict, "vm %s: %s", vm.Name, msg)
 	}
-	return api.Errorf(api.CodeInternal, "export workspace %s from vm %s failed (exit %d): %s", guestPath, vm.Name, code, msg)
+	return errdefs.Errorf(errdefs.CodeInternal, "export workspace %s from vm %s failed (exit %d): %s", guestPath, vm.Name, code, msg)
 }
 
 // workspaceGuestPath applies the default and validates.
@@ -319,7 +320,7 @@ func workspaceGuestPath(p string) (string, error) {
 		p = workspace.DefaultGuestPath
 	}
 	if err := workspace.ValidateGuestPath(p); err != nil {
-		return "", api.Invalid(err)
+		return "", errdefs.Invalid(err)
 	}
 	return p, nil
 }
@@ -359,7 +360,7 @@ func (d *Daemon) workspaceInUse(ctx context.Context, vm model.VM, guestPath stri
 		}
 	}
 	if len(users) > 0 {
-		return api.Errorf(api.CodeConflict, "workspace %s in vm %s is in use by running session(s) %s: stop them first, or force to replace the files under them", guestPath, vm.Name, strings.Join(users, ", "))
+		return errdefs.Errorf(errdefs.CodeConflict, "workspace %s in vm %s is in use by running session(s) %s: stop them first, or force to replace the files under them", guestPath, vm.Name, strings.Join(users, ", "))
 	}
 	return nil
 }
@@ -413,7 +414,7 @@ var exportSandbox = storage.DefaultSandbox
 // the VM from starting meanwhile.
 func (d *Daemon) exportOffline(ctx context.Context, vm model.VM, guestPath, format, message string, env map[string]string, w io.Writer, stderr io.Writer) (int, error) {
 	if _, err := os.Stat(vm.WorkDisk); err != nil {
-		return 0, api.Errorf(api.CodeNotFound, "vm %s has no work disk to export from: %v", vm.Name, err)
+		return 0, errdefs.Errorf(errdefs.CodeNotFound, "vm %s has no work disk to export from: %v", vm.Name, err)
 	}
 	tmp, err := os.MkdirTemp("", "banger-export-")
 	if err != nil {
@@ -428,13 +429,13 @@ func (d *Daemon) exportOffline(ctx context.Context, vm model.VM, guestPath, form
 	copyDir := filepath.Join(tmp, "copy")
 	if err := storage.CopyOut(ctx, vm.WorkDisk, rel, copyDir, exportSandbox); err != nil {
 		if errors.Is(err, storage.ErrNotFound) {
-			return 0, api.Errorf(api.CodeNotFound, "vm %s: no workspace at %s: prepare one first", vm.Name, guestPath)
+			return 0, errdefs.Errorf(errdefs.CodeNotFound, "vm %s: no workspace at %s: prepare one first", vm.Name, guestPath)
 		}
 		return 0, fmt.Errorf("read workspace %s from the work disk of vm %s: %w", guestPath, vm.Name, err)
 	}
 	repo := filepath.Join(copyDir, path.Base(rel))
 	if err := workspace.SanitizeRepo(ctx, repo); err != nil {
-		return 0, api.Errorf(api.CodeConflict, "vm %s is stopped and %s cannot be exported from its disk: %v", vm.Name, guestPath, err)
+		return 0, errdefs.Errorf(errdefs.CodeConflict, "vm %s is stopped and %s cannot be exported from its disk: %v", vm.Name, guestPath, err)
 	}
 	home := filepath.Join(tmp, "home")
 	if err := os.Mkdir(home, 0o700); err != nil {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/storage"
@@ -146,7 +147,7 @@ func TestWorkspacePrepareExport(t *testing.T) {
 	if err := f.st.CreateSession(ctx, model.Session{ID: model.NewID(), VMID: vm.ID, Name: "agent", Command: "sh", Cwd: "/root/repo/src", StdinMode: model.StdinPipe, Status: model.SessionRunning, CreatedAt: now, UpdatedAt: now}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.d.PrepareWorkspace(ctx, "ws", api.WorkspaceRequest{}, stream()); api.CodeOf(err) != api.CodeConflict || !strings.Contains(err.Error(), "agent") {
+	if _, err := f.d.PrepareWorkspace(ctx, "ws", api.WorkspaceRequest{}, stream()); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "agent") {
 		t.Errorf("prepare under a running session: %v", err)
 	}
 	if _, err := f.d.PrepareWorkspace(ctx, "ws", api.WorkspaceRequest{GuestPath: "/root/other"}, stream()); err != nil {
@@ -178,10 +179,10 @@ func TestWorkspacePrepareExport(t *testing.T) {
 		t.Errorf("host status changed: %q, was %q", got, statusBefore)
 	}
 	var out bytes.Buffer
-	if err := f.d.ExportWorkspace(ctx, "ws", api.ExportRequest{Base: strings.TrimSpace(wsGit(t, gdir, "rev-parse", "HEAD"))}, &out); api.CodeOf(err) != api.CodeConflict || !strings.Contains(err.Error(), "nothing to export") || out.Len() != 0 {
+	if err := f.d.ExportWorkspace(ctx, "ws", api.ExportRequest{Base: strings.TrimSpace(wsGit(t, gdir, "rev-parse", "HEAD"))}, &out); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "nothing to export") || out.Len() != 0 {
 		t.Errorf("empty export: %v (%d bytes written)", err, out.Len())
 	}
-	if err := f.d.ExportWorkspace(ctx, "ws", api.ExportRequest{GuestPath: "/root/none"}, &out); !api.IsNotFound(err) {
+	if err := f.d.ExportWorkspace(ctx, "ws", api.ExportRequest{GuestPath: "/root/none"}, &out); !errdefs.IsNotFound(err) {
 		t.Errorf("export of a missing workspace: %v", err)
 	}
 
@@ -204,14 +205,14 @@ func TestWorkspacePrepareExport(t *testing.T) {
 	} {
 		if err == nil {
 			t.Errorf("%s: accepted", name)
-		} else if name != "stream" && api.CodeOf(err) != api.CodeInvalid {
-			t.Errorf("%s: %v (code %s), want invalid", name, err, api.CodeOf(err))
+		} else if name != "stream" && errdefs.CodeOf(err) != errdefs.CodeInvalid {
+			t.Errorf("%s: %v (code %s), want invalid", name, err, errdefs.CodeOf(err))
 		}
 	}
 	if _, err := os.Stat(filepath.Join(gdir, "a.txt")); err != nil {
 		t.Errorf("a failed prepare damaged the workspace: %v", err)
 	}
-	if _, err := f.d.PrepareWorkspace(ctx, "nope", api.WorkspaceRequest{}, stream()); !api.IsNotFound(err) {
+	if _, err := f.d.PrepareWorkspace(ctx, "nope", api.WorkspaceRequest{}, stream()); !errdefs.IsNotFound(err) {
 		t.Errorf("unknown vm: %v", err)
 	}
 
@@ -286,7 +287,7 @@ func testExportStopped(t *testing.T, f *fixture, vm model.VM, guestRoot, repo st
 	if err := f.d.ExportWorkspace(ctx, "ws", api.ExportRequest{Format: workspace.FormatPatch}, &patch); err != nil || !strings.Contains(patch.String(), "Subject: [PATCH 2/3] guest commit") || !strings.Contains(patch.String(), "Subject: [PATCH 3/3] banger: uncommitted changes from ws") {
 		t.Errorf("offline patch export: %v\n%.300s", err, patch.String())
 	}
-	if err := f.d.ExportWorkspace(ctx, "ws", api.ExportRequest{GuestPath: "/root/none"}, io.Discard); !api.IsNotFound(err) {
+	if err := f.d.ExportWorkspace(ctx, "ws", api.ExportRequest{GuestPath: "/root/none"}, io.Discard); !errdefs.IsNotFound(err) {
 		t.Errorf("offline export of a missing workspace: %v", err)
 	}
 	if left, _ := filepath.Glob(filepath.Join(tmpdir, "*")); len(left) != 0 {

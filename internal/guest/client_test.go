@@ -17,8 +17,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/banger/banger/internal/guest/guesttest"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/banger/banger/internal/guest/guesttest"
 )
 
 // fixture is a loopback SSH server and a key it accepts.

@@ -12,8 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/banger/banger/internal/guest/guesttest"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/banger/banger/internal/guest/guesttest"
 )
 
 // countingDial is Dial counting its calls.

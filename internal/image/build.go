@@ -20,9 +20,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/guestinit"
 	"github.com/banger/banger/internal/hostnet"
+	"github.com/banger/banger/internal/progress"
 )
 
 // DefaultSize is the image size when BuildOptions.SizeBytes is 0.
@@ -68,11 +68,11 @@ type Result struct {
 //
 // Progress phases: recipe, mmdebstrap (its output lines), customise, mkfs,
 // checksum, cache.
-func Build(ctx context.Context, opts BuildOptions, destPath string, progress api.ProgressFunc) (Result, error) {
+func Build(ctx context.Context, opts BuildOptions, destPath string, onProgress progress.Func) (Result, error) {
 	start := time.Now()
 	report := func(phase, format string, args ...any) {
-		if progress != nil {
-			progress(api.Progress{Phase: phase, Message: fmt.Sprintf(format, args...), Elapsed: time.Since(start).Seconds()})
+		if onProgress != nil {
+			onProgress(progress.Event{Phase: phase, Message: fmt.Sprintf(format, args...), Elapsed: time.Since(start).Seconds()})
 		}
 	}
 	if _, err := os.Lstat(destPath); err == nil {

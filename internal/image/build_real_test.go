@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/progress"
 )
 
 // TestBuildReal builds a small image from the host's Debian mirror, checks
@@ -38,7 +38,7 @@ func TestBuildReal(t *testing.T) {
 	}
 	var lines int
 	start := time.Now()
-	res, err := Build(context.Background(), opts, filepath.Join(dir, "a.ext4"), func(p api.Progress) {
+	res, err := Build(context.Background(), opts, filepath.Join(dir, "a.ext4"), func(p progress.Event) {
 		lines++
 		if p.Phase != "mmdebstrap" || lines%50 == 0 {
 			t.Logf("%5.1fs %s: %s", p.Elapsed, p.Phase, p.Message)

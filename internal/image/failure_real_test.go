@@ -20,7 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/progress"
 )
 
 // These tests drive Build into its failure paths with the real mmdebstrap and
@@ -81,8 +81,8 @@ func newBuildCase(t *testing.T, initBin, destDir string) *buildCase {
 	return c
 }
 
-func (c *buildCase) progress(t *testing.T, also func(api.Progress)) api.ProgressFunc {
-	return func(p api.Progress) {
+func (c *buildCase) progress(t *testing.T, also func(progress.Event)) progress.Func {
+	return func(p progress.Event) {
 		c.mu.Lock()
 		c.lines = append(c.lines, fmt.Sprintf("%5.1fs %s: %s", p.Elapsed, p.Phase, p.Message))
 		c.mu.Unlock()
@@ -172,7 +172,7 @@ func TestBuildInterruptedReal(t *testing.T) {
 func interruptAt(t *testing.T, initBin string, at *regexp.Regexp) {
 	c := newBuildCase(t, initBin, "")
 	started := make(chan string, 1)
-	progress := c.progress(t, func(p api.Progress) {
+	report := c.progress(t, func(p progress.Event) {
 		if p.Phase == "mmdebstrap" && at.MatchString(p.Message) {
 			select {
 			case started <- p.Message:
@@ -184,7 +184,7 @@ func interruptAt(t *testing.T, initBin string, at *regexp.Regexp) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		_, err := Build(ctx, c.opts, c.dest, progress)
+		_, err := Build(ctx, c.opts, c.dest, report)
 		done <- err
 	}()
 	// Whatever happens below, the build must be over before the temp dir

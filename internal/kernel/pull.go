@@ -17,8 +17,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/hostnet"
+	"github.com/banger/banger/internal/progress"
 )
 
 // Artifacts are the files of a pulled kernel and what to record about them.
@@ -56,11 +56,11 @@ var BusyboxPath = "/bin/busybox"
 // destDir must not exist yet. Cancelling ctx stops the work and removes
 // what was made. Progress phases: resolve, download, extract, vmlinux,
 // initrd, cache.
-func Pull(ctx context.Context, e Entry, destDir, cacheDir string, progress api.ProgressFunc) (Artifacts, error) {
+func Pull(ctx context.Context, e Entry, destDir, cacheDir string, onProgress progress.Func) (Artifacts, error) {
 	start := time.Now()
 	report := func(phase, format string, args ...any) {
-		if progress != nil {
-			progress(api.Progress{Phase: phase, Message: fmt.Sprintf(format, args...), Elapsed: time.Since(start).Seconds()})
+		if onProgress != nil {
+			onProgress(progress.Event{Phase: phase, Message: fmt.Sprintf(format, args...), Elapsed: time.Since(start).Seconds()})
 		}
 	}
 	if _, err := os.Lstat(destDir); err == nil {

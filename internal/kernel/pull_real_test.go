@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/progress"
 )
 
 // TestPullReal pulls the default catalog entry with the host's apt. It
@@ -27,7 +27,7 @@ func TestPullReal(t *testing.T) {
 	}
 	dir := t.TempDir()
 	cache := filepath.Join(dir, "cache")
-	a, err := Pull(context.Background(), e, filepath.Join(dir, "k1"), cache, func(p api.Progress) { t.Logf("%s: %s", p.Phase, p.Message) })
+	a, err := Pull(context.Background(), e, filepath.Join(dir, "k1"), cache, func(p progress.Event) { t.Logf("%s: %s", p.Phase, p.Message) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +50,7 @@ func TestPullReal(t *testing.T) {
 	}
 	// A second pull of the same entry comes from the cache.
 	var phases []string
-	b, err := Pull(context.Background(), e, filepath.Join(dir, "k2"), cache, func(p api.Progress) { phases = append(phases, p.Phase) })
+	b, err := Pull(context.Background(), e, filepath.Join(dir, "k2"), cache, func(p progress.Event) { phases = append(phases, p.Phase) })
 	if err != nil {
 		t.Fatal(err)
 	}

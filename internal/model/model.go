@@ -7,7 +7,10 @@
 // depend on it, and it must depend on none of them.
 package model
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // VMState is the lifecycle state of a VM as recorded in the store.
 type VMState string
@@ -145,4 +148,20 @@ type Session struct {
 	UpdatedAt     time.Time         `json:"updated_at"`
 	StartedAt     *time.Time        `json:"started_at,omitempty"`
 	EndedAt       *time.Time        `json:"ended_at,omitempty"`
+}
+
+// Sources of `vm logs`.
+const (
+	LogConsole = "console" // the guest's serial console (default)
+	LogVMM     = "vmm"     // the VMM's own log
+	LogAll     = "all"     // both, the VMM's first
+)
+
+// ValidateLogSource checks a `vm logs` source; empty means LogConsole.
+func ValidateLogSource(source string) error {
+	switch source {
+	case "", LogConsole, LogVMM, LogAll:
+		return nil
+	}
+	return fmt.Errorf("invalid log source %q: use %s, %s or %s", source, LogConsole, LogVMM, LogAll)
 }

@@ -174,3 +174,14 @@ func FuzzParseSize(f *testing.F) {
 		}
 	})
 }
+
+func TestValidateLogSource(t *testing.T) {
+	for _, ok := range []string{"", LogConsole, LogVMM, LogAll} {
+		if err := ValidateLogSource(ok); err != nil {
+			t.Errorf("ValidateLogSource(%q) = %v", ok, err)
+		}
+	}
+	if err := ValidateLogSource("disk"); err == nil || !strings.Contains(err.Error(), "console, vmm or all") {
+		t.Errorf(`ValidateLogSource("disk") = %v, want the choices named`, err)
+	}
+}

@@ -23,9 +23,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/image"
 	"github.com/banger/banger/internal/kernel"
+	"github.com/banger/banger/internal/progress"
 )
 
 // RequireRoot skips the test unless it runs as root.
@@ -199,9 +199,9 @@ func lockCache(t testing.TB) func() {
 }
 
 // progressLogger logs phases, and only every 40th line of a noisy phase.
-func progressLogger(t testing.TB, what string) api.ProgressFunc {
+func progressLogger(t testing.TB, what string) progress.Func {
 	last, n := "", 0
-	return func(p api.Progress) {
+	return func(p progress.Event) {
 		n++
 		if p.Phase != last || n%40 == 0 {
 			t.Logf("%s %6.1fs %s: %s", what, p.Elapsed, p.Phase, p.Message)

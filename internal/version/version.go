@@ -6,16 +6,21 @@ package version
 import (
 	"runtime"
 	"runtime/debug"
-
-	"github.com/banger/banger/internal/api"
 )
 
 // Version is set at build time with -ldflags "-X …/internal/version.Version=…".
 var Version = "dev"
 
-// Info describes this binary.
-func Info() api.VersionInfo {
-	v := api.VersionInfo{Version: Version, GoVersion: runtime.Version()}
+// Info describes a binary; it is also the wire form of `banger version`.
+type Info struct {
+	Version   string `json:"version"`
+	Commit    string `json:"commit,omitempty"`
+	GoVersion string `json:"go_version"`
+}
+
+// Current describes this binary.
+func Current() Info {
+	v := Info{Version: Version, GoVersion: runtime.Version()}
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, s := range bi.Settings {
 			if s.Key == "vcs.revision" {

@@ -28,6 +28,15 @@ const (
 	FormatPatch  = "patch"
 )
 
+// ValidateFormat checks an export format; empty means FormatBundle.
+func ValidateFormat(format string) error {
+	switch format {
+	case "", FormatBundle, FormatPatch:
+		return nil
+	}
+	return fmt.Errorf("export format %q is not allowed: use %q or %q", format, FormatBundle, FormatPatch)
+}
+
 // ValidateGuestPath checks a workspace's guest path: absolute, strictly
 // under /root (the VM's persistent work disk), clean (no "." or ".."
 // components, no doubled or trailing slash), printable, and not /root/.ssh
