@@ -10,7 +10,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -21,6 +20,9 @@ import (
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/config"
+	"github.com/banger/banger/internal/daemon/artifacts"
+	"github.com/banger/banger/internal/daemon/sessions"
+	"github.com/banger/banger/internal/daemon/workspaces"
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/model"
@@ -57,6 +59,44 @@ type Daemon struct {
 	// waitGuest waits until a booting VM's guest is ready for commands.
 	waitGuest func(ctx context.Context, vm model.VM, drv vmm.Driver, h vmm.Handle) error
 	now       func() time.Time
+
+	// The services the facade (service.go) hands requests to; made by wire.
+	sessions   *sessions.Service
+	workspaces *workspaces.Service
+	artifacts  *artifacts.Service
+}
+
+// vmLookup is what the other services ask of the VM lifecycle.
+type vmLookup struct{ d *Daemon }
+
+func (l vmLookup) Resolve(ctx context.Context, ref string) (model.VM, error) {
+	return l.d.resolveVM(ctx, ref)
+}
+func (l vmLookup) Running(ctx context.Context, ref string) (model.VM, error) {
+	return l.d.runningVM(ctx, ref)
+}
+func (l vmLookup) Alive(vm model.VM) bool { return l.d.vmAlive(vm) }
+func (l vmLookup) Lock(ctx context.Context, ref string) (model.VM, func(), error) {
+	return l.d.lockVM(ctx, ref)
+}
+
+// wire makes the services over the daemon's parts. The seams are read
+// through closures, so a test may replace a seam after wire.
+func (d *Daemon) wire() {
+	d.artifacts = artifacts.New(artifacts.Deps{Config: d.cfg, Store: d.store, Log: d.log, Now: func() time.Time { return d.now() }})
+	d.sessions = sessions.New(sessions.Deps{
+		Store: d.store, Log: d.log, VMs: vmLookup{d},
+		Dial: func(ctx context.Context, vm model.VM) (guest.Client, error) { return d.dialGuest(ctx, vm) },
+		Now:  func() time.Time { return d.now() },
+	})
+	d.workspaces = workspaces.New(workspaces.Deps{
+		Store: d.store, Log: d.log, VMs: vmLookup{d},
+		Dial: func(ctx context.Context, vm model.VM) (guest.Client, error) { return d.dialGuest(ctx, vm) },
+		DialData: func(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
+			return d.dialData(ctx, vm, port)
+		},
+		Transport: func() string { return d.cfg.WorkspaceTransport },
+	})
 }
 
 // New makes a daemon over an open store. It does not touch the host; Start
@@ -82,6 +122,7 @@ func New(cfg config.Config, st *store.Store, log *slog.Logger) (*Daemon, error) 
 	}
 	d.dropGuest = func(string) {}
 	d.processAlive = func(model.VM) bool { return false }
+	d.wire()
 	return d, nil
 }
 
@@ -114,28 +155,13 @@ func (d *Daemon) Info(ctx context.Context) api.DaemonInfo {
 	}
 }
 
-// storeErr maps store errors to API errors naming the object.
-func storeErr(kind, ref string, err error) error {
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, store.ErrNotFound):
-		return errdefs.NotFound(kind, ref)
-	case errors.Is(err, store.ErrAmbiguous):
-		return errdefs.Errorf(errdefs.CodeInvalid, "%s %q is ambiguous: several match that id prefix; use the name or a longer id", kind, ref)
-	case errors.Is(err, store.ErrConflict):
-		return errdefs.Errorf(errdefs.CodeConflict, "%s", err.Error())
-	}
-	return err
-}
-
 // resolveVM finds a VM by name, id or id prefix.
 func (d *Daemon) resolveVM(ctx context.Context, ref string) (model.VM, error) {
 	if ref == "" {
 		return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "vm name or id is empty")
 	}
 	vm, err := d.store.GetVM(ctx, ref)
-	return vm, storeErr("vm", ref, err)
+	return vm, store.Describe("vm", ref, err)
 }
 
 // ListVMs lists every VM.
@@ -150,27 +176,6 @@ func (d *Daemon) ListVMs(ctx context.Context) ([]model.VM, error) {
 // GetVM shows one VM.
 func (d *Daemon) GetVM(ctx context.Context, ref string) (model.VM, error) {
 	return d.resolveVM(ctx, ref)
-}
-
-// ListImages lists every image.
-func (d *Daemon) ListImages(ctx context.Context) ([]model.Image, error) {
-	ims, err := d.store.ListImages(ctx)
-	if ims == nil {
-		ims = []model.Image{}
-	}
-	return ims, err
-}
-
-// GetImage shows one image.
-func (d *Daemon) GetImage(ctx context.Context, ref string) (model.Image, error) {
-	im, err := d.store.GetImage(ctx, ref)
-	return im, storeErr("image", ref, err)
-}
-
-// GetKernel shows one pulled or imported kernel.
-func (d *Daemon) GetKernel(ctx context.Context, ref string) (model.Kernel, error) {
-	k, err := d.store.GetKernel(ctx, ref)
-	return k, storeErr("kernel", ref, err)
 }
 
 // keyedMutex serialises work per key while letting different keys run in

@@ -15,6 +15,7 @@ import (
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/storage"
+	"github.com/banger/banger/internal/store"
 	"github.com/banger/banger/internal/vmm"
 	"github.com/banger/banger/internal/vmm/firecracker"
 	"github.com/banger/banger/internal/vmm/qemu"
@@ -169,7 +170,7 @@ func (d *Daemon) lookupDNS(host string) (netip.Addr, bool) {
 func (d *Daemon) endpoint(ctx context.Context, vm model.VM) (guest.Endpoint, error) {
 	im, err := d.store.GetImage(ctx, vm.ImageID)
 	if err != nil {
-		return guest.Endpoint{}, storeErr("image", vm.ImageID, err)
+		return guest.Endpoint{}, store.Describe("image", vm.ImageID, err)
 	}
 	if im.HostKey == "" {
 		return guest.Endpoint{}, errdefs.Errorf(errdefs.CodeInvalid, "image %s has no recorded SSH host key; rebuild or re-import it", im.Name)

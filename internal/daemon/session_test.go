@@ -98,9 +98,7 @@ func newSessionEnv(t *testing.T) *sessionEnv {
 		t.Fatal(err)
 	}
 	e := &sessionEnv{d: d, root: t.TempDir(), cli: sessionHostGuest{}}
-	old := sessionStateRoot
-	sessionStateRoot = e.root
-	t.Cleanup(func() { sessionStateRoot = old })
+	d.sessions.StateRoot = e.root
 	now := time.Now().UTC()
 	e.vm = model.VM{ID: model.NewID(), Name: "box", State: model.VMRunning, DesiredState: model.VMRunning,
 		GuestIP: "172.16.0.9", CID: 9, VMM: "qemu", CreatedAt: now, UpdatedAt: now}
@@ -336,12 +334,12 @@ func TestStartPreflightFailures(t *testing.T) {
 		})
 	}
 	// Upload: the state root cannot be made.
-	sessionStateRoot = "/proc/banger-cannot-exist"
+	e.d.sessions.StateRoot = "/proc/banger-cannot-exist"
 	_, err := e.d.StartSession(ctx, e.vm.Name, api.StartSessionRequest{Name: "d", Command: "cat", Cwd: e.root})
 	if err == nil || !strings.Contains(err.Error(), "at upload") {
 		t.Fatalf("upload: %v", err)
 	}
-	sessionStateRoot = e.root
+	e.d.sessions.StateRoot = e.root
 
 	// Launch and wait_ready, from guests that answer so.
 	mark := func(stage, res, msg string) string {
@@ -549,9 +547,7 @@ func TestAttachExclusiveDetachReattach(t *testing.T) {
 	in1, out1, done1 := attach()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		attachments.mu.Lock()
-		_, ok := attachments.m[s.ID]
-		attachments.mu.Unlock()
+		_, ok := e.d.sessions.Attached(s.ID)
 		if ok || time.Now().After(deadline) {
 			break
 		}

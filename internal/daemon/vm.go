@@ -20,6 +20,7 @@ import (
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/progress"
 	"github.com/banger/banger/internal/storage"
+	"github.com/banger/banger/internal/store"
 	"github.com/banger/banger/internal/vmm"
 )
 
@@ -77,11 +78,11 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest, report p
 	if _, err := d.pickDriver(ctx, req.VMM); err != nil {
 		return model.VM{}, err
 	}
-	im, err := d.imageForVM(ctx, req.Image, report)
+	im, err := d.artifacts.ImageForVM(ctx, req.Image, report)
 	if err != nil {
 		return model.VM{}, err
 	}
-	k, err := d.kernelForVM(ctx, req.Kernel, report)
+	k, err := d.artifacts.KernelForVM(ctx, req.Kernel, report)
 	if err != nil {
 		return model.VM{}, err
 	}
@@ -115,7 +116,7 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest, report p
 	d.allocMu.Lock()
 	err = d.allocate(ctx, &vm)
 	if err == nil {
-		err = storeErr("vm", name, d.store.CreateVM(ctx, vm))
+		err = store.Describe("vm", name, d.store.CreateVM(ctx, vm))
 	}
 	d.allocMu.Unlock()
 	if err != nil {
@@ -240,7 +241,7 @@ func (d *Daemon) lockVM(ctx context.Context, ref string) (model.VM, func(), erro
 	unlock := d.locks.Lock(vm.ID)
 	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
 		unlock()
-		return vm, nil, storeErr("vm", ref, err)
+		return vm, nil, store.Describe("vm", ref, err)
 	}
 	return vm, unlock, nil
 }
@@ -270,11 +271,11 @@ func (d *Daemon) boot(ctx context.Context, vm model.VM, report progress.Func) (m
 	}
 	im, err := d.store.GetImage(ctx, vm.ImageID)
 	if err != nil {
-		return vm, storeErr("image", vm.ImageID, err)
+		return vm, store.Describe("image", vm.ImageID, err)
 	}
 	k, err := d.store.GetKernel(ctx, vm.KernelID)
 	if err != nil {
-		return vm, storeErr("kernel", vm.KernelID, err)
+		return vm, store.Describe("kernel", vm.KernelID, err)
 	}
 	strat, err := d.strategy(vm.CowStrategy)
 	if err != nil {
@@ -529,7 +530,7 @@ func (d *Daemon) DeleteVM(ctx context.Context, ref string, force bool) error {
 		return fmt.Errorf("remove %s: %w", vm.Dir, err)
 	}
 	if err := d.store.DeleteVM(ctx, vm.ID); err != nil {
-		return storeErr("vm", ref, err)
+		return store.Describe("vm", ref, err)
 	}
 	d.log.Info("vm deleted", "vm", vm.Name)
 	return nil
@@ -581,7 +582,7 @@ func (d *Daemon) teardown(ctx context.Context, vm model.VM) {
 // save writes a VM record, stamping UpdatedAt.
 func (d *Daemon) save(ctx context.Context, vm *model.VM) error {
 	vm.UpdatedAt = d.now().UTC()
-	return storeErr("vm", vm.Name, d.store.UpdateVM(ctx, *vm))
+	return store.Describe("vm", vm.Name, d.store.UpdateVM(ctx, *vm))
 }
 
 // watch notices VMM processes that died under a running VM (killed, or the

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/daemon/workspaces"
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/model"
@@ -335,13 +336,13 @@ func TestWorkspacePrepareTransports(t *testing.T) {
 
 	// No banger-init that can receive: the session's stdin.
 	info, err := f.d.PrepareWorkspace(ctx, "ws", api.WorkspaceRequest{}, bytes.NewReader(tarball.Bytes()))
-	if err != nil || info.Transport != TransportSSH || info.Files != 1 || len(dialed) != 0 {
+	if err != nil || info.Transport != workspaces.TransportSSH || info.Files != 1 || len(dialed) != 0 {
 		t.Fatalf("prepare without a receiver: %+v, %v (dialed %v)", info, err, dialed)
 	}
 
 	t.Setenv("BANGER_INIT", initBin)
 	info, err = f.d.PrepareWorkspace(ctx, "ws", api.WorkspaceRequest{}, bytes.NewReader(tarball.Bytes()))
-	if err != nil || info.Transport != TransportTCP || info.Files != 1 || info.Bytes != 3<<20 || len(dialed) != 1 {
+	if err != nil || info.Transport != workspaces.TransportTCP || info.Files != 1 || info.Bytes != 3<<20 || len(dialed) != 1 {
 		t.Fatalf("prepare over the data channel: %+v, %v (dialed %v)", info, err, dialed)
 	}
 	if fi, err := os.Stat(filepath.Join(gdir, "a.txt")); err != nil || fi.Size() != 3<<20 {
@@ -350,12 +351,12 @@ func TestWorkspacePrepareTransports(t *testing.T) {
 
 	// Configured for SSH: the session's stdin even though the guest could
 	// receive on the data channel.
-	f.d.cfg.WorkspaceTransport = TransportSSH
+	f.d.cfg.WorkspaceTransport = workspaces.TransportSSH
 	info, err = f.d.PrepareWorkspace(ctx, "ws", api.WorkspaceRequest{}, bytes.NewReader(tarball.Bytes()))
-	if err != nil || info.Transport != TransportSSH || info.Bytes != 3<<20 || len(dialed) != 1 {
+	if err != nil || info.Transport != workspaces.TransportSSH || info.Bytes != 3<<20 || len(dialed) != 1 {
 		t.Fatalf("prepare configured for ssh: %+v, %v (dialed %v)", info, err, dialed)
 	}
-	f.d.cfg.WorkspaceTransport = TransportTCP
+	f.d.cfg.WorkspaceTransport = workspaces.TransportTCP
 	os.WriteFile(filepath.Join(gdir, "marker"), []byte("old tree\n"), 0o644)
 	oldTreeIntact := func(what string) {
 		t.Helper()

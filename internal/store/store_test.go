@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/model"
 )
 
@@ -439,5 +440,29 @@ func TestConcurrentWriters(t *testing.T) {
 	l, err := b.ListVMs(ctx)
 	if err != nil || len(l) != 4*per {
 		t.Fatalf("ListVMs = %d, %v; want %d", len(l), err, 4*per)
+	}
+}
+
+func TestDescribe(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		code string
+		msg  string
+	}{
+		{fmt.Errorf("vm %q: %w", "x", ErrNotFound), errdefs.CodeNotFound, `vm "x" not found`},
+		{fmt.Errorf("vm %q: %w", "a", ErrAmbiguous), errdefs.CodeInvalid, "ambiguous"},
+		{fmt.Errorf("vm with this name: %w", ErrConflict), errdefs.CodeConflict, "vm with this name"},
+	} {
+		err := Describe("vm", "x", tc.err)
+		if errdefs.CodeOf(err) != tc.code || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("Describe(%v) = %v (%s), want %s with %q", tc.err, err, errdefs.CodeOf(err), tc.code, tc.msg)
+		}
+	}
+	if Describe("vm", "x", nil) != nil {
+		t.Error("Describe(nil) != nil")
+	}
+	other := errors.New("disk on fire")
+	if Describe("vm", "x", other) != other {
+		t.Error("Describe changed an unrelated error")
 	}
 }

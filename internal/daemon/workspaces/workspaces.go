@@ -1,4 +1,13 @@
-package daemon
+// Package workspaces is the daemon side of workspaces: it runs package
+// workspace's scripts in a running VM over one SSH session, sends the tar
+// stream over the data channel the guest announces (package transfer) or
+// the session's stdin, and exports changes back, from a running VM or,
+// sandboxed, from a stopped VM's work disk.
+//
+// It owns nothing durable. It must not touch VM lifecycle (it asks VMs),
+// session records beyond reading them (a workspace in use by a live
+// session is refused), the VMM, or host networking.
+package workspaces
 
 import (
 	"bytes"
@@ -8,6 +17,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path"
@@ -18,14 +29,64 @@ import (
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/errdefs"
+	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/guestinit"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/storage"
+	"github.com/banger/banger/internal/store"
 	"github.com/banger/banger/internal/transfer"
 	"github.com/banger/banger/internal/workspace"
 )
 
-// Workspaces: the CLI makes the tar stream (it can read the user's
+// VMs is what workspaces need of the VM lifecycle.
+type VMs interface {
+	// Lock resolves ref, takes the VM's lock and reads its record again
+	// under it; the caller must call unlock.
+	Lock(ctx context.Context, ref string) (vm model.VM, unlock func(), err error)
+	// Running resolves a VM and fails with a conflict naming how to start
+	// it when it does not run.
+	Running(ctx context.Context, ref string) (model.VM, error)
+	// Alive is the one liveness check: recorded running and its VMM alive.
+	Alive(vm model.VM) bool
+}
+
+// Deps are what a Service is made of.
+type Deps struct {
+	Store *store.Store
+	Log   *slog.Logger
+	VMs   VMs
+	// Dial returns a (pooled) SSH client to a running VM's guest.
+	Dial func(ctx context.Context, vm model.VM) (guest.Client, error)
+	// DialData connects to a port the guest listens on (the data channel).
+	DialData func(ctx context.Context, vm model.VM, port int) (net.Conn, error)
+	// Transport is the configured workspace_transport: TransportSSH keeps
+	// every stream on the SSH session.
+	Transport func() string
+}
+
+// Service prepares and exports workspaces.
+type Service struct {
+	store     *store.Store
+	log       *slog.Logger
+	vms       VMs
+	dial      func(ctx context.Context, vm model.VM) (guest.Client, error)
+	dialData  func(ctx context.Context, vm model.VM, port int) (net.Conn, error)
+	transport func() string
+
+	// Sandbox is the user that reads a stopped VM's work disk and runs git
+	// over the copy.
+	Sandbox storage.Sandbox
+}
+
+// New makes a Service.
+func New(deps Deps) *Service {
+	return &Service{
+		store: deps.Store, log: deps.Log, vms: deps.VMs, dial: deps.Dial, dialData: deps.DialData, transport: deps.Transport,
+		Sandbox: storage.DefaultSandbox,
+	}
+}
+
+// The CLI makes the tar stream (it can read the user's
 // repository, the daemon may not be able to); the daemon runs
 // workspace.PrepareScript in one SSH session and sends the stream over the
 // data channel the guest announces (internal/transfer: plain TCP on the
@@ -34,11 +95,11 @@ import (
 // workspace.ExportScript to stream changes back. The scripts do the work in
 // the guest; this file resolves, serialises and maps failures to API errors.
 
-// PrepareWorkspace unpacks the tar stream body (workspace.WriteTar's) at
+// Prepare unpacks the tar stream body (workspace.WriteTar's) at
 // the guest path of a running VM, replacing what was there once the new
 // tree is complete. It refuses a path that a live session uses as its
 // working directory unless req.Force.
-func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.WorkspaceRequest, body io.Reader) (api.WorkspaceInfo, error) {
+func (sv *Service) Prepare(ctx context.Context, ref string, req api.WorkspaceRequest, body io.Reader) (api.WorkspaceInfo, error) {
 	guestPath, err := workspaceGuestPath(req.GuestPath)
 	if err != nil {
 		return api.WorkspaceInfo{}, err
@@ -46,17 +107,17 @@ func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.Works
 	if err := workspace.ValidateMode(req.Mode); err != nil {
 		return api.WorkspaceInfo{}, errdefs.Invalid(err)
 	}
-	vm, unlock, err := d.lockRunningWorkspaceVM(ctx, ref)
+	vm, unlock, err := sv.lockRunningWorkspaceVM(ctx, ref)
 	if err != nil {
 		return api.WorkspaceInfo{}, err
 	}
 	defer unlock()
 	if !req.Force {
-		if err := d.workspaceInUse(ctx, vm, guestPath); err != nil {
+		if err := sv.workspaceInUse(ctx, vm, guestPath); err != nil {
 			return api.WorkspaceInfo{}, err
 		}
 	}
-	cli, err := d.dialGuest(ctx, vm)
+	cli, err := sv.dial(ctx, vm)
 	if err != nil {
 		return api.WorkspaceInfo{}, err
 	}
@@ -103,7 +164,7 @@ func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.Works
 	runc := make(chan ran, 1)
 	go func() {
 		env := map[string]string{transfer.TokenEnv: token}
-		if d.cfg.WorkspaceTransport == TransportSSH {
+		if sv.transport() == TransportSSH {
 			env = nil // without a token the script reads SSH stdin
 		}
 		code, err := cli.Run(runCtx, workspace.BashCommand(script, env), stdinR, &stdout, stderr)
@@ -125,7 +186,7 @@ func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.Works
 		} else {
 			transport = TransportTCP
 			stdinW.Close()
-			conn, err := d.dialData(sendCtx, vm, port)
+			conn, err := sv.dialData(sendCtx, vm, port)
 			if err != nil {
 				dialErr = fmt.Errorf("connect to the guest's data channel (port %d): %w", port, err)
 				sendErr = dialErr
@@ -167,7 +228,7 @@ func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.Works
 		return api.WorkspaceInfo{}, errdefs.Invalid(c.err)
 	}
 	if w := strings.TrimSpace(stderr.String()); w != "" {
-		d.log.Warn("workspace prepare", "vm", vm.Name, "path", guestPath, "stderr", w)
+		sv.log.Warn("workspace prepare", "vm", vm.Name, "path", guestPath, "stderr", w)
 	}
 	return api.WorkspaceInfo{
 		GuestPath: guestPath,
@@ -247,11 +308,11 @@ func (a *announceWriter) String() string {
 
 var hexCommit = regexp.MustCompile(`^[0-9a-f]{4,64}$`)
 
-// ExportWorkspace writes the guest repository's changes since its base to
+// Export writes the guest repository's changes since its base to
 // w: a git bundle (its one ref is HEAD) or format-patch output. Uncommitted
 // guest changes are first committed in the guest as one commit. Nothing is
 // written to w unless the export succeeds.
-func (d *Daemon) ExportWorkspace(ctx context.Context, ref string, req api.ExportRequest, w io.Writer) error {
+func (sv *Service) Export(ctx context.Context, ref string, req api.ExportRequest, w io.Writer) error {
 	guestPath, err := workspaceGuestPath(req.GuestPath)
 	if err != nil {
 		return err
@@ -270,7 +331,7 @@ func (d *Daemon) ExportWorkspace(ctx context.Context, ref string, req api.Export
 		}
 		env["BANGER_BASE"] = req.Base
 	}
-	vm, unlock, err := d.lockVM(ctx, ref)
+	vm, unlock, err := sv.vms.Lock(ctx, ref)
 	if err != nil {
 		return err
 	}
@@ -281,8 +342,8 @@ func (d *Daemon) ExportWorkspace(ctx context.Context, ref string, req api.Export
 	}
 	stderr := &tailWriter{max: 16 << 10}
 	var code int
-	if d.vmAlive(vm) {
-		cli, err := d.dialGuest(ctx, vm)
+	if sv.vms.Alive(vm) {
+		cli, err := sv.dial(ctx, vm)
 		if err != nil {
 			return err
 		}
@@ -295,7 +356,7 @@ func (d *Daemon) ExportWorkspace(ctx context.Context, ref string, req api.Export
 		case model.VMStarting, model.VMStopping:
 			return errdefs.Errorf(errdefs.CodeConflict, "vm %s is %s: export when it has settled", vm.Name, vm.State)
 		}
-		code, err = d.exportOffline(ctx, vm, guestPath, format, message, env, w, stderr)
+		code, err = sv.exportOffline(ctx, vm, guestPath, format, message, env, w, stderr)
 		if err != nil {
 			return err
 		}
@@ -325,16 +386,15 @@ func workspaceGuestPath(p string) (string, error) {
 	return p, nil
 }
 
-// lockRunningWorkspaceVM resolves ref, takes the VM's lock, and checks,
-// under the lock, that the VM runs: workspaces live on the work disk and
-// are reached over SSH, so a stopped VM is refused with how to start it.
-func (d *Daemon) lockRunningWorkspaceVM(ctx context.Context, ref string) (model.VM, func(), error) {
-	vm, err := d.resolveVM(ctx, ref)
+// lockRunningWorkspaceVM takes the VM's lock and checks, under the lock,
+// that the VM runs: workspaces live on the work disk and are reached over
+// SSH, so a stopped VM is refused with how to start it.
+func (sv *Service) lockRunningWorkspaceVM(ctx context.Context, ref string) (model.VM, func(), error) {
+	vm, unlock, err := sv.vms.Lock(ctx, ref)
 	if err != nil {
 		return vm, func() {}, err
 	}
-	unlock := d.locks.Lock(vm.ID)
-	vm, err = d.runningVM(ctx, vm.ID)
+	vm, err = sv.vms.Running(ctx, vm.ID)
 	if err != nil {
 		unlock()
 		return vm, func() {}, err
@@ -343,8 +403,8 @@ func (d *Daemon) lockRunningWorkspaceVM(ctx context.Context, ref string) (model.
 }
 
 // workspaceInUse refuses a guest path that a live session runs in.
-func (d *Daemon) workspaceInUse(ctx context.Context, vm model.VM, guestPath string) error {
-	sessions, err := d.store.ListSessions(ctx, vm.ID)
+func (sv *Service) workspaceInUse(ctx context.Context, vm model.VM, guestPath string) error {
+	sessions, err := sv.store.ListSessions(ctx, vm.ID)
 	if err != nil {
 		return err
 	}
@@ -400,10 +460,6 @@ func (t *tailWriter) Write(p []byte) (int, error) {
 
 func (t *tailWriter) String() string { return string(t.buf) }
 
-// exportSandbox is the user that reads a stopped VM's work disk and runs
-// git over the copy.
-var exportSandbox = storage.DefaultSandbox
-
 // exportOffline exports from a stopped VM without booting it: the
 // workspace directory is copied out of the work disk (storage.CopyOut,
 // which never mounts it), made safe for host git (workspace.SanitizeRepo),
@@ -412,7 +468,7 @@ var exportSandbox = storage.DefaultSandbox
 // would), so uncommitted guest changes are committed in the copy only and
 // stay uncommitted in the VM. The caller holds the VM's lock, which keeps
 // the VM from starting meanwhile.
-func (d *Daemon) exportOffline(ctx context.Context, vm model.VM, guestPath, format, message string, env map[string]string, w io.Writer, stderr io.Writer) (int, error) {
+func (sv *Service) exportOffline(ctx context.Context, vm model.VM, guestPath, format, message string, env map[string]string, w io.Writer, stderr io.Writer) (int, error) {
 	if _, err := os.Stat(vm.WorkDisk); err != nil {
 		return 0, errdefs.Errorf(errdefs.CodeNotFound, "vm %s has no work disk to export from: %v", vm.Name, err)
 	}
@@ -422,12 +478,12 @@ func (d *Daemon) exportOffline(ctx context.Context, vm model.VM, guestPath, form
 	}
 	defer os.RemoveAll(tmp)
 	// Only the sandbox can enter: the copy is the guest's data.
-	if err := os.Chown(tmp, int(exportSandbox.UID), int(exportSandbox.GID)); err != nil {
+	if err := os.Chown(tmp, int(sv.Sandbox.UID), int(sv.Sandbox.GID)); err != nil {
 		return 0, err
 	}
 	rel := strings.TrimPrefix(guestPath, guestinit.WorkMount)
 	copyDir := filepath.Join(tmp, "copy")
-	if err := storage.CopyOut(ctx, vm.WorkDisk, rel, copyDir, exportSandbox); err != nil {
+	if err := storage.CopyOut(ctx, vm.WorkDisk, rel, copyDir, sv.Sandbox); err != nil {
 		if errors.Is(err, storage.ErrNotFound) {
 			return 0, errdefs.Errorf(errdefs.CodeNotFound, "vm %s: no workspace at %s: prepare one first", vm.Name, guestPath)
 		}
@@ -441,7 +497,7 @@ func (d *Daemon) exportOffline(ctx context.Context, vm model.VM, guestPath, form
 	if err := os.Mkdir(home, 0o700); err != nil {
 		return 0, err
 	}
-	if err := os.Chown(home, int(exportSandbox.UID), int(exportSandbox.GID)); err != nil {
+	if err := os.Chown(home, int(sv.Sandbox.UID), int(sv.Sandbox.GID)); err != nil {
 		return 0, err
 	}
 	cmd := exec.CommandContext(ctx, "bash", "-c", workspace.ExportScript(repo, format, message))
@@ -450,7 +506,7 @@ func (d *Daemon) exportOffline(ctx context.Context, vm model.VM, guestPath, form
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	cmd.SysProcAttr = exportSandbox.SysProcAttr()
+	cmd.SysProcAttr = sv.Sandbox.SysProcAttr()
 	cmd.Stdout, cmd.Stderr = w, stderr
 	err = cmd.Run()
 	var ee *exec.ExitError

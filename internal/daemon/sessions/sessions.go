@@ -1,9 +1,11 @@
-package daemon
-
-// Guest sessions: the daemon side. The guest side (scripts, parsers, state
-// rules) is package session; this file runs those scripts over the VM's
-// pooled SSH client and keeps the session records in the store in step with
-// the guest's state files.
+// Package sessions is the daemon side of guest sessions: it runs package
+// session's scripts over a VM's pooled SSH client, keeps the session records
+// in the store in step with the guest's state files (read from the work
+// disk when the VM is stopped), and serialises the work on one session.
+//
+// It owns the session records and the attach table. It must not touch VM
+// lifecycle (it asks VMs whether a VM runs), the VMM, or host networking.
+package sessions
 
 import (
 	"bufio"
@@ -12,25 +14,77 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"path"
 	"sync"
 	"time"
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/errdefs"
+	"github.com/banger/banger/internal/guest"
+	"github.com/banger/banger/internal/keyed"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/session"
 	"github.com/banger/banger/internal/storage"
+	"github.com/banger/banger/internal/store"
 )
 
-// sessionStateRoot is where session state lives in the guest. Tests point
-// it at a temp dir and run the scripts on the host.
-var sessionStateRoot = session.DefaultStateRoot
+// VMs is what sessions need of the VM lifecycle.
+type VMs interface {
+	// Resolve finds a VM by name, id or id prefix.
+	Resolve(ctx context.Context, ref string) (model.VM, error)
+	// Running resolves a VM and fails with a conflict naming how to start
+	// it when it does not run.
+	Running(ctx context.Context, ref string) (model.VM, error)
+	// Alive is the one liveness check: recorded running and its VMM alive.
+	Alive(vm model.VM) bool
+}
 
-// readSessionFiles reads a session's state files from a stopped VM's work
-// disk without booting it; a nil map means the directory is missing. A
-// variable so tests can count calls.
-var readSessionFiles = func(ctx context.Context, disk, id string) (map[string][]byte, error) {
+// Deps are what a Service is made of.
+type Deps struct {
+	Store *store.Store
+	Log   *slog.Logger
+	VMs   VMs
+	// Dial returns a (pooled) SSH client to a running VM's guest.
+	Dial func(ctx context.Context, vm model.VM) (guest.Client, error)
+	Now  func() time.Time
+}
+
+// Service runs guest sessions.
+type Service struct {
+	store *store.Store
+	log   *slog.Logger
+	vms   VMs
+	dial  func(ctx context.Context, vm model.VM) (guest.Client, error)
+	now   func() time.Time
+	locks keyed.Mutex
+
+	// StateRoot is where session state lives in the guest. Tests point it
+	// at a temp dir and run the scripts on the host.
+	StateRoot string
+	// ReadFiles reads a session's state files from a stopped VM's work
+	// disk without booting it; a nil map means the directory is missing.
+	ReadFiles func(ctx context.Context, disk, id string) (map[string][]byte, error)
+
+	// attached records which sessions have an attached client, and since
+	// when: attach is exclusive.
+	attachMu sync.Mutex
+	attached map[string]time.Time
+}
+
+// New makes a Service.
+func New(deps Deps) *Service {
+	return &Service{
+		store: deps.Store, log: deps.Log, vms: deps.VMs, dial: deps.Dial, now: deps.Now,
+		StateRoot: session.DefaultStateRoot,
+		ReadFiles: ReadWorkDiskFiles,
+		attached:  map[string]time.Time{},
+	}
+}
+
+// ReadWorkDiskFiles reads a session's state files from a stopped VM's work
+// disk (see storage.ReadFile); a nil map means the directory is missing.
+func ReadWorkDiskFiles(ctx context.Context, disk, id string) (map[string][]byte, error) {
 	dir := path.Join(session.WorkDiskStateRoot, id)
 	names, err := storage.ListDir(ctx, disk, dir)
 	if errors.Is(err, storage.ErrNotFound) {
@@ -53,30 +107,31 @@ var readSessionFiles = func(ctx context.Context, disk, id string) (map[string][]
 	return files, nil
 }
 
-// attachments records which sessions have an attached client, and since
-// when: attach is exclusive. Session ids are unique, so one table serves
-// every Daemon of the process.
-var attachments = struct {
-	mu sync.Mutex
-	m  map[string]time.Time
-}{m: map[string]time.Time{}}
+// Attached reports whether a client is attached to a session, and since
+// when.
+func (sv *Service) Attached(id string) (time.Time, bool) {
+	sv.attachMu.Lock()
+	defer sv.attachMu.Unlock()
+	t, ok := sv.attached[id]
+	return t, ok
+}
 
-// sessionLock serialises the record writes of one VM's sessions
-// (reconcile, start, stop), not the guest work around them.
-func (d *Daemon) sessionLock(vmID string) func() { return d.locks.Lock("sessions:" + vmID) }
+// lockVM serialises the record writes of one VM's sessions (reconcile,
+// start, stop), not the guest work around them.
+func (sv *Service) lockVM(vmID string) func() { return sv.locks.Lock("sessions:" + vmID) }
 
 // resolveSession finds a VM and one of its sessions by id, id prefix or name.
-func (d *Daemon) resolveSession(ctx context.Context, vmRef, ref string) (model.VM, model.Session, error) {
-	vm, err := d.resolveVM(ctx, vmRef)
+func (sv *Service) resolveSession(ctx context.Context, vmRef, ref string) (model.VM, model.Session, error) {
+	vm, err := sv.vms.Resolve(ctx, vmRef)
 	if err != nil {
 		return vm, model.Session{}, err
 	}
 	if ref == "" {
 		return vm, model.Session{}, errdefs.Errorf(errdefs.CodeInvalid, "session name or id is empty")
 	}
-	s, err := d.store.GetSession(ctx, vm.ID, ref)
+	s, err := sv.store.GetSession(ctx, vm.ID, ref)
 	if err != nil {
-		return vm, s, storeErr("session", ref, err)
+		return vm, s, store.Describe("session", ref, err)
 	}
 	return vm, s, nil
 }
@@ -86,8 +141,8 @@ func sessionFinished(s model.Session) bool {
 }
 
 // guestRun runs a bash script in a VM and returns its exit code and output.
-func (d *Daemon) guestRun(ctx context.Context, vm model.VM, script string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
-	c, err := d.dialGuest(ctx, vm)
+func (sv *Service) guestRun(ctx context.Context, vm model.VM, script string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	c, err := sv.dial(ctx, vm)
 	if err != nil {
 		return -1, errdefs.Errorf(errdefs.CodeUnavailable, "cannot reach vm %s over SSH: %v", vm.Name, err)
 	}
@@ -101,16 +156,16 @@ func (d *Daemon) guestRun(ctx context.Context, vm model.VM, script string, stdin
 // observe reads the state of the given sessions: from the guest in one round
 // trip when the VM runs, else from its work disk. The bool says whether the
 // VM runs.
-func (d *Daemon) observe(ctx context.Context, vm model.VM, recs []model.Session) (map[string]session.State, bool, error) {
+func (sv *Service) observe(ctx context.Context, vm model.VM, recs []model.Session) (map[string]session.State, bool, error) {
 	states := map[string]session.State{}
-	if !d.vmAlive(vm) {
+	if !sv.vms.Alive(vm) {
 		for _, r := range recs {
 			if vm.WorkDisk == "" {
 				continue
 			}
-			files, err := readSessionFiles(ctx, vm.WorkDisk, r.ID)
+			files, err := sv.ReadFiles(ctx, vm.WorkDisk, r.ID)
 			if err != nil {
-				d.log.Warn("read session state from work disk", "vm", vm.Name, "session", r.ID, "err", err)
+				sv.log.Warn("read session state from work disk", "vm", vm.Name, "session", r.ID, "err", err)
 				continue
 			}
 			states[r.ID] = session.StateFromFiles(files)
@@ -118,11 +173,11 @@ func (d *Daemon) observe(ctx context.Context, vm model.VM, recs []model.Session)
 		return states, false, nil
 	}
 	var out, errb bytes.Buffer
-	script := session.StatesScript(sessionStateRoot)
+	script := session.StatesScript(sv.StateRoot)
 	if len(recs) == 1 {
-		script = session.StateScript(sessionStateRoot, recs[0].ID)
+		script = session.StateScript(sv.StateRoot, recs[0].ID)
 	}
-	code, err := d.guestRun(ctx, vm, script, nil, &out, &errb)
+	code, err := sv.guestRun(ctx, vm, script, nil, &out, &errb)
 	if err != nil {
 		return nil, true, err
 	}
@@ -142,7 +197,7 @@ func (d *Daemon) observe(ctx context.Context, vm model.VM, recs []model.Session)
 // reconcileSessions folds the guest's state into the unfinished records
 // among recs, persisting only those that changed, and returns all of recs
 // updated. An unreachable guest leaves the records as they are.
-func (d *Daemon) reconcileSessions(ctx context.Context, vm model.VM, recs []model.Session) []model.Session {
+func (sv *Service) reconcileSessions(ctx context.Context, vm model.VM, recs []model.Session) []model.Session {
 	var open []model.Session
 	for _, r := range recs {
 		if !sessionFinished(r) {
@@ -152,11 +207,11 @@ func (d *Daemon) reconcileSessions(ctx context.Context, vm model.VM, recs []mode
 	if len(open) == 0 {
 		return recs
 	}
-	unlock := d.sessionLock(vm.ID)
+	unlock := sv.lockVM(vm.ID)
 	defer unlock()
-	states, running, err := d.observe(ctx, vm, open)
+	states, running, err := sv.observe(ctx, vm, open)
 	if err != nil {
-		d.log.Warn("reconcile sessions", "vm", vm.Name, "err", err)
+		sv.log.Warn("reconcile sessions", "vm", vm.Name, "err", err)
 		return recs
 	}
 	out := make([]model.Session, len(recs))
@@ -166,14 +221,14 @@ func (d *Daemon) reconcileSessions(ctx context.Context, vm model.VM, recs []mode
 			continue
 		}
 		// Re-read under the lock: a stop may have written since the list.
-		fresh, err := d.store.GetSession(ctx, vm.ID, r.ID)
+		fresh, err := sv.store.GetSession(ctx, vm.ID, r.ID)
 		if err != nil {
 			continue
 		}
-		nr, changed := session.Apply(fresh, states[r.ID], running, d.now())
+		nr, changed := session.Apply(fresh, states[r.ID], running, sv.now())
 		if changed {
-			if err := d.store.UpdateSession(ctx, nr); err != nil {
-				d.log.Warn("save session", "session", r.ID, "err", err)
+			if err := sv.store.UpdateSession(ctx, nr); err != nil {
+				sv.log.Warn("save session", "session", r.ID, "err", err)
 				continue
 			}
 		}
@@ -182,42 +237,42 @@ func (d *Daemon) reconcileSessions(ctx context.Context, vm model.VM, recs []mode
 	return out
 }
 
-// ListSessions lists a VM's sessions, reconciled with the guest.
-func (d *Daemon) ListSessions(ctx context.Context, vmRef string) ([]model.Session, error) {
-	vm, err := d.resolveVM(ctx, vmRef)
+// List lists a VM's sessions, reconciled with the guest.
+func (sv *Service) List(ctx context.Context, vmRef string) ([]model.Session, error) {
+	vm, err := sv.vms.Resolve(ctx, vmRef)
 	if err != nil {
 		return nil, err
 	}
-	recs, err := d.store.ListSessions(ctx, vm.ID)
+	recs, err := sv.store.ListSessions(ctx, vm.ID)
 	if err != nil {
 		return nil, err
 	}
-	recs = d.reconcileSessions(ctx, vm, recs)
+	recs = sv.reconcileSessions(ctx, vm, recs)
 	if recs == nil {
 		recs = []model.Session{}
 	}
 	return recs, nil
 }
 
-// GetSession shows one session, reconciled with the guest.
-func (d *Daemon) GetSession(ctx context.Context, vmRef, ref string) (model.Session, error) {
-	vm, s, err := d.resolveSession(ctx, vmRef, ref)
+// Get shows one session, reconciled with the guest.
+func (sv *Service) Get(ctx context.Context, vmRef, ref string) (model.Session, error) {
+	vm, s, err := sv.resolveSession(ctx, vmRef, ref)
 	if err != nil {
 		return s, err
 	}
-	return d.reconcileSessions(ctx, vm, []model.Session{s})[0], nil
+	return sv.reconcileSessions(ctx, vm, []model.Session{s})[0], nil
 }
 
 // stageOrder is the launch stages in order, to name the one a broken
 // connection interrupted.
 var stageOrder = []string{"preflight", session.StageUpload, session.StageLaunch, session.StageWaitReady}
 
-// StartSession validates the request, records the session as starting and
+// Start validates the request, records the session as starting and
 // launches it in one guest round trip (preflight, upload, launch, wait).
 // A failed stage leaves the record failed with the stage, message and raw
 // guest output, and returns an error naming the stage.
-func (d *Daemon) StartSession(ctx context.Context, vmRef string, req api.StartSessionRequest) (model.Session, error) {
-	vm, err := d.runningVM(ctx, vmRef)
+func (sv *Service) Start(ctx context.Context, vmRef string, req api.StartSessionRequest) (model.Session, error) {
+	vm, err := sv.vms.Running(ctx, vmRef)
 	if err != nil {
 		return model.Session{}, err
 	}
@@ -226,14 +281,14 @@ func (d *Daemon) StartSession(ctx context.Context, vmRef string, req api.StartSe
 	if err != nil {
 		return model.Session{}, errdefs.Invalid(err)
 	}
-	now := d.now()
+	now := sv.now()
 	rec := model.Session{
 		ID: id, VMID: vm.ID, Name: name,
 		Command: spec.Command, Args: spec.Args, Env: spec.Env, Cwd: spec.Cwd,
 		StdinMode: spec.StdinMode, Require: spec.Require,
 		Status:     model.SessionStarting,
 		AttachMode: "exclusive",
-		StateDir:   session.StateDir(sessionStateRoot, id),
+		StateDir:   session.StateDir(sv.StateRoot, id),
 		CreatedAt:  now, UpdatedAt: now,
 	}
 	if rec.Args == nil {
@@ -242,19 +297,19 @@ func (d *Daemon) StartSession(ctx context.Context, vmRef string, req api.StartSe
 	if spec.StdinMode == model.StdinPipe {
 		rec.AttachBackend = "fifo"
 	}
-	unlock := d.sessionLock(vm.ID)
-	err = d.store.CreateSession(ctx, rec)
+	unlock := sv.lockVM(vm.ID)
+	err = sv.store.CreateSession(ctx, rec)
 	unlock()
 	if err != nil {
-		if errdefs.CodeOf(storeErr("session", name, err)) == errdefs.CodeConflict {
+		if errdefs.CodeOf(store.Describe("session", name, err)) == errdefs.CodeConflict {
 			return model.Session{}, errdefs.Errorf(errdefs.CodeConflict, "vm %s already has a session named %s: choose another --name or remove it", vm.Name, name)
 		}
-		return model.Session{}, storeErr("session", name, err)
+		return model.Session{}, store.Describe("session", name, err)
 	}
 
 	var out bytes.Buffer
-	code, runErr := d.guestRun(ctx, vm, session.StartScript(sessionStateRoot, spec),
-		bytes.NewReader([]byte(session.RunnerScript(sessionStateRoot, spec))), &out, &out)
+	code, runErr := sv.guestRun(ctx, vm, session.StartScript(sv.StateRoot, spec),
+		bytes.NewReader([]byte(session.RunnerScript(sv.StateRoot, spec))), &out, &out)
 	res := session.ParseStart(out.String(), id)
 	if runErr == nil && code != 0 && res.Failed == nil {
 		runErr = fmt.Errorf("start script exited %d", code)
@@ -275,24 +330,24 @@ func (d *Daemon) StartSession(ctx context.Context, vmRef string, req api.StartSe
 		}
 	}
 	if stage != "" {
-		d.cleanupLaunch(vm, id, stage)
-		return d.failLaunch(ctx, vm, rec, stage, msg, res.Log)
+		sv.cleanupLaunch(vm, id, stage)
+		return sv.failLaunch(ctx, vm, rec, stage, msg, res.Log)
 	}
 
-	unlock = d.sessionLock(vm.ID)
+	unlock = sv.lockVM(vm.ID)
 	defer unlock()
-	fresh, err := d.store.GetSession(ctx, vm.ID, id)
+	fresh, err := sv.store.GetSession(ctx, vm.ID, id)
 	if err != nil {
-		return rec, storeErr("session", id, err)
+		return rec, store.Describe("session", id, err)
 	}
-	nr, changed := session.Apply(fresh, res.State, true, d.now())
+	nr, changed := session.Apply(fresh, res.State, true, sv.now())
 	if nr.StartedAt == nil {
-		t := d.now()
+		t := sv.now()
 		nr.StartedAt = &t
 		changed = true
 	}
 	if changed {
-		if err := d.store.UpdateSession(ctx, nr); err != nil {
+		if err := sv.store.UpdateSession(ctx, nr); err != nil {
 			return nr, err
 		}
 	}
@@ -301,21 +356,21 @@ func (d *Daemon) StartSession(ctx context.Context, vmRef string, req api.StartSe
 
 // failLaunch records a launch failure and returns the error for the user.
 // Preflight failures are the request's fault (invalid); others are not.
-func (d *Daemon) failLaunch(ctx context.Context, vm model.VM, rec model.Session, stage, msg, log string) (model.Session, error) {
-	unlock := d.sessionLock(vm.ID)
+func (sv *Service) failLaunch(ctx context.Context, vm model.VM, rec model.Session, stage, msg, log string) (model.Session, error) {
+	unlock := sv.lockVM(vm.ID)
 	defer unlock()
-	if fresh, err := d.store.GetSession(ctx, vm.ID, rec.ID); err == nil {
+	if fresh, err := sv.store.GetSession(ctx, vm.ID, rec.ID); err == nil {
 		rec = fresh
 	}
-	now := d.now()
+	now := sv.now()
 	rec.Status = model.SessionFailed
 	rec.LaunchStage, rec.LaunchError, rec.LaunchLog = stage, msg, log
 	rec.Error = session.StepError(stage, msg, "")
 	rec.Attachable, rec.Reattachable = false, false
 	rec.EndedAt = &now
 	// Record the failure even when the caller has gone away.
-	if err := d.store.UpdateSession(context.WithoutCancel(ctx), rec); err != nil {
-		d.log.Warn("record session launch failure", "session", rec.ID, "err", err)
+	if err := sv.store.UpdateSession(context.WithoutCancel(ctx), rec); err != nil {
+		sv.log.Warn("record session launch failure", "session", rec.ID, "err", err)
 	}
 	code := errdefs.CodeInternal
 	switch stage {
@@ -330,30 +385,30 @@ func (d *Daemon) failLaunch(ctx context.Context, vm model.VM, rec model.Session,
 // cleanupLaunch removes what a launch that failed after the preflight left
 // in the guest: a runner that is up but never reported ready is killed; a
 // state directory holding no running session is removed.
-func (d *Daemon) cleanupLaunch(vm model.VM, id, stage string) {
+func (sv *Service) cleanupLaunch(vm model.VM, id, stage string) {
 	if stage == session.StagePreflightCwd || stage == session.StagePreflightCommand || stage == "preflight" {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if stage == session.StageWaitReady {
-		_, _ = d.guestRun(ctx, vm, session.SignalScript(sessionStateRoot, id, "KILL", 2, true), nil, io.Discard, io.Discard)
+		_, _ = sv.guestRun(ctx, vm, session.SignalScript(sv.StateRoot, id, "KILL", 2, true), nil, io.Discard, io.Discard)
 		return
 	}
-	_, _ = d.guestRun(ctx, vm, session.RemoveScript(sessionStateRoot, id), nil, io.Discard, io.Discard)
+	_, _ = sv.guestRun(ctx, vm, session.RemoveScript(sv.StateRoot, id), nil, io.Discard, io.Discard)
 }
 
 // liveSession resolves a session that must be running in a running VM, with
 // errors that say which of those is not so.
-func (d *Daemon) liveSession(ctx context.Context, vmRef, ref string) (model.VM, model.Session, error) {
-	vm, s, err := d.resolveSession(ctx, vmRef, ref)
+func (sv *Service) liveSession(ctx context.Context, vmRef, ref string) (model.VM, model.Session, error) {
+	vm, s, err := sv.resolveSession(ctx, vmRef, ref)
 	if err != nil {
 		return vm, s, err
 	}
 	if sessionFinished(s) {
 		return vm, s, finishedErr(s)
 	}
-	if !d.vmAlive(vm) {
+	if !sv.vms.Alive(vm) {
 		return vm, s, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running (state %s), so session %s is not either", vm.Name, vm.State, s.Name)
 	}
 	return vm, s, nil
@@ -373,19 +428,19 @@ func finishedErr(s model.Session) error {
 
 // afterGuestRefusal reconciles a session the guest said is not running and
 // returns the error to give.
-func (d *Daemon) afterGuestRefusal(ctx context.Context, vm model.VM, s model.Session) error {
-	ns := d.reconcileSessions(ctx, vm, []model.Session{s})[0]
+func (sv *Service) afterGuestRefusal(ctx context.Context, vm model.VM, s model.Session) error {
+	ns := sv.reconcileSessions(ctx, vm, []model.Session{s})[0]
 	if sessionFinished(ns) {
 		return finishedErr(ns)
 	}
 	return errdefs.Errorf(errdefs.CodeConflict, "session %s is not running in vm %s (status %s)", s.Name, vm.Name, ns.Status)
 }
 
-// SessionLogs writes a session's stdout (or stderr) log: the last Tail lines
+// Logs writes a session's stdout (or stderr) log: the last Tail lines
 // (all when 0), and with Follow what comes next until the session or ctx
 // ends. For a stopped VM the log is read from its work disk.
-func (d *Daemon) SessionLogs(ctx context.Context, vmRef, ref string, req api.SessionLogsRequest, w io.Writer) error {
-	vm, s, err := d.resolveSession(ctx, vmRef, ref)
+func (sv *Service) Logs(ctx context.Context, vmRef, ref string, req api.SessionLogsRequest, w io.Writer) error {
+	vm, s, err := sv.resolveSession(ctx, vmRef, ref)
 	if err != nil {
 		return err
 	}
@@ -396,7 +451,7 @@ func (d *Daemon) SessionLogs(ctx context.Context, vmRef, ref string, req api.Ses
 	if req.Stderr {
 		file = session.FileStderr
 	}
-	if !d.vmAlive(vm) {
+	if !sv.vms.Alive(vm) {
 		b, err := storage.ReadFile(ctx, vm.WorkDisk, path.Join(session.WorkDiskStateRoot, s.ID, file))
 		if errors.Is(err, storage.ErrNotFound) {
 			return errdefs.Errorf(errdefs.CodeNotFound, "session %s has no %s on the work disk of vm %s", s.Name, file, vm.Name)
@@ -408,7 +463,7 @@ func (d *Daemon) SessionLogs(ctx context.Context, vmRef, ref string, req api.Ses
 		return err
 	}
 	var errb bytes.Buffer
-	code, err := d.guestRun(ctx, vm, session.LogsScript(sessionStateRoot, s.ID, req.Stderr, req.Tail, req.Follow), nil, w, &errb)
+	code, err := sv.guestRun(ctx, vm, session.LogsScript(sv.StateRoot, s.ID, req.Stderr, req.Tail, req.Follow), nil, w, &errb)
 	if err != nil {
 		if ctx.Err() != nil && req.Follow {
 			return nil // the client stopped following
@@ -439,19 +494,19 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// SendSession writes data to a running pipe-mode session's stdin fifo and
+// Send writes data to a running pipe-mode session's stdin fifo and
 // returns the byte count. Empty data writes nothing and opens no
 // connection. Sends to one session are serialised so they never
 // interleave.
-func (d *Daemon) SendSession(ctx context.Context, vmRef, ref string, data io.Reader) (int64, error) {
-	vm, s, err := d.resolveSession(ctx, vmRef, ref)
+func (sv *Service) Send(ctx context.Context, vmRef, ref string, data io.Reader) (int64, error) {
+	vm, s, err := sv.resolveSession(ctx, vmRef, ref)
 	if err != nil {
 		return 0, err
 	}
 	if s.StdinMode != model.StdinPipe {
 		return 0, errdefs.Errorf(errdefs.CodeInvalid, "session %s has its stdin closed (started with --stdin %s): it takes no input; start it with --stdin pipe to send to it", s.Name, s.StdinMode)
 	}
-	if _, _, err := d.liveSession(ctx, vmRef, ref); err != nil {
+	if _, _, err := sv.liveSession(ctx, vmRef, ref); err != nil {
 		return 0, err
 	}
 	if data == nil {
@@ -463,11 +518,11 @@ func (d *Daemon) SendSession(ctx context.Context, vmRef, ref string, data io.Rea
 	} else if err != nil {
 		return 0, errdefs.Errorf(errdefs.CodeInvalid, "reading the data to send: %v", err)
 	}
-	unlock := d.locks.Lock("session-send:" + s.ID)
+	unlock := sv.locks.Lock("session-send:" + s.ID)
 	defer unlock()
 	cr := &countingReader{r: br}
 	var errb bytes.Buffer
-	code, err := d.guestRun(ctx, vm, session.SendScript(sessionStateRoot, s.ID), cr, nil, &errb)
+	code, err := sv.guestRun(ctx, vm, session.SendScript(sv.StateRoot, s.ID), cr, nil, &errb)
 	if err != nil {
 		return 0, err
 	}
@@ -477,32 +532,32 @@ func (d *Daemon) SendSession(ctx context.Context, vmRef, ref string, data io.Rea
 	case session.ExitNoStdin:
 		return 0, errdefs.Errorf(errdefs.CodeConflict, "session %s has no stdin fifo in the guest: its stdin is closed", s.Name)
 	case session.ExitNotRunning:
-		return 0, d.afterGuestRefusal(ctx, vm, s)
+		return 0, sv.afterGuestRefusal(ctx, vm, s)
 	}
 	return 0, fmt.Errorf("send to session %s: exit %d: %s", s.Name, code, errb.String())
 }
 
-// AttachSession bridges aio to a running session, exclusively: stdin goes
+// Attach bridges aio to a running session, exclusively: stdin goes
 // to the session's fifo (pipe mode; in closed mode it is only watched for
 // the detach), the session's stdout and stderr from now on come back. It
 // returns when aio.Stdin ends (detach; the session keeps running), when the
 // session ends, or when ctx ends.
-func (d *Daemon) AttachSession(ctx context.Context, vmRef, ref string, aio api.AttachIO) error {
-	vm, s, err := d.liveSession(ctx, vmRef, ref)
+func (sv *Service) Attach(ctx context.Context, vmRef, ref string, aio api.AttachIO) error {
+	vm, s, err := sv.liveSession(ctx, vmRef, ref)
 	if err != nil {
 		return err
 	}
-	attachments.mu.Lock()
-	if since, ok := attachments.m[s.ID]; ok {
-		attachments.mu.Unlock()
+	sv.attachMu.Lock()
+	if since, ok := sv.attached[s.ID]; ok {
+		sv.attachMu.Unlock()
 		return errdefs.Errorf(errdefs.CodeConflict, "session %s is attached (since %s): detach the other client first", s.Name, since.UTC().Format(time.RFC3339))
 	}
-	attachments.m[s.ID] = d.now()
-	attachments.mu.Unlock()
+	sv.attached[s.ID] = sv.now()
+	sv.attachMu.Unlock()
 	defer func() {
-		attachments.mu.Lock()
-		delete(attachments.m, s.ID)
-		attachments.mu.Unlock()
+		sv.attachMu.Lock()
+		delete(sv.attached, s.ID)
+		sv.attachMu.Unlock()
 	}()
 
 	actx, cancel := context.WithCancel(ctx)
@@ -521,7 +576,7 @@ func (d *Daemon) AttachSession(ctx context.Context, vmRef, ref string, aio api.A
 		stderr = io.Discard
 	}
 	go func() {
-		code, err := d.guestRun(actx, vm, session.AttachOutputScript(sessionStateRoot, s.ID), nil, stdout, stderr)
+		code, err := sv.guestRun(actx, vm, session.AttachOutputScript(sv.StateRoot, s.ID), nil, stdout, stderr)
 		outDone <- result{code, err}
 	}()
 	go func() {
@@ -536,7 +591,7 @@ func (d *Daemon) AttachSession(ctx context.Context, vmRef, ref string, aio api.A
 			return
 		}
 		var errb bytes.Buffer
-		code, err := d.guestRun(actx, vm, session.SendScript(sessionStateRoot, s.ID), aio.Stdin, nil, &errb)
+		code, err := sv.guestRun(actx, vm, session.SendScript(sv.StateRoot, s.ID), aio.Stdin, nil, &errb)
 		inDone <- result{code, err}
 	}()
 	select {
@@ -545,7 +600,7 @@ func (d *Daemon) AttachSession(ctx context.Context, vmRef, ref string, aio api.A
 		cancel()
 		<-outDone
 		if r.code == session.ExitNotRunning {
-			return d.afterGuestRefusal(context.WithoutCancel(ctx), vm, s)
+			return sv.afterGuestRefusal(context.WithoutCancel(ctx), vm, s)
 		}
 		if r.err != nil && ctx.Err() == nil {
 			return r.err
@@ -555,9 +610,9 @@ func (d *Daemon) AttachSession(ctx context.Context, vmRef, ref string, aio api.A
 		// The session ended (or output failed): the stdin side is cancelled;
 		// a reader blocked on aio.Stdin is the caller's to close.
 		cancel()
-		d.reconcileSessions(context.WithoutCancel(ctx), vm, []model.Session{s})
+		sv.reconcileSessions(context.WithoutCancel(ctx), vm, []model.Session{s})
 		if r.code == session.ExitNotRunning {
-			return d.afterGuestRefusal(context.WithoutCancel(ctx), vm, s)
+			return sv.afterGuestRefusal(context.WithoutCancel(ctx), vm, s)
 		}
 		if r.err != nil && ctx.Err() == nil {
 			return r.err
@@ -569,11 +624,11 @@ func (d *Daemon) AttachSession(ctx context.Context, vmRef, ref string, aio api.A
 // defaultStopTimeout is how long a stop waits before KILL.
 const defaultStopTimeout = 10
 
-// StopSession sends the signal (TERM by default) to the session's command,
+// Stop sends the signal (TERM by default) to the session's command,
 // its monitor and stdin keep-alive, waits up to the timeout and then kills
 // it; the final state comes from the guest. Stopping a finished session
 // returns it as it is.
-func (d *Daemon) StopSession(ctx context.Context, vmRef, ref string, req api.StopSessionRequest) (model.Session, error) {
+func (sv *Service) Stop(ctx context.Context, vmRef, ref string, req api.StopSessionRequest) (model.Session, error) {
 	sig, err := session.ParseSignal(req.Signal, "TERM")
 	if err != nil {
 		return model.Session{}, errdefs.Invalid(err)
@@ -585,38 +640,38 @@ func (d *Daemon) StopSession(ctx context.Context, vmRef, ref string, req api.Sto
 	if timeout == 0 {
 		timeout = defaultStopTimeout
 	}
-	return d.signalSession(ctx, vmRef, ref, sig, timeout, true)
+	return sv.signalSession(ctx, vmRef, ref, sig, timeout, true)
 }
 
-// KillSession sends a signal (KILL by default) to the session's command and
+// Kill sends a signal (KILL by default) to the session's command and
 // returns its state a moment later.
-func (d *Daemon) KillSession(ctx context.Context, vmRef, ref string, signal string) (model.Session, error) {
+func (sv *Service) Kill(ctx context.Context, vmRef, ref string, signal string) (model.Session, error) {
 	sig, err := session.ParseSignal(signal, "KILL")
 	if err != nil {
 		return model.Session{}, errdefs.Invalid(err)
 	}
-	return d.signalSession(ctx, vmRef, ref, sig, 5, false)
+	return sv.signalSession(ctx, vmRef, ref, sig, 5, false)
 }
 
-func (d *Daemon) signalSession(ctx context.Context, vmRef, ref, sig string, waitSeconds int, stop bool) (model.Session, error) {
-	vm, s, err := d.resolveSession(ctx, vmRef, ref)
+func (sv *Service) signalSession(ctx context.Context, vmRef, ref, sig string, waitSeconds int, stop bool) (model.Session, error) {
+	vm, s, err := sv.resolveSession(ctx, vmRef, ref)
 	if err != nil {
 		return s, err
 	}
-	s = d.reconcileSessions(ctx, vm, []model.Session{s})[0]
+	s = sv.reconcileSessions(ctx, vm, []model.Session{s})[0]
 	if sessionFinished(s) {
 		return s, nil
 	}
-	if !d.vmAlive(vm) {
+	if !sv.vms.Alive(vm) {
 		return s, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running (state %s), so session %s is not either", vm.Name, vm.State, s.Name)
 	}
-	opLock := d.locks.Lock("session-op:" + s.ID)
+	opLock := sv.locks.Lock("session-op:" + s.ID)
 	defer opLock()
 	if stop {
-		unlock := d.sessionLock(vm.ID)
-		if fresh, err := d.store.GetSession(ctx, vm.ID, s.ID); err == nil && !sessionFinished(fresh) {
+		unlock := sv.lockVM(vm.ID)
+		if fresh, err := sv.store.GetSession(ctx, vm.ID, s.ID); err == nil && !sessionFinished(fresh) {
 			fresh.Status = model.SessionStopping
-			if err := d.store.UpdateSession(ctx, fresh); err == nil {
+			if err := sv.store.UpdateSession(ctx, fresh); err == nil {
 				s = fresh
 			}
 		}
@@ -625,7 +680,7 @@ func (d *Daemon) signalSession(ctx context.Context, vmRef, ref, sig string, wait
 	var out, errb bytes.Buffer
 	rctx, cancel := context.WithTimeout(ctx, time.Duration(waitSeconds+30)*time.Second)
 	defer cancel()
-	code, err := d.guestRun(rctx, vm, session.SignalScript(sessionStateRoot, s.ID, sig, waitSeconds, stop), nil, &out, &errb)
+	code, err := sv.guestRun(rctx, vm, session.SignalScript(sv.StateRoot, s.ID, sig, waitSeconds, stop), nil, &out, &errb)
 	if err != nil {
 		return s, err
 	}
@@ -633,38 +688,38 @@ func (d *Daemon) signalSession(ctx context.Context, vmRef, ref, sig string, wait
 		return s, fmt.Errorf("signal session %s: exit %d: %s", s.Name, code, errb.String())
 	}
 	st := session.ParseStates(out.String())[s.ID]
-	unlock := d.sessionLock(vm.ID)
+	unlock := sv.lockVM(vm.ID)
 	defer unlock()
-	fresh, err := d.store.GetSession(ctx, vm.ID, s.ID)
+	fresh, err := sv.store.GetSession(ctx, vm.ID, s.ID)
 	if err != nil {
-		return s, storeErr("session", s.ID, err)
+		return s, store.Describe("session", s.ID, err)
 	}
-	nr, changed := session.Apply(fresh, st, true, d.now())
+	nr, changed := session.Apply(fresh, st, true, sv.now())
 	if changed {
-		if err := d.store.UpdateSession(ctx, nr); err != nil {
+		if err := sv.store.UpdateSession(ctx, nr); err != nil {
 			return nr, err
 		}
 	}
 	return nr, nil
 }
 
-// RemoveSession deletes a finished session's record and, when the VM runs,
+// Remove deletes a finished session's record and, when the VM runs,
 // its state directory in the guest. (A stopped VM keeps the directory on its
 // work disk; the daemon never writes a disk it does not run.)
-func (d *Daemon) RemoveSession(ctx context.Context, vmRef, ref string) error {
-	vm, s, err := d.resolveSession(ctx, vmRef, ref)
+func (sv *Service) Remove(ctx context.Context, vmRef, ref string) error {
+	vm, s, err := sv.resolveSession(ctx, vmRef, ref)
 	if err != nil {
 		return err
 	}
-	s = d.reconcileSessions(ctx, vm, []model.Session{s})[0]
+	s = sv.reconcileSessions(ctx, vm, []model.Session{s})[0]
 	if !sessionFinished(s) {
 		return errdefs.Errorf(errdefs.CodeConflict, "session %s is %s: stop it first (banger session stop %s %s)", s.Name, s.Status, vm.Name, s.Name)
 	}
-	opLock := d.locks.Lock("session-op:" + s.ID)
+	opLock := sv.locks.Lock("session-op:" + s.ID)
 	defer opLock()
-	if d.vmAlive(vm) {
+	if sv.vms.Alive(vm) {
 		var errb bytes.Buffer
-		code, err := d.guestRun(ctx, vm, session.RemoveScript(sessionStateRoot, s.ID), nil, nil, &errb)
+		code, err := sv.guestRun(ctx, vm, session.RemoveScript(sv.StateRoot, s.ID), nil, nil, &errb)
 		if err != nil {
 			return err
 		}
@@ -675,5 +730,5 @@ func (d *Daemon) RemoveSession(ctx context.Context, vmRef, ref string) error {
 			return fmt.Errorf("remove session %s state in vm %s: exit %d: %s", s.Name, vm.Name, code, errb.String())
 		}
 	}
-	return storeErr("session", s.Name, d.store.DeleteSession(ctx, s.ID))
+	return store.Describe("session", s.Name, sv.store.DeleteSession(ctx, s.ID))
 }

@@ -1,4 +1,12 @@
-package daemon
+// Package artifacts registers the images and kernels VMs boot from:
+// building images (package image) and pulling kernels (package kernel)
+// into the state directory, importing the user's, listing and removing
+// them (refused while a VM uses one), and finding the default image and
+// kernel for a new VM, made on first use.
+//
+// It owns the image and kernel records and their files. It must not touch
+// VMs beyond asking the store which use an artifact.
+package artifacts
 
 import (
 	"context"
@@ -8,12 +16,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/config"
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/image"
 	"github.com/banger/banger/internal/kernel"
@@ -22,14 +33,56 @@ import (
 	"github.com/banger/banger/internal/store"
 )
 
-// buildMu serialises image builds and kernel pulls: they are heavy, and two
-// first-run `vm create`s must not build the default image twice.
-var buildMu sync.Mutex
+// Deps are what a Service is made of.
+type Deps struct {
+	Config config.Config
+	Store  *store.Store
+	Log    *slog.Logger
+	Now    func() time.Time
+}
+
+// Service registers images and kernels.
+type Service struct {
+	cfg   config.Config
+	store *store.Store
+	log   *slog.Logger
+	now   func() time.Time
+
+	// buildMu serialises image builds and kernel pulls: they are heavy, and
+	// two first-run `vm create`s must not build the default image twice.
+	buildMu sync.Mutex
+}
+
+// New makes a Service.
+func New(deps Deps) *Service {
+	return &Service{cfg: deps.Config, store: deps.Store, log: deps.Log, now: deps.Now}
+}
+
+// ListImages lists every image.
+func (sv *Service) ListImages(ctx context.Context) ([]model.Image, error) {
+	ims, err := sv.store.ListImages(ctx)
+	if ims == nil {
+		ims = []model.Image{}
+	}
+	return ims, err
+}
+
+// GetImage shows one image.
+func (sv *Service) GetImage(ctx context.Context, ref string) (model.Image, error) {
+	im, err := sv.store.GetImage(ctx, ref)
+	return im, store.Describe("image", ref, err)
+}
+
+// GetKernel shows one pulled or imported kernel.
+func (sv *Service) GetKernel(ctx context.Context, ref string) (model.Kernel, error) {
+	k, err := sv.store.GetKernel(ctx, ref)
+	return k, store.Describe("kernel", ref, err)
+}
 
 // initBinary is the guest init put into built images: next to bangerd, or
 // in the configured bin dir.
-func (d *Daemon) initBinary() (string, error) {
-	dir := d.cfg.BinDir
+func (sv *Service) initBinary() (string, error) {
+	dir := sv.cfg.BinDir
 	if dir == "" {
 		exe, err := os.Executable()
 		if err != nil {
@@ -45,11 +98,11 @@ func (d *Daemon) initBinary() (string, error) {
 }
 
 // BuildImage builds an image from distribution packages and registers it.
-func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest, report progress.Func) (model.Image, error) {
+func (sv *Service) BuildImage(ctx context.Context, req api.BuildImageRequest, report progress.Func) (model.Image, error) {
 	report = progress.OrNop(report)
 	name := req.Name
 	if name == "" {
-		name = d.cfg.DefaultImage
+		name = sv.cfg.DefaultImage
 	}
 	if err := model.ValidateName("image", name); err != nil {
 		return model.Image{}, errdefs.Invalid(err)
@@ -70,13 +123,13 @@ func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest, repo
 	default:
 		return model.Image{}, errdefs.Errorf(errdefs.CodeInvalid, "invalid init %q: use fast or systemd", req.Init)
 	}
-	initBin, err := d.initBinary()
+	initBin, err := sv.initBinary()
 	if err != nil {
 		return model.Image{}, err
 	}
 	opts := image.BuildOptions{
 		Name: name, Suite: req.Suite, Packages: req.Packages, SizeBytes: size, Init: req.Init,
-		InitBinary: initBin, CacheDir: d.cfg.CacheDir, NoCache: req.NoCache,
+		InitBinary: initBin, CacheDir: sv.cfg.CacheDir, NoCache: req.NoCache,
 	}
 	for _, s := range req.Scripts {
 		opts.Scripts = append(opts.Scripts, image.Script{Name: s.Name, Content: s.Content})
@@ -84,13 +137,13 @@ func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest, repo
 	for _, c := range req.Copies {
 		opts.Copies = append(opts.Copies, image.Copy{Src: c.Src, Dst: c.Dst})
 	}
-	buildMu.Lock()
-	defer buildMu.Unlock()
-	if _, err := d.store.GetImage(ctx, name); err == nil {
+	sv.buildMu.Lock()
+	defer sv.buildMu.Unlock()
+	if _, err := sv.store.GetImage(ctx, name); err == nil {
 		return model.Image{}, errdefs.Errorf(errdefs.CodeConflict, "image %q already exists: remove it first (banger image rm %s) or pick another --name", name, name)
 	}
 	id := model.NewID()
-	dest := filepath.Join(d.cfg.ImagesDir(), id+".ext4")
+	dest := filepath.Join(sv.cfg.ImagesDir(), id+".ext4")
 	res, err := image.Build(ctx, opts, dest, report)
 	if err != nil {
 		_ = os.Remove(dest)
@@ -99,18 +152,18 @@ func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest, repo
 	im := model.Image{
 		ID: id, Name: name, Path: res.Path, SizeBytes: res.SizeBytes, Checksum: res.Checksum,
 		Source: "build", Init: res.Init, Recipe: res.RecipeJSON, RecipeKey: res.RecipeKey,
-		HostKey: res.HostKey, CreatedAt: d.now().UTC(),
+		HostKey: res.HostKey, CreatedAt: sv.now().UTC(),
 	}
-	if err := d.store.CreateImage(ctx, im); err != nil {
+	if err := sv.store.CreateImage(ctx, im); err != nil {
 		_ = os.Remove(res.Path)
-		return model.Image{}, storeErr("image", name, err)
+		return model.Image{}, store.Describe("image", name, err)
 	}
 	return im, nil
 }
 
 // ImportImage registers an existing ext4 file after checking it carries
 // what banger needs.
-func (d *Daemon) ImportImage(ctx context.Context, req api.ImportImageRequest, report progress.Func) (model.Image, error) {
+func (sv *Service) ImportImage(ctx context.Context, req api.ImportImageRequest, report progress.Func) (model.Image, error) {
 	report = progress.OrNop(report)
 	if req.Path == "" || !filepath.IsAbs(req.Path) {
 		return model.Image{}, errdefs.Errorf(errdefs.CodeInvalid, "image file %q must be an absolute path", req.Path)
@@ -122,7 +175,7 @@ func (d *Daemon) ImportImage(ctx context.Context, req api.ImportImageRequest, re
 	if err := model.ValidateName("image", name); err != nil {
 		return model.Image{}, errdefs.Invalid(err)
 	}
-	if _, err := d.store.GetImage(ctx, name); err == nil {
+	if _, err := sv.store.GetImage(ctx, name); err == nil {
 		return model.Image{}, errdefs.Errorf(errdefs.CodeConflict, "image %q already exists", name)
 	}
 	report(progress.Event{Phase: "inspect", Message: "checking " + req.Path})
@@ -137,7 +190,7 @@ func (d *Daemon) ImportImage(ctx context.Context, req api.ImportImageRequest, re
 		return model.Image{}, errdefs.Errorf(errdefs.CodeInvalid, "cannot import %s: the image lacks what banger needs: %s", req.Path, strings.Join(rep.Missing, "; "))
 	}
 	id := model.NewID()
-	dest := filepath.Join(d.cfg.ImagesDir(), id+".ext4")
+	dest := filepath.Join(sv.cfg.ImagesDir(), id+".ext4")
 	report(progress.Event{Phase: "copy", Message: "copying into the state directory"})
 	sum, size, err := copyFileSum(ctx, req.Path, dest)
 	if err != nil {
@@ -147,33 +200,33 @@ func (d *Daemon) ImportImage(ctx context.Context, req api.ImportImageRequest, re
 	im := model.Image{
 		ID: id, Name: name, Path: dest, SizeBytes: size, Checksum: sum, Source: "import",
 		Recipe: mustJSON(map[string]string{"imported_from": req.Path}), HostKey: rep.HostKey,
-		CreatedAt: d.now().UTC(),
+		CreatedAt: sv.now().UTC(),
 	}
-	if err := d.store.CreateImage(ctx, im); err != nil {
+	if err := sv.store.CreateImage(ctx, im); err != nil {
 		_ = os.Remove(dest)
-		return model.Image{}, storeErr("image", name, err)
+		return model.Image{}, store.Describe("image", name, err)
 	}
 	return im, nil
 }
 
 // RemoveImage deletes an image unless a VM uses it.
-func (d *Daemon) RemoveImage(ctx context.Context, ref string) error {
-	im, err := d.GetImage(ctx, ref)
+func (sv *Service) RemoveImage(ctx context.Context, ref string) error {
+	im, err := sv.GetImage(ctx, ref)
 	if err != nil {
 		return err
 	}
-	users, err := d.store.VMsUsingImage(ctx, im.ID)
+	users, err := sv.store.VMsUsingImage(ctx, im.ID)
 	if err != nil {
 		return err
 	}
 	if len(users) > 0 {
 		return errdefs.Errorf(errdefs.CodeConflict, "image %s is used by vm %s: delete the vm first", im.Name, vmNames(users))
 	}
-	if err := d.store.DeleteImage(ctx, im.ID); err != nil {
-		return storeErr("image", ref, err)
+	if err := sv.store.DeleteImage(ctx, im.ID); err != nil {
+		return store.Describe("image", ref, err)
 	}
 	if err := os.Remove(im.Path); err != nil && !os.IsNotExist(err) {
-		d.log.Warn("remove image file", "path", im.Path, "err", err)
+		sv.log.Warn("remove image file", "path", im.Path, "err", err)
 	}
 	return nil
 }
@@ -186,58 +239,58 @@ func vmNames(vms []model.VM) string {
 	return strings.Join(names, ", ")
 }
 
-// imageForVM resolves the image of a new VM; the default image is built on
+// ImageForVM resolves the image of a new VM; the default image is built on
 // first use.
-func (d *Daemon) imageForVM(ctx context.Context, ref string, report progress.Func) (model.Image, error) {
+func (sv *Service) ImageForVM(ctx context.Context, ref string, report progress.Func) (model.Image, error) {
 	if ref == "" {
-		ref = d.cfg.DefaultImage
+		ref = sv.cfg.DefaultImage
 	}
-	im, err := d.store.GetImage(ctx, ref)
+	im, err := sv.store.GetImage(ctx, ref)
 	if err == nil {
 		return im, nil
 	}
-	if !errors.Is(err, store.ErrNotFound) || ref != d.cfg.DefaultImage {
-		return im, storeErr("image", ref, err)
+	if !errors.Is(err, store.ErrNotFound) || ref != sv.cfg.DefaultImage {
+		return im, store.Describe("image", ref, err)
 	}
 	report(progress.Event{Phase: "image", Message: fmt.Sprintf("no image %q yet: building the default image (first run; cached afterwards)", ref)})
-	im, err = d.BuildImage(ctx, api.BuildImageRequest{Name: ref}, report)
+	im, err = sv.BuildImage(ctx, api.BuildImageRequest{Name: ref}, report)
 	if errdefs.CodeOf(err) == errdefs.CodeConflict {
 		// Another request built it meanwhile.
-		im, err = d.store.GetImage(ctx, ref)
-		return im, storeErr("image", ref, err)
+		im, err = sv.store.GetImage(ctx, ref)
+		return im, store.Describe("image", ref, err)
 	}
 	return im, err
 }
 
-// kernelForVM resolves the kernel of a new VM; a catalog kernel is pulled on
+// KernelForVM resolves the kernel of a new VM; a catalog kernel is pulled on
 // first use.
-func (d *Daemon) kernelForVM(ctx context.Context, ref string, report progress.Func) (model.Kernel, error) {
+func (sv *Service) KernelForVM(ctx context.Context, ref string, report progress.Func) (model.Kernel, error) {
 	if ref == "" {
-		ref = d.cfg.DefaultKernel
+		ref = sv.cfg.DefaultKernel
 	}
-	k, err := d.store.GetKernel(ctx, ref)
+	k, err := sv.store.GetKernel(ctx, ref)
 	if err == nil {
 		return k, nil
 	}
 	if _, ok := kernel.Lookup(ref); !ok || !errors.Is(err, store.ErrNotFound) {
-		return k, storeErr("kernel", ref, err)
+		return k, store.Describe("kernel", ref, err)
 	}
 	report(progress.Event{Phase: "kernel", Message: fmt.Sprintf("no kernel %q yet: pulling it from the catalog (first run; cached afterwards)", ref)})
-	k, err = d.PullKernel(ctx, ref, report)
+	k, err = sv.PullKernel(ctx, ref, report)
 	if errdefs.CodeOf(err) == errdefs.CodeConflict {
-		k, err = d.store.GetKernel(ctx, ref)
-		return k, storeErr("kernel", ref, err)
+		k, err = sv.store.GetKernel(ctx, ref)
+		return k, store.Describe("kernel", ref, err)
 	}
 	return k, err
 }
 
 // ListKernels lists catalog entries and pulled or imported kernels.
-func (d *Daemon) ListKernels(ctx context.Context) ([]api.KernelEntry, error) {
+func (sv *Service) ListKernels(ctx context.Context) ([]api.KernelEntry, error) {
 	cat, err := kernel.Catalog()
 	if err != nil {
 		return nil, err
 	}
-	ks, err := d.store.ListKernels(ctx)
+	ks, err := sv.store.ListKernels(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -260,20 +313,20 @@ func (d *Daemon) ListKernels(ctx context.Context) ([]api.KernelEntry, error) {
 
 // PullKernel fetches a catalog kernel and registers it under the entry's
 // name.
-func (d *Daemon) PullKernel(ctx context.Context, name string, report progress.Func) (model.Kernel, error) {
+func (sv *Service) PullKernel(ctx context.Context, name string, report progress.Func) (model.Kernel, error) {
 	report = progress.OrNop(report)
 	e, ok := kernel.Lookup(name)
 	if !ok {
 		return model.Kernel{}, errdefs.Errorf(errdefs.CodeNotFound, "kernel %q is not in the catalog: see `banger kernel list`", name)
 	}
-	buildMu.Lock()
-	defer buildMu.Unlock()
-	if _, err := d.store.GetKernel(ctx, name); err == nil {
+	sv.buildMu.Lock()
+	defer sv.buildMu.Unlock()
+	if _, err := sv.store.GetKernel(ctx, name); err == nil {
 		return model.Kernel{}, errdefs.Errorf(errdefs.CodeConflict, "kernel %q is already pulled: remove it first to pull again", name)
 	}
 	id := model.NewID()
-	dir := filepath.Join(d.cfg.KernelsDir(), id)
-	art, err := kernel.Pull(ctx, e, dir, d.cfg.CacheDir, report)
+	dir := filepath.Join(sv.cfg.KernelsDir(), id)
+	art, err := kernel.Pull(ctx, e, dir, sv.cfg.CacheDir, report)
 	if err != nil {
 		_ = os.RemoveAll(dir)
 		return model.Kernel{}, err
@@ -281,22 +334,22 @@ func (d *Daemon) PullKernel(ctx context.Context, name string, report progress.Fu
 	k := model.Kernel{
 		ID: id, Name: name, Version: art.Version, VmlinuxPath: art.Vmlinux, BzImagePath: art.BzImage,
 		InitrdPath: art.Initrd, Cmdline: art.Cmdline, Source: art.Source, Checksums: mustJSON(art.Checksums),
-		CreatedAt: d.now().UTC(),
+		CreatedAt: sv.now().UTC(),
 	}
-	if err := d.store.CreateKernel(ctx, k); err != nil {
+	if err := sv.store.CreateKernel(ctx, k); err != nil {
 		_ = os.RemoveAll(dir)
-		return model.Kernel{}, storeErr("kernel", name, err)
+		return model.Kernel{}, store.Describe("kernel", name, err)
 	}
 	return k, nil
 }
 
 // ImportKernel registers a user's kernel (and initrd), copied into the
 // state directory.
-func (d *Daemon) ImportKernel(ctx context.Context, req api.ImportKernelRequest) (model.Kernel, error) {
+func (sv *Service) ImportKernel(ctx context.Context, req api.ImportKernelRequest) (model.Kernel, error) {
 	if err := model.ValidateName("kernel", req.Name); err != nil {
 		return model.Kernel{}, errdefs.Invalid(err)
 	}
-	if _, err := d.store.GetKernel(ctx, req.Name); err == nil {
+	if _, err := sv.store.GetKernel(ctx, req.Name); err == nil {
 		return model.Kernel{}, errdefs.Errorf(errdefs.CodeConflict, "kernel %q already exists", req.Name)
 	}
 	if req.Vmlinux == "" {
@@ -306,12 +359,12 @@ func (d *Daemon) ImportKernel(ctx context.Context, req api.ImportKernelRequest) 
 		return model.Kernel{}, errdefs.Invalid(err)
 	}
 	id := model.NewID()
-	dir := filepath.Join(d.cfg.KernelsDir(), id)
-	if err := ensureDir(dir); err != nil {
+	dir := filepath.Join(sv.cfg.KernelsDir(), id)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return model.Kernel{}, err
 	}
 	sums := map[string]string{}
-	k := model.Kernel{ID: id, Name: req.Name, Version: "unknown", Cmdline: req.Cmdline, Source: "import", CreatedAt: d.now().UTC()}
+	k := model.Kernel{ID: id, Name: req.Name, Version: "unknown", Cmdline: req.Cmdline, Source: "import", CreatedAt: sv.now().UTC()}
 	if k.Cmdline == "" {
 		k.Cmdline = "console=ttyS0 reboot=k panic=1"
 	}
@@ -332,30 +385,30 @@ func (d *Daemon) ImportKernel(ctx context.Context, req api.ImportKernelRequest) 
 		sums[f.name] = sum
 	}
 	k.Checksums = mustJSON(sums)
-	if err := d.store.CreateKernel(ctx, k); err != nil {
+	if err := sv.store.CreateKernel(ctx, k); err != nil {
 		_ = os.RemoveAll(dir)
-		return model.Kernel{}, storeErr("kernel", req.Name, err)
+		return model.Kernel{}, store.Describe("kernel", req.Name, err)
 	}
 	return k, nil
 }
 
 // RemoveKernel deletes a kernel unless a VM uses it.
-func (d *Daemon) RemoveKernel(ctx context.Context, ref string) error {
-	k, err := d.GetKernel(ctx, ref)
+func (sv *Service) RemoveKernel(ctx context.Context, ref string) error {
+	k, err := sv.GetKernel(ctx, ref)
 	if err != nil {
 		return err
 	}
-	users, err := d.store.VMsUsingKernel(ctx, k.ID)
+	users, err := sv.store.VMsUsingKernel(ctx, k.ID)
 	if err != nil {
 		return err
 	}
 	if len(users) > 0 {
 		return errdefs.Errorf(errdefs.CodeConflict, "kernel %s is used by vm %s: delete the vm first", k.Name, vmNames(users))
 	}
-	if err := d.store.DeleteKernel(ctx, k.ID); err != nil {
-		return storeErr("kernel", ref, err)
+	if err := sv.store.DeleteKernel(ctx, k.ID); err != nil {
+		return store.Describe("kernel", ref, err)
 	}
-	_ = os.RemoveAll(filepath.Join(d.cfg.KernelsDir(), k.ID))
+	_ = os.RemoveAll(filepath.Join(sv.cfg.KernelsDir(), k.ID))
 	return nil
 }
 

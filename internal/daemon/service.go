@@ -1,0 +1,103 @@
+package daemon
+
+// The api.Service facade: each method hands the request to the service that
+// owns it. Nothing here decides anything.
+
+import (
+	"context"
+	"io"
+
+	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/progress"
+)
+
+// ---- sessions ----
+
+func (d *Daemon) ListSessions(ctx context.Context, vmRef string) ([]model.Session, error) {
+	return d.sessions.List(ctx, vmRef)
+}
+
+func (d *Daemon) GetSession(ctx context.Context, vmRef, ref string) (model.Session, error) {
+	return d.sessions.Get(ctx, vmRef, ref)
+}
+
+func (d *Daemon) StartSession(ctx context.Context, vmRef string, req api.StartSessionRequest) (model.Session, error) {
+	return d.sessions.Start(ctx, vmRef, req)
+}
+
+func (d *Daemon) SessionLogs(ctx context.Context, vmRef, ref string, req api.SessionLogsRequest, w io.Writer) error {
+	return d.sessions.Logs(ctx, vmRef, ref, req, w)
+}
+
+func (d *Daemon) SendSession(ctx context.Context, vmRef, ref string, data io.Reader) (int64, error) {
+	return d.sessions.Send(ctx, vmRef, ref, data)
+}
+
+func (d *Daemon) AttachSession(ctx context.Context, vmRef, ref string, aio api.AttachIO) error {
+	return d.sessions.Attach(ctx, vmRef, ref, aio)
+}
+
+func (d *Daemon) StopSession(ctx context.Context, vmRef, ref string, req api.StopSessionRequest) (model.Session, error) {
+	return d.sessions.Stop(ctx, vmRef, ref, req)
+}
+
+func (d *Daemon) KillSession(ctx context.Context, vmRef, ref string, signal string) (model.Session, error) {
+	return d.sessions.Kill(ctx, vmRef, ref, signal)
+}
+
+func (d *Daemon) RemoveSession(ctx context.Context, vmRef, ref string) error {
+	return d.sessions.Remove(ctx, vmRef, ref)
+}
+
+// ---- workspaces ----
+
+func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.WorkspaceRequest, tar io.Reader) (api.WorkspaceInfo, error) {
+	return d.workspaces.Prepare(ctx, ref, req, tar)
+}
+
+func (d *Daemon) ExportWorkspace(ctx context.Context, ref string, req api.ExportRequest, w io.Writer) error {
+	return d.workspaces.Export(ctx, ref, req, w)
+}
+
+// ---- images and kernels ----
+
+func (d *Daemon) ListImages(ctx context.Context) ([]model.Image, error) {
+	return d.artifacts.ListImages(ctx)
+}
+
+func (d *Daemon) GetImage(ctx context.Context, ref string) (model.Image, error) {
+	return d.artifacts.GetImage(ctx, ref)
+}
+
+func (d *Daemon) BuildImage(ctx context.Context, req api.BuildImageRequest, report progress.Func) (model.Image, error) {
+	return d.artifacts.BuildImage(ctx, req, report)
+}
+
+func (d *Daemon) ImportImage(ctx context.Context, req api.ImportImageRequest, report progress.Func) (model.Image, error) {
+	return d.artifacts.ImportImage(ctx, req, report)
+}
+
+func (d *Daemon) RemoveImage(ctx context.Context, ref string) error {
+	return d.artifacts.RemoveImage(ctx, ref)
+}
+
+func (d *Daemon) ListKernels(ctx context.Context) ([]api.KernelEntry, error) {
+	return d.artifacts.ListKernels(ctx)
+}
+
+func (d *Daemon) GetKernel(ctx context.Context, ref string) (model.Kernel, error) {
+	return d.artifacts.GetKernel(ctx, ref)
+}
+
+func (d *Daemon) PullKernel(ctx context.Context, name string, report progress.Func) (model.Kernel, error) {
+	return d.artifacts.PullKernel(ctx, name, report)
+}
+
+func (d *Daemon) ImportKernel(ctx context.Context, req api.ImportKernelRequest) (model.Kernel, error) {
+	return d.artifacts.ImportKernel(ctx, req)
+}
+
+func (d *Daemon) RemoveKernel(ctx context.Context, ref string) error {
+	return d.artifacts.RemoveKernel(ctx, ref)
+}
