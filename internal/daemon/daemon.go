@@ -21,6 +21,7 @@ import (
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/config"
 	"github.com/banger/banger/internal/daemon/artifacts"
+	"github.com/banger/banger/internal/daemon/guestaccess"
 	"github.com/banger/banger/internal/daemon/sessions"
 	"github.com/banger/banger/internal/daemon/workspaces"
 	"github.com/banger/banger/internal/errdefs"
@@ -64,6 +65,7 @@ type Daemon struct {
 	sessions   *sessions.Service
 	workspaces *workspaces.Service
 	artifacts  *artifacts.Service
+	guests     *guestaccess.Service
 }
 
 // vmLookup is what the other services ask of the VM lifecycle.
@@ -88,6 +90,11 @@ func (d *Daemon) wire() {
 		Store: d.store, Log: d.log, VMs: vmLookup{d},
 		Dial: func(ctx context.Context, vm model.VM) (guest.Client, error) { return d.dialGuest(ctx, vm) },
 		Now:  func() time.Time { return d.now() },
+	})
+	d.guests = guestaccess.New(guestaccess.Deps{
+		Store: d.store, VMs: vmLookup{d},
+		Dial:    func(ctx context.Context, vm model.VM) (guest.Client, error) { return d.dialGuest(ctx, vm) },
+		KeyPath: d.cfg.KeyPath(), Netns: d.cfg.Netns, DNSSuffix: d.cfg.DNSSuffix,
 	})
 	d.workspaces = workspaces.New(workspaces.Deps{
 		Store: d.store, Log: d.log, VMs: vmLookup{d},
@@ -213,6 +220,18 @@ func (k *keyedMutex) Lock(key string) func() {
 		}
 		k.mu.Unlock()
 	}
+}
+
+// runningVM resolves a VM and checks it runs.
+func (d *Daemon) runningVM(ctx context.Context, ref string) (model.VM, error) {
+	vm, err := d.resolveVM(ctx, ref)
+	if err != nil {
+		return vm, err
+	}
+	if !d.vmAlive(vm) {
+		return vm, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running (state %s): start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
+	}
+	return vm, nil
 }
 
 // vmAlive is the one liveness check used everywhere: the VM is recorded

@@ -101,3 +101,19 @@ func (d *Daemon) ImportKernel(ctx context.Context, req api.ImportKernelRequest) 
 func (d *Daemon) RemoveKernel(ctx context.Context, ref string) error {
 	return d.artifacts.RemoveKernel(ctx, ref)
 }
+
+// ---- guest access ----
+
+func (d *Daemon) ExecVM(ctx context.Context, ref string, req api.ExecRequest, stdout, stderr io.Writer) (int, error) {
+	return d.guests.Exec(ctx, ref, req, stdout, stderr)
+}
+
+func (d *Daemon) VMLogs(ctx context.Context, ref string, req api.LogsRequest, w io.Writer) error {
+	return d.guests.Logs(ctx, ref, req, w)
+}
+
+func (d *Daemon) SSHInfo(ctx context.Context, ref string) (api.SSHInfo, error) {
+	return d.guests.SSHInfo(ctx, ref)
+}
+
+func (d *Daemon) Hosts(ctx context.Context) (string, error) { return d.guests.Hosts(ctx) }

@@ -1,4 +1,11 @@
-package daemon
+// Package guestaccess is how the daemon and its users reach into a
+// running VM: commands over the pooled SSH connection, the VM's console
+// and VMM logs, what the CLI needs to exec the system ssh, and the /etc/hosts
+// lines of running VMs.
+//
+// It must not touch VM lifecycle (it asks VMs whether a VM runs), the VMM,
+// or the store beyond reading VM records.
+package guestaccess
 
 import (
 	"context"
@@ -17,26 +24,55 @@ import (
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/session"
+	"github.com/banger/banger/internal/store"
 )
 
-// runningVM resolves a VM and checks it runs.
-func (d *Daemon) runningVM(ctx context.Context, ref string) (model.VM, error) {
-	vm, err := d.resolveVM(ctx, ref)
-	if err != nil {
-		return vm, err
-	}
-	if !d.vmAlive(vm) {
-		return vm, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running (state %s): start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
-	}
-	return vm, nil
+// VMs is what guest access needs of the VM lifecycle.
+type VMs interface {
+	// Resolve finds a VM by name, id or id prefix.
+	Resolve(ctx context.Context, ref string) (model.VM, error)
+	// Running resolves a VM and fails with a conflict naming how to start
+	// it when it does not run.
+	Running(ctx context.Context, ref string) (model.VM, error)
+	// Alive is the one liveness check: recorded running and its VMM alive.
+	Alive(vm model.VM) bool
 }
 
-// ExecVM runs a command in a running VM over the daemon's SSH connection.
-func (d *Daemon) ExecVM(ctx context.Context, ref string, req api.ExecRequest, stdout, stderr io.Writer) (int, error) {
+// Deps are what a Service is made of.
+type Deps struct {
+	Store *store.Store
+	VMs   VMs
+	// Dial returns a (pooled) SSH client to a running VM's guest.
+	Dial func(ctx context.Context, vm model.VM) (guest.Client, error)
+	// KeyPath is the daemon's private SSH key, for `vm ssh`.
+	KeyPath string
+	// Netns is the network namespace the VMs' network lives in.
+	Netns string
+	// DNSSuffix is the domain of VM names (<vm>.<suffix>).
+	DNSSuffix string
+}
+
+// Service reaches into running VMs.
+type Service struct {
+	store     *store.Store
+	vms       VMs
+	dial      func(ctx context.Context, vm model.VM) (guest.Client, error)
+	keyPath   string
+	netns     string
+	dnsSuffix string
+}
+
+// New makes a Service.
+func New(deps Deps) *Service {
+	return &Service{store: deps.Store, vms: deps.VMs, dial: deps.Dial, keyPath: deps.KeyPath, netns: deps.Netns, dnsSuffix: deps.DNSSuffix}
+}
+
+// Exec runs a command in a running VM over the daemon's SSH connection.
+func (sv *Service) Exec(ctx context.Context, ref string, req api.ExecRequest, stdout, stderr io.Writer) (int, error) {
 	if len(req.Command) == 0 {
 		return -1, errdefs.Errorf(errdefs.CodeInvalid, "no command given: put it after --")
 	}
-	vm, err := d.runningVM(ctx, ref)
+	vm, err := sv.vms.Running(ctx, ref)
 	if err != nil {
 		return -1, err
 	}
@@ -44,7 +80,7 @@ func (d *Daemon) ExecVM(ctx context.Context, ref string, req api.ExecRequest, st
 	if err != nil {
 		return -1, errdefs.Invalid(err)
 	}
-	c, err := d.dialGuest(ctx, vm)
+	c, err := sv.dial(ctx, vm)
 	if err != nil {
 		return -1, fmt.Errorf("connect to %s: %w", vm.Name, err)
 	}
@@ -92,9 +128,9 @@ func validEnvKey(k string) bool {
 	return true
 }
 
-// VMLogs writes a VM's serial console and/or VMM log.
-func (d *Daemon) VMLogs(ctx context.Context, ref string, req api.LogsRequest, w io.Writer) error {
-	vm, err := d.resolveVM(ctx, ref)
+// Logs writes a VM's serial console and/or VMM log.
+func (sv *Service) Logs(ctx context.Context, ref string, req api.LogsRequest, w io.Writer) error {
+	vm, err := sv.vms.Resolve(ctx, ref)
 	if err != nil {
 		return err
 	}
@@ -152,7 +188,7 @@ func (d *Daemon) VMLogs(ctx context.Context, ref string, req api.LogsRequest, w 
 			f.Close()
 		}
 		flush(w)
-		if cur, err := d.store.GetVM(ctx, vm.ID); err != nil || !d.vmAlive(cur) && cur.State != model.VMStarting {
+		if cur, err := sv.store.GetVM(ctx, vm.ID); err != nil || !sv.vms.Alive(cur) && cur.State != model.VMStarting {
 			return nil
 		}
 	}
@@ -165,33 +201,33 @@ func flush(w io.Writer) {
 }
 
 // SSHInfo tells the CLI how to exec the system ssh into a VM.
-func (d *Daemon) SSHInfo(ctx context.Context, ref string) (api.SSHInfo, error) {
-	vm, err := d.runningVM(ctx, ref)
+func (sv *Service) SSHInfo(ctx context.Context, ref string) (api.SSHInfo, error) {
+	vm, err := sv.vms.Running(ctx, ref)
 	if err != nil {
 		return api.SSHInfo{}, err
 	}
 	return api.SSHInfo{
 		Host: vm.GuestIP, User: "root", Port: 22,
-		KeyPath:        d.cfg.KeyPath(),
+		KeyPath:        sv.keyPath,
 		KnownHostsPath: filepath.Join(vm.Dir, "known_hosts"),
-		Netns:          d.cfg.Netns,
+		Netns:          sv.netns,
 	}, nil
 }
 
 // Hosts renders /etc/hosts lines for running VMs.
-func (d *Daemon) Hosts(ctx context.Context) (string, error) {
-	vms, err := d.store.ListVMs(ctx)
+func (sv *Service) Hosts(ctx context.Context) (string, error) {
+	vms, err := sv.store.ListVMs(ctx)
 	if err != nil {
 		return "", err
 	}
 	m := map[string]netip.Addr{}
 	for _, vm := range vms {
-		if !d.vmAlive(vm) {
+		if !sv.vms.Alive(vm) {
 			continue
 		}
 		if ip, err := netip.ParseAddr(vm.GuestIP); err == nil {
 			m[vm.Name] = ip
 		}
 	}
-	return hostnet.HostsLines(d.cfg.DNSSuffix, m), nil
+	return hostnet.HostsLines(sv.dnsSuffix, m), nil
 }
