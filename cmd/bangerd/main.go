@@ -151,6 +151,9 @@ func serve(cfg config.Config, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
+	if err := checkDatabase(cfg); err != nil {
+		return err
+	}
 	st, err := store.Open(cfg.DBPath())
 	if err != nil {
 		return err
@@ -297,4 +300,22 @@ func lookupGroup(name string) (int, error) {
 		return 0, fmt.Errorf("group %q: %w: create it or unset group in the config", name, err)
 	}
 	return g, nil
+}
+
+// checkDatabase refuses to start over a state directory that holds VMs,
+// images or kernels but no database: opening would make an empty one, and
+// the daemon would then account for none of them. A missing database is
+// only normal in a fresh state directory.
+func checkDatabase(cfg config.Config) error {
+	if _, err := os.Stat(cfg.DBPath()); !errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	for _, dir := range []string{cfg.VMsDir(), cfg.ImagesDir(), cfg.KernelsDir()} {
+		entries, err := os.ReadDir(dir)
+		if err == nil && len(entries) > 0 {
+			return fmt.Errorf("the database %s is missing but %s holds %d entries: restore the database, or move %s aside to start afresh (bangerd never deletes what it cannot account for)",
+				cfg.DBPath(), dir, len(entries), cfg.StateDir)
+		}
+	}
+	return nil
 }

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/banger/banger/internal/config"
 )
 
 func TestResolveConfigPrecedence(t *testing.T) {
@@ -125,3 +127,27 @@ func TestStateDirModes(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// A state directory with VMs but no database is refused: opening would make
+// an empty database that accounts for none of them.
+func TestMissingDatabase(t *testing.T) {
+	cfg := config.Defaults()
+	cfg.StateDir = t.TempDir()
+	cfg.Finish()
+	if err := checkDatabase(cfg); err != nil {
+		t.Fatalf("fresh state dir: %v", err)
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.VMsDir(), "0123abcd"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	err := checkDatabase(cfg)
+	if err == nil || !strings.Contains(err.Error(), "database") || !strings.Contains(err.Error(), cfg.VMsDir()) {
+		t.Fatalf("vms without a database: %v, want a refusal naming both", err)
+	}
+	if err := os.WriteFile(cfg.DBPath(), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkDatabase(cfg); err != nil {
+		t.Fatalf("with a database: %v", err)
+	}
+}

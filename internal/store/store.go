@@ -54,7 +54,9 @@ func openAt(path string, upTo int) (*Store, error) {
 	q.Add("_pragma", "busy_timeout(5000)")
 	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "foreign_keys(1)")
-	q.Add("_pragma", "synchronous(NORMAL)")
+	// Every write carries intent (a VM exists, a session started): FULL syncs
+	// the WAL at each commit, so a power loss never forgets one.
+	q.Add("_pragma", "synchronous(FULL)")
 	// Write transactions take the write lock at BEGIN, so two writers wait
 	// on the busy timeout instead of failing on a lock upgrade.
 	q.Set("_txlock", "immediate")

@@ -392,6 +392,11 @@ func TestPragmas(t *testing.T) {
 	if err := s.db.QueryRow("PRAGMA busy_timeout").Scan(&busy); err != nil || busy != 5000 {
 		t.Fatalf("busy_timeout = %d, %v", busy, err)
 	}
+	// 2 is FULL: a commit is on disk when it returns.
+	var sync int
+	if err := s.db.QueryRow("PRAGMA synchronous").Scan(&sync); err != nil || sync != 2 {
+		t.Fatalf("synchronous = %d, %v, want 2 (FULL)", sync, err)
+	}
 }
 
 // Two Stores on one file (as two processes would be) writing at once: WAL

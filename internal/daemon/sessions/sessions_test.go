@@ -1,10 +1,11 @@
-package daemon
+package sessions
 
 import (
 	"bytes"
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +18,6 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/api"
-	"github.com/banger/banger/internal/config"
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/model"
@@ -77,8 +77,29 @@ func (g sessionCannedGuest) Run(ctx context.Context, cmd string, stdin io.Reader
 }
 func (sessionCannedGuest) Close() error { return nil }
 
+// fakeVMs answers from the store, with liveness from a flag, as the
+// daemon's VM lookup does from the VMM process.
+type fakeVMs struct {
+	st    *store.Store
+	alive *atomic.Bool
+}
+
+func (f fakeVMs) Resolve(ctx context.Context, ref string) (model.VM, error) {
+	vm, err := f.st.GetVM(ctx, ref)
+	return vm, store.Describe("vm", ref, err)
+}
+func (f fakeVMs) Alive(vm model.VM) bool { return vm.State == model.VMRunning && f.alive.Load() }
+func (f fakeVMs) Running(ctx context.Context, ref string) (model.VM, error) {
+	vm, err := f.Resolve(ctx, ref)
+	if err == nil && !f.Alive(vm) {
+		err = errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running (state %s)", vm.Name, vm.State)
+	}
+	return vm, err
+}
+
 type sessionEnv struct {
-	d     *Daemon
+	s     *Service
+	st    *store.Store
 	vm    model.VM
 	root  string
 	dials atomic.Int32
@@ -93,12 +114,17 @@ func newSessionEnv(t *testing.T) *sessionEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	d, err := New(config.Config{StateDir: t.TempDir()}, st, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &sessionEnv{d: d, root: t.TempDir(), cli: sessionHostGuest{}}
-	d.sessions.StateRoot = e.root
+	e := &sessionEnv{st: st, root: t.TempDir(), cli: sessionHostGuest{}}
+	e.s = New(Deps{
+		Store: st, Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		VMs: fakeVMs{st: st, alive: &e.alive},
+		Dial: func(ctx context.Context, vm model.VM) (guest.Client, error) {
+			e.dials.Add(1)
+			return e.cli, nil
+		},
+		Now: time.Now,
+	})
+	e.s.StateRoot = e.root
 	now := time.Now().UTC()
 	e.vm = model.VM{ID: model.NewID(), Name: "box", State: model.VMRunning, DesiredState: model.VMRunning,
 		GuestIP: "172.16.0.9", CID: 9, VMM: "qemu", CreatedAt: now, UpdatedAt: now}
@@ -106,11 +132,6 @@ func newSessionEnv(t *testing.T) *sessionEnv {
 		t.Fatal(err)
 	}
 	e.alive.Store(true)
-	d.processAlive = func(model.VM) bool { return e.alive.Load() }
-	d.dialGuest = func(ctx context.Context, vm model.VM) (guest.Client, error) {
-		e.dials.Add(1)
-		return e.cli, nil
-	}
 	return e
 }
 
@@ -124,7 +145,7 @@ func (e *sessionEnv) put(t *testing.T, mut func(*model.Session)) model.Session {
 	if mut != nil {
 		mut(&s)
 	}
-	if err := e.d.store.CreateSession(context.Background(), s); err != nil {
+	if err := e.st.CreateSession(context.Background(), s); err != nil {
 		t.Fatal(err)
 	}
 	return s
@@ -142,11 +163,11 @@ func needHostTools(t *testing.T) {
 func (e *sessionEnv) start(t *testing.T, req api.StartSessionRequest) model.Session {
 	t.Helper()
 	ctx := context.Background()
-	s, err := e.d.StartSession(ctx, e.vm.Name, req)
+	s, err := e.s.Start(ctx, e.vm.Name, req)
 	if err != nil {
 		t.Fatalf("StartSession: %v", err)
 	}
-	t.Cleanup(func() { e.d.KillSession(context.Background(), e.vm.ID, s.ID, "KILL") })
+	t.Cleanup(func() { e.s.Kill(context.Background(), e.vm.ID, s.ID, "KILL") })
 	return s
 }
 
@@ -156,7 +177,7 @@ func waitLog(t *testing.T, e *sessionEnv, s model.Session, want string) string {
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		var b bytes.Buffer
-		if err := e.d.SessionLogs(context.Background(), e.vm.Name, s.Name, api.SessionLogsRequest{}, &b); err != nil {
+		if err := e.s.Logs(context.Background(), e.vm.Name, s.Name, api.SessionLogsRequest{}, &b); err != nil {
 			t.Fatalf("SessionLogs: %v", err)
 		}
 		got = b.String()
@@ -178,7 +199,7 @@ func TestSessionStartSendLogsStop(t *testing.T) {
 		t.Fatalf("started = %+v", s)
 	}
 	for _, line := range []string{`{"n":1}` + "\n", `{"n":2}` + "\n", `{"n":3}` + "\n"} {
-		n, err := e.d.SendSession(ctx, e.vm.Name, s.Name, strings.NewReader(line))
+		n, err := e.s.Send(ctx, e.vm.Name, s.Name, strings.NewReader(line))
 		if err != nil || n != int64(len(line)) {
 			t.Fatalf("send: %d %v", n, err)
 		}
@@ -191,7 +212,7 @@ func TestSessionStartSendLogsStop(t *testing.T) {
 		wg.Add(1)
 		go func(c byte) {
 			defer wg.Done()
-			n, err := e.d.SendSession(ctx, e.vm.ID, s.ID[:8], bytes.NewReader(bytes.Repeat([]byte{c}, 1<<20)))
+			n, err := e.s.Send(ctx, e.vm.ID, s.ID[:8], bytes.NewReader(bytes.Repeat([]byte{c}, 1<<20)))
 			if err != nil || n != 1<<20 {
 				t.Errorf("send %c: %d %v", c, n, err)
 			}
@@ -216,28 +237,28 @@ func TestSessionStartSendLogsStop(t *testing.T) {
 	}
 
 	var tail bytes.Buffer
-	if err := e.d.SessionLogs(ctx, e.vm.Name, s.Name, api.SessionLogsRequest{Tail: 1, Stderr: true}, &tail); err != nil || tail.Len() != 0 {
+	if err := e.s.Logs(ctx, e.vm.Name, s.Name, api.SessionLogsRequest{Tail: 1, Stderr: true}, &tail); err != nil || tail.Len() != 0 {
 		t.Fatalf("stderr tail: %q %v", tail.String(), err)
 	}
 
-	stopped, err := e.d.StopSession(ctx, e.vm.Name, s.Name, api.StopSessionRequest{TimeoutSeconds: 5})
+	stopped, err := e.s.Stop(ctx, e.vm.Name, s.Name, api.StopSessionRequest{TimeoutSeconds: 5})
 	if err != nil {
 		t.Fatalf("stop: %v", err)
 	}
 	if stopped.ExitCode == nil || stopped.Attachable || stopped.EndedAt == nil {
 		t.Fatalf("stopped = %+v", stopped)
 	}
-	_, err = e.d.SendSession(ctx, e.vm.Name, s.Name, strings.NewReader("late"))
+	_, err = e.s.Send(ctx, e.vm.Name, s.Name, strings.NewReader("late"))
 	if errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "has finished") {
 		t.Fatalf("send after stop: %v", err)
 	}
-	if err := e.d.RemoveSession(ctx, e.vm.Name, s.Name); err != nil {
+	if err := e.s.Remove(ctx, e.vm.Name, s.Name); err != nil {
 		t.Fatalf("remove: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(e.root, s.ID)); !os.IsNotExist(err) {
 		t.Fatalf("state dir left after remove: %v", err)
 	}
-	if _, err := e.d.GetSession(ctx, e.vm.Name, s.Name); !errdefs.IsNotFound(err) {
+	if _, err := e.s.Get(ctx, e.vm.Name, s.Name); !errdefs.IsNotFound(err) {
 		t.Fatalf("get after remove: %v", err)
 	}
 }
@@ -254,7 +275,7 @@ func TestSessionExitCodeAndDefaults(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		var err error
-		if got, err = e.d.GetSession(ctx, e.vm.Name, s.Name); err != nil {
+		if got, err = e.s.Get(ctx, e.vm.Name, s.Name); err != nil {
 			t.Fatal(err)
 		}
 		if got.Status == model.SessionFailed {
@@ -266,7 +287,7 @@ func TestSessionExitCodeAndDefaults(t *testing.T) {
 		t.Fatalf("session = %+v", got)
 	}
 	waitLog(t, e, s, e.root+"\nit's me\n")
-	if _, err := e.d.SendSession(ctx, e.vm.Name, s.Name, strings.NewReader("x")); errdefs.CodeOf(err) != errdefs.CodeInvalid || !strings.Contains(err.Error(), "stdin closed") {
+	if _, err := e.s.Send(ctx, e.vm.Name, s.Name, strings.NewReader("x")); errdefs.CodeOf(err) != errdefs.CodeInvalid || !strings.Contains(err.Error(), "stdin closed") {
 		t.Fatalf("send to closed-stdin session: %v", err)
 	}
 }
@@ -282,20 +303,20 @@ func TestSendEmptyAndRefusalsDialNothing(t *testing.T) {
 		s.ExitCode = &c
 	})
 
-	if n, err := e.d.SendSession(ctx, e.vm.Name, running.Name, strings.NewReader("")); err != nil || n != 0 {
+	if n, err := e.s.Send(ctx, e.vm.Name, running.Name, strings.NewReader("")); err != nil || n != 0 {
 		t.Fatalf("empty send: %d %v", n, err)
 	}
-	if _, err := e.d.SendSession(ctx, e.vm.Name, closed.Name, strings.NewReader("x")); errdefs.CodeOf(err) != errdefs.CodeInvalid || !strings.Contains(err.Error(), "stdin closed") {
+	if _, err := e.s.Send(ctx, e.vm.Name, closed.Name, strings.NewReader("x")); errdefs.CodeOf(err) != errdefs.CodeInvalid || !strings.Contains(err.Error(), "stdin closed") {
 		t.Fatalf("closed: %v", err)
 	}
-	if _, err := e.d.SendSession(ctx, e.vm.Name, done.Name, strings.NewReader("x")); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "has finished (status exited, exit code 0)") {
+	if _, err := e.s.Send(ctx, e.vm.Name, done.Name, strings.NewReader("x")); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "has finished (status exited, exit code 0)") {
 		t.Fatalf("finished: %v", err)
 	}
-	if _, err := e.d.SendSession(ctx, e.vm.Name, "nope", strings.NewReader("x")); !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), `session "nope" not found`) {
+	if _, err := e.s.Send(ctx, e.vm.Name, "nope", strings.NewReader("x")); !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), `session "nope" not found`) {
 		t.Fatalf("unknown: %v", err)
 	}
 	e.alive.Store(false)
-	if _, err := e.d.SendSession(ctx, e.vm.Name, running.Name, strings.NewReader("x")); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "vm box is not running") {
+	if _, err := e.s.Send(ctx, e.vm.Name, running.Name, strings.NewReader("x")); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "vm box is not running") {
 		t.Fatalf("vm stopped: %v", err)
 	}
 	if n := e.dials.Load(); n != 0 {
@@ -320,11 +341,11 @@ func TestStartPreflightFailures(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			_, err := e.d.StartSession(ctx, e.vm.Name, c.req)
+			_, err := e.s.Start(ctx, e.vm.Name, c.req)
 			if errdefs.CodeOf(err) != c.code || !strings.Contains(err.Error(), c.stage) || !strings.Contains(err.Error(), c.msg) {
 				t.Fatalf("err = %v", err)
 			}
-			rec, err := e.d.store.GetSession(ctx, e.vm.ID, c.req.Name)
+			rec, err := e.st.GetSession(ctx, e.vm.ID, c.req.Name)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -334,28 +355,28 @@ func TestStartPreflightFailures(t *testing.T) {
 		})
 	}
 	// Upload: the state root cannot be made.
-	e.d.sessions.StateRoot = "/proc/banger-cannot-exist"
-	_, err := e.d.StartSession(ctx, e.vm.Name, api.StartSessionRequest{Name: "d", Command: "cat", Cwd: e.root})
+	e.s.StateRoot = "/proc/banger-cannot-exist"
+	_, err := e.s.Start(ctx, e.vm.Name, api.StartSessionRequest{Name: "d", Command: "cat", Cwd: e.root})
 	if err == nil || !strings.Contains(err.Error(), "at upload") {
 		t.Fatalf("upload: %v", err)
 	}
-	e.d.sessions.StateRoot = e.root
+	e.s.StateRoot = e.root
 
 	// Launch and wait_ready, from guests that answer so.
 	mark := func(stage, res, msg string) string {
 		return "@@banger-stage " + stage + " " + res + " " + b64s(msg) + "\n"
 	}
 	e.cli = sessionCannedGuest{out: mark("preflight", "ok", "") + mark("upload", "ok", ""), err: errors.New("connection lost")}
-	_, err = e.d.StartSession(ctx, e.vm.Name, api.StartSessionRequest{Name: "e", Command: "cat", Cwd: e.root})
+	_, err = e.s.Start(ctx, e.vm.Name, api.StartSessionRequest{Name: "e", Command: "cat", Cwd: e.root})
 	if err == nil || !strings.Contains(err.Error(), "at launch") || !strings.Contains(err.Error(), "connection lost") {
 		t.Fatalf("launch: %v", err)
 	}
 	e.cli = sessionCannedGuest{out: mark("preflight", "ok", "") + mark("upload", "ok", "") + mark("launch", "ok", "") + mark("wait_ready", "fail", "the runner did not report running")}
-	_, err = e.d.StartSession(ctx, e.vm.Name, api.StartSessionRequest{Name: "f", Command: "cat", Cwd: e.root})
+	_, err = e.s.Start(ctx, e.vm.Name, api.StartSessionRequest{Name: "f", Command: "cat", Cwd: e.root})
 	if errdefs.CodeOf(err) != errdefs.CodeTimeout || !strings.Contains(err.Error(), "at wait_ready") {
 		t.Fatalf("wait_ready: %v", err)
 	}
-	rec, _ := e.d.store.GetSession(ctx, e.vm.ID, "f")
+	rec, _ := e.st.GetSession(ctx, e.vm.ID, "f")
 	if rec.LaunchStage != session.StageWaitReady || rec.Status != model.SessionFailed {
 		t.Fatalf("wait_ready record = %+v", rec)
 	}
@@ -364,7 +385,7 @@ func TestStartPreflightFailures(t *testing.T) {
 	for _, req := range []api.StartSessionRequest{
 		{Command: "cat", Stdin: "tty"}, {Command: "cat", Cwd: "rel"}, {Command: "cat", Env: map[string]string{"9x": ""}}, {Name: "Bad", Command: "cat"},
 	} {
-		if _, err := e.d.StartSession(ctx, e.vm.Name, req); errdefs.CodeOf(err) != errdefs.CodeInvalid {
+		if _, err := e.s.Start(ctx, e.vm.Name, req); errdefs.CodeOf(err) != errdefs.CodeInvalid {
 			t.Errorf("%+v: %v", req, err)
 		}
 	}
@@ -411,7 +432,7 @@ func TestReconcileTransitions(t *testing.T) {
 		s.ExitCode = &c
 	})
 
-	list, err := e.d.ListSessions(ctx, e.vm.Name)
+	list, err := e.s.List(ctx, e.vm.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -429,17 +450,17 @@ func TestReconcileTransitions(t *testing.T) {
 		t.Errorf("garbage = %+v", s)
 	}
 	// Persisted when changed, untouched otherwise.
-	stored, _ := e.d.store.GetSession(ctx, e.vm.ID, exited.ID)
+	stored, _ := e.st.GetSession(ctx, e.vm.ID, exited.ID)
 	if stored.Status != model.SessionFailed {
 		t.Errorf("change not persisted: %+v", stored)
 	}
 	for _, s := range []model.Session{garbage, finished} {
-		again, _ := e.d.store.GetSession(ctx, e.vm.ID, s.ID)
+		again, _ := e.st.GetSession(ctx, e.vm.ID, s.ID)
 		if !again.UpdatedAt.Equal(s.UpdatedAt) {
 			t.Errorf("%s rewritten though nothing changed", s.Name)
 		}
 	}
-	if _, err := e.d.ListSessions(ctx, e.vm.Name); err != nil {
+	if _, err := e.s.List(ctx, e.vm.Name); err != nil {
 		t.Fatal(err)
 	}
 	if d := e.dials.Load(); d != 2 {
@@ -449,7 +470,7 @@ func TestReconcileTransitions(t *testing.T) {
 	// The VM stops: in-flight sessions fail with the reason, without a dial.
 	e.alive.Store(false)
 	before := e.dials.Load()
-	got, err := e.d.GetSession(ctx, e.vm.Name, "garbage")
+	got, err := e.s.Get(ctx, e.vm.Name, "garbage")
 	if err != nil || got.Status != model.SessionFailed || got.Error != session.ReasonVMNotRunning {
 		t.Fatalf("after vm stop: %+v %v", got, err)
 	}
@@ -477,11 +498,11 @@ func TestReconcileStoppedVMReadsWorkDisk(t *testing.T) {
 	}
 	vm := e.vm
 	vm.WorkDisk, vm.State = disk, model.VMStopped
-	if err := e.d.store.UpdateVM(ctx, vm); err != nil {
+	if err := e.st.UpdateVM(ctx, vm); err != nil {
 		t.Fatal(err)
 	}
 	e.alive.Store(false)
-	list, err := e.d.ListSessions(ctx, vm.Name)
+	list, err := e.s.List(ctx, vm.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -528,7 +549,7 @@ func TestAttachExclusiveDetachReattach(t *testing.T) {
 		out := &lockedBuffer{}
 		done := make(chan error, 1)
 		go func() {
-			done <- e.d.AttachSession(ctx, e.vm.Name, s.Name, api.AttachIO{Stdin: pr, Stdout: out, Stderr: io.Discard})
+			done <- e.s.Attach(ctx, e.vm.Name, s.Name, api.AttachIO{Stdin: pr, Stdout: out, Stderr: io.Discard})
 		}()
 		return pw, out, done
 	}
@@ -547,13 +568,13 @@ func TestAttachExclusiveDetachReattach(t *testing.T) {
 	in1, out1, done1 := attach()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		_, ok := e.d.sessions.Attached(s.ID)
+		_, ok := e.s.Attached(s.ID)
 		if ok || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	err := e.d.AttachSession(ctx, e.vm.Name, s.Name, api.AttachIO{Stdin: strings.NewReader(""), Stdout: io.Discard})
+	err := e.s.Attach(ctx, e.vm.Name, s.Name, api.AttachIO{Stdin: strings.NewReader(""), Stdout: io.Discard})
 	if errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "session echo is attached (since ") {
 		t.Fatalf("second attach: %v", err)
 	}
@@ -569,7 +590,7 @@ func TestAttachExclusiveDetachReattach(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("attach did not return on detach")
 	}
-	if got, _ := e.d.GetSession(ctx, e.vm.Name, s.Name); got.Status != model.SessionRunning {
+	if got, _ := e.s.Get(ctx, e.vm.Name, s.Name); got.Status != model.SessionRunning {
 		t.Fatalf("detach stopped the session: %+v", got)
 	}
 
@@ -579,7 +600,7 @@ func TestAttachExclusiveDetachReattach(t *testing.T) {
 	time.Sleep(700 * time.Millisecond)
 	io.WriteString(in2, "again\n")
 	waitOut(out2, "again\n")
-	if _, err := e.d.KillSession(ctx, e.vm.Name, s.Name, "KILL"); err != nil {
+	if _, err := e.s.Kill(ctx, e.vm.Name, s.Name, "KILL"); err != nil {
 		t.Fatalf("kill: %v", err)
 	}
 	select {
@@ -587,7 +608,7 @@ func TestAttachExclusiveDetachReattach(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("attach did not return when the session ended")
 	}
-	got, _ := e.d.GetSession(ctx, e.vm.Name, s.Name)
+	got, _ := e.s.Get(ctx, e.vm.Name, s.Name)
 	if got.Status != model.SessionFailed || got.ExitCode == nil || *got.ExitCode != 137 {
 		t.Fatalf("after kill: %+v", got)
 	}
