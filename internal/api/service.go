@@ -27,7 +27,7 @@ type DaemonInfo struct {
 
 // DoctorCheck is one line of `banger doctor`.
 type DoctorCheck struct {
-	Name   string `json:"name"` // "kvm", "firecracker", "qemu", "device-mapper", "reflink", "tun", "nftables", …
+	Name   string `json:"name"` // "kvm-device", a VMM driver's name, "accel", "cow:<strategy>", "tun", "bin:<tool>", …
 	OK     bool   `json:"ok"`
 	Detail string `json:"detail"` // what was found
 	Fix    string `json:"fix,omitempty"`
@@ -100,7 +100,7 @@ type CreateVMRequest struct {
 	CPUs   int    `json:"cpus,omitempty"`
 	Memory string `json:"memory,omitempty"` // e.g. "1G"
 	Disk   string `json:"disk,omitempty"`   // work disk size, e.g. "4G"
-	VMM    string `json:"vmm,omitempty"`    // "", "auto", "firecracker", "qemu"
+	VMM    string `json:"vmm,omitempty"`    // "" or "auto" (the daemon picks), or a VMM driver's name (firecracker, qemu)
 	Start  bool   `json:"start,omitempty"`  // boot and wait for SSH after creating
 }
 

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/vmm"
 )
 
 // Doctor reports what this host gives banger and why: the VMM, accelerator,
@@ -26,27 +27,19 @@ func (d *Daemon) Doctor(ctx context.Context) api.DoctorReport {
 
 	_, kvmErr := os.Stat("/dev/kvm")
 	add("kvm-device", kvmErr == nil, describe(kvmErr, "/dev/kvm present"), "load kvm_intel or kvm_amd, or enable nested virtualisation")
-	for _, name := range []string{"firecracker", "qemu"} {
-		drv, ok := d.host.drivers[name]
-		if !ok {
-			continue
-		}
+	for _, drv := range d.host.drivers.All() {
 		avail, reason := drv.Available(ctx)
-		fix := "apt-get install qemu-system-x86 qemu-utils"
-		if name == "firecracker" {
-			fix = "install the firecracker binary on PATH (or set \"firecracker\" in config.json); it needs a usable KVM"
-		}
-		add(name, avail, reason, fix)
+		add(drv.Name(), avail, reason, drv.InstallHint())
 	}
 	if drv, err := d.pickDriver(ctx, ""); err == nil {
 		rep.VMM = drv.Name()
-		if a, ok := drv.(accelReporter); ok {
+		if a, ok := drv.(vmm.AccelReporter); ok {
 			var why string
 			rep.Accel, why = a.Accel(ctx)
 			rep.Checks = append(rep.Checks, api.DoctorCheck{Name: "accel", OK: rep.Accel == "kvm", Detail: rep.Accel + ": " + why,
 				Fix: "a host whose KVM runs ordinary guests (not a paravirtual nested KVM)"})
 		}
-		if s, err := d.pickStrategy(drv.Name()); err == nil {
+		if s, err := d.pickStrategy(drv); err == nil {
 			rep.CowStrategy = s.Name()
 		}
 	}

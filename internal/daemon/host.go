@@ -17,8 +17,7 @@ import (
 	"github.com/banger/banger/internal/storage"
 	"github.com/banger/banger/internal/store"
 	"github.com/banger/banger/internal/vmm"
-	"github.com/banger/banger/internal/vmm/firecracker"
-	"github.com/banger/banger/internal/vmm/qemu"
+	"github.com/banger/banger/internal/vmm/drivers"
 )
 
 // hostDeps are the host-side parts the daemon composes. They are made by
@@ -30,7 +29,7 @@ type hostDeps struct {
 	taps       tapManager // net, or a fake in tests
 	netErr     error      // why the network could not be set up; VM starts fail with it
 	dns        *hostnet.DNS
-	drivers    map[string]vmm.Driver
+	drivers    *vmm.Registry
 	strategies []storage.Strategy
 	subnet     netip.Prefix
 	stopWatch  context.CancelFunc
@@ -42,12 +41,6 @@ type tapManager interface {
 	CreateTap(ctx context.Context, name string, g hostnet.Guest) error
 	DeleteTap(ctx context.Context, name string) error
 	Gateway() netip.Addr
-}
-
-// accelReporter is an optional ability of a driver: which accelerator it
-// uses on this host, and why.
-type accelReporter interface {
-	Accel(ctx context.Context) (accel, reason string)
 }
 
 // startHost makes the daemon's SSH key, the guest connection pool, the VMM
@@ -78,25 +71,14 @@ func (d *Daemon) startHost(ctx context.Context) error {
 		// kernel tells. Looked up at each decision: the default kernel may
 		// be registered after the daemon starts (the first `vm create`
 		// fetches it).
-		defaultKernel := func() (model.Kernel, bool) {
+		defaultKernel := func() (vmm.Kernel, bool) {
 			k, err := d.store.GetKernel(context.Background(), d.cfg.DefaultKernel)
-			return k, err == nil
+			return vmm.Kernel{Vmlinux: k.VmlinuxPath, BzImage: k.BzImagePath, Initrd: k.InitrdPath}, err == nil
 		}
-		qpk := func() *qemu.ProbeKernel {
-			k, ok := defaultKernel()
-			if !ok {
-				return nil
-			}
-			return &qemu.ProbeKernel{Kernel: firstNonEmpty(k.BzImagePath, k.VmlinuxPath), Initrd: k.InitrdPath}
-		}
-		fpk := func() string {
-			k, _ := defaultKernel()
-			return k.VmlinuxPath
-		}
-		d.host.drivers = map[string]vmm.Driver{
-			"qemu":        qemu.New(qemu.Options{Binary: d.cfg.QEMU, Accel: d.cfg.Accel, ProbeKernel: qpk}),
-			"firecracker": firecracker.New(firecracker.Options{Binary: d.cfg.Firecracker, ProbeKernel: fpk}),
-		}
+		d.host.drivers = drivers.New(drivers.Config{
+			Firecracker: d.cfg.Firecracker, QEMU: d.cfg.QEMU, Accel: d.cfg.Accel,
+			ProbeKernel: defaultKernel,
+		})
 	}
 	if d.host.strategies == nil {
 		d.host.strategies = []storage.Strategy{storage.Qcow2{}, storage.Reflink{}, storage.DMSnapshot{}}
@@ -179,13 +161,7 @@ func (d *Daemon) endpoint(ctx context.Context, vm model.VM) (guest.Endpoint, err
 }
 
 // driver returns the VMM driver of a VM.
-func (d *Daemon) driver(name string) (vmm.Driver, error) {
-	drv, ok := d.host.drivers[name]
-	if !ok {
-		return nil, errdefs.Errorf(errdefs.CodeInvalid, "unknown vmm %q: use firecracker or qemu", name)
-	}
-	return drv, nil
-}
+func (d *Daemon) driver(name string) (vmm.Driver, error) { return d.host.drivers.Get(name) }
 
 // strategy returns the storage strategy by name.
 func (d *Daemon) strategy(name string) (storage.Strategy, error) {

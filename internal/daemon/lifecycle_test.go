@@ -40,7 +40,13 @@ type fakeDriver struct {
 func newFakeDriver() *fakeDriver { return &fakeDriver{alive: map[string]int{}, nextPID: 1000} }
 
 func (f *fakeDriver) Name() string                             { return "qemu" }
+func (f *fakeDriver) Formats() []string                        { return []string{vmm.FormatQcow2, vmm.FormatRaw} }
+func (f *fakeDriver) InstallHint() string                      { return "nothing: it is a fake" }
+func (f *fakeDriver) Owns(string) bool                         { return false }
 func (f *fakeDriver) Available(context.Context) (bool, string) { return true, "fake" }
+func (f *fakeDriver) Cleanup(s vmm.Spec) error {
+	return vmm.RemoveFiles(s.APISocket, s.VsockPath)
+}
 func (f *fakeDriver) Start(ctx context.Context, s vmm.Spec) (vmm.Handle, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -170,7 +176,7 @@ func newFixture(t testing.TB) *fixture {
 		t.Fatal(err)
 	}
 	d.host.signer = signer
-	d.host.drivers = map[string]vmm.Driver{"qemu": f.drv}
+	d.host.drivers = vmm.NewRegistry(f.drv)
 	d.host.strategies = []storage.Strategy{f.strat}
 	d.host.taps = f.taps
 	d.host.subnet = netip.MustParsePrefix("172.16.0.0/24")

@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 
 	"github.com/banger/banger/internal/model"
-	"github.com/banger/banger/internal/vmm"
 )
 
 // reconcile runs at start-up. For each VM recorded as running (or caught
@@ -31,7 +30,7 @@ func (d *Daemon) reconcile(ctx context.Context) {
 		if e.IsDir() && !known[e.Name()] {
 			dir := filepath.Join(d.cfg.VMsDir(), e.Name())
 			d.log.Warn("reconcile: removing vm directory with no record", "dir", dir)
-			d.teardown(ctx, model.VM{ID: e.Name(), Dir: dir, VMM: guessVMM(dir), APISocket: filepath.Join(dir, "api.sock")})
+			d.teardown(ctx, model.VM{ID: e.Name(), Dir: dir, VMM: d.host.drivers.Owner(dir), APISocket: filepath.Join(dir, "api.sock")})
 			_ = os.RemoveAll(dir)
 		}
 	}
@@ -79,16 +78,3 @@ func (d *Daemon) reconcileVM(ctx context.Context, vm model.VM) {
 	_ = d.save(ctx, &vm)
 	d.log.Warn("reconcile: vm demoted to stopped", "vm", vm.Name)
 }
-
-// guessVMM names the driver that made a VM directory, from its files.
-func guessVMM(dir string) string {
-	if _, err := os.Stat(filepath.Join(dir, "qemu.pid")); err == nil {
-		return "qemu"
-	}
-	if _, err := os.Stat(filepath.Join(dir, "system.qcow2")); err == nil {
-		return "qemu"
-	}
-	return "firecracker"
-}
-
-var _ = vmm.ErrNotFound

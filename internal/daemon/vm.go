@@ -92,7 +92,7 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest, report p
 	if err != nil {
 		return model.VM{}, err
 	}
-	strat, err := d.pickStrategy(drv.Name())
+	strat, err := d.pickStrategy(drv)
 	if err != nil {
 		return model.VM{}, err
 	}
@@ -106,7 +106,7 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest, report p
 		DNSName:   name + "." + d.cfg.DNSSuffix,
 		CreatedAt: now, UpdatedAt: now,
 	}
-	if a, ok := drv.(accelReporter); ok {
+	if a, ok := drv.(vmm.AccelReporter); ok {
 		vm.Accel, _ = a.Accel(ctx)
 	}
 	vmPaths(&vm, d.vmDir(id), strat.Name())
@@ -202,30 +202,14 @@ func (d *Daemon) pickDriver(ctx context.Context, want string) (vmm.Driver, error
 	if want == "" {
 		want = d.cfg.VMM
 	}
-	switch want {
-	case "", "auto":
-		if fc, ok := d.host.drivers["firecracker"]; ok {
-			if ok, _ := fc.Available(ctx); ok {
-				return fc, nil
-			}
-		}
-		want = "qemu"
-	}
-	drv, err := d.driver(want)
-	if err != nil {
-		return nil, err
-	}
-	if ok, reason := drv.Available(ctx); !ok {
-		return nil, errdefs.Errorf(errdefs.CodeUnavailable, "vmm %s is not usable on this host: %s", want, reason)
-	}
-	return drv, nil
+	return d.host.drivers.Pick(ctx, want)
 }
 
 // pickStrategy chooses the copy-on-write strategy for a VMM on this state dir.
-func (d *Daemon) pickStrategy(vmmName string) (storage.Strategy, error) {
-	s, reason := storage.Choose(vmmName, d.cfg.VMsDir(), d.host.strategies...)
+func (d *Daemon) pickStrategy(drv vmm.Driver) (storage.Strategy, error) {
+	s, reason := storage.Choose(drv.Formats(), d.cfg.VMsDir(), d.host.strategies...)
 	if s == nil {
-		return nil, errdefs.Errorf(errdefs.CodeUnavailable, "no copy-on-write strategy for %s on this host: %s", vmmName, reason)
+		return nil, errdefs.Errorf(errdefs.CodeUnavailable, "no copy-on-write strategy for %s on this host: %s", drv.Name(), reason)
 	}
 	return s, nil
 }
@@ -554,7 +538,8 @@ func (d *Daemon) teardown(ctx context.Context, vm model.VM) {
 		h.Tap = hostnet.TapName(vm.ID)
 	}
 	d.dropGuest(vm.ID)
-	if drv, err := d.driver(vm.VMM); err == nil {
+	drv, drvErr := d.driver(vm.VMM)
+	if drvErr == nil {
 		if vh, err := drv.Find(h.APISocket); err == nil {
 			if err := drv.Kill(ctx, vh); err != nil {
 				d.log.Warn("kill vmm", "vm", vm.Name, "err", err)
@@ -573,8 +558,8 @@ func (d *Daemon) teardown(ctx context.Context, vm model.VM) {
 			}
 		}
 	}
-	for _, p := range []string{vm.APISocket, vm.VsockSocket, filepath.Join(vm.Dir, "qemu.pid")} {
-		_ = os.Remove(p)
+	if drvErr == nil {
+		_ = drv.Cleanup(vmm.Spec{Dir: vm.Dir, APISocket: vm.APISocket, VsockPath: vm.VsockSocket})
 	}
 	d.handles.forget(vm.ID, vm.Dir)
 }

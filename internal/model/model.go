@@ -68,7 +68,7 @@ type VM struct {
 	DiskBytes    int64      `json:"disk_bytes"`      // work disk size
 	DesiredState VMState    `json:"desired_state"`   // running or stopped: what the user asked for
 	State        VMState    `json:"state"`           // observed state
-	VMM          string     `json:"vmm"`             // "firecracker" or "qemu"
+	VMM          string     `json:"vmm"`             // name of the VMM driver that runs it (firecracker, qemu)
 	Accel        string     `json:"accel,omitempty"` // "kvm" or "tcg" (qemu)
 	CowStrategy  string     `json:"cow_strategy"`    // storage strategy of the system disk
 	GuestIP      string     `json:"guest_ip"`        // e.g. 172.16.0.2

@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/banger/banger/internal/vmm"
 )
 
 // dmControl is the device-mapper control node; its absence means the
@@ -26,7 +28,7 @@ type DMSnapshot struct {
 func (DMSnapshot) Name() string { return "dm-snapshot" }
 
 // Format returns "raw": the VMM opens a block device.
-func (DMSnapshot) Format() string { return "raw" }
+func (DMSnapshot) Format() string { return vmm.FormatRaw }
 
 func (d DMSnapshot) bins() (losetup, dmsetup string, err error) {
 	losetup, dmsetup = d.Losetup, d.Dmsetup
@@ -184,7 +186,7 @@ func (d DMSnapshot) Attach(ctx context.Context, image, vmDir string) (sd SystemD
 	}
 	made.DMNames = []string{name}
 	made.Path = "/dev/mapper/" + name
-	made.Format = "raw"
+	made.Format = vmm.FormatRaw
 	return made, nil
 }
 

@@ -5,13 +5,15 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/banger/banger/internal/vmm"
 )
 
 // File names of the durable per-VM system disk files, one per strategy.
 const (
-	Qcow2File = "system.qcow2" // qcow2 overlay over the image
-	CloneFile = "system.img"   // reflink clone of the image
-	CowFile   = "system.cow"   // dm-snapshot exception store
+	Qcow2File = "system." + vmm.FormatQcow2 // qcow2 overlay over the image
+	CloneFile = "system.img"                // reflink clone of the image
+	CowFile   = "system.cow"                // dm-snapshot exception store
 )
 
 // SystemFile returns the durable system disk file a strategy keeps in
@@ -36,13 +38,13 @@ type Qcow2 struct{}
 func (Qcow2) Name() string { return "qcow2" }
 
 // Format returns "qcow2".
-func (Qcow2) Format() string { return "qcow2" }
+func (Qcow2) Format() string { return vmm.FormatQcow2 }
 
 // Available always reports true: the overlay is written in Go on any
 // filesystem; whether QEMU is there is the VMM's question.
 func (Qcow2) Available(dir string) (bool, string) { return true, "" }
 
-// Create writes VMDIR/system.qcow2 over image, with the image's size
+// Create writes VMDIR/Qcow2File over image, with the image's size
 // rounded up to 512 bytes as qemu-img does. It writes about 192 KiB
 // whatever that size and never reads the image. A previous overlay is
 // replaced.
@@ -76,7 +78,7 @@ func (Qcow2) Attach(ctx context.Context, image, vmDir string) (SystemDisk, error
 	if _, err := os.Stat(path); err != nil {
 		return SystemDisk{}, fmt.Errorf("qcow2 system disk: %w (was the VM created?)", err)
 	}
-	return SystemDisk{Path: path, Format: "qcow2"}, nil
+	return SystemDisk{Path: path, Format: vmm.FormatQcow2}, nil
 }
 
 // Detach has nothing to undo.

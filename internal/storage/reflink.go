@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/banger/banger/internal/vmm"
 )
 
 // Reflink clones the image with FICLONE into a raw file: any VMM, on a
@@ -17,7 +19,7 @@ type Reflink struct{}
 func (Reflink) Name() string { return "reflink" }
 
 // Format returns "raw".
-func (Reflink) Format() string { return "raw" }
+func (Reflink) Format() string { return vmm.FormatRaw }
 
 // Available clones a probe file within dir and reports whether the
 // filesystem allowed it.
@@ -76,7 +78,7 @@ func (Reflink) Attach(ctx context.Context, image, vmDir string) (SystemDisk, err
 	if _, err := os.Stat(path); err != nil {
 		return SystemDisk{}, fmt.Errorf("reflink system disk: %w (was the VM created?)", err)
 	}
-	return SystemDisk{Path: path, Format: "raw"}, nil
+	return SystemDisk{Path: path, Format: vmm.FormatRaw}, nil
 }
 
 // Detach has nothing to undo.

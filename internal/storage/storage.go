@@ -27,7 +27,7 @@ type SystemDisk struct {
 	// Path is what the VMM opens: a file (qcow2 overlay, clone) or a block
 	// device (/dev/mapper/…).
 	Path   string
-	Format string // "raw" or "qcow2"
+	Format string // vmm.FormatRaw or vmm.FormatQcow2
 	// Loops and DMNames are the kernel objects made by Attach; the daemon
 	// records them as transient VM handles so that a restarted daemon can
 	// tear them down.
@@ -49,8 +49,8 @@ type Strategy interface {
 	// under dir (e.g. reflink needs FICLONE there), with the reason when not.
 	Available(dir string) (ok bool, reason string)
 
-	// Formats lists the disk formats the strategy hands out, so the daemon
-	// can match it with a VMM ("qcow2" is QEMU only).
+	// Format is the disk format the strategy hands out (vmm.FormatRaw or
+	// vmm.FormatQcow2), matched against a driver's vmm.Driver.Formats.
 	Format() string
 
 	// Create makes the durable per-VM files for a system disk over image in

@@ -22,7 +22,12 @@ type fakeStrategy struct {
 
 func (f fakeStrategy) Name() string                    { return f.name }
 func (f fakeStrategy) Available(string) (bool, string) { return f.ok, f.reason }
-func (f fakeStrategy) Format() string                  { return "raw" }
+func (f fakeStrategy) Format() string {
+	if f.name == "qcow2" {
+		return "qcow2"
+	}
+	return "raw"
+}
 func (f fakeStrategy) Create(context.Context, string, string) error {
 	return errors.New("fake")
 }
@@ -39,31 +44,35 @@ func TestChoose(t *testing.T) {
 	dmNo := fakeStrategy{"dm-snapshot", false, "device-mapper not available"}
 	rl := fakeStrategy{"reflink", true, ""}
 	rlNo := fakeStrategy{"reflink", false, "reflink not supported"}
+	qcow2First := []string{"qcow2", "raw"} // QEMU
+	rawOnly := []string{"raw"}             // Firecracker
 	tests := []struct {
-		vmm        string
+		formats    []string
 		strategies []Strategy
 		want       string // name, or "" for none
 		reason     string
 	}{
-		{"qemu", []Strategy{rl, dm, q}, "qcow2", "qcow2"},
-		{"qemu", []Strategy{qNo, dmNo, rl}, "reflink", "reflink"},
-		{"firecracker", []Strategy{q, dm, rl}, "dm-snapshot", "dm-snapshot"},
-		{"firecracker", []Strategy{q, dmNo, rl}, "reflink", "reflink"},
-		{"firecracker", []Strategy{q, dmNo, rlNo}, "", "device-mapper not available; reflink: reflink not supported"},
-		{"firecracker", []Strategy{q}, "", "among those given"},
-		{"bhyve", []Strategy{q, dm, rl}, "", "unknown vmm"},
+		{qcow2First, []Strategy{rl, dm, q}, "qcow2", "qcow2"},
+		{qcow2First, []Strategy{qNo, dmNo, rl}, "reflink", "reflink"},
+		{qcow2First, []Strategy{qNo, rl, dm}, "dm-snapshot", "dm-snapshot"},
+		{rawOnly, []Strategy{q, dm, rl}, "dm-snapshot", "dm-snapshot"},
+		{rawOnly, []Strategy{rl, q, dm}, "dm-snapshot", "dm-snapshot"},
+		{rawOnly, []Strategy{q, dmNo, rl}, "reflink", "reflink"},
+		{rawOnly, []Strategy{q, dmNo, rlNo}, "", "device-mapper not available; reflink: reflink not supported"},
+		{rawOnly, []Strategy{q}, "", "for raw disks among those given"},
+		{nil, []Strategy{q, dm, rl}, "", "among those given"},
 	}
 	for _, tt := range tests {
-		s, reason := Choose(tt.vmm, "/state", tt.strategies...)
+		s, reason := Choose(tt.formats, "/state", tt.strategies...)
 		got := ""
 		if s != nil {
 			got = s.Name()
 		}
 		if got != tt.want || !strings.Contains(reason, tt.reason) {
-			t.Errorf("Choose(%s) = %q, %q; want %q with reason containing %q", tt.vmm, got, reason, tt.want, tt.reason)
+			t.Errorf("Choose(%v) = %q, %q; want %q with reason containing %q", tt.formats, got, reason, tt.want, tt.reason)
 		}
 	}
-	if s, reason := Choose("firecracker", "/state", q, dmNo, rlNo); s == nil && !strings.Contains(reason, "reflink=1") {
+	if s, reason := Choose(rawOnly, "/state", q, dmNo, rlNo); s == nil && !strings.Contains(reason, "reflink=1") {
 		t.Errorf("reason %q does not say what to configure", reason)
 	}
 }

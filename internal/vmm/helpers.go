@@ -7,6 +7,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/banger/banger/internal/proc"
 )
 
 // Helpers shared by the drivers.
@@ -42,4 +44,68 @@ func LogTail(path string) string {
 		s = "…" + s[len(s)-600:]
 	}
 	return s
+}
+
+// KernelArgs completes a kernel command line: each of args ("key=value" or
+// "key") is appended unless the line already names its key, so the user's
+// own setting wins. Whitespace is normalised to single spaces.
+func KernelArgs(cmdline string, args ...string) string {
+	parts := strings.Fields(cmdline)
+	has := func(key string) bool {
+		for _, p := range parts {
+			if p == key || strings.HasPrefix(p, key+"=") {
+				return true
+			}
+		}
+		return false
+	}
+	for _, a := range args {
+		key, _, _ := strings.Cut(a, "=")
+		if !has(key) {
+			parts = append(parts, a)
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+// RemoveFiles removes paths, skipping empty ones and those already gone,
+// and returns the other errors joined.
+func RemoveFiles(paths ...string) error {
+	var errs []error
+	for _, p := range paths {
+		if p == "" {
+			continue
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// FindProcess returns the handle of the live process m recognises as the
+// VMM of apiSocket, or ErrNotFound: what Driver.Find does once a driver
+// has its matcher.
+func FindProcess(m proc.Matcher, apiSocket string) (Handle, error) {
+	pids, err := proc.Find(m)
+	if err != nil {
+		return Handle{}, err
+	}
+	if len(pids) == 0 {
+		return Handle{}, ErrNotFound
+	}
+	return Handle{PID: pids[0], APISocket: apiSocket}, nil
+}
+
+// AskUnlessGone sends ask to the VMM of h when it still runs. A VMM that is
+// gone, or that went while being asked (a guest that powered off at once),
+// is not an error: Shutdown's contract.
+func AskUnlessGone(d Driver, h Handle, ask func() error) error {
+	if !d.Alive(h) {
+		return nil
+	}
+	if err := ask(); err != nil && d.Alive(h) {
+		return err
+	}
+	return nil
 }

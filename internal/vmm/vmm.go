@@ -1,12 +1,26 @@
 // Package vmm defines what the daemon needs of a virtual machine monitor and
-// the registry that picks one. Each VMM lives in its own sub-package
-// (vmm/firecracker, vmm/qemu); nothing outside a sub-package knows its VMM's
-// API, flags or files.
+// the Registry that picks one. Each VMM lives in its own sub-package
+// (vmm/firecracker, vmm/qemu) and vmm/drivers builds the registry of both
+// from the daemon's configuration; nothing outside internal/vmm knows a
+// VMM's name, API, flags or files.
+//
+// What a driver owns: the VMM process, its api socket, the vsock socket the
+// VMM binds, and files of its own in the VM directory (QEMU's pid file).
+// What it must not touch: host networking, disks and the store. Taps and
+// disk files arrive ready in the Spec; a driver says only which disk formats
+// it accepts (Formats) and storage picks a strategy to match.
 //
 // The daemon is not the parent of a VMM process after it restarts, so a VM is
 // identified on the host by the api socket its VMM was started with: Find
 // looks the process up by that socket, and every method that acts on a
 // running VM takes the Handle recorded at Start (or rebuilt by Find).
+//
+// Abilities that not every VMM has are small interfaces next to Driver
+// (AccelReporter), found by a type assertion on a Driver and never stubbed:
+// a driver without the ability does not implement the interface. A future
+// ability such as snapshot/restore goes the same way: an interface here
+// (Snapshotter), implemented by the drivers that can, and asked for by the
+// daemon with `drv.(vmm.Snapshotter)`.
 package vmm
 
 import (
@@ -15,12 +29,18 @@ import (
 	"time"
 )
 
+// Disk formats a driver may accept (see Driver.Formats).
+const (
+	FormatRaw   = "raw"
+	FormatQcow2 = "qcow2"
+)
+
 // Disk is a block device given to the guest, in the order the guest sees
 // them (vda, vdb, …).
 type Disk struct {
 	ID       string // "root", "work", …; unique within a Spec
 	Path     string // file or block device on the host
-	Format   string // "raw" or "qcow2" (qcow2 is QEMU only)
+	Format   string // FormatRaw or FormatQcow2, one of the driver's Formats
 	ReadOnly bool
 }
 
@@ -71,13 +91,21 @@ var ErrNotFound = errors.New("vmm process not found")
 // Implementations must be safe for concurrent use on different VMs; the
 // daemon serialises calls for one VM.
 type Driver interface {
-	// Name is the driver's name as shown to users and stored in VM records:
-	// "firecracker" or "qemu".
+	// Name is the driver's name as shown to users, given to --vmm and
+	// stored in VM records. It never changes: records keep it.
 	Name() string
 
+	// Formats lists the disk formats the VMM opens, preferred first. The
+	// daemon picks the system disk's storage strategy from it. Constant.
+	Formats() []string
+
+	// InstallHint tells a user what to install or configure when Available
+	// says no, for `banger doctor`. Constant.
+	InstallHint() string
+
 	// Available reports whether this host can run the driver (binary found,
-	// accelerator usable), with a human reason when it cannot. It may take a
-	// few seconds the first time (a probe) and must cache its answer.
+	// accelerator usable), with a human reason in both cases. It may take
+	// a few seconds the first time (a probe) and must cache its answer.
 	Available(ctx context.Context) (ok bool, reason string)
 
 	// Start launches the VMM process for spec, configures it and boots the
@@ -94,9 +122,10 @@ type Driver interface {
 	// error if the process is already gone.
 	Shutdown(ctx context.Context, h Handle) error
 
-	// Kill ends the VMM process at once (SIGKILL after a short SIGTERM grace)
-	// and removes its api socket. Idempotent: killing a gone process is not
-	// an error.
+	// Kill ends the VMM process at once (SIGKILL after a short grace) and
+	// removes the sockets it leaves (api socket, and the vsock socket where
+	// the VMM binds one), unless a newer VMM holds the api socket.
+	// Idempotent: killing a gone process is not an error.
 	Kill(ctx context.Context, h Handle) error
 
 	// Find returns the handle of the live VMM process started with
@@ -106,19 +135,29 @@ type Driver interface {
 	// Alive reports whether the process of h is still the VMM started with
 	// h.APISocket (a recycled PID is not alive).
 	Alive(h Handle) bool
+
+	// Owns reports whether vmDir holds a file only this driver's VMs have,
+	// so that a VM directory with no record can be told apart. A driver
+	// that leaves no such file says false. It reads, never writes.
+	Owns(vmDir string) bool
+
+	// Cleanup removes every file a Start of spec may leave in the VM
+	// directory once the process is gone: spec.APISocket, spec.VsockPath
+	// and the driver's own files (QEMU's pid file). Only spec.Dir,
+	// spec.APISocket and spec.VsockPath are read. Logs, console and disks
+	// are the VM's and stay. Idempotent: missing files are not an error.
+	// The caller ends the process first (Kill).
+	Cleanup(spec Spec) error
 }
 
-// Pauser is an optional ability of a Driver: pausing and resuming a running
-// guest's vCPUs. Callers discover it with a type assertion.
-type Pauser interface {
-	Pause(ctx context.Context, h Handle) error
-	Resume(ctx context.Context, h Handle) error
-}
-
-// Describer is an optional ability: the VMM's own view of a running VM
-// (version, state, configuration) for `vm show`.
-type Describer interface {
-	Describe(ctx context.Context, h Handle) (map[string]any, error)
+// AccelReporter is an optional ability of a Driver: which accelerator
+// ("kvm", "tcg") it uses on this host, and why. A driver that can only
+// use one has no need to say.
+type AccelReporter interface {
+	// Accel returns the accelerator Start will use ("" when the driver is
+	// unavailable) and why it was chosen. It may probe like Available and
+	// caches like it.
+	Accel(ctx context.Context) (accel, reason string)
 }
 
 // WaitExit polls until the process of h is gone or ctx ends; it returns true

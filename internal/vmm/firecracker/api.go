@@ -9,67 +9,9 @@ import (
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/banger/banger/internal/vmm/firecracker/fcapi"
 )
-
-// Request and reply bodies of Firecracker's REST API (v1.x), only the
-// fields banger sets or reads.
-
-type machineConfig struct {
-	VcpuCount  int  `json:"vcpu_count"`
-	MemSizeMib int  `json:"mem_size_mib"`
-	Smt        bool `json:"smt"`
-}
-
-type bootSource struct {
-	KernelImagePath string `json:"kernel_image_path"`
-	InitrdPath      string `json:"initrd_path,omitempty"`
-	BootArgs        string `json:"boot_args,omitempty"`
-}
-
-type drive struct {
-	DriveID      string `json:"drive_id"`
-	PathOnHost   string `json:"path_on_host"`
-	IsRootDevice bool   `json:"is_root_device"`
-	IsReadOnly   bool   `json:"is_read_only"`
-}
-
-type netIface struct {
-	IfaceID     string `json:"iface_id"`
-	HostDevName string `json:"host_dev_name"`
-	GuestMAC    string `json:"guest_mac,omitempty"`
-}
-
-type vsock struct {
-	GuestCID uint32 `json:"guest_cid"`
-	UDSPath  string `json:"uds_path"`
-}
-
-type logger struct {
-	LogPath       string `json:"log_path"`
-	Level         string `json:"level"`
-	ShowLevel     bool   `json:"show_level"`
-	ShowLogOrigin bool   `json:"show_log_origin"`
-}
-
-type metrics struct {
-	MetricsPath string `json:"metrics_path"`
-}
-
-type action struct {
-	ActionType string `json:"action_type"`
-}
-
-type vmState struct {
-	State string `json:"state"`
-}
-
-// instanceInfo is the answer of GET /.
-type instanceInfo struct {
-	ID         string `json:"id"`
-	State      string `json:"state"`
-	VMMVersion string `json:"vmm_version"`
-	AppName    string `json:"app_name"`
-}
 
 // APIError is a non-2xx answer of the Firecracker API, carrying its
 // fault_message.
@@ -126,13 +68,11 @@ func (c *client) do(ctx context.Context, method, path string, body, out any) err
 	defer resp.Body.Close()
 	rb, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if resp.StatusCode/100 != 2 {
-		var f struct {
-			Fault string `json:"fault_message"`
+		var f fcapi.Fault
+		if json.Unmarshal(rb, &f) != nil || f.FaultMessage == "" {
+			f.FaultMessage = string(bytes.TrimSpace(rb))
 		}
-		if json.Unmarshal(rb, &f) != nil || f.Fault == "" {
-			f.Fault = string(bytes.TrimSpace(rb))
-		}
-		return &APIError{Method: method, Path: path, Status: resp.StatusCode, Fault: f.Fault}
+		return &APIError{Method: method, Path: path, Status: resp.StatusCode, Fault: f.FaultMessage}
 	}
 	if out != nil && resp.StatusCode == http.StatusOK {
 		if err := json.Unmarshal(rb, out); err != nil {

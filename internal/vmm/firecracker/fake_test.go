@@ -17,6 +17,7 @@ import (
 
 	"github.com/banger/banger/internal/proc"
 	"github.com/banger/banger/internal/vmm"
+	"github.com/banger/banger/internal/vmm/firecracker/fcapi"
 )
 
 // fakeBin is the fake firecracker built once for the package's tests.
@@ -87,16 +88,22 @@ func cleanupVM(t *testing.T, d *Driver, socket string) {
 	})
 }
 
+// startVM starts spec and kills what is left of it when the test ends.
+func startVM(t *testing.T, d *Driver, spec vmm.Spec) vmm.Handle {
+	t.Helper()
+	cleanupVM(t, d, spec.APISocket)
+	h, err := d.Start(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
 func TestFakeLifecycle(t *testing.T) {
 	ctx := context.Background()
 	d := New(Options{Binary: fakeBin})
 	spec := fakeSpec(t)
-	cleanupVM(t, d, spec.APISocket)
-
-	h, err := d.Start(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := startVM(t, d, spec)
 	if !d.Alive(h) {
 		t.Fatal("not alive after Start")
 	}
@@ -140,25 +147,36 @@ func TestFakeLifecycle(t *testing.T) {
 		t.Errorf("vsock socket not made: %v", err)
 	}
 
-	desc, err := d.Describe(ctx, h)
-	if err != nil {
+	// The fake keeps the configuration it was given and moves its state.
+	c := newClient(spec.APISocket)
+	var cfg map[string]any
+	if err := c.do(ctx, http.MethodGet, "/vm/config", nil, &cfg); err != nil || cfg["boot-source"] == nil {
+		t.Fatalf("GET /vm/config = %v, %v", cfg, err)
+	}
+	state := func() string {
+		var info fcapi.InstanceInfo
+		if err := c.do(ctx, http.MethodGet, "/", nil, &info); err != nil {
+			t.Fatal(err)
+		}
+		if info.VMMVersion != "1.14.2" || info.ID != "vm-1" {
+			t.Fatalf("GET / = %+v", info)
+		}
+		return info.State
+	}
+	if st := state(); st != "Running" {
+		t.Fatalf("state after Start: %s", st)
+	}
+	if err := c.do(ctx, http.MethodPatch, "/vm", fcapi.VM{State: "Paused"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	cfg, _ := desc["config"].(map[string]any)
-	if desc["state"] != "Running" || desc["version"] != "1.14.2" || desc["id"] != "vm-1" || cfg["boot-source"] == nil {
-		t.Fatalf("Describe = %v", desc)
+	if st := state(); st != "Paused" {
+		t.Fatalf("after PATCH /vm Paused: %s", st)
 	}
-	if err := d.Pause(ctx, h); err != nil {
+	if err := c.do(ctx, http.MethodPatch, "/vm", fcapi.VM{State: "Resumed"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if desc, _ := d.Describe(ctx, h); desc["state"] != "Paused" {
-		t.Fatalf("after Pause: %v", desc["state"])
-	}
-	if err := d.Resume(ctx, h); err != nil {
-		t.Fatal(err)
-	}
-	if desc, _ := d.Describe(ctx, h); desc["state"] != "Running" {
-		t.Fatalf("after Resume: %v", desc["state"])
+	if st := state(); st != "Running" {
+		t.Fatalf("after PATCH /vm Resumed: %s", st)
 	}
 
 	// Ctrl-Alt-Del: the guest reboots and firecracker exits.
@@ -189,11 +207,7 @@ func TestFakeKill(t *testing.T) {
 	d := New(Options{Binary: fakeBin, NoPCI: true})
 	spec := fakeSpec(t)
 	spec.Net, spec.CID = nil, 0
-	cleanupVM(t, d, spec.APISocket)
-	h, err := d.Start(ctx, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := startVM(t, d, spec)
 	if argv, _ := proc.Cmdline(h.PID); strings.Contains(strings.Join(argv, " "), "--enable-pci") {
 		t.Fatalf("NoPCI still passes --enable-pci: %q", argv)
 	}
@@ -208,6 +222,51 @@ func TestFakeKill(t *testing.T) {
 	}
 	if err := d.Kill(ctx, h); err != nil {
 		t.Fatalf("second Kill: %v", err)
+	}
+}
+
+// TestFakeKillRemovesSockets: firecracker leaves its api socket and the
+// vsock socket it bound behind when it dies; Kill removes both, and
+// Cleanup removes what a VMM that died on its own left.
+func TestFakeKillRemovesSockets(t *testing.T) {
+	ctx := context.Background()
+	d := New(Options{Binary: fakeBin})
+	spec := fakeSpec(t)
+	h := startVM(t, d, spec)
+	if fi, err := os.Stat(spec.VsockPath); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("vsock socket not made: %v", err)
+	}
+	if err := d.Kill(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{spec.APISocket, spec.VsockPath} {
+		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left after Kill (%v)", p, err)
+		}
+	}
+
+	// A VMM that exited by itself (a guest reboot) leaves both sockets.
+	h = startVM(t, d, spec)
+	if err := d.Shutdown(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if !vmm.WaitExit(wctx, d, h, 20*time.Millisecond) {
+		t.Fatal("firecracker still running after Shutdown")
+	}
+	if _, err := os.Lstat(spec.VsockPath); err != nil {
+		t.Fatalf("the fake removed its vsock socket at exit, unlike firecracker: %v", err)
+	}
+	for i := 0; i < 2; i++ {
+		if err := d.Cleanup(spec); err != nil {
+			t.Fatalf("Cleanup #%d: %v", i+1, err)
+		}
+	}
+	for _, p := range []string{spec.APISocket, spec.VsockPath} {
+		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left after Cleanup (%v)", p, err)
+		}
 	}
 }
 
@@ -282,7 +341,7 @@ func TestFakeAPI(t *testing.T) {
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	c := newClient(sock)
 	deadline := time.Now().Add(5 * time.Second)
-	var info instanceInfo
+	var info fcapi.InstanceInfo
 	for c.do(ctx, "GET", "/", nil, &info) != nil {
 		if time.Now().After(deadline) {
 			t.Fatal("fake never answered")
@@ -299,10 +358,10 @@ func TestFakeAPI(t *testing.T) {
 			t.Fatalf("err = %v, want 400 with %q", err, want)
 		}
 	}
-	fault(c.put(ctx, "/actions", action{"InstanceStart"}), "without kernel configuration")
-	fault(c.do(ctx, "PATCH", "/vm", vmState{"Paused"}, nil), "before starting")
+	fault(c.put(ctx, "/actions", fcapi.Action{ActionType: "InstanceStart"}), "without kernel configuration")
+	fault(c.do(ctx, "PATCH", "/vm", fcapi.VM{State: "Paused"}, nil), "before starting")
 	fault(c.put(ctx, "/machine-config", map[string]any{"vcpu_count": 1, "mem_size_mib": 128, "bogus": 1}), "deserializing")
-	fault(c.put(ctx, "/drives/a", drive{DriveID: "b", PathOnHost: "/dev/null"}), "does not match")
+	fault(c.put(ctx, "/drives/a", fcapi.Drive{DriveID: "b", PathOnHost: "/dev/null"}), "does not match")
 	fault(c.put(ctx, "/no-such-thing", map[string]any{}), "Invalid request")
 	var mc map[string]any
 	if err := c.do(ctx, "GET", "/machine-config", nil, &mc); err != nil || mc["huge_pages"] != "None" || mc["track_dirty_pages"] != false {
@@ -310,14 +369,14 @@ func TestFakeAPI(t *testing.T) {
 	}
 	kernel := filepath.Join(dir, "vmlinux")
 	os.WriteFile(kernel, []byte("x"), 0o600)
-	if err := c.put(ctx, "/boot-source", bootSource{KernelImagePath: kernel}); err != nil {
+	if err := c.put(ctx, "/boot-source", fcapi.BootSource{KernelImagePath: kernel}); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.put(ctx, "/actions", action{"InstanceStart"}); err != nil {
+	if err := c.put(ctx, "/actions", fcapi.Action{ActionType: "InstanceStart"}); err != nil {
 		t.Fatal(err)
 	}
-	fault(c.put(ctx, "/actions", action{"InstanceStart"}), "after starting")
-	fault(c.put(ctx, "/machine-config", machineConfig{VcpuCount: 2, MemSizeMib: 256}), "after starting")
+	fault(c.put(ctx, "/actions", fcapi.Action{ActionType: "InstanceStart"}), "after starting")
+	fault(c.put(ctx, "/machine-config", fcapi.MachineConfig{VcpuCount: 2, MemSizeMib: 256}), "after starting")
 	if err := c.do(ctx, "GET", "/", nil, &info); err != nil || info.State != "Running" {
 		t.Fatalf("GET / after start = %+v, %v", info, err)
 	}

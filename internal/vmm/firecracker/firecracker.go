@@ -8,6 +8,7 @@
 package firecracker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/banger/banger/internal/proc"
 	"github.com/banger/banger/internal/vmm"
+	"github.com/banger/banger/internal/vmm/firecracker/fcapi"
 )
 
 // DefaultBinary is looked up on PATH when Options.Binary is empty.
@@ -47,8 +49,7 @@ type Options struct {
 	ProbeTimeout time.Duration
 }
 
-// Driver runs VMs under Firecracker. It implements vmm.Driver, vmm.Pauser
-// and vmm.Describer.
+// Driver runs VMs under Firecracker. It implements vmm.Driver.
 type Driver struct {
 	opts Options
 
@@ -58,17 +59,11 @@ type Driver struct {
 	reason  string
 }
 
-var (
-	_ vmm.Driver    = (*Driver)(nil)
-	_ vmm.Pauser    = (*Driver)(nil)
-	_ vmm.Describer = (*Driver)(nil)
-)
+var _ vmm.Driver = (*Driver)(nil)
 
 // New returns a driver; nothing is probed until Available.
 func New(opts Options) *Driver {
-	if opts.LogLevel == "" {
-		opts.LogLevel = "Info"
-	}
+	opts.LogLevel = cmp.Or(opts.LogLevel, "Info")
 	if opts.StartTimeout <= 0 {
 		opts.StartTimeout = 10 * time.Second
 	}
@@ -80,6 +75,24 @@ func New(opts Options) *Driver {
 
 // Name is "firecracker".
 func (d *Driver) Name() string { return "firecracker" }
+
+// Formats is raw only: Firecracker's block devices have no image formats.
+func (d *Driver) Formats() []string { return []string{vmm.FormatRaw} }
+
+// InstallHint says where the binary comes from and what it needs.
+func (d *Driver) InstallHint() string {
+	return "install the firecracker binary on PATH (or set \"firecracker\" in config.json); it needs a usable KVM"
+}
+
+// Owns is false: every file a Firecracker VM leaves in its directory is
+// named by the Spec (sockets, logs, metrics), none is Firecracker's own.
+func (d *Driver) Owns(vmDir string) bool { return false }
+
+// Cleanup removes the api socket and the vsock socket, which firecracker
+// leaves behind when it exits.
+func (d *Driver) Cleanup(spec vmm.Spec) error {
+	return vmm.RemoveFiles(spec.APISocket, spec.VsockPath)
+}
 
 func (d *Driver) binary() (string, error) {
 	bin := d.opts.Binary
@@ -222,22 +235,7 @@ type Request struct {
 // a serial console when it names none and reboot=k (a guest reboot then
 // exits Firecracker, which is how a Ctrl-Alt-Del shutdown completes).
 func BootArgs(cmdline string) string {
-	parts := strings.Fields(cmdline)
-	has := func(key string) bool {
-		for _, p := range parts {
-			if p == key || strings.HasPrefix(p, key+"=") {
-				return true
-			}
-		}
-		return false
-	}
-	if !has("console") {
-		parts = append(parts, "console=ttyS0")
-	}
-	if !has("reboot") {
-		parts = append(parts, "reboot=k")
-	}
-	return strings.Join(parts, " ")
+	return vmm.KernelArgs(cmdline, "console=ttyS0", "reboot=k")
 }
 
 var driveIDRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
@@ -262,13 +260,13 @@ func BootSequence(spec vmm.Spec) ([]Request, error) {
 	var reqs []Request
 	put := func(path string, body any) { reqs = append(reqs, Request{http.MethodPut, path, body}) }
 	if spec.LogPath != "" {
-		put("/logger", logger{LogPath: spec.LogPath, Level: "Info", ShowLevel: true})
+		put("/logger", fcapi.Logger{LogPath: spec.LogPath, Level: "Info", ShowLevel: true})
 	}
 	if spec.Metrics != "" {
-		put("/metrics", metrics{MetricsPath: spec.Metrics})
+		put("/metrics", fcapi.Metrics{MetricsPath: spec.Metrics})
 	}
-	put("/machine-config", machineConfig{VcpuCount: cpus, MemSizeMib: spec.MemoryMiB})
-	put("/boot-source", bootSource{KernelImagePath: spec.Kernel.Vmlinux, InitrdPath: spec.Kernel.Initrd, BootArgs: BootArgs(spec.Cmdline)})
+	put("/machine-config", fcapi.MachineConfig{VcpuCount: cpus, MemSizeMib: spec.MemoryMiB})
+	put("/boot-source", fcapi.BootSource{KernelImagePath: spec.Kernel.Vmlinux, InitrdPath: spec.Kernel.Initrd, BootArgs: BootArgs(spec.Cmdline)})
 	seen := map[string]bool{}
 	for i, dk := range spec.Disks {
 		if !driveIDRE.MatchString(dk.ID) || seen[dk.ID] {
@@ -281,13 +279,13 @@ func BootSequence(spec vmm.Spec) ([]Request, error) {
 		if dk.Path == "" {
 			return nil, fmt.Errorf("disk %q has no path", dk.ID)
 		}
-		put("/drives/"+dk.ID, drive{DriveID: dk.ID, PathOnHost: dk.Path, IsRootDevice: i == 0, IsReadOnly: dk.ReadOnly})
+		put("/drives/"+dk.ID, fcapi.Drive{DriveID: dk.ID, PathOnHost: dk.Path, IsRootDevice: i == 0, IsReadOnly: dk.ReadOnly})
 	}
 	if spec.Net != nil {
 		if spec.Net.Tap == "" {
 			return nil, fmt.Errorf("network interface for %q has no tap", spec.Name)
 		}
-		put("/network-interfaces/eth0", netIface{IfaceID: "eth0", HostDevName: spec.Net.Tap, GuestMAC: spec.Net.MAC})
+		put("/network-interfaces/eth0", fcapi.NetworkInterface{IfaceID: "eth0", HostDevName: spec.Net.Tap, GuestMAC: spec.Net.MAC})
 	}
 	if spec.CID != 0 {
 		if spec.CID < 3 {
@@ -296,16 +294,16 @@ func BootSequence(spec vmm.Spec) ([]Request, error) {
 		if spec.VsockPath == "" {
 			return nil, fmt.Errorf("vsock CID %d given without a vsock socket path", spec.CID)
 		}
-		put("/vsock", vsock{GuestCID: spec.CID, UDSPath: spec.VsockPath})
+		put("/vsock", fcapi.Vsock{GuestCID: spec.CID, UDSPath: spec.VsockPath})
 	}
-	put("/actions", action{ActionType: "InstanceStart"})
+	put("/actions", fcapi.Action{ActionType: "InstanceStart"})
 	return reqs, nil
 }
 
 // applyOptions overrides the logger level of a sequence with Options.LogLevel.
 func (d *Driver) applyOptions(reqs []Request) {
 	for i, r := range reqs {
-		if l, ok := r.Body.(logger); ok {
+		if l, ok := r.Body.(fcapi.Logger); ok {
 			l.Level = d.opts.LogLevel
 			reqs[i].Body = l
 		}
@@ -386,7 +384,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 	sctx, cancel := context.WithTimeout(ctx, d.opts.StartTimeout)
 	defer cancel()
 	for {
-		var info instanceInfo
+		var info fcapi.InstanceInfo
 		err := c.do(sctx, http.MethodGet, "/", nil, &info)
 		if err == nil {
 			break
@@ -410,19 +408,25 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 // Shutdown sends Ctrl-Alt-Del to the guest; with reboot=k the guest's
 // reboot ends firecracker.
 func (d *Driver) Shutdown(ctx context.Context, h vmm.Handle) error {
-	if !d.Alive(h) {
-		return nil
-	}
-	err := newClient(h.APISocket).put(ctx, "/actions", action{ActionType: "SendCtrlAltDel"})
-	if err != nil && !d.Alive(h) {
-		return nil
-	}
-	return err
+	return vmm.AskUnlessGone(d, h, func() error {
+		return newClient(h.APISocket).put(ctx, "/actions", fcapi.Action{ActionType: "SendCtrlAltDel"})
+	})
 }
 
 // Kill sends SIGTERM, then SIGKILL after a second, and removes the api
-// socket (firecracker leaves it behind).
+// socket and the vsock socket (firecracker leaves both behind). The vsock
+// path is asked of the API while the process still answers; for a process
+// already gone only Cleanup, given the spec, can remove it.
 func (d *Driver) Kill(ctx context.Context, h vmm.Handle) error {
+	vsockPath := ""
+	if d.Alive(h) {
+		qctx, cancel := context.WithTimeout(ctx, time.Second)
+		var cfg fcapi.VMConfig
+		if newClient(h.APISocket).do(qctx, http.MethodGet, "/vm/config", nil, &cfg) == nil && cfg.Vsock != nil {
+			vsockPath = cfg.Vsock.UDSPath
+		}
+		cancel()
+	}
 	if err := proc.Terminate(ctx, h.PID, matcher(h.APISocket), time.Second); err != nil {
 		return err
 	}
@@ -432,53 +436,16 @@ func (d *Driver) Kill(ctx context.Context, h vmm.Handle) error {
 	if err := os.Remove(h.APISocket); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove api socket: %w", err)
 	}
+	if err := vmm.RemoveFiles(vsockPath); err != nil {
+		return fmt.Errorf("remove vsock socket: %w", err)
+	}
 	return nil
 }
 
 // Find returns the live firecracker started with --api-sock apiSocket.
 func (d *Driver) Find(apiSocket string) (vmm.Handle, error) {
-	pids, err := proc.Find(matcher(apiSocket))
-	if err != nil {
-		return vmm.Handle{}, err
-	}
-	if len(pids) == 0 {
-		return vmm.Handle{}, vmm.ErrNotFound
-	}
-	return vmm.Handle{PID: pids[0], APISocket: apiSocket}, nil
+	return vmm.FindProcess(matcher(apiSocket), apiSocket)
 }
 
 // Alive reports whether h.PID is still firecracker with h's api socket.
 func (d *Driver) Alive(h vmm.Handle) bool { return proc.Alive(h.PID, matcher(h.APISocket)) }
-
-// Pause pauses the guest's vCPUs (PATCH /vm Paused).
-func (d *Driver) Pause(ctx context.Context, h vmm.Handle) error {
-	return newClient(h.APISocket).do(ctx, http.MethodPatch, "/vm", vmState{State: "Paused"}, nil)
-}
-
-// Resume resumes them (PATCH /vm Resumed).
-func (d *Driver) Resume(ctx context.Context, h vmm.Handle) error {
-	return newClient(h.APISocket).do(ctx, http.MethodPatch, "/vm", vmState{State: "Resumed"}, nil)
-}
-
-// Describe returns firecracker's instance info (GET /) and its full VM
-// configuration (GET /vm/config).
-func (d *Driver) Describe(ctx context.Context, h vmm.Handle) (map[string]any, error) {
-	c := newClient(h.APISocket)
-	var info instanceInfo
-	if err := c.do(ctx, http.MethodGet, "/", nil, &info); err != nil {
-		return nil, err
-	}
-	var cfg map[string]any
-	if err := c.do(ctx, http.MethodGet, "/vm/config", nil, &cfg); err != nil {
-		return nil, err
-	}
-	return map[string]any{
-		"vmm":      "firecracker",
-		"version":  info.VMMVersion,
-		"id":       info.ID,
-		"state":    info.State,
-		"app_name": info.AppName,
-		"pid":      h.PID,
-		"config":   cfg,
-	}, nil
-}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/vmm"
+	"github.com/banger/banger/internal/vmm/firecracker/fcapi"
 )
 
 // TestRealFirecracker runs the real binary when one is on PATH. Without a
@@ -51,9 +52,9 @@ func TestRealFirecracker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	desc, err := d.Describe(ctx, h)
-	if err != nil || desc["state"] != "Running" {
-		t.Fatalf("Describe = %v, %v", desc, err)
+	var info fcapi.InstanceInfo
+	if err := newClient(h.APISocket).do(ctx, "GET", "/", nil, &info); err != nil || info.State != "Running" {
+		t.Fatalf("GET / = %+v, %v", info, err)
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {

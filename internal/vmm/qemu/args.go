@@ -142,22 +142,11 @@ func BuildArgs(spec vmm.Spec, o ArgOptions) ([]string, error) {
 // console when it names none, plus tsc_early_khz under TCG (microvm hangs at
 // TSC calibration under TCG in about one boot of four without it).
 func Cmdline(base string, o ArgOptions) string {
-	parts := strings.Fields(base)
-	has := func(key string) bool {
-		for _, p := range parts {
-			if p == key || strings.HasPrefix(p, key+"=") {
-				return true
-			}
-		}
-		return false
+	args := []string{"console=ttyS0"}
+	if o.Accel == "tcg" && o.TSCkHz > 0 {
+		args = append(args, "tsc_early_khz="+strconv.Itoa(o.TSCkHz))
 	}
-	if !has("console") {
-		parts = append(parts, "console=ttyS0")
-	}
-	if o.Accel == "tcg" && o.TSCkHz > 0 && !has("tsc_early_khz") {
-		parts = append(parts, "tsc_early_khz="+strconv.Itoa(o.TSCkHz))
-	}
-	return strings.Join(parts, " ")
+	return vmm.KernelArgs(base, args...)
 }
 
 // bootKernel is the kernel file QEMU boots: the compressed image when there

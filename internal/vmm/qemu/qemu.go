@@ -8,10 +8,12 @@
 package qemu
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,8 +47,8 @@ type Options struct {
 	StartTimeout time.Duration
 }
 
-// Driver runs VMs under QEMU. It implements vmm.Driver, vmm.Pauser and
-// vmm.Describer.
+// Driver runs VMs under QEMU. It implements vmm.Driver and
+// vmm.AccelReporter.
 type Driver struct {
 	opts Options
 
@@ -66,19 +68,14 @@ type Driver struct {
 }
 
 var (
-	_ vmm.Driver    = (*Driver)(nil)
-	_ vmm.Pauser    = (*Driver)(nil)
-	_ vmm.Describer = (*Driver)(nil)
+	_ vmm.Driver        = (*Driver)(nil)
+	_ vmm.AccelReporter = (*Driver)(nil)
 )
 
 // New returns a driver; nothing is probed until Available or Start.
 func New(opts Options) *Driver {
-	if opts.Accel == "" {
-		opts.Accel = "auto"
-	}
-	if opts.Machine == "" {
-		opts.Machine = MachineMicrovm
-	}
+	opts.Accel = cmp.Or(opts.Accel, "auto")
+	opts.Machine = cmp.Or(opts.Machine, MachineMicrovm)
 	if opts.ProbeTimeout <= 0 {
 		opts.ProbeTimeout = 8 * time.Second
 	}
@@ -90,6 +87,32 @@ func New(opts Options) *Driver {
 
 // Name is "qemu".
 func (d *Driver) Name() string { return "qemu" }
+
+// Formats prefers qcow2 (a copy-on-write overlay QEMU opens itself) and
+// takes raw.
+func (d *Driver) Formats() []string { return []string{vmm.FormatQcow2, vmm.FormatRaw} }
+
+// InstallHint names the Debian packages.
+func (d *Driver) InstallHint() string { return "apt-get install qemu-system-x86 qemu-utils" }
+
+// Owns reports a pid file or a qcow2 disk in vmDir: QEMU writes the one,
+// and only QEMU opens the other.
+func (d *Driver) Owns(vmDir string) bool {
+	if _, err := os.Stat(PIDFile(vmDir)); err == nil {
+		return true
+	}
+	m, _ := filepath.Glob(filepath.Join(vmDir, "*."+vmm.FormatQcow2))
+	return len(m) > 0
+}
+
+// Cleanup removes the QMP socket, the vsock path and the pid file.
+func (d *Driver) Cleanup(spec vmm.Spec) error {
+	paths := []string{spec.APISocket, spec.VsockPath}
+	if spec.Dir != "" {
+		paths = append(paths, PIDFile(spec.Dir))
+	}
+	return vmm.RemoveFiles(paths...)
+}
 
 // Available finds the binary, reads its version and decides the
 // accelerator (probing KVM when Accel is auto), once; later calls return the
@@ -281,16 +304,11 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 // Shutdown presses the ACPI power button (system_powerdown). QEMU runs
 // with -no-reboot, so the guest's poweroff or reboot ends the process.
 func (d *Driver) Shutdown(ctx context.Context, h vmm.Handle) error {
-	if !d.Alive(h) {
-		return nil
-	}
-	err := withQMP(ctx, h.APISocket, func(c *qmp) error {
-		return c.execute(ctx, "system_powerdown", nil, nil)
+	return vmm.AskUnlessGone(d, h, func() error {
+		return withQMP(ctx, h.APISocket, func(c *qmp) error {
+			return c.execute(ctx, "system_powerdown", nil, nil)
+		})
 	})
-	if err != nil && !d.Alive(h) {
-		return nil
-	}
-	return err
 }
 
 // Kill asks QEMU to quit over QMP, then SIGTERM/SIGKILL if it lingers, and
@@ -336,70 +354,8 @@ func (d *Driver) Find(apiSocket string) (vmm.Handle, error) {
 			}
 		}
 	}
-	pids, err := proc.Find(m)
-	if err != nil {
-		return vmm.Handle{}, err
-	}
-	if len(pids) == 0 {
-		return vmm.Handle{}, vmm.ErrNotFound
-	}
-	return vmm.Handle{PID: pids[0], APISocket: apiSocket}, nil
+	return vmm.FindProcess(m, apiSocket)
 }
 
 // Alive reports whether h.PID is still QEMU with h's QMP socket.
 func (d *Driver) Alive(h vmm.Handle) bool { return proc.Alive(h.PID, matcher(h.APISocket)) }
-
-// Pause stops the guest's vCPUs (QMP stop).
-func (d *Driver) Pause(ctx context.Context, h vmm.Handle) error {
-	return withQMP(ctx, h.APISocket, func(c *qmp) error { return c.execute(ctx, "stop", nil, nil) })
-}
-
-// Resume restarts the guest's vCPUs (QMP cont).
-func (d *Driver) Resume(ctx context.Context, h vmm.Handle) error {
-	return withQMP(ctx, h.APISocket, func(c *qmp) error { return c.execute(ctx, "cont", nil, nil) })
-}
-
-// Describe returns QEMU's version, the guest's run status, the
-// accelerator and machine, and the process's command line.
-func (d *Driver) Describe(ctx context.Context, h vmm.Handle) (map[string]any, error) {
-	var v qmpVersion
-	var st qmpStatus
-	var kvm struct {
-		Enabled bool `json:"enabled"`
-		Present bool `json:"present"`
-	}
-	err := withQMP(ctx, h.APISocket, func(c *qmp) error {
-		if err := c.execute(ctx, "query-version", nil, &v); err != nil {
-			return err
-		}
-		if err := c.execute(ctx, "query-status", nil, &st); err != nil {
-			return err
-		}
-		return c.execute(ctx, "query-kvm", nil, &kvm)
-	})
-	if err != nil {
-		return nil, err
-	}
-	accel := "tcg"
-	if kvm.Enabled {
-		accel = "kvm"
-	}
-	out := map[string]any{
-		"vmm":     "qemu",
-		"version": v.String(),
-		"package": strings.TrimSpace(v.Package),
-		"status":  st.Status,
-		"running": st.Running,
-		"accel":   accel,
-		"pid":     h.PID,
-	}
-	if argv, err := proc.Cmdline(h.PID); err == nil {
-		out["cmdline"] = argv
-		for i, a := range argv {
-			if a == "-M" && i+1 < len(argv) {
-				out["machine"] = argv[i+1]
-			}
-		}
-	}
-	return out, nil
-}

@@ -11,8 +11,10 @@
 // {"method","path","body"} to <api-sock>.requests.jsonl, so that a test can
 // check what a driver sent.
 //
-// It owns nothing outside its socket, that record file and the log and
-// metrics files it is told to write.
+// It owns nothing outside its socket, that record file, the vsock socket it
+// binds (like firecracker, at PUT /vsock, left behind at exit) and the log
+// and metrics files it is told to write. Its wire types are the driver's
+// (package fcapi).
 package main
 
 import (
@@ -30,83 +32,23 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/banger/banger/internal/vmm/firecracker/fcapi"
 )
 
 const version = "1.14.2"
-
-// Request bodies as firecracker's API defines them. Unknown fields are
-// refused, as firecracker's deserialiser does.
-type machineConfig struct {
-	VcpuCount       *int    `json:"vcpu_count"`
-	MemSizeMib      *int    `json:"mem_size_mib"`
-	Smt             bool    `json:"smt"`
-	TrackDirtyPages bool    `json:"track_dirty_pages"`
-	HugePages       string  `json:"huge_pages,omitempty"`
-	CPUTemplate     *string `json:"cpu_template,omitempty"`
-}
-
-type bootSource struct {
-	KernelImagePath string `json:"kernel_image_path"`
-	InitrdPath      string `json:"initrd_path,omitempty"`
-	BootArgs        string `json:"boot_args,omitempty"`
-}
-
-type drive struct {
-	DriveID      string          `json:"drive_id"`
-	PathOnHost   string          `json:"path_on_host"`
-	IsRootDevice *bool           `json:"is_root_device"`
-	IsReadOnly   bool            `json:"is_read_only"`
-	PartUUID     string          `json:"partuuid,omitempty"`
-	CacheType    string          `json:"cache_type,omitempty"`
-	IoEngine     string          `json:"io_engine,omitempty"`
-	RateLimiter  json.RawMessage `json:"rate_limiter,omitempty"`
-}
-
-type netIface struct {
-	IfaceID     string          `json:"iface_id"`
-	HostDevName string          `json:"host_dev_name"`
-	GuestMAC    string          `json:"guest_mac,omitempty"`
-	RxRate      json.RawMessage `json:"rx_rate_limiter,omitempty"`
-	TxRate      json.RawMessage `json:"tx_rate_limiter,omitempty"`
-}
-
-type vsock struct {
-	GuestCID *uint32 `json:"guest_cid"`
-	UDSPath  string  `json:"uds_path"`
-	VsockID  string  `json:"vsock_id,omitempty"`
-}
-
-type logger struct {
-	LogPath       string `json:"log_path,omitempty"`
-	Level         string `json:"level,omitempty"`
-	ShowLevel     bool   `json:"show_level"`
-	ShowLogOrigin bool   `json:"show_log_origin"`
-	Module        string `json:"module,omitempty"`
-}
-
-type metrics struct {
-	MetricsPath string `json:"metrics_path"`
-}
-
-type action struct {
-	ActionType string `json:"action_type"`
-}
-
-type vmState struct {
-	State string `json:"state"`
-}
 
 type server struct {
 	mu      sync.Mutex
 	id      string
 	state   string // "Not started", "Running", "Paused"
-	machine machineConfig
-	boot    *bootSource
-	drives  []drive
-	ifaces  []netIface
-	vsock   *vsock
-	logger  *logger
-	metrics *metrics
+	machine fcapi.MachineConfig
+	boot    *fcapi.BootSource
+	drives  []fcapi.Drive
+	ifaces  []fcapi.NetworkInterface
+	vsock   *fcapi.Vsock
+	logger  *fcapi.Logger
+	metrics *fcapi.Metrics
 	logf    *os.File
 	record  *os.File
 	pci     bool
@@ -155,8 +97,7 @@ func main() {
 		os.Exit(1)
 	}
 	s := &server{id: *id, state: "Not started", record: rec, pci: *enablePCI}
-	one, mem := 1, 128
-	s.machine = machineConfig{VcpuCount: &one, MemSizeMib: &mem, HugePages: "None"}
+	s.machine = withDefaults(fcapi.MachineConfig{VcpuCount: 1, MemSizeMib: 128})
 	fmt.Printf("Running Firecracker v%s\n", version)
 
 	sigs := make(chan os.Signal, 1)
@@ -172,7 +113,7 @@ func main() {
 func (s *server) fault(w http.ResponseWriter, status int, format string, args ...any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	b, _ := json.Marshal(map[string]string{"fault_message": fmt.Sprintf(format, args...)})
+	b, _ := json.Marshal(fcapi.Fault{FaultMessage: fmt.Sprintf(format, args...)})
 	w.Write(b)
 }
 
@@ -191,8 +132,10 @@ func (s *server) log(format string, args ...any) {
 	}
 }
 
-// decode reads a JSON body strictly into v.
-func decode(body []byte, v any) error {
+// decode reads a JSON body strictly into v, and refuses it when it lacks
+// one of the required fields (fcapi's types cannot tell a zero from a
+// missing field).
+func decode(body []byte, v any, required ...string) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -201,7 +144,30 @@ func decode(body []byte, v any) error {
 	if dec.More() {
 		return fmt.Errorf("trailing data after the JSON body")
 	}
+	var present map[string]json.RawMessage
+	_ = json.Unmarshal(body, &present)
+	for _, f := range required {
+		if v, ok := present[f]; !ok || string(v) == "null" {
+			last := len(required) - 1
+			if last == 0 {
+				return fmt.Errorf("missing field `%s`", f)
+			}
+			return fmt.Errorf("missing field `%s` or `%s`", strings.Join(required[:last], "`, `"), required[last])
+		}
+	}
 	return nil
+}
+
+// withDefaults fills what firecracker reports for fields a machine
+// configuration left out.
+func withDefaults(m fcapi.MachineConfig) fcapi.MachineConfig {
+	if m.HugePages == "" {
+		m.HugePages = "None"
+	}
+	if m.TrackDirtyPages == nil {
+		m.TrackDirtyPages = new(bool)
+	}
+	return m
 }
 
 func exists(p string) error {
@@ -239,7 +205,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.Path
 	switch {
 	case r.Method == "GET" && p == "/":
-		s.json(w, map[string]any{"id": s.id, "state": s.state, "vmm_version": version, "app_name": "Firecracker"})
+		s.json(w, fcapi.InstanceInfo{ID: s.id, State: s.state, VMMVersion: version, AppName: "Firecracker"})
 	case r.Method == "GET" && p == "/version":
 		s.json(w, map[string]any{"firecracker_version": version})
 	case r.Method == "GET" && p == "/machine-config":
@@ -247,7 +213,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.Method == "GET" && p == "/vm/config":
 		s.json(w, s.fullConfig())
 	case r.Method == "PUT" && p == "/logger":
-		var l logger
+		var l fcapi.Logger
 		if err := decode(body, &l); err != nil {
 			bad(err)
 			return
@@ -270,7 +236,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		s.ok(w)
 	case r.Method == "PUT" && p == "/metrics":
-		var m metrics
+		var m fcapi.Metrics
 		if err := decode(body, &m); err != nil {
 			bad(err)
 			return
@@ -285,33 +251,26 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.metrics = &m
 		s.ok(w)
 	case r.Method == "PUT" && p == "/machine-config":
-		var m machineConfig
-		if err := decode(body, &m); err != nil {
+		var m fcapi.MachineConfig
+		if err := decode(body, &m, "vcpu_count", "mem_size_mib"); err != nil {
 			bad(err)
-			return
-		}
-		if m.VcpuCount == nil || m.MemSizeMib == nil {
-			bad(fmt.Errorf("missing field `vcpu_count` or `mem_size_mib`"))
 			return
 		}
 		if !preBoot() {
 			return
 		}
-		if *m.VcpuCount < 1 || *m.VcpuCount > 32 || (*m.VcpuCount > 1 && *m.VcpuCount%2 == 1 && m.Smt) {
+		if m.VcpuCount < 1 || m.VcpuCount > 32 || (m.VcpuCount > 1 && m.VcpuCount%2 == 1 && m.Smt) {
 			s.fault(w, 400, "The vCPU number is invalid! The vCPU number can only be 1 or an even number when SMT is enabled.")
 			return
 		}
-		if *m.MemSizeMib < 1 {
+		if m.MemSizeMib < 1 {
 			s.fault(w, 400, "The memory size (MiB) is invalid.")
 			return
 		}
-		if m.HugePages == "" {
-			m.HugePages = "None"
-		}
-		s.machine = m
+		s.machine = withDefaults(m)
 		s.ok(w)
 	case r.Method == "PUT" && p == "/boot-source":
-		var b bootSource
+		var b fcapi.BootSource
 		if err := decode(body, &b); err != nil {
 			bad(err)
 			return
@@ -332,12 +291,12 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.boot = &b
 		s.ok(w)
 	case r.Method == "PUT" && strings.HasPrefix(p, "/drives/"):
-		var d drive
-		if err := decode(body, &d); err != nil {
+		var d fcapi.Drive
+		if err := decode(body, &d, "drive_id", "path_on_host", "is_root_device"); err != nil {
 			bad(err)
 			return
 		}
-		if d.IsRootDevice == nil || d.DriveID == "" || d.PathOnHost == "" {
+		if d.DriveID == "" || d.PathOnHost == "" {
 			bad(fmt.Errorf("missing field `drive_id`, `path_on_host` or `is_root_device`"))
 			return
 		}
@@ -357,7 +316,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			if o.DriveID == d.DriveID {
 				continue
 			}
-			if *o.IsRootDevice && *d.IsRootDevice {
+			if o.IsRootDevice && d.IsRootDevice {
 				s.fault(w, 400, "A root block device already exists!")
 				return
 			}
@@ -366,7 +325,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.drives = append(kept, d)
 		s.ok(w)
 	case r.Method == "PUT" && strings.HasPrefix(p, "/network-interfaces/"):
-		var n netIface
+		var n fcapi.NetworkInterface
 		if err := decode(body, &n); err != nil {
 			bad(err)
 			return
@@ -397,37 +356,50 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.ifaces = append(kept, n)
 		s.ok(w)
 	case r.Method == "PUT" && p == "/vsock":
-		var v vsock
-		if err := decode(body, &v); err != nil {
+		var v fcapi.Vsock
+		if err := decode(body, &v, "guest_cid", "uds_path"); err != nil {
 			bad(err)
 			return
 		}
-		if v.GuestCID == nil || v.UDSPath == "" {
+		if v.UDSPath == "" {
 			bad(fmt.Errorf("missing field `guest_cid` or `uds_path`"))
 			return
 		}
 		if !preBoot() {
 			return
 		}
-		if *v.GuestCID < 3 {
-			s.fault(w, 400, "Cannot create vsock device: invalid guest CID %d", *v.GuestCID)
+		if v.GuestCID < 3 {
+			s.fault(w, 400, "Cannot create vsock device: invalid guest CID %d", v.GuestCID)
 			return
 		}
-		if _, err := os.Lstat(v.UDSPath); err == nil {
+		// Firecracker binds uds_path as the device is configured and never
+		// removes it, not even when it exits.
+		l, err := net.Listen("unix", v.UDSPath)
+		if err != nil {
 			s.fault(w, 400, "Cannot create backend for vsock device: UnixBind(Os { code: 98, kind: AddrInUse, message: \"Address in use\" })")
 			return
 		}
+		l.(*net.UnixListener).SetUnlinkOnClose(false)
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
 		s.vsock = &v
 		s.ok(w)
 	case r.Method == "PUT" && p == "/actions":
-		var a action
+		var a fcapi.Action
 		if err := decode(body, &a); err != nil {
 			bad(err)
 			return
 		}
 		s.action(w, a)
 	case r.Method == "PATCH" && p == "/vm":
-		var v vmState
+		var v fcapi.VM
 		if err := decode(body, &v); err != nil {
 			bad(err)
 			return
@@ -451,7 +423,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (s *server) action(w http.ResponseWriter, a action) {
+func (s *server) action(w http.ResponseWriter, a fcapi.Action) {
 	switch a.ActionType {
 	case "InstanceStart":
 		if s.state != "Not started" {
@@ -461,21 +433,6 @@ func (s *server) action(w http.ResponseWriter, a action) {
 		if s.boot == nil {
 			s.fault(w, 400, "Cannot start microvm without kernel configuration.")
 			return
-		}
-		if s.vsock != nil {
-			if l, err := net.Listen("unix", s.vsock.UDSPath); err == nil {
-				// Kept open for the life of the process, like firecracker's
-				// vsock backend.
-				go func() {
-					for {
-						c, err := l.Accept()
-						if err != nil {
-							return
-						}
-						c.Close()
-					}
-				}()
-			}
 		}
 		s.state = "Running"
 		s.log("Successfully started microvm that was configured from one single json")
@@ -507,11 +464,11 @@ func (s *server) action(w http.ResponseWriter, a action) {
 func (s *server) fullConfig() map[string]any {
 	drives := s.drives
 	if drives == nil {
-		drives = []drive{}
+		drives = []fcapi.Drive{}
 	}
 	ifaces := s.ifaces
 	if ifaces == nil {
-		ifaces = []netIface{}
+		ifaces = []fcapi.NetworkInterface{}
 	}
 	return map[string]any{
 		"balloon":            nil,
