@@ -20,6 +20,7 @@ import (
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/session"
+	"github.com/banger/banger/internal/shell"
 	"github.com/banger/banger/internal/storage"
 )
 
@@ -91,7 +92,7 @@ func (d *Daemon) guestRun(ctx context.Context, vm model.VM, script string, stdin
 	if err != nil {
 		return -1, errdefs.Errorf(errdefs.CodeUnavailable, "cannot reach vm %s over SSH: %v", vm.Name, err)
 	}
-	code, err := c.Run(ctx, session.BashCommand(script), stdin, stdout, stderr)
+	code, err := c.Run(ctx, shell.BashCommand(script, nil), stdin, stdout, stderr)
 	if err != nil {
 		return code, errdefs.Errorf(errdefs.CodeUnavailable, "command in vm %s failed: %v", vm.Name, err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guestinit"
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/shell"
 	"github.com/banger/banger/internal/storage"
 	"github.com/banger/banger/internal/transfer"
 	"github.com/banger/banger/internal/workspace"
@@ -106,7 +107,7 @@ func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.Works
 		if d.cfg.WorkspaceTransport == TransportSSH {
 			env = nil // without a token the script reads SSH stdin
 		}
-		code, err := cli.Run(runCtx, workspace.BashCommand(script, env), stdinR, &stdout, stderr)
+		code, err := cli.Run(runCtx, shell.BashCommand(script, env), stdinR, &stdout, stderr)
 		// Whatever still sends has nobody to send to.
 		stdinR.CloseWithError(errors.New("the guest command ended"))
 		cancelSend()
@@ -286,7 +287,7 @@ func (d *Daemon) ExportWorkspace(ctx context.Context, ref string, req api.Export
 		if err != nil {
 			return err
 		}
-		code, err = cli.Run(ctx, workspace.BashCommand(workspace.ExportScript(guestPath, format, message), env), nil, w, stderr)
+		code, err = cli.Run(ctx, shell.BashCommand(workspace.ExportScript(guestPath, format, message), env), nil, w, stderr)
 		if err != nil {
 			return fmt.Errorf("export workspace %s from vm %s: %w", guestPath, vm.Name, err)
 		}
