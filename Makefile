@@ -41,7 +41,8 @@ e2e: deps build
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzValidateName$$' -fuzztime $$((200000 * $(FUZZN)))x ./internal/model
 	$(GO) test -run '^$$' -fuzz '^FuzzParseSize$$' -fuzztime $$((200000 * $(FUZZN)))x ./internal/model
-	$(GO) test -run '^$$' -fuzz '^FuzzQuote$$' -fuzztime $$((2000 * $(FUZZN)))x ./internal/guest
+	$(GO) test -run '^$$' -fuzz '^FuzzQuote$$' -fuzztime $$((2000 * $(FUZZN)))x ./internal/shell
+	$(GO) test -run '^$$' -fuzz '^FuzzValidEnvKey$$' -fuzztime $$((20000 * $(FUZZN)))x ./internal/shell
 	$(GO) test -run '^$$' -fuzz '^FuzzRunnerHostile$$' -fuzztime $$((20 * $(FUZZN)))x ./internal/session
 
 lint:

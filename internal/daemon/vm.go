@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -16,6 +15,7 @@ import (
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guest"
+	"github.com/banger/banger/internal/guestinit"
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/progress"
@@ -304,10 +304,15 @@ func (d *Daemon) boot(ctx context.Context, vm model.VM, report progress.Func) (m
 		return fail(fmt.Errorf("tap %s: %w", h.Tap, err))
 	}
 	pubKey := guest.AuthorizedKey(d.host.signer)
+	gw := d.host.taps.Gateway()
 	spec := vmm.Spec{
 		ID: vm.ID, Name: vm.Name, Dir: vm.Dir, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
-		Kernel:  vmm.Kernel{Vmlinux: k.VmlinuxPath, BzImage: k.BzImagePath, Initrd: k.InitrdPath},
-		Cmdline: Cmdline(k.Cmdline, vm, d.host.taps.Gateway(), d.host.subnet.Bits(), pubKey),
+		Kernel: vmm.Kernel{Vmlinux: k.VmlinuxPath, BzImage: k.BzImagePath, Initrd: k.InitrdPath},
+		Cmdline: guestinit.Cmdline(k.Cmdline, guestinit.Params{
+			Addr: netip.PrefixFrom(g.IP, d.host.subnet.Bits()), Gateway: gw, DNS: []netip.Addr{gw},
+			Hostname: vm.Name, Key: pubKey,
+			WorkDisk: "/dev/vdb", Root: "/dev/vda",
+		}),
 		Disks: []vmm.Disk{
 			{ID: "root", Path: sys.Path, Format: sys.Format},
 			{ID: "work", Path: vm.WorkDisk, Format: "raw"},
@@ -400,25 +405,6 @@ func tailFile(paths ...string) string {
 func (d *Daemon) writeKnownHosts(vm model.VM, im model.Image) error {
 	line := guest.KnownHostsLine(vm.GuestIP, im.HostKey)
 	return os.WriteFile(filepath.Join(vm.Dir, "known_hosts"), []byte(line+"\n"), 0o600)
-}
-
-// Cmdline builds the guest kernel command line: the kernel's defaults, the
-// root and work disks, and banger's boot parameters read by the guest init.
-func Cmdline(kernelDefault string, vm model.VM, gw netip.Addr, prefixBits int, authorizedKey string) string {
-	parts := []string{}
-	if strings.TrimSpace(kernelDefault) != "" {
-		parts = append(parts, strings.TrimSpace(kernelDefault))
-	}
-	parts = append(parts,
-		"root=/dev/vda", "rw",
-		fmt.Sprintf("banger.ip=%s/%d", vm.GuestIP, prefixBits),
-		"banger.gw="+gw.String(),
-		"banger.dns="+gw.String(),
-		"banger.hostname="+vm.Name,
-		"banger.key="+base64.StdEncoding.EncodeToString([]byte(authorizedKey)),
-		"banger.work=/dev/vdb",
-	)
-	return strings.Join(parts, " ")
 }
 
 // StopVM shuts a VM down gracefully, then forcefully after the timeout.

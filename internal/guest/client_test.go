@@ -20,6 +20,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/banger/banger/internal/guest/guesttest"
+	"github.com/banger/banger/internal/shell"
 )
 
 // fixture is a loopback SSH server and a key it accepts.
@@ -276,7 +277,7 @@ func testRunStdinReadErrorAborts(t *testing.T, signals bool) {
 	c := f.dial(t)
 	marker := filepath.Join(t.TempDir(), "completed")
 	in := &failingReader{data: []byte("partial"), err: errors.New("client went away")}
-	code, err := c.Run(context.Background(), "cat >/dev/null; touch "+Quote(marker), in, nil, nil)
+	code, err := c.Run(context.Background(), "cat >/dev/null; touch "+shell.Quote(marker), in, nil, nil)
 	if code != -1 || err == nil || !strings.Contains(err.Error(), "client went away") {
 		t.Fatalf("Run = %d, %v; want -1 and the read error", code, err)
 	}
@@ -326,7 +327,7 @@ func testRunCancel(t *testing.T, signals bool) {
 	dir := t.TempDir()
 	got := filepath.Join(dir, "signal")
 	ready := filepath.Join(dir, "ready")
-	script := fmt.Sprintf("trap 'echo TERM > %s; exit 9' TERM; touch %s; while :; do sleep 0.05; done", Quote(got), Quote(ready))
+	script := fmt.Sprintf("trap 'echo TERM > %s; exit 9' TERM; touch %s; while :; do sleep 0.05; done", shell.Quote(got), shell.Quote(ready))
 	ctx, cancel := context.WithCancel(context.Background())
 	res := make(chan error, 1)
 	go func() {
@@ -374,7 +375,7 @@ func TestRunConnectionDroppedMidCommand(t *testing.T) {
 	ready := filepath.Join(t.TempDir(), "ready")
 	res := make(chan error, 1)
 	go func() {
-		code, err := c.Run(context.Background(), "touch "+Quote(ready)+"; sleep 30", nil, nil, nil)
+		code, err := c.Run(context.Background(), "touch "+shell.Quote(ready)+"; sleep 30", nil, nil, nil)
 		if code != -1 {
 			err = fmt.Errorf("code %d, want -1 (%v)", code, err)
 		}

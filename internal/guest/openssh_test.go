@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/banger/banger/internal/shell"
 )
 
 // sshd is a system OpenSSH server on 127.0.0.1, started for one test.
@@ -136,7 +138,7 @@ func TestOpenSSH(t *testing.T) {
 		if code != 7 || out != "out\n" || errOut != "err\n" {
 			t.Errorf("got %d, %q, %q", code, out, errOut)
 		}
-		if code, out, _ := run(t, c, Command([]string{"printf", "%s", "it's $HOME `x`"}), nil); code != 0 || out != "it's $HOME `x`" {
+		if code, out, _ := run(t, c, shell.Command([]string{"printf", "%s", "it's $HOME `x`"}), nil); code != 0 || out != "it's $HOME `x`" {
 			t.Errorf("quoted printf: %d, %q", code, out)
 		}
 	})
@@ -164,7 +166,7 @@ func TestOpenSSH(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		res := make(chan error, 1)
 		go func() {
-			_, err := c.Run(ctx, fmt.Sprintf("trap 'echo TERM > %s; exit 9' TERM; touch %s; while :; do sleep 0.05; done", Quote(got), Quote(ready)), nil, nil, nil)
+			_, err := c.Run(ctx, fmt.Sprintf("trap 'echo TERM > %s; exit 9' TERM; touch %s; while :; do sleep 0.05; done", shell.Quote(got), shell.Quote(ready)), nil, nil, nil)
 			res <- err
 		}()
 		waitFile(t, ready)
@@ -187,7 +189,7 @@ func TestOpenSSH(t *testing.T) {
 		if err := Upload(context.Background(), c, path, 0o755, bytes.NewReader(data)); err != nil {
 			t.Fatal(err)
 		}
-		if code, out, _ := run(t, c, Quote(path), nil); code != 0 || out != "from upload\n" {
+		if code, out, _ := run(t, c, shell.Quote(path), nil); code != 0 || out != "from upload\n" {
 			t.Errorf("running the upload: %d, %q", code, out)
 		}
 	})
@@ -269,7 +271,7 @@ func TestOpenSSHMaxSessions(t *testing.T) {
 	}
 	ready := filepath.Join(t.TempDir(), "ready")
 	for i := range 2 {
-		go c.Run(ctx, fmt.Sprintf("touch %s.%d; sleep 30", Quote(ready), i), nil, nil, nil)
+		go c.Run(ctx, fmt.Sprintf("touch %s.%d; sleep 30", shell.Quote(ready), i), nil, nil, nil)
 		waitFile(t, fmt.Sprintf("%s.%d", ready, i))
 	}
 	_, err = c.Run(context.Background(), "true", nil, nil, nil)

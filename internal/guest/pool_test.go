@@ -15,6 +15,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/banger/banger/internal/guest/guesttest"
+	"github.com/banger/banger/internal/shell"
 )
 
 // countingDial is Dial counting its calls.
@@ -134,7 +135,7 @@ func TestPoolRetriesOnceWhenNothingWasSent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	code, err := c.Run(context.Background(), "echo ran >> "+Quote(log), nil, nil, nil)
+	code, err := c.Run(context.Background(), "echo ran >> "+shell.Quote(log), nil, nil, nil)
 	if err != nil || code != 0 {
 		t.Fatalf("Run = %d, %v; want a transparent retry", code, err)
 	}
@@ -179,7 +180,7 @@ func TestPoolNoRetryOnceCommandStarted(t *testing.T) {
 	}
 	res := make(chan error, 1)
 	go func() {
-		_, err := c.Run(context.Background(), "echo ran >> "+Quote(log)+"; touch "+Quote(ready)+"; sleep 30", nil, nil, nil)
+		_, err := c.Run(context.Background(), "echo ran >> "+shell.Quote(log)+"; touch "+shell.Quote(ready)+"; sleep 30", nil, nil, nil)
 		res <- err
 	}()
 	waitFile(t, ready)

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/banger/banger/internal/shell"
 )
 
 // Run runs cmd in a new session; see Client.
@@ -126,7 +128,7 @@ const pgidMarker = "banger-pgid:"
 // command's shell with setsid, so the shell's pid is its group; eval runs cmd
 // in that same shell, so cmd means what it meant.
 func wrapKillable(cmd string) string {
-	return `printf '` + pgidMarker + `%d\n' "$$" >&2; eval ` + Quote(cmd)
+	return `printf '` + pgidMarker + `%d\n' "$$" >&2; eval ` + shell.Quote(cmd)
 }
 
 // parsePgidLine reads the marker line (without its newline).

@@ -10,6 +10,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/banger/banger/internal/shell"
 )
 
 // uploadCleanupTimeout bounds the removal of a partial upload.
@@ -53,8 +55,8 @@ func Upload(ctx context.Context, c Client, path string, mode os.FileMode, data i
 // than follow or overwrite anything already at tmp; umask 077 keeps the
 // partial file private.
 func uploadScripts(path, tmp string, mode os.FileMode) (write, install string) {
-	write = "set -C; umask 077; cat > " + Quote(tmp)
-	install = fmt.Sprintf("chmod %04o %s && mv -f %s %s", mode.Perm(), Quote(tmp), Quote(tmp), Quote(path))
+	write = "set -C; umask 077; cat > " + shell.Quote(tmp)
+	install = fmt.Sprintf("chmod %04o %s && mv -f %s %s", mode.Perm(), shell.Quote(tmp), shell.Quote(tmp), shell.Quote(path))
 	return write, install
 }
 
@@ -88,7 +90,7 @@ func runChecked(ctx context.Context, c Client, cmd string, stdin io.Reader) erro
 func removeTemp(ctx context.Context, c Client, tmp string) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), uploadCleanupTimeout)
 	defer cancel()
-	_, _ = c.Run(rctx, "rm -f "+Quote(tmp), nil, nil, nil)
+	_, _ = c.Run(rctx, "rm -f "+shell.Quote(tmp), nil, nil, nil)
 }
 
 // tailBuffer keeps the last 4 KiB written to it: enough of an error message,

@@ -1,5 +1,6 @@
-// Package guestinit is the pure side of banger's guest boot hook: it parses
-// the banger.* kernel command line parameters the daemon writes and renders
+// Package guestinit is the pure side of banger's guest boot hook: it owns
+// the banger.* kernel command line (Cmdline writes it for the daemon,
+// ParseCmdline reads it in the guest) and renders
 // the files the guest needs from them (hostname, /etc/hosts,
 // /etc/resolv.conf, the authorized_keys file) and the sshd configuration
 // banger's images carry.
@@ -111,6 +112,49 @@ func ParseCmdline(cmdline string) (Params, error) {
 		}
 	}
 	return p, nil
+}
+
+// Cmdline writes the kernel command line that ParseCmdline reads: the
+// kernel's own defaults (trimmed; left out when blank), then root=<Root> rw
+// (banger's root disks are always writable), init=, banger.ip, banger.gw,
+// banger.dns, banger.hostname, banger.key (base64, so that the key's spaces
+// do not split it) and banger.work. Zero fields are left out. Values are
+// written as given: ones ParseCmdline would refuse (a hostname with a
+// space, say) must be caught before.
+func Cmdline(kernelDefault string, p Params) string {
+	var parts []string
+	if d := strings.TrimSpace(kernelDefault); d != "" {
+		parts = append(parts, d)
+	}
+	if p.Root != "" {
+		parts = append(parts, "root="+p.Root, "rw")
+	}
+	if p.Init != "" {
+		parts = append(parts, "init="+p.Init)
+	}
+	if p.Addr.IsValid() {
+		parts = append(parts, "banger.ip="+p.Addr.String())
+	}
+	if p.Gateway.IsValid() {
+		parts = append(parts, "banger.gw="+p.Gateway.String())
+	}
+	if len(p.DNS) > 0 {
+		dns := make([]string, len(p.DNS))
+		for i, a := range p.DNS {
+			dns[i] = a.String()
+		}
+		parts = append(parts, "banger.dns="+strings.Join(dns, ","))
+	}
+	if p.Hostname != "" {
+		parts = append(parts, "banger.hostname="+p.Hostname)
+	}
+	if p.Key != "" {
+		parts = append(parts, "banger.key="+base64.StdEncoding.EncodeToString([]byte(p.Key)))
+	}
+	if p.WorkDisk != "" {
+		parts = append(parts, "banger.work="+p.WorkDisk)
+	}
+	return strings.Join(parts, " ")
 }
 
 // Validate reports the first parameter banger-init cannot do without:

@@ -3,6 +3,7 @@ package guestinit
 import (
 	"encoding/base64"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -133,5 +134,61 @@ func TestRender(t *testing.T) {
 	}
 	if AuthorizedKeys(Params{}) != "" {
 		t.Error("AuthorizedKeys without key must be empty")
+	}
+}
+
+func TestCmdline(t *testing.T) {
+	p := Params{
+		Addr:     netip.MustParsePrefix("172.16.0.2/24"),
+		Gateway:  netip.MustParseAddr("172.16.0.1"),
+		DNS:      []netip.Addr{netip.MustParseAddr("172.16.0.1")},
+		Hostname: "dev-1", Key: testKey, WorkDisk: "/dev/vdb", Root: "/dev/vda",
+	}
+	// The daemon's command line, byte for byte.
+	want := "console=ttyS0 reboot=k panic=1 root=/dev/vda rw banger.ip=172.16.0.2/24 banger.gw=172.16.0.1 " +
+		"banger.dns=172.16.0.1 banger.hostname=dev-1 banger.key=" + b64(testKey) + " banger.work=/dev/vdb"
+	if got := Cmdline("  console=ttyS0 reboot=k panic=1 \n", p); got != want {
+		t.Errorf("Cmdline =\n %q\nwant\n %q", got, want)
+	}
+	if got := Cmdline(" ", Params{Hostname: "a"}); got != "banger.hostname=a" {
+		t.Errorf("Cmdline without defaults = %q", got)
+	}
+	if got := Cmdline("", Params{}); got != "" {
+		t.Errorf("Cmdline of nothing = %q", got)
+	}
+}
+
+func TestCmdlineRoundTrip(t *testing.T) {
+	for _, p := range []Params{
+		{
+			Addr:     netip.MustParsePrefix("172.16.0.2/24"),
+			Gateway:  netip.MustParseAddr("172.16.0.1"),
+			DNS:      []netip.Addr{netip.MustParseAddr("172.16.0.1")},
+			Hostname: "dev-1", Key: testKey, WorkDisk: "/dev/vdb", Root: "/dev/vda",
+		},
+		{
+			Addr:     netip.MustParsePrefix("10.0.0.9/8"),
+			DNS:      []netip.Addr{netip.MustParseAddr("1.1.1.1"), netip.MustParseAddr("9.9.9.9")},
+			Hostname: "x", Key: testKey + "\n" + testKey, Init: "/sbin/init",
+		},
+		{},
+	} {
+		// Parameters of the kernel's own defaults are ignored, or
+		// overridden by the ones that follow.
+		line := Cmdline("console=ttyS0 root=/dev/sda banger.hostname=zz", p)
+		got, err := ParseCmdline(line)
+		if err != nil {
+			t.Fatalf("ParseCmdline(%q): %v", line, err)
+		}
+		want := p
+		if want.Root == "" {
+			want.Root = "/dev/sda"
+		}
+		if want.Hostname == "" {
+			want.Hostname = "zz"
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("round trip of %q:\n got %+v\nwant %+v", line, got, want)
+		}
 	}
 }

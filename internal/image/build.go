@@ -23,6 +23,7 @@ import (
 	"github.com/banger/banger/internal/guestinit"
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/progress"
+	"github.com/banger/banger/internal/shell"
 )
 
 // DefaultSize is the image size when BuildOptions.SizeBytes is 0.
@@ -301,7 +302,7 @@ func bootstrapCommand(r Recipe, tree, hook string) (string, []string, error) {
 	if _, err := exec.LookPath("mmdebstrap"); err == nil {
 		return "mmdebstrap", []string{
 			"--variant=minbase", "--mode=root", "--format=directory", include,
-			"--customize-hook=sh " + shellQuote(hook) + ` "$1"`,
+			"--customize-hook=sh " + shell.Quote(hook) + ` "$1"`,
 			r.Suite, tree, r.Mirror,
 		}, nil
 	}

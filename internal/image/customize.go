@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/banger/banger/internal/guestinit"
+	"github.com/banger/banger/internal/shell"
 )
 
 // maskedUnits are systemd units a banger guest does not need; masking them
@@ -77,7 +78,7 @@ func systemdFiles() map[string]string {
 func customizeScript(overlay, init string, scripts []RecipeFile, scriptPaths []string) string {
 	var b strings.Builder
 	b.WriteString("#!/bin/sh\nset -eu\nroot=\"$1\"\n")
-	fmt.Fprintf(&b, "cp -a %s/. \"$root\"/\n", shellQuote(overlay))
+	fmt.Fprintf(&b, "cp -a %s/. \"$root\"/\n", shell.Quote(overlay))
 	b.WriteString(`rm -f "$root"/etc/ssh/ssh_host_rsa_key* "$root"/etc/ssh/ssh_host_ecdsa_key* "$root"/etc/ssh/ssh_host_dsa_key*
 chmod 600 "$root"/etc/ssh/ssh_host_ed25519_key
 chmod 755 "$root"` + guestinit.InitPath + "\n")
@@ -89,25 +90,20 @@ chmod 755 "$root"` + guestinit.InitPath + "\n")
 		units := append([]string(nil), maskedUnits...)
 		sort.Strings(units)
 		for _, u := range units {
-			fmt.Fprintf(&b, "ln -sf /dev/null \"$root\"/etc/systemd/system/%s\n", shellQuote(u))
+			fmt.Fprintf(&b, "ln -sf /dev/null \"$root\"/etc/systemd/system/%s\n", shell.Quote(u))
 		}
 	default:
-		fmt.Fprintf(&b, "ln -sf %s \"$root\"/sbin/init\n", shellQuote(guestinit.InitPath))
+		fmt.Fprintf(&b, "ln -sf %s \"$root\"/sbin/init\n", shell.Quote(guestinit.InitPath))
 	}
 	for i, path := range scriptPaths {
-		name := shellQuote(scripts[i].Name)
+		name := shell.Quote(scripts[i].Name)
 		fmt.Fprintf(&b, "echo \"banger: running script \"%s\n", name)
-		fmt.Fprintf(&b, "cp %s \"$root\"/tmp/banger-script\n", shellQuote(path))
+		fmt.Fprintf(&b, "cp %s \"$root\"/tmp/banger-script\n", shell.Quote(path))
 		fmt.Fprintf(&b, "if ! chroot \"$root\" /bin/sh /tmp/banger-script; then echo \"banger: script \"%s\" failed\"; rm -f \"$root\"/tmp/banger-script; exit 1; fi\n", name)
 		b.WriteString("rm -f \"$root\"/tmp/banger-script\n")
 	}
 	b.WriteString("rm -rf \"$root\"/var/lib/apt/lists/* \"$root\"/var/cache/apt/*.bin\n")
 	return b.String()
-}
-
-// shellQuote quotes s for a POSIX shell.
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // HostMirror returns the Debian archive the host's apt uses (the only

@@ -175,9 +175,9 @@ func TestCustomizeScript(t *testing.T) {
 		want    []string
 		wantNot []string
 	}{
-		{fast, []string{`cp -a '/w/overlay'/. "$root"/`, `ln -sf '/usr/local/sbin/banger-init' "$root"/sbin/init`,
+		{fast, []string{`cp -a /w/overlay/. "$root"/`, `ln -sf /usr/local/sbin/banger-init "$root"/sbin/init`,
 			`chroot "$root" /bin/sh /tmp/banger-script`, `'it'\''s mine'`, "ssh_host_rsa_key"}, []string{"systemd"}},
-		{sysd, []string{"sysinit.target.wants/banger-setup.service", "sysinit.target.wants/banger-power.service", `ln -sf /dev/null "$root"/etc/systemd/system/'apt-daily.timer'`},
+		{sysd, []string{"sysinit.target.wants/banger-setup.service", "sysinit.target.wants/banger-power.service", `ln -sf /dev/null "$root"/etc/systemd/system/apt-daily.timer`},
 			[]string{"sbin/init", "chroot"}},
 	} {
 		for _, w := range tt.want {

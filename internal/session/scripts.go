@@ -5,8 +5,8 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/shell"
 )
 
 // The scripts print machine-readable lines among whatever else the guest
@@ -64,16 +64,16 @@ __bg_state() {
 func envExports(env map[string]string) string {
 	var b strings.Builder
 	for _, k := range sortedKeys(env) {
-		fmt.Fprintf(&b, "export %s=%s\n", k, guest.Quote(env[k]))
+		fmt.Fprintf(&b, "export %s=%s\n", k, shell.Quote(env[k]))
 	}
 	return b.String()
 }
 
 // commandWords renders the command and its arguments as quoted words.
 func commandWords(s Spec) string {
-	words := []string{guest.Quote(s.Command)}
+	words := []string{shell.Quote(s.Command)}
 	for _, a := range s.Args {
-		words = append(words, guest.Quote(a))
+		words = append(words, shell.Quote(a))
 	}
 	return strings.Join(words, " ")
 }
@@ -94,7 +94,7 @@ func PreflightScript(s Spec) string {
 func preflightBody(s Spec) string {
 	var b strings.Builder
 	b.WriteString("if ! (\n")
-	fmt.Fprintf(&b, "__bg_cwd=%s\n", guest.Quote(s.Cwd))
+	fmt.Fprintf(&b, "__bg_cwd=%s\n", shell.Quote(s.Cwd))
 	b.WriteString(`if ! __bg_out=$(cd -- "$__bg_cwd" 2>&1); then
 	__bg_mark ` + StagePreflightCwd + ` fail "${__bg_out:-cannot enter $__bg_cwd}"
 	exit 10
@@ -104,7 +104,7 @@ cd -- "$__bg_cwd" || exit 10
 	b.WriteString(envExports(s.Env))
 	b.WriteString("for __bg_c in")
 	for _, c := range s.Require {
-		b.WriteString(" " + guest.Quote(c))
+		b.WriteString(" " + shell.Quote(c))
 	}
 	b.WriteString(`; do
 	if ! command -v -- "$__bg_c" >/dev/null 2>&1; then
@@ -133,8 +133,8 @@ func RunnerScript(root string, s Spec) string {
 	b.WriteString("#!/bin/bash\n")
 	fmt.Fprintf(&b, "# banger session runner for session %s\n", s.ID)
 	b.WriteString("set -euo pipefail\n")
-	fmt.Fprintf(&b, "__bg_dir=%s\n", guest.Quote(dir))
-	fmt.Fprintf(&b, "__bg_cwd=%s\n", guest.Quote(s.Cwd))
+	fmt.Fprintf(&b, "__bg_dir=%s\n", shell.Quote(dir))
+	fmt.Fprintf(&b, "__bg_cwd=%s\n", shell.Quote(s.Cwd))
 	b.WriteString(`cd -- "$__bg_dir"
 __bg_put() { printf '%s\n' "$2" >"$__bg_dir/$1.tmp" && mv -f -- "$__bg_dir/$1.tmp" "$__bg_dir/$1"; }
 __bg_done=0
@@ -198,7 +198,7 @@ __bg_done=1
 // that runs it: its own session (setsid), immune to hangups (nohup), every
 // fd redirected, in the background; so it outlives the connection.
 func LaunchCommand(dir string) string {
-	return fmt.Sprintf("cd -- %s && { setsid nohup bash ./%s </dev/null >%s 2>&1 & }", guest.Quote(dir), FileRunner, FileRunnerLog)
+	return fmt.Sprintf("cd -- %s && { setsid nohup bash ./%s </dev/null >%s 2>&1 & }", shell.Quote(dir), FileRunner, FileRunnerLog)
 }
 
 // StartScript does a whole launch in one round trip: preflight, then the
@@ -213,8 +213,8 @@ func StartScript(root string, s Spec) string {
 	b.WriteString("#!/bin/bash\n")
 	b.WriteString(prelude)
 	b.WriteString(preflightBody(s))
-	fmt.Fprintf(&b, "__bg_dir=%s\n", guest.Quote(dir))
-	fmt.Fprintf(&b, "__bg_id=%s\n", guest.Quote(s.ID))
+	fmt.Fprintf(&b, "__bg_dir=%s\n", shell.Quote(dir))
+	fmt.Fprintf(&b, "__bg_id=%s\n", shell.Quote(s.ID))
 	b.WriteString(`if ! __bg_out=$({ mkdir -p -- "$__bg_dir" && chmod 0700 -- "$__bg_dir" && cat >"$__bg_dir/runner.sh.tmp" && mv -f -- "$__bg_dir/runner.sh.tmp" "$__bg_dir/runner.sh"; } 2>&1); then
 	__bg_mark ` + StageUpload + ` fail "cannot write the runner to $__bg_dir: $__bg_out"
 	exit 0
@@ -258,13 +258,13 @@ for __bg_d in "$__bg_root"/*/; do
 	__bg_state "$__bg_id" "${__bg_d%%/}"
 done
 exit 0
-`, guest.Quote(root))
+`, shell.Quote(root))
 }
 
 // StateScript prints the state record of one session ("missing" when its
 // directory is absent).
 func StateScript(root, id string) string {
-	return "#!/bin/bash\n" + prelude + fmt.Sprintf("__bg_state %s %s\n", guest.Quote(id), guest.Quote(StateDir(root, id)))
+	return "#!/bin/bash\n" + prelude + fmt.Sprintf("__bg_state %s %s\n", shell.Quote(id), shell.Quote(StateDir(root, id)))
 }
 
 // runningCheck exits ExitNotRunning unless the session's command is alive.
@@ -278,7 +278,7 @@ if [ -f "$__bg_dir/exit_code" ] || ! kill -0 "$__bg_pid" 2>/dev/null; then echo 
 // ExitNotRunning when the command is not running and ExitNoStdin when the
 // session has no fifo.
 func SendScript(root, id string) string {
-	return fmt.Sprintf("#!/bin/bash\n__bg_dir=%s\n", guest.Quote(StateDir(root, id))) + runningCheck +
+	return fmt.Sprintf("#!/bin/bash\n__bg_dir=%s\n", shell.Quote(StateDir(root, id))) + runningCheck +
 		`if [ ! -p "$__bg_dir/stdin.pipe" ]; then echo "session stdin is closed" >&2; exit 4; fi
 exec cat >"$__bg_dir/stdin.pipe"
 `
@@ -297,7 +297,7 @@ func LogsScript(root, id string, stderr bool, tail int, follow bool) string {
 		n = strconv.Itoa(tail)
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "#!/bin/bash\n__bg_dir=%s\n__bg_f=\"$__bg_dir\"/%s\n", guest.Quote(StateDir(root, id)), file)
+	fmt.Fprintf(&b, "#!/bin/bash\n__bg_dir=%s\n__bg_f=\"$__bg_dir\"/%s\n", shell.Quote(StateDir(root, id)), file)
 	b.WriteString(`if [ ! -f "$__bg_f" ]; then echo "no log $__bg_f in the guest" >&2; exit 5; fi
 `)
 	if follow {
@@ -317,7 +317,7 @@ fi
 // stderr) from now on, until the session's monitor ends. It exits
 // ExitNotRunning at once when the session is not running.
 func AttachOutputScript(root, id string) string {
-	return fmt.Sprintf("#!/bin/bash\n__bg_dir=%s\n", guest.Quote(StateDir(root, id))) + runningCheck +
+	return fmt.Sprintf("#!/bin/bash\n__bg_dir=%s\n", shell.Quote(StateDir(root, id))) + runningCheck +
 		`__bg_mon=$(head -c 32 -- "$__bg_dir/monitor_pid" 2>/dev/null || true)
 case $__bg_mon in '' | *[!0-9]*) __bg_mon=$__bg_pid ;; esac
 tail -n 0 -s 0.2 --pid="$__bg_mon" -f -- "$__bg_dir/stdout.log" &
@@ -343,7 +343,7 @@ func SignalScript(root, id, sig string, waitSeconds int, escalate bool) string {
 	}
 	var b strings.Builder
 	b.WriteString("#!/bin/bash\n" + prelude)
-	fmt.Fprintf(&b, "__bg_dir=%s\n__bg_id=%s\n__bg_sig=%s\n", guest.Quote(StateDir(root, id)), guest.Quote(id), guest.Quote(sig))
+	fmt.Fprintf(&b, "__bg_dir=%s\n__bg_id=%s\n__bg_sig=%s\n", shell.Quote(StateDir(root, id)), shell.Quote(id), shell.Quote(sig))
 	b.WriteString(`__bg_num() { local v; v=$(head -c 32 -- "$__bg_dir/$1" 2>/dev/null || true); case $v in '' | *[!0-9]*) v= ;; esac; printf '%s' "$v"; }
 __bg_put() { printf '%s\n' "$2" >"$__bg_dir/$1.tmp" && mv -f -- "$__bg_dir/$1.tmp" "$__bg_dir/$1"; }
 __bg_pid=$(__bg_num pid)
@@ -385,17 +385,11 @@ __bg_state "$__bg_id" "$__bg_dir"
 // with ExitStillRunning while the command is alive and has not recorded its
 // exit.
 func RemoveScript(root, id string) string {
-	return fmt.Sprintf("#!/bin/bash\n__bg_dir=%s\n", guest.Quote(StateDir(root, id))) + `for __bg_k in pid monitor_pid; do
+	return fmt.Sprintf("#!/bin/bash\n__bg_dir=%s\n", shell.Quote(StateDir(root, id))) + `for __bg_k in pid monitor_pid; do
 	__bg_p=$(head -c 32 -- "$__bg_dir/$__bg_k" 2>/dev/null || true)
 	case $__bg_p in '' | *[!0-9]*) continue ;; esac
 	if [ ! -f "$__bg_dir/exit_code" ] && kill -0 "$__bg_p" 2>/dev/null; then echo "session is still running" >&2; exit 6; fi
 done
 rm -rf -- "$__bg_dir"
 `
-}
-
-// BashCommand wraps a bash script as one command line for a login shell
-// (`sh -c` semantics): bash -c '<script>'.
-func BashCommand(script string) string {
-	return "bash -c " + guest.Quote(script)
 }

@@ -6,7 +6,7 @@
 //
 // It does no I/O at all: it neither dials guests nor touches the store or the
 // host. The daemon runs the scripts over SSH and persists records. Every value
-// that reaches a script is quoted by guest.Quote; the state root is a
+// that reaches a script is quoted by shell.Quote; the state root is a
 // parameter so that tests run the very same scripts on the host in a temp
 // directory.
 package session
@@ -19,6 +19,7 @@ import (
 	"strings"
 
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/shell"
 )
 
 // DefaultStateRoot is where session state directories live in the guest. It
@@ -74,7 +75,6 @@ type Spec struct {
 }
 
 var (
-	envKeyRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 	nameBadRE  = regexp.MustCompile(`[^a-z0-9-]+`)
 	dashRunsRE = regexp.MustCompile(`-{2,}`)
 	signalRE   = regexp.MustCompile(`^[0-9]{1,2}$`)
@@ -170,7 +170,7 @@ func Normalize(id, name, command string, args []string, env map[string]string, c
 // held by a process environment).
 func ValidateEnv(env map[string]string) error {
 	for _, k := range sortedKeys(env) {
-		if !envKeyRE.MatchString(k) {
+		if !shell.ValidEnvKey(k) {
 			return fmt.Errorf("invalid environment variable name %q: use letters, digits and '_', not starting with a digit", k)
 		}
 		if strings.ContainsRune(env[k], 0) {

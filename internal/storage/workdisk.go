@@ -76,7 +76,10 @@ func debugfsRequest(cmd, path string) (string, error) {
 	return cmd + " " + debugfsQuote(path), nil
 }
 
-// debugfsQuote quotes one argument for debugfs's request parser.
+// debugfsQuote quotes one argument for debugfs's request parser. It is not
+// shell quoting (see internal/shell): debugfs's parser knows only double
+// quotes, a doubled quote inside them standing for one; a shell's single
+// quotes would reach it as part of the path.
 func debugfsQuote(s string) string {
 	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
 }

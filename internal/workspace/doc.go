@@ -4,7 +4,7 @@
 // generates the bash scripts that unpack a stream into place and export the
 // guest's changes.
 //
-// The generators (PrepareScript, ExportScript, BashCommand) are pure: they do
+// The generators (PrepareScript, ExportScript) are pure: they do
 // no I/O. Host-side functions read the user's repository and, for
 // ImportBundle, only add a ref to it: they never touch its working tree, its
 // index or its checked-out branch. The package knows nothing of VMs, SSH or

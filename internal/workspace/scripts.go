@@ -3,11 +3,10 @@ package workspace
 import (
 	"fmt"
 	"path"
-	"regexp"
-	"sort"
 	"strings"
 
 	"github.com/banger/banger/internal/guestinit"
+	"github.com/banger/banger/internal/shell"
 	"github.com/banger/banger/internal/transfer"
 )
 
@@ -77,32 +76,6 @@ func ValidateGuestPath(p string) error {
 // of this form left by an interrupted prepare.
 func TempPath(guestPath, suffix string) string {
 	return path.Join(path.Dir(guestPath), "."+path.Base(guestPath)+".banger-tmp-"+suffix)
-}
-
-// shellQuote quotes s as one word for sh and bash.
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
-var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-
-// BashCommand is the command line that runs script with bash through a
-// POSIX shell (what an SSH exec request runs), with env set for it. Env
-// names that are not shell identifiers are dropped.
-func BashCommand(script string, env map[string]string) string {
-	var b strings.Builder
-	keys := make([]string, 0, len(env))
-	for k := range env {
-		if envName.MatchString(k) {
-			keys = append(keys, k)
-		}
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		b.WriteString(k + "=" + shellQuote(env[k]) + " ")
-	}
-	b.WriteString("bash -c " + shellQuote(script))
-	return b.String()
 }
 
 // headPrefix marks the line of PrepareScript's output carrying the HEAD.
@@ -255,8 +228,8 @@ if [ "$readonly_ws" = 1 ]; then
 	fi
 fi
 echo "%s$head"
-`, shellQuote(guestPath), shellQuote(tmpPath), shellQuote(mode), ro, shellQuote(base),
-		guestinit.InitPath, transfer.TokenEnv, shellQuote(transfer.AnnounceStdin), shellQuote(SnapshotMessage), headPrefix)
+`, shell.Quote(guestPath), shell.Quote(tmpPath), shell.Quote(mode), ro, shell.Quote(base),
+		guestinit.InitPath, transfer.TokenEnv, shell.Quote(transfer.AnnounceStdin), shell.Quote(SnapshotMessage), headPrefix)
 }
 
 // ExportScript is the guest-side bash script of an export. It commits the
@@ -268,7 +241,10 @@ echo "%s$head"
 // temp file first, so a failure writes nothing to stdout. Failures exit
 // with the Exit* codes and a message on stderr.
 func ExportScript(guestPath, format, message string) string {
-	return fmt.Sprintf(`set -euo pipefail
+	// shell.Quote leaves a plain word bare, and shellcheck takes format=patch
+	// for a command's output assigned without $(...).
+	return fmt.Sprintf(`# shellcheck disable=SC2209
+set -euo pipefail
 guest=%s
 format=%s
 message=%s
@@ -307,6 +283,6 @@ patch)
 *) fail 1 "export format $format is not allowed: use bundle or patch" ;;
 esac
 cat -- "$out"
-`, shellQuote(guestPath), shellQuote(format), shellQuote(message),
+`, shell.Quote(guestPath), shell.Quote(format), shell.Quote(message),
 		ExitNoWorkspace, ExitNotRepo, ExitNothingToExport, ExitBadBase, ExitNothingToExport, ExitBadBase)
 }

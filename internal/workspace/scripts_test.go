@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/banger/banger/internal/shell"
 	"github.com/banger/banger/internal/testenv"
 	"github.com/banger/banger/internal/transfer"
 )
@@ -24,7 +25,7 @@ func runScript(t *testing.T, script string, env map[string]string, stdin []byte)
 	if _, err := exec.LookPath("bash"); err != nil {
 		t.Skip("bash is not installed")
 	}
-	cmd := exec.Command("sh", "-c", BashCommand(script, env))
+	cmd := exec.Command("sh", "-c", shell.BashCommand(script, env))
 	cmd.Stdin = bytes.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -338,7 +339,7 @@ func TestScriptsShellcheck(t *testing.T) {
 	for name, script := range map[string]string{
 		"prepare":  PrepareScript("/root/my repo", TempPath("/root/my repo", "x"), true, ModeTracked, "abc"),
 		"export":   ExportScript("/root/it's", FormatPatch, `say "hi" $(x)`),
-		"bashInSh": "#!/bin/sh\n" + BashCommand("echo 'q'", map[string]string{"BANGER_BASE": "a'b"}),
+		"bashInSh": "#!/bin/sh\n" + shell.BashCommand("echo 'q'", map[string]string{"BANGER_BASE": "a'b"}),
 	} {
 		if !strings.HasPrefix(script, "#!") {
 			script = "#!/bin/bash\n" + script
@@ -360,7 +361,7 @@ func prepareOverChannel(t *testing.T, initBin, guest string, stream []byte) (std
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("sh", "-c", BashCommand(PrepareScript(guest, TempPath(guest, "tcp"), false, ModeFull, ""),
+	cmd := exec.Command("sh", "-c", shell.BashCommand(PrepareScript(guest, TempPath(guest, "tcp"), false, ModeFull, ""),
 		map[string]string{transfer.TokenEnv: tok, "BANGER_INIT": initBin}))
 	var out bytes.Buffer
 	cmd.Stdout = &out

@@ -24,6 +24,7 @@ import (
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/session"
+	"github.com/banger/banger/internal/shell"
 	"github.com/banger/banger/internal/store"
 )
 
@@ -92,11 +93,11 @@ func (sv *Service) Exec(ctx context.Context, ref string, req api.ExecRequest, st
 func ExecCommand(req api.ExecRequest) (string, error) {
 	var b strings.Builder
 	if req.Cwd != "" {
-		b.WriteString("cd " + guest.Quote(req.Cwd) + " && ")
+		b.WriteString("cd " + shell.Quote(req.Cwd) + " && ")
 	}
 	keys := make([]string, 0, len(req.Env))
 	for k := range req.Env {
-		if !validEnvKey(k) {
+		if !shell.ValidEnvKey(k) {
 			return "", fmt.Errorf("invalid environment variable name %q: use letters, digits and '_', not starting with a digit", k)
 		}
 		keys = append(keys, k)
@@ -105,27 +106,12 @@ func ExecCommand(req api.ExecRequest) (string, error) {
 	if len(keys) > 0 {
 		b.WriteString("env")
 		for _, k := range keys {
-			b.WriteString(" " + guest.Quote(k+"="+req.Env[k]))
+			b.WriteString(" " + shell.Quote(k+"="+req.Env[k]))
 		}
 		b.WriteString(" ")
 	}
-	b.WriteString(guest.Command(req.Command))
+	b.WriteString(shell.Command(req.Command))
 	return b.String(), nil
-}
-
-func validEnvKey(k string) bool {
-	if k == "" {
-		return false
-	}
-	for i, r := range k {
-		switch {
-		case r == '_', r >= 'A' && r <= 'Z', r >= 'a' && r <= 'z':
-		case r >= '0' && r <= '9' && i > 0:
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // Logs writes a VM's serial console and/or VMM log.

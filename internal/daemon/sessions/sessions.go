@@ -25,6 +25,7 @@ import (
 	"github.com/banger/banger/internal/keyed"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/session"
+	"github.com/banger/banger/internal/shell"
 	"github.com/banger/banger/internal/storage"
 	"github.com/banger/banger/internal/store"
 )
@@ -146,7 +147,7 @@ func (sv *Service) guestRun(ctx context.Context, vm model.VM, script string, std
 	if err != nil {
 		return -1, errdefs.Errorf(errdefs.CodeUnavailable, "cannot reach vm %s over SSH: %v", vm.Name, err)
 	}
-	code, err := c.Run(ctx, session.BashCommand(script), stdin, stdout, stderr)
+	code, err := c.Run(ctx, shell.BashCommand(script, nil), stdin, stdout, stderr)
 	if err != nil {
 		return code, errdefs.Errorf(errdefs.CodeUnavailable, "command in vm %s failed: %v", vm.Name, err)
 	}

@@ -32,6 +32,7 @@ import (
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/guestinit"
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/shell"
 	"github.com/banger/banger/internal/storage"
 	"github.com/banger/banger/internal/store"
 	"github.com/banger/banger/internal/transfer"
@@ -167,7 +168,7 @@ func (sv *Service) Prepare(ctx context.Context, ref string, req api.WorkspaceReq
 		if sv.transport() == TransportSSH {
 			env = nil // without a token the script reads SSH stdin
 		}
-		code, err := cli.Run(runCtx, workspace.BashCommand(script, env), stdinR, &stdout, stderr)
+		code, err := cli.Run(runCtx, shell.BashCommand(script, env), stdinR, &stdout, stderr)
 		// Whatever still sends has nobody to send to.
 		stdinR.CloseWithError(errors.New("the guest command ended"))
 		cancelSend()
@@ -347,7 +348,7 @@ func (sv *Service) Export(ctx context.Context, ref string, req api.ExportRequest
 		if err != nil {
 			return err
 		}
-		code, err = cli.Run(ctx, workspace.BashCommand(workspace.ExportScript(guestPath, format, message), env), nil, w, stderr)
+		code, err = cli.Run(ctx, shell.BashCommand(workspace.ExportScript(guestPath, format, message), env), nil, w, stderr)
 		if err != nil {
 			return fmt.Errorf("export workspace %s from vm %s: %w", guestPath, vm.Name, err)
 		}

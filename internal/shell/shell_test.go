@@ -1,7 +1,8 @@
-package guest
+package shell
 
 import (
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -97,6 +98,67 @@ func FuzzQuote(f *testing.F) {
 		}
 		if got := shellRoundTrip(t, s); got != s {
 			t.Errorf("sh printed %q for Quote(%q) = %s", got, s, Quote(s))
+		}
+	})
+}
+
+func TestBashCommand(t *testing.T) {
+	tests := []struct {
+		script string
+		env    map[string]string
+		want   string
+	}{
+		{"echo 'hi'", map[string]string{"B": "x y", "A": "it's", "bad name": "z"}, `A='it'\''s' B='x y' bash -c 'echo '\''hi'\'''`},
+		{"echo hi", nil, `bash -c 'echo hi'`},
+		{"true", nil, `bash -c true`},
+		{"", map[string]string{"E": ""}, `E='' bash -c ''`},
+		{"x", map[string]string{"1A": "v", "A-B": "v", "": "v", "Z": "/a"}, `Z=/a bash -c x`},
+	}
+	for _, tt := range tests {
+		if got := BashCommand(tt.script, tt.env); got != tt.want {
+			t.Errorf("BashCommand(%q, %q) = %q, want %q", tt.script, tt.env, got, tt.want)
+		}
+	}
+}
+
+// TestBashCommandShell runs BashCommand's line through sh: bash gets the
+// script and the environment intact.
+func TestBashCommandShell(t *testing.T) {
+	if _, err := exec.LookPath("bash"); err != nil {
+		t.Skip("no bash")
+	}
+	env := map[string]string{"B": "x y", "A": "it's $HOME `id`", "C": "", "D": "~root"}
+	script := `printf '<%s>' "$A" "$B" "$C" "$D" "$0"`
+	out, err := exec.Command("/bin/sh", "-c", BashCommand(script, env)).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "<it's $HOME `id`><x y><><~root><bash>"; string(out) != want {
+		t.Errorf("got %q, want %q", out, want)
+	}
+}
+
+func TestValidEnvKey(t *testing.T) {
+	for k, want := range map[string]bool{
+		"A": true, "_": true, "a_1": true, "PATH": true, "_9": true,
+		"": false, "1A": false, "A-B": false, "A B": false, "A=B": false, "é": false, "A\n": false, "A$": false,
+	} {
+		if got := ValidEnvKey(k); got != want {
+			t.Errorf("ValidEnvKey(%q) = %v, want %v", k, got, want)
+		}
+	}
+}
+
+// FuzzValidEnvKey checks ValidEnvKey against the shell's name grammar
+// written as a regular expression.
+func FuzzValidEnvKey(f *testing.F) {
+	re := regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	for _, s := range []string{"", "A", "1A", "a_b", "A\n", "é", "A-B"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, k string) {
+		if got, want := ValidEnvKey(k), re.MatchString(k); got != want {
+			t.Errorf("ValidEnvKey(%q) = %v, grammar says %v", k, got, want)
 		}
 	})
 }
