@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -18,6 +19,7 @@ import (
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/progress"
+	"github.com/banger/banger/internal/version"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/commands.golden from the current output")
@@ -242,5 +244,23 @@ func TestCommandOutput(t *testing.T) {
 		if g != w {
 			t.Fatalf("output differs from %s at line %d:\ngot  %q\nwant %q\n(go test -run TestCommandOutput -update rewrites it)", golden, i+1, g, w)
 		}
+	}
+}
+
+// TestVersionOutput: the CLI's version and the daemon's, as two lines or
+// as {"cli": ..., "daemon": ...}.
+func TestVersionOutput(t *testing.T) {
+	sock := fakeDaemon(t)
+	cv := version.Current()
+	stdout, _, code := banger(sock, "", "version")
+	want := fmt.Sprintf("banger  %s %s %s\nbangerd   \n", cv.Version, short(cv.Commit), cv.GoVersion)
+	if code != 0 || stdout != want {
+		t.Errorf("version: exit %d, %q; want %q", code, stdout, want)
+	}
+	stdout, _, code = banger(sock, "", "--json", "version")
+	var got map[string]version.Info
+	if err := json.Unmarshal([]byte(stdout), &got); err != nil || code != 0 || got["cli"] != cv || got["daemon"] != (version.Info{}) ||
+		!strings.HasPrefix(stdout, "{\n  \"cli\": {") {
+		t.Errorf("--json version: exit %d, %q (%v)", code, stdout, err)
 	}
 }

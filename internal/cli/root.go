@@ -21,6 +21,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/config"
 	"github.com/banger/banger/internal/version"
 )
@@ -159,20 +160,14 @@ func (a *app) versionCommand() *cobra.Command {
 		Short: "Print the CLI's and the daemon's versions",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (map[string]version.Info, error) {
+				dv, err := c.Version(ctx)
+				return map[string]version.Info{"cli": version.Current(), "daemon": dv}, err
+			}, func(w io.Writer, v map[string]version.Info) error {
+				cv, dv := v["cli"], v["daemon"]
+				_, err := fmt.Fprintf(w, "banger  %s %s %s\nbangerd %s %s %s\n", cv.Version, short(cv.Commit), cv.GoVersion, dv.Version, short(dv.Commit), dv.GoVersion)
 				return err
-			}
-			dv, err := c.Version(cmd.Context())
-			if err != nil {
-				return err
-			}
-			cv := version.Current()
-			if a.json {
-				return a.printJSON(map[string]version.Info{"cli": cv, "daemon": dv})
-			}
-			fmt.Fprintf(a.stdout, "banger  %s %s %s\nbangerd %s %s %s\n", cv.Version, short(cv.Commit), cv.GoVersion, dv.Version, short(dv.Commit), dv.GoVersion)
-			return nil
+			})
 		},
 	}
 }
