@@ -127,14 +127,29 @@ func readError(resp *http.Response) error {
 	return &errdefs.Error{Code: errdefs.CodeInternal, Message: fmt.Sprintf("daemon answered %s: %s", resp.Status, strings.TrimSpace(string(b)))}
 }
 
+// send sends in (may be nil) as the JSON body and returns the response as
+// do does.
+func (c *Client) send(ctx context.Context, method, path string, query url.Values, in any) (*http.Response, error) {
+	body, err := jsonBody(in)
+	if err != nil {
+		return nil, err
+	}
+	return c.do(ctx, method, path, query, body, nil)
+}
+
+// decodeAnswer decodes a JSON answer into out; what names the request in
+// the error.
+func decodeAnswer(r io.Reader, what string, out any) error {
+	if err := json.NewDecoder(r).Decode(out); err != nil {
+		return fmt.Errorf("%s: decode answer: %w", what, err)
+	}
+	return nil
+}
+
 // call sends a JSON request (in may be nil) and decodes a JSON answer into
 // out (may be nil).
 func (c *Client) call(ctx context.Context, method, path string, query url.Values, in, out any) error {
-	body, err := jsonBody(in)
-	if err != nil {
-		return err
-	}
-	resp, err := c.do(ctx, method, path, query, body, nil)
+	resp, err := c.send(ctx, method, path, query, in)
 	if err != nil {
 		return err
 	}
@@ -143,10 +158,19 @@ func (c *Client) call(ctx context.Context, method, path string, query url.Values
 		_, _ = io.Copy(io.Discard, resp.Body)
 		return nil
 	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
-	}
-	return nil
+	return decodeAnswer(resp.Body, method+" "+path, out)
+}
+
+// callFor is call for an answer of type T.
+func callFor[T any](ctx context.Context, c *Client, method, path string, in any) (T, error) {
+	var v T
+	return v, c.call(ctx, method, path, nil, in, &v)
+}
+
+// streamFor is stream for a result of type T.
+func streamFor[T any](ctx context.Context, c *Client, method, path string, in any, report progress.Func) (T, error) {
+	var v T
+	return v, c.stream(ctx, method, path, in, report, &v)
 }
 
 // frames reads an NDJSON stream, calling fn for each frame until fn says
@@ -171,14 +195,18 @@ func frames(r io.Reader, fn func(f Frame, raw json.RawMessage) (last bool, err e
 	}
 }
 
+// frameError is the error an error frame carries.
+func frameError(f Frame) error {
+	if f.Error == nil {
+		return &errdefs.Error{Code: errdefs.CodeInternal, Message: "error frame without an error"}
+	}
+	return f.Error
+}
+
 // stream sends a request whose answer is a progress stream, and decodes
 // its result into out.
 func (c *Client) stream(ctx context.Context, method, path string, in any, report progress.Func, out any) error {
-	body, err := jsonBody(in)
-	if err != nil {
-		return err
-	}
-	resp, err := c.do(ctx, method, path, nil, body, nil)
+	resp, err := c.send(ctx, method, path, nil, in)
 	if err != nil {
 		return err
 	}
@@ -198,10 +226,7 @@ func (c *Client) stream(ctx context.Context, method, path string, in any, report
 			}
 			return true, nil
 		case FrameError:
-			if f.Error == nil {
-				return true, &errdefs.Error{Code: errdefs.CodeInternal, Message: "error frame without an error"}
-			}
-			return true, f.Error
+			return true, frameError(f)
 		default:
 			return false, nil // unknown frames are for newer clients
 		}
@@ -211,11 +236,7 @@ func (c *Client) stream(ctx context.Context, method, path string, in any, report
 // raw sends a request whose answer is raw bytes copied to w; an error the
 // daemon met after sending bytes arrives in the TrailerError trailer.
 func (c *Client) raw(ctx context.Context, method, path string, query url.Values, in any, w io.Writer) error {
-	body, err := jsonBody(in)
-	if err != nil {
-		return err
-	}
-	resp, err := c.do(ctx, method, path, query, body, nil)
+	resp, err := c.send(ctx, method, path, query, in)
 	if err != nil {
 		return err
 	}
@@ -237,8 +258,7 @@ func (c *Client) raw(ctx context.Context, method, path string, query url.Values,
 
 // Version returns the daemon's version.
 func (c *Client) Version(ctx context.Context) (version.Info, error) {
-	var v version.Info
-	return v, c.call(ctx, "GET", "/v1/version", nil, nil, &v)
+	return callFor[version.Info](ctx, c, "GET", "/v1/version", nil)
 }
 
 // Health returns nil when the daemon answers.
@@ -257,40 +277,34 @@ func (c *Client) Health(ctx context.Context) error {
 
 // Info describes the running daemon.
 func (c *Client) Info(ctx context.Context) (DaemonInfo, error) {
-	var v DaemonInfo
-	return v, c.call(ctx, "GET", "/v1/info", nil, nil, &v)
+	return callFor[DaemonInfo](ctx, c, "GET", "/v1/info", nil)
 }
 
 // Doctor returns the host's capabilities and the daemon's choices.
 func (c *Client) Doctor(ctx context.Context) (DoctorReport, error) {
-	var v DoctorReport
-	return v, c.call(ctx, "GET", "/v1/doctor", nil, nil, &v)
+	return callFor[DoctorReport](ctx, c, "GET", "/v1/doctor", nil)
 }
 
 // ---- images ----
 
 // ListImages lists images by name.
 func (c *Client) ListImages(ctx context.Context) ([]model.Image, error) {
-	var v []model.Image
-	return v, c.call(ctx, "GET", "/v1/images", nil, nil, &v)
+	return callFor[[]model.Image](ctx, c, "GET", "/v1/images", nil)
 }
 
 // GetImage returns one image by ref.
 func (c *Client) GetImage(ctx context.Context, ref string) (model.Image, error) {
-	var v model.Image
-	return v, c.call(ctx, "GET", "/v1/images/"+esc(ref), nil, nil, &v)
+	return callFor[model.Image](ctx, c, "GET", "/v1/images/"+esc(ref), nil)
 }
 
 // BuildImage builds an image, reporting progress.
 func (c *Client) BuildImage(ctx context.Context, req BuildImageRequest, report progress.Func) (model.Image, error) {
-	var v model.Image
-	return v, c.stream(ctx, "POST", "/v1/images/build", req, report, &v)
+	return streamFor[model.Image](ctx, c, "POST", "/v1/images/build", req, report)
 }
 
 // ImportImage registers an existing ext4 file, reporting progress.
 func (c *Client) ImportImage(ctx context.Context, req ImportImageRequest, report progress.Func) (model.Image, error) {
-	var v model.Image
-	return v, c.stream(ctx, "POST", "/v1/images/import", req, report, &v)
+	return streamFor[model.Image](ctx, c, "POST", "/v1/images/import", req, report)
 }
 
 // RemoveImage removes an image.
@@ -302,26 +316,22 @@ func (c *Client) RemoveImage(ctx context.Context, ref string) error {
 
 // ListKernels lists catalog entries and installed kernels.
 func (c *Client) ListKernels(ctx context.Context) ([]KernelEntry, error) {
-	var v []KernelEntry
-	return v, c.call(ctx, "GET", "/v1/kernels", nil, nil, &v)
+	return callFor[[]KernelEntry](ctx, c, "GET", "/v1/kernels", nil)
 }
 
 // GetKernel returns one installed kernel by ref.
 func (c *Client) GetKernel(ctx context.Context, ref string) (model.Kernel, error) {
-	var v model.Kernel
-	return v, c.call(ctx, "GET", "/v1/kernels/"+esc(ref), nil, nil, &v)
+	return callFor[model.Kernel](ctx, c, "GET", "/v1/kernels/"+esc(ref), nil)
 }
 
 // PullKernel installs a catalog kernel, reporting progress.
 func (c *Client) PullKernel(ctx context.Context, name string, report progress.Func) (model.Kernel, error) {
-	var v model.Kernel
-	return v, c.stream(ctx, "POST", "/v1/kernels/"+esc(name)+"/pull", nil, report, &v)
+	return streamFor[model.Kernel](ctx, c, "POST", "/v1/kernels/"+esc(name)+"/pull", nil, report)
 }
 
 // ImportKernel registers the user's kernel files.
 func (c *Client) ImportKernel(ctx context.Context, req ImportKernelRequest) (model.Kernel, error) {
-	var v model.Kernel
-	return v, c.call(ctx, "POST", "/v1/kernels/import", nil, req, &v)
+	return callFor[model.Kernel](ctx, c, "POST", "/v1/kernels/import", req)
 }
 
 // RemoveKernel removes an installed kernel.
@@ -333,38 +343,32 @@ func (c *Client) RemoveKernel(ctx context.Context, ref string) error {
 
 // ListVMs lists VMs, oldest first.
 func (c *Client) ListVMs(ctx context.Context) ([]model.VM, error) {
-	var v []model.VM
-	return v, c.call(ctx, "GET", "/v1/vms", nil, nil, &v)
+	return callFor[[]model.VM](ctx, c, "GET", "/v1/vms", nil)
 }
 
 // GetVM returns one VM by ref.
 func (c *Client) GetVM(ctx context.Context, ref string) (model.VM, error) {
-	var v model.VM
-	return v, c.call(ctx, "GET", "/v1/vms/"+esc(ref), nil, nil, &v)
+	return callFor[model.VM](ctx, c, "GET", "/v1/vms/"+esc(ref), nil)
 }
 
 // CreateVM creates (and with req.Start, boots) a VM, reporting progress.
 func (c *Client) CreateVM(ctx context.Context, req CreateVMRequest, report progress.Func) (model.VM, error) {
-	var v model.VM
-	return v, c.stream(ctx, "POST", "/v1/vms", req, report, &v)
+	return streamFor[model.VM](ctx, c, "POST", "/v1/vms", req, report)
 }
 
 // StartVM boots a VM, reporting progress.
 func (c *Client) StartVM(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
-	var v model.VM
-	return v, c.stream(ctx, "POST", "/v1/vms/"+esc(ref)+"/start", nil, report, &v)
+	return streamFor[model.VM](ctx, c, "POST", "/v1/vms/"+esc(ref)+"/start", nil, report)
 }
 
 // StopVM stops a VM.
 func (c *Client) StopVM(ctx context.Context, ref string, req StopVMRequest) (model.VM, error) {
-	var v model.VM
-	return v, c.call(ctx, "POST", "/v1/vms/"+esc(ref)+"/stop", nil, req, &v)
+	return callFor[model.VM](ctx, c, "POST", "/v1/vms/"+esc(ref)+"/stop", req)
 }
 
 // RestartVM stops and boots a VM, reporting progress.
 func (c *Client) RestartVM(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
-	var v model.VM
-	return v, c.stream(ctx, "POST", "/v1/vms/"+esc(ref)+"/restart", nil, report, &v)
+	return streamFor[model.VM](ctx, c, "POST", "/v1/vms/"+esc(ref)+"/restart", nil, report)
 }
 
 // DeleteVM deletes a VM; force stops it first if it runs.
@@ -378,15 +382,9 @@ func (c *Client) DeleteVM(ctx context.Context, ref string, force bool) error {
 
 // VMLogs copies a VM's logs to w (until ctx ends when following).
 func (c *Client) VMLogs(ctx context.Context, ref string, req LogsRequest, w io.Writer) error {
-	q := url.Values{}
+	q := logsQuery(req.Tail, req.Follow)
 	if req.Source != "" {
 		q.Set("source", req.Source)
-	}
-	if req.Tail > 0 {
-		q.Set("tail", strconv.Itoa(req.Tail))
-	}
-	if req.Follow {
-		q.Set("follow", "true")
 	}
 	return c.raw(ctx, "GET", "/v1/vms/"+esc(ref)+"/logs", q, nil, w)
 }
@@ -394,11 +392,7 @@ func (c *Client) VMLogs(ctx context.Context, ref string, req LogsRequest, w io.W
 // ExecVM runs a command in a VM, copying its output to stdout and stderr,
 // and returns its exit code.
 func (c *Client) ExecVM(ctx context.Context, ref string, req ExecRequest, stdout, stderr io.Writer) (int, error) {
-	body, err := jsonBody(req)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := c.do(ctx, "POST", "/v1/vms/"+esc(ref)+"/exec", nil, body, nil)
+	resp, err := c.send(ctx, "POST", "/v1/vms/"+esc(ref)+"/exec", nil, req)
 	if err != nil {
 		return 0, err
 	}
@@ -418,10 +412,7 @@ func (c *Client) ExecVM(ctx context.Context, ref string, req ExecRequest, stdout
 			}
 			return true, nil
 		case FrameError:
-			if f.Error == nil {
-				return true, &errdefs.Error{Code: errdefs.CodeInternal, Message: "error frame without an error"}
-			}
-			return true, f.Error
+			return true, frameError(f)
 		}
 		return false, nil
 	})
@@ -430,8 +421,7 @@ func (c *Client) ExecVM(ctx context.Context, ref string, req ExecRequest, stdout
 
 // SSHInfo returns what the CLI needs to exec ssh into a VM.
 func (c *Client) SSHInfo(ctx context.Context, ref string) (SSHInfo, error) {
-	var v SSHInfo
-	return v, c.call(ctx, "GET", "/v1/vms/"+esc(ref)+"/ssh", nil, nil, &v)
+	return callFor[SSHInfo](ctx, c, "GET", "/v1/vms/"+esc(ref)+"/ssh", nil)
 }
 
 // Hosts returns /etc/hosts lines for the running VMs.
@@ -458,10 +448,7 @@ func (c *Client) PrepareWorkspace(ctx context.Context, ref string, req Workspace
 	}
 	defer resp.Body.Close()
 	var v WorkspaceInfo
-	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
-		return v, fmt.Errorf("workspace prepare: decode answer: %w", err)
-	}
-	return v, nil
+	return v, decodeAnswer(resp.Body, "workspace prepare", &v)
 }
 
 // ExportWorkspace copies the guest repository's changes (a bundle or a
@@ -476,33 +463,36 @@ func sessionPath(vm, s string) string { return "/v1/vms/" + esc(vm) + "/sessions
 
 // ListSessions lists a VM's sessions.
 func (c *Client) ListSessions(ctx context.Context, vmRef string) ([]model.Session, error) {
-	var v []model.Session
-	return v, c.call(ctx, "GET", "/v1/vms/"+esc(vmRef)+"/sessions", nil, nil, &v)
+	return callFor[[]model.Session](ctx, c, "GET", "/v1/vms/"+esc(vmRef)+"/sessions", nil)
 }
 
 // GetSession returns one session.
 func (c *Client) GetSession(ctx context.Context, vmRef, ref string) (model.Session, error) {
-	var v model.Session
-	return v, c.call(ctx, "GET", sessionPath(vmRef, ref), nil, nil, &v)
+	return callFor[model.Session](ctx, c, "GET", sessionPath(vmRef, ref), nil)
 }
 
 // StartSession starts a guest session.
 func (c *Client) StartSession(ctx context.Context, vmRef string, req StartSessionRequest) (model.Session, error) {
-	var v model.Session
-	return v, c.call(ctx, "POST", "/v1/vms/"+esc(vmRef)+"/sessions", nil, req, &v)
+	return callFor[model.Session](ctx, c, "POST", "/v1/vms/"+esc(vmRef)+"/sessions", req)
+}
+
+// logsQuery is the query of a logs request's tail and follow.
+func logsQuery(tail int, follow bool) url.Values {
+	q := url.Values{}
+	if tail > 0 {
+		q.Set("tail", strconv.Itoa(tail))
+	}
+	if follow {
+		q.Set("follow", "true")
+	}
+	return q
 }
 
 // SessionLogs copies a session's stdout (or stderr) to w.
 func (c *Client) SessionLogs(ctx context.Context, vmRef, ref string, req SessionLogsRequest, w io.Writer) error {
-	q := url.Values{}
+	q := logsQuery(req.Tail, req.Follow)
 	if req.Stderr {
 		q.Set("stderr", "true")
-	}
-	if req.Tail > 0 {
-		q.Set("tail", strconv.Itoa(req.Tail))
-	}
-	if req.Follow {
-		q.Set("follow", "true")
 	}
 	return c.raw(ctx, "GET", sessionPath(vmRef, ref)+"/logs", q, nil, w)
 }
@@ -516,22 +506,20 @@ func (c *Client) SendSession(ctx context.Context, vmRef, ref string, data io.Rea
 	}
 	defer resp.Body.Close()
 	var v SendResult
-	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
-		return 0, fmt.Errorf("session send: decode answer: %w", err)
+	if err := decodeAnswer(resp.Body, "session send", &v); err != nil {
+		return 0, err
 	}
 	return v.Bytes, nil
 }
 
 // StopSession stops a session gracefully.
 func (c *Client) StopSession(ctx context.Context, vmRef, ref string, req StopSessionRequest) (model.Session, error) {
-	var v model.Session
-	return v, c.call(ctx, "POST", sessionPath(vmRef, ref)+"/stop", nil, req, &v)
+	return callFor[model.Session](ctx, c, "POST", sessionPath(vmRef, ref)+"/stop", req)
 }
 
 // KillSession sends a signal (default KILL) to a session.
 func (c *Client) KillSession(ctx context.Context, vmRef, ref, signal string) (model.Session, error) {
-	var v model.Session
-	return v, c.call(ctx, "POST", sessionPath(vmRef, ref)+"/kill", nil, KillSessionRequest{Signal: signal}, &v)
+	return callFor[model.Session](ctx, c, "POST", sessionPath(vmRef, ref)+"/kill", KillSessionRequest{Signal: signal})
 }
 
 // RemoveSession removes a finished session's record.

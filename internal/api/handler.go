@@ -219,6 +219,34 @@ func decodeBody(r *http.Request, v any) error {
 	return jsonError("request body", err)
 }
 
+// readBody decodes the request body into a T; when that fails it writes
+// the error and reports false.
+func readBody[T any](w http.ResponseWriter, r *http.Request) (T, bool) {
+	var v T
+	if err := decodeBody(r, &v); err != nil {
+		writeError(w, err)
+		return v, false
+	}
+	return v, true
+}
+
+// checkTimeout refuses a negative timeout_seconds (0 is the default).
+func checkTimeout(seconds int) error {
+	if seconds < 0 {
+		return errdefs.Errorf(errdefs.CodeInvalid, "invalid timeout_seconds %d: use 0 (default) or more", seconds)
+	}
+	return nil
+}
+
+// parseLogsQuery reads the tail and follow query parameters of a logs request.
+func parseLogsQuery(r *http.Request) (tail int, follow bool, err error) {
+	if tail, err = queryInt(r, "tail"); err != nil {
+		return 0, false, err
+	}
+	follow, err = queryBool(r, "follow")
+	return tail, follow, err
+}
+
 func jsonError(where string, err error) error {
 	if err == nil {
 		return nil
@@ -382,25 +410,21 @@ func (h *handler) getImage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) buildImage(w http.ResponseWriter, r *http.Request) {
-	var req BuildImageRequest
-	if err := decodeBody(r, &req); err != nil {
-		writeError(w, err)
+	req, ok := readBody[BuildImageRequest](w, r)
+	if !ok {
 		return
 	}
 	s := &stream{w: w}
-	v, err := h.svc.BuildImage(r.Context(), req, s.progress)
-	s.finish(v, err)
+	s.finish(h.svc.BuildImage(r.Context(), req, s.progress))
 }
 
 func (h *handler) importImage(w http.ResponseWriter, r *http.Request) {
-	var req ImportImageRequest
-	if err := decodeBody(r, &req); err != nil {
-		writeError(w, err)
+	req, ok := readBody[ImportImageRequest](w, r)
+	if !ok {
 		return
 	}
 	s := &stream{w: w}
-	v, err := h.svc.ImportImage(r.Context(), req, s.progress)
-	s.finish(v, err)
+	s.finish(h.svc.ImportImage(r.Context(), req, s.progress))
 }
 
 func (h *handler) removeImage(w http.ResponseWriter, r *http.Request) {
@@ -421,14 +445,12 @@ func (h *handler) getKernel(w http.ResponseWriter, r *http.Request) {
 
 func (h *handler) pullKernel(w http.ResponseWriter, r *http.Request) {
 	s := &stream{w: w}
-	v, err := h.svc.PullKernel(r.Context(), r.PathValue("name"), s.progress)
-	s.finish(v, err)
+	s.finish(h.svc.PullKernel(r.Context(), r.PathValue("name"), s.progress))
 }
 
 func (h *handler) importKernel(w http.ResponseWriter, r *http.Request) {
-	var req ImportKernelRequest
-	if err := decodeBody(r, &req); err != nil {
-		writeError(w, err)
+	req, ok := readBody[ImportKernelRequest](w, r)
+	if !ok {
 		return
 	}
 	v, err := h.svc.ImportKernel(r.Context(), req)
@@ -452,30 +474,26 @@ func (h *handler) getVM(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) createVM(w http.ResponseWriter, r *http.Request) {
-	var req CreateVMRequest
-	if err := decodeBody(r, &req); err != nil {
-		writeError(w, err)
+	req, ok := readBody[CreateVMRequest](w, r)
+	if !ok {
 		return
 	}
 	s := &stream{w: w}
-	v, err := h.svc.CreateVM(r.Context(), req, s.progress)
-	s.finish(v, err)
+	s.finish(h.svc.CreateVM(r.Context(), req, s.progress))
 }
 
 func (h *handler) startVM(w http.ResponseWriter, r *http.Request) {
 	s := &stream{w: w}
-	v, err := h.svc.StartVM(r.Context(), r.PathValue("ref"), s.progress)
-	s.finish(v, err)
+	s.finish(h.svc.StartVM(r.Context(), r.PathValue("ref"), s.progress))
 }
 
 func (h *handler) stopVM(w http.ResponseWriter, r *http.Request) {
-	var req StopVMRequest
-	if err := decodeBody(r, &req); err != nil {
-		writeError(w, err)
+	req, ok := readBody[StopVMRequest](w, r)
+	if !ok {
 		return
 	}
-	if req.TimeoutSeconds < 0 {
-		writeError(w, errdefs.Errorf(errdefs.CodeInvalid, "invalid timeout_seconds %d: use 0 (default) or more", req.TimeoutSeconds))
+	if err := checkTimeout(req.TimeoutSeconds); err != nil {
+		writeError(w, err)
 		return
 	}
 	v, err := h.svc.StopVM(r.Context(), r.PathValue("ref"), req)
@@ -484,8 +502,7 @@ func (h *handler) stopVM(w http.ResponseWriter, r *http.Request) {
 
 func (h *handler) restartVM(w http.ResponseWriter, r *http.Request) {
 	s := &stream{w: w}
-	v, err := h.svc.RestartVM(r.Context(), r.PathValue("ref"), s.progress)
-	s.finish(v, err)
+	s.finish(h.svc.RestartVM(r.Context(), r.PathValue("ref"), s.progress))
 }
 
 func (h *handler) deleteVM(w http.ResponseWriter, r *http.Request) {
@@ -500,10 +517,7 @@ func (h *handler) deleteVM(w http.ResponseWriter, r *http.Request) {
 func (h *handler) vmLogs(w http.ResponseWriter, r *http.Request) {
 	req := LogsRequest{Source: r.URL.Query().Get("source")}
 	var err error
-	if req.Tail, err = queryInt(r, "tail"); err == nil {
-		req.Follow, err = queryBool(r, "follow")
-	}
-	if err != nil {
+	if req.Tail, req.Follow, err = parseLogsQuery(r); err != nil {
 		writeError(w, err)
 		return
 	}
@@ -523,9 +537,8 @@ func (f frameWriter) Write(p []byte) (int, error) {
 }
 
 func (h *handler) execVM(w http.ResponseWriter, r *http.Request) {
-	var req ExecRequest
-	if err := decodeBody(r, &req); err != nil {
-		writeError(w, err)
+	req, ok := readBody[ExecRequest](w, r)
+	if !ok {
 		return
 	}
 	if len(req.Command) == 0 {
@@ -590,9 +603,8 @@ func (h *handler) prepareWorkspace(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) exportWorkspace(w http.ResponseWriter, r *http.Request) {
-	var req ExportRequest
-	if err := decodeBody(r, &req); err != nil {
-		writeError(w, err)
+	req, ok := readBody[ExportRequest](w, r)
+	if !ok {
 		return
 	}
 	rw := &rawWriter{w: w, contentType: "application/octet-stream"}
@@ -607,9 +619,8 @@ func (h *handler) listSessions(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) startSession(w http.ResponseWriter, r *http.Request) {
-	var req StartSessionRequest
-	if err := decodeBody(r, &req); err != nil {
-		writeError(w, err)
+	req, ok := readBody[StartSessionRequest](w, r)
+	if !ok {
 		return
 	}
 	if req.Command == "" {
@@ -629,9 +640,7 @@ func (h *handler) sessionLogs(w http.ResponseWriter, r *http.Request) {
 	var req SessionLogsRequest
 	var err error
 	if req.Stderr, err = queryBool(r, "stderr"); err == nil {
-		if req.Tail, err = queryInt(r, "tail"); err == nil {
-			req.Follow, err = queryBool(r, "follow")
-		}
+		req.Tail, req.Follow, err = parseLogsQuery(r)
 	}
 	if err != nil {
 		writeError(w, err)
@@ -647,13 +656,12 @@ func (h *handler) sendSession(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) stopSession(w http.ResponseWriter, r *http.Request) {
-	var req StopSessionRequest
-	if err := decodeBody(r, &req); err != nil {
-		writeError(w, err)
+	req, ok := readBody[StopSessionRequest](w, r)
+	if !ok {
 		return
 	}
-	if req.TimeoutSeconds < 0 {
-		writeError(w, errdefs.Errorf(errdefs.CodeInvalid, "invalid timeout_seconds %d: use 0 (default) or more", req.TimeoutSeconds))
+	if err := checkTimeout(req.TimeoutSeconds); err != nil {
+		writeError(w, err)
 		return
 	}
 	v, err := h.svc.StopSession(r.Context(), r.PathValue("ref"), r.PathValue("s"), req)
@@ -661,9 +669,8 @@ func (h *handler) stopSession(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) killSession(w http.ResponseWriter, r *http.Request) {
-	var req KillSessionRequest
-	if err := decodeBody(r, &req); err != nil {
-		writeError(w, err)
+	req, ok := readBody[KillSessionRequest](w, r)
+	if !ok {
 		return
 	}
 	v, err := h.svc.KillSession(r.Context(), r.PathValue("ref"), r.PathValue("s"), req.Signal)

@@ -2,10 +2,13 @@ package cli
 
 import (
 	"bytes"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/model"
@@ -120,5 +123,42 @@ func TestTables(t *testing.T) {
 	want := []string{"01234567", "dev", "running", "fedcba98", "qemu", "2", "1G", "4G", "172.16.0.2", "1m", "ago"}
 	if !reflect.DeepEqual(line, want) {
 		t.Fatalf("row = %q, want %q", line, want)
+	}
+}
+
+// TestUnknownSubcommand: a word that is none of a group's commands fails
+// with cobra's message at every level, not only at the root; the group
+// alone still shows its help.
+func TestUnknownSubcommand(t *testing.T) {
+	var groups [][]string
+	var walk func(c *cobra.Command, path []string)
+	walk = func(c *cobra.Command, path []string) {
+		if c.HasSubCommands() {
+			groups = append(groups, path)
+		}
+		for _, sub := range c.Commands() {
+			walk(sub, append(append([]string{}, path...), sub.Name()))
+		}
+	}
+	walk((&app{}).rootCommand(), nil)
+	if len(groups) < 7 {
+		t.Fatalf("found only the groups %q", groups)
+	}
+	for _, g := range groups {
+		stdout, stderr, code := banger("", "", append(append([]string{}, g...), "frobnicate")...)
+		want := fmt.Sprintf("banger: unknown command \"frobnicate\" for %q\n", strings.Join(append([]string{"banger"}, g...), " "))
+		if code != 1 || stderr != want || stdout != "" {
+			t.Errorf("banger %s frobnicate: exit %d, stderr %q, stdout %q; want exit 1 and %q", strings.Join(g, " "), code, stderr, stdout, want)
+		}
+		for _, help := range [][]string{g, append(append([]string{}, g...), "--help")} {
+			stdout, stderr, code = banger("", "", help...)
+			if code != 0 || !strings.Contains(stdout, "Available Commands:") || stderr != "" {
+				t.Errorf("banger %s: exit %d, stderr %q, stdout %q; want its help", strings.Join(help, " "), code, stderr, stdout)
+			}
+		}
+	}
+	_, stderr, code := banger("", "", "vm", "lst")
+	if code != 1 || !strings.Contains(stderr, "unknown command \"lst\" for \"banger vm\"") || !strings.Contains(stderr, "Did you mean this?\n") || !strings.Contains(stderr, "\tlist\n") {
+		t.Errorf("banger vm lst: exit %d, stderr %q; want the error and the suggestion list", code, stderr)
 	}
 }

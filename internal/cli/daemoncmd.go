@@ -126,11 +126,7 @@ func (a *app) printInfo(cmd *cobra.Command, c *api.Client) error {
 	if err != nil {
 		return err
 	}
-	if a.json {
-		return a.printJSON(info)
-	}
-	return kv(a.stdout, "status", "running", "pid", fmt.Sprint(info.PID), "version", info.Version.Version,
-		"state dir", info.StateDir, "socket", info.Socket, "log", info.LogPath, "netns", info.Netns, "started", info.Started)
+	return emit(a, info, writeInfo)
 }
 
 // followFile prints what is appended to path until the command ends.
@@ -161,28 +157,7 @@ func (a *app) doctorCommand() *cobra.Command {
 		Short: "Check the host's capabilities and show the daemon's choices",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			r, err := c.Doctor(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if a.json {
-				return a.printJSON(r)
-			}
-			kv(a.stdout, "vmm", r.VMM, "accel", r.Accel, "cow strategy", r.CowStrategy, "network", r.NetworkMode)
-			fmt.Fprintln(a.stdout)
-			rows := [][]string{}
-			for _, ch := range r.Checks {
-				ok := "ok"
-				if !ch.OK {
-					ok = "MISSING"
-				}
-				rows = append(rows, []string{ch.Name, ok, ch.Detail, ch.Fix})
-			}
-			return table(a.stdout, []string{"CHECK", "RESULT", "DETAIL", "FIX"}, rows)
+			return show(a, cmd, (*api.Client).Doctor, writeDoctor)
 		},
 	}
 }

@@ -1,11 +1,11 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -38,15 +38,9 @@ func (a *app) imageCommand() *cobra.Command {
 				}
 				r.Copies = append(r.Copies, cs)
 			}
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			im, err := c.BuildImage(cmd.Context(), r, progressPrinter(a.stderr))
-			if err != nil {
-				return err
-			}
-			return a.showImage(im)
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (model.Image, error) {
+				return c.BuildImage(ctx, r, progressPrinter(a.stderr))
+			}, writeImage)
 		},
 	}
 	f := build.Flags()
@@ -71,15 +65,9 @@ func (a *app) imageCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			im, err := c.ImportImage(cmd.Context(), api.ImportImageRequest{Path: path, Name: importName}, progressPrinter(a.stderr))
-			if err != nil {
-				return err
-			}
-			return a.showImage(im)
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (model.Image, error) {
+				return c.ImportImage(ctx, api.ImportImageRequest{Path: path, Name: importName}, progressPrinter(a.stderr))
+			}, writeImage)
 		},
 	}
 	imp.Flags().StringVar(&importName, "name", "", "image name (default: from the file name)")
@@ -91,18 +79,7 @@ func (a *app) imageCommand() *cobra.Command {
 		Short:   "List images",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			ims, err := c.ListImages(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if a.json {
-				return a.printJSON(nonNil(ims))
-			}
-			return table(a.stdout, imageHeader, imageRows(ims, time.Now()))
+			return showList(a, cmd, (*api.Client).ListImages, imageTable)
 		},
 	})
 	cmd.AddCommand(&cobra.Command{
@@ -110,15 +87,9 @@ func (a *app) imageCommand() *cobra.Command {
 		Short: "Show an image",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			im, err := c.GetImage(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			return a.showImage(im)
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (model.Image, error) {
+				return c.GetImage(ctx, args[0])
+			}, writeImage)
 		},
 	})
 	cmd.AddCommand(&cobra.Command{
@@ -127,17 +98,7 @@ func (a *app) imageCommand() *cobra.Command {
 		Short:   "Remove images (refused while a VM uses one)",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			for _, ref := range args {
-				if err := c.RemoveImage(cmd.Context(), ref); err != nil {
-					return err
-				}
-				fmt.Fprintln(a.stdout, ref)
-			}
-			return nil
+			return a.removeEach(cmd, args, (*api.Client).RemoveImage)
 		},
 	})
 	return cmd
@@ -156,21 +117,6 @@ func parseCopy(s string) (api.CopySpec, error) {
 	return api.CopySpec{Src: abs, Dst: dst}, nil
 }
 
-func nonNil[T any](s []T) []T {
-	if s == nil {
-		return []T{}
-	}
-	return s
-}
-
-func (a *app) showImage(im model.Image) error {
-	if a.json {
-		return a.printJSON(im)
-	}
-	return kv(a.stdout, "id", im.ID, "name", im.Name, "path", im.Path, "size", size(im.SizeBytes), "checksum", im.Checksum,
-		"source", im.Source, "init", im.Init, "created", im.CreatedAt.Local().Format(time.RFC3339), "recipe", im.Recipe)
-}
-
 func (a *app) kernelCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "kernel", Short: "Pull, import, list and remove guest kernels"}
 	cmd.AddCommand(&cobra.Command{
@@ -179,18 +125,7 @@ func (a *app) kernelCommand() *cobra.Command {
 		Short:   "List catalog and installed kernels",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			ks, err := c.ListKernels(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if a.json {
-				return a.printJSON(nonNil(ks))
-			}
-			return table(a.stdout, kernelHeader, kernelRows(ks))
+			return showList(a, cmd, (*api.Client).ListKernels, kernelTable)
 		},
 	})
 	cmd.AddCommand(&cobra.Command{
@@ -198,15 +133,9 @@ func (a *app) kernelCommand() *cobra.Command {
 		Short: "Show an installed kernel",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			k, err := c.GetKernel(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			return a.showKernel(k)
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (model.Kernel, error) {
+				return c.GetKernel(ctx, args[0])
+			}, writeKernel)
 		},
 	})
 	cmd.AddCommand(&cobra.Command{
@@ -214,15 +143,9 @@ func (a *app) kernelCommand() *cobra.Command {
 		Short: "Install a kernel from the catalog",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			k, err := c.PullKernel(cmd.Context(), args[0], progressPrinter(a.stderr))
-			if err != nil {
-				return err
-			}
-			return a.showKernel(k)
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (model.Kernel, error) {
+				return c.PullKernel(ctx, args[0], progressPrinter(a.stderr))
+			}, writeKernel)
 		},
 	})
 	var ireq api.ImportKernelRequest
@@ -241,15 +164,9 @@ func (a *app) kernelCommand() *cobra.Command {
 					*p = abs
 				}
 			}
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			k, err := c.ImportKernel(cmd.Context(), r)
-			if err != nil {
-				return err
-			}
-			return a.showKernel(k)
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (model.Kernel, error) {
+				return c.ImportKernel(ctx, r)
+			}, writeKernel)
 		},
 	}
 	f := imp.Flags()
@@ -266,26 +183,8 @@ func (a *app) kernelCommand() *cobra.Command {
 		Short:   "Remove installed kernels (refused while a VM uses one)",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			for _, ref := range args {
-				if err := c.RemoveKernel(cmd.Context(), ref); err != nil {
-					return err
-				}
-				fmt.Fprintln(a.stdout, ref)
-			}
-			return nil
+			return a.removeEach(cmd, args, (*api.Client).RemoveKernel)
 		},
 	})
 	return cmd
-}
-
-func (a *app) showKernel(k model.Kernel) error {
-	if a.json {
-		return a.printJSON(k)
-	}
-	return kv(a.stdout, "id", k.ID, "name", k.Name, "version", k.Version, "vmlinux", k.VmlinuxPath, "bzimage", k.BzImagePath,
-		"initrd", k.InitrdPath, "cmdline", k.Cmdline, "source", k.Source, "created", k.CreatedAt.Local().Format(time.RFC3339))
 }

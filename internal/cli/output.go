@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strings"
@@ -8,10 +9,66 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/progress"
 )
+
+// show asks the daemon with call and prints the answer: as JSON with
+// --json, else with render. A method expression such as
+// (*api.Client).ListVMs fits call.
+func show[T any](a *app, cmd *cobra.Command, call func(*api.Client, context.Context) (T, error), render func(io.Writer, T) error) error {
+	c, err := a.client(cmd.Context())
+	if err != nil {
+		return err
+	}
+	v, err := call(c, cmd.Context())
+	if err != nil {
+		return err
+	}
+	return emit(a, v, render)
+}
+
+// showList is show for a list, which is "[]" and never "null" in JSON.
+func showList[T any](a *app, cmd *cobra.Command, call func(*api.Client, context.Context) ([]T, error), render func(io.Writer, []T) error) error {
+	return show(a, cmd, func(c *api.Client, ctx context.Context) ([]T, error) {
+		v, err := call(c, ctx)
+		return nonNil(v), err
+	}, render)
+}
+
+// emit prints v as JSON with --json, else with render.
+func emit[T any](a *app, v T, render func(io.Writer, T) error) error {
+	if a.json {
+		return a.printJSON(v)
+	}
+	return render(a.stdout, v)
+}
+
+// removeEach removes refs in turn with remove, printing each ref once it
+// is gone; the first error stops it.
+func (a *app) removeEach(cmd *cobra.Command, refs []string, remove func(c *api.Client, ctx context.Context, ref string) error) error {
+	c, err := a.client(cmd.Context())
+	if err != nil {
+		return err
+	}
+	for _, ref := range refs {
+		if err := remove(c, cmd.Context(), ref); err != nil {
+			return err
+		}
+		fmt.Fprintln(a.stdout, ref)
+	}
+	return nil
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
 
 // table writes aligned columns.
 func table(w io.Writer, header []string, rows [][]string) error {
@@ -143,3 +200,76 @@ func sessionRows(ss []model.Session, now time.Time) [][]string {
 }
 
 var sessionHeader = []string{"ID", "NAME", "STATUS", "EXIT", "COMMAND", "CREATED"}
+
+func imageTable(w io.Writer, ims []model.Image) error {
+	return table(w, imageHeader, imageRows(ims, time.Now()))
+}
+
+func kernelTable(w io.Writer, ks []api.KernelEntry) error {
+	return table(w, kernelHeader, kernelRows(ks))
+}
+
+func vmTable(w io.Writer, vms []model.VM) error {
+	return table(w, vmHeader, vmRows(vms, time.Now()))
+}
+
+func sessionTable(w io.Writer, ss []model.Session) error {
+	return table(w, sessionHeader, sessionRows(ss, time.Now()))
+}
+
+func writeImage(w io.Writer, im model.Image) error {
+	return kv(w, "id", im.ID, "name", im.Name, "path", im.Path, "size", size(im.SizeBytes), "checksum", im.Checksum,
+		"source", im.Source, "init", im.Init, "created", im.CreatedAt.Local().Format(time.RFC3339), "recipe", im.Recipe)
+}
+
+func writeKernel(w io.Writer, k model.Kernel) error {
+	return kv(w, "id", k.ID, "name", k.Name, "version", k.Version, "vmlinux", k.VmlinuxPath, "bzimage", k.BzImagePath,
+		"initrd", k.InitrdPath, "cmdline", k.Cmdline, "source", k.Source, "created", k.CreatedAt.Local().Format(time.RFC3339))
+}
+
+func writeVM(w io.Writer, vm model.VM) error {
+	started := ""
+	if vm.StartedAt != nil {
+		started = vm.StartedAt.Local().Format(time.RFC3339)
+	}
+	return kv(w, "id", vm.ID, "name", vm.Name, "state", string(vm.State), "desired", string(vm.DesiredState),
+		"image", vm.ImageID, "kernel", vm.KernelID, "vmm", vm.VMM, "accel", vm.Accel, "cpus", fmt.Sprint(vm.CPUs),
+		"memory", size(int64(vm.MemoryMiB)<<20), "disk", size(vm.DiskBytes), "ip", vm.GuestIP, "mac", vm.GuestMAC,
+		"dns", vm.DNSName, "cid", fmt.Sprint(vm.CID), "storage", vm.CowStrategy, "dir", vm.Dir,
+		"created", vm.CreatedAt.Local().Format(time.RFC3339), "started", started, "last error", vm.LastError)
+}
+
+func writeSession(w io.Writer, s model.Session) error {
+	exit := ""
+	if s.ExitCode != nil {
+		exit = fmt.Sprint(*s.ExitCode)
+	}
+	return kv(w, "id", s.ID, "name", s.Name, "vm", s.VMID, "status", string(s.Status),
+		"command", strings.Join(append([]string{s.Command}, s.Args...), " "), "cwd", s.Cwd, "stdin", s.StdinMode,
+		"guest pid", map[bool]string{true: fmt.Sprint(s.GuestPID)}[s.GuestPID > 0], "exit code", exit,
+		"launch stage", s.LaunchStage, "launch error", s.LaunchError, "error", s.Error,
+		"created", s.CreatedAt.Local().Format(time.RFC3339), "launch log", s.LaunchLog)
+}
+
+func writeWorkspace(w io.Writer, info api.WorkspaceInfo) error {
+	return kv(w, "guest path", info.GuestPath, "files", fmt.Sprint(info.Files), "bytes", size(info.Bytes), "head", info.Head, "transport", info.Transport)
+}
+
+func writeInfo(w io.Writer, info api.DaemonInfo) error {
+	return kv(w, "status", "running", "pid", fmt.Sprint(info.PID), "version", info.Version.Version,
+		"state dir", info.StateDir, "socket", info.Socket, "log", info.LogPath, "netns", info.Netns, "started", info.Started)
+}
+
+func writeDoctor(w io.Writer, r api.DoctorReport) error {
+	kv(w, "vmm", r.VMM, "accel", r.Accel, "cow strategy", r.CowStrategy, "network", r.NetworkMode)
+	fmt.Fprintln(w)
+	rows := [][]string{}
+	for _, ch := range r.Checks {
+		ok := "ok"
+		if !ch.OK {
+			ok = "MISSING"
+		}
+		rows = append(rows, []string{ch.Name, ok, ch.Detail, ch.Fix})
+	}
+	return table(w, []string{"CHECK", "RESULT", "DETAIL", "FIX"}, rows)
+}

@@ -16,10 +16,12 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
+	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/config"
 	"github.com/banger/banger/internal/version"
 )
@@ -44,11 +46,21 @@ type app struct {
 // Main runs banger with args and returns the process exit code.
 func Main(args []string) int {
 	a := &app{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
+	return a.run(args)
+}
+
+// run runs banger with args on a's streams and returns the exit code.
+func (a *app) run(args []string) int {
 	root := a.rootCommand()
 	root.SetArgs(args)
+	root.SetOut(a.stdout) // help text
+	root.SetErr(a.stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	err := root.ExecuteContext(ctx)
+	cmd, err := root.ExecuteContextC(ctx)
+	if err == nil {
+		err = unknownCommand(cmd)
+	}
 	if err == nil {
 		return 0
 	}
@@ -74,6 +86,12 @@ func (a *app) rootCommand() *cobra.Command {
 	pf.StringVar(&a.socket, "socket", "", "bangerd API socket (env BANGER_SOCKET; default <state-dir>/bangerd.sock)")
 	pf.StringVar(&a.stateDir, "state-dir", "", "bangerd state directory (env BANGER_STATE_DIR; default /var/lib/banger)")
 	pf.BoolVar(&a.json, "json", false, "print JSON instead of tables")
+	help := root.HelpFunc()
+	root.SetHelpFunc(func(cmd *cobra.Command, args []string) {
+		if unknownCommand(cmd) == nil { // else run reports it instead
+			help(cmd, args)
+		}
+	})
 	root.AddCommand(
 		a.versionCommand(),
 		a.daemonCommand(),
@@ -84,6 +102,24 @@ func (a *app) rootCommand() *cobra.Command {
 		a.sessionCommand(),
 	)
 	return root
+}
+
+// unknownCommand is the error for a command group given a word that is
+// none of its commands. Cobra reports that itself only at the root; a
+// group, having no Run of its own, would show its help and succeed.
+func unknownCommand(cmd *cobra.Command) error {
+	if !cmd.HasSubCommands() || cmd.Runnable() || cmd.Flags().NArg() == 0 {
+		return nil
+	}
+	word := cmd.Flags().Arg(0)
+	msg := fmt.Sprintf("unknown command %q for %q", word, cmd.CommandPath())
+	if cmd.SuggestionsMinimumDistance <= 0 {
+		cmd.SuggestionsMinimumDistance = 2 // cobra's default, set where it suggests at the root
+	}
+	if s := cmd.SuggestionsFor(word); len(s) > 0 {
+		msg += "\n\nDid you mean this?\n\t" + strings.Join(s, "\n\t") + "\n" // as cobra words it at the root
+	}
+	return errors.New(msg)
 }
 
 // resolvedStateDir is the state dir from the flag, the environment, or the
@@ -124,20 +160,14 @@ func (a *app) versionCommand() *cobra.Command {
 		Short: "Print the CLI's and the daemon's versions",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (map[string]version.Info, error) {
+				dv, err := c.Version(ctx)
+				return map[string]version.Info{"cli": version.Current(), "daemon": dv}, err
+			}, func(w io.Writer, v map[string]version.Info) error {
+				cv, dv := v["cli"], v["daemon"]
+				_, err := fmt.Fprintf(w, "banger  %s %s %s\nbangerd %s %s %s\n", cv.Version, short(cv.Commit), cv.GoVersion, dv.Version, short(dv.Commit), dv.GoVersion)
 				return err
-			}
-			dv, err := c.Version(cmd.Context())
-			if err != nil {
-				return err
-			}
-			cv := version.Current()
-			if a.json {
-				return a.printJSON(map[string]version.Info{"cli": cv, "daemon": dv})
-			}
-			fmt.Fprintf(a.stdout, "banger  %s %s %s\nbangerd %s %s %s\n", cv.Version, short(cv.Commit), cv.GoVersion, dv.Version, short(dv.Commit), dv.GoVersion)
-			return nil
+			})
 		},
 	}
 }

@@ -26,32 +26,17 @@ func (a *app) sessionCommand() *cobra.Command {
 	cmd.AddCommand(&cobra.Command{
 		Use: "list VM", Aliases: []string{"ls"}, Short: "List a VM's sessions", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			ss, err := c.ListSessions(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if a.json {
-				return a.printJSON(nonNil(ss))
-			}
-			return table(a.stdout, sessionHeader, sessionRows(ss, time.Now()))
+			return showList(a, cmd, func(c *api.Client, ctx context.Context) ([]model.Session, error) {
+				return c.ListSessions(ctx, args[0])
+			}, sessionTable)
 		},
 	})
 	cmd.AddCommand(&cobra.Command{
 		Use: "show VM SESSION", Short: "Show a session", Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			s, err := c.GetSession(cmd.Context(), args[0], args[1])
-			if err != nil {
-				return err
-			}
-			return a.showSession(s)
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (model.Session, error) {
+				return c.GetSession(ctx, args[0], args[1])
+			}, writeSession)
 		},
 	})
 	var lreq api.SessionLogsRequest
@@ -89,19 +74,13 @@ func (a *app) sessionCommand() *cobra.Command {
 				fmt.Fprintln(a.stdout, 0)
 				return nil
 			}
-			c, err := a.client(cmd.Context())
-			if err != nil {
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (api.SendResult, error) {
+				n, err := c.SendSession(ctx, args[0], args[1], bytes.NewReader(data))
+				return api.SendResult{Bytes: n}, err
+			}, func(w io.Writer, r api.SendResult) error {
+				_, err := fmt.Fprintln(w, r.Bytes)
 				return err
-			}
-			n, err := c.SendSession(cmd.Context(), args[0], args[1], bytes.NewReader(data))
-			if err != nil {
-				return err
-			}
-			if a.json {
-				return a.printJSON(api.SendResult{Bytes: n})
-			}
-			fmt.Fprintln(a.stdout, n)
-			return nil
+			})
 		},
 	})
 	var sreq api.StopSessionRequest
@@ -109,17 +88,11 @@ func (a *app) sessionCommand() *cobra.Command {
 	stop := &cobra.Command{
 		Use: "stop VM SESSION", Short: "Stop a session (TERM, then KILL after --timeout)", Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
 			r := sreq
 			r.TimeoutSeconds = int(stopTimeout.Seconds())
-			s, err := c.StopSession(cmd.Context(), args[0], args[1], r)
-			if err != nil {
-				return err
-			}
-			return a.showSession(s)
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (model.Session, error) {
+				return c.StopSession(ctx, args[0], args[1], r)
+			}, writeSession)
 		},
 	}
 	stop.Flags().StringVar(&sreq.Signal, "signal", "", "signal to send first (default TERM)")
@@ -129,15 +102,9 @@ func (a *app) sessionCommand() *cobra.Command {
 	kill := &cobra.Command{
 		Use: "kill VM SESSION", Short: "Send a signal (default KILL) to a session", Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			s, err := c.KillSession(cmd.Context(), args[0], args[1], signal)
-			if err != nil {
-				return err
-			}
-			return a.showSession(s)
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (model.Session, error) {
+				return c.KillSession(ctx, args[0], args[1], signal)
+			}, writeSession)
 		},
 	}
 	kill.Flags().StringVar(&signal, "signal", "", "signal (default KILL)")
@@ -145,15 +112,9 @@ func (a *app) sessionCommand() *cobra.Command {
 	cmd.AddCommand(&cobra.Command{
 		Use: "rm VM SESSION", Aliases: []string{"remove"}, Short: "Remove a finished session's record", Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if err := c.RemoveSession(cmd.Context(), args[0], args[1]); err != nil {
-				return err
-			}
-			fmt.Fprintln(a.stdout, args[1])
-			return nil
+			return a.removeEach(cmd, args[1:], func(c *api.Client, ctx context.Context, s string) error {
+				return c.RemoveSession(ctx, args[0], s)
+			})
 		},
 	})
 	return cmd
@@ -188,21 +149,6 @@ func parseEnv(kvs []string) (map[string]string, error) {
 		env[k] = v
 	}
 	return env, nil
-}
-
-func (a *app) showSession(s model.Session) error {
-	if a.json {
-		return a.printJSON(s)
-	}
-	exit := ""
-	if s.ExitCode != nil {
-		exit = fmt.Sprint(*s.ExitCode)
-	}
-	return kv(a.stdout, "id", s.ID, "name", s.Name, "vm", s.VMID, "status", string(s.Status),
-		"command", strings.Join(append([]string{s.Command}, s.Args...), " "), "cwd", s.Cwd, "stdin", s.StdinMode,
-		"guest pid", map[bool]string{true: fmt.Sprint(s.GuestPID)}[s.GuestPID > 0], "exit code", exit,
-		"launch stage", s.LaunchStage, "launch error", s.LaunchError, "error", s.Error,
-		"created", s.CreatedAt.Local().Format(time.RFC3339), "launch log", s.LaunchLog)
 }
 
 func (a *app) sessionStartCommand() *cobra.Command {
@@ -241,7 +187,7 @@ func (a *app) sessionStartCommand() *cobra.Command {
 				return err
 			}
 			if !attach {
-				return a.showSession(s)
+				return emit(a, s, writeSession)
 			}
 			fmt.Fprintf(a.stderr, "banger: session %s started\n", s.Name)
 			return a.attach(cmd.Context(), c, args[0], s.ID)

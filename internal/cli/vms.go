@@ -27,29 +27,17 @@ func (a *app) vmCommand() *cobra.Command {
 	cmd.AddCommand(&cobra.Command{
 		Use: "start VM", Short: "Boot a VM and wait for SSH", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			vm, err := c.StartVM(cmd.Context(), args[0], progressPrinter(a.stderr))
-			if err != nil {
-				return err
-			}
-			return a.showVM(vm)
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (model.VM, error) {
+				return c.StartVM(ctx, args[0], progressPrinter(a.stderr))
+			}, writeVM)
 		},
 	})
 	cmd.AddCommand(&cobra.Command{
 		Use: "restart VM", Short: "Stop and boot a VM", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			vm, err := c.RestartVM(cmd.Context(), args[0], progressPrinter(a.stderr))
-			if err != nil {
-				return err
-			}
-			return a.showVM(vm)
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (model.VM, error) {
+				return c.RestartVM(ctx, args[0], progressPrinter(a.stderr))
+			}, writeVM)
 		},
 	})
 	var force bool
@@ -57,17 +45,9 @@ func (a *app) vmCommand() *cobra.Command {
 		Use: "delete VM...", Aliases: []string{"rm"}, Short: "Delete VMs and everything they hold on the host",
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			for _, ref := range args {
-				if err := c.DeleteVM(cmd.Context(), ref, force); err != nil {
-					return err
-				}
-				fmt.Fprintln(a.stdout, ref)
-			}
-			return nil
+			return a.removeEach(cmd, args, func(c *api.Client, ctx context.Context, ref string) error {
+				return c.DeleteVM(ctx, ref, force)
+			})
 		},
 	}
 	del.Flags().BoolVarP(&force, "force", "f", false, "stop running VMs first")
@@ -75,68 +55,31 @@ func (a *app) vmCommand() *cobra.Command {
 	cmd.AddCommand(&cobra.Command{
 		Use: "list", Aliases: []string{"ls"}, Short: "List VMs", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			vms, err := c.ListVMs(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if a.json {
-				return a.printJSON(nonNil(vms))
-			}
-			return table(a.stdout, vmHeader, vmRows(vms, time.Now()))
+			return showList(a, cmd, (*api.Client).ListVMs, vmTable)
 		},
 	})
 	cmd.AddCommand(&cobra.Command{
 		Use: "show VM", Short: "Show a VM", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			vm, err := c.GetVM(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			return a.showVM(vm)
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (model.VM, error) {
+				return c.GetVM(ctx, args[0])
+			}, writeVM)
 		},
 	})
 	cmd.AddCommand(&cobra.Command{
 		Use: "hosts", Short: "Print /etc/hosts lines for the running VMs", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
+			// JSON wraps the lines in {"hosts": ...}; the text is the lines.
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (map[string]string, error) {
+				h, err := c.Hosts(ctx)
+				return map[string]string{"hosts": h}, err
+			}, func(w io.Writer, m map[string]string) error {
+				_, err := io.WriteString(w, m["hosts"])
 				return err
-			}
-			h, err := c.Hosts(cmd.Context())
-			if err != nil {
-				return err
-			}
-			if a.json {
-				return a.printJSON(map[string]string{"hosts": h})
-			}
-			_, err = io.WriteString(a.stdout, h)
-			return err
+			})
 		},
 	})
 	return cmd
-}
-
-func (a *app) showVM(vm model.VM) error {
-	if a.json {
-		return a.printJSON(vm)
-	}
-	started := ""
-	if vm.StartedAt != nil {
-		started = vm.StartedAt.Local().Format(time.RFC3339)
-	}
-	return kv(a.stdout, "id", vm.ID, "name", vm.Name, "state", string(vm.State), "desired", string(vm.DesiredState),
-		"image", vm.ImageID, "kernel", vm.KernelID, "vmm", vm.VMM, "accel", vm.Accel, "cpus", fmt.Sprint(vm.CPUs),
-		"memory", size(int64(vm.MemoryMiB)<<20), "disk", size(vm.DiskBytes), "ip", vm.GuestIP, "mac", vm.GuestMAC,
-		"dns", vm.DNSName, "cid", fmt.Sprint(vm.CID), "storage", vm.CowStrategy, "dir", vm.Dir,
-		"created", vm.CreatedAt.Local().Format(time.RFC3339), "started", started, "last error", vm.LastError)
 }
 
 // vmFlags are the shape flags of create and run.
@@ -156,17 +99,11 @@ func (a *app) vmCreateCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use: "create", Short: "Create a VM (and its disks) without booting it", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
 			r := req
 			r.Start = start
-			vm, err := c.CreateVM(cmd.Context(), r, progressPrinter(a.stderr))
-			if err != nil {
-				return err
-			}
-			return a.showVM(vm)
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (model.VM, error) {
+				return c.CreateVM(ctx, r, progressPrinter(a.stderr))
+			}, writeVM)
 		},
 	}
 	vmFlags(cmd, &req)
@@ -192,9 +129,7 @@ func (a *app) vmStopCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if !a.json {
-					fmt.Fprintf(a.stdout, "%s %s\n", vm.Name, vm.State)
-				} else if err := a.printJSON(vm); err != nil {
+				if err := emit(a, vm, writeStopped); err != nil {
 					return err
 				}
 			}
@@ -204,6 +139,12 @@ func (a *app) vmStopCommand() *cobra.Command {
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "graceful wait before killing (default 30s)")
 	cmd.Flags().BoolVarP(&req.Force, "force", "f", false, "kill at once")
 	return cmd
+}
+
+// writeStopped is the line of one VM stop: its name and state.
+func writeStopped(w io.Writer, vm model.VM) error {
+	_, err := fmt.Fprintf(w, "%s %s\n", vm.Name, vm.State)
+	return err
 }
 
 func (a *app) vmLogsCommand() *cobra.Command {
@@ -427,18 +368,9 @@ func (a *app) workspaceCommand() *cobra.Command {
 		Use: "prepare VM", Short: "Copy a repository (tracked and unignored files, with history) into a VM",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			info, err := a.prepare(cmd.Context(), c, args[0], src, req, noGit)
-			if err != nil {
-				return err
-			}
-			if a.json {
-				return a.printJSON(info)
-			}
-			return kv(a.stdout, "guest path", info.GuestPath, "files", fmt.Sprint(info.Files), "bytes", size(info.Bytes), "head", info.Head, "transport", info.Transport)
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (api.WorkspaceInfo, error) {
+				return a.prepare(ctx, c, args[0], src, req, noGit)
+			}, writeWorkspace)
 		},
 	}
 	prep.Flags().StringVar(&src, "source", ".", "host repository")

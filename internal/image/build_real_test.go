@@ -10,25 +10,17 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/progress"
+	"github.com/banger/banger/internal/testenv"
 )
 
 // TestBuildReal builds a small image from the host's Debian mirror, checks
 // it with Inspect, and checks a second build is a cache hit. It needs root
 // and mmdebstrap, so it runs only with BANGER_E2E=1.
 func TestBuildReal(t *testing.T) {
-	if os.Getenv("BANGER_E2E") != "1" {
-		t.Skip("set BANGER_E2E=1 to build a real image (about a minute)")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("building an image needs root")
-	}
+	testenv.RequireE2E(t)
+	testenv.RequireRoot(t)
 	dir := t.TempDir()
-	initBin := filepath.Join(dir, "banger-init")
-	build := exec.Command("go", "build", "-o", initBin, "../../cmd/banger-init")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build banger-init: %v: %s", err, out)
-	}
+	initBin := testenv.BuildInit(t, dir)
 	copySrc := filepath.Join(dir, "hello.txt")
 	os.WriteFile(copySrc, []byte("hello from the host\n"), 0o644)
 	opts := BuildOptions{

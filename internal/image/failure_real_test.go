@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/banger/banger/internal/progress"
+	"github.com/banger/banger/internal/testenv"
 )
 
 // These tests drive Build into its failure paths with the real mmdebstrap and
@@ -33,27 +34,15 @@ import (
 // banger-init binary to put into the image.
 func realBuild(t *testing.T) string {
 	t.Helper()
-	if os.Getenv("BANGER_E2E") != "1" {
-		t.Skip("set BANGER_E2E=1 to run mmdebstrap against the Debian mirror")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("building an image needs root")
-	}
-	if _, err := exec.LookPath("mmdebstrap"); err != nil {
-		t.Skip("mmdebstrap not installed (apt-get install mmdebstrap)")
-	}
+	testenv.RequireE2E(t)
+	testenv.RequireRoot(t)
+	testenv.RequireBinary(t, "mmdebstrap")
 	// Orphans of the build (an apt or dpkg whose mmdebstrap died) are
 	// re-parented to this process, so leftBehind can find them.
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		t.Fatalf("become a child subreaper: %v", err)
 	}
-	initBin := filepath.Join(t.TempDir(), "banger-init")
-	build := exec.Command("go", "build", "-o", initBin, "../../cmd/banger-init")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build banger-init: %v: %s", err, out)
-	}
-	return initBin
+	return testenv.BuildInit(t, t.TempDir())
 }
 
 // buildCase is one failing build: its own destination directory (nothing
@@ -299,11 +288,8 @@ func TestBuildDiskFullReal(t *testing.T) {
 // image: random bytes, and an ext4 made from a tree without sshd or
 // banger-init. It needs only e2fsprogs, so it is not behind BANGER_E2E.
 func TestInspectCorruptReal(t *testing.T) {
-	for _, tool := range []string{"mkfs.ext4", "debugfs"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (apt-get install e2fsprogs)", tool)
-		}
-	}
+	testenv.RequireBinary(t, "mkfs.ext4")
+	testenv.RequireBinary(t, "debugfs")
 	dir := t.TempDir()
 
 	junk := filepath.Join(dir, "random.img")

@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/banger/banger/internal/testenv"
 )
 
 func baseRecipe() Recipe {
@@ -239,9 +241,7 @@ func TestInspectNotExt4(t *testing.T) {
 }
 
 func TestInspectEmptyExt4(t *testing.T) {
-	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		t.Skip("mkfs.ext4 not installed")
-	}
+	testenv.RequireBinary(t, "mkfs.ext4")
 	dir := t.TempDir()
 	tree := filepath.Join(dir, "tree")
 	os.MkdirAll(filepath.Join(tree, "usr/bin"), 0o755)

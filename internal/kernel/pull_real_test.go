@@ -9,18 +9,15 @@ import (
 	"testing"
 
 	"github.com/banger/banger/internal/progress"
+	"github.com/banger/banger/internal/testenv"
 )
 
 // TestPullReal pulls the default catalog entry with the host's apt. It
 // needs root, apt and the network path to the Debian mirror, so it runs only
 // with BANGER_E2E=1.
 func TestPullReal(t *testing.T) {
-	if os.Getenv("BANGER_E2E") != "1" {
-		t.Skip("set BANGER_E2E=1 to download and unpack a real kernel package")
-	}
-	if _, err := exec.LookPath("apt-get"); err != nil {
-		t.Skip("apt-get not found")
-	}
+	testenv.RequireE2E(t)
+	testenv.RequireBinary(t, "apt-get")
 	e, ok := Lookup("debian-cloud-bookworm")
 	if !ok {
 		t.Fatal("default entry missing from the catalog")

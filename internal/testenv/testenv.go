@@ -1,17 +1,17 @@
-// Package testenv is the kit banger's end-to-end tests share: skips with a
-// reason when root, BANGER_E2E=1 or a binary is missing; a throwaway network
-// namespace per test; the default image and kernel built once into a cache
-// and reused by every later run; and booting a guest with plain QEMU inside
-// a test namespace, before (and independently of) the daemon.
+// Package testenv is the kit banger's tests share to reach real hosts:
+// skips with a reason when root, BANGER_E2E=1 or a binary is missing; a
+// throwaway network namespace per test; building banger-init; dialing from
+// inside a namespace and running commands over SSH. It imports no banger
+// package, so every package's tests (image's and kernel's too) can use its
+// gates; the cached default image and kernel, and QEMU guests booted from
+// them, live in testenv/artifacts.
 //
 // It must never send traffic to private addresses in the host's own network
-// namespace: every bridge, tap, guest and SSH dial lives in the test's
-// namespace. It touches nothing outside its temp dirs, the cache directory
-// and the namespaces it creates.
+// namespace: every dial it makes happens inside the test's namespace. It
+// touches nothing outside its temp dirs and the namespaces it creates.
 package testenv
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -21,11 +21,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
-
-	"github.com/banger/banger/internal/image"
-	"github.com/banger/banger/internal/kernel"
-	"github.com/banger/banger/internal/progress"
 )
 
 // RequireRoot skips the test unless it runs as root.
@@ -94,52 +89,6 @@ func Netns(t testing.TB) string {
 	return name
 }
 
-// Artifacts returns the default image (fast init) and the default kernel.
-func Artifacts(t testing.TB) (image.Result, kernel.Artifacts) {
-	t.Helper()
-	return Image(t, image.InitFast), Kernel(t)
-}
-
-// Image builds the default image with the given init mode into the cache
-// (once: later calls and runs hard-link the cached file) and returns it at
-// a path private to the test. A file lock keeps parallel test packages from
-// building the same image twice.
-func Image(t testing.TB, init string) image.Result {
-	t.Helper()
-	RequireRoot(t)
-	RequireBinary(t, "mkfs.ext4")
-	dir := t.TempDir()
-	bin := BuildInit(t, dir)
-	unlock := lockCache(t)
-	defer unlock()
-	start := time.Now()
-	res, err := image.Build(context.Background(), image.BuildOptions{
-		Name: "default", Init: init, InitBinary: bin, CacheDir: CacheDir(),
-	}, filepath.Join(dir, "image.ext4"), progressLogger(t, "image"))
-	if err != nil {
-		t.Fatalf("build the default %s image: %v", init, err)
-	}
-	t.Logf("image (%s init) ready in %s (cached %v): %s", init, time.Since(start).Round(time.Millisecond), res.Cached, res.RecipeKey[:12])
-	return res
-}
-
-// Kernel pulls the default catalog kernel through the cache.
-func Kernel(t testing.TB) kernel.Artifacts {
-	t.Helper()
-	RequireRoot(t)
-	e, ok := kernel.Lookup("debian-cloud-bookworm")
-	if !ok {
-		t.Fatal("default kernel missing from the catalog")
-	}
-	unlock := lockCache(t)
-	defer unlock()
-	a, err := kernel.Pull(context.Background(), e, filepath.Join(t.TempDir(), "kernel"), CacheDir(), progressLogger(t, "kernel"))
-	if err != nil {
-		t.Fatalf("pull kernel %s: %v", e.Name, err)
-	}
-	return a
-}
-
 // BuildInit builds cmd/banger-init (static) into dir and returns its path.
 // -trimpath keeps the binary, and so the image recipe, stable across
 // checkouts.
@@ -174,38 +123,5 @@ func moduleRoot() (string, error) {
 			return "", fmt.Errorf("no go.mod above the test's working directory")
 		}
 		dir = parent
-	}
-}
-
-// lockCache takes an exclusive lock on the cache directory; builds and
-// pulls of different test binaries then run one at a time.
-func lockCache(t testing.TB) func() {
-	t.Helper()
-	if err := os.MkdirAll(CacheDir(), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.OpenFile(filepath.Join(CacheDir(), ".test-lock"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
-		t.Fatal(err)
-	}
-	return func() {
-		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		f.Close()
-	}
-}
-
-// progressLogger logs phases, and only every 40th line of a noisy phase.
-func progressLogger(t testing.TB, what string) progress.Func {
-	last, n := "", 0
-	return func(p progress.Event) {
-		n++
-		if p.Phase != last || n%40 == 0 {
-			t.Logf("%s %6.1fs %s: %s", what, p.Elapsed, p.Phase, p.Message)
-		}
-		last = p.Phase
 	}
 }

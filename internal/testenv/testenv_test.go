@@ -1,6 +1,8 @@
 package testenv
 
 import (
+	"go/parser"
+	"go/token"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,5 +56,28 @@ func TestModuleRoot(t *testing.T) {
 	mod, err := os.ReadFile(filepath.Join(root, "go.mod"))
 	if err != nil || !strings.Contains(string(mod), "module github.com/banger/banger") {
 		t.Fatalf("%s is not banger's module root: %v", root, err)
+	}
+}
+
+// TestImportsNoBangerPackage keeps testenv usable from the tests of every
+// banger package: importing one of them would make an import cycle there.
+func TestImportsNoBangerPackage(t *testing.T) {
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		parsed, err := parser.ParseFile(token.NewFileSet(), f, nil, parser.ImportsOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, imp := range parsed.Imports {
+			if path := strings.Trim(imp.Path.Value, `"`); strings.HasPrefix(path, "github.com/banger/banger/") {
+				t.Errorf("%s imports %s", f, path)
+			}
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/banger/banger/internal/testenv"
+	"github.com/banger/banger/internal/testenv/artifacts"
 )
 
 // BenchmarkVMRunVsBareQEMU compares `banger vm run --rm -- true` (create,
@@ -20,7 +21,7 @@ import (
 func BenchmarkVMRunVsBareQEMU(b *testing.B) {
 	h := NewHarness(b)
 	h.MustRun("vm", "run", "--rm", "--", "true") // the default image and kernel exist from here on
-	im, k := testenv.Artifacts(b)
+	im, k := artifacts.Artifacts(b)
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	signer, err := ssh.NewSignerFromKey(priv)
 	if err != nil {
@@ -33,7 +34,7 @@ func BenchmarkVMRunVsBareQEMU(b *testing.B) {
 		for j := 0; j < 3; j++ {
 			bareNs := testenv.Netns(b) // a bridge of its own, apart from the daemon's
 			start := time.Now()
-			q := testenv.BootQEMU(b, bareNs, testenv.QEMUOptions{Image: im, Kernel: k, AuthorizedKey: authorized})
+			q := artifacts.BootQEMU(b, bareNs, artifacts.QEMUOptions{Image: im, Kernel: k, AuthorizedKey: authorized})
 			c, err := q.DialSSH(signer, im.HostKey, 2*time.Minute)
 			if err != nil {
 				b.Fatal(err)

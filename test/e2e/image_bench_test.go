@@ -14,6 +14,7 @@ import (
 
 	"github.com/banger/banger/internal/image"
 	"github.com/banger/banger/internal/testenv"
+	"github.com/banger/banger/internal/testenv/artifacts"
 )
 
 // BenchmarkImageBuild times a cold build of the default image (no cache)
@@ -59,8 +60,8 @@ func BenchmarkImageBuild(b *testing.B) {
 func BenchmarkBootToSSH(b *testing.B) {
 	testenv.RequireE2E(b)
 	testenv.RequireRoot(b)
-	kern := testenv.Kernel(b)
-	imgs := map[string]image.Result{image.InitFast: testenv.Image(b, image.InitFast), image.InitSystemd: testenv.Image(b, image.InitSystemd)}
+	kern := artifacts.Kernel(b)
+	imgs := map[string]image.Result{image.InitFast: artifacts.Image(b, image.InitFast), image.InitSystemd: artifacts.Image(b, image.InitSystemd)}
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	signer, err := ssh.NewSignerFromKey(priv)
 	if err != nil {
@@ -75,7 +76,7 @@ func BenchmarkBootToSSH(b *testing.B) {
 				b.StopTimer()
 				ns := testenv.Netns(b) // BootQEMU makes a bridge and tap of fixed names
 				b.StartTimer()
-				q := testenv.BootQEMU(b, ns, testenv.QEMUOptions{Image: imgs[init], Kernel: kern, AuthorizedKey: authorized})
+				q := artifacts.BootQEMU(b, ns, artifacts.QEMUOptions{Image: imgs[init], Kernel: kern, AuthorizedKey: authorized})
 				c, err := q.DialSSH(signer, imgs[init].HostKey, 3*time.Minute)
 				if err != nil {
 					b.Fatal(err)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/banger/banger/internal/image"
 	"github.com/banger/banger/internal/testenv"
+	"github.com/banger/banger/internal/testenv/artifacts"
 )
 
 func testKey(t *testing.T) (ssh.Signer, string) {
@@ -37,10 +38,10 @@ func requireBoot(t *testing.T) {
 // image's pinned host key, checks the guest's configuration, then stops it
 // with an ACPI power-button press and checks QEMU ends.
 func bootAndCheck(t *testing.T, img image.Result) {
-	kern := testenv.Kernel(t)
+	kern := artifacts.Kernel(t)
 	ns := testenv.Netns(t)
 	signer, authorized := testKey(t)
-	vm := testenv.BootQEMU(t, ns, testenv.QEMUOptions{Image: img, Kernel: kern, AuthorizedKey: authorized, Hostname: "e2e-" + img.Init})
+	vm := artifacts.BootQEMU(t, ns, artifacts.QEMUOptions{Image: img, Kernel: kern, AuthorizedKey: authorized, Hostname: "e2e-" + img.Init})
 	client, err := vm.DialSSH(signer, img.HostKey, 3*time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -55,9 +56,9 @@ func bootAndCheck(t *testing.T, img image.Result) {
 		{"findmnt -n -o SOURCE,FSTYPE /root", "/dev/vdb ext4"},
 		{"findmnt -n -o SOURCE /", "/dev/vda"},
 		{"hostname", "e2e-" + img.Init},
-		{"cat /etc/resolv.conf", "nameserver " + testenv.GatewayIP},
-		{"ip -4 -o addr show", testenv.GuestIP + "/24"},
-		{"ip route show default", "default via " + testenv.GatewayIP},
+		{"cat /etc/resolv.conf", "nameserver " + artifacts.GatewayIP},
+		{"ip -4 -o addr show", artifacts.GuestIP + "/24"},
+		{"ip route show default", "default via " + artifacts.GatewayIP},
 		{"python3 -c 'print(6*7)'", "42"},
 		{"touch /root/persist && git --version", "git version"},
 	}
@@ -82,12 +83,12 @@ func bootAndCheck(t *testing.T, img image.Result) {
 // and the VMM drivers, proven with plain QEMU before the daemon exists.
 func TestImageKernelFastInit(t *testing.T) {
 	requireBoot(t)
-	img := testenv.Image(t, image.InitFast)
+	img := artifacts.Image(t, image.InitFast)
 	bootAndCheck(t, img)
 
 	// The same recipe again is an instant cache hit.
 	start := time.Now()
-	again := testenv.Image(t, image.InitFast)
+	again := artifacts.Image(t, image.InitFast)
 	took := time.Since(start)
 	if !again.Cached || again.Checksum != img.Checksum || again.HostKey != img.HostKey {
 		t.Errorf("second build not a cache hit: %+v", again)
@@ -102,5 +103,5 @@ func TestImageKernelFastInit(t *testing.T) {
 // banger-init setup as a unit.
 func TestImageKernelSystemdInit(t *testing.T) {
 	requireBoot(t)
-	bootAndCheck(t, testenv.Image(t, image.InitSystemd))
+	bootAndCheck(t, artifacts.Image(t, image.InitSystemd))
 }

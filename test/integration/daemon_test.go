@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/banger/banger/internal/testenv"
 )
 
 // binDir holds banger and bangerd: BANGER_TEST_BIN when set (prebuilt),
@@ -76,18 +78,14 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: bangerd manages host state")
-	}
+	testenv.RequireRoot(t) // bangerd manages host state
 	e := &env{t: t, bin: binaries(t), stateDir: filepath.Join(t.TempDir(), "state")}
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "BANGER_") {
 			e.vars = append(e.vars, kv)
 		}
 	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs ip (iproute2) for the test's network namespace")
-	}
+	testenv.RequireBinary(t, "ip") // for the test's network namespace
 	ns := fmt.Sprintf("banger-test-%d-%d", os.Getpid(), time.Now().UnixNano()%1e9)
 	e.vars = append(e.vars, "BANGER_STATE_DIR="+e.stateDir, "BANGER_CACHE_DIR="+filepath.Join(e.stateDir, "..", "cache"),
 		"BANGER_NETNS="+ns)

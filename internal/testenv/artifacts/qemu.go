@@ -1,8 +1,7 @@
-package testenv
+package artifacts
 
 import (
 	"bufio"
-	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -10,18 +9,16 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/banger/banger/internal/image"
 	"github.com/banger/banger/internal/kernel"
+	"github.com/banger/banger/internal/testenv"
 )
 
 // Addresses of the test network inside each test namespace (never the host's).
@@ -59,8 +56,8 @@ type QEMU struct {
 // tap. The guest is killed and its files removed when the test ends.
 func BootQEMU(t testing.TB, ns string, opts QEMUOptions) *QEMU {
 	t.Helper()
-	RequireBinary(t, "qemu-system-x86_64")
-	RequireBinary(t, "qemu-img")
+	testenv.RequireBinary(t, "qemu-system-x86_64")
+	testenv.RequireBinary(t, "qemu-img")
 	if opts.Hostname == "" {
 		opts.Hostname = "guest"
 	}
@@ -93,7 +90,7 @@ func BootQEMU(t testing.TB, ns string, opts QEMUOptions) *QEMU {
 	run(t, "ip", "-n", ns, "link", "set", "tap0", "master", "br0", "up")
 	run(t, "ip", "-n", ns, "neigh", "replace", GuestIP, "lladdr", guestMAC, "dev", "br0", "nud", "permanent")
 
-	khz, err := HostTSCkHz()
+	khz, err := testenv.HostTSCkHz()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +218,7 @@ func (q *QEMU) DialSSH(signer ssh.Signer, hostKey string, timeout time.Duration)
 		if q.Exited() {
 			return nil, fmt.Errorf("qemu exited before SSH answered (last error: %v)", lastErr)
 		}
-		conn, err := DialInNetns(q.Ns, "tcp", net.JoinHostPort(q.IP, "22"), 500*time.Millisecond) // short: a fresh SYN beats TCP's retransmit backoff
+		conn, err := testenv.DialInNetns(q.Ns, "tcp", net.JoinHostPort(q.IP, "22"), 500*time.Millisecond) // short: a fresh SYN beats TCP's retransmit backoff
 		if err == nil {
 			c, chans, reqs, err := ssh.NewClientConn(conn, q.IP, cfg)
 			if err == nil {
@@ -235,90 +232,6 @@ func (q *QEMU) DialSSH(signer ssh.Signer, hostKey string, timeout time.Duration)
 		time.Sleep(200 * time.Millisecond)
 	}
 	return nil, fmt.Errorf("no SSH to %s within %s: %v", q.IP, timeout, lastErr)
-}
-
-// DialInNetns opens a connection from inside namespace ns; the socket stays
-// in ns after the calling thread returns to its own namespace.
-func DialInNetns(ns, network, addr string, timeout time.Duration) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		origin, err := netns.Get()
-		if err != nil {
-			ch <- result{nil, err}
-			return
-		}
-		defer origin.Close()
-		target, err := netns.GetFromName(ns)
-		if err != nil {
-			ch <- result{nil, err}
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			ch <- result{nil, err}
-			return
-		}
-		// Back to the host namespace before the thread serves anything
-		// else; if that fails the thread stays locked and dies with the
-		// goroutine.
-		defer func() {
-			if netns.Set(origin) == nil {
-				runtime.UnlockOSThread()
-			}
-		}()
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
-		var d net.Dialer
-		c, err := d.DialContext(ctx, network, addr)
-		ch <- result{c, err}
-	}()
-	r := <-ch
-	return r.c, r.err
-}
-
-// Run runs cmd on the guest and returns its combined output.
-func Run(c *ssh.Client, cmd string) (string, error) {
-	s, err := c.NewSession()
-	if err != nil {
-		return "", err
-	}
-	defer s.Close()
-	out, err := s.CombinedOutput(cmd)
-	return string(out), err
-}
-
-var (
-	refinedRE  = regexp.MustCompile(`Refined TSC clocksource calibration: ([0-9.]+) MHz`)
-	detectedRE = regexp.MustCompile(`tsc: Detected ([0-9.]+) MHz`)
-	cpuMHzRE   = regexp.MustCompile(`(?m)^cpu MHz\s*:\s*([0-9.]+)`)
-)
-
-// HostTSCkHz is the host's TSC frequency in kHz (for tsc_early_khz=): from
-// the kernel log when readable, else /proc/cpuinfo.
-func HostTSCkHz() (int, error) {
-	dmesg, _ := exec.Command("dmesg").Output()
-	cpuinfo, _ := os.ReadFile("/proc/cpuinfo")
-	return parseTSCkHz(string(dmesg), string(cpuinfo))
-}
-
-func parseTSCkHz(dmesg, cpuinfo string) (int, error) {
-	for _, m := range []struct {
-		re *regexp.Regexp
-		s  string
-	}{{refinedRE, dmesg}, {detectedRE, dmesg}, {cpuMHzRE, cpuinfo}} {
-		if sub := m.re.FindStringSubmatch(m.s); sub != nil {
-			mhz, err := strconv.ParseFloat(sub[1], 64)
-			if err == nil && mhz > 0 {
-				return int(mhz*1000 + 0.5), nil
-			}
-		}
-	}
-	return 0, fmt.Errorf("host TSC frequency not found in dmesg or /proc/cpuinfo")
 }
 
 func run(t testing.TB, name string, args ...string) {

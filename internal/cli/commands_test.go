@@ -1,0 +1,266 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/errdefs"
+	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/progress"
+	"github.com/banger/banger/internal/version"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/commands.golden from the current output")
+
+// fakeService answers every call the CLI makes with fixed records; refs
+// named "missing" are not found. Methods it does not define panic (nil
+// embedded interface), which the handler turns into a failed request.
+type fakeService struct {
+	api.Service
+}
+
+var (
+	started  = time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	exitZero = 0
+	fakeImg  = model.Image{ID: "0123456789abcdef", Name: "default", Path: "/state/images/default.ext4", SizeBytes: 2 << 30,
+		Checksum: "sha256:ab", Source: "build", Init: "fast", Recipe: `{"suite":"bookworm"}`}
+	fakeKernel = model.Kernel{ID: "fedcba9876543210", Name: "debian-cloud-bookworm", Version: "6.1.0-28-cloud-amd64",
+		VmlinuxPath: "/state/kernels/k/vmlinux", InitrdPath: "/state/kernels/k/initrd", Cmdline: "console=ttyS0", Source: "catalog"}
+	fakeVM = model.VM{ID: "aaaabbbbccccdddd", Name: "dev", ImageID: fakeImg.ID, KernelID: fakeKernel.ID, CPUs: 2, MemoryMiB: 1024,
+		DiskBytes: 4 << 30, DesiredState: model.VMRunning, State: model.VMRunning, VMM: "qemu", Accel: "tcg", CowStrategy: "qcow2",
+		GuestIP: "172.16.0.2", GuestMAC: "02:ba:ac:10:00:02", DNSName: "dev.vm", CID: 3, Dir: "/state/vms/aaaabbbbccccdddd", StartedAt: &started}
+	fakeSession = model.Session{ID: "1111222233334444", VMID: fakeVM.ID, Name: "server", Command: "python3", Args: []string{"-m", "http.server"},
+		Cwd: "/root", StdinMode: "pipe", Status: "exited", GuestPID: 42, ExitCode: &exitZero}
+)
+
+func notFound(ref string) error {
+	if ref == "missing" {
+		return errdefs.NotFound("vm", ref)
+	}
+	return nil
+}
+
+func (fakeService) Info(context.Context) api.DaemonInfo {
+	return api.DaemonInfo{PID: 7, StateDir: "/state", Socket: "/state/bangerd.sock", LogPath: "/state/bangerd.log", Started: "2025-01-02T03:04:05Z"}
+}
+func (fakeService) Doctor(context.Context) api.DoctorReport {
+	return api.DoctorReport{VMM: "qemu", Accel: "tcg", CowStrategy: "qcow2", NetworkMode: "host",
+		Checks: []api.DoctorCheck{{Name: "kvm", Detail: "/dev/kvm missing", Fix: "enable virtualisation"}, {Name: "qemu", OK: true, Detail: "8.2"}}}
+}
+func (fakeService) ListImages(context.Context) ([]model.Image, error) {
+	return []model.Image{fakeImg}, nil
+}
+func (fakeService) GetImage(_ context.Context, ref string) (model.Image, error) {
+	return fakeImg, notFound(ref)
+}
+func (fakeService) BuildImage(_ context.Context, _ api.BuildImageRequest, report progress.Func) (model.Image, error) {
+	report(progress.Event{Phase: "mmdebstrap", Message: "unpacking", Elapsed: 1.5})
+	return fakeImg, nil
+}
+func (fakeService) ImportImage(_ context.Context, _ api.ImportImageRequest, report progress.Func) (model.Image, error) {
+	report(progress.Event{Phase: "inspect", Elapsed: 0.5})
+	return fakeImg, nil
+}
+func (fakeService) RemoveImage(_ context.Context, ref string) error { return notFound(ref) }
+func (fakeService) ListKernels(context.Context) ([]api.KernelEntry, error) {
+	return []api.KernelEntry{{Name: fakeKernel.Name, Catalog: true, Description: "Debian cloud", Kernel: &fakeKernel}, {Name: "other", Catalog: true, Description: "another"}}, nil
+}
+func (fakeService) GetKernel(_ context.Context, ref string) (model.Kernel, error) {
+	return fakeKernel, notFound(ref)
+}
+func (fakeService) PullKernel(_ context.Context, _ string, report progress.Func) (model.Kernel, error) {
+	report(progress.Event{Phase: "download", Done: 1, Total: 2, Elapsed: 2})
+	return fakeKernel, nil
+}
+func (fakeService) ImportKernel(context.Context, api.ImportKernelRequest) (model.Kernel, error) {
+	return fakeKernel, nil
+}
+func (fakeService) RemoveKernel(_ context.Context, ref string) error { return notFound(ref) }
+func (fakeService) ListVMs(context.Context) ([]model.VM, error)      { return nil, nil }
+func (fakeService) GetVM(_ context.Context, ref string) (model.VM, error) {
+	return fakeVM, notFound(ref)
+}
+func (fakeService) CreateVM(_ context.Context, _ api.CreateVMRequest, report progress.Func) (model.VM, error) {
+	report(progress.Event{Phase: "disks", Elapsed: 0.1})
+	return fakeVM, nil
+}
+func (fakeService) StartVM(_ context.Context, ref string, report progress.Func) (model.VM, error) {
+	report(progress.Event{Phase: "boot", Elapsed: 0.2})
+	return fakeVM, notFound(ref)
+}
+func (fakeService) RestartVM(_ context.Context, ref string, report progress.Func) (model.VM, error) {
+	return fakeVM, notFound(ref)
+}
+func (fakeService) StopVM(_ context.Context, ref string, _ api.StopVMRequest) (model.VM, error) {
+	v := fakeVM
+	v.Name, v.State = ref, model.VMStopped
+	return v, notFound(ref)
+}
+func (fakeService) DeleteVM(_ context.Context, ref string, _ bool) error { return notFound(ref) }
+func (fakeService) Hosts(context.Context) (string, error)                { return "172.16.0.2 dev.vm\n", nil }
+func (fakeService) ExecVM(_ context.Context, _ string, req api.ExecRequest, stdout, _ io.Writer) (int, error) {
+	fmt.Fprintln(stdout, strings.Join(req.Command, " "))
+	return 3, nil
+}
+func (fakeService) PrepareWorkspace(_ context.Context, _ string, _ api.WorkspaceRequest, tar io.Reader) (api.WorkspaceInfo, error) {
+	_, _ = io.Copy(io.Discard, tar)
+	return api.WorkspaceInfo{GuestPath: "/root/repo", Files: 3, Bytes: 4096, Head: "abc123", Transport: "tcp"}, nil
+}
+func (fakeService) ListSessions(context.Context, string) ([]model.Session, error) {
+	return []model.Session{fakeSession}, nil
+}
+func (fakeService) GetSession(_ context.Context, _, ref string) (model.Session, error) {
+	return fakeSession, notFound(ref)
+}
+func (fakeService) StartSession(context.Context, string, api.StartSessionRequest) (model.Session, error) {
+	return fakeSession, nil
+}
+func (fakeService) SendSession(_ context.Context, _, _ string, data io.Reader) (int64, error) {
+	return io.Copy(io.Discard, data)
+}
+func (fakeService) StopSession(_ context.Context, _, ref string, _ api.StopSessionRequest) (model.Session, error) {
+	return fakeSession, notFound(ref)
+}
+func (fakeService) KillSession(_ context.Context, _, ref, _ string) (model.Session, error) {
+	return fakeSession, notFound(ref)
+}
+func (fakeService) RemoveSession(_ context.Context, _, ref string) error { return notFound(ref) }
+
+// fakeDaemon serves the API over fakeService on a socket of its own.
+func fakeDaemon(t *testing.T) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "bangerd.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: api.NewHandler(fakeService{}, nil)}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return sock
+}
+
+// banger runs the CLI with args against the daemon on sock.
+func banger(sock string, stdin string, args ...string) (stdout, stderr string, code int) {
+	var out, errb bytes.Buffer
+	a := &app{stdin: strings.NewReader(stdin), stdout: &out, stderr: &errb, getenv: func(string) string { return "" }}
+	code = a.run(append([]string{"--socket", sock}, args...))
+	return out.String(), errb.String(), code
+}
+
+// TestCommandOutput runs each command that prints a daemon answer, as a
+// table or key-value lines and as JSON, and compares all output with
+// testdata/commands.golden.
+func TestCommandOutput(t *testing.T) {
+	defer func(l *time.Location) { time.Local = l }(time.Local)
+	time.Local = time.UTC
+	sock := fakeDaemon(t)
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "a.txt"), []byte("a"), 0o644)
+	kfile := filepath.Join(src, "vmlinux")
+	cases := [][]string{
+		{"doctor"},
+		{"daemon", "start"},
+		{"daemon", "status"},
+		{"image", "list"},
+		{"image", "show", "default"},
+		{"image", "show", "missing"},
+		{"image", "build", "--name", "x"},
+		{"image", "import", filepath.Join(src, "a.txt")},
+		{"image", "rm", "a", "b"},
+		{"image", "rm", "a", "missing", "b"},
+		{"kernel", "list"},
+		{"kernel", "show", "k"},
+		{"kernel", "pull", "k"},
+		{"kernel", "import", "--vmlinux", kfile},
+		{"kernel", "rm", "k"},
+		{"vm", "list"},
+		{"vm", "show", "dev"},
+		{"vm", "show", "missing"},
+		{"vm", "create"},
+		{"vm", "start", "dev"},
+		{"vm", "start", "missing"},
+		{"vm", "restart", "dev"},
+		{"vm", "stop", "a", "b"},
+		{"vm", "stop", "a", "missing"},
+		{"vm", "delete", "a", "b"},
+		{"vm", "hosts"},
+		{"vm", "exec", "dev", "--", "echo", "hi"},
+		{"vm", "workspace", "prepare", "dev", "--no-git", "--source", src},
+		{"session", "list", "dev"},
+		{"session", "show", "dev", "server"},
+		{"session", "show", "dev", "missing"},
+		{"session", "start", "dev", "--", "python3"},
+		{"session", "send", "dev", "server", "hello"},
+		{"session", "send", "dev", "server"},
+		{"session", "stop", "dev", "server"},
+		{"session", "kill", "dev", "server"},
+		{"session", "rm", "dev", "server"},
+	}
+	var got bytes.Buffer
+	for _, args := range cases {
+		for _, json := range []bool{false, true} {
+			a := args
+			if json {
+				a = append([]string{"--json"}, args...)
+			}
+			stdout, stderr, code := banger(sock, "", a...)
+			fmt.Fprintf(&got, "### banger %s\n--- exit %d\n--- stdout\n%s--- stderr\n%s", strings.Join(a, " "), code, stdout, stderr)
+		}
+	}
+	out := strings.ReplaceAll(got.String(), src, "SRC") // a temp dir, different each run
+	golden := filepath.Join("testdata", "commands.golden")
+	if *update {
+		if err := os.WriteFile(golden, []byte(out), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gl, wl := strings.Split(out, "\n"), strings.Split(string(want), "\n")
+	for i := 0; i < len(gl) || i < len(wl); i++ {
+		var g, w string
+		if i < len(gl) {
+			g = gl[i]
+		}
+		if i < len(wl) {
+			w = wl[i]
+		}
+		if g != w {
+			t.Fatalf("output differs from %s at line %d:\ngot  %q\nwant %q\n(go test -run TestCommandOutput -update rewrites it)", golden, i+1, g, w)
+		}
+	}
+}
+
+// TestVersionOutput: the CLI's version and the daemon's, as two lines or
+// as {"cli": ..., "daemon": ...}.
+func TestVersionOutput(t *testing.T) {
+	sock := fakeDaemon(t)
+	cv := version.Current()
+	stdout, _, code := banger(sock, "", "version")
+	want := fmt.Sprintf("banger  %s %s %s\nbangerd   \n", cv.Version, short(cv.Commit), cv.GoVersion)
+	if code != 0 || stdout != want {
+		t.Errorf("version: exit %d, %q; want %q", code, stdout, want)
+	}
+	stdout, _, code = banger(sock, "", "--json", "version")
+	var got map[string]version.Info
+	if err := json.Unmarshal([]byte(stdout), &got); err != nil || code != 0 || got["cli"] != cv || got["daemon"] != (version.Info{}) ||
+		!strings.HasPrefix(stdout, "{\n  \"cli\": {") {
+		t.Errorf("--json version: exit %d, %q (%v)", code, stdout, err)
+	}
+}
