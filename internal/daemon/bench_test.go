@@ -23,6 +23,7 @@ func BenchmarkCreateFlatness(b *testing.B) {
 	}
 	f := newFixture(b)
 	f.d.host.strategies = []storage.Strategy{storage.Qcow2{}}
+	f.d.wire()
 	ctx := context.Background()
 	sizes := []int64{1 << 30, 20 << 30}
 	per := map[int64]time.Duration{}

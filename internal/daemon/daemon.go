@@ -1,11 +1,18 @@
-// Package daemon is bangerd's logic: it implements api.Service by composing
-// the store (durable intent), the VMM drivers, host networking, storage
-// strategies and the guest SSH client. It owns the transient VM handles
-// cache and its handles.json mirror, the per-VM request serialisation, and
-// reconciliation at start-up.
+// Package daemon is bangerd's orchestrator: it composes the host's parts
+// (the store, the VMM registry, copy-on-write strategies, host networking
+// and DNS, the daemon's SSH key and guest connection pool) into the
+// services that own each concern, and implements api.Service as a thin
+// facade over them (service.go):
 //
-// It does not parse HTTP (package api does) and does not know any VMM's API
-// (packages vmm/*): it calls them through their interfaces.
+//   - vms: VM lifecycle, the per-VM lock, handles, reconcile, the watcher
+//   - guestaccess: exec, logs, ssh info, hosts, guest readiness and dialing
+//   - sessions: guest sessions
+//   - workspaces: workspace prepare and export
+//   - artifacts: image and kernel registration
+//   - doctor: what this host gives banger
+//
+// It does not parse HTTP (package api does), decide anything a service
+// owns, or know any VMM's API (packages vmm/*).
 package daemon
 
 import (
@@ -15,7 +22,6 @@ import (
 	"net"
 	"os"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/banger/banger/internal/api"
@@ -23,13 +29,13 @@ import (
 	"github.com/banger/banger/internal/daemon/artifacts"
 	"github.com/banger/banger/internal/daemon/guestaccess"
 	"github.com/banger/banger/internal/daemon/sessions"
+	"github.com/banger/banger/internal/daemon/vms"
 	"github.com/banger/banger/internal/daemon/workspaces"
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/store"
 	"github.com/banger/banger/internal/version"
-	"github.com/banger/banger/internal/vmm"
 )
 
 // Daemon implements api.Service.
@@ -38,72 +44,28 @@ type Daemon struct {
 	store   *store.Store
 	log     *slog.Logger
 	started time.Time
-
-	locks   keyedMutex // serialises requests on one VM (key: VM id)
-	handles *handleCache
-	allocMu sync.Mutex // serialises IP/CID/name allocation at create
 	host    hostDeps
 
 	// Test seams: replaceable behaviours, so a test swaps one without a
-	// mock framework.
+	// mock framework. The services reach them through closures, so a test
+	// may replace one after New.
 	//
 	// dialGuest returns a (pooled) SSH client to a running VM's guest.
 	dialGuest func(ctx context.Context, vm model.VM) (guest.Client, error)
 	// dialData connects to a port a running VM's guest listens on, for the
 	// data channel of internal/transfer.
 	dialData func(ctx context.Context, vm model.VM, port int) (net.Conn, error)
-	// dropGuest forgets pooled connections to a VM (it stopped or is gone).
-	dropGuest func(vmID string)
-	// processAlive reports whether the VMM process of a VM is alive (by its
-	// cached handles and api socket). Only vmAlive calls it.
-	processAlive func(vm model.VM) bool
-	// waitGuest waits until a booting VM's guest is ready for commands.
-	waitGuest func(ctx context.Context, vm model.VM, drv vmm.Driver, h vmm.Handle) error
+	// waitGuest waits until a booting VM's guest is ready for commands;
+	// vmmAlive says whether its VMM still runs.
+	waitGuest func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
 	now       func() time.Time
 
-	// The services the facade (service.go) hands requests to; made by wire.
+	// The services the facade hands requests to; made by wire.
+	vms        *vms.Manager
+	guests     *guestaccess.Service
 	sessions   *sessions.Service
 	workspaces *workspaces.Service
 	artifacts  *artifacts.Service
-	guests     *guestaccess.Service
-}
-
-// vmLookup is what the other services ask of the VM lifecycle.
-type vmLookup struct{ d *Daemon }
-
-func (l vmLookup) Resolve(ctx context.Context, ref string) (model.VM, error) {
-	return l.d.resolveVM(ctx, ref)
-}
-func (l vmLookup) Running(ctx context.Context, ref string) (model.VM, error) {
-	return l.d.runningVM(ctx, ref)
-}
-func (l vmLookup) Alive(vm model.VM) bool { return l.d.vmAlive(vm) }
-func (l vmLookup) Lock(ctx context.Context, ref string) (model.VM, func(), error) {
-	return l.d.lockVM(ctx, ref)
-}
-
-// wire makes the services over the daemon's parts. The seams are read
-// through closures, so a test may replace a seam after wire.
-func (d *Daemon) wire() {
-	d.artifacts = artifacts.New(artifacts.Deps{Config: d.cfg, Store: d.store, Log: d.log, Now: func() time.Time { return d.now() }})
-	d.sessions = sessions.New(sessions.Deps{
-		Store: d.store, Log: d.log, VMs: vmLookup{d},
-		Dial: func(ctx context.Context, vm model.VM) (guest.Client, error) { return d.dialGuest(ctx, vm) },
-		Now:  func() time.Time { return d.now() },
-	})
-	d.guests = guestaccess.New(guestaccess.Deps{
-		Store: d.store, VMs: vmLookup{d},
-		Dial:    func(ctx context.Context, vm model.VM) (guest.Client, error) { return d.dialGuest(ctx, vm) },
-		KeyPath: d.cfg.KeyPath(), Netns: d.cfg.Netns, DNSSuffix: d.cfg.DNSSuffix,
-	})
-	d.workspaces = workspaces.New(workspaces.Deps{
-		Store: d.store, Log: d.log, VMs: vmLookup{d},
-		Dial: func(ctx context.Context, vm model.VM) (guest.Client, error) { return d.dialGuest(ctx, vm) },
-		DialData: func(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
-			return d.dialData(ctx, vm, port)
-		},
-		Transport: func() string { return d.cfg.WorkspaceTransport },
-	})
 }
 
 // New makes a daemon over an open store. It does not touch the host; Start
@@ -117,7 +79,6 @@ func New(cfg config.Config, st *store.Store, log *slog.Logger) (*Daemon, error) 
 		store:   st,
 		log:     log,
 		started: time.Now(),
-		handles: newHandleCache(),
 		now:     time.Now,
 	}
 	d.dialGuest = func(ctx context.Context, vm model.VM) (guest.Client, error) {
@@ -127,10 +88,55 @@ func New(cfg config.Config, st *store.Store, log *slog.Logger) (*Daemon, error) 
 		dialer := net.Dialer{Timeout: 10 * time.Second}
 		return dialer.DialContext(ctx, "tcp", net.JoinHostPort(vm.GuestIP, strconv.Itoa(port)))
 	}
-	d.dropGuest = func(string) {}
-	d.processAlive = func(model.VM) bool { return false }
+	d.waitGuest = func(ctx context.Context, vm model.VM, vmmAlive func() bool) error {
+		return d.guests.WaitReady(ctx, vm, vmmAlive)
+	}
 	d.wire()
 	return d, nil
+}
+
+// wire makes the services over the daemon's parts as they are now: New
+// calls it, and Start again once the host parts exist (tests, after
+// replacing host parts with fakes).
+func (d *Daemon) wire() {
+	now := func() time.Time { return d.now() }
+	dial := func(ctx context.Context, vm model.VM) (guest.Client, error) { return d.dialGuest(ctx, vm) }
+	d.artifacts = artifacts.New(artifacts.Deps{Config: d.cfg, Store: d.store, Log: d.log, Now: now})
+	authorizedKey := ""
+	if d.host.signer != nil {
+		authorizedKey = guest.AuthorizedKey(d.host.signer)
+	}
+	var taps vms.Taps
+	if d.host.taps != nil {
+		taps = d.host.taps
+	}
+	d.vms = vms.New(vms.Deps{
+		Config: d.cfg, Store: d.store, Log: d.log, Now: now,
+		Drivers: d.host.drivers, Strategies: d.host.strategies,
+		Taps: taps, NetErr: d.host.netErr, Subnet: d.host.subnet,
+		AuthorizedKey: authorizedKey, Artifacts: d.artifacts,
+		WaitGuest: func(ctx context.Context, vm model.VM, vmmAlive func() bool) error {
+			return d.waitGuest(ctx, vm, vmmAlive)
+		},
+		DropGuest: func(id string) {
+			if d.host.pool != nil {
+				d.host.pool.Drop(id)
+			}
+		},
+	})
+	d.guests = guestaccess.New(guestaccess.Deps{
+		Store: d.store, VMs: d.vms, Dial: dial,
+		Signer: d.host.signer, Pool: d.host.pool,
+		KeyPath: d.cfg.KeyPath(), Netns: d.cfg.Netns, DNSSuffix: d.cfg.DNSSuffix,
+	})
+	d.sessions = sessions.New(sessions.Deps{Store: d.store, Log: d.log, VMs: d.vms, Dial: dial, Now: now})
+	d.workspaces = workspaces.New(workspaces.Deps{
+		Store: d.store, Log: d.log, VMs: d.vms, Dial: dial,
+		DialData: func(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
+			return d.dialData(ctx, vm, port)
+		},
+		Transport: func() string { return d.cfg.WorkspaceTransport },
+	})
 }
 
 // Start prepares the host side (directories, keys, network) and reconciles
@@ -160,82 +166,4 @@ func (d *Daemon) Info(ctx context.Context) api.DaemonInfo {
 		Netns:    d.cfg.Netns,
 		Started:  d.started.UTC().Format(time.RFC3339),
 	}
-}
-
-// resolveVM finds a VM by name, id or id prefix.
-func (d *Daemon) resolveVM(ctx context.Context, ref string) (model.VM, error) {
-	if ref == "" {
-		return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "vm name or id is empty")
-	}
-	vm, err := d.store.GetVM(ctx, ref)
-	return vm, store.Describe("vm", ref, err)
-}
-
-// ListVMs lists every VM.
-func (d *Daemon) ListVMs(ctx context.Context) ([]model.VM, error) {
-	vms, err := d.store.ListVMs(ctx)
-	if vms == nil {
-		vms = []model.VM{}
-	}
-	return vms, err
-}
-
-// GetVM shows one VM.
-func (d *Daemon) GetVM(ctx context.Context, ref string) (model.VM, error) {
-	return d.resolveVM(ctx, ref)
-}
-
-// keyedMutex serialises work per key while letting different keys run in
-// parallel.
-type keyedMutex struct {
-	mu    sync.Mutex
-	locks map[string]*keyedEntry
-}
-
-type keyedEntry struct {
-	mu   sync.Mutex
-	refs int
-}
-
-// Lock locks key and returns the unlock function.
-func (k *keyedMutex) Lock(key string) func() {
-	k.mu.Lock()
-	if k.locks == nil {
-		k.locks = map[string]*keyedEntry{}
-	}
-	e := k.locks[key]
-	if e == nil {
-		e = &keyedEntry{}
-		k.locks[key] = e
-	}
-	e.refs++
-	k.mu.Unlock()
-	e.mu.Lock()
-	return func() {
-		e.mu.Unlock()
-		k.mu.Lock()
-		e.refs--
-		if e.refs == 0 {
-			delete(k.locks, key)
-		}
-		k.mu.Unlock()
-	}
-}
-
-// runningVM resolves a VM and checks it runs.
-func (d *Daemon) runningVM(ctx context.Context, ref string) (model.VM, error) {
-	vm, err := d.resolveVM(ctx, ref)
-	if err != nil {
-		return vm, err
-	}
-	if !d.vmAlive(vm) {
-		return vm, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running (state %s): start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
-	}
-	return vm, nil
-}
-
-// vmAlive is the one liveness check used everywhere: the VM is recorded
-// running and the VMM process started with its api socket is alive.
-func (d *Daemon) vmAlive(vm model.VM) bool {
-	return vm.State == model.VMRunning && d.processAlive(vm)
 }

@@ -4,18 +4,16 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"time"
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/banger/banger/internal/errdefs"
+	"github.com/banger/banger/internal/daemon/doctor"
+	"github.com/banger/banger/internal/daemon/vms"
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/storage"
-	"github.com/banger/banger/internal/store"
 	"github.com/banger/banger/internal/vmm"
 	"github.com/banger/banger/internal/vmm/drivers"
 )
@@ -26,21 +24,14 @@ type hostDeps struct {
 	signer     ssh.Signer
 	pool       *guest.Pool
 	net        *hostnet.Network
-	taps       tapManager // net, or a fake in tests
-	netErr     error      // why the network could not be set up; VM starts fail with it
+	taps       vms.Taps // net, or a fake in tests
+	netErr     error    // why the network could not be set up; VM starts fail with it
 	dns        *hostnet.DNS
 	drivers    *vmm.Registry
 	strategies []storage.Strategy
 	subnet     netip.Prefix
 	stopWatch  context.CancelFunc
 	watchDone  chan struct{}
-}
-
-// tapManager is the part of host networking that VM start and teardown use.
-type tapManager interface {
-	CreateTap(ctx context.Context, name string, g hostnet.Guest) error
-	DeleteTap(ctx context.Context, name string) error
-	Gateway() netip.Addr
 }
 
 // startHost makes the daemon's SSH key, the guest connection pool, the VMM
@@ -50,20 +41,9 @@ func (d *Daemon) startHost(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ssh key: %w", err)
 	}
-	if d.waitGuest == nil {
-		d.waitGuest = d.waitReady
-	}
 	d.host.signer = signer
 	d.host.pool = guest.NewPool(signer, guest.Dial)
-	d.dialGuest = func(ctx context.Context, vm model.VM) (guest.Client, error) {
-		ep, err := d.endpoint(ctx, vm)
-		if err != nil {
-			return nil, err
-		}
-		return d.host.pool.Get(ctx, vm.ID, ep)
-	}
-	d.dropGuest = d.host.pool.Drop
-	d.processAlive = d.vmmAlive
+	d.dialGuest = func(ctx context.Context, vm model.VM) (guest.Client, error) { return d.guests.Dial(ctx, vm) }
 
 	if d.host.drivers == nil {
 		// The KVM probes boot the default kernel when there is one: on a
@@ -106,7 +86,7 @@ func (d *Daemon) startHost(ctx context.Context) error {
 		d.host.netErr = fmt.Errorf("host network %s: %w", d.cfg.Bridge, err)
 		d.log.Error("network setup failed", "err", err)
 	} else {
-		d.host.dns = hostnet.NewDNS(d.cfg.DNSSuffix, d.lookupDNS, d.log)
+		d.host.dns = hostnet.NewDNS(d.cfg.DNSSuffix, func(host string) (netip.Addr, bool) { return d.guests.LookupDNS(host) }, d.log)
 		addr := netip.AddrPortFrom(n.Gateway(), 53).String()
 		if err := d.host.dns.Start(addr); err != nil {
 			d.log.Warn("dns responder not started", "addr", addr, "err", err)
@@ -114,12 +94,16 @@ func (d *Daemon) startHost(ctx context.Context) error {
 		}
 	}
 
-	d.reconcile(ctx)
+	d.wire()
+	d.vms.Reconcile(ctx)
 
 	wctx, cancel := context.WithCancel(context.Background())
 	d.host.stopWatch = cancel
 	d.host.watchDone = make(chan struct{})
-	go d.watch(wctx, 2*time.Second)
+	go func() {
+		defer close(d.host.watchDone)
+		d.vms.Watch(wctx, 2*time.Second)
+	}()
 	return nil
 }
 
@@ -137,57 +121,18 @@ func (d *Daemon) closeHost() error {
 	return nil
 }
 
-// lookupDNS answers <name>.<suffix> for running VMs.
-func (d *Daemon) lookupDNS(host string) (netip.Addr, bool) {
-	vm, err := d.store.GetVM(context.Background(), host)
-	if err != nil || vm.Name != host || !d.vmAlive(vm) {
-		return netip.Addr{}, false
+// doctorHost is what the doctor looks at: the host parts and the choices a
+// new VM gets.
+func (d *Daemon) doctorHost() doctor.Host {
+	h := doctor.Host{
+		Netns: d.cfg.Netns, Bridge: d.cfg.Bridge, VMsDir: d.cfg.VMsDir(),
+		Drivers: d.host.drivers, Strategies: d.host.strategies,
+		PickDriver:   func(ctx context.Context) (vmm.Driver, error) { return d.vms.PickDriver(ctx, "") },
+		PickStrategy: d.vms.PickStrategy,
+		NetErr:       d.host.netErr,
 	}
-	ip, err := netip.ParseAddr(vm.GuestIP)
-	return ip, err == nil
+	if d.host.net != nil {
+		h.Net = d.host.net
+	}
+	return h
 }
-
-// endpoint is how to reach a VM's sshd: its IP and its image's pinned host
-// key.
-func (d *Daemon) endpoint(ctx context.Context, vm model.VM) (guest.Endpoint, error) {
-	im, err := d.store.GetImage(ctx, vm.ImageID)
-	if err != nil {
-		return guest.Endpoint{}, store.Describe("image", vm.ImageID, err)
-	}
-	if im.HostKey == "" {
-		return guest.Endpoint{}, errdefs.Errorf(errdefs.CodeInvalid, "image %s has no recorded SSH host key; rebuild or re-import it", im.Name)
-	}
-	return guest.Endpoint{Host: vm.GuestIP, Port: 22, User: "root", HostKey: im.HostKey}, nil
-}
-
-// driver returns the VMM driver of a VM.
-func (d *Daemon) driver(name string) (vmm.Driver, error) { return d.host.drivers.Get(name) }
-
-// strategy returns the storage strategy by name.
-func (d *Daemon) strategy(name string) (storage.Strategy, error) {
-	for _, s := range d.host.strategies {
-		if s.Name() == name {
-			return s, nil
-		}
-	}
-	return nil, errdefs.Errorf(errdefs.CodeInternal, "unknown storage strategy %q", name)
-}
-
-// vmmAlive checks the VMM process of a VM by its cached handles.
-func (d *Daemon) vmmAlive(vm model.VM) bool {
-	h, ok := d.handles.get(vm.ID)
-	if !ok || h.PID == 0 {
-		return false
-	}
-	drv, err := d.driver(vm.VMM)
-	if err != nil {
-		return false
-	}
-	return drv.Alive(vmm.Handle{PID: h.PID, APISocket: h.APISocket})
-}
-
-// vmDir is the directory of a VM.
-func (d *Daemon) vmDir(id string) string { return filepath.Join(d.cfg.VMsDir(), id) }
-
-// ensureDir makes a root-only directory.
-func ensureDir(p string) error { return os.MkdirAll(p, 0o700) }

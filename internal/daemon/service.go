@@ -8,6 +8,7 @@ import (
 	"io"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/daemon/doctor"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/progress"
 )
@@ -117,3 +118,37 @@ func (d *Daemon) SSHInfo(ctx context.Context, ref string) (api.SSHInfo, error) {
 }
 
 func (d *Daemon) Hosts(ctx context.Context) (string, error) { return d.guests.Hosts(ctx) }
+
+// ---- VMs ----
+
+func (d *Daemon) ListVMs(ctx context.Context) ([]model.VM, error) { return d.vms.List(ctx) }
+
+func (d *Daemon) GetVM(ctx context.Context, ref string) (model.VM, error) { return d.vms.Get(ctx, ref) }
+
+func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest, report progress.Func) (model.VM, error) {
+	return d.vms.Create(ctx, req, report)
+}
+
+func (d *Daemon) StartVM(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
+	return d.vms.Start(ctx, ref, report)
+}
+
+func (d *Daemon) StopVM(ctx context.Context, ref string, req api.StopVMRequest) (model.VM, error) {
+	return d.vms.Stop(ctx, ref, req)
+}
+
+func (d *Daemon) RestartVM(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
+	return d.vms.Restart(ctx, ref, report)
+}
+
+func (d *Daemon) DeleteVM(ctx context.Context, ref string, force bool) error {
+	return d.vms.Delete(ctx, ref, force)
+}
+
+// ---- host ----
+
+func (d *Daemon) Doctor(ctx context.Context) api.DoctorReport {
+	return doctor.Report(ctx, d.doctorHost())
+}
+
+var _ api.Service = (*Daemon)(nil)

@@ -18,6 +18,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guest"
@@ -43,8 +45,12 @@ type VMs interface {
 type Deps struct {
 	Store *store.Store
 	VMs   VMs
-	// Dial returns a (pooled) SSH client to a running VM's guest.
+	// Dial returns a (pooled) SSH client to a running VM's guest: Dial
+	// below, or a test's stand-in.
 	Dial func(ctx context.Context, vm model.VM) (guest.Client, error)
+	// Signer is the daemon's SSH key; Pool keeps one connection per VM.
+	Signer ssh.Signer
+	Pool   *guest.Pool
 	// KeyPath is the daemon's private SSH key, for `vm ssh`.
 	KeyPath string
 	// Netns is the network namespace the VMs' network lives in.
@@ -58,6 +64,8 @@ type Service struct {
 	store     *store.Store
 	vms       VMs
 	dial      func(ctx context.Context, vm model.VM) (guest.Client, error)
+	signer    ssh.Signer
+	pool      *guest.Pool
 	keyPath   string
 	netns     string
 	dnsSuffix string
@@ -65,7 +73,83 @@ type Service struct {
 
 // New makes a Service.
 func New(deps Deps) *Service {
-	return &Service{store: deps.Store, vms: deps.VMs, dial: deps.Dial, keyPath: deps.KeyPath, netns: deps.Netns, dnsSuffix: deps.DNSSuffix}
+	return &Service{store: deps.Store, vms: deps.VMs, dial: deps.Dial, signer: deps.Signer, pool: deps.Pool,
+		keyPath: deps.KeyPath, netns: deps.Netns, dnsSuffix: deps.DNSSuffix}
+}
+
+// sshTimeout bounds how long a booting guest may take to answer SSH.
+const sshTimeout = 180 * time.Second
+
+// endpoint is how to reach a VM's sshd: its IP and its image's pinned host
+// key.
+func (sv *Service) endpoint(ctx context.Context, vm model.VM) (guest.Endpoint, error) {
+	im, err := sv.store.GetImage(ctx, vm.ImageID)
+	if err != nil {
+		return guest.Endpoint{}, store.Describe("image", vm.ImageID, err)
+	}
+	if im.HostKey == "" {
+		return guest.Endpoint{}, errdefs.Errorf(errdefs.CodeInvalid, "image %s has no recorded SSH host key; rebuild or re-import it", im.Name)
+	}
+	return guest.Endpoint{Host: vm.GuestIP, Port: 22, User: "root", HostKey: im.HostKey}, nil
+}
+
+// Dial returns the pooled SSH client of a running VM's guest.
+func (sv *Service) Dial(ctx context.Context, vm model.VM) (guest.Client, error) {
+	if sv.pool == nil {
+		return nil, errdefs.Errorf(errdefs.CodeUnavailable, "guest access is not configured")
+	}
+	ep, err := sv.endpoint(ctx, vm)
+	if err != nil {
+		return nil, err
+	}
+	return sv.pool.Get(ctx, vm.ID, ep)
+}
+
+// WaitReady waits until a booting guest's sshd runs commands, failing
+// early when its VMM dies (vmmAlive turns false). The connection that
+// proved the guest ready joins the pool and serves the first exec.
+func (sv *Service) WaitReady(ctx context.Context, vm model.VM, vmmAlive func() bool) error {
+	if sv.pool == nil {
+		return errdefs.Errorf(errdefs.CodeUnavailable, "guest access is not configured")
+	}
+	ep, err := sv.endpoint(ctx, vm)
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, sshTimeout)
+	defer cancel()
+	go func() {
+		// Stop waiting as soon as the VMM is gone: its log says why.
+		for wctx.Err() == nil {
+			if !vmmAlive() {
+				cancel()
+				return
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+	}()
+	c, err := guest.WaitReady(wctx, ep, sv.signer, 200*time.Millisecond)
+	if err != nil {
+		if !vmmAlive() {
+			return fmt.Errorf("the vmm exited during boot; %s", tailFile(vm.LogPath, vm.ConsolePath))
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("guest ssh did not answer within %s: %v; %s", sshTimeout, err, tailFile(vm.ConsolePath))
+	}
+	sv.pool.Adopt(vm.ID, ep, c)
+	return nil
+}
+
+// LookupDNS answers <name>.<suffix> for running VMs.
+func (sv *Service) LookupDNS(host string) (netip.Addr, bool) {
+	vm, err := sv.store.GetVM(context.Background(), host)
+	if err != nil || vm.Name != host || !sv.vms.Alive(vm) {
+		return netip.Addr{}, false
+	}
+	ip, err := netip.ParseAddr(vm.GuestIP)
+	return ip, err == nil
 }
 
 // Exec runs a command in a running VM over the daemon's SSH connection.
@@ -216,4 +300,20 @@ func (sv *Service) Hosts(ctx context.Context) (string, error) {
 		}
 	}
 	return hostnet.HostsLines(sv.dnsSuffix, m), nil
+}
+
+// tailFile returns the last lines of the first non-empty file, for errors.
+func tailFile(paths ...string) string {
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil || len(strings.TrimSpace(string(b))) == 0 {
+			continue
+		}
+		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		if len(lines) > 8 {
+			lines = lines[len(lines)-8:]
+		}
+		return fmt.Sprintf("last lines of %s:\n%s", p, strings.Join(lines, "\n"))
+	}
+	return "no log output"
 }

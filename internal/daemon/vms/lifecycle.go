@@ -1,4 +1,4 @@
-package daemon
+package vms
 
 import (
 	"context"
@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -44,21 +43,21 @@ func vmPaths(vm *model.VM, dir string, strategy string) {
 	vm.SystemDisk = storage.SystemFile(strategy, dir)
 }
 
-// CreateVM makes the VM record and its disks, and boots it when asked.
-func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest, report progress.Func) (model.VM, error) {
+// Create makes the VM record and its disks, and boots it when asked.
+func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report progress.Func) (model.VM, error) {
 	report = progress.OrNop(report)
 	cpus := req.CPUs
 	if cpus == 0 {
-		cpus = d.cfg.CPUs
+		cpus = m.cfg.CPUs
 	}
 	if cpus < 1 || cpus > maxCPUs {
 		return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "invalid cpus %d: use 1 to %d", cpus, maxCPUs)
 	}
-	mem, err := sizeAtLeast("memory", req.Memory, d.cfg.Memory, minMemoryMiB<<20)
+	mem, err := sizeAtLeast("memory", req.Memory, m.cfg.Memory, minMemoryMiB<<20)
 	if err != nil {
 		return model.VM{}, err
 	}
-	disk, err := sizeAtLeast("disk", req.Disk, d.cfg.Disk, minDiskBytes)
+	disk, err := sizeAtLeast("disk", req.Disk, m.cfg.Disk, minDiskBytes)
 	if err != nil {
 		return model.VM{}, err
 	}
@@ -70,67 +69,67 @@ func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest, report p
 	if err := model.ValidateName("vm", name); err != nil {
 		return model.VM{}, errdefs.Invalid(err)
 	}
-	if _, err := d.store.GetVM(ctx, name); err == nil {
+	if _, err := m.store.GetVM(ctx, name); err == nil {
 		return model.VM{}, errdefs.Errorf(errdefs.CodeConflict, "vm %q already exists", name)
 	}
 
 	// Checked before the image and kernel, which may take minutes to fetch.
-	if _, err := d.pickDriver(ctx, req.VMM); err != nil {
+	if _, err := m.PickDriver(ctx, req.VMM); err != nil {
 		return model.VM{}, err
 	}
-	im, err := d.artifacts.ImageForVM(ctx, req.Image, report)
+	im, err := m.artifacts.ImageForVM(ctx, req.Image, report)
 	if err != nil {
 		return model.VM{}, err
 	}
-	k, err := d.artifacts.KernelForVM(ctx, req.Kernel, report)
+	k, err := m.artifacts.KernelForVM(ctx, req.Kernel, report)
 	if err != nil {
 		return model.VM{}, err
 	}
 	// Picked again now that the default kernel is surely registered: the
 	// drivers' KVM probes boot it, which firmware alone does not prove.
-	drv, err := d.pickDriver(ctx, req.VMM)
+	drv, err := m.PickDriver(ctx, req.VMM)
 	if err != nil {
 		return model.VM{}, err
 	}
-	strat, err := d.pickStrategy(drv)
+	strat, err := m.PickStrategy(drv)
 	if err != nil {
 		return model.VM{}, err
 	}
 
-	now := d.now().UTC()
+	now := m.now().UTC()
 	vm := model.VM{
 		ID: id, Name: name, ImageID: im.ID, KernelID: k.ID,
 		CPUs: cpus, MemoryMiB: int(mem >> 20), DiskBytes: disk,
 		DesiredState: model.VMStopped, State: model.VMCreated,
 		VMM: drv.Name(), CowStrategy: strat.Name(),
-		DNSName:   name + "." + d.cfg.DNSSuffix,
+		DNSName:   name + "." + m.cfg.DNSSuffix,
 		CreatedAt: now, UpdatedAt: now,
 	}
 	if a, ok := drv.(vmm.AccelReporter); ok {
 		vm.Accel, _ = a.Accel(ctx)
 	}
-	vmPaths(&vm, d.vmDir(id), strat.Name())
+	vmPaths(&vm, m.vmDir(id), strat.Name())
 
 	// Reserve the name, IP and CID in one step: the store's unique
 	// constraints are the last word, the mutex keeps our own choices apart.
-	d.allocMu.Lock()
-	err = d.allocate(ctx, &vm)
+	m.allocMu.Lock()
+	err = m.allocate(ctx, &vm)
 	if err == nil {
-		err = store.Describe("vm", name, d.store.CreateVM(ctx, vm))
+		err = store.Describe("vm", name, m.store.CreateVM(ctx, vm))
 	}
-	d.allocMu.Unlock()
+	m.allocMu.Unlock()
 	if err != nil {
 		return model.VM{}, err
 	}
 	report(progress.Event{Phase: "disks", Message: fmt.Sprintf("creating %s system disk and %s work disk", strat.Name(), model.FormatSize(disk))})
-	if err := d.makeDisks(ctx, vm, im, strat); err != nil {
+	if err := m.makeDisks(ctx, vm, im, strat); err != nil {
 		_ = os.RemoveAll(vm.Dir)
-		_ = d.store.DeleteVM(context.Background(), vm.ID)
+		_ = m.store.DeleteVM(context.Background(), vm.ID)
 		return model.VM{}, fmt.Errorf("create vm %s: %w", name, err)
 	}
-	d.log.Info("vm created", "vm", name, "id", id, "vmm", vm.VMM, "cow", vm.CowStrategy, "ip", vm.GuestIP)
+	m.log.Info("vm created", "vm", name, "id", id, "vmm", vm.VMM, "cow", vm.CowStrategy, "ip", vm.GuestIP)
 	if req.Start {
-		return d.StartVM(ctx, id, report)
+		return m.Start(ctx, id, report)
 	}
 	return vm, nil
 }
@@ -152,8 +151,8 @@ func sizeAtLeast(what, req, def string, min int64) (int64, error) {
 }
 
 // allocate picks the lowest free guest IP and CID. Called with allocMu held.
-func (d *Daemon) allocate(ctx context.Context, vm *model.VM) error {
-	vms, err := d.store.ListVMs(ctx)
+func (m *Manager) allocate(ctx context.Context, vm *model.VM) error {
+	vms, err := m.store.ListVMs(ctx)
 	if err != nil {
 		return err
 	}
@@ -165,9 +164,9 @@ func (d *Daemon) allocate(ctx context.Context, vm *model.VM) error {
 		}
 		cids[o.CID] = true
 	}
-	ip, err := hostnet.AllocateIP(d.host.subnet, used)
+	ip, err := hostnet.AllocateIP(m.subnet, used)
 	if err != nil {
-		return errdefs.Errorf(errdefs.CodeConflict, "no free guest address in %s: %v", d.host.subnet, err)
+		return errdefs.Errorf(errdefs.CodeConflict, "no free guest address in %s: %v", m.subnet, err)
 	}
 	vm.GuestIP = ip.String()
 	vm.GuestMAC = hostnet.MACForIP(ip)
@@ -180,7 +179,7 @@ func (d *Daemon) allocate(ctx context.Context, vm *model.VM) error {
 }
 
 // makeDisks creates the system disk and the work disk side by side.
-func (d *Daemon) makeDisks(ctx context.Context, vm model.VM, im model.Image, strat storage.Strategy) error {
+func (m *Manager) makeDisks(ctx context.Context, vm model.VM, im model.Image, strat storage.Strategy) error {
 	if err := ensureDir(vm.Dir); err != nil {
 		return err
 	}
@@ -196,101 +195,101 @@ func (d *Daemon) makeDisks(ctx context.Context, vm model.VM, im model.Image, str
 	return errors.Join(sysErr, workErr)
 }
 
-// pickDriver resolves --vmm (request, then config) to a driver this host
+// PickDriver resolves --vmm (request, then config) to a driver this host
 // can run.
-func (d *Daemon) pickDriver(ctx context.Context, want string) (vmm.Driver, error) {
+func (m *Manager) PickDriver(ctx context.Context, want string) (vmm.Driver, error) {
 	if want == "" {
-		want = d.cfg.VMM
+		want = m.cfg.VMM
 	}
-	return d.host.drivers.Pick(ctx, want)
+	return m.drivers.Pick(ctx, want)
 }
 
-// pickStrategy chooses the copy-on-write strategy for a VMM on this state dir.
-func (d *Daemon) pickStrategy(drv vmm.Driver) (storage.Strategy, error) {
-	s, reason := storage.Choose(drv.Formats(), d.cfg.VMsDir(), d.host.strategies...)
+// PickStrategy chooses the copy-on-write strategy for a VMM on this state dir.
+func (m *Manager) PickStrategy(drv vmm.Driver) (storage.Strategy, error) {
+	s, reason := storage.Choose(drv.Formats(), m.cfg.VMsDir(), m.strategies...)
 	if s == nil {
 		return nil, errdefs.Errorf(errdefs.CodeUnavailable, "no copy-on-write strategy for %s on this host: %s", drv.Name(), reason)
 	}
 	return s, nil
 }
 
-// lockVM resolves ref, takes the VM's lock and reads its record again
+// Lock resolves ref, takes the VM's lock and reads its record again
 // under the lock, so the caller acts on what is current. The caller must
 // call unlock.
-func (d *Daemon) lockVM(ctx context.Context, ref string) (model.VM, func(), error) {
-	vm, err := d.resolveVM(ctx, ref)
+func (m *Manager) Lock(ctx context.Context, ref string) (model.VM, func(), error) {
+	vm, err := m.Resolve(ctx, ref)
 	if err != nil {
 		return vm, nil, err
 	}
-	unlock := d.locks.Lock(vm.ID)
-	if vm, err = d.store.GetVM(ctx, vm.ID); err != nil {
+	unlock := m.locks.Lock(vm.ID)
+	if vm, err = m.store.GetVM(ctx, vm.ID); err != nil {
 		unlock()
 		return vm, nil, store.Describe("vm", ref, err)
 	}
 	return vm, unlock, nil
 }
 
-// StartVM boots a VM and waits until its guest answers SSH.
-func (d *Daemon) StartVM(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
+// Start boots a VM and waits until its guest answers SSH.
+func (m *Manager) Start(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
 	report = progress.OrNop(report)
-	vm, unlock, err := d.lockVM(ctx, ref)
+	vm, unlock, err := m.Lock(ctx, ref)
 	if err != nil {
 		return vm, err
 	}
 	defer unlock()
-	if d.vmAlive(vm) {
+	if m.Alive(vm) {
 		return vm, nil
 	}
-	return d.boot(ctx, vm, report)
+	return m.boot(ctx, vm, report)
 }
 
 // boot does the work of a start. Called with the VM's lock held.
-func (d *Daemon) boot(ctx context.Context, vm model.VM, report progress.Func) (model.VM, error) {
-	if d.host.netErr != nil {
-		return vm, errdefs.Errorf(errdefs.CodeUnavailable, "cannot start vm %s: %v", vm.Name, d.host.netErr)
+func (m *Manager) boot(ctx context.Context, vm model.VM, report progress.Func) (model.VM, error) {
+	if m.netErr != nil {
+		return vm, errdefs.Errorf(errdefs.CodeUnavailable, "cannot start vm %s: %v", vm.Name, m.netErr)
 	}
-	drv, err := d.driver(vm.VMM)
+	drv, err := m.driver(vm.VMM)
 	if err != nil {
 		return vm, err
 	}
-	im, err := d.store.GetImage(ctx, vm.ImageID)
+	im, err := m.store.GetImage(ctx, vm.ImageID)
 	if err != nil {
 		return vm, store.Describe("image", vm.ImageID, err)
 	}
-	k, err := d.store.GetKernel(ctx, vm.KernelID)
+	k, err := m.store.GetKernel(ctx, vm.KernelID)
 	if err != nil {
 		return vm, store.Describe("kernel", vm.KernelID, err)
 	}
-	strat, err := d.strategy(vm.CowStrategy)
+	strat, err := m.strategy(vm.CowStrategy)
 	if err != nil {
 		return vm, err
 	}
 	// Whatever a previous run left (a crash mid-start) goes first.
-	d.teardown(ctx, vm)
+	m.teardown(ctx, vm)
 
 	vm.State = model.VMStarting
 	vm.DesiredState = model.VMRunning
 	vm.LastError = ""
-	if err := d.save(ctx, &vm); err != nil {
+	if err := m.save(ctx, &vm); err != nil {
 		return vm, err
 	}
 	start := time.Now()
 	fail := func(err error) (model.VM, error) {
-		d.teardown(context.Background(), vm)
+		m.teardown(context.Background(), vm)
 		vm.State = model.VMFailed
 		vm.LastError = err.Error()
-		_ = d.save(context.Background(), &vm)
-		d.log.Error("vm start failed", "vm", vm.Name, "err", err)
+		_ = m.save(context.Background(), &vm)
+		m.log.Error("vm start failed", "vm", vm.Name, "err", err)
 		return vm, fmt.Errorf("start vm %s: %w", vm.Name, err)
 	}
 
 	report(progress.Event{Phase: "disks", Message: "attaching disks"})
 	sys, err := strat.Attach(ctx, im.Path, vm.Dir)
-	h := model.VMHandles{APISocket: vm.APISocket, Tap: hostnet.TapName(vm.ID), Bridge: d.cfg.Bridge, Netns: d.cfg.Netns,
+	h := model.VMHandles{APISocket: vm.APISocket, Tap: hostnet.TapName(vm.ID), Bridge: m.cfg.Bridge, Netns: m.cfg.Netns,
 		Loops: sys.Loops, DMNames: sys.DMNames}
 	// Record what is about to exist before making it, so a crash in
 	// between leaves a scratch file naming it.
-	if herr := d.handles.set(vm.ID, vm.Dir, h); herr != nil && err == nil {
+	if herr := m.handles.set(vm.ID, vm.Dir, h); herr != nil && err == nil {
 		err = herr
 	}
 	if err != nil {
@@ -300,16 +299,16 @@ func (d *Daemon) boot(ctx context.Context, vm model.VM, report progress.Func) (m
 	if err != nil {
 		return fail(err)
 	}
-	if err := d.host.taps.CreateTap(ctx, h.Tap, g); err != nil {
+	if err := m.taps.CreateTap(ctx, h.Tap, g); err != nil {
 		return fail(fmt.Errorf("tap %s: %w", h.Tap, err))
 	}
-	pubKey := guest.AuthorizedKey(d.host.signer)
-	gw := d.host.taps.Gateway()
+	pubKey := m.authorizedKey
+	gw := m.taps.Gateway()
 	spec := vmm.Spec{
 		ID: vm.ID, Name: vm.Name, Dir: vm.Dir, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
 		Kernel: vmm.Kernel{Vmlinux: k.VmlinuxPath, BzImage: k.BzImagePath, Initrd: k.InitrdPath},
 		Cmdline: guestinit.Cmdline(k.Cmdline, guestinit.Params{
-			Addr: netip.PrefixFrom(g.IP, d.host.subnet.Bits()), Gateway: gw, DNS: []netip.Addr{gw},
+			Addr: netip.PrefixFrom(g.IP, m.subnet.Bits()), Gateway: gw, DNS: []netip.Addr{gw},
 			Hostname: vm.Name, Key: pubKey,
 			WorkDisk: "/dev/vdb", Root: "/dev/vda",
 		}),
@@ -330,106 +329,56 @@ func (d *Daemon) boot(ctx context.Context, vm model.VM, report progress.Func) (m
 		return fail(err)
 	}
 	h.PID = vh.PID
-	if err := d.handles.set(vm.ID, vm.Dir, h); err != nil {
+	if err := m.handles.set(vm.ID, vm.Dir, h); err != nil {
 		return fail(err)
 	}
-	if err := d.writeKnownHosts(vm, im); err != nil {
+	if err := m.writeKnownHosts(vm, im); err != nil {
 		return fail(err)
 	}
 	report(progress.Event{Phase: "ssh", Message: "waiting for the guest's SSH", Elapsed: time.Since(start).Seconds()})
-	if err := d.waitGuest(ctx, vm, drv, vh); err != nil {
+	if err := m.waitGuest(ctx, vm, func() bool { return drv.Alive(vh) }); err != nil {
 		return fail(err)
 	}
-	now := d.now().UTC()
+	now := m.now().UTC()
 	vm.State = model.VMRunning
 	vm.StartedAt = &now
-	if err := d.save(ctx, &vm); err != nil {
+	if err := m.save(ctx, &vm); err != nil {
 		return fail(err)
 	}
 	report(progress.Event{Phase: "ready", Message: fmt.Sprintf("%s is running at %s", vm.Name, vm.GuestIP), Elapsed: time.Since(start).Seconds()})
-	d.log.Info("vm started", "vm", vm.Name, "pid", vh.PID, "seconds", time.Since(start).Seconds())
+	m.log.Info("vm started", "vm", vm.Name, "pid", vh.PID, "seconds", time.Since(start).Seconds())
 	return vm, nil
 }
 
-// waitReady waits until the guest's sshd runs commands, failing early when
-// the VMM process dies.
-func (d *Daemon) waitReady(ctx context.Context, vm model.VM, drv vmm.Driver, vh vmm.Handle) error {
-	ep, err := d.endpoint(ctx, vm)
-	if err != nil {
-		return err
-	}
-	wctx, cancel := context.WithTimeout(ctx, sshTimeout)
-	defer cancel()
-	go func() {
-		// Stop waiting as soon as the VMM is gone: its log says why.
-		for wctx.Err() == nil {
-			if !drv.Alive(vh) {
-				cancel()
-				return
-			}
-			time.Sleep(250 * time.Millisecond)
-		}
-	}()
-	c, err := guest.WaitReady(wctx, ep, d.host.signer, 200*time.Millisecond)
-	if err != nil {
-		if !drv.Alive(vh) {
-			return fmt.Errorf("the vmm exited during boot; %s", tailFile(vm.LogPath, vm.ConsolePath))
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return fmt.Errorf("guest ssh did not answer within %s: %v; %s", sshTimeout, err, tailFile(vm.ConsolePath))
-	}
-	// The connection that proved the guest ready serves the first exec.
-	d.host.pool.Adopt(vm.ID, ep, c)
-	return nil
-}
-
-// tailFile returns the last lines of the first non-empty file, for errors.
-func tailFile(paths ...string) string {
-	for _, p := range paths {
-		b, err := os.ReadFile(p)
-		if err != nil || len(strings.TrimSpace(string(b))) == 0 {
-			continue
-		}
-		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-		if len(lines) > 8 {
-			lines = lines[len(lines)-8:]
-		}
-		return fmt.Sprintf("last lines of %s:\n%s", p, strings.Join(lines, "\n"))
-	}
-	return "no log output"
-}
-
 // writeKnownHosts writes the pinned host key for `vm ssh`.
-func (d *Daemon) writeKnownHosts(vm model.VM, im model.Image) error {
+func (m *Manager) writeKnownHosts(vm model.VM, im model.Image) error {
 	line := guest.KnownHostsLine(vm.GuestIP, im.HostKey)
 	return os.WriteFile(filepath.Join(vm.Dir, "known_hosts"), []byte(line+"\n"), 0o600)
 }
 
-// StopVM shuts a VM down gracefully, then forcefully after the timeout.
-func (d *Daemon) StopVM(ctx context.Context, ref string, req api.StopVMRequest) (model.VM, error) {
-	vm, unlock, err := d.lockVM(ctx, ref)
+// Stop shuts a VM down gracefully, then forcefully after the timeout.
+func (m *Manager) Stop(ctx context.Context, ref string, req api.StopVMRequest) (model.VM, error) {
+	vm, unlock, err := m.Lock(ctx, ref)
 	if err != nil {
 		return vm, err
 	}
 	defer unlock()
-	return d.halt(ctx, vm, req)
+	return m.halt(ctx, vm, req)
 }
 
 // halt stops a VM. Called with the VM's lock held.
-func (d *Daemon) halt(ctx context.Context, vm model.VM, req api.StopVMRequest) (model.VM, error) {
+func (m *Manager) halt(ctx context.Context, vm model.VM, req api.StopVMRequest) (model.VM, error) {
 	vm.DesiredState = model.VMStopped
-	if d.vmAlive(vm) {
+	if m.Alive(vm) {
 		vm.State = model.VMStopping
-		if err := d.save(ctx, &vm); err != nil {
+		if err := m.save(ctx, &vm); err != nil {
 			return vm, err
 		}
-		drv, err := d.driver(vm.VMM)
+		drv, err := m.driver(vm.VMM)
 		if err != nil {
 			return vm, err
 		}
-		h, _ := d.handles.get(vm.ID)
+		h, _ := m.handles.get(vm.ID)
 		vh := vmm.Handle{PID: h.PID, APISocket: h.APISocket}
 		timeout := time.Duration(req.TimeoutSeconds) * time.Second
 		if timeout <= 0 {
@@ -438,7 +387,7 @@ func (d *Daemon) halt(ctx context.Context, vm model.VM, req api.StopVMRequest) (
 		exited := false
 		if !req.Force {
 			if err := drv.Shutdown(ctx, vh); err != nil {
-				d.log.Warn("graceful shutdown request failed", "vm", vm.Name, "err", err)
+				m.log.Warn("graceful shutdown request failed", "vm", vm.Name, "err", err)
 			} else {
 				wctx, cancel := context.WithTimeout(ctx, timeout)
 				exited = vmm.WaitExit(wctx, drv, vh, 100*time.Millisecond)
@@ -451,70 +400,70 @@ func (d *Daemon) halt(ctx context.Context, vm model.VM, req api.StopVMRequest) (
 			}
 		}
 	}
-	d.teardown(ctx, vm)
+	m.teardown(ctx, vm)
 	if vm.State != model.VMFailed || vm.DesiredState == model.VMStopped {
 		vm.State = model.VMStopped
 	}
-	if err := d.save(ctx, &vm); err != nil {
+	if err := m.save(ctx, &vm); err != nil {
 		return vm, err
 	}
-	d.log.Info("vm stopped", "vm", vm.Name)
+	m.log.Info("vm stopped", "vm", vm.Name)
 	return vm, nil
 }
 
-// RestartVM stops then starts a VM.
-func (d *Daemon) RestartVM(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
-	vm, unlock, err := d.lockVM(ctx, ref)
+// Restart stops then starts a VM.
+func (m *Manager) Restart(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
+	vm, unlock, err := m.Lock(ctx, ref)
 	if err != nil {
 		return vm, err
 	}
 	defer unlock()
-	if vm, err = d.halt(ctx, vm, api.StopVMRequest{}); err != nil {
+	if vm, err = m.halt(ctx, vm, api.StopVMRequest{}); err != nil {
 		return vm, err
 	}
-	return d.boot(ctx, vm, progress.OrNop(report))
+	return m.boot(ctx, vm, progress.OrNop(report))
 }
 
-// DeleteVM removes a VM and everything it has on the host.
-func (d *Daemon) DeleteVM(ctx context.Context, ref string, force bool) error {
-	vm, unlock, err := d.lockVM(ctx, ref)
+// Delete removes a VM and everything it has on the host.
+func (m *Manager) Delete(ctx context.Context, ref string, force bool) error {
+	vm, unlock, err := m.Lock(ctx, ref)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	if d.vmAlive(vm) {
+	if m.Alive(vm) {
 		if !force {
 			return errdefs.Errorf(errdefs.CodeConflict, "vm %s is running: stop it first or delete with --force", vm.Name)
 		}
-		if _, err := d.halt(ctx, vm, api.StopVMRequest{Force: true}); err != nil {
+		if _, err := m.halt(ctx, vm, api.StopVMRequest{Force: true}); err != nil {
 			return err
 		}
 	}
-	d.teardown(ctx, vm)
-	if strat, err := d.strategy(vm.CowStrategy); err == nil {
+	m.teardown(ctx, vm)
+	if strat, err := m.strategy(vm.CowStrategy); err == nil {
 		if err := strat.Remove(ctx, vm.Dir); err != nil {
-			d.log.Warn("remove system disk", "vm", vm.Name, "err", err)
+			m.log.Warn("remove system disk", "vm", vm.Name, "err", err)
 		}
 	}
 	if err := os.RemoveAll(vm.Dir); err != nil {
 		return fmt.Errorf("remove %s: %w", vm.Dir, err)
 	}
-	if err := d.store.DeleteVM(ctx, vm.ID); err != nil {
+	if err := m.store.DeleteVM(ctx, vm.ID); err != nil {
 		return store.Describe("vm", ref, err)
 	}
-	d.log.Info("vm deleted", "vm", vm.Name)
+	m.log.Info("vm deleted", "vm", vm.Name)
 	return nil
 }
 
 // teardown releases every transient host resource of a VM: VMM process,
 // tap, loops, dm targets, sockets, pooled connections. Each step tolerates
 // things already gone, so it is safe after a crash and safe to repeat.
-func (d *Daemon) teardown(ctx context.Context, vm model.VM) {
-	h, ok := d.handles.get(vm.ID)
+func (m *Manager) teardown(ctx context.Context, vm model.VM) {
+	h, ok := m.handles.get(vm.ID)
 	if !ok {
 		var err error
 		if h, err = readHandlesFile(vm.Dir); err != nil {
-			d.log.Warn("handles file unreadable; tearing down by derived names", "vm", vm.Name, "err", err)
+			m.log.Warn("handles file unreadable; tearing down by derived names", "vm", vm.Name, "err", err)
 		}
 	}
 	if h.APISocket == "" {
@@ -523,80 +472,37 @@ func (d *Daemon) teardown(ctx context.Context, vm model.VM) {
 	if h.Tap == "" {
 		h.Tap = hostnet.TapName(vm.ID)
 	}
-	d.dropGuest(vm.ID)
-	drv, drvErr := d.driver(vm.VMM)
+	m.dropGuest(vm.ID)
+	drv, drvErr := m.driver(vm.VMM)
 	if drvErr == nil {
 		if vh, err := drv.Find(h.APISocket); err == nil {
 			if err := drv.Kill(ctx, vh); err != nil {
-				d.log.Warn("kill vmm", "vm", vm.Name, "err", err)
+				m.log.Warn("kill vmm", "vm", vm.Name, "err", err)
 			}
 		}
 	}
-	if d.host.taps != nil {
-		if err := d.host.taps.DeleteTap(ctx, h.Tap); err != nil {
-			d.log.Warn("delete tap", "vm", vm.Name, "tap", h.Tap, "err", err)
+	if m.taps != nil {
+		if err := m.taps.DeleteTap(ctx, h.Tap); err != nil {
+			m.log.Warn("delete tap", "vm", vm.Name, "tap", h.Tap, "err", err)
 		}
 	}
 	if len(h.Loops) > 0 || len(h.DMNames) > 0 {
-		if strat, err := d.strategy(vm.CowStrategy); err == nil {
+		if strat, err := m.strategy(vm.CowStrategy); err == nil {
 			if err := strat.Detach(ctx, storage.SystemDisk{Loops: h.Loops, DMNames: h.DMNames}); err != nil {
-				d.log.Warn("detach system disk", "vm", vm.Name, "err", err)
+				m.log.Warn("detach system disk", "vm", vm.Name, "err", err)
 			}
 		}
 	}
 	if drvErr == nil {
 		_ = drv.Cleanup(vmm.Spec{Dir: vm.Dir, APISocket: vm.APISocket, VsockPath: vm.VsockSocket})
 	}
-	d.handles.forget(vm.ID, vm.Dir)
+	m.handles.forget(vm.ID, vm.Dir)
 }
 
 // save writes a VM record, stamping UpdatedAt.
-func (d *Daemon) save(ctx context.Context, vm *model.VM) error {
-	vm.UpdatedAt = d.now().UTC()
-	return store.Describe("vm", vm.Name, d.store.UpdateVM(ctx, *vm))
-}
-
-// watch notices VMM processes that died under a running VM (killed, or the
-// guest powered itself off) and releases their resources.
-func (d *Daemon) watch(ctx context.Context, every time.Duration) {
-	defer close(d.host.watchDone)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		vms, err := d.store.ListVMs(ctx)
-		if err != nil {
-			continue
-		}
-		for _, vm := range vms {
-			if vm.State != model.VMRunning {
-				continue
-			}
-			if _, cached := d.handles.get(vm.ID); !cached || d.processAlive(vm) {
-				continue
-			}
-			d.reapDead(ctx, vm.ID)
-		}
-	}
-}
-
-// reapDead marks a running VM whose VMM is gone as stopped.
-func (d *Daemon) reapDead(ctx context.Context, id string) {
-	unlock := d.locks.Lock(id)
-	defer unlock()
-	vm, err := d.store.GetVM(ctx, id)
-	if err != nil || vm.State != model.VMRunning || d.processAlive(vm) {
-		return
-	}
-	d.teardown(ctx, vm)
-	vm.State = model.VMStopped
-	vm.LastError = "vmm process exited while the vm was running (guest powered off, or the process was killed)"
-	_ = d.save(ctx, &vm)
-	d.log.Warn("vmm process gone; vm marked stopped", "vm", vm.Name)
+func (m *Manager) save(ctx context.Context, vm *model.VM) error {
+	vm.UpdatedAt = m.now().UTC()
+	return store.Describe("vm", vm.Name, m.store.UpdateVM(ctx, *vm))
 }
 
 // guestOf is the VM's address on the bridge, which its tap lets it send as.

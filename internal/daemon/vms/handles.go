@@ -1,4 +1,4 @@
-package daemon
+package vms
 
 import (
 	"encoding/json"

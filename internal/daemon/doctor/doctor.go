@@ -1,21 +1,48 @@
-package daemon
+// Package doctor reports what this host gives banger: the VMM,
+// accelerator, copy-on-write strategy and network new VMs get, and each
+// capability with what to install for the better path.
+//
+// It only looks: it changes nothing on the host and holds no state.
+package doctor
 
 import (
 	"context"
+	"net/netip"
 	"os"
 	"os/exec"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/storage"
 	"github.com/banger/banger/internal/vmm"
 )
 
-// Doctor reports what this host gives banger and why: the VMM, accelerator,
+// Network is what the doctor asks of the host network.
+type Network interface {
+	Gateway() netip.Addr
+	Guarded() bool
+}
+
+// Host is what the doctor looks at.
+type Host struct {
+	Netns      string // the daemon's network namespace, "" for the host's
+	Bridge     string
+	VMsDir     string
+	Drivers    *vmm.Registry
+	Strategies []storage.Strategy
+	// PickDriver and PickStrategy are the choices a new VM gets.
+	PickDriver   func(ctx context.Context) (vmm.Driver, error)
+	PickStrategy func(drv vmm.Driver) (storage.Strategy, error)
+	Net          Network // nil when the network could not be set up
+	NetErr       error   // why not
+}
+
+// Report says what this host gives banger and why: the VMM, accelerator,
 // copy-on-write strategy and network mode new VMs get, and each capability
 // with what to install for the better path.
-func (d *Daemon) Doctor(ctx context.Context) api.DoctorReport {
+func Report(ctx context.Context, h Host) api.DoctorReport {
 	rep := api.DoctorReport{NetworkMode: "host"}
-	if d.cfg.Netns != "" {
-		rep.NetworkMode = "netns:" + d.cfg.Netns
+	if h.Netns != "" {
+		rep.NetworkMode = "netns:" + h.Netns
 	}
 	add := func(name string, ok bool, detail, fix string) {
 		c := api.DoctorCheck{Name: name, OK: ok, Detail: detail}
@@ -27,11 +54,11 @@ func (d *Daemon) Doctor(ctx context.Context) api.DoctorReport {
 
 	_, kvmErr := os.Stat("/dev/kvm")
 	add("kvm-device", kvmErr == nil, describe(kvmErr, "/dev/kvm present"), "load kvm_intel or kvm_amd, or enable nested virtualisation")
-	for _, drv := range d.host.drivers.All() {
+	for _, drv := range h.Drivers.All() {
 		avail, reason := drv.Available(ctx)
 		add(drv.Name(), avail, reason, drv.InstallHint())
 	}
-	if drv, err := d.pickDriver(ctx, ""); err == nil {
+	if drv, err := h.PickDriver(ctx); err == nil {
 		rep.VMM = drv.Name()
 		if a, ok := drv.(vmm.AccelReporter); ok {
 			var why string
@@ -39,12 +66,12 @@ func (d *Daemon) Doctor(ctx context.Context) api.DoctorReport {
 			rep.Checks = append(rep.Checks, api.DoctorCheck{Name: "accel", OK: rep.Accel == "kvm", Detail: rep.Accel + ": " + why,
 				Fix: "a host whose KVM runs ordinary guests (not a paravirtual nested KVM)"})
 		}
-		if s, err := d.pickStrategy(drv); err == nil {
+		if s, err := h.PickStrategy(drv); err == nil {
 			rep.CowStrategy = s.Name()
 		}
 	}
-	for _, s := range d.host.strategies {
-		ok, reason := s.Available(d.cfg.VMsDir())
+	for _, s := range h.Strategies {
+		ok, reason := s.Available(h.VMsDir)
 		fix := ""
 		switch s.Name() {
 		case "dm-snapshot":
@@ -61,11 +88,11 @@ func (d *Daemon) Doctor(ctx context.Context) api.DoctorReport {
 	nft := lookBin("nft")
 	ipt := lookBin("iptables")
 	add("nat", nft != "" || ipt != "", firstNonEmpty(nft, ipt, "neither nft nor iptables found"), "apt-get install nftables")
-	if d.host.netErr != nil {
-		add("network", false, d.host.netErr.Error(), "run bangerd as root with CAP_NET_ADMIN")
-	} else if d.host.net != nil {
-		add("network", true, "bridge "+d.cfg.Bridge+" with gateway "+d.host.net.Gateway().String(), "")
-		if d.host.net.Guarded() {
+	if h.NetErr != nil {
+		add("network", false, h.NetErr.Error(), "run bangerd as root with CAP_NET_ADMIN")
+	} else if h.Net != nil {
+		add("network", true, "bridge "+h.Bridge+" with gateway "+h.Net.Gateway().String(), "")
+		if h.Net.Guarded() {
 			add("tap guard", true, "each VM's tap lets it send only from its own MAC and address (nft bridge tables)", "")
 		} else {
 			add("tap guard", false, "taps are not guarded: a VM could spoof another's MAC or address on the bridge (the iptables backend cannot guard)",

@@ -1,0 +1,124 @@
+package vms
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/banger/banger/internal/model"
+)
+
+// Reconcile runs at start-up. For each VM recorded as running (or caught
+// mid-transition) it reads the scratch file, looks for the VMM process by
+// the api socket it was started with, and either keeps it (seeding the
+// handles cache) or demotes it to stopped after tearing down what the
+// scratch file names. VM directories with no record (a delete interrupted
+// by a crash) are removed.
+func (m *Manager) Reconcile(ctx context.Context) {
+	vms, err := m.store.ListVMs(ctx)
+	if err != nil {
+		m.log.Error("reconcile: list vms", "err", err)
+		return
+	}
+	known := map[string]bool{}
+	for _, vm := range vms {
+		known[vm.ID] = true
+		m.reconcileVM(ctx, vm)
+	}
+	entries, _ := os.ReadDir(m.cfg.VMsDir())
+	for _, e := range entries {
+		if e.IsDir() && !known[e.Name()] {
+			dir := filepath.Join(m.cfg.VMsDir(), e.Name())
+			m.log.Warn("reconcile: removing vm directory with no record", "dir", dir)
+			m.teardown(ctx, model.VM{ID: e.Name(), Dir: dir, VMM: m.drivers.Owner(dir), APISocket: filepath.Join(dir, "api.sock")})
+			_ = os.RemoveAll(dir)
+		}
+	}
+}
+
+func (m *Manager) reconcileVM(ctx context.Context, vm model.VM) {
+	h, herr := readHandlesFile(vm.Dir)
+	if herr != nil {
+		m.log.Warn("reconcile: handles file", "vm", vm.Name, "err", herr)
+	}
+	switch vm.State {
+	case model.VMRunning, model.VMStarting, model.VMStopping:
+	default:
+		if herr != nil || h.PID != 0 || h.Tap != "" || len(h.Loops) > 0 {
+			// A stopped VM with a scratch file: a stop that crashed half-way.
+			m.teardown(ctx, vm)
+		}
+		return
+	}
+	drv, err := m.driver(vm.VMM)
+	if err == nil {
+		sock := h.APISocket
+		if sock == "" {
+			sock = vm.APISocket
+		}
+		if vh, ferr := drv.Find(sock); ferr == nil {
+			h.PID, h.APISocket = vh.PID, vh.APISocket
+			if err := m.handles.set(vm.ID, vm.Dir, h); err != nil {
+				m.log.Warn("reconcile: write handles", "vm", vm.Name, "err", err)
+			}
+			if vm.State != model.VMRunning {
+				// A start or stop was cut short; the process lives, so the
+				// VM runs. A start cut before SSH answered is re-checked by
+				// the next exec's dial.
+				vm.State = model.VMRunning
+				_ = m.save(ctx, &vm)
+			}
+			m.log.Info("reconcile: vm still running", "vm", vm.Name, "pid", vh.PID)
+			return
+		}
+	}
+	m.teardown(ctx, vm)
+	vm.State = model.VMStopped
+	vm.LastError = "vmm process was gone when the daemon started"
+	_ = m.save(ctx, &vm)
+	m.log.Warn("reconcile: vm demoted to stopped", "vm", vm.Name)
+}
+
+// Watch notices VMM processes that died under a running VM (killed, or the
+// guest powered itself off) and releases their resources, every interval,
+// until ctx ends.
+func (m *Manager) Watch(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		vms, err := m.store.ListVMs(ctx)
+		if err != nil {
+			continue
+		}
+		for _, vm := range vms {
+			if vm.State != model.VMRunning {
+				continue
+			}
+			if _, cached := m.handles.get(vm.ID); !cached || m.vmmAlive(vm) {
+				continue
+			}
+			m.reapDead(ctx, vm.ID)
+		}
+	}
+}
+
+// reapDead marks a running VM whose VMM is gone as stopped.
+func (m *Manager) reapDead(ctx context.Context, id string) {
+	unlock := m.locks.Lock(id)
+	defer unlock()
+	vm, err := m.store.GetVM(ctx, id)
+	if err != nil || vm.State != model.VMRunning || m.vmmAlive(vm) {
+		return
+	}
+	m.teardown(ctx, vm)
+	vm.State = model.VMStopped
+	vm.LastError = "vmm process exited while the vm was running (guest powered off, or the process was killed)"
+	_ = m.save(ctx, &vm)
+	m.log.Warn("vmm process gone; vm marked stopped", "vm", vm.Name)
+}

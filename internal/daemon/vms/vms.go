@@ -1,0 +1,183 @@
+// Package vms is the VM lifecycle: create, start, stop, restart and delete
+// a VM; the per-VM lock every request on a VM takes; the handles cache of
+// what is momentarily true of a running VM (VMM PID, tap, loops) and its
+// handles.json mirror; the one liveness check; reconciliation at start-up;
+// and the watcher that notices VMMs that died.
+//
+// It composes the VMM registry (package vmm), copy-on-write strategies
+// (package storage) and taps (package hostnet) through their interfaces.
+// It must not know any VMM's API or files, reach into a guest (boot waits
+// through the WaitGuest function it is given), or touch sessions,
+// workspaces or image builds.
+package vms
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/banger/banger/internal/config"
+	"github.com/banger/banger/internal/errdefs"
+	"github.com/banger/banger/internal/hostnet"
+	"github.com/banger/banger/internal/keyed"
+	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/progress"
+	"github.com/banger/banger/internal/storage"
+	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/vmm"
+)
+
+// Taps is the part of host networking that VM start and teardown use.
+type Taps interface {
+	CreateTap(ctx context.Context, name string, g hostnet.Guest) error
+	DeleteTap(ctx context.Context, name string) error
+	Gateway() netip.Addr
+}
+
+// Artifacts finds the image and kernel of a new VM, making the defaults
+// on first use.
+type Artifacts interface {
+	ImageForVM(ctx context.Context, ref string, report progress.Func) (model.Image, error)
+	KernelForVM(ctx context.Context, ref string, report progress.Func) (model.Kernel, error)
+}
+
+// Deps are what a Manager is made of.
+type Deps struct {
+	Config     config.Config
+	Store      *store.Store
+	Log        *slog.Logger
+	Now        func() time.Time
+	Drivers    *vmm.Registry
+	Strategies []storage.Strategy
+	// Taps makes and deletes VM taps; NetErr, when set, says why the host
+	// network is unusable and every start fails with it.
+	Taps   Taps
+	NetErr error
+	Subnet netip.Prefix
+	// AuthorizedKey is the daemon's public key, given to every guest.
+	AuthorizedKey string
+	Artifacts     Artifacts
+	// WaitGuest waits until a booting VM's guest is ready for commands;
+	// vmmAlive says whether its VMM still runs, so it can fail early.
+	WaitGuest func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
+	// DropGuest forgets pooled connections to a VM (it stopped or is gone).
+	DropGuest func(vmID string)
+}
+
+// Manager runs the VM lifecycle.
+type Manager struct {
+	cfg           config.Config
+	store         *store.Store
+	log           *slog.Logger
+	now           func() time.Time
+	drivers       *vmm.Registry
+	strategies    []storage.Strategy
+	taps          Taps
+	netErr        error
+	subnet        netip.Prefix
+	authorizedKey string
+	artifacts     Artifacts
+	waitGuest     func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
+	dropGuest     func(vmID string)
+
+	locks   keyed.Mutex // serialises requests on one VM (key: VM id)
+	allocMu sync.Mutex  // serialises IP/CID/name allocation at create
+	handles *handleCache
+}
+
+// New makes a Manager. It touches nothing on the host; Reconcile does.
+func New(deps Deps) *Manager {
+	m := &Manager{
+		cfg: deps.Config, store: deps.Store, log: deps.Log, now: deps.Now,
+		drivers: deps.Drivers, strategies: deps.Strategies,
+		taps: deps.Taps, netErr: deps.NetErr, subnet: deps.Subnet,
+		authorizedKey: deps.AuthorizedKey, artifacts: deps.Artifacts,
+		waitGuest: deps.WaitGuest, dropGuest: deps.DropGuest,
+		handles: newHandleCache(),
+	}
+	if m.dropGuest == nil {
+		m.dropGuest = func(string) {}
+	}
+	return m
+}
+
+// ---- lookup: what the other services ask of a VM ----
+
+// Resolve finds a VM by name, id or id prefix.
+func (m *Manager) Resolve(ctx context.Context, ref string) (model.VM, error) {
+	if ref == "" {
+		return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "vm name or id is empty")
+	}
+	vm, err := m.store.GetVM(ctx, ref)
+	return vm, store.Describe("vm", ref, err)
+}
+
+// List lists every VM.
+func (m *Manager) List(ctx context.Context) ([]model.VM, error) {
+	vms, err := m.store.ListVMs(ctx)
+	if vms == nil {
+		vms = []model.VM{}
+	}
+	return vms, err
+}
+
+// Get shows one VM.
+func (m *Manager) Get(ctx context.Context, ref string) (model.VM, error) {
+	return m.Resolve(ctx, ref)
+}
+
+// Running resolves a VM and checks it runs.
+func (m *Manager) Running(ctx context.Context, ref string) (model.VM, error) {
+	vm, err := m.Resolve(ctx, ref)
+	if err != nil {
+		return vm, err
+	}
+	if !m.Alive(vm) {
+		return vm, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running (state %s): start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
+	}
+	return vm, nil
+}
+
+// Alive is the one liveness check used everywhere: the VM is recorded
+// running and the VMM process started with its api socket is alive.
+func (m *Manager) Alive(vm model.VM) bool {
+	return vm.State == model.VMRunning && m.vmmAlive(vm)
+}
+
+// ---- drivers, strategies, directories ----
+
+// driver returns the VMM driver of a VM.
+func (m *Manager) driver(name string) (vmm.Driver, error) { return m.drivers.Get(name) }
+
+// strategy returns the storage strategy by name.
+func (m *Manager) strategy(name string) (storage.Strategy, error) {
+	for _, s := range m.strategies {
+		if s.Name() == name {
+			return s, nil
+		}
+	}
+	return nil, errdefs.Errorf(errdefs.CodeInternal, "unknown storage strategy %q", name)
+}
+
+// vmmAlive checks the VMM process of a VM by its cached handles.
+func (m *Manager) vmmAlive(vm model.VM) bool {
+	h, ok := m.handles.get(vm.ID)
+	if !ok || h.PID == 0 {
+		return false
+	}
+	drv, err := m.driver(vm.VMM)
+	if err != nil {
+		return false
+	}
+	return drv.Alive(vmm.Handle{PID: h.PID, APISocket: h.APISocket})
+}
+
+// vmDir is the directory of a VM.
+func (m *Manager) vmDir(id string) string { return filepath.Join(m.cfg.VMsDir(), id) }
+
+// ensureDir makes a root-only directory.
+func ensureDir(p string) error { return os.MkdirAll(p, 0o700) }

@@ -1,0 +1,133 @@
+// Package vmstest holds in-memory stand-ins for the host parts the VM
+// lifecycle composes: a VMM driver, a copy-on-write strategy and taps.
+// Tests of the daemon and its services share them.
+package vmstest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/banger/banger/internal/hostnet"
+	"github.com/banger/banger/internal/storage"
+	"github.com/banger/banger/internal/vmm"
+)
+
+// Driver is an in-memory VMM: processes are entries in a map keyed by
+// api socket.
+type Driver struct {
+	mu        sync.Mutex
+	Procs     map[string]int // api socket → pid
+	nextPID   int
+	StartErr  error
+	Started   []vmm.Spec
+	Shutdowns int
+}
+
+func NewDriver() *Driver { return &Driver{Procs: map[string]int{}, nextPID: 1000} }
+
+func (f *Driver) Name() string                             { return "qemu" }
+func (f *Driver) Formats() []string                        { return []string{vmm.FormatQcow2, vmm.FormatRaw} }
+func (f *Driver) InstallHint() string                      { return "nothing: it is a fake" }
+func (f *Driver) Owns(string) bool                         { return false }
+func (f *Driver) Available(context.Context) (bool, string) { return true, "fake" }
+func (f *Driver) Cleanup(s vmm.Spec) error {
+	return vmm.RemoveFiles(s.APISocket, s.VsockPath)
+}
+func (f *Driver) Start(ctx context.Context, s vmm.Spec) (vmm.Handle, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.StartErr != nil {
+		return vmm.Handle{}, f.StartErr
+	}
+	if _, ok := f.Procs[s.APISocket]; ok {
+		return vmm.Handle{}, errors.New("api socket busy")
+	}
+	f.nextPID++
+	f.Procs[s.APISocket] = f.nextPID
+	f.Started = append(f.Started, s)
+	return vmm.Handle{PID: f.nextPID, APISocket: s.APISocket}, nil
+}
+func (f *Driver) Shutdown(ctx context.Context, h vmm.Handle) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Shutdowns++
+	delete(f.Procs, h.APISocket) // the guest powers off at once
+	return nil
+}
+func (f *Driver) Kill(ctx context.Context, h vmm.Handle) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.Procs, h.APISocket)
+	return nil
+}
+func (f *Driver) Find(sock string) (vmm.Handle, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if pid, ok := f.Procs[sock]; ok {
+		return vmm.Handle{PID: pid, APISocket: sock}, nil
+	}
+	return vmm.Handle{}, vmm.ErrNotFound
+}
+func (f *Driver) Alive(h vmm.Handle) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	pid, ok := f.Procs[h.APISocket]
+	return ok && pid == h.PID
+}
+
+// Strategy makes plain files and pretend loops.
+type Strategy struct {
+	CreateErr error
+	Detached  [][]string
+}
+
+func (s *Strategy) Name() string                    { return "qcow2" }
+func (s *Strategy) Available(string) (bool, string) { return true, "" }
+func (s *Strategy) Format() string                  { return "qcow2" }
+func (s *Strategy) Create(ctx context.Context, image, dir string) error {
+	if s.CreateErr != nil {
+		return s.CreateErr
+	}
+	return os.WriteFile(filepath.Join(dir, "system.qcow2"), []byte("overlay of "+image), 0o600)
+}
+func (s *Strategy) Attach(ctx context.Context, image, dir string) (storage.SystemDisk, error) {
+	return storage.SystemDisk{Path: filepath.Join(dir, "system.qcow2"), Format: "qcow2", Loops: []string{"/dev/loop-fake"}}, nil
+}
+func (s *Strategy) Detach(ctx context.Context, d storage.SystemDisk) error {
+	s.Detached = append(s.Detached, d.Loops)
+	return nil
+}
+func (s *Strategy) Remove(ctx context.Context, dir string) error {
+	return os.Remove(filepath.Join(dir, "system.qcow2"))
+}
+
+// Taps records the taps it was asked to make; Made is keyed by name.
+type Taps struct {
+	mu   sync.Mutex
+	Made map[string]bool
+}
+
+func (f *Taps) CreateTap(ctx context.Context, name string, g hostnet.Guest) error {
+	if len(g.MAC) != 6 || !g.IP.Is4() {
+		return fmt.Errorf("tap %s for guest %+v", name, g)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Made[name] = true
+	return nil
+}
+func (f *Taps) DeleteTap(ctx context.Context, name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.Made, name)
+	return nil
+}
+func (f *Taps) Gateway() netip.Addr { return netip.MustParseAddr("172.16.0.1") }
+
+// NewTaps makes an empty Taps.
+func NewTaps() *Taps { return &Taps{Made: map[string]bool{}} }
