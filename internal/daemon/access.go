@@ -15,8 +15,8 @@ import (
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
-	"github.com/banger/banger/internal/session"
 	"github.com/banger/banger/internal/shell"
+	"github.com/banger/banger/internal/tail"
 )
 
 // runningVM resolves a VM and checks it runs.
@@ -105,7 +105,7 @@ func (d *Daemon) VMLogs(ctx context.Context, ref string, req api.LogsRequest, w 
 		}
 		offsets[i] = int64(len(b))
 		if req.Tail > 0 {
-			b = session.TailLines(b, req.Tail)
+			b = tail.Lines(b, req.Tail)
 		}
 		if _, err := w.Write(b); err != nil {
 			return err

@@ -22,6 +22,7 @@ import (
 	"github.com/banger/banger/internal/session"
 	"github.com/banger/banger/internal/shell"
 	"github.com/banger/banger/internal/storage"
+	"github.com/banger/banger/internal/tail"
 )
 
 // sessionStateRoot is where session state lives in the guest. Tests point
@@ -405,7 +406,7 @@ func (d *Daemon) SessionLogs(ctx context.Context, vmRef, ref string, req api.Ses
 		if err != nil {
 			return fmt.Errorf("read %s of session %s from the work disk of vm %s: %w", file, s.Name, vm.Name, err)
 		}
-		_, err = w.Write(session.TailLines(b, req.Tail))
+		_, err = w.Write(tail.Lines(b, req.Tail))
 		return err
 	}
 	var errb bytes.Buffer

@@ -20,6 +20,7 @@ import (
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/progress"
 	"github.com/banger/banger/internal/storage"
+	"github.com/banger/banger/internal/tail"
 	"github.com/banger/banger/internal/vmm"
 )
 
@@ -400,18 +401,15 @@ func (d *Daemon) waitReady(ctx context.Context, vm model.VM, drv vmm.Driver, vh 
 	return nil
 }
 
-// tailFile returns the last lines of the first non-empty file, for errors.
+// tailFile returns the last lines of the first file whose end is not blank,
+// for errors. Guests write these logs: only their last 64 KiB are read.
 func tailFile(paths ...string) string {
 	for _, p := range paths {
-		b, err := os.ReadFile(p)
-		if err != nil || len(strings.TrimSpace(string(b))) == 0 {
+		s, err := tail.File(p, 64<<10, 8)
+		if err != nil || len(strings.TrimSpace(s)) == 0 {
 			continue
 		}
-		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-		if len(lines) > 8 {
-			lines = lines[len(lines)-8:]
-		}
-		return fmt.Sprintf("last lines of %s:\n%s", p, strings.Join(lines, "\n"))
+		return fmt.Sprintf("last lines of %s:\n%s", p, s)
 	}
 	return "no log output"
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/shell"
 	"github.com/banger/banger/internal/storage"
+	"github.com/banger/banger/internal/tail"
 	"github.com/banger/banger/internal/transfer"
 	"github.com/banger/banger/internal/workspace"
 )
@@ -91,7 +92,7 @@ func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.Works
 	// The script runs on the SSH session (the control channel) and says on
 	// stderr where it takes the stream: a data-channel port, or stdin.
 	var stdout bytes.Buffer
-	stderr := &announceWriter{tail: tailWriter{max: 16 << 10}, ch: make(chan string, 1)}
+	stderr := &announceWriter{tail: tail.Buffer{Max: 16 << 10}, ch: make(chan string, 1)}
 	stdinR, stdinW := io.Pipe()
 	runCtx, cancelRun := context.WithCancel(ctx)
 	defer cancelRun()
@@ -201,12 +202,12 @@ func (r *recordingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// announceWriter is a script's stderr: it keeps the tail like tailWriter,
+// announceWriter is a script's stderr: it keeps the tail in a tail.Buffer,
 // and passes the first transfer announcement line to ch. Announcement
 // lines are left out of the tail, which is for messages.
 type announceWriter struct {
 	mu      sync.Mutex
-	tail    tailWriter
+	tail    tail.Buffer
 	partial []byte
 	sent    bool
 	ch      chan string
@@ -243,7 +244,7 @@ func (a *announceWriter) Write(p []byte) (int, error) {
 func (a *announceWriter) String() string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.tail.String() + string(a.partial)
+	return string(a.tail.Bytes()) + string(a.partial)
 }
 
 var hexCommit = regexp.MustCompile(`^[0-9a-f]{4,64}$`)
@@ -280,7 +281,7 @@ func (d *Daemon) ExportWorkspace(ctx context.Context, ref string, req api.Export
 	if message == "" {
 		message = "banger: uncommitted changes from " + vm.Name
 	}
-	stderr := &tailWriter{max: 16 << 10}
+	stderr := &tail.Buffer{Max: 16 << 10}
 	var code int
 	if d.vmAlive(vm) {
 		cli, err := d.dialGuest(ctx, vm)
@@ -301,7 +302,7 @@ func (d *Daemon) ExportWorkspace(ctx context.Context, ref string, req api.Export
 			return err
 		}
 	}
-	msg := guestMessage(stderr.String())
+	msg := guestMessage(string(stderr.Bytes()))
 	switch code {
 	case 0:
 		return nil
@@ -384,22 +385,6 @@ func guestMessage(stderr string) string {
 	}
 	return s
 }
-
-// tailWriter keeps the last max bytes written to it.
-type tailWriter struct {
-	max int
-	buf []byte
-}
-
-func (t *tailWriter) Write(p []byte) (int, error) {
-	t.buf = append(t.buf, p...)
-	if len(t.buf) > t.max {
-		t.buf = append(t.buf[:0], t.buf[len(t.buf)-t.max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailWriter) String() string { return string(t.buf) }
 
 // exportSandbox is the user that reads a stopped VM's work disk and runs
 // git over the copy.
