@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/tail"
 )
 
 // startTimeout is how long a cold start may take before banger gives up.
@@ -167,25 +168,12 @@ func (a *app) lockHeld(stateDir string) bool {
 	return false
 }
 
-// lastLines returns the last n lines of a file.
-func lastLines(path string, n int) ([]string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return lines, nil
-}
-
 // tailFile returns the last n lines of a file, indented for an error
 // message.
 func tailFile(path string, n int) string {
-	lines, err := lastLines(path, n)
+	s, err := tail.File(path, 64<<10, n)
 	if err != nil {
 		return "  (" + err.Error() + ")"
 	}
-	return "  " + strings.Join(lines, "\n  ")
+	return "  " + strings.ReplaceAll(s, "\n", "\n  ")
 }

@@ -1,17 +1,18 @@
 package cli
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/tail"
 )
 
 func (a *app) daemonCommand() *cobra.Command {
@@ -84,7 +85,7 @@ func (a *app) daemonCommand() *cobra.Command {
 	stop.Flags().DurationVar(&timeout, "timeout", 40*time.Second, "how long to wait for bangerd to exit")
 	cmd.AddCommand(stop)
 
-	var tail int
+	var nLines int
 	var follow bool
 	logs := &cobra.Command{
 		Use:   "logs",
@@ -92,12 +93,13 @@ func (a *app) daemonCommand() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			path := a.logPath()
-			if tail > 0 {
-				lines, err := lastLines(path, tail)
+			if nLines > 0 {
+				// Read whole: --tail promises n lines however long they are.
+				b, err := os.ReadFile(path)
 				if err != nil {
 					return fmt.Errorf("daemon log: %w", err)
 				}
-				fmt.Fprintln(a.stdout, strings.Join(lines, "\n"))
+				fmt.Fprintln(a.stdout, string(tail.Lines(bytes.TrimRight(b, "\n"), nLines)))
 			} else {
 				f, err := os.Open(path)
 				if err != nil {
@@ -115,7 +117,7 @@ func (a *app) daemonCommand() *cobra.Command {
 			return followFile(cmd, path, a.stdout)
 		},
 	}
-	logs.Flags().IntVar(&tail, "tail", 0, "print only the last N lines")
+	logs.Flags().IntVar(&nLines, "tail", 0, "print only the last N lines")
 	logs.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new lines")
 	cmd.AddCommand(logs)
 	return cmd

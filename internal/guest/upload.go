@@ -1,7 +1,6 @@
 package guest
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/shell"
+	"github.com/banger/banger/internal/tail"
 )
 
 // uploadCleanupTimeout bounds the removal of a partial upload.
@@ -72,7 +72,7 @@ func tempName(path string) (string, error) {
 // runChecked runs cmd and turns a non-zero status into an error carrying the
 // end of its stderr.
 func runChecked(ctx context.Context, c Client, cmd string, stdin io.Reader) error {
-	var stderr tailBuffer
+	stderr := tail.Buffer{Max: 4 << 10} // enough of an error message
 	code, err := c.Run(ctx, cmd, stdin, nil, &stderr)
 	if err != nil {
 		return err
@@ -92,19 +92,3 @@ func removeTemp(ctx context.Context, c Client, tmp string) {
 	defer cancel()
 	_, _ = c.Run(rctx, "rm -f "+shell.Quote(tmp), nil, nil, nil)
 }
-
-// tailBuffer keeps the last 4 KiB written to it: enough of an error message,
-// bounded whatever the command prints.
-type tailBuffer struct{ b []byte }
-
-const tailMax = 4 << 10
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.b = append(t.b, p...)
-	if len(t.b) > tailMax {
-		t.b = append(t.b[:0], t.b[len(t.b)-tailMax:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string { return string(bytes.ToValidUTF8(t.b, []byte("?"))) }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/progress"
+	"github.com/banger/banger/internal/tail"
 )
 
 // Artifacts are the files of a pulled kernel and what to record about them.
@@ -396,9 +397,5 @@ func run(ctx context.Context, dir, name string, args ...string) ([]byte, error) 
 }
 
 func lastLines(b []byte, n int) string {
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, " | ")
+	return strings.ReplaceAll(string(tail.Lines(bytes.TrimSpace(b), n)), "\n", " | ")
 }

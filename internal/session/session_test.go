@@ -272,24 +272,3 @@ func TestParseStart(t *testing.T) {
 		t.Fatalf("ParseStart ok = %+v", r)
 	}
 }
-
-func TestTailLines(t *testing.T) {
-	cases := []struct {
-		in   string
-		n    int
-		want string
-	}{
-		{"a\nb\nc\n", 0, "a\nb\nc\n"},
-		{"a\nb\nc\n", 2, "b\nc\n"},
-		{"a\nb\nc", 2, "b\nc"},
-		{"a\nb\nc\n", 5, "a\nb\nc\n"},
-		{"", 3, ""},
-		{"\n\n", 1, "\n"},
-		{"only", 1, "only"},
-	}
-	for _, c := range cases {
-		if got := string(TailLines([]byte(c.in), c.n)); got != c.want {
-			t.Errorf("TailLines(%q, %d) = %q, want %q", c.in, c.n, got, c.want)
-		}
-	}
-}

@@ -266,24 +266,3 @@ func Apply(rec model.Session, st State, vmRunning bool, now time.Time) (model.Se
 	out.UpdatedAt = now
 	return out, true
 }
-
-// TailLines returns the last n lines of b (all of b when n <= 0). A final
-// line without a newline counts as a line.
-func TailLines(b []byte, n int) []byte {
-	if n <= 0 || len(b) == 0 {
-		return b
-	}
-	end := len(b)
-	if b[end-1] == '\n' {
-		end--
-	}
-	for i := end - 1; i >= 0; i-- {
-		if b[i] == '\n' {
-			n--
-			if n == 0 {
-				return b[i+1:]
-			}
-		}
-	}
-	return b
-}

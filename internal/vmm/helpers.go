@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/proc"
+	"github.com/banger/banger/internal/tail"
 )
 
 // Helpers shared by the drivers.
@@ -30,13 +31,14 @@ func ClaimSocket(path string) error {
 	return nil
 }
 
-// LogTail returns the end of a VMM's log for an error message.
+// LogTail returns the end of a VMM's log for an error message. The log may
+// hold the guest's console output: only its last 64 KiB are read.
 func LogTail(path string) string {
-	b, err := os.ReadFile(path)
+	s, err := tail.File(path, 64<<10, 0)
 	if err != nil {
 		return "no log"
 	}
-	s := strings.TrimSpace(string(b))
+	s = strings.TrimSpace(s)
 	if s == "" {
 		return "empty log"
 	}

@@ -25,9 +25,9 @@ import (
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
-	"github.com/banger/banger/internal/session"
 	"github.com/banger/banger/internal/shell"
 	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/tail"
 )
 
 // VMs is what guest access needs of the VM lifecycle.
@@ -226,7 +226,7 @@ func (sv *Service) Logs(ctx context.Context, ref string, req api.LogsRequest, w 
 		}
 		offsets[i] = int64(len(b))
 		if req.Tail > 0 {
-			b = session.TailLines(b, req.Tail)
+			b = tail.Lines(b, req.Tail)
 		}
 		if _, err := w.Write(b); err != nil {
 			return err
@@ -302,18 +302,15 @@ func (sv *Service) Hosts(ctx context.Context) (string, error) {
 	return hostnet.HostsLines(sv.dnsSuffix, m), nil
 }
 
-// tailFile returns the last lines of the first non-empty file, for errors.
+// tailFile returns the last lines of the first file whose end is not blank,
+// for errors. Guests write these logs: only their last 64 KiB are read.
 func tailFile(paths ...string) string {
 	for _, p := range paths {
-		b, err := os.ReadFile(p)
-		if err != nil || len(strings.TrimSpace(string(b))) == 0 {
+		s, err := tail.File(p, 64<<10, 8)
+		if err != nil || len(strings.TrimSpace(s)) == 0 {
 			continue
 		}
-		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-		if len(lines) > 8 {
-			lines = lines[len(lines)-8:]
-		}
-		return fmt.Sprintf("last lines of %s:\n%s", p, strings.Join(lines, "\n"))
+		return fmt.Sprintf("last lines of %s:\n%s", p, s)
 	}
 	return "no log output"
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/banger/banger/internal/shell"
 	"github.com/banger/banger/internal/storage"
 	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/tail"
 )
 
 // VMs is what sessions need of the VM lifecycle.
@@ -460,7 +461,7 @@ func (sv *Service) Logs(ctx context.Context, vmRef, ref string, req api.SessionL
 		if err != nil {
 			return fmt.Errorf("read %s of session %s from the work disk of vm %s: %w", file, s.Name, vm.Name, err)
 		}
-		_, err = w.Write(session.TailLines(b, req.Tail))
+		_, err = w.Write(tail.Lines(b, req.Tail))
 		return err
 	}
 	var errb bytes.Buffer

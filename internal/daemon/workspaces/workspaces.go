@@ -35,6 +35,7 @@ import (
 	"github.com/banger/banger/internal/shell"
 	"github.com/banger/banger/internal/storage"
 	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/tail"
 	"github.com/banger/banger/internal/transfer"
 	"github.com/banger/banger/internal/workspace"
 )
@@ -152,7 +153,7 @@ func (sv *Service) Prepare(ctx context.Context, ref string, req api.WorkspaceReq
 	// The script runs on the SSH session (the control channel) and says on
 	// stderr where it takes the stream: a data-channel port, or stdin.
 	var stdout bytes.Buffer
-	stderr := &announceWriter{tail: tailWriter{max: 16 << 10}, ch: make(chan string, 1)}
+	stderr := &announceWriter{tail: tail.Buffer{Max: 16 << 10}, ch: make(chan string, 1)}
 	stdinR, stdinW := io.Pipe()
 	runCtx, cancelRun := context.WithCancel(ctx)
 	defer cancelRun()
@@ -262,12 +263,12 @@ func (r *recordingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// announceWriter is a script's stderr: it keeps the tail like tailWriter,
+// announceWriter is a script's stderr: it keeps the tail in a tail.Buffer,
 // and passes the first transfer announcement line to ch. Announcement
 // lines are left out of the tail, which is for messages.
 type announceWriter struct {
 	mu      sync.Mutex
-	tail    tailWriter
+	tail    tail.Buffer
 	partial []byte
 	sent    bool
 	ch      chan string
@@ -304,7 +305,7 @@ func (a *announceWriter) Write(p []byte) (int, error) {
 func (a *announceWriter) String() string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.tail.String() + string(a.partial)
+	return string(a.tail.Bytes()) + string(a.partial)
 }
 
 var hexCommit = regexp.MustCompile(`^[0-9a-f]{4,64}$`)
@@ -341,7 +342,7 @@ func (sv *Service) Export(ctx context.Context, ref string, req api.ExportRequest
 	if message == "" {
 		message = "banger: uncommitted changes from " + vm.Name
 	}
-	stderr := &tailWriter{max: 16 << 10}
+	stderr := &tail.Buffer{Max: 16 << 10}
 	var code int
 	if sv.vms.Alive(vm) {
 		cli, err := sv.dial(ctx, vm)
@@ -362,7 +363,7 @@ func (sv *Service) Export(ctx context.Context, ref string, req api.ExportRequest
 			return err
 		}
 	}
-	msg := guestMessage(stderr.String())
+	msg := guestMessage(string(stderr.Bytes()))
 	switch code {
 	case 0:
 		return nil
@@ -444,22 +445,6 @@ func guestMessage(stderr string) string {
 	}
 	return s
 }
-
-// tailWriter keeps the last max bytes written to it.
-type tailWriter struct {
-	max int
-	buf []byte
-}
-
-func (t *tailWriter) Write(p []byte) (int, error) {
-	t.buf = append(t.buf, p...)
-	if len(t.buf) > t.max {
-		t.buf = append(t.buf[:0], t.buf[len(t.buf)-t.max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailWriter) String() string { return string(t.buf) }
 
 // exportOffline exports from a stopped VM without booting it: the
 // workspace directory is copied out of the work disk (storage.CopyOut,

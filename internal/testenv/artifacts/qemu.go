@@ -18,6 +18,7 @@ import (
 
 	"github.com/banger/banger/internal/image"
 	"github.com/banger/banger/internal/kernel"
+	"github.com/banger/banger/internal/tail"
 	"github.com/banger/banger/internal/testenv"
 )
 
@@ -137,9 +138,9 @@ func BootQEMU(t testing.TB, ns string, opts QEMUOptions) *QEMU {
 			<-vm.exited
 		}
 		if t.Failed() {
-			b, _ := os.ReadFile(vm.Console)
+			console, _ := tail.File(vm.Console, 256<<10, 60)
 			q, _ := os.ReadFile(filepath.Join(dir, "qemu.log"))
-			t.Logf("guest console:\n%s\nqemu log:\n%s", tail(string(b), 60), q)
+			t.Logf("guest console:\n%s\nqemu log:\n%s", console, q)
 		}
 	})
 	return vm
@@ -239,12 +240,4 @@ func run(t testing.TB, name string, args ...string) {
 	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
 		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
 	}
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(s, "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
