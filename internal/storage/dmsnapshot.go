@@ -48,9 +48,13 @@ func (d DMSnapshot) bins() (losetup, dmsetup string, err error) {
 // Available reports whether the kernel has device-mapper and the tools are
 // installed. dir does not matter: the cow file may live anywhere.
 func (d DMSnapshot) Available(dir string) (bool, string) {
-	if _, err := os.Stat(dmControl); err != nil {
-		return false, "device-mapper not available: " + dmControl + " missing (no dm_mod)"
+	// Opening the node asks the kernel: a stale node left by dmsetup on a
+	// kernel without device-mapper exists but answers ENODEV.
+	f, err := os.OpenFile(dmControl, os.O_RDWR, 0)
+	if err != nil {
+		return false, "device-mapper not available: " + err.Error() + " (no dm_mod)"
 	}
+	f.Close()
 	if _, _, err := d.bins(); err != nil {
 		return false, err.Error()
 	}
