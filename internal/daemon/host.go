@@ -130,6 +130,7 @@ func (d *Daemon) doctorHost() doctor.Host {
 		PickDriver:   func(ctx context.Context) (vmm.Driver, error) { return d.vms.PickDriver(ctx, "") },
 		PickStrategy: d.vms.PickStrategy,
 		NetErr:       d.host.netErr,
+		LostFound:    d.cfg.LostFoundDir(),
 	}
 	if d.host.net != nil {
 		h.Net = d.host.net

@@ -7,6 +7,7 @@ package doctor
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -34,6 +35,8 @@ type Host struct {
 	PickStrategy func(drv vmm.Driver) (storage.Strategy, error)
 	Net          Network // nil when the network could not be set up
 	NetErr       error   // why not
+	// LostFound holds VM directories reconcile found no record of.
+	LostFound string
 }
 
 // Report says what this host gives banger and why: the VMM, accelerator,
@@ -98,6 +101,12 @@ func Report(ctx context.Context, h Host) api.DoctorReport {
 			add("tap guard", false, "taps are not guarded: a VM could spoof another's MAC or address on the bridge (the iptables backend cannot guard)",
 				"install nftables, or set workspace_transport to ssh")
 		}
+	}
+	if entries, _ := os.ReadDir(h.LostFound); len(entries) > 0 {
+		add("lost+found", false, fmt.Sprintf("%d VM directories with no record were moved to %s (their VMs were not in the database)", len(entries), h.LostFound),
+			"inspect them (each holds a VM's disks); restore the database they belong to, or delete what you do not need")
+	} else {
+		add("lost+found", true, "no VM directory without a record", "")
 	}
 	for _, b := range []struct{ bin, fix string }{
 		{"mmdebstrap", "apt-get install mmdebstrap (or debootstrap)"},

@@ -254,6 +254,7 @@ func TestReconcile(t *testing.T) {
 	os.WriteFile(filepath.Join(torn.Dir, handlesFile), []byte("{garbage"), 0o600)
 	orphan := filepath.Join(f.cfg.VMsDir(), "0123456789abcdef0123456789abcdef")
 	os.MkdirAll(orphan, 0o700)
+	os.WriteFile(filepath.Join(orphan, "work.ext4"), []byte("the user's data"), 0o600)
 
 	f.m.Reconcile(ctx)
 
@@ -275,8 +276,17 @@ func TestReconcile(t *testing.T) {
 	if f.taps.Made[hostnet.TapName(torn.ID)] {
 		t.Fatalf("torn vm's derived tap left")
 	}
+	// A directory with no record is never deleted: it moves, whole, to
+	// lost+found.
 	if _, err := os.Stat(orphan); !os.IsNotExist(err) {
-		t.Fatalf("orphan vm dir kept")
+		t.Fatalf("orphan vm dir left among the VMs")
+	}
+	lost, _ := filepath.Glob(filepath.Join(f.cfg.LostFoundDir(), filepath.Base(orphan)+"-*", "work.ext4"))
+	if len(lost) != 1 {
+		t.Fatalf("orphan vm dir not in lost+found with its work disk: %v", lost)
+	}
+	if b, _ := os.ReadFile(lost[0]); string(b) != "the user's data" {
+		t.Fatalf("orphan work disk changed: %q", b)
 	}
 	if len(f.taps.Made) != 1 {
 		t.Fatalf("taps after reconcile: %v", f.taps.Made)

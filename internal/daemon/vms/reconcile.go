@@ -13,8 +13,10 @@ import (
 // mid-transition) it reads the scratch file, looks for the VMM process by
 // the api socket it was started with, and either keeps it (seeding the
 // handles cache) or demotes it to stopped after tearing down what the
-// scratch file names. VM directories with no record (a delete interrupted
-// by a crash) are removed.
+// scratch file names. A VM directory with no record (a database restored
+// from an older copy, or damaged) is never deleted: what runs from it is
+// torn down and the directory moves to the lost+found directory, for the
+// user to inspect.
 func (m *Manager) Reconcile(ctx context.Context) {
 	vms, err := m.store.ListVMs(ctx)
 	if err != nil {
@@ -30,9 +32,13 @@ func (m *Manager) Reconcile(ctx context.Context) {
 	for _, e := range entries {
 		if e.IsDir() && !known[e.Name()] {
 			dir := filepath.Join(m.cfg.VMsDir(), e.Name())
-			m.log.Warn("reconcile: removing vm directory with no record", "dir", dir)
 			m.teardown(ctx, model.VM{ID: e.Name(), Dir: dir, VMM: m.drivers.Owner(dir), APISocket: filepath.Join(dir, "api.sock")})
-			_ = os.RemoveAll(dir)
+			dst, err := m.moveToLostFound(dir)
+			if err != nil {
+				m.log.Error("reconcile: vm directory with no record could not be moved; it is left in place", "dir", dir, "err", err)
+				continue
+			}
+			m.log.Warn("reconcile: vm directory with no record moved to lost+found", "dir", dir, "to", dst)
 		}
 	}
 }
@@ -121,4 +127,15 @@ func (m *Manager) reapDead(ctx context.Context, id string) {
 	vm.LastError = "vmm process exited while the vm was running (guest powered off, or the process was killed)"
 	_ = m.save(ctx, &vm)
 	m.log.Warn("vmm process gone; vm marked stopped", "vm", vm.Name)
+}
+
+// moveToLostFound moves a VM directory to <state>/lost+found/<id>-<time>,
+// on the same file system (a rename: nothing is copied or lost).
+func (m *Manager) moveToLostFound(dir string) (string, error) {
+	lf := m.cfg.LostFoundDir()
+	if err := os.MkdirAll(lf, 0o700); err != nil {
+		return "", err
+	}
+	dst := filepath.Join(lf, filepath.Base(dir)+"-"+m.now().UTC().Format("20060102T150405Z"))
+	return dst, os.Rename(dir, dst)
 }
