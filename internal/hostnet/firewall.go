@@ -126,11 +126,12 @@ type firewall interface {
 }
 
 // guarder is the part of a firewall that guards taps against spoofing
-// (nft only).
+// and applies each VM's own policy (nft only).
 type guarder interface {
-	guard(ctx context.Context, tap string, g Guest) error
+	guard(ctx context.Context, bridge string, subnet netip.Prefix, tap string, g Guest) error
 	unguard(ctx context.Context, tap string) error
 	guards(ctx context.Context) ([]string, error)
+	policies(ctx context.Context) ([]string, error)
 }
 
 var _ guarder = nftFirewall{}
@@ -205,7 +206,80 @@ func (f nftFirewall) rules(ctx context.Context) ([]string, error) {
 type iptablesFirewall struct{ bin string }
 
 func (f iptablesFirewall) ensure(ctx context.Context, bridge string, subnet netip.Prefix) error {
+	if err := f.ensurePolicy(ctx, bridge, subnet); err != nil {
+		return err
+	}
 	return f.ensureRules(ctx, bridge, subnet, "")
+}
+
+// The iptables backend's policy chains, in the mangle table.
+const (
+	iptInputChain   = "banger-input"
+	iptForwardChain = "banger-forward"
+)
+
+// IptablesPolicyScript returns the iptables-restore input (for --noflush)
+// that (re)fills the iptables backend's policy chains with ModeInternet
+// for every guest: from the bridge, only replies on connections opened to
+// a guest, DNS to the gateway and public destinations pass; the host's addresses, other guests and
+// nonPublic are dropped.
+//
+// Why mangle: its INPUT and FORWARD chains run before the filter table's,
+// where Docker and other tools put their accepts, so nothing there can
+// shadow these drops, and nothing else banger knows of writes to mangle.
+// Why one policy for all: without the nft tap guards a guest can send from
+// another guest's address, so a rule keyed by source would be a choice the
+// guest makes; these rules look only at the bridge and the destination.
+func IptablesPolicyScript(bridge string, subnet netip.Prefix) string {
+	subnet = subnet.Masked()
+	gw := subnet.Addr().Next()
+	tag := "-m comment --comment " + ruleTag
+	var b strings.Builder
+	fmt.Fprintf(&b, "*mangle\n:%s - [0:0]\n:%s - [0:0]\n", iptInputChain, iptForwardChain)
+	for _, chain := range []string{iptInputChain, iptForwardChain} {
+		fmt.Fprintf(&b, "-A %s -m conntrack --ctstate RELATED,ESTABLISHED --ctdir REPLY %s -j RETURN\n", chain, tag)
+	}
+	for _, proto := range []string{"udp", "tcp"} {
+		fmt.Fprintf(&b, "-A %s -d %s/32 -p %s --dport 53 %s -j RETURN\n", iptInputChain, gw, proto, tag)
+	}
+	fmt.Fprintf(&b, "-A %s %s -j DROP\n", iptInputChain, tag)
+	for _, p := range append([]netip.Prefix{subnet}, nonPublic...) {
+		fmt.Fprintf(&b, "-A %s -d %s %s -j DROP\n", iptForwardChain, p, tag)
+	}
+	fmt.Fprintf(&b, "-A %s %s -j RETURN\nCOMMIT\n", iptForwardChain, tag)
+	return b.String()
+}
+
+// iptablesPolicyJumps are the mangle rules that send traffic from the
+// bridge to the policy chains, as argv tails after "-t mangle -I".
+func iptablesPolicyJumps(bridge string) [][]string {
+	tag := []string{"-m", "comment", "--comment", ruleTag}
+	return [][]string{
+		append([]string{"INPUT", "-i", bridge, "-j", iptInputChain}, tag...),
+		append([]string{"FORWARD", "-i", bridge, "-j", iptForwardChain}, tag...),
+	}
+}
+
+// ensurePolicy refills the policy chains in one iptables-restore
+// transaction (declaring a chain with --noflush empties it), then adds
+// the jumps to them at the head of mangle INPUT and FORWARD if missing.
+func (f iptablesFirewall) ensurePolicy(ctx context.Context, bridge string, subnet netip.Prefix) error {
+	restore := f.bin + "-restore"
+	if _, err := exec.LookPath(restore); err != nil {
+		return fmt.Errorf("%s not found next to %s: install the iptables package whole", restore, f.bin)
+	}
+	if _, err := run(ctx, IptablesPolicyScript(bridge, subnet), restore, "-w", "--noflush"); err != nil {
+		return err
+	}
+	for _, j := range iptablesPolicyJumps(bridge) {
+		if _, err := run(ctx, "", f.bin, append([]string{"-w", "-t", "mangle", "-C"}, j...)...); err == nil {
+			continue
+		}
+		if _, err := run(ctx, "", f.bin, append([]string{"-w", "-t", "mangle", "-I", j[0], "1"}, j[1:]...)...); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ensureRules inserts, at the head of their chains so that no earlier
@@ -228,11 +302,15 @@ func (f iptablesFirewall) ensureRules(ctx context.Context, bridge string, subnet
 	return nil
 }
 
+// iptablesTables are the tables banger's iptables rules live in.
+var iptablesTables = []string{"nat", "filter", "mangle"}
+
 // teardown deletes every rule carrying banger's tag, whatever bridge or
-// subnet it names, so rules left by an earlier configuration go too.
+// subnet it names, so rules left by an earlier configuration go too, then
+// the policy chains.
 func (f iptablesFirewall) teardown(ctx context.Context, _ string, _ netip.Prefix) error {
 	var errs []error
-	for _, table := range []string{"nat", "filter"} {
+	for _, table := range iptablesTables {
 		out, err := run(ctx, "", f.bin, "-w", "-t", table, "-S")
 		if err != nil {
 			errs = append(errs, err)
@@ -250,12 +328,26 @@ func (f iptablesFirewall) teardown(ctx context.Context, _ string, _ netip.Prefix
 			}
 		}
 	}
+	out, err := run(ctx, "", f.bin, "-w", "-t", "mangle", "-S")
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for _, chain := range []string{iptInputChain, iptForwardChain} {
+		if !slices.Contains(strings.Split(out, "\n"), "-N "+chain) {
+			continue
+		}
+		if _, err := run(ctx, "", f.bin, "-w", "-t", "mangle", "-F", chain); err != nil {
+			errs = append(errs, err)
+		} else if _, err := run(ctx, "", f.bin, "-w", "-t", "mangle", "-X", chain); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
 }
 
 func (f iptablesFirewall) rules(ctx context.Context) ([]string, error) {
 	var all []string
-	for _, table := range []string{"nat", "filter"} {
+	for _, table := range iptablesTables {
 		out, err := run(ctx, "", f.bin, "-w", "-t", table, "-S")
 		if err != nil {
 			return nil, err

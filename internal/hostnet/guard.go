@@ -8,12 +8,14 @@ import (
 	"strings"
 )
 
-// Guest is who a tap belongs to: the VM's MAC and IPv4 address. A tap
-// created for a Guest is guarded: the VM behind it can send only as
-// itself.
+// Guest is who a tap belongs to: the VM's MAC and IPv4 address, and what
+// it may reach. A tap created for a Guest is guarded: the VM behind it can
+// send only as itself, and only where Policy lets it (the zero Policy is
+// ModeInternet).
 type Guest struct {
-	MAC net.HardwareAddr
-	IP  netip.Addr
+	MAC    net.HardwareAddr
+	IP     netip.Addr
+	Policy Policy
 }
 
 // check says why g cannot be guarded, if it cannot.
@@ -34,18 +36,26 @@ const guardPrefix = nftTable + "-"
 func guardTable(tap string) string { return guardPrefix + tap }
 
 // GuardScript returns the nft script that (re)makes tap's guard: a table of
-// its own in the bridge family whose one chain drops, among the frames
-// entering the bridge from tap, those whose Ethernet source is not the
-// guest's MAC, those that are not IPv4, ARP or IPv6 (VLAN tags included),
-// ARP whose sender is not the guest (0.0.0.0 is let through: an address
-// probe), and IPv4 whose source is not the guest's address.
+// its own in the bridge family. Its prerouting chain drops, among the
+// frames entering the bridge from tap, those whose Ethernet source is not
+// the guest's MAC, those that are not IPv4 or ARP (IPv6 and VLAN tags
+// included), ARP whose sender is not the guest (0.0.0.0 is let through: an
+// address probe), and IPv4 whose source is not the guest's address. Its
+// forward chain drops every frame the bridge would pass from tap straight
+// to another port.
 //
 // Why: without it a VM can answer ARP for another VM's address or the
 // gateway's, or send from another VM's MAC so that the bridge forwards that
 // VM's frames to it, and so read traffic meant for others, such as a
-// workspace stream on the data channel. One table per tap, so that making
-// or removing one guard never touches another, and the guards outlive a
-// daemon restart with the taps they guard.
+// workspace stream on the data channel. Pinning the source address is also
+// what lets the policy table (PolicyScript) judge a packet by its source.
+// Bridged frames never reach the IP forward hook where the policy sits, so
+// VMs meet only through the host's routing (the bridge answers ARP for the
+// other VMs, see Ensure), where the policy applies. Guests are IPv4-only;
+// IPv6 would reach the host's link-local addresses past the policy. One
+// table per tap, so that making or removing one guard never touches
+// another, and the guards outlive a daemon restart with the taps they
+// guard.
 func GuardScript(tap string, g Guest) string {
 	return fmt.Sprintf(`table bridge %[1]s {}
 delete table bridge %[1]s
@@ -54,33 +64,46 @@ table bridge %[1]s {
 		type filter hook prerouting priority filter; policy accept;
 		iifname != "%[2]s" accept
 		ether saddr != %[3]s drop comment "%[5]s"
-		ether type != { ip, arp, ip6 } drop comment "%[5]s"
+		ether type != { ip, arp } drop comment "%[5]s"
 		arp saddr ether != %[3]s drop comment "%[5]s"
 		arp saddr ip != { %[4]s, 0.0.0.0 } drop comment "%[5]s"
 		ip saddr != %[4]s drop comment "%[5]s"
+	}
+	chain isolate {
+		type filter hook forward priority filter; policy accept;
+		iifname "%[2]s" drop comment "%[5]s"
 	}
 }
 `, guardTable(tap), tap, g.MAC, g.IP, ruleTag)
 }
 
-// unguardScript removes tap's guard table; a missing one is not an error.
+// unguardScript removes tap's guard and policy tables; missing ones are
+// not an error.
 func unguardScript(tap string) string {
-	return fmt.Sprintf("table bridge %[1]s {}\ndelete table bridge %[1]s\n", guardTable(tap))
+	return fmt.Sprintf("table bridge %[1]s {}\ndelete table bridge %[1]s\ntable ip %[2]s {}\ndelete table ip %[2]s\n",
+		guardTable(tap), policyTable(tap))
 }
 
-// guardTables picks banger's guard tables out of `nft list tables bridge`.
-func guardTables(listing string) []string {
+// guardTables picks banger's per-tap tables out of `nft list tables
+// FAMILY`.
+func guardTables(listing, family string) []string {
 	var out []string
 	for _, line := range strings.Split(listing, "\n") {
-		if name, ok := strings.CutPrefix(strings.TrimSpace(line), "table bridge "); ok && strings.HasPrefix(name, guardPrefix) {
+		if name, ok := strings.CutPrefix(strings.TrimSpace(line), "table "+family+" "); ok && strings.HasPrefix(name, guardPrefix) {
 			out = append(out, name)
 		}
 	}
 	return out
 }
 
-func (f nftFirewall) guard(ctx context.Context, tap string, g Guest) error {
-	_, err := run(ctx, GuardScript(tap, g), f.bin, "-f", "-")
+// guard (re)makes tap's guard and policy tables in one transaction, so a
+// tap is never guarded without a policy or the other way round.
+func (f nftFirewall) guard(ctx context.Context, bridge string, subnet netip.Prefix, tap string, g Guest) error {
+	policy, err := PolicyScript(bridge, subnet, tap, g)
+	if err != nil {
+		return err
+	}
+	_, err = run(ctx, GuardScript(tap, g)+policy, f.bin, "-f", "-")
 	return err
 }
 
@@ -95,5 +118,14 @@ func (f nftFirewall) guards(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	return guardTables(out), nil
+	return guardTables(out, "bridge"), nil
+}
+
+// policies lists the policy tables present.
+func (f nftFirewall) policies(ctx context.Context) ([]string, error) {
+	out, err := run(ctx, "", f.bin, "list", "tables", "ip")
+	if err != nil {
+		return nil, err
+	}
+	return guardTables(out, "ip"), nil
 }

@@ -1,14 +1,16 @@
 // Package hostnet owns banger's host networking: the bridge, one tap per VM
-// and the guard that lets that VM send only as itself, guest IP and MAC
-// allocation helpers, the NAT and forwarding rules that give guests
-// egress, the DNS responder for <vm>.<suffix> names, and entering the
-// network namespace the daemon runs in.
+// with the guard that lets that VM send only as itself and the policy that
+// says what it may reach, guest IP and MAC allocation helpers, the NAT and
+// forwarding rules that give guests egress, the DNS responder for
+// <vm>.<suffix> names, and entering the network namespace the daemon runs
+// in.
 //
 // It works in the network namespace of the calling process. It must not
 // touch VM records or VMM processes, and it removes exactly what it made:
-// rules live in banger's own nftables tables "ip banger" and
-// "bridge banger-<tap>" (or, with iptables, carry the comment "banger"),
-// and taps are named by TapName.
+// rules live in banger's own nftables tables "ip banger",
+// "bridge banger-<tap>" and "ip banger-<tap>" (or, with iptables, carry
+// the comment "banger", in mangle chains banger-input and banger-forward
+// of banger's own), and taps are named by TapName.
 package hostnet
 
 import (
@@ -20,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"sort"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -44,8 +47,10 @@ type Network struct {
 
 // New validates cfg and picks the firewall backend. It makes nothing.
 func New(cfg Config) (*Network, error) {
-	if cfg.Bridge == "" || len(cfg.Bridge) > unix.IFNAMSIZ-1 {
-		return nil, fmt.Errorf("invalid bridge name %q: use 1-15 characters", cfg.Bridge)
+	// The name is quoted into nft scripts; checkIfname keeps it from
+	// ending the quote.
+	if err := checkIfname("bridge", cfg.Bridge); err != nil {
+		return nil, err
 	}
 	if !cfg.Subnet.IsValid() || !cfg.Subnet.Addr().Is4() {
 		return nil, fmt.Errorf("invalid subnet %q: use an IPv4 prefix such as 172.16.0.0/24", cfg.Subnet)
@@ -109,8 +114,38 @@ func (n *Network) Ensure(ctx context.Context) error {
 	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0); err != nil {
 		return fmt.Errorf("enable ip forwarding: %w", err)
 	}
+	if err := n.bridgeSysctls(); err != nil {
+		return err
+	}
 	if err := n.fw.ensure(ctx, n.cfg.Bridge, n.cfg.Subnet); err != nil {
 		return fmt.Errorf("nat rules for %s: %w", n.cfg.Subnet, err)
+	}
+	return nil
+}
+
+// bridgeSysctls sets the bridge's own IP settings (they are per device and
+// per namespace, so nothing else on the host changes):
+//
+//   - proxy_arp_pvlan on, proxy_delay 0: the host answers a VM's ARP for
+//     another VM with the bridge's MAC, at once. Taps are isolated (no
+//     frame passes from one to another), so VMs meet only through the
+//     host's routing, where each VM's policy applies.
+//   - IPv6 off: guests are IPv4-only, and with IPv6 the bridge would carry
+//     a link-local address through which a guest reaches host services
+//     listening on the IPv6 wildcard, past every IPv4 rule.
+func (n *Network) bridgeSysctls() error {
+	for _, s := range []struct{ path, value string }{
+		{"/proc/sys/net/ipv4/conf/" + n.cfg.Bridge + "/proxy_arp_pvlan", "1"},
+		{"/proc/sys/net/ipv4/neigh/" + n.cfg.Bridge + "/proxy_delay", "0"},
+		{"/proc/sys/net/ipv6/conf/" + n.cfg.Bridge + "/disable_ipv6", "1"},
+	} {
+		err := os.WriteFile(s.path, []byte(s.value+"\n"), 0)
+		if errors.Is(err, os.ErrNotExist) && strings.Contains(s.path, "/ipv6/") {
+			continue // a kernel without IPv6 has nothing to turn off
+		}
+		if err != nil {
+			return fmt.Errorf("set %s on bridge %s: %w", s.path, n.cfg.Bridge, err)
+		}
 	}
 	return nil
 }
@@ -155,20 +190,26 @@ func (n *Network) Teardown(ctx context.Context) error {
 // CreateTap makes a persistent tap device name for guest g, attached to the
 // bridge and up, ready for a VMM to open. The bridge forwards frames for
 // g's MAC only to this tap (a static entry; unknown destinations are not
-// flooded to it), and with the nft backend the tap is guarded (see
-// GuardScript): the VM can send only as g. It is idempotent: an existing
-// tap is (re)attached, brought up and guarded again. A non-tap device of
-// that name is an error. The bridge must exist (Ensure). A failed
-// CreateTap leaves no tap or guard it made.
+// flooded to it) and passes nothing from it to another port (isolated).
+// With the nft backend the tap is guarded and g.Policy applied, in one
+// transaction (see GuardScript and PolicyScript): the VM can send only as
+// g and only where its policy lets it. The iptables backend enforces
+// ModeInternet for every guest and refuses any other policy
+// (ErrPolicyNeedsNft) before making anything. It is idempotent: an
+// existing tap is (re)attached, brought up and its guard and policy
+// rewritten. A non-tap device of that name is an error. The bridge must
+// exist (Ensure). A failed CreateTap leaves no tap or guard it made.
 func (n *Network) CreateTap(ctx context.Context, name string, g Guest) error {
-	if name == "" || len(name) > unix.IFNAMSIZ-1 {
-		return fmt.Errorf("invalid tap name %q: use 1-15 characters", name)
+	if err := checkIfname("tap", name); err != nil {
+		return err
 	}
 	if err := g.check(); err != nil {
 		return fmt.Errorf("tap %s: %w", name, err)
 	}
-	br, err := netlink.LinkByName(n.cfg.Bridge)
-	if err != nil {
+	if err := n.checkPolicy(name, g); err != nil {
+		return err
+	}
+	if _, err := netlink.LinkByName(n.cfg.Bridge); err != nil {
 		return fmt.Errorf("bridge %s for tap %s: %w (call Ensure first)", n.cfg.Bridge, name, err)
 	}
 	link, err := netlink.LinkByName(name)
@@ -196,14 +237,8 @@ func (n *Network) CreateTap(ctx context.Context, name string, g Guest) error {
 	default:
 		return fmt.Errorf("look up tap %s: %w", name, err)
 	}
-	if err := netlink.LinkSetMaster(link, br); err != nil {
+	if err := n.attachPort(ctx, link, g); err != nil {
 		if created { // a failed CreateTap leaves nothing behind
-			_ = netlink.LinkDel(link)
-		}
-		return fmt.Errorf("attach tap %s to bridge %s: %w", name, n.cfg.Bridge, err)
-	}
-	fail := func(err error) error {
-		if created {
 			_ = netlink.LinkDel(link)
 			if gd, ok := n.fw.(guarder); ok {
 				_ = gd.unguard(context.Background(), name)
@@ -211,36 +246,119 @@ func (n *Network) CreateTap(ctx context.Context, name string, g Guest) error {
 		}
 		return err
 	}
+	return nil
+}
+
+// attachPort makes link a port of the bridge for guest g: attached,
+// isolated, g's MAC pinned to it, guarded with g's policy, then up.
+func (n *Network) attachPort(ctx context.Context, link netlink.Link, g Guest) error {
+	name := link.Attrs().Name
+	br, err := netlink.LinkByName(n.cfg.Bridge)
+	if err != nil {
+		return fmt.Errorf("bridge %s for tap %s: %w (call Ensure first)", n.cfg.Bridge, name, err)
+	}
+	if err := netlink.LinkSetMaster(link, br); err != nil {
+		return fmt.Errorf("attach tap %s to bridge %s: %w", name, n.cfg.Bridge, err)
+	}
 	// The static entry also keeps the bridge from flooding g's frames to
 	// every port once a learned entry would have aged out.
 	if err := netlink.NeighSet(&netlink.Neigh{
 		LinkIndex: link.Attrs().Index, Family: unix.AF_BRIDGE,
 		State: netlink.NUD_NOARP, Flags: netlink.NTF_MASTER, HardwareAddr: g.MAC,
 	}); err != nil {
-		return fail(fmt.Errorf("bridge entry for %s on tap %s: %w", g.MAC, name, err))
+		return fmt.Errorf("bridge entry for %s on tap %s: %w", g.MAC, name, err)
 	}
 	if err := netlink.LinkSetFlood(link, false); err != nil {
-		return fail(fmt.Errorf("turn off unknown-unicast flooding to tap %s: %w", name, err))
+		return fmt.Errorf("turn off unknown-unicast flooding to tap %s: %w", name, err)
+	}
+	// Isolated ports exchange no frames with each other: the guard's
+	// forward chain does the same with nft, this holds with iptables too.
+	if err := netlink.LinkSetIsolated(link, true); err != nil {
+		return fmt.Errorf("isolate tap %s on bridge %s: %w", name, n.cfg.Bridge, err)
 	}
 	if gd, ok := n.fw.(guarder); ok {
-		if err := gd.guard(ctx, name, g); err != nil {
-			return fail(fmt.Errorf("guard tap %s: %w", name, err))
+		if err := gd.guard(ctx, n.cfg.Bridge, n.cfg.Subnet, name, g); err != nil {
+			return fmt.Errorf("guard tap %s: %w", name, err)
 		}
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
-		return fail(fmt.Errorf("bring tap %s up: %w", name, err))
+		return fmt.Errorf("bring tap %s up: %w", name, err)
 	}
 	return nil
 }
 
-// Guarded reports whether CreateTap guards taps against spoofing: it does
-// with the nft backend, not with iptables alone.
+// ErrPolicyNeedsNft is returned for a policy other than the default when
+// banger's rules are written with iptables: without the nft tap guards a
+// guest can send from another guest's address, so per-VM rules, which go
+// by source address, could be evaded.
+var ErrPolicyNeedsNft = errors.New("network policies other than the default (internet) need the nft firewall backend: install nftables")
+
+// checkPolicy says why g's policy cannot be applied to tap, before
+// anything is changed.
+func (n *Network) checkPolicy(tap string, g Guest) error {
+	if _, ok := n.fw.(guarder); !ok {
+		if !g.Policy.IsDefault() {
+			return fmt.Errorf("tap %s, policy %q: %w", tap, g.Policy, ErrPolicyNeedsNft)
+		}
+		return g.Policy.Check()
+	}
+	if _, err := PolicyScript(n.cfg.Bridge, n.cfg.Subnet, tap, g); err != nil {
+		return fmt.Errorf("tap %s: network policy: %w", tap, err)
+	}
+	return nil
+}
+
+// ApplyPolicy replaces, while the VM runs, what the guest behind tap may
+// reach with g.Policy: the tap's guard and policy tables are rewritten in
+// one nft transaction, so no packet ever sees half of either. g must be
+// the same guest CreateTap was given (MAC and address), with the new
+// policy. It holds at once for connections already open: what the guest
+// sends on a connection it opened is judged by the new policy packet by
+// packet; connections opened to the guest (the daemon's SSH, the data
+// channel) are not affected by any policy. The tap must exist and be a port of the bridge. With iptables only the
+// default policy is accepted (a no-op: Ensure enforces it); any other is
+// ErrPolicyNeedsNft. Removing a policy is DeleteTap: a tap never exists
+// without one.
+func (n *Network) ApplyPolicy(ctx context.Context, tap string, g Guest) error {
+	if err := checkIfname("tap", tap); err != nil {
+		return err
+	}
+	if err := g.check(); err != nil {
+		return fmt.Errorf("tap %s: %w", tap, err)
+	}
+	if err := n.checkPolicy(tap, g); err != nil {
+		return err
+	}
+	link, err := netlink.LinkByName(tap)
+	if err != nil {
+		return fmt.Errorf("apply policy to tap %s: %w (CreateTap first)", tap, err)
+	}
+	br, err := netlink.LinkByName(n.cfg.Bridge)
+	if err != nil {
+		return fmt.Errorf("apply policy to tap %s: bridge %s: %w", tap, n.cfg.Bridge, err)
+	}
+	if link.Attrs().MasterIndex != br.Attrs().Index {
+		return fmt.Errorf("apply policy to tap %s: it is not a port of bridge %s", tap, n.cfg.Bridge)
+	}
+	gd, ok := n.fw.(guarder)
+	if !ok {
+		return nil
+	}
+	if err := gd.guard(ctx, n.cfg.Bridge, n.cfg.Subnet, tap, g); err != nil {
+		return fmt.Errorf("apply policy %q to tap %s: %w", g.Policy, tap, err)
+	}
+	return nil
+}
+
+// Guarded reports whether CreateTap guards taps against spoofing and
+// applies per-VM policies: it does with the nft backend, not with
+// iptables alone (which enforces only the default policy, for every VM).
 func (n *Network) Guarded() bool {
 	_, ok := n.fw.(guarder)
 	return ok
 }
 
-// DeleteTap removes the tap device name and its guard. What is missing is
+// DeleteTap removes the tap device name, its guard and its policy. What is missing is
 // not an error; a device of that name that is not a tap is left alone and
 // reported.
 func (n *Network) DeleteTap(ctx context.Context, name string) error {
@@ -288,6 +406,17 @@ func (n *Network) Taps() ([]string, error) {
 // for iptables). Empty means none. Tap guards are listed by Guards.
 func (n *Network) NATRules() ([]string, error) {
 	return n.fw.rules(context.Background())
+}
+
+// Policies lists the per-tap policy tables present, "banger-<tap>" in the
+// ip family (nft backend; none otherwise). A tap banger made has one; a
+// tap without one was made by a banger older than policies, and the
+// daemon should ApplyPolicy to it.
+func (n *Network) Policies() ([]string, error) {
+	if gd, ok := n.fw.(guarder); ok {
+		return gd.policies(context.Background())
+	}
+	return nil, nil
 }
 
 // Guards lists the tap guard tables present (nft backend; none otherwise).

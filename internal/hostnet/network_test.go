@@ -71,8 +71,23 @@ func testEnsureTeardown(t *testing.T, firewall string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(rules) != 3 {
-			t.Errorf("rules after Ensure #%d = %q, want 3 (masquerade, 2 forward)", i+1, rules)
+		// The iptables backend's policy chains live in mangle.
+		nat := slices.DeleteFunc(slices.Clone(rules), func(r string) bool { return strings.HasPrefix(r, "-t mangle ") })
+		if len(nat) != 3 {
+			t.Errorf("rules after Ensure #%d = %q, want 3 (masquerade, 2 forward)", i+1, nat)
+		}
+		if firewall == "iptables" {
+			for _, want := range []string{
+				"-t mangle -A INPUT -i bangertest0 -m comment --comment banger -j banger-input",
+				"-t mangle -A FORWARD -i bangertest0 -m comment --comment banger -j banger-forward",
+			} {
+				if !slices.Contains(rules, want) {
+					t.Errorf("no %q in %q", want, rules)
+				}
+			}
+			if len(rules) != 3+2+18 {
+				t.Errorf("%d rules after Ensure #%d, want 23 (3 NAT, 2 jumps, 18 policy): %q", len(rules), i+1, rules)
+			}
 		}
 		if !slices.ContainsFunc(rules, func(r string) bool { return strings.Contains(strings.ToLower(r), "masquerade") }) {
 			t.Errorf("no masquerade rule in %q", rules)
@@ -137,6 +152,24 @@ func TestTaps(t *testing.T) {
 	if guards, err := n.Guards(); err != nil || !slices.Equal(guards, []string{guardTable(name)}) {
 		t.Errorf("guards = %v, %v; want the tap's", guards, err)
 	}
+	if ps, err := n.Policies(); err != nil || !slices.Equal(ps, []string{policyTable(name)}) {
+		t.Errorf("policies = %v, %v; want the tap's", ps, err)
+	}
+	// A policy that cannot be applied changes nothing.
+	bad := testGuest
+	bad.Policy = Policy{AllowVMs: []netip.Addr{netip.MustParseAddr("10.1.2.3")}}
+	if err := n.CreateTap(ctx, name, bad); err == nil || !strings.Contains(err.Error(), "allow-vm 10.1.2.3") {
+		t.Errorf("CreateTap with a VM outside the subnet: %v", err)
+	}
+	if err := n.ApplyPolicy(ctx, name, bad); err == nil {
+		t.Error("ApplyPolicy with a VM outside the subnet succeeded")
+	}
+	if err := n.ApplyPolicy(ctx, "bt0000000000ee", testGuest); err == nil {
+		t.Error("ApplyPolicy to a missing tap succeeded")
+	}
+	if out := sh(t, "nft", "list", "table", "ip", policyTable(name)); !strings.Contains(out, "udp dport 53 accept") {
+		t.Errorf("policy table after refused changes:\n%s", out)
+	}
 	tap, err := netlink.LinkByName(name)
 	if err != nil {
 		t.Fatal(err)
@@ -148,8 +181,8 @@ func TestTaps(t *testing.T) {
 	if tap.Attrs().Flags&net.FlagUp == 0 {
 		t.Errorf("tap is not up")
 	}
-	if p, err := netlink.LinkGetProtinfo(tap); err != nil || p.Flood {
-		t.Errorf("unknown-unicast flooding to the tap is on (%+v, %v)", p, err)
+	if p, err := netlink.LinkGetProtinfo(tap); err != nil || p.Flood || !p.Isolated {
+		t.Errorf("the tap floods unknown unicast or is not isolated (%+v, %v)", p, err)
 	}
 	fdb, err := netlink.NeighList(tap.Attrs().Index, unix.AF_BRIDGE)
 	if err != nil {
@@ -182,6 +215,9 @@ func TestTaps(t *testing.T) {
 	}
 	if guards, err := n.Guards(); err != nil || len(guards) != 0 {
 		t.Fatalf("guards after delete = %v, %v", guards, err)
+	}
+	if ps, err := n.Policies(); err != nil || len(ps) != 0 {
+		t.Fatalf("policies after delete = %v, %v", ps, err)
 	}
 }
 
