@@ -79,10 +79,7 @@ func (m *Manager) reconcileVM(ctx context.Context, vm model.VM) {
 			return
 		}
 	}
-	m.teardown(ctx, vm)
-	vm.State = model.VMStopped
-	vm.LastError = "vmm process was gone when the daemon started"
-	_ = m.save(ctx, &vm)
+	m.markStopped(ctx, vm, "vmm process was gone when the daemon started")
 	m.log.Warn("reconcile: vm demoted to stopped", "vm", vm.Name)
 }
 
@@ -122,11 +119,17 @@ func (m *Manager) reapDead(ctx context.Context, id string) {
 	if err != nil || vm.State != model.VMRunning || m.vmmAlive(vm) {
 		return
 	}
+	m.markStopped(ctx, vm, "vmm process exited while the vm was running (guest powered off, or the process was killed)")
+	m.log.Warn("vmm process gone; vm marked stopped", "vm", vm.Name)
+}
+
+// markStopped records a VM whose VMM is gone as stopped, with why, after
+// releasing what it held.
+func (m *Manager) markStopped(ctx context.Context, vm model.VM, why string) {
 	m.teardown(ctx, vm)
 	vm.State = model.VMStopped
-	vm.LastError = "vmm process exited while the vm was running (guest powered off, or the process was killed)"
+	vm.LastError = why
 	_ = m.save(ctx, &vm)
-	m.log.Warn("vmm process gone; vm marked stopped", "vm", vm.Name)
 }
 
 // moveToLostFound moves a VM directory to <state>/lost+found/<id>-<time>,
