@@ -43,10 +43,7 @@ type Deps struct {
 
 // Service registers images and kernels.
 type Service struct {
-	cfg   config.Config
-	store *store.Store
-	log   *slog.Logger
-	now   func() time.Time
+	Deps
 
 	// buildMu serialises image builds and kernel pulls: they are heavy, and
 	// two first-run `vm create`s must not build the default image twice.
@@ -54,13 +51,11 @@ type Service struct {
 }
 
 // New makes a Service.
-func New(deps Deps) *Service {
-	return &Service{cfg: deps.Config, store: deps.Store, log: deps.Log, now: deps.Now}
-}
+func New(deps Deps) *Service { return &Service{Deps: deps} }
 
 // ListImages lists every image.
 func (sv *Service) ListImages(ctx context.Context) ([]model.Image, error) {
-	ims, err := sv.store.ListImages(ctx)
+	ims, err := sv.Store.ListImages(ctx)
 	if ims == nil {
 		ims = []model.Image{}
 	}
@@ -69,20 +64,20 @@ func (sv *Service) ListImages(ctx context.Context) ([]model.Image, error) {
 
 // GetImage shows one image.
 func (sv *Service) GetImage(ctx context.Context, ref string) (model.Image, error) {
-	im, err := sv.store.GetImage(ctx, ref)
+	im, err := sv.Store.GetImage(ctx, ref)
 	return im, store.Describe("image", ref, err)
 }
 
 // GetKernel shows one pulled or imported kernel.
 func (sv *Service) GetKernel(ctx context.Context, ref string) (model.Kernel, error) {
-	k, err := sv.store.GetKernel(ctx, ref)
+	k, err := sv.Store.GetKernel(ctx, ref)
 	return k, store.Describe("kernel", ref, err)
 }
 
 // initBinary is the guest init put into built images: next to bangerd, or
 // in the configured bin dir.
 func (sv *Service) initBinary() (string, error) {
-	dir := sv.cfg.BinDir
+	dir := sv.Config.BinDir
 	if dir == "" {
 		exe, err := os.Executable()
 		if err != nil {
@@ -102,7 +97,7 @@ func (sv *Service) BuildImage(ctx context.Context, req api.BuildImageRequest, re
 	report = progress.OrNop(report)
 	name := req.Name
 	if name == "" {
-		name = sv.cfg.DefaultImage
+		name = sv.Config.DefaultImage
 	}
 	if err := model.ValidateName("image", name); err != nil {
 		return model.Image{}, errdefs.Invalid(err)
@@ -129,7 +124,7 @@ func (sv *Service) BuildImage(ctx context.Context, req api.BuildImageRequest, re
 	}
 	opts := image.BuildOptions{
 		Name: name, Suite: req.Suite, Packages: req.Packages, SizeBytes: size, Init: req.Init,
-		InitBinary: initBin, CacheDir: sv.cfg.CacheDir, NoCache: req.NoCache,
+		InitBinary: initBin, CacheDir: sv.Config.CacheDir, NoCache: req.NoCache,
 	}
 	for _, s := range req.Scripts {
 		opts.Scripts = append(opts.Scripts, image.Script{Name: s.Name, Content: s.Content})
@@ -139,11 +134,11 @@ func (sv *Service) BuildImage(ctx context.Context, req api.BuildImageRequest, re
 	}
 	sv.buildMu.Lock()
 	defer sv.buildMu.Unlock()
-	if _, err := sv.store.GetImage(ctx, name); err == nil {
+	if _, err := sv.Store.GetImage(ctx, name); err == nil {
 		return model.Image{}, errdefs.Errorf(errdefs.CodeConflict, "image %q already exists: remove it first (banger image rm %s) or pick another --name", name, name)
 	}
 	id := model.NewID()
-	dest := filepath.Join(sv.cfg.ImagesDir(), id+".ext4")
+	dest := filepath.Join(sv.Config.ImagesDir(), id+".ext4")
 	res, err := image.Build(ctx, opts, dest, report)
 	if err != nil {
 		_ = os.Remove(dest)
@@ -152,9 +147,9 @@ func (sv *Service) BuildImage(ctx context.Context, req api.BuildImageRequest, re
 	im := model.Image{
 		ID: id, Name: name, Path: res.Path, SizeBytes: res.SizeBytes, Checksum: res.Checksum,
 		Source: "build", Init: res.Init, Recipe: res.RecipeJSON, RecipeKey: res.RecipeKey,
-		HostKey: res.HostKey, CreatedAt: sv.now().UTC(),
+		HostKey: res.HostKey, CreatedAt: sv.Now().UTC(),
 	}
-	if err := sv.store.CreateImage(ctx, im); err != nil {
+	if err := sv.Store.CreateImage(ctx, im); err != nil {
 		_ = os.Remove(res.Path)
 		return model.Image{}, store.Describe("image", name, err)
 	}
@@ -175,7 +170,7 @@ func (sv *Service) ImportImage(ctx context.Context, req api.ImportImageRequest, 
 	if err := model.ValidateName("image", name); err != nil {
 		return model.Image{}, errdefs.Invalid(err)
 	}
-	if _, err := sv.store.GetImage(ctx, name); err == nil {
+	if _, err := sv.Store.GetImage(ctx, name); err == nil {
 		return model.Image{}, errdefs.Errorf(errdefs.CodeConflict, "image %q already exists", name)
 	}
 	report(progress.Event{Phase: "inspect", Message: "checking " + req.Path})
@@ -190,7 +185,7 @@ func (sv *Service) ImportImage(ctx context.Context, req api.ImportImageRequest, 
 		return model.Image{}, errdefs.Errorf(errdefs.CodeInvalid, "cannot import %s: the image lacks what banger needs: %s", req.Path, strings.Join(rep.Missing, "; "))
 	}
 	id := model.NewID()
-	dest := filepath.Join(sv.cfg.ImagesDir(), id+".ext4")
+	dest := filepath.Join(sv.Config.ImagesDir(), id+".ext4")
 	report(progress.Event{Phase: "copy", Message: "copying into the state directory"})
 	sum, size, err := copyFileSum(ctx, req.Path, dest)
 	if err != nil {
@@ -200,9 +195,9 @@ func (sv *Service) ImportImage(ctx context.Context, req api.ImportImageRequest, 
 	im := model.Image{
 		ID: id, Name: name, Path: dest, SizeBytes: size, Checksum: sum, Source: "import",
 		Recipe: mustJSON(map[string]string{"imported_from": req.Path}), HostKey: rep.HostKey,
-		CreatedAt: sv.now().UTC(),
+		CreatedAt: sv.Now().UTC(),
 	}
-	if err := sv.store.CreateImage(ctx, im); err != nil {
+	if err := sv.Store.CreateImage(ctx, im); err != nil {
 		_ = os.Remove(dest)
 		return model.Image{}, store.Describe("image", name, err)
 	}
@@ -215,18 +210,18 @@ func (sv *Service) RemoveImage(ctx context.Context, ref string) error {
 	if err != nil {
 		return err
 	}
-	users, err := sv.store.VMsUsingImage(ctx, im.ID)
+	users, err := sv.Store.VMsUsingImage(ctx, im.ID)
 	if err != nil {
 		return err
 	}
 	if len(users) > 0 {
 		return errdefs.Errorf(errdefs.CodeConflict, "image %s is used by vm %s: delete the vm first", im.Name, vmNames(users))
 	}
-	if err := sv.store.DeleteImage(ctx, im.ID); err != nil {
+	if err := sv.Store.DeleteImage(ctx, im.ID); err != nil {
 		return store.Describe("image", ref, err)
 	}
 	if err := os.Remove(im.Path); err != nil && !os.IsNotExist(err) {
-		sv.log.Warn("remove image file", "path", im.Path, "err", err)
+		sv.Log.Warn("remove image file", "path", im.Path, "err", err)
 	}
 	return nil
 }
@@ -243,20 +238,20 @@ func vmNames(vms []model.VM) string {
 // first use.
 func (sv *Service) ImageForVM(ctx context.Context, ref string, report progress.Func) (model.Image, error) {
 	if ref == "" {
-		ref = sv.cfg.DefaultImage
+		ref = sv.Config.DefaultImage
 	}
-	im, err := sv.store.GetImage(ctx, ref)
+	im, err := sv.Store.GetImage(ctx, ref)
 	if err == nil {
 		return im, nil
 	}
-	if !errors.Is(err, store.ErrNotFound) || ref != sv.cfg.DefaultImage {
+	if !errors.Is(err, store.ErrNotFound) || ref != sv.Config.DefaultImage {
 		return im, store.Describe("image", ref, err)
 	}
 	report(progress.Event{Phase: "image", Message: fmt.Sprintf("no image %q yet: building the default image (first run; cached afterwards)", ref)})
 	im, err = sv.BuildImage(ctx, api.BuildImageRequest{Name: ref}, report)
 	if errdefs.CodeOf(err) == errdefs.CodeConflict {
 		// Another request built it meanwhile.
-		im, err = sv.store.GetImage(ctx, ref)
+		im, err = sv.Store.GetImage(ctx, ref)
 		return im, store.Describe("image", ref, err)
 	}
 	return im, err
@@ -266,9 +261,9 @@ func (sv *Service) ImageForVM(ctx context.Context, ref string, report progress.F
 // first use.
 func (sv *Service) KernelForVM(ctx context.Context, ref string, report progress.Func) (model.Kernel, error) {
 	if ref == "" {
-		ref = sv.cfg.DefaultKernel
+		ref = sv.Config.DefaultKernel
 	}
-	k, err := sv.store.GetKernel(ctx, ref)
+	k, err := sv.Store.GetKernel(ctx, ref)
 	if err == nil {
 		return k, nil
 	}
@@ -278,7 +273,7 @@ func (sv *Service) KernelForVM(ctx context.Context, ref string, report progress.
 	report(progress.Event{Phase: "kernel", Message: fmt.Sprintf("no kernel %q yet: pulling it from the catalog (first run; cached afterwards)", ref)})
 	k, err = sv.PullKernel(ctx, ref, report)
 	if errdefs.CodeOf(err) == errdefs.CodeConflict {
-		k, err = sv.store.GetKernel(ctx, ref)
+		k, err = sv.Store.GetKernel(ctx, ref)
 		return k, store.Describe("kernel", ref, err)
 	}
 	return k, err
@@ -290,7 +285,7 @@ func (sv *Service) ListKernels(ctx context.Context) ([]api.KernelEntry, error) {
 	if err != nil {
 		return nil, err
 	}
-	ks, err := sv.store.ListKernels(ctx)
+	ks, err := sv.Store.ListKernels(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -321,12 +316,12 @@ func (sv *Service) PullKernel(ctx context.Context, name string, report progress.
 	}
 	sv.buildMu.Lock()
 	defer sv.buildMu.Unlock()
-	if _, err := sv.store.GetKernel(ctx, name); err == nil {
+	if _, err := sv.Store.GetKernel(ctx, name); err == nil {
 		return model.Kernel{}, errdefs.Errorf(errdefs.CodeConflict, "kernel %q is already pulled: remove it first to pull again", name)
 	}
 	id := model.NewID()
-	dir := filepath.Join(sv.cfg.KernelsDir(), id)
-	art, err := kernel.Pull(ctx, e, dir, sv.cfg.CacheDir, report)
+	dir := filepath.Join(sv.Config.KernelsDir(), id)
+	art, err := kernel.Pull(ctx, e, dir, sv.Config.CacheDir, report)
 	if err != nil {
 		_ = os.RemoveAll(dir)
 		return model.Kernel{}, err
@@ -334,9 +329,9 @@ func (sv *Service) PullKernel(ctx context.Context, name string, report progress.
 	k := model.Kernel{
 		ID: id, Name: name, Version: art.Version, VmlinuxPath: art.Vmlinux, BzImagePath: art.BzImage,
 		InitrdPath: art.Initrd, Cmdline: art.Cmdline, Source: art.Source, Checksums: mustJSON(art.Checksums),
-		CreatedAt: sv.now().UTC(),
+		CreatedAt: sv.Now().UTC(),
 	}
-	if err := sv.store.CreateKernel(ctx, k); err != nil {
+	if err := sv.Store.CreateKernel(ctx, k); err != nil {
 		_ = os.RemoveAll(dir)
 		return model.Kernel{}, store.Describe("kernel", name, err)
 	}
@@ -349,7 +344,7 @@ func (sv *Service) ImportKernel(ctx context.Context, req api.ImportKernelRequest
 	if err := model.ValidateName("kernel", req.Name); err != nil {
 		return model.Kernel{}, errdefs.Invalid(err)
 	}
-	if _, err := sv.store.GetKernel(ctx, req.Name); err == nil {
+	if _, err := sv.Store.GetKernel(ctx, req.Name); err == nil {
 		return model.Kernel{}, errdefs.Errorf(errdefs.CodeConflict, "kernel %q already exists", req.Name)
 	}
 	if req.Vmlinux == "" {
@@ -359,12 +354,12 @@ func (sv *Service) ImportKernel(ctx context.Context, req api.ImportKernelRequest
 		return model.Kernel{}, errdefs.Invalid(err)
 	}
 	id := model.NewID()
-	dir := filepath.Join(sv.cfg.KernelsDir(), id)
+	dir := filepath.Join(sv.Config.KernelsDir(), id)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return model.Kernel{}, err
 	}
 	sums := map[string]string{}
-	k := model.Kernel{ID: id, Name: req.Name, Version: "unknown", Cmdline: req.Cmdline, Source: "import", CreatedAt: sv.now().UTC()}
+	k := model.Kernel{ID: id, Name: req.Name, Version: "unknown", Cmdline: req.Cmdline, Source: "import", CreatedAt: sv.Now().UTC()}
 	if k.Cmdline == "" {
 		k.Cmdline = "console=ttyS0 reboot=k panic=1"
 	}
@@ -385,7 +380,7 @@ func (sv *Service) ImportKernel(ctx context.Context, req api.ImportKernelRequest
 		sums[f.name] = sum
 	}
 	k.Checksums = mustJSON(sums)
-	if err := sv.store.CreateKernel(ctx, k); err != nil {
+	if err := sv.Store.CreateKernel(ctx, k); err != nil {
 		_ = os.RemoveAll(dir)
 		return model.Kernel{}, store.Describe("kernel", req.Name, err)
 	}
@@ -398,17 +393,17 @@ func (sv *Service) RemoveKernel(ctx context.Context, ref string) error {
 	if err != nil {
 		return err
 	}
-	users, err := sv.store.VMsUsingKernel(ctx, k.ID)
+	users, err := sv.Store.VMsUsingKernel(ctx, k.ID)
 	if err != nil {
 		return err
 	}
 	if len(users) > 0 {
 		return errdefs.Errorf(errdefs.CodeConflict, "kernel %s is used by vm %s: delete the vm first", k.Name, vmNames(users))
 	}
-	if err := sv.store.DeleteKernel(ctx, k.ID); err != nil {
+	if err := sv.Store.DeleteKernel(ctx, k.ID); err != nil {
 		return store.Describe("kernel", ref, err)
 	}
-	_ = os.RemoveAll(filepath.Join(sv.cfg.KernelsDir(), k.ID))
+	_ = os.RemoveAll(filepath.Join(sv.Config.KernelsDir(), k.ID))
 	return nil
 }
 

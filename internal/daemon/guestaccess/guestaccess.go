@@ -21,6 +21,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/daemon/vms"
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/hostnet"
@@ -30,21 +31,10 @@ import (
 	"github.com/banger/banger/internal/tail"
 )
 
-// VMs is what guest access needs of the VM lifecycle.
-type VMs interface {
-	// Resolve finds a VM by name, id or id prefix.
-	Resolve(ctx context.Context, ref string) (model.VM, error)
-	// Running resolves a VM and fails with a conflict naming how to start
-	// it when it does not run.
-	Running(ctx context.Context, ref string) (model.VM, error)
-	// Alive is the one liveness check: recorded running and its VMM alive.
-	Alive(vm model.VM) bool
-}
-
 // Deps are what a Service is made of.
 type Deps struct {
 	Store *store.Store
-	VMs   VMs
+	VMs   vms.Lookup
 	// Dial returns a (pooled) SSH client to a running VM's guest: Dial
 	// below, or a test's stand-in.
 	Dial func(ctx context.Context, vm model.VM) (guest.Client, error)
@@ -61,21 +51,11 @@ type Deps struct {
 
 // Service reaches into running VMs.
 type Service struct {
-	store     *store.Store
-	vms       VMs
-	dial      func(ctx context.Context, vm model.VM) (guest.Client, error)
-	signer    ssh.Signer
-	pool      *guest.Pool
-	keyPath   string
-	netns     string
-	dnsSuffix string
+	Deps
 }
 
 // New makes a Service.
-func New(deps Deps) *Service {
-	return &Service{store: deps.Store, vms: deps.VMs, dial: deps.Dial, signer: deps.Signer, pool: deps.Pool,
-		keyPath: deps.KeyPath, netns: deps.Netns, dnsSuffix: deps.DNSSuffix}
-}
+func New(deps Deps) *Service { return &Service{Deps: deps} }
 
 // sshTimeout bounds how long a booting guest may take to answer SSH.
 const sshTimeout = 180 * time.Second
@@ -83,7 +63,7 @@ const sshTimeout = 180 * time.Second
 // endpoint is how to reach a VM's sshd: its IP and its image's pinned host
 // key.
 func (sv *Service) endpoint(ctx context.Context, vm model.VM) (guest.Endpoint, error) {
-	im, err := sv.store.GetImage(ctx, vm.ImageID)
+	im, err := sv.Store.GetImage(ctx, vm.ImageID)
 	if err != nil {
 		return guest.Endpoint{}, store.Describe("image", vm.ImageID, err)
 	}
@@ -95,21 +75,21 @@ func (sv *Service) endpoint(ctx context.Context, vm model.VM) (guest.Endpoint, e
 
 // Dial returns the pooled SSH client of a running VM's guest.
 func (sv *Service) Dial(ctx context.Context, vm model.VM) (guest.Client, error) {
-	if sv.pool == nil {
+	if sv.Pool == nil {
 		return nil, errdefs.Errorf(errdefs.CodeUnavailable, "guest access is not configured")
 	}
 	ep, err := sv.endpoint(ctx, vm)
 	if err != nil {
 		return nil, err
 	}
-	return sv.pool.Get(ctx, vm.ID, ep)
+	return sv.Pool.Get(ctx, vm.ID, ep)
 }
 
 // WaitReady waits until a booting guest's sshd runs commands, failing
 // early when its VMM dies (vmmAlive turns false). The connection that
 // proved the guest ready joins the pool and serves the first exec.
 func (sv *Service) WaitReady(ctx context.Context, vm model.VM, vmmAlive func() bool) error {
-	if sv.pool == nil {
+	if sv.Pool == nil {
 		return errdefs.Errorf(errdefs.CodeUnavailable, "guest access is not configured")
 	}
 	ep, err := sv.endpoint(ctx, vm)
@@ -128,7 +108,7 @@ func (sv *Service) WaitReady(ctx context.Context, vm model.VM, vmmAlive func() b
 			time.Sleep(250 * time.Millisecond)
 		}
 	}()
-	c, err := guest.WaitReady(wctx, ep, sv.signer, 200*time.Millisecond)
+	c, err := guest.WaitReady(wctx, ep, sv.Signer, 200*time.Millisecond)
 	if err != nil {
 		if !vmmAlive() {
 			return fmt.Errorf("the vmm exited during boot; %s", tailFile(vm.LogPath, vm.ConsolePath))
@@ -138,14 +118,14 @@ func (sv *Service) WaitReady(ctx context.Context, vm model.VM, vmmAlive func() b
 		}
 		return fmt.Errorf("guest ssh did not answer within %s: %v; %s", sshTimeout, err, tailFile(vm.ConsolePath))
 	}
-	sv.pool.Adopt(vm.ID, ep, c)
+	sv.Pool.Adopt(vm.ID, ep, c)
 	return nil
 }
 
 // LookupDNS answers <name>.<suffix> for running VMs.
 func (sv *Service) LookupDNS(host string) (netip.Addr, bool) {
-	vm, err := sv.store.GetVM(context.Background(), host)
-	if err != nil || vm.Name != host || !sv.vms.Alive(vm) {
+	vm, err := sv.Store.GetVM(context.Background(), host)
+	if err != nil || vm.Name != host || !sv.VMs.Alive(vm) {
 		return netip.Addr{}, false
 	}
 	ip, err := netip.ParseAddr(vm.GuestIP)
@@ -157,7 +137,7 @@ func (sv *Service) Exec(ctx context.Context, ref string, req api.ExecRequest, st
 	if len(req.Command) == 0 {
 		return -1, errdefs.Errorf(errdefs.CodeInvalid, "no command given: put it after --")
 	}
-	vm, err := sv.vms.Running(ctx, ref)
+	vm, err := sv.VMs.Running(ctx, ref)
 	if err != nil {
 		return -1, err
 	}
@@ -165,7 +145,7 @@ func (sv *Service) Exec(ctx context.Context, ref string, req api.ExecRequest, st
 	if err != nil {
 		return -1, errdefs.Invalid(err)
 	}
-	c, err := sv.dial(ctx, vm)
+	c, err := sv.Dial(ctx, vm)
 	if err != nil {
 		return -1, fmt.Errorf("connect to %s: %w", vm.Name, err)
 	}
@@ -200,7 +180,7 @@ func ExecCommand(req api.ExecRequest) (string, error) {
 
 // Logs writes a VM's serial console and/or VMM log.
 func (sv *Service) Logs(ctx context.Context, ref string, req api.LogsRequest, w io.Writer) error {
-	vm, err := sv.vms.Resolve(ctx, ref)
+	vm, err := sv.VMs.Resolve(ctx, ref)
 	if err != nil {
 		return err
 	}
@@ -258,7 +238,7 @@ func (sv *Service) Logs(ctx context.Context, ref string, req api.LogsRequest, w 
 			f.Close()
 		}
 		flush(w)
-		if cur, err := sv.store.GetVM(ctx, vm.ID); err != nil || !sv.vms.Alive(cur) && cur.State != model.VMStarting {
+		if cur, err := sv.Store.GetVM(ctx, vm.ID); err != nil || !sv.VMs.Alive(cur) && cur.State != model.VMStarting {
 			return nil
 		}
 	}
@@ -272,34 +252,34 @@ func flush(w io.Writer) {
 
 // SSHInfo tells the CLI how to exec the system ssh into a VM.
 func (sv *Service) SSHInfo(ctx context.Context, ref string) (api.SSHInfo, error) {
-	vm, err := sv.vms.Running(ctx, ref)
+	vm, err := sv.VMs.Running(ctx, ref)
 	if err != nil {
 		return api.SSHInfo{}, err
 	}
 	return api.SSHInfo{
 		Host: vm.GuestIP, User: "root", Port: 22,
-		KeyPath:        sv.keyPath,
+		KeyPath:        sv.KeyPath,
 		KnownHostsPath: filepath.Join(vm.Dir, "known_hosts"),
-		Netns:          sv.netns,
+		Netns:          sv.Netns,
 	}, nil
 }
 
 // Hosts renders /etc/hosts lines for running VMs.
 func (sv *Service) Hosts(ctx context.Context) (string, error) {
-	vms, err := sv.store.ListVMs(ctx)
+	vms, err := sv.Store.ListVMs(ctx)
 	if err != nil {
 		return "", err
 	}
 	m := map[string]netip.Addr{}
 	for _, vm := range vms {
-		if !sv.vms.Alive(vm) {
+		if !sv.VMs.Alive(vm) {
 			continue
 		}
 		if ip, err := netip.ParseAddr(vm.GuestIP); err == nil {
 			m[vm.Name] = ip
 		}
 	}
-	return hostnet.HostsLines(sv.dnsSuffix, m), nil
+	return hostnet.HostsLines(sv.DNSSuffix, m), nil
 }
 
 // tailFile returns the last lines of the first file whose end is not blank,

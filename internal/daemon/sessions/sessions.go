@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/daemon/vms"
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/keyed"
@@ -31,22 +32,11 @@ import (
 	"github.com/banger/banger/internal/tail"
 )
 
-// VMs is what sessions need of the VM lifecycle.
-type VMs interface {
-	// Resolve finds a VM by name, id or id prefix.
-	Resolve(ctx context.Context, ref string) (model.VM, error)
-	// Running resolves a VM and fails with a conflict naming how to start
-	// it when it does not run.
-	Running(ctx context.Context, ref string) (model.VM, error)
-	// Alive is the one liveness check: recorded running and its VMM alive.
-	Alive(vm model.VM) bool
-}
-
 // Deps are what a Service is made of.
 type Deps struct {
 	Store *store.Store
 	Log   *slog.Logger
-	VMs   VMs
+	VMs   vms.Lookup
 	// Dial returns a (pooled) SSH client to a running VM's guest.
 	Dial func(ctx context.Context, vm model.VM) (guest.Client, error)
 	Now  func() time.Time
@@ -54,11 +44,7 @@ type Deps struct {
 
 // Service runs guest sessions.
 type Service struct {
-	store *store.Store
-	log   *slog.Logger
-	vms   VMs
-	dial  func(ctx context.Context, vm model.VM) (guest.Client, error)
-	now   func() time.Time
+	Deps
 	locks keyed.Mutex
 
 	// StateRoot is where session state lives in the guest. Tests point it
@@ -77,7 +63,7 @@ type Service struct {
 // New makes a Service.
 func New(deps Deps) *Service {
 	return &Service{
-		store: deps.Store, log: deps.Log, vms: deps.VMs, dial: deps.Dial, now: deps.Now,
+		Deps:      deps,
 		StateRoot: session.DefaultStateRoot,
 		ReadFiles: ReadWorkDiskFiles,
 		attached:  map[string]time.Time{},
@@ -124,14 +110,14 @@ func (sv *Service) lockVM(vmID string) func() { return sv.locks.Lock("sessions:"
 
 // resolveSession finds a VM and one of its sessions by id, id prefix or name.
 func (sv *Service) resolveSession(ctx context.Context, vmRef, ref string) (model.VM, model.Session, error) {
-	vm, err := sv.vms.Resolve(ctx, vmRef)
+	vm, err := sv.VMs.Resolve(ctx, vmRef)
 	if err != nil {
 		return vm, model.Session{}, err
 	}
 	if ref == "" {
 		return vm, model.Session{}, errdefs.Errorf(errdefs.CodeInvalid, "session name or id is empty")
 	}
-	s, err := sv.store.GetSession(ctx, vm.ID, ref)
+	s, err := sv.Store.GetSession(ctx, vm.ID, ref)
 	if err != nil {
 		return vm, s, store.Describe("session", ref, err)
 	}
@@ -144,7 +130,7 @@ func sessionFinished(s model.Session) bool {
 
 // guestRun runs a bash script in a VM and returns its exit code and output.
 func (sv *Service) guestRun(ctx context.Context, vm model.VM, script string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
-	c, err := sv.dial(ctx, vm)
+	c, err := sv.Dial(ctx, vm)
 	if err != nil {
 		return -1, errdefs.Errorf(errdefs.CodeUnavailable, "cannot reach vm %s over SSH: %v", vm.Name, err)
 	}
@@ -160,14 +146,14 @@ func (sv *Service) guestRun(ctx context.Context, vm model.VM, script string, std
 // VM runs.
 func (sv *Service) observe(ctx context.Context, vm model.VM, recs []model.Session) (map[string]session.State, bool, error) {
 	states := map[string]session.State{}
-	if !sv.vms.Alive(vm) {
+	if !sv.VMs.Alive(vm) {
 		for _, r := range recs {
 			if vm.WorkDisk == "" {
 				continue
 			}
 			files, err := sv.ReadFiles(ctx, vm.WorkDisk, r.ID)
 			if err != nil {
-				sv.log.Warn("read session state from work disk", "vm", vm.Name, "session", r.ID, "err", err)
+				sv.Log.Warn("read session state from work disk", "vm", vm.Name, "session", r.ID, "err", err)
 				continue
 			}
 			states[r.ID] = session.StateFromFiles(files)
@@ -213,7 +199,7 @@ func (sv *Service) reconcileSessions(ctx context.Context, vm model.VM, recs []mo
 	defer unlock()
 	states, running, err := sv.observe(ctx, vm, open)
 	if err != nil {
-		sv.log.Warn("reconcile sessions", "vm", vm.Name, "err", err)
+		sv.Log.Warn("reconcile sessions", "vm", vm.Name, "err", err)
 		return recs
 	}
 	out := make([]model.Session, len(recs))
@@ -223,14 +209,14 @@ func (sv *Service) reconcileSessions(ctx context.Context, vm model.VM, recs []mo
 			continue
 		}
 		// Re-read under the lock: a stop may have written since the list.
-		fresh, err := sv.store.GetSession(ctx, vm.ID, r.ID)
+		fresh, err := sv.Store.GetSession(ctx, vm.ID, r.ID)
 		if err != nil {
 			continue
 		}
-		nr, changed := session.Apply(fresh, states[r.ID], running, sv.now())
+		nr, changed := session.Apply(fresh, states[r.ID], running, sv.Now())
 		if changed {
-			if err := sv.store.UpdateSession(ctx, nr); err != nil {
-				sv.log.Warn("save session", "session", r.ID, "err", err)
+			if err := sv.Store.UpdateSession(ctx, nr); err != nil {
+				sv.Log.Warn("save session", "session", r.ID, "err", err)
 				continue
 			}
 		}
@@ -241,11 +227,11 @@ func (sv *Service) reconcileSessions(ctx context.Context, vm model.VM, recs []mo
 
 // List lists a VM's sessions, reconciled with the guest.
 func (sv *Service) List(ctx context.Context, vmRef string) ([]model.Session, error) {
-	vm, err := sv.vms.Resolve(ctx, vmRef)
+	vm, err := sv.VMs.Resolve(ctx, vmRef)
 	if err != nil {
 		return nil, err
 	}
-	recs, err := sv.store.ListSessions(ctx, vm.ID)
+	recs, err := sv.Store.ListSessions(ctx, vm.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -274,7 +260,7 @@ var stageOrder = []string{"preflight", session.StageUpload, session.StageLaunch,
 // A failed stage leaves the record failed with the stage, message and raw
 // guest output, and returns an error naming the stage.
 func (sv *Service) Start(ctx context.Context, vmRef string, req api.StartSessionRequest) (model.Session, error) {
-	vm, err := sv.vms.Running(ctx, vmRef)
+	vm, err := sv.VMs.Running(ctx, vmRef)
 	if err != nil {
 		return model.Session{}, err
 	}
@@ -283,7 +269,7 @@ func (sv *Service) Start(ctx context.Context, vmRef string, req api.StartSession
 	if err != nil {
 		return model.Session{}, errdefs.Invalid(err)
 	}
-	now := sv.now()
+	now := sv.Now()
 	rec := model.Session{
 		ID: id, VMID: vm.ID, Name: name,
 		Command: spec.Command, Args: spec.Args, Env: spec.Env, Cwd: spec.Cwd,
@@ -300,7 +286,7 @@ func (sv *Service) Start(ctx context.Context, vmRef string, req api.StartSession
 		rec.AttachBackend = "fifo"
 	}
 	unlock := sv.lockVM(vm.ID)
-	err = sv.store.CreateSession(ctx, rec)
+	err = sv.Store.CreateSession(ctx, rec)
 	unlock()
 	if err != nil {
 		if errdefs.CodeOf(store.Describe("session", name, err)) == errdefs.CodeConflict {
@@ -338,18 +324,18 @@ func (sv *Service) Start(ctx context.Context, vmRef string, req api.StartSession
 
 	unlock = sv.lockVM(vm.ID)
 	defer unlock()
-	fresh, err := sv.store.GetSession(ctx, vm.ID, id)
+	fresh, err := sv.Store.GetSession(ctx, vm.ID, id)
 	if err != nil {
 		return rec, store.Describe("session", id, err)
 	}
-	nr, changed := session.Apply(fresh, res.State, true, sv.now())
+	nr, changed := session.Apply(fresh, res.State, true, sv.Now())
 	if nr.StartedAt == nil {
-		t := sv.now()
+		t := sv.Now()
 		nr.StartedAt = &t
 		changed = true
 	}
 	if changed {
-		if err := sv.store.UpdateSession(ctx, nr); err != nil {
+		if err := sv.Store.UpdateSession(ctx, nr); err != nil {
 			return nr, err
 		}
 	}
@@ -361,18 +347,18 @@ func (sv *Service) Start(ctx context.Context, vmRef string, req api.StartSession
 func (sv *Service) failLaunch(ctx context.Context, vm model.VM, rec model.Session, stage, msg, log string) (model.Session, error) {
 	unlock := sv.lockVM(vm.ID)
 	defer unlock()
-	if fresh, err := sv.store.GetSession(ctx, vm.ID, rec.ID); err == nil {
+	if fresh, err := sv.Store.GetSession(ctx, vm.ID, rec.ID); err == nil {
 		rec = fresh
 	}
-	now := sv.now()
+	now := sv.Now()
 	rec.Status = model.SessionFailed
 	rec.LaunchStage, rec.LaunchError, rec.LaunchLog = stage, msg, log
 	rec.Error = session.StepError(stage, msg, "")
 	rec.Attachable, rec.Reattachable = false, false
 	rec.EndedAt = &now
 	// Record the failure even when the caller has gone away.
-	if err := sv.store.UpdateSession(context.WithoutCancel(ctx), rec); err != nil {
-		sv.log.Warn("record session launch failure", "session", rec.ID, "err", err)
+	if err := sv.Store.UpdateSession(context.WithoutCancel(ctx), rec); err != nil {
+		sv.Log.Warn("record session launch failure", "session", rec.ID, "err", err)
 	}
 	code := errdefs.CodeInternal
 	switch stage {
@@ -410,7 +396,7 @@ func (sv *Service) liveSession(ctx context.Context, vmRef, ref string) (model.VM
 	if sessionFinished(s) {
 		return vm, s, finishedErr(s)
 	}
-	if !sv.vms.Alive(vm) {
+	if !sv.VMs.Alive(vm) {
 		return vm, s, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running (state %s), so session %s is not either", vm.Name, vm.State, s.Name)
 	}
 	return vm, s, nil
@@ -453,7 +439,7 @@ func (sv *Service) Logs(ctx context.Context, vmRef, ref string, req api.SessionL
 	if req.Stderr {
 		file = session.FileStderr
 	}
-	if !sv.vms.Alive(vm) {
+	if !sv.VMs.Alive(vm) {
 		b, err := storage.ReadFile(ctx, vm.WorkDisk, path.Join(session.WorkDiskStateRoot, s.ID, file))
 		if errors.Is(err, storage.ErrNotFound) {
 			return errdefs.Errorf(errdefs.CodeNotFound, "session %s has no %s on the work disk of vm %s", s.Name, file, vm.Name)
@@ -554,7 +540,7 @@ func (sv *Service) Attach(ctx context.Context, vmRef, ref string, aio api.Attach
 		sv.attachMu.Unlock()
 		return errdefs.Errorf(errdefs.CodeConflict, "session %s is attached (since %s): detach the other client first", s.Name, since.UTC().Format(time.RFC3339))
 	}
-	sv.attached[s.ID] = sv.now()
+	sv.attached[s.ID] = sv.Now()
 	sv.attachMu.Unlock()
 	defer func() {
 		sv.attachMu.Lock()
@@ -664,16 +650,16 @@ func (sv *Service) signalSession(ctx context.Context, vmRef, ref, sig string, wa
 	if sessionFinished(s) {
 		return s, nil
 	}
-	if !sv.vms.Alive(vm) {
+	if !sv.VMs.Alive(vm) {
 		return s, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running (state %s), so session %s is not either", vm.Name, vm.State, s.Name)
 	}
 	opLock := sv.locks.Lock("session-op:" + s.ID)
 	defer opLock()
 	if stop {
 		unlock := sv.lockVM(vm.ID)
-		if fresh, err := sv.store.GetSession(ctx, vm.ID, s.ID); err == nil && !sessionFinished(fresh) {
+		if fresh, err := sv.Store.GetSession(ctx, vm.ID, s.ID); err == nil && !sessionFinished(fresh) {
 			fresh.Status = model.SessionStopping
-			if err := sv.store.UpdateSession(ctx, fresh); err == nil {
+			if err := sv.Store.UpdateSession(ctx, fresh); err == nil {
 				s = fresh
 			}
 		}
@@ -692,13 +678,13 @@ func (sv *Service) signalSession(ctx context.Context, vmRef, ref, sig string, wa
 	st := session.ParseStates(out.String())[s.ID]
 	unlock := sv.lockVM(vm.ID)
 	defer unlock()
-	fresh, err := sv.store.GetSession(ctx, vm.ID, s.ID)
+	fresh, err := sv.Store.GetSession(ctx, vm.ID, s.ID)
 	if err != nil {
 		return s, store.Describe("session", s.ID, err)
 	}
-	nr, changed := session.Apply(fresh, st, true, sv.now())
+	nr, changed := session.Apply(fresh, st, true, sv.Now())
 	if changed {
-		if err := sv.store.UpdateSession(ctx, nr); err != nil {
+		if err := sv.Store.UpdateSession(ctx, nr); err != nil {
 			return nr, err
 		}
 	}
@@ -719,7 +705,7 @@ func (sv *Service) Remove(ctx context.Context, vmRef, ref string) error {
 	}
 	opLock := sv.locks.Lock("session-op:" + s.ID)
 	defer opLock()
-	if sv.vms.Alive(vm) {
+	if sv.VMs.Alive(vm) {
 		var errb bytes.Buffer
 		code, err := sv.guestRun(ctx, vm, session.RemoveScript(sv.StateRoot, s.ID), nil, nil, &errb)
 		if err != nil {
@@ -732,5 +718,5 @@ func (sv *Service) Remove(ctx context.Context, vmRef, ref string) error {
 			return fmt.Errorf("remove session %s state in vm %s: exit %d: %s", s.Name, vm.Name, code, errb.String())
 		}
 	}
-	return store.Describe("session", s.Name, sv.store.DeleteSession(ctx, s.ID))
+	return store.Describe("session", s.Name, sv.Store.DeleteSession(ctx, s.ID))
 }

@@ -89,6 +89,10 @@ func (f fakeVMs) Resolve(ctx context.Context, ref string) (model.VM, error) {
 	return vm, store.Describe("vm", ref, err)
 }
 func (f fakeVMs) Alive(vm model.VM) bool { return vm.State == model.VMRunning && f.alive.Load() }
+func (f fakeVMs) Lock(ctx context.Context, ref string) (model.VM, func(), error) {
+	vm, err := f.Resolve(ctx, ref)
+	return vm, func() {}, err
+}
 func (f fakeVMs) Running(ctx context.Context, ref string) (model.VM, error) {
 	vm, err := f.Resolve(ctx, ref)
 	if err == nil && !f.Alive(vm) {

@@ -31,6 +31,23 @@ import (
 	"github.com/banger/banger/internal/vmm"
 )
 
+// Lookup is what the daemon's other services ask of the VM lifecycle;
+// *Manager implements it.
+type Lookup interface {
+	// Resolve finds a VM by name, id or id prefix.
+	Resolve(ctx context.Context, ref string) (model.VM, error)
+	// Running resolves a VM and fails with a conflict naming how to start
+	// it when it does not run.
+	Running(ctx context.Context, ref string) (model.VM, error)
+	// Alive is the one liveness check: recorded running and its VMM alive.
+	Alive(vm model.VM) bool
+	// Lock resolves ref, takes the VM's lock and reads its record again
+	// under it; the caller must call unlock.
+	Lock(ctx context.Context, ref string) (vm model.VM, unlock func(), err error)
+}
+
+var _ Lookup = (*Manager)(nil)
+
 // Taps is the part of host networking that VM start and teardown use.
 type Taps interface {
 	CreateTap(ctx context.Context, name string, g hostnet.Guest) error

@@ -28,6 +28,7 @@ import (
 	"sync"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/daemon/vms"
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/guestinit"
@@ -40,23 +41,11 @@ import (
 	"github.com/banger/banger/internal/workspace"
 )
 
-// VMs is what workspaces need of the VM lifecycle.
-type VMs interface {
-	// Lock resolves ref, takes the VM's lock and reads its record again
-	// under it; the caller must call unlock.
-	Lock(ctx context.Context, ref string) (vm model.VM, unlock func(), err error)
-	// Running resolves a VM and fails with a conflict naming how to start
-	// it when it does not run.
-	Running(ctx context.Context, ref string) (model.VM, error)
-	// Alive is the one liveness check: recorded running and its VMM alive.
-	Alive(vm model.VM) bool
-}
-
 // Deps are what a Service is made of.
 type Deps struct {
 	Store *store.Store
 	Log   *slog.Logger
-	VMs   VMs
+	VMs   vms.Lookup
 	// Dial returns a (pooled) SSH client to a running VM's guest.
 	Dial func(ctx context.Context, vm model.VM) (guest.Client, error)
 	// DialData connects to a port the guest listens on (the data channel).
@@ -68,12 +57,7 @@ type Deps struct {
 
 // Service prepares and exports workspaces.
 type Service struct {
-	store     *store.Store
-	log       *slog.Logger
-	vms       VMs
-	dial      func(ctx context.Context, vm model.VM) (guest.Client, error)
-	dialData  func(ctx context.Context, vm model.VM, port int) (net.Conn, error)
-	transport func() string
+	Deps
 
 	// Sandbox is the user that reads a stopped VM's work disk and runs git
 	// over the copy.
@@ -82,10 +66,7 @@ type Service struct {
 
 // New makes a Service.
 func New(deps Deps) *Service {
-	return &Service{
-		store: deps.Store, log: deps.Log, vms: deps.VMs, dial: deps.Dial, dialData: deps.DialData, transport: deps.Transport,
-		Sandbox: storage.DefaultSandbox,
-	}
+	return &Service{Deps: deps, Sandbox: storage.DefaultSandbox}
 }
 
 // The CLI makes the tar stream (it can read the user's
@@ -119,7 +100,7 @@ func (sv *Service) Prepare(ctx context.Context, ref string, req api.WorkspaceReq
 			return api.WorkspaceInfo{}, err
 		}
 	}
-	cli, err := sv.dial(ctx, vm)
+	cli, err := sv.Dial(ctx, vm)
 	if err != nil {
 		return api.WorkspaceInfo{}, err
 	}
@@ -166,7 +147,7 @@ func (sv *Service) Prepare(ctx context.Context, ref string, req api.WorkspaceReq
 	runc := make(chan ran, 1)
 	go func() {
 		env := map[string]string{transfer.TokenEnv: token}
-		if sv.transport() == TransportSSH {
+		if sv.Transport() == TransportSSH {
 			env = nil // without a token the script reads SSH stdin
 		}
 		code, err := cli.Run(runCtx, shell.BashCommand(script, env), stdinR, &stdout, stderr)
@@ -188,7 +169,7 @@ func (sv *Service) Prepare(ctx context.Context, ref string, req api.WorkspaceReq
 		} else {
 			transport = TransportTCP
 			stdinW.Close()
-			conn, err := sv.dialData(sendCtx, vm, port)
+			conn, err := sv.DialData(sendCtx, vm, port)
 			if err != nil {
 				dialErr = fmt.Errorf("connect to the guest's data channel (port %d): %w", port, err)
 				sendErr = dialErr
@@ -230,7 +211,7 @@ func (sv *Service) Prepare(ctx context.Context, ref string, req api.WorkspaceReq
 		return api.WorkspaceInfo{}, errdefs.Invalid(c.err)
 	}
 	if w := strings.TrimSpace(stderr.String()); w != "" {
-		sv.log.Warn("workspace prepare", "vm", vm.Name, "path", guestPath, "stderr", w)
+		sv.Log.Warn("workspace prepare", "vm", vm.Name, "path", guestPath, "stderr", w)
 	}
 	return api.WorkspaceInfo{
 		GuestPath: guestPath,
@@ -333,7 +314,7 @@ func (sv *Service) Export(ctx context.Context, ref string, req api.ExportRequest
 		}
 		env["BANGER_BASE"] = req.Base
 	}
-	vm, unlock, err := sv.vms.Lock(ctx, ref)
+	vm, unlock, err := sv.VMs.Lock(ctx, ref)
 	if err != nil {
 		return err
 	}
@@ -344,8 +325,8 @@ func (sv *Service) Export(ctx context.Context, ref string, req api.ExportRequest
 	}
 	stderr := &tail.Buffer{Max: 16 << 10}
 	var code int
-	if sv.vms.Alive(vm) {
-		cli, err := sv.dial(ctx, vm)
+	if sv.VMs.Alive(vm) {
+		cli, err := sv.Dial(ctx, vm)
 		if err != nil {
 			return err
 		}
@@ -392,11 +373,11 @@ func workspaceGuestPath(p string) (string, error) {
 // that the VM runs: workspaces live on the work disk and are reached over
 // SSH, so a stopped VM is refused with how to start it.
 func (sv *Service) lockRunningWorkspaceVM(ctx context.Context, ref string) (model.VM, func(), error) {
-	vm, unlock, err := sv.vms.Lock(ctx, ref)
+	vm, unlock, err := sv.VMs.Lock(ctx, ref)
 	if err != nil {
 		return vm, func() {}, err
 	}
-	vm, err = sv.vms.Running(ctx, vm.ID)
+	vm, err = sv.VMs.Running(ctx, vm.ID)
 	if err != nil {
 		unlock()
 		return vm, func() {}, err
@@ -406,7 +387,7 @@ func (sv *Service) lockRunningWorkspaceVM(ctx context.Context, ref string) (mode
 
 // workspaceInUse refuses a guest path that a live session runs in.
 func (sv *Service) workspaceInUse(ctx context.Context, vm model.VM, guestPath string) error {
-	sessions, err := sv.store.ListSessions(ctx, vm.ID)
+	sessions, err := sv.Store.ListSessions(ctx, vm.ID)
 	if err != nil {
 		return err
 	}
