@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -110,7 +111,8 @@ func TestCopyOut(t *testing.T) {
 
 // TestCopyOutReplaysJournal: an image copied while mounted (as a killed VM
 // leaves its work disk) has a journal to replay; what was written before
-// comes out.
+// comes out, and the image itself is not written (the replay runs on a
+// private copy, removed afterwards).
 func TestCopyOutReplaysJournal(t *testing.T) {
 	needRoot(t)
 	need(t, "mkfs.ext4", "debugfs", "losetup", "e2fsck", "mount")
@@ -137,6 +139,7 @@ func TestCopyOutReplaysJournal(t *testing.T) {
 	if ok, err := NeedsRecovery(img); err != nil || ok {
 		t.Fatalf("a cleanly unmounted image needs recovery? %v %v", ok, err)
 	}
+	before, _ := os.ReadFile(dirty)
 	dst := filepath.Join(sandboxDir(t), "out")
 	if err := CopyOut(context.Background(), dirty, "/repo", dst, testSandbox); err != nil {
 		t.Fatal(err)
@@ -144,8 +147,14 @@ func TestCopyOutReplaysJournal(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(dst, "repo", "late.txt")); err != nil || string(b) != "written while mounted\n" {
 		t.Errorf("late.txt = %q, %v", b, err)
 	}
-	if ok, _ := NeedsRecovery(dirty); ok {
-		t.Error("the journal was not replayed")
+	if after, _ := os.ReadFile(dirty); !bytes.Equal(before, after) {
+		t.Error("the journal was replayed on the image itself")
+	}
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(dirty), ".banger-replay-*")); len(left) != 0 {
+		t.Errorf("the private copy was left: %v", left)
+	}
+	if loops, _ := Loops(filepath.Dir(dirty)); len(loops) != 0 {
+		t.Errorf("loop devices left: %v", loops)
 	}
 	if _, err := NeedsRecovery(filepath.Join(src, "repo")); err == nil {
 		t.Error("a directory passed for an ext4 image")

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -108,63 +109,106 @@ func debugfsError(disk, path, stderr string) error {
 	return fmt.Errorf("read %s on disk %s: %s", path, disk, msg)
 }
 
-// debugfs runs one read-only request against disk, as DefaultSandbox
-// through a lent read-only loop device (see CopyOut): the guest-made
-// filesystem is parsed by an unprivileged process.
-func debugfs(ctx context.Context, disk, path, cmd string) (string, error) {
-	req, err := debugfsRequest(cmd, path)
-	if err != nil {
-		return "", err
-	}
+// Limits of what the daemon reads of a stopped VM's work disk into its own
+// memory: a session's state files are a few bytes, its output logs are
+// tailed, and a guest can make any of them look as large as it likes.
+const (
+	DefaultReadLimit = 64 << 20
+	DefaultListLimit = 100_000
+)
+
+// onDisk lends disk's read-only loop to a fresh jail for fn: the
+// guest-made filesystem is parsed by an unprivileged process of an id of
+// its own, killed with everything it started before the loop goes back.
+func onDisk(ctx context.Context, disk string, fn func(j *Jail, dev string) error) error {
 	if _, err := os.Stat(disk); err != nil {
-		return "", fmt.Errorf("disk: %w", err)
+		return fmt.Errorf("disk: %w", err)
+	}
+	j, err := NewJail()
+	if err != nil {
+		return err
+	}
+	err = withLentLoop(ctx, disk, true, j, func(dev string) error { return fn(j, dev) })
+	if cerr := j.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// ReadFile is ReadFileLimit with DefaultReadLimit.
+func ReadFile(ctx context.Context, disk, path string) ([]byte, error) {
+	return ReadFileLimit(ctx, disk, path, DefaultReadLimit)
+}
+
+// ReadFileLimit returns the content of the regular file path on the ext4
+// disk image, without mounting it. A file larger than limit bytes is
+// refused (ErrTooLarge) from its size alone, before any of it is read: a
+// guest's sparse file can claim a terabyte. A missing path is ErrNotFound;
+// a directory or other non-regular file is an error. The disk should not
+// be in use by a running VM: its view may be stale.
+func ReadFileLimit(ctx context.Context, disk, path string, limit int64) ([]byte, error) {
+	req, err := debugfsRequest("cat", path)
+	if err != nil {
+		return nil, err
 	}
 	var out string
-	err = withLentLoop(ctx, disk, true, DefaultSandbox, func(dev string) error {
-		stdout, stderr, err := sandboxed(ctx, DefaultSandbox, "debugfs", "-c", "-R", req, dev)
+	err = onDisk(ctx, disk, func(j *Jail, dev string) error {
+		_, kind, size, err := statHead(ctx, j, disk, dev, path)
+		if err != nil {
+			return err
+		}
+		if kind != "regular" {
+			return fmt.Errorf("%s on disk %s is a %s, not a regular file", path, disk, kind)
+		}
+		if size > limit {
+			return fmt.Errorf("%s on disk %s is %d bytes, over the limit of %d: %w", path, disk, size, limit, ErrTooLarge)
+		}
+		stdout, stderr, err := j.run(ctx, nil, size, "debugfs", "-c", "-R", req, dev)
 		if err != nil {
 			return err
 		}
 		out = stdout
 		return debugfsError(disk, path, stderr)
 	})
-	return out, err
-}
-
-var statTypeRE = regexp.MustCompile(`Type: (\S+)`)
-
-// ReadFile returns the content of the regular file path on the ext4 disk
-// image, without mounting it. A missing path is ErrNotFound; a directory or
-// other non-regular file is an error. The disk should not be in use by a
-// running VM: its view may be stale.
-func ReadFile(ctx context.Context, disk, path string) ([]byte, error) {
-	st, err := debugfs(ctx, disk, path, "stat")
-	if err != nil {
-		return nil, err
-	}
-	if m := statTypeRE.FindStringSubmatch(st); m == nil || m[1] != "regular" {
-		kind := "unknown"
-		if m != nil {
-			kind = m[1]
-		}
-		return nil, fmt.Errorf("%s on disk %s is a %s, not a regular file", path, disk, kind)
-	}
-	out, err := debugfs(ctx, disk, path, "cat")
 	if err != nil {
 		return nil, err
 	}
 	return []byte(out), nil
 }
 
-// ListDir returns the names in directory path on the ext4 disk image,
-// without "." and "..", in directory order, without mounting it. A missing
-// path is ErrNotFound; a path that is not a directory is an error.
+// ListDir is ListDirLimit with DefaultListLimit.
 func ListDir(ctx context.Context, disk, path string) ([]string, error) {
-	out, err := debugfs(ctx, disk, path, "ls -p")
+	return ListDirLimit(ctx, disk, path, DefaultListLimit)
+}
+
+// ListDirLimit returns the names in directory path on the ext4 disk image,
+// without "." and "..", in directory order, without mounting it. A
+// directory of more than max entries is refused (ErrTooLarge). A missing
+// path is ErrNotFound; a path that is not a directory is an error.
+func ListDirLimit(ctx context.Context, disk, path string, max int) ([]string, error) {
+	req, err := debugfsRequest("ls -p", path)
 	if err != nil {
 		return nil, err
 	}
-	return ParseDebugfsLs(out), nil
+	var names []string
+	err = onDisk(ctx, disk, func(j *Jail, dev string) error {
+		stdout, stderr, err := j.run(ctx, nil, int64(max+2)*320+4096, "debugfs", "-c", "-R", req, dev)
+		if errors.Is(err, errTooMuch) {
+			return fmt.Errorf("%s on disk %s has more than %d entries: %w", path, disk, max, ErrTooLarge)
+		}
+		if err != nil {
+			return err
+		}
+		if err := debugfsError(disk, path, stderr); err != nil {
+			return err
+		}
+		names = ParseDebugfsLs(stdout)
+		if len(names) > max {
+			return fmt.Errorf("%s on disk %s has more than %d entries: %w", path, disk, max, ErrTooLarge)
+		}
+		return nil
+	})
+	return names, err
 }
 
 // ParseDebugfsLs reads "debugfs ls -p" output, lines of the form

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 )
@@ -16,7 +17,8 @@ var missingPrereq = regexp.MustCompile(`[0-9a-f]{40,64}`)
 // working tree, the index, HEAD and FETCH_HEAD alone. An existing branch is
 // refused unless force, and the checked-out branch is always refused. A
 // bundle whose base commit the repository lacks is refused with a message
-// saying so.
+// saying so. Every object it brings is checked (git fsck's rules, as with
+// transfer.fsckObjects): a malformed one is refused and nothing changes.
 func ImportBundle(ctx context.Context, repoDir, bundlePath, branch string, force bool) error {
 	top, err := repoTop(ctx, repoDir)
 	if err != nil {
@@ -49,11 +51,34 @@ func ImportBundle(ctx context.Context, repoDir, bundlePath, branch string, force
 		}
 		return fmt.Errorf("bundle %s: %w", bundlePath, err)
 	}
-	spec := "HEAD:" + ref
+	// git takes objects from a bundle unchecked whatever fetch.fsckObjects
+	// says (before git 2.46): so the bundle goes into a scratch repository
+	// that borrows this one's objects, and this one fetches from it with
+	// every incoming object checked.
+	scratch, err := os.MkdirTemp("", "banger-import-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(scratch)
+	if _, err := gitOutput(ctx, scratch, "init", "--quiet", "--bare", scratch); err != nil {
+		return err
+	}
+	objects, err := gitOutput(ctx, top, "rev-parse", "--path-format=absolute", "--git-path", "objects")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(scratch, "objects", "info", "alternates"), objects, 0o644); err != nil {
+		return err
+	}
+	if _, err := gitOutput(ctx, scratch, "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", bundlePath, "HEAD:refs/heads/import"); err != nil {
+		return fmt.Errorf("bundle %s: %w", bundlePath, err)
+	}
+	spec := "refs/heads/import:" + ref
 	if force {
 		spec = "+" + spec
 	}
-	if _, err := gitOutput(ctx, top, "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", bundlePath, spec); err != nil {
+	if _, err := gitOutput(ctx, top, "-c", "transfer.fsckObjects=true", "-c", "fetch.fsckObjects=true",
+		"fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules", scratch, spec); err != nil {
 		return fmt.Errorf("import into branch %s: %w", branch, err)
 	}
 	return nil

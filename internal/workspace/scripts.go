@@ -254,7 +254,10 @@ cd -- "$guest"
 if [ ! -d .git ]; then fail %d "$guest is not a git repository: prepare it from a git repository to export"; fi
 command -v git >/dev/null || fail 1 "git is not installed in the guest"
 base=${BANGER_BASE:-$(git config --get banger.base || true)}
-if [ -n "$(git status --porcelain --untracked-files=all)" ]; then
+# An assignment, so that a failing status stops the export (set -e)
+# rather than reading as "no changes".
+changes=$(git status --porcelain --untracked-files=all)
+if [ -n "$changes" ]; then
 	git add -A
 	GIT_AUTHOR_NAME=banger GIT_AUTHOR_EMAIL=banger@localhost GIT_COMMITTER_NAME=banger GIT_COMMITTER_EMAIL=banger@localhost \
 		git -c commit.gpgsign=false commit -q --no-verify -m "$message"
