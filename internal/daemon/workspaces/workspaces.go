@@ -20,9 +20,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
-	"path"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -58,15 +55,11 @@ type Deps struct {
 // Service prepares and exports workspaces.
 type Service struct {
 	Deps
-
-	// Sandbox is the user that reads a stopped VM's work disk and runs git
-	// over the copy.
-	Sandbox storage.Sandbox
 }
 
 // New makes a Service.
 func New(deps Deps) *Service {
-	return &Service{Deps: deps, Sandbox: storage.DefaultSandbox}
+	return &Service{Deps: deps}
 }
 
 // The CLI makes the tar stream (it can read the user's
@@ -427,61 +420,29 @@ func guestMessage(stderr string) string {
 	return s
 }
 
-// exportOffline exports from a stopped VM without booting it: the
-// workspace directory is copied out of the work disk (storage.CopyOut,
-// which never mounts it), made safe for host git (workspace.SanitizeRepo),
-// and the export script runs over the copy as the sandbox user. The work
-// disk is only read (a journal left by a killed VM is replayed, as a boot
-// would), so uncommitted guest changes are committed in the copy only and
-// stay uncommitted in the VM. The caller holds the VM's lock, which keeps
-// the VM from starting meanwhile.
+// exportOffline exports from a stopped VM without booting it, through
+// workspace.ExportFromDisk: the workspace is copied out of the work disk
+// (never mounted, within a byte budget), made safe for host git, and the
+// export script runs over the copy in a jail of its own (a fresh uid in a
+// cgroup killed after each step). The work disk is only read, so
+// uncommitted guest changes are committed in the copy only and stay
+// uncommitted in the VM. The caller holds the VM's lock, which keeps the
+// VM from starting meanwhile.
 func (sv *Service) exportOffline(ctx context.Context, vm model.VM, guestPath, format, message string, env map[string]string, w io.Writer, stderr io.Writer) (int, error) {
 	if _, err := os.Stat(vm.WorkDisk); err != nil {
 		return 0, errdefs.Errorf(errdefs.CodeNotFound, "vm %s has no work disk to export from: %v", vm.Name, err)
 	}
-	tmp, err := os.MkdirTemp("", "banger-export-")
-	if err != nil {
-		return 0, err
-	}
-	defer os.RemoveAll(tmp)
-	// Only the sandbox can enter: the copy is the guest's data.
-	if err := os.Chown(tmp, int(sv.Sandbox.UID), int(sv.Sandbox.GID)); err != nil {
-		return 0, err
-	}
-	rel := strings.TrimPrefix(guestPath, guestinit.WorkMount)
-	copyDir := filepath.Join(tmp, "copy")
-	if err := storage.CopyOut(ctx, vm.WorkDisk, rel, copyDir, sv.Sandbox); err != nil {
-		if errors.Is(err, storage.ErrNotFound) {
-			return 0, errdefs.Errorf(errdefs.CodeNotFound, "vm %s: no workspace at %s: prepare one first", vm.Name, guestPath)
-		}
-		return 0, fmt.Errorf("read workspace %s from the work disk of vm %s: %w", guestPath, vm.Name, err)
-	}
-	repo := filepath.Join(copyDir, path.Base(rel))
-	if err := workspace.SanitizeRepo(ctx, repo); err != nil {
+	code, err := workspace.ExportFromDisk(ctx, workspace.DiskExport{
+		Disk: vm.WorkDisk, Dir: strings.TrimPrefix(guestPath, guestinit.WorkMount),
+		Format: format, Message: message, Env: env,
+	}, w, stderr)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		return 0, errdefs.Errorf(errdefs.CodeNotFound, "vm %s: no workspace at %s: prepare one first", vm.Name, guestPath)
+	case errors.Is(err, workspace.ErrUnsafeRepo), errors.Is(err, storage.ErrTooLarge):
 		return 0, errdefs.Errorf(errdefs.CodeConflict, "vm %s is stopped and %s cannot be exported from its disk: %v", vm.Name, guestPath, err)
-	}
-	home := filepath.Join(tmp, "home")
-	if err := os.Mkdir(home, 0o700); err != nil {
-		return 0, err
-	}
-	if err := os.Chown(home, int(sv.Sandbox.UID), int(sv.Sandbox.GID)); err != nil {
-		return 0, err
-	}
-	cmd := exec.CommandContext(ctx, "bash", "-c", workspace.ExportScript(repo, format, message))
-	cmd.Dir = tmp
-	cmd.Env = append(workspace.HardenedGitEnv(home), "TMPDIR="+home)
-	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	cmd.SysProcAttr = sv.Sandbox.SysProcAttr()
-	cmd.Stdout, cmd.Stderr = w, stderr
-	err = cmd.Run()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode(), nil
-	}
-	if err != nil {
+	case err != nil:
 		return 0, fmt.Errorf("export workspace %s from the disk of vm %s: %w", guestPath, vm.Name, err)
 	}
-	return 0, nil
+	return code, nil
 }
