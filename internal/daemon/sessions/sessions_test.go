@@ -131,7 +131,7 @@ func newSessionEnv(t *testing.T) *sessionEnv {
 	e.s.StateRoot = e.root
 	now := time.Now().UTC()
 	e.vm = model.VM{ID: model.NewID(), Name: "box", State: model.VMRunning, DesiredState: model.VMRunning,
-		GuestIP: "172.16.0.9", CID: 9, VMM: "qemu", CreatedAt: now, UpdatedAt: now}
+		GuestIP: "172.16.0.9", CID: 9, VMM: "fake", CreatedAt: now, UpdatedAt: now}
 	if err := st.CreateVM(context.Background(), e.vm); err != nil {
 		t.Fatal(err)
 	}

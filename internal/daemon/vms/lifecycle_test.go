@@ -96,7 +96,7 @@ func TestLifecycleWithFakes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if vm.State != model.VMCreated || vm.GuestIP != "172.16.0.2" || vm.CID != 3 || vm.VMM != "qemu" {
+	if vm.State != model.VMCreated || vm.GuestIP != "172.16.0.2" || vm.CID != 3 || vm.VMM != "fake" {
 		t.Fatalf("created vm: %+v", vm)
 	}
 	vm2, err := f.m.Create(ctx, api.CreateVMRequest{Name: "two", Disk: "64M"}, nil)

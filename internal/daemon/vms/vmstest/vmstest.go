@@ -30,7 +30,7 @@ type Driver struct {
 
 func NewDriver() *Driver { return &Driver{Procs: map[string]int{}, nextPID: 1000} }
 
-func (f *Driver) Name() string                             { return "qemu" }
+func (f *Driver) Name() string                             { return "fake" }
 func (f *Driver) Formats() []string                        { return []string{vmm.FormatQcow2, vmm.FormatRaw} }
 func (f *Driver) InstallHint() string                      { return "nothing: it is a fake" }
 func (f *Driver) Owns(string) bool                         { return false }
@@ -93,17 +93,17 @@ func (s *Strategy) Create(ctx context.Context, image, dir string) error {
 	if s.CreateErr != nil {
 		return s.CreateErr
 	}
-	return os.WriteFile(filepath.Join(dir, "system.qcow2"), []byte("overlay of "+image), 0o600)
+	return os.WriteFile(filepath.Join(dir, "system.fake"), []byte("overlay of "+image), 0o600)
 }
 func (s *Strategy) Attach(ctx context.Context, image, dir string) (storage.SystemDisk, error) {
-	return storage.SystemDisk{Path: filepath.Join(dir, "system.qcow2"), Format: "qcow2", Loops: []string{"/dev/loop-fake"}}, nil
+	return storage.SystemDisk{Path: filepath.Join(dir, "system.fake"), Format: "qcow2", Loops: []string{"/dev/loop-fake"}}, nil
 }
 func (s *Strategy) Detach(ctx context.Context, d storage.SystemDisk) error {
 	s.Detached = append(s.Detached, d.Loops)
 	return nil
 }
 func (s *Strategy) Remove(ctx context.Context, dir string) error {
-	return os.Remove(filepath.Join(dir, "system.qcow2"))
+	return os.Remove(filepath.Join(dir, "system.fake"))
 }
 
 // Taps records the taps it was asked to make; Made is keyed by name.
