@@ -453,7 +453,10 @@ func TestWaitReadyTimesOutWithLastError(t *testing.T) {
 	ln.Close() // nothing listens there now
 	ep := f.ep
 	ep.Port = port
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	// Long enough that a loaded host still completes the first attempt
+	// (a refused connect is immediate); an attempt cut by the deadline does
+	// not replace the last real error.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_, err := WaitReady(ctx, ep, f.signer, 20*time.Millisecond)
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "connection refused") {

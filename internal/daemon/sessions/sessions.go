@@ -104,6 +104,13 @@ func (sv *Service) Attached(id string) (time.Time, bool) {
 	return t, ok
 }
 
+// Bounds of what the daemon keeps of a guest's answers: the guest writes
+// them, so none may grow without end.
+const (
+	maxAnswer  = 4 << 20  // output a script's caller parses whole
+	maxMessage = 16 << 10 // the end of stderr, for error messages
+)
+
 // lockVM serialises the record writes of one VM's sessions (reconcile,
 // start, stop), not the guest work around them.
 func (sv *Service) lockVM(vmID string) func() { return sv.locks.Lock("sessions:" + vmID) }
@@ -160,12 +167,12 @@ func (sv *Service) observe(ctx context.Context, vm model.VM, recs []model.Sessio
 		}
 		return states, false, nil
 	}
-	var out, errb bytes.Buffer
+	out, errb := guest.NewCapture(maxAnswer), &tail.Buffer{Max: maxMessage}
 	script := session.StatesScript(sv.StateRoot)
 	if len(recs) == 1 {
 		script = session.StateScript(sv.StateRoot, recs[0].ID)
 	}
-	code, err := sv.guestRun(ctx, vm, script, nil, &out, &errb)
+	code, err := sv.guestRun(ctx, vm, script, nil, out, errb)
 	if err != nil {
 		return nil, true, err
 	}
@@ -295,9 +302,9 @@ func (sv *Service) Start(ctx context.Context, vmRef string, req api.StartSession
 		return model.Session{}, store.Describe("session", name, err)
 	}
 
-	var out bytes.Buffer
+	out := guest.NewCapture(maxAnswer)
 	code, runErr := sv.guestRun(ctx, vm, session.StartScript(sv.StateRoot, spec),
-		bytes.NewReader([]byte(session.RunnerScript(sv.StateRoot, spec))), &out, &out)
+		bytes.NewReader([]byte(session.RunnerScript(sv.StateRoot, spec))), out, out)
 	res := session.ParseStart(out.String(), id)
 	if runErr == nil && code != 0 && res.Failed == nil {
 		runErr = fmt.Errorf("start script exited %d", code)
@@ -450,8 +457,8 @@ func (sv *Service) Logs(ctx context.Context, vmRef, ref string, req api.SessionL
 		_, err = w.Write(tail.Lines(b, req.Tail))
 		return err
 	}
-	var errb bytes.Buffer
-	code, err := sv.guestRun(ctx, vm, session.LogsScript(sv.StateRoot, s.ID, req.Stderr, req.Tail, req.Follow), nil, w, &errb)
+	errb := &tail.Buffer{Max: maxMessage}
+	code, err := sv.guestRun(ctx, vm, session.LogsScript(sv.StateRoot, s.ID, req.Stderr, req.Tail, req.Follow), nil, w, errb)
 	if err != nil {
 		if ctx.Err() != nil && req.Follow {
 			return nil // the client stopped following
@@ -509,8 +516,8 @@ func (sv *Service) Send(ctx context.Context, vmRef, ref string, data io.Reader) 
 	unlock := sv.locks.Lock("session-send:" + s.ID)
 	defer unlock()
 	cr := &countingReader{r: br}
-	var errb bytes.Buffer
-	code, err := sv.guestRun(ctx, vm, session.SendScript(sv.StateRoot, s.ID), cr, nil, &errb)
+	errb := &tail.Buffer{Max: maxMessage}
+	code, err := sv.guestRun(ctx, vm, session.SendScript(sv.StateRoot, s.ID), cr, nil, errb)
 	if err != nil {
 		return 0, err
 	}
@@ -578,8 +585,8 @@ func (sv *Service) Attach(ctx context.Context, vmRef, ref string, aio api.Attach
 			inDone <- result{0, err}
 			return
 		}
-		var errb bytes.Buffer
-		code, err := sv.guestRun(actx, vm, session.SendScript(sv.StateRoot, s.ID), aio.Stdin, nil, &errb)
+		errb := &tail.Buffer{Max: maxMessage}
+		code, err := sv.guestRun(actx, vm, session.SendScript(sv.StateRoot, s.ID), aio.Stdin, nil, errb)
 		inDone <- result{code, err}
 	}()
 	select {
@@ -665,10 +672,10 @@ func (sv *Service) signalSession(ctx context.Context, vmRef, ref, sig string, wa
 		}
 		unlock()
 	}
-	var out, errb bytes.Buffer
+	out, errb := guest.NewCapture(maxAnswer), &tail.Buffer{Max: maxMessage}
 	rctx, cancel := context.WithTimeout(ctx, time.Duration(waitSeconds+30)*time.Second)
 	defer cancel()
-	code, err := sv.guestRun(rctx, vm, session.SignalScript(sv.StateRoot, s.ID, sig, waitSeconds, stop), nil, &out, &errb)
+	code, err := sv.guestRun(rctx, vm, session.SignalScript(sv.StateRoot, s.ID, sig, waitSeconds, stop), nil, out, errb)
 	if err != nil {
 		return s, err
 	}
@@ -706,8 +713,8 @@ func (sv *Service) Remove(ctx context.Context, vmRef, ref string) error {
 	opLock := sv.locks.Lock("session-op:" + s.ID)
 	defer opLock()
 	if sv.VMs.Alive(vm) {
-		var errb bytes.Buffer
-		code, err := sv.guestRun(ctx, vm, session.RemoveScript(sv.StateRoot, s.ID), nil, nil, &errb)
+		errb := &tail.Buffer{Max: maxMessage}
+		code, err := sv.guestRun(ctx, vm, session.RemoveScript(sv.StateRoot, s.ID), nil, nil, errb)
 		if err != nil {
 			return err
 		}

@@ -126,7 +126,8 @@ func (sv *Service) Prepare(ctx context.Context, ref string, req api.WorkspaceReq
 
 	// The script runs on the SSH session (the control channel) and says on
 	// stderr where it takes the stream: a data-channel port, or stdin.
-	var stdout bytes.Buffer
+	// The guest writes the answer: only the commit id is expected.
+	stdout := guest.NewCapture(64 << 10)
 	stderr := &announceWriter{tail: tail.Buffer{Max: 16 << 10}, ch: make(chan string, 1)}
 	stdinR, stdinW := io.Pipe()
 	runCtx, cancelRun := context.WithCancel(ctx)
@@ -143,7 +144,7 @@ func (sv *Service) Prepare(ctx context.Context, ref string, req api.WorkspaceReq
 		if sv.Transport() == TransportSSH {
 			env = nil // without a token the script reads SSH stdin
 		}
-		code, err := cli.Run(runCtx, shell.BashCommand(script, env), stdinR, &stdout, stderr)
+		code, err := cli.Run(runCtx, shell.BashCommand(script, env), stdinR, stdout, stderr)
 		// Whatever still sends has nobody to send to.
 		stdinR.CloseWithError(errors.New("the guest command ended"))
 		cancelSend()
