@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/banger/banger/internal/model"
 )
 
 // Config is bangerd's configuration.
@@ -41,6 +43,11 @@ type Config struct {
 	CPUs          int    `json:"cpus"`           // default 2
 	Memory        string `json:"memory"`         // default "1G"
 	Disk          string `json:"disk"`           // work disk, default "4G"
+	// The most one VM may ask for: a request is a stranger's input, and
+	// the host is shared.
+	MaxCPUs   int    `json:"max_cpus"`   // default 16
+	MaxMemory string `json:"max_memory"` // default "16G"
+	MaxDisk   string `json:"max_disk"`   // default "256G"
 }
 
 // Defaults returns the built-in configuration.
@@ -60,6 +67,9 @@ func Defaults() Config {
 		CPUs:               2,
 		Memory:             "1G",
 		Disk:               "4G",
+		MaxCPUs:            16,
+		MaxMemory:          "16G",
+		MaxDisk:            "256G",
 	}
 }
 
@@ -135,6 +145,14 @@ func (c Config) Validate() error {
 	case "auto", "kvm", "tcg":
 	default:
 		return fmt.Errorf("invalid accel %q: use auto, kvm or tcg", c.Accel)
+	}
+	if c.MaxCPUs < 1 {
+		return fmt.Errorf("invalid max_cpus %d: use 1 or more", c.MaxCPUs)
+	}
+	for _, kv := range [][2]string{{"max_memory", c.MaxMemory}, {"max_disk", c.MaxDisk}, {"memory", c.Memory}, {"disk", c.Disk}} {
+		if _, err := model.ParseSize(kv[1]); err != nil {
+			return fmt.Errorf("invalid %s: %v", kv[0], err)
+		}
 	}
 	if !filepath.IsAbs(c.StateDir) {
 		return fmt.Errorf("state dir %q must be an absolute path", c.StateDir)

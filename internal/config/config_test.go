@@ -53,6 +53,9 @@ func TestValidate(t *testing.T) {
 		{func(c *Config) { c.WorkspaceTransport = "rsync" }, `invalid workspace_transport "rsync"`},
 		{func(c *Config) { c.WorkspaceTransport = "" }, `invalid workspace_transport ""`},
 		{func(c *Config) { c.StateDir = "state" }, "must be an absolute path"},
+		{func(c *Config) { c.MaxCPUs = 0 }, "invalid max_cpus 0"},
+		{func(c *Config) { c.MaxMemory = "lots" }, "invalid max_memory"},
+		{func(c *Config) { c.MaxDisk = "" }, "invalid max_disk"},
 	} {
 		c := Defaults()
 		tc.set(&c)

@@ -26,7 +26,6 @@ import (
 // Limits of VM sizes accepted at create.
 const (
 	minMemoryMiB = 128
-	maxCPUs      = 64
 	minDiskBytes = 64 << 20
 	sshTimeout   = 180 * time.Second
 )
@@ -50,14 +49,14 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 	if cpus == 0 {
 		cpus = m.cfg.CPUs
 	}
-	if cpus < 1 || cpus > maxCPUs {
-		return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "invalid cpus %d: use 1 to %d", cpus, maxCPUs)
+	if cpus < 1 || cpus > m.cfg.MaxCPUs {
+		return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "invalid cpus %d: use 1 to %d (max_cpus)", cpus, m.cfg.MaxCPUs)
 	}
-	mem, err := sizeAtLeast("memory", req.Memory, m.cfg.Memory, minMemoryMiB<<20)
+	mem, err := sizeWithin("memory", req.Memory, m.cfg.Memory, minMemoryMiB<<20, m.cfg.MaxMemory)
 	if err != nil {
 		return model.VM{}, err
 	}
-	disk, err := sizeAtLeast("disk", req.Disk, m.cfg.Disk, minDiskBytes)
+	disk, err := sizeWithin("disk", req.Disk, m.cfg.Disk, minDiskBytes, m.cfg.MaxDisk)
 	if err != nil {
 		return model.VM{}, err
 	}
@@ -110,6 +109,10 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 	}
 	vmPaths(&vm, m.vmDir(id), strat.Name())
 
+	// Held until the disks exist: once the record is visible, a request
+	// naming the VM resolves its id and waits here instead of acting on a
+	// VM without disks.
+	unlock := m.locks.Lock(id)
 	// Reserve the name, IP and CID in one step: the store's unique
 	// constraints are the last word, the mutex keeps our own choices apart.
 	m.allocMu.Lock()
@@ -119,12 +122,17 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 	}
 	m.allocMu.Unlock()
 	if err != nil {
+		unlock()
 		return model.VM{}, err
 	}
 	report(progress.Event{Phase: "disks", Message: fmt.Sprintf("creating %s system disk and %s work disk", strat.Name(), model.FormatSize(disk))})
-	if err := m.makeDisks(ctx, vm, im, strat); err != nil {
+	err = m.makeDisks(ctx, vm, im, strat)
+	if err != nil {
 		_ = os.RemoveAll(vm.Dir)
 		_ = m.store.DeleteVM(context.Background(), vm.ID)
+	}
+	unlock()
+	if err != nil {
 		return model.VM{}, fmt.Errorf("create vm %s: %w", name, err)
 	}
 	m.log.Info("vm created", "vm", name, "id", id, "vmm", vm.VMM, "cow", vm.CowStrategy, "ip", vm.GuestIP)
@@ -132,6 +140,23 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 		return m.Start(ctx, id, report)
 	}
 	return vm, nil
+}
+
+// sizeWithin parses a requested size (or the configured default) and
+// checks it lies between min and the configured maximum.
+func sizeWithin(what, req, def string, min int64, maxSize string) (int64, error) {
+	n, err := sizeAtLeast(what, req, def, min)
+	if err != nil {
+		return 0, err
+	}
+	max, err := model.ParseSize(maxSize)
+	if err != nil {
+		return 0, fmt.Errorf("max %s %q in the configuration: %w", what, maxSize, err)
+	}
+	if n > max {
+		return 0, errdefs.Errorf(errdefs.CodeInvalid, "%s %s is too large: this host allows at most %s (max_%s)", what, model.FormatSize(n), model.FormatSize(max), what)
+	}
+	return n, nil
 }
 
 // sizeAtLeast parses a requested size (or the configured default) and
