@@ -160,20 +160,7 @@ func resolve[T any](ctx context.Context, q querier, kind, table, cols, ref, wher
 		base += where + " AND "
 	}
 	try := func(cond string, extra ...any) ([]T, error) {
-		rows, err := q.QueryContext(ctx, base+cond+" LIMIT 2", append(append([]any{}, args...), extra...)...)
-		if err != nil {
-			return nil, err
-		}
-		defer rows.Close()
-		var out []T
-		for rows.Next() {
-			v, err := scan(rows)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, v)
-		}
-		return out, rows.Err()
+		return list(ctx, q, base+cond+" LIMIT 2", append(append([]any{}, args...), extra...), scan)
 	}
 	for _, step := range []struct {
 		cond  string
@@ -203,6 +190,8 @@ func resolve[T any](ctx context.Context, q querier, kind, table, cols, ref, wher
 	return zero, fmt.Errorf("%s %q: %w", kind, ref, ErrNotFound)
 }
 
+// list runs query and scans every row; no row gives an empty, non-nil
+// slice.
 func list[T any](ctx context.Context, q querier, query string, args []any, scan func(*sql.Rows) (T, error)) ([]T, error) {
 	rows, err := q.QueryContext(ctx, query, args...)
 	if err != nil {
