@@ -204,27 +204,44 @@ func nonNil[T any](s []T, err error) ([]T, error) {
 	return s, err
 }
 
-// decodeBody reads a JSON request body into v; an empty body leaves v as
-// it is. Errors name the field that was wrong.
-func decodeBody(r *http.Request, v any) error {
-	dec := json.NewDecoder(r.Body)
+// MaxRequestBody bounds a JSON request body. Every JSON request is a few
+// fields; the bound keeps a client from making the daemon buffer without
+// end. Streamed bodies (a workspace's tar, a session's input) are not JSON
+// and are not bounded here: the guest disk bounds the one, the session the
+// other.
+const MaxRequestBody = 1 << 20
+
+// decodeBody reads a JSON request body of at most MaxRequestBody bytes
+// into v; an empty body leaves v as it is. Errors name the field that was
+// wrong, or the limit; the status is 413 for a body over the limit, else
+// the error code's.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) (int, error) {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxRequestBody))
 	dec.DisallowUnknownFields()
 	err := dec.Decode(v)
 	if err == io.EOF {
-		return nil
+		return 0, nil
 	}
 	if err == nil && dec.More() {
 		err = errors.New("extra data after the JSON object")
 	}
-	return jsonError("request body", err)
+	var mb *http.MaxBytesError
+	if errors.As(err, &mb) {
+		return http.StatusRequestEntityTooLarge, errdefs.Errorf(errdefs.CodeInvalid,
+			"invalid request body: larger than the limit of %d bytes for a JSON request", mb.Limit)
+	}
+	if err = jsonError("request body", err); err != nil {
+		return HTTPStatus(errdefs.CodeInvalid), err
+	}
+	return 0, nil
 }
 
 // readBody decodes the request body into a T; when that fails it writes
 // the error and reports false.
 func readBody[T any](w http.ResponseWriter, r *http.Request) (T, bool) {
 	var v T
-	if err := decodeBody(r, &v); err != nil {
-		writeError(w, err)
+	if status, err := decodeBody(w, r, &v); err != nil {
+		writeJSON(w, status, asError(err))
 		return v, false
 	}
 	return v, true

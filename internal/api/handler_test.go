@@ -502,3 +502,42 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A JSON body over MaxRequestBody is refused with 413 naming the limit,
+// before the service sees it; streamed bodies are not bounded by it.
+func TestBodyLimit(t *testing.T) {
+	svc := &fakeService{
+		createVM: func(CreateVMRequest, progress.Func) (model.VM, error) {
+			t.Error("CreateVM called with an oversize body")
+			return model.VM{}, nil
+		},
+		prepare: func(_ WorkspaceRequest, tar io.Reader) (WorkspaceInfo, error) {
+			n, err := io.Copy(io.Discard, tar)
+			return WorkspaceInfo{Bytes: n}, err
+		},
+		send: func(data io.Reader) (int64, error) { return io.Copy(io.Discard, data) },
+	}
+	c, hc := serve(t, svc)
+	big := `{"name":"` + strings.Repeat("a", MaxRequestBody) + `"}`
+	status, body, hdr := rawDo(t, hc, "POST", "/v1/vms", big)
+	var e errdefs.Error
+	if status != http.StatusRequestEntityTooLarge || hdr.Get("Content-Type") != "application/json" ||
+		json.Unmarshal([]byte(body), &e) != nil || e.Code != errdefs.CodeInvalid || !strings.Contains(e.Message, "1048576 bytes") {
+		t.Fatalf("oversize body: %d %s", status, body)
+	}
+	// The client surfaces it as an invalid-request error.
+	_, err := c.CreateVM(context.Background(), CreateVMRequest{Name: strings.Repeat("a", MaxRequestBody)}, nil)
+	if errdefs.CodeOf(err) != errdefs.CodeInvalid || !strings.Contains(err.Error(), "limit") {
+		t.Fatalf("client on an oversize body: %v", err)
+	}
+
+	stream := strings.Repeat("x", 3*MaxRequestBody)
+	info, err := c.PrepareWorkspace(context.Background(), "x", WorkspaceRequest{}, strings.NewReader(stream))
+	if err != nil || info.Bytes != int64(len(stream)) {
+		t.Fatalf("workspace stream of %d bytes: %+v %v", len(stream), info, err)
+	}
+	n, err := c.SendSession(context.Background(), "x", "s", strings.NewReader(stream))
+	if err != nil || n != int64(len(stream)) {
+		t.Fatalf("send of %d bytes: %d %v", len(stream), n, err)
+	}
+}
