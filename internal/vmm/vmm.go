@@ -16,7 +16,7 @@
 // running VM takes the Handle recorded at Start (or rebuilt by Find).
 //
 // Abilities that not every VMM has are small interfaces next to Driver
-// (AccelReporter), found by a type assertion on a Driver and never stubbed:
+// (AccelReporter, Confiner), found by a type assertion on a Driver and never stubbed:
 // a driver without the ability does not implement the interface. A future
 // ability such as snapshot/restore goes the same way: an interface here
 // (Snapshotter), implemented by the drivers that can, and asked for by the
@@ -158,6 +158,21 @@ type AccelReporter interface {
 	// unavailable) and why it was chosen. It may probe like Available and
 	// caches like it.
 	Accel(ctx context.Context) (accel, reason string)
+}
+
+// Confiner is an optional ability of a Driver: how the VMM processes it
+// starts are confined on this host (another user, a seccomp filter, a
+// chroot), for `banger doctor`. The guest runs a stranger's code; a VMM
+// bug that hands it the VMM process should hand it as little as possible.
+type Confiner interface {
+	// Confinement describes the confinement Start applies ("qemu runs as
+	// user banger-vmm (uid 996) under -sandbox …") and reports whether it
+	// is the confinement the driver aims for: ok is false when the VMM runs
+	// with the daemon's privileges or without its sandbox, and what then
+	// says why and what is missing. It never fails a Start: a driver that
+	// cannot confine still runs VMs. It may probe like Available and
+	// caches like it.
+	Confinement(ctx context.Context) (what string, ok bool)
 }
 
 // WaitExit polls until the process of h is gone or ctx ends; it returns true

@@ -14,6 +14,11 @@ type Config struct {
 	Firecracker string // firecracker binary ("": firecracker on PATH)
 	QEMU        string // QEMU binary ("": qemu-system-x86_64 on PATH)
 	Accel       string // QEMU accelerator: "auto", "kvm" or "tcg"
+	// VMMUser is the unprivileged user QEMU drops to (""
+	// vmmuser.Default), created when missing; NoVMMUser keeps QEMU
+	// running as the daemon's user.
+	VMMUser   string
+	NoVMMUser bool
 	// ProbeKernel returns the kernel the drivers' KVM probes boot, and
 	// false while there is none. It is asked at each decision: the
 	// default kernel may be registered after the daemon starts.
@@ -44,6 +49,6 @@ func New(c Config) *vmm.Registry {
 	}
 	return vmm.NewRegistry(
 		firecracker.New(firecracker.Options{Binary: c.Firecracker, ProbeKernel: fpk}),
-		qemu.New(qemu.Options{Binary: c.QEMU, Accel: c.Accel, ProbeKernel: qpk}),
+		qemu.New(qemu.Options{Binary: c.QEMU, Accel: c.Accel, ProbeKernel: qpk, RunAs: c.VMMUser, NoRunAs: c.NoVMMUser}),
 	)
 }

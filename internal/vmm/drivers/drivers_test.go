@@ -26,11 +26,17 @@ func TestNew(t *testing.T) {
 	if _, ok := q.(vmm.AccelReporter); !ok {
 		t.Fatal("qemu does not report its accelerator")
 	}
+	for _, d := range r.All() {
+		if _, ok := d.(vmm.Confiner); !ok {
+			t.Errorf("%s does not report its confinement", d.Name())
+		}
+	}
 	for files, want := range map[string]string{
 		"":                        "firecracker",
 		"api.sock,system.img":     "firecracker",
 		"system.cow,metrics.json": "firecracker",
 		"qemu.pid":                "qemu",
+		"qemu-root":               "qemu",
 		"system.qcow2,work.ext4":  "qemu",
 	} {
 		dir := t.TempDir()

@@ -396,3 +396,30 @@ func TestFakeAPI(t *testing.T) {
 		t.Fatalf("exit after SIGTERM = %v, want status 143", err)
 	}
 }
+
+// Confinement is never ok, and names a jailer next to the binary when
+// there is one (banger does not use it yet).
+func TestConfinementReportsJailer(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "firecracker")
+	if err := os.Link(fakeBin, bin); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", dir)
+	d := New(Options{Binary: bin})
+	what, ok := d.Confinement(context.Background())
+	if ok || !strings.HasPrefix(what, "firecracker runs unconfined: jailer not found") {
+		t.Fatalf("without a jailer: %v %q", ok, what)
+	}
+	jailer := filepath.Join(dir, JailerBinary)
+	if err := os.WriteFile(jailer, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	what, ok = d.Confinement(context.Background())
+	if ok || !strings.Contains(what, "jailer found at "+jailer) {
+		t.Fatalf("with a jailer: %v %q", ok, what)
+	}
+	if what, ok := New(Options{Binary: filepath.Join(dir, "none")}).Confinement(context.Background()); ok || !strings.Contains(what, "unavailable") {
+		t.Fatalf("without firecracker: %v %q", ok, what)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -49,7 +50,8 @@ type Options struct {
 	ProbeTimeout time.Duration
 }
 
-// Driver runs VMs under Firecracker. It implements vmm.Driver.
+// Driver runs VMs under Firecracker. It implements vmm.Driver and
+// vmm.Confiner.
 type Driver struct {
 	opts Options
 
@@ -59,7 +61,10 @@ type Driver struct {
 	reason  string
 }
 
-var _ vmm.Driver = (*Driver)(nil)
+var (
+	_ vmm.Driver   = (*Driver)(nil)
+	_ vmm.Confiner = (*Driver)(nil)
+)
 
 // New returns a driver; nothing is probed until Available.
 func New(opts Options) *Driver {
@@ -92,6 +97,46 @@ func (d *Driver) Owns(vmDir string) bool { return false }
 // leaves behind when it exits.
 func (d *Driver) Cleanup(spec vmm.Spec) error {
 	return vmm.RemoveFiles(spec.APISocket, spec.VsockPath)
+}
+
+// JailerBinary is Firecracker's confinement launcher.
+const JailerBinary = "jailer"
+
+// Confinement is never ok: firecracker runs as the daemon's user, with
+// only the seccomp filters it installs itself, whether or not the jailer
+// is installed. The jailer is looked for next to the firecracker binary,
+// then on PATH, and named when found.
+//
+// Using it would take: starting `jailer --id <id> --exec-file <firecracker>
+// --uid <vmm uid> --gid <vmm gid> --chroot-base-dir <dir> -- <firecracker
+// args>` instead of firecracker; hard-linking or copying the kernel,
+// initrd and disks into the chroot (<base>/firecracker/<id>/root), where
+// every API path then points; making the tap and /dev/kvm usable there
+// (the jailer mknods /dev/kvm and /dev/net/tun itself); the api socket,
+// vsock socket, logs and console moving under the chroot, so Find, Kill
+// and Cleanup look there; and a jailer on the host to test it with.
+func (d *Driver) Confinement(ctx context.Context) (string, bool) {
+	bin, err := d.binary()
+	if err != nil {
+		return "firecracker unavailable: " + err.Error(), false
+	}
+	const how = " (firecracker runs as the daemon's user with only its built-in seccomp filters)"
+	if j := findJailer(bin); j != "" {
+		return "firecracker runs unconfined: jailer found at " + j + " but banger does not use it yet" + how, false
+	}
+	return "firecracker runs unconfined: jailer not found" + how, false
+}
+
+// findJailer returns the jailer next to bin, else on PATH, else "".
+func findJailer(bin string) string {
+	next := filepath.Join(filepath.Dir(bin), JailerBinary)
+	if fi, err := os.Stat(next); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+		return next
+	}
+	if p, err := exec.LookPath(JailerBinary); err == nil {
+		return p
+	}
+	return ""
 }
 
 func (d *Driver) binary() (string, error) {

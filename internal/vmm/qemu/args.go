@@ -23,12 +23,41 @@ type ArgOptions struct {
 	Accel      string // "kvm" or "tcg"
 	TSCkHz     int    // host TSC in kHz; under TCG added as tsc_early_khz= when > 0
 	VhostVsock bool   // host has /dev/vhost-vsock: give the guest a vsock when spec.CID != 0
+	// Sandbox turns on QEMU's seccomp filter (-sandbox, see SandboxArg).
+	Sandbox bool
+	// RunAs is the user QEMU drops to once started (-runas); "" keeps the
+	// daemon's user.
+	RunAs string
+	// Chroot makes QEMU chroot into ChrootDir(spec.Dir) as it drops to
+	// RunAs, so that it can open no path afterwards.
+	Chroot bool
+}
+
+// SandboxArg is the -sandbox value: QEMU's seccomp filter denying obsolete
+// system calls, spawning processes and changing scheduling or resource
+// limits, and, when QEMU keeps the daemon's user (runAs false), changing
+// user or group ids. With -runas that last part has to go: QEMU 7.2
+// installs the filter before -runas drops privileges, so
+// elevateprivileges=deny kills QEMU at its own setuid ("Bad system call").
+// Once dropped QEMU has no capabilities and no_new_privs set (the filter
+// sets it), so set*id calls cannot raise it anyway.
+func SandboxArg(runAs bool) string {
+	s := "on,obsolete=deny,spawn=deny,resourcecontrol=deny"
+	if !runAs {
+		s += ",elevateprivileges=deny"
+	}
+	return s
 }
 
 var idRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]{0,31}$`)
 
 // PIDFile is where QEMU writes its PID, in the VM directory.
 func PIDFile(dir string) string { return filepath.Join(dir, "qemu.pid") }
+
+// ChrootDir is the empty directory QEMU chroots into, in the VM directory.
+// Start makes it (root's, mode 0555: the dropped QEMU cannot write to it)
+// and Cleanup removes it.
+func ChrootDir(dir string) string { return filepath.Join(dir, "qemu-root") }
 
 // qmpArg is the exact -qmp value for a socket path; Find matches on it.
 func qmpArg(socket string) string {
@@ -129,7 +158,20 @@ func BuildArgs(spec vmm.Spec, o ArgOptions) ([]string, error) {
 		args = append(args, "-device", vsockDev+",guest-cid="+strconv.FormatUint(uint64(spec.CID), 10))
 	}
 	if spec.Console != "" {
-		args = append(args, "-chardev", "file,id=serial0,path="+escape(spec.Console), "-serial", "chardev:serial0")
+		// append=on: the console can then be cut short from outside
+		// (vmm.CapLog) without QEMU writing on at its old offset.
+		args = append(args, "-chardev", "file,id=serial0,path="+escape(spec.Console)+",append=on", "-serial", "chardev:serial0")
+	}
+	if o.Sandbox {
+		args = append(args, "-sandbox", SandboxArg(o.RunAs != ""))
+	}
+	if o.RunAs != "" {
+		// QEMU opens its disks, tap, vsock, console and QMP socket as the
+		// daemon's user, then drops to this one before the guest runs.
+		args = append(args, "-runas", o.RunAs)
+		if o.Chroot {
+			args = append(args, "-chroot", ChrootDir(spec.Dir))
+		}
 	}
 	args = append(args,
 		"-qmp", qmpArg(spec.APISocket),

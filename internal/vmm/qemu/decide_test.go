@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/vmm"
+	"github.com/banger/banger/internal/vmm/vmmuser"
 )
 
 // fakePVMQEMU is a QEMU that behaves like one on a host whose KVM is
@@ -17,7 +18,7 @@ import (
 // Every invocation's argv is appended to $FAKE_QEMU_LOG.
 const fakePVMQEMU = `#!/bin/sh
 echo "$*" >> "$FAKE_QEMU_LOG"
-if [ "$1" = -version ]; then echo "QEMU emulator version 7.2.0"; exit 0; fi
+case " $* " in *" -version "*) echo "QEMU emulator version 7.2.0"; exit 0 ;; esac
 case "$*" in
 *"-accel kvm"*"-kernel"*) echo "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69" >&2; exit 1 ;;
 esac
@@ -92,5 +93,81 @@ func TestWeakKVMChoiceIsCheckedWithAKernel(t *testing.T) {
 	}
 	if !probed {
 		t.Errorf("Start did not probe the VM's kernel under KVM:\n%s", b)
+	}
+}
+
+// fakeFlagsQEMU answers -version, refusing the flag named in
+// $FAKE_QEMU_REFUSE as QEMU refuses an option it does not know.
+const fakeFlagsQEMU = `#!/bin/sh
+for a; do
+	if [ "$a" = "$FAKE_QEMU_REFUSE" ]; then echo "qemu-system-x86_64: $a: invalid option" >&2; exit 1; fi
+done
+echo "QEMU emulator version 7.2.0"
+`
+
+// A QEMU that refuses a confinement flag, or a driver told not to drop
+// privileges, still runs VMs; Confinement says what is missing.
+func TestConfinementFallbacks(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "qemu")
+	if err := os.WriteFile(bin, []byte(fakeFlagsQEMU), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	root := os.Geteuid() == 0
+	for _, tc := range []struct {
+		name, refuse string
+		opts         Options
+		ok           bool
+		want         []string
+		args         []string // in BuildArgs' output
+		absent       []string
+	}{
+		{name: "all taken", ok: root, want: []string{"seccomp sandbox"},
+			args: []string{"-sandbox"}},
+		{name: "no seccomp", refuse: "-sandbox", want: []string{"no seccomp sandbox", "invalid option"},
+			absent: []string{"-sandbox"}},
+		{name: "no chroot", refuse: "-chroot", want: []string{"file system stays in view", "seccomp sandbox"},
+			absent: []string{"-chroot"}},
+		{name: "no runas", refuse: "-runas", want: []string{"runs as", "seccomp sandbox"},
+			args: []string{"-sandbox"}, absent: []string{"-runas", "-chroot"}},
+		{name: "off", opts: Options{NoRunAs: true}, want: []string{"off in the configuration", "elevateprivileges=deny"},
+			args: []string{"-sandbox"}, absent: []string{"-runas", "-chroot"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("FAKE_QEMU_REFUSE", tc.refuse)
+			o := tc.opts
+			o.Binary, o.Accel = bin, "tcg"
+			d := New(o)
+			if ok, why := d.Available(context.Background()); !ok {
+				t.Fatalf("unavailable: %s", why)
+			}
+			what, ok := d.Confinement(context.Background())
+			t.Logf("%v: %s", ok, what)
+			if ok != tc.ok {
+				t.Errorf("ok = %v, want %v: %s", ok, tc.ok, what)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(what, w) {
+					t.Errorf("confinement %q lacks %q", what, w)
+				}
+			}
+			args, err := BuildArgs(firmwareSpec(t), ArgOptions{Accel: "tcg", Sandbox: d.sandbox, RunAs: d.runAs, Chroot: d.chroot})
+			if err != nil {
+				t.Fatal(err)
+			}
+			line := strings.Join(args, " ")
+			for _, a := range tc.args {
+				if !strings.Contains(line, a) {
+					t.Errorf("args lack %s: %s", a, line)
+				}
+			}
+			if root && tc.refuse == "" && !tc.opts.NoRunAs && (!strings.Contains(line, "-runas "+vmmuser.Default) || !strings.Contains(line, "-chroot ")) {
+				t.Errorf("confined args lack -runas or -chroot: %s", line)
+			}
+			for _, a := range tc.absent {
+				if strings.Contains(line, a+" ") {
+					t.Errorf("args carry %s: %s", a, line)
+				}
+			}
+		})
 	}
 }

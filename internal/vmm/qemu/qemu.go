@@ -10,10 +10,12 @@ package qemu
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +23,7 @@ import (
 
 	"github.com/banger/banger/internal/proc"
 	"github.com/banger/banger/internal/vmm"
+	"github.com/banger/banger/internal/vmm/vmmuser"
 )
 
 // DefaultBinary is looked up on PATH when Options.Binary is empty.
@@ -45,10 +48,18 @@ type Options struct {
 	TSCkHz int
 	// StartTimeout bounds Start's wait for QMP (default 30s).
 	StartTimeout time.Duration
+	// RunAs is the unprivileged system user QEMU drops to (-runas) once
+	// it has opened its devices and files, before the guest runs:
+	// vmmuser.Default when empty. It is created when missing (the daemon
+	// runs as root). When it cannot be had, QEMU runs as the daemon's user
+	// and Confinement says why.
+	RunAs string
+	// NoRunAs keeps QEMU running as the daemon's user.
+	NoRunAs bool
 }
 
-// Driver runs VMs under QEMU. It implements vmm.Driver and
-// vmm.AccelReporter.
+// Driver runs VMs under QEMU. It implements vmm.Driver,
+// vmm.AccelReporter and vmm.Confiner.
 type Driver struct {
 	opts Options
 
@@ -65,11 +76,20 @@ type Driver struct {
 	// (paravirtualised KVM) run firmware but no ordinary kernel, so the
 	// choice is checked again by booting a kernel as soon as there is one.
 	weak bool
+
+	// Confinement, decided once with the binary (see confine).
+	confined    bool
+	runAs       string // -runas user, "" for none
+	sandbox     bool   // -sandbox accepted by this QEMU
+	chroot      bool   // -chroot accepted (and used with runAs)
+	confineWhat string
+	confineOK   bool
 }
 
 var (
 	_ vmm.Driver        = (*Driver)(nil)
 	_ vmm.AccelReporter = (*Driver)(nil)
+	_ vmm.Confiner      = (*Driver)(nil)
 )
 
 // New returns a driver; nothing is probed until Available or Start.
@@ -95,21 +115,26 @@ func (d *Driver) Formats() []string { return []string{vmm.FormatQcow2, vmm.Forma
 // InstallHint names the Debian packages.
 func (d *Driver) InstallHint() string { return "apt-get install qemu-system-x86 qemu-utils" }
 
-// Owns reports a pid file or a qcow2 disk in vmDir: QEMU writes the one,
-// and only QEMU opens the other.
+// Owns reports a pid file, a chroot directory or a qcow2 disk in vmDir:
+// QEMU writes the first, Start makes the second, and only QEMU opens the
+// third.
 func (d *Driver) Owns(vmDir string) bool {
-	if _, err := os.Stat(PIDFile(vmDir)); err == nil {
-		return true
+	for _, p := range []string{PIDFile(vmDir), ChrootDir(vmDir)} {
+		if _, err := os.Lstat(p); err == nil {
+			return true
+		}
 	}
 	m, _ := filepath.Glob(filepath.Join(vmDir, "*."+vmm.FormatQcow2))
 	return len(m) > 0
 }
 
-// Cleanup removes the QMP socket, the vsock path and the pid file.
+// Cleanup removes the QMP socket, the vsock path, the pid file and the
+// empty chroot directory. A QEMU that dropped to RunAs could not remove
+// its socket and pid file when it exited.
 func (d *Driver) Cleanup(spec vmm.Spec) error {
 	paths := []string{spec.APISocket, spec.VsockPath}
 	if spec.Dir != "" {
-		paths = append(paths, PIDFile(spec.Dir))
+		paths = append(paths, PIDFile(spec.Dir), ChrootDir(spec.Dir))
 	}
 	return vmm.RemoveFiles(paths...)
 }
@@ -174,6 +199,13 @@ func (d *Driver) decide(ctx context.Context, pk *ProbeKernel) {
 		return
 	}
 	d.bin, d.version = path, ParseVersion(string(out))
+	if !d.confined {
+		d.confine(ctx, path)
+		if ctx.Err() != nil {
+			d.reason = fmt.Sprintf("qemu confinement check interrupted: %v", ctx.Err())
+			return
+		}
+	}
 	var why string
 	switch d.opts.Accel {
 	case "tcg":
@@ -216,6 +248,108 @@ func (d *Driver) decide(ctx context.Context, pk *ProbeKernel) {
 	d.reason = fmt.Sprintf("qemu %s (%s), machine %s, accel %s: %s", d.version, path, d.opts.Machine, d.accel, why)
 }
 
+// Confinement says which user QEMU runs as and under which seccomp
+// filter; ok when it drops to the unprivileged user under -sandbox. When
+// the driver is unavailable it gives Available's reason and false.
+func (d *Driver) Confinement(ctx context.Context) (string, bool) {
+	d.Available(ctx)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.confined {
+		return "qemu unavailable: " + d.reason, false
+	}
+	return d.confineWhat, d.confineOK
+}
+
+// confine decides, once, the user QEMU drops to and which confinement
+// flags bin takes; d.mu is held. A QEMU that cannot be confined still
+// runs: the guest is hostile either way, and refusing would leave no VMM
+// at all on hosts where only root can run one. The caller leaves the
+// decision open when ctx ended.
+func (d *Driver) confine(ctx context.Context, bin string) {
+	name := cmp.Or(d.opts.RunAs, vmmuser.Default)
+	var who string // why QEMU keeps the daemon's user, "" when it drops
+	user := vmmuser.User{}
+	switch {
+	case d.opts.NoRunAs:
+		who = fmt.Sprintf("qemu runs as the daemon's user (uid %d): dropping to a user is off in the configuration", os.Geteuid())
+	case os.Geteuid() != 0:
+		who = fmt.Sprintf("qemu runs as the daemon's user (uid %d): dropping to %s needs a daemon running as root", os.Geteuid(), name)
+	default:
+		u, err := vmmuser.Ensure(ctx, name)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			who = fmt.Sprintf("qemu runs as root: %v", err)
+		}
+		user = u
+	}
+	// Asked of the binary with -version, which QEMU handles after parsing
+	// the flags before it: a QEMU built without seccomp refuses -sandbox,
+	// -runas resolves the user as QEMU sees it, and -chroot is deprecated
+	// in newer QEMUs. All at once first; one by one to say which failed.
+	sandbox := []string{"-sandbox", SandboxArg(who == "")}
+	runas := []string{"-runas", user.Name}
+	chroot := []string{"-chroot", "/"}
+	all := sandbox
+	if who == "" {
+		all = slices.Concat(sandbox, runas, chroot)
+	}
+	d.sandbox, d.chroot = true, who == ""
+	var refused []string
+	if ok, _ := accepts(ctx, bin, all); !ok {
+		if ctx.Err() != nil {
+			return
+		}
+		if ok, why := accepts(ctx, bin, sandbox); !ok {
+			d.sandbox = false
+			refused = append(refused, "no seccomp sandbox ("+why+")")
+		}
+		if who == "" {
+			if ok, why := accepts(ctx, bin, runas); !ok {
+				who = "qemu runs as root: " + why
+			} else if ok, why := accepts(ctx, bin, chroot); !ok {
+				d.chroot = false
+				refused = append(refused, "the host's file system stays in view ("+why+")")
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+	}
+	d.confineOK = who == "" && len(refused) == 0
+	var parts []string
+	if who == "" {
+		d.runAs = user.Name
+		what := fmt.Sprintf("qemu runs as user %s (uid %d) once started (-runas)", user.Name, user.UID)
+		if d.chroot {
+			what += " in an empty chroot"
+		}
+		parts = append(parts, what)
+	} else {
+		d.runAs, d.chroot = "", false
+		parts = append(parts, who)
+	}
+	if d.sandbox {
+		parts = append(parts, "seccomp sandbox -sandbox "+SandboxArg(d.runAs != ""))
+	}
+	parts = append(parts, refused...)
+	d.confined, d.confineWhat = true, strings.Join(parts, "; ")
+}
+
+// accepts reports whether bin takes flags, by running it with them and
+// -version for at most 10 s; when not, why says what QEMU said.
+func accepts(ctx context.Context, bin string, flags []string) (ok bool, why string) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, append(slices.Clone(flags), "-version")...).CombinedOutput()
+	if err != nil {
+		return false, fmt.Sprintf("%s refused: %v: %s", flags[0], err, lastLine(string(out)))
+	}
+	return true, ""
+}
+
 // ParseVersion extracts "7.2.22" from `qemu-system-x86_64 -version` output.
 func ParseVersion(out string) string {
 	const key = "version "
@@ -251,7 +385,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 		d.mu.Unlock()
 		return vmm.Handle{}, fmt.Errorf("qemu unavailable: %s", reason)
 	}
-	ao := ArgOptions{Machine: d.opts.Machine, Accel: d.accel, TSCkHz: d.tscKHz, VhostVsock: d.hasVsock}
+	ao := ArgOptions{Machine: d.opts.Machine, Accel: d.accel, TSCkHz: d.tscKHz, VhostVsock: d.hasVsock, Sandbox: d.sandbox, RunAs: d.runAs, Chroot: d.chroot}
 	bin := d.bin
 	d.mu.Unlock()
 	args, err := BuildArgs(spec, ao)
@@ -266,6 +400,11 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 	}
 	pidfile := PIDFile(spec.Dir)
 	_ = os.Remove(pidfile)
+	if ao.Chroot {
+		if err := emptyDir(ChrootDir(spec.Dir)); err != nil {
+			return vmm.Handle{}, err
+		}
+	}
 	child, err := proc.StartDetached(bin, args, spec.LogPath)
 	if err != nil {
 		return vmm.Handle{}, err
@@ -276,6 +415,7 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 		<-child.Done()
 		_ = os.Remove(spec.APISocket)
 		_ = os.Remove(pidfile)
+		_ = os.Remove(ChrootDir(spec.Dir))
 		return vmm.Handle{}, err
 	}
 	sctx, cancel := context.WithTimeout(ctx, d.opts.StartTimeout)
@@ -330,6 +470,29 @@ func (d *Driver) Kill(ctx context.Context, h vmm.Handle) error {
 	_ = os.Remove(h.APISocket)
 	if dir := dirOf(h.APISocket); dir != "" {
 		_ = os.Remove(PIDFile(dir))
+	}
+	return nil
+}
+
+// emptyDir makes dir an empty directory of mode 0555, or checks that it
+// is one: QEMU runs inside it, so it must hold nothing.
+func emptyDir(dir string) error {
+	if err := os.Mkdir(dir, 0o555); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("qemu chroot: %w", err)
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("qemu chroot: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("qemu chroot %s is not a directory", dir)
+	}
+	if ents, err := os.ReadDir(dir); err != nil || len(ents) != 0 {
+		return fmt.Errorf("qemu chroot %s must be an empty directory (%d entries, %v)", dir, len(ents), err)
+	}
+	// Mkdir's mode went through the umask; an existing one may differ.
+	if err := os.Chmod(dir, 0o555); err != nil {
+		return fmt.Errorf("qemu chroot: %w", err)
 	}
 	return nil
 }
