@@ -48,6 +48,9 @@ type Config struct {
 	MaxCPUs   int    `json:"max_cpus"`   // default 16
 	MaxMemory string `json:"max_memory"` // default "16G"
 	MaxDisk   string `json:"max_disk"`   // default "256G"
+	// MaxConsoleLog caps a VM's console and VMM logs: the guest writes
+	// them. Past it the file's end moves to <log>.1 and the file restarts.
+	MaxConsoleLog string `json:"max_console_log"` // default "8M"
 }
 
 // Defaults returns the built-in configuration.
@@ -70,6 +73,7 @@ func Defaults() Config {
 		MaxCPUs:            16,
 		MaxMemory:          "16G",
 		MaxDisk:            "256G",
+		MaxConsoleLog:      "8M",
 	}
 }
 
@@ -149,7 +153,7 @@ func (c Config) Validate() error {
 	if c.MaxCPUs < 1 {
 		return fmt.Errorf("invalid max_cpus %d: use 1 or more", c.MaxCPUs)
 	}
-	for _, kv := range [][2]string{{"max_memory", c.MaxMemory}, {"max_disk", c.MaxDisk}, {"memory", c.Memory}, {"disk", c.Disk}} {
+	for _, kv := range [][2]string{{"max_memory", c.MaxMemory}, {"max_disk", c.MaxDisk}, {"max_console_log", c.MaxConsoleLog}, {"memory", c.Memory}, {"disk", c.Disk}} {
 		if _, err := model.ParseSize(kv[1]); err != nil {
 			return fmt.Errorf("invalid %s: %v", kv[0], err)
 		}

@@ -60,6 +60,10 @@ func Report(ctx context.Context, h Host) api.DoctorReport {
 	for _, drv := range h.Drivers.All() {
 		avail, reason := drv.Available(ctx)
 		add(drv.Name(), avail, reason, drv.InstallHint())
+		if c, ok := drv.(vmm.Confiner); ok {
+			what, ok := c.Confinement(ctx)
+			add("confine:"+drv.Name(), ok, what, "run bangerd as root with useradd available (user banger-vmm); for firecracker, install its jailer")
+		}
 	}
 	if drv, err := h.PickDriver(ctx); err == nil {
 		rep.VMM = drv.Name()

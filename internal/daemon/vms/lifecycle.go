@@ -348,6 +348,7 @@ func (m *Manager) boot(ctx context.Context, vm model.VM, report progress.Func) (
 	}
 	// A fresh console log per boot: `vm logs` shows this boot.
 	_ = os.Remove(vm.ConsolePath)
+	_ = os.Remove(vm.ConsolePath + ".1")
 	report(progress.Event{Phase: "boot", Message: fmt.Sprintf("booting with %s", vm.VMM), Elapsed: time.Since(start).Seconds()})
 	vh, err := drv.Start(ctx, spec)
 	if err != nil {

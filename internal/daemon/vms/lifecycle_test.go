@@ -1,6 +1,7 @@
 package vms
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -339,5 +340,28 @@ func TestRemoveImageAndKernelInUse(t *testing.T) {
 	}
 	if err := f.art.RemoveKernel(ctx, f.cfg.DefaultKernel); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The watcher keeps a running VM's console under max_console_log: a guest
+// printing without end must not fill the state directory.
+func TestWatcherCapsConsole(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	vm, err := f.m.Create(ctx, api.CreateVMRequest{Name: "loud", Disk: "64M", Start: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.m.cfg.MaxConsoleLog = "1M"
+	if err := os.WriteFile(vm.ConsolePath, bytes.Repeat([]byte("spam spam spam\n"), 4<<20/15), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f.m.capLogs(vm)
+	st, err := os.Stat(vm.ConsolePath)
+	if err != nil || st.Size() > 1<<20 {
+		t.Fatalf("console after capping: %v, %v", st, err)
+	}
+	if old, err := os.Stat(vm.ConsolePath + ".1"); err != nil || old.Size() == 0 || old.Size() > 1<<20 {
+		t.Fatalf("console.log.1 after capping: %v, %v", old, err)
 	}
 }

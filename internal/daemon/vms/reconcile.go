@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/vmm"
 )
 
 // Reconcile runs at start-up. For each VM recorded as running (or caught
@@ -103,10 +104,25 @@ func (m *Manager) Watch(ctx context.Context, every time.Duration) {
 			if vm.State != model.VMRunning {
 				continue
 			}
+			m.capLogs(vm)
 			if _, cached := m.handles.get(vm.ID); !cached || m.vmmAlive(vm) {
 				continue
 			}
 			m.reapDead(ctx, vm.ID)
+		}
+	}
+}
+
+// capLogs keeps a running VM's console and VMM logs under the configured
+// size: a guest printing without end must not fill the state directory.
+func (m *Manager) capLogs(vm model.VM) {
+	max, err := model.ParseSize(m.cfg.MaxConsoleLog)
+	if err != nil || max <= 0 {
+		return
+	}
+	for _, p := range []string{vm.ConsolePath, vm.LogPath} {
+		if err := vmm.CapLog(p, max); err != nil {
+			m.log.Debug("cap log", "vm", vm.Name, "path", p, "err", err)
 		}
 	}
 }
