@@ -153,4 +153,4 @@ func (c Config) KernelsDir() string { return filepath.Join(c.StateDir, "kernels"
 // LostFoundDir is where reconcile moves VM directories it has no record
 // of: banger never deletes what it cannot account for.
 func (c Config) LostFoundDir() string { return filepath.Join(c.StateDir, "lost+found") }
-func (c Config) KeyPath() string    { return filepath.Join(c.StateDir, "ssh", "id_ed25519") }
+func (c Config) KeyPath() string      { return filepath.Join(c.StateDir, "ssh", "id_ed25519") }

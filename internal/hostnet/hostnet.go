@@ -293,6 +293,20 @@ func (n *Network) attachPort(ctx context.Context, link netlink.Link, g Guest) er
 // by source address, could be evaded.
 var ErrPolicyNeedsNft = errors.New("network policies other than the default (internet) need the nft firewall backend: install nftables")
 
+// CheckPolicy says why CreateTap or ApplyPolicy would refuse g's policy
+// on tap (ErrPolicyNeedsNft, or a check against the guest subnet), without
+// touching anything: the daemon checks a policy it stores for a stopped VM
+// before storing it, so that the next start does not fail on it.
+func (n *Network) CheckPolicy(tap string, g Guest) error {
+	if err := checkIfname("tap", tap); err != nil {
+		return err
+	}
+	if err := g.check(); err != nil {
+		return fmt.Errorf("tap %s: %w", tap, err)
+	}
+	return n.checkPolicy(tap, g)
+}
+
 // checkPolicy says why g's policy cannot be applied to tap, before
 // anything is changed.
 func (n *Network) checkPolicy(tap string, g Guest) error {
