@@ -297,14 +297,20 @@ var ErrPolicyNeedsNft = errors.New("network policies other than the default (int
 // on tap (ErrPolicyNeedsNft, or a check against the guest subnet), without
 // touching anything: the daemon checks a policy it stores for a stopped VM
 // before storing it, so that the next start does not fail on it.
+// Its errors do not name the tap, which users never see: the caller names
+// the VM.
 func (n *Network) CheckPolicy(tap string, g Guest) error {
 	if err := checkIfname("tap", tap); err != nil {
 		return err
 	}
-	if err := g.check(); err != nil {
-		return fmt.Errorf("tap %s: %w", tap, err)
+	if _, ok := n.fw.(guarder); !ok {
+		if !g.Policy.IsDefault() {
+			return ErrPolicyNeedsNft
+		}
+		return g.Policy.Check()
 	}
-	return n.checkPolicy(tap, g)
+	_, err := PolicyScript(n.cfg.Bridge, n.cfg.Subnet, tap, g)
+	return err
 }
 
 // checkPolicy says why g's policy cannot be applied to tap, before
