@@ -380,6 +380,11 @@ func (c *Client) DeleteVM(ctx context.Context, ref string, force bool) error {
 	return c.call(ctx, "DELETE", "/v1/vms/"+esc(ref), q, nil, nil)
 }
 
+// SetVMNet changes a VM's network policy.
+func (c *Client) SetVMNet(ctx context.Context, ref string, req VMNetRequest) (model.VM, error) {
+	return callFor[model.VM](ctx, c, "PUT", "/v1/vms/"+esc(ref)+"/net", req)
+}
+
 // VMLogs copies a VM's logs to w (until ctx ends when following).
 func (c *Client) VMLogs(ctx context.Context, ref string, req LogsRequest, w io.Writer) error {
 	q := logsQuery(req.Tail, req.Follow)

@@ -99,6 +99,7 @@ func (h *handler) routes() []route {
 		{"POST /v1/vms/{ref}/stop", h.stopVM},
 		{"POST /v1/vms/{ref}/restart", h.restartVM},
 		{"DELETE /v1/vms/{ref}", h.deleteVM},
+		{"PUT /v1/vms/{ref}/net", h.setVMNet},
 		{"GET /v1/vms/{ref}/logs", h.vmLogs},
 		{"POST /v1/vms/{ref}/exec", h.execVM},
 		{"GET /v1/vms/{ref}/ssh", h.sshInfo},
@@ -529,6 +530,15 @@ func (h *handler) deleteVM(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	replyEmpty(w, h.svc.DeleteVM(r.Context(), r.PathValue("ref"), force))
+}
+
+func (h *handler) setVMNet(w http.ResponseWriter, r *http.Request) {
+	req, ok := readBody[VMNetRequest](w, r)
+	if !ok {
+		return
+	}
+	v, err := h.svc.SetVMNet(r.Context(), r.PathValue("ref"), req)
+	reply(w, v, err)
 }
 
 func (h *handler) vmLogs(w http.ResponseWriter, r *http.Request) {

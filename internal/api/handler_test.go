@@ -27,6 +27,7 @@ type fakeService struct {
 	listVMs      func() ([]model.VM, error)
 	createVM     func(req CreateVMRequest, p progress.Func) (model.VM, error)
 	deleteVM     func(ref string, force bool) error
+	setVMNet     func(ref string, req VMNetRequest) (model.VM, error)
 	vmLogs       func(req LogsRequest, w io.Writer) error
 	execVM       func(req ExecRequest, stdout, stderr io.Writer) (int, error)
 	prepare      func(req WorkspaceRequest, tar io.Reader) (WorkspaceInfo, error)
@@ -48,6 +49,9 @@ func (f *fakeService) CreateVM(_ context.Context, req CreateVMRequest, p progres
 }
 func (f *fakeService) DeleteVM(_ context.Context, ref string, force bool) error {
 	return f.deleteVM(ref, force)
+}
+func (f *fakeService) SetVMNet(_ context.Context, ref string, req VMNetRequest) (model.VM, error) {
+	return f.setVMNet(ref, req)
 }
 func (f *fakeService) VMLogs(_ context.Context, _ string, req LogsRequest, w io.Writer) error {
 	// Enums are the domain's to validate; the handler only decodes.
@@ -125,6 +129,13 @@ func TestErrorsAndValidation(t *testing.T) {
 			t.Error("CreateVM called on bad input")
 			return model.VM{}, nil
 		},
+		setVMNet: func(ref string, req VMNetRequest) (model.VM, error) {
+			// The domain validates values; the handler only decodes.
+			if req.Net != nil && *req.Net == "wide" {
+				return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "invalid network mode %q: use none, internet or open", *req.Net)
+			}
+			return model.VM{}, errdefs.NotFound("vm", ref)
+		},
 	}
 	_, hc := serve(t, svc)
 	for _, tc := range []struct {
@@ -140,6 +151,11 @@ func TestErrorsAndValidation(t *testing.T) {
 		{"POST", "/v1/vms", `{} {}`, 400, errdefs.CodeInvalid, "extra data"},
 		{"DELETE", "/v1/vms/x?force=maybe", "", 400, errdefs.CodeInvalid, "force"},
 		{"DELETE", "/v1/vms/x?force=1", "", 409, errdefs.CodeConflict, "force=true"},
+		{"PUT", "/v1/vms/x/net", `{"allow":"10.0.0.1"}`, 400, errdefs.CodeInvalid, `"allow"`},
+		{"PUT", "/v1/vms/x/net", `{"mode":"none"}`, 400, errdefs.CodeInvalid, "mode"},
+		{"PUT", "/v1/vms/x/net", `{"net":"wide"}`, 400, errdefs.CodeInvalid, `invalid network mode "wide"`},
+		{"PUT", "/v1/vms/nope/net", `{}`, 404, errdefs.CodeNotFound, `vm "nope" not found`},
+		{"POST", "/v1/vms/x/net", `{}`, 405, errdefs.CodeInvalid, "PUT"},
 		{"GET", "/v1/vms/x/logs?tail=-1", "", 400, errdefs.CodeInvalid, "tail"},
 		{"GET", "/v1/vms/x/logs?source=disk", "", 400, errdefs.CodeInvalid, "console, vmm or all"},
 		{"POST", "/v1/vms/x/exec", `{"command":[]}`, 400, errdefs.CodeInvalid, "command"},
@@ -171,6 +187,26 @@ func TestErrorsAndValidation(t *testing.T) {
 	status, body, _ = rawDo(t, hc, "GET", "/v1/vms/ok", "")
 	if status != 200 || !strings.Contains(body, `"name":"ok"`) {
 		t.Errorf("GET ok: %d %q", status, body)
+	}
+}
+
+// A field left out of a policy change stays nil (keep it); one given
+// empty arrives as an empty list (clear it).
+func TestSetVMNetFields(t *testing.T) {
+	var got VMNetRequest
+	svc := &fakeService{setVMNet: func(ref string, req VMNetRequest) (model.VM, error) {
+		got = req
+		return model.VM{Name: ref, Net: model.NetPolicy{Mode: "none"}}, nil
+	}}
+	c, _ := serve(t, svc)
+	mode := "none"
+	vm, err := c.SetVMNet(context.Background(), "web", VMNetRequest{Net: &mode, Allow: &[]string{}, AllowVMs: &[]string{"db"}, Reset: true})
+	if err != nil || vm.Name != "web" || vm.Net.Mode != "none" {
+		t.Fatalf("SetVMNet = %+v, %v", vm, err)
+	}
+	if got.Net == nil || *got.Net != "none" || got.Allow == nil || len(*got.Allow) != 0 || got.Deny != nil ||
+		got.AllowVMs == nil || (*got.AllowVMs)[0] != "db" || !got.Reset {
+		t.Fatalf("service got %+v", got)
 	}
 }
 

@@ -102,6 +102,24 @@ type CreateVMRequest struct {
 	Disk   string `json:"disk,omitempty"`   // work disk size, e.g. "4G"
 	VMM    string `json:"vmm,omitempty"`    // "" or "auto" (the daemon picks), or a VMM driver's name (firecracker, qemu)
 	Start  bool   `json:"start,omitempty"`  // boot and wait for SSH after creating
+	// The network policy (docs/network-and-storage.md): the daemon
+	// validates it; all empty is the default, internet.
+	Net      string   `json:"net,omitempty"`       // none, internet or open
+	Allow    []string `json:"allow,omitempty"`     // CIDR[:PORT[/tcp|udp]]
+	Deny     []string `json:"deny,omitempty"`      // CIDR
+	AllowVMs []string `json:"allow_vms,omitempty"` // names (or ids) of other VMs this VM may connect to
+}
+
+// VMNetRequest changes a VM's network policy. A field left out keeps the
+// VM's current value, a field given replaces it (an empty list clears
+// it); Reset starts from the default (internet, nothing allowed or
+// denied) before the fields given are applied.
+type VMNetRequest struct {
+	Net      *string   `json:"net,omitempty"`
+	Allow    *[]string `json:"allow,omitempty"`
+	Deny     *[]string `json:"deny,omitempty"`
+	AllowVMs *[]string `json:"allow_vms,omitempty"`
+	Reset    bool      `json:"reset,omitempty"`
 }
 
 // StopVMRequest tunes a stop.
@@ -222,6 +240,9 @@ type Service interface {
 	StopVM(ctx context.Context, ref string, req StopVMRequest) (model.VM, error)
 	RestartVM(ctx context.Context, ref string, report progress.Func) (model.VM, error)
 	DeleteVM(ctx context.Context, ref string, force bool) error
+	// SetVMNet changes a VM's network policy: live when it runs (the old
+	// one stays if that fails), at its next start otherwise.
+	SetVMNet(ctx context.Context, ref string, req VMNetRequest) (model.VM, error)
 	VMLogs(ctx context.Context, ref string, req LogsRequest, w io.Writer) error
 	ExecVM(ctx context.Context, ref string, req ExecRequest, stdout, stderr io.Writer) (exitCode int, err error)
 	SSHInfo(ctx context.Context, ref string) (SSHInfo, error)

@@ -40,7 +40,8 @@ var (
 		VmlinuxPath: "/state/kernels/k/vmlinux", InitrdPath: "/state/kernels/k/initrd", Cmdline: "console=ttyS0", Source: "catalog"}
 	fakeVM = model.VM{ID: "aaaabbbbccccdddd", Name: "dev", ImageID: fakeImg.ID, KernelID: fakeKernel.ID, CPUs: 2, MemoryMiB: 1024,
 		DiskBytes: 4 << 30, DesiredState: model.VMRunning, State: model.VMRunning, VMM: "qemu", Accel: "tcg", CowStrategy: "qcow2",
-		GuestIP: "172.16.0.2", GuestMAC: "02:ba:ac:10:00:02", DNSName: "dev.vm", CID: 3, Dir: "/state/vms/aaaabbbbccccdddd", StartedAt: &started}
+		GuestIP: "172.16.0.2", GuestMAC: "02:ba:ac:10:00:02", DNSName: "dev.vm", CID: 3, Dir: "/state/vms/aaaabbbbccccdddd", StartedAt: &started,
+		Net: model.NetPolicy{Mode: "internet", AllowVMs: []string{"db"}}}
 	fakeSession = model.Session{ID: "1111222233334444", VMID: fakeVM.ID, Name: "server", Command: "python3", Args: []string{"-m", "http.server"},
 		Cwd: "/root", StdinMode: "pipe", Status: "exited", GuestPID: 42, ExitCode: &exitZero}
 )
@@ -109,7 +110,26 @@ func (fakeService) StopVM(_ context.Context, ref string, _ api.StopVMRequest) (m
 	return v, notFound(ref)
 }
 func (fakeService) DeleteVM(_ context.Context, ref string, _ bool) error { return notFound(ref) }
-func (fakeService) Hosts(context.Context) (string, error)                { return "172.16.0.2 dev.vm\n", nil }
+func (fakeService) SetVMNet(_ context.Context, ref string, req api.VMNetRequest) (model.VM, error) {
+	v := fakeVM
+	if req.Reset {
+		v.Net = model.NetPolicy{Mode: "internet"}
+	}
+	if req.Net != nil {
+		v.Net.Mode = *req.Net
+	}
+	if req.Allow != nil {
+		v.Net.Allow = *req.Allow
+	}
+	if req.Deny != nil {
+		v.Net.Deny = *req.Deny
+	}
+	if req.AllowVMs != nil {
+		v.Net.AllowVMs = *req.AllowVMs
+	}
+	return v, notFound(ref)
+}
+func (fakeService) Hosts(context.Context) (string, error) { return "172.16.0.2 dev.vm\n", nil }
 func (fakeService) ExecVM(_ context.Context, _ string, req api.ExecRequest, stdout, _ io.Writer) (int, error) {
 	fmt.Fprintln(stdout, strings.Join(req.Command, " "))
 	return 3, nil
@@ -196,6 +216,10 @@ func TestCommandOutput(t *testing.T) {
 		{"vm", "stop", "a", "b"},
 		{"vm", "stop", "a", "missing"},
 		{"vm", "delete", "a", "b"},
+		{"vm", "net", "dev"},
+		{"vm", "net", "missing"},
+		{"vm", "net", "dev", "--net", "none", "--allow", "10.0.0.5:5432", "--allow", "192.168.1.0/24", "--deny", "10.0.0.0/8", "--allow-vm", "db"},
+		{"vm", "net", "dev", "--reset", "--allow-vm", ""},
 		{"vm", "hosts"},
 		{"vm", "exec", "dev", "--", "echo", "hi"},
 		{"vm", "workspace", "prepare", "dev", "--no-git", "--source", src},

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -22,7 +23,7 @@ import (
 func (a *app) vmCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "vm", Short: "Create, run, inspect and remove microVMs"}
 	cmd.AddCommand(a.vmCreateCommand(), a.vmRunCommand(), a.vmExecCommand(), a.vmSSHCommand(), a.vmLogsCommand(),
-		a.vmStopCommand(), a.workspaceCommand())
+		a.vmStopCommand(), a.vmNetCommand(), a.workspaceCommand())
 
 	cmd.AddCommand(&cobra.Command{
 		Use: "start VM", Short: "Boot a VM and wait for SSH", Args: cobra.ExactArgs(1),
@@ -91,6 +92,69 @@ func vmFlags(cmd *cobra.Command, req *api.CreateVMRequest) {
 	f.IntVar(&req.CPUs, "cpus", 0, "vCPUs")
 	f.StringVar(&req.Memory, "memory", "", "memory, e.g. 1G")
 	f.StringVar(&req.Disk, "disk", "", "work disk size, e.g. 4G")
+	netFlags(cmd, &req.Net, &req.Allow, &req.Deny, &req.AllowVMs)
+}
+
+// netFlags are the network policy flags of create, run and vm net.
+func netFlags(cmd *cobra.Command, mode *string, allow, deny, allowVMs *[]string) {
+	f := cmd.Flags()
+	f.StringVar(mode, "net", "", "what the guest reaches: internet (default: public addresses and DNS, not the host, private ranges or other VMs), open (everything but other VMs) or none")
+	f.StringArrayVar(allow, "allow", nil, "also reach CIDR[:PORT[/tcp|udp]], e.g. 10.0.0.5:5432 or 192.168.1.0/24 (repeatable)")
+	f.StringArrayVar(deny, "deny", nil, "never reach CIDR, whatever else allows it (repeatable)")
+	f.StringArrayVar(allowVMs, "allow-vm", nil, "open connections to this other VM (repeatable)")
+}
+
+func (a *app) vmNetCommand() *cobra.Command {
+	var mode string
+	var allow, deny, allowVMs []string
+	var reset bool
+	cmd := &cobra.Command{
+		Use:   "net VM",
+		Short: "Show or change what a VM's guest may reach on the network",
+		Long: `Without flags, show the VM's network policy. With flags, change it: a flag
+given replaces that part of the policy (an empty value, --allow '', clears
+it), the parts not given are kept, and --reset starts from the default
+(internet, nothing allowed or denied). A running VM gets the new policy at
+once, open connections included; a stopped one at its next start.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			f := cmd.Flags()
+			var req api.VMNetRequest
+			if f.Changed("net") {
+				req.Net = &mode
+			}
+			for _, l := range []struct {
+				flag string
+				v    []string
+				dst  **[]string
+			}{{"allow", allow, &req.Allow}, {"deny", deny, &req.Deny}, {"allow-vm", allowVMs, &req.AllowVMs}} {
+				if f.Changed(l.flag) {
+					v := []string{} // given: replaces, even when empty
+					for _, s := range l.v {
+						if strings.TrimSpace(s) != "" {
+							v = append(v, s)
+						}
+					}
+					*l.dst = &v
+				}
+			}
+			req.Reset = reset
+			change := req.Reset || req.Net != nil || req.Allow != nil || req.Deny != nil || req.AllowVMs != nil
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (model.NetPolicy, error) {
+				var vm model.VM
+				var err error
+				if change {
+					vm, err = c.SetVMNet(ctx, args[0], req)
+				} else {
+					vm, err = c.GetVM(ctx, args[0])
+				}
+				return vm.Net, err
+			}, writeNet)
+		},
+	}
+	netFlags(cmd, &mode, &allow, &deny, &allowVMs)
+	cmd.Flags().BoolVar(&reset, "reset", false, "start from the default policy (internet) before applying the other flags")
+	return cmd
 }
 
 func (a *app) vmCreateCommand() *cobra.Command {

@@ -145,6 +145,10 @@ func (d *Daemon) DeleteVM(ctx context.Context, ref string, force bool) error {
 	return d.vms.Delete(ctx, ref, force)
 }
 
+func (d *Daemon) SetVMNet(ctx context.Context, ref string, req api.VMNetRequest) (model.VM, error) {
+	return d.vms.SetNet(ctx, ref, req)
+}
+
 // ---- host ----
 
 func (d *Daemon) Doctor(ctx context.Context) api.DoctorReport {

@@ -293,6 +293,26 @@ func (n *Network) attachPort(ctx context.Context, link netlink.Link, g Guest) er
 // by source address, could be evaded.
 var ErrPolicyNeedsNft = errors.New("network policies other than the default (internet) need the nft firewall backend: install nftables")
 
+// CheckPolicy says why CreateTap or ApplyPolicy would refuse g's policy
+// on tap (ErrPolicyNeedsNft, or a check against the guest subnet), without
+// touching anything: the daemon checks a policy it stores for a stopped VM
+// before storing it, so that the next start does not fail on it.
+// Its errors do not name the tap, which users never see: the caller names
+// the VM.
+func (n *Network) CheckPolicy(tap string, g Guest) error {
+	if err := checkIfname("tap", tap); err != nil {
+		return err
+	}
+	if _, ok := n.fw.(guarder); !ok {
+		if !g.Policy.IsDefault() {
+			return ErrPolicyNeedsNft
+		}
+		return g.Policy.Check()
+	}
+	_, err := PolicyScript(n.cfg.Bridge, n.cfg.Subnet, tap, g)
+	return err
+}
+
 // checkPolicy says why g's policy cannot be applied to tap, before
 // anything is changed.
 func (n *Network) checkPolicy(tap string, g Guest) error {

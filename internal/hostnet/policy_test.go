@@ -2,7 +2,10 @@ package hostnet
 
 import (
 	"encoding/json"
+	"errors"
+	"net"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"testing"
 )
@@ -244,5 +247,40 @@ func TestIptablesPolicyScript(t *testing.T) {
 	}
 	if j := iptablesPolicyJumps("banger0"); strings.Join(j[0], " ") != "INPUT -i banger0 -j banger-input -m comment --comment banger" {
 		t.Errorf("jumps = %q", j)
+	}
+}
+
+// CheckPolicy refuses what CreateTap and ApplyPolicy would, touching
+// nothing: so it runs without root.
+func TestCheckPolicy(t *testing.T) {
+	g := Guest{MAC: net.HardwareAddr{2, 0xba, 172, 16, 0, 5}, IP: netip.MustParseAddr("172.16.0.5")}
+	open := g
+	open.Policy = Policy{Mode: ModeOpen}
+	for _, fw := range []string{"nft", "iptables"} {
+		if _, err := exec.LookPath(fw); err != nil {
+			t.Logf("%s not installed: skipped", fw)
+			continue
+		}
+		n, err := New(Config{Bridge: "banger0", Subnet: netip.MustParsePrefix("172.16.0.0/24"), Firewall: fw})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n.CheckPolicy("bt0123", g); err != nil {
+			t.Errorf("%s: default policy: %v", fw, err)
+		}
+		err = n.CheckPolicy("bt0123", open)
+		if fw == "iptables" != errors.Is(err, ErrPolicyNeedsNft) {
+			t.Errorf("%s: open policy: %v", fw, err)
+		}
+		self := g
+		self.Policy = Policy{AllowVMs: []netip.Addr{g.IP}}
+		if fw == "nft" {
+			if err := n.CheckPolicy("bt0123", self); err == nil || !strings.Contains(err.Error(), "this VM itself") {
+				t.Errorf("nft: allow-vm self: %v", err)
+			}
+		}
+		if err := n.CheckPolicy("bad name!", g); err == nil {
+			t.Errorf("%s: bad tap name accepted", fw)
+		}
 	}
 }

@@ -9,6 +9,7 @@ package model
 
 import (
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -87,6 +88,41 @@ type VM struct {
 	CreatedAt    time.Time  `json:"created_at"`
 	UpdatedAt    time.Time  `json:"updated_at"`
 	StartedAt    *time.Time `json:"started_at,omitempty"`
+	Net          NetPolicy  `json:"net"` // what the guest may reach on the network
+}
+
+// NetInternet is the network mode of a VM that was given none: DNS on the
+// gateway and public addresses, nothing of the host's or other VMs'.
+const NetInternet = "internet"
+
+// NetPolicy is a VM's network policy as the user gave it, in canonical
+// form (package hostnet parses and enforces it; model may not import it).
+// AllowVMs holds VM names, not addresses: an address is freed when its VM
+// is deleted and handed to the next one, so the daemon resolves the names
+// each time it applies the policy.
+type NetPolicy struct {
+	Mode     string   `json:"mode"`                // none, internet or open
+	Allow    []string `json:"allow,omitempty"`     // CIDR[:PORT[/tcp|udp]]
+	Deny     []string `json:"deny,omitempty"`      // CIDR
+	AllowVMs []string `json:"allow_vms,omitempty"` // names of VMs this VM may open connections to
+}
+
+// String is a one-line summary for listings, e.g.
+// "internet allow=10.0.0.5:5432 deny=203.0.113.0/24 vm=db".
+func (p NetPolicy) String() string {
+	s := p.Mode
+	if s == "" {
+		s = NetInternet
+	}
+	for _, f := range []struct {
+		key   string
+		items []string
+	}{{"allow", p.Allow}, {"deny", p.Deny}, {"vm", p.AllowVMs}} {
+		if len(f.items) > 0 {
+			s += " " + f.key + "=" + strings.Join(f.items, ",")
+		}
+	}
+	return s
 }
 
 // VMHandles is what is momentarily true of a running VM on the host. It is

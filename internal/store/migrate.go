@@ -100,6 +100,11 @@ CREATE INDEX vms_image_id ON vms(image_id);
 CREATE INDEX vms_kernel_id ON vms(kernel_id);
 CREATE INDEX vms_created_at ON vms(created_at);
 `,
+	// 3: each VM's network policy (model.NetPolicy as JSON); '' is the
+	// default, internet, which is what VMs made before it get.
+	`
+ALTER TABLE vms ADD COLUMN net_policy TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // migrate applies the steps the database lacks, up to version upTo, each in

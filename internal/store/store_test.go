@@ -36,7 +36,7 @@ func testVM(id, name string, n int) model.VM {
 		CID: uint32(100 + n), Dir: "/s/vms/" + id, APISocket: "/s/api.sock", VsockSocket: "/s/v.sock",
 		LogPath: "/s/log", ConsolePath: "/s/console", MetricsPath: "/s/metrics", SystemDisk: "/s/sys.qcow2",
 		WorkDisk: "/s/work.ext4", LastError: "", CreatedAt: t0.Add(time.Duration(n) * time.Second),
-		UpdatedAt: t0, StartedAt: &started,
+		UpdatedAt: t0, StartedAt: &started, Net: model.NetPolicy{Mode: model.NetInternet},
 	}
 }
 
@@ -184,6 +184,24 @@ func TestVMsCRUDAndUniqueness(t *testing.T) {
 	a.GuestIP = b.GuestIP
 	if err := s.UpdateVM(ctx, a); !errors.Is(err, ErrConflict) {
 		t.Fatalf("update to a taken IP: %v, want ErrConflict", err)
+	}
+	// The network policy round-trips; the default is stored as ''.
+	c.Net = model.NetPolicy{Mode: "none", Allow: []string{"10.0.0.5:5432", "192.168.1.0/24"}, Deny: []string{"203.0.113.0/24"}, AllowVMs: []string{"beta"}}
+	if err := s.UpdateVM(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.GetVM(ctx, c.ID); !reflect.DeepEqual(got.Net, c.Net) {
+		t.Fatalf("net policy = %+v, want %+v", got.Net, c.Net)
+	}
+	var raw string
+	if err := s.db.QueryRowContext(ctx, "SELECT net_policy FROM vms WHERE id = ?", b.ID).Scan(&raw); err != nil || raw != "" {
+		t.Fatalf("default policy stored as %q, %v; want ''", raw, err)
+	}
+	if _, err := s.db.ExecContext(ctx, "UPDATE vms SET net_policy = ? WHERE id = ?", `{"allow":["10.0.0.5"]}`, b.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.GetVM(ctx, b.ID); got.Net.Mode != model.NetInternet || len(got.Net.Allow) != 1 {
+		t.Fatalf("policy without a mode read as %+v, want internet with its allow", got.Net)
 	}
 	ghost := testVM("dddd4444", "ghost", 9)
 	if err := s.UpdateVM(ctx, ghost); !errors.Is(err, ErrNotFound) {
@@ -333,8 +351,9 @@ func TestMigrations(t *testing.T) {
 				t.Fatalf("old version = %d, want %d", v, from)
 			}
 			if from >= 1 {
-				// Version-1 data must survive every later step.
-				if err := old.CreateVM(ctx, testVM("keep1234", "keep", 2)); err != nil {
+				// Version-1 data must survive every later step. Inserted
+				// with version 1's columns: later ones do not exist yet.
+				if err := insertV1VM(ctx, old, testVM("keep1234", "keep", 2)); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -348,8 +367,13 @@ func TestMigrations(t *testing.T) {
 				t.Fatalf("version = %d, want %d", v, len(migrations))
 			}
 			if from >= 1 {
-				if _, err := s.GetVM(ctx, "keep"); err != nil {
+				vm, err := s.GetVM(ctx, "keep")
+				if err != nil {
 					t.Fatalf("data lost in upgrade: %v", err)
+				}
+				// A VM made before network policies has the default.
+				if want := testVM("keep1234", "keep", 2); !reflect.DeepEqual(vm, want) {
+					t.Fatalf("upgraded vm = %+v\nwant %+v", vm, want)
 				}
 			}
 			// The upgraded schema works.
@@ -362,6 +386,14 @@ func TestMigrations(t *testing.T) {
 			}
 		})
 	}
+}
+
+// insertV1VM records vm with the columns of schema version 1.
+func insertV1VM(ctx context.Context, s *Store, vm model.VM) error {
+	const n = 28 // vmCols of version 1: every column before net_policy
+	cols := strings.Join(strings.Split(vmCols, ", ")[:n], ", ")
+	_, err := s.db.ExecContext(ctx, "INSERT INTO vms ("+cols+") VALUES ("+placeholders(n)+")", vmArgs(vm)[:n]...)
+	return err
 }
 
 func TestRefusesNewerSchema(t *testing.T) {

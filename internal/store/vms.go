@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -11,23 +12,27 @@ import (
 
 const vmCols = "id, name, image_id, kernel_id, cpus, memory_mib, disk_bytes, desired_state, state, vmm, accel, " +
 	"cow_strategy, guest_ip, guest_mac, dns_name, cid, dir, api_socket, vsock_socket, log_path, console_path, " +
-	"metrics_path, system_disk, work_disk, last_error, created_at, updated_at, started_at"
+	"metrics_path, system_disk, work_disk, last_error, created_at, updated_at, started_at, net_policy"
 
-const vmColCount = 28
+const vmColCount = 29
 
 func scanVM(r *sql.Rows) (model.VM, error) {
 	var vm model.VM
 	var created, updated string
 	var started sql.NullString
 	var cid int64
+	var net string
 	if err := r.Scan(&vm.ID, &vm.Name, &vm.ImageID, &vm.KernelID, &vm.CPUs, &vm.MemoryMiB, &vm.DiskBytes,
 		&vm.DesiredState, &vm.State, &vm.VMM, &vm.Accel, &vm.CowStrategy, &vm.GuestIP, &vm.GuestMAC,
 		&vm.DNSName, &cid, &vm.Dir, &vm.APISocket, &vm.VsockSocket, &vm.LogPath, &vm.ConsolePath,
-		&vm.MetricsPath, &vm.SystemDisk, &vm.WorkDisk, &vm.LastError, &created, &updated, &started); err != nil {
+		&vm.MetricsPath, &vm.SystemDisk, &vm.WorkDisk, &vm.LastError, &created, &updated, &started, &net); err != nil {
 		return vm, err
 	}
 	vm.CID = uint32(cid)
 	var err error
+	if vm.Net, err = parseNetPolicy(net); err != nil {
+		return vm, fmt.Errorf("vm %s: %w", vm.Name, err)
+	}
 	if vm.CreatedAt, err = parseTime(created); err != nil {
 		return vm, err
 	}
@@ -44,7 +49,31 @@ func vmArgs(vm model.VM) []any {
 		string(vm.DesiredState), string(vm.State), vm.VMM, vm.Accel, vm.CowStrategy, vm.GuestIP, vm.GuestMAC,
 		vm.DNSName, int64(vm.CID), vm.Dir, vm.APISocket, vm.VsockSocket, vm.LogPath, vm.ConsolePath,
 		vm.MetricsPath, vm.SystemDisk, vm.WorkDisk, vm.LastError, fmtTime(vm.CreatedAt), fmtTime(vm.UpdatedAt),
-		fmtTimePtr(vm.StartedAt)}
+		fmtTimePtr(vm.StartedAt), fmtNetPolicy(vm.Net)}
+}
+
+// parseNetPolicy reads the net_policy column; empty (a VM made before
+// policies) and a missing mode are the default mode.
+func parseNetPolicy(s string) (model.NetPolicy, error) {
+	var p model.NetPolicy
+	if s != "" {
+		if err := json.Unmarshal([]byte(s), &p); err != nil {
+			return p, fmt.Errorf("network policy %q: %w", s, err)
+		}
+	}
+	if p.Mode == "" {
+		p.Mode = model.NetInternet
+	}
+	return p, nil
+}
+
+// fmtNetPolicy is the net_policy column of p (empty for the default).
+func fmtNetPolicy(p model.NetPolicy) string {
+	if (p.Mode == "" || p.Mode == model.NetInternet) && len(p.Allow)+len(p.Deny)+len(p.AllowVMs) == 0 {
+		return ""
+	}
+	b, _ := json.Marshal(p) // strings and string slices: cannot fail
+	return string(b)
 }
 
 // CreateVM records a new VM. It returns ErrConflict when its id, name,
@@ -78,7 +107,7 @@ func (s *Store) UpdateVM(ctx context.Context, vm model.VM) error {
 	query := "UPDATE vms SET name=?, image_id=?, kernel_id=?, cpus=?, memory_mib=?, disk_bytes=?, " +
 		"desired_state=?, state=?, vmm=?, accel=?, cow_strategy=?, guest_ip=?, guest_mac=?, dns_name=?, cid=?, " +
 		"dir=?, api_socket=?, vsock_socket=?, log_path=?, console_path=?, metrics_path=?, system_disk=?, " +
-		"work_disk=?, last_error=?, created_at=?, updated_at=?, started_at=? WHERE id = ?"
+		"work_disk=?, last_error=?, created_at=?, updated_at=?, started_at=?, net_policy=? WHERE id = ?"
 	if err := s.execOne(ctx, "vm", vm.ID, query, append(args[1:], vm.ID)...); err != nil {
 		return fmt.Errorf("update vm: %w", err)
 	}

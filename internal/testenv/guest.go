@@ -18,27 +18,49 @@ import (
 // DialInNetns opens a connection from inside namespace ns; the socket stays
 // in ns after the calling thread returns to its own namespace.
 func DialInNetns(ns, network, addr string, timeout time.Duration) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
+	var c net.Conn
+	err := inNetns(ns, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		var d net.Dialer
+		var err error
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
+// ListenInNetns listens on addr inside namespace ns; like DialInNetns's
+// connection, the listener stays in ns.
+func ListenInNetns(ns, network, addr string) (net.Listener, error) {
+	var l net.Listener
+	err := inNetns(ns, func() error {
+		var err error
+		l, err = net.Listen(network, addr)
+		return err
+	})
+	return l, err
+}
+
+// inNetns runs fn on a thread that entered namespace ns.
+func inNetns(ns string, fn func() error) error {
+	ch := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		origin, err := netns.Get()
 		if err != nil {
-			ch <- result{nil, err}
+			ch <- err
 			return
 		}
 		defer origin.Close()
 		target, err := netns.GetFromName(ns)
 		if err != nil {
-			ch <- result{nil, err}
+			ch <- err
 			return
 		}
 		defer target.Close()
 		if err := netns.Set(target); err != nil {
-			ch <- result{nil, err}
+			ch <- err
 			return
 		}
 		// Back to the host namespace before the thread serves anything
@@ -49,14 +71,9 @@ func DialInNetns(ns, network, addr string, timeout time.Duration) (net.Conn, err
 				runtime.UnlockOSThread()
 			}
 		}()
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
-		var d net.Dialer
-		c, err := d.DialContext(ctx, network, addr)
-		ch <- result{c, err}
+		ch <- fn()
 	}()
-	r := <-ch
-	return r.c, r.err
+	return <-ch
 }
 
 // Run runs cmd on the guest and returns its combined output.

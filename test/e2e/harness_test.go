@@ -176,7 +176,8 @@ func (h *Harness) InNetns(args ...string) (string, error) {
 }
 
 // Leaks lists what banger left on the host for this state dir: VMM
-// processes, taps and their guards, loop devices, VM directories.
+// processes, taps with their guards and policies, loop devices, VM
+// directories.
 func (h *Harness) Leaks() []string {
 	var leaks []string
 	// Processes whose argv names the state dir (VMMs, stray daemons).
@@ -206,6 +207,13 @@ func (h *Harness) Leaks() []string {
 		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
 			if strings.HasPrefix(strings.TrimSpace(l), "table bridge banger-") {
 				leaks = append(leaks, "tap guard: "+l)
+			}
+		}
+	}
+	if out, err := h.InNetns("nft", "list", "tables", "ip"); err == nil {
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			if strings.HasPrefix(strings.TrimSpace(l), "table ip banger-") {
+				leaks = append(leaks, "tap policy: "+l)
 			}
 		}
 	}

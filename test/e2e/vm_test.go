@@ -117,10 +117,17 @@ func TestTwoVMsAndDaemonCrash(t *testing.T) {
 	if ha.Tap == "" || ha.Tap == hb.Tap {
 		t.Fatalf("taps: %q %q", ha.Tap, hb.Tap)
 	}
-	// va reaches vb's sshd over the bridge.
-	probe := fmt.Sprintf("exec 3<>/dev/tcp/%s/22 && head -c 7 <&3", b.GuestIP)
-	if got := h.MustRun("vm", "exec", "va", "--", "bash", "-c", probe); !strings.HasPrefix(got, "SSH-2.0") {
-		t.Fatalf("va → vb:22 answered %q", got)
+	// VMs do not reach each other unless a policy says so: va reaches
+	// vb's sshd only once it is allowed to, and vb still not va's.
+	if reachable(h, "va", b.GuestIP, 22, "SSH-2.0") {
+		t.Fatalf("va reached vb:22 without --allow-vm")
+	}
+	h.MustRun("vm", "net", "va", "--allow-vm", "vb")
+	if !reachable(h, "va", b.GuestIP, 22, "SSH-2.0") {
+		t.Fatalf("va → vb:22 failed with --allow-vm vb")
+	}
+	if reachable(h, "vb", a.GuestIP, 22, "SSH-2.0") {
+		t.Fatalf("vb reached va:22: va's --allow-vm vb let vb in")
 	}
 	// <vm>.vm resolves through the daemon's DNS responder on the gateway,
 	// which is each guest's nameserver.
@@ -144,6 +151,11 @@ func TestTwoVMsAndDaemonCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitGone(t, pid)
+	// va's tap loses its policy table, as a tap made by a banger older
+	// than policies has none: the next daemon must write it again.
+	if out, err := h.InNetns("nft", "delete", "table", "ip", "banger-"+ha.Tap); err != nil {
+		t.Fatalf("delete va's policy table: %v: %s", err, out)
+	}
 	for _, name := range []string{"va", "vb"} {
 		if got := strings.TrimSpace(h.MustRun("vm", "exec", name, "--", "hostname")); got != name {
 			t.Fatalf("after daemon kill -9, exec in %s: hostname %q", name, got)
@@ -154,6 +166,13 @@ func TestTwoVMsAndDaemonCrash(t *testing.T) {
 	}
 	if newPID := h.DaemonPID(); newPID == pid {
 		t.Fatalf("daemon pid unchanged after kill -9")
+	}
+	// The new daemon re-applied the policies of the VMs it found running.
+	if out, err := h.InNetns("nft", "list", "table", "ip", "banger-"+ha.Tap); err != nil || !strings.Contains(out, b.GuestIP) {
+		t.Fatalf("va's policy table after the daemon restart: %v\n%s", err, out)
+	}
+	if !reachable(h, "va", b.GuestIP, 22, "SSH-2.0") || reachable(h, "vb", a.GuestIP, 22, "SSH-2.0") {
+		t.Fatalf("policies after the daemon restart: va → vb:22 must pass, vb → va:22 must not")
 	}
 	h.MustRun("vm", "delete", "--force", "va")
 	h.MustRun("vm", "delete", "--force", "vb")

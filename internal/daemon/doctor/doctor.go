@@ -105,6 +105,14 @@ func Report(ctx context.Context, h Host) api.DoctorReport {
 			add("tap guard", false, "taps are not guarded: a VM could spoof another's MAC or address on the bridge (the iptables backend cannot guard)",
 				"install nftables, or set workspace_transport to ssh")
 		}
+		// Per-VM policies go by source address, which only the nft guard
+		// pins; iptables enforces the default for every VM.
+		if h.Net.Guarded() {
+			add("net policy", true, "per-VM network policies (--net, --allow, --deny, --allow-vm) enforced in nft tables; default internet", "")
+		} else {
+			add("net policy", false, "only the default network policy (internet) is enforced, for every VM; --net open|none, --allow, --deny and --allow-vm are refused (the iptables backend cannot tell guests apart)",
+				"install nftables")
+		}
 	}
 	if entries, _ := os.ReadDir(h.LostFound); len(entries) > 0 {
 		add("lost+found", false, fmt.Sprintf("%d VM directories with no record were moved to %s (their VMs were not in the database)", len(entries), h.LostFound),

@@ -71,6 +71,10 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 	if _, err := m.store.GetVM(ctx, name); err == nil {
 		return model.VM{}, errdefs.Errorf(errdefs.CodeConflict, "vm %q already exists", name)
 	}
+	netPolicy, err := m.netPolicy(ctx, model.VM{Name: name}, req.Net, req.Allow, req.Deny, req.AllowVMs)
+	if err != nil {
+		return model.VM{}, err
+	}
 
 	// Checked before the image and kernel, which may take minutes to fetch.
 	if _, err := m.PickDriver(ctx, req.VMM); err != nil {
@@ -102,7 +106,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 		DesiredState: model.VMStopped, State: model.VMCreated,
 		VMM: drv.Name(), CowStrategy: strat.Name(),
 		DNSName:   name + "." + m.cfg.DNSSuffix,
-		CreatedAt: now, UpdatedAt: now,
+		CreatedAt: now, UpdatedAt: now, Net: netPolicy,
 	}
 	if a, ok := drv.(vmm.AccelReporter); ok {
 		vm.Accel, _ = a.Accel(ctx)
@@ -117,6 +121,11 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 	// constraints are the last word, the mutex keeps our own choices apart.
 	m.allocMu.Lock()
 	err = m.allocate(ctx, &vm)
+	if err == nil {
+		// Once the address is known: the policy is checked against it
+		// and the subnet, so that no start fails on it later.
+		err = m.checkNet(ctx, vm)
+	}
 	if err == nil {
 		err = store.Describe("vm", name, m.store.CreateVM(ctx, vm))
 	}
@@ -320,11 +329,14 @@ func (m *Manager) boot(ctx context.Context, vm model.VM, report progress.Func) (
 	if err != nil {
 		return fail(fmt.Errorf("system disk: %w", err))
 	}
-	g, err := guestOf(vm)
+	g, err := m.guest(ctx, vm)
 	if err != nil {
 		return fail(err)
 	}
 	if err := m.taps.CreateTap(ctx, h.Tap, g); err != nil {
+		if errors.Is(err, hostnet.ErrPolicyNeedsNft) {
+			err = netErr(vm, err)
+		}
 		return fail(fmt.Errorf("tap %s: %w", h.Tap, err))
 	}
 	pubKey := m.authorizedKey
@@ -450,19 +462,33 @@ func (m *Manager) Restart(ctx context.Context, ref string, report progress.Func)
 	return m.boot(ctx, vm, progress.OrNop(report))
 }
 
-// Delete removes a VM and everything it has on the host.
+// Delete removes a VM and everything it has on the host, then its name
+// from the other VMs' allow-vm lists (its address goes to the next VM
+// made).
 func (m *Manager) Delete(ctx context.Context, ref string, force bool) error {
-	vm, unlock, err := m.Lock(ctx, ref)
+	vm, err := m.delete(ctx, ref, force)
 	if err != nil {
 		return err
+	}
+	// After the VM's lock is released: taking the others' locks while
+	// holding it could deadlock with their own deletion.
+	m.forgetAllowVM(ctx, vm.Name)
+	return nil
+}
+
+// delete does the work of Delete under the VM's lock.
+func (m *Manager) delete(ctx context.Context, ref string, force bool) (model.VM, error) {
+	vm, unlock, err := m.Lock(ctx, ref)
+	if err != nil {
+		return vm, err
 	}
 	defer unlock()
 	if m.Alive(vm) {
 		if !force {
-			return errdefs.Errorf(errdefs.CodeConflict, "vm %s is running: stop it first or delete with --force", vm.Name)
+			return vm, errdefs.Errorf(errdefs.CodeConflict, "vm %s is running: stop it first or delete with --force", vm.Name)
 		}
 		if _, err := m.halt(ctx, vm, api.StopVMRequest{Force: true}); err != nil {
-			return err
+			return vm, err
 		}
 	}
 	m.teardown(ctx, vm)
@@ -472,13 +498,13 @@ func (m *Manager) Delete(ctx context.Context, ref string, force bool) error {
 		}
 	}
 	if err := os.RemoveAll(vm.Dir); err != nil {
-		return fmt.Errorf("remove %s: %w", vm.Dir, err)
+		return vm, fmt.Errorf("remove %s: %w", vm.Dir, err)
 	}
 	if err := m.store.DeleteVM(ctx, vm.ID); err != nil {
-		return store.Describe("vm", ref, err)
+		return vm, store.Describe("vm", ref, err)
 	}
 	m.log.Info("vm deleted", "vm", vm.Name)
-	return nil
+	return vm, nil
 }
 
 // teardown releases every transient host resource of a VM: VMM process,
@@ -531,7 +557,8 @@ func (m *Manager) save(ctx context.Context, vm *model.VM) error {
 	return store.Describe("vm", vm.Name, m.store.UpdateVM(ctx, *vm))
 }
 
-// guestOf is the VM's address on the bridge, which its tap lets it send as.
+// guestOf is the VM's address on the bridge, which its tap lets it send
+// as, without its policy (guest adds it).
 func guestOf(vm model.VM) (hostnet.Guest, error) {
 	mac, err := net.ParseMAC(vm.GuestMAC)
 	if err != nil {

@@ -76,6 +76,7 @@ func (m *Manager) reconcileVM(ctx context.Context, vm model.VM) {
 				vm.State = model.VMRunning
 				_ = m.save(ctx, &vm)
 			}
+			m.reapplyNet(ctx, vm)
 			m.log.Info("reconcile: vm still running", "vm", vm.Name, "pid", vh.PID)
 			return
 		}

@@ -48,10 +48,17 @@ type Lookup interface {
 
 var _ Lookup = (*Manager)(nil)
 
-// Taps is the part of host networking that VM start and teardown use.
+// Taps is the part of host networking that VM start, teardown and
+// network policy changes use (*hostnet.Network).
 type Taps interface {
 	CreateTap(ctx context.Context, name string, g hostnet.Guest) error
 	DeleteTap(ctx context.Context, name string) error
+	// ApplyPolicy replaces the policy of a running VM's tap; on error the
+	// old one stays.
+	ApplyPolicy(ctx context.Context, name string, g hostnet.Guest) error
+	// CheckPolicy says why CreateTap or ApplyPolicy would refuse g's
+	// policy, touching nothing.
+	CheckPolicy(name string, g hostnet.Guest) error
 	Gateway() netip.Addr
 }
 

@@ -106,28 +106,77 @@ func (s *Strategy) Remove(ctx context.Context, dir string) error {
 	return os.Remove(filepath.Join(dir, "system.fake"))
 }
 
-// Taps records the taps it was asked to make; Made is keyed by name.
+// Taps records the taps it was asked to make, keyed by name: Made, and
+// the policy each has in force, Policies. Like hostnet.Network it checks
+// policies against 172.16.0.0/24 on bridge banger0; with NeedsNft it acts
+// as the iptables backend and refuses any policy but the default;
+// ApplyErr fails the next ApplyPolicy calls.
 type Taps struct {
-	mu   sync.Mutex
-	Made map[string]bool
+	mu       sync.Mutex
+	Made     map[string]bool
+	Policies map[string]hostnet.Policy
+	Applied  int // ApplyPolicy calls that succeeded
+	NeedsNft bool
+	ApplyErr error
 }
 
 func (f *Taps) CreateTap(ctx context.Context, name string, g hostnet.Guest) error {
 	if len(g.MAC) != 6 || !g.IP.Is4() {
 		return fmt.Errorf("tap %s for guest %+v", name, g)
 	}
+	if err := f.CheckPolicy(name, g); err != nil {
+		return err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.Made[name] = true
+	f.Policies[name] = g.Policy
 	return nil
 }
 func (f *Taps) DeleteTap(ctx context.Context, name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.Made, name)
+	delete(f.Policies, name)
 	return nil
+}
+func (f *Taps) CheckPolicy(name string, g hostnet.Guest) error {
+	f.mu.Lock()
+	needsNft := f.NeedsNft
+	f.mu.Unlock()
+	if needsNft && !g.Policy.IsDefault() {
+		return fmt.Errorf("tap %s: %w", name, hostnet.ErrPolicyNeedsNft)
+	}
+	_, err := hostnet.PolicyScript("banger0", netip.MustParsePrefix("172.16.0.0/24"), name, g)
+	return err
+}
+func (f *Taps) ApplyPolicy(ctx context.Context, name string, g hostnet.Guest) error {
+	if err := f.CheckPolicy(name, g); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ApplyErr != nil {
+		return f.ApplyErr
+	}
+	if !f.Made[name] {
+		return fmt.Errorf("apply policy to tap %s: no such tap", name)
+	}
+	f.Policies[name] = g.Policy
+	f.Applied++
+	return nil
+}
+
+// Policy is the policy in force on tap name, and whether the tap exists.
+func (f *Taps) Policy(name string) (hostnet.Policy, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p, ok := f.Policies[name]
+	return p, ok
 }
 func (f *Taps) Gateway() netip.Addr { return netip.MustParseAddr("172.16.0.1") }
 
 // NewTaps makes an empty Taps.
-func NewTaps() *Taps { return &Taps{Made: map[string]bool{}} }
+func NewTaps() *Taps {
+	return &Taps{Made: map[string]bool{}, Policies: map[string]hostnet.Policy{}}
+}

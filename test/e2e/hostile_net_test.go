@@ -1,0 +1,186 @@
+package e2e
+
+import (
+	"fmt"
+	"net"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/banger/banger/internal/testenv"
+)
+
+// banner is what the test's listeners send, so a probe proves it reached
+// one of them and not something else on that port.
+const banner = "banger-probe"
+
+// reachable reports whether guest vm opens a TCP connection to ip:port and
+// reads want from it, within a few seconds. A policy drop makes the
+// connect hang until the timeout.
+func reachable(h *Harness, vm, ip string, port int, want string) bool {
+	h.t.Helper()
+	probe := fmt.Sprintf("exec 3<>/dev/tcp/%s/%d && head -c %d <&3", ip, port, len(want))
+	out, _, code := h.Run("vm", "exec", vm, "--", "timeout", "4", "bash", "-c", probe)
+	ok := code == 0 && strings.HasPrefix(out, want)
+	h.t.Logf("%s → %s:%d: reachable=%v", vm, ip, port, ok)
+	return ok
+}
+
+// resolves reports whether guest vm resolves name through its nameserver,
+// the daemon's DNS responder on the gateway.
+func resolves(h *Harness, vm, name string) bool {
+	h.t.Helper()
+	_, _, code := h.Run("vm", "exec", vm, "--", "timeout", "8", "getent", "hosts", name)
+	h.t.Logf("%s resolves %s: %v", vm, name, code == 0)
+	return code == 0
+}
+
+// serveBanner accepts on l until it is closed, greeting each connection.
+func serveBanner(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, _ = c.Write([]byte(banner))
+		_ = c.Close()
+	}
+}
+
+// TestGuestNetworkPolicy: a real guest reaches, from inside the test
+// namespace, only what its policy lets it: by default none of the host's
+// addresses (gateway, another host address, the metadata address) nor a
+// sibling VM; each once allowed; nothing at all (DNS included) with
+// --net none. Every address here is in the daemon's test namespace.
+func TestGuestNetworkPolicy(t *testing.T) {
+	h := NewHarness(t)
+	const port = 8000
+	const hostAddr = "10.250.0.1"          // another address of the host, as on a LAN
+	const metadata = "169.254.169.254"     // the cloud metadata address
+	pa := h.StartVM("pa")                  // the default: internet
+	pb := h.StartVM("pb", "--net", "open") // everything but other VMs
+	gw := "172.16.0.1"
+
+	for _, a := range []string{hostAddr, metadata} {
+		if out, err := exec.Command("ip", "-n", h.Netns, "addr", "add", a+"/32", "dev", "lo").CombinedOutput(); err != nil {
+			t.Fatalf("add %s to lo in %s: %v: %s", a, h.Netns, err, out)
+		}
+	}
+	// One listener per address, each inside the namespace.
+	for _, a := range []string{gw, hostAddr, metadata} {
+		l, err := testenv.ListenInNetns(h.Netns, "tcp", net.JoinHostPort(a, fmt.Sprint(port)))
+		if err != nil {
+			t.Fatalf("listen on %s:%d in %s: %v", a, port, h.Netns, err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go serveBanner(l)
+	}
+	// The listeners answer from the namespace itself.
+	for _, a := range []string{gw, hostAddr, metadata} {
+		c, err := testenv.DialInNetns(h.Netns, "tcp", net.JoinHostPort(a, fmt.Sprint(port)), 3*time.Second)
+		if err != nil {
+			t.Fatalf("listener %s:%d does not answer in the namespace: %v", a, port, err)
+		}
+		c.Close()
+	}
+
+	if got := h.VM("pa").Net; got.String() != "internet" {
+		t.Fatalf("pa's policy = %+v, want internet", got)
+	}
+	if got := h.VM("pb").Net; got.String() != "open" {
+		t.Fatalf("pb's policy = %+v, want open", got)
+	}
+
+	// internet: none of the host's addresses, nor the sibling; DNS works.
+	for _, a := range []string{gw, hostAddr, metadata} {
+		if reachable(h, "pa", a, port, banner) {
+			t.Fatalf("internet: pa reached the host at %s:%d", a, port)
+		}
+	}
+	if reachable(h, "pa", pb.GuestIP, 22, "SSH-2.0") {
+		t.Fatalf("internet: pa reached pb's sshd")
+	}
+	if !resolves(h, "pa", "pb.vm") {
+		t.Fatalf("internet: pa cannot resolve pb.vm on the gateway")
+	}
+	// open: the host's addresses, still not the sibling.
+	for _, a := range []string{gw, hostAddr, metadata} {
+		if !reachable(h, "pb", a, port, banner) {
+			t.Fatalf("open: pb did not reach %s:%d", a, port)
+		}
+	}
+	if reachable(h, "pb", pa.GuestIP, 22, "SSH-2.0") {
+		t.Fatalf("open: pb reached pa's sshd without --allow-vm")
+	}
+
+	// Allowed one by one, live, on the running VM.
+	h.MustRun("vm", "net", "pa", "--allow", gw+":"+fmt.Sprint(port))
+	if !reachable(h, "pa", gw, port, banner) || reachable(h, "pa", hostAddr, port, banner) || reachable(h, "pa", metadata, port, banner) {
+		t.Fatalf("--allow %s:%d must open that alone", gw, port)
+	}
+	h.MustRun("vm", "net", "pa", "--allow", gw+":"+fmt.Sprint(port), "--allow", hostAddr, "--allow", metadata+":"+fmt.Sprint(port)+"/tcp")
+	for _, a := range []string{gw, hostAddr, metadata} {
+		if !reachable(h, "pa", a, port, banner) {
+			t.Fatalf("allowed: pa did not reach %s:%d", a, port)
+		}
+	}
+	h.MustRun("vm", "net", "pa", "--allow-vm", "pb")
+	if !reachable(h, "pa", pb.GuestIP, 22, "SSH-2.0") {
+		t.Fatalf("--allow-vm pb: pa did not reach pb's sshd")
+	}
+	if reachable(h, "pb", pa.GuestIP, 22, "SSH-2.0") {
+		t.Fatalf("pa's --allow-vm pb let pb reach pa")
+	}
+	// Deny wins over allow.
+	h.MustRun("vm", "net", "pa", "--deny", "169.254.0.0/16")
+	if reachable(h, "pa", metadata, port, banner) || !reachable(h, "pa", hostAddr, port, banner) {
+		t.Fatalf("--deny 169.254.0.0/16 must drop the allowed metadata address alone")
+	}
+	shown := h.MustRun("vm", "net", "pa")
+	for _, want := range []string{"mode:     internet", "10.250.0.1", "169.254.169.254:8000/tcp", "deny:     169.254.0.0/16", "allow-vm: pb"} {
+		if !strings.Contains(shown, want) {
+			t.Fatalf("vm net pa shows %q, lacking %q", shown, want)
+		}
+	}
+
+	// Refused input names the bad value and changes nothing.
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--allow-vm", "ghost"}, `allow-vm "ghost": no such VM`},
+		{[]string{"--allow", "192.168.1.5/24"}, "did you mean 192.168.1.0/24"},
+		{[]string{"--net", "wide"}, `invalid network mode "wide"`},
+		{[]string{"--allow", pb.GuestIP}, "allow-vm, not allow"},
+	} {
+		_, errOut, code := h.Run(append([]string{"vm", "net", "pa"}, tc.args...)...)
+		if code == 0 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("vm net pa %s: code %d, stderr %q, want %q", strings.Join(tc.args, " "), code, errOut, tc.want)
+		}
+	}
+	if again := h.MustRun("vm", "net", "pa"); again != shown {
+		t.Fatalf("refused changes changed the policy:\n%s\nwas\n%s", again, shown)
+	}
+
+	// none: nothing out, not even DNS on the gateway; the daemon's own
+	// connections to the guest (vm exec) still work.
+	h.MustRun("vm", "net", "pa", "--reset", "--net", "none")
+	if resolves(h, "pa", "pb.vm") {
+		t.Fatalf("none: pa still resolves names on the gateway")
+	}
+	if reachable(h, "pa", gw, port, banner) || reachable(h, "pa", gw, 53, "") {
+		t.Fatalf("none: pa still reaches the gateway")
+	}
+
+	// Deleting pb takes it out of pa's allow-vm: its address goes to the
+	// next VM made.
+	h.MustRun("vm", "net", "pa", "--reset", "--allow-vm", "pb")
+	h.MustRun("vm", "delete", "--force", "pb")
+	if got := h.VM("pa").Net; len(got.AllowVMs) != 0 {
+		t.Fatalf("pa still names a deleted vm: %+v", got)
+	}
+	h.MustRun("vm", "delete", "--force", "pa")
+	h.AssertNoLeaks()
+}
