@@ -144,10 +144,14 @@ func TestSessions(t *testing.T) {
 		t.Fatalf("cat after the crash: %+v", s)
 	}
 
-	// Stop: the exit code is recorded.
+	// Stop: the exit code is recorded, and the status says it was stopped
+	// on request rather than failed.
 	h.MustRun("session", "stop", vm, "cat")
 	s := h.waitSession(vm, "cat", func(s model.Session) bool { return s.ExitCode != nil })
 	t.Logf("cat stopped: status %s exit %d", s.Status, *s.ExitCode)
+	if s.Status != model.SessionStopped || *s.ExitCode != 143 {
+		t.Errorf("cat after session stop: status %s exit %d, want stopped 143", s.Status, *s.ExitCode)
+	}
 
 	// A missing cwd fails at preflight_cwd with the guest's message.
 	_, errOut, code := h.Run("session", "start", vm, "--name", "nocwd", "--cwd", "/nonexistent", "--", "cat")
