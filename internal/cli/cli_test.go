@@ -65,16 +65,24 @@ func TestSendData(t *testing.T) {
 	for _, tc := range []struct {
 		args  []string
 		stdin string
+		raw   bool
 		want  string
 	}{
-		{nil, "ignored", ""},
-		{[]string{"hello"}, "ignored", "hello"},
-		{[]string{"-"}, "from stdin\n", "from stdin\n"},
-		{[]string{"-"}, "", ""},
+		{nil, "ignored", false, ""},
+		{[]string{"hello"}, "ignored", false, "hello\n"},
+		{[]string{"hello\n"}, "", false, "hello\n"},
+		{[]string{"two\nlines"}, "", false, "two\nlines\n"},
+		{[]string{""}, "", false, "\n"},
+		{[]string{"hello"}, "", true, "hello"},
+		{[]string{"hello\n"}, "", true, "hello\n"},
+		{[]string{""}, "", true, ""},
+		{[]string{"-"}, "from stdin\n", false, "from stdin\n"},
+		{[]string{"-"}, "no newline", false, "no newline"},
+		{[]string{"-"}, "", false, ""},
 	} {
-		got, err := sendData(tc.args, strings.NewReader(tc.stdin))
+		got, err := sendData(tc.args, strings.NewReader(tc.stdin), tc.raw)
 		if err != nil || string(got) != tc.want {
-			t.Errorf("sendData(%q) = %q %v, want %q", tc.args, got, err, tc.want)
+			t.Errorf("sendData(%q, raw %v) = %q %v, want %q", tc.args, tc.raw, got, err, tc.want)
 		}
 	}
 }

@@ -204,6 +204,7 @@ func TestCommandOutput(t *testing.T) {
 		{"session", "show", "dev", "missing"},
 		{"session", "start", "dev", "--", "python3"},
 		{"session", "send", "dev", "server", "hello"},
+		{"session", "send", "--raw", "dev", "server", "hello"},
 		{"session", "send", "dev", "server"},
 		{"session", "stop", "dev", "server"},
 		{"session", "kill", "dev", "server"},
