@@ -2,9 +2,14 @@ package cli
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
+	"io"
+	"os"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -168,5 +173,94 @@ func TestUnknownSubcommand(t *testing.T) {
 	_, stderr, code := banger("", "", "vm", "lst")
 	if code != 1 || !strings.Contains(stderr, "unknown command \"lst\" for \"banger vm\"") || !strings.Contains(stderr, "Did you mean this?\n") || !strings.Contains(stderr, "\tlist\n") {
 		t.Errorf("banger vm lst: exit %d, stderr %q; want the error and the suggestion list", code, stderr)
+	}
+}
+
+func TestExitStatus(t *testing.T) {
+	sigint, sigterm := interrupt{syscall.SIGINT}, interrupt{syscall.SIGTERM}
+	wrapped := fmt.Errorf("read stream: %w", sigint)
+	for _, tc := range []struct {
+		name     string
+		err      error
+		cause    error
+		left     string
+		wantCode int
+		wantLine string
+	}{
+		{"success", nil, nil, "", 0, ""},
+		{"error", errors.New("vm \"x\" not found"), nil, "", 1, `banger: vm "x" not found`},
+		{"guest exit code", exitCode(7), nil, "", 7, ""},
+		{"cancel without a signal is an error", context.Canceled, context.Canceled, "", 1, "banger: context canceled"},
+		{"ctrl-c hides the request's error", wrapped, sigint, "deleted vm run-1", 130, "banger: interrupted; deleted vm run-1"},
+		{"ctrl-c with nothing to say", nil, sigint, "", 130, "banger: interrupted"},
+		{"ctrl-c wins over the guest's code", exitCode(143), sigint, "", 130, "banger: interrupted"},
+		{"sigterm", errors.New("boom"), sigterm, "vm dev is kept", 143, "banger: terminated; vm dev is kept"},
+	} {
+		code, line := exitStatus(tc.err, tc.cause, tc.left)
+		if code != tc.wantCode || line != tc.wantLine {
+			t.Errorf("%s: exitStatus = %d %q, want %d %q", tc.name, code, line, tc.wantCode, tc.wantLine)
+		}
+	}
+	if !errors.Is(wrapped, context.Canceled) {
+		t.Errorf("an interrupt is not context.Canceled to errors.Is")
+	}
+}
+
+func TestPhasePrinter(t *testing.T) {
+	var b bytes.Buffer
+	p := phasePrinter(&b)
+	for _, e := range []progress.Event{
+		{Phase: "kernel", Message: "downloading", Done: 1, Total: 4, Elapsed: 0.5},
+		{Phase: "kernel", Message: "downloading", Done: 3, Total: 4, Elapsed: 1},
+		{Phase: "disks", Elapsed: 2},
+		{Phase: "boot", Elapsed: 3},
+		{Phase: "boot", Message: "waiting for ssh", Elapsed: 4},
+	} {
+		p(e)
+	}
+	want := "[   0.5s] kernel: downloading\n[   2.0s] disks\n[   3.0s] boot\n"
+	if b.String() != want {
+		t.Fatalf("phasePrinter wrote %q, want %q", b.String(), want)
+	}
+	if isTerminal(&b) {
+		t.Fatal("a buffer is a terminal")
+	}
+}
+
+// interruptedExec is the fake daemon with a guest command that runs until
+// its request goes away, and that records deletes.
+type interruptedExec struct {
+	fakeService
+	running chan struct{}
+	deleted chan string
+}
+
+func (f interruptedExec) ExecVM(ctx context.Context, _ string, _ api.ExecRequest, _, _ io.Writer) (int, error) {
+	close(f.running)
+	<-ctx.Done()
+	return -1, ctx.Err()
+}
+
+func (f interruptedExec) DeleteVM(_ context.Context, ref string, _ bool) error {
+	f.deleted <- ref
+	return nil
+}
+
+// TestVMRunInterrupted: Ctrl-C during `vm run --rm` deletes the VM, exits
+// 130 and says so on one line, without the cancelled request's error.
+func TestVMRunInterrupted(t *testing.T) {
+	f := interruptedExec{running: make(chan struct{}), deleted: make(chan string, 1)}
+	sock := serveFake(t, f)
+	go func() {
+		<-f.running
+		// run has caught SIGINT by now: it cancels instead of killing us.
+		syscall.Kill(os.Getpid(), syscall.SIGINT)
+	}()
+	stdout, stderr, code := banger(sock, "", "vm", "run", "--rm", "--", "sleep", "30")
+	if code != 130 || stdout != "" || stderr != "banger: interrupted; deleted vm dev\n" {
+		t.Fatalf("exit %d, stdout %q, stderr %q; want 130 and one line", code, stdout, stderr)
+	}
+	if ref := <-f.deleted; ref != fakeVM.ID {
+		t.Fatalf("deleted %q, want the VM's id", ref)
 	}
 }

@@ -141,12 +141,18 @@ func (fakeService) RemoveSession(_ context.Context, _, ref string) error { retur
 // fakeDaemon serves the API over fakeService on a socket of its own.
 func fakeDaemon(t *testing.T) string {
 	t.Helper()
+	return serveFake(t, fakeService{})
+}
+
+// serveFake serves the API over svc on a socket of its own.
+func serveFake(t *testing.T, svc api.Service) string {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "bangerd.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: api.NewHandler(fakeService{}, nil)}
+	srv := &http.Server{Handler: api.NewHandler(svc, nil)}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return sock
@@ -198,6 +204,9 @@ func TestCommandOutput(t *testing.T) {
 		{"vm", "delete", "a", "b"},
 		{"vm", "hosts"},
 		{"vm", "exec", "dev", "--", "echo", "hi"},
+		{"vm", "run", "--rm", "--", "echo", "hi"},
+		{"vm", "run", "--verbose", "--", "echo", "hi"},
+		{"vm", "run", "--rm", "--name", "dev", "--", "echo", "hi"},
 		{"vm", "workspace", "prepare", "dev", "--no-git", "--source", src},
 		{"session", "list", "dev"},
 		{"session", "show", "dev", "server"},

@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/model"
@@ -143,6 +145,34 @@ func progressPrinter(w io.Writer) progress.Func {
 		defer mu.Unlock()
 		fmt.Fprintln(w, formatProgress(p))
 	}
+}
+
+// phasePrinter prints one line per phase to w (the first event of each),
+// for output shared with a guest command's, where a line per percentage
+// would drown it; safe for concurrent use.
+func phasePrinter(w io.Writer) progress.Func {
+	var mu sync.Mutex
+	last := ""
+	return func(p progress.Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		if p.Phase == last {
+			return
+		}
+		last = p.Phase
+		p.Done, p.Total = 0, 0 // the phase's start, not its first percentage
+		fmt.Fprintln(w, formatProgress(p))
+	}
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 func vmRows(vms []model.VM, now time.Time) [][]string {

@@ -246,6 +246,7 @@ func (a *app) attach(ctx context.Context, c *api.Client, vm, s string) error {
 		return err
 	}
 	defer st.Close()
+	a.leftOnInterrupt = "detached; session " + s + " keeps running"
 	tty := false
 	if f, ok := a.stdin.(*os.File); ok {
 		if restore, err := cbreak(int(f.Fd())); err == nil {
