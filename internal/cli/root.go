@@ -138,6 +138,8 @@ func (a *app) rootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		CompletionOptions: cobra.CompletionOptions{
+			// banger's own `completion` (completion.go) offers only the
+			// shells whose scripts its tests parse.
 			DisableDefaultCmd: true,
 		},
 	}
@@ -159,7 +161,9 @@ func (a *app) rootCommand() *cobra.Command {
 		a.kernelCommand(),
 		a.vmCommand(),
 		a.sessionCommand(),
+		a.completionCommand(),
 	)
+	a.completeNames(root)
 	return root
 }
 
