@@ -122,20 +122,29 @@ func TestFormatProgress(t *testing.T) {
 func TestTables(t *testing.T) {
 	now := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 	var b bytes.Buffer
-	if err := table(&b, vmHeader, vmRows(nil, now)); err != nil {
+	if err := table(&b, vmHeader, vmRows(nil, artifactNames{}, now)); err != nil {
 		t.Fatal(err)
 	}
 	if strings.TrimSpace(b.String()) != strings.Join(strings.Fields(strings.Join(vmHeader, " ")), "  ") {
 		t.Fatalf("empty table: %q", b.String())
 	}
 	b.Reset()
-	vm := model.VM{ID: "0123456789abcdef", Name: "dev", State: model.VMRunning, ImageID: "fedcba9876543210", VMM: "qemu",
-		CPUs: 2, MemoryMiB: 1024, DiskBytes: 4 << 30, GuestIP: "172.16.0.2", CreatedAt: now.Add(-90 * time.Second)}
-	table(&b, vmHeader, vmRows([]model.VM{vm}, now))
+	vm := model.VM{ID: "0123456789abcdef", Name: "dev", State: model.VMRunning, ImageID: "fedcba9876543210", KernelID: "aaaabbbbccccdddd",
+		VMM: "qemu", CPUs: 2, MemoryMiB: 1024, DiskBytes: 4 << 30, GuestIP: "172.16.0.2", CreatedAt: now.Add(-90 * time.Second)}
+	names := artifactNames{images: map[string]string{vm.ImageID: "default"}, kernels: map[string]string{vm.KernelID: "debian-cloud-bookworm"}}
+	table(&b, vmHeader, vmRows([]model.VM{vm}, names, now))
 	line := strings.Fields(strings.Split(b.String(), "\n")[1])
-	want := []string{"01234567", "dev", "running", "fedcba98", "qemu", "2", "1G", "4G", "172.16.0.2", "1m", "ago"}
+	want := []string{"01234567", "dev", "running", "default", "debian-cloud-bookworm", "qemu", "2", "1G", "4G", "172.16.0.2", "1m", "ago"}
 	if !reflect.DeepEqual(line, want) {
 		t.Fatalf("row = %q, want %q", line, want)
+	}
+	// Ids the lists do not name (an answer that failed, a removed kernel)
+	// show as short ids.
+	b.Reset()
+	table(&b, vmHeader, vmRows([]model.VM{vm}, artifactNames{}, now))
+	line = strings.Fields(strings.Split(b.String(), "\n")[1])
+	if line[3] != "fedcba98" || line[4] != "aaaabbbb" {
+		t.Fatalf("row without names = %q, want short ids", line)
 	}
 }
 

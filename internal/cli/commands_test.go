@@ -88,7 +88,9 @@ func (fakeService) ImportKernel(context.Context, api.ImportKernelRequest) (model
 	return fakeKernel, nil
 }
 func (fakeService) RemoveKernel(_ context.Context, ref string) error { return notFound(ref) }
-func (fakeService) ListVMs(context.Context) ([]model.VM, error)      { return nil, nil }
+func (fakeService) ListVMs(context.Context) ([]model.VM, error) {
+	return []model.VM{fakeVM}, nil
+}
 func (fakeService) GetVM(_ context.Context, ref string) (model.VM, error) {
 	return fakeVM, notFound(ref)
 }

@@ -1,14 +1,11 @@
 package cli
 
 import (
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/banger/banger/internal/model"
 )
 
 // TestCompletionScripts: each shell's script is one its shell parses
@@ -45,15 +42,10 @@ func TestCompletionScripts(t *testing.T) {
 	}
 }
 
-// oneVM is the fake daemon with one VM.
-type oneVM struct{ fakeService }
-
-func (oneVM) ListVMs(context.Context) ([]model.VM, error) { return []model.VM{fakeVM}, nil }
-
 // TestCompleteNames: VM and session arguments complete with the daemon's
 // names; without a daemon, with nothing (and none is started).
 func TestCompleteNames(t *testing.T) {
-	sock := serveFake(t, oneVM{})
+	sock := fakeDaemon(t)
 	for _, tc := range []struct {
 		args []string
 		want string

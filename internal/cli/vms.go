@@ -56,7 +56,13 @@ func (a *app) vmCommand() *cobra.Command {
 	cmd.AddCommand(&cobra.Command{
 		Use: "list", Aliases: []string{"ls"}, Short: "List VMs", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return showList(a, cmd, (*api.Client).ListVMs, vmTable)
+			return showList(a, cmd, (*api.Client).ListVMs, func(w io.Writer, vms []model.VM) error {
+				var names artifactNames
+				if len(vms) > 0 {
+					names = a.artifactNames(cmd.Context())
+				}
+				return table(w, vmHeader, vmRows(vms, names, time.Now()))
+			})
 		},
 	})
 	cmd.AddCommand(&cobra.Command{

@@ -130,6 +130,14 @@ func TestVMLifecycle(t *testing.T) {
 	var im model.Image
 	h.JSON(&im, "image", "show", vm.ImageID)
 	before := fileSum(t, im.Path)
+	// vm list names the image and kernel, not their ids.
+	var k model.Kernel
+	h.JSON(&k, "kernel", "show", vm.KernelID)
+	list := h.MustRun("vm", "list")
+	t.Logf("vm list:\n%s", list)
+	if row := strings.Fields(strings.Split(list, "\n")[1]); len(row) < 5 || row[1] != "life" || row[3] != im.Name || row[4] != k.Name {
+		t.Errorf("vm list row %q, want image %s and kernel %s", row, im.Name, k.Name)
+	}
 
 	h.MustRun("vm", "exec", "life", "--", "sh", "-c", "echo kept > /root/marker && echo gone > /etc/banger-marker && sync")
 	if got := strings.TrimSpace(h.MustRun("vm", "exec", "life", "--", "cat", "/root/marker")); got != "kept" {
