@@ -105,7 +105,9 @@ func (a *app) startDaemon(ctx context.Context, c *api.Client) error {
 		if err := cmd.Start(); err != nil {
 			return nil, fmt.Errorf("start %s: %w", bin, err)
 		}
-		fmt.Fprintf(a.stderr, "banger: started bangerd (pid %d), log %s\n", cmd.Process.Pid, logPath)
+		if !a.quiet {
+			fmt.Fprintf(a.stderr, "banger: started bangerd (pid %d), log %s\n", cmd.Process.Pid, logPath)
+		}
 		exited := make(chan struct{})
 		go func() { cmd.Wait(); close(exited) }()
 		return exited, nil

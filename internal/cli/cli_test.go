@@ -2,9 +2,14 @@ package cli
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
+	"io"
+	"os"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -65,16 +70,24 @@ func TestSendData(t *testing.T) {
 	for _, tc := range []struct {
 		args  []string
 		stdin string
+		raw   bool
 		want  string
 	}{
-		{nil, "ignored", ""},
-		{[]string{"hello"}, "ignored", "hello"},
-		{[]string{"-"}, "from stdin\n", "from stdin\n"},
-		{[]string{"-"}, "", ""},
+		{nil, "ignored", false, ""},
+		{[]string{"hello"}, "ignored", false, "hello\n"},
+		{[]string{"hello\n"}, "", false, "hello\n"},
+		{[]string{"two\nlines"}, "", false, "two\nlines\n"},
+		{[]string{""}, "", false, "\n"},
+		{[]string{"hello"}, "", true, "hello"},
+		{[]string{"hello\n"}, "", true, "hello\n"},
+		{[]string{""}, "", true, ""},
+		{[]string{"-"}, "from stdin\n", false, "from stdin\n"},
+		{[]string{"-"}, "no newline", false, "no newline"},
+		{[]string{"-"}, "", false, ""},
 	} {
-		got, err := sendData(tc.args, strings.NewReader(tc.stdin))
+		got, err := sendData(tc.args, strings.NewReader(tc.stdin), tc.raw)
 		if err != nil || string(got) != tc.want {
-			t.Errorf("sendData(%q) = %q %v, want %q", tc.args, got, err, tc.want)
+			t.Errorf("sendData(%q, raw %v) = %q %v, want %q", tc.args, tc.raw, got, err, tc.want)
 		}
 	}
 }
@@ -109,20 +122,29 @@ func TestFormatProgress(t *testing.T) {
 func TestTables(t *testing.T) {
 	now := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 	var b bytes.Buffer
-	if err := table(&b, vmHeader, vmRows(nil, now)); err != nil {
+	if err := table(&b, vmHeader, vmRows(nil, artifactNames{}, now)); err != nil {
 		t.Fatal(err)
 	}
 	if strings.TrimSpace(b.String()) != strings.Join(strings.Fields(strings.Join(vmHeader, " ")), "  ") {
 		t.Fatalf("empty table: %q", b.String())
 	}
 	b.Reset()
-	vm := model.VM{ID: "0123456789abcdef", Name: "dev", State: model.VMRunning, ImageID: "fedcba9876543210", VMM: "qemu",
-		CPUs: 2, MemoryMiB: 1024, DiskBytes: 4 << 30, GuestIP: "172.16.0.2", CreatedAt: now.Add(-90 * time.Second)}
-	table(&b, vmHeader, vmRows([]model.VM{vm}, now))
+	vm := model.VM{ID: "0123456789abcdef", Name: "dev", State: model.VMRunning, ImageID: "fedcba9876543210", KernelID: "aaaabbbbccccdddd",
+		VMM: "qemu", CPUs: 2, MemoryMiB: 1024, DiskBytes: 4 << 30, GuestIP: "172.16.0.2", CreatedAt: now.Add(-90 * time.Second)}
+	names := artifactNames{images: map[string]string{vm.ImageID: "default"}, kernels: map[string]string{vm.KernelID: "debian-cloud-bookworm"}}
+	table(&b, vmHeader, vmRows([]model.VM{vm}, names, now))
 	line := strings.Fields(strings.Split(b.String(), "\n")[1])
-	want := []string{"01234567", "dev", "running", "fedcba98", "qemu", "2", "1G", "4G", "172.16.0.2", "1m", "ago"}
+	want := []string{"01234567", "dev", "running", "default", "debian-cloud-bookworm", "qemu", "2", "1G", "4G", "172.16.0.2", "1m", "ago"}
 	if !reflect.DeepEqual(line, want) {
 		t.Fatalf("row = %q, want %q", line, want)
+	}
+	// Ids the lists do not name (an answer that failed, a removed kernel)
+	// show as short ids.
+	b.Reset()
+	table(&b, vmHeader, vmRows([]model.VM{vm}, artifactNames{}, now))
+	line = strings.Fields(strings.Split(b.String(), "\n")[1])
+	if line[3] != "fedcba98" || line[4] != "aaaabbbb" {
+		t.Fatalf("row without names = %q, want short ids", line)
 	}
 }
 
@@ -160,5 +182,94 @@ func TestUnknownSubcommand(t *testing.T) {
 	_, stderr, code := banger("", "", "vm", "lst")
 	if code != 1 || !strings.Contains(stderr, "unknown command \"lst\" for \"banger vm\"") || !strings.Contains(stderr, "Did you mean this?\n") || !strings.Contains(stderr, "\tlist\n") {
 		t.Errorf("banger vm lst: exit %d, stderr %q; want the error and the suggestion list", code, stderr)
+	}
+}
+
+func TestExitStatus(t *testing.T) {
+	sigint, sigterm := interrupt{syscall.SIGINT}, interrupt{syscall.SIGTERM}
+	wrapped := fmt.Errorf("read stream: %w", sigint)
+	for _, tc := range []struct {
+		name     string
+		err      error
+		cause    error
+		left     string
+		wantCode int
+		wantLine string
+	}{
+		{"success", nil, nil, "", 0, ""},
+		{"error", errors.New("vm \"x\" not found"), nil, "", 1, `banger: vm "x" not found`},
+		{"guest exit code", exitCode(7), nil, "", 7, ""},
+		{"cancel without a signal is an error", context.Canceled, context.Canceled, "", 1, "banger: context canceled"},
+		{"ctrl-c hides the request's error", wrapped, sigint, "deleted vm run-1", 130, "banger: interrupted; deleted vm run-1"},
+		{"ctrl-c with nothing to say", nil, sigint, "", 130, "banger: interrupted"},
+		{"ctrl-c wins over the guest's code", exitCode(143), sigint, "", 130, "banger: interrupted"},
+		{"sigterm", errors.New("boom"), sigterm, "vm dev is kept", 143, "banger: terminated; vm dev is kept"},
+	} {
+		code, line := exitStatus(tc.err, tc.cause, tc.left)
+		if code != tc.wantCode || line != tc.wantLine {
+			t.Errorf("%s: exitStatus = %d %q, want %d %q", tc.name, code, line, tc.wantCode, tc.wantLine)
+		}
+	}
+	if !errors.Is(wrapped, context.Canceled) {
+		t.Errorf("an interrupt is not context.Canceled to errors.Is")
+	}
+}
+
+func TestPhasePrinter(t *testing.T) {
+	var b bytes.Buffer
+	p := phasePrinter(&b)
+	for _, e := range []progress.Event{
+		{Phase: "kernel", Message: "downloading", Done: 1, Total: 4, Elapsed: 0.5},
+		{Phase: "kernel", Message: "downloading", Done: 3, Total: 4, Elapsed: 1},
+		{Phase: "disks", Elapsed: 2},
+		{Phase: "boot", Elapsed: 3},
+		{Phase: "boot", Message: "waiting for ssh", Elapsed: 4},
+	} {
+		p(e)
+	}
+	want := "[   0.5s] kernel: downloading\n[   2.0s] disks\n[   3.0s] boot\n"
+	if b.String() != want {
+		t.Fatalf("phasePrinter wrote %q, want %q", b.String(), want)
+	}
+	if isTerminal(&b) {
+		t.Fatal("a buffer is a terminal")
+	}
+}
+
+// interruptedExec is the fake daemon with a guest command that runs until
+// its request goes away, and that records deletes.
+type interruptedExec struct {
+	fakeService
+	running chan struct{}
+	deleted chan string
+}
+
+func (f interruptedExec) ExecVM(ctx context.Context, _ string, _ api.ExecRequest, _, _ io.Writer) (int, error) {
+	close(f.running)
+	<-ctx.Done()
+	return -1, ctx.Err()
+}
+
+func (f interruptedExec) DeleteVM(_ context.Context, ref string, _ bool) error {
+	f.deleted <- ref
+	return nil
+}
+
+// TestVMRunInterrupted: Ctrl-C during `vm run --rm` deletes the VM, exits
+// 130 and says so on one line, without the cancelled request's error.
+func TestVMRunInterrupted(t *testing.T) {
+	f := interruptedExec{running: make(chan struct{}), deleted: make(chan string, 1)}
+	sock := serveFake(t, f)
+	go func() {
+		<-f.running
+		// run has caught SIGINT by now: it cancels instead of killing us.
+		syscall.Kill(os.Getpid(), syscall.SIGINT)
+	}()
+	stdout, stderr, code := banger(sock, "", "vm", "run", "--rm", "--", "sleep", "30")
+	if code != 130 || stdout != "" || stderr != "banger: interrupted; deleted vm dev\n" {
+		t.Fatalf("exit %d, stdout %q, stderr %q; want 130 and one line", code, stdout, stderr)
+	}
+	if ref := <-f.deleted; ref != fakeVM.ID {
+		t.Fatalf("deleted %q, want the VM's id", ref)
 	}
 }

@@ -89,7 +89,9 @@ func (fakeService) ImportKernel(context.Context, api.ImportKernelRequest) (model
 	return fakeKernel, nil
 }
 func (fakeService) RemoveKernel(_ context.Context, ref string) error { return notFound(ref) }
-func (fakeService) ListVMs(context.Context) ([]model.VM, error)      { return nil, nil }
+func (fakeService) ListVMs(context.Context) ([]model.VM, error) {
+	return []model.VM{fakeVM}, nil
+}
 func (fakeService) GetVM(_ context.Context, ref string) (model.VM, error) {
 	return fakeVM, notFound(ref)
 }
@@ -161,12 +163,18 @@ func (fakeService) RemoveSession(_ context.Context, _, ref string) error { retur
 // fakeDaemon serves the API over fakeService on a socket of its own.
 func fakeDaemon(t *testing.T) string {
 	t.Helper()
+	return serveFake(t, fakeService{})
+}
+
+// serveFake serves the API over svc on a socket of its own.
+func serveFake(t *testing.T, svc api.Service) string {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "bangerd.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: api.NewHandler(fakeService{}, nil)}
+	srv := &http.Server{Handler: api.NewHandler(svc, nil)}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return sock
@@ -222,12 +230,16 @@ func TestCommandOutput(t *testing.T) {
 		{"vm", "net", "dev", "--reset", "--allow-vm", ""},
 		{"vm", "hosts"},
 		{"vm", "exec", "dev", "--", "echo", "hi"},
+		{"vm", "run", "--rm", "--", "echo", "hi"},
+		{"vm", "run", "--verbose", "--", "echo", "hi"},
+		{"vm", "run", "--rm", "--name", "dev", "--", "echo", "hi"},
 		{"vm", "workspace", "prepare", "dev", "--no-git", "--source", src},
 		{"session", "list", "dev"},
 		{"session", "show", "dev", "server"},
 		{"session", "show", "dev", "missing"},
 		{"session", "start", "dev", "--", "python3"},
 		{"session", "send", "dev", "server", "hello"},
+		{"session", "send", "--raw", "dev", "server", "hello"},
 		{"session", "send", "dev", "server"},
 		{"session", "stop", "dev", "server"},
 		{"session", "kill", "dev", "server"},

@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/model"
@@ -145,16 +147,80 @@ func progressPrinter(w io.Writer) progress.Func {
 	}
 }
 
-func vmRows(vms []model.VM, now time.Time) [][]string {
+// phasePrinter prints one line per phase to w (the first event of each),
+// for output shared with a guest command's, where a line per percentage
+// would drown it; safe for concurrent use.
+func phasePrinter(w io.Writer) progress.Func {
+	var mu sync.Mutex
+	last := ""
+	return func(p progress.Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		if p.Phase == last {
+			return
+		}
+		last = p.Phase
+		p.Done, p.Total = 0, 0 // the phase's start, not its first percentage
+		fmt.Fprintln(w, formatProgress(p))
+	}
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// artifactNames maps image and kernel ids to their names, for tables of
+// VMs, whose records hold only the ids.
+type artifactNames struct{ images, kernels map[string]string }
+
+// artifactNames asks the daemon for the image and kernel names. It is
+// best effort: a table falls back to short ids rather than fail.
+func (a *app) artifactNames(ctx context.Context) artifactNames {
+	n := artifactNames{images: map[string]string{}, kernels: map[string]string{}}
+	c, err := a.connected(ctx)
+	if err != nil {
+		return n
+	}
+	if ims, err := c.ListImages(ctx); err == nil {
+		for _, im := range ims {
+			n.images[im.ID] = im.Name
+		}
+	}
+	if ks, err := c.ListKernels(ctx); err == nil {
+		for _, k := range ks {
+			if k.Kernel != nil {
+				n.kernels[k.Kernel.ID] = k.Kernel.Name
+			}
+		}
+	}
+	return n
+}
+
+// name is the name of an artifact id in names, else its short id.
+func nameOf(names map[string]string, id string) string {
+	if n := names[id]; n != "" {
+		return n
+	}
+	return orDash(model.ShortID(id))
+}
+
+func vmRows(vms []model.VM, names artifactNames, now time.Time) [][]string {
 	rows := [][]string{}
 	for _, v := range vms {
-		rows = append(rows, []string{model.ShortID(v.ID), v.Name, string(v.State), model.ShortID(v.ImageID), v.VMM,
-			fmt.Sprint(v.CPUs), size(int64(v.MemoryMiB) << 20), size(v.DiskBytes), orDash(v.GuestIP), ago(v.CreatedAt, now)})
+		rows = append(rows, []string{model.ShortID(v.ID), v.Name, string(v.State), nameOf(names.images, v.ImageID),
+			nameOf(names.kernels, v.KernelID), v.VMM, fmt.Sprint(v.CPUs), size(int64(v.MemoryMiB) << 20), size(v.DiskBytes),
+			orDash(v.GuestIP), ago(v.CreatedAt, now)})
 	}
 	return rows
 }
 
-var vmHeader = []string{"ID", "NAME", "STATE", "IMAGE", "VMM", "CPUS", "MEMORY", "DISK", "IP", "CREATED"}
+var vmHeader = []string{"ID", "NAME", "STATE", "IMAGE", "KERNEL", "VMM", "CPUS", "MEMORY", "DISK", "IP", "CREATED"}
 
 func imageRows(ims []model.Image, now time.Time) [][]string {
 	rows := [][]string{}
@@ -207,10 +273,6 @@ func imageTable(w io.Writer, ims []model.Image) error {
 
 func kernelTable(w io.Writer, ks []api.KernelEntry) error {
 	return table(w, kernelHeader, kernelRows(ks))
-}
-
-func vmTable(w io.Writer, vms []model.VM) error {
-	return table(w, vmHeader, vmRows(vms, time.Now()))
 }
 
 func sessionTable(w io.Writer, ss []model.Session) error {

@@ -32,6 +32,23 @@ type exitCode int
 
 func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
+// interrupt is the cause of the commands' context once banger got SIGINT
+// or SIGTERM. Like the standard library's, it is context.Canceled to
+// errors.Is, so code that treats a cancel as a normal end still does.
+type interrupt struct{ sig syscall.Signal }
+
+func (i interrupt) Error() string { return i.sig.String() + " received" }
+
+func (i interrupt) Is(target error) bool { return target == context.Canceled }
+
+// word is how banger's last line names the interruption.
+func (i interrupt) word() string {
+	if i.sig == syscall.SIGTERM {
+		return "terminated"
+	}
+	return "interrupted"
+}
+
 // app is what every command shares: global flags and the streams.
 type app struct {
 	socket   string
@@ -41,6 +58,15 @@ type app struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	getenv         func(string) string
+
+	// quiet drops banger's own notes (a daemon started on demand) from
+	// stderr when it is a guest command's (vm run without --verbose).
+	quiet bool
+
+	// leftOnInterrupt says what an interruption at this point of the
+	// command cleaned up or left behind (e.g. "deleted vm run-1a2b"); run
+	// prints it on banger's one line when a signal ended the command.
+	leftOnInterrupt string
 }
 
 // Main runs banger with args and returns the process exit code.
@@ -55,21 +81,54 @@ func (a *app) run(args []string) int {
 	root.SetArgs(args)
 	root.SetOut(a.stdout) // help text
 	root.SetErr(a.stderr)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		select {
+		case s := <-sigs:
+			// The first signal cancels and lets the command clean up; a
+			// second one ends banger at once (the default action).
+			signal.Stop(sigs)
+			cancel(interrupt{s.(syscall.Signal)})
+		case <-ctx.Done():
+		}
+	}()
 	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		err = unknownCommand(cmd)
 	}
+	code, line := exitStatus(err, context.Cause(ctx), a.leftOnInterrupt)
+	if line != "" {
+		fmt.Fprintln(a.stderr, line)
+	}
+	return code
+}
+
+// exitStatus maps how a command ended to banger's exit code and its last
+// stderr line (none when empty). A signal wins over the error it caused
+// (a cancelled request's message means nothing to the user): the code is
+// 128+signal, as a shell reports a process the signal killed, and the one
+// line says what was cleaned up or left.
+func exitStatus(err, cause error, left string) (int, string) {
+	var in interrupt
+	if errors.As(cause, &in) {
+		line := "banger: " + in.word()
+		if left != "" {
+			line += "; " + left
+		}
+		return 128 + int(in.sig), line
+	}
 	if err == nil {
-		return 0
+		return 0, ""
 	}
 	var code exitCode
 	if errors.As(err, &code) {
-		return int(code)
+		return int(code), ""
 	}
-	fmt.Fprintf(a.stderr, "banger: %v\n", err)
-	return 1
+	return 1, fmt.Sprintf("banger: %v", err)
 }
 
 func (a *app) rootCommand() *cobra.Command {
@@ -79,6 +138,8 @@ func (a *app) rootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		CompletionOptions: cobra.CompletionOptions{
+			// banger's own `completion` (completion.go) offers only the
+			// shells whose scripts its tests parse.
 			DisableDefaultCmd: true,
 		},
 	}
@@ -100,7 +161,9 @@ func (a *app) rootCommand() *cobra.Command {
 		a.kernelCommand(),
 		a.vmCommand(),
 		a.sessionCommand(),
+		a.completionCommand(),
 	)
+	a.completeNames(root)
 	return root
 }
 

@@ -58,14 +58,21 @@ func (a *app) sessionCommand() *cobra.Command {
 	logs.Flags().IntVar(&lreq.Tail, "tail", 0, "only the last N lines")
 	logs.Flags().BoolVarP(&lreq.Follow, "follow", "f", false, "keep printing new output")
 	cmd.AddCommand(logs)
-	cmd.AddCommand(&cobra.Command{
+	var raw bool
+	send := &cobra.Command{
 		Use:   "send VM SESSION [DATA | -]",
-		Short: "Write DATA (or stdin, with -) to a session's stdin and print the byte count",
+		Short: "Write a line (or stdin, with -) to a session's stdin and print the byte count",
 		Long: "Write DATA, or all of standard input when DATA is -, to the stdin of a running\n" +
-			"pipe-mode session, and print how many bytes were written. Empty input sends nothing.",
+			"pipe-mode session, and print how many bytes were written.\n\n" +
+			"DATA is sent as one line: a newline is added unless it already ends with one\n" +
+			"or --raw (-n) is given, so two sends reach a line reader as two lines.\n" +
+			"Standard input is sent byte for byte, as it is. Empty input sends nothing.",
+		Example: "  banger session send dev agent '{\"method\":\"ping\"}'\n" +
+			"  banger session send -n dev agent 'partial '\n" +
+			"  banger session send dev agent - < requests.jsonl",
 		Args: cobra.RangeArgs(2, 3),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			data, err := sendData(args[2:], a.stdin)
+			data, err := sendData(args[2:], a.stdin, raw)
 			if err != nil {
 				return err
 			}
@@ -82,7 +89,9 @@ func (a *app) sessionCommand() *cobra.Command {
 				return err
 			})
 		},
-	})
+	}
+	send.Flags().BoolVarP(&raw, "raw", "n", false, "send DATA exactly, without adding a newline")
+	cmd.AddCommand(send)
 	var sreq api.StopSessionRequest
 	var stopTimeout time.Duration
 	stop := &cobra.Command{
@@ -120,8 +129,11 @@ func (a *app) sessionCommand() *cobra.Command {
 	return cmd
 }
 
-// sendData is DATA, or stdin for "-", or nothing.
-func sendData(args []string, stdin io.Reader) ([]byte, error) {
+// sendData is DATA as a line (newline added unless it ends with one or raw
+// is set), or stdin exactly for "-", or nothing. A line, because sessions
+// are mostly line readers (JSON lines) and a DATA without its newline
+// would sit in their buffer and merge with the next send.
+func sendData(args []string, stdin io.Reader, raw bool) ([]byte, error) {
 	if len(args) == 0 {
 		return nil, nil
 	}
@@ -132,7 +144,11 @@ func sendData(args []string, stdin io.Reader) ([]byte, error) {
 		}
 		return b, nil
 	}
-	return []byte(args[0]), nil
+	data := []byte(args[0])
+	if !raw && !bytes.HasSuffix(data, []byte("\n")) {
+		data = append(data, '\n')
+	}
+	return data, nil
 }
 
 // parseEnv turns K=V flags into a map.
@@ -230,6 +246,7 @@ func (a *app) attach(ctx context.Context, c *api.Client, vm, s string) error {
 		return err
 	}
 	defer st.Close()
+	a.leftOnInterrupt = "detached; session " + s + " keeps running"
 	tty := false
 	if f, ok := a.stdin.(*os.File); ok {
 		if restore, err := cbreak(int(f.Fd())); err == nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/progress"
 	"github.com/banger/banger/internal/workspace"
 )
 
@@ -56,7 +57,13 @@ func (a *app) vmCommand() *cobra.Command {
 	cmd.AddCommand(&cobra.Command{
 		Use: "list", Aliases: []string{"ls"}, Short: "List VMs", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return showList(a, cmd, (*api.Client).ListVMs, vmTable)
+			return showList(a, cmd, (*api.Client).ListVMs, func(w io.Writer, vms []model.VM) error {
+				var names artifactNames
+				if len(vms) > 0 {
+					names = a.artifactNames(cmd.Context())
+				}
+				return table(w, vmHeader, vmRows(vms, names, time.Now()))
+			})
 		},
 	})
 	cmd.AddCommand(&cobra.Command{
@@ -248,6 +255,8 @@ func (a *app) vmExecCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// The daemon ends the guest command when the request goes away.
+			a.leftOnInterrupt = "the command in vm " + args[0] + " was stopped"
 			code, err := c.ExecVM(cmd.Context(), args[0], api.ExecRequest{Command: args[1:]}, a.stdout, a.stderr)
 			if err != nil {
 				return err
@@ -311,13 +320,21 @@ func (a *app) vmRunCommand() *cobra.Command {
 	var req api.CreateVMRequest
 	var rm bool
 	var wsDir, wsMode string
-	var noGit bool
+	var noGit, verbose bool
 	cmd := &cobra.Command{
 		Use:   "run [flags] -- CMD [ARGS...]",
 		Short: "Create and boot a VM, optionally copy a repository in, run a command, return its exit code",
-		Args:  cobra.MinimumNArgs(1),
+		Long: "Create and boot a VM, optionally copy a repository in, run a command in it and return\n" +
+			"its exit code. stdout and stderr are the command's: banger adds one line per boot\n" +
+			"phase only with --verbose or when stderr is a terminal, and otherwise prints only\n" +
+			"its errors.\n\n" +
+			"Ctrl-C (or SIGTERM) stops the command, deletes the VM with --rm, and exits 130\n" +
+			"(143) with one line saying what was cleaned up.",
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			verbose = verbose || isTerminal(a.stderr)
+			a.quiet = !verbose
 			if wsDir != "" && !noGit {
 				// Refuse a source that is not a repository before booting.
 				if _, _, err := workspace.ListFiles(ctx, wsDir); err != nil {
@@ -337,22 +354,35 @@ func (a *app) vmRunCommand() *cobra.Command {
 				// A name known before the create, so an interrupted boot
 				// can still be deleted.
 				r.Name = "run-" + model.ShortID(model.NewID())
-			}
-			vm, err := c.CreateVM(ctx, r, progressPrinter(a.stderr))
-			if err != nil {
-				if rm && vm.ID == "" {
-					a.cleanupRun(c, r.Name)
+			} else if rm {
+				// --rm deletes by name: never a VM that was there before.
+				if old, err := c.GetVM(ctx, r.Name); err == nil {
+					return errdefs.Errorf(errdefs.CodeConflict, "vm %q already exists (--rm would delete it): choose another --name", old.Name)
 				}
+			}
+			report := progress.Func(nil)
+			if verbose {
+				report = phasePrinter(a.stderr)
+			}
+			ref, name := r.Name, r.Name // the id and the name once known
+			if rm {
+				// Also after Ctrl-C or SIGTERM, and after a failed or
+				// interrupted create (the name is known before it).
+				defer func() { a.cleanupRun(ctx, c, ref, name) }()
+			}
+			vm, err := c.CreateVM(ctx, r, report)
+			if err != nil {
 				return err
 			}
-			if rm {
-				// Also after Ctrl-C or SIGTERM: ctx is done then, so delete
-				// with a fresh one.
-				defer a.cleanupRun(c, vm.ID)
+			ref, name = vm.ID, vm.Name
+			if !rm {
+				a.leftOnInterrupt = fmt.Sprintf("vm %s is kept (banger vm delete --force %s removes it)", vm.Name, vm.Name)
 			}
 			exec := api.ExecRequest{Command: args}
 			if wsDir != "" {
-				fmt.Fprintf(a.stderr, "banger: copying %s into %s\n", wsDir, vm.Name)
+				if verbose {
+					fmt.Fprintf(a.stderr, "banger: copying %s into %s\n", wsDir, vm.Name)
+				}
 				info, err := a.prepare(ctx, c, vm.ID, wsDir, api.WorkspaceRequest{Mode: wsMode}, noGit)
 				if err != nil {
 					return err
@@ -374,14 +404,27 @@ func (a *app) vmRunCommand() *cobra.Command {
 	cmd.Flags().StringVar(&wsDir, "workspace", "", "copy this git repository into the VM first")
 	cmd.Flags().StringVar(&wsMode, "workspace-mode", "", "full (with git history, default) or tracked")
 	cmd.Flags().BoolVar(&noGit, "no-git", false, "the workspace is a plain directory, not a git repository: copy all of it")
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print a line per boot phase on stderr (the default when stderr is a terminal)")
 	return cmd
 }
 
-func (a *app) cleanupRun(c *api.Client, ref string) {
+// cleanupRun deletes the VM of `vm run --rm`. After an interruption it
+// only records what it did for run's one line; otherwise a failure is
+// printed.
+func (a *app) cleanupRun(cmdCtx context.Context, c *api.Client, ref, name string) {
+	// cmdCtx is done after Ctrl-C or SIGTERM: delete with a fresh one.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := c.DeleteVM(ctx, ref, true); err != nil && !errdefs.IsNotFound(err) {
-		fmt.Fprintf(a.stderr, "banger: --rm: delete %s: %v\n", ref, err)
+	err := c.DeleteVM(ctx, ref, true)
+	switch {
+	case err == nil:
+		a.leftOnInterrupt = "deleted vm " + name
+	case errdefs.IsNotFound(err):
+		a.leftOnInterrupt = "no vm was left"
+	case cmdCtx.Err() != nil:
+		a.leftOnInterrupt = fmt.Sprintf("deleting vm %s failed: %v (banger vm delete --force %s removes it)", name, err, name)
+	default:
+		fmt.Fprintf(a.stderr, "banger: --rm: delete %s: %v\n", name, err)
 	}
 }
 

@@ -142,14 +142,22 @@ type VMHandles struct {
 // SessionStatus is the status of a guest session.
 type SessionStatus string
 
-// Guest session statuses.
+// Guest session statuses. A session ends exited (code 0), failed (any
+// other end), or stopped (it ended while banger was stopping it on request;
+// its exit code is kept).
 const (
 	SessionStarting SessionStatus = "starting"
 	SessionRunning  SessionStatus = "running"
 	SessionStopping SessionStatus = "stopping"
 	SessionExited   SessionStatus = "exited"
 	SessionFailed   SessionStatus = "failed"
+	SessionStopped  SessionStatus = "stopped"
 )
+
+// Finished reports whether a session status is final.
+func (s SessionStatus) Finished() bool {
+	return s == SessionExited || s == SessionFailed || s == SessionStopped
+}
 
 // Stdin modes of a guest session.
 const (

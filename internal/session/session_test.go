@@ -191,6 +191,8 @@ func TestApply(t *testing.T) {
 	stopping.Status = model.SessionStopping
 	done := base
 	done.Status, done.ExitCode, done.Attachable, done.EndedAt = model.SessionExited, intp(0), false, &created
+	stoppedDone := done
+	stoppedDone.Status, stoppedDone.ExitCode = model.SessionStopped, intp(143)
 
 	cases := []struct {
 		name       string
@@ -206,6 +208,11 @@ func TestApply(t *testing.T) {
 		{"running and alive stays", base, State{Known: true, Status: "running", PID: 42, PIDAlive: true, MonitorAlive: true}, true, model.SessionRunning, false, "", nil, true},
 		{"starting becomes running", starting, State{Known: true, Status: "running", PID: 42, PIDAlive: true, MonitorAlive: true}, true, model.SessionRunning, true, "", nil, true},
 		{"stopping stays stopping while alive", stopping, State{Known: true, Status: "running", PID: 42, PIDAlive: true}, true, model.SessionStopping, false, "", nil, true},
+		{"stopped by TERM on request", stopping, State{Known: true, Status: "failed", PID: 42, ExitCode: intp(143)}, true, model.SessionStopped, true, "", intp(143), false},
+		{"stopped on request, exit 0", stopping, State{Known: true, Status: "exited", PID: 42, ExitCode: intp(0)}, true, model.SessionStopped, true, "", intp(0), false},
+		{"stopped by the KILL after the timeout", stopping, State{Known: true, Status: "failed", PID: 42, ExitCode: intp(137), Error: "killed: the session did not end"}, true, model.SessionStopped, true, "killed: the session did not end", intp(137), false},
+		{"stopping, gone unrecorded, is failed", stopping, State{Known: true, Status: "running", PID: 42}, true, model.SessionFailed, true, ReasonNoExitCode, nil, false},
+		{"killed by TERM without a stop is failed", base, State{Known: true, Status: "failed", PID: 42, ExitCode: intp(143)}, true, model.SessionFailed, true, "", intp(143), false},
 		{"exit 0 is exited", base, State{Known: true, Status: "exited", PID: 42, ExitCode: intp(0)}, true, model.SessionExited, true, "", intp(0), false},
 		{"exit 3 is failed", base, State{Known: true, Status: "failed", PID: 42, ExitCode: intp(3)}, true, model.SessionFailed, true, "", intp(3), false},
 		{"exit code wins over a stale status", base, State{Known: true, Status: "running", PID: 42, ExitCode: intp(0)}, true, model.SessionExited, true, "", intp(0), false},
@@ -221,6 +228,7 @@ func TestApply(t *testing.T) {
 		{"dead command, live monitor: wait", base, State{Known: true, Status: "running", PID: 42, MonitorAlive: true}, true, model.SessionRunning, false, "", nil, true},
 		{"nothing observed keeps", base, State{}, true, model.SessionRunning, false, "", nil, true},
 		{"finished never changes", done, State{}, false, model.SessionExited, false, "", intp(0), false},
+		{"stopped never changes", stoppedDone, State{Known: true, Missing: true}, true, model.SessionStopped, false, "", intp(143), false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -243,7 +251,7 @@ func TestApply(t *testing.T) {
 			if !changed && !got.UpdatedAt.Equal(c.rec.UpdatedAt) {
 				t.Errorf("unchanged but UpdatedAt moved")
 			}
-			if finished(got.Status) && got.EndedAt == nil {
+			if got.Status.Finished() && got.EndedAt == nil {
 				t.Errorf("finished without EndedAt")
 			}
 		})

@@ -179,18 +179,13 @@ const (
 // directory before Apply calls it failed (a daemon that died mid-launch).
 const LaunchGrace = 2 * time.Minute
 
-// finished reports whether a status is final.
-func finished(s model.SessionStatus) bool {
-	return s == model.SessionExited || s == model.SessionFailed
-}
-
 // Apply folds an observed state into a session record and reports whether
 // anything observable changed (when it did, UpdatedAt is now). vmRunning
 // says whether the VM is alive; when it is not, st may still come from the
 // work disk (a command that finished before the VM stopped keeps its exit
 // code). A finished record never changes again.
 func Apply(rec model.Session, st State, vmRunning bool, now time.Time) (model.Session, bool) {
-	if finished(rec.Status) {
+	if rec.Status.Finished() {
 		return rec, false
 	}
 	out := rec
@@ -219,9 +214,14 @@ func Apply(rec model.Session, st State, vmRunning bool, now time.Time) (model.Se
 			// with its VM now down: the guest shutting down ended it.
 			reason = ReasonVMNotRunning
 		}
-		if code == 0 {
+		switch {
+		case rec.Status == model.SessionStopping:
+			// Ended while banger was stopping it on request: the TERM's
+			// 143 (or a KILL's 137) is the stop working, not a failure.
+			end(model.SessionStopped, st.Error)
+		case code == 0:
 			end(model.SessionExited, st.Error)
-		} else {
+		default:
 			end(model.SessionFailed, reason)
 		}
 	case !vmRunning:

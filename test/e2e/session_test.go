@@ -128,6 +128,21 @@ func TestSessions(t *testing.T) {
 	}
 	h.waitLogs(vm, "rpc", `{"id": 7, "result": 42}`)
 
+	// A line reader sees each `session send DATA` as a line of its own (the
+	// CLI adds the newline); --raw sends exactly, so two raw halves make
+	// one line.
+	lineLen := "import sys\nfor l in sys.stdin:\n    print('line', len(l.rstrip('\\n')), flush=True)\n"
+	h.MustRun("session", "start", vm, "--name", "lines", "--require", "python3", "--", "python3", "-u", "-c", lineLen)
+	h.MustRun("session", "send", vm, "lines", "hello")
+	h.MustRun("session", "send", vm, "lines", `{"n":2}`)
+	h.MustRun("session", "send", "--raw", vm, "lines", "ab")
+	h.MustRun("session", "send", "-n", vm, "lines", "cd\n")
+	got := h.waitLogs(vm, "lines", "line 4\n")
+	t.Logf("lines logs: %q", got)
+	if got != "line 5\nline 7\nline 4\n" {
+		t.Errorf("two sends then two raw halves: logs %q, want %q", got, "line 5\nline 7\nline 4\n")
+	}
+
 	// Attach, detach, re-attach from another CLI process, kill -9 the
 	// daemon, re-attach again.
 	h.attachRoundTrip(vm, "cat", "first-attach")
@@ -144,10 +159,14 @@ func TestSessions(t *testing.T) {
 		t.Fatalf("cat after the crash: %+v", s)
 	}
 
-	// Stop: the exit code is recorded.
+	// Stop: the exit code is recorded, and the status says it was stopped
+	// on request rather than failed.
 	h.MustRun("session", "stop", vm, "cat")
 	s := h.waitSession(vm, "cat", func(s model.Session) bool { return s.ExitCode != nil })
 	t.Logf("cat stopped: status %s exit %d", s.Status, *s.ExitCode)
+	if s.Status != model.SessionStopped || *s.ExitCode != 143 {
+		t.Errorf("cat after session stop: status %s exit %d, want stopped 143", s.Status, *s.ExitCode)
+	}
 
 	// A missing cwd fails at preflight_cwd with the guest's message.
 	_, errOut, code := h.Run("session", "start", vm, "--name", "nocwd", "--cwd", "/nonexistent", "--", "cat")

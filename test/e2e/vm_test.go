@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -22,9 +23,13 @@ import (
 // and kernel, runs a command, streams its output and returns its exit code.
 func TestVMRun(t *testing.T) {
 	h := NewHarness(t)
-	out := h.MustRun("vm", "run", "--rm", "--", "uname", "-a")
-	if !strings.HasPrefix(out, "Linux ") || !strings.Contains(out, "x86_64") {
-		t.Fatalf("vm run uname -a printed %q, want the guest kernel's line", out)
+	out, errOut, code := h.Run("vm", "run", "--rm", "--", "uname", "-a")
+	if code != 0 || !strings.HasPrefix(out, "Linux ") || !strings.Contains(out, "x86_64") {
+		t.Fatalf("vm run uname -a: exit %d, printed %q, want the guest kernel's line; stderr %q", code, out, errOut)
+	}
+	// stderr is not a terminal here: banger adds nothing to the command's.
+	if errOut != "" {
+		t.Errorf("vm run without --verbose wrote to stderr: %q", errOut)
 	}
 	var k []struct {
 		Kernel *model.Kernel `json:"kernel"`
@@ -39,9 +44,20 @@ func TestVMRun(t *testing.T) {
 	if !found {
 		t.Errorf("uname -a %q names none of the pulled kernels' versions", out)
 	}
-	_, _, code := h.Run("vm", "run", "--rm", "--", "sh", "-c", "exit 7")
+	_, _, code = h.Run("vm", "run", "--rm", "--", "sh", "-c", "exit 7")
 	if code != 7 {
 		t.Fatalf("vm run -- sh -c 'exit 7' exited %d, want 7", code)
+	}
+	// --verbose: one line per boot phase, each once.
+	_, errOut, code = h.Run("vm", "run", "--rm", "--verbose", "--", "true")
+	t.Logf("vm run --verbose stderr:\n%s", errOut)
+	if code != 0 {
+		t.Fatalf("vm run --verbose: exit %d: %s", code, errOut)
+	}
+	for _, phase := range []string{"disks", "boot", "ssh", "ready"} {
+		if n := strings.Count(errOut, "] "+phase); n != 1 {
+			t.Errorf("vm run --verbose: phase %s on %d lines, want 1", phase, n)
+		}
 	}
 	var vms []model.VM
 	h.JSON(&vms, "vm", "list")
@@ -58,6 +74,54 @@ func TestVMRun(t *testing.T) {
 	}
 }
 
+// TestVMRunInterrupt: Ctrl-C of `vm run --rm` while the guest command runs
+// ends it, deletes the VM, exits 130 and says so on one line.
+func TestVMRunInterrupt(t *testing.T) {
+	h := NewHarness(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cmd := h.Command(ctx, "vm", "run", "--rm", "--name", "intr", "--", "sleep", "30")
+	var out, errOut syncBuf
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until sleep runs in the guest (the image may lack pgrep).
+	findSleep := `for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = sleep ] && exit 0; done; exit 1`
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		if _, _, code := h.Run("vm", "exec", "intr", "--", "sh", "-c", findSleep); code == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sleep never ran in the guest; vm run stderr %q", errOut.String())
+		}
+		time.Sleep(time.Second)
+	}
+	t0 := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	code := cmd.ProcessState.ExitCode()
+	t.Logf("vm run after SIGINT: exit %d in %.1fs, stderr %q", code, time.Since(t0).Seconds(), errOut.String())
+	if code != 130 {
+		t.Errorf("exit %d, want 130", code)
+	}
+	if got, want := errOut.String(), "banger: interrupted; deleted vm intr\n"; got != want {
+		t.Errorf("stderr %q, want the one line %q", got, want)
+	}
+	if out.String() != "" {
+		t.Errorf("stdout %q, want nothing", out.String())
+	}
+	var vms []model.VM
+	h.JSON(&vms, "vm", "list")
+	if len(vms) != 0 {
+		t.Fatalf("vms left after the interrupt: %+v", vms)
+	}
+	h.AssertNoLeaks()
+}
+
 // TestVMLifecycle: a file written in /root survives stop and start; the
 // image is never written through.
 func TestVMLifecycle(t *testing.T) {
@@ -66,6 +130,14 @@ func TestVMLifecycle(t *testing.T) {
 	var im model.Image
 	h.JSON(&im, "image", "show", vm.ImageID)
 	before := fileSum(t, im.Path)
+	// vm list names the image and kernel, not their ids.
+	var k model.Kernel
+	h.JSON(&k, "kernel", "show", vm.KernelID)
+	list := h.MustRun("vm", "list")
+	t.Logf("vm list:\n%s", list)
+	if row := strings.Fields(strings.Split(list, "\n")[1]); len(row) < 5 || row[1] != "life" || row[3] != im.Name || row[4] != k.Name {
+		t.Errorf("vm list row %q, want image %s and kernel %s", row, im.Name, k.Name)
+	}
 
 	h.MustRun("vm", "exec", "life", "--", "sh", "-c", "echo kept > /root/marker && echo gone > /etc/banger-marker && sync")
 	if got := strings.TrimSpace(h.MustRun("vm", "exec", "life", "--", "cat", "/root/marker")); got != "kept" {

@@ -131,9 +131,7 @@ func (sv *Service) resolveSession(ctx context.Context, vmRef, ref string) (model
 	return vm, s, nil
 }
 
-func sessionFinished(s model.Session) bool {
-	return s.Status == model.SessionExited || s.Status == model.SessionFailed
-}
+func sessionFinished(s model.Session) bool { return s.Status.Finished() }
 
 // guestRun runs a bash script in a VM and returns its exit code and output.
 func (sv *Service) guestRun(ctx context.Context, vm model.VM, script string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {

@@ -249,8 +249,12 @@ func TestSessionStartSendLogsStop(t *testing.T) {
 	if err != nil {
 		t.Fatalf("stop: %v", err)
 	}
-	if stopped.ExitCode == nil || stopped.Attachable || stopped.EndedAt == nil {
+	// cat dies of the TERM (143): stopped on request, not failed.
+	if stopped.Status != model.SessionStopped || stopped.ExitCode == nil || *stopped.ExitCode != 143 || stopped.Attachable || stopped.EndedAt == nil {
 		t.Fatalf("stopped = %+v", stopped)
+	}
+	if again, err := e.s.Get(ctx, e.vm.Name, s.Name); err != nil || again.Status != model.SessionStopped {
+		t.Fatalf("get after stop: %+v %v", again, err)
 	}
 	_, err = e.s.Send(ctx, e.vm.Name, s.Name, strings.NewReader("late"))
 	if errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "has finished") {
