@@ -100,6 +100,11 @@ CREATE INDEX vms_image_id ON vms(image_id);
 CREATE INDEX vms_kernel_id ON vms(kernel_id);
 CREATE INDEX vms_created_at ON vms(created_at);
 `,
+	// 3: each VM's own SSH host key. VMs made before have none ('') and go
+	// on with their image's.
+	`
+ALTER TABLE vms ADD COLUMN host_key TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // migrate applies the steps the database lacks, up to version upTo, each in

@@ -36,8 +36,18 @@ func testVM(id, name string, n int) model.VM {
 		CID: uint32(100 + n), Dir: "/s/vms/" + id, APISocket: "/s/api.sock", VsockSocket: "/s/v.sock",
 		LogPath: "/s/log", ConsolePath: "/s/console", MetricsPath: "/s/metrics", SystemDisk: "/s/sys.qcow2",
 		WorkDisk: "/s/work.ext4", LastError: "", CreatedAt: t0.Add(time.Duration(n) * time.Second),
-		UpdatedAt: t0, StartedAt: &started,
+		UpdatedAt: t0, StartedAt: &started, HostKey: "ssh-ed25519 AAAA" + id,
 	}
+}
+
+// createV1VM records vm with only the columns of schema version 1, as a
+// banger of that version did (later columns are appended to vmCols).
+func createV1VM(ctx context.Context, s *Store, vm model.VM) error {
+	const v1Cols = 28
+	cols := strings.Split(vmCols, ", ")[:v1Cols]
+	_, err := s.db.ExecContext(ctx, "INSERT INTO vms ("+strings.Join(cols, ", ")+") VALUES ("+placeholders(v1Cols)+")",
+		vmArgs(vm)[:v1Cols]...)
+	return err
 }
 
 func TestImagesCRUD(t *testing.T) {
@@ -175,7 +185,8 @@ func TestVMsCRUDAndUniqueness(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, _ = s.GetVM(ctx, a.ID)
-	if got.State != model.VMFailed || got.LastError != "boom" || got.StartedAt == nil || !got.StartedAt.Equal(now) {
+	if got.State != model.VMFailed || got.LastError != "boom" || got.StartedAt == nil || !got.StartedAt.Equal(now) ||
+		got.HostKey != a.HostKey {
 		t.Fatalf("after update: %+v", got)
 	}
 	if got.UpdatedAt.Before(before.Add(-time.Millisecond)) {
@@ -334,7 +345,7 @@ func TestMigrations(t *testing.T) {
 			}
 			if from >= 1 {
 				// Version-1 data must survive every later step.
-				if err := old.CreateVM(ctx, testVM("keep1234", "keep", 2)); err != nil {
+				if err := createV1VM(ctx, old, testVM("keep1234", "keep", 2)); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -348,9 +359,22 @@ func TestMigrations(t *testing.T) {
 				t.Fatalf("version = %d, want %d", v, len(migrations))
 			}
 			if from >= 1 {
-				if _, err := s.GetVM(ctx, "keep"); err != nil {
+				got, err := s.GetVM(ctx, "keep")
+				if err != nil {
 					t.Fatalf("data lost in upgrade: %v", err)
 				}
+				// A VM from before its own host key pins its image's.
+				if got.HostKey != "" || got.PinnedHostKey(model.Image{HostKey: "ssh-ed25519 IMG"}) != "ssh-ed25519 IMG" {
+					t.Fatalf("upgraded vm host key = %q", got.HostKey)
+				}
+			}
+			// A new VM keeps its host key.
+			nv := testVM("new12345", "new", 3)
+			if err := s.CreateVM(ctx, nv); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := s.GetVM(ctx, "new"); err != nil || got.HostKey != nv.HostKey || got.PinnedHostKey(model.Image{}) != nv.HostKey {
+				t.Fatalf("host key after upgrade = %q, %v; want %q", got.HostKey, err, nv.HostKey)
 			}
 			// The upgraded schema works.
 			if err := s.CreateImage(ctx, model.Image{ID: "i1", Name: "x", CreatedAt: t0}); err != nil {

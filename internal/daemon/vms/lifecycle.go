@@ -109,6 +109,13 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 		vm.Accel, _ = a.Accel(ctx)
 	}
 	vmPaths(&vm, m.vmDir(id), strat.Name())
+	// The VM's own host key: its public half is recorded and pinned, its
+	// private half goes only onto the work disk.
+	hostKey, err := guest.NewHostKey()
+	if err != nil {
+		return model.VM{}, err
+	}
+	vm.HostKey = hostKey.Public
 
 	// Reserve the name, IP and CID in one step: the store's unique
 	// constraints are the last word, the mutex keeps our own choices apart.
@@ -122,7 +129,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 		return model.VM{}, err
 	}
 	report(progress.Event{Phase: "disks", Message: fmt.Sprintf("creating %s system disk and %s work disk", strat.Name(), model.FormatSize(disk))})
-	if err := m.makeDisks(ctx, vm, im, strat); err != nil {
+	if err := m.makeDisks(ctx, vm, im, strat, hostKey); err != nil {
 		_ = os.RemoveAll(vm.Dir)
 		_ = m.store.DeleteVM(context.Background(), vm.ID)
 		return model.VM{}, fmt.Errorf("create vm %s: %w", name, err)
@@ -179,7 +186,7 @@ func (m *Manager) allocate(ctx context.Context, vm *model.VM) error {
 }
 
 // makeDisks creates the system disk and the work disk side by side.
-func (m *Manager) makeDisks(ctx context.Context, vm model.VM, im model.Image, strat storage.Strategy) error {
+func (m *Manager) makeDisks(ctx context.Context, vm model.VM, im model.Image, strat storage.Strategy, hostKey guest.HostKey) error {
 	if err := ensureDir(vm.Dir); err != nil {
 		return err
 	}
@@ -190,7 +197,7 @@ func (m *Manager) makeDisks(ctx context.Context, vm model.VM, im model.Image, st
 		defer wg.Done()
 		sysErr = strat.Create(ctx, im.Path, vm.Dir)
 	}()
-	workErr = storage.CreateWorkDisk(ctx, vm.WorkDisk, vm.DiskBytes)
+	workErr = createWorkDisk(ctx, vm, hostKey)
 	wg.Wait()
 	return errors.Join(sysErr, workErr)
 }
@@ -352,7 +359,7 @@ func (m *Manager) boot(ctx context.Context, vm model.VM, report progress.Func) (
 
 // writeKnownHosts writes the pinned host key for `vm ssh`.
 func (m *Manager) writeKnownHosts(vm model.VM, im model.Image) error {
-	line := guest.KnownHostsLine(vm.GuestIP, im.HostKey)
+	line := guest.KnownHostsLine(vm.GuestIP, vm.PinnedHostKey(im))
 	return os.WriteFile(filepath.Join(vm.Dir, "known_hosts"), []byte(line+"\n"), 0o600)
 }
 
