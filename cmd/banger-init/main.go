@@ -3,9 +3,10 @@
 // Run as PID 1 (images built with --init fast, /sbin/init points here) it
 // mounts the kernel filesystems, configures the guest from the banger.*
 // kernel parameters (hostname, hosts, resolv.conf, eth0, the work disk at
-// /root, the daemon's SSH key), runs sshd and keeps it running, reaps
-// orphans, and on a stop request (Ctrl-Alt-Del as SIGINT, SIGTERM, SIGPWR or
-// the ACPI power key) shuts down cleanly and reboots, which ends the VMM.
+// /root, the daemon's SSH key, the VM's own host key from the work disk),
+// runs sshd and keeps it running, reaps orphans, and on a stop request
+// (Ctrl-Alt-Del as SIGINT, SIGTERM, SIGPWR or the ACPI power key) shuts
+// down cleanly and reboots, which ends the VMM.
 //
 // `banger-init setup` does only the configuration steps, for images whose
 // PID 1 is systemd (a oneshot unit ordered before ssh.service), and

@@ -43,6 +43,10 @@ func setup() error {
 		step("work disk", mountWork(p.WorkDisk))
 	}
 	step("ssh key", writeKey(p))
+	// After the work disk, which carries the VM's own host key, and before
+	// sshd, which must serve it: the daemon pins that key, not the image's.
+	_, err = guestinit.InstallHostKey("/")
+	step("ssh host key", err)
 	// sshd's privilege separation directory; systemd's unit makes it too.
 	step("/run/sshd", os.MkdirAll("/run/sshd", 0o755))
 	return errors.Join(errs...)

@@ -41,7 +41,8 @@ var (
 	fakeVM = model.VM{ID: "aaaabbbbccccdddd", Name: "dev", ImageID: fakeImg.ID, KernelID: fakeKernel.ID, CPUs: 2, MemoryMiB: 1024,
 		DiskBytes: 4 << 30, DesiredState: model.VMRunning, State: model.VMRunning, VMM: "qemu", Accel: "tcg", CowStrategy: "qcow2",
 		GuestIP: "172.16.0.2", GuestMAC: "02:ba:ac:10:00:02", DNSName: "dev.vm", CID: 3, Dir: "/state/vms/aaaabbbbccccdddd", StartedAt: &started,
-		Net: model.NetPolicy{Mode: "internet", AllowVMs: []string{"db"}}}
+		Net:     model.NetPolicy{Mode: "internet", AllowVMs: []string{"db"}},
+		HostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfDev"}
 	fakeSession = model.Session{ID: "1111222233334444", VMID: fakeVM.ID, Name: "server", Command: "python3", Args: []string{"-m", "http.server"},
 		Cwd: "/root", StdinMode: "pipe", Status: "exited", GuestPID: 42, ExitCode: &exitZero}
 )

@@ -297,7 +297,7 @@ func writeVM(w io.Writer, vm model.VM) error {
 	return kv(w, "id", vm.ID, "name", vm.Name, "state", string(vm.State), "desired", string(vm.DesiredState),
 		"image", vm.ImageID, "kernel", vm.KernelID, "vmm", vm.VMM, "accel", vm.Accel, "cpus", fmt.Sprint(vm.CPUs),
 		"memory", size(int64(vm.MemoryMiB)<<20), "disk", size(vm.DiskBytes), "ip", vm.GuestIP, "mac", vm.GuestMAC,
-		"dns", vm.DNSName, "net", vm.Net.String(), "cid", fmt.Sprint(vm.CID), "storage", vm.CowStrategy, "dir", vm.Dir,
+		"dns", vm.DNSName, "net", vm.Net.String(), "cid", fmt.Sprint(vm.CID), "storage", vm.CowStrategy, "dir", vm.Dir, "host key", vm.HostKey,
 		"created", vm.CreatedAt.Local().Format(time.RFC3339), "started", started, "last error", vm.LastError)
 }
 

@@ -120,6 +120,34 @@ func createKey(path string) error {
 	return nil
 }
 
+// HostKey is an SSH host key made for one VM: its guest's sshd serves it
+// and the daemon pins its public half.
+type HostKey struct {
+	Private []byte // OpenSSH PEM, as sshd reads a HostKey file
+	Public  string // authorized_keys format without comment: "ssh-ed25519 AAAA…"
+}
+
+// NewHostKey makes a fresh ed25519 host key. Each VM has its own, so that
+// no guest knows a sibling's private key or can pass for it.
+func NewHostKey() (HostKey, error) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return HostKey{}, fmt.Errorf("generate ssh host key: %w", err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		return HostKey{}, fmt.Errorf("encode ssh host key: %w", err)
+	}
+	pk, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		return HostKey{}, fmt.Errorf("encode ssh host key: %w", err)
+	}
+	return HostKey{
+		Private: pem.EncodeToMemory(block),
+		Public:  strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pk))),
+	}, nil
+}
+
 // AuthorizedKey is the authorized_keys line of s's public key, commented
 // "banger": "ssh-ed25519 AAAA… banger".
 func AuthorizedKey(s ssh.Signer) string {

@@ -5,6 +5,7 @@ import (
 	"crypto/rsa"
 	"encoding/pem"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -163,6 +164,40 @@ func TestAuthorizedKey(t *testing.T) {
 	}
 	if comment != "banger" || string(pk.Marshal()) != string(s.PublicKey().Marshal()) {
 		t.Errorf("AuthorizedKey does not parse back to the key (comment %q)", comment)
+	}
+}
+
+func TestNewHostKey(t *testing.T) {
+	k, err := NewHostKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := ssh.ParsePrivateKey(k.Private)
+	if err != nil {
+		t.Fatalf("private half does not parse: %v\n%s", err, k.Private)
+	}
+	if b, _ := pem.Decode(k.Private); b == nil || b.Type != "OPENSSH PRIVATE KEY" {
+		t.Errorf("private half is not OpenSSH PEM:\n%s", k.Private)
+	}
+	pinned, err := ParseHostKey(k.Public)
+	if err != nil || pinned.Type() != ssh.KeyAlgoED25519 || string(pinned.Marshal()) != string(signer.PublicKey().Marshal()) {
+		t.Fatalf("public half %q does not match the private one (%v)", k.Public, err)
+	}
+	if strings.Count(k.Public, " ") != 1 {
+		t.Errorf("public half %q carries a comment", k.Public)
+	}
+	other, err := NewHostKey()
+	if err != nil || other.Public == k.Public {
+		t.Fatalf("two host keys are the same: %v", err)
+	}
+	// OpenSSH (sshd, ssh-keygen) reads the file as banger writes it.
+	if _, err := exec.LookPath("ssh-keygen"); err == nil {
+		path := filepath.Join(t.TempDir(), "ssh_host_ed25519_key")
+		os.WriteFile(path, k.Private, 0o600)
+		out, err := exec.Command("ssh-keygen", "-y", "-f", path).Output()
+		if err != nil || strings.TrimSpace(string(out)) != k.Public {
+			t.Errorf("ssh-keygen -y = %q, %v; want %q", out, err, k.Public)
+		}
 	}
 }
 

@@ -5,9 +5,11 @@
 // /etc/resolv.conf, the authorized_keys file) and the sshd configuration
 // banger's images carry.
 //
-// It does no I/O. cmd/banger-init applies what it returns inside the guest;
-// internal/image writes the sshd configuration into new images. It must not
-// know how the host builds disks or starts VMMs.
+// It does no I/O but InstallHostKey, which works under a root directory it
+// is given so that it can be tested on a temporary one. cmd/banger-init
+// applies what it returns inside the guest; internal/image writes the sshd
+// configuration into new images. It must not know how the host builds
+// disks or starts VMMs.
 package guestinit
 
 import (
@@ -29,6 +31,13 @@ const (
 	SSHDConfigPath = "/etc/ssh/sshd_config.d/banger.conf"
 	// WorkMount is where the work disk is mounted.
 	WorkMount = "/root"
+	// HostKeyPath is the SSH host key the image's sshd serves (the image's
+	// own, replaced at boot by the VM's when its work disk carries one).
+	HostKeyPath = "/etc/ssh/ssh_host_ed25519_key"
+	// WorkHostKey is where the daemon writes the VM's own SSH host key on a
+	// new work disk, relative to the disk's root (so, in the guest, under
+	// WorkMount); the public key is next to it with ".pub".
+	WorkHostKey = ".banger/ssh_host_ed25519_key"
 )
 
 // Params are the banger.* parameters of the kernel command line, plus the
@@ -221,6 +230,6 @@ UseDNS no
 GSSAPIAuthentication no
 PrintMotd no
 PrintLastLog no
-HostKey /etc/ssh/ssh_host_ed25519_key
+HostKey ` + HostKeyPath + `
 `
 }

@@ -89,6 +89,11 @@ type VM struct {
 	UpdatedAt    time.Time  `json:"updated_at"`
 	StartedAt    *time.Time `json:"started_at,omitempty"`
 	Net          NetPolicy  `json:"net"` // what the guest may reach on the network
+
+	// HostKey is the VM's own SSH host public key (authorized_keys
+	// format), made at create and pinned by the daemon; empty for a VM
+	// made before VMs had their own, whose image's key is pinned instead.
+	HostKey string `json:"host_key,omitempty"`
 }
 
 // NetInternet is the network mode of a VM that was given none: DNS on the
@@ -123,6 +128,18 @@ func (p NetPolicy) String() string {
 		}
 	}
 	return s
+
+}
+
+
+// PinnedHostKey is the SSH host key the daemon expects vm's guest to
+// serve: its own, or for a VM made before VMs had their own, its image's
+// (im, which is read only then).
+func (vm VM) PinnedHostKey(im Image) string {
+	if vm.HostKey != "" {
+		return vm.HostKey
+	}
+	return im.HostKey
 }
 
 // VMHandles is what is momentarily true of a running VM on the host. It is

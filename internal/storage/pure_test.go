@@ -79,10 +79,15 @@ func TestSystemFile(t *testing.T) {
 }
 
 func TestMkfsWorkDiskArgs(t *testing.T) {
-	got := strings.Join(MkfsWorkDiskArgs("mkfs.ext4", "/v/work.ext4"), " ")
+	got := strings.Join(MkfsWorkDiskArgs("mkfs.ext4", "/v/work.ext4", ""), " ")
 	want := "mkfs.ext4 -q -F -m 0 -E lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0 -L banger-work /v/work.ext4"
 	if got != want {
 		t.Errorf("argv = %q, want %q", got, want)
+	}
+	got = strings.Join(MkfsWorkDiskArgs("mkfs.ext4", "/v/work.ext4", "/v/.seed"), " ")
+	want = "mkfs.ext4 -q -F -m 0 -E lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0 -L banger-work -d /v/.seed /v/work.ext4"
+	if got != want {
+		t.Errorf("argv with a seed = %q, want %q", got, want)
 	}
 }
 

@@ -25,25 +25,46 @@ const WorkDiskLabel = "banger-work"
 var ErrNotFound = fs.ErrNotExist
 
 // MkfsWorkDiskArgs returns the mkfs.ext4 argv that formats path as a work
-// disk. Lazy inode table and journal init keep it fast for any size; no
-// blocks are reserved for root since root is the only user; the root
-// directory is owned by root as /root must be.
-func MkfsWorkDiskArgs(mkfs, path string) []string {
-	return []string{mkfs, "-q", "-F", "-m", "0",
+// disk, filled with the tree under seedDir when it is not empty. Lazy inode
+// table and journal init keep it fast for any size; no blocks are reserved
+// for root since root is the only user; the root directory is owned by root
+// as /root must be.
+func MkfsWorkDiskArgs(mkfs, path, seedDir string) []string {
+	argv := []string{mkfs, "-q", "-F", "-m", "0",
 		"-E", "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0",
-		"-L", WorkDiskLabel, path}
+		"-L", WorkDiskLabel}
+	if seedDir != "" {
+		argv = append(argv, "-d", seedDir)
+	}
+	return append(argv, path)
 }
 
-// CreateWorkDisk makes a sparse file of size bytes at path and formats it
-// ext4. An existing file is never overwritten: work disks hold user data.
-// On failure the file is removed.
+// CreateWorkDisk makes an empty work disk: CreateWorkDiskWith without a
+// seed.
 func CreateWorkDisk(ctx context.Context, path string, size int64) error {
+	return CreateWorkDiskWith(ctx, path, size, "")
+}
+
+// CreateWorkDiskWith makes a sparse file of size bytes at path and formats
+// it ext4, holding a copy of the tree under seedDir (none when empty), with
+// its files' modes and owners, at the disk's root. mkfs.ext4 -d writes the
+// files itself: nothing is mounted, and what the guest is given never
+// passes through a command line. An existing file is never overwritten:
+// work disks hold user data. On failure the file is removed.
+func CreateWorkDiskWith(ctx context.Context, path string, size int64, seedDir string) error {
 	if size < MinWorkDisk {
 		return fmt.Errorf("work disk size %d bytes is too small: use at least 16M", size)
 	}
 	mkfs, err := exec.LookPath("mkfs.ext4")
 	if err != nil {
 		return fmt.Errorf("work disk: mkfs.ext4 not found on PATH (install e2fsprogs)")
+	}
+	if seedDir != "" {
+		if fi, err := os.Stat(seedDir); err != nil {
+			return fmt.Errorf("work disk seed: %w", err)
+		} else if !fi.IsDir() {
+			return fmt.Errorf("work disk seed %s is not a directory", seedDir)
+		}
 	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -54,7 +75,7 @@ func CreateWorkDisk(ctx context.Context, path string, size int64) error {
 		err = cerr
 	}
 	if err == nil {
-		_, err = runArgv(ctx, MkfsWorkDiskArgs(mkfs, path))
+		_, err = runArgv(ctx, MkfsWorkDiskArgs(mkfs, path, seedDir))
 	}
 	if err != nil {
 		os.Remove(path)

@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -51,6 +52,74 @@ func TestCreateWorkDisk(t *testing.T) {
 	}
 	if _, err := os.Stat(disk); err != nil {
 		t.Fatalf("refused create removed the existing disk: %v", err)
+	}
+}
+
+// inodeOf reads the mode bits and owner of path on an ext4 image with
+// debugfs.
+func inodeOf(t *testing.T, disk, path string) (mode, owner string) {
+	t.Helper()
+	out, err := exec.Command("debugfs", "-R", "stat "+debugfsQuote(path), disk).Output()
+	if err != nil {
+		t.Fatalf("debugfs stat %s: %v", path, err)
+	}
+	f := strings.Fields(string(out))
+	for i := 0; i+1 < len(f); i++ {
+		switch f[i] {
+		case "Mode:":
+			mode = f[i+1]
+		case "User:":
+			owner = f[i+1]
+		}
+	}
+	return mode, owner
+}
+
+func TestCreateWorkDiskWithSeed(t *testing.T) {
+	need(t, "mkfs.ext4", "debugfs")
+	ctx := context.Background()
+	dir := t.TempDir()
+	seed := filepath.Join(dir, "seed")
+	os.MkdirAll(filepath.Join(seed, ".banger"), 0o700)
+	os.Chmod(filepath.Join(seed, ".banger"), 0o700)
+	os.WriteFile(filepath.Join(seed, ".banger", "key"), []byte("private\n"), 0o600)
+	os.WriteFile(filepath.Join(seed, ".banger", "key.pub"), []byte("public\n"), 0o644)
+	disk := filepath.Join(dir, "work.ext4")
+	if err := CreateWorkDiskWith(ctx, disk, 1<<30, seed); err != nil {
+		t.Fatal(err)
+	}
+	if used := statBlocks(t, disk) * 512; used > 128<<20 {
+		t.Fatalf("seeded work disk allocates %d bytes: not sparse/lazy", used)
+	}
+	for path, want := range map[string]string{"/.banger/key": "private\n", "/.banger/key.pub": "public\n"} {
+		got, err := ReadFile(ctx, disk, path)
+		if err != nil || string(got) != want {
+			t.Errorf("ReadFile(%s) = %q, %v; want %q", path, got, err, want)
+		}
+	}
+	uid := fmt.Sprint(os.Geteuid())
+	for path, want := range map[string]string{"/.banger": "0700", "/.banger/key": "0600", "/.banger/key.pub": "0644"} {
+		if mode, owner := inodeOf(t, disk, path); mode != want || owner != uid {
+			t.Errorf("%s on the disk: mode %s owner %s, want %s owned by %s", path, mode, owner, want, uid)
+		}
+	}
+	// The root stays root's whatever the seed's owner: the guest mounts it at /root.
+	if _, owner := inodeOf(t, disk, "/"); owner != "0" {
+		t.Errorf("disk root owned by %s, want 0", owner)
+	}
+	names, err := ListDir(ctx, disk, "/")
+	slices.Sort(names)
+	if err != nil || !slices.Equal(names, []string{".banger", "lost+found"}) {
+		t.Errorf("ListDir / = %q, %v", names, err)
+	}
+
+	// A missing seed is refused before anything is made.
+	other := filepath.Join(dir, "other.ext4")
+	if err := CreateWorkDiskWith(ctx, other, 64<<20, filepath.Join(dir, "nope")); err == nil {
+		t.Fatal("a missing seed directory was accepted")
+	}
+	if _, err := os.Stat(other); !os.IsNotExist(err) {
+		t.Fatalf("refused CreateWorkDiskWith left %s: %v", other, err)
 	}
 }
 

@@ -105,6 +105,11 @@ CREATE INDEX vms_created_at ON vms(created_at);
 	`
 ALTER TABLE vms ADD COLUMN net_policy TEXT NOT NULL DEFAULT '';
 `,
+	// 4: each VM's own SSH host key. VMs made before have none ('') and go
+	// on with their image's.
+	`
+ALTER TABLE vms ADD COLUMN host_key TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // migrate applies the steps the database lacks, up to version upTo, each in

@@ -37,6 +37,7 @@ func testVM(id, name string, n int) model.VM {
 		LogPath: "/s/log", ConsolePath: "/s/console", MetricsPath: "/s/metrics", SystemDisk: "/s/sys.qcow2",
 		WorkDisk: "/s/work.ext4", LastError: "", CreatedAt: t0.Add(time.Duration(n) * time.Second),
 		UpdatedAt: t0, StartedAt: &started, Net: model.NetPolicy{Mode: model.NetInternet},
+		HostKey: "ssh-ed25519 AAAA" + id,
 	}
 }
 
@@ -175,7 +176,8 @@ func TestVMsCRUDAndUniqueness(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, _ = s.GetVM(ctx, a.ID)
-	if got.State != model.VMFailed || got.LastError != "boom" || got.StartedAt == nil || !got.StartedAt.Equal(now) {
+	if got.State != model.VMFailed || got.LastError != "boom" || got.StartedAt == nil || !got.StartedAt.Equal(now) ||
+		got.HostKey != a.HostKey {
 		t.Fatalf("after update: %+v", got)
 	}
 	if got.UpdatedAt.Before(before.Add(-time.Millisecond)) {
@@ -371,10 +373,24 @@ func TestMigrations(t *testing.T) {
 				if err != nil {
 					t.Fatalf("data lost in upgrade: %v", err)
 				}
-				// A VM made before network policies has the default.
-				if want := testVM("keep1234", "keep", 2); !reflect.DeepEqual(vm, want) {
+				// A VM made before network policies has the default; one made
+				// before its own host key has none and pins its image's.
+				want := testVM("keep1234", "keep", 2)
+				want.HostKey = ""
+				if !reflect.DeepEqual(vm, want) {
 					t.Fatalf("upgraded vm = %+v\nwant %+v", vm, want)
 				}
+				if vm.PinnedHostKey(model.Image{HostKey: "ssh-ed25519 IMG"}) != "ssh-ed25519 IMG" {
+					t.Fatalf("upgraded vm pins %q", vm.PinnedHostKey(model.Image{HostKey: "ssh-ed25519 IMG"}))
+				}
+			}
+			// A new VM keeps its host key.
+			nv := testVM("new12345", "new", 3)
+			if err := s.CreateVM(ctx, nv); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := s.GetVM(ctx, "new"); err != nil || got.HostKey != nv.HostKey || got.PinnedHostKey(model.Image{}) != nv.HostKey {
+				t.Fatalf("host key after upgrade = %q, %v; want %q", got.HostKey, err, nv.HostKey)
 			}
 			// The upgraded schema works.
 			if err := s.CreateImage(ctx, model.Image{ID: "i1", Name: "x", CreatedAt: t0}); err != nil {
@@ -390,7 +406,7 @@ func TestMigrations(t *testing.T) {
 
 // insertV1VM records vm with the columns of schema version 1.
 func insertV1VM(ctx context.Context, s *Store, vm model.VM) error {
-	const n = 28 // vmCols of version 1: every column before net_policy
+	const n = 28 // vmCols of version 1: every column before net_policy and host_key
 	cols := strings.Join(strings.Split(vmCols, ", ")[:n], ", ")
 	_, err := s.db.ExecContext(ctx, "INSERT INTO vms ("+cols+") VALUES ("+placeholders(n)+")", vmArgs(vm)[:n]...)
 	return err

@@ -12,9 +12,9 @@ import (
 
 const vmCols = "id, name, image_id, kernel_id, cpus, memory_mib, disk_bytes, desired_state, state, vmm, accel, " +
 	"cow_strategy, guest_ip, guest_mac, dns_name, cid, dir, api_socket, vsock_socket, log_path, console_path, " +
-	"metrics_path, system_disk, work_disk, last_error, created_at, updated_at, started_at, net_policy"
+	"metrics_path, system_disk, work_disk, last_error, created_at, updated_at, started_at, net_policy, host_key"
 
-const vmColCount = 29
+const vmColCount = 30
 
 func scanVM(r *sql.Rows) (model.VM, error) {
 	var vm model.VM
@@ -25,7 +25,8 @@ func scanVM(r *sql.Rows) (model.VM, error) {
 	if err := r.Scan(&vm.ID, &vm.Name, &vm.ImageID, &vm.KernelID, &vm.CPUs, &vm.MemoryMiB, &vm.DiskBytes,
 		&vm.DesiredState, &vm.State, &vm.VMM, &vm.Accel, &vm.CowStrategy, &vm.GuestIP, &vm.GuestMAC,
 		&vm.DNSName, &cid, &vm.Dir, &vm.APISocket, &vm.VsockSocket, &vm.LogPath, &vm.ConsolePath,
-		&vm.MetricsPath, &vm.SystemDisk, &vm.WorkDisk, &vm.LastError, &created, &updated, &started, &net); err != nil {
+		&vm.MetricsPath, &vm.SystemDisk, &vm.WorkDisk, &vm.LastError, &created, &updated, &started, &net,
+		&vm.HostKey); err != nil {
 		return vm, err
 	}
 	vm.CID = uint32(cid)
@@ -49,7 +50,7 @@ func vmArgs(vm model.VM) []any {
 		string(vm.DesiredState), string(vm.State), vm.VMM, vm.Accel, vm.CowStrategy, vm.GuestIP, vm.GuestMAC,
 		vm.DNSName, int64(vm.CID), vm.Dir, vm.APISocket, vm.VsockSocket, vm.LogPath, vm.ConsolePath,
 		vm.MetricsPath, vm.SystemDisk, vm.WorkDisk, vm.LastError, fmtTime(vm.CreatedAt), fmtTime(vm.UpdatedAt),
-		fmtTimePtr(vm.StartedAt), fmtNetPolicy(vm.Net)}
+		fmtTimePtr(vm.StartedAt), fmtNetPolicy(vm.Net), vm.HostKey}
 }
 
 // parseNetPolicy reads the net_policy column; empty (a VM made before
@@ -107,7 +108,7 @@ func (s *Store) UpdateVM(ctx context.Context, vm model.VM) error {
 	query := "UPDATE vms SET name=?, image_id=?, kernel_id=?, cpus=?, memory_mib=?, disk_bytes=?, " +
 		"desired_state=?, state=?, vmm=?, accel=?, cow_strategy=?, guest_ip=?, guest_mac=?, dns_name=?, cid=?, " +
 		"dir=?, api_socket=?, vsock_socket=?, log_path=?, console_path=?, metrics_path=?, system_disk=?, " +
-		"work_disk=?, last_error=?, created_at=?, updated_at=?, started_at=?, net_policy=? WHERE id = ?"
+		"work_disk=?, last_error=?, created_at=?, updated_at=?, started_at=?, net_policy=?, host_key=? WHERE id = ?"
 	if err := s.execOne(ctx, "vm", vm.ID, query, append(args[1:], vm.ID)...); err != nil {
 		return fmt.Errorf("update vm: %w", err)
 	}

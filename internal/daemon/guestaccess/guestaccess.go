@@ -60,17 +60,20 @@ func New(deps Deps) *Service { return &Service{Deps: deps} }
 // sshTimeout bounds how long a booting guest may take to answer SSH.
 const sshTimeout = 180 * time.Second
 
-// endpoint is how to reach a VM's sshd: its IP and its image's pinned host
-// key.
+// endpoint is how to reach a VM's sshd: its IP and its pinned host key,
+// the VM's own or, for a VM made before VMs had their own, its image's.
 func (sv *Service) endpoint(ctx context.Context, vm model.VM) (guest.Endpoint, error) {
-	im, err := sv.Store.GetImage(ctx, vm.ImageID)
-	if err != nil {
-		return guest.Endpoint{}, store.Describe("image", vm.ImageID, err)
+	var im model.Image
+	if vm.HostKey == "" {
+		var err error
+		if im, err = sv.Store.GetImage(ctx, vm.ImageID); err != nil {
+			return guest.Endpoint{}, store.Describe("image", vm.ImageID, err)
+		}
+		if im.HostKey == "" {
+			return guest.Endpoint{}, errdefs.Errorf(errdefs.CodeInvalid, "image %s has no recorded SSH host key; rebuild or re-import it", im.Name)
+		}
 	}
-	if im.HostKey == "" {
-		return guest.Endpoint{}, errdefs.Errorf(errdefs.CodeInvalid, "image %s has no recorded SSH host key; rebuild or re-import it", im.Name)
-	}
-	return guest.Endpoint{Host: vm.GuestIP, Port: 22, User: "root", HostKey: im.HostKey}, nil
+	return guest.Endpoint{Host: vm.GuestIP, Port: 22, User: "root", HostKey: vm.PinnedHostKey(im)}, nil
 }
 
 // Dial returns the pooled SSH client of a running VM's guest.

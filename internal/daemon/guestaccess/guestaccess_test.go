@@ -1,9 +1,14 @@
 package guestaccess
 
 import (
+	"context"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/store"
 )
 
 func TestExecCommandQuoting(t *testing.T) {
@@ -17,5 +22,32 @@ func TestExecCommandQuoting(t *testing.T) {
 	}
 	if _, err := ExecCommand(api.ExecRequest{Command: []string{"true"}, Env: map[string]string{"1A": "x"}}); err == nil {
 		t.Fatal("bad env key accepted")
+	}
+}
+
+func TestEndpointPinsTheVMsOwnHostKey(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.Open(filepath.Join(t.TempDir(), "banger.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	im := model.Image{ID: "img1", Name: "default", HostKey: "ssh-ed25519 AAAAimage", CreatedAt: time.Now()}
+	if err := st.CreateImage(ctx, im); err != nil {
+		t.Fatal(err)
+	}
+	sv := New(Deps{Store: st})
+	vm := model.VM{Name: "a", ImageID: im.ID, GuestIP: "172.16.0.2", HostKey: "ssh-ed25519 AAAAvm"}
+	if ep, err := sv.endpoint(ctx, vm); err != nil || ep.HostKey != vm.HostKey || ep.Host != vm.GuestIP {
+		t.Fatalf("endpoint of a VM with its own key = %+v, %v", ep, err)
+	}
+	// A VM made before VMs had their own key: its image's.
+	vm.HostKey = ""
+	if ep, err := sv.endpoint(ctx, vm); err != nil || ep.HostKey != im.HostKey {
+		t.Fatalf("endpoint of an older VM = %+v, %v; want the image's key", ep, err)
+	}
+	vm.ImageID = "gone"
+	if _, err := sv.endpoint(ctx, vm); err == nil {
+		t.Fatal("an older VM without its image got an endpoint")
 	}
 }

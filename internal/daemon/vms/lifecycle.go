@@ -112,6 +112,13 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 		vm.Accel, _ = a.Accel(ctx)
 	}
 	vmPaths(&vm, m.vmDir(id), strat.Name())
+	// The VM's own host key: its public half is recorded and pinned, its
+	// private half goes only onto the work disk.
+	hostKey, err := guest.NewHostKey()
+	if err != nil {
+		return model.VM{}, err
+	}
+	vm.HostKey = hostKey.Public
 
 	// Held until the disks exist: once the record is visible, a request
 	// naming the VM resolves its id and waits here instead of acting on a
@@ -135,7 +142,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 		return model.VM{}, err
 	}
 	report(progress.Event{Phase: "disks", Message: fmt.Sprintf("creating %s system disk and %s work disk", strat.Name(), model.FormatSize(disk))})
-	err = m.makeDisks(ctx, vm, im, strat)
+	err = m.makeDisks(ctx, vm, im, strat, hostKey)
 	if err != nil {
 		_ = os.RemoveAll(vm.Dir)
 		_ = m.store.DeleteVM(context.Background(), vm.ID)
@@ -213,7 +220,7 @@ func (m *Manager) allocate(ctx context.Context, vm *model.VM) error {
 }
 
 // makeDisks creates the system disk and the work disk side by side.
-func (m *Manager) makeDisks(ctx context.Context, vm model.VM, im model.Image, strat storage.Strategy) error {
+func (m *Manager) makeDisks(ctx context.Context, vm model.VM, im model.Image, strat storage.Strategy, hostKey guest.HostKey) error {
 	if err := ensureDir(vm.Dir); err != nil {
 		return err
 	}
@@ -224,7 +231,7 @@ func (m *Manager) makeDisks(ctx context.Context, vm model.VM, im model.Image, st
 		defer wg.Done()
 		sysErr = strat.Create(ctx, im.Path, vm.Dir)
 	}()
-	workErr = storage.CreateWorkDisk(ctx, vm.WorkDisk, vm.DiskBytes)
+	workErr = createWorkDisk(ctx, vm, hostKey)
 	wg.Wait()
 	return errors.Join(sysErr, workErr)
 }
@@ -390,7 +397,7 @@ func (m *Manager) boot(ctx context.Context, vm model.VM, report progress.Func) (
 
 // writeKnownHosts writes the pinned host key for `vm ssh`.
 func (m *Manager) writeKnownHosts(vm model.VM, im model.Image) error {
-	line := guest.KnownHostsLine(vm.GuestIP, im.HostKey)
+	line := guest.KnownHostsLine(vm.GuestIP, vm.PinnedHostKey(im))
 	return os.WriteFile(filepath.Join(vm.Dir, "known_hosts"), []byte(line+"\n"), 0o600)
 }
 
