@@ -17,8 +17,8 @@ import (
 const dmControl = "/dev/mapper/control"
 
 // DMSnapshot makes a device-mapper snapshot target over a read-only loop of
-// the image and a loop of a sparse per-VM cow file: any VMM, needs
-// device-mapper. The zero value looks losetup and dmsetup up on PATH.
+// the image (through a per-VM hard link) and a loop of a sparse per-VM cow
+// file: any VMM, needs device-mapper. The zero value looks losetup and dmsetup up on PATH.
 type DMSnapshot struct {
 	Losetup string // "" means look it up on PATH
 	Dmsetup string // "" means look it up on PATH
@@ -31,18 +31,35 @@ func (DMSnapshot) Name() string { return "dm-snapshot" }
 func (DMSnapshot) Format() string { return vmm.FormatRaw }
 
 func (d DMSnapshot) bins() (losetup, dmsetup string, err error) {
-	losetup, dmsetup = d.Losetup, d.Dmsetup
-	if losetup == "" {
-		if losetup, err = exec.LookPath("losetup"); err != nil {
-			return "", "", fmt.Errorf("dm-snapshot storage needs losetup: not found on PATH (install util-linux)")
-		}
+	if losetup, err = d.losetupBin(); err != nil {
+		return "", "", err
 	}
-	if dmsetup == "" {
-		if dmsetup, err = exec.LookPath("dmsetup"); err != nil {
-			return "", "", fmt.Errorf("dm-snapshot storage needs dmsetup: not found on PATH (install dmsetup)")
-		}
+	if dmsetup, err = d.dmsetupBin(); err != nil {
+		return "", "", err
 	}
 	return losetup, dmsetup, nil
+}
+
+func (d DMSnapshot) losetupBin() (string, error) {
+	if d.Losetup != "" {
+		return d.Losetup, nil
+	}
+	p, err := exec.LookPath("losetup")
+	if err != nil {
+		return "", fmt.Errorf("dm-snapshot storage needs losetup: not found on PATH (install util-linux)")
+	}
+	return p, nil
+}
+
+func (d DMSnapshot) dmsetupBin() (string, error) {
+	if d.Dmsetup != "" {
+		return d.Dmsetup, nil
+	}
+	p, err := exec.LookPath("dmsetup")
+	if err != nil {
+		return "", fmt.Errorf("dm-snapshot storage needs dmsetup: not found on PATH (install dmsetup)")
+	}
+	return p, nil
 }
 
 // Available reports whether the kernel has device-mapper and the tools are
@@ -133,10 +150,10 @@ func (DMSnapshot) Create(ctx context.Context, image, vmDir string) error {
 	return replaceFile(tmp, path)
 }
 
-// Attach attaches a read-only loop over image and a loop over the VM's cow
-// file, and creates the snapshot target DMName(vmDir) over them. A target
-// or cow loop left by a crash is removed first. On failure everything made
-// so far is undone.
+// Attach attaches a read-only loop over the VM's base link to image (see
+// baseLink) and a loop over the VM's cow file, and creates the snapshot
+// target DMName(vmDir) over them. A target or loops of this VM left by a
+// crash are removed first. On failure everything made so far is undone.
 func (d DMSnapshot) Attach(ctx context.Context, image, vmDir string) (sd SystemDisk, err error) {
 	if ok, reason := d.Available(vmDir); !ok {
 		return SystemDisk{}, errors.New(reason)
@@ -155,17 +172,13 @@ func (d DMSnapshot) Attach(ctx context.Context, image, vmDir string) (sd SystemD
 	}
 	name := DMName(vmDir)
 
-	// Replace what a crashed daemon left: the target with its loops, and
-	// any loop still over this VM's cow file.
-	stale := SystemDisk{DMNames: []string{name}}
-	if loops, err := LoopsOf(cow); err == nil {
-		stale.Loops = loops
-	}
-	if err := d.Detach(ctx, stale); err != nil {
+	// Replace what a crashed daemon left: Detach finds the target and the
+	// loops by the VM directory.
+	if err := d.Detach(ctx, SystemDisk{VMDir: vmDir}); err != nil {
 		return SystemDisk{}, fmt.Errorf("dm-snapshot: remove leftovers of %s: %w", name, err)
 	}
 
-	var made SystemDisk
+	made := SystemDisk{VMDir: vmDir}
 	defer func() {
 		if err != nil {
 			if derr := d.Detach(context.WithoutCancel(ctx), made); derr != nil {
@@ -173,7 +186,7 @@ func (d DMSnapshot) Attach(ctx context.Context, image, vmDir string) (sd SystemD
 			}
 		}
 	}()
-	out, err := runArgv(ctx, LosetupAttachArgs(losetup, image, true))
+	out, err := runArgv(ctx, LosetupAttachArgs(losetup, baseLink(image, vmDir), true))
 	if err != nil {
 		return SystemDisk{}, fmt.Errorf("dm-snapshot base loop: %w", err)
 	}
@@ -194,24 +207,62 @@ func (d DMSnapshot) Attach(ctx context.Context, image, vmDir string) (sd SystemD
 	return made, nil
 }
 
-// Detach removes the targets named in sd, then its loops. Targets and
-// loops already gone are skipped. Because loop numbers are reused, a loop
-// is detached only while it still looks like banger's: used by one of the
-// targets being removed, backed by a cow file, or read-only (a base loop).
+// baseLink makes VMDIR/system.base a hard link to image (kept while it is
+// one) and returns it: the VM's base loop is attached over the link, so its
+// backing file names this VM, where the image is shared by every VM made
+// from it. When the link cannot be made (the image on another file system)
+// it returns image: the base loop is then told apart only as a dependency
+// of this VM's target, and a crash before the target exists leaks it.
+func baseLink(image, vmDir string) string {
+	link := filepath.Join(vmDir, BaseFile)
+	if a, err := os.Stat(link); err == nil {
+		if b, err := os.Stat(image); err == nil && os.SameFile(a, b) {
+			return link
+		}
+	}
+	tmp := link + ".tmp"
+	_ = os.Remove(tmp)
+	if err := os.Link(image, tmp); err != nil {
+		_ = os.Remove(link) // a link to a replaced image must not be used
+		return image
+	}
+	if err := replaceFile(tmp, link); err != nil {
+		_ = os.Remove(link)
+		return image
+	}
+	return link
+}
+
+// Detach removes the VM's target, then its loops; what is gone already is
+// skipped. A loop is detached only when it is this VM's: used by one of the
+// targets removed, or backed by the VM's cow file or base link (the same
+// path, and the same file as is there now). sd.Loops are the numbers
+// recorded at Attach, possibly before a reboot that reassigned them: they
+// decide nothing, as every attached loop is judged by what backs it. With
+// sd.VMDir set, the VM's target and loops are found without any record (a
+// crash before they were recorded).
 func (d DMSnapshot) Detach(ctx context.Context, sd SystemDisk) error {
-	if len(sd.DMNames) == 0 && len(sd.Loops) == 0 {
-		return nil
+	names := append([]string{}, sd.DMNames...)
+	var own []string
+	if sd.VMDir != "" {
+		names = append(names, DMName(sd.VMDir))
+		own = vmLoopFiles(sd.VMDir)
 	}
 	var errs []error
-	losetup, dmsetup, binErr := d.bins()
 	deps := map[string]bool{}
+	done := map[string]bool{}
 	if _, err := os.Stat(dmControl); err == nil {
-		for _, name := range sd.DMNames {
+		for _, name := range names {
+			if done[name] {
+				continue
+			}
+			done[name] = true
 			if _, err := os.Stat("/dev/mapper/" + name); err != nil {
 				continue // gone already
 			}
-			if binErr != nil {
-				return binErr
+			dmsetup, err := d.dmsetupBin()
+			if err != nil {
+				return err
 			}
 			if out, err := runArgv(ctx, DmsetupDepsArgs(dmsetup, name)); err == nil {
 				for _, dev := range ParseDMDeps(out) {
@@ -223,28 +274,23 @@ func (d DMSnapshot) Detach(ctx context.Context, sd SystemDisk) error {
 			}
 		}
 	}
-	loops := append([]string{}, sd.Loops...)
-	for dev := range deps {
-		loops = append(loops, dev)
+	if len(deps) == 0 && len(own) == 0 {
+		return errors.Join(errs...) // no loop can be told to be the VM's
 	}
-	seen := map[string]bool{}
-	for _, dev := range loops {
-		if seen[dev] {
+	losetup, err := d.losetupBin()
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	loops, err := listLoops(ctx, losetup)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for _, l := range loops {
+		if !deps[l.Name] && !ownsLoop(own, l) {
 			continue
 		}
-		seen[dev] = true
-		backing, ok := loopBacking(dev)
-		if !ok {
-			continue // not attached any more
-		}
-		if !deps[dev] && filepath.Base(backing) != CowFile && !loopReadOnly(dev) {
-			continue // reused by someone else since
-		}
-		if binErr != nil {
-			return binErr
-		}
-		if _, err := runArgv(ctx, LosetupDetachArgs(losetup, dev)); err != nil {
-			if _, still := loopBacking(dev); still {
+		if _, err := runArgv(ctx, LosetupDetachArgs(losetup, l.Name)); err != nil {
+			if _, still := loopBacking(l.Name); still {
 				errs = append(errs, err)
 			}
 		}
@@ -252,8 +298,8 @@ func (d DMSnapshot) Detach(ctx context.Context, sd SystemDisk) error {
 	return errors.Join(errs...)
 }
 
-// Remove deletes the cow file.
+// Remove deletes the cow file and the base link.
 func (DMSnapshot) Remove(ctx context.Context, vmDir string) error {
-	p := filepath.Join(vmDir, CowFile)
-	return removeFiles(p, p+".tmp")
+	cow, base := filepath.Join(vmDir, CowFile), filepath.Join(vmDir, BaseFile)
+	return removeFiles(cow, cow+".tmp", base, base+".tmp")
 }

@@ -17,12 +17,6 @@ func loopBacking(dev string) (string, bool) {
 	return strings.TrimSpace(string(b)), true
 }
 
-// loopReadOnly reports whether loop device dev is attached read-only.
-func loopReadOnly(dev string) bool {
-	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "ro"))
-	return err == nil && strings.TrimSpace(string(b)) == "1"
-}
-
 // attachedLoops returns every attached loop device with its backing file.
 func attachedLoops() (map[string]string, error) {
 	entries, err := filepath.Glob("/sys/block/loop*")

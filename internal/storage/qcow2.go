@@ -14,6 +14,9 @@ const (
 	Qcow2File = "system." + vmm.FormatQcow2 // qcow2 overlay over the image
 	CloneFile = "system.img"                // reflink clone of the image
 	CowFile   = "system.cow"                // dm-snapshot exception store
+	// BaseFile is dm-snapshot's hard link to the image: the VM's base loop
+	// is attached over it, so that the loop names the VM that owns it.
+	BaseFile = "system.base"
 )
 
 // SystemFile returns the durable system disk file a strategy keeps in

@@ -33,6 +33,10 @@ type SystemDisk struct {
 	// tear them down.
 	Loops   []string
 	DMNames []string
+	// VMDir is the VM directory the disk belongs to. dm-snapshot's Detach
+	// finds the VM's loops and target by it, and detaches no loop that is
+	// not the VM's, whatever Loops says (loop numbers are reused).
+	VMDir string
 }
 
 // Strategy makes copy-on-write system disks.
@@ -66,7 +70,8 @@ type Strategy interface {
 	Attach(ctx context.Context, image, vmDir string) (SystemDisk, error)
 
 	// Detach removes the kernel objects Attach made (named in d, as recorded
-	// in the VM's handles). Objects already gone are not an error.
+	// in the VM's handles, or found by d.VMDir when none were recorded).
+	// Objects already gone are not an error.
 	Detach(ctx context.Context, d SystemDisk) error
 
 	// Remove deletes the durable files Create made. Missing files are not an

@@ -545,11 +545,11 @@ func (m *Manager) teardown(ctx context.Context, vm model.VM) {
 			m.log.Warn("delete tap", "vm", vm.Name, "tap", h.Tap, "err", err)
 		}
 	}
-	if len(h.Loops) > 0 || len(h.DMNames) > 0 {
-		if strat, err := m.strategy(vm.CowStrategy); err == nil {
-			if err := strat.Detach(ctx, storage.SystemDisk{Loops: h.Loops, DMNames: h.DMNames}); err != nil {
-				m.log.Warn("detach system disk", "vm", vm.Name, "err", err)
-			}
+	// Without handles too: a crash between Attach and recording its
+	// objects leaves them to be found by the VM directory.
+	if strat, err := m.strategy(vm.CowStrategy); err == nil {
+		if err := strat.Detach(ctx, storage.SystemDisk{Loops: h.Loops, DMNames: h.DMNames, VMDir: vm.Dir}); err != nil {
+			m.log.Warn("detach system disk", "vm", vm.Name, "err", err)
 		}
 	}
 	if drvErr == nil {

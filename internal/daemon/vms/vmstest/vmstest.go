@@ -82,8 +82,9 @@ func (f *Driver) Alive(h vmm.Handle) bool {
 
 // Strategy makes plain files and pretend loops.
 type Strategy struct {
-	CreateErr error
-	Detached  [][]string
+	CreateErr    error
+	Detached     [][]string // the loops of each Detach
+	DetachedDirs []string   // the VM directory of each Detach
 }
 
 func (s *Strategy) Name() string                    { return "qcow2" }
@@ -100,6 +101,7 @@ func (s *Strategy) Attach(ctx context.Context, image, dir string) (storage.Syste
 }
 func (s *Strategy) Detach(ctx context.Context, d storage.SystemDisk) error {
 	s.Detached = append(s.Detached, d.Loops)
+	s.DetachedDirs = append(s.DetachedDirs, d.VMDir)
 	return nil
 }
 func (s *Strategy) Remove(ctx context.Context, dir string) error {
