@@ -128,9 +128,7 @@ func (p NetPolicy) String() string {
 		}
 	}
 	return s
-
 }
-
 
 // PinnedHostKey is the SSH host key the daemon expects vm's guest to
 // serve: its own, or for a VM made before VMs had their own, its image's
