@@ -129,12 +129,33 @@ func sessionFinished(s model.Session) bool {
 }
 
 // guestRun runs a bash script in a VM and returns its exit code and output.
+// An in-memory buffer given for stdout or stderr holds at most
+// guest.MaxAnswer bytes of the guest's answer: past that the command is
+// stopped and the run fails. Other writers are streams to a client (logs,
+// attach), paced by its reading.
 func (sv *Service) guestRun(ctx context.Context, vm model.VM, script string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
 	c, err := sv.Dial(ctx, vm)
 	if err != nil {
 		return -1, errdefs.Errorf(errdefs.CodeUnavailable, "cannot reach vm %s over SSH: %v", vm.Name, err)
 	}
-	code, err := c.Run(ctx, shell.BashCommand(script, nil), stdin, stdout, stderr)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var answers []*guest.Answer
+	bound := func(w io.Writer) io.Writer {
+		b, ok := w.(*bytes.Buffer)
+		if !ok {
+			return w
+		}
+		a := &guest.Answer{W: b, Max: guest.MaxAnswer, Over: cancel}
+		answers = append(answers, a)
+		return a
+	}
+	code, err := c.Run(ctx, shell.BashCommand(script, nil), stdin, bound(stdout), bound(stderr))
+	for _, a := range answers {
+		if a.Overflowed() {
+			return -1, errdefs.Errorf(errdefs.CodeUnavailable, "vm %s answered a command with more than %d bytes: the command was stopped", vm.Name, guest.MaxAnswer)
+		}
+	}
 	if err != nil {
 		return code, errdefs.Errorf(errdefs.CodeUnavailable, "command in vm %s failed: %v", vm.Name, err)
 	}

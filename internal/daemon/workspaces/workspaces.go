@@ -131,6 +131,8 @@ func (sv *Service) Prepare(ctx context.Context, ref string, req api.WorkspaceReq
 	stdinR, stdinW := io.Pipe()
 	runCtx, cancelRun := context.WithCancel(ctx)
 	defer cancelRun()
+	// The answer is one line; a guest can make it endless.
+	answer := &guest.Answer{W: &stdout, Max: guest.MaxAnswer, Over: cancelRun}
 	sendCtx, cancelSend := context.WithCancel(ctx)
 	defer cancelSend()
 	type ran struct {
@@ -143,7 +145,7 @@ func (sv *Service) Prepare(ctx context.Context, ref string, req api.WorkspaceReq
 		if sv.Transport() == TransportSSH {
 			env = nil // without a token the script reads SSH stdin
 		}
-		code, err := cli.Run(runCtx, shell.BashCommand(script, env), stdinR, &stdout, stderr)
+		code, err := cli.Run(runCtx, shell.BashCommand(script, env), stdinR, answer, stderr)
 		// Whatever still sends has nobody to send to.
 		stdinR.CloseWithError(errors.New("the guest command ended"))
 		cancelSend()
@@ -190,6 +192,9 @@ func (sv *Service) Prepare(ctx context.Context, ref string, req api.WorkspaceReq
 	}
 	if dialErr != nil {
 		return api.WorkspaceInfo{}, errdefs.Errorf(errdefs.CodeUnavailable, "prepare workspace %s in vm %s: %v", guestPath, vm.Name, dialErr)
+	}
+	if answer.Overflowed() {
+		return api.WorkspaceInfo{}, errdefs.Errorf(errdefs.CodeUnavailable, "prepare workspace %s in vm %s: the guest answered with more than %d bytes: the command was stopped", guestPath, vm.Name, guest.MaxAnswer)
 	}
 	if res.err != nil {
 		return api.WorkspaceInfo{}, fmt.Errorf("prepare workspace %s in vm %s: %w", guestPath, vm.Name, res.err)
