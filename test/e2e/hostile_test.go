@@ -111,7 +111,10 @@ func exportTemps() map[string]bool {
 	m := map[string]bool{}
 	found, _ := filepath.Glob(filepath.Join(os.TempDir(), "banger-export-*"))
 	for _, p := range found {
-		m[p] = true
+		// The CLI's own banger-export-*.bundle files are not the daemon's.
+		if fi, err := os.Lstat(p); err == nil && fi.IsDir() {
+			m[p] = true
+		}
 	}
 	return m
 }
@@ -236,6 +239,13 @@ func (g *guard) killDaemonTree() {
 	for _, pid := range jailed {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
+	// The killed daemon cannot remove the temp trees it was filling.
+	time.Sleep(500 * time.Millisecond)
+	for p := range exportTemps() {
+		if !g.temps0[p] {
+			os.RemoveAll(p)
+		}
+	}
 }
 
 // end stops watching and returns the peaks seen and why it tripped ("" if
@@ -249,13 +259,16 @@ func (g *guard) end(t *testing.T) (peakRSS, peakGrowth int64, tripped string) {
 	return g.peakRSS, g.peakGrowth, g.tripped
 }
 
-// timedRun is h.Run bounded by d: the CLI is killed past it.
+// timedRun is h.Run bounded by d: past it the CLI is interrupted, as by
+// Ctrl-C, and killed if it does not end within 10s of that.
 func (h *Harness) timedRun(dir string, d time.Duration, args ...string) (stdout, stderr string, code int, took time.Duration) {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	cmd := h.Command(ctx, args...)
 	cmd.Dir = dir
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = 10 * time.Second
 	var o, e strings.Builder
 	cmd.Stdout, cmd.Stderr = &o, &e
 	start := time.Now()
@@ -338,9 +351,11 @@ g() { git -c user.name=agent -c user.email=a@b "$@"; }
 mkdir mod && (cd mod && git init -q && echo m1 > m.txt && g add m.txt && g commit -qm mod)
 g add mod 2>/dev/null && g commit -qm "mod as a gitlink"
 mkdir sub && (cd sub && git init -q && echo s1 > s.txt && g add s.txt && g commit -qm sub)
-echo edited >> README.md
-echo m2 >> mod/m.txt
-echo s2 >> sub/s.txt
+# Same sizes: git must hash each to tell it changed (through a filter,
+# were one in effect).
+echo HELLO > README.md
+echo M1 > mod/m.txt
+echo S1 > sub/s.txt
 for d in . mod sub; do printf '* filter=x diff=x\n' > "$d/.gitattributes"; done
 cat >> .git/config <<'EOF'
 %s
@@ -374,8 +389,8 @@ sync
 		t.Fatalf("offline export failed (exit %d): %s", code, errOut)
 	}
 	for path, want := range map[string]string{
-		"README.md":      "hello\nedited\n",
-		"sub/s.txt":      "s1\ns2\n",
+		"README.md":      "HELLO\n",
+		"sub/s.txt":      "S1\n",
 		".gitattributes": "* filter=x diff=x\n",
 	} {
 		if got := gitIn(t, repo, "show", "b:"+path); got != want {
@@ -512,6 +527,7 @@ func TestHostileSparseWorkspaceFile(t *testing.T) {
 
 	// Running: the guest's git hashes the file itself. Observed, capped.
 	h.MustRun("vm", "start", vm)
+	bundles0, _ := filepath.Glob(filepath.Join(os.TempDir(), "banger-export-*.bundle"))
 	g = h.guard(t, 1<<30, 1<<30)
 	during := make(chan string, 1)
 	go func() {
@@ -543,6 +559,11 @@ func TestHostileSparseWorkspaceFile(t *testing.T) {
 			break
 		}
 		time.Sleep(time.Second)
+	}
+	// The interrupted CLI removed the file it was receiving the bundle in.
+	bundles, _ := filepath.Glob(filepath.Join(os.TempDir(), "banger-export-*.bundle"))
+	if len(bundles) > len(bundles0) {
+		t.Errorf("the interrupted export left its bundle file: %v (before: %v)", bundles, bundles0)
 	}
 	du, _ := h.guestSh(vm, "du -sh /root/repo/.git; df -h /root | tail -1")
 	t.Logf("guest after the capped export:\n%s", du)
@@ -633,5 +654,44 @@ func TestHostileEmptyDatabase(t *testing.T) {
 		t.Error("doctor has no lost+found check")
 	}
 	// What reconcile tears down: nothing of the VM runs or is attached.
+	h.AssertNoLeaks()
+}
+
+// TestHostileEndlessGuestAnswer: banger runs its guest scripts as `bash -c`
+// through root's login shell, which finds bash on PATH, so a guest can
+// answer every script with output that never ends. Listing sessions of
+// the running VM reads such an answer: bangerd keeps at most a bounded
+// amount of it, stops the guest's command, and answers in time.
+func TestHostileEndlessGuestAnswer(t *testing.T) {
+	h := NewHarness(t)
+	const vm = "hans"
+	h.StartVM(vm)
+	h.MustRun("session", "start", vm, "--name", "sleeper", "--", "sleep", "100000")
+	if out, code := h.guestSh(vm, `printf '#!/bin/sh\nexec yes banger-state-of-mind\n' > /usr/local/bin/bash && chmod +x /usr/local/bin/bash && command -v bash`); code != 0 || strings.TrimSpace(out) != "/usr/local/bin/bash" {
+		t.Fatalf("planting an endless bash: exit %d %q", code, out)
+	}
+
+	g := h.guard(t, 1<<30, 1<<30)
+	out, errOut, code, took := h.timedRun("", 60*time.Second, "session", "list", vm, "--json")
+	peak, _, tripped := g.end(t)
+	t.Logf("session list against an endless answer: exit %d in %.1fs; bangerd RSS peak %d MiB\n%.300s%.300s", code, took.Seconds(), peak>>20, out, errOut)
+	if tripped != "" {
+		t.Fatalf("bangerd was killed: %s", tripped)
+	}
+	if code == -2 {
+		t.Fatal("session list did not answer within 60s")
+	}
+	if peak > 200<<20 {
+		t.Errorf("bangerd's RSS reached %d MiB reading the guest's answer", peak>>20)
+	}
+	if log, _ := os.ReadFile(filepath.Join(h.StateDir, "bangerd.log")); !strings.Contains(string(log), "answered a command with more than") {
+		t.Error("bangerd.log does not say the guest's answer was over the bound")
+	}
+	// The guest's command was stopped, not left writing.
+	time.Sleep(2 * time.Second)
+	if ps, _ := h.guestSh(vm, "ps -C yes -o pid=,args= || true"); strings.TrimSpace(ps) != "" {
+		t.Errorf("the endless answer still runs in the guest:\n%s", ps)
+	}
+	h.MustRun("vm", "delete", "--force", vm)
 	h.AssertNoLeaks()
 }
