@@ -448,17 +448,30 @@ func TestWaitReady(t *testing.T) {
 
 func TestWaitReadyTimesOutWithLastError(t *testing.T) {
 	f := newFixture(t)
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close() // nothing listens there now
+	// A socket bound but not listening: connects are refused, and no
+	// parallel test can be handed the port meanwhile (a closed listener's
+	// port can be, and one that never answers turns "refused" into a
+	// timeout).
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ep := f.ep
-	ep.Port = port
+	ep.Port = sa.(*syscall.SockaddrInet4).Port
 	// Long enough that a loaded host still completes the first attempt
 	// (a refused connect is immediate); an attempt cut by the deadline does
 	// not replace the last real error.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	_, err := WaitReady(ctx, ep, f.signer, 20*time.Millisecond)
+	_, err = WaitReady(ctx, ep, f.signer, 20*time.Millisecond)
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "connection refused") {
 		t.Fatalf("err = %v, want DeadlineExceeded and the last error (connection refused)", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -237,6 +238,41 @@ func TestOfflineExportRunsNothing(t *testing.T) {
 	}
 	if loops, _ := storage.LoopsOf(disk); len(loops) != 0 {
 		t.Errorf("loop devices left: %v", loops)
+	}
+}
+
+// TestExportFromDiskUnderDaemonUmask: bangerd runs with umask 077, so
+// whatever root writes into the copy for the jail to read must get its
+// mode explicitly: the export works, and the sanitised config is 0644.
+func TestExportFromDiskUnderDaemonUmask(t *testing.T) {
+	gitEnv(t)
+	needOffline(t)
+	root := t.TempDir()
+	repo := filepath.Join(root, "repo")
+	git(t, root, "init", "-q", "-b", "main", repo)
+	write(t, filepath.Join(repo, "a.txt"), "a\n", 0o644)
+	git(t, repo, "add", "-A")
+	git(t, repo, "commit", "-q", "-m", "base")
+	write(t, filepath.Join(repo, "b.txt"), "uncommitted\n", 0o644)
+	disk := mkfsDisk(t, root)
+	old := syscall.Umask(0o077)
+	defer syscall.Umask(old)
+	var out, errb bytes.Buffer
+	code, err := ExportFromDisk(context.Background(), DiskExport{Disk: disk, Dir: "/repo", Format: FormatPatch, Message: "m"}, &out, &errb)
+	if err != nil || code != 0 {
+		t.Fatalf("ExportFromDisk under umask 077: %d %v\n%s", code, err, errb.String())
+	}
+	if !strings.Contains(out.String(), "b.txt") {
+		t.Errorf("the patch lacks b.txt:\n%s", out.String())
+	}
+
+	dir := t.TempDir()
+	git(t, dir, "init", "-q", "-b", "main")
+	if err := SanitizeRepo(context.Background(), dir); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, ".git", "config")); err != nil || fi.Mode().Perm() != 0o644 {
+		t.Errorf("sanitised config under umask 077: %v %v, want mode 0644", fi.Mode(), err)
 	}
 }
 

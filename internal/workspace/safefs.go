@@ -90,8 +90,10 @@ func (t *tree) readFile(rel string, max int64) ([]byte, error) {
 	return io.ReadAll(io.LimitReader(f, max))
 }
 
-// writeFile replaces rel with a new file holding data. The old entry is
-// unlinked, never opened: it could be a hard link to a file elsewhere.
+// writeFile replaces rel with a new file holding data, with mode perm
+// whatever the umask (bangerd's is 077, and a jail must read the file).
+// The old entry is unlinked, never opened: it could be a hard link to a
+// file elsewhere.
 func (t *tree) writeFile(rel string, data []byte, perm uint32) error {
 	if err := t.removeAll(rel); err != nil {
 		return err
@@ -100,7 +102,10 @@ func (t *tree) writeFile(rel string, data []byte, perm uint32) error {
 	if err != nil {
 		return err
 	}
-	_, err = f.Write(data)
+	err = f.Chmod(os.FileMode(perm))
+	if err == nil {
+		_, err = f.Write(data)
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

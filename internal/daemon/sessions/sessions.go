@@ -104,13 +104,6 @@ func (sv *Service) Attached(id string) (time.Time, bool) {
 	return t, ok
 }
 
-// Bounds of what the daemon keeps of a guest's answers: the guest writes
-// them, so none may grow without end.
-const (
-	maxAnswer  = 4 << 20  // output a script's caller parses whole
-	maxMessage = 16 << 10 // the end of stderr, for error messages
-)
-
 // lockVM serialises the record writes of one VM's sessions (reconcile,
 // start, stop), not the guest work around them.
 func (sv *Service) lockVM(vmID string) func() { return sv.locks.Lock("sessions:" + vmID) }
@@ -134,12 +127,33 @@ func (sv *Service) resolveSession(ctx context.Context, vmRef, ref string) (model
 func sessionFinished(s model.Session) bool { return s.Status.Finished() }
 
 // guestRun runs a bash script in a VM and returns its exit code and output.
+// An in-memory buffer given for stdout or stderr holds at most
+// guest.MaxAnswer bytes of the guest's answer: past that the command is
+// stopped and the run fails. Other writers are streams to a client (logs,
+// attach), paced by its reading.
 func (sv *Service) guestRun(ctx context.Context, vm model.VM, script string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
 	c, err := sv.Dial(ctx, vm)
 	if err != nil {
 		return -1, errdefs.Errorf(errdefs.CodeUnavailable, "cannot reach vm %s over SSH: %v", vm.Name, err)
 	}
-	code, err := c.Run(ctx, shell.BashCommand(script, nil), stdin, stdout, stderr)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var answers []*guest.Answer
+	bound := func(w io.Writer) io.Writer {
+		b, ok := w.(*bytes.Buffer)
+		if !ok {
+			return w
+		}
+		a := &guest.Answer{W: b, Max: guest.MaxAnswer, Over: cancel}
+		answers = append(answers, a)
+		return a
+	}
+	code, err := c.Run(ctx, shell.BashCommand(script, nil), stdin, bound(stdout), bound(stderr))
+	for _, a := range answers {
+		if a.Overflowed() {
+			return -1, errdefs.Errorf(errdefs.CodeUnavailable, "vm %s answered a command with more than %d bytes: the command was stopped", vm.Name, guest.MaxAnswer)
+		}
+	}
 	if err != nil {
 		return code, errdefs.Errorf(errdefs.CodeUnavailable, "command in vm %s failed: %v", vm.Name, err)
 	}
@@ -165,12 +179,12 @@ func (sv *Service) observe(ctx context.Context, vm model.VM, recs []model.Sessio
 		}
 		return states, false, nil
 	}
-	out, errb := guest.NewCapture(maxAnswer), &tail.Buffer{Max: maxMessage}
+	var out, errb bytes.Buffer
 	script := session.StatesScript(sv.StateRoot)
 	if len(recs) == 1 {
 		script = session.StateScript(sv.StateRoot, recs[0].ID)
 	}
-	code, err := sv.guestRun(ctx, vm, script, nil, out, errb)
+	code, err := sv.guestRun(ctx, vm, script, nil, &out, &errb)
 	if err != nil {
 		return nil, true, err
 	}
@@ -300,9 +314,9 @@ func (sv *Service) Start(ctx context.Context, vmRef string, req api.StartSession
 		return model.Session{}, store.Describe("session", name, err)
 	}
 
-	out := guest.NewCapture(maxAnswer)
+	var out bytes.Buffer
 	code, runErr := sv.guestRun(ctx, vm, session.StartScript(sv.StateRoot, spec),
-		bytes.NewReader([]byte(session.RunnerScript(sv.StateRoot, spec))), out, out)
+		bytes.NewReader([]byte(session.RunnerScript(sv.StateRoot, spec))), &out, &out)
 	res := session.ParseStart(out.String(), id)
 	if runErr == nil && code != 0 && res.Failed == nil {
 		runErr = fmt.Errorf("start script exited %d", code)
@@ -455,8 +469,8 @@ func (sv *Service) Logs(ctx context.Context, vmRef, ref string, req api.SessionL
 		_, err = w.Write(tail.Lines(b, req.Tail))
 		return err
 	}
-	errb := &tail.Buffer{Max: maxMessage}
-	code, err := sv.guestRun(ctx, vm, session.LogsScript(sv.StateRoot, s.ID, req.Stderr, req.Tail, req.Follow), nil, w, errb)
+	var errb bytes.Buffer
+	code, err := sv.guestRun(ctx, vm, session.LogsScript(sv.StateRoot, s.ID, req.Stderr, req.Tail, req.Follow), nil, w, &errb)
 	if err != nil {
 		if ctx.Err() != nil && req.Follow {
 			return nil // the client stopped following
@@ -514,8 +528,8 @@ func (sv *Service) Send(ctx context.Context, vmRef, ref string, data io.Reader) 
 	unlock := sv.locks.Lock("session-send:" + s.ID)
 	defer unlock()
 	cr := &countingReader{r: br}
-	errb := &tail.Buffer{Max: maxMessage}
-	code, err := sv.guestRun(ctx, vm, session.SendScript(sv.StateRoot, s.ID), cr, nil, errb)
+	var errb bytes.Buffer
+	code, err := sv.guestRun(ctx, vm, session.SendScript(sv.StateRoot, s.ID), cr, nil, &errb)
 	if err != nil {
 		return 0, err
 	}
@@ -583,8 +597,8 @@ func (sv *Service) Attach(ctx context.Context, vmRef, ref string, aio api.Attach
 			inDone <- result{0, err}
 			return
 		}
-		errb := &tail.Buffer{Max: maxMessage}
-		code, err := sv.guestRun(actx, vm, session.SendScript(sv.StateRoot, s.ID), aio.Stdin, nil, errb)
+		var errb bytes.Buffer
+		code, err := sv.guestRun(actx, vm, session.SendScript(sv.StateRoot, s.ID), aio.Stdin, nil, &errb)
 		inDone <- result{code, err}
 	}()
 	select {
@@ -670,10 +684,10 @@ func (sv *Service) signalSession(ctx context.Context, vmRef, ref, sig string, wa
 		}
 		unlock()
 	}
-	out, errb := guest.NewCapture(maxAnswer), &tail.Buffer{Max: maxMessage}
+	var out, errb bytes.Buffer
 	rctx, cancel := context.WithTimeout(ctx, time.Duration(waitSeconds+30)*time.Second)
 	defer cancel()
-	code, err := sv.guestRun(rctx, vm, session.SignalScript(sv.StateRoot, s.ID, sig, waitSeconds, stop), nil, out, errb)
+	code, err := sv.guestRun(rctx, vm, session.SignalScript(sv.StateRoot, s.ID, sig, waitSeconds, stop), nil, &out, &errb)
 	if err != nil {
 		return s, err
 	}
@@ -711,8 +725,8 @@ func (sv *Service) Remove(ctx context.Context, vmRef, ref string) error {
 	opLock := sv.locks.Lock("session-op:" + s.ID)
 	defer opLock()
 	if sv.VMs.Alive(vm) {
-		errb := &tail.Buffer{Max: maxMessage}
-		code, err := sv.guestRun(ctx, vm, session.RemoveScript(sv.StateRoot, s.ID), nil, nil, errb)
+		var errb bytes.Buffer
+		code, err := sv.guestRun(ctx, vm, session.RemoveScript(sv.StateRoot, s.ID), nil, nil, &errb)
 		if err != nil {
 			return err
 		}

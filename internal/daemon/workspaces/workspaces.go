@@ -126,12 +126,13 @@ func (sv *Service) Prepare(ctx context.Context, ref string, req api.WorkspaceReq
 
 	// The script runs on the SSH session (the control channel) and says on
 	// stderr where it takes the stream: a data-channel port, or stdin.
-	// The guest writes the answer: only the commit id is expected.
-	stdout := guest.NewCapture(64 << 10)
+	var stdout bytes.Buffer
 	stderr := &announceWriter{tail: tail.Buffer{Max: 16 << 10}, ch: make(chan string, 1)}
 	stdinR, stdinW := io.Pipe()
 	runCtx, cancelRun := context.WithCancel(ctx)
 	defer cancelRun()
+	// The answer is one line; a guest can make it endless.
+	answer := &guest.Answer{W: &stdout, Max: guest.MaxAnswer, Over: cancelRun}
 	sendCtx, cancelSend := context.WithCancel(ctx)
 	defer cancelSend()
 	type ran struct {
@@ -144,7 +145,7 @@ func (sv *Service) Prepare(ctx context.Context, ref string, req api.WorkspaceReq
 		if sv.Transport() == TransportSSH {
 			env = nil // without a token the script reads SSH stdin
 		}
-		code, err := cli.Run(runCtx, shell.BashCommand(script, env), stdinR, stdout, stderr)
+		code, err := cli.Run(runCtx, shell.BashCommand(script, env), stdinR, answer, stderr)
 		// Whatever still sends has nobody to send to.
 		stdinR.CloseWithError(errors.New("the guest command ended"))
 		cancelSend()
@@ -191,6 +192,9 @@ func (sv *Service) Prepare(ctx context.Context, ref string, req api.WorkspaceReq
 	}
 	if dialErr != nil {
 		return api.WorkspaceInfo{}, errdefs.Errorf(errdefs.CodeUnavailable, "prepare workspace %s in vm %s: %v", guestPath, vm.Name, dialErr)
+	}
+	if answer.Overflowed() {
+		return api.WorkspaceInfo{}, errdefs.Errorf(errdefs.CodeUnavailable, "prepare workspace %s in vm %s: the guest answered with more than %d bytes: the command was stopped", guestPath, vm.Name, guest.MaxAnswer)
 	}
 	if res.err != nil {
 		return api.WorkspaceInfo{}, fmt.Errorf("prepare workspace %s in vm %s: %w", guestPath, vm.Name, res.err)
