@@ -385,6 +385,11 @@ func (c *Client) SetVMNet(ctx context.Context, ref string, req VMNetRequest) (mo
 	return callFor[model.VM](ctx, c, "PUT", "/v1/vms/"+esc(ref)+"/net", req)
 }
 
+// SetVMTTL sets, extends or clears a VM's deadline.
+func (c *Client) SetVMTTL(ctx context.Context, ref string, req VMTTLRequest) (model.VM, error) {
+	return callFor[model.VM](ctx, c, "PUT", "/v1/vms/"+esc(ref)+"/ttl", req)
+}
+
 // VMLogs copies a VM's logs to w (until ctx ends when following).
 func (c *Client) VMLogs(ctx context.Context, ref string, req LogsRequest, w io.Writer) error {
 	q := logsQuery(req.Tail, req.Follow)

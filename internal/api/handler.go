@@ -117,6 +117,8 @@ func (h *handler) routes() []route {
 		{"POST /v1/vms/{ref}/sessions/{s}/stop", h.stopSession},
 		{"POST /v1/vms/{ref}/sessions/{s}/kill", h.killSession},
 		{"DELETE /v1/vms/{ref}/sessions/{s}", h.removeSession},
+
+		{"PUT /v1/vms/{ref}/ttl", h.setVMTTL},
 	}
 }
 
@@ -538,6 +540,15 @@ func (h *handler) setVMNet(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	v, err := h.svc.SetVMNet(r.Context(), r.PathValue("ref"), req)
+	reply(w, v, err)
+}
+
+func (h *handler) setVMTTL(w http.ResponseWriter, r *http.Request) {
+	req, ok := readBody[VMTTLRequest](w, r)
+	if !ok {
+		return
+	}
+	v, err := h.svc.SetVMTTL(r.Context(), r.PathValue("ref"), req)
 	reply(w, v, err)
 }
 

@@ -28,6 +28,7 @@ type fakeService struct {
 	createVM     func(req CreateVMRequest, p progress.Func) (model.VM, error)
 	deleteVM     func(ref string, force bool) error
 	setVMNet     func(ref string, req VMNetRequest) (model.VM, error)
+	setVMTTL     func(ref string, req VMTTLRequest) (model.VM, error)
 	vmLogs       func(req LogsRequest, w io.Writer) error
 	execVM       func(req ExecRequest, stdout, stderr io.Writer) (int, error)
 	prepare      func(req WorkspaceRequest, tar io.Reader) (WorkspaceInfo, error)
@@ -52,6 +53,9 @@ func (f *fakeService) DeleteVM(_ context.Context, ref string, force bool) error 
 }
 func (f *fakeService) SetVMNet(_ context.Context, ref string, req VMNetRequest) (model.VM, error) {
 	return f.setVMNet(ref, req)
+}
+func (f *fakeService) SetVMTTL(_ context.Context, ref string, req VMTTLRequest) (model.VM, error) {
+	return f.setVMTTL(ref, req)
 }
 func (f *fakeService) VMLogs(_ context.Context, _ string, req LogsRequest, w io.Writer) error {
 	// Enums are the domain's to validate; the handler only decodes.
@@ -575,5 +579,29 @@ func TestBodyLimit(t *testing.T) {
 	n, err := c.SendSession(context.Background(), "x", "s", strings.NewReader(stream))
 	if err != nil || n != int64(len(stream)) {
 		t.Fatalf("send of %d bytes: %d %v", len(stream), n, err)
+	}
+}
+
+// The deadline route hands the request over as given; the domain validates.
+func TestSetVMTTLRoute(t *testing.T) {
+	var got VMTTLRequest
+	at := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	svc := &fakeService{setVMTTL: func(ref string, req VMTTLRequest) (model.VM, error) {
+		got = req
+		if req.TTL == "soon" {
+			return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "invalid ttl %q", req.TTL)
+		}
+		return model.VM{Name: ref, ExpiresAt: &at, ExpireAction: model.TTLStop}, nil
+	}}
+	c, _ := serve(t, svc)
+	vm, err := c.SetVMTTL(context.Background(), "web", VMTTLRequest{TTL: "10m", Action: "stop"})
+	if err != nil || vm.Name != "web" || vm.ExpiresAt == nil || !vm.ExpiresAt.Equal(at) || vm.ExpireAction != model.TTLStop {
+		t.Fatalf("SetVMTTL = %+v, %v", vm, err)
+	}
+	if got != (VMTTLRequest{TTL: "10m", Action: "stop"}) {
+		t.Fatalf("service got %+v", got)
+	}
+	if _, err := c.SetVMTTL(context.Background(), "web", VMTTLRequest{TTL: "soon"}); errdefs.CodeOf(err) != errdefs.CodeInvalid {
+		t.Fatalf("invalid ttl: %v", err)
 	}
 }

@@ -108,6 +108,11 @@ type CreateVMRequest struct {
 	Allow    []string `json:"allow,omitempty"`     // CIDR[:PORT[/tcp|udp]]
 	Deny     []string `json:"deny,omitempty"`      // CIDR
 	AllowVMs []string `json:"allow_vms,omitempty"` // names (or ids) of other VMs this VM may connect to
+
+	// A deadline counted from the create (docs/ARCHITECTURE.md,
+	// "Deadlines"): the daemon validates both; empty TTL is none.
+	TTL       string `json:"ttl,omitempty"`        // e.g. "90s", "10m", "2h", "7d"
+	TTLAction string `json:"ttl_action,omitempty"` // delete (default) or stop
 }
 
 // VMNetRequest changes a VM's network policy. A field left out keeps the
@@ -120,6 +125,14 @@ type VMNetRequest struct {
 	Deny     *[]string `json:"deny,omitempty"`
 	AllowVMs *[]string `json:"allow_vms,omitempty"`
 	Reset    bool      `json:"reset,omitempty"`
+}
+
+// VMTTLRequest sets a VM's deadline to TTL from now, or clears it (TTL
+// "none"). An empty Action keeps the VM's current one (delete when it had
+// none).
+type VMTTLRequest struct {
+	TTL    string `json:"ttl"`
+	Action string `json:"action,omitempty"`
 }
 
 // StopVMRequest tunes a stop.
@@ -260,4 +273,7 @@ type Service interface {
 	StopSession(ctx context.Context, vmRef, ref string, req StopSessionRequest) (model.Session, error)
 	KillSession(ctx context.Context, vmRef, ref string, signal string) (model.Session, error)
 	RemoveSession(ctx context.Context, vmRef, ref string) error
+
+	// SetVMTTL sets, extends or clears a VM's deadline.
+	SetVMTTL(ctx context.Context, ref string, req VMTTLRequest) (model.VM, error)
 }

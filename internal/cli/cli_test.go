@@ -134,9 +134,21 @@ func TestTables(t *testing.T) {
 	names := artifactNames{images: map[string]string{vm.ImageID: "default"}, kernels: map[string]string{vm.KernelID: "debian-cloud-bookworm"}}
 	table(&b, vmHeader, vmRows([]model.VM{vm}, names, now))
 	line := strings.Fields(strings.Split(b.String(), "\n")[1])
-	want := []string{"01234567", "dev", "running", "default", "debian-cloud-bookworm", "qemu", "2", "1G", "4G", "172.16.0.2", "1m", "ago"}
+	want := []string{"01234567", "dev", "running", "default", "debian-cloud-bookworm", "qemu", "2", "1G", "4G", "172.16.0.2", "1m", "ago", "-"}
 	if !reflect.DeepEqual(line, want) {
 		t.Fatalf("row = %q, want %q", line, want)
+	}
+	// The time left before a deadline, and the action when it is not delete.
+	for action, tail := range map[string][]string{model.TTLDelete: {"9m30s"}, model.TTLStop: {"9m30s", "stop"}} {
+		b.Reset()
+		dl := now.Add(9*time.Minute + 30*time.Second)
+		v := vm
+		v.ExpiresAt, v.ExpireAction = &dl, action
+		table(&b, vmHeader, vmRows([]model.VM{v}, names, now))
+		line = strings.Fields(strings.Split(b.String(), "\n")[1])
+		if got := line[12:]; !reflect.DeepEqual(got, tail) {
+			t.Fatalf("ttl cells (%s) = %q, want %q", action, got, tail)
+		}
 	}
 	// Ids the lists do not name (an answer that failed, a removed kernel)
 	// show as short ids.

@@ -215,12 +215,35 @@ func vmRows(vms []model.VM, names artifactNames, now time.Time) [][]string {
 	for _, v := range vms {
 		rows = append(rows, []string{model.ShortID(v.ID), v.Name, string(v.State), nameOf(names.images, v.ImageID),
 			nameOf(names.kernels, v.KernelID), v.VMM, fmt.Sprint(v.CPUs), size(int64(v.MemoryMiB) << 20), size(v.DiskBytes),
-			orDash(v.GuestIP), ago(v.CreatedAt, now)})
+			orDash(v.GuestIP), ago(v.CreatedAt, now), remaining(v, now)})
 	}
 	return rows
 }
 
-var vmHeader = []string{"ID", "NAME", "STATE", "IMAGE", "KERNEL", "VMM", "CPUS", "MEMORY", "DISK", "IP", "CREATED"}
+var vmHeader = []string{"ID", "NAME", "STATE", "IMAGE", "KERNEL", "VMM", "CPUS", "MEMORY", "DISK", "IP", "CREATED", "TTL"}
+
+// remaining is a VM's time left before its deadline, e.g. "9m58s" (it is
+// deleted then) or "9m58s stop"; "-" without one.
+func remaining(vm model.VM, now time.Time) string {
+	if vm.ExpiresAt == nil {
+		return "-"
+	}
+	s := model.FormatTTL(vm.ExpiresAt.Sub(now))
+	if vm.ExpireAction == model.TTLStop {
+		s += " stop"
+	}
+	return s
+}
+
+// expires is the deadline line of `vm show`: when, how long from now, and
+// what happens then.
+func expires(vm model.VM, now time.Time) string {
+	if vm.ExpiresAt == nil {
+		return ""
+	}
+	return fmt.Sprintf("%s (in %s, then %s)", vm.ExpiresAt.Local().Format(time.RFC3339),
+		model.FormatTTL(vm.ExpiresAt.Sub(now)), vm.ExpireAction)
+}
 
 func imageRows(ims []model.Image, now time.Time) [][]string {
 	rows := [][]string{}
@@ -298,7 +321,17 @@ func writeVM(w io.Writer, vm model.VM) error {
 		"image", vm.ImageID, "kernel", vm.KernelID, "vmm", vm.VMM, "accel", vm.Accel, "cpus", fmt.Sprint(vm.CPUs),
 		"memory", size(int64(vm.MemoryMiB)<<20), "disk", size(vm.DiskBytes), "ip", vm.GuestIP, "mac", vm.GuestMAC,
 		"dns", vm.DNSName, "net", vm.Net.String(), "cid", fmt.Sprint(vm.CID), "storage", vm.CowStrategy, "dir", vm.Dir, "host key", vm.HostKey,
-		"created", vm.CreatedAt.Local().Format(time.RFC3339), "started", started, "last error", vm.LastError)
+		"created", vm.CreatedAt.Local().Format(time.RFC3339), "started", started,
+		"expires", expires(vm, time.Now()), "last error", vm.LastError)
+}
+
+// writeTTL is the answer of `vm ttl`: the VM's deadline, or that it has none.
+func writeTTL(w io.Writer, vm model.VM) error {
+	if vm.ExpiresAt == nil {
+		_, err := fmt.Fprintf(w, "%s has no deadline\n", vm.Name)
+		return err
+	}
+	return kv(w, "vm", vm.Name, "expires", expires(vm, time.Now()))
 }
 
 // writeNet shows a network policy, one part a line.

@@ -25,6 +25,7 @@ func (a *app) vmCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "vm", Short: "Create, run, inspect and remove microVMs"}
 	cmd.AddCommand(a.vmCreateCommand(), a.vmRunCommand(), a.vmExecCommand(), a.vmSSHCommand(), a.vmLogsCommand(),
 		a.vmStopCommand(), a.vmNetCommand(), a.workspaceCommand())
+	cmd.AddCommand(a.vmTTLCommand())
 
 	cmd.AddCommand(&cobra.Command{
 		Use: "start VM", Short: "Boot a VM and wait for SSH", Args: cobra.ExactArgs(1),
@@ -178,6 +179,7 @@ func (a *app) vmCreateCommand() *cobra.Command {
 		},
 	}
 	vmFlags(cmd, &req)
+	ttlFlags(cmd, &req)
 	cmd.Flags().StringVar(&req.VMM, "vmm", "", "VMM: auto, firecracker or qemu")
 	cmd.Flags().BoolVar(&start, "start", false, "boot it and wait for SSH")
 	return cmd
@@ -329,7 +331,10 @@ func (a *app) vmRunCommand() *cobra.Command {
 			"phase only with --verbose or when stderr is a terminal, and otherwise prints only\n" +
 			"its errors.\n\n" +
 			"Ctrl-C (or SIGTERM) stops the command, deletes the VM with --rm, and exits 130\n" +
-			"(143) with one line saying what was cleaned up.",
+			"(143) with one line saying what was cleaned up.\n\n" +
+			"With --rm the VM lives on a lease the daemon enforces: a deadline 30s ahead that\n" +
+			"banger renews every 10s while it runs, so a banger killed outright leaves a VM the\n" +
+			"daemon deletes within 30s.",
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -360,6 +365,19 @@ func (a *app) vmRunCommand() *cobra.Command {
 					return errdefs.Errorf(errdefs.CodeConflict, "vm %q already exists (--rm would delete it): choose another --name", old.Name)
 				}
 			}
+			stopLease := func() {}
+			if rm {
+				if r.TTL != "" || r.TTLAction != "" {
+					return errors.New("--ttl and --ttl-action do not go with --rm: it deletes the VM when the command ends")
+				}
+				// Renewed from before the create: the deadline counts from
+				// the record's insert, and a boot may take minutes.
+				r.TTL, r.TTLAction = runLease.String(), model.TTLDelete
+				var leaseCtx context.Context
+				leaseCtx, stopLease = context.WithCancel(ctx)
+				defer stopLease()
+				go renewLease(leaseCtx, c, r.Name)
+			}
 			report := progress.Func(nil)
 			if verbose {
 				report = phasePrinter(a.stderr)
@@ -368,7 +386,7 @@ func (a *app) vmRunCommand() *cobra.Command {
 			if rm {
 				// Also after Ctrl-C or SIGTERM, and after a failed or
 				// interrupted create (the name is known before it).
-				defer func() { a.cleanupRun(ctx, c, ref, name) }()
+				defer func() { stopLease(); a.cleanupRun(ctx, c, ref, name) }()
 			}
 			vm, err := c.CreateVM(ctx, r, report)
 			if err != nil {
@@ -400,7 +418,8 @@ func (a *app) vmRunCommand() *cobra.Command {
 		},
 	}
 	vmFlags(cmd, &req)
-	cmd.Flags().BoolVar(&rm, "rm", false, "delete the VM afterwards (also on Ctrl-C)")
+	ttlFlags(cmd, &req)
+	cmd.Flags().BoolVar(&rm, "rm", false, "delete the VM afterwards (also on Ctrl-C, and by the daemon within 30s if banger is killed)")
 	cmd.Flags().StringVar(&wsDir, "workspace", "", "copy this git repository into the VM first")
 	cmd.Flags().StringVar(&wsMode, "workspace-mode", "", "full (with git history, default) or tracked")
 	cmd.Flags().BoolVar(&noGit, "no-git", false, "the workspace is a plain directory, not a git repository: copy all of it")

@@ -32,6 +32,7 @@ type hostDeps struct {
 	subnet     netip.Prefix
 	stopWatch  context.CancelFunc
 	watchDone  chan struct{}
+	expireDone chan struct{} // the deadline loop, stopped by stopWatch too
 }
 
 // startHost makes the daemon's SSH key, the guest connection pool, the VMM
@@ -100,9 +101,14 @@ func (d *Daemon) startHost(ctx context.Context) error {
 	wctx, cancel := context.WithCancel(context.Background())
 	d.host.stopWatch = cancel
 	d.host.watchDone = make(chan struct{})
+	d.host.expireDone = make(chan struct{})
 	go func() {
 		defer close(d.host.watchDone)
 		d.vms.Watch(wctx, 2*time.Second)
+	}()
+	go func() {
+		defer close(d.host.expireDone)
+		d.vms.Expire(wctx)
 	}()
 	return nil
 }
@@ -111,6 +117,7 @@ func (d *Daemon) closeHost() error {
 	if d.host.stopWatch != nil {
 		d.host.stopWatch()
 		<-d.host.watchDone
+		<-d.host.expireDone
 	}
 	if d.host.dns != nil {
 		_ = d.host.dns.Close()

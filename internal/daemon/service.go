@@ -149,6 +149,12 @@ func (d *Daemon) SetVMNet(ctx context.Context, ref string, req api.VMNetRequest)
 	return d.vms.SetNet(ctx, ref, req)
 }
 
+// ---- deadlines ----
+
+func (d *Daemon) SetVMTTL(ctx context.Context, ref string, req api.VMTTLRequest) (model.VM, error) {
+	return d.vms.SetTTL(ctx, ref, req)
+}
+
 // ---- host ----
 
 func (d *Daemon) Doctor(ctx context.Context) api.DoctorReport {

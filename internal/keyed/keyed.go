@@ -20,7 +20,32 @@ type entry struct {
 
 // Lock locks key and returns the unlock function.
 func (k *Mutex) Lock(key string) func() {
+	e := k.ref(key)
+	e.mu.Lock()
+	return func() {
+		e.mu.Unlock()
+		k.unref(key, e)
+	}
+}
+
+// TryLock locks key if nobody holds it, returning the unlock function and
+// true; otherwise it returns false at once.
+func (k *Mutex) TryLock(key string) (func(), bool) {
+	e := k.ref(key)
+	if !e.mu.TryLock() {
+		k.unref(key, e)
+		return nil, false
+	}
+	return func() {
+		e.mu.Unlock()
+		k.unref(key, e)
+	}, true
+}
+
+// ref finds or makes key's entry and counts one more user of it.
+func (k *Mutex) ref(key string) *entry {
 	k.mu.Lock()
+	defer k.mu.Unlock()
 	if k.locks == nil {
 		k.locks = map[string]*entry{}
 	}
@@ -30,15 +55,15 @@ func (k *Mutex) Lock(key string) func() {
 		k.locks[key] = e
 	}
 	e.refs++
-	k.mu.Unlock()
-	e.mu.Lock()
-	return func() {
-		e.mu.Unlock()
-		k.mu.Lock()
-		e.refs--
-		if e.refs == 0 {
-			delete(k.locks, key)
-		}
-		k.mu.Unlock()
+	return e
+}
+
+// unref counts one user less, dropping the entry when nobody is left.
+func (k *Mutex) unref(key string, e *entry) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	e.refs--
+	if e.refs == 0 {
+		delete(k.locks, key)
 	}
 }

@@ -33,3 +33,25 @@ func TestSerialisesOneKeyNotOthers(t *testing.T) {
 		t.Errorf("%d entries left after every unlock", len(m.locks))
 	}
 }
+
+func TestTryLock(t *testing.T) {
+	var m Mutex
+	unlock := m.Lock("a")
+	if _, ok := m.TryLock("a"); ok {
+		t.Fatal("TryLock took a held key")
+	}
+	u, ok := m.TryLock("b")
+	if !ok {
+		t.Fatal("TryLock of a free key failed")
+	}
+	u()
+	unlock()
+	u, ok = m.TryLock("a")
+	if !ok {
+		t.Fatal("TryLock after unlock failed")
+	}
+	u()
+	if len(m.locks) != 0 {
+		t.Errorf("%d entries left after every unlock", len(m.locks))
+	}
+}

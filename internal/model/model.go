@@ -94,6 +94,11 @@ type VM struct {
 	// format), made at create and pinned by the daemon; empty for a VM
 	// made before VMs had their own, whose image's key is pinned instead.
 	HostKey string `json:"host_key,omitempty"`
+
+	// ExpiresAt is the deadline (UTC) at which the daemon applies
+	// ExpireAction to the VM; nil is none.
+	ExpiresAt    *time.Time `json:"expires_at,omitempty"`
+	ExpireAction string     `json:"expire_action,omitempty"` // TTLDelete or TTLStop, with ExpiresAt
 }
 
 // NetInternet is the network mode of a VM that was given none: DNS on the

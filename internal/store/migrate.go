@@ -110,6 +110,12 @@ ALTER TABLE vms ADD COLUMN net_policy TEXT NOT NULL DEFAULT '';
 	`
 ALTER TABLE vms ADD COLUMN host_key TEXT NOT NULL DEFAULT '';
 `,
+	// 5: each VM's deadline (UTC, NULL for none) and what to do then
+	// (model.TTLDelete or TTLStop). VMs made before have none.
+	`
+ALTER TABLE vms ADD COLUMN expires_at TEXT;
+ALTER TABLE vms ADD COLUMN expire_action TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // migrate applies the steps the database lacks, up to version upTo, each in

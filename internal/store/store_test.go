@@ -41,6 +41,44 @@ func testVM(id, name string, n int) model.VM {
 	}
 }
 
+func TestVMExpiry(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	vm := testVM("exp12345", "exp", 2)
+	at := t0.Add(time.Hour)
+	vm.ExpiresAt, vm.ExpireAction = &at, model.TTLStop
+	if err := s.CreateVM(ctx, vm); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetVM(ctx, "exp")
+	if err != nil || got.ExpiresAt == nil || !got.ExpiresAt.Equal(at) || got.ExpireAction != model.TTLStop {
+		t.Fatalf("created deadline = %v %q, %v", got.ExpiresAt, got.ExpireAction, err)
+	}
+	// A whole-record update made from an older copy keeps the deadline.
+	later := t0.Add(2 * time.Hour)
+	if err := s.SetVMExpiry(ctx, vm.ID, &later, model.TTLDelete); err != nil {
+		t.Fatal(err)
+	}
+	vm.State = model.VMStopped
+	if err := s.UpdateVM(ctx, vm); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.GetVM(ctx, "exp")
+	if got.State != model.VMStopped || got.ExpiresAt == nil || !got.ExpiresAt.Equal(later) || got.ExpireAction != model.TTLDelete {
+		t.Fatalf("after UpdateVM: %s %v %q", got.State, got.ExpiresAt, got.ExpireAction)
+	}
+	if err := s.SetVMExpiry(ctx, vm.ID, nil, model.TTLStop); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.GetVM(ctx, "exp")
+	if got.ExpiresAt != nil || got.ExpireAction != "" {
+		t.Fatalf("cleared deadline = %v %q", got.ExpiresAt, got.ExpireAction)
+	}
+	if err := s.SetVMExpiry(ctx, "nope", nil, ""); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("SetVMExpiry of no vm: %v", err)
+	}
+}
+
 func TestImagesCRUD(t *testing.T) {
 	ctx := context.Background()
 	s := openTest(t)
@@ -375,8 +413,10 @@ func TestMigrations(t *testing.T) {
 				}
 				// A VM made before network policies has the default; one made
 				// before its own host key has none and pins its image's.
+				// One made before deadlines has none.
 				want := testVM("keep1234", "keep", 2)
 				want.HostKey = ""
+				want.ExpiresAt, want.ExpireAction = nil, ""
 				if !reflect.DeepEqual(vm, want) {
 					t.Fatalf("upgraded vm = %+v\nwant %+v", vm, want)
 				}
@@ -406,7 +446,7 @@ func TestMigrations(t *testing.T) {
 
 // insertV1VM records vm with the columns of schema version 1.
 func insertV1VM(ctx context.Context, s *Store, vm model.VM) error {
-	const n = 28 // vmCols of version 1: every column before net_policy and host_key
+	const n = 28 // vmCols of version 1: every column before net_policy, host_key and the deadline's
 	cols := strings.Join(strings.Split(vmCols, ", ")[:n], ", ")
 	_, err := s.db.ExecContext(ctx, "INSERT INTO vms ("+cols+") VALUES ("+placeholders(n)+")", vmArgs(vm)[:n]...)
 	return err

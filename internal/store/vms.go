@@ -12,9 +12,10 @@ import (
 
 const vmCols = "id, name, image_id, kernel_id, cpus, memory_mib, disk_bytes, desired_state, state, vmm, accel, " +
 	"cow_strategy, guest_ip, guest_mac, dns_name, cid, dir, api_socket, vsock_socket, log_path, console_path, " +
-	"metrics_path, system_disk, work_disk, last_error, created_at, updated_at, started_at, net_policy, host_key"
+	"metrics_path, system_disk, work_disk, last_error, created_at, updated_at, started_at, net_policy, host_key, " +
+	"expires_at, expire_action"
 
-const vmColCount = 30
+const vmColCount = 32
 
 func scanVM(r *sql.Rows) (model.VM, error) {
 	var vm model.VM
@@ -22,11 +23,12 @@ func scanVM(r *sql.Rows) (model.VM, error) {
 	var started sql.NullString
 	var cid int64
 	var net string
+	var expires sql.NullString
 	if err := r.Scan(&vm.ID, &vm.Name, &vm.ImageID, &vm.KernelID, &vm.CPUs, &vm.MemoryMiB, &vm.DiskBytes,
 		&vm.DesiredState, &vm.State, &vm.VMM, &vm.Accel, &vm.CowStrategy, &vm.GuestIP, &vm.GuestMAC,
 		&vm.DNSName, &cid, &vm.Dir, &vm.APISocket, &vm.VsockSocket, &vm.LogPath, &vm.ConsolePath,
 		&vm.MetricsPath, &vm.SystemDisk, &vm.WorkDisk, &vm.LastError, &created, &updated, &started, &net,
-		&vm.HostKey); err != nil {
+		&vm.HostKey, &expires, &vm.ExpireAction); err != nil {
 		return vm, err
 	}
 	vm.CID = uint32(cid)
@@ -40,7 +42,10 @@ func scanVM(r *sql.Rows) (model.VM, error) {
 	if vm.UpdatedAt, err = parseTime(updated); err != nil {
 		return vm, err
 	}
-	vm.StartedAt, err = parseTimePtr(started)
+	if vm.StartedAt, err = parseTimePtr(started); err != nil {
+		return vm, err
+	}
+	vm.ExpiresAt, err = parseTimePtr(expires)
 	return vm, err
 }
 
@@ -50,7 +55,8 @@ func vmArgs(vm model.VM) []any {
 		string(vm.DesiredState), string(vm.State), vm.VMM, vm.Accel, vm.CowStrategy, vm.GuestIP, vm.GuestMAC,
 		vm.DNSName, int64(vm.CID), vm.Dir, vm.APISocket, vm.VsockSocket, vm.LogPath, vm.ConsolePath,
 		vm.MetricsPath, vm.SystemDisk, vm.WorkDisk, vm.LastError, fmtTime(vm.CreatedAt), fmtTime(vm.UpdatedAt),
-		fmtTimePtr(vm.StartedAt), fmtNetPolicy(vm.Net), vm.HostKey}
+		fmtTimePtr(vm.StartedAt), fmtNetPolicy(vm.Net), vm.HostKey,
+		fmtTimePtr(vm.ExpiresAt), vm.ExpireAction}
 }
 
 // parseNetPolicy reads the net_policy column; empty (a VM made before
@@ -99,18 +105,33 @@ func (s *Store) ListVMs(ctx context.Context) ([]model.VM, error) {
 }
 
 // UpdateVM replaces the whole record with vm.ID, setting UpdatedAt to now
-// (the caller's UpdatedAt is ignored). ErrNotFound when there is no such
+// (the caller's UpdatedAt is ignored), but for the deadline, which only
+// SetVMExpiry writes: a save by a boot that read the record minutes ago
+// must not put back an older deadline. ErrNotFound when there is no such
 // id; ErrConflict when the new name, IP or CID is taken by another VM.
 func (s *Store) UpdateVM(ctx context.Context, vm model.VM) error {
 	vm.UpdatedAt = time.Now()
 	args := vmArgs(vm)
-	// SET every column but id, then WHERE id = ?.
+	// SET every column but id and the deadline's, then WHERE id = ?.
 	query := "UPDATE vms SET name=?, image_id=?, kernel_id=?, cpus=?, memory_mib=?, disk_bytes=?, " +
 		"desired_state=?, state=?, vmm=?, accel=?, cow_strategy=?, guest_ip=?, guest_mac=?, dns_name=?, cid=?, " +
 		"dir=?, api_socket=?, vsock_socket=?, log_path=?, console_path=?, metrics_path=?, system_disk=?, " +
 		"work_disk=?, last_error=?, created_at=?, updated_at=?, started_at=?, net_policy=?, host_key=? WHERE id = ?"
-	if err := s.execOne(ctx, "vm", vm.ID, query, append(args[1:], vm.ID)...); err != nil {
+	if err := s.execOne(ctx, "vm", vm.ID, query, append(args[1:vmColCount-2], vm.ID)...); err != nil {
 		return fmt.Errorf("update vm: %w", err)
+	}
+	return nil
+}
+
+// SetVMExpiry sets (at non-nil) or clears the deadline of the VM with this
+// exact id and what to do then (ErrNotFound).
+func (s *Store) SetVMExpiry(ctx context.Context, id string, at *time.Time, action string) error {
+	if at == nil {
+		action = ""
+	}
+	query := "UPDATE vms SET expires_at=?, expire_action=?, updated_at=? WHERE id = ?"
+	if err := s.execOne(ctx, "vm", id, query, fmtTimePtr(at), action, fmtTime(time.Now()), id); err != nil {
+		return fmt.Errorf("set vm deadline: %w", err)
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -75,6 +76,13 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 	if err != nil {
 		return model.VM{}, err
 	}
+	// Checked now; the deadline itself is counted from the record's insert.
+	if _, err := parseTTL(m.now(), req.TTL, req.TTLAction, true); err != nil {
+		return model.VM{}, err
+	}
+	if req.TTLAction != "" && strings.TrimSpace(req.TTL) == "" {
+		return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "a ttl action needs a ttl")
+	}
 
 	// Checked before the image and kernel, which may take minutes to fetch.
 	if _, err := m.PickDriver(ctx, req.VMM); err != nil {
@@ -107,6 +115,12 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 		VMM: drv.Name(), CowStrategy: strat.Name(),
 		DNSName:   name + "." + m.cfg.DNSSuffix,
 		CreatedAt: now, UpdatedAt: now, Net: netPolicy,
+	}
+	if vm.ExpiresAt, _ = parseTTL(now, req.TTL, req.TTLAction, true); vm.ExpiresAt != nil {
+		vm.ExpireAction = req.TTLAction
+		if vm.ExpireAction == "" {
+			vm.ExpireAction = model.TTLDelete
+		}
 	}
 	if a, ok := drv.(vmm.AccelReporter); ok {
 		vm.Accel, _ = a.Accel(ctx)
@@ -152,6 +166,9 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 		return model.VM{}, fmt.Errorf("create vm %s: %w", name, err)
 	}
 	m.log.Info("vm created", "vm", name, "id", id, "vmm", vm.VMM, "cow", vm.CowStrategy, "ip", vm.GuestIP)
+	if vm.ExpiresAt != nil {
+		m.pokeExpiry()
+	}
 	if req.Start {
 		return m.Start(ctx, id, report)
 	}
@@ -490,12 +507,17 @@ func (m *Manager) delete(ctx context.Context, ref string, force bool) (model.VM,
 		return vm, err
 	}
 	defer unlock()
+	return vm, m.remove(ctx, vm, force)
+}
+
+// remove deletes a VM. Called with the VM's lock held.
+func (m *Manager) remove(ctx context.Context, vm model.VM, force bool) error {
 	if m.Alive(vm) {
 		if !force {
-			return vm, errdefs.Errorf(errdefs.CodeConflict, "vm %s is running: stop it first or delete with --force", vm.Name)
+			return errdefs.Errorf(errdefs.CodeConflict, "vm %s is running: stop it first or delete with --force", vm.Name)
 		}
 		if _, err := m.halt(ctx, vm, api.StopVMRequest{Force: true}); err != nil {
-			return vm, err
+			return err
 		}
 	}
 	m.teardown(ctx, vm)
@@ -505,13 +527,13 @@ func (m *Manager) delete(ctx context.Context, ref string, force bool) (model.VM,
 		}
 	}
 	if err := os.RemoveAll(vm.Dir); err != nil {
-		return vm, fmt.Errorf("remove %s: %w", vm.Dir, err)
+		return fmt.Errorf("remove %s: %w", vm.Dir, err)
 	}
 	if err := m.store.DeleteVM(ctx, vm.ID); err != nil {
-		return vm, store.Describe("vm", ref, err)
+		return store.Describe("vm", vm.Name, err)
 	}
 	m.log.Info("vm deleted", "vm", vm.Name)
-	return vm, nil
+	return nil
 }
 
 // teardown releases every transient host resource of a VM: VMM process,

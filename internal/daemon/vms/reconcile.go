@@ -42,6 +42,9 @@ func (m *Manager) Reconcile(ctx context.Context) {
 			m.log.Warn("reconcile: vm directory with no record moved to lost+found", "dir", dir, "to", dst)
 		}
 	}
+	// Deadlines that passed while the daemon was down, before anyone
+	// can use those VMs again.
+	m.expireDue(ctx)
 }
 
 func (m *Manager) reconcileVM(ctx context.Context, vm model.VM) {

@@ -111,6 +111,8 @@ type Manager struct {
 	locks   keyed.Mutex // serialises requests on one VM (key: VM id)
 	allocMu sync.Mutex  // serialises IP/CID/name allocation at create
 	handles *handleCache
+	// expiryChanged wakes the expiry loop when a deadline is set.
+	expiryChanged chan struct{}
 }
 
 // New makes a Manager. It touches nothing on the host; Reconcile does.
@@ -121,7 +123,8 @@ func New(deps Deps) *Manager {
 		taps: deps.Taps, netErr: deps.NetErr, subnet: deps.Subnet,
 		authorizedKey: deps.AuthorizedKey, artifacts: deps.Artifacts,
 		waitGuest: deps.WaitGuest, dropGuest: deps.DropGuest,
-		handles: newHandleCache(),
+		handles:       newHandleCache(),
+		expiryChanged: make(chan struct{}, 1),
 	}
 	if m.dropGuest == nil {
 		m.dropGuest = func(string) {}
