@@ -113,6 +113,13 @@ func (fakeService) StopVM(_ context.Context, ref string, _ api.StopVMRequest) (m
 	return v, notFound(ref)
 }
 func (fakeService) DeleteVM(_ context.Context, ref string, _ bool) error { return notFound(ref) }
+func (fakeService) SetVMTTL(_ context.Context, ref string, req api.VMTTLRequest) (model.VM, error) {
+	if req.TTL != model.TTLNone {
+		// The answer would say "in" how long from now: not golden.
+		return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "invalid ttl %q", req.TTL)
+	}
+	return fakeVM, notFound(ref)
+}
 func (fakeService) SetVMNet(_ context.Context, ref string, req api.VMNetRequest) (model.VM, error) {
 	v := fakeVM
 	if req.Reset {
@@ -245,6 +252,10 @@ func TestCommandOutput(t *testing.T) {
 		{"session", "stop", "dev", "server"},
 		{"session", "kill", "dev", "server"},
 		{"session", "rm", "dev", "server"},
+
+		{"vm", "ttl", "dev", "none"},
+		{"vm", "ttl", "missing", "none"},
+		{"vm", "ttl", "dev", "soon"},
 	}
 	var got bytes.Buffer
 	for _, args := range cases {
