@@ -260,4 +260,6 @@ type Service interface {
 	StopSession(ctx context.Context, vmRef, ref string, req StopSessionRequest) (model.Session, error)
 	KillSession(ctx context.Context, vmRef, ref string, signal string) (model.Session, error)
 	RemoveSession(ctx context.Context, vmRef, ref string) error
+
+	Files // files.go
 }
