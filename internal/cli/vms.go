@@ -25,6 +25,7 @@ func (a *app) vmCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "vm", Short: "Create, run, inspect and remove microVMs"}
 	cmd.AddCommand(a.vmCreateCommand(), a.vmRunCommand(), a.vmExecCommand(), a.vmSSHCommand(), a.vmLogsCommand(),
 		a.vmStopCommand(), a.vmNetCommand(), a.workspaceCommand())
+	cmd.AddCommand(a.vmCpCommand())
 
 	cmd.AddCommand(&cobra.Command{
 		Use: "start VM", Short: "Boot a VM and wait for SSH", Args: cobra.ExactArgs(1),
