@@ -181,6 +181,10 @@ func (a *app) cpOut(ctx context.Context, c *api.Client, src, dst cpLoc, recursiv
 		done := make(chan error, 1)
 		go func() {
 			err := extractTree(target, pr)
+			if err == nil {
+				// tar pads its end past the end-of-archive blocks.
+				_, err = io.Copy(io.Discard, pr)
+			}
 			pr.CloseWithError(errors.New("extraction ended"))
 			done <- err
 		}()
