@@ -107,4 +107,25 @@ func TestVMCp(t *testing.T) {
 	if code == 0 || !strings.Contains(stderr, "is a directory") {
 		t.Errorf("write onto a directory: exit %d, %s", code, stderr)
 	}
+
+	// A full guest disk is named as such.
+	h.MustRun("vm", "exec", "cp", "--", "sh", "-c", "mkdir -p /mnt/small && mount -t tmpfs -o size=1m tmpfs /mnt/small")
+	two := filepath.Join(t.TempDir(), "two.bin")
+	os.WriteFile(two, make([]byte, 2<<20), 0o644)
+	_, stderr, code = h.Run("vm", "cp", two, "cp:/mnt/small/two.bin")
+	t.Logf("full disk: exit %d: %s", code, strings.TrimSpace(stderr))
+	if code == 0 || !strings.Contains(stderr, "disk is full") {
+		t.Errorf("cp onto a full disk: exit %d, %s", code, stderr)
+	}
+	if out := h.MustRun("vm", "exec", "cp", "--", "ls", "-A", "/mnt/small"); strings.TrimSpace(out) != "" {
+		t.Errorf("a failed write left %q", out)
+	}
+
+	// A stopped VM says so.
+	h.MustRun("vm", "stop", "cp")
+	_, stderr, code = h.Run("vm", "cp", "cp:/etc/hostname", "-")
+	t.Logf("stopped: exit %d: %s", code, strings.TrimSpace(stderr))
+	if code == 0 || !strings.Contains(stderr, "not running") {
+		t.Errorf("cp from a stopped VM: exit %d, %s", code, stderr)
+	}
 }

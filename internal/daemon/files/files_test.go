@@ -351,3 +351,27 @@ func TestGuestErrorKinds(t *testing.T) {
 		t.Errorf("full disk not named: %v", err)
 	}
 }
+
+// endlessGuest answers every command with output that never ends, until
+// the command is cancelled.
+type endlessGuest struct{}
+
+func (endlessGuest) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	chunk := bytes.Repeat([]byte("f\x000\x00644\x001\x00\x00a\x00"), 4096)
+	for ctx.Err() == nil {
+		if _, err := stdout.Write(chunk); err != nil {
+			return -1, err
+		}
+	}
+	return -1, ctx.Err()
+}
+
+func (endlessGuest) Close() error { return nil }
+
+func TestListEndlessAnswer(t *testing.T) {
+	sv := New(Deps{VMs: fakeVMs{}, Dial: func(context.Context, model.VM) (guest.Client, error) { return endlessGuest{}, nil }})
+	_, err := sv.ListFiles(context.Background(), "vm", "/root", 1)
+	if errdefs.CodeOf(err) != errdefs.CodeInvalid || !strings.Contains(err.Error(), "larger than") {
+		t.Fatalf("endless listing: %v", err)
+	}
+}
