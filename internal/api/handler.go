@@ -24,7 +24,7 @@ func NewHandler(svc Service, log *slog.Logger) http.Handler {
 	}
 	h := &handler{svc: svc, log: log}
 	mux := http.NewServeMux()
-	for _, rt := range h.routes() {
+	for _, rt := range append(h.routes(), h.fileRoutes()...) {
 		mux.HandleFunc(rt.pattern, rt.fn)
 	}
 	return h.logged(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -276,4 +276,5 @@ type Service interface {
 
 	// SetVMTTL sets, extends or clears a VM's deadline.
 	SetVMTTL(ctx context.Context, ref string, req VMTTLRequest) (model.VM, error)
+	Files // files.go
 }

@@ -26,6 +26,7 @@ func (a *app) vmCommand() *cobra.Command {
 	cmd.AddCommand(a.vmCreateCommand(), a.vmRunCommand(), a.vmExecCommand(), a.vmSSHCommand(), a.vmLogsCommand(),
 		a.vmStopCommand(), a.vmNetCommand(), a.workspaceCommand())
 	cmd.AddCommand(a.vmTTLCommand())
+	cmd.AddCommand(a.vmCpCommand())
 
 	cmd.AddCommand(&cobra.Command{
 		Use: "start VM", Short: "Boot a VM and wait for SSH", Args: cobra.ExactArgs(1),

@@ -8,6 +8,7 @@
 //   - guestaccess: exec, logs, ssh info, hosts, guest readiness and dialing
 //   - sessions: guest sessions
 //   - workspaces: workspace prepare and export
+//   - files: reading and writing a running guest's files
 //   - artifacts: image and kernel registration
 //   - doctor: what this host gives banger
 //
@@ -27,6 +28,7 @@ import (
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/config"
 	"github.com/banger/banger/internal/daemon/artifacts"
+	"github.com/banger/banger/internal/daemon/files"
 	"github.com/banger/banger/internal/daemon/guestaccess"
 	"github.com/banger/banger/internal/daemon/sessions"
 	"github.com/banger/banger/internal/daemon/vms"
@@ -66,6 +68,7 @@ type Daemon struct {
 	sessions   *sessions.Service
 	workspaces *workspaces.Service
 	artifacts  *artifacts.Service
+	files      *files.Service
 }
 
 // New makes a daemon over an open store. It does not touch the host; Start
@@ -137,6 +140,7 @@ func (d *Daemon) wire() {
 		},
 		Transport: func() string { return d.cfg.WorkspaceTransport },
 	})
+	d.files = files.New(files.Deps{VMs: d.vms, Dial: dial})
 }
 
 // Start prepares the host side (directories, keys, network) and reconciles
