@@ -390,6 +390,21 @@ func (c *Client) SetVMTTL(ctx context.Context, ref string, req VMTTLRequest) (mo
 	return callFor[model.VM](ctx, c, "PUT", "/v1/vms/"+esc(ref)+"/ttl", req)
 }
 
+// AddPort publishes a port of a running VM.
+func (c *Client) AddPort(ctx context.Context, ref string, req AddPortRequest) (model.Forward, error) {
+	return callFor[model.Forward](ctx, c, "POST", "/v1/vms/"+esc(ref)+"/ports", req)
+}
+
+// RemovePort unpublishes a VM's port (HOSTPORT or HOSTADDR:HOSTPORT).
+func (c *Client) RemovePort(ctx context.Context, ref, port string) error {
+	return c.call(ctx, "DELETE", "/v1/vms/"+esc(ref)+"/ports/"+esc(port), nil, nil, nil)
+}
+
+// ListPorts lists a VM's published ports.
+func (c *Client) ListPorts(ctx context.Context, ref string) ([]model.Forward, error) {
+	return callFor[[]model.Forward](ctx, c, "GET", "/v1/vms/"+esc(ref)+"/ports", nil)
+}
+
 // VMLogs copies a VM's logs to w (until ctx ends when following).
 func (c *Client) VMLogs(ctx context.Context, ref string, req LogsRequest, w io.Writer) error {
 	q := logsQuery(req.Tail, req.Follow)

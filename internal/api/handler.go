@@ -119,6 +119,9 @@ func (h *handler) routes() []route {
 		{"DELETE /v1/vms/{ref}/sessions/{s}", h.removeSession},
 
 		{"PUT /v1/vms/{ref}/ttl", h.setVMTTL},
+		{"GET /v1/vms/{ref}/ports", h.listPorts},
+		{"POST /v1/vms/{ref}/ports", h.addPort},
+		{"DELETE /v1/vms/{ref}/ports/{port}", h.removePort},
 	}
 }
 
@@ -550,6 +553,24 @@ func (h *handler) setVMTTL(w http.ResponseWriter, r *http.Request) {
 	}
 	v, err := h.svc.SetVMTTL(r.Context(), r.PathValue("ref"), req)
 	reply(w, v, err)
+}
+
+func (h *handler) listPorts(w http.ResponseWriter, r *http.Request) {
+	v, err := h.svc.ListPorts(r.Context(), r.PathValue("ref"))
+	reply(w, v, err)
+}
+
+func (h *handler) addPort(w http.ResponseWriter, r *http.Request) {
+	req, ok := readBody[AddPortRequest](w, r)
+	if !ok {
+		return
+	}
+	v, err := h.svc.AddPort(r.Context(), r.PathValue("ref"), req)
+	reply(w, v, err)
+}
+
+func (h *handler) removePort(w http.ResponseWriter, r *http.Request) {
+	replyEmpty(w, h.svc.RemovePort(r.Context(), r.PathValue("ref"), r.PathValue("port")))
 }
 
 func (h *handler) vmLogs(w http.ResponseWriter, r *http.Request) {

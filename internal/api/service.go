@@ -277,4 +277,17 @@ type Service interface {
 	// SetVMTTL sets, extends or clears a VM's deadline.
 	SetVMTTL(ctx context.Context, ref string, req VMTTLRequest) (model.VM, error)
 	Files // files.go
+
+	// AddPort publishes a port of a running VM; the answer holds the host
+	// port picked for 0. RemovePort takes HOSTPORT or HOSTADDR:HOSTPORT.
+	AddPort(ctx context.Context, ref string, req AddPortRequest) (model.Forward, error)
+	RemovePort(ctx context.Context, ref, port string) error
+	ListPorts(ctx context.Context, ref string) ([]model.Forward, error)
+}
+
+// AddPortRequest publishes a port of a running VM: Spec is
+// [HOSTADDR:]HOSTPORT:GUESTPORT[/tcp] (HOSTPORT 0: any free port), parsed
+// by the daemon.
+type AddPortRequest struct {
+	Spec string `json:"spec"`
 }

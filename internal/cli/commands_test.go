@@ -43,6 +43,8 @@ var (
 		GuestIP: "172.16.0.2", GuestMAC: "02:ba:ac:10:00:02", DNSName: "dev.vm", CID: 3, Dir: "/state/vms/aaaabbbbccccdddd", StartedAt: &started,
 		Net:     model.NetPolicy{Mode: "internet", AllowVMs: []string{"db"}},
 		HostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfDev"}
+	fakeForward = model.Forward{VMID: "aaaabbbbccccdddd", HostAddr: "127.0.0.1", HostPort: 41234, GuestPort: 8000, Proto: "tcp",
+		CreatedAt: time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)}
 	fakeSession = model.Session{ID: "1111222233334444", VMID: fakeVM.ID, Name: "server", Command: "python3", Args: []string{"-m", "http.server"},
 		Cwd: "/root", StdinMode: "pipe", Status: "exited", GuestPID: 42, ExitCode: &exitZero}
 )
@@ -113,6 +115,16 @@ func (fakeService) StopVM(_ context.Context, ref string, _ api.StopVMRequest) (m
 	return v, notFound(ref)
 }
 func (fakeService) DeleteVM(_ context.Context, ref string, _ bool) error { return notFound(ref) }
+func (fakeService) AddPort(_ context.Context, ref string, req api.AddPortRequest) (model.Forward, error) {
+	if req.Spec == "8080:80" {
+		return model.Forward{}, errdefs.Errorf(errdefs.CodeConflict, "host port 127.0.0.1:8080 is taken: pick another, or 0 for any free port")
+	}
+	return fakeForward, notFound(ref)
+}
+func (fakeService) RemovePort(_ context.Context, ref, _ string) error { return notFound(ref) }
+func (fakeService) ListPorts(_ context.Context, ref string) ([]model.Forward, error) {
+	return []model.Forward{fakeForward}, notFound(ref)
+}
 func (fakeService) SetVMTTL(_ context.Context, ref string, req api.VMTTLRequest) (model.VM, error) {
 	if req.TTL != model.TTLNone {
 		// The answer would say "in" how long from now: not golden.
@@ -256,6 +268,10 @@ func TestCommandOutput(t *testing.T) {
 		{"vm", "ttl", "dev", "none"},
 		{"vm", "ttl", "missing", "none"},
 		{"vm", "ttl", "dev", "soon"},
+		{"vm", "port", "add", "dev", "0:8000"},
+		{"vm", "port", "add", "dev", "8080:80"},
+		{"vm", "port", "list", "dev"},
+		{"vm", "port", "rm", "dev", "41234"},
 	}
 	var got bytes.Buffer
 	for _, args := range cases {

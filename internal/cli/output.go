@@ -322,7 +322,7 @@ func writeVM(w io.Writer, vm model.VM) error {
 		"memory", size(int64(vm.MemoryMiB)<<20), "disk", size(vm.DiskBytes), "ip", vm.GuestIP, "mac", vm.GuestMAC,
 		"dns", vm.DNSName, "net", vm.Net.String(), "cid", fmt.Sprint(vm.CID), "storage", vm.CowStrategy, "dir", vm.Dir, "host key", vm.HostKey,
 		"created", vm.CreatedAt.Local().Format(time.RFC3339), "started", started,
-		"expires", expires(vm, time.Now()), "last error", vm.LastError)
+		"expires", expires(vm, time.Now()), "ports", portsText(vm.Ports), "last error", vm.LastError)
 }
 
 // writeTTL is the answer of `vm ttl`: the VM's deadline, or that it has none.

@@ -27,6 +27,7 @@ func (a *app) vmCommand() *cobra.Command {
 		a.vmStopCommand(), a.vmNetCommand(), a.workspaceCommand())
 	cmd.AddCommand(a.vmTTLCommand())
 	cmd.AddCommand(a.vmCpCommand())
+	cmd.AddCommand(a.vmPortCommand())
 
 	cmd.AddCommand(&cobra.Command{
 		Use: "start VM", Short: "Boot a VM and wait for SSH", Args: cobra.ExactArgs(1),

@@ -9,6 +9,7 @@
 //   - sessions: guest sessions
 //   - workspaces: workspace prepare and export
 //   - files: reading and writing a running guest's files
+//   - ports: published ports of running VMs
 //   - artifacts: image and kernel registration
 //   - doctor: what this host gives banger
 //
@@ -30,11 +31,13 @@ import (
 	"github.com/banger/banger/internal/daemon/artifacts"
 	"github.com/banger/banger/internal/daemon/files"
 	"github.com/banger/banger/internal/daemon/guestaccess"
+	"github.com/banger/banger/internal/daemon/ports"
 	"github.com/banger/banger/internal/daemon/sessions"
 	"github.com/banger/banger/internal/daemon/vms"
 	"github.com/banger/banger/internal/daemon/workspaces"
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guest"
+	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/store"
 	"github.com/banger/banger/internal/version"
@@ -69,6 +72,7 @@ type Daemon struct {
 	workspaces *workspaces.Service
 	artifacts  *artifacts.Service
 	files      *files.Service
+	ports      *ports.Service
 }
 
 // New makes a daemon over an open store. It does not touch the host; Start
@@ -122,6 +126,9 @@ func (d *Daemon) wire() {
 			return d.waitGuest(ctx, vm, vmmAlive)
 		},
 		DropGuest: func(id string) {
+			// A stopped or deleted VM's published ports go with its
+			// connection: teardown is where both end.
+			d.ports.DropVM(id)
 			if d.host.pool != nil {
 				d.host.pool.Drop(id)
 			}
@@ -141,6 +148,28 @@ func (d *Daemon) wire() {
 		Transport: func() string { return d.cfg.WorkspaceTransport },
 	})
 	d.files = files.New(files.Deps{VMs: d.vms, Dial: dial})
+	d.ports = ports.New(ports.Deps{
+		Store: d.store, Log: d.log, VMs: d.vms, Now: now,
+		DialGuest: func(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
+			return d.dialGuestTCP(ctx, vm, port)
+		},
+		Listen: hostnet.ListenHost,
+	})
+}
+
+// dialGuestTCP connects to port on a running guest's loopback through its
+// pooled SSH connection.
+func (d *Daemon) dialGuestTCP(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
+	c, err := d.dialGuest(ctx, vm)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	td, ok := c.(guest.TCPDialer)
+	if !ok {
+		return nil, errdefs.Errorf(errdefs.CodeUnavailable, "guest connection of vm %s cannot open TCP channels", vm.Name)
+	}
+	return td.DialTCP(ctx, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 }
 
 // Start prepares the host side (directories, keys, network) and reconciles

@@ -97,6 +97,7 @@ func (d *Daemon) startHost(ctx context.Context) error {
 
 	d.wire()
 	d.vms.Reconcile(ctx)
+	d.ports.Reconcile(ctx)
 
 	wctx, cancel := context.WithCancel(context.Background())
 	d.host.stopWatch = cancel
@@ -119,6 +120,7 @@ func (d *Daemon) closeHost() error {
 		<-d.host.watchDone
 		<-d.host.expireDone
 	}
+	d.ports.Close()
 	if d.host.dns != nil {
 		_ = d.host.dns.Close()
 	}

@@ -123,7 +123,14 @@ func (d *Daemon) Hosts(ctx context.Context) (string, error) { return d.guests.Ho
 
 func (d *Daemon) ListVMs(ctx context.Context) ([]model.VM, error) { return d.vms.List(ctx) }
 
-func (d *Daemon) GetVM(ctx context.Context, ref string) (model.VM, error) { return d.vms.Get(ctx, ref) }
+// GetVM is the record with its published ports (`vm show`).
+func (d *Daemon) GetVM(ctx context.Context, ref string) (model.VM, error) {
+	vm, err := d.vms.Get(ctx, ref)
+	if err == nil {
+		vm.Ports, err = d.ports.ListOf(ctx, vm.ID)
+	}
+	return vm, err
+}
 
 func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest, report progress.Func) (model.VM, error) {
 	return d.vms.Create(ctx, req, report)
@@ -153,6 +160,18 @@ func (d *Daemon) SetVMNet(ctx context.Context, ref string, req api.VMNetRequest)
 
 func (d *Daemon) SetVMTTL(ctx context.Context, ref string, req api.VMTTLRequest) (model.VM, error) {
 	return d.vms.SetTTL(ctx, ref, req)
+}
+
+func (d *Daemon) AddPort(ctx context.Context, ref string, req api.AddPortRequest) (model.Forward, error) {
+	return d.ports.Add(ctx, ref, req)
+}
+
+func (d *Daemon) RemovePort(ctx context.Context, ref, port string) error {
+	return d.ports.Remove(ctx, ref, port)
+}
+
+func (d *Daemon) ListPorts(ctx context.Context, ref string) ([]model.Forward, error) {
+	return d.ports.List(ctx, ref)
 }
 
 // ---- host ----

@@ -261,6 +261,19 @@ func (c *conn) keepalive() {
 	}
 }
 
+// DialTCP opens a direct-tcpip channel to addr; see TCPDialer.
+func (c *conn) DialTCP(ctx context.Context, addr string) (net.Conn, error) {
+	nc, err := c.c.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		if c.isDone() {
+			return nil, &connLostError{op: "open channel to " + addr + " on " + c.addr, err: err}
+		}
+		return nil, fmt.Errorf("guest %s: connect to %s: %w", c.addr, addr, err)
+	}
+	c.touch()
+	return nc, nil
+}
+
 // Close closes the connection. Idempotent.
 func (c *conn) Close() error {
 	err := c.c.Close()

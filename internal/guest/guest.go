@@ -9,6 +9,7 @@ package guest
 import (
 	"context"
 	"io"
+	"net"
 )
 
 // Endpoint is where and how to reach a guest's sshd.
@@ -31,4 +32,13 @@ type Client interface {
 
 	// Close closes the connection. Idempotent.
 	Close() error
+}
+
+// TCPDialer is a Client that can also open TCP connections from the guest
+// (SSH direct-tcpip): the real and pooled clients are.
+type TCPDialer interface {
+	// DialTCP connects to addr ("host:port") as the guest sees it. An
+	// error wrapping ErrConnLost means the SSH connection itself is gone;
+	// any other is the guest refusing (nothing listens there).
+	DialTCP(ctx context.Context, addr string) (net.Conn, error)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sync"
 	"sync/atomic"
 
@@ -218,4 +219,28 @@ func (h *pooled) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, s
 func (h *pooled) Close() error {
 	h.closed.Store(true)
 	return nil
+}
+
+// DialTCP opens a direct-tcpip channel on the key's current connection to
+// addr as the guest sees it (127.0.0.1 is the guest's loopback); a
+// connection found broken is redialed once, as in Run.
+func (h *pooled) DialTCP(ctx context.Context, addr string) (net.Conn, error) {
+	if h.closed.Load() {
+		return nil, fmt.Errorf("guest client for %q is closed", h.s.key)
+	}
+	for attempt := 0; ; attempt++ {
+		c, err := h.p.conn(ctx, h.s, h.ep)
+		if err != nil {
+			return nil, err
+		}
+		d, ok := c.(TCPDialer)
+		if !ok {
+			return nil, fmt.Errorf("guest connection %q cannot open TCP channels", h.s.key)
+		}
+		nc, err := d.DialTCP(ctx, addr)
+		if err == nil || !errors.Is(err, ErrConnLost) || attempt > 0 {
+			return nc, err
+		}
+		h.s.discard(c)
+	}
 }

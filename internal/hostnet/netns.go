@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"syscall"
 
@@ -124,4 +126,56 @@ func HostCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
 		}
 	}
 	return exec.CommandContext(ctx, name, args...)
+}
+
+// ListenHost is net.Listen in the network namespace bangerd was started in
+// (see HostNetns), where its users are, or in the process's own when it was
+// not moved. A socket belongs to the namespace it was created in, so only
+// the creation happens over there: on a locked thread that enters the
+// namespace and comes back.
+func ListenHost(network, addr string) (net.Listener, error) {
+	ns := HostNetns()
+	if ns == "" {
+		return net.Listen(network, addr)
+	}
+	type result struct {
+		l   net.Listener
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		// Never unlocked on failure to come back: the goroutine ends
+		// locked, so the runtime discards the thread rather than reuse it
+		// in the wrong namespace.
+		runtime.LockOSThread()
+		own, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			res <- result{err: fmt.Errorf("open own network namespace: %w", err)}
+			return
+		}
+		defer unix.Close(own)
+		host, err := unix.Open(ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			res <- result{err: fmt.Errorf("open host network namespace: %w", err)}
+			runtime.UnlockOSThread()
+			return
+		}
+		defer unix.Close(host)
+		if err := unix.Setns(host, unix.CLONE_NEWNET); err != nil {
+			res <- result{err: fmt.Errorf("enter host network namespace: %w", err)}
+			return
+		}
+		l, lerr := net.Listen(network, addr)
+		if err := unix.Setns(own, unix.CLONE_NEWNET); err != nil {
+			if l != nil {
+				l.Close()
+			}
+			res <- result{err: fmt.Errorf("return from host network namespace: %w", err)}
+			return
+		}
+		runtime.UnlockOSThread()
+		res <- result{l, lerr}
+	}()
+	r := <-res
+	return r.l, r.err
 }

@@ -99,6 +99,21 @@ type VM struct {
 	// ExpireAction to the VM; nil is none.
 	ExpiresAt    *time.Time `json:"expires_at,omitempty"`
 	ExpireAction string     `json:"expire_action,omitempty"` // TTLDelete or TTLStop, with ExpiresAt
+
+	// Ports are the VM's published ports; filled in by `vm show` only.
+	Ports []Forward `json:"ports,omitempty"`
+}
+
+// Forward is a published port of a running VM: the daemon listens on
+// HostAddr:HostPort and relays each connection to GuestPort on the guest's
+// loopback. It lasts while the VM runs.
+type Forward struct {
+	VMID      string    `json:"vm_id"`
+	HostAddr  string    `json:"host_addr"`
+	HostPort  int       `json:"host_port"`
+	GuestPort int       `json:"guest_port"`
+	Proto     string    `json:"proto"` // "tcp", the only one
+	CreatedAt time.Time `json:"created_at"`
 }
 
 // NetInternet is the network mode of a VM that was given none: DNS on the

@@ -116,6 +116,20 @@ ALTER TABLE vms ADD COLUMN host_key TEXT NOT NULL DEFAULT '';
 ALTER TABLE vms ADD COLUMN expires_at TEXT;
 ALTER TABLE vms ADD COLUMN expire_action TEXT NOT NULL DEFAULT '';
 `,
+	// 6: published ports of running VMs, re-established at daemon start.
+	// A host address and port is published once, whichever VM has it.
+	`
+CREATE TABLE forwards (
+	vm_id      TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+	host_addr  TEXT NOT NULL,
+	host_port  INTEGER NOT NULL,
+	guest_port INTEGER NOT NULL,
+	proto      TEXT NOT NULL,
+	created_at TEXT NOT NULL,
+	PRIMARY KEY (host_addr, host_port, proto)
+);
+CREATE INDEX forwards_vm_id ON forwards(vm_id);
+`,
 }
 
 // migrate applies the steps the database lacks, up to version upTo, each in

@@ -440,6 +440,13 @@ func TestMigrations(t *testing.T) {
 			if err := s.db.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_master WHERE type='index' AND name='vms_image_id'").Scan(&n); err != nil || n != 1 {
 				t.Fatalf("index vms_image_id: %d, %v", n, err)
 			}
+			// Forwards of upgraded and new VMs are recorded.
+			for _, id := range []string{"new12345", "keep1234"}[:1+min(from, 1)] {
+				f := model.Forward{VMID: id, HostAddr: "127.0.0.1", HostPort: 8000 + len(id) + int(id[0]), GuestPort: 80, Proto: "tcp", CreatedAt: t0}
+				if err := s.CreateForward(ctx, f); err != nil {
+					t.Fatalf("forward of %s after upgrade: %v", id, err)
+				}
+			}
 		})
 	}
 }

@@ -148,6 +148,9 @@ func (s *Store) DeleteVM(ctx context.Context, id string) error {
 	if _, err := tx.ExecContext(ctx, "DELETE FROM sessions WHERE vm_id = ?", id); err != nil {
 		return err
 	}
+	if _, err := tx.ExecContext(ctx, "DELETE FROM forwards WHERE vm_id = ?", id); err != nil {
+		return err
+	}
 	res, err := tx.ExecContext(ctx, "DELETE FROM vms WHERE id = ?", id)
 	if err != nil {
 		return err
