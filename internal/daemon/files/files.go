@@ -212,20 +212,38 @@ func (sv *Service) WriteFile(ctx context.Context, ref string, req api.FileWriteR
 		s.WriteString("mkdir -p -- \"$d\" || exit 1\n")
 	}
 	s.WriteString("exists \"$d\"\nisdir \"$d\"\n")
-	// EXIT removes the temporary file on every way out but the rename;
-	// the signal traps make a cancel (SIGTERM to the group) run it too.
-	s.WriteString("trap 'rm -f -- \"$t\"' EXIT\ntrap 'exit 143' TERM HUP INT PIPE\n")
-	s.WriteString("(set -C; umask 077; cat > \"$t\") || exit 1\n")
-	if req.Mode != nil {
-		fmt.Fprintf(&s, "chmod %o -- \"$t\" || exit 1\n", *req.Mode&0o7777)
-	} else {
-		s.WriteString("if [ -e \"$p\" ]; then chmod --reference=\"$p\" -- \"$t\"; else chmod 644 -- \"$t\"; fi || exit 1\n")
-	}
-	s.WriteString("mv -f -- \"$t\" \"$p\" || exit 1\n")
+	// The stream lands in the temporary file; only once the daemon has
+	// read the whole body and the guest's command succeeded does a second
+	// command rename it into place. A cancel or a broken body therefore
+	// never commits a truncated file, whatever signals the guest's shell
+	// did or did not see; the temporary file is removed instead.
+	s.WriteString("trap 'rm -f -- \"$t\"' TERM HUP INT PIPE\n")
+	s.WriteString("(set -C; umask 077; cat > \"$t\") || { rm -f -- \"$t\"; exit 1; }\n")
 	if err := sv.run(ctx, vm, "write "+p, s.String(), body, nil); err != nil {
+		sv.removeTemp(vm, vars)
+		return api.FileInfo{}, err
+	}
+	var c strings.Builder
+	c.WriteString(prelude(vars))
+	c.WriteString("trap 'rm -f -- \"$t\"' EXIT\n")
+	if req.Mode != nil {
+		fmt.Fprintf(&c, "chmod %o -- \"$t\" || exit 1\n", *req.Mode&0o7777)
+	} else {
+		c.WriteString("if [ -e \"$p\" ]; then chmod --reference=\"$p\" -- \"$t\"; else chmod 644 -- \"$t\"; fi || exit 1\n")
+	}
+	c.WriteString("mv -f -- \"$t\" \"$p\" || exit 1\n")
+	if err := sv.run(ctx, vm, "write "+p, c.String(), nil, nil); err != nil {
 		return api.FileInfo{}, err
 	}
 	return sv.stat(ctx, vm, p)
+}
+
+// removeTemp removes a write's temporary file after a failed stream, with
+// a context of its own: the request's may be what was cancelled.
+func (sv *Service) removeTemp(vm model.VM, vars map[string]string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_ = sv.run(ctx, vm, "remove "+vars["t"], prelude(vars)+"rm -f -- \"$t\"\n", nil, nil)
 }
 
 // statFormat is find's record: type, size, mode, mtime, link target and

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -31,6 +32,7 @@ func (hostGuest) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, s
 	c.Cancel = func() error { return syscall.Kill(-c.Process.Pid, syscall.SIGTERM) }
 	c.WaitDelay = 10 * time.Second
 	var in io.WriteCloser
+	stdinErr := make(chan error, 1)
 	if stdin != nil {
 		var err error
 		if in, err = c.StdinPipe(); err != nil {
@@ -42,21 +44,26 @@ func (hostGuest) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, s
 	}
 	if in != nil {
 		// As guest.Client.Run does: a failing stdin stops the command
-		// before its stdin is closed, so it never sees a truncated input
-		// end as a whole one.
+		// (TERM to its group), the session's end closes its stdin, and
+		// the run fails whatever the command's exit code.
 		go func() {
-			if _, err := io.Copy(in, stdin); err != nil {
+			rr := &readErr{r: stdin}
+			_, _ = io.Copy(in, rr)
+			if rr.err != nil {
+				// A read error, not the command going away (a write
+				// error, which Wait reports as the command's exit).
+				stdinErr <- rr.err
 				_ = syscall.Kill(-c.Process.Pid, syscall.SIGTERM)
-				// A TERM that lands while the shell is between its
-				// trap and its child may not end it; the session's
-				// close would, here a KILL does.
-				time.AfterFunc(2*time.Second, func() { _ = syscall.Kill(-c.Process.Pid, syscall.SIGKILL) })
-				return
 			}
 			in.Close()
 		}()
 	}
 	err := c.Wait()
+	select {
+	case serr := <-stdinErr:
+		return -1, fmt.Errorf("reading the command's stdin: %w", serr)
+	default:
+	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		return ee.ExitCode(), nil
@@ -68,6 +75,20 @@ func (hostGuest) Run(ctx context.Context, cmd string, stdin io.Reader, stdout, s
 }
 
 func (hostGuest) Close() error { return nil }
+
+// readErr keeps the error its reader returned (io.EOF aside).
+type readErr struct {
+	r   io.Reader
+	err error
+}
+
+func (r *readErr) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF && r.err == nil {
+		r.err = err
+	}
+	return n, err
+}
 
 // fakeVMs knows one VM, "vm", running unless stopped.
 type fakeVMs struct{ stopped bool }
