@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"testing"
 
 	"golang.org/x/crypto/ssh"
@@ -34,24 +33,10 @@ type fixture struct {
 // once. Tests that replace a host part call d.wire() again.
 func newFixture(t testing.TB) *fixture {
 	t.Helper()
-	dir := t.TempDir()
-	cfg := config.Defaults()
-	cfg.StateDir = dir
-	cfg.CacheDir = filepath.Join(dir, "cache")
-	cfg.Finish()
-	st, err := store.Open(cfg.DBPath())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	cfg, st := vmstest.State(t)
 	d, err := New(cfg, st, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		t.Fatal(err)
-	}
-	for _, p := range []string{cfg.VMsDir(), cfg.ImagesDir(), cfg.KernelsDir()} {
-		if err := os.MkdirAll(p, 0o700); err != nil {
-			t.Fatal(err)
-		}
 	}
 	f := &fixture{d: d, drv: vmstest.NewDriver(), strat: &vmstest.Strategy{}, taps: vmstest.NewTaps(), st: st, cfg: cfg}
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
@@ -66,14 +51,5 @@ func newFixture(t testing.TB) *fixture {
 	d.host.subnet = netip.MustParsePrefix("172.16.0.0/24")
 	d.waitGuest = func(context.Context, model.VM, func() bool) error { return nil }
 	d.wire()
-	ctx := context.Background()
-	imgPath := filepath.Join(cfg.ImagesDir(), "img.ext4")
-	os.WriteFile(imgPath, []byte("image"), 0o600)
-	if err := st.CreateImage(ctx, model.Image{ID: model.NewID(), Name: "default", Path: imgPath, HostKey: "ssh-ed25519 AAAA", CreatedAt: d.now()}); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.CreateKernel(ctx, model.Kernel{ID: model.NewID(), Name: cfg.DefaultKernel, VmlinuxPath: "/k", Cmdline: "console=ttyS0", CreatedAt: d.now()}); err != nil {
-		t.Fatal(err)
-	}
 	return f
 }

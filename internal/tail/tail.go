@@ -62,26 +62,37 @@ func (t *Buffer) Bytes() []byte { return t.b }
 // sequence cut by the bound) replaced by "?".
 func (t *Buffer) String() string { return string(bytes.ToValidUTF8(t.b, []byte("?"))) }
 
-// File returns the last nLines lines (all when nLines <= 0) of the last
-// maxBytes bytes of the file at path, without its trailing newlines. It
-// seeks to that window and reads only it, so a huge or sparse file costs
-// no more than a small one; the window may begin inside a line or a UTF-8
-// sequence, and the bytes are returned as they are.
-func File(path string, maxBytes int64, nLines int) (string, error) {
+// End reads at most the last maxBytes bytes of the file at path and
+// returns them with the offset just past them (the file's size when read).
+// It seeks to that window and reads only it, so a huge or sparse file
+// costs no more than a small one.
+func End(path string, maxBytes int64) ([]byte, int64, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", err
+		return nil, 0, err
 	}
 	defer f.Close()
 	size, err := f.Seek(0, io.SeekEnd)
 	if err != nil {
-		return "", err
+		return nil, 0, err
 	}
 	start := max(size-max(maxBytes, 0), 0)
 	b := make([]byte, size-start)
 	n, err := f.ReadAt(b, start)
 	if err != nil && err != io.EOF { // EOF: the file shrank meanwhile
+		return nil, 0, err
+	}
+	return b[:n], start + int64(n), nil
+}
+
+// File returns the last nLines lines (all when nLines <= 0) of the last
+// maxBytes bytes of the file at path, without its trailing newlines (see
+// End); the window may begin inside a line or a UTF-8 sequence, and the
+// bytes are returned as they are.
+func File(path string, maxBytes int64, nLines int) (string, error) {
+	b, _, err := End(path, maxBytes)
+	if err != nil {
 		return "", err
 	}
-	return string(Lines(bytes.TrimRight(b[:n], "\n"), nLines)), nil
+	return string(Lines(bytes.TrimRight(b, "\n"), nLines)), nil
 }

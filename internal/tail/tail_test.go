@@ -142,3 +142,20 @@ func TestFileSparse(t *testing.T) {
 		t.Errorf("File(all lines) = %d bytes, %v", len(got), err)
 	}
 }
+
+func TestEnd(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "log")
+	if err := os.WriteFile(p, []byte("0123456789"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, off, err := End(p, 4)
+	if err != nil || string(b) != "6789" || off != 10 {
+		t.Fatalf("End(4) = %q, %d, %v; want \"6789\", 10", b, off, err)
+	}
+	if b, off, err = End(p, 100); err != nil || string(b) != "0123456789" || off != 10 {
+		t.Fatalf("End(100) = %q, %d, %v", b, off, err)
+	}
+	if _, _, err := End(filepath.Join(t.TempDir(), "none"), 4); !os.IsNotExist(err) {
+		t.Fatalf("End of a missing file: %v", err)
+	}
+}

@@ -2,28 +2,12 @@ package e2e
 
 import (
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 )
-
-func sha256File(t *testing.T, p string) string {
-	t.Helper()
-	f, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
-}
 
 // TestVMCp copies a tree (a symlink, an executable, a 50 MiB file) into a
 // real guest and back, single files both ways, and checks the errors.
@@ -43,7 +27,7 @@ func TestVMCp(t *testing.T) {
 		t.Fatal(err)
 	}
 	big.Close()
-	bigSum := sha256File(t, filepath.Join(src, "big.bin"))
+	bigSum := fileSum(t, filepath.Join(src, "big.bin"))
 
 	h.MustRun("vm", "cp", "-r", src, "cp:/root/tree")
 	out := h.MustRun("vm", "exec", "cp", "--", "sh", "-c",
@@ -57,7 +41,7 @@ func TestVMCp(t *testing.T) {
 
 	back := filepath.Join(t.TempDir(), "back")
 	h.MustRun("vm", "cp", "-r", "cp:tree", back)
-	if got := sha256File(t, filepath.Join(back, "big.bin")); got != bigSum {
+	if got := fileSum(t, filepath.Join(back, "big.bin")); got != bigSum {
 		t.Errorf("big.bin back: sha256 %s, want %s", got, bigSum)
 	}
 	if st, err := os.Stat(filepath.Join(back, "bin", "run.sh")); err != nil || st.Mode().Perm() != 0o755 {

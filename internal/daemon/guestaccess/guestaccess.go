@@ -203,7 +203,7 @@ func (sv *Service) Logs(ctx context.Context, ref string, req api.LogsRequest, w 
 	}
 	offsets := make([]int64, len(paths))
 	for i, p := range paths {
-		b, size, err := readEnd(p, maxLogRead)
+		b, size, err := tail.End(p, maxLogRead)
 		if err != nil && !os.IsNotExist(err) {
 			return err
 		}
@@ -288,30 +288,6 @@ func (sv *Service) Hosts(ctx context.Context) (string, error) {
 // maxLogRead bounds what `vm logs` reads of a log before following it: the
 // guest writes the console, and the watcher caps it well below this.
 const maxLogRead = 16 << 20
-
-// readEnd reads at most the last max bytes of path and returns them with
-// the file's size.
-func readEnd(path string, max int64) ([]byte, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer f.Close()
-	size, err := f.Seek(0, io.SeekEnd)
-	if err != nil {
-		return nil, 0, err
-	}
-	start := size - max
-	if start < 0 {
-		start = 0
-	}
-	b := make([]byte, size-start)
-	n, err := f.ReadAt(b, start)
-	if err != nil && err != io.EOF {
-		return nil, 0, err
-	}
-	return b[:n], start + int64(n), nil
-}
 
 // tailFile returns the last lines of the first file whose end is not blank,
 // for errors. Guests write these logs: only their last 64 KiB are read.

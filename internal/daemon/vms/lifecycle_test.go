@@ -46,21 +46,7 @@ type fixture struct {
 // strategy and taps, holding an image and a kernel.
 func newFixture(t testing.TB) *fixture {
 	t.Helper()
-	dir := t.TempDir()
-	cfg := config.Defaults()
-	cfg.StateDir = dir
-	cfg.CacheDir = filepath.Join(dir, "cache")
-	cfg.Finish()
-	st, err := store.Open(cfg.DBPath())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	for _, p := range []string{cfg.VMsDir(), cfg.ImagesDir(), cfg.KernelsDir()} {
-		if err := os.MkdirAll(p, 0o700); err != nil {
-			t.Fatal(err)
-		}
-	}
+	cfg, st := vmstest.State(t)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	f := &fixture{drv: vmstest.NewDriver(), strat: &vmstest.Strategy{}, taps: vmstest.NewTaps(), st: st, cfg: cfg}
 	f.waitGuest = func(context.Context, model.VM, func() bool) error { return nil }
@@ -79,15 +65,6 @@ func newFixture(t testing.TB) *fixture {
 			return f.waitGuest(ctx, vm, vmmAlive)
 		},
 	})
-	ctx := context.Background()
-	imgPath := filepath.Join(cfg.ImagesDir(), "img.ext4")
-	os.WriteFile(imgPath, []byte("image"), 0o600)
-	if err := st.CreateImage(ctx, model.Image{ID: model.NewID(), Name: "default", Path: imgPath, HostKey: "ssh-ed25519 AAAA", CreatedAt: time.Now()}); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.CreateKernel(ctx, model.Kernel{ID: model.NewID(), Name: cfg.DefaultKernel, VmlinuxPath: "/k", Cmdline: "console=ttyS0", CreatedAt: time.Now()}); err != nil {
-		t.Fatal(err)
-	}
 	return f
 }
 

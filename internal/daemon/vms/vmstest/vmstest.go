@@ -11,9 +11,14 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"testing"
+	"time"
 
+	"github.com/banger/banger/internal/config"
 	"github.com/banger/banger/internal/hostnet"
+	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/storage"
+	"github.com/banger/banger/internal/store"
 	"github.com/banger/banger/internal/vmm"
 )
 
@@ -181,4 +186,39 @@ func (f *Taps) Gateway() netip.Addr { return netip.MustParseAddr("172.16.0.1") }
 // NewTaps makes an empty Taps.
 func NewTaps() *Taps {
 	return &Taps{Made: map[string]bool{}, Policies: map[string]hostnet.Policy{}}
+}
+
+// State makes a state directory in a temp dir with an open store (closed
+// at the test's end), its VM, image and kernel directories, and a default
+// image and kernel recorded: what a daemon or VM manager under test runs
+// over.
+func State(t testing.TB) (config.Config, *store.Store) {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := config.Defaults()
+	cfg.StateDir = dir
+	cfg.CacheDir = filepath.Join(dir, "cache")
+	cfg.Finish()
+	st, err := store.Open(cfg.DBPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	for _, p := range []string{cfg.VMsDir(), cfg.ImagesDir(), cfg.KernelsDir()} {
+		if err := os.MkdirAll(p, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	imgPath := filepath.Join(cfg.ImagesDir(), "img.ext4")
+	if err := os.WriteFile(imgPath, []byte("image"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CreateImage(ctx, model.Image{ID: model.NewID(), Name: "default", Path: imgPath, HostKey: "ssh-ed25519 AAAA", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CreateKernel(ctx, model.Kernel{ID: model.NewID(), Name: cfg.DefaultKernel, VmlinuxPath: "/k", Cmdline: "console=ttyS0", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, st
 }
