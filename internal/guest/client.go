@@ -301,8 +301,10 @@ func WaitReady(ctx context.Context, ep Endpoint, signer ssh.Signer, interval tim
 		if errors.As(err, &mm) {
 			return nil, err
 		}
-		// An attempt cut short by ctx itself says nothing about the guest.
-		if ctx.Err() == nil || last == nil {
+		// An attempt cut short by ctx itself says nothing about the guest:
+		// its dial can end with an i/o timeout at ctx's deadline a moment
+		// before ctx reports it, so an attempt ending that close counts too.
+		if last == nil || (ctx.Err() == nil && !nearDeadline(ctx, 50*time.Millisecond)) {
 			last = err
 		}
 		t := time.NewTimer(interval)
@@ -313,6 +315,12 @@ func WaitReady(ctx context.Context, ep Endpoint, signer ssh.Signer, interval tim
 		case <-t.C:
 		}
 	}
+}
+
+// nearDeadline reports whether ctx's deadline is less than d away.
+func nearDeadline(ctx context.Context, d time.Duration) bool {
+	dl, ok := ctx.Deadline()
+	return ok && time.Until(dl) < d
 }
 
 // readyOnce is one attempt of WaitReady, bounded by dialAttemptTimeout.
