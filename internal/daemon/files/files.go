@@ -1,7 +1,9 @@
 // Package files is the daemon side of file operations in a running VM's
 // guest: read (streamed, optionally a byte range), atomic write, stat,
 // list, mkdir, move, remove and tar archives of directories, each one
-// shell script run over the pooled SSH connection.
+// shell script run over the pooled SSH connection. The reads (read, stat,
+// list, archive) also answer for a stopped VM, from its work disk through
+// storage's reader (offline.go).
 //
 // The guest is hostile: file contents are streamed and never held, and
 // what is parsed (stat and listings, NUL-separated) is bounded by
@@ -30,6 +32,7 @@ import (
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/shell"
+	"github.com/banger/banger/internal/storage"
 	"github.com/banger/banger/internal/tail"
 )
 
@@ -38,6 +41,11 @@ type Deps struct {
 	VMs vms.Lookup
 	// Dial returns a (pooled) SSH client to a running VM's guest.
 	Dial func(ctx context.Context, vm model.VM) (guest.Client, error)
+	// TempDir is where a stopped VM's tree is copied to be archived
+	// ("" for the system's); CopyLimits bound that copy (zero values:
+	// storage.DefaultCopyLimits).
+	TempDir    string
+	CopyLimits storage.CopyLimits
 }
 
 // Service runs file operations in guests.
@@ -172,9 +180,13 @@ func (sv *Service) ReadFile(ctx context.Context, ref string, req api.FileReadReq
 	if req.Offset < 0 || req.Length < 0 {
 		return errdefs.Errorf(errdefs.CodeInvalid, "offset and length must be >= 0")
 	}
-	vm, p, err := sv.running(ctx, ref, req.Path)
+	vm, p, dp, unlock, err := sv.readVM(ctx, ref, req.Path)
 	if err != nil {
 		return err
+	}
+	if unlock != nil {
+		defer unlock()
+		return sv.readOffline(ctx, vm, p, dp, req, w)
 	}
 	dd := "dd if=\"$p\" bs=65536 status=none iflag=skip_bytes,count_bytes"
 	if req.Offset > 0 {
@@ -254,9 +266,13 @@ const fieldsPerEntry = 6
 
 // StatFile describes p without following a final symlink.
 func (sv *Service) StatFile(ctx context.Context, ref, p string) (api.FileInfo, error) {
-	vm, gp, err := sv.running(ctx, ref, p)
+	vm, gp, dp, unlock, err := sv.readVM(ctx, ref, p)
 	if err != nil {
 		return api.FileInfo{}, err
+	}
+	if unlock != nil {
+		defer unlock()
+		return sv.statOffline(ctx, vm, gp, dp)
 	}
 	return sv.stat(ctx, vm, gp)
 }
@@ -282,9 +298,13 @@ func (sv *Service) ListFiles(ctx context.Context, ref, dir string, depth int) ([
 	if depth < 1 || depth > MaxDepth {
 		return nil, errdefs.Errorf(errdefs.CodeInvalid, "invalid depth %d: use 1 to %d", depth, MaxDepth)
 	}
-	vm, p, err := sv.running(ctx, ref, dir)
+	vm, p, dp, unlock, err := sv.readVM(ctx, ref, dir)
 	if err != nil {
 		return nil, err
+	}
+	if unlock != nil {
+		defer unlock()
+		return sv.listOffline(ctx, vm, p, dp, depth)
 	}
 	// "$p/" makes find start inside a directory p names through a symlink.
 	script := prelude(map[string]string{"p": p}) + "exists \"$p\"\nisdir \"$p\"\n" +
@@ -468,9 +488,13 @@ func (sv *Service) RemoveFile(ctx context.Context, ref, p string, recursive bool
 
 // ReadArchive streams a tar of dir's contents (names relative to it) to w.
 func (sv *Service) ReadArchive(ctx context.Context, ref, dir string, w io.Writer) error {
-	vm, p, err := sv.running(ctx, ref, dir)
+	vm, p, dp, unlock, err := sv.readVM(ctx, ref, dir)
 	if err != nil {
 		return err
+	}
+	if unlock != nil {
+		defer unlock()
+		return sv.archiveOffline(ctx, vm, p, dp, w)
 	}
 	script := prelude(map[string]string{"p": p}) + "exists \"$p\"\nisdir \"$p\"\nexec tar -C \"$p\" -cf - .\n"
 	return sv.run(ctx, vm, "archive "+p, script, nil, w)
