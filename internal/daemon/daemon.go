@@ -147,7 +147,9 @@ func (d *Daemon) wire() {
 		},
 		Transport: func() string { return d.cfg.WorkspaceTransport },
 	})
-	d.files = files.New(files.Deps{VMs: d.vms, Dial: dial})
+	maxCopyOut, _ := model.ParseSize(d.cfg.MaxCopyOut) // validated at load
+	d.files = files.New(files.Deps{VMs: d.vms, Dial: dial,
+		Budget: files.Budget{MaxBytes: maxCopyOut, MaxEntries: d.cfg.MaxCopyOutEntries}})
 	d.ports = ports.New(ports.Deps{
 		Store: d.store, Log: d.log, VMs: d.vms, Now: now,
 		DialGuest: func(ctx context.Context, vm model.VM, port int) (net.Conn, error) {

@@ -32,7 +32,6 @@ import (
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/shell"
-	"github.com/banger/banger/internal/storage"
 	"github.com/banger/banger/internal/tail"
 )
 
@@ -44,8 +43,10 @@ type Deps struct {
 	// TempDir is where a stopped VM's tree is copied to be archived
 	// ("" for the system's); CopyLimits bound that copy (zero values:
 	// storage.DefaultCopyLimits).
-	TempDir    string
-	CopyLimits storage.CopyLimits
+	TempDir string
+	// Budget bounds each read out of a guest (zero values:
+	// DefaultBudget's); a stopped VM's archive is bounded by it too.
+	Budget Budget
 }
 
 // Service runs file operations in guests.
@@ -189,6 +190,9 @@ func (sv *Service) ReadFile(ctx context.Context, ref string, req api.FileReadReq
 		return sv.readOffline(ctx, vm, p, dp, req, w)
 	}
 	dd := "dd if=\"$p\" bs=65536 status=none iflag=skip_bytes,count_bytes"
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	bw := newByteBudget(w, sv.Budget, "read "+p+" in vm "+vm.Name, cancel)
 	if req.Offset > 0 {
 		dd += " skip=" + strconv.FormatInt(req.Offset, 10)
 	}
@@ -196,7 +200,8 @@ func (sv *Service) ReadFile(ctx context.Context, ref string, req api.FileReadReq
 		dd += " count=" + strconv.FormatInt(req.Length, 10)
 	}
 	script := prelude(map[string]string{"p": p}) + "exists \"$p\"\nnotdir \"$p\"\nexec " + dd + "\n"
-	return sv.run(ctx, vm, "read "+p, script, nil, w)
+	err = sv.run(runCtx, vm, "read "+p, script, nil, bw)
+	return budgetError(bw.Err(), err)
 }
 
 // WriteFile streams body into p atomically: a temporary file in the same
@@ -497,7 +502,11 @@ func (sv *Service) ReadArchive(ctx context.Context, ref, dir string, w io.Writer
 		return sv.archiveOffline(ctx, vm, p, dp, w)
 	}
 	script := prelude(map[string]string{"p": p}) + "exists \"$p\"\nisdir \"$p\"\nexec tar -C \"$p\" -cf - .\n"
-	return sv.run(ctx, vm, "archive "+p, script, nil, w)
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	tb := newTarBudget(w, sv.Budget, "archive "+p+" in vm "+vm.Name, cancel)
+	err = sv.run(runCtx, vm, "archive "+p, script, nil, tb)
+	return budgetError(tb.Close(), err)
 }
 
 // WriteArchive unpacks a tar stream into dir (made when missing), keeping

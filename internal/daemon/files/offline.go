@@ -77,7 +77,7 @@ func diskError(vm model.VM, what string, err error) error {
 	case errors.Is(err, storage.ErrThroughSymlink):
 		return errdefs.Errorf(errdefs.CodeInvalid, "%s in vm %s: %v; a stopped VM's disk is read without following symlinks: name the target, or start the VM", what, vm.Name, err)
 	case errors.Is(err, storage.ErrTooLarge):
-		return errdefs.Errorf(errdefs.CodeConflict, "%s in vm %s (stopped): %v", what, vm.Name, err)
+		return errdefs.Errorf(errdefs.CodeConflict, "%s in vm %s (stopped): %v (bounded by max_copy_out and max_copy_out_entries)", what, vm.Name, err)
 	case strings.Contains(err.Error(), "not a directory"), strings.Contains(err.Error(), "not a regular file"):
 		return errdefs.Errorf(errdefs.CodeInvalid, "%s in vm %s (stopped): %v", what, vm.Name, err)
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
@@ -126,9 +126,16 @@ func (sv *Service) listOffline(ctx context.Context, vm model.VM, gp, dp string, 
 }
 
 func (sv *Service) readOffline(ctx context.Context, vm model.VM, gp, dp string, req api.FileReadRequest, w io.Writer) error {
-	return diskError(vm, "read "+gp, storage.StreamDiskFile(ctx, vm.WorkDisk, dp, req.Offset, req.Length, w))
+	bw := newByteBudget(w, sv.Budget, "read "+gp+" in vm "+vm.Name, nil)
+	err := storage.StreamDiskFile(ctx, vm.WorkDisk, dp, req.Offset, req.Length, bw)
+	if berr := bw.Err(); berr != nil {
+		return budgetError(berr, err)
+	}
+	return diskError(vm, "read "+gp, err)
 }
 
 func (sv *Service) archiveOffline(ctx context.Context, vm model.VM, gp, dp string, w io.Writer) error {
-	return diskError(vm, "archive "+gp, storage.ArchiveDisk(ctx, vm.WorkDisk, dp, sv.TempDir, sv.CopyLimits, w))
+	b := sv.Budget.orDefault()
+	lim := storage.CopyLimits{MaxBytes: b.MaxBytes, MaxEntries: b.MaxEntries}
+	return diskError(vm, "archive "+gp, storage.ArchiveDisk(ctx, vm.WorkDisk, dp, sv.TempDir, lim, w))
 }
