@@ -149,6 +149,10 @@ func (d *Daemon) wire() {
 	})
 	maxCopyOut, _ := model.ParseSize(d.cfg.MaxCopyOut) // validated at load
 	d.files = files.New(files.Deps{VMs: d.vms, Dial: dial,
+		DialData: func(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
+			return d.dialData(ctx, vm, port)
+		},
+		Transport: func() string { return d.cfg.WorkspaceTransport },
 		Budget: files.Budget{MaxBytes: maxCopyOut, MaxEntries: d.cfg.MaxCopyOutEntries}})
 	d.ports = ports.New(ports.Deps{
 		Store: d.store, Log: d.log, VMs: d.vms, Now: now,

@@ -8,11 +8,16 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"net"
+	"strconv"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/errdefs"
+	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/testenv"
 )
 
 // craftedTar is a tar of n empty files followed by one file claiming size
@@ -114,5 +119,50 @@ func TestReadBudget(t *testing.T) {
 	sv.Budget = Budget{MaxBytes: 1 << 20, MaxEntries: 100}
 	if err := sv.ReadArchive(ctx, "vm", src, io.Discard); err != nil {
 		t.Fatalf("archive within budget: %v", err)
+	}
+}
+
+// TestWritesOverDataChannel writes a file and a tree through the data
+// channel: a real banger-init recv on the host, dialed on 127.0.0.1.
+func TestWritesOverDataChannel(t *testing.T) {
+	sv, dir := newService(t)
+	t.Setenv("BANGER_INIT", testenv.BuildInit(t, t.TempDir()))
+	dials := 0
+	sv.DialData = func(ctx context.Context, _ model.VM, port int) (net.Conn, error) {
+		dials++
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	}
+	ctx := context.Background()
+	body := bytes.Repeat([]byte("data channel "), 200000)
+	if _, err := sv.WriteFile(ctx, "vm", api.FileWriteRequest{Path: filepath.Join(dir, "f")}, bytes.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "f")); err != nil || !bytes.Equal(b, body) {
+		t.Fatalf("file over the data channel: %d bytes, %v", len(b), err)
+	}
+	if _, err := sv.WriteArchive(ctx, "vm", filepath.Join(dir, "tree"), bytes.NewReader(craftedTar(t, 3, 70000))); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(filepath.Join(dir, "tree", "big")); err != nil || st.Size() != 70000 {
+		t.Fatalf("tree over the data channel: %v, %v", st, err)
+	}
+	if dials != 2 {
+		t.Fatalf("%d data channel dials, want 2", dials)
+	}
+	// A body that breaks mid-stream commits nothing.
+	broken := io.MultiReader(bytes.NewReader(body[:100000]), iotest.ErrReader(errors.New("client went away")))
+	_, err := sv.WriteFile(ctx, "vm", api.FileWriteRequest{Path: filepath.Join(dir, "g")}, broken)
+	if err == nil {
+		t.Fatal("a broken body was written")
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "*g*")); len(left) != 0 {
+		t.Fatalf("a broken write left %v", left)
+	}
+	// The configuration can keep writes on SSH.
+	sv.Transport = func() string { return TransportSSH }
+	before := dials
+	if _, err := sv.WriteFile(ctx, "vm", api.FileWriteRequest{Path: filepath.Join(dir, "h")}, bytes.NewReader(body)); err != nil || dials != before {
+		t.Fatalf("write over SSH: %v, %d dials", err, dials)
 	}
 }
