@@ -24,6 +24,8 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/banger/banger/internal/api"
@@ -64,6 +66,9 @@ type Daemon struct {
 	// vmmAlive says whether its VMM still runs.
 	waitGuest func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
 	now       func() time.Time
+	// directRefused: "vmID/port" of published guest ports that refused a
+	// direct connection lately (time.Time of the refusal).
+	directRefused sync.Map
 
 	// The services the facade hands requests to; made by wire.
 	vms        *vms.Manager
@@ -129,6 +134,12 @@ func (d *Daemon) wire() {
 			// A stopped or deleted VM's published ports go with its
 			// connection: teardown is where both end.
 			d.ports.DropVM(id)
+			d.directRefused.Range(func(k, _ any) bool {
+				if strings.HasPrefix(k.(string), id+"/") {
+					d.directRefused.Delete(k)
+				}
+				return true
+			})
 			if d.host.pool != nil {
 				d.host.pool.Drop(id)
 			}
@@ -153,7 +164,7 @@ func (d *Daemon) wire() {
 			return d.dialData(ctx, vm, port)
 		},
 		Transport: func() string { return d.cfg.WorkspaceTransport },
-		Budget: files.Budget{MaxBytes: maxCopyOut, MaxEntries: d.cfg.MaxCopyOutEntries}})
+		Budget:    files.Budget{MaxBytes: maxCopyOut, MaxEntries: d.cfg.MaxCopyOutEntries}})
 	d.ports = ports.New(ports.Deps{
 		Store: d.store, Log: d.log, VMs: d.vms, Now: now,
 		DialGuest: func(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
@@ -163,9 +174,43 @@ func (d *Daemon) wire() {
 	})
 }
 
-// dialGuestTCP connects to port on a running guest's loopback through its
-// pooled SSH connection.
+// dialGuestTCP connects to port in a running guest, for a published
+// port. A service listening on the guest's own address is reached over
+// plain TCP on the VM's link (from bangerd's namespace, where the bridge
+// is), which a guest under emulation serves many times faster than it
+// decrypts SSH; one listening only on the guest's loopback refuses that
+// and is reached through the pooled SSH connection's direct-tcpip to
+// 127.0.0.1. A refusal is remembered for directRetry, so later
+// connections go straight to SSH. workspace_transport "ssh" keeps every
+// forward on SSH.
 func (d *Daemon) dialGuestTCP(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
+	key := vm.ID + "/" + strconv.Itoa(port)
+	if d.cfg.WorkspaceTransport != "ssh" && vm.GuestIP != "" {
+		if at, ok := d.directRefused.Load(key); !ok || time.Since(at.(time.Time)) > directRetry {
+			dctx, cancel := context.WithTimeout(ctx, directTimeout)
+			nc, err := d.dialData(dctx, vm, port)
+			cancel()
+			if err == nil {
+				d.directRefused.Delete(key)
+				return nc, nil
+			}
+			d.directRefused.Store(key, time.Now())
+		}
+	}
+	return d.dialGuestSSH(ctx, vm, port)
+}
+
+// How long a direct connection to a guest port may take before the
+// forward goes through SSH, and how long a refusal sends every later
+// connection to that port straight to SSH.
+const (
+	directTimeout = 2 * time.Second
+	directRetry   = time.Minute
+)
+
+// dialGuestSSH connects to port on a running guest's loopback through its
+// pooled SSH connection.
+func (d *Daemon) dialGuestSSH(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
 	c, err := d.dialGuest(ctx, vm)
 	if err != nil {
 		return nil, err
