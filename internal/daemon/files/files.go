@@ -147,23 +147,26 @@ func guestError(vmName, what string, code int, stderr string) error {
 		msg = fmt.Sprintf("exit status %d", code)
 	}
 	kind := errdefs.CodeInternal
+	// GNU tools say "No space left on device", Go's (banger-init recv,
+	// writing a stream) "no space left on device".
+	stderr = strings.ToLower(stderr)
 	switch {
 	case code == exitNotFound:
 		kind = errdefs.CodeNotFound
 	case code == exitNotDir, code == exitIsDir:
 		kind = errdefs.CodeInvalid
-	case strings.Contains(stderr, "No space left on device"), strings.Contains(stderr, "Disk quota exceeded"):
+	case strings.Contains(stderr, "no space left on device"), strings.Contains(stderr, "disk quota exceeded"):
 		return errdefs.Errorf(errdefs.CodeConflict, "%s in vm %s: the guest's disk is full: %s", what, vmName, msg)
-	case strings.Contains(stderr, "Permission denied"), strings.Contains(stderr, "Operation not permitted"),
-		strings.Contains(stderr, "Read-only file system"):
+	case strings.Contains(stderr, "permission denied"), strings.Contains(stderr, "operation not permitted"),
+		strings.Contains(stderr, "read-only file system"):
 		// The guest's state refuses it (an immutable file, a read-only
 		// mount), not the request's shape: a conflict.
 		kind = errdefs.CodeConflict
-	case strings.Contains(stderr, "No such file or directory"):
+	case strings.Contains(stderr, "no such file or directory"):
 		kind = errdefs.CodeNotFound
-	case strings.Contains(stderr, "Not a directory"), strings.Contains(stderr, "Is a directory"):
+	case strings.Contains(stderr, "not a directory"), strings.Contains(stderr, "is a directory"):
 		kind = errdefs.CodeInvalid
-	case strings.Contains(stderr, "Directory not empty"), strings.Contains(stderr, "File exists"):
+	case strings.Contains(stderr, "directory not empty"), strings.Contains(stderr, "file exists"):
 		kind = errdefs.CodeConflict
 	}
 	return errdefs.Errorf(kind, "%s in vm %s: %s", what, vmName, msg)

@@ -438,10 +438,11 @@ func runWith(stdin io.Reader, name string, args ...string) ([]byte, error) {
 
 func TestGuestErrorKinds(t *testing.T) {
 	for stderr, code := range map[string]string{
-		"cat: write error: No space left on device\n":    errdefs.CodeConflict,
-		"mv: cannot move: Permission denied":             errdefs.CodeConflict,
-		"rm: cannot remove 'x': No such file":            errdefs.CodeInternal,
-		"mv: cannot stat 'x': No such file or directory": errdefs.CodeNotFound,
+		"cat: write error: No space left on device\n":                              errdefs.CodeConflict,
+		"banger: recv: write stream: write /dev/stdout: no space left on device\n": errdefs.CodeConflict,
+		"mv: cannot move: Permission denied":                                       errdefs.CodeConflict,
+		"rm: cannot remove 'x': No such file":                                      errdefs.CodeInternal,
+		"mv: cannot stat 'x': No such file or directory":                           errdefs.CodeNotFound,
 	} {
 		err := guestError("vm", "write /x", 1, stderr)
 		if errdefs.CodeOf(err) != code {
