@@ -214,7 +214,7 @@ func linkTargets(ctx context.Context, j *Jail, disk, dev string, es []*DiskEntry
 // is ErrThroughSymlink.
 func StatDisk(ctx context.Context, disk, p string) (DiskEntry, error) {
 	var e DiskEntry
-	err := onDisk(ctx, disk, func(j *Jail, dev string) error {
+	err := onDiskCurrent(ctx, disk, func(j *Jail, dev string) error {
 		var err error
 		if e, err = resolve(ctx, j, disk, dev, p); err != nil {
 			return err
@@ -233,7 +233,7 @@ func StatDisk(ctx context.Context, disk, p string) (DiskEntry, error) {
 // twice (a hostile filesystem) is an error.
 func ListDisk(ctx context.Context, disk, dir string, depth, max int) ([]DiskEntry, error) {
 	var out []DiskEntry
-	err := onDisk(ctx, disk, func(j *Jail, dev string) error {
+	err := onDiskCurrent(ctx, disk, func(j *Jail, dev string) error {
 		root, err := resolve(ctx, j, disk, dev, dir)
 		if err != nil {
 			return err
@@ -373,7 +373,7 @@ func statAll(ctx context.Context, j *Jail, disk, dev string, es []DiskEntry) err
 // file's size is read first and nothing past it is written, whatever
 // debugfs prints.
 func StreamDiskFile(ctx context.Context, disk, p string, offset, length int64, w io.Writer) error {
-	return onDisk(ctx, disk, func(j *Jail, dev string) error {
+	return onDiskCurrent(ctx, disk, func(j *Jail, dev string) error {
 		e, err := resolve(ctx, j, disk, dev, p)
 		if err != nil {
 			return err
@@ -453,7 +453,7 @@ func ArchiveDisk(ctx context.Context, disk, dir, tmpDir string, lim CopyLimits, 
 	copyDir := filepath.Join(tmp, "copy")
 	// CopyOutIn resolves dir with debugfs, which follows links in its
 	// parents: check them first.
-	if err := onDiskIn(ctx, j, disk, func(dev string) error {
+	if err := onDiskCurrent(ctx, disk, func(j *Jail, dev string) error {
 		e, err := resolve(ctx, j, disk, dev, dir)
 		if err == nil && e.Type != DiskDirectory {
 			err = fmt.Errorf("%s on disk %s is a %s, not a directory", dir, disk, e.Type)
@@ -474,12 +474,25 @@ func ArchiveDisk(ctx context.Context, disk, dir, tmpDir string, lim CopyLimits, 
 	return tarTree(root, w)
 }
 
-// onDiskIn lends disk's read-only loop to the jail j for fn.
-func onDiskIn(ctx context.Context, j *Jail, disk string, fn func(dev string) error) error {
-	if _, err := os.Stat(disk); err != nil {
-		return fmt.Errorf("disk: %w", err)
+// onDiskCurrent is onDisk over what the disk holds now: when its VM was
+// killed and left a journal to replay, the journal is replayed on a
+// private copy (as CopyOutIn does) and that is read, never the disk.
+func onDiskCurrent(ctx context.Context, disk string, fn func(j *Jail, dev string) error) error {
+	dirty, err := NeedsRecovery(disk)
+	if err != nil || !dirty {
+		return onDisk(ctx, disk, fn)
 	}
-	return withLentLoop(ctx, disk, true, j, fn)
+	j, err := NewJail()
+	if err != nil {
+		return err
+	}
+	defer j.Close()
+	priv, done, err := replayPrivate(ctx, j, disk)
+	if err != nil {
+		return fmt.Errorf("replay the journal of %s: %w", disk, err)
+	}
+	defer done()
+	return withLentLoop(ctx, priv, true, j, func(dev string) error { return fn(j, dev) })
 }
 
 // tarTree writes a tar of root's contents, never following a symlink.
