@@ -112,7 +112,16 @@ type CreateVMRequest struct {
 	// A deadline counted from the create (docs/ARCHITECTURE.md,
 	// "Deadlines"): the daemon validates both; empty TTL is none.
 	TTL       string `json:"ttl,omitempty"`        // e.g. "90s", "10m", "2h", "7d"
-	TTLAction string `json:"ttl_action,omitempty"` // delete (default) or stop
+	TTLAction string `json:"ttl_action,omitempty"` // delete (default) or stop; also for IdleTimeout
+	// IdleTimeout deletes (or stops, TTLAction) the VM once it has been
+	// idle that long while running: no exec, session I/O, file operation
+	// or forwarded connection. Empty is none.
+	IdleTimeout string `json:"idle_timeout,omitempty"`
+
+	// Publish are ports to publish, [HOSTADDR:]HOSTPORT:GUESTPORT[/tcp]
+	// each: their host ports are taken before the VM is made, so a port
+	// in use fails the create with nothing made.
+	Publish []string `json:"publish,omitempty"`
 }
 
 // VMNetRequest changes a VM's network policy. A field left out keeps the
@@ -128,11 +137,13 @@ type VMNetRequest struct {
 }
 
 // VMTTLRequest sets a VM's deadline to TTL from now, or clears it (TTL
-// "none"). An empty Action keeps the VM's current one (delete when it had
-// none).
+// "none"), and its idle timeout to Idle (or clears it, "none"); an empty
+// one is left as it is, but one must be given. An empty Action keeps the
+// VM's current one (delete when it had none).
 type VMTTLRequest struct {
 	TTL    string `json:"ttl"`
 	Action string `json:"action,omitempty"`
+	Idle   string `json:"idle,omitempty"`
 }
 
 // StopVMRequest tunes a stop.

@@ -395,6 +395,10 @@ func (a *app) vmRunCommand() *cobra.Command {
 				return err
 			}
 			ref, name = vm.ID, vm.Name
+			for _, f := range vm.Ports {
+				// Always: a port picked for 0 is known only from here.
+				fmt.Fprintf(a.stderr, "banger: published %s\n", forwardText(f))
+			}
 			if !rm {
 				a.leftOnInterrupt = fmt.Sprintf("vm %s is kept (banger vm delete --force %s removes it)", vm.Name, vm.Name)
 			}
