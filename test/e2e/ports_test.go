@@ -50,8 +50,9 @@ func serveHTTP(h *Harness, vm, name string) {
 // 127.0.0.1 (the daemon lives in a test network namespace: the listener
 // must be in this one), refuses a host port already taken (leaving no VM)
 // and a second forward to the same host port, keeps the forward across
-// kill -9 of bangerd and a vm restart, and checks the port closes with
-// the VM.
+// kill -9 of bangerd and a vm stop and restart, publishes a port of the
+// stopped VM that opens at its boot, and checks the ports close with the
+// VM.
 func TestVMPort(t *testing.T) {
 	h := NewHarness(t)
 
@@ -134,19 +135,35 @@ func TestVMPort(t *testing.T) {
 	if st := h.VM("web").Ports; len(st) != 1 || st[0].State != model.ForwardStopped {
 		t.Fatalf("forwards of the stopped vm: %+v", st)
 	}
+	// Added to the stopped VM: recorded now (port picked), listened on at
+	// its next boot.
+	var later model.Forward
+	h.JSON(&later, "vm", "port", "add", "web", "0:8000")
+	if later.HostPort == 0 || later.State != model.ForwardStopped {
+		t.Fatalf("port add on the stopped vm: %+v", later)
+	}
 	h.MustRun("vm", "restart", "web")
 	serveHTTP(h, "web", "http-again") // the first one's record stays, exited
+	if st := h.VM("web").Ports; len(st) != 2 || st[0].State != model.ForwardListening || st[1].State != model.ForwardListening {
+		t.Fatalf("forwards after the restart: %+v", st)
+	}
+	laterURL := fmt.Sprintf("http://127.0.0.1:%d/hello.txt", later.HostPort)
+	if body := fetch(t, laterURL, 60*time.Second); strings.TrimSpace(body) != "published-from-guest" {
+		t.Fatalf("GET %s (added while stopped) = %q", laterURL, body)
+	}
 	if body := fetch(t, url, 60*time.Second); strings.TrimSpace(body) != "published-from-guest" {
 		t.Fatalf("GET %s after vm restart = %q", url, body)
 	}
 	t.Logf("GET %s after vm stop and restart: ok", url)
 
 	h.MustRun("vm", "delete", "--force", "web")
-	if c, err := net.DialTimeout("tcp", want, 2*time.Second); err == nil {
-		c.Close()
-		t.Fatalf("%s still answers after vm delete", want)
-	} else {
-		t.Logf("after vm delete, %s: %v", want, err)
+	for _, addr := range []string{want, fmt.Sprintf("127.0.0.1:%d", later.HostPort)} {
+		if c, err := net.DialTimeout("tcp", addr, 2*time.Second); err == nil {
+			c.Close()
+			t.Fatalf("%s still answers after vm delete", addr)
+		} else {
+			t.Logf("after vm delete, %s: %v", addr, err)
+		}
 	}
 	h.AssertNoLeaks()
 }
