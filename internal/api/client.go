@@ -268,8 +268,11 @@ func (c *Client) Health(ctx context.Context) error {
 	// A daemon that dies with the connection still in its listen backlog
 	// drops it unanswered. For a health check (it changes nothing) that is
 	// a daemon not reachable, like a refused connection.
+	// net/http reports a close that races its request write as "server
+	// closed idle connection", an unexported error matched only by text.
 	if err != nil && !errors.Is(err, ErrDaemonUnreachable) &&
-		(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+		(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+			strings.Contains(err.Error(), "server closed idle connection")) {
 		return &UnreachableError{Socket: c.socket, Err: err}
 	}
 	return err
