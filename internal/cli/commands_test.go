@@ -173,6 +173,11 @@ func (fakeService) ExecVM(_ context.Context, _ string, req api.ExecRequest, stdo
 	fmt.Fprintln(stdout, strings.Join(req.Command, " "))
 	return 3, nil
 }
+func (fakeService) ExecVMAttached(_ context.Context, _ string, req api.ExecRequest, aio api.AttachIO) (int, error) {
+	in, _ := io.ReadAll(aio.Stdin)
+	fmt.Fprintf(aio.Stdout, "%s tty=%v term=%q size=%v stdin=%q\n", strings.Join(req.Command, " "), req.TTY, req.Term, req.Size, in)
+	return 4, nil
+}
 func (fakeService) PrepareWorkspace(_ context.Context, _ string, _ api.WorkspaceRequest, tar io.Reader) (api.WorkspaceInfo, error) {
 	_, _ = io.Copy(io.Discard, tar)
 	return api.WorkspaceInfo{GuestPath: "/root/repo", Files: 3, Bytes: 4096, Head: "abc123", Transport: "tcp"}, nil
@@ -267,6 +272,10 @@ func TestCommandOutput(t *testing.T) {
 		{"vm", "net", "dev", "--reset", "--allow-vm", ""},
 		{"vm", "hosts"},
 		{"vm", "exec", "dev", "--", "echo", "hi"},
+		{"vm", "exec", "-i", "dev", "--", "cat"},
+		{"vm", "exec", "-t", "dev", "--", "cat"},
+		{"vm", "exec", "-tt", "dev", "--", "cat"},
+		{"session", "attach", "--detach-keys", "ctrl-1", "dev", "server"},
 		{"vm", "run", "--rm", "--", "echo", "hi"},
 		{"vm", "run", "--verbose", "--", "echo", "hi"},
 		{"vm", "run", "--rm", "--name", "dev", "--", "echo", "hi"},

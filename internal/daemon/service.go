@@ -40,9 +40,9 @@ func (d *Daemon) SendSession(ctx context.Context, vmRef, ref string, data io.Rea
 	return d.sessions.Send(ctx, vmRef, ref, data)
 }
 
-func (d *Daemon) AttachSession(ctx context.Context, vmRef, ref string, aio api.AttachIO) error {
+func (d *Daemon) AttachSession(ctx context.Context, vmRef, ref string, req api.AttachRequest, aio api.AttachIO) error {
 	defer d.active(ctx, vmRef)()
-	return d.sessions.Attach(ctx, vmRef, ref, aio)
+	return d.sessions.Attach(ctx, vmRef, ref, req, aio)
 }
 
 func (d *Daemon) StopSession(ctx context.Context, vmRef, ref string, req api.StopSessionRequest) (model.Session, error) {
@@ -118,6 +118,11 @@ func (d *Daemon) RemoveKernel(ctx context.Context, ref string) error {
 func (d *Daemon) ExecVM(ctx context.Context, ref string, req api.ExecRequest, stdout, stderr io.Writer) (int, error) {
 	defer d.active(ctx, ref)()
 	return d.guests.Exec(ctx, ref, req, stdout, stderr)
+}
+
+func (d *Daemon) ExecVMAttached(ctx context.Context, ref string, req api.ExecRequest, aio api.AttachIO) (int, error) {
+	defer d.active(ctx, ref)()
+	return d.guests.ExecAttached(ctx, ref, req, aio)
 }
 
 func (d *Daemon) VMLogs(ctx context.Context, ref string, req api.LogsRequest, w io.Writer) error {

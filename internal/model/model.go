@@ -229,6 +229,12 @@ const (
 	StdinClosed = "closed"
 )
 
+// Attach backends of a guest session: how an attachment's input reaches it.
+const (
+	AttachFIFO = "fifo" // its stdin fifo
+	AttachPTY  = "pty"  // its stdin fifo, copied onto its terminal (--tty)
+)
+
 // Session is a long-running process inside a VM, started and driven by banger.
 type Session struct {
 	ID            string            `json:"id"`
@@ -246,7 +252,7 @@ type Session struct {
 	Attachable    bool              `json:"attachable"`
 	Reattachable  bool              `json:"reattachable"`
 	AttachMode    string            `json:"attach_mode,omitempty"`    // "exclusive"
-	AttachBackend string            `json:"attach_backend,omitempty"` // "fifo"
+	AttachBackend string            `json:"attach_backend,omitempty"` // AttachFIFO, AttachPTY (a --tty session) or none (stdin closed)
 	LaunchStage   string            `json:"launch_stage,omitempty"`   // stage that failed at launch
 	LaunchError   string            `json:"launch_error,omitempty"`   // message of that failure
 	LaunchLog     string            `json:"launch_log,omitempty"`     // raw guest output of that failure
