@@ -334,27 +334,54 @@ fi
 	return b.String()
 }
 
-// AttachOutputScript streams the session's stdout (to stdout) and stderr (to
-// stderr) until the session's monitor ends, each from one offset on: the
-// first byte when fromStart, else the log's size when the script starts
-// (the offset where the attachment begins). Each log is followed by one
-// tail from that offset, so every byte past it arrives once, in order. It
-// exits ExitNotRunning at once when the session is not running.
-func AttachOutputScript(root, id string, fromStart bool) string {
-	from := `__bg_o=$(__bg_size stdout.log)
-__bg_e=$(__bg_size stderr.log)
-`
-	if fromStart {
-		from = "__bg_o=0\n__bg_e=0\n"
-	}
+// LogSizesScript prints the sizes of the session's stdout and stderr logs
+// ("<stdout bytes> <stderr bytes>"): where an attachment begins. It exits
+// ExitNotRunning when the session is not running. Parse with
+// ParseLogSizes.
+func LogSizesScript(root, id string) string {
 	return fmt.Sprintf("#!/bin/bash\n__bg_dir=%s\n", shell.Quote(StateDir(root, id))) + runningCheck +
 		`__bg_size() { local n; n=$(stat -c %s -- "$__bg_dir/$1" 2>/dev/null || true); case $n in '' | *[!0-9]*) n=0 ;; esac; printf '%s' "$n"; }
-` + from + `__bg_mon=$(head -c 32 -- "$__bg_dir/monitor_pid" 2>/dev/null || true)
+printf '%s %s\n' "$(__bg_size stdout.log)" "$(__bg_size stderr.log)"
+`
+}
+
+// ParseLogSizes reads LogSizesScript's answer.
+func ParseLogSizes(out string) (stdout, stderr int64, err error) {
+	f := strings.Fields(out)
+	if len(f) != 2 {
+		return 0, 0, fmt.Errorf("log sizes: want two numbers, got %q", truncate(out, 80))
+	}
+	if stdout, err = strconv.ParseInt(f[0], 10, 64); err == nil {
+		stderr, err = strconv.ParseInt(f[1], 10, 64)
+	}
+	if err != nil || stdout < 0 || stderr < 0 {
+		return 0, 0, fmt.Errorf("log sizes: want two byte counts, got %q", truncate(out, 80))
+	}
+	return stdout, stderr, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+// AttachOutputScript streams the session's stdout (to stdout) and stderr (to
+// stderr) until the session's monitor ends, each from its offset on (0:
+// the first byte; LogSizesScript's answer: where the attachment began).
+// Each log is followed by one tail from that offset, so every byte past it
+// arrives once and in order, however long after the offset was taken the
+// tail starts. It exits ExitNotRunning at once when the session is not
+// running.
+func AttachOutputScript(root, id string, stdoutOffset, stderrOffset int64) string {
+	return fmt.Sprintf("#!/bin/bash\n__bg_dir=%s\n", shell.Quote(StateDir(root, id))) + runningCheck +
+		`__bg_mon=$(head -c 32 -- "$__bg_dir/monitor_pid" 2>/dev/null || true)
 case $__bg_mon in '' | *[!0-9]*) __bg_mon=$__bg_pid ;; esac
-tail -c +$((__bg_o + 1)) -s 0.2 --pid="$__bg_mon" -f -- "$__bg_dir/stdout.log" &
+` + fmt.Sprintf(`tail -c +%d -s 0.2 --pid="$__bg_mon" -f -- "$__bg_dir/stdout.log" &
 __bg_t1=$!
-tail -c +$((__bg_e + 1)) -s 0.2 --pid="$__bg_mon" -f -- "$__bg_dir/stderr.log" >&2 &
-__bg_t2=$!
+tail -c +%d -s 0.2 --pid="$__bg_mon" -f -- "$__bg_dir/stderr.log" >&2 &
+`, max(stdoutOffset, 0)+1, max(stderrOffset, 0)+1) + `__bg_t2=$!
 trap 'kill $__bg_t1 $__bg_t2 2>/dev/null' EXIT
 wait $__bg_t1 $__bg_t2
 `

@@ -99,7 +99,7 @@ func TestScriptsPassShellcheckSyntax(t *testing.T) {
 		"preflight": PreflightScript(s), "runner": RunnerScript("/r", s), "start": StartScript("/r", s),
 		"states": StatesScript("/r"), "state": StateScript("/r", "abcd"), "send": SendScript("/r", "abcd"),
 		"logs": LogsScript("/r", "abcd", false, 0, false), "logsf": LogsScript("/r", "abcd", true, 5, true),
-		"attach": AttachOutputScript("/r", "abcd", false), "attach0": AttachOutputScript("/r", "abcd", true),
+		"attach": AttachOutputScript("/r", "abcd", 10, 3), "sizes": LogSizesScript("/r", "abcd"),
 		"signal": SignalScript("/r", "abcd", "TERM", 3, true), "remove": RemoveScript("/r", "abcd"),
 		"resize": ResizeScript("/r", "abcd", 100, 30), "ttyrunner": RunnerScript("/r", ttySpec(t, s)),
 	}
@@ -385,9 +385,9 @@ func ttySpec(t *testing.T, s Spec) Spec {
 
 // attachOut runs the attach output script in the background; its stdout
 // collects in the returned buffer until stop is called.
-func attachOut(t *testing.T, root, id string, fromStart bool) (out *syncBuffer, stop func()) {
+func attachOut(t *testing.T, root, id string, outOff, errOff int64) (out *syncBuffer, stop func()) {
 	t.Helper()
-	cmd := exec.Command("bash", "-c", AttachOutputScript(root, id, fromStart))
+	cmd := exec.Command("bash", "-c", AttachOutputScript(root, id, outOff, errOff))
 	out = &syncBuffer{}
 	cmd.Stdout = out
 	if err := cmd.Start(); err != nil {
@@ -423,10 +423,11 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// The attachment's output starts at one offset and continues from it
-// without a gap or a repeat: from the start, everything once; from the
-// end, what the session wrote before is left out and every line written
-// since arrives once, in order.
+// The handover between where an attachment begins (the log sizes taken
+// first) and its live tail (started later): from the start, everything
+// arrives once; from the sizes, what the session wrote before is left
+// out, and what it wrote after them — also before the tail started — and
+// after the tail started arrives once, in order.
 func TestAttachOutputOffsets(t *testing.T) {
 	needTools(t)
 	root := t.TempDir()
@@ -438,44 +439,59 @@ func TestAttachOutputOffsets(t *testing.T) {
 			t.Fatalf("send: exit %d %s", code, errs)
 		}
 	}
-	send("before\n")
 	logged := func(want string) {
 		t.Helper()
 		deadline := time.Now().Add(5 * time.Second)
-		for !strings.Contains(readFile(t, filepath.Join(StateDir(root, s.ID), FileStdout)), want) {
+		for !strings.HasSuffix(readFile(t, filepath.Join(StateDir(root, s.ID), FileStdout)), want) {
 			if time.Now().After(deadline) {
-				t.Fatalf("stdout.log never held %q", want)
+				t.Fatalf("stdout.log never ended with %q", want)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+	send("before\n")
 	logged("before\n")
 
-	fromStart, stopStart := attachOut(t, root, s.ID, true)
-	fromEnd, stopEnd := attachOut(t, root, s.ID, false)
-	var sent []string
+	// Where the attachment begins.
+	sizes, errs, code := run(t, LogSizesScript(root, s.ID), nil)
+	if code != 0 {
+		t.Fatalf("sizes: exit %d %s", code, errs)
+	}
+	outOff, errOff, err := ParseLogSizes(sizes)
+	if err != nil || outOff != int64(len("before\n")) || errOff != 0 {
+		t.Fatalf("sizes %q = %d %d %v", sizes, outOff, errOff, err)
+	}
+	// Written between the attach request and the start of the tail.
+	send("between\n")
+	logged("between\n")
+	fromStart, stopStart := attachOut(t, root, s.ID, 0, 0)
+	fromOff, stopOff := attachOut(t, root, s.ID, outOff, errOff)
+	// Written while the tail runs.
+	sent := "between\n"
 	deadline := time.Now().Add(10 * time.Second)
-	for n := 0; n < 3 || !strings.Contains(fromEnd.String(), sent[len(sent)-1]); n++ {
+	for n := 0; n < 3 || !strings.HasSuffix(fromOff.String(), fmt.Sprintf("line-%d\n", n-1)); n++ {
 		if time.Now().After(deadline) {
-			t.Fatalf("attach from the end never showed %q: %q", sent[len(sent)-1], fromEnd.String())
+			t.Fatalf("attach output stalled at %q", fromOff.String())
 		}
 		line := fmt.Sprintf("line-%d\n", n)
 		send(line)
-		sent = append(sent, line)
+		sent += line
 		time.Sleep(50 * time.Millisecond)
 	}
-	logged(sent[len(sent)-1])
 	run(t, SignalScript(root, s.ID, "TERM", 5, true), nil)
 	stopStart()
-	stopEnd()
-
-	all := "before\n" + strings.Join(sent, "")
-	if got := fromStart.String(); got != all {
-		t.Errorf("from the start: %q, want %q", got, all)
+	stopOff()
+	if got, want := fromStart.String(), "before\n"+sent; got != want {
+		t.Errorf("from the start: %q, want %q", got, want)
 	}
-	got := fromEnd.String()
-	if strings.Contains(got, "before") || got == "" || !strings.HasSuffix(all, got) || !strings.HasPrefix(got, "line-") {
-		t.Errorf("from the end: %q is not a whole-line tail of %q after \"before\"", got, all)
+	if got := fromOff.String(); got != sent {
+		t.Errorf("from where the attachment began: %q, want %q", got, sent)
+	}
+	// The answer is checked.
+	for _, bad := range []string{"", "12", "1 2 3", "-1 0", "x 0", "99999999999999999999 0"} {
+		if _, _, err := ParseLogSizes(bad); err == nil {
+			t.Errorf("ParseLogSizes(%q) accepted", bad)
+		}
 	}
 }
 

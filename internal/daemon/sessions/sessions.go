@@ -590,6 +590,14 @@ func (sv *Service) Attach(ctx context.Context, vmRef, ref string, req api.Attach
 		sv.attachMu.Unlock()
 	}()
 
+	// Where the attachment begins: taken before any input or resize can
+	// make the session write, and handed to the tail that starts later.
+	var outOff, errOff int64
+	if !fromStart {
+		if outOff, errOff, err = sv.logSizes(ctx, vm, s); err != nil {
+			return err
+		}
+	}
 	actx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {
@@ -606,7 +614,7 @@ func (sv *Service) Attach(ctx context.Context, vmRef, ref string, req api.Attach
 		stderr = io.Discard
 	}
 	go func() {
-		code, err := sv.guestRun(actx, vm, session.AttachOutputScript(sv.StateRoot, s.ID, fromStart), nil, stdout, stderr)
+		code, err := sv.guestRun(actx, vm, session.AttachOutputScript(sv.StateRoot, s.ID, outOff, errOff), nil, stdout, stderr)
 		outDone <- result{code, err}
 	}()
 	go func() {
@@ -652,6 +660,27 @@ func (sv *Service) Attach(ctx context.Context, vmRef, ref string, req api.Attach
 		}
 		return nil
 	}
+}
+
+// logSizes returns the sizes of a running session's logs.
+func (sv *Service) logSizes(ctx context.Context, vm model.VM, s model.Session) (int64, int64, error) {
+	var out, errb bytes.Buffer
+	code, err := sv.guestRun(ctx, vm, session.LogSizesScript(sv.StateRoot, s.ID), nil, &out, &errb)
+	if err != nil {
+		return 0, 0, err
+	}
+	switch code {
+	case 0:
+	case session.ExitNotRunning:
+		return 0, 0, sv.afterGuestRefusal(context.WithoutCancel(ctx), vm, s)
+	default:
+		return 0, 0, fmt.Errorf("log sizes of session %s in vm %s: exit %d: %s", s.Name, vm.Name, code, errb.String())
+	}
+	o, e, err := session.ParseLogSizes(out.String())
+	if err != nil {
+		return 0, 0, fmt.Errorf("session %s in vm %s: %w", s.Name, vm.Name, err)
+	}
+	return o, e, nil
 }
 
 // followResizes resizes a --tty session's terminal to each size from
