@@ -21,12 +21,12 @@ func (h *handler) attachSession(w http.ResponseWriter, r *http.Request) {
 		func(ctx context.Context, aio AttachIO) error {
 			return h.svc.AttachSession(ctx, vmRef, sRef, req, aio)
 		},
-		func(ctx context.Context) (int, bool) {
+		func(ctx context.Context) int {
 			// The session's record has the exit code of what just ended.
 			if ss, err := h.svc.GetSession(ctx, vmRef, sRef); err == nil && ss.ExitCode != nil {
-				return *ss.ExitCode, true
+				return *ss.ExitCode
 			}
-			return 0, false
+			return 0
 		})
 }
 
@@ -40,7 +40,7 @@ func (h *handler) execAttached(w http.ResponseWriter, r *http.Request, req ExecR
 			code, err = h.svc.ExecVMAttached(ctx, r.PathValue("ref"), req, aio)
 			return err
 		},
-		func(context.Context) (int, bool) { return code, true })
+		func(context.Context) int { return code })
 }
 
 // isUpgrade reports whether r asks for the attach framing.
@@ -58,7 +58,7 @@ func isUpgrade(r *http.Request) bool {
 // frame ends the attachment as "detached"; otherwise (an exec) both only
 // end Stdin. exitCode gives the code for the end frame of a run that ended
 // by itself.
-func (h *handler) serveAttached(w http.ResponseWriter, r *http.Request, session bool, run func(context.Context, AttachIO) error, exitCode func(context.Context) (int, bool)) {
+func (h *handler) serveAttached(w http.ResponseWriter, r *http.Request, session bool, run func(context.Context, AttachIO) error, exitCode func(context.Context) int) {
 	if !isUpgrade(r) {
 		writeError(w, errdefs.Errorf(errdefs.CodeInvalid, "attach needs the headers Connection: Upgrade and Upgrade: %s", AttachProtocol))
 		return
@@ -103,7 +103,7 @@ func (h *handler) serveAttached(w http.ResponseWriter, r *http.Request, session 
 		e := asError(err)
 		end.Error, end.Code = e.Message, e.Code
 	} else if end.Reason == AttachExited {
-		end.ExitCode, _ = exitCode(ctx)
+		end.ExitCode = exitCode(ctx)
 	}
 	payload, _ := json.Marshal(end)
 	a.writeFrame(AttachEnd, payload)

@@ -693,3 +693,40 @@ func TestParseWindowSize(t *testing.T) {
 		}
 	}
 }
+
+// On a session attachment the end of input detaches (an exec's only ends
+// its stdin), and resize frames reach the service.
+func TestAttachEndOfInputAndResize(t *testing.T) {
+	svc := &fakeService{}
+	c, _ := serve(t, svc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	svc.attach = func(ctx context.Context, aio AttachIO) error {
+		fmt.Fprintln(aio.Stdout, "up")
+		ws := <-aio.Resize
+		fmt.Fprintf(aio.Stdout, "%dx%d\n", ws.Cols, ws.Rows)
+		_, err := io.Copy(io.Discard, aio.Stdin)
+		return err
+	}
+	a, err := c.AttachSession(ctx, "vm", "s", AttachRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	var out syncBuffer
+	done := make(chan AttachEndInfo, 1)
+	go func() {
+		end, err := a.Receive(&out, io.Discard)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- end
+	}()
+	waitFor(t, func() bool { return out.String() == "up\n" })
+	a.Resize(WindowSize{Cols: 132, Rows: 43})
+	waitFor(t, func() bool { return out.String() == "up\n132x43\n" })
+	a.CloseStdin()
+	if end := <-done; end.Reason != AttachDetached {
+		t.Fatalf("end of input on a session attachment: %+v, want detached", end)
+	}
+}
