@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   qemu-system-x86 qemu-utils mmdebstrap debootstrap busybox-static
   nftables iptables e2fsprogs openssh-client openssh-server iproute2 git
-  lz4 zstd cpio xfsprogs kmod dmsetup shellcheck ca-certificates
+  lz4 zstd cpio xfsprogs kmod dmsetup shellcheck ca-certificates tmux
 )
 
 missing=()

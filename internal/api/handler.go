@@ -604,6 +604,14 @@ func (h *handler) execVM(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errdefs.Errorf(errdefs.CodeInvalid, "invalid request body: field \"command\" is empty: give the command and its arguments"))
 		return
 	}
+	if isUpgrade(r) {
+		h.execAttached(w, r, req)
+		return
+	}
+	if req.TTY {
+		writeError(w, errdefs.Errorf(errdefs.CodeInvalid, "a terminal needs an attached exec: send the headers Connection: Upgrade and Upgrade: %s", AttachProtocol))
+		return
+	}
 	s := &stream{w: w}
 	code, err := h.svc.ExecVM(r.Context(), r.PathValue("ref"), req, frameWriter{s, FrameStdout}, frameWriter{s, FrameStderr})
 	if err != nil {

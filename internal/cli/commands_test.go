@@ -44,7 +44,7 @@ var (
 		Net:     model.NetPolicy{Mode: "internet", AllowVMs: []string{"db"}},
 		HostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfDev"}
 	fakeForward = model.Forward{VMID: "aaaabbbbccccdddd", HostAddr: "127.0.0.1", HostPort: 41234, GuestPort: 8000, Proto: "tcp",
-		CreatedAt: time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)}
+		CreatedAt: time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC), State: model.ForwardListening}
 	fakeSession = model.Session{ID: "1111222233334444", VMID: fakeVM.ID, Name: "server", Command: "python3", Args: []string{"-m", "http.server"},
 		Cwd: "/root", StdinMode: "pipe", Status: "exited", GuestPID: 42, ExitCode: &exitZero}
 )
@@ -96,11 +96,25 @@ func (fakeService) ListVMs(context.Context) ([]model.VM, error) {
 	return []model.VM{fakeVM}, nil
 }
 func (fakeService) GetVM(_ context.Context, ref string) (model.VM, error) {
-	return fakeVM, notFound(ref)
+	v := fakeVM
+	v.ImageName, v.KernelName = fakeImg.Name, fakeKernel.Name
+	v.IdleTimeoutSeconds, v.IdleAction = 300, model.TTLDelete
+	failed := fakeForward
+	failed.HostPort, failed.GuestPort = 8081, 81
+	failed.State, failed.Error = model.ForwardFailed, "host port 127.0.0.1:8081 is taken: pick another, or 0 for any free port"
+	v.Ports = []model.Forward{fakeForward, failed}
+	return v, notFound(ref)
 }
-func (fakeService) CreateVM(_ context.Context, _ api.CreateVMRequest, report progress.Func) (model.VM, error) {
+func (fakeService) CreateVM(_ context.Context, req api.CreateVMRequest, report progress.Func) (model.VM, error) {
 	report(progress.Event{Phase: "disks", Elapsed: 0.1})
-	return fakeVM, nil
+	v := fakeVM
+	for _, spec := range req.Publish {
+		if spec == "8080:80" {
+			return model.VM{}, errdefs.Errorf(errdefs.CodeConflict, "host port 127.0.0.1:8080 is taken: pick another, or 0 for any free port")
+		}
+		v.Ports = append(v.Ports, fakeForward)
+	}
+	return v, nil
 }
 func (fakeService) StartVM(_ context.Context, ref string, report progress.Func) (model.VM, error) {
 	report(progress.Event{Phase: "boot", Elapsed: 0.2})
@@ -126,6 +140,9 @@ func (fakeService) ListPorts(_ context.Context, ref string) ([]model.Forward, er
 	return []model.Forward{fakeForward}, notFound(ref)
 }
 func (fakeService) SetVMTTL(_ context.Context, ref string, req api.VMTTLRequest) (model.VM, error) {
+	if req.TTL == "" && req.Idle == model.TTLNone {
+		return fakeVM, notFound(ref)
+	}
 	if req.TTL != model.TTLNone {
 		// The answer would say "in" how long from now: not golden.
 		return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "invalid ttl %q", req.TTL)
@@ -155,6 +172,11 @@ func (fakeService) Hosts(context.Context) (string, error) { return "172.16.0.2 d
 func (fakeService) ExecVM(_ context.Context, _ string, req api.ExecRequest, stdout, _ io.Writer) (int, error) {
 	fmt.Fprintln(stdout, strings.Join(req.Command, " "))
 	return 3, nil
+}
+func (fakeService) ExecVMAttached(_ context.Context, _ string, req api.ExecRequest, aio api.AttachIO) (int, error) {
+	in, _ := io.ReadAll(aio.Stdin)
+	fmt.Fprintf(aio.Stdout, "%s tty=%v term=%q size=%v stdin=%q\n", strings.Join(req.Command, " "), req.TTY, req.Term, req.Size, in)
+	return 4, nil
 }
 func (fakeService) PrepareWorkspace(_ context.Context, _ string, _ api.WorkspaceRequest, tar io.Reader) (api.WorkspaceInfo, error) {
 	_, _ = io.Copy(io.Discard, tar)
@@ -250,6 +272,10 @@ func TestCommandOutput(t *testing.T) {
 		{"vm", "net", "dev", "--reset", "--allow-vm", ""},
 		{"vm", "hosts"},
 		{"vm", "exec", "dev", "--", "echo", "hi"},
+		{"vm", "exec", "-i", "dev", "--", "cat"},
+		{"vm", "exec", "-t", "dev", "--", "cat"},
+		{"vm", "exec", "-tt", "dev", "--", "cat"},
+		{"session", "attach", "--detach-keys", "ctrl-1", "dev", "server"},
 		{"vm", "run", "--rm", "--", "echo", "hi"},
 		{"vm", "run", "--verbose", "--", "echo", "hi"},
 		{"vm", "run", "--rm", "--name", "dev", "--", "echo", "hi"},
@@ -272,6 +298,11 @@ func TestCommandOutput(t *testing.T) {
 		{"vm", "port", "add", "dev", "8080:80"},
 		{"vm", "port", "list", "dev"},
 		{"vm", "port", "rm", "dev", "41234"},
+		{"vm", "create", "--publish", "0:8000", "--idle-timeout", "5m"},
+		{"vm", "create", "-p", "0:8000", "-p", "8080:80"},
+		{"vm", "run", "-p", "0:8000", "--", "echo", "hi"},
+		{"vm", "ttl", "dev", "--idle", "none"},
+		{"vm", "ttl", "dev"},
 	}
 	var got bytes.Buffer
 	for _, args := range cases {

@@ -131,9 +131,9 @@ func (d *Daemon) wire() {
 			return d.waitGuest(ctx, vm, vmmAlive)
 		},
 		DropGuest: func(id string) {
-			// A stopped or deleted VM's published ports go with its
-			// connection: teardown is where both end.
-			d.ports.DropVM(id)
+			// A stopped or deleted VM's listeners go with its connection:
+			// teardown is where both end. The records stay (intent).
+			d.ports.Unlisten(id)
 			d.directRefused.Range(func(k, _ any) bool {
 				if strings.HasPrefix(k.(string), id+"/") {
 					d.directRefused.Delete(k)
@@ -144,6 +144,7 @@ func (d *Daemon) wire() {
 				d.host.pool.Drop(id)
 			}
 		},
+		Started: func(ctx context.Context, vm model.VM) { d.ports.VMStarted(ctx, vm) },
 	})
 	d.guests = guestaccess.New(guestaccess.Deps{
 		Store: d.store, VMs: d.vms, Dial: dial,
@@ -171,6 +172,7 @@ func (d *Daemon) wire() {
 			return d.dialGuestTCP(ctx, vm, port)
 		},
 		Listen: hostnet.ListenHost,
+		Active: func(vmID string) func() { return d.vms.Active(vmID) },
 	})
 }
 

@@ -130,6 +130,13 @@ CREATE TABLE forwards (
 );
 CREATE INDEX forwards_vm_id ON forwards(vm_id);
 `,
+	// 7: each VM's idle timeout in seconds (0 for none) and what to do
+	// when it passes (model.TTLDelete or TTLStop). VMs made before have
+	// none.
+	`
+ALTER TABLE vms ADD COLUMN idle_timeout_s INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE vms ADD COLUMN idle_action TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // migrate applies the steps the database lacks, up to version upTo, each in

@@ -557,7 +557,7 @@ func TestAttachExclusiveDetachReattach(t *testing.T) {
 		out := &lockedBuffer{}
 		done := make(chan error, 1)
 		go func() {
-			done <- e.s.Attach(ctx, e.vm.Name, s.Name, api.AttachIO{Stdin: pr, Stdout: out, Stderr: io.Discard})
+			done <- e.s.Attach(ctx, e.vm.Name, s.Name, api.AttachRequest{}, api.AttachIO{Stdin: pr, Stdout: out, Stderr: io.Discard})
 		}()
 		return pw, out, done
 	}
@@ -582,7 +582,7 @@ func TestAttachExclusiveDetachReattach(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	err := e.s.Attach(ctx, e.vm.Name, s.Name, api.AttachIO{Stdin: strings.NewReader(""), Stdout: io.Discard})
+	err := e.s.Attach(ctx, e.vm.Name, s.Name, api.AttachRequest{}, api.AttachIO{Stdin: strings.NewReader(""), Stdout: io.Discard})
 	if errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "session echo is attached (since ") {
 		t.Fatalf("second attach: %v", err)
 	}

@@ -80,8 +80,12 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 	if _, err := parseTTL(m.now(), req.TTL, req.TTLAction, true); err != nil {
 		return model.VM{}, err
 	}
-	if req.TTLAction != "" && strings.TrimSpace(req.TTL) == "" {
-		return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "a ttl action needs a ttl")
+	idleSecs, err := parseIdle(req.IdleTimeout, true)
+	if err != nil {
+		return model.VM{}, err
+	}
+	if req.TTLAction != "" && strings.TrimSpace(req.TTL) == "" && idleSecs == 0 {
+		return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "a ttl action needs a ttl or an idle timeout")
 	}
 
 	// Checked before the image and kernel, which may take minutes to fetch.
@@ -120,6 +124,12 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 		vm.ExpireAction = req.TTLAction
 		if vm.ExpireAction == "" {
 			vm.ExpireAction = model.TTLDelete
+		}
+	}
+	if idleSecs > 0 {
+		vm.IdleTimeoutSeconds, vm.IdleAction = idleSecs, req.TTLAction
+		if vm.IdleAction == "" {
+			vm.IdleAction = model.TTLDelete
 		}
 	}
 	if a, ok := drv.(vmm.AccelReporter); ok {
@@ -166,7 +176,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 		return model.VM{}, fmt.Errorf("create vm %s: %w", name, err)
 	}
 	m.log.Info("vm created", "vm", name, "id", id, "vmm", vm.VMM, "cow", vm.CowStrategy, "ip", vm.GuestIP)
-	if vm.ExpiresAt != nil {
+	if vm.ExpiresAt != nil || vm.IdleTimeoutSeconds > 0 {
 		m.pokeExpiry()
 	}
 	if req.Start {
@@ -407,6 +417,7 @@ func (m *Manager) boot(ctx context.Context, vm model.VM, report progress.Func) (
 	if err := m.save(ctx, &vm); err != nil {
 		return fail(err)
 	}
+	m.started(ctx, vm)
 	report(progress.Event{Phase: "ready", Message: fmt.Sprintf("%s is running at %s", vm.Name, vm.GuestIP), Elapsed: time.Since(start).Seconds()})
 	m.log.Info("vm started", "vm", vm.Name, "pid", vh.PID, "seconds", time.Since(start).Seconds())
 	return vm, nil
@@ -532,6 +543,7 @@ func (m *Manager) remove(ctx context.Context, vm model.VM, force bool) error {
 	if err := m.store.DeleteVM(ctx, vm.ID); err != nil {
 		return store.Describe("vm", vm.Name, err)
 	}
+	m.forgetUse(vm.ID)
 	m.log.Info("vm deleted", "vm", vm.Name)
 	return nil
 }

@@ -90,6 +90,9 @@ type Deps struct {
 	WaitGuest func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
 	// DropGuest forgets pooled connections to a VM (it stopped or is gone).
 	DropGuest func(vmID string)
+	// Started is told of a VM that just booted (its guest answers), with
+	// the VM's lock held; it must not take that lock.
+	Started func(ctx context.Context, vm model.VM)
 }
 
 // Manager runs the VM lifecycle.
@@ -107,6 +110,11 @@ type Manager struct {
 	artifacts     Artifacts
 	waitGuest     func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
 	dropGuest     func(vmID string)
+	started       func(ctx context.Context, vm model.VM)
+	// since is when the Manager was made (the daemon's start), from which
+	// idle time is counted: activity is kept in memory only.
+	since time.Time
+	usage usage
 
 	locks   keyed.Mutex // serialises requests on one VM (key: VM id)
 	allocMu sync.Mutex  // serialises IP/CID/name allocation at create
@@ -122,13 +130,21 @@ func New(deps Deps) *Manager {
 		drivers: deps.Drivers, strategies: deps.Strategies,
 		taps: deps.Taps, netErr: deps.NetErr, subnet: deps.Subnet,
 		authorizedKey: deps.AuthorizedKey, artifacts: deps.Artifacts,
-		waitGuest: deps.WaitGuest, dropGuest: deps.DropGuest,
+		waitGuest: deps.WaitGuest, dropGuest: deps.DropGuest, started: deps.Started,
+		usage:         usage{uses: map[string]Use{}},
 		handles:       newHandleCache(),
 		expiryChanged: make(chan struct{}, 1),
 	}
 	if m.dropGuest == nil {
 		m.dropGuest = func(string) {}
 	}
+	if m.started == nil {
+		m.started = func(context.Context, model.VM) {}
+	}
+	if m.now == nil {
+		m.now = time.Now
+	}
+	m.since = m.now().UTC()
 	return m
 }
 
