@@ -215,8 +215,8 @@ type Snapshotter interface {
 	// spec must describe the machine the state was saved from: the same
 	// CPUs, memory, kernel and disks in the same order with the same
 	// contents; its tap may be another device (the guest keeps its MAC and
-	// addresses). Restore removes a stale vsock socket at spec.VsockPath
-	// first. Once it returns, dir may be removed: the VMM keeps open what
+	// addresses). Like Start, it removes a stale socket the VMM binds
+	// (Firecracker's vsock, which must not exist at load). Once it returns, dir may be removed: the VMM keeps open what
 	// it still needs.
 	Restore(ctx context.Context, spec Spec, dir string) (Handle, error)
 

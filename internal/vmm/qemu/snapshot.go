@@ -107,8 +107,5 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, dir string) (vmm.Ha
 		return vmm.Handle{}, fmt.Errorf("qemu state: %w", err)
 	}
 	defer f.Close()
-	if err := vmm.RemoveFiles(spec.VsockPath); err != nil {
-		return vmm.Handle{}, err
-	}
 	return d.start(ctx, spec, f)
 }
