@@ -374,6 +374,16 @@ func (c *Client) RestartVM(ctx context.Context, ref string, report progress.Func
 	return streamFor[model.VM](ctx, c, "POST", "/v1/vms/"+esc(ref)+"/restart", nil, report)
 }
 
+// PauseVM saves a running VM's state to disk and ends its VMM.
+func (c *Client) PauseVM(ctx context.Context, ref string) (model.VM, error) {
+	return callFor[model.VM](ctx, c, "POST", "/v1/vms/"+esc(ref)+"/pause", nil)
+}
+
+// ResumeVM restores a paused VM, reporting progress.
+func (c *Client) ResumeVM(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
+	return streamFor[model.VM](ctx, c, "POST", "/v1/vms/"+esc(ref)+"/resume", nil, report)
+}
+
 // DeleteVM deletes a VM; force stops it first if it runs.
 func (c *Client) DeleteVM(ctx context.Context, ref string, force bool) error {
 	var q url.Values

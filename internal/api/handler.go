@@ -98,6 +98,8 @@ func (h *handler) routes() []route {
 		{"POST /v1/vms/{ref}/start", h.startVM},
 		{"POST /v1/vms/{ref}/stop", h.stopVM},
 		{"POST /v1/vms/{ref}/restart", h.restartVM},
+		{"POST /v1/vms/{ref}/pause", h.pauseVM},
+		{"POST /v1/vms/{ref}/resume", h.resumeVM},
 		{"DELETE /v1/vms/{ref}", h.deleteVM},
 		{"PUT /v1/vms/{ref}/net", h.setVMNet},
 		{"GET /v1/vms/{ref}/logs", h.vmLogs},
@@ -526,6 +528,16 @@ func (h *handler) stopVM(w http.ResponseWriter, r *http.Request) {
 func (h *handler) restartVM(w http.ResponseWriter, r *http.Request) {
 	s := &stream{w: w}
 	s.finish(h.svc.RestartVM(r.Context(), r.PathValue("ref"), s.progress))
+}
+
+func (h *handler) pauseVM(w http.ResponseWriter, r *http.Request) {
+	v, err := h.svc.PauseVM(r.Context(), r.PathValue("ref"))
+	reply(w, v, err)
+}
+
+func (h *handler) resumeVM(w http.ResponseWriter, r *http.Request) {
+	s := &stream{w: w}
+	s.finish(h.svc.ResumeVM(r.Context(), r.PathValue("ref"), s.progress))
 }
 
 func (h *handler) deleteVM(w http.ResponseWriter, r *http.Request) {

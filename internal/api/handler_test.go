@@ -30,6 +30,8 @@ type fakeService struct {
 	deleteVM     func(ref string, force bool) error
 	setVMNet     func(ref string, req VMNetRequest) (model.VM, error)
 	setVMTTL     func(ref string, req VMTTLRequest) (model.VM, error)
+	pauseVM      func(ref string) (model.VM, error)
+	resumeVM     func(ref string, p progress.Func) (model.VM, error)
 	vmLogs       func(req LogsRequest, w io.Writer) error
 	execVM       func(req ExecRequest, stdout, stderr io.Writer) (int, error)
 	prepare      func(req WorkspaceRequest, tar io.Reader) (WorkspaceInfo, error)
@@ -59,6 +61,12 @@ func (f *fakeService) SetVMNet(_ context.Context, ref string, req VMNetRequest) 
 }
 func (f *fakeService) SetVMTTL(_ context.Context, ref string, req VMTTLRequest) (model.VM, error) {
 	return f.setVMTTL(ref, req)
+}
+func (f *fakeService) PauseVM(_ context.Context, ref string) (model.VM, error) {
+	return f.pauseVM(ref)
+}
+func (f *fakeService) ResumeVM(_ context.Context, ref string, p progress.Func) (model.VM, error) {
+	return f.resumeVM(ref, p)
 }
 func (f *fakeService) VMLogs(_ context.Context, _ string, req LogsRequest, w io.Writer) error {
 	// Enums are the domain's to validate; the handler only decodes.
@@ -728,5 +736,41 @@ func TestAttachEndOfInputAndResize(t *testing.T) {
 	a.CloseStdin()
 	if end := <-done; end.Reason != AttachDetached {
 		t.Fatalf("end of input on a session attachment: %+v, want detached", end)
+	}
+}
+
+// Pause answers the VM; resume streams progress, then the VM; errors keep
+// their kind.
+func TestPauseResumeRoutes(t *testing.T) {
+	svc := &fakeService{
+		pauseVM: func(ref string) (model.VM, error) {
+			if ref == "gone" {
+				return model.VM{}, errdefs.Errorf(errdefs.CodeConflict, "vm gone is not running")
+			}
+			return model.VM{Name: ref, State: model.VMPaused}, nil
+		},
+		resumeVM: func(ref string, p progress.Func) (model.VM, error) {
+			p(progress.Event{Phase: "restore", Message: "restoring"})
+			if ref == "web2" {
+				return model.VM{}, errdefs.Errorf(errdefs.CodeConflict, "vm web2 is not paused")
+			}
+			return model.VM{Name: ref, State: model.VMRunning}, nil
+		},
+	}
+	c, _ := serve(t, svc)
+	ctx := context.Background()
+	if vm, err := c.PauseVM(ctx, "web"); err != nil || vm.State != model.VMPaused {
+		t.Fatalf("PauseVM = %+v, %v", vm, err)
+	}
+	if _, err := c.PauseVM(ctx, "gone"); errdefs.CodeOf(err) != errdefs.CodeConflict {
+		t.Fatalf("PauseVM of a stopped vm: %v", err)
+	}
+	var phases []string
+	vm, err := c.ResumeVM(ctx, "web", func(e progress.Event) { phases = append(phases, e.Phase) })
+	if err != nil || vm.State != model.VMRunning || strings.Join(phases, ",") != "restore" {
+		t.Fatalf("ResumeVM = %+v, %v (phases %v)", vm, err, phases)
+	}
+	if _, err := c.ResumeVM(ctx, "web2", nil); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "not paused") {
+		t.Fatalf("ResumeVM of a running vm: %v", err)
 	}
 }

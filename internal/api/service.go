@@ -293,6 +293,13 @@ type Service interface {
 	StartVM(ctx context.Context, ref string, report progress.Func) (model.VM, error)
 	StopVM(ctx context.Context, ref string, req StopVMRequest) (model.VM, error)
 	RestartVM(ctx context.Context, ref string, report progress.Func) (model.VM, error)
+	// PauseVM saves a running VM's whole state (memory, vCPUs, devices)
+	// in its directory and ends its VMM: state paused. ResumeVM (or
+	// StartVM) restores it; StopVM discards the saved state.
+	PauseVM(ctx context.Context, ref string) (model.VM, error)
+	// ResumeVM restores a paused VM and waits until its guest answers,
+	// with its clock set; sessions and processes go on where they were.
+	ResumeVM(ctx context.Context, ref string, report progress.Func) (model.VM, error)
 	DeleteVM(ctx context.Context, ref string, force bool) error
 	// SetVMNet changes a VM's network policy: live when it runs (the old
 	// one stays if that fails), at its next start otherwise.

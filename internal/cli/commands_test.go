@@ -123,6 +123,17 @@ func (fakeService) StartVM(_ context.Context, ref string, report progress.Func) 
 func (fakeService) RestartVM(_ context.Context, ref string, report progress.Func) (model.VM, error) {
 	return fakeVM, notFound(ref)
 }
+func (fakeService) PauseVM(_ context.Context, ref string) (model.VM, error) {
+	v := fakeVM
+	v.Name, v.State, v.DesiredState = ref, model.VMPaused, model.VMPaused
+	return v, notFound(ref)
+}
+func (fakeService) ResumeVM(_ context.Context, ref string, report progress.Func) (model.VM, error) {
+	report(progress.Event{Phase: "restore", Elapsed: 0.3})
+	v := fakeVM
+	v.Name = ref
+	return v, notFound(ref)
+}
 func (fakeService) StopVM(_ context.Context, ref string, _ api.StopVMRequest) (model.VM, error) {
 	v := fakeVM
 	v.Name, v.State = ref, model.VMStopped
@@ -263,6 +274,9 @@ func TestCommandOutput(t *testing.T) {
 		{"vm", "start", "dev"},
 		{"vm", "start", "missing"},
 		{"vm", "restart", "dev"},
+		{"vm", "pause", "dev"},
+		{"vm", "pause", "missing"},
+		{"vm", "resume", "dev"},
 		{"vm", "stop", "a", "b"},
 		{"vm", "stop", "a", "missing"},
 		{"vm", "delete", "a", "b"},

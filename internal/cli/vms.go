@@ -38,6 +38,22 @@ func (a *app) vmCommand() *cobra.Command {
 		},
 	})
 	cmd.AddCommand(&cobra.Command{
+		Use: "pause VM", Short: "Save a running VM's memory to disk and free its host memory", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (model.VM, error) {
+				return c.PauseVM(ctx, args[0])
+			}, writeStopped)
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use: "resume VM", Short: "Run a paused VM again where it stopped", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (model.VM, error) {
+				return c.ResumeVM(ctx, args[0], progressPrinter(a.stderr))
+			}, writeStopped)
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
 		Use: "restart VM", Short: "Stop and boot a VM", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return show(a, cmd, func(c *api.Client, ctx context.Context) (model.VM, error) {
@@ -216,7 +232,8 @@ func (a *app) vmStopCommand() *cobra.Command {
 	return cmd
 }
 
-// writeStopped is the line of one VM stop: its name and state.
+// writeStopped is the line of one VM stop, pause or resume: its name and
+// state.
 func writeStopped(w io.Writer, vm model.VM) error {
 	_, err := fmt.Fprintf(w, "%s %s\n", vm.Name, vm.State)
 	return err

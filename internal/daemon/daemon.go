@@ -130,6 +130,9 @@ func (d *Daemon) wire() {
 		WaitGuest: func(ctx context.Context, vm model.VM, vmmAlive func() bool) error {
 			return d.waitGuest(ctx, vm, vmmAlive)
 		},
+		SetGuestClock: func(ctx context.Context, vm model.VM) error {
+			return d.guests.SetClock(ctx, vm)
+		},
 		DropGuest: func(id string) {
 			// A stopped or deleted VM's listeners go with its connection:
 			// teardown is where both end. The records stay (intent).

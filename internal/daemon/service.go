@@ -194,6 +194,14 @@ func (d *Daemon) StopVM(ctx context.Context, ref string, req api.StopVMRequest) 
 	return d.vms.Stop(ctx, ref, req)
 }
 
+func (d *Daemon) PauseVM(ctx context.Context, ref string) (model.VM, error) {
+	return d.vms.Pause(ctx, ref)
+}
+
+func (d *Daemon) ResumeVM(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
+	return d.vms.Resume(ctx, ref, report)
+}
+
 func (d *Daemon) RestartVM(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
 	return d.vms.Restart(ctx, ref, report)
 }

@@ -17,7 +17,10 @@ import (
 type VMState string
 
 // VM states. A VM moves created → starting → running → stopping → stopped,
-// and may land in failed from any of them, with LastError saying why.
+// and may land in failed from any of them, with LastError saying why. A
+// running VM may also go pausing → paused (its whole state saved in its
+// directory, no VMM process) and resuming → running again; a stop of a
+// paused VM discards the saved state.
 const (
 	VMCreated  VMState = "created"
 	VMStarting VMState = "starting"
@@ -25,6 +28,9 @@ const (
 	VMStopping VMState = "stopping"
 	VMStopped  VMState = "stopped"
 	VMFailed   VMState = "failed"
+	VMPausing  VMState = "pausing"
+	VMPaused   VMState = "paused"
+	VMResuming VMState = "resuming"
 )
 
 // Image is a read-only root filesystem (ext4) that VMs are created from.
@@ -67,7 +73,7 @@ type VM struct {
 	CPUs         int        `json:"cpus"`
 	MemoryMiB    int        `json:"memory_mib"`
 	DiskBytes    int64      `json:"disk_bytes"`      // work disk size
-	DesiredState VMState    `json:"desired_state"`   // running or stopped: what the user asked for
+	DesiredState VMState    `json:"desired_state"`   // running, paused or stopped: what the user asked for
 	State        VMState    `json:"state"`           // observed state
 	VMM          string     `json:"vmm"`             // name of the VMM driver that runs it (firecracker, qemu)
 	Accel        string     `json:"accel,omitempty"` // "kvm" or "tcg" (qemu)

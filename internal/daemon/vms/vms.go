@@ -93,6 +93,9 @@ type Deps struct {
 	// Started is told of a VM that just booted (its guest answers), with
 	// the VM's lock held; it must not take that lock.
 	Started func(ctx context.Context, vm model.VM)
+	// SetGuestClock steps a resumed guest's wall clock to the host's
+	// (nil: left as it is).
+	SetGuestClock func(ctx context.Context, vm model.VM) error
 }
 
 // Manager runs the VM lifecycle.
@@ -111,6 +114,7 @@ type Manager struct {
 	waitGuest     func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
 	dropGuest     func(vmID string)
 	started       func(ctx context.Context, vm model.VM)
+	setClock      func(ctx context.Context, vm model.VM) error
 	// since is when the Manager was made (the daemon's start), from which
 	// idle time is counted: activity is kept in memory only.
 	since time.Time
@@ -131,6 +135,7 @@ func New(deps Deps) *Manager {
 		taps: deps.Taps, netErr: deps.NetErr, subnet: deps.Subnet,
 		authorizedKey: deps.AuthorizedKey, artifacts: deps.Artifacts,
 		waitGuest: deps.WaitGuest, dropGuest: deps.DropGuest, started: deps.Started,
+		setClock:      deps.SetGuestClock,
 		usage:         usage{uses: map[string]Use{}},
 		handles:       newHandleCache(),
 		expiryChanged: make(chan struct{}, 1),
@@ -178,6 +183,9 @@ func (m *Manager) Running(ctx context.Context, ref string) (model.VM, error) {
 	vm, err := m.Resolve(ctx, ref)
 	if err != nil {
 		return vm, err
+	}
+	if vm.State == model.VMPaused {
+		return vm, errdefs.Errorf(errdefs.CodeConflict, "vm %s is paused: resume it with `banger vm resume %s`", vm.Name, vm.Name)
 	}
 	if !m.Alive(vm) {
 		return vm, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running (state %s): start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
