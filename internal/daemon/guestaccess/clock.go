@@ -14,8 +14,19 @@ import (
 )
 
 // ClockCommand is the guest command that sets the wall clock to the Unix
-// time (seconds, with a fraction) it reads as one line on stdin.
-const ClockCommand = `read -r t && date -u -s "@$t" >/dev/null`
+// time it reads as one line "SECONDS NANOSECONDS" on stdin. Starting
+// date(1) takes a guest under emulation a few hundred milliseconds, during
+// which the time read goes stale; so the script first times a dry run of
+// date on the guest's monotonic clock (/proc/uptime, read by the shell
+// itself, in centiseconds), then sets the time read plus what has passed
+// since plus that start-up time.
+const ClockCommand = `read -r s n || exit 1
+read -r u0 _ </proc/uptime; u0=${u0%.*}${u0#*.}
+date -u +%s >/dev/null
+read -r u1 _ </proc/uptime; u1=${u1%.*}${u1#*.}
+ns=$(( s*1000000000 + n + (u1-u0)*2*10000000 ))
+f=$(( ns%1000000000 + 1000000000 ))
+date -u -s "@$(( ns/1000000000 )).${f#1}" >/dev/null`
 
 // SetClock steps a resumed guest's wall clock to the host's: while it was
 // paused its clock stood still. The host's time is read only when the
@@ -42,7 +53,7 @@ func (sv *Service) SetClock(ctx context.Context, vm model.VM) error {
 	return SetClock(ctx, c, time.Now)
 }
 
-// clockReader yields "<unix seconds>.<nanoseconds>\n" taken at its first
+// clockReader yields "<unix seconds> <nanoseconds>\n" taken at its first
 // Read, then EOF.
 type clockReader struct {
 	now  func() time.Time
@@ -53,7 +64,7 @@ type clockReader struct {
 func (r *clockReader) Read(p []byte) (int, error) {
 	if !r.done {
 		t := r.now()
-		r.line = []byte(strconv.FormatInt(t.Unix(), 10) + fmt.Sprintf(".%09d\n", t.Nanosecond()))
+		r.line = []byte(strconv.FormatInt(t.Unix(), 10) + " " + strconv.Itoa(t.Nanosecond()) + "\n")
 		r.done = true
 	}
 	if len(r.line) == 0 {

@@ -3,6 +3,9 @@ package guestaccess
 import (
 	"context"
 	"io"
+	"os"
+	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -37,7 +40,7 @@ func TestSetClock(t *testing.T) {
 	if err := SetClock(context.Background(), g, now); err != nil {
 		t.Fatal(err)
 	}
-	if g.cmd != ClockCommand || g.stdin != "1764489600.000000005\n" {
+	if g.cmd != ClockCommand || g.stdin != "1764489600 5\n" {
 		t.Fatalf("ran %q with stdin %q", g.cmd, g.stdin)
 	}
 	// The host's time is taken when the guest reads it, not before.
@@ -47,5 +50,36 @@ func TestSetClock(t *testing.T) {
 	g = &clockGuest{code: 1, stderr: "date: cannot set date: Operation not permitted\n"}
 	if err := SetClock(context.Background(), g, time.Now); err == nil || !strings.Contains(err.Error(), "exited 1: date: cannot set date") {
 		t.Fatalf("failing date: %v", err)
+	}
+}
+
+// The script sets the time read plus the time since plus one date start-up,
+// in a real shell against a stand-in date that records its argument.
+func TestClockCommandScript(t *testing.T) {
+	dir := t.TempDir()
+	date := dir + "/date"
+	if err := os.WriteFile(date, []byte("#!/bin/sh\nfor a; do case $a in @*) echo \"$a\" > "+dir+"/set;; esac; done\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sh", "-c", ClockCommand)
+	cmd.Env = []string{"PATH=" + dir + ":/usr/bin:/bin"}
+	cmd.Stdin = strings.NewReader("1764489600 999999999\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	b, err := os.ReadFile(dir + "/set")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := strconv.ParseFloat(strings.TrimPrefix(strings.TrimSpace(string(b)), "@"), 64)
+	if err != nil {
+		t.Fatalf("date -s %q", b)
+	}
+	// At least the time read; at most a second more on this host.
+	if got < 1764489600.999 || got > 1764489602 {
+		t.Fatalf("date -s @%f for a time of 1764489600.999999999", got)
+	}
+	if !strings.Contains(string(b), ".") || len(strings.Split(strings.TrimSpace(string(b)), ".")[1]) != 9 {
+		t.Fatalf("fraction not nine digits: %q", b)
 	}
 }

@@ -211,7 +211,7 @@ func (sv *Service) reconcileSessions(ctx context.Context, vm model.VM, recs []mo
 			open = append(open, r)
 		}
 	}
-	if len(open) == 0 {
+	if len(open) == 0 || frozen(vm) {
 		return recs
 	}
 	unlock := sv.lockVM(vm.ID)
@@ -242,6 +242,18 @@ func (sv *Service) reconcileSessions(ctx context.Context, vm model.VM, recs []mo
 		out[i] = nr
 	}
 	return out
+}
+
+// frozen says whether vm's guest is paused (or being paused or resumed):
+// its sessions are as they were and go on at resume, so they are neither
+// read from its work disk (stale while the guest's writes sit in its
+// memory) nor taken for ended.
+func frozen(vm model.VM) bool {
+	switch vm.State {
+	case model.VMPaused, model.VMPausing, model.VMResuming:
+		return true
+	}
+	return false
 }
 
 // List lists a VM's sessions, reconciled with the guest.
@@ -471,6 +483,9 @@ func (sv *Service) Logs(ctx context.Context, vmRef, ref string, req api.SessionL
 	file := session.FileStdout
 	if req.Stderr {
 		file = session.FileStderr
+	}
+	if frozen(vm) {
+		return errdefs.Errorf(errdefs.CodeConflict, "vm %s is %s: its sessions' logs are in its memory until `banger vm resume %s`", vm.Name, vm.State, vm.Name)
 	}
 	if !sv.VMs.Alive(vm) {
 		b, err := storage.ReadFile(ctx, vm.WorkDisk, path.Join(session.WorkDiskStateRoot, s.ID, file))

@@ -79,12 +79,29 @@ func (d *Driver) Save(ctx context.Context, h vmm.Handle, dir string) error {
 		err = f.Sync()
 	}
 	if err != nil {
+		if tail := processLogTail(h.PID); tail != "" {
+			err = fmt.Errorf("%w (qemu log: %s)", err, tail)
+		}
 		if rerr := d.Resume(context.Background(), h); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
 		return fmt.Errorf("save qemu state: %w", err)
 	}
 	return nil
+}
+
+// processLogTail is the end of the file a process writes its stderr to
+// (the VMM log StartDetached gave it), for an error message; "" when it
+// is not a regular file.
+func processLogTail(pid int) string {
+	p, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/2", pid))
+	if err != nil || !filepath.IsAbs(p) {
+		return ""
+	}
+	if fi, err := os.Stat(p); err != nil || !fi.Mode().IsRegular() {
+		return ""
+	}
+	return vmm.LogTail(p)
 }
 
 // Resume lets a guest paused by Save run again (QMP cont, which also

@@ -36,6 +36,17 @@ func TestRealSaveRestore(t *testing.T) {
 	what, _ := d.Confinement(ctx)
 	t.Logf("confinement: %s", what)
 	spec := firmwareSpec(t)
+	// Disks as a VM has them (a qcow2 overlay and a raw file): a
+	// completed migration hands them off, which QEMU must do without
+	// opening a path.
+	base := filepath.Join(spec.Dir, "base.img")
+	runCmd(t, "truncate", "-s", "8M", base)
+	runCmd(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", filepath.Join(spec.Dir, "root.qcow2"))
+	runCmd(t, "truncate", "-s", "8M", filepath.Join(spec.Dir, "work.ext4"))
+	spec.Disks = []vmm.Disk{
+		{ID: "root", Path: filepath.Join(spec.Dir, "root.qcow2"), Format: vmm.FormatQcow2},
+		{ID: "work", Path: filepath.Join(spec.Dir, "work.ext4"), Format: vmm.FormatRaw},
+	}
 	killAfter(t, d, spec)
 	state := filepath.Join(spec.Dir, "state")
 	if err := os.Mkdir(state, 0o700); err != nil {
