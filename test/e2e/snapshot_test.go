@@ -204,3 +204,79 @@ func TestPauseResume(t *testing.T) {
 		t.Fatalf("a stopped vm holds host resources:\n%s", strings.Join(held, "\n"))
 	}
 }
+
+// vmmRSS is the resident memory of the processes running from a VM's
+// directory (its VMM), 0 when none runs.
+func vmmRSS(dir string) int64 {
+	var n int64
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(b), dir+"/") {
+			n += procStatusBytes(pid, "VmRSS")
+		}
+	}
+	return n
+}
+
+// BenchmarkPauseResume pauses and resumes a 1 GiB guest with ~200 MB of
+// its memory written, against a cold boot of the same VM measured in the
+// same run (vm stop, vm start), and reports the host memory it holds
+// running and paused (VMM resident memory; the saved state on disk).
+// Run with BANGER_BENCH=1.
+func BenchmarkPauseResume(b *testing.B) {
+	if os.Getenv("BANGER_BENCH") != "1" {
+		b.Skip("set BANGER_BENCH=1 (with BANGER_E2E=1) to run the pause/resume bench")
+	}
+	h := NewHarness(b)
+	const vm = "bench-nap"
+	h.MustRun("vm", "create", "--name", vm, "--memory", "1G")
+	var cold, pause, resume []time.Duration
+	var rssRunning, rssPaused, stateBytes int64
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for j := 0; j < 3; j++ {
+			start := time.Now()
+			h.MustRun("vm", "start", vm)
+			cold = append(cold, time.Since(start))
+			// ~200 MB written that is not zero (zero pages are not saved).
+			h.MustRun("vm", "exec", vm, "--", "sh", "-c", "yes abcdefgh | head -c 209715200 > /dev/shm/fill")
+			dir := h.VM(vm).Dir
+			rssRunning = vmmRSS(dir)
+
+			start = time.Now()
+			h.MustRun("vm", "pause", vm)
+			pause = append(pause, time.Since(start))
+			rssPaused = vmmRSS(dir)
+			stateBytes = 0
+			ents, _ := os.ReadDir(filepath.Join(dir, "state"))
+			for _, e := range ents {
+				if fi, err := e.Info(); err == nil {
+					stateBytes += fi.Size()
+				}
+			}
+
+			start = time.Now()
+			out, phases, code := h.Run("vm", "resume", vm)
+			if code != 0 {
+				b.Fatalf("vm resume: exit %d %s %s", code, out, phases)
+			}
+			resume = append(resume, time.Since(start))
+			b.Logf("resume %d:\n%s", j, phases)
+			h.MustRun("vm", "exec", vm, "--", "true")
+			h.MustRun("vm", "stop", vm)
+		}
+	}
+	mc, mp, mr := median(cold), median(pause), median(resume)
+	b.ReportMetric(mc.Seconds(), "s/cold-start")
+	b.ReportMetric(mp.Seconds(), "s/pause")
+	b.ReportMetric(mr.Seconds(), "s/resume")
+	b.ReportMetric(mr.Seconds()/mc.Seconds(), "ratio-resume/cold")
+	b.ReportMetric(float64(rssRunning)/(1<<20), "MB-rss-running")
+	b.ReportMetric(float64(rssPaused)/(1<<20), "MB-rss-paused")
+	b.ReportMetric(float64(stateBytes)/(1<<20), "MB-state-on-disk")
+}

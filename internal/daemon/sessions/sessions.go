@@ -441,6 +441,9 @@ func (sv *Service) liveSession(ctx context.Context, vmRef, ref string) (model.VM
 	if sessionFinished(s) {
 		return vm, s, finishedErr(s)
 	}
+	if vm.State == model.VMPaused {
+		return vm, s, errdefs.Errorf(errdefs.CodeConflict, "vm %s is paused: resume it with `banger vm resume %s`", vm.Name, vm.Name)
+	}
 	if !sv.VMs.Alive(vm) {
 		return vm, s, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running (state %s), so session %s is not either", vm.Name, vm.State, s.Name)
 	}

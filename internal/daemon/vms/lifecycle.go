@@ -432,6 +432,7 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 	}
 	if restoring {
 		// The guest's wall clock stood still while it was paused.
+		report(progress.Event{Phase: "clock", Message: "setting the guest's clock", Elapsed: time.Since(start).Seconds()})
 		if err := m.setGuestClock(ctx, vm); err != nil {
 			m.log.Warn("resumed guest's clock not set", "vm", vm.Name, "err", err)
 		}

@@ -334,8 +334,11 @@ func (sv *Service) Export(ctx context.Context, ref string, req api.ExportRequest
 		}
 	} else {
 		switch vm.State {
-		case model.VMStarting, model.VMStopping:
+		case model.VMStarting, model.VMStopping, model.VMPausing, model.VMResuming:
 			return errdefs.Errorf(errdefs.CodeConflict, "vm %s is %s: export when it has settled", vm.Name, vm.State)
+		case model.VMPaused:
+			// Its work disk lacks what the guest has not written back yet.
+			return errdefs.Errorf(errdefs.CodeConflict, "vm %s is paused: resume it with `banger vm resume %s` to export", vm.Name, vm.Name)
 		}
 		code, err = sv.exportOffline(ctx, vm, guestPath, format, message, env, w, stderr)
 		if err != nil {
