@@ -23,6 +23,7 @@ func snapFixture(t *testing.T) (*fixture, *vmstest.SnapDriver, *int) {
 	snap := vmstest.NewSnapDriver()
 	f.drv = snap.Driver
 	clocks := new(int)
+	f.started = map[string]int{}
 	deps := Deps{
 		Config: f.m.cfg, Store: f.m.store, Log: f.m.log, Now: time.Now,
 		Drivers: vmm.NewRegistry(snap), Strategies: f.m.strategies,
@@ -31,6 +32,7 @@ func snapFixture(t *testing.T) (*fixture, *vmstest.SnapDriver, *int) {
 			return f.waitGuest(ctx, vm, vmmAlive)
 		},
 		SetGuestClock: func(context.Context, model.VM) error { *clocks++; return nil },
+		Started:       func(_ context.Context, vm model.VM) { f.started[vm.Name]++ },
 	}
 	f.m = New(deps)
 	return f, snap, clocks
@@ -107,6 +109,10 @@ func TestPauseResume(t *testing.T) {
 	}
 	if len(snap.Restored) != 1 || len(f.drv.Started) != 1 || *clocks != 1 {
 		t.Fatalf("restored %d, booted %d, clock set %d times", len(snap.Restored), len(f.drv.Started), *clocks)
+	}
+	// A resume is a start for those told of one (published ports listen again).
+	if f.started["one"] != 2 {
+		t.Fatalf("Started told %d times of boot and resume, want 2", f.started["one"])
 	}
 	if snap.Restored[0].Net.Tap != f.drv.Started[0].Net.Tap || snap.Restored[0].Cmdline != f.drv.Started[0].Cmdline {
 		t.Fatalf("restored spec differs from the booted one:\n%+v\n%+v", snap.Restored[0], f.drv.Started[0])
