@@ -130,7 +130,9 @@ func (m *Manager) pause(ctx context.Context, vm model.VM) (model.VM, error) {
 		_ = os.RemoveAll(dir)
 		return back(err)
 	}
-	// The guest lives in its state now: the VMM and what it held go.
+	// The guest lives in its state now: the VMM and what it held go, even
+	// when the client has gone away meanwhile.
+	ctx = context.WithoutCancel(ctx)
 	m.teardown(ctx, vm)
 	vm.State, vm.DesiredState = model.VMPaused, model.VMPaused
 	if err := m.save(ctx, &vm); err != nil {
@@ -174,7 +176,7 @@ func discardState(vmDir string) error {
 // resuming, at start-up: a VMM still running means the guest runs (a
 // pause cut short is resumed, its state dropped); without one the VM is
 // paused when a whole state is on disk, else stopped.
-func (m *Manager) reconcilePaused(ctx context.Context, vm model.VM, h model.VMHandles, herr error) {
+func (m *Manager) reconcilePaused(ctx context.Context, vm model.VM, h model.VMHandles) {
 	drv, err := m.driver(vm.VMM)
 	if err == nil && vm.State != model.VMPaused {
 		sock := h.APISocket
@@ -199,9 +201,9 @@ func (m *Manager) reconcilePaused(ctx context.Context, vm model.VM, h model.VMHa
 			return
 		}
 	}
-	if vm.State != model.VMPaused || herr != nil || h.PID != 0 || h.Tap != "" || len(h.Loops) > 0 {
-		m.teardown(ctx, vm)
-	}
+	// Whatever a pause cut short left (a VMM, a tap, loops) goes; for a
+	// VM paused cleanly this finds nothing.
+	m.teardown(ctx, vm)
 	_ = os.RemoveAll(filepath.Join(vm.Dir, stateTmpName))
 	if _, err := os.Stat(StateDir(vm.Dir)); err != nil {
 		m.markStopped(ctx, vm, "the vm was paused but its saved state is missing")

@@ -248,6 +248,7 @@ func TestReconcilePausing(t *testing.T) {
 	live := startVM(t, f, "live")
 	saved := startVM(t, f, "saved")
 	lost := startVM(t, f, "lost")
+	linger := startVM(t, f, "linger")
 	// live: caught after its save, VMM still up and paused.
 	h, _ := f.m.handles.get(live.ID)
 	os.Mkdir(filepath.Join(live.Dir, stateTmpName), 0o700)
@@ -262,7 +263,12 @@ func TestReconcilePausing(t *testing.T) {
 	f.drv.Kill(ctx, vmm.Handle{APISocket: saved.APISocket})
 	// lost: resuming, the VMM gone, no state.
 	f.drv.Kill(ctx, vmm.Handle{APISocket: lost.APISocket})
-	for vm, st := range map[*model.VM]model.VMState{&live: model.VMPausing, &saved: model.VMPausing, &lost: model.VMResuming} {
+	// linger: paused, its state whole, but its VMM outlived the pause.
+	h, _ = f.m.handles.get(linger.ID)
+	os.Mkdir(StateDir(linger.Dir), 0o700)
+	snap.Save(ctx, vmm.Handle{PID: h.PID, APISocket: h.APISocket}, StateDir(linger.Dir))
+	os.Remove(filepath.Join(linger.Dir, handlesFile))
+	for vm, st := range map[*model.VM]model.VMState{&live: model.VMPausing, &saved: model.VMPausing, &lost: model.VMResuming, &linger: model.VMPaused} {
 		vm.State = st
 		if err := f.m.save(ctx, vm); err != nil {
 			t.Fatal(err)
@@ -285,6 +291,13 @@ func TestReconcilePausing(t *testing.T) {
 	got, _ = f.m.Get(ctx, "lost")
 	if got.State != model.VMStopped || got.LastError == "" {
 		t.Fatalf("lost: %+v", got)
+	}
+	got, _ = f.m.Get(ctx, "linger")
+	if got.State != model.VMPaused {
+		t.Fatalf("linger: %+v", got)
+	}
+	if _, err := f.drv.Find(linger.APISocket); err == nil {
+		t.Fatal("linger: the VMM that outlived its pause still runs after reconcile")
 	}
 	if _, err := f.m.Resume(ctx, "saved", nil); err != nil {
 		t.Fatal(err)

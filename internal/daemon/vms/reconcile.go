@@ -56,7 +56,7 @@ func (m *Manager) reconcileVM(ctx context.Context, vm model.VM) {
 	switch vm.State {
 	case model.VMRunning, model.VMStarting, model.VMStopping:
 	case model.VMPaused, model.VMPausing, model.VMResuming:
-		m.reconcilePaused(ctx, vm, h, herr)
+		m.reconcilePaused(ctx, vm, h)
 		return
 	default:
 		if herr != nil || h.PID != 0 || h.Tap != "" || len(h.Loops) > 0 {
