@@ -93,14 +93,15 @@ func (r *readErr) Read(p []byte) (int, error) {
 // fakeVMs knows one VM, "vm", running unless stopped.
 type fakeVMs struct {
 	stopped bool
-	disk    string // its work disk
+	state   model.VMState // recorded state when stopped ("": stopped)
+	disk    string        // its work disk
 }
 
 func (f fakeVMs) Resolve(_ context.Context, ref string) (model.VM, error) {
 	if ref != "vm" {
 		return model.VM{}, errdefs.NotFound("vm", ref)
 	}
-	return model.VM{ID: "vm", Name: "vm", WorkDisk: f.disk}, nil
+	return model.VM{ID: "vm", Name: "vm", WorkDisk: f.disk, State: f.state}, nil
 }
 
 func (f fakeVMs) Running(ctx context.Context, ref string) (model.VM, error) {
@@ -365,6 +366,16 @@ func TestStoppedVM(t *testing.T) {
 	_, err = sv.WriteFile(ctx, "vm", api.FileWriteRequest{Path: "x"}, strings.NewReader("x"))
 	if errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "not running") {
 		t.Errorf("write to a stopped VM: %v", err)
+	}
+}
+
+// A paused VM's work disk lacks what its guest has not written back: its
+// files are refused with how to resume it, not read stale.
+func TestPausedVMRefused(t *testing.T) {
+	sv := New(Deps{VMs: fakeVMs{stopped: true, state: model.VMPaused, disk: "/nonexistent/work.ext4"}})
+	err := sv.ReadFile(context.Background(), "vm", api.FileReadRequest{Path: "/root/x"}, io.Discard)
+	if errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "vm vm is paused") || !strings.Contains(err.Error(), "banger vm resume vm") {
+		t.Errorf("read from a paused VM: %v", err)
 	}
 }
 

@@ -22,7 +22,8 @@ import (
 // disk and are refused with why; a symlink on the way to a path is refused
 // too, never followed: the guest's links mean something in the guest's
 // root, which the work disk is not. The VM's lock is held for the read,
-// so the VM cannot start under it.
+// so the VM cannot start under it. A paused VM is refused: its disk lacks
+// what the guest has not written back yet.
 
 // readVM resolves ref for a read. A running VM comes back with a nil
 // unlock, to be read over SSH; a stopped one comes back locked, with the
@@ -43,6 +44,12 @@ func (sv *Service) readVM(ctx context.Context, ref, p string) (vm model.VM, gp, 
 	if sv.VMs.Alive(vm) { // started meanwhile
 		unlock()
 		return vm, gp, "", nil, nil
+	}
+	switch vm.State {
+	case model.VMPaused, model.VMPausing, model.VMResuming:
+		// Its work disk lacks what the guest has not written back yet.
+		unlock()
+		return vm, "", "", nil, errdefs.Errorf(errdefs.CodeConflict, "vm %s is %s: its files are read once it runs again (`banger vm resume %s`)", vm.Name, vm.State, vm.Name)
 	}
 	diskPath, err = WorkDiskPath(gp)
 	if err == nil && vm.WorkDisk == "" {
