@@ -103,6 +103,7 @@ func TestPauseResume(t *testing.T) {
 		{[]string{"vm", "exec", vm, "--", "true"}, "vm nap is paused: resume it with `banger vm resume nap`"},
 		{[]string{"vm", "pause", vm}, "vm nap is already paused"},
 		{[]string{"session", "logs", vm, "count"}, "vm nap is paused: its sessions' logs are in its memory"},
+		{[]string{"vm", "cp", vm + ":/root/x", filepath.Join(h.StateDir, "x")}, "vm nap is paused: its files are read once it runs again"},
 		{[]string{"vm", "pause", "no-such-vm"}, `vm "no-such-vm" not found`},
 	} {
 		if _, errOut, code := h.Run(c.args...); code == 0 || !strings.Contains(errOut, c.want) {
