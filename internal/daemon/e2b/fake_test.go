@@ -221,4 +221,3 @@ func (fx *fixture) do(t *testing.T, method, path, body string, hdr ...string) (i
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b), resp.Header
 }
-
