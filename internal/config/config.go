@@ -51,6 +51,11 @@ type Config struct {
 	// MaxConsoleLog caps a VM's console and VMM logs: the guest writes
 	// them. Past it the file's end moves to <log>.1 and the file restarts.
 	MaxConsoleLog string `json:"max_console_log"` // default "8M"
+	// The E2B-compatible control plane (docs/e2b.md): off when E2BListen
+	// is empty; E2BDomain is the suffix of sandbox host names (default
+	// localhost:PORT).
+	E2BListen string `json:"e2b_listen"`
+	E2BDomain string `json:"e2b_domain"`
 }
 
 // Defaults returns the built-in configuration.
@@ -94,6 +99,8 @@ var envNames = map[string]func(c *Config) *string{
 	"BANGER_FIRECRACKER":         func(c *Config) *string { return &c.Firecracker },
 	"BANGER_QEMU":                func(c *Config) *string { return &c.QEMU },
 	"BANGER_BIN_DIR":             func(c *Config) *string { return &c.BinDir },
+	"BANGER_E2B_LISTEN":          func(c *Config) *string { return &c.E2BListen },
+	"BANGER_E2B_DOMAIN":          func(c *Config) *string { return &c.E2BDomain },
 }
 
 // Load returns defaults overlaid with the config file (if it exists) and the

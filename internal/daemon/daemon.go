@@ -20,6 +20,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -29,6 +30,7 @@ import (
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/config"
 	"github.com/banger/banger/internal/daemon/artifacts"
+	"github.com/banger/banger/internal/daemon/e2b"
 	"github.com/banger/banger/internal/daemon/files"
 	"github.com/banger/banger/internal/daemon/guestaccess"
 	"github.com/banger/banger/internal/daemon/ports"
@@ -40,6 +42,7 @@ import (
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/tail"
 	"github.com/banger/banger/internal/version"
 )
 
@@ -73,6 +76,7 @@ type Daemon struct {
 	artifacts  *artifacts.Service
 	files      *files.Service
 	ports      *ports.Service
+	e2b        *e2b.Service
 }
 
 // New makes a daemon over an open store. It does not touch the host; Start
@@ -155,6 +159,28 @@ func (d *Daemon) wire() {
 		},
 		Listen: hostnet.ListenHost,
 	})
+	d.e2b = e2b.New(e2b.Deps{
+		Store: d.store, Log: d.log, VMs: d.vms, Now: now,
+		RunGuest: d.runGuest,
+		DialGuest: func(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
+			return d.dialGuestTCP(ctx, vm, port)
+		},
+		Listen: hostnet.ListenHost,
+	})
+}
+
+// runGuest runs cmd as root in a running guest with stdin, answering the
+// end of its combined output and its exit code.
+func (d *Daemon) runGuest(ctx context.Context, vm model.VM, cmd string, stdin io.Reader) (string, int, error) {
+	c, err := d.dialGuest(ctx, vm)
+	if err != nil {
+		return "", -1, err
+	}
+	defer c.Close()
+	// Two buffers: the session may write both streams at once.
+	stdout, stderr := &tail.Buffer{Max: 8 << 10}, &tail.Buffer{Max: 8 << 10}
+	code, err := c.Run(ctx, cmd, stdin, stdout, stderr)
+	return stdout.String() + stderr.String(), code, err
 }
 
 // dialGuestTCP connects to port on a running guest's loopback through its

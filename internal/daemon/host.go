@@ -98,6 +98,11 @@ func (d *Daemon) startHost(ctx context.Context) error {
 	d.wire()
 	d.vms.Reconcile(ctx)
 	d.ports.Reconcile(ctx)
+	if d.cfg.E2BListen != "" {
+		if _, err := d.e2b.Serve(d.cfg.E2BListen, d.cfg.E2BDomain); err != nil {
+			d.log.Warn("e2b control plane not started", "listen", d.cfg.E2BListen, "err", err)
+		}
+	}
 
 	wctx, cancel := context.WithCancel(context.Background())
 	d.host.stopWatch = cancel
@@ -121,6 +126,7 @@ func (d *Daemon) closeHost() error {
 		<-d.host.expireDone
 	}
 	d.ports.Close()
+	d.e2b.Close()
 	if d.host.dns != nil {
 		_ = d.host.dns.Close()
 	}
