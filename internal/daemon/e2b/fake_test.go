@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strings"
@@ -119,7 +120,15 @@ func (f *fakeVMs) Alive(vm model.VM) bool {
 // runGuest plays the guest side of envdScript: it reads the token and
 // environment from stdin and starts an envd on 127.0.0.1.
 func (f *fakeVMs) runGuest(_ context.Context, vm model.VM, cmd string, stdin io.Reader) (string, int, error) {
-	if !strings.Contains(cmd, "envd --token-file") {
+	if cmd == metricsScript {
+		// The host's own /proc and / stand in for the guest's.
+		out, err := exec.Command("sh", "-c", cmd).CombinedOutput()
+		if err != nil {
+			return string(out), 1, nil
+		}
+		return string(out), 0, nil
+	}
+	if !strings.Contains(cmd, " envd --listen 127.0.0.1:49983 --token-file ") {
 		return "unexpected command", 1, nil
 	}
 	raw, _ := io.ReadAll(stdin)

@@ -45,9 +45,7 @@ func (s *Service) Handler() http.Handler {
 			replyError(w, http.StatusNotImplemented, msg)
 		})
 	}
-	mux.HandleFunc("GET /sandboxes/{id}/metrics", func(w http.ResponseWriter, r *http.Request) {
-		replyError(w, http.StatusNotImplemented, "sandbox metrics are not supported by banger yet")
-	})
+	mux.HandleFunc("GET /sandboxes/{id}/metrics", s.handleMetrics)
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		replyError(w, http.StatusNotFound, "banger does not serve "+r.Method+" "+r.URL.Path+" of the E2B API")

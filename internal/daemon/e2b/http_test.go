@@ -109,8 +109,10 @@ func TestSandboxLifecycle(t *testing.T) {
 	if code, body, _ = fx.do(t, "POST", "/sandboxes/"+id+"/pause", ""); code != 501 || !strings.Contains(body, "not supported by banger") {
 		t.Fatalf("pause = %d %s", code, body)
 	}
-	if code, _, _ = fx.do(t, "GET", "/sandboxes/"+id+"/metrics", ""); code != 501 {
-		t.Fatalf("metrics = %d", code)
+	code, body, _ = fx.do(t, "GET", "/sandboxes/"+id+"/metrics", "")
+	var metrics []metricJSON
+	if code != 200 || json.Unmarshal([]byte(body), &metrics) != nil || len(metrics) != 1 || metrics[0].MemTotal == 0 || metrics[0].CPUCount == 0 {
+		t.Fatalf("metrics = %d %s", code, body)
 	}
 
 	// Bad input.

@@ -344,7 +344,7 @@ cat > ` + envdDir + `/env
 if [ -f ` + envdDir + `/pid ] && kill -0 "$(cat ` + envdDir + `/pid)" 2>/dev/null; then
   kill "$(cat ` + envdDir + `/pid)"; sleep 0.2
 fi
-setsid ` + guestinit.InitPath + ` envd --token-file ` + envdDir + `/token --env-file ` + envdDir + `/env </dev/null >` + envdDir + `/log 2>&1 &
+setsid ` + guestinit.InitPath + ` envd --listen 127.0.0.1:` + strconv.Itoa(envd.Port) + ` --token-file ` + envdDir + `/token --env-file ` + envdDir + `/env </dev/null >` + envdDir + `/log 2>&1 &
 echo $! > ` + envdDir + `/pid
 `
 }

@@ -92,6 +92,12 @@ async function main() {
     const left = new Date(info.endAt).getTime() - Date.now()
     assert.ok(left > 500_000 && left <= 601_000, 'deadline in ' + left + ' ms')
   })
+  await step('getMetrics', async () => {
+    const m = await sbx.getMetrics()
+    assert.equal(m.length, 1)
+    assert.ok(m[0].cpuCount >= 1 && m[0].memTotal > 0 && m[0].diskTotal > 0, JSON.stringify(m))
+    assert.ok(m[0].timestamp instanceof Date && !isNaN(m[0].timestamp))
+  })
   await step('Sandbox.connect', async () => {
     const again = await Sandbox.connect(sbx.sandboxId)
     const r = await again.commands.run('echo again')
