@@ -23,7 +23,7 @@ import (
 
 // recipeVersion changes whenever Build makes a different image from the
 // same inputs, so old cache entries are not reused.
-const recipeVersion = 2
+const recipeVersion = 3
 
 // Init modes.
 const (
