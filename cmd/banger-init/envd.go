@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -79,21 +80,23 @@ func runEnvd(args []string) int {
 	return 0
 }
 
+// readSmall reads a file of at most maxEnvdFile bytes (an empty one is
+// "": an empty token is refused by envd.New, an empty environment is
+// none).
 func readSmall(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
-	buf := make([]byte, maxEnvdFile+1)
-	n, err := f.Read(buf)
-	if n > maxEnvdFile {
+	b, err := io.ReadAll(io.LimitReader(f, maxEnvdFile+1))
+	if err != nil {
+		return "", err
+	}
+	if len(b) > maxEnvdFile {
 		return "", fmt.Errorf("%s is larger than %d bytes", path, maxEnvdFile)
 	}
-	if err != nil && n == 0 {
-		return "", fmt.Errorf("%s is empty: %v", path, err)
-	}
-	return string(buf[:n]), nil
+	return string(b), nil
 }
 
 // parseEnvLines reads KEY=VALUE lines; blank lines and lines without "="

@@ -3,6 +3,8 @@ package e2b
 import (
 	"context"
 	"fmt"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -55,6 +57,8 @@ func newProxy(s *Service) *proxy {
 		},
 		Transport:     p.transport,
 		FlushInterval: -1,
+		// A client that leaves mid-stream is ordinary here.
+		ErrorLog: log.New(io.Discard, "", 0),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			replyError(w, http.StatusBadGateway, "sandbox port unreachable: "+err.Error())
 		},

@@ -376,8 +376,13 @@ func (s *Service) startEnvd(ctx context.Context, vm model.VM, rec model.E2BSandb
 			c.Close()
 			return nil
 		}
+		if !s.VMs.Alive(vm) {
+			return errdefs.Errorf(errdefs.CodeConflict, "vm %s stopped while envd was starting", vm.Name)
+		}
 		if s.Now().After(deadline) {
-			return errdefs.Errorf(errdefs.CodeInternal, "envd in %s did not listen within %s: %v", vm.Name, envdStartTimeout, err)
+			// envd's own words say why, when it wrote any.
+			log, _, _ := s.RunGuest(ctx, vm, "tail -c 2000 "+envdDir+"/log", nil)
+			return errdefs.Errorf(errdefs.CodeInternal, "envd in %s did not listen within %s: %v; its log: %s", vm.Name, envdStartTimeout, err, strings.TrimSpace(log))
 		}
 		select {
 		case <-ctx.Done():
