@@ -197,8 +197,9 @@ func (s *Service) handleRefresh(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// handleConnect answers a running sandbox (200) and moves its deadline
-// to now + timeout when that is later than the current one.
+// handleConnect answers a running sandbox (200), starting its envd again
+// when it does not answer, and moves its deadline to now + timeout when
+// that is later than the current one.
 func (s *Service) handleConnect(w http.ResponseWriter, r *http.Request) {
 	var req timeoutRequest
 	if !readJSON(w, r, &req) {
@@ -218,6 +219,14 @@ func (s *Service) handleConnect(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
+	}
+	// A VM restarted by hand (`banger vm restart`) comes back without
+	// envd: start it again with the sandbox's token and environment.
+	if c, err := s.DialGuest(r.Context(), sb.vm, envd.Port); err == nil {
+		c.Close()
+	} else if err := s.startEnvd(r.Context(), sb.vm, sb.rec); err != nil {
+		fail(w, err)
+		return
 	}
 	reply(w, http.StatusOK, s.short(sb))
 }

@@ -106,6 +106,19 @@ func TestSandboxLifecycle(t *testing.T) {
 	if vm, _ = fx.vms.Get(t.Context(), id); vm.ExpiresAt.Before(time.Now().Add(3500 * time.Second)) {
 		t.Fatalf("connect shortened the deadline to %v", vm.ExpiresAt)
 	}
+	// envd gone (as after a restart of the VM by hand): connect starts it
+	// again, with the same token.
+	fx.vms.mu.Lock()
+	fx.vms.envds[vm.ID].Close()
+	delete(fx.vms.envds, vm.ID)
+	fx.vms.mu.Unlock()
+	if code, body, _ = fx.do(t, "POST", "/v2/sandboxes/"+id+"/connect", `{}`); code != 200 {
+		t.Fatalf("connect without envd = %d %s", code, body)
+	}
+	if code, body, _ = fx.do(t, "POST", "/process.Process/List", "{}", "X-API-Key", "", "E2b-Sandbox-Id", id,
+		"Connect-Protocol-Version", "1", "X-Access-Token", created.EnvdAccessToken); code != 200 {
+		t.Fatalf("envd after connect = %d %s", code, body)
+	}
 	if code, body, _ = fx.do(t, "POST", "/sandboxes/"+id+"/pause", ""); code != 501 || !strings.Contains(body, "not supported by banger") {
 		t.Fatalf("pause = %d %s", code, body)
 	}
