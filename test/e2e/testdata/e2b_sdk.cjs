@@ -74,6 +74,16 @@ async function main() {
     assert.equal(await sbx.commands.kill(h.pid), true)
     await assert.rejects(h.wait(), CommandExitError)
   })
+  await step('closeStdin ends a reader; commands.connect re-attaches by pid', async () => {
+    const cat = await sbx.commands.run('cat', { background: true, stdin: true })
+    await sbx.commands.sendStdin(cat.pid, 'x\n')
+    await sbx.commands.closeStdin(cat.pid)
+    assert.equal((await cat.wait()).stdout, 'x\n')
+    const late = await sbx.commands.run('sleep 1; echo late', { background: true })
+    await late.disconnect()
+    const again = await sbx.commands.connect(late.pid)
+    assert.equal((await again.wait()).stdout, 'late\n')
+  })
   await step('files: text, 1 MiB binary, list, exists, getInfo, makeDir, rename, remove', async () => {
     await sbx.files.write('notes/a.txt', 'hello file')
     assert.equal(await sbx.files.read('/home/user/notes/a.txt'), 'hello file')
