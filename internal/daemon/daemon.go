@@ -10,6 +10,7 @@
 //   - workspaces: workspace prepare and export
 //   - files: reading and writing a running guest's files
 //   - ports: published ports of running VMs
+//   - e2b: the E2B-compatible control plane and its relay to guests
 //   - artifacts: image and kernel registration
 //   - doctor: what this host gives banger
 //
