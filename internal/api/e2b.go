@@ -11,8 +11,10 @@ import (
 // (docs/e2b.md): its listener and its API keys.
 type E2B interface {
 	// E2BServe starts the control plane's listener (idempotent for the
-	// address it already serves).
+	// address it already serves); it is served again after a restart.
 	E2BServe(ctx context.Context, req E2BServeRequest) (E2BStatus, error)
+	// E2BStop closes the listener (sandboxes keep running) and forgets it.
+	E2BStop(ctx context.Context) error
 	// E2BStatus says where it listens ("" when off).
 	E2BStatus(ctx context.Context) (E2BStatus, error)
 	// CreateE2BKey makes an API key; the answer is the only time the key
@@ -52,6 +54,7 @@ func (h *handler) e2bRoutes() []route {
 	return []route{
 		{"GET /v1/e2b", h.e2bStatus},
 		{"POST /v1/e2b/serve", h.e2bServe},
+		{"POST /v1/e2b/stop", h.e2bStop},
 		{"GET /v1/e2b/keys", h.listE2BKeys},
 		{"POST /v1/e2b/keys", h.createE2BKey},
 		{"DELETE /v1/e2b/keys/{ref}", h.revokeE2BKey},
@@ -70,6 +73,10 @@ func (h *handler) e2bServe(w http.ResponseWriter, r *http.Request) {
 	}
 	v, err := h.svc.E2BServe(r.Context(), req)
 	reply(w, v, err)
+}
+
+func (h *handler) e2bStop(w http.ResponseWriter, r *http.Request) {
+	replyEmpty(w, h.svc.E2BStop(r.Context()))
 }
 
 func (h *handler) listE2BKeys(w http.ResponseWriter, r *http.Request) {
@@ -98,6 +105,11 @@ func (c *Client) E2BStatus(ctx context.Context) (E2BStatus, error) {
 // E2BServe starts the E2B control plane's listener.
 func (c *Client) E2BServe(ctx context.Context, req E2BServeRequest) (E2BStatus, error) {
 	return callFor[E2BStatus](ctx, c, "POST", "/v1/e2b/serve", req)
+}
+
+// E2BStop closes the E2B control plane's listener.
+func (c *Client) E2BStop(ctx context.Context) error {
+	return c.call(ctx, "POST", "/v1/e2b/stop", nil, nil, nil)
 }
 
 // ListE2BKeys lists the API keys.

@@ -155,6 +155,7 @@ func (fakeService) SetVMNet(_ context.Context, ref string, req api.VMNetRequest)
 func (fakeService) E2BServe(_ context.Context, req api.E2BServeRequest) (api.E2BStatus, error) {
 	return api.E2BStatus{Listen: "127.0.0.1:3000", Domain: "localhost:3000"}, nil
 }
+func (fakeService) E2BStop(context.Context) error                    { return nil }
 func (fakeService) E2BStatus(context.Context) (api.E2BStatus, error) { return api.E2BStatus{}, nil }
 func (fakeService) CreateE2BKey(_ context.Context, req api.E2BKeyRequest) (api.E2BKeyCreated, error) {
 	if req.Name != "ci" {
@@ -289,6 +290,7 @@ func TestCommandOutput(t *testing.T) {
 		{"vm", "port", "rm", "dev", "41234"},
 		{"e2b", "serve"},
 		{"e2b", "status"},
+		{"e2b", "stop"},
 		{"e2b", "key", "create", "ci"},
 		{"e2b", "key", "create", "Bad Name"},
 		{"e2b", "key", "list"},

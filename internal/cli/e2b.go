@@ -23,7 +23,7 @@ made here as E2B_API_KEY. See docs/e2b.md.`,
 	var listen, domain string
 	serve := &cobra.Command{
 		Use:   "serve",
-		Short: "Start the E2B listener in the running daemon (config e2b_listen starts it with the daemon)",
+		Short: "Start the E2B listener; it is served again whenever bangerd starts, until e2b stop",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return show(a, cmd, func(c *api.Client, ctx context.Context) (api.E2BStatus, error) {
@@ -34,6 +34,22 @@ made here as E2B_API_KEY. See docs/e2b.md.`,
 	serve.Flags().StringVar(&listen, "listen", "", "HOST:PORT to listen on (default 127.0.0.1:3000)")
 	serve.Flags().StringVar(&domain, "domain", "", "suffix of sandbox host names <port>-<id>.DOMAIN (default localhost:PORT)")
 	cmd.AddCommand(serve)
+	cmd.AddCommand(&cobra.Command{
+		Use:   "stop",
+		Short: "Close the E2B listener (sandboxes keep running until their timeout)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if err := c.E2BStop(cmd.Context()); err != nil {
+				return err
+			}
+			fmt.Fprintln(a.stdout, "stopped")
+			return nil
+		},
+	})
 	cmd.AddCommand(&cobra.Command{
 		Use:   "status",
 		Short: "Say where the E2B listener is",

@@ -98,10 +98,8 @@ func (d *Daemon) startHost(ctx context.Context) error {
 	d.wire()
 	d.vms.Reconcile(ctx)
 	d.ports.Reconcile(ctx)
-	if d.cfg.E2BListen != "" {
-		if _, err := d.e2b.Serve(d.cfg.E2BListen, d.cfg.E2BDomain); err != nil {
-			d.log.Warn("e2b control plane not started", "listen", d.cfg.E2BListen, "err", err)
-		}
+	if err := d.e2b.Start(ctx, d.cfg.E2BListen, d.cfg.E2BDomain); err != nil {
+		d.log.Warn("e2b control plane not started", "err", err)
 	}
 
 	wctx, cancel := context.WithCancel(context.Background())

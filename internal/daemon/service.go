@@ -189,8 +189,12 @@ func (d *Daemon) E2BServe(ctx context.Context, req api.E2BServeRequest) (api.E2B
 	if domain == "" {
 		domain = d.cfg.E2BDomain
 	}
-	st, err := d.e2b.Serve(req.Listen, domain)
+	st, err := d.e2b.ServeAndRecord(ctx, req.Listen, domain)
 	return api.E2BStatus(st), err
+}
+
+func (d *Daemon) E2BStop(ctx context.Context) error {
+	return d.e2b.Stop(ctx)
 }
 
 func (d *Daemon) E2BStatus(ctx context.Context) (api.E2BStatus, error) {

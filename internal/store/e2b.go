@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -132,4 +133,28 @@ func nonNil(m map[string]string) map[string]string {
 		return map[string]string{}
 	}
 	return m
+}
+
+// SetE2BListener records where the E2B listener serves, replacing any
+// record.
+func (s *Store) SetE2BListener(ctx context.Context, listen, domain string, at time.Time) error {
+	_, err := s.db.ExecContext(ctx, "INSERT INTO e2b_listener (id, listen, domain, created_at) VALUES (1, ?, ?, ?) "+
+		"ON CONFLICT(id) DO UPDATE SET listen = excluded.listen, domain = excluded.domain, created_at = excluded.created_at",
+		listen, domain, fmtTime(at))
+	return err
+}
+
+// E2BListener is the recorded listener; ok is false when there is none.
+func (s *Store) E2BListener(ctx context.Context) (listen, domain string, ok bool, err error) {
+	err = s.db.QueryRowContext(ctx, "SELECT listen, domain FROM e2b_listener WHERE id = 1").Scan(&listen, &domain)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", "", false, nil
+	}
+	return listen, domain, err == nil, err
+}
+
+// ClearE2BListener forgets the recorded listener.
+func (s *Store) ClearE2BListener(ctx context.Context) error {
+	_, err := s.db.ExecContext(ctx, "DELETE FROM e2b_listener")
+	return err
 }

@@ -47,6 +47,24 @@ func TestE2BKeysAndSandboxes(t *testing.T) {
 		t.Fatalf("second delete: %v", err)
 	}
 
+	if _, _, ok, err := s.E2BListener(ctx); ok || err != nil {
+		t.Fatalf("E2BListener before any = %v, %v", ok, err)
+	}
+	for _, l := range []string{"127.0.0.1:3000", "127.0.0.1:4000"} {
+		if err := s.SetE2BListener(ctx, l, "sb.example", t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l, d, ok, err := s.E2BListener(ctx); !ok || err != nil || l != "127.0.0.1:4000" || d != "sb.example" {
+		t.Fatalf("E2BListener = %q %q %v %v", l, d, ok, err)
+	}
+	if err := s.ClearE2BListener(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok, _ := s.E2BListener(ctx); ok {
+		t.Fatal("listener still recorded after Clear")
+	}
+
 	if err := s.CreateVM(ctx, testVM("vm1aaaaa", "one", 2)); err != nil {
 		t.Fatal(err)
 	}

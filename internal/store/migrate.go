@@ -130,8 +130,9 @@ CREATE TABLE forwards (
 );
 CREATE INDEX forwards_vm_id ON forwards(vm_id);
 `,
-	// 7: the E2B-compatible control plane: API keys (only their hash) and
-	// what it adds to the VMs it made.
+	// 7: the E2B-compatible control plane: API keys (only their hash),
+	// the listener `banger e2b serve` started (served again at daemon
+	// start) and what it adds to the VMs it made.
 	`
 CREATE TABLE e2b_keys (
 	id         TEXT PRIMARY KEY,
@@ -140,6 +141,12 @@ CREATE TABLE e2b_keys (
 	prefix     TEXT NOT NULL,
 	created_at TEXT NOT NULL,
 	last_used  TEXT
+);
+CREATE TABLE e2b_listener (
+	id         INTEGER PRIMARY KEY CHECK (id = 1),
+	listen     TEXT NOT NULL,
+	domain     TEXT NOT NULL,
+	created_at TEXT NOT NULL
 );
 CREATE TABLE e2b_sandboxes (
 	vm_id       TEXT PRIMARY KEY REFERENCES vms(id) ON DELETE CASCADE,

@@ -142,6 +142,41 @@ func (s *Service) Serve(addr, domain string) (Status, error) {
 	return Status{Listen: bound, Domain: domain}, nil
 }
 
+// Start serves at daemon start: the configured address when there is
+// one (the e2b_listen setting), else the one `banger e2b serve` recorded.
+func (s *Service) Start(ctx context.Context, listen, domain string) error {
+	if listen == "" {
+		l, d, ok, err := s.Store.E2BListener(ctx)
+		if err != nil || !ok {
+			return err
+		}
+		listen, domain = l, d
+	}
+	_, err := s.Serve(listen, domain)
+	return err
+}
+
+// ServeAndRecord is Serve that is served again after a daemon restart:
+// the bound address (a port 0 becomes the port picked) and domain are
+// recorded.
+func (s *Service) ServeAndRecord(ctx context.Context, addr, domain string) (Status, error) {
+	st, err := s.Serve(addr, domain)
+	if err != nil {
+		return st, err
+	}
+	if err := s.Store.SetE2BListener(ctx, st.Listen, st.Domain, s.Now().UTC()); err != nil {
+		return st, fmt.Errorf("record the e2b listener: %w", err)
+	}
+	return st, nil
+}
+
+// Stop closes the listener and forgets the recorded one; sandboxes keep
+// running (their VMs' deadlines still apply).
+func (s *Service) Stop(ctx context.Context) error {
+	s.Close()
+	return s.Store.ClearE2BListener(ctx)
+}
+
 // Status answers where the control plane listens.
 func (s *Service) Status() Status {
 	s.mu.Lock()
