@@ -74,7 +74,7 @@ type route struct {
 }
 
 func (h *handler) routes() []route {
-	return []route{
+	return append([]route{
 		{"GET /v1/version", h.version},
 		{"GET /v1/health", h.health},
 		{"GET /v1/info", h.info},
@@ -124,7 +124,7 @@ func (h *handler) routes() []route {
 		{"GET /v1/vms/{ref}/ports", h.listPorts},
 		{"POST /v1/vms/{ref}/ports", h.addPort},
 		{"DELETE /v1/vms/{ref}/ports/{port}", h.removePort},
-	}
+	}, h.e2bRoutes()...)
 }
 
 // ---- plumbing ----

@@ -329,6 +329,7 @@ type Service interface {
 	// SetVMTTL sets, extends or clears a VM's deadline.
 	SetVMTTL(ctx context.Context, ref string, req VMTTLRequest) (model.VM, error)
 	Files // files.go
+	E2B   // e2b.go
 
 	// AddPort publishes a port of a running VM; the answer holds the host
 	// port picked for 0. RemovePort takes HOSTPORT or HOSTADDR:HOSTPORT.

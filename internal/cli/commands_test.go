@@ -45,6 +45,7 @@ var (
 		HostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfDev"}
 	fakeForward = model.Forward{VMID: "aaaabbbbccccdddd", HostAddr: "127.0.0.1", HostPort: 41234, GuestPort: 8000, Proto: "tcp",
 		CreatedAt: time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC), State: model.ForwardListening}
+	fakeKey     = model.E2BKey{ID: "5555666677778888", Name: "ci", Prefix: "e2b_012345", CreatedAt: started}
 	fakeSession = model.Session{ID: "1111222233334444", VMID: fakeVM.ID, Name: "server", Command: "python3", Args: []string{"-m", "http.server"},
 		Cwd: "/root", StdinMode: "pipe", Status: "exited", GuestPID: 42, ExitCode: &exitZero}
 )
@@ -179,7 +180,22 @@ func (fakeService) SetVMNet(_ context.Context, ref string, req api.VMNetRequest)
 	}
 	return v, notFound(ref)
 }
-func (fakeService) Hosts(context.Context) (string, error) { return "172.16.0.2 dev.vm\n", nil }
+func (fakeService) E2BServe(_ context.Context, req api.E2BServeRequest) (api.E2BStatus, error) {
+	return api.E2BStatus{Listen: "127.0.0.1:3000", Domain: "localhost:3000"}, nil
+}
+func (fakeService) E2BStop(context.Context) error                    { return nil }
+func (fakeService) E2BStatus(context.Context) (api.E2BStatus, error) { return api.E2BStatus{}, nil }
+func (fakeService) CreateE2BKey(_ context.Context, req api.E2BKeyRequest) (api.E2BKeyCreated, error) {
+	if req.Name != "ci" {
+		return api.E2BKeyCreated{}, errdefs.Errorf(errdefs.CodeInvalid, "invalid e2b key name %q", req.Name)
+	}
+	return api.E2BKeyCreated{Key: "e2b_0123456789abcdef0123456789abcdef01234567", Record: fakeKey}, nil
+}
+func (fakeService) ListE2BKeys(context.Context) ([]model.E2BKey, error) {
+	return []model.E2BKey{fakeKey}, nil
+}
+func (fakeService) RevokeE2BKey(_ context.Context, ref string) error { return notFound(ref) }
+func (fakeService) Hosts(context.Context) (string, error)            { return "172.16.0.2 dev.vm\n", nil }
 func (fakeService) ExecVM(_ context.Context, _ string, req api.ExecRequest, stdout, _ io.Writer) (int, error) {
 	fmt.Fprintln(stdout, strings.Join(req.Command, " "))
 	return 3, nil
@@ -317,6 +333,14 @@ func TestCommandOutput(t *testing.T) {
 		{"vm", "run", "-p", "0:8000", "--", "echo", "hi"},
 		{"vm", "ttl", "dev", "--idle", "none"},
 		{"vm", "ttl", "dev"},
+		{"e2b", "serve"},
+		{"e2b", "status"},
+		{"e2b", "stop"},
+		{"e2b", "key", "create", "ci"},
+		{"e2b", "key", "create", "Bad Name"},
+		{"e2b", "key", "list"},
+		{"e2b", "key", "revoke", "ci"},
+		{"e2b", "key", "revoke", "missing"},
 	}
 	var got bytes.Buffer
 	for _, args := range cases {

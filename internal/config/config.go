@@ -56,6 +56,11 @@ type Config struct {
 	// much it sends, the host's disk receives it.
 	MaxCopyOut        string `json:"max_copy_out"`         // default "16G"
 	MaxCopyOutEntries int    `json:"max_copy_out_entries"` // default 1048576
+	// The E2B-compatible control plane (docs/e2b.md): off when E2BListen
+	// is empty; E2BDomain is the suffix of sandbox host names (default
+	// localhost:PORT).
+	E2BListen string `json:"e2b_listen"`
+	E2BDomain string `json:"e2b_domain"`
 }
 
 // Defaults returns the built-in configuration.
@@ -101,6 +106,8 @@ var envNames = map[string]func(c *Config) *string{
 	"BANGER_FIRECRACKER":         func(c *Config) *string { return &c.Firecracker },
 	"BANGER_QEMU":                func(c *Config) *string { return &c.QEMU },
 	"BANGER_BIN_DIR":             func(c *Config) *string { return &c.BinDir },
+	"BANGER_E2B_LISTEN":          func(c *Config) *string { return &c.E2BListen },
+	"BANGER_E2B_DOMAIN":          func(c *Config) *string { return &c.E2BDomain },
 }
 
 // Load returns defaults overlaid with the config file (if it exists) and the

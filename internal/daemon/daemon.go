@@ -10,6 +10,7 @@
 //   - workspaces: workspace prepare and export
 //   - files: reading and writing a running guest's files
 //   - ports: published ports of running VMs
+//   - e2b: the E2B-compatible control plane and its relay to guests
 //   - artifacts: image and kernel registration
 //   - doctor: what this host gives banger
 //
@@ -20,6 +21,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -31,6 +33,7 @@ import (
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/config"
 	"github.com/banger/banger/internal/daemon/artifacts"
+	"github.com/banger/banger/internal/daemon/e2b"
 	"github.com/banger/banger/internal/daemon/files"
 	"github.com/banger/banger/internal/daemon/guestaccess"
 	"github.com/banger/banger/internal/daemon/ports"
@@ -42,6 +45,7 @@ import (
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/tail"
 	"github.com/banger/banger/internal/version"
 )
 
@@ -78,6 +82,7 @@ type Daemon struct {
 	artifacts  *artifacts.Service
 	files      *files.Service
 	ports      *ports.Service
+	e2b        *e2b.Service
 }
 
 // New makes a daemon over an open store. It does not touch the host; Start
@@ -177,6 +182,28 @@ func (d *Daemon) wire() {
 		Listen: hostnet.ListenHost,
 		Active: func(vmID string) func() { return d.vms.Active(vmID) },
 	})
+	d.e2b = e2b.New(e2b.Deps{
+		Store: d.store, Log: d.log, VMs: d.vms, Now: now,
+		RunGuest: d.runGuest,
+		DialGuest: func(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
+			return d.dialGuestTCP(ctx, vm, port)
+		},
+		Listen: hostnet.ListenHost,
+	})
+}
+
+// runGuest runs cmd as root in a running guest with stdin, answering the
+// end of its combined output and its exit code.
+func (d *Daemon) runGuest(ctx context.Context, vm model.VM, cmd string, stdin io.Reader) (string, int, error) {
+	c, err := d.dialGuest(ctx, vm)
+	if err != nil {
+		return "", -1, err
+	}
+	defer c.Close()
+	// Two buffers: the session may write both streams at once.
+	stdout, stderr := &tail.Buffer{Max: 8 << 10}, &tail.Buffer{Max: 8 << 10}
+	code, err := c.Run(ctx, cmd, stdin, stdout, stderr)
+	return stdout.String() + stderr.String(), code, err
 }
 
 // dialGuestTCP connects to port in a running guest, for a published

@@ -259,3 +259,36 @@ func (d *Daemon) active(ctx context.Context, ref string) (done func()) {
 }
 
 var _ api.Service = (*Daemon)(nil)
+
+// ---- e2b ----
+
+func (d *Daemon) E2BServe(ctx context.Context, req api.E2BServeRequest) (api.E2BStatus, error) {
+	domain := req.Domain
+	if domain == "" {
+		domain = d.cfg.E2BDomain
+	}
+	st, err := d.e2b.ServeAndRecord(ctx, req.Listen, domain)
+	return api.E2BStatus(st), err
+}
+
+func (d *Daemon) E2BStop(ctx context.Context) error {
+	return d.e2b.Stop(ctx)
+}
+
+func (d *Daemon) E2BStatus(ctx context.Context) (api.E2BStatus, error) {
+	return api.E2BStatus(d.e2b.Status()), nil
+}
+
+func (d *Daemon) CreateE2BKey(ctx context.Context, req api.E2BKeyRequest) (api.E2BKeyCreated, error) {
+	key, rec, err := d.e2b.CreateKey(ctx, req.Name)
+	return api.E2BKeyCreated{Key: key, Record: rec}, err
+}
+
+func (d *Daemon) ListE2BKeys(ctx context.Context) ([]model.E2BKey, error) {
+	return d.e2b.ListKeys(ctx)
+}
+
+func (d *Daemon) RevokeE2BKey(ctx context.Context, ref string) error {
+	_, err := d.e2b.RevokeKey(ctx, ref)
+	return err
+}
