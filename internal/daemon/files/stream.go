@@ -55,7 +55,7 @@ func (sv *Service) runStream(ctx context.Context, vm model.VM, what, script stri
 		}
 		env = map[string]string{transfer.TokenEnv: token}
 	}
-	stderr := newAnnounceWriter(16 << 10)
+	stderr := transfer.NewAnnounceWriter(16 << 10)
 	stdinR, stdinW := io.Pipe()
 	runCtx, cancelRun := context.WithCancel(ctx)
 	defer cancelRun()

@@ -1,19 +1,16 @@
-package files
+package transfer
 
 import (
 	"bytes"
 	"sync"
 
 	"github.com/banger/banger/internal/tail"
-	"github.com/banger/banger/internal/transfer"
 )
 
-// announceWriter is a streaming script's stderr: it passes the first
-// data-channel announcement line (transfer.AnnouncePrefix...) to
-// Announced and keeps the rest, the script's messages, as a bounded
-// tail. (It lives here rather than in transfer, which banger-init links:
-// the guest's binary, and so the image's recipe key, stays as it is.)
-type announceWriter struct {
+// AnnounceWriter is the stderr of a guest script that starts a receiver:
+// it passes the first announcement line (see ParseAnnounce) to Announced
+// and keeps the rest, the script's messages, as a bounded tail.
+type AnnounceWriter struct {
 	mu      sync.Mutex
 	tail    tail.Buffer
 	partial []byte
@@ -21,15 +18,15 @@ type announceWriter struct {
 	ch      chan string
 }
 
-// newAnnounceWriter keeps at most max bytes of messages.
-func newAnnounceWriter(max int) *announceWriter {
-	return &announceWriter{tail: tail.Buffer{Max: max}, ch: make(chan string, 1)}
+// NewAnnounceWriter keeps at most max bytes of messages.
+func NewAnnounceWriter(max int) *AnnounceWriter {
+	return &AnnounceWriter{tail: tail.Buffer{Max: max}, ch: make(chan string, 1)}
 }
 
 // Announced delivers the first announcement line, once.
-func (a *announceWriter) Announced() <-chan string { return a.ch }
+func (a *AnnounceWriter) Announced() <-chan string { return a.ch }
 
-func (a *announceWriter) Write(p []byte) (int, error) {
+func (a *AnnounceWriter) Write(p []byte) (int, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.partial = append(a.partial, p...)
@@ -40,7 +37,7 @@ func (a *announceWriter) Write(p []byte) (int, error) {
 		}
 		line := string(a.partial[:i+1])
 		a.partial = a.partial[i+1:]
-		if _, _, ok := transfer.ParseAnnounce(line); ok {
+		if _, _, ok := ParseAnnounce(line); ok {
 			if !a.sent {
 				a.sent = true
 				a.ch <- line
@@ -58,7 +55,7 @@ func (a *announceWriter) Write(p []byte) (int, error) {
 }
 
 // String is the messages kept, announcements left out.
-func (a *announceWriter) String() string {
+func (a *AnnounceWriter) String() string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return string(a.tail.Bytes()) + string(a.partial)
