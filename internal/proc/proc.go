@@ -78,11 +78,47 @@ func Cmdline(pid int) ([]string, error) {
 // state returns the one-letter state of pid from /proc/PID/stat ("R", "S",
 // "Z", …).
 func state(pid int) (string, error) {
+	st, _, err := stat(pid)
+	return st, err
+}
+
+func stat(pid int) (state string, flags uint64, err error) {
 	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
-	return ParseStatState(b)
+	if state, err = ParseStatState(b); err != nil {
+		return "", 0, err
+	}
+	flags, err = ParseStatFlags(b)
+	return state, flags, err
+}
+
+// threads counts pid's threads still listed (0 when it is gone).
+func threads(pid int) int {
+	ents, err := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "task"))
+	if err != nil {
+		return 0
+	}
+	return len(ents)
+}
+
+// PFExiting is the kernel's PF_EXITING task flag: the process is being torn
+// down. Its memory (and so its argv) may already be gone while its files,
+// sockets among them, are still open.
+const PFExiting = 0x4
+
+// ParseStatFlags extracts the flags field (the 9th) of a /proc/PID/stat line.
+func ParseStatFlags(b []byte) (uint64, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("malformed /proc stat line %q", b)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 7 {
+		return 0, fmt.Errorf("malformed /proc stat line %q", b)
+	}
+	return strconv.ParseUint(f[6], 10, 64)
 }
 
 // ParseStatState extracts the state field of a /proc/PID/stat line. The
@@ -113,7 +149,8 @@ func Find(match Matcher) ([]int, error) {
 		if err != nil || pid <= 0 {
 			continue
 		}
-		if Alive(pid, match) {
+		// An exiting process's argv is gone: it cannot be told to match.
+		if alive(pid, match, false) {
 			pids = append(pids, pid)
 		}
 	}
@@ -128,19 +165,35 @@ func FindArg(flag, value string) ([]int, error) {
 
 // Alive reports whether pid exists, is not a zombie and its argv satisfies
 // match (nil matches any argv). A PID recycled by another program is not
-// alive.
-func Alive(pid int, match Matcher) bool {
+// alive. A process that is exiting stays alive until all its threads are
+// gone: its argv is gone by then, but it still holds its files (a VMM's
+// sockets), and a caller that waits for it to go must not start a successor
+// before.
+func Alive(pid int, match Matcher) bool { return alive(pid, match, true) }
+
+// alive is Alive; exiting says whether a process being torn down (argv
+// gone) counts as alive.
+func alive(pid int, match Matcher, exiting bool) bool {
 	if pid <= 0 {
 		return false
 	}
-	st, err := state(pid)
-	if err != nil || st == "Z" || st == "X" {
+	st, flags, err := stat(pid)
+	if err != nil || st == "X" {
 		return false
+	}
+	if st == "Z" {
+		// The leader of a threaded process (a Go or QEMU VMM) is a zombie
+		// while its other threads still tear down; the files they share
+		// close only when the last one has gone.
+		return exiting && threads(pid) > 1
 	}
 	if match == nil {
 		return true
 	}
 	argv, err := Cmdline(pid)
+	if exiting && err == nil && len(argv) == 0 && flags&PFExiting != 0 {
+		return true
+	}
 	if err != nil || len(argv) == 0 {
 		return false
 	}

@@ -206,3 +206,20 @@ func waitLog(t *testing.T, path, want string) {
 }
 
 func unixGetsid(pid int) (int, error) { return unix.Getsid(pid) }
+
+func TestParseStatFlags(t *testing.T) {
+	// A real line's shape; the name holds spaces and a parenthesis.
+	line := "4242 (qemu (x) y) S 1 4242 4242 0 -1 4194564 120 0 0 0 3 1 0 0 20 0 1 0 100 1000 10"
+	got, err := ParseStatFlags([]byte(line))
+	if err != nil || got != 4194564 {
+		t.Fatalf("ParseStatFlags = %d, %v; want 4194564", got, err)
+	}
+	if got&PFExiting == 0 {
+		t.Fatal("4194564 has PF_EXITING (0x4) set")
+	}
+	for _, bad := range []string{"", "1 (x", "1 (x) S 1 2", "1 (x) S 1 2 3 4 5 notanumber"} {
+		if _, err := ParseStatFlags([]byte(bad)); err == nil {
+			t.Errorf("ParseStatFlags(%q) accepted", bad)
+		}
+	}
+}

@@ -21,9 +21,19 @@ func ClaimSocket(path string) error {
 	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+	// A VMM that was just killed can hold its listening socket for a moment
+	// after it is reported gone (the kernel closes its files last): only a
+	// socket that keeps answering for a second is in use.
+	for i := 0; ; i++ {
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err != nil {
+			break
+		}
 		c.Close()
-		return fmt.Errorf("socket %s is in use by another process", path)
+		if i == 10 {
+			return fmt.Errorf("socket %s is in use by another process", path)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	if err := os.Remove(path); err != nil {
 		return fmt.Errorf("remove stale socket %s: %w", path, err)
