@@ -256,31 +256,42 @@ func (c *conn) openSession(ctx context.Context) (*ssh.Session, error) {
 
 // stop stops a running session in the background of a Run that already
 // returned: SIGTERM as an SSH signal and, when the command's process group is
-// known, by `kill` from a second session, and only then closes the session,
-// so that the command never sees its stdin end before the signal.
+// known, by `kill` from a second session. The session stays open until the
+// command ends, for at most termGrace after the signal: closing it ends the
+// command's stdin, and its stdout and stderr, so a shell that reports the
+// child the signal killed would die of SIGPIPE before its TERM trap ran.
 func (c *conn) stop(sess *ssh.Session, waited <-chan error, pg *pgidReader) {
 	defer sess.Close()
 	sess.Signal(ssh.SIGTERM)
-	if pg == nil {
-		return
+	if pg != nil {
+		// The marker is the command's first output; a cancel right after
+		// the start may come before it.
+		t := time.NewTimer(c.t.killTimeout)
+		defer t.Stop()
+		select {
+		case <-pg.known:
+		case <-waited:
+			return
+		case <-t.C:
+			return
+		}
+		if g := pg.group(); g > 0 {
+			kctx, cancel := context.WithTimeout(context.Background(), c.t.killTimeout)
+			defer cancel()
+			c.run(kctx, killGroupCommand(g), nil, nil, nil, false)
+		}
 	}
-	// The marker is the command's first output; a cancel right after the
-	// start may come before it.
-	t := time.NewTimer(c.t.killTimeout)
-	defer t.Stop()
+	grace := time.NewTimer(termGrace)
+	defer grace.Stop()
 	select {
-	case <-pg.known:
 	case <-waited:
-		return
-	case <-t.C:
-		return
-	}
-	if g := pg.group(); g > 0 {
-		kctx, cancel := context.WithTimeout(context.Background(), c.t.killTimeout)
-		defer cancel()
-		c.run(kctx, killGroupCommand(g), nil, nil, nil, false)
+	case <-grace.C:
 	}
 }
+
+// termGrace is how long a cancelled command keeps its session after SIGTERM
+// before the session is closed under it.
+const termGrace = 5 * time.Second
 
 func (c *conn) exitResult(ctx context.Context, err error, gates ...*gate) (int, error) {
 	code := -1

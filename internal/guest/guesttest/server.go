@@ -322,13 +322,16 @@ func (s *Server) startCmd(command string, ch ssh.Channel) (*exec.Cmd, io.WriteCl
 		s.mu.Unlock()
 		return nil, nil, errors.New("server closed")
 	}
+	// Counted before it starts: what the command does (a signal to
+	// another command, a file a test waits for) must find it counted.
+	s.execs.Add(1)
 	if err := cmd.Start(); err != nil {
+		s.execs.Add(-1)
 		s.mu.Unlock()
 		return nil, nil, err
 	}
 	s.procs[cmd] = struct{}{}
 	s.mu.Unlock()
-	s.execs.Add(1)
 	return cmd, stdin, nil
 }
 
