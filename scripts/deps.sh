@@ -30,3 +30,8 @@ if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
 fi
 command -v go >/dev/null 2>&1 || { echo "deps: Go 1.26 is required (https://go.dev/dl)" >&2; exit 1; }
 go mod download
+
+# The Kubernetes control plane the kube tests start (etcd, kube-apiserver,
+# kubectl), built from Go modules once per version and cached outside the
+# clone; ~10 minutes on 2 cores the first time, nothing after.
+"$(dirname "$0")/kube-bins.sh" >/dev/null
