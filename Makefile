@@ -21,6 +21,9 @@ deps:
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/banger ./cmd/banger
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/bangerd ./cmd/bangerd
+	# The Kubernetes node (virtual-kubelet): its own binary, so banger and
+	# bangerd carry no client-go.
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/banger-vk ./cmd/banger-vk
 	# Reproducible: the image recipe key hashes this binary, so the same
 	# source must give the same bytes whatever the checkout path or version.
 	CGO_ENABLED=0 $(GO) build $(INIT_FLAGS) -o bin/banger-init ./cmd/banger-init
