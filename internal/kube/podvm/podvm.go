@@ -268,7 +268,7 @@ type Observed struct {
 	Sessions []model.Session
 	Restarts map[string]int32
 	HostIP   string    // the node's address
-	Now      time.Time // for the deadline check
+	Now      time.Time // for activeDeadlineSeconds; zero: not checked
 	// Failure is a pod that cannot run (a *PlanError from PlanPod): the
 	// pod is Failed with its reason.
 	Failure *PlanError
@@ -370,7 +370,7 @@ func PodStatus(pod *corev1.Pod, o Observed) corev1.PodStatus {
 		// The VM went away under containers that had not finished.
 		st.Phase = corev1.PodFailed
 		st.Reason, st.Message = ReasonVMGone, "the pod's VM is not running"
-		if expired(o.VM, o.Now) {
+		if deadlinePassed(pod, start, o.Now) {
 			st.Reason, st.Message = ReasonDeadline, "the pod passed its activeDeadlineSeconds"
 		}
 	case running == n:
@@ -378,7 +378,10 @@ func PodStatus(pod *corev1.Pod, o Observed) corev1.PodStatus {
 	case running > 0 || (succeeded+failed > 0 && vmRunning):
 		st.Phase = corev1.PodRunning
 	}
-	if st.Phase == corev1.PodRunning && expired(o.VM, o.Now) {
+	if st.Phase == corev1.PodFailed && vmDown && deadlinePassed(pod, start, o.Now) {
+		st.Reason, st.Message = ReasonDeadline, "the pod passed its activeDeadlineSeconds"
+	}
+	if st.Phase == corev1.PodRunning && deadlinePassed(pod, start, o.Now) {
 		st.Phase = corev1.PodFailed
 		st.Reason, st.Message = ReasonDeadline, "the pod passed its activeDeadlineSeconds"
 	}
@@ -386,8 +389,12 @@ func PodStatus(pod *corev1.Pod, o Observed) corev1.PodStatus {
 	return st
 }
 
-func expired(vm *model.VM, now time.Time) bool {
-	return vm != nil && vm.ExpiresAt != nil && !now.Before(*vm.ExpiresAt)
+// deadlinePassed says whether the pod ran past its activeDeadlineSeconds,
+// counted from its start (the VM's own deadline, a little later, stops it;
+// a stop clears the VM's deadline, so the pod's is the one to read).
+func deadlinePassed(pod *corev1.Pod, start metav1.Time, now time.Time) bool {
+	d := pod.Spec.ActiveDeadlineSeconds
+	return d != nil && !now.IsZero() && !now.Before(start.Add(time.Duration(*d)*time.Second))
 }
 
 func terminatedReason(s model.Session, code int) string {

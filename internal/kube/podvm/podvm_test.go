@@ -284,16 +284,25 @@ func TestPodStatusFailureAndDeadline(t *testing.T) {
 	if w := st.ContainerStatuses[0].State.Waiting; w == nil || w.Reason != ReasonUnknownImage {
 		t.Fatalf("container = %+v", st.ContainerStatuses[0])
 	}
-	exp := time.Unix(1700000050, 0)
-	vm := &model.VM{State: model.VMStopped, ExpiresAt: &exp}
-	st = PodStatus(p, Observed{VM: vm, Sessions: []model.Session{session("main", model.SessionFailed, nil)}, Now: time.Unix(1700000100, 0)})
-	// A session the daemon marked failed because its VM stopped.
-	if st.Phase != corev1.PodFailed {
+	// The VM's deadline stopped it (and cleared its own deadline); the
+	// daemon marked the running session failed.
+	deadline := int64(60)
+	p.Spec.ActiveDeadlineSeconds = &deadline
+	p.CreationTimestamp = metav1.NewTime(time.Unix(1700000000, 0))
+	vm := &model.VM{State: model.VMStopped}
+	failed := model.Session{Name: "main", Status: model.SessionFailed, Error: "vm is not running", CreatedAt: time.Unix(1700000001, 0)}
+	st = PodStatus(p, Observed{VM: vm, Sessions: []model.Session{failed}, Now: time.Unix(1700000100, 0)})
+	if st.Phase != corev1.PodFailed || st.Reason != ReasonDeadline {
 		t.Fatalf("status = %+v", st)
 	}
-	vm.State = model.VMRunning
-	st = PodStatus(p, Observed{VM: vm, Sessions: []model.Session{session("main", model.SessionRunning, nil)}, Now: time.Unix(1700000100, 0)})
+	// Past the deadline while the VM still runs: failed already.
+	st = PodStatus(p, Observed{VM: running(), Sessions: []model.Session{session("main", model.SessionRunning, nil)}, Now: time.Unix(1700000100, 0)})
 	if st.Phase != corev1.PodFailed || st.Reason != ReasonDeadline {
+		t.Fatalf("status = %+v", st)
+	}
+	// Before it: running.
+	st = PodStatus(p, Observed{VM: running(), Sessions: []model.Session{session("main", model.SessionRunning, nil)}, Now: time.Unix(1700000030, 0)})
+	if st.Phase != corev1.PodRunning {
 		t.Fatalf("status = %+v", st)
 	}
 }

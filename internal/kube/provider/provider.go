@@ -44,6 +44,7 @@ type Banger interface {
 	ListVMs(ctx context.Context) ([]model.VM, error)
 	GetVM(ctx context.Context, ref string) (model.VM, error)
 	CreateVM(ctx context.Context, req api.CreateVMRequest, report progress.Func) (model.VM, error)
+	StopVM(ctx context.Context, ref string, req api.StopVMRequest) (model.VM, error)
 	DeleteVM(ctx context.Context, ref string, force bool) error
 	ListSessions(ctx context.Context, vmRef string) ([]model.Session, error)
 	StartSession(ctx context.Context, vmRef string, req api.StartSessionRequest) (model.Session, error)
@@ -73,6 +74,7 @@ type entry struct {
 	vm       string
 	failure  *podvm.PlanError
 	restarts map[string]int32
+	stopping bool // the pod finished: its VM is being (or was) stopped
 }
 
 // New returns a provider over bangerd's API. pods lists the pods bound
@@ -311,14 +313,16 @@ func (p *Provider) GetPodStatus(ctx context.Context, namespace, name string) (*c
 			return nil, fmt.Errorf("look up vm %s: %w", e.vm, err)
 		default:
 			obs.VM = &vm
-			if vm.State == model.VMRunning {
+			switch vm.State {
+			case model.VMRunning, model.VMStopped, model.VMFailed:
+				// A stopped VM's sessions are read from its work disk.
 				if obs.Sessions, err = p.b.ListSessions(ctx, e.vm); err != nil {
 					return nil, fmt.Errorf("list sessions of %s: %w", e.vm, err)
 				}
-				if p.restart(ctx, e, pod, obs.Sessions) {
-					if obs.Sessions, err = p.b.ListSessions(ctx, e.vm); err != nil {
-						return nil, fmt.Errorf("list sessions of %s: %w", e.vm, err)
-					}
+			}
+			if vm.State == model.VMRunning && p.restart(ctx, e, pod, obs.Sessions) {
+				if obs.Sessions, err = p.b.ListSessions(ctx, e.vm); err != nil {
+					return nil, fmt.Errorf("list sessions of %s: %w", e.vm, err)
 				}
 			}
 		}
@@ -330,7 +334,38 @@ func (p *Provider) GetPodStatus(ctx context.Context, namespace, name string) (*c
 	}
 	p.mu.Unlock()
 	st := podvm.PodStatus(pod, obs)
+	if (st.Phase == corev1.PodSucceeded || st.Phase == corev1.PodFailed) && obs.VM != nil && obs.VM.State == model.VMRunning {
+		p.stopFinished(e, pod.UID)
+	}
 	return &st, nil
+}
+
+// stopFinished stops the VM of a pod that has finished (no container runs
+// or will restart), in the background: it then holds no memory or CPU,
+// its disks stay until the pod is deleted, and its logs are read from the
+// work disk.
+func (p *Provider) stopFinished(e *entry, uid types.UID) {
+	p.mu.Lock()
+	if e.stopping {
+		p.mu.Unlock()
+		return
+	}
+	e.stopping = true
+	p.mu.Unlock()
+	go func() {
+		unlock := p.lock.Lock(string(uid))
+		defer unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if _, err := p.b.StopVM(ctx, e.vm, api.StopVMRequest{TimeoutSeconds: 10}); err != nil && !errdefs.IsNotFound(err) {
+			p.log.Warn("stop the vm of a finished pod", "vm", e.vm, "err", err)
+			p.mu.Lock()
+			e.stopping = false
+			p.mu.Unlock()
+			return
+		}
+		p.log.Info("stopped the vm of a finished pod", "vm", e.vm)
+	}()
 }
 
 // restart starts again the containers whose session ended and whose

@@ -361,3 +361,42 @@ func TestNodeSpec(t *testing.T) {
 }
 
 func vkLogOpts() vkapi.ContainerLogOpts { return vkapi.ContainerLogOpts{} }
+
+func (f *fakeBanger) StopVM(_ context.Context, ref string, _ api.StopVMRequest) (model.VM, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.call("stopvm " + ref)
+	vm, ok := f.vms[ref]
+	if !ok {
+		return model.VM{}, errdefs.Errorf(errdefs.CodeNotFound, "vm %q not found", ref)
+	}
+	vm.State = model.VMStopped
+	return *vm, nil
+}
+
+func TestFinishedPodStopsItsVM(t *testing.T) {
+	f := newFake()
+	pod := testPod("f", "ffff", "default", corev1.RestartPolicyNever)
+	p := newProvider(f, pod)
+	ctx := context.Background()
+	if err := p.CreatePod(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	f.setSession("k8s-ffff", "main", model.SessionFailed, 3)
+	st, err := p.GetPodStatus(ctx, "default", "f")
+	if err != nil || st.Phase != corev1.PodFailed {
+		t.Fatalf("status %+v, %v", st, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for f.count("stopvm k8s-ffff") == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The stopped VM's sessions still say how the pod ended.
+	st, err = p.GetPodStatus(ctx, "default", "f")
+	if err != nil || st.Phase != corev1.PodFailed || st.ContainerStatuses[0].State.Terminated.ExitCode != 3 {
+		t.Fatalf("status after stop %+v, %v", st, err)
+	}
+	if n := f.count("stopvm "); n != 1 {
+		t.Fatalf("VM stopped %d times, want once (calls %v)", n, f.calls)
+	}
+}
