@@ -147,7 +147,7 @@ func run() error {
 	mux := http.NewServeMux()
 	n, err := nodeutil.NewNode(f.nodeName, func(pc nodeutil.ProviderConfig) (nodeutil.Provider, node.NodeProvider, error) {
 		prov = provider.New(b, pc.Pods, f.nodeIP, log)
-		return prov, nil, nil
+		return prov, provider.NewHealth(b, pc.Node, 10*time.Second), nil
 	},
 		nodeutil.WithClient(client),
 		func(c *nodeutil.NodeConfig) error {

@@ -28,7 +28,8 @@ func buildVK(t *testing.T) string {
 	t.Helper()
 	out := filepath.Join(binDir, "banger-vk")
 	vkOnce.Do(func() {
-		cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-o", out, "./cmd/banger-vk")
+		// The flags of `make build`, so the compiled client-go is shared.
+		cmd := exec.Command("go", "build", "-buildvcs=false", "-o", out, "./cmd/banger-vk")
 		cmd.Dir = "../.."
 		if b, err := cmd.CombinedOutput(); err != nil {
 			vkErr = fmt.Errorf("build banger-vk: %v\n%s", err, b)
@@ -250,8 +251,9 @@ func TestKubePodExitCodeLogsAndDelete(t *testing.T) {
 }
 
 // TestKubeLongRunningExecRestart: a long-running pod is Running, kubectl
-// exec runs in its VM, and killing and restarting banger-vk keeps the same
-// VM (no second one); deleting the pod then deletes it.
+// exec runs in its VM, killing and restarting banger-vk keeps the same VM
+// (no second one), stopping bangerd makes the node NotReady until it is
+// back; deleting the pod then deletes the VM.
 func TestKubeLongRunningExecRestart(t *testing.T) {
 	n := newKubeNode(t)
 	uid := n.applyPod("sleeper", "default", "Always", "sleep", "3600")
@@ -280,6 +282,24 @@ func TestKubeLongRunningExecRestart(t *testing.T) {
 	if out := n.kubectl("exec", "sleeper", "--", "echo", "again"); out != "again\n" {
 		t.Fatalf("kubectl exec after restart: %q", out)
 	}
+
+	// bangerd going away makes the node NotReady; back, Ready again, and
+	// the pod still runs in the same VM (bangerd keeps VMs across its
+	// restarts).
+	n.h.MustRun("daemon", "stop")
+	n.waitFor(time.Minute, "False", "get", "node", n.name, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
+	if reason := n.kubectl("get", "node", n.name, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].reason}`); reason != "BangerdUnreachable" {
+		t.Fatalf("NotReady reason %q", reason)
+	}
+	n.h.MustRun("vm", "list") // starts bangerd again
+	n.waitReady()
+	if out := n.kubectl("exec", "sleeper", "--", "echo", "back"); out != "back\n" {
+		t.Fatalf("kubectl exec after restarting bangerd: %q", out)
+	}
+	if vms := n.podVMs(); len(vms) != 1 || vms[0].ID != vm.ID {
+		t.Fatalf("after restarting bangerd: pod VMs %+v, want only %s", vms, vm.ID)
+	}
+
 	n.kubectl("delete", "pod", "sleeper", "--wait=true", "--timeout=2m")
 	n.waitNoVM(vm.Name)
 	n.h.AssertNoLeaks()

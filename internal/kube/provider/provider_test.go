@@ -400,3 +400,70 @@ func TestFinishedPodStopsItsVM(t *testing.T) {
 		t.Fatalf("VM stopped %d times, want once (calls %v)", n, f.calls)
 	}
 }
+
+func readyOf(n *corev1.Node) corev1.NodeCondition {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c
+		}
+	}
+	return corev1.NodeCondition{}
+}
+
+func TestSetReadyFollowsBangerd(t *testing.T) {
+	n := Node(NodeConfig{Name: "h1", IP: "127.0.0.1", Port: 10250, CPUs: 1, MemoryMiB: 1, Pods: 1})
+	if readyOf(&n).Status != corev1.ConditionFalse {
+		t.Fatal("a new node must not be Ready before bangerd answered")
+	}
+	t0 := time.Unix(1700000000, 0)
+	if !SetReady(&n, nil, t0) || readyOf(&n).Status != corev1.ConditionTrue {
+		t.Fatalf("healthy: %+v", readyOf(&n))
+	}
+	if SetReady(&n, nil, t0.Add(time.Second)) {
+		t.Fatal("no change reported as a change")
+	}
+	if !SetReady(&n, fmt.Errorf("dial unix /x.sock: connection refused"), t0.Add(2*time.Second)) {
+		t.Fatal("bangerd going away is a change")
+	}
+	c := readyOf(&n)
+	if c.Status != corev1.ConditionFalse || c.Reason != "BangerdUnreachable" || !strings.Contains(c.Message, "connection refused") || !c.LastTransitionTime.Equal(&metav1.Time{Time: t0.Add(2 * time.Second)}) {
+		t.Fatalf("unhealthy: %+v", c)
+	}
+}
+
+type sickBanger struct {
+	*fakeBanger
+	mu  sync.Mutex
+	err error
+}
+
+func (s *sickBanger) Health(context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+func TestHealthNotifiesChanges(t *testing.T) {
+	b := &sickBanger{fakeBanger: newFake()}
+	n := Node(NodeConfig{Name: "h1"})
+	h := NewHealth(b, &n, 10*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan corev1.ConditionStatus, 10)
+	h.NotifyNodeStatus(ctx, func(n *corev1.Node) { got <- readyOf(n).Status })
+	if s := <-got; s != corev1.ConditionTrue {
+		t.Fatalf("first status %s", s)
+	}
+	b.mu.Lock()
+	b.err = fmt.Errorf("gone")
+	b.mu.Unlock()
+	if s := <-got; s != corev1.ConditionFalse {
+		t.Fatalf("after bangerd went away: %s", s)
+	}
+	b.mu.Lock()
+	b.err = nil
+	b.mu.Unlock()
+	if s := <-got; s != corev1.ConditionTrue {
+		t.Fatalf("after bangerd came back: %s", s)
+	}
+}
