@@ -24,7 +24,7 @@ var (
 
 // buildVK builds cmd/banger-vk into binDir once per run (it carries
 // client-go, so only the kube tests pay for it).
-func buildVK(t *testing.T) string {
+func buildVK(t testing.TB) string {
 	t.Helper()
 	out := filepath.Join(binDir, "banger-vk")
 	vkOnce.Do(func() {
@@ -44,7 +44,7 @@ func buildVK(t *testing.T) string {
 // kubeNode is a banger host joined to a test control plane: one bangerd
 // (the harness's) and one banger-vk.
 type kubeNode struct {
-	t    *testing.T
+	t    testing.TB
 	h    *Harness
 	cp   *kube.ControlPlane
 	name string
@@ -55,7 +55,7 @@ type kubeNode struct {
 	log  string
 }
 
-func newKubeNode(t *testing.T) *kubeNode {
+func newKubeNode(t testing.TB) *kubeNode {
 	t.Helper()
 	h := NewHarness(t)
 	cp := kube.Start(t, kube.Bins(t))
@@ -153,6 +153,12 @@ func (n *kubeNode) waitReady() {
 // returns its UID.
 func (n *kubeNode) applyPod(name, image, restart string, command ...string) string {
 	n.t.Helper()
+	return n.applyPodMem(name, image, restart, "512Mi", command...)
+}
+
+// applyPodMem is applyPod with a memory limit.
+func (n *kubeNode) applyPodMem(name, image, restart, memory string, command ...string) string {
+	n.t.Helper()
 	var cmd strings.Builder
 	for i, c := range command {
 		if i > 0 {
@@ -177,8 +183,8 @@ spec:
     image: %s
     command: [%s]
     resources:
-      limits: {cpu: "1", memory: 512Mi}
-`, name, n.name, restart, image, cmd.String())
+      limits: {cpu: "1", memory: %s}
+`, name, n.name, restart, image, cmd.String(), memory)
 	path := filepath.Join(n.t.TempDir(), name+".yaml")
 	if err := os.WriteFile(path, []byte(manifest), 0o600); err != nil {
 		n.t.Fatal(err)
@@ -344,4 +350,72 @@ func TestKubeUnknownImageAndOrphan(t *testing.T) {
 	n.waitReady()
 	n.waitNoVM(vm.Name)
 	n.h.AssertNoLeaks()
+}
+
+// waitPhase polls a pod's phase every 100ms until it is want and returns
+// how long that took from start.
+func (n *kubeNode) waitPhase(name, want string, start time.Time, timeout time.Duration) time.Duration {
+	n.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		out, _, err := n.cp.Kubectl(ctx, "get", "pod", name, "-o", "jsonpath={.status.phase}")
+		cancel()
+		if err == nil && out == want {
+			return time.Since(start)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	n.t.Fatalf("pod %s not %s after %s", name, want, timeout)
+	return 0
+}
+
+// BenchmarkKubePodVsVMRun compares a pod's create to Running (its VM
+// booted and its command started as a session) with `banger vm run --rm
+// -- true` on the same host in the same run (the ratio of the medians;
+// goal <= 1.2), then times 10 pods created at once until all are Running
+// on the one node.
+func BenchmarkKubePodVsVMRun(b *testing.B) {
+	n := newKubeNode(b)
+	n.h.MustRun("vm", "run", "--rm", "--", "true") // the default image and kernel exist from here on
+	var pod, run []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for j := 0; j < 3; j++ {
+			name := fmt.Sprintf("bench-%d-%d", i, j)
+			start := time.Now()
+			uid := n.applyPod(name, "default", "Never", "sleep", "600")
+			pod = append(pod, n.waitPhase(name, "Running", start, 5*time.Minute))
+			b.StopTimer()
+			n.kubectl("delete", "pod", name, "--wait=true", "--timeout=2m")
+			n.waitNoVM("k8s-" + uid)
+			b.StartTimer()
+
+			start = time.Now()
+			n.h.MustRun("vm", "run", "--rm", "--", "true")
+			run = append(run, time.Since(start))
+		}
+	}
+	b.StopTimer()
+	mp, mr := median(pod), median(run)
+	b.ReportMetric(mp.Seconds(), "s/pod-running")
+	b.ReportMetric(mr.Seconds(), "s/vm-run-true")
+	b.ReportMetric(mp.Seconds()/mr.Seconds(), "ratio-pod/vmrun")
+
+	start := time.Now()
+	var names []string
+	for i := range 10 {
+		name := fmt.Sprintf("many-%d", i)
+		names = append(names, name)
+		n.applyPodMem(name, "default", "Never", "256Mi", "sleep", "600")
+	}
+	var all time.Duration
+	for _, name := range names {
+		all = n.waitPhase(name, "Running", start, 15*time.Minute)
+	}
+	b.ReportMetric(all.Seconds(), "s/10-pods-running")
+	n.kubectl("delete", "pods", "--all", "--wait=true", "--timeout=5m")
+	for _, vm := range n.podVMs() {
+		n.waitNoVM(vm.Name)
+	}
 }
