@@ -293,7 +293,8 @@ func (p *Provider) GetPods(_ context.Context) ([]*corev1.Pod, error) {
 
 // GetPodStatus reads the pod's VM and sessions from bangerd and maps them
 // (podvm.PodStatus). Containers that ended and are due a restart under
-// the pod's restartPolicy are started again here (the status is polled).
+// the pod's restartPolicy are started again here (the status is polled),
+// and so are containers whose start failed.
 func (p *Provider) GetPodStatus(ctx context.Context, namespace, name string) (*corev1.PodStatus, error) {
 	e := p.get(namespace, name)
 	if e == nil {
@@ -368,12 +369,11 @@ func (p *Provider) stopFinished(e *entry, uid types.UID) {
 	}()
 }
 
-// restart starts again the containers whose session ended and whose
-// restart is due; it reports whether it started any.
+// restart starts the containers that have no session (a start that
+// failed in CreatePod is tried again here) and starts again those whose
+// session ended and whose restart is due; it reports whether it started
+// any.
 func (p *Provider) restart(ctx context.Context, e *entry, pod *corev1.Pod, sessions []model.Session) bool {
-	if pod.Spec.RestartPolicy == corev1.RestartPolicyNever {
-		return false
-	}
 	// Statuses are polled one pod after another: never wait here behind
 	// a create that is still booting the VM; the next poll tries again.
 	unlock, ok := p.lock.TryLock(string(pod.UID))
@@ -387,12 +387,19 @@ func (p *Provider) restart(ctx context.Context, e *entry, pod *corev1.Pod, sessi
 	}
 	byName := map[string]model.Session{}
 	for _, s := range sessions {
-		byName[s.Name] = s
+		if prev, ok := byName[s.Name]; !ok || s.CreatedAt.After(prev.CreatedAt) {
+			byName[s.Name] = s
+		}
 	}
 	started := false
 	for _, want := range plan.Sessions {
 		s, ok := byName[want.Name]
 		if !ok {
+			if _, err := p.b.StartSession(ctx, e.vm, want); err != nil && !isLaunchFailure(err) {
+				p.log.Warn("start container", "vm", e.vm, "session", want.Name, "err", err)
+				continue
+			}
+			started = true
 			continue
 		}
 		done, code := podvm.Finished(s)
@@ -505,11 +512,13 @@ func (p *Provider) RunInContainer(ctx context.Context, namespace, podName, conta
 		return vkerrdefs.InvalidInputf("exec with a terminal (-t) is not supported on banger nodes yet")
 	}
 	req := api.ExecRequest{Command: cmd}
+	p.mu.Lock()
 	for _, c := range e.pod.Spec.Containers {
 		if c.Name == containerName {
 			req.Cwd = c.WorkingDir
 		}
 	}
+	p.mu.Unlock()
 	stdout, stderr := attach.Stdout(), attach.Stderr()
 	var out, errw io.Writer = io.Discard, io.Discard
 	if stdout != nil {

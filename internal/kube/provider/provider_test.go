@@ -34,6 +34,9 @@ type fakeBanger struct {
 	vms      map[string]*model.VM
 	sessions map[string][]model.Session
 	calls    []string
+	// failStarts makes the next StartSession calls fail (not a launch
+	// failure: no session is recorded).
+	failStarts int
 }
 
 func newFake() *fakeBanger {
@@ -113,6 +116,10 @@ func (f *fakeBanger) StartSession(_ context.Context, vm string, req api.StartSes
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.call("start " + vm + " " + req.Name)
+	if f.failStarts > 0 {
+		f.failStarts--
+		return model.Session{}, errdefs.Errorf(errdefs.CodeUnavailable, "ssh: connection reset")
+	}
 	s := model.Session{ID: fmt.Sprintf("s%d", len(f.calls)), Name: req.Name, Status: model.SessionRunning, CreatedAt: time.Now()}
 	f.sessions[vm] = append(f.sessions[vm], s)
 	return s, nil
@@ -465,5 +472,31 @@ func TestHealthNotifiesChanges(t *testing.T) {
 	b.mu.Unlock()
 	if s := <-got; s != corev1.ConditionTrue {
 		t.Fatalf("after bangerd came back: %s", s)
+	}
+}
+
+func TestFailedSessionStartIsRetriedByStatus(t *testing.T) {
+	f := newFake()
+	f.failStarts = 1
+	pod := testPod("s", "ssss", "default", corev1.RestartPolicyNever)
+	p := newProvider(f, pod)
+	ctx := context.Background()
+	if err := p.CreatePod(ctx, pod); err == nil {
+		t.Fatal("CreatePod hid a failed session start")
+	}
+	// The pod controller's retry finds the pod known (GetPod) and does
+	// not create it again; the status poll starts the missing session.
+	if _, err := p.GetPod(ctx, "default", "s"); err != nil {
+		t.Fatal(err)
+	}
+	st, err := p.GetPodStatus(ctx, "default", "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.count("create ") != 1 || f.count("start ") != 2 {
+		t.Fatalf("calls %v: want one VM and the session started on the next status", f.calls)
+	}
+	if st.Phase != corev1.PodRunning || st.ContainerStatuses[0].RestartCount != 0 {
+		t.Fatalf("status %+v", st)
 	}
 }
