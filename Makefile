@@ -57,7 +57,8 @@ lint:
 # Every benchmark reports ratios against a baseline measured in the same
 # run: create time 20 GiB vs 1 GiB image, vm run vs a bare QEMU boot, session
 # send vs a bare ssh, workspace prepare vs tar over ssh, pooled vs fresh SSH,
-# a Kubernetes pod to Running vs vm run.
+# vm cp vs tar over vm ssh, a published port vs a direct connection, a
+# Kubernetes pod to Running vs vm run.
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./internal/...
 	BANGER_E2E=1 BANGER_BENCH=1 $(GO) test -count=1 -timeout 60m -v -run 'Bench' -bench . -benchtime 1x ./test/e2e/

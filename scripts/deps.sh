@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   qemu-system-x86 qemu-utils mmdebstrap debootstrap busybox-static
   nftables iptables e2fsprogs openssh-client openssh-server iproute2 git
-  lz4 zstd cpio xfsprogs kmod dmsetup shellcheck ca-certificates
+  lz4 zstd cpio xfsprogs kmod dmsetup shellcheck ca-certificates tmux
 )
 
 missing=()
@@ -30,6 +30,13 @@ if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
 fi
 command -v go >/dev/null 2>&1 || { echo "deps: Go 1.26 is required (https://go.dev/dl)" >&2; exit 1; }
 go mod download
+
+# E2B's npm SDK for the compatibility tests (skipped without node).
+if command -v npm >/dev/null 2>&1; then
+  "$(dirname "$0")/e2b-sdk.sh"
+else
+  echo "deps: no npm: the E2B SDK tests will be skipped" >&2
+fi
 
 # The Kubernetes control plane the kube tests start (etcd, kube-apiserver,
 # kubectl), built from Go modules once per version and cached outside the

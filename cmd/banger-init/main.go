@@ -14,7 +14,8 @@
 // reboot` there (minimal images have no logind, which would otherwise do it).
 // `banger-init recv` receives a stream from the daemon over the data
 // channel of internal/transfer (workspaces use it: it is much faster than
-// the SSH session under software emulation).
+// the SSH session under software emulation). `banger-init envd` serves
+// E2B's in-sandbox API (internal/envd) on port 49983.
 //
 // It owns nothing on the host; the parsing and rendering live in
 // internal/guestinit so they can be tested without a guest.
@@ -35,6 +36,9 @@ func main() {
 	}
 	if len(os.Args) > 1 && os.Args[1] == "recv" {
 		os.Exit(recv(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "envd" {
+		os.Exit(runEnvd(os.Args[2:]))
 	}
 	if len(os.Args) > 1 && os.Args[1] == "watch-power" {
 		watchPowerSystemd()

@@ -13,30 +13,68 @@ import (
 	"github.com/banger/banger/internal/errdefs"
 )
 
-// attachSession bridges a hijacked connection and Service.AttachSession.
-//
-// The 101 answer is sent lazily: as soon as AttachSession reads Stdin or
-// writes output, or returns nil. An error it returns before that (not
-// found, another attachment holds the session) is a plain JSON error with
-// its status, so the client never sees a 101 for an attachment that did
-// not happen.
+// attachSession serves a session attachment over the attach framing.
 func (h *handler) attachSession(w http.ResponseWriter, r *http.Request) {
-	if !headerHas(r.Header, "Connection", "upgrade") || !strings.EqualFold(r.Header.Get("Upgrade"), AttachProtocol) {
+	vmRef, sRef := r.PathValue("ref"), r.PathValue("s")
+	req := AttachRequest{From: r.URL.Query().Get("from")}
+	h.serveAttached(w, r, true,
+		func(ctx context.Context, aio AttachIO) error {
+			return h.svc.AttachSession(ctx, vmRef, sRef, req, aio)
+		},
+		func(ctx context.Context) int {
+			// The session's record has the exit code of what just ended.
+			if ss, err := h.svc.GetSession(ctx, vmRef, sRef); err == nil && ss.ExitCode != nil {
+				return *ss.ExitCode
+			}
+			return 0
+		})
+}
+
+// execAttached serves an exec whose stdin (and terminal) the client
+// streams, over the attach framing; the end frame carries the exit code.
+func (h *handler) execAttached(w http.ResponseWriter, r *http.Request, req ExecRequest) {
+	code := 0
+	h.serveAttached(w, r, false,
+		func(ctx context.Context, aio AttachIO) error {
+			var err error
+			code, err = h.svc.ExecVMAttached(ctx, r.PathValue("ref"), req, aio)
+			return err
+		},
+		func(context.Context) int { return code })
+}
+
+// isUpgrade reports whether r asks for the attach framing.
+func isUpgrade(r *http.Request) bool {
+	return headerHas(r.Header, "Connection", "upgrade") && strings.EqualFold(r.Header.Get("Upgrade"), AttachProtocol)
+}
+
+// serveAttached bridges a hijacked connection and run.
+//
+// The 101 answer is sent lazily: as soon as run reads Stdin or writes
+// output, or returns nil. An error it returns before that (not found,
+// another attachment holds the session, the VM is not running) is a plain
+// JSON error with its status, so the client never sees a 101 for an
+// attachment that did not happen. With session, a detach or end-of-input
+// frame ends the attachment as "detached"; otherwise (an exec) both only
+// end Stdin. exitCode gives the code for the end frame of a run that ended
+// by itself.
+func (h *handler) serveAttached(w http.ResponseWriter, r *http.Request, session bool, run func(context.Context, AttachIO) error, exitCode func(context.Context) int) {
+	if !isUpgrade(r) {
 		writeError(w, errdefs.Errorf(errdefs.CodeInvalid, "attach needs the headers Connection: Upgrade and Upgrade: %s", AttachProtocol))
 		return
 	}
-	vmRef, sRef := r.PathValue("ref"), r.PathValue("s")
 	// The request context ends when this handler returns or, once hijacked,
 	// never by itself: a's own context ends when the client goes away.
 	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
 	defer cancel()
-	a := &attachment{w: w, cancel: cancel}
+	a := &attachment{w: w, cancel: cancel, session: session, resize: make(chan WindowSize, 1)}
 	pr, pw := io.Pipe()
 	a.stdinW = pw
 	aio := AttachIO{
 		Stdin:  &attachStdin{a: a, r: pr},
 		Stdout: &attachOut{a: a, typ: AttachStdout},
 		Stderr: &attachOut{a: a, typ: AttachStderr},
+		Resize: a.resize,
 	}
 	// Before the upgrade, the client's disconnect must still end the work.
 	stopEarly := context.AfterFunc(r.Context(), func() {
@@ -44,7 +82,7 @@ func (h *handler) attachSession(w http.ResponseWriter, r *http.Request) {
 			cancel()
 		}
 	})
-	err := h.svc.AttachSession(ctx, vmRef, sRef, aio)
+	err := run(ctx, aio)
 	stopEarly()
 	pr.Close() // unblocks the frame reader if it is writing stdin
 	if !a.isUpgraded() {
@@ -65,10 +103,7 @@ func (h *handler) attachSession(w http.ResponseWriter, r *http.Request) {
 		e := asError(err)
 		end.Error, end.Code = e.Message, e.Code
 	} else if end.Reason == AttachExited {
-		// The session's record has the exit code of what just ended.
-		if ss, gerr := h.svc.GetSession(ctx, vmRef, sRef); gerr == nil && ss.ExitCode != nil {
-			end.ExitCode = *ss.ExitCode
-		}
+		end.ExitCode = exitCode(ctx)
 	}
 	payload, _ := json.Marshal(end)
 	a.writeFrame(AttachEnd, payload)
@@ -88,9 +123,11 @@ func headerHas(h http.Header, name, token string) bool {
 
 // attachment is the server side of one attach connection.
 type attachment struct {
-	w      http.ResponseWriter
-	cancel context.CancelFunc
-	stdinW *io.PipeWriter
+	w       http.ResponseWriter
+	cancel  context.CancelFunc
+	stdinW  *io.PipeWriter
+	session bool            // a session attachment: end of input detaches
+	resize  chan WindowSize // capacity 1: the latest size not yet taken
 
 	mu       sync.Mutex // guards the fields below and serialises frame writes
 	upgraded bool
@@ -143,9 +180,9 @@ func (a *attachment) upgrade() error {
 	return nil
 }
 
-// readFrames feeds stdin frames to the pipe until detach or disconnect;
-// either one ends Stdin with EOF. A vanished client also cancels the
-// attachment's context.
+// readFrames feeds stdin frames to the pipe and resize frames to the
+// resize channel until detach or disconnect; either one ends Stdin with
+// EOF. A vanished client also cancels the attachment's context.
 func (a *attachment) readFrames(r io.Reader) {
 	for {
 		typ, payload, err := ReadAttachFrame(r)
@@ -159,16 +196,36 @@ func (a *attachment) readFrames(r io.Reader) {
 		}
 		switch typ {
 		case AttachStdin:
-			if _, err := a.stdinW.Write(payload); err != nil {
-				return // AttachSession returned and closed the pipe
+			// A write after the end of input (or after run returned) fails
+			// on the closed pipe and is dropped; keep reading, so that a
+			// closed connection or a resize is still noticed.
+			_, _ = a.stdinW.Write(payload)
+		case AttachResize:
+			if ws, err := ParseWindowSize(payload); err == nil {
+				a.setSize(ws)
 			}
-		case AttachDetach:
-			a.mu.Lock()
-			a.detached = true
-			a.mu.Unlock()
+		case AttachDetach, AttachStdinEOF:
+			if a.session {
+				a.mu.Lock()
+				a.detached = true
+				a.mu.Unlock()
+			}
 			a.stdinW.Close()
-			// Keep reading so that a closed connection is noticed; further
-			// stdin is dropped by the closed pipe.
+		}
+	}
+}
+
+// setSize offers ws, replacing a size not yet taken.
+func (a *attachment) setSize(ws WindowSize) {
+	for {
+		select {
+		case a.resize <- ws:
+			return
+		default:
+		}
+		select {
+		case <-a.resize:
+		default:
 		}
 	}
 }

@@ -268,8 +268,11 @@ func (c *Client) Health(ctx context.Context) error {
 	// A daemon that dies with the connection still in its listen backlog
 	// drops it unanswered. For a health check (it changes nothing) that is
 	// a daemon not reachable, like a refused connection.
+	// net/http reports a close that races its request write as "server
+	// closed idle connection", an unexported error matched only by text.
 	if err != nil && !errors.Is(err, ErrDaemonUnreachable) &&
-		(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+		(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+			strings.Contains(err.Error(), "server closed idle connection")) {
 		return &UnreachableError{Socket: c.socket, Err: err}
 	}
 	return err
@@ -369,6 +372,16 @@ func (c *Client) StopVM(ctx context.Context, ref string, req StopVMRequest) (mod
 // RestartVM stops and boots a VM, reporting progress.
 func (c *Client) RestartVM(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
 	return streamFor[model.VM](ctx, c, "POST", "/v1/vms/"+esc(ref)+"/restart", nil, report)
+}
+
+// PauseVM saves a running VM's state to disk and ends its VMM.
+func (c *Client) PauseVM(ctx context.Context, ref string) (model.VM, error) {
+	return callFor[model.VM](ctx, c, "POST", "/v1/vms/"+esc(ref)+"/pause", nil)
+}
+
+// ResumeVM restores a paused VM, reporting progress.
+func (c *Client) ResumeVM(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
+	return streamFor[model.VM](ctx, c, "POST", "/v1/vms/"+esc(ref)+"/resume", nil, report)
 }
 
 // DeleteVM deletes a VM; force stops it first if it runs.
@@ -554,17 +567,40 @@ func (c *Client) RemoveSession(ctx context.Context, vmRef, ref string) error {
 
 // AttachSession attaches to a session. Errors before the attachment (not
 // found, already attached) are *errdefs.Error values.
-func (c *Client) AttachSession(ctx context.Context, vmRef, ref string) (*AttachStream, error) {
+func (c *Client) AttachSession(ctx context.Context, vmRef, ref string, req AttachRequest) (*AttachStream, error) {
+	var q url.Values
+	if req.From != "" {
+		q = url.Values{"from": {req.From}}
+	}
+	return c.upgrade(ctx, sessionPath(vmRef, ref)+"/attach", q, nil)
+}
+
+// ExecVMAttached runs a command in a VM with its stdin (and, with
+// req.TTY, its terminal) streamed: Write sends stdin, CloseStdin ends it,
+// Resize changes the terminal's size, Receive copies the output and
+// returns the exit code in the end frame. Errors before the command
+// started (VM not running, bad request) are *errdefs.Error values.
+func (c *Client) ExecVMAttached(ctx context.Context, ref string, req ExecRequest) (*AttachStream, error) {
+	return c.upgrade(ctx, "/v1/vms/"+esc(ref)+"/exec", nil, req)
+}
+
+// upgrade sends a POST (with in as its JSON body when not nil) asking for
+// the attach framing and returns the stream of the upgraded connection.
+func (c *Client) upgrade(ctx context.Context, path string, q url.Values, in any) (*AttachStream, error) {
+	body, err := jsonBody(in)
+	if err != nil {
+		return nil, err
+	}
 	hdr := http.Header{}
 	hdr.Set("Connection", "Upgrade")
 	hdr.Set("Upgrade", AttachProtocol)
-	resp, err := c.do(ctx, "POST", sessionPath(vmRef, ref)+"/attach", nil, nil, hdr)
+	resp, err := c.do(ctx, "POST", path, q, body, hdr)
 	if err != nil {
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		resp.Body.Close()
-		return nil, &errdefs.Error{Code: errdefs.CodeInternal, Message: "daemon did not upgrade the attach request: " + resp.Status}
+		return nil, &errdefs.Error{Code: errdefs.CodeInternal, Message: "daemon did not upgrade the request: " + resp.Status}
 	}
 	rwc, ok := resp.Body.(io.ReadWriteCloser)
 	if !ok {
@@ -601,6 +637,25 @@ func (a *AttachStream) Detach() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return WriteAttachFrame(a.rwc, AttachDetach, nil)
+}
+
+// CloseStdin ends the input: an exec's command reads end-of-file (a
+// terminal has none, so it sees nothing); a session attachment detaches.
+func (a *AttachStream) CloseStdin() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return WriteAttachFrame(a.rwc, AttachStdinEOF, nil)
+}
+
+// Resize tells the daemon the client's terminal has a new size.
+func (a *AttachStream) Resize(ws WindowSize) error {
+	p, err := json.Marshal(ws)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return WriteAttachFrame(a.rwc, AttachResize, p)
 }
 
 // Receive copies the session's output to stdout and stderr until the

@@ -74,7 +74,7 @@ type route struct {
 }
 
 func (h *handler) routes() []route {
-	return []route{
+	return append([]route{
 		{"GET /v1/version", h.version},
 		{"GET /v1/health", h.health},
 		{"GET /v1/info", h.info},
@@ -98,6 +98,8 @@ func (h *handler) routes() []route {
 		{"POST /v1/vms/{ref}/start", h.startVM},
 		{"POST /v1/vms/{ref}/stop", h.stopVM},
 		{"POST /v1/vms/{ref}/restart", h.restartVM},
+		{"POST /v1/vms/{ref}/pause", h.pauseVM},
+		{"POST /v1/vms/{ref}/resume", h.resumeVM},
 		{"DELETE /v1/vms/{ref}", h.deleteVM},
 		{"PUT /v1/vms/{ref}/net", h.setVMNet},
 		{"GET /v1/vms/{ref}/logs", h.vmLogs},
@@ -122,7 +124,7 @@ func (h *handler) routes() []route {
 		{"GET /v1/vms/{ref}/ports", h.listPorts},
 		{"POST /v1/vms/{ref}/ports", h.addPort},
 		{"DELETE /v1/vms/{ref}/ports/{port}", h.removePort},
-	}
+	}, h.e2bRoutes()...)
 }
 
 // ---- plumbing ----
@@ -528,6 +530,16 @@ func (h *handler) restartVM(w http.ResponseWriter, r *http.Request) {
 	s.finish(h.svc.RestartVM(r.Context(), r.PathValue("ref"), s.progress))
 }
 
+func (h *handler) pauseVM(w http.ResponseWriter, r *http.Request) {
+	v, err := h.svc.PauseVM(r.Context(), r.PathValue("ref"))
+	reply(w, v, err)
+}
+
+func (h *handler) resumeVM(w http.ResponseWriter, r *http.Request) {
+	s := &stream{w: w}
+	s.finish(h.svc.ResumeVM(r.Context(), r.PathValue("ref"), s.progress))
+}
+
 func (h *handler) deleteVM(w http.ResponseWriter, r *http.Request) {
 	force, err := queryBool(r, "force")
 	if err != nil {
@@ -602,6 +614,14 @@ func (h *handler) execVM(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(req.Command) == 0 {
 		writeError(w, errdefs.Errorf(errdefs.CodeInvalid, "invalid request body: field \"command\" is empty: give the command and its arguments"))
+		return
+	}
+	if isUpgrade(r) {
+		h.execAttached(w, r, req)
+		return
+	}
+	if req.TTY {
+		writeError(w, errdefs.Errorf(errdefs.CodeInvalid, "a terminal needs an attached exec: send the headers Connection: Upgrade and Upgrade: %s", AttachProtocol))
 		return
 	}
 	s := &stream{w: w}

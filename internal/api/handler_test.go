@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -29,11 +30,15 @@ type fakeService struct {
 	deleteVM     func(ref string, force bool) error
 	setVMNet     func(ref string, req VMNetRequest) (model.VM, error)
 	setVMTTL     func(ref string, req VMTTLRequest) (model.VM, error)
+	pauseVM      func(ref string) (model.VM, error)
+	resumeVM     func(ref string, p progress.Func) (model.VM, error)
 	vmLogs       func(req LogsRequest, w io.Writer) error
 	execVM       func(req ExecRequest, stdout, stderr io.Writer) (int, error)
 	prepare      func(req WorkspaceRequest, tar io.Reader) (WorkspaceInfo, error)
 	send         func(data io.Reader) (int64, error)
 	attach       func(ctx context.Context, aio AttachIO) error
+	attachReq    AttachRequest
+	execAttached func(ctx context.Context, req ExecRequest, aio AttachIO) (int, error)
 	getSession   func(vm, ref string) (model.Session, error)
 	listSessions func(vm string) ([]model.Session, error)
 	listImages   func() ([]model.Image, error)
@@ -57,6 +62,12 @@ func (f *fakeService) SetVMNet(_ context.Context, ref string, req VMNetRequest) 
 func (f *fakeService) SetVMTTL(_ context.Context, ref string, req VMTTLRequest) (model.VM, error) {
 	return f.setVMTTL(ref, req)
 }
+func (f *fakeService) PauseVM(_ context.Context, ref string) (model.VM, error) {
+	return f.pauseVM(ref)
+}
+func (f *fakeService) ResumeVM(_ context.Context, ref string, p progress.Func) (model.VM, error) {
+	return f.resumeVM(ref, p)
+}
 func (f *fakeService) VMLogs(_ context.Context, _ string, req LogsRequest, w io.Writer) error {
 	// Enums are the domain's to validate; the handler only decodes.
 	if err := model.ValidateLogSource(req.Source); err != nil {
@@ -73,8 +84,12 @@ func (f *fakeService) PrepareWorkspace(_ context.Context, _ string, req Workspac
 func (f *fakeService) SendSession(_ context.Context, _, _ string, data io.Reader) (int64, error) {
 	return f.send(data)
 }
-func (f *fakeService) AttachSession(ctx context.Context, _, _ string, aio AttachIO) error {
+func (f *fakeService) AttachSession(ctx context.Context, _, _ string, req AttachRequest, aio AttachIO) error {
+	f.attachReq = req
 	return f.attach(ctx, aio)
+}
+func (f *fakeService) ExecVMAttached(ctx context.Context, _ string, req ExecRequest, aio AttachIO) (int, error) {
+	return f.execAttached(ctx, req, aio)
 }
 func (f *fakeService) GetSession(_ context.Context, vm, ref string) (model.Session, error) {
 	return f.getSession(vm, ref)
@@ -405,7 +420,7 @@ func TestAttach(t *testing.T) {
 			}
 		}
 	}
-	a, err := c.AttachSession(ctx, "vm", "echo")
+	a, err := c.AttachSession(ctx, "vm", "echo", AttachRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -432,7 +447,7 @@ func TestAttach(t *testing.T) {
 		aio.Stdout.Write([]byte("bye"))
 		return nil
 	}
-	a, err = c.AttachSession(ctx, "vm", "ends")
+	a, err = c.AttachSession(ctx, "vm", "ends", AttachRequest{From: AttachFromStart})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -442,12 +457,15 @@ func TestAttach(t *testing.T) {
 	if err != nil || end.Reason != AttachExited || end.ExitCode != 7 || out2.String() != "bye" {
 		t.Fatalf("exit: %+v %v %q", end, err, out2.String())
 	}
+	if svc.attachReq.From != AttachFromStart {
+		t.Fatalf("attach offset reached the service as %q", svc.attachReq.From)
+	}
 
 	// Refused before anything happened: a plain 409.
 	svc.attach = func(ctx context.Context, aio AttachIO) error {
 		return errdefs.Errorf(errdefs.CodeConflict, "session is attached elsewhere")
 	}
-	_, err = c.AttachSession(ctx, "vm", "busy")
+	_, err = c.AttachSession(ctx, "vm", "busy", AttachRequest{})
 	var e *errdefs.Error
 	if !errors.As(err, &e) || e.Code != errdefs.CodeConflict || HTTPStatus(e.Code) != 409 {
 		t.Fatalf("busy: %#v", err)
@@ -461,7 +479,7 @@ func TestAttach(t *testing.T) {
 		gone <- err
 		return nil
 	}
-	a, err = c.AttachSession(ctx, "vm", "gone")
+	a, err = c.AttachSession(ctx, "vm", "gone", AttachRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -603,5 +621,156 @@ func TestSetVMTTLRoute(t *testing.T) {
 	}
 	if _, err := c.SetVMTTL(context.Background(), "web", VMTTLRequest{TTL: "soon"}); errdefs.CodeOf(err) != errdefs.CodeInvalid {
 		t.Fatalf("invalid ttl: %v", err)
+	}
+}
+
+// An attached exec: the request reaches the service with its terminal,
+// stdin frames become its stdin, resize frames its sizes (the newest
+// replacing one not yet taken), end of input its EOF, and the end frame
+// carries the exit code.
+func TestExecAttached(t *testing.T) {
+	svc := &fakeService{}
+	c, hc := serve(t, svc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var got ExecRequest
+	svc.execAttached = func(ctx context.Context, req ExecRequest, aio AttachIO) (int, error) {
+		got = req
+		fmt.Fprintf(aio.Stdout, "ready\n")
+		ws := <-aio.Resize
+		fmt.Fprintf(aio.Stdout, "size %dx%d\n", ws.Cols, ws.Rows)
+		b, err := io.ReadAll(aio.Stdin)
+		fmt.Fprintf(aio.Stdout, "stdin %q %v\n", b, err)
+		return 3, nil
+	}
+	a, err := c.ExecVMAttached(ctx, "vm", ExecRequest{Command: []string{"top"}, TTY: true, Term: "xterm", Size: &WindowSize{Cols: 100, Rows: 30}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	var out syncBuffer
+	done := make(chan AttachEndInfo, 1)
+	go func() {
+		end, err := a.Receive(&out, io.Discard)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- end
+	}()
+	waitFor(t, func() bool { return out.String() == "ready\n" })
+	a.Resize(WindowSize{Cols: 1, Rows: 1})
+	a.Resize(WindowSize{Cols: 0, Rows: 5}) // invalid: dropped
+	waitFor(t, func() bool { return strings.Contains(out.String(), "size") })
+	a.Write([]byte("ab"))
+	a.Write([]byte("c"))
+	a.CloseStdin()
+	end := <-done
+	if end.Reason != AttachExited || end.ExitCode != 3 || end.Error != "" {
+		t.Fatalf("end %+v", end)
+	}
+	if want := "ready\nsize 1x1\nstdin \"abc\" <nil>\n"; out.String() != want {
+		t.Fatalf("output %q, want %q", out.String(), want)
+	}
+	if !got.TTY || got.Term != "xterm" || got.Size == nil || *got.Size != (WindowSize{Cols: 100, Rows: 30}) || got.Command[0] != "top" {
+		t.Fatalf("request reached the service as %+v", got)
+	}
+
+	// Refused before it started: a plain error, no upgrade.
+	svc.execAttached = func(context.Context, ExecRequest, AttachIO) (int, error) {
+		return -1, errdefs.Errorf(errdefs.CodeConflict, "vm vm is not running")
+	}
+	_, err = c.ExecVMAttached(ctx, "vm", ExecRequest{Command: []string{"top"}})
+	var e *errdefs.Error
+	if !errors.As(err, &e) || e.Code != errdefs.CodeConflict {
+		t.Fatalf("refused exec: %#v", err)
+	}
+	// A terminal without the upgrade is refused.
+	status, body, _ := rawDo(t, hc, "POST", "/v1/vms/x/exec", `{"command":["top"],"tty":true}`)
+	if status != 400 || !strings.Contains(body, "Upgrade") {
+		t.Fatalf("tty without upgrade: %d %s", status, body)
+	}
+}
+
+func TestParseWindowSize(t *testing.T) {
+	if ws, err := ParseWindowSize([]byte(`{"cols":120,"rows":40}`)); err != nil || ws != (WindowSize{Cols: 120, Rows: 40}) {
+		t.Fatalf("valid: %+v %v", ws, err)
+	}
+	for _, bad := range []string{``, `{`, `{"cols":0,"rows":40}`, `{"cols":80,"rows":-1}`, `{"cols":80,"rows":10001}`, `[1,2]`} {
+		if _, err := ParseWindowSize([]byte(bad)); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// On a session attachment the end of input detaches (an exec's only ends
+// its stdin), and resize frames reach the service.
+func TestAttachEndOfInputAndResize(t *testing.T) {
+	svc := &fakeService{}
+	c, _ := serve(t, svc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	svc.attach = func(ctx context.Context, aio AttachIO) error {
+		fmt.Fprintln(aio.Stdout, "up")
+		ws := <-aio.Resize
+		fmt.Fprintf(aio.Stdout, "%dx%d\n", ws.Cols, ws.Rows)
+		_, err := io.Copy(io.Discard, aio.Stdin)
+		return err
+	}
+	a, err := c.AttachSession(ctx, "vm", "s", AttachRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	var out syncBuffer
+	done := make(chan AttachEndInfo, 1)
+	go func() {
+		end, err := a.Receive(&out, io.Discard)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- end
+	}()
+	waitFor(t, func() bool { return out.String() == "up\n" })
+	a.Resize(WindowSize{Cols: 132, Rows: 43})
+	waitFor(t, func() bool { return out.String() == "up\n132x43\n" })
+	a.CloseStdin()
+	if end := <-done; end.Reason != AttachDetached {
+		t.Fatalf("end of input on a session attachment: %+v, want detached", end)
+	}
+}
+
+// Pause answers the VM; resume streams progress, then the VM; errors keep
+// their kind.
+func TestPauseResumeRoutes(t *testing.T) {
+	svc := &fakeService{
+		pauseVM: func(ref string) (model.VM, error) {
+			if ref == "gone" {
+				return model.VM{}, errdefs.Errorf(errdefs.CodeConflict, "vm gone is not running")
+			}
+			return model.VM{Name: ref, State: model.VMPaused}, nil
+		},
+		resumeVM: func(ref string, p progress.Func) (model.VM, error) {
+			p(progress.Event{Phase: "restore", Message: "restoring"})
+			if ref == "web2" {
+				return model.VM{}, errdefs.Errorf(errdefs.CodeConflict, "vm web2 is not paused")
+			}
+			return model.VM{Name: ref, State: model.VMRunning}, nil
+		},
+	}
+	c, _ := serve(t, svc)
+	ctx := context.Background()
+	if vm, err := c.PauseVM(ctx, "web"); err != nil || vm.State != model.VMPaused {
+		t.Fatalf("PauseVM = %+v, %v", vm, err)
+	}
+	if _, err := c.PauseVM(ctx, "gone"); errdefs.CodeOf(err) != errdefs.CodeConflict {
+		t.Fatalf("PauseVM of a stopped vm: %v", err)
+	}
+	var phases []string
+	vm, err := c.ResumeVM(ctx, "web", func(e progress.Event) { phases = append(phases, e.Phase) })
+	if err != nil || vm.State != model.VMRunning || strings.Join(phases, ",") != "restore" {
+		t.Fatalf("ResumeVM = %+v, %v (phases %v)", vm, err, phases)
+	}
+	if _, err := c.ResumeVM(ctx, "web2", nil); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "not paused") {
+		t.Fatalf("ResumeVM of a running vm: %v", err)
 	}
 }

@@ -112,7 +112,16 @@ type CreateVMRequest struct {
 	// A deadline counted from the create (docs/ARCHITECTURE.md,
 	// "Deadlines"): the daemon validates both; empty TTL is none.
 	TTL       string `json:"ttl,omitempty"`        // e.g. "90s", "10m", "2h", "7d"
-	TTLAction string `json:"ttl_action,omitempty"` // delete (default) or stop
+	TTLAction string `json:"ttl_action,omitempty"` // delete (default) or stop; also for IdleTimeout
+	// IdleTimeout deletes (or stops, TTLAction) the VM once it has been
+	// idle that long while running: no exec, session I/O, file operation
+	// or forwarded connection. Empty is none.
+	IdleTimeout string `json:"idle_timeout,omitempty"`
+
+	// Publish are ports to publish, [HOSTADDR:]HOSTPORT:GUESTPORT[/tcp]
+	// each: their host ports are taken before the VM is made, so a port
+	// in use fails the create with nothing made.
+	Publish []string `json:"publish,omitempty"`
 }
 
 // VMNetRequest changes a VM's network policy. A field left out keeps the
@@ -128,11 +137,13 @@ type VMNetRequest struct {
 }
 
 // VMTTLRequest sets a VM's deadline to TTL from now, or clears it (TTL
-// "none"). An empty Action keeps the VM's current one (delete when it had
-// none).
+// "none"), and its idle timeout to Idle (or clears it, "none"); an empty
+// one is left as it is, but one must be given. An empty Action keeps the
+// VM's current one (delete when it had none).
 type VMTTLRequest struct {
 	TTL    string `json:"ttl"`
 	Action string `json:"action,omitempty"`
+	Idle   string `json:"idle,omitempty"`
 }
 
 // StopVMRequest tunes a stop.
@@ -153,6 +164,13 @@ type ExecRequest struct {
 	Command []string          `json:"command"` // argv; quoted for the guest shell by the daemon
 	Env     map[string]string `json:"env,omitempty"`
 	Cwd     string            `json:"cwd,omitempty"`
+	// TTY runs the command on a pseudo-terminal in the guest (an attached
+	// exec only): its stdin, stdout and stderr are the terminal, so all
+	// output comes as stdout. Size is the terminal's first size (default
+	// 80x24); Term its TERM (default xterm-256color).
+	TTY  bool        `json:"tty,omitempty"`
+	Size *WindowSize `json:"size,omitempty"`
+	Term string      `json:"term,omitempty"`
 }
 
 // SSHInfo is what the CLI needs to exec the system ssh into a VM.
@@ -203,6 +221,11 @@ type StartSessionRequest struct {
 	Cwd     string            `json:"cwd,omitempty"`
 	Stdin   string            `json:"stdin,omitempty"` // pipe (default) or closed
 	Require []string          `json:"require,omitempty"`
+	// TTY runs the command on a pseudo-terminal in the guest (its stdin
+	// must be pipe): input goes to the terminal, all output to stdout.log.
+	// Size is the terminal's first size (default 80x24).
+	TTY  bool        `json:"tty,omitempty"`
+	Size *WindowSize `json:"size,omitempty"`
 }
 
 // SessionLogsRequest selects a session's output.
@@ -218,13 +241,31 @@ type StopSessionRequest struct {
 	TimeoutSeconds int    `json:"timeout_seconds,omitempty"` // then KILL; 0 = default 10
 }
 
-// AttachIO is one attachment's streams. Stdin ends (EOF) when the client
-// detaches; Stdout and Stderr carry the session's output from the point of
-// attachment.
+// AttachRequest tunes a session attachment.
+type AttachRequest struct {
+	// From is where the output starts: AttachFromEnd (default), the logs'
+	// ends when the attachment begins in the guest, so that what the
+	// session writes from then on arrives once and in full; or
+	// AttachFromStart, the first byte of the logs (start --attach).
+	From string `json:"from,omitempty"`
+}
+
+// Where an attachment's output starts.
+const (
+	AttachFromEnd   = "end"
+	AttachFromStart = "start"
+)
+
+// AttachIO is one attachment's streams, of a session or of an exec. Stdin
+// ends (EOF) when the client detaches or ends its input; Stdout and Stderr
+// carry the output (of a session: from the attachment's starting offset).
+// Resize, when not nil, delivers the client's terminal sizes: the latest
+// one replaces one not yet taken, so a slow taker sees the newest size.
 type AttachIO struct {
 	Stdin  io.Reader
 	Stdout io.Writer
 	Stderr io.Writer
+	Resize <-chan WindowSize
 }
 
 // Service is what the daemon offers. Refs are a name, a full id or a unique
@@ -252,12 +293,23 @@ type Service interface {
 	StartVM(ctx context.Context, ref string, report progress.Func) (model.VM, error)
 	StopVM(ctx context.Context, ref string, req StopVMRequest) (model.VM, error)
 	RestartVM(ctx context.Context, ref string, report progress.Func) (model.VM, error)
+	// PauseVM saves a running VM's whole state (memory, vCPUs, devices)
+	// in its directory and ends its VMM: state paused. ResumeVM (or
+	// StartVM) restores it; StopVM discards the saved state.
+	PauseVM(ctx context.Context, ref string) (model.VM, error)
+	// ResumeVM restores a paused VM and waits until its guest answers,
+	// with its clock set; sessions and processes go on where they were.
+	ResumeVM(ctx context.Context, ref string, report progress.Func) (model.VM, error)
 	DeleteVM(ctx context.Context, ref string, force bool) error
 	// SetVMNet changes a VM's network policy: live when it runs (the old
 	// one stays if that fails), at its next start otherwise.
 	SetVMNet(ctx context.Context, ref string, req VMNetRequest) (model.VM, error)
 	VMLogs(ctx context.Context, ref string, req LogsRequest, w io.Writer) error
 	ExecVM(ctx context.Context, ref string, req ExecRequest, stdout, stderr io.Writer) (exitCode int, err error)
+	// ExecVMAttached runs a command with its stdin streamed from
+	// aio.Stdin (EOF when the client ends it), on a terminal when req.TTY
+	// (then aio.Resize changes its size). A cancelled ctx ends the command.
+	ExecVMAttached(ctx context.Context, ref string, req ExecRequest, aio AttachIO) (exitCode int, err error)
 	SSHInfo(ctx context.Context, ref string) (SSHInfo, error)
 	Hosts(ctx context.Context) (string, error) // /etc/hosts lines for running VMs
 
@@ -269,7 +321,7 @@ type Service interface {
 	StartSession(ctx context.Context, vmRef string, req StartSessionRequest) (model.Session, error)
 	SessionLogs(ctx context.Context, vmRef, ref string, req SessionLogsRequest, w io.Writer) error
 	SendSession(ctx context.Context, vmRef, ref string, data io.Reader) (int64, error)
-	AttachSession(ctx context.Context, vmRef, ref string, aio AttachIO) error
+	AttachSession(ctx context.Context, vmRef, ref string, req AttachRequest, aio AttachIO) error
 	StopSession(ctx context.Context, vmRef, ref string, req StopSessionRequest) (model.Session, error)
 	KillSession(ctx context.Context, vmRef, ref string, signal string) (model.Session, error)
 	RemoveSession(ctx context.Context, vmRef, ref string) error
@@ -277,6 +329,7 @@ type Service interface {
 	// SetVMTTL sets, extends or clears a VM's deadline.
 	SetVMTTL(ctx context.Context, ref string, req VMTTLRequest) (model.VM, error)
 	Files // files.go
+	E2B   // e2b.go
 
 	// AddPort publishes a port of a running VM; the answer holds the host
 	// port picked for 0. RemovePort takes HOSTPORT or HOSTADDR:HOSTPORT.

@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"io"
 
@@ -61,14 +62,45 @@ type SendResult struct {
 }
 
 // Attach frame types: a byte of type, a 4-byte big-endian payload length,
-// then the payload.
+// then the payload. The same framing carries a session attachment
+// (POST .../sessions/{s}/attach) and an interactive exec (POST
+// .../exec with the Upgrade header): stdin, resize and end-of-input frames
+// from the client; output frames and one end frame from the daemon.
 const (
-	AttachStdin  byte = 'i' // client → daemon: bytes for the session's stdin
-	AttachDetach byte = 'd' // client → daemon: leave the session running
-	AttachStdout byte = 'o' // daemon → client: session stdout
-	AttachStderr byte = 'e' // daemon → client: session stderr
-	AttachEnd    byte = 'x' // daemon → client: AttachEndInfo JSON; the last frame
+	AttachStdin    byte = 'i' // client → daemon: bytes for the stdin (or terminal)
+	AttachDetach   byte = 'd' // client → daemon: leave the session running
+	AttachResize   byte = 'r' // client → daemon: WindowSize JSON: the terminal's new size
+	AttachStdinEOF byte = 'c' // client → daemon: no more stdin (an exec's command reads EOF; a session attachment detaches)
+	AttachStdout   byte = 'o' // daemon → client: stdout (all of a terminal's output)
+	AttachStderr   byte = 'e' // daemon → client: stderr
+	AttachEnd      byte = 'x' // daemon → client: AttachEndInfo JSON; the last frame
 )
+
+// WindowSize is a terminal's size in character cells.
+type WindowSize struct {
+	Cols int `json:"cols"`
+	Rows int `json:"rows"`
+}
+
+// MaxWindowSide bounds each side of a WindowSize.
+const MaxWindowSide = 10000
+
+// Valid reports whether both sides are within 1..MaxWindowSide.
+func (w WindowSize) Valid() bool {
+	return w.Cols >= 1 && w.Rows >= 1 && w.Cols <= MaxWindowSide && w.Rows <= MaxWindowSide
+}
+
+// ParseWindowSize decodes a resize frame's payload.
+func ParseWindowSize(p []byte) (WindowSize, error) {
+	var w WindowSize
+	if err := json.Unmarshal(p, &w); err != nil {
+		return w, fmt.Errorf("resize frame: %w", err)
+	}
+	if !w.Valid() {
+		return w, fmt.Errorf("resize frame: size %dx%d is outside 1..%d", w.Cols, w.Rows, MaxWindowSide)
+	}
+	return w, nil
+}
 
 // MaxAttachFrame bounds a frame's payload so that a corrupt length cannot
 // make either side allocate without limit.
@@ -82,7 +114,7 @@ const (
 
 // AttachEndInfo is the payload of the AttachEnd frame.
 type AttachEndInfo struct {
-	Reason   string `json:"reason"` // AttachDetached or AttachExited
+	Reason   string `json:"reason"` // AttachDetached or AttachExited (an exec always ends exited)
 	ExitCode int    `json:"exit_code"`
 	Error    string `json:"error"`
 	Code     string `json:"code,omitempty"` // error code when Error is set

@@ -92,16 +92,75 @@ func TestSendData(t *testing.T) {
 	}
 }
 
-func TestCopyStdinDetach(t *testing.T) {
+func TestParseDetachKeys(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []byte
+	}{
+		{"ctrl-p,ctrl-q", []byte{0x10, 0x11}},
+		{DefaultDetachKeys, []byte{0x10, 0x11}},
+		{"CTRL-A", []byte{0x01}},
+		{"ctrl-],x", []byte{0x1d, 'x'}},
+		{"ctrl-@,ctrl-[,ctrl-\\,ctrl-^,ctrl-_", []byte{0, 0x1b, 0x1c, 0x1e, 0x1f}},
+		{" a , b ", []byte{'a', 'b'}},
+	} {
+		got, err := parseDetachKeys(tc.in)
+		if err != nil || !bytes.Equal(got, tc.want) {
+			t.Errorf("parseDetachKeys(%q) = %v %v, want %v", tc.in, got, err, tc.want)
+		}
+	}
+	for _, bad := range []string{"", " ", "ctrl-", "ctrl-1", "ctrl-pq", "ab", "a,,b", "ctrl-p,", "\x7f", "é"} {
+		if got, err := parseDetachKeys(bad); err == nil {
+			t.Errorf("parseDetachKeys(%q) = %v, want an error", bad, got)
+		}
+	}
+	if got := keyNames([]byte{0x10, 0x11, 'x'}); got != "Ctrl-P Ctrl-Q x" {
+		t.Errorf("keyNames = %q", got)
+	}
+}
+
+func TestDetachFilter(t *testing.T) {
+	keys := []byte{0x10, 0x11} // Ctrl-P Ctrl-Q
+	for _, tc := range []struct {
+		name   string
+		chunks []string
+		sent   string
+		detach bool
+	}{
+		{"plain", []string{"hello"}, "hello", false},
+		{"whole", []string{"ab\x10\x11cd"}, "ab", true},
+		{"split across reads", []string{"ab\x10", "\x11cd"}, "ab", true},
+		{"held then released", []string{"a\x10", "b"}, "a\x10b", false},
+		{"repeated first key", []string{"\x10\x10\x11"}, "\x10", true},
+		{"held at the end stays held", []string{"a\x10"}, "a", false},
+	} {
+		f := detachFilter{keys: keys}
+		var sent []byte
+		detach := false
+		for _, c := range tc.chunks {
+			out, d := f.feed([]byte(c))
+			sent = append(sent, out...)
+			if d {
+				detach = true
+				break
+			}
+		}
+		if string(sent) != tc.sent || detach != tc.detach {
+			t.Errorf("%s: sent %q detach %v, want %q %v", tc.name, sent, detach, tc.sent, tc.detach)
+		}
+	}
+	// One key; and none (stdin is not a terminal): everything passes.
+	f := detachFilter{keys: []byte{0x1d}}
+	if out, d := f.feed([]byte("ab\x1dc")); string(out) != "ab" || !d {
+		t.Errorf("one key: %q %v", out, d)
+	}
 	var w bytes.Buffer
-	copyStdin(&w, strings.NewReader("abc\x1ddef"), true)
-	if w.String() != "abc" {
-		t.Fatalf("tty: sent %q, want the bytes before Ctrl-]", w.String())
+	if copyInput(&w, strings.NewReader("ab\x10\x11cd"), nil) || w.String() != "ab\x10\x11cd" {
+		t.Errorf("no keys: sent %q", w.String())
 	}
 	w.Reset()
-	copyStdin(&w, strings.NewReader("abc\x1ddef"), false)
-	if w.String() != "abc\x1ddef" {
-		t.Fatalf("pipe: sent %q, want everything", w.String())
+	if !copyInput(&w, strings.NewReader("ab\x10\x11cd"), keys) || w.String() != "ab" {
+		t.Errorf("keys: sent %q", w.String())
 	}
 }
 

@@ -44,7 +44,8 @@ var (
 		Net:     model.NetPolicy{Mode: "internet", AllowVMs: []string{"db"}},
 		HostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfDev"}
 	fakeForward = model.Forward{VMID: "aaaabbbbccccdddd", HostAddr: "127.0.0.1", HostPort: 41234, GuestPort: 8000, Proto: "tcp",
-		CreatedAt: time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)}
+		CreatedAt: time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC), State: model.ForwardListening}
+	fakeKey     = model.E2BKey{ID: "5555666677778888", Name: "ci", Prefix: "e2b_012345", CreatedAt: started}
 	fakeSession = model.Session{ID: "1111222233334444", VMID: fakeVM.ID, Name: "server", Command: "python3", Args: []string{"-m", "http.server"},
 		Cwd: "/root", StdinMode: "pipe", Status: "exited", GuestPID: 42, ExitCode: &exitZero}
 )
@@ -96,11 +97,25 @@ func (fakeService) ListVMs(context.Context) ([]model.VM, error) {
 	return []model.VM{fakeVM}, nil
 }
 func (fakeService) GetVM(_ context.Context, ref string) (model.VM, error) {
-	return fakeVM, notFound(ref)
+	v := fakeVM
+	v.ImageName, v.KernelName = fakeImg.Name, fakeKernel.Name
+	v.IdleTimeoutSeconds, v.IdleAction = 300, model.TTLDelete
+	failed := fakeForward
+	failed.HostPort, failed.GuestPort = 8081, 81
+	failed.State, failed.Error = model.ForwardFailed, "host port 127.0.0.1:8081 is taken: pick another, or 0 for any free port"
+	v.Ports = []model.Forward{fakeForward, failed}
+	return v, notFound(ref)
 }
-func (fakeService) CreateVM(_ context.Context, _ api.CreateVMRequest, report progress.Func) (model.VM, error) {
+func (fakeService) CreateVM(_ context.Context, req api.CreateVMRequest, report progress.Func) (model.VM, error) {
 	report(progress.Event{Phase: "disks", Elapsed: 0.1})
-	return fakeVM, nil
+	v := fakeVM
+	for _, spec := range req.Publish {
+		if spec == "8080:80" {
+			return model.VM{}, errdefs.Errorf(errdefs.CodeConflict, "host port 127.0.0.1:8080 is taken: pick another, or 0 for any free port")
+		}
+		v.Ports = append(v.Ports, fakeForward)
+	}
+	return v, nil
 }
 func (fakeService) StartVM(_ context.Context, ref string, report progress.Func) (model.VM, error) {
 	report(progress.Event{Phase: "boot", Elapsed: 0.2})
@@ -108,6 +123,17 @@ func (fakeService) StartVM(_ context.Context, ref string, report progress.Func) 
 }
 func (fakeService) RestartVM(_ context.Context, ref string, report progress.Func) (model.VM, error) {
 	return fakeVM, notFound(ref)
+}
+func (fakeService) PauseVM(_ context.Context, ref string) (model.VM, error) {
+	v := fakeVM
+	v.Name, v.State, v.DesiredState = ref, model.VMPaused, model.VMPaused
+	return v, notFound(ref)
+}
+func (fakeService) ResumeVM(_ context.Context, ref string, report progress.Func) (model.VM, error) {
+	report(progress.Event{Phase: "restore", Elapsed: 0.3})
+	v := fakeVM
+	v.Name = ref
+	return v, notFound(ref)
 }
 func (fakeService) StopVM(_ context.Context, ref string, _ api.StopVMRequest) (model.VM, error) {
 	v := fakeVM
@@ -126,6 +152,9 @@ func (fakeService) ListPorts(_ context.Context, ref string) ([]model.Forward, er
 	return []model.Forward{fakeForward}, notFound(ref)
 }
 func (fakeService) SetVMTTL(_ context.Context, ref string, req api.VMTTLRequest) (model.VM, error) {
+	if req.TTL == "" && req.Idle == model.TTLNone {
+		return fakeVM, notFound(ref)
+	}
 	if req.TTL != model.TTLNone {
 		// The answer would say "in" how long from now: not golden.
 		return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "invalid ttl %q", req.TTL)
@@ -151,10 +180,30 @@ func (fakeService) SetVMNet(_ context.Context, ref string, req api.VMNetRequest)
 	}
 	return v, notFound(ref)
 }
-func (fakeService) Hosts(context.Context) (string, error) { return "172.16.0.2 dev.vm\n", nil }
+func (fakeService) E2BServe(_ context.Context, req api.E2BServeRequest) (api.E2BStatus, error) {
+	return api.E2BStatus{Listen: "127.0.0.1:3000", Domain: "localhost:3000"}, nil
+}
+func (fakeService) E2BStop(context.Context) error                    { return nil }
+func (fakeService) E2BStatus(context.Context) (api.E2BStatus, error) { return api.E2BStatus{}, nil }
+func (fakeService) CreateE2BKey(_ context.Context, req api.E2BKeyRequest) (api.E2BKeyCreated, error) {
+	if req.Name != "ci" {
+		return api.E2BKeyCreated{}, errdefs.Errorf(errdefs.CodeInvalid, "invalid e2b key name %q", req.Name)
+	}
+	return api.E2BKeyCreated{Key: "e2b_0123456789abcdef0123456789abcdef01234567", Record: fakeKey}, nil
+}
+func (fakeService) ListE2BKeys(context.Context) ([]model.E2BKey, error) {
+	return []model.E2BKey{fakeKey}, nil
+}
+func (fakeService) RevokeE2BKey(_ context.Context, ref string) error { return notFound(ref) }
+func (fakeService) Hosts(context.Context) (string, error)            { return "172.16.0.2 dev.vm\n", nil }
 func (fakeService) ExecVM(_ context.Context, _ string, req api.ExecRequest, stdout, _ io.Writer) (int, error) {
 	fmt.Fprintln(stdout, strings.Join(req.Command, " "))
 	return 3, nil
+}
+func (fakeService) ExecVMAttached(_ context.Context, _ string, req api.ExecRequest, aio api.AttachIO) (int, error) {
+	in, _ := io.ReadAll(aio.Stdin)
+	fmt.Fprintf(aio.Stdout, "%s tty=%v term=%q size=%v stdin=%q\n", strings.Join(req.Command, " "), req.TTY, req.Term, req.Size, in)
+	return 4, nil
 }
 func (fakeService) PrepareWorkspace(_ context.Context, _ string, _ api.WorkspaceRequest, tar io.Reader) (api.WorkspaceInfo, error) {
 	_, _ = io.Copy(io.Discard, tar)
@@ -241,6 +290,9 @@ func TestCommandOutput(t *testing.T) {
 		{"vm", "start", "dev"},
 		{"vm", "start", "missing"},
 		{"vm", "restart", "dev"},
+		{"vm", "pause", "dev"},
+		{"vm", "pause", "missing"},
+		{"vm", "resume", "dev"},
 		{"vm", "stop", "a", "b"},
 		{"vm", "stop", "a", "missing"},
 		{"vm", "delete", "a", "b"},
@@ -250,6 +302,10 @@ func TestCommandOutput(t *testing.T) {
 		{"vm", "net", "dev", "--reset", "--allow-vm", ""},
 		{"vm", "hosts"},
 		{"vm", "exec", "dev", "--", "echo", "hi"},
+		{"vm", "exec", "-i", "dev", "--", "cat"},
+		{"vm", "exec", "-t", "dev", "--", "cat"},
+		{"vm", "exec", "-tt", "dev", "--", "cat"},
+		{"session", "attach", "--detach-keys", "ctrl-1", "dev", "server"},
 		{"vm", "run", "--rm", "--", "echo", "hi"},
 		{"vm", "run", "--verbose", "--", "echo", "hi"},
 		{"vm", "run", "--rm", "--name", "dev", "--", "echo", "hi"},
@@ -272,6 +328,19 @@ func TestCommandOutput(t *testing.T) {
 		{"vm", "port", "add", "dev", "8080:80"},
 		{"vm", "port", "list", "dev"},
 		{"vm", "port", "rm", "dev", "41234"},
+		{"vm", "create", "--publish", "0:8000", "--idle-timeout", "5m"},
+		{"vm", "create", "-p", "0:8000", "-p", "8080:80"},
+		{"vm", "run", "-p", "0:8000", "--", "echo", "hi"},
+		{"vm", "ttl", "dev", "--idle", "none"},
+		{"vm", "ttl", "dev"},
+		{"e2b", "serve"},
+		{"e2b", "status"},
+		{"e2b", "stop"},
+		{"e2b", "key", "create", "ci"},
+		{"e2b", "key", "create", "Bad Name"},
+		{"e2b", "key", "list"},
+		{"e2b", "key", "revoke", "ci"},
+		{"e2b", "key", "revoke", "missing"},
 	}
 	var got bytes.Buffer
 	for _, args := range cases {

@@ -78,11 +78,11 @@ func (a *app) vmCpCommand() *cobra.Command {
 	var recursive bool
 	cmd := &cobra.Command{
 		Use:   "cp [-r] SRC DST",
-		Short: "Copy files between the host and a running VM (VM:PATH on one side; - for stdin/stdout)",
-		Long: "Copy a file or, with -r, a directory tree between the host and a running VM. One side is VM:PATH\n" +
+		Short: "Copy files between the host and a VM (VM:PATH on one side; - for stdin/stdout)",
+		Long: "Copy a file or, with -r, a directory tree between the host and a VM. One side is VM:PATH\n" +
 			"(relative paths are relative to /root), the other a local path or - (a single file from stdin or\n" +
 			"to stdout). A destination that is an existing directory receives the source under its own name.\n" +
-			"Trees keep modes, mtimes and symlinks.",
+			"Trees keep modes, mtimes and symlinks. Copies out of a stopped VM read its work disk (paths under /root).",
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			src, dst, err := parseCp(args[0], args[1])
@@ -174,13 +174,18 @@ func (a *app) cpOut(ctx context.Context, c *api.Client, src, dst cpLoc, recursiv
 		if !recursive {
 			return errdefs.Errorf(errdefs.CodeInvalid, "%s:%s is a directory: use cp -r", src.VM, src.Path)
 		}
-		if err := os.MkdirAll(target, 0o755); err != nil {
+		// The tree is unpacked beside its target and moved into place only
+		// once whole: a copy cut short (the daemon's budget, a broken
+		// stream, Ctrl-C) leaves nothing of itself behind.
+		tmp, err := os.MkdirTemp(filepath.Dir(target), ".banger-cp-*")
+		if err != nil {
 			return err
 		}
+		defer os.RemoveAll(tmp)
 		pr, pw := io.Pipe()
 		done := make(chan error, 1)
 		go func() {
-			err := extractTree(target, pr)
+			err := extractTree(tmp, pr)
 			if err == nil {
 				// tar pads its end past the end-of-archive blocks.
 				_, err = io.Copy(io.Discard, pr)
@@ -188,12 +193,15 @@ func (a *app) cpOut(ctx context.Context, c *api.Client, src, dst cpLoc, recursiv
 			pr.CloseWithError(errors.New("extraction ended"))
 			done <- err
 		}()
-		err := c.ReadArchive(ctx, src.VM, src.Path, pw)
+		err = c.ReadArchive(ctx, src.VM, src.Path, pw)
 		pw.CloseWithError(err)
 		if xerr := <-done; err == nil {
 			err = xerr
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		return placeTree(tmp, target)
 	}
 	return readToFile(ctx, c, src, target, fs.FileMode(info.Mode&0o777))
 }
@@ -217,6 +225,59 @@ func readToFile(ctx context.Context, c *api.Client, src cpLoc, target string, mo
 		return err
 	}
 	return os.Rename(tmp.Name(), target)
+}
+
+// placeTree moves the unpacked tree tmp to target: a rename when target
+// does not exist, else a merge into the existing directory (files and
+// links replace what is at their names; directories merge).
+func placeTree(tmp, target string) error {
+	st, err := os.Lstat(target)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := os.Chmod(tmp, 0o755); err != nil { // as mkdir -p would
+			return err
+		}
+		return os.Rename(tmp, target)
+	}
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%s exists and is not a directory", target)
+	}
+	return mergeInto(tmp, target)
+}
+
+// mergeInto moves src's entries into the directory dst.
+func mergeInto(src, dst string) error {
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		s, d := filepath.Join(src, e.Name()), filepath.Join(dst, e.Name())
+		dst, err := os.Lstat(d)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			err = os.Rename(s, d)
+		case err != nil:
+		case e.IsDir() && dst.IsDir():
+			if err = mergeInto(s, d); err == nil {
+				var si fs.FileInfo
+				if si, err = os.Lstat(s); err == nil {
+					_ = os.Chmod(d, si.Mode().Perm())
+					_ = os.Chtimes(d, si.ModTime(), si.ModTime())
+				}
+			}
+		case e.IsDir() || dst.IsDir():
+			err = fmt.Errorf("%s: a directory and a file meet at this name", d)
+		default:
+			err = os.Rename(s, d)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // writeTree writes a tar of dir's contents (names relative to it), with

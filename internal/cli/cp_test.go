@@ -93,3 +93,37 @@ func TestExtractTreeHostile(t *testing.T) {
 		}
 	}
 }
+
+func TestPlaceTree(t *testing.T) {
+	dir := t.TempDir()
+	mk := func(root string) string {
+		p := filepath.Join(dir, root)
+		os.MkdirAll(filepath.Join(p, "sub"), 0o755)
+		os.WriteFile(filepath.Join(p, "sub", "new"), []byte("new"), 0o644)
+		os.WriteFile(filepath.Join(p, "top"), []byte("new"), 0o600)
+		return p
+	}
+	// A new target: renamed into place.
+	if err := placeTree(mk("tmp1"), filepath.Join(dir, "fresh")); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "fresh", "sub", "new")); err != nil || string(b) != "new" {
+		t.Fatalf("fresh: %q %v", b, err)
+	}
+	// An existing one: merged, files replaced, others kept.
+	old := filepath.Join(dir, "old")
+	os.MkdirAll(filepath.Join(old, "sub"), 0o755)
+	os.WriteFile(filepath.Join(old, "sub", "keep"), []byte("keep"), 0o644)
+	os.WriteFile(filepath.Join(old, "top"), []byte("old"), 0o644)
+	if err := placeTree(mk("tmp2"), old); err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[string]string{"sub/keep": "keep", "sub/new": "new", "top": "new"} {
+		if b, err := os.ReadFile(filepath.Join(old, p)); err != nil || string(b) != want {
+			t.Errorf("%s = %q, %v; want %q", p, b, err, want)
+		}
+	}
+	if err := placeTree(mk("tmp3"), filepath.Join(old, "top")); err == nil {
+		t.Error("placeTree onto a file worked")
+	}
+}

@@ -120,6 +120,7 @@ func (a *app) daemonCommand() *cobra.Command {
 	logs.Flags().IntVar(&nLines, "tail", 0, "print only the last N lines")
 	logs.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new lines")
 	cmd.AddCommand(logs)
+	cmd.AddCommand(a.daemonInstallCommand(), a.daemonUninstallCommand())
 	return cmd
 }
 

@@ -318,20 +318,43 @@ func writeVM(w io.Writer, vm model.VM) error {
 		started = vm.StartedAt.Local().Format(time.RFC3339)
 	}
 	return kv(w, "id", vm.ID, "name", vm.Name, "state", string(vm.State), "desired", string(vm.DesiredState),
-		"image", vm.ImageID, "kernel", vm.KernelID, "vmm", vm.VMM, "accel", vm.Accel, "cpus", fmt.Sprint(vm.CPUs),
+		"image", artifactText(vm.ImageName, vm.ImageID), "kernel", artifactText(vm.KernelName, vm.KernelID), "vmm", vm.VMM, "accel", vm.Accel, "cpus", fmt.Sprint(vm.CPUs),
 		"memory", size(int64(vm.MemoryMiB)<<20), "disk", size(vm.DiskBytes), "ip", vm.GuestIP, "mac", vm.GuestMAC,
 		"dns", vm.DNSName, "net", vm.Net.String(), "cid", fmt.Sprint(vm.CID), "storage", vm.CowStrategy, "dir", vm.Dir, "host key", vm.HostKey,
 		"created", vm.CreatedAt.Local().Format(time.RFC3339), "started", started,
-		"expires", expires(vm, time.Now()), "ports", portsText(vm.Ports), "last error", vm.LastError)
+		"expires", expires(vm, time.Now()), "idle timeout", idleText(vm, time.Now()), "ports", portsText(vm.Ports), "last error", vm.LastError)
 }
 
-// writeTTL is the answer of `vm ttl`: the VM's deadline, or that it has none.
+// artifactText is an image's or kernel's name with its short id, or the
+// id alone when the name is not known.
+func artifactText(name, id string) string {
+	if name == "" {
+		return id
+	}
+	return name + " (" + model.ShortID(id) + ")"
+}
+
+// idleText is the idle timeout line of `vm show`: the timeout, what
+// happens then, and when it falls as the daemon counts now.
+func idleText(vm model.VM, now time.Time) string {
+	if vm.IdleTimeoutSeconds <= 0 {
+		return ""
+	}
+	s := model.FormatTTL(time.Duration(vm.IdleTimeoutSeconds)*time.Second) + ", then " + vm.IdleAction
+	if vm.IdleDeadline != nil {
+		s += fmt.Sprintf(" (idle in %s)", model.FormatTTL(vm.IdleDeadline.Sub(now)))
+	}
+	return s
+}
+
+// writeTTL is the answer of `vm ttl`: the VM's deadline and idle
+// timeout, or that it has neither.
 func writeTTL(w io.Writer, vm model.VM) error {
-	if vm.ExpiresAt == nil {
+	if vm.ExpiresAt == nil && vm.IdleTimeoutSeconds <= 0 {
 		_, err := fmt.Fprintf(w, "%s has no deadline\n", vm.Name)
 		return err
 	}
-	return kv(w, "vm", vm.Name, "expires", expires(vm, time.Now()))
+	return kv(w, "vm", vm.Name, "expires", expires(vm, time.Now()), "idle timeout", idleText(vm, time.Now()))
 }
 
 // writeNet shows a network policy, one part a line.

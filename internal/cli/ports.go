@@ -17,11 +17,14 @@ import (
 func (a *app) vmPortCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "port",
-		Short: "Publish a running VM's guest ports on the host",
-		Long: `Publish ports of a running VM: the daemon listens on the host and relays
-each connection to the port on the guest's loopback over its SSH
+		Short: "Publish a VM's guest ports on the host",
+		Long: `Publish ports of a VM: while it runs, the daemon listens on the host and
+relays each connection to the port on the guest's loopback over its SSH
 connection, so services bound to the guest's 127.0.0.1 are reachable.
-Forwards last while the VM runs: stopping or deleting it removes them.`,
+A forward is kept until it is removed or the VM deleted: stopping the VM
+closes its listener, starting it opens it again, and a daemon restart
+re-opens it. Added to a stopped VM, a forward is recorded (its host port
+checked free, and picked now for 0) and listened on at the VM's start.`,
 	}
 	cmd.AddCommand(&cobra.Command{
 		Use:   "add VM [HOSTADDR:]HOSTPORT:GUESTPORT[/tcp]",
@@ -75,16 +78,28 @@ func writeForward(w io.Writer, f model.Forward) error {
 func writeForwards(w io.Writer, fs []model.Forward) error {
 	rows := make([][]string, 0, len(fs))
 	for _, f := range fs {
-		rows = append(rows, []string{net.JoinHostPort(f.HostAddr, strconv.Itoa(f.HostPort)), strconv.Itoa(f.GuestPort), f.Proto})
+		rows = append(rows, []string{net.JoinHostPort(f.HostAddr, strconv.Itoa(f.HostPort)), strconv.Itoa(f.GuestPort), f.Proto, stateText(f)})
 	}
-	return table(w, []string{"HOST", "GUEST PORT", "PROTO"}, rows)
+	return table(w, []string{"HOST", "GUEST PORT", "PROTO", "STATE"}, rows)
+}
+
+// stateText is a forward's live state, with why it failed.
+func stateText(f model.Forward) string {
+	if f.State == model.ForwardFailed && f.Error != "" {
+		return f.State + ": " + f.Error
+	}
+	return orDash(f.State)
 }
 
 // portsText is a VM's forwards on one line, for `vm show`.
 func portsText(fs []model.Forward) string {
 	parts := make([]string, 0, len(fs))
 	for _, f := range fs {
-		parts = append(parts, forwardText(f))
+		s := forwardText(f)
+		if f.State != "" {
+			s += " (" + stateText(f) + ")"
+		}
+		parts = append(parts, s)
 	}
 	return strings.Join(parts, ", ")
 }

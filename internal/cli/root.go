@@ -161,6 +161,7 @@ func (a *app) rootCommand() *cobra.Command {
 		a.kernelCommand(),
 		a.vmCommand(),
 		a.sessionCommand(),
+		a.e2bCommand(),
 		a.completionCommand(),
 	)
 	a.completeNames(root)

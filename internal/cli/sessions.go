@@ -6,19 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/model"
 )
-
-// detachByte is Ctrl-], the detach key of an attachment from a terminal.
-const detachByte = 0x1d
 
 func (a *app) sessionCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "session", Short: "Run and drive long-lived processes inside a VM"}
@@ -171,6 +166,7 @@ func (a *app) sessionStartCommand() *cobra.Command {
 	var req api.StartSessionRequest
 	var env []string
 	var attach bool
+	var detachKeys string
 	var wsDir, wsMode string
 	var noGit bool
 	cmd := &cobra.Command{
@@ -184,6 +180,16 @@ func (a *app) sessionStartCommand() *cobra.Command {
 				return err
 			}
 			r.Command, r.Args = args[1], args[2:]
+			var keys []byte
+			if attach {
+				if keys, err = parseDetachKeys(detachKeys); err != nil {
+					return err
+				}
+			}
+			if fd, isTerm := a.terminalFd(); r.TTY && isTerm {
+				ws := windowSize(fd)
+				r.Size = &ws
+			}
 			c, err := a.client(cmd.Context())
 			if err != nil {
 				return err
@@ -206,7 +212,9 @@ func (a *app) sessionStartCommand() *cobra.Command {
 				return emit(a, s, writeSession)
 			}
 			fmt.Fprintf(a.stderr, "banger: session %s started\n", s.Name)
-			return a.attach(cmd.Context(), c, args[0], s.ID)
+			// From the first byte: what the session wrote before the
+			// attachment began is shown too.
+			return a.attach(cmd.Context(), c, args[0], s, api.AttachRequest{From: api.AttachFromStart}, keys)
 		},
 	}
 	f := cmd.Flags()
@@ -215,7 +223,9 @@ func (a *app) sessionStartCommand() *cobra.Command {
 	f.StringArrayVar(&env, "env", nil, "environment variable NAME=VALUE (repeatable)")
 	f.StringVar(&req.Stdin, "stdin", "", "pipe (default: send and attach can write) or closed")
 	f.StringArrayVar(&req.Require, "require", nil, "command that must exist in the guest (repeatable)")
-	f.BoolVar(&attach, "attach", false, "attach once started")
+	f.BoolVarP(&req.TTY, "tty", "t", false, "run the command on a terminal in the guest (its size: yours, else 80x24); all its output goes to stdout")
+	f.BoolVar(&attach, "attach", false, "attach once started, showing its output from the first byte")
+	f.StringVar(&detachKeys, "detach-keys", DefaultDetachKeys, "with --attach: keys that detach from a terminal")
 	f.StringVar(&wsDir, "workspace", "", "copy this git repository into the VM first; the cwd defaults to it")
 	f.StringVar(&wsMode, "workspace-mode", "", "full (with git history, default) or tracked")
 	f.BoolVar(&noGit, "no-git", false, "the workspace is a plain directory, not a git repository: copy all of it")
@@ -223,96 +233,105 @@ func (a *app) sessionStartCommand() *cobra.Command {
 }
 
 func (a *app) sessionAttachCommand() *cobra.Command {
-	return &cobra.Command{
+	var detachKeys string
+	cmd := &cobra.Command{
 		Use:   "attach VM SESSION",
 		Short: "Attach to a session: your input to its stdin, its output to yours",
 		Long: "Attach to a session exclusively: standard input goes to its stdin, its stdout\n" +
-			"and stderr come back. The session keeps running when you detach.\n\n" +
-			"Detach with Ctrl-] when stdin is a terminal, or by ending stdin (EOF).",
+			"and stderr come back from the moment of attaching (nothing written since is\n" +
+			"lost or repeated). The session keeps running when you detach.\n\n" +
+			"From a terminal, keys go through at once: in raw mode for a --tty session (its\n" +
+			"terminal echoes, Ctrl-C reaches it, its size follows yours), else with local\n" +
+			"echo. Detach with Ctrl-P Ctrl-Q (--detach-keys changes them), or by ending\n" +
+			"stdin (EOF) when it is not a terminal.",
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			keys, err := parseDetachKeys(detachKeys)
+			if err != nil {
+				return err
+			}
 			c, err := a.client(cmd.Context())
 			if err != nil {
 				return err
 			}
-			return a.attach(cmd.Context(), c, args[0], args[1])
+			s, err := c.GetSession(cmd.Context(), args[0], args[1])
+			if err != nil {
+				return err
+			}
+			return a.attach(cmd.Context(), c, args[0], s, api.AttachRequest{}, keys)
 		},
 	}
+	cmd.Flags().StringVar(&detachKeys, "detach-keys", DefaultDetachKeys, "keys that detach from a terminal: comma-separated characters or ctrl-X")
+	return cmd
 }
 
-func (a *app) attach(ctx context.Context, c *api.Client, vm, s string) error {
-	st, err := c.AttachSession(ctx, vm, s)
+// attach bridges the user's streams and a session until the session ends
+// or the user detaches. From a terminal: raw mode for a --tty session
+// (with its size sent at the start and on every change), cbreak otherwise,
+// and keys detaches.
+func (a *app) attach(ctx context.Context, c *api.Client, vm string, s model.Session, req api.AttachRequest, keys []byte) error {
+	st, err := c.AttachSession(ctx, vm, s.ID, req)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	a.leftOnInterrupt = "detached; session " + s + " keeps running"
-	tty := false
-	if f, ok := a.stdin.(*os.File); ok {
-		if restore, err := cbreak(int(f.Fd())); err == nil {
-			tty = true
-			defer restore()
-			fmt.Fprintln(a.stderr, "banger: attached; Ctrl-] detaches")
+	a.leftOnInterrupt = "detached; session " + s.Name + " keeps running"
+	tty := s.AttachBackend == model.AttachPTY
+	fd, isTerm := a.terminalFd()
+	nl := "\n" // a terminal in raw mode needs its carriage return
+	if isTerm {
+		nl = "\r\n"
+		mode := cbreak
+		if tty {
+			mode = rawMode
 		}
+		restore, err := mode(fd)
+		if err != nil {
+			return fmt.Errorf("set up the terminal: %w", err)
+		}
+		defer restore()
+		fmt.Fprintf(a.stderr, "banger: attached to %s; %s detaches%s", s.Name, keyNames(keys), nl)
+		if tty {
+			_ = st.Resize(windowSize(fd))
+			defer followWindow(fd, st)()
+		}
+	} else {
+		keys = nil
 	}
 	go func() {
-		copyStdin(st, a.stdin, tty)
+		copyInput(st, a.stdin, keys)
 		st.Detach()
 	}()
 	stop := context.AfterFunc(ctx, func() { st.Close() })
 	defer stop()
 	end, err := st.Receive(a.stdout, a.stderr)
+	if isTerm {
+		fmt.Fprint(a.stderr, nl) // the session's last line may lack its end
+	}
 	if err != nil {
 		return err
 	}
 	switch end.Reason {
 	case api.AttachExited:
-		fmt.Fprintf(a.stderr, "banger: session exited with code %d\n", end.ExitCode)
+		fmt.Fprintf(a.stderr, "banger: session exited with code %d%s", end.ExitCode, nl)
 		if end.ExitCode != 0 {
 			return exitCode(end.ExitCode)
 		}
 	default:
-		fmt.Fprintln(a.stderr, "banger: detached; the session keeps running")
+		fmt.Fprintf(a.stderr, "banger: detached; session %s keeps running%s", s.Name, nl)
 	}
 	return nil
 }
 
-// copyStdin sends stdin to the attachment until EOF, or until the detach
-// byte when stdin is a terminal (bytes before it are still sent).
-func copyStdin(w io.Writer, r io.Reader, tty bool) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			p := buf[:n]
-			if tty {
-				if i := bytes.IndexByte(p, detachByte); i >= 0 {
-					w.Write(p[:i])
-					return
-				}
-			}
-			if _, werr := w.Write(p); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
+// keyNames spells a detach sequence for the user, e.g. "Ctrl-P Ctrl-Q".
+func keyNames(keys []byte) string {
+	var names []string
+	for _, k := range keys {
+		if k < 0x20 {
+			names = append(names, "Ctrl-"+string(rune(k+'@')))
+		} else {
+			names = append(names, string(rune(k)))
 		}
 	}
-}
-
-// cbreak puts a terminal in non-canonical mode, so that Ctrl-] arrives at
-// once, keeping echo and Ctrl-C. It fails when fd is not a terminal.
-func cbreak(fd int) (restore func(), err error) {
-	old, err := unix.IoctlGetTermios(fd, unix.TCGETS)
-	if err != nil {
-		return nil, err
-	}
-	t := *old
-	t.Lflag &^= unix.ICANON
-	t.Cc[unix.VMIN], t.Cc[unix.VTIME] = 1, 0
-	if err := unix.IoctlSetTermios(fd, unix.TCSETS, &t); err != nil {
-		return nil, err
-	}
-	return func() { _ = unix.IoctlSetTermios(fd, unix.TCSETS, old) }, nil
+	return strings.Join(names, " ")
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/model"
 )
 
@@ -19,30 +20,46 @@ const (
 	runRenew = 10 * time.Second
 )
 
-// ttlFlags are the deadline flags of create and run.
+// ttlFlags are the deadline, idle timeout and publish flags of create
+// and run.
 func ttlFlags(cmd *cobra.Command, req *api.CreateVMRequest) {
 	f := cmd.Flags()
 	f.StringVar(&req.TTL, "ttl", "", "delete (or --ttl-action stop) the VM this long after creating it, e.g. 90s, 10m, 2h, 7d (at most 30d)")
-	f.StringVar(&req.TTLAction, "ttl-action", "", "what the daemon does when --ttl passes: delete (default) or stop")
+	f.StringVar(&req.TTLAction, "ttl-action", "", "what the daemon does when --ttl or --idle-timeout passes: delete (default) or stop")
+	f.StringVar(&req.IdleTimeout, "idle-timeout", "", "delete (or --ttl-action stop) the running VM once idle this long: no exec, session I/O, file operation or forwarded connection, e.g. 5m")
+	f.StringArrayVarP(&req.Publish, "publish", "p", nil, "publish a guest port on the host: [HOSTADDR:]HOSTPORT:GUESTPORT[/tcp], HOSTPORT 0 picks a free one, HOSTADDR defaults to 127.0.0.1 (repeatable)")
 }
 
 func (a *app) vmTTLCommand() *cobra.Command {
-	var action string
+	var action, idle string
 	cmd := &cobra.Command{
-		Use:   "ttl VM DURATION|none",
-		Short: "Set, extend or clear a VM's deadline (deleted, or stopped, when it passes)",
+		Use:   "ttl VM [DURATION|none] [--idle DURATION|none]",
+		Short: "Set, extend or clear a VM's deadline or idle timeout (deleted, or stopped, when it passes)",
 		Long: `Set the VM's deadline to DURATION from now (e.g. 90s, 10m, 2h, 7d; at most
 30d), replacing any earlier one, or clear it with none. When the deadline
 passes the daemon deletes the VM, or stops it with --ttl-action stop; a
-deadline that passed while the daemon was down is enforced when it starts.`,
-		Args: cobra.ExactArgs(2),
+deadline that passed while the daemon was down is enforced when it starts.
+
+--idle sets (or clears, none) the idle timeout: the running VM is deleted
+(or stopped, --ttl-action stop) once it has had no exec, session I/O, file
+operation or forwarded connection for that long. Idle time is counted
+from the last activity, the VM's boot or the daemon's start, whichever is
+latest. Either or both may be given.`,
+		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			req := api.VMTTLRequest{Action: action, Idle: idle}
+			if len(args) == 2 {
+				req.TTL = args[1]
+			} else if idle == "" {
+				return errdefs.Errorf(errdefs.CodeInvalid, "give a DURATION, none, or --idle")
+			}
 			return show(a, cmd, func(c *api.Client, ctx context.Context) (model.VM, error) {
-				return c.SetVMTTL(ctx, args[0], api.VMTTLRequest{TTL: args[1], Action: action})
+				return c.SetVMTTL(ctx, args[0], req)
 			}, writeTTL)
 		},
 	}
 	cmd.Flags().StringVar(&action, "ttl-action", "", "delete or stop (default: the VM's current action, else delete)")
+	cmd.Flags().StringVar(&idle, "idle", "", "idle timeout, e.g. 5m, or none to clear it")
 	return cmd
 }
 

@@ -38,6 +38,22 @@ func (a *app) vmCommand() *cobra.Command {
 		},
 	})
 	cmd.AddCommand(&cobra.Command{
+		Use: "pause VM", Short: "Save a running VM's memory to disk and free its host memory", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (model.VM, error) {
+				return c.PauseVM(ctx, args[0])
+			}, writeStopped)
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use: "resume VM", Short: "Run a paused VM again where it stopped", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (model.VM, error) {
+				return c.ResumeVM(ctx, args[0], progressPrinter(a.stderr))
+			}, writeStopped)
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
 		Use: "restart VM", Short: "Stop and boot a VM", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return show(a, cmd, func(c *api.Client, ctx context.Context) (model.VM, error) {
@@ -216,7 +232,8 @@ func (a *app) vmStopCommand() *cobra.Command {
 	return cmd
 }
 
-// writeStopped is the line of one VM stop: its name and state.
+// writeStopped is the line of one VM stop, pause or resume: its name and
+// state.
 func writeStopped(w io.Writer, vm model.VM) error {
 	_, err := fmt.Fprintf(w, "%s %s\n", vm.Name, vm.State)
 	return err
@@ -250,10 +267,23 @@ func (a *app) vmLogsCommand() *cobra.Command {
 }
 
 func (a *app) vmExecCommand() *cobra.Command {
-	return &cobra.Command{
+	var tty int
+	var interactive bool
+	cmd := &cobra.Command{
 		Use:   "exec VM -- CMD [ARGS...]",
 		Short: "Run a command in a VM; its exit code becomes banger's",
-		Args:  cobra.MinimumNArgs(2),
+		Long: "Run a command in a running VM. Its output comes back as it is written and its\n" +
+			"exit code becomes banger's.\n\n" +
+			"With -i, standard input is sent to the command (its end is the command's EOF).\n" +
+			"With -t, the command runs on a terminal in the guest (as ssh -t): your terminal\n" +
+			"goes into raw mode, every key (Ctrl-C too) reaches the command, and its window\n" +
+			"size follows yours. When stdin is not a terminal, -t is dropped with a note and\n" +
+			"stdin is sent as with -i; give -t twice (-tt) to get a guest terminal anyway\n" +
+			"(the end of a piped stdin then does not reach the command: a terminal has no EOF).",
+		Example: "  banger vm exec dev -- uname -a\n" +
+			"  banger vm exec -t dev -- top\n" +
+			"  banger vm exec -i dev -- sh -c 'wc -l' < file",
+		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := a.client(cmd.Context())
 			if err != nil {
@@ -261,7 +291,19 @@ func (a *app) vmExecCommand() *cobra.Command {
 			}
 			// The daemon ends the guest command when the request goes away.
 			a.leftOnInterrupt = "the command in vm " + args[0] + " was stopped"
-			code, err := c.ExecVM(cmd.Context(), args[0], api.ExecRequest{Command: args[1:]}, a.stdout, a.stderr)
+			req := api.ExecRequest{Command: args[1:]}
+			if _, isTerm := a.terminalFd(); tty == 1 && !isTerm {
+				fmt.Fprintln(a.stderr, "banger: stdin is not a terminal, so the command gets none (give -t twice to force one)")
+				interactive = true
+			} else if tty > 0 {
+				req.TTY = true
+			}
+			var code int
+			if req.TTY || interactive {
+				code, err = a.execTerminal(cmd.Context(), c, args[0], req)
+			} else {
+				code, err = c.ExecVM(cmd.Context(), args[0], req, a.stdout, a.stderr)
+			}
 			if err != nil {
 				return err
 			}
@@ -271,6 +313,9 @@ func (a *app) vmExecCommand() *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().CountVarP(&tty, "tty", "t", "run the command on a terminal in the guest (twice: even when stdin is not a terminal)")
+	cmd.Flags().BoolVarP(&interactive, "interactive", "i", false, "send standard input to the command")
+	return cmd
 }
 
 // sshArgv is the command line that opens ssh into a VM: the system ssh
@@ -395,6 +440,10 @@ func (a *app) vmRunCommand() *cobra.Command {
 				return err
 			}
 			ref, name = vm.ID, vm.Name
+			for _, f := range vm.Ports {
+				// Always: a port picked for 0 is known only from here.
+				fmt.Fprintf(a.stderr, "banger: published %s\n", forwardText(f))
+			}
 			if !rm {
 				a.leftOnInterrupt = fmt.Sprintf("vm %s is kept (banger vm delete --force %s removes it)", vm.Name, vm.Name)
 			}

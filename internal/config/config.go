@@ -51,6 +51,16 @@ type Config struct {
 	// MaxConsoleLog caps a VM's console and VMM logs: the guest writes
 	// them. Past it the file's end moves to <log>.1 and the file restarts.
 	MaxConsoleLog string `json:"max_console_log"` // default "8M"
+	// MaxCopyOut and MaxCopyOutEntries bound one read out of a guest (a
+	// file, or a tar of a tree, e.g. for `vm cp`): the guest decides how
+	// much it sends, the host's disk receives it.
+	MaxCopyOut        string `json:"max_copy_out"`         // default "16G"
+	MaxCopyOutEntries int    `json:"max_copy_out_entries"` // default 1048576
+	// The E2B-compatible control plane (docs/e2b.md): off when E2BListen
+	// is empty; E2BDomain is the suffix of sandbox host names (default
+	// localhost:PORT).
+	E2BListen string `json:"e2b_listen"`
+	E2BDomain string `json:"e2b_domain"`
 }
 
 // Defaults returns the built-in configuration.
@@ -74,6 +84,8 @@ func Defaults() Config {
 		MaxMemory:          "16G",
 		MaxDisk:            "256G",
 		MaxConsoleLog:      "8M",
+		MaxCopyOut:         "16G",
+		MaxCopyOutEntries:  1 << 20,
 	}
 }
 
@@ -94,6 +106,8 @@ var envNames = map[string]func(c *Config) *string{
 	"BANGER_FIRECRACKER":         func(c *Config) *string { return &c.Firecracker },
 	"BANGER_QEMU":                func(c *Config) *string { return &c.QEMU },
 	"BANGER_BIN_DIR":             func(c *Config) *string { return &c.BinDir },
+	"BANGER_E2B_LISTEN":          func(c *Config) *string { return &c.E2BListen },
+	"BANGER_E2B_DOMAIN":          func(c *Config) *string { return &c.E2BDomain },
 }
 
 // Load returns defaults overlaid with the config file (if it exists) and the
@@ -153,7 +167,10 @@ func (c Config) Validate() error {
 	if c.MaxCPUs < 1 {
 		return fmt.Errorf("invalid max_cpus %d: use 1 or more", c.MaxCPUs)
 	}
-	for _, kv := range [][2]string{{"max_memory", c.MaxMemory}, {"max_disk", c.MaxDisk}, {"max_console_log", c.MaxConsoleLog}, {"memory", c.Memory}, {"disk", c.Disk}} {
+	if c.MaxCopyOutEntries < 1 {
+		return fmt.Errorf("invalid max_copy_out_entries %d: use 1 or more", c.MaxCopyOutEntries)
+	}
+	for _, kv := range [][2]string{{"max_memory", c.MaxMemory}, {"max_disk", c.MaxDisk}, {"max_console_log", c.MaxConsoleLog}, {"max_copy_out", c.MaxCopyOut}, {"memory", c.Memory}, {"disk", c.Disk}} {
 		if _, err := model.ParseSize(kv[1]); err != nil {
 			return fmt.Errorf("invalid %s: %v", kv[0], err)
 		}

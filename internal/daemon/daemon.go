@@ -10,6 +10,7 @@
 //   - workspaces: workspace prepare and export
 //   - files: reading and writing a running guest's files
 //   - ports: published ports of running VMs
+//   - e2b: the E2B-compatible control plane and its relay to guests
 //   - artifacts: image and kernel registration
 //   - doctor: what this host gives banger
 //
@@ -20,15 +21,19 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/config"
 	"github.com/banger/banger/internal/daemon/artifacts"
+	"github.com/banger/banger/internal/daemon/e2b"
 	"github.com/banger/banger/internal/daemon/files"
 	"github.com/banger/banger/internal/daemon/guestaccess"
 	"github.com/banger/banger/internal/daemon/ports"
@@ -40,6 +45,7 @@ import (
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/tail"
 	"github.com/banger/banger/internal/version"
 )
 
@@ -64,6 +70,9 @@ type Daemon struct {
 	// vmmAlive says whether its VMM still runs.
 	waitGuest func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
 	now       func() time.Time
+	// directRefused: "vmID/port" of published guest ports that refused a
+	// direct connection lately (time.Time of the refusal).
+	directRefused sync.Map
 
 	// The services the facade hands requests to; made by wire.
 	vms        *vms.Manager
@@ -73,6 +82,7 @@ type Daemon struct {
 	artifacts  *artifacts.Service
 	files      *files.Service
 	ports      *ports.Service
+	e2b        *e2b.Service
 }
 
 // New makes a daemon over an open store. It does not touch the host; Start
@@ -125,14 +135,24 @@ func (d *Daemon) wire() {
 		WaitGuest: func(ctx context.Context, vm model.VM, vmmAlive func() bool) error {
 			return d.waitGuest(ctx, vm, vmmAlive)
 		},
+		SetGuestClock: func(ctx context.Context, vm model.VM) error {
+			return d.guests.SetClock(ctx, vm)
+		},
 		DropGuest: func(id string) {
-			// A stopped or deleted VM's published ports go with its
-			// connection: teardown is where both end.
-			d.ports.DropVM(id)
+			// A stopped or deleted VM's listeners go with its connection:
+			// teardown is where both end. The records stay (intent).
+			d.ports.Unlisten(id)
+			d.directRefused.Range(func(k, _ any) bool {
+				if strings.HasPrefix(k.(string), id+"/") {
+					d.directRefused.Delete(k)
+				}
+				return true
+			})
 			if d.host.pool != nil {
 				d.host.pool.Drop(id)
 			}
 		},
+		Started: func(ctx context.Context, vm model.VM) { d.ports.VMStarted(ctx, vm) },
 	})
 	d.guests = guestaccess.New(guestaccess.Deps{
 		Store: d.store, VMs: d.vms, Dial: dial,
@@ -147,9 +167,24 @@ func (d *Daemon) wire() {
 		},
 		Transport: func() string { return d.cfg.WorkspaceTransport },
 	})
-	d.files = files.New(files.Deps{VMs: d.vms, Dial: dial})
+	maxCopyOut, _ := model.ParseSize(d.cfg.MaxCopyOut) // validated at load
+	d.files = files.New(files.Deps{VMs: d.vms, Dial: dial,
+		DialData: func(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
+			return d.dialData(ctx, vm, port)
+		},
+		Transport: func() string { return d.cfg.WorkspaceTransport },
+		Budget:    files.Budget{MaxBytes: maxCopyOut, MaxEntries: d.cfg.MaxCopyOutEntries}})
 	d.ports = ports.New(ports.Deps{
 		Store: d.store, Log: d.log, VMs: d.vms, Now: now,
+		DialGuest: func(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
+			return d.dialGuestTCP(ctx, vm, port)
+		},
+		Listen: hostnet.ListenHost,
+		Active: func(vmID string) func() { return d.vms.Active(vmID) },
+	})
+	d.e2b = e2b.New(e2b.Deps{
+		Store: d.store, Log: d.log, VMs: d.vms, Now: now,
+		RunGuest: d.runGuest,
 		DialGuest: func(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
 			return d.dialGuestTCP(ctx, vm, port)
 		},
@@ -157,9 +192,57 @@ func (d *Daemon) wire() {
 	})
 }
 
-// dialGuestTCP connects to port on a running guest's loopback through its
-// pooled SSH connection.
+// runGuest runs cmd as root in a running guest with stdin, answering the
+// end of its combined output and its exit code.
+func (d *Daemon) runGuest(ctx context.Context, vm model.VM, cmd string, stdin io.Reader) (string, int, error) {
+	c, err := d.dialGuest(ctx, vm)
+	if err != nil {
+		return "", -1, err
+	}
+	defer c.Close()
+	// Two buffers: the session may write both streams at once.
+	stdout, stderr := &tail.Buffer{Max: 8 << 10}, &tail.Buffer{Max: 8 << 10}
+	code, err := c.Run(ctx, cmd, stdin, stdout, stderr)
+	return stdout.String() + stderr.String(), code, err
+}
+
+// dialGuestTCP connects to port in a running guest, for a published
+// port. A service listening on the guest's own address is reached over
+// plain TCP on the VM's link (from bangerd's namespace, where the bridge
+// is), which a guest under emulation serves many times faster than it
+// decrypts SSH; one listening only on the guest's loopback refuses that
+// and is reached through the pooled SSH connection's direct-tcpip to
+// 127.0.0.1. A refusal is remembered for directRetry, so later
+// connections go straight to SSH. workspace_transport "ssh" keeps every
+// forward on SSH.
 func (d *Daemon) dialGuestTCP(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
+	key := vm.ID + "/" + strconv.Itoa(port)
+	if d.cfg.WorkspaceTransport != "ssh" && vm.GuestIP != "" {
+		if at, ok := d.directRefused.Load(key); !ok || time.Since(at.(time.Time)) > directRetry {
+			dctx, cancel := context.WithTimeout(ctx, directTimeout)
+			nc, err := d.dialData(dctx, vm, port)
+			cancel()
+			if err == nil {
+				d.directRefused.Delete(key)
+				return nc, nil
+			}
+			d.directRefused.Store(key, time.Now())
+		}
+	}
+	return d.dialGuestSSH(ctx, vm, port)
+}
+
+// How long a direct connection to a guest port may take before the
+// forward goes through SSH, and how long a refusal sends every later
+// connection to that port straight to SSH.
+const (
+	directTimeout = 2 * time.Second
+	directRetry   = time.Minute
+)
+
+// dialGuestSSH connects to port on a running guest's loopback through its
+// pooled SSH connection.
+func (d *Daemon) dialGuestSSH(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
 	c, err := d.dialGuest(ctx, vm)
 	if err != nil {
 		return nil, err

@@ -98,6 +98,9 @@ func (d *Daemon) startHost(ctx context.Context) error {
 	d.wire()
 	d.vms.Reconcile(ctx)
 	d.ports.Reconcile(ctx)
+	if err := d.e2b.Start(ctx, d.cfg.E2BListen, d.cfg.E2BDomain); err != nil {
+		d.log.Warn("e2b control plane not started", "err", err)
+	}
 
 	wctx, cancel := context.WithCancel(context.Background())
 	d.host.stopWatch = cancel
@@ -121,6 +124,7 @@ func (d *Daemon) closeHost() error {
 		<-d.host.expireDone
 	}
 	d.ports.Close()
+	d.e2b.Close()
 	if d.host.dns != nil {
 		_ = d.host.dns.Close()
 	}

@@ -1,7 +1,9 @@
 package daemon
 
 // The api.Service facade: each method hands the request to the service that
-// owns it. Nothing here decides anything.
+// owns it. Nothing here decides anything. Requests that use a VM's guest
+// (exec, session I/O, files, workspaces) mark it active for as long as
+// they run (d.active), for its idle timeout.
 
 import (
 	"context"
@@ -24,26 +26,32 @@ func (d *Daemon) GetSession(ctx context.Context, vmRef, ref string) (model.Sessi
 }
 
 func (d *Daemon) StartSession(ctx context.Context, vmRef string, req api.StartSessionRequest) (model.Session, error) {
+	defer d.active(ctx, vmRef)()
 	return d.sessions.Start(ctx, vmRef, req)
 }
 
 func (d *Daemon) SessionLogs(ctx context.Context, vmRef, ref string, req api.SessionLogsRequest, w io.Writer) error {
+	defer d.active(ctx, vmRef)()
 	return d.sessions.Logs(ctx, vmRef, ref, req, w)
 }
 
 func (d *Daemon) SendSession(ctx context.Context, vmRef, ref string, data io.Reader) (int64, error) {
+	defer d.active(ctx, vmRef)()
 	return d.sessions.Send(ctx, vmRef, ref, data)
 }
 
-func (d *Daemon) AttachSession(ctx context.Context, vmRef, ref string, aio api.AttachIO) error {
-	return d.sessions.Attach(ctx, vmRef, ref, aio)
+func (d *Daemon) AttachSession(ctx context.Context, vmRef, ref string, req api.AttachRequest, aio api.AttachIO) error {
+	defer d.active(ctx, vmRef)()
+	return d.sessions.Attach(ctx, vmRef, ref, req, aio)
 }
 
 func (d *Daemon) StopSession(ctx context.Context, vmRef, ref string, req api.StopSessionRequest) (model.Session, error) {
+	defer d.active(ctx, vmRef)()
 	return d.sessions.Stop(ctx, vmRef, ref, req)
 }
 
 func (d *Daemon) KillSession(ctx context.Context, vmRef, ref string, signal string) (model.Session, error) {
+	defer d.active(ctx, vmRef)()
 	return d.sessions.Kill(ctx, vmRef, ref, signal)
 }
 
@@ -54,10 +62,12 @@ func (d *Daemon) RemoveSession(ctx context.Context, vmRef, ref string) error {
 // ---- workspaces ----
 
 func (d *Daemon) PrepareWorkspace(ctx context.Context, ref string, req api.WorkspaceRequest, tar io.Reader) (api.WorkspaceInfo, error) {
+	defer d.active(ctx, ref)()
 	return d.workspaces.Prepare(ctx, ref, req, tar)
 }
 
 func (d *Daemon) ExportWorkspace(ctx context.Context, ref string, req api.ExportRequest, w io.Writer) error {
+	defer d.active(ctx, ref)()
 	return d.workspaces.Export(ctx, ref, req, w)
 }
 
@@ -106,14 +116,22 @@ func (d *Daemon) RemoveKernel(ctx context.Context, ref string) error {
 // ---- guest access ----
 
 func (d *Daemon) ExecVM(ctx context.Context, ref string, req api.ExecRequest, stdout, stderr io.Writer) (int, error) {
+	defer d.active(ctx, ref)()
 	return d.guests.Exec(ctx, ref, req, stdout, stderr)
 }
 
+func (d *Daemon) ExecVMAttached(ctx context.Context, ref string, req api.ExecRequest, aio api.AttachIO) (int, error) {
+	defer d.active(ctx, ref)()
+	return d.guests.ExecAttached(ctx, ref, req, aio)
+}
+
 func (d *Daemon) VMLogs(ctx context.Context, ref string, req api.LogsRequest, w io.Writer) error {
+	defer d.active(ctx, ref)()
 	return d.guests.Logs(ctx, ref, req, w)
 }
 
 func (d *Daemon) SSHInfo(ctx context.Context, ref string) (api.SSHInfo, error) {
+	defer d.active(ctx, ref)()
 	return d.guests.SSHInfo(ctx, ref)
 }
 
@@ -123,17 +141,49 @@ func (d *Daemon) Hosts(ctx context.Context) (string, error) { return d.guests.Ho
 
 func (d *Daemon) ListVMs(ctx context.Context) ([]model.VM, error) { return d.vms.List(ctx) }
 
-// GetVM is the record with its published ports (`vm show`).
+// GetVM is the record with its published ports, image and kernel names
+// and idle deadline (`vm show`).
 func (d *Daemon) GetVM(ctx context.Context, ref string) (model.VM, error) {
 	vm, err := d.vms.Get(ctx, ref)
-	if err == nil {
-		vm.Ports, err = d.ports.ListOf(ctx, vm.ID)
+	if err != nil {
+		return vm, err
 	}
+	d.nameArtifacts(ctx, &vm)
+	vm.IdleDeadline = d.vms.IdleDeadlineOf(vm)
+	vm.Ports, err = d.ports.ListOf(ctx, vm.ID)
 	return vm, err
 }
 
+// CreateVM takes the host ports of req.Publish before anything is made
+// (a port in use fails the create with nothing left), makes the VM, then
+// records its forwards; if that fails the VM is deleted again. A VM made
+// whose boot failed keeps its forwards, like its record.
 func (d *Daemon) CreateVM(ctx context.Context, req api.CreateVMRequest, report progress.Func) (model.VM, error) {
-	return d.vms.Create(ctx, req, report)
+	res, err := d.ports.Reserve(ctx, req.Publish)
+	if err != nil {
+		return model.VM{}, err
+	}
+	vm, err := d.vms.Create(ctx, req, report)
+	if err != nil {
+		if vm.ID != "" && len(req.Publish) > 0 {
+			// Made but not booted (its record says why): the forwards
+			// are kept as intent for its next start.
+			_, _ = d.ports.Bind(context.WithoutCancel(ctx), res, vm.ID)
+		}
+		d.ports.Release(res)
+		return vm, err
+	}
+	d.nameArtifacts(ctx, &vm)
+	if len(req.Publish) == 0 {
+		return vm, nil
+	}
+	if vm.Ports, err = d.ports.Bind(ctx, res, vm.ID); err != nil {
+		if derr := d.vms.Delete(context.Background(), vm.ID, true); derr != nil {
+			d.log.Error("create: delete vm after its ports failed", "vm", vm.Name, "err", derr)
+		}
+		return model.VM{}, err
+	}
+	return vm, nil
 }
 
 func (d *Daemon) StartVM(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
@@ -142,6 +192,14 @@ func (d *Daemon) StartVM(ctx context.Context, ref string, report progress.Func) 
 
 func (d *Daemon) StopVM(ctx context.Context, ref string, req api.StopVMRequest) (model.VM, error) {
 	return d.vms.Stop(ctx, ref, req)
+}
+
+func (d *Daemon) PauseVM(ctx context.Context, ref string) (model.VM, error) {
+	return d.vms.Pause(ctx, ref)
+}
+
+func (d *Daemon) ResumeVM(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
+	return d.vms.Resume(ctx, ref, report)
 }
 
 func (d *Daemon) RestartVM(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
@@ -180,4 +238,57 @@ func (d *Daemon) Doctor(ctx context.Context) api.DoctorReport {
 	return doctor.Report(ctx, d.doctorHost())
 }
 
+// nameArtifacts fills in the names of vm's image and kernel.
+func (d *Daemon) nameArtifacts(ctx context.Context, vm *model.VM) {
+	if im, err := d.artifacts.GetImage(ctx, vm.ImageID); err == nil {
+		vm.ImageName = im.Name
+	}
+	if k, err := d.artifacts.GetKernel(ctx, vm.KernelID); err == nil {
+		vm.KernelName = k.Name
+	}
+}
+
+// active marks the VM ref names in use until the returned func is
+// called; an unknown ref marks nothing (the service answers the error).
+func (d *Daemon) active(ctx context.Context, ref string) (done func()) {
+	vm, err := d.vms.Resolve(ctx, ref)
+	if err != nil {
+		return func() {}
+	}
+	return d.vms.Active(vm.ID)
+}
+
 var _ api.Service = (*Daemon)(nil)
+
+// ---- e2b ----
+
+func (d *Daemon) E2BServe(ctx context.Context, req api.E2BServeRequest) (api.E2BStatus, error) {
+	domain := req.Domain
+	if domain == "" {
+		domain = d.cfg.E2BDomain
+	}
+	st, err := d.e2b.ServeAndRecord(ctx, req.Listen, domain)
+	return api.E2BStatus(st), err
+}
+
+func (d *Daemon) E2BStop(ctx context.Context) error {
+	return d.e2b.Stop(ctx)
+}
+
+func (d *Daemon) E2BStatus(ctx context.Context) (api.E2BStatus, error) {
+	return api.E2BStatus(d.e2b.Status()), nil
+}
+
+func (d *Daemon) CreateE2BKey(ctx context.Context, req api.E2BKeyRequest) (api.E2BKeyCreated, error) {
+	key, rec, err := d.e2b.CreateKey(ctx, req.Name)
+	return api.E2BKeyCreated{Key: key, Record: rec}, err
+}
+
+func (d *Daemon) ListE2BKeys(ctx context.Context) ([]model.E2BKey, error) {
+	return d.e2b.ListKeys(ctx)
+}
+
+func (d *Daemon) RevokeE2BKey(ctx context.Context, ref string) error {
+	_, err := d.e2b.RevokeKey(ctx, ref)
+	return err
+}

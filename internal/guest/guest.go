@@ -42,3 +42,29 @@ type TCPDialer interface {
 	// any other is the guest refusing (nothing listens there).
 	DialTCP(ctx context.Context, addr string) (net.Conn, error)
 }
+
+// PTY describes a pseudo-terminal asked of the guest's sshd.
+type PTY struct {
+	Term string // TERM of the command, e.g. xterm-256color
+	Cols int
+	Rows int
+}
+
+// WindowSize is a terminal's size in character cells.
+type WindowSize struct {
+	Cols, Rows int
+}
+
+// Terminal is a Client that can run a command on a pseudo-terminal in the
+// guest: the real and pooled clients are.
+type Terminal interface {
+	// RunTerminal runs cmd as Run does but on a new pseudo-terminal of the
+	// guest (sshd's pty-req): the command's stdin, stdout and stderr are
+	// the terminal, so everything it writes comes to out (in the
+	// terminal's own line endings) and in is what is typed on it. Each
+	// size from resize changes the terminal's size (the command gets
+	// SIGWINCH). The end of in is passed on as the channel's EOF, which a
+	// terminal does not turn into end-of-file. A cancelled ctx closes the
+	// session, which hangs the terminal up (SIGHUP to the command).
+	RunTerminal(ctx context.Context, cmd string, pty PTY, in io.Reader, out io.Writer, resize <-chan WindowSize) (exitCode int, err error)
+}

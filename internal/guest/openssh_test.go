@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -278,4 +279,93 @@ func TestOpenSSHMaxSessions(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "MaxSessions") || errors.Is(err, ErrConnLost) {
 		t.Fatalf("third session: %v, want a refused-session error that is not ErrConnLost", err)
 	}
+}
+
+// A command run on a terminal sees one of the size asked, follows a
+// window change, reads what is typed (echoed by the terminal), and its
+// exit code comes back; through the pool, as the daemon runs it.
+func TestOpenSSHTerminal(t *testing.T) {
+	s := startSSHD(t, "")
+	p := NewPool(s.signer, nil)
+	defer p.Close()
+	s.ready(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := p.Get(ctx, "vm", s.ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	term, ok := c.(Terminal)
+	if !ok {
+		t.Fatal("a pooled client is not a Terminal")
+	}
+	inR, inW := io.Pipe()
+	defer inW.Close()
+	resize := make(chan WindowSize)
+	var out syncBuf
+	type result struct {
+		code int
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, err := term.RunTerminal(ctx, `[ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo "tty $TERM"; stty size; read -r l; echo "got:$l"; stty size; exit 4`,
+			PTY{Term: "xterm-256color", Cols: 100, Rows: 30}, inR, &out, resize)
+		done <- result{code, err}
+	}()
+	waitOut := func(want string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !strings.Contains(out.String(), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("terminal output never held %q: %q", want, out.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitOut("tty xterm-256color\r\n30 100\r\n")
+	resize <- WindowSize{Cols: 120, Rows: 40}
+	time.Sleep(300 * time.Millisecond) // the window change goes out before the input
+	io.WriteString(inW, "hello\n")
+	r := <-done
+	if r.err != nil || r.code != 4 {
+		t.Fatalf("RunTerminal = %d, %v; output %q", r.code, r.err, out.String())
+	}
+	if got := out.String(); !strings.Contains(got, "hello\r\ngot:hello\r\n40 120\r\n") {
+		t.Fatalf("output %q lacks the echo, the answer and the new size", got)
+	}
+
+	// A cancel hangs the terminal up: the command gets SIGHUP.
+	cctx, ccancel := context.WithCancel(ctx)
+	marker := filepath.Join(t.TempDir(), "hup")
+	var out2 syncBuf
+	go func() {
+		for !strings.Contains(out2.String(), "ready") {
+			time.Sleep(20 * time.Millisecond)
+		}
+		ccancel()
+	}()
+	_, err = term.RunTerminal(cctx, "trap "+shell.Quote("touch "+shell.Quote(marker)+"; exit 1")+" HUP; echo ready; while :; do sleep 0.1; done", PTY{Term: "vt100", Cols: 80, Rows: 24}, nil, &out2, nil)
+	if err == nil {
+		t.Fatal("a cancelled terminal command returned no error")
+	}
+	waitFile(t, marker)
+}
+
+// syncBuf is a buffer one goroutine writes while another reads.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -244,3 +244,30 @@ func (h *pooled) DialTCP(ctx context.Context, addr string) (net.Conn, error) {
 		h.s.discard(c)
 	}
 }
+
+// RunTerminal runs cmd on a pseudo-terminal on the key's current
+// connection; a connection found broken before the command started is
+// redialed once, as in Run.
+func (h *pooled) RunTerminal(ctx context.Context, cmd string, pty PTY, in io.Reader, out io.Writer, resize <-chan WindowSize) (int, error) {
+	if h.closed.Load() {
+		return -1, fmt.Errorf("guest client for %q is closed", h.s.key)
+	}
+	for attempt := 0; ; attempt++ {
+		c, err := h.p.conn(ctx, h.s, h.ep)
+		if err != nil {
+			return -1, err
+		}
+		t, ok := c.(Terminal)
+		if !ok {
+			return -1, fmt.Errorf("guest connection %q cannot open terminals", h.s.key)
+		}
+		code, err := t.RunTerminal(ctx, cmd, pty, in, out, resize)
+		if err == nil || !errors.Is(err, ErrConnLost) {
+			return code, err
+		}
+		h.s.discard(c)
+		if attempt > 0 || !canRetry(err) {
+			return code, err
+		}
+	}
+}

@@ -378,3 +378,70 @@ func (g *gate) failed() error {
 	defer g.mu.Unlock()
 	return g.err
 }
+
+// RunTerminal runs cmd on a pseudo-terminal; see Terminal.
+func (c *conn) RunTerminal(ctx context.Context, cmd string, pty PTY, in io.Reader, out io.Writer, resize <-chan WindowSize) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return -1, fmt.Errorf("run on %s: %w", c.addr, context.Cause(ctx))
+	}
+	sess, err := c.openSession(ctx)
+	if err != nil {
+		return -1, err
+	}
+	defer sess.Close()
+	modes := ssh.TerminalModes{ssh.ECHO: 1, ssh.TTY_OP_ISPEED: 38400, ssh.TTY_OP_OSPEED: 38400}
+	if err := sess.RequestPty(pty.Term, pty.Rows, pty.Cols, modes); err != nil {
+		if c.isDone() {
+			return -1, &connLostError{op: "request a terminal on " + c.addr, notStarted: true, err: err}
+		}
+		return -1, fmt.Errorf("guest %s refused a terminal: %w", c.addr, err)
+	}
+	outGate := newGate(out)
+	defer outGate.close()
+	if outGate != nil {
+		sess.Stdout, sess.Stderr = outGate, outGate
+	}
+	var stdinPipe io.WriteCloser
+	if in != nil {
+		if stdinPipe, err = sess.StdinPipe(); err != nil {
+			return -1, fmt.Errorf("run on %s: %w", c.addr, err)
+		}
+	}
+	if err := sess.Start(cmd); err != nil {
+		if c.isDone() {
+			return -1, &connLostError{op: "start command on " + c.addr, err: err}
+		}
+		return -1, fmt.Errorf("guest %s refused to run the command: %w", c.addr, err)
+	}
+	if in != nil {
+		go func() {
+			if _, err := io.Copy(stdinPipe, in); err == nil {
+				stdinPipe.Close()
+			}
+		}()
+	}
+	done := make(chan struct{})
+	defer close(done)
+	if resize != nil {
+		go func() {
+			for {
+				select {
+				case <-done:
+					return
+				case ws := <-resize:
+					_ = sess.WindowChange(ws.Rows, ws.Cols)
+				}
+			}
+		}()
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- sess.Wait() }()
+	select {
+	case err := <-waited:
+		return c.exitResult(ctx, err, outGate)
+	case <-ctx.Done():
+		// The deferred Close hangs the terminal up.
+		_ = sess.Signal(ssh.SIGHUP)
+		return -1, fmt.Errorf("command on %s cancelled: %w", c.addr, context.Cause(ctx))
+	}
+}

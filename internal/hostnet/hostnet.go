@@ -106,6 +106,16 @@ func (n *Network) Ensure(ctx context.Context) error {
 	if err := netlink.AddrReplace(br, addr); err != nil {
 		return fmt.Errorf("set address %s on bridge %s: %w", addr.IPNet, n.cfg.Bridge, err)
 	}
+	// A fixed MAC: a Linux bridge otherwise takes the lowest MAC of its
+	// ports, so it changes as taps come and go, and every guest, whose
+	// ARP cache holds it for the gateway and (proxy ARP) for every other
+	// address, loses the host until it resolves it again, seconds later.
+	// A resumed guest, whose cache predates its new tap, would too.
+	if mac := BridgeMAC(n.Gateway()); br.Attrs().HardwareAddr.String() != mac.String() {
+		if err := netlink.LinkSetHardwareAddr(br, mac); err != nil {
+			return fmt.Errorf("set MAC %s on bridge %s: %w", mac, n.cfg.Bridge, err)
+		}
+	}
 	if err := netlink.LinkSetUp(br); err != nil {
 		return fmt.Errorf("bring bridge %s up: %w", n.cfg.Bridge, err)
 	}

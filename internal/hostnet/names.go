@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"net/netip"
 	"regexp"
 	"sort"
@@ -69,6 +70,13 @@ func AllocateIP(subnet netip.Prefix, used []netip.Addr) (netip.Addr, error) {
 func MACForIP(ip netip.Addr) string {
 	b := ip.Unmap().As4()
 	return fmt.Sprintf("02:ba:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3])
+}
+
+// BridgeMAC is the bridge's own MAC: the guest MAC pattern of the gateway
+// address, which no guest is given.
+func BridgeMAC(gw netip.Addr) net.HardwareAddr {
+	mac, _ := net.ParseMAC(MACForIP(gw))
+	return mac
 }
 
 // HostsLines renders /etc/hosts lines "<ip>\t<name>.<suffix> <name>" for

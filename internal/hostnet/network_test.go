@@ -2,6 +2,7 @@ package hostnet
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -175,6 +176,24 @@ func TestTaps(t *testing.T) {
 		t.Fatal(err)
 	}
 	br, _ := netlink.LinkByName(testBridge)
+	// The bridge keeps its own MAC whatever taps come and go (guests'
+	// ARP caches hold it).
+	want := BridgeMAC(n.Gateway()).String()
+	for i := 0; i < 4; i++ {
+		other := TapName(fmt.Sprintf("%032x", i+1))
+		if err := n.CreateTap(ctx, other, Guest{IP: netip.MustParseAddr(fmt.Sprintf("172.16.0.%d", 20+i)), MAC: net.HardwareAddr{2, 0, 0, 0, 0, byte(i)}}); err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := netlink.LinkByName(testBridge); b.Attrs().HardwareAddr.String() != want {
+			t.Fatalf("bridge MAC %s after a tap came, want %s", b.Attrs().HardwareAddr, want)
+		}
+		if err := n.DeleteTap(ctx, other); err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := netlink.LinkByName(testBridge); b.Attrs().HardwareAddr.String() != want {
+			t.Fatalf("bridge MAC %s after a tap went, want %s", b.Attrs().HardwareAddr, want)
+		}
+	}
 	if tap.Attrs().MasterIndex != br.Attrs().Index {
 		t.Errorf("tap master index = %d, want bridge %d", tap.Attrs().MasterIndex, br.Attrs().Index)
 	}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -460,7 +461,36 @@ func writeOverlay(ctx context.Context, overlay string, opts BuildOptions, r Reci
 			return "", fmt.Errorf("copy %s to %s: %v: %s", c.Src, c.Dst, err, out)
 		}
 	}
+	if err := openOverlayDirs(overlay, opts.Copies); err != nil {
+		return "", err
+	}
 	return f[0] + " " + f[1], nil
+}
+
+// openOverlayDirs makes the overlay's own directories 0755 whatever the
+// daemon's umask: `cp -a overlay/. root/` gives their modes to the root's
+// /etc, /usr and the rest, and a 0700 /usr leaves every user but root
+// unable to run anything. The trees of user copies keep their modes.
+func openOverlayDirs(overlay string, copies []Copy) error {
+	keep := map[string]bool{}
+	for _, c := range copies {
+		keep[filepath.Join(overlay, filepath.Clean(c.Dst))] = true
+	}
+	return filepath.WalkDir(overlay, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if keep[path] {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if d.IsDir() {
+			return os.Chmod(path, 0o755)
+		}
+		return nil
+	})
 }
 
 func randomHex(n int) string {

@@ -69,6 +69,25 @@ func systemdFiles() map[string]string {
 	}
 }
 
+// defaultUserScript adds the unprivileged account commands run as unless
+// root is asked for (E2B's templates have the same one): "user", uid and
+// gid 1000, home /home/user, no password, passwordless sudo. It edits the
+// account files directly, so it needs no chroot.
+const defaultUserScript = `if ! grep -q '^user:' "$root"/etc/passwd; then
+  echo 'user:x:1000:1000::/home/user:/bin/bash' >>"$root"/etc/passwd
+  echo 'user:x:1000:' >>"$root"/etc/group
+  if [ -f "$root"/etc/shadow ]; then echo 'user:*:20000:0:99999:7:::' >>"$root"/etc/shadow; fi
+  if [ -f "$root"/etc/gshadow ]; then echo 'user:*::' >>"$root"/etc/gshadow; fi
+  mkdir -p "$root"/home/user
+  if [ -d "$root"/etc/skel ]; then cp -a "$root"/etc/skel/. "$root"/home/user/; fi
+  chown -R 1000:1000 "$root"/home/user
+  chmod 750 "$root"/home/user
+fi
+mkdir -p "$root"/etc/sudoers.d
+echo 'user ALL=(ALL:ALL) NOPASSWD: ALL' >"$root"/etc/sudoers.d/banger-user
+chmod 440 "$root"/etc/sudoers.d/banger-user
+`
+
 // customizeScript is the hook run with the new root's path as $1 after its
 // packages are installed: it copies the overlay (banger-init, sshd config,
 // host key, machine-id, user copies) in, keeps only the ed25519 host key,
@@ -82,6 +101,7 @@ func customizeScript(overlay, init string, scripts []RecipeFile, scriptPaths []s
 	b.WriteString(`rm -f "$root"/etc/ssh/ssh_host_rsa_key* "$root"/etc/ssh/ssh_host_ecdsa_key* "$root"/etc/ssh/ssh_host_dsa_key*
 chmod 600 "$root"/etc/ssh/ssh_host_ed25519_key
 chmod 755 "$root"` + guestinit.InitPath + "\n")
+	b.WriteString(defaultUserScript)
 	switch init {
 	case InitSystemd:
 		b.WriteString("mkdir -p \"$root\"/etc/systemd/system/sysinit.target.wants\n")

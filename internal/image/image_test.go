@@ -178,8 +178,10 @@ func TestCustomizeScript(t *testing.T) {
 		wantNot []string
 	}{
 		{fast, []string{`cp -a /w/overlay/. "$root"/`, `ln -sf /usr/local/sbin/banger-init "$root"/sbin/init`,
-			`chroot "$root" /bin/sh /tmp/banger-script`, `'it'\''s mine'`, "ssh_host_rsa_key"}, []string{"systemd"}},
-		{sysd, []string{"sysinit.target.wants/banger-setup.service", "sysinit.target.wants/banger-power.service", `ln -sf /dev/null "$root"/etc/systemd/system/apt-daily.timer`},
+			`chroot "$root" /bin/sh /tmp/banger-script`, `'it'\''s mine'`, "ssh_host_rsa_key", "user:x:1000:1000::/home/user:/bin/bash",
+			"/etc/sudoers.d/banger-user"}, []string{"systemd"}},
+		{sysd, []string{"sysinit.target.wants/banger-setup.service", "sysinit.target.wants/banger-power.service", `ln -sf /dev/null "$root"/etc/systemd/system/apt-daily.timer`,
+			"/etc/sudoers.d/banger-user"},
 			[]string{"sbin/init", "chroot"}},
 	} {
 		for _, w := range tt.want {

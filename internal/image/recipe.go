@@ -23,7 +23,7 @@ import (
 
 // recipeVersion changes whenever Build makes a different image from the
 // same inputs, so old cache entries are not reused.
-const recipeVersion = 1
+const recipeVersion = 3
 
 // Init modes.
 const (
@@ -35,7 +35,7 @@ const (
 // workspaces and agents rely on.
 var BasePackages = []string{
 	"openssh-server", "bash", "git", "coreutils", "iproute2", "ca-certificates",
-	"procps", "util-linux", "e2fsprogs", "python3",
+	"procps", "util-linux", "e2fsprogs", "python3", "sudo",
 }
 
 // Script is a shell script run in the new root after its packages.

@@ -17,7 +17,10 @@ import (
 type VMState string
 
 // VM states. A VM moves created → starting → running → stopping → stopped,
-// and may land in failed from any of them, with LastError saying why.
+// and may land in failed from any of them, with LastError saying why. A
+// running VM may also go pausing → paused (its whole state saved in its
+// directory, no VMM process) and resuming → running again; a stop of a
+// paused VM discards the saved state.
 const (
 	VMCreated  VMState = "created"
 	VMStarting VMState = "starting"
@@ -25,6 +28,9 @@ const (
 	VMStopping VMState = "stopping"
 	VMStopped  VMState = "stopped"
 	VMFailed   VMState = "failed"
+	VMPausing  VMState = "pausing"
+	VMPaused   VMState = "paused"
+	VMResuming VMState = "resuming"
 )
 
 // Image is a read-only root filesystem (ext4) that VMs are created from.
@@ -67,7 +73,7 @@ type VM struct {
 	CPUs         int        `json:"cpus"`
 	MemoryMiB    int        `json:"memory_mib"`
 	DiskBytes    int64      `json:"disk_bytes"`      // work disk size
-	DesiredState VMState    `json:"desired_state"`   // running or stopped: what the user asked for
+	DesiredState VMState    `json:"desired_state"`   // running, paused or stopped: what the user asked for
 	State        VMState    `json:"state"`           // observed state
 	VMM          string     `json:"vmm"`             // name of the VMM driver that runs it (firecracker, qemu)
 	Accel        string     `json:"accel,omitempty"` // "kvm" or "tcg" (qemu)
@@ -100,13 +106,30 @@ type VM struct {
 	ExpiresAt    *time.Time `json:"expires_at,omitempty"`
 	ExpireAction string     `json:"expire_action,omitempty"` // TTLDelete or TTLStop, with ExpiresAt
 
-	// Ports are the VM's published ports; filled in by `vm show` only.
+	// IdleTimeoutSeconds, when above 0, is how long a running VM may go
+	// without activity (exec, session I/O, file operations, forwarded
+	// connections) before the daemon applies IdleAction to it.
+	IdleTimeoutSeconds int    `json:"idle_timeout_seconds,omitempty"`
+	IdleAction         string `json:"idle_action,omitempty"` // TTLDelete or TTLStop, with IdleTimeoutSeconds
+	// IdleDeadline is when a running VM with an idle timeout and nothing
+	// in progress becomes idle, as the daemon counts now; filled in by
+	// `vm show` only.
+	IdleDeadline *time.Time `json:"idle_deadline,omitempty"`
+
+	// ImageName and KernelName name ImageID and KernelID; filled in by
+	// `vm show` and `vm create` only.
+	ImageName  string `json:"image_name,omitempty"`
+	KernelName string `json:"kernel_name,omitempty"`
+
+	// Ports are the VM's published ports with their live state; filled
+	// in by `vm show` and (with --publish) `vm create` only.
 	Ports []Forward `json:"ports,omitempty"`
 }
 
-// Forward is a published port of a running VM: the daemon listens on
-// HostAddr:HostPort and relays each connection to GuestPort on the guest's
-// loopback. It lasts while the VM runs.
+// Forward is a published port of a VM: while the VM runs, the daemon
+// listens on HostAddr:HostPort and relays each connection to GuestPort on
+// the guest's loopback. The record lasts until it is removed or the VM is
+// deleted; stopping the VM closes the listener, starting it opens it again.
 type Forward struct {
 	VMID      string    `json:"vm_id"`
 	HostAddr  string    `json:"host_addr"`
@@ -114,7 +137,19 @@ type Forward struct {
 	GuestPort int       `json:"guest_port"`
 	Proto     string    `json:"proto"` // "tcp", the only one
 	CreatedAt time.Time `json:"created_at"`
+	// State is the listener's live state, filled in by the daemon's
+	// answers: ForwardListening, ForwardStopped or ForwardFailed (Error
+	// says why).
+	State string `json:"state,omitempty"`
+	Error string `json:"error,omitempty"`
 }
+
+// Live states of a Forward.
+const (
+	ForwardListening = "listening" // relaying connections
+	ForwardStopped   = "stopped"   // the VM does not run: listens when it starts
+	ForwardFailed    = "failed"    // the VM runs but the host port could not be listened on
+)
 
 // NetInternet is the network mode of a VM that was given none: DNS on the
 // gateway and public addresses, nothing of the host's or other VMs'.
@@ -200,6 +235,12 @@ const (
 	StdinClosed = "closed"
 )
 
+// Attach backends of a guest session: how an attachment's input reaches it.
+const (
+	AttachFIFO = "fifo" // its stdin fifo
+	AttachPTY  = "pty"  // its stdin fifo, copied onto its terminal (--tty)
+)
+
 // Session is a long-running process inside a VM, started and driven by banger.
 type Session struct {
 	ID            string            `json:"id"`
@@ -217,7 +258,7 @@ type Session struct {
 	Attachable    bool              `json:"attachable"`
 	Reattachable  bool              `json:"reattachable"`
 	AttachMode    string            `json:"attach_mode,omitempty"`    // "exclusive"
-	AttachBackend string            `json:"attach_backend,omitempty"` // "fifo"
+	AttachBackend string            `json:"attach_backend,omitempty"` // AttachFIFO, AttachPTY (a --tty session) or none (stdin closed)
 	LaunchStage   string            `json:"launch_stage,omitempty"`   // stage that failed at launch
 	LaunchError   string            `json:"launch_error,omitempty"`   // message of that failure
 	LaunchLog     string            `json:"launch_log,omitempty"`     // raw guest output of that failure

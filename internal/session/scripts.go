@@ -2,6 +2,7 @@ package session
 
 import (
 	"fmt"
+	"path"
 	"strconv"
 	"strings"
 
@@ -26,6 +27,7 @@ const (
 	ExitNoStdin      = 4 // the session has no stdin fifo (stdin closed)
 	ExitNoLog        = 5 // the log file does not exist
 	ExitStillRunning = 6 // remove refused: the command is alive
+	ExitNoTTY        = 7 // resize refused: the session has no terminal
 )
 
 // ReadyWaitSeconds bounds how long the start script waits for the runner to
@@ -167,7 +169,11 @@ __bg_put keepalive_pid "$__bg_ka"
 	// The subshell is not a process group leader, so setsid makes the
 	// command's own session and process group without forking: $! is the
 	// command's pid and its group id.
-	fmt.Fprintf(&b, "( cd -- \"$__bg_cwd\" && exec setsid -- %s ) <%s >>\"$__bg_dir/stdout.log\" 2>>\"$__bg_dir/stderr.log\" &\n", commandWords(s), stdin)
+	command := commandWords(s)
+	if s.TTY {
+		command = ttyCommand(dir, s)
+	}
+	fmt.Fprintf(&b, "( cd -- \"$__bg_cwd\" && exec setsid -- %s ) <%s >>\"$__bg_dir/stdout.log\" 2>>\"$__bg_dir/stderr.log\" &\n", command, stdin)
 	b.WriteString(`__bg_pid=$!
 __bg_put pid "$__bg_pid"
 __bg_put status running
@@ -192,6 +198,21 @@ if [ "$__bg_rc" -eq 0 ]; then __bg_put status exited; else __bg_put status faile
 __bg_done=1
 `)
 	return b.String()
+}
+
+// ttyCommand runs s's command on a new pseudo-terminal: script(1) (-q no
+// banners, -f flush at once, -e its exit status is the command's, its
+// typescript thrown away) copies the fifo to the terminal and the
+// terminal to stdout.log. Inside, the command's shell records the
+// terminal's path (for resizes) and sets its size before exec'ing the
+// command. script runs its -c string with $SHELL, which the session's env
+// may set to anything: it gets /bin/sh, and the inner string gives the
+// command its own SHELL back.
+func ttyCommand(dir string, s Spec) string {
+	ttyFile := shell.Quote(path.Join(dir, FileTTY))
+	inner := fmt.Sprintf(`SHELL=$__bg_shell; unset __bg_shell; tty >%s.tmp && mv -f -- %s.tmp %s; stty rows %d cols %d 2>/dev/null; exec %s`,
+		ttyFile, ttyFile, ttyFile, s.Rows, s.Cols, commandWords(s))
+	return fmt.Sprintf(`env __bg_shell="${SHELL-}" SHELL=/bin/sh %s -qfec %s /dev/null`, TTYHelper, shell.Quote(inner))
 }
 
 // LaunchCommand starts the runner in dir detached from the SSH connection
@@ -313,20 +334,67 @@ fi
 	return b.String()
 }
 
+// LogSizesScript prints the sizes of the session's stdout and stderr logs
+// ("<stdout bytes> <stderr bytes>"): where an attachment begins. It exits
+// ExitNotRunning when the session is not running. Parse with
+// ParseLogSizes.
+func LogSizesScript(root, id string) string {
+	return fmt.Sprintf("#!/bin/bash\n__bg_dir=%s\n", shell.Quote(StateDir(root, id))) + runningCheck +
+		`__bg_size() { local n; n=$(stat -c %s -- "$__bg_dir/$1" 2>/dev/null || true); case $n in '' | *[!0-9]*) n=0 ;; esac; printf '%s' "$n"; }
+printf '%s %s\n' "$(__bg_size stdout.log)" "$(__bg_size stderr.log)"
+`
+}
+
+// ParseLogSizes reads LogSizesScript's answer.
+func ParseLogSizes(out string) (stdout, stderr int64, err error) {
+	f := strings.Fields(out)
+	if len(f) != 2 {
+		return 0, 0, fmt.Errorf("log sizes: want two numbers, got %q", truncate(out, 80))
+	}
+	if stdout, err = strconv.ParseInt(f[0], 10, 64); err == nil {
+		stderr, err = strconv.ParseInt(f[1], 10, 64)
+	}
+	if err != nil || stdout < 0 || stderr < 0 {
+		return 0, 0, fmt.Errorf("log sizes: want two byte counts, got %q", truncate(out, 80))
+	}
+	return stdout, stderr, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
 // AttachOutputScript streams the session's stdout (to stdout) and stderr (to
-// stderr) from now on, until the session's monitor ends. It exits
-// ExitNotRunning at once when the session is not running.
-func AttachOutputScript(root, id string) string {
+// stderr) until the session's monitor ends, each from its offset on (0:
+// the first byte; LogSizesScript's answer: where the attachment began).
+// Each log is followed by one tail from that offset, so every byte past it
+// arrives once and in order, however long after the offset was taken the
+// tail starts. It exits ExitNotRunning at once when the session is not
+// running.
+func AttachOutputScript(root, id string, stdoutOffset, stderrOffset int64) string {
 	return fmt.Sprintf("#!/bin/bash\n__bg_dir=%s\n", shell.Quote(StateDir(root, id))) + runningCheck +
 		`__bg_mon=$(head -c 32 -- "$__bg_dir/monitor_pid" 2>/dev/null || true)
 case $__bg_mon in '' | *[!0-9]*) __bg_mon=$__bg_pid ;; esac
-tail -n 0 -s 0.2 --pid="$__bg_mon" -f -- "$__bg_dir/stdout.log" &
+` + fmt.Sprintf(`tail -c +%d -s 0.2 --pid="$__bg_mon" -f -- "$__bg_dir/stdout.log" &
 __bg_t1=$!
-tail -n 0 -s 0.2 --pid="$__bg_mon" -f -- "$__bg_dir/stderr.log" >&2 &
-__bg_t2=$!
+tail -c +%d -s 0.2 --pid="$__bg_mon" -f -- "$__bg_dir/stderr.log" >&2 &
+`, max(stdoutOffset, 0)+1, max(stderrOffset, 0)+1) + `__bg_t2=$!
 trap 'kill $__bg_t1 $__bg_t2 2>/dev/null' EXIT
 wait $__bg_t1 $__bg_t2
 `
+}
+
+// ResizeScript sets the size of a --tty session's terminal (the command
+// gets SIGWINCH). It exits ExitNotRunning when the session is not running
+// and ExitNoTTY when it has no terminal.
+func ResizeScript(root, id string, cols, rows int) string {
+	return fmt.Sprintf("#!/bin/bash\n__bg_dir=%s\n", shell.Quote(StateDir(root, id))) + runningCheck +
+		`__bg_tty=$(head -c 64 -- "$__bg_dir/` + FileTTY + `" 2>/dev/null || true)
+case ${__bg_tty#/dev/pts/} in '' | *[!0-9]*) echo "session has no terminal" >&2; exit 7 ;; esac
+` + fmt.Sprintf("stty -F \"$__bg_tty\" rows %d cols %d\n", rows, cols)
 }
 
 // SignalScript sends sig to the session command's process group and stops

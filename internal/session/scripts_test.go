@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -98,8 +99,9 @@ func TestScriptsPassShellcheckSyntax(t *testing.T) {
 		"preflight": PreflightScript(s), "runner": RunnerScript("/r", s), "start": StartScript("/r", s),
 		"states": StatesScript("/r"), "state": StateScript("/r", "abcd"), "send": SendScript("/r", "abcd"),
 		"logs": LogsScript("/r", "abcd", false, 0, false), "logsf": LogsScript("/r", "abcd", true, 5, true),
-		"attach": AttachOutputScript("/r", "abcd"), "signal": SignalScript("/r", "abcd", "TERM", 3, true),
-		"remove": RemoveScript("/r", "abcd"),
+		"attach": AttachOutputScript("/r", "abcd", 10, 3), "sizes": LogSizesScript("/r", "abcd"),
+		"signal": SignalScript("/r", "abcd", "TERM", 3, true), "remove": RemoveScript("/r", "abcd"),
+		"resize": ResizeScript("/r", "abcd", 100, 30), "ttyrunner": RunnerScript("/r", ttySpec(t, s)),
 	}
 	for name, sc := range scripts {
 		if out, err := exec.Command("bash", "-n", "-c", sc).CombinedOutput(); err != nil {
@@ -371,4 +373,195 @@ func FuzzRunnerHostile(f *testing.F) {
 		}
 		checkHostile(t, v)
 	})
+}
+
+func ttySpec(t *testing.T, s Spec) Spec {
+	t.Helper()
+	if err := s.SetTTY(0, 0); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// attachOut runs the attach output script in the background; its stdout
+// collects in the returned buffer until stop is called.
+func attachOut(t *testing.T, root, id string, outOff, errOff int64) (out *syncBuffer, stop func()) {
+	t.Helper()
+	cmd := exec.Command("bash", "-c", AttachOutputScript(root, id, outOff, errOff))
+	out = &syncBuffer{}
+	cmd.Stdout = out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	stop = func() {
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			t.Error("attach output did not end with the session")
+		}
+	}
+	return out, stop
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// The handover between where an attachment begins (the log sizes taken
+// first) and its live tail (started later): from the start, everything
+// arrives once; from the sizes, what the session wrote before is left
+// out, and what it wrote after them — also before the tail started — and
+// after the tail started arrives once, in order.
+func TestAttachOutputOffsets(t *testing.T) {
+	needTools(t)
+	root := t.TempDir()
+	s := Spec{ID: newID(t), Command: "cat", Cwd: root, StdinMode: model.StdinPipe, Require: []string{"cat"}}
+	start(t, root, s)
+	send := func(line string) {
+		t.Helper()
+		if _, errs, code := run(t, SendScript(root, s.ID), []byte(line)); code != 0 {
+			t.Fatalf("send: exit %d %s", code, errs)
+		}
+	}
+	logged := func(want string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !strings.HasSuffix(readFile(t, filepath.Join(StateDir(root, s.ID), FileStdout)), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("stdout.log never ended with %q", want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	send("before\n")
+	logged("before\n")
+
+	// Where the attachment begins.
+	sizes, errs, code := run(t, LogSizesScript(root, s.ID), nil)
+	if code != 0 {
+		t.Fatalf("sizes: exit %d %s", code, errs)
+	}
+	outOff, errOff, err := ParseLogSizes(sizes)
+	if err != nil || outOff != int64(len("before\n")) || errOff != 0 {
+		t.Fatalf("sizes %q = %d %d %v", sizes, outOff, errOff, err)
+	}
+	// Written between the attach request and the start of the tail.
+	send("between\n")
+	logged("between\n")
+	fromStart, stopStart := attachOut(t, root, s.ID, 0, 0)
+	fromOff, stopOff := attachOut(t, root, s.ID, outOff, errOff)
+	// Written while the tail runs.
+	sent := "between\n"
+	deadline := time.Now().Add(10 * time.Second)
+	for n := 0; n < 3 || !strings.HasSuffix(fromOff.String(), fmt.Sprintf("line-%d\n", n-1)); n++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("attach output stalled at %q", fromOff.String())
+		}
+		line := fmt.Sprintf("line-%d\n", n)
+		send(line)
+		sent += line
+		time.Sleep(50 * time.Millisecond)
+	}
+	run(t, SignalScript(root, s.ID, "TERM", 5, true), nil)
+	stopStart()
+	stopOff()
+	if got, want := fromStart.String(), "before\n"+sent; got != want {
+		t.Errorf("from the start: %q, want %q", got, want)
+	}
+	if got := fromOff.String(); got != sent {
+		t.Errorf("from where the attachment began: %q, want %q", got, sent)
+	}
+	// The answer is checked.
+	for _, bad := range []string{"", "12", "1 2 3", "-1 0", "x 0", "99999999999999999999 0"} {
+		if _, _, err := ParseLogSizes(bad); err == nil {
+			t.Errorf("ParseLogSizes(%q) accepted", bad)
+		}
+	}
+}
+
+// A --tty session runs on a terminal of the size asked, takes input
+// through it (echoed, as a terminal does), follows a resize, and keeps its
+// command's exit code.
+func TestTTYSession(t *testing.T) {
+	needTools(t)
+	if _, err := exec.LookPath(TTYHelper); err != nil {
+		t.Skipf("%s not found on this host", TTYHelper)
+	}
+	root := t.TempDir()
+	s := Spec{ID: newID(t), Command: "bash", Cwd: root, StdinMode: model.StdinPipe, Env: map[string]string{"SHELL": "/bin/false-shell"},
+		Args: []string{"-c", `[ -t 0 ] && [ -t 1 ] && echo "tty yes shell=$SHELL"; stty size; read -r l; echo "got:$l"; stty size; exit 7`}}
+	s.Require = NormalizeRequire(s.Command, nil)
+	if err := s.SetTTY(90, 33); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(s.Require, " "), TTYHelper) {
+		t.Fatalf("require %v lacks %s", s.Require, TTYHelper)
+	}
+	r := start(t, root, s)
+	if r.Failed != nil {
+		t.Fatalf("start: %+v", r)
+	}
+	log := filepath.Join(StateDir(root, s.ID), FileStdout)
+	waitLog := func(want string) string {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			got := readFile(t, log)
+			if strings.Contains(got, want) {
+				return got
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("stdout.log never held %q: %q", want, got)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitLog("tty yes shell=/bin/false-shell\r\n33 90\r\n")
+	if _, errs, code := run(t, ResizeScript(root, s.ID, 120, 40), nil); code != 0 {
+		t.Fatalf("resize: exit %d %s", code, errs)
+	}
+	if _, errs, code := run(t, SendScript(root, s.ID), []byte("hello\n")); code != 0 {
+		t.Fatalf("send: exit %d %s", code, errs)
+	}
+	// The terminal echoes the input line, then the command answers.
+	waitLog("hello\r\ngot:hello\r\n40 120\r\n")
+	st := waitFinal(t, root, s.ID)
+	if st.ExitCode == nil || *st.ExitCode != 7 || st.Status != "failed" {
+		t.Fatalf("final state %+v, want exit 7", st)
+	}
+	if _, _, code := run(t, ResizeScript(root, s.ID, 100, 30), nil); code != ExitNotRunning {
+		t.Fatalf("resize of a finished session: exit %d, want %d", code, ExitNotRunning)
+	}
+
+	// A session without a terminal refuses a resize.
+	p := Spec{ID: newID(t), Command: "cat", Cwd: root, StdinMode: model.StdinPipe, Require: []string{"cat"}}
+	start(t, root, p)
+	if _, _, code := run(t, ResizeScript(root, p.ID, 100, 30), nil); code != ExitNoTTY {
+		t.Fatalf("resize of a pipe session: exit %d, want %d", code, ExitNoTTY)
+	}
+	// Closed stdin and bad sizes are refused.
+	c := Spec{ID: newID(t), Command: "top", StdinMode: model.StdinClosed}
+	if err := c.SetTTY(0, 0); err == nil {
+		t.Error("a --tty session with closed stdin was accepted")
+	}
+	c.StdinMode = model.StdinPipe
+	if err := c.SetTTY(0, 24); err == nil {
+		t.Error("a terminal 0 columns wide was accepted")
+	}
 }

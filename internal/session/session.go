@@ -46,6 +46,7 @@ const (
 	FileStdin      = "stdin.pipe"
 	FileRunner     = "runner.sh"
 	FileRunnerLog  = "runner.log"
+	FileTTY        = "tty" // the terminal's path (/dev/pts/N) of a --tty session
 )
 
 // Launch stages named in errors and in Session.LaunchStage.
@@ -72,6 +73,39 @@ type Spec struct {
 	Cwd       string
 	StdinMode string // model.StdinPipe or model.StdinClosed
 	Require   []string
+	// TTY runs the command on a pseudo-terminal of Cols x Rows, made by
+	// util-linux script(1); set with SetTTY.
+	TTY        bool
+	Cols, Rows int
+}
+
+// TTYHelper is the guest command that gives a --tty session its terminal.
+const TTYHelper = "script"
+
+// Terminal sizes of a --tty session when none is given, and the bound on
+// each side.
+const (
+	DefaultCols = 80
+	DefaultRows = 24
+	MaxSide     = 10000
+)
+
+// SetTTY makes s run on a terminal of cols x rows (0, 0: the default
+// size). Its stdin must be pipe (a terminal takes input); the preflight
+// then also requires the terminal helper.
+func (s *Spec) SetTTY(cols, rows int) error {
+	if s.StdinMode != model.StdinPipe {
+		return fmt.Errorf("a --tty session takes its input through its terminal: its stdin must be %q, not %q", model.StdinPipe, s.StdinMode)
+	}
+	if cols == 0 && rows == 0 {
+		cols, rows = DefaultCols, DefaultRows
+	}
+	if cols < 1 || rows < 1 || cols > MaxSide || rows > MaxSide {
+		return fmt.Errorf("invalid terminal size %dx%d: each side must be 1 to %d", cols, rows, MaxSide)
+	}
+	s.TTY, s.Cols, s.Rows = true, cols, rows
+	s.Require = NormalizeRequire(s.Command, append(s.Require, TTYHelper))
+	return nil
 }
 
 var (

@@ -103,12 +103,13 @@ func CopyOut(ctx context.Context, image, dir, dst string, sb Sandbox) error {
 // copy of the image (a reflink where the filesystem can, else a sparse
 // copy beside the image), never on the image: the work disk is only read.
 //
-// Regular files, directories and symlinks come out with their modes and
-// times; owners are the jail's id. dst's parent must be reachable by the
+// dir lands in dst under its own name (dst/NAME), except "/", whose
+// contents land in dst itself. Regular files, directories and symlinks
+// come out with their modes and times; owners are the jail's id. dst's parent must be reachable by the
 // jail's id. The image must not be in use (its VM stopped). A missing dir
 // is ErrNotFound. On failure dst is removed.
 func CopyOutIn(ctx context.Context, j *Jail, image, dir, dst string, lim CopyLimits) (err error) {
-	if !path.IsAbs(dir) || path.Clean(dir) != dir || dir == "/" {
+	if !path.IsAbs(dir) || path.Clean(dir) != dir {
 		return fmt.Errorf("copy out of %s: %q is not a clean absolute directory path", image, dir)
 	}
 	lim = lim.orDefault()

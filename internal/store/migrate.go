@@ -130,6 +130,40 @@ CREATE TABLE forwards (
 );
 CREATE INDEX forwards_vm_id ON forwards(vm_id);
 `,
+	// 7: each VM's idle timeout in seconds (0 for none) and what to do
+	// when it passes (model.TTLDelete or TTLStop). VMs made before have
+	// none.
+	`
+ALTER TABLE vms ADD COLUMN idle_timeout_s INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE vms ADD COLUMN idle_action TEXT NOT NULL DEFAULT '';
+`,
+	// 8: the E2B-compatible control plane: API keys (only their hash),
+	// the listener `banger e2b serve` started (served again at daemon
+	// start) and what it adds to the VMs it made.
+	`
+CREATE TABLE e2b_keys (
+	id         TEXT PRIMARY KEY,
+	name       TEXT NOT NULL UNIQUE,
+	hash       TEXT NOT NULL UNIQUE,
+	prefix     TEXT NOT NULL,
+	created_at TEXT NOT NULL,
+	last_used  TEXT
+);
+CREATE TABLE e2b_listener (
+	id         INTEGER PRIMARY KEY CHECK (id = 1),
+	listen     TEXT NOT NULL,
+	domain     TEXT NOT NULL,
+	created_at TEXT NOT NULL
+);
+CREATE TABLE e2b_sandboxes (
+	vm_id       TEXT PRIMARY KEY REFERENCES vms(id) ON DELETE CASCADE,
+	template_id TEXT NOT NULL,
+	token       TEXT NOT NULL,
+	metadata    TEXT NOT NULL,
+	env         TEXT NOT NULL,
+	created_at  TEXT NOT NULL
+);
+`,
 }
 
 // migrate applies the steps the database lacks, up to version upTo, each in

@@ -13,9 +13,9 @@ import (
 const vmCols = "id, name, image_id, kernel_id, cpus, memory_mib, disk_bytes, desired_state, state, vmm, accel, " +
 	"cow_strategy, guest_ip, guest_mac, dns_name, cid, dir, api_socket, vsock_socket, log_path, console_path, " +
 	"metrics_path, system_disk, work_disk, last_error, created_at, updated_at, started_at, net_policy, host_key, " +
-	"expires_at, expire_action"
+	"expires_at, expire_action, idle_timeout_s, idle_action"
 
-const vmColCount = 32
+const vmColCount = 34
 
 func scanVM(r *sql.Rows) (model.VM, error) {
 	var vm model.VM
@@ -28,7 +28,7 @@ func scanVM(r *sql.Rows) (model.VM, error) {
 		&vm.DesiredState, &vm.State, &vm.VMM, &vm.Accel, &vm.CowStrategy, &vm.GuestIP, &vm.GuestMAC,
 		&vm.DNSName, &cid, &vm.Dir, &vm.APISocket, &vm.VsockSocket, &vm.LogPath, &vm.ConsolePath,
 		&vm.MetricsPath, &vm.SystemDisk, &vm.WorkDisk, &vm.LastError, &created, &updated, &started, &net,
-		&vm.HostKey, &expires, &vm.ExpireAction); err != nil {
+		&vm.HostKey, &expires, &vm.ExpireAction, &vm.IdleTimeoutSeconds, &vm.IdleAction); err != nil {
 		return vm, err
 	}
 	vm.CID = uint32(cid)
@@ -56,7 +56,7 @@ func vmArgs(vm model.VM) []any {
 		vm.DNSName, int64(vm.CID), vm.Dir, vm.APISocket, vm.VsockSocket, vm.LogPath, vm.ConsolePath,
 		vm.MetricsPath, vm.SystemDisk, vm.WorkDisk, vm.LastError, fmtTime(vm.CreatedAt), fmtTime(vm.UpdatedAt),
 		fmtTimePtr(vm.StartedAt), fmtNetPolicy(vm.Net), vm.HostKey,
-		fmtTimePtr(vm.ExpiresAt), vm.ExpireAction}
+		fmtTimePtr(vm.ExpiresAt), vm.ExpireAction, vm.IdleTimeoutSeconds, vm.IdleAction}
 }
 
 // parseNetPolicy reads the net_policy column; empty (a VM made before
@@ -105,19 +105,20 @@ func (s *Store) ListVMs(ctx context.Context) ([]model.VM, error) {
 }
 
 // UpdateVM replaces the whole record with vm.ID, setting UpdatedAt to now
-// (the caller's UpdatedAt is ignored), but for the deadline, which only
-// SetVMExpiry writes: a save by a boot that read the record minutes ago
-// must not put back an older deadline. ErrNotFound when there is no such
+// (the caller's UpdatedAt is ignored), but for the deadline and the idle
+// timeout, which only SetVMExpiry and SetVMIdle write: a save by a boot
+// that read the record minutes ago must not put back an older one. ErrNotFound when there is no such
 // id; ErrConflict when the new name, IP or CID is taken by another VM.
 func (s *Store) UpdateVM(ctx context.Context, vm model.VM) error {
 	vm.UpdatedAt = time.Now()
 	args := vmArgs(vm)
-	// SET every column but id and the deadline's, then WHERE id = ?.
+	// SET every column but id, the deadline's and the idle timeout's,
+	// then WHERE id = ?.
 	query := "UPDATE vms SET name=?, image_id=?, kernel_id=?, cpus=?, memory_mib=?, disk_bytes=?, " +
 		"desired_state=?, state=?, vmm=?, accel=?, cow_strategy=?, guest_ip=?, guest_mac=?, dns_name=?, cid=?, " +
 		"dir=?, api_socket=?, vsock_socket=?, log_path=?, console_path=?, metrics_path=?, system_disk=?, " +
 		"work_disk=?, last_error=?, created_at=?, updated_at=?, started_at=?, net_policy=?, host_key=? WHERE id = ?"
-	if err := s.execOne(ctx, "vm", vm.ID, query, append(args[1:vmColCount-2], vm.ID)...); err != nil {
+	if err := s.execOne(ctx, "vm", vm.ID, query, append(args[1:vmColCount-4], vm.ID)...); err != nil {
 		return fmt.Errorf("update vm: %w", err)
 	}
 	return nil
@@ -132,6 +133,19 @@ func (s *Store) SetVMExpiry(ctx context.Context, id string, at *time.Time, actio
 	query := "UPDATE vms SET expires_at=?, expire_action=?, updated_at=? WHERE id = ?"
 	if err := s.execOne(ctx, "vm", id, query, fmtTimePtr(at), action, fmtTime(time.Now()), id); err != nil {
 		return fmt.Errorf("set vm deadline: %w", err)
+	}
+	return nil
+}
+
+// SetVMIdle sets (seconds > 0) or clears the idle timeout of the VM with
+// this exact id and what to do when it passes (ErrNotFound).
+func (s *Store) SetVMIdle(ctx context.Context, id string, seconds int, action string) error {
+	if seconds <= 0 {
+		seconds, action = 0, ""
+	}
+	query := "UPDATE vms SET idle_timeout_s=?, idle_action=?, updated_at=? WHERE id = ?"
+	if err := s.execOne(ctx, "vm", id, query, seconds, action, fmtTime(time.Now()), id); err != nil {
+		return fmt.Errorf("set vm idle timeout: %w", err)
 	}
 	return nil
 }

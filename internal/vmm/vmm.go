@@ -16,11 +16,9 @@
 // running VM takes the Handle recorded at Start (or rebuilt by Find).
 //
 // Abilities that not every VMM has are small interfaces next to Driver
-// (AccelReporter, Confiner), found by a type assertion on a Driver and never stubbed:
-// a driver without the ability does not implement the interface. A future
-// ability such as snapshot/restore goes the same way: an interface here
-// (Snapshotter), implemented by the drivers that can, and asked for by the
-// daemon with `drv.(vmm.Snapshotter)`.
+// (AccelReporter, Confiner, Snapshotter), found by a type assertion on a
+// Driver and never stubbed: a driver without the ability does not
+// implement the interface.
 package vmm
 
 import (
@@ -173,6 +171,58 @@ type Confiner interface {
 	// cannot confine still runs VMs. It may probe like Available and
 	// caches like it.
 	Confinement(ctx context.Context) (what string, ok bool)
+}
+
+// Snapshotter is an optional ability of a Driver: writing a running
+// guest's whole state (memory, vCPUs, devices) to files and starting a new
+// VMM process from them, so that the guest goes on where it stopped, with
+// its processes, open files and connections.
+//
+// The model: Save freezes the guest and writes its state into a directory
+// the caller gives (the caller owns the directory: it makes it, renames it
+// once Save succeeded, and removes it); the VMM process stays, with the
+// guest paused, until the caller either Kills it (the guest now lives only
+// in the directory: pause to disk) or Resumes it (the guest goes on and the
+// directory is a point-in-time copy: a snapshot). Restore starts a fresh
+// VMM from such a directory. Disks are not part of the state: the caller
+// keeps them unchanged between Save and Restore (or captures them while the
+// guest is paused, for a snapshot that outlives the disks' next writes).
+//
+// The three flows:
+//
+//	pause:    Save(h, dir) → Kill(h) … Restore(spec, dir) → remove dir
+//	snapshot: Save(h, dir) → copy disks → Resume(h)
+//	fork:     Restore(spec', dir) with spec' naming other disks and tap
+type Snapshotter interface {
+	// Save stops the guest's vCPUs and writes its memory and device state
+	// into dir, which must exist and is the caller's; the files it writes
+	// there are named by StateFiles. It returns once every byte is written
+	// and synced, leaving the VMM process alive with the guest paused. It
+	// takes time proportional to the memory the guest has touched (QEMU
+	// skips zero pages). On error the guest is resumed where possible, and
+	// files Save left in dir are the caller's to remove with dir. Calling
+	// it on a paused guest (a second Save) is allowed.
+	Save(ctx context.Context, h Handle, dir string) error
+
+	// Resume lets the vCPUs of a guest paused by Save run again in the
+	// same VMM process. Resuming a running guest is not an error.
+	Resume(ctx context.Context, h Handle) error
+
+	// Restore starts a new VMM process for spec from the state Save wrote
+	// into dir and returns once the guest runs again, with Start's
+	// guarantees (own session, output to spec.LogPath, nothing left on
+	// error, refused when spec.APISocket is held by a live process).
+	// spec must describe the machine the state was saved from: the same
+	// CPUs, memory, kernel and disks in the same order with the same
+	// contents; its tap may be another device (the guest keeps its MAC and
+	// addresses). Like Start, it removes a stale socket the VMM binds
+	// (Firecracker's vsock, which must not exist at load). Once it returns, dir may be removed: the VMM keeps open what
+	// it still needs.
+	Restore(ctx context.Context, spec Spec, dir string) (Handle, error)
+
+	// StateFiles names the files Save writes in dir, for the caller to
+	// check, size and remove. Pure.
+	StateFiles(dir string) []string
 }
 
 // WaitExit polls until the process of h is gone or ctx ends; it returns true

@@ -11,8 +11,14 @@ import (
 
 // TestVMCp copies a tree (a symlink, an executable, a 50 MiB file) into a
 // real guest and back, single files both ways, and checks the errors.
+//
+// A guest serving an endless file is cut at max_copy_out (64M here) and
+// leaves nothing on the host; once the VM is stopped, the tree is copied
+// out of its work disk, byte-identical with modes and links kept.
 func TestVMCp(t *testing.T) {
-	h := NewHarness(t)
+	cfg := filepath.Join(t.TempDir(), "config.json")
+	os.WriteFile(cfg, []byte(`{"max_copy_out": "64M"}`), 0o644)
+	h := NewHarness(t, "BANGER_CONFIG="+cfg)
 	h.StartVM("cp")
 
 	src := filepath.Join(t.TempDir(), "tree")
@@ -105,11 +111,52 @@ func TestVMCp(t *testing.T) {
 		t.Errorf("a failed write left %q", out)
 	}
 
-	// A stopped VM says so.
+	// A hostile guest's endless file stops at the budget, leaving nothing.
+	endless := filepath.Join(t.TempDir(), "endless")
+	_, stderr, code = h.Run("vm", "cp", "cp:/dev/zero", endless)
+	t.Logf("endless file: exit %d: %s", code, strings.TrimSpace(stderr))
+	if code == 0 || !strings.Contains(stderr, "max_copy_out") {
+		t.Errorf("cp of an endless file: exit %d, %s", code, stderr)
+	}
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(endless), "*")); len(left) != 0 {
+		t.Errorf("an endless copy left %v", left)
+	}
+
+	// A stopped VM: reads come from its work disk.
 	h.MustRun("vm", "stop", "cp")
+	off := filepath.Join(t.TempDir(), "offline")
+	h.MustRun("vm", "cp", "-r", "cp:tree", off)
+	if got := fileSum(t, filepath.Join(off, "big.bin")); got != bigSum {
+		t.Errorf("big.bin from the stopped VM: sha256 %s, want %s", got, bigSum)
+	}
+	if st, err := os.Stat(filepath.Join(off, "bin", "run.sh")); err != nil || st.Mode().Perm() != 0o755 {
+		t.Errorf("run.sh from the stopped VM: %v, %v", st, err)
+	}
+	if l, err := os.Readlink(filepath.Join(off, "link")); err != nil || l != "bin/run.sh" {
+		t.Errorf("link from the stopped VM: %q, %v", l, err)
+	}
+	if st, err := os.Stat(filepath.Join(back, "big.bin")); err == nil {
+		if so, err := os.Stat(filepath.Join(off, "big.bin")); err != nil || so.ModTime().Unix() != st.ModTime().Unix() {
+			t.Errorf("big.bin mtime offline %v, online %v (to the second: the disk reader sets whole seconds)", so.ModTime(), st.ModTime())
+		}
+	}
+	if out := h.MustRun("vm", "cp", "cp:/root/tree/bin/run.sh", "-"); out != "#!/bin/sh\necho ran\n" {
+		t.Errorf("a single file from the stopped VM: %q", out)
+	}
+	t.Logf("offline tree: big.bin sha256 %s, run.sh 0755, link -> bin/run.sh", bigSum)
+	_, stderr, code = h.Run("vm", "cp", "cp:/root/nope", filepath.Join(t.TempDir(), "x"))
+	t.Logf("stopped, missing: exit %d: %s", code, strings.TrimSpace(stderr))
+	if code == 0 || !strings.Contains(stderr, "/root/nope") || !strings.Contains(stderr, "no such file") {
+		t.Errorf("cp of a missing path from a stopped VM: exit %d, %s", code, stderr)
+	}
 	_, stderr, code = h.Run("vm", "cp", "cp:/etc/hostname", "-")
-	t.Logf("stopped: exit %d: %s", code, strings.TrimSpace(stderr))
+	t.Logf("stopped, system disk: exit %d: %s", code, strings.TrimSpace(stderr))
+	if code == 0 || !strings.Contains(stderr, "system disk") {
+		t.Errorf("cp from a stopped VM's system disk: exit %d, %s", code, stderr)
+	}
+	_, stderr, code = h.RunInput([]byte("x"), "vm", "cp", "-", "cp:/root/x")
+	t.Logf("stopped, write: exit %d: %s", code, strings.TrimSpace(stderr))
 	if code == 0 || !strings.Contains(stderr, "not running") {
-		t.Errorf("cp from a stopped VM: exit %d, %s", code, stderr)
+		t.Errorf("cp into a stopped VM: exit %d, %s", code, stderr)
 	}
 }

@@ -9,7 +9,8 @@ import (
 	"github.com/banger/banger/internal/api"
 )
 
-// TestFirecrackerVM runs the VM lifecycle on Firecracker. It needs the real
+// TestFirecrackerVM runs the VM lifecycle on Firecracker, pause and resume
+// included. It needs the real
 // firecracker binary, a KVM that runs ordinary guests and a copy-on-write
 // strategy Firecracker can use (dm-snapshot or reflink); without them it
 // skips, saying which is missing. The driver itself is tested against a fake
@@ -51,6 +52,19 @@ func TestFirecrackerVM(t *testing.T) {
 	if got := strings.TrimSpace(h.MustRun("vm", "exec", "fc", "--", "cat", "/root/marker")); got != "kept" {
 		t.Fatalf("marker after restart = %q", got)
 	}
+	// Pause and resume: a session and the guest's memory go on.
+	h.MustRun("session", "start", "fc", "--name", "cat", "--", "cat")
+	h.MustRun("vm", "exec", "fc", "--", "sh", "-c", "echo in-memory > /dev/shm/marker")
+	h.MustRun("vm", "pause", "fc")
+	if st := h.VM("fc").State; st != "paused" {
+		t.Fatalf("state after pause = %s", st)
+	}
+	h.MustRun("vm", "resume", "fc")
+	if got := strings.TrimSpace(h.MustRun("vm", "exec", "fc", "--", "cat", "/dev/shm/marker")); got != "in-memory" {
+		t.Fatalf("memory after resume = %q", got)
+	}
+	h.MustRun("session", "send", "fc", "cat", "after-resume")
+	h.waitLogs("fc", "cat", "after-resume\n")
 	h.MustRun("vm", "delete", "--force", "fc")
 	h.AssertNoLeaks()
 }

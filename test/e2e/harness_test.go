@@ -59,6 +59,8 @@ type Harness struct {
 	StateDir string
 	Netns    string
 	env      []string
+	// The E2B listener and API key, once e2bNode started them.
+	e2bURL, e2bKey string
 }
 
 // NewHarness makes a state dir and a network namespace, and registers the

@@ -75,6 +75,53 @@ func TestVMTTL(t *testing.T) {
 	h.AssertNoLeaks()
 }
 
+// TestVMIdleTimeout: a VM made with --idle-timeout 15s is kept while an
+// exec comes every 5s for longer than that, then deleted about 15s after
+// the last one ends.
+func TestVMIdleTimeout(t *testing.T) {
+	h := NewHarness(t)
+	vm := h.StartVM("idler", "--idle-timeout", "15s")
+	if vm.IdleTimeoutSeconds != 15 || vm.IdleAction != model.TTLDelete {
+		t.Fatalf("vm show: idle %d %q", vm.IdleTimeoutSeconds, vm.IdleAction)
+	}
+	t.Logf("vm show: %s", strings.TrimSpace(grepLine(h.MustRun("vm", "show", "idler"), "idle timeout")))
+	inUse := time.Now().Add(30 * time.Second)
+	var last time.Time
+	for time.Now().Before(inUse) {
+		h.MustRun("vm", "exec", "idler", "--", "true")
+		last = time.Now()
+		time.Sleep(5 * time.Second)
+	}
+	if _, _, code := h.Run("vm", "show", "idler"); code != 0 {
+		t.Fatal("vm deleted while in use")
+	}
+	t.Logf("kept for %.0fs of periodic exec", 30.0)
+	at, ok := h.gone("idler", 60*time.Second)
+	if !ok {
+		t.Fatal("vm still listed 60s after its last activity (idle timeout 15s)")
+	}
+	d := at.Sub(last)
+	t.Logf("vm gone %.1fs after its last exec (idle timeout 15s)", d.Seconds())
+	if d < 14*time.Second || d > 25*time.Second {
+		t.Errorf("gone %v after the last activity, want about 15s", d)
+	}
+	log, _ := os.ReadFile(filepath.Join(h.StateDir, "bangerd.log"))
+	if !strings.Contains(string(log), "vm idle; deleting it") {
+		t.Errorf("bangerd.log has no idle line")
+	}
+	h.AssertNoLeaks()
+}
+
+// grepLine is the first line of s holding sub.
+func grepLine(s, sub string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			return l
+		}
+	}
+	return ""
+}
+
 // TestVMTTLDaemonDown: a deadline that passes while bangerd is stopped is
 // enforced when the next CLI call starts it again: the running VM it left
 // is gone, VMM included.

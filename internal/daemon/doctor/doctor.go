@@ -64,6 +64,9 @@ func Report(ctx context.Context, h Host) api.DoctorReport {
 			what, ok := c.Confinement(ctx)
 			add("confine:"+drv.Name(), ok, what, "run bangerd as root with useradd available (user banger-vmm); for firecracker, install its jailer")
 		}
+		if _, ok := drv.(vmm.Snapshotter); ok {
+			add("pause:"+drv.Name(), true, "vm pause and vm resume save and restore a guest's whole state (docs/pause.md)", "")
+		}
 	}
 	if drv, err := h.PickDriver(ctx); err == nil {
 		rep.VMM = drv.Name()

@@ -1,7 +1,9 @@
 // Package files is the daemon side of file operations in a running VM's
 // guest: read (streamed, optionally a byte range), atomic write, stat,
 // list, mkdir, move, remove and tar archives of directories, each one
-// shell script run over the pooled SSH connection.
+// shell script run over the pooled SSH connection. The reads (read, stat,
+// list, archive) also answer for a stopped VM, from its work disk through
+// storage's reader (offline.go).
 //
 // The guest is hostile: file contents are streamed and never held, and
 // what is parsed (stat and listings, NUL-separated) is bounded by
@@ -17,6 +19,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net"
 	"path"
 	"sort"
 	"strconv"
@@ -38,6 +41,19 @@ type Deps struct {
 	VMs vms.Lookup
 	// Dial returns a (pooled) SSH client to a running VM's guest.
 	Dial func(ctx context.Context, vm model.VM) (guest.Client, error)
+	// TempDir is where a stopped VM's tree is copied to be archived
+	// ("" for the system's); CopyLimits bound that copy (zero values:
+	// storage.DefaultCopyLimits).
+	TempDir string
+	// DialData connects to a port a running guest listens on, for the
+	// data channel writes take (nil: writes take the SSH session);
+	// Transport says which the daemon's configuration wants (TransportTCP
+	// or TransportSSH; nil means TCP).
+	DialData  func(ctx context.Context, vm model.VM, port int) (net.Conn, error)
+	Transport func() string
+	// Budget bounds each read out of a guest (zero values:
+	// DefaultBudget's); a stopped VM's archive is bounded by it too.
+	Budget Budget
 }
 
 // Service runs file operations in guests.
@@ -131,23 +147,26 @@ func guestError(vmName, what string, code int, stderr string) error {
 		msg = fmt.Sprintf("exit status %d", code)
 	}
 	kind := errdefs.CodeInternal
+	// GNU tools say "No space left on device", Go's (banger-init recv,
+	// writing a stream) "no space left on device".
+	stderr = strings.ToLower(stderr)
 	switch {
 	case code == exitNotFound:
 		kind = errdefs.CodeNotFound
 	case code == exitNotDir, code == exitIsDir:
 		kind = errdefs.CodeInvalid
-	case strings.Contains(stderr, "No space left on device"), strings.Contains(stderr, "Disk quota exceeded"):
+	case strings.Contains(stderr, "no space left on device"), strings.Contains(stderr, "disk quota exceeded"):
 		return errdefs.Errorf(errdefs.CodeConflict, "%s in vm %s: the guest's disk is full: %s", what, vmName, msg)
-	case strings.Contains(stderr, "Permission denied"), strings.Contains(stderr, "Operation not permitted"),
-		strings.Contains(stderr, "Read-only file system"):
+	case strings.Contains(stderr, "permission denied"), strings.Contains(stderr, "operation not permitted"),
+		strings.Contains(stderr, "read-only file system"):
 		// The guest's state refuses it (an immutable file, a read-only
 		// mount), not the request's shape: a conflict.
 		kind = errdefs.CodeConflict
-	case strings.Contains(stderr, "No such file or directory"):
+	case strings.Contains(stderr, "no such file or directory"):
 		kind = errdefs.CodeNotFound
-	case strings.Contains(stderr, "Not a directory"), strings.Contains(stderr, "Is a directory"):
+	case strings.Contains(stderr, "not a directory"), strings.Contains(stderr, "is a directory"):
 		kind = errdefs.CodeInvalid
-	case strings.Contains(stderr, "Directory not empty"), strings.Contains(stderr, "File exists"):
+	case strings.Contains(stderr, "directory not empty"), strings.Contains(stderr, "file exists"):
 		kind = errdefs.CodeConflict
 	}
 	return errdefs.Errorf(kind, "%s in vm %s: %s", what, vmName, msg)
@@ -172,11 +191,18 @@ func (sv *Service) ReadFile(ctx context.Context, ref string, req api.FileReadReq
 	if req.Offset < 0 || req.Length < 0 {
 		return errdefs.Errorf(errdefs.CodeInvalid, "offset and length must be >= 0")
 	}
-	vm, p, err := sv.running(ctx, ref, req.Path)
+	vm, p, dp, unlock, err := sv.readVM(ctx, ref, req.Path)
 	if err != nil {
 		return err
 	}
+	if unlock != nil {
+		defer unlock()
+		return sv.readOffline(ctx, vm, p, dp, req, w)
+	}
 	dd := "dd if=\"$p\" bs=65536 status=none iflag=skip_bytes,count_bytes"
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	bw := newByteBudget(w, sv.Budget, "read "+p+" in vm "+vm.Name, cancel)
 	if req.Offset > 0 {
 		dd += " skip=" + strconv.FormatInt(req.Offset, 10)
 	}
@@ -184,7 +210,8 @@ func (sv *Service) ReadFile(ctx context.Context, ref string, req api.FileReadReq
 		dd += " count=" + strconv.FormatInt(req.Length, 10)
 	}
 	script := prelude(map[string]string{"p": p}) + "exists \"$p\"\nnotdir \"$p\"\nexec " + dd + "\n"
-	return sv.run(ctx, vm, "read "+p, script, nil, w)
+	err = sv.run(runCtx, vm, "read "+p, script, nil, bw)
+	return budgetError(bw.Err(), err)
 }
 
 // WriteFile streams body into p atomically: a temporary file in the same
@@ -218,8 +245,8 @@ func (sv *Service) WriteFile(ctx context.Context, ref string, req api.FileWriteR
 	// never commits a truncated file, whatever signals the guest's shell
 	// did or did not see; the temporary file is removed instead.
 	s.WriteString("trap 'rm -f -- \"$t\"' TERM HUP INT PIPE\n")
-	s.WriteString("(set -C; umask 077; cat > \"$t\") || { rm -f -- \"$t\"; exit 1; }\n")
-	if err := sv.run(ctx, vm, "write "+p, s.String(), body, nil); err != nil {
+	s.WriteString("(set -C; umask 077; stream > \"$t\") || { rm -f -- \"$t\"; exit 1; }\n")
+	if err := sv.runStream(ctx, vm, "write "+p, s.String(), body); err != nil {
 		sv.removeTemp(vm, vars)
 		return api.FileInfo{}, err
 	}
@@ -254,9 +281,13 @@ const fieldsPerEntry = 6
 
 // StatFile describes p without following a final symlink.
 func (sv *Service) StatFile(ctx context.Context, ref, p string) (api.FileInfo, error) {
-	vm, gp, err := sv.running(ctx, ref, p)
+	vm, gp, dp, unlock, err := sv.readVM(ctx, ref, p)
 	if err != nil {
 		return api.FileInfo{}, err
+	}
+	if unlock != nil {
+		defer unlock()
+		return sv.statOffline(ctx, vm, gp, dp)
 	}
 	return sv.stat(ctx, vm, gp)
 }
@@ -282,9 +313,13 @@ func (sv *Service) ListFiles(ctx context.Context, ref, dir string, depth int) ([
 	if depth < 1 || depth > MaxDepth {
 		return nil, errdefs.Errorf(errdefs.CodeInvalid, "invalid depth %d: use 1 to %d", depth, MaxDepth)
 	}
-	vm, p, err := sv.running(ctx, ref, dir)
+	vm, p, dp, unlock, err := sv.readVM(ctx, ref, dir)
 	if err != nil {
 		return nil, err
+	}
+	if unlock != nil {
+		defer unlock()
+		return sv.listOffline(ctx, vm, p, dp, depth)
 	}
 	// "$p/" makes find start inside a directory p names through a symlink.
 	script := prelude(map[string]string{"p": p}) + "exists \"$p\"\nisdir \"$p\"\n" +
@@ -468,12 +503,20 @@ func (sv *Service) RemoveFile(ctx context.Context, ref, p string, recursive bool
 
 // ReadArchive streams a tar of dir's contents (names relative to it) to w.
 func (sv *Service) ReadArchive(ctx context.Context, ref, dir string, w io.Writer) error {
-	vm, p, err := sv.running(ctx, ref, dir)
+	vm, p, dp, unlock, err := sv.readVM(ctx, ref, dir)
 	if err != nil {
 		return err
 	}
-	script := prelude(map[string]string{"p": p}) + "exists \"$p\"\nisdir \"$p\"\nexec tar -C \"$p\" -cf - .\n"
-	return sv.run(ctx, vm, "archive "+p, script, nil, w)
+	if unlock != nil {
+		defer unlock()
+		return sv.archiveOffline(ctx, vm, p, dp, w)
+	}
+	script := prelude(map[string]string{"p": p}) + "exists \"$p\"\nisdir \"$p\"\nexec tar -C \"$p\" -b 256 -cf - .\n"
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	tb := newTarBudget(w, sv.Budget, "archive "+p+" in vm "+vm.Name, cancel)
+	err = sv.run(runCtx, vm, "archive "+p, script, nil, tb)
+	return budgetError(tb.Close(), err)
 }
 
 // WriteArchive unpacks a tar stream into dir (made when missing), keeping
@@ -483,8 +526,12 @@ func (sv *Service) WriteArchive(ctx context.Context, ref, dir string, tar io.Rea
 	if err != nil {
 		return api.FileInfo{}, err
 	}
-	script := prelude(map[string]string{"p": p}) + "if [ -e \"$p\" ]; then isdir \"$p\"; fi\nmkdir -p -- \"$p\" || exit 1\nexec tar -C \"$p\" -xpf - --no-same-owner\n"
-	if err := sv.run(ctx, vm, "unpack into "+p, script, tar, nil); err != nil {
+	// 128 KiB reads (-b 256, -B: whole records from a pipe) rather than
+	// tar's 10 KiB: under emulation each read and context switch is dear.
+	script := prelude(map[string]string{"p": p}) + "if [ -e \"$p\" ]; then isdir \"$p\"; fi\nmkdir -p -- \"$p\" || exit 1\n" +
+		"stream | tar -C \"$p\" -x -b 256 -B -pf - --no-same-owner || exit 1\n" +
+		"cat >/dev/null\n" // the rest (tar may stop at its end blocks), so the sender finishes
+	if err := sv.runStream(ctx, vm, "unpack into "+p, script, tar); err != nil {
 		return api.FileInfo{}, err
 	}
 	return sv.stat(ctx, vm, p)

@@ -91,13 +91,17 @@ func (r *readErr) Read(p []byte) (int, error) {
 }
 
 // fakeVMs knows one VM, "vm", running unless stopped.
-type fakeVMs struct{ stopped bool }
+type fakeVMs struct {
+	stopped bool
+	state   model.VMState // recorded state when stopped ("": stopped)
+	disk    string        // its work disk
+}
 
 func (f fakeVMs) Resolve(_ context.Context, ref string) (model.VM, error) {
 	if ref != "vm" {
 		return model.VM{}, errdefs.NotFound("vm", ref)
 	}
-	return model.VM{Name: "vm"}, nil
+	return model.VM{ID: "vm", Name: "vm", WorkDisk: f.disk, State: f.state}, nil
 }
 
 func (f fakeVMs) Running(ctx context.Context, ref string) (model.VM, error) {
@@ -354,18 +358,102 @@ func TestArchiveRoundTrip(t *testing.T) {
 
 func TestStoppedVM(t *testing.T) {
 	sv := New(Deps{VMs: fakeVMs{stopped: true}})
-	err := sv.ReadFile(context.Background(), "vm", api.FileReadRequest{Path: "/etc/hostname"}, io.Discard)
-	if errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "not running") {
-		t.Errorf("read from a stopped VM: %v", err)
+	ctx := context.Background()
+	err := sv.ReadFile(ctx, "vm", api.FileReadRequest{Path: "/etc/hostname"}, io.Discard)
+	if errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "system disk") || !strings.Contains(err.Error(), "banger vm start vm") {
+		t.Errorf("read of the system disk from a stopped VM: %v", err)
 	}
+	_, err = sv.WriteFile(ctx, "vm", api.FileWriteRequest{Path: "x"}, strings.NewReader("x"))
+	if errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "not running") {
+		t.Errorf("write to a stopped VM: %v", err)
+	}
+}
+
+// A paused VM's work disk lacks what its guest has not written back: its
+// files are refused with how to resume it, not read stale.
+func TestPausedVMRefused(t *testing.T) {
+	sv := New(Deps{VMs: fakeVMs{stopped: true, state: model.VMPaused, disk: "/nonexistent/work.ext4"}})
+	err := sv.ReadFile(context.Background(), "vm", api.FileReadRequest{Path: "/root/x"}, io.Discard)
+	if errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "vm vm is paused") || !strings.Contains(err.Error(), "banger vm resume vm") {
+		t.Errorf("read from a paused VM: %v", err)
+	}
+}
+
+// TestStoppedVMReads reads a stopped VM's work disk (a real ext4 image)
+// through the reads of the API.
+func TestStoppedVMReads(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (jails, loop devices)")
+	}
+	for _, bin := range []string{"mkfs.ext4", "debugfs", "losetup"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("%s is not installed", bin)
+		}
+	}
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	os.MkdirAll(filepath.Join(src, "out/sub"), 0o755)
+	os.WriteFile(filepath.Join(src, "out/sub/run.sh"), []byte("#!/bin/sh\n"), 0o755)
+	os.WriteFile(filepath.Join(src, "out/data"), []byte("0123456789"), 0o600)
+	os.Symlink("sub/run.sh", filepath.Join(src, "out/link"))
+	os.Symlink("/etc", filepath.Join(src, "etc"))
+	disk := filepath.Join(dir, "work.ext4")
+	if err := os.WriteFile(disk, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(disk, 32<<20)
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", src, disk).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v: %s", err, out)
+	}
+	sv := New(Deps{VMs: fakeVMs{stopped: true, disk: disk}})
+	ctx := context.Background()
+	info, err := sv.StatFile(ctx, "vm", "out/sub/run.sh")
+	if err != nil || info.Path != "/root/out/sub/run.sh" || info.Type != api.FileTypeFile || info.Mode != 0o755 || info.Size != 10 {
+		t.Fatalf("stat = %+v, %v", info, err)
+	}
+	infos, err := sv.ListFiles(ctx, "vm", "/root/out", 2)
+	var got []string
+	for _, i := range infos {
+		got = append(got, i.Path+":"+i.Type+":"+i.Target)
+	}
+	if err != nil || strings.Join(got, " ") != "/root/out/data:file: /root/out/link:symlink:sub/run.sh /root/out/sub:dir: /root/out/sub/run.sh:file:" {
+		t.Fatalf("list = %v, %v", got, err)
+	}
+	var b strings.Builder
+	if err := sv.ReadFile(ctx, "vm", api.FileReadRequest{Path: "/root/out/data", Offset: 2, Length: 3}, &b); err != nil || b.String() != "234" {
+		t.Fatalf("read range = %q, %v", b.String(), err)
+	}
+	dst := filepath.Join(dir, "dst")
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(sv.ReadArchive(ctx, "vm", "/root/out", pw)) }()
+	os.Mkdir(dst, 0o755)
+	if out, err := runWith(pr, "tar", "-C", dst, "-xf", "-"); err != nil {
+		t.Fatalf("untar: %v: %s", err, out)
+	}
+	if st, err := os.Stat(filepath.Join(dst, "sub/run.sh")); err != nil || st.Mode().Perm() != 0o755 {
+		t.Errorf("archived run.sh: %v, %v", st, err)
+	}
+	wantCode(t, sv.ReadFile(ctx, "vm", api.FileReadRequest{Path: "/root/nope"}, io.Discard), errdefs.CodeNotFound)
+	wantCode(t, sv.ReadFile(ctx, "vm", api.FileReadRequest{Path: "/root/out"}, io.Discard), errdefs.CodeInvalid)
+	_, err = sv.StatFile(ctx, "vm", "/root/etc/passwd")
+	wantCode(t, err, errdefs.CodeInvalid)
+	_, err = sv.ListFiles(ctx, "vm", "/root/out/data", 1)
+	wantCode(t, err, errdefs.CodeInvalid)
+}
+
+func runWith(stdin io.Reader, name string, args ...string) ([]byte, error) {
+	cmd := exec.Command(name, args...)
+	cmd.Stdin = stdin
+	return cmd.CombinedOutput()
 }
 
 func TestGuestErrorKinds(t *testing.T) {
 	for stderr, code := range map[string]string{
-		"cat: write error: No space left on device\n":    errdefs.CodeConflict,
-		"mv: cannot move: Permission denied":             errdefs.CodeConflict,
-		"rm: cannot remove 'x': No such file":            errdefs.CodeInternal,
-		"mv: cannot stat 'x': No such file or directory": errdefs.CodeNotFound,
+		"cat: write error: No space left on device\n":                              errdefs.CodeConflict,
+		"banger: recv: write stream: write /dev/stdout: no space left on device\n": errdefs.CodeConflict,
+		"mv: cannot move: Permission denied":                                       errdefs.CodeConflict,
+		"rm: cannot remove 'x': No such file":                                      errdefs.CodeInternal,
+		"mv: cannot stat 'x': No such file or directory":                           errdefs.CodeNotFound,
 	} {
 		err := guestError("vm", "write /x", 1, stderr)
 		if errdefs.CodeOf(err) != code {

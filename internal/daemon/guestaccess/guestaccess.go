@@ -155,6 +155,102 @@ func (sv *Service) Exec(ctx context.Context, ref string, req api.ExecRequest, st
 	return c.Run(ctx, cmd, nil, stdout, stderr)
 }
 
+// DefaultTerm is the TERM of a terminal exec that names none.
+const DefaultTerm = "xterm-256color"
+
+// defaultSize is the size of a terminal whose client gave none.
+var defaultSize = api.WindowSize{Cols: 80, Rows: 24}
+
+// ExecAttached runs a command in a running VM with its stdin streamed from
+// aio.Stdin and, with req.TTY, on a pseudo-terminal whose size follows
+// aio.Resize. Without a terminal the command's stdout and stderr stay
+// apart; with one, all output is the terminal's and goes to aio.Stdout.
+func (sv *Service) ExecAttached(ctx context.Context, ref string, req api.ExecRequest, aio api.AttachIO) (int, error) {
+	if len(req.Command) == 0 {
+		return -1, errdefs.Errorf(errdefs.CodeInvalid, "no command given: put it after --")
+	}
+	pty, err := terminalOf(req)
+	if err != nil {
+		return -1, errdefs.Invalid(err)
+	}
+	vm, err := sv.VMs.Running(ctx, ref)
+	if err != nil {
+		return -1, err
+	}
+	cmd, err := ExecCommand(req)
+	if err != nil {
+		return -1, errdefs.Invalid(err)
+	}
+	c, err := sv.Dial(ctx, vm)
+	if err != nil {
+		return -1, fmt.Errorf("connect to %s: %w", vm.Name, err)
+	}
+	if !req.TTY {
+		return c.Run(ctx, cmd, aio.Stdin, aio.Stdout, aio.Stderr)
+	}
+	t, ok := c.(guest.Terminal)
+	if !ok {
+		return -1, errdefs.Errorf(errdefs.CodeUnavailable, "the connection to vm %s cannot open terminals", vm.Name)
+	}
+	var resize chan guest.WindowSize
+	if aio.Resize != nil {
+		resize = make(chan guest.WindowSize)
+		rctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go func() {
+			for {
+				select {
+				case <-rctx.Done():
+					return
+				case ws := <-aio.Resize:
+					select {
+					case resize <- guest.WindowSize{Cols: ws.Cols, Rows: ws.Rows}:
+					case <-rctx.Done():
+						return
+					}
+				}
+			}
+		}()
+	}
+	return t.RunTerminal(ctx, cmd, pty, aio.Stdin, aio.Stdout, resize)
+}
+
+// terminalOf checks a terminal request's TERM and size and fills in the
+// defaults.
+func terminalOf(req api.ExecRequest) (guest.PTY, error) {
+	if !req.TTY {
+		return guest.PTY{}, nil
+	}
+	term := req.Term
+	if term == "" {
+		term = DefaultTerm
+	}
+	if err := validTerm(term); err != nil {
+		return guest.PTY{}, err
+	}
+	size := defaultSize
+	if req.Size != nil {
+		if !req.Size.Valid() {
+			return guest.PTY{}, fmt.Errorf("invalid terminal size %dx%d: each side must be 1 to %d", req.Size.Cols, req.Size.Rows, api.MaxWindowSide)
+		}
+		size = *req.Size
+	}
+	return guest.PTY{Term: term, Cols: size.Cols, Rows: size.Rows}, nil
+}
+
+// validTerm accepts terminal type names: letters, digits and ._+- , at
+// most 64 bytes.
+func validTerm(term string) error {
+	ok := len(term) <= 64
+	for _, r := range term {
+		ok = ok && (r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._+-", r))
+	}
+	if !ok {
+		return fmt.Errorf("invalid terminal type %q: use a name such as xterm-256color (letters, digits and ._+-, at most 64 bytes)", term)
+	}
+	return nil
+}
+
 // ExecCommand renders an exec request as one guest shell line: every value
 // quoted, env keys checked.
 func ExecCommand(req api.ExecRequest) (string, error) {

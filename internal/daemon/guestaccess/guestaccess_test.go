@@ -3,6 +3,7 @@ package guestaccess
 import (
 	"context"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -49,5 +50,24 @@ func TestEndpointPinsTheVMsOwnHostKey(t *testing.T) {
 	vm.ImageID = "gone"
 	if _, err := sv.endpoint(ctx, vm); err == nil {
 		t.Fatal("an older VM without its image got an endpoint")
+	}
+}
+
+func TestTerminalOf(t *testing.T) {
+	if p, err := terminalOf(api.ExecRequest{TTY: true}); err != nil || p.Term != DefaultTerm || p.Cols != 80 || p.Rows != 24 {
+		t.Fatalf("defaults: %+v %v", p, err)
+	}
+	if p, err := terminalOf(api.ExecRequest{TTY: true, Term: "screen.xterm-256color", Size: &api.WindowSize{Cols: 132, Rows: 43}}); err != nil || p.Term != "screen.xterm-256color" || p.Cols != 132 || p.Rows != 43 {
+		t.Fatalf("given: %+v %v", p, err)
+	}
+	for _, bad := range []api.ExecRequest{
+		{TTY: true, Term: "xterm; rm -rf /"},
+		{TTY: true, Term: strings.Repeat("x", 65)},
+		{TTY: true, Size: &api.WindowSize{Cols: 0, Rows: 24}},
+		{TTY: true, Size: &api.WindowSize{Cols: 80, Rows: api.MaxWindowSide + 1}},
+	} {
+		if _, err := terminalOf(bad); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
 	}
 }

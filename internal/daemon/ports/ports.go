@@ -2,8 +2,9 @@
 // per forward, each connection relayed to a port on a running guest's
 // loopback through the pooled SSH connection (direct-tcpip), so services
 // bound to the guest's 127.0.0.1 are reachable. Forwards are recorded in
-// the store, re-established when the daemon starts (Reconcile) and torn
-// down when their VM stops or is deleted (DropVM).
+// the store as intent: listened on while their VM runs (Reconcile at
+// daemon start, VMStarted after a boot), closed when it stops (Unlisten),
+// and forgotten with the VM's record.
 //
 // It asks vms.Lookup whether a VM runs and takes its lock while adding;
 // it must not touch VM lifecycle, VMMs or the VM network.
@@ -102,12 +103,16 @@ type Deps struct {
 	Store *store.Store
 	Log   *slog.Logger
 	VMs   vms.Lookup
-	// DialGuest connects to port on a running VM's guest loopback.
+	// DialGuest connects to port on a running VM's guest: its address
+	// when a server listens there, else its loopback.
 	DialGuest func(ctx context.Context, vm model.VM, port int) (net.Conn, error)
 	// Listen opens a host listener where the daemon's users are
 	// (hostnet.ListenHost).
 	Listen func(network, addr string) (net.Listener, error)
 	Now    func() time.Time
+	// Active marks a VM in use for as long as a relayed connection is
+	// open (the idle timeout); done ends it. Optional.
+	Active func(vmID string) (done func())
 }
 
 // Service keeps the forwards' listeners.
@@ -115,6 +120,9 @@ type Service struct {
 	Deps
 	mu   sync.Mutex
 	live map[string]*forward // by hostKey
+	// failed says why a recorded forward of a running VM has no
+	// listener (its host port was taken while the VM was down), by failKey.
+	failed map[string]string
 }
 
 // New makes a Service.
@@ -128,7 +136,10 @@ func New(deps Deps) *Service {
 	if deps.Listen == nil {
 		deps.Listen = net.Listen
 	}
-	return &Service{Deps: deps, live: map[string]*forward{}}
+	if deps.Active == nil {
+		deps.Active = func(string) func() { return func() {} }
+	}
+	return &Service{Deps: deps, live: map[string]*forward{}, failed: map[string]string{}}
 }
 
 // forward is one live listener and the connections it relays.
@@ -147,33 +158,31 @@ func hostKey(addr string, port int) string {
 	return net.JoinHostPort(addr, strconv.Itoa(port))
 }
 
-// Add publishes a port of a running VM.
+// failKey names a recorded forward in Service.failed: "VMID HOST:PORT".
+func failKey(r model.Forward) string { return r.VMID + " " + hostKey(r.HostAddr, r.HostPort) }
+
+// Add publishes a port of a VM. A running VM's port is listened on at
+// once; a stopped VM's is recorded and listened on when it starts (its
+// host port is checked free now, and a HOSTPORT of 0 is picked now).
 func (s *Service) Add(ctx context.Context, ref string, req api.AddPortRequest) (model.Forward, error) {
 	sp, err := ParseSpec(req.Spec)
 	if err != nil {
 		return model.Forward{}, err
 	}
-	if _, err := s.VMs.Running(ctx, ref); err != nil {
-		return model.Forward{}, err
-	}
 	// Under the VM's lock, a stop cannot tear the VM down between the
-	// check and the listener being known to DropVM.
+	// check and the listener being known to Unlisten, nor a start miss
+	// the record.
 	vm, unlock, err := s.VMs.Lock(ctx, ref)
 	if err != nil {
 		return model.Forward{}, err
 	}
 	defer unlock()
-	if !s.VMs.Alive(vm) {
-		return model.Forward{}, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running (state %s): start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)
-	}
+	alive := s.VMs.Alive(vm)
 	rec := model.Forward{VMID: vm.ID, HostAddr: sp.HostAddr, HostPort: sp.HostPort, GuestPort: sp.GuestPort, Proto: sp.Proto, CreatedAt: s.Now().UTC()}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if sp.HostPort != 0 {
-		if f, ok := s.live[hostKey(sp.HostAddr, sp.HostPort)]; ok {
-			return model.Forward{}, errdefs.Errorf(errdefs.CodeConflict, "host port %s is already published (vm %s, guest port %d): remove it first or pick another",
-				hostKey(sp.HostAddr, sp.HostPort), f.vm.Name, f.rec.GuestPort)
-		}
+	if err := s.checkFree(ctx, sp); err != nil {
+		return model.Forward{}, err
 	}
 	f, err := s.listen(vm, rec)
 	if err != nil {
@@ -181,14 +190,175 @@ func (s *Service) Add(ctx context.Context, ref string, req api.AddPortRequest) (
 	}
 	if err := s.Store.CreateForward(ctx, f.rec); err != nil {
 		f.close()
-		if errors.Is(err, store.ErrConflict) {
-			return model.Forward{}, errdefs.Errorf(errdefs.CodeConflict, "host port %s is already published", hostKey(f.rec.HostAddr, f.rec.HostPort))
-		}
-		return model.Forward{}, store.Describe("vm", vm.Name, err)
+		return model.Forward{}, s.describeCreate(vm, f.rec, err)
+	}
+	if !alive {
+		// The port was free and is now picked; the listener waits for
+		// the VM's start.
+		f.close()
+		s.Log.Info("port recorded for a stopped vm", "vm", vm.Name, "host", hostKey(f.rec.HostAddr, f.rec.HostPort), "guest_port", f.rec.GuestPort)
+		return withState(f.rec, model.ForwardStopped, ""), nil
 	}
 	s.start(f)
 	s.Log.Info("port published", "vm", vm.Name, "host", hostKey(f.rec.HostAddr, f.rec.HostPort), "guest_port", f.rec.GuestPort)
-	return f.rec, nil
+	return withState(f.rec, model.ForwardListening, ""), nil
+}
+
+// checkFree refuses a host port published already, listened on or only
+// recorded (a stopped VM's); s.mu is held.
+func (s *Service) checkFree(ctx context.Context, sp Spec) error {
+	if sp.HostPort == 0 {
+		return nil
+	}
+	if f, ok := s.live[hostKey(sp.HostAddr, sp.HostPort)]; ok {
+		return errdefs.Errorf(errdefs.CodeConflict, "host port %s is already published (vm %s, guest port %d): remove it first or pick another",
+			hostKey(sp.HostAddr, sp.HostPort), f.vm.Name, f.rec.GuestPort)
+	}
+	recs, err := s.Store.ListForwards(ctx, "")
+	if err != nil {
+		return store.Describe("forward", hostKey(sp.HostAddr, sp.HostPort), err)
+	}
+	for _, r := range recs {
+		if r.HostAddr == sp.HostAddr && r.HostPort == sp.HostPort && r.Proto == sp.Proto {
+			name := r.VMID
+			if vm, err := s.VMs.Resolve(ctx, r.VMID); err == nil {
+				name = vm.Name
+			}
+			return errdefs.Errorf(errdefs.CodeConflict, "host port %s is already published (vm %s, guest port %d): remove it first or pick another",
+				hostKey(sp.HostAddr, sp.HostPort), name, r.GuestPort)
+		}
+	}
+	return nil
+}
+
+// describeCreate is the error of a forward record that could not be made.
+func (s *Service) describeCreate(vm model.VM, rec model.Forward, err error) error {
+	if errors.Is(err, store.ErrConflict) {
+		return errdefs.Errorf(errdefs.CodeConflict, "host port %s is already published", hostKey(rec.HostAddr, rec.HostPort))
+	}
+	return store.Describe("vm", vm.Name, err)
+}
+
+func withState(f model.Forward, state, why string) model.Forward {
+	f.State, f.Error = state, why
+	return f
+}
+
+// Reservation is host ports held for a VM being created (--publish): the
+// listeners are open, so no other program or VM takes the ports while
+// the VM is made and booted, but nothing is recorded yet.
+type Reservation struct {
+	fs []*forward
+}
+
+// Forwards are the reserved forwards, with the ports picked for 0.
+func (r *Reservation) Forwards() []model.Forward {
+	out := make([]model.Forward, 0, len(r.fs))
+	for _, f := range r.fs {
+		out = append(out, f.rec)
+	}
+	return out
+}
+
+// Reserve parses specs and opens their host listeners, before the VM they
+// are for exists: a spec that is invalid, a host port published already
+// (or twice in specs) or taken by another program fails it, and nothing
+// is held then. The caller must Bind or Release the reservation.
+func (s *Service) Reserve(ctx context.Context, specs []string) (*Reservation, error) {
+	r := &Reservation{}
+	if len(specs) == 0 {
+		return r, nil
+	}
+	var sps []Spec
+	seen := map[string]bool{}
+	for _, spec := range specs {
+		sp, err := ParseSpec(spec)
+		if err != nil {
+			return nil, err
+		}
+		if k := hostKey(sp.HostAddr, sp.HostPort); sp.HostPort != 0 {
+			if seen[k] {
+				return nil, errdefs.Errorf(errdefs.CodeInvalid, "host port %s is published twice", k)
+			}
+			seen[k] = true
+		}
+		sps = append(sps, sp)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.Now().UTC()
+	for _, sp := range sps {
+		err := s.checkFree(ctx, sp)
+		var f *forward
+		if err == nil {
+			f, err = s.listen(model.VM{}, model.Forward{HostAddr: sp.HostAddr, HostPort: sp.HostPort, GuestPort: sp.GuestPort, Proto: sp.Proto, CreatedAt: now})
+		}
+		if err != nil {
+			s.Release(r)
+			return nil, err
+		}
+		r.fs = append(r.fs, f)
+	}
+	return r, nil
+}
+
+// Release closes a reservation's listeners (its VM was not made).
+func (s *Service) Release(r *Reservation) {
+	if r == nil {
+		return
+	}
+	for _, f := range r.fs {
+		f.close()
+	}
+	r.fs = nil
+}
+
+// Bind records a reservation's forwards as the VM's and serves them if it
+// runs (else closes them until it starts). On error nothing is recorded
+// or held, and the caller undoes the VM.
+func (s *Service) Bind(ctx context.Context, r *Reservation, vmID string) ([]model.Forward, error) {
+	if r == nil || len(r.fs) == 0 {
+		return nil, nil
+	}
+	vm, unlock, err := s.VMs.Lock(ctx, vmID)
+	if err != nil {
+		s.Release(r)
+		return nil, err
+	}
+	defer unlock()
+	alive := s.VMs.Alive(vm)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var made []model.Forward
+	for _, f := range r.fs {
+		f.vm = vm
+		f.rec.VMID = vm.ID
+		if err = s.Store.CreateForward(ctx, f.rec); err != nil {
+			err = s.describeCreate(vm, f.rec, err)
+			break
+		}
+		made = append(made, f.rec)
+	}
+	if err != nil {
+		for _, m := range made {
+			_ = s.Store.DeleteForward(context.Background(), m.VMID, m.HostAddr, m.HostPort)
+		}
+		s.Release(r)
+		return nil, err
+	}
+	out := make([]model.Forward, 0, len(r.fs))
+	for _, f := range r.fs {
+		if alive {
+			s.start(f)
+			out = append(out, withState(f.rec, model.ForwardListening, ""))
+		} else {
+			f.close()
+			out = append(out, withState(f.rec, model.ForwardStopped, ""))
+		}
+		s.Log.Info("port published", "vm", vm.Name, "host", hostKey(f.rec.HostAddr, f.rec.HostPort), "guest_port", f.rec.GuestPort)
+	}
+	r.fs = nil
+	return out, nil
 }
 
 // listen opens rec's listener, filling in the port picked for 0.
@@ -240,6 +410,7 @@ func (s *Service) serve(f *forward) {
 		go func() {
 			defer f.wg.Done()
 			defer f.untrack(c)
+			defer s.Active(f.rec.VMID)()
 			s.relay(f, c)
 		}()
 	}
@@ -344,6 +515,7 @@ func (s *Service) Remove(ctx context.Context, ref, port string) error {
 	}
 	r := match[0]
 	s.mu.Lock()
+	delete(s.failed, failKey(r))
 	f := s.live[hostKey(r.HostAddr, r.HostPort)]
 	if f != nil && f.rec.VMID == vm.ID {
 		delete(s.live, hostKey(r.HostAddr, r.HostPort))
@@ -370,18 +542,32 @@ func (s *Service) List(ctx context.Context, ref string) ([]model.Forward, error)
 	return s.ListOf(ctx, vm.ID)
 }
 
-// ListOf is List for a VM known by id.
+// ListOf is List for a VM known by id, each forward with its live state.
 func (s *Service) ListOf(ctx context.Context, vmID string) ([]model.Forward, error) {
 	recs, err := s.Store.ListForwards(ctx, vmID)
 	if err != nil {
 		return nil, store.Describe("vm", vmID, err)
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, r := range recs {
+		k := hostKey(r.HostAddr, r.HostPort)
+		switch f, ok := s.live[k]; {
+		case ok && f.rec.VMID == r.VMID:
+			recs[i] = withState(r, model.ForwardListening, "")
+		case s.failed[failKey(r)] != "":
+			recs[i] = withState(r, model.ForwardFailed, s.failed[failKey(r)])
+		default:
+			recs[i] = withState(r, model.ForwardStopped, "")
+		}
+	}
 	return recs, nil
 }
 
-// DropVM closes every forward of the VM and forgets them: it stopped or is
-// being deleted. Safe to call for a VM without any.
-func (s *Service) DropVM(vmID string) {
+// Unlisten closes every listener of the VM and the connections they
+// relay, keeping the records: the VM stopped (or is being deleted, whose
+// record takes its forwards with it). Safe to call for a VM without any.
+func (s *Service) Unlisten(vmID string) {
 	s.mu.Lock()
 	var drop []*forward
 	for k, f := range s.live {
@@ -390,18 +576,52 @@ func (s *Service) DropVM(vmID string) {
 			delete(s.live, k)
 		}
 	}
+	for k := range s.failed {
+		if strings.HasPrefix(k, vmID+" ") {
+			delete(s.failed, k)
+		}
+	}
 	s.mu.Unlock()
 	for _, f := range drop {
 		f.close()
 	}
-	if err := s.Store.DeleteForwards(context.Background(), vmID); err != nil {
-		s.Log.Warn("forget published ports", "vm", vmID, "err", err)
+}
+
+// VMStarted listens on the recorded forwards of a VM that just booted. A
+// host port another program took meanwhile is logged and shown failed,
+// and the record kept for the next start.
+func (s *Service) VMStarted(ctx context.Context, vm model.VM) {
+	recs, err := s.Store.ListForwards(ctx, vm.ID)
+	if err != nil {
+		s.Log.Warn("published ports unreadable", "vm", vm.Name, "err", err)
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range recs {
+		s.relisten(vm, r)
 	}
 }
 
+// relisten opens a recorded forward's listener unless it has one; s.mu
+// is held.
+func (s *Service) relisten(vm model.VM, r model.Forward) {
+	k := hostKey(r.HostAddr, r.HostPort)
+	if f, ok := s.live[k]; ok && f.rec.VMID == vm.ID {
+		return
+	}
+	f, err := s.listen(vm, r)
+	if err != nil {
+		s.failed[failKey(r)] = err.Error()
+		s.Log.Warn("published port not listened on", "vm", vm.Name, "host", k, "err", err)
+		return
+	}
+	delete(s.failed, failKey(r))
+	s.start(f)
+}
+
 // Reconcile listens again for the recorded forwards of running VMs, at
-// daemon start, and forgets those whose VM no longer runs or whose host
-// port another program took meanwhile.
+// daemon start. Those of stopped VMs wait for their start.
 func (s *Service) Reconcile(ctx context.Context) {
 	recs, err := s.Store.ListForwards(ctx, "")
 	if err != nil {
@@ -412,18 +632,12 @@ func (s *Service) Reconcile(ctx context.Context) {
 	defer s.mu.Unlock()
 	for _, r := range recs {
 		vm, err := s.VMs.Resolve(ctx, r.VMID)
-		if err == nil && s.VMs.Alive(vm) {
-			var f *forward
-			if f, err = s.listen(vm, r); err == nil {
-				s.start(f)
-				continue
-			}
-		} else if err == nil {
-			err = errors.New("vm not running")
+		if err != nil {
+			s.Log.Warn("published port of an unknown vm", "vm", r.VMID, "host", hostKey(r.HostAddr, r.HostPort), "err", err)
+			continue
 		}
-		s.Log.Warn("published port dropped", "vm", r.VMID, "host", hostKey(r.HostAddr, r.HostPort), "err", err)
-		if err := s.Store.DeleteForward(ctx, r.VMID, r.HostAddr, r.HostPort); err != nil && !errors.Is(err, store.ErrNotFound) {
-			s.Log.Warn("forget published port", "vm", r.VMID, "err", err)
+		if s.VMs.Alive(vm) {
+			s.relisten(vm, r)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -214,20 +215,48 @@ func TestGuestRefusesClosesConnection(t *testing.T) {
 	}
 }
 
-func TestNotRunning(t *testing.T) {
-	s, vms, _ := newService(t)
+// A stopped VM's port is recorded as intent: its host port is checked and
+// picked now, listened on when the VM starts.
+func TestStoppedVMRecordsIntent(t *testing.T) {
+	s, vms, st := newService(t)
+	ctx := context.Background()
 	vm := vms.vms["db"]
 	vm.State = model.VMStopped
 	vms.vms["db"] = vm
-	if _, err := s.Add(context.Background(), "db", api.AddPortRequest{Spec: "0:80"}); errdefs.CodeOf(err) != errdefs.CodeConflict {
-		t.Fatalf("Add to a stopped VM = %v, want conflict", err)
+	f, err := s.Add(ctx, "db", api.AddPortRequest{Spec: "0:5432"})
+	if err != nil || f.HostPort == 0 || f.State != model.ForwardStopped {
+		t.Fatalf("Add to a stopped VM = %+v, %v", f, err)
 	}
-	if _, err := s.Add(context.Background(), "db", api.AddPortRequest{Spec: "x"}); errdefs.CodeOf(err) != errdefs.CodeInvalid {
+	if _, err := roundTrip(t, f.HostPort, "x"); err == nil {
+		t.Fatal("a stopped VM's port answers")
+	}
+	// Its port is taken for the other VMs, though nothing listens yet.
+	if _, err := s.Add(ctx, "web", api.AddPortRequest{Spec: fmt.Sprintf("%d:80", f.HostPort)}); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "vm db") {
+		t.Fatalf("Add of a stopped VM's port = %v, want conflict naming db", err)
+	}
+	if got, err := s.ListOf(ctx, vm.ID); err != nil || len(got) != 1 || got[0].State != model.ForwardStopped {
+		t.Fatalf("ListOf = %+v, %v", got, err)
+	}
+	vm.State = model.VMRunning
+	vms.vms["db"] = vm
+	s.VMStarted(ctx, vm)
+	if got, err := roundTrip(t, f.HostPort, "up"); err != nil || got != "db/5432: up\n" {
+		t.Fatalf("relay after start = %q, %v", got, err)
+	}
+	if got, _ := s.ListOf(ctx, vm.ID); len(got) != 1 || got[0].State != model.ForwardListening {
+		t.Fatalf("ListOf after start = %+v", got)
+	}
+	if _, err := s.Add(ctx, "db", api.AddPortRequest{Spec: "x"}); errdefs.CodeOf(err) != errdefs.CodeInvalid {
 		t.Fatalf("Add of a bad spec = %v, want invalid", err)
+	}
+	if got, _ := st.ListForwards(ctx, ""); len(got) != 1 {
+		t.Fatalf("records = %+v", got)
 	}
 }
 
-func TestDropVMAndReconcile(t *testing.T) {
+// Stop closes the listeners and keeps the records; a start listens
+// again; a port taken meanwhile is shown failed and kept for later.
+func TestUnlistenVMStartedAndReconcile(t *testing.T) {
 	s, vms, st := newService(t)
 	ctx := context.Background()
 	web, err := s.Add(ctx, "web", api.AddPortRequest{Spec: "0:8000"})
@@ -238,7 +267,7 @@ func TestDropVMAndReconcile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// An open relayed connection is cut when its VM goes.
+	// An open relayed connection is cut when its VM stops.
 	c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(db.HostPort)))
 	if err != nil {
 		t.Fatal(err)
@@ -249,30 +278,27 @@ func TestDropVMAndReconcile(t *testing.T) {
 	if line, err := r.ReadString('\n'); err != nil || line != "db/5432: hi\n" {
 		t.Fatalf("relay = %q, %v", line, err)
 	}
-	s.DropVM(vms.vms["db"].ID)
+	dbVM := vms.vms["db"]
+	dbVM.State = model.VMStopped
+	vms.vms["db"] = dbVM
+	s.Unlisten(dbVM.ID)
 	c.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := r.ReadString('\n'); err == nil {
-		t.Fatal("relayed connection survived DropVM")
+		t.Fatal("relayed connection survived Unlisten")
 	}
 	if _, err := roundTrip(t, db.HostPort, "x"); err == nil {
-		t.Fatal("port answers after DropVM")
+		t.Fatal("port answers after Unlisten")
 	}
-	if got, _ := st.ListForwards(ctx, vms.vms["db"].ID); len(got) != 0 {
-		t.Fatalf("records after DropVM = %+v", got)
+	if got, _ := st.ListForwards(ctx, dbVM.ID); len(got) != 1 {
+		t.Fatalf("records after Unlisten = %+v, want kept", got)
 	}
 
 	// A daemon restart: listeners close, records stay, Reconcile listens
-	// again for running VMs and forgets the rest.
+	// again for running VMs; the stopped VM's wait for its start.
 	s.Close()
 	if _, err := roundTrip(t, web.HostPort, "x"); err == nil {
 		t.Fatal("port answers after Close")
 	}
-	if err := st.CreateForward(ctx, model.Forward{VMID: vms.vms["db"].ID, HostAddr: "127.0.0.1", HostPort: db.HostPort, GuestPort: 1, Proto: "tcp", CreatedAt: time.Now()}); err != nil {
-		t.Fatal(err)
-	}
-	vm := vms.vms["db"]
-	vm.State = model.VMStopped
-	vms.vms["db"] = vm
 	dial, _ := echoGuest(t)
 	s2 := New(Deps{Store: st, VMs: vms, DialGuest: dial})
 	defer s2.Close()
@@ -280,7 +306,158 @@ func TestDropVMAndReconcile(t *testing.T) {
 	if got, err := roundTrip(t, web.HostPort, "again"); err != nil || got != "web/8000: again\n" {
 		t.Fatalf("relay after Reconcile = %q, %v", got, err)
 	}
+	if _, err := roundTrip(t, db.HostPort, "x"); err == nil {
+		t.Fatal("a stopped VM's port answers after Reconcile")
+	}
+
+	// Another program takes db's port while it is down: its start
+	// shows the forward failed and keeps the record.
+	other, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(db.HostPort)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dbVM.State = model.VMRunning
+	vms.vms["db"] = dbVM
+	s2.VMStarted(ctx, dbVM)
+	if got, _ := s2.ListOf(ctx, dbVM.ID); len(got) != 1 || got[0].State != model.ForwardFailed || !strings.Contains(got[0].Error, "taken") {
+		t.Fatalf("ListOf with a taken port = %+v", got)
+	}
+	// Freed, the next start listens again.
+	other.Close()
+	s2.Unlisten(dbVM.ID)
+	s2.VMStarted(ctx, dbVM)
+	if got, err := roundTrip(t, db.HostPort, "back"); err != nil || got != "db/5432: back\n" {
+		t.Fatalf("relay after a second start = %q, %v", got, err)
+	}
+
+	// Deleting the VM's record takes its forwards.
+	s2.Unlisten(dbVM.ID)
+	if err := st.DeleteVM(ctx, dbVM.ID); err != nil {
+		t.Fatal(err)
+	}
 	if got, _ := st.ListForwards(ctx, ""); len(got) != 1 || got[0].VMID != vms.vms["web"].ID {
-		t.Fatalf("records after Reconcile = %+v", got)
+		t.Fatalf("records after delete = %+v", got)
+	}
+}
+
+// Reserve holds --publish ports before the VM exists: a port taken or
+// given twice fails it holding nothing; Bind records and serves them.
+func TestReserveBind(t *testing.T) {
+	s, vms, st := newService(t)
+	ctx := context.Background()
+	other, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	taken := other.Addr().(*net.TCPAddr).Port
+
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	freePort := free.Addr().(*net.TCPAddr).Port
+	free.Close()
+	for _, specs := range [][]string{
+		{fmt.Sprintf("%d:80", freePort), fmt.Sprintf("%d:81", taken)},
+		{fmt.Sprintf("%d:80", freePort), fmt.Sprintf("127.0.0.1:%d:81", freePort)},
+		{fmt.Sprintf("%d:80", freePort), "nonsense"},
+	} {
+		if r, err := s.Reserve(ctx, specs); err == nil {
+			s.Release(r)
+			t.Fatalf("Reserve(%v) succeeded", specs)
+		} else {
+			t.Logf("Reserve(%v): %v", specs, err)
+		}
+		// The first port of the failed reservation is free again.
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort)))
+		if err != nil {
+			t.Fatalf("port %d held after a failed Reserve: %v", freePort, err)
+		}
+		l.Close()
+	}
+
+	r, err := s.Reserve(ctx, []string{"0:8000", fmt.Sprintf("%d:22", freePort)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := r.Forwards()
+	if len(fs) != 2 || fs[0].HostPort == 0 || fs[1].HostPort != freePort {
+		t.Fatalf("reserved %+v", fs)
+	}
+	// Held: another program cannot take it meanwhile.
+	if l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(fs[0].HostPort))); err == nil {
+		l.Close()
+		t.Fatal("a reserved port was free")
+	}
+	got, err := s.Bind(ctx, r, vms.vms["web"].ID)
+	if err != nil || len(got) != 2 || got[0].State != model.ForwardListening {
+		t.Fatalf("Bind = %+v, %v", got, err)
+	}
+	if line, err := roundTrip(t, fs[0].HostPort, "bound"); err != nil || line != "web/8000: bound\n" {
+		t.Fatalf("relay after Bind = %q, %v", line, err)
+	}
+	if recs, _ := st.ListForwards(ctx, vms.vms["web"].ID); len(recs) != 2 {
+		t.Fatalf("records after Bind = %+v", recs)
+	}
+	// Released instead, the ports are free and nothing is recorded.
+	r2, err := s.Reserve(ctx, []string{"0:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := r2.Forwards()[0].HostPort
+	s.Release(r2)
+	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+	if err != nil {
+		t.Fatalf("port %d held after Release: %v", p, err)
+	}
+	l.Close()
+	if recs, _ := st.ListForwards(ctx, ""); len(recs) != 2 {
+		t.Fatalf("records after Release = %+v", recs)
+	}
+}
+
+// A relayed connection keeps its VM active until it closes.
+func TestRelayIsActivity(t *testing.T) {
+	s, _, _ := newService(t)
+	var mu sync.Mutex
+	busy := map[string]int{}
+	s.Active = func(id string) func() {
+		mu.Lock()
+		busy[id]++
+		mu.Unlock()
+		return func() { mu.Lock(); busy[id]--; mu.Unlock() }
+	}
+	f, err := s.Add(context.Background(), "web", api.AddPortRequest{Spec: "0:8000"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(f.HostPort)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintln(c, "x")
+	if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	n := busy[f.VMID]
+	mu.Unlock()
+	if n != 1 {
+		t.Fatalf("busy while connected = %d", n)
+	}
+	c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		n = busy[f.VMID]
+		mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("busy after close = %d", n)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -211,7 +211,7 @@ func (sv *Service) reconcileSessions(ctx context.Context, vm model.VM, recs []mo
 			open = append(open, r)
 		}
 	}
-	if len(open) == 0 {
+	if len(open) == 0 || frozen(vm) {
 		return recs
 	}
 	unlock := sv.lockVM(vm.ID)
@@ -242,6 +242,18 @@ func (sv *Service) reconcileSessions(ctx context.Context, vm model.VM, recs []mo
 		out[i] = nr
 	}
 	return out
+}
+
+// frozen says whether vm's guest is paused (or being paused or resumed):
+// its sessions are as they were and go on at resume, so they are neither
+// read from its work disk (stale while the guest's writes sit in its
+// memory) nor taken for ended.
+func frozen(vm model.VM) bool {
+	switch vm.State {
+	case model.VMPaused, model.VMPausing, model.VMResuming:
+		return true
+	}
+	return false
 }
 
 // List lists a VM's sessions, reconciled with the guest.
@@ -288,6 +300,17 @@ func (sv *Service) Start(ctx context.Context, vmRef string, req api.StartSession
 	if err != nil {
 		return model.Session{}, errdefs.Invalid(err)
 	}
+	if req.TTY {
+		var cols, rows int
+		if req.Size != nil {
+			cols, rows = req.Size.Cols, req.Size.Rows
+		}
+		if err := spec.SetTTY(cols, rows); err != nil {
+			return model.Session{}, errdefs.Invalid(err)
+		}
+	} else if req.Size != nil {
+		return model.Session{}, errdefs.Errorf(errdefs.CodeInvalid, "a terminal size was given without --tty")
+	}
 	now := sv.Now()
 	rec := model.Session{
 		ID: id, VMID: vm.ID, Name: name,
@@ -302,7 +325,10 @@ func (sv *Service) Start(ctx context.Context, vmRef string, req api.StartSession
 		rec.Args = []string{}
 	}
 	if spec.StdinMode == model.StdinPipe {
-		rec.AttachBackend = "fifo"
+		rec.AttachBackend = model.AttachFIFO
+	}
+	if spec.TTY {
+		rec.AttachBackend = model.AttachPTY
 	}
 	unlock := sv.lockVM(vm.ID)
 	err = sv.Store.CreateSession(ctx, rec)
@@ -415,6 +441,9 @@ func (sv *Service) liveSession(ctx context.Context, vmRef, ref string) (model.VM
 	if sessionFinished(s) {
 		return vm, s, finishedErr(s)
 	}
+	if vm.State == model.VMPaused {
+		return vm, s, errdefs.Errorf(errdefs.CodeConflict, "vm %s is paused: resume it with `banger vm resume %s`", vm.Name, vm.Name)
+	}
 	if !sv.VMs.Alive(vm) {
 		return vm, s, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running (state %s), so session %s is not either", vm.Name, vm.State, s.Name)
 	}
@@ -457,6 +486,9 @@ func (sv *Service) Logs(ctx context.Context, vmRef, ref string, req api.SessionL
 	file := session.FileStdout
 	if req.Stderr {
 		file = session.FileStderr
+	}
+	if frozen(vm) {
+		return errdefs.Errorf(errdefs.CodeConflict, "vm %s is %s: its sessions' logs are in its memory until `banger vm resume %s`", vm.Name, vm.State, vm.Name)
 	}
 	if !sv.VMs.Alive(vm) {
 		b, err := storage.ReadFile(ctx, vm.WorkDisk, path.Join(session.WorkDiskStateRoot, s.ID, file))
@@ -546,10 +578,19 @@ func (sv *Service) Send(ctx context.Context, vmRef, ref string, data io.Reader) 
 
 // Attach bridges aio to a running session, exclusively: stdin goes
 // to the session's fifo (pipe mode; in closed mode it is only watched for
-// the detach), the session's stdout and stderr from now on come back. It
-// returns when aio.Stdin ends (detach; the session keeps running), when the
-// session ends, or when ctx ends.
-func (sv *Service) Attach(ctx context.Context, vmRef, ref string, aio api.AttachIO) error {
+// the detach), the session's stdout and stderr come back from the
+// offset req.From names, and for a --tty session each size from
+// aio.Resize resizes its terminal. It returns when aio.Stdin ends (detach;
+// the session keeps running), when the session ends, or when ctx ends.
+func (sv *Service) Attach(ctx context.Context, vmRef, ref string, req api.AttachRequest, aio api.AttachIO) error {
+	fromStart := false
+	switch req.From {
+	case "", api.AttachFromEnd:
+	case api.AttachFromStart:
+		fromStart = true
+	default:
+		return errdefs.Errorf(errdefs.CodeInvalid, "invalid attach offset %q: use %q or %q", req.From, api.AttachFromEnd, api.AttachFromStart)
+	}
 	vm, s, err := sv.liveSession(ctx, vmRef, ref)
 	if err != nil {
 		return err
@@ -567,6 +608,14 @@ func (sv *Service) Attach(ctx context.Context, vmRef, ref string, aio api.Attach
 		sv.attachMu.Unlock()
 	}()
 
+	// Where the attachment begins: taken before any input or resize can
+	// make the session write, and handed to the tail that starts later.
+	var outOff, errOff int64
+	if !fromStart {
+		if outOff, errOff, err = sv.logSizes(ctx, vm, s); err != nil {
+			return err
+		}
+	}
 	actx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {
@@ -583,7 +632,7 @@ func (sv *Service) Attach(ctx context.Context, vmRef, ref string, aio api.Attach
 		stderr = io.Discard
 	}
 	go func() {
-		code, err := sv.guestRun(actx, vm, session.AttachOutputScript(sv.StateRoot, s.ID), nil, stdout, stderr)
+		code, err := sv.guestRun(actx, vm, session.AttachOutputScript(sv.StateRoot, s.ID, outOff, errOff), nil, stdout, stderr)
 		outDone <- result{code, err}
 	}()
 	go func() {
@@ -601,6 +650,9 @@ func (sv *Service) Attach(ctx context.Context, vmRef, ref string, aio api.Attach
 		code, err := sv.guestRun(actx, vm, session.SendScript(sv.StateRoot, s.ID), aio.Stdin, nil, &errb)
 		inDone <- result{code, err}
 	}()
+	if s.AttachBackend == model.AttachPTY && aio.Resize != nil {
+		go sv.followResizes(actx, vm, s, aio.Resize)
+	}
 	select {
 	case r := <-inDone:
 		// Detached (or the fifo writer failed): stop streaming output.
@@ -625,6 +677,51 @@ func (sv *Service) Attach(ctx context.Context, vmRef, ref string, aio api.Attach
 			return r.err
 		}
 		return nil
+	}
+}
+
+// logSizes returns the sizes of a running session's logs.
+func (sv *Service) logSizes(ctx context.Context, vm model.VM, s model.Session) (int64, int64, error) {
+	var out, errb bytes.Buffer
+	code, err := sv.guestRun(ctx, vm, session.LogSizesScript(sv.StateRoot, s.ID), nil, &out, &errb)
+	if err != nil {
+		return 0, 0, err
+	}
+	switch code {
+	case 0:
+	case session.ExitNotRunning:
+		return 0, 0, sv.afterGuestRefusal(context.WithoutCancel(ctx), vm, s)
+	default:
+		return 0, 0, fmt.Errorf("log sizes of session %s in vm %s: exit %d: %s", s.Name, vm.Name, code, errb.String())
+	}
+	o, e, err := session.ParseLogSizes(out.String())
+	if err != nil {
+		return 0, 0, fmt.Errorf("session %s in vm %s: %w", s.Name, vm.Name, err)
+	}
+	return o, e, nil
+}
+
+// followResizes resizes a --tty session's terminal to each size from
+// sizes until ctx ends, one guest round trip at a time: sizes that come
+// meanwhile are folded into the newest by the sender.
+func (sv *Service) followResizes(ctx context.Context, vm model.VM, s model.Session, sizes <-chan api.WindowSize) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ws := <-sizes:
+			if !ws.Valid() {
+				continue
+			}
+			var errb bytes.Buffer
+			code, err := sv.guestRun(ctx, vm, session.ResizeScript(sv.StateRoot, s.ID, ws.Cols, ws.Rows), nil, nil, &errb)
+			if err == nil && code != 0 {
+				err = fmt.Errorf("exit %d: %s", code, bytes.TrimSpace(errb.Bytes()))
+			}
+			if err != nil && ctx.Err() == nil {
+				sv.Log.Warn("resize session terminal", "vm", vm.Name, "session", s.Name, "err", err)
+			}
+		}
 	}
 }
 

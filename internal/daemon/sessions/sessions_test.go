@@ -557,7 +557,7 @@ func TestAttachExclusiveDetachReattach(t *testing.T) {
 		out := &lockedBuffer{}
 		done := make(chan error, 1)
 		go func() {
-			done <- e.s.Attach(ctx, e.vm.Name, s.Name, api.AttachIO{Stdin: pr, Stdout: out, Stderr: io.Discard})
+			done <- e.s.Attach(ctx, e.vm.Name, s.Name, api.AttachRequest{}, api.AttachIO{Stdin: pr, Stdout: out, Stderr: io.Discard})
 		}()
 		return pw, out, done
 	}
@@ -582,7 +582,7 @@ func TestAttachExclusiveDetachReattach(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	err := e.s.Attach(ctx, e.vm.Name, s.Name, api.AttachIO{Stdin: strings.NewReader(""), Stdout: io.Discard})
+	err := e.s.Attach(ctx, e.vm.Name, s.Name, api.AttachRequest{}, api.AttachIO{Stdin: strings.NewReader(""), Stdout: io.Discard})
 	if errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "session echo is attached (since ") {
 		t.Fatalf("second attach: %v", err)
 	}
@@ -619,5 +619,40 @@ func TestAttachExclusiveDetachReattach(t *testing.T) {
 	got, _ := e.s.Get(ctx, e.vm.Name, s.Name)
 	if got.Status != model.SessionFailed || got.ExitCode == nil || *got.ExitCode != 137 {
 		t.Fatalf("after kill: %+v", got)
+	}
+}
+
+// A paused VM's sessions are frozen with it: neither dialed nor read from
+// its work disk nor taken for ended, and live operations and logs say to
+// resume it.
+func TestPausedVMSessionsFrozen(t *testing.T) {
+	e := newSessionEnv(t)
+	ctx := context.Background()
+	s := e.put(t, func(s *model.Session) { s.Name = "agent" })
+	vm := e.vm
+	vm.State, vm.DesiredState, vm.WorkDisk = model.VMPaused, model.VMPaused, filepath.Join(t.TempDir(), "no-such-disk")
+	if err := e.st.UpdateVM(ctx, vm); err != nil {
+		t.Fatal(err)
+	}
+	e.alive.Store(false)
+	list, err := e.s.List(ctx, vm.Name)
+	if err != nil || len(list) != 1 || list[0].Status != model.SessionRunning {
+		t.Fatalf("list of a paused vm: %+v, %v", list, err)
+	}
+	if got, err := e.s.Get(ctx, vm.Name, "agent"); err != nil || got.Status != model.SessionRunning {
+		t.Fatalf("show of a paused vm's session: %+v, %v", got, err)
+	}
+	if _, err := e.s.Send(ctx, vm.Name, s.Name, strings.NewReader("x\n")); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "is paused: resume it") {
+		t.Fatalf("send to a paused vm: %v", err)
+	}
+	var buf bytes.Buffer
+	if err := e.s.Logs(ctx, vm.Name, s.Name, api.SessionLogsRequest{}, &buf); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "banger vm resume box") {
+		t.Fatalf("logs of a paused vm: %v", err)
+	}
+	if e.dials.Load() != 0 {
+		t.Errorf("a paused VM was dialed")
+	}
+	if got, _ := e.st.GetSession(ctx, vm.ID, s.ID); got.Status != model.SessionRunning {
+		t.Fatalf("record changed while paused: %+v", got)
 	}
 }

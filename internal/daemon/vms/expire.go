@@ -63,15 +63,40 @@ func parseTTL(now time.Time, ttl, action string, allowEmpty bool) (*time.Time, e
 	return &at, nil
 }
 
-// SetTTL sets a VM's deadline to req.TTL from now, or clears it. It takes
-// no VM lock: the deadline has its own store writer, which whole-record
-// saves leave alone, so that renewing a lease never waits minutes for a
-// boot (and cannot be undone by one).
+// SetTTL sets a VM's deadline to req.TTL from now, or clears it, and its
+// idle timeout to req.Idle (each left alone when empty). It takes no VM
+// lock: both have their own store writers, which whole-record saves
+// leave alone, so that renewing a lease never waits minutes for a boot
+// (and cannot be undone by one).
 func (m *Manager) SetTTL(ctx context.Context, ref string, req api.VMTTLRequest) (model.VM, error) {
 	vm, err := m.Resolve(ctx, ref)
 	if err != nil {
 		return vm, err
 	}
+	if strings.TrimSpace(req.TTL) == "" && strings.TrimSpace(req.Idle) == "" {
+		return vm, errdefs.Errorf(errdefs.CodeInvalid, "give a ttl, an idle timeout, or both (each a duration such as 90s, 10m, 2h, 7d, or none)")
+	}
+	if strings.TrimSpace(req.Idle) != "" {
+		if _, err := parseIdle(req.Idle, false); err != nil {
+			return vm, err
+		}
+		if err := model.ValidateTTLAction(req.Action); err != nil {
+			return vm, errdefs.Invalid(err)
+		}
+	}
+	if strings.TrimSpace(req.TTL) != "" {
+		if vm, err = m.setTTL(ctx, vm, req); err != nil {
+			return vm, err
+		}
+	}
+	if strings.TrimSpace(req.Idle) != "" {
+		err = m.setIdle(ctx, &vm, req)
+	}
+	return vm, err
+}
+
+// setTTL sets or clears vm's deadline.
+func (m *Manager) setTTL(ctx context.Context, vm model.VM, req api.VMTTLRequest) (model.VM, error) {
 	at, err := parseTTL(m.now(), req.TTL, req.Action, false)
 	if err != nil {
 		return vm, err
@@ -87,7 +112,7 @@ func (m *Manager) SetTTL(ctx context.Context, ref string, req api.VMTTLRequest) 
 		action = ""
 	}
 	if err := m.store.SetVMExpiry(ctx, vm.ID, at, action); err != nil {
-		return vm, store.Describe("vm", ref, err)
+		return vm, store.Describe("vm", vm.Name, err)
 	}
 	vm.ExpiresAt, vm.ExpireAction = at, action
 	m.pokeExpiry()
@@ -103,8 +128,9 @@ func (m *Manager) pokeExpiry() {
 	}
 }
 
-// Expire enforces deadlines until ctx ends: it sleeps until the earliest
-// one (or a change), then deletes or stops every VM whose deadline passed.
+// Expire enforces deadlines and idle timeouts until ctx ends: it sleeps
+// until the earliest one (or a change), then deletes or stops every VM
+// whose deadline passed or that has been idle for its idle timeout.
 func (m *Manager) Expire(ctx context.Context) {
 	for {
 		t := time.NewTimer(m.expireDue(ctx))
@@ -131,13 +157,18 @@ func (m *Manager) expireDue(ctx context.Context) time.Duration {
 	for _, vm := range due {
 		m.enforceDeadline(ctx, vm.ID)
 	}
-	if len(due) > 0 {
+	idle := IdleVMs(vms, m.uses(), m.since, m.now())
+	for _, vm := range idle {
+		m.enforceIdle(ctx, vm.ID)
+	}
+	if len(due)+len(idle) > 0 {
 		// What is left: a VM that was busy is still due.
 		if vms, err = m.store.ListVMs(ctx); err != nil {
 			return expiryRetry
 		}
 	}
-	return NextWake(vms, m.now(), expiryRetry, expiryIdle)
+	return min(NextWake(vms, m.now(), expiryRetry, expiryIdle),
+		NextIdleWake(vms, m.uses(), m.since, m.now(), expiryRetry, expiryIdle))
 }
 
 // enforceDeadline deletes or stops a VM whose deadline passed, under its

@@ -80,8 +80,12 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 	if _, err := parseTTL(m.now(), req.TTL, req.TTLAction, true); err != nil {
 		return model.VM{}, err
 	}
-	if req.TTLAction != "" && strings.TrimSpace(req.TTL) == "" {
-		return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "a ttl action needs a ttl")
+	idleSecs, err := parseIdle(req.IdleTimeout, true)
+	if err != nil {
+		return model.VM{}, err
+	}
+	if req.TTLAction != "" && strings.TrimSpace(req.TTL) == "" && idleSecs == 0 {
+		return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "a ttl action needs a ttl or an idle timeout")
 	}
 
 	// Checked before the image and kernel, which may take minutes to fetch.
@@ -120,6 +124,12 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 		vm.ExpireAction = req.TTLAction
 		if vm.ExpireAction == "" {
 			vm.ExpireAction = model.TTLDelete
+		}
+	}
+	if idleSecs > 0 {
+		vm.IdleTimeoutSeconds, vm.IdleAction = idleSecs, req.TTLAction
+		if vm.IdleAction == "" {
+			vm.IdleAction = model.TTLDelete
 		}
 	}
 	if a, ok := drv.(vmm.AccelReporter); ok {
@@ -166,7 +176,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 		return model.VM{}, fmt.Errorf("create vm %s: %w", name, err)
 	}
 	m.log.Info("vm created", "vm", name, "id", id, "vmm", vm.VMM, "cow", vm.CowStrategy, "ip", vm.GuestIP)
-	if vm.ExpiresAt != nil {
+	if vm.ExpiresAt != nil || vm.IdleTimeoutSeconds > 0 {
 		m.pokeExpiry()
 	}
 	if req.Start {
@@ -287,7 +297,8 @@ func (m *Manager) Lock(ctx context.Context, ref string) (model.VM, func(), error
 	return vm, unlock, nil
 }
 
-// Start boots a VM and waits until its guest answers SSH.
+// Start boots a VM and waits until its guest answers SSH. A paused VM is
+// resumed from its saved state instead.
 func (m *Manager) Start(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
 	report = progress.OrNop(report)
 	vm, unlock, err := m.Lock(ctx, ref)
@@ -298,17 +309,41 @@ func (m *Manager) Start(ctx context.Context, ref string, report progress.Func) (
 	if m.Alive(vm) {
 		return vm, nil
 	}
+	if vm.State == model.VMPaused {
+		return m.resume(ctx, vm, report)
+	}
 	return m.boot(ctx, vm, report)
 }
 
 // boot does the work of a start. Called with the VM's lock held.
 func (m *Manager) boot(ctx context.Context, vm model.VM, report progress.Func) (model.VM, error) {
+	return m.launch(ctx, vm, report, "")
+}
+
+// launch starts a VM's VMM and waits for its guest: booting it, or, with
+// stateDir set, restoring it from the state a pause saved there (then
+// the guest's clock is stepped and the state removed once the guest
+// answers). A failed boot leaves the VM failed; a failed restore leaves it
+// paused with its state, to be resumed again or stopped. Called with the
+// VM's lock held.
+func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func, stateDir string) (model.VM, error) {
+	restoring := stateDir != ""
+	verb := "start"
+	if restoring {
+		verb = "resume"
+	}
 	if m.netErr != nil {
-		return vm, errdefs.Errorf(errdefs.CodeUnavailable, "cannot start vm %s: %v", vm.Name, m.netErr)
+		return vm, errdefs.Errorf(errdefs.CodeUnavailable, "cannot %s vm %s: %v", verb, vm.Name, m.netErr)
 	}
 	drv, err := m.driver(vm.VMM)
 	if err != nil {
 		return vm, err
+	}
+	var snap vmm.Snapshotter
+	if restoring {
+		if snap, err = snapshotter(drv); err != nil {
+			return vm, err
+		}
 	}
 	im, err := m.store.GetImage(ctx, vm.ImageID)
 	if err != nil {
@@ -326,6 +361,9 @@ func (m *Manager) boot(ctx context.Context, vm model.VM, report progress.Func) (
 	m.teardown(ctx, vm)
 
 	vm.State = model.VMStarting
+	if restoring {
+		vm.State = model.VMResuming
+	}
 	vm.DesiredState = model.VMRunning
 	vm.LastError = ""
 	if err := m.save(ctx, &vm); err != nil {
@@ -335,10 +373,13 @@ func (m *Manager) boot(ctx context.Context, vm model.VM, report progress.Func) (
 	fail := func(err error) (model.VM, error) {
 		m.teardown(context.Background(), vm)
 		vm.State = model.VMFailed
+		if restoring {
+			vm.State, vm.DesiredState = model.VMPaused, model.VMPaused
+		}
 		vm.LastError = err.Error()
 		_ = m.save(context.Background(), &vm)
-		m.log.Error("vm start failed", "vm", vm.Name, "err", err)
-		return vm, fmt.Errorf("start vm %s: %w", vm.Name, err)
+		m.log.Error("vm "+verb+" failed", "vm", vm.Name, "err", err)
+		return vm, fmt.Errorf("%s vm %s: %w", verb, vm.Name, err)
 	}
 
 	report(progress.Event{Phase: "disks", Message: "attaching disks"})
@@ -363,30 +404,18 @@ func (m *Manager) boot(ctx context.Context, vm model.VM, report progress.Func) (
 		}
 		return fail(fmt.Errorf("tap %s: %w", h.Tap, err))
 	}
-	pubKey := m.authorizedKey
-	gw := m.taps.Gateway()
-	spec := vmm.Spec{
-		ID: vm.ID, Name: vm.Name, Dir: vm.Dir, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
-		Kernel: vmm.Kernel{Vmlinux: k.VmlinuxPath, BzImage: k.BzImagePath, Initrd: k.InitrdPath},
-		Cmdline: guestinit.Cmdline(k.Cmdline, guestinit.Params{
-			Addr: netip.PrefixFrom(g.IP, m.subnet.Bits()), Gateway: gw, DNS: []netip.Addr{gw},
-			Hostname: vm.Name, Key: pubKey,
-			WorkDisk: "/dev/vdb", Root: "/dev/vda",
-		}),
-		Disks: []vmm.Disk{
-			{ID: "root", Path: sys.Path, Format: sys.Format},
-			{ID: "work", Path: vm.WorkDisk, Format: "raw"},
-		},
-		Net:       &vmm.NetIface{Tap: h.Tap, MAC: vm.GuestMAC},
-		CID:       vm.CID,
-		APISocket: vm.APISocket, VsockPath: vm.VsockSocket,
-		LogPath: vm.LogPath, Console: vm.ConsolePath, Metrics: vm.MetricsPath,
+	spec := m.spec(vm, k, sys, h, g)
+	var vh vmm.Handle
+	if restoring {
+		report(progress.Event{Phase: "restore", Message: fmt.Sprintf("restoring with %s", vm.VMM), Elapsed: time.Since(start).Seconds()})
+		vh, err = snap.Restore(ctx, spec, stateDir)
+	} else {
+		// A fresh console log per boot: `vm logs` shows this boot.
+		_ = os.Remove(vm.ConsolePath)
+		_ = os.Remove(vm.ConsolePath + ".1")
+		report(progress.Event{Phase: "boot", Message: fmt.Sprintf("booting with %s", vm.VMM), Elapsed: time.Since(start).Seconds()})
+		vh, err = drv.Start(ctx, spec)
 	}
-	// A fresh console log per boot: `vm logs` shows this boot.
-	_ = os.Remove(vm.ConsolePath)
-	_ = os.Remove(vm.ConsolePath + ".1")
-	report(progress.Event{Phase: "boot", Message: fmt.Sprintf("booting with %s", vm.VMM), Elapsed: time.Since(start).Seconds()})
-	vh, err := drv.Start(ctx, spec)
 	if err != nil {
 		return fail(err)
 	}
@@ -401,15 +430,52 @@ func (m *Manager) boot(ctx context.Context, vm model.VM, report progress.Func) (
 	if err := m.waitGuest(ctx, vm, func() bool { return drv.Alive(vh) }); err != nil {
 		return fail(err)
 	}
+	if restoring {
+		// The guest's wall clock stood still while it was paused.
+		report(progress.Event{Phase: "clock", Message: "setting the guest's clock", Elapsed: time.Since(start).Seconds()})
+		if err := m.setGuestClock(ctx, vm); err != nil {
+			m.log.Warn("resumed guest's clock not set", "vm", vm.Name, "err", err)
+		}
+		// The guest runs on: its saved state is history now.
+		if err := os.RemoveAll(stateDir); err != nil {
+			m.log.Warn("remove saved state", "vm", vm.Name, "err", err)
+		}
+	}
 	now := m.now().UTC()
 	vm.State = model.VMRunning
-	vm.StartedAt = &now
+	if !restoring || vm.StartedAt == nil {
+		vm.StartedAt = &now
+	}
 	if err := m.save(ctx, &vm); err != nil {
 		return fail(err)
 	}
+	m.started(ctx, vm)
 	report(progress.Event{Phase: "ready", Message: fmt.Sprintf("%s is running at %s", vm.Name, vm.GuestIP), Elapsed: time.Since(start).Seconds()})
-	m.log.Info("vm started", "vm", vm.Name, "pid", vh.PID, "seconds", time.Since(start).Seconds())
+	m.log.Info("vm "+verb+"d", "vm", vm.Name, "pid", vh.PID, "seconds", time.Since(start).Seconds())
 	return vm, nil
+}
+
+// spec is the VMM's description of a VM: the same for a boot and for a
+// restore of its saved state, which needs the same machine.
+func (m *Manager) spec(vm model.VM, k model.Kernel, sys storage.SystemDisk, h model.VMHandles, g hostnet.Guest) vmm.Spec {
+	gw := m.taps.Gateway()
+	return vmm.Spec{
+		ID: vm.ID, Name: vm.Name, Dir: vm.Dir, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
+		Kernel: vmm.Kernel{Vmlinux: k.VmlinuxPath, BzImage: k.BzImagePath, Initrd: k.InitrdPath},
+		Cmdline: guestinit.Cmdline(k.Cmdline, guestinit.Params{
+			Addr: netip.PrefixFrom(g.IP, m.subnet.Bits()), Gateway: gw, DNS: []netip.Addr{gw},
+			Hostname: vm.Name, Key: m.authorizedKey,
+			WorkDisk: "/dev/vdb", Root: "/dev/vda",
+		}),
+		Disks: []vmm.Disk{
+			{ID: "root", Path: sys.Path, Format: sys.Format},
+			{ID: "work", Path: vm.WorkDisk, Format: "raw"},
+		},
+		Net:       &vmm.NetIface{Tap: h.Tap, MAC: vm.GuestMAC},
+		CID:       vm.CID,
+		APISocket: vm.APISocket, VsockPath: vm.VsockSocket,
+		LogPath: vm.LogPath, Console: vm.ConsolePath, Metrics: vm.MetricsPath,
+	}
 }
 
 // writeKnownHosts writes the pinned host key for `vm ssh`.
@@ -463,6 +529,10 @@ func (m *Manager) halt(ctx context.Context, vm model.VM, req api.StopVMRequest) 
 		}
 	}
 	m.teardown(ctx, vm)
+	// A paused VM's memory goes with the stop: it boots afresh next.
+	if err := discardState(vm.Dir); err != nil {
+		m.log.Warn("discard saved state", "vm", vm.Name, "err", err)
+	}
 	if vm.State != model.VMFailed || vm.DesiredState == model.VMStopped {
 		vm.State = model.VMStopped
 	}
@@ -532,6 +602,7 @@ func (m *Manager) remove(ctx context.Context, vm model.VM, force bool) error {
 	if err := m.store.DeleteVM(ctx, vm.ID); err != nil {
 		return store.Describe("vm", vm.Name, err)
 	}
+	m.forgetUse(vm.ID)
 	m.log.Info("vm deleted", "vm", vm.Name)
 	return nil
 }

@@ -38,6 +38,8 @@ type fixture struct {
 	taps  *vmstest.Taps
 	st    *store.Store
 	cfg   config.Config
+	// started counts Deps.Started calls by VM name (snapFixture's).
+	started map[string]int
 	// waitGuest stands in for the guest's readiness at boot.
 	waitGuest func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
 }

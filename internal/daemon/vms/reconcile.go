@@ -14,7 +14,8 @@ import (
 // mid-transition) it reads the scratch file, looks for the VMM process by
 // the api socket it was started with, and either keeps it (seeding the
 // handles cache) or demotes it to stopped after tearing down what the
-// scratch file names. A VM directory with no record (a database restored
+// scratch file names. A paused VM has no VMM by design: it stays paused
+// while its saved state is on disk (reconcilePaused). A VM directory with no record (a database restored
 // from an older copy, or damaged) is never deleted: what runs from it is
 // torn down and the directory moves to the lost+found directory, for the
 // user to inspect.
@@ -54,6 +55,9 @@ func (m *Manager) reconcileVM(ctx context.Context, vm model.VM) {
 	}
 	switch vm.State {
 	case model.VMRunning, model.VMStarting, model.VMStopping:
+	case model.VMPaused, model.VMPausing, model.VMResuming:
+		m.reconcilePaused(ctx, vm, h)
+		return
 	default:
 		if herr != nil || h.PID != 0 || h.Tap != "" || len(h.Loops) > 0 {
 			// A stopped VM with a scratch file: a stop that crashed half-way.

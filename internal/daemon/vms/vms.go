@@ -90,6 +90,12 @@ type Deps struct {
 	WaitGuest func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
 	// DropGuest forgets pooled connections to a VM (it stopped or is gone).
 	DropGuest func(vmID string)
+	// Started is told of a VM that just booted (its guest answers), with
+	// the VM's lock held; it must not take that lock.
+	Started func(ctx context.Context, vm model.VM)
+	// SetGuestClock steps a resumed guest's wall clock to the host's
+	// (nil: left as it is).
+	SetGuestClock func(ctx context.Context, vm model.VM) error
 }
 
 // Manager runs the VM lifecycle.
@@ -107,6 +113,12 @@ type Manager struct {
 	artifacts     Artifacts
 	waitGuest     func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
 	dropGuest     func(vmID string)
+	started       func(ctx context.Context, vm model.VM)
+	setClock      func(ctx context.Context, vm model.VM) error
+	// since is when the Manager was made (the daemon's start), from which
+	// idle time is counted: activity is kept in memory only.
+	since time.Time
+	usage usage
 
 	locks   keyed.Mutex // serialises requests on one VM (key: VM id)
 	allocMu sync.Mutex  // serialises IP/CID/name allocation at create
@@ -122,13 +134,22 @@ func New(deps Deps) *Manager {
 		drivers: deps.Drivers, strategies: deps.Strategies,
 		taps: deps.Taps, netErr: deps.NetErr, subnet: deps.Subnet,
 		authorizedKey: deps.AuthorizedKey, artifacts: deps.Artifacts,
-		waitGuest: deps.WaitGuest, dropGuest: deps.DropGuest,
+		waitGuest: deps.WaitGuest, dropGuest: deps.DropGuest, started: deps.Started,
+		setClock:      deps.SetGuestClock,
+		usage:         usage{uses: map[string]Use{}},
 		handles:       newHandleCache(),
 		expiryChanged: make(chan struct{}, 1),
 	}
 	if m.dropGuest == nil {
 		m.dropGuest = func(string) {}
 	}
+	if m.started == nil {
+		m.started = func(context.Context, model.VM) {}
+	}
+	if m.now == nil {
+		m.now = time.Now
+	}
+	m.since = m.now().UTC()
 	return m
 }
 
@@ -162,6 +183,9 @@ func (m *Manager) Running(ctx context.Context, ref string) (model.VM, error) {
 	vm, err := m.Resolve(ctx, ref)
 	if err != nil {
 		return vm, err
+	}
+	if vm.State == model.VMPaused {
+		return vm, errdefs.Errorf(errdefs.CodeConflict, "vm %s is paused: resume it with `banger vm resume %s`", vm.Name, vm.Name)
 	}
 	if !m.Alive(vm) {
 		return vm, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running (state %s): start it with `banger vm start %s`", vm.Name, vm.State, vm.Name)

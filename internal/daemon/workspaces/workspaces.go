@@ -22,7 +22,6 @@ import (
 	"os"
 	"regexp"
 	"strings"
-	"sync"
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/daemon/vms"
@@ -127,7 +126,7 @@ func (sv *Service) Prepare(ctx context.Context, ref string, req api.WorkspaceReq
 	// The script runs on the SSH session (the control channel) and says on
 	// stderr where it takes the stream: a data-channel port, or stdin.
 	var stdout bytes.Buffer
-	stderr := &announceWriter{tail: tail.Buffer{Max: 16 << 10}, ch: make(chan string, 1)}
+	stderr := transfer.NewAnnounceWriter(16 << 10)
 	stdinR, stdinW := io.Pipe()
 	runCtx, cancelRun := context.WithCancel(ctx)
 	defer cancelRun()
@@ -155,7 +154,7 @@ func (sv *Service) Prepare(ctx context.Context, ref string, req api.WorkspaceReq
 	var sendErr, dialErr error
 	transport := ""
 	select {
-	case line := <-stderr.ch:
+	case line := <-stderr.Announced():
 		port, viaStdin, _ := transfer.ParseAnnounce(line)
 		if viaStdin {
 			transport = TransportSSH
@@ -242,51 +241,6 @@ func (r *recordingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// announceWriter is a script's stderr: it keeps the tail in a tail.Buffer,
-// and passes the first transfer announcement line to ch. Announcement
-// lines are left out of the tail, which is for messages.
-type announceWriter struct {
-	mu      sync.Mutex
-	tail    tail.Buffer
-	partial []byte
-	sent    bool
-	ch      chan string
-}
-
-func (a *announceWriter) Write(p []byte) (int, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.partial = append(a.partial, p...)
-	for {
-		i := bytes.IndexByte(a.partial, '\n')
-		if i < 0 {
-			break
-		}
-		line := string(a.partial[:i+1])
-		a.partial = a.partial[i+1:]
-		if _, _, ok := transfer.ParseAnnounce(line); ok {
-			if !a.sent {
-				a.sent = true
-				a.ch <- line
-			}
-			continue
-		}
-		_, _ = a.tail.Write([]byte(line))
-	}
-	if len(a.partial) > 4096 {
-		// A long line without newline: keep it as message text.
-		_, _ = a.tail.Write(a.partial)
-		a.partial = a.partial[:0]
-	}
-	return len(p), nil
-}
-
-func (a *announceWriter) String() string {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return string(a.tail.Bytes()) + string(a.partial)
-}
-
 var hexCommit = regexp.MustCompile(`^[0-9a-f]{4,64}$`)
 
 // Export writes the guest repository's changes since its base to
@@ -334,8 +288,11 @@ func (sv *Service) Export(ctx context.Context, ref string, req api.ExportRequest
 		}
 	} else {
 		switch vm.State {
-		case model.VMStarting, model.VMStopping:
+		case model.VMStarting, model.VMStopping, model.VMPausing, model.VMResuming:
 			return errdefs.Errorf(errdefs.CodeConflict, "vm %s is %s: export when it has settled", vm.Name, vm.State)
+		case model.VMPaused:
+			// Its work disk lacks what the guest has not written back yet.
+			return errdefs.Errorf(errdefs.CodeConflict, "vm %s is paused: resume it with `banger vm resume %s` to export", vm.Name, vm.Name)
 		}
 		code, err = sv.exportOffline(ctx, vm, guestPath, format, message, env, w, stderr)
 		if err != nil {

@@ -50,8 +50,8 @@ type Options struct {
 	ProbeTimeout time.Duration
 }
 
-// Driver runs VMs under Firecracker. It implements vmm.Driver and
-// vmm.Confiner.
+// Driver runs VMs under Firecracker. It implements vmm.Driver,
+// vmm.Confiner and vmm.Snapshotter.
 type Driver struct {
 	opts Options
 
@@ -62,8 +62,9 @@ type Driver struct {
 }
 
 var (
-	_ vmm.Driver   = (*Driver)(nil)
-	_ vmm.Confiner = (*Driver)(nil)
+	_ vmm.Driver      = (*Driver)(nil)
+	_ vmm.Confiner    = (*Driver)(nil)
+	_ vmm.Snapshotter = (*Driver)(nil)
 )
 
 // New returns a driver; nothing is probed until Available.
@@ -374,6 +375,12 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 	if err != nil {
 		return vmm.Handle{}, err
 	}
+	return d.run(ctx, bin, spec, reqs)
+}
+
+// run starts firecracker for spec and sends it reqs once its api socket
+// answers; on any failure nothing is left.
+func (d *Driver) run(ctx context.Context, bin string, spec vmm.Spec, reqs []Request) (vmm.Handle, error) {
 	d.applyOptions(reqs)
 	if h, err := d.Find(spec.APISocket); err == nil {
 		return vmm.Handle{}, fmt.Errorf("api socket %s is held by running firecracker pid %d", spec.APISocket, h.PID)

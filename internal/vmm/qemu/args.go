@@ -140,7 +140,11 @@ func BuildArgs(spec vmm.Spec, o ArgOptions) ([]string, error) {
 		if d.Path == "" {
 			return nil, fmt.Errorf("disk %q has no path", d.ID)
 		}
-		drive := "file=" + escape(d.Path) + ",format=" + format + ",if=none,id=" + d.ID + ",cache=writeback,discard=unmap"
+		// file.auto-read-only=off: a completed migration (vm pause) hands
+		// the disks off by dropping write permission, and with
+		// auto-read-only QEMU does that by opening the file again by
+		// path, which a QEMU confined to its empty chroot cannot.
+		drive := "file=" + escape(d.Path) + ",format=" + format + ",if=none,id=" + d.ID + ",cache=writeback,discard=unmap,file.auto-read-only=off"
 		if d.ReadOnly {
 			drive += ",readonly=on"
 		}

@@ -59,7 +59,7 @@ type Options struct {
 }
 
 // Driver runs VMs under QEMU. It implements vmm.Driver,
-// vmm.AccelReporter and vmm.Confiner.
+// vmm.AccelReporter, vmm.Confiner and vmm.Snapshotter.
 type Driver struct {
 	opts Options
 
@@ -90,6 +90,7 @@ var (
 	_ vmm.Driver        = (*Driver)(nil)
 	_ vmm.AccelReporter = (*Driver)(nil)
 	_ vmm.Confiner      = (*Driver)(nil)
+	_ vmm.Snapshotter   = (*Driver)(nil)
 )
 
 // New returns a driver; nothing is probed until Available or Start.
@@ -372,6 +373,13 @@ func matcher(socket string) proc.Matcher {
 // Start launches QEMU for spec and returns once QMP answers and reports the
 // guest running. See vmm.Driver.
 func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
+	return d.start(ctx, spec, nil)
+}
+
+// start launches QEMU for spec; with incoming set, QEMU waits for its
+// state (-incoming defer) and is handed incoming once QMP answers, as
+// the migration stream to load before the guest runs.
+func (d *Driver) start(ctx context.Context, spec vmm.Spec, incoming *os.File) (vmm.Handle, error) {
 	if ok, reason := d.Available(ctx); !ok {
 		return vmm.Handle{}, fmt.Errorf("qemu unavailable: %s", reason)
 	}
@@ -391,6 +399,9 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 	args, err := BuildArgs(spec, ao)
 	if err != nil {
 		return vmm.Handle{}, err
+	}
+	if incoming != nil {
+		args = append(args, "-incoming", "defer")
 	}
 	if h, err := d.Find(spec.APISocket); err == nil {
 		return vmm.Handle{}, fmt.Errorf("api socket %s is held by running qemu pid %d", spec.APISocket, h.PID)
@@ -420,11 +431,35 @@ func (d *Driver) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
 	}
 	sctx, cancel := context.WithTimeout(ctx, d.opts.StartTimeout)
 	defer cancel()
+	restoring := incoming != nil
 	for {
 		var st qmpStatus
 		err := withQMP(sctx, spec.APISocket, func(c *qmp) error {
-			return c.execute(sctx, "query-status", nil, &st)
+			if err := c.execute(sctx, "query-status", nil, &st); err != nil {
+				return err
+			}
+			if restoring && incoming == nil && st.Status == "paused" {
+				// Loaded: the state was saved with the vCPUs stopped,
+				// and QEMU keeps the saved run state.
+				if err := c.execute(sctx, "cont", nil, nil); err != nil {
+					return err
+				}
+				return c.execute(sctx, "query-status", nil, &st)
+			}
+			if incoming == nil || st.Status != "inmigrate" {
+				return nil
+			}
+			// The state goes in by descriptor: a confined QEMU opens no path.
+			if err := c.sendFD(sctx, stateFD, incoming); err != nil {
+				return err
+			}
+			incoming = nil
+			return c.execute(sctx, "migrate-incoming", map[string]any{"uri": "fd:" + stateFD}, nil)
 		})
+		var qerr *QMPError
+		if errors.As(err, &qerr) {
+			return fail(fmt.Errorf("qemu refused the saved state: %w", err))
+		}
 		if err == nil && st.Running {
 			return h, nil
 		}

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
+	"syscall"
 	"time"
 )
 
@@ -94,6 +96,12 @@ func (c *qmp) execute(ctx context.Context, command string, args any, out any) er
 	if _, err := c.conn.Write(append(b, '\n')); err != nil {
 		return fmt.Errorf("qmp %s: %w", command, err)
 	}
+	return c.await(command, id, out)
+}
+
+// await reads until the reply with id, skipping events, and decodes its
+// "return" into out (nil: ignore).
+func (c *qmp) await(command string, id int, out any) error {
 	for {
 		var msg struct {
 			ID     *int            `json:"id"`
@@ -151,4 +159,25 @@ func withQMP(ctx context.Context, socket string, f func(*qmp) error) error {
 	}
 	defer c.Close()
 	return f(c)
+}
+
+// sendFD hands f to QEMU under name (QMP getfd: the descriptor travels
+// with the command as SCM_RIGHTS), for a later "fd:<name>" URI. QEMU
+// keeps its own copy; the caller may close f afterwards.
+func (c *qmp) sendFD(ctx context.Context, name string, f *os.File) error {
+	uc, ok := c.conn.(*net.UnixConn)
+	if !ok {
+		return fmt.Errorf("qmp getfd: not a unix socket")
+	}
+	c.setDeadline(ctx)
+	c.nextID++
+	id := c.nextID
+	b, err := json.Marshal(map[string]any{"execute": "getfd", "id": id, "arguments": map[string]any{"fdname": name}})
+	if err != nil {
+		return err
+	}
+	if _, _, err := uc.WriteMsgUnix(append(b, '\n'), syscall.UnixRights(int(f.Fd())), nil); err != nil {
+		return fmt.Errorf("qmp getfd: %w", err)
+	}
+	return c.await("getfd", id, nil)
 }

@@ -222,3 +222,65 @@ func State(t testing.TB) (config.Config, *store.Store) {
 	}
 	return cfg, st
 }
+
+// SnapDriver is a Driver with the Snapshotter ability: Save writes a
+// file naming the VM's api socket into the state directory and marks the
+// guest paused; Restore starts a process from such a file.
+type SnapDriver struct {
+	*Driver
+	SaveErr    error
+	RestoreErr error
+	Paused     map[string]bool // api socket → guest paused by Save
+	Restored   []vmm.Spec
+}
+
+var _ vmm.Snapshotter = (*SnapDriver)(nil)
+
+func NewSnapDriver() *SnapDriver {
+	return &SnapDriver{Driver: NewDriver(), Paused: map[string]bool{}}
+}
+
+func (f *SnapDriver) StateFiles(dir string) []string {
+	return []string{filepath.Join(dir, "fake.state")}
+}
+
+func (f *SnapDriver) Save(ctx context.Context, h vmm.Handle, dir string) error {
+	if !f.Alive(h) {
+		return fmt.Errorf("vmm pid %d not running", h.PID)
+	}
+	if f.SaveErr != nil {
+		return f.SaveErr
+	}
+	f.mu.Lock()
+	f.Paused[h.APISocket] = true
+	f.mu.Unlock()
+	return os.WriteFile(f.StateFiles(dir)[0], []byte(h.APISocket), 0o600)
+}
+
+func (f *SnapDriver) Resume(ctx context.Context, h vmm.Handle) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.Paused, h.APISocket)
+	return nil
+}
+
+func (f *SnapDriver) Restore(ctx context.Context, s vmm.Spec, dir string) (vmm.Handle, error) {
+	b, err := os.ReadFile(f.StateFiles(dir)[0])
+	if err != nil {
+		return vmm.Handle{}, err
+	}
+	if string(b) != s.APISocket {
+		return vmm.Handle{}, fmt.Errorf("state of %s restored for %s", b, s.APISocket)
+	}
+	if f.RestoreErr != nil {
+		return vmm.Handle{}, f.RestoreErr
+	}
+	h, err := f.Start(ctx, s)
+	if err == nil {
+		f.mu.Lock()
+		f.Restored = append(f.Restored, s)
+		f.Started = f.Started[:len(f.Started)-1]
+		f.mu.Unlock()
+	}
+	return h, err
+}

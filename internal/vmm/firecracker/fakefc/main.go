@@ -5,7 +5,12 @@
 // 204 with an empty body on success, 400 {"fault_message": …} on a bad body
 // or a request out of order, GET / state "Not started" → "Running" →
 // "Paused", SendCtrlAltDel ending the process like a rebooting guest (exit
-// 0), SIGTERM ending it with status 143.
+// 0), SIGTERM ending it with status 143. Snapshots follow v1.14.2's rules:
+// PUT /snapshot/create only while Paused (it writes a small state file
+// describing the machine and a sparse memory file of its size), PUT
+// /snapshot/load only in a fresh process where nothing but the logger and
+// metrics was configured, with network_overrides applied, and failing
+// when the vsock socket the snapshot recorded already exists.
 //
 // It boots nothing. Every request is appended as one JSON line
 // {"method","path","body"} to <api-sock>.requests.jsonl, so that a test can
@@ -52,6 +57,21 @@ type server struct {
 	logf    *os.File
 	record  *os.File
 	pci     bool
+	// configured: a boot-specific resource (machine, boot source,
+	// drive, interface, vsock) was set, so a snapshot can no longer be
+	// loaded.
+	configured bool
+}
+
+// snapshotFile is what the fake writes as a snapshot's state file: the
+// machine it was taken of.
+type snapshotFile struct {
+	Fake    string                   `json:"fakefc_snapshot"`
+	Machine fcapi.MachineConfig      `json:"machine"`
+	Boot    *fcapi.BootSource        `json:"boot"`
+	Drives  []fcapi.Drive            `json:"drives"`
+	Ifaces  []fcapi.NetworkInterface `json:"ifaces"`
+	Vsock   *fcapi.Vsock             `json:"vsock"`
 }
 
 func main() {
@@ -268,6 +288,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.machine = withDefaults(m)
+		s.configured = true
 		s.ok(w)
 	case r.Method == "PUT" && p == "/boot-source":
 		var b fcapi.BootSource
@@ -289,6 +310,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		s.boot = &b
+		s.configured = true
 		s.ok(w)
 	case r.Method == "PUT" && strings.HasPrefix(p, "/drives/"):
 		var d fcapi.Drive
@@ -323,6 +345,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			kept = append(kept, o)
 		}
 		s.drives = append(kept, d)
+		s.configured = true
 		s.ok(w)
 	case r.Method == "PUT" && strings.HasPrefix(p, "/network-interfaces/"):
 		var n fcapi.NetworkInterface
@@ -354,6 +377,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		s.ifaces = append(kept, n)
+		s.configured = true
 		s.ok(w)
 	case r.Method == "PUT" && p == "/vsock":
 		var v fcapi.Vsock
@@ -379,17 +403,9 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.fault(w, 400, "Cannot create backend for vsock device: UnixBind(Os { code: 98, kind: AddrInUse, message: \"Address in use\" })")
 			return
 		}
-		l.(*net.UnixListener).SetUnlinkOnClose(false)
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
+		serveVsock(l)
 		s.vsock = &v
+		s.configured = true
 		s.ok(w)
 	case r.Method == "PUT" && p == "/actions":
 		var a fcapi.Action
@@ -398,6 +414,20 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.action(w, a)
+	case r.Method == "PUT" && p == "/snapshot/create":
+		var c fcapi.SnapshotCreate
+		if err := decode(body, &c, "snapshot_path", "mem_file_path"); err != nil {
+			bad(err)
+			return
+		}
+		s.snapshotCreate(w, c)
+	case r.Method == "PUT" && p == "/snapshot/load":
+		var l fcapi.SnapshotLoad
+		if err := decode(body, &l, "snapshot_path"); err != nil {
+			bad(err)
+			return
+		}
+		s.snapshotLoad(w, l)
 	case r.Method == "PATCH" && p == "/vm":
 		var v fcapi.VM
 		if err := decode(body, &v); err != nil {
@@ -484,4 +514,130 @@ func (s *server) fullConfig() map[string]any {
 		"entropy":            nil,
 		"pmem":               []any{},
 	}
+}
+
+// serveVsock accepts and drops connections on a vsock socket that stays
+// on disk after the process ends, as firecracker's does.
+func serveVsock(l net.Listener) {
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+}
+
+// snapshotCreate writes the machine's description as the state file and
+// a sparse memory file of its size, only while the VM is paused.
+func (s *server) snapshotCreate(w http.ResponseWriter, c fcapi.SnapshotCreate) {
+	switch {
+	case s.state == "Not started":
+		s.fault(w, 400, "The requested operation is not supported before starting the microVM.")
+		return
+	case s.state != "Paused":
+		s.fault(w, 400, "Create snapshot error: Cannot save the microVM state: the microVM is not paused.")
+		return
+	}
+	if c.SnapshotType != "" && c.SnapshotType != "Full" && c.SnapshotType != "Diff" {
+		s.fault(w, 400, "An error occurred when deserializing the json body of a request: unknown variant `%s`, expected `Full` or `Diff`.", c.SnapshotType)
+		return
+	}
+	b, _ := json.Marshal(snapshotFile{Fake: version, Machine: s.machine, Boot: s.boot, Drives: s.drives, Ifaces: s.ifaces, Vsock: s.vsock})
+	if err := os.WriteFile(c.SnapshotPath, b, 0o600); err != nil {
+		s.fault(w, 400, "Create snapshot error: Cannot write the microVM state file: %v", err)
+		return
+	}
+	f, err := os.OpenFile(c.MemFilePath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err == nil {
+		err = f.Truncate(int64(s.machine.MemSizeMib) << 20)
+		f.Close()
+	}
+	if err != nil {
+		s.fault(w, 400, "Create snapshot error: Cannot write the memory file: %v", err)
+		return
+	}
+	s.log("Snapshot created")
+	s.ok(w)
+}
+
+// snapshotLoad restores a machine from a state file the fake wrote, only
+// in a fresh process; the recorded vsock socket must not exist.
+func (s *server) snapshotLoad(w http.ResponseWriter, l fcapi.SnapshotLoad) {
+	if s.state != "Not started" {
+		s.fault(w, 400, "The requested operation is not supported after starting the microVM.")
+		return
+	}
+	if s.configured {
+		s.fault(w, 400, "Loading a microVM snapshot not allowed after configuring boot-specific resources.")
+		return
+	}
+	if l.MemBackend == nil || l.MemBackend.BackendPath == "" {
+		s.fault(w, 400, "An error occurred when deserializing the json body of a request: missing field `mem_backend`.")
+		return
+	}
+	if l.MemBackend.BackendType != "File" && l.MemBackend.BackendType != "Uffd" {
+		s.fault(w, 400, "An error occurred when deserializing the json body of a request: unknown variant `%s`, expected `File` or `Uffd`.", l.MemBackend.BackendType)
+		return
+	}
+	b, err := os.ReadFile(l.SnapshotPath)
+	if err != nil {
+		s.fault(w, 400, "Load snapshot error: Failed to restore from snapshot: Failed to open snapshot file: %v", err)
+		return
+	}
+	var snap snapshotFile
+	if json.Unmarshal(b, &snap) != nil || snap.Fake == "" {
+		s.fault(w, 400, "Load snapshot error: Failed to restore from snapshot: Failed to load microVM state: invalid snapshot file")
+		return
+	}
+	if l.MemBackend.BackendType == "File" {
+		fi, err := os.Stat(l.MemBackend.BackendPath)
+		if err != nil {
+			s.fault(w, 400, "Load snapshot error: Failed to restore from snapshot: Failed to load guest memory: %v", err)
+			return
+		}
+		if fi.Size() < int64(snap.Machine.MemSizeMib)<<20 {
+			s.fault(w, 400, "Load snapshot error: Failed to restore from snapshot: Failed to load guest memory: the memory file is smaller than the guest memory")
+			return
+		}
+	}
+	ifaces := snap.Ifaces
+	for _, o := range l.NetworkOverrides {
+		found := false
+		for i := range ifaces {
+			if ifaces[i].IfaceID == o.IfaceID {
+				ifaces[i].HostDevName = o.HostDevName
+				found = true
+			}
+		}
+		if !found {
+			s.fault(w, 400, "Load snapshot error: Invalid network override: no network interface with id %s in the snapshot", o.IfaceID)
+			return
+		}
+	}
+	for _, d := range snap.Drives {
+		if err := exists(d.PathOnHost); err != nil {
+			s.fault(w, 400, "Load snapshot error: Failed to restore from snapshot: Failed to build microVM from snapshot: Unable to create the block device: BackingFile(%v, %q)", err, d.PathOnHost)
+			return
+		}
+	}
+	if snap.Vsock != nil {
+		// The socket the snapshot recorded is bound again: it must not exist.
+		ln, err := net.Listen("unix", snap.Vsock.UDSPath)
+		if err != nil {
+			s.fault(w, 400, "Load snapshot error: Failed to restore from snapshot: Failed to build microVM from snapshot: Cannot restore devices: VsockUnixBackend(UnixBind(Os { code: 98, kind: AddrInUse, message: \"Address in use\" }))")
+			return
+		}
+		serveVsock(ln)
+	}
+	s.machine, s.boot, s.drives, s.ifaces, s.vsock = snap.Machine, snap.Boot, snap.Drives, ifaces, snap.Vsock
+	s.state = "Paused"
+	if l.ResumeVM {
+		s.state = "Running"
+	}
+	s.log("Snapshot loaded")
+	s.ok(w)
 }

@@ -81,6 +81,39 @@ type VM struct {
 	State string `json:"state"`
 }
 
+// SnapshotCreate is PUT /snapshot/create, accepted only while the VM is
+// paused: SnapshotType "Full" or "Diff".
+type SnapshotCreate struct {
+	SnapshotType string `json:"snapshot_type,omitempty"`
+	SnapshotPath string `json:"snapshot_path"`
+	MemFilePath  string `json:"mem_file_path"`
+}
+
+// SnapshotLoad is PUT /snapshot/load, accepted only by a fresh process
+// (nothing configured but the logger and metrics).
+type SnapshotLoad struct {
+	SnapshotPath        string            `json:"snapshot_path"`
+	MemBackend          *MemBackend       `json:"mem_backend,omitempty"`
+	EnableDiffSnapshots bool              `json:"enable_diff_snapshots,omitempty"`
+	ResumeVM            bool              `json:"resume_vm,omitempty"`
+	NetworkOverrides    []NetworkOverride `json:"network_overrides,omitempty"`
+}
+
+// MemBackend is where a loaded snapshot's memory comes from: BackendType
+// "File" (BackendPath is the memory file, mapped privately) or "Uffd"
+// (BackendPath is a unix socket of a page-fault handler).
+type MemBackend struct {
+	BackendType string `json:"backend_type"`
+	BackendPath string `json:"backend_path"`
+}
+
+// NetworkOverride points a snapshot's network interface at another host
+// tap when it is loaded.
+type NetworkOverride struct {
+	IfaceID     string `json:"iface_id"`
+	HostDevName string `json:"host_dev_name"`
+}
+
 // InstanceInfo is the answer of GET /.
 type InstanceInfo struct {
 	ID         string `json:"id"`

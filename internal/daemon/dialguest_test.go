@@ -1,0 +1,55 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"net"
+	"testing"
+
+	"github.com/banger/banger/internal/config"
+	"github.com/banger/banger/internal/guest"
+	"github.com/banger/banger/internal/model"
+)
+
+// TestDialGuestTCPChoice: a published port goes straight to the guest's
+// address when it answers there, through SSH when it refuses (remembered),
+// and always through SSH when the configuration says ssh.
+func TestDialGuestTCPChoice(t *testing.T) {
+	var direct, viaSSH int
+	refuse := false
+	d := &Daemon{cfg: config.Defaults()}
+	d.dialData = func(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
+		direct++
+		if refuse {
+			return nil, errors.New("connection refused")
+		}
+		a, b := net.Pipe()
+		b.Close()
+		return a, nil
+	}
+	d.dialGuest = func(ctx context.Context, vm model.VM) (guest.Client, error) {
+		viaSSH++
+		return nil, errors.New("ssh path taken")
+	}
+	vm := model.VM{ID: "v1", Name: "v", GuestIP: "172.16.0.2"}
+	ctx := context.Background()
+	if c, err := d.dialGuestTCP(ctx, vm, 8000); err != nil || direct != 1 || viaSSH != 0 {
+		t.Fatalf("listening on the guest's address: %v, direct %d, ssh %d", err, direct, viaSSH)
+	} else {
+		c.Close()
+	}
+	refuse = true
+	for i := 0; i < 3; i++ {
+		if _, err := d.dialGuestTCP(ctx, vm, 9000); err == nil || err.Error() != "ssh path taken" {
+			t.Fatalf("refused directly: %v", err)
+		}
+	}
+	if direct != 2 || viaSSH != 3 {
+		t.Fatalf("a refusal is remembered: direct %d (want 2), ssh %d (want 3)", direct, viaSSH)
+	}
+	d.cfg.WorkspaceTransport = "ssh"
+	refuse = false
+	if _, err := d.dialGuestTCP(ctx, vm, 8000); err == nil || direct != 2 {
+		t.Fatalf("transport ssh: %v, direct %d", err, direct)
+	}
+}

@@ -1,0 +1,232 @@
+package e2b
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/envd"
+	"github.com/banger/banger/internal/errdefs"
+	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/progress"
+	"github.com/banger/banger/internal/store"
+)
+
+// fakeVMs stands in for the VM manager: records in the real store, no
+// guests. Each "guest" is an envd server on 127.0.0.1 started by the
+// control plane's RunGuest, plus ports a test maps to host listeners.
+type fakeVMs struct {
+	t     *testing.T
+	st    *store.Store
+	mu    sync.Mutex
+	n     int
+	alive map[string]bool
+	envds map[string]*httptest.Server // by VM id
+	ports map[int]string              // guest port → host address, for every VM
+	ttls  map[string]string           // last TTL set, by VM id
+}
+
+func (f *fakeVMs) Create(ctx context.Context, req api.CreateVMRequest, _ progress.Func) (model.VM, error) {
+	if req.Image != "" && req.Image != "other" {
+		return model.VM{}, errdefs.Errorf(errdefs.CodeNotFound, "image %q not found", req.Image)
+	}
+	f.mu.Lock()
+	f.n++
+	n := f.n
+	f.mu.Unlock()
+	now := time.Now().UTC()
+	d, err := time.ParseDuration(req.TTL)
+	if err != nil {
+		return model.VM{}, err
+	}
+	exp := now.Add(d)
+	id := model.NewID()
+	vm := model.VM{ID: id, Name: req.Name, ImageID: "img", KernelID: "k", CPUs: 2, MemoryMiB: 1024, DiskBytes: 4 << 30,
+		DesiredState: model.VMRunning, State: model.VMRunning, VMM: "qemu", CowStrategy: "qcow2",
+		GuestIP: fmt.Sprintf("172.16.0.%d", n+1), GuestMAC: "02:fc:00:00:00:02", DNSName: req.Name + ".vm",
+		CID: uint32(100 + n), Dir: "/s/" + id, CreatedAt: now, UpdatedAt: now, StartedAt: &now,
+		Net: model.NetPolicy{Mode: model.NetInternet}, ExpiresAt: &exp, ExpireAction: req.TTLAction}
+	if req.Net != "" {
+		vm.Net.Mode = req.Net
+	}
+	if err := f.st.CreateVM(ctx, vm); err != nil {
+		return model.VM{}, err
+	}
+	f.mu.Lock()
+	f.alive[id] = true
+	f.mu.Unlock()
+	return vm, nil
+}
+
+func (f *fakeVMs) Delete(ctx context.Context, ref string, _ bool) error {
+	vm, err := f.Get(ctx, ref)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	delete(f.alive, vm.ID)
+	if e := f.envds[vm.ID]; e != nil {
+		e.Close()
+		delete(f.envds, vm.ID)
+	}
+	f.mu.Unlock()
+	return f.st.DeleteVM(ctx, vm.ID)
+}
+
+func (f *fakeVMs) Get(ctx context.Context, ref string) (model.VM, error) {
+	vm, err := f.st.GetVM(ctx, ref)
+	if err != nil {
+		return vm, store.Describe("vm", ref, err)
+	}
+	return vm, nil
+}
+
+func (f *fakeVMs) List(ctx context.Context) ([]model.VM, error) { return f.st.ListVMs(ctx) }
+
+func (f *fakeVMs) SetTTL(ctx context.Context, ref string, req api.VMTTLRequest) (model.VM, error) {
+	vm, err := f.Get(ctx, ref)
+	if err != nil {
+		return vm, err
+	}
+	d, err := time.ParseDuration(req.TTL)
+	if err != nil {
+		return vm, errdefs.Invalid(err)
+	}
+	at := time.Now().UTC().Add(d)
+	f.mu.Lock()
+	f.ttls[vm.ID] = req.TTL
+	f.mu.Unlock()
+	return vm, f.st.SetVMExpiry(ctx, vm.ID, &at, req.Action)
+}
+
+func (f *fakeVMs) Alive(vm model.VM) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.alive[vm.ID]
+}
+
+// runGuest plays the guest side of envdScript: it reads the token and
+// environment from stdin and starts an envd on 127.0.0.1.
+func (f *fakeVMs) runGuest(_ context.Context, vm model.VM, cmd string, stdin io.Reader) (string, int, error) {
+	if cmd == metricsScript {
+		// The host's own /proc and / stand in for the guest's.
+		out, err := exec.Command("sh", "-c", cmd).CombinedOutput()
+		if err != nil {
+			return string(out), 1, nil
+		}
+		return string(out), 0, nil
+	}
+	if !strings.Contains(cmd, " envd --listen 127.0.0.1:49983 --token-file ") {
+		return "unexpected command", 1, nil
+	}
+	raw, _ := io.ReadAll(stdin)
+	lines := strings.Split(strings.TrimSuffix(string(raw), "\n"), "\n")
+	env := map[string]string{}
+	for _, l := range lines[1:] {
+		if k, v, ok := strings.Cut(l, "="); ok {
+			env[k] = v
+		}
+	}
+	me, _ := user.Current()
+	srv, err := envd.New(envd.Config{Token: lines[0], DefaultUser: me.Username, Env: env})
+	if err != nil {
+		return err.Error(), 1, nil
+	}
+	ts := httptest.NewServer(srv.Handler())
+	f.mu.Lock()
+	f.envds[vm.ID] = ts
+	f.mu.Unlock()
+	f.t.Cleanup(func() { ts.Close(); srv.Close() })
+	return "", 0, nil
+}
+
+func (f *fakeVMs) dialGuest(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
+	f.mu.Lock()
+	addr := ""
+	if port == envd.Port {
+		if ts := f.envds[vm.ID]; ts != nil {
+			addr = ts.Listener.Addr().String()
+		}
+	} else {
+		addr = f.ports[port]
+	}
+	f.mu.Unlock()
+	if addr == "" {
+		return nil, fmt.Errorf("connection refused: nothing listens on guest port %d", port)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// fixture is a control plane over fakeVMs listening on 127.0.0.1.
+type fixture struct {
+	svc  *Service
+	vms  *fakeVMs
+	url  string
+	key  string
+	addr string
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	st, err := store.Open(filepath.Join(t.TempDir(), "banger.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	f := &fakeVMs{t: t, st: st, alive: map[string]bool{}, envds: map[string]*httptest.Server{},
+		ports: map[int]string{}, ttls: map[string]string{}}
+	svc := New(Deps{Store: st, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), VMs: f,
+		RunGuest: f.runGuest, DialGuest: f.dialGuest, Listen: net.Listen, Now: time.Now})
+	status, err := svc.Serve("127.0.0.1:0", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(svc.Close)
+	key, _, err := svc.CreateKey(context.Background(), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{svc: svc, vms: f, url: "http://" + status.Listen, key: key, addr: status.Listen}
+}
+
+// port of the fixture's listener, for Host names.
+func (fx *fixture) port() string {
+	_, p, _ := net.SplitHostPort(fx.addr)
+	return p
+}
+
+func (fx *fixture) do(t *testing.T, method, path, body string, hdr ...string) (int, string, http.Header) {
+	t.Helper()
+	req, _ := http.NewRequest(method, fx.url+path, strings.NewReader(body))
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("X-API-Key", fx.key)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		if hdr[i] == "Host" {
+			req.Host = hdr[i+1]
+			continue
+		}
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header
+}

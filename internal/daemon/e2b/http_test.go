@@ -1,0 +1,246 @@
+package e2b
+
+import (
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/url"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/banger/banger/internal/envd"
+)
+
+func TestControlPlaneAuth(t *testing.T) {
+	fx := newFixture(t)
+	for _, tc := range []struct {
+		name string
+		hdr  []string
+		want int
+	}{
+		{"no key", []string{"X-API-Key", ""}, 401},
+		{"wrong key", []string{"X-API-Key", "e2b_wrong"}, 401},
+		{"bearer", []string{"X-API-Key", "", "Authorization", "Bearer " + fx.key}, 200},
+		{"x-api-key", nil, 200},
+	} {
+		code, body, _ := fx.do(t, "GET", "/v2/sandboxes", "", tc.hdr...)
+		if code != tc.want {
+			t.Errorf("%s: %d %s, want %d", tc.name, code, body, tc.want)
+		}
+		if code == 401 && !strings.Contains(body, `"code":401`) {
+			t.Errorf("%s: error body %s, want {code, message}", tc.name, body)
+		}
+	}
+	if _, err := fx.svc.RevokeKey(t.Context(), "test"); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, _ := fx.do(t, "GET", "/v2/sandboxes", ""); code != 401 {
+		t.Errorf("revoked key: %d, want 401", code)
+	}
+}
+
+func TestSandboxLifecycle(t *testing.T) {
+	fx := newFixture(t)
+	code, body, _ := fx.do(t, "POST", "/v2/sandboxes", `{"templateID":"base","timeout":120,"metadata":{"team":"a"},"envVars":{"FOO":"bar"}}`)
+	if code != 201 {
+		t.Fatalf("create = %d %s", code, body)
+	}
+	var created sandboxJSON
+	if err := json.Unmarshal([]byte(body), &created); err != nil {
+		t.Fatal(err)
+	}
+	if created.TemplateID != "base" || !strings.HasPrefix(created.SandboxID, "e2b") || created.EnvdVersion != envd.Version ||
+		len(created.EnvdAccessToken) != 48 || created.Domain != "localhost:"+fx.port() || created.ClientID != clientID {
+		t.Fatalf("create answer = %+v", created)
+	}
+	id := created.SandboxID
+	// A second one with other metadata, for the list filters.
+	if code, body, _ = fx.do(t, "POST", "/sandboxes", `{"templateID":"other","metadata":{"team":"b"},"allow_internet_access":false}`); code != 201 {
+		t.Fatalf("v1 create = %d %s", code, body)
+	}
+	var other sandboxJSON
+	_ = json.Unmarshal([]byte(body), &other)
+	if vm, _ := fx.vms.Get(t.Context(), other.SandboxID); vm.Net.Mode != "none" {
+		t.Errorf("allow_internet_access false: net %q, want none", vm.Net.Mode)
+	}
+
+	code, body, _ = fx.do(t, "GET", "/sandboxes/"+id, "")
+	var info detailJSON
+	if code != 200 || json.Unmarshal([]byte(body), &info) != nil || info.State != "running" || info.EnvdAccessToken != created.EnvdAccessToken ||
+		!reflect.DeepEqual(info.Metadata, map[string]string{"team": "a"}) || info.CPUCount != 2 || info.MemoryMB != 1024 ||
+		info.EndAt.Before(time.Now().Add(100*time.Second)) {
+		t.Fatalf("info = %d %s", code, body)
+	}
+
+	meta := url.QueryEscape(url.Values{"team": {"a"}}.Encode())
+	code, body, _ = fx.do(t, "GET", "/v2/sandboxes?metadata="+meta, "")
+	var listed []listedJSON
+	if code != 200 || json.Unmarshal([]byte(body), &listed) != nil || len(listed) != 1 || listed[0].SandboxID != id {
+		t.Fatalf("list team=a = %d %s", code, body)
+	}
+	code, body, hdr := fx.do(t, "GET", "/v2/sandboxes?limit=1", "")
+	if code != 200 || hdr.Get("X-Next-Token") == "" || strings.Count(body, "sandboxID") != 1 {
+		t.Fatalf("list limit=1 = %d %s next %q", code, body, hdr.Get("X-Next-Token"))
+	}
+	code, body, hdr = fx.do(t, "GET", "/v2/sandboxes?limit=1&nextToken="+hdr.Get("X-Next-Token"), "")
+	if code != 200 || hdr.Get("X-Next-Token") != "" || strings.Count(body, "sandboxID") != 1 {
+		t.Fatalf("list page 2 = %d %s next %q", code, body, hdr.Get("X-Next-Token"))
+	}
+	if code, body, _ = fx.do(t, "GET", "/v2/sandboxes?state=paused", ""); code != 200 || strings.TrimSpace(body) != "[]" {
+		t.Fatalf("list paused = %d %s", code, body)
+	}
+
+	if code, body, _ = fx.do(t, "POST", "/sandboxes/"+id+"/timeout", `{"timeout":3600}`); code != 204 {
+		t.Fatalf("timeout = %d %s", code, body)
+	}
+	vm, _ := fx.vms.Get(t.Context(), id)
+	if vm.ExpiresAt == nil || vm.ExpiresAt.Before(time.Now().Add(3500*time.Second)) {
+		t.Fatalf("deadline after timeout = %v", vm.ExpiresAt)
+	}
+	// connect with a shorter timeout keeps the later deadline.
+	if code, body, _ = fx.do(t, "POST", "/v2/sandboxes/"+id+"/connect", `{"timeout":10}`); code != 200 || !strings.Contains(body, created.EnvdAccessToken) {
+		t.Fatalf("connect = %d %s", code, body)
+	}
+	if vm, _ = fx.vms.Get(t.Context(), id); vm.ExpiresAt.Before(time.Now().Add(3500 * time.Second)) {
+		t.Fatalf("connect shortened the deadline to %v", vm.ExpiresAt)
+	}
+	// envd gone (as after a restart of the VM by hand): connect starts it
+	// again, with the same token.
+	fx.vms.mu.Lock()
+	fx.vms.envds[vm.ID].Close()
+	delete(fx.vms.envds, vm.ID)
+	fx.vms.mu.Unlock()
+	if code, body, _ = fx.do(t, "POST", "/v2/sandboxes/"+id+"/connect", `{}`); code != 200 {
+		t.Fatalf("connect without envd = %d %s", code, body)
+	}
+	if code, body, _ = fx.do(t, "POST", "/process.Process/List", "{}", "X-API-Key", "", "E2b-Sandbox-Id", id,
+		"Connect-Protocol-Version", "1", "X-Access-Token", created.EnvdAccessToken); code != 200 {
+		t.Fatalf("envd after connect = %d %s", code, body)
+	}
+	if code, body, _ = fx.do(t, "POST", "/sandboxes/"+id+"/pause", ""); code != 501 || !strings.Contains(body, "not supported by banger") {
+		t.Fatalf("pause = %d %s", code, body)
+	}
+	code, body, _ = fx.do(t, "GET", "/sandboxes/"+id+"/metrics", "")
+	var metrics []metricJSON
+	if code != 200 || json.Unmarshal([]byte(body), &metrics) != nil || len(metrics) != 1 || metrics[0].MemTotal == 0 || metrics[0].CPUCount == 0 {
+		t.Fatalf("metrics = %d %s", code, body)
+	}
+
+	// Bad input.
+	for _, bad := range []string{`{"autoPause":true}`, `{"timeout":0}`, `{"envVars":{"A-B":"x"}}`, `{"volumeMounts":[{}]}`, `{"templateID":"nope"}`, `{`} {
+		if code, body, _ = fx.do(t, "POST", "/v2/sandboxes", bad); code < 400 || code >= 500 {
+			t.Errorf("create %s = %d %s, want 4xx", bad, code, body)
+		}
+	}
+	if code, _, _ = fx.do(t, "GET", "/sandboxes/e2bnope", ""); code != 404 {
+		t.Errorf("info of unknown = %d", code)
+	}
+
+	if code, body, _ = fx.do(t, "DELETE", "/sandboxes/"+id, ""); code != 204 {
+		t.Fatalf("kill = %d %s", code, body)
+	}
+	if code, _, _ = fx.do(t, "DELETE", "/sandboxes/"+id, ""); code != 404 {
+		t.Fatalf("kill again = %d, want 404", code)
+	}
+}
+
+func TestProxyRouting(t *testing.T) {
+	fx := newFixture(t)
+	_, body, _ := fx.do(t, "POST", "/v2/sandboxes", `{}`)
+	var sb sandboxJSON
+	_ = json.Unmarshal([]byte(body), &sb)
+
+	// By header: envd's /health answers 204 without a token, a Connect
+	// call needs the token, which the proxy passes through.
+	if code, body, _ := fx.do(t, "GET", "/health", "", "X-API-Key", "", "E2b-Sandbox-Id", sb.SandboxID, "E2b-Sandbox-Port", "49983"); code != 204 {
+		t.Fatalf("envd health by header = %d %s", code, body)
+	}
+	code, body, _ := fx.do(t, "POST", "/process.Process/List", "{}", "X-API-Key", "", "E2b-Sandbox-Id", sb.SandboxID,
+		"Connect-Protocol-Version", "1", "X-Access-Token", sb.EnvdAccessToken)
+	if code != 200 || strings.TrimSpace(body) != "{}" {
+		t.Fatalf("envd List by header = %d %s", code, body)
+	}
+
+	// By Host: a guest web server on port 8000.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	web := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("guest web " + r.URL.Path + " host " + r.Host))
+	})}
+	go func() { _ = web.Serve(ln) }()
+	defer web.Close()
+	fx.vms.mu.Lock()
+	fx.vms.ports[8000] = ln.Addr().String()
+	fx.vms.mu.Unlock()
+	host := "8000-" + sb.SandboxID + ".localhost:" + fx.port()
+	if code, body, _ := fx.do(t, "GET", "/x", "", "X-API-Key", "", "Host", host); code != 200 || body != "guest web /x host "+host {
+		t.Fatalf("by Host = %d %s", code, body)
+	}
+	if code, body, _ := fx.do(t, "GET", "/", "", "X-API-Key", "", "Host", "8001-"+sb.SandboxID+".localhost:"+fx.port()); code != 502 {
+		t.Fatalf("closed guest port = %d %s, want 502", code, body)
+	}
+	if code, _, _ := fx.do(t, "GET", "/", "", "X-API-Key", "", "E2b-Sandbox-Id", "e2bunknown"); code != 502 {
+		t.Fatalf("unknown sandbox = %d, want 502", code)
+	}
+	fx.do(t, "DELETE", "/sandboxes/"+sb.SandboxID, "")
+	if code, _, _ := fx.do(t, "GET", "/health", "", "X-API-Key", "", "E2b-Sandbox-Id", sb.SandboxID); code != 502 {
+		t.Fatalf("killed sandbox = %d, want 502", code)
+	}
+}
+
+func TestParseListQuery(t *testing.T) {
+	// The SDK encodes each key and value, then the whole "k=v&k=v".
+	inner := url.Values{url.QueryEscape("a b"): {url.QueryEscape("x&y")}, "team": {"c"}}.Encode()
+	q, err := ParseListQuery(url.Values{"metadata": {inner}, "state": {"running,paused"}, "limit": {"5"}})
+	if err != nil || !reflect.DeepEqual(q.Metadata, map[string]string{"a b": "x&y", "team": "c"}) ||
+		!q.States["running"] || !q.States["paused"] || q.Limit != 5 {
+		t.Fatalf("ParseListQuery = %+v, %v", q, err)
+	}
+	for _, bad := range []url.Values{{"state": {"dead"}}, {"limit": {"0"}}, {"limit": {"101"}}, {"metadata": {"%zz"}}} {
+		if _, err := ParseListQuery(bad); err == nil {
+			t.Errorf("ParseListQuery(%v) accepted", bad)
+		}
+	}
+}
+
+// TestListenerRecorded: `banger e2b serve` survives a daemon restart (a
+// new Service over the same store serves the same address), a configured
+// address wins, and stop forgets it.
+func TestListenerRecorded(t *testing.T) {
+	fx := newFixture(t)
+	st := fx.svc.Store
+	fx.svc.Close()
+	first := New(fx.svc.Deps)
+	got, err := first.ServeAndRecord(t.Context(), "127.0.0.1:0", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+
+	again := New(fx.svc.Deps)
+	if err := again.Start(t.Context(), "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if s := again.Status(); s != got {
+		t.Fatalf("after restart: %+v, want %+v", s, got)
+	}
+	if err := again.Stop(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok, _ := st.E2BListener(t.Context()); ok || again.Status().Listen != "" {
+		t.Fatalf("after stop: recorded %v, status %+v", ok, again.Status())
+	}
+
+	third := New(fx.svc.Deps)
+	defer third.Close()
+	if err := third.Start(t.Context(), "", ""); err != nil || third.Status().Listen != "" {
+		t.Fatalf("start with nothing recorded: %+v, %v", third.Status(), err)
+	}
+	if err := third.Start(t.Context(), "127.0.0.1:0", "sb.example"); err != nil || third.Status().Domain != "sb.example" {
+		t.Fatalf("start with a configured address: %+v, %v", third.Status(), err)
+	}
+}

@@ -1,0 +1,482 @@
+// Package e2b is banger's E2B-compatible control plane: an HTTP listener
+// (off by default; `banger e2b serve` or the e2b_listen setting) that
+// answers the E2B SDK's sandbox calls with banger VMs, checks API keys
+// (stored hashed), and proxies requests meant for a sandbox — by the
+// E2b-Sandbox-Id header or a "<port>-<id>.<domain>" Host — to the guest
+// port they name, through the VM's pooled SSH connection.
+//
+// A sandbox is a VM named by its sandbox id, created with the TTL the SDK
+// asks for; its record (template, metadata, default environment, envd's
+// access token) lives in the store next to the VM and goes with it. At
+// create it writes the token into the guest and starts `banger-init envd`
+// there (internal/envd).
+//
+// It asks the VM manager to create, delete and time VMs; it must not
+// touch VM lifecycle, VMMs or the VM network itself.
+package e2b
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/envd"
+	"github.com/banger/banger/internal/errdefs"
+	"github.com/banger/banger/internal/guestinit"
+	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/progress"
+	"github.com/banger/banger/internal/shell"
+	"github.com/banger/banger/internal/store"
+)
+
+// DefaultListen is where the control plane listens unless told otherwise.
+const DefaultListen = "127.0.0.1:3000"
+
+// DefaultTemplate is the template id that means banger's default image.
+const DefaultTemplate = "base"
+
+// clientID is the clientID of every answer (E2B's cluster node).
+const clientID = "banger"
+
+// envdStartTimeout bounds waiting for envd to listen after it was started.
+const envdStartTimeout = 30 * time.Second
+
+// VMs is what the control plane asks of the VM manager (*vms.Manager).
+type VMs interface {
+	// Create makes (and with Start, boots) a VM; see vms.Manager.Create.
+	Create(ctx context.Context, req api.CreateVMRequest, report progress.Func) (model.VM, error)
+	// Delete removes a VM; force stops it first.
+	Delete(ctx context.Context, ref string, force bool) error
+	// Get is the VM named ref (name, id or id prefix).
+	Get(ctx context.Context, ref string) (model.VM, error)
+	// List is every VM.
+	List(ctx context.Context) ([]model.VM, error)
+	// SetTTL sets a VM's deadline from now.
+	SetTTL(ctx context.Context, ref string, req api.VMTTLRequest) (model.VM, error)
+	// Alive says whether the VM runs (state and VMM process).
+	Alive(vm model.VM) bool
+}
+
+// Deps are what a Service is made of.
+type Deps struct {
+	Store *store.Store
+	Log   *slog.Logger
+	VMs   VMs
+	// RunGuest runs a shell command as root in a running VM's guest with
+	// stdin, answering its combined output and exit code.
+	RunGuest func(ctx context.Context, vm model.VM, cmd string, stdin io.Reader) (out string, exit int, err error)
+	// DialGuest connects to port on a running VM's guest loopback.
+	DialGuest func(ctx context.Context, vm model.VM, port int) (net.Conn, error)
+	// Listen opens the listener where the daemon's users are
+	// (hostnet.ListenHost).
+	Listen func(network, addr string) (net.Listener, error)
+	Now    func() time.Time
+}
+
+// Service is the control plane; Serve starts its listener.
+type Service struct {
+	Deps
+	mu     sync.Mutex
+	srv    *http.Server
+	addr   string
+	domain string
+	proxy  *proxy
+}
+
+// New makes a Service; it listens only after Serve.
+func New(d Deps) *Service {
+	s := &Service{Deps: d}
+	s.proxy = newProxy(s)
+	return s
+}
+
+// Status says where the control plane listens ("" when it does not) and
+// the domain of its sandbox host names.
+type Status struct {
+	Listen string `json:"listen"`
+	Domain string `json:"domain"`
+}
+
+// Serve starts listening on addr (DefaultListen when empty); domain is
+// the suffix of sandbox host names, "localhost:<port>" when empty. A
+// second Serve on the same address is a no-op; on another, a conflict.
+func (s *Service) Serve(addr, domain string) (Status, error) {
+	if addr == "" {
+		addr = DefaultListen
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.srv != nil {
+		if addr == s.addr || addr == DefaultListen {
+			return Status{Listen: s.addr, Domain: s.domain}, nil
+		}
+		return Status{}, errdefs.Errorf(errdefs.CodeConflict, "the e2b control plane already listens on %s", s.addr)
+	}
+	ln, err := s.Listen("tcp", addr)
+	if err != nil {
+		return Status{}, errdefs.Errorf(errdefs.CodeInvalid, "e2b listen %s: %v", addr, err)
+	}
+	bound := ln.Addr().String()
+	if domain == "" {
+		_, port, _ := net.SplitHostPort(bound)
+		domain = "localhost:" + port
+	}
+	s.addr, s.domain = bound, domain
+	s.srv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 30 * time.Second}
+	go func(srv *http.Server) {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.Log.Error("e2b listener stopped", "err", err)
+		}
+	}(s.srv)
+	s.Log.Info("e2b control plane listening", "addr", bound, "domain", domain)
+	return Status{Listen: bound, Domain: domain}, nil
+}
+
+// Start serves at daemon start: the configured address when there is
+// one (the e2b_listen setting), else the one `banger e2b serve` recorded.
+func (s *Service) Start(ctx context.Context, listen, domain string) error {
+	if listen == "" {
+		l, d, ok, err := s.Store.E2BListener(ctx)
+		if err != nil || !ok {
+			return err
+		}
+		listen, domain = l, d
+	}
+	_, err := s.Serve(listen, domain)
+	return err
+}
+
+// ServeAndRecord is Serve that is served again after a daemon restart:
+// the bound address (a port 0 becomes the port picked) and domain are
+// recorded.
+func (s *Service) ServeAndRecord(ctx context.Context, addr, domain string) (Status, error) {
+	st, err := s.Serve(addr, domain)
+	if err != nil {
+		return st, err
+	}
+	if err := s.Store.SetE2BListener(ctx, st.Listen, st.Domain, s.Now().UTC()); err != nil {
+		return st, fmt.Errorf("record the e2b listener: %w", err)
+	}
+	return st, nil
+}
+
+// Stop closes the listener and forgets the recorded one; sandboxes keep
+// running (their VMs' deadlines still apply).
+func (s *Service) Stop(ctx context.Context) error {
+	s.Close()
+	return s.Store.ClearE2BListener(ctx)
+}
+
+// Status answers where the control plane listens.
+func (s *Service) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Status{Listen: s.addr, Domain: s.domain}
+}
+
+// Close stops the listener and its connections.
+func (s *Service) Close() {
+	s.mu.Lock()
+	srv := s.srv
+	s.srv, s.addr = nil, ""
+	s.mu.Unlock()
+	if srv != nil {
+		_ = srv.Close()
+	}
+	s.proxy.close()
+}
+
+// CreateKey makes an API key named name and returns it: the only time the
+// key itself is seen.
+func (s *Service) CreateKey(ctx context.Context, name string) (string, model.E2BKey, error) {
+	if err := model.ValidateName("e2b key", name); err != nil {
+		return "", model.E2BKey{}, errdefs.Invalid(err)
+	}
+	key := NewKey()
+	rec := model.E2BKey{ID: model.NewID(), Name: name, Hash: HashKey(key), Prefix: key[:len(KeyPrefix)+6], CreatedAt: s.Now().UTC()}
+	if err := s.Store.CreateE2BKey(ctx, rec); err != nil {
+		return "", rec, store.Describe("e2b key", name, err)
+	}
+	return key, rec, nil
+}
+
+// ListKeys lists the API keys (never the keys themselves).
+func (s *Service) ListKeys(ctx context.Context) ([]model.E2BKey, error) {
+	return s.Store.ListE2BKeys(ctx)
+}
+
+// RevokeKey deletes the key named ref (name or id).
+func (s *Service) RevokeKey(ctx context.Context, ref string) (model.E2BKey, error) {
+	k, err := s.Store.DeleteE2BKey(ctx, ref)
+	if err != nil {
+		return k, store.Describe("e2b key", ref, err)
+	}
+	return k, nil
+}
+
+// authorize checks a request's API key against the store.
+func (s *Service) authorize(ctx context.Context, h http.Header) bool {
+	key := KeyOf(h)
+	if key == "" {
+		return false
+	}
+	k, err := s.Store.E2BKeyByHash(ctx, HashKey(key))
+	if err != nil {
+		return false
+	}
+	now := s.Now().UTC()
+	if k.LastUsed == nil || now.Sub(*k.LastUsed) > time.Minute {
+		_ = s.Store.TouchE2BKey(ctx, k.ID, now)
+	}
+	return true
+}
+
+// sandbox is a sandbox's VM and record.
+type sandbox struct {
+	vm  model.VM
+	rec model.E2BSandbox
+}
+
+// lookup finds a sandbox by id; errdefs not-found when there is none.
+func (s *Service) lookup(ctx context.Context, id string) (sandbox, error) {
+	if err := model.ValidateName("sandbox", id); err != nil {
+		return sandbox{}, errdefs.Errorf(errdefs.CodeNotFound, "sandbox %q not found", id)
+	}
+	vm, err := s.VMs.Get(ctx, id)
+	if err != nil || vm.Name != id {
+		return sandbox{}, errdefs.Errorf(errdefs.CodeNotFound, "sandbox %q not found", id)
+	}
+	rec, err := s.Store.E2BSandbox(ctx, vm.ID)
+	if err != nil {
+		return sandbox{}, errdefs.Errorf(errdefs.CodeNotFound, "sandbox %q not found (vm %s was not made by the e2b control plane)", id, vm.Name)
+	}
+	return sandbox{vm: vm, rec: rec}, nil
+}
+
+// running is a sandbox whose VM runs.
+func (s *Service) running(ctx context.Context, id string) (sandbox, error) {
+	sb, err := s.lookup(ctx, id)
+	if err != nil {
+		return sb, err
+	}
+	if !s.VMs.Alive(sb.vm) {
+		return sb, errdefs.Errorf(errdefs.CodeConflict, "sandbox %s is not running (vm state %s)", id, sb.vm.State)
+	}
+	return sb, nil
+}
+
+// createRequest is the body of POST /sandboxes and /v2/sandboxes.
+type createRequest struct {
+	TemplateID          string            `json:"templateID"`
+	Timeout             *int              `json:"timeout"`
+	Metadata            map[string]string `json:"metadata"`
+	EnvVars             map[string]string `json:"envVars"`
+	AutoPause           *bool             `json:"autoPause"`
+	AllowInternetAccess *bool             `json:"allow_internet_access"`
+	Secure              *bool             `json:"secure"`
+	VolumeMounts        []any             `json:"volumeMounts"`
+	MCP                 map[string]any    `json:"mcp"`
+	Network             map[string]any    `json:"network"`
+}
+
+// defaultTimeout is E2B's default sandbox lifetime, in seconds.
+const defaultTimeout = 300
+
+// create makes a sandbox: a VM booted with the TTL, its record, envd
+// started in the guest. Nothing is left behind when a step fails.
+func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error) {
+	if req.AutoPause != nil && *req.AutoPause {
+		return sandbox{}, errdefs.Errorf(errdefs.CodeInvalid, "autoPause is not supported by banger yet: a sandbox is deleted at its timeout")
+	}
+	if len(req.VolumeMounts) > 0 {
+		return sandbox{}, errdefs.Errorf(errdefs.CodeInvalid, "volume mounts are not supported by banger")
+	}
+	if len(req.MCP) > 0 {
+		return sandbox{}, errdefs.Errorf(errdefs.CodeInvalid, "MCP gateways are not supported by banger")
+	}
+	if len(req.Network) > 0 {
+		return sandbox{}, errdefs.Errorf(errdefs.CodeInvalid, "network rules are not supported by the e2b API of banger yet (use allow_internet_access, or banger vm net)")
+	}
+	for k, v := range req.EnvVars {
+		if !shell.ValidEnvKey(k) || strings.ContainsAny(v, "\n\x00") {
+			return sandbox{}, errdefs.Errorf(errdefs.CodeInvalid, "envVars: %q is not a valid variable (name [A-Za-z_][A-Za-z0-9_]*, value without newlines)", k)
+		}
+	}
+	timeout := defaultTimeout
+	if req.Timeout != nil {
+		timeout = *req.Timeout
+	}
+	if timeout < 1 {
+		return sandbox{}, errdefs.Errorf(errdefs.CodeInvalid, "timeout %d: want at least 1 second", timeout)
+	}
+	image := req.TemplateID
+	if image == DefaultTemplate {
+		image = ""
+	}
+	vmReq := api.CreateVMRequest{Name: newSandboxID(), Image: image, Start: true,
+		TTL: strconv.Itoa(timeout) + "s", TTLAction: model.TTLDelete}
+	if req.AllowInternetAccess != nil && !*req.AllowInternetAccess {
+		vmReq.Net = "none"
+	}
+	vm, err := s.VMs.Create(ctx, vmReq, nil)
+	if err != nil {
+		return sandbox{}, err
+	}
+	template := req.TemplateID
+	if template == "" {
+		template = DefaultTemplate
+	}
+	rec := model.E2BSandbox{VMID: vm.ID, TemplateID: template, Token: newToken(),
+		Metadata: req.Metadata, Env: req.EnvVars, CreatedAt: s.Now().UTC()}
+	undo := func(err error) (sandbox, error) {
+		// A fresh context: the request's may be what ended.
+		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if derr := s.VMs.Delete(dctx, vm.ID, true); derr != nil {
+			s.Log.Error("e2b: delete the vm of a failed create", "vm", vm.Name, "err", derr)
+		}
+		return sandbox{}, err
+	}
+	if err := s.Store.CreateE2BSandbox(ctx, rec); err != nil {
+		return undo(err)
+	}
+	if err := s.startEnvd(ctx, vm, rec); err != nil {
+		return undo(err)
+	}
+	vm, err = s.VMs.Get(ctx, vm.ID)
+	if err != nil {
+		return undo(err)
+	}
+	return sandbox{vm: vm, rec: rec}, nil
+}
+
+// envdDir is where the guest keeps envd's token, environment and log.
+const envdDir = "/run/banger-envd"
+
+// envdScript makes the default user (for images built before it was part
+// of the image), writes the token and environment read from stdin (first
+// line the token, then KEY=VALUE lines) and starts envd detached.
+func envdScript() string {
+	return `set -e
+if ! id -u user >/dev/null 2>&1; then
+  useradd -m -u 1000 -U -s /bin/bash user 2>/dev/null || useradd -m -U -s /bin/bash user
+fi
+install -d -m 700 ` + envdDir + `
+umask 077
+IFS= read -r token
+printf '%s\n' "$token" > ` + envdDir + `/token
+cat > ` + envdDir + `/env
+if [ -f ` + envdDir + `/pid ] && kill -0 "$(cat ` + envdDir + `/pid)" 2>/dev/null; then
+  kill "$(cat ` + envdDir + `/pid)"; sleep 0.2
+fi
+setsid ` + guestinit.InitPath + ` envd --listen 127.0.0.1:` + strconv.Itoa(envd.Port) + ` --token-file ` + envdDir + `/token --env-file ` + envdDir + `/env </dev/null >` + envdDir + `/log 2>&1 &
+echo $! > ` + envdDir + `/pid
+`
+}
+
+// envdInput is the stdin of envdScript.
+func envdInput(token string, env map[string]string) string {
+	var b strings.Builder
+	b.WriteString(token + "\n")
+	for _, k := range sortedKeys(env) {
+		b.WriteString(k + "=" + env[k] + "\n")
+	}
+	return b.String()
+}
+
+// startEnvd starts envd in the guest and waits until it accepts
+// connections.
+func (s *Service) startEnvd(ctx context.Context, vm model.VM, rec model.E2BSandbox) error {
+	out, code, err := s.RunGuest(ctx, vm, envdScript(), strings.NewReader(envdInput(rec.Token, rec.Env)))
+	if err != nil {
+		return fmt.Errorf("start envd in %s: %w", vm.Name, err)
+	}
+	if code != 0 {
+		return errdefs.Errorf(errdefs.CodeInternal, "start envd in %s: exit %d: %s", vm.Name, code, strings.TrimSpace(out))
+	}
+	deadline := s.Now().Add(envdStartTimeout)
+	for {
+		c, err := s.DialGuest(ctx, vm, envd.Port)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if !s.VMs.Alive(vm) {
+			return errdefs.Errorf(errdefs.CodeConflict, "vm %s stopped while envd was starting", vm.Name)
+		}
+		if s.Now().After(deadline) {
+			// envd's own words say why, when it wrote any.
+			log, _, _ := s.RunGuest(ctx, vm, "tail -c 2000 "+envdDir+"/log", nil)
+			return errdefs.Errorf(errdefs.CodeInternal, "envd in %s did not listen within %s: %v; its log: %s", vm.Name, envdStartTimeout, err, strings.TrimSpace(log))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// setTimeout moves a sandbox's deadline to now + seconds.
+func (s *Service) setTimeout(ctx context.Context, id string, seconds int) error {
+	if seconds < 1 {
+		return errdefs.Errorf(errdefs.CodeInvalid, "timeout %d: want at least 1 second", seconds)
+	}
+	sb, err := s.lookup(ctx, id)
+	if err != nil {
+		return err
+	}
+	_, err = s.VMs.SetTTL(ctx, sb.vm.ID, api.VMTTLRequest{TTL: strconv.Itoa(seconds) + "s", Action: model.TTLDelete})
+	return err
+}
+
+// kill deletes a sandbox's VM.
+func (s *Service) kill(ctx context.Context, id string) error {
+	sb, err := s.lookup(ctx, id)
+	if err != nil {
+		return err
+	}
+	return s.VMs.Delete(ctx, sb.vm.ID, true)
+}
+
+// list is every sandbox, by creation.
+func (s *Service) list(ctx context.Context) ([]sandbox, error) {
+	recs, err := s.Store.ListE2BSandboxes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	vms, err := s.VMs.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	byID := map[string]model.VM{}
+	for _, vm := range vms {
+		byID[vm.ID] = vm
+	}
+	var out []sandbox
+	for _, r := range recs {
+		if vm, ok := byID[r.VMID]; ok {
+			out = append(out, sandbox{vm: vm, rec: r})
+		}
+	}
+	return out, nil
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,137 @@
+// Drives banger's E2B control plane through the real `e2b` npm SDK, with
+// only E2B_API_URL, E2B_SANDBOX_URL and E2B_API_KEY set (E2B_SDK_DIR says
+// where the SDK is installed). GUEST_WEB_PORT, when set, is a guest port
+// serving HTTP, fetched through getHost (Host routing). Prints one line
+// per check; exits non-zero on the first failure.
+const path = require('node:path')
+const http = require('node:http')
+const assert = require('node:assert/strict')
+const sdk = require(path.join(process.env.E2B_SDK_DIR, 'node_modules', 'e2b'))
+const { Sandbox, CommandExitError, AuthenticationError } = sdk
+
+async function step(name, fn) {
+  try {
+    await fn()
+    console.log('ok   ' + name)
+  } catch (e) {
+    console.log('FAIL ' + name + ': ' + (e && e.stack ? e.stack : e))
+    process.exit(1)
+  }
+}
+
+// get fetches a URL of the listener with the given Host header (getHost
+// names need wildcard DNS, which tests do not have).
+function get(host, urlPath) {
+  const api = new URL(process.env.E2B_API_URL)
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { host: api.hostname, port: api.port, path: urlPath, headers: { Host: host } },
+      (res) => {
+        let body = ''
+        res.on('data', (d) => (body += d))
+        res.on('end', () => resolve({ status: res.statusCode, body }))
+      }
+    )
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+async function main() {
+  const tag = 'run' + Date.now()
+  let sbx
+  await step('Sandbox.create', async () => {
+    sbx = await Sandbox.create({ metadata: { suite: tag }, envs: { GREETING: 'hello' }, timeoutMs: 300_000 })
+    assert.ok(sbx.sandboxId.startsWith('e2b'))
+  })
+  await step('commands.run exit 3 and default env', async () => {
+    let err
+    try {
+      await sbx.commands.run('echo hi; echo err >&2; exit 3')
+    } catch (e) {
+      err = e
+    }
+    assert.ok(err instanceof CommandExitError, 'want CommandExitError, got ' + err)
+    assert.equal(err.exitCode, 3)
+    assert.equal(err.stdout, 'hi\n')
+    assert.equal(err.stderr, 'err\n')
+    const r = await sbx.commands.run('echo $GREETING')
+    assert.equal(r.stdout, 'hello\n')
+  })
+  await step('files write/read', async () => {
+    await sbx.files.write('/tmp/e2b-test.txt', 'content')
+    assert.equal(await sbx.files.read('/tmp/e2b-test.txt'), 'content')
+  })
+  if (process.env.GUEST_WEB_PORT) {
+    await step('getHost routes by Host', async () => {
+      const port = Number(process.env.GUEST_WEB_PORT)
+      const host = sbx.getHost(port)
+      assert.ok(host.startsWith(`${port}-${sbx.sandboxId}.`), host)
+      let res
+      for (let i = 0; i < 100; i++) {
+        res = await get(host, '/')
+        if (res.status === 200) break
+        await new Promise((r) => setTimeout(r, 200))
+      }
+      assert.equal(res.status, 200, res.body)
+      assert.ok(res.body.length > 0)
+    })
+  }
+  await step('Sandbox.list with a metadata filter', async () => {
+    const other = await Sandbox.list({ query: { metadata: { suite: 'not-' + tag } } }).nextItems()
+    assert.equal(other.length, 0)
+    const mine = await Sandbox.list({ query: { metadata: { suite: tag } } }).nextItems()
+    assert.deepEqual(mine.map((s) => s.sandboxId), [sbx.sandboxId])
+    assert.equal(mine[0].state, 'running')
+    assert.deepEqual(mine[0].metadata, { suite: tag })
+  })
+  await step('setTimeout and getInfo', async () => {
+    await sbx.setTimeout(600_000)
+    const info = await sbx.getInfo()
+    assert.equal(info.sandboxId, sbx.sandboxId)
+    const left = new Date(info.endAt).getTime() - Date.now()
+    assert.ok(left > 500_000 && left <= 601_000, 'deadline in ' + left + ' ms')
+  })
+  await step('getMetrics', async () => {
+    const m = await sbx.getMetrics()
+    assert.equal(m.length, 1)
+    assert.ok(m[0].cpuCount >= 1 && m[0].memTotal > 0 && m[0].diskTotal > 0, JSON.stringify(m))
+    assert.ok(m[0].timestamp instanceof Date && !isNaN(m[0].timestamp))
+  })
+  await step('Sandbox.connect', async () => {
+    const again = await Sandbox.connect(sbx.sandboxId)
+    const r = await again.commands.run('echo again')
+    assert.equal(r.stdout, 'again\n')
+  })
+  await step('pause is not supported', async () => {
+    let err
+    try {
+      await sbx.pause()
+    } catch (e) {
+      err = e
+    }
+    assert.ok(err && /not supported by banger/.test(err.message), String(err))
+  })
+  await step('kill, then isRunning false and 502', async () => {
+    const host = sbx.getHost(49983)
+    await sbx.kill()
+    assert.equal(await sbx.isRunning(), false)
+    const res = await get(host, '/health')
+    assert.equal(res.status, 502)
+    assert.equal(await Sandbox.kill(sbx.sandboxId), false)
+  })
+  await step('wrong API key', async () => {
+    let err
+    try {
+      await Sandbox.create({ apiKey: 'e2b_wrong' })
+    } catch (e) {
+      err = e
+    }
+    assert.ok(err instanceof AuthenticationError, 'want AuthenticationError, got ' + err)
+  })
+}
+
+main().catch((e) => {
+  console.log('FAIL ' + (e && e.stack ? e.stack : e))
+  process.exit(1)
+})

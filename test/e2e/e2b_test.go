@@ -1,0 +1,55 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/banger/banger/internal/model"
+)
+
+// e2bSDKVersions are the npm `e2b` versions the e2e runs, the pinned one
+// first, then the previous minor (installed by scripts/e2b-sdk.sh).
+var e2bSDKVersions = []string{"2.51.0", "2.50.0"}
+
+// TestE2BSDK runs the real E2B SDK against bangerd and real guests: the
+// control plane listens on the host's 127.0.0.1 (the daemon lives in the
+// test namespace), and the Node script gets only E2B_API_URL,
+// E2B_SANDBOX_URL and E2B_API_KEY (testdata/e2b_sdk.cjs lists the calls),
+// once per SDK version.
+func TestE2BSDK(t *testing.T) {
+	h := NewHarness(t)
+	// The first create builds the default image and pulls the kernel,
+	// which takes longer than the SDK waits for a request: do it here.
+	h.MustRun("vm", "create", "--name", "warm")
+	h.MustRun("vm", "delete", "warm")
+	h.E2BServe()
+
+	for _, version := range e2bSDKVersions {
+		t.Run(version, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+			defer cancel()
+			out, err := e2bNode(t, ctx, h, version, "testdata/e2b_sdk.cjs").CombinedOutput()
+			t.Logf("SDK %s script:\n%s", version, out)
+			if err != nil {
+				t.Fatalf("SDK script: %v", err)
+			}
+			if !strings.Contains(string(out), "ok   wrong API key") {
+				t.Fatal("the SDK script did not reach its last step")
+			}
+		})
+	}
+	// The timed-out sandbox stops answering before its deletion ends.
+	var vms []model.VM
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+		h.JSON(&vms, "vm", "list")
+		if len(vms) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sandboxes left a minute after kill and timeout: %+v", vms)
+		}
+	}
+	h.AssertNoLeaks()
+}

@@ -1,0 +1,190 @@
+// The E2B SDK against banger on real guests. Run by TestE2BSDK with only
+// E2B_API_URL, E2B_SANDBOX_URL and E2B_API_KEY set for the SDK
+// (E2B_SDK_DIR says where the pinned SDK is installed). Prints one line
+// per check; exits non-zero on the first failure.
+const path = require('node:path')
+const http = require('node:http')
+const assert = require('node:assert/strict')
+const { Sandbox, CommandExitError, AuthenticationError, NotFoundError } = require(
+  path.join(process.env.E2B_SDK_DIR, 'node_modules', 'e2b')
+)
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+async function step(name, fn) {
+  const t0 = Date.now()
+  try {
+    await fn()
+    console.log(`ok   ${name} (${Date.now() - t0} ms)`)
+  } catch (e) {
+    console.log('FAIL ' + name + ': ' + (e && e.stack ? e.stack : e))
+    process.exit(1)
+  }
+}
+
+// get fetches a path of the listener with a Host header: getHost names
+// need wildcard DNS, which the test host does not have.
+function get(host, urlPath) {
+  const api = new URL(process.env.E2B_API_URL)
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: api.hostname, port: api.port, path: urlPath, headers: { Host: host } }, (res) => {
+      let body = ''
+      res.on('data', (d) => (body += d))
+      res.on('end', () => resolve({ status: res.statusCode, body }))
+    })
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+async function main() {
+  const tag = 'e2e' + Date.now()
+  let sbx
+  await step('Sandbox.create', async () => {
+    sbx = await Sandbox.create({ metadata: { suite: tag }, envs: { GREETING: 'hello' }, timeoutMs: 600_000 })
+    console.log('sandbox ' + sbx.sandboxId)
+  })
+  await step('commands.run: stdout, stderr, exit 3', async () => {
+    let err
+    try {
+      await sbx.commands.run('echo hi; echo err >&2; exit 3')
+    } catch (e) {
+      err = e
+    }
+    assert.ok(err instanceof CommandExitError, 'want CommandExitError, got ' + err)
+    assert.equal(err.exitCode, 3)
+    assert.equal(err.stdout, 'hi\n')
+    assert.equal(err.stderr, 'err\n')
+  })
+  await step('commands run as user, root on request, sudo, envVars', async () => {
+    const r = await sbx.commands.run('whoami; echo $HOME; pwd; echo $GREETING; sudo -n true && echo sudo-ok')
+    assert.equal(r.stdout, 'user\n/home/user\n/home/user\nhello\nsudo-ok\n')
+    const root = await sbx.commands.run('whoami', { user: 'root' })
+    assert.equal(root.stdout, 'root\n')
+  })
+  await step('background command: sendStdin echoes, list, kill', async () => {
+    let seen = ''
+    const h = await sbx.commands.run('cat', { background: true, stdin: true, onStdout: (d) => (seen += d) })
+    await sbx.commands.sendStdin(h.pid, 'line one\n')
+    await sbx.commands.sendStdin(h.pid, 'line two\n')
+    for (let i = 0; i < 200 && !seen.includes('line two'); i++) await sleep(50)
+    assert.equal(seen, 'line one\nline two\n')
+    const list = await sbx.commands.list()
+    assert.ok(list.some((p) => p.pid === h.pid), 'pid in commands.list')
+    assert.equal(await sbx.commands.kill(h.pid), true)
+    await assert.rejects(h.wait(), CommandExitError)
+  })
+  await step('closeStdin ends a reader; commands.connect re-attaches by pid', async () => {
+    const cat = await sbx.commands.run('cat', { background: true, stdin: true })
+    await sbx.commands.sendStdin(cat.pid, 'x\n')
+    await sbx.commands.closeStdin(cat.pid)
+    assert.equal((await cat.wait()).stdout, 'x\n')
+    const late = await sbx.commands.run('sleep 1; echo late', { background: true })
+    await late.disconnect()
+    const again = await sbx.commands.connect(late.pid)
+    assert.equal((await again.wait()).stdout, 'late\n')
+  })
+  await step('files: text, 1 MiB binary, list, exists, getInfo, makeDir, rename, remove', async () => {
+    await sbx.files.write('notes/a.txt', 'hello file')
+    assert.equal(await sbx.files.read('/home/user/notes/a.txt'), 'hello file')
+    const blob = new Uint8Array(1 << 20)
+    for (let i = 0; i < blob.length; i++) blob[i] = (i * 7 + (i >> 8)) & 255
+    await sbx.files.write('notes/blob.bin', blob.buffer)
+    const back = await sbx.files.read('notes/blob.bin', { format: 'bytes' })
+    assert.ok(Buffer.from(back).equals(Buffer.from(blob)), 'binary round trip')
+    const ls = await sbx.files.list('notes')
+    assert.deepEqual(ls.map((e) => e.name).sort(), ['a.txt', 'blob.bin'])
+    assert.equal(await sbx.files.exists('notes/a.txt'), true)
+    assert.equal(await sbx.files.exists('notes/none'), false)
+    const info = await sbx.files.getInfo('notes/blob.bin')
+    assert.equal(info.type, 'file')
+    assert.equal(info.size, 1 << 20)
+    assert.equal(info.owner, 'user')
+    assert.equal(await sbx.files.makeDir('made/deep'), true)
+    await sbx.files.rename('notes/a.txt', 'made/deep/b.txt')
+    assert.equal(await sbx.files.read('made/deep/b.txt'), 'hello file')
+    await sbx.files.remove('made')
+    assert.equal(await sbx.files.exists('made'), false)
+    await assert.rejects(sbx.files.read('made/deep/b.txt'), NotFoundError)
+  })
+  await step('files.watchDir sees a write', async () => {
+    const events = []
+    const w = await sbx.files.watchDir('notes', (e) => events.push(e))
+    await sbx.files.write('notes/watched.txt', 'w')
+    for (let i = 0; i < 200 && !events.some((e) => e.name === 'watched.txt'); i++) await sleep(50)
+    await w.stop()
+    assert.ok(events.some((e) => e.name === 'watched.txt'), JSON.stringify(events))
+  })
+  await step('getHost(8000) serves a guest http.server through the listener', async () => {
+    await sbx.files.write('www/index.html', 'served-from-guest')
+    await sbx.commands.run('python3 -m http.server 8000', { background: true, cwd: '/home/user/www' })
+    const host = sbx.getHost(8000)
+    let res
+    for (let i = 0; i < 120; i++) {
+      res = await get(host, '/index.html')
+      if (res.status === 200) break
+      await sleep(500)
+    }
+    assert.equal(res.status, 200, JSON.stringify(res))
+    assert.equal(res.body, 'served-from-guest')
+  })
+  await step('setTimeout extends; getInfo', async () => {
+    await sbx.setTimeout(900_000)
+    const info = await sbx.getInfo()
+    const left = new Date(info.endAt).getTime() - Date.now()
+    assert.ok(left > 800_000 && left <= 901_000, 'deadline in ' + left + ' ms')
+    assert.deepEqual(info.metadata, { suite: tag })
+  })
+  await step('getMetrics samples the guest', async () => {
+    const [m] = await sbx.getMetrics()
+    assert.ok(m.cpuCount >= 1 && m.memTotal > 0 && m.memUsed > 0 && m.diskTotal > 0 && m.diskUsed > 0, JSON.stringify(m))
+  })
+  await step('Sandbox.list with a metadata filter', async () => {
+    const mine = await Sandbox.list({ query: { metadata: { suite: tag } } }).nextItems()
+    assert.deepEqual(mine.map((s) => s.sandboxId), [sbx.sandboxId])
+    const none = await Sandbox.list({ query: { metadata: { suite: 'other' + tag } } }).nextItems()
+    assert.equal(none.length, 0)
+  })
+  await step('Sandbox.connect', async () => {
+    const again = await Sandbox.connect(sbx.sandboxId)
+    assert.equal((await again.commands.run('echo again')).stdout, 'again\n')
+  })
+  await step('pty: create, input, resize, kill', async () => {
+    let out = ''
+    const h = await sbx.pty.create({ cols: 80, rows: 24, onData: (d) => (out += Buffer.from(d).toString()) })
+    await sbx.pty.sendInput(h.pid, new TextEncoder().encode('echo pty-$((6*7)) $(whoami)\n'))
+    for (let i = 0; i < 200 && !out.includes('pty-42 user'); i++) await sleep(50)
+    assert.ok(out.includes('pty-42 user'), out)
+    await sbx.pty.resize(h.pid, { cols: 100, rows: 30 })
+    assert.equal(await sbx.pty.kill(h.pid), true)
+  })
+  await step('pause answers not supported', async () => {
+    await assert.rejects(sbx.pause(), /not supported by banger/)
+  })
+  await step('kill: isRunning false, URL 502', async () => {
+    const host = sbx.getHost(49983)
+    await sbx.kill()
+    assert.equal(await sbx.isRunning(), false)
+    assert.equal((await get(host, '/health')).status, 502)
+  })
+  await step('a short timeout deletes the sandbox on time', async () => {
+    const t0 = Date.now()
+    const short = await Sandbox.create({ timeoutMs: 20_000 })
+    assert.equal(await short.isRunning(), true)
+    while (await short.isRunning()) {
+      assert.ok(Date.now() - t0 < 60_000, 'still running 60 s after a 20 s timeout')
+      await sleep(1000)
+    }
+    const gone = Date.now() - t0
+    assert.ok(gone >= 19_000, 'gone after ' + gone + ' ms, before its timeout')
+    console.log('short sandbox gone after ' + gone + ' ms')
+  })
+  await step('wrong API key', async () => {
+    await assert.rejects(Sandbox.list({ apiKey: 'e2b_wrong' }).nextItems(), AuthenticationError)
+  })
+}
+
+main().catch((e) => {
+  console.log('FAIL ' + (e && e.stack ? e.stack : e))
+  process.exit(1)
+})
