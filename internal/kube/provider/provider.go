@@ -75,6 +75,7 @@ type entry struct {
 	failure  *podvm.PlanError
 	restarts map[string]int32
 	stopping bool // the pod finished: its VM is being (or was) stopped
+	creating bool // CreatePod is making its VM
 }
 
 // New returns a provider over bangerd's API. pods lists the pods bound
@@ -161,7 +162,11 @@ func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 	if err != nil {
 		return p.cannotRun(pod, err)
 	}
-	e := &entry{pod: pod.DeepCopy(), vm: plan.VM.Name, restarts: restartsOf(pod)}
+	// Known (and Pending) while its VM is made: a first boot may build
+	// the default image for minutes, and a pod whose status is not found
+	// for a minute is failed by the pod controller.
+	e := &entry{pod: pod.DeepCopy(), vm: plan.VM.Name, restarts: restartsOf(pod), creating: true}
+	p.put(e)
 	if _, err := p.b.GetVM(ctx, plan.VM.Name); errdefs.IsNotFound(err) {
 		p.log.Info("creating pod vm", "pod", key(pod.Namespace, pod.Name), "vm", plan.VM.Name)
 		_, err := p.b.CreateVM(ctx, plan.VM, nil)
@@ -172,14 +177,19 @@ func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 			return p.cannotRun(pod, &podvm.PlanError{Reason: podvm.ReasonUnknownImage,
 				Message: fmt.Sprintf("image %q is not a banger image on this node (banger image list shows them): %v", plan.VM.Image, err)})
 		case err != nil && errdefs.CodeOf(err) != errdefs.CodeConflict:
+			// Forgotten, so the pod controller's retry creates it again.
+			p.forget(pod)
 			return fmt.Errorf("create vm %s: %w", plan.VM.Name, err)
 		}
 	} else if err != nil {
+		p.forget(pod)
 		return fmt.Errorf("look up vm %s: %w", plan.VM.Name, err)
 	}
-	// Remembered before the sessions start: a failed start is retried
+	// The VM exists: a failed session start from here on is retried
 	// through GetPodStatus's restart pass, never by a second VM.
-	p.put(e)
+	p.mu.Lock()
+	e.creating = false
+	p.mu.Unlock()
 	have, err := p.b.ListSessions(ctx, plan.VM.Name)
 	if err != nil {
 		return fmt.Errorf("list sessions of %s: %w", plan.VM.Name, err)
@@ -302,12 +312,14 @@ func (p *Provider) GetPodStatus(ctx context.Context, namespace, name string) (*c
 	}
 	p.mu.Lock()
 	pod := e.pod.DeepCopy()
-	failure := e.failure
+	failure, creating := e.failure, e.creating
 	p.mu.Unlock()
 	obs := podvm.Observed{HostIP: p.hostIP, Now: p.now(), Failure: failure}
 	if failure == nil {
 		vm, err := p.b.GetVM(ctx, e.vm)
 		switch {
+		case errdefs.IsNotFound(err) && creating:
+			// Pending: the VM is being made.
 		case errdefs.IsNotFound(err):
 			obs.Failure = &podvm.PlanError{Reason: podvm.ReasonVMGone, Message: fmt.Sprintf("vm %s no longer exists", e.vm)}
 		case err != nil:

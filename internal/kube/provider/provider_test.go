@@ -37,6 +37,8 @@ type fakeBanger struct {
 	// failStarts makes the next StartSession calls fail (not a launch
 	// failure: no session is recorded).
 	failStarts int
+	// createGate, when set, holds CreateVM until it is closed.
+	createGate chan struct{}
 }
 
 func newFake() *fakeBanger {
@@ -80,6 +82,9 @@ func (f *fakeBanger) GetVM(_ context.Context, ref string) (model.VM, error) {
 }
 
 func (f *fakeBanger) CreateVM(_ context.Context, req api.CreateVMRequest, _ progress.Func) (model.VM, error) {
+	if f.createGate != nil {
+		<-f.createGate
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.call("create " + req.Name)
@@ -498,5 +503,33 @@ func TestFailedSessionStartIsRetriedByStatus(t *testing.T) {
 	}
 	if st.Phase != corev1.PodRunning || st.ContainerStatuses[0].RestartCount != 0 {
 		t.Fatalf("status %+v", st)
+	}
+}
+
+func TestPodIsPendingWhileItsVMIsMade(t *testing.T) {
+	f := newFake()
+	f.createGate = make(chan struct{})
+	pod := testPod("slow", "slow", "default", corev1.RestartPolicyNever)
+	p := newProvider(f, pod)
+	ctx := context.Background()
+	done := make(chan error, 1)
+	go func() { done <- p.CreatePod(ctx, pod) }()
+	var st *corev1.PodStatus
+	var err error
+	for range 500 {
+		if st, err = p.GetPodStatus(ctx, "default", "slow"); err == nil {
+			break
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if err != nil || st.Phase != corev1.PodPending {
+		t.Fatalf("status while the VM is made: %+v, %v", st, err)
+	}
+	close(f.createGate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if st, err = p.GetPodStatus(ctx, "default", "slow"); err != nil || st.Phase != corev1.PodRunning {
+		t.Fatalf("status after: %+v, %v", st, err)
 	}
 }
