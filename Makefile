@@ -21,6 +21,9 @@ deps:
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/banger ./cmd/banger
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/bangerd ./cmd/bangerd
+	# The Kubernetes node (virtual-kubelet): its own binary, so banger and
+	# bangerd carry no client-go.
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/banger-vk ./cmd/banger-vk
 	# Reproducible: the image recipe key hashes this binary, so the same
 	# source must give the same bytes whatever the checkout path or version.
 	CGO_ENABLED=0 $(GO) build $(INIT_FLAGS) -o bin/banger-init ./cmd/banger-init
@@ -54,7 +57,8 @@ lint:
 # Every benchmark reports ratios against a baseline measured in the same
 # run: create time 20 GiB vs 1 GiB image, vm run vs a bare QEMU boot, session
 # send vs a bare ssh, workspace prepare vs tar over ssh, pooled vs fresh SSH,
-# vm cp vs tar over vm ssh, a published port vs a direct connection.
+# vm cp vs tar over vm ssh, a published port vs a direct connection, a
+# Kubernetes pod to Running vs vm run.
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./internal/...
 	BANGER_E2E=1 BANGER_BENCH=1 $(GO) test -count=1 -timeout 60m -v -run 'Bench' -bench . -benchtime 1x ./test/e2e/

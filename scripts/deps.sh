@@ -37,3 +37,8 @@ if command -v npm >/dev/null 2>&1; then
 else
   echo "deps: no npm: the E2B SDK tests will be skipped" >&2
 fi
+
+# The Kubernetes control plane the kube tests start (etcd, kube-apiserver,
+# kubectl), built from Go modules once per version and cached outside the
+# clone; ~10 minutes on 2 cores the first time, nothing after.
+"$(dirname "$0")/kube-bins.sh" >/dev/null

@@ -1,0 +1,251 @@
+// Command banger-vk joins a banger host to a Kubernetes cluster as a node
+// (virtual-kubelet): pods bound to it run as VMs of the local bangerd,
+// reached over bangerd's API socket. One runs per banger host; see
+// docs/kubernetes.md.
+//
+// This file only wires the process: flags, the Kubernetes client, TLS for
+// the kubelet API, and the virtual-kubelet node. The pod logic lives in
+// internal/kube (podvm: the mapping; provider: the calls). It is a binary
+// of its own so banger and bangerd do not carry client-go.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/virtual-kubelet/virtual-kubelet/node"
+	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/config"
+	"github.com/banger/banger/internal/kube/provider"
+	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/version"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "banger-vk:", err)
+		os.Exit(1)
+	}
+}
+
+type flags struct {
+	kubeconfig, nodeName, nodeIP, socket string
+	port                                 int
+	tlsCert, tlsKey, clientCA            string
+	cpus, pods                           int
+	memory                               string
+	workers                              int
+}
+
+func parseFlags() (flags, error) {
+	host, _ := os.Hostname()
+	var f flags
+	flag.StringVar(&f.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig of the cluster to join (env KUBECONFIG)")
+	flag.StringVar(&f.nodeName, "node-name", strings.ToLower(host), "name of the node to register")
+	flag.StringVar(&f.nodeIP, "node-ip", "", "address the API server reaches this node's kubelet API at (default: the host name's first address)")
+	flag.StringVar(&f.socket, "socket", "", "bangerd's API socket (default: from banger's configuration)")
+	flag.IntVar(&f.port, "port", 10250, "port of the kubelet API (logs, exec)")
+	flag.StringVar(&f.tlsCert, "tls-cert", "", "TLS certificate of the kubelet API (default: a self-signed one made at start)")
+	flag.StringVar(&f.tlsKey, "tls-key", "", "its key")
+	flag.StringVar(&f.clientCA, "client-ca", "", "CA whose client certificates may call the kubelet API (the one that signed the API server's --kubelet-client-certificate); required")
+	flag.IntVar(&f.cpus, "cpus", runtime.NumCPU(), "CPUs the node offers")
+	flag.StringVar(&f.memory, "memory", "", "memory the node offers, e.g. 16G (default: the host's)")
+	flag.IntVar(&f.pods, "max-pods", 20, "pods the node accepts")
+	flag.IntVar(&f.workers, "workers", 4, "pods created or deleted at once")
+	showVersion := flag.Bool("version", false, "print the version and exit")
+	flag.Parse()
+	if *showVersion {
+		fmt.Println("banger-vk", version.Current().Version)
+		os.Exit(0)
+	}
+	if f.clientCA == "" {
+		return f, errors.New("--client-ca is required: without it anyone who reaches the kubelet port could exec in pods")
+	}
+	if (f.tlsCert == "") != (f.tlsKey == "") {
+		return f, errors.New("--tls-cert and --tls-key go together")
+	}
+	if f.socket == "" {
+		cfg, err := config.Load(os.Getenv)
+		if err != nil {
+			return f, err
+		}
+		cfg.Finish()
+		f.socket = cfg.Socket
+	}
+	if f.nodeIP == "" {
+		addrs, err := net.LookupHost(host)
+		if err != nil || len(addrs) == 0 {
+			return f, fmt.Errorf("cannot find this host's address (give --node-ip): %v", err)
+		}
+		f.nodeIP = addrs[0]
+	}
+	return f, nil
+}
+
+func run() error {
+	f, err := parseFlags()
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	memMiB, err := memoryMiB(f.memory)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	b := api.NewClient(f.socket)
+	if err := b.Health(ctx); err != nil {
+		return fmt.Errorf("bangerd on %s: %w", f.socket, err)
+	}
+	client, err := nodeutil.ClientsetFromEnv(f.kubeconfig)
+	if err != nil {
+		return fmt.Errorf("kubeconfig %q: %w", f.kubeconfig, err)
+	}
+	tlsOpts := []func(*tls.Config) error{nodeutil.WithCAFromPath(f.clientCA)}
+	if f.tlsCert != "" {
+		tlsOpts = append(tlsOpts, nodeutil.WithKeyPairFromPath(f.tlsCert, f.tlsKey))
+	} else {
+		cert, err := selfSigned(f.nodeName, f.nodeIP)
+		if err != nil {
+			return err
+		}
+		tlsOpts = append(tlsOpts, func(c *tls.Config) error { c.Certificates = append(c.Certificates, cert); return nil })
+	}
+
+	spec := provider.Node(provider.NodeConfig{
+		Name: f.nodeName, IP: f.nodeIP, Port: int32(f.port),
+		CPUs: f.cpus, MemoryMiB: memMiB, Pods: f.pods,
+		Version: "banger-vk-" + version.Current().Version,
+	})
+	var prov *provider.Provider
+	var synced cache.InformerSynced
+	mux := http.NewServeMux()
+	n, err := nodeutil.NewNode(f.nodeName, func(pc nodeutil.ProviderConfig) (nodeutil.Provider, node.NodeProvider, error) {
+		prov = provider.New(b, pc.Pods, f.nodeIP, log)
+		return prov, provider.NewHealth(b, pc.Node, 10*time.Second), nil
+	},
+		nodeutil.WithClient(client),
+		func(c *nodeutil.NodeConfig) error {
+			c.NodeSpec = spec
+			c.HTTPListenAddr = net.JoinHostPort(f.nodeIP, strconv.Itoa(f.port))
+			c.NumWorkers = f.workers
+			c.Handler = mux
+			return nil
+		},
+		nodeutil.AttachProviderRoutes(mux),
+		nodeutil.WithTLSConfig(tlsOpts...),
+		nodeutil.WithPodControllerConfigOverrides(func(pc *node.PodControllerConfig) error {
+			synced = pc.PodInformer.Informer().HasSynced
+			return nil
+		}),
+	)
+	if err != nil {
+		return err
+	}
+	// Take back the pods this node ran before the pod controller starts
+	// asking: no VM is made twice, none is left behind.
+	adoptDone := make(chan error, 1)
+	go func() {
+		if !cache.WaitForCacheSync(ctx.Done(), synced) {
+			adoptDone <- ctx.Err()
+			return
+		}
+		adoptDone <- prov.Adopt(ctx)
+	}()
+	errc := make(chan error, 1)
+	go func() { errc <- n.Run(ctx) }()
+	if err := <-adoptDone; err != nil {
+		log.Error("adopting pod vms", "err", err)
+	}
+	if err := n.WaitReady(ctx, 2*time.Minute); err != nil {
+		return fmt.Errorf("node %s not ready: %w", f.nodeName, err)
+	}
+	log.Info("node ready", "node", f.nodeName, "kubelet_api", net.JoinHostPort(f.nodeIP, strconv.Itoa(f.port)), "bangerd", f.socket)
+	err = <-errc
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// memoryMiB is the node's memory: the flag's size, or the host's total.
+func memoryMiB(flagValue string) (int64, error) {
+	if flagValue != "" {
+		q, err := model.ParseSize(flagValue)
+		if err != nil {
+			return 0, fmt.Errorf("--memory: %w", err)
+		}
+		return q >> 20, nil
+	}
+	fh, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	defer fh.Close()
+	sc := bufio.NewScanner(fh)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 2 && fields[0] == "MemTotal:" {
+			kb, err := strconv.ParseInt(fields[1], 10, 64)
+			if err != nil {
+				return 0, err
+			}
+			return kb >> 10, nil
+		}
+	}
+	return 0, errors.New("no MemTotal in /proc/meminfo: give --memory")
+}
+
+// selfSigned makes the kubelet API's certificate when none is given.
+func selfSigned(name, ip string) (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: name},
+		NotBefore:    time.Now().Add(-time.Minute),
+		NotAfter:     time.Now().Add(365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:     []string{name},
+	}
+	if a := net.ParseIP(ip); a != nil {
+		tmpl.IPAddresses = []net.IP{a}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
