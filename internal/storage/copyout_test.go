@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 var testSandbox = Sandbox{UID: 65534, GID: 65534}
@@ -132,6 +133,14 @@ func TestCopyOutReplaysJournal(t *testing.T) {
 	}
 	if cp != nil {
 		t.Fatal(cp)
+	}
+	// umount detaches the loop device in the background; the image is
+	// whole only once it is gone.
+	for i := 0; i < 100; i++ {
+		if loops, err := LoopsOf(img); err == nil && len(loops) == 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	if ok, err := NeedsRecovery(dirty); err != nil || !ok {
 		t.Fatalf("an image copied while mounted needs no recovery? %v %v", ok, err)
