@@ -101,6 +101,9 @@ func (f *fakeVMs) SetTTL(ctx context.Context, ref string, req api.VMTTLRequest) 
 	if err != nil {
 		return vm, err
 	}
+	if req.TTL == model.TTLNone {
+		return vm, f.st.SetVMExpiry(ctx, vm.ID, nil, "")
+	}
 	d, err := time.ParseDuration(req.TTL)
 	if err != nil {
 		return vm, errdefs.Invalid(err)

@@ -131,6 +131,10 @@ func TestSandboxLifecycle(t *testing.T) {
 	if code, body, _ = fx.do(t, "POST", "/sandboxes/"+id+"/pause", ""); code != 409 {
 		t.Fatalf("second pause = %d %s, want 409", code, body)
 	}
+	// A paused sandbox is kept until resumed or killed: no deadline.
+	if vm, _ = fx.vms.Get(t.Context(), id); vm.ExpiresAt != nil {
+		t.Fatalf("deadline of a paused sandbox: %v", vm.ExpiresAt)
+	}
 	code, body, _ = fx.do(t, "GET", "/v2/sandboxes?state=paused", "")
 	if code != 200 || json.Unmarshal([]byte(body), &listed) != nil || len(listed) != 1 || listed[0].SandboxID != id || listed[0].State != "paused" {
 		t.Fatalf("list paused = %d %s", code, body)

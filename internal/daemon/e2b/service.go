@@ -494,8 +494,9 @@ func Metadata(labels map[string]string) map[string]string {
 	return meta
 }
 
-// pause pauses a running sandbox's VM; a conflict when it is paused
-// already.
+// pause pauses a running sandbox's VM and clears its deadline, as E2B
+// keeps a paused sandbox until it is resumed or killed; a conflict when
+// it is paused already.
 func (s *Service) pause(ctx context.Context, id string) error {
 	sb, err := s.lookup(ctx, id)
 	if err != nil {
@@ -504,8 +505,15 @@ func (s *Service) pause(ctx context.Context, id string) error {
 	if sb.vm.State == model.VMPaused {
 		return errdefs.Errorf(errdefs.CodeConflict, "sandbox %s is already paused", id)
 	}
-	_, err = s.VMs.Pause(ctx, sb.vm.ID)
-	return err
+	if _, err = s.VMs.Pause(ctx, sb.vm.ID); err != nil {
+		return err
+	}
+	// Idle relay connections rode the SSH connection the pause dropped.
+	s.proxy.close()
+	if _, err := s.VMs.SetTTL(context.WithoutCancel(ctx), sb.vm.ID, api.VMTTLRequest{TTL: model.TTLNone}); err != nil {
+		return fmt.Errorf("sandbox %s is paused but its deadline stays: %w", id, err)
+	}
+	return nil
 }
 
 // resume restores a paused sandbox's VM, with a new deadline timeout
@@ -525,10 +533,16 @@ func (s *Service) resume(ctx context.Context, id string, timeout int) (sb sandbo
 		if err := s.setTimeout(ctx, id, timeout); err != nil {
 			return sb, false, err
 		}
-		if sb.vm, err = s.VMs.Resume(ctx, sb.vm.ID, nil); err != nil {
-			return sb, false, err
+		vm, err := s.VMs.Resume(ctx, sb.vm.ID, nil)
+		if err != nil {
+			// Another connect may have resumed it meanwhile.
+			now, gerr := s.VMs.Get(ctx, sb.vm.ID)
+			if errdefs.CodeOf(err) != errdefs.CodeConflict || gerr != nil || !s.VMs.Alive(now) {
+				return sb, false, err
+			}
+			vm = now
 		}
-		resumed = true
+		sb.vm, resumed = vm, true
 	} else if !s.VMs.Alive(sb.vm) {
 		return sb, false, errdefs.Errorf(errdefs.CodeConflict, "sandbox %s is not running (vm state %s)", id, sb.vm.State)
 	} else if timeout > 0 {

@@ -168,6 +168,7 @@ async function main() {
     assert.deepEqual(paused.map((s) => [s.sandboxId, s.state]), [[sbx.sandboxId, 'paused']])
     const running = await Sandbox.list({ query: { metadata: { suite: tag }, state: ['running'] } }).nextItems()
     assert.equal(running.length, 0)
+    assert.ok(new Date((await sbx.getInfo()).endAt).getTime() <= 0, 'a paused sandbox keeps no deadline')
     const again = await Sandbox.connect(sbx.sandboxId, { timeoutMs: 600_000 })
     assert.equal(await again.isRunning(), true)
     assert.equal(await again.files.read('kept.txt'), 'written before the pause')
