@@ -37,6 +37,9 @@ type fakeVMs struct {
 	ports map[int]string              // guest port → host address, for every VM
 	ttls  map[string]string           // last TTL set, by VM id
 	pause int                         // Pause calls
+	// raceResume makes Resume answer a conflict after resuming, as when
+	// another resume won the VM's lock first.
+	raceResume bool
 }
 
 func (f *fakeVMs) Create(ctx context.Context, req api.CreateVMRequest, _ progress.Func) (model.VM, error) {
@@ -143,9 +146,14 @@ func (f *fakeVMs) Resume(ctx context.Context, ref string, _ progress.Func) (mode
 	}
 	f.mu.Lock()
 	f.alive[vm.ID] = true
+	raced := f.raceResume
 	f.mu.Unlock()
 	vm.State, vm.DesiredState = model.VMRunning, model.VMRunning
-	return vm, f.st.UpdateVM(ctx, vm)
+	if err := f.st.UpdateVM(ctx, vm); err != nil || !raced {
+		return vm, err
+	}
+	// As when another resume got there first.
+	return vm, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not paused (state running)", vm.Name)
 }
 
 func (f *fakeVMs) Alive(vm model.VM) bool {

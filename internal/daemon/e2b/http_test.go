@@ -157,6 +157,20 @@ func TestSandboxLifecycle(t *testing.T) {
 	if vm, _ = fx.vms.Get(t.Context(), id); vm.State != model.VMRunning || vm.ExpiresAt.After(time.Now().Add(61*time.Second)) || vm.ExpireAction != model.TTLDelete {
 		t.Fatalf("after connect: state %s, deadline %v %s", vm.State, vm.ExpiresAt, vm.ExpireAction)
 	}
+	// A connect whose resume lost to another one still answers the
+	// running sandbox.
+	if code, body, _ = fx.do(t, "POST", "/sandboxes/"+id+"/pause", ""); code != 204 {
+		t.Fatalf("pause = %d %s", code, body)
+	}
+	fx.vms.mu.Lock()
+	fx.vms.raceResume = true
+	fx.vms.mu.Unlock()
+	if code, body, _ = fx.do(t, "POST", "/v2/sandboxes/"+id+"/connect", `{}`); code != 201 || !strings.Contains(body, created.EnvdAccessToken) {
+		t.Fatalf("connect racing another resume = %d %s, want 201", code, body)
+	}
+	fx.vms.mu.Lock()
+	fx.vms.raceResume = false
+	fx.vms.mu.Unlock()
 	code, body, _ = fx.do(t, "GET", "/sandboxes/"+id+"/metrics", "")
 	var metrics []metricJSON
 	if code != 200 || json.Unmarshal([]byte(body), &metrics) != nil || len(metrics) != 1 || metrics[0].MemTotal == 0 || metrics[0].CPUCount == 0 {
