@@ -186,6 +186,14 @@ func (m *Manager) stopOrPause(ctx context.Context, vm model.VM, action string) e
 	return err
 }
 
+// doing is the log word of a stop or pause action.
+func doing(action string) string {
+	if action == model.TTLPause {
+		return "pausing"
+	}
+	return "stopping"
+}
+
 // enforceDeadline deletes, stops or pauses a VM whose deadline passed, under its
 // lock. A VM busy with other work (a boot, a stop) is left for the next
 // look rather than waited for, so one long boot holds up no other VM.
@@ -202,7 +210,7 @@ func (m *Manager) enforceDeadline(ctx context.Context, id string) {
 	}
 	if vm.ExpireAction == model.TTLStop || vm.ExpireAction == model.TTLPause {
 		defer unlock()
-		m.log.Info("vm deadline passed; "+vm.ExpireAction+" it", "vm", vm.Name, "expires_at", vm.ExpiresAt.Format(time.RFC3339))
+		m.log.Info("vm deadline passed; "+doing(vm.ExpireAction)+" it", "vm", vm.Name, "expires_at", vm.ExpiresAt.Format(time.RFC3339))
 		if m.Alive(vm) {
 			if err := m.stopOrPause(ctx, vm, vm.ExpireAction); err != nil {
 				m.log.Error("deadline: "+vm.ExpireAction+" vm", "vm", vm.Name, "err", err)

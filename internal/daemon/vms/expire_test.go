@@ -141,6 +141,17 @@ func TestDeadlinePausesVM(t *testing.T) {
 	c.advance(2 * time.Minute)
 	f.m.expireDue(ctx)
 	assertPaused(t, f, "nap")
+	// A resume is activity: the VM is not paused again at once.
+	if _, err := f.m.Resume(ctx, "nap", nil); err != nil {
+		t.Fatal(err)
+	}
+	f.m.expireDue(ctx)
+	if vm := get(t, f, "nap"); vm.State != model.VMRunning {
+		t.Fatalf("right after the resume: %s", vm.State)
+	}
+	c.advance(2 * time.Minute)
+	f.m.expireDue(ctx)
+	assertPaused(t, f, "nap")
 }
 
 // TestDeadlinePauseWithoutSnapshots: a VMM that cannot pause stops the VM.

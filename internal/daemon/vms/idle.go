@@ -208,7 +208,7 @@ func (m *Manager) enforceIdle(ctx context.Context, id string) {
 	idle := (time.Duration(vm.IdleTimeoutSeconds) * time.Second).String()
 	if vm.IdleAction == model.TTLStop || vm.IdleAction == model.TTLPause {
 		defer unlock()
-		m.log.Info("vm idle; "+vm.IdleAction+" it", "vm", vm.Name, "idle_timeout", idle)
+		m.log.Info("vm idle; "+doing(vm.IdleAction)+" it", "vm", vm.Name, "idle_timeout", idle)
 		if err := m.stopOrPause(ctx, vm, vm.IdleAction); err != nil {
 			m.log.Error("idle: "+vm.IdleAction+" vm", "vm", vm.Name, "err", err)
 		}
