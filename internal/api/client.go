@@ -349,6 +349,12 @@ func (c *Client) ListVMs(ctx context.Context) ([]model.VM, error) {
 	return callFor[[]model.VM](ctx, c, "GET", "/v1/vms", nil)
 }
 
+// ListVMsByLabel lists the VMs whose labels sel matches, oldest first.
+func (c *Client) ListVMsByLabel(ctx context.Context, sel model.LabelSelector) ([]model.VM, error) {
+	q := url.Values{"label": sel.Terms()}
+	return callFor[[]model.VM](ctx, c, "GET", "/v1/vms?"+q.Encode(), nil)
+}
+
 // GetVM returns one VM by ref.
 func (c *Client) GetVM(ctx context.Context, ref string) (model.VM, error) {
 	return callFor[model.VM](ctx, c, "GET", "/v1/vms/"+esc(ref), nil)

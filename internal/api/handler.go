@@ -6,12 +6,14 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/banger/banger/internal/errdefs"
+	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/progress"
 )
 
@@ -488,8 +490,18 @@ func (h *handler) removeKernel(w http.ResponseWriter, r *http.Request) {
 
 // ---- VMs ----
 
+// listVMs answers every VM, or with label=KEY=VALUE or label=KEY
+// parameters (model.ParseLabelSelector) those whose labels match.
 func (h *handler) listVMs(w http.ResponseWriter, r *http.Request) {
+	sel, err := model.ParseLabelSelector(r.URL.Query()["label"])
+	if err != nil {
+		writeError(w, errdefs.Invalid(err))
+		return
+	}
 	v, err := nonNil(h.svc.ListVMs(r.Context()))
+	if err == nil && !sel.Empty() {
+		v = slices.DeleteFunc(v, func(vm model.VM) bool { return !sel.Matches(vm.Labels) })
+	}
 	reply(w, v, err)
 }
 

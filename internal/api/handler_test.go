@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -169,6 +170,7 @@ func TestErrorsAndValidation(t *testing.T) {
 		{"POST", "/v1/vms", `{"cpus":`, 400, errdefs.CodeInvalid, "request body"},
 		{"POST", "/v1/vms", `{} {}`, 400, errdefs.CodeInvalid, "extra data"},
 		{"DELETE", "/v1/vms/x?force=maybe", "", 400, errdefs.CodeInvalid, "force"},
+		{"GET", "/v1/vms?label=bad+key%3D1", "", 400, errdefs.CodeInvalid, `label key "bad key"`},
 		{"DELETE", "/v1/vms/x?force=1", "", 409, errdefs.CodeConflict, "force=true"},
 		{"PUT", "/v1/vms/x/net", `{"allow":"10.0.0.1"}`, 400, errdefs.CodeInvalid, `"allow"`},
 		{"PUT", "/v1/vms/x/net", `{"mode":"none"}`, 400, errdefs.CodeInvalid, "mode"},
@@ -211,6 +213,38 @@ func TestErrorsAndValidation(t *testing.T) {
 
 // A field left out of a policy change stays nil (keep it); one given
 // empty arrives as an empty list (clear it).
+func TestListVMsByLabel(t *testing.T) {
+	vms := []model.VM{
+		{ID: "1", Name: "a", Labels: map[string]string{"app": "web", "tier": "x"}},
+		{ID: "2", Name: "b", Labels: map[string]string{"app": "db"}},
+		{ID: "3", Name: "c"},
+	}
+	c, _ := serve(t, &fakeService{listVMs: func() ([]model.VM, error) { return slices.Clone(vms), nil }})
+	for _, tc := range []struct {
+		terms []string
+		want  []string
+	}{
+		{nil, []string{"a", "b", "c"}},
+		{[]string{"app=web"}, []string{"a"}},
+		{[]string{"app"}, []string{"a", "b"}},
+		{[]string{"app=db,tier"}, nil},
+		{[]string{"app=none"}, nil},
+	} {
+		sel, err := model.ParseLabelSelector(tc.terms)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := c.ListVMsByLabel(context.Background(), sel)
+		var names []string
+		for _, vm := range got {
+			names = append(names, vm.Name)
+		}
+		if err != nil || !slices.Equal(names, tc.want) {
+			t.Errorf("ListVMsByLabel(%q) = %v, %v; want %v", tc.terms, names, err, tc.want)
+		}
+	}
+}
+
 func TestSetVMNetFields(t *testing.T) {
 	var got VMNetRequest
 	svc := &fakeService{setVMNet: func(ref string, req VMNetRequest) (model.VM, error) {

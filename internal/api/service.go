@@ -112,11 +112,14 @@ type CreateVMRequest struct {
 	// A deadline counted from the create (docs/ARCHITECTURE.md,
 	// "Deadlines"): the daemon validates both; empty TTL is none.
 	TTL       string `json:"ttl,omitempty"`        // e.g. "90s", "10m", "2h", "7d"
-	TTLAction string `json:"ttl_action,omitempty"` // delete (default) or stop; also for IdleTimeout
+	TTLAction string `json:"ttl_action,omitempty"` // delete (default), stop or pause; also for IdleTimeout
 	// IdleTimeout deletes (or stops, TTLAction) the VM once it has been
 	// idle that long while running: no exec, session I/O, file operation
 	// or forwarded connection. Empty is none.
 	IdleTimeout string `json:"idle_timeout,omitempty"`
+
+	// Labels are the VM's key=value tags (model.ValidateLabels' rules).
+	Labels map[string]string `json:"labels,omitempty"`
 
 	// Publish are ports to publish, [HOSTADDR:]HOSTPORT:GUESTPORT[/tcp]
 	// each: their host ports are taken before the VM is made, so a port

@@ -193,12 +193,12 @@ func TestTables(t *testing.T) {
 	names := artifactNames{images: map[string]string{vm.ImageID: "default"}, kernels: map[string]string{vm.KernelID: "debian-cloud-bookworm"}}
 	table(&b, vmHeader, vmRows([]model.VM{vm}, names, now))
 	line := strings.Fields(strings.Split(b.String(), "\n")[1])
-	want := []string{"01234567", "dev", "running", "default", "debian-cloud-bookworm", "qemu", "2", "1G", "4G", "172.16.0.2", "1m", "ago", "-"}
+	want := []string{"01234567", "dev", "running", "default", "debian-cloud-bookworm", "qemu", "2", "1G", "4G", "172.16.0.2", "1m", "ago", "-", "-"}
 	if !reflect.DeepEqual(line, want) {
 		t.Fatalf("row = %q, want %q", line, want)
 	}
 	// The time left before a deadline, and the action when it is not delete.
-	for action, tail := range map[string][]string{model.TTLDelete: {"9m30s"}, model.TTLStop: {"9m30s", "stop"}} {
+	for action, tail := range map[string][]string{model.TTLDelete: {"9m30s", "-"}, model.TTLStop: {"9m30s", "stop", "-"}, model.TTLPause: {"9m30s", "pause", "-"}} {
 		b.Reset()
 		dl := now.Add(9*time.Minute + 30*time.Second)
 		v := vm

@@ -42,7 +42,7 @@ var (
 		DiskBytes: 4 << 30, DesiredState: model.VMRunning, State: model.VMRunning, VMM: "qemu", Accel: "tcg", CowStrategy: "qcow2",
 		GuestIP: "172.16.0.2", GuestMAC: "02:ba:ac:10:00:02", DNSName: "dev.vm", CID: 3, Dir: "/state/vms/aaaabbbbccccdddd", StartedAt: &started,
 		Net:     model.NetPolicy{Mode: "internet", AllowVMs: []string{"db"}},
-		HostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfDev"}
+		HostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfDev", Labels: map[string]string{"app": "web", "e2b.meta/team": "a"}}
 	fakeForward = model.Forward{VMID: "aaaabbbbccccdddd", HostAddr: "127.0.0.1", HostPort: 41234, GuestPort: 8000, Proto: "tcp",
 		CreatedAt: time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC), State: model.ForwardListening}
 	fakeKey     = model.E2BKey{ID: "5555666677778888", Name: "ci", Prefix: "e2b_012345", CreatedAt: started}
@@ -109,6 +109,7 @@ func (fakeService) GetVM(_ context.Context, ref string) (model.VM, error) {
 func (fakeService) CreateVM(_ context.Context, req api.CreateVMRequest, report progress.Func) (model.VM, error) {
 	report(progress.Event{Phase: "disks", Elapsed: 0.1})
 	v := fakeVM
+	v.Labels = req.Labels
 	for _, spec := range req.Publish {
 		if spec == "8080:80" {
 			return model.VM{}, errdefs.Errorf(errdefs.CodeConflict, "host port 127.0.0.1:8080 is taken: pick another, or 0 for any free port")
@@ -284,9 +285,14 @@ func TestCommandOutput(t *testing.T) {
 		{"kernel", "import", "--vmlinux", kfile},
 		{"kernel", "rm", "k"},
 		{"vm", "list"},
+		{"vm", "list", "--label", "app=web", "-l", "e2b.meta/team"},
+		{"vm", "list", "--label", "app=db"},
+		{"vm", "list", "--label", "bad key"},
 		{"vm", "show", "dev"},
 		{"vm", "show", "missing"},
 		{"vm", "create"},
+		{"vm", "create", "--label", "app=web", "--label", "k8s.banger.dev/pod-uid=0f1e"},
+		{"vm", "create", "--label", "bad key=1"},
 		{"vm", "start", "dev"},
 		{"vm", "start", "missing"},
 		{"vm", "restart", "dev"},

@@ -215,22 +215,22 @@ func vmRows(vms []model.VM, names artifactNames, now time.Time) [][]string {
 	for _, v := range vms {
 		rows = append(rows, []string{model.ShortID(v.ID), v.Name, string(v.State), nameOf(names.images, v.ImageID),
 			nameOf(names.kernels, v.KernelID), v.VMM, fmt.Sprint(v.CPUs), size(int64(v.MemoryMiB) << 20), size(v.DiskBytes),
-			orDash(v.GuestIP), ago(v.CreatedAt, now), remaining(v, now)})
+			orDash(v.GuestIP), ago(v.CreatedAt, now), remaining(v, now), orDash(model.FormatLabels(v.Labels))})
 	}
 	return rows
 }
 
-var vmHeader = []string{"ID", "NAME", "STATE", "IMAGE", "KERNEL", "VMM", "CPUS", "MEMORY", "DISK", "IP", "CREATED", "TTL"}
+var vmHeader = []string{"ID", "NAME", "STATE", "IMAGE", "KERNEL", "VMM", "CPUS", "MEMORY", "DISK", "IP", "CREATED", "TTL", "LABELS"}
 
 // remaining is a VM's time left before its deadline, e.g. "9m58s" (it is
-// deleted then) or "9m58s stop"; "-" without one.
+// deleted then) or "9m58s stop" / "9m58s pause"; "-" without one.
 func remaining(vm model.VM, now time.Time) string {
 	if vm.ExpiresAt == nil {
 		return "-"
 	}
 	s := model.FormatTTL(vm.ExpiresAt.Sub(now))
-	if vm.ExpireAction == model.TTLStop {
-		s += " stop"
+	if vm.ExpireAction == model.TTLStop || vm.ExpireAction == model.TTLPause {
+		s += " " + vm.ExpireAction
 	}
 	return s
 }
@@ -322,7 +322,8 @@ func writeVM(w io.Writer, vm model.VM) error {
 		"memory", size(int64(vm.MemoryMiB)<<20), "disk", size(vm.DiskBytes), "ip", vm.GuestIP, "mac", vm.GuestMAC,
 		"dns", vm.DNSName, "net", vm.Net.String(), "cid", fmt.Sprint(vm.CID), "storage", vm.CowStrategy, "dir", vm.Dir, "host key", vm.HostKey,
 		"created", vm.CreatedAt.Local().Format(time.RFC3339), "started", started,
-		"expires", expires(vm, time.Now()), "idle timeout", idleText(vm, time.Now()), "ports", portsText(vm.Ports), "last error", vm.LastError)
+		"expires", expires(vm, time.Now()), "idle timeout", idleText(vm, time.Now()), "ports", portsText(vm.Ports),
+		"labels", model.FormatLabels(vm.Labels), "last error", vm.LastError)
 }
 
 // artifactText is an image's or kernel's name with its short id, or the

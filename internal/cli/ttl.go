@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -20,13 +22,14 @@ const (
 	runRenew = 10 * time.Second
 )
 
-// ttlFlags are the deadline, idle timeout and publish flags of create
-// and run.
+// ttlFlags are the deadline, idle timeout, publish and label flags of
+// create and run.
 func ttlFlags(cmd *cobra.Command, req *api.CreateVMRequest) {
 	f := cmd.Flags()
-	f.StringVar(&req.TTL, "ttl", "", "delete (or --ttl-action stop) the VM this long after creating it, e.g. 90s, 10m, 2h, 7d (at most 30d)")
-	f.StringVar(&req.TTLAction, "ttl-action", "", "what the daemon does when --ttl or --idle-timeout passes: delete (default) or stop")
-	f.StringVar(&req.IdleTimeout, "idle-timeout", "", "delete (or --ttl-action stop) the running VM once idle this long: no exec, session I/O, file operation or forwarded connection, e.g. 5m")
+	f.StringVar(&req.TTL, "ttl", "", "delete (or --ttl-action stop|pause) the VM this long after creating it, e.g. 90s, 10m, 2h, 7d (at most 30d)")
+	f.StringVar(&req.TTLAction, "ttl-action", "", "what the daemon does when --ttl or --idle-timeout passes: delete (default), stop or pause")
+	f.StringVar(&req.IdleTimeout, "idle-timeout", "", "delete (or --ttl-action stop|pause) the running VM once idle this long: no exec, session I/O, file operation or forwarded connection, e.g. 5m")
+	f.Var(&labelsValue{m: &req.Labels}, "label", "label the VM KEY=VALUE (repeatable; KEY is [PREFIX/]NAME as in Kubernetes)")
 	f.StringArrayVarP(&req.Publish, "publish", "p", nil, "publish a guest port on the host: [HOSTADDR:]HOSTPORT:GUESTPORT[/tcp], HOSTPORT 0 picks a free one, HOSTADDR defaults to 127.0.0.1 (repeatable)")
 }
 
@@ -34,14 +37,15 @@ func (a *app) vmTTLCommand() *cobra.Command {
 	var action, idle string
 	cmd := &cobra.Command{
 		Use:   "ttl VM [DURATION|none] [--idle DURATION|none]",
-		Short: "Set, extend or clear a VM's deadline or idle timeout (deleted, or stopped, when it passes)",
+		Short: "Set, extend or clear a VM's deadline or idle timeout (deleted, stopped or paused when it passes)",
 		Long: `Set the VM's deadline to DURATION from now (e.g. 90s, 10m, 2h, 7d; at most
 30d), replacing any earlier one, or clear it with none. When the deadline
-passes the daemon deletes the VM, or stops it with --ttl-action stop; a
+passes the daemon deletes the VM, or stops it with --ttl-action stop, or
+pauses it with --ttl-action pause (docs/pause.md); a
 deadline that passed while the daemon was down is enforced when it starts.
 
 --idle sets (or clears, none) the idle timeout: the running VM is deleted
-(or stopped, --ttl-action stop) once it has had no exec, session I/O, file
+(or stopped or paused, --ttl-action) once it has had no exec, session I/O, file
 operation or forwarded connection for that long. Idle time is counted
 from the last activity, the VM's boot or the daemon's start, whichever is
 latest. Either or both may be given.`,
@@ -58,7 +62,7 @@ latest. Either or both may be given.`,
 			}, writeTTL)
 		},
 	}
-	cmd.Flags().StringVar(&action, "ttl-action", "", "delete or stop (default: the VM's current action, else delete)")
+	cmd.Flags().StringVar(&action, "ttl-action", "", "delete, stop or pause (default: the VM's current action, else delete)")
 	cmd.Flags().StringVar(&idle, "idle", "", "idle timeout, e.g. 5m, or none to clear it")
 	return cmd
 }
@@ -79,3 +83,34 @@ func renewLease(ctx context.Context, c *api.Client, name string) {
 		_, _ = c.SetVMTTL(ctx, name, api.VMTTLRequest{TTL: runLease.String(), Action: model.TTLDelete})
 	}
 }
+
+// labelsValue is the repeatable --label KEY=VALUE flag, checked as it is
+// read.
+type labelsValue struct{ m *map[string]string }
+
+func (l *labelsValue) String() string {
+	if l.m == nil {
+		return ""
+	}
+	return model.FormatLabels(*l.m)
+}
+
+func (l *labelsValue) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok {
+		return fmt.Errorf("%q: want KEY=VALUE", s)
+	}
+	if err := model.ValidateLabel(k, v); err != nil {
+		return err
+	}
+	if *l.m == nil {
+		*l.m = map[string]string{}
+	}
+	if _, dup := (*l.m)[k]; dup {
+		return fmt.Errorf("label %s given twice", k)
+	}
+	(*l.m)[k] = v
+	return nil
+}
+
+func (l *labelsValue) Type() string { return "KEY=VALUE" }

@@ -73,10 +73,16 @@ func (a *app) vmCommand() *cobra.Command {
 	}
 	del.Flags().BoolVarP(&force, "force", "f", false, "stop running VMs first")
 	cmd.AddCommand(del)
-	cmd.AddCommand(&cobra.Command{
+	var labels []string
+	list := &cobra.Command{
 		Use: "list", Aliases: []string{"ls"}, Short: "List VMs", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return showList(a, cmd, (*api.Client).ListVMs, func(w io.Writer, vms []model.VM) error {
+			sel, err := model.ParseLabelSelector(labels)
+			if err != nil {
+				return errdefs.Invalid(err)
+			}
+			call := func(c *api.Client, ctx context.Context) ([]model.VM, error) { return c.ListVMsByLabel(ctx, sel) }
+			return showList(a, cmd, call, func(w io.Writer, vms []model.VM) error {
 				var names artifactNames
 				if len(vms) > 0 {
 					names = a.artifactNames(cmd.Context())
@@ -84,7 +90,9 @@ func (a *app) vmCommand() *cobra.Command {
 				return table(w, vmHeader, vmRows(vms, names, time.Now()))
 			})
 		},
-	})
+	}
+	list.Flags().StringArrayVarP(&labels, "label", "l", nil, "only VMs with this label: KEY=VALUE, or KEY for any value (repeatable; all must match)")
+	cmd.AddCommand(list)
 	cmd.AddCommand(&cobra.Command{
 		Use: "show VM", Short: "Show a VM", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -14,13 +14,19 @@ type E2BKey struct {
 }
 
 // E2BSandbox is what the E2B control plane adds to a VM it made: the
-// template asked for, the metadata and default environment of commands,
-// and envd's access token (handed to the SDK, written into the guest).
+// template asked for, the default environment of commands, and envd's
+// access token (handed to the SDK, written into the guest), and whether
+// its deadline pauses rather than deletes it. A sandbox's
+// metadata is kept as the VM's labels, E2BMetaPrefix + key.
 type E2BSandbox struct {
 	VMID       string            `json:"vm_id"`
 	TemplateID string            `json:"template_id"`
 	Token      string            `json:"-"`
-	Metadata   map[string]string `json:"metadata"`
 	Env        map[string]string `json:"env"`
+	AutoPause  bool              `json:"auto_pause"` // the deadline pauses the VM instead of deleting it
 	CreatedAt  time.Time         `json:"created_at"`
 }
+
+// E2BMetaPrefix is the label prefix of a sandbox's E2B metadata: metadata
+// key k is the VM's label E2BMetaPrefix + k.
+const E2BMetaPrefix = "e2b.meta/"

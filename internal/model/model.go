@@ -104,13 +104,17 @@ type VM struct {
 	// ExpiresAt is the deadline (UTC) at which the daemon applies
 	// ExpireAction to the VM; nil is none.
 	ExpiresAt    *time.Time `json:"expires_at,omitempty"`
-	ExpireAction string     `json:"expire_action,omitempty"` // TTLDelete or TTLStop, with ExpiresAt
+	ExpireAction string     `json:"expire_action,omitempty"` // TTLDelete, TTLStop or TTLPause, with ExpiresAt
 
 	// IdleTimeoutSeconds, when above 0, is how long a running VM may go
 	// without activity (exec, session I/O, file operations, forwarded
 	// connections) before the daemon applies IdleAction to it.
 	IdleTimeoutSeconds int    `json:"idle_timeout_seconds,omitempty"`
-	IdleAction         string `json:"idle_action,omitempty"` // TTLDelete or TTLStop, with IdleTimeoutSeconds
+	IdleAction         string `json:"idle_action,omitempty"` // TTLDelete, TTLStop or TTLPause, with IdleTimeoutSeconds
+
+	// Labels are the VM's key=value tags (labels.go), set when it is
+	// made.
+	Labels map[string]string `json:"labels,omitempty"`
 	// IdleDeadline is when a running VM with an idle timeout and nothing
 	// in progress becomes idle, as the daemon counts now; filled in by
 	// `vm show` only.

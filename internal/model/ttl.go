@@ -8,9 +8,12 @@ import (
 )
 
 // What the daemon does to a VM when its deadline passes.
+// TTLPause saves the VM's whole state and ends its VMM, as `banger vm
+// pause` does (a VM whose VMM cannot pause is stopped instead).
 const (
 	TTLDelete = "delete"
 	TTLStop   = "stop"
+	TTLPause  = "pause"
 )
 
 // TTLNone clears a VM's deadline where a TTL is asked for.
@@ -51,10 +54,10 @@ func ParseTTL(s string) (time.Duration, error) {
 // ValidateTTLAction checks what to do at the deadline ("" is TTLDelete).
 func ValidateTTLAction(a string) error {
 	switch a {
-	case "", TTLDelete, TTLStop:
+	case "", TTLDelete, TTLStop, TTLPause:
 		return nil
 	}
-	return fmt.Errorf("invalid ttl action %q: use delete or stop", a)
+	return fmt.Errorf("invalid ttl action %q: use delete, stop or pause", a)
 }
 
 // FormatTTL is a short human form of a remaining time, e.g. "45s",

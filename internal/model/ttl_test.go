@@ -27,12 +27,12 @@ func TestParseTTL(t *testing.T) {
 }
 
 func TestValidateTTLAction(t *testing.T) {
-	for _, a := range []string{"", TTLDelete, TTLStop} {
+	for _, a := range []string{"", TTLDelete, TTLStop, TTLPause} {
 		if err := ValidateTTLAction(a); err != nil {
 			t.Errorf("%q: %v", a, err)
 		}
 	}
-	if err := ValidateTTLAction("pause"); err == nil {
+	if err := ValidateTTLAction("suspend"); err == nil {
 		t.Error("pause accepted")
 	}
 }

@@ -70,16 +70,13 @@ func (s *Store) DeleteE2BKey(ctx context.Context, ref string) (model.E2BKey, err
 	return k, s.execOne(ctx, "e2b key", k.ID, "DELETE FROM e2b_keys WHERE id = ?", k.ID)
 }
 
-const e2bSandboxCols = "vm_id, template_id, token, metadata, env, created_at"
+const e2bSandboxCols = "vm_id, template_id, token, env, created_at, auto_pause"
 
 func scanE2BSandbox(r *sql.Rows) (model.E2BSandbox, error) {
 	var sb model.E2BSandbox
-	var meta, env, created string
-	if err := r.Scan(&sb.VMID, &sb.TemplateID, &sb.Token, &meta, &env, &created); err != nil {
+	var env, created string
+	if err := r.Scan(&sb.VMID, &sb.TemplateID, &sb.Token, &env, &created, &sb.AutoPause); err != nil {
 		return sb, err
-	}
-	if err := json.Unmarshal([]byte(meta), &sb.Metadata); err != nil {
-		return sb, fmt.Errorf("stored metadata of %s: %w", sb.VMID, err)
 	}
 	if err := json.Unmarshal([]byte(env), &sb.Env); err != nil {
 		return sb, fmt.Errorf("stored env of %s: %w", sb.VMID, err)
@@ -92,16 +89,12 @@ func scanE2BSandbox(r *sql.Rows) (model.E2BSandbox, error) {
 // CreateE2BSandbox records what the control plane adds to an existing VM
 // (ErrNotFound when the VM does not exist). The row goes with the VM.
 func (s *Store) CreateE2BSandbox(ctx context.Context, sb model.E2BSandbox) error {
-	meta, err := json.Marshal(nonNil(sb.Metadata))
-	if err != nil {
-		return err
-	}
 	env, err := json.Marshal(nonNil(sb.Env))
 	if err != nil {
 		return err
 	}
 	_, err = s.db.ExecContext(ctx, "INSERT INTO e2b_sandboxes ("+e2bSandboxCols+") VALUES ("+placeholders(6)+")",
-		sb.VMID, sb.TemplateID, sb.Token, string(meta), string(env), fmtTime(sb.CreatedAt))
+		sb.VMID, sb.TemplateID, sb.Token, string(env), fmtTime(sb.CreatedAt), sb.AutoPause)
 	if err != nil {
 		if isForeignKey(err) {
 			return fmt.Errorf("create e2b sandbox: vm %q: %w", sb.VMID, ErrNotFound)

@@ -69,7 +69,7 @@ func TestE2BKeysAndSandboxes(t *testing.T) {
 		t.Fatal(err)
 	}
 	sb := model.E2BSandbox{VMID: "vm1aaaaa", TemplateID: "base", Token: "tok",
-		Metadata: map[string]string{"a": "b"}, Env: map[string]string{}, CreatedAt: t0}
+		Env: map[string]string{"A": "b"}, AutoPause: true, CreatedAt: t0}
 	if err := s.CreateE2BSandbox(ctx, sb); err != nil {
 		t.Fatal(err)
 	}

@@ -164,6 +164,19 @@ CREATE TABLE e2b_sandboxes (
 	created_at  TEXT NOT NULL
 );
 `,
+	// 9: each VM's labels (model.VM.Labels as a JSON object; '' for
+	// none). A sandbox's E2B metadata becomes labels "e2b.meta/<key>",
+	// the only place it is kept from then on; a sandbox records whether
+	// its deadline pauses it (autoPause).
+	`
+ALTER TABLE vms ADD COLUMN labels TEXT NOT NULL DEFAULT '';
+UPDATE vms SET labels = (
+	SELECT json_group_object('e2b.meta/' || m.key, m.value)
+	FROM e2b_sandboxes sb, json_each(sb.metadata) m WHERE sb.vm_id = vms.id
+) WHERE id IN (SELECT vm_id FROM e2b_sandboxes WHERE metadata NOT IN ('', '{}', 'null'));
+ALTER TABLE e2b_sandboxes DROP COLUMN metadata;
+ALTER TABLE e2b_sandboxes ADD COLUMN auto_pause INTEGER NOT NULL DEFAULT 0;
+`,
 }
 
 // migrate applies the steps the database lacks, up to version upTo, each in

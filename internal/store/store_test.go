@@ -37,7 +37,7 @@ func testVM(id, name string, n int) model.VM {
 		LogPath: "/s/log", ConsolePath: "/s/console", MetricsPath: "/s/metrics", SystemDisk: "/s/sys.qcow2",
 		WorkDisk: "/s/work.ext4", LastError: "", CreatedAt: t0.Add(time.Duration(n) * time.Second),
 		UpdatedAt: t0, StartedAt: &started, Net: model.NetPolicy{Mode: model.NetInternet},
-		HostKey: "ssh-ed25519 AAAA" + id,
+		HostKey: "ssh-ed25519 AAAA" + id, Labels: map[string]string{"app": name, "example.com/n": fmt.Sprint(n)},
 	}
 }
 
@@ -417,6 +417,7 @@ func TestMigrations(t *testing.T) {
 				want := testVM("keep1234", "keep", 2)
 				want.HostKey = ""
 				want.ExpiresAt, want.ExpireAction = nil, ""
+				want.Labels = nil
 				if !reflect.DeepEqual(vm, want) {
 					t.Fatalf("upgraded vm = %+v\nwant %+v", vm, want)
 				}
@@ -457,6 +458,61 @@ func insertV1VM(ctx context.Context, s *Store, vm model.VM) error {
 	cols := strings.Join(strings.Split(vmCols, ", ")[:n], ", ")
 	_, err := s.db.ExecContext(ctx, "INSERT INTO vms ("+cols+") VALUES ("+placeholders(n)+")", vmArgs(vm)[:n]...)
 	return err
+}
+
+// TestMigrationE2BMetadataToLabels: a sandbox's metadata kept by schema
+// 8 becomes its VM's e2b.meta/ labels.
+func TestMigrationE2BMetadataToLabels(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "banger.db")
+	old, err := openAt(path, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"meta1234", "none1234"} {
+		if err := insertV1VM(ctx, old, testVM(id, id[:4], len(id)+int(id[0]))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := old.db.ExecContext(ctx, `INSERT INTO e2b_sandboxes VALUES
+		('meta1234', 'base', 'tok', '{"team":"a","note":"x y"}', '{}', '2026-01-01T00:00:00Z'),
+		('none1234', 'base', 'tok', '{}', '{}', '2026-01-01T00:00:00Z')`); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	vm, err := s.GetVM(ctx, "meta1234")
+	if err != nil || !reflect.DeepEqual(vm.Labels, map[string]string{"e2b.meta/team": "a", "e2b.meta/note": "x y"}) {
+		t.Fatalf("labels after upgrade = %v, %v", vm.Labels, err)
+	}
+	if vm, err := s.GetVM(ctx, "none1234"); err != nil || vm.Labels != nil {
+		t.Fatalf("labels of a sandbox without metadata = %v, %v", vm.Labels, err)
+	}
+	if sb, err := s.E2BSandbox(ctx, "meta1234"); err != nil || sb.Token != "tok" {
+		t.Fatalf("sandbox after upgrade = %+v, %v", sb, err)
+	}
+}
+
+// TestUpdateVMKeepsLabels: a whole-record save does not write labels.
+func TestUpdateVMKeepsLabels(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	vm := testVM("lab12345", "lab", 4)
+	if err := s.CreateVM(ctx, vm); err != nil {
+		t.Fatal(err)
+	}
+	stale := vm
+	stale.Labels = map[string]string{"other": "x"}
+	if err := s.UpdateVM(ctx, stale); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.GetVM(ctx, "lab"); err != nil || !reflect.DeepEqual(got.Labels, vm.Labels) {
+		t.Fatalf("labels = %v, %v; want %v", got.Labels, err, vm.Labels)
+	}
 }
 
 func TestRefusesNewerSchema(t *testing.T) {

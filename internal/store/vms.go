@@ -13,9 +13,9 @@ import (
 const vmCols = "id, name, image_id, kernel_id, cpus, memory_mib, disk_bytes, desired_state, state, vmm, accel, " +
 	"cow_strategy, guest_ip, guest_mac, dns_name, cid, dir, api_socket, vsock_socket, log_path, console_path, " +
 	"metrics_path, system_disk, work_disk, last_error, created_at, updated_at, started_at, net_policy, host_key, " +
-	"expires_at, expire_action, idle_timeout_s, idle_action"
+	"expires_at, expire_action, idle_timeout_s, idle_action, labels"
 
-const vmColCount = 34
+const vmColCount = 35
 
 func scanVM(r *sql.Rows) (model.VM, error) {
 	var vm model.VM
@@ -24,15 +24,21 @@ func scanVM(r *sql.Rows) (model.VM, error) {
 	var cid int64
 	var net string
 	var expires sql.NullString
+	var labels string
 	if err := r.Scan(&vm.ID, &vm.Name, &vm.ImageID, &vm.KernelID, &vm.CPUs, &vm.MemoryMiB, &vm.DiskBytes,
 		&vm.DesiredState, &vm.State, &vm.VMM, &vm.Accel, &vm.CowStrategy, &vm.GuestIP, &vm.GuestMAC,
 		&vm.DNSName, &cid, &vm.Dir, &vm.APISocket, &vm.VsockSocket, &vm.LogPath, &vm.ConsolePath,
 		&vm.MetricsPath, &vm.SystemDisk, &vm.WorkDisk, &vm.LastError, &created, &updated, &started, &net,
-		&vm.HostKey, &expires, &vm.ExpireAction, &vm.IdleTimeoutSeconds, &vm.IdleAction); err != nil {
+		&vm.HostKey, &expires, &vm.ExpireAction, &vm.IdleTimeoutSeconds, &vm.IdleAction, &labels); err != nil {
 		return vm, err
 	}
 	vm.CID = uint32(cid)
 	var err error
+	if labels != "" {
+		if err := json.Unmarshal([]byte(labels), &vm.Labels); err != nil {
+			return vm, fmt.Errorf("vm %s: labels %q: %w", vm.Name, labels, err)
+		}
+	}
 	if vm.Net, err = parseNetPolicy(net); err != nil {
 		return vm, fmt.Errorf("vm %s: %w", vm.Name, err)
 	}
@@ -56,7 +62,16 @@ func vmArgs(vm model.VM) []any {
 		vm.DNSName, int64(vm.CID), vm.Dir, vm.APISocket, vm.VsockSocket, vm.LogPath, vm.ConsolePath,
 		vm.MetricsPath, vm.SystemDisk, vm.WorkDisk, vm.LastError, fmtTime(vm.CreatedAt), fmtTime(vm.UpdatedAt),
 		fmtTimePtr(vm.StartedAt), fmtNetPolicy(vm.Net), vm.HostKey,
-		fmtTimePtr(vm.ExpiresAt), vm.ExpireAction, vm.IdleTimeoutSeconds, vm.IdleAction}
+		fmtTimePtr(vm.ExpiresAt), vm.ExpireAction, vm.IdleTimeoutSeconds, vm.IdleAction, fmtLabels(vm.Labels)}
+}
+
+// fmtLabels is the labels column of labels (” for none).
+func fmtLabels(labels map[string]string) string {
+	if len(labels) == 0 {
+		return ""
+	}
+	b, _ := json.Marshal(labels) // a map of strings: cannot fail
+	return string(b)
 }
 
 // parseNetPolicy reads the net_policy column; empty (a VM made before
@@ -106,19 +121,20 @@ func (s *Store) ListVMs(ctx context.Context) ([]model.VM, error) {
 
 // UpdateVM replaces the whole record with vm.ID, setting UpdatedAt to now
 // (the caller's UpdatedAt is ignored), but for the deadline and the idle
-// timeout, which only SetVMExpiry and SetVMIdle write: a save by a boot
+// timeout, which only SetVMExpiry and SetVMIdle write, and the labels,
+// which are set at create: a save by a boot
 // that read the record minutes ago must not put back an older one. ErrNotFound when there is no such
 // id; ErrConflict when the new name, IP or CID is taken by another VM.
 func (s *Store) UpdateVM(ctx context.Context, vm model.VM) error {
 	vm.UpdatedAt = time.Now()
 	args := vmArgs(vm)
-	// SET every column but id, the deadline's and the idle timeout's,
-	// then WHERE id = ?.
+	// SET every column but id, the deadline's, the idle timeout's and
+	// the labels, then WHERE id = ?.
 	query := "UPDATE vms SET name=?, image_id=?, kernel_id=?, cpus=?, memory_mib=?, disk_bytes=?, " +
 		"desired_state=?, state=?, vmm=?, accel=?, cow_strategy=?, guest_ip=?, guest_mac=?, dns_name=?, cid=?, " +
 		"dir=?, api_socket=?, vsock_socket=?, log_path=?, console_path=?, metrics_path=?, system_disk=?, " +
 		"work_disk=?, last_error=?, created_at=?, updated_at=?, started_at=?, net_policy=?, host_key=? WHERE id = ?"
-	if err := s.execOne(ctx, "vm", vm.ID, query, append(args[1:vmColCount-4], vm.ID)...); err != nil {
+	if err := s.execOne(ctx, "vm", vm.ID, query, append(args[1:vmColCount-5], vm.ID)...); err != nil {
 		return fmt.Errorf("update vm: %w", err)
 	}
 	return nil

@@ -17,12 +17,22 @@ var e2bSDKVersions = []string{"2.51.0", "2.50.0"}
 // control plane listens on the host's 127.0.0.1 (the daemon lives in the
 // test namespace), and the Node script gets only E2B_API_URL,
 // E2B_SANDBOX_URL and E2B_API_KEY (testdata/e2b_sdk.cjs lists the calls),
-// once per SDK version.
+// once per SDK version. The script pauses and resumes a sandbox and lets
+// an onTimeout-pause one pause at its deadline.
 func TestE2BSDK(t *testing.T) {
 	h := NewHarness(t)
 	// The first create builds the default image and pulls the kernel,
 	// which takes longer than the SDK waits for a request: do it here.
-	h.MustRun("vm", "create", "--name", "warm")
+	// Labels on the way: kept, shown and selected by `vm list --label`.
+	h.MustRun("vm", "create", "--name", "warm", "--label", "app=web", "--label", "example.com/tier=a b")
+	var vms []model.VM
+	h.JSON(&vms, "vm", "list", "--label", "app=web,example.com/tier=a b")
+	if len(vms) != 1 || vms[0].Name != "warm" || vms[0].Labels["example.com/tier"] != "a b" {
+		t.Fatalf("vm list --label app=web: %+v", vms)
+	}
+	if h.JSON(&vms, "vm", "list", "--label", "app=db"); len(vms) != 0 {
+		t.Fatalf("vm list --label app=db: %+v", vms)
+	}
 	h.MustRun("vm", "delete", "warm")
 	h.E2BServe()
 
@@ -41,7 +51,6 @@ func TestE2BSDK(t *testing.T) {
 		})
 	}
 	// The timed-out sandbox stops answering before its deletion ends.
-	var vms []model.VM
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
 		h.JSON(&vms, "vm", "list")
 		if len(vms) == 0 {

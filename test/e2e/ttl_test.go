@@ -187,3 +187,37 @@ func TestVMRunRmOwned(t *testing.T) {
 	}
 	h.AssertNoLeaks()
 }
+
+// TestVMIdlePause: a VM made with --idle-timeout 10s --ttl-action pause
+// is paused once idle, not deleted; `vm list --label` finds it paused,
+// and it resumes with its processes.
+func TestVMIdlePause(t *testing.T) {
+	h := NewHarness(t)
+	vm := h.StartVM("napper", "--idle-timeout", "10s", "--ttl-action", "pause", "--label", "role=napper")
+	if vm.IdleAction != model.TTLPause || vm.Labels["role"] != "napper" {
+		t.Fatalf("vm show: idle action %q, labels %v", vm.IdleAction, vm.Labels)
+	}
+	h.MustRun("vm", "exec", "napper", "--", "sh", "-c", "setsid sleep 3600 </dev/null >/dev/null 2>&1 & echo $! > /root/sleeper")
+	last := time.Now()
+	var vms []model.VM
+	for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(time.Second) {
+		h.JSON(&vms, "vm", "list", "--label", "role=napper")
+		if len(vms) == 1 && vms[0].State == model.VMPaused {
+			break
+		}
+		if len(vms) != 1 || time.Now().After(deadline) {
+			t.Fatalf("not paused 90s after its last activity (idle timeout 10s): %+v", vms)
+		}
+	}
+	t.Logf("paused %.1fs after its last exec (idle timeout 10s)", time.Since(last).Seconds())
+	log, _ := os.ReadFile(filepath.Join(h.StateDir, "bangerd.log"))
+	if !strings.Contains(string(log), "vm idle; pausing it") {
+		t.Errorf("bangerd.log has no idle pause line")
+	}
+	h.MustRun("vm", "resume", "napper")
+	if out := h.MustRun("vm", "exec", "napper", "--", "sh", "-c", "kill -0 $(cat /root/sleeper) && echo alive"); !strings.Contains(out, "alive") {
+		t.Fatalf("the process started before the pause: %q", out)
+	}
+	h.MustRun("vm", "delete", "--force", "napper")
+	h.AssertNoLeaks()
+}

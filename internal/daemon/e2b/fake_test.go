@@ -36,6 +36,10 @@ type fakeVMs struct {
 	envds map[string]*httptest.Server // by VM id
 	ports map[int]string              // guest port → host address, for every VM
 	ttls  map[string]string           // last TTL set, by VM id
+	pause int                         // Pause calls
+	// raceResume makes Resume answer a conflict after resuming, as when
+	// another resume won the VM's lock first.
+	raceResume bool
 }
 
 func (f *fakeVMs) Create(ctx context.Context, req api.CreateVMRequest, _ progress.Func) (model.VM, error) {
@@ -57,7 +61,7 @@ func (f *fakeVMs) Create(ctx context.Context, req api.CreateVMRequest, _ progres
 		DesiredState: model.VMRunning, State: model.VMRunning, VMM: "qemu", CowStrategy: "qcow2",
 		GuestIP: fmt.Sprintf("172.16.0.%d", n+1), GuestMAC: "02:fc:00:00:00:02", DNSName: req.Name + ".vm",
 		CID: uint32(100 + n), Dir: "/s/" + id, CreatedAt: now, UpdatedAt: now, StartedAt: &now,
-		Net: model.NetPolicy{Mode: model.NetInternet}, ExpiresAt: &exp, ExpireAction: req.TTLAction}
+		Net: model.NetPolicy{Mode: model.NetInternet}, ExpiresAt: &exp, ExpireAction: req.TTLAction, Labels: req.Labels}
 	if req.Net != "" {
 		vm.Net.Mode = req.Net
 	}
@@ -100,6 +104,9 @@ func (f *fakeVMs) SetTTL(ctx context.Context, ref string, req api.VMTTLRequest) 
 	if err != nil {
 		return vm, err
 	}
+	if req.TTL == model.TTLNone {
+		return vm, f.st.SetVMExpiry(ctx, vm.ID, nil, "")
+	}
 	d, err := time.ParseDuration(req.TTL)
 	if err != nil {
 		return vm, errdefs.Invalid(err)
@@ -109,6 +116,44 @@ func (f *fakeVMs) SetTTL(ctx context.Context, ref string, req api.VMTTLRequest) 
 	f.ttls[vm.ID] = req.TTL
 	f.mu.Unlock()
 	return vm, f.st.SetVMExpiry(ctx, vm.ID, &at, req.Action)
+}
+
+// Pause marks the VM paused; its envd server goes on (as it would in the
+// saved memory) but the VM is not alive, so the relay refuses it.
+func (f *fakeVMs) Pause(ctx context.Context, ref string) (model.VM, error) {
+	vm, err := f.Get(ctx, ref)
+	if err != nil {
+		return vm, err
+	}
+	if vm.State == model.VMPaused || !f.Alive(vm) {
+		return vm, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running", vm.Name)
+	}
+	f.mu.Lock()
+	f.alive[vm.ID] = false
+	f.pause++
+	f.mu.Unlock()
+	vm.State, vm.DesiredState = model.VMPaused, model.VMPaused
+	return vm, f.st.UpdateVM(ctx, vm)
+}
+
+func (f *fakeVMs) Resume(ctx context.Context, ref string, _ progress.Func) (model.VM, error) {
+	vm, err := f.Get(ctx, ref)
+	if err != nil {
+		return vm, err
+	}
+	if vm.State != model.VMPaused {
+		return vm, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not paused", vm.Name)
+	}
+	f.mu.Lock()
+	f.alive[vm.ID] = true
+	raced := f.raceResume
+	f.mu.Unlock()
+	vm.State, vm.DesiredState = model.VMRunning, model.VMRunning
+	if err := f.st.UpdateVM(ctx, vm); err != nil || !raced {
+		return vm, err
+	}
+	// As when another resume got there first.
+	return vm, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not paused (state running)", vm.Name)
 }
 
 func (f *fakeVMs) Alive(vm model.VM) bool {

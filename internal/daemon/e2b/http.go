@@ -13,6 +13,7 @@ import (
 
 	"github.com/banger/banger/internal/envd"
 	"github.com/banger/banger/internal/errdefs"
+	"github.com/banger/banger/internal/model"
 )
 
 // maxBody bounds a control-plane request body.
@@ -35,7 +36,9 @@ func (s *Service) Handler() http.Handler {
 	mux.HandleFunc("POST /sandboxes/{id}/connect", s.handleConnect)
 	mux.HandleFunc("POST /v2/sandboxes/{id}/connect", s.handleConnect)
 	mux.HandleFunc("POST /sandboxes/{id}/refreshes", s.handleRefresh)
-	for _, what := range []string{"pause", "resume", "snapshots", "fork"} {
+	mux.HandleFunc("POST /sandboxes/{id}/pause", s.handlePause)
+	mux.HandleFunc("POST /sandboxes/{id}/resume", s.handleResume)
+	for _, what := range []string{"snapshots", "fork"} {
 		msg := what + " is not supported by banger yet"
 		mux.HandleFunc("POST /sandboxes/{id}/"+what, func(w http.ResponseWriter, r *http.Request) {
 			if _, err := s.lookup(r.Context(), r.PathValue("id")); err != nil {
@@ -100,8 +103,15 @@ type listedJSON struct {
 
 type detailJSON struct {
 	listedJSON
-	EnvdAccessToken string `json:"envdAccessToken,omitempty"`
-	Domain          string `json:"domain,omitempty"`
+	EnvdAccessToken string        `json:"envdAccessToken,omitempty"`
+	Domain          string        `json:"domain,omitempty"`
+	Lifecycle       lifecycleJSON `json:"lifecycle"`
+}
+
+// lifecycleJSON is E2B's SandboxLifecycle: what the timeout does.
+type lifecycleJSON struct {
+	OnTimeout  string `json:"onTimeout"` // "kill" or "pause"
+	AutoResume bool   `json:"autoResume"`
 }
 
 func (s *Service) short(sb sandbox) sandboxJSON {
@@ -119,12 +129,15 @@ func (s *Service) listed(sb sandbox) listedJSON {
 		end = *sb.vm.ExpiresAt
 	}
 	state := "running"
-	if !s.VMs.Alive(sb.vm) {
+	switch {
+	case sb.vm.State == model.VMPaused:
+		state = "paused"
+	case !s.VMs.Alive(sb.vm):
 		state = "stopped"
 	}
 	return listedJSON{TemplateID: sb.rec.TemplateID, SandboxID: sb.vm.Name, ClientID: clientID,
 		StartedAt: started.UTC(), EndAt: end.UTC(), CPUCount: sb.vm.CPUs, MemoryMB: sb.vm.MemoryMiB,
-		DiskSizeMB: sb.vm.DiskBytes >> 20, State: state, EnvdVersion: envd.Version, Metadata: sb.rec.Metadata}
+		DiskSizeMB: sb.vm.DiskBytes >> 20, State: state, EnvdVersion: envd.Version, Metadata: Metadata(sb.vm.Labels)}
 }
 
 func (s *Service) handleCreate(w http.ResponseWriter, r *http.Request) {
@@ -146,7 +159,12 @@ func (s *Service) handleInfo(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	reply(w, http.StatusOK, detailJSON{listedJSON: s.listed(sb), EnvdAccessToken: sb.rec.Token, Domain: s.Status().Domain})
+	onTimeout := "kill"
+	if sb.rec.AutoPause {
+		onTimeout = "pause"
+	}
+	reply(w, http.StatusOK, detailJSON{listedJSON: s.listed(sb), EnvdAccessToken: sb.rec.Token, Domain: s.Status().Domain,
+		Lifecycle: lifecycleJSON{OnTimeout: onTimeout}})
 }
 
 func (s *Service) handleKill(w http.ResponseWriter, r *http.Request) {
@@ -197,38 +215,68 @@ func (s *Service) handleRefresh(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// handleConnect answers a running sandbox (200), starting its envd again
-// when it does not answer, and moves its deadline to now + timeout when
-// that is later than the current one.
+// handleConnect answers a running sandbox (200) or resumes a paused one
+// (201), starting its envd again when it does not answer, and moves its
+// deadline to now + timeout when that is later than the current one (a
+// resumed sandbox gets now + timeout, E2B's default when none is given).
 func (s *Service) handleConnect(w http.ResponseWriter, r *http.Request) {
 	var req timeoutRequest
 	if !readJSON(w, r, &req) {
 		return
 	}
-	id := r.PathValue("id")
-	sb, err := s.running(r.Context(), id)
+	timeout := 0
+	if req.Timeout != nil {
+		timeout = *req.Timeout
+	}
+	sb, resumed, err := s.resume(r.Context(), r.PathValue("id"), timeout)
 	if err != nil {
 		fail(w, err)
 		return
 	}
-	if req.Timeout != nil && *req.Timeout > 0 {
-		want := s.Now().Add(time.Duration(*req.Timeout) * time.Second)
-		if sb.vm.ExpiresAt == nil || sb.vm.ExpiresAt.Before(want) {
-			if err := s.setTimeout(r.Context(), id, *req.Timeout); err != nil {
-				fail(w, err)
-				return
-			}
-		}
+	status := http.StatusOK
+	if resumed {
+		status = http.StatusCreated
 	}
-	// A VM restarted by hand (`banger vm restart`) comes back without
-	// envd: start it again with the sandbox's token and environment.
-	if c, err := s.DialGuest(r.Context(), sb.vm, envd.Port); err == nil {
-		c.Close()
-	} else if err := s.startEnvd(r.Context(), sb.vm, sb.rec); err != nil {
+	reply(w, status, s.short(sb))
+}
+
+// handlePause pauses a running sandbox: 204; 409 when it is paused
+// already. The body's memory (keep memory or not) is ignored: banger
+// always keeps it.
+func (s *Service) handlePause(w http.ResponseWriter, r *http.Request) {
+	if err := s.pause(r.Context(), r.PathValue("id")); err != nil {
 		fail(w, err)
 		return
 	}
-	reply(w, http.StatusOK, s.short(sb))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// handleResume is the older resume call: 201 and the sandbox; 409 when
+// it is not paused.
+func (s *Service) handleResume(w http.ResponseWriter, r *http.Request) {
+	var req timeoutRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	id := r.PathValue("id")
+	sb, err := s.lookup(r.Context(), id)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	if sb.vm.State != model.VMPaused {
+		replyError(w, http.StatusConflict, "sandbox "+id+" is not paused")
+		return
+	}
+	timeout := 0
+	if req.Timeout != nil {
+		timeout = *req.Timeout
+	}
+	if sb, _, err = s.resume(r.Context(), id, timeout); err != nil {
+		fail(w, err)
+		return
+	}
+	reply(w, http.StatusCreated, s.short(sb))
 }
 
 // ListQuery is a parsed list request.
@@ -280,8 +328,27 @@ func ParseListQuery(q url.Values) (ListQuery, error) {
 	return lq, nil
 }
 
-// Page picks the listed sandboxes a query asks for, in sandbox id order
-// after NextToken, and the token of the next page ("" when none).
+// MetadataSelector is the VM label selector of a metadata filter. A key
+// no label can hold selects nothing (model.E2BMetaPrefix + "!" is never
+// a label).
+func MetadataSelector(meta map[string]string) model.LabelSelector {
+	var sel model.LabelSelector
+	for k, v := range meta {
+		if sel.Equal == nil {
+			sel.Equal = map[string]string{}
+		}
+		key := model.E2BMetaPrefix + k
+		if model.ValidateLabel(key, v) != nil {
+			key = model.E2BMetaPrefix + "!"
+		}
+		sel.Equal[key] = v
+	}
+	return sel
+}
+
+// Page picks the listed sandboxes a query's states ask for (the metadata
+// filter is the label selector list applied), in sandbox id order after
+// NextToken, and the token of the next page ("" when none).
 func Page(all []listedJSON, q ListQuery) ([]listedJSON, string) {
 	var match []listedJSON
 	for _, sb := range all {
@@ -291,14 +358,7 @@ func Page(all []listedJSON, q ListQuery) ([]listedJSON, string) {
 		if q.States == nil && sb.State != "running" && sb.State != "paused" {
 			continue
 		}
-		ok := true
-		for k, v := range q.Metadata {
-			if sb.Metadata[k] != v {
-				ok = false
-				break
-			}
-		}
-		if ok && sb.SandboxID > q.NextToken {
+		if sb.SandboxID > q.NextToken {
 			match = append(match, sb)
 		}
 	}
@@ -315,7 +375,7 @@ func (s *Service) handleList(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	all, err := s.list(r.Context())
+	all, err := s.list(r.Context(), MetadataSelector(q.Metadata))
 	if err != nil {
 		fail(w, err)
 		return

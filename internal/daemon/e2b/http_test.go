@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/envd"
+	"github.com/banger/banger/internal/model"
 )
 
 func TestControlPlaneAuth(t *testing.T) {
@@ -119,9 +120,57 @@ func TestSandboxLifecycle(t *testing.T) {
 		"Connect-Protocol-Version", "1", "X-Access-Token", created.EnvdAccessToken); code != 200 {
 		t.Fatalf("envd after connect = %d %s", code, body)
 	}
-	if code, body, _ = fx.do(t, "POST", "/sandboxes/"+id+"/pause", ""); code != 501 || !strings.Contains(body, "not supported by banger") {
+	// The metadata is the VM's labels.
+	if vm, _ = fx.vms.Get(t.Context(), id); !reflect.DeepEqual(vm.Labels, map[string]string{"e2b.meta/team": "a"}) {
+		t.Fatalf("vm labels = %v", vm.Labels)
+	}
+	// Pause, list paused, resume by connect (201), pause again, resume.
+	if code, body, _ = fx.do(t, "POST", "/sandboxes/"+id+"/pause", `{"memory":true}`); code != 204 {
 		t.Fatalf("pause = %d %s", code, body)
 	}
+	if code, body, _ = fx.do(t, "POST", "/sandboxes/"+id+"/pause", ""); code != 409 {
+		t.Fatalf("second pause = %d %s, want 409", code, body)
+	}
+	// A paused sandbox is kept until resumed or killed: no deadline.
+	if vm, _ = fx.vms.Get(t.Context(), id); vm.ExpiresAt != nil {
+		t.Fatalf("deadline of a paused sandbox: %v", vm.ExpiresAt)
+	}
+	code, body, _ = fx.do(t, "GET", "/v2/sandboxes?state=paused", "")
+	if code != 200 || json.Unmarshal([]byte(body), &listed) != nil || len(listed) != 1 || listed[0].SandboxID != id || listed[0].State != "paused" {
+		t.Fatalf("list paused = %d %s", code, body)
+	}
+	if code, body, _ = fx.do(t, "GET", "/v2/sandboxes?state=running", ""); code != 200 || strings.Contains(body, id) {
+		t.Fatalf("list running = %d %s", code, body)
+	}
+	if code, body, _ = fx.do(t, "POST", "/sandboxes/"+id+"/resume", `{}`); code != 201 || !strings.Contains(body, created.EnvdAccessToken) {
+		t.Fatalf("resume = %d %s", code, body)
+	}
+	if code, body, _ = fx.do(t, "POST", "/sandboxes/"+id+"/resume", `{}`); code != 409 {
+		t.Fatalf("resume of a running sandbox = %d %s, want 409", code, body)
+	}
+	if code, body, _ = fx.do(t, "POST", "/sandboxes/"+id+"/pause", ""); code != 204 {
+		t.Fatalf("pause = %d %s", code, body)
+	}
+	if code, body, _ = fx.do(t, "POST", "/v2/sandboxes/"+id+"/connect", `{"timeout":60}`); code != 201 {
+		t.Fatalf("connect of a paused sandbox = %d %s, want 201", code, body)
+	}
+	if vm, _ = fx.vms.Get(t.Context(), id); vm.State != model.VMRunning || vm.ExpiresAt.After(time.Now().Add(61*time.Second)) || vm.ExpireAction != model.TTLDelete {
+		t.Fatalf("after connect: state %s, deadline %v %s", vm.State, vm.ExpiresAt, vm.ExpireAction)
+	}
+	// A connect whose resume lost to another one still answers the
+	// running sandbox.
+	if code, body, _ = fx.do(t, "POST", "/sandboxes/"+id+"/pause", ""); code != 204 {
+		t.Fatalf("pause = %d %s", code, body)
+	}
+	fx.vms.mu.Lock()
+	fx.vms.raceResume = true
+	fx.vms.mu.Unlock()
+	if code, body, _ = fx.do(t, "POST", "/v2/sandboxes/"+id+"/connect", `{}`); code != 201 || !strings.Contains(body, created.EnvdAccessToken) {
+		t.Fatalf("connect racing another resume = %d %s, want 201", code, body)
+	}
+	fx.vms.mu.Lock()
+	fx.vms.raceResume = false
+	fx.vms.mu.Unlock()
 	code, body, _ = fx.do(t, "GET", "/sandboxes/"+id+"/metrics", "")
 	var metrics []metricJSON
 	if code != 200 || json.Unmarshal([]byte(body), &metrics) != nil || len(metrics) != 1 || metrics[0].MemTotal == 0 || metrics[0].CPUCount == 0 {
@@ -129,7 +178,7 @@ func TestSandboxLifecycle(t *testing.T) {
 	}
 
 	// Bad input.
-	for _, bad := range []string{`{"autoPause":true}`, `{"timeout":0}`, `{"envVars":{"A-B":"x"}}`, `{"volumeMounts":[{}]}`, `{"templateID":"nope"}`, `{`} {
+	for _, bad := range []string{`{"autoResume":{"enabled":true}}`, `{"metadata":{"bad key":"x"}}`, `{"timeout":0}`, `{"envVars":{"A-B":"x"}}`, `{"volumeMounts":[{}]}`, `{"templateID":"nope"}`, `{`} {
 		if code, body, _ = fx.do(t, "POST", "/v2/sandboxes", bad); code < 400 || code >= 500 {
 			t.Errorf("create %s = %d %s, want 4xx", bad, code, body)
 		}
@@ -143,6 +192,46 @@ func TestSandboxLifecycle(t *testing.T) {
 	}
 	if code, _, _ = fx.do(t, "DELETE", "/sandboxes/"+id, ""); code != 404 {
 		t.Fatalf("kill again = %d, want 404", code)
+	}
+}
+
+// TestAutoPause: autoPause makes the deadline's action pause, kept when
+// the timeout is set again, and info says so.
+func TestAutoPause(t *testing.T) {
+	fx := newFixture(t)
+	code, body, _ := fx.do(t, "POST", "/v2/sandboxes", `{"timeout":30,"autoPause":true}`)
+	var sb sandboxJSON
+	if code != 201 || json.Unmarshal([]byte(body), &sb) != nil {
+		t.Fatalf("create = %d %s", code, body)
+	}
+	if vm, _ := fx.vms.Get(t.Context(), sb.SandboxID); vm.ExpireAction != model.TTLPause {
+		t.Fatalf("deadline action %q, want pause", vm.ExpireAction)
+	}
+	if code, body, _ = fx.do(t, "POST", "/sandboxes/"+sb.SandboxID+"/timeout", `{"timeout":90}`); code != 204 {
+		t.Fatalf("timeout = %d %s", code, body)
+	}
+	if vm, _ := fx.vms.Get(t.Context(), sb.SandboxID); vm.ExpireAction != model.TTLPause {
+		t.Fatalf("deadline action after setTimeout %q, want pause", vm.ExpireAction)
+	}
+	var info detailJSON
+	if code, body, _ = fx.do(t, "GET", "/sandboxes/"+sb.SandboxID, ""); code != 200 || json.Unmarshal([]byte(body), &info) != nil || info.Lifecycle.OnTimeout != "pause" {
+		t.Fatalf("info = %d %s", code, body)
+	}
+}
+
+func TestMetadataLabels(t *testing.T) {
+	labels, err := MetadataLabels(map[string]string{"userId": "a@b.example", "n": ""})
+	if err != nil || !reflect.DeepEqual(labels, map[string]string{"e2b.meta/userId": "a@b.example", "e2b.meta/n": ""}) {
+		t.Fatalf("MetadataLabels = %v, %v", labels, err)
+	}
+	if back := Metadata(map[string]string{"e2b.meta/userId": "x", "other": "y"}); !reflect.DeepEqual(back, map[string]string{"userId": "x"}) {
+		t.Fatalf("Metadata = %v", back)
+	}
+	if _, err := MetadataLabels(map[string]string{"a b": "x"}); err == nil || !strings.Contains(err.Error(), "e2b.meta/") {
+		t.Fatalf("a key labels cannot hold: %v", err)
+	}
+	if sel := MetadataSelector(map[string]string{"a b": "x"}); sel.Matches(map[string]string{"e2b.meta/a b": "x"}) {
+		t.Fatal("an impossible metadata filter matches")
 	}
 }
 

@@ -6,13 +6,15 @@
 // port they name, through the VM's pooled SSH connection.
 //
 // A sandbox is a VM named by its sandbox id, created with the TTL the SDK
-// asks for; its record (template, metadata, default environment, envd's
-// access token) lives in the store next to the VM and goes with it. At
-// create it writes the token into the guest and starts `banger-init envd`
-// there (internal/envd).
+// asks for (action delete, or pause for autoPause) and its metadata as
+// labels (model.E2BMetaPrefix + key); its record (template, default
+// environment, envd's access token, autoPause) lives in the store next to
+// the VM and goes with it. At create it writes the token into the guest
+// and starts `banger-init envd` there (internal/envd). Pause and resume
+// are the VM's (envd and its processes live on in the saved memory).
 //
-// It asks the VM manager to create, delete and time VMs; it must not
-// touch VM lifecycle, VMMs or the VM network itself.
+// It asks the VM manager to create, delete, pause, resume and time VMs;
+// it must not touch VM lifecycle, VMMs or the VM network itself.
 package e2b
 
 import (
@@ -63,6 +65,11 @@ type VMs interface {
 	List(ctx context.Context) ([]model.VM, error)
 	// SetTTL sets a VM's deadline from now.
 	SetTTL(ctx context.Context, ref string, req api.VMTTLRequest) (model.VM, error)
+	// Pause saves a running VM's whole state and ends its VMM; a
+	// conflict when it is already paused or does not run.
+	Pause(ctx context.Context, ref string) (model.VM, error)
+	// Resume restores a paused VM; a conflict when it is not paused.
+	Resume(ctx context.Context, ref string, report progress.Func) (model.VM, error)
 	// Alive says whether the VM runs (state and VMM process).
 	Alive(vm model.VM) bool
 }
@@ -277,16 +284,19 @@ func (s *Service) running(ctx context.Context, id string) (sandbox, error) {
 
 // createRequest is the body of POST /sandboxes and /v2/sandboxes.
 type createRequest struct {
-	TemplateID          string            `json:"templateID"`
-	Timeout             *int              `json:"timeout"`
-	Metadata            map[string]string `json:"metadata"`
-	EnvVars             map[string]string `json:"envVars"`
-	AutoPause           *bool             `json:"autoPause"`
-	AllowInternetAccess *bool             `json:"allow_internet_access"`
-	Secure              *bool             `json:"secure"`
-	VolumeMounts        []any             `json:"volumeMounts"`
-	MCP                 map[string]any    `json:"mcp"`
-	Network             map[string]any    `json:"network"`
+	TemplateID string            `json:"templateID"`
+	Timeout    *int              `json:"timeout"`
+	Metadata   map[string]string `json:"metadata"`
+	EnvVars    map[string]string `json:"envVars"`
+	AutoPause  *bool             `json:"autoPause"`
+	AutoResume *struct {
+		Enabled bool `json:"enabled"`
+	} `json:"autoResume"`
+	AllowInternetAccess *bool          `json:"allow_internet_access"`
+	Secure              *bool          `json:"secure"`
+	VolumeMounts        []any          `json:"volumeMounts"`
+	MCP                 map[string]any `json:"mcp"`
+	Network             map[string]any `json:"network"`
 }
 
 // defaultTimeout is E2B's default sandbox lifetime, in seconds.
@@ -295,8 +305,12 @@ const defaultTimeout = 300
 // create makes a sandbox: a VM booted with the TTL, its record, envd
 // started in the guest. Nothing is left behind when a step fails.
 func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error) {
-	if req.AutoPause != nil && *req.AutoPause {
-		return sandbox{}, errdefs.Errorf(errdefs.CodeInvalid, "autoPause is not supported by banger yet: a sandbox is deleted at its timeout")
+	if req.AutoResume != nil && req.AutoResume.Enabled {
+		return sandbox{}, errdefs.Errorf(errdefs.CodeInvalid, "autoResume is not supported by banger: resume a paused sandbox with Sandbox.connect")
+	}
+	labels, err := MetadataLabels(req.Metadata)
+	if err != nil {
+		return sandbox{}, err
 	}
 	if len(req.VolumeMounts) > 0 {
 		return sandbox{}, errdefs.Errorf(errdefs.CodeInvalid, "volume mounts are not supported by banger")
@@ -323,8 +337,9 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 	if image == DefaultTemplate {
 		image = ""
 	}
+	autoPause := req.AutoPause != nil && *req.AutoPause
 	vmReq := api.CreateVMRequest{Name: newSandboxID(), Image: image, Start: true,
-		TTL: strconv.Itoa(timeout) + "s", TTLAction: model.TTLDelete}
+		TTL: strconv.Itoa(timeout) + "s", TTLAction: timeoutAction(autoPause), Labels: labels}
 	if req.AllowInternetAccess != nil && !*req.AllowInternetAccess {
 		vmReq.Net = "none"
 	}
@@ -337,7 +352,7 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 		template = DefaultTemplate
 	}
 	rec := model.E2BSandbox{VMID: vm.ID, TemplateID: template, Token: newToken(),
-		Metadata: req.Metadata, Env: req.EnvVars, CreatedAt: s.Now().UTC()}
+		Env: req.EnvVars, AutoPause: autoPause, CreatedAt: s.Now().UTC()}
 	undo := func(err error) (sandbox, error) {
 		// A fresh context: the request's may be what ended.
 		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -436,8 +451,117 @@ func (s *Service) setTimeout(ctx context.Context, id string, seconds int) error 
 	if err != nil {
 		return err
 	}
-	_, err = s.VMs.SetTTL(ctx, sb.vm.ID, api.VMTTLRequest{TTL: strconv.Itoa(seconds) + "s", Action: model.TTLDelete})
+	_, err = s.VMs.SetTTL(ctx, sb.vm.ID, api.VMTTLRequest{TTL: strconv.Itoa(seconds) + "s", Action: timeoutAction(sb.rec.AutoPause)})
 	return err
+}
+
+// timeoutAction is what a sandbox's deadline does to its VM.
+func timeoutAction(autoPause bool) string {
+	if autoPause {
+		return model.TTLPause
+	}
+	return model.TTLDelete
+}
+
+// MetadataLabels are the VM labels of a sandbox's metadata: key k becomes
+// model.E2BMetaPrefix + k. A key or value labels cannot hold is refused.
+func MetadataLabels(meta map[string]string) (map[string]string, error) {
+	if len(meta) == 0 {
+		return nil, nil
+	}
+	labels := make(map[string]string, len(meta))
+	for k, v := range meta {
+		labels[model.E2BMetaPrefix+k] = v
+	}
+	if err := model.ValidateLabels(labels); err != nil {
+		return nil, errdefs.Errorf(errdefs.CodeInvalid, "metadata: banger keeps it as vm labels %q+key: %v", model.E2BMetaPrefix, err)
+	}
+	return labels, nil
+}
+
+// Metadata is a sandbox's metadata: its VM's labels under
+// model.E2BMetaPrefix, the prefix taken off.
+func Metadata(labels map[string]string) map[string]string {
+	var meta map[string]string
+	for k, v := range labels {
+		if key, ok := strings.CutPrefix(k, model.E2BMetaPrefix); ok {
+			if meta == nil {
+				meta = map[string]string{}
+			}
+			meta[key] = v
+		}
+	}
+	return meta
+}
+
+// pause pauses a running sandbox's VM and clears its deadline, as E2B
+// keeps a paused sandbox until it is resumed or killed; a conflict when
+// it is paused already.
+func (s *Service) pause(ctx context.Context, id string) error {
+	sb, err := s.lookup(ctx, id)
+	if err != nil {
+		return err
+	}
+	if sb.vm.State == model.VMPaused {
+		return errdefs.Errorf(errdefs.CodeConflict, "sandbox %s is already paused", id)
+	}
+	if _, err = s.VMs.Pause(ctx, sb.vm.ID); err != nil {
+		return err
+	}
+	// Idle relay connections rode the SSH connection the pause dropped.
+	s.proxy.close()
+	if _, err := s.VMs.SetTTL(context.WithoutCancel(ctx), sb.vm.ID, api.VMTTLRequest{TTL: model.TTLNone}); err != nil {
+		return fmt.Errorf("sandbox %s is paused but its deadline stays: %w", id, err)
+	}
+	return nil
+}
+
+// resume restores a paused sandbox's VM, with a new deadline timeout
+// seconds from now (defaultTimeout when 0), and checks that envd
+// answers; resumed says whether it was paused (a running one is left as
+// it is but for the deadline, which only ever grows).
+func (s *Service) resume(ctx context.Context, id string, timeout int) (sb sandbox, resumed bool, err error) {
+	sb, err = s.lookup(ctx, id)
+	if err != nil {
+		return sb, false, err
+	}
+	if sb.vm.State == model.VMPaused {
+		if timeout <= 0 {
+			timeout = defaultTimeout
+		}
+		// The deadline first: the one that paused it has passed or gone.
+		if err := s.setTimeout(ctx, id, timeout); err != nil {
+			return sb, false, err
+		}
+		vm, err := s.VMs.Resume(ctx, sb.vm.ID, nil)
+		if err != nil {
+			// Another connect may have resumed it meanwhile.
+			now, gerr := s.VMs.Get(ctx, sb.vm.ID)
+			if errdefs.CodeOf(err) != errdefs.CodeConflict || gerr != nil || !s.VMs.Alive(now) {
+				return sb, false, err
+			}
+			vm = now
+		}
+		sb.vm, resumed = vm, true
+	} else if !s.VMs.Alive(sb.vm) {
+		return sb, false, errdefs.Errorf(errdefs.CodeConflict, "sandbox %s is not running (vm state %s)", id, sb.vm.State)
+	} else if timeout > 0 {
+		want := s.Now().Add(time.Duration(timeout) * time.Second)
+		if sb.vm.ExpiresAt == nil || sb.vm.ExpiresAt.Before(want) {
+			if err := s.setTimeout(ctx, id, timeout); err != nil {
+				return sb, false, err
+			}
+		}
+	}
+	// A VM restarted by hand (`banger vm restart`) comes back without
+	// envd: start it again with the sandbox's token and environment.
+	if c, err := s.DialGuest(ctx, sb.vm, envd.Port); err == nil {
+		c.Close()
+	} else if err := s.startEnvd(ctx, sb.vm, sb.rec); err != nil {
+		return sb, resumed, err
+	}
+	sb.vm, err = s.VMs.Get(ctx, sb.vm.ID)
+	return sb, resumed, err
 }
 
 // kill deletes a sandbox's VM.
@@ -449,8 +573,8 @@ func (s *Service) kill(ctx context.Context, id string) error {
 	return s.VMs.Delete(ctx, sb.vm.ID, true)
 }
 
-// list is every sandbox, by creation.
-func (s *Service) list(ctx context.Context) ([]sandbox, error) {
+// list is every sandbox whose VM's labels sel matches, by creation.
+func (s *Service) list(ctx context.Context, sel model.LabelSelector) ([]sandbox, error) {
 	recs, err := s.Store.ListE2BSandboxes(ctx)
 	if err != nil {
 		return nil, err
@@ -465,7 +589,7 @@ func (s *Service) list(ctx context.Context) ([]sandbox, error) {
 	}
 	var out []sandbox
 	for _, r := range recs {
-		if vm, ok := byID[r.VMID]; ok {
+		if vm, ok := byID[r.VMID]; ok && sel.Matches(vm.Labels) {
 			out = append(out, sandbox{vm: vm, rec: r})
 		}
 	}

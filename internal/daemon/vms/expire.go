@@ -130,7 +130,8 @@ func (m *Manager) pokeExpiry() {
 
 // Expire enforces deadlines and idle timeouts until ctx ends: it sleeps
 // until the earliest one (or a change), then deletes or stops every VM
-// whose deadline passed or that has been idle for its idle timeout.
+// whose deadline passed or that has been idle for its idle timeout (or
+// pauses it, action TTLPause).
 func (m *Manager) Expire(ctx context.Context) {
 	for {
 		t := time.NewTimer(m.expireDue(ctx))
@@ -171,7 +172,29 @@ func (m *Manager) expireDue(ctx context.Context) time.Duration {
 		NextIdleWake(vms, m.uses(), m.since, m.now(), expiryRetry, expiryIdle))
 }
 
-// enforceDeadline deletes or stops a VM whose deadline passed, under its
+// stopOrPause stops vm (action TTLStop) or pauses it (TTLPause; stops
+// it when its VMM cannot pause). Called with the VM's lock held.
+func (m *Manager) stopOrPause(ctx context.Context, vm model.VM, action string) error {
+	if action == model.TTLPause {
+		_, err := m.pause(ctx, vm)
+		if errdefs.CodeOf(err) != errdefs.CodeUnavailable {
+			return err
+		}
+		m.log.Warn("cannot pause; stopping the vm instead", "vm", vm.Name, "err", err)
+	}
+	_, err := m.halt(ctx, vm, api.StopVMRequest{})
+	return err
+}
+
+// doing is the log word of a stop or pause action.
+func doing(action string) string {
+	if action == model.TTLPause {
+		return "pausing"
+	}
+	return "stopping"
+}
+
+// enforceDeadline deletes, stops or pauses a VM whose deadline passed, under its
 // lock. A VM busy with other work (a boot, a stop) is left for the next
 // look rather than waited for, so one long boot holds up no other VM.
 func (m *Manager) enforceDeadline(ctx context.Context, id string) {
@@ -185,12 +208,12 @@ func (m *Manager) enforceDeadline(ctx context.Context, id string) {
 		unlock()
 		return
 	}
-	if vm.ExpireAction == model.TTLStop {
+	if vm.ExpireAction == model.TTLStop || vm.ExpireAction == model.TTLPause {
 		defer unlock()
-		m.log.Info("vm deadline passed; stopping it", "vm", vm.Name, "expires_at", vm.ExpiresAt.Format(time.RFC3339))
+		m.log.Info("vm deadline passed; "+doing(vm.ExpireAction)+" it", "vm", vm.Name, "expires_at", vm.ExpiresAt.Format(time.RFC3339))
 		if m.Alive(vm) {
-			if _, err := m.halt(ctx, vm, api.StopVMRequest{}); err != nil {
-				m.log.Error("deadline: stop vm", "vm", vm.Name, "err", err)
+			if err := m.stopOrPause(ctx, vm, vm.ExpireAction); err != nil {
+				m.log.Error("deadline: "+vm.ExpireAction+" vm", "vm", vm.Name, "err", err)
 				return // tried again at the next look
 			}
 		}

@@ -116,6 +116,59 @@ func TestDeadlineStopsVM(t *testing.T) {
 	}
 }
 
+// TestDeadlinePausesVM: action pause saves the VM at its deadline, which
+// is then done with; a resume brings it back. An idle timeout pauses too.
+func TestDeadlinePausesVM(t *testing.T) {
+	f, _, _ := snapFixture(t)
+	c := fakeClock(f)
+	ctx := context.Background()
+	if _, err := f.m.Create(ctx, api.CreateVMRequest{Name: "nap", Disk: "64M", TTL: "10m", TTLAction: "pause", Start: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	c.advance(11 * time.Minute)
+	f.m.expireDue(ctx)
+	vm := assertPaused(t, f, "nap")
+	if vm.ExpiresAt != nil || vm.ExpireAction != "" {
+		t.Fatalf("deadline after the pause: %v %q", vm.ExpiresAt, vm.ExpireAction)
+	}
+	if vm, err := f.m.Resume(ctx, "nap", nil); err != nil || !f.m.Alive(vm) {
+		t.Fatalf("resume after the deadline: %v", err)
+	}
+	// Idle for its idle timeout: paused again.
+	if _, err := f.m.SetTTL(ctx, "nap", api.VMTTLRequest{Idle: "1m", Action: "pause"}); err != nil {
+		t.Fatal(err)
+	}
+	c.advance(2 * time.Minute)
+	f.m.expireDue(ctx)
+	assertPaused(t, f, "nap")
+	// A resume is activity: the VM is not paused again at once.
+	if _, err := f.m.Resume(ctx, "nap", nil); err != nil {
+		t.Fatal(err)
+	}
+	f.m.expireDue(ctx)
+	if vm := get(t, f, "nap"); vm.State != model.VMRunning {
+		t.Fatalf("right after the resume: %s", vm.State)
+	}
+	c.advance(2 * time.Minute)
+	f.m.expireDue(ctx)
+	assertPaused(t, f, "nap")
+}
+
+// TestDeadlinePauseWithoutSnapshots: a VMM that cannot pause stops the VM.
+func TestDeadlinePauseWithoutSnapshots(t *testing.T) {
+	f := newFixture(t)
+	c := fakeClock(f)
+	ctx := context.Background()
+	if _, err := f.m.Create(ctx, api.CreateVMRequest{Name: "nap", Disk: "64M", TTL: "10m", TTLAction: "pause", Start: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	c.advance(11 * time.Minute)
+	f.m.expireDue(ctx)
+	if vm := get(t, f, "nap"); vm.State != model.VMStopped || vm.ExpiresAt != nil || f.m.Alive(vm) {
+		t.Fatalf("after the deadline: %s alive=%v deadline %v", vm.State, f.m.Alive(vm), vm.ExpiresAt)
+	}
+}
+
 // A VM busy with other work is left for a later look, not waited for.
 func TestDeadlineWaitsForBusyVM(t *testing.T) {
 	f := newFixture(t)
@@ -191,7 +244,7 @@ func TestSetTTL(t *testing.T) {
 	if vm, err = f.m.SetTTL(ctx, "v", api.VMTTLRequest{TTL: "5m"}); err != nil || vm.ExpireAction != model.TTLDelete {
 		t.Fatalf("SetTTL 5m = %q, %v", vm.ExpireAction, err)
 	}
-	for _, req := range []api.VMTTLRequest{{TTL: ""}, {TTL: "soon"}, {TTL: "-1m"}, {TTL: "9999h"}, {TTL: "1m", Action: "pause"}} {
+	for _, req := range []api.VMTTLRequest{{TTL: ""}, {TTL: "soon"}, {TTL: "-1m"}, {TTL: "9999h"}, {TTL: "1m", Action: "nap"}} {
 		if _, err := f.m.SetTTL(ctx, "v", req); errdefs.CodeOf(err) != errdefs.CodeInvalid {
 			t.Errorf("SetTTL(%+v) = %v, want invalid", req, err)
 		}

@@ -206,11 +206,11 @@ func (m *Manager) enforceIdle(ctx context.Context, id string) {
 		return
 	}
 	idle := (time.Duration(vm.IdleTimeoutSeconds) * time.Second).String()
-	if vm.IdleAction == model.TTLStop {
+	if vm.IdleAction == model.TTLStop || vm.IdleAction == model.TTLPause {
 		defer unlock()
-		m.log.Info("vm idle; stopping it", "vm", vm.Name, "idle_timeout", idle)
-		if _, err := m.halt(ctx, vm, api.StopVMRequest{}); err != nil {
-			m.log.Error("idle: stop vm", "vm", vm.Name, "err", err)
+		m.log.Info("vm idle; "+doing(vm.IdleAction)+" it", "vm", vm.Name, "idle_timeout", idle)
+		if err := m.stopOrPause(ctx, vm, vm.IdleAction); err != nil {
+			m.log.Error("idle: "+vm.IdleAction+" vm", "vm", vm.Name, "err", err)
 		}
 		return
 	}

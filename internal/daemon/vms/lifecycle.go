@@ -72,6 +72,9 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 	if _, err := m.store.GetVM(ctx, name); err == nil {
 		return model.VM{}, errdefs.Errorf(errdefs.CodeConflict, "vm %q already exists", name)
 	}
+	if err := model.ValidateLabels(req.Labels); err != nil {
+		return model.VM{}, errdefs.Invalid(err)
+	}
 	netPolicy, err := m.netPolicy(ctx, model.VM{Name: name}, req.Net, req.Allow, req.Deny, req.AllowVMs)
 	if err != nil {
 		return model.VM{}, err
@@ -118,7 +121,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 		DesiredState: model.VMStopped, State: model.VMCreated,
 		VMM: drv.Name(), CowStrategy: strat.Name(),
 		DNSName:   name + "." + m.cfg.DNSSuffix,
-		CreatedAt: now, UpdatedAt: now, Net: netPolicy,
+		CreatedAt: now, UpdatedAt: now, Net: netPolicy, Labels: req.Labels,
 	}
 	if vm.ExpiresAt, _ = parseTTL(now, req.TTL, req.TTLAction, true); vm.ExpiresAt != nil {
 		vm.ExpireAction = req.TTLAction

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -347,5 +348,21 @@ func TestWatcherCapsConsole(t *testing.T) {
 	}
 	if old, err := os.Stat(vm.ConsolePath + ".1"); err != nil || old.Size() == 0 || old.Size() > 1<<20 {
 		t.Fatalf("console.log.1 after capping: %v, %v", old, err)
+	}
+}
+
+func TestCreateLabels(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	want := map[string]string{"app": "web", "k8s.banger.dev/pod-uid": "0f1e"}
+	vm, err := f.m.Create(ctx, api.CreateVMRequest{Name: "lab", Disk: "64M", Labels: want}, nil)
+	if err != nil || !reflect.DeepEqual(vm.Labels, want) {
+		t.Fatalf("Create = %v, %v", vm.Labels, err)
+	}
+	if got := get(t, f, "lab"); !reflect.DeepEqual(got.Labels, want) {
+		t.Fatalf("stored labels = %v", got.Labels)
+	}
+	if _, err := f.m.Create(ctx, api.CreateVMRequest{Name: "bad", Disk: "64M", Labels: map[string]string{"no spaces": "x"}}, nil); errdefs.CodeOf(err) != errdefs.CodeInvalid || exists(f, "bad") {
+		t.Fatalf("Create with a bad label = %v (made: %v)", err, exists(f, "bad"))
 	}
 }

@@ -163,7 +163,13 @@ func (m *Manager) resume(ctx context.Context, vm model.VM, report progress.Func)
 		m.markStopped(ctx, vm, "the saved state of the paused vm is missing")
 		return vm, errdefs.Errorf(errdefs.CodeConflict, "vm %s was paused but its saved state is gone (%v): it is stopped now; start it with `banger vm start %s`", vm.Name, err, vm.Name)
 	}
-	return m.launch(ctx, vm, report, dir)
+	vm, err := m.launch(ctx, vm, report, dir)
+	if err == nil {
+		// A resume is activity: the idle time before the pause must not
+		// pause the VM again at once.
+		m.Active(vm.ID)()
+	}
+	return vm, err
 }
 
 // discardState removes a VM's saved state (a stop of a paused VM), and

@@ -139,9 +139,9 @@ async function main() {
     const [m] = await sbx.getMetrics()
     assert.ok(m.cpuCount >= 1 && m.memTotal > 0 && m.memUsed > 0 && m.diskTotal > 0 && m.diskUsed > 0, JSON.stringify(m))
   })
-  await step('Sandbox.list with a metadata filter', async () => {
+  await step('Sandbox.list with a metadata filter shows metadata and state', async () => {
     const mine = await Sandbox.list({ query: { metadata: { suite: tag } } }).nextItems()
-    assert.deepEqual(mine.map((s) => s.sandboxId), [sbx.sandboxId])
+    assert.deepEqual(mine.map((s) => [s.sandboxId, s.state, s.metadata]), [[sbx.sandboxId, 'running', { suite: tag }]])
     const none = await Sandbox.list({ query: { metadata: { suite: 'other' + tag } } }).nextItems()
     assert.equal(none.length, 0)
   })
@@ -158,8 +158,25 @@ async function main() {
     await sbx.pty.resize(h.pid, { cols: 100, rows: 30 })
     assert.equal(await sbx.pty.kill(h.pid), true)
   })
-  await step('pause answers not supported', async () => {
-    await assert.rejects(sbx.pause(), /not supported by banger/)
+  await step('pause, then connect resumes: files and background commands kept', async () => {
+    await sbx.files.write('kept.txt', 'written before the pause')
+    const bg = await sbx.commands.run('sleep 3600', { background: true })
+    assert.equal(await sbx.pause(), true)
+    assert.equal(await sbx.pause(), false)
+    assert.equal(await sbx.isRunning(), false)
+    const paused = await Sandbox.list({ query: { metadata: { suite: tag }, state: ['paused'] } }).nextItems()
+    assert.deepEqual(paused.map((s) => [s.sandboxId, s.state]), [[sbx.sandboxId, 'paused']])
+    const running = await Sandbox.list({ query: { metadata: { suite: tag }, state: ['running'] } }).nextItems()
+    assert.equal(running.length, 0)
+    assert.ok(new Date((await sbx.getInfo()).endAt).getTime() <= 0, 'a paused sandbox keeps no deadline')
+    const again = await Sandbox.connect(sbx.sandboxId, { timeoutMs: 600_000 })
+    assert.equal(await again.isRunning(), true)
+    assert.equal(await again.files.read('kept.txt'), 'written before the pause')
+    const list = await again.commands.list()
+    assert.ok(list.some((p) => p.pid === bg.pid), 'background pid ' + bg.pid + ' in ' + JSON.stringify(list.map((p) => p.pid)))
+    assert.equal((await again.commands.run('echo resumed')).stdout, 'resumed\n')
+    assert.equal((await again.getInfo()).state, 'running')
+    await again.commands.kill(bg.pid)
   })
   await step('kill: isRunning false, URL 502', async () => {
     const host = sbx.getHost(49983)
@@ -178,6 +195,26 @@ async function main() {
     const gone = Date.now() - t0
     assert.ok(gone >= 19_000, 'gone after ' + gone + ' ms, before its timeout')
     console.log('short sandbox gone after ' + gone + ' ms')
+  })
+  await step('a short timeout with onTimeout pause pauses the sandbox', async () => {
+    const t0 = Date.now()
+    const ap = await Sandbox.create({ timeoutMs: 15_000, lifecycle: { onTimeout: 'pause' }, metadata: { suite: tag + 'ap' } })
+    await ap.files.write('ap.txt', 'kept')
+    while (await ap.isRunning()) {
+      assert.ok(Date.now() - t0 < 90_000, 'still running 90 s after a 15 s timeout')
+      await sleep(1000)
+    }
+    let info
+    for (let i = 0; i < 60; i++) {
+      info = await ap.getInfo()
+      if (info.state === 'paused') break
+      await sleep(1000)
+    }
+    assert.equal(info.state, 'paused', 'state ' + info.state)
+    console.log('autoPause sandbox paused after ' + (Date.now() - t0) + ' ms')
+    const back = await Sandbox.connect(ap.sandboxId)
+    assert.equal(await back.files.read('ap.txt'), 'kept')
+    await back.kill()
   })
   await step('wrong API key', async () => {
     await assert.rejects(Sandbox.list({ apiKey: 'e2b_wrong' }).nextItems(), AuthenticationError)

@@ -103,14 +103,20 @@ async function main() {
     const r = await again.commands.run('echo again')
     assert.equal(r.stdout, 'again\n')
   })
-  await step('pause is not supported', async () => {
-    let err
-    try {
-      await sbx.pause()
-    } catch (e) {
-      err = e
-    }
-    assert.ok(err && /not supported by banger/.test(err.message), String(err))
+  await step('pause, list paused, connect resumes', async () => {
+    assert.equal(await sbx.pause(), true)
+    assert.equal(await sbx.pause(), false)
+    assert.equal(await sbx.isRunning(), false)
+    const paused = await Sandbox.list({ query: { metadata: { suite: tag }, state: ['paused'] } }).nextItems()
+    assert.deepEqual(paused.map((s) => [s.sandboxId, s.state]), [[sbx.sandboxId, 'paused']])
+    const again = await Sandbox.connect(sbx.sandboxId)
+    assert.equal((await again.commands.run('echo resumed')).stdout, 'resumed\n')
+    assert.equal((await again.getInfo()).state, 'running')
+  })
+  await step('lifecycle onTimeout pause', async () => {
+    const ap = await Sandbox.create({ lifecycle: { onTimeout: 'pause' } })
+    assert.equal((await ap.getInfo()).lifecycle.onTimeout, 'pause')
+    await ap.kill()
   })
   await step('kill, then isRunning false and 502', async () => {
     const host = sbx.getHost(49983)
