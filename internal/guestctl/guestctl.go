@@ -191,12 +191,14 @@ func (c *Client) Call(ctx context.Context, req Request) (Reply, error) {
 		_, _ = rand.Read(b[:])
 		req.ID = hex.EncodeToString(b[:])
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(dl)
-		defer conn.SetDeadline(time.Time{})
-	}
+	// ctx ends the exchange by making the connection's reads and writes
+	// fail at once (ctx.Err is set by then, so the error names it).
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	defer func() {
+		if !stop() {
+			_ = conn.SetDeadline(time.Time{})
+		}
+	}()
 	line, err := json.Marshal(req)
 	if err != nil {
 		return Reply{}, err
