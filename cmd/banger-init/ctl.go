@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -160,6 +161,16 @@ func applyIdentity(req guestctl.Request) error {
 			return fmt.Errorf("machine id: %w", err)
 		}
 	}
+	if len(req.HostKey) > 0 {
+		if err := setHostKey(req.HostKey, req.HostPub); err != nil {
+			return fmt.Errorf("host key: %w", err)
+		}
+	}
+	if req.MAC != "" || req.Addr != "" {
+		if err := setAddress(req); err != nil {
+			return fmt.Errorf("network: %w", err)
+		}
+	}
 	if req.Hostname != "" {
 		if err := setHostname(req.Hostname); err != nil {
 			return fmt.Errorf("hostname: %w", err)
@@ -171,6 +182,132 @@ func applyIdentity(req guestctl.Request) error {
 					return fmt.Errorf("/etc/hosts: %w", err)
 				}
 			}
+		}
+	}
+	return nil
+}
+
+// setHostKey installs sshd's new host key where sshd reads it and on the
+// work disk (where a boot installs it from), then has sshd load it:
+// SIGHUP makes sshd re-execute itself with the same PID.
+func setHostKey(priv []byte, pub string) error {
+	dsts := []string{guestinit.HostKeyPath}
+	if mounted(guestinit.WorkMount) {
+		work := filepath.Join(guestinit.WorkMount, guestinit.WorkHostKey)
+		if err := os.MkdirAll(filepath.Dir(work), 0o700); err != nil {
+			return err
+		}
+		dsts = append(dsts, work)
+	}
+	for _, dst := range dsts {
+		if err := replaceFile(dst, string(priv), 0o600); err != nil {
+			return err
+		}
+		if err := replaceFile(dst+".pub", pub+"\n", 0o644); err != nil {
+			return err
+		}
+	}
+	// Answered only once sshd serves the new key: the host connects as
+	// soon as the link is up and would otherwise meet the old one. sshd
+	// closes its listener and binds a new one when it has re-executed,
+	// so a new listening socket on port 22 tells.
+	before := sshListener()
+	pids := pidsOf(sshdPath)
+	for _, pid := range pids {
+		_ = unix.Kill(pid, unix.SIGHUP)
+	}
+	if len(pids) == 0 {
+		return nil
+	}
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if now := sshListener(); now != "" && now != before {
+			return nil
+		}
+	}
+	return fmt.Errorf("sshd did not reload its host key within 15s")
+}
+
+// sshListener is the inode of the IPv4 socket listening on port 22
+// (/proc/net/tcp), "" when there is none.
+func sshListener() string {
+	raw, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		return ""
+	}
+	for _, l := range strings.Split(string(raw), "\n") {
+		f := strings.Fields(l)
+		if len(f) > 9 && strings.HasSuffix(f[1], ":0016") && f[3] == "0A" {
+			return f[9]
+		}
+	}
+	return ""
+}
+
+// pidsOf lists the processes whose parent is PID 1 running exe (the
+// daemons PID 1 supervises).
+func pidsOf(exe string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if p, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe")); err != nil || p != exe {
+			continue
+		}
+		stat := readSmallTrim(filepath.Join("/proc", e.Name(), "stat"))
+		if i := strings.LastIndexByte(stat, ')'); i >= 0 {
+			if f := strings.Fields(stat[i+1:]); len(f) > 1 && f[1] == "1" {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}
+
+// setAddress gives eth0 a new MAC and replaces its IPv4 addresses (and
+// default route), forgetting its neighbours: a restored fork must not
+// speak with its parent's identity. The link is left up.
+func setAddress(req guestctl.Request) error {
+	eth, err := firstEthernet()
+	if err != nil {
+		return err
+	}
+	if req.MAC != "" {
+		hw, _ := net.ParseMAC(req.MAC)
+		if err := netlink.LinkSetHardwareAddr(eth, hw); err != nil {
+			return fmt.Errorf("mac %s: %w", req.MAC, err)
+		}
+	}
+	if req.Addr != "" {
+		p, _ := netip.ParsePrefix(req.Addr)
+		old, err := netlink.AddrList(eth, netlink.FAMILY_V4)
+		if err != nil {
+			return err
+		}
+		for _, a := range old {
+			a := a
+			_ = netlink.AddrDel(eth, &a)
+		}
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}}
+		if err := netlink.AddrReplace(eth, addr); err != nil {
+			return fmt.Errorf("address %s: %w", req.Addr, err)
+		}
+	}
+	if err := netlink.LinkSetUp(eth); err != nil {
+		return err
+	}
+	if req.Gateway != "" {
+		gw, _ := netip.ParseAddr(req.Gateway)
+		if err := netlink.RouteReplace(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: gw.AsSlice()}); err != nil {
+			return fmt.Errorf("default route via %s: %w", req.Gateway, err)
+		}
+	}
+	if neighs, err := netlink.NeighList(eth.Attrs().Index, netlink.FAMILY_V4); err == nil {
+		for _, n := range neighs {
+			n := n
+			_ = netlink.NeighDel(&n)
 		}
 	}
 	return nil

@@ -404,6 +404,11 @@ func (c *Client) RemoveSnapshot(ctx context.Context, ref string) error {
 	return c.call(ctx, "DELETE", "/v1/snapshots/"+esc(ref), nil, nil, nil)
 }
 
+// Fork makes VMs that resume from a snapshot, reporting progress.
+func (c *Client) Fork(ctx context.Context, req ForkRequest, report progress.Func) ([]model.VM, error) {
+	return streamFor[[]model.VM](ctx, c, "POST", "/v1/fork", req, report)
+}
+
 // DeleteVM deletes a VM; force stops it first if it runs.
 func (c *Client) DeleteVM(ctx context.Context, ref string, force bool) error {
 	var q url.Values

@@ -104,6 +104,7 @@ func (h *handler) routes() []route {
 		{"GET /v1/snapshots", h.listSnapshots},
 		{"GET /v1/snapshots/{ref}", h.getSnapshot},
 		{"DELETE /v1/snapshots/{ref}", h.removeSnapshot},
+		{"POST /v1/fork", h.fork},
 		{"DELETE /v1/vms/{ref}", h.deleteVM},
 		{"PUT /v1/vms/{ref}/net", h.setVMNet},
 		{"GET /v1/vms/{ref}/logs", h.vmLogs},
@@ -565,6 +566,15 @@ func (h *handler) getSnapshot(w http.ResponseWriter, r *http.Request) {
 
 func (h *handler) removeSnapshot(w http.ResponseWriter, r *http.Request) {
 	replyEmpty(w, h.svc.RemoveSnapshot(r.Context(), r.PathValue("ref")))
+}
+
+func (h *handler) fork(w http.ResponseWriter, r *http.Request) {
+	req, ok := readBody[ForkRequest](w, r)
+	if !ok {
+		return
+	}
+	s := &stream{w: w}
+	s.finish(h.svc.Fork(r.Context(), req, s.progress))
 }
 
 func (h *handler) deleteVM(w http.ResponseWriter, r *http.Request) {

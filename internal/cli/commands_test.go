@@ -149,6 +149,20 @@ func (fakeService) RemoveSnapshot(_ context.Context, ref string) error {
 	}
 	return nil
 }
+func (fakeService) Fork(_ context.Context, req api.ForkRequest, report progress.Func) ([]model.VM, error) {
+	if req.Source == "missing" {
+		return nil, errdefs.Errorf(errdefs.CodeNotFound, "no snapshot or vm named %q to fork", req.Source)
+	}
+	report(progress.Event{Phase: "fork", Message: "kid-1 (1 of 2)", Elapsed: 0.1})
+	var out []model.VM
+	for i := range req.Count {
+		v := fakeVM
+		v.Name = fmt.Sprintf("%s-%d", req.NamePrefix, i+1)
+		v.GuestIP, v.GuestMAC = fmt.Sprintf("172.16.0.%d", 3+i), fmt.Sprintf("02:00:ac:10:00:%02x", 3+i)
+		out = append(out, v)
+	}
+	return out, nil
+}
 func (fakeService) PauseVM(_ context.Context, ref string) (model.VM, error) {
 	v := fakeVM
 	v.Name, v.State, v.DesiredState = ref, model.VMPaused, model.VMPaused
@@ -323,6 +337,8 @@ func TestCommandOutput(t *testing.T) {
 		{"vm", "snapshot", "list"},
 		{"vm", "snapshot", "show", "s1"},
 		{"vm", "snapshot", "rm", "s1", "used"},
+		{"vm", "fork", "s1", "--count", "2", "--name-prefix", "kid"},
+		{"vm", "fork", "missing"},
 		{"vm", "stop", "a", "b"},
 		{"vm", "stop", "a", "missing"},
 		{"vm", "delete", "a", "b"},

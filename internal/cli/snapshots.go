@@ -55,6 +55,29 @@ func (a *app) vmSnapshotCommand() *cobra.Command {
 	return cmd
 }
 
+// vmForkCommand is `banger vm fork`.
+func (a *app) vmForkCommand() *cobra.Command {
+	var count int
+	var prefix string
+	cmd := &cobra.Command{
+		Use: "fork VM|SNAPSHOT", Short: "Make VMs that resume from a snapshot (of a running VM: one is taken first)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return showList(a, cmd, func(c *api.Client, ctx context.Context) ([]model.VM, error) {
+				return c.Fork(ctx, api.ForkRequest{Source: args[0], Count: count, NamePrefix: prefix}, progressPrinter(a.stderr))
+			}, func(w io.Writer, vms []model.VM) error {
+				rows := make([][]string, 0, len(vms))
+				for _, v := range vms {
+					rows = append(rows, []string{v.Name, string(v.State), orDash(v.GuestIP), v.GuestMAC})
+				}
+				return table(w, []string{"NAME", "STATE", "IP", "MAC"}, rows)
+			})
+		},
+	}
+	cmd.Flags().IntVarP(&count, "count", "n", 1, "how many VMs to make")
+	cmd.Flags().StringVar(&prefix, "name-prefix", "", "their names' prefix: PREFIX-1, PREFIX-2, … (default: VM-fork)")
+	return cmd
+}
+
 var snapshotHeader = []string{"ID", "NAME", "VM", "STATE", "MEMORY", "SIZE", "USED BY", "CREATED"}
 
 func snapshotRows(ss []model.Snapshot, now time.Time) [][]string {

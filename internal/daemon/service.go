@@ -210,6 +210,10 @@ func (d *Daemon) RemoveSnapshot(ctx context.Context, ref string) error {
 	return d.vms.RemoveSnapshot(ctx, ref)
 }
 
+func (d *Daemon) Fork(ctx context.Context, req api.ForkRequest, report progress.Func) ([]model.VM, error) {
+	return d.vms.Fork(ctx, req.Source, req.Count, req.NamePrefix, report)
+}
+
 func (d *Daemon) PauseVM(ctx context.Context, ref string) (model.VM, error) {
 	return d.vms.Pause(ctx, ref)
 }

@@ -27,6 +27,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -65,6 +67,11 @@ type Request struct {
 	Hostname  string `json:"hostname,omitempty"`
 	MachineID string `json:"machine_id,omitempty"` // 32 lowercase hex digits
 	Seed      []byte `json:"seed,omitempty"`       // mixed into the entropy pool (at most 512 bytes)
+	MAC       string `json:"mac,omitempty"`        // eth0's new hardware address
+	Addr      string `json:"addr,omitempty"`       // eth0's new IPv4 prefix ("172.16.0.5/24"), replacing its others
+	Gateway   string `json:"gw,omitempty"`         // the default route, with Addr
+	HostKey   []byte `json:"host_key,omitempty"`   // sshd's new ed25519 private key (OpenSSH PEM), at most 4 KiB
+	HostPub   string `json:"host_pub,omitempty"`   // its public half, one authorized_keys line
 	// Clock: the host's wall clock, nanoseconds since the epoch.
 	UnixNano int64 `json:"unix_ns,omitempty"`
 }
@@ -101,6 +108,7 @@ type Identity struct {
 const (
 	maxHostname = 64
 	maxSeed     = 512
+	maxHostKey  = 4096
 )
 
 // Validate checks a request's fields for its operation; the guest runs it
@@ -117,6 +125,25 @@ func (r Request) Validate() error {
 		}
 		if len(r.Seed) > maxSeed {
 			return fmt.Errorf("seed of %d bytes: at most %d", len(r.Seed), maxSeed)
+		}
+		if r.MAC != "" {
+			if hw, err := net.ParseMAC(r.MAC); err != nil || len(hw) != 6 || hw[0]&1 != 0 {
+				return fmt.Errorf("mac %q: want a unicast Ethernet address", r.MAC)
+			}
+		}
+		if r.Addr != "" {
+			if p, err := netip.ParsePrefix(r.Addr); err != nil || !p.Addr().Is4() {
+				return fmt.Errorf("addr %q: want an IPv4 prefix like 172.16.0.5/24", r.Addr)
+			}
+		}
+		if r.Gateway != "" {
+			if a, err := netip.ParseAddr(r.Gateway); err != nil || !a.Is4() || r.Addr == "" {
+				return fmt.Errorf("gw %q: want an IPv4 address, given with addr", r.Gateway)
+			}
+		}
+		if (len(r.HostKey) == 0) != (r.HostPub == "") || len(r.HostKey) > maxHostKey ||
+			(r.HostPub != "" && (!strings.HasPrefix(r.HostPub, "ssh-ed25519 ") || strings.ContainsAny(r.HostPub, "\n\r"))) {
+			return fmt.Errorf("host key: want an ed25519 private key of at most %d bytes with its one-line public half", maxHostKey)
 		}
 	case OpClock:
 		if r.UnixNano <= 0 {

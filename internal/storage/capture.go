@@ -83,3 +83,16 @@ func sparseCopy(ctx context.Context, in, out *os.File, size int64) error {
 	}
 	return nil
 }
+
+// ForkQcow2 makes dst a qcow2 overlay whose backing file is the qcow2
+// file backing (a snapshot's captured system disk), in constant time:
+// every read falls through to backing until the VM writes. backing must
+// stay unchanged while dst exists. Made with qemu-img through dst+".tmp".
+func ForkQcow2(ctx context.Context, backing, dst string) error {
+	tmp := dst + ".tmp"
+	if _, err := runArgv(ctx, []string{"qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2", tmp}); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("qcow2 overlay over %s: %w", backing, err)
+	}
+	return replaceFile(tmp, dst)
+}

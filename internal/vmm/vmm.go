@@ -47,6 +47,11 @@ type Disk struct {
 type NetIface struct {
 	Tap string // host tap device name, already created and attached to the bridge
 	MAC string // guest MAC, "02:…"
+	// LinkDown holds the guest's link down when a Restore lets the guest
+	// run, until LinkSetter.SetLink raises it: a fork restored with its
+	// parent's addresses must not reach the bridge before it is told its
+	// own. Only drivers that implement LinkSetter honour it.
+	LinkDown bool
 }
 
 // Kernel is the guest kernel and how to boot it.
@@ -240,6 +245,16 @@ type Controller interface {
 	// deadline). A guest that never serves it leaves the caller's reads
 	// waiting until that deadline.
 	DialControl(ctx context.Context, dir string) (net.Conn, error)
+}
+
+// LinkSetter is an optional ability of a Driver: raising or dropping the
+// link of a running guest's network interface (the carrier the guest
+// sees), as a cable would. Restore honours Spec.Net.LinkDown only in a
+// driver that has it.
+type LinkSetter interface {
+	// SetLink sets the link of the VM's interface up or down. Setting it
+	// as it is is not an error.
+	SetLink(ctx context.Context, h Handle, up bool) error
 }
 
 // WaitExit polls until the process of h is gone or ctx ends; it returns true

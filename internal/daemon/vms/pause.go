@@ -152,7 +152,7 @@ func (m *Manager) resume(ctx context.Context, vm model.VM, report progress.Func)
 		m.markStopped(ctx, vm, "the saved state of the paused vm is missing")
 		return vm, errdefs.Errorf(errdefs.CodeConflict, "vm %s was paused but its saved state is gone (%v): it is stopped now; start it with `banger vm start %s`", vm.Name, err, vm.Name)
 	}
-	return m.launch(ctx, vm, report, dir)
+	return m.launch(ctx, vm, report, dir, nil)
 }
 
 // discardState removes a VM's saved state (a stop of a paused VM), and

@@ -19,9 +19,9 @@ import (
 
 // Files of a snapshot's directory (<state>/snapshots/<id>/).
 const (
-	snapStateName  = "state"      // the driver's state files (vmm.Snapshotter.Save)
-	snapWorkName   = "work.ext4"  // the work disk as it was
-	snapSystemBase = "system"     // + the system disk file's extension (system.qcow2, system.img)
+	snapStateName  = "state"     // the driver's state files (vmm.Snapshotter.Save)
+	snapWorkName   = "work.ext4" // the work disk as it was
+	snapSystemBase = "system"    // + the system disk file's extension (system.qcow2, system.img)
 	snapCreateWait = 30 * time.Second
 )
 

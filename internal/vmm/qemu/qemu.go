@@ -93,7 +93,19 @@ var (
 	_ vmm.Confiner      = (*Driver)(nil)
 	_ vmm.Snapshotter   = (*Driver)(nil)
 	_ vmm.Controller    = (*Driver)(nil)
+	_ vmm.LinkSetter    = (*Driver)(nil)
 )
+
+// netdevID is the id of the guest's network backend (-netdev …,id=).
+const netdevID = "net0"
+
+// SetLink sets the guest NIC's link (QMP set_link on the netdev, which
+// the virtio-net device and the guest see as carrier).
+func (d *Driver) SetLink(ctx context.Context, h vmm.Handle, up bool) error {
+	return withQMP(ctx, h.APISocket, func(c *qmp) error {
+		return c.execute(ctx, "set_link", map[string]any{"name": netdevID, "up": up}, nil)
+	})
+}
 
 // DialControl connects to the control channel's socket, CtlSocket(dir).
 // QEMU serves one connection at a time: a second dial waits in the
@@ -455,7 +467,13 @@ func (d *Driver) start(ctx context.Context, spec vmm.Spec, incoming *os.File) (v
 			}
 			if restoring && incoming == nil && st.Status == "paused" {
 				// Loaded: the state was saved with the vCPUs stopped,
-				// and QEMU keeps the saved run state.
+				// and QEMU keeps the saved run state. A link held down
+				// is dropped before the guest runs a single instruction.
+				if spec.Net != nil && spec.Net.LinkDown {
+					if err := c.execute(sctx, "set_link", map[string]any{"name": netdevID, "up": false}, nil); err != nil {
+						return err
+					}
+				}
 				if err := c.execute(sctx, "cont", nil, nil); err != nil {
 					return err
 				}
