@@ -126,7 +126,8 @@ func TestVMSnapshot(t *testing.T) {
 // exec at once, each seeing the file written before the snapshot and
 // neither seeing what the other wrote after; the original runs on. Then
 // the bad inputs (a missing source, a taken name, removing a snapshot in
-// use), and deleting everything leaves nothing behind.
+// use); a fork stopped and booted cold is still itself; deleting
+// everything leaves nothing behind.
 func TestVMFork(t *testing.T) {
 	h := NewHarness(t)
 	const vm = "parent"
@@ -206,6 +207,14 @@ func TestVMFork(t *testing.T) {
 	}
 	if out := h.MustRun("vm", "exec", vm, "--", "hostname"); strings.TrimSpace(out) != vm {
 		t.Errorf("the parent now says it is %q", out)
+	}
+
+	// A fork is an ordinary VM afterwards: stopped and booted cold from
+	// its own disks, it is still itself (its host key is on its work disk).
+	h.MustRun("vm", "stop", "kid-2")
+	h.MustRun("vm", "start", "kid-2")
+	if out := h.MustRun("vm", "exec", "kid-2", "--", "sh", "-c", "hostname; cat /root/before.txt"); strings.TrimSpace(out) != "kid-2\nbefore" {
+		t.Errorf("kid-2 after a cold boot said %q", out)
 	}
 
 	for _, c := range []struct {
