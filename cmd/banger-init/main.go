@@ -4,9 +4,11 @@
 // mounts the kernel filesystems, configures the guest from the banger.*
 // kernel parameters (hostname, hosts, resolv.conf, eth0, the work disk at
 // /root, the daemon's SSH key, the VM's own host key from the work disk),
-// runs sshd and keeps it running, reaps orphans, and on a stop request
-// (Ctrl-Alt-Del as SIGINT, SIGTERM, SIGPWR or the ACPI power key) shuts
-// down cleanly and reboots, which ends the VMM.
+// runs sshd and keeps it running, serves the control channel
+// (internal/guestctl) on its virtio-serial port, reaps orphans, and on a
+// stop request (Ctrl-Alt-Del as SIGINT, SIGTERM, SIGPWR, the ACPI power
+// key or the control channel's poweroff) shuts down cleanly and reboots,
+// which ends the VMM.
 //
 // `banger-init setup` does only the configuration steps, for images whose
 // PID 1 is systemd (a oneshot unit ordered before ssh.service), and

@@ -41,10 +41,13 @@ func runPID1() {
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, unix.SIGCHLD, unix.SIGINT, unix.SIGTERM, unix.SIGPWR)
 
+	power := make(chan string, 1)
+	// The control channel first: it needs no network, and a restored fork
+	// is told who it is there before its link is let up.
+	go serveControl(power)
 	if err := setup(); err != nil {
 		logf("setup: %v", err)
 	}
-	power := make(chan string, 1)
 	go watchPowerKey(power)
 
 	sshd := &supervised{path: sshdPath, args: []string{sshdPath, "-D", "-e"}}
@@ -189,6 +192,7 @@ func watchPowerKey(out chan<- string) {
 func watchPowerSystemd() {
 	power := make(chan string, 1)
 	go watchPowerKey(power)
+	go serveControl(power)
 	why := <-power
 	logf("stop requested (%s): systemctl reboot", why)
 	cmd := exec.Command("systemctl", "reboot")

@@ -390,6 +390,31 @@ func (c *Client) ResumeVM(ctx context.Context, ref string, report progress.Func)
 	return streamFor[model.VM](ctx, c, "POST", "/v1/vms/"+esc(ref)+"/resume", nil, report)
 }
 
+// CreateSnapshot takes a snapshot of a running VM.
+func (c *Client) CreateSnapshot(ctx context.Context, vmRef string, req CreateSnapshotRequest) (model.Snapshot, error) {
+	return callFor[model.Snapshot](ctx, c, "POST", "/v1/vms/"+esc(vmRef)+"/snapshots", req)
+}
+
+// ListSnapshots lists every snapshot.
+func (c *Client) ListSnapshots(ctx context.Context) ([]model.Snapshot, error) {
+	return callFor[[]model.Snapshot](ctx, c, "GET", "/v1/snapshots", nil)
+}
+
+// GetSnapshot finds a snapshot by name, id or id prefix.
+func (c *Client) GetSnapshot(ctx context.Context, ref string) (model.Snapshot, error) {
+	return callFor[model.Snapshot](ctx, c, "GET", "/v1/snapshots/"+esc(ref), nil)
+}
+
+// RemoveSnapshot deletes a snapshot no VM was made from.
+func (c *Client) RemoveSnapshot(ctx context.Context, ref string) error {
+	return c.call(ctx, "DELETE", "/v1/snapshots/"+esc(ref), nil, nil, nil)
+}
+
+// Fork makes VMs that resume from a snapshot, reporting progress.
+func (c *Client) Fork(ctx context.Context, req ForkRequest, report progress.Func) ([]model.VM, error) {
+	return streamFor[[]model.VM](ctx, c, "POST", "/v1/fork", req, report)
+}
+
 // DeleteVM deletes a VM; force stops it first if it runs.
 func (c *Client) DeleteVM(ctx context.Context, ref string, force bool) error {
 	var q url.Values

@@ -102,6 +102,11 @@ func (h *handler) routes() []route {
 		{"POST /v1/vms/{ref}/restart", h.restartVM},
 		{"POST /v1/vms/{ref}/pause", h.pauseVM},
 		{"POST /v1/vms/{ref}/resume", h.resumeVM},
+		{"POST /v1/vms/{ref}/snapshots", h.createSnapshot},
+		{"GET /v1/snapshots", h.listSnapshots},
+		{"GET /v1/snapshots/{ref}", h.getSnapshot},
+		{"DELETE /v1/snapshots/{ref}", h.removeSnapshot},
+		{"POST /v1/fork", h.fork},
 		{"DELETE /v1/vms/{ref}", h.deleteVM},
 		{"PUT /v1/vms/{ref}/net", h.setVMNet},
 		{"GET /v1/vms/{ref}/logs", h.vmLogs},
@@ -550,6 +555,38 @@ func (h *handler) pauseVM(w http.ResponseWriter, r *http.Request) {
 func (h *handler) resumeVM(w http.ResponseWriter, r *http.Request) {
 	s := &stream{w: w}
 	s.finish(h.svc.ResumeVM(r.Context(), r.PathValue("ref"), s.progress))
+}
+
+func (h *handler) createSnapshot(w http.ResponseWriter, r *http.Request) {
+	req, ok := readBody[CreateSnapshotRequest](w, r)
+	if !ok {
+		return
+	}
+	v, err := h.svc.CreateSnapshot(r.Context(), r.PathValue("ref"), req)
+	reply(w, v, err)
+}
+
+func (h *handler) listSnapshots(w http.ResponseWriter, r *http.Request) {
+	v, err := nonNil(h.svc.ListSnapshots(r.Context()))
+	reply(w, v, err)
+}
+
+func (h *handler) getSnapshot(w http.ResponseWriter, r *http.Request) {
+	v, err := h.svc.GetSnapshot(r.Context(), r.PathValue("ref"))
+	reply(w, v, err)
+}
+
+func (h *handler) removeSnapshot(w http.ResponseWriter, r *http.Request) {
+	replyEmpty(w, h.svc.RemoveSnapshot(r.Context(), r.PathValue("ref")))
+}
+
+func (h *handler) fork(w http.ResponseWriter, r *http.Request) {
+	req, ok := readBody[ForkRequest](w, r)
+	if !ok {
+		return
+	}
+	s := &stream{w: w}
+	s.finish(h.svc.Fork(r.Context(), req, s.progress))
 }
 
 func (h *handler) deleteVM(w http.ResponseWriter, r *http.Request) {

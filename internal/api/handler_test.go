@@ -33,6 +33,8 @@ type fakeService struct {
 	setVMTTL     func(ref string, req VMTTLRequest) (model.VM, error)
 	pauseVM      func(ref string) (model.VM, error)
 	resumeVM     func(ref string, p progress.Func) (model.VM, error)
+	snapshots    map[string]model.Snapshot
+	forkReq      ForkRequest
 	vmLogs       func(req LogsRequest, w io.Writer) error
 	execVM       func(req ExecRequest, stdout, stderr io.Writer) (int, error)
 	prepare      func(req WorkspaceRequest, tar io.Reader) (WorkspaceInfo, error)
@@ -68,6 +70,42 @@ func (f *fakeService) PauseVM(_ context.Context, ref string) (model.VM, error) {
 }
 func (f *fakeService) ResumeVM(_ context.Context, ref string, p progress.Func) (model.VM, error) {
 	return f.resumeVM(ref, p)
+}
+func (f *fakeService) CreateSnapshot(_ context.Context, vmRef string, req CreateSnapshotRequest) (model.Snapshot, error) {
+	if vmRef == "gone" {
+		return model.Snapshot{}, errdefs.NotFound("vm", vmRef)
+	}
+	s := model.Snapshot{ID: "s" + req.Name, Name: req.Name, VMName: vmRef, State: model.SnapshotReady}
+	f.snapshots[req.Name] = s
+	return s, nil
+}
+func (f *fakeService) ListSnapshots(context.Context) ([]model.Snapshot, error) {
+	var out []model.Snapshot
+	for _, s := range f.snapshots {
+		out = append(out, s)
+	}
+	return out, nil
+}
+func (f *fakeService) GetSnapshot(_ context.Context, ref string) (model.Snapshot, error) {
+	if s, ok := f.snapshots[ref]; ok {
+		return s, nil
+	}
+	return model.Snapshot{}, errdefs.NotFound("snapshot", ref)
+}
+func (f *fakeService) RemoveSnapshot(_ context.Context, ref string) error {
+	if ref == "used" {
+		return errdefs.Errorf(errdefs.CodeConflict, "snapshot used is used by vm kid-1: delete those vms first")
+	}
+	delete(f.snapshots, ref)
+	return nil
+}
+func (f *fakeService) Fork(_ context.Context, req ForkRequest, p progress.Func) ([]model.VM, error) {
+	f.forkReq = req
+	p(progress.Event{Phase: "fork", Message: "kid-1 (1 of 1)"})
+	if req.Source == "gone" {
+		return nil, errdefs.Errorf(errdefs.CodeNotFound, "no snapshot or vm named %q to fork", req.Source)
+	}
+	return []model.VM{{Name: req.NamePrefix + "-1", State: model.VMRunning}}, nil
 }
 func (f *fakeService) VMLogs(_ context.Context, _ string, req LogsRequest, w io.Writer) error {
 	// Enums are the domain's to validate; the handler only decodes.
@@ -806,5 +844,45 @@ func TestPauseResumeRoutes(t *testing.T) {
 	}
 	if _, err := c.ResumeVM(ctx, "web2", nil); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "not paused") {
 		t.Fatalf("ResumeVM of a running vm: %v", err)
+	}
+}
+
+// Snapshot routes answer snapshots; fork streams progress, then the
+// VMs; errors keep their kind.
+func TestSnapshotForkRoutes(t *testing.T) {
+	svc := &fakeService{snapshots: map[string]model.Snapshot{}}
+	c, _ := serve(t, svc)
+	ctx := context.Background()
+	if s, err := c.CreateSnapshot(ctx, "web", CreateSnapshotRequest{Name: "s1"}); err != nil || s.Name != "s1" || s.VMName != "web" {
+		t.Fatalf("CreateSnapshot = %+v, %v", s, err)
+	}
+	if _, err := c.CreateSnapshot(ctx, "gone", CreateSnapshotRequest{}); errdefs.CodeOf(err) != errdefs.CodeNotFound {
+		t.Fatalf("CreateSnapshot of a missing vm: %v", err)
+	}
+	if all, err := c.ListSnapshots(ctx); err != nil || len(all) != 1 {
+		t.Fatalf("ListSnapshots = %+v, %v", all, err)
+	}
+	if s, err := c.GetSnapshot(ctx, "s1"); err != nil || s.ID != "ss1" {
+		t.Fatalf("GetSnapshot = %+v, %v", s, err)
+	}
+	if _, err := c.GetSnapshot(ctx, "nope"); errdefs.CodeOf(err) != errdefs.CodeNotFound {
+		t.Fatalf("GetSnapshot of a missing one: %v", err)
+	}
+	if err := c.RemoveSnapshot(ctx, "used"); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "kid-1") {
+		t.Fatalf("RemoveSnapshot in use: %v", err)
+	}
+	if err := c.RemoveSnapshot(ctx, "s1"); err != nil || len(svc.snapshots) != 0 {
+		t.Fatalf("RemoveSnapshot: %v (%v left)", err, svc.snapshots)
+	}
+	if all, err := c.ListSnapshots(ctx); err != nil || all == nil || len(all) != 0 {
+		t.Fatalf("empty ListSnapshots = %#v, %v (want [], not null)", all, err)
+	}
+	var phases []string
+	vms, err := c.Fork(ctx, ForkRequest{Source: "s1", Count: 1, NamePrefix: "kid"}, func(e progress.Event) { phases = append(phases, e.Phase) })
+	if err != nil || len(vms) != 1 || vms[0].Name != "kid-1" || strings.Join(phases, ",") != "fork" || svc.forkReq.Count != 1 {
+		t.Fatalf("Fork = %+v, %v (phases %v, req %+v)", vms, err, phases, svc.forkReq)
+	}
+	if _, err := c.Fork(ctx, ForkRequest{Source: "gone", Count: 1}, nil); errdefs.CodeOf(err) != errdefs.CodeNotFound {
+		t.Fatalf("Fork of a missing source: %v", err)
 	}
 }

@@ -139,6 +139,20 @@ type VMNetRequest struct {
 	Reset    bool      `json:"reset,omitempty"`
 }
 
+// CreateSnapshotRequest names a new snapshot ("": "<vm>-<time>").
+type CreateSnapshotRequest struct {
+	Name string `json:"name,omitempty"`
+}
+
+// ForkRequest names what to fork (a snapshot, else a running VM), how
+// many VMs to make and their names' prefix ("": "<vm>-fork"); they are
+// named <prefix>-1 … <prefix>-<count>.
+type ForkRequest struct {
+	Source     string `json:"source"`
+	Count      int    `json:"count"`
+	NamePrefix string `json:"name_prefix,omitempty"`
+}
+
 // VMTTLRequest sets a VM's deadline to TTL from now, or clears it (TTL
 // "none"), and its idle timeout to Idle (or clears it, "none"); an empty
 // one is left as it is, but one must be given. An empty Action keeps the
@@ -304,6 +318,18 @@ type Service interface {
 	// with its clock set; sessions and processes go on where they were.
 	ResumeVM(ctx context.Context, ref string, report progress.Func) (model.VM, error)
 	DeleteVM(ctx context.Context, ref string, force bool) error
+	// CreateSnapshot pauses a running VM for a moment, saves its whole
+	// state and captures its disks into a new snapshot, and lets it run
+	// on (docs/snapshots.md).
+	CreateSnapshot(ctx context.Context, vmRef string, req CreateSnapshotRequest) (model.Snapshot, error)
+	ListSnapshots(ctx context.Context) ([]model.Snapshot, error)
+	GetSnapshot(ctx context.Context, ref string) (model.Snapshot, error)
+	// RemoveSnapshot deletes a snapshot no VM was made from.
+	RemoveSnapshot(ctx context.Context, ref string) error
+	// Fork makes new VMs that resume from a snapshot (or from a snapshot
+	// taken of a running VM first), each with its own identity, and
+	// answers those made (all of them, unless it failed part way).
+	Fork(ctx context.Context, req ForkRequest, report progress.Func) ([]model.VM, error)
 	// SetVMNet changes a VM's network policy: live when it runs (the old
 	// one stays if that fails), at its next start otherwise.
 	SetVMNet(ctx context.Context, ref string, req VMNetRequest) (model.VM, error)

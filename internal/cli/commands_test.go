@@ -125,6 +125,45 @@ func (fakeService) StartVM(_ context.Context, ref string, report progress.Func) 
 func (fakeService) RestartVM(_ context.Context, ref string, report progress.Func) (model.VM, error) {
 	return fakeVM, notFound(ref)
 }
+
+var fakeSnapshot = model.Snapshot{ID: "5555666677778888", Name: "s1", VMID: fakeVM.ID, VMName: "dev", ImageID: fakeImg.ID,
+	KernelID: fakeKernel.ID, CPUs: 2, MemoryMiB: 1024, DiskBytes: 4 << 30, VMM: "qemu", CowStrategy: "qcow2",
+	GuestIP: "172.16.0.2", GuestMAC: "02:00:ac:10:00:02", Dir: "/var/lib/banger/snapshots/5555666677778888",
+	SizeBytes: 300 << 20, State: model.SnapshotReady, UsedBy: []string{}}
+
+func (fakeService) CreateSnapshot(_ context.Context, vmRef string, req api.CreateSnapshotRequest) (model.Snapshot, error) {
+	s := fakeSnapshot
+	s.Name = req.Name
+	return s, notFound(vmRef)
+}
+func (fakeService) ListSnapshots(context.Context) ([]model.Snapshot, error) {
+	used := fakeSnapshot
+	used.ID, used.Name, used.UsedBy = "9999aaaabbbbcccc", "used", []string{"dev-1", "dev-2"}
+	return []model.Snapshot{fakeSnapshot, used}, nil
+}
+func (fakeService) GetSnapshot(_ context.Context, ref string) (model.Snapshot, error) {
+	return fakeSnapshot, nil
+}
+func (fakeService) RemoveSnapshot(_ context.Context, ref string) error {
+	if ref == "used" {
+		return errdefs.Errorf(errdefs.CodeConflict, "snapshot used is used by vm dev-1, dev-2: delete those vms first")
+	}
+	return nil
+}
+func (fakeService) Fork(_ context.Context, req api.ForkRequest, report progress.Func) ([]model.VM, error) {
+	if req.Source == "missing" {
+		return nil, errdefs.Errorf(errdefs.CodeNotFound, "no snapshot or vm named %q to fork", req.Source)
+	}
+	report(progress.Event{Phase: "fork", Message: "kid-1 (1 of 2)", Elapsed: 0.1})
+	var out []model.VM
+	for i := range req.Count {
+		v := fakeVM
+		v.Name = fmt.Sprintf("%s-%d", req.NamePrefix, i+1)
+		v.GuestIP, v.GuestMAC = fmt.Sprintf("172.16.0.%d", 3+i), fmt.Sprintf("02:00:ac:10:00:%02x", 3+i)
+		out = append(out, v)
+	}
+	return out, nil
+}
 func (fakeService) PauseVM(_ context.Context, ref string) (model.VM, error) {
 	v := fakeVM
 	v.Name, v.State, v.DesiredState = ref, model.VMPaused, model.VMPaused
@@ -299,6 +338,13 @@ func TestCommandOutput(t *testing.T) {
 		{"vm", "pause", "dev"},
 		{"vm", "pause", "missing"},
 		{"vm", "resume", "dev"},
+		{"vm", "snapshot", "create", "dev", "--name", "s1"},
+		{"vm", "snapshot", "create", "missing"},
+		{"vm", "snapshot", "list"},
+		{"vm", "snapshot", "show", "s1"},
+		{"vm", "snapshot", "rm", "s1", "used"},
+		{"vm", "fork", "s1", "--count", "2", "--name-prefix", "kid"},
+		{"vm", "fork", "missing"},
 		{"vm", "stop", "a", "b"},
 		{"vm", "stop", "a", "missing"},
 		{"vm", "delete", "a", "b"},

@@ -28,6 +28,7 @@ func (a *app) vmCommand() *cobra.Command {
 	cmd.AddCommand(a.vmTTLCommand())
 	cmd.AddCommand(a.vmCpCommand())
 	cmd.AddCommand(a.vmPortCommand())
+	cmd.AddCommand(a.vmSnapshotCommand(), a.vmForkCommand())
 
 	cmd.AddCommand(&cobra.Command{
 		Use: "start VM", Short: "Boot a VM and wait for SSH", Args: cobra.ExactArgs(1),

@@ -194,6 +194,26 @@ func (d *Daemon) StopVM(ctx context.Context, ref string, req api.StopVMRequest) 
 	return d.vms.Stop(ctx, ref, req)
 }
 
+func (d *Daemon) CreateSnapshot(ctx context.Context, vmRef string, req api.CreateSnapshotRequest) (model.Snapshot, error) {
+	return d.vms.CreateSnapshot(ctx, vmRef, req.Name)
+}
+
+func (d *Daemon) ListSnapshots(ctx context.Context) ([]model.Snapshot, error) {
+	return d.vms.ListSnapshots(ctx)
+}
+
+func (d *Daemon) GetSnapshot(ctx context.Context, ref string) (model.Snapshot, error) {
+	return d.vms.GetSnapshot(ctx, ref)
+}
+
+func (d *Daemon) RemoveSnapshot(ctx context.Context, ref string) error {
+	return d.vms.RemoveSnapshot(ctx, ref)
+}
+
+func (d *Daemon) Fork(ctx context.Context, req api.ForkRequest, report progress.Func) ([]model.VM, error) {
+	return d.vms.Fork(ctx, req.Source, req.Count, req.NamePrefix, report)
+}
+
 func (d *Daemon) PauseVM(ctx context.Context, ref string) (model.VM, error) {
 	return d.vms.Pause(ctx, ref)
 }

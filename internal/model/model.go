@@ -130,6 +130,44 @@ type VM struct {
 	Ports []Forward `json:"ports,omitempty"`
 }
 
+// Snapshot is a point-in-time copy of a running VM: its guest's memory
+// and device state and a copy-on-write capture of its system and work
+// disks, all taken while the guest was paused for a moment, in the
+// snapshot's own directory. New VMs resume from it (fork). It outlives
+// the VM it was taken of, and is not removed while a VM made from it
+// exists.
+type Snapshot struct {
+	ID          string        `json:"id"`
+	Name        string        `json:"name"`
+	VMID        string        `json:"vm_id"`   // the VM it was taken of (may be deleted since)
+	VMName      string        `json:"vm_name"` // that VM's name then
+	ImageID     string        `json:"image_id"`
+	KernelID    string        `json:"kernel_id"`
+	CPUs        int           `json:"cpus"`
+	MemoryMiB   int           `json:"memory_mib"`
+	DiskBytes   int64         `json:"disk_bytes"` // work disk size
+	VMM         string        `json:"vmm"`
+	CowStrategy string        `json:"cow_strategy"`
+	GuestIP     string        `json:"guest_ip"`  // the guest's address when taken
+	GuestMAC    string        `json:"guest_mac"` // and its MAC
+	Dir         string        `json:"dir"`
+	SizeBytes   int64         `json:"size_bytes"` // bytes on the host's disk
+	State       SnapshotState `json:"state"`
+	CreatedAt   time.Time     `json:"created_at"`
+	// UsedBy names the VMs made from it; filled in by show and list.
+	UsedBy []string `json:"used_by,omitempty"`
+}
+
+// SnapshotState is a snapshot's life: creating until every file is
+// whole, then ready.
+type SnapshotState string
+
+// Snapshot states.
+const (
+	SnapshotCreating SnapshotState = "creating"
+	SnapshotReady    SnapshotState = "ready"
+)
+
 // Forward is a published port of a VM: while the VM runs, the daemon
 // listens on HostAddr:HostPort and relays each connection to GuestPort on
 // the guest's loopback. The record lasts until it is removed or the VM is

@@ -177,6 +177,39 @@ UPDATE vms SET labels = (
 ALTER TABLE e2b_sandboxes DROP COLUMN metadata;
 ALTER TABLE e2b_sandboxes ADD COLUMN auto_pause INTEGER NOT NULL DEFAULT 0;
 `,
+	// 10: snapshots of running VMs (memory and device state plus a
+	// copy-on-write capture of their disks, in their own directory) and
+	// which VMs were made from one (a fork's system disk is backed by the
+	// snapshot's, so the snapshot is not removed while one exists). The
+	// VM a snapshot was taken of may be deleted: it keeps its name.
+	`
+CREATE TABLE snapshots (
+	id           TEXT PRIMARY KEY,
+	name         TEXT NOT NULL UNIQUE,
+	vm_id        TEXT NOT NULL,
+	vm_name      TEXT NOT NULL,
+	image_id     TEXT NOT NULL,
+	kernel_id    TEXT NOT NULL,
+	cpus         INTEGER NOT NULL,
+	memory_mib   INTEGER NOT NULL,
+	disk_bytes   INTEGER NOT NULL,
+	vmm          TEXT NOT NULL,
+	cow_strategy TEXT NOT NULL,
+	guest_ip     TEXT NOT NULL,
+	guest_mac    TEXT NOT NULL,
+	dir          TEXT NOT NULL,
+	size_bytes   INTEGER NOT NULL,
+	state        TEXT NOT NULL,
+	created_at   TEXT NOT NULL
+);
+CREATE INDEX snapshots_image_id ON snapshots(image_id);
+CREATE INDEX snapshots_kernel_id ON snapshots(kernel_id);
+CREATE TABLE snapshot_users (
+	snapshot_id TEXT NOT NULL REFERENCES snapshots(id),
+	vm_id       TEXT NOT NULL PRIMARY KEY REFERENCES vms(id) ON DELETE CASCADE
+);
+CREATE INDEX snapshot_users_snapshot_id ON snapshot_users(snapshot_id);
+`,
 }
 
 // migrate applies the steps the database lacks, up to version upTo, each in

@@ -16,7 +16,7 @@
 // running VM takes the Handle recorded at Start (or rebuilt by Find).
 //
 // Abilities that not every VMM has are small interfaces next to Driver
-// (AccelReporter, Confiner, Snapshotter), found by a type assertion on a
+// (AccelReporter, Confiner, Snapshotter, Controller), found by a type assertion on a
 // Driver and never stubbed: a driver without the ability does not
 // implement the interface.
 package vmm
@@ -24,6 +24,7 @@ package vmm
 import (
 	"context"
 	"errors"
+	"net"
 	"time"
 )
 
@@ -46,6 +47,11 @@ type Disk struct {
 type NetIface struct {
 	Tap string // host tap device name, already created and attached to the bridge
 	MAC string // guest MAC, "02:…"
+	// LinkDown holds the guest's link down when a Restore lets the guest
+	// run, until LinkSetter.SetLink raises it: a fork restored with its
+	// parent's addresses must not reach the bridge before it is told its
+	// own. Only drivers that implement LinkSetter honour it.
+	LinkDown bool
 }
 
 // Kernel is the guest kernel and how to boot it.
@@ -223,6 +229,32 @@ type Snapshotter interface {
 	// StateFiles names the files Save writes in dir, for the caller to
 	// check, size and remove. Pure.
 	StateFiles(dir string) []string
+}
+
+// Controller is an optional ability of a Driver: a byte stream to
+// banger's guest side that needs no network (internal/guestctl speaks on
+// it), so a guest can be asked whether it is up, who it is, to set its
+// clock or to power off before its network works — a restored fork is
+// told its new identity that way before its link reaches the bridge.
+type Controller interface {
+	// DialControl connects to the control channel of the VM whose
+	// directory is dir, running under a VMM this driver started. The
+	// connection is the caller's to close. It fails at once when no VMM
+	// serves the channel; it does not wait for the guest side, which
+	// answers only once the guest has booted that far (ask with a
+	// deadline). A guest that never serves it leaves the caller's reads
+	// waiting until that deadline.
+	DialControl(ctx context.Context, dir string) (net.Conn, error)
+}
+
+// LinkSetter is an optional ability of a Driver: raising or dropping the
+// link of a running guest's network interface (the carrier the guest
+// sees), as a cable would. Restore honours Spec.Net.LinkDown only in a
+// driver that has it.
+type LinkSetter interface {
+	// SetLink sets the link of the VM's interface up or down. Setting it
+	// as it is is not an error.
+	SetLink(ctx context.Context, h Handle, up bool) error
 }
 
 // WaitExit polls until the process of h is gone or ctx ends; it returns true

@@ -231,6 +231,11 @@ func (h *Harness) Leaks() []string {
 			leaks = append(leaks, "vm dir: "+e.Name())
 		}
 	}
+	if ents, err := os.ReadDir(filepath.Join(h.StateDir, "snapshots")); err == nil {
+		for _, e := range ents {
+			leaks = append(leaks, "snapshot dir: "+e.Name())
+		}
+	}
 	return leaks
 }
 
@@ -251,6 +256,15 @@ func (h *Harness) cleanup() {
 	for _, vm := range vms {
 		if _, e, c := h.Run("vm", "delete", "--force", vm.ID); c != 0 {
 			h.t.Errorf("cleanup: delete %s: %s", vm.Name, e)
+		}
+	}
+	var snaps []model.Snapshot
+	if out, _, code := h.Run("vm", "snapshot", "list", "--json"); code == 0 {
+		_ = json.Unmarshal([]byte(out), &snaps)
+	}
+	for _, sn := range snaps {
+		if _, e, c := h.Run("vm", "snapshot", "rm", sn.ID); c != 0 {
+			h.t.Errorf("cleanup: remove snapshot %s: %s", sn.Name, e)
 		}
 	}
 	if !h.t.Failed() {

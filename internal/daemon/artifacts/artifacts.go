@@ -204,7 +204,7 @@ func (sv *Service) ImportImage(ctx context.Context, req api.ImportImageRequest, 
 	return im, nil
 }
 
-// RemoveImage deletes an image unless a VM uses it.
+// RemoveImage deletes an image unless a VM or a snapshot uses it.
 func (sv *Service) RemoveImage(ctx context.Context, ref string) error {
 	im, err := sv.GetImage(ctx, ref)
 	if err != nil {
@@ -216,6 +216,11 @@ func (sv *Service) RemoveImage(ctx context.Context, ref string) error {
 	}
 	if len(users) > 0 {
 		return errdefs.Errorf(errdefs.CodeConflict, "image %s is used by vm %s: delete the vm first", im.Name, vmNames(users))
+	}
+	if snaps, err := sv.Store.SnapshotsUsingArtifact(ctx, im.ID); err != nil {
+		return err
+	} else if len(snaps) > 0 {
+		return errdefs.Errorf(errdefs.CodeConflict, "image %s is used by snapshot %s: remove the snapshot first", im.Name, strings.Join(snaps, ", "))
 	}
 	if err := sv.Store.DeleteImage(ctx, im.ID); err != nil {
 		return store.Describe("image", ref, err)
@@ -387,7 +392,7 @@ func (sv *Service) ImportKernel(ctx context.Context, req api.ImportKernelRequest
 	return k, nil
 }
 
-// RemoveKernel deletes a kernel unless a VM uses it.
+// RemoveKernel deletes a kernel unless a VM or a snapshot uses it.
 func (sv *Service) RemoveKernel(ctx context.Context, ref string) error {
 	k, err := sv.GetKernel(ctx, ref)
 	if err != nil {
@@ -399,6 +404,11 @@ func (sv *Service) RemoveKernel(ctx context.Context, ref string) error {
 	}
 	if len(users) > 0 {
 		return errdefs.Errorf(errdefs.CodeConflict, "kernel %s is used by vm %s: delete the vm first", k.Name, vmNames(users))
+	}
+	if snaps, err := sv.Store.SnapshotsUsingArtifact(ctx, k.ID); err != nil {
+		return err
+	} else if len(snaps) > 0 {
+		return errdefs.Errorf(errdefs.CodeConflict, "kernel %s is used by snapshot %s: remove the snapshot first", k.Name, strings.Join(snaps, ", "))
 	}
 	if err := sv.Store.DeleteKernel(ctx, k.ID); err != nil {
 		return store.Describe("kernel", ref, err)

@@ -320,7 +320,7 @@ func (m *Manager) Start(ctx context.Context, ref string, report progress.Func) (
 
 // boot does the work of a start. Called with the VM's lock held.
 func (m *Manager) boot(ctx context.Context, vm model.VM, report progress.Func) (model.VM, error) {
-	return m.launch(ctx, vm, report, "")
+	return m.launch(ctx, vm, report, "", nil)
 }
 
 // launch starts a VM's VMM and waits for its guest: booting it, or, with
@@ -328,12 +328,17 @@ func (m *Manager) boot(ctx context.Context, vm model.VM, report progress.Func) (
 // the guest's clock is stepped and the state removed once the guest
 // answers). A failed boot leaves the VM failed; a failed restore leaves it
 // paused with its state, to be resumed again or stopped. Called with the
-// VM's lock held.
-func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func, stateDir string) (model.VM, error) {
+// VM's lock held. With fork set the state is a snapshot's (kept), the
+// guest's link is held down until it has been told its identity, and a
+// failure leaves the VM failed.
+func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func, stateDir string, fork *forkIdentity) (model.VM, error) {
 	restoring := stateDir != ""
 	verb := "start"
 	if restoring {
 		verb = "resume"
+	}
+	if fork != nil {
+		verb = "fork"
 	}
 	if m.netErr != nil {
 		return vm, errdefs.Errorf(errdefs.CodeUnavailable, "cannot %s vm %s: %v", verb, vm.Name, m.netErr)
@@ -376,7 +381,7 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 	fail := func(err error) (model.VM, error) {
 		m.teardown(context.Background(), vm)
 		vm.State = model.VMFailed
-		if restoring {
+		if restoring && fork == nil {
 			vm.State, vm.DesiredState = model.VMPaused, model.VMPaused
 		}
 		vm.LastError = err.Error()
@@ -408,6 +413,9 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 		return fail(fmt.Errorf("tap %s: %w", h.Tap, err))
 	}
 	spec := m.spec(vm, k, sys, h, g)
+	if fork != nil {
+		spec.Net.LinkDown = true
+	}
 	var vh vmm.Handle
 	if restoring {
 		report(progress.Event{Phase: "restore", Message: fmt.Sprintf("restoring with %s", vm.VMM), Elapsed: time.Since(start).Seconds()})
@@ -429,11 +437,17 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 	if err := m.writeKnownHosts(vm, im); err != nil {
 		return fail(err)
 	}
+	if fork != nil {
+		report(progress.Event{Phase: "identity", Message: "telling the guest who it is", Elapsed: time.Since(start).Seconds()})
+		if err := m.reidentify(ctx, vm, drv, vh, fork); err != nil {
+			return fail(err)
+		}
+	}
 	report(progress.Event{Phase: "ssh", Message: "waiting for the guest's SSH", Elapsed: time.Since(start).Seconds()})
 	if err := m.waitGuest(ctx, vm, func() bool { return drv.Alive(vh) }); err != nil {
 		return fail(err)
 	}
-	if restoring {
+	if restoring && fork == nil {
 		// The guest's wall clock stood still while it was paused.
 		report(progress.Event{Phase: "clock", Message: "setting the guest's clock", Elapsed: time.Since(start).Seconds()})
 		if err := m.setGuestClock(ctx, vm); err != nil {

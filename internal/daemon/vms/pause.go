@@ -54,22 +54,11 @@ func snapshotter(drv vmm.Driver) (vmm.Snapshotter, error) {
 // there. A VM another operation holds (a workspace prepare, a start or
 // stop) is refused after a short wait, not queued behind it.
 func (m *Manager) Pause(ctx context.Context, ref string) (model.VM, error) {
-	vm, err := m.Resolve(ctx, ref)
+	vm, unlock, err := m.lockBriefly(ctx, ref, "pause")
 	if err != nil {
 		return vm, err
 	}
-	unlock, ok := m.locks.TryLock(vm.ID)
-	for deadline := time.Now().Add(pauseLockWait); !ok && time.Now().Before(deadline); {
-		time.Sleep(20 * time.Millisecond)
-		unlock, ok = m.locks.TryLock(vm.ID)
-	}
-	if !ok {
-		return vm, errdefs.Errorf(errdefs.CodeConflict, "vm %s is busy (a start, stop, workspace prepare or export holds it): pause it when that ends", vm.Name)
-	}
 	defer unlock()
-	if vm, err = m.Resolve(ctx, vm.ID); err != nil {
-		return vm, err
-	}
 	return m.pause(ctx, vm)
 }
 
@@ -163,7 +152,7 @@ func (m *Manager) resume(ctx context.Context, vm model.VM, report progress.Func)
 		m.markStopped(ctx, vm, "the saved state of the paused vm is missing")
 		return vm, errdefs.Errorf(errdefs.CodeConflict, "vm %s was paused but its saved state is gone (%v): it is stopped now; start it with `banger vm start %s`", vm.Name, err, vm.Name)
 	}
-	vm, err := m.launch(ctx, vm, report, dir)
+	vm, err := m.launch(ctx, vm, report, dir, nil)
 	if err == nil {
 		// A resume is activity: the idle time before the pause must not
 		// pause the VM again at once.

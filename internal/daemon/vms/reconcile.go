@@ -43,6 +43,7 @@ func (m *Manager) Reconcile(ctx context.Context) {
 			m.log.Warn("reconcile: vm directory with no record moved to lost+found", "dir", dir, "to", dst)
 		}
 	}
+	m.reconcileSnapshots(ctx)
 	// Deadlines that passed while the daemon was down, before anyone
 	// can use those VMs again.
 	m.expireDue(ctx)

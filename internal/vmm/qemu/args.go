@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/banger/banger/internal/guestctl"
 	"github.com/banger/banger/internal/vmm"
 )
 
@@ -59,6 +60,11 @@ func PIDFile(dir string) string { return filepath.Join(dir, "qemu.pid") }
 // and Cleanup removes it.
 func ChrootDir(dir string) string { return filepath.Join(dir, "qemu-root") }
 
+// CtlSocket is the host side of the guest's control channel (a
+// virtio-serial port named guestctl.PortName), in the VM directory. QEMU
+// binds it before it drops privileges, like the QMP socket.
+func CtlSocket(dir string) string { return filepath.Join(dir, "ctl.sock") }
+
 // qmpArg is the exact -qmp value for a socket path; Find matches on it.
 func qmpArg(socket string) string {
 	return "unix:" + escape(socket) + ",server=on,wait=off"
@@ -75,13 +81,13 @@ func BuildArgs(spec vmm.Spec, o ArgOptions) ([]string, error) {
 	if machine == "" {
 		machine = MachineMicrovm
 	}
-	var blkDev, netDev, vsockDev, mflag string
+	var blkDev, netDev, vsockDev, serialDev, mflag string
 	switch machine {
 	case MachineMicrovm:
 		// acpi=on: the Debian cloud kernel finds no disk on microvm without it.
-		mflag, blkDev, netDev, vsockDev = "microvm,acpi=on", "virtio-blk-device", "virtio-net-device", "vhost-vsock-device"
+		mflag, blkDev, netDev, vsockDev, serialDev = "microvm,acpi=on", "virtio-blk-device", "virtio-net-device", "vhost-vsock-device", "virtio-serial-device"
 	case MachineQ35:
-		mflag, blkDev, netDev, vsockDev = "q35", "virtio-blk-pci", "virtio-net-pci", "vhost-vsock-pci"
+		mflag, blkDev, netDev, vsockDev, serialDev = "q35", "virtio-blk-pci", "virtio-net-pci", "vhost-vsock-pci", "virtio-serial-pci"
 	default:
 		return nil, fmt.Errorf("unknown qemu machine %q: use %s or %s", machine, MachineMicrovm, MachineQ35)
 	}
@@ -161,6 +167,12 @@ func BuildArgs(spec vmm.Spec, o ArgOptions) ([]string, error) {
 	if spec.CID != 0 && o.VhostVsock {
 		args = append(args, "-device", vsockDev+",guest-cid="+strconv.FormatUint(uint64(spec.CID), 10))
 	}
+	// The control channel (internal/guestctl): needs no vhost and no
+	// network, so it works before the guest's link is up.
+	args = append(args,
+		"-chardev", "socket,id=ctl,path="+escape(CtlSocket(spec.Dir))+",server=on,wait=off",
+		"-device", serialDev+",id=ctlbus",
+		"-device", "virtserialport,bus=ctlbus.0,chardev=ctl,name="+guestctl.PortName)
 	if spec.Console != "" {
 		// append=on: the console can then be cut short from outside
 		// (vmm.CapLog) without QEMU writing on at its old offset.

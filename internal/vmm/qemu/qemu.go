@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -59,7 +60,7 @@ type Options struct {
 }
 
 // Driver runs VMs under QEMU. It implements vmm.Driver,
-// vmm.AccelReporter, vmm.Confiner and vmm.Snapshotter.
+// vmm.AccelReporter, vmm.Confiner, vmm.Snapshotter and vmm.Controller.
 type Driver struct {
 	opts Options
 
@@ -91,7 +92,32 @@ var (
 	_ vmm.AccelReporter = (*Driver)(nil)
 	_ vmm.Confiner      = (*Driver)(nil)
 	_ vmm.Snapshotter   = (*Driver)(nil)
+	_ vmm.Controller    = (*Driver)(nil)
+	_ vmm.LinkSetter    = (*Driver)(nil)
 )
+
+// netdevID is the id of the guest's network backend (-netdev …,id=).
+const netdevID = "net0"
+
+// SetLink sets the guest NIC's link (QMP set_link on the netdev, which
+// the virtio-net device and the guest see as carrier).
+func (d *Driver) SetLink(ctx context.Context, h vmm.Handle, up bool) error {
+	return withQMP(ctx, h.APISocket, func(c *qmp) error {
+		return c.execute(ctx, "set_link", map[string]any{"name": netdevID, "up": up}, nil)
+	})
+}
+
+// DialControl connects to the control channel's socket, CtlSocket(dir).
+// QEMU serves one connection at a time: a second dial waits in the
+// socket's backlog until the first is closed.
+func (d *Driver) DialControl(ctx context.Context, dir string) (net.Conn, error) {
+	var dl net.Dialer
+	c, err := dl.DialContext(ctx, "unix", CtlSocket(dir))
+	if err != nil {
+		return nil, fmt.Errorf("qemu control channel: %w", err)
+	}
+	return c, nil
+}
 
 // New returns a driver; nothing is probed until Available or Start.
 func New(opts Options) *Driver {
@@ -129,13 +155,14 @@ func (d *Driver) Owns(vmDir string) bool {
 	return len(m) > 0
 }
 
-// Cleanup removes the QMP socket, the vsock path, the pid file and the
-// empty chroot directory. A QEMU that dropped to RunAs could not remove
-// its socket and pid file when it exited.
+// Cleanup removes the QMP socket, the vsock path, the control channel's
+// socket, the pid file and the empty chroot directory. A QEMU that
+// dropped to RunAs could not remove its sockets and pid file when it
+// exited.
 func (d *Driver) Cleanup(spec vmm.Spec) error {
 	paths := []string{spec.APISocket, spec.VsockPath}
 	if spec.Dir != "" {
-		paths = append(paths, PIDFile(spec.Dir), ChrootDir(spec.Dir))
+		paths = append(paths, PIDFile(spec.Dir), ChrootDir(spec.Dir), CtlSocket(spec.Dir))
 	}
 	return vmm.RemoveFiles(paths...)
 }
@@ -440,7 +467,13 @@ func (d *Driver) start(ctx context.Context, spec vmm.Spec, incoming *os.File) (v
 			}
 			if restoring && incoming == nil && st.Status == "paused" {
 				// Loaded: the state was saved with the vCPUs stopped,
-				// and QEMU keeps the saved run state.
+				// and QEMU keeps the saved run state. A link held down
+				// is dropped before the guest runs a single instruction.
+				if spec.Net != nil && spec.Net.LinkDown {
+					if err := c.execute(sctx, "set_link", map[string]any{"name": netdevID, "up": false}, nil); err != nil {
+						return err
+					}
+				}
 				if err := c.execute(sctx, "cont", nil, nil); err != nil {
 					return err
 				}

@@ -1,0 +1,212 @@
+package vms
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/banger/banger/internal/errdefs"
+	"github.com/banger/banger/internal/guest"
+	"github.com/banger/banger/internal/guestctl"
+	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/progress"
+	"github.com/banger/banger/internal/storage"
+	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/vmm"
+)
+
+// MaxFork bounds one fork request.
+const MaxFork = 16
+
+// forkIdentity is what a fork is told over the control channel before its
+// link comes up.
+type forkIdentity struct {
+	hostKey guest.HostKey
+}
+
+// Fork makes count new VMs that resume from a snapshot (src names a
+// snapshot, else a running VM, of which a snapshot is taken first and
+// kept). Each gets its own record (name prefix-1…, IP, MAC, CID, tap,
+// SSH host key), copy-on-write disks over the snapshot's, and is
+// restored with its link held down, told its identity over the control
+// channel (hostname, machine id, entropy, MAC, address, host key, clock)
+// and only then let onto the bridge. A fork that fails is deleted; the
+// ones made before it stay and are returned with the error.
+func (m *Manager) Fork(ctx context.Context, src string, count int, prefix string, report progress.Func) ([]model.VM, error) {
+	report = progress.OrNop(report)
+	if count < 1 || count > MaxFork {
+		return nil, errdefs.Errorf(errdefs.CodeInvalid, "invalid count %d: fork 1 to %d vms at once", count, MaxFork)
+	}
+	if src == "" {
+		return nil, errdefs.Errorf(errdefs.CodeInvalid, "fork needs a snapshot or a running vm")
+	}
+	sn, err := m.store.GetSnapshot(ctx, src)
+	if err != nil {
+		if _, verr := m.store.GetVM(ctx, src); verr != nil {
+			return nil, errdefs.Errorf(errdefs.CodeNotFound, "no snapshot or vm named %q to fork", src)
+		}
+		report(progress.Event{Phase: "snapshot", Message: "taking a snapshot of " + src})
+		if sn, err = m.CreateSnapshot(ctx, src, ""); err != nil {
+			return nil, err
+		}
+	}
+	if sn.State != model.SnapshotReady {
+		return nil, errdefs.Errorf(errdefs.CodeConflict, "snapshot %s is %s: fork it once it is ready", sn.Name, sn.State)
+	}
+	if prefix == "" {
+		prefix = sn.VMName + "-fork"
+	}
+	names := make([]string, count)
+	for i := range names {
+		names[i] = fmt.Sprintf("%s-%d", prefix, i+1)
+		if err := model.ValidateName("vm", names[i]); err != nil {
+			return nil, errdefs.Errorf(errdefs.CodeInvalid, "name prefix %q: %v", prefix, err)
+		}
+		if _, err := m.store.GetVM(ctx, names[i]); err == nil {
+			return nil, errdefs.Errorf(errdefs.CodeConflict, "vm %q already exists: pick another --name-prefix", names[i])
+		}
+	}
+	drv, err := m.driver(sn.VMM)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := snapshotter(drv); err != nil {
+		return nil, err
+	}
+	if _, ok := drv.(vmm.Controller); !ok {
+		return nil, errdefs.Errorf(errdefs.CodeUnavailable, "vmm %s has no control channel to tell a fork who it is: forks need one", drv.Name())
+	}
+	if _, ok := drv.(vmm.LinkSetter); !ok {
+		return nil, errdefs.Errorf(errdefs.CodeUnavailable, "vmm %s cannot hold a fork's link down: forks need it", drv.Name())
+	}
+	var made []model.VM
+	for i, name := range names {
+		report(progress.Event{Phase: "fork", Message: fmt.Sprintf("%s (%d of %d)", name, i+1, count)})
+		vm, err := m.forkOne(ctx, sn, name, report)
+		if err != nil {
+			return made, err
+		}
+		made = append(made, vm)
+	}
+	return made, nil
+}
+
+// forkOne makes and restores one fork; on failure nothing of it is left.
+func (m *Manager) forkOne(ctx context.Context, sn model.Snapshot, name string, report progress.Func) (model.VM, error) {
+	start := time.Now()
+	netPolicy, err := m.netPolicy(ctx, model.VM{Name: name}, "", nil, nil, nil)
+	if err != nil {
+		return model.VM{}, err
+	}
+	id := model.NewID()
+	now := m.now().UTC()
+	vm := model.VM{
+		ID: id, Name: name, ImageID: sn.ImageID, KernelID: sn.KernelID,
+		CPUs: sn.CPUs, MemoryMiB: sn.MemoryMiB, DiskBytes: sn.DiskBytes,
+		DesiredState: model.VMStopped, State: model.VMCreated,
+		VMM: sn.VMM, CowStrategy: sn.CowStrategy,
+		DNSName:   name + "." + m.cfg.DNSSuffix,
+		CreatedAt: now, UpdatedAt: now, Net: netPolicy,
+	}
+	if drv, err := m.driver(vm.VMM); err == nil {
+		if a, ok := drv.(vmm.AccelReporter); ok {
+			vm.Accel, _ = a.Accel(ctx)
+		}
+	}
+	vmPaths(&vm, m.vmDir(id), vm.CowStrategy)
+	hostKey, err := guest.NewHostKey()
+	if err != nil {
+		return model.VM{}, err
+	}
+	vm.HostKey = hostKey.Public
+
+	unlock := m.locks.Lock(id)
+	defer unlock()
+	m.allocMu.Lock()
+	err = m.allocate(ctx, &vm)
+	if err == nil {
+		err = store.Describe("vm", name, m.store.CreateVM(ctx, vm))
+	}
+	m.allocMu.Unlock()
+	if err != nil {
+		return model.VM{}, err
+	}
+	undo := func(err error) (model.VM, error) {
+		m.teardown(context.Background(), vm)
+		_ = os.RemoveAll(vm.Dir)
+		_ = m.store.DeleteVM(context.Background(), vm.ID)
+		return model.VM{}, fmt.Errorf("fork %s from snapshot %s: %w", name, sn.Name, err)
+	}
+	if err := m.store.AddSnapshotUser(ctx, sn.ID, vm.ID); err != nil {
+		return undo(store.Describe("snapshot", sn.Name, err))
+	}
+	if err := ensureDir(vm.Dir); err != nil {
+		return undo(err)
+	}
+	report(progress.Event{Phase: "disks", Message: "copy-on-write disks over the snapshot's", Elapsed: time.Since(start).Seconds()})
+	sysSrc := snapshotSystemFile(sn.Dir, vm.SystemDisk)
+	switch sn.CowStrategy {
+	case "qcow2":
+		err = storage.ForkQcow2(ctx, sysSrc, vm.SystemDisk)
+	default:
+		_, err = storage.CaptureFile(ctx, sysSrc, vm.SystemDisk)
+	}
+	if err == nil {
+		_, err = storage.CaptureFile(ctx, filepath.Join(sn.Dir, snapWorkName), vm.WorkDisk)
+	}
+	if err != nil {
+		return undo(err)
+	}
+	vm, err = m.launch(ctx, vm, report, filepath.Join(sn.Dir, snapStateName), &forkIdentity{hostKey: hostKey})
+	if err != nil {
+		return undo(err)
+	}
+	m.log.Info("vm forked", "vm", name, "snapshot", sn.Name, "ip", vm.GuestIP, "seconds", time.Since(start).Seconds())
+	return vm, nil
+}
+
+// reidentify tells a restored fork, whose link is held down, who it is,
+// then raises its link.
+func (m *Manager) reidentify(ctx context.Context, vm model.VM, drv vmm.Driver, vh vmm.Handle, fork *forkIdentity) error {
+	ctl, ok := drv.(vmm.Controller)
+	if !ok {
+		return fmt.Errorf("vmm %s has no control channel", drv.Name())
+	}
+	links, ok := drv.(vmm.LinkSetter)
+	if !ok {
+		return fmt.Errorf("vmm %s cannot set a link", drv.Name())
+	}
+	ip, err := netip.ParseAddr(vm.GuestIP)
+	if err != nil {
+		return err
+	}
+	seed := make([]byte, 64)
+	_, _ = rand.Read(seed)
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	conn, err := ctl.DialControl(cctx, vm.Dir)
+	if err != nil {
+		return err
+	}
+	c := guestctl.NewClient(conn)
+	defer c.Close()
+	rep, err := c.Call(cctx, guestctl.Request{
+		Op: guestctl.OpIdentity, Hostname: vm.Name, MachineID: guestctl.NewMachineID(), Seed: seed,
+		MAC: vm.GuestMAC, Addr: netip.PrefixFrom(ip, m.subnet.Bits()).String(), Gateway: m.taps.Gateway().String(),
+		HostKey: fork.hostKey.Private, HostPub: fork.hostKey.Public,
+	})
+	if err != nil {
+		return fmt.Errorf("tell the guest its identity: %w", err)
+	}
+	if id := rep.Identity; id == nil || id.Hostname != vm.Name || id.MAC != vm.GuestMAC {
+		return fmt.Errorf("the guest did not take its identity (it answered %+v)", rep.Identity)
+	}
+	if _, err := c.Call(cctx, guestctl.Request{Op: guestctl.OpClock, UnixNano: time.Now().UnixNano()}); err != nil {
+		m.log.Warn("fork's clock not set", "vm", vm.Name, "err", err)
+	}
+	return links.SetLink(cctx, vh, true)
+}

@@ -1,0 +1,304 @@
+package vms
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/banger/banger/internal/errdefs"
+	"github.com/banger/banger/internal/guestctl"
+	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/storage"
+	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/vmm"
+)
+
+// Files of a snapshot's directory (<state>/snapshots/<id>/).
+const (
+	snapStateName  = "state"     // the driver's state files (vmm.Snapshotter.Save)
+	snapWorkName   = "work.ext4" // the work disk as it was
+	snapSystemBase = "system"    // + the system disk file's extension (system.qcow2, system.img)
+	snapCreateWait = 30 * time.Second
+)
+
+// snapshotStrategies are the system disk strategies whose per-VM file a
+// snapshot can capture as a file (dm-snapshot's disk is a kernel device
+// over two files: not yet).
+var snapshotStrategies = map[string]bool{"qcow2": true, "reflink": true}
+
+// SnapshotsDir is where snapshots' directories live.
+func (m *Manager) SnapshotsDir() string { return filepath.Join(m.cfg.StateDir, "snapshots") }
+
+// snapshotSystemFile is the captured system disk of a snapshot taken of a
+// VM whose system disk file is vmSystem.
+func snapshotSystemFile(dir, vmSystem string) string {
+	return filepath.Join(dir, snapSystemBase+filepath.Ext(vmSystem))
+}
+
+// lockBriefly takes a VM's lock without queueing behind long work: it
+// waits at most pauseLockWait, then answers that the VM is busy, naming
+// what the caller wanted to do ("pause", "snapshot").
+func (m *Manager) lockBriefly(ctx context.Context, ref, what string) (model.VM, func(), error) {
+	vm, err := m.Resolve(ctx, ref)
+	if err != nil {
+		return vm, nil, err
+	}
+	unlock, ok := m.locks.TryLock(vm.ID)
+	for deadline := time.Now().Add(pauseLockWait); !ok && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		unlock, ok = m.locks.TryLock(vm.ID)
+	}
+	if !ok {
+		return vm, nil, errdefs.Errorf(errdefs.CodeConflict, "vm %s is busy (a start, stop, workspace prepare or export holds it): %s it when that ends", vm.Name, what)
+	}
+	if vm, err = m.Resolve(ctx, vm.ID); err != nil {
+		unlock()
+		return vm, nil, err
+	}
+	return vm, unlock, nil
+}
+
+// CreateSnapshot takes a snapshot of a running VM: it pauses the guest
+// (vmm.Snapshotter.Save into the snapshot's directory), captures the
+// system and work disks as they are at that instant (storage.CaptureFile:
+// a clone where the filesystem shares blocks, else a sparse copy),
+// resumes the guest and steps its clock. name "" picks
+// "<vm>-<yyyymmdd-hhmmss>". On failure the guest runs on and nothing of
+// the snapshot is left.
+func (m *Manager) CreateSnapshot(ctx context.Context, ref, name string) (model.Snapshot, error) {
+	vm, unlock, err := m.lockBriefly(ctx, ref, "snapshot")
+	if err != nil {
+		return model.Snapshot{}, err
+	}
+	defer unlock()
+	if vm.State == model.VMPaused {
+		return model.Snapshot{}, errdefs.Errorf(errdefs.CodeConflict, "vm %s is paused: resume it with `banger vm resume %s`, then take the snapshot", vm.Name, vm.Name)
+	}
+	if !m.Alive(vm) {
+		return model.Snapshot{}, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running (state %s): only a running vm can be snapshotted; start it first", vm.Name, vm.State)
+	}
+	if !snapshotStrategies[vm.CowStrategy] {
+		return model.Snapshot{}, errdefs.Errorf(errdefs.CodeUnavailable, "vm %s has a %s system disk, which snapshots cannot capture yet (qcow2 and reflink can)", vm.Name, vm.CowStrategy)
+	}
+	drv, err := m.driver(vm.VMM)
+	if err != nil {
+		return model.Snapshot{}, err
+	}
+	snap, err := snapshotter(drv)
+	if err != nil {
+		return model.Snapshot{}, err
+	}
+	now := m.now().UTC()
+	if name == "" {
+		name = vm.Name + "-" + now.Format("20060102-150405")
+	}
+	if err := model.ValidateName("snapshot", name); err != nil {
+		return model.Snapshot{}, errdefs.Errorf(errdefs.CodeInvalid, "%v", err)
+	}
+	sn := model.Snapshot{
+		ID: model.NewID(), Name: name, VMID: vm.ID, VMName: vm.Name,
+		ImageID: vm.ImageID, KernelID: vm.KernelID, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes,
+		VMM: vm.VMM, CowStrategy: vm.CowStrategy, GuestIP: vm.GuestIP, GuestMAC: vm.GuestMAC,
+		State: model.SnapshotCreating, CreatedAt: now,
+	}
+	sn.Dir = filepath.Join(m.SnapshotsDir(), sn.ID)
+	if err := m.store.CreateSnapshot(ctx, sn); err != nil {
+		return model.Snapshot{}, store.Describe("snapshot", name, err)
+	}
+	// From here the work goes on even if the client goes away: the guest
+	// must not be left paused.
+	ctx = context.WithoutCancel(ctx)
+	drop := func(err error) (model.Snapshot, error) {
+		_ = os.RemoveAll(sn.Dir)
+		_ = m.store.DeleteSnapshot(ctx, sn.ID)
+		m.log.Error("vm snapshot failed", "vm", vm.Name, "snapshot", name, "err", err)
+		return model.Snapshot{}, fmt.Errorf("snapshot vm %s: %w", vm.Name, err)
+	}
+	stateDir := filepath.Join(sn.Dir, snapStateName)
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return drop(err)
+	}
+	h, _ := m.handles.get(vm.ID)
+	vh := vmm.Handle{PID: h.PID, APISocket: h.APISocket}
+	start := time.Now()
+	// Recorded pausing while the guest is frozen: a daemon that dies now
+	// finds a VMM still running and resumes it (reconcilePaused).
+	vm.State = model.VMPausing
+	if err := m.save(ctx, &vm); err != nil {
+		return drop(err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, snapCreateWait)
+	defer cancel()
+	err = snap.Save(sctx, vh, stateDir)
+	frozen := time.Since(start)
+	var cloned [2]bool
+	if err == nil {
+		cloned[0], err = storage.CaptureFile(sctx, vm.SystemDisk, snapshotSystemFile(sn.Dir, vm.SystemDisk))
+	}
+	if err == nil {
+		cloned[1], err = storage.CaptureFile(sctx, vm.WorkDisk, filepath.Join(sn.Dir, snapWorkName))
+	}
+	captured := time.Since(start)
+	// The guest runs on whatever happened (Save resumes it itself when it
+	// fails; a second resume is harmless).
+	if rerr := snap.Resume(ctx, vh); rerr != nil {
+		err = errors.Join(err, fmt.Errorf("resume the guest: %w", rerr))
+	}
+	vm.State = model.VMRunning
+	if serr := m.save(ctx, &vm); serr != nil {
+		err = errors.Join(err, serr)
+	}
+	if err != nil {
+		return drop(err)
+	}
+	// The guest's clock stood still while it was frozen.
+	if err := m.stepClock(ctx, vm, drv); err != nil {
+		m.log.Warn("guest clock not set after a snapshot", "vm", vm.Name, "err", err)
+	}
+	if err := syncDir(sn.Dir); err != nil {
+		return drop(err)
+	}
+	sn.SizeBytes = treeBytes(sn.Dir)
+	sn.State = model.SnapshotReady
+	if err := m.store.UpdateSnapshot(ctx, sn); err != nil {
+		return drop(err)
+	}
+	m.log.Info("vm snapshot taken", "vm", vm.Name, "snapshot", name, "bytes", sn.SizeBytes,
+		"frozen_s", captured.Seconds(), "save_s", frozen.Seconds(), "cloned_system", cloned[0], "cloned_work", cloned[1])
+	sn.UsedBy = []string{}
+	return sn, nil
+}
+
+// stepClock sets a running guest's wall clock to the host's: over the
+// control channel when the driver has one (no process started in the
+// guest), else as after a resume (over SSH).
+func (m *Manager) stepClock(ctx context.Context, vm model.VM, drv vmm.Driver) error {
+	if c, ok := drv.(vmm.Controller); ok {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		conn, err := c.DialControl(cctx, vm.Dir)
+		if err == nil {
+			cl := guestctl.NewClient(conn)
+			defer cl.Close()
+			if _, err = cl.Call(cctx, guestctl.Request{Op: guestctl.OpClock, UnixNano: time.Now().UnixNano()}); err == nil {
+				return nil
+			}
+		}
+		m.log.Debug("clock over the control channel failed; using SSH", "vm", vm.Name, "err", err)
+	}
+	return m.setGuestClock(ctx, vm)
+}
+
+// ListSnapshots returns every snapshot with the VMs made from it.
+func (m *Manager) ListSnapshots(ctx context.Context) ([]model.Snapshot, error) {
+	all, err := m.store.ListSnapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i := range all {
+		if all[i].UsedBy, err = m.store.SnapshotUsers(ctx, all[i].ID); err != nil {
+			return nil, err
+		}
+	}
+	return all, nil
+}
+
+// GetSnapshot finds a snapshot by name, id or id prefix, with the VMs
+// made from it.
+func (m *Manager) GetSnapshot(ctx context.Context, ref string) (model.Snapshot, error) {
+	if ref == "" {
+		return model.Snapshot{}, errdefs.Errorf(errdefs.CodeInvalid, "snapshot name or id is empty")
+	}
+	sn, err := m.store.GetSnapshot(ctx, ref)
+	if err != nil {
+		return sn, store.Describe("snapshot", ref, err)
+	}
+	sn.UsedBy, err = m.store.SnapshotUsers(ctx, sn.ID)
+	return sn, err
+}
+
+// RemoveSnapshot deletes a snapshot's record and directory. It is refused
+// while a VM made from it exists (its disks are backed by the
+// snapshot's). A snapshot still being created is refused too.
+func (m *Manager) RemoveSnapshot(ctx context.Context, ref string) error {
+	sn, err := m.GetSnapshot(ctx, ref)
+	if err != nil {
+		return err
+	}
+	unlock := m.locks.Lock("snapshot:" + sn.ID)
+	defer unlock()
+	if sn, err = m.GetSnapshot(ctx, sn.ID); err != nil {
+		return err
+	}
+	if len(sn.UsedBy) > 0 {
+		return errdefs.Errorf(errdefs.CodeConflict, "snapshot %s is used by vm %s: delete those vms first", sn.Name, joinNames(sn.UsedBy))
+	}
+	if sn.State == model.SnapshotCreating {
+		return errdefs.Errorf(errdefs.CodeConflict, "snapshot %s is still being created: remove it when that ends", sn.Name)
+	}
+	if err := m.store.DeleteSnapshot(ctx, sn.ID); err != nil {
+		return store.Describe("snapshot", ref, err)
+	}
+	if err := os.RemoveAll(sn.Dir); err != nil {
+		m.log.Warn("remove snapshot directory", "snapshot", sn.Name, "dir", sn.Dir, "err", err)
+	}
+	return nil
+}
+
+// reconcileSnapshots removes snapshots caught half made by a daemon that
+// stopped meanwhile (their VM was resumed by reconcilePaused).
+func (m *Manager) reconcileSnapshots(ctx context.Context) {
+	all, err := m.store.ListSnapshots(ctx)
+	if err != nil {
+		m.log.Warn("list snapshots", "err", err)
+		return
+	}
+	for _, sn := range all {
+		if sn.State != model.SnapshotCreating {
+			continue
+		}
+		m.log.Warn("removing a snapshot left half made", "snapshot", sn.Name)
+		_ = os.RemoveAll(sn.Dir)
+		_ = m.store.DeleteSnapshot(ctx, sn.ID)
+	}
+}
+
+func joinNames(names []string) string {
+	out := ""
+	for i, n := range names {
+		if i > 0 {
+			out += ", "
+		}
+		out += n
+	}
+	return out
+}
+
+// treeBytes is the space the files under dir take on the host's disk
+// (allocated blocks: sparse files count what they hold).
+func treeBytes(dir string) int64 {
+	var n int64
+	_ = filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		if fi, err := d.Info(); err == nil {
+			n += allocated(fi)
+		}
+		return nil
+	})
+	return n
+}
+
+// allocated is the space a file takes on disk (its blocks), or its size
+// where the system does not say.
+func allocated(fi os.FileInfo) int64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Blocks * 512
+	}
+	return fi.Size()
+}

@@ -1,0 +1,98 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// CaptureFile copies the disk file src to dst as it is now, for a
+// snapshot: a FICLONE clone where the filesystem shares blocks (XFS with
+// reflink, btrfs: constant time), else a sparse copy of src's data
+// extents (SEEK_DATA/SEEK_HOLE: time proportional to the data written,
+// not the file's size). The caller keeps src unchanged meanwhile (the
+// guest is paused). dst is written through dst+".tmp" and synced, so it
+// is whole or absent; its mode is 0600. It reports whether it cloned.
+func CaptureFile(ctx context.Context, src, dst string) (cloned bool, err error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return false, fmt.Errorf("capture %s: %w", src, err)
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return false, err
+	}
+	if !fi.Mode().IsRegular() {
+		return false, fmt.Errorf("capture %s: not a regular file", src)
+	}
+	tmp := dst + ".tmp"
+	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return false, fmt.Errorf("capture into %s: %w", dst, err)
+	}
+	fail := func(err error) (bool, error) {
+		out.Close()
+		os.Remove(tmp)
+		return false, fmt.Errorf("capture %s into %s: %w", src, dst, err)
+	}
+	if unix.IoctlFileClone(int(out.Fd()), int(in.Fd())) == nil {
+		cloned = true
+	} else if err := sparseCopy(ctx, in, out, fi.Size()); err != nil {
+		return fail(err)
+	}
+	if err := out.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := out.Close(); err != nil {
+		return fail(err)
+	}
+	return cloned, replaceFile(tmp, dst)
+}
+
+// sparseCopy copies in's data extents to the same offsets of out and
+// sizes out to size, leaving holes where in has them.
+func sparseCopy(ctx context.Context, in, out *os.File, size int64) error {
+	if err := out.Truncate(size); err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < size; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			return nil // only a hole is left
+		}
+		if err != nil {
+			return fmt.Errorf("seek data: %w", err)
+		}
+		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return fmt.Errorf("seek hole: %w", err)
+		}
+		if _, err := io.CopyBuffer(io.NewOffsetWriter(out, data), io.NewSectionReader(in, data, hole-data), buf); err != nil {
+			return err
+		}
+		off = hole
+	}
+	return nil
+}
+
+// ForkQcow2 makes dst a qcow2 overlay whose backing file is the qcow2
+// file backing (a snapshot's captured system disk), in constant time:
+// every read falls through to backing until the VM writes. backing must
+// stay unchanged while dst exists. Made with qemu-img through dst+".tmp".
+func ForkQcow2(ctx context.Context, backing, dst string) error {
+	tmp := dst + ".tmp"
+	if _, err := runArgv(ctx, []string{"qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2", tmp}); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("qcow2 overlay over %s: %w", backing, err)
+	}
+	return replaceFile(tmp, dst)
+}

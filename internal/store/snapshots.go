@@ -1,0 +1,89 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+
+	"github.com/banger/banger/internal/model"
+)
+
+const snapshotCols = "id, name, vm_id, vm_name, image_id, kernel_id, cpus, memory_mib, disk_bytes, vmm, cow_strategy, guest_ip, guest_mac, dir, size_bytes, state, created_at"
+
+func scanSnapshot(r *sql.Rows) (model.Snapshot, error) {
+	var s model.Snapshot
+	var created string
+	if err := r.Scan(&s.ID, &s.Name, &s.VMID, &s.VMName, &s.ImageID, &s.KernelID, &s.CPUs, &s.MemoryMiB, &s.DiskBytes,
+		&s.VMM, &s.CowStrategy, &s.GuestIP, &s.GuestMAC, &s.Dir, &s.SizeBytes, &s.State, &created); err != nil {
+		return s, err
+	}
+	var err error
+	s.CreatedAt, err = parseTime(created)
+	return s, err
+}
+
+// CreateSnapshot records a snapshot; ErrConflict when its name is taken.
+func (s *Store) CreateSnapshot(ctx context.Context, sn model.Snapshot) error {
+	_, err := s.db.ExecContext(ctx, "INSERT INTO snapshots ("+snapshotCols+") VALUES ("+placeholders(17)+")",
+		sn.ID, sn.Name, sn.VMID, sn.VMName, sn.ImageID, sn.KernelID, sn.CPUs, sn.MemoryMiB, sn.DiskBytes,
+		sn.VMM, sn.CowStrategy, sn.GuestIP, sn.GuestMAC, sn.Dir, sn.SizeBytes, string(sn.State), fmtTime(sn.CreatedAt))
+	if err != nil {
+		return fmt.Errorf("create snapshot: %w", constraint("snapshot", err))
+	}
+	return nil
+}
+
+// UpdateSnapshot stores a snapshot's size and state.
+func (s *Store) UpdateSnapshot(ctx context.Context, sn model.Snapshot) error {
+	return s.execOne(ctx, "snapshot", sn.ID, "UPDATE snapshots SET size_bytes = ?, state = ? WHERE id = ?", sn.SizeBytes, string(sn.State), sn.ID)
+}
+
+// GetSnapshot finds a snapshot by id, name or unique id prefix.
+func (s *Store) GetSnapshot(ctx context.Context, ref string) (model.Snapshot, error) {
+	return resolve(ctx, s.db, "snapshot", "snapshots", snapshotCols, ref, "", nil, scanSnapshot)
+}
+
+// ListSnapshots returns every snapshot, oldest first.
+func (s *Store) ListSnapshots(ctx context.Context) ([]model.Snapshot, error) {
+	return list(ctx, s.db, "SELECT "+snapshotCols+" FROM snapshots ORDER BY created_at, id", nil, scanSnapshot)
+}
+
+// DeleteSnapshot removes the snapshot record with this exact id
+// (ErrNotFound); ErrConflict while a VM made from it exists (callers
+// check SnapshotUsers first for a better message).
+func (s *Store) DeleteSnapshot(ctx context.Context, id string) error {
+	return s.execOne(ctx, "snapshot", id, "DELETE FROM snapshots WHERE id = ?", id)
+}
+
+// AddSnapshotUser records that the VM with id vmID was made from the
+// snapshot; the record goes with the VM.
+func (s *Store) AddSnapshotUser(ctx context.Context, snapshotID, vmID string) error {
+	_, err := s.db.ExecContext(ctx, "INSERT INTO snapshot_users (snapshot_id, vm_id) VALUES (?, ?)", snapshotID, vmID)
+	if err != nil {
+		if isForeignKey(err) {
+			return fmt.Errorf("snapshot user: snapshot %q or vm %q: %w", snapshotID, vmID, ErrNotFound)
+		}
+		return fmt.Errorf("snapshot user: %w", constraint("snapshot user", err))
+	}
+	return nil
+}
+
+// SnapshotUsers returns the names of the VMs made from the snapshot, by
+// name.
+func (s *Store) SnapshotUsers(ctx context.Context, snapshotID string) ([]string, error) {
+	return list(ctx, s.db, "SELECT v.name FROM snapshot_users u JOIN vms v ON v.id = u.vm_id WHERE u.snapshot_id = ? ORDER BY v.name",
+		[]any{snapshotID}, func(r *sql.Rows) (string, error) {
+			var n string
+			return n, r.Scan(&n)
+		})
+}
+
+// SnapshotsUsingArtifact returns the names of the snapshots whose disks
+// or state need the image or kernel with this id.
+func (s *Store) SnapshotsUsingArtifact(ctx context.Context, id string) ([]string, error) {
+	return list(ctx, s.db, "SELECT name FROM snapshots WHERE image_id = ? OR kernel_id = ? ORDER BY name",
+		[]any{id, id}, func(r *sql.Rows) (string, error) {
+			var n string
+			return n, r.Scan(&n)
+		})
+}

@@ -1,0 +1,80 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"github.com/banger/banger/internal/model"
+)
+
+func TestSnapshots(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(filepath.Join(t.TempDir(), "banger.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	vm := testVM("vm1aaaaa", "one", 2)
+	if err := s.CreateVM(ctx, vm); err != nil {
+		t.Fatal(err)
+	}
+	sn := model.Snapshot{ID: "snap1aaaaaaa", Name: "s1", VMID: vm.ID, VMName: vm.Name, ImageID: vm.ImageID, KernelID: vm.KernelID,
+		CPUs: 2, MemoryMiB: 1024, DiskBytes: 4 << 30, VMM: "qemu", CowStrategy: "qcow2", GuestIP: "172.16.0.2",
+		GuestMAC: "02:00:ac:10:00:02", Dir: "/s/snap1", State: model.SnapshotCreating, CreatedAt: t0}
+	if err := s.CreateSnapshot(ctx, sn); err != nil {
+		t.Fatal(err)
+	}
+	dup := sn
+	dup.ID = "snap2bbbbbbb"
+	if err := s.CreateSnapshot(ctx, dup); !errors.Is(err, ErrConflict) {
+		t.Fatalf("duplicate name: %v, want conflict", err)
+	}
+	sn.State, sn.SizeBytes = model.SnapshotReady, 123
+	if err := s.UpdateSnapshot(ctx, sn); err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range []string{"s1", sn.ID, "snap1aaa"} {
+		got, err := s.GetSnapshot(ctx, ref)
+		if err != nil || !reflect.DeepEqual(got, sn) {
+			t.Fatalf("GetSnapshot(%q) = %+v, %v; want %+v", ref, got, err, sn)
+		}
+	}
+	if _, err := s.GetSnapshot(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing: %v", err)
+	}
+	if names, err := s.SnapshotsUsingArtifact(ctx, vm.ImageID); err != nil || !reflect.DeepEqual(names, []string{"s1"}) {
+		t.Fatalf("SnapshotsUsingArtifact = %v, %v", names, err)
+	}
+
+	// A VM made from it holds it; the VM's deletion lets it go.
+	if err := s.AddSnapshotUser(ctx, sn.ID, vm.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddSnapshotUser(ctx, "nope", vm.ID); err == nil {
+		t.Fatal("user of a missing snapshot recorded")
+	}
+	if users, err := s.SnapshotUsers(ctx, sn.ID); err != nil || !reflect.DeepEqual(users, []string{"one"}) {
+		t.Fatalf("SnapshotUsers = %v, %v", users, err)
+	}
+	if err := s.DeleteSnapshot(ctx, sn.ID); err == nil {
+		t.Fatal("a snapshot in use was deleted")
+	}
+	if err := s.DeleteVM(ctx, vm.ID); err != nil {
+		t.Fatal(err)
+	}
+	if users, err := s.SnapshotUsers(ctx, sn.ID); err != nil || len(users) != 0 {
+		t.Fatalf("SnapshotUsers after the VM went = %v, %v", users, err)
+	}
+	if err := s.DeleteSnapshot(ctx, sn.ID); err != nil {
+		t.Fatal(err)
+	}
+	if all, err := s.ListSnapshots(ctx); err != nil || len(all) != 0 {
+		t.Fatalf("ListSnapshots = %v, %v", all, err)
+	}
+	if err := s.DeleteSnapshot(ctx, sn.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second delete: %v", err)
+	}
+}

@@ -1,0 +1,291 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/banger/banger/internal/model"
+)
+
+// debugfsLs lists a directory of an ext4 image offline.
+func debugfsLs(t *testing.T, img, dir string) string {
+	t.Helper()
+	out, err := exec.Command("debugfs", "-R", "ls -l "+dir, img).CombinedOutput()
+	if err != nil {
+		t.Fatalf("debugfs ls %s in %s: %v: %s", dir, img, err, out)
+	}
+	return string(out)
+}
+
+// TestVMSnapshot takes a snapshot of a running guest and checks that the
+// guest runs on (exec answers, its clock is the host's), that the
+// snapshot holds the memory state and the disks as they were at that
+// instant (a file synced before is on its work disk, one written after
+// is not), then list, show, the bad inputs (a taken name, a missing VM,
+// a paused or stopped VM, a missing snapshot) and removal, leaving
+// nothing behind.
+func TestVMSnapshot(t *testing.T) {
+	h := NewHarness(t)
+	const vm = "orig"
+	h.StartVM(vm)
+	h.MustRun("vm", "exec", vm, "--", "sh", "-c", "echo before > /root/before.txt && echo sys > /etc/before-sys && sync")
+
+	start := time.Now()
+	var sn model.Snapshot
+	h.JSON(&sn, "vm", "snapshot", "create", vm, "--name", "s1")
+	t.Logf("snapshot taken in %.2fs: %d bytes", time.Since(start).Seconds(), sn.SizeBytes)
+	if sn.Name != "s1" || sn.State != model.SnapshotReady || sn.VMName != vm || sn.SizeBytes <= 0 || sn.CowStrategy != "qcow2" {
+		t.Fatalf("snapshot = %+v", sn)
+	}
+	for _, f := range []string{"state/qemu.state", "system.qcow2", "work.ext4"} {
+		if fi, err := os.Stat(filepath.Join(sn.Dir, f)); err != nil || fi.Size() == 0 {
+			t.Fatalf("snapshot file %s: %v", f, err)
+		}
+	}
+
+	// The guest runs on, with its clock right.
+	if st := h.VM(vm).State; st != model.VMRunning {
+		t.Fatalf("after snapshot: state %s", st)
+	}
+	if out := h.MustRun("vm", "exec", vm, "--", "cat", "/root/before.txt"); strings.TrimSpace(out) != "before" {
+		t.Fatalf("after snapshot: %q", out)
+	}
+	early, late := h.guestClockSkew(vm)
+	t.Logf("guest clock after snapshot: %+.3fs / %+.3fs", early, late)
+	if early < -1 || late > 1 {
+		t.Errorf("guest clock off by %.3f..%.3fs after a snapshot", early, late)
+	}
+
+	// The disks are as they were when it was taken.
+	h.MustRun("vm", "exec", vm, "--", "sh", "-c", "echo after > /root/after.txt && sync")
+	ls := debugfsLs(t, filepath.Join(sn.Dir, "work.ext4"), "/")
+	if !strings.Contains(ls, "before.txt") || strings.Contains(ls, "after.txt") {
+		t.Fatalf("snapshot's work disk:\n%s", ls)
+	}
+
+	var list []model.Snapshot
+	h.JSON(&list, "vm", "snapshot", "list")
+	if len(list) != 1 || list[0].ID != sn.ID {
+		t.Fatalf("snapshot list = %+v", list)
+	}
+	if out := h.MustRun("vm", "snapshot", "show", "s1"); !strings.Contains(out, "state:") || !strings.Contains(out, "ready") {
+		t.Fatalf("snapshot show:\n%s", out)
+	}
+
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"vm", "snapshot", "create", vm, "--name", "s1"}, "already exists"},
+		{[]string{"vm", "snapshot", "create", "no-such-vm"}, `vm "no-such-vm" not found`},
+		{[]string{"vm", "snapshot", "create", vm, "--name", "Bad Name"}, "snapshot name"},
+		{[]string{"vm", "snapshot", "show", "no-such-snap"}, `snapshot "no-such-snap" not found`},
+		{[]string{"vm", "snapshot", "rm", "no-such-snap"}, `snapshot "no-such-snap" not found`},
+	} {
+		if _, errOut, code := h.Run(c.args...); code == 0 || !strings.Contains(errOut, c.want) {
+			t.Errorf("banger %s: exit %d, stderr %q; want an error with %q", strings.Join(c.args, " "), code, errOut, c.want)
+		}
+	}
+	// A failed snapshot leaves nothing: still one snapshot.
+	h.JSON(&list, "vm", "snapshot", "list")
+	if len(list) != 1 {
+		t.Fatalf("after refused snapshots: %+v", list)
+	}
+
+	h.MustRun("vm", "pause", vm)
+	if _, errOut, code := h.Run("vm", "snapshot", "create", vm); code == 0 || !strings.Contains(errOut, "vm orig is paused") {
+		t.Errorf("snapshot of a paused vm: exit %d, %q", code, errOut)
+	}
+	h.MustRun("vm", "stop", vm)
+	if _, errOut, code := h.Run("vm", "snapshot", "create", vm); code == 0 || !strings.Contains(errOut, "only a running vm can be snapshotted") {
+		t.Errorf("snapshot of a stopped vm: exit %d, %q", code, errOut)
+	}
+
+	// The snapshot outlives its VM.
+	h.MustRun("vm", "delete", vm)
+	h.MustRun("vm", "snapshot", "rm", "s1")
+	h.JSON(&list, "vm", "snapshot", "list")
+	if len(list) != 0 {
+		t.Fatalf("after rm: %+v", list)
+	}
+	if _, err := os.Stat(sn.Dir); !os.IsNotExist(err) {
+		t.Fatalf("snapshot dir left: %v", err)
+	}
+	h.AssertNoLeaks()
+}
+
+// TestVMFork forks a snapshot of a running guest into three VMs and checks
+// each is its own machine: its own name, address, MAC, hostname,
+// machine id and SSH host key (the one the daemon pinned), all answering
+// exec at once, each seeing the file written before the snapshot and
+// neither seeing what the other wrote after; the original runs on. Then
+// the bad inputs (a missing source, a taken name, removing a snapshot in
+// use); a fork stopped and booted cold is still itself; deleting
+// everything leaves nothing behind.
+func TestVMFork(t *testing.T) {
+	h := NewHarness(t)
+	const vm = "parent"
+	orig := h.StartVM(vm)
+	h.MustRun("vm", "exec", vm, "--", "sh", "-c", "echo before > /root/before.txt && sync")
+	h.MustRun("vm", "snapshot", "create", vm, "--name", "base")
+
+	start := time.Now()
+	out, phases, code := h.Run("vm", "fork", "base", "--count", "3", "--name-prefix", "kid", "--json")
+	if code != 0 {
+		t.Fatalf("vm fork: exit %d\n%s\n%s", code, out, phases)
+	}
+	t.Logf("3 forks in %.2fs:\n%s", time.Since(start).Seconds(), phases)
+	var forks []model.VM
+	if err := json.Unmarshal([]byte(out), &forks); err != nil || len(forks) != 3 {
+		t.Fatalf("vm fork said %q (%v)", out, err)
+	}
+	seen := map[string]string{orig.GuestIP: vm, orig.GuestMAC: vm}
+	for i, f := range forks {
+		if f.Name != fmt.Sprintf("kid-%d", i+1) || f.State != model.VMRunning {
+			t.Fatalf("fork %d = %s %s", i, f.Name, f.State)
+		}
+		for _, v := range []string{f.GuestIP, f.GuestMAC} {
+			if other, dup := seen[v]; dup {
+				t.Fatalf("%s shares %s with %s", f.Name, v, other)
+			}
+			seen[v] = f.Name
+		}
+	}
+
+	// All at once: each answers as itself.
+	type answer struct {
+		out, errOut string
+		code        int
+	}
+	answers := make([]answer, len(forks))
+	done := make(chan int)
+	for i, f := range forks {
+		go func() {
+			o, e, c := h.Run("vm", "exec", f.Name, "--", "sh", "-c",
+				"hostname; cat /root/before.txt; cat /etc/machine-id; ip -4 -o addr show eth0 | awk '{print $4}'; cat /sys/class/net/eth0/address; cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub")
+			answers[i] = answer{o, e, c}
+			done <- i
+		}()
+	}
+	for range forks {
+		<-done
+	}
+	machineIDs := map[string]string{}
+	origMID := strings.TrimSpace(h.MustRun("vm", "exec", vm, "--", "cat", "/etc/machine-id"))
+	machineIDs[origMID] = vm
+	for i, f := range forks {
+		a := answers[i]
+		lines := strings.Split(strings.TrimSpace(a.out), "\n")
+		if a.code != 0 || len(lines) != 6 {
+			t.Fatalf("exec in %s: exit %d, %q, %q", f.Name, a.code, a.out, a.errOut)
+		}
+		t.Logf("%s: %q", f.Name, lines)
+		if lines[0] != f.Name || lines[1] != "before" || !strings.HasPrefix(lines[3], f.GuestIP+"/") || lines[4] != f.GuestMAC {
+			t.Errorf("%s answered %q", f.Name, lines)
+		}
+		if other, dup := machineIDs[lines[2]]; dup {
+			t.Errorf("%s has the machine id of %s", f.Name, other)
+		}
+		machineIDs[lines[2]] = f.Name
+		if fields := strings.Fields(f.HostKey); len(fields) < 2 || fields[1] != lines[5] || f.HostKey == orig.HostKey {
+			t.Errorf("%s serves host key %q; its record pins %q (parent's %q)", f.Name, lines[5], f.HostKey, orig.HostKey)
+		}
+	}
+
+	// Writes stay in their fork.
+	h.MustRun("vm", "exec", "kid-1", "--", "sh", "-c", "echo mine > /root/kid1.txt")
+	for _, other := range []string{"kid-2", "kid-3", vm} {
+		if out, _, code := h.Run("vm", "exec", other, "--", "ls", "/root"); code != 0 || strings.Contains(out, "kid1.txt") || !strings.Contains(out, "before.txt") {
+			t.Errorf("%s's /root: exit %d, %q", other, code, out)
+		}
+	}
+	if out := h.MustRun("vm", "exec", vm, "--", "hostname"); strings.TrimSpace(out) != vm {
+		t.Errorf("the parent now says it is %q", out)
+	}
+
+	// A fork is an ordinary VM afterwards: stopped and booted cold from
+	// its own disks, it is still itself (its host key is on its work disk).
+	h.MustRun("vm", "stop", "kid-2")
+	h.MustRun("vm", "start", "kid-2")
+	if out := h.MustRun("vm", "exec", "kid-2", "--", "sh", "-c", "hostname; cat /root/before.txt"); strings.TrimSpace(out) != "kid-2\nbefore" {
+		t.Errorf("kid-2 after a cold boot said %q", out)
+	}
+
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"vm", "fork", "no-such-thing"}, `no snapshot or vm named "no-such-thing" to fork`},
+		{[]string{"vm", "fork", "base", "--name-prefix", "kid"}, `vm "kid-1" already exists`},
+		{[]string{"vm", "fork", "base", "--count", "0"}, "invalid count 0"},
+		{[]string{"vm", "snapshot", "rm", "base"}, "snapshot base is used by vm kid-1, kid-2, kid-3"},
+	} {
+		if _, errOut, code := h.Run(c.args...); code == 0 || !strings.Contains(errOut, c.want) {
+			t.Errorf("banger %s: exit %d, stderr %q; want an error with %q", strings.Join(c.args, " "), code, errOut, c.want)
+		}
+	}
+
+	h.MustRun("vm", "delete", "--force", "kid-1", "kid-2", "kid-3", vm)
+	h.MustRun("vm", "snapshot", "rm", "base")
+	h.AssertNoLeaks()
+}
+
+// BenchmarkFork forks a snapshot of a running 1 GiB guest into 10 VMs
+// against a cold `vm start` of a VM of the same size measured in the same
+// run, and reports the fork's total time, its time per VM (from the
+// fork's start to every VM answering SSH, made one after another) and
+// the ratio per VM / cold start (goal ≤ 0.1), and the VMMs' resident
+// memory of the 10 forks. Run with BANGER_BENCH=1.
+func BenchmarkFork(b *testing.B) {
+	if os.Getenv("BANGER_BENCH") != "1" {
+		b.Skip("set BANGER_BENCH=1 (with BANGER_E2E=1) to run the fork bench")
+	}
+	const n = 10
+	h := NewHarness(b)
+	h.MustRun("vm", "create", "--name", "bench-cold", "--memory", "1G")
+	h.MustRun("vm", "create", "--name", "bench-parent", "--memory", "1G")
+	var cold, total []time.Duration
+	var rss int64
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		h.MustRun("vm", "start", "bench-cold")
+		cold = append(cold, time.Since(start))
+		h.MustRun("vm", "stop", "bench-cold")
+
+		h.MustRun("vm", "start", "bench-parent")
+		snap := fmt.Sprintf("bench-snap-%d", i)
+		h.MustRun("vm", "snapshot", "create", "bench-parent", "--name", snap)
+		h.MustRun("vm", "stop", "bench-parent")
+		start = time.Now()
+		out, phases, code := h.Run("vm", "fork", snap, "--count", fmt.Sprint(n), "--name-prefix", "bench-kid", "--json")
+		if code != 0 {
+			b.Fatalf("vm fork: exit %d %s %s", code, out, phases)
+		}
+		total = append(total, time.Since(start))
+		var forks []model.VM
+		if err := json.Unmarshal([]byte(out), &forks); err != nil || len(forks) != n {
+			b.Fatalf("vm fork said %q (%v)", out, err)
+		}
+		rss = 0
+		for _, f := range forks {
+			rss += vmmRSS(f.Dir)
+		}
+		for _, f := range forks {
+			h.MustRun("vm", "delete", "--force", f.Name)
+		}
+		h.MustRun("vm", "snapshot", "rm", snap)
+	}
+	mc, mt := median(cold), median(total)
+	b.ReportMetric(mc.Seconds(), "s/cold-start")
+	b.ReportMetric(mt.Seconds(), "s/fork-10")
+	b.ReportMetric(mt.Seconds()/n, "s/fork-per-vm")
+	b.ReportMetric(mt.Seconds()/n/mc.Seconds(), "ratio-per-vm/cold")
+	b.ReportMetric(float64(rss)/(1<<20), "MB-rss-10-forks")
+}
