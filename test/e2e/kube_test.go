@@ -233,6 +233,9 @@ func TestKubePodExitCodeLogsAndDelete(t *testing.T) {
 		t.Fatalf("kubectl logs: %q, want \"hi\\n\"", out)
 	}
 	vm := n.h.VM("k8s-" + uid)
+	if vm.Labels["banger.dev/pod-uid"] != uid || vm.Labels["banger.dev/pod-name"] != "hi" || vm.Labels["banger.dev/pod-namespace"] != "default" {
+		t.Errorf("pod VM labels %v", vm.Labels)
+	}
 	if ip := n.kubectl("get", "pod", "hi", "-o", "jsonpath={.status.podIP}"); ip != vm.GuestIP {
 		t.Errorf("pod IP %q, VM address %q", ip, vm.GuestIP)
 	}

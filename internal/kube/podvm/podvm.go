@@ -61,14 +61,36 @@ func VMName(uid types.UID) (string, error) {
 	return name, nil
 }
 
-// UIDOf is the pod UID a VM name carries, and false for VMs that do not
-// run a pod.
-func UIDOf(vmName string) (types.UID, bool) {
-	rest, ok := strings.CutPrefix(vmName, VMPrefix)
-	if !ok || rest == "" {
+// Labels every pod VM carries: which pod it runs. They make pod VMs
+// visible (`banger vm list -l banger.dev/pod-namespace=default`) and tell
+// them apart from the user's own VMs, whatever those are named.
+const (
+	LabelPodUID       = "banger.dev/pod-uid"
+	LabelPodNamespace = "banger.dev/pod-namespace"
+	LabelPodName      = "banger.dev/pod-name"
+)
+
+// PodLabels are the labels of the VM that runs pod.
+func PodLabels(pod *corev1.Pod) map[string]string {
+	return map[string]string{
+		LabelPodUID:       string(pod.UID),
+		LabelPodNamespace: pod.Namespace,
+		LabelPodName:      pod.Name,
+	}
+}
+
+// UIDOf is the pod UID a VM runs, and false for VMs that run no pod: a
+// pod VM carries the pod-uid label and the name VMName gives that UID.
+// A VM only named like one (the user's "k8s-test") is not a pod VM.
+func UIDOf(vm model.VM) (types.UID, bool) {
+	uid := types.UID(vm.Labels[LabelPodUID])
+	if uid == "" {
 		return "", false
 	}
-	return types.UID(rest), true
+	if name, err := VMName(uid); err != nil || name != vm.Name {
+		return "", false
+	}
+	return uid, true
 }
 
 // ---- pod → VM ----
@@ -140,7 +162,7 @@ func PlanPod(pod *corev1.Pod) (Plan, error) {
 	if err := model.ValidateName("image", image); err != nil {
 		return Plan{}, &PlanError{Reason: ReasonUnknownImage, Message: fmt.Sprintf("image %q is not a banger image name (a banger image is named like \"default\"; see banger image list): %v", image, err)}
 	}
-	plan.VM = api.CreateVMRequest{Name: name, Image: image, Start: true}
+	plan.VM = api.CreateVMRequest{Name: name, Image: image, Start: true, Labels: PodLabels(pod)}
 	if cpuMilli > 0 {
 		plan.VM.CPUs = int((cpuMilli + 999) / 1000)
 	}
@@ -438,7 +460,7 @@ func conditions(ready bool, since metav1.Time) []corev1.PodCondition {
 func Orphans(vms []model.VM, live map[types.UID]bool) []string {
 	var out []string
 	for _, vm := range vms {
-		if uid, ok := UIDOf(vm.Name); ok && !live[uid] {
+		if uid, ok := UIDOf(vm); ok && !live[uid] {
 			out = append(out, vm.Name)
 		}
 	}

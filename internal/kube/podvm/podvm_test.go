@@ -34,13 +34,21 @@ func TestVMNameRoundTrip(t *testing.T) {
 	if err != nil || name != "k8s-"+uid {
 		t.Fatalf("VMName = %q, %v", name, err)
 	}
-	if got, ok := UIDOf(name); !ok || got != uid {
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{UID: uid, Namespace: "ns", Name: "web"}}
+	if got, ok := UIDOf(model.VM{Name: name, Labels: PodLabels(pod)}); !ok || got != uid {
 		t.Fatalf("UIDOf(%q) = %q, %v", name, got, ok)
 	}
-	for _, n := range []string{"web", "k8s-", "pod-" + uid} {
-		if _, ok := UIDOf(n); ok {
-			t.Errorf("UIDOf(%q) claims a pod", n)
+	for _, vm := range []model.VM{
+		{Name: name},                          // named like a pod VM, no label: the user's
+		{Name: "web", Labels: PodLabels(pod)}, // the label on a VM not named for it
+		{Name: "k8s-", Labels: map[string]string{LabelPodUID: ""}},
+	} {
+		if _, ok := UIDOf(vm); ok {
+			t.Errorf("UIDOf(%+v) claims a pod", vm)
 		}
+	}
+	if err := model.ValidateLabels(PodLabels(pod)); err != nil {
+		t.Errorf("pod labels are not valid VM labels: %v", err)
 	}
 	if _, err := VMName("Not_A/UID"); err == nil {
 		t.Error("VMName accepted a UID that cannot name a VM")
@@ -62,7 +70,8 @@ func TestPlanPodMapsContainersToSessions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantVM := api.CreateVMRequest{Name: "k8s-" + uid, Image: "default", CPUs: 2, Memory: "301M", Start: true, TTL: "90s", TTLAction: model.TTLStop}
+	wantVM := api.CreateVMRequest{Name: "k8s-" + uid, Image: "default", CPUs: 2, Memory: "301M", Start: true, TTL: "90s", TTLAction: model.TTLStop,
+		Labels: map[string]string{LabelPodUID: uid, LabelPodNamespace: "default", LabelPodName: "p"}}
 	if !reflect.DeepEqual(plan.VM, wantVM) {
 		t.Errorf("VM = %+v, want %+v", plan.VM, wantVM)
 	}
@@ -308,7 +317,10 @@ func TestPodStatusFailureAndDeadline(t *testing.T) {
 }
 
 func TestOrphans(t *testing.T) {
-	vms := []model.VM{{Name: "web"}, {Name: "k8s-b"}, {Name: "k8s-a"}, {Name: "k8s-c"}}
+	podVM := func(uid string) model.VM {
+		return model.VM{Name: "k8s-" + uid, Labels: map[string]string{LabelPodUID: uid}}
+	}
+	vms := []model.VM{{Name: "web"}, podVM("b"), podVM("a"), podVM("c"), {Name: "k8s-d"}}
 	got := Orphans(vms, map[types.UID]bool{"b": true})
 	if !reflect.DeepEqual(got, []string{"k8s-a", "k8s-c"}) {
 		t.Fatalf("Orphans = %v", got)

@@ -121,7 +121,7 @@ func (p *Provider) Adopt(ctx context.Context) error {
 		byUID[pod.UID] = pod
 	}
 	for _, vm := range vms {
-		uid, ok := podvm.UIDOf(vm.Name)
+		uid, ok := podvm.UIDOf(vm)
 		if !ok || !live[uid] {
 			continue
 		}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/errdefs"
+	"github.com/banger/banger/internal/kube/podvm"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/progress"
 )
@@ -94,7 +95,7 @@ func (f *fakeBanger) CreateVM(_ context.Context, req api.CreateVMRequest, _ prog
 	if _, ok := f.vms[req.Name]; ok {
 		return model.VM{}, errdefs.Errorf(errdefs.CodeConflict, "vm %q exists", req.Name)
 	}
-	vm := &model.VM{ID: "id-" + req.Name, Name: req.Name, State: model.VMRunning, GuestIP: "172.16.0.9", CPUs: req.CPUs}
+	vm := &model.VM{ID: "id-" + req.Name, Name: req.Name, State: model.VMRunning, GuestIP: "172.16.0.9", CPUs: req.CPUs, Labels: req.Labels}
 	f.vms[req.Name] = vm
 	return *vm, nil
 }
@@ -235,9 +236,14 @@ func TestCreatePodIsIdempotent(t *testing.T) {
 
 func TestAdoptDeletesOrphansOnly(t *testing.T) {
 	f := newFake()
-	f.vms["k8s-live"] = &model.VM{Name: "k8s-live", State: model.VMRunning}
-	f.vms["k8s-gone"] = &model.VM{Name: "k8s-gone", State: model.VMRunning}
+	podVM := func(uid string) *model.VM {
+		return &model.VM{Name: "k8s-" + uid, State: model.VMRunning, Labels: map[string]string{podvm.LabelPodUID: uid}}
+	}
+	f.vms["k8s-live"] = podVM("live")
+	f.vms["k8s-gone"] = podVM("gone")
 	f.vms["mine"] = &model.VM{Name: "mine", State: model.VMRunning}
+	// Named like a pod VM but without the label: the user's, never deleted.
+	f.vms["k8s-test"] = &model.VM{Name: "k8s-test", State: model.VMRunning}
 	p := newProvider(f, testPod("live", "live", "default", corev1.RestartPolicyNever))
 	if err := p.Adopt(context.Background()); err != nil {
 		t.Fatal(err)
@@ -250,6 +256,9 @@ func TestAdoptDeletesOrphansOnly(t *testing.T) {
 	}
 	if _, ok := f.vms["mine"]; !ok {
 		t.Error("a VM that runs no pod was touched")
+	}
+	if _, ok := f.vms["k8s-test"]; !ok {
+		t.Error("a user's VM named like a pod VM was deleted")
 	}
 }
 
