@@ -139,12 +139,22 @@ func (p *Pool) conn(ctx context.Context, s *slot, ep Endpoint) (Client, error) {
 	if s.dropped.Load() {
 		return nil, fmt.Errorf("guest connection %q was dropped (VM stopped or deleted)", s.key)
 	}
-	if s.c != nil && (s.ep != ep || !healthy(ctx, s.c)) {
+	if s.c != nil && s.ep != ep {
 		s.c.Close()
 		s.c = nil
 	}
 	if s.c != nil {
-		return s.c, nil
+		ok, err := healthy(ctx, s.c)
+		if err != nil {
+			// The caller went away; the connection, shared with every
+			// command and channel on it, is left as it is.
+			return nil, fmt.Errorf("guest connection %q: %w", s.key, err)
+		}
+		if ok {
+			return s.c, nil
+		}
+		s.c.Close()
+		s.c = nil
 	}
 	c, err := p.dial(ctx, ep, p.signer)
 	if err != nil {
@@ -170,20 +180,32 @@ func (s *slot) discard(c Client) {
 
 // healthy reports whether c can be reused: not known dead and, when idle for
 // a while, answering a keepalive. Clients not made by Dial are trusted.
-func healthy(ctx context.Context, c Client) bool {
+// The keepalive has its own deadline, not ctx's: a caller that goes away
+// mid-check (a cancelled request) gets ctx's error and must not make the
+// pool close a connection other commands and channels are using.
+func healthy(ctx context.Context, c Client) (bool, error) {
 	cc, ok := c.(*conn)
 	if !ok {
-		return true
+		return true, nil
 	}
 	if cc.isDone() {
-		return false
+		return false, nil
 	}
 	if cc.idle() < cc.t.staleAfter {
-		return true
+		return true, nil
 	}
-	pctx, cancel := context.WithTimeout(ctx, cc.t.keepaliveTimeout)
-	defer cancel()
-	return cc.ping(pctx) == nil
+	res := make(chan error, 1)
+	go func() {
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cc.t.keepaliveTimeout)
+		defer cancel()
+		res <- cc.ping(pctx)
+	}()
+	select {
+	case err := <-res:
+		return err == nil, nil
+	case <-ctx.Done():
+		return false, context.Cause(ctx)
+	}
 }
 
 // pooled is the Client handed out by Pool.Get.

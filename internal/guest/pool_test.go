@@ -235,6 +235,44 @@ func TestPoolDetectsDeadConnectionWithKeepalive(t *testing.T) {
 	}
 }
 
+// TestPoolCheckLeftByCaller: a caller that goes away while Get checks an
+// idle connection gets its own error, and the connection, which other
+// commands and channels share, stays open and pooled.
+func TestPoolCheckLeftByCaller(t *testing.T) {
+	setTimings(t, time.Hour, 2*time.Second) // only Get's check runs
+	staleAfter = 50 * time.Millisecond
+	f := newFixture(t)
+	var conns []*conn
+	p := NewPool(f.signer, func(ctx context.Context, ep Endpoint, s ssh.Signer) (Client, error) {
+		c, err := dial(ctx, ep, s)
+		if err == nil {
+			conns = append(conns, c)
+		}
+		return c, err
+	})
+	defer p.Close()
+	if _, _, err := poolRun(t, p, "vm-a", f.ep, "true"); err != nil {
+		t.Fatal(err)
+	}
+	f.srv.KeepaliveDelay.Store(int64(300 * time.Millisecond))
+	time.Sleep(100 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel()
+	if _, err := p.Get(ctx, "vm-a", f.ep); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Get by a caller that left = %v, want its deadline", err)
+	}
+	if conns[0].isDone() {
+		t.Fatal("the pooled connection was closed because a caller left")
+	}
+	f.srv.KeepaliveDelay.Store(0)
+	if code, out, err := poolRun(t, p, "vm-a", f.ep, "echo same"); err != nil || code != 0 || out != "same\n" {
+		t.Fatalf("next run: %d, %q, %v", code, out, err)
+	}
+	if len(conns) != 1 {
+		t.Errorf("%d dials, want the one connection reused", len(conns))
+	}
+}
+
 func TestPoolDrop(t *testing.T) {
 	f := newFixture(t)
 	p, d := newTestPool(t, f)

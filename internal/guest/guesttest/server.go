@@ -38,6 +38,9 @@ type Server struct {
 	// IgnoreSignals makes it ignore "signal" requests, as OpenSSH does in
 	// sessions of root.
 	IgnoreSignals atomic.Bool
+	// KeepaliveDelay (nanoseconds) delays each keepalive answer: a guest
+	// slow to answer.
+	KeepaliveDelay atomic.Int64
 
 	ln         net.Listener
 	cfg        *ssh.ServerConfig
@@ -202,6 +205,7 @@ func (s *Server) handleConn(c *gateConn) {
 		for r := range reqs {
 			if r.Type == "keepalive@openssh.com" {
 				s.keepalives.Add(1)
+				time.Sleep(time.Duration(s.KeepaliveDelay.Load()))
 			}
 			// OpenSSH answers unknown global requests, keepalives included,
 			// with a failure; any answer proves the connection is alive.
