@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/envd"
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/model"
@@ -416,24 +417,14 @@ func replyError(w http.ResponseWriter, status int, msg string) {
 	reply(w, status, map[string]any{"code": status, "message": msg})
 }
 
-// StatusOf maps an error kind to the HTTP status the SDK expects.
+// StatusOf maps an error kind to the HTTP status the SDK expects: the
+// daemon API's mapping, and 499 for a request its client abandoned.
 func StatusOf(err error) int {
-	switch errdefs.CodeOf(err) {
-	case errdefs.CodeNotFound:
-		return http.StatusNotFound
-	case errdefs.CodeInvalid:
-		return http.StatusBadRequest
-	case errdefs.CodeConflict:
-		return http.StatusConflict
-	case errdefs.CodeUnavailable:
-		return http.StatusServiceUnavailable
-	case errdefs.CodeTimeout:
-		return http.StatusGatewayTimeout
-	}
-	if errors.Is(err, context.Canceled) {
+	st := api.HTTPStatus(errdefs.CodeOf(err))
+	if st == http.StatusInternalServerError && errors.Is(err, context.Canceled) {
 		return 499
 	}
-	return http.StatusInternalServerError
+	return st
 }
 
 func fail(w http.ResponseWriter, err error) {
