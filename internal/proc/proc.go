@@ -177,7 +177,7 @@ func alive(pid int, match Matcher, exiting bool) bool {
 	if pid <= 0 {
 		return false
 	}
-	st, flags, err := stat(pid)
+	st, _, err := stat(pid)
 	if err != nil || st == "X" {
 		return false
 	}
@@ -191,13 +191,25 @@ func alive(pid int, match Matcher, exiting bool) bool {
 		return true
 	}
 	argv, err := Cmdline(pid)
-	if exiting && err == nil && len(argv) == 0 && flags&PFExiting != 0 {
-		return true
+	if err == nil && len(argv) > 0 {
+		return match(argv)
 	}
-	if err != nil || len(argv) == 0 {
+	if !exiting {
 		return false
 	}
-	return match(argv)
+	// No argv: the process is gone or exiting. It may have begun exiting
+	// between the stat read above and the argv read (argv goes with its
+	// memory), so read the state again, or a caller waiting for it to go
+	// would see it gone while it still holds its files, and alive again a
+	// moment later.
+	st, flags, err := stat(pid)
+	if err != nil || st == "X" {
+		return false
+	}
+	if st == "Z" {
+		return threads(pid) > 1
+	}
+	return flags&PFExiting != 0
 }
 
 // Terminate sends SIGTERM to pid, waits up to grace for it to go, then sends
