@@ -410,6 +410,22 @@ func (c *Client) RemoveSnapshot(ctx context.Context, ref string) error {
 	return c.call(ctx, "DELETE", "/v1/snapshots/"+esc(ref), nil, nil, nil)
 }
 
+// WarmImage makes (or finds fresh) the warm-start template of a VM
+// shape, reporting progress.
+func (c *Client) WarmImage(ctx context.Context, req WarmRequest, report progress.Func) (model.Snapshot, error) {
+	return streamFor[model.Snapshot](ctx, c, "POST", "/v1/templates", req, report)
+}
+
+// ListTemplates lists the warm-start templates.
+func (c *Client) ListTemplates(ctx context.Context) ([]model.Snapshot, error) {
+	return callFor[[]model.Snapshot](ctx, c, "GET", "/v1/templates", nil)
+}
+
+// RemoveTemplate deletes a warm-start template no VM was made from.
+func (c *Client) RemoveTemplate(ctx context.Context, ref string) error {
+	return c.call(ctx, "DELETE", "/v1/templates/"+esc(ref), nil, nil, nil)
+}
+
 // Fork makes VMs that resume from a snapshot, reporting progress.
 func (c *Client) Fork(ctx context.Context, req ForkRequest, report progress.Func) ([]model.VM, error) {
 	return streamFor[[]model.VM](ctx, c, "POST", "/v1/fork", req, report)

@@ -107,6 +107,9 @@ func (h *handler) routes() []route {
 		{"GET /v1/snapshots/{ref}", h.getSnapshot},
 		{"DELETE /v1/snapshots/{ref}", h.removeSnapshot},
 		{"POST /v1/fork", h.fork},
+		{"POST /v1/templates", h.warmImage},
+		{"GET /v1/templates", h.listTemplates},
+		{"DELETE /v1/templates/{ref}", h.removeTemplate},
 		{"DELETE /v1/vms/{ref}", h.deleteVM},
 		{"PUT /v1/vms/{ref}/net", h.setVMNet},
 		{"GET /v1/vms/{ref}/logs", h.vmLogs},
@@ -587,6 +590,24 @@ func (h *handler) fork(w http.ResponseWriter, r *http.Request) {
 	}
 	s := &stream{w: w}
 	s.finish(h.svc.Fork(r.Context(), req, s.progress))
+}
+
+func (h *handler) warmImage(w http.ResponseWriter, r *http.Request) {
+	req, ok := readBody[WarmRequest](w, r)
+	if !ok {
+		return
+	}
+	s := &stream{w: w}
+	s.finish(h.svc.WarmImage(r.Context(), req, s.progress))
+}
+
+func (h *handler) listTemplates(w http.ResponseWriter, r *http.Request) {
+	v, err := nonNil(h.svc.ListTemplates(r.Context()))
+	reply(w, v, err)
+}
+
+func (h *handler) removeTemplate(w http.ResponseWriter, r *http.Request) {
+	replyEmpty(w, h.svc.RemoveTemplate(r.Context(), r.PathValue("ref")))
 }
 
 func (h *handler) deleteVM(w http.ResponseWriter, r *http.Request) {

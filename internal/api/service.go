@@ -125,6 +125,27 @@ type CreateVMRequest struct {
 	// each: their host ports are taken before the VM is made, so a port
 	// in use fails the create with nothing made.
 	Publish []string `json:"publish,omitempty"`
+
+	// FromSnapshot restores the VM from this snapshot (name or id)
+	// instead of booting it, as `vm fork` does, with this create's name,
+	// network policy, deadline, labels and ports; the VM has the
+	// snapshot's image, kernel and sizes (those fields stay empty) and
+	// runs whether or not Start is set.
+	FromSnapshot string `json:"from_snapshot,omitempty"`
+	// Cold boots the VM even when a fresh warm-start template of its
+	// shape exists (`banger image warm`).
+	Cold bool `json:"cold,omitempty"`
+}
+
+// WarmRequest names the VM shape whose warm-start template the daemon
+// makes: fields as in CreateVMRequest (empty: the configured defaults).
+type WarmRequest struct {
+	Image  string `json:"image,omitempty"`
+	Kernel string `json:"kernel,omitempty"`
+	CPUs   int    `json:"cpus,omitempty"`
+	Memory string `json:"memory,omitempty"`
+	Disk   string `json:"disk,omitempty"`
+	VMM    string `json:"vmm,omitempty"`
 }
 
 // VMNetRequest changes a VM's network policy. A field left out keeps the
@@ -330,6 +351,14 @@ type Service interface {
 	// taken of a running VM first), each with its own identity, and
 	// answers those made (all of them, unless it failed part way).
 	Fork(ctx context.Context, req ForkRequest, report progress.Func) ([]model.VM, error)
+	// WarmImage makes (or finds fresh) the warm-start template of a VM
+	// shape: a booting create of that shape is restored from it.
+	WarmImage(ctx context.Context, req WarmRequest, report progress.Func) (model.Snapshot, error)
+	// ListTemplates lists the warm-start templates, each with why it is
+	// stale, if it is.
+	ListTemplates(ctx context.Context) ([]model.Snapshot, error)
+	// RemoveTemplate deletes a template no VM was made from.
+	RemoveTemplate(ctx context.Context, ref string) error
 	// SetVMNet changes a VM's network policy: live when it runs (the old
 	// one stays if that fails), at its next start otherwise.
 	SetVMNet(ctx context.Context, ref string, req VMNetRequest) (model.VM, error)

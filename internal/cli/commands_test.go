@@ -150,6 +150,28 @@ func (fakeService) RemoveSnapshot(_ context.Context, ref string) error {
 	}
 	return nil
 }
+func (fakeService) WarmImage(_ context.Context, req api.WarmRequest, report progress.Func) (model.Snapshot, error) {
+	if req.Image == "missing" {
+		return model.Snapshot{}, errdefs.Errorf(errdefs.CodeNotFound, "image %q not found", req.Image)
+	}
+	report(progress.Event{Phase: "boot", Message: "booting warm-build-0a1b2c3d", Elapsed: 0.1})
+	t := fakeSnapshot
+	t.Name, t.Template, t.VMName = "warm-0a1b2c3d4e5f", "0a1b2c3d4e5f", "warm-build-0a1b2c3d"
+	return t, nil
+}
+func (fakeService) ListTemplates(context.Context) ([]model.Snapshot, error) {
+	t := fakeSnapshot
+	t.Name, t.Template, t.ImageName, t.UsedBy = "warm-0a1b2c3d4e5f", "0a1b2c3d4e5f", "default", []string{"run-1"}
+	old := t
+	old.Name, old.Stale, old.UsedBy = "warm-99aa88bb77cc", "its image changed", []string{}
+	return []model.Snapshot{t, old}, nil
+}
+func (fakeService) RemoveTemplate(_ context.Context, ref string) error {
+	if ref == "warm-0a1b2c3d4e5f" {
+		return errdefs.Errorf(errdefs.CodeConflict, "template warm-0a1b2c3d4e5f is used by vm run-1: delete those vms first")
+	}
+	return nil
+}
 func (fakeService) Fork(_ context.Context, req api.ForkRequest, report progress.Func) ([]model.VM, error) {
 	if req.Source == "missing" {
 		return nil, errdefs.Errorf(errdefs.CodeNotFound, "no snapshot or vm named %q to fork", req.Source)
@@ -345,6 +367,12 @@ func TestCommandOutput(t *testing.T) {
 		{"vm", "snapshot", "rm", "s1", "used"},
 		{"vm", "fork", "s1", "--count", "2", "--name-prefix", "kid"},
 		{"vm", "fork", "missing"},
+		{"vm", "create", "--from-snapshot", "s1", "--name", "web", "--ttl", "1h", "-p", "0:80"},
+		{"image", "warm", "--cpus", "1", "--memory", "512M"},
+		{"image", "warm", "missing"},
+		{"image", "warm", "--list"},
+		{"image", "warm", "--list", "default"},
+		{"image", "unwarm", "warm-99aa88bb77cc", "warm-0a1b2c3d4e5f"},
 		{"vm", "stop", "a", "b"},
 		{"vm", "stop", "a", "missing"},
 		{"vm", "delete", "a", "b"},

@@ -95,12 +95,13 @@ func (a *app) imageCommand() *cobra.Command {
 	cmd.AddCommand(&cobra.Command{
 		Use:     "rm IMAGE...",
 		Aliases: []string{"remove"},
-		Short:   "Remove images (refused while a VM uses one)",
+		Short:   "Remove images (refused while a VM uses one) and their warm-start templates",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.removeEach(cmd, args, (*api.Client).RemoveImage)
 		},
 	})
+	cmd.AddCommand(a.imageWarmCommand(), a.imageUnwarmCommand())
 	return cmd
 }
 

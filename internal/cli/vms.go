@@ -208,7 +208,9 @@ func (a *app) vmCreateCommand() *cobra.Command {
 	vmFlags(cmd, &req)
 	ttlFlags(cmd, &req)
 	cmd.Flags().StringVar(&req.VMM, "vmm", "", "VMM: auto, firecracker or qemu")
-	cmd.Flags().BoolVar(&start, "start", false, "boot it and wait for SSH")
+	cmd.Flags().BoolVar(&start, "start", false, "boot it and wait for SSH (restored from a fresh warm-start template of its shape, if there is one: banger image warm)")
+	cmd.Flags().StringVar(&req.FromSnapshot, "from-snapshot", "", "restore the VM from this snapshot (it runs, with the snapshot's image and sizes) instead of booting it")
+	cmd.Flags().BoolVar(&req.Cold, "cold", false, "with --start: boot even when a warm-start template of this shape exists")
 	return cmd
 }
 
@@ -479,6 +481,7 @@ func (a *app) vmRunCommand() *cobra.Command {
 	}
 	vmFlags(cmd, &req)
 	ttlFlags(cmd, &req)
+	cmd.Flags().BoolVar(&req.Cold, "cold", false, "boot even when a warm-start template of this shape exists (banger image warm)")
 	cmd.Flags().BoolVar(&rm, "rm", false, "delete the VM afterwards (also on Ctrl-C, and by the daemon within 30s if banger is killed)")
 	cmd.Flags().StringVar(&wsDir, "workspace", "", "copy this git repository into the VM first")
 	cmd.Flags().StringVar(&wsMode, "workspace-mode", "", "full (with git history, default) or tracked")

@@ -118,7 +118,8 @@ func New(cfg config.Config, st *store.Store, log *slog.Logger) (*Daemon, error) 
 func (d *Daemon) wire() {
 	now := func() time.Time { return d.now() }
 	dial := func(ctx context.Context, vm model.VM) (guest.Client, error) { return d.dialGuest(ctx, vm) }
-	d.artifacts = artifacts.New(artifacts.Deps{Config: d.cfg, Store: d.store, Log: d.log, Now: now})
+	d.artifacts = artifacts.New(artifacts.Deps{Config: d.cfg, Store: d.store, Log: d.log, Now: now,
+		DropTemplates: func(ctx context.Context, id string) error { return d.vms.DropTemplates(ctx, id) }})
 	authorizedKey := ""
 	if d.host.signer != nil {
 		authorizedKey = guest.AuthorizedKey(d.host.signer)
@@ -152,7 +153,8 @@ func (d *Daemon) wire() {
 				d.host.pool.Drop(id)
 			}
 		},
-		Started: func(ctx context.Context, vm model.VM) { d.ports.VMStarted(ctx, vm) },
+		Started:   func(ctx context.Context, vm model.VM) { d.ports.VMStarted(ctx, vm) },
+		GuestInit: d.artifacts.InitSum,
 	})
 	d.guests = guestaccess.New(guestaccess.Deps{
 		Store: d.store, VMs: d.vms, Dial: dial,

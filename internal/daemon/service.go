@@ -210,6 +210,18 @@ func (d *Daemon) RemoveSnapshot(ctx context.Context, ref string) error {
 	return d.vms.RemoveSnapshot(ctx, ref)
 }
 
+func (d *Daemon) WarmImage(ctx context.Context, req api.WarmRequest, report progress.Func) (model.Snapshot, error) {
+	return d.vms.WarmImage(ctx, req, report)
+}
+
+func (d *Daemon) ListTemplates(ctx context.Context) ([]model.Snapshot, error) {
+	return d.vms.ListTemplates(ctx)
+}
+
+func (d *Daemon) RemoveTemplate(ctx context.Context, ref string) error {
+	return d.vms.RemoveTemplate(ctx, ref)
+}
+
 func (d *Daemon) Fork(ctx context.Context, req api.ForkRequest, report progress.Func) ([]model.VM, error) {
 	return d.vms.Fork(ctx, req.Source, req.Count, req.NamePrefix, report)
 }

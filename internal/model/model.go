@@ -156,6 +156,18 @@ type Snapshot struct {
 	CreatedAt   time.Time     `json:"created_at"`
 	// UsedBy names the VMs made from it; filled in by show and list.
 	UsedBy []string `json:"used_by,omitempty"`
+
+	// Template, set, makes it a warm-start template: the key of the VM
+	// shape it restores (image, kernel, sizes, VMM, banger's guest
+	// side), with TemplateInputs the canonical JSON of what made it. A
+	// template is the daemon's own: `vm snapshot` does not show it.
+	Template       string `json:"template,omitempty"`
+	TemplateInputs string `json:"template_inputs,omitempty"`
+	// Stale says why a template is no longer used (its image, kernel or
+	// banger's guest side changed); filled in by the template list.
+	Stale string `json:"stale,omitempty"`
+	// ImageName names ImageID; filled in by the template list.
+	ImageName string `json:"image_name,omitempty"`
 }
 
 // SnapshotState is a snapshot's life: creating until every file is

@@ -210,6 +210,17 @@ CREATE TABLE snapshot_users (
 );
 CREATE INDEX snapshot_users_snapshot_id ON snapshot_users(snapshot_id);
 `,
+	// 11: warm-start templates are snapshots the daemon keeps per VM
+	// shape (template_key, with the canonical JSON of what made it;
+	// '' for a user's snapshot), and a VM made from a snapshot is
+	// pending until its guest has taken its own identity (a daemon
+	// that dies before deletes it at its next start).
+	`
+ALTER TABLE snapshots ADD COLUMN template_key TEXT NOT NULL DEFAULT '';
+ALTER TABLE snapshots ADD COLUMN template_inputs TEXT NOT NULL DEFAULT '';
+CREATE INDEX snapshots_template_key ON snapshots(template_key);
+ALTER TABLE snapshot_users ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;
+`,
 }
 
 // migrate applies the steps the database lacks, up to version upTo, each in

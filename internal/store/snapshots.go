@@ -8,13 +8,13 @@ import (
 	"github.com/banger/banger/internal/model"
 )
 
-const snapshotCols = "id, name, vm_id, vm_name, image_id, kernel_id, cpus, memory_mib, disk_bytes, vmm, cow_strategy, guest_ip, guest_mac, dir, size_bytes, state, created_at"
+const snapshotCols = "id, name, vm_id, vm_name, image_id, kernel_id, cpus, memory_mib, disk_bytes, vmm, cow_strategy, guest_ip, guest_mac, dir, size_bytes, state, created_at, template_key, template_inputs"
 
 func scanSnapshot(r *sql.Rows) (model.Snapshot, error) {
 	var s model.Snapshot
 	var created string
 	if err := r.Scan(&s.ID, &s.Name, &s.VMID, &s.VMName, &s.ImageID, &s.KernelID, &s.CPUs, &s.MemoryMiB, &s.DiskBytes,
-		&s.VMM, &s.CowStrategy, &s.GuestIP, &s.GuestMAC, &s.Dir, &s.SizeBytes, &s.State, &created); err != nil {
+		&s.VMM, &s.CowStrategy, &s.GuestIP, &s.GuestMAC, &s.Dir, &s.SizeBytes, &s.State, &created, &s.Template, &s.TemplateInputs); err != nil {
 		return s, err
 	}
 	var err error
@@ -24,9 +24,9 @@ func scanSnapshot(r *sql.Rows) (model.Snapshot, error) {
 
 // CreateSnapshot records a snapshot; ErrConflict when its name is taken.
 func (s *Store) CreateSnapshot(ctx context.Context, sn model.Snapshot) error {
-	_, err := s.db.ExecContext(ctx, "INSERT INTO snapshots ("+snapshotCols+") VALUES ("+placeholders(17)+")",
+	_, err := s.db.ExecContext(ctx, "INSERT INTO snapshots ("+snapshotCols+") VALUES ("+placeholders(19)+")",
 		sn.ID, sn.Name, sn.VMID, sn.VMName, sn.ImageID, sn.KernelID, sn.CPUs, sn.MemoryMiB, sn.DiskBytes,
-		sn.VMM, sn.CowStrategy, sn.GuestIP, sn.GuestMAC, sn.Dir, sn.SizeBytes, string(sn.State), fmtTime(sn.CreatedAt))
+		sn.VMM, sn.CowStrategy, sn.GuestIP, sn.GuestMAC, sn.Dir, sn.SizeBytes, string(sn.State), fmtTime(sn.CreatedAt), sn.Template, sn.TemplateInputs)
 	if err != nil {
 		return fmt.Errorf("create snapshot: %w", constraint("snapshot", err))
 	}
@@ -56,9 +56,11 @@ func (s *Store) DeleteSnapshot(ctx context.Context, id string) error {
 }
 
 // AddSnapshotUser records that the VM with id vmID was made from the
-// snapshot; the record goes with the VM.
+// snapshot; the record goes with the VM. It is pending until
+// IdentifiedSnapshotUser: the VM's guest has not taken its own identity
+// yet.
 func (s *Store) AddSnapshotUser(ctx context.Context, snapshotID, vmID string) error {
-	_, err := s.db.ExecContext(ctx, "INSERT INTO snapshot_users (snapshot_id, vm_id) VALUES (?, ?)", snapshotID, vmID)
+	_, err := s.db.ExecContext(ctx, "INSERT INTO snapshot_users (snapshot_id, vm_id, pending) VALUES (?, ?, 1)", snapshotID, vmID)
 	if err != nil {
 		if isForeignKey(err) {
 			return fmt.Errorf("snapshot user: snapshot %q or vm %q: %w", snapshotID, vmID, ErrNotFound)
@@ -66,6 +68,22 @@ func (s *Store) AddSnapshotUser(ctx context.Context, snapshotID, vmID string) er
 		return fmt.Errorf("snapshot user: %w", constraint("snapshot user", err))
 	}
 	return nil
+}
+
+// IdentifiedSnapshotUser records that the VM made from a snapshot has
+// taken its own identity: it is no longer pending.
+func (s *Store) IdentifiedSnapshotUser(ctx context.Context, vmID string) error {
+	return s.execOne(ctx, "snapshot user", vmID, "UPDATE snapshot_users SET pending = 0 WHERE vm_id = ?", vmID)
+}
+
+// PendingSnapshotUsers returns the ids of the VMs made from a snapshot
+// whose guest never took its own identity.
+func (s *Store) PendingSnapshotUsers(ctx context.Context) ([]string, error) {
+	return list(ctx, s.db, "SELECT vm_id FROM snapshot_users WHERE pending = 1 ORDER BY vm_id", nil,
+		func(r *sql.Rows) (string, error) {
+			var n string
+			return n, r.Scan(&n)
+		})
 }
 
 // SnapshotUsers returns the names of the VMs made from the snapshot, by
@@ -78,10 +96,10 @@ func (s *Store) SnapshotUsers(ctx context.Context, snapshotID string) ([]string,
 		})
 }
 
-// SnapshotsUsingArtifact returns the names of the snapshots whose disks
-// or state need the image or kernel with this id.
+// SnapshotsUsingArtifact returns the names of the snapshots (not
+// templates) whose disks or state need the image or kernel with this id.
 func (s *Store) SnapshotsUsingArtifact(ctx context.Context, id string) ([]string, error) {
-	return list(ctx, s.db, "SELECT name FROM snapshots WHERE image_id = ? OR kernel_id = ? ORDER BY name",
+	return list(ctx, s.db, "SELECT name FROM snapshots WHERE (image_id = ? OR kernel_id = ?) AND template_key = '' ORDER BY name",
 		[]any{id, id}, func(r *sql.Rows) (string, error) {
 			var n string
 			return n, r.Scan(&n)

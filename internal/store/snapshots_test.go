@@ -48,6 +48,22 @@ func TestSnapshots(t *testing.T) {
 	if names, err := s.SnapshotsUsingArtifact(ctx, vm.ImageID); err != nil || !reflect.DeepEqual(names, []string{"s1"}) {
 		t.Fatalf("SnapshotsUsingArtifact = %v, %v", names, err)
 	}
+	// A template keeps its key and inputs, and is not one of the
+	// snapshots that hold an image (its image's removal removes it).
+	tm := sn
+	tm.ID, tm.Name, tm.Template, tm.TemplateInputs = "tmpl1aaaaaaa", "warm-1", "0a1b", `{"cpus":1}`
+	if err := s.CreateSnapshot(ctx, tm); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.GetSnapshot(ctx, tm.ID); err != nil || !reflect.DeepEqual(got, tm) {
+		t.Fatalf("template = %+v, %v; want %+v", got, err, tm)
+	}
+	if names, err := s.SnapshotsUsingArtifact(ctx, vm.ImageID); err != nil || !reflect.DeepEqual(names, []string{"s1"}) {
+		t.Fatalf("SnapshotsUsingArtifact with a template = %v, %v", names, err)
+	}
+	if err := s.DeleteSnapshot(ctx, tm.ID); err != nil {
+		t.Fatal(err)
+	}
 
 	// A VM made from it holds it; the VM's deletion lets it go.
 	if err := s.AddSnapshotUser(ctx, sn.ID, vm.ID); err != nil {
@@ -58,6 +74,19 @@ func TestSnapshots(t *testing.T) {
 	}
 	if users, err := s.SnapshotUsers(ctx, sn.ID); err != nil || !reflect.DeepEqual(users, []string{"one"}) {
 		t.Fatalf("SnapshotUsers = %v, %v", users, err)
+	}
+	// Pending until its guest has taken its own identity.
+	if ids, err := s.PendingSnapshotUsers(ctx); err != nil || !reflect.DeepEqual(ids, []string{vm.ID}) {
+		t.Fatalf("PendingSnapshotUsers = %v, %v", ids, err)
+	}
+	if err := s.IdentifiedSnapshotUser(ctx, vm.ID); err != nil {
+		t.Fatal(err)
+	}
+	if ids, err := s.PendingSnapshotUsers(ctx); err != nil || len(ids) != 0 {
+		t.Fatalf("PendingSnapshotUsers after identity = %v, %v", ids, err)
+	}
+	if err := s.IdentifiedSnapshotUser(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("IdentifiedSnapshotUser of a vm made from none: %v", err)
 	}
 	if err := s.DeleteSnapshot(ctx, sn.ID); err == nil {
 		t.Fatal("a snapshot in use was deleted")

@@ -3,13 +3,16 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
 )
 
@@ -288,4 +291,166 @@ func BenchmarkFork(b *testing.B) {
 	b.ReportMetric(mt.Seconds()/n, "s/fork-per-vm")
 	b.ReportMetric(mt.Seconds()/n/mc.Seconds(), "ratio-per-vm/cold")
 	b.ReportMetric(float64(rss)/(1<<20), "MB-rss-10-forks")
+}
+
+// warmProbe prints what a VM made from a template must answer as a cold
+// boot does: the workspace file, hostname, kernel, distribution, the
+// image's user, machine id, eth0's address and MAC, the SSH host key it
+// serves and its wall clock.
+const warmProbe = `cat hello.txt; hostname; uname -r; . /etc/os-release; echo "$ID $VERSION_ID"; id user; cat /etc/machine-id; ` +
+	`ip -4 -o addr show eth0 | awk '{print $4}'; cat /sys/class/net/eth0/address; cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub; date +%s`
+
+// TestWarmStart makes one warm-start template (`image warm`, 1 vCPU,
+// 256 MiB) and checks that `vm run --rm` of that shape is restored from
+// it and answers as a cold `vm run --cold --rm` does (kernel,
+// distribution, user, its workspace) while being itself (hostname = its
+// name, its own address and MAC, machine id, host key, clock); that the
+// template is the daemon's own (not in `vm snapshot list`, refused
+// removal while a VM uses it); that `vm create --from-snapshot` with a
+// published port, a TTL, a network policy and a label makes a running VM
+// whose sessions and port work; that bad inputs fail with nothing made;
+// and that removing everything leaves nothing behind.
+func TestWarmStart(t *testing.T) {
+	h := NewHarness(t)
+	shape := []string{"--cpus", "1", "--memory", "256M"}
+
+	start := time.Now()
+	var tmpl model.Snapshot
+	h.JSON(&tmpl, append([]string{"image", "warm"}, shape...)...)
+	t.Logf("template %s made in %.1fs (%d bytes)", tmpl.Name, time.Since(start).Seconds(), tmpl.SizeBytes)
+	if tmpl.Template == "" || tmpl.State != model.SnapshotReady || tmpl.CPUs != 1 || tmpl.MemoryMiB != 256 {
+		t.Fatalf("template = %+v", tmpl)
+	}
+	var again model.Snapshot
+	h.JSON(&again, append([]string{"image", "warm"}, shape...)...)
+	if again.ID != tmpl.ID {
+		t.Fatalf("a second image warm made %s instead of answering %s", again.Name, tmpl.Name)
+	}
+	var snaps []model.Snapshot
+	h.JSON(&snaps, "vm", "snapshot", "list")
+	if len(snaps) != 0 {
+		t.Fatalf("vm snapshot list shows the template: %+v", snaps)
+	}
+	var ts []model.Snapshot
+	h.JSON(&ts, "image", "warm", "--list")
+	if len(ts) != 1 || ts[0].ID != tmpl.ID || ts[0].Stale != "" {
+		t.Fatalf("image warm --list = %+v", ts)
+	}
+	// The VM the template was made from is gone; a VM made but not booted
+	// takes the first address, so the runs' guests must take another one
+	// than the template's guest had.
+	h.MustRun("vm", "create", "--name", "spacer")
+
+	repo := t.TempDir()
+	gitIn(t, repo, "init", "-q")
+	if err := os.WriteFile(filepath.Join(repo, "hello.txt"), []byte("hello\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	gitIn(t, repo, "add", ".")
+	gitIn(t, repo, "commit", "-q", "-m", "hello")
+	run := func(name string, cold bool) []string {
+		args := append([]string{"vm", "run", "--rm", "-v", "--name", name, "--workspace", repo}, shape...)
+		if cold {
+			args = append(args, "--cold")
+		}
+		start := time.Now()
+		out, errOut, code := h.Run(append(args, "--", "sh", "-c", warmProbe)...)
+		took := time.Since(start)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if code != 0 || len(lines) != 10 {
+			t.Fatalf("%s: exit %d\n%s\n%s", name, code, out, errOut)
+		}
+		// The probe's last line is the guest's clock, read just before
+		// the run's end (the VM's deletion after it takes well under 2s).
+		if secs, err := strconv.ParseInt(lines[9], 10, 64); err != nil || secs < time.Now().Unix()-4 || secs > time.Now().Unix()+1 {
+			t.Errorf("%s: guest clock %q, host %d at the run's end", name, lines[9], time.Now().Unix())
+		}
+		restored := strings.Contains(errOut, "restoring from template "+tmpl.Name)
+		t.Logf("%s (cold %v) in %.1fs: %q\n%s", name, cold, took.Seconds(), lines, errOut)
+		if restored == cold {
+			t.Fatalf("%s: restored from the template %v, want %v:\n%s", name, restored, !cold, errOut)
+		}
+		return lines
+	}
+	warm := run("warm-1", false)
+	cold := run("cold-1", true)
+	for i, what := range []string{"workspace", "", "kernel", "distribution", "user"} {
+		if what != "" && warm[i] != cold[i] {
+			t.Errorf("%s: warm %q, cold %q", what, warm[i], cold[i])
+		}
+	}
+	if warm[0] != "hello" || warm[1] != "warm-1" || cold[1] != "cold-1" {
+		t.Errorf("workspace and hostname: warm %q, cold %q", warm[:2], cold[:2])
+	}
+	for _, a := range [][]string{warm, cold} {
+		ip, _, _ := strings.Cut(a[6], "/")
+		if ip == tmpl.GuestIP || a[7] != hostnet.MACForIP(netip.MustParseAddr(ip)) {
+			t.Errorf("%s: address %s, MAC %s (the template's guest had %s)", a[1], a[6], a[7], tmpl.GuestIP)
+		}
+	}
+	if warm[5] == cold[5] || warm[8] == cold[8] || len(warm[5]) != 32 || len(cold[5]) != 32 {
+		t.Errorf("warm and cold share a machine id (%q) or host key (%q)", warm[5], warm[8])
+	}
+
+	// A VM from the template, kept; a snapshot of it; a VM made from
+	// that snapshot with the create flags.
+	src := h.MustRun(append([]string{"vm", "create", "--start", "--name", "src", "--json"}, shape...)...)
+	var srcVM model.VM
+	if err := json.Unmarshal([]byte(src), &srcVM); err != nil {
+		t.Fatal(err)
+	}
+	h.MustRun("vm", "exec", "src", "--", "sh", "-c", "mkdir -p /root/www && echo from-src > /root/www/index.html && sync")
+	h.MustRun("vm", "snapshot", "create", "src", "--name", "s1")
+	out, errOut, code := h.Run("vm", "create", "--from-snapshot", "s1", "--name", "web", "--ttl", "10m", "-p", "0:8000",
+		"--net", "open", "--label", "app=web", "--json")
+	if code != 0 {
+		t.Fatalf("vm create --from-snapshot: exit %d\n%s\n%s", code, out, errOut)
+	}
+	web := h.VM("web")
+	if web.State != model.VMRunning || web.Net.Mode != "open" || web.Labels["app"] != "web" || web.ExpiresAt == nil ||
+		time.Until(*web.ExpiresAt) < 9*time.Minute || len(web.Ports) != 1 || web.GuestIP == srcVM.GuestIP {
+		t.Fatalf("web = %+v", web)
+	}
+	if got := strings.TrimSpace(h.MustRun("vm", "exec", "web", "--", "hostname")); got != "web" {
+		t.Errorf("web says it is %q", got)
+	}
+	serveHTTP(h, "web", "www")
+	if body := fetch(t, fmt.Sprintf("http://127.0.0.1:%d/", web.Ports[0].HostPort), 60*time.Second); !strings.Contains(body, "from-src") {
+		t.Errorf("web's published port answered %q", body)
+	}
+
+	var before []model.VM
+	h.JSON(&before, "vm", "list")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"vm", "create", "--from-snapshot", "no-such-snap", "--name", "x"}, `no snapshot named "no-such-snap"`},
+		{[]string{"vm", "create", "--from-snapshot", tmpl.Name, "--name", "x"}, fmt.Sprintf("no snapshot named %q", tmpl.Name)},
+		{[]string{"vm", "create", "--from-snapshot", "s1", "--name", "x", "--cpus", "2"}, "--cpus does not go with --from-snapshot"},
+		{[]string{"vm", "create", "--from-snapshot", "s1", "--name", "web"}, `vm "web" already exists`},
+		{[]string{"vm", "create", "--from-snapshot", "s1", "--name", "x", "--ttl", "forever"}, "ttl"},
+		{[]string{"vm", "create", "--name", "x", "--cold"}, "cold is for a create that boots"},
+		{[]string{"vm", "snapshot", "rm", tmpl.Name}, "is a warm-start template"},
+		{[]string{"image", "unwarm", tmpl.Name}, "template " + tmpl.Name + " is used by vm src"},
+		{[]string{"image", "unwarm", "s1"}, "s1 is a snapshot, not a template"},
+	} {
+		if _, errOut, code := h.Run(c.args...); code == 0 || !strings.Contains(errOut, c.want) {
+			t.Errorf("banger %s: exit %d, stderr %q; want an error with %q", strings.Join(c.args, " "), code, errOut, c.want)
+		}
+	}
+	var after []model.VM
+	h.JSON(&after, "vm", "list")
+	if len(after) != len(before) {
+		t.Errorf("refused creates left vms: %d before, %d after", len(before), len(after))
+	}
+
+	h.MustRun("vm", "delete", "--force", "web", "src", "spacer")
+	h.MustRun("vm", "snapshot", "rm", "s1")
+	h.MustRun("image", "unwarm", tmpl.Name)
+	h.JSON(&ts, "image", "warm", "--list")
+	if len(ts) != 0 {
+		t.Fatalf("after unwarm: %+v", ts)
+	}
+	h.AssertNoLeaks()
 }

@@ -5,7 +5,8 @@
 // kernel for a new VM, made on first use.
 //
 // It owns the image and kernel records and their files. It must not touch
-// VMs beyond asking the store which use an artifact.
+// VMs beyond asking the store which use an artifact, nor warm-start
+// templates beyond asking (DropTemplates) that an artifact's go with it.
 package artifacts
 
 import (
@@ -39,6 +40,9 @@ type Deps struct {
 	Store  *store.Store
 	Log    *slog.Logger
 	Now    func() time.Time
+	// DropTemplates removes the warm-start templates made from the image
+	// or kernel with this id, which is being removed (nil: none kept).
+	DropTemplates func(ctx context.Context, artifactID string) error
 }
 
 // Service registers images and kernels.
@@ -48,6 +52,39 @@ type Service struct {
 	// buildMu serialises image builds and kernel pulls: they are heavy, and
 	// two first-run `vm create`s must not build the default image twice.
 	buildMu sync.Mutex
+
+	initSumOnce sync.Once
+	initSum     string
+}
+
+// InitSum is the checksum ("sha256:<hex>") of the banger-init binary
+// this daemon installs in the images it builds, "" when there is none;
+// read once per daemon.
+func (sv *Service) InitSum() string {
+	sv.initSumOnce.Do(func() {
+		p, err := sv.initBinary()
+		if err != nil {
+			return
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return
+		}
+		defer f.Close()
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err == nil {
+			sv.initSum = "sha256:" + hex.EncodeToString(h.Sum(nil))
+		}
+	})
+	return sv.initSum
+}
+
+// dropTemplates removes the templates of an artifact being removed.
+func (sv *Service) dropTemplates(ctx context.Context, id string) error {
+	if sv.DropTemplates == nil {
+		return nil
+	}
+	return sv.DropTemplates(ctx, id)
 }
 
 // New makes a Service.
@@ -204,7 +241,8 @@ func (sv *Service) ImportImage(ctx context.Context, req api.ImportImageRequest, 
 	return im, nil
 }
 
-// RemoveImage deletes an image unless a VM or a snapshot uses it.
+// RemoveImage deletes an image unless a VM or a snapshot uses it; its
+// warm-start templates go with it.
 func (sv *Service) RemoveImage(ctx context.Context, ref string) error {
 	im, err := sv.GetImage(ctx, ref)
 	if err != nil {
@@ -221,6 +259,9 @@ func (sv *Service) RemoveImage(ctx context.Context, ref string) error {
 		return err
 	} else if len(snaps) > 0 {
 		return errdefs.Errorf(errdefs.CodeConflict, "image %s is used by snapshot %s: remove the snapshot first", im.Name, strings.Join(snaps, ", "))
+	}
+	if err := sv.dropTemplates(ctx, im.ID); err != nil {
+		return err
 	}
 	if err := sv.Store.DeleteImage(ctx, im.ID); err != nil {
 		return store.Describe("image", ref, err)
@@ -392,7 +433,8 @@ func (sv *Service) ImportKernel(ctx context.Context, req api.ImportKernelRequest
 	return k, nil
 }
 
-// RemoveKernel deletes a kernel unless a VM or a snapshot uses it.
+// RemoveKernel deletes a kernel unless a VM or a snapshot uses it; its
+// warm-start templates go with it.
 func (sv *Service) RemoveKernel(ctx context.Context, ref string) error {
 	k, err := sv.GetKernel(ctx, ref)
 	if err != nil {
@@ -409,6 +451,9 @@ func (sv *Service) RemoveKernel(ctx context.Context, ref string) error {
 		return err
 	} else if len(snaps) > 0 {
 		return errdefs.Errorf(errdefs.CodeConflict, "kernel %s is used by snapshot %s: remove the snapshot first", k.Name, strings.Join(snaps, ", "))
+	}
+	if err := sv.dropTemplates(ctx, k.ID); err != nil {
+		return err
 	}
 	if err := sv.Store.DeleteKernel(ctx, k.ID); err != nil {
 		return store.Describe("kernel", ref, err)

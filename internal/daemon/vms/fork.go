@@ -3,6 +3,8 @@ package vms
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"os"
@@ -45,6 +47,9 @@ func (m *Manager) Fork(ctx context.Context, src string, count int, prefix string
 		return nil, errdefs.Errorf(errdefs.CodeInvalid, "fork needs a snapshot or a running vm")
 	}
 	sn, err := m.store.GetSnapshot(ctx, src)
+	if err == nil && sn.Template != "" {
+		err = store.ErrNotFound // the daemon's own
+	}
 	if err != nil {
 		if _, verr := m.store.GetVM(ctx, src); verr != nil {
 			return nil, errdefs.Errorf(errdefs.CodeNotFound, "no snapshot or vm named %q to fork", src)
@@ -86,7 +91,11 @@ func (m *Manager) Fork(ctx context.Context, src string, count int, prefix string
 	var made []model.VM
 	for i, name := range names {
 		report(progress.Event{Phase: "fork", Message: fmt.Sprintf("%s (%d of %d)", name, i+1, count)})
-		vm, err := m.forkOne(ctx, sn, name, report)
+		netPolicy, err := m.netPolicy(ctx, model.VM{Name: name}, "", nil, nil, nil)
+		if err != nil {
+			return made, err
+		}
+		vm, err := m.forkOne(ctx, sn, vmIntent{ID: model.NewID(), Name: name, Net: netPolicy}, report)
 		if err != nil {
 			return made, err
 		}
@@ -95,14 +104,13 @@ func (m *Manager) Fork(ctx context.Context, src string, count int, prefix string
 	return made, nil
 }
 
-// forkOne makes and restores one fork; on failure nothing of it is left.
-func (m *Manager) forkOne(ctx context.Context, sn model.Snapshot, name string, report progress.Func) (model.VM, error) {
+// forkOne makes and restores one VM from a snapshot, with what its
+// create asked (name, network policy, deadlines, labels); on failure
+// nothing of it is left. The VM is pending in snapshot_users until its
+// guest has taken its identity (launch).
+func (m *Manager) forkOne(ctx context.Context, sn model.Snapshot, in vmIntent, report progress.Func) (model.VM, error) {
 	start := time.Now()
-	netPolicy, err := m.netPolicy(ctx, model.VM{Name: name}, "", nil, nil, nil)
-	if err != nil {
-		return model.VM{}, err
-	}
-	id := model.NewID()
+	id, name := in.ID, in.Name
 	now := m.now().UTC()
 	vm := model.VM{
 		ID: id, Name: name, ImageID: sn.ImageID, KernelID: sn.KernelID,
@@ -110,8 +118,9 @@ func (m *Manager) forkOne(ctx context.Context, sn model.Snapshot, name string, r
 		DesiredState: model.VMStopped, State: model.VMCreated,
 		VMM: sn.VMM, CowStrategy: sn.CowStrategy,
 		DNSName:   name + "." + m.cfg.DNSSuffix,
-		CreatedAt: now, UpdatedAt: now, Net: netPolicy,
+		CreatedAt: now, UpdatedAt: now, Net: in.Net, Labels: in.Labels,
 	}
+	applyDeadlines(&vm, in, now)
 	if drv, err := m.driver(vm.VMM); err == nil {
 		if a, ok := drv.(vmm.AccelReporter); ok {
 			vm.Accel, _ = a.Accel(ctx)
@@ -128,6 +137,9 @@ func (m *Manager) forkOne(ctx context.Context, sn model.Snapshot, name string, r
 	defer unlock()
 	m.allocMu.Lock()
 	err = m.allocate(ctx, &vm)
+	if err == nil {
+		err = m.checkNet(ctx, vm)
+	}
 	if err == nil {
 		err = store.Describe("vm", name, m.store.CreateVM(ctx, vm))
 	}
@@ -165,8 +177,40 @@ func (m *Manager) forkOne(ctx context.Context, sn model.Snapshot, name string, r
 	if err != nil {
 		return undo(err)
 	}
+	if vm.ExpiresAt != nil || vm.IdleTimeoutSeconds > 0 {
+		m.pokeExpiry()
+	}
 	m.log.Info("vm forked", "vm", name, "snapshot", sn.Name, "ip", vm.GuestIP, "seconds", time.Since(start).Seconds())
 	return vm, nil
+}
+
+// machineIDOf is a VM's machine id (/etc/machine-id): stable across its
+// boots, its own, and not its id (which `vm show` prints; a machine id
+// is meant to stay private to the machine). Pure.
+func machineIDOf(vmID string) string {
+	sum := sha256.Sum256([]byte("banger machine-id\n" + vmID))
+	return hex.EncodeToString(sum[:16])
+}
+
+// tellMachineID gives a booted guest its machine id over the control
+// channel (images share theirs otherwise, or have none); a guest without
+// the channel keeps the image's, logged.
+func (m *Manager) tellMachineID(ctx context.Context, vm model.VM, drv vmm.Driver, im model.Image) {
+	ctl, ok := drv.(vmm.Controller)
+	if !ok || im.Init != "fast" {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := ctl.DialControl(cctx, vm.Dir)
+	if err == nil {
+		c := guestctl.NewClient(conn)
+		_, err = c.Call(cctx, guestctl.Request{Op: guestctl.OpIdentity, MachineID: machineIDOf(vm.ID)})
+		c.Close()
+	}
+	if err != nil {
+		m.log.Warn("guest's machine id not set", "vm", vm.Name, "err", err)
+	}
 }
 
 // reidentify tells a restored fork, whose link is held down, who it is,
@@ -195,7 +239,7 @@ func (m *Manager) reidentify(ctx context.Context, vm model.VM, drv vmm.Driver, v
 	c := guestctl.NewClient(conn)
 	defer c.Close()
 	rep, err := c.Call(cctx, guestctl.Request{
-		Op: guestctl.OpIdentity, Hostname: vm.Name, MachineID: guestctl.NewMachineID(), Seed: seed,
+		Op: guestctl.OpIdentity, Hostname: vm.Name, MachineID: machineIDOf(vm.ID), Seed: seed,
 		MAC: vm.GuestMAC, Addr: netip.PrefixFrom(ip, m.subnet.Bits()).String(), Gateway: m.taps.Gateway().String(),
 		HostKey: fork.hostKey.Private, HostPub: fork.hostKey.Public,
 	})

@@ -44,23 +44,13 @@ func vmPaths(vm *model.VM, dir string, strategy string) {
 }
 
 // Create makes the VM record and its disks, and boots it when asked.
+// With req.FromSnapshot it is restored from that snapshot instead, as a
+// fork with the create's own name, network policy, deadline and labels.
+// A booting create of a shape whose warm-start template is fresh
+// (template.go) is restored from it unless req.Cold; a restore that
+// fails falls back to a boot.
 func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report progress.Func) (model.VM, error) {
 	report = progress.OrNop(report)
-	cpus := req.CPUs
-	if cpus == 0 {
-		cpus = m.cfg.CPUs
-	}
-	if cpus < 1 || cpus > m.cfg.MaxCPUs {
-		return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "invalid cpus %d: use 1 to %d (max_cpus)", cpus, m.cfg.MaxCPUs)
-	}
-	mem, err := sizeWithin("memory", req.Memory, m.cfg.Memory, minMemoryMiB<<20, m.cfg.MaxMemory)
-	if err != nil {
-		return model.VM{}, err
-	}
-	disk, err := sizeWithin("disk", req.Disk, m.cfg.Disk, minDiskBytes, m.cfg.MaxDisk)
-	if err != nil {
-		return model.VM{}, err
-	}
 	id := model.NewID()
 	name := req.Name
 	if name == "" {
@@ -90,51 +80,35 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 	if req.TTLAction != "" && strings.TrimSpace(req.TTL) == "" && idleSecs == 0 {
 		return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "a ttl action needs a ttl or an idle timeout")
 	}
-
-	// Checked before the image and kernel, which may take minutes to fetch.
-	if _, err := m.PickDriver(ctx, req.VMM); err != nil {
-		return model.VM{}, err
+	// What the user asked of the VM itself, whichever way it is made.
+	base := vmIntent{ID: id, Name: name, Net: netPolicy, Labels: req.Labels, TTL: req.TTL, TTLAction: req.TTLAction, IdleSecs: idleSecs}
+	if req.FromSnapshot != "" {
+		return m.createFromSnapshot(ctx, req, base, report)
 	}
-	im, err := m.artifacts.ImageForVM(ctx, req.Image, report)
+	if req.Cold && !req.Start {
+		return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "cold is for a create that boots the vm (start)")
+	}
+	shape, drv, strat, err := m.resolveShape(ctx, req, report)
 	if err != nil {
 		return model.VM{}, err
 	}
-	k, err := m.artifacts.KernelForVM(ctx, req.Kernel, report)
-	if err != nil {
-		return model.VM{}, err
+	if req.Start && !req.Cold {
+		if vm, ok, err := m.createWarm(ctx, shape, base, report); ok || err != nil {
+			return vm, err
+		}
 	}
-	// Picked again now that the default kernel is surely registered: the
-	// drivers' KVM probes boot it, which firmware alone does not prove.
-	drv, err := m.PickDriver(ctx, req.VMM)
-	if err != nil {
-		return model.VM{}, err
-	}
-	strat, err := m.PickStrategy(drv)
-	if err != nil {
-		return model.VM{}, err
-	}
+	im, k, cpus, disk := shape.Image, shape.Kernel, shape.CPUs, shape.DiskBytes
 
 	now := m.now().UTC()
 	vm := model.VM{
 		ID: id, Name: name, ImageID: im.ID, KernelID: k.ID,
-		CPUs: cpus, MemoryMiB: int(mem >> 20), DiskBytes: disk,
+		CPUs: cpus, MemoryMiB: shape.MemoryMiB, DiskBytes: disk,
 		DesiredState: model.VMStopped, State: model.VMCreated,
 		VMM: drv.Name(), CowStrategy: strat.Name(),
 		DNSName:   name + "." + m.cfg.DNSSuffix,
 		CreatedAt: now, UpdatedAt: now, Net: netPolicy, Labels: req.Labels,
 	}
-	if vm.ExpiresAt, _ = parseTTL(now, req.TTL, req.TTLAction, true); vm.ExpiresAt != nil {
-		vm.ExpireAction = req.TTLAction
-		if vm.ExpireAction == "" {
-			vm.ExpireAction = model.TTLDelete
-		}
-	}
-	if idleSecs > 0 {
-		vm.IdleTimeoutSeconds, vm.IdleAction = idleSecs, req.TTLAction
-		if vm.IdleAction == "" {
-			vm.IdleAction = model.TTLDelete
-		}
-	}
+	applyDeadlines(&vm, base, now)
 	if a, ok := drv.(vmm.AccelReporter); ok {
 		vm.Accel, _ = a.Accel(ctx)
 	}
@@ -186,6 +160,76 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 		return m.Start(ctx, id, report)
 	}
 	return vm, nil
+}
+
+// vmIntent is what a create asks of the VM itself, validated, whichever
+// way the VM is made (booted, restored from a template or a snapshot).
+type vmIntent struct {
+	ID, Name       string
+	Net            model.NetPolicy
+	Labels         map[string]string
+	TTL, TTLAction string
+	IdleSecs       int
+}
+
+// resolveShape resolves a create's sizes (or the configured defaults),
+// VMM, image and kernel (made on first use) and storage strategy.
+func (m *Manager) resolveShape(ctx context.Context, req api.CreateVMRequest, report progress.Func) (vmShape, vmm.Driver, storage.Strategy, error) {
+	var s vmShape
+	s.CPUs = req.CPUs
+	if s.CPUs == 0 {
+		s.CPUs = m.cfg.CPUs
+	}
+	if s.CPUs < 1 || s.CPUs > m.cfg.MaxCPUs {
+		return s, nil, nil, errdefs.Errorf(errdefs.CodeInvalid, "invalid cpus %d: use 1 to %d (max_cpus)", s.CPUs, m.cfg.MaxCPUs)
+	}
+	mem, err := sizeWithin("memory", req.Memory, m.cfg.Memory, minMemoryMiB<<20, m.cfg.MaxMemory)
+	if err != nil {
+		return s, nil, nil, err
+	}
+	s.MemoryMiB = int(mem >> 20)
+	if s.DiskBytes, err = sizeWithin("disk", req.Disk, m.cfg.Disk, minDiskBytes, m.cfg.MaxDisk); err != nil {
+		return s, nil, nil, err
+	}
+	// Checked before the image and kernel, which may take minutes to fetch.
+	if _, err := m.PickDriver(ctx, req.VMM); err != nil {
+		return s, nil, nil, err
+	}
+	if s.Image, err = m.artifacts.ImageForVM(ctx, req.Image, report); err != nil {
+		return s, nil, nil, err
+	}
+	if s.Kernel, err = m.artifacts.KernelForVM(ctx, req.Kernel, report); err != nil {
+		return s, nil, nil, err
+	}
+	// Picked again now that the default kernel is surely registered: the
+	// drivers' KVM probes boot it, which firmware alone does not prove.
+	drv, err := m.PickDriver(ctx, req.VMM)
+	if err != nil {
+		return s, nil, nil, err
+	}
+	strat, err := m.PickStrategy(drv)
+	if err != nil {
+		return s, nil, nil, err
+	}
+	s.VMM, s.Strategy = drv.Name(), strat.Name()
+	return s, drv, strat, nil
+}
+
+// applyDeadlines sets a new VM's deadline (counted from now) and idle
+// timeout from what its create asked (base, validated).
+func applyDeadlines(vm *model.VM, base vmIntent, now time.Time) {
+	if vm.ExpiresAt, _ = parseTTL(now, base.TTL, base.TTLAction, true); vm.ExpiresAt != nil {
+		vm.ExpireAction = base.TTLAction
+		if vm.ExpireAction == "" {
+			vm.ExpireAction = model.TTLDelete
+		}
+	}
+	if base.IdleSecs > 0 {
+		vm.IdleTimeoutSeconds, vm.IdleAction = base.IdleSecs, base.TTLAction
+		if vm.IdleAction == "" {
+			vm.IdleAction = model.TTLDelete
+		}
+	}
 }
 
 // sizeWithin parses a requested size (or the configured default) and
@@ -442,10 +486,18 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 		if err := m.reidentify(ctx, vm, drv, vh, fork); err != nil {
 			return fail(err)
 		}
+		// Its work disk now holds its own host key: a daemon that stops
+		// from here keeps it (reconcile deletes it while pending).
+		if err := m.store.IdentifiedSnapshotUser(ctx, vm.ID); err != nil {
+			return fail(err)
+		}
 	}
 	report(progress.Event{Phase: "ssh", Message: "waiting for the guest's SSH", Elapsed: time.Since(start).Seconds()})
 	if err := m.waitGuest(ctx, vm, func() bool { return drv.Alive(vh) }); err != nil {
 		return fail(err)
+	}
+	if !restoring {
+		m.tellMachineID(ctx, vm, drv, im)
 	}
 	if restoring && fork == nil {
 		// The guest's wall clock stood still while it was paused.

@@ -26,9 +26,12 @@ func (m *Manager) Reconcile(ctx context.Context) {
 		return
 	}
 	known := map[string]bool{}
+	gone := m.reconcileLeftovers(ctx, vms)
 	for _, vm := range vms {
 		known[vm.ID] = true
-		m.reconcileVM(ctx, vm)
+		if !gone[vm.ID] {
+			m.reconcileVM(ctx, vm)
+		}
 	}
 	entries, _ := os.ReadDir(m.cfg.VMsDir())
 	for _, e := range entries {

@@ -70,6 +70,12 @@ func (m *Manager) lockBriefly(ctx context.Context, ref, what string) (model.VM, 
 // "<vm>-<yyyymmdd-hhmmss>". On failure the guest runs on and nothing of
 // the snapshot is left.
 func (m *Manager) CreateSnapshot(ctx context.Context, ref, name string) (model.Snapshot, error) {
+	return m.createSnapshot(ctx, ref, name, nil)
+}
+
+// createSnapshot is CreateSnapshot; with tmpl set the snapshot is the
+// warm-start template made from those inputs.
+func (m *Manager) createSnapshot(ctx context.Context, ref, name string, tmpl *templateInputs) (model.Snapshot, error) {
 	vm, unlock, err := m.lockBriefly(ctx, ref, "snapshot")
 	if err != nil {
 		return model.Snapshot{}, err
@@ -104,6 +110,9 @@ func (m *Manager) CreateSnapshot(ctx context.Context, ref, name string) (model.S
 		ImageID: vm.ImageID, KernelID: vm.KernelID, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes,
 		VMM: vm.VMM, CowStrategy: vm.CowStrategy, GuestIP: vm.GuestIP, GuestMAC: vm.GuestMAC,
 		State: model.SnapshotCreating, CreatedAt: now,
+	}
+	if tmpl != nil {
+		sn.Template, sn.TemplateInputs = tmpl.Key(), tmpl.JSON()
 	}
 	sn.Dir = filepath.Join(m.SnapshotsDir(), sn.ID)
 	if err := m.store.CreateSnapshot(ctx, sn); err != nil {
@@ -199,12 +208,17 @@ func (m *Manager) ListSnapshots(ctx context.Context) ([]model.Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	for i := range all {
-		if all[i].UsedBy, err = m.store.SnapshotUsers(ctx, all[i].ID); err != nil {
+	out := []model.Snapshot{}
+	for _, sn := range all {
+		if sn.Template != "" {
+			continue // the daemon's own: ListTemplates
+		}
+		if sn.UsedBy, err = m.store.SnapshotUsers(ctx, sn.ID); err != nil {
 			return nil, err
 		}
+		out = append(out, sn)
 	}
-	return all, nil
+	return out, nil
 }
 
 // GetSnapshot finds a snapshot by name, id or id prefix, with the VMs
@@ -214,6 +228,9 @@ func (m *Manager) GetSnapshot(ctx context.Context, ref string) (model.Snapshot, 
 		return model.Snapshot{}, errdefs.Errorf(errdefs.CodeInvalid, "snapshot name or id is empty")
 	}
 	sn, err := m.store.GetSnapshot(ctx, ref)
+	if err == nil && sn.Template != "" {
+		return model.Snapshot{}, errdefs.Errorf(errdefs.CodeNotFound, "%s is a warm-start template, not a snapshot: banger image warm --list shows it", sn.Name)
+	}
 	if err != nil {
 		return sn, store.Describe("snapshot", ref, err)
 	}
@@ -229,19 +246,28 @@ func (m *Manager) RemoveSnapshot(ctx context.Context, ref string) error {
 	if err != nil {
 		return err
 	}
+	return m.removeSnapshot(ctx, sn, "snapshot")
+}
+
+// removeSnapshot is RemoveSnapshot of a snapshot or template (kind).
+func (m *Manager) removeSnapshot(ctx context.Context, sn model.Snapshot, kind string) error {
 	unlock := m.locks.Lock("snapshot:" + sn.ID)
 	defer unlock()
-	if sn, err = m.GetSnapshot(ctx, sn.ID); err != nil {
+	sn, err := m.store.GetSnapshot(ctx, sn.ID)
+	if err != nil {
+		return store.Describe(kind, sn.ID, err)
+	}
+	if sn.UsedBy, err = m.store.SnapshotUsers(ctx, sn.ID); err != nil {
 		return err
 	}
 	if len(sn.UsedBy) > 0 {
-		return errdefs.Errorf(errdefs.CodeConflict, "snapshot %s is used by vm %s: delete those vms first", sn.Name, joinNames(sn.UsedBy))
+		return errdefs.Errorf(errdefs.CodeConflict, "%s %s is used by vm %s: delete those vms first", kind, sn.Name, joinNames(sn.UsedBy))
 	}
 	if sn.State == model.SnapshotCreating {
-		return errdefs.Errorf(errdefs.CodeConflict, "snapshot %s is still being created: remove it when that ends", sn.Name)
+		return errdefs.Errorf(errdefs.CodeConflict, "%s %s is still being created: remove it when that ends", kind, sn.Name)
 	}
 	if err := m.store.DeleteSnapshot(ctx, sn.ID); err != nil {
-		return store.Describe("snapshot", ref, err)
+		return store.Describe(kind, sn.Name, err)
 	}
 	if err := os.RemoveAll(sn.Dir); err != nil {
 		m.log.Warn("remove snapshot directory", "snapshot", sn.Name, "dir", sn.Dir, "err", err)

@@ -96,6 +96,10 @@ type Deps struct {
 	// SetGuestClock steps a resumed guest's wall clock to the host's
 	// (nil: left as it is).
 	SetGuestClock func(ctx context.Context, vm model.VM) error
+	// GuestInit answers the checksum ("sha256:<hex>", "" when none) of
+	// the banger-init the daemon installs in the images it builds: part
+	// of what makes a warm-start template stale.
+	GuestInit func() string
 }
 
 // Manager runs the VM lifecycle.
@@ -115,6 +119,7 @@ type Manager struct {
 	dropGuest     func(vmID string)
 	started       func(ctx context.Context, vm model.VM)
 	setClock      func(ctx context.Context, vm model.VM) error
+	guestInit     func() string
 	// since is when the Manager was made (the daemon's start), from which
 	// idle time is counted: activity is kept in memory only.
 	since time.Time
@@ -136,6 +141,7 @@ func New(deps Deps) *Manager {
 		authorizedKey: deps.AuthorizedKey, artifacts: deps.Artifacts,
 		waitGuest: deps.WaitGuest, dropGuest: deps.DropGuest, started: deps.Started,
 		setClock:      deps.SetGuestClock,
+		guestInit:     deps.GuestInit,
 		usage:         usage{uses: map[string]Use{}},
 		handles:       newHandleCache(),
 		expiryChanged: make(chan struct{}, 1),
