@@ -71,6 +71,32 @@ func TestSnapshotWithFakes(t *testing.T) {
 		{"fork count", func() error { _, err := f.m.Fork(ctx, "s1", 0, "", nil); return err }(), errdefs.CodeInvalid, "invalid count 0"},
 		{"fork missing", func() error { _, err := f.m.Fork(ctx, "nope", 1, "", nil); return err }(), errdefs.CodeNotFound, `no snapshot or vm named "nope"`},
 		{"fork without control channel", func() error { _, err := f.m.Fork(ctx, "s1", 2, "kid", nil); return err }(), errdefs.CodeUnavailable, "no control channel"},
+		{"from a missing snapshot", func() error {
+			_, err := f.m.Create(ctx, api.CreateVMRequest{Name: "x", FromSnapshot: "nope"}, nil)
+			return err
+		}(), errdefs.CodeNotFound, `no snapshot named "nope"`},
+		{"from a snapshot with a size", func() error {
+			_, err := f.m.Create(ctx, api.CreateVMRequest{Name: "x", FromSnapshot: "s1", Memory: "2G"}, nil)
+			return err
+		}(), errdefs.CodeInvalid, "--memory does not go with --from-snapshot"},
+		{"from a snapshot, cold", func() error {
+			_, err := f.m.Create(ctx, api.CreateVMRequest{Name: "x", FromSnapshot: "s1", Cold: true}, nil)
+			return err
+		}(), errdefs.CodeInvalid, "--cold does not go with --from-snapshot"},
+		{"from a snapshot, bad ttl", func() error {
+			_, err := f.m.Create(ctx, api.CreateVMRequest{Name: "x", FromSnapshot: "s1", TTL: "forever"}, nil)
+			return err
+		}(), errdefs.CodeInvalid, "ttl"},
+		{"from a snapshot without control channel", func() error {
+			_, err := f.m.Create(ctx, api.CreateVMRequest{Name: "x", FromSnapshot: "s1"}, nil)
+			return err
+		}(), errdefs.CodeUnavailable, "no control channel"},
+		{"cold without start", func() error {
+			_, err := f.m.Create(ctx, api.CreateVMRequest{Name: "x", Cold: true}, nil)
+			return err
+		}(), errdefs.CodeInvalid, "cold is for a create that boots"},
+		{"warm without control channel", func() error { _, err := f.m.WarmImage(ctx, api.WarmRequest{}, nil); return err }(), errdefs.CodeUnavailable, "no control channel"},
+		{"template of a snapshot", f.m.RemoveTemplate(ctx, "s1"), errdefs.CodeNotFound, "s1 is a snapshot, not a template"},
 	} {
 		if errdefs.CodeOf(c.err) != c.code || !strings.Contains(c.err.Error(), c.want) {
 			t.Errorf("%s: %v (code %s), want %s with %q", c.name, c.err, errdefs.CodeOf(c.err), c.code, c.want)
@@ -94,5 +120,54 @@ func TestSnapshotWithFakes(t *testing.T) {
 	}
 	if err := f.m.RemoveSnapshot(ctx, "s1"); errdefs.CodeOf(err) != errdefs.CodeNotFound {
 		t.Fatalf("second remove: %v", err)
+	}
+}
+
+// Reconcile deletes the VMs a daemon that stopped left half made: one
+// made from a snapshot that never took its identity (pending) and the VM
+// a template was being made from; a VM made from a snapshot that did
+// take it, and an ordinary one, stay.
+func TestReconcileDeletesHalfMadeVMs(t *testing.T) {
+	f, _, _ := snapFixture(t)
+	ctx := context.Background()
+	dev := startVM(t, f, "dev")
+	if err := os.WriteFile(dev.SystemDisk, []byte("overlay"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sn, err := f.m.CreateSnapshot(ctx, "dev", "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := startVM(t, f, "half")
+	done := startVM(t, f, "done")
+	build, err := f.m.Create(ctx, api.CreateVMRequest{Name: "warm-build-1", Disk: "64M", Labels: map[string]string{warmBuildLabel: "1"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []model.VM{half, done} {
+		if err := f.st.AddSnapshotUser(ctx, sn.ID, v.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.st.IdentifiedSnapshotUser(ctx, done.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	f.m.Reconcile(ctx)
+	for _, gone := range []model.VM{half, build} {
+		if _, err := f.m.Get(ctx, gone.ID); !errdefs.IsNotFound(err) {
+			t.Errorf("%s after reconcile: %v", gone.Name, err)
+		}
+		if _, err := os.Stat(gone.Dir); !os.IsNotExist(err) {
+			t.Errorf("%s's directory left: %v", gone.Name, err)
+		}
+	}
+	for _, kept := range []string{"dev", "done"} {
+		if _, err := f.m.Get(ctx, kept); err != nil {
+			t.Errorf("%s after reconcile: %v", kept, err)
+		}
+	}
+	if users, _ := f.st.SnapshotUsers(ctx, sn.ID); len(users) != 1 || users[0] != "done" {
+		t.Errorf("snapshot users after reconcile: %v", users)
 	}
 }
