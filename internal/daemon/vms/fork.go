@@ -24,6 +24,10 @@ import (
 // MaxFork bounds one fork request.
 const MaxFork = 16
 
+// machineIDWait bounds telling a booted guest its machine id: its
+// banger-init answers at once once SSH does.
+const machineIDWait = 3 * time.Second
+
 // forkIdentity is what a fork is told over the control channel before its
 // link comes up.
 type forkIdentity struct {
@@ -194,13 +198,14 @@ func machineIDOf(vmID string) string {
 
 // tellMachineID gives a booted guest its machine id over the control
 // channel (images share theirs otherwise, or have none); a guest without
-// the channel keeps the image's, logged.
+// the channel (an image built before it) keeps the image's, logged,
+// after at most machineIDWait.
 func (m *Manager) tellMachineID(ctx context.Context, vm model.VM, drv vmm.Driver, im model.Image) {
 	ctl, ok := drv.(vmm.Controller)
 	if !ok || im.Init != "fast" {
 		return
 	}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	cctx, cancel := context.WithTimeout(ctx, machineIDWait)
 	defer cancel()
 	conn, err := ctl.DialControl(cctx, vm.Dir)
 	if err == nil {
