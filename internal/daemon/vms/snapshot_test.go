@@ -171,3 +171,81 @@ func TestReconcileDeletesHalfMadeVMs(t *testing.T) {
 		t.Errorf("snapshot users after reconcile: %v", users)
 	}
 }
+
+// Templates with a fake driver: hidden from the snapshot commands,
+// listed fresh, stale once banger's guest side changes (and no longer
+// picked), and removed with their image unless a VM made from one
+// exists.
+func TestTemplatesWithFakes(t *testing.T) {
+	f, _, _ := snapFixture(t)
+	ctx := context.Background()
+	dev := startVM(t, f, "dev")
+	if err := os.WriteFile(dev.SystemDisk, []byte("overlay"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	im, err := f.st.GetImage(ctx, dev.ImageID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := f.st.GetKernel(ctx, dev.KernelID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shape := vmShape{Image: im, Kernel: k, CPUs: dev.CPUs, MemoryMiB: dev.MemoryMiB, DiskBytes: dev.DiskBytes, VMM: dev.VMM, Strategy: dev.CowStrategy}
+	in := inputsOf(shape, f.m.guestSide())
+	tm, err := f.m.createSnapshot(ctx, "dev", "warm-x", &in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if all, _ := f.m.ListSnapshots(ctx); len(all) != 0 {
+		t.Fatalf("vm snapshot list shows the template: %+v", all)
+	}
+	if _, err := f.m.GetSnapshot(ctx, "warm-x"); !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), "warm-start template") {
+		t.Fatalf("snapshot show of a template: %v", err)
+	}
+	if _, err := f.m.Fork(ctx, "warm-x", 1, "", nil); !errdefs.IsNotFound(err) {
+		t.Fatalf("fork of a template: %v", err)
+	}
+	ts, err := f.m.ListTemplates(ctx)
+	if err != nil || len(ts) != 1 || ts[0].Stale != "" || ts[0].ImageName != im.Name {
+		t.Fatalf("templates = %+v, %v", ts, err)
+	}
+	all, _ := f.st.ListSnapshots(ctx)
+	if got, ok := pickTemplate(all, inputsOf(shape, f.m.guestSide())); !ok || got.ID != tm.ID {
+		t.Fatalf("the fresh template was not picked")
+	}
+
+	f.m.guestInit = func() string { return "sha256:another-banger-init" }
+	ts, _ = f.m.ListTemplates(ctx)
+	if len(ts) != 1 || !strings.Contains(ts[0].Stale, "guest side changed") {
+		t.Fatalf("templates after a guest side change = %+v", ts)
+	}
+	if _, ok := pickTemplate(all, inputsOf(shape, f.m.guestSide())); ok {
+		t.Fatal("a stale template was picked")
+	}
+
+	// A VM made from it holds it, and holds its image's removal up.
+	if err := f.st.AddSnapshotUser(ctx, tm.ID, dev.ID); err != nil {
+		t.Fatal(err)
+	}
+	for name, err := range map[string]error{
+		"unwarm":          f.m.RemoveTemplate(ctx, "warm-x"),
+		"image's removal": f.m.DropTemplates(ctx, im.ID),
+	} {
+		if errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "template warm-x is used by vm dev") {
+			t.Errorf("%s of a template in use: %v", name, err)
+		}
+	}
+	if err := f.m.Delete(ctx, "dev", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.m.DropTemplates(ctx, im.ID); err != nil {
+		t.Fatal(err)
+	}
+	if ts, _ := f.m.ListTemplates(ctx); len(ts) != 0 {
+		t.Fatalf("templates after their image's removal: %+v", ts)
+	}
+	if _, err := os.Stat(tm.Dir); !os.IsNotExist(err) {
+		t.Fatalf("template directory left: %v", err)
+	}
+}
