@@ -53,7 +53,7 @@ func Bins(t testing.TB) string {
 	dir := strings.TrimSpace(string(out))
 	for _, b := range []string{"etcd", "kube-apiserver", "kube-scheduler", "kube-controller-manager", "kubectl"} {
 		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-			msg := fmt.Sprintf("needs the Kubernetes control plane in %s (build it with scripts/kube-bins.sh, ~10 min once)", dir)
+			msg := fmt.Sprintf("needs the Kubernetes control plane in %s (build it with scripts/kube-bins.sh, ~20 min once)", dir)
 			if os.Getenv("CI") != "" {
 				t.Fatal(msg)
 			}
