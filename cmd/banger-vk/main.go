@@ -69,7 +69,7 @@ func parseFlags() (flags, error) {
 	flag.StringVar(&f.tlsCert, "tls-cert", "", "TLS certificate of the kubelet API (default: a self-signed one made at start)")
 	flag.StringVar(&f.tlsKey, "tls-key", "", "its key")
 	flag.StringVar(&f.clientCA, "client-ca", "", "CA whose client certificates may call the kubelet API (the one that signed the API server's --kubelet-client-certificate); required")
-	flag.IntVar(&f.cpus, "cpus", runtime.NumCPU(), "CPUs the node offers the scheduler (default: the host's)")
+	flag.IntVar(&f.cpus, "cpus", runtime.NumCPU(), "CPUs the node offers the scheduler")
 	flag.StringVar(&f.memory, "memory", "", "memory the node offers, e.g. 16G (default: the host's)")
 	flag.IntVar(&f.pods, "max-pods", 20, "pods the node accepts")
 	flag.IntVar(&f.workers, "workers", 4, "pods created or deleted at once")
