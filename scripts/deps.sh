@@ -39,6 +39,7 @@ else
 fi
 
 # The Kubernetes control plane the kube tests start (etcd, kube-apiserver,
-# kubectl), built from Go modules once per version and cached outside the
-# clone; ~10 minutes on 2 cores the first time, nothing after.
+# kube-scheduler, kube-controller-manager, kubectl), built from Go modules
+# once per version and cached outside the clone; ~20 minutes on 2 cores
+# the first time, nothing after.
 "$(dirname "$0")/kube-bins.sh" >/dev/null

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes control plane the kube tests start (etcd,
-# kube-apiserver, kubectl) from the wrapper modules under test/kube/tools,
+# kube-apiserver, kube-scheduler, kube-controller-manager, kubectl) from the wrapper modules under test/kube/tools,
 # once per version: the binaries are cached under
 # ${BANGER_CACHE:-/var/cache/banger}/kube/<version>-<hash of the wrappers>/,
 # outside the clone. Heavy builds run under nice so they share the host.
@@ -25,7 +25,7 @@ if [ "${1:-}" = "--dir" ]; then
   exit 0
 fi
 
-bins=(etcd kube-apiserver kubectl)
+bins=(etcd kube-apiserver kube-scheduler kube-controller-manager kubectl)
 complete() {
   local b
   for b in "${bins[@]}"; do [ -x "$dir/$b" ] || return 1; done
@@ -59,5 +59,7 @@ ver="$ver -X k8s.io/component-base/version.gitMajor=$(echo "$k8s_version" | cut 
 ver="$ver -X k8s.io/component-base/version.gitMinor=$(echo "$k8s_version" | cut -d. -f2)"
 build etcd . etcd
 build k8s ./kube-apiserver kube-apiserver "$ver"
+build k8s ./kube-scheduler kube-scheduler "$ver"
+build k8s ./kube-controller-manager kube-controller-manager "$ver"
 build k8s ./kubectl kubectl "$ver"
 echo "$dir"

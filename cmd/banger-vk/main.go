@@ -10,7 +10,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -40,7 +39,6 @@ import (
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/config"
 	"github.com/banger/banger/internal/kube/provider"
-	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/version"
 )
 
@@ -71,7 +69,7 @@ func parseFlags() (flags, error) {
 	flag.StringVar(&f.tlsCert, "tls-cert", "", "TLS certificate of the kubelet API (default: a self-signed one made at start)")
 	flag.StringVar(&f.tlsKey, "tls-key", "", "its key")
 	flag.StringVar(&f.clientCA, "client-ca", "", "CA whose client certificates may call the kubelet API (the one that signed the API server's --kubelet-client-certificate); required")
-	flag.IntVar(&f.cpus, "cpus", runtime.NumCPU(), "CPUs the node offers")
+	flag.IntVar(&f.cpus, "cpus", runtime.NumCPU(), "CPUs the node offers the scheduler")
 	flag.StringVar(&f.memory, "memory", "", "memory the node offers, e.g. 16G (default: the host's)")
 	flag.IntVar(&f.pods, "max-pods", 20, "pods the node accepts")
 	flag.IntVar(&f.workers, "workers", 4, "pods created or deleted at once")
@@ -111,7 +109,7 @@ func run() error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	memMiB, err := memoryMiB(f.memory)
+	capa, err := nodeCapacity(f.cpus, f.memory, f.pods, hostMemoryMiB)
 	if err != nil {
 		return err
 	}
@@ -139,7 +137,7 @@ func run() error {
 
 	spec := provider.Node(provider.NodeConfig{
 		Name: f.nodeName, IP: f.nodeIP, Port: int32(f.port),
-		CPUs: f.cpus, MemoryMiB: memMiB, Pods: f.pods,
+		CPUs: capa.cpus, MemoryMiB: capa.memoryMiB, Pods: capa.pods,
 		Version: "banger-vk-" + version.Current().Version,
 	})
 	var prov *provider.Provider
@@ -191,34 +189,6 @@ func run() error {
 		return nil
 	}
 	return err
-}
-
-// memoryMiB is the node's memory: the flag's size, or the host's total.
-func memoryMiB(flagValue string) (int64, error) {
-	if flagValue != "" {
-		q, err := model.ParseSize(flagValue)
-		if err != nil {
-			return 0, fmt.Errorf("--memory: %w", err)
-		}
-		return q >> 20, nil
-	}
-	fh, err := os.Open("/proc/meminfo")
-	if err != nil {
-		return 0, err
-	}
-	defer fh.Close()
-	sc := bufio.NewScanner(fh)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) >= 2 && fields[0] == "MemTotal:" {
-			kb, err := strconv.ParseInt(fields[1], 10, 64)
-			if err != nil {
-				return 0, err
-			}
-			return kb >> 10, nil
-		}
-	}
-	return 0, errors.New("no MemTotal in /proc/meminfo: give --memory")
 }
 
 // selfSigned makes the kubelet API's certificate when none is given.

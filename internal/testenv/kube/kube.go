@@ -3,7 +3,8 @@
 // (cached under /var/cache/banger/kube), started on 127.0.0.1 with free
 // ports, temp directories, a service-account key, a static admin token and
 // a CA for the kubelet API's client certificate, and stopped when the test
-// ends.
+// ends; on request kube-scheduler and kube-controller-manager's node
+// lifecycle controllers against it.
 //
 // It imports no banger package and starts nothing but those processes;
 // everything it makes lives in the test's temp directory.
@@ -34,7 +35,8 @@ import (
 	"time"
 )
 
-// Bins is the directory holding etcd, kube-apiserver and kubectl, as
+// Bins is the directory holding etcd, kube-apiserver, kube-scheduler,
+// kube-controller-manager and kubectl, as
 // scripts/kube-bins.sh names it. When they are missing the test fails in
 // CI (CI=true: .ci/run builds them) and skips elsewhere, saying how to
 // build them.
@@ -49,9 +51,9 @@ func Bins(t testing.TB) string {
 		t.Fatalf("scripts/kube-bins.sh --dir: %v", err)
 	}
 	dir := strings.TrimSpace(string(out))
-	for _, b := range []string{"etcd", "kube-apiserver", "kubectl"} {
+	for _, b := range []string{"etcd", "kube-apiserver", "kube-scheduler", "kube-controller-manager", "kubectl"} {
 		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-			msg := fmt.Sprintf("needs the Kubernetes control plane in %s (build it with scripts/kube-bins.sh, ~10 min once)", dir)
+			msg := fmt.Sprintf("needs the Kubernetes control plane in %s (build it with scripts/kube-bins.sh, ~20 min once)", dir)
 			if os.Getenv("CI") != "" {
 				t.Fatal(msg)
 			}
