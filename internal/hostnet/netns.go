@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strconv"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -75,6 +76,9 @@ func EnterNetns(name string) error {
 			}
 		}
 	}
+	if err := waitNetnsBound(filepath.Join(netnsDir, name), 5*time.Second); err != nil {
+		return fmt.Errorf("enter network namespace %s: %w", name, err)
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("enter network namespace %s: find own executable: %w", name, err)
@@ -91,6 +95,31 @@ func EnterNetns(name string) error {
 		return fmt.Errorf("re-exec into network namespace %s: %w", name, err)
 	}
 	return nil // not reached
+}
+
+// nsfsMagic is the file system type of a bound namespace (NSFS_MAGIC).
+const nsfsMagic = 0x6e736673
+
+// waitNetnsBound waits until path is a bound namespace. "ip netns add"
+// creates the file first and bind-mounts the namespace on it after, so a
+// concurrent creator's file can exist while it is still an empty file, and
+// entering it then fails with EINVAL.
+func waitNetnsBound(path string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		var fs unix.Statfs_t
+		err := unix.Statfs(path, &fs)
+		if err == nil && int64(fs.Type) == nsfsMagic {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return err
+			}
+			return fmt.Errorf("%s is not a bound network namespace after %v", path, limit)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // hostNetnsEnv carries the number of an inherited file descriptor open on
