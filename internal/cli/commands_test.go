@@ -221,7 +221,10 @@ func (fakeService) SetVMNet(_ context.Context, ref string, req api.VMNetRequest)
 	return v, notFound(ref)
 }
 func (fakeService) E2BServe(_ context.Context, req api.E2BServeRequest) (api.E2BStatus, error) {
-	return api.E2BStatus{Listen: "127.0.0.1:3000", Domain: "localhost:3000"}, nil
+	return api.E2BStatus{Listen: "127.0.0.1:3000", Domain: "localhost:3000", TLS: req.TLS}, nil
+}
+func (fakeService) E2BCA(context.Context) (api.E2BCA, error) {
+	return api.E2BCA{Path: "/var/lib/banger/e2b/ca.pem", PEM: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}, nil
 }
 func (fakeService) E2BStop(context.Context) error                    { return nil }
 func (fakeService) E2BStatus(context.Context) (api.E2BStatus, error) { return api.E2BStatus{}, nil }
@@ -386,6 +389,8 @@ func TestCommandOutput(t *testing.T) {
 		{"vm", "ttl", "dev", "--idle", "none"},
 		{"vm", "ttl", "dev"},
 		{"e2b", "serve"},
+		{"e2b", "serve", "--tls"},
+		{"e2b", "ca"},
 		{"e2b", "status"},
 		{"e2b", "stop"},
 		{"e2b", "key", "create", "ci"},

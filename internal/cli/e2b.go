@@ -21,19 +21,38 @@ E2B_API_URL and E2B_SANDBOX_URL (both the listener's URL) and an API key
 made here as E2B_API_KEY. See docs/e2b.md.`,
 	}
 	var listen, domain string
+	var useTLS bool
 	serve := &cobra.Command{
 		Use:   "serve",
 		Short: "Start the E2B listener; it is served again whenever bangerd starts, until e2b stop",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return show(a, cmd, func(c *api.Client, ctx context.Context) (api.E2BStatus, error) {
-				return c.E2BServe(ctx, api.E2BServeRequest{Listen: listen, Domain: domain})
+				return c.E2BServe(ctx, api.E2BServeRequest{Listen: listen, Domain: domain, TLS: useTLS})
 			}, writeE2BStatus)
 		},
 	}
 	serve.Flags().StringVar(&listen, "listen", "", "HOST:PORT to listen on (default 127.0.0.1:3000)")
 	serve.Flags().StringVar(&domain, "domain", "", "suffix of sandbox host names <port>-<id>.DOMAIN (default localhost:PORT)")
+	serve.Flags().BoolVar(&useTLS, "tls", false, "serve HTTPS with certificates of banger's own CA (banger e2b ca prints it)")
 	cmd.AddCommand(serve)
+	cmd.AddCommand(&cobra.Command{
+		Use:   "ca",
+		Short: "Print the certificate of the CA behind e2b serve --tls, for clients to trust",
+		Long: `Print the PEM certificate of banger's own CA (made on first use, kept in
+the state directory; its key never leaves it). Save it and point clients
+at it: NODE_EXTRA_CA_CERTS for Node, SSL_CERT_FILE or REQUESTS_CA_BUNDLE
+for Python. With --json, its path on the daemon's host too.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (api.E2BCA, error) {
+				return c.E2BCA(ctx)
+			}, func(w io.Writer, ca api.E2BCA) error {
+				_, err := io.WriteString(w, ca.PEM)
+				return err
+			})
+		},
+	})
 	cmd.AddCommand(&cobra.Command{
 		Use:   "stop",
 		Short: "Close the E2B listener (sandboxes keep running until their timeout)",
@@ -117,6 +136,10 @@ func writeE2BStatus(w io.Writer, s api.E2BStatus) error {
 		_, err := fmt.Fprintln(w, "not listening (banger e2b serve, or the e2b_listen setting)")
 		return err
 	}
+	scheme, trust := "http", ""
+	if s.TLS {
+		scheme, trust = "https", " NODE_EXTRA_CA_CERTS=<banger e2b ca output>"
+	}
 	return kv(w, "listen", s.Listen, "domain", s.Domain,
-		"env", fmt.Sprintf("E2B_API_URL=http://%s E2B_SANDBOX_URL=http://%s", s.Listen, s.Listen))
+		"env", fmt.Sprintf("E2B_API_URL=%s://%s E2B_SANDBOX_URL=%s://%s%s", scheme, s.Listen, scheme, s.Listen, trust))
 }

@@ -210,6 +210,13 @@ CREATE TABLE snapshot_users (
 );
 CREATE INDEX snapshot_users_snapshot_id ON snapshot_users(snapshot_id);
 `,
+	// The E2B listener's TLS, a per-key cap on sandboxes, and which key
+	// made each sandbox ('' for sandboxes made before keys were counted).
+	`
+ALTER TABLE e2b_listener ADD COLUMN tls INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE e2b_keys ADD COLUMN max_sandboxes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE e2b_sandboxes ADD COLUMN key_id TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // migrate applies the steps the database lacks, up to version upTo, each in

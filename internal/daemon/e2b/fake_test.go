@@ -2,6 +2,8 @@ package e2b
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"log/slog"
@@ -217,14 +219,18 @@ func (f *fakeVMs) dialGuest(ctx context.Context, vm model.VM, port int) (net.Con
 
 // fixture is a control plane over fakeVMs listening on 127.0.0.1.
 type fixture struct {
-	svc  *Service
-	vms  *fakeVMs
-	url  string
-	key  string
-	addr string
+	svc    *Service
+	vms    *fakeVMs
+	url    string
+	key    string
+	addr   string
+	client *http.Client // trusts the control plane's CA when it speaks TLS
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { return newFixtureTLS(t, false) }
+
+// newFixtureTLS is newFixture with the listener on HTTPS when useTLS.
+func newFixtureTLS(t *testing.T, useTLS bool) *fixture {
 	t.Helper()
 	st, err := store.Open(filepath.Join(t.TempDir(), "banger.db"))
 	if err != nil {
@@ -234,8 +240,8 @@ func newFixture(t *testing.T) *fixture {
 	f := &fakeVMs{t: t, st: st, alive: map[string]bool{}, envds: map[string]*httptest.Server{},
 		ports: map[int]string{}, ttls: map[string]string{}}
 	svc := New(Deps{Store: st, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), VMs: f,
-		RunGuest: f.runGuest, DialGuest: f.dialGuest, Listen: net.Listen, Now: time.Now})
-	status, err := svc.Serve("127.0.0.1:0", "")
+		RunGuest: f.runGuest, DialGuest: f.dialGuest, Listen: net.Listen, Now: time.Now, Dir: t.TempDir()})
+	status, err := svc.Serve("127.0.0.1:0", "", useTLS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +250,22 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{svc: svc, vms: f, url: "http://" + status.Listen, key: key, addr: status.Listen}
+	client := http.DefaultClient
+	if useTLS {
+		ca, err := svc.CA()
+		if err != nil {
+			t.Fatal(err)
+		}
+		client = caClient(ca.PEM)
+	}
+	return &fixture{svc: svc, vms: f, url: status.URL(), key: key, addr: status.Listen, client: client}
+}
+
+// caClient is an HTTP client that trusts only the CA of caPEM.
+func caClient(caPEM []byte) *http.Client {
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 }
 
 // port of the fixture's listener, for Host names.
@@ -267,7 +288,7 @@ func (fx *fixture) do(t *testing.T, method, path, body string, hdr ...string) (i
 		}
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := fx.client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -87,7 +87,9 @@ type Deps struct {
 	// Listen opens the listener where the daemon's users are
 	// (hostnet.ListenHost).
 	Listen func(network, addr string) (net.Listener, error)
-	Now    func() time.Time
+	// Dir is the control plane's own directory (its CA).
+	Dir string
+	Now func() time.Time
 }
 
 // Service is the control plane; Serve starts its listener.
@@ -97,7 +99,10 @@ type Service struct {
 	srv    *http.Server
 	addr   string
 	domain string
+	tls    bool
 	proxy  *proxy
+	caMu   sync.Mutex
+	ca     *CA
 }
 
 // New makes a Service; it listens only after Serve.
@@ -107,27 +112,48 @@ func New(d Deps) *Service {
 	return s
 }
 
-// Status says where the control plane listens ("" when it does not) and
-// the domain of its sandbox host names.
+// Status says where the control plane listens ("" when it does not),
+// the domain of its sandbox host names and whether it speaks TLS.
 type Status struct {
 	Listen string `json:"listen"`
 	Domain string `json:"domain"`
+	TLS    bool   `json:"tls,omitempty"`
+}
+
+// URL is the listener's base URL ("" when it does not listen).
+func (st Status) URL() string {
+	if st.Listen == "" {
+		return ""
+	}
+	if st.TLS {
+		return "https://" + st.Listen
+	}
+	return "http://" + st.Listen
 }
 
 // Serve starts listening on addr (DefaultListen when empty); domain is
-// the suffix of sandbox host names, "localhost:<port>" when empty. A
-// second Serve on the same address is a no-op; on another, a conflict.
-func (s *Service) Serve(addr, domain string) (Status, error) {
+// the suffix of sandbox host names, "localhost:<port>" when empty; with
+// useTLS it speaks HTTPS with certificates of the CA (made on first
+// use). A second Serve on the same address and scheme is a no-op; on
+// another, a conflict.
+func (s *Service) Serve(addr, domain string, useTLS bool) (Status, error) {
 	if addr == "" {
 		addr = DefaultListen
+	}
+	var ca *CA
+	if useTLS {
+		var err error
+		if ca, err = s.CA(); err != nil {
+			return Status{}, err
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.srv != nil {
-		if addr == s.addr || addr == DefaultListen {
-			return Status{Listen: s.addr, Domain: s.domain}, nil
+		if (addr == s.addr || addr == DefaultListen) && useTLS == s.tls {
+			return Status{Listen: s.addr, Domain: s.domain, TLS: s.tls}, nil
 		}
-		return Status{}, errdefs.Errorf(errdefs.CodeConflict, "the e2b control plane already listens on %s", s.addr)
+		return Status{}, errdefs.Errorf(errdefs.CodeConflict, "the e2b control plane already listens on %s (tls %v): banger e2b stop first", s.addr, s.tls)
 	}
 	ln, err := s.Listen("tcp", addr)
 	if err != nil {
@@ -138,40 +164,73 @@ func (s *Service) Serve(addr, domain string) (Status, error) {
 		_, port, _ := net.SplitHostPort(bound)
 		domain = "localhost:" + port
 	}
-	s.addr, s.domain = bound, domain
-	s.srv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 30 * time.Second}
-	go func(srv *http.Server) {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 30 * time.Second}
+	if useTLS {
+		iss, err := newIssuer(ca, domain, s.Now)
+		if err != nil {
+			ln.Close()
+			return Status{}, err
+		}
+		srv.TLSConfig = iss.tlsConfig()
+	}
+	s.addr, s.domain, s.tls, s.srv = bound, domain, useTLS, srv
+	go func() {
+		var err error
+		if useTLS {
+			err = srv.ServeTLS(ln, "", "")
+		} else {
+			err = srv.Serve(ln)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.Log.Error("e2b listener stopped", "err", err)
 		}
-	}(s.srv)
-	s.Log.Info("e2b control plane listening", "addr", bound, "domain", domain)
-	return Status{Listen: bound, Domain: domain}, nil
+	}()
+	s.Log.Info("e2b control plane listening", "addr", bound, "domain", domain, "tls", useTLS)
+	return Status{Listen: bound, Domain: domain, TLS: useTLS}, nil
+}
+
+// CA is the control plane's certificate authority, made (in Dir) the
+// first time it is asked for.
+func (s *Service) CA() (*CA, error) {
+	s.caMu.Lock()
+	defer s.caMu.Unlock()
+	if s.ca != nil {
+		return s.ca, nil
+	}
+	if s.Dir == "" {
+		return nil, errdefs.Errorf(errdefs.CodeUnavailable, "the e2b control plane has no directory for its CA")
+	}
+	ca, err := LoadOrCreateCA(s.Dir, s.Now())
+	if err != nil {
+		return nil, err
+	}
+	s.ca = ca
+	return ca, nil
 }
 
 // Start serves at daemon start: the configured address when there is
 // one (the e2b_listen setting), else the one `banger e2b serve` recorded.
-func (s *Service) Start(ctx context.Context, listen, domain string) error {
+func (s *Service) Start(ctx context.Context, listen, domain string, useTLS bool) error {
 	if listen == "" {
-		l, d, ok, err := s.Store.E2BListener(ctx)
+		l, ok, err := s.Store.E2BListener(ctx)
 		if err != nil || !ok {
 			return err
 		}
-		listen, domain = l, d
+		listen, domain, useTLS = l.Listen, l.Domain, l.TLS
 	}
-	_, err := s.Serve(listen, domain)
+	_, err := s.Serve(listen, domain, useTLS)
 	return err
 }
 
 // ServeAndRecord is Serve that is served again after a daemon restart:
-// the bound address (a port 0 becomes the port picked) and domain are
-// recorded.
-func (s *Service) ServeAndRecord(ctx context.Context, addr, domain string) (Status, error) {
-	st, err := s.Serve(addr, domain)
+// the bound address (a port 0 becomes the port picked), domain and
+// scheme are recorded.
+func (s *Service) ServeAndRecord(ctx context.Context, addr, domain string, useTLS bool) (Status, error) {
+	st, err := s.Serve(addr, domain, useTLS)
 	if err != nil {
 		return st, err
 	}
-	if err := s.Store.SetE2BListener(ctx, st.Listen, st.Domain, s.Now().UTC()); err != nil {
+	if err := s.Store.SetE2BListener(ctx, store.E2BListenerRecord{Listen: st.Listen, Domain: st.Domain, TLS: st.TLS}, s.Now().UTC()); err != nil {
 		return st, fmt.Errorf("record the e2b listener: %w", err)
 	}
 	return st, nil
@@ -188,14 +247,14 @@ func (s *Service) Stop(ctx context.Context) error {
 func (s *Service) Status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Status{Listen: s.addr, Domain: s.domain}
+	return Status{Listen: s.addr, Domain: s.domain, TLS: s.tls}
 }
 
 // Close stops the listener and its connections.
 func (s *Service) Close() {
 	s.mu.Lock()
 	srv := s.srv
-	s.srv, s.addr = nil, ""
+	s.srv, s.addr, s.tls = nil, "", false
 	s.mu.Unlock()
 	if srv != nil {
 		_ = srv.Close()

@@ -5,6 +5,7 @@
 // per check; exits non-zero on the first failure.
 const path = require('node:path')
 const http = require('node:http')
+const https = require('node:https')
 const assert = require('node:assert/strict')
 const sdk = require(path.join(process.env.E2B_SDK_DIR, 'node_modules', 'e2b'))
 const { Sandbox, CommandExitError, AuthenticationError } = sdk
@@ -20,12 +21,15 @@ async function step(name, fn) {
 }
 
 // get fetches a URL of the listener with the given Host header (getHost
-// names need wildcard DNS, which tests do not have).
+// names need wildcard DNS, which tests do not have). Over https the name
+// goes in the TLS server name too, as from a client that resolved it.
 function get(host, urlPath) {
   const api = new URL(process.env.E2B_API_URL)
+  const tls = api.protocol === 'https:'
   return new Promise((resolve, reject) => {
-    const req = http.request(
-      { host: api.hostname, port: api.port, path: urlPath, headers: { Host: host } },
+    const req = (tls ? https : http).request(
+      { host: api.hostname, port: api.port, path: urlPath, headers: { Host: host },
+        servername: tls ? host.replace(/:\d+$/, '') : undefined },
       (res) => {
         let body = ''
         res.on('data', (d) => (body += d))
