@@ -55,6 +55,9 @@ type E2BCA struct {
 // E2BKeyRequest names a new API key.
 type E2BKeyRequest struct {
 	Name string `json:"name"`
+	// MaxSandboxes caps the sandboxes made with the key that exist at
+	// once (0: no cap).
+	MaxSandboxes int `json:"max_sandboxes,omitempty"`
 }
 
 // E2BKeyCreated is a new API key and its record.

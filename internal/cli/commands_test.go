@@ -232,7 +232,9 @@ func (fakeService) CreateE2BKey(_ context.Context, req api.E2BKeyRequest) (api.E
 	if req.Name != "ci" {
 		return api.E2BKeyCreated{}, errdefs.Errorf(errdefs.CodeInvalid, "invalid e2b key name %q", req.Name)
 	}
-	return api.E2BKeyCreated{Key: "e2b_0123456789abcdef0123456789abcdef01234567", Record: fakeKey}, nil
+	k := fakeKey
+	k.MaxSandboxes = req.MaxSandboxes
+	return api.E2BKeyCreated{Key: "e2b_0123456789abcdef0123456789abcdef01234567", Record: k}, nil
 }
 func (fakeService) ListE2BKeys(context.Context) ([]model.E2BKey, error) {
 	return []model.E2BKey{fakeKey}, nil
@@ -394,6 +396,7 @@ func TestCommandOutput(t *testing.T) {
 		{"e2b", "status"},
 		{"e2b", "stop"},
 		{"e2b", "key", "create", "ci"},
+		{"e2b", "key", "create", "ci", "--max-sandboxes", "3"},
 		{"e2b", "key", "create", "Bad Name"},
 		{"e2b", "key", "list"},
 		{"e2b", "key", "revoke", "ci"},

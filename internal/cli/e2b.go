@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strconv"
 
 	"github.com/spf13/cobra"
 
@@ -80,19 +81,26 @@ for Python. With --json, its path on the daemon's host too.`,
 		},
 	})
 	key := &cobra.Command{Use: "key", Short: "Manage the API keys of the E2B listener"}
-	key.AddCommand(&cobra.Command{
+	var maxSandboxes int
+	create := &cobra.Command{
 		Use:   "create NAME",
 		Short: "Make an API key; it is printed once and only its hash is kept",
-		Args:  cobra.ExactArgs(1),
+		Long: `Make an API key; it is printed once and only its hash is kept.
+With --max-sandboxes N, at most N sandboxes made with the key exist at
+once (running or paused); one more create answers 429, as E2B's limit on
+concurrent sandboxes does (the SDK raises RateLimitError).`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return show(a, cmd, func(c *api.Client, ctx context.Context) (api.E2BKeyCreated, error) {
-				return c.CreateE2BKey(ctx, api.E2BKeyRequest{Name: args[0]})
+				return c.CreateE2BKey(ctx, api.E2BKeyRequest{Name: args[0], MaxSandboxes: maxSandboxes})
 			}, func(w io.Writer, k api.E2BKeyCreated) error {
 				_, err := fmt.Fprintln(w, k.Key)
 				return err
 			})
 		},
-	})
+	}
+	create.Flags().IntVar(&maxSandboxes, "max-sandboxes", 0, "most sandboxes made with this key that exist at once (0: no cap)")
+	key.AddCommand(create)
 	key.AddCommand(&cobra.Command{
 		Use:   "list",
 		Short: "List the API keys (names and prefixes, never the keys)",
@@ -107,9 +115,13 @@ for Python. With --json, its path on the daemon's host too.`,
 					if k.LastUsed != nil {
 						used = k.LastUsed.UTC().Format(keyTime)
 					}
-					rows = append(rows, []string{k.Name, k.Prefix + "…", k.CreatedAt.UTC().Format(keyTime), used})
+					limit := "-"
+					if k.MaxSandboxes > 0 {
+						limit = strconv.Itoa(k.MaxSandboxes)
+					}
+					rows = append(rows, []string{k.Name, k.Prefix + "…", limit, k.CreatedAt.UTC().Format(keyTime), used})
 				}
-				return table(w, []string{"NAME", "KEY", "CREATED", "LAST USED"}, rows)
+				return table(w, []string{"NAME", "KEY", "MAX SANDBOXES", "CREATED", "LAST USED"}, rows)
 			})
 		},
 	})

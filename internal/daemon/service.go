@@ -308,7 +308,7 @@ func (d *Daemon) E2BStatus(ctx context.Context) (api.E2BStatus, error) {
 }
 
 func (d *Daemon) CreateE2BKey(ctx context.Context, req api.E2BKeyRequest) (api.E2BKeyCreated, error) {
-	key, rec, err := d.e2b.CreateKey(ctx, req.Name)
+	key, rec, err := d.e2b.CreateKey(ctx, req.Name, req.MaxSandboxes)
 	return api.E2BKeyCreated{Key: key, Record: rec}, err
 }
 

@@ -246,7 +246,7 @@ func newFixtureTLS(t *testing.T, useTLS bool) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(svc.Close)
-	key, _, err := svc.CreateKey(context.Background(), "test")
+	key, _, err := svc.CreateKey(context.Background(), "test", 0)
 	if err != nil {
 		t.Fatal(err)
 	}

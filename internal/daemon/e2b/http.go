@@ -67,9 +67,13 @@ func (s *Service) Handler() http.Handler {
 			s.proxy.serve(w, r, target)
 			return
 		}
-		if r.URL.Path != "/health" && !s.authorize(r.Context(), r.Header) {
-			replyError(w, http.StatusUnauthorized, "missing or invalid API key (X-API-Key or Authorization: Bearer)")
-			return
+		if r.URL.Path != "/health" {
+			k, ok := s.authorize(r.Context(), r.Header)
+			if !ok {
+				replyError(w, http.StatusUnauthorized, "missing or invalid API key (X-API-Key or Authorization: Bearer)")
+				return
+			}
+			r = r.WithContext(withKey(r.Context(), k))
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		mux.ServeHTTP(w, r)
@@ -418,8 +422,12 @@ func replyError(w http.ResponseWriter, status int, msg string) {
 }
 
 // StatusOf maps an error kind to the HTTP status the SDK expects: the
-// daemon API's mapping, and 499 for a request its client abandoned.
+// daemon API's mapping, 429 for a key's sandbox cap, and 499 for a
+// request its client abandoned.
 func StatusOf(err error) int {
+	if isQuota(err) {
+		return http.StatusTooManyRequests
+	}
 	st := api.HTTPStatus(errdefs.CodeOf(err))
 	if st == http.StatusInternalServerError && errors.Is(err, context.Canceled) {
 		return 499

@@ -80,8 +80,12 @@ func TestSDKControlPlane(t *testing.T) {
 			fx.vms.mu.Lock()
 			fx.vms.ports[8000] = ln.Addr().String()
 			fx.vms.mu.Unlock()
+			capped, _, err := fx.svc.CreateKey(t.Context(), "capped", 1)
+			if err != nil {
+				t.Fatal(err)
+			}
 			env := []string{"E2B_API_URL=" + fx.url, "E2B_SANDBOX_URL=" + fx.url, "E2B_API_KEY=" + fx.key,
-				"GUEST_WEB_PORT=" + strconv.Itoa(8000)}
+				"GUEST_WEB_PORT=" + strconv.Itoa(8000), "E2B_CAPPED_KEY=" + capped}
 			if r.tls {
 				ca, err := fx.svc.CA()
 				if err != nil {
@@ -90,7 +94,7 @@ func TestSDKControlPlane(t *testing.T) {
 				env = append(env, "NODE_EXTRA_CA_CERTS="+ca.Path)
 			}
 			out := runSDKScript(t, r.version, "testdata/sdk_control.cjs", env...)
-			if !strings.Contains(out, "ok   wrong API key") {
+			if !strings.Contains(out, "ok   a key over its sandbox cap") || !strings.Contains(out, "ok   wrong API key") {
 				t.Fatal("the script did not reach its last step")
 			}
 		})

@@ -103,6 +103,10 @@ type Service struct {
 	proxy  *proxy
 	caMu   sync.Mutex
 	ca     *CA
+	// quotaMu guards pending: sandboxes being made, by API key id, not
+	// yet in the store (reserve).
+	quotaMu sync.Mutex
+	pending map[string]int
 }
 
 // New makes a Service; it listens only after Serve.
@@ -263,13 +267,18 @@ func (s *Service) Close() {
 }
 
 // CreateKey makes an API key named name and returns it: the only time the
-// key itself is seen.
-func (s *Service) CreateKey(ctx context.Context, name string) (string, model.E2BKey, error) {
+// key itself is seen. maxSandboxes caps the sandboxes made with it that
+// exist at once (0: no cap).
+func (s *Service) CreateKey(ctx context.Context, name string, maxSandboxes int) (string, model.E2BKey, error) {
 	if err := model.ValidateName("e2b key", name); err != nil {
 		return "", model.E2BKey{}, errdefs.Invalid(err)
 	}
+	if maxSandboxes < 0 {
+		return "", model.E2BKey{}, errdefs.Errorf(errdefs.CodeInvalid, "max sandboxes %d: want 0 (no cap) or more", maxSandboxes)
+	}
 	key := NewKey()
-	rec := model.E2BKey{ID: model.NewID(), Name: name, Hash: HashKey(key), Prefix: key[:len(KeyPrefix)+6], CreatedAt: s.Now().UTC()}
+	rec := model.E2BKey{ID: model.NewID(), Name: name, Hash: HashKey(key), Prefix: key[:len(KeyPrefix)+6],
+		CreatedAt: s.Now().UTC(), MaxSandboxes: maxSandboxes}
 	if err := s.Store.CreateE2BKey(ctx, rec); err != nil {
 		return "", rec, store.Describe("e2b key", name, err)
 	}
@@ -290,21 +299,22 @@ func (s *Service) RevokeKey(ctx context.Context, ref string) (model.E2BKey, erro
 	return k, nil
 }
 
-// authorize checks a request's API key against the store.
-func (s *Service) authorize(ctx context.Context, h http.Header) bool {
+// authorize checks a request's API key against the store, answering its
+// record.
+func (s *Service) authorize(ctx context.Context, h http.Header) (model.E2BKey, bool) {
 	key := KeyOf(h)
 	if key == "" {
-		return false
+		return model.E2BKey{}, false
 	}
 	k, err := s.Store.E2BKeyByHash(ctx, HashKey(key))
 	if err != nil {
-		return false
+		return model.E2BKey{}, false
 	}
 	now := s.Now().UTC()
 	if k.LastUsed == nil || now.Sub(*k.LastUsed) > time.Minute {
 		_ = s.Store.TouchE2BKey(ctx, k.ID, now)
 	}
-	return true
+	return k, true
 }
 
 // sandbox is a sandbox's VM and record.
@@ -397,6 +407,12 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 		image = ""
 	}
 	autoPause := req.AutoPause != nil && *req.AutoPause
+	key := keyOf(ctx)
+	held, err := s.reserve(ctx, key, 1)
+	if err != nil {
+		return sandbox{}, err
+	}
+	defer held.release()
 	vmReq := api.CreateVMRequest{Name: newSandboxID(), Image: image, Start: true,
 		TTL: strconv.Itoa(timeout) + "s", TTLAction: timeoutAction(autoPause), Labels: labels}
 	if req.AllowInternetAccess != nil && !*req.AllowInternetAccess {
@@ -411,7 +427,7 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 		template = DefaultTemplate
 	}
 	rec := model.E2BSandbox{VMID: vm.ID, TemplateID: template, Token: newToken(),
-		Env: req.EnvVars, AutoPause: autoPause, CreatedAt: s.Now().UTC()}
+		Env: req.EnvVars, AutoPause: autoPause, CreatedAt: s.Now().UTC(), KeyID: key.ID}
 	undo := func(err error) (sandbox, error) {
 		// A fresh context: the request's may be what ended.
 		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -421,7 +437,7 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 		}
 		return sandbox{}, err
 	}
-	if err := s.Store.CreateE2BSandbox(ctx, rec); err != nil {
+	if err := held.record(func() error { return s.Store.CreateE2BSandbox(ctx, rec) }); err != nil {
 		return undo(err)
 	}
 	if err := s.startEnvd(ctx, vm, rec); err != nil {

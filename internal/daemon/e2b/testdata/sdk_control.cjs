@@ -8,7 +8,7 @@ const http = require('node:http')
 const https = require('node:https')
 const assert = require('node:assert/strict')
 const sdk = require(path.join(process.env.E2B_SDK_DIR, 'node_modules', 'e2b'))
-const { Sandbox, CommandExitError, AuthenticationError } = sdk
+const { Sandbox, CommandExitError, AuthenticationError, RateLimitError } = sdk
 
 async function step(name, fn) {
   try {
@@ -130,6 +130,21 @@ async function main() {
     assert.equal(res.status, 502)
     assert.equal(await Sandbox.kill(sbx.sandboxId), false)
   })
+  if (process.env.E2B_CAPPED_KEY) {
+    // A key capped at one sandbox (banger e2b key create --max-sandboxes 1).
+    await step('a key over its sandbox cap: RateLimitError', async () => {
+      const one = await Sandbox.create({ apiKey: process.env.E2B_CAPPED_KEY })
+      let err
+      try {
+        await Sandbox.create({ apiKey: process.env.E2B_CAPPED_KEY })
+      } catch (e) {
+        err = e
+      }
+      assert.ok(err instanceof RateLimitError, 'want RateLimitError, got ' + err)
+      assert.match(err.message, /maximum number of concurrent E2B sandboxes \(1\)/)
+      await one.kill()
+    })
+  }
   await step('wrong API key', async () => {
     let err
     try {
