@@ -39,16 +39,10 @@ func (s *Service) Handler() http.Handler {
 	mux.HandleFunc("POST /sandboxes/{id}/refreshes", s.handleRefresh)
 	mux.HandleFunc("POST /sandboxes/{id}/pause", s.handlePause)
 	mux.HandleFunc("POST /sandboxes/{id}/resume", s.handleResume)
-	for _, what := range []string{"snapshots", "fork"} {
-		msg := what + " is not supported by banger yet"
-		mux.HandleFunc("POST /sandboxes/{id}/"+what, func(w http.ResponseWriter, r *http.Request) {
-			if _, err := s.lookup(r.Context(), r.PathValue("id")); err != nil {
-				fail(w, err)
-				return
-			}
-			replyError(w, http.StatusNotImplemented, msg)
-		})
-	}
+	mux.HandleFunc("POST /sandboxes/{id}/snapshots", s.handleCreateSnapshot)
+	mux.HandleFunc("POST /sandboxes/{id}/fork", s.handleFork)
+	mux.HandleFunc("GET /snapshots", s.handleListSnapshots)
+	mux.HandleFunc("DELETE /templates/{id}", s.handleDeleteTemplate)
 	mux.HandleFunc("GET /sandboxes/{id}/metrics", s.handleMetrics)
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {

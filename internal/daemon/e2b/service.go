@@ -70,6 +70,19 @@ type VMs interface {
 	Pause(ctx context.Context, ref string) (model.VM, error)
 	// Resume restores a paused VM; a conflict when it is not paused.
 	Resume(ctx context.Context, ref string, report progress.Func) (model.VM, error)
+	// CreateSnapshot snapshots a running VM (name "" picks one); see
+	// vms.Manager.CreateSnapshot.
+	CreateSnapshot(ctx context.Context, ref, name string) (model.Snapshot, error)
+	// ListSnapshots is every snapshot, with the VMs made from each.
+	ListSnapshots(ctx context.Context) ([]model.Snapshot, error)
+	// GetSnapshot is the snapshot named ref (name, id or id prefix).
+	GetSnapshot(ctx context.Context, ref string) (model.Snapshot, error)
+	// RemoveSnapshot deletes a snapshot no VM is made from (a conflict
+	// otherwise).
+	RemoveSnapshot(ctx context.Context, ref string) error
+	// Fork makes count running VMs named prefix-1… from a snapshot; the
+	// ones made before a failure come back with the error.
+	Fork(ctx context.Context, src string, count int, prefix string, report progress.Func) ([]model.VM, error)
 	// Alive says whether the VM runs (state and VMM process).
 	Alive(vm model.VM) bool
 }
@@ -222,6 +235,8 @@ func (s *Service) Start(ctx context.Context, listen, domain string, useTLS bool)
 		}
 		listen, domain, useTLS = l.Listen, l.Domain, l.TLS
 	}
+	// Snapshots of forks whose sandboxes timed out while bangerd was away.
+	s.dropForkSnapshots(ctx)
 	_, err := s.Serve(listen, domain, useTLS)
 	return err
 }
@@ -407,12 +422,23 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 		image = ""
 	}
 	autoPause := req.AutoPause != nil && *req.AutoPause
+	sn, fromSnapshot, err := s.snapshotTemplate(ctx, req.TemplateID)
+	if err != nil {
+		return sandbox{}, err
+	}
+	if fromSnapshot && (len(labels) > 0 || len(req.EnvVars) > 0 || autoPause ||
+		(req.AllowInternetAccess != nil && !*req.AllowInternetAccess)) {
+		return sandbox{}, errdefs.Errorf(errdefs.CodeInvalid, "template %s is a snapshot: a sandbox made from it takes its environment and timeout action from the snapshot; give only a timeout (metadata, envVars, autoPause and allow_internet_access are not supported with a snapshot yet)", sn.Name)
+	}
 	key := keyOf(ctx)
 	held, err := s.reserve(ctx, key, 1)
 	if err != nil {
 		return sandbox{}, err
 	}
 	defer held.release()
+	if fromSnapshot {
+		return s.createFromSnapshot(ctx, sn, timeout, held)
+	}
 	vmReq := api.CreateVMRequest{Name: newSandboxID(), Image: image, Start: true,
 		TTL: strconv.Itoa(timeout) + "s", TTLAction: timeoutAction(autoPause), Labels: labels}
 	if req.AllowInternetAccess != nil && !*req.AllowInternetAccess {
@@ -645,7 +671,11 @@ func (s *Service) kill(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	return s.VMs.Delete(ctx, sb.vm.ID, true)
+	if err := s.VMs.Delete(ctx, sb.vm.ID, true); err != nil {
+		return err
+	}
+	s.dropForkSnapshots(context.WithoutCancel(ctx))
+	return nil
 }
 
 // list is every sandbox whose VM's labels sel matches, by creation.
