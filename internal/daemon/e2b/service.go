@@ -1,9 +1,11 @@
 // Package e2b is banger's E2B-compatible control plane: an HTTP listener
-// (off by default; `banger e2b serve` or the e2b_listen setting) that
-// answers the E2B SDK's sandbox calls with banger VMs, checks API keys
-// (stored hashed), and proxies requests meant for a sandbox — by the
-// E2b-Sandbox-Id header or a "<port>-<id>.<domain>" Host — to the guest
-// port they name, through the VM's pooled SSH connection.
+// (off by default; `banger e2b serve` or the e2b_listen setting; HTTPS
+// with certificates of its own CA with --tls) that answers the E2B SDK's
+// sandbox calls with banger VMs, checks API keys (stored hashed, each
+// with an optional cap on its sandboxes), and proxies requests meant for
+// a sandbox — by the E2b-Sandbox-Id header or a "<port>-<id>.<domain>"
+// Host — to the guest port they name, through the VM's pooled SSH
+// connection.
 //
 // A sandbox is a VM named by its sandbox id, created with the TTL the SDK
 // asks for (action delete, or pause for autoPause) and its metadata as
@@ -11,10 +13,12 @@
 // environment, envd's access token, autoPause) lives in the store next to
 // the VM and goes with it. At create it writes the token into the guest
 // and starts `banger-init envd` there (internal/envd). Pause and resume
-// are the VM's (envd and its processes live on in the saved memory).
+// are the VM's (envd and its processes live on in the saved memory), and
+// so are snapshots and forks (snapshot.go).
 //
-// It asks the VM manager to create, delete, pause, resume and time VMs;
-// it must not touch VM lifecycle, VMMs or the VM network itself.
+// It asks the VM manager to create, delete, pause, resume, time,
+// snapshot and fork VMs; it must not touch VM lifecycle, VMMs or the VM
+// network itself.
 package e2b
 
 import (
@@ -444,10 +448,12 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 	if req.AllowInternetAccess != nil && !*req.AllowInternetAccess {
 		vmReq.Net = "none"
 	}
+	start := s.Now()
 	vm, err := s.VMs.Create(ctx, vmReq, nil)
 	if err != nil {
 		return sandbox{}, err
 	}
+	booted := s.Now()
 	template := req.TemplateID
 	if template == "" {
 		template = DefaultTemplate
@@ -473,6 +479,7 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 	if err != nil {
 		return undo(err)
 	}
+	s.Log.Info("e2b sandbox created", "sandbox", vm.Name, "vm_s", booted.Sub(start).Seconds(), "envd_s", s.Now().Sub(booted).Seconds())
 	return sandbox{vm: vm, rec: rec}, nil
 }
 
@@ -481,19 +488,28 @@ const envdDir = "/run/banger-envd"
 
 // envdScript makes the default user (for images built before it was part
 // of the image), writes the token and environment read from stdin (first
-// line the token, then KEY=VALUE lines) and starts envd detached.
+// line the token, then KEY=VALUE lines) and starts envd detached. It is on
+// every create's path: it uses shell builtins where a program would cost
+// a slow guest CPU an exec (setsid and envd itself are the only ones on
+// the usual path).
 func envdScript() string {
 	return `set -e
-if ! id -u user >/dev/null 2>&1; then
+known=
+while IFS=: read -r name _; do
+  if [ "$name" = user ]; then known=1; fi
+done < /etc/passwd
+if [ -z "$known" ]; then
   useradd -m -u 1000 -U -s /bin/bash user 2>/dev/null || useradd -m -U -s /bin/bash user
 fi
-install -d -m 700 ` + envdDir + `
 umask 077
+[ -d ` + envdDir + ` ] || mkdir -m 700 ` + envdDir + `
 IFS= read -r token
 printf '%s\n' "$token" > ` + envdDir + `/token
-cat > ` + envdDir + `/env
-if [ -f ` + envdDir + `/pid ] && kill -0 "$(cat ` + envdDir + `/pid)" 2>/dev/null; then
-  kill "$(cat ` + envdDir + `/pid)"; sleep 0.2
+while IFS= read -r line; do printf '%s\n' "$line"; done > ` + envdDir + `/env
+old=
+if [ -f ` + envdDir + `/pid ]; then read -r old < ` + envdDir + `/pid || old=; fi
+if [ -n "$old" ] && kill -0 "$old" 2>/dev/null; then
+  kill "$old"; sleep 0.2
 fi
 setsid ` + guestinit.InitPath + ` envd --listen 127.0.0.1:` + strconv.Itoa(envd.Port) + ` --token-file ` + envdDir + `/token --env-file ` + envdDir + `/env </dev/null >` + envdDir + `/log 2>&1 &
 echo $! > ` + envdDir + `/pid
@@ -538,7 +554,7 @@ func (s *Service) startEnvd(ctx context.Context, vm model.VM, rec model.E2BSandb
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }
