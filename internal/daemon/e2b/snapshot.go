@@ -89,7 +89,8 @@ func (s *Service) handleCreateSnapshot(w http.ResponseWriter, r *http.Request) {
 }
 
 // handleListSnapshots lists snapshots by name, filtered by sandboxID (the
-// sandbox they were taken of) and name, paged by limit and nextToken.
+// sandbox they were taken of) and name, paged by limit and nextToken;
+// the snapshots fork takes are its own and not listed.
 func (s *Service) handleListSnapshots(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	limit := maxListLimit
@@ -114,7 +115,7 @@ func (s *Service) handleListSnapshots(w http.ResponseWriter, r *http.Request) {
 	out := []snapshotJSON{}
 	next := ""
 	for _, sn := range all {
-		if sn.Name <= q.Get("nextToken") || (name != "" && sn.Name != name) ||
+		if sn.Name <= q.Get("nextToken") || strings.HasPrefix(sn.Name, forkSnapshotPrefix) || (name != "" && sn.Name != name) ||
 			(q.Get("sandboxID") != "" && sn.VMName != q.Get("sandboxID")) {
 			continue
 		}

@@ -67,6 +67,9 @@ func TestFork(t *testing.T) {
 	if len(snaps) != 1 || !strings.HasPrefix(snaps[0].Name, forkSnapshotPrefix+src.SandboxID) {
 		t.Fatalf("snapshots after fork: %+v", snaps)
 	}
+	if code, body, _ := fx.do(t, "GET", "/snapshots", ""); code != http.StatusOK || body != "[]\n" {
+		t.Fatalf("listSnapshots shows fork's own snapshot: %d %s", code, body)
+	}
 	// The source runs on.
 	if code := fx.health(t, src.SandboxID); code != http.StatusNoContent {
 		t.Fatalf("source health after fork = %d", code)
