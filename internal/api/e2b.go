@@ -23,6 +23,9 @@ type E2B interface {
 	ListE2BKeys(ctx context.Context) ([]model.E2BKey, error)
 	// RevokeE2BKey deletes a key by name or id.
 	RevokeE2BKey(ctx context.Context, ref string) error
+	// E2BCA is the certificate authority of the TLS listener (made when
+	// missing), for clients to trust.
+	E2BCA(ctx context.Context) (E2BCA, error)
 }
 
 // E2BServeRequest starts the listener: Listen is HOST:PORT (default
@@ -31,17 +34,30 @@ type E2B interface {
 type E2BServeRequest struct {
 	Listen string `json:"listen,omitempty"`
 	Domain string `json:"domain,omitempty"`
+	// TLS serves HTTPS with certificates of banger's own CA (E2BCA).
+	TLS bool `json:"tls,omitempty"`
 }
 
 // E2BStatus is where the control plane listens.
 type E2BStatus struct {
 	Listen string `json:"listen"`
 	Domain string `json:"domain"`
+	TLS    bool   `json:"tls,omitempty"`
+}
+
+// E2BCA is the E2B listener's certificate authority: where its
+// certificate is on the daemon's host, and the certificate itself.
+type E2BCA struct {
+	Path string `json:"path"`
+	PEM  string `json:"pem"`
 }
 
 // E2BKeyRequest names a new API key.
 type E2BKeyRequest struct {
 	Name string `json:"name"`
+	// MaxSandboxes caps the sandboxes made with the key that exist at
+	// once (0: no cap).
+	MaxSandboxes int `json:"max_sandboxes,omitempty"`
 }
 
 // E2BKeyCreated is a new API key and its record.
@@ -58,11 +74,17 @@ func (h *handler) e2bRoutes() []route {
 		{"GET /v1/e2b/keys", h.listE2BKeys},
 		{"POST /v1/e2b/keys", h.createE2BKey},
 		{"DELETE /v1/e2b/keys/{ref}", h.revokeE2BKey},
+		{"GET /v1/e2b/ca", h.e2bCA},
 	}
 }
 
 func (h *handler) e2bStatus(w http.ResponseWriter, r *http.Request) {
 	v, err := h.svc.E2BStatus(r.Context())
+	reply(w, v, err)
+}
+
+func (h *handler) e2bCA(w http.ResponseWriter, r *http.Request) {
+	v, err := h.svc.E2BCA(r.Context())
 	reply(w, v, err)
 }
 
@@ -105,6 +127,11 @@ func (c *Client) E2BStatus(ctx context.Context) (E2BStatus, error) {
 // E2BServe starts the E2B control plane's listener.
 func (c *Client) E2BServe(ctx context.Context, req E2BServeRequest) (E2BStatus, error) {
 	return callFor[E2BStatus](ctx, c, "POST", "/v1/e2b/serve", req)
+}
+
+// E2BCA is the E2B listener's certificate authority.
+func (c *Client) E2BCA(ctx context.Context) (E2BCA, error) {
+	return callFor[E2BCA](ctx, c, "GET", "/v1/e2b/ca", nil)
 }
 
 // E2BStop closes the E2B control plane's listener.

@@ -243,7 +243,10 @@ func (fakeService) SetVMNet(_ context.Context, ref string, req api.VMNetRequest)
 	return v, notFound(ref)
 }
 func (fakeService) E2BServe(_ context.Context, req api.E2BServeRequest) (api.E2BStatus, error) {
-	return api.E2BStatus{Listen: "127.0.0.1:3000", Domain: "localhost:3000"}, nil
+	return api.E2BStatus{Listen: "127.0.0.1:3000", Domain: "localhost:3000", TLS: req.TLS}, nil
+}
+func (fakeService) E2BCA(context.Context) (api.E2BCA, error) {
+	return api.E2BCA{Path: "/var/lib/banger/e2b/ca.pem", PEM: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}, nil
 }
 func (fakeService) E2BStop(context.Context) error                    { return nil }
 func (fakeService) E2BStatus(context.Context) (api.E2BStatus, error) { return api.E2BStatus{}, nil }
@@ -251,7 +254,9 @@ func (fakeService) CreateE2BKey(_ context.Context, req api.E2BKeyRequest) (api.E
 	if req.Name != "ci" {
 		return api.E2BKeyCreated{}, errdefs.Errorf(errdefs.CodeInvalid, "invalid e2b key name %q", req.Name)
 	}
-	return api.E2BKeyCreated{Key: "e2b_0123456789abcdef0123456789abcdef01234567", Record: fakeKey}, nil
+	k := fakeKey
+	k.MaxSandboxes = req.MaxSandboxes
+	return api.E2BKeyCreated{Key: "e2b_0123456789abcdef0123456789abcdef01234567", Record: k}, nil
 }
 func (fakeService) ListE2BKeys(context.Context) ([]model.E2BKey, error) {
 	return []model.E2BKey{fakeKey}, nil
@@ -414,9 +419,12 @@ func TestCommandOutput(t *testing.T) {
 		{"vm", "ttl", "dev", "--idle", "none"},
 		{"vm", "ttl", "dev"},
 		{"e2b", "serve"},
+		{"e2b", "serve", "--tls"},
+		{"e2b", "ca"},
 		{"e2b", "status"},
 		{"e2b", "stop"},
 		{"e2b", "key", "create", "ci"},
+		{"e2b", "key", "create", "ci", "--max-sandboxes", "3"},
 		{"e2b", "key", "create", "Bad Name"},
 		{"e2b", "key", "list"},
 		{"e2b", "key", "revoke", "ci"},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strconv"
 
 	"github.com/spf13/cobra"
 
@@ -21,19 +22,38 @@ E2B_API_URL and E2B_SANDBOX_URL (both the listener's URL) and an API key
 made here as E2B_API_KEY. See docs/e2b.md.`,
 	}
 	var listen, domain string
+	var useTLS bool
 	serve := &cobra.Command{
 		Use:   "serve",
 		Short: "Start the E2B listener; it is served again whenever bangerd starts, until e2b stop",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return show(a, cmd, func(c *api.Client, ctx context.Context) (api.E2BStatus, error) {
-				return c.E2BServe(ctx, api.E2BServeRequest{Listen: listen, Domain: domain})
+				return c.E2BServe(ctx, api.E2BServeRequest{Listen: listen, Domain: domain, TLS: useTLS})
 			}, writeE2BStatus)
 		},
 	}
 	serve.Flags().StringVar(&listen, "listen", "", "HOST:PORT to listen on (default 127.0.0.1:3000)")
 	serve.Flags().StringVar(&domain, "domain", "", "suffix of sandbox host names <port>-<id>.DOMAIN (default localhost:PORT)")
+	serve.Flags().BoolVar(&useTLS, "tls", false, "serve HTTPS with certificates of banger's own CA (banger e2b ca prints it)")
 	cmd.AddCommand(serve)
+	cmd.AddCommand(&cobra.Command{
+		Use:   "ca",
+		Short: "Print the certificate of the CA behind e2b serve --tls, for clients to trust",
+		Long: `Print the PEM certificate of banger's own CA (made on first use, kept in
+the state directory; its key never leaves it). Save it and point clients
+at it: NODE_EXTRA_CA_CERTS for Node, SSL_CERT_FILE or REQUESTS_CA_BUNDLE
+for Python. With --json, its path on the daemon's host too.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return show(a, cmd, func(c *api.Client, ctx context.Context) (api.E2BCA, error) {
+				return c.E2BCA(ctx)
+			}, func(w io.Writer, ca api.E2BCA) error {
+				_, err := io.WriteString(w, ca.PEM)
+				return err
+			})
+		},
+	})
 	cmd.AddCommand(&cobra.Command{
 		Use:   "stop",
 		Short: "Close the E2B listener (sandboxes keep running until their timeout)",
@@ -61,19 +81,26 @@ made here as E2B_API_KEY. See docs/e2b.md.`,
 		},
 	})
 	key := &cobra.Command{Use: "key", Short: "Manage the API keys of the E2B listener"}
-	key.AddCommand(&cobra.Command{
+	var maxSandboxes int
+	create := &cobra.Command{
 		Use:   "create NAME",
 		Short: "Make an API key; it is printed once and only its hash is kept",
-		Args:  cobra.ExactArgs(1),
+		Long: `Make an API key; it is printed once and only its hash is kept.
+With --max-sandboxes N, at most N sandboxes made with the key exist at
+once (running or paused); one more create answers 429, as E2B's limit on
+concurrent sandboxes does (the SDK raises RateLimitError).`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return show(a, cmd, func(c *api.Client, ctx context.Context) (api.E2BKeyCreated, error) {
-				return c.CreateE2BKey(ctx, api.E2BKeyRequest{Name: args[0]})
+				return c.CreateE2BKey(ctx, api.E2BKeyRequest{Name: args[0], MaxSandboxes: maxSandboxes})
 			}, func(w io.Writer, k api.E2BKeyCreated) error {
 				_, err := fmt.Fprintln(w, k.Key)
 				return err
 			})
 		},
-	})
+	}
+	create.Flags().IntVar(&maxSandboxes, "max-sandboxes", 0, "most sandboxes made with this key that exist at once (0: no cap)")
+	key.AddCommand(create)
 	key.AddCommand(&cobra.Command{
 		Use:   "list",
 		Short: "List the API keys (names and prefixes, never the keys)",
@@ -88,9 +115,13 @@ made here as E2B_API_KEY. See docs/e2b.md.`,
 					if k.LastUsed != nil {
 						used = k.LastUsed.UTC().Format(keyTime)
 					}
-					rows = append(rows, []string{k.Name, k.Prefix + "…", k.CreatedAt.UTC().Format(keyTime), used})
+					limit := "-"
+					if k.MaxSandboxes > 0 {
+						limit = strconv.Itoa(k.MaxSandboxes)
+					}
+					rows = append(rows, []string{k.Name, k.Prefix + "…", limit, k.CreatedAt.UTC().Format(keyTime), used})
 				}
-				return table(w, []string{"NAME", "KEY", "CREATED", "LAST USED"}, rows)
+				return table(w, []string{"NAME", "KEY", "MAX SANDBOXES", "CREATED", "LAST USED"}, rows)
 			})
 		},
 	})
@@ -117,6 +148,10 @@ func writeE2BStatus(w io.Writer, s api.E2BStatus) error {
 		_, err := fmt.Fprintln(w, "not listening (banger e2b serve, or the e2b_listen setting)")
 		return err
 	}
+	scheme, trust := "http", ""
+	if s.TLS {
+		scheme, trust = "https", " NODE_EXTRA_CA_CERTS=<banger e2b ca output>"
+	}
 	return kv(w, "listen", s.Listen, "domain", s.Domain,
-		"env", fmt.Sprintf("E2B_API_URL=http://%s E2B_SANDBOX_URL=http://%s", s.Listen, s.Listen))
+		"env", fmt.Sprintf("E2B_API_URL=%s://%s E2B_SANDBOX_URL=%s://%s%s", scheme, s.Listen, scheme, s.Listen, trust))
 }

@@ -61,6 +61,8 @@ type Config struct {
 	// localhost:PORT).
 	E2BListen string `json:"e2b_listen"`
 	E2BDomain string `json:"e2b_domain"`
+	// E2BTLS serves the E2B listener over HTTPS with banger's own CA.
+	E2BTLS bool `json:"e2b_tls"`
 }
 
 // Defaults returns the built-in configuration.

@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -191,6 +192,7 @@ func (d *Daemon) wire() {
 			return d.dialGuestTCP(ctx, vm, port)
 		},
 		Listen: hostnet.ListenHost,
+		Dir:    filepath.Join(d.cfg.StateDir, "e2b"),
 	})
 }
 

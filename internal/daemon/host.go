@@ -98,7 +98,7 @@ func (d *Daemon) startHost(ctx context.Context) error {
 	d.wire()
 	d.vms.Reconcile(ctx)
 	d.ports.Reconcile(ctx)
-	if err := d.e2b.Start(ctx, d.cfg.E2BListen, d.cfg.E2BDomain); err != nil {
+	if err := d.e2b.Start(ctx, d.cfg.E2BListen, d.cfg.E2BDomain, d.cfg.E2BTLS); err != nil {
 		d.log.Warn("e2b control plane not started", "err", err)
 	}
 

@@ -299,8 +299,16 @@ func (d *Daemon) E2BServe(ctx context.Context, req api.E2BServeRequest) (api.E2B
 	if domain == "" {
 		domain = d.cfg.E2BDomain
 	}
-	st, err := d.e2b.ServeAndRecord(ctx, req.Listen, domain)
+	st, err := d.e2b.ServeAndRecord(ctx, req.Listen, domain, req.TLS || d.cfg.E2BTLS)
 	return api.E2BStatus(st), err
+}
+
+func (d *Daemon) E2BCA(ctx context.Context) (api.E2BCA, error) {
+	ca, err := d.e2b.CA()
+	if err != nil {
+		return api.E2BCA{}, err
+	}
+	return api.E2BCA{Path: ca.Path, PEM: string(ca.PEM)}, nil
 }
 
 func (d *Daemon) E2BStop(ctx context.Context) error {
@@ -312,7 +320,7 @@ func (d *Daemon) E2BStatus(ctx context.Context) (api.E2BStatus, error) {
 }
 
 func (d *Daemon) CreateE2BKey(ctx context.Context, req api.E2BKeyRequest) (api.E2BKeyCreated, error) {
-	key, rec, err := d.e2b.CreateKey(ctx, req.Name)
+	key, rec, err := d.e2b.CreateKey(ctx, req.Name, req.MaxSandboxes)
 	return api.E2BKeyCreated{Key: key, Record: rec}, err
 }
 

@@ -88,6 +88,21 @@ echo 'user ALL=(ALL:ALL) NOPASSWD: ALL' >"$root"/etc/sudoers.d/banger-user
 chmod 440 "$root"/etc/sudoers.d/banger-user
 `
 
+// loginShellScript makes a login shell start without running programs:
+// E2B's SDK runs every command as "bash -l -c CMD", and under a slow
+// guest CPU each program a startup file runs costs as much as the
+// command. /etc/profile asks id(1) for the uid that bash already has in
+// $EUID (sh, without it, still asks id); root's ~/.profile runs mesg(1),
+// which only means something on a terminal.
+const loginShellScript = `if [ -f "$root"/etc/profile ]; then
+  # shellcheck disable=SC2016 # the expressions are the new file's
+  sed -i 's/"$(id -u)"/"${EUID:-$(id -u)}"/g' "$root"/etc/profile
+fi
+if [ -f "$root"/root/.profile ]; then
+  sed -i 's#^mesg n 2> /dev/null || true$#if [ -t 0 ]; then mesg n 2> /dev/null || true; fi#' "$root"/root/.profile
+fi
+`
+
 // customizeScript is the hook run with the new root's path as $1 after its
 // packages are installed: it copies the overlay (banger-init, sshd config,
 // host key, machine-id, user copies) in, keeps only the ed25519 host key,
@@ -102,6 +117,7 @@ func customizeScript(overlay, init string, scripts []RecipeFile, scriptPaths []s
 chmod 600 "$root"/etc/ssh/ssh_host_ed25519_key
 chmod 755 "$root"` + guestinit.InitPath + "\n")
 	b.WriteString(defaultUserScript)
+	b.WriteString(loginShellScript)
 	switch init {
 	case InitSystemd:
 		b.WriteString("mkdir -p \"$root\"/etc/systemd/system/sysinit.target.wants\n")

@@ -23,7 +23,7 @@ import (
 
 // recipeVersion changes whenever Build makes a different image from the
 // same inputs, so old cache entries are not reused.
-const recipeVersion = 3
+const recipeVersion = 4
 
 // Init modes.
 const (

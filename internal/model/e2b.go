@@ -11,6 +11,9 @@ type E2BKey struct {
 	Prefix    string     `json:"prefix"`
 	CreatedAt time.Time  `json:"created_at"`
 	LastUsed  *time.Time `json:"last_used,omitempty"`
+	// MaxSandboxes caps the sandboxes (running or paused) made with this
+	// key that exist at once; 0 means no cap.
+	MaxSandboxes int `json:"max_sandboxes,omitempty"`
 }
 
 // E2BSandbox is what the E2B control plane adds to a VM it made: the
@@ -23,7 +26,8 @@ type E2BSandbox struct {
 	TemplateID string            `json:"template_id"`
 	Token      string            `json:"-"`
 	Env        map[string]string `json:"env"`
-	AutoPause  bool              `json:"auto_pause"` // the deadline pauses the VM instead of deleting it
+	AutoPause  bool              `json:"auto_pause"`       // the deadline pauses the VM instead of deleting it
+	KeyID      string            `json:"key_id,omitempty"` // the API key that made it ("" when unknown)
 	CreatedAt  time.Time         `json:"created_at"`
 }
 

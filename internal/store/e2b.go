@@ -11,13 +11,13 @@ import (
 	"github.com/banger/banger/internal/model"
 )
 
-const e2bKeyCols = "id, name, hash, prefix, created_at, last_used"
+const e2bKeyCols = "id, name, hash, prefix, created_at, last_used, max_sandboxes"
 
 func scanE2BKey(r *sql.Rows) (model.E2BKey, error) {
 	var k model.E2BKey
 	var created string
 	var used sql.NullString
-	if err := r.Scan(&k.ID, &k.Name, &k.Hash, &k.Prefix, &created, &used); err != nil {
+	if err := r.Scan(&k.ID, &k.Name, &k.Hash, &k.Prefix, &created, &used, &k.MaxSandboxes); err != nil {
 		return k, err
 	}
 	var err error
@@ -31,8 +31,8 @@ func scanE2BKey(r *sql.Rows) (model.E2BKey, error) {
 // CreateE2BKey records an API key (its hash); ErrConflict when the name
 // is taken.
 func (s *Store) CreateE2BKey(ctx context.Context, k model.E2BKey) error {
-	_, err := s.db.ExecContext(ctx, "INSERT INTO e2b_keys ("+e2bKeyCols+") VALUES ("+placeholders(6)+")",
-		k.ID, k.Name, k.Hash, k.Prefix, fmtTime(k.CreatedAt), fmtTimePtr(k.LastUsed))
+	_, err := s.db.ExecContext(ctx, "INSERT INTO e2b_keys ("+e2bKeyCols+") VALUES ("+placeholders(7)+")",
+		k.ID, k.Name, k.Hash, k.Prefix, fmtTime(k.CreatedAt), fmtTimePtr(k.LastUsed), k.MaxSandboxes)
 	if err != nil {
 		return fmt.Errorf("create e2b key: %w", constraint("e2b key", err))
 	}
@@ -70,12 +70,12 @@ func (s *Store) DeleteE2BKey(ctx context.Context, ref string) (model.E2BKey, err
 	return k, s.execOne(ctx, "e2b key", k.ID, "DELETE FROM e2b_keys WHERE id = ?", k.ID)
 }
 
-const e2bSandboxCols = "vm_id, template_id, token, env, created_at, auto_pause"
+const e2bSandboxCols = "vm_id, template_id, token, env, created_at, auto_pause, key_id"
 
 func scanE2BSandbox(r *sql.Rows) (model.E2BSandbox, error) {
 	var sb model.E2BSandbox
 	var env, created string
-	if err := r.Scan(&sb.VMID, &sb.TemplateID, &sb.Token, &env, &created, &sb.AutoPause); err != nil {
+	if err := r.Scan(&sb.VMID, &sb.TemplateID, &sb.Token, &env, &created, &sb.AutoPause, &sb.KeyID); err != nil {
 		return sb, err
 	}
 	if err := json.Unmarshal([]byte(env), &sb.Env); err != nil {
@@ -93,8 +93,8 @@ func (s *Store) CreateE2BSandbox(ctx context.Context, sb model.E2BSandbox) error
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, "INSERT INTO e2b_sandboxes ("+e2bSandboxCols+") VALUES ("+placeholders(6)+")",
-		sb.VMID, sb.TemplateID, sb.Token, string(env), fmtTime(sb.CreatedAt), sb.AutoPause)
+	_, err = s.db.ExecContext(ctx, "INSERT INTO e2b_sandboxes ("+e2bSandboxCols+") VALUES ("+placeholders(7)+")",
+		sb.VMID, sb.TemplateID, sb.Token, string(env), fmtTime(sb.CreatedAt), sb.AutoPause, sb.KeyID)
 	if err != nil {
 		if isForeignKey(err) {
 			return fmt.Errorf("create e2b sandbox: vm %q: %w", sb.VMID, ErrNotFound)
@@ -128,22 +128,30 @@ func nonNil(m map[string]string) map[string]string {
 	return m
 }
 
+// E2BListenerRecord is where the E2B listener serves: address, domain of
+// sandbox host names, and whether it speaks TLS.
+type E2BListenerRecord struct {
+	Listen string
+	Domain string
+	TLS    bool
+}
+
 // SetE2BListener records where the E2B listener serves, replacing any
 // record.
-func (s *Store) SetE2BListener(ctx context.Context, listen, domain string, at time.Time) error {
-	_, err := s.db.ExecContext(ctx, "INSERT INTO e2b_listener (id, listen, domain, created_at) VALUES (1, ?, ?, ?) "+
-		"ON CONFLICT(id) DO UPDATE SET listen = excluded.listen, domain = excluded.domain, created_at = excluded.created_at",
-		listen, domain, fmtTime(at))
+func (s *Store) SetE2BListener(ctx context.Context, l E2BListenerRecord, at time.Time) error {
+	_, err := s.db.ExecContext(ctx, "INSERT INTO e2b_listener (id, listen, domain, tls, created_at) VALUES (1, ?, ?, ?, ?) "+
+		"ON CONFLICT(id) DO UPDATE SET listen = excluded.listen, domain = excluded.domain, tls = excluded.tls, created_at = excluded.created_at",
+		l.Listen, l.Domain, l.TLS, fmtTime(at))
 	return err
 }
 
 // E2BListener is the recorded listener; ok is false when there is none.
-func (s *Store) E2BListener(ctx context.Context) (listen, domain string, ok bool, err error) {
-	err = s.db.QueryRowContext(ctx, "SELECT listen, domain FROM e2b_listener WHERE id = 1").Scan(&listen, &domain)
+func (s *Store) E2BListener(ctx context.Context) (l E2BListenerRecord, ok bool, err error) {
+	err = s.db.QueryRowContext(ctx, "SELECT listen, domain, tls FROM e2b_listener WHERE id = 1").Scan(&l.Listen, &l.Domain, &l.TLS)
 	if errors.Is(err, sql.ErrNoRows) {
-		return "", "", false, nil
+		return l, false, nil
 	}
-	return listen, domain, err == nil, err
+	return l, err == nil, err
 }
 
 // ClearE2BListener forgets the recorded listener.

@@ -19,7 +19,7 @@ func TestE2BKeysAndSandboxes(t *testing.T) {
 	}
 	defer s.Close()
 
-	k := model.E2BKey{ID: "k1aaaaaaaa", Name: "ci", Hash: "h1", Prefix: "e2b_12345", CreatedAt: t0}
+	k := model.E2BKey{ID: "k1aaaaaaaa", Name: "ci", Hash: "h1", Prefix: "e2b_12345", CreatedAt: t0, MaxSandboxes: 3}
 	if err := s.CreateE2BKey(ctx, k); err != nil {
 		t.Fatal(err)
 	}
@@ -47,21 +47,22 @@ func TestE2BKeysAndSandboxes(t *testing.T) {
 		t.Fatalf("second delete: %v", err)
 	}
 
-	if _, _, ok, err := s.E2BListener(ctx); ok || err != nil {
+	if _, ok, err := s.E2BListener(ctx); ok || err != nil {
 		t.Fatalf("E2BListener before any = %v, %v", ok, err)
 	}
-	for _, l := range []string{"127.0.0.1:3000", "127.0.0.1:4000"} {
-		if err := s.SetE2BListener(ctx, l, "sb.example", t0); err != nil {
+	want := E2BListenerRecord{Listen: "127.0.0.1:4000", Domain: "sb.example", TLS: true}
+	for _, l := range []E2BListenerRecord{{Listen: "127.0.0.1:3000", Domain: "sb.example"}, want} {
+		if err := s.SetE2BListener(ctx, l, t0); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if l, d, ok, err := s.E2BListener(ctx); !ok || err != nil || l != "127.0.0.1:4000" || d != "sb.example" {
-		t.Fatalf("E2BListener = %q %q %v %v", l, d, ok, err)
+	if l, ok, err := s.E2BListener(ctx); !ok || err != nil || l != want {
+		t.Fatalf("E2BListener = %+v %v %v", l, ok, err)
 	}
 	if err := s.ClearE2BListener(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, ok, _ := s.E2BListener(ctx); ok {
+	if _, ok, _ := s.E2BListener(ctx); ok {
 		t.Fatal("listener still recorded after Clear")
 	}
 
@@ -69,7 +70,7 @@ func TestE2BKeysAndSandboxes(t *testing.T) {
 		t.Fatal(err)
 	}
 	sb := model.E2BSandbox{VMID: "vm1aaaaa", TemplateID: "base", Token: "tok",
-		Env: map[string]string{"A": "b"}, AutoPause: true, CreatedAt: t0}
+		Env: map[string]string{"A": "b"}, AutoPause: true, CreatedAt: t0, KeyID: "k1aaaaaaaa"}
 	if err := s.CreateE2BSandbox(ctx, sb); err != nil {
 		t.Fatal(err)
 	}

@@ -221,6 +221,13 @@ ALTER TABLE snapshots ADD COLUMN template_inputs TEXT NOT NULL DEFAULT '';
 CREATE INDEX snapshots_template_key ON snapshots(template_key);
 ALTER TABLE snapshot_users ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;
 `,
+	// 12: the E2B listener's TLS, a per-key cap on sandboxes, and which key
+	// made each sandbox ('' for sandboxes made before keys were counted).
+	`
+ALTER TABLE e2b_listener ADD COLUMN tls INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE e2b_keys ADD COLUMN max_sandboxes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE e2b_sandboxes ADD COLUMN key_id TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // migrate applies the steps the database lacks, up to version upTo, each in

@@ -18,7 +18,8 @@ var e2bSDKVersions = []string{"2.51.0", "2.50.0"}
 // test namespace), and the Node script gets only E2B_API_URL,
 // E2B_SANDBOX_URL and E2B_API_KEY (testdata/e2b_sdk.cjs lists the calls),
 // once per SDK version. The script pauses and resumes a sandbox and lets
-// an onTimeout-pause one pause at its deadline.
+// an onTimeout-pause one pause at its deadline; with the pinned SDK it
+// forks the sandbox once.
 func TestE2BSDK(t *testing.T) {
 	h := NewHarness(t)
 	// The first create builds the default image and pulls the kernel,
@@ -40,7 +41,13 @@ func TestE2BSDK(t *testing.T) {
 		t.Run(version, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 			defer cancel()
-			out, err := e2bNode(t, ctx, h, version, "testdata/e2b_sdk.cjs").CombinedOutput()
+			cmd := e2bNode(t, ctx, h, version, "testdata/e2b_sdk.cjs")
+			if version == e2bSDKVersions[0] {
+				// One fork (a snapshot of the running sandbox and a VM
+				// restored from it), with the pinned SDK only.
+				cmd.Env = append(cmd.Env, "E2B_FORK=1")
+			}
+			out, err := cmd.CombinedOutput()
 			t.Logf("SDK %s script:\n%s", version, out)
 			if err != nil {
 				t.Fatalf("SDK script: %v", err)

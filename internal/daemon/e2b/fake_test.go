@@ -2,6 +2,8 @@ package e2b
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"log/slog"
@@ -40,6 +42,9 @@ type fakeVMs struct {
 	// raceResume makes Resume answer a conflict after resuming, as when
 	// another resume won the VM's lock first.
 	raceResume bool
+	snaps      []*fakeSnap
+	forks      map[string][]string // VM ids made from each snapshot id
+	forkFailAt int                 // Fork fails at this fork (1-based; 0: never)
 }
 
 func (f *fakeVMs) Create(ctx context.Context, req api.CreateVMRequest, _ progress.Func) (model.VM, error) {
@@ -217,14 +222,18 @@ func (f *fakeVMs) dialGuest(ctx context.Context, vm model.VM, port int) (net.Con
 
 // fixture is a control plane over fakeVMs listening on 127.0.0.1.
 type fixture struct {
-	svc  *Service
-	vms  *fakeVMs
-	url  string
-	key  string
-	addr string
+	svc    *Service
+	vms    *fakeVMs
+	url    string
+	key    string
+	addr   string
+	client *http.Client // trusts the control plane's CA when it speaks TLS
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { return newFixtureTLS(t, false) }
+
+// newFixtureTLS is newFixture with the listener on HTTPS when useTLS.
+func newFixtureTLS(t *testing.T, useTLS bool) *fixture {
 	t.Helper()
 	st, err := store.Open(filepath.Join(t.TempDir(), "banger.db"))
 	if err != nil {
@@ -232,19 +241,34 @@ func newFixture(t *testing.T) *fixture {
 	}
 	t.Cleanup(func() { st.Close() })
 	f := &fakeVMs{t: t, st: st, alive: map[string]bool{}, envds: map[string]*httptest.Server{},
-		ports: map[int]string{}, ttls: map[string]string{}}
+		ports: map[int]string{}, ttls: map[string]string{}, forks: map[string][]string{}}
 	svc := New(Deps{Store: st, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), VMs: f,
-		RunGuest: f.runGuest, DialGuest: f.dialGuest, Listen: net.Listen, Now: time.Now})
-	status, err := svc.Serve("127.0.0.1:0", "")
+		RunGuest: f.runGuest, DialGuest: f.dialGuest, Listen: net.Listen, Now: time.Now, Dir: t.TempDir()})
+	status, err := svc.Serve("127.0.0.1:0", "", useTLS)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(svc.Close)
-	key, _, err := svc.CreateKey(context.Background(), "test")
+	key, _, err := svc.CreateKey(context.Background(), "test", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{svc: svc, vms: f, url: "http://" + status.Listen, key: key, addr: status.Listen}
+	client := http.DefaultClient
+	if useTLS {
+		ca, err := svc.CA()
+		if err != nil {
+			t.Fatal(err)
+		}
+		client = caClient(ca.PEM)
+	}
+	return &fixture{svc: svc, vms: f, url: status.URL(), key: key, addr: status.Listen, client: client}
+}
+
+// caClient is an HTTP client that trusts only the CA of caPEM.
+func caClient(caPEM []byte) *http.Client {
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 }
 
 // port of the fixture's listener, for Host names.
@@ -267,11 +291,144 @@ func (fx *fixture) do(t *testing.T, method, path, body string, hdr ...string) (i
 		}
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := fx.client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b), resp.Header
+}
+
+// fakeSnap is a snapshot of fakeVMs: the source's envd token stands in
+// for the memory a fork resumes (envd goes on in the fork with it).
+type fakeSnap struct {
+	sn    model.Snapshot
+	token string
+	env   map[string]string
+}
+
+func (f *fakeVMs) CreateSnapshot(ctx context.Context, ref, name string) (model.Snapshot, error) {
+	vm, err := f.Get(ctx, ref)
+	if err != nil {
+		return model.Snapshot{}, err
+	}
+	if !f.Alive(vm) {
+		return model.Snapshot{}, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running", vm.Name)
+	}
+	if name == "" {
+		name = vm.Name + "-snap"
+	}
+	rec, _ := f.st.E2BSandbox(ctx, vm.ID)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, s := range f.snaps {
+		if s.sn.Name == name {
+			return model.Snapshot{}, errdefs.Errorf(errdefs.CodeConflict, "snapshot %q already exists", name)
+		}
+	}
+	sn := model.Snapshot{ID: model.NewID(), Name: name, VMID: vm.ID, VMName: vm.Name, State: model.SnapshotReady, CreatedAt: time.Now()}
+	f.snaps = append(f.snaps, &fakeSnap{sn: sn, token: rec.Token, env: rec.Env})
+	return sn, nil
+}
+
+// users are the live VMs made from snapshot id (the store drops a
+// deleted VM's record).
+func (f *fakeVMs) users(ctx context.Context, id string) []string {
+	var out []string
+	for _, vmID := range f.forks[id] {
+		if vm, err := f.st.GetVM(ctx, vmID); err == nil {
+			out = append(out, vm.Name)
+		}
+	}
+	return out
+}
+
+func (f *fakeVMs) ListSnapshots(ctx context.Context) ([]model.Snapshot, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []model.Snapshot
+	for _, s := range f.snaps {
+		sn := s.sn
+		sn.UsedBy = f.users(ctx, sn.ID)
+		out = append(out, sn)
+	}
+	return out, nil
+}
+
+func (f *fakeVMs) GetSnapshot(ctx context.Context, ref string) (model.Snapshot, error) {
+	all, _ := f.ListSnapshots(ctx)
+	for _, sn := range all {
+		if sn.Name == ref || sn.ID == ref {
+			return sn, nil
+		}
+	}
+	return model.Snapshot{}, errdefs.Errorf(errdefs.CodeNotFound, "snapshot %q not found", ref)
+}
+
+func (f *fakeVMs) RemoveSnapshot(ctx context.Context, ref string) error {
+	sn, err := f.GetSnapshot(ctx, ref)
+	if err != nil {
+		return err
+	}
+	if len(sn.UsedBy) > 0 {
+		return errdefs.Errorf(errdefs.CodeConflict, "snapshot %s is used by %v", sn.Name, sn.UsedBy)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, s := range f.snaps {
+		if s.sn.ID == sn.ID {
+			f.snaps = append(f.snaps[:i], f.snaps[i+1:]...)
+			break
+		}
+	}
+	return nil
+}
+
+// Fork makes running VMs prefix-1… from a snapshot; each gets an envd
+// with the snapshot's token, as a restored guest's envd would have.
+func (f *fakeVMs) Fork(ctx context.Context, src string, count int, prefix string, _ progress.Func) ([]model.VM, error) {
+	sn, err := f.GetSnapshot(ctx, src)
+	if err != nil {
+		return nil, err
+	}
+	var snap *fakeSnap
+	f.mu.Lock()
+	for _, s := range f.snaps {
+		if s.sn.ID == sn.ID {
+			snap = s
+		}
+	}
+	failAt := f.forkFailAt
+	f.mu.Unlock()
+	var made []model.VM
+	for i := 1; i <= count; i++ {
+		if i == failAt {
+			return made, errdefs.Errorf(errdefs.CodeInternal, "fork %d failed", i)
+		}
+		vm, err := f.Create(ctx, api.CreateVMRequest{Name: fmt.Sprintf("%s-%d", prefix, i), TTL: "1h"}, nil)
+		if err != nil {
+			return made, err
+		}
+		if err := f.st.SetVMExpiry(ctx, vm.ID, nil, ""); err != nil {
+			return made, err
+		}
+		if snap.token != "" {
+			me, _ := user.Current()
+			srv, err := envd.New(envd.Config{Token: snap.token, DefaultUser: me.Username, Env: snap.env})
+			if err != nil {
+				return made, err
+			}
+			ts := httptest.NewServer(srv.Handler())
+			f.t.Cleanup(func() { ts.Close(); srv.Close() })
+			f.mu.Lock()
+			f.envds[vm.ID] = ts
+			f.mu.Unlock()
+		}
+		f.mu.Lock()
+		f.forks[sn.ID] = append(f.forks[sn.ID], vm.ID)
+		f.mu.Unlock()
+		made = append(made, vm)
+	}
+	return made, nil
 }

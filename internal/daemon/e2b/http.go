@@ -39,16 +39,10 @@ func (s *Service) Handler() http.Handler {
 	mux.HandleFunc("POST /sandboxes/{id}/refreshes", s.handleRefresh)
 	mux.HandleFunc("POST /sandboxes/{id}/pause", s.handlePause)
 	mux.HandleFunc("POST /sandboxes/{id}/resume", s.handleResume)
-	for _, what := range []string{"snapshots", "fork"} {
-		msg := what + " is not supported by banger yet"
-		mux.HandleFunc("POST /sandboxes/{id}/"+what, func(w http.ResponseWriter, r *http.Request) {
-			if _, err := s.lookup(r.Context(), r.PathValue("id")); err != nil {
-				fail(w, err)
-				return
-			}
-			replyError(w, http.StatusNotImplemented, msg)
-		})
-	}
+	mux.HandleFunc("POST /sandboxes/{id}/snapshots", s.handleCreateSnapshot)
+	mux.HandleFunc("POST /sandboxes/{id}/fork", s.handleFork)
+	mux.HandleFunc("GET /snapshots", s.handleListSnapshots)
+	mux.HandleFunc("DELETE /templates/{id}", s.handleDeleteTemplate)
 	mux.HandleFunc("GET /sandboxes/{id}/metrics", s.handleMetrics)
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -67,9 +61,13 @@ func (s *Service) Handler() http.Handler {
 			s.proxy.serve(w, r, target)
 			return
 		}
-		if r.URL.Path != "/health" && !s.authorize(r.Context(), r.Header) {
-			replyError(w, http.StatusUnauthorized, "missing or invalid API key (X-API-Key or Authorization: Bearer)")
-			return
+		if r.URL.Path != "/health" {
+			k, ok := s.authorize(r.Context(), r.Header)
+			if !ok {
+				replyError(w, http.StatusUnauthorized, "missing or invalid API key (X-API-Key or Authorization: Bearer)")
+				return
+			}
+			r = r.WithContext(withKey(r.Context(), k))
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		mux.ServeHTTP(w, r)
@@ -418,8 +416,12 @@ func replyError(w http.ResponseWriter, status int, msg string) {
 }
 
 // StatusOf maps an error kind to the HTTP status the SDK expects: the
-// daemon API's mapping, and 499 for a request its client abandoned.
+// daemon API's mapping, 429 for a key's sandbox cap, and 499 for a
+// request its client abandoned.
 func StatusOf(err error) int {
+	if isQuota(err) {
+		return http.StatusTooManyRequests
+	}
 	st := api.HTTPStatus(errdefs.CodeOf(err))
 	if st == http.StatusInternalServerError && errors.Is(err, context.Canceled) {
 		return 499

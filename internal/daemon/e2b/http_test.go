@@ -304,14 +304,14 @@ func TestListenerRecorded(t *testing.T) {
 	st := fx.svc.Store
 	fx.svc.Close()
 	first := New(fx.svc.Deps)
-	got, err := first.ServeAndRecord(t.Context(), "127.0.0.1:0", "")
+	got, err := first.ServeAndRecord(t.Context(), "127.0.0.1:0", "", true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	first.Close()
 
 	again := New(fx.svc.Deps)
-	if err := again.Start(t.Context(), "", ""); err != nil {
+	if err := again.Start(t.Context(), "", "", false); err != nil {
 		t.Fatal(err)
 	}
 	if s := again.Status(); s != got {
@@ -320,16 +320,16 @@ func TestListenerRecorded(t *testing.T) {
 	if err := again.Stop(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, ok, _ := st.E2BListener(t.Context()); ok || again.Status().Listen != "" {
+	if _, ok, _ := st.E2BListener(t.Context()); ok || again.Status().Listen != "" {
 		t.Fatalf("after stop: recorded %v, status %+v", ok, again.Status())
 	}
 
 	third := New(fx.svc.Deps)
 	defer third.Close()
-	if err := third.Start(t.Context(), "", ""); err != nil || third.Status().Listen != "" {
+	if err := third.Start(t.Context(), "", "", false); err != nil || third.Status().Listen != "" {
 		t.Fatalf("start with nothing recorded: %+v, %v", third.Status(), err)
 	}
-	if err := third.Start(t.Context(), "127.0.0.1:0", "sb.example"); err != nil || third.Status().Domain != "sb.example" {
+	if err := third.Start(t.Context(), "127.0.0.1:0", "sb.example", false); err != nil || third.Status().Domain != "sb.example" {
 		t.Fatalf("start with a configured address: %+v, %v", third.Status(), err)
 	}
 }

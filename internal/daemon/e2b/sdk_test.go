@@ -50,11 +50,24 @@ func runSDKScript(t *testing.T, version, script string, env ...string) string {
 }
 
 // TestSDKControlPlane runs the real SDK against the control plane, with
-// fake VMs whose "guest" is an envd on 127.0.0.1.
+// fake VMs whose "guest" is an envd on 127.0.0.1; the newest SDK also over
+// HTTPS, trusting banger's CA through NODE_EXTRA_CA_CERTS alone.
 func TestSDKControlPlane(t *testing.T) {
-	for _, version := range sdkVersions {
-		t.Run(version, func(t *testing.T) {
-			fx := newFixture(t)
+	type run struct {
+		version string
+		tls     bool
+	}
+	runs := []run{{sdkVersions[0], true}}
+	for _, v := range sdkVersions {
+		runs = append(runs, run{v, false})
+	}
+	for _, r := range runs {
+		name := r.version
+		if r.tls {
+			name += "-tls"
+		}
+		t.Run(name, func(t *testing.T) {
+			fx := newFixtureTLS(t, r.tls)
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				t.Fatal(err)
@@ -67,10 +80,21 @@ func TestSDKControlPlane(t *testing.T) {
 			fx.vms.mu.Lock()
 			fx.vms.ports[8000] = ln.Addr().String()
 			fx.vms.mu.Unlock()
-			out := runSDKScript(t, version, "testdata/sdk_control.cjs",
-				"E2B_API_URL="+fx.url, "E2B_SANDBOX_URL="+fx.url, "E2B_API_KEY="+fx.key,
-				"GUEST_WEB_PORT="+strconv.Itoa(8000))
-			if !strings.Contains(out, "ok   wrong API key") {
+			capped, _, err := fx.svc.CreateKey(t.Context(), "capped", 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			env := []string{"E2B_API_URL=" + fx.url, "E2B_SANDBOX_URL=" + fx.url, "E2B_API_KEY=" + fx.key,
+				"GUEST_WEB_PORT=" + strconv.Itoa(8000), "E2B_CAPPED_KEY=" + capped}
+			if r.tls {
+				ca, err := fx.svc.CA()
+				if err != nil {
+					t.Fatal(err)
+				}
+				env = append(env, "NODE_EXTRA_CA_CERTS="+ca.Path)
+			}
+			out := runSDKScript(t, r.version, "testdata/sdk_control.cjs", env...)
+			if !strings.Contains(out, "ok   a key over its sandbox cap") || !strings.Contains(out, "ok   wrong API key") {
 				t.Fatal("the script did not reach its last step")
 			}
 		})

@@ -1,9 +1,11 @@
 // Package e2b is banger's E2B-compatible control plane: an HTTP listener
-// (off by default; `banger e2b serve` or the e2b_listen setting) that
-// answers the E2B SDK's sandbox calls with banger VMs, checks API keys
-// (stored hashed), and proxies requests meant for a sandbox — by the
-// E2b-Sandbox-Id header or a "<port>-<id>.<domain>" Host — to the guest
-// port they name, through the VM's pooled SSH connection.
+// (off by default; `banger e2b serve` or the e2b_listen setting; HTTPS
+// with certificates of its own CA with --tls) that answers the E2B SDK's
+// sandbox calls with banger VMs, checks API keys (stored hashed, each
+// with an optional cap on its sandboxes), and proxies requests meant for
+// a sandbox — by the E2b-Sandbox-Id header or a "<port>-<id>.<domain>"
+// Host — to the guest port they name, through the VM's pooled SSH
+// connection.
 //
 // A sandbox is a VM named by its sandbox id, created with the TTL the SDK
 // asks for (action delete, or pause for autoPause) and its metadata as
@@ -11,10 +13,12 @@
 // environment, envd's access token, autoPause) lives in the store next to
 // the VM and goes with it. At create it writes the token into the guest
 // and starts `banger-init envd` there (internal/envd). Pause and resume
-// are the VM's (envd and its processes live on in the saved memory).
+// are the VM's (envd and its processes live on in the saved memory), and
+// so are snapshots and forks (snapshot.go).
 //
-// It asks the VM manager to create, delete, pause, resume and time VMs;
-// it must not touch VM lifecycle, VMMs or the VM network itself.
+// It asks the VM manager to create, delete, pause, resume, time,
+// snapshot and fork VMs; it must not touch VM lifecycle, VMMs or the VM
+// network itself.
 package e2b
 
 import (
@@ -70,6 +74,19 @@ type VMs interface {
 	Pause(ctx context.Context, ref string) (model.VM, error)
 	// Resume restores a paused VM; a conflict when it is not paused.
 	Resume(ctx context.Context, ref string, report progress.Func) (model.VM, error)
+	// CreateSnapshot snapshots a running VM (name "" picks one); see
+	// vms.Manager.CreateSnapshot.
+	CreateSnapshot(ctx context.Context, ref, name string) (model.Snapshot, error)
+	// ListSnapshots is every snapshot, with the VMs made from each.
+	ListSnapshots(ctx context.Context) ([]model.Snapshot, error)
+	// GetSnapshot is the snapshot named ref (name, id or id prefix).
+	GetSnapshot(ctx context.Context, ref string) (model.Snapshot, error)
+	// RemoveSnapshot deletes a snapshot no VM is made from (a conflict
+	// otherwise).
+	RemoveSnapshot(ctx context.Context, ref string) error
+	// Fork makes count running VMs named prefix-1… from a snapshot; the
+	// ones made before a failure come back with the error.
+	Fork(ctx context.Context, src string, count int, prefix string, report progress.Func) ([]model.VM, error)
 	// Alive says whether the VM runs (state and VMM process).
 	Alive(vm model.VM) bool
 }
@@ -87,7 +104,9 @@ type Deps struct {
 	// Listen opens the listener where the daemon's users are
 	// (hostnet.ListenHost).
 	Listen func(network, addr string) (net.Listener, error)
-	Now    func() time.Time
+	// Dir is the control plane's own directory (its CA).
+	Dir string
+	Now func() time.Time
 }
 
 // Service is the control plane; Serve starts its listener.
@@ -97,7 +116,14 @@ type Service struct {
 	srv    *http.Server
 	addr   string
 	domain string
+	tls    bool
 	proxy  *proxy
+	caMu   sync.Mutex
+	ca     *CA
+	// quotaMu guards pending: sandboxes being made, by API key id, not
+	// yet in the store (reserve).
+	quotaMu sync.Mutex
+	pending map[string]int
 }
 
 // New makes a Service; it listens only after Serve.
@@ -107,27 +133,48 @@ func New(d Deps) *Service {
 	return s
 }
 
-// Status says where the control plane listens ("" when it does not) and
-// the domain of its sandbox host names.
+// Status says where the control plane listens ("" when it does not),
+// the domain of its sandbox host names and whether it speaks TLS.
 type Status struct {
 	Listen string `json:"listen"`
 	Domain string `json:"domain"`
+	TLS    bool   `json:"tls,omitempty"`
+}
+
+// URL is the listener's base URL ("" when it does not listen).
+func (st Status) URL() string {
+	if st.Listen == "" {
+		return ""
+	}
+	if st.TLS {
+		return "https://" + st.Listen
+	}
+	return "http://" + st.Listen
 }
 
 // Serve starts listening on addr (DefaultListen when empty); domain is
-// the suffix of sandbox host names, "localhost:<port>" when empty. A
-// second Serve on the same address is a no-op; on another, a conflict.
-func (s *Service) Serve(addr, domain string) (Status, error) {
+// the suffix of sandbox host names, "localhost:<port>" when empty; with
+// useTLS it speaks HTTPS with certificates of the CA (made on first
+// use). A second Serve on the same address and scheme is a no-op; on
+// another, a conflict.
+func (s *Service) Serve(addr, domain string, useTLS bool) (Status, error) {
 	if addr == "" {
 		addr = DefaultListen
+	}
+	var ca *CA
+	if useTLS {
+		var err error
+		if ca, err = s.CA(); err != nil {
+			return Status{}, err
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.srv != nil {
-		if addr == s.addr || addr == DefaultListen {
-			return Status{Listen: s.addr, Domain: s.domain}, nil
+		if (addr == s.addr || addr == DefaultListen) && useTLS == s.tls {
+			return Status{Listen: s.addr, Domain: s.domain, TLS: s.tls}, nil
 		}
-		return Status{}, errdefs.Errorf(errdefs.CodeConflict, "the e2b control plane already listens on %s", s.addr)
+		return Status{}, errdefs.Errorf(errdefs.CodeConflict, "the e2b control plane already listens on %s (tls %v): banger e2b stop first", s.addr, s.tls)
 	}
 	ln, err := s.Listen("tcp", addr)
 	if err != nil {
@@ -138,40 +185,75 @@ func (s *Service) Serve(addr, domain string) (Status, error) {
 		_, port, _ := net.SplitHostPort(bound)
 		domain = "localhost:" + port
 	}
-	s.addr, s.domain = bound, domain
-	s.srv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 30 * time.Second}
-	go func(srv *http.Server) {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 30 * time.Second}
+	if useTLS {
+		iss, err := newIssuer(ca, domain, s.Now)
+		if err != nil {
+			ln.Close()
+			return Status{}, err
+		}
+		srv.TLSConfig = iss.tlsConfig()
+	}
+	s.addr, s.domain, s.tls, s.srv = bound, domain, useTLS, srv
+	go func() {
+		var err error
+		if useTLS {
+			err = srv.ServeTLS(ln, "", "")
+		} else {
+			err = srv.Serve(ln)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.Log.Error("e2b listener stopped", "err", err)
 		}
-	}(s.srv)
-	s.Log.Info("e2b control plane listening", "addr", bound, "domain", domain)
-	return Status{Listen: bound, Domain: domain}, nil
+	}()
+	s.Log.Info("e2b control plane listening", "addr", bound, "domain", domain, "tls", useTLS)
+	return Status{Listen: bound, Domain: domain, TLS: useTLS}, nil
+}
+
+// CA is the control plane's certificate authority, made (in Dir) the
+// first time it is asked for.
+func (s *Service) CA() (*CA, error) {
+	s.caMu.Lock()
+	defer s.caMu.Unlock()
+	if s.ca != nil {
+		return s.ca, nil
+	}
+	if s.Dir == "" {
+		return nil, errdefs.Errorf(errdefs.CodeUnavailable, "the e2b control plane has no directory for its CA")
+	}
+	ca, err := LoadOrCreateCA(s.Dir, s.Now())
+	if err != nil {
+		return nil, err
+	}
+	s.ca = ca
+	return ca, nil
 }
 
 // Start serves at daemon start: the configured address when there is
 // one (the e2b_listen setting), else the one `banger e2b serve` recorded.
-func (s *Service) Start(ctx context.Context, listen, domain string) error {
+func (s *Service) Start(ctx context.Context, listen, domain string, useTLS bool) error {
 	if listen == "" {
-		l, d, ok, err := s.Store.E2BListener(ctx)
+		l, ok, err := s.Store.E2BListener(ctx)
 		if err != nil || !ok {
 			return err
 		}
-		listen, domain = l, d
+		listen, domain, useTLS = l.Listen, l.Domain, l.TLS
 	}
-	_, err := s.Serve(listen, domain)
+	// Snapshots of forks whose sandboxes timed out while bangerd was away.
+	s.dropForkSnapshots(ctx)
+	_, err := s.Serve(listen, domain, useTLS)
 	return err
 }
 
 // ServeAndRecord is Serve that is served again after a daemon restart:
-// the bound address (a port 0 becomes the port picked) and domain are
-// recorded.
-func (s *Service) ServeAndRecord(ctx context.Context, addr, domain string) (Status, error) {
-	st, err := s.Serve(addr, domain)
+// the bound address (a port 0 becomes the port picked), domain and
+// scheme are recorded.
+func (s *Service) ServeAndRecord(ctx context.Context, addr, domain string, useTLS bool) (Status, error) {
+	st, err := s.Serve(addr, domain, useTLS)
 	if err != nil {
 		return st, err
 	}
-	if err := s.Store.SetE2BListener(ctx, st.Listen, st.Domain, s.Now().UTC()); err != nil {
+	if err := s.Store.SetE2BListener(ctx, store.E2BListenerRecord{Listen: st.Listen, Domain: st.Domain, TLS: st.TLS}, s.Now().UTC()); err != nil {
 		return st, fmt.Errorf("record the e2b listener: %w", err)
 	}
 	return st, nil
@@ -188,14 +270,14 @@ func (s *Service) Stop(ctx context.Context) error {
 func (s *Service) Status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Status{Listen: s.addr, Domain: s.domain}
+	return Status{Listen: s.addr, Domain: s.domain, TLS: s.tls}
 }
 
 // Close stops the listener and its connections.
 func (s *Service) Close() {
 	s.mu.Lock()
 	srv := s.srv
-	s.srv, s.addr = nil, ""
+	s.srv, s.addr, s.tls = nil, "", false
 	s.mu.Unlock()
 	if srv != nil {
 		_ = srv.Close()
@@ -204,13 +286,18 @@ func (s *Service) Close() {
 }
 
 // CreateKey makes an API key named name and returns it: the only time the
-// key itself is seen.
-func (s *Service) CreateKey(ctx context.Context, name string) (string, model.E2BKey, error) {
+// key itself is seen. maxSandboxes caps the sandboxes made with it that
+// exist at once (0: no cap).
+func (s *Service) CreateKey(ctx context.Context, name string, maxSandboxes int) (string, model.E2BKey, error) {
 	if err := model.ValidateName("e2b key", name); err != nil {
 		return "", model.E2BKey{}, errdefs.Invalid(err)
 	}
+	if maxSandboxes < 0 {
+		return "", model.E2BKey{}, errdefs.Errorf(errdefs.CodeInvalid, "max sandboxes %d: want 0 (no cap) or more", maxSandboxes)
+	}
 	key := NewKey()
-	rec := model.E2BKey{ID: model.NewID(), Name: name, Hash: HashKey(key), Prefix: key[:len(KeyPrefix)+6], CreatedAt: s.Now().UTC()}
+	rec := model.E2BKey{ID: model.NewID(), Name: name, Hash: HashKey(key), Prefix: key[:len(KeyPrefix)+6],
+		CreatedAt: s.Now().UTC(), MaxSandboxes: maxSandboxes}
 	if err := s.Store.CreateE2BKey(ctx, rec); err != nil {
 		return "", rec, store.Describe("e2b key", name, err)
 	}
@@ -231,21 +318,22 @@ func (s *Service) RevokeKey(ctx context.Context, ref string) (model.E2BKey, erro
 	return k, nil
 }
 
-// authorize checks a request's API key against the store.
-func (s *Service) authorize(ctx context.Context, h http.Header) bool {
+// authorize checks a request's API key against the store, answering its
+// record.
+func (s *Service) authorize(ctx context.Context, h http.Header) (model.E2BKey, bool) {
 	key := KeyOf(h)
 	if key == "" {
-		return false
+		return model.E2BKey{}, false
 	}
 	k, err := s.Store.E2BKeyByHash(ctx, HashKey(key))
 	if err != nil {
-		return false
+		return model.E2BKey{}, false
 	}
 	now := s.Now().UTC()
 	if k.LastUsed == nil || now.Sub(*k.LastUsed) > time.Minute {
 		_ = s.Store.TouchE2BKey(ctx, k.ID, now)
 	}
-	return true
+	return k, true
 }
 
 // sandbox is a sandbox's VM and record.
@@ -338,21 +426,40 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 		image = ""
 	}
 	autoPause := req.AutoPause != nil && *req.AutoPause
+	sn, fromSnapshot, err := s.snapshotTemplate(ctx, req.TemplateID)
+	if err != nil {
+		return sandbox{}, err
+	}
+	if fromSnapshot && (len(labels) > 0 || len(req.EnvVars) > 0 || autoPause ||
+		(req.AllowInternetAccess != nil && !*req.AllowInternetAccess)) {
+		return sandbox{}, errdefs.Errorf(errdefs.CodeInvalid, "template %s is a snapshot: a sandbox made from it takes its environment and timeout action from the snapshot; give only a timeout (metadata, envVars, autoPause and allow_internet_access are not supported with a snapshot yet)", sn.Name)
+	}
+	key := keyOf(ctx)
+	held, err := s.reserve(ctx, key, 1)
+	if err != nil {
+		return sandbox{}, err
+	}
+	defer held.release()
+	if fromSnapshot {
+		return s.createFromSnapshot(ctx, sn, timeout, held)
+	}
 	vmReq := api.CreateVMRequest{Name: newSandboxID(), Image: image, Start: true,
 		TTL: strconv.Itoa(timeout) + "s", TTLAction: timeoutAction(autoPause), Labels: labels}
 	if req.AllowInternetAccess != nil && !*req.AllowInternetAccess {
 		vmReq.Net = "none"
 	}
+	start := s.Now()
 	vm, err := s.VMs.Create(ctx, vmReq, nil)
 	if err != nil {
 		return sandbox{}, err
 	}
+	booted := s.Now()
 	template := req.TemplateID
 	if template == "" {
 		template = DefaultTemplate
 	}
 	rec := model.E2BSandbox{VMID: vm.ID, TemplateID: template, Token: newToken(),
-		Env: req.EnvVars, AutoPause: autoPause, CreatedAt: s.Now().UTC()}
+		Env: req.EnvVars, AutoPause: autoPause, CreatedAt: s.Now().UTC(), KeyID: key.ID}
 	undo := func(err error) (sandbox, error) {
 		// A fresh context: the request's may be what ended.
 		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -362,7 +469,7 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 		}
 		return sandbox{}, err
 	}
-	if err := s.Store.CreateE2BSandbox(ctx, rec); err != nil {
+	if err := held.record(func() error { return s.Store.CreateE2BSandbox(ctx, rec) }); err != nil {
 		return undo(err)
 	}
 	if err := s.startEnvd(ctx, vm, rec); err != nil {
@@ -372,6 +479,7 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 	if err != nil {
 		return undo(err)
 	}
+	s.Log.Info("e2b sandbox created", "sandbox", vm.Name, "vm_s", booted.Sub(start).Seconds(), "envd_s", s.Now().Sub(booted).Seconds())
 	return sandbox{vm: vm, rec: rec}, nil
 }
 
@@ -380,19 +488,28 @@ const envdDir = "/run/banger-envd"
 
 // envdScript makes the default user (for images built before it was part
 // of the image), writes the token and environment read from stdin (first
-// line the token, then KEY=VALUE lines) and starts envd detached.
+// line the token, then KEY=VALUE lines) and starts envd detached. It is on
+// every create's path: it uses shell builtins where a program would cost
+// a slow guest CPU an exec (setsid and envd itself are the only ones on
+// the usual path).
 func envdScript() string {
 	return `set -e
-if ! id -u user >/dev/null 2>&1; then
+known=
+while IFS=: read -r name _; do
+  if [ "$name" = user ]; then known=1; fi
+done < /etc/passwd
+if [ -z "$known" ]; then
   useradd -m -u 1000 -U -s /bin/bash user 2>/dev/null || useradd -m -U -s /bin/bash user
 fi
-install -d -m 700 ` + envdDir + `
 umask 077
+[ -d ` + envdDir + ` ] || mkdir -m 700 ` + envdDir + `
 IFS= read -r token
 printf '%s\n' "$token" > ` + envdDir + `/token
-cat > ` + envdDir + `/env
-if [ -f ` + envdDir + `/pid ] && kill -0 "$(cat ` + envdDir + `/pid)" 2>/dev/null; then
-  kill "$(cat ` + envdDir + `/pid)"; sleep 0.2
+while IFS= read -r line; do printf '%s\n' "$line"; done > ` + envdDir + `/env
+old=
+if [ -f ` + envdDir + `/pid ]; then read -r old < ` + envdDir + `/pid || old=; fi
+if [ -n "$old" ] && kill -0 "$old" 2>/dev/null; then
+  kill "$old"; sleep 0.2
 fi
 setsid ` + guestinit.InitPath + ` envd --listen 127.0.0.1:` + strconv.Itoa(envd.Port) + ` --token-file ` + envdDir + `/token --env-file ` + envdDir + `/env </dev/null >` + envdDir + `/log 2>&1 &
 echo $! > ` + envdDir + `/pid
@@ -437,7 +554,7 @@ func (s *Service) startEnvd(ctx context.Context, vm model.VM, rec model.E2BSandb
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }
@@ -570,7 +687,11 @@ func (s *Service) kill(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	return s.VMs.Delete(ctx, sb.vm.ID, true)
+	if err := s.VMs.Delete(ctx, sb.vm.ID, true); err != nil {
+		return err
+	}
+	s.dropForkSnapshots(context.WithoutCancel(ctx))
+	return nil
 }
 
 // list is every sandbox whose VM's labels sel matches, by creation.

@@ -149,6 +149,21 @@ async function main() {
     const again = await Sandbox.connect(sbx.sandboxId)
     assert.equal((await again.commands.run('echo again')).stdout, 'again\n')
   })
+  if (process.env.E2B_FORK === '1') {
+    await step('fork: the copy resumes the source (files, envd, environment) as another machine', async () => {
+      await sbx.files.write('/tmp/before-fork.txt', 'forked')
+      const forks = await sbx.fork({ timeoutMs: 120_000 })
+      assert.equal(forks.length, 1)
+      const f = forks[0]
+      assert.ok(f instanceof Sandbox, 'fork failed: ' + f)
+      assert.equal(await f.files.read('/tmp/before-fork.txt'), 'forked')
+      const r = await f.commands.run('echo $GREETING; hostname')
+      const mine = (await sbx.commands.run('hostname')).stdout
+      assert.equal(r.stdout, 'hello\n' + f.sandboxId + '\n')
+      assert.equal(mine, sbx.sandboxId + '\n')
+      assert.equal(await f.kill(), true)
+    })
+  }
   await step('pty: create, input, resize, kill', async () => {
     let out = ''
     const h = await sbx.pty.create({ cols: 80, rows: 24, onData: (d) => (out += Buffer.from(d).toString()) })

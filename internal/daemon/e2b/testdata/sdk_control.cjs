@@ -5,9 +5,10 @@
 // per check; exits non-zero on the first failure.
 const path = require('node:path')
 const http = require('node:http')
+const https = require('node:https')
 const assert = require('node:assert/strict')
 const sdk = require(path.join(process.env.E2B_SDK_DIR, 'node_modules', 'e2b'))
-const { Sandbox, CommandExitError, AuthenticationError } = sdk
+const { Sandbox, CommandExitError, AuthenticationError, RateLimitError } = sdk
 
 async function step(name, fn) {
   try {
@@ -20,12 +21,15 @@ async function step(name, fn) {
 }
 
 // get fetches a URL of the listener with the given Host header (getHost
-// names need wildcard DNS, which tests do not have).
+// names need wildcard DNS, which tests do not have). Over https the name
+// goes in the TLS server name too, as from a client that resolved it.
 function get(host, urlPath) {
   const api = new URL(process.env.E2B_API_URL)
+  const tls = api.protocol === 'https:'
   return new Promise((resolve, reject) => {
-    const req = http.request(
-      { host: api.hostname, port: api.port, path: urlPath, headers: { Host: host } },
+    const req = (tls ? https : http).request(
+      { host: api.hostname, port: api.port, path: urlPath, headers: { Host: host },
+        servername: tls ? host.replace(/:\d+$/, '') : undefined },
       (res) => {
         let body = ''
         res.on('data', (d) => (body += d))
@@ -103,6 +107,25 @@ async function main() {
     const r = await again.commands.run('echo again')
     assert.equal(r.stdout, 'again\n')
   })
+  await step('fork keeps the environment', async () => {
+    const forks = await sbx.fork({ count: 1, timeoutMs: 60_000 })
+    assert.equal(forks.length, 1)
+    assert.ok(forks[0] instanceof Sandbox, 'fork failed: ' + forks[0])
+    assert.notEqual(forks[0].sandboxId, sbx.sandboxId)
+    assert.equal((await forks[0].commands.run('echo $GREETING')).stdout, 'hello\n')
+    await forks[0].kill()
+  })
+  await step('createSnapshot, listSnapshots, create from it, deleteSnapshot', async () => {
+    const snap = await sbx.createSnapshot({ name: 'snap-' + tag })
+    assert.equal(snap.snapshotId, 'snap-' + tag)
+    const listed = await Sandbox.listSnapshots({ sandboxId: sbx.sandboxId }).nextItems()
+    assert.deepEqual(listed.map((s) => s.snapshotId), [snap.snapshotId])
+    const copy = await Sandbox.create(snap.snapshotId, { timeoutMs: 60_000 })
+    assert.equal((await copy.commands.run('echo $GREETING')).stdout, 'hello\n')
+    await copy.kill()
+    assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId), true)
+    assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId), false)
+  })
   await step('pause, list paused, connect resumes', async () => {
     assert.equal(await sbx.pause(), true)
     assert.equal(await sbx.pause(), false)
@@ -126,6 +149,21 @@ async function main() {
     assert.equal(res.status, 502)
     assert.equal(await Sandbox.kill(sbx.sandboxId), false)
   })
+  if (process.env.E2B_CAPPED_KEY) {
+    // A key capped at one sandbox (banger e2b key create --max-sandboxes 1).
+    await step('a key over its sandbox cap: RateLimitError', async () => {
+      const one = await Sandbox.create({ apiKey: process.env.E2B_CAPPED_KEY })
+      let err
+      try {
+        await Sandbox.create({ apiKey: process.env.E2B_CAPPED_KEY })
+      } catch (e) {
+        err = e
+      }
+      assert.ok(err instanceof RateLimitError, 'want RateLimitError, got ' + err)
+      assert.match(err.message, /maximum number of concurrent E2B sandboxes \(1\)/)
+      await one.kill()
+    })
+  }
   await step('wrong API key', async () => {
     let err
     try {

@@ -1,0 +1,188 @@
+package e2b
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// createSandbox makes a sandbox through the API, failing the test unless
+// it answers 201.
+func (fx *fixture) createSandbox(t *testing.T, body string, hdr ...string) sandboxJSON {
+	t.Helper()
+	code, out, _ := fx.do(t, "POST", "/v2/sandboxes", body, hdr...)
+	if code != http.StatusCreated {
+		t.Fatalf("create %s = %d %s", body, code, out)
+	}
+	var sb sandboxJSON
+	if err := json.Unmarshal([]byte(out), &sb); err != nil {
+		t.Fatal(err)
+	}
+	return sb
+}
+
+// health is envd's /health of a sandbox through the relay.
+func (fx *fixture) health(t *testing.T, id string) int {
+	t.Helper()
+	code, _, _ := fx.do(t, "GET", "/health", "", "E2b-Sandbox-Id", id)
+	return code
+}
+
+// TestFork: fork snapshots a running sandbox and makes count sandboxes
+// that keep its envd token and environment (the resumed memory's), with
+// the fork's timeout; a fork that fails is reported in its entry; the
+// snapshot goes once its forks are gone; a restricted sandbox and a key
+// over its cap are refused.
+func TestFork(t *testing.T) {
+	fx := newFixture(t)
+	src := fx.createSandbox(t, `{"templateID":"base","envVars":{"FOO":"bar"}}`)
+	code, body, _ := fx.do(t, "POST", "/sandboxes/"+src.SandboxID+"/fork", `{"count":2,"timeout":60}`)
+	if code != http.StatusCreated {
+		t.Fatalf("fork = %d %s", code, body)
+	}
+	var res []forkResult
+	if err := json.Unmarshal([]byte(body), &res); err != nil || len(res) != 2 {
+		t.Fatalf("fork answer %s: %v", body, err)
+	}
+	var forks []string
+	for _, r := range res {
+		if r.Sandbox == nil || r.Error != nil {
+			t.Fatalf("fork result %+v", r)
+		}
+		f := r.Sandbox
+		if f.SandboxID == src.SandboxID || f.EnvdAccessToken != src.EnvdAccessToken || f.TemplateID != "base" {
+			t.Fatalf("fork %+v of %+v", f, src)
+		}
+		if code := fx.health(t, f.SandboxID); code != http.StatusNoContent {
+			t.Fatalf("fork's envd health = %d", code)
+		}
+		sb, err := fx.svc.lookup(t.Context(), f.SandboxID)
+		if err != nil || sb.rec.Env["FOO"] != "bar" || fx.vms.ttls[sb.vm.ID] != "60s" {
+			t.Fatalf("fork record %+v ttl %q: %v", sb.rec, fx.vms.ttls[sb.vm.ID], err)
+		}
+		forks = append(forks, f.SandboxID)
+	}
+	snaps, _ := fx.vms.ListSnapshots(t.Context())
+	if len(snaps) != 1 || !strings.HasPrefix(snaps[0].Name, forkSnapshotPrefix+src.SandboxID) {
+		t.Fatalf("snapshots after fork: %+v", snaps)
+	}
+	if code, body, _ := fx.do(t, "GET", "/snapshots", ""); code != http.StatusOK || body != "[]\n" {
+		t.Fatalf("listSnapshots shows fork's own snapshot: %d %s", code, body)
+	}
+	// The source runs on.
+	if code := fx.health(t, src.SandboxID); code != http.StatusNoContent {
+		t.Fatalf("source health after fork = %d", code)
+	}
+	for _, id := range forks {
+		if code, body, _ := fx.do(t, "DELETE", "/sandboxes/"+id, ""); code != http.StatusNoContent {
+			t.Fatalf("kill fork: %d %s", code, body)
+		}
+	}
+	if snaps, _ := fx.vms.ListSnapshots(t.Context()); len(snaps) != 0 {
+		t.Fatalf("the fork's snapshot outlived its forks: %+v", snaps)
+	}
+
+	// The second of two forks fails: one sandbox, one error.
+	fx.vms.forkFailAt = 2
+	code, body, _ = fx.do(t, "POST", "/sandboxes/"+src.SandboxID+"/fork", `{"count":2}`)
+	fx.vms.forkFailAt = 0
+	res = nil
+	if err := json.Unmarshal([]byte(body), &res); code != http.StatusCreated || err != nil || len(res) != 2 ||
+		res[0].Sandbox == nil || res[1].Error == nil || res[1].Error.Code != http.StatusInternalServerError {
+		t.Fatalf("partial fork = %d %s", code, body)
+	}
+	if sb, _ := fx.svc.lookup(t.Context(), res[0].Sandbox.SandboxID); fx.vms.ttls[sb.vm.ID] != "15s" {
+		t.Fatalf("default fork timeout %q, want E2B's 15s", fx.vms.ttls[sb.vm.ID])
+	}
+
+	for _, tc := range []struct{ name, body string }{{"count 0", `{"count":0}`}, {"count 17", `{"count":17}`}, {"timeout 0", `{"timeout":0}`}} {
+		if code, body, _ := fx.do(t, "POST", "/sandboxes/"+src.SandboxID+"/fork", tc.body); code != http.StatusBadRequest {
+			t.Errorf("%s: %d %s, want 400", tc.name, code, body)
+		}
+	}
+	if code, _, _ := fx.do(t, "POST", "/sandboxes/e2bmissing/fork", ""); code != http.StatusNotFound {
+		t.Errorf("fork of a missing sandbox: %d, want 404", code)
+	}
+	closed := fx.createSandbox(t, `{"allow_internet_access":false}`)
+	if code, body, _ := fx.do(t, "POST", "/sandboxes/"+closed.SandboxID+"/fork", ""); code != http.StatusBadRequest || !strings.Contains(body, "restricted network") {
+		t.Errorf("fork of a sandbox without internet: %d %s, want 400", code, body)
+	}
+	capped, _, err := fx.svc.CreateKey(t.Context(), "capped", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine := fx.createSandbox(t, `{}`, "X-API-Key", capped)
+	if code, body, _ := fx.do(t, "POST", "/sandboxes/"+mine.SandboxID+"/fork", `{"count":2}`, "X-API-Key", capped); code != http.StatusTooManyRequests {
+		t.Errorf("fork past the key's cap: %d %s, want 429", code, body)
+	}
+	if code, body, _ := fx.do(t, "POST", "/sandboxes/"+mine.SandboxID+"/fork", `{"count":1}`, "X-API-Key", capped); code != http.StatusCreated {
+		t.Errorf("fork within the key's cap: %d %s", code, body)
+	}
+}
+
+// TestSnapshots: createSnapshot names a snapshot of a running sandbox;
+// listSnapshots filters by sandbox and name; Sandbox.create with its name
+// forks it (a new envd token when the source sandbox is gone); a
+// snapshot in use is not deleted, then is, then is not found.
+func TestSnapshots(t *testing.T) {
+	fx := newFixture(t)
+	src := fx.createSandbox(t, `{}`)
+	other := fx.createSandbox(t, `{}`)
+	for _, s := range []struct{ id, name string }{{src.SandboxID, "snap1"}, {other.SandboxID, "snap2"}} {
+		code, body, _ := fx.do(t, "POST", "/sandboxes/"+s.id+"/snapshots", `{"name":"`+s.name+`"}`)
+		if code != http.StatusCreated || body != `{"snapshotID":"`+s.name+`","names":["`+s.name+`"]}`+"\n" {
+			t.Fatalf("createSnapshot = %d %s", code, body)
+		}
+	}
+	if code, _, _ := fx.do(t, "POST", "/sandboxes/"+src.SandboxID+"/snapshots", `{"name":"e2b-fork-x"}`); code != http.StatusBadRequest {
+		t.Errorf("a snapshot named like fork's: %d, want 400", code)
+	}
+	list := func(q string) []string {
+		code, body, _ := fx.do(t, "GET", "/snapshots"+q, "")
+		var got []snapshotJSON
+		if err := json.Unmarshal([]byte(body), &got); code != http.StatusOK || err != nil {
+			t.Fatalf("list %s = %d %s", q, code, body)
+		}
+		var ids []string
+		for _, s := range got {
+			ids = append(ids, s.SnapshotID)
+		}
+		return ids
+	}
+	for q, want := range map[string]string{"": "snap1,snap2", "?sandboxID=" + src.SandboxID: "snap1",
+		"?name=snap2:default": "snap2", "?limit=1": "snap1", "?nextToken=snap1": "snap2"} {
+		if got := strings.Join(list(q), ","); got != want {
+			t.Errorf("list %q = %s, want %s", q, got, want)
+		}
+	}
+
+	if code, _, _ := fx.do(t, "DELETE", "/sandboxes/"+src.SandboxID, ""); code != http.StatusNoContent {
+		t.Fatal("kill the source")
+	}
+	if code, body, _ := fx.do(t, "POST", "/v2/sandboxes", `{"templateID":"snap1","metadata":{"a":"b"}}`); code != http.StatusBadRequest {
+		t.Errorf("create from a snapshot with metadata: %d %s, want 400", code, body)
+	}
+	made := fx.createSandbox(t, `{"templateID":"snap1","timeout":90}`)
+	if made.TemplateID != "snap1" || made.EnvdAccessToken == src.EnvdAccessToken || len(made.EnvdAccessToken) != 48 {
+		t.Fatalf("sandbox from a snapshot whose source is gone: %+v", made)
+	}
+	if code := fx.health(t, made.SandboxID); code != http.StatusNoContent {
+		t.Fatalf("its envd = %d", code)
+	}
+	if sb, _ := fx.svc.lookup(t.Context(), made.SandboxID); fx.vms.ttls[sb.vm.ID] != "90s" {
+		t.Fatalf("timeout %q, want 90s", fx.vms.ttls[sb.vm.ID])
+	}
+	if code, _, _ := fx.do(t, "DELETE", "/templates/snap1", ""); code != http.StatusConflict {
+		t.Errorf("delete a snapshot in use: %d, want 409", code)
+	}
+	if code, _, _ := fx.do(t, "DELETE", "/sandboxes/"+made.SandboxID, ""); code != http.StatusNoContent {
+		t.Fatal("kill the copy")
+	}
+	if code, _, _ := fx.do(t, "DELETE", "/templates/snap1", ""); code != http.StatusNoContent {
+		t.Errorf("delete a snapshot: %d, want 204", code)
+	}
+	if code, _, _ := fx.do(t, "DELETE", "/templates/snap1", ""); code != http.StatusNotFound {
+		t.Errorf("delete it again: %d, want 404", code)
+	}
+}
