@@ -34,6 +34,7 @@ func (h *Harness) gone(name string, limit time.Duration) (time.Time, bool) {
 // TestVMTTL: a VM made with --ttl 20s, and a running one given 20s with
 // `vm ttl`, are deleted by the daemon on time, leaving nothing behind.
 func TestVMTTL(t *testing.T) {
+	t.Parallel() // mostly waiting on a clock: overlaps the others that do
 	h := NewHarness(t)
 	run := h.StartVM("ttl-run")
 	if run.ExpiresAt != nil {
@@ -79,6 +80,7 @@ func TestVMTTL(t *testing.T) {
 // exec comes every 5s for longer than that, then deleted about 15s after
 // the last one ends.
 func TestVMIdleTimeout(t *testing.T) {
+	t.Parallel() // mostly waiting on a clock: overlaps the others that do
 	h := NewHarness(t)
 	vm := h.StartVM("idler", "--idle-timeout", "15s")
 	if vm.IdleTimeoutSeconds != 15 || vm.IdleAction != model.TTLDelete {
@@ -126,6 +128,7 @@ func grepLine(s, sub string) string {
 // enforced when the next CLI call starts it again: the running VM it left
 // is gone, VMM included.
 func TestVMTTLDaemonDown(t *testing.T) {
+	t.Parallel() // mostly waiting on a clock: overlaps the others that do
 	h := NewHarness(t)
 	h.StartVM("ttl-down")
 	h.MustRun("vm", "ttl", "ttl-down", "10s")
@@ -192,6 +195,7 @@ func TestVMRunRmOwned(t *testing.T) {
 // is paused once idle, not deleted; `vm list --label` finds it paused,
 // and it resumes with its processes.
 func TestVMIdlePause(t *testing.T) {
+	t.Parallel() // mostly waiting on a clock: overlaps the others that do
 	h := NewHarness(t)
 	vm := h.StartVM("napper", "--idle-timeout", "10s", "--ttl-action", "pause", "--label", "role=napper")
 	if vm.IdleAction != model.TTLPause || vm.Labels["role"] != "napper" {
