@@ -244,6 +244,12 @@ func shutdown(why string) {
 		reapAll(time.Now().Add(time.Second))
 	}
 	unix.Sync()
+	// The user's home is a bind mount from the work disk: it goes first.
+	if mounted(guestinit.UserHome) {
+		if err := unix.Unmount(guestinit.UserHome, 0); err != nil {
+			_ = unix.Unmount(guestinit.UserHome, unix.MNT_DETACH)
+		}
+	}
 	if mounted(guestinit.WorkMount) {
 		if err := unix.Unmount(guestinit.WorkMount, 0); err != nil {
 			logf("unmount %s: %v; detaching it", guestinit.WorkMount, err)

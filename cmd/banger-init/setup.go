@@ -40,7 +40,11 @@ func setup() error {
 	step("/etc/resolv.conf", replaceFile("/etc/resolv.conf", guestinit.ResolvConf(p), 0o644))
 	step("network", setupNetwork(p))
 	if p.WorkDisk != "" {
-		step("work disk", mountWork(p.WorkDisk))
+		err := mountWork(p.WorkDisk)
+		step("work disk", err)
+		if err == nil {
+			step(guestinit.UserHome, mountUserHome())
+		}
 	}
 	step("ssh key", writeKey(p))
 	// After the work disk, which carries the VM's own host key, and before
@@ -153,6 +157,23 @@ func mountWork(dev string) error {
 		return fmt.Errorf("mount %s on %s as ext4: %w", dev, guestinit.WorkMount, err)
 	}
 	return os.Chmod(guestinit.WorkMount, 0o700)
+}
+
+// mountUserHome bind-mounts the user's home kept on the work disk (made
+// from the image's on the first boot) on /home/user, and skips it when the
+// image has no such account or the home is mounted already.
+func mountUserHome() error {
+	if mounted(guestinit.UserHome) {
+		return nil
+	}
+	src, err := guestinit.SeedUserHome("/")
+	if err != nil || src == "" {
+		return err
+	}
+	if err := unix.Mount(src, guestinit.UserHome, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind %s on %s: %w", src, guestinit.UserHome, err)
+	}
+	return nil
 }
 
 func mounted(dir string) bool {

@@ -122,8 +122,17 @@ func TestVMCp(t *testing.T) {
 		t.Errorf("an endless copy left %v", left)
 	}
 
+	// The user's home is on the work disk too (bound from it at boot).
+	h.MustRun("vm", "exec", "cp", "--", "su", "user", "-c", "echo mine > /home/user/note.txt")
+	if out := h.MustRun("vm", "exec", "cp", "--", "sh", "-c", "findmnt -n -o SOURCE /home/user; stat -c %U:%a /home/user"); !strings.Contains(out, "user:750") {
+		t.Errorf("/home/user in the guest: %q", out)
+	}
+
 	// A stopped VM: reads come from its work disk.
 	h.MustRun("vm", "stop", "cp")
+	if out := h.MustRun("vm", "cp", "cp:/home/user/note.txt", "-"); out != "mine\n" {
+		t.Errorf("/home/user/note.txt from the stopped VM: %q", out)
+	}
 	off := filepath.Join(t.TempDir(), "offline")
 	h.MustRun("vm", "cp", "-r", "cp:tree", off)
 	if got := fileSum(t, filepath.Join(off, "big.bin")); got != bigSum {

@@ -63,15 +63,22 @@ func (sv *Service) readVM(ctx context.Context, ref, p string) (vm model.VM, gp, 
 }
 
 // WorkDiskPath maps a clean absolute guest path to its path in the work
-// disk's filesystem: paths under guestinit.WorkMount only.
+// disk's filesystem: paths under guestinit.WorkMount, and under
+// guestinit.UserHome, which the guest bind-mounts from the work disk.
 func WorkDiskPath(gp string) (string, error) {
 	if gp == guestinit.WorkMount {
 		return "/", nil
 	}
+	if gp == guestinit.UserHome {
+		return "/" + guestinit.WorkUserHome, nil
+	}
+	if rest, ok := strings.CutPrefix(gp, guestinit.UserHome+"/"); ok {
+		return "/" + guestinit.WorkUserHome + "/" + rest, nil
+	}
 	if rest, ok := strings.CutPrefix(gp, guestinit.WorkMount+"/"); ok {
 		return "/" + rest, nil
 	}
-	return "", fmt.Errorf("%s is on its system disk: only paths under %s (its work disk) are read while it is stopped", gp, guestinit.WorkMount)
+	return "", fmt.Errorf("%s is on its system disk: only paths under %s and %s (its work disk) are read while it is stopped", gp, guestinit.WorkMount, guestinit.UserHome)
 }
 
 // diskError maps the disk reader's errors to error kinds.
