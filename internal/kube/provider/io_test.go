@@ -128,6 +128,15 @@ func TestStatusIsPushedWhenASessionEnds(t *testing.T) {
 	}
 	wait(corev1.PodRunning, 2*time.Second)
 	time.Sleep(50 * time.Millisecond) // the watch is on
+	// A sweep while every running session is watched asks the guest
+	// nothing; a full read (a poke, the pod controller) does.
+	before := f.count("ls ")
+	if st, err := p.status(ctx, "default", "w", false); err != nil || st.Phase != corev1.PodRunning || f.count("ls ") != before {
+		t.Fatalf("sweep status %+v, %v: %d session reads, want none", st, err, f.count("ls ")-before)
+	}
+	if _, err := p.GetPodStatus(ctx, "default", "w"); err != nil || f.count("ls ") != before+1 {
+		t.Fatalf("GetPodStatus: %v, %d session reads, want one", err, f.count("ls ")-before)
+	}
 	f.setSession("k8s-wwww", "main", model.SessionFailed, 3)
 	wait(corev1.PodFailed, sweepEvery/2)
 }

@@ -21,7 +21,9 @@ import (
 // status is read again and pushed when it changed, at once when
 // something happened to it (its VM was made, one of its sessions
 // ended), and every sweepEvery for every pod as a safety net (a VM
-// stopped behind banger-vk's back, a watch that could not start).
+// stopped behind banger-vk's back, a watch that could not start). A
+// sweep reads the VM from bangerd but its sessions from the guest only
+// when a running one is not watched or the last read is old (status).
 //
 // A session's end is seen by following its log through bangerd: the
 // follow ends when the session's monitor does, a round trip to the
@@ -68,7 +70,7 @@ func (p *Provider) statusLoop(ctx context.Context) {
 			p.stopWatches()
 			return
 		case k := <-p.kick:
-			p.refreshAsync(ctx, k)
+			p.refreshAsync(ctx, k, true)
 		case <-sweep.C:
 			pods, err := p.pods.List(labels.Everything())
 			if err != nil {
@@ -78,7 +80,7 @@ func (p *Provider) statusLoop(ctx context.Context) {
 			for _, pod := range pods {
 				k := key(pod.Namespace, pod.Name)
 				live[k] = true
-				p.refreshAsync(ctx, k)
+				p.refreshAsync(ctx, k, false)
 			}
 			p.mu.Lock()
 			for k := range p.deleted {
@@ -100,12 +102,14 @@ func (p *Provider) statusLoop(ctx context.Context) {
 	}
 }
 
-// refreshAsync reads and pushes a pod's status in the background; a
-// refresh of the same pod asked while one runs runs once more after it.
-func (p *Provider) refreshAsync(ctx context.Context, k string) {
+// refreshAsync reads and pushes a pod's status in the background (full:
+// its sessions read from the guest, else as status allows); a refresh of
+// the same pod asked while one runs runs once more after it, full if
+// either was.
+func (p *Provider) refreshAsync(ctx context.Context, k string, full bool) {
 	p.mu.Lock()
-	if p.inflight[k] {
-		p.again[k] = true
+	if _, busy := p.inflight[k]; busy {
+		p.again[k] = p.again[k] || full
 		p.mu.Unlock()
 		return
 	}
@@ -113,16 +117,17 @@ func (p *Provider) refreshAsync(ctx context.Context, k string) {
 	p.mu.Unlock()
 	go func() {
 		for {
-			p.refresh(ctx, k)
+			p.refresh(ctx, k, full)
 			p.mu.Lock()
-			if !p.again[k] || ctx.Err() != nil {
+			next, ok := p.again[k]
+			delete(p.again, k)
+			if !ok || ctx.Err() != nil {
 				delete(p.inflight, k)
-				delete(p.again, k)
 				p.mu.Unlock()
 				return
 			}
-			delete(p.again, k)
 			p.mu.Unlock()
+			full = next
 		}
 	}()
 }
@@ -132,7 +137,7 @@ func (p *Provider) refreshAsync(ctx context.Context, k string) {
 // finished pod is left alone, and a pod this node does not know is
 // reported gone only once it ran or is a minute old (unless DeletePod
 // removed it).
-func (p *Provider) refresh(ctx context.Context, k string) {
+func (p *Provider) refresh(ctx context.Context, k string, full bool) {
 	ns, name, err := cache.SplitMetaNamespaceKey(k)
 	if err != nil {
 		return
@@ -141,7 +146,7 @@ func (p *Provider) refresh(ctx context.Context, k string) {
 	if err != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		return
 	}
-	st, err := p.GetPodStatus(ctx, ns, name)
+	st, err := p.status(ctx, ns, name, full)
 	switch {
 	case err == nil:
 	case !vkerrdefs.IsNotFound(err):

@@ -94,6 +94,10 @@ type entry struct {
 	lastStats podvm.GuestStats
 	// watches follow the VM's running sessions, by session ID (notify.go).
 	watches map[string]context.CancelFunc
+	// sessions were read at sessionsAt with the VM in sessionsState.
+	sessions      []model.Session
+	sessionsAt    time.Time
+	sessionsState model.VMState
 }
 
 // New returns a provider over bangerd's API. pods lists the pods bound
@@ -343,9 +347,22 @@ func (p *Provider) GetPods(_ context.Context) ([]*corev1.Pod, error) {
 
 // GetPodStatus reads the pod's VM and sessions from bangerd and maps them
 // (podvm.PodStatus). Containers that ended and are due a restart under
-// the pod's restartPolicy are started again here (the status is polled),
-// and so are containers whose start failed.
+// the pod's restartPolicy are started again here (the status is pushed
+// when something happened, and swept: notify.go), and so are containers
+// whose start failed.
 func (p *Provider) GetPodStatus(ctx context.Context, namespace, name string) (*corev1.PodStatus, error) {
+	return p.status(ctx, namespace, name, true)
+}
+
+// sessionsMaxAge is how long a sweep may use the sessions read before
+// instead of asking the guest again, while every running one is watched.
+const sessionsMaxAge = 30 * time.Second
+
+// status is GetPodStatus. Without full, the sessions read last are used
+// when nothing can have changed unseen: the VM is in the same state,
+// every running session is watched (its end pokes a full read), and the
+// read is recent. Reading sessions is a round trip to the guest.
+func (p *Provider) status(ctx context.Context, namespace, name string, full bool) (*corev1.PodStatus, error) {
 	e := p.get(namespace, name)
 	if e == nil {
 		return nil, vkerrdefs.NotFoundf("pod %s/%s is not on this node", namespace, name)
@@ -366,19 +383,27 @@ func (p *Provider) GetPodStatus(ctx context.Context, namespace, name string) (*c
 			return nil, fmt.Errorf("look up vm %s: %w", e.vm, err)
 		default:
 			obs.VM = &vm
+			fresh := false
 			switch vm.State {
 			case model.VMRunning, model.VMStopped, model.VMFailed:
+				if cached, ok := p.cachedSessions(e, vm.State, full); ok {
+					obs.Sessions = cached
+					break
+				}
 				// A stopped VM's sessions are read from its work disk.
 				if obs.Sessions, err = p.b.ListSessions(ctx, e.vm); err != nil {
 					return nil, fmt.Errorf("list sessions of %s: %w", e.vm, err)
 				}
+				fresh = true
+				p.cacheSessions(e, vm.State, obs.Sessions)
 			}
-			if vm.State == model.VMRunning && p.restart(ctx, e, pod, obs.Sessions) {
+			if fresh && vm.State == model.VMRunning && p.restart(ctx, e, pod, obs.Sessions) {
 				if obs.Sessions, err = p.b.ListSessions(ctx, e.vm); err != nil {
 					return nil, fmt.Errorf("list sessions of %s: %w", e.vm, err)
 				}
+				p.cacheSessions(e, vm.State, obs.Sessions)
 			}
-			if vm.State == model.VMRunning {
+			if fresh && vm.State == model.VMRunning {
 				p.watch(e, obs.Sessions)
 			}
 		}
@@ -394,6 +419,28 @@ func (p *Provider) GetPodStatus(ctx context.Context, namespace, name string) (*c
 		p.stopFinished(e, pod.UID)
 	}
 	return &st, nil
+}
+
+// cachedSessions are the sessions read last, when a status that is not
+// full may use them (see status).
+func (p *Provider) cachedSessions(e *entry, state model.VMState, full bool) ([]model.Session, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if full || e.sessionsAt.IsZero() || e.sessionsState != state || p.now().Sub(e.sessionsAt) > sessionsMaxAge {
+		return nil, false
+	}
+	for _, s := range e.sessions {
+		if s.Status == model.SessionRunning && e.watches[s.ID] == nil {
+			return nil, false
+		}
+	}
+	return e.sessions, true
+}
+
+func (p *Provider) cacheSessions(e *entry, state model.VMState, sessions []model.Session) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e.sessions, e.sessionsAt, e.sessionsState = sessions, p.now(), state
 }
 
 // stopFinished stops the VM of a pod that has finished (no container runs

@@ -120,6 +120,7 @@ func (f *fakeBanger) DeleteVM(_ context.Context, ref string, _ bool) error {
 func (f *fakeBanger) ListSessions(_ context.Context, vm string) ([]model.Session, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.call("ls " + vm)
 	return append([]model.Session(nil), f.sessions[vm]...), nil
 }
 

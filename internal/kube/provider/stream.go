@@ -139,7 +139,11 @@ func bridge(ctx context.Context, st *api.AttachStream, attach vkapi.AttachIO, st
 			followSizes(done, attach.Resize(), st)
 		}()
 	}
-	return st.Receive(stdout, stderr)
+	end, err := st.Receive(stdout, stderr)
+	if ctx.Err() != nil {
+		return end, nil // the client left
+	}
+	return end, err
 }
 
 // followSizes passes the client's terminal sizes on until done. A zero
