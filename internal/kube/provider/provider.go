@@ -252,6 +252,7 @@ func (p *Provider) cannotRun(pod *corev1.Pod, err error) error {
 	}
 	p.put(&entry{pod: pod.DeepCopy(), failure: pe})
 	p.log.Warn("pod cannot run", "pod", key(pod.Namespace, pod.Name), "reason", pe.Reason, "message", pe.Message)
+	p.poke(key(pod.Namespace, pod.Name))
 	return fmt.Errorf("%s: %s", pe.Reason, pe.Message)
 }
 
