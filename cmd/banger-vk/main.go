@@ -65,7 +65,7 @@ func parseFlags() (flags, error) {
 	flag.StringVar(&f.nodeName, "node-name", strings.ToLower(host), "name of the node to register")
 	flag.StringVar(&f.nodeIP, "node-ip", "", "address the API server reaches this node's kubelet API at (default: the host name's first address)")
 	flag.StringVar(&f.socket, "socket", "", "bangerd's API socket (default: from banger's configuration)")
-	flag.IntVar(&f.port, "port", 10250, "port of the kubelet API (logs, exec)")
+	flag.IntVar(&f.port, "port", 10250, "port of the kubelet API (logs, exec, attach, port-forward, stats)")
 	flag.StringVar(&f.tlsCert, "tls-cert", "", "TLS certificate of the kubelet API (default: a self-signed one made at start)")
 	flag.StringVar(&f.tlsKey, "tls-key", "", "its key")
 	flag.StringVar(&f.clientCA, "client-ca", "", "CA whose client certificates may call the kubelet API (the one that signed the API server's --kubelet-client-certificate); required")
@@ -144,7 +144,7 @@ func run() error {
 	var synced cache.InformerSynced
 	mux := http.NewServeMux()
 	n, err := nodeutil.NewNode(f.nodeName, func(pc nodeutil.ProviderConfig) (nodeutil.Provider, node.NodeProvider, error) {
-		prov = provider.New(b, pc.Pods, f.nodeIP, log)
+		prov = provider.New(b, pc.Pods, f.nodeName, f.nodeIP, log)
 		return prov, provider.NewHealth(b, pc.Node, 10*time.Second), nil
 	},
 		nodeutil.WithClient(client),
@@ -153,6 +153,9 @@ func run() error {
 			c.HTTPListenAddr = net.JoinHostPort(f.nodeIP, strconv.Itoa(f.port))
 			c.NumWorkers = f.workers
 			c.Handler = mux
+			// The kubelet's default: an idle kubectl exec -it or
+			// port-forward stays open.
+			c.StreamIdleTimeout = 4 * time.Hour
 			return nil
 		},
 		nodeutil.AttachProviderRoutes(mux),

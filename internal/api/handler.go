@@ -134,6 +134,7 @@ func (h *handler) routes() []route {
 		{"GET /v1/vms/{ref}/ports", h.listPorts},
 		{"POST /v1/vms/{ref}/ports", h.addPort},
 		{"DELETE /v1/vms/{ref}/ports/{port}", h.removePort},
+		{"POST /v1/vms/{ref}/dial", h.dialVM},
 	}, h.e2bRoutes()...)
 }
 

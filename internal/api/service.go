@@ -7,6 +7,7 @@ package api
 import (
 	"context"
 	"io"
+	"net"
 
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/progress"
@@ -394,6 +395,12 @@ type Service interface {
 	AddPort(ctx context.Context, ref string, req AddPortRequest) (model.Forward, error)
 	RemovePort(ctx context.Context, ref, port string) error
 	ListPorts(ctx context.Context, ref string) ([]model.Forward, error)
+	// DialVM connects to TCP port (1-65535) of a running VM's guest the
+	// way a published port does (the guest's address, else its loopback
+	// through SSH) and returns the connection, which the caller closes.
+	// Errors before the connection (VM not running, nothing listens) are
+	// *errdefs.Error values.
+	DialVM(ctx context.Context, ref string, port int) (net.Conn, error)
 }
 
 // AddPortRequest publishes a port of a running VM: Spec is

@@ -23,6 +23,10 @@ const (
 	TrailerError = "X-Banger-Error"
 	// AttachProtocol is the Upgrade token of a session attachment.
 	AttachProtocol = "banger-attach"
+	// DialProtocol is the Upgrade token of a connection to a guest port
+	// (POST /v1/vms/{ref}/dial?port=N): after the 101 the connection
+	// carries the TCP stream's bytes both ways, half-closes included.
+	DialProtocol = "banger-tcp"
 )
 
 // Frame types of an NDJSON stream.

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/banger/banger/internal/config"
+	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/model"
 )
@@ -51,5 +52,16 @@ func TestDialGuestTCPChoice(t *testing.T) {
 	refuse = false
 	if _, err := d.dialGuestTCP(ctx, vm, 8000); err == nil || direct != 2 {
 		t.Fatalf("transport ssh: %v, direct %d", err, direct)
+	}
+}
+
+// TestDialVMRefusesBadPorts: a port outside 1-65535 is the request's
+// fault, refused before any VM is looked up.
+func TestDialVMRefusesBadPorts(t *testing.T) {
+	d := &Daemon{cfg: config.Defaults()}
+	for _, port := range []int{0, -1, 65536} {
+		if _, err := d.DialVM(context.Background(), "v", port); errdefs.CodeOf(err) != errdefs.CodeInvalid {
+			t.Errorf("DialVM port %d: %v, want invalid", port, err)
+		}
 	}
 }

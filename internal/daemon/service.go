@@ -8,9 +8,13 @@ package daemon
 import (
 	"context"
 	"io"
+	"net"
+	"sync"
+	"time"
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/daemon/doctor"
+	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/progress"
 )
@@ -262,6 +266,55 @@ func (d *Daemon) RemovePort(ctx context.Context, ref, port string) error {
 
 func (d *Daemon) ListPorts(ctx context.Context, ref string) ([]model.Forward, error) {
 	return d.ports.List(ctx, ref)
+}
+
+// DialVM connects to a port of a running guest like a published port's
+// connection does (plain TCP to the guest's address first, else its
+// loopback over SSH); the VM counts as active until the connection is
+// closed.
+func (d *Daemon) DialVM(ctx context.Context, ref string, port int) (net.Conn, error) {
+	if port < 1 || port > 65535 {
+		return nil, errdefs.Errorf(errdefs.CodeInvalid, "invalid port %d: give a TCP port from 1 to 65535", port)
+	}
+	vm, err := d.vms.Running(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	done := d.vms.Active(vm.ID)
+	dctx, cancel := context.WithTimeout(ctx, dialVMTimeout)
+	defer cancel()
+	c, err := d.dialGuestTCP(dctx, vm, port)
+	if err != nil {
+		done()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, errdefs.Errorf(errdefs.CodeConflict, "connect to port %d of vm %s (does anything listen on it?): %v", port, vm.Name, err)
+	}
+	return &activeConn{Conn: c, done: sync.OnceFunc(done)}, nil
+}
+
+// dialVMTimeout bounds reaching a guest port for DialVM.
+const dialVMTimeout = 10 * time.Second
+
+// activeConn ends the VM's activity when it is closed.
+type activeConn struct {
+	net.Conn
+	done func()
+}
+
+func (a *activeConn) Close() error {
+	a.done()
+	return a.Conn.Close()
+}
+
+// CloseWrite half-closes the guest connection (a plain TCP one or an SSH
+// channel), or closes it when it cannot.
+func (a *activeConn) CloseWrite() error {
+	if cw, ok := a.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return a.Close()
 }
 
 // ---- host ----

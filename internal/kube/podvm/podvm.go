@@ -2,8 +2,9 @@
 // functions: the VM a pod gets (its name from the pod UID, image, CPUs,
 // memory, deadline), the guest session each container runs as, the pod
 // status its VM and sessions stand for, when a finished container
-// restarts, and which VMs are orphans. banger-vk (internal/kube/provider)
-// does the I/O around it.
+// restarts, which VMs are orphans, and the statistics a guest's sample
+// stands for (stats.go: bounded, since the guest writes it). banger-vk
+// (internal/kube/provider) does the I/O around it.
 //
 // It must do no I/O and must not talk to bangerd or the Kubernetes API;
 // every rule about what a pod may ask for lives here, so it is tested as
@@ -214,9 +215,6 @@ func planSession(c corev1.Container) (api.StartSessionRequest, error) {
 	if err := model.ValidateName("session", c.Name); err != nil {
 		return api.StartSessionRequest{}, unsupported("container %q: %v", c.Name, err)
 	}
-	if c.Stdin || c.TTY {
-		return api.StartSessionRequest{}, unsupported("container %q asks for stdin or a tty, which banger nodes do not attach yet", c.Name)
-	}
 	if len(c.VolumeMounts) > 0 {
 		for _, m := range c.VolumeMounts {
 			if !strings.HasPrefix(m.Name, "kube-api-access-") {
@@ -234,14 +232,22 @@ func planSession(c corev1.Container) (api.StartSessionRequest, error) {
 		}
 		env[e.Name] = e.Value
 	}
-	return api.StartSessionRequest{
+	req := api.StartSessionRequest{
 		Name:    c.Name,
 		Command: argv[0],
 		Args:    argv[1:],
 		Env:     env,
 		Cwd:     c.WorkingDir,
 		Stdin:   model.StdinClosed,
-	}, nil
+	}
+	// stdin: the session's stdin is a pipe kubectl attach -i writes to
+	// (it stays open across attachments: stdinOnce is not honoured); tty:
+	// the command runs on a guest terminal, which needs that pipe.
+	if c.Stdin || c.TTY {
+		req.Stdin = model.StdinPipe
+	}
+	req.TTY = c.TTY
+	return req, nil
 }
 
 // ---- restarts ----

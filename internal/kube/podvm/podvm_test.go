@@ -84,6 +84,26 @@ func TestPlanPodMapsContainersToSessions(t *testing.T) {
 	}
 }
 
+// TestPlanPodStdinAndTTY: a container with stdin gets a session whose
+// stdin is a pipe (kubectl attach -i writes to it); one with a tty runs
+// on a guest terminal, which needs the pipe too.
+func TestPlanPodStdinAndTTY(t *testing.T) {
+	in := ctr("in", "cat")
+	in.Stdin = true
+	term := ctr("term", "sh")
+	term.TTY = true
+	plan, err := PlanPod(pod(in, term))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := plan.Sessions[0]; s.Stdin != model.StdinPipe || s.TTY {
+		t.Errorf("stdin container: session %+v, want a pipe and no terminal", s)
+	}
+	if s := plan.Sessions[1]; s.Stdin != model.StdinPipe || !s.TTY {
+		t.Errorf("tty container: session %+v, want a pipe and a terminal", s)
+	}
+}
+
 func TestPlanPodArgsOnlyAndDefaults(t *testing.T) {
 	c := corev1.Container{Name: "a", Image: "default", Args: []string{"true"}}
 	plan, err := PlanPod(pod(c))
@@ -101,8 +121,6 @@ func TestPlanPodArgsOnlyAndDefaults(t *testing.T) {
 func TestPlanPodRefusesWhatBangerCannotRun(t *testing.T) {
 	other := ctr("b", "true")
 	other.Image = "other"
-	tty := ctr("a", "sh")
-	tty.TTY = true
 	mount := ctr("a", "true")
 	mount.VolumeMounts = []corev1.VolumeMount{{Name: "data", MountPath: "/data"}}
 	from := ctr("a", "true")
@@ -117,7 +135,6 @@ func TestPlanPodRefusesWhatBangerCannotRun(t *testing.T) {
 		{"no command", pod(corev1.Container{Name: "a", Image: "default"}), ReasonUnsupported, "no command or args"},
 		{"two images", pod(ctr("a", "true"), other), ReasonUnsupported, "different images"},
 		{"docker image", pod(corev1.Container{Name: "a", Image: "nginx:1.27", Command: []string{"nginx"}}), ReasonUnknownImage, `"nginx:1.27" is not a banger image name`},
-		{"tty", pod(tty), ReasonUnsupported, "tty"},
 		{"volume mount", pod(mount), ReasonUnsupported, `mounts volume "data"`},
 		{"valueFrom", pod(from), ReasonUnsupported, "valueFrom"},
 		{"init", func() *corev1.Pod {

@@ -16,18 +16,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
 	vkerrdefs "github.com/virtual-kubelet/virtual-kubelet/errdefs"
 	vkapi "github.com/virtual-kubelet/virtual-kubelet/node/api"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	corev1listers "k8s.io/client-go/listers/core/v1"
-	statsv1alpha1 "k8s.io/kubelet/pkg/apis/stats/v1alpha1"
-	utilexec "k8s.io/utils/exec"
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/errdefs"
@@ -52,20 +50,36 @@ type Banger interface {
 	RemoveSession(ctx context.Context, vmRef, ref string) error
 	SessionLogs(ctx context.Context, vmRef, ref string, req api.SessionLogsRequest, w io.Writer) error
 	ExecVM(ctx context.Context, ref string, req api.ExecRequest, stdout, stderr io.Writer) (int, error)
+	// ExecVMAttached, AttachSession and DialVM are streams: the caller
+	// closes what they return.
+	ExecVMAttached(ctx context.Context, ref string, req api.ExecRequest) (*api.AttachStream, error)
+	AttachSession(ctx context.Context, vmRef, ref string, req api.AttachRequest) (*api.AttachStream, error)
+	DialVM(ctx context.Context, ref string, port int) (net.Conn, error)
 }
 
 // Provider runs pods as banger VMs. Make it with New; the pod controller
 // calls it from several workers, never twice at once for one pod.
 type Provider struct {
-	b      Banger
-	pods   corev1listers.PodLister
-	hostIP string
-	log    *slog.Logger
-	now    func() time.Time
+	b        Banger
+	pods     corev1listers.PodLister
+	hostIP   string
+	nodeName string
+	started  time.Time
+	log      *slog.Logger
+	now      func() time.Time
 
 	lock keyed.Mutex // per pod UID: create, delete, restarts
 	mu   sync.Mutex
 	run  map[string]*entry // by namespace/name
+
+	// Status pushes (notify.go).
+	notify   func(*corev1.Pod)
+	loopCtx  context.Context              // NotifyPods' context: the watches live under it
+	kick     chan string                  // namespace/name of a pod to look at now
+	sent     map[string]*corev1.PodStatus // the last status pushed, by namespace/name; under mu
+	deleted  map[string]bool              // pods DeletePod removed, until the API forgets them; under mu
+	inflight map[string]bool              // pods whose status is being read; under mu
+	again    map[string]bool              // pods to read once more after that; under mu
 }
 
 // entry is a pod this node runs (or failed to run).
@@ -76,12 +90,23 @@ type entry struct {
 	restarts map[string]int32
 	stopping bool // the pod finished: its VM is being (or was) stopped
 	creating bool // CreatePod is making its VM
+	// lastStats is the VM's previous guest sample, for the CPU rate.
+	lastStats podvm.GuestStats
+	// watches follow the VM's running sessions, by session ID (notify.go).
+	watches map[string]context.CancelFunc
+	// sessions were read at sessionsAt with the VM in sessionsState.
+	sessions      []model.Session
+	sessionsAt    time.Time
+	sessionsState model.VMState
 }
 
 // New returns a provider over bangerd's API. pods lists the pods bound
-// to this node (the informer's lister); hostIP is the node's address.
-func New(b Banger, pods corev1listers.PodLister, hostIP string, log *slog.Logger) *Provider {
-	return &Provider{b: b, pods: pods, hostIP: hostIP, log: log, now: time.Now, run: map[string]*entry{}}
+// to this node (the informer's lister); nodeName and hostIP are the
+// node's name and address.
+func New(b Banger, pods corev1listers.PodLister, nodeName, hostIP string, log *slog.Logger) *Provider {
+	return &Provider{b: b, pods: pods, nodeName: nodeName, hostIP: hostIP, log: log, now: time.Now, started: time.Now(),
+		run: map[string]*entry{}, kick: make(chan string, kickQueue), sent: map[string]*corev1.PodStatus{}, deleted: map[string]bool{},
+		inflight: map[string]bool{}, again: map[string]bool{}}
 }
 
 func key(namespace, name string) string { return namespace + "/" + name }
@@ -95,7 +120,12 @@ func (p *Provider) get(namespace, name string) *entry {
 func (p *Provider) put(e *entry) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.run[key(e.pod.Namespace, e.pod.Name)] = e
+	k := key(e.pod.Namespace, e.pod.Name)
+	if old := p.run[k]; old != nil && old != e {
+		old.unwatch()
+	}
+	p.run[k] = e
+	delete(p.deleted, k)
 }
 
 // ---- start-up ----
@@ -128,6 +158,7 @@ func (p *Provider) Adopt(ctx context.Context) error {
 		pod := byUID[uid]
 		p.put(&entry{pod: pod.DeepCopy(), vm: vm.Name, restarts: restartsOf(pod)})
 		p.log.Info("adopted pod vm", "pod", key(pod.Namespace, pod.Name), "vm", vm.Name)
+		p.poke(key(pod.Namespace, pod.Name))
 	}
 	var errs []error
 	for _, name := range podvm.Orphans(vms, live) {
@@ -206,6 +237,8 @@ func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 			return fmt.Errorf("start container %s in vm %s: %w", s.Name, plan.VM.Name, err)
 		}
 	}
+	// Running now: say so without waiting for the next sweep.
+	p.poke(key(pod.Namespace, pod.Name))
 	return nil
 }
 
@@ -219,6 +252,7 @@ func (p *Provider) cannotRun(pod *corev1.Pod, err error) error {
 	}
 	p.put(&entry{pod: pod.DeepCopy(), failure: pe})
 	p.log.Warn("pod cannot run", "pod", key(pod.Namespace, pod.Name), "reason", pe.Reason, "message", pe.Message)
+	p.poke(key(pod.Namespace, pod.Name))
 	return fmt.Errorf("%s: %s", pe.Reason, pe.Message)
 }
 
@@ -270,13 +304,24 @@ func (p *Provider) DeletePod(ctx context.Context, pod *corev1.Pod) error {
 	}
 	p.log.Info("deleted pod vm", "pod", key(pod.Namespace, pod.Name), "vm", name)
 	p.forget(pod)
+	k := key(pod.Namespace, pod.Name)
+	p.mu.Lock()
+	p.deleted[k] = true
+	p.mu.Unlock()
+	if pod.Status.Phase != corev1.PodSucceeded && pod.Status.Phase != corev1.PodFailed {
+		p.push(pod, terminalStatus(pod, p.now()))
+	}
 	return nil
 }
 
 func (p *Provider) forget(pod *corev1.Pod) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	delete(p.run, key(pod.Namespace, pod.Name))
+	k := key(pod.Namespace, pod.Name)
+	if e := p.run[k]; e != nil {
+		e.unwatch()
+	}
+	delete(p.run, k)
 }
 
 // GetPod is the pod as this node runs it, or a not-found error.
@@ -303,9 +348,22 @@ func (p *Provider) GetPods(_ context.Context) ([]*corev1.Pod, error) {
 
 // GetPodStatus reads the pod's VM and sessions from bangerd and maps them
 // (podvm.PodStatus). Containers that ended and are due a restart under
-// the pod's restartPolicy are started again here (the status is polled),
-// and so are containers whose start failed.
+// the pod's restartPolicy are started again here (the status is pushed
+// when something happened, and swept: notify.go), and so are containers
+// whose start failed.
 func (p *Provider) GetPodStatus(ctx context.Context, namespace, name string) (*corev1.PodStatus, error) {
+	return p.status(ctx, namespace, name, true)
+}
+
+// sessionsMaxAge is how long a sweep may use the sessions read before
+// instead of asking the guest again, while every running one is watched.
+const sessionsMaxAge = 30 * time.Second
+
+// status is GetPodStatus. Without full, the sessions read last are used
+// when nothing can have changed unseen: the VM is in the same state,
+// every running session is watched (its end pokes a full read), and the
+// read is recent. Reading sessions is a round trip to the guest.
+func (p *Provider) status(ctx context.Context, namespace, name string, full bool) (*corev1.PodStatus, error) {
 	e := p.get(namespace, name)
 	if e == nil {
 		return nil, vkerrdefs.NotFoundf("pod %s/%s is not on this node", namespace, name)
@@ -326,17 +384,28 @@ func (p *Provider) GetPodStatus(ctx context.Context, namespace, name string) (*c
 			return nil, fmt.Errorf("look up vm %s: %w", e.vm, err)
 		default:
 			obs.VM = &vm
+			fresh := false
 			switch vm.State {
 			case model.VMRunning, model.VMStopped, model.VMFailed:
+				if cached, ok := p.cachedSessions(e, vm.State, full); ok {
+					obs.Sessions = cached
+					break
+				}
 				// A stopped VM's sessions are read from its work disk.
 				if obs.Sessions, err = p.b.ListSessions(ctx, e.vm); err != nil {
 					return nil, fmt.Errorf("list sessions of %s: %w", e.vm, err)
 				}
+				fresh = true
+				p.cacheSessions(e, vm.State, obs.Sessions)
 			}
-			if vm.State == model.VMRunning && p.restart(ctx, e, pod, obs.Sessions) {
+			if fresh && vm.State == model.VMRunning && p.restart(ctx, e, pod, obs.Sessions) {
 				if obs.Sessions, err = p.b.ListSessions(ctx, e.vm); err != nil {
 					return nil, fmt.Errorf("list sessions of %s: %w", e.vm, err)
 				}
+				p.cacheSessions(e, vm.State, obs.Sessions)
+			}
+			if fresh && vm.State == model.VMRunning {
+				p.watch(e, obs.Sessions)
 			}
 		}
 	}
@@ -351,6 +420,28 @@ func (p *Provider) GetPodStatus(ctx context.Context, namespace, name string) (*c
 		p.stopFinished(e, pod.UID)
 	}
 	return &st, nil
+}
+
+// cachedSessions are the sessions read last, when a status that is not
+// full may use them (see status).
+func (p *Provider) cachedSessions(e *entry, state model.VMState, full bool) ([]model.Session, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if full || e.sessionsAt.IsZero() || e.sessionsState != state || p.now().Sub(e.sessionsAt) > sessionsMaxAge {
+		return nil, false
+	}
+	for _, s := range e.sessions {
+		if s.Status == model.SessionRunning && e.watches[s.ID] == nil {
+			return nil, false
+		}
+	}
+	return e.sessions, true
+}
+
+func (p *Provider) cacheSessions(e *entry, state model.VMState, sessions []model.Session) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e.sessions, e.sessionsAt, e.sessionsState = sessions, p.now(), state
 }
 
 // stopFinished stops the VM of a pod that has finished (no container runs
@@ -510,63 +601,4 @@ type cancelReader struct {
 func (c *cancelReader) Close() error {
 	c.cancel()
 	return c.ReadCloser.Close()
-}
-
-// RunInContainer runs cmd in the pod's VM (banger exec) with the
-// container's working directory; its exit code is the exec's. Stdin and
-// terminals are not carried yet.
-func (p *Provider) RunInContainer(ctx context.Context, namespace, podName, containerName string, cmd []string, attach vkapi.AttachIO) error {
-	e := p.get(namespace, podName)
-	if e == nil || e.vm == "" {
-		return vkerrdefs.NotFoundf("pod %s/%s has no VM on this node", namespace, podName)
-	}
-	if attach.TTY() {
-		return vkerrdefs.InvalidInputf("exec with a terminal (-t) is not supported on banger nodes yet")
-	}
-	req := api.ExecRequest{Command: cmd}
-	p.mu.Lock()
-	for _, c := range e.pod.Spec.Containers {
-		if c.Name == containerName {
-			req.Cwd = c.WorkingDir
-		}
-	}
-	p.mu.Unlock()
-	stdout, stderr := attach.Stdout(), attach.Stderr()
-	var out, errw io.Writer = io.Discard, io.Discard
-	if stdout != nil {
-		out = stdout
-		defer stdout.Close()
-	}
-	if stderr != nil {
-		errw = stderr
-		defer stderr.Close()
-	}
-	code, err := p.b.ExecVM(ctx, e.vm, req, out, errw)
-	if err != nil {
-		return err
-	}
-	if code != 0 {
-		return utilexec.CodeExitError{Err: fmt.Errorf("command terminated with exit code %d", code), Code: code}
-	}
-	return nil
-}
-
-// AttachToContainer is not supported yet: sessions run with stdin closed.
-func (p *Provider) AttachToContainer(context.Context, string, string, string, vkapi.AttachIO) error {
-	return vkerrdefs.InvalidInputf("attach is not supported on banger nodes yet")
-}
-
-// PortForward is not supported yet (docs/kubernetes.md).
-func (p *Provider) PortForward(context.Context, string, string, int32, io.ReadWriteCloser) error {
-	return vkerrdefs.InvalidInputf("port-forward is not supported on banger nodes yet")
-}
-
-// GetStatsSummary reports no statistics yet.
-func (p *Provider) GetStatsSummary(context.Context) (*statsv1alpha1.Summary, error) {
-	return &statsv1alpha1.Summary{}, nil
-}
-
-// GetMetricsResource reports no metrics yet.
-func (p *Provider) GetMetricsResource(context.Context) ([]*dto.MetricFamily, error) {
-	return nil, nil
 }

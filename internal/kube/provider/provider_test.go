@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"sort"
 	"strings"
 	"sync"
@@ -40,6 +41,10 @@ type fakeBanger struct {
 	failStarts int
 	// createGate, when set, holds CreateVM until it is closed.
 	createGate chan struct{}
+	// execOut is what ExecVM writes to stdout; guestPort the address
+	// DialVM reaches for port 8000.
+	execOut   string
+	guestPort string
 }
 
 func newFake() *fakeBanger {
@@ -115,6 +120,7 @@ func (f *fakeBanger) DeleteVM(_ context.Context, ref string, _ bool) error {
 func (f *fakeBanger) ListSessions(_ context.Context, vm string) ([]model.Session, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.call("ls " + vm)
 	return append([]model.Session(nil), f.sessions[vm]...), nil
 }
 
@@ -163,7 +169,28 @@ func (f *fakeBanger) RemoveSession(_ context.Context, vm, ref string) error {
 	return nil
 }
 
-func (f *fakeBanger) SessionLogs(_ context.Context, _, _ string, req api.SessionLogsRequest, w io.Writer) error {
+func (f *fakeBanger) SessionLogs(ctx context.Context, vm, id string, req api.SessionLogsRequest, w io.Writer) error {
+	if req.Follow && req.Tail == 1 {
+		// A watch: returns when the session is no longer running.
+		for {
+			f.mu.Lock()
+			running := false
+			for _, s := range f.sessions[vm] {
+				if s.ID == id && s.Status == model.SessionRunning {
+					running = true
+				}
+			}
+			f.mu.Unlock()
+			if !running {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
 	if req.Stderr {
 		_, err := io.WriteString(w, "err\n")
 		return err
@@ -172,8 +199,31 @@ func (f *fakeBanger) SessionLogs(_ context.Context, _, _ string, req api.Session
 	return err
 }
 
-func (f *fakeBanger) ExecVM(context.Context, string, api.ExecRequest, io.Writer, io.Writer) (int, error) {
-	return 0, nil
+func (f *fakeBanger) ExecVM(_ context.Context, _ string, _ api.ExecRequest, stdout, _ io.Writer) (int, error) {
+	f.mu.Lock()
+	out := f.execOut
+	f.mu.Unlock()
+	_, err := io.WriteString(stdout, out)
+	return 0, err
+}
+
+func (f *fakeBanger) ExecVMAttached(context.Context, string, api.ExecRequest) (*api.AttachStream, error) {
+	return nil, errdefs.Errorf(errdefs.CodeInternal, "not in the fake")
+}
+
+func (f *fakeBanger) AttachSession(context.Context, string, string, api.AttachRequest) (*api.AttachStream, error) {
+	return nil, errdefs.Errorf(errdefs.CodeInternal, "not in the fake")
+}
+
+func (f *fakeBanger) DialVM(ctx context.Context, ref string, port int) (net.Conn, error) {
+	f.mu.Lock()
+	addr := f.guestPort
+	f.mu.Unlock()
+	if addr == "" || port != 8000 {
+		return nil, errdefs.Errorf(errdefs.CodeConflict, "nothing listens on port %d of vm %s", port, ref)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
 }
 
 func lister(pods ...*corev1.Pod) corev1listers.PodLister {
@@ -194,7 +244,7 @@ func testPod(name, uid, image string, policy corev1.RestartPolicy) *corev1.Pod {
 }
 
 func newProvider(f *fakeBanger, pods ...*corev1.Pod) *Provider {
-	return New(f, lister(pods...), "127.0.0.1", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	return New(f, lister(pods...), "node", "127.0.0.1", slog.New(slog.NewTextHandler(io.Discard, nil)))
 }
 
 func TestCreatePodIsIdempotent(t *testing.T) {

@@ -73,6 +73,10 @@ type ControlPlane struct {
 	// ClientCA is the CA (PEM file) that signed the API server's
 	// certificate for calling kubelets: a kubelet API trusts it.
 	ClientCA string
+	// KubeletClientCert and KubeletClientKey are the API server's
+	// certificate for calling kubelets (PEM files): a test calls a
+	// kubelet API with them as the API server does.
+	KubeletClientCert, KubeletClientKey string
 }
 
 // Start starts etcd and kube-apiserver and waits until the API server is
@@ -117,6 +121,7 @@ func Start(t testing.TB, bins string) *ControlPlane {
 	}, clientKey, caCert, caKey)
 	writeCert(t, filepath.Join(dir, "kubelet-client.crt"), clientCert)
 	writeKey(t, filepath.Join(dir, "kubelet-client.key"), clientKey)
+	cp.KubeletClientCert, cp.KubeletClientKey = filepath.Join(dir, "kubelet-client.crt"), filepath.Join(dir, "kubelet-client.key")
 
 	startProc(t, dir, "kube-apiserver", filepath.Join(bins, "kube-apiserver"),
 		"--etcd-servers", etcdURL,
