@@ -253,13 +253,7 @@ func BenchmarkPauseResume(b *testing.B) {
 			h.MustRun("vm", "pause", vm)
 			pause = append(pause, time.Since(start))
 			rssPaused = vmmRSS(dir)
-			stateBytes = 0
-			ents, _ := os.ReadDir(filepath.Join(dir, "state"))
-			for _, e := range ents {
-				if fi, err := e.Info(); err == nil {
-					stateBytes += fi.Size()
-				}
-			}
+			stateBytes = dirBytes(filepath.Join(dir, "state"))
 
 			start = time.Now()
 			out, phases, code := h.Run("vm", "resume", vm)

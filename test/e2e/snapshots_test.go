@@ -243,8 +243,9 @@ func TestVMFork(t *testing.T) {
 // against a cold `vm start` of a VM of the same size measured in the same
 // run, and reports the fork's total time, its time per VM (from the
 // fork's start to every VM answering SSH, made one after another) and
-// the ratio per VM / cold start (goal ≤ 0.1), and the VMMs' resident
-// memory of the 10 forks. Run with BANGER_BENCH=1.
+// the ratio per VM / cold start (goal ≤ 0.1), and the host memory of the
+// 10 forks running (their VMMs' resident memory) and then paused (VMM
+// resident memory, and the saved state on disk). Run with BANGER_BENCH=1.
 func BenchmarkFork(b *testing.B) {
 	if os.Getenv("BANGER_BENCH") != "1" {
 		b.Skip("set BANGER_BENCH=1 (with BANGER_E2E=1) to run the fork bench")
@@ -254,7 +255,7 @@ func BenchmarkFork(b *testing.B) {
 	h.MustRun("vm", "create", "--name", "bench-cold", "--memory", "1G")
 	h.MustRun("vm", "create", "--name", "bench-parent", "--memory", "1G")
 	var cold, total []time.Duration
-	var rss int64
+	var rss, rssPaused, statePaused int64
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		start := time.Now()
@@ -280,6 +281,15 @@ func BenchmarkFork(b *testing.B) {
 		for _, f := range forks {
 			rss += vmmRSS(f.Dir)
 		}
+		// The same 10 paused: their VMMs end, their memory goes to disk.
+		for _, f := range forks {
+			h.MustRun("vm", "pause", f.Name)
+		}
+		rssPaused, statePaused = 0, 0
+		for _, f := range forks {
+			rssPaused += vmmRSS(f.Dir)
+			statePaused += dirBytes(filepath.Join(f.Dir, "state"))
+		}
 		for _, f := range forks {
 			h.MustRun("vm", "delete", "--force", f.Name)
 		}
@@ -291,6 +301,20 @@ func BenchmarkFork(b *testing.B) {
 	b.ReportMetric(mt.Seconds()/n, "s/fork-per-vm")
 	b.ReportMetric(mt.Seconds()/n/mc.Seconds(), "ratio-per-vm/cold")
 	b.ReportMetric(float64(rss)/(1<<20), "MB-rss-10-forks")
+	b.ReportMetric(float64(rssPaused)/(1<<20), "MB-rss-10-paused")
+	b.ReportMetric(float64(statePaused)/(1<<20), "MB-disk-10-paused")
+}
+
+// dirBytes adds up the sizes of the regular files directly in dir.
+func dirBytes(dir string) int64 {
+	var n int64
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() {
+			n += fi.Size()
+		}
+	}
+	return n
 }
 
 // warmProbe prints what a VM made from a template must answer as a cold
