@@ -139,16 +139,7 @@ func (m *Manager) forkOne(ctx context.Context, sn model.Snapshot, in vmIntent, r
 
 	unlock := m.locks.Lock(id)
 	defer unlock()
-	m.allocMu.Lock()
-	err = m.allocate(ctx, &vm)
-	if err == nil {
-		err = m.checkNet(ctx, vm)
-	}
-	if err == nil {
-		err = store.Describe("vm", name, m.store.CreateVM(ctx, vm))
-	}
-	m.allocMu.Unlock()
-	if err != nil {
+	if err := m.reserve(ctx, &vm); err != nil {
 		return model.VM{}, err
 	}
 	undo := func(err error) (model.VM, error) {

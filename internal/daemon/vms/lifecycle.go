@@ -125,20 +125,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 	// naming the VM resolves its id and waits here instead of acting on a
 	// VM without disks.
 	unlock := m.locks.Lock(id)
-	// Reserve the name, IP and CID in one step: the store's unique
-	// constraints are the last word, the mutex keeps our own choices apart.
-	m.allocMu.Lock()
-	err = m.allocate(ctx, &vm)
-	if err == nil {
-		// Once the address is known: the policy is checked against it
-		// and the subnet, so that no start fails on it later.
-		err = m.checkNet(ctx, vm)
-	}
-	if err == nil {
-		err = store.Describe("vm", name, m.store.CreateVM(ctx, vm))
-	}
-	m.allocMu.Unlock()
-	if err != nil {
+	if err = m.reserve(ctx, &vm); err != nil {
 		unlock()
 		return model.VM{}, err
 	}
@@ -263,6 +250,23 @@ func sizeAtLeast(what, req, def string, min int64) (int64, error) {
 		return 0, errdefs.Errorf(errdefs.CodeInvalid, "%s %s is too small: use at least %s", what, req, model.FormatSize(min))
 	}
 	return n, nil
+}
+
+// reserve gives vm its IP and CID and records it, in one step: the
+// store's unique constraints (name, IP, CID) are the last word, allocMu
+// keeps the daemon's own choices apart. Once the address is known the
+// network policy is checked against it and the subnet, so that no start
+// fails on it later.
+func (m *Manager) reserve(ctx context.Context, vm *model.VM) error {
+	m.allocMu.Lock()
+	defer m.allocMu.Unlock()
+	if err := m.allocate(ctx, vm); err != nil {
+		return err
+	}
+	if err := m.checkNet(ctx, *vm); err != nil {
+		return err
+	}
+	return store.Describe("vm", vm.Name, m.store.CreateVM(ctx, *vm))
 }
 
 // allocate picks the lowest free guest IP and CID. Called with allocMu held.
