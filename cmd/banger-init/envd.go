@@ -67,6 +67,16 @@ func runEnvd(args []string) int {
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 30 * time.Second}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			if err := reload(srv, *tokenFile, *envFile); err != nil {
+				fmt.Fprintln(os.Stderr, "banger-init envd: reload:", err)
+			}
+		}
+	}()
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -78,6 +88,42 @@ func runEnvd(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// reload is envd's SIGHUP: the daemon wrote a new token (and
+// environment) next to the files envd started with, as NAME.new; they
+// replace the server's and then the files, so the daemon, which waits
+// for the .new files to go, knows the new token is in force. A bad token
+// file changes nothing.
+func reload(srv interface {
+	Reconfigure(string, map[string]string) error
+}, tokenFile, envFile string) error {
+	raw, err := readSmall(tokenFile + ".new")
+	if err != nil {
+		return fmt.Errorf("token: %w", err)
+	}
+	token := strings.TrimSpace(raw)
+	env := map[string]string{}
+	if envFile != "" {
+		if _, err := os.Stat(envFile + ".new"); err == nil {
+			rawEnv, err := readSmall(envFile + ".new")
+			if err != nil {
+				return fmt.Errorf("env file: %w", err)
+			}
+			env = parseEnvLines(rawEnv)
+		} else if cur, err := readSmall(envFile); err == nil {
+			env = parseEnvLines(cur)
+		}
+	}
+	if err := srv.Reconfigure(token, env); err != nil {
+		return err
+	}
+	if envFile != "" {
+		if err := os.Rename(envFile+".new", envFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return os.Rename(tokenFile+".new", tokenFile)
 }
 
 // readSmall reads a file of at most maxEnvdFile bytes (an empty one is

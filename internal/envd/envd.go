@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -67,6 +68,8 @@ type Server struct {
 	procs *processes
 	fs    *fsService
 	mux   *http.ServeMux
+	// mu guards cfg.Token and cfg.Env, which Reconfigure replaces.
+	mu sync.RWMutex
 }
 
 // New validates cfg and returns a server.
@@ -101,6 +104,35 @@ func New(cfg Config) (*Server, error) {
 // Handler is the HTTP handler of every envd route.
 func (s *Server) Handler() http.Handler { return s.mux }
 
+// Reconfigure replaces the access token and the default environment: a
+// sandbox made from a snapshot of another gets its own token (the old
+// one stops working at once) and its own envVars, while the processes
+// the snapshot holds keep running. Requests in flight finish under the
+// token they were let in with.
+func (s *Server) Reconfigure(token string, env map[string]string) error {
+	if token == "" {
+		return errors.New("envd: an access token is required")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cfg.Token, s.cfg.Env = token, env
+	return nil
+}
+
+// token is the access token now.
+func (s *Server) token() string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.cfg.Token
+}
+
+// defaultEnv is the default environment now (not to be modified).
+func (s *Server) defaultEnv() map[string]string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.cfg.Env
+}
+
 // Close kills the processes still running and stops the watchers.
 func (s *Server) Close() {
 	s.procs.closeAll()
@@ -117,7 +149,7 @@ func TokenOK(want, got string) bool {
 
 func (s *Server) requireToken(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !TokenOK(s.cfg.Token, r.Header.Get("X-Access-Token")) {
+		if !TokenOK(s.token(), r.Header.Get("X-Access-Token")) {
 			httpError(w, http.StatusUnauthorized, "missing or wrong X-Access-Token")
 			return
 		}

@@ -36,11 +36,11 @@ func (s *Server) fileAccess(w http.ResponseWriter, r *http.Request, operation st
 			}
 			expiry = n
 		}
-		if !SignatureOK(s.cfg.Token, sig, q.Get("path"), operation, name, expiry, time.Now()) {
+		if !SignatureOK(s.token(), sig, q.Get("path"), operation, name, expiry, time.Now()) {
 			httpError(w, http.StatusUnauthorized, "invalid or expired signature")
 			return account{}, false
 		}
-	} else if !TokenOK(s.cfg.Token, r.Header.Get("X-Access-Token")) {
+	} else if !TokenOK(s.token(), r.Header.Get("X-Access-Token")) {
 		httpError(w, http.StatusUnauthorized, "missing or wrong X-Access-Token")
 		return account{}, false
 	}

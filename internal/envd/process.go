@@ -157,7 +157,7 @@ func (ps *processes) environment(a account, req map[string]string) []string {
 		"PATH":    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"LANG":    "C.UTF-8",
 	}
-	for k, v := range ps.s.cfg.Env {
+	for k, v := range ps.s.defaultEnv() {
 		env[k] = v
 	}
 	for k, v := range req {

@@ -1,14 +1,21 @@
 package envd
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"connectrpc.com/connect"
+
+	pb "github.com/banger/banger/internal/envd/spec/process"
 )
 
 func TestHealthNeedsNoToken(t *testing.T) {
@@ -214,5 +221,39 @@ func TestProtoJSONShapes(t *testing.T) {
 	code, m, raw = rawUnary(t, ts, "/filesystem.Filesystem/Stat", `{"path":"`+dir+`/missing"}`, testToken)
 	if code != 404 || m["code"] != "not_found" {
 		t.Errorf("Stat of a missing file = %d %s, want 404 not_found", code, raw)
+	}
+}
+
+// TestReconfigure: a new token replaces the old one at once (requests
+// with the old one are refused) and a new default environment reaches
+// the next command.
+func TestReconfigure(t *testing.T) {
+	me, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Token: "old-token-0123456789", DefaultUser: me.Username, Env: map[string]string{"A": "old"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(s.Handler())
+	defer func() { ts.Close(); s.Close() }()
+	if err := s.Reconfigure("", nil); err == nil {
+		t.Fatal("Reconfigure with an empty token succeeded")
+	}
+	if err := s.Reconfigure(testToken, map[string]string{"A": "new"}); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, raw := rawUnary(t, ts, "/process.Process/List", "{}", "old-token-0123456789"); code != 401 {
+		t.Fatalf("the old token after Reconfigure: %d %s", code, raw)
+	}
+	pc, _ := clients(ts)
+	st, err := pc.Start(context.Background(), connect.NewRequest(&pb.StartRequest{Process: shCmd(`printf %s "$A"`)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, out, end := collect(t, st.Receive, func() *pb.ProcessEvent { return st.Msg().Event }, st.Err)
+	if out != "new" || end.GetExitCode() != 0 {
+		t.Fatalf("after Reconfigure: output %q, end %v", out, end)
 	}
 }

@@ -137,23 +137,26 @@ type VM struct {
 // the VM it was taken of, and is not removed while a VM made from it
 // exists.
 type Snapshot struct {
-	ID          string        `json:"id"`
-	Name        string        `json:"name"`
-	VMID        string        `json:"vm_id"`   // the VM it was taken of (may be deleted since)
-	VMName      string        `json:"vm_name"` // that VM's name then
-	ImageID     string        `json:"image_id"`
-	KernelID    string        `json:"kernel_id"`
-	CPUs        int           `json:"cpus"`
-	MemoryMiB   int           `json:"memory_mib"`
-	DiskBytes   int64         `json:"disk_bytes"` // work disk size
-	VMM         string        `json:"vmm"`
-	CowStrategy string        `json:"cow_strategy"`
-	GuestIP     string        `json:"guest_ip"`  // the guest's address when taken
-	GuestMAC    string        `json:"guest_mac"` // and its MAC
-	Dir         string        `json:"dir"`
-	SizeBytes   int64         `json:"size_bytes"` // bytes on the host's disk
-	State       SnapshotState `json:"state"`
-	CreatedAt   time.Time     `json:"created_at"`
+	ID          string `json:"id"`
+	Name        string `json:"name"`
+	VMID        string `json:"vm_id"`   // the VM it was taken of (may be deleted since)
+	VMName      string `json:"vm_name"` // that VM's name then
+	ImageID     string `json:"image_id"`
+	KernelID    string `json:"kernel_id"`
+	CPUs        int    `json:"cpus"`
+	MemoryMiB   int    `json:"memory_mib"`
+	DiskBytes   int64  `json:"disk_bytes"` // work disk size
+	VMM         string `json:"vmm"`
+	CowStrategy string `json:"cow_strategy"`
+	GuestIP     string `json:"guest_ip"`  // the guest's address when taken
+	GuestMAC    string `json:"guest_mac"` // and its MAC
+	// Net is the network policy of the VM it was taken of: VMs made from
+	// it start with it unless their create names another.
+	Net       NetPolicy     `json:"net"`
+	Dir       string        `json:"dir"`
+	SizeBytes int64         `json:"size_bytes"` // bytes on the host's disk
+	State     SnapshotState `json:"state"`
+	CreatedAt time.Time     `json:"created_at"`
 	// UsedBy names the VMs made from it; filled in by show and list.
 	UsedBy []string `json:"used_by,omitempty"`
 

@@ -228,6 +228,12 @@ ALTER TABLE e2b_listener ADD COLUMN tls INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE e2b_keys ADD COLUMN max_sandboxes INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE e2b_sandboxes ADD COLUMN key_id TEXT NOT NULL DEFAULT '';
 `,
+	// 13: a snapshot keeps the network policy of the VM it was taken of
+	// (the net_policy column's format; '' for the default), the policy
+	// VMs made from it start with unless their create names one.
+	`
+ALTER TABLE snapshots ADD COLUMN net_policy TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // migrate applies the steps the database lacks, up to version upTo, each in

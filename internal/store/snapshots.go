@@ -8,25 +8,28 @@ import (
 	"github.com/banger/banger/internal/model"
 )
 
-const snapshotCols = "id, name, vm_id, vm_name, image_id, kernel_id, cpus, memory_mib, disk_bytes, vmm, cow_strategy, guest_ip, guest_mac, dir, size_bytes, state, created_at, template_key, template_inputs"
+const snapshotCols = "id, name, vm_id, vm_name, image_id, kernel_id, cpus, memory_mib, disk_bytes, vmm, cow_strategy, guest_ip, guest_mac, dir, size_bytes, state, created_at, template_key, template_inputs, net_policy"
 
 func scanSnapshot(r *sql.Rows) (model.Snapshot, error) {
 	var s model.Snapshot
-	var created string
+	var created, net string
 	if err := r.Scan(&s.ID, &s.Name, &s.VMID, &s.VMName, &s.ImageID, &s.KernelID, &s.CPUs, &s.MemoryMiB, &s.DiskBytes,
-		&s.VMM, &s.CowStrategy, &s.GuestIP, &s.GuestMAC, &s.Dir, &s.SizeBytes, &s.State, &created, &s.Template, &s.TemplateInputs); err != nil {
+		&s.VMM, &s.CowStrategy, &s.GuestIP, &s.GuestMAC, &s.Dir, &s.SizeBytes, &s.State, &created, &s.Template, &s.TemplateInputs, &net); err != nil {
 		return s, err
 	}
 	var err error
+	if s.Net, err = parseNetPolicy(net); err != nil {
+		return s, err
+	}
 	s.CreatedAt, err = parseTime(created)
 	return s, err
 }
 
 // CreateSnapshot records a snapshot; ErrConflict when its name is taken.
 func (s *Store) CreateSnapshot(ctx context.Context, sn model.Snapshot) error {
-	_, err := s.db.ExecContext(ctx, "INSERT INTO snapshots ("+snapshotCols+") VALUES ("+placeholders(19)+")",
+	_, err := s.db.ExecContext(ctx, "INSERT INTO snapshots ("+snapshotCols+") VALUES ("+placeholders(20)+")",
 		sn.ID, sn.Name, sn.VMID, sn.VMName, sn.ImageID, sn.KernelID, sn.CPUs, sn.MemoryMiB, sn.DiskBytes,
-		sn.VMM, sn.CowStrategy, sn.GuestIP, sn.GuestMAC, sn.Dir, sn.SizeBytes, string(sn.State), fmtTime(sn.CreatedAt), sn.Template, sn.TemplateInputs)
+		sn.VMM, sn.CowStrategy, sn.GuestIP, sn.GuestMAC, sn.Dir, sn.SizeBytes, string(sn.State), fmtTime(sn.CreatedAt), sn.Template, sn.TemplateInputs, fmtNetPolicy(sn.Net))
 	if err != nil {
 		return fmt.Errorf("create snapshot: %w", constraint("snapshot", err))
 	}

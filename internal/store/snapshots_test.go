@@ -23,7 +23,8 @@ func TestSnapshots(t *testing.T) {
 	}
 	sn := model.Snapshot{ID: "snap1aaaaaaa", Name: "s1", VMID: vm.ID, VMName: vm.Name, ImageID: vm.ImageID, KernelID: vm.KernelID,
 		CPUs: 2, MemoryMiB: 1024, DiskBytes: 4 << 30, VMM: "qemu", CowStrategy: "qcow2", GuestIP: "172.16.0.2",
-		GuestMAC: "02:00:ac:10:00:02", Dir: "/s/snap1", State: model.SnapshotCreating, CreatedAt: t0}
+		GuestMAC: "02:00:ac:10:00:02", Dir: "/s/snap1", State: model.SnapshotCreating, CreatedAt: t0,
+		Net: model.NetPolicy{Mode: model.NetInternet, Deny: []string{"203.0.113.0/24"}, AllowVMs: []string{"db"}}}
 	if err := s.CreateSnapshot(ctx, sn); err != nil {
 		t.Fatal(err)
 	}

@@ -136,6 +136,8 @@ func TestVMFork(t *testing.T) {
 	const vm = "parent"
 	orig := h.StartVM(vm)
 	h.MustRun("vm", "exec", vm, "--", "sh", "-c", "echo before > /root/before.txt && sync")
+	// A confined VM's copies are as confined: the snapshot keeps its policy.
+	h.MustRun("vm", "net", vm, "--deny", "203.0.113.0/24")
 	h.MustRun("vm", "snapshot", "create", vm, "--name", "base")
 
 	start := time.Now()
@@ -152,6 +154,9 @@ func TestVMFork(t *testing.T) {
 	for i, f := range forks {
 		if f.Name != fmt.Sprintf("kid-%d", i+1) || f.State != model.VMRunning {
 			t.Fatalf("fork %d = %s %s", i, f.Name, f.State)
+		}
+		if got := f.Net.String(); got != "internet deny=203.0.113.0/24" {
+			t.Errorf("fork %s has network policy %q, want the snapshot's", f.Name, got)
 		}
 		for _, v := range []string{f.GuestIP, f.GuestMAC} {
 			if other, dup := seen[v]; dup {

@@ -1,6 +1,7 @@
 package e2b
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -77,6 +78,64 @@ func TestEnvdScript(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("the first envd still runs after the second start")
+		}
+	}
+}
+
+// TestEnvdRekeyScript runs envdRekeyScript with bash in a temporary
+// directory: with an envd stand-in that takes SIGHUP as envd does (moves
+// the .new files over its own) it succeeds with the new token and
+// environment in place; with no envd, or one that a SIGHUP ends (an
+// envd from before rekeying), it exits envdRekeyGone.
+func TestEnvdRekeyScript(t *testing.T) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("no bash")
+	}
+	dir := filepath.Join(t.TempDir(), "run")
+	script := strings.ReplaceAll(envdRekeyScript(), envdDir, dir)
+	run := func() (int, string) {
+		cmd := exec.Command(bash, "-c", script)
+		cmd.Stdin = strings.NewReader(envdInput("tok2", map[string]string{"A": "1"}))
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode(), string(out)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0, string(out)
+	}
+	if code, out := run(); code != envdRekeyGone {
+		t.Fatalf("without envd: exit %d %s", code, out)
+	}
+	start := func(body string) {
+		t.Helper()
+		cmd := exec.Command(bash, "-c", body)
+		cmd.Dir = dir
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		go func() { _ = cmd.Wait() }()
+		if err := os.WriteFile(filepath.Join(dir, "pid"), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond) // the trap is set
+	}
+	// An envd that SIGHUP ends.
+	start(`exec sleep 60`)
+	if code, out := run(); code != envdRekeyGone {
+		t.Fatalf("with an envd that cannot rekey: exit %d %s", code, out)
+	}
+	start(`trap 'mv token.new token; mv env.new env' HUP; while :; do sleep 0.02; done`)
+	if code, out := run(); code != 0 {
+		t.Fatalf("rekey: exit %d %s", code, out)
+	}
+	for name, want := range map[string]string{"token": "tok2\n", "env": "A=1\n"} {
+		if b, err := os.ReadFile(filepath.Join(dir, name)); err != nil || string(b) != want {
+			t.Errorf("%s = %q, %v; want %q", name, b, err, want)
 		}
 	}
 }

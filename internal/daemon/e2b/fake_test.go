@@ -43,11 +43,16 @@ type fakeVMs struct {
 	// another resume won the VM's lock first.
 	raceResume bool
 	snaps      []*fakeSnap
-	forks      map[string][]string // VM ids made from each snapshot id
-	forkFailAt int                 // Fork fails at this fork (1-based; 0: never)
+	forks      map[string][]string     // VM ids made from each snapshot id
+	forkFailAt int                     // the nth create from a snapshot fails (0: never)
+	fromSnap   int                     // creates from a snapshot so far
+	servers    map[string]*envd.Server // each VM's envd, by VM id
 }
 
-func (f *fakeVMs) Create(ctx context.Context, req api.CreateVMRequest, _ progress.Func) (model.VM, error) {
+func (f *fakeVMs) Create(ctx context.Context, req api.CreateVMRequest, report progress.Func) (model.VM, error) {
+	if req.FromSnapshot != "" {
+		return f.createFromSnapshot(ctx, req)
+	}
 	if req.Image != "" && req.Image != "other" {
 		return model.VM{}, errdefs.Errorf(errdefs.CodeNotFound, "image %q not found", req.Image)
 	}
@@ -69,6 +74,11 @@ func (f *fakeVMs) Create(ctx context.Context, req api.CreateVMRequest, _ progres
 		Net: model.NetPolicy{Mode: model.NetInternet}, ExpiresAt: &exp, ExpireAction: req.TTLAction, Labels: req.Labels}
 	if req.Net != "" {
 		vm.Net.Mode = req.Net
+	}
+	if req.TTL != "" {
+		f.mu.Lock()
+		f.ttls[id] = req.TTL
+		f.mu.Unlock()
 	}
 	if err := f.st.CreateVM(ctx, vm); err != nil {
 		return model.VM{}, err
@@ -178,7 +188,8 @@ func (f *fakeVMs) runGuest(_ context.Context, vm model.VM, cmd string, stdin io.
 		}
 		return string(out), 0, nil
 	}
-	if !strings.Contains(cmd, " envd --listen 127.0.0.1:49983 --token-file ") {
+	rekey := cmd == envdRekeyScript()
+	if !rekey && !strings.Contains(cmd, " envd --listen 127.0.0.1:49983 --token-file ") {
 		return "unexpected command", 1, nil
 	}
 	raw, _ := io.ReadAll(stdin)
@@ -189,16 +200,24 @@ func (f *fakeVMs) runGuest(_ context.Context, vm model.VM, cmd string, stdin io.
 			env[k] = v
 		}
 	}
+	if rekey {
+		f.mu.Lock()
+		srv := f.servers[vm.ID]
+		f.mu.Unlock()
+		if srv == nil {
+			return "", envdRekeyGone, nil
+		}
+		if err := srv.Reconfigure(lines[0], env); err != nil {
+			return err.Error(), 1, nil
+		}
+		return "", 0, nil
+	}
 	me, _ := user.Current()
 	srv, err := envd.New(envd.Config{Token: lines[0], DefaultUser: me.Username, Env: env})
 	if err != nil {
 		return err.Error(), 1, nil
 	}
-	ts := httptest.NewServer(srv.Handler())
-	f.mu.Lock()
-	f.envds[vm.ID] = ts
-	f.mu.Unlock()
-	f.t.Cleanup(func() { ts.Close(); srv.Close() })
+	f.serve(vm.ID, srv)
 	return "", 0, nil
 }
 
@@ -241,7 +260,7 @@ func newFixtureTLS(t *testing.T, useTLS bool) *fixture {
 	}
 	t.Cleanup(func() { st.Close() })
 	f := &fakeVMs{t: t, st: st, alive: map[string]bool{}, envds: map[string]*httptest.Server{},
-		ports: map[int]string{}, ttls: map[string]string{}, forks: map[string][]string{}}
+		ports: map[int]string{}, ttls: map[string]string{}, forks: map[string][]string{}, servers: map[string]*envd.Server{}}
 	svc := New(Deps{Store: st, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), VMs: f,
 		RunGuest: f.runGuest, DialGuest: f.dialGuest, Listen: net.Listen, Now: time.Now, Dir: t.TempDir()})
 	status, err := svc.Serve("127.0.0.1:0", "", useTLS)
@@ -327,7 +346,7 @@ func (f *fakeVMs) CreateSnapshot(ctx context.Context, ref, name string) (model.S
 			return model.Snapshot{}, errdefs.Errorf(errdefs.CodeConflict, "snapshot %q already exists", name)
 		}
 	}
-	sn := model.Snapshot{ID: model.NewID(), Name: name, VMID: vm.ID, VMName: vm.Name, State: model.SnapshotReady, CreatedAt: time.Now()}
+	sn := model.Snapshot{ID: model.NewID(), Name: name, VMID: vm.ID, VMName: vm.Name, State: model.SnapshotReady, CreatedAt: time.Now(), Net: vm.Net}
 	f.snaps = append(f.snaps, &fakeSnap{sn: sn, token: rec.Token, env: rec.Env})
 	return sn, nil
 }
@@ -385,12 +404,14 @@ func (f *fakeVMs) RemoveSnapshot(ctx context.Context, ref string) error {
 	return nil
 }
 
-// Fork makes running VMs prefix-1… from a snapshot; each gets an envd
-// with the snapshot's token, as a restored guest's envd would have.
-func (f *fakeVMs) Fork(ctx context.Context, src string, count int, prefix string, _ progress.Func) ([]model.VM, error) {
-	sn, err := f.GetSnapshot(ctx, src)
+// createFromSnapshot is Create with FromSnapshot: a running VM with the
+// snapshot's network policy unless the request names one, and an envd
+// with the snapshot's token and environment, as a restored guest's envd
+// would have.
+func (f *fakeVMs) createFromSnapshot(ctx context.Context, req api.CreateVMRequest) (model.VM, error) {
+	sn, err := f.GetSnapshot(ctx, req.FromSnapshot)
 	if err != nil {
-		return nil, err
+		return model.VM{}, err
 	}
 	var snap *fakeSnap
 	f.mu.Lock()
@@ -399,36 +420,39 @@ func (f *fakeVMs) Fork(ctx context.Context, src string, count int, prefix string
 			snap = s
 		}
 	}
-	failAt := f.forkFailAt
+	f.fromSnap++
+	failed := f.fromSnap == f.forkFailAt
 	f.mu.Unlock()
-	var made []model.VM
-	for i := 1; i <= count; i++ {
-		if i == failAt {
-			return made, errdefs.Errorf(errdefs.CodeInternal, "fork %d failed", i)
-		}
-		vm, err := f.Create(ctx, api.CreateVMRequest{Name: fmt.Sprintf("%s-%d", prefix, i), TTL: "1h"}, nil)
-		if err != nil {
-			return made, err
-		}
-		if err := f.st.SetVMExpiry(ctx, vm.ID, nil, ""); err != nil {
-			return made, err
-		}
-		if snap.token != "" {
-			me, _ := user.Current()
-			srv, err := envd.New(envd.Config{Token: snap.token, DefaultUser: me.Username, Env: snap.env})
-			if err != nil {
-				return made, err
-			}
-			ts := httptest.NewServer(srv.Handler())
-			f.t.Cleanup(func() { ts.Close(); srv.Close() })
-			f.mu.Lock()
-			f.envds[vm.ID] = ts
-			f.mu.Unlock()
-		}
-		f.mu.Lock()
-		f.forks[sn.ID] = append(f.forks[sn.ID], vm.ID)
-		f.mu.Unlock()
-		made = append(made, vm)
+	if failed {
+		return model.VM{}, errdefs.Errorf(errdefs.CodeInternal, "restore failed")
 	}
-	return made, nil
+	net := req.Net
+	if net == "" {
+		net = sn.Net.Mode
+	}
+	vm, err := f.Create(ctx, api.CreateVMRequest{Name: req.Name, TTL: req.TTL, TTLAction: req.TTLAction, Labels: req.Labels, Net: net}, nil)
+	if err != nil {
+		return vm, err
+	}
+	if snap.token != "" {
+		me, _ := user.Current()
+		srv, err := envd.New(envd.Config{Token: snap.token, DefaultUser: me.Username, Env: snap.env})
+		if err != nil {
+			return vm, err
+		}
+		f.serve(vm.ID, srv)
+	}
+	f.mu.Lock()
+	f.forks[sn.ID] = append(f.forks[sn.ID], vm.ID)
+	f.mu.Unlock()
+	return vm, nil
+}
+
+// serve runs a VM's envd on 127.0.0.1.
+func (f *fakeVMs) serve(vmID string, srv *envd.Server) {
+	ts := httptest.NewServer(srv.Handler())
+	f.t.Cleanup(func() { ts.Close(); srv.Close() })
+	f.mu.Lock()
+	f.envds[vmID], f.servers[vmID] = ts, srv
+	f.mu.Unlock()
 }

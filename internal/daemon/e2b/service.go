@@ -59,7 +59,8 @@ const envdStartTimeout = 30 * time.Second
 
 // VMs is what the control plane asks of the VM manager (*vms.Manager).
 type VMs interface {
-	// Create makes (and with Start, boots) a VM; see vms.Manager.Create.
+	// Create makes (and with Start, boots) a VM, or with FromSnapshot
+	// restores one from a snapshot; see vms.Manager.Create.
 	Create(ctx context.Context, req api.CreateVMRequest, report progress.Func) (model.VM, error)
 	// Delete removes a VM; force stops it first.
 	Delete(ctx context.Context, ref string, force bool) error
@@ -84,9 +85,6 @@ type VMs interface {
 	// RemoveSnapshot deletes a snapshot no VM is made from (a conflict
 	// otherwise).
 	RemoveSnapshot(ctx context.Context, ref string) error
-	// Fork makes count running VMs named prefix-1… from a snapshot; the
-	// ones made before a failure come back with the error.
-	Fork(ctx context.Context, src string, count int, prefix string, report progress.Func) ([]model.VM, error)
 	// Alive says whether the VM runs (state and VMM process).
 	Alive(vm model.VM) bool
 }
@@ -430,10 +428,6 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 	if err != nil {
 		return sandbox{}, err
 	}
-	if fromSnapshot && (len(labels) > 0 || len(req.EnvVars) > 0 || autoPause ||
-		(req.AllowInternetAccess != nil && !*req.AllowInternetAccess)) {
-		return sandbox{}, errdefs.Errorf(errdefs.CodeInvalid, "template %s is a snapshot: a sandbox made from it takes its environment and timeout action from the snapshot; give only a timeout (metadata, envVars, autoPause and allow_internet_access are not supported with a snapshot yet)", sn.Name)
-	}
 	key := keyOf(ctx)
 	held, err := s.reserve(ctx, key, 1)
 	if err != nil {
@@ -441,7 +435,8 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 	}
 	defer held.release()
 	if fromSnapshot {
-		return s.createFromSnapshot(ctx, sn, timeout, held)
+		return s.createFromSnapshot(ctx, sn, snapshotSpec{timeout: timeout, autoPause: autoPause, env: req.EnvVars,
+			labels: labels, noInternet: req.AllowInternetAccess != nil && !*req.AllowInternetAccess}, held)
 	}
 	vmReq := api.CreateVMRequest{Name: newSandboxID(), Image: image, Start: true,
 		TTL: strconv.Itoa(timeout) + "s", TTLAction: timeoutAction(autoPause), Labels: labels}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"sort"
 	"strconv"
@@ -194,95 +195,158 @@ func (s *Service) fork(ctx context.Context, id string, count, timeout int) ([]fo
 	if err != nil {
 		return nil, err
 	}
-	made, ferr := s.VMs.Fork(ctx, sn.ID, count, newSandboxID(), nil)
+	// Each fork is a sandbox of its own: the source's metadata,
+	// environment, template, timeout action and network policy (the
+	// snapshot's), a token of its own.
+	spec := snapshotSpec{timeout: timeout, autoPause: src.rec.AutoPause, env: src.rec.Env,
+		labels: onlyMetadata(src.vm.Labels)}
 	results := make([]forkResult, 0, count)
-	for _, vm := range made {
-		sb, err := s.adopt(ctx, vm, sn, timeout, held)
+	for range count {
+		sb, err := s.createFromSnapshot(ctx, sn, spec, held)
 		if err != nil {
 			results = append(results, forkResult{Error: &errorJSON{Code: StatusOf(err), Message: err.Error()}})
+			if ctx.Err() != nil {
+				break
+			}
 			continue
 		}
 		short := s.short(sb)
 		results = append(results, forkResult{Sandbox: &short})
 	}
 	for len(results) < count {
-		msg := "fork not made"
-		if ferr != nil {
-			msg = ferr.Error()
-		}
-		results = append(results, forkResult{Error: &errorJSON{Code: StatusOf(ferr), Message: msg}})
+		results = append(results, forkResult{Error: &errorJSON{Code: StatusOf(context.Cause(ctx)), Message: fmt.Sprintf("fork not made: %v", context.Cause(ctx))}})
 	}
 	s.dropForkSnapshots(context.WithoutCancel(ctx))
 	return results, nil
 }
 
+// onlyMetadata is the sandbox metadata among a VM's labels (not the
+// labels others gave it).
+func onlyMetadata(labels map[string]string) map[string]string {
+	var out map[string]string
+	for k, v := range labels {
+		if strings.HasPrefix(k, model.E2BMetaPrefix) {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[k] = v
+		}
+	}
+	return out
+}
+
 // snapshottable is a running sandbox whose snapshot may become new
-// sandboxes: forks start with the default network policy (as vm fork's
-// do), so a sandbox whose network is restricted is refused rather than
-// let its copies out.
+// sandboxes (which keep its network policy: the snapshot holds it).
 func (s *Service) snapshottable(ctx context.Context, id string) (sandbox, error) {
-	sb, err := s.running(ctx, id)
-	if err != nil {
-		return sb, err
-	}
-	if n := sb.vm.Net; n.Mode != model.NetInternet || len(n.Allow)+len(n.Deny)+len(n.AllowVMs) > 0 {
-		return sb, errdefs.Errorf(errdefs.CodeInvalid, "sandbox %s has network policy %q: snapshots and forks of sandboxes with a restricted network are not supported by banger yet", id, n.String())
-	}
-	return sb, nil
+	return s.running(ctx, id)
 }
 
 // maxFork bounds one fork request (vms.MaxFork).
 const maxFork = 16
 
-// adopt makes a VM forked from snapshot sn a sandbox: its record (the
-// source's token, environment, template and autoPause when the source's
-// record is there, else a new token and envd started again), its
-// deadline. A VM it cannot adopt is deleted.
-func (s *Service) adopt(ctx context.Context, vm model.VM, sn model.Snapshot, timeout int, held *hold) (sandbox, error) {
-	rec := model.E2BSandbox{VMID: vm.ID, TemplateID: sn.Name, CreatedAt: s.Now().UTC(), KeyID: keyOf(ctx).ID}
-	restart := false
+// snapshotSpec is what a sandbox made from a snapshot is given: its
+// timeout, timeout action, environment (over the source sandbox's),
+// metadata labels and, with noInternet, no network (else the
+// snapshot's policy).
+type snapshotSpec struct {
+	timeout    int
+	autoPause  bool
+	env        map[string]string
+	labels     map[string]string
+	noInternet bool
+}
+
+// createFromSnapshot makes one sandbox from snapshot sn: a VM restored
+// from it with spec's deadline, labels and policy, its record, and envd
+// (restored with the snapshot's processes) given a token and
+// environment of its own. A VM it cannot finish is deleted.
+func (s *Service) createFromSnapshot(ctx context.Context, sn model.Snapshot, spec snapshotSpec, held *hold) (sandbox, error) {
+	req := api.CreateVMRequest{Name: newSandboxID(), FromSnapshot: sn.ID,
+		TTL: strconv.Itoa(spec.timeout) + "s", TTLAction: timeoutAction(spec.autoPause), Labels: spec.labels}
+	if spec.noInternet {
+		req.Net = "none"
+	}
+	vm, err := s.VMs.Create(ctx, req, nil)
+	if err != nil {
+		return sandbox{}, err
+	}
+	rec := model.E2BSandbox{VMID: vm.ID, TemplateID: sn.Name, Token: newToken(), AutoPause: spec.autoPause,
+		CreatedAt: s.Now().UTC(), KeyID: keyOf(ctx).ID}
+	env := map[string]string{}
 	if src, err := s.Store.E2BSandbox(ctx, sn.VMID); err == nil {
-		rec.Token, rec.Env, rec.AutoPause, rec.TemplateID = src.Token, src.Env, src.AutoPause, src.TemplateID
-	} else {
-		rec.Token, restart = newToken(), true
+		rec.TemplateID = src.TemplateID
+		maps.Copy(env, src.Env)
+	}
+	maps.Copy(env, spec.env)
+	if len(env) > 0 {
+		rec.Env = env
 	}
 	undo := func(err error) (sandbox, error) {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 		defer cancel()
 		if derr := s.VMs.Delete(dctx, vm.ID, true); derr != nil {
-			s.Log.Error("e2b: delete a fork that could not be adopted", "vm", vm.Name, "err", derr)
+			s.Log.Error("e2b: delete a sandbox made from a snapshot that could not be finished", "vm", vm.Name, "err", derr)
 		}
 		return sandbox{}, err
-	}
-	if _, err := s.VMs.SetTTL(ctx, vm.ID, api.VMTTLRequest{TTL: strconv.Itoa(timeout) + "s", Action: timeoutAction(rec.AutoPause)}); err != nil {
-		return undo(err)
 	}
 	if err := held.record(func() error { return s.Store.CreateE2BSandbox(ctx, rec) }); err != nil {
 		return undo(err)
 	}
-	if restart {
-		if err := s.startEnvd(ctx, vm, rec); err != nil {
-			return undo(err)
-		}
+	if err := s.rekeyEnvd(ctx, vm, rec); err != nil {
+		return undo(err)
 	}
-	vm, err := s.VMs.Get(ctx, vm.ID)
-	if err != nil {
+	if vm, err = s.VMs.Get(ctx, vm.ID); err != nil {
 		return undo(err)
 	}
 	return sandbox{vm: vm, rec: rec}, nil
 }
 
-// createFromSnapshot is Sandbox.create with a snapshot's name as the
-// template: one fork of it, with the create's timeout.
-func (s *Service) createFromSnapshot(ctx context.Context, sn model.Snapshot, timeout int, held *hold) (sandbox, error) {
-	made, err := s.VMs.Fork(ctx, sn.ID, 1, newSandboxID(), nil)
+// rekeyEnvd gives the envd a VM was restored with the sandbox's own
+// token and environment (envdRekeyScript); an envd that cannot take them
+// (gone, or one that predates rekeying) is replaced by a fresh one, which
+// loses the snapshot's processes.
+func (s *Service) rekeyEnvd(ctx context.Context, vm model.VM, rec model.E2BSandbox) error {
+	out, code, err := s.RunGuest(ctx, vm, envdRekeyScript(), strings.NewReader(envdInput(rec.Token, rec.Env)))
 	if err != nil {
-		return sandbox{}, err
+		return fmt.Errorf("give envd in %s its token: %w", vm.Name, err)
 	}
-	if len(made) != 1 {
-		return sandbox{}, errdefs.Errorf(errdefs.CodeInternal, "fork of snapshot %s made %d vms", sn.Name, len(made))
+	switch code {
+	case 0:
+		return nil
+	case envdRekeyGone:
+		s.Log.Info("e2b: envd of a restored sandbox could not be rekeyed; starting a new one", "sandbox", vm.Name)
+		return s.startEnvd(ctx, vm, rec)
+	default:
+		return errdefs.Errorf(errdefs.CodeInternal, "give envd in %s its token: exit %d: %s", vm.Name, code, strings.TrimSpace(out))
 	}
-	return s.adopt(ctx, made[0], sn, timeout, held)
+}
+
+// envdRekeyGone is envdRekeyScript's exit when no envd took the new token.
+const envdRekeyGone = 3
+
+// envdRekeyScript writes a new token and environment (envdInput on
+// stdin) as token.new and env.new beside envd's files, sends envd
+// SIGHUP and waits (up to 5 s) for envd to move them over its files,
+// the sign that the new token is in force; it exits envdRekeyGone when
+// no envd runs or it dies or does not answer.
+func envdRekeyScript() string {
+	d := envdDir
+	return `set -e
+umask 077
+[ -d ` + d + ` ] || mkdir -m 700 ` + d + `
+IFS= read -r token
+while IFS= read -r line; do printf '%s\n' "$line"; done > ` + d + `/env.new
+printf '%s\n' "$token" > ` + d + `/token.new
+pid=
+if [ -f ` + d + `/pid ]; then read -r pid < ` + d + `/pid || pid=; fi
+if [ -z "$pid" ] || ! kill -HUP "$pid" 2>/dev/null; then exit ` + strconv.Itoa(envdRekeyGone) + `; fi
+i=0
+while [ -f ` + d + `/token.new ]; do
+  i=$((i+1))
+  if [ "$i" -gt 250 ] || ! kill -0 "$pid" 2>/dev/null; then exit ` + strconv.Itoa(envdRekeyGone) + `; fi
+  sleep 0.02
+done
+`
 }
 
 // dropForkSnapshots removes the snapshots fork took that no VM uses any

@@ -30,13 +30,14 @@ func (fx *fixture) health(t *testing.T, id string) int {
 }
 
 // TestFork: fork snapshots a running sandbox and makes count sandboxes
-// that keep its envd token and environment (the resumed memory's), with
-// the fork's timeout; a fork that fails is reported in its entry; the
-// snapshot goes once its forks are gone; a restricted sandbox and a key
-// over its cap are refused.
+// that keep its environment, metadata and envd (the resumed memory's)
+// but each get an envd token of their own, with the fork's timeout; a
+// fork that fails is reported in its entry; the snapshot goes once its
+// forks are gone; a restricted sandbox's forks are as restricted; a key
+// over its cap is refused.
 func TestFork(t *testing.T) {
 	fx := newFixture(t)
-	src := fx.createSandbox(t, `{"templateID":"base","envVars":{"FOO":"bar"}}`)
+	src := fx.createSandbox(t, `{"templateID":"base","envVars":{"FOO":"bar"},"metadata":{"team":"a"}}`)
 	code, body, _ := fx.do(t, "POST", "/sandboxes/"+src.SandboxID+"/fork", `{"count":2,"timeout":60}`)
 	if code != http.StatusCreated {
 		t.Fatalf("fork = %d %s", code, body)
@@ -51,15 +52,22 @@ func TestFork(t *testing.T) {
 			t.Fatalf("fork result %+v", r)
 		}
 		f := r.Sandbox
-		if f.SandboxID == src.SandboxID || f.EnvdAccessToken != src.EnvdAccessToken || f.TemplateID != "base" {
+		if f.SandboxID == src.SandboxID || f.EnvdAccessToken == src.EnvdAccessToken || len(f.EnvdAccessToken) != 48 || f.TemplateID != "base" {
 			t.Fatalf("fork %+v of %+v", f, src)
 		}
 		if code := fx.health(t, f.SandboxID); code != http.StatusNoContent {
 			t.Fatalf("fork's envd health = %d", code)
 		}
+		// The envd the fork was restored with took the fork's token.
+		for tok, want := range map[string]int{src.EnvdAccessToken: http.StatusUnauthorized, f.EnvdAccessToken: http.StatusOK} {
+			if code, _, _ := fx.do(t, "POST", "/process.Process/List", "{}", "E2b-Sandbox-Id", f.SandboxID,
+				"X-Access-Token", tok, "Content-Type", "application/json"); code != want {
+				t.Fatalf("fork's envd with token %.6s…: %d, want %d", tok, code, want)
+			}
+		}
 		sb, err := fx.svc.lookup(t.Context(), f.SandboxID)
-		if err != nil || sb.rec.Env["FOO"] != "bar" || fx.vms.ttls[sb.vm.ID] != "60s" {
-			t.Fatalf("fork record %+v ttl %q: %v", sb.rec, fx.vms.ttls[sb.vm.ID], err)
+		if err != nil || sb.rec.Env["FOO"] != "bar" || fx.vms.ttls[sb.vm.ID] != "60s" || Metadata(sb.vm.Labels)["team"] != "a" {
+			t.Fatalf("fork record %+v labels %v ttl %q: %v", sb.rec, sb.vm.Labels, fx.vms.ttls[sb.vm.ID], err)
 		}
 		forks = append(forks, f.SandboxID)
 	}
@@ -84,7 +92,7 @@ func TestFork(t *testing.T) {
 	}
 
 	// The second of two forks fails: one sandbox, one error.
-	fx.vms.forkFailAt = 2
+	fx.vms.fromSnap, fx.vms.forkFailAt = 0, 2
 	code, body, _ = fx.do(t, "POST", "/sandboxes/"+src.SandboxID+"/fork", `{"count":2}`)
 	fx.vms.forkFailAt = 0
 	res = nil
@@ -105,8 +113,13 @@ func TestFork(t *testing.T) {
 		t.Errorf("fork of a missing sandbox: %d, want 404", code)
 	}
 	closed := fx.createSandbox(t, `{"allow_internet_access":false}`)
-	if code, body, _ := fx.do(t, "POST", "/sandboxes/"+closed.SandboxID+"/fork", ""); code != http.StatusBadRequest || !strings.Contains(body, "restricted network") {
-		t.Errorf("fork of a sandbox without internet: %d %s, want 400", code, body)
+	code, body, _ = fx.do(t, "POST", "/sandboxes/"+closed.SandboxID+"/fork", "")
+	res = nil
+	if err := json.Unmarshal([]byte(body), &res); code != http.StatusCreated || err != nil || len(res) != 1 || res[0].Sandbox == nil {
+		t.Fatalf("fork of a sandbox without internet: %d %s", code, body)
+	}
+	if sb, _ := fx.svc.lookup(t.Context(), res[0].Sandbox.SandboxID); sb.vm.Net.Mode != "none" {
+		t.Errorf("the fork of a sandbox without internet has network %q", sb.vm.Net.String())
 	}
 	capped, _, err := fx.svc.CreateKey(t.Context(), "capped", 2)
 	if err != nil {
@@ -160,8 +173,14 @@ func TestSnapshots(t *testing.T) {
 	if code, _, _ := fx.do(t, "DELETE", "/sandboxes/"+src.SandboxID, ""); code != http.StatusNoContent {
 		t.Fatal("kill the source")
 	}
-	if code, body, _ := fx.do(t, "POST", "/v2/sandboxes", `{"templateID":"snap1","metadata":{"a":"b"}}`); code != http.StatusBadRequest {
-		t.Errorf("create from a snapshot with metadata: %d %s, want 400", code, body)
+	// Create's own metadata, envVars, timeout action and network.
+	own := fx.createSandbox(t, `{"templateID":"snap1","metadata":{"a":"b"},"envVars":{"X":"1"},"autoPause":true,"allow_internet_access":false}`)
+	if sb, err := fx.svc.lookup(t.Context(), own.SandboxID); err != nil || Metadata(sb.vm.Labels)["a"] != "b" || sb.rec.Env["X"] != "1" ||
+		!sb.rec.AutoPause || sb.vm.ExpireAction != "pause" || sb.vm.Net.Mode != "none" {
+		t.Fatalf("sandbox from a snapshot with its own settings: %+v %+v (%v)", sb.vm, sb.rec, err)
+	}
+	if code, _, _ := fx.do(t, "DELETE", "/sandboxes/"+own.SandboxID, ""); code != http.StatusNoContent {
+		t.Fatal("kill it")
 	}
 	made := fx.createSandbox(t, `{"templateID":"snap1","timeout":90}`)
 	if made.TemplateID != "snap1" || made.EnvdAccessToken == src.EnvdAccessToken || len(made.EnvdAccessToken) != 48 {

@@ -95,11 +95,7 @@ func (m *Manager) Fork(ctx context.Context, src string, count int, prefix string
 	var made []model.VM
 	for i, name := range names {
 		report(progress.Event{Phase: "fork", Message: fmt.Sprintf("%s (%d of %d)", name, i+1, count)})
-		netPolicy, err := m.netPolicy(ctx, model.VM{Name: name}, "", nil, nil, nil)
-		if err != nil {
-			return made, err
-		}
-		vm, err := m.forkOne(ctx, sn, vmIntent{ID: model.NewID(), Name: name, Net: netPolicy}, report)
+		vm, err := m.forkOne(ctx, sn, vmIntent{ID: model.NewID(), Name: name, Net: snapshotNet(sn)}, report)
 		if err != nil {
 			return made, err
 		}
@@ -249,4 +245,15 @@ func (m *Manager) reidentify(ctx context.Context, vm model.VM, drv vmm.Driver, v
 		m.log.Warn("fork's clock not set", "vm", vm.Name, "err", err)
 	}
 	return links.SetLink(cctx, vh, true)
+}
+
+// snapshotNet is the network policy VMs made from sn start with: the one
+// of the VM it was taken of, so that a copy of a confined VM is no less
+// confined (a snapshot made before snapshots kept it has the default).
+func snapshotNet(sn model.Snapshot) model.NetPolicy {
+	p := sn.Net
+	if p.Mode == "" {
+		p.Mode = model.NetInternet
+	}
+	return p
 }

@@ -109,7 +109,7 @@ func (m *Manager) createSnapshot(ctx context.Context, ref, name string, tmpl *te
 		ID: model.NewID(), Name: name, VMID: vm.ID, VMName: vm.Name,
 		ImageID: vm.ImageID, KernelID: vm.KernelID, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes,
 		VMM: vm.VMM, CowStrategy: vm.CowStrategy, GuestIP: vm.GuestIP, GuestMAC: vm.GuestMAC,
-		State: model.SnapshotCreating, CreatedAt: now,
+		State: model.SnapshotCreating, CreatedAt: now, Net: vm.Net,
 	}
 	if tmpl != nil {
 		sn.Template, sn.TemplateInputs = tmpl.Key(), tmpl.JSON()

@@ -44,7 +44,8 @@ func canRestore(drv vmm.Driver, strategy string, im model.Image) error {
 }
 
 // createFromSnapshot is a create with req.FromSnapshot: a fork of that
-// snapshot with the create's own name, policy, deadlines and labels.
+// snapshot with the create's own name, deadlines and labels, and its
+// network policy when it names one (else the snapshot's).
 func (m *Manager) createFromSnapshot(ctx context.Context, req api.CreateVMRequest, in vmIntent, report progress.Func) (model.VM, error) {
 	for _, f := range []struct{ flag, v string }{
 		{"image", req.Image}, {"kernel", req.Kernel}, {"memory", req.Memory}, {"disk", req.Disk}, {"vmm", req.VMM},
@@ -77,6 +78,9 @@ func (m *Manager) createFromSnapshot(ctx context.Context, req api.CreateVMReques
 	}
 	if err := canRestore(drv, sn.CowStrategy, im); err != nil {
 		return model.VM{}, err
+	}
+	if req.Net == "" && len(req.Allow)+len(req.Deny)+len(req.AllowVMs) == 0 {
+		in.Net = snapshotNet(sn)
 	}
 	return m.forkOne(ctx, sn, in, report)
 }

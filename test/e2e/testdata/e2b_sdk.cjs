@@ -161,6 +161,16 @@ async function main() {
       const mine = (await sbx.commands.run('hostname')).stdout
       assert.equal(r.stdout, 'hello\n' + f.sandboxId + '\n')
       assert.equal(mine, sbx.sandboxId + '\n')
+      // Its own metadata (the source's) and its own envd token: the
+      // source's no longer opens the envd the fork was restored with.
+      assert.deepEqual((await f.getInfo()).metadata, { suite: tag })
+      assert.notEqual(f.envdAccessToken, sbx.envdAccessToken)
+      const list = (token) => fetch(process.env.E2B_SANDBOX_URL + '/process.Process/List', {
+        method: 'POST', body: '{}',
+        headers: { 'Content-Type': 'application/json', 'E2b-Sandbox-Id': f.sandboxId, 'E2b-Sandbox-Port': '49983', 'X-Access-Token': token },
+      })
+      assert.equal((await list(sbx.envdAccessToken)).status, 401)
+      assert.equal((await list(f.envdAccessToken)).status, 200)
       assert.equal(await f.kill(), true)
     })
   }
