@@ -35,7 +35,7 @@ const (
 func vmPaths(vm *model.VM, dir string, strategy string) {
 	vm.Dir = dir
 	vm.APISocket = filepath.Join(dir, "api.sock")
-	vm.VsockSocket = filepath.Join(dir, "vsock.sock")
+	vm.VsockSocket = filepath.Join(dir, vmm.VsockFile)
 	vm.LogPath = filepath.Join(dir, "vmm.log")
 	vm.ConsolePath = filepath.Join(dir, "console.log")
 	vm.MetricsPath = filepath.Join(dir, "metrics.json")
