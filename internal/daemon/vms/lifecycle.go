@@ -454,6 +454,11 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 	if err != nil {
 		return fail(err)
 	}
+	// A fork must not reach the bridge before it knows who it is: its
+	// driver holds the guest's carrier down, or, without that ability,
+	// its tap stays down (raiseLink lets it on).
+	_, carrier := drv.(vmm.LinkSetter)
+	g.Held = fork != nil && !carrier
 	if err := m.taps.CreateTap(ctx, h.Tap, g); err != nil {
 		if errors.Is(err, hostnet.ErrPolicyNeedsNft) {
 			err = netErr(vm, err)
@@ -461,7 +466,7 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 		return fail(fmt.Errorf("tap %s: %w", h.Tap, err))
 	}
 	spec := m.spec(vm, k, sys, h, g)
-	if fork != nil {
+	if fork != nil && carrier {
 		spec.Net.LinkDown = true
 	}
 	var vh vmm.Handle
@@ -487,7 +492,7 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 	}
 	if fork != nil {
 		report(progress.Event{Phase: "identity", Message: "telling the guest who it is", Elapsed: time.Since(start).Seconds()})
-		if err := m.reidentify(ctx, vm, drv, vh, fork); err != nil {
+		if err := m.reidentify(ctx, vm, drv, vh, h.Tap, fork); err != nil {
 			return fail(err)
 		}
 		// Its work disk now holds its own host key: a daemon that stops

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -49,9 +50,9 @@ func Connect(ctx context.Context, udsPath string, port uint32) (net.Conn, error)
 	if err != nil {
 		return nil, fmt.Errorf("firecracker vsock %s: %w", udsPath, err)
 	}
-	deadline := time.Now().Add(handshakeTimeout)
+	deadline, ctxBound := time.Now().Add(handshakeTimeout), false
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
-		deadline = dl
+		deadline, ctxBound = dl, true
 	}
 	_ = conn.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
@@ -59,8 +60,13 @@ func Connect(ctx context.Context, udsPath string, port uint32) (net.Conn, error)
 	stop()
 	if err != nil {
 		conn.Close()
-		if ctx.Err() != nil {
+		switch {
+		case ctx.Err() != nil:
 			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+		case errors.Is(err, os.ErrDeadlineExceeded) && ctxBound:
+			err = fmt.Errorf("no answer: %w", context.DeadlineExceeded)
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			err = fmt.Errorf("no answer within %v", handshakeTimeout)
 		}
 		return nil, fmt.Errorf("firecracker vsock %s, guest port %d: %w", udsPath, port, err)
 	}
