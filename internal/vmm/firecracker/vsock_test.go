@@ -251,6 +251,12 @@ func TestFakeControlChannel(t *testing.T) {
 	if got := hello(t, d, spec.Dir); got != "boot-1" {
 		t.Fatalf("hello after Restore: %q", got)
 	}
+	if err := d.Kill(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(spec.VsockPath); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("vsock socket left after Kill of the restored firecracker: %v", err)
+	}
 
 	// A guest that does not listen on the port.
 	t.Setenv("FAKEFC_VSOCK_FORWARD", "")
