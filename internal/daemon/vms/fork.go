@@ -38,7 +38,7 @@ type forkIdentity struct {
 // snapshot, else a running VM, of which a snapshot is taken first and
 // kept). Each gets its own record (name prefix-1…, IP, MAC, CID, tap,
 // SSH host key), copy-on-write disks over the snapshot's, and is
-// restored with its link held down, told its identity over the control
+// restored held off the bridge (raiseLink), told its identity over the control
 // channel (hostname, machine id, entropy, MAC, address, host key, clock)
 // and only then let onto the bridge. A fork that fails is deleted; the
 // ones made before it stay and are returned with the error.
@@ -206,7 +206,7 @@ func (m *Manager) tellMachineID(ctx context.Context, vm model.VM, drv vmm.Driver
 	}
 }
 
-// reidentify tells a restored fork, whose link is held down, who it is,
+// reidentify tells a restored fork, held off the bridge, who it is,
 // then raises its link (raiseLink).
 func (m *Manager) reidentify(ctx context.Context, vm model.VM, drv vmm.Driver, vh vmm.Handle, tap string, fork *forkIdentity) error {
 	ctl, ok := drv.(vmm.Controller)

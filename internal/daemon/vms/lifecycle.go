@@ -377,7 +377,7 @@ func (m *Manager) boot(ctx context.Context, vm model.VM, report progress.Func) (
 // answers). A failed boot leaves the VM failed; a failed restore leaves it
 // paused with its state, to be resumed again or stopped. Called with the
 // VM's lock held. With fork set the state is a snapshot's (kept), the
-// guest's link is held down until it has been told its identity, and a
+// guest is held off the bridge until it has been told its identity, and a
 // failure leaves the VM failed.
 func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func, stateDir string, fork *forkIdentity) (model.VM, error) {
 	restoring := stateDir != ""
