@@ -20,11 +20,111 @@ import (
 	"github.com/banger/banger/internal/guestinit"
 )
 
-// serveControl serves the control channel (internal/guestctl) on the
-// virtio-serial port named guestctl.PortName for the guest's whole life.
-// A poweroff request is handed to power. Without the port (a VMM that
-// gives none, a kernel without virtio_console) it logs once and returns.
+// serveControl serves the control channel (internal/guestctl) for the
+// guest's whole life on every transport the VMM gave: the virtio-serial
+// port named guestctl.PortName (QEMU) and AF_VSOCK port
+// guestctl.VsockPort (Firecracker), with the same handler. A poweroff
+// request is handed to power. It returns when neither is there.
 func serveControl(power chan<- string) {
+	h := func(req guestctl.Request) (guestctl.Reply, func(), error) { return handleControl(req, power) }
+	done := make(chan struct{})
+	go func() { serveControlVsock(h); close(done) }()
+	serveControlPort(h)
+	<-done
+}
+
+// virtioVsockID is the virtio device id of a vsock device
+// (/sys/bus/virtio/devices/*/device).
+const virtioVsockID = "0x0013"
+
+// hasVsockDevice reports whether the guest has a virtio vsock device.
+func hasVsockDevice() bool {
+	devs, _ := filepath.Glob("/sys/bus/virtio/devices/*/device")
+	for _, d := range devs {
+		if readSmallTrim(d) == virtioVsockID {
+			return true
+		}
+	}
+	return false
+}
+
+// serveControlVsock serves the channel on AF_VSOCK port
+// guestctl.VsockPort when the guest has a vsock device: one connection
+// at a time, as the serial port is one stream; a host that went away
+// ends its connection and the next is accepted. Listening sockets
+// survive a snapshot restore (the VMM resets the transport, which ends
+// only connections). Without the device it returns at once; without the
+// transport driver (vmw_vsock_virtio_transport) it logs once and
+// returns.
+func serveControlVsock(h guestctl.Handler) {
+	if !hasVsockDevice() {
+		return
+	}
+	var fd int
+	var err error
+	// The transport module may still be binding to the device.
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if fd, err = listenVsock(guestctl.VsockPort); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		logf("control channel: vsock port %d: %v (is vmw_vsock_virtio_transport loaded?)", guestctl.VsockPort, err)
+		return
+	}
+	serveEach(func() (io.ReadWriteCloser, error) {
+		nfd, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC)
+		if err != nil {
+			return nil, err
+		}
+		return os.NewFile(uintptr(nfd), "vsock"), nil
+	}, h, time.Second)
+}
+
+// serveEach serves the connections accept returns one after another,
+// each until it ends; a failed accept is retried after pause (at once
+// for an interrupted one). It returns only when accept fails with
+// net.ErrClosed.
+func serveEach(accept func() (io.ReadWriteCloser, error), h guestctl.Handler, pause time.Duration) {
+	for {
+		conn, err := accept()
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if errors.Is(err, unix.EINTR) || errors.Is(err, unix.ECONNABORTED) {
+			continue
+		}
+		if err != nil {
+			logf("control channel: accept: %v", err)
+			time.Sleep(pause)
+			continue
+		}
+		_ = guestctl.Serve(conn, h, time.Now)
+		conn.Close()
+	}
+}
+
+// listenVsock listens on vsock port for any host CID.
+func listenVsock(port uint32) (int, error) {
+	fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("socket: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: port}); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("bind: %w", err)
+	}
+	if err := unix.Listen(fd, 4); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("listen: %w", err)
+	}
+	return fd, nil
+}
+
+// serveControlPort serves the channel on the virtio-serial port named
+// guestctl.PortName. Without the port (a VMM that gives none, a kernel
+// without virtio_console) it logs once and returns.
+func serveControlPort(h guestctl.Handler) {
 	dev, err := findPort(guestctl.PortName)
 	if err != nil {
 		logf("control channel: %v", err)
@@ -52,7 +152,6 @@ func serveControl(power chan<- string) {
 		case <-time.After(2 * time.Second):
 		}
 	}}
-	h := func(req guestctl.Request) (guestctl.Reply, func(), error) { return handleControl(req, power) }
 	for {
 		err := guestctl.Serve(port, h, time.Now)
 		logf("control channel: %v; serving again", err)

@@ -16,6 +16,11 @@ type Guest struct {
 	MAC    net.HardwareAddr
 	IP     netip.Addr
 	Policy Policy
+	// Held makes CreateTap leave the tap down: attached and guarded, but
+	// a disabled bridge port that passes no frame either way and learns
+	// no address, until RaiseTap. A VM restored from a snapshot sends
+	// with its parent's MAC and address until it is told its own.
+	Held bool
 }
 
 // check says why g cannot be guarded, if it cannot.

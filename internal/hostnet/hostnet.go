@@ -209,6 +209,8 @@ func (n *Network) Teardown(ctx context.Context) error {
 // existing tap is (re)attached, brought up and its guard and policy
 // rewritten. A non-tap device of that name is an error. The bridge must
 // exist (Ensure). A failed CreateTap leaves no tap or guard it made.
+// With g.Held the tap is left down (an existing one is brought down
+// before anything else) until RaiseTap.
 func (n *Network) CreateTap(ctx context.Context, name string, g Guest) error {
 	if err := checkIfname("tap", name); err != nil {
 		return err
@@ -246,6 +248,11 @@ func (n *Network) CreateTap(ctx context.Context, name string, g Guest) error {
 		created = true
 	default:
 		return fmt.Errorf("look up tap %s: %w", name, err)
+	}
+	if g.Held && link.Attrs().Flags&net.FlagUp != 0 {
+		if err := netlink.LinkSetDown(link); err != nil {
+			return fmt.Errorf("hold tap %s down: %w", name, err)
+		}
 	}
 	if err := n.attachPort(ctx, link, g); err != nil {
 		if created { // a failed CreateTap leaves nothing behind
@@ -290,6 +297,29 @@ func (n *Network) attachPort(ctx context.Context, link netlink.Link, g Guest) er
 		if err := gd.guard(ctx, n.cfg.Bridge, n.cfg.Subnet, name, g); err != nil {
 			return fmt.Errorf("guard tap %s: %w", name, err)
 		}
+	}
+	if g.Held {
+		return nil
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("bring tap %s up: %w", name, err)
+	}
+	return nil
+}
+
+// RaiseTap brings up a tap CreateTap made with Guest.Held: its bridge
+// port forwards from then on. Raising an up tap is not an error; a
+// missing one is.
+func (n *Network) RaiseTap(ctx context.Context, name string) error {
+	if err := checkIfname("tap", name); err != nil {
+		return err
+	}
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("raise tap %s: %w", name, err)
+	}
+	if _, ok := link.(*netlink.Tuntap); !ok {
+		return fmt.Errorf("device %s is a %s, not a tap", name, link.Type())
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("bring tap %s up: %w", name, err)

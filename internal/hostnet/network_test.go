@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -386,5 +387,92 @@ func TestDNS(t *testing.T) {
 	m.SetQuestion("web.vm.", dns.TypeA)
 	if _, _, err := c.Exchange(m, "127.0.0.53:53"); err == nil {
 		t.Error("DNS still answers after Close")
+	}
+}
+
+// TestHeldTap: a tap made with Guest.Held is on the bridge, guarded, but
+// down: a frame its VMM writes (an ARP request from the guest) never
+// reaches the bridge; once RaiseTap brings it up, the same frame does.
+func TestHeldTap(t *testing.T) {
+	if !insideTestNetns(t, "nft") {
+		return
+	}
+	ctx := context.Background()
+	n := newTestNetwork(t, "")
+	if err := n.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer n.Teardown(ctx)
+	name := TapName("0123456789abcdef0123456789abcd0e")
+	held := testGuest
+	held.Held = true
+	if err := n.CreateTap(ctx, name, testGuest); err != nil {
+		t.Fatal(err)
+	}
+	// An existing, up tap made again held goes down.
+	if err := n.CreateTap(ctx, name, held); err != nil {
+		t.Fatal(err)
+	}
+	defer n.DeleteTap(ctx, name)
+	tap, err := netlink.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	br, _ := netlink.LinkByName(testBridge)
+	if tap.Attrs().Flags&net.FlagUp != 0 || tap.Attrs().MasterIndex != br.Attrs().Index {
+		t.Fatalf("held tap: flags %v, master %d (bridge %d)", tap.Attrs().Flags, tap.Attrs().MasterIndex, br.Attrs().Index)
+	}
+	// Open it as a VMM does.
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		t.Fatal(err)
+	}
+	gw := n.Gateway().As4()
+	ip := testGuest.IP.As4()
+	frame := append([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, testGuest.MAC...)
+	frame = append(frame, 0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1)
+	frame = append(frame, testGuest.MAC...)
+	frame = append(frame, ip[:]...)
+	frame = append(frame, 0, 0, 0, 0, 0, 0)
+	frame = append(frame, gw[:]...)
+	frame = append(frame, make([]byte, 18)...) // padding to 60 bytes
+	rx := func() string {
+		b, _ := os.ReadFile("/sys/class/net/" + testBridge + "/statistics/rx_packets")
+		return strings.TrimSpace(string(b))
+	}
+	before := rx()
+	_, _ = unix.Write(fd, frame) // a down tap may refuse it outright
+	time.Sleep(100 * time.Millisecond)
+	if got := rx(); got != before {
+		t.Fatalf("a frame from a held tap reached the bridge (rx %s → %s)", before, got)
+	}
+	if err := n.RaiseTap(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.RaiseTap(ctx, name); err != nil {
+		t.Fatalf("raising an up tap: %v", err)
+	}
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := unix.Write(fd, frame); err != nil {
+			t.Fatalf("write to the raised tap: %v", err)
+		}
+		if rx() != before {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a frame from the raised tap never reached the bridge")
+		}
+	}
+	if err := n.RaiseTap(ctx, "bt0000000000ff"); err == nil {
+		t.Fatal("RaiseTap of a missing tap succeeded")
 	}
 }

@@ -40,7 +40,7 @@ func TestPullReal(t *testing.T) {
 	if err != nil {
 		t.Fatalf("cpio -t: %v: %s", err, out)
 	}
-	for _, want := range []string{"init", "bin/busybox", "lib/modules/virtio_blk.ko", "lib/modules/virtio_ring.ko", "lib/modules/virtio_console.ko", "lib/modules/evdev.ko", "dev/console"} {
+	for _, want := range []string{"init", "bin/busybox", "lib/modules/virtio_blk.ko", "lib/modules/virtio_ring.ko", "lib/modules/virtio_console.ko", "lib/modules/vmw_vsock_virtio_transport.ko", "lib/modules/vsock.ko", "lib/modules/evdev.ko", "dev/console"} {
 		if !bytes.Contains(out, []byte(want+"\n")) {
 			t.Errorf("initrd lacks %s:\n%s", want, out)
 		}

@@ -282,6 +282,12 @@ func (c *Child) Err() error {
 // to logPath (created 0600 if missing). The process is not tied to any
 // context: it outlives the caller unless killed.
 func StartDetached(bin string, args []string, logPath string) (*Child, error) {
+	return StartDetachedIn("", bin, args, logPath)
+}
+
+// StartDetachedIn is StartDetached with dir as the process's working
+// directory ("": the caller's).
+func StartDetachedIn(dir, bin string, args []string, logPath string) (*Child, error) {
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open process log: %w", err)
@@ -293,6 +299,7 @@ func StartDetached(bin string, args []string, logPath string) (*Child, error) {
 	}
 	defer devnull.Close()
 	cmd := exec.Command(bin, args...)
+	cmd.Dir = dir
 	cmd.Stdin = devnull
 	cmd.Stdout = logf
 	cmd.Stderr = logf

@@ -108,6 +108,24 @@ func BuildInit(t testing.TB, dir string) string {
 	return out
 }
 
+// BuildFakeFirecracker builds the Firecracker stand-in
+// (internal/vmm/firecracker/fakefc) into dir as "firecracker" and returns
+// its path.
+func BuildFakeFirecracker(t testing.TB, dir string) string {
+	t.Helper()
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "firecracker")
+	cmd := exec.Command("go", "build", "-o", out, "./internal/vmm/firecracker/fakefc")
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build fakefc: %v: %s", err, b)
+	}
+	return out
+}
+
 // moduleRoot walks up from the working directory to go.mod.
 func moduleRoot() (string, error) {
 	dir, err := os.Getwd()

@@ -16,7 +16,7 @@
 // running VM takes the Handle recorded at Start (or rebuilt by Find).
 //
 // Abilities that not every VMM has are small interfaces next to Driver
-// (AccelReporter, Confiner, Snapshotter, Controller), found by a type assertion on a
+// (AccelReporter, Confiner, Snapshotter, Controller, LinkSetter), found by a type assertion on a
 // Driver and never stubbed: a driver without the ability does not
 // implement the interface.
 package vmm
@@ -80,6 +80,12 @@ type Spec struct {
 	Console   string // guest serial console output
 	Metrics   string // metrics file (firecracker)
 }
+
+// VsockFile is the name of a VM's vsock socket in its directory: the
+// daemon gives Spec.VsockPath as <Dir>/VsockFile, and a driver whose
+// control channel runs over vsock finds it there (Controller gets the
+// directory only).
+const VsockFile = "vsock.sock"
 
 // Handle identifies a started VMM process.
 type Handle struct {
@@ -242,15 +248,20 @@ type Controller interface {
 	// connection is the caller's to close. It fails at once when no VMM
 	// serves the channel; it does not wait for the guest side, which
 	// answers only once the guest has booted that far (ask with a
-	// deadline). A guest that never serves it leaves the caller's reads
-	// waiting until that deadline.
+	// deadline). A guest that never serves it leaves the caller waiting
+	// until that deadline: in its reads (a serial port, which accepts
+	// the host before the guest listens) or in DialControl itself (a
+	// vsock, where the VMM refuses a port the guest does not listen on
+	// and the driver asks again).
 	DialControl(ctx context.Context, dir string) (net.Conn, error)
 }
 
 // LinkSetter is an optional ability of a Driver: raising or dropping the
 // link of a running guest's network interface (the carrier the guest
 // sees), as a cable would. Restore honours Spec.Net.LinkDown only in a
-// driver that has it.
+// driver that has it. A driver without it (Firecracker has no carrier
+// API) still runs forks: the daemon then holds the host side of the
+// guest's tap down instead, which the driver never touches.
 type LinkSetter interface {
 	// SetLink sets the link of the VM's interface up or down. Setting it
 	// as it is is not an error.

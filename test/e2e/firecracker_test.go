@@ -1,16 +1,19 @@
 package e2e
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/model"
 )
 
-// TestFirecrackerVM runs the VM lifecycle on Firecracker, pause and resume
-// included. It needs the real
+// TestFirecrackerVM runs the VM lifecycle on Firecracker, pause and
+// resume, a snapshot and two forks of it (each itself, its writes its
+// own) included. It needs the real
 // firecracker binary, a KVM that runs ordinary guests and a copy-on-write
 // strategy Firecracker can use (dm-snapshot or reflink); without them it
 // skips, saying which is missing. The driver itself is tested against a fake
@@ -65,6 +68,41 @@ func TestFirecrackerVM(t *testing.T) {
 	}
 	h.MustRun("session", "send", "fc", "cat", "after-resume")
 	h.waitLogs("fc", "cat", "after-resume\n")
+
+	// Forks: restored in their own directories while the parent runs,
+	// told who they are over the vsock before their taps come up.
+	h.MustRun("vm", "snapshot", "create", "fc", "--name", "fcbase")
+	out, phases, code := h.Run("vm", "fork", "fcbase", "--count", "2", "--name-prefix", "fckid", "--json")
+	if code != 0 {
+		t.Fatalf("vm fork: exit %d\n%s\n%s", code, out, phases)
+	}
+	var forks []model.VM
+	if err := json.Unmarshal([]byte(out), &forks); err != nil || len(forks) != 2 {
+		t.Fatalf("vm fork said %q (%v)", out, err)
+	}
+	seen := map[string]string{vm.GuestIP: "fc", vm.GuestMAC: "fc"}
+	for _, f := range forks {
+		for _, v := range []string{f.GuestIP, f.GuestMAC} {
+			if other, dup := seen[v]; dup {
+				t.Fatalf("%s shares %s with %s", f.Name, v, other)
+			}
+			seen[v] = f.Name
+		}
+		got := strings.Fields(h.MustRun("vm", "exec", f.Name, "--", "sh", "-c",
+			"hostname; cat /root/marker; cat /sys/class/net/eth0/address; ip -4 -o addr show eth0 | awk '{print $4}'"))
+		if len(got) != 4 || got[0] != f.Name || got[1] != "kept" || got[2] != f.GuestMAC || !strings.HasPrefix(got[3], f.GuestIP+"/") {
+			t.Errorf("%s answered %q", f.Name, got)
+		}
+	}
+	h.MustRun("vm", "exec", "fckid-1", "--", "sh", "-c", "echo mine > /root/kid1.txt && sync")
+	if out := h.MustRun("vm", "exec", "fc", "--", "ls", "/root"); strings.Contains(out, "kid1.txt") {
+		t.Errorf("a fork's write reached the parent's disk: %q", out)
+	}
+	if out := strings.TrimSpace(h.MustRun("vm", "exec", "fc", "--", "hostname")); out != "fc" {
+		t.Errorf("the parent now says it is %q", out)
+	}
+	h.MustRun("vm", "delete", "--force", "fckid-1", "fckid-2")
+	h.MustRun("vm", "snapshot", "rm", "fcbase")
 	h.MustRun("vm", "delete", "--force", "fc")
 	h.AssertNoLeaks()
 }

@@ -38,7 +38,7 @@ type forkIdentity struct {
 // snapshot, else a running VM, of which a snapshot is taken first and
 // kept). Each gets its own record (name prefix-1…, IP, MAC, CID, tap,
 // SSH host key), copy-on-write disks over the snapshot's, and is
-// restored with its link held down, told its identity over the control
+// restored held off the bridge (raiseLink), told its identity over the control
 // channel (hostname, machine id, entropy, MAC, address, host key, clock)
 // and only then let onto the bridge. A fork that fails is deleted; the
 // ones made before it stay and are returned with the error.
@@ -88,9 +88,6 @@ func (m *Manager) Fork(ctx context.Context, src string, count int, prefix string
 	}
 	if _, ok := drv.(vmm.Controller); !ok {
 		return nil, errdefs.Errorf(errdefs.CodeUnavailable, "vmm %s has no control channel to tell a fork who it is: forks need one", drv.Name())
-	}
-	if _, ok := drv.(vmm.LinkSetter); !ok {
-		return nil, errdefs.Errorf(errdefs.CodeUnavailable, "vmm %s cannot hold a fork's link down: forks need it", drv.Name())
 	}
 	var made []model.VM
 	for i, name := range names {
@@ -205,16 +202,12 @@ func (m *Manager) tellMachineID(ctx context.Context, vm model.VM, drv vmm.Driver
 	}
 }
 
-// reidentify tells a restored fork, whose link is held down, who it is,
-// then raises its link.
-func (m *Manager) reidentify(ctx context.Context, vm model.VM, drv vmm.Driver, vh vmm.Handle, fork *forkIdentity) error {
+// reidentify tells a restored fork, held off the bridge, who it is,
+// then raises its link (raiseLink).
+func (m *Manager) reidentify(ctx context.Context, vm model.VM, drv vmm.Driver, vh vmm.Handle, tap string, fork *forkIdentity) error {
 	ctl, ok := drv.(vmm.Controller)
 	if !ok {
 		return fmt.Errorf("vmm %s has no control channel", drv.Name())
-	}
-	links, ok := drv.(vmm.LinkSetter)
-	if !ok {
-		return fmt.Errorf("vmm %s cannot set a link", drv.Name())
 	}
 	ip, err := netip.ParseAddr(vm.GuestIP)
 	if err != nil {
@@ -244,7 +237,23 @@ func (m *Manager) reidentify(ctx context.Context, vm model.VM, drv vmm.Driver, v
 	if _, err := c.Call(cctx, guestctl.Request{Op: guestctl.OpClock, UnixNano: time.Now().UnixNano()}); err != nil {
 		m.log.Warn("fork's clock not set", "vm", vm.Name, "err", err)
 	}
-	return links.SetLink(cctx, vh, true)
+	return m.raiseLink(cctx, drv, vh, tap)
+}
+
+// raiseLink lets a restored fork that has its identity onto the bridge,
+// the way launch held it off: through the guest's carrier when the
+// driver has vmm.LinkSetter (Restore honoured Spec.Net.LinkDown), else
+// by bringing up its tap, which CreateTap left down (hostnet.Guest.Held)
+// — Firecracker has no carrier API. Either way no frame of the guest's
+// reached the bridge before.
+func (m *Manager) raiseLink(ctx context.Context, drv vmm.Driver, vh vmm.Handle, tap string) error {
+	if links, ok := drv.(vmm.LinkSetter); ok {
+		return links.SetLink(ctx, vh, true)
+	}
+	if err := m.taps.RaiseTap(ctx, tap); err != nil {
+		return fmt.Errorf("let the guest onto the bridge: %w", err)
+	}
+	return nil
 }
 
 // snapshotNet is the network policy VMs made from sn start with: the one

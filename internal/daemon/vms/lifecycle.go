@@ -35,7 +35,7 @@ const (
 func vmPaths(vm *model.VM, dir string, strategy string) {
 	vm.Dir = dir
 	vm.APISocket = filepath.Join(dir, "api.sock")
-	vm.VsockSocket = filepath.Join(dir, "vsock.sock")
+	vm.VsockSocket = filepath.Join(dir, vmm.VsockFile)
 	vm.LogPath = filepath.Join(dir, "vmm.log")
 	vm.ConsolePath = filepath.Join(dir, "console.log")
 	vm.MetricsPath = filepath.Join(dir, "metrics.json")
@@ -377,7 +377,7 @@ func (m *Manager) boot(ctx context.Context, vm model.VM, report progress.Func) (
 // answers). A failed boot leaves the VM failed; a failed restore leaves it
 // paused with its state, to be resumed again or stopped. Called with the
 // VM's lock held. With fork set the state is a snapshot's (kept), the
-// guest's link is held down until it has been told its identity, and a
+// guest is held off the bridge until it has been told its identity, and a
 // failure leaves the VM failed.
 func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func, stateDir string, fork *forkIdentity) (model.VM, error) {
 	restoring := stateDir != ""
@@ -454,6 +454,11 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 	if err != nil {
 		return fail(err)
 	}
+	// A fork must not reach the bridge before it knows who it is: its
+	// driver holds the guest's carrier down, or, without that ability,
+	// its tap stays down (raiseLink lets it on).
+	_, carrier := drv.(vmm.LinkSetter)
+	g.Held = fork != nil && !carrier
 	if err := m.taps.CreateTap(ctx, h.Tap, g); err != nil {
 		if errors.Is(err, hostnet.ErrPolicyNeedsNft) {
 			err = netErr(vm, err)
@@ -461,7 +466,7 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 		return fail(fmt.Errorf("tap %s: %w", h.Tap, err))
 	}
 	spec := m.spec(vm, k, sys, h, g)
-	if fork != nil {
+	if fork != nil && carrier {
 		spec.Net.LinkDown = true
 	}
 	var vh vmm.Handle
@@ -487,7 +492,7 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 	}
 	if fork != nil {
 		report(progress.Event{Phase: "identity", Message: "telling the guest who it is", Elapsed: time.Since(start).Seconds()})
-		if err := m.reidentify(ctx, vm, drv, vh, fork); err != nil {
+		if err := m.reidentify(ctx, vm, drv, vh, h.Tap, fork); err != nil {
 			return fail(err)
 		}
 		// Its work disk now holds its own host key: a daemon that stops

@@ -51,7 +51,11 @@ var _ Lookup = (*Manager)(nil)
 // Taps is the part of host networking that VM start, teardown and
 // network policy changes use (*hostnet.Network).
 type Taps interface {
+	// CreateTap makes the tap of guest g on the bridge: up, or held down
+	// until RaiseTap when g.Held.
 	CreateTap(ctx context.Context, name string, g hostnet.Guest) error
+	// RaiseTap brings up a tap made held.
+	RaiseTap(ctx context.Context, name string) error
 	DeleteTap(ctx context.Context, name string) error
 	// ApplyPolicy replaces the policy of a running VM's tap; on error the
 	// old one stays.

@@ -31,9 +31,6 @@ func canRestore(drv vmm.Driver, strategy string, im model.Image) error {
 	if _, ok := drv.(vmm.Controller); !ok {
 		return errdefs.Errorf(errdefs.CodeUnavailable, "vmm %s has no control channel to tell a restored vm who it is", drv.Name())
 	}
-	if _, ok := drv.(vmm.LinkSetter); !ok {
-		return errdefs.Errorf(errdefs.CodeUnavailable, "vmm %s cannot hold a restored vm's link down", drv.Name())
-	}
 	if !snapshotStrategies[strategy] {
 		return errdefs.Errorf(errdefs.CodeUnavailable, "a %s system disk cannot be captured yet (qcow2 and reflink can)", strategy)
 	}

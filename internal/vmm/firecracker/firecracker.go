@@ -51,7 +51,7 @@ type Options struct {
 }
 
 // Driver runs VMs under Firecracker. It implements vmm.Driver,
-// vmm.Confiner and vmm.Snapshotter.
+// vmm.Confiner, vmm.Snapshotter and vmm.Controller (over the vsock).
 type Driver struct {
 	opts Options
 
@@ -286,9 +286,27 @@ func BootArgs(cmdline string) string {
 
 var driveIDRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
+// InDir is how the VM's own files are named to Firecracker: relative to
+// the VM directory, which is firecracker's working directory, when p lies
+// directly in it (dir set), else p as given. Firecracker records the
+// drive paths and the vsock socket path of a snapshot as it was given
+// them and opens or binds them again at load; named relative, a
+// snapshot restored in another VM's directory (a fork) opens that VM's
+// disks and binds that VM's socket, never its parent's. Pure.
+func InDir(dir, p string) string {
+	if dir == "" || p == "" || !filepath.IsAbs(p) {
+		return p
+	}
+	if filepath.Dir(filepath.Clean(p)) == filepath.Clean(dir) {
+		return filepath.Base(p)
+	}
+	return p
+}
+
 // BootSequence returns the API calls that configure and start spec's VM,
 // in order. It does no I/O. It refuses what Firecracker cannot do: no
-// vmlinux, qcow2 disks, bad drive ids.
+// vmlinux, qcow2 disks, bad drive ids. Disks and the vsock socket in
+// spec.Dir are named relative to it (InDir).
 func BootSequence(spec vmm.Spec) ([]Request, error) {
 	if spec.Kernel.Vmlinux == "" {
 		return nil, fmt.Errorf("firecracker needs an uncompressed ELF vmlinux; kernel for %q has none", spec.Name)
@@ -325,7 +343,7 @@ func BootSequence(spec vmm.Spec) ([]Request, error) {
 		if dk.Path == "" {
 			return nil, fmt.Errorf("disk %q has no path", dk.ID)
 		}
-		put("/drives/"+dk.ID, fcapi.Drive{DriveID: dk.ID, PathOnHost: dk.Path, IsRootDevice: i == 0, IsReadOnly: dk.ReadOnly})
+		put("/drives/"+dk.ID, fcapi.Drive{DriveID: dk.ID, PathOnHost: InDir(spec.Dir, dk.Path), IsRootDevice: i == 0, IsReadOnly: dk.ReadOnly})
 	}
 	if spec.Net != nil {
 		if spec.Net.Tap == "" {
@@ -340,7 +358,7 @@ func BootSequence(spec vmm.Spec) ([]Request, error) {
 		if spec.VsockPath == "" {
 			return nil, fmt.Errorf("vsock CID %d given without a vsock socket path", spec.CID)
 		}
-		put("/vsock", fcapi.Vsock{GuestCID: spec.CID, UDSPath: spec.VsockPath})
+		put("/vsock", fcapi.Vsock{GuestCID: spec.CID, UDSPath: InDir(spec.Dir, spec.VsockPath)})
 	}
 	put("/actions", fcapi.Action{ActionType: "InstanceStart"})
 	return reqs, nil
@@ -415,7 +433,9 @@ func (d *Driver) run(ctx context.Context, bin string, spec vmm.Spec, reqs []Requ
 	if out == "" {
 		out = os.DevNull
 	}
-	child, err := proc.StartDetached(bin, Args(spec, !d.opts.NoPCI), out)
+	// Its working directory is the VM's: the relative paths of
+	// BootSequence (and of a snapshot it loads) resolve there.
+	child, err := proc.StartDetachedIn(spec.Dir, bin, Args(spec, !d.opts.NoPCI), out)
 	if err != nil {
 		return vmm.Handle{}, err
 	}
@@ -467,7 +487,8 @@ func (d *Driver) Shutdown(ctx context.Context, h vmm.Handle) error {
 
 // Kill sends SIGTERM, then SIGKILL after a second, and removes the api
 // socket and the vsock socket (firecracker leaves both behind). The vsock
-// path is asked of the API while the process still answers; for a process
+// path is asked of the API while the process still answers (a relative
+// one is resolved in the process's working directory); for a process
 // already gone only Cleanup, given the spec, can remove it.
 func (d *Driver) Kill(ctx context.Context, h vmm.Handle) error {
 	vsockPath := ""
@@ -476,6 +497,13 @@ func (d *Driver) Kill(ctx context.Context, h vmm.Handle) error {
 		var cfg fcapi.VMConfig
 		if newClient(h.APISocket).do(qctx, http.MethodGet, "/vm/config", nil, &cfg) == nil && cfg.Vsock != nil {
 			vsockPath = cfg.Vsock.UDSPath
+			if vsockPath != "" && !filepath.IsAbs(vsockPath) {
+				cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", h.PID))
+				if err != nil || !d.Alive(h) {
+					cwd = filepath.Dir(h.APISocket)
+				}
+				vsockPath = filepath.Join(cwd, vsockPath)
+			}
 		}
 		cancel()
 	}

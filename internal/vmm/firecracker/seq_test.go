@@ -36,10 +36,10 @@ func TestBootSequence(t *testing.T) {
 		`PUT /metrics {"metrics_path":"/v/metrics.json"}`,
 		`PUT /machine-config {"vcpu_count":2,"mem_size_mib":256,"smt":false}`,
 		`PUT /boot-source {"kernel_image_path":"/v/vmlinux","initrd_path":"/v/initrd","boot_args":"root=/dev/vda rw panic=1 console=ttyS0 reboot=k"}`,
-		`PUT /drives/root {"drive_id":"root","path_on_host":"/v/root.img","is_root_device":true,"is_read_only":false}`,
-		`PUT /drives/work {"drive_id":"work","path_on_host":"/v/work.img","is_root_device":false,"is_read_only":true}`,
+		`PUT /drives/root {"drive_id":"root","path_on_host":"root.img","is_root_device":true,"is_read_only":false}`,
+		`PUT /drives/work {"drive_id":"work","path_on_host":"work.img","is_root_device":false,"is_read_only":true}`,
 		`PUT /network-interfaces/eth0 {"iface_id":"eth0","host_dev_name":"tap0","guest_mac":"02:00:ac:10:00:02"}`,
-		`PUT /vsock {"guest_cid":5,"uds_path":"/v/vsock.sock"}`,
+		`PUT /vsock {"guest_cid":5,"uds_path":"vsock.sock"}`,
 		`PUT /actions {"action_type":"InstanceStart"}`,
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {

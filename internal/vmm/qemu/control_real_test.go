@@ -81,6 +81,11 @@ func TestRealControlChannel(t *testing.T) {
 	if hello.Version != guestctl.Version || len(hello.BootID) != 36 {
 		t.Fatalf("hello = %+v; console: %s", hello, vmm.LogTail(spec.Console))
 	}
+	// Every module of the catalog's initrd loaded (the vsock transport
+	// too, which binds to no device here).
+	if con, _ := os.ReadFile(spec.Console); strings.Contains(string(con), "banger initrd: insmod") {
+		t.Errorf("a module of the initrd did not load: %s", vmm.LogTail(spec.Console))
+	}
 
 	// A caller that goes away with its request unanswered: its answer
 	// must not be taken by the next one.

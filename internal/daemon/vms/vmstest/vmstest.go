@@ -121,6 +121,8 @@ func (s *Strategy) Remove(ctx context.Context, dir string) error {
 type Taps struct {
 	mu       sync.Mutex
 	Made     map[string]bool
+	Held     map[string]bool // made with Guest.Held and not raised yet
+	Raised   []string        // each RaiseTap's tap
 	Policies map[string]hostnet.Policy
 	Applied  int // ApplyPolicy calls that succeeded
 	NeedsNft bool
@@ -138,11 +140,34 @@ func (f *Taps) CreateTap(ctx context.Context, name string, g hostnet.Guest) erro
 	defer f.mu.Unlock()
 	f.Made[name] = true
 	f.Policies[name] = g.Policy
+	if g.Held {
+		f.Held[name] = true
+	} else {
+		delete(f.Held, name)
+	}
 	return nil
+}
+func (f *Taps) RaiseTap(ctx context.Context, name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.Made[name] {
+		return fmt.Errorf("raise tap %s: no such tap", name)
+	}
+	delete(f.Held, name)
+	f.Raised = append(f.Raised, name)
+	return nil
+}
+
+// IsHeld reports whether tap name is made and held down.
+func (f *Taps) IsHeld(name string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.Held[name]
 }
 func (f *Taps) DeleteTap(ctx context.Context, name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	delete(f.Held, name)
 	delete(f.Made, name)
 	delete(f.Policies, name)
 	return nil
@@ -185,7 +210,7 @@ func (f *Taps) Gateway() netip.Addr { return netip.MustParseAddr("172.16.0.1") }
 
 // NewTaps makes an empty Taps.
 func NewTaps() *Taps {
-	return &Taps{Made: map[string]bool{}, Policies: map[string]hostnet.Policy{}}
+	return &Taps{Made: map[string]bool{}, Held: map[string]bool{}, Policies: map[string]hostnet.Policy{}}
 }
 
 // State makes a state directory in a temp dir with an open store (closed

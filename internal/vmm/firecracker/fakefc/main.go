@@ -12,6 +12,27 @@
 // metrics was configured, with network_overrides applied, and failing
 // when the vsock socket the snapshot recorded already exists.
 //
+// Relative paths (drives, the vsock socket) resolve in its working
+// directory and are recorded in a snapshot as given, as firecracker's are.
+//
+// Its vsock socket speaks firecracker's hybrid-vsock handshake ("CONNECT
+// <port>\n" answered "OK <host port>\n", or the connection closed when no
+// guest process listens on the port); a test puts a guest-side listener
+// behind a port with the FAKEFC_VSOCK_FORWARD environment variable
+// ("1024=/path/guest.sock"), which the fake relays the stream to.
+//
+// Where the answers come from: the API's status codes and bodies, the
+// states, the snapshot rules (create only while paused, load only into a
+// fresh process, the recorded vsock socket re-bound at load and refusing
+// an existing file, network_overrides) and the vsock socket left on disk
+// at exit were measured against firecracker v1.14.2 on this kind of host
+// (TESTING-REAL-VMS.md in the project's shared notes). The hybrid-vsock
+// handshake was not (no guest boots under firecracker there): it follows
+// firecracker's documentation (docs/vsock.md): the CONNECT line, the "OK"
+// answer with the host-side port, a closed connection for a port nobody
+// listens on. The relative-path resolution follows from firecracker
+// opening the paths it is given as they are.
+//
 // It boots nothing. Every request is appended as one JSON line
 // {"method","path","body"} to <api-sock>.requests.jsonl, so that a test can
 // check what a driver sent.
@@ -33,6 +54,7 @@ import (
 	"os"
 	"os/signal"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -57,6 +79,10 @@ type server struct {
 	logf    *os.File
 	record  *os.File
 	pci     bool
+	// forward maps guest vsock ports to the unix sockets serving them
+	// (ForwardEnv); hostPort is the last host port handed out.
+	forward  map[uint64]string
+	hostPort uint64
 	// configured: a boot-specific resource (machine, boot source,
 	// drive, interface, vsock) was set, so a snapshot can no longer be
 	// loaded.
@@ -116,7 +142,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	s := &server{id: *id, state: "Not started", record: rec, pci: *enablePCI}
+	s := &server{id: *id, state: "Not started", record: rec, pci: *enablePCI,
+		forward: parseForward(os.Getenv(ForwardEnv)), hostPort: 1<<30 - 1}
 	s.machine = withDefaults(fcapi.MachineConfig{VcpuCount: 1, MemSizeMib: 128})
 	fmt.Printf("Running Firecracker v%s\n", version)
 
@@ -403,7 +430,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.fault(w, 400, "Cannot create backend for vsock device: UnixBind(Os { code: 98, kind: AddrInUse, message: \"Address in use\" })")
 			return
 		}
-		serveVsock(l)
+		s.serveVsock(l)
 		s.vsock = &v
 		s.configured = true
 		s.ok(w)
@@ -516,9 +543,34 @@ func (s *server) fullConfig() map[string]any {
 	}
 }
 
-// serveVsock accepts and drops connections on a vsock socket that stays
-// on disk after the process ends, as firecracker's does.
-func serveVsock(l net.Listener) {
+// ForwardEnv names the guest vsock ports the fake serves and where:
+// "1024=/path/a.sock,52=/path/b.sock". A CONNECT to a listed port is
+// relayed to that unix socket (a test's stand-in for the guest process
+// listening on the port); any other port has no listener.
+const ForwardEnv = "FAKEFC_VSOCK_FORWARD"
+
+// parseForward reads ForwardEnv's value; bad entries are ignored.
+func parseForward(v string) map[uint64]string {
+	fwd := map[uint64]string{}
+	for _, kv := range strings.Split(v, ",") {
+		k, path, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if port, err := strconv.ParseUint(k, 10, 32); ok && err == nil && path != "" {
+			fwd[port] = path
+		}
+	}
+	return fwd
+}
+
+// serveVsock serves firecracker's hybrid vsock on l, a socket that stays
+// on disk after the process ends, as firecracker's does. Each connection
+// is one host-initiated stream: the first line must be "CONNECT <port>";
+// with a listener for the port (ForwardEnv) the fake answers
+// "OK <host port>" (host ports counted up from 2^30, as firecracker
+// allocates them) and relays bytes both ways; a port nobody listens on,
+// or a line that is not a CONNECT, gets the connection closed with no
+// answer. While the VM is not running the answer waits, as the guest's
+// does.
+func (s *server) serveVsock(l net.Listener) {
 	l.(*net.UnixListener).SetUnlinkOnClose(false)
 	go func() {
 		for {
@@ -526,9 +578,61 @@ func serveVsock(l net.Listener) {
 			if err != nil {
 				return
 			}
-			c.Close()
+			go s.vsockConn(c)
 		}
 	}()
+}
+
+func (s *server) vsockConn(c net.Conn) {
+	defer c.Close()
+	var line []byte
+	b := make([]byte, 1)
+	for {
+		if _, err := c.Read(b); err != nil {
+			return
+		}
+		if b[0] == '\n' {
+			break
+		}
+		if line = append(line, b[0]); len(line) > 64 {
+			return
+		}
+	}
+	ps, ok := strings.CutPrefix(string(line), "CONNECT ")
+	port, err := strconv.ParseUint(ps, 10, 32)
+	if !ok || err != nil {
+		return
+	}
+	for {
+		s.mu.Lock()
+		st := s.state
+		s.mu.Unlock()
+		if st == "Running" {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	path, ok := s.forward[port]
+	if !ok {
+		return
+	}
+	g, err := net.Dial("unix", path)
+	if err != nil {
+		return
+	}
+	defer g.Close()
+	s.mu.Lock()
+	s.hostPort++
+	hp := s.hostPort
+	s.mu.Unlock()
+	if _, err := fmt.Fprintf(c, "OK %d\n", hp); err != nil {
+		return
+	}
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(g, c); g.(*net.UnixConn).CloseWrite(); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(c, g); c.(*net.UnixConn).CloseWrite(); done <- struct{}{} }()
+	<-done
+	<-done
 }
 
 // snapshotCreate writes the machine's description as the state file and
@@ -631,7 +735,7 @@ func (s *server) snapshotLoad(w http.ResponseWriter, l fcapi.SnapshotLoad) {
 			s.fault(w, 400, "Load snapshot error: Failed to restore from snapshot: Failed to build microVM from snapshot: Cannot restore devices: VsockUnixBackend(UnixBind(Os { code: 98, kind: AddrInUse, message: \"Address in use\" }))")
 			return
 		}
-		serveVsock(ln)
+		s.serveVsock(ln)
 	}
 	s.machine, s.boot, s.drives, s.ifaces, s.vsock = snap.Machine, snap.Boot, snap.Drives, ifaces, snap.Vsock
 	s.state = "Paused"

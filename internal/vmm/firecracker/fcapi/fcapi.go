@@ -124,7 +124,8 @@ type InstanceInfo struct {
 
 // VMConfig is the part of GET /vm/config's answer banger reads.
 type VMConfig struct {
-	Vsock *Vsock `json:"vsock"`
+	Drives []Drive `json:"drives"`
+	Vsock  *Vsock  `json:"vsock"`
 }
 
 // Fault is the body of an error answer.
