@@ -1,8 +1,8 @@
 // Timings for BenchmarkE2B: with argv[2] == "create", one Sandbox.create()
 // followed by the first commands.run('true') (milliseconds on one line,
-// then the sandbox is killed); with "runs N", one sandbox, its id on a
-// line, then N commands.run('true') timings, then it waits for stdin to
-// close before killing the sandbox (the caller measures vm exec meanwhile).
+// then the sandbox is killed); with "runs", one sandbox, its id on a
+// line, then one commands.run('true') timing per "run" line on stdin,
+// interleaved by the caller with its vm exec timings; EOF kills it.
 const path = require('node:path')
 const { Sandbox } = require(path.join(process.env.E2B_SDK_DIR, 'node_modules', 'e2b'))
 
@@ -15,18 +15,20 @@ async function main() {
     await sbx.kill()
     return
   }
-  const n = Number(process.argv[3])
+  // "runs": one sandbox, its id on a line, then one commands.run('true')
+  // per "run" line on stdin (its time on a line), so that the caller can
+  // interleave them with its own timings; the sandbox is killed at EOF.
   const sbx = await Sandbox.create()
   console.log('sandbox ' + sbx.sandboxId)
   await sbx.commands.run('true') // warm
-  for (let i = 0; i < n; i++) {
+  console.log('ready')
+  const rl = require('node:readline').createInterface({ input: process.stdin })
+  for await (const line of rl) {
+    if (line.trim() !== 'run') continue
     const t0 = performance.now()
     await sbx.commands.run('true')
     console.log('run-ms ' + (performance.now() - t0).toFixed(1))
   }
-  console.log('done')
-  process.stdin.resume()
-  await new Promise((r) => process.stdin.on('end', r))
   await sbx.kill()
 }
 
