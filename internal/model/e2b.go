@@ -26,9 +26,14 @@ type E2BSandbox struct {
 	TemplateID string            `json:"template_id"`
 	Token      string            `json:"-"`
 	Env        map[string]string `json:"env"`
-	AutoPause  bool              `json:"auto_pause"`       // the deadline pauses the VM instead of deleting it
-	KeyID      string            `json:"key_id,omitempty"` // the API key that made it ("" when unknown)
-	CreatedAt  time.Time         `json:"created_at"`
+	AutoPause  bool              `json:"auto_pause"` // the deadline pauses the VM instead of deleting it
+	// AutoResume wakes the paused sandbox when a request is relayed to
+	// it, with a deadline TimeoutSecs away (the create's; 0: E2B's
+	// default).
+	AutoResume  bool      `json:"auto_resume"`
+	TimeoutSecs int       `json:"timeout_secs"`
+	KeyID       string    `json:"key_id,omitempty"` // the API key that made it ("" when unknown)
+	CreatedAt   time.Time `json:"created_at"`
 }
 
 // E2BMetaPrefix is the label prefix of a sandbox's E2B metadata: metadata

@@ -70,12 +70,12 @@ func (s *Store) DeleteE2BKey(ctx context.Context, ref string) (model.E2BKey, err
 	return k, s.execOne(ctx, "e2b key", k.ID, "DELETE FROM e2b_keys WHERE id = ?", k.ID)
 }
 
-const e2bSandboxCols = "vm_id, template_id, token, env, created_at, auto_pause, key_id"
+const e2bSandboxCols = "vm_id, template_id, token, env, created_at, auto_pause, key_id, auto_resume, timeout_secs"
 
 func scanE2BSandbox(r *sql.Rows) (model.E2BSandbox, error) {
 	var sb model.E2BSandbox
 	var env, created string
-	if err := r.Scan(&sb.VMID, &sb.TemplateID, &sb.Token, &env, &created, &sb.AutoPause, &sb.KeyID); err != nil {
+	if err := r.Scan(&sb.VMID, &sb.TemplateID, &sb.Token, &env, &created, &sb.AutoPause, &sb.KeyID, &sb.AutoResume, &sb.TimeoutSecs); err != nil {
 		return sb, err
 	}
 	if err := json.Unmarshal([]byte(env), &sb.Env); err != nil {
@@ -93,8 +93,8 @@ func (s *Store) CreateE2BSandbox(ctx context.Context, sb model.E2BSandbox) error
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, "INSERT INTO e2b_sandboxes ("+e2bSandboxCols+") VALUES ("+placeholders(7)+")",
-		sb.VMID, sb.TemplateID, sb.Token, string(env), fmtTime(sb.CreatedAt), sb.AutoPause, sb.KeyID)
+	_, err = s.db.ExecContext(ctx, "INSERT INTO e2b_sandboxes ("+e2bSandboxCols+") VALUES ("+placeholders(9)+")",
+		sb.VMID, sb.TemplateID, sb.Token, string(env), fmtTime(sb.CreatedAt), sb.AutoPause, sb.KeyID, sb.AutoResume, sb.TimeoutSecs)
 	if err != nil {
 		if isForeignKey(err) {
 			return fmt.Errorf("create e2b sandbox: vm %q: %w", sb.VMID, ErrNotFound)

@@ -70,7 +70,7 @@ func TestE2BKeysAndSandboxes(t *testing.T) {
 		t.Fatal(err)
 	}
 	sb := model.E2BSandbox{VMID: "vm1aaaaa", TemplateID: "base", Token: "tok",
-		Env: map[string]string{"A": "b"}, AutoPause: true, CreatedAt: t0, KeyID: "k1aaaaaaaa"}
+		Env: map[string]string{"A": "b"}, AutoPause: true, CreatedAt: t0, KeyID: "k1aaaaaaaa", AutoResume: true, TimeoutSecs: 90}
 	if err := s.CreateE2BSandbox(ctx, sb); err != nil {
 		t.Fatal(err)
 	}

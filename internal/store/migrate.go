@@ -234,6 +234,12 @@ ALTER TABLE e2b_sandboxes ADD COLUMN key_id TEXT NOT NULL DEFAULT '';
 	`
 ALTER TABLE snapshots ADD COLUMN net_policy TEXT NOT NULL DEFAULT '';
 `,
+	// 14: an E2B sandbox may wake on traffic when paused (autoResume),
+	// with the timeout it was made with (seconds; 0: E2B's default).
+	`
+ALTER TABLE e2b_sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE e2b_sandboxes ADD COLUMN timeout_secs INTEGER NOT NULL DEFAULT 0;
+`,
 }
 
 // migrate applies the steps the database lacks, up to version upTo, each in

@@ -163,7 +163,7 @@ func (s *Service) handleInfo(w http.ResponseWriter, r *http.Request) {
 		onTimeout = "pause"
 	}
 	reply(w, http.StatusOK, detailJSON{listedJSON: s.listed(sb), EnvdAccessToken: sb.rec.Token, Domain: s.Status().Domain,
-		Lifecycle: lifecycleJSON{OnTimeout: onTimeout}})
+		Lifecycle: lifecycleJSON{OnTimeout: onTimeout, AutoResume: sb.rec.AutoResume}})
 }
 
 func (s *Service) handleKill(w http.ResponseWriter, r *http.Request) {

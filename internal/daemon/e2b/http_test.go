@@ -178,7 +178,7 @@ func TestSandboxLifecycle(t *testing.T) {
 	}
 
 	// Bad input.
-	for _, bad := range []string{`{"autoResume":{"enabled":true}}`, `{"metadata":{"bad key":"x"}}`, `{"timeout":0}`, `{"envVars":{"A-B":"x"}}`, `{"volumeMounts":[{}]}`, `{"templateID":"nope"}`, `{`} {
+	for _, bad := range []string{`{"autoResume":{"enabled":true}}`, `{"autoPause":false,"autoResume":{"enabled":true}}`, `{"metadata":{"bad key":"x"}}`, `{"timeout":0}`, `{"envVars":{"A-B":"x"}}`, `{"volumeMounts":[{}]}`, `{"templateID":"nope"}`, `{`} {
 		if code, body, _ = fx.do(t, "POST", "/v2/sandboxes", bad); code < 400 || code >= 500 {
 			t.Errorf("create %s = %d %s, want 4xx", bad, code, body)
 		}
@@ -216,6 +216,45 @@ func TestAutoPause(t *testing.T) {
 	var info detailJSON
 	if code, body, _ = fx.do(t, "GET", "/sandboxes/"+sb.SandboxID, ""); code != 200 || json.Unmarshal([]byte(body), &info) != nil || info.Lifecycle.OnTimeout != "pause" {
 		t.Fatalf("info = %d %s", code, body)
+	}
+}
+
+// TestAutoResume: a paused sandbox made with autoResume wakes on the
+// first request relayed to it (several at once all get through), with
+// the timeout it was made with; one without it stays paused and answers
+// 502; info reports the lifecycle.
+func TestAutoResume(t *testing.T) {
+	fx := newFixture(t)
+	wakes := fx.createSandbox(t, `{"timeout":45,"autoPause":true,"autoResume":{"enabled":true}}`)
+	sleeps := fx.createSandbox(t, `{"timeout":45,"autoPause":true}`)
+	var info detailJSON
+	if code, body, _ := fx.do(t, "GET", "/sandboxes/"+wakes.SandboxID, ""); code != 200 || json.Unmarshal([]byte(body), &info) != nil ||
+		!info.Lifecycle.AutoResume || info.Lifecycle.OnTimeout != "pause" {
+		t.Fatalf("info = %d %s", code, body)
+	}
+	for _, id := range []string{wakes.SandboxID, sleeps.SandboxID} {
+		if code, body, _ := fx.do(t, "POST", "/sandboxes/"+id+"/pause", ""); code != 204 {
+			t.Fatalf("pause = %d %s", code, body)
+		}
+	}
+	if code := fx.health(t, sleeps.SandboxID); code != http.StatusBadGateway {
+		t.Fatalf("a paused sandbox without autoResume answered %d, want 502", code)
+	}
+	if vm, _ := fx.vms.Get(t.Context(), sleeps.SandboxID); vm.State != model.VMPaused {
+		t.Fatalf("it is %s, want still paused", vm.State)
+	}
+	codes := make(chan int, 4)
+	for range 4 {
+		go func() { codes <- fx.health(t, wakes.SandboxID) }()
+	}
+	for range 4 {
+		if code := <-codes; code != http.StatusNoContent {
+			t.Fatalf("a request to a paused autoResume sandbox answered %d, want envd's 204", code)
+		}
+	}
+	vm, _ := fx.vms.Get(t.Context(), wakes.SandboxID)
+	if vm.State != model.VMRunning || fx.vms.ttls[vm.ID] != "45s" {
+		t.Fatalf("after traffic: %s, timeout %q (want running, 45s)", vm.State, fx.vms.ttls[vm.ID])
 	}
 }
 

@@ -67,9 +67,19 @@ func newProxy(s *Service) *proxy {
 }
 
 // serve proxies r to the target's guest port; 502 when the sandbox is
-// unknown or not running.
+// unknown or not running. A paused sandbox made with autoResume is
+// resumed first (with the timeout it was made with), as E2B wakes one on
+// traffic.
 func (p *proxy) serve(w http.ResponseWriter, r *http.Request, t Target) {
 	sb, err := p.s.running(r.Context(), t.SandboxID)
+	if err != nil && sb.rec.AutoResume && sb.vm.State == model.VMPaused {
+		if sb, _, err = p.s.resume(r.Context(), t.SandboxID, sb.rec.TimeoutSecs); err == nil {
+			// Connections pooled before the pause rode the SSH
+			// connection it dropped.
+			p.close()
+			p.s.Log.Info("e2b: sandbox resumed by traffic", "sandbox", t.SandboxID)
+		}
+	}
 	if err != nil {
 		replyError(w, http.StatusBadGateway, "sandbox "+t.SandboxID+" is not running: "+err.Error())
 		return

@@ -391,8 +391,9 @@ const defaultTimeout = 300
 // create makes a sandbox: a VM booted with the TTL, its record, envd
 // started in the guest. Nothing is left behind when a step fails.
 func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error) {
-	if req.AutoResume != nil && req.AutoResume.Enabled {
-		return sandbox{}, errdefs.Errorf(errdefs.CodeInvalid, "autoResume is not supported by banger: resume a paused sandbox with Sandbox.connect")
+	autoResume := req.AutoResume != nil && req.AutoResume.Enabled
+	if autoResume && (req.AutoPause == nil || !*req.AutoPause) {
+		return sandbox{}, errdefs.Errorf(errdefs.CodeInvalid, "autoResume needs autoPause (onTimeout: 'pause'): only a paused sandbox can wake on traffic")
 	}
 	labels, err := MetadataLabels(req.Metadata)
 	if err != nil {
@@ -435,7 +436,7 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 	}
 	defer held.release()
 	if fromSnapshot {
-		return s.createFromSnapshot(ctx, sn, snapshotSpec{timeout: timeout, autoPause: autoPause, env: req.EnvVars,
+		return s.createFromSnapshot(ctx, sn, snapshotSpec{timeout: timeout, autoPause: autoPause, autoResume: autoResume, env: req.EnvVars,
 			labels: labels, noInternet: req.AllowInternetAccess != nil && !*req.AllowInternetAccess}, held)
 	}
 	vmReq := api.CreateVMRequest{Name: newSandboxID(), Image: image, Start: true,
@@ -454,7 +455,7 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 		template = DefaultTemplate
 	}
 	rec := model.E2BSandbox{VMID: vm.ID, TemplateID: template, Token: newToken(),
-		Env: req.EnvVars, AutoPause: autoPause, CreatedAt: s.Now().UTC(), KeyID: key.ID}
+		Env: req.EnvVars, AutoPause: autoPause, AutoResume: autoResume, TimeoutSecs: timeout, CreatedAt: s.Now().UTC(), KeyID: key.ID}
 	undo := func(err error) (sandbox, error) {
 		// A fresh context: the request's may be what ended.
 		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

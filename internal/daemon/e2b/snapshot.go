@@ -198,7 +198,7 @@ func (s *Service) fork(ctx context.Context, id string, count, timeout int) ([]fo
 	// Each fork is a sandbox of its own: the source's metadata,
 	// environment, template, timeout action and network policy (the
 	// snapshot's), a token of its own.
-	spec := snapshotSpec{timeout: timeout, autoPause: src.rec.AutoPause, env: src.rec.Env,
+	spec := snapshotSpec{timeout: timeout, autoPause: src.rec.AutoPause, autoResume: src.rec.AutoResume, env: src.rec.Env,
 		labels: onlyMetadata(src.vm.Labels)}
 	results := make([]forkResult, 0, count)
 	for range count {
@@ -245,12 +245,13 @@ func (s *Service) snapshottable(ctx context.Context, id string) (sandbox, error)
 const maxFork = 16
 
 // snapshotSpec is what a sandbox made from a snapshot is given: its
-// timeout, timeout action, environment (over the source sandbox's),
+// timeout, timeout action (and whether it wakes on traffic), environment (over the source sandbox's),
 // metadata labels and, with noInternet, no network (else the
 // snapshot's policy).
 type snapshotSpec struct {
 	timeout    int
 	autoPause  bool
+	autoResume bool
 	env        map[string]string
 	labels     map[string]string
 	noInternet bool
@@ -271,7 +272,7 @@ func (s *Service) createFromSnapshot(ctx context.Context, sn model.Snapshot, spe
 		return sandbox{}, err
 	}
 	rec := model.E2BSandbox{VMID: vm.ID, TemplateID: sn.Name, Token: newToken(), AutoPause: spec.autoPause,
-		CreatedAt: s.Now().UTC(), KeyID: keyOf(ctx).ID}
+		AutoResume: spec.autoResume, TimeoutSecs: spec.timeout, CreatedAt: s.Now().UTC(), KeyID: keyOf(ctx).ID}
 	env := map[string]string{}
 	if src, err := s.Store.E2BSandbox(ctx, sn.VMID); err == nil {
 		rec.TemplateID = src.TemplateID
