@@ -75,6 +75,7 @@ func (f *fakeVMs) Create(ctx context.Context, req api.CreateVMRequest, report pr
 	if req.Net != "" {
 		vm.Net.Mode = req.Net
 	}
+	vm.Net.Allow, vm.Net.Deny = req.Allow, req.Deny
 	if req.TTL != "" {
 		f.mu.Lock()
 		f.ttls[id] = req.TTL
@@ -426,11 +427,12 @@ func (f *fakeVMs) createFromSnapshot(ctx context.Context, req api.CreateVMReques
 	if failed {
 		return model.VM{}, errdefs.Errorf(errdefs.CodeInternal, "restore failed")
 	}
-	net := req.Net
-	if net == "" {
-		net = sn.Net.Mode
+	net, allow, deny := req.Net, req.Allow, req.Deny
+	if net == "" && allow == nil && deny == nil {
+		net, allow, deny = sn.Net.Mode, sn.Net.Allow, sn.Net.Deny
 	}
-	vm, err := f.Create(ctx, api.CreateVMRequest{Name: req.Name, TTL: req.TTL, TTLAction: req.TTLAction, Labels: req.Labels, Net: net}, nil)
+	vm, err := f.Create(ctx, api.CreateVMRequest{Name: req.Name, TTL: req.TTL, TTLAction: req.TTLAction, Labels: req.Labels,
+		Net: net, Allow: allow, Deny: deny}, nil)
 	if err != nil {
 		return vm, err
 	}
@@ -455,4 +457,25 @@ func (f *fakeVMs) serve(vmID string, srv *envd.Server) {
 	f.mu.Lock()
 	f.envds[vmID], f.servers[vmID] = ts, srv
 	f.mu.Unlock()
+}
+
+// SetNet applies a vm net request (Reset and the fields given).
+func (f *fakeVMs) SetNet(ctx context.Context, ref string, req api.VMNetRequest) (model.VM, error) {
+	vm, err := f.Get(ctx, ref)
+	if err != nil {
+		return vm, err
+	}
+	if req.Reset {
+		vm.Net = model.NetPolicy{Mode: model.NetInternet}
+	}
+	if req.Net != nil {
+		vm.Net.Mode = *req.Net
+	}
+	if req.Allow != nil {
+		vm.Net.Allow = *req.Allow
+	}
+	if req.Deny != nil {
+		vm.Net.Deny = *req.Deny
+	}
+	return vm, f.st.UpdateVM(ctx, vm)
 }

@@ -34,6 +34,7 @@ func (s *Service) Handler() http.Handler {
 	mux.HandleFunc("GET /sandboxes/{id}", s.handleInfo)
 	mux.HandleFunc("DELETE /sandboxes/{id}", s.handleKill)
 	mux.HandleFunc("POST /sandboxes/{id}/timeout", s.handleTimeout)
+	mux.HandleFunc("PUT /sandboxes/{id}/network", s.handleNetwork)
 	mux.HandleFunc("POST /sandboxes/{id}/connect", s.handleConnect)
 	mux.HandleFunc("POST /v2/sandboxes/{id}/connect", s.handleConnect)
 	mux.HandleFunc("POST /sandboxes/{id}/refreshes", s.handleRefresh)
@@ -102,9 +103,31 @@ type listedJSON struct {
 
 type detailJSON struct {
 	listedJSON
-	EnvdAccessToken string        `json:"envdAccessToken,omitempty"`
-	Domain          string        `json:"domain,omitempty"`
-	Lifecycle       lifecycleJSON `json:"lifecycle"`
+	EnvdAccessToken     string        `json:"envdAccessToken,omitempty"`
+	Domain              string        `json:"domain,omitempty"`
+	Lifecycle           lifecycleJSON `json:"lifecycle"`
+	AllowInternetAccess bool          `json:"allowInternetAccess"`
+	Network             *egressJSON   `json:"network,omitempty"`
+}
+
+// egressJSON is the part of E2B's SandboxNetworkConfig banger has: the
+// VM's policy in E2B's terms (mode none is a denyOut of 0.0.0.0/0).
+type egressJSON struct {
+	AllowOut []string `json:"allowOut,omitempty"`
+	DenyOut  []string `json:"denyOut,omitempty"`
+}
+
+// egressOf is a VM's network policy as E2B reports it; nil for the
+// default.
+func egressOf(p model.NetPolicy) *egressJSON {
+	e := &egressJSON{AllowOut: p.Allow, DenyOut: p.Deny}
+	if p.Mode == "none" {
+		e.DenyOut = []string{"0.0.0.0/0"}
+	}
+	if len(e.AllowOut)+len(e.DenyOut) == 0 {
+		return nil
+	}
+	return e
 }
 
 // lifecycleJSON is E2B's SandboxLifecycle: what the timeout does.
@@ -163,7 +186,8 @@ func (s *Service) handleInfo(w http.ResponseWriter, r *http.Request) {
 		onTimeout = "pause"
 	}
 	reply(w, http.StatusOK, detailJSON{listedJSON: s.listed(sb), EnvdAccessToken: sb.rec.Token, Domain: s.Status().Domain,
-		Lifecycle: lifecycleJSON{OnTimeout: onTimeout, AutoResume: sb.rec.AutoResume}})
+		Lifecycle:           lifecycleJSON{OnTimeout: onTimeout, AutoResume: sb.rec.AutoResume},
+		AllowInternetAccess: sb.vm.Net.Mode != "none", Network: egressOf(sb.vm.Net)})
 }
 
 func (s *Service) handleKill(w http.ResponseWriter, r *http.Request) {
@@ -188,6 +212,21 @@ func (s *Service) handleTimeout(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := s.setTimeout(r.Context(), r.PathValue("id"), *req.Timeout); err != nil {
+		fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// handleNetwork replaces a sandbox's egress rules (the SDK's
+// updateNetwork): fields left out are cleared, so an empty body gives
+// the default policy back.
+func (s *Service) handleNetwork(w http.ResponseWriter, r *http.Request) {
+	var req networkJSON
+	if !readJSON(w, r, &req) {
+		return
+	}
+	if err := s.setNetwork(r.Context(), r.PathValue("id"), req); err != nil {
 		fail(w, err)
 		return
 	}

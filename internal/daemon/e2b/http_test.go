@@ -227,6 +227,10 @@ func TestAutoResume(t *testing.T) {
 	fx := newFixture(t)
 	wakes := fx.createSandbox(t, `{"timeout":45,"autoPause":true,"autoResume":{"enabled":true}}`)
 	sleeps := fx.createSandbox(t, `{"timeout":45,"autoPause":true}`)
+	// secure: false still gets (and needs) a token.
+	if open := fx.createSandbox(t, `{"secure":false}`); len(open.EnvdAccessToken) != 48 {
+		t.Fatalf("a secure:false sandbox has token %q", open.EnvdAccessToken)
+	}
 	var info detailJSON
 	if code, body, _ := fx.do(t, "GET", "/sandboxes/"+wakes.SandboxID, ""); code != 200 || json.Unmarshal([]byte(body), &info) != nil ||
 		!info.Lifecycle.AutoResume || info.Lifecycle.OnTimeout != "pause" {

@@ -85,6 +85,8 @@ type VMs interface {
 	// RemoveSnapshot deletes a snapshot no VM is made from (a conflict
 	// otherwise).
 	RemoveSnapshot(ctx context.Context, ref string) error
+	// SetNet changes a VM's network policy; see vms.Manager.SetNet.
+	SetNet(ctx context.Context, ref string, req api.VMNetRequest) (model.VM, error)
 	// Alive says whether the VM runs (state and VMM process).
 	Alive(vm model.VM) bool
 }
@@ -382,7 +384,7 @@ type createRequest struct {
 	Secure              *bool          `json:"secure"`
 	VolumeMounts        []any          `json:"volumeMounts"`
 	MCP                 map[string]any `json:"mcp"`
-	Network             map[string]any `json:"network"`
+	Network             *networkJSON   `json:"network"`
 }
 
 // defaultTimeout is E2B's default sandbox lifetime, in seconds.
@@ -405,8 +407,9 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 	if len(req.MCP) > 0 {
 		return sandbox{}, errdefs.Errorf(errdefs.CodeInvalid, "MCP gateways are not supported by banger")
 	}
-	if len(req.Network) > 0 {
-		return sandbox{}, errdefs.Errorf(errdefs.CodeInvalid, "network rules are not supported by the e2b API of banger yet (use allow_internet_access, or banger vm net)")
+	net, netSet, err := egressPolicy(req.AllowInternetAccess, req.Network)
+	if err != nil {
+		return sandbox{}, err
 	}
 	for k, v := range req.EnvVars {
 		if !shell.ValidEnvKey(k) || strings.ContainsAny(v, "\n\x00") {
@@ -436,13 +439,16 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 	}
 	defer held.release()
 	if fromSnapshot {
-		return s.createFromSnapshot(ctx, sn, snapshotSpec{timeout: timeout, autoPause: autoPause, autoResume: autoResume, env: req.EnvVars,
-			labels: labels, noInternet: req.AllowInternetAccess != nil && !*req.AllowInternetAccess}, held)
+		spec := snapshotSpec{timeout: timeout, autoPause: autoPause, autoResume: autoResume, env: req.EnvVars, labels: labels}
+		if netSet {
+			spec.net = &net
+		}
+		return s.createFromSnapshot(ctx, sn, spec, held)
 	}
 	vmReq := api.CreateVMRequest{Name: newSandboxID(), Image: image, Start: true,
 		TTL: strconv.Itoa(timeout) + "s", TTLAction: timeoutAction(autoPause), Labels: labels}
-	if req.AllowInternetAccess != nil && !*req.AllowInternetAccess {
-		vmReq.Net = "none"
+	if netSet {
+		vmReq.Net, vmReq.Allow, vmReq.Deny = net.Mode, net.Allow, net.Deny
 	}
 	start := s.Now()
 	vm, err := s.VMs.Create(ctx, vmReq, nil)

@@ -245,16 +245,16 @@ func (s *Service) snapshottable(ctx context.Context, id string) (sandbox, error)
 const maxFork = 16
 
 // snapshotSpec is what a sandbox made from a snapshot is given: its
-// timeout, timeout action (and whether it wakes on traffic), environment (over the source sandbox's),
-// metadata labels and, with noInternet, no network (else the
-// snapshot's policy).
+// timeout, timeout action (and whether it wakes on traffic), environment
+// (over the source sandbox's), metadata labels and network policy (else
+// the snapshot's).
 type snapshotSpec struct {
 	timeout    int
 	autoPause  bool
 	autoResume bool
 	env        map[string]string
 	labels     map[string]string
-	noInternet bool
+	net        *egress // nil: the snapshot's policy
 }
 
 // createFromSnapshot makes one sandbox from snapshot sn: a VM restored
@@ -264,8 +264,8 @@ type snapshotSpec struct {
 func (s *Service) createFromSnapshot(ctx context.Context, sn model.Snapshot, spec snapshotSpec, held *hold) (sandbox, error) {
 	req := api.CreateVMRequest{Name: newSandboxID(), FromSnapshot: sn.ID,
 		TTL: strconv.Itoa(spec.timeout) + "s", TTLAction: timeoutAction(spec.autoPause), Labels: spec.labels}
-	if spec.noInternet {
-		req.Net = "none"
+	if spec.net != nil {
+		req.Net, req.Allow, req.Deny = spec.net.Mode, spec.net.Allow, spec.net.Deny
 	}
 	vm, err := s.VMs.Create(ctx, req, nil)
 	if err != nil {

@@ -174,6 +174,20 @@ async function main() {
       assert.equal(await f.kill(), true)
     })
   }
+  if (process.env.E2B_FORK === '1') {
+    await step('updateNetwork: egress rules become the VM policy; getInfo shows them', async () => {
+      await sbx.updateNetwork({ denyOut: ['203.0.113.0/24'], allowOut: ['203.0.113.9'] })
+      let info = await sbx.getInfo()
+      assert.equal(info.allowInternetAccess, true)
+      assert.deepEqual(info.network.allowOut, ['203.0.113.9'])
+      assert.equal(info.network.denyOut.length, 8, JSON.stringify(info.network.denyOut))
+      await assert.rejects(sbx.updateNetwork({ allowOut: ['example.com'] }), /domain names are not supported/)
+      await sbx.updateNetwork({})
+      info = await sbx.getInfo()
+      assert.equal(info.network, undefined)
+      assert.equal((await sbx.commands.run('echo still')).stdout, 'still\n')
+    })
+  }
   await step('pty: create, input, resize, kill', async () => {
     let out = ''
     const h = await sbx.pty.create({ cols: 80, rows: 24, onData: (d) => (out += Buffer.from(d).toString()) })

@@ -1,0 +1,199 @@
+package e2b
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+
+	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/errdefs"
+)
+
+// networkJSON is E2B's SandboxNetworkConfig (create) and
+// SandboxNetworkUpdateConfig (PUT /sandboxes/{id}/network).
+type networkJSON struct {
+	AllowOut            []string       `json:"allowOut"`
+	DenyOut             []string       `json:"denyOut"`
+	AllowPublicTraffic  *bool          `json:"allowPublicTraffic"`
+	AllowInternetAccess *bool          `json:"allow_internet_access"` // update only
+	EgressProxy         any            `json:"egressProxy"`
+	Rules               map[string]any `json:"rules"`
+	MaskRequestHost     *string        `json:"maskRequestHost"`
+	HTTPSPorts          []int          `json:"httpsPorts"`
+}
+
+// egress is a banger network policy (vm net's mode, --allow, --deny).
+type egress struct {
+	Mode        string
+	Allow, Deny []string
+}
+
+// Bounds on what one sandbox's egress rules may ask: every entry becomes
+// a firewall rule on the host.
+const (
+	maxEgressEntries = 64
+	maxEgressRules   = 256
+)
+
+// egressPolicy maps E2B's egress controls onto banger's network policy;
+// set is false when they ask nothing (the default, or a snapshot's, stays).
+//
+// E2B: allow_internet_access false is denyOut 0.0.0.0/0; an allowOut
+// entry wins over every denyOut entry. banger: mode none reaches only
+// Allow; mode internet reaches the public internet and Allow, never Deny
+// (deny wins). So a denyOut of 0.0.0.0/0 is mode none with allowOut as
+// Allow; other denyOut blocks become Deny less the allowOut blocks inside
+// them (split into the CIDR blocks that remain). Domain names (E2B
+// resolves them at its proxy), IPv6, request transforms, egress proxies,
+// HTTPS ports, masked hosts and private traffic tokens have no banger
+// counterpart and are refused by name.
+func egressPolicy(allowInternet *bool, n *networkJSON) (egress, bool, error) {
+	none := allowInternet != nil && !*allowInternet
+	if n == nil {
+		if none {
+			return egress{Mode: "none"}, true, nil
+		}
+		return egress{}, false, nil
+	}
+	switch {
+	case n.AllowPublicTraffic != nil && !*n.AllowPublicTraffic:
+		return egress{}, false, errdefs.Errorf(errdefs.CodeInvalid, "network.allowPublicTraffic false (traffic access tokens) is not supported by banger: sandbox URLs are open to whoever reaches the listener")
+	case n.EgressProxy != nil:
+		return egress{}, false, errdefs.Errorf(errdefs.CodeInvalid, "network.egressProxy is not supported by banger")
+	case len(n.Rules) > 0:
+		return egress{}, false, errdefs.Errorf(errdefs.CodeInvalid, "network.rules (request transforms) are not supported by banger")
+	case n.MaskRequestHost != nil && *n.MaskRequestHost != "":
+		return egress{}, false, errdefs.Errorf(errdefs.CodeInvalid, "network.maskRequestHost is not supported by banger")
+	case len(n.HTTPSPorts) > 0:
+		return egress{}, false, errdefs.Errorf(errdefs.CodeInvalid, "network.httpsPorts is not supported by banger: getHost relays plain HTTP")
+	case len(n.AllowOut) > maxEgressEntries || len(n.DenyOut) > maxEgressEntries:
+		return egress{}, false, errdefs.Errorf(errdefs.CodeInvalid, "network: at most %d allowOut and %d denyOut entries", maxEgressEntries, maxEgressEntries)
+	}
+	allow, err := egressBlocks("allowOut", n.AllowOut)
+	if err != nil {
+		return egress{}, false, err
+	}
+	deny, err := egressBlocks("denyOut", n.DenyOut)
+	if err != nil {
+		return egress{}, false, err
+	}
+	if n.AllowInternetAccess != nil && !*n.AllowInternetAccess {
+		none = true
+	}
+	for _, d := range deny {
+		if d.Bits() == 0 {
+			none = true
+		}
+	}
+	out := egress{Mode: "internet"}
+	if none {
+		out.Mode = "none"
+		deny = nil // everything but Allow is denied already
+	}
+	for _, a := range allow {
+		out.Allow = append(out.Allow, a.String())
+	}
+	for _, d := range deny {
+		rest := []netip.Prefix{d}
+		for _, a := range allow {
+			var next []netip.Prefix
+			for _, r := range rest {
+				next = append(next, subtract(r, a)...)
+			}
+			rest = next
+		}
+		for _, r := range rest {
+			out.Deny = append(out.Deny, r.String())
+		}
+		if len(out.Deny) > maxEgressRules {
+			return egress{}, false, errdefs.Errorf(errdefs.CodeInvalid, "network: allowOut carves denyOut into more than %d blocks", maxEgressRules)
+		}
+	}
+	set := none || len(out.Allow)+len(out.Deny) > 0 || n.AllowOut != nil || n.DenyOut != nil
+	return out, set, nil
+}
+
+// egressBlocks parses E2B's address entries: IPv4 CIDR blocks or bare
+// addresses (a /32).
+func egressBlocks(field string, entries []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, e := range entries {
+		s := strings.TrimSpace(e)
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				if strings.ContainsAny(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ*") && !strings.Contains(s, ":") {
+					return nil, errdefs.Errorf(errdefs.CodeInvalid, "network.%s %q: domain names are not supported by banger, only IPv4 addresses and CIDR blocks", field, e)
+				}
+				return nil, errdefs.Errorf(errdefs.CodeInvalid, "network.%s %q: not an IPv4 address or CIDR block", field, e)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if !p.Addr().Is4() {
+			return nil, errdefs.Errorf(errdefs.CodeInvalid, "network.%s %q: banger's network policy is IPv4 only", field, e)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// subtract is the CIDR blocks of d that are not in a: d itself when they
+// do not overlap, nothing when a covers d, else the sibling blocks on
+// the way from d down to a.
+func subtract(d, a netip.Prefix) []netip.Prefix {
+	if !d.Overlaps(a) {
+		return []netip.Prefix{d}
+	}
+	if a.Bits() <= d.Bits() {
+		return nil
+	}
+	var out []netip.Prefix
+	cur := d
+	for cur.Bits() < a.Bits() {
+		lo, hi := halves(cur)
+		if lo.Overlaps(a) {
+			out, cur = append(out, hi), lo
+		} else {
+			out, cur = append(out, lo), hi
+		}
+	}
+	return out
+}
+
+// halves splits an IPv4 block into its two halves.
+func halves(p netip.Prefix) (netip.Prefix, netip.Prefix) {
+	bits := p.Bits() + 1
+	lo := netip.PrefixFrom(p.Addr(), bits)
+	b := p.Addr().As4()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	v |= 1 << (32 - bits)
+	hi := netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), bits)
+	return lo, hi
+}
+
+// setNetwork replaces a sandbox's network policy with what n asks (the
+// default when it asks nothing), at once for connections already open.
+func (s *Service) setNetwork(ctx context.Context, id string, n networkJSON) error {
+	sb, err := s.lookup(ctx, id)
+	if err != nil {
+		return err
+	}
+	e, set, err := egressPolicy(nil, &n)
+	if err != nil {
+		return err
+	}
+	if !set {
+		e = egress{Mode: "internet"}
+	}
+	allow, deny, none := nonNilList(e.Allow), nonNilList(e.Deny), []string{}
+	_, err = s.VMs.SetNet(ctx, sb.vm.ID, api.VMNetRequest{Reset: true, Net: &e.Mode, Allow: &allow, Deny: &deny, AllowVMs: &none})
+	return err
+}
+
+func nonNilList(ss []string) []string {
+	if ss == nil {
+		return []string{}
+	}
+	return ss
+}
