@@ -42,6 +42,8 @@ type fakeVMs struct {
 	// raceResume makes Resume answer a conflict after resuming, as when
 	// another resume won the VM's lock first.
 	raceResume bool
+	resumes    int   // Resume calls
+	resumeErr  error // Resume fails with it
 	snaps      []*fakeSnap
 	forks      map[string][]string     // VM ids made from each snapshot id
 	forkFailAt int                     // the nth create from a snapshot fails (0: never)
@@ -161,6 +163,11 @@ func (f *fakeVMs) Resume(ctx context.Context, ref string, _ progress.Func) (mode
 		return vm, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not paused", vm.Name)
 	}
 	f.mu.Lock()
+	f.resumes++
+	if err := f.resumeErr; err != nil {
+		f.mu.Unlock()
+		return vm, err
+	}
 	f.alive[vm.ID] = true
 	raced := f.raceResume
 	f.mu.Unlock()

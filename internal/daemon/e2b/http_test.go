@@ -2,6 +2,7 @@ package e2b
 
 import (
 	"encoding/json"
+	"errors"
 	"net"
 	"net/http"
 	"net/url"
@@ -257,8 +258,28 @@ func TestAutoResume(t *testing.T) {
 		}
 	}
 	vm, _ := fx.vms.Get(t.Context(), wakes.SandboxID)
-	if vm.State != model.VMRunning || fx.vms.ttls[vm.ID] != "45s" {
-		t.Fatalf("after traffic: %s, timeout %q (want running, 45s)", vm.State, fx.vms.ttls[vm.ID])
+	if vm.State != model.VMRunning || fx.vms.ttls[vm.ID] != "45s" || fx.vms.resumes != 1 {
+		t.Fatalf("after traffic: %s, timeout %q, %d resumes (want running, 45s, 1)", vm.State, fx.vms.ttls[vm.ID], fx.vms.resumes)
+	}
+
+	// A wake that fails is not tried again for every request: the next
+	// ones within wakeRetry are answered 502 from memory.
+	if code, body, _ := fx.do(t, "POST", "/sandboxes/"+wakes.SandboxID+"/pause", ""); code != 204 {
+		t.Fatalf("pause = %d %s", code, body)
+	}
+	fx.vms.mu.Lock()
+	fx.vms.resumes, fx.vms.resumeErr = 0, errors.New("state file unreadable")
+	fx.vms.mu.Unlock()
+	for range 3 {
+		if code, _, _ := fx.do(t, "GET", "/health", "", "E2b-Sandbox-Id", wakes.SandboxID); code != http.StatusBadGateway {
+			t.Fatalf("a failed wake answered %d, want 502", code)
+		}
+	}
+	fx.vms.mu.Lock()
+	n := fx.vms.resumes
+	fx.vms.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d resume attempts for 3 requests after a failure, want 1", n)
 	}
 }
 

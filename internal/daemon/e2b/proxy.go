@@ -10,8 +10,10 @@ import (
 	"net/http/httputil"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/banger/banger/internal/keyed"
 	"github.com/banger/banger/internal/model"
 )
 
@@ -25,12 +27,27 @@ type proxy struct {
 	s         *Service
 	transport *http.Transport
 	rp        *httputil.ReverseProxy
+	// wakes serialises the autoResume wakes of one sandbox, so requests
+	// arriving together share one resume; failed holds the last failed
+	// wake per sandbox, answered without another attempt for wakeRetry
+	// (a restore is costly, and requests are the client's to repeat).
+	wakes  keyed.Mutex
+	mu     sync.Mutex
+	failed map[string]wakeFailure
 }
+
+type wakeFailure struct {
+	at  time.Time
+	err error
+}
+
+// wakeRetry is how long a failed wake is answered from memory.
+const wakeRetry = 10 * time.Second
 
 type vmKey struct{}
 
 func newProxy(s *Service) *proxy {
-	p := &proxy{s: s}
+	p := &proxy{s: s, failed: map[string]wakeFailure{}}
 	p.transport = &http.Transport{
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			vm, ok := ctx.Value(vmKey{}).(model.VM)
@@ -73,12 +90,7 @@ func newProxy(s *Service) *proxy {
 func (p *proxy) serve(w http.ResponseWriter, r *http.Request, t Target) {
 	sb, err := p.s.running(r.Context(), t.SandboxID)
 	if err != nil && sb.rec.AutoResume && sb.vm.State == model.VMPaused {
-		if sb, _, err = p.s.resume(r.Context(), t.SandboxID, sb.rec.TimeoutSecs); err == nil {
-			// Connections pooled before the pause rode the SSH
-			// connection it dropped.
-			p.close()
-			p.s.Log.Info("e2b: sandbox resumed by traffic", "sandbox", t.SandboxID)
-		}
+		sb, err = p.wake(r.Context(), t.SandboxID)
 	}
 	if err != nil {
 		replyError(w, http.StatusBadGateway, "sandbox "+t.SandboxID+" is not running: "+err.Error())
@@ -87,6 +99,49 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, t Target) {
 	r = r.WithContext(context.WithValue(r.Context(), vmKey{}, sb.vm))
 	r.URL.Host = strconv.Itoa(t.Port) + "." + sb.vm.ID + proxyHostSuffix
 	p.rp.ServeHTTP(w, r)
+}
+
+// wake resumes a paused autoResume sandbox for a request relayed to it:
+// one resume at a time per sandbox (a request that waited finds it
+// running), and none within wakeRetry of a failed one.
+func (p *proxy) wake(ctx context.Context, id string) (sandbox, error) {
+	unlock := p.wakes.Lock(id)
+	defer unlock()
+	if sb, err := p.s.running(ctx, id); err == nil {
+		return sb, nil
+	}
+	p.mu.Lock()
+	f, ok := p.failed[id]
+	p.mu.Unlock()
+	if ok && p.s.Now().Sub(f.at) < wakeRetry {
+		return sandbox{}, fmt.Errorf("resuming it failed %s ago: %w", p.s.Now().Sub(f.at).Round(time.Second), f.err)
+	}
+	sb, err := p.s.lookup(ctx, id)
+	if err != nil {
+		return sb, err
+	}
+	sb, _, err = p.s.resume(ctx, id, sb.rec.TimeoutSecs)
+	p.mu.Lock()
+	if err != nil {
+		for k, f := range p.failed {
+			if p.s.Now().Sub(f.at) >= wakeRetry {
+				delete(p.failed, k)
+			}
+		}
+		p.failed[id] = wakeFailure{at: p.s.Now(), err: err}
+	} else {
+		delete(p.failed, id)
+	}
+	p.mu.Unlock()
+	if err != nil {
+		p.s.Log.Warn("e2b: resuming a sandbox for traffic failed", "sandbox", id, "err", err)
+		return sb, err
+	}
+	// Connections pooled before the pause rode the SSH connection it
+	// dropped.
+	p.close()
+	p.s.Log.Info("e2b: sandbox resumed by traffic", "sandbox", id)
+	return sb, nil
 }
 
 func (p *proxy) close() { p.transport.CloseIdleConnections() }
