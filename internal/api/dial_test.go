@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/banger/banger/internal/errdefs"
+	"github.com/banger/banger/internal/testenv"
 )
 
 // fakeDial dials a local "guest port" that answers what it read once its
@@ -31,25 +32,11 @@ func (f *fakeDial) DialVM(ctx context.Context, ref string, port int) (net.Conn, 
 // client's half-close on (the guest side answers only after its input
 // ended); a refused port and a bad port are API errors, not upgrades.
 func TestDialRoute(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				b, _ := io.ReadAll(c)
-				_, _ = c.Write(append([]byte("got:"), b...))
-			}()
-		}
-	}()
-	svc := &fakeDial{addr: ln.Addr().String()}
+	addr := testenv.Serve(testenv.Listen(t, "tcp", "127.0.0.1:0"), func(c net.Conn) {
+		b, _ := io.ReadAll(c)
+		_, _ = c.Write(append([]byte("got:"), b...))
+	})
+	svc := &fakeDial{addr: addr}
 	c, raw := serve(t, svc)
 	ctx := context.Background()
 

@@ -19,6 +19,8 @@ import (
 	"github.com/miekg/dns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/banger/banger/internal/testenv"
 )
 
 // policyLab is a host with banger's network in the test namespace, as a
@@ -111,16 +113,7 @@ func (l *policyLab) listen(ns, addr string) {
 		l.t.Fatalf("listen on %s in %q: %v", addr, ns, err)
 	}
 	l.t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte("ok"))
-			c.Close()
-		}
-	}()
+	testenv.Serve(ln, func(c net.Conn) { _, _ = c.Write([]byte("ok")) })
 }
 
 // echo serves, in namespace ns, connections on addr that echo each line.
@@ -134,18 +127,7 @@ func (l *policyLab) echo(ns, addr string) {
 		l.t.Fatalf("listen on %s in %q: %v", addr, ns, err)
 	}
 	l.t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	testenv.Serve(ln, func(c net.Conn) { _, _ = io.Copy(c, c) })
 }
 
 // guest adds a guest namespace with address ip behind a bridge port made

@@ -17,6 +17,7 @@ import (
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/testenv"
 )
 
 func TestParseSpec(t *testing.T) {
@@ -72,31 +73,17 @@ func (f *fakeVMs) Lock(ctx context.Context, ref string) (model.VM, func(), error
 // echoGuest is a "guest" answering each line with "PORT: line", reached by
 // the fake dialer below instead of over SSH.
 func echoGuest(t *testing.T) (dial func(ctx context.Context, vm model.VM, port int) (net.Conn, error), dials *int) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
+	addr := testenv.Serve(testenv.Listen(t, "tcp", "127.0.0.1:0"), func(c net.Conn) {
+		r := bufio.NewReader(c)
+		port, _ := r.ReadString('\n')
 		for {
-			c, err := l.Accept()
+			line, err := r.ReadString('\n')
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				port, _ := r.ReadString('\n')
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					fmt.Fprintf(c, "%s: %s", strings.TrimSpace(port), line)
-				}
-			}()
+			fmt.Fprintf(c, "%s: %s", strings.TrimSpace(port), line)
 		}
-	}()
+	})
 	n := 0
 	return func(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
 		n++
@@ -104,7 +91,7 @@ func echoGuest(t *testing.T) (dial func(ctx context.Context, vm model.VM, port i
 			return nil, fmt.Errorf("connect to 127.0.0.1:9: connection refused")
 		}
 		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", l.Addr().String())
+		c, err := d.DialContext(ctx, "tcp", addr)
 		if err == nil {
 			fmt.Fprintf(c, "%s/%d\n", vm.Name, port)
 		}

@@ -53,11 +53,7 @@ type fakeGuests struct {
 func serveFakeGuests(t *testing.T, f *fixture) (*fakeGuests, string) {
 	g := &fakeGuests{told: map[string]guestctl.Request{}, heldThen: map[string]bool{}}
 	sock := filepath.Join(t.TempDir(), "guest.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := testenv.Listen(t, "unix", sock)
 	h := func(req guestctl.Request) (guestctl.Reply, func(), error) {
 		var rep guestctl.Reply
 		switch req.Op {
@@ -80,15 +76,7 @@ func serveFakeGuests(t *testing.T, f *fixture) (*fakeGuests, string) {
 		}
 		return rep, nil, nil
 	}
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { _ = guestctl.Serve(c, h, time.Now); c.Close() }()
-		}
-	}()
+	testenv.Serve(l, func(c net.Conn) { _ = guestctl.Serve(c, h, time.Now) })
 	return g, sock
 }
 

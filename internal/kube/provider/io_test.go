@@ -14,6 +14,7 @@ import (
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/testenv"
 )
 
 // stream is a port-forward data stream: what the client sent, and what
@@ -32,24 +33,11 @@ func (s *stream) Close() error                { return nil }
 // only then), and the answer comes back; a port nothing listens on is
 // an error.
 func TestPortForwardPassesTheEndOn(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			b, _ := io.ReadAll(c)
-			_, _ = c.Write(append([]byte("got:"), b...))
-			c.Close()
-		}
-	}()
 	f := newFake()
-	f.guestPort = ln.Addr().String()
+	f.guestPort = testenv.Serve(testenv.Listen(t, "tcp", "127.0.0.1:0"), func(c net.Conn) {
+		b, _ := io.ReadAll(c)
+		_, _ = c.Write(append([]byte("got:"), b...))
+	})
 	pod := testPod("pf", "pfpf", "default", corev1.RestartPolicyNever)
 	p := newProvider(f, pod)
 	ctx := context.Background()

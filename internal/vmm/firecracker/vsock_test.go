@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/guestctl"
+	"github.com/banger/banger/internal/testenv"
 	"github.com/banger/banger/internal/vmm"
 	"github.com/banger/banger/internal/vmm/firecracker/fcapi"
 )
@@ -21,29 +22,12 @@ import (
 // line with answer (after checking it), then echoes what follows.
 func endpoint(t *testing.T, answer func(line string, c net.Conn)) string {
 	t.Helper()
-	sock := filepath.Join(t.TempDir(), "v.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				line, err := bufio.NewReader(io.LimitReader(c, 64)).ReadString('\n')
-				if err != nil {
-					return
-				}
-				answer(line, c)
-			}()
+	return testenv.Serve(testenv.Listen(t, "unix", filepath.Join(t.TempDir(), "v.sock")), func(c net.Conn) {
+		line, err := bufio.NewReader(io.LimitReader(c, 64)).ReadString('\n')
+		if err == nil {
+			answer(line, c)
 		}
-	}()
-	return sock
+	})
 }
 
 // TestConnectHandshake: Firecracker's CONNECT handshake against a stub
