@@ -288,12 +288,26 @@ func (c *conn) Close() error {
 // ctx ends, returning an error that wraps both ctx's error and the last
 // attempt's error. A host key mismatch is returned at once, never retried.
 func WaitReady(ctx context.Context, ep Endpoint, signer ssh.Signer, interval time.Duration) (Client, error) {
+	return waitReady(ctx, ep, signer, interval, true)
+}
+
+// WaitDial is WaitReady without the command: it returns the first
+// connection whose handshake and authentication succeed. It suits a
+// guest restored from a saved state, which ran commands before it was
+// saved: sshd serving the pinned key and taking the daemon's key is
+// what is left to prove, and a guest under emulation pays for every
+// process it starts.
+func WaitDial(ctx context.Context, ep Endpoint, signer ssh.Signer, interval time.Duration) (Client, error) {
+	return waitReady(ctx, ep, signer, interval, false)
+}
+
+func waitReady(ctx context.Context, ep Endpoint, signer ssh.Signer, interval time.Duration, run bool) (Client, error) {
 	if interval <= 0 {
 		interval = 250 * time.Millisecond
 	}
 	var last error
 	for {
-		c, err := readyOnce(ctx, ep, signer)
+		c, err := readyOnce(ctx, ep, signer, run)
 		if err == nil {
 			return c, nil
 		}
@@ -323,13 +337,14 @@ func nearDeadline(ctx context.Context, d time.Duration) bool {
 	return ok && time.Until(dl) < d
 }
 
-// readyOnce is one attempt of WaitReady, bounded by dialAttemptTimeout.
-func readyOnce(ctx context.Context, ep Endpoint, signer ssh.Signer) (*conn, error) {
+// readyOnce is one attempt of WaitReady (run: with `true`) or WaitDial,
+// bounded by dialAttemptTimeout.
+func readyOnce(ctx context.Context, ep Endpoint, signer ssh.Signer, run bool) (*conn, error) {
 	actx, cancel := context.WithTimeout(ctx, dialAttemptTimeout)
 	defer cancel()
 	c, err := dialTimeout(actx, ep, signer, readyConnectTimeout)
-	if err != nil {
-		return nil, err
+	if err != nil || !run {
+		return c, err
 	}
 	code, err := c.Run(actx, "true", nil, nil, nil)
 	if err == nil && code != 0 {

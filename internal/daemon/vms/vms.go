@@ -86,7 +86,9 @@ type Deps struct {
 	AuthorizedKey string
 	Artifacts     Artifacts
 	// WaitGuest waits until a booting VM's guest is ready for commands;
-	// vmmAlive says whether its VMM still runs, so it can fail early.
+	// vmmAlive says whether its VMM still runs, so it can fail early. vm's
+	// State is resuming for a guest restored from a saved state (which
+	// may be proved ready with less work than a boot).
 	WaitGuest func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
 	// DropGuest forgets pooled connections to a VM (it stopped or is gone).
 	DropGuest func(vmID string)
