@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -104,8 +105,14 @@ type conn struct {
 	addr      string
 	t         timings
 	c         *ssh.Client
+	nc        net.Conn      // the TCP connection under c
 	done      chan struct{} // closed once the connection is gone
 	lastAlive atomic.Int64  // unix nanoseconds of the last proof of life
+	// parked: the guest is paused; keepalives wait (see Pool.Park).
+	parked atomic.Bool
+	// pinging is held while the keepalive loop's request is out, so park
+	// can wait for it to come back before the guest is frozen.
+	pinging sync.Mutex
 }
 
 // Dial connects to ep's sshd as ep.User with signer, accepting only the host
@@ -169,7 +176,7 @@ func dialTimeout(ctx context.Context, ep Endpoint, signer ssh.Signer, connect ti
 		}
 		return nil, fmt.Errorf("ssh handshake with %s as %s: %w", addr, ep.user(), err)
 	}
-	c := &conn{addr: addr, t: currentTimings(), c: ssh.NewClient(sc, chans, reqs), done: make(chan struct{})}
+	c := &conn{addr: addr, t: currentTimings(), c: ssh.NewClient(sc, chans, reqs), nc: nc, done: make(chan struct{})}
 	c.touch()
 	go func() {
 		c.c.Wait()
@@ -251,14 +258,48 @@ func (c *conn) keepalive() {
 		case <-c.done:
 			return
 		case <-t.C:
+			c.pinging.Lock()
+			if c.parked.Load() {
+				c.pinging.Unlock()
+				continue
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), c.t.keepaliveTimeout)
 			err := c.ping(ctx)
 			cancel()
+			c.pinging.Unlock()
 			if err != nil {
 				return
 			}
 		}
 	}
+}
+
+// park stops the connection's keepalives, SSH's and TCP's, while its
+// guest is frozen, after the one in flight (if any) has come back: a
+// request left unanswered in a frozen guest would close the connection,
+// and a segment left unacknowledged would have TCP back off its
+// retransmits past the resume.
+func (c *conn) park() {
+	c.pinging.Lock()
+	c.parked.Store(true)
+	c.pinging.Unlock()
+	if tc, ok := c.nc.(*net.TCPConn); ok {
+		_ = tc.SetKeepAlive(false)
+	}
+}
+
+// unpark proves the connection alive with a keepalive round trip bounded
+// by ctx (closing it when there is no answer) and starts its keepalives
+// again.
+func (c *conn) unpark(ctx context.Context) error {
+	if err := c.ping(ctx); err != nil {
+		return err
+	}
+	if tc, ok := c.nc.(*net.TCPConn); ok {
+		_ = tc.SetKeepAlive(true)
+	}
+	c.parked.Store(false)
+	return nil
 }
 
 // DialTCP opens a direct-tcpip channel to addr; see TCPDialer.

@@ -132,6 +132,20 @@ func (sv *Service) WaitReady(ctx context.Context, vm model.VM, vmmAlive func() b
 	return nil
 }
 
+// Unpark takes back the SSH connection a pause parked once the resumed
+// guest answers on it within ctx (guest.Pool.Unpark); an error when there
+// is none or it does not answer, and then the guest is dialled anew.
+func (sv *Service) Unpark(ctx context.Context, vm model.VM) error {
+	if sv.Pool == nil {
+		return errdefs.Errorf(errdefs.CodeUnavailable, "guest access is not configured")
+	}
+	ep, err := sv.endpoint(ctx, vm)
+	if err != nil {
+		return err
+	}
+	return sv.Pool.Unpark(ctx, vm.ID, ep)
+}
+
 // LookupDNS answers <name>.<suffix> for running VMs.
 func (sv *Service) LookupDNS(host string) (netip.Addr, bool) {
 	vm, err := sv.Store.GetVM(context.Background(), host)
