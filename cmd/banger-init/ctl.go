@@ -287,8 +287,18 @@ func applyIdentity(req guestctl.Request) error {
 }
 
 // setHostKey installs sshd's new host key where sshd reads it and on the
-// work disk (where a boot installs it from), then has sshd load it:
-// SIGHUP makes sshd re-execute itself with the same PID.
+// work disk (where a boot installs it from), each file replaced through
+// a rename, so a reader meets the old key or the new one, never half.
+//
+// Whether sshd must then be told depends on who reads the key file. Up
+// to OpenSSH 9.7 (Debian 12 has 9.2) the listening sshd re-executes
+// itself for every connection (`sshd -R`) and that child loads the host
+// keys from their files (sshd.c main), so the next connection serves the
+// new key with no reload: the guest spends nothing on it. From 9.8 on,
+// the listener loads the keys once and hands them to sshd-session, so it
+// must re-read them: SIGHUP makes it re-execute itself (same PID), and
+// the answer waits until it listens again, since the host connects as
+// soon as the link is up and must never meet the old key.
 func setHostKey(priv []byte, pub string) error {
 	dsts := []string{guestinit.HostKeyPath}
 	if mounted(guestinit.WorkMount) {
@@ -306,10 +316,11 @@ func setHostKey(priv []byte, pub string) error {
 			return err
 		}
 	}
-	// Answered only once sshd serves the new key: the host connects as
-	// soon as the link is up and would otherwise meet the old one. sshd
-	// closes its listener and binds a new one when it has re-executed,
-	// so a new listening socket on port 22 tells.
+	if !sshdKeepsKeys() {
+		return nil
+	}
+	// sshd closes its listener and binds a new one when it has
+	// re-executed, so a new listening socket on port 22 tells.
 	before := sshListener()
 	pids := pidsOf(sshdPath)
 	for _, pid := range pids {
@@ -324,6 +335,22 @@ func setHostKey(priv []byte, pub string) error {
 		}
 	}
 	return fmt.Errorf("sshd did not reload its host key within 15s")
+}
+
+// sshdSessionPaths are where OpenSSH 9.8 and later install sshd-session
+// (Debian, Fedora, upstream's default).
+var sshdSessionPaths = []string{"/usr/lib/openssh/sshd-session", "/usr/libexec/openssh/sshd-session", "/usr/libexec/sshd-session"}
+
+// sshdKeepsKeys reports whether the guest's sshd holds its host keys in
+// the listener (OpenSSH 9.8 and later, which ship sshd-session), so a new
+// key needs a reload; older ones read the files per connection.
+func sshdKeepsKeys() bool {
+	for _, p := range sshdSessionPaths {
+		if _, err := os.Stat(p); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // sshListener is the inode of the IPv4 socket listening on port 22

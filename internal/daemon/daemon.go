@@ -140,9 +140,10 @@ func (d *Daemon) wire() {
 		SetGuestClock: func(ctx context.Context, vm model.VM) error {
 			return d.guests.SetClock(ctx, vm)
 		},
-		DropGuest: func(id string) {
+		DropGuest: func(id string, keepConn bool) {
 			// A stopped or deleted VM's listeners go with its connection:
-			// teardown is where both end. The records stay (intent).
+			// teardown is where both end. The records stay (intent). A
+			// pause keeps the connection it parked for the resume.
 			d.ports.Unlisten(id)
 			d.directRefused.Range(func(k, _ any) bool {
 				if strings.HasPrefix(k.(string), id+"/") {
@@ -150,9 +151,15 @@ func (d *Daemon) wire() {
 				}
 				return true
 			})
-			if d.host.pool != nil {
+			if d.host.pool != nil && !keepConn {
 				d.host.pool.Drop(id)
 			}
+		},
+		ParkGuest: func(id string) bool {
+			return d.host.pool != nil && d.host.pool.Park(id)
+		},
+		UnparkGuest: func(ctx context.Context, vm model.VM) error {
+			return d.guests.Unpark(ctx, vm)
 		},
 		Started:   func(ctx context.Context, vm model.VM) { d.ports.VMStarted(ctx, vm) },
 		GuestInit: d.artifacts.InitSum,

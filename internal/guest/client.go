@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -104,8 +105,14 @@ type conn struct {
 	addr      string
 	t         timings
 	c         *ssh.Client
+	nc        net.Conn      // the TCP connection under c
 	done      chan struct{} // closed once the connection is gone
 	lastAlive atomic.Int64  // unix nanoseconds of the last proof of life
+	// parked: the guest is paused; keepalives wait (see Pool.Park).
+	parked atomic.Bool
+	// pinging is held while the keepalive loop's request is out, so park
+	// can wait for it to come back before the guest is frozen.
+	pinging sync.Mutex
 }
 
 // Dial connects to ep's sshd as ep.User with signer, accepting only the host
@@ -169,7 +176,7 @@ func dialTimeout(ctx context.Context, ep Endpoint, signer ssh.Signer, connect ti
 		}
 		return nil, fmt.Errorf("ssh handshake with %s as %s: %w", addr, ep.user(), err)
 	}
-	c := &conn{addr: addr, t: currentTimings(), c: ssh.NewClient(sc, chans, reqs), done: make(chan struct{})}
+	c := &conn{addr: addr, t: currentTimings(), c: ssh.NewClient(sc, chans, reqs), nc: nc, done: make(chan struct{})}
 	c.touch()
 	go func() {
 		c.c.Wait()
@@ -251,14 +258,48 @@ func (c *conn) keepalive() {
 		case <-c.done:
 			return
 		case <-t.C:
+			c.pinging.Lock()
+			if c.parked.Load() {
+				c.pinging.Unlock()
+				continue
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), c.t.keepaliveTimeout)
 			err := c.ping(ctx)
 			cancel()
+			c.pinging.Unlock()
 			if err != nil {
 				return
 			}
 		}
 	}
+}
+
+// park stops the connection's keepalives, SSH's and TCP's, while its
+// guest is frozen, after the one in flight (if any) has come back: a
+// request left unanswered in a frozen guest would close the connection,
+// and a segment left unacknowledged would have TCP back off its
+// retransmits past the resume.
+func (c *conn) park() {
+	c.pinging.Lock()
+	c.parked.Store(true)
+	c.pinging.Unlock()
+	if tc, ok := c.nc.(*net.TCPConn); ok {
+		_ = tc.SetKeepAlive(false)
+	}
+}
+
+// unpark proves the connection alive with a keepalive round trip bounded
+// by ctx (closing it when there is no answer) and starts its keepalives
+// again.
+func (c *conn) unpark(ctx context.Context) error {
+	if err := c.ping(ctx); err != nil {
+		return err
+	}
+	if tc, ok := c.nc.(*net.TCPConn); ok {
+		_ = tc.SetKeepAlive(true)
+	}
+	c.parked.Store(false)
+	return nil
 }
 
 // DialTCP opens a direct-tcpip channel to addr; see TCPDialer.
@@ -288,12 +329,26 @@ func (c *conn) Close() error {
 // ctx ends, returning an error that wraps both ctx's error and the last
 // attempt's error. A host key mismatch is returned at once, never retried.
 func WaitReady(ctx context.Context, ep Endpoint, signer ssh.Signer, interval time.Duration) (Client, error) {
+	return waitReady(ctx, ep, signer, interval, true)
+}
+
+// WaitDial is WaitReady without the command: it returns the first
+// connection whose handshake and authentication succeed. It suits a
+// guest restored from a saved state, which ran commands before it was
+// saved: sshd serving the pinned key and taking the daemon's key is
+// what is left to prove, and a guest under emulation pays for every
+// process it starts.
+func WaitDial(ctx context.Context, ep Endpoint, signer ssh.Signer, interval time.Duration) (Client, error) {
+	return waitReady(ctx, ep, signer, interval, false)
+}
+
+func waitReady(ctx context.Context, ep Endpoint, signer ssh.Signer, interval time.Duration, run bool) (Client, error) {
 	if interval <= 0 {
 		interval = 250 * time.Millisecond
 	}
 	var last error
 	for {
-		c, err := readyOnce(ctx, ep, signer)
+		c, err := readyOnce(ctx, ep, signer, run)
 		if err == nil {
 			return c, nil
 		}
@@ -323,13 +378,14 @@ func nearDeadline(ctx context.Context, d time.Duration) bool {
 	return ok && time.Until(dl) < d
 }
 
-// readyOnce is one attempt of WaitReady, bounded by dialAttemptTimeout.
-func readyOnce(ctx context.Context, ep Endpoint, signer ssh.Signer) (*conn, error) {
+// readyOnce is one attempt of WaitReady (run: with `true`) or WaitDial,
+// bounded by dialAttemptTimeout.
+func readyOnce(ctx context.Context, ep Endpoint, signer ssh.Signer, run bool) (*conn, error) {
 	actx, cancel := context.WithTimeout(ctx, dialAttemptTimeout)
 	defer cancel()
 	c, err := dialTimeout(actx, ep, signer, readyConnectTimeout)
-	if err != nil {
-		return nil, err
+	if err != nil || !run {
+		return c, err
 	}
 	code, err := c.Run(actx, "true", nil, nil, nil)
 	if err == nil && code != 0 {

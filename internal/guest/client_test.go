@@ -446,6 +446,29 @@ func TestWaitReady(t *testing.T) {
 	}
 }
 
+func TestWaitDialRunsNothing(t *testing.T) {
+	f := newFixture(t)
+	front := newFlakyFront(t, f.srv.Addr(), 2)
+	ep := f.ep
+	ep.Port = front.port
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := WaitDial(ctx, ep, f.signer, 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if front.attempts() < 3 {
+		t.Errorf("front saw %d attempts, want at least 3", front.attempts())
+	}
+	if n := f.srv.Execs(); n != 0 {
+		t.Errorf("WaitDial ran %d commands, want none", n)
+	}
+	if code, out, _ := run(t, c, "echo up", nil); code != 0 || out != "up\n" {
+		t.Errorf("after WaitDial: %d, %q", code, out)
+	}
+}
+
 func TestWaitReadyTimesOutWithLastError(t *testing.T) {
 	f := newFixture(t)
 	// A socket bound but not listening: connects are refused, and no

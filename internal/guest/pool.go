@@ -110,6 +110,60 @@ func (p *Pool) Drop(key string) {
 	}
 }
 
+// Park keeps key's connection open across a pause of its guest, whose
+// TCP state is frozen in its saved memory while the host's socket stays
+// here: its keepalives (SSH's and TCP's) stop until Unpark, so the
+// frozen guest's silence does not close it. It waits for a keepalive in
+// flight to come back, so call it before the guest is frozen. It reports
+// whether there was a live connection to keep. Drop closes a parked
+// connection as any other.
+func (p *Pool) Park(key string) bool {
+	p.mu.Lock()
+	s := p.slots[key]
+	p.mu.Unlock()
+	if s == nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.c.(*conn)
+	if !ok || c.isDone() {
+		return false
+	}
+	c.park()
+	return true
+}
+
+// Unpark takes key's parked connection back into use once its guest runs
+// again: a keepalive round trip bounded by ctx proves it alive (a resumed
+// guest answers on the TCP connection it had), and its keepalives start
+// again. When there is none for ep, or it does not answer, Unpark closes
+// and forgets it and returns an error: the caller dials anew.
+func (p *Pool) Unpark(ctx context.Context, key string, ep Endpoint) error {
+	p.mu.Lock()
+	s := p.slots[key]
+	p.mu.Unlock()
+	if s == nil {
+		return fmt.Errorf("guest connection %q: none kept", key)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.c.(*conn)
+	if !ok || !c.parked.Load() || c.isDone() || s.ep != ep {
+		if s.c != nil {
+			s.c.Close()
+			s.c = nil
+		}
+		return fmt.Errorf("guest connection %q: none kept", key)
+	}
+	if err := c.unpark(ctx); err != nil {
+		c.Close()
+		s.c = nil
+		return err
+	}
+	return nil
+}
+
 // Close closes every connection; Get fails afterwards. Idempotent.
 func (p *Pool) Close() {
 	p.mu.Lock()

@@ -65,7 +65,8 @@ func (h *Harness) guestClockSkew(vm string) (early, late float64) {
 // the daemon outright while it is paused, resumes it through a new
 // daemon, and checks the session answers, the counter went on, and the
 // guest's clock is the host's. Then the bad inputs, a pause refused
-// while a workspace prepare holds the VM, and a stop that discards the
+// while a workspace prepare holds the VM, a pause and resume within one
+// daemon that keep its SSH connection, and a stop that discards the
 // saved state.
 func TestPauseResume(t *testing.T) {
 	h := NewHarness(t)
@@ -185,6 +186,17 @@ func TestPauseResume(t *testing.T) {
 		t.Fatalf("after the refused pause: state %s", st)
 	}
 
+	// Within one daemon a pause keeps the daemon's SSH connection and the
+	// resume takes it back: the guest sees the same client port.
+	port := sshClientPort(t, h, vm)
+	h.MustRun("vm", "pause", vm)
+	start = time.Now()
+	h.MustRun("vm", "resume", vm)
+	t.Logf("resumed with its connection kept in %.2fs", time.Since(start).Seconds())
+	if again := sshClientPort(t, h, vm); again != port {
+		t.Errorf("after a pause and resume the daemon's SSH connection comes from port %s, before from %s: not kept", again, port)
+	}
+
 	// A stop of a paused VM discards its saved state.
 	h.MustRun("vm", "pause", vm)
 	h.MustRun("vm", "stop", vm)
@@ -204,6 +216,18 @@ func TestPauseResume(t *testing.T) {
 	if held := h.hostHolds(); len(held) != 0 {
 		t.Fatalf("a stopped vm holds host resources:\n%s", strings.Join(held, "\n"))
 	}
+}
+
+// sshClientPort is the source port of the daemon's SSH connection that
+// carries a command in vm, as the guest's sshd sees it (SSH_CLIENT).
+func sshClientPort(t *testing.T, h *Harness, vm string) string {
+	t.Helper()
+	out := h.MustRun("vm", "exec", vm, "--", "sh", "-c", `echo "$SSH_CLIENT"`)
+	f := strings.Fields(out)
+	if len(f) != 3 {
+		t.Fatalf("SSH_CLIENT in %s is %q", vm, out)
+	}
+	return f[1]
 }
 
 // vmmRSS is the resident memory of the processes running from a VM's
@@ -226,7 +250,8 @@ func vmmRSS(dir string) int64 {
 
 // BenchmarkPauseResume pauses and resumes a 1 GiB guest with ~200 MB of
 // its memory written, against a cold boot of the same VM measured in the
-// same run (vm stop, vm start), and reports the host memory it holds
+// same run (vm stop, vm start), and reports the resume alone and up to
+// the end of a first `vm exec -- true` after it, the host memory it holds
 // running and paused (VMM resident memory; the saved state on disk).
 // Run with BANGER_BENCH=1.
 func BenchmarkPauseResume(b *testing.B) {
@@ -236,7 +261,7 @@ func BenchmarkPauseResume(b *testing.B) {
 	h := NewHarness(b)
 	const vm = "bench-nap"
 	h.MustRun("vm", "create", "--name", vm, "--memory", "1G")
-	var cold, pause, resume []time.Duration
+	var cold, pause, resume, firstExec []time.Duration
 	var rssRunning, rssPaused, stateBytes int64
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -263,6 +288,7 @@ func BenchmarkPauseResume(b *testing.B) {
 			resume = append(resume, time.Since(start))
 			b.Logf("resume %d:\n%s", j, phases)
 			h.MustRun("vm", "exec", vm, "--", "true")
+			firstExec = append(firstExec, time.Since(start))
 			h.MustRun("vm", "stop", vm)
 		}
 	}
@@ -271,6 +297,7 @@ func BenchmarkPauseResume(b *testing.B) {
 	b.ReportMetric(mp.Seconds(), "s/pause")
 	b.ReportMetric(mr.Seconds(), "s/resume")
 	b.ReportMetric(mr.Seconds()/mc.Seconds(), "ratio-resume/cold")
+	b.ReportMetric(median(firstExec).Seconds(), "s/resume+exec")
 	b.ReportMetric(float64(rssRunning)/(1<<20), "MB-rss-running")
 	b.ReportMetric(float64(rssPaused)/(1<<20), "MB-rss-paused")
 	b.ReportMetric(float64(stateBytes)/(1<<20), "MB-state-on-disk")

@@ -89,7 +89,10 @@ func (sv *Service) Dial(ctx context.Context, vm model.VM) (guest.Client, error) 
 }
 
 // WaitReady waits until a booting guest's sshd runs commands, failing
-// early when its VMM dies (vmmAlive turns false). The connection that
+// early when its VMM dies (vmmAlive turns false). A guest restored from a
+// saved state (vm.State resuming: a resume, a fork, a warm start) ran
+// commands before it was saved, so a handshake that authenticates proves
+// it ready and no command is run (guest.WaitDial). The connection that
 // proved the guest ready joins the pool and serves the first exec.
 func (sv *Service) WaitReady(ctx context.Context, vm model.VM, vmmAlive func() bool) error {
 	if sv.Pool == nil {
@@ -111,7 +114,11 @@ func (sv *Service) WaitReady(ctx context.Context, vm model.VM, vmmAlive func() b
 			time.Sleep(250 * time.Millisecond)
 		}
 	}()
-	c, err := guest.WaitReady(wctx, ep, sv.Signer, 200*time.Millisecond)
+	wait := guest.WaitReady
+	if vm.State == model.VMResuming {
+		wait = guest.WaitDial
+	}
+	c, err := wait(wctx, ep, sv.Signer, 200*time.Millisecond)
 	if err != nil {
 		if !vmmAlive() {
 			return fmt.Errorf("the vmm exited during boot; %s", tailFile(vm.LogPath, vm.ConsolePath))
@@ -123,6 +130,20 @@ func (sv *Service) WaitReady(ctx context.Context, vm model.VM, vmmAlive func() b
 	}
 	sv.Pool.Adopt(vm.ID, ep, c)
 	return nil
+}
+
+// Unpark takes back the SSH connection a pause parked once the resumed
+// guest answers on it within ctx (guest.Pool.Unpark); an error when there
+// is none or it does not answer, and then the guest is dialled anew.
+func (sv *Service) Unpark(ctx context.Context, vm model.VM) error {
+	if sv.Pool == nil {
+		return errdefs.Errorf(errdefs.CodeUnavailable, "guest access is not configured")
+	}
+	ep, err := sv.endpoint(ctx, vm)
+	if err != nil {
+		return err
+	}
+	return sv.Pool.Unpark(ctx, vm.ID, ep)
 }
 
 // LookupDNS answers <name>.<suffix> for running VMs.

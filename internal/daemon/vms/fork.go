@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/banger/banger/internal/errdefs"
@@ -40,8 +41,9 @@ type forkIdentity struct {
 // SSH host key), copy-on-write disks over the snapshot's, and is
 // restored held off the bridge (raiseLink), told its identity over the control
 // channel (hostname, machine id, entropy, MAC, address, host key, clock)
-// and only then let onto the bridge. A fork that fails is deleted; the
-// ones made before it stay and are returned with the error.
+// and only then let onto the bridge. Up to forkParallel are made at once.
+// A fork that fails is deleted and no further one is begun; the ones
+// made stay and are returned (in name order) with the first error.
 func (m *Manager) Fork(ctx context.Context, src string, count int, prefix string, report progress.Func) ([]model.VM, error) {
 	report = progress.OrNop(report)
 	if count < 1 || count > MaxFork {
@@ -89,16 +91,74 @@ func (m *Manager) Fork(ctx context.Context, src string, count int, prefix string
 	if _, ok := drv.(vmm.Controller); !ok {
 		return nil, errdefs.Errorf(errdefs.CodeUnavailable, "vmm %s has no control channel to tell a fork who it is: forks need one", drv.Name())
 	}
-	var made []model.VM
+	// Up to forkParallel forks at once: much of a fork is waiting (the
+	// VMM's start, the state's load, disk syncs, the guest's answers),
+	// which the others fill. Progress events come from several forks, so
+	// they are serialised and name the fork they are about.
+	var (
+		mu       sync.Mutex
+		forks    = make([]*model.VM, count)
+		firstErr error
+		wg       sync.WaitGroup
+		slots    = make(chan struct{}, forkParallel)
+	)
+	say := func(e progress.Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		report(e)
+	}
 	for i, name := range names {
-		report(progress.Event{Phase: "fork", Message: fmt.Sprintf("%s (%d of %d)", name, i+1, count)})
-		vm, err := m.forkOne(ctx, sn, vmIntent{ID: model.NewID(), Name: name, Net: snapshotNet(sn)}, report)
-		if err != nil {
-			return made, err
+		slots <- struct{}{}
+		mu.Lock()
+		failed := firstErr != nil
+		mu.Unlock()
+		if failed || ctx.Err() != nil {
+			<-slots
+			break
 		}
-		made = append(made, vm)
+		say(progress.Event{Phase: "fork", Message: fmt.Sprintf("%s (%d of %d)", name, i+1, count)})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			vm, err := m.forkNamed(ctx, sn, name, func(e progress.Event) {
+				e.Message = name + ": " + e.Message
+				say(e)
+			})
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				if firstErr == nil {
+					firstErr = err
+				}
+				return
+			}
+			forks[i] = &vm
+		}()
+	}
+	wg.Wait()
+	made := []model.VM{}
+	for _, vm := range forks {
+		if vm != nil {
+			made = append(made, *vm)
+		}
+	}
+	if firstErr == nil && len(made) < count {
+		firstErr = ctx.Err()
+	}
+	if firstErr != nil {
+		return made, firstErr
 	}
 	return made, nil
+}
+
+// forkParallel bounds the forks of one request made at once.
+const forkParallel = 4
+
+// forkNamed makes one fork of sn called name with the snapshot's network
+// policy.
+func (m *Manager) forkNamed(ctx context.Context, sn model.Snapshot, name string, report progress.Func) (model.VM, error) {
+	return m.forkOne(ctx, sn, vmIntent{ID: model.NewID(), Name: name, Net: snapshotNet(sn)}, report)
 }
 
 // forkOne makes and restores one VM from a snapshot, with what its

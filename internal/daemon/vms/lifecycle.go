@@ -31,6 +31,16 @@ const (
 	sshTimeout   = 180 * time.Second
 )
 
+// resumeClockWait bounds setting a resumed guest's clock over the control
+// channel; its banger-init answers within a fraction of that even on a
+// TCG guest whose translations are all gone.
+const resumeClockWait = 3 * time.Second
+
+// unparkWait bounds taking back a resumed guest's parked SSH connection:
+// one keepalive round trip, which a guest that kept it answers well
+// within it under TCG; past it the guest is dialled as after a boot.
+const unparkWait = 2 * time.Second
+
 // vmPaths are the deterministic paths of a VM under its directory.
 func vmPaths(vm *model.VM, dir string, strategy string) {
 	vm.Dir = dir
@@ -413,8 +423,10 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 	if err != nil {
 		return vm, err
 	}
-	// Whatever a previous run left (a crash mid-start) goes first.
-	m.teardown(ctx, vm)
+	// Whatever a previous run left (a crash mid-start) goes first; a
+	// resume keeps the SSH connection its pause parked.
+	resuming := restoring && fork == nil
+	m.release(ctx, vm, resuming)
 
 	vm.State = model.VMStarting
 	if restoring {
@@ -502,16 +514,33 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 		}
 	}
 	report(progress.Event{Phase: "ssh", Message: "waiting for the guest's SSH", Elapsed: time.Since(start).Seconds()})
-	if err := m.waitGuest(ctx, vm, func() bool { return drv.Alive(vh) }); err != nil {
-		return fail(err)
+	// A resumed guest answers on the SSH connection its pause parked (its
+	// TCP state was saved with it): no new handshake. Else, or when that
+	// connection is gone (a daemon restarted meanwhile), it is dialled.
+	kept := false
+	if resuming {
+		uctx, cancel := context.WithTimeout(ctx, unparkWait)
+		err := m.unparkGuest(uctx, vm)
+		cancel()
+		if err != nil {
+			m.log.Debug("parked SSH connection not taken back; dialling", "vm", vm.Name, "err", err)
+		}
+		kept = err == nil
+	}
+	if !kept {
+		if err := m.waitGuest(ctx, vm, func() bool { return drv.Alive(vh) }); err != nil {
+			return fail(err)
+		}
 	}
 	if !restoring {
 		m.tellMachineID(ctx, vm, drv, im)
 	}
-	if restoring && fork == nil {
-		// The guest's wall clock stood still while it was paused.
+	if resuming {
+		// The guest's wall clock stood still while it was paused. Set
+		// last, as the guest is declared ready: its clock (jiffies under
+		// TCG) loses time while it is busy after a restore.
 		report(progress.Event{Phase: "clock", Message: "setting the guest's clock", Elapsed: time.Since(start).Seconds()})
-		if err := m.setGuestClock(ctx, vm); err != nil {
+		if err := m.resumeClock(ctx, vm, drv, im); err != nil {
 			m.log.Warn("resumed guest's clock not set", "vm", vm.Name, "err", err)
 		}
 		// The guest runs on: its saved state is history now.
@@ -531,6 +560,20 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 	report(progress.Event{Phase: "ready", Message: fmt.Sprintf("%s is running at %s", vm.Name, vm.GuestIP), Elapsed: time.Since(start).Seconds()})
 	m.log.Info("vm "+verb+"d", "vm", vm.Name, "pid", vh.PID, "seconds", time.Since(start).Seconds())
 	return vm, nil
+}
+
+// resumeClock sets a resumed guest's wall clock: over the control channel
+// when its VMM has one and its image runs banger-init (no process
+// started in the guest), else over SSH.
+func (m *Manager) resumeClock(ctx context.Context, vm model.VM, drv vmm.Driver, im model.Image) error {
+	if _, ok := drv.(vmm.Controller); ok && im.Init == "fast" {
+		err := m.clockOverControl(ctx, vm, drv, resumeClockWait)
+		if err == nil {
+			return nil
+		}
+		m.log.Debug("clock over the control channel failed; using SSH", "vm", vm.Name, "err", err)
+	}
+	return m.setGuestClock(ctx, vm)
 }
 
 // spec is the VMM's description of a VM: the same for a boot and for a
@@ -688,7 +731,11 @@ func (m *Manager) remove(ctx context.Context, vm model.VM, force bool) error {
 // teardown releases every transient host resource of a VM: VMM process,
 // tap, loops, dm targets, sockets, pooled connections. Each step tolerates
 // things already gone, so it is safe after a crash and safe to repeat.
-func (m *Manager) teardown(ctx context.Context, vm model.VM) {
+func (m *Manager) teardown(ctx context.Context, vm model.VM) { m.release(ctx, vm, false) }
+
+// release is teardown; with keepConn the VM's pooled SSH connection is
+// left open (a pause parks it for the resume).
+func (m *Manager) release(ctx context.Context, vm model.VM, keepConn bool) {
 	h, ok := m.handles.get(vm.ID)
 	if !ok {
 		var err error
@@ -702,7 +749,7 @@ func (m *Manager) teardown(ctx context.Context, vm model.VM) {
 	if h.Tap == "" {
 		h.Tap = hostnet.TapName(vm.ID)
 	}
-	m.dropGuest(vm.ID)
+	m.dropGuest(vm.ID, keepConn)
 	drv, drvErr := m.driver(vm.VMM)
 	if drvErr == nil {
 		if vh, err := drv.Find(h.APISocket); err == nil {

@@ -87,7 +87,14 @@ func (m *Manager) pause(ctx context.Context, vm model.VM) (model.VM, error) {
 	}
 	// back puts the VM as it was when the save did not happen: the
 	// driver resumed the guest.
+	parked := false
 	back := func(err error) (model.VM, error) {
+		if parked {
+			// The guest runs on: its connection's keepalives too.
+			uctx, cancel := context.WithTimeout(context.Background(), unparkWait)
+			_ = m.unparkGuest(uctx, vm)
+			cancel()
+		}
 		_ = os.RemoveAll(filepath.Join(vm.Dir, stateTmpName))
 		vm.State = model.VMRunning
 		_ = m.save(context.Background(), &vm)
@@ -101,6 +108,10 @@ func (m *Manager) pause(ctx context.Context, vm model.VM) (model.VM, error) {
 	if err := os.Mkdir(tmp, 0o700); err != nil {
 		return back(err)
 	}
+	// The pooled SSH connection outlives the pause: the guest's end is
+	// saved with its memory, the daemon's stays open, and a resume takes
+	// it back instead of a new handshake.
+	parked = m.parkGuest(vm.ID)
 	if err := snap.Save(ctx, vh, tmp); err != nil {
 		return back(err)
 	}
@@ -122,7 +133,7 @@ func (m *Manager) pause(ctx context.Context, vm model.VM) (model.VM, error) {
 	// The guest lives in its state now: the VMM and what it held go, even
 	// when the client has gone away meanwhile.
 	ctx = context.WithoutCancel(ctx)
-	m.teardown(ctx, vm)
+	m.release(ctx, vm, true)
 	vm.State, vm.DesiredState = model.VMPaused, model.VMPaused
 	if err := m.save(ctx, &vm); err != nil {
 		return vm, err

@@ -303,3 +303,92 @@ func TestReconcilePausing(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestPauseKeepsConnection: a pause parks the VM's pooled SSH connection
+// instead of closing it, a resume takes it back without waiting for the
+// guest's SSH, falls back to that wait when it cannot, and a failed save,
+// a stop and a delete settle it.
+func TestPauseKeepsConnection(t *testing.T) {
+	f, snap, _ := snapFixture(t)
+	ctx := context.Background()
+	var (
+		conn     = map[string]string{} // vm id → live, parked, closed
+		waits    int
+		unparkOK = true
+	)
+	f.m.waitGuest = func(_ context.Context, vm model.VM, _ func() bool) error {
+		waits++
+		conn[vm.ID] = "live"
+		return nil
+	}
+	f.m.dropGuest = func(id string, keep bool) {
+		if !keep {
+			conn[id] = "closed"
+		}
+	}
+	f.m.parkGuest = func(id string) bool {
+		if conn[id] != "live" {
+			return false
+		}
+		conn[id] = "parked"
+		return true
+	}
+	f.m.unparkGuest = func(_ context.Context, vm model.VM) error {
+		if conn[vm.ID] != "parked" || !unparkOK {
+			conn[vm.ID] = "closed"
+			return errors.New("none kept")
+		}
+		conn[vm.ID] = "live"
+		return nil
+	}
+	vm := startVM(t, f, "one")
+	if waits != 1 || conn[vm.ID] != "live" {
+		t.Fatalf("after boot: %d waits, connection %s", waits, conn[vm.ID])
+	}
+	if _, err := f.m.Pause(ctx, "one"); err != nil {
+		t.Fatal(err)
+	}
+	if conn[vm.ID] != "parked" {
+		t.Fatalf("after pause: connection %s, want parked", conn[vm.ID])
+	}
+	if _, err := f.m.Resume(ctx, "one", nil); err != nil {
+		t.Fatal(err)
+	}
+	if waits != 1 || conn[vm.ID] != "live" {
+		t.Fatalf("after resume: %d waits, connection %s; want the parked one back, no wait", waits, conn[vm.ID])
+	}
+
+	// A parked connection that does not answer: the guest is waited for.
+	if _, err := f.m.Pause(ctx, "one"); err != nil {
+		t.Fatal(err)
+	}
+	unparkOK = false
+	if _, err := f.m.Resume(ctx, "one", nil); err != nil {
+		t.Fatal(err)
+	}
+	if waits != 2 || conn[vm.ID] != "live" {
+		t.Fatalf("after a resume without the parked connection: %d waits, connection %s", waits, conn[vm.ID])
+	}
+	unparkOK = true
+
+	// A save that fails: the guest runs on with its connection in use.
+	snap.SaveErr = errors.New("disk full")
+	if _, err := f.m.Pause(ctx, "one"); err == nil {
+		t.Fatal("pause with a failing save succeeded")
+	}
+	snap.SaveErr = nil
+	if conn[vm.ID] != "live" {
+		t.Fatalf("after a failed pause: connection %s, want live", conn[vm.ID])
+	}
+
+	// A stop of a paused VM closes it.
+	if _, err := f.m.Pause(ctx, "one"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.m.Stop(ctx, "one", api.StopVMRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if conn[vm.ID] != "closed" {
+		t.Fatalf("after a stop of a paused vm: connection %s, want closed", conn[vm.ID])
+	}
+}

@@ -186,21 +186,58 @@ func (m *Manager) createSnapshot(ctx context.Context, ref, name string, tmpl *te
 // control channel when the driver has one (no process started in the
 // guest), else as after a resume (over SSH).
 func (m *Manager) stepClock(ctx context.Context, vm model.VM, drv vmm.Driver) error {
-	if c, ok := drv.(vmm.Controller); ok {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		conn, err := c.DialControl(cctx, vm.Dir)
+	if _, ok := drv.(vmm.Controller); ok {
+		err := m.clockOverControl(ctx, vm, drv, 5*time.Second)
 		if err == nil {
-			cl := guestctl.NewClient(conn)
-			defer cl.Close()
-			if _, err = cl.Call(cctx, guestctl.Request{Op: guestctl.OpClock, UnixNano: time.Now().UnixNano()}); err == nil {
-				return nil
-			}
+			return nil
 		}
 		m.log.Debug("clock over the control channel failed; using SSH", "vm", vm.Name, "err", err)
 	}
 	return m.setGuestClock(ctx, vm)
 }
+
+// clockOverControl sets a running guest's wall clock over the control
+// channel within timeout. The time a request carries is the host's when
+// sent, so the guest ends up behind by the time the request took to
+// cross; the answer, stamped with the guest's clock, bounds that (its
+// round trip), and a set that lagged more than clockSlack is sent again,
+// at most clockTries times: a guest just restored has nothing of its
+// side translated yet (TCG), so its first requests are the slow ones. A
+// hello goes first for the same reason.
+func (m *Manager) clockOverControl(ctx context.Context, vm model.VM, drv vmm.Driver, timeout time.Duration) error {
+	c, ok := drv.(vmm.Controller)
+	if !ok {
+		return fmt.Errorf("vmm %s has no control channel", drv.Name())
+	}
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	conn, err := c.DialControl(cctx, vm.Dir)
+	if err != nil {
+		return err
+	}
+	cl := guestctl.NewClient(conn)
+	defer cl.Close()
+	if _, err := cl.Call(cctx, guestctl.Request{Op: guestctl.OpHello}); err != nil {
+		return err
+	}
+	for try := 1; ; try++ {
+		rep, err := cl.Call(cctx, guestctl.Request{Op: guestctl.OpClock, UnixNano: time.Now().UnixNano()})
+		if err != nil {
+			return err
+		}
+		lag := time.Since(time.Unix(0, rep.UnixNano))
+		if lag <= clockSlack || try == clockTries {
+			m.log.Debug("guest clock set over the control channel", "vm", vm.Name, "tries", try, "lag_s", lag.Seconds())
+			return nil
+		}
+	}
+}
+
+// clockSlack and clockTries bound clockOverControl's repeats.
+const (
+	clockSlack = 20 * time.Millisecond
+	clockTries = 3
+)
 
 // ListSnapshots returns every snapshot with the VMs made from it.
 func (m *Manager) ListSnapshots(ctx context.Context) ([]model.Snapshot, error) {

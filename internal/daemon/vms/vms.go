@@ -13,6 +13,7 @@ package vms
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -90,10 +91,21 @@ type Deps struct {
 	AuthorizedKey string
 	Artifacts     Artifacts
 	// WaitGuest waits until a booting VM's guest is ready for commands;
-	// vmmAlive says whether its VMM still runs, so it can fail early.
+	// vmmAlive says whether its VMM still runs, so it can fail early. vm's
+	// State is resuming for a guest restored from a saved state (which
+	// may be proved ready with less work than a boot).
 	WaitGuest func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
-	// DropGuest forgets pooled connections to a VM (it stopped or is gone).
-	DropGuest func(vmID string)
+	// DropGuest ends what reaches a VM's guest through the network: its
+	// published ports' listeners and, unless keepConn (a pause, a resume),
+	// its pooled SSH connection (it stopped or is gone).
+	DropGuest func(vmID string, keepConn bool)
+	// ParkGuest keeps a VM's pooled SSH connection open across a pause of
+	// its guest (keepalives stop); false when it has none. Nil: none kept.
+	ParkGuest func(vmID string) bool
+	// UnparkGuest takes a resumed guest's parked connection back into use
+	// once it answers on it within ctx; an error when there is none or it
+	// does not answer (it is dropped: the guest is dialled anew).
+	UnparkGuest func(ctx context.Context, vm model.VM) error
 	// Started is told of a VM that just booted (its guest answers), with
 	// the VM's lock held; it must not take that lock.
 	Started func(ctx context.Context, vm model.VM)
@@ -120,7 +132,9 @@ type Manager struct {
 	authorizedKey string
 	artifacts     Artifacts
 	waitGuest     func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
-	dropGuest     func(vmID string)
+	dropGuest     func(vmID string, keepConn bool)
+	parkGuest     func(vmID string) bool
+	unparkGuest   func(ctx context.Context, vm model.VM) error
 	started       func(ctx context.Context, vm model.VM)
 	setClock      func(ctx context.Context, vm model.VM) error
 	guestInit     func() string
@@ -144,6 +158,7 @@ func New(deps Deps) *Manager {
 		taps: deps.Taps, netErr: deps.NetErr, subnet: deps.Subnet,
 		authorizedKey: deps.AuthorizedKey, artifacts: deps.Artifacts,
 		waitGuest: deps.WaitGuest, dropGuest: deps.DropGuest, started: deps.Started,
+		parkGuest: deps.ParkGuest, unparkGuest: deps.UnparkGuest,
 		setClock:      deps.SetGuestClock,
 		guestInit:     deps.GuestInit,
 		usage:         usage{uses: map[string]Use{}},
@@ -151,7 +166,13 @@ func New(deps Deps) *Manager {
 		expiryChanged: make(chan struct{}, 1),
 	}
 	if m.dropGuest == nil {
-		m.dropGuest = func(string) {}
+		m.dropGuest = func(string, bool) {}
+	}
+	if m.parkGuest == nil {
+		m.parkGuest = func(string) bool { return false }
+	}
+	if m.unparkGuest == nil {
+		m.unparkGuest = func(context.Context, model.VM) error { return errors.New("no connection kept") }
 	}
 	if m.started == nil {
 		m.started = func(context.Context, model.VM) {}

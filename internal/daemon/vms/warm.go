@@ -166,7 +166,7 @@ func (m *Manager) WarmImage(ctx context.Context, req api.WarmRequest, report pro
 	}
 	// Its pooled SSH connection ends first, so restored guests do not
 	// carry its session.
-	m.dropGuest(vm.ID)
+	m.dropGuest(vm.ID, false)
 	report(progress.Event{Phase: "snapshot", Message: "taking the template " + name})
 	sn, err := m.createSnapshot(ctx, vm.ID, name, &in)
 	if err != nil {
