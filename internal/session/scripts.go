@@ -349,7 +349,9 @@ func LogsScript(root, id string, stderr bool, tail int, follow bool) string {
 	b.WriteString(`if [ ! -f "$__bg_f" ]; then echo "no log $__bg_f in the guest" >&2; exit 5; fi
 `)
 	if follow {
-		b.WriteString(`__bg_mon=$(head -c 32 -- "$__bg_dir/monitor_pid" 2>/dev/null || true)
+		b.WriteString(`__bg_mon=
+{ IFS= read -r -N 32 __bg_mon <"$__bg_dir/monitor_pid"; } 2>/dev/null || true
+__bg_mon=${__bg_mon%$'\n'}
 case $__bg_mon in '' | *[!0-9]*) __bg_mon= ;; esac
 if [ -n "$__bg_mon" ] && [ ! -f "$__bg_dir/exit_code" ] && kill -0 "$__bg_mon" 2>/dev/null; then
 	exec tail -n ` + n + ` -s 0.2 --pid="$__bg_mon" -f -- "$__bg_f"

@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/kube/podvm"
 	"github.com/banger/banger/internal/model"
 )
 
@@ -23,7 +24,7 @@ import (
 // ended), and every sweepEvery for every pod as a safety net (a VM
 // stopped behind banger-vk's back, a watch that could not start). A
 // sweep reads the VM from bangerd but its sessions from the guest only
-// when a running one is not watched or the last read is old (status).
+// when an unfinished one is not watched or the last read is old (status).
 //
 // A session's end is seen by following its log through bangerd: the
 // follow ends when the session's monitor does, a round trip to the
@@ -243,9 +244,10 @@ func terminalStatus(pod *corev1.Pod, now time.Time) *corev1.PodStatus {
 	return st
 }
 
-// watch follows each running session of the pod's VM until it ends,
-// then pokes the pod. It is a no-op before NotifyPods and for sessions
-// already followed.
+// watch follows each session of the pod's VM that has not finished
+// (running, or starting: a start may answer while the runner records a
+// quick command's exit) until it ends, then pokes the pod. It is a no-op
+// before NotifyPods and for sessions already followed.
 func (p *Provider) watch(e *entry, sessions []model.Session) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -254,7 +256,7 @@ func (p *Provider) watch(e *entry, sessions []model.Session) {
 	}
 	k := key(e.pod.Namespace, e.pod.Name)
 	for _, s := range sessions {
-		if s.Status != model.SessionRunning || e.watches[s.ID] != nil {
+		if done, _ := podvm.Finished(s); done || e.watches[s.ID] != nil {
 			continue
 		}
 		if e.watches == nil {

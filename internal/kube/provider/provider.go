@@ -425,12 +425,12 @@ func (p *Provider) GetPodStatus(ctx context.Context, namespace, name string) (*c
 }
 
 // sessionsMaxAge is how long a sweep may use the sessions read before
-// instead of asking the guest again, while every running one is watched.
+// instead of asking the guest again, while every unfinished one is watched.
 const sessionsMaxAge = 30 * time.Second
 
 // status is GetPodStatus. Without full, the sessions read last are used
 // when nothing can have changed unseen: the VM is in the same state,
-// every running session is watched (its end pokes a full read), and the
+// every unfinished session is watched (its end pokes a full read), and the
 // read is recent. Reading sessions is a round trip to the guest.
 func (p *Provider) status(ctx context.Context, namespace, name string, full bool) (*corev1.PodStatus, error) {
 	e := p.get(namespace, name)
@@ -507,7 +507,7 @@ func (p *Provider) cachedSessions(e *entry, state model.VMState, full bool) ([]m
 		return nil, false
 	}
 	for _, s := range e.sessions {
-		if s.Status == model.SessionRunning && e.watches[s.ID] == nil {
+		if done, _ := podvm.Finished(s); !done && e.watches[s.ID] == nil {
 			return nil, false
 		}
 	}

@@ -44,7 +44,8 @@ type fakeBanger struct {
 	// startGate, when set, holds StartSession until it is closed.
 	startGate chan struct{}
 	// quickExit makes every started session end (exit 0) right after
-	// its start answered running, as `true` does.
+	// its start answered, as `true` does; the answer says starting (the
+	// start read the state while the runner was recording the exit).
 	quickExit bool
 	// execOut is what ExecVM writes to stdout; guestPort the address
 	// DialVM reaches for port 8000.
@@ -145,6 +146,7 @@ func (f *fakeBanger) StartSession(_ context.Context, vm string, req api.StartSes
 	if f.quickExit {
 		code := 0
 		kept.Status, kept.ExitCode = model.SessionExited, &code
+		s.Status = model.SessionStarting
 	}
 	f.sessions[vm] = append(f.sessions[vm], kept)
 	return s, nil
@@ -189,7 +191,7 @@ func (f *fakeBanger) SessionLogs(ctx context.Context, vm, id string, req api.Ses
 			f.mu.Lock()
 			running := false
 			for _, s := range f.sessions[vm] {
-				if s.ID == id && s.Status == model.SessionRunning {
+				if s.ID == id && (s.Status == model.SessionRunning || s.Status == model.SessionStarting) {
 					running = true
 				}
 			}
