@@ -142,13 +142,16 @@ __bg_mark preflight ok
 }
 
 // RunnerScript is the script that runs a session in the guest. It is the
-// session's monitor: it records its own pid (monitor_pid), makes the stdin
-// fifo and its keep-alive writer in pipe mode, starts the command in its own
-// process group in the cwd with the environment exported in sorted order,
-// records pid and status "running", waits for the command (forwarding
-// TERM/INT/HUP to its process group), then kills the keep-alive and records
-// exit_code and the final status: "exited" for 0, "failed" otherwise. If the
-// runner itself dies early it records status "failed" and an error.
+// session's monitor: it makes the stdin fifo and its keep-alive writer in
+// pipe mode, starts the command in its own process group in the cwd with
+// the environment exported in sorted order, records its own pid
+// (monitor_pid), the command's pid and status "running" (written under
+// .put/, then renamed in that order by one mv: a reader never sees pid
+// without monitor_pid, nor running without pid), waits for the command
+// (forwarding TERM/INT/HUP to its process group), then kills the
+// keep-alive and records exit_code and the final status: "exited" for 0,
+// "failed" otherwise. If the runner itself dies early it records status
+// "failed" and an error.
 func RunnerScript(root string, s Spec) string {
 	dir := StateDir(root, s.ID)
 	var b strings.Builder
@@ -172,7 +175,6 @@ trap __bg_exit EXIT
 for __bg_f in exit_code error pid keepalive_pid stdin.pipe; do
 	if [ -e "$__bg_f" ] || [ -L "$__bg_f" ]; then rm -f -- "$__bg_f"; fi
 done
-__bg_put monitor_pid "$$"
 : >>stdout.log
 : >>stderr.log
 `)
@@ -197,8 +199,11 @@ __bg_put keepalive_pid "$__bg_ka"
 	}
 	fmt.Fprintf(&b, "( cd -- \"$__bg_cwd\" && exec setsid -- %s ) <%s >>\"$__bg_dir/stdout.log\" 2>>\"$__bg_dir/stderr.log\" &\n", command, stdin)
 	b.WriteString(`__bg_pid=$!
-__bg_put pid "$__bg_pid"
-__bg_put status running
+if [ ! -d .put ]; then mkdir -m 0700 -- .put; fi
+printf '%s\n' "$$" >.put/monitor_pid
+printf '%s\n' "$__bg_pid" >.put/pid
+printf 'running\n' >.put/status
+mv -f -- .put/monitor_pid .put/pid .put/status .
 __bg_fwd() { kill -"$1" -- "-$__bg_pid" 2>/dev/null || kill -"$1" "$__bg_pid" 2>/dev/null || true; }
 trap '__bg_fwd TERM' TERM
 trap '__bg_fwd INT' INT
@@ -259,8 +264,9 @@ func StartScript(root string, s Spec) string {
 	fmt.Fprintf(&b, "__bg_dir=%s\n", shell.Quote(dir))
 	fmt.Fprintf(&b, "__bg_id=%s\n", shell.Quote(s.ID))
 	// The runner is written in place: the directory is new and nothing
-	// runs the runner before the launch below.
-	b.WriteString(`if ! __bg_out=$({ mkdir -p -m 0700 -- "$__bg_dir" && cat >"$__bg_dir/runner.sh"; } 2>&1); then
+	// runs the runner before the launch below. .put is where the runner
+	// stages the files it renames together.
+	b.WriteString(`if ! __bg_out=$({ mkdir -p -m 0700 -- "$__bg_dir" "$__bg_dir/.put" && cat >"$__bg_dir/runner.sh"; } 2>&1); then
 	__bg_mark ` + StageUpload + ` fail "cannot write the runner to $__bg_dir: $__bg_out"
 	exit 0
 fi
@@ -279,7 +285,8 @@ __bg_s=
 __bg_i=0
 while [ "$__bg_i" -lt ` + strconv.Itoa(ReadyWaitSeconds*20) + ` ]; do
 	__bg_s=
-	{ IFS= read -r __bg_s <"$__bg_dir/status"; } 2>/dev/null || true
+	{ IFS= read -r -N 16 __bg_s <"$__bg_dir/status"; } 2>/dev/null || true
+	__bg_s=${__bg_s%%$'\n'*}
 	case $__bg_s in running | exited | failed) break ;; esac
 	sleep 0.05
 	__bg_i=$((__bg_i + 1))
