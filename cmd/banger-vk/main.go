@@ -56,6 +56,7 @@ type flags struct {
 	cpus, pods                           int
 	memory                               string
 	workers                              int
+	verbose                              bool
 }
 
 func parseFlags() (flags, error) {
@@ -72,12 +73,19 @@ func parseFlags() (flags, error) {
 	flag.IntVar(&f.cpus, "cpus", runtime.NumCPU(), "CPUs the node offers the scheduler")
 	flag.StringVar(&f.memory, "memory", "", "memory the node offers, e.g. 16G (default: the host's)")
 	flag.IntVar(&f.pods, "max-pods", 20, "pods the node accepts")
-	flag.IntVar(&f.workers, "workers", 4, "pods created or deleted at once")
+	flag.IntVar(&f.workers, "workers", 0, "pods created or deleted at once (default: --max-pods, so a pod's boot never waits behind another's)")
+	flag.BoolVar(&f.verbose, "verbose", false, "log debug lines too: the timings of each pod's start and status pushes")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
 	if *showVersion {
 		fmt.Println("banger-vk", version.Current().Version)
 		os.Exit(0)
+	}
+	if f.workers == 0 {
+		f.workers = max(f.pods, 1) // a bad --max-pods is refused with the capacity
+	}
+	if f.workers < 1 {
+		return f, fmt.Errorf("--workers %d: give 1 or more", f.workers)
 	}
 	if f.clientCA == "" {
 		return f, errors.New("--client-ca is required: without it anyone who reaches the kubelet port could exec in pods")
@@ -108,7 +116,11 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	level := slog.LevelInfo
+	if f.verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	capa, err := nodeCapacity(f.cpus, f.memory, f.pods, hostMemoryMiB)
 	if err != nil {
 		return err

@@ -14,7 +14,13 @@ import (
 // says; everything that is not a marker line is raw log for the user.
 //
 //	@@banger-stage <stage> <ok|fail> <base64 message>
-//	@@banger-state <id> <field> <base64 value | ->
+//	@@banger-state <id> <field> <base64 value | =word | ->
+//
+// A state value of 1 to 63 lowercase letters and digits (a status, a pid,
+// an exit code: what the runner writes) is sent as =word, read by the
+// shell itself; anything else goes through base64. Under software
+// emulation every process a script starts costs tens of milliseconds, so
+// the scripts on a session's start path start as few as they can.
 const (
 	stageMarker = "@@banger-stage"
 	stateMarker = "@@banger-state"
@@ -40,19 +46,33 @@ const ReadyWaitSeconds = 20
 // __bg_opath keeps the guest's PATH: a session's env may replace PATH, and
 // the markers still need base64.
 const prelude = `__bg_opath=$PATH
-__bg_mark() { printf '%s %s %s %s\n' '` + stageMarker + `' "$1" "$2" "$(printf '%s' "${3:-}" | PATH=$__bg_opath base64 -w0)"; }
+__bg_mark() {
+	if [ -z "${3:-}" ]; then printf '%s %s %s \n' '` + stageMarker + `' "$1" "$2"; return 0; fi
+	printf '%s %s %s %s\n' '` + stageMarker + `' "$1" "$2" "$(printf '%s' "$3" | PATH=$__bg_opath base64 -w0)"
+}
 __bg_state() {
-	local id=$1 d=$2 k p v
+	local id=$1 d=$2 k p v n
 	if [ ! -d "$d" ]; then printf '%s %s missing -\n' '` + stateMarker + `' "$id"; return 0; fi
 	printf '%s %s found -\n' '` + stateMarker + `' "$id"
 	for k in status pid monitor_pid keepalive_pid exit_code error; do
 		if [ -f "$d/$k" ]; then
-			v=$(head -c 4096 -- "$d/$k" | base64 -w0)
-			printf '%s %s %s %s\n' '` + stateMarker + `' "$id" "$k" "${v:--}"
+			v=
+			{ IFS= read -r -N 64 v <"$d/$k"; } 2>/dev/null || true
+			n=${#v}
+			v=${v%$'\n'}
+			case $n:$v in
+			64:* | *: | *:*[!a-z0-9]*)
+				v=$(head -c 4096 -- "$d/$k" | base64 -w0)
+				printf '%s %s %s %s\n' '` + stateMarker + `' "$id" "$k" "${v:--}"
+				;;
+			*) printf '%s %s %s =%s\n' '` + stateMarker + `' "$id" "$k" "$v" ;;
+			esac
 		fi
 	done
 	for k in pid monitor_pid; do
-		p=$(head -c 32 -- "$d/$k" 2>/dev/null || true)
+		p=
+		{ IFS= read -r -N 32 p <"$d/$k"; } 2>/dev/null || true
+		p=${p%$'\n'}
 		case $p in
 		'' | *[!0-9]*) ;;
 		*) if kill -0 "$p" 2>/dev/null; then printf '%s %s %s_alive -\n' '` + stateMarker + `' "$id" "$k"; fi ;;
@@ -122,13 +142,16 @@ __bg_mark preflight ok
 }
 
 // RunnerScript is the script that runs a session in the guest. It is the
-// session's monitor: it records its own pid (monitor_pid), makes the stdin
-// fifo and its keep-alive writer in pipe mode, starts the command in its own
-// process group in the cwd with the environment exported in sorted order,
-// records pid and status "running", waits for the command (forwarding
-// TERM/INT/HUP to its process group), then kills the keep-alive and records
-// exit_code and the final status: "exited" for 0, "failed" otherwise. If the
-// runner itself dies early it records status "failed" and an error.
+// session's monitor: it makes the stdin fifo and its keep-alive writer in
+// pipe mode, starts the command in its own process group in the cwd with
+// the environment exported in sorted order, records its own pid
+// (monitor_pid), the command's pid and status "running" (written under
+// .put/, then renamed in that order by one mv: a reader never sees pid
+// without monitor_pid, nor running without pid), waits for the command
+// (forwarding TERM/INT/HUP to its process group), then kills the
+// keep-alive and records exit_code and the final status: "exited" for 0,
+// "failed" otherwise. If the runner itself dies early it records status
+// "failed" and an error.
 func RunnerScript(root string, s Spec) string {
 	dir := StateDir(root, s.ID)
 	var b strings.Builder
@@ -149,8 +172,9 @@ __bg_exit() {
 	fi
 }
 trap __bg_exit EXIT
-rm -f -- exit_code error pid keepalive_pid stdin.pipe
-__bg_put monitor_pid "$$"
+for __bg_f in exit_code error pid keepalive_pid stdin.pipe; do
+	if [ -e "$__bg_f" ] || [ -L "$__bg_f" ]; then rm -f -- "$__bg_f"; fi
+done
 : >>stdout.log
 : >>stderr.log
 `)
@@ -175,8 +199,11 @@ __bg_put keepalive_pid "$__bg_ka"
 	}
 	fmt.Fprintf(&b, "( cd -- \"$__bg_cwd\" && exec setsid -- %s ) <%s >>\"$__bg_dir/stdout.log\" 2>>\"$__bg_dir/stderr.log\" &\n", command, stdin)
 	b.WriteString(`__bg_pid=$!
-__bg_put pid "$__bg_pid"
-__bg_put status running
+if [ ! -d .put ]; then mkdir -m 0700 -- .put; fi
+printf '%s\n' "$$" >.put/monitor_pid
+printf '%s\n' "$__bg_pid" >.put/pid
+printf 'running\n' >.put/status
+mv -f -- .put/monitor_pid .put/pid .put/status .
 __bg_fwd() { kill -"$1" -- "-$__bg_pid" 2>/dev/null || kill -"$1" "$__bg_pid" 2>/dev/null || true; }
 trap '__bg_fwd TERM' TERM
 trap '__bg_fwd INT' INT
@@ -236,12 +263,16 @@ func StartScript(root string, s Spec) string {
 	b.WriteString(preflightBody(s))
 	fmt.Fprintf(&b, "__bg_dir=%s\n", shell.Quote(dir))
 	fmt.Fprintf(&b, "__bg_id=%s\n", shell.Quote(s.ID))
-	b.WriteString(`if ! __bg_out=$({ mkdir -p -- "$__bg_dir" && chmod 0700 -- "$__bg_dir" && cat >"$__bg_dir/runner.sh.tmp" && mv -f -- "$__bg_dir/runner.sh.tmp" "$__bg_dir/runner.sh"; } 2>&1); then
+	// The runner is written in place: the directory is new and nothing
+	// runs the runner before the launch below. .put is where the runner
+	// stages the files it renames together.
+	b.WriteString(`if ! __bg_out=$({ mkdir -p -m 0700 -- "$__bg_dir" "$__bg_dir/.put" && cat >"$__bg_dir/runner.sh"; } 2>&1); then
 	__bg_mark ` + StageUpload + ` fail "cannot write the runner to $__bg_dir: $__bg_out"
 	exit 0
 fi
 __bg_mark ` + StageUpload + ` ok
-if ! __bg_out=$(command -v setsid && command -v nohup && command -v base64); then
+if ! command -v setsid >/dev/null || ! command -v nohup >/dev/null || ! command -v base64 >/dev/null; then
+	__bg_out=$(command -v setsid nohup base64)
 	__bg_mark ` + StageLaunch + ` fail "the guest lacks setsid, nohup or base64 (util-linux, coreutils): found only: $__bg_out"
 	exit 0
 fi
@@ -253,7 +284,9 @@ __bg_mark ` + StageLaunch + ` ok
 __bg_s=
 __bg_i=0
 while [ "$__bg_i" -lt ` + strconv.Itoa(ReadyWaitSeconds*20) + ` ]; do
-	__bg_s=$(cat -- "$__bg_dir/status" 2>/dev/null || true)
+	__bg_s=
+	{ IFS= read -r -N 16 __bg_s <"$__bg_dir/status"; } 2>/dev/null || true
+	__bg_s=${__bg_s%%$'\n'*}
 	case $__bg_s in running | exited | failed) break ;; esac
 	sleep 0.05
 	__bg_i=$((__bg_i + 1))
@@ -274,7 +307,8 @@ func StatesScript(root string) string {
 	return "#!/bin/bash\n" + prelude + fmt.Sprintf(`__bg_root=%s
 for __bg_d in "$__bg_root"/*/; do
 	[ -d "$__bg_d" ] || continue
-	__bg_id=$(basename -- "$__bg_d")
+	__bg_id=${__bg_d%%/}
+	__bg_id=${__bg_id##*/}
 	case $__bg_id in '' | *[!0-9a-f]*) continue ;; esac
 	__bg_state "$__bg_id" "${__bg_d%%/}"
 done
@@ -322,7 +356,9 @@ func LogsScript(root, id string, stderr bool, tail int, follow bool) string {
 	b.WriteString(`if [ ! -f "$__bg_f" ]; then echo "no log $__bg_f in the guest" >&2; exit 5; fi
 `)
 	if follow {
-		b.WriteString(`__bg_mon=$(head -c 32 -- "$__bg_dir/monitor_pid" 2>/dev/null || true)
+		b.WriteString(`__bg_mon=
+{ IFS= read -r -N 32 __bg_mon <"$__bg_dir/monitor_pid"; } 2>/dev/null || true
+__bg_mon=${__bg_mon%$'\n'}
 case $__bg_mon in '' | *[!0-9]*) __bg_mon= ;; esac
 if [ -n "$__bg_mon" ] && [ ! -f "$__bg_dir/exit_code" ] && kill -0 "$__bg_mon" 2>/dev/null; then
 	exec tail -n ` + n + ` -s 0.2 --pid="$__bg_mon" -f -- "$__bg_f"

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -563,5 +564,50 @@ func TestTTYSession(t *testing.T) {
 	c.StdinMode = model.StdinPipe
 	if err := c.SetTTY(0, 24); err == nil {
 		t.Error("a terminal 0 columns wide was accepted")
+	}
+}
+
+// TestStateScriptReadsWhatFilesSay: whatever the state files hold (plain
+// words the script sends as they are, anything else in base64), the
+// guest's record parses to what the same files read from a work disk
+// give (StateFromFiles), alive flags aside.
+func TestStateScriptReadsWhatFilesSay(t *testing.T) {
+	needTools(t)
+	long := strings.Repeat("7", 64)
+	cases := []map[string]string{
+		{FileStatus: "running\n", FilePID: "123\n", FileMonitorPID: "45"},
+		{FileStatus: "exited\n", FileExitCode: "0\n", FilePID: "9\n"},
+		{FileStatus: "failed\n", FileExitCode: "3\n", FileError: "the runner stopped: boom\nmore\n"},
+		{FileStatus: "Running\n", FilePID: long, FileMonitorPID: "12 ", FileExitCode: ""},
+		{FileStatus: "\n", FilePID: "-5\n", FileKeepalive: "77\n\n", FileError: "é"},
+		{FileStatus: "exited\r\n", FileExitCode: "256\n", FileError: "x$(touch /tmp/pwned)"},
+	}
+	for i, files := range cases {
+		root := t.TempDir()
+		id := newID(t)
+		dir := StateDir(root, id)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		raw := map[string][]byte{}
+		for k, v := range files {
+			raw[k] = []byte(v)
+			if err := os.WriteFile(filepath.Join(dir, k), []byte(v), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out, stderr, code := run(t, StateScript(root, id), nil)
+		if code != 0 || stderr != "" {
+			t.Fatalf("case %d: exit %d, stderr %q", i, code, stderr)
+		}
+		got := ParseStates(out)[id]
+		got.PIDAlive, got.MonitorAlive = false, false
+		if want := StateFromFiles(raw); !reflect.DeepEqual(got, want) {
+			t.Errorf("case %d: script says %+v, files say %+v\n%s", i, got, want, out)
+		}
+	}
+	out, _, _ := run(t, StateScript(t.TempDir(), "x"), nil)
+	if !strings.Contains(out, "x missing -") {
+		t.Fatalf("missing directory: %q", out)
 	}
 }

@@ -147,6 +147,9 @@ func TestParseStates(t *testing.T) {
 		"@@banger-state cccc",
 		"@@banger-state dddd missing -",
 		"@@banger-state eeee error " + b("multi\nline"),
+		"@@banger-state ffff status =exited",
+		"@@banger-state ffff exit_code =7",
+		"@@banger-state ffff pid =banana",
 	}, "\n")
 	st := ParseStates(out)
 	if a := st["aaaa"]; !a.Known || a.Missing || a.Status != "running" || a.PID != 42 || a.MonitorPID != 41 || !a.PIDAlive || a.MonitorAlive || a.ExitCode != nil {
@@ -163,6 +166,9 @@ func TestParseStates(t *testing.T) {
 	}
 	if e := st["eeee"]; e.Error != "multi\nline" {
 		t.Errorf("eeee = %+v", e)
+	}
+	if f := st["ffff"]; f.Status != "exited" || f.ExitCode == nil || *f.ExitCode != 7 || f.PID != 0 {
+		t.Errorf("plain words ffff = %+v", f)
 	}
 	if _, ok := st["zzzz"]; ok {
 		t.Errorf("unknown id present")

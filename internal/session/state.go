@@ -100,7 +100,12 @@ func parseStateLine(line string, states map[string]State) {
 	st := states[id]
 	st.Known = true
 	val := ""
-	if raw != "-" {
+	switch {
+	case raw == "-":
+	case strings.HasPrefix(raw, "="):
+		// A plain word the script read itself (scripts.go).
+		val = raw[1:]
+	default:
 		b, err := base64.StdEncoding.DecodeString(raw)
 		if err != nil {
 			states[id] = st

@@ -129,6 +129,65 @@ func TestStatusIsPushedWhenASessionEnds(t *testing.T) {
 	wait(corev1.PodFailed, sweepEvery/2)
 }
 
+// TestCreatedPodIsPushedWithoutAskingTheGuestAgain: a pod whose VM
+// CreatePod makes is pushed Running from the VM's record and its
+// sessions' start answers: no session list before the starts (a new VM
+// has none) nor after (the answers are the sessions).
+func TestCreatedPodIsPushedWithoutAskingTheGuestAgain(t *testing.T) {
+	f := newFake()
+	pod := testPod("n", "nnnn", "default", corev1.RestartPolicyNever)
+	pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: "side", Image: "default", Command: []string{"sleep", "9"}})
+	p := newProvider(f, pod)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pushed := make(chan *corev1.Pod, 16)
+	p.NotifyPods(ctx, func(pod *corev1.Pod) { pushed <- pod })
+	if err := p.CreatePod(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-pushed:
+		if got.Status.Phase != corev1.PodRunning || len(got.Status.ContainerStatuses) != 2 || !got.Status.ContainerStatuses[1].Ready {
+			t.Fatalf("first push %+v", got.Status)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("nothing pushed")
+	}
+	if n := f.count("ls "); n != 0 || f.count("start ") != 2 {
+		t.Fatalf("calls %v: want two starts and no session list", f.calls)
+	}
+}
+
+// TestSessionEndedBeforeItsWatchIsPushedAtOnce: a container that ended
+// before its watch began (`true`) is pushed finished at once, not a
+// watch retry later.
+func TestSessionEndedBeforeItsWatchIsPushedAtOnce(t *testing.T) {
+	f := newFake()
+	f.quickExit = true
+	pod := testPod("q", "qqqq", "default", corev1.RestartPolicyNever)
+	p := newProvider(f, pod)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pushed := make(chan corev1.PodPhase, 16)
+	p.NotifyPods(ctx, func(pod *corev1.Pod) { pushed <- pod.Status.Phase })
+	start := time.Now()
+	if err := p.CreatePod(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(watchRetry / 2)
+	for {
+		select {
+		case ph := <-pushed:
+			if ph == corev1.PodSucceeded {
+				t.Logf("Succeeded pushed %s after create", time.Since(start))
+				return
+			}
+		case <-deadline:
+			t.Fatalf("Succeeded not pushed within %s", watchRetry/2)
+		}
+	}
+}
+
 // TestStatsSummarySamplesTheGuest: the summary carries each running
 // pod's guest sample, a CPU rate from the second sample on, and leaves
 // out a pod whose guest answers what its VM cannot have.

@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/kube/podvm"
 	"github.com/banger/banger/internal/model"
 )
 
@@ -23,7 +24,7 @@ import (
 // ended), and every sweepEvery for every pod as a safety net (a VM
 // stopped behind banger-vk's back, a watch that could not start). A
 // sweep reads the VM from bangerd but its sessions from the guest only
-// when a running one is not watched or the last read is old (status).
+// when an unfinished one is not watched or the last read is old (status).
 //
 // A session's end is seen by following its log through bangerd: the
 // follow ends when the session's monitor does, a round trip to the
@@ -50,11 +51,28 @@ func (p *Provider) NotifyPods(ctx context.Context, f func(*corev1.Pod)) {
 	go p.statusLoop(ctx)
 }
 
-// poke asks for the pod's status to be read and pushed now (a no-op
-// before NotifyPods; a full queue leaves it to the next sweep).
+// kick asks for a pod's status to be read and pushed now: full, its
+// sessions read from the guest; else as status allows.
+type kick struct {
+	key  string
+	full bool
+}
+
+// poke asks for the pod's status to be read (its sessions from the
+// guest) and pushed now (a no-op before NotifyPods; a full queue leaves
+// it to the next sweep).
 func (p *Provider) poke(k string) {
 	select {
-	case p.kick <- k:
+	case p.kick <- kick{key: k, full: true}:
+	default:
+	}
+}
+
+// pokeCached is poke for a pod whose sessions were just read or started
+// (cacheSessions) and are watched: the read may use them.
+func (p *Provider) pokeCached(k string) {
+	select {
+	case p.kick <- kick{key: k}:
 	default:
 	}
 }
@@ -70,7 +88,7 @@ func (p *Provider) statusLoop(ctx context.Context) {
 			p.stopWatches()
 			return
 		case k := <-p.kick:
-			p.refreshAsync(ctx, k, true)
+			p.refreshAsync(ctx, k.key, k.full)
 		case <-sweep.C:
 			pods, err := p.pods.List(labels.Everything())
 			if err != nil {
@@ -146,7 +164,9 @@ func (p *Provider) refresh(ctx context.Context, k string, full bool) {
 	if err != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		return
 	}
+	t := p.timer(k)
 	st, err := p.status(ctx, ns, name, full)
+	t.mark("read")
 	switch {
 	case err == nil:
 	case !vkerrdefs.IsNotFound(err):
@@ -161,27 +181,30 @@ func (p *Provider) refresh(ctx context.Context, k string, full bool) {
 		}
 		st = notFoundStatus(pod, p.now())
 	}
-	p.push(pod, st)
+	if p.push(pod, st) {
+		t.done("pushed pod status", "phase", st.Phase, "full", full)
+	}
 }
 
 // push hands the pod with status st to the pod controller unless it is
-// what was pushed last.
-func (p *Provider) push(pod *corev1.Pod, st *corev1.PodStatus) {
+// what was pushed last, and reports whether it did.
+func (p *Provider) push(pod *corev1.Pod, st *corev1.PodStatus) bool {
 	k := key(pod.Namespace, pod.Name)
 	p.mu.Lock()
 	if last := p.sent[k]; last != nil && equality.Semantic.DeepEqual(last, st) {
 		p.mu.Unlock()
-		return
+		return false
 	}
 	p.sent[k] = st.DeepCopy()
 	f := p.notify
 	p.mu.Unlock()
 	if f == nil {
-		return
+		return false
 	}
 	out := pod.DeepCopy()
 	st.DeepCopyInto(&out.Status)
 	f(out)
+	return true
 }
 
 // notFoundStatus is the status of a pod this node does not run (its VM
@@ -221,9 +244,10 @@ func terminalStatus(pod *corev1.Pod, now time.Time) *corev1.PodStatus {
 	return st
 }
 
-// watch follows each running session of the pod's VM until it ends,
-// then pokes the pod. It is a no-op before NotifyPods and for sessions
-// already followed.
+// watch follows each session of the pod's VM that has not finished
+// (running, or starting: a start may answer while the runner records a
+// quick command's exit) until it ends, then pokes the pod. It is a no-op
+// before NotifyPods and for sessions already followed.
 func (p *Provider) watch(e *entry, sessions []model.Session) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -232,7 +256,7 @@ func (p *Provider) watch(e *entry, sessions []model.Session) {
 	}
 	k := key(e.pod.Namespace, e.pod.Name)
 	for _, s := range sessions {
-		if s.Status != model.SessionRunning || e.watches[s.ID] != nil {
+		if done, _ := podvm.Finished(s); done || e.watches[s.ID] != nil {
 			continue
 		}
 		if e.watches == nil {
@@ -246,7 +270,10 @@ func (p *Provider) watch(e *entry, sessions []model.Session) {
 
 // follow waits for the session to end by following its log (stdout for
 // a terminal session, which has no stderr log; stderr otherwise, the
-// quieter one), then pokes the pod.
+// quieter one), then pokes the pod. A follow that failed, or that ended
+// at once for the second time for this session (a session that ended
+// before its watch began ends it at once, once), waits watchRetry first,
+// so a follow that cannot stay open does not spin.
 func (p *Provider) follow(ctx context.Context, cancel context.CancelFunc, e *entry, k string, s model.Session) {
 	defer cancel()
 	began := p.now()
@@ -255,7 +282,17 @@ func (p *Provider) follow(ctx context.Context, cancel context.CancelFunc, e *ent
 	if ctx.Err() != nil {
 		return
 	}
-	if err != nil || p.now().Sub(began) < watchRetry {
+	quick := p.now().Sub(began) < watchRetry
+	p.mu.Lock()
+	again := e.quickEnds[s.ID]
+	if quick {
+		if e.quickEnds == nil {
+			e.quickEnds = map[string]bool{}
+		}
+		e.quickEnds[s.ID] = true
+	}
+	p.mu.Unlock()
+	if err != nil || (quick && again) {
 		select {
 		case <-ctx.Done():
 			return

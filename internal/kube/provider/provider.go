@@ -75,7 +75,7 @@ type Provider struct {
 	// Status pushes (notify.go).
 	notify   func(*corev1.Pod)
 	loopCtx  context.Context              // NotifyPods' context: the watches live under it
-	kick     chan string                  // namespace/name of a pod to look at now
+	kick     chan kick                    // pods to look at now
 	sent     map[string]*corev1.PodStatus // the last status pushed, by namespace/name; under mu
 	deleted  map[string]bool              // pods DeletePod removed, until the API forgets them; under mu
 	inflight map[string]bool              // pods whose status is being read; under mu
@@ -90,10 +90,15 @@ type entry struct {
 	restarts map[string]int32
 	stopping bool // the pod finished: its VM is being (or was) stopped
 	creating bool // CreatePod is making its VM
+	// starting: CreatePod is starting the sessions of its VM; a status
+	// read meanwhile says Pending and leaves the guest to the starts.
+	starting bool
 	// lastStats is the VM's previous guest sample, for the CPU rate.
 	lastStats podvm.GuestStats
 	// watches follow the VM's running sessions, by session ID (notify.go).
 	watches map[string]context.CancelFunc
+	// quickEnds are the sessions whose follow ended at once; under mu.
+	quickEnds map[string]bool
 	// sessions were read at sessionsAt with the VM in sessionsState.
 	sessions      []model.Session
 	sessionsAt    time.Time
@@ -105,7 +110,7 @@ type entry struct {
 // node's name and address.
 func New(b Banger, pods corev1listers.PodLister, nodeName, hostIP string, log *slog.Logger) *Provider {
 	return &Provider{b: b, pods: pods, nodeName: nodeName, hostIP: hostIP, log: log, now: time.Now, started: time.Now(),
-		run: map[string]*entry{}, kick: make(chan string, kickQueue), sent: map[string]*corev1.PodStatus{}, deleted: map[string]bool{},
+		run: map[string]*entry{}, kick: make(chan kick, kickQueue), sent: map[string]*corev1.PodStatus{}, deleted: map[string]bool{},
 		inflight: map[string]bool{}, again: map[string]bool{}}
 }
 
@@ -198,9 +203,16 @@ func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 	// for a minute is failed by the pod controller.
 	e := &entry{pod: pod.DeepCopy(), vm: plan.VM.Name, restarts: restartsOf(pod), creating: true}
 	p.put(e)
-	if _, err := p.b.GetVM(ctx, plan.VM.Name); errdefs.IsNotFound(err) {
-		p.log.Info("creating pod vm", "pod", key(pod.Namespace, pod.Name), "vm", plan.VM.Name)
-		_, err := p.b.CreateVM(ctx, plan.VM, nil)
+	k := key(pod.Namespace, pod.Name)
+	t := p.timer(k)
+	defer t.done("create pod timings")
+	vm, err := p.b.GetVM(ctx, plan.VM.Name)
+	t.mark("lookup")
+	made := false
+	if errdefs.IsNotFound(err) {
+		p.log.Info("creating pod vm", "pod", k, "vm", plan.VM.Name)
+		vm, err = p.b.CreateVM(ctx, plan.VM, t.phases)
+		t.mark("create_vm")
 		switch {
 		case errdefs.IsNotFound(err):
 			// The only reference the request carries is the image (the
@@ -212,6 +224,8 @@ func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 			p.forget(pod)
 			return fmt.Errorf("create vm %s: %w", plan.VM.Name, err)
 		}
+		// A conflict is a VM made meanwhile: its record is not in hand.
+		made = err == nil
 	} else if err != nil {
 		p.forget(pod)
 		return fmt.Errorf("look up vm %s: %w", plan.VM.Name, err)
@@ -219,27 +233,82 @@ func (p *Provider) CreatePod(ctx context.Context, pod *corev1.Pod) error {
 	// The VM exists: a failed session start from here on is retried
 	// through GetPodStatus's restart pass, never by a second VM.
 	p.mu.Lock()
-	e.creating = false
+	e.creating, e.starting = false, true
 	p.mu.Unlock()
-	have, err := p.b.ListSessions(ctx, plan.VM.Name)
-	if err != nil {
-		return fmt.Errorf("list sessions of %s: %w", plan.VM.Name, err)
+	started := func() {
+		p.mu.Lock()
+		e.starting = false
+		p.mu.Unlock()
+	}
+	// A VM this call made has no sessions yet: asking the guest would
+	// cost a round trip for nothing.
+	var have []model.Session
+	if !made {
+		if have, err = p.b.ListSessions(ctx, plan.VM.Name); err != nil {
+			started()
+			return fmt.Errorf("list sessions of %s: %w", plan.VM.Name, err)
+		}
+		t.mark("list_sessions")
 	}
 	got := map[string]bool{}
 	for _, s := range have {
 		got[s.Name] = true
 	}
+	var todo []api.StartSessionRequest
 	for _, s := range plan.Sessions {
-		if got[s.Name] {
-			continue
-		}
-		if _, err := p.b.StartSession(ctx, plan.VM.Name, s); err != nil && !isLaunchFailure(err) {
-			return fmt.Errorf("start container %s in vm %s: %w", s.Name, plan.VM.Name, err)
+		if !got[s.Name] {
+			todo = append(todo, s)
 		}
 	}
-	// Running now: say so without waiting for the next sweep.
-	p.poke(key(pod.Namespace, pod.Name))
+	recs, known, err := p.startSessions(ctx, plan.VM.Name, todo)
+	t.mark("start_sessions")
+	started()
+	if err != nil {
+		return err
+	}
+	// Running now: say so at once. When every session's record is in
+	// hand (each start answered with it), the status is made from them
+	// and the VM's record without asking the guest again; their watches
+	// start here, so the read may use them (status).
+	if known && vm.State == model.VMRunning {
+		sessions := append(have, recs...)
+		p.cacheSessions(e, vm.State, sessions)
+		p.watch(e, sessions)
+		p.pokeCached(k)
+		return nil
+	}
+	p.poke(k)
 	return nil
+}
+
+// startSessions starts the sessions at once (each is a round trip to the
+// guest) and returns their records. known is false when a start failed
+// to launch (the record exists but is not in hand: the container status
+// reports it once read); err is the first other failure.
+func (p *Provider) startSessions(ctx context.Context, vm string, reqs []api.StartSessionRequest) (started []model.Session, known bool, err error) {
+	recs := make([]model.Session, len(reqs))
+	errs := make([]error, len(reqs))
+	var wg sync.WaitGroup
+	for i, req := range reqs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			recs[i], errs[i] = p.b.StartSession(ctx, vm, req)
+		}()
+	}
+	wg.Wait()
+	known = true
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			started = append(started, recs[i])
+		case isLaunchFailure(err):
+			known = false
+		default:
+			return nil, false, fmt.Errorf("start container %s in vm %s: %w", reqs[i].Name, vm, err)
+		}
+	}
+	return started, known, nil
 }
 
 // cannotRun remembers a pod that cannot run (err is a *podvm.PlanError)
@@ -356,12 +425,12 @@ func (p *Provider) GetPodStatus(ctx context.Context, namespace, name string) (*c
 }
 
 // sessionsMaxAge is how long a sweep may use the sessions read before
-// instead of asking the guest again, while every running one is watched.
+// instead of asking the guest again, while every unfinished one is watched.
 const sessionsMaxAge = 30 * time.Second
 
 // status is GetPodStatus. Without full, the sessions read last are used
 // when nothing can have changed unseen: the VM is in the same state,
-// every running session is watched (its end pokes a full read), and the
+// every unfinished session is watched (its end pokes a full read), and the
 // read is recent. Reading sessions is a round trip to the guest.
 func (p *Provider) status(ctx context.Context, namespace, name string, full bool) (*corev1.PodStatus, error) {
 	e := p.get(namespace, name)
@@ -370,7 +439,7 @@ func (p *Provider) status(ctx context.Context, namespace, name string, full bool
 	}
 	p.mu.Lock()
 	pod := e.pod.DeepCopy()
-	failure, creating := e.failure, e.creating
+	failure, creating, starting := e.failure, e.creating, e.starting
 	p.mu.Unlock()
 	obs := podvm.Observed{HostIP: p.hostIP, Now: p.now(), Failure: failure}
 	if failure == nil {
@@ -387,6 +456,13 @@ func (p *Provider) status(ctx context.Context, namespace, name string, full bool
 			fresh := false
 			switch vm.State {
 			case model.VMRunning, model.VMStopped, model.VMFailed:
+				if starting {
+					// Pending until every start answered (CreatePod
+					// pushes then): a read now would compete with the
+					// starts for the guest and could say Running with
+					// only some containers started.
+					break
+				}
 				if cached, ok := p.cachedSessions(e, vm.State, full); ok {
 					obs.Sessions = cached
 					break
@@ -431,7 +507,7 @@ func (p *Provider) cachedSessions(e *entry, state model.VMState, full bool) ([]m
 		return nil, false
 	}
 	for _, s := range e.sessions {
-		if s.Status == model.SessionRunning && e.watches[s.ID] == nil {
+		if done, _ := podvm.Finished(s); !done && e.watches[s.ID] == nil {
 			return nil, false
 		}
 	}

@@ -41,6 +41,12 @@ type fakeBanger struct {
 	failStarts int
 	// createGate, when set, holds CreateVM until it is closed.
 	createGate chan struct{}
+	// startGate, when set, holds StartSession until it is closed.
+	startGate chan struct{}
+	// quickExit makes every started session end (exit 0) right after
+	// its start answered, as `true` does; the answer says starting (the
+	// start read the state while the runner was recording the exit).
+	quickExit bool
 	// execOut is what ExecVM writes to stdout; guestPort the address
 	// DialVM reaches for port 8000.
 	execOut   string
@@ -125,6 +131,9 @@ func (f *fakeBanger) ListSessions(_ context.Context, vm string) ([]model.Session
 }
 
 func (f *fakeBanger) StartSession(_ context.Context, vm string, req api.StartSessionRequest) (model.Session, error) {
+	if f.startGate != nil {
+		<-f.startGate
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.call("start " + vm + " " + req.Name)
@@ -133,7 +142,13 @@ func (f *fakeBanger) StartSession(_ context.Context, vm string, req api.StartSes
 		return model.Session{}, errdefs.Errorf(errdefs.CodeUnavailable, "ssh: connection reset")
 	}
 	s := model.Session{ID: fmt.Sprintf("s%d", len(f.calls)), Name: req.Name, Status: model.SessionRunning, CreatedAt: time.Now()}
-	f.sessions[vm] = append(f.sessions[vm], s)
+	kept := s
+	if f.quickExit {
+		code := 0
+		kept.Status, kept.ExitCode = model.SessionExited, &code
+		s.Status = model.SessionStarting
+	}
+	f.sessions[vm] = append(f.sessions[vm], kept)
 	return s, nil
 }
 
@@ -176,7 +191,7 @@ func (f *fakeBanger) SessionLogs(ctx context.Context, vm, id string, req api.Ses
 			f.mu.Lock()
 			running := false
 			for _, s := range f.sessions[vm] {
-				if s.ID == id && s.Status == model.SessionRunning {
+				if s.ID == id && (s.Status == model.SessionRunning || s.Status == model.SessionStarting) {
 					running = true
 				}
 			}
@@ -589,6 +604,35 @@ func TestPodIsPendingWhileItsVMIsMade(t *testing.T) {
 		t.Fatal(err)
 	}
 	if st, err = p.GetPodStatus(ctx, "default", "slow"); err != nil || st.Phase != corev1.PodRunning {
+		t.Fatalf("status after: %+v, %v", st, err)
+	}
+}
+
+// TestPodIsPendingWhileItsSessionsStart: a status read while CreatePod
+// starts the sessions says Pending without asking the guest (it would
+// compete with the starts, and a half-started pod is not Running).
+func TestPodIsPendingWhileItsSessionsStart(t *testing.T) {
+	f := newFake()
+	f.startGate = make(chan struct{})
+	pod := testPod("two", "two", "default", corev1.RestartPolicyNever)
+	pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: "side", Image: "default", Command: []string{"sleep", "9"}})
+	p := newProvider(f, pod)
+	ctx := context.Background()
+	done := make(chan error, 1)
+	go func() { done <- p.CreatePod(ctx, pod) }()
+	for f.count("create ") == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(10 * time.Millisecond) // CreatePod is at the starts
+	st, err := p.status(ctx, "default", "two", false)
+	if err != nil || st.Phase != corev1.PodPending || f.count("ls ") != 0 {
+		t.Fatalf("status while starting: %+v, %v; calls %v", st, err, f.calls)
+	}
+	close(f.startGate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if st, err = p.GetPodStatus(ctx, "default", "two"); err != nil || st.Phase != corev1.PodRunning {
 		t.Fatalf("status after: %+v, %v", st, err)
 	}
 }
