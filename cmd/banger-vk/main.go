@@ -34,6 +34,9 @@ import (
 
 	"github.com/virtual-kubelet/virtual-kubelet/node"
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/banger/banger/internal/api"
@@ -157,6 +160,15 @@ func run() error {
 	mux := http.NewServeMux()
 	n, err := nodeutil.NewNode(f.nodeName, func(pc nodeutil.ProviderConfig) (nodeutil.Provider, node.NodeProvider, error) {
 		prov = provider.New(b, pc.Pods, f.nodeName, f.nodeIP, log)
+		prov.SetRelease(func(ctx context.Context, namespace, name string, uid types.UID) error {
+			zero := int64(0)
+			err := client.CoreV1().Pods(namespace).Delete(ctx, name, metav1.DeleteOptions{
+				GracePeriodSeconds: &zero, Preconditions: &metav1.Preconditions{UID: &uid}})
+			if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+				return nil // gone, or another pod of that name now
+			}
+			return err
+		})
 		return prov, provider.NewHealth(b, pc.Node, 10*time.Second), nil
 	},
 		nodeutil.WithClient(client),

@@ -121,6 +121,13 @@ func (n *kubeNode) stop(sig syscall.Signal) {
 
 func (n *kubeNode) kubectl(args ...string) string {
 	n.t.Helper()
+	if len(args) > 0 && args[0] == "delete" {
+		// How long a delete waits shows whether the pod object was
+		// released when its VM went or only after its grace period.
+		defer func(start time.Time) {
+			n.t.Logf("kubectl %s: %.1fs", strings.Join(args, " "), time.Since(start).Seconds())
+		}(time.Now())
+	}
 	return n.cp.MustKubectl(n.t, args...)
 }
 

@@ -80,6 +80,19 @@ type Provider struct {
 	deleted  map[string]bool              // pods DeletePod removed, until the API forgets them; under mu
 	inflight map[string]bool              // pods whose status is being read; under mu
 	again    map[string]bool              // pods to read once more after that; under mu
+
+	// release removes a deleted pod's object from the API server once
+	// its VM is gone (SetRelease); nil leaves that to virtual-kubelet.
+	release func(ctx context.Context, namespace, name string, uid types.UID) error
+}
+
+// SetRelease gives the provider what a kubelet does once a deleted
+// pod's containers are gone: remove the pod object from the API server
+// at once (grace 0, only that UID). Without it virtual-kubelet removes
+// the object only after the pod's whole grace period (30 s by default),
+// however fast the VM went.
+func (p *Provider) SetRelease(release func(ctx context.Context, namespace, name string, uid types.UID) error) {
+	p.release = release
 }
 
 // entry is a pod this node runs (or failed to run).
@@ -379,6 +392,12 @@ func (p *Provider) DeletePod(ctx context.Context, pod *corev1.Pod) error {
 	p.mu.Unlock()
 	if pod.Status.Phase != corev1.PodSucceeded && pod.Status.Phase != corev1.PodFailed {
 		p.push(pod, terminalStatus(pod, p.now()))
+	}
+	if p.release != nil {
+		if err := p.release(ctx, pod.Namespace, pod.Name, pod.UID); err != nil {
+			// virtual-kubelet removes it after the grace period.
+			p.log.Warn("remove a deleted pod's object", "pod", k, "err", err)
+		}
 	}
 	return nil
 }

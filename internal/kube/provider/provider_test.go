@@ -2,6 +2,7 @@ package provider
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -383,6 +384,16 @@ func TestDeletePodStopsSessionsAndDeletesVM(t *testing.T) {
 	f := newFake()
 	pod := testPod("d", "dddd", "default", corev1.RestartPolicyNever)
 	p := newProvider(f, pod)
+	// Once the VM is gone the pod object is released at once, as a
+	// kubelet does; a failed release is only logged.
+	var released []string
+	p.SetRelease(func(_ context.Context, ns, name string, uid types.UID) error {
+		if len(f.vms) != 0 {
+			t.Errorf("released %s/%s before its VM was deleted", ns, name)
+		}
+		released = append(released, ns+"/"+name+"/"+string(uid))
+		return errors.New("api server away")
+	})
 	ctx := context.Background()
 	if err := p.CreatePod(ctx, pod); err != nil {
 		t.Fatal(err)
@@ -392,6 +403,9 @@ func TestDeletePodStopsSessionsAndDeletesVM(t *testing.T) {
 	}
 	if f.count("stop k8s-dddd") != 1 || f.count("delete k8s-dddd") != 1 || len(f.vms) != 0 {
 		t.Fatalf("calls %v", f.calls)
+	}
+	if len(released) != 1 || released[0] != "default/d/"+string(pod.UID) {
+		t.Fatalf("released %v", released)
 	}
 	if _, err := p.GetPod(ctx, "default", "d"); err == nil {
 		t.Fatal("deleted pod still known")
