@@ -1,10 +1,14 @@
 package e2b
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"reflect"
 	"strings"
@@ -395,5 +399,46 @@ func TestListenerRecorded(t *testing.T) {
 	}
 	if err := third.Start(t.Context(), "127.0.0.1:0", "sb.example", false); err != nil || third.Status().Domain != "sb.example" {
 		t.Fatalf("start with a configured address: %+v, %v", third.Status(), err)
+	}
+}
+
+// TestProxyFullDuplex: a relayed call whose answer starts before its
+// request body has all arrived (a Connect stream does this) still gets
+// the rest of the body to the guest: the relay runs HTTP/1 full duplex.
+func TestProxyFullDuplex(t *testing.T) {
+	fx := newFixture(t)
+	sb := fx.createSandbox(t, `{}`)
+	// The guest answers headers at once, then echoes the whole body.
+	guest := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = http.NewResponseController(w).EnableFullDuplex()
+		w.WriteHeader(http.StatusOK)
+		_ = http.NewResponseController(w).Flush()
+		b, err := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "got %q %v", b, err)
+	}))
+	defer guest.Close()
+	addr := guest.Listener.Addr().String()
+	fx.vms.mu.Lock()
+	fx.vms.ports[8000] = addr
+	fx.vms.mu.Unlock()
+	pr, pw := io.Pipe()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "POST", fx.url+"/upload", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = "8000-" + sb.SandboxID + ".localhost:" + fx.port()
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	// Only now, with the answer under way, the body goes up.
+	_, _ = pw.Write([]byte("late body"))
+	pw.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(b) != `got "late body" <nil>` {
+		t.Fatalf("relayed upload after the answer began: %d %q", resp.StatusCode, b)
 	}
 }

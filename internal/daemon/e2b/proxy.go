@@ -98,6 +98,12 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, t Target) {
 	}
 	r = r.WithContext(context.WithValue(r.Context(), vmKey{}, sb.vm))
 	r.URL.Host = strconv.Itoa(t.Port) + "." + sb.vm.ID + proxyHostSuffix
+	// A streaming call's answer may start before its request body has
+	// all arrived (a Connect stream, a process's stdin): without full
+	// duplex, an HTTP/1 server closes the request body once the answer's
+	// headers are flushed, and the relay's upload to the guest fails
+	// mid-call. (HTTP/2 is full duplex already; the error is ignored.)
+	_ = http.NewResponseController(w).EnableFullDuplex()
 	p.rp.ServeHTTP(w, r)
 }
 
