@@ -428,9 +428,9 @@ func TestWaitReady(t *testing.T) {
 	f := newFixture(t)
 	// A front that refuses the first connections, as a guest whose sshd is
 	// not up yet does, then forwards to the server.
-	front := newFlakyFront(t, f.srv.Addr(), 3)
+	fr := newFront(t, f.srv.Addr(), 3)
 	ep := f.ep
-	ep.Port = front.port
+	ep.Port = fr.port
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := WaitReady(ctx, ep, f.signer, 20*time.Millisecond)
@@ -438,8 +438,8 @@ func TestWaitReady(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if front.attempts() < 4 {
-		t.Errorf("front saw %d attempts, want at least 4", front.attempts())
+	if fr.connections() < 4 {
+		t.Errorf("front saw %d attempts, want at least 4", fr.connections())
 	}
 	if code, out, _ := run(t, c, "echo up", nil); code != 0 || out != "up\n" {
 		t.Errorf("after WaitReady: %d, %q", code, out)
@@ -448,9 +448,9 @@ func TestWaitReady(t *testing.T) {
 
 func TestWaitDialRunsNothing(t *testing.T) {
 	f := newFixture(t)
-	front := newFlakyFront(t, f.srv.Addr(), 2)
+	fr := newFront(t, f.srv.Addr(), 2)
 	ep := f.ep
-	ep.Port = front.port
+	ep.Port = fr.port
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := WaitDial(ctx, ep, f.signer, 20*time.Millisecond)
@@ -458,8 +458,8 @@ func TestWaitDialRunsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if front.attempts() < 3 {
-		t.Errorf("front saw %d attempts, want at least 3", front.attempts())
+	if fr.connections() < 3 {
+		t.Errorf("front saw %d attempts, want at least 3", fr.connections())
 	}
 	if n := f.srv.Execs(); n != 0 {
 		t.Errorf("WaitDial ran %d commands, want none", n)
@@ -498,64 +498,6 @@ func TestWaitReadyTimesOutWithLastError(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "connection refused") {
 		t.Fatalf("err = %v, want DeadlineExceeded and the last error (connection refused)", err)
 	}
-}
-
-// flakyFront closes its first n connections at once, then proxies.
-type flakyFront struct {
-	port  int
-	mu    sync.Mutex
-	n     int
-	seen  int
-	conns []net.Conn
-}
-
-func newFlakyFront(t *testing.T, target string, n int) *flakyFront {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ff := &flakyFront{port: ln.Addr().(*net.TCPAddr).Port, n: n}
-	t.Cleanup(func() {
-		ln.Close()
-		ff.mu.Lock()
-		defer ff.mu.Unlock()
-		for _, c := range ff.conns {
-			c.Close()
-		}
-	})
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			ff.mu.Lock()
-			ff.seen++
-			refuse := ff.seen <= ff.n
-			ff.mu.Unlock()
-			if refuse {
-				c.Close()
-				continue
-			}
-			b, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			ff.mu.Lock()
-			ff.conns = append(ff.conns, c, b)
-			ff.mu.Unlock()
-			go func() { io.Copy(b, c); b.Close() }()
-			go func() { io.Copy(c, b); c.Close() }()
-		}
-	}()
-	return ff
-}
-
-func (ff *flakyFront) attempts() int {
-	ff.mu.Lock()
-	defer ff.mu.Unlock()
-	return ff.seen
 }
 
 func TestPgidReader(t *testing.T) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -372,96 +371,15 @@ func TestPoolAdoptsReadyConnection(t *testing.T) {
 	}
 }
 
-// holdFront relays TCP to a target and can hold the target's answers back,
-// as a paused guest gives none while its connections stay open.
-type holdFront struct {
-	port     int
-	mu       sync.Mutex
-	cond     *sync.Cond
-	held     bool
-	accepted int
-}
-
-func newHoldFront(t *testing.T, target string) *holdFront {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hf := &holdFront{port: ln.Addr().(*net.TCPAddr).Port}
-	hf.cond = sync.NewCond(&hf.mu)
-	var conns []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		hf.setHeld(false)
-		hf.mu.Lock()
-		defer hf.mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			b, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			hf.mu.Lock()
-			hf.accepted++
-			conns = append(conns, c, b)
-			hf.mu.Unlock()
-			go func() { io.Copy(b, c); b.Close() }()
-			go func() {
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := b.Read(buf)
-					hf.mu.Lock()
-					for hf.held {
-						hf.cond.Wait()
-					}
-					hf.mu.Unlock()
-					if n > 0 {
-						if _, werr := c.Write(buf[:n]); werr != nil {
-							break
-						}
-					}
-					if err != nil {
-						break
-					}
-				}
-				c.Close()
-			}()
-		}
-	}()
-	return hf
-}
-
-func (hf *holdFront) setHeld(held bool) {
-	hf.mu.Lock()
-	hf.held = held
-	hf.mu.Unlock()
-	hf.cond.Broadcast()
-}
-
-func (hf *holdFront) connections() int {
-	hf.mu.Lock()
-	defer hf.mu.Unlock()
-	return hf.accepted
-}
-
 // TestPoolParkKeepsConnection: a parked connection outlives a silence
 // many keepalive timeouts long and is taken back by Unpark without a new
 // dial.
 func TestPoolParkKeepsConnection(t *testing.T) {
 	setTimings(t, 50*time.Millisecond, 100*time.Millisecond)
 	f := newFixture(t)
-	hf := newHoldFront(t, f.srv.Addr())
+	fr := newFront(t, f.srv.Addr(), 0)
 	ep := f.ep
-	ep.Port = hf.port
+	ep.Port = fr.port
 	p, d := newTestPool(t, f)
 	if _, _, err := poolRun(t, p, "vm-a", ep, "true"); err != nil {
 		t.Fatal(err)
@@ -469,9 +387,9 @@ func TestPoolParkKeepsConnection(t *testing.T) {
 	if !p.Park("vm-a") {
 		t.Fatal("Park found no live connection")
 	}
-	hf.setHeld(true) // the guest is frozen
+	fr.setHeld(true) // the guest is frozen
 	time.Sleep(500 * time.Millisecond)
-	hf.setHeld(false)
+	fr.setHeld(false)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := p.Unpark(ctx, "vm-a", ep); err != nil {
@@ -481,11 +399,11 @@ func TestPoolParkKeepsConnection(t *testing.T) {
 	if err != nil || code != 0 || out != "again\n" {
 		t.Fatalf("after Unpark: %d, %q, %v", code, out, err)
 	}
-	if d.n.Load() != 1 || hf.connections() != 1 {
-		t.Errorf("%d dials, %d connections; want the parked one alone", d.n.Load(), hf.connections())
+	if d.n.Load() != 1 || fr.connections() != 1 {
+		t.Errorf("%d dials, %d connections; want the parked one alone", d.n.Load(), fr.connections())
 	}
 	// Its keepalives run again: a silence now closes it.
-	hf.setHeld(true)
+	fr.setHeld(true)
 	time.Sleep(400 * time.Millisecond)
 	p.mu.Lock()
 	c := p.slots["vm-a"].c.(*conn)
@@ -493,7 +411,7 @@ func TestPoolParkKeepsConnection(t *testing.T) {
 	if !c.isDone() {
 		t.Error("an unparked connection kept on through an unanswered keepalive")
 	}
-	hf.setHeld(false)
+	fr.setHeld(false)
 }
 
 // TestPoolUnparkDead: a parked connection that died (or none at all)
