@@ -30,10 +30,20 @@ type E2BSandbox struct {
 	// AutoResume wakes the paused sandbox when a request is relayed to
 	// it, with a deadline TimeoutSecs away (the create's; 0: E2B's
 	// default).
-	AutoResume  bool      `json:"auto_resume"`
-	TimeoutSecs int       `json:"timeout_secs"`
-	KeyID       string    `json:"key_id,omitempty"` // the API key that made it ("" when unknown)
-	CreatedAt   time.Time `json:"created_at"`
+	AutoResume  bool `json:"auto_resume"`
+	TimeoutSecs int  `json:"timeout_secs"`
+	// TrafficToken, when set (allowPublicTraffic false), must come with
+	// every request relayed to a port of the sandbox other than envd's,
+	// in the e2b-traffic-access-token header.
+	TrafficToken string `json:"-"`
+	// MaskHost, when set (maskRequestHost), is the Host header relayed
+	// requests reach the guest with, "${PORT}" replaced by the port.
+	MaskHost string `json:"mask_host,omitempty"`
+	// HTTPSPorts are the guest ports the relay reaches over TLS
+	// (httpsPorts), without checking the guest's certificate.
+	HTTPSPorts []int     `json:"https_ports,omitempty"`
+	KeyID      string    `json:"key_id,omitempty"` // the API key that made it ("" when unknown)
+	CreatedAt  time.Time `json:"created_at"`
 }
 
 // E2BMetaPrefix is the label prefix of a sandbox's E2B metadata: metadata

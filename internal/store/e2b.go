@@ -70,13 +70,20 @@ func (s *Store) DeleteE2BKey(ctx context.Context, ref string) (model.E2BKey, err
 	return k, s.execOne(ctx, "e2b key", k.ID, "DELETE FROM e2b_keys WHERE id = ?", k.ID)
 }
 
-const e2bSandboxCols = "vm_id, template_id, token, env, created_at, auto_pause, key_id, auto_resume, timeout_secs"
+const e2bSandboxCols = "vm_id, template_id, token, env, created_at, auto_pause, key_id, auto_resume, timeout_secs, traffic_token, mask_host, https_ports"
 
 func scanE2BSandbox(r *sql.Rows) (model.E2BSandbox, error) {
 	var sb model.E2BSandbox
-	var env, created string
-	if err := r.Scan(&sb.VMID, &sb.TemplateID, &sb.Token, &env, &created, &sb.AutoPause, &sb.KeyID, &sb.AutoResume, &sb.TimeoutSecs); err != nil {
+	var env, created, https string
+	if err := r.Scan(&sb.VMID, &sb.TemplateID, &sb.Token, &env, &created, &sb.AutoPause, &sb.KeyID, &sb.AutoResume, &sb.TimeoutSecs,
+		&sb.TrafficToken, &sb.MaskHost, &https); err != nil {
 		return sb, err
+	}
+	if err := json.Unmarshal([]byte(https), &sb.HTTPSPorts); err != nil {
+		return sb, fmt.Errorf("stored https ports of %s: %w", sb.VMID, err)
+	}
+	if len(sb.HTTPSPorts) == 0 {
+		sb.HTTPSPorts = nil
 	}
 	if err := json.Unmarshal([]byte(env), &sb.Env); err != nil {
 		return sb, fmt.Errorf("stored env of %s: %w", sb.VMID, err)
@@ -93,8 +100,16 @@ func (s *Store) CreateE2BSandbox(ctx context.Context, sb model.E2BSandbox) error
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, "INSERT INTO e2b_sandboxes ("+e2bSandboxCols+") VALUES ("+placeholders(9)+")",
-		sb.VMID, sb.TemplateID, sb.Token, string(env), fmtTime(sb.CreatedAt), sb.AutoPause, sb.KeyID, sb.AutoResume, sb.TimeoutSecs)
+	https, err := json.Marshal(sb.HTTPSPorts)
+	if err != nil {
+		return err
+	}
+	if sb.HTTPSPorts == nil {
+		https = []byte("[]")
+	}
+	_, err = s.db.ExecContext(ctx, "INSERT INTO e2b_sandboxes ("+e2bSandboxCols+") VALUES ("+placeholders(12)+")",
+		sb.VMID, sb.TemplateID, sb.Token, string(env), fmtTime(sb.CreatedAt), sb.AutoPause, sb.KeyID, sb.AutoResume, sb.TimeoutSecs,
+		sb.TrafficToken, sb.MaskHost, string(https))
 	if err != nil {
 		if isForeignKey(err) {
 			return fmt.Errorf("create e2b sandbox: vm %q: %w", sb.VMID, ErrNotFound)

@@ -70,7 +70,8 @@ func TestE2BKeysAndSandboxes(t *testing.T) {
 		t.Fatal(err)
 	}
 	sb := model.E2BSandbox{VMID: "vm1aaaaa", TemplateID: "base", Token: "tok",
-		Env: map[string]string{"A": "b"}, AutoPause: true, CreatedAt: t0, KeyID: "k1aaaaaaaa", AutoResume: true, TimeoutSecs: 90}
+		Env: map[string]string{"A": "b"}, AutoPause: true, CreatedAt: t0, KeyID: "k1aaaaaaaa", AutoResume: true, TimeoutSecs: 90, TrafficToken: "traffic",
+		MaskHost: "localhost:${PORT}", HTTPSPorts: []int{8443}}
 	if err := s.CreateE2BSandbox(ctx, sb); err != nil {
 		t.Fatal(err)
 	}

@@ -240,6 +240,16 @@ ALTER TABLE snapshots ADD COLUMN net_policy TEXT NOT NULL DEFAULT '';
 ALTER TABLE e2b_sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE e2b_sandboxes ADD COLUMN timeout_secs INTEGER NOT NULL DEFAULT 0;
 `,
+	// 15: how requests are relayed to an E2B sandbox's ports: the traffic
+	// access token they must carry (allowPublicTraffic false; '' for
+	// none), the Host header they reach the guest with (maskRequestHost;
+	// '' keeps the client's) and the guest ports reached over TLS
+	// (httpsPorts, a JSON list).
+	`
+ALTER TABLE e2b_sandboxes ADD COLUMN traffic_token TEXT NOT NULL DEFAULT '';
+ALTER TABLE e2b_sandboxes ADD COLUMN mask_host TEXT NOT NULL DEFAULT '';
+ALTER TABLE e2b_sandboxes ADD COLUMN https_ports TEXT NOT NULL DEFAULT '[]';
+`,
 }
 
 // migrate applies the steps the database lacks, up to version upTo, each in

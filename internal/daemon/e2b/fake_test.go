@@ -247,6 +247,21 @@ func (f *fakeVMs) dialGuest(ctx context.Context, vm model.VM, port int) (net.Con
 	return d.DialContext(ctx, "tcp", addr)
 }
 
+// servePort serves h as guest port port of every fake sandbox, over TLS
+// when useTLS, until the test ends.
+func (fx *fixture) servePort(t *testing.T, port int, h http.Handler, useTLS bool) {
+	srv := httptest.NewUnstartedServer(h)
+	if useTLS {
+		srv.StartTLS()
+	} else {
+		srv.Start()
+	}
+	t.Cleanup(srv.Close)
+	fx.vms.mu.Lock()
+	fx.vms.ports[port] = srv.Listener.Addr().String()
+	fx.vms.mu.Unlock()
+}
+
 // fixture is a control plane over fakeVMs listening on 127.0.0.1.
 type fixture struct {
 	svc    *Service

@@ -82,7 +82,10 @@ type sandboxJSON struct {
 	ClientID        string `json:"clientID"`
 	EnvdVersion     string `json:"envdVersion"`
 	EnvdAccessToken string `json:"envdAccessToken,omitempty"`
-	Domain          string `json:"domain,omitempty"`
+	// TrafficAccessToken opens the sandbox's ports when it was made
+	// with allowPublicTraffic false.
+	TrafficAccessToken string `json:"trafficAccessToken,omitempty"`
+	Domain             string `json:"domain,omitempty"`
 }
 
 // listedJSON is E2B's ListedSandbox; detailJSON adds the token and domain.
@@ -113,18 +116,26 @@ type detailJSON struct {
 // egressJSON is the part of E2B's SandboxNetworkConfig banger has: the
 // VM's policy in E2B's terms (mode none is a denyOut of 0.0.0.0/0).
 type egressJSON struct {
-	AllowOut []string `json:"allowOut,omitempty"`
-	DenyOut  []string `json:"denyOut,omitempty"`
+	AllowOut           []string `json:"allowOut,omitempty"`
+	DenyOut            []string `json:"denyOut,omitempty"`
+	AllowPublicTraffic *bool    `json:"allowPublicTraffic,omitempty"`
+	MaskRequestHost    string   `json:"maskRequestHost,omitempty"`
+	HTTPSPorts         []int    `json:"httpsPorts,omitempty"`
 }
 
-// egressOf is a VM's network policy as E2B reports it; nil for the
-// default.
-func egressOf(p model.NetPolicy) *egressJSON {
+// networkOf is a sandbox's network settings as E2B reports them (its
+// VM's policy, how requests reach its ports); nil for the default.
+func networkOf(p model.NetPolicy, rec model.E2BSandbox) *egressJSON {
 	e := &egressJSON{AllowOut: p.Allow, DenyOut: p.Deny}
 	if p.Mode == "none" {
 		e.DenyOut = []string{"0.0.0.0/0"}
 	}
-	if len(e.AllowOut)+len(e.DenyOut) == 0 {
+	if rec.TrafficToken != "" {
+		public := false
+		e.AllowPublicTraffic = &public
+	}
+	e.MaskRequestHost, e.HTTPSPorts = rec.MaskHost, rec.HTTPSPorts
+	if len(e.AllowOut)+len(e.DenyOut)+len(e.HTTPSPorts) == 0 && e.AllowPublicTraffic == nil && e.MaskRequestHost == "" {
 		return nil
 	}
 	return e
@@ -138,7 +149,7 @@ type lifecycleJSON struct {
 
 func (s *Service) short(sb sandbox) sandboxJSON {
 	return sandboxJSON{TemplateID: sb.rec.TemplateID, SandboxID: sb.vm.Name, ClientID: clientID,
-		EnvdVersion: envd.Version, EnvdAccessToken: sb.rec.Token, Domain: s.Status().Domain}
+		EnvdVersion: envd.Version, EnvdAccessToken: sb.rec.Token, TrafficAccessToken: sb.rec.TrafficToken, Domain: s.Status().Domain}
 }
 
 func (s *Service) listed(sb sandbox) listedJSON {
@@ -187,7 +198,7 @@ func (s *Service) handleInfo(w http.ResponseWriter, r *http.Request) {
 	}
 	reply(w, http.StatusOK, detailJSON{listedJSON: s.listed(sb), EnvdAccessToken: sb.rec.Token, Domain: s.Status().Domain,
 		Lifecycle:           lifecycleJSON{OnTimeout: onTimeout, AutoResume: sb.rec.AutoResume},
-		AllowInternetAccess: sb.vm.Net.Mode != "none", Network: egressOf(sb.vm.Net)})
+		AllowInternetAccess: sb.vm.Net.Mode != "none", Network: networkOf(sb.vm.Net, sb.rec)})
 }
 
 func (s *Service) handleKill(w http.ResponseWriter, r *http.Request) {

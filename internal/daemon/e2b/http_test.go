@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -321,18 +320,9 @@ func TestProxyRouting(t *testing.T) {
 	}
 
 	// By Host: a guest web server on port 8000.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	web := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	fx.servePort(t, 8000, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte("guest web " + r.URL.Path + " host " + r.Host))
-	})}
-	go func() { _ = web.Serve(ln) }()
-	defer web.Close()
-	fx.vms.mu.Lock()
-	fx.vms.ports[8000] = ln.Addr().String()
-	fx.vms.mu.Unlock()
+	}), false)
 	host := "8000-" + sb.SandboxID + ".localhost:" + fx.port()
 	if code, body, _ := fx.do(t, "GET", "/x", "", "X-API-Key", "", "Host", host); code != 200 || body != "guest web /x host "+host {
 		t.Fatalf("by Host = %d %s", code, body)

@@ -3,6 +3,7 @@ package e2b
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/banger/banger/internal/api"
@@ -44,9 +45,10 @@ const (
 // (deny wins). So a denyOut of 0.0.0.0/0 is mode none with allowOut as
 // Allow; other denyOut blocks become Deny less the allowOut blocks inside
 // them (split into the CIDR blocks that remain). Domain names (E2B
-// resolves them at its proxy), IPv6, request transforms, egress proxies,
-// HTTPS ports, masked hosts and private traffic tokens have no banger
-// counterpart and are refused by name.
+// resolves them at its proxy), IPv6, request transforms and egress
+// proxies have no banger counterpart and are refused by name.
+// allowPublicTraffic, maskRequestHost and httpsPorts are not egress
+// (privateTraffic, relayOptions).
 func egressPolicy(allowInternet *bool, n *networkJSON) (egress, bool, error) {
 	none := allowInternet != nil && !*allowInternet
 	if n == nil {
@@ -56,16 +58,10 @@ func egressPolicy(allowInternet *bool, n *networkJSON) (egress, bool, error) {
 		return egress{}, false, nil
 	}
 	switch {
-	case n.AllowPublicTraffic != nil && !*n.AllowPublicTraffic:
-		return egress{}, false, errdefs.Errorf(errdefs.CodeInvalid, "network.allowPublicTraffic false (traffic access tokens) is not supported by banger: sandbox URLs are open to whoever reaches the listener")
 	case n.EgressProxy != nil:
 		return egress{}, false, errdefs.Errorf(errdefs.CodeInvalid, "network.egressProxy is not supported by banger")
 	case len(n.Rules) > 0:
 		return egress{}, false, errdefs.Errorf(errdefs.CodeInvalid, "network.rules (request transforms) are not supported by banger")
-	case n.MaskRequestHost != nil && *n.MaskRequestHost != "":
-		return egress{}, false, errdefs.Errorf(errdefs.CodeInvalid, "network.maskRequestHost is not supported by banger")
-	case len(n.HTTPSPorts) > 0:
-		return egress{}, false, errdefs.Errorf(errdefs.CodeInvalid, "network.httpsPorts is not supported by banger: getHost relays plain HTTP")
 	case len(n.AllowOut) > maxEgressEntries || len(n.DenyOut) > maxEgressEntries:
 		return egress{}, false, errdefs.Errorf(errdefs.CodeInvalid, "network: at most %d allowOut and %d denyOut entries", maxEgressEntries, maxEgressEntries)
 	}
@@ -111,6 +107,54 @@ func egressPolicy(allowInternet *bool, n *networkJSON) (egress, bool, error) {
 	}
 	set := none || len(out.Allow)+len(out.Deny) > 0 || n.AllowOut != nil || n.DenyOut != nil
 	return out, set, nil
+}
+
+// privateTraffic says whether a create asks for a traffic access token
+// (network.allowPublicTraffic false): requests to the sandbox's ports
+// must then carry it.
+func privateTraffic(n *networkJSON) bool {
+	return n != nil && n.AllowPublicTraffic != nil && !*n.AllowPublicTraffic
+}
+
+// Bounds on the relay options of one sandbox.
+const (
+	maxMaskHost   = 253
+	maxHTTPSPorts = 32
+)
+
+// portVar stands for the guest port in a Host mask.
+const portVar = "${PORT}"
+
+// relayOptions are E2B's settings for how requests reach a sandbox's
+// ports: the Host header the guest sees (maskRequestHost, portVar
+// standing for the port; "" keeps the client's) and the ports whose
+// service speaks TLS (httpsPorts; envd's cannot be one), sorted.
+func relayOptions(n *networkJSON) (mask string, https []int, err error) {
+	if n == nil {
+		return "", nil, nil
+	}
+	if n.MaskRequestHost != nil {
+		mask = *n.MaskRequestHost
+		host := strings.ReplaceAll(mask, portVar, "1")
+		if len(mask) > maxMaskHost || strings.TrimLeft(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]") != "" {
+			return "", nil, errdefs.Errorf(errdefs.CodeInvalid, "network.maskRequestHost %q: want a host name or address, with an optional :port, at most %d bytes (%s stands for the port)", mask, maxMaskHost, portVar)
+		}
+	}
+	if len(n.HTTPSPorts) > maxHTTPSPorts {
+		return "", nil, errdefs.Errorf(errdefs.CodeInvalid, "network.httpsPorts: at most %d ports", maxHTTPSPorts)
+	}
+	for _, p := range n.HTTPSPorts {
+		switch {
+		case p < 1 || p > 65535:
+			return "", nil, errdefs.Errorf(errdefs.CodeInvalid, "network.httpsPorts: %d is not a port from 1 to 65535", p)
+		case p == EnvdPort:
+			return "", nil, errdefs.Errorf(errdefs.CodeInvalid, "network.httpsPorts: envd's port %d cannot be one", p)
+		case !slices.Contains(https, p):
+			https = append(https, p)
+		}
+	}
+	slices.Sort(https)
+	return mask, https, nil
 }
 
 // egressBlocks parses E2B's address entries: IPv4 CIDR blocks or bare
@@ -178,6 +222,9 @@ func (s *Service) setNetwork(ctx context.Context, id string, n networkJSON) erro
 	sb, err := s.lookup(ctx, id)
 	if err != nil {
 		return err
+	}
+	if n.AllowPublicTraffic != nil || n.MaskRequestHost != nil || n.HTTPSPorts != nil {
+		return errdefs.Errorf(errdefs.CodeInvalid, "network.allowPublicTraffic, maskRequestHost and httpsPorts are set when a sandbox is made, not by updateNetwork")
 	}
 	e, set, err := egressPolicy(nil, &n)
 	if err != nil {

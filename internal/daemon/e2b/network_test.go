@@ -75,10 +75,10 @@ func TestEgressPolicy(t *testing.T) {
 		{name: "wildcard domain", n: &networkJSON{AllowOut: []string{"*.example.com"}}, wantErr: "domain names"},
 		{name: "ipv6", n: &networkJSON{DenyOut: []string{"2001:db8::/32"}}, wantErr: "IPv4 only"},
 		{name: "garbage", n: &networkJSON{DenyOut: []string{"10.0.0.0/40"}}, wantErr: "not an IPv4 address"},
-		{name: "traffic tokens", n: &networkJSON{AllowPublicTraffic: &f}, wantErr: "allowPublicTraffic"},
+		{name: "traffic tokens are not egress", n: &networkJSON{AllowPublicTraffic: &f}, want: egress{Mode: "internet"}, set: false},
 		{name: "rules", n: &networkJSON{Rules: map[string]any{"a.com": []any{}}}, wantErr: "network.rules"},
 		{name: "proxy", n: &networkJSON{EgressProxy: map[string]any{}}, wantErr: "egressProxy"},
-		{name: "https ports", n: &networkJSON{HTTPSPorts: []int{443}}, wantErr: "httpsPorts"},
+		{name: "relay options are not egress", n: &networkJSON{HTTPSPorts: []int{443}, MaskRequestHost: new("localhost")}, want: egress{Mode: "internet"}, set: false},
 		{name: "too many", n: &networkJSON{DenyOut: make([]string, maxEgressEntries+1)}, wantErr: "at most"},
 	} {
 		got, set, err := egressPolicy(c.inet, c.n)
@@ -131,7 +131,10 @@ func TestSandboxNetwork(t *testing.T) {
 	if code, body, _ := fx.do(t, "PUT", "/sandboxes/"+sb.SandboxID+"/network", `{}`); code != http.StatusNoContent || policy(sb.SandboxID) != model.NetInternet {
 		t.Fatalf("an empty update = %d %s, policy %q (want the default)", code, body, policy(sb.SandboxID))
 	}
-	for _, bad := range []string{`{"allowOut":["example.com"]}`, `{"allowPublicTraffic":false}`, `{"denyOut":"x"}`} {
+	if code, body, _ := fx.do(t, "PUT", "/sandboxes/"+sb.SandboxID+"/network", `{"allowPublicTraffic":false}`); code != http.StatusBadRequest || !strings.Contains(body, "allowPublicTraffic") {
+		t.Errorf("updateNetwork of allowPublicTraffic = %d %s, want 400 naming it", code, body)
+	}
+	for _, bad := range []string{`{"allowOut":["example.com"]}`, `{"denyOut":"x"}`} {
 		if code, body, _ := fx.do(t, "PUT", "/sandboxes/"+sb.SandboxID+"/network", bad); code != http.StatusBadRequest {
 			t.Errorf("updateNetwork %s = %d %s, want 400", bad, code, body)
 		}

@@ -2,12 +2,15 @@ package e2b
 
 import (
 	"context"
+	"crypto/subtle"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,13 +47,22 @@ type wakeFailure struct {
 // wakeRetry is how long a failed wake is answered from memory.
 const wakeRetry = 10 * time.Second
 
-type vmKey struct{}
+// upstreamKey carries a relayed request's upstream in its context.
+type upstreamKey struct{}
+
+// upstream is where a relayed request goes: the sandbox's VM, and the
+// scheme and Host header it reaches the guest port with.
+type upstream struct {
+	vm     model.VM
+	scheme string
+	host   string
+}
 
 func newProxy(s *Service) *proxy {
 	p := &proxy{s: s, failed: map[string]wakeFailure{}}
 	p.transport = &http.Transport{
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-			vm, ok := ctx.Value(vmKey{}).(model.VM)
+			up, ok := ctx.Value(upstreamKey{}).(upstream)
 			if !ok {
 				return nil, fmt.Errorf("proxy: no sandbox for %s", addr)
 			}
@@ -59,17 +71,22 @@ func newProxy(s *Service) *proxy {
 			if err != nil {
 				return nil, fmt.Errorf("proxy: upstream %s: %w", addr, err)
 			}
-			return s.DialGuest(ctx, vm, port)
+			return s.DialGuest(ctx, up.vm, port)
 		},
+		// httpsPorts: the guest's service speaks TLS. Its certificate is
+		// not checked, as on E2B: it is the guest's own, and the hop is
+		// the VM's SSH connection already.
+		TLSClientConfig:       &tls.Config{InsecureSkipVerify: true},
 		MaxIdleConnsPerHost:   16,
 		IdleConnTimeout:       90 * time.Second,
 		ResponseHeaderTimeout: 0, // long polls and streams are the point
 	}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme = "http"
+			up, _ := pr.In.Context().Value(upstreamKey{}).(upstream)
+			pr.Out.URL.Scheme = up.scheme
 			pr.Out.URL.Host = pr.In.URL.Host
-			pr.Out.Host = pr.In.Host
+			pr.Out.Host = up.host
 			pr.SetXForwarded()
 		},
 		Transport:     p.transport,
@@ -89,6 +106,14 @@ func newProxy(s *Service) *proxy {
 // traffic.
 func (p *proxy) serve(w http.ResponseWriter, r *http.Request, t Target) {
 	sb, err := p.s.running(r.Context(), t.SandboxID)
+	// Before anything else, so that a request without the sandbox's
+	// traffic token learns nothing of it and wakes nothing.
+	if !TrafficAllowed(sb.rec.TrafficToken, t.Port, r.Header) {
+		replyError(w, http.StatusForbidden, "sandbox "+t.SandboxID+" accepts requests to its ports only with its traffic access token (header "+TrafficTokenHeader+")")
+		return
+	}
+	// The guest never sees the token.
+	r.Header.Del(TrafficTokenHeader)
 	if err != nil && sb.rec.AutoResume && sb.vm.State == model.VMPaused {
 		sb, err = p.wake(r.Context(), t.SandboxID)
 	}
@@ -96,7 +121,8 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, t Target) {
 		replyError(w, http.StatusBadGateway, "sandbox "+t.SandboxID+" is not running: "+err.Error())
 		return
 	}
-	r = r.WithContext(context.WithValue(r.Context(), vmKey{}, sb.vm))
+	up := upstreamOf(sb.vm, sb.rec, t.Port, r.Host)
+	r = r.WithContext(context.WithValue(r.Context(), upstreamKey{}, up))
 	r.URL.Host = strconv.Itoa(t.Port) + "." + sb.vm.ID + proxyHostSuffix
 	// A streaming call's answer may start before its request body has
 	// all arrived (a Connect stream, a process's stdin): without full
@@ -105,6 +131,35 @@ func (p *proxy) serve(w http.ResponseWriter, r *http.Request, t Target) {
 	// mid-call. (HTTP/2 is full duplex already; the error is ignored.)
 	_ = http.NewResponseController(w).EnableFullDuplex()
 	p.rp.ServeHTTP(w, r)
+}
+
+// upstreamOf is how a request for port of the sandbox (vm, rec) that
+// came with Host host is relayed: over TLS to the ports rec lists in
+// HTTPSPorts, with rec's Host mask when it has one (the port put in).
+func upstreamOf(vm model.VM, rec model.E2BSandbox, port int, host string) upstream {
+	up := upstream{vm: vm, scheme: "http", host: host}
+	if slices.Contains(rec.HTTPSPorts, port) {
+		up.scheme = "https"
+	}
+	if rec.MaskHost != "" {
+		up.host = strings.ReplaceAll(rec.MaskHost, portVar, strconv.Itoa(port))
+	}
+	return up
+}
+
+// TrafficTokenHeader carries a sandbox's traffic access token.
+const TrafficTokenHeader = "E2b-Traffic-Access-Token"
+
+// TrafficAllowed says whether a request to guest port may be relayed to
+// a sandbox whose traffic token is token: always when it has none
+// (allowPublicTraffic), else only with that token in TrafficTokenHeader.
+// envd's port is exempt, as on E2B: envd checks its own access token.
+func TrafficAllowed(token string, port int, h http.Header) bool {
+	if token == "" || port == EnvdPort {
+		return true
+	}
+	got := h.Values(TrafficTokenHeader)
+	return len(got) == 1 && subtle.ConstantTimeCompare([]byte(got[0]), []byte(token)) == 1
 }
 
 // wake resumes a paused autoResume sandbox for a request relayed to it:

@@ -411,6 +411,10 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 	if err != nil {
 		return sandbox{}, err
 	}
+	relay := relaySpec{private: privateTraffic(req.Network)}
+	if relay.mask, relay.https, err = relayOptions(req.Network); err != nil {
+		return sandbox{}, err
+	}
 	for k, v := range req.EnvVars {
 		if !shell.ValidEnvKey(k) || strings.ContainsAny(v, "\n\x00") {
 			return sandbox{}, errdefs.Errorf(errdefs.CodeInvalid, "envVars: %q is not a valid variable (name [A-Za-z_][A-Za-z0-9_]*, value without newlines)", k)
@@ -439,7 +443,7 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 	}
 	defer held.release()
 	if fromSnapshot {
-		spec := snapshotSpec{timeout: timeout, autoPause: autoPause, autoResume: autoResume, env: req.EnvVars, labels: labels}
+		spec := snapshotSpec{timeout: timeout, autoPause: autoPause, autoResume: autoResume, env: req.EnvVars, labels: labels, relay: relay}
 		if netSet {
 			spec.net = &net
 		}
@@ -462,6 +466,7 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 	}
 	rec := model.E2BSandbox{VMID: vm.ID, TemplateID: template, Token: newToken(),
 		Env: req.EnvVars, AutoPause: autoPause, AutoResume: autoResume, TimeoutSecs: timeout, CreatedAt: s.Now().UTC(), KeyID: key.ID}
+	relay.apply(&rec)
 	undo := func(err error) (sandbox, error) {
 		// A fresh context: the request's may be what ended.
 		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -483,6 +488,29 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 	}
 	s.Log.Info("e2b sandbox created", "sandbox", vm.Name, "vm_s", booted.Sub(start).Seconds(), "envd_s", s.Now().Sub(booted).Seconds())
 	return sandbox{vm: vm, rec: rec}, nil
+}
+
+// relaySpec is how requests are relayed to a new sandbox's ports:
+// whether they need a traffic token (made per sandbox), the Host mask,
+// the ports reached over TLS.
+type relaySpec struct {
+	private bool
+	mask    string
+	https   []int
+}
+
+// relayOf is what a copy of the sandbox rec is relayed with: the same,
+// with a traffic token of its own.
+func relayOf(rec model.E2BSandbox) relaySpec {
+	return relaySpec{private: rec.TrafficToken != "", mask: rec.MaskHost, https: rec.HTTPSPorts}
+}
+
+// apply puts the relay settings in a new sandbox's record.
+func (r relaySpec) apply(rec *model.E2BSandbox) {
+	if r.private {
+		rec.TrafficToken = newToken()
+	}
+	rec.MaskHost, rec.HTTPSPorts = r.mask, r.https
 }
 
 // envdDir is where the guest keeps envd's token, environment and log.

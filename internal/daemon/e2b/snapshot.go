@@ -197,9 +197,10 @@ func (s *Service) fork(ctx context.Context, id string, count, timeout int) ([]fo
 	}
 	// Each fork is a sandbox of its own: the source's metadata,
 	// environment, template, timeout action and network policy (the
-	// snapshot's), a token of its own.
+	// snapshot's), its relay settings, tokens of its own (a traffic
+	// token when the source has one).
 	spec := snapshotSpec{timeout: timeout, autoPause: src.rec.AutoPause, autoResume: src.rec.AutoResume, env: src.rec.Env,
-		labels: onlyMetadata(src.vm.Labels)}
+		labels: onlyMetadata(src.vm.Labels), relay: relayOf(src.rec)}
 	results := make([]forkResult, 0, count)
 	for range count {
 		sb, err := s.createFromSnapshot(ctx, sn, spec, held)
@@ -246,8 +247,8 @@ const maxFork = 16
 
 // snapshotSpec is what a sandbox made from a snapshot is given: its
 // timeout, timeout action (and whether it wakes on traffic), environment
-// (over the source sandbox's), metadata labels and network policy (else
-// the snapshot's).
+// (over the source sandbox's), metadata labels, network policy (else
+// the snapshot's) and how requests reach its ports.
 type snapshotSpec struct {
 	timeout    int
 	autoPause  bool
@@ -255,6 +256,7 @@ type snapshotSpec struct {
 	env        map[string]string
 	labels     map[string]string
 	net        *egress // nil: the snapshot's policy
+	relay      relaySpec
 }
 
 // createFromSnapshot makes one sandbox from snapshot sn: a VM restored
@@ -273,6 +275,7 @@ func (s *Service) createFromSnapshot(ctx context.Context, sn model.Snapshot, spe
 	}
 	rec := model.E2BSandbox{VMID: vm.ID, TemplateID: sn.Name, Token: newToken(), AutoPause: spec.autoPause,
 		AutoResume: spec.autoResume, TimeoutSecs: spec.timeout, CreatedAt: s.Now().UTC(), KeyID: keyOf(ctx).ID}
+	spec.relay.apply(&rec)
 	env := map[string]string{}
 	if src, err := s.Store.E2BSandbox(ctx, sn.VMID); err == nil {
 		rec.TemplateID = src.TemplateID

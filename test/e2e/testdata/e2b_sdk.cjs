@@ -22,12 +22,15 @@ async function step(name, fn) {
   }
 }
 
-// get fetches a path of the listener with a Host header: getHost names
-// need wildcard DNS, which the test host does not have.
-function get(host, urlPath) {
+// get fetches a path of the listener with a Host header (getHost names
+// need wildcard DNS, which the test host does not have), and the
+// sandbox's traffic access token when given one.
+function get(host, urlPath, token) {
   const api = new URL(process.env.E2B_API_URL)
+  const headers = { Host: host }
+  if (token !== undefined) headers['e2b-traffic-access-token'] = token
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: api.hostname, port: api.port, path: urlPath, headers: { Host: host } }, (res) => {
+    const req = http.request({ host: api.hostname, port: api.port, path: urlPath, headers }, (res) => {
       let body = ''
       res.on('data', (d) => (body += d))
       res.on('end', () => resolve({ status: res.statusCode, body }))
@@ -40,8 +43,12 @@ function get(host, urlPath) {
 async function main() {
   const tag = 'e2e' + Date.now()
   let sbx
+  // With the newer SDK the sandbox's ports need its traffic token.
+  const restricted = process.env.E2B_FORK === '1'
   await step('Sandbox.create', async () => {
-    sbx = await Sandbox.create({ metadata: { suite: tag }, envs: { GREETING: 'hello' }, timeoutMs: 600_000 })
+    const network = restricted ? { network: { allowPublicTraffic: false, maskRequestHost: 'localhost:${PORT}', httpsPorts: [8443] } } : {}
+    sbx = await Sandbox.create({ metadata: { suite: tag }, envs: { GREETING: 'hello' }, timeoutMs: 600_000, ...network })
+    assert.equal(typeof sbx.trafficAccessToken, restricted ? 'string' : 'undefined')
     console.log('sandbox ' + sbx.sandboxId)
   })
   await step('commands.run: stdout, stderr, exit 3', async () => {
@@ -121,13 +128,49 @@ async function main() {
     const host = sbx.getHost(8000)
     let res
     for (let i = 0; i < 120; i++) {
-      res = await get(host, '/index.html')
+      res = await get(host, '/index.html', sbx.trafficAccessToken)
       if (res.status === 200) break
       await sleep(500)
     }
     assert.equal(res.status, 200, JSON.stringify(res))
     assert.equal(res.body, 'served-from-guest')
+    if (restricted) {
+      assert.equal((await get(host, '/index.html')).status, 403)
+      assert.equal((await get(host, '/index.html', sbx.envdAccessToken)).status, 403)
+    }
   })
+  if (restricted) {
+    await step('maskRequestHost and httpsPorts: a guest TLS service sees the masked Host', async () => {
+      await sbx.files.write('/home/user/tls.pem', require('node:fs').readFileSync(path.join(__dirname, 'guest-tls.pem')))
+      await sbx.files.write('/home/user/tls_echo.py', [
+        'import http.server, ssl',
+        'class H(http.server.BaseHTTPRequestHandler):',
+        '    def do_GET(self):',
+        "        b = ('tls ' + self.headers.get('Host', '')).encode()",
+        '        self.send_response(200)',
+        "        self.send_header('Content-Length', str(len(b)))",
+        '        self.end_headers()',
+        '        self.wfile.write(b)',
+        "s = http.server.HTTPServer(('127.0.0.1', 8443), H)",
+        'c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)',
+        "c.load_cert_chain('/home/user/tls.pem')",
+        's.socket = c.wrap_socket(s.socket, server_side=True)',
+        's.serve_forever()',
+      ].join('\n') + '\n')
+      await sbx.commands.run('python3 /home/user/tls_echo.py', { background: true })
+      let res
+      for (let i = 0; i < 120; i++) {
+        res = await get(sbx.getHost(8443), '/', sbx.trafficAccessToken)
+        if (res.status === 200) break
+        await sleep(500)
+      }
+      assert.equal(res.status, 200, JSON.stringify(res))
+      assert.equal(res.body, 'tls localhost:8443')
+      const info = await sbx.getInfo()
+      assert.equal(info.network.maskRequestHost, 'localhost:${PORT}')
+      assert.deepEqual(info.network.httpsPorts, [8443])
+    })
+  }
   await step('setTimeout extends; getInfo', async () => {
     await sbx.setTimeout(900_000)
     const info = await sbx.getInfo()
@@ -165,6 +208,12 @@ async function main() {
       // source's no longer opens the envd the fork was restored with.
       assert.deepEqual((await f.getInfo()).metadata, { suite: tag })
       assert.notEqual(f.envdAccessToken, sbx.envdAccessToken)
+      // And its own traffic token: the source's does not open its ports
+      // (its http.server on 8000 was restored with it).
+      assert.ok(f.trafficAccessToken && f.trafficAccessToken !== sbx.trafficAccessToken)
+      assert.equal((await get(f.getHost(8000), '/index.html', sbx.trafficAccessToken)).status, 403)
+      const served = await get(f.getHost(8000), '/index.html', f.trafficAccessToken)
+      assert.equal(served.status, 200, JSON.stringify(served))
       const list = (token) => fetch(process.env.E2B_SANDBOX_URL + '/process.Process/List', {
         method: 'POST', body: '{}',
         headers: { 'Content-Type': 'application/json', 'E2b-Sandbox-Id': f.sandboxId, 'E2b-Sandbox-Port': '49983', 'X-Access-Token': token },
@@ -184,7 +233,10 @@ async function main() {
       await assert.rejects(sbx.updateNetwork({ allowOut: ['example.com'] }), /domain names are not supported/)
       await sbx.updateNetwork({})
       info = await sbx.getInfo()
-      assert.equal(info.network, undefined)
+      // The default egress again; the traffic token stays.
+      assert.equal(info.network.allowOut, undefined)
+      assert.equal(info.network.denyOut, undefined)
+      assert.equal(info.network.allowPublicTraffic, false)
       assert.equal((await sbx.commands.run('echo still')).stdout, 'still\n')
     })
   }
