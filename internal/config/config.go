@@ -7,6 +7,7 @@ package config
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,6 +28,12 @@ type Config struct {
 	Subnet    string `json:"subnet"`     // guest subnet, default 172.16.0.0/24 (gateway .1)
 	Bridge    string `json:"bridge"`     // default banger0
 	DNSSuffix string `json:"dns_suffix"` // default "vm"
+	// DNSUpstreams are where guests' queries for other names go:
+	// comma-separated "IP" or "IP:port"; "" (the default) takes the
+	// nameservers of /etc/resolv.conf as bangerd sees it (in a netns,
+	// /etc/netns/NAME/resolv.conf when there is one); "none" answers
+	// only VM names.
+	DNSUpstreams string `json:"dns_upstreams"`
 	// WorkspaceTransport is how workspace streams reach guests: "tcp" (the
 	// token-guarded plain data channel, default; fast under emulation) or
 	// "ssh" (always encrypted, for hosts whose VMs must not see each
@@ -104,6 +111,7 @@ var envNames = map[string]func(c *Config) *string{
 	"BANGER_SUBNET":              func(c *Config) *string { return &c.Subnet },
 	"BANGER_BRIDGE":              func(c *Config) *string { return &c.Bridge },
 	"BANGER_DNS_SUFFIX":          func(c *Config) *string { return &c.DNSSuffix },
+	"BANGER_DNS_UPSTREAMS":       func(c *Config) *string { return &c.DNSUpstreams },
 	"BANGER_WORKSPACE_TRANSPORT": func(c *Config) *string { return &c.WorkspaceTransport },
 	"BANGER_FIRECRACKER":         func(c *Config) *string { return &c.Firecracker },
 	"BANGER_QEMU":                func(c *Config) *string { return &c.QEMU },
@@ -177,10 +185,42 @@ func (c Config) Validate() error {
 			return fmt.Errorf("invalid %s: %v", kv[0], err)
 		}
 	}
+	if _, _, err := c.Upstreams(); err != nil {
+		return err
+	}
 	if !filepath.IsAbs(c.StateDir) {
 		return fmt.Errorf("state dir %q must be an absolute path", c.StateDir)
 	}
 	return nil
+}
+
+// Upstreams parses dns_upstreams: the resolvers as "IP:port", or
+// fromHost when they are the host's (the setting is empty); none at all
+// for "none".
+func (c Config) Upstreams() (addrs []string, fromHost bool, err error) {
+	v := strings.TrimSpace(c.DNSUpstreams)
+	switch v {
+	case "":
+		return nil, true, nil
+	case "none":
+		return nil, false, nil
+	}
+	for _, e := range strings.Split(v, ",") {
+		e = strings.TrimSpace(e)
+		ap, perr := netip.ParseAddrPort(e)
+		if perr != nil {
+			a, aerr := netip.ParseAddr(e)
+			if aerr != nil {
+				return nil, false, fmt.Errorf("invalid dns_upstreams entry %q: want an IP address, optionally with :port (or \"none\")", e)
+			}
+			ap = netip.AddrPortFrom(a, 53)
+		}
+		if ap.Port() == 0 {
+			return nil, false, fmt.Errorf("invalid dns_upstreams entry %q: port 0", e)
+		}
+		addrs = append(addrs, ap.String())
+	}
+	return addrs, false, nil
 }
 
 // Paths under the state directory.

@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -56,6 +57,8 @@ func TestValidate(t *testing.T) {
 		{func(c *Config) { c.MaxCPUs = 0 }, "invalid max_cpus 0"},
 		{func(c *Config) { c.MaxMemory = "lots" }, "invalid max_memory"},
 		{func(c *Config) { c.MaxDisk = "" }, "invalid max_disk"},
+		{func(c *Config) { c.DNSUpstreams = "resolver.example" }, `invalid dns_upstreams entry "resolver.example"`},
+		{func(c *Config) { c.DNSUpstreams = "192.0.2.1:0" }, "port 0"},
 	} {
 		c := Defaults()
 		tc.set(&c)
@@ -67,5 +70,26 @@ func TestValidate(t *testing.T) {
 	c.WorkspaceTransport = "ssh"
 	if err := c.Validate(); err != nil {
 		t.Errorf("ssh transport: %v", err)
+	}
+}
+
+func TestUpstreams(t *testing.T) {
+	for _, tc := range []struct {
+		in       string
+		want     []string
+		fromHost bool
+	}{
+		{"", nil, true},
+		{"  ", nil, true},
+		{"none", nil, false},
+		{"192.0.2.1", []string{"192.0.2.1:53"}, false},
+		{"192.0.2.1:5353, 2001:db8::1,[2001:db8::2]:54", []string{"192.0.2.1:5353", "[2001:db8::1]:53", "[2001:db8::2]:54"}, false},
+	} {
+		c := Defaults()
+		c.DNSUpstreams = tc.in
+		got, fromHost, err := c.Upstreams()
+		if err != nil || !slices.Equal(got, tc.want) || fromHost != tc.fromHost {
+			t.Errorf("%q: %q %v %v, want %q %v", tc.in, got, fromHost, err, tc.want, tc.fromHost)
+		}
 	}
 }

@@ -88,6 +88,12 @@ func (d *Daemon) startHost(ctx context.Context) error {
 		d.log.Error("network setup failed", "err", err)
 	} else {
 		d.host.dns = hostnet.NewDNS(d.cfg.DNSSuffix, func(host string) (netip.Addr, bool) { return d.guests.LookupDNS(host) }, d.log)
+		// Validate checked the setting.
+		upstreams, fromHost, _ := d.cfg.Upstreams()
+		if fromHost {
+			upstreams = hostnet.HostResolvers("/etc/resolv.conf")
+		}
+		d.host.dns.Forward(upstreams)
 		addr := netip.AddrPortFrom(n.Gateway(), 53).String()
 		if err := d.host.dns.Start(addr); err != nil {
 			d.log.Warn("dns responder not started", "addr", addr, "err", err)

@@ -6,8 +6,10 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -15,15 +17,59 @@ import (
 // dnsTTL is short because VMs come and go.
 const dnsTTL = 5
 
-// DNS answers A queries for <vm>.<suffix> from a lookup function, and
-// NXDOMAIN for every other name. It serves UDP and TCP on one address.
+// DNS answers A queries for <vm>.<suffix> from a lookup function. Other
+// names go to the upstream resolvers when it has some (Forward), so that
+// guests resolve the internet's names as the host does; without, they
+// get NXDOMAIN. It serves UDP and TCP on one address.
 type DNS struct {
 	suffix string // "vm." form: lower case, fully qualified
 	lookup func(host string) (netip.Addr, bool)
 	log    *slog.Logger
 
+	// upstreams ("IP:port") answer the names outside suffix; slots
+	// bounds the queries in flight to them, across all guests, so that
+	// a guest's flood costs the host a bounded share (the rest get
+	// SERVFAIL at once).
+	upstreams []string
+	slots     chan struct{}
+
 	mu      sync.Mutex
 	servers []*dns.Server
+}
+
+// Bounds on forwarding: queries in flight, and the wait for each
+// upstream's answer.
+const (
+	maxForwards    = 64
+	forwardTimeout = 2 * time.Second
+)
+
+// Forward sends the queries for names outside the VM suffix to
+// upstreams ("IP" or "IP:port", tried in order); none turns forwarding
+// off. Call it before Start.
+func (d *DNS) Forward(upstreams []string) {
+	d.upstreams = nil
+	for _, u := range upstreams {
+		if _, _, err := net.SplitHostPort(u); err != nil {
+			u = net.JoinHostPort(u, "53")
+		}
+		d.upstreams = append(d.upstreams, u)
+	}
+	d.slots = make(chan struct{}, maxForwards)
+}
+
+// HostResolvers are the nameservers of the resolv.conf file at path, in
+// order ("IP:port"); an unreadable file gives none.
+func HostResolvers(path string) []string {
+	cc, err := dns.ClientConfigFromFile(path)
+	if err != nil {
+		return nil
+	}
+	out := make([]string, 0, len(cc.Servers))
+	for _, s := range cc.Servers {
+		out = append(out, net.JoinHostPort(s, cc.Port))
+	}
+	return out
 }
 
 // NewDNS returns a responder for names under suffix. lookup gets the VM
@@ -45,6 +91,8 @@ func (d *DNS) Start(addr string) error {
 	if d.servers != nil {
 		return errors.New("dns responder already started")
 	}
+	// An upstream that is this responder would ask itself forever.
+	d.upstreams = slices.DeleteFunc(d.upstreams, func(u string) bool { return u == addr })
 	pc, err := net.ListenPacket("udp", addr)
 	if err != nil {
 		return fmt.Errorf("dns listen udp %s: %w", addr, err)
@@ -65,7 +113,7 @@ func (d *DNS) Start(addr string) error {
 			}
 		}()
 	}
-	d.log.Info("dns responder listening", "addr", addr, "suffix", d.suffix)
+	d.log.Info("dns responder listening", "addr", addr, "suffix", d.suffix, "upstreams", d.upstreams)
 	return nil
 }
 
@@ -86,7 +134,51 @@ func (d *DNS) Close() error {
 
 // ServeDNS answers one query.
 func (d *DNS) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+	if d.forwarded(req) {
+		w.WriteMsg(d.forward(req, w.LocalAddr().Network()))
+		return
+	}
 	w.WriteMsg(d.answer(req))
+}
+
+// forwarded says whether req goes upstream: a plain query for one name
+// outside the VM suffix, with upstreams to ask.
+func (d *DNS) forwarded(req *dns.Msg) bool {
+	if len(d.upstreams) == 0 || req.Opcode != dns.OpcodeQuery || len(req.Question) != 1 {
+		return false
+	}
+	name := strings.ToLower(dns.Fqdn(req.Question[0].Name))
+	return name != d.suffix && !strings.HasSuffix(name, "."+d.suffix)
+}
+
+// forward asks the upstreams in turn, over the protocol the guest used
+// ("udp" or "tcp"; a truncated answer makes the guest ask again over
+// TCP), and relays the first answer; SERVFAIL when none answers or too
+// many queries are in flight already.
+func (d *DNS) forward(req *dns.Msg, network string) *dns.Msg {
+	fail := func() *dns.Msg {
+		m := new(dns.Msg)
+		m.SetRcode(req, dns.RcodeServerFailure)
+		return m
+	}
+	select {
+	case d.slots <- struct{}{}:
+		defer func() { <-d.slots }()
+	default:
+		return fail()
+	}
+	if network != "tcp" {
+		network = "udp"
+	}
+	c := &dns.Client{Net: network, Timeout: forwardTimeout}
+	for _, up := range d.upstreams {
+		in, _, err := c.Exchange(req, up)
+		if err == nil && in != nil && in.Id == req.Id {
+			return in
+		}
+		d.log.Debug("dns upstream did not answer", "upstream", up, "err", err)
+	}
+	return fail()
 }
 
 // answer builds the reply to req: A records for known VMs, an empty answer

@@ -42,6 +42,17 @@ func ListenInNetns(ns, network, addr string) (net.Listener, error) {
 	return l, err
 }
 
+// ListenPacketInNetns is ListenInNetns for packet sockets (UDP).
+func ListenPacketInNetns(ns, network, addr string) (net.PacketConn, error) {
+	var pc net.PacketConn
+	err := inNetns(ns, func() error {
+		var err error
+		pc, err = net.ListenPacket(network, addr)
+		return err
+	})
+	return pc, err
+}
+
 // inNetns runs fn on a thread that entered namespace ns.
 func inNetns(ns string, fn func() error) error {
 	ch := make(chan error, 1)

@@ -82,6 +82,10 @@ func NewHarness(t testing.TB, env ...string) *Harness {
 		"BANGER_NETNS="+ns,
 		"BANGER_SOCKET=",
 		"BANGER_CONFIG=",
+		// Guests' lookups never leave for the host's resolvers (which
+		// may be private addresses); a test that wants forwarding names
+		// a resolver of its own namespace.
+		"BANGER_DNS_UPSTREAMS=none",
 	)
 	h.env = append(h.env, env...)
 	t.Cleanup(func() { h.cleanup() })

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/testenv"
+	"github.com/miekg/dns"
 )
 
 // banner is what the test's listeners send, so a probe proves it reached
@@ -36,6 +37,35 @@ func resolves(h *Harness, vm, name string) bool {
 	return code == 0
 }
 
+// serveResolver serves DNS on addr (UDP and TCP) inside namespace ns
+// until the test ends: A answer for every name, a stand-in for the
+// host's resolver.
+func serveResolver(t *testing.T, ns, addr, answer string) {
+	t.Helper()
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(req)
+		if len(req.Question) == 1 && req.Question[0].Qtype == dns.TypeA {
+			m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: req.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60},
+				A: net.ParseIP(answer)})
+		}
+		_ = w.WriteMsg(m)
+	})
+	pc, err := testenv.ListenPacketInNetns(ns, "udp", addr)
+	if err != nil {
+		t.Fatalf("resolver udp %s in %s: %v", addr, ns, err)
+	}
+	l, err := testenv.ListenInNetns(ns, "tcp", addr)
+	if err != nil {
+		pc.Close()
+		t.Fatalf("resolver tcp %s in %s: %v", addr, ns, err)
+	}
+	for _, s := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: l, Handler: h}} {
+		go func() { _ = s.ActivateAndServe() }()
+		t.Cleanup(func() { _ = s.Shutdown() })
+	}
+}
+
 // serveBanner accepts on l until it is closed, greeting each connection.
 func serveBanner(l net.Listener) {
 	for {
@@ -53,9 +83,13 @@ func serveBanner(l net.Listener) {
 // namespace, only what its policy lets it: by default none of the host's
 // addresses (gateway, another host address, the metadata address) nor a
 // sibling VM; each once allowed; nothing at all (DNS included) with
-// --net none. Every address here is in the daemon's test namespace.
+// --net none. Names other than VMs' resolve through the daemon's
+// responder, which asks the host's resolver (a stand-in on the other
+// host address, which the guest itself cannot reach). Every address here
+// is in the daemon's test namespace.
 func TestGuestNetworkPolicy(t *testing.T) {
-	h := NewHarness(t)
+	const resolver = "10.250.0.1:53"
+	h := NewHarness(t, "BANGER_DNS_UPSTREAMS="+resolver)
 	const port = 8000
 	const hostAddr = "10.250.0.1"          // another address of the host, as on a LAN
 	const metadata = "169.254.169.254"     // the cloud metadata address
@@ -104,6 +138,13 @@ func TestGuestNetworkPolicy(t *testing.T) {
 	}
 	if !resolves(h, "pa", "pb.vm") {
 		t.Fatalf("internet: pa cannot resolve pb.vm on the gateway")
+	}
+	serveResolver(t, h.Netns, resolver, "203.0.113.7")
+	if out, _, code := h.Run("vm", "exec", "pa", "--", "timeout", "8", "getent", "hosts", "example.test"); code != 0 || !strings.Contains(out, "203.0.113.7") {
+		t.Fatalf("internet: pa resolves example.test as %q (exit %d), want the host resolver's 203.0.113.7", out, code)
+	}
+	if reachable(h, "pa", "10.250.0.1", 53, "") {
+		t.Fatalf("internet: pa reached the host's resolver itself")
 	}
 	// open: the host's addresses, still not the sibling.
 	for _, a := range []string{gw, hostAddr, metadata} {
