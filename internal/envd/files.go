@@ -13,7 +13,10 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func sha256Sum(s string) []byte {
@@ -105,9 +108,61 @@ func fileError(w http.ResponseWriter, path string, err error) {
 
 // writtenEntry is one element of POST /files's answer.
 type writtenEntry struct {
-	Path string `json:"path"`
-	Name string `json:"name"`
-	Type string `json:"type"`
+	Path     string            `json:"path"`
+	Name     string            `json:"name"`
+	Type     string            `json:"type"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+}
+
+// File metadata (envd 0.6.2): X-Metadata-<key> headers on an upload,
+// stored as metadataPrefix+key extended attributes on the file.
+const (
+	metadataHeader   = "x-metadata-"
+	metadataPrefix   = "user.e2b."
+	maxMetadataKey   = 255 - len(metadataPrefix) // the VFS limit on xattr names
+	maxMetadataBytes = 4096                      // the inode's xattr budget, prefixes counted
+)
+
+// uploadMetadata reads an upload's metadata: each X-Metadata-<key>
+// header, the key lower-cased (Go has canonicalised its case already),
+// its first value; keys and values printable ASCII, keys at most
+// maxMetadataKey bytes, all of it at most maxMetadataBytes.
+func uploadMetadata(h http.Header) (map[string]string, error) {
+	var meta map[string]string
+	total := 0
+	for name, vals := range h {
+		lower := strings.ToLower(name)
+		key, ok := strings.CutPrefix(lower, metadataHeader)
+		if !ok || len(vals) == 0 {
+			continue
+		}
+		switch {
+		case key == "":
+			return nil, fmt.Errorf("metadata header %q names no key", name)
+		case len(key) > maxMetadataKey:
+			return nil, fmt.Errorf("metadata key %.32q…: longer than %d bytes", key, maxMetadataKey)
+		case !printable(key) || !printable(vals[0]):
+			return nil, fmt.Errorf("metadata %q: keys and values must be printable US-ASCII", key)
+		}
+		if meta == nil {
+			meta = map[string]string{}
+		}
+		meta[key] = vals[0]
+		total += len(metadataPrefix) + len(key) + len(vals[0])
+	}
+	if total > maxMetadataBytes {
+		return nil, fmt.Errorf("metadata of %d bytes: at most %d (keys, values and a %q prefix per key)", total, maxMetadataBytes, metadataPrefix)
+	}
+	return meta, nil
+}
+
+func printable(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // postFiles writes files: a raw body (application/octet-stream, maybe
@@ -116,6 +171,11 @@ type writtenEntry struct {
 func (s *Server) postFiles(w http.ResponseWriter, r *http.Request) {
 	a, ok := s.fileAccess(w, r, "write")
 	if !ok {
+		return
+	}
+	meta, err := uploadMetadata(r.Header)
+	if err != nil {
+		httpError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	target := r.URL.Query().Get("path")
@@ -154,7 +214,7 @@ func (s *Server) postFiles(w http.ResponseWriter, r *http.Request) {
 				httpError(w, http.StatusBadRequest, "a file part has neither ?path= nor a file name")
 				return
 			}
-			e, status, err := writeFile(resolve(p, a), part, a)
+			e, status, err := writeFile(resolve(p, a), part, a, meta)
 			part.Close()
 			if err != nil {
 				httpError(w, status, err.Error())
@@ -167,7 +227,7 @@ func (s *Server) postFiles(w http.ResponseWriter, r *http.Request) {
 			httpError(w, http.StatusBadRequest, "path is required for a raw upload")
 			return
 		}
-		e, status, err := writeFile(resolve(target, a), body, a)
+		e, status, err := writeFile(resolve(target, a), body, a, meta)
 		if err != nil {
 			httpError(w, status, err.Error())
 			return
@@ -182,9 +242,10 @@ func (s *Server) postFiles(w http.ResponseWriter, r *http.Request) {
 }
 
 // writeFile replaces path with the content of r atomically (a temporary
-// file in the same directory, renamed over it), owned by a; missing
-// parents are made. The status is for a failure.
-func writeFile(path string, r io.Reader, a account) (writtenEntry, int, error) {
+// file in the same directory, renamed over it), owned by a, with meta
+// as its only metadata; missing parents are made. The status is for a
+// failure.
+func writeFile(path string, r io.Reader, a account, meta map[string]string) (writtenEntry, int, error) {
 	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
 		return writtenEntry{}, http.StatusBadRequest, fmt.Errorf("%s is a directory", path)
 	}
@@ -209,6 +270,11 @@ func writeFile(path string, r io.Reader, a account) (writtenEntry, int, error) {
 	if err := tmp.Chmod(0o644); err != nil {
 		return writtenEntry{}, http.StatusInternalServerError, err
 	}
+	for k, v := range meta {
+		if err := unix.Fsetxattr(int(tmp.Fd()), metadataPrefix+k, []byte(v), 0); err != nil {
+			return writtenEntry{}, http.StatusBadRequest, fmt.Errorf("metadata %q on %s: %w", k, path, err)
+		}
+	}
 	if err := tmp.Close(); err != nil {
 		return writtenEntry{}, http.StatusInternalServerError, err
 	}
@@ -217,7 +283,7 @@ func writeFile(path string, r io.Reader, a account) (writtenEntry, int, error) {
 		return writtenEntry{}, http.StatusInternalServerError, err
 	}
 	ok = true
-	return writtenEntry{Path: path, Name: filepath.Base(path), Type: "file"}, 0, nil
+	return writtenEntry{Path: path, Name: filepath.Base(path), Type: "file", Metadata: meta}, 0, nil
 }
 
 // partFileName is a part's file name as sent: multipart.Part.FileName

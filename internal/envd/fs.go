@@ -9,11 +9,13 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	fspb "github.com/banger/banger/internal/envd/spec/filesystem"
@@ -81,7 +83,54 @@ func entryInfo(path string) (*fspb.EntryInfo, error) {
 		e.Owner = userName(st.Uid)
 		e.Group = groupName(st.Gid)
 	}
+	e.Metadata = fileMetadata(path)
 	return e, nil
+}
+
+// fileMetadata is path's user-defined metadata: its metadataPrefix
+// extended attributes, set by an upload or by anyone else; nil when
+// none (or the file system has none). Bounded by what xattrs can hold.
+func fileMetadata(path string) map[string]string {
+	const most = 64 << 10 // what xattrs on Linux can hold
+	n, err := unix.Llistxattr(path, nil)
+	if err != nil || n <= 0 || n > most {
+		return nil
+	}
+	buf := make([]byte, n)
+	if n, err = unix.Llistxattr(path, buf); err != nil {
+		return nil
+	}
+	var meta map[string]string
+	for _, name := range strings.Split(string(buf[:n]), "\x00") {
+		key, ok := strings.CutPrefix(name, metadataPrefix)
+		if !ok || key == "" {
+			continue
+		}
+		size, err := unix.Lgetxattr(path, name, nil)
+		if err != nil || size < 0 || size > most {
+			continue
+		}
+		val := make([]byte, size)
+		if size, err = unix.Lgetxattr(path, name, val); err != nil {
+			continue
+		}
+		if meta == nil {
+			meta = map[string]string{}
+		}
+		meta[key] = string(val[:size])
+	}
+	return meta
+}
+
+// withEntry adds to ev the entry it names under dir, when asked and it
+// still exists (envd 0.6.3's include_entry).
+func withEntry(ev *fspb.FilesystemEvent, dir string, include bool) *fspb.FilesystemEvent {
+	if include {
+		if e, err := entryInfo(filepath.Join(dir, ev.Name)); err == nil {
+			ev.Entry = e
+		}
+	}
+	return ev
 }
 
 func userName(uid uint32) string {
@@ -267,6 +316,7 @@ func (f *fsService) WatchDir(ctx context.Context, req *connect.Request[fspb.Watc
 			if !ok {
 				return connect.NewError(connect.CodeInternal, errors.New("watcher stopped"))
 			}
+			ev = withEntry(ev, dir, req.Msg.GetIncludeEntry())
 			if err := stream.Send(&fspb.WatchDirResponse{Event: &fspb.WatchDirResponse_Filesystem{Filesystem: ev}}); err != nil {
 				return nil
 			}
@@ -291,7 +341,9 @@ func (f *fsService) CreateWatcher(_ context.Context, req *connect.Request[fspb.C
 	}
 	p := &polled{w: w}
 	go func() {
+		include := req.Msg.GetIncludeEntry()
 		for ev := range w.events {
+			ev = withEntry(ev, dir, include)
 			p.mu.Lock()
 			if len(p.events) >= maxPolledEvents {
 				p.events = p.events[1:]

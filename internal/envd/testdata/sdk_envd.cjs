@@ -123,6 +123,28 @@ async function main() {
     await w.stop()
     assert.ok(events.some((e) => e.name === 'watched.txt'), JSON.stringify(events))
   })
+  await step('file metadata: written, read back lower-cased, replaced by the next upload', async () => {
+    const p = work + '/meta.txt'
+    const info = await sbx.files.write(p, 'm', { metadata: { Owner: 'agent-7', 'build.id': '42' } })
+    assert.deepEqual(info.metadata, { owner: 'agent-7', 'build.id': '42' })
+    assert.deepEqual((await sbx.files.getInfo(p)).metadata, { owner: 'agent-7', 'build.id': '42' })
+    const listed = (await sbx.files.list(work)).find((e) => e.name === 'meta.txt')
+    assert.deepEqual(listed.metadata, { owner: 'agent-7', 'build.id': '42' })
+    await sbx.files.write(p, 'n', { metadata: { stage: 'two' } })
+    assert.deepEqual((await sbx.files.getInfo(p)).metadata, { stage: 'two' })
+    await sbx.files.write(p, 'o')
+    assert.equal((await sbx.files.getInfo(p)).metadata, undefined)
+  })
+  await step('files.watchDir with includeEntry carries the entry', async () => {
+    const events = []
+    const w = await sbx.files.watchDir(work, (e) => events.push(e), { includeEntry: true })
+    await sbx.files.write(work + '/entry.txt', 'twelve bytes')
+    const seen = () => events.find((e) => e.name === 'entry.txt' && e.entry && e.entry.size === 12)
+    for (let i = 0; i < 100 && !seen(); i++) await sleep(50)
+    await w.stop()
+    assert.ok(seen(), JSON.stringify(events))
+    assert.equal(seen().entry.type, 'file')
+  })
   await step('pty', async () => {
     let out = ''
     const h = await sbx.pty.create({

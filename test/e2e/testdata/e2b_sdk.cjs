@@ -114,13 +114,24 @@ async function main() {
     assert.equal(await sbx.files.exists('made'), false)
     await assert.rejects(sbx.files.read('made/deep/b.txt'), NotFoundError)
   })
-  await step('files.watchDir sees a write', async () => {
+  await step('files.watchDir sees a write, with its entry when asked', async () => {
     const events = []
-    const w = await sbx.files.watchDir('notes', (e) => events.push(e))
+    const w = await sbx.files.watchDir('notes', (e) => events.push(e), { includeEntry: true })
     await sbx.files.write('notes/watched.txt', 'w')
-    for (let i = 0; i < 200 && !events.some((e) => e.name === 'watched.txt'); i++) await sleep(50)
+    const seen = () => events.find((e) => e.name === 'watched.txt' && e.entry && e.entry.size === 1)
+    for (let i = 0; i < 200 && !seen(); i++) await sleep(50)
     await w.stop()
-    assert.ok(events.some((e) => e.name === 'watched.txt'), JSON.stringify(events))
+    assert.ok(seen(), JSON.stringify(events))
+  })
+  await step('file metadata: kept on the file, lower-cased, replaced by the next upload', async () => {
+    const info = await sbx.files.write('notes/meta.txt', 'm', { metadata: { Owner: 'agent-7' } })
+    assert.deepEqual(info.metadata, { owner: 'agent-7' })
+    assert.deepEqual((await sbx.files.getInfo('notes/meta.txt')).metadata, { owner: 'agent-7' })
+    // An extended attribute of the guest's file, as E2B keeps it.
+    const x = await sbx.commands.run(`python3 -c "import os; print(os.getxattr('notes/meta.txt', 'user.e2b.owner').decode())"`)
+    assert.equal(x.stdout, 'agent-7\n')
+    await sbx.files.write('notes/meta.txt', 'n')
+    assert.equal((await sbx.files.getInfo('notes/meta.txt')).metadata, undefined)
   })
   await step('getHost(8000) serves a guest http.server through the listener', async () => {
     await sbx.files.write('www/index.html', 'served-from-guest')
