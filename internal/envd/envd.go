@@ -39,10 +39,9 @@ import (
 // Version is the envd API version this package implements, reported to the
 // SDK (which turns features on by comparing it): stdin control (0.3.0),
 // default user (0.4.0), CloseStdin (0.5.2), octet-stream uploads
-// (0.5.7), file metadata (0.6.2) and entries in watch events (0.6.3).
-// Watching network mounts (0.6.4) is not implemented, so the version
-// stays below it.
-const Version = "0.6.3"
+// (0.5.7), file metadata (0.6.2), entries in watch events (0.6.3) and
+// watching network mounts only when asked (0.6.4).
+const Version = "0.6.4"
 
 // Port is the guest port envd listens on.
 const Port = 49983

@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestUploadMetadata(t *testing.T) {
@@ -41,6 +43,26 @@ func TestUploadMetadata(t *testing.T) {
 		}
 		if err != nil || !maps.Equal(got, c.want) {
 			t.Errorf("%s: %v %v, want %v", c.name, got, err, c.want)
+		}
+	}
+}
+
+func TestNetworkFS(t *testing.T) {
+	for _, c := range []struct {
+		magic int64
+		want  string
+	}{
+		{unix.NFS_SUPER_MAGIC, "nfs"},
+		{unix.CIFS_SUPER_MAGIC, "smb"},
+		{unix.SMB2_SUPER_MAGIC, "smb"},
+		{unix.FUSE_SUPER_MAGIC, "fuse"},
+		{unix.V9FS_MAGIC, "9p"},
+		{unix.EXT4_SUPER_MAGIC, ""},
+		{unix.TMPFS_MAGIC, ""},
+		{unix.OVERLAYFS_SUPER_MAGIC, ""},
+	} {
+		if got := networkFS(c.magic); got != c.want {
+			t.Errorf("networkFS(%#x) = %q, want %q", c.magic, got, c.want)
 		}
 	}
 }

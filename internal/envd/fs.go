@@ -274,7 +274,7 @@ func (f *fsService) Remove(_ context.Context, req *connect.Request[fspb.RemoveRe
 }
 
 // watchTarget checks a directory to watch.
-func (f *fsService) watchTarget(h http.Header, path string) (string, error) {
+func (f *fsService) watchTarget(h http.Header, path string, allowNetwork bool) (string, error) {
 	a, err := f.s.userFor(h)
 	if err != nil {
 		return "", err
@@ -287,13 +287,43 @@ func (f *fsService) watchTarget(h http.Header, path string) (string, error) {
 	if !fi.IsDir() {
 		return "", connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%s is not a directory", dir))
 	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err == nil && !allowNetwork {
+		if kind := networkFS(int64(st.Type)); kind != "" {
+			return "", connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%s is on a network mount (%s), where changes made elsewhere are not seen: ask with allowNetworkMounts to watch it anyway", dir, kind))
+		}
+	}
 	return dir, nil
+}
+
+// networkFS names the network file system of statfs type t (NFS,
+// CIFS/SMB, FUSE, 9p, Ceph, AFS, Coda), "" for a local one: inotify on
+// those sees only the changes made through this machine (envd 0.6.4
+// watches them only when asked).
+func networkFS(t int64) string {
+	switch t {
+	case unix.NFS_SUPER_MAGIC:
+		return "nfs"
+	case unix.CIFS_SUPER_MAGIC, unix.SMB_SUPER_MAGIC, unix.SMB2_SUPER_MAGIC:
+		return "smb"
+	case unix.FUSE_SUPER_MAGIC:
+		return "fuse"
+	case unix.V9FS_MAGIC:
+		return "9p"
+	case unix.CEPH_SUPER_MAGIC:
+		return "ceph"
+	case unix.AFS_SUPER_MAGIC:
+		return "afs"
+	case unix.CODA_SUPER_MAGIC:
+		return "coda"
+	}
+	return ""
 }
 
 // WatchDir streams the changes under a directory: a start event, then
 // file system events, with keepalives between.
 func (f *fsService) WatchDir(ctx context.Context, req *connect.Request[fspb.WatchDirRequest], stream *connect.ServerStream[fspb.WatchDirResponse]) error {
-	dir, err := f.watchTarget(req.Header(), req.Msg.GetPath())
+	dir, err := f.watchTarget(req.Header(), req.Msg.GetPath(), req.Msg.GetAllowNetworkMounts())
 	if err != nil {
 		return err
 	}
@@ -331,7 +361,7 @@ func (f *fsService) WatchDir(ctx context.Context, req *connect.Request[fspb.Watc
 
 // CreateWatcher starts a watcher whose events are fetched by polling.
 func (f *fsService) CreateWatcher(_ context.Context, req *connect.Request[fspb.CreateWatcherRequest]) (*connect.Response[fspb.CreateWatcherResponse], error) {
-	dir, err := f.watchTarget(req.Header(), req.Msg.GetPath())
+	dir, err := f.watchTarget(req.Header(), req.Msg.GetPath(), req.Msg.GetAllowNetworkMounts())
 	if err != nil {
 		return nil, err
 	}

@@ -137,7 +137,8 @@ async function main() {
   })
   await step('files.watchDir with includeEntry carries the entry', async () => {
     const events = []
-    const w = await sbx.files.watchDir(work, (e) => events.push(e), { includeEntry: true })
+    // allowNetworkMounts (envd 0.6.4) changes nothing on a local disk.
+    const w = await sbx.files.watchDir(work, (e) => events.push(e), { includeEntry: true, allowNetworkMounts: true })
     await sbx.files.write(work + '/entry.txt', 'twelve bytes')
     const seen = () => events.find((e) => e.name === 'entry.txt' && e.entry && e.entry.size === 12)
     for (let i = 0; i < 100 && !seen(); i++) await sleep(50)

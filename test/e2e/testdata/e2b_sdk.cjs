@@ -116,7 +116,7 @@ async function main() {
   })
   await step('files.watchDir sees a write, with its entry when asked', async () => {
     const events = []
-    const w = await sbx.files.watchDir('notes', (e) => events.push(e), { includeEntry: true })
+    const w = await sbx.files.watchDir('notes', (e) => events.push(e), { includeEntry: true, allowNetworkMounts: true })
     await sbx.files.write('notes/watched.txt', 'w')
     const seen = () => events.find((e) => e.name === 'watched.txt' && e.entry && e.entry.size === 1)
     for (let i = 0; i < 200 && !seen(); i++) await sleep(50)
