@@ -245,15 +245,13 @@ func machineIDOf(vmID string) string {
 // the channel (an image built before it) keeps the image's, logged,
 // after at most machineIDWait.
 func (m *Manager) tellMachineID(ctx context.Context, vm model.VM, drv vmm.Driver, im model.Image) {
-	ctl, ok := drv.(vmm.Controller)
-	if !ok || im.Init != "fast" {
+	if _, ok := drv.(vmm.Controller); !ok || im.Init != "fast" {
 		return
 	}
 	cctx, cancel := context.WithTimeout(ctx, machineIDWait)
 	defer cancel()
-	conn, err := ctl.DialControl(cctx, vm.Dir)
+	c, err := dialControl(cctx, vm, drv)
 	if err == nil {
-		c := guestctl.NewClient(conn)
 		_, err = c.Call(cctx, guestctl.Request{Op: guestctl.OpIdentity, MachineID: machineIDOf(vm.ID)})
 		c.Close()
 	}
@@ -262,13 +260,23 @@ func (m *Manager) tellMachineID(ctx context.Context, vm model.VM, drv vmm.Driver
 	}
 }
 
+// dialControl opens vm's control channel through drv, which must have
+// one (vmm.Controller); the caller closes the client.
+func dialControl(ctx context.Context, vm model.VM, drv vmm.Driver) (*guestctl.Client, error) {
+	ctl, ok := drv.(vmm.Controller)
+	if !ok {
+		return nil, fmt.Errorf("vmm %s has no control channel", drv.Name())
+	}
+	conn, err := ctl.DialControl(ctx, vm.Dir)
+	if err != nil {
+		return nil, err
+	}
+	return guestctl.NewClient(conn), nil
+}
+
 // reidentify tells a restored fork, held off the bridge, who it is,
 // then raises its link (raiseLink).
 func (m *Manager) reidentify(ctx context.Context, vm model.VM, drv vmm.Driver, vh vmm.Handle, tap string, fork *forkIdentity) error {
-	ctl, ok := drv.(vmm.Controller)
-	if !ok {
-		return fmt.Errorf("vmm %s has no control channel", drv.Name())
-	}
 	ip, err := netip.ParseAddr(vm.GuestIP)
 	if err != nil {
 		return err
@@ -277,11 +285,10 @@ func (m *Manager) reidentify(ctx context.Context, vm model.VM, drv vmm.Driver, v
 	_, _ = rand.Read(seed)
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	conn, err := ctl.DialControl(cctx, vm.Dir)
+	c, err := dialControl(cctx, vm, drv)
 	if err != nil {
 		return err
 	}
-	c := guestctl.NewClient(conn)
 	defer c.Close()
 	rep, err := c.Call(cctx, guestctl.Request{
 		Op: guestctl.OpIdentity, Hostname: vm.Name, MachineID: machineIDOf(vm.ID), Seed: seed,

@@ -205,17 +205,12 @@ func (m *Manager) stepClock(ctx context.Context, vm model.VM, drv vmm.Driver) er
 // side translated yet (TCG), so its first requests are the slow ones. A
 // hello goes first for the same reason.
 func (m *Manager) clockOverControl(ctx context.Context, vm model.VM, drv vmm.Driver, timeout time.Duration) error {
-	c, ok := drv.(vmm.Controller)
-	if !ok {
-		return fmt.Errorf("vmm %s has no control channel", drv.Name())
-	}
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	conn, err := c.DialControl(cctx, vm.Dir)
+	cl, err := dialControl(cctx, vm, drv)
 	if err != nil {
 		return err
 	}
-	cl := guestctl.NewClient(conn)
 	defer cl.Close()
 	if _, err := cl.Call(cctx, guestctl.Request{Op: guestctl.OpHello}); err != nil {
 		return err
