@@ -424,48 +424,41 @@ func setTimings(t *testing.T, interval, timeout time.Duration) {
 	t.Cleanup(func() { keepaliveInterval, keepaliveTimeout, staleAfter = oi, ot, os })
 }
 
-func TestWaitReady(t *testing.T) {
+// waitThroughFront dials f's server with wait through a front that
+// refuses the first refuse connections, as a guest whose sshd is not up
+// yet does; it checks that wait kept trying and that the client runs a
+// command afterwards, and returns the commands the server ran before
+// that one.
+func waitThroughFront(t *testing.T, refuse int, wait func(context.Context, Endpoint, ssh.Signer, time.Duration) (Client, error)) (execsBefore int) {
+	t.Helper()
 	f := newFixture(t)
-	// A front that refuses the first connections, as a guest whose sshd is
-	// not up yet does, then forwards to the server.
-	fr := newFront(t, f.srv.Addr(), 3)
+	fr := newFront(t, f.srv.Addr(), refuse)
 	ep := f.ep
 	ep.Port = fr.port
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := WaitReady(ctx, ep, f.signer, 20*time.Millisecond)
+	c, err := wait(ctx, ep, f.signer, 20*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if fr.connections() < 4 {
-		t.Errorf("front saw %d attempts, want at least 4", fr.connections())
+	if fr.connections() < refuse+1 {
+		t.Errorf("front saw %d attempts, want at least %d", fr.connections(), refuse+1)
 	}
+	execsBefore = f.srv.Execs()
 	if code, out, _ := run(t, c, "echo up", nil); code != 0 || out != "up\n" {
-		t.Errorf("after WaitReady: %d, %q", code, out)
+		t.Errorf("after the wait: %d, %q", code, out)
 	}
+	return execsBefore
+}
+
+func TestWaitReady(t *testing.T) {
+	waitThroughFront(t, 3, WaitReady)
 }
 
 func TestWaitDialRunsNothing(t *testing.T) {
-	f := newFixture(t)
-	fr := newFront(t, f.srv.Addr(), 2)
-	ep := f.ep
-	ep.Port = fr.port
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := WaitDial(ctx, ep, f.signer, 20*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if fr.connections() < 3 {
-		t.Errorf("front saw %d attempts, want at least 3", fr.connections())
-	}
-	if n := f.srv.Execs(); n != 0 {
+	if n := waitThroughFront(t, 2, WaitDial); n != 0 {
 		t.Errorf("WaitDial ran %d commands, want none", n)
-	}
-	if code, out, _ := run(t, c, "echo up", nil); code != 0 || out != "up\n" {
-		t.Errorf("after WaitDial: %d, %q", code, out)
 	}
 }
 
