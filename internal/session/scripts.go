@@ -322,11 +322,15 @@ func StateScript(root, id string) string {
 	return "#!/bin/bash\n" + prelude + fmt.Sprintf("__bg_state %s %s\n", shell.Quote(id), shell.Quote(StateDir(root, id)))
 }
 
-// runningCheck exits ExitNotRunning unless the session's command is alive.
-const runningCheck = `if [ ! -d "$__bg_dir" ]; then echo "session state directory $__bg_dir is missing" >&2; exit ` + "3" + `; fi
+// startedCheck exits ExitNotRunning unless the session's state directory
+// and command pid exist (it may have finished since), setting __bg_pid.
+const startedCheck = `if [ ! -d "$__bg_dir" ]; then echo "session state directory $__bg_dir is missing" >&2; exit ` + "3" + `; fi
 __bg_pid=$(head -c 32 -- "$__bg_dir/pid" 2>/dev/null || true)
 case $__bg_pid in '' | *[!0-9]*) echo "session has no running command" >&2; exit 3 ;; esac
-if [ -f "$__bg_dir/exit_code" ] || ! kill -0 "$__bg_pid" 2>/dev/null; then echo "session has finished" >&2; exit 3; fi
+`
+
+// runningCheck exits ExitNotRunning unless the session's command is alive.
+const runningCheck = startedCheck + `if [ -f "$__bg_dir/exit_code" ] || ! kill -0 "$__bg_pid" 2>/dev/null; then echo "session has finished" >&2; exit 3; fi
 `
 
 // SendScript copies the script's stdin to the session's stdin fifo. It exits
@@ -408,10 +412,15 @@ func truncate(s string, n int) string {
 // the first byte; LogSizesScript's answer: where the attachment began).
 // Each log is followed by one tail from that offset, so every byte past it
 // arrives once and in order, however long after the offset was taken the
-// tail starts. It exits ExitNotRunning at once when the session is not
-// running.
+// tail starts. It exits ExitNotRunning at once when the session's state
+// is missing or it never started; a session that has finished since
+// gets what it wrote past the offsets, and the script ends.
 func AttachOutputScript(root, id string, stdoutOffset, stderrOffset int64) string {
-	return fmt.Sprintf("#!/bin/bash\n__bg_dir=%s\n", shell.Quote(StateDir(root, id))) + runningCheck +
+	// Not runningCheck: the attachment began at offsets taken while the
+	// session ran, so a session that ended since (its last input may have
+	// come through the attachment) still owes what it wrote after them,
+	// and tail stops at once when the monitor is gone.
+	return fmt.Sprintf("#!/bin/bash\n__bg_dir=%s\n", shell.Quote(StateDir(root, id))) + startedCheck +
 		`__bg_mon=$(head -c 32 -- "$__bg_dir/monitor_pid" 2>/dev/null || true)
 case $__bg_mon in '' | *[!0-9]*) __bg_mon=$__bg_pid ;; esac
 ` + fmt.Sprintf(`tail -c +%d -s 0.2 --pid="$__bg_mon" -f -- "$__bg_dir/stdout.log" &

@@ -496,6 +496,50 @@ func TestAttachOutputOffsets(t *testing.T) {
 	}
 }
 
+// A session that ends between where an attachment begins and the start
+// of its tail (the input that ended it came through the attachment)
+// still gives the output it wrote past the offsets, and the tail ends:
+// the attachment then ends with the session's exit, not a refusal.
+func TestAttachOutputAfterTheEnd(t *testing.T) {
+	needTools(t)
+	root := t.TempDir()
+	s := Spec{ID: newID(t), Command: "cat", Cwd: root, StdinMode: model.StdinPipe, Require: []string{"cat"}}
+	start(t, root, s)
+	logged := func(want string) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); readFile(t, filepath.Join(StateDir(root, s.ID), FileStdout)) != want; {
+			if time.Now().After(deadline) {
+				t.Fatalf("stdout.log never became %q", want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if _, errs, code := run(t, SendScript(root, s.ID), []byte("before\n")); code != 0 {
+		t.Fatalf("send: exit %d %s", code, errs)
+	}
+	logged("before\n")
+	sizes, errs, code := run(t, LogSizesScript(root, s.ID), nil)
+	if code != 0 {
+		t.Fatalf("sizes: exit %d %s", code, errs)
+	}
+	outOff, errOff, err := ParseLogSizes(sizes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, errs, code := run(t, SendScript(root, s.ID), []byte("last\n")); code != 0 {
+		t.Fatalf("send: exit %d %s", code, errs)
+	}
+	logged("before\nlast\n")
+	run(t, SignalScript(root, s.ID, "TERM", 5, true), nil)
+	if _, _, code := run(t, SendScript(root, s.ID), []byte("x")); code != ExitNotRunning {
+		t.Fatalf("the session still runs (send: exit %d)", code)
+	}
+	out, errs, code := run(t, AttachOutputScript(root, s.ID, outOff, errOff), nil)
+	if code != 0 || out != "last\n" {
+		t.Fatalf("attach output after the end: exit %d, %q (stderr %q), want 0 and %q", code, out, errs, "last\n")
+	}
+}
+
 // A --tty session runs on a terminal of the size asked, takes input
 // through it (echoed, as a terminal does), follows a resize, and keeps its
 // command's exit code.
