@@ -390,7 +390,7 @@ func (c *Client) ResumeVM(ctx context.Context, ref string, report progress.Func)
 	return streamFor[model.VM](ctx, c, "POST", "/v1/vms/"+esc(ref)+"/resume", nil, report)
 }
 
-// CreateSnapshot takes a snapshot of a running VM.
+// CreateSnapshot takes a snapshot of a running or paused VM.
 func (c *Client) CreateSnapshot(ctx context.Context, vmRef string, req CreateSnapshotRequest) (model.Snapshot, error) {
 	return callFor[model.Snapshot](ctx, c, "POST", "/v1/vms/"+esc(vmRef)+"/snapshots", req)
 }

@@ -166,9 +166,9 @@ type CreateSnapshotRequest struct {
 	Name string `json:"name,omitempty"`
 }
 
-// ForkRequest names what to fork (a snapshot, else a running VM), how
-// many VMs to make and their names' prefix ("": "<vm>-fork"); they are
-// named <prefix>-1 … <prefix>-<count>.
+// ForkRequest names what to fork (a snapshot, else a running or paused
+// VM), how many VMs to make and their names' prefix ("": "<vm>-fork");
+// they are named <prefix>-1 … <prefix>-<count>.
 type ForkRequest struct {
 	Source     string `json:"source"`
 	Count      int    `json:"count"`
@@ -342,7 +342,8 @@ type Service interface {
 	DeleteVM(ctx context.Context, ref string, force bool) error
 	// CreateSnapshot pauses a running VM for a moment, saves its whole
 	// state and captures its disks into a new snapshot, and lets it run
-	// on (docs/snapshots.md).
+	// on; of a paused VM it captures the saved state and disks as they
+	// are, and the VM stays paused (docs/snapshots.md).
 	CreateSnapshot(ctx context.Context, vmRef string, req CreateSnapshotRequest) (model.Snapshot, error)
 	ListSnapshots(ctx context.Context) ([]model.Snapshot, error)
 	GetSnapshot(ctx context.Context, ref string) (model.Snapshot, error)

@@ -14,12 +14,12 @@ import (
 )
 
 // vmSnapshotCommand is `banger vm snapshot`: point-in-time copies of
-// running VMs (docs/snapshots.md).
+// running or paused VMs (docs/snapshots.md).
 func (a *app) vmSnapshotCommand() *cobra.Command {
-	cmd := &cobra.Command{Use: "snapshot", Short: "Take, list and remove snapshots of running VMs (memory and disks)"}
+	cmd := &cobra.Command{Use: "snapshot", Short: "Take, list and remove snapshots of running or paused VMs (memory and disks)"}
 	var name string
 	create := &cobra.Command{
-		Use: "create VM", Short: "Pause a running VM for a moment and save its memory and disks as a snapshot", Args: cobra.ExactArgs(1),
+		Use: "create VM", Short: "Save a VM's memory and disks as a snapshot (a running one is frozen for a moment, a paused one stays paused)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return show(a, cmd, func(c *api.Client, ctx context.Context) (model.Snapshot, error) {
 				return c.CreateSnapshot(ctx, args[0], api.CreateSnapshotRequest{Name: name})
@@ -60,7 +60,7 @@ func (a *app) vmForkCommand() *cobra.Command {
 	var count int
 	var prefix string
 	cmd := &cobra.Command{
-		Use: "fork VM|SNAPSHOT", Short: "Make VMs that resume from a snapshot (of a running VM: one is taken first)", Args: cobra.ExactArgs(1),
+		Use: "fork VM|SNAPSHOT", Short: "Make VMs that resume from a snapshot (of a running or paused VM: one is taken first)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return showList(a, cmd, func(c *api.Client, ctx context.Context) ([]model.VM, error) {
 				return c.Fork(ctx, api.ForkRequest{Source: args[0], Count: count, NamePrefix: prefix}, progressPrinter(a.stderr))

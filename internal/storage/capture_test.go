@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
+
+	"github.com/banger/banger/internal/testenv"
 )
 
 func TestCaptureFileSparse(t *testing.T) {
@@ -53,5 +56,42 @@ func TestCaptureFileSparse(t *testing.T) {
 	}
 	if _, err := CaptureFile(context.Background(), dir, filepath.Join(dir, "x")); err == nil {
 		t.Error("capture of a directory succeeded")
+	}
+}
+
+// TestCaptureFileClonesOnXFS shows the capture is a clone where the
+// filesystem shares extents: every data extent of the copy is shared with
+// the source (so the work does not grow with the data), the content is
+// the same, and writing the copy leaves the source alone.
+func TestCaptureFileClonesOnXFS(t *testing.T) {
+	need(t, "filefrag")
+	mnt := mountXFS(t)
+	src := filepath.Join(mnt, "work.ext4")
+	data := bytes.Repeat([]byte("banger-capture-"), 64<<20/15)
+	if err := os.WriteFile(src, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(mnt, "snap.ext4")
+	cloned, err := CaptureFile(context.Background(), src, dst)
+	if err != nil || !cloned {
+		t.Fatalf("CaptureFile on XFS with reflink: cloned %v, %v", cloned, err)
+	}
+	shared, blocks, err := testenv.SharedBlocks(dst)
+	if err != nil || blocks == 0 || shared != blocks {
+		out, _ := exec.Command("filefrag", "-v", dst).CombinedOutput()
+		t.Fatalf("%d of %d blocks of the capture are shared with its source (%v):\n%s", shared, blocks, err, out)
+	}
+	got, err := os.ReadFile(dst)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("the capture differs from its source (%v)", err)
+	}
+	f, err := os.OpenFile(dst, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("changed"), 0)
+	f.Close()
+	if now, _ := os.ReadFile(src); !bytes.Equal(now, data) {
+		t.Fatal("writing the capture changed its source")
 	}
 }

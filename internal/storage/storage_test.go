@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/banger/banger/internal/testenv"
 )
 
 // fakeStrategy lets Choose be tested without the host's abilities.
@@ -210,35 +212,17 @@ func TestQcow2MissingImage(t *testing.T) {
 	}
 }
 
-// mountXFS loop-mounts a fresh XFS with reflink in a temp dir and returns
-// the mount point; cleanup unmounts it and frees the loop.
+// mountXFS mounts a fresh XFS with reflink in a temp dir and returns the
+// mount point; cleanup unmounts it and checks no loop is left over a
+// file in it.
 func mountXFS(t *testing.T) string {
 	t.Helper()
-	needRoot(t)
-	need(t, "mkfs.xfs", "losetup", "mount", "umount")
-	dir := t.TempDir()
-	img := filepath.Join(dir, "xfs.img")
-	mnt := filepath.Join(dir, "mnt")
-	os.Mkdir(mnt, 0o755)
-	noLoopsUnder(t, dir)
-	sparseImage(t, img, 512<<20)
-	run := func(name string, args ...string) string {
-		t.Helper()
-		out, err := exec.Command(name, args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
-		}
-		return strings.TrimSpace(string(out))
-	}
-	run("mkfs.xfs", "-q", "-f", "-m", "reflink=1", img)
-	loop := run("losetup", "--find", "--show", img)
-	t.Cleanup(func() { exec.Command("losetup", "--detach", loop).Run() })
-	run("mount", loop, mnt)
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", mnt, err, out)
-		}
-	})
+	// The image is outside the checked directory: MountXFS answers for
+	// its own loop, which another process may keep open for a while.
+	img := filepath.Join(t.TempDir(), "xfs.img")
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	noLoopsUnder(t, mnt)
+	testenv.MountXFS(t, img, mnt, 512<<20)
 	return mnt
 }
 

@@ -1,7 +1,8 @@
 // Package testenv is the kit banger's tests share to reach real hosts:
 // skips with a reason when root, BANGER_E2E=1 or a binary is missing; a
 // throwaway network namespace per test; building banger-init; dialing from
-// inside a namespace and running commands over SSH. It imports no banger
+// inside a namespace and running commands over SSH; a loop-mounted XFS
+// with reflink and counting the blocks a file shares. It imports no banger
 // package, so every package's tests (image's and kernel's too) can use its
 // gates; the cached default image and kernel, and QEMU guests booted from
 // them, live in testenv/artifacts.

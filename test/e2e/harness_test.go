@@ -76,6 +76,20 @@ func NewHarness(t testing.TB, env ...string) *Harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newHarness(t, ns, state, env)
+}
+
+// NewHarnessAt is NewHarness with the daemon's state in stateDir, an
+// empty directory the test made (on a filesystem of its choosing); the
+// clean-up removes it as NewHarness's.
+func NewHarnessAt(t testing.TB, stateDir string, env ...string) *Harness {
+	t.Helper()
+	testenv.RequireRoot(t)
+	testenv.RequireE2E(t)
+	return newHarness(t, testenv.Netns(t), stateDir, env)
+}
+
+func newHarness(t testing.TB, ns, state string, env []string) *Harness {
 	h := &Harness{t: t, StateDir: state, Netns: ns}
 	h.env = append(os.Environ(),
 		"BANGER_STATE_DIR="+state,

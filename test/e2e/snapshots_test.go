@@ -14,6 +14,7 @@ import (
 
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/testenv"
 )
 
 // debugfsLs lists a directory of an ext4 image offline.
@@ -31,8 +32,8 @@ func debugfsLs(t *testing.T, img, dir string) string {
 // snapshot holds the memory state and the disks as they were at that
 // instant (a file synced before is on its work disk, one written after
 // is not), then list, show, the bad inputs (a taken name, a missing VM,
-// a paused or stopped VM, a missing snapshot) and removal, leaving
-// nothing behind.
+// a stopped VM, a missing snapshot), a snapshot of the VM paused (a VM
+// made from it has its files) and removal, leaving nothing behind.
 func TestVMSnapshot(t *testing.T) {
 	h := NewHarness(t)
 	const vm = "orig"
@@ -101,12 +102,21 @@ func TestVMSnapshot(t *testing.T) {
 		t.Fatalf("after refused snapshots: %+v", list)
 	}
 
+	// A paused VM's snapshot is its saved state and disks as they are; it
+	// stays paused, and a VM made from the snapshot has its files.
 	h.MustRun("vm", "pause", vm)
-	if _, errOut, code := h.Run("vm", "snapshot", "create", vm); code == 0 || !strings.Contains(errOut, "vm orig is paused") {
-		t.Errorf("snapshot of a paused vm: exit %d, %q", code, errOut)
+	h.MustRun("vm", "snapshot", "create", vm, "--name", "sp")
+	if st := h.VM(vm).State; st != model.VMPaused {
+		t.Fatalf("after a snapshot of a paused vm: state %s", st)
 	}
+	h.MustRun("vm", "create", "--from-snapshot", "sp", "--name", "from-paused")
+	if out := h.MustRun("vm", "exec", "from-paused", "--", "cat", "/root/after.txt"); strings.TrimSpace(out) != "after" {
+		t.Fatalf("vm from a paused vm's snapshot: %q", out)
+	}
+	h.MustRun("vm", "delete", "--force", "from-paused")
+	h.MustRun("vm", "snapshot", "rm", "sp")
 	h.MustRun("vm", "stop", vm)
-	if _, errOut, code := h.Run("vm", "snapshot", "create", vm); code == 0 || !strings.Contains(errOut, "only a running vm can be snapshotted") {
+	if _, errOut, code := h.Run("vm", "snapshot", "create", vm); code == 0 || !strings.Contains(errOut, "only a running or paused vm can be snapshotted") {
 		t.Errorf("snapshot of a stopped vm: exit %d, %q", code, errOut)
 	}
 
@@ -482,4 +492,61 @@ func TestWarmStart(t *testing.T) {
 		t.Fatalf("after unwarm: %+v", ts)
 	}
 	h.AssertNoLeaks()
+}
+
+// TestSnapshotOnReflink runs the daemon with its state on XFS made with
+// reflink=1, where the disk side of a snapshot is a clone: the
+// snapshot's system and work disks share (nearly) all their blocks with
+// the VM's, so taking it costs the same whatever the guest wrote; a fork
+// from it clones its work disk the same way and has the files written
+// before the snapshot, byte for byte.
+func TestSnapshotOnReflink(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireE2E(t)
+	testenv.RequireBinary(t, "filefrag")
+	base, err := os.MkdirTemp("", "bgx-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	mnt := filepath.Join(base, "m")
+	testenv.MountXFS(t, filepath.Join(base, "xfs.img"), mnt, 16<<30)
+	state := filepath.Join(mnt, "s")
+	if err := os.Mkdir(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	h := NewHarnessAt(t, state)
+	vm := h.StartVM("src")
+	sum := h.MustRun("vm", "exec", "src", "--", "sh", "-c",
+		"head -c 64M /dev/urandom > /root/big && sync && sha256sum /root/big")
+	start := time.Now()
+	h.MustRun("vm", "snapshot", "create", "src", "--name", "s1")
+	t.Logf("snapshot of a VM with 64 MiB written in %.2fs", time.Since(start).Seconds())
+	var sn model.Snapshot
+	h.JSON(&sn, "vm", "snapshot", "show", "s1", "--json")
+	// Mostly shared: the source guest runs on and may rewrite a few
+	// blocks (its journal) before they are counted; a copy shares none.
+	mostlyShared := func(path string) {
+		t.Helper()
+		shared, total, err := testenv.SharedBlocks(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: %d of %d blocks shared", filepath.Base(path), shared, total)
+		if total == 0 || shared*10 < total*9 {
+			t.Errorf("%s shares %d of its %d blocks: not a clone", path, shared, total)
+		}
+	}
+	mostlyShared(filepath.Join(sn.Dir, "system"+filepath.Ext(vm.SystemDisk)))
+	mostlyShared(filepath.Join(sn.Dir, "work.ext4"))
+
+	var forks []model.VM
+	h.JSON(&forks, "vm", "fork", "s1", "--count", "1", "--name-prefix", "kid")
+	if len(forks) != 1 {
+		t.Fatalf("vm fork made %d VMs", len(forks))
+	}
+	mostlyShared(forks[0].WorkDisk)
+	if got := h.MustRun("vm", "exec", "kid-1", "--", "sha256sum", "/root/big"); got != sum {
+		t.Fatalf("the fork's /root/big: %q, the source's was %q", got, sum)
+	}
 }

@@ -355,8 +355,8 @@ func (f *fakeVMs) CreateSnapshot(ctx context.Context, ref, name string) (model.S
 	if err != nil {
 		return model.Snapshot{}, err
 	}
-	if !f.Alive(vm) {
-		return model.Snapshot{}, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running", vm.Name)
+	if vm.State != model.VMPaused && !f.Alive(vm) {
+		return model.Snapshot{}, errdefs.Errorf(errdefs.CodeConflict, "vm %s is neither running nor paused", vm.Name)
 	}
 	if name == "" {
 		name = vm.Name + "-snap"

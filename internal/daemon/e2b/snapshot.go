@@ -174,7 +174,7 @@ func (s *Service) handleFork(w http.ResponseWriter, r *http.Request) {
 	reply(w, http.StatusCreated, results)
 }
 
-// fork snapshots a running sandbox and makes count sandboxes from it.
+// fork snapshots a running or paused sandbox and makes count sandboxes from it.
 func (s *Service) fork(ctx context.Context, id string, count, timeout int) ([]forkResult, error) {
 	if count < 1 || count > maxFork {
 		return nil, errdefs.Errorf(errdefs.CodeInvalid, "count %d: fork 1 to %d sandboxes at once", count, maxFork)
@@ -236,10 +236,17 @@ func onlyMetadata(labels map[string]string) map[string]string {
 	return out
 }
 
-// snapshottable is a running sandbox whose snapshot may become new
+// snapshottable is a running or paused sandbox whose snapshot may become new
 // sandboxes (which keep its network policy: the snapshot holds it).
 func (s *Service) snapshottable(ctx context.Context, id string) (sandbox, error) {
-	return s.running(ctx, id)
+	sb, err := s.lookup(ctx, id)
+	if err != nil {
+		return sb, err
+	}
+	if sb.vm.State != model.VMPaused && !s.VMs.Alive(sb.vm) {
+		return sb, errdefs.Errorf(errdefs.CodeConflict, "sandbox %s is neither running nor paused (vm state %s)", id, sb.vm.State)
+	}
+	return sb, nil
 }
 
 // maxFork bounds one fork request (vms.MaxFork).

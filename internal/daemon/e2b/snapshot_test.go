@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/banger/banger/internal/model"
 )
 
 // createSandbox makes a sandbox through the API, failing the test unless
@@ -170,6 +172,16 @@ func TestSnapshots(t *testing.T) {
 		}
 	}
 
+	// A paused sandbox can be snapshotted too, and stays paused.
+	if code, body, _ := fx.do(t, "POST", "/sandboxes/"+other.SandboxID+"/pause", ""); code != http.StatusNoContent {
+		t.Fatalf("pause = %d %s", code, body)
+	}
+	if code, body, _ := fx.do(t, "POST", "/sandboxes/"+other.SandboxID+"/snapshots", `{"name":"snap3"}`); code != http.StatusCreated {
+		t.Fatalf("createSnapshot of a paused sandbox = %d %s", code, body)
+	}
+	if sb, err := fx.svc.lookup(t.Context(), other.SandboxID); err != nil || sb.vm.State != model.VMPaused {
+		t.Fatalf("after its snapshot the sandbox is %s (%v), want paused", sb.vm.State, err)
+	}
 	if code, _, _ := fx.do(t, "DELETE", "/sandboxes/"+src.SandboxID, ""); code != http.StatusNoContent {
 		t.Fatal("kill the source")
 	}

@@ -50,7 +50,7 @@ func (m *Manager) Fork(ctx context.Context, src string, count int, prefix string
 		return nil, errdefs.Errorf(errdefs.CodeInvalid, "invalid count %d: fork 1 to %d vms at once", count, MaxFork)
 	}
 	if src == "" {
-		return nil, errdefs.Errorf(errdefs.CodeInvalid, "fork needs a snapshot or a running vm")
+		return nil, errdefs.Errorf(errdefs.CodeInvalid, "fork needs a snapshot or a running or paused vm")
 	}
 	sn, err := m.store.GetSnapshot(ctx, src)
 	if err == nil && sn.Template != "" {

@@ -81,11 +81,9 @@ func (m *Manager) createSnapshot(ctx context.Context, ref, name string, tmpl *te
 		return model.Snapshot{}, err
 	}
 	defer unlock()
-	if vm.State == model.VMPaused {
-		return model.Snapshot{}, errdefs.Errorf(errdefs.CodeConflict, "vm %s is paused: resume it with `banger vm resume %s`, then take the snapshot", vm.Name, vm.Name)
-	}
-	if !m.Alive(vm) {
-		return model.Snapshot{}, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running (state %s): only a running vm can be snapshotted; start it first", vm.Name, vm.State)
+	paused := vm.State == model.VMPaused
+	if !paused && !m.Alive(vm) {
+		return model.Snapshot{}, errdefs.Errorf(errdefs.CodeConflict, "vm %s is neither running nor paused (state %s): only a running or paused vm can be snapshotted; start it first", vm.Name, vm.State)
 	}
 	if !snapshotStrategies[vm.CowStrategy] {
 		return model.Snapshot{}, errdefs.Errorf(errdefs.CodeUnavailable, "vm %s has a %s system disk, which snapshots cannot capture yet (qcow2 and reflink can)", vm.Name, vm.CowStrategy)
@@ -131,9 +129,20 @@ func (m *Manager) createSnapshot(ctx context.Context, ref, name string, tmpl *te
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return drop(err)
 	}
+	start := time.Now()
+	if paused {
+		// Its memory is on disk already (the pause saved it) and nothing
+		// writes its files while its lock is held: they are captured as
+		// they are, and the VM stays paused.
+		cloned, err := capturePaused(ctx, vm, sn.Dir)
+		if err != nil {
+			return drop(err)
+		}
+		return m.finishSnapshot(ctx, vm, sn, drop, "paused", true, "seconds", time.Since(start).Seconds(),
+			"cloned_system", cloned[0], "cloned_work", cloned[1])
+	}
 	h, _ := m.handles.get(vm.ID)
 	vh := vmm.Handle{PID: h.PID, APISocket: h.APISocket}
-	start := time.Now()
 	// Recorded pausing while the guest is frozen: a daemon that dies now
 	// finds a VMM still running and resumes it (reconcilePaused).
 	vm.State = model.VMPausing
@@ -146,10 +155,7 @@ func (m *Manager) createSnapshot(ctx context.Context, ref, name string, tmpl *te
 	frozen := time.Since(start)
 	var cloned [2]bool
 	if err == nil {
-		cloned[0], err = storage.CaptureFile(sctx, vm.SystemDisk, snapshotSystemFile(sn.Dir, vm.SystemDisk))
-	}
-	if err == nil {
-		cloned[1], err = storage.CaptureFile(sctx, vm.WorkDisk, filepath.Join(sn.Dir, snapWorkName))
+		cloned, err = captureDisks(sctx, vm, sn.Dir)
 	}
 	captured := time.Since(start)
 	// The guest runs on whatever happened (Save resumes it itself when it
@@ -168,6 +174,13 @@ func (m *Manager) createSnapshot(ctx context.Context, ref, name string, tmpl *te
 	if err := m.stepClock(ctx, vm, drv); err != nil {
 		m.log.Warn("guest clock not set after a snapshot", "vm", vm.Name, "err", err)
 	}
+	return m.finishSnapshot(ctx, vm, sn, drop, "frozen_s", captured.Seconds(), "save_s", frozen.Seconds(),
+		"cloned_system", cloned[0], "cloned_work", cloned[1])
+}
+
+// finishSnapshot makes a captured snapshot durable and ready; drop undoes
+// it on failure. logArgs describe the capture.
+func (m *Manager) finishSnapshot(ctx context.Context, vm model.VM, sn model.Snapshot, drop func(error) (model.Snapshot, error), logArgs ...any) (model.Snapshot, error) {
 	if err := syncDir(sn.Dir); err != nil {
 		return drop(err)
 	}
@@ -176,10 +189,42 @@ func (m *Manager) createSnapshot(ctx context.Context, ref, name string, tmpl *te
 	if err := m.store.UpdateSnapshot(ctx, sn); err != nil {
 		return drop(err)
 	}
-	m.log.Info("vm snapshot taken", "vm", vm.Name, "snapshot", name, "bytes", sn.SizeBytes,
-		"frozen_s", captured.Seconds(), "save_s", frozen.Seconds(), "cloned_system", cloned[0], "cloned_work", cloned[1])
+	m.log.Info("vm snapshot taken", append([]any{"vm", vm.Name, "snapshot", sn.Name, "bytes", sn.SizeBytes}, logArgs...)...)
 	sn.UsedBy = []string{}
 	return sn, nil
+}
+
+// captureDisks captures vm's system and work disks into a snapshot's
+// directory dir (storage.CaptureFile) and reports which were clones.
+func captureDisks(ctx context.Context, vm model.VM, dir string) (cloned [2]bool, err error) {
+	if cloned[0], err = storage.CaptureFile(ctx, vm.SystemDisk, snapshotSystemFile(dir, vm.SystemDisk)); err != nil {
+		return cloned, err
+	}
+	cloned[1], err = storage.CaptureFile(ctx, vm.WorkDisk, filepath.Join(dir, snapWorkName))
+	return cloned, err
+}
+
+// capturePaused captures a paused VM into a snapshot's directory dir: the
+// files of the state its pause saved (regular files only: the VMM wrote
+// them, anything else is refused), then its disks.
+func capturePaused(ctx context.Context, vm model.VM, dir string) ([2]bool, error) {
+	src := StateDir(vm.Dir)
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		return [2]bool{}, fmt.Errorf("saved state of the paused vm: %w", err)
+	}
+	if len(ents) == 0 {
+		return [2]bool{}, fmt.Errorf("saved state of the paused vm: %s is empty", src)
+	}
+	for _, e := range ents {
+		if !e.Type().IsRegular() {
+			return [2]bool{}, fmt.Errorf("saved state of the paused vm: %s is not a regular file", filepath.Join(src, e.Name()))
+		}
+		if _, err := storage.CaptureFile(ctx, filepath.Join(src, e.Name()), filepath.Join(dir, snapStateName, e.Name())); err != nil {
+			return [2]bool{}, err
+		}
+	}
+	return captureDisks(ctx, vm, dir)
 }
 
 // stepClock sets a running guest's wall clock to the host's: over the

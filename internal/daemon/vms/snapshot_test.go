@@ -106,10 +106,48 @@ func TestSnapshotWithFakes(t *testing.T) {
 		t.Fatalf("a refused fork left vms: %d", len(all))
 	}
 
+	// A paused VM: the state its pause saved and its disks are captured
+	// as they are, its VMM (gone) is asked for nothing, and it stays
+	// paused. A saved state with anything but regular files is refused
+	// and leaves nothing.
+	if _, err := f.m.Pause(ctx, "dev"); err != nil {
+		t.Fatal(err)
+	}
+	clocksBefore := *clocks
+	sp, err := f.m.CreateSnapshot(ctx, "dev", "p1")
+	if err != nil {
+		t.Fatalf("snapshot of a paused vm: %v", err)
+	}
+	for _, p := range []string{"state/fake.state", "system.qcow2", "work.ext4"} {
+		if _, err := os.Stat(filepath.Join(sp.Dir, p)); err != nil {
+			t.Fatalf("paused vm's snapshot file %s: %v", p, err)
+		}
+	}
+	if got, _ := f.m.Get(ctx, "dev"); got.State != model.VMPaused || *clocks != clocksBefore {
+		t.Fatalf("after a snapshot of a paused vm: %s, clock set %d times", got.State, *clocks-clocksBefore)
+	}
+	odd := filepath.Join(StateDir(vm.Dir), "odd")
+	if err := os.Symlink("/etc/passwd", odd); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.m.CreateSnapshot(ctx, "dev", "p2"); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Fatalf("snapshot of a paused vm with a symlink in its state: %v", err)
+	}
+	if all, _ := f.m.ListSnapshots(ctx); len(all) != 2 {
+		t.Fatalf("a refused snapshot of a paused vm was kept: %+v", all)
+	}
+	if ents, _ := os.ReadDir(f.m.SnapshotsDir()); len(ents) != 2 {
+		t.Fatalf("snapshot dirs after a refused one: %v", ents)
+	}
+	os.Remove(odd)
+	if err := f.m.RemoveSnapshot(ctx, "p1"); err != nil {
+		t.Fatal(err)
+	}
+
 	if _, err := f.m.Stop(ctx, "dev", api.StopVMRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.m.CreateSnapshot(ctx, "dev", ""); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "only a running vm") {
+	if _, err := f.m.CreateSnapshot(ctx, "dev", ""); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "only a running or paused vm can be snapshotted") {
 		t.Fatalf("snapshot of a stopped vm: %v", err)
 	}
 	if err := f.m.RemoveSnapshot(ctx, "s1"); err != nil {
