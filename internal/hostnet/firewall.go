@@ -128,7 +128,11 @@ type firewall interface {
 // guarder is the part of a firewall that guards taps against spoofing
 // and applies each VM's own policy (nft only).
 type guarder interface {
-	guard(ctx context.Context, bridge string, subnet netip.Prefix, tap string, g Guest) error
+	// guard (re)writes tap's guard and policy tables, then runs extra
+	// in the same transaction.
+	guard(ctx context.Context, bridge string, subnet netip.Prefix, tap string, g Guest, extra string) error
+	// exec runs an nft script as one transaction.
+	exec(ctx context.Context, script string) error
 	unguard(ctx context.Context, tap string) error
 	guards(ctx context.Context) ([]string, error)
 	policies(ctx context.Context) ([]string, error)
