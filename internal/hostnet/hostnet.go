@@ -2,8 +2,9 @@
 // with the guard that lets that VM send only as itself and the policy that
 // says what it may reach, guest IP and MAC allocation helpers, the NAT and
 // forwarding rules that give guests egress, the DNS responder for
-// <vm>.<suffix> names, and entering the network namespace the daemon runs
-// in.
+// <vm>.<suffix> names (gated so that a VM's allowed host names open the
+// addresses they resolve to: Admit), and entering the network namespace
+// the daemon runs in.
 //
 // It works in the network namespace of the calling process. It must not
 // touch VM records or VMM processes, and it removes exactly what it made:
