@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"time"
 )
 
 // Guest is who a tap belongs to: the VM's MAC and IPv4 address, and what
@@ -111,6 +112,14 @@ func (f nftFirewall) guard(ctx context.Context, bridge string, subnet netip.Pref
 	}
 	_, err = run(ctx, GuardScript(tap, g)+policy+extra, f.bin, "-f", "-")
 	return err
+}
+
+func (f nftFirewall) setElems(ctx context.Context, tap, set string) (map[netip.Addr]time.Duration, error) {
+	out, err := run(ctx, "", f.bin, "-j", "list", "set", "ip", policyTable(tap), set)
+	if err != nil {
+		return nil, err
+	}
+	return setElems(out)
 }
 
 func (f nftFirewall) exec(ctx context.Context, script string) error {

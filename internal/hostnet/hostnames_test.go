@@ -253,3 +253,24 @@ func TestElementScript(t *testing.T) {
 		t.Errorf("elementScript =\n%s\nwant\n%s", got, want)
 	}
 }
+
+func TestSetElems(t *testing.T) {
+	out := `{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"set": {"family": "ip", "name": "inuse", "table": "t", "type": "ipv4_addr", "flags": ["timeout"], "timeout": 300, ` +
+		`"elem": [{"elem": {"val": "5.6.7.8", "expires": 299}}, {"elem": {"val": "5.6.7.9", "timeout": 20, "expires": 19.5}}, "9.9.9.9", {"elem": {"val": "bogus", "expires": 5}}]}}]}`
+	got, err := setElems(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[netip.Addr]time.Duration{netip.MustParseAddr("5.6.7.8"): 299 * time.Second, netip.MustParseAddr("5.6.7.9"): 19500 * time.Millisecond}
+	if len(got) != len(want) {
+		t.Fatalf("setElems = %v, want %v", got, want)
+	}
+	for a, d := range want {
+		if got[a] != d {
+			t.Errorf("setElems[%s] = %v, want %v", a, got[a], d)
+		}
+	}
+	if _, err := setElems("Error: No such file"); err == nil {
+		t.Error("a listing that is not JSON was read")
+	}
+}

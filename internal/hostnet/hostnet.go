@@ -494,21 +494,25 @@ func (n *Network) Guards() ([]string, error) {
 
 // guardTap (re)writes tap's guard and policy tables for g, with the
 // addresses g's host names opened before still open (those of names
-// its policy still allows), and records what Admit needs to know.
+// its policy still allows; all of them for a tap the daemon has not
+// seen since it started) and records what Admit needs to know.
 func (n *Network) guardTap(ctx context.Context, gd guarder, tap string, g Guest) error {
 	ng := n.names
 	ng.mu.Lock()
 	defer ng.mu.Unlock()
-	var carry map[netip.Addr]opened
+	var c carry
 	var extra string
 	if len(g.Policy.Names) > 0 {
-		carry = ng.carried(tap, g)
-		extra = carryScript(tap, carry, ng.now())
+		// What the sets hold now; none when the table is not there.
+		kres, _ := gd.setElems(ctx, tap, resolvedSet)
+		kinuse, _ := gd.setElems(ctx, tap, inuseSet)
+		c = ng.carried(tap, g, kres, kinuse)
+		extra = carryScript(tap, c, ng.now())
 	}
 	if err := gd.guard(ctx, n.cfg.Bridge, n.cfg.Subnet, tap, g, extra); err != nil {
 		return err
 	}
-	ng.set(tap, g, carry)
+	ng.set(tap, g, c)
 	return nil
 }
 

@@ -6,9 +6,11 @@ package hostnet
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -29,13 +31,17 @@ type nameGate struct {
 
 // gatedTap is one tap whose policy has names, and what its set holds
 // as Admit added it: address → when it expires and the name it
-// answered.
+// answered; seen is the name each address was last opened for, kept
+// while the guest may still use it (the inuse set outlives answers).
 type gatedTap struct {
 	tap    string
 	policy Policy
 	open   map[netip.Addr]opened
+	seen   map[netip.Addr]string
 }
 
+// opened is one address in a resolved set: until when, and for which
+// name ("" when unknown: found in the kernel after a daemon restart).
 type opened struct {
 	until time.Time
 	name  string
@@ -54,38 +60,82 @@ func (t *gatedTap) prune(now time.Time) {
 	}
 }
 
-// carried is what tap's next policy table must hold again: the
-// addresses already open for a name g's policy still allows, with what
-// is left of their time. Call with mu held.
-func (ng *nameGate) carried(tap string, g Guest) map[netip.Addr]opened {
-	ip, ok := ng.byTap[tap]
-	if !ok || ip != g.IP {
-		return nil
-	}
-	old := ng.byIP[ip]
+// carry is what a rewrite of a tap's policy table puts back in its
+// sets.
+type carry struct {
+	open  map[netip.Addr]opened        // resolved
+	inuse map[netip.Addr]time.Duration // inuse, with the time left
+	seen  map[netip.Addr]string
+}
+
+// carried is what tap's next policy table, for g, must hold again, given
+// what its sets hold now in the kernel (kres, kinuse: address → time
+// left). When the daemon knows the tap, that is the addresses open for
+// a name g's policy still allows (or, for one opened for a name it does
+// not know, when g's names are the old ones), with what is left of
+// their time, and the addresses in use opened for such a name. When it
+// does not (the daemon started since the table was written, and
+// applies the stored policy the table was written for), it is all the
+// kernel holds. Call with mu held.
+func (ng *nameGate) carried(tap string, g Guest, kres, kinuse map[netip.Addr]time.Duration) carry {
 	now := ng.now()
+	c := carry{open: map[netip.Addr]opened{}, inuse: map[netip.Addr]time.Duration{}, seen: map[netip.Addr]string{}}
+	var old *gatedTap
+	if ip, ok := ng.byTap[tap]; ok && ip == g.IP {
+		old = ng.byIP[ip]
+	}
+	if old == nil {
+		for a, left := range kres {
+			if left >= time.Second {
+				c.open[a] = opened{until: now.Add(left)}
+			}
+		}
+		for a, left := range kinuse {
+			if left >= time.Second {
+				c.inuse[a] = left
+			}
+		}
+		return c
+	}
+	p := g.Policy.Canonical()
+	same := slices.Equal(old.policy.Names, p.Names)
+	keep := func(name string) bool {
+		if name == "" {
+			return same
+		}
+		return p.AllowsName(name)
+	}
 	old.prune(now)
-	out := map[netip.Addr]opened{}
 	for a, o := range old.open {
-		if g.Policy.AllowsName(o.name) && o.until.Sub(now) >= time.Second {
-			out[a] = o
+		if keep(o.name) && o.until.Sub(now) >= time.Second {
+			c.open[a] = o
+			c.seen[a] = o.name
 		}
 	}
-	return out
+	for a, left := range kinuse {
+		if name := old.seen[a]; keep(name) && left >= time.Second {
+			c.inuse[a] = left
+			c.seen[a] = name
+		}
+	}
+	return c
 }
 
 // set records tap's guest and policy after its table was written with
-// open carried over. Call with mu held.
-func (ng *nameGate) set(tap string, g Guest, open map[netip.Addr]opened) {
+// c carried over. Call with mu held.
+func (ng *nameGate) set(tap string, g Guest, c carry) {
 	ng.drop(tap)
 	if len(g.Policy.Names) == 0 {
 		return
 	}
-	if open == nil {
-		open = map[netip.Addr]opened{}
+	if c.open == nil {
+		c.open = map[netip.Addr]opened{}
+	}
+	if c.seen == nil {
+		c.seen = map[netip.Addr]string{}
 	}
 	ng.byTap[tap] = g.IP
-	ng.byIP[g.IP] = &gatedTap{tap: tap, policy: g.Policy.Canonical(), open: open}
+	ng.byIP[g.IP] = &gatedTap{tap: tap, policy: g.Policy.Canonical(), open: c.open, seen: c.seen}
 }
 
 // drop forgets tap. Call with mu held.
@@ -109,13 +159,52 @@ func elementScript(tap string, addr netip.Addr, ttl time.Duration) string {
 		t, set, addr, secs)
 }
 
-// carryScript re-adds, after a table write, what open still holds.
-func carryScript(tap string, open map[netip.Addr]opened, now time.Time) string {
+// carryScript re-adds, after a table write, what c carries.
+func carryScript(tap string, c carry, now time.Time) string {
 	var b strings.Builder
-	for a, o := range open {
+	for a, o := range c.open {
 		fmt.Fprintf(&b, "add element ip %s %s { %s timeout %ds }\n", policyTable(tap), resolvedSet, a, int(o.until.Sub(now)/time.Second))
 	}
+	for a, left := range c.inuse {
+		fmt.Fprintf(&b, "add element ip %s %s { %s timeout %ds }\n", policyTable(tap), inuseSet, a, int(left/time.Second))
+	}
 	return b.String()
+}
+
+// setElems reads `nft -j list set` output: each element's address and
+// the time it has left. Elements without a timeout are left out.
+func setElems(out string) (map[netip.Addr]time.Duration, error) {
+	var doc struct {
+		Nftables []struct {
+			Set *struct {
+				Elem []json.RawMessage `json:"elem"`
+			} `json:"set"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		return nil, fmt.Errorf("read nft set listing: %w", err)
+	}
+	res := map[netip.Addr]time.Duration{}
+	for _, o := range doc.Nftables {
+		if o.Set == nil {
+			continue
+		}
+		for _, raw := range o.Set.Elem {
+			var e struct {
+				Elem struct {
+					Val     string  `json:"val"`
+					Expires float64 `json:"expires"`
+				} `json:"elem"`
+			}
+			if json.Unmarshal(raw, &e) != nil || e.Elem.Expires <= 0 {
+				continue
+			}
+			if a, err := netip.ParseAddr(e.Elem.Val); err == nil {
+				res[a] = time.Duration(e.Elem.Expires * float64(time.Second))
+			}
+		}
+	}
+	return res, nil
 }
 
 // Admission is what Admit did with one answer.
@@ -177,6 +266,13 @@ func (n *Network) Admit(ctx context.Context, src netip.Addr, qname string, ans *
 		script.WriteString(elementScript(t.tap, r.Addr, r.TTL))
 		next[r.Addr] = opened{until: until, name: ad.Name}
 	}
+	if len(t.seen) > 4*MaxResolved {
+		for a := range t.seen {
+			if _, ok := t.open[a]; !ok {
+				delete(t.seen, a)
+			}
+		}
+	}
 	if script.Len() > 0 {
 		if err := gd.exec(ctx, script.String()); err != nil {
 			return ad, fmt.Errorf("open %s for %s on tap %s: %w", ad.Name, src, t.tap, err)
@@ -184,6 +280,7 @@ func (n *Network) Admit(ctx context.Context, src netip.Addr, qname string, ans *
 	}
 	for a, o := range next {
 		t.open[a] = o
+		t.seen[a] = o.name
 		ad.Opened = append(ad.Opened, a)
 	}
 	return ad, nil

@@ -176,6 +176,21 @@ func TestPolicyNames(t *testing.T) {
 	if err := echo(); err != nil {
 		t.Fatalf("echo: %v", err)
 	}
+
+	// A daemon restart re-applies the stored policy with a Network that
+	// knows nothing: what the sets hold stays, open connections too.
+	restarted := newTestNetwork(t, "nft")
+	if err := restarted.ApplyPolicy(context.Background(), a.port, a.g); err != nil {
+		t.Fatal(err)
+	}
+	if s := l.resolvedSetOf(a); !slices.Equal(s, []string{"203.0.113.10"}) {
+		t.Errorf("set after a restart's re-apply = %v", s)
+	}
+	if err := echo(); err != nil {
+		t.Errorf("an open connection died with a restart's re-apply: %v", err)
+	}
+	l.expect("after a restart's re-apply", a, []string{tDNS, tPublic}, nil)
+
 	sh(t, "nft", "flush", "set", "ip", policyTable(a.port), resolvedSet) // as when its TTL ends
 	if err := echo(); err != nil {
 		t.Errorf("an open connection died with its answer: %v", err)
@@ -188,6 +203,16 @@ func TestPolicyNames(t *testing.T) {
 	if s := l.resolvedSetOf(a); !slices.Equal(s, []string{"203.0.113.10"}) {
 		t.Errorf("set after a rewrite = %v", s)
 	}
+	if err := echo(); err != nil {
+		t.Errorf("an open connection died with a rewrite keeping its name: %v", err)
+	}
+	// A rewrite dropping the name cuts the connection at once.
+	l.setPolicy(a, mustPolicy(t, "none", []string{"public.example.test.other"}, nil, nil))
+	if err := echo(); err == nil {
+		t.Error("an open connection outlived a rewrite that dropped its name")
+	}
+	l.setPolicy(a, mustPolicy(t, "none", []string{"*.example.test"}, nil, nil))
+	l.lookup(a, "public.example.test")
 
 	// The bound: one answer of more addresses than a guest may hold,
 	// beside the one it holds.
