@@ -134,7 +134,7 @@ func vmFlags(cmd *cobra.Command, req *api.CreateVMRequest) {
 func netFlags(cmd *cobra.Command, mode *string, allow, deny, allowVMs *[]string) {
 	f := cmd.Flags()
 	f.StringVar(mode, "net", "", "what the guest reaches: internet (default: public addresses and DNS, not the host, private ranges or other VMs), open (everything but other VMs) or none")
-	f.StringArrayVar(allow, "allow", nil, "also reach CIDR[:PORT[/tcp|udp]], e.g. 10.0.0.5:5432 or 192.168.1.0/24 (repeatable)")
+	f.StringArrayVar(allow, "allow", nil, "also reach CIDR[:PORT[/tcp|udp]], e.g. 10.0.0.5:5432 or 192.168.1.0/24, or with --net none a host name, e.g. api.example.com or *.example.com: every port of what it resolves to (repeatable)")
 	f.StringArrayVar(deny, "deny", nil, "never reach CIDR, whatever else allows it (repeatable)")
 	f.StringArrayVar(allowVMs, "allow-vm", nil, "open connections to this other VM (repeatable)")
 }

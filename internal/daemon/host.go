@@ -94,6 +94,9 @@ func (d *Daemon) startHost(ctx context.Context) error {
 			upstreams = hostnet.HostResolvers("/etc/resolv.conf")
 		}
 		d.host.dns.Forward(upstreams)
+		// Forwarded answers for a VM's allowed host names open their
+		// addresses in its policy before the VM gets them.
+		d.host.dns.Gate(n)
 		addr := netip.AddrPortFrom(n.Gateway(), 53).String()
 		if err := d.host.dns.Start(addr); err != nil {
 			d.log.Warn("dns responder not started", "addr", addr, "err", err)

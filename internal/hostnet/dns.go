@@ -1,6 +1,7 @@
 package hostnet
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,6 +33,9 @@ type DNS struct {
 	// SERVFAIL at once).
 	upstreams []string
 	slots     chan struct{}
+	// gate, when set, sees each upstream answer before the guest does
+	// (Gate).
+	gate Admitter
 
 	mu      sync.Mutex
 	servers []*dns.Server
@@ -57,6 +61,20 @@ func (d *DNS) Forward(upstreams []string) {
 	}
 	d.slots = make(chan struct{}, maxForwards)
 }
+
+// Admitter opens a guest's network policy to what an allowed host name
+// resolves to; *Network is one.
+type Admitter interface {
+	// Admit is given, before the guest at src gets it, the upstream's
+	// answer to its query for qname; it returns once what the answer
+	// opens is open. It must not change ans.
+	Admit(ctx context.Context, src netip.Addr, qname string, ans *dns.Msg) (Admission, error)
+}
+
+// Gate makes every forwarded answer pass through a before it is sent to
+// the guest that asked, within the bound on queries in flight. Call it
+// before Start.
+func (d *DNS) Gate(a Admitter) { d.gate = a }
 
 // HostResolvers are the nameservers of the resolv.conf file at path, in
 // order ("IP:port"); an unreadable file gives none.
@@ -135,7 +153,7 @@ func (d *DNS) Close() error {
 // ServeDNS answers one query.
 func (d *DNS) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	if d.forwarded(req) {
-		w.WriteMsg(d.forward(req, w.LocalAddr().Network()))
+		w.WriteMsg(d.forward(req, w.LocalAddr().Network(), remoteAddr(w.RemoteAddr())))
 		return
 	}
 	w.WriteMsg(d.answer(req))
@@ -151,11 +169,19 @@ func (d *DNS) forwarded(req *dns.Msg) bool {
 	return name != d.suffix && !strings.HasSuffix(name, "."+d.suffix)
 }
 
+// remoteAddr is the IPv4 address a query came from, or the zero Addr.
+func remoteAddr(a net.Addr) netip.Addr {
+	if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
 // forward asks the upstreams in turn, over the protocol the guest used
 // ("udp" or "tcp"; a truncated answer makes the guest ask again over
-// TCP), and relays the first answer; SERVFAIL when none answers or too
-// many queries are in flight already.
-func (d *DNS) forward(req *dns.Msg, network string) *dns.Msg {
+// TCP), and relays the first answer, after the gate saw it; SERVFAIL
+// when none answers or too many queries are in flight already.
+func (d *DNS) forward(req *dns.Msg, network string, src netip.Addr) *dns.Msg {
 	fail := func() *dns.Msg {
 		m := new(dns.Msg)
 		m.SetRcode(req, dns.RcodeServerFailure)
@@ -174,11 +200,37 @@ func (d *DNS) forward(req *dns.Msg, network string) *dns.Msg {
 	for _, up := range d.upstreams {
 		in, _, err := c.Exchange(req, up)
 		if err == nil && in != nil && in.Id == req.Id {
+			d.admit(src, req.Question[0].Name, in)
 			return in
 		}
 		d.log.Debug("dns upstream did not answer", "upstream", up, "err", err)
 	}
 	return fail()
+}
+
+// admitTimeout bounds the wait for the gate.
+const admitTimeout = 2 * time.Second
+
+// admit hands an upstream answer to the gate and logs what it refused.
+func (d *DNS) admit(src netip.Addr, qname string, in *dns.Msg) {
+	if d.gate == nil || !src.IsValid() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), admitTimeout)
+	defer cancel()
+	ad, err := d.gate.Admit(ctx, src, qname, in)
+	switch {
+	case err != nil:
+		d.log.Warn("dns: allowed name not opened", "guest", src, "name", qname, "err", err)
+	case len(ad.Full) > 0:
+		d.log.Warn("dns: allowed name's addresses not opened: the guest has the most open at once already", "guest", src, "name", ad.Name, "max", MaxResolved, "addrs", ad.Full)
+	}
+	if len(ad.Refused) > 0 {
+		d.log.Info("dns: allowed name resolved to addresses that are not public; not opened", "guest", src, "name", ad.Name, "addrs", ad.Refused)
+	}
+	if len(ad.Opened) > 0 {
+		d.log.Debug("dns: allowed name opened", "guest", src, "name", ad.Name, "addrs", ad.Opened)
+	}
 }
 
 // answer builds the reply to req: A records for known VMs, an empty answer

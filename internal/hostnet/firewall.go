@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"time"
 )
 
 // nftTable is the nftables table that holds every rule banger makes; it is
@@ -128,7 +129,14 @@ type firewall interface {
 // guarder is the part of a firewall that guards taps against spoofing
 // and applies each VM's own policy (nft only).
 type guarder interface {
-	guard(ctx context.Context, bridge string, subnet netip.Prefix, tap string, g Guest) error
+	// guard (re)writes tap's guard and policy tables, then runs extra
+	// in the same transaction.
+	guard(ctx context.Context, bridge string, subnet netip.Prefix, tap string, g Guest, extra string) error
+	// exec runs an nft script as one transaction.
+	exec(ctx context.Context, script string) error
+	// setElems lists the elements of set in tap's policy table with the
+	// time each has left; an error when the table or set is not there.
+	setElems(ctx context.Context, tap, set string) (map[netip.Addr]time.Duration, error)
 	unguard(ctx context.Context, tap string) error
 	guards(ctx context.Context) ([]string, error)
 	policies(ctx context.Context) ([]string, error)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"time"
 )
 
 // Guest is who a tap belongs to: the VM's MAC and IPv4 address, and what
@@ -102,13 +103,27 @@ func guardTables(listing, family string) []string {
 }
 
 // guard (re)makes tap's guard and policy tables in one transaction, so a
-// tap is never guarded without a policy or the other way round.
-func (f nftFirewall) guard(ctx context.Context, bridge string, subnet netip.Prefix, tap string, g Guest) error {
+// tap is never guarded without a policy or the other way round; extra
+// (elements for the policy's sets) goes in the same transaction.
+func (f nftFirewall) guard(ctx context.Context, bridge string, subnet netip.Prefix, tap string, g Guest, extra string) error {
 	policy, err := PolicyScript(bridge, subnet, tap, g)
 	if err != nil {
 		return err
 	}
-	_, err = run(ctx, GuardScript(tap, g)+policy, f.bin, "-f", "-")
+	_, err = run(ctx, GuardScript(tap, g)+policy+extra, f.bin, "-f", "-")
+	return err
+}
+
+func (f nftFirewall) setElems(ctx context.Context, tap, set string) (map[netip.Addr]time.Duration, error) {
+	out, err := run(ctx, "", f.bin, "-j", "list", "set", "ip", policyTable(tap), set)
+	if err != nil {
+		return nil, err
+	}
+	return setElems(out)
+}
+
+func (f nftFirewall) exec(ctx context.Context, script string) error {
+	_, err := run(ctx, script, f.bin, "-f", "-")
 	return err
 }
 

@@ -2,8 +2,9 @@
 // with the guard that lets that VM send only as itself and the policy that
 // says what it may reach, guest IP and MAC allocation helpers, the NAT and
 // forwarding rules that give guests egress, the DNS responder for
-// <vm>.<suffix> names, and entering the network namespace the daemon runs
-// in.
+// <vm>.<suffix> names (gated so that a VM's allowed host names open the
+// addresses they resolve to: Admit), and entering the network namespace
+// the daemon runs in.
 //
 // It works in the network namespace of the calling process. It must not
 // touch VM records or VMM processes, and it removes exactly what it made:
@@ -41,8 +42,9 @@ type Config struct {
 // Network manages banger's bridge, taps and rules in the current network
 // namespace.
 type Network struct {
-	cfg Config
-	fw  firewall
+	cfg   Config
+	fw    firewall
+	names *nameGate // what the taps' allowed host names opened (Admit)
 }
 
 // New validates cfg and picks the firewall backend. It makes nothing.
@@ -59,7 +61,7 @@ func New(cfg Config) (*Network, error) {
 		return nil, fmt.Errorf("subnet %s is too small: use a prefix of /30 or larger", cfg.Subnet)
 	}
 	cfg.Subnet = cfg.Subnet.Masked()
-	n := &Network{cfg: cfg}
+	n := &Network{cfg: cfg, names: newNameGate()}
 	switch cfg.Firewall {
 	case "", "nft":
 		if bin, err := exec.LookPath("nft"); err == nil {
@@ -294,7 +296,7 @@ func (n *Network) attachPort(ctx context.Context, link netlink.Link, g Guest) er
 		return fmt.Errorf("isolate tap %s on bridge %s: %w", name, n.cfg.Bridge, err)
 	}
 	if gd, ok := n.fw.(guarder); ok {
-		if err := gd.guard(ctx, n.cfg.Bridge, n.cfg.Subnet, name, g); err != nil {
+		if err := n.guardTap(ctx, gd, name, g); err != nil {
 			return fmt.Errorf("guard tap %s: %w", name, err)
 		}
 	}
@@ -404,7 +406,7 @@ func (n *Network) ApplyPolicy(ctx context.Context, tap string, g Guest) error {
 	if !ok {
 		return nil
 	}
-	if err := gd.guard(ctx, n.cfg.Bridge, n.cfg.Subnet, tap, g); err != nil {
+	if err := n.guardTap(ctx, gd, tap, g); err != nil {
 		return fmt.Errorf("apply policy %q to tap %s: %w", g.Policy, tap, err)
 	}
 	return nil
@@ -423,6 +425,9 @@ func (n *Network) Guarded() bool {
 // reported.
 func (n *Network) DeleteTap(ctx context.Context, name string) error {
 	var guardErr error
+	n.names.mu.Lock()
+	n.names.drop(name)
+	n.names.mu.Unlock()
 	if gd, ok := n.fw.(guarder); ok {
 		if err := gd.unguard(ctx, name); err != nil {
 			guardErr = fmt.Errorf("remove the guard of tap %s: %w", name, err)
@@ -485,6 +490,30 @@ func (n *Network) Guards() ([]string, error) {
 		return gd.guards(context.Background())
 	}
 	return nil, nil
+}
+
+// guardTap (re)writes tap's guard and policy tables for g, with the
+// addresses g's host names opened before still open (those of names
+// its policy still allows; all of them for a tap the daemon has not
+// seen since it started) and records what Admit needs to know.
+func (n *Network) guardTap(ctx context.Context, gd guarder, tap string, g Guest) error {
+	ng := n.names
+	ng.mu.Lock()
+	defer ng.mu.Unlock()
+	var c carry
+	var extra string
+	if len(g.Policy.Names) > 0 {
+		// What the sets hold now; none when the table is not there.
+		kres, _ := gd.setElems(ctx, tap, resolvedSet)
+		kinuse, _ := gd.setElems(ctx, tap, inuseSet)
+		c = ng.carried(tap, g, kres, kinuse)
+		extra = carryScript(tap, c, ng.now())
+	}
+	if err := gd.guard(ctx, n.cfg.Bridge, n.cfg.Subnet, tap, g, extra); err != nil {
+		return err
+	}
+	ng.set(tap, g, c)
+	return nil
 }
 
 func isNotFound(err error) bool {

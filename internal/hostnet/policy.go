@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Mode is what a VM reaches when its Policy says nothing more.
@@ -177,19 +178,27 @@ func (r Rule) check() error {
 // connection tracking; the other VM's policy is not consulted). Other VMs
 // are reachable only through AllowVMs, never through Allow or ModeOpen.
 //
+// Names are host names (HostPattern) whose resolved addresses the VM may
+// reach, on every port, while banger's DNS responder has seen them
+// resolve (see Network.Admit); only ModeNone may have them, since a
+// name allowance means something only where everything else is denied.
+//
 // Its JSON form, {"mode":"internet","allow":["10.0.0.5:5432"],
 // "deny":["203.0.113.0/24"],"allow_vms":["172.16.0.7"]}, is what a VM
 // record stores; decoding validates it.
 type Policy struct {
 	Mode     Mode           `json:"mode"`
 	Allow    []Rule         `json:"allow,omitempty"`
+	Names    []HostPattern  `json:"names,omitempty"`
 	Deny     []netip.Prefix `json:"deny,omitempty"`
 	AllowVMs []netip.Addr   `json:"allow_vms,omitempty"`
 }
 
 // ParsePolicy reads the user's --net, --allow, --deny and VM addresses
 // (the daemon resolves --allow-vm names to addresses), checks them, and
-// returns the canonical Policy. Each error names the value at fault.
+// returns the canonical Policy. An allow entry with a letter or '*' in
+// it is a host name (ParseHostPattern), accepted with mode none only.
+// Each error names the value at fault.
 func ParsePolicy(mode string, allow, deny, allowVMs []string) (Policy, error) {
 	m, err := ParseMode(mode)
 	if err != nil {
@@ -197,11 +206,25 @@ func ParsePolicy(mode string, allow, deny, allowVMs []string) (Policy, error) {
 	}
 	p := Policy{Mode: m}
 	for _, s := range allow {
+		if looksLikeName(s) {
+			h, err := ParseHostPattern(s)
+			if err != nil {
+				return Policy{}, err
+			}
+			if m != ModeNone {
+				return Policy{}, fmt.Errorf("allow %q: host names are allowed only with network mode none (everything else denied), not %s", s, m)
+			}
+			p.Names = append(p.Names, h)
+			continue
+		}
 		r, err := ParseRule(s)
 		if err != nil {
 			return Policy{}, err
 		}
 		p.Allow = append(p.Allow, r)
+	}
+	if n := len(slices.Compact(slices.Sorted(slices.Values(p.Names)))); n > MaxNames {
+		return Policy{}, fmt.Errorf("allow: %d host names, at most %d", n, MaxNames)
 	}
 	for _, s := range deny {
 		if strings.Count(s, ":") == 1 {
@@ -233,6 +256,17 @@ func (p Policy) Check() error {
 		if err := r.check(); err != nil {
 			return err
 		}
+	}
+	for _, h := range p.Names {
+		if err := h.check(); err != nil {
+			return err
+		}
+		if p.Mode != ModeNone {
+			return fmt.Errorf("allow %s: host names are allowed only with network mode none", h)
+		}
+	}
+	if len(p.Names) > MaxNames {
+		return fmt.Errorf("allow: %d host names, at most %d", len(p.Names), MaxNames)
 	}
 	for _, d := range p.Deny {
 		if !d.IsValid() || !d.Addr().Is4() || d.Masked() != d {
@@ -267,6 +301,7 @@ func (p Policy) Canonical() Policy {
 		return strings.Compare(a.Proto, b.Proto)
 	})
 	p.Allow = slices.Compact(p.Allow)
+	p.Names = slices.Compact(slices.Sorted(slices.Values(p.Names)))
 	p.Deny = slices.Clone(p.Deny)
 	slices.SortFunc(p.Deny, func(a, b netip.Prefix) int {
 		if c := a.Addr().Compare(b.Addr()); c != 0 {
@@ -281,6 +316,9 @@ func (p Policy) Canonical() Policy {
 	if len(p.Allow) == 0 {
 		p.Allow = nil
 	}
+	if len(p.Names) == 0 {
+		p.Names = nil
+	}
 	if len(p.Deny) == 0 {
 		p.Deny = nil
 	}
@@ -294,11 +332,12 @@ func (p Policy) Canonical() Policy {
 // policy the iptables backend enforces.
 func (p Policy) IsDefault() bool {
 	c := p.Canonical()
-	return c.Mode == ModeInternet && c.Allow == nil && c.Deny == nil && c.AllowVMs == nil
+	return c.Mode == ModeInternet && c.Allow == nil && c.Names == nil && c.Deny == nil && c.AllowVMs == nil
 }
 
 // String is a one-line summary for listings and logs, e.g.
-// "internet allow=10.0.0.5:5432 deny=203.0.113.0/24 vm=172.16.0.7".
+// "internet allow=10.0.0.5:5432 deny=203.0.113.0/24 vm=172.16.0.7";
+// host names follow the addresses in allow.
 func (p Policy) String() string {
 	c := p.Canonical()
 	parts := []string{string(c.Mode)}
@@ -313,6 +352,9 @@ func (p Policy) String() string {
 	var allow, deny, vms []string
 	for _, r := range c.Allow {
 		allow = append(allow, r.String())
+	}
+	for _, h := range c.Names {
+		allow = append(allow, string(h))
 	}
 	for _, d := range c.Deny {
 		deny = append(deny, d.String())
@@ -405,6 +447,17 @@ func policyTable(tap string) string { return guardPrefix + tap }
 // connections already open, with no conntrack flush. Forwarding also accepts
 // AllowVMs and then drops the rest of the guest subnet before anything
 // else is allowed, so other VMs are never reached by mode or Allow.
+//
+// A policy with Names also accepts DNS on the gateway, and the table
+// holds two sets: "resolved", the addresses Admit opened for the names,
+// each with the timeout of its answer, and "inuse", the addresses the
+// guest has sent to lately (refreshed by each packet, forgotten after
+// inuseIdle). Forwarding, last before the drop, accepts a packet to a
+// resolved address that is not in NonPublic (whatever Admit let in),
+// and a packet on a connection the guest opened to an address in use:
+// a connection outlives its answer's TTL while it carries traffic, but
+// a new one needs a live answer. The sets start empty whenever the
+// script runs; Network re-adds what its names still open.
 func PolicyScript(bridge string, subnet netip.Prefix, tap string, g Guest) (string, error) {
 	if err := checkIfname("bridge", bridge); err != nil {
 		return "", err
@@ -439,7 +492,7 @@ func PolicyScript(bridge string, subnet netip.Prefix, tap string, g Guest) (stri
 
 	var in, fwd strings.Builder
 	in.WriteString(head.String() + deny.String())
-	if p.Mode != ModeNone {
+	if p.Mode != ModeNone || len(p.Names) > 0 {
 		fmt.Fprintf(&in, "\t\tip daddr %s udp dport 53 accept%s\n\t\tip daddr %s tcp dport 53 accept%s\n", gw, tag, gw, tag)
 	}
 	if p.Mode == ModeOpen {
@@ -460,21 +513,51 @@ func PolicyScript(bridge string, subnet netip.Prefix, tap string, g Guest) (stri
 		fwd.WriteString(allow.String())
 		fmt.Fprintf(&fwd, "\t\tip daddr %s drop%s\n\t\taccept%s\n", prefixSet(nonPublic), tag, tag)
 	default:
-		fwd.WriteString(allow.String() + "\t\tdrop" + tag + "\n")
+		fwd.WriteString(allow.String())
+		if len(p.Names) > 0 {
+			fmt.Fprintf(&fwd, "\t\tip daddr != %s ip daddr @%s update @%s { ip daddr } accept%s\n", prefixSet(nonPublic), resolvedSet, inuseSet, tag)
+			fmt.Fprintf(&fwd, "\t\tct state established ct direction original ip daddr @%s update @%s { ip daddr } accept%s\n", inuseSet, inuseSet, tag)
+		}
+		fwd.WriteString("\t\tdrop" + tag + "\n")
+	}
+	var sets string
+	if len(p.Names) > 0 {
+		// The kernel's bounds sit above Admit's own (MaxResolved), so
+		// elements expired but not yet collected never make an add fail.
+		sets = fmt.Sprintf(`	set %s {
+		type ipv4_addr
+		flags timeout
+		size %d
+	}
+	set %s {
+		type ipv4_addr
+		flags dynamic,timeout
+		timeout %ds
+		size %d
+	}
+`, resolvedSet, 2*MaxResolved, inuseSet, int(inuseIdle.Seconds()), 4*MaxResolved)
 	}
 
 	return fmt.Sprintf(`table ip %[1]s {}
 delete table ip %[1]s
 table ip %[1]s {
-	chain input {
+%[4]s	chain input {
 		type filter hook input priority filter; policy accept;
 %[2]s	}
 	chain forward {
 		type filter hook forward priority filter; policy accept;
 %[3]s	}
 }
-`, policyTable(tap), in.String(), fwd.String()), nil
+`, policyTable(tap), in.String(), fwd.String(), sets), nil
 }
+
+// The sets of a policy table with host names (see PolicyScript), and
+// how long an address the guest stops sending to stays in use.
+const (
+	resolvedSet = "resolved"
+	inuseSet    = "inuse"
+	inuseIdle   = 5 * time.Minute
+)
 
 // portMatch is the nft match for r's port, "" for any.
 func portMatch(r Rule) string {

@@ -35,7 +35,8 @@ import (
 //     (10.123.0.1) and one public on the uplink (192.0.2.1), and listeners on
 //     the host's wildcard address, ports 8080 and 8081, so the gateway and
 //     both of them answer, as a careless host service would;
-//   - banger's DNS responder on the gateway;
+//   - banger's DNS responder on the gateway, forwarding to labResolver
+//     in the "internet" namespace and gated by the Network;
 //   - guests, each a namespace behind a port of the bridge, listening on
 //     port 22.
 //
@@ -88,6 +89,10 @@ func newPolicyLab(t *testing.T, n *Network) *policyLab {
 	l.echo(l.inet, "0.0.0.0:7")
 	d := NewDNS("vm", func(string) (netip.Addr, bool) { return netip.Addr{}, false },
 		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	// Other names go to the "internet"'s resolver, when a test serves
+	// one (serveLabResolver), through the gate of allowed names.
+	d.Forward([]string{labResolver})
+	d.Gate(n)
 	if err := d.Start(net.JoinHostPort(n.Gateway().String(), "53")); err != nil {
 		t.Fatal(err)
 	}

@@ -219,7 +219,7 @@ const NetInternet = "internet"
 // each time it applies the policy.
 type NetPolicy struct {
 	Mode     string   `json:"mode"`                // none, internet or open
-	Allow    []string `json:"allow,omitempty"`     // CIDR[:PORT[/tcp|udp]]
+	Allow    []string `json:"allow,omitempty"`     // CIDR[:PORT[/tcp|udp]], then host names (example.com, *.example.com; mode none only)
 	Deny     []string `json:"deny,omitempty"`      // CIDR
 	AllowVMs []string `json:"allow_vms,omitempty"` // names of VMs this VM may open connections to
 }

@@ -66,6 +66,43 @@ func serveResolver(t *testing.T, ns, addr, answer string) {
 	}
 }
 
+// uplink gives namespace ns a route to an "internet" namespace of its
+// own, 198.51.100.2 on a veth, that holds the public addresses addrs,
+// each with a banner listener on port; the namespaces go when the test
+// ends.
+func uplink(t *testing.T, ns string, addrs []string, port int) {
+	t.Helper()
+	inet := testenv.Netns(t)
+	for _, args := range [][]string{
+		{"-n", ns, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", inet},
+		{"-n", ns, "addr", "add", "198.51.100.1/24", "dev", "up0"},
+		{"-n", ns, "link", "set", "up0", "up"},
+		{"-n", inet, "addr", "add", "198.51.100.2/24", "dev", "eth0"},
+		{"-n", inet, "link", "set", "eth0", "up"},
+		{"-n", ns, "route", "add", "203.0.113.0/24", "via", "198.51.100.2"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	for _, a := range addrs {
+		if out, err := exec.Command("ip", "-n", inet, "addr", "add", a+"/32", "dev", "lo").CombinedOutput(); err != nil {
+			t.Fatalf("add %s in %s: %v: %s", a, inet, err, out)
+		}
+		l, err := testenv.ListenInNetns(inet, "tcp", net.JoinHostPort(a, fmt.Sprint(port)))
+		if err != nil {
+			t.Fatalf("listen on %s:%d in %s: %v", a, port, inet, err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go serveBanner(l)
+		c, err := testenv.DialInNetns(ns, "tcp", net.JoinHostPort(a, fmt.Sprint(port)), 3*time.Second)
+		if err != nil {
+			t.Fatalf("%s:%d does not answer from %s: %v", a, port, ns, err)
+		}
+		c.Close()
+	}
+}
+
 // serveBanner accepts on l until it is closed, greeting each connection.
 func serveBanner(l net.Listener) {
 	for {
@@ -83,10 +120,12 @@ func serveBanner(l net.Listener) {
 // namespace, only what its policy lets it: by default none of the host's
 // addresses (gateway, another host address, the metadata address) nor a
 // sibling VM; each once allowed; nothing at all (DNS included) with
-// --net none. Names other than VMs' resolve through the daemon's
-// responder, which asks the host's resolver (a stand-in on the other
-// host address, which the guest itself cannot reach). Every address here
-// is in the daemon's test namespace.
+// --net none; with --net none --allow example.test, the address the
+// name resolves to, only after the guest resolved it, and nothing else.
+// Names other than VMs' resolve through the daemon's responder, which
+// asks the host's resolver (a stand-in on the other host address, which
+// the guest itself cannot reach). Every address here is in the daemon's
+// test namespace or an "internet" namespace routed from it.
 func TestGuestNetworkPolicy(t *testing.T) {
 	const resolver = "10.250.0.1:53"
 	h := NewHarness(t, "BANGER_DNS_UPSTREAMS="+resolver)
@@ -213,6 +252,35 @@ func TestGuestNetworkPolicy(t *testing.T) {
 	}
 	if reachable(h, "pa", gw, port, banner) || reachable(h, "pa", gw, 53, "") {
 		t.Fatalf("none: pa still reaches the gateway")
+	}
+
+	// none with a host name: the addresses the name resolves to, only
+	// once the guest has resolved it. The stand-in resolver answers
+	// every name with 203.0.113.7, a public address in an "internet"
+	// namespace behind the test namespace (an answer's address must be
+	// public to be opened); 203.0.113.8 there is in no answer.
+	uplink(t, h.Netns, []string{"203.0.113.7", "203.0.113.8"}, port)
+	h.MustRun("vm", "net", "pa", "--reset", "--net", "none", "--allow", "example.test")
+	if shown := h.MustRun("vm", "net", "pa"); !strings.Contains(shown, "example.test") {
+		t.Fatalf("vm net pa shows %q, lacking the host name", shown)
+	}
+	if reachable(h, "pa", "203.0.113.7", port, banner) {
+		t.Fatalf("--allow example.test: pa reached its address before resolving it")
+	}
+	if !resolves(h, "pa", "other.test") || reachable(h, "pa", "203.0.113.7", port, banner) {
+		t.Fatalf("--allow example.test: resolving another name must work and open nothing")
+	}
+	if out, _, code := h.Run("vm", "exec", "pa", "--", "timeout", "8", "getent", "hosts", "example.test"); code != 0 || !strings.Contains(out, "203.0.113.7") {
+		t.Fatalf("--allow example.test: pa resolves it as %q (exit %d)", out, code)
+	}
+	if !reachable(h, "pa", "203.0.113.7", port, banner) {
+		t.Fatalf("--allow example.test: pa did not reach its address after resolving it")
+	}
+	if reachable(h, "pa", "203.0.113.8", port, banner) || reachable(h, "pa", gw, port, banner) || reachable(h, "pa", hostAddr, port, banner) {
+		t.Fatalf("--allow example.test: pa reached an address no answer gave")
+	}
+	if _, errOut, code := h.Run("vm", "net", "pa", "--net", "internet"); code == 0 || !strings.Contains(errOut, `allow "example.test": host names are allowed only with network mode none`) {
+		t.Fatalf("a host name under internet: code %d, stderr %q", code, errOut)
 	}
 
 	// Deleting pb takes it out of pa's allow-vm: its address goes to the

@@ -8,6 +8,7 @@ import (
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/errdefs"
+	"github.com/banger/banger/internal/hostnet"
 )
 
 // networkJSON is E2B's SandboxNetworkConfig (create) and
@@ -44,9 +45,14 @@ const (
 // Allow; mode internet reaches the public internet and Allow, never Deny
 // (deny wins). So a denyOut of 0.0.0.0/0 is mode none with allowOut as
 // Allow; other denyOut blocks become Deny less the allowOut blocks inside
-// them (split into the CIDR blocks that remain). Domain names (E2B
-// resolves them at its proxy), IPv6, request transforms and egress
-// proxies have no banger counterpart and are refused by name.
+// them (split into the CIDR blocks that remain). Domain names in
+// allowOut (exact, or "*." and a name for the names below it) become
+// host names of the allow list; as in E2B they need a denyOut of
+// 0.0.0.0/0 (mode none). E2B filters them by Host header or SNI on ports
+// 80 and 443; banger opens every port of the addresses they resolve to
+// through its DNS responder. IPv6, domain names in denyOut, request
+// transforms and egress proxies have no banger counterpart and are
+// refused by name.
 // allowPublicTraffic, maskRequestHost and httpsPorts are not egress
 // (privateTraffic, relayOptions).
 func egressPolicy(allowInternet *bool, n *networkJSON) (egress, bool, error) {
@@ -65,13 +71,16 @@ func egressPolicy(allowInternet *bool, n *networkJSON) (egress, bool, error) {
 	case len(n.AllowOut) > maxEgressEntries || len(n.DenyOut) > maxEgressEntries:
 		return egress{}, false, errdefs.Errorf(errdefs.CodeInvalid, "network: at most %d allowOut and %d denyOut entries", maxEgressEntries, maxEgressEntries)
 	}
-	allow, err := egressBlocks("allowOut", n.AllowOut)
+	allow, names, err := egressBlocks("allowOut", n.AllowOut)
 	if err != nil {
 		return egress{}, false, err
 	}
-	deny, err := egressBlocks("denyOut", n.DenyOut)
+	deny, denyNames, err := egressBlocks("denyOut", n.DenyOut)
 	if err != nil {
 		return egress{}, false, err
+	}
+	if len(denyNames) > 0 {
+		return egress{}, false, errdefs.Errorf(errdefs.CodeInvalid, "network.denyOut %q: domain names are not supported in denyOut, only IPv4 addresses and CIDR blocks", denyNames[0])
 	}
 	if n.AllowInternetAccess != nil && !*n.AllowInternetAccess {
 		none = true
@@ -89,6 +98,10 @@ func egressPolicy(allowInternet *bool, n *networkJSON) (egress, bool, error) {
 	for _, a := range allow {
 		out.Allow = append(out.Allow, a.String())
 	}
+	if len(names) > 0 && !none {
+		return egress{}, false, errdefs.Errorf(errdefs.CodeInvalid, "network.allowOut %q: a domain name needs all other traffic denied: add 0.0.0.0/0 (ALL_TRAFFIC) to denyOut", names[0])
+	}
+	out.Allow = append(out.Allow, names...)
 	for _, d := range deny {
 		rest := []netip.Prefix{d}
 		for _, a := range allow {
@@ -157,10 +170,11 @@ func relayOptions(n *networkJSON) (mask string, https []int, err error) {
 	return mask, https, nil
 }
 
-// egressBlocks parses E2B's address entries: IPv4 CIDR blocks or bare
-// addresses (a /32).
-func egressBlocks(field string, entries []string) ([]netip.Prefix, error) {
+// egressBlocks parses E2B's entries: IPv4 CIDR blocks or bare
+// addresses (a /32), and domain names (names, in canonical form).
+func egressBlocks(field string, entries []string) ([]netip.Prefix, []string, error) {
 	var out []netip.Prefix
+	var names []string
 	for _, e := range entries {
 		s := strings.TrimSpace(e)
 		p, err := netip.ParsePrefix(s)
@@ -168,18 +182,23 @@ func egressBlocks(field string, entries []string) ([]netip.Prefix, error) {
 			a, aerr := netip.ParseAddr(s)
 			if aerr != nil {
 				if strings.ContainsAny(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ*") && !strings.Contains(s, ":") {
-					return nil, errdefs.Errorf(errdefs.CodeInvalid, "network.%s %q: domain names are not supported by banger, only IPv4 addresses and CIDR blocks", field, e)
+					h, herr := hostnet.ParseHostPattern(s)
+					if herr != nil {
+						return nil, nil, errdefs.Errorf(errdefs.CodeInvalid, "network.%s %q: not an IPv4 address, CIDR block or domain name: %v", field, e, herr)
+					}
+					names = append(names, string(h))
+					continue
 				}
-				return nil, errdefs.Errorf(errdefs.CodeInvalid, "network.%s %q: not an IPv4 address or CIDR block", field, e)
+				return nil, nil, errdefs.Errorf(errdefs.CodeInvalid, "network.%s %q: not an IPv4 address or CIDR block", field, e)
 			}
 			p = netip.PrefixFrom(a, a.BitLen())
 		}
 		if !p.Addr().Is4() {
-			return nil, errdefs.Errorf(errdefs.CodeInvalid, "network.%s %q: banger's network policy is IPv4 only", field, e)
+			return nil, nil, errdefs.Errorf(errdefs.CodeInvalid, "network.%s %q: banger's network policy is IPv4 only", field, e)
 		}
 		out = append(out, p.Masked())
 	}
-	return out, nil
+	return out, names, nil
 }
 
 // subtract is the CIDR blocks of d that are not in a: d itself when they

@@ -71,8 +71,14 @@ func TestEgressPolicy(t *testing.T) {
 		{name: "allow wins inside a deny", n: &networkJSON{DenyOut: []string{"203.0.113.0/30"}, AllowOut: []string{"203.0.113.2"}},
 			want: egress{Mode: "internet", Allow: []string{"203.0.113.2/32"}, Deny: []string{"203.0.113.0/31", "203.0.113.3/32"}}, set: true},
 		{name: "update without internet", n: &networkJSON{AllowInternetAccess: &f}, want: egress{Mode: "none"}, set: true},
-		{name: "domain", n: &networkJSON{AllowOut: []string{"example.com"}}, wantErr: "domain names are not supported"},
-		{name: "wildcard domain", n: &networkJSON{AllowOut: []string{"*.example.com"}}, wantErr: "domain names"},
+		{name: "domains with deny all", n: &networkJSON{DenyOut: []string{"0.0.0.0/0"}, AllowOut: []string{"API.OpenAI.com", "8.8.8.8", "*.github.com"}},
+			want: egress{Mode: "none", Allow: []string{"8.8.8.8/32", "api.openai.com", "*.github.com"}}, set: true},
+		{name: "domain without internet", inet: &f, n: &networkJSON{AllowOut: []string{"example.com"}},
+			want: egress{Mode: "none", Allow: []string{"example.com"}}, set: true},
+		{name: "domain without deny all", n: &networkJSON{AllowOut: []string{"example.com"}}, wantErr: `network.allowOut "example.com": a domain name needs all other traffic denied`},
+		{name: "wildcard domain, some denied", n: &networkJSON{DenyOut: []string{"10.0.0.0/8"}, AllowOut: []string{"*.example.com"}}, wantErr: `"*.example.com": a domain name needs`},
+		{name: "domain in denyOut", n: &networkJSON{DenyOut: []string{"0.0.0.0/0", "example.com"}}, wantErr: `network.denyOut "example.com": domain names are not supported in denyOut`},
+		{name: "bad domain", n: &networkJSON{DenyOut: []string{"0.0.0.0/0"}, AllowOut: []string{"a.*.example.com"}}, wantErr: `network.allowOut "a.*.example.com": not an IPv4 address, CIDR block or domain name`},
 		{name: "ipv6", n: &networkJSON{DenyOut: []string{"2001:db8::/32"}}, wantErr: "IPv4 only"},
 		{name: "garbage", n: &networkJSON{DenyOut: []string{"10.0.0.0/40"}}, wantErr: "not an IPv4 address"},
 		{name: "traffic tokens are not egress", n: &networkJSON{AllowPublicTraffic: &f}, want: egress{Mode: "internet"}, set: false},
@@ -122,6 +128,21 @@ func TestSandboxNetwork(t *testing.T) {
 		info.AllowInternetAccess || info.Network == nil || !reflect.DeepEqual(*info.Network, egressJSON{AllowOut: []string{"8.8.8.8/32"}, DenyOut: []string{"0.0.0.0/0"}}) {
 		t.Fatalf("info = %d %s", code, body)
 	}
+	// Domain names with everything else denied, as E2B's SDKs send them.
+	if code, body, _ := fx.do(t, "PUT", "/sandboxes/"+sb.SandboxID+"/network", `{"denyOut":["0.0.0.0/0"],"allowOut":["api.openai.com","*.GitHub.com","1.1.1.1"]}`); code != http.StatusNoContent {
+		t.Fatalf("updateNetwork with domains = %d %s", code, body)
+	}
+	if got := policy(sb.SandboxID); got != "none allow=1.1.1.1/32,api.openai.com,*.github.com" {
+		t.Fatalf("after updateNetwork with domains: %q", got)
+	}
+	if code, body, _ := fx.do(t, "GET", "/sandboxes/"+sb.SandboxID, ""); code != 200 || json.Unmarshal([]byte(body), &info) != nil || info.Network == nil ||
+		!reflect.DeepEqual(*info.Network, egressJSON{AllowOut: []string{"1.1.1.1/32", "api.openai.com", "*.github.com"}, DenyOut: []string{"0.0.0.0/0"}}) {
+		t.Fatalf("info with domains = %d %s", code, body)
+	}
+	withNames := fx.createSandbox(t, `{"allow_internet_access":false,"network":{"allowOut":["example.com"]}}`)
+	if got := policy(withNames.SandboxID); got != "none allow=example.com" {
+		t.Fatalf("create with a domain and no internet: %q", got)
+	}
 	if code, body, _ := fx.do(t, "PUT", "/sandboxes/"+sb.SandboxID+"/network", `{"denyOut":["203.0.113.0/24"]}`); code != http.StatusNoContent {
 		t.Fatalf("updateNetwork = %d %s", code, body)
 	}
@@ -134,8 +155,8 @@ func TestSandboxNetwork(t *testing.T) {
 	if code, body, _ := fx.do(t, "PUT", "/sandboxes/"+sb.SandboxID+"/network", `{"allowPublicTraffic":false}`); code != http.StatusBadRequest || !strings.Contains(body, "allowPublicTraffic") {
 		t.Errorf("updateNetwork of allowPublicTraffic = %d %s, want 400 naming it", code, body)
 	}
-	for _, bad := range []string{`{"allowOut":["example.com"]}`, `{"denyOut":"x"}`} {
-		if code, body, _ := fx.do(t, "PUT", "/sandboxes/"+sb.SandboxID+"/network", bad); code != http.StatusBadRequest {
+	for _, bad := range []string{`{"allowOut":["example.com"]}`, `{"denyOut":["0.0.0.0/0","example.com"]}`, `{"denyOut":"x"}`} {
+		if code, body, _ := fx.do(t, "PUT", "/sandboxes/"+sb.SandboxID+"/network", bad); code != http.StatusBadRequest || (strings.Contains(bad, "example") && !strings.Contains(body, "example.com")) {
 			t.Errorf("updateNetwork %s = %d %s, want 400", bad, code, body)
 		}
 		if code, body, _ := fx.do(t, "POST", "/v2/sandboxes", `{"network":`+bad+`}`); code != http.StatusBadRequest {

@@ -27,6 +27,9 @@ func (m *Manager) netPolicy(ctx context.Context, self model.VM, mode string, all
 	for _, r := range p.Allow {
 		out.Allow = append(out.Allow, r.String())
 	}
+	for _, h := range p.Names {
+		out.Allow = append(out.Allow, string(h))
+	}
 	for _, d := range p.Deny {
 		out.Deny = append(out.Deny, d.String())
 	}

@@ -48,19 +48,19 @@ func TestNetPolicyStoredAndGivenToTheTap(t *testing.T) {
 	}
 	// Unsorted, duplicated, an id for a name: stored canonical.
 	app, err := f.m.Create(ctx, api.CreateVMRequest{Name: "app", Disk: "64M", Start: true, Net: "NONE",
-		Allow:    []string{"192.168.1.0/24", "10.0.0.5:5432", "10.0.0.5:5432"},
+		Allow:    []string{"API.Example.com", "192.168.1.0/24", "10.0.0.5:5432", "*.example.com", "10.0.0.5:5432"},
 		Deny:     []string{"203.0.113.0/24"},
 		AllowVMs: []string{db.ID, "db"}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := model.NetPolicy{Mode: "none", Allow: []string{"10.0.0.5:5432", "192.168.1.0/24"}, Deny: []string{"203.0.113.0/24"}, AllowVMs: []string{"db"}}
+	want := model.NetPolicy{Mode: "none", Allow: []string{"10.0.0.5:5432", "192.168.1.0/24", "*.example.com", "api.example.com"}, Deny: []string{"203.0.113.0/24"}, AllowVMs: []string{"db"}}
 	if got := f.mustGet(t, "app").Net; !reflect.DeepEqual(got, want) {
 		t.Fatalf("stored policy = %+v, want %+v", got, want)
 	}
 	// The tap gets the names resolved to addresses.
 	p := f.tapPolicy(t, app)
-	if p.String() != "none allow=10.0.0.5:5432,192.168.1.0/24 deny=203.0.113.0/24 vm="+db.GuestIP {
+	if p.String() != "none allow=10.0.0.5:5432,192.168.1.0/24,*.example.com,api.example.com deny=203.0.113.0/24 vm="+db.GuestIP {
 		t.Fatalf("tap policy = %s", p)
 	}
 	// A VM without one gets the default at boot.
@@ -91,6 +91,8 @@ func TestCreateRefusesBadPolicy(t *testing.T) {
 		{api.CreateVMRequest{AllowVMs: []string{"ghost"}}, errdefs.CodeInvalid, `allow-vm "ghost": no such VM`},
 		{api.CreateVMRequest{Name: "me", AllowVMs: []string{"me"}}, errdefs.CodeInvalid, `allow-vm "me": that is this VM itself`},
 		{api.CreateVMRequest{Allow: []string{"172.16.0.2:22"}}, errdefs.CodeInvalid, "other VMs are reached with allow-vm"},
+		{api.CreateVMRequest{Allow: []string{"example.com"}}, errdefs.CodeInvalid, `allow "example.com": host names are allowed only with network mode none`},
+		{api.CreateVMRequest{Net: "none", Allow: []string{"example.com:443"}}, errdefs.CodeInvalid, `allow "example.com:443": a host name opens every port`},
 	} {
 		tc.req.Disk = "64M"
 		_, err := f.m.Create(ctx, tc.req, nil)

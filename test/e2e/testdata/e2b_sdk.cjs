@@ -241,7 +241,13 @@ async function main() {
       assert.equal(info.allowInternetAccess, true)
       assert.deepEqual(info.network.allowOut, ['203.0.113.9'])
       assert.equal(info.network.denyOut.length, 8, JSON.stringify(info.network.denyOut))
-      await assert.rejects(sbx.updateNetwork({ allowOut: ['example.com'] }), /domain names are not supported/)
+      // Domain names: with everything else denied, as E2B requires.
+      await assert.rejects(sbx.updateNetwork({ allowOut: ['example.com'] }), /needs all other traffic denied/)
+      await sbx.updateNetwork({ denyOut: ['0.0.0.0/0'], allowOut: ['example.com', '*.example.org'] })
+      info = await sbx.getInfo()
+      assert.equal(info.allowInternetAccess, false)
+      assert.deepEqual(info.network.allowOut, ['*.example.org', 'example.com'])
+      assert.deepEqual(info.network.denyOut, ['0.0.0.0/0'])
       await sbx.updateNetwork({})
       info = await sbx.getInfo()
       // The default egress again; the traffic token stays.
