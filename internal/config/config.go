@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/banger/banger/internal/model"
@@ -70,7 +71,14 @@ type Config struct {
 	E2BDomain string `json:"e2b_domain"`
 	// E2BTLS serves the E2B listener over HTTPS with banger's own CA.
 	E2BTLS bool `json:"e2b_tls"`
+	// WarmPool is how many spare VMs the daemon keeps restored ahead of
+	// time from each warm-start template (0, the default: none), at most
+	// MaxWarmPool. Each spare holds its memory while it waits.
+	WarmPool int `json:"warm_pool"`
 }
+
+// MaxWarmPool bounds warm_pool: spares hold memory and CPU while idle.
+const MaxWarmPool = 8
 
 // Defaults returns the built-in configuration.
 func Defaults() Config {
@@ -146,6 +154,13 @@ func Load(getenv func(string) string) (Config, error) {
 			*field(&c) = v
 		}
 	}
+	if v := getenv("BANGER_WARM_POOL"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return c, fmt.Errorf("BANGER_WARM_POOL %q: not a whole number", v)
+		}
+		c.WarmPool = n
+	}
 	c.Finish()
 	return c, nil
 }
@@ -176,6 +191,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxCPUs < 1 {
 		return fmt.Errorf("invalid max_cpus %d: use 1 or more", c.MaxCPUs)
+	}
+	if c.WarmPool < 0 || c.WarmPool > MaxWarmPool {
+		return fmt.Errorf("invalid warm_pool %d: use 0 (none) to %d spares per template", c.WarmPool, MaxWarmPool)
 	}
 	if c.MaxCopyOutEntries < 1 {
 		return fmt.Errorf("invalid max_copy_out_entries %d: use 1 or more", c.MaxCopyOutEntries)

@@ -123,6 +123,8 @@ func (d *Daemon) startHost(ctx context.Context) error {
 		defer close(d.host.expireDone)
 		d.vms.Expire(wctx)
 	}()
+	// The warm pool's refills run in the background until the daemon stops.
+	d.vms.StartPool(wctx)
 	return nil
 }
 
@@ -131,6 +133,7 @@ func (d *Daemon) closeHost() error {
 		d.host.stopWatch()
 		<-d.host.watchDone
 		<-d.host.expireDone
+		d.vms.StopPool()
 	}
 	d.ports.Close()
 	d.e2b.Close()

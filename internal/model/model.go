@@ -171,6 +171,9 @@ type Snapshot struct {
 	Stale string `json:"stale,omitempty"`
 	// ImageName names ImageID; filled in by the template list.
 	ImageName string `json:"image_name,omitempty"`
+	// Spares is how many spare VMs restored from the template are ready
+	// (config warm_pool); filled in by the template list.
+	Spares int `json:"spares,omitempty"`
 }
 
 // SnapshotState is a snapshot's life: creating until every file is

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/banger/banger/internal/model"
@@ -136,6 +137,24 @@ func (s *Store) UpdateVM(ctx context.Context, vm model.VM) error {
 		"work_disk=?, last_error=?, created_at=?, updated_at=?, started_at=?, net_policy=?, host_key=? WHERE id = ?"
 	if err := s.execOne(ctx, "vm", vm.ID, query, append(args[1:vmColCount-5], vm.ID)...); err != nil {
 		return fmt.Errorf("update vm: %w", err)
+	}
+	return nil
+}
+
+// ReplaceVM writes every column of the VM with vm's exact id, its
+// deadline, idle timeout and labels too, in one step (ErrNotFound): a
+// warm pool's spare made into a create's VM, whose record must never
+// be seen half renamed.
+func (s *Store) ReplaceVM(ctx context.Context, vm model.VM) error {
+	vm.UpdatedAt = time.Now()
+	cols := strings.Split(vmCols, ",")
+	set := make([]string, 0, len(cols)-1)
+	for _, c := range cols[1:] {
+		set = append(set, strings.TrimSpace(c)+"=?")
+	}
+	query := "UPDATE vms SET " + strings.Join(set, ", ") + " WHERE id = ?"
+	if err := s.execOne(ctx, "vm", vm.ID, query, append(vmArgs(vm)[1:], vm.ID)...); err != nil {
+		return fmt.Errorf("replace vm: %w", err)
 	}
 	return nil
 }

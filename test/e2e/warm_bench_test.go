@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/banger/banger/internal/model"
 )
 
 // phaseRE reads a progress line of `vm run -v`: "[   0.3s] identity: …".
@@ -84,4 +86,54 @@ func BenchmarkWarmStart(b *testing.B) {
 	for _, t := range ts {
 		h.MustRun("image", "unwarm", t.Name)
 	}
+}
+
+// BenchmarkWarmPool compares `vm run --rm -- true` taken from the warm
+// pool (warm_pool 1, the default shape's template) with the same run
+// booted cold (--cold), alternating, three rounds each, in the same run:
+// before each pooled run it waits until the pool's spare is ready again,
+// and reports how long that refill took after the previous pooled run
+// (a restore of a spare, its identity and its first SSH handshake), and
+// the claim itself (rename, hostname: the progress from phase pool to
+// ready). Run with BenchmarkWarmStart for the restore ratios of the same
+// host. Run with BANGER_BENCH=1.
+func BenchmarkWarmPool(b *testing.B) {
+	if os.Getenv("BANGER_BENCH") != "1" {
+		b.Skip("set BANGER_BENCH=1 (with BANGER_E2E=1) to run the warm pool bench")
+	}
+	h := NewHarness(b, "BANGER_WARM_POOL=1")
+	var tmpl model.Snapshot
+	h.JSON(&tmpl, "image", "warm")
+	b.Logf("spare ready %.1fs after the template", waitSpares(b, h, tmpl.Name, 1).Seconds())
+	var cold, pooled, claim, refill []time.Duration
+	sec := func(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for j := 0; j < 3; j++ {
+			start := time.Now()
+			_, errOut, code := h.Run("vm", "run", "--rm", "-v", "--", "true")
+			if code != 0 {
+				b.Fatalf("pooled vm run: exit %d: %s", code, errOut)
+			}
+			pooled = append(pooled, time.Since(start))
+			p := phases(errOut)
+			if _, ok := p["pool"]; !ok {
+				b.Fatalf("the run was not taken from the pool:\n%s", errOut)
+			}
+			claim = append(claim, sec(p["ready"]-p["pool"]))
+			refill = append(refill, waitSpares(b, h, tmpl.Name, 1))
+
+			start = time.Now()
+			h.MustRun("vm", "run", "--rm", "--cold", "--", "true")
+			cold = append(cold, time.Since(start))
+		}
+	}
+	b.StopTimer()
+	mc, mp := median(cold), median(pooled)
+	b.ReportMetric(mc.Seconds(), "s/cold-run")
+	b.ReportMetric(mp.Seconds(), "s/pooled-run")
+	b.ReportMetric(mp.Seconds()/mc.Seconds(), "ratio-pooled/cold")
+	b.ReportMetric(median(claim).Seconds(), "s/claim")
+	b.ReportMetric(median(refill).Seconds(), "s/refill")
+	h.MustRun("image", "unwarm", tmpl.Name)
 }

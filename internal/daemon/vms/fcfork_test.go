@@ -2,6 +2,7 @@ package vms
 
 import (
 	"context"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -48,10 +49,14 @@ type fakeGuests struct {
 	told     map[string]guestctl.Request // hostname → identity request
 	heldThen map[string]bool             // hostname → its tap was held when told
 	clocks   int
+	// renamed are the hostnames told alone (a spare taken from the warm
+	// pool); refuseRename makes the guest refuse these.
+	renamed      []string
+	refuseRename map[string]bool
 }
 
 func serveFakeGuests(t *testing.T, f *fixture) (*fakeGuests, string) {
-	g := &fakeGuests{told: map[string]guestctl.Request{}, heldThen: map[string]bool{}}
+	g := &fakeGuests{told: map[string]guestctl.Request{}, heldThen: map[string]bool{}, refuseRename: map[string]bool{}}
 	sock := filepath.Join(t.TempDir(), "guest.sock")
 	l := testenv.Listen(t, "unix", sock)
 	h := func(req guestctl.Request) (guestctl.Reply, func(), error) {
@@ -64,6 +69,16 @@ func serveFakeGuests(t *testing.T, f *fixture) (*fakeGuests, string) {
 			g.clocks++
 			g.mu.Unlock()
 		case guestctl.OpIdentity:
+			if req.MAC == "" && len(req.HostKey) == 0 && req.MachineID == "" {
+				g.mu.Lock()
+				defer g.mu.Unlock()
+				if g.refuseRename[req.Hostname] {
+					return rep, nil, errors.New("hostname refused")
+				}
+				g.renamed = append(g.renamed, req.Hostname)
+				rep.Identity = &guestctl.Identity{Hostname: req.Hostname}
+				return rep, nil, nil
+			}
 			held := false
 			if vm, err := f.m.Get(context.Background(), req.Hostname); err == nil {
 				held = f.taps.IsHeld(hostnet.TapName(vm.ID))
@@ -80,14 +95,10 @@ func serveFakeGuests(t *testing.T, f *fixture) (*fakeGuests, string) {
 	return g, sock
 }
 
-// TestForkFirecrackerWithFakefc forks a Firecracker snapshot end to end
-// with the real Firecracker driver over fakefc, whose vsock relays the
-// control channel to a guest side in the test: each fork is restored in
-// its own directory (its own disks and vsock socket, while the parent
-// runs), told its identity over the vsock while its tap is still held
-// down, and its tap raised only then; a warm start's refusal is lifted
-// the same way; deletes leave no process or socket.
-func TestForkFirecrackerWithFakefc(t *testing.T) {
+// fcFixture is a fixture whose VMs run under the real Firecracker
+// driver over fakefc, their control channel answered by fakeGuests,
+// with a kernel "fck" and an image "fast" whose PID 1 is banger-init.
+func fcFixture(t *testing.T) (*fixture, *firecracker.Driver, *fakeGuests) {
 	ctx := context.Background()
 	bin := testenv.BuildFakeFirecracker(t, t.TempDir())
 	f := newFixture(t)
@@ -120,6 +131,19 @@ func TestForkFirecrackerWithFakefc(t *testing.T) {
 	if err := f.st.CreateImage(ctx, model.Image{ID: model.NewID(), Name: "fast", Path: img, Init: "fast", HostKey: "ssh-ed25519 AAAA", CreatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
+	return f, drv, guests
+}
+
+// TestForkFirecrackerWithFakefc forks a Firecracker snapshot end to end
+// with the real Firecracker driver over fakefc, whose vsock relays the
+// control channel to a guest side in the test: each fork is restored in
+// its own directory (its own disks and vsock socket, while the parent
+// runs), told its identity over the vsock while its tap is still held
+// down, and its tap raised only then; a warm start's refusal is lifted
+// the same way; deletes leave no process or socket.
+func TestForkFirecrackerWithFakefc(t *testing.T) {
+	ctx := context.Background()
+	f, drv, guests := fcFixture(t)
 	parent, err := f.m.Create(ctx, api.CreateVMRequest{Name: "dev", Image: "fast", Disk: "64M", Kernel: "fck", VMM: "firecracker", Start: true}, nil)
 	if err != nil {
 		t.Fatal(err)

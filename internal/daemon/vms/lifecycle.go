@@ -75,6 +75,9 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 	if err := model.ValidateLabels(req.Labels); err != nil {
 		return model.VM{}, errdefs.Invalid(err)
 	}
+	if err := refuseSpareLabel(req.Labels); err != nil {
+		return model.VM{}, err
+	}
 	netPolicy, err := m.netPolicy(ctx, model.VM{Name: name}, req.Net, req.Allow, req.Deny, req.AllowVMs)
 	if err != nil {
 		return model.VM{}, err

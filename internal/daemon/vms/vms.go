@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -146,6 +147,7 @@ type Manager struct {
 	locks   keyed.Mutex // serialises requests on one VM (key: VM id)
 	allocMu sync.Mutex  // serialises IP/CID/name allocation at create
 	handles *handleCache
+	pool    pool // the warm pool's spares (pool.go)
 	// expiryChanged wakes the expiry loop when a deadline is set.
 	expiryChanged chan struct{}
 }
@@ -163,6 +165,7 @@ func New(deps Deps) *Manager {
 		guestInit:     deps.GuestInit,
 		usage:         usage{uses: map[string]Use{}},
 		handles:       newHandleCache(),
+		pool:          newPool(),
 		expiryChanged: make(chan struct{}, 1),
 	}
 	if m.dropGuest == nil {
@@ -192,12 +195,16 @@ func (m *Manager) Resolve(ctx context.Context, ref string) (model.VM, error) {
 		return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "vm name or id is empty")
 	}
 	vm, err := m.store.GetVM(ctx, ref)
+	if err == nil && isSpare(vm) {
+		vm, err = model.VM{}, store.ErrNotFound // the daemon's own (pool.go)
+	}
 	return vm, store.Describe("vm", ref, err)
 }
 
-// List lists every VM.
+// List lists every VM but the warm pool's spares (the daemon's own).
 func (m *Manager) List(ctx context.Context) ([]model.VM, error) {
 	vms, err := m.store.ListVMs(ctx)
+	vms = slices.DeleteFunc(vms, isSpare)
 	if vms == nil {
 		vms = []model.VM{}
 	}

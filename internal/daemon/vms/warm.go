@@ -3,6 +3,7 @@ package vms
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/banger/banger/internal/api"
@@ -95,6 +96,9 @@ func (m *Manager) createWarm(ctx context.Context, s vmShape, in vmIntent, report
 	if !ok {
 		return model.VM{}, false, nil
 	}
+	if vm, ok := m.claimSpare(ctx, tmpl, in, report); ok {
+		return vm, true, nil
+	}
 	report(progress.Event{Phase: "warm", Message: "restoring from template " + tmpl.Name})
 	vm, err := m.forkOne(ctx, tmpl, in, report)
 	if err == nil {
@@ -135,6 +139,7 @@ func (m *Manager) WarmImage(ctx context.Context, req api.WarmRequest, report pro
 	}
 	if t, ok := pickTemplate(all, in); ok {
 		report(progress.Event{Phase: "ready", Message: "template " + t.Name + " is fresh already"})
+		m.refill(t.Name)
 		return m.withUsers(ctx, t)
 	}
 	name := "warm-" + key[:12]
@@ -174,6 +179,7 @@ func (m *Manager) WarmImage(ctx context.Context, req api.WarmRequest, report pro
 	}
 	m.log.Info("template made", "template", name, "image", s.Image.Name, "bytes", sn.SizeBytes)
 	report(progress.Event{Phase: "ready", Message: "template " + name + " made"})
+	m.refill(name)
 	return sn, nil
 }
 
@@ -209,6 +215,14 @@ func (m *Manager) ListTemplates(ctx context.Context) ([]model.Snapshot, error) {
 		return nil, err
 	}
 	guest := m.guestSide()
+	spares := map[string]bool{}
+	if vms, err := m.store.ListVMs(ctx); err == nil {
+		for _, vm := range vms {
+			if isSpare(vm) {
+				spares[vm.Name] = true
+			}
+		}
+	}
 	out := []model.Snapshot{}
 	for _, t := range all {
 		if t.Template == "" {
@@ -217,6 +231,9 @@ func (m *Manager) ListTemplates(ctx context.Context) ([]model.Snapshot, error) {
 		if t, err = m.withUsers(ctx, t); err != nil {
 			return nil, err
 		}
+		// The pool's spares are counted, not named: they are the daemon's.
+		t.UsedBy = slices.DeleteFunc(t.UsedBy, func(n string) bool { return spares[n] })
+		t.Spares = m.readySpares(t.Name)
 		t.Stale = m.staleness(ctx, t, guest)
 		if im, err := m.store.GetImage(ctx, t.ImageID); err == nil {
 			t.ImageName = im.Name
@@ -238,7 +255,19 @@ func (m *Manager) RemoveTemplate(ctx context.Context, ref string) error {
 	if err != nil {
 		return store.Describe("template", ref, err)
 	}
-	return m.removeSnapshot(ctx, t, "template")
+	return m.removeTemplate(ctx, t)
+}
+
+// removeTemplate deletes the template's spares, then the template; if
+// that fails (a VM uses it) its pool is refilled.
+func (m *Manager) removeTemplate(ctx context.Context, t model.Snapshot) error {
+	done := m.drainPool(ctx, t.Name)
+	defer done()
+	err := m.removeSnapshot(ctx, t, "template")
+	if err != nil {
+		defer m.refill(t.Name)
+	}
+	return err
 }
 
 // DropTemplates removes the templates made from the image or kernel
@@ -251,7 +280,7 @@ func (m *Manager) DropTemplates(ctx context.Context, artifactID string) error {
 	}
 	for _, t := range all {
 		if t.Template != "" && (t.ImageID == artifactID || t.KernelID == artifactID) {
-			if err := m.removeSnapshot(ctx, t, "template"); err != nil {
+			if err := m.removeTemplate(ctx, t); err != nil {
 				return err
 			}
 		}
@@ -268,7 +297,7 @@ func (m *Manager) removeStaleTemplates(ctx context.Context) {
 	for _, t := range ts {
 		if t.Stale != "" && len(t.UsedBy) == 0 && t.State == model.SnapshotReady {
 			m.log.Info("removing a stale template", "template", t.Name, "why", t.Stale)
-			if err := m.removeSnapshot(ctx, t, "template"); err != nil {
+			if err := m.removeTemplate(ctx, t); err != nil {
 				m.log.Warn("remove stale template", "template", t.Name, "err", err)
 			}
 		}
