@@ -92,8 +92,9 @@ func BenchmarkWarmStart(b *testing.B) {
 // pool (warm_pool 1, the default shape's template) with the same run
 // booted cold (--cold), alternating, three rounds each, in the same run:
 // before each pooled run it waits until the pool's spare is ready again,
-// and reports how long that refill took after the previous pooled run
-// (a restore of a spare, its identity and its first SSH handshake), and
+// and reports how long that took from the previous pooled run's end
+// (the refill's wait after a claim, then a restore of a spare, its
+// identity and its first SSH handshake), and
 // the claim itself (rename, hostname: the progress from phase pool to
 // ready). Run with BenchmarkWarmStart for the restore ratios of the same
 // host. Run with BANGER_BENCH=1.

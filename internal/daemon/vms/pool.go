@@ -33,6 +33,12 @@ const spareLabel = "banger.dev/spare"
 // spareRetryMax bounds the wait between failed refills of a template.
 const spareRetryMax = time.Minute
 
+// claimRefillDelay is how long a refill waits after a claim before it
+// restores the next spare: a restore takes the host's CPU (much of it
+// under TCG) just when the claimed VM runs its first commands, whose
+// code its guest has not run since its restore.
+const claimRefillDelay = 2 * time.Second
+
 // isSpare says whether vm is a spare of the warm pool. Pure.
 func isSpare(vm model.VM) bool { return vm.Labels[spareLabel] != "" }
 
@@ -47,6 +53,8 @@ type pool struct {
 	// creates get the same one.
 	ready map[string][]string
 	fill  map[string]*filler
+	// delay is claimRefillDelay (tests shorten it).
+	delay time.Duration
 	// draining are the templates whose spares are being deleted (their
 	// removal is under way): no refill starts for them.
 	draining map[string]bool
@@ -60,7 +68,7 @@ type filler struct {
 }
 
 func newPool() pool {
-	return pool{ready: map[string][]string{}, fill: map[string]*filler{}, draining: map[string]bool{}}
+	return pool{ready: map[string][]string{}, fill: map[string]*filler{}, draining: map[string]bool{}, delay: claimRefillDelay}
 }
 
 // StartPool starts the warm pool, at daemon start after Reconcile: the
@@ -132,8 +140,10 @@ func (m *Manager) readySpares(template string) int {
 
 // refill makes spares of the template in the background, one at a time,
 // until warm_pool are ready; nothing when one is under way, the pool is
-// off or not started.
-func (m *Manager) refill(template string) {
+// off or not started. After a claim it begins after the pool's delay.
+func (m *Manager) refill(template string) { m.refillAfter(template, 0) }
+
+func (m *Manager) refillAfter(template string, delay time.Duration) {
 	p := &m.pool
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -148,6 +158,10 @@ func (m *Manager) refill(template string) {
 		defer p.wg.Done()
 		defer close(f.done)
 		defer cancel()
+		select {
+		case <-ctx.Done():
+		case <-time.After(delay):
+		}
 		m.fillLoop(ctx, template, f)
 	}()
 }
@@ -236,7 +250,7 @@ func (m *Manager) claimSpare(ctx context.Context, t model.Snapshot, in vmIntent,
 	if m.cfg.WarmPool <= 0 {
 		return model.VM{}, false
 	}
-	defer m.refill(t.Name)
+	defer m.refillAfter(t.Name, m.pool.delay)
 	id, ok := m.takeSpare(t.Name)
 	if !ok {
 		return model.VM{}, false

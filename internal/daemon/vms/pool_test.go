@@ -24,6 +24,7 @@ func poolFixture(t *testing.T, n int) (*fixture, *fakeGuests, model.Snapshot) {
 	ctx := context.Background()
 	f, _, guests := fcFixture(t)
 	f.m.cfg.WarmPool = n
+	f.m.pool.delay = 0
 	dev, err := f.m.Create(ctx, api.CreateVMRequest{Name: "dev", Image: "fast", Disk: "64M", Kernel: "fck", VMM: "firecracker", Start: true, Cold: true}, nil)
 	if err != nil {
 		t.Fatal(err)
