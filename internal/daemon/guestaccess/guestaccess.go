@@ -146,9 +146,10 @@ func (sv *Service) Unpark(ctx context.Context, vm model.VM) error {
 	return sv.Pool.Unpark(ctx, vm.ID, ep)
 }
 
-// LookupDNS answers <name>.<suffix> for running VMs.
+// LookupDNS answers <name>.<suffix> for running VMs (those a user can
+// name: not the warm pool's spares).
 func (sv *Service) LookupDNS(host string) (netip.Addr, bool) {
-	vm, err := sv.Store.GetVM(context.Background(), host)
+	vm, err := sv.VMs.Resolve(context.Background(), host)
 	if err != nil || vm.Name != host || !sv.VMs.Alive(vm) {
 		return netip.Addr{}, false
 	}
