@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -35,12 +37,15 @@ func waitSpares(t testing.TB, h *Harness, template string, n int) time.Duration 
 
 // TestWarmPool runs the daemon with warm_pool 1: after `image warm` a
 // spare is restored ahead of time; `vm run` takes it (its progress says
-// so) and is itself (hostname = its name); a create while the pool is
-// being refilled restores from the template instead (it does not wait;
-// under TCG the refill often wins: either is accepted) and works; the next create after the refill takes the new spare; the
-// guests have their own machine ids and host keys, and the two running
-// side by side their own addresses and MACs; `vm list` never shows a spare; `image unwarm` deletes the spare
-// with the template and nothing is left behind.
+// so) and is itself (hostname = its name); a create right after, while
+// the pool waits to refill, restores from the template instead (it does
+// not wait; either is accepted) and works; a create with a host port in
+// use fails leaving the spare ready; the next create takes the new spare
+// with its name, labels, --net open and a published port; the guests
+// have their own machine ids and host keys, and the two running side by
+// side their own addresses and MACs; `vm list` never shows a spare;
+// `image unwarm` deletes the spare with the template and nothing is
+// left behind.
 func TestWarmPool(t *testing.T) {
 	h := NewHarness(t, "BANGER_WARM_POOL=1")
 	shape := []string{"--cpus", "1", "--memory", "256M"}
@@ -93,7 +98,24 @@ func TestWarmPool(t *testing.T) {
 	a := lines("a", h.MustRun("vm", "exec", "a", "--", "sh", "-c", poolProbe))
 
 	waitSpares(t, h, tmpl.Name, 1)
-	_, errOut, code = h.Run(append([]string{"vm", "create", "--start", "--name", "b", "--label", "app=b"}, shape...)...)
+	// A host port in use fails the create before a spare is touched.
+	other, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	taken := other.Addr().(*net.TCPAddr).Port
+	_, errOut, code = h.Run(append([]string{"vm", "create", "--start", "--name", "clash", "-p", strconv.Itoa(taken) + ":80"}, shape...)...)
+	other.Close()
+	if code == 0 || !strings.Contains(errOut, "is taken") {
+		t.Fatalf("create with a taken host port: exit %d, %q", code, errOut)
+	}
+	if _, _, code := h.Run("vm", "show", "clash"); code == 0 {
+		t.Fatal("the refused create left a vm")
+	}
+	waitSpares(t, h, tmpl.Name, 1)
+	// Its name, labels, network policy (other than the template's) and
+	// a published port.
+	_, errOut, code = h.Run(append([]string{"vm", "create", "--start", "--name", "b", "--label", "app=b", "--net", "open", "-p", "0:8000"}, shape...)...)
 	if code != 0 || !strings.Contains(errOut, "pool: taking spare") {
 		t.Fatalf("vm create b did not come from the pool: exit %d\n%s", code, errOut)
 	}
@@ -101,7 +123,8 @@ func TestWarmPool(t *testing.T) {
 	if a[0] != "a" || b[0] != "b" {
 		t.Fatalf("hostnames %q %q", a[0], b[0])
 	}
-	if vm := h.VM("b"); vm.Labels["app"] != "b" || vm.State != model.VMRunning || vm.DNSName != "b.vm" {
+	if vm := h.VM("b"); vm.Labels["app"] != "b" || vm.State != model.VMRunning || vm.DNSName != "b.vm" || vm.Net.Mode != "open" ||
+		len(vm.Ports) != 1 || vm.Ports[0].State != model.ForwardListening {
 		t.Fatalf("b = %+v", vm)
 	}
 	// p1 is gone (--rm): its address may go to a later VM; a and b run
