@@ -84,7 +84,7 @@ func TestEnvdScript(t *testing.T) {
 
 // TestEnvdRekeyScript runs envdRekeyScript with bash in a temporary
 // directory: with an envd stand-in that takes SIGHUP as envd does (moves
-// the .new files over its own) it succeeds with the new token and
+// the .new files over its own, the token last) it succeeds with the new token and
 // environment in place; with no envd, or one that a SIGHUP ends (an
 // envd from before rekeying), it exits envdRekeyGone.
 func TestEnvdRekeyScript(t *testing.T) {
@@ -110,8 +110,13 @@ func TestEnvdRekeyScript(t *testing.T) {
 	if code, out := run(); code != envdRekeyGone {
 		t.Fatalf("without envd: exit %d %s", code, out)
 	}
+	// start runs an envd stand-in and records its pid; a body that sets a
+	// trap touches "ready" once it has, and start waits for that (a
+	// fixed sleep was too short for bash's start on a loaded host).
 	start := func(body string) {
 		t.Helper()
+		ready := filepath.Join(dir, "ready")
+		os.Remove(ready)
 		cmd := exec.Command(bash, "-c", body)
 		cmd.Dir = dir
 		if err := cmd.Start(); err != nil {
@@ -122,14 +127,24 @@ func TestEnvdRekeyScript(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, "pid"), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(100 * time.Millisecond) // the trap is set
+		if !strings.Contains(body, "ready") {
+			return
+		}
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if _, err := os.Stat(ready); err == nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the envd stand-in did not set its trap within 30s")
+			}
+		}
 	}
 	// An envd that SIGHUP ends.
 	start(`exec sleep 60`)
 	if code, out := run(); code != envdRekeyGone {
 		t.Fatalf("with an envd that cannot rekey: exit %d %s", code, out)
 	}
-	start(`trap 'mv token.new token; mv env.new env' HUP; while :; do sleep 0.02; done`)
+	start(`trap 'mv env.new env; mv token.new token' HUP; : > ready; while :; do sleep 0.02; done`)
 	if code, out := run(); code != 0 {
 		t.Fatalf("rekey: exit %d %s", code, out)
 	}
