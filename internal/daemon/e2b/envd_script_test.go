@@ -84,9 +84,9 @@ func TestEnvdScript(t *testing.T) {
 
 // TestEnvdRekeyScript runs envdRekeyScript with bash in a temporary
 // directory: with an envd stand-in that takes SIGHUP as envd does (moves
-// the .new files over its own, the token last) it succeeds with the new token and
-// environment in place; with no envd, or one that a SIGHUP ends (an
-// envd from before rekeying), it exits envdRekeyGone.
+// the .new files over its own, the token last) it succeeds with the new
+// token and environment in place; with no envd, or one that a SIGHUP
+// ends (an envd from before rekeying), it exits envdRekeyGone.
 func TestEnvdRekeyScript(t *testing.T) {
 	bash, err := exec.LookPath("bash")
 	if err != nil {
