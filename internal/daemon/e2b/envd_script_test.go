@@ -92,6 +92,10 @@ func TestEnvdRekeyScript(t *testing.T) {
 	if err != nil {
 		t.Skip("no bash")
 	}
+	envBin, err := exec.LookPath("env")
+	if err != nil {
+		t.Skip("no env")
+	}
 	dir := filepath.Join(t.TempDir(), "run")
 	script := strings.ReplaceAll(envdRekeyScript(), envdDir, dir)
 	run := func() (int, string) {
@@ -117,7 +121,10 @@ func TestEnvdRekeyScript(t *testing.T) {
 		t.Helper()
 		ready := filepath.Join(dir, "ready")
 		os.Remove(ready)
-		cmd := exec.Command(bash, "-c", body)
+		// With SIGHUP at its default: a test run under nohup ignores it,
+		// and a shell started with a signal ignored can neither trap it
+		// nor die of it (envd, in Go, takes it back with signal.Notify).
+		cmd := exec.Command(envBin, "--default-signal=HUP", bash, "-c", body)
 		cmd.Dir = dir
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
