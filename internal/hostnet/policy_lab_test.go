@@ -177,6 +177,31 @@ func (l *policyLab) setPolicy(lg *labGuest, p Policy) {
 	}
 }
 
+// dialEcho connects from namespace ns (a guest's) to the lab's echo
+// service on 203.0.113.10:7, failing the test when it cannot, and
+// returns one round trip of a byte over that connection, which is
+// closed when the test ends.
+func dialEcho(t *testing.T, ns string) (echo func() error) {
+	t.Helper()
+	var conn net.Conn
+	if err := inNetnsErr(ns, func() error {
+		var err error
+		conn, err = net.DialTimeout("tcp", "203.0.113.10:7", time.Second)
+		return err
+	}); err != nil {
+		t.Fatalf("guest connect to the echo service: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return func() error {
+		conn.SetDeadline(time.Now().Add(time.Second))
+		if _, err := conn.Write([]byte("x")); err != nil {
+			return err
+		}
+		_, err := io.ReadFull(conn, make([]byte, 1))
+		return err
+	}
+}
+
 // inNetnsErr runs fn on an OS thread switched into the named namespace;
 // unlike inNamedNetns it may run on any goroutine.
 func inNetnsErr(name string, fn func() error) error {
@@ -344,24 +369,7 @@ func testPolicyNft(t *testing.T, short bool) {
 	// A connection the guest opened under internet is cut when its policy
 	// becomes none; the host's connections into the guest are not.
 	l.setPolicy(a, Policy{})
-	var conn net.Conn
-	if err := inNetnsErr(a.ns, func() error {
-		var err error
-		conn, err = net.DialTimeout("tcp", "203.0.113.10:7", time.Second)
-		return err
-	}); err != nil {
-		t.Fatalf("guest connect to the echo service: %v", err)
-	}
-	defer conn.Close()
-	echo := func() error {
-		conn.SetDeadline(time.Now().Add(time.Second))
-		if _, err := conn.Write([]byte("x")); err != nil {
-			return err
-		}
-		b := make([]byte, 1)
-		_, err := io.ReadFull(conn, b)
-		return err
-	}
+	echo := dialEcho(t, a.ns)
 	if err := echo(); err != nil {
 		t.Fatalf("echo under internet: %v", err)
 	}

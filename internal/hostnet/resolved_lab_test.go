@@ -2,7 +2,6 @@ package hostnet
 
 import (
 	"context"
-	"io"
 	"net"
 	"net/netip"
 	"slices"
@@ -156,23 +155,7 @@ func TestPolicyNames(t *testing.T) {
 	// An open connection lives on without its answer; a new one does not.
 	l.setPolicy(a, mustPolicy(t, "none", []string{"*.example.test"}, nil, nil))
 	l.lookup(a, "public.example.test")
-	var conn net.Conn
-	if err := inNetnsErr(a.ns, func() error {
-		var err error
-		conn, err = net.DialTimeout("tcp", "203.0.113.10:7", time.Second)
-		return err
-	}); err != nil {
-		t.Fatalf("connect after the lookup: %v", err)
-	}
-	defer conn.Close()
-	echo := func() error {
-		conn.SetDeadline(time.Now().Add(time.Second))
-		if _, err := conn.Write([]byte("x")); err != nil {
-			return err
-		}
-		_, err := io.ReadFull(conn, make([]byte, 1))
-		return err
-	}
+	echo := dialEcho(t, a.ns)
 	if err := echo(); err != nil {
 		t.Fatalf("echo: %v", err)
 	}
