@@ -23,11 +23,7 @@ const banner = "banger-probe"
 // connect hang until the timeout.
 func reachable(h *Harness, vm, ip string, port int, want string) bool {
 	h.t.Helper()
-	probe := fmt.Sprintf("exec 3<>/dev/tcp/%s/%d && head -c %d <&3", ip, port, len(want))
-	out, _, code := h.Run("vm", "exec", vm, "--", "timeout", "4", "bash", "-c", probe)
-	ok := code == 0 && strings.HasPrefix(out, want)
-	h.t.Logf("%s → %s:%d: reachable=%v", vm, ip, port, ok)
-	return ok
+	return reachAll(h, vm, probe{ip, port, want})[0]
 }
 
 // probe is one connection reachAll tries: to ip:port, a success when
@@ -41,9 +37,8 @@ type probe struct {
 // bannerAt is the probe of ip:port expecting the test's banner.
 func bannerAt(ip string, port int) probe { return probe{ip, port, banner} }
 
-// reachAll is reachable for several probes at once, from one exec in
-// guest vm, each bounded as reachable's; the answers are in the probes'
-// order. A dropped connection costs its whole timeout, so probes that
+// reachAll tries several probes at once from one exec in guest vm, each
+// bounded to 4 s; the answers are in the probes' order. A dropped connection costs its whole timeout, so probes that
 // should fail are tried together, not one after another.
 func reachAll(h *Harness, vm string, ps ...probe) []bool {
 	h.t.Helper()
