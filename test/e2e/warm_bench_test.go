@@ -25,6 +25,27 @@ func phases(out string) map[string]float64 {
 	return at
 }
 
+// sec is a progress line's seconds as a duration.
+func sec(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+// runFrom times `vm run --rm -v -- true` and returns its progress
+// phases (phases), failing the bench unless the run went through phase
+// from ("warm": restored from the template; "pool": a spare taken).
+func runFrom(b *testing.B, h *Harness, from string) (time.Duration, map[string]float64) {
+	b.Helper()
+	start := time.Now()
+	_, errOut, code := h.Run("vm", "run", "--rm", "-v", "--", "true")
+	took := time.Since(start)
+	if code != 0 {
+		b.Fatalf("vm run: exit %d: %s", code, errOut)
+	}
+	p := phases(errOut)
+	if _, ok := p[from]; !ok {
+		b.Fatalf("the run did not go through phase %s:\n%s", from, errOut)
+	}
+	return took, p
+}
+
 // BenchmarkWarmStart compares `vm run --rm -- true` restored from a
 // warm-start template (`image warm`, the default shape) with the same
 // run booted cold (--cold), alternating, three rounds each, in the same
@@ -43,7 +64,6 @@ func BenchmarkWarmStart(b *testing.B) {
 	b.Logf("template made in %.1fs", time.Since(start).Seconds())
 	h.MustRun("vm", "create", "--start", "--name", "bench-exec")
 	var cold, warm, exec, restore, identity, ssh []time.Duration
-	sec := func(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for j := 0; j < 3; j++ {
@@ -51,16 +71,8 @@ func BenchmarkWarmStart(b *testing.B) {
 			h.MustRun("vm", "run", "--rm", "--cold", "--", "true")
 			cold = append(cold, time.Since(start))
 
-			start = time.Now()
-			_, errOut, code := h.Run("vm", "run", "--rm", "-v", "--", "true")
-			if code != 0 {
-				b.Fatalf("warm vm run: exit %d: %s", code, errOut)
-			}
-			warm = append(warm, time.Since(start))
-			p := phases(errOut)
-			if _, ok := p["warm"]; !ok {
-				b.Fatalf("the run was not restored from the template:\n%s", errOut)
-			}
+			took, p := runFrom(b, h, "warm")
+			warm = append(warm, took)
 			restore = append(restore, sec(p["identity"]-p["restore"]))
 			identity = append(identity, sec(p["ssh"]-p["identity"]))
 			ssh = append(ssh, sec(p["ready"]-p["ssh"]))
@@ -107,24 +119,15 @@ func BenchmarkWarmPool(b *testing.B) {
 	h.JSON(&tmpl, "image", "warm")
 	b.Logf("spare ready %.1fs after the template", waitSpares(b, h, tmpl.Name, 1).Seconds())
 	var cold, pooled, claim, refill []time.Duration
-	sec := func(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		for j := 0; j < 3; j++ {
-			start := time.Now()
-			_, errOut, code := h.Run("vm", "run", "--rm", "-v", "--", "true")
-			if code != 0 {
-				b.Fatalf("pooled vm run: exit %d: %s", code, errOut)
-			}
-			pooled = append(pooled, time.Since(start))
-			p := phases(errOut)
-			if _, ok := p["pool"]; !ok {
-				b.Fatalf("the run was not taken from the pool:\n%s", errOut)
-			}
+			took, p := runFrom(b, h, "pool")
+			pooled = append(pooled, took)
 			claim = append(claim, sec(p["ready"]-p["pool"]))
 			refill = append(refill, waitSpares(b, h, tmpl.Name, 1))
 
-			start = time.Now()
+			start := time.Now()
 			h.MustRun("vm", "run", "--rm", "--cold", "--", "true")
 			cold = append(cold, time.Since(start))
 		}
