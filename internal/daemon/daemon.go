@@ -41,6 +41,7 @@ import (
 	"github.com/banger/banger/internal/daemon/sessions"
 	"github.com/banger/banger/internal/daemon/vms"
 	"github.com/banger/banger/internal/daemon/workspaces"
+	"github.com/banger/banger/internal/envd"
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/hostnet"
@@ -196,6 +197,9 @@ func (d *Daemon) wire() {
 		Store: d.store, Log: d.log, VMs: d.vms, Now: now,
 		RunGuest: d.runGuest,
 		DialGuest: func(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
+			if port == envd.Port {
+				return d.dialEnvd(ctx, vm)
+			}
 			return d.dialGuestTCP(ctx, vm, port)
 		},
 		Listen: hostnet.ListenHost,
@@ -250,6 +254,25 @@ const (
 	directTimeout = 2 * time.Second
 	directRetry   = time.Minute
 )
+
+// dialEnvd connects to a sandbox's envd: over plain TCP on the VM's link
+// to the guest's address, where envd listens (its port checks its access
+// token, and taps are isolated: only bangerd's namespace reaches it),
+// else through SSH to the guest's loopback (an envd started before it
+// listened on the guest's address, restored from a snapshot). No refusal
+// is remembered, unlike dialGuestTCP: an envd that is starting refuses
+// until it listens, and then must be reached directly.
+func (d *Daemon) dialEnvd(ctx context.Context, vm model.VM) (net.Conn, error) {
+	if d.cfg.WorkspaceTransport != "ssh" && vm.GuestIP != "" {
+		dctx, cancel := context.WithTimeout(ctx, directTimeout)
+		nc, err := d.dialData(dctx, vm, envd.Port)
+		cancel()
+		if err == nil {
+			return nc, nil
+		}
+	}
+	return d.dialGuestSSH(ctx, vm, envd.Port)
+}
 
 // dialGuestSSH connects to port on a running guest's loopback through its
 // pooled SSH connection.

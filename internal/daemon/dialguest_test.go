@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/banger/banger/internal/config"
+	"github.com/banger/banger/internal/envd"
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/model"
@@ -52,6 +53,47 @@ func TestDialGuestTCPChoice(t *testing.T) {
 	refuse = false
 	if _, err := d.dialGuestTCP(ctx, vm, 8000); err == nil || direct != 2 {
 		t.Fatalf("transport ssh: %v, direct %d", err, direct)
+	}
+}
+
+// TestDialEnvdChoice: envd is reached on the guest's address; a refusal
+// (envd still starting, or one listening on loopback only) goes through
+// SSH and is not remembered, so the next connection tries directly again;
+// transport ssh keeps it on SSH.
+func TestDialEnvdChoice(t *testing.T) {
+	var direct, viaSSH int
+	refuse := true
+	d := &Daemon{cfg: config.Defaults()}
+	d.dialData = func(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
+		direct++
+		if port != envd.Port {
+			t.Errorf("envd dialled on port %d", port)
+		}
+		if refuse {
+			return nil, errors.New("connection refused")
+		}
+		a, b := net.Pipe()
+		b.Close()
+		return a, nil
+	}
+	d.dialGuest = func(ctx context.Context, vm model.VM) (guest.Client, error) {
+		viaSSH++
+		return nil, errors.New("ssh path taken")
+	}
+	vm := model.VM{ID: "v1", Name: "v", GuestIP: "172.16.0.2"}
+	ctx := context.Background()
+	if _, err := d.dialEnvd(ctx, vm); err == nil || err.Error() != "ssh path taken" || direct != 1 || viaSSH != 1 {
+		t.Fatalf("refused directly: %v, direct %d, ssh %d", err, direct, viaSSH)
+	}
+	refuse = false
+	if c, err := d.dialEnvd(ctx, vm); err != nil || direct != 2 || viaSSH != 1 {
+		t.Fatalf("listening after a refusal: %v, direct %d, ssh %d", err, direct, viaSSH)
+	} else {
+		c.Close()
+	}
+	d.cfg.WorkspaceTransport = "ssh"
+	if _, err := d.dialEnvd(ctx, vm); err == nil || direct != 2 || viaSSH != 2 {
+		t.Fatalf("transport ssh: %v, direct %d, ssh %d", err, direct, viaSSH)
 	}
 }
 

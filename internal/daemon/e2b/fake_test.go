@@ -197,7 +197,7 @@ func (f *fakeVMs) runGuest(_ context.Context, vm model.VM, cmd string, stdin io.
 		return string(out), 0, nil
 	}
 	rekey := cmd == envdRekeyScript()
-	if !rekey && !strings.Contains(cmd, " envd --listen 127.0.0.1:49983 --token-file ") {
+	if !rekey && !strings.Contains(cmd, " envd --listen 0.0.0.0:49983 --token-file ") {
 		return "unexpected command", 1, nil
 	}
 	raw, _ := io.ReadAll(stdin)

@@ -75,7 +75,7 @@ func newProxy(s *Service) *proxy {
 		},
 		// httpsPorts: the guest's service speaks TLS. Its certificate is
 		// not checked, as on E2B: it is the guest's own, and the hop is
-		// the VM's SSH connection already.
+		// the VM's isolated link or its SSH connection.
 		TLSClientConfig:       &tls.Config{InsecureSkipVerify: true},
 		MaxIdleConnsPerHost:   16,
 		IdleConnTimeout:       90 * time.Second,

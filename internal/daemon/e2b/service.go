@@ -541,7 +541,7 @@ if [ -f ` + envdDir + `/pid ]; then read -r old < ` + envdDir + `/pid || old=; f
 if [ -n "$old" ] && kill -0 "$old" 2>/dev/null; then
   kill "$old"; sleep 0.2
 fi
-setsid ` + guestinit.InitPath + ` envd --listen 127.0.0.1:` + strconv.Itoa(envd.Port) + ` --token-file ` + envdDir + `/token --env-file ` + envdDir + `/env </dev/null >` + envdDir + `/log 2>&1 &
+setsid ` + guestinit.InitPath + ` envd --listen 0.0.0.0:` + strconv.Itoa(envd.Port) + ` --token-file ` + envdDir + `/token --env-file ` + envdDir + `/env </dev/null >` + envdDir + `/log 2>&1 &
 echo $! > ` + envdDir + `/pid
 `
 }
