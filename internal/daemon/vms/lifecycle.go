@@ -394,12 +394,12 @@ func (m *Manager) boot(ctx context.Context, vm model.VM, report progress.Func) (
 // failure leaves the VM failed.
 func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func, stateDir string, fork *forkIdentity) (model.VM, error) {
 	restoring := stateDir != ""
-	verb := "start"
+	verb, done := "start", "started"
 	if restoring {
-		verb = "resume"
+		verb, done = "resume", "resumed"
 	}
 	if fork != nil {
-		verb = "fork"
+		verb, done = "fork", "restored"
 	}
 	if m.netErr != nil {
 		return vm, errdefs.Errorf(errdefs.CodeUnavailable, "cannot %s vm %s: %v", verb, vm.Name, m.netErr)
@@ -561,7 +561,7 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 	}
 	m.started(ctx, vm)
 	report(progress.Event{Phase: "ready", Message: fmt.Sprintf("%s is running at %s", vm.Name, vm.GuestIP), Elapsed: time.Since(start).Seconds()})
-	m.log.Info("vm "+verb+"d", "vm", vm.Name, "pid", vh.PID, "seconds", time.Since(start).Seconds())
+	m.log.Info("vm "+done, "vm", vm.Name, "pid", vh.PID, "seconds", time.Since(start).Seconds())
 	return vm, nil
 }
 
