@@ -234,6 +234,10 @@ func handleControl(req guestctl.Request, power chan<- string) (guestctl.Reply, f
 		}
 		id := identity()
 		rep.Identity = &id
+	case guestctl.OpEnvd:
+		if err := applyEnvd(guestEnvd, req); err != nil {
+			return rep, nil, err
+		}
 	case guestctl.OpPowerOff:
 		return rep, func() {
 			select {

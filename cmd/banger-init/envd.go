@@ -39,6 +39,12 @@ func runEnvd(args []string) int {
 		fmt.Fprintln(os.Stderr, "banger-init envd: --token-file is required")
 		return 2
 	}
+	// Taken from the start: a new token may come (SIGHUP) while envd is
+	// still starting, and SIGHUP's default would end it. One that came
+	// before the server was made is reloaded once it is.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	token, err := readSmall(*tokenFile)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "banger-init envd: token:", err)
@@ -67,9 +73,6 @@ func runEnvd(args []string) int {
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 30 * time.Second}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	go func() {
 		for range hup {
 			if err := reload(srv, *tokenFile, *envFile); err != nil {

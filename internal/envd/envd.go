@@ -46,6 +46,10 @@ const Version = "0.6.4"
 // Port is the guest port envd listens on.
 const Port = 49983
 
+// RunDir is where a guest keeps envd's token, environment, pid and log:
+// root's, mode 0700, on tmpfs (nothing of it outlives a boot).
+const RunDir = "/run/banger-envd"
+
 // Config is what a Server needs; Token is mandatory.
 type Config struct {
 	// Token is the access token every request must carry.

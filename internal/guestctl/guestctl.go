@@ -57,6 +57,7 @@ const (
 	OpIdentity = "identity" // report who the guest is; set what the request names first
 	OpClock    = "clock"    // set the wall clock
 	OpPowerOff = "poweroff" // clean shutdown (the VMM then exits)
+	OpEnvd     = "envd"     // give E2B's envd its token and environment, starting it when none runs
 )
 
 // Request is one line from the host.
@@ -74,6 +75,10 @@ type Request struct {
 	HostPub   string `json:"host_pub,omitempty"`   // its public half, one authorized_keys line
 	// Clock: the host's wall clock, nanoseconds since the epoch.
 	UnixNano int64 `json:"unix_ns,omitempty"`
+	// Envd: the access token envd must demand, and its default
+	// environment as KEY=VALUE entries.
+	EnvdToken string   `json:"envd_token,omitempty"`
+	EnvdEnv   []string `json:"envd_env,omitempty"`
 }
 
 // Reply is one line from the guest.
@@ -109,6 +114,10 @@ const (
 	maxHostname = 64
 	maxSeed     = 512
 	maxHostKey  = 4096
+	// An envd token is what the daemon makes (48 hex digits), within
+	// these bounds; the environment is bounded by MaxLine.
+	minEnvdToken = 16
+	maxEnvdToken = 256
 )
 
 // Validate checks a request's fields for its operation; the guest runs it
@@ -149,10 +158,31 @@ func (r Request) Validate() error {
 		if r.UnixNano <= 0 {
 			return fmt.Errorf("clock: unix_ns must be positive, got %d", r.UnixNano)
 		}
+	case OpEnvd:
+		if !validToken(r.EnvdToken) {
+			return fmt.Errorf("envd token: want %d-%d letters, digits, '-' or '_'", minEnvdToken, maxEnvdToken)
+		}
+		for _, kv := range r.EnvdEnv {
+			if k, _, ok := strings.Cut(kv, "="); !ok || k == "" || strings.ContainsAny(kv, "\n\r\x00") {
+				return fmt.Errorf("envd environment entry %q: want KEY=VALUE on one line", kv)
+			}
+		}
 	default:
-		return fmt.Errorf("unknown op %q (known: hello, identity, clock, poweroff)", r.Op)
+		return fmt.Errorf("unknown op %q (known: hello, identity, clock, poweroff, envd)", r.Op)
 	}
 	return nil
+}
+
+func validToken(s string) bool {
+	if len(s) < minEnvdToken || len(s) > maxEnvdToken {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 func validHostname(s string) bool {

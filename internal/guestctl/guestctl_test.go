@@ -87,6 +87,16 @@ func TestValidate(t *testing.T) {
 		{Request{Op: OpIdentity, MAC: "02:00:ac:10:00:05", Addr: "172.16.0.5/24", Gateway: "172.16.0.1", HostKey: []byte("k"), HostPub: "ssh-ed25519 AAAA x"}, ""},
 		{Request{Op: OpIdentity, Hostname: "ok-1", MachineID: NewMachineID()}, ""},
 		{Request{Op: OpClock, UnixNano: 1}, ""},
+		{Request{Op: OpEnvd}, "envd token"},
+		{Request{Op: OpEnvd, EnvdToken: "short"}, "envd token"},
+		{Request{Op: OpEnvd, EnvdToken: strings.Repeat("a", 257)}, "envd token"},
+		{Request{Op: OpEnvd, EnvdToken: strings.Repeat("a", 20) + "\n"}, "envd token"},
+		{Request{Op: OpEnvd, EnvdToken: strings.Repeat("a", 20) + " x"}, "envd token"},
+		{Request{Op: OpEnvd, EnvdToken: strings.Repeat("a", 48), EnvdEnv: []string{"NOEQUALS"}}, "environment entry"},
+		{Request{Op: OpEnvd, EnvdToken: strings.Repeat("a", 48), EnvdEnv: []string{"=v"}}, "environment entry"},
+		{Request{Op: OpEnvd, EnvdToken: strings.Repeat("a", 48), EnvdEnv: []string{"K=a\nB=c"}}, "environment entry"},
+		{Request{Op: OpEnvd, EnvdToken: strings.Repeat("a", 48), EnvdEnv: []string{"K=a\x00"}}, "environment entry"},
+		{Request{Op: OpEnvd, EnvdToken: "0123456789abcdef0123456789abcdef0123456789abcdef", EnvdEnv: []string{"K=v=w", "EMPTY="}}, ""},
 	} {
 		err := tc.req.Validate()
 		if (tc.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.err)) {

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -57,6 +59,15 @@ func TestE2BSDK(t *testing.T) {
 			}
 		})
 	}
+	// Every envd was started (or, in the fork, rekeyed) over the control
+	// channel: no SSH session or shell on a create's path.
+	logb, err := os.ReadFile(filepath.Join(h.StateDir, "bangerd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if log := string(logb); strings.Contains(log, "over SSH, not over the control channel") || !strings.Contains(log, "e2b sandbox created") {
+		t.Errorf("envd was not given its token over the control channel:\n%s", grepLines(log, "e2b"))
+	}
 	// The timed-out sandbox stops answering before its deletion ends.
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
 		h.JSON(&vms, "vm", "list")
@@ -68,4 +79,15 @@ func TestE2BSDK(t *testing.T) {
 		}
 	}
 	h.AssertNoLeaks()
+}
+
+// grepLines is the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

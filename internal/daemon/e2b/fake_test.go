@@ -21,6 +21,7 @@ import (
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/envd"
 	"github.com/banger/banger/internal/errdefs"
+	"github.com/banger/banger/internal/guestctl"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/progress"
 	"github.com/banger/banger/internal/store"
@@ -49,6 +50,40 @@ type fakeVMs struct {
 	forkFailAt int                     // the nth create from a snapshot fails (0: never)
 	fromSnap   int                     // creates from a snapshot so far
 	servers    map[string]*envd.Server // each VM's envd, by VM id
+	// control: the guests serve the control channel's envd request
+	// (GuestControl); else it is unavailable and envd comes over SSH.
+	control  bool
+	controls int               // envd requests over the control channel
+	scripts  int               // envd scripts run over "SSH"
+	lastEnv  map[string]string // the environment envd was last given
+}
+
+// GuestControl plays banger-init's side of guestctl.OpEnvd when control
+// is set: a VM's running envd takes the token, else one is started.
+func (f *fakeVMs) GuestControl(_ context.Context, vm model.VM, req guestctl.Request) (guestctl.Reply, error) {
+	if !f.control {
+		return guestctl.Reply{}, errdefs.Errorf(errdefs.CodeUnavailable, "no control channel")
+	}
+	if err := req.Validate(); err != nil || req.Op != guestctl.OpEnvd {
+		f.t.Errorf("control request %+v: %v", req, err)
+		return guestctl.Reply{}, fmt.Errorf("bad request")
+	}
+	f.mu.Lock()
+	f.controls++
+	f.mu.Unlock()
+	env := map[string]string{}
+	for _, kv := range req.EnvdEnv {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	if msg, code := f.guestEnvd(vm, req.EnvdToken, env, true); code == envdRekeyGone {
+		if msg, code := f.guestEnvd(vm, req.EnvdToken, env, false); code != 0 {
+			return guestctl.Reply{}, fmt.Errorf("%s", msg)
+		}
+	} else if code != 0 {
+		return guestctl.Reply{}, fmt.Errorf("%s", msg)
+	}
+	return guestctl.Reply{OK: true}, nil
 }
 
 func (f *fakeVMs) Create(ctx context.Context, req api.CreateVMRequest, report progress.Func) (model.VM, error) {
@@ -208,25 +243,36 @@ func (f *fakeVMs) runGuest(_ context.Context, vm model.VM, cmd string, stdin io.
 			env[k] = v
 		}
 	}
+	f.mu.Lock()
+	f.scripts++
+	f.mu.Unlock()
+	msg, code := f.guestEnvd(vm, lines[0], env, rekey)
+	return msg, code, nil
+}
+
+// guestEnvd gives vm's envd a token and environment (rekey; envdRekeyGone
+// when it has none) or starts one with them, as the guest does.
+func (f *fakeVMs) guestEnvd(vm model.VM, token string, env map[string]string, rekey bool) (string, int) {
+	f.mu.Lock()
+	f.lastEnv = env
+	srv := f.servers[vm.ID]
+	f.mu.Unlock()
 	if rekey {
-		f.mu.Lock()
-		srv := f.servers[vm.ID]
-		f.mu.Unlock()
 		if srv == nil {
-			return "", envdRekeyGone, nil
+			return "", envdRekeyGone
 		}
-		if err := srv.Reconfigure(lines[0], env); err != nil {
-			return err.Error(), 1, nil
+		if err := srv.Reconfigure(token, env); err != nil {
+			return err.Error(), 1
 		}
-		return "", 0, nil
+		return "", 0
 	}
 	me, _ := user.Current()
-	srv, err := envd.New(envd.Config{Token: lines[0], DefaultUser: me.Username, Env: env})
+	srv, err := envd.New(envd.Config{Token: token, DefaultUser: me.Username, Env: env})
 	if err != nil {
-		return err.Error(), 1, nil
+		return err.Error(), 1
 	}
 	f.serve(vm.ID, srv)
-	return "", 0, nil
+	return "", 0
 }
 
 func (f *fakeVMs) dialGuest(ctx context.Context, vm model.VM, port int) (net.Conn, error) {

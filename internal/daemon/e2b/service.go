@@ -38,6 +38,7 @@ import (
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/envd"
 	"github.com/banger/banger/internal/errdefs"
+	"github.com/banger/banger/internal/guestctl"
 	"github.com/banger/banger/internal/guestinit"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/progress"
@@ -89,6 +90,10 @@ type VMs interface {
 	SetNet(ctx context.Context, ref string, req api.VMNetRequest) (model.VM, error)
 	// Alive says whether the VM runs (state and VMM process).
 	Alive(vm model.VM) bool
+	// GuestControl asks a running VM's guest over its control channel;
+	// unavailable (errdefs.CodeUnavailable) when it has none. See
+	// vms.Manager.GuestControl.
+	GuestControl(ctx context.Context, vm model.VM, req guestctl.Request) (guestctl.Reply, error)
 }
 
 // Deps are what a Service is made of.
@@ -514,14 +519,14 @@ func (r relaySpec) apply(rec *model.E2BSandbox) {
 }
 
 // envdDir is where the guest keeps envd's token, environment and log.
-const envdDir = "/run/banger-envd"
+const envdDir = envd.RunDir
 
 // envdScript makes the default user (for images built before it was part
 // of the image), writes the token and environment read from stdin (first
-// line the token, then KEY=VALUE lines) and starts envd detached. It is on
-// every create's path: it uses shell builtins where a program would cost
-// a slow guest CPU an exec (setsid and envd itself are the only ones on
-// the usual path).
+// line the token, then KEY=VALUE lines) and starts envd detached, for
+// guests without the control channel's envd request (tellEnvd). It uses
+// shell builtins where a program would cost a slow guest CPU an exec
+// (setsid and envd itself are the only ones on the usual path).
 func envdScript() string {
 	return `set -e
 known=
@@ -557,15 +562,51 @@ func envdInput(token string, env map[string]string) string {
 }
 
 // startEnvd starts envd in the guest and waits until it accepts
-// connections.
+// connections: over the control channel (tellEnvd) when the guest has
+// it, else with envdScript over SSH.
 func (s *Service) startEnvd(ctx context.Context, vm model.VM, rec model.E2BSandbox) error {
-	out, code, err := s.RunGuest(ctx, vm, envdScript(), strings.NewReader(envdInput(rec.Token, rec.Env)))
+	if err := s.tellEnvd(ctx, vm, rec); err != nil {
+		out, code, err := s.RunGuest(ctx, vm, envdScript(), strings.NewReader(envdInput(rec.Token, rec.Env)))
+		if err != nil {
+			return fmt.Errorf("start envd in %s: %w", vm.Name, err)
+		}
+		if code != 0 {
+			return errdefs.Errorf(errdefs.CodeInternal, "start envd in %s: exit %d: %s", vm.Name, code, strings.TrimSpace(out))
+		}
+	}
+	return s.waitEnvd(ctx, vm)
+}
+
+// envdOverSSH is logged when envd is reached through SSH instead.
+const envdOverSSH = "e2b: envd started or rekeyed over SSH, not over the control channel"
+
+// tellEnvdWait bounds the control channel's envd request: a running
+// envd has 5 s to take a new token before the guest replaces it.
+const tellEnvdWait = 15 * time.Second
+
+// tellEnvd gives the guest's envd the sandbox's token and environment
+// over the control channel (guestctl.OpEnvd): banger-init starts envd
+// with them, or has a running one (restored from a snapshot) take them
+// over SIGHUP, with no shell or SSH session. An error (no control
+// channel, an image whose banger-init predates the request, an
+// environment the request cannot carry) is logged: the caller falls
+// back to SSH.
+func (s *Service) tellEnvd(ctx context.Context, vm model.VM, rec model.E2BSandbox) error {
+	req := guestctl.Request{Op: guestctl.OpEnvd, EnvdToken: rec.Token}
+	for _, k := range sortedKeys(rec.Env) {
+		req.EnvdEnv = append(req.EnvdEnv, k+"="+rec.Env[k])
+	}
+	cctx, cancel := context.WithTimeout(ctx, tellEnvdWait)
+	defer cancel()
+	_, err := s.VMs.GuestControl(cctx, vm, req)
 	if err != nil {
-		return fmt.Errorf("start envd in %s: %w", vm.Name, err)
+		s.Log.Info(envdOverSSH, "sandbox", vm.Name, "err", err)
 	}
-	if code != 0 {
-		return errdefs.Errorf(errdefs.CodeInternal, "start envd in %s: exit %d: %s", vm.Name, code, strings.TrimSpace(out))
-	}
+	return err
+}
+
+// waitEnvd waits until the guest's envd accepts connections.
+func (s *Service) waitEnvd(ctx context.Context, vm model.VM) error {
 	deadline := s.Now().Add(envdStartTimeout)
 	for {
 		c, err := s.DialGuest(ctx, vm, envd.Port)

@@ -317,6 +317,10 @@ func (s *Service) createFromSnapshot(ctx context.Context, sn model.Snapshot, spe
 // (gone, or one that predates rekeying) is replaced by a fresh one, which
 // loses the snapshot's processes.
 func (s *Service) rekeyEnvd(ctx context.Context, vm model.VM, rec model.E2BSandbox) error {
+	// banger-init does both over the control channel: rekey, else start.
+	if s.tellEnvd(ctx, vm, rec) == nil {
+		return s.waitEnvd(ctx, vm)
+	}
 	out, code, err := s.RunGuest(ctx, vm, envdRekeyScript(), strings.NewReader(envdInput(rec.Token, rec.Env)))
 	if err != nil {
 		return fmt.Errorf("give envd in %s its token: %w", vm.Name, err)

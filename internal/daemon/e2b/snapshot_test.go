@@ -136,6 +136,41 @@ func TestFork(t *testing.T) {
 	}
 }
 
+// TestEnvdOverControl: with a control channel, envd is started at
+// create and given a fork's token over it, never with a script over
+// SSH; the sandbox's environment goes with it; without one, SSH.
+func TestEnvdOverControl(t *testing.T) {
+	fx := newFixture(t)
+	fx.vms.control = true
+	src := fx.createSandbox(t, `{"envVars":{"FOO":"bar","A":"x=y"}}`)
+	if code := fx.health(t, src.SandboxID); code != http.StatusNoContent {
+		t.Fatalf("envd health = %d", code)
+	}
+	if fx.vms.controls != 1 || fx.vms.scripts != 0 || fx.vms.lastEnv["FOO"] != "bar" || fx.vms.lastEnv["A"] != "x=y" {
+		t.Fatalf("create: %d control requests, %d scripts, env %v", fx.vms.controls, fx.vms.scripts, fx.vms.lastEnv)
+	}
+	code, body, _ := fx.do(t, "POST", "/sandboxes/"+src.SandboxID+"/fork", `{"count":1}`)
+	var res []forkResult
+	if err := json.Unmarshal([]byte(body), &res); code != http.StatusCreated || err != nil || len(res) != 1 || res[0].Sandbox == nil {
+		t.Fatalf("fork = %d %s", code, body)
+	}
+	f := res[0].Sandbox
+	for tok, want := range map[string]int{src.EnvdAccessToken: http.StatusUnauthorized, f.EnvdAccessToken: http.StatusOK} {
+		if code, _, _ := fx.do(t, "POST", "/process.Process/List", "{}", "E2b-Sandbox-Id", f.SandboxID,
+			"X-Access-Token", tok, "Content-Type", "application/json"); code != want {
+			t.Fatalf("fork's envd with token %.6s…: %d, want %d", tok, code, want)
+		}
+	}
+	if fx.vms.controls != 2 || fx.vms.scripts != 0 {
+		t.Fatalf("fork: %d control requests, %d scripts", fx.vms.controls, fx.vms.scripts)
+	}
+	fx.vms.control = false
+	fx.createSandbox(t, `{}`)
+	if fx.vms.scripts != 1 {
+		t.Fatalf("without a control channel: %d scripts, want 1", fx.vms.scripts)
+	}
+}
+
 // TestSnapshots: createSnapshot names a snapshot of a running sandbox;
 // listSnapshots filters by sandbox and name; Sandbox.create with its name
 // forks it (a new envd token when the source sandbox is gone); a

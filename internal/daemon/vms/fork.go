@@ -260,6 +260,38 @@ func (m *Manager) tellMachineID(ctx context.Context, vm model.VM, drv vmm.Driver
 	}
 }
 
+// GuestControl sends req over a running VM's control channel and
+// answers the guest's reply (an error carrying the guest's message when
+// it refused). It is unavailable (errdefs.CodeUnavailable) when the VM's
+// VMM has no control channel or its image does not run banger-init,
+// which serves it; the caller then takes another way in (SSH). req is
+// bounded by ctx.
+func (m *Manager) GuestControl(ctx context.Context, vm model.VM, req guestctl.Request) (guestctl.Reply, error) {
+	drv, err := m.driver(vm.VMM)
+	if err != nil {
+		return guestctl.Reply{}, err
+	}
+	if _, ok := drv.(vmm.Controller); !ok {
+		return guestctl.Reply{}, errdefs.Errorf(errdefs.CodeUnavailable, "vm %s: vmm %s has no control channel", vm.Name, vm.VMM)
+	}
+	im, err := m.store.GetImage(ctx, vm.ImageID)
+	if err != nil {
+		return guestctl.Reply{}, store.Describe("image", vm.ImageID, err)
+	}
+	if im.Init != "fast" {
+		return guestctl.Reply{}, errdefs.Errorf(errdefs.CodeUnavailable, "vm %s: image %s does not run banger-init, which serves the control channel", vm.Name, im.Name)
+	}
+	if !m.Alive(vm) {
+		return guestctl.Reply{}, errdefs.Errorf(errdefs.CodeConflict, "vm %s is not running", vm.Name)
+	}
+	c, err := dialControl(ctx, vm, drv)
+	if err != nil {
+		return guestctl.Reply{}, err
+	}
+	defer c.Close()
+	return c.Call(ctx, req)
+}
+
 // dialControl opens vm's control channel through drv, which must have
 // one (vmm.Controller); the caller closes the client.
 func dialControl(ctx context.Context, vm model.VM, drv vmm.Driver) (*guestctl.Client, error) {
