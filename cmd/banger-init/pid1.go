@@ -50,7 +50,7 @@ func runPID1() {
 	}
 	go watchPowerKey(power)
 
-	sshd := &supervised{path: sshdPath, args: []string{sshdPath, "-D", "-e"}}
+	sshd := &supervised{path: sshdPath, args: sshdArgs}
 	sshd.start()
 	restart := time.NewTimer(time.Hour)
 	restart.Stop()
