@@ -19,20 +19,7 @@ import (
 func TestDialGuestTCPChoice(t *testing.T) {
 	var direct, viaSSH int
 	refuse := false
-	d := &Daemon{cfg: config.Defaults()}
-	d.dialData = func(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
-		direct++
-		if refuse {
-			return nil, errors.New("connection refused")
-		}
-		a, b := net.Pipe()
-		b.Close()
-		return a, nil
-	}
-	d.dialGuest = func(ctx context.Context, vm model.VM) (guest.Client, error) {
-		viaSSH++
-		return nil, errors.New("ssh path taken")
-	}
+	d := countingDialer(&direct, &viaSSH, &refuse, func(int) {})
 	vm := model.VM{ID: "v1", Name: "v", GuestIP: "172.16.0.2"}
 	ctx := context.Background()
 	if c, err := d.dialGuestTCP(ctx, vm, 8000); err != nil || direct != 1 || viaSSH != 0 {
@@ -56,20 +43,15 @@ func TestDialGuestTCPChoice(t *testing.T) {
 	}
 }
 
-// TestDialEnvdChoice: envd is reached on the guest's address; a refusal
-// (envd still starting, or one listening on loopback only) goes through
-// SSH and is not remembered, so the next connection tries directly again;
-// transport ssh keeps it on SSH.
-func TestDialEnvdChoice(t *testing.T) {
-	var direct, viaSSH int
-	refuse := true
+// countingDialer is a daemon whose direct dials (counted in direct,
+// each port given to seen) refuse while *refuse, and whose SSH dials
+// (counted in viaSSH) fail with "ssh path taken".
+func countingDialer(direct, viaSSH *int, refuse *bool, seen func(port int)) *Daemon {
 	d := &Daemon{cfg: config.Defaults()}
 	d.dialData = func(ctx context.Context, vm model.VM, port int) (net.Conn, error) {
-		direct++
-		if port != envd.Port {
-			t.Errorf("envd dialled on port %d", port)
-		}
-		if refuse {
+		*direct++
+		seen(port)
+		if *refuse {
 			return nil, errors.New("connection refused")
 		}
 		a, b := net.Pipe()
@@ -77,9 +59,24 @@ func TestDialEnvdChoice(t *testing.T) {
 		return a, nil
 	}
 	d.dialGuest = func(ctx context.Context, vm model.VM) (guest.Client, error) {
-		viaSSH++
+		*viaSSH++
 		return nil, errors.New("ssh path taken")
 	}
+	return d
+}
+
+// TestDialEnvdChoice: envd is reached on the guest's address; a refusal
+// (envd still starting, or one listening on loopback only) goes through
+// SSH and is not remembered, so the next connection tries directly again;
+// transport ssh keeps it on SSH.
+func TestDialEnvdChoice(t *testing.T) {
+	var direct, viaSSH int
+	refuse := true
+	d := countingDialer(&direct, &viaSSH, &refuse, func(port int) {
+		if port != envd.Port {
+			t.Errorf("envd dialled on port %d", port)
+		}
+	})
 	vm := model.VM{ID: "v1", Name: "v", GuestIP: "172.16.0.2"}
 	ctx := context.Background()
 	if _, err := d.dialEnvd(ctx, vm); err == nil || err.Error() != "ssh path taken" || direct != 1 || viaSSH != 1 {
