@@ -145,7 +145,7 @@ func TestVMFork(t *testing.T) {
 	h := NewHarness(t)
 	const vm = "parent"
 	orig := h.StartVM(vm)
-	h.MustRun("vm", "exec", vm, "--", "sh", "-c", "echo before > /root/before.txt && sync")
+	h.MustRun("vm", "exec", vm, "--", "sh", "-c", "echo before > /root/before.txt && echo sys > /etc/before-sys && sync")
 	// A confined VM's copies are as confined: the snapshot keeps its policy.
 	h.MustRun("vm", "net", vm, "--deny", "203.0.113.0/24")
 	h.MustRun("vm", "snapshot", "create", vm, "--name", "base")
@@ -249,7 +249,23 @@ func TestVMFork(t *testing.T) {
 		}
 	}
 
+	// A snapshot of a fork reads through to the snapshot the fork was
+	// made from: that one stays until this one goes, even with no VM
+	// left, and a fork of it has both snapshots' files.
+	h.MustRun("vm", "exec", "kid-1", "--", "sh", "-c", "echo kid > /etc/kid1-sys && sync")
+	h.MustRun("vm", "snapshot", "create", "kid-1", "--name", "grand")
 	h.MustRun("vm", "delete", "--force", "kid-1", "kid-2", "kid-3", vm)
+	if _, errOut, code := h.Run("vm", "snapshot", "rm", "base"); code == 0 || !strings.Contains(errOut, "snapshot base is the base of snapshot grand") {
+		t.Errorf("snapshot rm base under grand: exit %d, %q", code, errOut)
+	}
+	h.MustRun("vm", "fork", "grand", "--name-prefix", "grandkid")
+	// The system disk is the chain (image, base's, grand's, its own);
+	// the work disk is a copy.
+	if out := h.MustRun("vm", "exec", "grandkid-1", "--", "cat", "/etc/before-sys", "/etc/kid1-sys", "/root/before.txt", "/root/kid1.txt"); out != "sys\nkid\nbefore\nmine\n" {
+		t.Errorf("a fork of a fork's snapshot reads %q", out)
+	}
+	h.MustRun("vm", "delete", "--force", "grandkid-1")
+	h.MustRun("vm", "snapshot", "rm", "grand")
 	h.MustRun("vm", "snapshot", "rm", "base")
 	h.AssertNoLeaks()
 }

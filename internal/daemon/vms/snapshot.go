@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -343,6 +344,11 @@ func (m *Manager) removeSnapshot(ctx context.Context, sn model.Snapshot, kind st
 	if sn.State == model.SnapshotCreating {
 		return errdefs.Errorf(errdefs.CodeConflict, "%s %s is still being created: remove it when that ends", kind, sn.Name)
 	}
+	if deps, err := m.dependents(ctx, sn); err != nil {
+		return err
+	} else if len(deps) > 0 {
+		return errdefs.Errorf(errdefs.CodeConflict, "%s %s is the base of snapshot %s (taken of a vm made from it): remove those first", kind, sn.Name, strings.Join(deps, ", "))
+	}
 	if err := m.store.DeleteSnapshot(ctx, sn.ID); err != nil {
 		return store.Describe(kind, sn.Name, err)
 	}
@@ -350,6 +356,41 @@ func (m *Manager) removeSnapshot(ctx context.Context, sn model.Snapshot, kind st
 		m.log.Warn("remove snapshot directory", "snapshot", sn.Name, "dir", sn.Dir, "err", err)
 	}
 	return nil
+}
+
+// dependents names the other snapshots whose captured system disk is a
+// qcow2 overlay over sn's: a snapshot of a VM made from sn captures that
+// VM's overlay, which reads through to sn's system disk (a fork of it
+// reads through both), so sn must outlive them. Their backing names are
+// read from the files' headers (storage.Qcow2Backing, bounded); a file
+// that is there but cannot be read counts as depending, so a doubt
+// keeps sn.
+func (m *Manager) dependents(ctx context.Context, sn model.Snapshot) ([]string, error) {
+	if sn.CowStrategy != "qcow2" {
+		return nil, nil
+	}
+	base := filepath.Clean(snapshotSystemFile(sn.Dir, storage.Qcow2File))
+	all, err := m.store.ListSnapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var deps []string
+	for _, o := range all {
+		if o.ID == sn.ID || o.CowStrategy != "qcow2" || o.State == model.SnapshotCreating {
+			continue
+		}
+		b, err := storage.Qcow2Backing(snapshotSystemFile(o.Dir, storage.Qcow2File))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			m.log.Warn("read a snapshot's system disk header; counting it as a dependent", "snapshot", o.Name, "of", sn.Name, "err", err)
+		}
+		if err != nil || filepath.Clean(b) == base {
+			deps = append(deps, o.Name)
+		}
+	}
+	return deps, nil
 }
 
 // reconcileSnapshots removes snapshots caught half made by a daemon that

@@ -11,6 +11,7 @@ import (
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/storage"
 )
 
 // Snapshots with a fake driver: the files, the guest resumed and its
@@ -21,10 +22,18 @@ func TestSnapshotWithFakes(t *testing.T) {
 	ctx := context.Background()
 	vm := startVM(t, f, "dev")
 	// The fake strategy keeps its disk elsewhere; the record's file is
-	// what a snapshot captures.
-	if err := os.WriteFile(vm.SystemDisk, []byte("overlay"), 0o600); err != nil {
-		t.Fatal(err)
+	// what a snapshot captures: an overlay over the image, as made.
+	overlay := func(backing string) {
+		t.Helper()
+		b, err := storage.Qcow2Overlay(backing, 1<<20)
+		if err == nil {
+			err = os.WriteFile(vm.SystemDisk, b, 0o600)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
+	overlay("/var/lib/banger/images/base.img")
 	sn, err := f.m.CreateSnapshot(ctx, "dev", "s1")
 	if err != nil {
 		t.Fatal(err)
@@ -141,6 +150,26 @@ func TestSnapshotWithFakes(t *testing.T) {
 	}
 	os.Remove(odd)
 	if err := f.m.RemoveSnapshot(ctx, "p1"); err != nil {
+		t.Fatal(err)
+	}
+
+	// A snapshot of a VM made from s1 captures an overlay over s1's
+	// system disk: s1 must outlive it. (The fakes make no forks: the
+	// VM's overlay is pointed at s1's by hand.)
+	if _, err := f.m.Resume(ctx, "dev", nil); err != nil {
+		t.Fatal(err)
+	}
+	overlay(filepath.Join(sn.Dir, "system.qcow2"))
+	if _, err := f.m.CreateSnapshot(ctx, "dev", "s3"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.m.RemoveSnapshot(ctx, "s1"); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "snapshot s1 is the base of snapshot s3") {
+		t.Fatalf("remove a snapshot another one reads through: %v", err)
+	}
+	if _, err := os.Stat(sn.Dir); err != nil {
+		t.Fatalf("a refused remove touched the snapshot: %v", err)
+	}
+	if err := f.m.RemoveSnapshot(ctx, "s3"); err != nil {
 		t.Fatal(err)
 	}
 
