@@ -72,3 +72,136 @@ func Qcow2Backing(path string) (string, error) {
 	}
 	return name, nil
 }
+
+// Qcow2Header is what CheckQcow2Chain needs of a qcow2 header.
+type Qcow2Header struct {
+	Backing       string // backing file name; "" for none
+	BackingFormat string // from the backing format extension; "" when absent
+}
+
+// qcow2 header fields and extensions a VMM would act on by opening
+// another file.
+const (
+	qcow2IncompatDataFile = 1 << 2     // external data file
+	qcow2ExtDataFile      = 0x44415441 // its name
+	qcow2MaxExtensions    = 64
+)
+
+// ParseQcow2Header reads a qcow2 header: its backing file name and
+// format, refusing what would have a VMM open a file other than the
+// backing file: an external data file (the feature bit or its name's
+// extension) and encryption. head is the file's start, at least its
+// first cluster's header and extensions as far as they go (a short head
+// fails, never reads beyond it); at reads the backing name.
+func ParseQcow2Header(head []byte, at io.ReaderAt) (Qcow2Header, error) {
+	var h Qcow2Header
+	name, err := ParseQcow2Backing(head, at)
+	if err != nil {
+		return h, err
+	}
+	h.Backing = name
+	be := binary.BigEndian
+	if len(head) < 72 {
+		return h, errors.New("qcow2 header: short")
+	}
+	if be.Uint32(head[32:]) != 0 {
+		return h, errors.New("qcow2 image is encrypted")
+	}
+	extAt := 72 // version 2
+	if be.Uint32(head[4:]) == 3 {
+		if len(head) < 104 {
+			return h, errors.New("qcow2 version 3 header: short")
+		}
+		if be.Uint64(head[72:])&qcow2IncompatDataFile != 0 {
+			return h, errors.New("qcow2 image has an external data file")
+		}
+		extAt = int(be.Uint32(head[100:]))
+		if extAt < 104 {
+			return h, fmt.Errorf("qcow2 header length %d: want at least 104", extAt)
+		}
+	}
+	for i := 0; ; i++ {
+		if i == qcow2MaxExtensions {
+			return h, fmt.Errorf("qcow2 header: more than %d extensions", qcow2MaxExtensions)
+		}
+		if extAt+8 > len(head) {
+			return h, errors.New("qcow2 header extensions run past the header")
+		}
+		typ, n := be.Uint32(head[extAt:]), int(be.Uint32(head[extAt+4:]))
+		data := extAt + 8
+		if n < 0 || n > len(head)-data {
+			return h, fmt.Errorf("qcow2 header extension %#x of %d bytes runs past the header", typ, n)
+		}
+		switch typ {
+		case qcow2ExtEnd:
+			return h, nil
+		case qcow2ExtDataFile:
+			return h, errors.New("qcow2 image names an external data file")
+		case qcow2ExtBackingFormat:
+			h.BackingFormat = string(head[data : data+n])
+		}
+		extAt = data + (n+7)&^7
+	}
+}
+
+// ReadQcow2Header is ParseQcow2Header of the file at path, which must
+// be a regular file (a symlink is refused); it reads at most the first
+// 64 KiB as the header.
+func ReadQcow2Header(path string) (Qcow2Header, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return Qcow2Header{}, err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return Qcow2Header{}, fmt.Errorf("%s is not a regular file (%v)", path, err)
+	}
+	head := make([]byte, qcow2ClusterSize)
+	n, err := io.ReadFull(f, head)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return Qcow2Header{}, fmt.Errorf("%s: qcow2 header: %w", path, err)
+	}
+	h, err := ParseQcow2Header(head[:n], f)
+	if err != nil {
+		return h, fmt.Errorf("%s: %w", path, err)
+	}
+	return h, nil
+}
+
+// MaxQcow2Chain bounds the qcow2 files CheckQcow2Chain follows.
+const MaxQcow2Chain = 32
+
+// CheckQcow2Chain checks, before a VMM opens the qcow2 image top, every
+// file the VMM would open through it. A qcow2 header is written by the
+// VMM, which a guest may have taken over, and a VMM opens backing files
+// before it drops its privileges: a header naming the host's disk would
+// hand it to the guest. Each backing file must be one of allowed (clean
+// absolute paths, each with its format: the VM's image "raw", snapshots'
+// system disks "qcow2"), named with that format (never left to the VMM's
+// probing), and no file may have an external data file or encryption. The
+// walk ends at a raw file or a qcow2 file without a backing file, within
+// MaxQcow2Chain files.
+func CheckQcow2Chain(top string, allowed map[string]string) error {
+	cur := top
+	for range MaxQcow2Chain {
+		h, err := ReadQcow2Header(cur)
+		if err != nil {
+			return err
+		}
+		if h.Backing == "" {
+			return nil
+		}
+		format, ok := allowed[h.Backing]
+		if !ok {
+			return fmt.Errorf("%s: backing file %q is neither the vm's image nor a snapshot's system disk", cur, h.Backing)
+		}
+		if h.BackingFormat != format {
+			return fmt.Errorf("%s: backing file %s named with format %q, want %q", cur, h.Backing, h.BackingFormat, format)
+		}
+		if format != "qcow2" {
+			return nil
+		}
+		cur = h.Backing
+	}
+	return fmt.Errorf("%s: qcow2 backing chain longer than %d files", top, MaxQcow2Chain)
+}

@@ -76,3 +76,125 @@ func TestQcow2BackingOfQemuImg(t *testing.T) {
 		t.Error("Qcow2Backing followed a symlink")
 	}
 }
+
+// TestCheckQcow2Chain: an overlay over an allowed file passes; a backing
+// file outside the allowed ones, a wrong or missing format, an external
+// data file (bit or name), encryption and a loop are refused.
+func TestCheckQcow2Chain(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "image.raw")
+	write := func(name string, b []byte) string {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	overlay := func(backing string) []byte {
+		t.Helper()
+		b, err := Qcow2Overlay(backing, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	write("image.raw", make([]byte, 1<<20))
+	good := write("good.qcow2", overlay(img))
+	allowed := map[string]string{img: "raw"}
+	if err := CheckQcow2Chain(good, allowed); err != nil {
+		t.Fatalf("overlay over the image: %v", err)
+	}
+	be := binary.BigEndian
+	extAt := func(b []byte) int { return int(be.Uint32(b[100:])) }
+	for name, c := range map[string]struct {
+		b    []byte
+		want string
+	}{
+		"host disk": {overlay("/dev/sda"), `backing file "/dev/sda" is neither`},
+		"data file bit": {func() []byte {
+			b := overlay(img)
+			be.PutUint64(b[72:], qcow2IncompatDataFile)
+			return b
+		}(), "external data file"},
+		"data file name": {func() []byte {
+			b := overlay(img)
+			be.PutUint32(b[extAt(b):], qcow2ExtDataFile) // the backing format extension renamed
+			return b
+		}(), "names an external data file"},
+		"encrypted": {func() []byte {
+			b := overlay(img)
+			be.PutUint32(b[32:], 2)
+			return b
+		}(), "encrypted"},
+		"wrong format": {func() []byte {
+			b := overlay(img)
+			copy(b[extAt(b)+8:], "qco")
+			return b
+		}(), `named with format "qco"`},
+		"no format": {func() []byte {
+			b := overlay(img)
+			be.PutUint32(b[extAt(b):], qcow2ExtEnd)
+			return b
+		}(), `named with format ""`},
+		"endless extensions": {func() []byte {
+			b := overlay(img)
+			for at := extAt(b); at+8 <= qcow2ClusterSize; at += 8 {
+				be.PutUint32(b[at:], 0x1234)
+				be.PutUint32(b[at+4:], 0)
+			}
+			return b
+		}(), "extensions"},
+	} {
+		p := write(strings.ReplaceAll(name, " ", "-")+".qcow2", c.b)
+		if err := CheckQcow2Chain(p, allowed); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an error with %q", name, err, c.want)
+		}
+	}
+	// A loop of two qcow2 files each allowed as the other's backing.
+	a, b := filepath.Join(dir, "a.qcow2"), filepath.Join(dir, "b.qcow2")
+	ab, ba := overlay(b), overlay(a)
+	for _, x := range [][]byte{ab, ba} {
+		copy(x[extAt(x)+8:], "qcow2")
+		be.PutUint32(x[extAt(x)+4:], 5)
+	}
+	write("a.qcow2", ab)
+	write("b.qcow2", ba)
+	if err := CheckQcow2Chain(a, map[string]string{a: "qcow2", b: "qcow2"}); err == nil || !strings.Contains(err.Error(), "longer than") {
+		t.Errorf("a loop: %v", err)
+	}
+	// A symlink on the way is not followed.
+	link := filepath.Join(dir, "link.raw")
+	if err := os.Symlink(img, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckQcow2Chain(link, allowed); err == nil {
+		t.Error("a symlink as the top was followed")
+	}
+}
+
+// TestCheckQcow2ChainOfQemuImg: a chain qemu-img makes (an image, a
+// snapshot's system disk over it, an overlay over that) passes with
+// both allowed, and not with the middle one left out.
+func TestCheckQcow2ChainOfQemuImg(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("qemu-img not installed")
+	}
+	dir := t.TempDir()
+	img, mid, top := filepath.Join(dir, "image.raw"), filepath.Join(dir, "mid.qcow2"), filepath.Join(dir, "top.qcow2")
+	for _, argv := range [][]string{
+		{"qemu-img", "create", "-q", "-f", "raw", img, "64M"},
+		{"qemu-img", "create", "-q", "-f", "qcow2", "-b", img, "-F", "raw", mid},
+		{"qemu-img", "create", "-q", "-f", "qcow2", "-b", mid, "-F", "qcow2", top},
+	} {
+		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v %s", strings.Join(argv, " "), err, out)
+		}
+	}
+	if err := CheckQcow2Chain(top, map[string]string{img: "raw", mid: "qcow2"}); err != nil {
+		t.Fatalf("qemu-img's chain: %v", err)
+	}
+	if err := CheckQcow2Chain(top, map[string]string{img: "raw"}); err == nil {
+		t.Fatal("a chain through a file not allowed passed")
+	}
+}

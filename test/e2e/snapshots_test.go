@@ -14,6 +14,7 @@ import (
 
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/storage"
 	"github.com/banger/banger/internal/testenv"
 )
 
@@ -139,7 +140,9 @@ func TestVMSnapshot(t *testing.T) {
 // exec at once, each seeing the file written before the snapshot and
 // neither seeing what the other wrote after; the original runs on. Then
 // the bad inputs (a missing source, a taken name, removing a snapshot in
-// use); a fork stopped and booted cold is still itself; deleting
+// use); a fork stopped and booted cold is still itself, and refuses to
+// start while its disk's header names the host's disk as its backing
+// file; a snapshot of a fork keeps the first snapshot; deleting
 // everything leaves nothing behind.
 func TestVMFork(t *testing.T) {
 	h := NewHarness(t)
@@ -230,6 +233,33 @@ func TestVMFork(t *testing.T) {
 	// A fork is an ordinary VM afterwards: stopped and booted cold from
 	// its own disks, it is still itself (its host key is on its work disk).
 	h.MustRun("vm", "stop", "kid-2")
+	// Hostile: a guest that took over its QEMU can rewrite the header of
+	// the qcow2 system disk that QEMU holds open, so that the next start
+	// opens the host's disk as the backing file (QEMU opens backing
+	// files before it drops its privileges). The daemon reads the chain
+	// first and refuses, starting nothing.
+	kid2 := h.VM("kid-2")
+	own, err := storage.Qcow2Backing(kid2.SystemDisk)
+	if err != nil || own == "" {
+		t.Fatalf("kid-2's system disk's backing file: %q, %v", own, err)
+	}
+	rebase := func(backing, format string) {
+		t.Helper()
+		// -u: only the header changes, as a VMM writing it would do.
+		if out, err := exec.Command("qemu-img", "rebase", "-u", "-f", "qcow2", "-b", backing, "-F", format, kid2.SystemDisk).CombinedOutput(); err != nil {
+			t.Fatalf("qemu-img rebase -u %s: %v %s", backing, err, out)
+		}
+	}
+	rebase("/dev/sda", "raw")
+	if _, errOut, code := h.Run("vm", "start", "kid-2"); code == 0 || !strings.Contains(errOut, `backing file "/dev/sda" is neither the vm's image nor a snapshot's system disk`) {
+		t.Fatalf("start over /dev/sda: exit %d, %q", code, errOut)
+	}
+	for _, l := range h.Leaks() {
+		if !strings.HasPrefix(l, "vm dir") && (strings.Contains(l, kid2.ID) || strings.Contains(l, hostnet.TapName(kid2.ID))) {
+			t.Errorf("a refused start left %s", l)
+		}
+	}
+	rebase(own, "qcow2")
 	h.MustRun("vm", "start", "kid-2")
 	if out := h.MustRun("vm", "exec", "kid-2", "--", "sh", "-c", "hostname; cat /root/before.txt"); strings.TrimSpace(out) != "kid-2\nbefore" {
 		t.Errorf("kid-2 after a cold boot said %q", out)

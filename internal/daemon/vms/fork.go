@@ -211,7 +211,14 @@ func (m *Manager) forkOne(ctx context.Context, sn model.Snapshot, in vmIntent, r
 	sysSrc := snapshotSystemFile(sn.Dir, vm.SystemDisk)
 	switch sn.CowStrategy {
 	case "qcow2":
-		err = storage.ForkQcow2(ctx, sysSrc, vm.SystemDisk)
+		// qemu-img opens the snapshot's disk: its header is checked first,
+		// as a VM's is before a start.
+		var im model.Image
+		if im, err = m.store.GetImage(ctx, sn.ImageID); err != nil {
+			err = store.Describe("image", sn.ImageID, err)
+		} else if err = m.checkSystemChain(ctx, sysSrc, im); err == nil {
+			err = storage.ForkQcow2(ctx, sysSrc, vm.SystemDisk)
+		}
 	default:
 		_, err = storage.CaptureFile(ctx, sysSrc, vm.SystemDisk)
 	}

@@ -465,6 +465,11 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 	if err != nil {
 		return fail(fmt.Errorf("system disk: %w", err))
 	}
+	if sys.Format == vmm.FormatQcow2 {
+		if err := m.checkSystemChain(ctx, sys.Path, im); err != nil {
+			return fail(fmt.Errorf("system disk: %w", err))
+		}
+	}
 	g, err := m.guest(ctx, vm)
 	if err != nil {
 		return fail(err)

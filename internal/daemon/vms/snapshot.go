@@ -393,6 +393,30 @@ func (m *Manager) dependents(ctx context.Context, sn model.Snapshot) ([]string, 
 	return deps, nil
 }
 
+// checkSystemChain checks a qcow2 system disk, and every qcow2 file it
+// reads through, before a VMM opens them (storage.CheckQcow2Chain): the
+// headers were written by VMMs a guest may have taken over, and QEMU
+// opens backing files before it drops its privileges. A backing file
+// may only be the VM's image (raw) or a snapshot's (or template's)
+// system disk (qcow2).
+func (m *Manager) checkSystemChain(ctx context.Context, top string, im model.Image) error {
+	img, err := filepath.Abs(im.Path)
+	if err != nil {
+		return err
+	}
+	allowed := map[string]string{filepath.Clean(img): vmm.FormatRaw}
+	all, err := m.store.ListSnapshots(ctx)
+	if err != nil {
+		return err
+	}
+	for _, sn := range all {
+		if sn.CowStrategy == "qcow2" && sn.State == model.SnapshotReady {
+			allowed[filepath.Clean(snapshotSystemFile(sn.Dir, storage.Qcow2File))] = vmm.FormatQcow2
+		}
+	}
+	return storage.CheckQcow2Chain(top, allowed)
+}
+
 // reconcileSnapshots removes snapshots caught half made by a daemon that
 // stopped meanwhile (their VM was resumed by reconcilePaused).
 func (m *Manager) reconcileSnapshots(ctx context.Context) {

@@ -316,3 +316,40 @@ func TestTemplatesWithFakes(t *testing.T) {
 		t.Fatalf("template directory left: %v", err)
 	}
 }
+
+// TestStartRefusesForeignBacking: a system disk whose qcow2 header (the
+// VMM wrote it; a guest may own the VMM) names another backing file than
+// the VM's image or a snapshot's, or an external data file, is refused
+// before any VMM opens it, with nothing left running.
+func TestStartRefusesForeignBacking(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	vm := startVM(t, f, "dev")
+	if _, err := f.m.Stop(ctx, "dev", api.StopVMRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	sys := filepath.Join(vm.Dir, "system.fake")
+	good, err := os.ReadFile(sys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostile, err := storage.Qcow2Overlay("/dev/sda", 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(sys, hostile, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.m.Start(ctx, "dev", nil); err == nil || !strings.Contains(err.Error(), `backing file "/dev/sda" is neither the vm's image nor a snapshot's system disk`) {
+		t.Fatalf("start over /dev/sda: %v", err)
+	}
+	if got, _ := f.m.Get(ctx, "dev"); f.m.Alive(got) || len(f.taps.Made) != 0 {
+		t.Fatalf("a refused start left a vmm (%v) or taps %v", f.m.Alive(got), f.taps.Made)
+	}
+	if err := os.WriteFile(sys, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.m.Start(ctx, "dev", nil); err != nil {
+		t.Fatalf("start with its own overlay back: %v", err)
+	}
+}

@@ -99,7 +99,16 @@ func (s *Strategy) Create(ctx context.Context, image, dir string) error {
 	if s.CreateErr != nil {
 		return s.CreateErr
 	}
-	return os.WriteFile(filepath.Join(dir, "system.fake"), []byte("overlay of "+image), 0o600)
+	// A real overlay's header, as the daemon checks it before a start.
+	abs, err := filepath.Abs(image)
+	if err != nil {
+		return err
+	}
+	b, err := storage.Qcow2Overlay(abs, 1<<20)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "system.fake"), b, 0o600)
 }
 func (s *Strategy) Attach(ctx context.Context, image, dir string) (storage.SystemDisk, error) {
 	return storage.SystemDisk{Path: filepath.Join(dir, "system.fake"), Format: "qcow2", Loops: []string{"/dev/loop-fake"}}, nil
