@@ -97,7 +97,7 @@ func writeSnapshot(w io.Writer, s model.Snapshot) error {
 	return kv(w, "id", s.ID, "name", s.Name, "state", string(s.State), "vm", s.VMName, "vm id", s.VMID,
 		"image", s.ImageID, "kernel", s.KernelID, "vmm", s.VMM, "cpus", fmt.Sprint(s.CPUs), "memory", size(int64(s.MemoryMiB)<<20),
 		"disk", size(s.DiskBytes), "storage", s.CowStrategy, "ip", s.GuestIP, "mac", s.GuestMAC,
-		"network", snapshotNet(s.Net), "dir", s.Dir, "size", size(s.SizeBytes), "used by", strings.Join(s.UsedBy, ", "), "created", created)
+		"network", snapshotNet(s.Net), "base", orDash(s.Base), "dir", s.Dir, "size", size(s.SizeBytes), "used by", strings.Join(s.UsedBy, ", "), "created", created)
 }
 
 // snapshotNet is the policy VMs made from a snapshot start with; a

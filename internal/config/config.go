@@ -75,7 +75,16 @@ type Config struct {
 	// time from each warm-start template (0, the default: none), at most
 	// MaxWarmPool. Each spare holds its memory while it waits.
 	WarmPool int `json:"warm_pool"`
+	// ChainDepth bounds the qcow2 files a snapshot's system disk reads
+	// through (itself and the snapshots it descends from): a snapshot
+	// deeper than it is flattened in the background. 1 to MaxChainDepth.
+	ChainDepth int `json:"chain_depth"` // default 8
 }
+
+// MaxChainDepth bounds chain_depth: a VM's chain is its own overlay
+// over a snapshot's, and storage.CheckQcow2Chain refuses chains of more
+// than 32 files.
+const MaxChainDepth = 16
 
 // MaxWarmPool bounds warm_pool: spares hold memory and CPU while idle.
 const MaxWarmPool = 8
@@ -103,6 +112,7 @@ func Defaults() Config {
 		MaxConsoleLog:      "8M",
 		MaxCopyOut:         "16G",
 		MaxCopyOutEntries:  1 << 20,
+		ChainDepth:         8,
 	}
 }
 
@@ -161,6 +171,13 @@ func Load(getenv func(string) string) (Config, error) {
 		}
 		c.WarmPool = n
 	}
+	if v := getenv("BANGER_CHAIN_DEPTH"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return c, fmt.Errorf("BANGER_CHAIN_DEPTH %q: not a whole number", v)
+		}
+		c.ChainDepth = n
+	}
 	c.Finish()
 	return c, nil
 }
@@ -194,6 +211,9 @@ func (c Config) Validate() error {
 	}
 	if c.WarmPool < 0 || c.WarmPool > MaxWarmPool {
 		return fmt.Errorf("invalid warm_pool %d: use 0 (none) to %d spares per template", c.WarmPool, MaxWarmPool)
+	}
+	if c.ChainDepth < 1 || c.ChainDepth > MaxChainDepth {
+		return fmt.Errorf("invalid chain_depth %d: use 1 to %d qcow2 files per snapshot", c.ChainDepth, MaxChainDepth)
 	}
 	if c.MaxCopyOutEntries < 1 {
 		return fmt.Errorf("invalid max_copy_out_entries %d: use 1 or more", c.MaxCopyOutEntries)

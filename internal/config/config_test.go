@@ -57,6 +57,8 @@ func TestValidate(t *testing.T) {
 		{func(c *Config) { c.MaxCPUs = 0 }, "invalid max_cpus 0"},
 		{func(c *Config) { c.WarmPool = 9 }, "invalid warm_pool 9"},
 		{func(c *Config) { c.WarmPool = -1 }, "invalid warm_pool -1"},
+		{func(c *Config) { c.ChainDepth = 0 }, "invalid chain_depth 0"},
+		{func(c *Config) { c.ChainDepth = 17 }, "invalid chain_depth 17"},
 		{func(c *Config) { c.MaxMemory = "lots" }, "invalid max_memory"},
 		{func(c *Config) { c.MaxDisk = "" }, "invalid max_disk"},
 		{func(c *Config) { c.DNSUpstreams = "resolver.example" }, `invalid dns_upstreams entry "resolver.example"`},

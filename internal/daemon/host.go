@@ -125,6 +125,8 @@ func (d *Daemon) startHost(ctx context.Context) error {
 	}()
 	// The warm pool's refills run in the background until the daemon stops.
 	d.vms.StartPool(wctx)
+	// So do the flattening of snapshots whose qcow2 chains grew too deep.
+	d.vms.StartFlatten(wctx)
 	return nil
 }
 
@@ -134,6 +136,7 @@ func (d *Daemon) closeHost() error {
 		<-d.host.watchDone
 		<-d.host.expireDone
 		d.vms.StopPool()
+		d.vms.StopFlatten()
 	}
 	d.ports.Close()
 	d.e2b.Close()

@@ -159,6 +159,14 @@ type Snapshot struct {
 	CreatedAt time.Time     `json:"created_at"`
 	// UsedBy names the VMs made from it; filled in by show and list.
 	UsedBy []string `json:"used_by,omitempty"`
+	// BaseID is the snapshot its system disk reads through: the one its
+	// VM was made from, "" for none (the VM's image), or
+	// SnapshotBaseUnknown for a snapshot taken before banger recorded it
+	// whose VM is gone.
+	BaseID string `json:"-"`
+	// Base names BaseID's snapshot ("unknown" for SnapshotBaseUnknown);
+	// filled in by show only.
+	Base string `json:"base,omitempty"`
 
 	// Template, set, makes it a warm-start template: the key of the VM
 	// shape it restores (image, kernel, sizes, VMM, banger's guest
@@ -175,6 +183,10 @@ type Snapshot struct {
 	// (config warm_pool); filled in by the template list.
 	Spares int `json:"spares,omitempty"`
 }
+
+// SnapshotBaseUnknown is the BaseID of a snapshot whose base is not
+// known.
+const SnapshotBaseUnknown = "?"
 
 // SnapshotState is a snapshot's life: creating until every file is
 // whole, then ready.

@@ -193,7 +193,7 @@ func CheckQcow2Chain(top string, allowed map[string]string) error {
 		}
 		format, ok := allowed[h.Backing]
 		if !ok {
-			return fmt.Errorf("%s: backing file %q is neither the vm's image nor a snapshot's system disk", cur, h.Backing)
+			return fmt.Errorf("%s: backing file %q is not the vm's image or the system disk of a snapshot it descends from", cur, h.Backing)
 		}
 		if h.BackingFormat != format {
 			return fmt.Errorf("%s: backing file %s named with format %q, want %q", cur, h.Backing, h.BackingFormat, format)

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"os"
 	"os/exec"
@@ -111,7 +112,7 @@ func TestCheckQcow2Chain(t *testing.T) {
 		b    []byte
 		want string
 	}{
-		"host disk": {overlay("/dev/sda"), `backing file "/dev/sda" is neither`},
+		"host disk": {overlay("/dev/sda"), `backing file "/dev/sda" is not the vm's image`},
 		"data file bit": {func() []byte {
 			b := overlay(img)
 			be.PutUint64(b[72:], qcow2IncompatDataFile)
@@ -197,4 +198,69 @@ func TestCheckQcow2ChainOfQemuImg(t *testing.T) {
 	if err := CheckQcow2Chain(top, map[string]string{img: "raw"}); err == nil {
 		t.Fatal("a chain through a file not allowed passed")
 	}
+}
+
+// TestFlattenQcow2: a chain of an image and two overlays, each layer
+// writing its own bytes, flattens to one file over the image that reads
+// the same as the chain, also once the middle layer is gone; the image's
+// own blocks are not copied into it.
+func TestFlattenQcow2(t *testing.T) {
+	for _, tool := range []string{"qemu-img", "qemu-io"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skip(tool + " not installed")
+		}
+	}
+	dir := t.TempDir()
+	img, mid, top := filepath.Join(dir, "image.raw"), filepath.Join(dir, "mid.qcow2"), filepath.Join(dir, "top.qcow2")
+	whole := filepath.Join(dir, "whole.raw")
+	run := func(argv ...string) {
+		t.Helper()
+		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v %s", strings.Join(argv, " "), err, out)
+		}
+	}
+	run("qemu-img", "create", "-q", "-f", "raw", img, "64M")
+	run("qemu-io", "-f", "raw", "-c", "write -P 0x11 0 16M", img)
+	run("qemu-img", "create", "-q", "-f", "qcow2", "-b", img, "-F", "raw", mid)
+	run("qemu-io", "-f", "qcow2", "-c", "write -P 0x22 16M 1M", mid)
+	run("qemu-img", "create", "-q", "-f", "qcow2", "-b", mid, "-F", "qcow2", top)
+	run("qemu-io", "-f", "qcow2", "-c", "write -P 0x33 17M 1M", "-c", "write -P 0x44 0 64k", top)
+	run("qemu-img", "convert", "-f", "qcow2", "-O", "raw", top, whole)
+	before, err := os.Stat(top)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if err := FlattenQcow2(context.Background(), top, img, top); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := Qcow2Backing(top); err != nil || b != img {
+		t.Fatalf("flattened file's backing = %q, %v; want %s", b, err, img)
+	}
+	if err := CheckQcow2Chain(top, map[string]string{img: "raw"}); err != nil {
+		t.Fatalf("flattened chain: %v", err)
+	}
+	if err := os.Remove(mid); err != nil {
+		t.Fatal(err)
+	}
+	run("qemu-img", "compare", "-q", "-f", "qcow2", "-F", "raw", top, whole)
+	after, err := os.Stat(top)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The middle layer's 1 MiB came in; the image's 16 MiB did not.
+	if grown := after.Size() - before.Size(); grown < 1<<20 || grown > 4<<20 {
+		t.Errorf("flattened file grew by %d bytes (from %d), want about 1 MiB", grown, before.Size())
+	}
+	if _, err := os.Stat(top + ".flat"); !os.IsNotExist(err) {
+		t.Errorf("scratch file left: %v", err)
+	}
+	// A failure leaves dst as it was and no scratch file.
+	if err := FlattenQcow2(context.Background(), filepath.Join(dir, "nope.qcow2"), img, top); err == nil {
+		t.Fatal("flatten of a missing file passed")
+	}
+	if _, err := os.Stat(top + ".flat"); !os.IsNotExist(err) {
+		t.Errorf("scratch file left after a failure: %v", err)
+	}
+	run("qemu-img", "compare", "-q", "-f", "qcow2", "-F", "raw", top, whole)
 }

@@ -250,6 +250,17 @@ ALTER TABLE e2b_sandboxes ADD COLUMN traffic_token TEXT NOT NULL DEFAULT '';
 ALTER TABLE e2b_sandboxes ADD COLUMN mask_host TEXT NOT NULL DEFAULT '';
 ALTER TABLE e2b_sandboxes ADD COLUMN https_ports TEXT NOT NULL DEFAULT '[]';
 `,
+	// 16: the snapshot a snapshot's system disk reads through (base_id:
+	// the snapshot its VM was made from; '' for none, the VM's image),
+	// so a disk is checked against its own lineage. Snapshots taken
+	// before get it from their VM's record where that VM still exists;
+	// NULL (unknown) otherwise.
+	`
+ALTER TABLE snapshots ADD COLUMN base_id TEXT;
+UPDATE snapshots SET base_id = COALESCE(
+	(SELECT u.snapshot_id FROM snapshot_users u WHERE u.vm_id = snapshots.vm_id),
+	CASE WHEN EXISTS (SELECT 1 FROM vms v WHERE v.id = snapshots.vm_id) THEN '' END);
+`,
 }
 
 // migrate applies the steps the database lacks, up to version upTo, each in

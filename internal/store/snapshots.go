@@ -3,19 +3,25 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 
 	"github.com/banger/banger/internal/model"
 )
 
-const snapshotCols = "id, name, vm_id, vm_name, image_id, kernel_id, cpus, memory_mib, disk_bytes, vmm, cow_strategy, guest_ip, guest_mac, dir, size_bytes, state, created_at, template_key, template_inputs, net_policy"
+const snapshotCols = "id, name, vm_id, vm_name, image_id, kernel_id, cpus, memory_mib, disk_bytes, vmm, cow_strategy, guest_ip, guest_mac, dir, size_bytes, state, created_at, template_key, template_inputs, net_policy, base_id"
 
 func scanSnapshot(r *sql.Rows) (model.Snapshot, error) {
 	var s model.Snapshot
 	var created, net string
+	var base sql.NullString
 	if err := r.Scan(&s.ID, &s.Name, &s.VMID, &s.VMName, &s.ImageID, &s.KernelID, &s.CPUs, &s.MemoryMiB, &s.DiskBytes,
-		&s.VMM, &s.CowStrategy, &s.GuestIP, &s.GuestMAC, &s.Dir, &s.SizeBytes, &s.State, &created, &s.Template, &s.TemplateInputs, &net); err != nil {
+		&s.VMM, &s.CowStrategy, &s.GuestIP, &s.GuestMAC, &s.Dir, &s.SizeBytes, &s.State, &created, &s.Template, &s.TemplateInputs, &net, &base); err != nil {
 		return s, err
+	}
+	s.BaseID = model.SnapshotBaseUnknown
+	if base.Valid {
+		s.BaseID = base.String
 	}
 	var err error
 	if s.Net, err = parseNetPolicy(net); err != nil {
@@ -27,9 +33,13 @@ func scanSnapshot(r *sql.Rows) (model.Snapshot, error) {
 
 // CreateSnapshot records a snapshot; ErrConflict when its name is taken.
 func (s *Store) CreateSnapshot(ctx context.Context, sn model.Snapshot) error {
-	_, err := s.db.ExecContext(ctx, "INSERT INTO snapshots ("+snapshotCols+") VALUES ("+placeholders(20)+")",
+	var base any = sn.BaseID
+	if sn.BaseID == model.SnapshotBaseUnknown {
+		base = nil
+	}
+	_, err := s.db.ExecContext(ctx, "INSERT INTO snapshots ("+snapshotCols+") VALUES ("+placeholders(21)+")",
 		sn.ID, sn.Name, sn.VMID, sn.VMName, sn.ImageID, sn.KernelID, sn.CPUs, sn.MemoryMiB, sn.DiskBytes,
-		sn.VMM, sn.CowStrategy, sn.GuestIP, sn.GuestMAC, sn.Dir, sn.SizeBytes, string(sn.State), fmtTime(sn.CreatedAt), sn.Template, sn.TemplateInputs, fmtNetPolicy(sn.Net))
+		sn.VMM, sn.CowStrategy, sn.GuestIP, sn.GuestMAC, sn.Dir, sn.SizeBytes, string(sn.State), fmtTime(sn.CreatedAt), sn.Template, sn.TemplateInputs, fmtNetPolicy(sn.Net), base)
 	if err != nil {
 		return fmt.Errorf("create snapshot: %w", constraint("snapshot", err))
 	}
@@ -39,6 +49,12 @@ func (s *Store) CreateSnapshot(ctx context.Context, sn model.Snapshot) error {
 // UpdateSnapshot stores a snapshot's size and state.
 func (s *Store) UpdateSnapshot(ctx context.Context, sn model.Snapshot) error {
 	return s.execOne(ctx, "snapshot", sn.ID, "UPDATE snapshots SET size_bytes = ?, state = ? WHERE id = ?", sn.SizeBytes, string(sn.State), sn.ID)
+}
+
+// SetSnapshotBase records the snapshot its system disk reads through
+// ("" for none: the image).
+func (s *Store) SetSnapshotBase(ctx context.Context, id, base string) error {
+	return s.execOne(ctx, "snapshot", id, "UPDATE snapshots SET base_id = ? WHERE id = ?", base, id)
 }
 
 // GetSnapshot finds a snapshot by id, name or unique id prefix.
@@ -87,6 +103,20 @@ func (s *Store) PendingSnapshotUsers(ctx context.Context) ([]string, error) {
 			var n string
 			return n, r.Scan(&n)
 		})
+}
+
+// SnapshotOf returns the id of the snapshot the VM with id vmID was made
+// from, "" when it was not made from one.
+func (s *Store) SnapshotOf(ctx context.Context, vmID string) (string, error) {
+	var id string
+	err := s.db.QueryRowContext(ctx, "SELECT snapshot_id FROM snapshot_users WHERE vm_id = ?", vmID).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("snapshot of vm %s: %w", vmID, err)
+	}
+	return id, nil
 }
 
 // SnapshotUsers returns the names of the VMs made from the snapshot, by

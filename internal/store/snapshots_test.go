@@ -53,6 +53,7 @@ func TestSnapshots(t *testing.T) {
 	// snapshots that hold an image (its image's removal removes it).
 	tm := sn
 	tm.ID, tm.Name, tm.Template, tm.TemplateInputs = "tmpl1aaaaaaa", "warm-1", "0a1b", `{"cpus":1}`
+	tm.BaseID = sn.ID
 	if err := s.CreateSnapshot(ctx, tm); err != nil {
 		t.Fatal(err)
 	}
@@ -69,6 +70,12 @@ func TestSnapshots(t *testing.T) {
 	// A VM made from it holds it; the VM's deletion lets it go.
 	if err := s.AddSnapshotUser(ctx, sn.ID, vm.ID); err != nil {
 		t.Fatal(err)
+	}
+	if id, err := s.SnapshotOf(ctx, vm.ID); err != nil || id != sn.ID {
+		t.Fatalf("SnapshotOf = %q, %v; want %q", id, err, sn.ID)
+	}
+	if id, err := s.SnapshotOf(ctx, "other"); err != nil || id != "" {
+		t.Fatalf("SnapshotOf a vm not made from one = %q, %v", id, err)
 	}
 	if err := s.AddSnapshotUser(ctx, "nope", vm.ID); err == nil {
 		t.Fatal("user of a missing snapshot recorded")
@@ -106,5 +113,48 @@ func TestSnapshots(t *testing.T) {
 	}
 	if err := s.DeleteSnapshot(ctx, sn.ID); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second delete: %v", err)
+	}
+}
+
+// TestMigrationSnapshotBase: schema 16 gives each snapshot the snapshot
+// its VM was made from as its base, "" for a VM made from none, and
+// unknown where the VM is gone; a snapshot recorded as unknown stays so.
+func TestMigrationSnapshotBase(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "banger.db")
+	old := openOldWithVMs(t, path, 15, "booted12", "forked12")
+	// Snapshots with schema 15's columns: of the booted VM, of the VM
+	// forked from it, and of a VM deleted since.
+	for _, sn := range [][2]string{{"origin", "booted12"}, {"ofkid", "forked12"}, {"orphan", "gone1234"}} {
+		if _, err := old.db.ExecContext(ctx, `INSERT INTO snapshots (id, name, vm_id, vm_name, image_id, kernel_id, cpus, memory_mib, disk_bytes,
+			vmm, cow_strategy, guest_ip, guest_mac, dir, size_bytes, state, created_at)
+			VALUES (?, ?, ?, 'x', 'img1', 'k1', 1, 512, 1, 'qemu', 'qcow2', '', '', '/s', 0, 'ready', '2026-01-01T00:00:00Z')`, sn[0], sn[0], sn[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := old.AddSnapshotUser(ctx, "origin", "forked12"); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for id, want := range map[string]string{"origin": "", "ofkid": "origin", "orphan": model.SnapshotBaseUnknown} {
+		if got, err := s.GetSnapshot(ctx, id); err != nil || got.BaseID != want {
+			t.Errorf("base of %s after upgrade = %q, %v; want %q", id, got.BaseID, err, want)
+		}
+	}
+	sn, err := s.GetSnapshot(ctx, "orphan")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn.ID, sn.Name = "orphan2", "orphan2"
+	if err := s.CreateSnapshot(ctx, sn); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.GetSnapshot(ctx, "orphan2"); err != nil || got.BaseID != model.SnapshotBaseUnknown {
+		t.Fatalf("an unknown base recorded again = %q, %v", got.BaseID, err)
 	}
 }

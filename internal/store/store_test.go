@@ -452,6 +452,22 @@ func TestMigrations(t *testing.T) {
 	}
 }
 
+// openOldWithVMs opens a database at path at schema version v, holding
+// VMs with these ids (and names), recorded with version 1's columns.
+func openOldWithVMs(t *testing.T, path string, v int, ids ...string) *Store {
+	t.Helper()
+	old, err := openAt(path, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if err := insertV1VM(context.Background(), old, testVM(id, id, len(id)+int(id[0]))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return old
+}
+
 // insertV1VM records vm with the columns of schema version 1.
 func insertV1VM(ctx context.Context, s *Store, vm model.VM) error {
 	const n = 28 // vmCols of version 1: every column before net_policy, host_key and the deadline's
@@ -465,15 +481,7 @@ func insertV1VM(ctx context.Context, s *Store, vm model.VM) error {
 func TestMigrationE2BMetadataToLabels(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "banger.db")
-	old, err := openAt(path, 8)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, id := range []string{"meta1234", "none1234"} {
-		if err := insertV1VM(ctx, old, testVM(id, id[:4], len(id)+int(id[0]))); err != nil {
-			t.Fatal(err)
-		}
-	}
+	old := openOldWithVMs(t, path, 8, "meta1234", "none1234")
 	if _, err := old.db.ExecContext(ctx, `INSERT INTO e2b_sandboxes VALUES
 		('meta1234', 'base', 'tok', '{"team":"a","note":"x y"}', '{}', '2026-01-01T00:00:00Z'),
 		('none1234', 'base', 'tok', '{}', '{}', '2026-01-01T00:00:00Z')`); err != nil {

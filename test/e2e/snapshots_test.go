@@ -142,16 +142,19 @@ func TestVMSnapshot(t *testing.T) {
 // the bad inputs (a missing source, a taken name, removing a snapshot in
 // use); a fork stopped and booted cold is still itself, and refuses to
 // start while its disk's header names the host's disk as its backing
-// file; a snapshot of a fork keeps the first snapshot; deleting
-// everything leaves nothing behind.
+// file or a sibling's snapshot; a snapshot of a fork keeps the first
+// snapshot; a third generation's snapshot, deeper than chain_depth 2, is
+// flattened and needs neither earlier one; deleting everything leaves
+// nothing behind.
 func TestVMFork(t *testing.T) {
-	h := NewHarness(t)
+	h := NewHarness(t, "BANGER_CHAIN_DEPTH=2")
 	const vm = "parent"
 	orig := h.StartVM(vm)
 	h.MustRun("vm", "exec", vm, "--", "sh", "-c", "echo before > /root/before.txt && echo sys > /etc/before-sys && sync")
 	// A confined VM's copies are as confined: the snapshot keeps its policy.
 	h.MustRun("vm", "net", vm, "--deny", "203.0.113.0/24")
-	h.MustRun("vm", "snapshot", "create", vm, "--name", "base")
+	var base model.Snapshot
+	h.JSON(&base, "vm", "snapshot", "create", vm, "--name", "base")
 
 	start := time.Now()
 	out, phases, code := h.Run("vm", "fork", "base", "--count", "3", "--name-prefix", "kid", "--json")
@@ -230,6 +233,12 @@ func TestVMFork(t *testing.T) {
 		t.Errorf("the parent now says it is %q", out)
 	}
 
+	// A snapshot of a fork: it holds what kid-1 wrote, its system disk
+	// an overlay over base's.
+	h.MustRun("vm", "exec", "kid-1", "--", "sh", "-c", "echo kid > /etc/kid1-sys && sync")
+	var grand model.Snapshot
+	h.JSON(&grand, "vm", "snapshot", "create", "kid-1", "--name", "grand")
+
 	// A fork is an ordinary VM afterwards: stopped and booted cold from
 	// its own disks, it is still itself (its host key is on its work disk).
 	h.MustRun("vm", "stop", "kid-2")
@@ -250,13 +259,21 @@ func TestVMFork(t *testing.T) {
 			t.Fatalf("qemu-img rebase -u %s: %v %s", backing, err, out)
 		}
 	}
-	rebase("/dev/sda", "raw")
-	if _, errOut, code := h.Run("vm", "start", "kid-2"); code == 0 || !strings.Contains(errOut, `backing file "/dev/sda" is neither the vm's image nor a snapshot's system disk`) {
-		t.Fatalf("start over /dev/sda: exit %d, %q", code, errOut)
-	}
-	for _, l := range h.Leaks() {
-		if !strings.HasPrefix(l, "vm dir") && (strings.Contains(l, kid2.ID) || strings.Contains(l, hostnet.TapName(kid2.ID))) {
-			t.Errorf("a refused start left %s", l)
+	// Nor may it name another VM's snapshot: grand holds kid-1's files,
+	// and kid-2 descends from base alone.
+	for _, c := range []struct{ backing, format string }{
+		{"/dev/sda", "raw"},
+		{filepath.Join(grand.Dir, "system.qcow2"), "qcow2"},
+	} {
+		rebase(c.backing, c.format)
+		want := fmt.Sprintf("backing file %q is not the vm's image or the system disk of a snapshot it descends from", c.backing)
+		if _, errOut, code := h.Run("vm", "start", "kid-2"); code == 0 || !strings.Contains(errOut, want) {
+			t.Fatalf("start over %s: exit %d, %q", c.backing, code, errOut)
+		}
+		for _, l := range h.Leaks() {
+			if !strings.HasPrefix(l, "vm dir") && (strings.Contains(l, kid2.ID) || strings.Contains(l, hostnet.TapName(kid2.ID))) {
+				t.Errorf("a refused start left %s", l)
+			}
 		}
 	}
 	rebase(own, "qcow2")
@@ -282,8 +299,6 @@ func TestVMFork(t *testing.T) {
 	// A snapshot of a fork reads through to the snapshot the fork was
 	// made from: that one stays until this one goes, even with no VM
 	// left, and a fork of it has both snapshots' files.
-	h.MustRun("vm", "exec", "kid-1", "--", "sh", "-c", "echo kid > /etc/kid1-sys && sync")
-	h.MustRun("vm", "snapshot", "create", "kid-1", "--name", "grand")
 	h.MustRun("vm", "delete", "--force", "kid-1", "kid-2", "kid-3", vm)
 	if _, errOut, code := h.Run("vm", "snapshot", "rm", "base"); code == 0 || !strings.Contains(errOut, "snapshot base is the base of snapshot grand") {
 		t.Errorf("snapshot rm base under grand: exit %d, %q", code, errOut)
@@ -294,9 +309,49 @@ func TestVMFork(t *testing.T) {
 	if out := h.MustRun("vm", "exec", "grandkid-1", "--", "cat", "/etc/before-sys", "/etc/kid1-sys", "/root/before.txt", "/root/kid1.txt"); out != "sys\nkid\nbefore\nmine\n" {
 		t.Errorf("a fork of a fork's snapshot reads %q", out)
 	}
+
+	// A third generation: its snapshot's chain (its own file, grand's,
+	// base's) is deeper than chain_depth 2, so the daemon flattens it in
+	// the background onto the image alone. Then grand and base can go,
+	// and a fork of it still has every generation's files.
+	image, err := storage.Qcow2Backing(filepath.Join(base.Dir, "system.qcow2"))
+	if err != nil || image == "" {
+		t.Fatalf("base's backing file: %q, %v", image, err)
+	}
+	h.MustRun("vm", "exec", "grandkid-1", "--", "sh", "-c", "echo gk > /etc/gk-sys && sync")
+	var great model.Snapshot
+	h.JSON(&great, "vm", "snapshot", "create", "grandkid-1", "--name", "great")
+	baseOf := func(name string) string {
+		var sn model.Snapshot
+		h.JSON(&sn, "vm", "snapshot", "show", name)
+		return sn.Base
+	}
+	if b := baseOf("great"); b != "grand" && b != "" {
+		t.Errorf("great's base = %q, want grand (none once flattened)", b)
+	}
+	flatStart := time.Now()
+	for baseOf("great") != "" {
+		if time.Since(flatStart) > 2*time.Minute {
+			t.Fatal("great was not flattened in 2 minutes")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("great flattened within %.2fs of its snapshot's end", time.Since(flatStart).Seconds())
+	if b := baseOf("grand"); b != "base" {
+		t.Errorf("grand's base = %q, want base", b)
+	}
+	if b, err := storage.Qcow2Backing(filepath.Join(great.Dir, "system.qcow2")); err != nil || b != image {
+		t.Fatalf("flattened great's backing file = %q, %v; want the image %s", b, err, image)
+	}
 	h.MustRun("vm", "delete", "--force", "grandkid-1")
 	h.MustRun("vm", "snapshot", "rm", "grand")
 	h.MustRun("vm", "snapshot", "rm", "base")
+	h.MustRun("vm", "fork", "great", "--name-prefix", "greatkid")
+	if out := h.MustRun("vm", "exec", "greatkid-1", "--", "cat", "/etc/before-sys", "/etc/kid1-sys", "/etc/gk-sys", "/root/before.txt"); out != "sys\nkid\ngk\nbefore\n" {
+		t.Errorf("a fork of a flattened snapshot reads %q", out)
+	}
+	h.MustRun("vm", "delete", "--force", "greatkid-1")
+	h.MustRun("vm", "snapshot", "rm", "great")
 	h.AssertNoLeaks()
 }
 

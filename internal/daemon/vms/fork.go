@@ -216,7 +216,7 @@ func (m *Manager) forkOne(ctx context.Context, sn model.Snapshot, in vmIntent, r
 		var im model.Image
 		if im, err = m.store.GetImage(ctx, sn.ImageID); err != nil {
 			err = store.Describe("image", sn.ImageID, err)
-		} else if err = m.checkSystemChain(ctx, sysSrc, im); err == nil {
+		} else if err = m.checkSystemChain(ctx, sysSrc, im, sn.BaseID); err == nil {
 			err = storage.ForkQcow2(ctx, sysSrc, vm.SystemDisk)
 		}
 	default:

@@ -466,7 +466,11 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 		return fail(fmt.Errorf("system disk: %w", err))
 	}
 	if sys.Format == vmm.FormatQcow2 {
-		if err := m.checkSystemChain(ctx, sys.Path, im); err != nil {
+		origin, err := m.store.SnapshotOf(ctx, vm.ID)
+		if err == nil {
+			err = m.checkSystemChain(ctx, sys.Path, im, origin)
+		}
+		if err != nil {
 			return fail(fmt.Errorf("system disk: %w", err))
 		}
 	}

@@ -113,6 +113,9 @@ func (m *Manager) createSnapshot(ctx context.Context, ref, name string, tmpl *te
 	if tmpl != nil {
 		sn.Template, sn.TemplateInputs = tmpl.Key(), tmpl.JSON()
 	}
+	if sn.BaseID, err = m.store.SnapshotOf(ctx, vm.ID); err != nil {
+		return model.Snapshot{}, err
+	}
 	sn.Dir = filepath.Join(m.SnapshotsDir(), sn.ID)
 	if err := m.store.CreateSnapshot(ctx, sn); err != nil {
 		return model.Snapshot{}, store.Describe("snapshot", name, err)
@@ -191,6 +194,9 @@ func (m *Manager) finishSnapshot(ctx context.Context, vm model.VM, sn model.Snap
 		return drop(err)
 	}
 	m.log.Info("vm snapshot taken", append([]any{"vm", vm.Name, "snapshot", sn.Name, "bytes", sn.SizeBytes}, logArgs...)...)
+	if all, err := m.store.ListSnapshots(ctx); err == nil {
+		m.flattenIfDeep(sn, all)
+	}
 	sn.UsedBy = []string{}
 	return sn, nil
 }
@@ -312,8 +318,21 @@ func (m *Manager) GetSnapshot(ctx context.Context, ref string) (model.Snapshot, 
 	if err != nil {
 		return sn, store.Describe("snapshot", ref, err)
 	}
-	sn.UsedBy, err = m.store.SnapshotUsers(ctx, sn.ID)
-	return sn, err
+	if sn.UsedBy, err = m.store.SnapshotUsers(ctx, sn.ID); err != nil {
+		return sn, err
+	}
+	switch sn.BaseID {
+	case "":
+	case model.SnapshotBaseUnknown:
+		sn.Base = "unknown"
+	default:
+		b, err := m.store.GetSnapshot(ctx, sn.BaseID)
+		if err != nil {
+			return sn, store.Describe("snapshot", sn.BaseID, err)
+		}
+		sn.Base = b.Name
+	}
+	return sn, nil
 }
 
 // RemoveSnapshot deletes a snapshot's record and directory. It is refused
@@ -361,10 +380,11 @@ func (m *Manager) removeSnapshot(ctx context.Context, sn model.Snapshot, kind st
 // dependents names the other snapshots whose captured system disk is a
 // qcow2 overlay over sn's: a snapshot of a VM made from sn captures that
 // VM's overlay, which reads through to sn's system disk (a fork of it
-// reads through both), so sn must outlive them. Their backing names are
-// read from the files' headers (storage.Qcow2Backing, bounded); a file
-// that is there but cannot be read counts as depending, so a doubt
-// keeps sn.
+// reads through both), so sn must outlive them. They are those recorded
+// with sn as their base, and those whose file's header names sn's
+// (storage.Qcow2Backing, bounded; for snapshots taken before bases were
+// recorded); a file that is there but cannot be read counts as
+// depending, so a doubt keeps sn.
 func (m *Manager) dependents(ctx context.Context, sn model.Snapshot) ([]string, error) {
 	if sn.CowStrategy != "qcow2" {
 		return nil, nil
@@ -376,6 +396,10 @@ func (m *Manager) dependents(ctx context.Context, sn model.Snapshot) ([]string, 
 	}
 	var deps []string
 	for _, o := range all {
+		if o.ID != sn.ID && o.BaseID == sn.ID {
+			deps = append(deps, o.Name)
+			continue
+		}
 		if o.ID == sn.ID || o.CowStrategy != "qcow2" || o.State == model.SnapshotCreating {
 			continue
 		}
@@ -397,24 +421,55 @@ func (m *Manager) dependents(ctx context.Context, sn model.Snapshot) ([]string, 
 // reads through, before a VMM opens them (storage.CheckQcow2Chain): the
 // headers were written by VMMs a guest may have taken over, and QEMU
 // opens backing files before it drops its privileges. A backing file
-// may only be the VM's image (raw) or a snapshot's (or template's)
-// system disk (qcow2).
-func (m *Manager) checkSystemChain(ctx context.Context, top string, im model.Image) error {
+// may only be the VM's image (raw) or the system disk (qcow2) of a
+// snapshot of top's lineage: base, the snapshot top was made from ("" for
+// none), base's own base, and so on. Any other snapshot's disk holds
+// another VM's data. A lineage that reaches a snapshot whose base was
+// never recorded (SnapshotBaseUnknown) allows every snapshot's disk from
+// there, as banger did before it recorded bases.
+func (m *Manager) checkSystemChain(ctx context.Context, top string, im model.Image, base string) error {
 	img, err := filepath.Abs(im.Path)
 	if err != nil {
 		return err
 	}
-	allowed := map[string]string{filepath.Clean(img): vmm.FormatRaw}
 	all, err := m.store.ListSnapshots(ctx)
 	if err != nil {
 		return err
 	}
-	for _, sn := range all {
+	return storage.CheckQcow2Chain(top, lineageDisks(filepath.Clean(img), base, all))
+}
+
+// lineageDisks returns the files a system disk made from the snapshot
+// base may read through, each with its format (storage.CheckQcow2Chain's
+// allowed): the image img and the ready qcow2 system disks of base and
+// its bases, among all.
+func lineageDisks(img, base string, all []model.Snapshot) map[string]string {
+	allowed := map[string]string{img: vmm.FormatRaw}
+	add := func(sn model.Snapshot) {
 		if sn.CowStrategy == "qcow2" && sn.State == model.SnapshotReady {
 			allowed[filepath.Clean(snapshotSystemFile(sn.Dir, storage.Qcow2File))] = vmm.FormatQcow2
 		}
 	}
-	return storage.CheckQcow2Chain(top, allowed)
+	byID := make(map[string]model.Snapshot, len(all))
+	for _, sn := range all {
+		byID[sn.ID] = sn
+	}
+	// Bounded: a cycle of bases (never recorded by banger) ends here.
+	for id, n := base, 0; id != "" && n < storage.MaxQcow2Chain; n++ {
+		if id == model.SnapshotBaseUnknown {
+			for _, sn := range all {
+				add(sn)
+			}
+			break
+		}
+		sn, ok := byID[id]
+		if !ok {
+			break
+		}
+		add(sn)
+		id = sn.BaseID
+	}
+	return allowed
 }
 
 // reconcileSnapshots removes snapshots caught half made by a daemon that

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -23,16 +25,7 @@ func TestSnapshotWithFakes(t *testing.T) {
 	vm := startVM(t, f, "dev")
 	// The fake strategy keeps its disk elsewhere; the record's file is
 	// what a snapshot captures: an overlay over the image, as made.
-	overlay := func(backing string) {
-		t.Helper()
-		b, err := storage.Qcow2Overlay(backing, 1<<20)
-		if err == nil {
-			err = os.WriteFile(vm.SystemDisk, b, 0o600)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	overlay := func(backing string) { t.Helper(); writeOverlay(t, vm.SystemDisk, backing) }
 	overlay("/var/lib/banger/images/base.img")
 	sn, err := f.m.CreateSnapshot(ctx, "dev", "s1")
 	if err != nil {
@@ -340,7 +333,7 @@ func TestStartRefusesForeignBacking(t *testing.T) {
 	if err := os.WriteFile(sys, hostile, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.m.Start(ctx, "dev", nil); err == nil || !strings.Contains(err.Error(), `backing file "/dev/sda" is neither the vm's image nor a snapshot's system disk`) {
+	if _, err := f.m.Start(ctx, "dev", nil); err == nil || !strings.Contains(err.Error(), `backing file "/dev/sda" is not the vm's image or the system disk of a snapshot it descends from`) {
 		t.Fatalf("start over /dev/sda: %v", err)
 	}
 	if got, _ := f.m.Get(ctx, "dev"); f.m.Alive(got) || len(f.taps.Made) != 0 {
@@ -351,5 +344,138 @@ func TestStartRefusesForeignBacking(t *testing.T) {
 	}
 	if _, err := f.m.Start(ctx, "dev", nil); err != nil {
 		t.Fatalf("start with its own overlay back: %v", err)
+	}
+}
+
+// TestStartRefusesAnotherLineage: a system disk may read through the
+// snapshots it descends from, never another VM's snapshot, which holds
+// that VM's data; a snapshot records the snapshot its VM was made from
+// as its base, which keeps that one.
+func TestStartRefusesAnotherLineage(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("qemu-img not installed")
+	}
+	f, _, _ := snapFixture(t)
+	ctx := context.Background()
+	dev := startVM(t, f, "dev")
+	other := startVM(t, f, "other")
+	// What a snapshot captures is the record's file (the fake strategy
+	// keeps its disk elsewhere): an overlay over the image.
+	im, err := f.m.store.GetImage(ctx, other.ImageID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeOverlay(t, other.SystemDisk, im.Path)
+	theirs, err := f.m.CreateSnapshot(ctx, "other", "theirs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if theirs.BaseID != "" {
+		t.Fatalf("base of a snapshot of a booted vm = %q", theirs.BaseID)
+	}
+	if _, err := f.m.Stop(ctx, "dev", api.StopVMRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	// An overlay over theirs as a fork of it has (-u: the fixture's image
+	// is not there to open).
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", filepath.Join(theirs.Dir, "system.qcow2"), "-F", "qcow2",
+		filepath.Join(dev.Dir, "system.fake"), "1M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v: %s", err, out)
+	}
+	if _, err := f.m.Start(ctx, "dev", nil); err == nil || !strings.Contains(err.Error(), "is not the vm's image or the system disk of a snapshot it descends from") {
+		t.Fatalf("start over another vm's snapshot: %v", err)
+	}
+	if got, _ := f.m.Get(ctx, "dev"); f.m.Alive(got) || len(f.taps.Made) != 1 {
+		t.Fatalf("a refused start left a vmm (%v) or taps %v", f.m.Alive(got), f.taps.Made)
+	}
+	// Made from it (the fakes make no forks: the record is written by
+	// hand), dev may read through it.
+	if err := f.m.store.AddSnapshotUser(ctx, theirs.ID, dev.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.m.Start(ctx, "dev", nil); err != nil {
+		t.Fatalf("start over the snapshot it was made from: %v", err)
+	}
+	b, err := os.ReadFile(filepath.Join(dev.Dir, "system.fake"))
+	if err == nil {
+		err = os.WriteFile(dev.SystemDisk, b, 0o600)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine, err := f.m.CreateSnapshot(ctx, "dev", "mine")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mine.BaseID != theirs.ID {
+		t.Fatalf("base of a snapshot of a vm made from %s = %q", theirs.ID, mine.BaseID)
+	}
+	if got, err := f.m.GetSnapshot(ctx, "mine"); err != nil || got.BaseID != theirs.ID || got.Base != "theirs" {
+		t.Fatalf("recorded base = %q (%q), %v", got.BaseID, got.Base, err)
+	}
+	// Its base is kept by the record even where the header (written by
+	// a VMM) does not say.
+	if err := f.m.Delete(ctx, "dev", true); err != nil {
+		t.Fatal(err)
+	}
+	writeOverlay(t, filepath.Join(mine.Dir, "system.qcow2"), im.Path)
+	if err := f.m.RemoveSnapshot(ctx, "theirs"); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "snapshot theirs is the base of snapshot mine") {
+		t.Fatalf("remove the base of another snapshot: %v", err)
+	}
+}
+
+func TestLineageDisks(t *testing.T) {
+	snap := func(id, base string, state model.SnapshotState) model.Snapshot {
+		return model.Snapshot{ID: id, BaseID: base, CowStrategy: "qcow2", State: state, Dir: "/s/" + id}
+	}
+	all := []model.Snapshot{
+		snap("a", "", model.SnapshotReady),
+		snap("b", "a", model.SnapshotReady),
+		snap("c", "b", model.SnapshotReady),
+		snap("x", "", model.SnapshotReady),
+		snap("half", "", model.SnapshotCreating),
+		snap("old", model.SnapshotBaseUnknown, model.SnapshotReady),
+		snap("gone", "missing", model.SnapshotReady),
+		{ID: "ref", CowStrategy: "reflink", State: model.SnapshotReady, Dir: "/s/ref"},
+		snap("loop1", "loop2", model.SnapshotReady),
+		snap("loop2", "loop1", model.SnapshotReady),
+	}
+	files := func(ids ...string) map[string]string {
+		m := map[string]string{"/img": "raw"}
+		for _, id := range ids {
+			m["/s/"+id+"/system.qcow2"] = "qcow2"
+		}
+		return m
+	}
+	for _, c := range []struct {
+		base string
+		want map[string]string
+	}{
+		{"", files()},
+		{"a", files("a")},
+		{"c", files("c", "b", "a")},
+		{"x", files("x")},
+		{"half", files()},
+		{"gone", files("gone")},
+		{"nope", files()},
+		{"old", files("a", "b", "c", "x", "old", "gone", "loop1", "loop2")},
+		{"loop1", files("loop1", "loop2")},
+	} {
+		if got := lineageDisks("/img", c.base, all); !reflect.DeepEqual(got, c.want) {
+			t.Errorf("lineageDisks(%q) = %v, want %v", c.base, got, c.want)
+		}
+	}
+}
+
+// writeOverlay writes at path an empty qcow2 overlay over the raw file
+// backing, as the daemon makes a VM's.
+func writeOverlay(t *testing.T, path, backing string) {
+	t.Helper()
+	b, err := storage.Qcow2Overlay(backing, 1<<20)
+	if err == nil {
+		err = os.WriteFile(path, b, 0o600)
+	}
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -147,7 +147,8 @@ type Manager struct {
 	locks   keyed.Mutex // serialises requests on one VM (key: VM id)
 	allocMu sync.Mutex  // serialises IP/CID/name allocation at create
 	handles *handleCache
-	pool    pool // the warm pool's spares (pool.go)
+	pool    pool      // the warm pool's spares (pool.go)
+	flat    flattener // the snapshots being flattened (flatten.go)
 	// expiryChanged wakes the expiry loop when a deadline is set.
 	expiryChanged chan struct{}
 }
