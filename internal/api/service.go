@@ -173,6 +173,16 @@ type ForkRequest struct {
 	Source     string `json:"source"`
 	Count      int    `json:"count"`
 	NamePrefix string `json:"name_prefix,omitempty"`
+	// What each fork gets, as CreateVMRequest's fields of the same
+	// names; no network policy named: the snapshot's.
+	Labels      map[string]string `json:"labels,omitempty"`
+	TTL         string            `json:"ttl,omitempty"`
+	TTLAction   string            `json:"ttl_action,omitempty"`
+	IdleTimeout string            `json:"idle_timeout,omitempty"`
+	Net         string            `json:"net,omitempty"`
+	Allow       []string          `json:"allow,omitempty"`
+	Deny        []string          `json:"deny,omitempty"`
+	AllowVMs    []string          `json:"allow_vms,omitempty"`
 }
 
 // VMTTLRequest sets a VM's deadline to TTL from now, or clears it (TTL

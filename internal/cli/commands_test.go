@@ -182,6 +182,16 @@ func (fakeService) Fork(_ context.Context, req api.ForkRequest, report progress.
 		v := fakeVM
 		v.Name = fmt.Sprintf("%s-%d", req.NamePrefix, i+1)
 		v.GuestIP, v.GuestMAC = fmt.Sprintf("172.16.0.%d", 3+i), fmt.Sprintf("02:00:ac:10:00:%02x", 3+i)
+		// What each fork was asked to get, for the output to show.
+		if req.Labels != nil {
+			v.Labels = req.Labels
+		}
+		if req.Net != "" {
+			v.Net = model.NetPolicy{Mode: req.Net, Allow: req.Allow}
+		}
+		if req.TTL != "" {
+			v.ExpireAction = req.TTL + " " + req.TTLAction
+		}
 		out = append(out, v)
 	}
 	return out, nil
@@ -372,6 +382,7 @@ func TestCommandOutput(t *testing.T) {
 		{"vm", "snapshot", "rm", "s1", "used"},
 		{"vm", "fork", "s1", "--count", "2", "--name-prefix", "kid"},
 		{"vm", "fork", "missing"},
+		{"vm", "fork", "s1", "--name-prefix", "lab", "--label", "team=a", "--ttl", "1h", "--ttl-action", "stop", "--net", "none", "--allow", "api.example.com"},
 		{"vm", "create", "--from-snapshot", "s1", "--name", "web", "--ttl", "1h", "-p", "0:80"},
 		{"image", "warm", "--cpus", "1", "--memory", "512M"},
 		{"image", "warm", "missing"},

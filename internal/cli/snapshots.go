@@ -57,13 +57,20 @@ func (a *app) vmSnapshotCommand() *cobra.Command {
 
 // vmForkCommand is `banger vm fork`.
 func (a *app) vmForkCommand() *cobra.Command {
-	var count int
-	var prefix string
+	var req api.ForkRequest
 	cmd := &cobra.Command{
-		Use: "fork VM|SNAPSHOT", Short: "Make VMs that resume from a snapshot (of a running or paused VM: one is taken first)", Args: cobra.ExactArgs(1),
+		Use: "fork VM|SNAPSHOT", Short: "Make VMs that resume from a snapshot (of a running or paused VM: one is taken first)",
+		Long: `Make VMs that resume from a snapshot, or from a snapshot taken first of a
+running or paused VM (kept). Each has its own name, address, MAC, host
+key and machine id, and copy-on-write disks over the snapshot's. The
+--label, --ttl, --ttl-action and --idle-timeout flags apply to each; the
+network flags, when given, replace the snapshot's policy (else each
+fork has the policy of the VM the snapshot was taken of).`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			req.Source = args[0]
 			return showList(a, cmd, func(c *api.Client, ctx context.Context) ([]model.VM, error) {
-				return c.Fork(ctx, api.ForkRequest{Source: args[0], Count: count, NamePrefix: prefix}, progressPrinter(a.stderr))
+				return c.Fork(ctx, req, progressPrinter(a.stderr))
 			}, func(w io.Writer, vms []model.VM) error {
 				rows := make([][]string, 0, len(vms))
 				for _, v := range vms {
@@ -73,8 +80,10 @@ func (a *app) vmForkCommand() *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().IntVarP(&count, "count", "n", 1, "how many VMs to make")
-	cmd.Flags().StringVar(&prefix, "name-prefix", "", "their names' prefix: PREFIX-1, PREFIX-2, … (default: VM-fork)")
+	cmd.Flags().IntVarP(&req.Count, "count", "n", 1, "how many VMs to make")
+	cmd.Flags().StringVar(&req.NamePrefix, "name-prefix", "", "their names' prefix: PREFIX-1, PREFIX-2, … (default: VM-fork)")
+	deadlineFlags(cmd, &req.TTL, &req.TTLAction, &req.IdleTimeout, &req.Labels)
+	netFlags(cmd, &req.Net, &req.Allow, &req.Deny, &req.AllowVMs)
 	return cmd
 }
 

@@ -25,12 +25,18 @@ const (
 // ttlFlags are the deadline, idle timeout, publish and label flags of
 // create and run.
 func ttlFlags(cmd *cobra.Command, req *api.CreateVMRequest) {
+	deadlineFlags(cmd, &req.TTL, &req.TTLAction, &req.IdleTimeout, &req.Labels)
+	cmd.Flags().StringArrayVarP(&req.Publish, "publish", "p", nil, "publish a guest port on the host: [HOSTADDR:]HOSTPORT:GUESTPORT[/tcp], HOSTPORT 0 picks a free one, HOSTADDR defaults to 127.0.0.1 (repeatable)")
+}
+
+// deadlineFlags are the deadline, idle timeout and label flags of
+// create, run and fork.
+func deadlineFlags(cmd *cobra.Command, ttl, action, idle *string, labels *map[string]string) {
 	f := cmd.Flags()
-	f.StringVar(&req.TTL, "ttl", "", "delete (or --ttl-action stop|pause) the VM this long after creating it, e.g. 90s, 10m, 2h, 7d (at most 30d)")
-	f.StringVar(&req.TTLAction, "ttl-action", "", "what the daemon does when --ttl or --idle-timeout passes: delete (default), stop or pause")
-	f.StringVar(&req.IdleTimeout, "idle-timeout", "", "delete (or --ttl-action stop|pause) the running VM once idle this long: no exec, session I/O, file operation or forwarded connection, e.g. 5m")
-	f.Var(&labelsValue{m: &req.Labels}, "label", "label the VM KEY=VALUE (repeatable; KEY is [PREFIX/]NAME as in Kubernetes)")
-	f.StringArrayVarP(&req.Publish, "publish", "p", nil, "publish a guest port on the host: [HOSTADDR:]HOSTPORT:GUESTPORT[/tcp], HOSTPORT 0 picks a free one, HOSTADDR defaults to 127.0.0.1 (repeatable)")
+	f.StringVar(ttl, "ttl", "", "delete (or --ttl-action stop|pause) the VM this long after creating it, e.g. 90s, 10m, 2h, 7d (at most 30d)")
+	f.StringVar(action, "ttl-action", "", "what the daemon does when --ttl or --idle-timeout passes: delete (default), stop or pause")
+	f.StringVar(idle, "idle-timeout", "", "delete (or --ttl-action stop|pause) the running VM once idle this long: no exec, session I/O, file operation or forwarded connection, e.g. 5m")
+	f.Var(&labelsValue{m: labels}, "label", "label the VM KEY=VALUE (repeatable; KEY is [PREFIX/]NAME as in Kubernetes)")
 }
 
 func (a *app) vmTTLCommand() *cobra.Command {

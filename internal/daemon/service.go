@@ -227,7 +227,7 @@ func (d *Daemon) RemoveTemplate(ctx context.Context, ref string) error {
 }
 
 func (d *Daemon) Fork(ctx context.Context, req api.ForkRequest, report progress.Func) ([]model.VM, error) {
-	return d.vms.Fork(ctx, req.Source, req.Count, req.NamePrefix, report)
+	return d.vms.Fork(ctx, req, report)
 }
 
 func (d *Daemon) PauseVM(ctx context.Context, ref string) (model.VM, error) {

@@ -303,7 +303,11 @@ func TestVMFork(t *testing.T) {
 	if _, errOut, code := h.Run("vm", "snapshot", "rm", "base"); code == 0 || !strings.Contains(errOut, "snapshot base is the base of snapshot grand") {
 		t.Errorf("snapshot rm base under grand: exit %d, %q", code, errOut)
 	}
-	h.MustRun("vm", "fork", "grand", "--name-prefix", "grandkid")
+	// A fork's own labels and deadline.
+	h.MustRun("vm", "fork", "grand", "--name-prefix", "grandkid", "--label", "gen=2", "--ttl", "1h")
+	if gk := h.VM("grandkid-1"); gk.Labels["gen"] != "2" || gk.ExpiresAt == nil || time.Until(*gk.ExpiresAt) < 50*time.Minute {
+		t.Errorf("grandkid-1: labels %v, expires %v", gk.Labels, gk.ExpiresAt)
+	}
 	// The system disk is the chain (image, base's, grand's, its own);
 	// the work disk is a copy.
 	if out := h.MustRun("vm", "exec", "grandkid-1", "--", "cat", "/etc/before-sys", "/etc/kid1-sys", "/root/before.txt", "/root/kid1.txt"); out != "sys\nkid\nbefore\nmine\n" {

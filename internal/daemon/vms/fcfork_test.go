@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/api"
+	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guestctl"
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
@@ -162,12 +163,38 @@ func TestForkFirecrackerWithFakefc(t *testing.T) {
 	if guests.clocks != 1 {
 		t.Fatalf("the snapshot set the guest's clock %d times over the vsock, want 1", guests.clocks)
 	}
-	kids, err := f.m.Fork(ctx, "s1", 2, "kid", nil)
+	// Bad input to a fork is refused before anything is made.
+	for _, c := range []struct {
+		req  api.ForkRequest
+		want string
+	}{
+		{api.ForkRequest{Labels: map[string]string{"bad key": "x"}}, "label"},
+		{api.ForkRequest{TTL: "forever"}, "ttl"},
+		{api.ForkRequest{Net: "sideways"}, "sideways"},
+		{api.ForkRequest{Labels: map[string]string{"banger.dev/spare": "x"}}, "banger.dev/spare"},
+	} {
+		c.req.Source, c.req.Count, c.req.NamePrefix = "s1", 2, "kid"
+		if _, err := f.m.Fork(ctx, c.req, nil); errdefs.CodeOf(err) != errdefs.CodeInvalid || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("fork %+v: %v, want invalid naming %q", c.req, err, c.want)
+		}
+	}
+	if all, _ := f.m.List(ctx); len(all) != 1 {
+		t.Fatalf("a refused fork left vms: %d", len(all))
+	}
+	// Each fork gets the fork's labels, deadline and network policy.
+	kids, err := f.m.Fork(ctx, api.ForkRequest{Source: "s1", Count: 2, NamePrefix: "kid",
+		Labels: map[string]string{"team": "a"}, TTL: "1h", Net: "none", Allow: []string{"203.0.113.0/24"}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(kids) != 2 {
 		t.Fatalf("forks: %+v", kids)
+	}
+	for _, k := range kids {
+		if k.Labels["team"] != "a" || k.ExpiresAt == nil || k.ExpiresAt.Before(time.Now().Add(59*time.Minute)) ||
+			k.Net.Mode != "none" || !slices.Equal(k.Net.Allow, []string{"203.0.113.0/24"}) {
+			t.Fatalf("fork %s: labels %v, expires %v, net %+v", k.Name, k.Labels, k.ExpiresAt, k.Net)
+		}
 	}
 	seen := map[string]bool{parent.GuestIP: true, parent.GuestMAC: true}
 	for _, k := range kids {

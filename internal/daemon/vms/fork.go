@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/guestctl"
@@ -44,13 +45,22 @@ type forkIdentity struct {
 // and only then let onto the bridge. Up to forkParallel are made at once.
 // A fork that fails is deleted and no further one is begun; the ones
 // made stay and are returned (in name order) with the first error.
-func (m *Manager) Fork(ctx context.Context, src string, count int, prefix string, report progress.Func) ([]model.VM, error) {
+// Each fork has req's labels, deadline and idle timeout, and its network
+// policy when it names one (else the snapshot's), all checked before
+// anything is made.
+func (m *Manager) Fork(ctx context.Context, req api.ForkRequest, report progress.Func) ([]model.VM, error) {
 	report = progress.OrNop(report)
+	src, count, prefix := req.Source, req.Count, req.NamePrefix
 	if count < 1 || count > MaxFork {
 		return nil, errdefs.Errorf(errdefs.CodeInvalid, "invalid count %d: fork 1 to %d vms at once", count, MaxFork)
 	}
 	if src == "" {
 		return nil, errdefs.Errorf(errdefs.CodeInvalid, "fork needs a snapshot or a running or paused vm")
+	}
+	asked := api.CreateVMRequest{Labels: req.Labels, TTL: req.TTL, TTLAction: req.TTLAction, IdleTimeout: req.IdleTimeout,
+		Net: req.Net, Allow: req.Allow, Deny: req.Deny, AllowVMs: req.AllowVMs}
+	if _, err := m.intentOf(ctx, "", "", asked); err != nil {
+		return nil, err
 	}
 	sn, err := m.store.GetSnapshot(ctx, src)
 	if err == nil && sn.Template != "" {
@@ -72,6 +82,7 @@ func (m *Manager) Fork(ctx context.Context, src string, count int, prefix string
 		prefix = sn.VMName + "-fork"
 	}
 	names := make([]string, count)
+	intents := make([]vmIntent, count)
 	for i := range names {
 		names[i] = fmt.Sprintf("%s-%d", prefix, i+1)
 		if err := model.ValidateName("vm", names[i]); err != nil {
@@ -80,6 +91,14 @@ func (m *Manager) Fork(ctx context.Context, src string, count int, prefix string
 		if _, err := m.store.GetVM(ctx, names[i]); err == nil {
 			return nil, errdefs.Errorf(errdefs.CodeConflict, "vm %q already exists: pick another --name-prefix", names[i])
 		}
+		in, err := m.intentOf(ctx, model.NewID(), names[i], asked)
+		if err != nil {
+			return nil, err
+		}
+		if !asksNet(asked) {
+			in.Net = snapshotNet(sn)
+		}
+		intents[i] = in
 	}
 	drv, err := m.driver(sn.VMM)
 	if err != nil {
@@ -121,7 +140,7 @@ func (m *Manager) Fork(ctx context.Context, src string, count int, prefix string
 		go func() {
 			defer wg.Done()
 			defer func() { <-slots }()
-			vm, err := m.forkNamed(ctx, sn, name, func(e progress.Event) {
+			vm, err := m.forkOne(ctx, sn, intents[i], func(e progress.Event) {
 				e.Message = name + ": " + e.Message
 				say(e)
 			})
@@ -154,12 +173,6 @@ func (m *Manager) Fork(ctx context.Context, src string, count int, prefix string
 
 // forkParallel bounds the forks of one request made at once.
 const forkParallel = 4
-
-// forkNamed makes one fork of sn called name with the snapshot's network
-// policy.
-func (m *Manager) forkNamed(ctx context.Context, sn model.Snapshot, name string, report progress.Func) (model.VM, error) {
-	return m.forkOne(ctx, sn, vmIntent{ID: model.NewID(), Name: name, Net: snapshotNet(sn)}, report)
-}
 
 // forkOne makes and restores one VM from a snapshot, with what its
 // create asked (name, network policy, deadlines, labels); on failure

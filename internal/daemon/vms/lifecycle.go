@@ -72,29 +72,12 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 	if _, err := m.store.GetVM(ctx, name); err == nil {
 		return model.VM{}, errdefs.Errorf(errdefs.CodeConflict, "vm %q already exists", name)
 	}
-	if err := model.ValidateLabels(req.Labels); err != nil {
-		return model.VM{}, errdefs.Invalid(err)
-	}
-	if err := refuseSpareLabel(req.Labels); err != nil {
-		return model.VM{}, err
-	}
-	netPolicy, err := m.netPolicy(ctx, model.VM{Name: name}, req.Net, req.Allow, req.Deny, req.AllowVMs)
-	if err != nil {
-		return model.VM{}, err
-	}
-	// Checked now; the deadline itself is counted from the record's insert.
-	if _, err := parseTTL(m.now(), req.TTL, req.TTLAction, true); err != nil {
-		return model.VM{}, err
-	}
-	idleSecs, err := parseIdle(req.IdleTimeout, true)
-	if err != nil {
-		return model.VM{}, err
-	}
-	if req.TTLAction != "" && strings.TrimSpace(req.TTL) == "" && idleSecs == 0 {
-		return model.VM{}, errdefs.Errorf(errdefs.CodeInvalid, "a ttl action needs a ttl or an idle timeout")
-	}
 	// What the user asked of the VM itself, whichever way it is made.
-	base := vmIntent{ID: id, Name: name, Net: netPolicy, Labels: req.Labels, TTL: req.TTL, TTLAction: req.TTLAction, IdleSecs: idleSecs}
+	base, err := m.intentOf(ctx, id, name, req)
+	if err != nil {
+		return model.VM{}, err
+	}
+	netPolicy := base.Net
 	if req.FromSnapshot != "" {
 		return m.createFromSnapshot(ctx, req, base, report)
 	}
@@ -170,6 +153,40 @@ type vmIntent struct {
 	Labels         map[string]string
 	TTL, TTLAction string
 	IdleSecs       int
+}
+
+// intentOf validates what req asks of the VM with this id and name
+// itself (labels, network policy, deadline, idle timeout), as a create
+// and a fork take them.
+func (m *Manager) intentOf(ctx context.Context, id, name string, req api.CreateVMRequest) (vmIntent, error) {
+	if err := model.ValidateLabels(req.Labels); err != nil {
+		return vmIntent{}, errdefs.Invalid(err)
+	}
+	if err := refuseSpareLabel(req.Labels); err != nil {
+		return vmIntent{}, err
+	}
+	netPolicy, err := m.netPolicy(ctx, model.VM{Name: name}, req.Net, req.Allow, req.Deny, req.AllowVMs)
+	if err != nil {
+		return vmIntent{}, err
+	}
+	// Checked now; the deadline itself is counted from the record's insert.
+	if _, err := parseTTL(m.now(), req.TTL, req.TTLAction, true); err != nil {
+		return vmIntent{}, err
+	}
+	idleSecs, err := parseIdle(req.IdleTimeout, true)
+	if err != nil {
+		return vmIntent{}, err
+	}
+	if req.TTLAction != "" && strings.TrimSpace(req.TTL) == "" && idleSecs == 0 {
+		return vmIntent{}, errdefs.Errorf(errdefs.CodeInvalid, "a ttl action needs a ttl or an idle timeout")
+	}
+	return vmIntent{ID: id, Name: name, Net: netPolicy, Labels: req.Labels, TTL: req.TTL, TTLAction: req.TTLAction, IdleSecs: idleSecs}, nil
+}
+
+// asksNet says whether a create or fork names a network policy (else a
+// VM made from a snapshot has the snapshot's). Pure.
+func asksNet(req api.CreateVMRequest) bool {
+	return req.Net != "" || len(req.Allow)+len(req.Deny)+len(req.AllowVMs) > 0
 }
 
 // resolveShape resolves a create's sizes (or the configured defaults),

@@ -70,9 +70,12 @@ func TestSnapshotWithFakes(t *testing.T) {
 		{"taken name", func() error { _, err := f.m.CreateSnapshot(ctx, "dev", "s1"); return err }(), errdefs.CodeConflict, "already exists"},
 		{"bad name", func() error { _, err := f.m.CreateSnapshot(ctx, "dev", "a b"); return err }(), errdefs.CodeInvalid, "snapshot name"},
 		{"missing vm", func() error { _, err := f.m.CreateSnapshot(ctx, "nope", ""); return err }(), errdefs.CodeNotFound, "nope"},
-		{"fork count", func() error { _, err := f.m.Fork(ctx, "s1", 0, "", nil); return err }(), errdefs.CodeInvalid, "invalid count 0"},
-		{"fork missing", func() error { _, err := f.m.Fork(ctx, "nope", 1, "", nil); return err }(), errdefs.CodeNotFound, `no snapshot or vm named "nope"`},
-		{"fork without control channel", func() error { _, err := f.m.Fork(ctx, "s1", 2, "kid", nil); return err }(), errdefs.CodeUnavailable, "no control channel"},
+		{"fork count", func() error { _, err := f.m.Fork(ctx, api.ForkRequest{Source: "s1", Count: 0}, nil); return err }(), errdefs.CodeInvalid, "invalid count 0"},
+		{"fork missing", func() error { _, err := f.m.Fork(ctx, api.ForkRequest{Source: "nope", Count: 1}, nil); return err }(), errdefs.CodeNotFound, `no snapshot or vm named "nope"`},
+		{"fork without control channel", func() error {
+			_, err := f.m.Fork(ctx, api.ForkRequest{Source: "s1", Count: 2, NamePrefix: "kid"}, nil)
+			return err
+		}(), errdefs.CodeUnavailable, "no control channel"},
 		{"from a missing snapshot", func() error {
 			_, err := f.m.Create(ctx, api.CreateVMRequest{Name: "x", FromSnapshot: "nope"}, nil)
 			return err
@@ -263,7 +266,7 @@ func TestTemplatesWithFakes(t *testing.T) {
 	if _, err := f.m.GetSnapshot(ctx, "warm-x"); !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), "warm-start template") {
 		t.Fatalf("snapshot show of a template: %v", err)
 	}
-	if _, err := f.m.Fork(ctx, "warm-x", 1, "", nil); !errdefs.IsNotFound(err) {
+	if _, err := f.m.Fork(ctx, api.ForkRequest{Source: "warm-x", Count: 1}, nil); !errdefs.IsNotFound(err) {
 		t.Fatalf("fork of a template: %v", err)
 	}
 	ts, err := f.m.ListTemplates(ctx)

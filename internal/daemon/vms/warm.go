@@ -77,7 +77,7 @@ func (m *Manager) createFromSnapshot(ctx context.Context, req api.CreateVMReques
 	if err := canRestore(drv, sn.CowStrategy, im); err != nil {
 		return model.VM{}, err
 	}
-	if req.Net == "" && len(req.Allow)+len(req.Deny)+len(req.AllowVMs) == 0 {
+	if !asksNet(req) {
 		in.Net = snapshotNet(sn)
 	}
 	return m.forkOne(ctx, sn, in, report)
