@@ -326,11 +326,11 @@ func (m *Manager) GetSnapshot(ctx context.Context, ref string) (model.Snapshot, 
 	case model.SnapshotBaseUnknown:
 		sn.Base = "unknown"
 	default:
-		b, err := m.store.GetSnapshot(ctx, sn.BaseID)
-		if err != nil {
-			return sn, store.Describe("snapshot", sn.BaseID, err)
+		// Its id when its record is gone: the show still answers.
+		sn.Base = sn.BaseID
+		if b, err := m.store.GetSnapshot(ctx, sn.BaseID); err == nil {
+			sn.Base = b.Name
 		}
-		sn.Base = b.Name
 	}
 	return sn, nil
 }
