@@ -64,24 +64,10 @@ func (m *Manager) StopFlatten() { m.flat.wg.Wait() }
 
 // chainDepth is how many qcow2 files the system disk of the snapshot sn
 // reads through, itself included, from the records in all; ok is false
-// when a base on the way is unknown or missing. Pure.
+// when a base on the way is unknown or missing (baseChain). Pure.
 func chainDepth(sn model.Snapshot, all []model.Snapshot) (depth int, ok bool) {
-	byID := make(map[string]model.Snapshot, len(all))
-	for _, o := range all {
-		byID[o.ID] = o
-	}
-	depth = 1
-	for id := sn.BaseID; id != ""; depth++ {
-		if id == model.SnapshotBaseUnknown || depth > storage.MaxQcow2Chain {
-			return depth, false
-		}
-		b, found := byID[id]
-		if !found {
-			return depth, false
-		}
-		id = b.BaseID
-	}
-	return depth, true
+	chain, stop := baseChain(sn.BaseID, all)
+	return 1 + len(chain), stop == ""
 }
 
 // flattenIfDeep flattens sn in the background when its system disk is a

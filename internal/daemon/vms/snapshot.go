@@ -450,26 +450,37 @@ func lineageDisks(img, base string, all []model.Snapshot) map[string]string {
 			allowed[filepath.Clean(snapshotSystemFile(sn.Dir, storage.Qcow2File))] = vmm.FormatQcow2
 		}
 	}
+	chain, stop := baseChain(base, all)
+	for _, sn := range chain {
+		add(sn)
+	}
+	if stop == model.SnapshotBaseUnknown {
+		for _, sn := range all {
+			add(sn)
+		}
+	}
+	return allowed
+}
+
+// baseChain returns the snapshot with id base and its bases, nearest
+// first, from the records in all, and where the walk stopped: "" when
+// it reached a snapshot without a base, else the id it could not follow
+// (SnapshotBaseUnknown, a record that is gone, or any past
+// MaxQcow2Chain: a cycle of bases, never recorded by banger). Pure.
+func baseChain(base string, all []model.Snapshot) (chain []model.Snapshot, stop string) {
 	byID := make(map[string]model.Snapshot, len(all))
 	for _, sn := range all {
 		byID[sn.ID] = sn
 	}
-	// Bounded: a cycle of bases (never recorded by banger) ends here.
-	for id, n := base, 0; id != "" && n < storage.MaxQcow2Chain; n++ {
-		if id == model.SnapshotBaseUnknown {
-			for _, sn := range all {
-				add(sn)
-			}
-			break
-		}
+	for id := base; id != ""; {
 		sn, ok := byID[id]
-		if !ok {
-			break
+		if !ok || len(chain) == storage.MaxQcow2Chain {
+			return chain, id
 		}
-		add(sn)
+		chain = append(chain, sn)
 		id = sn.BaseID
 	}
-	return allowed
+	return chain, ""
 }
 
 // reconcileSnapshots removes snapshots caught half made by a daemon that
