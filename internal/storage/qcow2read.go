@@ -50,18 +50,11 @@ func ParseQcow2Backing(head []byte, at io.ReaderAt) (string, error) {
 // path ("" when it has none), read as ParseQcow2Backing does. It opens
 // nothing but path, which must be a regular file (a symlink is refused).
 func Qcow2Backing(path string) (string, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, err := openRegular(path)
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return "", err
-	}
-	if !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("%s is not a regular file", path)
-	}
 	head := make([]byte, 20)
 	if _, err := io.ReadFull(f, head); err != nil {
 		return "", fmt.Errorf("%s: qcow2 header: %w", path, err)
@@ -71,6 +64,25 @@ func Qcow2Backing(path string) (string, error) {
 		return "", fmt.Errorf("%s: %w", path, err)
 	}
 	return name, nil
+}
+
+// openRegular opens path for reading if it is a regular file, never
+// following a symlink: a qcow2 file's header is read from the file
+// itself, not from where a link points.
+func openRegular(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = fmt.Errorf("%s is not a regular file", path)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 // Qcow2Header is what CheckQcow2Chain needs of a qcow2 header.
@@ -148,14 +160,11 @@ func ParseQcow2Header(head []byte, at io.ReaderAt) (Qcow2Header, error) {
 // be a regular file (a symlink is refused); it reads at most the first
 // 64 KiB as the header.
 func ReadQcow2Header(path string) (Qcow2Header, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, err := openRegular(path)
 	if err != nil {
 		return Qcow2Header{}, err
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		return Qcow2Header{}, fmt.Errorf("%s is not a regular file (%v)", path, err)
-	}
 	head := make([]byte, qcow2ClusterSize)
 	n, err := io.ReadFull(f, head)
 	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
