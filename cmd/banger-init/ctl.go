@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -318,9 +317,6 @@ func setHostKey(priv []byte, pub string) error {
 			return err
 		}
 	}
-	if !sshdKeepsKeys() {
-		return nil
-	}
 	// sshd closes its listener and binds a new one when it has
 	// re-executed, so a new listening socket on port 22 tells.
 	before := sshListener()
@@ -339,10 +335,6 @@ func setHostKey(priv []byte, pub string) error {
 	return fmt.Errorf("sshd did not reload its host key within 15s")
 }
 
-// sshdSessionPaths are where OpenSSH 9.8 and later install sshd-session
-// (Debian, Fedora, upstream's default).
-var sshdSessionPaths = []string{"/usr/lib/openssh/sshd-session", "/usr/libexec/openssh/sshd-session", "/usr/libexec/sshd-session"}
-
 // sshdArgs is how PID 1 runs sshd: in the foreground, logging to
 // stderr, and with -r: no re-execution per connection. Under emulation
 // that exec (the binary loaded, its libraries linked, its configuration
@@ -353,21 +345,6 @@ var sshdSessionPaths = []string{"/usr/lib/openssh/sshd-session", "/usr/libexec/o
 // reaches the guest's sshd (taps are isolated), and whoever runs code in
 // the guest owns it already.
 var sshdArgs = []string{sshdPath, "-D", "-e", "-r"}
-
-// sshdKeepsKeys reports whether the guest's sshd holds its host keys in
-// the listener: always with -r (sshdArgs), and with OpenSSH 9.8 and
-// later (which ship sshd-session) anyway. So a new key needs a reload.
-func sshdKeepsKeys() bool {
-	if slices.Contains(sshdArgs, "-r") {
-		return true
-	}
-	for _, p := range sshdSessionPaths {
-		if _, err := os.Stat(p); err == nil {
-			return true
-		}
-	}
-	return false
-}
 
 // sshListener is the inode of the IPv4 socket listening on port 22
 // (/proc/net/tcp), "" when there is none.
