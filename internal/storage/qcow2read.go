@@ -89,6 +89,9 @@ func openRegular(path string) (*os.File, error) {
 type Qcow2Header struct {
 	Backing       string // backing file name; "" for none
 	BackingFormat string // from the backing format extension; "" when absent
+	// Size is the virtual size the header states, in bytes: what the
+	// VMM shows the guest and what qemu-img walks over.
+	Size uint64
 }
 
 // qcow2 header fields and extensions a VMM would act on by opening
@@ -116,6 +119,7 @@ func ParseQcow2Header(head []byte, at io.ReaderAt) (Qcow2Header, error) {
 	if len(head) < 72 {
 		return h, errors.New("qcow2 header: short")
 	}
+	h.Size = be.Uint64(head[24:])
 	if be.Uint32(head[32:]) != 0 {
 		return h, errors.New("qcow2 image is encrypted")
 	}
@@ -187,15 +191,21 @@ const MaxQcow2Chain = 32
 // hand it to the guest. Each backing file must be one of allowed (clean
 // absolute paths, each with its format: the VM's image "raw", snapshots'
 // system disks "qcow2"), named with that format (never left to the VMM's
-// probing), and no file may have an external data file or encryption. The
+// probing), and no file may have an external data file or encryption.
+// Every qcow2 file's virtual size must be at most maxSize (banger writes
+// the image's size): qemu-img rebase and convert walk the whole stated
+// size, so a header stating petabytes would keep one busy for hours. The
 // walk ends at a raw file or a qcow2 file without a backing file, within
 // MaxQcow2Chain files.
-func CheckQcow2Chain(top string, allowed map[string]string) error {
+func CheckQcow2Chain(top string, allowed map[string]string, maxSize int64) error {
 	cur := top
 	for range MaxQcow2Chain {
 		h, err := ReadQcow2Header(cur)
 		if err != nil {
 			return err
+		}
+		if maxSize < 0 || h.Size > uint64(maxSize) {
+			return fmt.Errorf("%s: virtual size of %d bytes exceeds the %d bytes of the vm's image", cur, h.Size, maxSize)
 		}
 		if h.Backing == "" {
 			return nil

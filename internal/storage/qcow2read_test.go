@@ -80,7 +80,8 @@ func TestQcow2BackingOfQemuImg(t *testing.T) {
 
 // TestCheckQcow2Chain: an overlay over an allowed file passes; a backing
 // file outside the allowed ones, a wrong or missing format, an external
-// data file (bit or name), encryption and a loop are refused.
+// data file (bit or name), encryption, a virtual size beyond the bound
+// and a loop are refused.
 func TestCheckQcow2Chain(t *testing.T) {
 	dir := t.TempDir()
 	img := filepath.Join(dir, "image.raw")
@@ -103,7 +104,7 @@ func TestCheckQcow2Chain(t *testing.T) {
 	write("image.raw", make([]byte, 1<<20))
 	good := write("good.qcow2", overlay(img))
 	allowed := map[string]string{img: "raw"}
-	if err := CheckQcow2Chain(good, allowed); err != nil {
+	if err := CheckQcow2Chain(good, allowed, 1<<20); err != nil {
 		t.Fatalf("overlay over the image: %v", err)
 	}
 	be := binary.BigEndian
@@ -146,9 +147,19 @@ func TestCheckQcow2Chain(t *testing.T) {
 			}
 			return b
 		}(), "extensions"},
+		"petabytes": {func() []byte {
+			b := overlay(img)
+			be.PutUint64(b[24:], 1<<50)
+			return b
+		}(), "virtual size of 1125899906842624 bytes exceeds the 1048576 bytes"},
+		"one sector more": {func() []byte {
+			b := overlay(img)
+			be.PutUint64(b[24:], 1<<20+512)
+			return b
+		}(), "virtual size"},
 	} {
 		p := write(strings.ReplaceAll(name, " ", "-")+".qcow2", c.b)
-		if err := CheckQcow2Chain(p, allowed); err == nil || !strings.Contains(err.Error(), c.want) {
+		if err := CheckQcow2Chain(p, allowed, 1<<20); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want an error with %q", name, err, c.want)
 		}
 	}
@@ -161,7 +172,7 @@ func TestCheckQcow2Chain(t *testing.T) {
 	}
 	write("a.qcow2", ab)
 	write("b.qcow2", ba)
-	if err := CheckQcow2Chain(a, map[string]string{a: "qcow2", b: "qcow2"}); err == nil || !strings.Contains(err.Error(), "longer than") {
+	if err := CheckQcow2Chain(a, map[string]string{a: "qcow2", b: "qcow2"}, 1<<20); err == nil || !strings.Contains(err.Error(), "longer than") {
 		t.Errorf("a loop: %v", err)
 	}
 	// A symlink on the way is not followed.
@@ -169,7 +180,7 @@ func TestCheckQcow2Chain(t *testing.T) {
 	if err := os.Symlink(img, link); err != nil {
 		t.Fatal(err)
 	}
-	if err := CheckQcow2Chain(link, allowed); err == nil {
+	if err := CheckQcow2Chain(link, allowed, 1<<20); err == nil {
 		t.Error("a symlink as the top was followed")
 	}
 }
@@ -192,11 +203,19 @@ func TestCheckQcow2ChainOfQemuImg(t *testing.T) {
 			t.Fatalf("%s: %v %s", strings.Join(argv, " "), err, out)
 		}
 	}
-	if err := CheckQcow2Chain(top, map[string]string{img: "raw", mid: "qcow2"}); err != nil {
+	if err := CheckQcow2Chain(top, map[string]string{img: "raw", mid: "qcow2"}, 64<<20); err != nil {
 		t.Fatalf("qemu-img's chain: %v", err)
 	}
-	if err := CheckQcow2Chain(top, map[string]string{img: "raw"}); err == nil {
+	if err := CheckQcow2Chain(top, map[string]string{img: "raw"}, 64<<20); err == nil {
 		t.Fatal("a chain through a file not allowed passed")
+	}
+	// A middle file that states more than the bound is refused, though
+	// the top does not.
+	if out, err := exec.Command("qemu-img", "resize", "-q", "-f", "qcow2", mid, "1P").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img resize: %v %s", err, out)
+	}
+	if err := CheckQcow2Chain(top, map[string]string{img: "raw", mid: "qcow2"}, 64<<20); err == nil || !strings.Contains(err.Error(), mid+": virtual size") {
+		t.Fatalf("a middle file of 1 PiB: %v", err)
 	}
 }
 
@@ -237,7 +256,7 @@ func TestFlattenQcow2(t *testing.T) {
 	if b, err := Qcow2Backing(top); err != nil || b != img {
 		t.Fatalf("flattened file's backing = %q, %v; want %s", b, err, img)
 	}
-	if err := CheckQcow2Chain(top, map[string]string{img: "raw"}); err != nil {
+	if err := CheckQcow2Chain(top, map[string]string{img: "raw"}, 64<<20); err != nil {
 		t.Fatalf("flattened chain: %v", err)
 	}
 	if err := os.Remove(mid); err != nil {

@@ -147,25 +147,39 @@ func TestFlattenRefusesForeignChain(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	hostile, err := storage.Qcow2Overlay("/dev/sda", 1<<20)
+	img, err := filepath.Abs(im.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	file := filepath.Join(sn.Dir, "system.qcow2")
-	if err := os.WriteFile(file, hostile, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.m.flatten(ctx, sn.ID); err == nil || !strings.Contains(err.Error(), `backing file "/dev/sda" is not the vm's image`) {
-		t.Fatalf("flatten of a chain naming /dev/sda: %v", err)
-	}
-	if got, _ := f.m.store.GetSnapshot(ctx, sn.ID); got.BaseID != "base1" {
-		t.Fatalf("base after a refused flatten = %q", got.BaseID)
-	}
-	if b, err := os.ReadFile(file); err != nil || !bytes.Equal(b, hostile) {
-		t.Fatalf("a refused flatten touched the file: %v", err)
-	}
-	if ents, _ := os.ReadDir(sn.Dir); len(ents) != 1 {
-		t.Fatalf("files left: %v", ents)
+	for _, c := range []struct {
+		backing string
+		size    int64
+		want    string
+	}{
+		{"/dev/sda", 512, `backing file "/dev/sda" is not the vm's image`},
+		// qemu-img rebase would walk a petabyte.
+		{img, 1 << 50, "virtual size of 1125899906842624 bytes exceeds"},
+	} {
+		hostile, err := storage.Qcow2Overlay(c.backing, c.size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(file, hostile, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.m.flatten(ctx, sn.ID); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Fatalf("flatten of a header over %s of %d bytes: %v; want %q", c.backing, c.size, err, c.want)
+		}
+		if got, _ := f.m.store.GetSnapshot(ctx, sn.ID); got.BaseID != "base1" {
+			t.Fatalf("base after a refused flatten = %q", got.BaseID)
+		}
+		if b, err := os.ReadFile(file); err != nil || !bytes.Equal(b, hostile) {
+			t.Fatalf("a refused flatten touched the file: %v", err)
+		}
+		if ents, _ := os.ReadDir(sn.Dir); len(ents) != 1 {
+			t.Fatalf("files left: %v", ents)
+		}
 	}
 }
 

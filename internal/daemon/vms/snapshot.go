@@ -432,11 +432,17 @@ func (m *Manager) checkSystemChain(ctx context.Context, top string, im model.Ima
 	if err != nil {
 		return err
 	}
+	// Every overlay banger makes over the image has the image's size,
+	// rounded up to a sector as qemu-img does (storage.Qcow2.Create).
+	fi, err := os.Stat(img)
+	if err != nil {
+		return fmt.Errorf("image %s: %w", im.Name, err)
+	}
 	all, err := m.store.ListSnapshots(ctx)
 	if err != nil {
 		return err
 	}
-	return storage.CheckQcow2Chain(top, lineageDisks(filepath.Clean(img), base, all))
+	return storage.CheckQcow2Chain(top, lineageDisks(filepath.Clean(img), base, all), (fi.Size()+511)&^511)
 }
 
 // lineageDisks returns the files a system disk made from the snapshot

@@ -329,7 +329,7 @@ func TestStartRefusesForeignBacking(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hostile, err := storage.Qcow2Overlay("/dev/sda", 1<<20)
+	hostile, err := storage.Qcow2Overlay("/dev/sda", 512)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,7 +382,7 @@ func TestStartRefusesAnotherLineage(t *testing.T) {
 	// An overlay over theirs as a fork of it has (-u: the fixture's image
 	// is not there to open).
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", filepath.Join(theirs.Dir, "system.qcow2"), "-F", "qcow2",
-		filepath.Join(dev.Dir, "system.fake"), "1M").CombinedOutput(); err != nil {
+		filepath.Join(dev.Dir, "system.fake"), "512").CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img: %v: %s", err, out)
 	}
 	if _, err := f.m.Start(ctx, "dev", nil); err == nil || !strings.Contains(err.Error(), "is not the vm's image or the system disk of a snapshot it descends from") {
@@ -474,7 +474,7 @@ func TestLineageDisks(t *testing.T) {
 // backing, as the daemon makes a VM's.
 func writeOverlay(t *testing.T, path, backing string) {
 	t.Helper()
-	b, err := storage.Qcow2Overlay(backing, 1<<20)
+	b, err := storage.Qcow2Overlay(backing, 512) // the fixture image's size
 	if err == nil {
 		err = os.WriteFile(path, b, 0o600)
 	}

@@ -99,12 +99,17 @@ func (s *Strategy) Create(ctx context.Context, image, dir string) error {
 	if s.CreateErr != nil {
 		return s.CreateErr
 	}
-	// A real overlay's header, as the daemon checks it before a start.
+	// A real overlay's header, of the image's size, as the daemon checks
+	// it before a start.
 	abs, err := filepath.Abs(image)
 	if err != nil {
 		return err
 	}
-	b, err := storage.Qcow2Overlay(abs, 1<<20)
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return err
+	}
+	b, err := storage.Qcow2Overlay(abs, (fi.Size()+511)&^511)
 	if err != nil {
 		return err
 	}
