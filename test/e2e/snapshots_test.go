@@ -259,16 +259,10 @@ func TestVMFork(t *testing.T) {
 			t.Fatalf("qemu-img rebase -u %s: %v %s", backing, err, out)
 		}
 	}
-	// Nor may it name another VM's snapshot: grand holds kid-1's files,
-	// and kid-2 descends from base alone.
-	for _, c := range []struct{ backing, format string }{
-		{"/dev/sda", "raw"},
-		{filepath.Join(grand.Dir, "system.qcow2"), "qcow2"},
-	} {
-		rebase(c.backing, c.format)
-		want := fmt.Sprintf("backing file %q is not the vm's image or the system disk of a snapshot it descends from", c.backing)
+	refused := func(what, want string) {
+		t.Helper()
 		if _, errOut, code := h.Run("vm", "start", "kid-2"); code == 0 || !strings.Contains(errOut, want) {
-			t.Fatalf("start over %s: exit %d, %q", c.backing, code, errOut)
+			t.Fatalf("start %s: exit %d, %q", what, code, errOut)
 		}
 		for _, l := range h.Leaks() {
 			if !strings.HasPrefix(l, "vm dir") && (strings.Contains(l, kid2.ID) || strings.Contains(l, hostnet.TapName(kid2.ID))) {
@@ -276,7 +270,31 @@ func TestVMFork(t *testing.T) {
 			}
 		}
 	}
+	// Nor may it name another VM's snapshot: grand holds kid-1's files,
+	// and kid-2 descends from base alone.
+	for _, c := range []struct{ backing, format string }{
+		{"/dev/sda", "raw"},
+		{filepath.Join(grand.Dir, "system.qcow2"), "qcow2"},
+	} {
+		rebase(c.backing, c.format)
+		refused("over "+c.backing, fmt.Sprintf("backing file %q is not the vm's image or the system disk of a snapshot it descends from", c.backing))
+	}
 	rebase(own, "qcow2")
+	// Nor may it state a virtual size beyond the image's: a flatten's
+	// qemu-img would walk a petabyte. The header stays consistent (an L1
+	// table that maps it, which QEMU accepts); the file is put back from
+	// a copy (shrinking it back would have qemu-img walk the petabyte).
+	saved, err := os.ReadFile(kid2.SystemDisk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("qemu-img", "resize", "-q", "-f", "qcow2", kid2.SystemDisk, "1P").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img resize: %v %s", err, out)
+	}
+	refused("of a disk stating a petabyte", "virtual size of 1125899906842624 bytes exceeds the")
+	if err := os.WriteFile(kid2.SystemDisk, saved, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	h.MustRun("vm", "start", "kid-2")
 	if out := h.MustRun("vm", "exec", "kid-2", "--", "sh", "-c", "hostname; cat /root/before.txt"); strings.TrimSpace(out) != "kid-2\nbefore" {
 		t.Errorf("kid-2 after a cold boot said %q", out)
