@@ -75,6 +75,10 @@ type Config struct {
 	// time from each warm-start template (0, the default: none), at most
 	// MaxWarmPool. Each spare holds its memory while it waits.
 	WarmPool int `json:"warm_pool"`
+	// WarmOnFirstUse has the daemon make the warm-start template of a
+	// shape in the background after a create of that shape booted for
+	// want of one (off by default: a template costs a boot and disk).
+	WarmOnFirstUse bool `json:"warm_on_first_use"`
 	// ChainDepth bounds the qcow2 files a snapshot's system disk reads
 	// through (itself and the snapshots it descends from): a snapshot
 	// deeper than it is flattened in the background. 1 to MaxChainDepth.
@@ -170,6 +174,13 @@ func Load(getenv func(string) string) (Config, error) {
 			return c, fmt.Errorf("BANGER_WARM_POOL %q: not a whole number", v)
 		}
 		c.WarmPool = n
+	}
+	if v := getenv("BANGER_WARM_ON_FIRST_USE"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return c, fmt.Errorf("BANGER_WARM_ON_FIRST_USE %q: want true or false", v)
+		}
+		c.WarmOnFirstUse = b
 	}
 	if v := getenv("BANGER_CHAIN_DEPTH"); v != "" {
 		n, err := strconv.Atoi(v)

@@ -32,6 +32,14 @@ func TestLoadLayers(t *testing.T) {
 		t.Errorf("environment over file: %q, %v", c.WorkspaceTransport, err)
 	}
 
+	c, err = Load(env(map[string]string{"BANGER_STATE_DIR": dir, "BANGER_WARM_ON_FIRST_USE": "1"}))
+	if err != nil || !c.WarmOnFirstUse {
+		t.Errorf("BANGER_WARM_ON_FIRST_USE=1: %v, %v", c.WarmOnFirstUse, err)
+	}
+	if _, err := Load(env(map[string]string{"BANGER_STATE_DIR": dir, "BANGER_WARM_ON_FIRST_USE": "often"})); err == nil || !strings.Contains(err.Error(), "BANGER_WARM_ON_FIRST_USE") {
+		t.Errorf("BANGER_WARM_ON_FIRST_USE=often: %v", err)
+	}
+
 	os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"bridges":"x"}`), 0o644)
 	if _, err := Load(env(map[string]string{"BANGER_STATE_DIR": dir})); err == nil || !strings.Contains(err.Error(), "bridges") {
 		t.Errorf("unknown field: %v", err)

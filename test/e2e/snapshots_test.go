@@ -462,6 +462,47 @@ func dirBytes(dir string) int64 {
 const warmProbe = `cat hello.txt; hostname; uname -r; . /etc/os-release; echo "$ID $VERSION_ID"; id user; cat /etc/machine-id; ` +
 	`ip -4 -o addr show eth0 | awk '{print $4}'; cat /sys/class/net/eth0/address; cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub; date +%s`
 
+// TestWarmOnFirstUse: with warm_on_first_use, the first `vm run` of a
+// shape boots, the daemon then makes that shape's template in the
+// background, and the next `vm run` of it is restored from the template
+// and answers as its own VM; nothing is left behind.
+func TestWarmOnFirstUse(t *testing.T) {
+	h := NewHarness(t, "BANGER_WARM_ON_FIRST_USE=1")
+	shape := []string{"--cpus", "1", "--memory", "256M"}
+	run := func(name string) string {
+		t.Helper()
+		start := time.Now()
+		out, errOut, code := h.Run(append(append([]string{"vm", "run", "--rm", "-v", "--name", name}, shape...), "--", "hostname")...)
+		if code != 0 || strings.TrimSpace(out) != name {
+			t.Fatalf("%s: exit %d, %q\n%s", name, code, out, errOut)
+		}
+		t.Logf("%s in %.1fs:\n%s", name, time.Since(start).Seconds(), errOut)
+		return errOut
+	}
+	if errOut := run("first"); strings.Contains(errOut, "restoring from template") || !strings.Contains(errOut, "boot") {
+		t.Fatalf("the first run was not booted:\n%s", errOut)
+	}
+	var ts []model.Snapshot
+	start := time.Now()
+	for deadline := start.Add(3 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		h.JSON(&ts, "image", "warm", "--list")
+		if len(ts) == 1 && ts[0].State == model.SnapshotReady {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no ready template 3 minutes after the first run: %+v", ts)
+		}
+	}
+	t.Logf("template %s ready %.1fs after the first run", ts[0].Name, time.Since(start).Seconds())
+	if ts[0].CPUs != 1 || ts[0].MemoryMiB != 256 || ts[0].Stale != "" {
+		t.Fatalf("template = %+v", ts[0])
+	}
+	if errOut := run("second"); !strings.Contains(errOut, "restoring from template "+ts[0].Name) {
+		t.Fatalf("the second run was not restored from %s:\n%s", ts[0].Name, errOut)
+	}
+	h.MustRun("image", "unwarm", ts[0].Name)
+}
+
 // TestWarmStart makes one warm-start template (`image warm`, 1 vCPU,
 // 256 MiB) and checks that `vm run --rm` of that shape is restored from
 // it and answers as a cold `vm run --cold --rm` does (kernel,

@@ -140,7 +140,11 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 		m.pokeExpiry()
 	}
 	if req.Start {
-		return m.Start(ctx, id, report)
+		vm, err := m.Start(ctx, id, report)
+		if err == nil && !req.Cold {
+			m.warmOnFirstUse(shape, drv)
+		}
+		return vm, err
 	}
 	return vm, nil
 }

@@ -58,7 +58,10 @@ type pool struct {
 	// draining are the templates whose spares are being deleted (their
 	// removal is under way): no refill starts for them.
 	draining map[string]bool
-	wg       sync.WaitGroup
+	// warming is set while a template is made on first use
+	// (warmOnFirstUse): one at a time, as each costs a boot.
+	warming bool
+	wg      sync.WaitGroup
 }
 
 // filler is a template's refill, running.
@@ -127,8 +130,9 @@ func (m *Manager) StartPool(ctx context.Context) {
 	}
 }
 
-// StopPool waits for the refills under way, which end with StartPool's
-// context (a spare half made is undone).
+// StopPool waits for the refills under way, and a template being made
+// on first use, which end with StartPool's context (a spare or a
+// template half made is undone).
 func (m *Manager) StopPool() { m.pool.wg.Wait() }
 
 // readySpares is how many spares of the template are ready.

@@ -298,3 +298,96 @@ func TestStartPoolDeletesLeftSpares(t *testing.T) {
 		t.Fatalf("after a start with warm_pool 0: %d spares", len(s))
 	}
 }
+
+// TestWarmOnFirstUse: with warm_on_first_use, a create that boots for
+// want of a template has the template of its shape made in the
+// background, and the next create of that shape is restored from it; a
+// cold create, or the option off, makes none.
+func TestWarmOnFirstUse(t *testing.T) {
+	ctx := context.Background()
+	f, _, _ := fcFixture(t)
+	pctx, cancel := context.WithCancel(ctx)
+	t.Cleanup(func() {
+		cancel()
+		f.m.StopPool()
+	})
+	f.m.StartPool(pctx)
+	templates := func() []model.Snapshot {
+		t.Helper()
+		ts, err := f.m.ListTemplates(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ts
+	}
+	settle := func() {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			f.m.pool.mu.Lock()
+			busy := f.m.pool.warming
+			f.m.pool.mu.Unlock()
+			if !busy {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("a template was still being made after 20s")
+			}
+		}
+	}
+
+	// Off: a booting create makes none.
+	if _, err := f.m.Create(ctx, poolReq("off"), nil); err != nil {
+		t.Fatal(err)
+	}
+	settle()
+	if ts := templates(); len(ts) != 0 {
+		t.Fatalf("templates with warm_on_first_use off: %+v", ts)
+	}
+	f.m.cfg.WarmOnFirstUse = true
+	cold := poolReq("cold")
+	cold.Cold = true
+	if _, err := f.m.Create(ctx, cold, nil); err != nil {
+		t.Fatal(err)
+	}
+	settle()
+	if ts := templates(); len(ts) != 0 {
+		t.Fatalf("templates after a cold create: %+v", ts)
+	}
+
+	var evs []progress.Event
+	if _, err := f.m.Create(ctx, poolReq("first"), phasesOf(&evs)); err != nil {
+		t.Fatal(err)
+	}
+	if hasPhase(evs, "warm") || !hasPhase(evs, "boot") {
+		t.Fatalf("the first create's progress: %+v; want a boot", evs)
+	}
+	settle()
+	ts := templates()
+	if len(ts) != 1 || ts[0].State != model.SnapshotReady || ts[0].Stale != "" {
+		t.Fatalf("templates after the first create: %+v", ts)
+	}
+	if _, err := f.m.Get(ctx, "warm-build-"+ts[0].Template[:8]); !errdefs.IsNotFound(err) {
+		t.Fatalf("the vm the template was made from: %v", err)
+	}
+
+	evs = nil
+	vm, err := f.m.Create(ctx, poolReq("second"), phasesOf(&evs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !hasPhase(evs, "warm") || hasPhase(evs, "boot") {
+		t.Fatalf("the second create's progress: %+v; want a restore from the template", evs)
+	}
+	if origin, err := f.st.SnapshotOf(ctx, vm.ID); err != nil || origin != ts[0].ID {
+		t.Fatalf("the second vm was made from %q (%v), want the template %s", origin, err, ts[0].ID)
+	}
+	settle()
+	if ts := templates(); len(ts) != 1 {
+		t.Fatalf("templates after the second create: %+v", ts)
+	}
+	for _, name := range []string{"off", "cold", "first", "second"} {
+		if err := f.m.Delete(ctx, name, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

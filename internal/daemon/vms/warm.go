@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/errdefs"
@@ -110,6 +111,45 @@ func (m *Manager) createWarm(ctx context.Context, s vmShape, in vmIntent, report
 	m.log.Warn("warm start failed; booting instead", "vm", in.Name, "template", tmpl.Name, "err", err)
 	report(progress.Event{Phase: "warm", Message: fmt.Sprintf("restore from template %s failed (%v): booting", tmpl.Name, err)})
 	return model.VM{}, false, nil
+}
+
+// warmOnFirstUse makes, with config warm_on_first_use, the template of
+// shape s in the background, once a create of that shape booted for
+// want of one (the create has answered by then: the template's boot
+// does not slow it). One is made at a time, each costing a boot; a
+// shape asked for while another is being made is made on a later
+// create. Nothing for a shape that cannot be restored (canRestore), or
+// before StartPool or after its context ended.
+func (m *Manager) warmOnFirstUse(s vmShape, drv vmm.Driver) {
+	if !m.cfg.WarmOnFirstUse || canRestore(drv, s.Strategy, s.Image) != nil {
+		return
+	}
+	p := &m.pool
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ctx == nil || p.ctx.Err() != nil || p.warming {
+		return
+	}
+	p.warming = true
+	p.wg.Add(1)
+	go func(ctx context.Context) {
+		defer p.wg.Done()
+		defer func() {
+			p.mu.Lock()
+			p.warming = false
+			p.mu.Unlock()
+		}()
+		start := time.Now()
+		t, err := m.WarmImage(ctx, api.WarmRequest{
+			Image: s.Image.ID, Kernel: s.Kernel.ID, CPUs: s.CPUs,
+			Memory: strconv.Itoa(s.MemoryMiB) + "M", Disk: strconv.FormatInt(s.DiskBytes, 10), VMM: s.VMM,
+		}, nil)
+		if err != nil {
+			m.log.Warn("template not made on first use", "image", s.Image.Name, "err", err)
+			return
+		}
+		m.log.Info("template made on first use", "template", t.Name, "image", s.Image.Name, "seconds", time.Since(start).Seconds())
+	}(p.ctx)
 }
 
 // WarmImage makes the warm-start template of a VM shape (the image,
