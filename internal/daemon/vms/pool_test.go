@@ -385,7 +385,35 @@ func TestWarmOnFirstUse(t *testing.T) {
 	if ts := templates(); len(ts) != 1 {
 		t.Fatalf("templates after the second create: %+v", ts)
 	}
-	for _, name := range []string{"off", "cold", "first", "second"} {
+
+	// Off again, and the template went stale (banger's guest side
+	// changed): the next create of the shape boots and has it rebuilt,
+	// as its shape was warmed; a create of another shape has none made.
+	f.m.cfg.WarmOnFirstUse = false
+	f.m.guestInit = func() string { return "sha256:another-banger-init" }
+	other := poolReq("other")
+	other.CPUs = 1 // poolReq's shape has the default 2
+	if _, err := f.m.Create(ctx, other, nil); err != nil {
+		t.Fatal(err)
+	}
+	settle()
+	if ts := templates(); len(ts) != 1 || ts[0].Stale == "" {
+		t.Fatalf("templates after a create of another shape: %+v", ts)
+	}
+	evs = nil
+	if _, err := f.m.Create(ctx, poolReq("third"), phasesOf(&evs)); err != nil {
+		t.Fatal(err)
+	}
+	if hasPhase(evs, "warm") {
+		t.Fatalf("the third create was restored from a stale template: %+v", evs)
+	}
+	settle()
+	ts = templates()
+	fresh := slices.IndexFunc(ts, func(t model.Snapshot) bool { return t.Stale == "" && t.State == model.SnapshotReady })
+	if len(ts) != 2 || fresh < 0 {
+		t.Fatalf("templates after the stale one's shape was asked for: %+v (the stale one stays: vm second uses it)", ts)
+	}
+	for _, name := range []string{"off", "cold", "first", "second", "other", "third"} {
 		if err := f.m.Delete(ctx, name, true); err != nil {
 			t.Fatal(err)
 		}

@@ -122,6 +122,29 @@ func pickTemplate(all []model.Snapshot, want templateInputs) (model.Snapshot, bo
 	return model.Snapshot{}, false
 }
 
+// staleOfShape says whether all holds a template of want's shape (the
+// same image, kernel, sizes, VMM and disk strategy) made from other
+// inputs than want's: someone warmed the shape, and its template went
+// stale since (banger's guest side changed, say). Pure.
+func staleOfShape(all []model.Snapshot, want templateInputs) bool {
+	key := want.Key()
+	for _, sn := range all {
+		if sn.Template == "" || sn.Template == key {
+			continue
+		}
+		var made templateInputs
+		if json.Unmarshal([]byte(sn.TemplateInputs), &made) != nil {
+			continue
+		}
+		if made.ImageID == want.ImageID && made.KernelID == want.KernelID && made.CPUs == want.CPUs &&
+			made.MemoryMiB == want.MemoryMiB && made.DiskBytes == want.DiskBytes && made.VMM == want.VMM &&
+			made.CowStrategy == want.CowStrategy {
+			return true
+		}
+	}
+	return false
+}
+
 // warmBuildLabel marks the VM a template is being made from; a daemon
 // that dies meanwhile deletes it at its next start.
 const warmBuildLabel = "banger.dev/warm-build"

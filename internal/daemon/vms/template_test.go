@@ -114,6 +114,41 @@ func TestPickTemplate(t *testing.T) {
 	}
 }
 
+// TestStaleOfShape: a template of the same shape made under another
+// guest side or format counts; one of another shape, the fresh one, a
+// user's snapshot or an unreadable record does not.
+func TestStaleOfShape(t *testing.T) {
+	want := inputsOf(testShape(), "g2")
+	tmpl := func(in templateInputs) model.Snapshot {
+		return model.Snapshot{Template: in.Key(), TemplateInputs: in.JSON(), State: model.SnapshotReady}
+	}
+	older := inputsOf(testShape(), "g1")
+	oldFormat := want
+	oldFormat.Format = 0
+	bigger := older
+	bigger.MemoryMiB = 1024
+	otherImage := older
+	otherImage.ImageID = "im2"
+	unreadable := model.Snapshot{Template: "k", TemplateInputs: "{", State: model.SnapshotReady}
+	user := model.Snapshot{TemplateInputs: older.JSON(), State: model.SnapshotReady}
+	for _, c := range []struct {
+		name string
+		all  []model.Snapshot
+		want bool
+	}{
+		{"none", nil, false},
+		{"the fresh one", []model.Snapshot{tmpl(want)}, false},
+		{"another shape", []model.Snapshot{tmpl(bigger), tmpl(otherImage)}, false},
+		{"not templates", []model.Snapshot{unreadable, user}, false},
+		{"made under another guest side", []model.Snapshot{tmpl(bigger), tmpl(older)}, true},
+		{"made by another format", []model.Snapshot{tmpl(oldFormat)}, true},
+	} {
+		if got := staleOfShape(c.all, want); got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
 func TestLeftover(t *testing.T) {
 	plain := model.VM{Name: "dev", State: model.VMStopped}
 	build := model.VM{Name: "warm-build-1", State: model.VMRunning, Labels: map[string]string{warmBuildLabel: "0a1b"}}

@@ -113,16 +113,24 @@ func (m *Manager) createWarm(ctx context.Context, s vmShape, in vmIntent, report
 	return model.VM{}, false, nil
 }
 
-// warmOnFirstUse makes, with config warm_on_first_use, the template of
-// shape s in the background, once a create of that shape booted for
-// want of one (the create has answered by then: the template's boot
-// does not slow it). One is made at a time, each costing a boot; a
-// shape asked for while another is being made is made on a later
-// create. Nothing for a shape that cannot be restored (canRestore), or
-// before StartPool or after its context ended.
+// warmOnFirstUse makes the template of shape s in the background, once
+// a create of that shape booted for want of a fresh one (the create has
+// answered by then: the template's boot does not slow it): with config
+// warm_on_first_use always, else when the shape has a stale template
+// (staleOfShape: it was warmed, so it is rebuilt rather than left
+// stale). One is made at a time, each costing a boot; a shape asked for
+// while another is being made is made on a later create. Nothing for a
+// shape that cannot be restored (canRestore), or before StartPool or
+// after its context ended.
 func (m *Manager) warmOnFirstUse(s vmShape, drv vmm.Driver) {
-	if !m.cfg.WarmOnFirstUse || canRestore(drv, s.Strategy, s.Image) != nil {
+	if canRestore(drv, s.Strategy, s.Image) != nil {
 		return
+	}
+	if !m.cfg.WarmOnFirstUse {
+		all, err := m.store.ListSnapshots(context.Background())
+		if err != nil || !staleOfShape(all, inputsOf(s, m.guestSide())) {
+			return
+		}
 	}
 	p := &m.pool
 	p.mu.Lock()
