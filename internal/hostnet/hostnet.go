@@ -424,11 +424,34 @@ func (n *Network) Guarded() bool {
 // not an error; a device of that name that is not a tap is left alone and
 // reported.
 func (n *Network) DeleteTap(ctx context.Context, name string) error {
+	return n.deleteTap(ctx, name, false)
+}
+
+// ParkTap is DeleteTap for a VM that pauses: what its allowed host
+// names opened (the tap's resolved and inuse sets) is kept in memory,
+// and the next CreateTap of name for the same guest (address) puts it
+// back, so the resumed guest's cached answers and open connections
+// still pass. Answers keep expiring while the VM is paused; its open
+// connections keep the time they had left. Parking a tap already gone
+// keeps what was parked; DeleteTap, or a CreateTap of name for another
+// address, forgets it. It is memory only: a daemon restart forgets it.
+func (n *Network) ParkTap(ctx context.Context, name string) error {
+	return n.deleteTap(ctx, name, true)
+}
+
+func (n *Network) deleteTap(ctx context.Context, name string, park bool) error {
 	var guardErr error
+	gd, guarded := n.fw.(guarder)
 	n.names.mu.Lock()
-	n.names.drop(name)
+	if park && guarded {
+		// Read before the table goes; none when it is not there.
+		kinuse, _ := gd.setElems(ctx, name, inuseSet)
+		n.names.park(name, kinuse)
+	} else {
+		n.names.drop(name)
+	}
 	n.names.mu.Unlock()
-	if gd, ok := n.fw.(guarder); ok {
+	if guarded {
 		if err := gd.unguard(ctx, name); err != nil {
 			guardErr = fmt.Errorf("remove the guard of tap %s: %w", name, err)
 		}

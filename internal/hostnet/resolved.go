@@ -26,7 +26,20 @@ type nameGate struct {
 	mu    sync.Mutex
 	byIP  map[netip.Addr]*gatedTap
 	byTap map[string]netip.Addr
-	now   func() time.Time
+	// parked are the taps of paused VMs: what their sets held when the
+	// tap went, for the resume's tap of the same name and guest.
+	parked map[string]parkedTap
+	now    func() time.Time
+}
+
+// parkedTap is a gated tap while its VM is paused. Its resolved set
+// keeps expiring (an answer's TTL is the world's clock); its inuse set
+// keeps the time each address had left (the guest sends nothing while
+// paused, so its connections did not go idle).
+type parkedTap struct {
+	ip    netip.Addr
+	tap   *gatedTap
+	inuse map[netip.Addr]time.Duration
 }
 
 // gatedTap is one tap whose policy has names, and what its set holds
@@ -48,7 +61,8 @@ type opened struct {
 }
 
 func newNameGate() *nameGate {
-	return &nameGate{byIP: map[netip.Addr]*gatedTap{}, byTap: map[string]netip.Addr{}, now: time.Now}
+	return &nameGate{byIP: map[netip.Addr]*gatedTap{}, byTap: map[string]netip.Addr{},
+		parked: map[string]parkedTap{}, now: time.Now}
 }
 
 // prune drops what has expired.
@@ -76,13 +90,17 @@ type carry struct {
 // their time, and the addresses in use opened for such a name. When it
 // does not (the daemon started since the table was written, and
 // applies the stored policy the table was written for), it is all the
-// kernel holds. Call with mu held.
+// kernel holds. A tap parked for g (its VM paused, the tap made again
+// for the resume) is known: what it held then stands for the kernel's
+// sets, which are new. Call with mu held.
 func (ng *nameGate) carried(tap string, g Guest, kres, kinuse map[netip.Addr]time.Duration) carry {
 	now := ng.now()
 	c := carry{open: map[netip.Addr]opened{}, inuse: map[netip.Addr]time.Duration{}, seen: map[netip.Addr]string{}}
 	var old *gatedTap
 	if ip, ok := ng.byTap[tap]; ok && ip == g.IP {
 		old = ng.byIP[ip]
+	} else if p, ok := ng.parked[tap]; ok && p.ip == g.IP {
+		old, kinuse = p.tap, p.inuse
 	}
 	if old == nil {
 		for a, left := range kres {
@@ -138,8 +156,31 @@ func (ng *nameGate) set(tap string, g Guest, c carry) {
 	ng.byIP[g.IP] = &gatedTap{tap: tap, policy: g.Policy.Canonical(), open: c.open, seen: c.seen}
 }
 
-// drop forgets tap. Call with mu held.
+// park keeps what tap's sets hold (inuse: kinuse, read from the kernel
+// before the tap goes) for the next set of tap for the same guest, and
+// forgets the tap as drop does. A tap not known (its policy has no
+// names, or it was parked already and not made since) keeps what was
+// parked, if anything. Call with mu held.
+func (ng *nameGate) park(tap string, kinuse map[netip.Addr]time.Duration) {
+	ip, ok := ng.byTap[tap]
+	if !ok || ng.byIP[ip] == nil {
+		return
+	}
+	t := ng.byIP[ip]
+	t.prune(ng.now())
+	inuse := map[netip.Addr]time.Duration{}
+	for a, left := range kinuse {
+		if left >= time.Second {
+			inuse[a] = left
+		}
+	}
+	ng.drop(tap)
+	ng.parked[tap] = parkedTap{ip: ip, tap: t, inuse: inuse}
+}
+
+// drop forgets tap, parked or not. Call with mu held.
 func (ng *nameGate) drop(tap string) {
+	delete(ng.parked, tap)
 	if ip, ok := ng.byTap[tap]; ok {
 		delete(ng.byTap, tap)
 		if t := ng.byIP[ip]; t != nil && t.tap == tap {

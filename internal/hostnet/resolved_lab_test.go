@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/vishvananda/netlink"
 )
 
 // labResolver is where the lab's DNS responder forwards other names: an
@@ -89,13 +90,40 @@ func (l *policyLab) resolvedSetOf(lg *labGuest) []string {
 	return addrs
 }
 
+// pauseResume takes lg's port away as a pause (gone is ParkTap) or a
+// stop (DeleteTap) does, twice as a resume's teardown of what a crash
+// left would, then makes it again as the resume's CreateTap does. A veth
+// stands in for the tap, so gone leaves the device (not a tap) and the
+// test takes it off the bridge.
+func (l *policyLab) pauseResume(lg *labGuest, gone func(context.Context, string) error) {
+	t := l.t
+	t.Helper()
+	for range 2 {
+		if err := gone(context.Background(), lg.port); err == nil || !strings.Contains(err.Error(), "not a tap") {
+			t.Fatalf("taking port %s away: %v, want the veth left alone", lg.port, err)
+		}
+	}
+	sh(t, "ip", "link", "set", lg.port, "nomaster")
+	if ps, err := l.n.Policies(); err != nil || slices.Contains(ps, policyTable(lg.port)) {
+		t.Fatalf("policy tables with the port gone: %v, %v", ps, err)
+	}
+	link, err := netlink.LinkByName(lg.port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.n.attachPort(context.Background(), link, lg.g); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestPolicyNames: a guest under none with allowed host names reaches
 // an allowed name's address once it has looked the name up through the
 // gateway's responder, and only then; the address is in its set by the
 // time the answer arrives; a name no pattern matches, an answer of a
 // private address or the host's own opens nothing; a policy rewrite
 // keeps what the names still allowed open; an open connection outlives
-// its address's answer; and no guest holds more than MaxResolved.
+// its address's answer; a pause and resume keeps both, a stop neither;
+// and no guest holds more than MaxResolved.
 func TestPolicyNames(t *testing.T) {
 	if !insideTestNetns(t, "nft") {
 		return
@@ -195,6 +223,32 @@ func TestPolicyNames(t *testing.T) {
 		t.Error("an open connection outlived a rewrite that dropped its name")
 	}
 	l.setPolicy(a, mustPolicy(t, "none", []string{"*.example.test"}, nil, nil))
+	l.lookup(a, "public.example.test")
+
+	// A pause parks the sets with its tap and the resume's tap gets
+	// them back: the cached answer still opens, the open connection
+	// lives on once the answer has expired.
+	echo = dialEcho(t, a.ns)
+	if err := echo(); err != nil {
+		t.Fatalf("echo: %v", err)
+	}
+	l.pauseResume(a, l.n.ParkTap)
+	if s := l.resolvedSetOf(a); !slices.Equal(s, []string{"203.0.113.10"}) {
+		t.Errorf("set after a pause and resume = %v, want the answer's address", s)
+	}
+	l.expect("after a pause and resume", a, []string{tDNS, tPublic}, nil)
+	sh(t, "nft", "flush", "set", "ip", policyTable(a.port), resolvedSet)
+	if err := echo(); err != nil {
+		t.Errorf("an open connection died with a pause and resume: %v", err)
+	}
+	// A stop forgets them.
+	l.pauseResume(a, l.n.DeleteTap)
+	if s := l.resolvedSetOf(a); len(s) != 0 {
+		t.Errorf("set after a stop and start = %v, want it empty", s)
+	}
+	if err := echo(); err == nil {
+		t.Error("an open connection outlived a stop and start")
+	}
 	l.lookup(a, "public.example.test")
 
 	// The bound: one answer of more addresses than a guest may hold,

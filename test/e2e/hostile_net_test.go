@@ -316,6 +316,13 @@ func TestGuestNetworkPolicy(t *testing.T) {
 	if !noneReached(reachAll(h, "pa", bannerAt("203.0.113.8", port), bannerAt(gw, port), bannerAt(hostAddr, port))) {
 		t.Fatalf("--allow example.test: pa reached an address no answer gave")
 	}
+	// A pause and resume keeps what the name opened: the resumed guest
+	// reaches the address again without looking the name up.
+	h.MustRun("vm", "pause", "pa")
+	h.MustRun("vm", "resume", "pa")
+	if !reachable(h, "pa", "203.0.113.7", port, banner) {
+		t.Fatalf("--allow example.test: a pause and resume closed what the name opened")
+	}
 	if _, errOut, code := h.Run("vm", "net", "pa", "--net", "internet"); code == 0 || !strings.Contains(errOut, `allow "example.test": host names are allowed only with network mode none`) {
 		t.Fatalf("a host name under internet: code %d, stderr %q", code, errOut)
 	}

@@ -448,7 +448,7 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 		return vm, err
 	}
 	// Whatever a previous run left (a crash mid-start) goes first; a
-	// resume keeps the SSH connection its pause parked.
+	// resume keeps what its pause parked (SSH connection, name sets).
 	resuming := restoring && fork == nil
 	m.release(ctx, vm, resuming)
 
@@ -766,9 +766,10 @@ func (m *Manager) remove(ctx context.Context, vm model.VM, force bool) error {
 // things already gone, so it is safe after a crash and safe to repeat.
 func (m *Manager) teardown(ctx context.Context, vm model.VM) { m.release(ctx, vm, false) }
 
-// release is teardown; with keepConn the VM's pooled SSH connection is
-// left open (a pause parks it for the resume).
-func (m *Manager) release(ctx context.Context, vm model.VM, keepConn bool) {
+// release is teardown; with park what a pause keeps for the resume is
+// kept: the VM's pooled SSH connection, left open, and what its
+// allowed host names opened (ParkTap).
+func (m *Manager) release(ctx context.Context, vm model.VM, park bool) {
 	h, ok := m.handles.get(vm.ID)
 	if !ok {
 		var err error
@@ -782,7 +783,7 @@ func (m *Manager) release(ctx context.Context, vm model.VM, keepConn bool) {
 	if h.Tap == "" {
 		h.Tap = hostnet.TapName(vm.ID)
 	}
-	m.dropGuest(vm.ID, keepConn)
+	m.dropGuest(vm.ID, park)
 	drv, drvErr := m.driver(vm.VMM)
 	if drvErr == nil {
 		if vh, err := drv.Find(h.APISocket); err == nil {
@@ -792,7 +793,11 @@ func (m *Manager) release(ctx context.Context, vm model.VM, keepConn bool) {
 		}
 	}
 	if m.taps != nil {
-		if err := m.taps.DeleteTap(ctx, h.Tap); err != nil {
+		deleteTap := m.taps.DeleteTap
+		if park {
+			deleteTap = m.taps.ParkTap
+		}
+		if err := deleteTap(ctx, h.Tap); err != nil {
 			m.log.Warn("delete tap", "vm", vm.Name, "tap", h.Tap, "err", err)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/daemon/vms/vmstest"
 	"github.com/banger/banger/internal/errdefs"
+	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/vmm"
 )
@@ -88,6 +90,11 @@ func TestPauseResume(t *testing.T) {
 		t.Fatalf("Pause answered %+v", vm)
 	}
 	assertPaused(t, f, "one")
+	// The tap is parked: what its host names opened waits for the resume.
+	tap := hostnet.TapName(vm.ID)
+	if !f.taps.IsParked(tap) {
+		t.Fatalf("tap %s of a paused vm not parked (parked %v)", tap, f.taps.Parked)
+	}
 	if _, err := f.m.Pause(ctx, "one"); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "already paused") {
 		t.Fatalf("second pause: %v", err)
 	}
@@ -131,6 +138,11 @@ func TestPauseResume(t *testing.T) {
 	if vm, err = f.m.Start(ctx, "one", nil); err != nil || vm.State != model.VMRunning || len(snap.Restored) != 2 || len(f.drv.Started) != 1 {
 		t.Fatalf("start of a paused vm: %+v, %v, %d restores, %d boots", vm, err, len(snap.Restored), len(f.drv.Started))
 	}
+	// Without a restart between, the resume's tap gets back what the
+	// pause parked (a restart forgets it).
+	if !slices.Equal(f.taps.Unparked, []string{tap}) {
+		t.Fatalf("the resume's tap got %v back, want %s's parked sets", f.taps.Unparked, tap)
+	}
 
 	// A stop of a paused VM discards its memory: the next start boots.
 	if _, err := f.m.Pause(ctx, "one"); err != nil {
@@ -141,6 +153,9 @@ func TestPauseResume(t *testing.T) {
 	}
 	if _, err := os.Stat(StateDir(vm.Dir)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("saved state left after stop (%v)", err)
+	}
+	if f.taps.IsParked(tap) {
+		t.Fatal("a stopped vm's tap still parked")
 	}
 	if _, err := f.m.Pause(ctx, "one"); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "not running (state stopped)") {
 		t.Fatalf("pause of a stopped vm: %v", err)

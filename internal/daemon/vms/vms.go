@@ -58,7 +58,13 @@ type Taps interface {
 	CreateTap(ctx context.Context, name string, g hostnet.Guest) error
 	// RaiseTap brings up a tap made held.
 	RaiseTap(ctx context.Context, name string) error
+	// DeleteTap removes a tap, its guard and policy; what is gone is
+	// not an error.
 	DeleteTap(ctx context.Context, name string) error
+	// ParkTap is DeleteTap for a pause: what the guest's allowed host
+	// names opened is kept for the resume's CreateTap of that name and
+	// guest.
+	ParkTap(ctx context.Context, name string) error
 	// ApplyPolicy replaces the policy of a running VM's tap; on error the
 	// old one stays.
 	ApplyPolicy(ctx context.Context, name string, g hostnet.Guest) error

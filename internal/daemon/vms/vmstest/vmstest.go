@@ -131,12 +131,16 @@ func (s *Strategy) Remove(ctx context.Context, dir string) error {
 // the policy each has in force, Policies. Like hostnet.Network it checks
 // policies against 172.16.0.0/24 on bridge banger0; with NeedsNft it acts
 // as the iptables backend and refuses any policy but the default;
-// ApplyErr fails the next ApplyPolicy calls.
+// ApplyErr fails the next ApplyPolicy calls. A tap ParkTap took is
+// Parked until DeleteTap or CreateTap; CreateTap of a parked tap is
+// recorded in Unparked (the real one puts its name sets back).
 type Taps struct {
 	mu       sync.Mutex
 	Made     map[string]bool
 	Held     map[string]bool // made with Guest.Held and not raised yet
 	Raised   []string        // each RaiseTap's tap
+	Parked   map[string]bool
+	Unparked []string
 	Policies map[string]hostnet.Policy
 	Applied  int // ApplyPolicy calls that succeeded
 	NeedsNft bool
@@ -152,6 +156,10 @@ func (f *Taps) CreateTap(ctx context.Context, name string, g hostnet.Guest) erro
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.Parked[name] {
+		f.Unparked = append(f.Unparked, name)
+		delete(f.Parked, name)
+	}
 	f.Made[name] = true
 	f.Policies[name] = g.Policy
 	if g.Held {
@@ -181,6 +189,26 @@ func (f *Taps) IsHeld(name string) bool {
 func (f *Taps) DeleteTap(ctx context.Context, name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	delete(f.Parked, name)
+	return f.deleteTap(name)
+}
+func (f *Taps) ParkTap(ctx context.Context, name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.Made[name] {
+		f.Parked[name] = true
+	}
+	return f.deleteTap(name)
+}
+
+// IsParked reports whether tap name was parked and not made again.
+func (f *Taps) IsParked(name string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.Parked[name]
+}
+
+func (f *Taps) deleteTap(name string) error {
 	delete(f.Held, name)
 	delete(f.Made, name)
 	delete(f.Policies, name)
@@ -224,7 +252,7 @@ func (f *Taps) Gateway() netip.Addr { return netip.MustParseAddr("172.16.0.1") }
 
 // NewTaps makes an empty Taps.
 func NewTaps() *Taps {
-	return &Taps{Made: map[string]bool{}, Held: map[string]bool{}, Policies: map[string]hostnet.Policy{}}
+	return &Taps{Made: map[string]bool{}, Held: map[string]bool{}, Parked: map[string]bool{}, Policies: map[string]hostnet.Policy{}}
 }
 
 // State makes a state directory in a temp dir with an open store (closed
