@@ -88,8 +88,11 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 	if err != nil {
 		return model.VM{}, err
 	}
+	rebuild := false
 	if req.Start && !req.Cold {
-		if vm, ok, err := m.createWarm(ctx, shape, base, report); ok || err != nil {
+		var vm model.VM
+		var ok bool
+		if vm, ok, rebuild, err = m.createWarm(ctx, shape, base, report); ok || err != nil {
 			return vm, err
 		}
 	}
@@ -141,7 +144,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 	}
 	if req.Start {
 		vm, err := m.Start(ctx, id, report)
-		if err == nil && !req.Cold {
+		if err == nil && rebuild {
 			m.warmOnFirstUse(shape, drv)
 		}
 		return vm, err

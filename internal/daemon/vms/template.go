@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 
+	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/guestctl"
 	"github.com/banger/banger/internal/model"
 )
@@ -48,6 +49,15 @@ type vmShape struct {
 	DiskBytes int64
 	VMM       string
 	Strategy  string
+}
+
+// request is the create request of a VM of shape s: what a create that
+// resolves to s names (by ids).
+func (s vmShape) request() api.CreateVMRequest {
+	return api.CreateVMRequest{
+		Image: s.Image.ID, Kernel: s.Kernel.ID, CPUs: s.CPUs,
+		Memory: strconv.Itoa(s.MemoryMiB) + "M", Disk: strconv.FormatInt(s.DiskBytes, 10), VMM: s.VMM,
+	}
 }
 
 // inputsOf is the template inputs of a shape under the daemon's current

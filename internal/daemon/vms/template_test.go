@@ -182,3 +182,22 @@ func TestMachineIDOf(t *testing.T) {
 		t.Fatalf("the guest would refuse %q: %v", a, err)
 	}
 }
+
+// TestShapeRequest: a shape's request parses back to the same sizes, by
+// the parser a create uses, and names the image and kernel by id.
+func TestShapeRequest(t *testing.T) {
+	s := vmShape{Image: model.Image{ID: "img1"}, Kernel: model.Kernel{ID: "k1"}, CPUs: 3,
+		MemoryMiB: 1536, DiskBytes: 4<<30 + 512, VMM: "qemu"}
+	r := s.request()
+	mem, err := sizeAtLeast("memory", r.Memory, "", 0)
+	if err != nil || mem != 1536<<20 {
+		t.Errorf("memory %q parses to %d, %v", r.Memory, mem, err)
+	}
+	disk, err := sizeAtLeast("disk", r.Disk, "", 0)
+	if err != nil || disk != s.DiskBytes {
+		t.Errorf("disk %q parses to %d, %v", r.Disk, disk, err)
+	}
+	if r.Image != "img1" || r.Kernel != "k1" || r.CPUs != 3 || r.VMM != "qemu" || r.Name != "" || r.Start {
+		t.Errorf("request %+v", r)
+	}
+}

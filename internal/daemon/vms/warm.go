@@ -87,50 +87,47 @@ func (m *Manager) createFromSnapshot(ctx context.Context, req api.CreateVMReques
 // createWarm restores a booting create from the fresh template of its
 // shape, if there is one (ok). A restore that fails is undone and
 // answers !ok with no error, so the create boots instead; only a
-// cancelled request fails it.
-func (m *Manager) createWarm(ctx context.Context, s vmShape, in vmIntent, report progress.Func) (model.VM, bool, error) {
+// cancelled request fails it. When there is none, rebuild says whether
+// the create, once booted, should have one made (warmOnFirstUse): with
+// config warm_on_first_use always, else when the shape has a stale
+// template (staleOfShape: it was warmed, so it is rebuilt rather than
+// left stale).
+func (m *Manager) createWarm(ctx context.Context, s vmShape, in vmIntent, report progress.Func) (vm model.VM, ok, rebuild bool, err error) {
 	all, err := m.store.ListSnapshots(ctx)
 	if err != nil {
-		return model.VM{}, false, nil
+		return model.VM{}, false, false, nil
 	}
-	tmpl, ok := pickTemplate(all, inputsOf(s, m.guestSide()))
+	want := inputsOf(s, m.guestSide())
+	tmpl, ok := pickTemplate(all, want)
 	if !ok {
-		return model.VM{}, false, nil
+		return model.VM{}, false, m.cfg.WarmOnFirstUse || staleOfShape(all, want), nil
 	}
 	if vm, ok := m.claimSpare(ctx, tmpl, in, report); ok {
-		return vm, true, nil
+		return vm, true, false, nil
 	}
 	report(progress.Event{Phase: "warm", Message: "restoring from template " + tmpl.Name})
-	vm, err := m.forkOne(ctx, tmpl, in, report)
+	vm, err = m.forkOne(ctx, tmpl, in, report)
 	if err == nil {
-		return vm, true, nil
+		return vm, true, false, nil
 	}
 	if ctx.Err() != nil {
-		return model.VM{}, false, err
+		return model.VM{}, false, false, err
 	}
 	m.log.Warn("warm start failed; booting instead", "vm", in.Name, "template", tmpl.Name, "err", err)
 	report(progress.Event{Phase: "warm", Message: fmt.Sprintf("restore from template %s failed (%v): booting", tmpl.Name, err)})
-	return model.VM{}, false, nil
+	return model.VM{}, false, false, nil
 }
 
 // warmOnFirstUse makes the template of shape s in the background, once
-// a create of that shape booted for want of a fresh one (the create has
-// answered by then: the template's boot does not slow it): with config
-// warm_on_first_use always, else when the shape has a stale template
-// (staleOfShape: it was warmed, so it is rebuilt rather than left
-// stale). One is made at a time, each costing a boot; a shape asked for
+// a create of that shape booted for want of one (createWarm's rebuild;
+// the create has answered by then: the template's boot does not slow
+// it). One is made at a time, each costing a boot; a shape asked for
 // while another is being made is made on a later create. Nothing for a
 // shape that cannot be restored (canRestore), or before StartPool or
 // after its context ended.
 func (m *Manager) warmOnFirstUse(s vmShape, drv vmm.Driver) {
 	if canRestore(drv, s.Strategy, s.Image) != nil {
 		return
-	}
-	if !m.cfg.WarmOnFirstUse {
-		all, err := m.store.ListSnapshots(context.Background())
-		if err != nil || !staleOfShape(all, inputsOf(s, m.guestSide())) {
-			return
-		}
 	}
 	p := &m.pool
 	p.mu.Lock()
@@ -148,10 +145,8 @@ func (m *Manager) warmOnFirstUse(s vmShape, drv vmm.Driver) {
 			p.mu.Unlock()
 		}()
 		start := time.Now()
-		t, err := m.WarmImage(ctx, api.WarmRequest{
-			Image: s.Image.ID, Kernel: s.Kernel.ID, CPUs: s.CPUs,
-			Memory: strconv.Itoa(s.MemoryMiB) + "M", Disk: strconv.FormatInt(s.DiskBytes, 10), VMM: s.VMM,
-		}, nil)
+		r := s.request()
+		t, err := m.WarmImage(ctx, api.WarmRequest{Image: r.Image, Kernel: r.Kernel, CPUs: r.CPUs, Memory: r.Memory, Disk: r.Disk, VMM: r.VMM}, nil)
 		if err != nil {
 			m.log.Warn("template not made on first use", "image", s.Image.Name, "err", err)
 			return
@@ -198,11 +193,9 @@ func (m *Manager) WarmImage(ctx context.Context, req api.WarmRequest, report pro
 		}
 	}
 	report(progress.Event{Phase: "boot", Message: fmt.Sprintf("booting %s (%s, %d vcpu, %s memory, %s disk) to take the template", build, s.Image.Name, s.CPUs, model.FormatSize(int64(s.MemoryMiB)<<20), model.FormatSize(s.DiskBytes))})
-	vm, err := m.Create(ctx, api.CreateVMRequest{
-		Name: build, Image: s.Image.ID, Kernel: s.Kernel.ID, CPUs: s.CPUs,
-		Memory: strconv.Itoa(s.MemoryMiB) + "M", Disk: strconv.FormatInt(s.DiskBytes, 10), VMM: s.VMM,
-		Start: true, Cold: true, Labels: map[string]string{warmBuildLabel: key[:12]},
-	}, report)
+	r := s.request()
+	r.Name, r.Start, r.Cold, r.Labels = build, true, true, map[string]string{warmBuildLabel: key[:12]}
+	vm, err := m.Create(ctx, r, report)
 	// The build VM goes whatever happens; the template outlives it.
 	defer func() {
 		if vm.ID != "" {
