@@ -424,29 +424,52 @@ func (n *Network) Guarded() bool {
 // not an error; a device of that name that is not a tap is left alone and
 // reported.
 func (n *Network) DeleteTap(ctx context.Context, name string) error {
-	return n.deleteTap(ctx, name, false)
+	_, err := n.deleteTap(ctx, name, false)
+	return err
 }
 
 // ParkTap is DeleteTap for a VM that pauses: what its allowed host
 // names opened (the tap's resolved and inuse sets) is kept in memory,
 // and the next CreateTap of name for the same guest (address) puts it
 // back, so the resumed guest's cached answers and open connections
-// still pass. Answers keep expiring while the VM is paused; its open
-// connections keep the time they had left. Parking a tap already gone
-// keeps what was parked; DeleteTap, or a CreateTap of name for another
-// address, forgets it. It is memory only: a daemon restart forgets it.
-func (n *Network) ParkTap(ctx context.Context, name string) error {
+// still pass (see ParkedNames for how their times run meanwhile).
+// Parking a tap already gone keeps what was parked; DeleteTap, or a
+// CreateTap of name for another address, forgets it. It answers what
+// is parked for name (nil when nothing: a policy without names), for
+// the daemon to keep across a restart of its own (Repark).
+func (n *Network) ParkTap(ctx context.Context, name string) (*ParkedNames, error) {
 	return n.deleteTap(ctx, name, true)
 }
 
-func (n *Network) deleteTap(ctx context.Context, name string, park bool) error {
+// Repark puts back what ParkTap answered for tap name, kept by a daemon
+// before this one, for the next CreateTap of name. p is checked first:
+// a damaged one is refused and nothing is parked.
+func (n *Network) Repark(name string, p ParkedNames) error {
+	if err := checkIfname("tap", name); err != nil {
+		return err
+	}
+	if err := p.check(); err != nil {
+		return fmt.Errorf("tap %s: %w", name, err)
+	}
+	ng := n.names
+	ng.mu.Lock()
+	defer ng.mu.Unlock()
+	ng.parked[name] = p
+	return nil
+}
+
+func (n *Network) deleteTap(ctx context.Context, name string, park bool) (*ParkedNames, error) {
 	var guardErr error
 	gd, guarded := n.fw.(guarder)
+	var parked *ParkedNames
 	n.names.mu.Lock()
 	if park && guarded {
 		// Read before the table goes; none when it is not there.
 		kinuse, _ := gd.setElems(ctx, name, inuseSet)
 		n.names.park(name, kinuse)
+		if p, ok := n.names.parked[name]; ok {
+			parked = &p
+		}
 	} else {
 		n.names.drop(name)
 	}
@@ -458,18 +481,18 @@ func (n *Network) deleteTap(ctx context.Context, name string, park bool) error {
 	}
 	link, err := netlink.LinkByName(name)
 	if isNotFound(err) {
-		return guardErr
+		return parked, guardErr
 	}
 	if err != nil {
-		return errors.Join(guardErr, fmt.Errorf("look up tap %s: %w", name, err))
+		return parked, errors.Join(guardErr, fmt.Errorf("look up tap %s: %w", name, err))
 	}
 	if _, ok := link.(*netlink.Tuntap); !ok {
-		return errors.Join(guardErr, fmt.Errorf("device %s is a %s, not a tap: left alone", name, link.Type()))
+		return parked, errors.Join(guardErr, fmt.Errorf("device %s is a %s, not a tap: left alone", name, link.Type()))
 	}
 	if err := netlink.LinkDel(link); err != nil && !isNotFound(err) {
-		return errors.Join(guardErr, fmt.Errorf("delete tap %s: %w", name, err))
+		return parked, errors.Join(guardErr, fmt.Errorf("delete tap %s: %w", name, err))
 	}
-	return guardErr
+	return parked, guardErr
 }
 
 // Taps lists the tap devices present whose names have TapName's shape,

@@ -28,18 +28,78 @@ type nameGate struct {
 	byTap map[string]netip.Addr
 	// parked are the taps of paused VMs: what their sets held when the
 	// tap went, for the resume's tap of the same name and guest.
-	parked map[string]parkedTap
+	parked map[string]ParkedNames
 	now    func() time.Time
 }
 
-// parkedTap is a gated tap while its VM is paused. Its resolved set
-// keeps expiring (an answer's TTL is the world's clock); its inuse set
-// keeps the time each address had left (the guest sends nothing while
-// paused, so its connections did not go idle).
-type parkedTap struct {
-	ip    netip.Addr
-	tap   *gatedTap
-	inuse map[netip.Addr]time.Duration
+// ParkedNames is what a paused VM's tap held for its allowed host names
+// (ParkTap): the guest's address and policy then, the addresses its
+// answers opened with when each expires (the world's clock: answers
+// keep expiring while the VM is paused) and the addresses in use with
+// the time each had left (kept: the guest sends nothing while paused,
+// so its connections did not go idle). The daemon keeps it in the VM's
+// scratch files so that a restart of its own puts it back (Repark).
+type ParkedNames struct {
+	IP     netip.Addr     `json:"ip"`
+	Policy Policy         `json:"policy"`
+	Open   []ParkedAnswer `json:"open,omitempty"`
+	InUse  []ParkedUse    `json:"inuse,omitempty"`
+}
+
+// ParkedAnswer is an address an answer for Name opened, until Until.
+type ParkedAnswer struct {
+	Addr  netip.Addr `json:"addr"`
+	Until time.Time  `json:"until"`
+	Name  string     `json:"name,omitempty"`
+}
+
+// ParkedUse is an address the guest used, with the time it had left,
+// opened for Name ("" when not known).
+type ParkedUse struct {
+	Addr netip.Addr    `json:"addr"`
+	Left time.Duration `json:"left_ns"`
+	Name string        `json:"name,omitempty"`
+}
+
+// check says why p cannot be what ParkTap parked (a damaged scratch
+// file): it holds IPv4 addresses, no more answers and addresses in use
+// than the sets hold, and a policy with names.
+func (p ParkedNames) check() error {
+	if !p.IP.Is4() {
+		return fmt.Errorf("parked names: guest address %v is not IPv4", p.IP)
+	}
+	if len(p.Policy.Names) == 0 {
+		return fmt.Errorf("parked names of %s: the policy has no host names", p.IP)
+	}
+	if len(p.Open) > 2*MaxResolved || len(p.InUse) > 4*MaxResolved { // the sets' sizes
+		return fmt.Errorf("parked names of %s: %d answers and %d addresses in use, more than a tap holds", p.IP, len(p.Open), len(p.InUse))
+	}
+	for _, a := range p.Open {
+		if !a.Addr.Is4() {
+			return fmt.Errorf("parked names of %s: answer address %v is not IPv4", p.IP, a.Addr)
+		}
+	}
+	for _, u := range p.InUse {
+		if !u.Addr.Is4() || u.Left <= 0 || u.Left > inuseIdle {
+			return fmt.Errorf("parked names of %s: address in use %v with %v left", p.IP, u.Addr, u.Left)
+		}
+	}
+	return nil
+}
+
+// gated is p as the tap it was, and its inuse set.
+func (p ParkedNames) gated(tap string) (*gatedTap, map[netip.Addr]time.Duration) {
+	t := &gatedTap{tap: tap, policy: p.Policy, open: map[netip.Addr]opened{}, seen: map[netip.Addr]string{}}
+	inuse := map[netip.Addr]time.Duration{}
+	for _, a := range p.Open {
+		t.open[a.Addr] = opened{until: a.Until, name: a.Name}
+		t.seen[a.Addr] = a.Name
+	}
+	for _, u := range p.InUse {
+		inuse[u.Addr] = u.Left
+		t.seen[u.Addr] = u.Name
+	}
+	return t, inuse
 }
 
 // gatedTap is one tap whose policy has names, and what its set holds
@@ -62,7 +122,7 @@ type opened struct {
 
 func newNameGate() *nameGate {
 	return &nameGate{byIP: map[netip.Addr]*gatedTap{}, byTap: map[string]netip.Addr{},
-		parked: map[string]parkedTap{}, now: time.Now}
+		parked: map[string]ParkedNames{}, now: time.Now}
 }
 
 // prune drops what has expired.
@@ -99,8 +159,8 @@ func (ng *nameGate) carried(tap string, g Guest, kres, kinuse map[netip.Addr]tim
 	var old *gatedTap
 	if ip, ok := ng.byTap[tap]; ok && ip == g.IP {
 		old = ng.byIP[ip]
-	} else if p, ok := ng.parked[tap]; ok && p.ip == g.IP {
-		old, kinuse = p.tap, p.inuse
+	} else if p, ok := ng.parked[tap]; ok && p.IP == g.IP {
+		old, kinuse = p.gated(tap)
 	}
 	if old == nil {
 		for a, left := range kres {
@@ -168,14 +228,19 @@ func (ng *nameGate) park(tap string, kinuse map[netip.Addr]time.Duration) {
 	}
 	t := ng.byIP[ip]
 	t.prune(ng.now())
-	inuse := map[netip.Addr]time.Duration{}
+	p := ParkedNames{IP: ip, Policy: t.policy}
+	for a, o := range t.open {
+		p.Open = append(p.Open, ParkedAnswer{Addr: a, Until: o.until, Name: o.name})
+	}
 	for a, left := range kinuse {
 		if left >= time.Second {
-			inuse[a] = left
+			p.InUse = append(p.InUse, ParkedUse{Addr: a, Left: left, Name: t.seen[a]})
 		}
 	}
+	slices.SortFunc(p.Open, func(x, y ParkedAnswer) int { return x.Addr.Compare(y.Addr) })
+	slices.SortFunc(p.InUse, func(x, y ParkedUse) int { return x.Addr.Compare(y.Addr) })
 	ng.drop(tap)
-	ng.parked[tap] = parkedTap{ip: ip, tap: t, inuse: inuse}
+	ng.parked[tap] = p
 }
 
 // drop forgets tap, parked or not. Call with mu held.

@@ -2,6 +2,8 @@ package hostnet
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -90,16 +92,26 @@ func (l *policyLab) resolvedSetOf(lg *labGuest) []string {
 	return addrs
 }
 
-// pauseResume takes lg's port away as a pause (gone is ParkTap) or a
-// stop (DeleteTap) does, twice as a resume's teardown of what a crash
-// left would, then makes it again as the resume's CreateTap does. A veth
-// stands in for the tap, so gone leaves the device (not a tap) and the
-// test takes it off the bridge.
-func (l *policyLab) pauseResume(lg *labGuest, gone func(context.Context, string) error) {
+// pauseResume takes lg's port away as a pause (park) or a stop does,
+// twice as a resume's teardown of what a crash left would, then makes
+// it again as the resume's CreateTap does, with n, or with a Network
+// that knows nothing (a daemon restart) given what the pause parked
+// back through JSON (restart). A veth stands in for the tap, so the
+// delete leaves the device (not a tap) and the test takes it off the
+// bridge.
+func (l *policyLab) pauseResume(lg *labGuest, park, restart bool) {
 	t := l.t
 	t.Helper()
+	ctx := context.Background()
+	var parked *ParkedNames
 	for range 2 {
-		if err := gone(context.Background(), lg.port); err == nil || !strings.Contains(err.Error(), "not a tap") {
+		var err error
+		if park {
+			parked, err = l.n.ParkTap(ctx, lg.port)
+		} else {
+			err = l.n.DeleteTap(ctx, lg.port)
+		}
+		if err == nil || !strings.Contains(err.Error(), "not a tap") {
 			t.Fatalf("taking port %s away: %v, want the veth left alone", lg.port, err)
 		}
 	}
@@ -107,11 +119,29 @@ func (l *policyLab) pauseResume(lg *labGuest, gone func(context.Context, string)
 	if ps, err := l.n.Policies(); err != nil || slices.Contains(ps, policyTable(lg.port)) {
 		t.Fatalf("policy tables with the port gone: %v, %v", ps, err)
 	}
+	n := l.n
+	if restart {
+		if parked == nil {
+			t.Fatal("ParkTap answered nothing parked")
+		}
+		b, err := json.Marshal(parked)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back ParkedNames
+		if err := json.Unmarshal(b, &back); err != nil {
+			t.Fatal(err)
+		}
+		n = newTestNetwork(t, "nft")
+		if err := n.Repark(lg.port, back); err != nil {
+			t.Fatal(err)
+		}
+	}
 	link, err := netlink.LinkByName(lg.port)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := l.n.attachPort(context.Background(), link, lg.g); err != nil {
+	if err := n.attachPort(ctx, link, lg.g); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -232,17 +262,21 @@ func TestPolicyNames(t *testing.T) {
 	if err := echo(); err != nil {
 		t.Fatalf("echo: %v", err)
 	}
-	l.pauseResume(a, l.n.ParkTap)
-	if s := l.resolvedSetOf(a); !slices.Equal(s, []string{"203.0.113.10"}) {
-		t.Errorf("set after a pause and resume = %v, want the answer's address", s)
-	}
-	l.expect("after a pause and resume", a, []string{tDNS, tPublic}, nil)
-	sh(t, "nft", "flush", "set", "ip", policyTable(a.port), resolvedSet)
-	if err := echo(); err != nil {
-		t.Errorf("an open connection died with a pause and resume: %v", err)
+	for _, restart := range []bool{false, true} {
+		l.pauseResume(a, true, restart)
+		if s := l.resolvedSetOf(a); !slices.Equal(s, []string{"203.0.113.10"}) {
+			t.Errorf("set after a pause and resume (daemon restarted %v) = %v, want the answer's address", restart, s)
+		}
+		l.expect(fmt.Sprintf("after a pause and resume (daemon restarted %v)", restart), a, []string{tDNS, tPublic}, nil)
+		sh(t, "nft", "flush", "set", "ip", policyTable(a.port), resolvedSet)
+		if err := echo(); err != nil {
+			t.Errorf("an open connection died with a pause and resume (daemon restarted %v): %v", restart, err)
+		}
+		// Open again, as the next pause finds it.
+		l.setPolicy(a, mustPolicy(t, "none", []string{"*.example.test"}, nil, nil))
 	}
 	// A stop forgets them.
-	l.pauseResume(a, l.n.DeleteTap)
+	l.pauseResume(a, false, false)
 	if s := l.resolvedSetOf(a); len(s) != 0 {
 		t.Errorf("set after a stop and start = %v, want it empty", s)
 	}

@@ -1,6 +1,7 @@
 package hostnet
 
 import (
+	"encoding/json"
 	"net/netip"
 	"testing"
 	"time"
@@ -83,5 +84,64 @@ func TestParkedNames(t *testing.T) {
 	ng.park(tap, map[netip.Addr]time.Duration{a: 200 * time.Second})
 	if len(ng.parked) != 0 {
 		t.Errorf("parked %v for a tap without names", ng.parked)
+	}
+}
+
+// TestParkedNamesKept: what ParkTap answers goes through JSON (the
+// daemon's scratch file) and Repark into a Network that knows nothing,
+// and the resume's tap gets the same; a damaged one is refused whole.
+func TestParkedNamesKept(t *testing.T) {
+	now := time.Now()
+	a, b := netip.MustParseAddr("203.0.113.1"), netip.MustParseAddr("203.0.113.2")
+	g := Guest{IP: netip.MustParseAddr("172.16.0.2"), Policy: mustPolicy(t, "none", []string{"*.example.test"}, nil, nil)}
+	const tap = "tap-park"
+	old := newNameGate()
+	old.set(tap, g, carry{open: map[netip.Addr]opened{a: {until: now.Add(time.Minute), name: "a.example.test"}},
+		seen: map[netip.Addr]string{a: "a.example.test", b: "b.example.test"}})
+	old.park(tap, map[netip.Addr]time.Duration{b: 100 * time.Second})
+	raw, err := json.Marshal(old.parked[tap])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p ParkedNames
+	if err := json.Unmarshal(raw, &p); err != nil {
+		t.Fatal(err)
+	}
+	n := &Network{names: newNameGate()}
+	if err := n.Repark(tap, p); err != nil {
+		t.Fatal(err)
+	}
+	got := n.names.carried(tap, g, nil, nil)
+	if o := got.open[a]; !o.until.Equal(now.Add(time.Minute)) || o.name != "a.example.test" || len(got.open) != 1 {
+		t.Errorf("open after Repark = %v", got.open)
+	}
+	if got.inuse[b] != 100*time.Second || len(got.inuse) != 1 || got.seen[b] != "b.example.test" {
+		t.Errorf("in use after Repark = %v (seen %v)", got.inuse, got.seen)
+	}
+
+	for what, damage := range map[string]func(*ParkedNames){
+		"guest address":  func(p *ParkedNames) { p.IP = netip.Addr{} },
+		"no names":       func(p *ParkedNames) { p.Policy = Policy{} },
+		"answer address": func(p *ParkedNames) { p.Open[0].Addr = netip.MustParseAddr("::1") },
+		"time in use":    func(p *ParkedNames) { p.InUse[0].Left = 24 * time.Hour },
+		"too many answers": func(p *ParkedNames) {
+			for range 2 * MaxResolved {
+				p.Open = append(p.Open, p.Open[0])
+			}
+		},
+	} {
+		var bad ParkedNames
+		_ = json.Unmarshal(raw, &bad)
+		damage(&bad)
+		n := &Network{names: newNameGate()}
+		if err := n.Repark(tap, bad); err == nil {
+			t.Errorf("%s damaged: Repark accepted it", what)
+		}
+		if len(n.names.parked) != 0 {
+			t.Errorf("%s damaged: parked %v", what, n.names.parked)
+		}
+	}
+	if err := (&Network{names: newNameGate()}).Repark("bad name!", p); err == nil {
+		t.Error("Repark took a bad tap name")
 	}
 }

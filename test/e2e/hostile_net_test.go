@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -322,6 +323,18 @@ func TestGuestNetworkPolicy(t *testing.T) {
 	h.MustRun("vm", "resume", "pa")
 	if !reachable(h, "pa", "203.0.113.7", port, banner) {
 		t.Fatalf("--allow example.test: a pause and resume closed what the name opened")
+	}
+	// The same across a kill -9 of bangerd while paused: the next daemon
+	// finds what was opened beside the VM.
+	h.MustRun("vm", "pause", "pa")
+	pid := h.DaemonPID()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, pid)
+	h.MustRun("vm", "resume", "pa")
+	if !reachable(h, "pa", "203.0.113.7", port, banner) {
+		t.Fatalf("--allow example.test: a pause, daemon restart and resume closed what the name opened")
 	}
 	if _, errOut, code := h.Run("vm", "net", "pa", "--net", "internet"); code == 0 || !strings.Contains(errOut, `allow "example.test": host names are allowed only with network mode none`) {
 		t.Fatalf("a host name under internet: code %d, stderr %q", code, errOut)

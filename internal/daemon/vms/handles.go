@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
 )
 
@@ -41,15 +42,24 @@ func (c *handleCache) set(vmID, vmDir string, h model.VMHandles) error {
 	c.mu.Lock()
 	c.m[vmID] = h
 	c.mu.Unlock()
-	b, err := json.MarshalIndent(h, "", "  ")
+	if err := writeScratch(vmDir, handlesFile, h); err != nil {
+		return fmt.Errorf("write handles: %w", err)
+	}
+	return nil
+}
+
+// writeScratch writes v as JSON to the VM directory's scratch file name,
+// atomically (through name.tmp): a crash never leaves a torn file.
+func writeScratch(vmDir, name string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(vmDir, handlesFile+".tmp")
+	tmp := filepath.Join(vmDir, name+".tmp")
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("write handles: %w", err)
+		return err
 	}
-	return os.Rename(tmp, filepath.Join(vmDir, handlesFile))
+	return os.Rename(tmp, filepath.Join(vmDir, name))
 }
 
 // forget drops a VM's handles from memory and removes its scratch file.
@@ -77,4 +87,42 @@ func readHandlesFile(vmDir string) (model.VMHandles, error) {
 		return model.VMHandles{}, fmt.Errorf("corrupt %s in %s: %w", handlesFile, vmDir, err)
 	}
 	return h, nil
+}
+
+// parkedFile is a paused VM's scratch file of what its allowed host
+// names had opened (hostnet.ParkedNames), so that a daemon restart while
+// it is paused does not lose it. It exists only while the VM is paused.
+const parkedFile = "names-parked.json"
+
+// writeParked keeps p in vmDir's scratch file, or removes the file when
+// p is nil.
+func writeParked(vmDir string, p *hostnet.ParkedNames) error {
+	path := filepath.Join(vmDir, parkedFile)
+	if p == nil {
+		_ = os.Remove(path + ".tmp") // a crash mid-write
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	if err := writeScratch(vmDir, parkedFile, p); err != nil {
+		return fmt.Errorf("write parked names: %w", err)
+	}
+	return nil
+}
+
+// readParked reads what writeParked kept: nil when there is none.
+func readParked(vmDir string) (*hostnet.ParkedNames, error) {
+	b, err := os.ReadFile(filepath.Join(vmDir, parkedFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var p hostnet.ParkedNames
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, fmt.Errorf("corrupt %s in %s: %w", parkedFile, vmDir, err)
+	}
+	return &p, nil
 }

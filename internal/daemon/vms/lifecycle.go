@@ -796,12 +796,20 @@ func (m *Manager) release(ctx context.Context, vm model.VM, park bool) {
 		}
 	}
 	if m.taps != nil {
-		deleteTap := m.taps.DeleteTap
+		// What a paused VM's names opened is kept beside it, for a
+		// resume by a daemon started since (reconcilePaused).
+		var parked *hostnet.ParkedNames
+		var err error
 		if park {
-			deleteTap = m.taps.ParkTap
+			parked, err = m.taps.ParkTap(ctx, h.Tap)
+		} else {
+			err = m.taps.DeleteTap(ctx, h.Tap)
 		}
-		if err := deleteTap(ctx, h.Tap); err != nil {
+		if err != nil {
 			m.log.Warn("delete tap", "vm", vm.Name, "tap", h.Tap, "err", err)
+		}
+		if err := writeParked(vm.Dir, parked); err != nil {
+			m.log.Warn("keep what the vm's host names opened", "vm", vm.Name, "err", err)
 		}
 	}
 	// Without handles too: a crash between Attach and recording its

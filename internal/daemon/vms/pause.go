@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/errdefs"
+	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/progress"
 	"github.com/banger/banger/internal/vmm"
@@ -168,6 +169,9 @@ func (m *Manager) resume(ctx context.Context, vm model.VM, report progress.Func)
 		// A resume is activity: the idle time before the pause must not
 		// pause the VM again at once.
 		m.Active(vm.ID)()
+		// Its tap has what was parked; the scratch file is for a
+		// paused VM only.
+		_ = writeParked(vm.Dir, nil)
 	}
 	return vm, err
 }
@@ -207,9 +211,19 @@ func (m *Manager) reconcilePaused(ctx context.Context, vm model.VM, h model.VMHa
 			return
 		}
 	}
+	// What the daemon before this one parked of the VM's host names
+	// goes back for the resume's tap, before the release below answers
+	// it again to be kept.
+	if p, err := readParked(vm.Dir); err != nil {
+		m.log.Warn("reconcile: what the vm's host names opened is lost", "vm", vm.Name, "err", err)
+	} else if p != nil && m.taps != nil {
+		if err := m.taps.Repark(hostnet.TapName(vm.ID), *p); err != nil {
+			m.log.Warn("reconcile: what the vm's host names opened is lost", "vm", vm.Name, "err", err)
+		}
+	}
 	// Whatever a pause cut short left (a VMM, a tap, loops) goes; for a
 	// VM paused cleanly this finds nothing.
-	m.teardown(ctx, vm)
+	m.release(ctx, vm, true)
 	_ = os.RemoveAll(filepath.Join(vm.Dir, stateTmpName))
 	if _, err := os.Stat(StateDir(vm.Dir)); err != nil {
 		m.markStopped(ctx, vm, "the vm was paused but its saved state is missing")

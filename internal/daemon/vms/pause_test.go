@@ -82,6 +82,10 @@ func TestPauseResume(t *testing.T) {
 	f, snap, clocks := snapFixture(t)
 	ctx := context.Background()
 	startVM(t, f, "one")
+	none := "none"
+	if _, err := f.m.SetNet(ctx, "one", api.VMNetRequest{Net: &none, Allow: &[]string{"*.example.test"}}); err != nil {
+		t.Fatal(err)
+	}
 	vm, err := f.m.Pause(ctx, "one")
 	if err != nil {
 		t.Fatal(err)
@@ -90,10 +94,14 @@ func TestPauseResume(t *testing.T) {
 		t.Fatalf("Pause answered %+v", vm)
 	}
 	assertPaused(t, f, "one")
-	// The tap is parked: what its host names opened waits for the resume.
+	// The tap is parked: what its host names opened waits for the resume,
+	// in memory and beside the VM.
 	tap := hostnet.TapName(vm.ID)
 	if !f.taps.IsParked(tap) {
 		t.Fatalf("tap %s of a paused vm not parked (parked %v)", tap, f.taps.Parked)
+	}
+	if p, err := readParked(vm.Dir); err != nil || p == nil || p.IP.String() != vm.GuestIP {
+		t.Fatalf("parked names beside the vm: %+v, %v", p, err)
 	}
 	if _, err := f.m.Pause(ctx, "one"); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "already paused") {
 		t.Fatalf("second pause: %v", err)
@@ -102,10 +110,15 @@ func TestPauseResume(t *testing.T) {
 		t.Fatalf("Running of a paused vm: %v", err)
 	}
 
-	// A daemon restart keeps it paused: no VMM is expected.
+	// A daemon restart keeps it paused: no VMM is expected. Its new
+	// network knows nothing until the restart reparks what was kept.
 	f.m.handles = newHandleCache()
+	f.taps.Parked = map[string]hostnet.ParkedNames{}
 	f.m.Reconcile(ctx)
 	assertPaused(t, f, "one")
+	if !f.taps.IsParked(tap) {
+		t.Fatalf("tap %s not parked again after a restart", tap)
+	}
 
 	vm, err = f.m.Resume(ctx, "one", nil)
 	if err != nil {
@@ -120,6 +133,12 @@ func TestPauseResume(t *testing.T) {
 	// A resume is a start for those told of one (published ports listen again).
 	if f.started["one"] != 2 {
 		t.Fatalf("Started told %d times of boot and resume, want 2", f.started["one"])
+	}
+	if !slices.Equal(f.taps.Unparked, []string{tap}) {
+		t.Fatalf("the resume's tap got %v back, want %s's parked sets", f.taps.Unparked, tap)
+	}
+	if p, err := readParked(vm.Dir); p != nil || err != nil {
+		t.Fatalf("parked names kept beside a running vm: %+v, %v", p, err)
 	}
 	if snap.Restored[0].Net.Tap != f.drv.Started[0].Net.Tap || snap.Restored[0].Cmdline != f.drv.Started[0].Cmdline {
 		t.Fatalf("restored spec differs from the booted one:\n%+v\n%+v", snap.Restored[0], f.drv.Started[0])
@@ -138,9 +157,7 @@ func TestPauseResume(t *testing.T) {
 	if vm, err = f.m.Start(ctx, "one", nil); err != nil || vm.State != model.VMRunning || len(snap.Restored) != 2 || len(f.drv.Started) != 1 {
 		t.Fatalf("start of a paused vm: %+v, %v, %d restores, %d boots", vm, err, len(snap.Restored), len(f.drv.Started))
 	}
-	// Without a restart between, the resume's tap gets back what the
-	// pause parked (a restart forgets it).
-	if !slices.Equal(f.taps.Unparked, []string{tap}) {
+	if !slices.Equal(f.taps.Unparked, []string{tap, tap}) {
 		t.Fatalf("the resume's tap got %v back, want %s's parked sets", f.taps.Unparked, tap)
 	}
 
@@ -154,8 +171,8 @@ func TestPauseResume(t *testing.T) {
 	if _, err := os.Stat(StateDir(vm.Dir)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("saved state left after stop (%v)", err)
 	}
-	if f.taps.IsParked(tap) {
-		t.Fatal("a stopped vm's tap still parked")
+	if p, _ := readParked(vm.Dir); f.taps.IsParked(tap) || p != nil {
+		t.Fatalf("a stopped vm's tap still parked (beside it: %+v)", p)
 	}
 	if _, err := f.m.Pause(ctx, "one"); errdefs.CodeOf(err) != errdefs.CodeConflict || !strings.Contains(err.Error(), "not running (state stopped)") {
 		t.Fatalf("pause of a stopped vm: %v", err)

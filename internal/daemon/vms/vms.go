@@ -63,8 +63,12 @@ type Taps interface {
 	DeleteTap(ctx context.Context, name string) error
 	// ParkTap is DeleteTap for a pause: what the guest's allowed host
 	// names opened is kept for the resume's CreateTap of that name and
-	// guest.
-	ParkTap(ctx context.Context, name string) error
+	// guest, and answered (nil when nothing is parked) to be kept
+	// across a daemon restart.
+	ParkTap(ctx context.Context, name string) (*hostnet.ParkedNames, error)
+	// Repark puts back what a ParkTap of a daemon before this one
+	// answered; a damaged one is refused.
+	Repark(name string, p hostnet.ParkedNames) error
 	// ApplyPolicy replaces the policy of a running VM's tap; on error the
 	// old one stays.
 	ApplyPolicy(ctx context.Context, name string, g hostnet.Guest) error

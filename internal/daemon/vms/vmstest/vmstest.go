@@ -131,16 +131,19 @@ func (s *Strategy) Remove(ctx context.Context, dir string) error {
 // the policy each has in force, Policies. Like hostnet.Network it checks
 // policies against 172.16.0.0/24 on bridge banger0; with NeedsNft it acts
 // as the iptables backend and refuses any policy but the default;
-// ApplyErr fails the next ApplyPolicy calls. A tap ParkTap took is
-// Parked until DeleteTap or CreateTap; CreateTap of a parked tap is
-// recorded in Unparked (the real one puts its name sets back).
+// ApplyErr fails the next ApplyPolicy calls. A tap whose policy has
+// host names that ParkTap took is Parked (with its guest's address and
+// policy) until DeleteTap or CreateTap; CreateTap of a parked tap for
+// its guest is recorded in Unparked (the real one puts its name sets
+// back).
 type Taps struct {
 	mu       sync.Mutex
 	Made     map[string]bool
 	Held     map[string]bool // made with Guest.Held and not raised yet
 	Raised   []string        // each RaiseTap's tap
-	Parked   map[string]bool
+	Parked   map[string]hostnet.ParkedNames
 	Unparked []string
+	IPs      map[string]netip.Addr // each made tap's guest address
 	Policies map[string]hostnet.Policy
 	Applied  int // ApplyPolicy calls that succeeded
 	NeedsNft bool
@@ -156,11 +159,14 @@ func (f *Taps) CreateTap(ctx context.Context, name string, g hostnet.Guest) erro
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.Parked[name] {
-		f.Unparked = append(f.Unparked, name)
+	if p, ok := f.Parked[name]; ok {
+		if p.IP == g.IP {
+			f.Unparked = append(f.Unparked, name)
+		}
 		delete(f.Parked, name)
 	}
 	f.Made[name] = true
+	f.IPs[name] = g.IP
 	f.Policies[name] = g.Policy
 	if g.Held {
 		f.Held[name] = true
@@ -192,20 +198,35 @@ func (f *Taps) DeleteTap(ctx context.Context, name string) error {
 	delete(f.Parked, name)
 	return f.deleteTap(name)
 }
-func (f *Taps) ParkTap(ctx context.Context, name string) error {
+func (f *Taps) ParkTap(ctx context.Context, name string) (*hostnet.ParkedNames, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.Made[name] {
-		f.Parked[name] = true
+	if f.Made[name] && len(f.Policies[name].Names) > 0 {
+		f.Parked[name] = hostnet.ParkedNames{IP: f.IPs[name], Policy: f.Policies[name]}
 	}
-	return f.deleteTap(name)
+	if err := f.deleteTap(name); err != nil {
+		return nil, err
+	}
+	if p, ok := f.Parked[name]; ok {
+		return &p, nil
+	}
+	return nil, nil
+}
+
+// Repark records p as parked for name, as a daemon restart's would.
+func (f *Taps) Repark(name string, p hostnet.ParkedNames) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Parked[name] = p
+	return nil
 }
 
 // IsParked reports whether tap name was parked and not made again.
 func (f *Taps) IsParked(name string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.Parked[name]
+	_, ok := f.Parked[name]
+	return ok
 }
 
 func (f *Taps) deleteTap(name string) error {
@@ -252,7 +273,7 @@ func (f *Taps) Gateway() netip.Addr { return netip.MustParseAddr("172.16.0.1") }
 
 // NewTaps makes an empty Taps.
 func NewTaps() *Taps {
-	return &Taps{Made: map[string]bool{}, Held: map[string]bool{}, Parked: map[string]bool{}, Policies: map[string]hostnet.Policy{}}
+	return &Taps{Made: map[string]bool{}, Held: map[string]bool{}, Parked: map[string]hostnet.ParkedNames{}, IPs: map[string]netip.Addr{}, Policies: map[string]hostnet.Policy{}}
 }
 
 // State makes a state directory in a temp dir with an open store (closed
