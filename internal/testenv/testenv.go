@@ -127,6 +127,18 @@ func BuildFakeFirecracker(t testing.TB, dir string) string {
 	return out
 }
 
+// FakeKVM is a file that stands in for /dev/kvm where a VMM driver only
+// opens it to see that KVM is usable (Firecracker's KVMDevice), for
+// tests over fakefc, which runs no guest.
+func FakeKVM(t testing.TB) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "kvm")
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // moduleRoot walks up from the working directory to go.mod.
 func moduleRoot() (string, error) {
 	dir, err := os.Getwd()

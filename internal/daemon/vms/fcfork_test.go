@@ -103,7 +103,7 @@ func fcFixture(t *testing.T) (*fixture, *firecracker.Driver, *fakeGuests) {
 	ctx := context.Background()
 	bin := testenv.BuildFakeFirecracker(t, t.TempDir())
 	f := newFixture(t)
-	drv := firecracker.New(firecracker.Options{Binary: bin})
+	drv := firecracker.New(firecracker.Options{Binary: bin, KVMDevice: testenv.FakeKVM(t)})
 	if ok, why := drv.Available(ctx); !ok {
 		t.Skipf("firecracker driver over fakefc unavailable here: %s", why)
 	}

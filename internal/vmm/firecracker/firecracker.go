@@ -48,6 +48,10 @@ type Options struct {
 	ProbeKernel func() string
 	// ProbeTimeout bounds that probe boot (default 10s).
 	ProbeTimeout time.Duration
+	// KVMDevice is the device Available opens to see that KVM is usable
+	// ("" is /dev/kvm). Tests over fakefc, which runs no guest, name a
+	// file of their own, so they run on hosts without KVM too.
+	KVMDevice string
 }
 
 // Driver runs VMs under Firecracker. It implements vmm.Driver,
@@ -182,7 +186,11 @@ func (d *Driver) check(ctx context.Context) (ok bool, reason string, final bool)
 		return false, fmt.Sprintf("%s --version failed: %v", bin, err), true
 	}
 	ver := ParseVersion(string(out))
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	kvm := d.opts.KVMDevice
+	if kvm == "" {
+		kvm = "/dev/kvm"
+	}
+	f, err := os.OpenFile(kvm, os.O_RDWR, 0)
 	if err != nil {
 		return false, fmt.Sprintf("firecracker %s (%s) found but KVM is unusable: %v", ver, bin, err), true
 	}

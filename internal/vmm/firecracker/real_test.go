@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/banger/banger/internal/testenv"
 	"github.com/banger/banger/internal/vmm"
 	"github.com/banger/banger/internal/vmm/firecracker/fcapi"
 )
@@ -118,12 +119,10 @@ func TestAvailableWithoutKVM(t *testing.T) {
 // Available boots it (the fake's guest prints nothing, so the probe fails)
 // and keeps that answer.
 func TestAvailableProbesOnceAKernelExists(t *testing.T) {
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		t.Skip("needs /dev/kvm to open: without it Available stops before any probe")
-	}
 	kernel := ""
 	asked := 0
-	d := New(Options{Binary: fakeBin, ProbeTimeout: 300 * time.Millisecond, ProbeKernel: func() string { asked++; return kernel }})
+	d := New(Options{Binary: fakeBin, ProbeTimeout: 300 * time.Millisecond, ProbeKernel: func() string { asked++; return kernel },
+		KVMDevice: testenv.FakeKVM(t)})
 	ok, reason := d.Available(context.Background())
 	if !ok || !strings.Contains(reason, "not probed yet") {
 		t.Fatalf("without a kernel: %v, %q", ok, reason)

@@ -15,11 +15,15 @@ import (
 	"github.com/banger/banger/internal/proc"
 )
 
-// kvmOpens reports whether /dev/kvm can be opened read-write, and why not.
-func kvmOpens() (bool, string) {
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+// kvmOpens reports whether the KVM device (dev, "" for /dev/kvm) can be
+// opened read-write, and why not.
+func kvmOpens(dev string) (bool, string) {
+	if dev == "" {
+		dev = "/dev/kvm"
+	}
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
 	if err != nil {
-		return false, fmt.Sprintf("/dev/kvm unusable: %v", err)
+		return false, fmt.Sprintf("%s unusable: %v", dev, err)
 	}
 	f.Close()
 	return true, ""

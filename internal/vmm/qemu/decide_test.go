@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/banger/banger/internal/testenv"
 	"github.com/banger/banger/internal/vmm"
 	"github.com/banger/banger/internal/vmm/vmmuser"
 )
@@ -29,9 +30,7 @@ exec sleep 30
 `
 
 func TestWeakKVMChoiceIsCheckedWithAKernel(t *testing.T) {
-	if ok, why := kvmOpens(); !ok {
-		t.Skipf("the firmware-only KVM choice needs /dev/kvm to open: %s", why)
-	}
+	kvm := testenv.FakeKVM(t)
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "qemu")
 	if err := os.WriteFile(bin, []byte(fakePVMQEMU), 0o755); err != nil {
@@ -45,7 +44,7 @@ func TestWeakKVMChoiceIsCheckedWithAKernel(t *testing.T) {
 
 	// No kernel yet: the firmware probe passes and KVM is chosen, weakly.
 	var pk *ProbeKernel
-	d := New(Options{Binary: bin, ProbeKernel: func() *ProbeKernel { return pk }, StartTimeout: time.Second})
+	d := New(Options{Binary: bin, ProbeKernel: func() *ProbeKernel { return pk }, StartTimeout: time.Second, KVMDevice: kvm})
 	accel, why := d.Accel(ctx)
 	if accel != "kvm" || !strings.Contains(why, "firmware only") {
 		t.Fatalf("without a kernel: %s (%s), want a weak kvm", accel, why)
@@ -69,7 +68,7 @@ func TestWeakKVMChoiceIsCheckedWithAKernel(t *testing.T) {
 	// Start with a weak choice probes the kernel it is about to boot, and
 	// boots it under TCG (the fake never answers QMP, so Start fails after).
 	os.Remove(log)
-	d = New(Options{Binary: bin, ProbeKernel: func() *ProbeKernel { return nil }, StartTimeout: time.Second})
+	d = New(Options{Binary: bin, ProbeKernel: func() *ProbeKernel { return nil }, StartTimeout: time.Second, KVMDevice: kvm})
 	if accel, _ := d.Accel(ctx); accel != "kvm" {
 		t.Fatalf("weak choice: %s", accel)
 	}

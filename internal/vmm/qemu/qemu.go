@@ -49,6 +49,10 @@ type Options struct {
 	TSCkHz int
 	// StartTimeout bounds Start's wait for QMP (default 30s).
 	StartTimeout time.Duration
+	// KVMDevice is the device opened to see that KVM is usable ("" is
+	// /dev/kvm). Tests with a QEMU stand-in name a file of their own, so
+	// they run on hosts without KVM too.
+	KVMDevice string
 	// RunAs is the unprivileged system user QEMU drops to (-runas) once
 	// it has opened its devices and files, before the guest runs:
 	// vmmuser.Default when empty. It is created when missing (the daemon
@@ -239,13 +243,13 @@ func (d *Driver) decide(ctx context.Context, pk *ProbeKernel) {
 	case "tcg":
 		d.accel, why = "tcg", "tcg forced by configuration"
 	case "kvm":
-		if ok, r := kvmOpens(); !ok {
+		if ok, r := kvmOpens(d.opts.KVMDevice); !ok {
 			d.decided, d.reason = true, fmt.Sprintf("kvm forced by configuration but %s", r)
 			return
 		}
 		d.accel, why = "kvm", "kvm forced by configuration"
 	case "auto":
-		if ok, r := kvmOpens(); !ok {
+		if ok, r := kvmOpens(d.opts.KVMDevice); !ok {
 			d.accel, why = "tcg", r
 		} else if ok, r := probe(ctx, path, "kvm", pk, d.opts.ProbeTimeout); !ok {
 			if ctx.Err() != nil {

@@ -216,7 +216,7 @@ func TestRealAvailable(t *testing.T) {
 	if accel != "kvm" && accel != "tcg" {
 		t.Fatalf("accel %q", accel)
 	}
-	if kvm, _ := kvmOpens(); !kvm && accel != "tcg" {
+	if kvm, _ := kvmOpens(""); !kvm && accel != "tcg" {
 		t.Fatalf("accel %q without a usable /dev/kvm", accel)
 	}
 	t.Logf("available: %s", reason)
@@ -224,7 +224,7 @@ func TestRealAvailable(t *testing.T) {
 	if ok, reason := New(Options{Binary: "/nonexistent/qemu"}).Available(context.Background()); ok || !strings.Contains(reason, "not found") {
 		t.Fatalf("missing binary: %v %s", ok, reason)
 	}
-	if kvm, _ := kvmOpens(); !kvm {
+	if kvm, _ := kvmOpens(""); !kvm {
 		if ok, reason := New(Options{Accel: "kvm"}).Available(context.Background()); ok || !strings.Contains(reason, "/dev/kvm") {
 			t.Fatalf("forced kvm without /dev/kvm: %v %s", ok, reason)
 		}
