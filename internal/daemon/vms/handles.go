@@ -97,6 +97,9 @@ const parkedFile = "names-parked.json"
 // writeParked keeps p in vmDir's scratch file, or removes the file when
 // p is nil.
 func writeParked(vmDir string, p *hostnet.ParkedNames) error {
+	if vmDir == "" { // never the daemon's working directory
+		return nil
+	}
 	path := filepath.Join(vmDir, parkedFile)
 	if p == nil {
 		_ = os.Remove(path + ".tmp") // a crash mid-write
