@@ -80,6 +80,20 @@ func KernelArgs(cmdline string, args ...string) string {
 	return strings.Join(parts, " ")
 }
 
+// OpenKVM says why the KVM device dev cannot be opened read-write (nil
+// when it can), as both drivers check before they use KVM; "" is
+// /dev/kvm. The error names the device.
+func OpenKVM(dev string) error {
+	if dev == "" {
+		dev = "/dev/kvm"
+	}
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
 // RemoveFiles removes paths, skipping empty ones and those already gone,
 // and returns the other errors joined.
 func RemoveFiles(paths ...string) error {

@@ -186,15 +186,9 @@ func (d *Driver) check(ctx context.Context) (ok bool, reason string, final bool)
 		return false, fmt.Sprintf("%s --version failed: %v", bin, err), true
 	}
 	ver := ParseVersion(string(out))
-	kvm := d.opts.KVMDevice
-	if kvm == "" {
-		kvm = "/dev/kvm"
-	}
-	f, err := os.OpenFile(kvm, os.O_RDWR, 0)
-	if err != nil {
+	if err := vmm.OpenKVM(d.opts.KVMDevice); err != nil {
 		return false, fmt.Sprintf("firecracker %s (%s) found but KVM is unusable: %v", ver, bin, err), true
 	}
-	f.Close()
 	pk := ""
 	if d.opts.ProbeKernel != nil {
 		pk = d.opts.ProbeKernel()

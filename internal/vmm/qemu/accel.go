@@ -13,19 +13,15 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/banger/banger/internal/proc"
+	"github.com/banger/banger/internal/vmm"
 )
 
 // kvmOpens reports whether the KVM device (dev, "" for /dev/kvm) can be
 // opened read-write, and why not.
 func kvmOpens(dev string) (bool, string) {
-	if dev == "" {
-		dev = "/dev/kvm"
+	if err := vmm.OpenKVM(dev); err != nil {
+		return false, fmt.Sprintf("KVM unusable: %v", err)
 	}
-	f, err := os.OpenFile(dev, os.O_RDWR, 0)
-	if err != nil {
-		return false, fmt.Sprintf("%s unusable: %v", dev, err)
-	}
-	f.Close()
 	return true, ""
 }
 
