@@ -19,6 +19,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/banger/banger/internal/shell"
+	"github.com/banger/banger/internal/testenv"
 )
 
 // sshd is a system OpenSSH server on 127.0.0.1, started for one test.
@@ -66,12 +67,7 @@ func startSSHD(t *testing.T, extra string) *sshd {
 	if err := os.WriteFile(authorized, []byte(AuthorizedKey(signer)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port := testenv.QuietPort(t)
 	cfg := filepath.Join(dir, "sshd_config")
 	conf := fmt.Sprintf(`ListenAddress 127.0.0.1
 Port %d

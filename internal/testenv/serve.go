@@ -1,7 +1,9 @@
 package testenv
 
 import (
+	"math/rand/v2"
 	"net"
+	"strconv"
 	"testing"
 )
 
@@ -35,4 +37,26 @@ func Serve(ln net.Listener, handle func(net.Conn)) string {
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// QuietPort returns a TCP port free on 127.0.0.1 that the test may close
+// and bind again later (a restarted listener, a config file naming it).
+// A port the kernel handed out for "127.0.0.1:0" is a poor choice for
+// that: once closed, any test running in parallel may be given it. This
+// one lies below the kernel's ephemeral range (32768 and up by default),
+// which port-0 binds never draw from, so only a test naming the same
+// number could take it.
+func QuietPort(t testing.TB) int {
+	t.Helper()
+	for range 50 {
+		port := 20000 + rand.IntN(12000)
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return port
+	}
+	t.Fatal("no free port found below the ephemeral range")
+	return 0
 }

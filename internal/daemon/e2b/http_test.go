@@ -6,16 +6,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/banger/banger/internal/envd"
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/testenv"
 )
 
 func TestControlPlaneAuth(t *testing.T) {
@@ -362,7 +365,10 @@ func TestListenerRecorded(t *testing.T) {
 	st := fx.svc.Store
 	fx.svc.Close()
 	first := New(fx.svc.Deps)
-	got, err := first.ServeAndRecord(t.Context(), "127.0.0.1:0", "", true)
+	// The restart binds the recorded address again: a quiet port, so no
+	// parallel test is handed it in between.
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(testenv.QuietPort(t)))
+	got, err := first.ServeAndRecord(t.Context(), addr, "", true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -430,5 +436,23 @@ func TestProxyFullDuplex(t *testing.T) {
 	b, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != 200 || string(b) != `got "late body" <nil>` {
 		t.Fatalf("relayed upload after the answer began: %d %q", resp.StatusCode, b)
+	}
+}
+
+// TestCloseFreesAddress: once Close returns, the address can be served
+// again at once (`banger e2b stop` then `serve`, a daemon restart).
+// Close used to leave the listener to the serving goroutine, which might
+// not yet have started.
+func TestCloseFreesAddress(t *testing.T) {
+	fx := newFixture(t)
+	fx.svc.Close()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(testenv.QuietPort(t)))
+	svc := New(fx.svc.Deps)
+	defer svc.Close()
+	for i := range 200 {
+		if _, err := svc.Serve(addr, "", false); err != nil {
+			t.Fatalf("serve %d: %v", i, err)
+		}
+		svc.Close()
 	}
 }

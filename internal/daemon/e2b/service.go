@@ -119,6 +119,7 @@ type Service struct {
 	Deps
 	mu     sync.Mutex
 	srv    *http.Server
+	ln     net.Listener
 	addr   string
 	domain string
 	tls    bool
@@ -199,7 +200,7 @@ func (s *Service) Serve(addr, domain string, useTLS bool) (Status, error) {
 		}
 		srv.TLSConfig = iss.tlsConfig()
 	}
-	s.addr, s.domain, s.tls, s.srv = bound, domain, useTLS, srv
+	s.addr, s.domain, s.tls, s.srv, s.ln = bound, domain, useTLS, srv, ln
 	go func() {
 		var err error
 		if useTLS {
@@ -278,14 +279,18 @@ func (s *Service) Status() Status {
 	return Status{Listen: s.addr, Domain: s.domain, TLS: s.tls}
 }
 
-// Close stops the listener and its connections.
+// Close stops the listener and its connections. The address is free
+// when it returns: the listener is closed here, not left to the serving
+// goroutine, which may not have reached Serve yet (http.Server.Close
+// closes only the listeners Serve has taken up).
 func (s *Service) Close() {
 	s.mu.Lock()
-	srv := s.srv
-	s.srv, s.addr, s.tls = nil, "", false
+	srv, ln := s.srv, s.ln
+	s.srv, s.ln, s.addr, s.tls = nil, nil, "", false
 	s.mu.Unlock()
 	if srv != nil {
 		_ = srv.Close()
+		_ = ln.Close()
 	}
 	s.proxy.close()
 }

@@ -339,12 +339,7 @@ func TestReserveBind(t *testing.T) {
 	defer other.Close()
 	taken := other.Addr().(*net.TCPAddr).Port
 
-	free, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	freePort := free.Addr().(*net.TCPAddr).Port
-	free.Close()
+	freePort := testenv.QuietPort(t)
 	for _, specs := range [][]string{
 		{fmt.Sprintf("%d:80", freePort), fmt.Sprintf("%d:81", taken)},
 		{fmt.Sprintf("%d:80", freePort), fmt.Sprintf("127.0.0.1:%d:81", freePort)},
