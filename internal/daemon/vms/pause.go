@@ -164,6 +164,9 @@ func (m *Manager) resume(ctx context.Context, vm model.VM, report progress.Func)
 		m.markStopped(ctx, vm, "the saved state of the paused vm is missing")
 		return vm, errdefs.Errorf(errdefs.CodeConflict, "vm %s was paused but its saved state is gone (%v): it is stopped now; start it with `banger vm start %s`", vm.Name, err, vm.Name)
 	}
+	// What the pause parked of the VM's host names, as it saved them: a
+	// resume that fails tears its tap down, and the VM goes on paused.
+	parked, perr := readParked(vm.Dir)
 	vm, err := m.launch(ctx, vm, report, dir, nil)
 	if err == nil {
 		// A resume is activity: the idle time before the pause must not
@@ -172,6 +175,17 @@ func (m *Manager) resume(ctx context.Context, vm model.VM, report progress.Func)
 		// Its tap has what was parked; the scratch file is for a
 		// paused VM only.
 		_ = writeParked(vm.Dir, nil)
+		return vm, nil
+	}
+	if vm.State == model.VMPaused && parked != nil && perr == nil && m.taps != nil {
+		// Parked again as the pause left them, not as the failed run
+		// changed them: the next resume restores the guest's memory of
+		// that moment, and what its names had opened then.
+		if rerr := m.taps.Repark(hostnet.TapName(vm.ID), *parked); rerr != nil {
+			m.log.Warn("what the vm's host names opened is lost", "vm", vm.Name, "err", rerr)
+		} else if werr := writeParked(vm.Dir, parked); werr != nil {
+			m.log.Warn("keep what the vm's host names opened", "vm", vm.Name, "err", werr)
+		}
 	}
 	return vm, err
 }

@@ -227,9 +227,21 @@ func TestPauseFailures(t *testing.T) {
 	}
 
 	// A restore that fails leaves the VM paused with its state, and
-	// nothing on the host.
+	// nothing on the host but what its host names opened, parked again
+	// for the next resume.
+	none := "none"
+	if _, err := f.m.SetNet(ctx, "one", api.VMNetRequest{Net: &none, Allow: &[]string{"example.test"}}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := f.m.Pause(ctx, "one"); err != nil {
 		t.Fatal(err)
+	}
+	tap := hostnet.TapName(vm.ID)
+	stillParked := func(when string) {
+		t.Helper()
+		if p, err := readParked(vm.Dir); !f.taps.IsParked(tap) || p == nil || err != nil {
+			t.Fatalf("%s: tap parked %v, beside the vm %+v, %v", when, f.taps.IsParked(tap), p, err)
+		}
 	}
 	snap.RestoreErr = errors.New("state refused")
 	if _, err := f.m.Resume(ctx, "one", nil); err == nil || !strings.Contains(err.Error(), "state refused") {
@@ -239,6 +251,7 @@ func TestPauseFailures(t *testing.T) {
 	if !strings.Contains(got.LastError, "state refused") {
 		t.Fatalf("last error %q", got.LastError)
 	}
+	stillParked("after a failed restore")
 	snap.RestoreErr = nil
 	// A guest that does not answer after the restore: paused again.
 	f.waitGuest = func(context.Context, model.VM, func() bool) error { return errors.New("no ssh") }
@@ -246,9 +259,14 @@ func TestPauseFailures(t *testing.T) {
 		t.Fatal("resume with a silent guest succeeded")
 	}
 	assertPaused(t, f, "one")
+	stillParked("after a silent guest")
 	f.waitGuest = func(context.Context, model.VM, func() bool) error { return nil }
+	unparked := len(f.taps.Unparked)
 	if _, err := f.m.Resume(ctx, "one", nil); err != nil {
 		t.Fatal(err)
+	}
+	if len(f.taps.Unparked) != unparked+1 {
+		t.Fatalf("the resume after two failed ones got no parked sets back (%v)", f.taps.Unparked)
 	}
 
 	// A paused VM whose state vanished is stopped, not resumed.
