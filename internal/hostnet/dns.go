@@ -104,13 +104,6 @@ func NewDNS(suffix string, lookup func(host string) (netip.Addr, bool), log *slo
 // background. Both sockets are bound before it returns, so a busy port is
 // reported here. Start on a started DNS is an error.
 func (d *DNS) Start(addr string) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.servers != nil {
-		return errors.New("dns responder already started")
-	}
-	// An upstream that is this responder would ask itself forever.
-	d.upstreams = slices.DeleteFunc(d.upstreams, func(u string) bool { return u == addr })
 	pc, err := net.ListenPacket("udp", addr)
 	if err != nil {
 		return fmt.Errorf("dns listen udp %s: %w", addr, err)
@@ -120,16 +113,43 @@ func (d *DNS) Start(addr string) error {
 		pc.Close()
 		return fmt.Errorf("dns listen tcp %s: %w", addr, err)
 	}
+	return d.Serve(pc, l)
+}
+
+// Serve is Start on sockets the caller bound (a UDP pc and a TCP l on
+// one address, e.g. in another network namespace); Close closes them.
+// On an error it closes them itself.
+func (d *DNS) Serve(pc net.PacketConn, l net.Listener) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.servers != nil {
+		pc.Close()
+		l.Close()
+		return errors.New("dns responder already started")
+	}
+	addr := l.Addr().String()
+	// An upstream that is this responder would ask itself forever.
+	d.upstreams = slices.DeleteFunc(d.upstreams, func(u string) bool { return u == addr })
 	d.servers = []*dns.Server{
 		{PacketConn: pc, Handler: d},
 		{Listener: l, Handler: d},
 	}
+	// Served before returning: a Shutdown of a server not yet started
+	// fails and leaves its socket open, so a Close right after would
+	// leave the address taken.
 	for _, s := range d.servers {
+		started, stopped := make(chan struct{}), make(chan struct{})
+		s.NotifyStartedFunc = func() { close(started) }
 		go func() {
+			defer close(stopped)
 			if err := s.ActivateAndServe(); err != nil {
 				d.log.Warn("dns responder stopped", "addr", addr, "err", err)
 			}
 		}()
+		select {
+		case <-started:
+		case <-stopped:
+		}
 	}
 	d.log.Info("dns responder listening", "addr", addr, "suffix", d.suffix, "upstreams", d.upstreams)
 	return nil

@@ -159,19 +159,46 @@ func HostCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
 
 // ListenHost is net.Listen in the network namespace bangerd was started in
 // (see HostNetns), where its users are, or in the process's own when it was
-// not moved. A socket belongs to the namespace it was created in, so only
-// the creation happens over there: on a locked thread that enters the
-// namespace and comes back.
+// not moved.
 func ListenHost(network, addr string) (net.Listener, error) {
+	var l net.Listener
+	err := inHostNetns(func() (err error) {
+		l, err = net.Listen(network, addr)
+		return err
+	})
+	if err != nil && l != nil {
+		l.Close()
+		l = nil
+	}
+	return l, err
+}
+
+// ListenPacketHost is net.ListenPacket where ListenHost listens.
+func ListenPacketHost(network, addr string) (net.PacketConn, error) {
+	var pc net.PacketConn
+	err := inHostNetns(func() (err error) {
+		pc, err = net.ListenPacket(network, addr)
+		return err
+	})
+	if err != nil && pc != nil {
+		pc.Close()
+		pc = nil
+	}
+	return pc, err
+}
+
+// inHostNetns runs open, which makes sockets, in the host's network
+// namespace (HostNetns), or here when the process was not moved. A
+// socket belongs to the namespace it was created in, so only the
+// creation happens over there: on a locked thread that enters the
+// namespace and comes back. Should that thread fail to come back, the
+// error says so and the caller closes what open made.
+func inHostNetns(open func() error) error {
 	ns := HostNetns()
 	if ns == "" {
-		return net.Listen(network, addr)
+		return open()
 	}
-	type result struct {
-		l   net.Listener
-		err error
-	}
-	res := make(chan result, 1)
+	res := make(chan error, 1)
 	go func() {
 		// Never unlocked on failure to come back: the goroutine ends
 		// locked, so the runtime discards the thread rather than reuse it
@@ -179,32 +206,28 @@ func ListenHost(network, addr string) (net.Listener, error) {
 		runtime.LockOSThread()
 		own, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
-			res <- result{err: fmt.Errorf("open own network namespace: %w", err)}
+			res <- fmt.Errorf("open own network namespace: %w", err)
 			return
 		}
 		defer unix.Close(own)
 		host, err := unix.Open(ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
-			res <- result{err: fmt.Errorf("open host network namespace: %w", err)}
+			res <- fmt.Errorf("open host network namespace: %w", err)
 			runtime.UnlockOSThread()
 			return
 		}
 		defer unix.Close(host)
 		if err := unix.Setns(host, unix.CLONE_NEWNET); err != nil {
-			res <- result{err: fmt.Errorf("enter host network namespace: %w", err)}
+			res <- fmt.Errorf("enter host network namespace: %w", err)
 			return
 		}
-		l, lerr := net.Listen(network, addr)
+		oerr := open()
 		if err := unix.Setns(own, unix.CLONE_NEWNET); err != nil {
-			if l != nil {
-				l.Close()
-			}
-			res <- result{err: fmt.Errorf("return from host network namespace: %w", err)}
+			res <- fmt.Errorf("return from host network namespace: %w", err)
 			return
 		}
 		runtime.UnlockOSThread()
-		res <- result{l, lerr}
+		res <- oerr
 	}()
-	r := <-res
-	return r.l, r.err
+	return <-res
 }
