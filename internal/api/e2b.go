@@ -36,6 +36,9 @@ type E2BServeRequest struct {
 	Domain string `json:"domain,omitempty"`
 	// TLS serves HTTPS with certificates of banger's own CA (E2BCA).
 	TLS bool `json:"tls,omitempty"`
+	// DNS, an IP:PORT, also answers DNS there for the names under the
+	// domain, with the listener's address.
+	DNS string `json:"dns,omitempty"`
 }
 
 // E2BStatus is where the control plane listens.
@@ -43,6 +46,7 @@ type E2BStatus struct {
 	Listen string `json:"listen"`
 	Domain string `json:"domain"`
 	TLS    bool   `json:"tls,omitempty"`
+	DNS    string `json:"dns,omitempty"`
 }
 
 // E2BCA is the E2B listener's certificate authority: where its

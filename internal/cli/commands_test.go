@@ -253,7 +253,7 @@ func (fakeService) SetVMNet(_ context.Context, ref string, req api.VMNetRequest)
 	return v, notFound(ref)
 }
 func (fakeService) E2BServe(_ context.Context, req api.E2BServeRequest) (api.E2BStatus, error) {
-	return api.E2BStatus{Listen: "127.0.0.1:3000", Domain: "localhost:3000", TLS: req.TLS}, nil
+	return api.E2BStatus{Listen: "127.0.0.1:3000", Domain: "localhost:3000", TLS: req.TLS, DNS: req.DNS}, nil
 }
 func (fakeService) E2BCA(context.Context) (api.E2BCA, error) {
 	return api.E2BCA{Path: "/var/lib/banger/e2b/ca.pem", PEM: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}, nil
@@ -431,6 +431,7 @@ func TestCommandOutput(t *testing.T) {
 		{"vm", "ttl", "dev"},
 		{"e2b", "serve"},
 		{"e2b", "serve", "--tls"},
+		{"e2b", "serve", "--tls", "--dns", "127.0.0.77:53"},
 		{"e2b", "ca"},
 		{"e2b", "status"},
 		{"e2b", "stop"},

@@ -21,7 +21,7 @@ and each guest serves E2B's in-sandbox API. Point the SDK at it with
 E2B_API_URL and E2B_SANDBOX_URL (both the listener's URL) and an API key
 made here as E2B_API_KEY. See docs/e2b.md.`,
 	}
-	var listen, domain string
+	var listen, domain, dnsAddr string
 	var useTLS bool
 	serve := &cobra.Command{
 		Use:   "serve",
@@ -29,13 +29,14 @@ made here as E2B_API_KEY. See docs/e2b.md.`,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return show(a, cmd, func(c *api.Client, ctx context.Context) (api.E2BStatus, error) {
-				return c.E2BServe(ctx, api.E2BServeRequest{Listen: listen, Domain: domain, TLS: useTLS})
+				return c.E2BServe(ctx, api.E2BServeRequest{Listen: listen, Domain: domain, TLS: useTLS, DNS: dnsAddr})
 			}, writeE2BStatus)
 		},
 	}
 	serve.Flags().StringVar(&listen, "listen", "", "HOST:PORT to listen on (default 127.0.0.1:3000)")
 	serve.Flags().StringVar(&domain, "domain", "", "suffix of sandbox host names <port>-<id>.DOMAIN (default localhost:PORT)")
 	serve.Flags().BoolVar(&useTLS, "tls", false, "serve HTTPS with certificates of banger's own CA (banger e2b ca prints it)")
+	serve.Flags().StringVar(&dnsAddr, "dns", "", "IP:PORT to also answer DNS on: every name under the domain resolves to the listener (for E2B_DOMAIN)")
 	cmd.AddCommand(serve)
 	cmd.AddCommand(&cobra.Command{
 		Use:   "ca",
@@ -152,6 +153,12 @@ func writeE2BStatus(w io.Writer, s api.E2BStatus) error {
 	if s.TLS {
 		scheme, trust = "https", " NODE_EXTRA_CA_CERTS=<banger e2b ca output>"
 	}
-	return kv(w, "listen", s.Listen, "domain", s.Domain,
-		"env", fmt.Sprintf("E2B_API_URL=%s://%s E2B_SANDBOX_URL=%s://%s%s", scheme, s.Listen, scheme, s.Listen, trust))
+	env := fmt.Sprintf("E2B_API_URL=%s://%s E2B_SANDBOX_URL=%s://%s%s", scheme, s.Listen, scheme, s.Listen, trust)
+	// With names that resolve, the SDK needs only the domain (over
+	// HTTPS, which is all it speaks to a domain).
+	domainEnv := ""
+	if s.DNS != "" && s.TLS {
+		domainEnv = fmt.Sprintf("E2B_DOMAIN=%s%s (resolver: %s)", s.Domain, trust, s.DNS)
+	}
+	return kv(w, "listen", s.Listen, "domain", s.Domain, "dns", s.DNS, "env", env, "or env", domainEnv)
 }

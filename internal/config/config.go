@@ -71,6 +71,9 @@ type Config struct {
 	E2BDomain string `json:"e2b_domain"`
 	// E2BTLS serves the E2B listener over HTTPS with banger's own CA.
 	E2BTLS bool `json:"e2b_tls"`
+	// E2BDNS, an IP:PORT, makes the listener also answer DNS there for
+	// the names under its domain (docs/e2b.md); "" for none.
+	E2BDNS string `json:"e2b_dns"`
 	// WarmPool is how many spare VMs the daemon keeps restored ahead of
 	// time from each warm-start template (0, the default: none), at most
 	// MaxWarmPool. Each spare holds its memory while it waits.
@@ -140,6 +143,7 @@ var envNames = map[string]func(c *Config) *string{
 	"BANGER_BIN_DIR":             func(c *Config) *string { return &c.BinDir },
 	"BANGER_E2B_LISTEN":          func(c *Config) *string { return &c.E2BListen },
 	"BANGER_E2B_DOMAIN":          func(c *Config) *string { return &c.E2BDomain },
+	"BANGER_E2B_DNS":             func(c *Config) *string { return &c.E2BDNS },
 }
 
 // Load returns defaults overlaid with the config file (if it exists) and the

@@ -202,8 +202,9 @@ func (d *Daemon) wire() {
 			}
 			return d.dialGuestTCP(ctx, vm, port)
 		},
-		Listen: hostnet.ListenHost,
-		Dir:    filepath.Join(d.cfg.StateDir, "e2b"),
+		Listen:       hostnet.ListenHost,
+		ListenPacket: hostnet.ListenPacketHost,
+		Dir:          filepath.Join(d.cfg.StateDir, "e2b"),
 	})
 }
 

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/banger/banger/internal/daemon/doctor"
+	"github.com/banger/banger/internal/daemon/e2b"
 	"github.com/banger/banger/internal/daemon/vms"
 	"github.com/banger/banger/internal/guest"
 	"github.com/banger/banger/internal/hostnet"
@@ -107,7 +108,7 @@ func (d *Daemon) startHost(ctx context.Context) error {
 	d.wire()
 	d.vms.Reconcile(ctx)
 	d.ports.Reconcile(ctx)
-	if err := d.e2b.Start(ctx, d.cfg.E2BListen, d.cfg.E2BDomain, d.cfg.E2BTLS); err != nil {
+	if err := d.e2b.Start(ctx, e2b.Listener{Addr: d.cfg.E2BListen, Domain: d.cfg.E2BDomain, TLS: d.cfg.E2BTLS, DNS: d.cfg.E2BDNS}); err != nil {
 		d.log.Warn("e2b control plane not started", "err", err)
 	}
 

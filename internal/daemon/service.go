@@ -14,6 +14,7 @@ import (
 
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/daemon/doctor"
+	"github.com/banger/banger/internal/daemon/e2b"
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/progress"
@@ -352,7 +353,11 @@ func (d *Daemon) E2BServe(ctx context.Context, req api.E2BServeRequest) (api.E2B
 	if domain == "" {
 		domain = d.cfg.E2BDomain
 	}
-	st, err := d.e2b.ServeAndRecord(ctx, req.Listen, domain, req.TLS || d.cfg.E2BTLS)
+	dnsAddr := req.DNS
+	if dnsAddr == "" {
+		dnsAddr = d.cfg.E2BDNS
+	}
+	st, err := d.e2b.ServeAndRecord(ctx, e2b.Listener{Addr: req.Listen, Domain: domain, TLS: req.TLS || d.cfg.E2BTLS, DNS: dnsAddr})
 	return api.E2BStatus(st), err
 }
 

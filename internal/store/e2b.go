@@ -144,25 +144,27 @@ func nonNil(m map[string]string) map[string]string {
 }
 
 // E2BListenerRecord is where the E2B listener serves: address, domain of
-// sandbox host names, and whether it speaks TLS.
+// sandbox host names, whether it speaks TLS, and where it answers DNS for
+// the domain's names ("" for nowhere).
 type E2BListenerRecord struct {
 	Listen string
 	Domain string
 	TLS    bool
+	DNS    string
 }
 
 // SetE2BListener records where the E2B listener serves, replacing any
 // record.
 func (s *Store) SetE2BListener(ctx context.Context, l E2BListenerRecord, at time.Time) error {
-	_, err := s.db.ExecContext(ctx, "INSERT INTO e2b_listener (id, listen, domain, tls, created_at) VALUES (1, ?, ?, ?, ?) "+
-		"ON CONFLICT(id) DO UPDATE SET listen = excluded.listen, domain = excluded.domain, tls = excluded.tls, created_at = excluded.created_at",
-		l.Listen, l.Domain, l.TLS, fmtTime(at))
+	_, err := s.db.ExecContext(ctx, "INSERT INTO e2b_listener (id, listen, domain, tls, dns, created_at) VALUES (1, ?, ?, ?, ?, ?) "+
+		"ON CONFLICT(id) DO UPDATE SET listen = excluded.listen, domain = excluded.domain, tls = excluded.tls, dns = excluded.dns, created_at = excluded.created_at",
+		l.Listen, l.Domain, l.TLS, l.DNS, fmtTime(at))
 	return err
 }
 
 // E2BListener is the recorded listener; ok is false when there is none.
 func (s *Store) E2BListener(ctx context.Context) (l E2BListenerRecord, ok bool, err error) {
-	err = s.db.QueryRowContext(ctx, "SELECT listen, domain, tls FROM e2b_listener WHERE id = 1").Scan(&l.Listen, &l.Domain, &l.TLS)
+	err = s.db.QueryRowContext(ctx, "SELECT listen, domain, tls, dns FROM e2b_listener WHERE id = 1").Scan(&l.Listen, &l.Domain, &l.TLS, &l.DNS)
 	if errors.Is(err, sql.ErrNoRows) {
 		return l, false, nil
 	}

@@ -50,7 +50,7 @@ func TestE2BKeysAndSandboxes(t *testing.T) {
 	if _, ok, err := s.E2BListener(ctx); ok || err != nil {
 		t.Fatalf("E2BListener before any = %v, %v", ok, err)
 	}
-	want := E2BListenerRecord{Listen: "127.0.0.1:4000", Domain: "sb.example", TLS: true}
+	want := E2BListenerRecord{Listen: "127.0.0.1:4000", Domain: "sb.example", TLS: true, DNS: "127.0.0.1:5353"}
 	for _, l := range []E2BListenerRecord{{Listen: "127.0.0.1:3000", Domain: "sb.example"}, want} {
 		if err := s.SetE2BListener(ctx, l, t0); err != nil {
 			t.Fatal(err)

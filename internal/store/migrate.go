@@ -261,6 +261,11 @@ UPDATE snapshots SET base_id = COALESCE(
 	(SELECT u.snapshot_id FROM snapshot_users u WHERE u.vm_id = snapshots.vm_id),
 	CASE WHEN EXISTS (SELECT 1 FROM vms v WHERE v.id = snapshots.vm_id) THEN '' END);
 `,
+	// 17: where the E2B listener also answers DNS for the names under
+	// its domain ('' for nowhere).
+	`
+ALTER TABLE e2b_listener ADD COLUMN dns TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // migrate applies the steps the database lacks, up to version upTo, each in

@@ -19,6 +19,17 @@ func Listen(t testing.TB, network, address string) net.Listener {
 	return ln
 }
 
+// ListenPacket is Listen for a packet socket ("udp", "127.0.0.1:0").
+func ListenPacket(t testing.TB, network, address string) net.PacketConn {
+	t.Helper()
+	pc, err := net.ListenPacket(network, address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	return pc
+}
+
 // Serve accepts connections on ln until it is closed and runs handle on
 // each in its own goroutine, closing the connection when handle returns:
 // the stand-in server (a guest port, a guest side, an echo) tests share.

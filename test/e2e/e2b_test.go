@@ -2,13 +2,17 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/testenv"
 )
 
 // e2bSDKVersions are the npm `e2b` versions the e2e runs, the pinned one
@@ -90,4 +94,58 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestE2BDomain runs the pinned SDK with only E2B_DOMAIN and E2B_API_KEY
+// (and NODE_EXTRA_CA_CERTS): the listener serves HTTPS on the host's
+// 127.0.0.1 and answers DNS for every name under its domain on a loopback
+// address of its own, which the Node process's resolv.conf names (bound
+// over /etc/resolv.conf in a mount namespace of its own, so the host's
+// resolver is untouched). The SDK reaches api.<domain> and
+// <port>-<id>.<domain> by name, and a getHost URL is fetched as it is.
+func TestE2BDomain(t *testing.T) {
+	h := NewHarness(t)
+	port := testenv.QuietPort(t)
+	dnsIP := fmt.Sprintf("127.53.%d.%d", rand.IntN(250)+1, rand.IntN(250)+1)
+	domain := fmt.Sprintf("sb.test:%d", port)
+	var st struct{ Listen, Domain, DNS string }
+	h.JSON(&st, "e2b", "serve", "--tls", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--domain", domain, "--dns", dnsIP+":53")
+	if st.Domain != domain || st.DNS != dnsIP+":53" {
+		t.Fatalf("e2b serve answered %+v", st)
+	}
+	if out := h.MustRun("e2b", "status"); !strings.Contains(out, "E2B_DOMAIN="+domain) {
+		t.Fatalf("e2b status does not say E2B_DOMAIN:\n%s", out)
+	}
+	key := strings.TrimSpace(h.MustRun("e2b", "key", "create", "domain"))
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca.pem")
+	resolv := filepath.Join(dir, "resolv.conf")
+	if err := os.WriteFile(ca, []byte(h.MustRun("e2b", "ca")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(resolv, []byte("nameserver "+dnsIP+"\noptions timeout:2 attempts:2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	version := e2bSDKVersions[0]
+	sdk := filepath.Join(testenv.CacheDir(), "npm", "e2b@"+version)
+	if _, err := os.Stat(filepath.Join(sdk, "node_modules", "e2b", "package.json")); err != nil {
+		t.Fatalf("e2b SDK %s missing under %s: run scripts/e2b-sdk.sh", version, sdk)
+	}
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Fatal("node is required for the E2B SDK tests")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "unshare", "--mount", "--propagation", "private", "sh", "-c",
+		`mount --bind "$0" /etc/resolv.conf && exec "$1" "$2"`, resolv, node, "testdata/e2b_domain.cjs")
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "E2B_SDK_DIR=" + sdk,
+		"E2B_DOMAIN=" + domain, "E2B_API_KEY=" + key, "NODE_EXTRA_CA_CERTS=" + ca}
+	out, err := cmd.CombinedOutput()
+	t.Logf("SDK %s with E2B_DOMAIN:\n%s", version, out)
+	if err != nil || !strings.Contains(string(out), "ok   done") {
+		t.Fatalf("SDK script: %v", err)
+	}
+	h.MustRun("e2b", "stop")
+	h.AssertNoLeaks()
 }

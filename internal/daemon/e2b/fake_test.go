@@ -332,7 +332,7 @@ func newFixtureTLS(t *testing.T, useTLS bool) *fixture {
 		ports: map[int]string{}, ttls: map[string]string{}, forks: map[string][]string{}, servers: map[string]*envd.Server{}}
 	svc := New(Deps{Store: st, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), VMs: f,
 		RunGuest: f.runGuest, DialGuest: f.dialGuest, Listen: net.Listen, Now: time.Now, Dir: t.TempDir()})
-	status, err := svc.Serve("127.0.0.1:0", "", useTLS)
+	status, err := svc.Serve(Listener{Addr: "127.0.0.1:0", TLS: useTLS})
 	if err != nil {
 		t.Fatal(err)
 	}

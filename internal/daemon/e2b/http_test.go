@@ -368,14 +368,14 @@ func TestListenerRecorded(t *testing.T) {
 	// The restart binds the recorded address again: a quiet port, so no
 	// parallel test is handed it in between.
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(testenv.QuietPort(t)))
-	got, err := first.ServeAndRecord(t.Context(), addr, "", true)
+	got, err := first.ServeAndRecord(t.Context(), Listener{Addr: addr, TLS: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	first.Close()
 
 	again := New(fx.svc.Deps)
-	if err := again.Start(t.Context(), "", "", false); err != nil {
+	if err := again.Start(t.Context(), Listener{}); err != nil {
 		t.Fatal(err)
 	}
 	if s := again.Status(); s != got {
@@ -390,10 +390,10 @@ func TestListenerRecorded(t *testing.T) {
 
 	third := New(fx.svc.Deps)
 	defer third.Close()
-	if err := third.Start(t.Context(), "", "", false); err != nil || third.Status().Listen != "" {
+	if err := third.Start(t.Context(), Listener{}); err != nil || third.Status().Listen != "" {
 		t.Fatalf("start with nothing recorded: %+v, %v", third.Status(), err)
 	}
-	if err := third.Start(t.Context(), "127.0.0.1:0", "sb.example", false); err != nil || third.Status().Domain != "sb.example" {
+	if err := third.Start(t.Context(), Listener{Addr: "127.0.0.1:0", Domain: "sb.example"}); err != nil || third.Status().Domain != "sb.example" {
 		t.Fatalf("start with a configured address: %+v, %v", third.Status(), err)
 	}
 }
@@ -450,7 +450,7 @@ func TestCloseFreesAddress(t *testing.T) {
 	svc := New(fx.svc.Deps)
 	defer svc.Close()
 	for i := range 200 {
-		if _, err := svc.Serve(addr, "", false); err != nil {
+		if _, err := svc.Serve(Listener{Addr: addr}); err != nil {
 			t.Fatalf("serve %d: %v", i, err)
 		}
 		svc.Close()

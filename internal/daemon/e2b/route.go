@@ -20,8 +20,8 @@ type Target struct {
 // RouteOf says whether a request is for a sandbox rather than the control
 // plane, and which: by the E2b-Sandbox-Id / E2b-Sandbox-Port headers (the
 // SDK with E2B_SANDBOX_URL set), else by a Host of
-// "<port>-<sandboxID>.<domain>" (getHost URLs). domain may carry a port,
-// which is ignored. An error means the request names a sandbox badly.
+// "<port>-<sandboxID>.<domain>" (getHost URLs); "api.<domain>" is the
+// control plane's. domain may carry a port, which is ignored. An error means the request names a sandbox badly.
 func RouteOf(h http.Header, host, domain string) (Target, bool, error) {
 	if id := h.Get("E2b-Sandbox-Id"); id != "" {
 		port := EnvdPort
@@ -41,7 +41,9 @@ func RouteOf(h http.Header, host, domain string) (Target, bool, error) {
 		return Target{}, false, nil
 	}
 	label := strings.TrimSuffix(name, suffix)
-	if strings.Contains(label, ".") {
+	// api.<domain> is where the SDK finds the control plane when it is
+	// given only E2B_DOMAIN.
+	if strings.Contains(label, ".") || label == "api" {
 		return Target{}, false, nil
 	}
 	p, id, ok := strings.Cut(label, "-")

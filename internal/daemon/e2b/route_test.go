@@ -29,6 +29,7 @@ func TestRouteOf(t *testing.T) {
 		{"host case", nil, "8000-E2BABC.LocalHost", "localhost", Target{"e2babc", 8000}, true, false},
 		{"host id with dash", nil, "80-my-vm.sb.example", "sb.example", Target{"my-vm", 80}, true, false},
 		{"control plane", nil, "localhost:3000", "localhost:3000", Target{}, false, false},
+		{"control plane by the SDK's name", nil, "api.sb.test:3000", "sb.test:3000", Target{}, false, false},
 		{"other domain", nil, "8000-e2babc.example.com", "localhost", Target{}, false, false},
 		{"nested label", nil, "a.8000-e2babc.localhost", "localhost", Target{}, false, false},
 		{"no port", nil, "e2babc.localhost", "localhost", Target{}, true, true},

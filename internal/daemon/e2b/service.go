@@ -1,6 +1,8 @@
 // Package e2b is banger's E2B-compatible control plane: an HTTP listener
 // (off by default; `banger e2b serve` or the e2b_listen setting; HTTPS
-// with certificates of its own CA with --tls) that answers the E2B SDK's
+// with certificates of its own CA with --tls; with --dns, a DNS responder
+// giving the listener's address for every name under its domain) that
+// answers the E2B SDK's
 // sandbox calls with banger VMs, checks API keys (stored hashed, each
 // with an optional cap on its sandboxes), and proxies requests meant for
 // a sandbox — by the E2b-Sandbox-Id header or a "<port>-<id>.<domain>"
@@ -29,6 +31,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
@@ -40,6 +43,7 @@ import (
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/guestctl"
 	"github.com/banger/banger/internal/guestinit"
+	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/progress"
 	"github.com/banger/banger/internal/shell"
@@ -107,8 +111,10 @@ type Deps struct {
 	// DialGuest connects to port on a running VM's guest loopback.
 	DialGuest func(ctx context.Context, vm model.VM, port int) (net.Conn, error)
 	// Listen opens the listener where the daemon's users are
-	// (hostnet.ListenHost).
-	Listen func(network, addr string) (net.Listener, error)
+	// (hostnet.ListenHost); ListenPacket the DNS responder's UDP socket
+	// there (hostnet.ListenPacketHost).
+	Listen       func(network, addr string) (net.Listener, error)
+	ListenPacket func(network, addr string) (net.PacketConn, error)
 	// Dir is the control plane's own directory (its CA).
 	Dir string
 	Now func() time.Time
@@ -123,9 +129,13 @@ type Service struct {
 	addr   string
 	domain string
 	tls    bool
-	proxy  *proxy
-	caMu   sync.Mutex
-	ca     *CA
+	// dns answers for the domain's names when the listener was asked
+	// to (Listener.DNS), at dnsAddr.
+	dns     *hostnet.DNS
+	dnsAddr string
+	proxy   *proxy
+	caMu    sync.Mutex
+	ca      *CA
 	// quotaMu guards pending: sandboxes being made, by API key id, not
 	// yet in the store (reserve).
 	quotaMu sync.Mutex
@@ -140,11 +150,34 @@ func New(d Deps) *Service {
 }
 
 // Status says where the control plane listens ("" when it does not),
-// the domain of its sandbox host names and whether it speaks TLS.
+// the domain of its sandbox host names, whether it speaks TLS and where
+// it answers DNS for the domain's names ("" for nowhere).
 type Status struct {
 	Listen string `json:"listen"`
 	Domain string `json:"domain"`
 	TLS    bool   `json:"tls,omitempty"`
+	DNS    string `json:"dns,omitempty"`
+}
+
+// Listener is where and how the control plane serves.
+type Listener struct {
+	// Addr is HOST:PORT; DefaultListen when empty.
+	Addr string
+	// Domain is the suffix of sandbox host names ("<port>-<id>.<domain>",
+	// and the SDK's "api.<domain>"); "localhost:<port>" when empty.
+	Domain string
+	// TLS speaks HTTPS with certificates of the CA (made on first use).
+	TLS bool
+	// DNS, when set, is an "IP:port" where the control plane also
+	// answers DNS, over UDP and TCP: A queries for every name under the
+	// domain (without its port) get the listener's IPv4 address, so a
+	// client whose resolver asks there needs no wildcard record of its
+	// own. Other names are refused (NXDOMAIN): it is no resolver.
+	DNS string
+}
+
+func (s *Service) statusLocked() Status {
+	return Status{Listen: s.addr, Domain: s.domain, TLS: s.tls, DNS: s.dnsAddr}
 }
 
 // URL is the listener's base URL ("" when it does not listen).
@@ -158,12 +191,11 @@ func (st Status) URL() string {
 	return "http://" + st.Listen
 }
 
-// Serve starts listening on addr (DefaultListen when empty); domain is
-// the suffix of sandbox host names, "localhost:<port>" when empty; with
-// useTLS it speaks HTTPS with certificates of the CA (made on first
-// use). A second Serve on the same address and scheme is a no-op; on
-// another, a conflict.
-func (s *Service) Serve(addr, domain string, useTLS bool) (Status, error) {
+// Serve starts listening as l says. A second Serve on the same address,
+// scheme and DNS address (or none asked for) is a no-op; on another, a
+// conflict.
+func (s *Service) Serve(l Listener) (Status, error) {
+	addr, domain, useTLS := l.Addr, l.Domain, l.TLS
 	if addr == "" {
 		addr = DefaultListen
 	}
@@ -177,10 +209,10 @@ func (s *Service) Serve(addr, domain string, useTLS bool) (Status, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.srv != nil {
-		if (addr == s.addr || addr == DefaultListen) && useTLS == s.tls {
-			return Status{Listen: s.addr, Domain: s.domain, TLS: s.tls}, nil
+		if (addr == s.addr || addr == DefaultListen) && useTLS == s.tls && (l.DNS == "" || l.DNS == s.dnsAddr) {
+			return s.statusLocked(), nil
 		}
-		return Status{}, errdefs.Errorf(errdefs.CodeConflict, "the e2b control plane already listens on %s (tls %v): banger e2b stop first", s.addr, s.tls)
+		return Status{}, errdefs.Errorf(errdefs.CodeConflict, "the e2b control plane already listens on %s (tls %v, dns %q): banger e2b stop first", s.addr, s.tls, s.dnsAddr)
 	}
 	ln, err := s.Listen("tcp", addr)
 	if err != nil {
@@ -200,7 +232,16 @@ func (s *Service) Serve(addr, domain string, useTLS bool) (Status, error) {
 		}
 		srv.TLSConfig = iss.tlsConfig()
 	}
+	var resp *hostnet.DNS
+	dnsAddr := ""
+	if l.DNS != "" {
+		if resp, dnsAddr, err = s.serveDNS(l.DNS, bound, domain); err != nil {
+			ln.Close()
+			return Status{}, err
+		}
+	}
 	s.addr, s.domain, s.tls, s.srv, s.ln = bound, domain, useTLS, srv, ln
+	s.dns, s.dnsAddr = resp, dnsAddr
 	go func() {
 		var err error
 		if useTLS {
@@ -212,8 +253,71 @@ func (s *Service) Serve(addr, domain string, useTLS bool) (Status, error) {
 			s.Log.Error("e2b listener stopped", "err", err)
 		}
 	}()
-	s.Log.Info("e2b control plane listening", "addr", bound, "domain", domain, "tls", useTLS)
-	return Status{Listen: bound, Domain: domain, TLS: useTLS}, nil
+	s.Log.Info("e2b control plane listening", "addr", bound, "domain", domain, "tls", useTLS, "dns", dnsAddr)
+	return s.statusLocked(), nil
+}
+
+// serveDNS starts the responder for the names under domain at addr,
+// answering with the listener's address (bound); it returns the
+// responder and the address it listens on.
+func (s *Service) serveDNS(addr, bound, domain string) (*hostnet.DNS, string, error) {
+	ip, zone, err := dnsAnswer(bound, addr, domain)
+	if err != nil {
+		return nil, "", errdefs.Invalid(err)
+	}
+	listenPacket := s.ListenPacket
+	if listenPacket == nil {
+		listenPacket = net.ListenPacket
+	}
+	pc, err := listenPacket("udp", addr)
+	if err != nil {
+		return nil, "", errdefs.Errorf(errdefs.CodeInvalid, "e2b dns listen udp %s: %v", addr, err)
+	}
+	// TCP on the port UDP got, when port 0 was asked for.
+	dl, err := s.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		pc.Close()
+		return nil, "", errdefs.Errorf(errdefs.CodeInvalid, "e2b dns listen tcp %s: %v", addr, err)
+	}
+	resp := hostnet.NewDNS(zone, func(string) (netip.Addr, bool) { return ip, true }, s.Log)
+	if err := resp.Serve(pc, dl); err != nil {
+		return nil, "", err
+	}
+	return resp, dl.Addr().String(), nil
+}
+
+// dnsAnswer is the address the DNS responder gives for the names under
+// domain, and the zone it answers for (domain without its port): the
+// listener's IPv4 address, or, when the listener is on every address,
+// the DNS responder's own. It answers one IPv4 address, so one of them
+// must be a specific IPv4 address.
+func dnsAnswer(listen, dnsAddr, domain string) (netip.Addr, string, error) {
+	zone := domain
+	if h, _, err := net.SplitHostPort(domain); err == nil {
+		zone = h
+	}
+	zone = strings.Trim(zone, ".")
+	if zone == "" {
+		return netip.Addr{}, "", fmt.Errorf("e2b dns: domain %q has no name to answer for", domain)
+	}
+	dh, _, err := net.SplitHostPort(dnsAddr)
+	if err != nil {
+		return netip.Addr{}, "", fmt.Errorf("e2b dns address %q: want IP:PORT (e.g. 127.0.0.1:53)", dnsAddr)
+	}
+	dip, err := netip.ParseAddr(dh)
+	if err != nil {
+		return netip.Addr{}, "", fmt.Errorf("e2b dns address %q: want IP:PORT (e.g. 127.0.0.1:53)", dnsAddr)
+	}
+	specific := func(ip netip.Addr) bool { return ip.Is4() && !ip.IsUnspecified() }
+	if lh, _, err := net.SplitHostPort(listen); err == nil {
+		if ip, err := netip.ParseAddr(lh); err == nil && specific(ip) {
+			return ip, strings.ToLower(zone), nil
+		}
+	}
+	if specific(dip) {
+		return dip, strings.ToLower(zone), nil
+	}
+	return netip.Addr{}, "", fmt.Errorf("e2b dns: neither the listener (%s) nor the dns address (%s) is a specific IPv4 address to answer with", listen, dnsAddr)
 }
 
 // CA is the control plane's certificate authority, made (in Dir) the
@@ -237,29 +341,29 @@ func (s *Service) CA() (*CA, error) {
 
 // Start serves at daemon start: the configured address when there is
 // one (the e2b_listen setting), else the one `banger e2b serve` recorded.
-func (s *Service) Start(ctx context.Context, listen, domain string, useTLS bool) error {
-	if listen == "" {
-		l, ok, err := s.Store.E2BListener(ctx)
+func (s *Service) Start(ctx context.Context, l Listener) error {
+	if l.Addr == "" {
+		r, ok, err := s.Store.E2BListener(ctx)
 		if err != nil || !ok {
 			return err
 		}
-		listen, domain, useTLS = l.Listen, l.Domain, l.TLS
+		l = Listener{Addr: r.Listen, Domain: r.Domain, TLS: r.TLS, DNS: r.DNS}
 	}
 	// Snapshots of forks whose sandboxes timed out while bangerd was away.
 	s.dropForkSnapshots(ctx)
-	_, err := s.Serve(listen, domain, useTLS)
+	_, err := s.Serve(l)
 	return err
 }
 
 // ServeAndRecord is Serve that is served again after a daemon restart:
-// the bound address (a port 0 becomes the port picked), domain and
+// the bound addresses (a port 0 becomes the port picked), domain and
 // scheme are recorded.
-func (s *Service) ServeAndRecord(ctx context.Context, addr, domain string, useTLS bool) (Status, error) {
-	st, err := s.Serve(addr, domain, useTLS)
+func (s *Service) ServeAndRecord(ctx context.Context, l Listener) (Status, error) {
+	st, err := s.Serve(l)
 	if err != nil {
 		return st, err
 	}
-	if err := s.Store.SetE2BListener(ctx, store.E2BListenerRecord{Listen: st.Listen, Domain: st.Domain, TLS: st.TLS}, s.Now().UTC()); err != nil {
+	if err := s.Store.SetE2BListener(ctx, store.E2BListenerRecord{Listen: st.Listen, Domain: st.Domain, TLS: st.TLS, DNS: st.DNS}, s.Now().UTC()); err != nil {
 		return st, fmt.Errorf("record the e2b listener: %w", err)
 	}
 	return st, nil
@@ -276,7 +380,7 @@ func (s *Service) Stop(ctx context.Context) error {
 func (s *Service) Status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Status{Listen: s.addr, Domain: s.domain, TLS: s.tls}
+	return s.statusLocked()
 }
 
 // Close stops the listener and its connections. The address is free
@@ -285,12 +389,15 @@ func (s *Service) Status() Status {
 // closes only the listeners Serve has taken up).
 func (s *Service) Close() {
 	s.mu.Lock()
-	srv, ln := s.srv, s.ln
-	s.srv, s.ln, s.addr, s.tls = nil, nil, "", false
+	srv, ln, resp := s.srv, s.ln, s.dns
+	s.srv, s.ln, s.addr, s.tls, s.dns, s.dnsAddr = nil, nil, "", false, nil, ""
 	s.mu.Unlock()
 	if srv != nil {
 		_ = srv.Close()
 		_ = ln.Close()
+	}
+	if resp != nil {
+		_ = resp.Close()
 	}
 	s.proxy.close()
 }
