@@ -21,7 +21,8 @@ func TestDNSAnswer(t *testing.T) {
 		{"127.0.0.1:443", "127.0.0.53:53", "SB.Example.", "127.0.0.1", "sb.example", ""},
 		// On every address: the responder's own is the answer.
 		{"0.0.0.0:3000", "192.0.2.5:53", "sb.test", "192.0.2.5", "sb.test", ""},
-		{"[::1]:3000", "127.0.0.1:53", "sb.test", "127.0.0.1", "sb.test", ""},
+		{"[::]:3000", "127.0.0.1:53", "sb.test", "127.0.0.1", "sb.test", ""},
+		{"[::1]:3000", "127.0.0.1:53", "sb.test", "", "", "IPv4 only"},
 		{"0.0.0.0:3000", "0.0.0.0:53", "sb.test", "", "", "neither the listener"},
 		{"[::]:3000", "[::1]:53", "sb.test", "", "", "neither the listener"},
 		{"127.0.0.1:3000", "127.0.0.1", "sb.test", "", "", "want IP:PORT"},

@@ -289,8 +289,8 @@ func (s *Service) serveDNS(addr, bound, domain string) (*hostnet.DNS, string, er
 // dnsAnswer is the address the DNS responder gives for the names under
 // domain, and the zone it answers for (domain without its port): the
 // listener's IPv4 address, or, when the listener is on every address,
-// the DNS responder's own. It answers one IPv4 address, so one of them
-// must be a specific IPv4 address.
+// the DNS responder's own, which must then be a specific IPv4 address.
+// It answers IPv4 only, so a listener on one IPv6 address is refused.
 func dnsAnswer(listen, dnsAddr, domain string) (netip.Addr, string, error) {
 	zone := domain
 	if h, _, err := net.SplitHostPort(domain); err == nil {
@@ -308,13 +308,21 @@ func dnsAnswer(listen, dnsAddr, domain string) (netip.Addr, string, error) {
 	if err != nil {
 		return netip.Addr{}, "", fmt.Errorf("e2b dns address %q: want IP:PORT (e.g. 127.0.0.1:53)", dnsAddr)
 	}
-	specific := func(ip netip.Addr) bool { return ip.Is4() && !ip.IsUnspecified() }
-	if lh, _, err := net.SplitHostPort(listen); err == nil {
-		if ip, err := netip.ParseAddr(lh); err == nil && specific(ip) {
-			return ip, strings.ToLower(zone), nil
-		}
+	lh, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return netip.Addr{}, "", fmt.Errorf("e2b dns: listener address %q: %v", listen, err)
 	}
-	if specific(dip) {
+	lip, err := netip.ParseAddr(lh)
+	if err != nil {
+		return netip.Addr{}, "", fmt.Errorf("e2b dns: listener address %q is not an IP address", listen)
+	}
+	switch {
+	case lip.Is4() && !lip.IsUnspecified():
+		return lip, strings.ToLower(zone), nil
+	case !lip.IsUnspecified():
+		return netip.Addr{}, "", fmt.Errorf("e2b dns: the listener (%s) is on an IPv6 address; the responder answers IPv4 only", listen)
+	case dip.Is4() && !dip.IsUnspecified():
+		// The listener is on every address, the responder's among them.
 		return dip, strings.ToLower(zone), nil
 	}
 	return netip.Addr{}, "", fmt.Errorf("e2b dns: neither the listener (%s) nor the dns address (%s) is a specific IPv4 address to answer with", listen, dnsAddr)
