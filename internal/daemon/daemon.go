@@ -152,8 +152,12 @@ func (d *Daemon) wire() {
 				}
 				return true
 			})
-			if d.host.pool != nil && !keepConn {
-				d.host.pool.Drop(id)
+			if !keepConn {
+				// Streams the E2B relay holds to its guest end with it.
+				d.e2b.VMGone(id)
+				if d.host.pool != nil {
+					d.host.pool.Drop(id)
+				}
 			}
 		},
 		ParkGuest: func(id string) bool {

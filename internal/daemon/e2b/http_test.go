@@ -1,6 +1,7 @@
 package e2b
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -454,5 +455,79 @@ func TestCloseFreesAddress(t *testing.T) {
 			t.Fatalf("serve %d: %v", i, err)
 		}
 		svc.Close()
+	}
+}
+
+// TestVMGoneCutsStreams: a relayed stream to a sandbox's guest port ends
+// when its VM stops or goes (VMGone, told by the VM manager), where it
+// would otherwise wait on a guest that will never answer; another
+// sandbox's stream goes on.
+func TestVMGoneCutsStreams(t *testing.T) {
+	fx := newFixture(t)
+	one, other := fx.createSandbox(t, `{}`), fx.createSandbox(t, `{}`)
+	// The guest port answers headers and then nothing, as a stream from a
+	// guest that is gone.
+	release := make(chan struct{})
+	defer close(release)
+	guest := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte("started\n"))
+		_ = http.NewResponseController(w).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer guest.Close()
+	fx.vms.mu.Lock()
+	fx.vms.ports[8000] = guest.Listener.Addr().String()
+	fx.vms.mu.Unlock()
+	open := func(sb sandboxJSON) (*http.Response, chan error) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(t.Context(), "GET", fx.url+"/stream", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = "8000-" + sb.SandboxID + ".localhost:" + fx.port()
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		line, err := bufio.NewReader(resp.Body).ReadString('\n')
+		if err != nil || line != "started\n" {
+			t.Fatalf("stream start: %q, %v", line, err)
+		}
+		done := make(chan error, 1)
+		go func() {
+			_, err := io.Copy(io.Discard, resp.Body)
+			done <- err
+		}()
+		return resp, done
+	}
+	r1, ended1 := open(one)
+	defer r1.Body.Close()
+	r2, ended2 := open(other)
+	defer r2.Body.Close()
+
+	vm, err := fx.vms.Get(t.Context(), one.SandboxID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx.svc.VMGone(vm.ID)
+	select {
+	case <-ended1:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the stream to a gone VM's guest did not end")
+	}
+	select {
+	case err := <-ended2:
+		t.Fatalf("another sandbox's stream ended too: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	fx.svc.proxy.mu.Lock()
+	left := len(fx.svc.proxy.conns)
+	fx.svc.proxy.mu.Unlock()
+	if left != 1 {
+		t.Fatalf("relay connections known for %d VMs, want the other's only", left)
 	}
 }

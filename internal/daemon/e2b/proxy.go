@@ -37,6 +37,54 @@ type proxy struct {
 	wakes  keyed.Mutex
 	mu     sync.Mutex
 	failed map[string]wakeFailure
+	// conns are the open connections to each VM's guest, by VM id, so
+	// that a VM that stopped or went takes its relayed streams with it
+	// (VMGone) rather than leave them hanging until TCP gives up.
+	conns map[string]map[*guestConn]struct{}
+}
+
+// guestConn is a relay connection to a guest port, known to its proxy
+// until closed.
+type guestConn struct {
+	net.Conn
+	once sync.Once
+	p    *proxy
+	vmID string
+}
+
+func (c *guestConn) Close() error {
+	c.once.Do(func() {
+		c.p.mu.Lock()
+		delete(c.p.conns[c.vmID], c)
+		if len(c.p.conns[c.vmID]) == 0 {
+			delete(c.p.conns, c.vmID)
+		}
+		c.p.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
+
+// track makes nc known as a connection to vmID's guest.
+func (p *proxy) track(vmID string, nc net.Conn) net.Conn {
+	c := &guestConn{Conn: nc, p: p, vmID: vmID}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns[vmID] == nil {
+		p.conns[vmID] = map[*guestConn]struct{}{}
+	}
+	p.conns[vmID][c] = struct{}{}
+	return c
+}
+
+// vmGone closes every relay connection to vmID's guest.
+func (p *proxy) vmGone(vmID string) {
+	p.mu.Lock()
+	conns := p.conns[vmID]
+	delete(p.conns, vmID)
+	p.mu.Unlock()
+	for c := range conns {
+		_ = c.Conn.Close()
+	}
 }
 
 type wakeFailure struct {
@@ -59,7 +107,7 @@ type upstream struct {
 }
 
 func newProxy(s *Service) *proxy {
-	p := &proxy{s: s, failed: map[string]wakeFailure{}}
+	p := &proxy{s: s, failed: map[string]wakeFailure{}, conns: map[string]map[*guestConn]struct{}{}}
 	p.transport = &http.Transport{
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			up, ok := ctx.Value(upstreamKey{}).(upstream)
@@ -71,7 +119,11 @@ func newProxy(s *Service) *proxy {
 			if err != nil {
 				return nil, fmt.Errorf("proxy: upstream %s: %w", addr, err)
 			}
-			return s.DialGuest(ctx, up.vm, port)
+			nc, err := s.DialGuest(ctx, up.vm, port)
+			if err != nil {
+				return nil, err
+			}
+			return p.track(up.vm.ID, nc), nil
 		},
 		// httpsPorts: the guest's service speaks TLS. Its certificate is
 		// not checked, as on E2B: it is the guest's own, and the hop is

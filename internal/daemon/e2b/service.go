@@ -384,6 +384,13 @@ func (s *Service) Stop(ctx context.Context) error {
 	return s.Store.ClearE2BListener(ctx)
 }
 
+// VMGone cuts the relayed connections to the guest of a VM that stopped
+// or was deleted (by the SDK's kill, a timeout, `banger vm delete`):
+// with its guest gone, a stream to it (a background command's output,
+// a watch) would otherwise hang until TCP gave up, and the client with
+// it. A pause keeps them: the guest's end is saved with its memory.
+func (s *Service) VMGone(vmID string) { s.proxy.vmGone(vmID) }
+
 // Status answers where the control plane listens.
 func (s *Service) Status() Status {
 	s.mu.Lock()

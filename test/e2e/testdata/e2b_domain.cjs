@@ -35,8 +35,9 @@ async function step(name, fn) {
     await sbx.files.write('www/index.html', 'served-by-name')
     assert.equal(await sbx.files.read('www/index.html'), 'served-by-name')
   })
+  let server
   await step('a getHost(8000) URL, fetched as it is', async () => {
-    await sbx.commands.run('python3 -m http.server 8000', { background: true, cwd: '/home/user/www' })
+    server = await sbx.commands.run('python3 -m http.server 8000', { background: true, cwd: '/home/user/www' })
     const url = `https://${sbx.getHost(8000)}/index.html`
     assert.match(url, new RegExp(`^https://8000-${sbx.sandboxId}\\.`))
     let res, body
@@ -54,6 +55,21 @@ async function step(name, fn) {
     assert.ok(items.some((s) => s.sandboxId === sbx.sandboxId), JSON.stringify(items))
     await sbx.kill()
     assert.equal(await sbx.isRunning(), false)
+  })
+  await step("kill() ends the background command's stream", async () => {
+    // Its guest is gone: the relay cuts the stream rather than leave it
+    // (and this process) waiting on TCP to give up, about a minute.
+    const ended = server.wait().then(
+      () => 'ended',
+      () => 'ended'
+    )
+    let timer
+    const late = new Promise((resolve) => {
+      timer = setTimeout(() => resolve('still open after 30 s'), 30_000)
+    })
+    const outcome = await Promise.race([ended, late])
+    clearTimeout(timer)
+    assert.equal(outcome, 'ended')
   })
   console.log('ok   done')
 })()
