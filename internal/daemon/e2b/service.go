@@ -2,12 +2,12 @@
 // (off by default; `banger e2b serve` or the e2b_listen setting; HTTPS
 // with certificates of its own CA with --tls; with --dns, a DNS responder
 // giving the listener's address for every name under its domain) that
-// answers the E2B SDK's
-// sandbox calls with banger VMs, checks API keys (stored hashed, each
-// with an optional cap on its sandboxes), and proxies requests meant for
-// a sandbox — by the E2b-Sandbox-Id header or a "<port>-<id>.<domain>"
-// Host — to the guest port they name, through the VM's pooled SSH
-// connection.
+// answers the E2B SDK's sandbox calls with banger VMs, checks API keys
+// (stored hashed, each with an optional cap on its sandboxes), and
+// proxies requests meant for a sandbox — by the E2b-Sandbox-Id header or
+// a "<port>-<id>.<domain>" Host — to the guest port they name, over the
+// VM's link or its pooled SSH connection, until the VM stops or goes
+// (VMGone).
 //
 // A sandbox is a VM named by its sandbox id, created with the TTL the SDK
 // asks for (action delete, or pause for autoPause) and its metadata as
