@@ -136,7 +136,21 @@ type CreateVMRequest struct {
 	// Cold boots the VM even when a fresh warm-start template of its
 	// shape exists (`banger image warm`).
 	Cold bool `json:"cold,omitempty"`
+	// Ready is when a create that starts the VM answers: ReadySSH (the
+	// default) once the daemon's SSH session runs commands in the guest
+	// (a handshake proves a restored one), ReadyListening as soon as the
+	// guest's sshd accepts connections, which it does once the guest's
+	// set-up is done, without an SSH session: for clients that reach the
+	// guest another way (the E2B control plane, through envd). The first
+	// SSH use of such a VM makes the pooled connection.
+	Ready string `json:"ready,omitempty"`
 }
+
+// The values of CreateVMRequest.Ready.
+const (
+	ReadySSH       = ""
+	ReadyListening = "listening"
+)
 
 // WarmRequest names the VM shape whose warm-start template the daemon
 // makes: fields as in CreateVMRequest (empty: the configured defaults).

@@ -71,7 +71,10 @@ type Daemon struct {
 	// waitGuest waits until a booting VM's guest is ready for commands;
 	// vmmAlive says whether its VMM still runs.
 	waitGuest func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
-	now       func() time.Time
+	// waitListening waits until it accepts connections on its SSH port
+	// (api.ReadyListening).
+	waitListening func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
+	now           func() time.Time
 	// directRefused: "vmID/port" of published guest ports that refused a
 	// direct connection lately (time.Time of the refusal).
 	directRefused sync.Map
@@ -110,6 +113,9 @@ func New(cfg config.Config, st *store.Store, log *slog.Logger) (*Daemon, error) 
 	d.waitGuest = func(ctx context.Context, vm model.VM, vmmAlive func() bool) error {
 		return d.guests.WaitReady(ctx, vm, vmmAlive)
 	}
+	d.waitListening = func(ctx context.Context, vm model.VM, vmmAlive func() bool) error {
+		return d.guests.WaitListening(ctx, vm, vmmAlive)
+	}
 	d.wire()
 	return d, nil
 }
@@ -137,6 +143,9 @@ func (d *Daemon) wire() {
 		AuthorizedKey: authorizedKey, Artifacts: d.artifacts,
 		WaitGuest: func(ctx context.Context, vm model.VM, vmmAlive func() bool) error {
 			return d.waitGuest(ctx, vm, vmmAlive)
+		},
+		WaitListening: func(ctx context.Context, vm model.VM, vmmAlive func() bool) error {
+			return d.waitListening(ctx, vm, vmmAlive)
 		},
 		SetGuestClock: func(ctx context.Context, vm model.VM) error {
 			return d.guests.SetClock(ctx, vm)

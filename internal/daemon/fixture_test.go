@@ -50,6 +50,7 @@ func newFixture(t testing.TB) *fixture {
 	d.host.taps = f.taps
 	d.host.subnet = netip.MustParsePrefix("172.16.0.0/24")
 	d.waitGuest = func(context.Context, model.VM, func() bool) error { return nil }
+	d.waitListening = d.waitGuest
 	d.wire()
 	return f
 }

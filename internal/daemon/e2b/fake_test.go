@@ -56,6 +56,8 @@ type fakeVMs struct {
 	controls int               // envd requests over the control channel
 	scripts  int               // envd scripts run over "SSH"
 	lastEnv  map[string]string // the environment envd was last given
+	// readies are the Ready of every create, booted or from a snapshot.
+	readies []string
 }
 
 // GuestControl plays banger-init's side of guestctl.OpEnvd when control
@@ -87,9 +89,17 @@ func (f *fakeVMs) GuestControl(_ context.Context, vm model.VM, req guestctl.Requ
 }
 
 func (f *fakeVMs) Create(ctx context.Context, req api.CreateVMRequest, report progress.Func) (model.VM, error) {
+	f.mu.Lock()
+	f.readies = append(f.readies, req.Ready)
+	f.mu.Unlock()
 	if req.FromSnapshot != "" {
 		return f.createFromSnapshot(ctx, req)
 	}
+	return f.create(ctx, req)
+}
+
+// create is Create of a booted VM.
+func (f *fakeVMs) create(ctx context.Context, req api.CreateVMRequest) (model.VM, error) {
 	if req.Image != "" && req.Image != "other" {
 		return model.VM{}, errdefs.Errorf(errdefs.CodeNotFound, "image %q not found", req.Image)
 	}
@@ -499,8 +509,8 @@ func (f *fakeVMs) createFromSnapshot(ctx context.Context, req api.CreateVMReques
 	if net == "" && allow == nil && deny == nil {
 		net, allow, deny = sn.Net.Mode, sn.Net.Allow, sn.Net.Deny
 	}
-	vm, err := f.Create(ctx, api.CreateVMRequest{Name: req.Name, TTL: req.TTL, TTLAction: req.TTLAction, Labels: req.Labels,
-		Net: net, Allow: allow, Deny: deny}, nil)
+	vm, err := f.create(ctx, api.CreateVMRequest{Name: req.Name, TTL: req.TTL, TTLAction: req.TTLAction, Labels: req.Labels,
+		Net: net, Allow: allow, Deny: deny})
 	if err != nil {
 		return vm, err
 	}

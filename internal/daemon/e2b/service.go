@@ -581,7 +581,9 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 		}
 		return s.createFromSnapshot(ctx, sn, spec, held)
 	}
-	vmReq := api.CreateVMRequest{Name: newSandboxID(), Image: image, Start: true,
+	// Ready once its sshd listens: the sandbox is reached through envd,
+	// started over the control channel, so no SSH session is waited for.
+	vmReq := api.CreateVMRequest{Name: newSandboxID(), Image: image, Start: true, Ready: api.ReadyListening,
 		TTL: strconv.Itoa(timeout) + "s", TTLAction: timeoutAction(autoPause), Labels: labels}
 	if netSet {
 		vmReq.Net, vmReq.Allow, vmReq.Deny = net.Mode, net.Allow, net.Deny

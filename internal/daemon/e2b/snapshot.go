@@ -271,7 +271,7 @@ type snapshotSpec struct {
 // (restored with the snapshot's processes) given a token and
 // environment of its own. A VM it cannot finish is deleted.
 func (s *Service) createFromSnapshot(ctx context.Context, sn model.Snapshot, spec snapshotSpec, held *hold) (sandbox, error) {
-	req := api.CreateVMRequest{Name: newSandboxID(), FromSnapshot: sn.ID,
+	req := api.CreateVMRequest{Name: newSandboxID(), FromSnapshot: sn.ID, Ready: api.ReadyListening,
 		TTL: strconv.Itoa(spec.timeout) + "s", TTLAction: timeoutAction(spec.autoPause), Labels: spec.labels}
 	if spec.net != nil {
 		req.Net, req.Allow, req.Deny = spec.net.Mode, spec.net.Allow, spec.net.Deny

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/model"
 )
 
@@ -133,6 +134,18 @@ func TestFork(t *testing.T) {
 	}
 	if code, body, _ := fx.do(t, "POST", "/sandboxes/"+mine.SandboxID+"/fork", `{"count":1}`, "X-API-Key", capped); code != http.StatusCreated {
 		t.Errorf("fork within the key's cap: %d %s", code, body)
+	}
+	// Every sandbox VM, booted or forked, was asked to be ready once its
+	// sshd listens: envd, not SSH, is how a sandbox is reached.
+	fx.vms.mu.Lock()
+	defer fx.vms.mu.Unlock()
+	if len(fx.vms.readies) < 4 {
+		t.Fatalf("creates seen: %v", fx.vms.readies)
+	}
+	for i, r := range fx.vms.readies {
+		if r != api.ReadyListening {
+			t.Errorf("create %d asked ready %q, want %q", i, r, api.ReadyListening)
+		}
 	}
 }
 

@@ -11,10 +11,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -131,6 +133,50 @@ func (sv *Service) WaitReady(ctx context.Context, vm model.VM, vmmAlive func() b
 	sv.Pool.Adopt(vm.ID, ep, c)
 	return nil
 }
+
+// WaitListening is WaitReady for a create that asks only that the
+// guest's sshd accept connections (api.ReadyListening): it waits until a
+// TCP connection to the guest's SSH port is accepted, and closes it. The
+// guest's sshd starts once the guest is set up (banger-init, or the
+// setup unit ordered before ssh.service), so that proves the set-up done
+// without the handshake and command a session costs a guest under
+// emulation. No connection joins the pool: the first SSH use dials.
+func (sv *Service) WaitListening(ctx context.Context, vm model.VM, vmmAlive func() bool) error {
+	ep, err := sv.endpoint(ctx, vm)
+	if err != nil {
+		return err
+	}
+	addr := net.JoinHostPort(ep.Host, strconv.Itoa(ep.Port))
+	wctx, cancel := context.WithTimeout(ctx, sshTimeout)
+	defer cancel()
+	var last error
+	for {
+		d := net.Dialer{Timeout: listenProbeTimeout}
+		c, err := d.DialContext(wctx, "tcp", addr)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		last = err
+		if !vmmAlive() {
+			return fmt.Errorf("the vmm exited during boot; %s", tailFile(vm.LogPath, vm.ConsolePath))
+		}
+		select {
+		case <-wctx.Done():
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("guest sshd did not listen on %s within %s: %v; %s", addr, sshTimeout, last, tailFile(vm.ConsolePath))
+		case <-time.After(listenProbeEvery):
+		}
+	}
+}
+
+// How long one probe of WaitListening may take, and how often it probes.
+const (
+	listenProbeTimeout = 500 * time.Millisecond
+	listenProbeEvery   = 50 * time.Millisecond
+)
 
 // Unpark takes back the SSH connection a pause parked once the resumed
 // guest answers on it within ctx (guest.Pool.Unpark); an error when there

@@ -114,6 +114,9 @@ func fcFixture(t *testing.T) (*fixture, *firecracker.Driver, *fakeGuests) {
 		WaitGuest: func(ctx context.Context, vm model.VM, vmmAlive func() bool) error {
 			return f.waitGuest(ctx, vm, vmmAlive)
 		},
+		WaitListening: func(ctx context.Context, vm model.VM, vmmAlive func() bool) error {
+			return f.waitListening(ctx, vm, vmmAlive)
+		},
 	})
 	guests, sock := serveFakeGuests(t, f)
 	t.Setenv("FAKEFC_VSOCK_FORWARD", "1024="+sock)
@@ -236,10 +239,15 @@ func TestForkFirecrackerWithFakefc(t *testing.T) {
 		t.Fatal("the parent's tap was held or the parent died")
 	}
 
-	// A create from the snapshot goes the same way.
-	one, err := f.m.Create(ctx, api.CreateVMRequest{Name: "kid-3", FromSnapshot: "s1"}, nil)
+	// A create from the snapshot goes the same way; asked to, it is
+	// proved up by its sshd listening rather than by a session.
+	readied := f.recordReadiness()
+	one, err := f.m.Create(ctx, api.CreateVMRequest{Name: "kid-3", FromSnapshot: "s1", Ready: api.ReadyListening}, nil)
 	if err != nil {
 		t.Fatalf("create from a firecracker snapshot: %v", err)
+	}
+	if readied["kid-3"] != "listening" {
+		t.Fatalf("kid-3 proved up by %q, want listening", readied["kid-3"])
 	}
 	if !guests.heldThen["kid-3"] || !f.m.Alive(one) || one.VMM != "firecracker" {
 		t.Fatalf("kid-3: held when told %v, alive %v, vmm %s", guests.heldThen["kid-3"], f.m.Alive(one), one.VMM)

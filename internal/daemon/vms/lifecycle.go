@@ -143,7 +143,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 		m.pokeExpiry()
 	}
 	if req.Start {
-		vm, err := m.Start(ctx, id, report)
+		vm, err := m.start(ctx, id, report, base.Ready)
 		if err == nil && rebuild {
 			m.warmOnFirstUse(shape, drv)
 		}
@@ -160,6 +160,8 @@ type vmIntent struct {
 	Labels         map[string]string
 	TTL, TTLAction string
 	IdleSecs       int
+	// Ready is when the create answers (api.CreateVMRequest.Ready).
+	Ready string
 }
 
 // intentOf validates what req asks of the VM with this id and name
@@ -187,7 +189,10 @@ func (m *Manager) intentOf(ctx context.Context, id, name string, req api.CreateV
 	if req.TTLAction != "" && strings.TrimSpace(req.TTL) == "" && idleSecs == 0 {
 		return vmIntent{}, errdefs.Errorf(errdefs.CodeInvalid, "a ttl action needs a ttl or an idle timeout")
 	}
-	return vmIntent{ID: id, Name: name, Net: netPolicy, Labels: req.Labels, TTL: req.TTL, TTLAction: req.TTLAction, IdleSecs: idleSecs}, nil
+	if req.Ready != api.ReadySSH && req.Ready != api.ReadyListening {
+		return vmIntent{}, errdefs.Errorf(errdefs.CodeInvalid, "ready %q: want empty (an SSH session runs commands) or %q (sshd accepts connections)", req.Ready, api.ReadyListening)
+	}
+	return vmIntent{ID: id, Name: name, Net: netPolicy, Labels: req.Labels, TTL: req.TTL, TTLAction: req.TTLAction, IdleSecs: idleSecs, Ready: req.Ready}, nil
 }
 
 // asksNet says whether a create or fork names a network policy (else a
@@ -388,6 +393,12 @@ func (m *Manager) Lock(ctx context.Context, ref string) (model.VM, func(), error
 // Start boots a VM and waits until its guest answers SSH. A paused VM is
 // resumed from its saved state instead.
 func (m *Manager) Start(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
+	return m.start(ctx, ref, report, api.ReadySSH)
+}
+
+// start is Start answering when ready says (api.CreateVMRequest.Ready;
+// a resume proves its guest on the SSH connection its pause parked).
+func (m *Manager) start(ctx context.Context, ref string, report progress.Func, ready string) (model.VM, error) {
 	report = progress.OrNop(report)
 	vm, unlock, err := m.Lock(ctx, ref)
 	if err != nil {
@@ -400,12 +411,12 @@ func (m *Manager) Start(ctx context.Context, ref string, report progress.Func) (
 	if vm.State == model.VMPaused {
 		return m.resume(ctx, vm, report)
 	}
-	return m.boot(ctx, vm, report)
+	return m.launch(ctx, vm, report, "", nil, ready)
 }
 
 // boot does the work of a start. Called with the VM's lock held.
 func (m *Manager) boot(ctx context.Context, vm model.VM, report progress.Func) (model.VM, error) {
-	return m.launch(ctx, vm, report, "", nil)
+	return m.launch(ctx, vm, report, "", nil, api.ReadySSH)
 }
 
 // launch starts a VM's VMM and waits for its guest: booting it, or, with
@@ -415,8 +426,9 @@ func (m *Manager) boot(ctx context.Context, vm model.VM, report progress.Func) (
 // paused with its state, to be resumed again or stopped. Called with the
 // VM's lock held. With fork set the state is a snapshot's (kept), the
 // guest is held off the bridge until it has been told its identity, and a
-// failure leaves the VM failed.
-func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func, stateDir string, fork *forkIdentity) (model.VM, error) {
+// failure leaves the VM failed. ready says what proves the guest up
+// (api.CreateVMRequest.Ready).
+func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func, stateDir string, fork *forkIdentity, ready string) (model.VM, error) {
 	restoring := stateDir != ""
 	verb, done := "start", "started"
 	if restoring {
@@ -564,7 +576,11 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 		kept = err == nil
 	}
 	if !kept {
-		if err := m.waitGuest(ctx, vm, func() bool { return drv.Alive(vh) }); err != nil {
+		wait := m.waitGuest
+		if ready == api.ReadyListening && m.waitListening != nil {
+			wait = m.waitListening
+		}
+		if err := wait(ctx, vm, func() bool { return drv.Alive(vh) }); err != nil {
 			return fail(err)
 		}
 	}

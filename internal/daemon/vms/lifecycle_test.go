@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -41,8 +42,10 @@ type fixture struct {
 	cfg   config.Config
 	// started counts Deps.Started calls by VM name (snapFixture's).
 	started map[string]int
-	// waitGuest stands in for the guest's readiness at boot.
-	waitGuest func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
+	// waitGuest stands in for the guest's readiness at boot, and
+	// waitListening for it when a create asks only for sshd to listen.
+	waitGuest     func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
+	waitListening func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
 }
 
 // newFixture is a Manager over a real store in a temp dir with a fake VMM,
@@ -53,6 +56,7 @@ func newFixture(t testing.TB) *fixture {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	f := &fixture{drv: vmstest.NewDriver(), strat: &vmstest.Strategy{}, taps: vmstest.NewTaps(), st: st, cfg: cfg}
 	f.waitGuest = func(context.Context, model.VM, func() bool) error { return nil }
+	f.waitListening = func(context.Context, model.VM, func() bool) error { return nil }
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	signer, err := ssh.NewSignerFromKey(priv)
 	if err != nil {
@@ -67,8 +71,67 @@ func newFixture(t testing.TB) *fixture {
 		WaitGuest: func(ctx context.Context, vm model.VM, vmmAlive func() bool) error {
 			return f.waitGuest(ctx, vm, vmmAlive)
 		},
+		WaitListening: func(ctx context.Context, vm model.VM, vmmAlive func() bool) error {
+			return f.waitListening(ctx, vm, vmmAlive)
+		},
 	})
 	return f
+}
+
+// recordReadiness makes the fixture's readiness waits record, by VM
+// name, which one proved each guest up ("ssh" or "listening").
+func (f *fixture) recordReadiness() map[string]string {
+	var mu sync.Mutex
+	got := map[string]string{}
+	f.waitGuest = func(_ context.Context, vm model.VM, _ func() bool) error {
+		mu.Lock()
+		defer mu.Unlock()
+		got[vm.Name] = "ssh"
+		return nil
+	}
+	f.waitListening = func(_ context.Context, vm model.VM, _ func() bool) error {
+		mu.Lock()
+		defer mu.Unlock()
+		got[vm.Name] = "listening"
+		return nil
+	}
+	return got
+}
+
+// A create that asks only for sshd to listen (api.ReadyListening, what
+// the E2B control plane asks) is proved up by WaitListening, not by an
+// SSH session; any other value is refused with nothing made.
+func TestCreateReady(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	got := f.recordReadiness()
+	if _, err := f.m.Create(ctx, api.CreateVMRequest{Name: "fast", Disk: "64M", Start: true, Ready: api.ReadyListening}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.m.Create(ctx, api.CreateVMRequest{Name: "plain", Disk: "64M", Start: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// A later start (and a restart) is an ordinary one.
+	if _, err := f.m.Restart(ctx, "fast", nil); err != nil {
+		t.Fatal(err)
+	}
+	if got["fast"] != "ssh" || got["plain"] != "ssh" {
+		t.Fatalf("readiness after restart: %v", got)
+	}
+	delete(got, "fast")
+	if _, err := f.m.Create(ctx, api.CreateVMRequest{Name: "fast2", Disk: "64M", Start: true, Ready: api.ReadyListening}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got["fast2"] != "listening" {
+		t.Fatalf("readiness of a create asking for listening: %v", got)
+	}
+	_, err := f.m.Create(ctx, api.CreateVMRequest{Name: "bad", Disk: "64M", Start: true, Ready: "soon"}, nil)
+	if errdefs.CodeOf(err) != errdefs.CodeInvalid || !strings.Contains(err.Error(), `ready "soon"`) {
+		t.Fatalf("create with ready soon: %v", err)
+	}
+	if _, err := f.m.Get(ctx, "bad"); err == nil {
+		t.Fatal("a refused create left its vm")
+	}
 }
 
 func TestLifecycleWithFakes(t *testing.T) {

@@ -33,6 +33,9 @@ func snapFixture(t *testing.T) (*fixture, *vmstest.SnapDriver, *int) {
 		WaitGuest: func(ctx context.Context, vm model.VM, vmmAlive func() bool) error {
 			return f.waitGuest(ctx, vm, vmmAlive)
 		},
+		WaitListening: func(ctx context.Context, vm model.VM, vmmAlive func() bool) error {
+			return f.waitListening(ctx, vm, vmmAlive)
+		},
 		SetGuestClock: func(context.Context, model.VM) error { *clocks++; return nil },
 		Started:       func(_ context.Context, vm model.VM) { f.started[vm.Name]++ },
 	}

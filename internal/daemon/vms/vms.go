@@ -106,6 +106,10 @@ type Deps struct {
 	// State is resuming for a guest restored from a saved state (which
 	// may be proved ready with less work than a boot).
 	WaitGuest func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
+	// WaitListening is WaitGuest for a create that asks only that the
+	// guest's sshd accept connections (api.ReadyListening), which it does
+	// once the guest is set up; no SSH session is made. Nil: WaitGuest.
+	WaitListening func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
 	// DropGuest ends what reaches a VM's guest through the network: its
 	// published ports' listeners and, unless keepConn (a pause, a resume),
 	// its pooled SSH connection (it stopped or is gone).
@@ -143,6 +147,7 @@ type Manager struct {
 	authorizedKey string
 	artifacts     Artifacts
 	waitGuest     func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
+	waitListening func(ctx context.Context, vm model.VM, vmmAlive func() bool) error
 	dropGuest     func(vmID string, keepConn bool)
 	parkGuest     func(vmID string) bool
 	unparkGuest   func(ctx context.Context, vm model.VM) error
@@ -170,7 +175,7 @@ func New(deps Deps) *Manager {
 		drivers: deps.Drivers, strategies: deps.Strategies,
 		taps: deps.Taps, netErr: deps.NetErr, subnet: deps.Subnet,
 		authorizedKey: deps.AuthorizedKey, artifacts: deps.Artifacts,
-		waitGuest: deps.WaitGuest, dropGuest: deps.DropGuest, started: deps.Started,
+		waitGuest: deps.WaitGuest, waitListening: deps.WaitListening, dropGuest: deps.DropGuest, started: deps.Started,
 		parkGuest: deps.ParkGuest, unparkGuest: deps.UnparkGuest,
 		setClock:      deps.SetGuestClock,
 		guestInit:     deps.GuestInit,
