@@ -8,18 +8,7 @@ const path = require('node:path')
 const assert = require('node:assert/strict')
 const { Sandbox } = require(path.join(process.env.E2B_SDK_DIR, 'node_modules', 'e2b'))
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
-
-async function step(name, fn) {
-  const t0 = Date.now()
-  try {
-    await fn()
-    console.log(`ok   ${name} (${Date.now() - t0} ms)`)
-  } catch (e) {
-    console.log('FAIL ' + name + ': ' + (e && e.stack ? e.stack : e))
-    process.exit(1)
-  }
-}
+const { sleep, step } = require('./steps.cjs')
 
 ;(async () => {
   assert.ok(!process.env.E2B_API_URL && !process.env.E2B_SANDBOX_URL, 'only E2B_DOMAIN may say where banger is')

@@ -9,18 +9,7 @@ const { Sandbox, CommandExitError, AuthenticationError, NotFoundError } = requir
   path.join(process.env.E2B_SDK_DIR, 'node_modules', 'e2b')
 )
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
-
-async function step(name, fn) {
-  const t0 = Date.now()
-  try {
-    await fn()
-    console.log(`ok   ${name} (${Date.now() - t0} ms)`)
-  } catch (e) {
-    console.log('FAIL ' + name + ': ' + (e && e.stack ? e.stack : e))
-    process.exit(1)
-  }
-}
+const { sleep, step } = require('./steps.cjs')
 
 // get fetches a path of the listener with a Host header (getHost names
 // need wildcard DNS, which the test host does not have), and the
