@@ -95,6 +95,14 @@ type wakeFailure struct {
 // wakeRetry is how long a failed wake is answered from memory.
 const wakeRetry = 10 * time.Second
 
+// Bounds on connecting to a guest port. net/http goes on dialing for its
+// pool after the request that asked has gone, so nothing else ends a
+// dial or a TLS handshake the guest never answers.
+const (
+	relayDialTimeout      = 30 * time.Second
+	relayHandshakeTimeout = 10 * time.Second
+)
+
 // upstreamKey carries a relayed request's upstream in its context.
 type upstreamKey struct{}
 
@@ -119,6 +127,8 @@ func newProxy(s *Service) *proxy {
 			if err != nil {
 				return nil, fmt.Errorf("proxy: upstream %s: %w", addr, err)
 			}
+			ctx, cancel := context.WithTimeout(ctx, relayDialTimeout)
+			defer cancel()
 			nc, err := s.DialGuest(ctx, up.vm, port)
 			if err != nil {
 				return nil, err
@@ -129,6 +139,7 @@ func newProxy(s *Service) *proxy {
 		// not checked, as on E2B: it is the guest's own, and the hop is
 		// the VM's isolated link or its SSH connection.
 		TLSClientConfig:       &tls.Config{InsecureSkipVerify: true},
+		TLSHandshakeTimeout:   relayHandshakeTimeout,
 		MaxIdleConnsPerHost:   16,
 		IdleConnTimeout:       90 * time.Second,
 		ResponseHeaderTimeout: 0, // long polls and streams are the point
