@@ -154,6 +154,16 @@ func newProxy(s *Service) *proxy {
 		},
 		Transport:     p.transport,
 		FlushInterval: -1,
+		// An upgraded stream ends when its client's end does. Over TLS,
+		// net/http would only half close the guest's side and wait for
+		// the guest to close its own, which a guest need never do; a
+		// plain port's connection (a guestConn) has no half close.
+		ModifyResponse: func(res *http.Response) error {
+			if rwc, ok := res.Body.(io.ReadWriteCloser); ok && res.StatusCode == http.StatusSwitchingProtocols {
+				res.Body = struct{ io.ReadWriteCloser }{rwc}
+			}
+			return nil
+		},
 		// A client that leaves mid-stream is ordinary here.
 		ErrorLog: log.New(io.Discard, "", 0),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
