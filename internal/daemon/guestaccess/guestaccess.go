@@ -49,6 +49,9 @@ type Deps struct {
 	Netns string
 	// DNSSuffix is the domain of VM names (<vm>.<suffix>).
 	DNSSuffix string
+	// SSHPort is the guests' sshd port: 0 is 22, which banger's images
+	// use; tests point it at a listener of their own.
+	SSHPort int
 }
 
 // Service reaches into running VMs.
@@ -75,7 +78,15 @@ func (sv *Service) endpoint(ctx context.Context, vm model.VM) (guest.Endpoint, e
 			return guest.Endpoint{}, errdefs.Errorf(errdefs.CodeInvalid, "image %s has no recorded SSH host key; rebuild or re-import it", im.Name)
 		}
 	}
-	return guest.Endpoint{Host: vm.GuestIP, Port: 22, User: "root", HostKey: vm.PinnedHostKey(im)}, nil
+	return guest.Endpoint{Host: vm.GuestIP, Port: sv.sshPort(), User: "root", HostKey: vm.PinnedHostKey(im)}, nil
+}
+
+// sshPort is Deps.SSHPort, 22 when unset.
+func (sv *Service) sshPort() int {
+	if sv.SSHPort == 0 {
+		return 22
+	}
+	return sv.SSHPort
 }
 
 // Dial returns the pooled SSH client of a running VM's guest.
@@ -424,7 +435,7 @@ func (sv *Service) SSHInfo(ctx context.Context, ref string) (api.SSHInfo, error)
 		return api.SSHInfo{}, err
 	}
 	return api.SSHInfo{
-		Host: vm.GuestIP, User: "root", Port: 22,
+		Host: vm.GuestIP, User: "root", Port: sv.sshPort(),
 		KeyPath:        sv.KeyPath,
 		KnownHostsPath: filepath.Join(vm.Dir, "known_hosts"),
 		Netns:          sv.Netns,

@@ -2,7 +2,11 @@ package guestaccess
 
 import (
 	"context"
+	"errors"
+	"io"
+	"net"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +14,7 @@ import (
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/testenv"
 )
 
 func TestExecCommandQuoting(t *testing.T) {
@@ -69,5 +74,61 @@ func TestTerminalOf(t *testing.T) {
 		if _, err := terminalOf(bad); err == nil {
 			t.Errorf("%+v accepted", bad)
 		}
+	}
+}
+
+func TestWaitListening(t *testing.T) {
+	ctx := context.Background()
+	// A port nothing listens on, that no port-0 bind is given meanwhile.
+	port := testenv.QuietPort(t)
+	sv := New(Deps{SSHPort: port})
+	vm := model.VM{Name: "a", GuestIP: "127.0.0.1", HostKey: "ssh-ed25519 AAAAvm", LogPath: filepath.Join(t.TempDir(), "vmm.log")}
+
+	// Nothing listens and the VMM is gone: it says so rather than wait.
+	err := sv.WaitListening(ctx, vm, func() bool { return false })
+	if err == nil || !strings.Contains(err.Error(), "vmm exited") {
+		t.Fatalf("nothing listening, vmm gone: %v", err)
+	}
+	// Its caller gives up: the caller's error.
+	cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	err = sv.WaitListening(cctx, vm, func() bool { return true })
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("nothing listening, caller gave up: %v", err)
+	}
+
+	// sshd starts listening a while after the wait began: the wait ends
+	// with one connection, which it closes without a word.
+	accepted := make(chan []byte, 1)
+	go func() {
+		time.Sleep(400 * time.Millisecond)
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			accepted <- []byte("listen: " + err.Error())
+			return
+		}
+		defer l.Close()
+		c, err := l.Accept()
+		if err != nil {
+			accepted <- []byte("accept: " + err.Error())
+			return
+		}
+		defer c.Close()
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b, err := io.ReadAll(c)
+		if err != nil {
+			b = append(b, []byte(" read: "+err.Error())...)
+		}
+		accepted <- b
+	}()
+	start := time.Now()
+	if err := sv.WaitListening(ctx, vm, func() bool { return true }); err != nil {
+		t.Fatalf("sshd listening: %v", err)
+	}
+	if took := time.Since(start); took < 400*time.Millisecond {
+		t.Fatalf("the wait ended after %s, before anything listened", took)
+	}
+	if b := <-accepted; len(b) != 0 {
+		t.Fatalf("the probe connection carried %q; want nothing, then its close", b)
 	}
 }
