@@ -32,6 +32,7 @@ func runEnvd(args []string) int {
 	tokenFile := fs.String("token-file", "", "file holding the access token (required)")
 	envFile := fs.String("env-file", "", "file of KEY=VALUE lines: the default environment of commands")
 	defaultUser := fs.String("user", "user", "user commands run as when a request names none")
+	warm := fs.Bool("warm", false, "once listening, run a client's first requests (envd.WarmUp): for an envd started ahead of its sandbox")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -80,6 +81,17 @@ func runEnvd(args []string) int {
 			}
 		}
 	}()
+	if *warm {
+		go func() {
+			_, port, _ := net.SplitHostPort(ln.Addr().String())
+			wctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			// A token given meanwhile refuses it: that is harmless.
+			if err := envd.WarmUp(wctx, "http://"+net.JoinHostPort("127.0.0.1", port), strings.TrimSpace(token)); err != nil {
+				fmt.Fprintln(os.Stderr, "banger-init envd: warm-up:", err)
+			}
+		}()
+	}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
@@ -8,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -25,6 +28,26 @@ var (
 	envdRekeyWait = 5 * time.Second
 	envdExitWait  = 2 * time.Second
 )
+
+// envdMu keeps the boot's start of envd (startLockedEnvd) and the
+// control channel's envd op from overlapping.
+var envdMu sync.Mutex
+
+// startLockedEnvd starts envd at boot, before it is wanted, when the
+// kernel command line asks (banger.envd=1: the VM is an E2B sandbox in
+// the making): it then starts while the guest sets itself up, and the
+// daemon's envd op, once the guest is ready, only gives it the sandbox's
+// token (rekeyEnvd). Until then it demands a token of 256 random bits
+// that only its own warm-up uses (--warm: envd.WarmUp, which has its
+// code translated before the first request under emulation); the
+// daemon only ever uses the token it made.
+func startLockedEnvd(f envdFiles) error {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return fmt.Errorf("envd placeholder token: %w", err)
+	}
+	return startEnvd(f, guestctl.Request{Op: guestctl.OpEnvd, EnvdToken: base64.RawURLEncoding.EncodeToString(b[:])}, "--warm")
+}
 
 // envdFiles are the files of envd's run directory (envd.RunDir), the
 // program envd is (guestinit.InitPath) and the address it listens on;
@@ -54,6 +77,13 @@ func envdArgs(f envdFiles) []string {
 // a 0700 directory: the sandbox's user must not read the token. The
 // host waits for envd's port itself.
 func applyEnvd(f envdFiles, req guestctl.Request) error {
+	return startEnvd(f, req)
+}
+
+// startEnvd is applyEnvd; an envd it starts gets the extra arguments.
+func startEnvd(f envdFiles, req guestctl.Request, extra ...string) error {
+	envdMu.Lock()
+	defer envdMu.Unlock()
 	if err := os.MkdirAll(f.dir, 0o700); err != nil {
 		return fmt.Errorf("envd directory: %w", err)
 	}
@@ -83,7 +113,7 @@ func applyEnvd(f envdFiles, req guestctl.Request) error {
 		return fmt.Errorf("envd log: %w", err)
 	}
 	defer logf.Close()
-	args := envdArgs(f)
+	args := append(envdArgs(f), extra...)
 	cmd := &exec.Cmd{Path: args[0], Args: args, Stdout: logf, Stderr: logf,
 		SysProcAttr: &syscall.SysProcAttr{Setsid: true}}
 	if err := cmd.Start(); err != nil {
@@ -92,7 +122,16 @@ func applyEnvd(f envdFiles, req guestctl.Request) error {
 	pid := cmd.Process.Pid
 	// PID 1's reaper collects it when it ends.
 	_ = cmd.Process.Release()
-	return replaceFile(f.pid(), strconv.Itoa(pid)+"\n", 0o600)
+	if err := replaceFile(f.pid(), strconv.Itoa(pid)+"\n", 0o600); err != nil {
+		return err
+	}
+	// The start returns once the exec is past its point of no return;
+	// the kernel sets up the new command line just after. Until then
+	// runningEnvd would not know envd, and a next op would start another.
+	for deadline := time.Now().Add(time.Second); runningEnvd(f) != pid && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	return nil
 }
 
 // runningEnvd is the pid of the envd f's pid file names when that
@@ -122,7 +161,20 @@ func runningEnvd(f envdFiles) int {
 
 // rekeyEnvd gives the running envd pid a new token and environment and
 // waits until it moved them over its files, the sign they are in force.
+// It signals only an envd that listens: until envd has taken SIGHUP
+// (before it listens) the signal would end it, and one started at boot
+// may still be starting.
 func rekeyEnvd(f envdFiles, pid int, token, env string) error {
+	deadline := time.Now().Add(envdRekeyWait)
+	for !hasSocket(pid) {
+		if unix.Kill(pid, 0) != nil {
+			return fmt.Errorf("envd %d ended while starting", pid)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("envd %d did not listen within %s", pid, envdRekeyWait)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	if err := replaceFile(f.env()+".new", env, 0o600); err != nil {
 		return err
 	}
@@ -133,12 +185,28 @@ func rekeyEnvd(f envdFiles, pid int, token, env string) error {
 	if err := unix.Kill(pid, unix.SIGHUP); err != nil {
 		return err
 	}
-	for deadline := time.Now().Add(envdRekeyWait); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+	for ; time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		if _, err := os.Stat(f.token() + ".new"); errors.Is(err, os.ErrNotExist) {
 			return nil
 		}
+		if unix.Kill(pid, 0) != nil {
+			return fmt.Errorf("envd %d ended instead of taking its new token", pid)
+		}
 	}
 	return fmt.Errorf("envd %d did not take its new token within %s", pid, envdRekeyWait)
+}
+
+// hasSocket reports whether process pid holds a socket: envd opens
+// none before it listens.
+func hasSocket(pid int) bool {
+	dir := filepath.Join("/proc", strconv.Itoa(pid), "fd")
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if l, _ := os.Readlink(filepath.Join(dir, e.Name())); strings.HasPrefix(l, "socket:") {
+			return true
+		}
+	}
+	return false
 }
 
 // stopEnvd ends envd pid: SIGTERM, then SIGKILL after envdExitWait.

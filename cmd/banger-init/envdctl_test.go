@@ -131,3 +131,54 @@ func waitEnvdServes(t *testing.T, pid int) {
 	}
 	t.Fatalf("envd %d never opened a socket", pid)
 }
+
+// TestStartLockedEnvd: the boot's envd demands a token of its own that
+// is nobody's, fresh at each boot, and the envd op then gives that same
+// process the sandbox's token, even when it comes while envd is still
+// starting (before it takes SIGHUP, which would end it).
+func TestStartLockedEnvd(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	t.Cleanup(func() {
+		for _, pid := range pids {
+			_ = unix.Kill(pid, unix.SIGKILL)
+			_, _ = unix.Wait4(pid, nil, 0, nil)
+		}
+	})
+	seen := map[string]bool{}
+	for range 2 {
+		f := envdFiles{dir: filepath.Join(t.TempDir(), "envd"), exe: exe, listen: "127.0.0.1:0"}
+		if err := startLockedEnvd(f); err != nil {
+			t.Fatal(err)
+		}
+		pid := runningEnvd(f)
+		if pid == 0 {
+			raw, _ := os.ReadFile(f.log())
+			t.Fatalf("no envd runs after the boot's start (pid file %q); its log: %s", readSmallTrim(f.pid()), raw)
+		}
+		pids = append(pids, pid)
+		placeholder := readSmallTrim(f.token())
+		if len(placeholder) != 43 || !validEnvdToken(placeholder) || seen[placeholder] {
+			t.Fatalf("placeholder token %q: want 43 fresh characters of a token", placeholder)
+		}
+		seen[placeholder] = true
+		token := strings.Repeat("s", 48)
+		if err := applyEnvd(f, guestctl.Request{Op: guestctl.OpEnvd, EnvdToken: token, EnvdEnv: []string{"A=1"}}); err != nil {
+			t.Fatal(err)
+		}
+		if got := runningEnvd(f); got != pid {
+			t.Fatalf("the envd op started envd %d; want the boot's %d to take the token", got, pid)
+		}
+		if got := readSmallTrim(f.token()); got != token {
+			t.Fatalf("token file holds %q, want the sandbox's", got)
+		}
+	}
+}
+
+// validEnvdToken is what guestctl's envd op accepts as a token.
+func validEnvdToken(s string) bool {
+	return guestctl.Request{Op: guestctl.OpEnvd, EnvdToken: s}.Validate() == nil
+}

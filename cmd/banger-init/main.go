@@ -47,7 +47,7 @@ func main() {
 		return
 	}
 	if len(os.Args) > 1 {
-		fmt.Fprintf(os.Stderr, "banger-init: unknown argument %q (allowed: none, to run as PID 1; \"setup\"; \"watch-power\"; \"recv\")\n", os.Args[1])
+		fmt.Fprintf(os.Stderr, "banger-init: unknown argument %q (allowed: none, to run as PID 1; \"setup\"; \"watch-power\"; \"recv\"; \"envd\")\n", os.Args[1])
 		os.Exit(2)
 	}
 	if os.Getpid() != 1 {

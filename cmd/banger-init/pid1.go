@@ -45,6 +45,13 @@ func runPID1() {
 	// The control channel first: it needs no network, and a restored fork
 	// is told who it is there before its link is let up.
 	go serveControl(power)
+	// A sandbox's envd starts first, on the guest's other vCPU while
+	// the set-up runs, so the create finds it running (banger.envd).
+	if p, err := bootParams(); err == nil && p.Envd {
+		if err := startLockedEnvd(guestEnvd); err != nil {
+			logf("envd: %v", err)
+		}
+	}
 	if err := setup(); err != nil {
 		logf("setup: %v", err)
 	}

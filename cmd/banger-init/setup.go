@@ -18,11 +18,7 @@ import (
 // setup applies the banger.* kernel parameters to the running guest. Every
 // step is attempted; the errors are joined so the console shows them all.
 func setup() error {
-	raw, err := os.ReadFile("/proc/cmdline")
-	if err != nil {
-		return fmt.Errorf("read kernel command line: %w", err)
-	}
-	p, err := guestinit.ParseCmdline(string(raw))
+	p, err := bootParams()
 	if err != nil {
 		return err
 	}
@@ -54,6 +50,15 @@ func setup() error {
 	// sshd's privilege separation directory; systemd's unit makes it too.
 	step("/run/sshd", os.MkdirAll("/run/sshd", 0o755))
 	return errors.Join(errs...)
+}
+
+// bootParams are the banger.* parameters of the kernel command line.
+func bootParams() (guestinit.Params, error) {
+	raw, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return guestinit.Params{}, fmt.Errorf("read kernel command line: %w", err)
+	}
+	return guestinit.ParseCmdline(string(raw))
 }
 
 func setHostname(name string) error {

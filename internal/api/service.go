@@ -144,6 +144,12 @@ type CreateVMRequest struct {
 	// guest another way (the E2B control plane, through envd). The first
 	// SSH use of such a VM makes the pooled connection.
 	Ready string `json:"ready,omitempty"`
+	// Envd has a booting guest start E2B's envd at once (banger.envd),
+	// locked with a token nobody knows until the daemon gives it one, so
+	// that a sandbox's create finds it running: for the E2B control
+	// plane. Images whose PID 1 is banger-init only; a restored VM and
+	// other images start it when told, as before.
+	Envd bool `json:"envd,omitempty"`
 }
 
 // The values of CreateVMRequest.Ready.

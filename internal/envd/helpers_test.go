@@ -2,7 +2,6 @@ package envd
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"encoding/json"
 	"io"
@@ -44,30 +43,8 @@ func testServer(t *testing.T, mutate ...func(*Config)) *httptest.Server {
 	return ts
 }
 
-// tokenHeader adds the access token to every request of a client.
-type tokenHeader struct{ token string }
-
-func (tokenHeader) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
-	return next
-}
-
-func (h tokenHeader) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
-	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		req.Header().Set("X-Access-Token", h.token)
-		return next(ctx, req)
-	}
-}
-
-func (h tokenHeader) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
-	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
-		conn := next(ctx, spec)
-		conn.RequestHeader().Set("X-Access-Token", h.token)
-		return conn
-	}
-}
-
 func clients(ts *httptest.Server) (processconnect.ProcessClient, filesystemconnect.FilesystemClient) {
-	opts := []connect.ClientOption{connect.WithInterceptors(tokenHeader{testToken}), connect.WithProtoJSON()}
+	opts := []connect.ClientOption{connect.WithInterceptors(accessToken(testToken)), connect.WithProtoJSON()}
 	return processconnect.NewProcessClient(ts.Client(), ts.URL, opts...),
 		filesystemconnect.NewFilesystemClient(ts.Client(), ts.URL, opts...)
 }

@@ -51,6 +51,11 @@ type Params struct {
 	WorkDisk string       // banger.work: block device mounted at /root; empty when absent
 	Root     string       // root=
 	Init     string       // init=
+	// Envd (banger.envd=1): banger-init as PID 1 starts E2B's envd at
+	// boot, locked with a token nobody knows until the daemon gives it
+	// the sandbox's (guestctl's envd op), so that the sandbox's create
+	// finds it running instead of waiting for it to start.
+	Envd bool
 }
 
 var hostnameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -109,6 +114,11 @@ func ParseCmdline(cmdline string) (Params, error) {
 				err = fmt.Errorf("allowed: a /dev/ path")
 			}
 			p.WorkDisk = v
+		case "banger.envd":
+			if v != "1" {
+				err = fmt.Errorf("allowed: 1")
+			}
+			p.Envd = v == "1"
 		case "root":
 			p.Root = v
 		case "init":
@@ -127,7 +137,8 @@ func ParseCmdline(cmdline string) (Params, error) {
 // kernel's own defaults (trimmed; left out when blank), then root=<Root> rw
 // (banger's root disks are always writable), init=, banger.ip, banger.gw,
 // banger.dns, banger.hostname, banger.key (base64, so that the key's spaces
-// do not split it) and banger.work. Zero fields are left out. Values are
+// do not split it), banger.work and banger.envd. Zero fields are left
+// out. Values are
 // written as given: ones ParseCmdline would refuse (a hostname with a
 // space, say) must be caught before.
 func Cmdline(kernelDefault string, p Params) string {
@@ -162,6 +173,9 @@ func Cmdline(kernelDefault string, p Params) string {
 	}
 	if p.WorkDisk != "" {
 		parts = append(parts, "banger.work="+p.WorkDisk)
+	}
+	if p.Envd {
+		parts = append(parts, "banger.envd=1")
 	}
 	return strings.Join(parts, " ")
 }

@@ -46,6 +46,8 @@ func TestParseCmdline(t *testing.T) {
 		{name: "bad key encoding", cmdline: "banger.key=%%%", wantErr: "banger.key"},
 		{name: "empty key", cmdline: "banger.key=" + b64("  "), wantErr: "decodes to nothing"},
 		{name: "work not a device", cmdline: "banger.work=vdb", wantErr: "/dev/"},
+		{name: "envd", cmdline: "banger.envd=1", want: Params{Envd: true}},
+		{name: "envd not 1", cmdline: "banger.envd=yes", wantErr: "banger.envd"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -61,7 +63,7 @@ func TestParseCmdline(t *testing.T) {
 			}
 			if got.Addr != tt.want.Addr || got.Gateway != tt.want.Gateway || got.Hostname != tt.want.Hostname ||
 				got.Key != tt.want.Key || got.WorkDisk != tt.want.WorkDisk || got.Root != tt.want.Root ||
-				got.Init != tt.want.Init || len(got.DNS) != len(tt.want.DNS) {
+				got.Init != tt.want.Init || got.Envd != tt.want.Envd || len(got.DNS) != len(tt.want.DNS) {
 				t.Fatalf("got %+v\nwant %+v", got, tt.want)
 			}
 			for i := range got.DNS {
@@ -169,7 +171,7 @@ func TestCmdlineRoundTrip(t *testing.T) {
 		{
 			Addr:     netip.MustParsePrefix("10.0.0.9/8"),
 			DNS:      []netip.Addr{netip.MustParseAddr("1.1.1.1"), netip.MustParseAddr("9.9.9.9")},
-			Hostname: "x", Key: testKey + "\n" + testKey, Init: "/sbin/init",
+			Hostname: "x", Key: testKey + "\n" + testKey, Init: "/sbin/init", Envd: true,
 		},
 		{},
 	} {

@@ -58,6 +58,8 @@ type fakeVMs struct {
 	lastEnv  map[string]string // the environment envd was last given
 	// readies are the Ready of every create, booted or from a snapshot.
 	readies []string
+	// bootEnvds are the Envd of every booting create.
+	bootEnvds []bool
 }
 
 // GuestControl plays banger-init's side of guestctl.OpEnvd when control
@@ -91,6 +93,9 @@ func (f *fakeVMs) GuestControl(_ context.Context, vm model.VM, req guestctl.Requ
 func (f *fakeVMs) Create(ctx context.Context, req api.CreateVMRequest, report progress.Func) (model.VM, error) {
 	f.mu.Lock()
 	f.readies = append(f.readies, req.Ready)
+	if req.FromSnapshot == "" {
+		f.bootEnvds = append(f.bootEnvds, req.Envd)
+	}
 	f.mu.Unlock()
 	if req.FromSnapshot != "" {
 		return f.createFromSnapshot(ctx, req)

@@ -112,7 +112,8 @@ type Deps struct {
 	DialGuest func(ctx context.Context, vm model.VM, port int) (net.Conn, error)
 	// Listen opens the listener where the daemon's users are
 	// (hostnet.ListenHost); ListenPacket the DNS responder's UDP socket
-	// there (hostnet.ListenPacketHost).
+	// there (hostnet.ListenPacketHost). Nil: net.Listen and
+	// net.ListenPacket, in the daemon's own namespace (tests).
 	Listen       func(network, addr string) (net.Listener, error)
 	ListenPacket func(network, addr string) (net.PacketConn, error)
 	// Dir is the control plane's own directory (its CA).
@@ -144,6 +145,12 @@ type Service struct {
 
 // New makes a Service; it listens only after Serve.
 func New(d Deps) *Service {
+	if d.Listen == nil {
+		d.Listen = net.Listen
+	}
+	if d.ListenPacket == nil {
+		d.ListenPacket = net.ListenPacket
+	}
 	s := &Service{Deps: d}
 	s.proxy = newProxy(s)
 	return s
@@ -265,11 +272,7 @@ func (s *Service) serveDNS(addr, bound, domain string) (*hostnet.DNS, string, er
 	if err != nil {
 		return nil, "", errdefs.Invalid(err)
 	}
-	listenPacket := s.ListenPacket
-	if listenPacket == nil {
-		listenPacket = net.ListenPacket
-	}
-	pc, err := listenPacket("udp", addr)
+	pc, err := s.ListenPacket("udp", addr)
 	if err != nil {
 		return nil, "", errdefs.Errorf(errdefs.CodeInvalid, "e2b dns listen udp %s: %v", addr, err)
 	}
@@ -582,8 +585,10 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 		return s.createFromSnapshot(ctx, sn, spec, held)
 	}
 	// Ready once its sshd listens: the sandbox is reached through envd,
-	// started over the control channel, so no SSH session is waited for.
-	vmReq := api.CreateVMRequest{Name: newSandboxID(), Image: image, Start: true, Ready: api.ReadyListening,
+	// given its token over the control channel, so no SSH session is
+	// waited for. envd starts with the boot, while the guest sets
+	// itself up, rather than after it.
+	vmReq := api.CreateVMRequest{Name: newSandboxID(), Image: image, Start: true, Ready: api.ReadyListening, Envd: true,
 		TTL: strconv.Itoa(timeout) + "s", TTLAction: timeoutAction(autoPause), Labels: labels}
 	if netSet {
 		vmReq.Net, vmReq.Allow, vmReq.Deny = net.Mode, net.Allow, net.Deny

@@ -147,6 +147,15 @@ func TestFork(t *testing.T) {
 			t.Errorf("create %d asked ready %q, want %q", i, r, api.ReadyListening)
 		}
 	}
+	// And every booted one to start envd with its boot.
+	if len(fx.vms.bootEnvds) == 0 {
+		t.Fatal("no sandbox VM was booted")
+	}
+	for i, e := range fx.vms.bootEnvds {
+		if !e {
+			t.Errorf("booting create %d did not ask for envd at boot", i)
+		}
+	}
 }
 
 // TestEnvdOverControl: with a control channel, envd is started at

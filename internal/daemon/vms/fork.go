@@ -241,7 +241,7 @@ func (m *Manager) forkOne(ctx context.Context, sn model.Snapshot, in vmIntent, r
 	if err != nil {
 		return undo(err)
 	}
-	vm, err = m.launch(ctx, vm, report, filepath.Join(sn.Dir, snapStateName), &forkIdentity{hostKey: hostKey}, in.Ready)
+	vm, err = m.launch(ctx, vm, report, filepath.Join(sn.Dir, snapStateName), &forkIdentity{hostKey: hostKey}, bootOpts{ready: in.Ready})
 	if err != nil {
 		return undo(err)
 	}

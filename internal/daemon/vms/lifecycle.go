@@ -143,7 +143,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, report pr
 		m.pokeExpiry()
 	}
 	if req.Start {
-		vm, err := m.start(ctx, id, report, base.Ready)
+		vm, err := m.start(ctx, id, report, bootOpts{ready: base.Ready, envd: base.Envd})
 		if err == nil && rebuild {
 			m.warmOnFirstUse(shape, drv)
 		}
@@ -162,6 +162,17 @@ type vmIntent struct {
 	IdleSecs       int
 	// Ready is when the create answers (api.CreateVMRequest.Ready).
 	Ready string
+	// Envd starts envd at boot (api.CreateVMRequest.Envd).
+	Envd bool
+}
+
+// bootOpts are what a create asks of the VM's first launch only (a
+// later start, restart or resume is an ordinary one): when it answers
+// (api.CreateVMRequest.Ready) and whether a booting guest starts envd
+// (api.CreateVMRequest.Envd).
+type bootOpts struct {
+	ready string
+	envd  bool
 }
 
 // intentOf validates what req asks of the VM with this id and name
@@ -192,7 +203,7 @@ func (m *Manager) intentOf(ctx context.Context, id, name string, req api.CreateV
 	if req.Ready != api.ReadySSH && req.Ready != api.ReadyListening {
 		return vmIntent{}, errdefs.Errorf(errdefs.CodeInvalid, "ready %q: want empty (an SSH session runs commands) or %q (sshd accepts connections)", req.Ready, api.ReadyListening)
 	}
-	return vmIntent{ID: id, Name: name, Net: netPolicy, Labels: req.Labels, TTL: req.TTL, TTLAction: req.TTLAction, IdleSecs: idleSecs, Ready: req.Ready}, nil
+	return vmIntent{ID: id, Name: name, Net: netPolicy, Labels: req.Labels, TTL: req.TTL, TTLAction: req.TTLAction, IdleSecs: idleSecs, Ready: req.Ready, Envd: req.Envd}, nil
 }
 
 // asksNet says whether a create or fork names a network policy (else a
@@ -393,12 +404,12 @@ func (m *Manager) Lock(ctx context.Context, ref string) (model.VM, func(), error
 // Start boots a VM and waits until its guest answers SSH. A paused VM is
 // resumed from its saved state instead.
 func (m *Manager) Start(ctx context.Context, ref string, report progress.Func) (model.VM, error) {
-	return m.start(ctx, ref, report, api.ReadySSH)
+	return m.start(ctx, ref, report, bootOpts{})
 }
 
-// start is Start answering when ready says (api.CreateVMRequest.Ready;
-// a resume proves its guest on the SSH connection its pause parked).
-func (m *Manager) start(ctx context.Context, ref string, report progress.Func, ready string) (model.VM, error) {
+// start is Start with a create's opts (a resume proves its guest on the
+// SSH connection its pause parked).
+func (m *Manager) start(ctx context.Context, ref string, report progress.Func, opts bootOpts) (model.VM, error) {
 	report = progress.OrNop(report)
 	vm, unlock, err := m.Lock(ctx, ref)
 	if err != nil {
@@ -411,12 +422,12 @@ func (m *Manager) start(ctx context.Context, ref string, report progress.Func, r
 	if vm.State == model.VMPaused {
 		return m.resume(ctx, vm, report)
 	}
-	return m.launch(ctx, vm, report, "", nil, ready)
+	return m.launch(ctx, vm, report, "", nil, opts)
 }
 
 // boot does the work of a start. Called with the VM's lock held.
 func (m *Manager) boot(ctx context.Context, vm model.VM, report progress.Func) (model.VM, error) {
-	return m.launch(ctx, vm, report, "", nil, api.ReadySSH)
+	return m.launch(ctx, vm, report, "", nil, bootOpts{})
 }
 
 // launch starts a VM's VMM and waits for its guest: booting it, or, with
@@ -426,9 +437,8 @@ func (m *Manager) boot(ctx context.Context, vm model.VM, report progress.Func) (
 // paused with its state, to be resumed again or stopped. Called with the
 // VM's lock held. With fork set the state is a snapshot's (kept), the
 // guest is held off the bridge until it has been told its identity, and a
-// failure leaves the VM failed. ready says what proves the guest up
-// (api.CreateVMRequest.Ready).
-func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func, stateDir string, fork *forkIdentity, ready string) (model.VM, error) {
+// failure leaves the VM failed. opts are a create's (bootOpts).
+func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func, stateDir string, fork *forkIdentity, opts bootOpts) (model.VM, error) {
 	restoring := stateDir != ""
 	verb, done := "start", "started"
 	if restoring {
@@ -525,7 +535,7 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 		}
 		return fail(fmt.Errorf("tap %s: %w", h.Tap, err))
 	}
-	spec := m.spec(vm, k, sys, h, g)
+	spec := m.spec(vm, k, sys, h, g, opts.envd)
 	if fork != nil && carrier {
 		spec.Net.LinkDown = true
 	}
@@ -561,7 +571,11 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 			return fail(err)
 		}
 	}
-	report(progress.Event{Phase: "ssh", Message: "waiting for the guest's SSH", Elapsed: time.Since(start).Seconds()})
+	waitMsg := "waiting for the guest's SSH"
+	if opts.ready == api.ReadyListening {
+		waitMsg = "waiting for the guest's sshd to listen"
+	}
+	report(progress.Event{Phase: "ssh", Message: waitMsg, Elapsed: time.Since(start).Seconds()})
 	// A resumed guest answers on the SSH connection its pause parked (its
 	// TCP state was saved with it): no new handshake. Else, or when that
 	// connection is gone (a daemon restarted meanwhile), it is dialled.
@@ -577,7 +591,7 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 	}
 	if !kept {
 		wait := m.waitGuest
-		if ready == api.ReadyListening && m.waitListening != nil {
+		if opts.ready == api.ReadyListening && m.waitListening != nil {
 			wait = m.waitListening
 		}
 		if err := wait(ctx, vm, func() bool { return drv.Alive(vh) }); err != nil {
@@ -629,8 +643,9 @@ func (m *Manager) resumeClock(ctx context.Context, vm model.VM, drv vmm.Driver, 
 }
 
 // spec is the VMM's description of a VM: the same for a boot and for a
-// restore of its saved state, which needs the same machine.
-func (m *Manager) spec(vm model.VM, k model.Kernel, sys storage.SystemDisk, h model.VMHandles, g hostnet.Guest) vmm.Spec {
+// restore of its saved state, which needs the same machine. envd starts
+// envd at boot (guestinit.Params.Envd; nothing for a restore).
+func (m *Manager) spec(vm model.VM, k model.Kernel, sys storage.SystemDisk, h model.VMHandles, g hostnet.Guest, envd bool) vmm.Spec {
 	gw := m.taps.Gateway()
 	return vmm.Spec{
 		ID: vm.ID, Name: vm.Name, Dir: vm.Dir, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
@@ -638,7 +653,7 @@ func (m *Manager) spec(vm model.VM, k model.Kernel, sys storage.SystemDisk, h mo
 		Cmdline: guestinit.Cmdline(k.Cmdline, guestinit.Params{
 			Addr: netip.PrefixFrom(g.IP, m.subnet.Bits()), Gateway: gw, DNS: []netip.Addr{gw},
 			Hostname: vm.Name, Key: m.authorizedKey,
-			WorkDisk: "/dev/vdb", Root: "/dev/vda",
+			WorkDisk: "/dev/vdb", Root: "/dev/vda", Envd: envd,
 		}),
 		Disks: []vmm.Disk{
 			{ID: "root", Path: sys.Path, Format: sys.Format},

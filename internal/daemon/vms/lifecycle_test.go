@@ -125,6 +125,22 @@ func TestCreateReady(t *testing.T) {
 	if got["fast2"] != "listening" {
 		t.Fatalf("readiness of a create asking for listening: %v", got)
 	}
+	// envd at boot: on the command line of that create's boot only.
+	if _, err := f.m.Create(ctx, api.CreateVMRequest{Name: "sbx", Disk: "64M", Start: true, Envd: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.m.Restart(ctx, "sbx", nil); err != nil {
+		t.Fatal(err)
+	}
+	var envdBoots []string
+	for _, spec := range f.drv.Started {
+		if strings.Contains(spec.Cmdline, "banger.envd=1") {
+			envdBoots = append(envdBoots, spec.Name)
+		}
+	}
+	if len(envdBoots) != 1 || envdBoots[0] != "sbx" {
+		t.Fatalf("boots with banger.envd=1: %v; want the create of sbx alone", envdBoots)
+	}
 	_, err := f.m.Create(ctx, api.CreateVMRequest{Name: "bad", Disk: "64M", Start: true, Ready: "soon"}, nil)
 	if errdefs.CodeOf(err) != errdefs.CodeInvalid || !strings.Contains(err.Error(), `ready "soon"`) {
 		t.Fatalf("create with ready soon: %v", err)

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
@@ -168,7 +167,7 @@ func (m *Manager) resume(ctx context.Context, vm model.VM, report progress.Func)
 	// What the pause parked of the VM's host names, as it saved them: a
 	// resume that fails tears its tap down, and the VM goes on paused.
 	parked, perr := readParked(vm.Dir)
-	vm, err := m.launch(ctx, vm, report, dir, nil, api.ReadySSH)
+	vm, err := m.launch(ctx, vm, report, dir, nil, bootOpts{})
 	if err == nil {
 		// A resume is activity: the idle time before the pause must not
 		// pause the VM again at once.
