@@ -47,12 +47,16 @@ func runPID1() {
 	go serveControl(power)
 	// A sandbox's envd starts first, on the guest's other vCPU while
 	// the set-up runs, so the create finds it running (banger.envd).
-	if p, err := bootParams(); err == nil && p.Envd {
+	p, err := bootParams()
+	if err == nil && p.Envd {
 		if err := startLockedEnvd(guestEnvd); err != nil {
 			logf("envd: %v", err)
 		}
 	}
-	if err := setup(); err != nil {
+	if err == nil {
+		err = setupWith(p)
+	}
+	if err != nil {
 		logf("setup: %v", err)
 	}
 	go watchPowerKey(power)

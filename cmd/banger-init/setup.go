@@ -15,13 +15,18 @@ import (
 	"github.com/banger/banger/internal/guestinit"
 )
 
-// setup applies the banger.* kernel parameters to the running guest. Every
-// step is attempted; the errors are joined so the console shows them all.
+// setup applies the banger.* kernel parameters to the running guest.
 func setup() error {
 	p, err := bootParams()
 	if err != nil {
 		return err
 	}
+	return setupWith(p)
+}
+
+// setupWith applies the parameters p. Every step is attempted; the
+// errors are joined so the console shows them all.
+func setupWith(p guestinit.Params) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
@@ -45,7 +50,7 @@ func setup() error {
 	step("ssh key", writeKey(p))
 	// After the work disk, which carries the VM's own host key, and before
 	// sshd, which must serve it: the daemon pins that key, not the image's.
-	_, err = guestinit.InstallHostKey("/")
+	_, err := guestinit.InstallHostKey("/")
 	step("ssh host key", err)
 	// sshd's privilege separation directory; systemd's unit makes it too.
 	step("/run/sshd", os.MkdirAll("/run/sshd", 0o755))

@@ -571,9 +571,9 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 			return fail(err)
 		}
 	}
-	waitMsg := "waiting for the guest's SSH"
-	if opts.ready == api.ReadyListening {
-		waitMsg = "waiting for the guest's sshd to listen"
+	wait, waitMsg := m.waitGuest, "waiting for the guest's SSH"
+	if opts.ready == api.ReadyListening && m.waitListening != nil {
+		wait, waitMsg = m.waitListening, "waiting for the guest's sshd to listen"
 	}
 	report(progress.Event{Phase: "ssh", Message: waitMsg, Elapsed: time.Since(start).Seconds()})
 	// A resumed guest answers on the SSH connection its pause parked (its
@@ -590,10 +590,6 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 		kept = err == nil
 	}
 	if !kept {
-		wait := m.waitGuest
-		if opts.ready == api.ReadyListening && m.waitListening != nil {
-			wait = m.waitListening
-		}
 		if err := wait(ctx, vm, func() bool { return drv.Alive(vh) }); err != nil {
 			return fail(err)
 		}
