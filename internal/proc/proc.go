@@ -288,6 +288,13 @@ func StartDetached(bin string, args []string, logPath string) (*Child, error) {
 // StartDetachedIn is StartDetached with dir as the process's working
 // directory ("": the caller's).
 func StartDetachedIn(dir, bin string, args []string, logPath string) (*Child, error) {
+	return StartDetachedWith(dir, bin, args, logPath, nil)
+}
+
+// StartDetachedWith is StartDetachedIn that also hands the process extra
+// open files, as descriptors 3, 4, … in their order. They stay the
+// caller's to close once it returns.
+func StartDetachedWith(dir, bin string, args []string, logPath string, extra []*os.File) (*Child, error) {
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open process log: %w", err)
@@ -303,6 +310,7 @@ func StartDetachedIn(dir, bin string, args []string, logPath string) (*Child, er
 	cmd.Stdin = devnull
 	cmd.Stdout = logf
 	cmd.Stderr = logf
+	cmd.ExtraFiles = extra
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)

@@ -18,6 +18,16 @@ import (
 // guest is paused). dst is written through dst+".tmp" and synced, so it
 // is whole or absent; its mode is 0600. It reports whether it cloned.
 func CaptureFile(ctx context.Context, src, dst string) (cloned bool, err error) {
+	return captureFile(ctx, src, dst, true)
+}
+
+// CaptureByClone is CaptureFile that only clones: where the filesystem cannot,
+// it makes nothing and reports false, with no error.
+func CaptureByClone(src, dst string) (cloned bool, err error) {
+	return captureFile(context.Background(), src, dst, false)
+}
+
+func captureFile(ctx context.Context, src, dst string, copyToo bool) (cloned bool, err error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return false, fmt.Errorf("capture %s: %w", src, err)
@@ -42,6 +52,10 @@ func CaptureFile(ctx context.Context, src, dst string) (cloned bool, err error) 
 	}
 	if unix.IoctlFileClone(int(out.Fd()), int(in.Fd())) == nil {
 		cloned = true
+	} else if !copyToo {
+		out.Close()
+		os.Remove(tmp)
+		return false, nil
 	} else if err := sparseCopy(ctx, in, out, fi.Size()); err != nil {
 		return fail(err)
 	}

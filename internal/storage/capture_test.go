@@ -95,3 +95,37 @@ func TestCaptureFileClonesOnXFS(t *testing.T) {
 		t.Fatal("writing the capture changed its source")
 	}
 }
+
+// TestCaptureByClone clones where the filesystem shares extents and
+// makes nothing, with no error, where it cannot (the test's temporary
+// directory when it is not XFS or btrfs).
+func TestCaptureByClone(t *testing.T) {
+	try := func(dir string) (bool, []byte) {
+		t.Helper()
+		src, dst := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+		if err := os.WriteFile(src, []byte("banger"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cloned, err := CaptureByClone(src, dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(dst + ".tmp"); !os.IsNotExist(err) {
+			t.Fatalf("scratch file left: %v", err)
+		}
+		got, _ := os.ReadFile(dst)
+		return cloned, got
+	}
+	if cloned, got := try(t.TempDir()); !cloned && got != nil {
+		t.Fatalf("no clone, yet %q was made", got)
+	} else {
+		t.Logf("temporary directory clones: %v", cloned)
+	}
+	if testing.Short() {
+		return
+	}
+	need(t, "filefrag")
+	if cloned, got := try(mountXFS(t)); !cloned || string(got) != "banger" {
+		t.Fatalf("on XFS with reflink: cloned %v, %q", cloned, got)
+	}
+}

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/banger/banger/internal/vmm"
 )
 
 // The layout of an empty qcow2 overlay, as qemu-img lays it out: cluster 0
@@ -45,7 +47,15 @@ const Qcow2MaxSize = int64(qcow2MaxL1Bytes/8) * qcow2ClusterSize * (qcow2Cluster
 // table); a reader treats the L1 table's zero entries as unallocated, so
 // every read falls through to the backing file.
 func Qcow2Overlay(backing string, size int64) ([]byte, error) {
+	return Qcow2OverlayOf(backing, vmm.FormatRaw, size)
+}
+
+// Qcow2OverlayOf is Qcow2Overlay over a backing file of format (raw or
+// qcow2), named in the header as such.
+func Qcow2OverlayOf(backing, format string, size int64) ([]byte, error) {
 	switch {
+	case format != vmm.FormatRaw && format != vmm.FormatQcow2:
+		return nil, fmt.Errorf("qcow2 overlay: backing format %q; want raw or qcow2", format)
 	case backing == "":
 		return nil, fmt.Errorf("qcow2 overlay: backing file name is empty; want an absolute path")
 	case !filepath.IsAbs(backing):
@@ -92,7 +102,7 @@ func Qcow2Overlay(backing string, size int64) ([]byte, error) {
 	be.PutUint32(h[100:], qcow2HeaderLength)
 
 	off := qcow2HeaderLength
-	off = putExtension(buf, off, qcow2ExtBackingFormat, []byte("raw"))
+	off = putExtension(buf, off, qcow2ExtBackingFormat, []byte(format))
 	off = putExtension(buf, off, qcow2ExtEnd, nil)
 	be.PutUint64(h[8:], uint64(off))
 	copy(buf[off:], backing)
@@ -119,8 +129,14 @@ func putExtension(buf []byte, off int, typ uint32, data []byte) int {
 // virtual size size, to path, replacing a file left there; on failure it
 // removes what it wrote. The file is synced so that a host crash after Create
 // returns cannot leave an empty overlay under a VM record.
-func writeQcow2Overlay(path, backing string, size int64) (err error) {
-	b, err := Qcow2Overlay(backing, size)
+func writeQcow2Overlay(path, backing string, size int64) error {
+	return WriteQcow2Overlay(path, backing, vmm.FormatRaw, size)
+}
+
+// WriteQcow2Overlay is writeQcow2Overlay over a backing file of format.
+// It opens no backing file: a file written by a guest's VMM is not parsed.
+func WriteQcow2Overlay(path, backing, format string, size int64) (err error) {
+	b, err := Qcow2OverlayOf(backing, format, size)
 	if err != nil {
 		return err
 	}

@@ -89,6 +89,33 @@ func (s *Store) AddSnapshotUser(ctx context.Context, snapshotID, vmID string) er
 	return nil
 }
 
+// SetSnapshotReader records that the system disk of the VM with id vmID
+// reads through the snapshot's, which was taken of it (its disk was
+// overlaid in place: see vms.overlaySystem), replacing the snapshot it
+// read through or was made from before; never pending.
+func (s *Store) SetSnapshotReader(ctx context.Context, snapshotID, vmID string) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO snapshot_users (snapshot_id, vm_id, pending) VALUES (?, ?, 0)
+		ON CONFLICT(vm_id) DO UPDATE SET snapshot_id = excluded.snapshot_id, pending = 0`, snapshotID, vmID)
+	if err != nil {
+		if isForeignKey(err) {
+			return fmt.Errorf("snapshot reader: snapshot %q or vm %q: %w", snapshotID, vmID, ErrNotFound)
+		}
+		return fmt.Errorf("snapshot reader: %w", err)
+	}
+	return nil
+}
+
+// MoveSnapshotUser records that the VM with id vmID, recorded as using
+// the snapshot from, uses the snapshot to instead (none when ""). It
+// changes nothing, and says so with ErrNotFound, when the VM's record
+// names another snapshot by now.
+func (s *Store) MoveSnapshotUser(ctx context.Context, vmID, from, to string) error {
+	if to == "" {
+		return s.execOne(ctx, "snapshot user", vmID, "DELETE FROM snapshot_users WHERE vm_id = ? AND snapshot_id = ?", vmID, from)
+	}
+	return s.execOne(ctx, "snapshot user", vmID, "UPDATE snapshot_users SET snapshot_id = ? WHERE vm_id = ? AND snapshot_id = ?", to, vmID, from)
+}
+
 // IdentifiedSnapshotUser records that the VM made from a snapshot has
 // taken its own identity: it is no longer pending.
 func (s *Store) IdentifiedSnapshotUser(ctx context.Context, vmID string) error {

@@ -16,7 +16,8 @@
 // running VM takes the Handle recorded at Start (or rebuilt by Find).
 //
 // Abilities that not every VMM has are small interfaces next to Driver
-// (AccelReporter, Confiner, Snapshotter, Controller, LinkSetter), found by a type assertion on a
+// (AccelReporter, Confiner, Snapshotter, Overlayer, Controller,
+// LinkSetter), found by a type assertion on a
 // Driver and never stubbed: a driver without the ability does not
 // implement the interface.
 package vmm
@@ -236,6 +237,51 @@ type Snapshotter interface {
 	// check, size and remove. Pure.
 	StateFiles(dir string) []string
 }
+
+// Overlayer is an optional ability of a Driver: capturing a running VM's
+// qcow2 disk in constant time, by putting an empty overlay on top of it
+// while the guest is stopped, and later copying the captured file's data
+// up into that overlay while the guest runs, so the disk no longer needs
+// it.
+//
+// The flow (a snapshot that keeps the disk's former file):
+//
+//	Save(h, dir) → Overlay(h, disk, next) → rename files → Resume(h) … Stream(h, disk, base)
+type Overlayer interface {
+	// Overlay puts the qcow2 file at path on top of the disk with id
+	// diskID of the VM behind h, whose guest Save stopped: the guest's
+	// writes go to that file from then on and its reads fall through to
+	// the disk's former file, which the VMM holds only read-only from
+	// then on. path must be an empty qcow2 image of the disk's size whose
+	// header names the former file, by the path it will have, as its
+	// backing: the VMM never opens that name. It refuses with
+	// ErrNoOverlay, changing nothing, when the guest runs or the VMM
+	// could not let go of writing the former file (a disk it was not
+	// started with as the driver starts them); the caller captures the
+	// disk another way then. An error that wraps ErrOverlaid says the
+	// top was switched anyway (the caller must treat the disk as
+	// overlaid) though the VMM may still hold the former file writable.
+	Overlay(ctx context.Context, h Handle, diskID, path string) error
+
+	// Stream copies what the file under the disk's top holds into the top
+	// and then makes that file's own backing the top's backing, named
+	// basePath in the top's header: the disk no longer needs the file.
+	// basePath must be what that file's header names. It copies one file
+	// each time it is called, so the caller checks the top's header first
+	// (a Stream that finished unseen is not done again). The guest runs
+	// meanwhile. It returns nil once done. When ctx ends it returns, the
+	// copy may go on in the VMM, and a later Stream waits for it; if the
+	// VMM exits first the disk is left valid, partly copied, and a Stream
+	// in its next VMM copies the rest.
+	Stream(ctx context.Context, h Handle, diskID, basePath string) error
+}
+
+// ErrNoOverlay: Overlayer.Overlay changed nothing; capture the disk
+// another way.
+var ErrNoOverlay = errors.New("the disk cannot be overlaid in place")
+
+// ErrOverlaid: Overlayer.Overlay switched the disk's top but failed after.
+var ErrOverlaid = errors.New("the disk was overlaid")
 
 // Controller is an optional ability of a Driver: a byte stream to
 // banger's guest side that needs no network (internal/guestctl speaks on

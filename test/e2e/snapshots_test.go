@@ -18,6 +18,62 @@ import (
 	"github.com/banger/banger/internal/testenv"
 )
 
+// vmmPID is the pid of the VM's VMM, from its pid file (QEMU's).
+func vmmPID(t *testing.T, v model.VM) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(v.Dir, "qemu.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// fileMode reports whether process pid holds the file at path open (by
+// inode) and whether some descriptor on it is writable.
+func fileMode(t *testing.T, pid int, path string) (open, writable bool) {
+	t.Helper()
+	want, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if fi, err := os.Stat(filepath.Join(dir, e.Name())); err != nil || !os.SameFile(fi, want) {
+			continue
+		}
+		open = true
+		info, _ := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, e.Name()))
+		for _, l := range strings.Split(string(info), "\n") {
+			if v, ok := strings.CutPrefix(l, "flags:"); ok {
+				f, _ := strconv.ParseInt(strings.TrimSpace(v), 8, 64)
+				writable = writable || int(f)&(os.O_WRONLY|os.O_RDWR) != 0
+			}
+		}
+	}
+	return open, writable
+}
+
+// waitBacking waits until the qcow2 file's header names backing.
+func waitBacking(t *testing.T, file, backing string) {
+	t.Helper()
+	var b string
+	var err error
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if b, err = storage.Qcow2Backing(file); err == nil && b == backing {
+			return
+		}
+	}
+	t.Fatalf("%s reads through %q (%v), want %s", file, b, err, backing)
+}
+
 // debugfsLs lists a directory of an ext4 image offline.
 func debugfsLs(t *testing.T, img, dir string) string {
 	t.Helper()
@@ -67,11 +123,44 @@ func TestVMSnapshot(t *testing.T) {
 		t.Errorf("guest clock off by %.3f..%.3fs after a snapshot", early, late)
 	}
 
+	// Its system disk was overlaid, not copied: the snapshot's
+	// system.qcow2 is the file the VM wrote until then, which its VMM
+	// holds read-only (if still: TestRealOverlay checks it is), and the
+	// VM reads through it until the daemon has copied it up, then
+	// through the image again.
+	v := h.VM(vm)
+	sysSnap := filepath.Join(sn.Dir, "system.qcow2")
+	sysSum := fileSum(t, sysSnap)
+	if open, w := fileMode(t, vmmPID(t, v), sysSnap); w {
+		t.Errorf("the vmm holds the snapshot's system disk writable (open %v)", open)
+	}
+	var im model.Image
+	h.JSON(&im, "image", "show", v.ImageID)
+	img, err := filepath.Abs(im.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitBacking(t, v.SystemDisk, img)
+
 	// The disks are as they were when it was taken.
-	h.MustRun("vm", "exec", vm, "--", "sh", "-c", "echo after > /root/after.txt && sync")
+	h.MustRun("vm", "exec", vm, "--", "sh", "-c", "echo after > /root/after.txt && echo sys > /etc/after-sys && sync")
 	ls := debugfsLs(t, filepath.Join(sn.Dir, "work.ext4"), "/")
 	if !strings.Contains(ls, "before.txt") || strings.Contains(ls, "after.txt") {
 		t.Fatalf("snapshot's work disk:\n%s", ls)
+	}
+	if fileSum(t, sysSnap) != sysSum {
+		t.Fatal("the snapshot's system disk changed after it was taken")
+	}
+
+	// A snapshot the VM still reads through is copied up before it goes:
+	// its removal waits for that, and the VM keeps its files.
+	h.MustRun("vm", "snapshot", "create", vm, "--name", "s0")
+	h.MustRun("vm", "snapshot", "rm", "s0")
+	if b, err := storage.Qcow2Backing(v.SystemDisk); err != nil || b != img {
+		t.Fatalf("after removing the snapshot it was overlaid on, the vm's system disk reads through %q (%v), want the image", b, err)
+	}
+	if out := h.MustRun("vm", "exec", vm, "--", "cat", "/etc/before-sys", "/etc/after-sys"); out != "sys\nsys\n" {
+		t.Fatalf("after removing the snapshot it was overlaid on: %q", out)
 	}
 
 	var list []model.Snapshot

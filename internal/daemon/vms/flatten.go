@@ -24,21 +24,25 @@ import (
 // file, read what they read; its former bases are no longer needed by
 // it and can be removed.
 
-// flattener is flattening's momentary truth: the snapshots being
-// flattened. ctx lives as long as the daemon (StartFlatten); nil
-// before: nothing is flattened.
+// flattener is the momentary truth of the daemon's background disk work:
+// the snapshots being flattened, and the VMs whose system disk is being
+// copied up from a snapshot of themselves (separating, overlay.go: each
+// channel closed when that ends). ctx lives as long as the daemon
+// (StartFlatten); nil before: none of it is done.
 type flattener struct {
-	mu   sync.Mutex
-	ctx  context.Context
-	busy map[string]bool
-	wg   sync.WaitGroup
+	mu         sync.Mutex
+	ctx        context.Context
+	busy       map[string]bool
+	separating map[string]chan struct{}
+	wg         sync.WaitGroup
 }
 
 // StartFlatten starts flattening, at daemon start after Reconcile: the
 // scratch files of a daemon that stopped while flattening are removed,
 // every ready snapshot deeper than chain_depth (one that daemon had not
 // flattened yet) is flattened in the background, and so is every such
-// snapshot taken from now on, until ctx ends.
+// snapshot taken from now on, until ctx ends. Running VMs that read
+// through a snapshot of themselves have it copied up (overlay.go).
 func (m *Manager) StartFlatten(ctx context.Context) {
 	all, err := m.store.ListSnapshots(ctx)
 	if err != nil {
@@ -55,11 +59,17 @@ func (m *Manager) StartFlatten(ctx context.Context) {
 	m.flat.mu.Unlock()
 	for _, sn := range all {
 		m.flattenIfDeep(sn, all)
+		// A VM that reads through a snapshot of itself goes on copying
+		// it up (overlay.go).
+		if sn.VMID != "" {
+			m.separateIfReader(ctx, sn.VMID)
+		}
 	}
 }
 
-// StopFlatten waits for the flattening under way, which ends with
-// StartFlatten's context (its scratch file removed).
+// StopFlatten waits for the flattening and copying up under way, which
+// end with StartFlatten's context (a flatten's scratch file removed; a
+// copy is left to its VMM).
 func (m *Manager) StopFlatten() { m.flat.wg.Wait() }
 
 // chainDepth is how many qcow2 files the system disk of the snapshot sn

@@ -619,6 +619,9 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 		return fail(err)
 	}
 	m.started(ctx, vm)
+	if sys.Format == vmm.FormatQcow2 {
+		m.separateIfReader(ctx, vm.ID)
+	}
 	report(progress.Event{Phase: "ready", Message: fmt.Sprintf("%s is running at %s", vm.Name, vm.GuestIP), Elapsed: time.Since(start).Seconds()})
 	m.log.Info("vm "+done, "vm", vm.Name, "pid", vh.PID, "seconds", time.Since(start).Seconds())
 	return vm, nil

@@ -207,7 +207,11 @@ func (m *Manager) reconcilePaused(ctx context.Context, vm model.VM, h model.VMHa
 		if sock == "" {
 			sock = vm.APISocket
 		}
-		if vh, ferr := drv.Find(sock); ferr == nil {
+		vh, ferr := drv.Find(sock)
+		if ferr == nil && vm.State == model.VMPausing {
+			m.settleSwitch(ctx, vm, drv, &vh)
+		}
+		if ferr == nil && drv.Alive(vh) {
 			if s, ok := drv.(vmm.Snapshotter); ok && vm.State == model.VMPausing {
 				if err := s.Resume(ctx, vh); err != nil {
 					m.log.Warn("reconcile: resume a vm caught pausing", "vm", vm.Name, "err", err)
@@ -224,6 +228,9 @@ func (m *Manager) reconcilePaused(ctx context.Context, vm model.VM, h model.VMHa
 			m.log.Info("reconcile: vm caught pausing or resuming still runs", "vm", vm.Name, "pid", vh.PID)
 			return
 		}
+	}
+	if vm.State == model.VMPausing && err == nil {
+		m.settleSwitch(ctx, vm, drv, nil)
 	}
 	// What the daemon before this one parked of the VM's host names
 	// goes back for the resume's tap, before the release below answers

@@ -97,6 +97,14 @@ func (m *Manager) createSnapshot(ctx context.Context, ref, name string, tmpl *te
 	if err != nil {
 		return model.Snapshot{}, err
 	}
+	if !paused {
+		// A VM still copying up its previous snapshot finishes that
+		// first, so its snapshots stay independent of each other (else
+		// this one reads through that one, as a fork's does).
+		if err := m.awaitSeparated(ctx, vm.ID); err != nil {
+			m.log.Info("vm snapshot taken over a snapshot its disk still reads through", "vm", vm.Name, "why", err)
+		}
+	}
 	now := m.now().UTC()
 	if name == "" {
 		name = vm.Name + "-" + now.Format("20060102-150405")
@@ -124,6 +132,12 @@ func (m *Manager) createSnapshot(ctx context.Context, ref, name string, tmpl *te
 	// must not be left paused.
 	ctx = context.WithoutCancel(ctx)
 	drop := func(err error) (model.Snapshot, error) {
+		if rd, ok, rerr := m.readerOf(ctx, vm.ID); rerr != nil || (ok && rd.ID == sn.ID) {
+			// Its VM's disk reads through it (overlaySystem): kept as it
+			// is, for the daemon's next start to record it ready.
+			m.log.Error("vm snapshot failed after its vm's disk was switched onto it; kept", "vm", vm.Name, "snapshot", name, "err", err)
+			return model.Snapshot{}, fmt.Errorf("snapshot vm %s: %w", vm.Name, err)
+		}
 		_ = os.RemoveAll(sn.Dir)
 		_ = m.store.DeleteSnapshot(ctx, sn.ID)
 		m.log.Error("vm snapshot failed", "vm", vm.Name, "snapshot", name, "err", err)
@@ -158,8 +172,23 @@ func (m *Manager) createSnapshot(ctx context.Context, ref, name string, tmpl *te
 	err = snap.Save(sctx, vh, stateDir)
 	frozen := time.Since(start)
 	var cloned [2]bool
+	var overlaid bool
 	if err == nil {
-		cloned, err = captureDisks(sctx, vm, sn.Dir)
+		cloned[1], err = storage.CaptureFile(sctx, vm.WorkDisk, filepath.Join(sn.Dir, snapWorkName))
+	}
+	// The system disk last: a clone where the filesystem shares blocks
+	// (constant time, and nothing to copy later), else overlaid (once
+	// overlaid, the VM reads through the snapshot, which must then be
+	// kept whatever follows), else copied.
+	sysSnap := snapshotSystemFile(sn.Dir, vm.SystemDisk)
+	if err == nil {
+		cloned[0], err = storage.CaptureByClone(vm.SystemDisk, sysSnap)
+	}
+	if err == nil && !cloned[0] {
+		overlaid, err = m.overlaySystem(sctx, vm, sn, drv, vh)
+	}
+	if err == nil && !cloned[0] && !overlaid {
+		_, err = storage.CaptureFile(sctx, vm.SystemDisk, sysSnap)
 	}
 	captured := time.Since(start)
 	// The guest runs on whatever happened (Save resumes it itself when it
@@ -171,15 +200,22 @@ func (m *Manager) createSnapshot(ctx context.Context, ref, name string, tmpl *te
 	if serr := m.save(ctx, &vm); serr != nil {
 		err = errors.Join(err, serr)
 	}
-	if err != nil {
+	if err != nil && !overlaid {
 		return drop(err)
 	}
 	// The guest's clock stood still while it was frozen.
 	if err := m.stepClock(ctx, vm, drv); err != nil {
 		m.log.Warn("guest clock not set after a snapshot", "vm", vm.Name, "err", err)
 	}
-	return m.finishSnapshot(ctx, vm, sn, drop, "frozen_s", captured.Seconds(), "save_s", frozen.Seconds(),
-		"cloned_system", cloned[0], "cloned_work", cloned[1])
+	sn, ferr := m.finishSnapshot(ctx, vm, sn, drop, "frozen_s", captured.Seconds(), "save_s", frozen.Seconds(),
+		"overlaid_system", overlaid, "cloned_system", cloned[0], "cloned_work", cloned[1])
+	if ferr == nil && overlaid {
+		m.separateLater(vm.ID)
+	}
+	if ferr == nil && err != nil {
+		ferr = fmt.Errorf("snapshot %s of vm %s taken, but: %w", sn.Name, vm.Name, err)
+	}
+	return sn, ferr
 }
 
 // finishSnapshot makes a captured snapshot durable and ready; drop undoes
@@ -348,6 +384,17 @@ func (m *Manager) RemoveSnapshot(ctx context.Context, ref string) error {
 
 // removeSnapshot is RemoveSnapshot of a snapshot or template (kind).
 func (m *Manager) removeSnapshot(ctx context.Context, sn model.Snapshot, kind string) error {
+	// The VM it was taken of may read through it still (overlay.go):
+	// copied up first.
+	if sn.VMID != "" {
+		if rd, ok, err := m.readerOf(ctx, sn.VMID); err != nil {
+			return err
+		} else if ok && rd.ID == sn.ID {
+			if err := m.awaitSeparated(ctx, sn.VMID); err != nil {
+				return errdefs.Errorf(errdefs.CodeConflict, "%s %s is read through by vm %s, of which it was taken: %v; start the vm and remove it again, or delete the vm", kind, sn.Name, sn.VMName, err)
+			}
+		}
+	}
 	unlock := m.locks.Lock("snapshot:" + sn.ID)
 	defer unlock()
 	sn, err := m.store.GetSnapshot(ctx, sn.ID)
@@ -499,6 +546,17 @@ func (m *Manager) reconcileSnapshots(ctx context.Context) {
 	}
 	for _, sn := range all {
 		if sn.State != model.SnapshotCreating {
+			continue
+		}
+		if rd, ok, err := m.readerOf(ctx, sn.VMID); err == nil && ok && rd.ID == sn.ID {
+			// Its VM's disk was switched onto it (settleSwitch): it was
+			// whole before that, so it is kept.
+			sn.SizeBytes, sn.State = treeBytes(sn.Dir), model.SnapshotReady
+			if err := errors.Join(syncDir(sn.Dir), m.store.UpdateSnapshot(ctx, sn)); err != nil {
+				m.log.Error("a snapshot its vm reads through could not be recorded ready", "snapshot", sn.Name, "err", err)
+			} else {
+				m.log.Warn("a snapshot left half made, which its vm reads through, is kept", "snapshot", sn.Name)
+			}
 			continue
 		}
 		m.log.Warn("removing a snapshot left half made", "snapshot", sn.Name)

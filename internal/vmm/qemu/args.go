@@ -73,6 +73,44 @@ func qmpArg(socket string) string {
 // escape doubles commas, QEMU's quoting inside option values.
 func escape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
+// The opaque strings that mark an fdset's two descriptors of one disk.
+const (
+	fdWritable = "rw"
+	fdReadOnly = "ro"
+)
+
+// DescriptorDisks returns the indices in spec.Disks of the disks QEMU is
+// handed as descriptors rather than paths: the writable qcow2 ones, each
+// as an fdset holding a read-write and a read-only descriptor of the
+// file. That is what lets Overlay put a new file on top of such a disk
+// and leave QEMU holding the old one read-only: QEMU reopens the old
+// file read-only through its fdset, which a QEMU confined to an empty
+// chroot could not do by path. Start passes the files in this order, two
+// per disk (read-write, then read-only), from descriptor 3. Pure.
+func DescriptorDisks(spec vmm.Spec) []int {
+	var out []int
+	for i, d := range spec.Disks {
+		if d.Format == vmm.FormatQcow2 && !d.ReadOnly {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// diskFDs gives disk i's fdset id and descriptor numbers in the started
+// QEMU, ok false when it is opened by path.
+func diskFDs(spec vmm.Spec, i int) (set, rw, ro int, ok bool) {
+	for k, j := range DescriptorDisks(spec) {
+		if j == i {
+			return k + 1, 3 + 2*k, 4 + 2*k, true
+		}
+	}
+	return 0, 0, 0, false
+}
+
+// fdsetPath is the name QEMU opens an fdset's file by.
+func fdsetPath(set int) string { return "/dev/fdset/" + strconv.Itoa(set) }
+
 // BuildArgs returns QEMU's argv (without the binary) for spec. It does no
 // I/O. It refuses a spec it cannot express: unknown machine or accelerator,
 // a disk with an unknown format or a bad id, no api socket.
@@ -150,7 +188,20 @@ func BuildArgs(spec vmm.Spec, o ArgOptions) ([]string, error) {
 		// the disks off by dropping write permission, and with
 		// auto-read-only QEMU does that by opening the file again by
 		// path, which a QEMU confined to its empty chroot cannot.
-		drive := "file=" + escape(d.Path) + ",format=" + format + ",if=none,id=" + d.ID + ",cache=writeback,discard=unmap,file.auto-read-only=off"
+		file := escape(d.Path)
+		var opts string
+		if set, rw, ro, ok := diskFDs(spec, i); ok {
+			// By descriptor (see DescriptorDisks). locking=off: QEMU's
+			// image locks are taken per open file description, and the
+			// read-write one, once its fdset entry is dropped, would hold
+			// a lock no node can give back; the daemon is the only one
+			// to hand a VM's disk to a VMM.
+			args = append(args,
+				"-add-fd", "fd="+strconv.Itoa(rw)+",set="+strconv.Itoa(set)+",opaque="+fdWritable,
+				"-add-fd", "fd="+strconv.Itoa(ro)+",set="+strconv.Itoa(set)+",opaque="+fdReadOnly)
+			file, opts = fdsetPath(set), ",file.locking=off"
+		}
+		drive := "file=" + file + ",format=" + format + ",if=none,id=" + d.ID + ",cache=writeback,discard=unmap,file.auto-read-only=off" + opts
 		if d.ReadOnly {
 			drive += ",readonly=on"
 		}

@@ -447,7 +447,12 @@ func (d *Driver) start(ctx context.Context, spec vmm.Spec, incoming *os.File) (v
 			return vmm.Handle{}, err
 		}
 	}
-	child, err := proc.StartDetached(bin, args, spec.LogPath)
+	files, err := openDescriptorDisks(spec)
+	if err != nil {
+		return vmm.Handle{}, err
+	}
+	child, err := proc.StartDetachedWith("", bin, args, spec.LogPath, files)
+	closeAll(files)
 	if err != nil {
 		return vmm.Handle{}, err
 	}
@@ -498,6 +503,11 @@ func (d *Driver) start(ctx context.Context, spec vmm.Spec, incoming *os.File) (v
 			return fail(fmt.Errorf("qemu refused the saved state: %w", err))
 		}
 		if err == nil && st.Running {
+			// Running now, so QEMU closes the read-write descriptors at
+			// once (see dropWritable).
+			if err := withQMP(sctx, spec.APISocket, dropWritable); err != nil {
+				return fail(fmt.Errorf("qemu: %w", err))
+			}
 			return h, nil
 		}
 		if err == nil && st.Status != "prelaunch" && st.Status != "inmigrate" {
@@ -510,6 +520,34 @@ func (d *Driver) start(ctx context.Context, spec vmm.Spec, incoming *os.File) (v
 			return fail(fmt.Errorf("qemu did not answer on %s within %v: %w (log: %s)", spec.APISocket, d.opts.StartTimeout, sctx.Err(), vmm.LogTail(spec.LogPath)))
 		case <-time.After(25 * time.Millisecond):
 		}
+	}
+}
+
+// openDescriptorDisks opens the files of spec's DescriptorDisks, read-write
+// then read-only for each, in the order BuildArgs numbers them.
+func openDescriptorDisks(spec vmm.Spec) ([]*os.File, error) {
+	var files []*os.File
+	for _, i := range DescriptorDisks(spec) {
+		p := spec.Disks[i].Path
+		rw, err := os.OpenFile(p, os.O_RDWR, 0)
+		if err != nil {
+			closeAll(files)
+			return nil, fmt.Errorf("disk %s: %w", spec.Disks[i].ID, err)
+		}
+		ro, err := os.Open(p)
+		if err != nil {
+			rw.Close()
+			closeAll(files)
+			return nil, fmt.Errorf("disk %s: %w", spec.Disks[i].ID, err)
+		}
+		files = append(files, rw, ro)
+	}
+	return files, nil
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
 	}
 }
 

@@ -165,19 +165,25 @@ func withQMP(ctx context.Context, socket string, f func(*qmp) error) error {
 // with the command as SCM_RIGHTS), for a later "fd:<name>" URI. QEMU
 // keeps its own copy; the caller may close f afterwards.
 func (c *qmp) sendFD(ctx context.Context, name string, f *os.File) error {
+	return c.executeFD(ctx, "getfd", map[string]any{"fdname": name}, f, nil)
+}
+
+// executeFD is execute with f's descriptor sent along the command
+// (SCM_RIGHTS), as getfd and add-fd take it.
+func (c *qmp) executeFD(ctx context.Context, command string, args any, f *os.File, out any) error {
 	uc, ok := c.conn.(*net.UnixConn)
 	if !ok {
-		return fmt.Errorf("qmp getfd: not a unix socket")
+		return fmt.Errorf("qmp %s: not a unix socket", command)
 	}
 	c.setDeadline(ctx)
 	c.nextID++
 	id := c.nextID
-	b, err := json.Marshal(map[string]any{"execute": "getfd", "id": id, "arguments": map[string]any{"fdname": name}})
+	b, err := json.Marshal(map[string]any{"execute": command, "id": id, "arguments": args})
 	if err != nil {
 		return err
 	}
 	if _, _, err := uc.WriteMsgUnix(append(b, '\n'), syscall.UnixRights(int(f.Fd())), nil); err != nil {
-		return fmt.Errorf("qmp getfd: %w", err)
+		return fmt.Errorf("qmp %s: %w", command, err)
 	}
-	return c.await("getfd", id, nil)
+	return c.await(command, id, out)
 }

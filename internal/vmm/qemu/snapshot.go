@@ -105,10 +105,16 @@ func processLogTail(pid int) string {
 }
 
 // Resume lets a guest paused by Save run again (QMP cont, which also
-// takes back the disks a completed migration handed off).
+// takes back the disks a completed migration handed off), then drops the
+// spare writable descriptor of a disk Overlay added (dropWritable; if
+// that fails, the next Overlay of the disk refuses).
 func (d *Driver) Resume(ctx context.Context, h vmm.Handle) error {
 	return withQMP(ctx, h.APISocket, func(c *qmp) error {
-		return c.execute(ctx, "cont", nil, nil)
+		if err := c.execute(ctx, "cont", nil, nil); err != nil {
+			return err
+		}
+		_ = dropWritable(c)
+		return nil
 	})
 }
 

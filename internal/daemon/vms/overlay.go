@@ -1,0 +1,340 @@
+package vms
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/storage"
+	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/vmm"
+)
+
+// A snapshot of a running VM with a qcow2 system disk, under a VMM that
+// can (vmm.Overlayer), takes the VM's system disk file itself rather than
+// a copy: while the guest is frozen the file becomes the snapshot's
+// (linked into its directory) and the VM goes on in an empty overlay over
+// it, in constant time. The VM then reads through its own snapshot (its
+// snapshot_users row names it: a *reader*), until the snapshot's data is
+// copied up into its overlay in the background while it runs (Stream),
+// after which it reads through what the snapshot read through, as before.
+// So snapshots of one VM stay independent of each other and of it, as
+// copies were, but the copy is no longer made while the guest is frozen.
+//
+// The switch's steps, each leaving something reconcile can settle:
+//
+//	link system.qcow2 → <snapshot>/system.qcow2; write system.qcow2.next
+//	record the VM a reader of the snapshot   (the decision)
+//	Overlay (the VMM writes .next from now on); rename .next → system.qcow2
+
+// rootDisk is the system disk's id in the VMM (Manager.spec).
+const rootDisk = "root"
+
+// nextSuffix names the overlay a switch puts in place, beside the VM's
+// system disk, until it is renamed over it.
+const nextSuffix = ".next"
+
+// overlaySystem captures a frozen VM's qcow2 system disk into the snapshot
+// sn by the switch above, if its driver can. It returns false, with
+// everything as it was, when the switch cannot be made; the caller copies
+// the disk then. An error means the snapshot must be dropped and the disk
+// is as it was. Once the VMM switched it returns true whatever follows.
+func (m *Manager) overlaySystem(ctx context.Context, vm model.VM, sn model.Snapshot, drv vmm.Driver, vh vmm.Handle) (bool, error) {
+	ov, ok := drv.(vmm.Overlayer)
+	if !ok || vm.CowStrategy != "qcow2" || sn.Template != "" {
+		return false, nil
+	}
+	im, err := m.store.GetImage(ctx, vm.ImageID)
+	if err != nil {
+		return false, store.Describe("image", vm.ImageID, err)
+	}
+	fi, err := os.Stat(im.Path)
+	if err != nil {
+		return false, fmt.Errorf("image %s: %w", im.Name, err)
+	}
+	captured := snapshotSystemFile(sn.Dir, vm.SystemDisk)
+	next := vm.SystemDisk + nextSuffix
+	undo := func() {
+		_ = os.Remove(next)
+		_ = os.Remove(captured)
+	}
+	if err := os.Link(vm.SystemDisk, captured); err != nil {
+		return false, fmt.Errorf("system disk: %w", err)
+	}
+	// Every overlay over the image has its size (storage.Qcow2.Create).
+	if err := storage.WriteQcow2Overlay(next, captured, vmm.FormatQcow2, (fi.Size()+511)&^511); err != nil {
+		undo()
+		return false, err
+	}
+	if err := errors.Join(syncDir(sn.Dir), syncDir(vm.Dir)); err != nil {
+		undo()
+		return false, err
+	}
+	if err := m.store.SetSnapshotReader(ctx, sn.ID, vm.ID); err != nil {
+		undo()
+		return false, err
+	}
+	unrecord := func() error {
+		return m.store.MoveSnapshotUser(ctx, vm.ID, sn.ID, sn.BaseID)
+	}
+	err = ov.Overlay(ctx, vh, rootDisk, next)
+	switch {
+	case errors.Is(err, vmm.ErrOverlaid):
+		m.log.Warn("vm system disk overlaid, with a warning", "vm", vm.Name, "snapshot", sn.Name, "err", err)
+	case errors.Is(err, vmm.ErrNoOverlay):
+		m.log.Info("vm system disk copied, not overlaid", "vm", vm.Name, "snapshot", sn.Name, "why", err)
+		if uerr := unrecord(); uerr != nil {
+			return false, uerr
+		}
+		undo()
+		return false, nil
+	case err != nil:
+		// Not switched (Overlay undoes what it added): copied instead.
+		if uerr := unrecord(); uerr != nil {
+			return false, errors.Join(err, uerr)
+		}
+		undo()
+		m.log.Warn("vm system disk copied: overlaying it failed", "vm", vm.Name, "snapshot", sn.Name, "err", err)
+		return false, nil
+	}
+	if err := os.Rename(next, vm.SystemDisk); err != nil {
+		// The VMM writes next: a daemon start renames it (settleSwitch).
+		m.log.Error("vm system disk overlaid but not renamed", "vm", vm.Name, "err", err)
+	} else if err := syncDir(vm.Dir); err != nil {
+		m.log.Warn("sync vm directory", "vm", vm.Name, "err", err)
+	}
+	return true, nil
+}
+
+// readerOf returns the snapshot the VM's system disk reads through that
+// was taken of the VM itself (an overlaid snapshot not yet copied up), ok
+// false when there is none.
+func (m *Manager) readerOf(ctx context.Context, vmID string) (model.Snapshot, bool, error) {
+	id, err := m.store.SnapshotOf(ctx, vmID)
+	if err != nil || id == "" {
+		return model.Snapshot{}, false, err
+	}
+	sn, err := m.store.GetSnapshot(ctx, id)
+	if err != nil {
+		return model.Snapshot{}, false, store.Describe("snapshot", id, err)
+	}
+	// Templates are never overlaid (overlaySystem).
+	return sn, sn.VMID == vmID && sn.Template == "", nil
+}
+
+// underFile is the file the snapshot sn's system disk reads through, as
+// its header names it: its base's system disk, or the image.
+func (m *Manager) underFile(ctx context.Context, sn model.Snapshot) (string, error) {
+	if sn.BaseID != "" {
+		base, err := m.store.GetSnapshot(ctx, sn.BaseID)
+		if err != nil {
+			return "", store.Describe("snapshot", sn.BaseID, err)
+		}
+		return snapshotSystemFile(base.Dir, storage.Qcow2File), nil
+	}
+	im, err := m.store.GetImage(ctx, sn.ImageID)
+	if err != nil {
+		return "", store.Describe("image", sn.ImageID, err)
+	}
+	return filepath.Abs(im.Path)
+}
+
+// errNotRunning: a separation waits for the VM's next start.
+var errNotRunning = errors.New("the vm is not running")
+
+// separate copies the snapshot the VM reads through (taken of it) up into
+// its system disk's overlay (vmm.Overlayer.Stream) and records it reading
+// through what the snapshot reads through. It holds the snapshot's lock
+// (a flatten of it waits: the file the copy names must stay). The VM
+// must run; its header says whether a copy is needed still, so a copy
+// that ended unseen is not made again.
+func (m *Manager) separate(ctx context.Context, vmID string) error {
+	// A snapshot taken while the VM still read through an earlier one
+	// reads through that one: each copy moves the VM one down.
+	for range storage.MaxQcow2Chain {
+		sn, ok, err := m.readerOf(ctx, vmID)
+		if err != nil || !ok {
+			return err
+		}
+		if err := m.separateFrom(ctx, vmID, sn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// separateFrom is one step of separate: the copy up from sn.
+func (m *Manager) separateFrom(ctx context.Context, vmID string, sn model.Snapshot) error {
+	unlock := m.locks.Lock("snapshot:" + sn.ID)
+	defer unlock()
+	vm, err := m.store.GetVM(ctx, vmID)
+	if err != nil {
+		return err
+	}
+	under, err := m.underFile(ctx, sn)
+	if err != nil {
+		return err
+	}
+	if b, err := storage.Qcow2Backing(vm.SystemDisk); err == nil && filepath.Clean(b) == filepath.Clean(under) {
+		return m.store.MoveSnapshotUser(ctx, vmID, sn.ID, sn.BaseID)
+	}
+	h, ok := m.handles.get(vm.ID)
+	if !ok || !m.Alive(vm) {
+		return errNotRunning
+	}
+	drv, err := m.driver(vm.VMM)
+	if err != nil {
+		return err
+	}
+	ov, ok := drv.(vmm.Overlayer)
+	if !ok {
+		return fmt.Errorf("vmm %s cannot copy a disk up", vm.VMM)
+	}
+	start := time.Now()
+	if err := ov.Stream(ctx, vmm.Handle{PID: h.PID, APISocket: h.APISocket}, rootDisk, under); err != nil {
+		return err
+	}
+	b, err := storage.Qcow2Backing(vm.SystemDisk)
+	if err != nil {
+		return err
+	}
+	if filepath.Clean(b) != filepath.Clean(under) {
+		return fmt.Errorf("the vm's system disk reads through %q after the copy, not %q", b, under)
+	}
+	if err := m.store.MoveSnapshotUser(ctx, vmID, sn.ID, sn.BaseID); err != nil {
+		return err
+	}
+	m.log.Info("vm system disk copied up from its snapshot", "vm", vm.Name, "snapshot", sn.Name, "seconds", time.Since(start).Seconds())
+	return nil
+}
+
+// separateLater starts separate for the VM in the background unless it
+// runs already, and returns a channel closed when that ends (nil when
+// background work has not started: StartFlatten).
+func (m *Manager) separateLater(vmID string) <-chan struct{} {
+	f := &m.flat
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ctx == nil || f.ctx.Err() != nil {
+		return nil
+	}
+	if ch, ok := f.separating[vmID]; ok {
+		return ch
+	}
+	if f.separating == nil {
+		f.separating = map[string]chan struct{}{}
+	}
+	ch := make(chan struct{})
+	f.separating[vmID] = ch
+	f.wg.Add(1)
+	go func(ctx context.Context) {
+		defer f.wg.Done()
+		defer func() {
+			f.mu.Lock()
+			delete(f.separating, vmID)
+			f.mu.Unlock()
+			close(ch)
+		}()
+		if err := m.separate(ctx, vmID); err != nil {
+			lvl := m.log.Warn
+			if errors.Is(err, errNotRunning) || ctx.Err() != nil {
+				lvl = m.log.Info
+			}
+			lvl("vm system disk still reads through its snapshot; the copy goes on at its next start", "vm", vmID, "err", err)
+		}
+	}(f.ctx)
+	return ch
+}
+
+// separateIfReader starts separateLater when the VM reads through a
+// snapshot of itself (after a start, and at the daemon's).
+func (m *Manager) separateIfReader(ctx context.Context, vmID string) {
+	if _, ok, err := m.readerOf(ctx, vmID); err == nil && ok {
+		m.separateLater(vmID)
+	}
+}
+
+// awaitSeparated waits until the VM no longer reads through a snapshot of
+// itself, starting the copy if it is not under way; it says why not when
+// it cannot (the VM does not run, the copy failed, ctx ended).
+func (m *Manager) awaitSeparated(ctx context.Context, vmID string) error {
+	sn, ok, err := m.readerOf(ctx, vmID)
+	if err != nil || !ok {
+		return err
+	}
+	ch := m.separateLater(vmID)
+	if ch == nil {
+		return fmt.Errorf("its system disk reads through snapshot %s and the daemon is not copying it up", sn.Name)
+	}
+	select {
+	case <-ch:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if _, ok, err := m.readerOf(ctx, vmID); err != nil || !ok {
+		return err
+	}
+	return fmt.Errorf("its system disk still reads through snapshot %s (copied up only while it runs)", sn.Name)
+}
+
+// settleSwitch finishes or undoes a switch (overlaySystem) that a daemon
+// stopped in the middle of, at start-up: a system.qcow2.next beside the
+// VM's disk. Recorded a reader of its own snapshot, the switch was
+// decided: a live VMM (vh) not writing the overlay yet is switched now
+// (its guest was frozen throughout), or ended when that fails (the guest
+// then boots from the snapshot's moment, which it has not run past), and
+// the overlay takes the disk's name. Not recorded, the overlay goes.
+func (m *Manager) settleSwitch(ctx context.Context, vm model.VM, drv vmm.Driver, vh *vmm.Handle) {
+	next := vm.SystemDisk + nextSuffix
+	if _, err := os.Lstat(next); err != nil {
+		return
+	}
+	sn, reader, err := m.readerOf(ctx, vm.ID)
+	if err != nil || !reader || sn.CowStrategy != "qcow2" {
+		_ = os.Remove(next)
+		m.log.Info("reconcile: an overlay no snapshot was decided for is removed", "vm", vm.Name)
+		return
+	}
+	if vh != nil && !holdsFile(vh.PID, next) {
+		ov, ok := drv.(vmm.Overlayer)
+		err := errors.New("its vmm cannot overlay")
+		if ok {
+			err = ov.Overlay(ctx, *vh, rootDisk, next)
+		}
+		if err != nil && !errors.Is(err, vmm.ErrOverlaid) {
+			m.log.Warn("reconcile: a vm caught in a snapshot could not be switched to its overlay; ending its vmm", "vm", vm.Name, "err", err)
+			if kerr := drv.Kill(ctx, *vh); kerr != nil {
+				m.log.Warn("reconcile: end the vmm", "vm", vm.Name, "err", kerr)
+			}
+		}
+	}
+	if err := os.Rename(next, vm.SystemDisk); err != nil {
+		m.log.Error("reconcile: overlay not renamed over the vm's system disk", "vm", vm.Name, "err", err)
+		return
+	}
+	_ = syncDir(vm.Dir)
+	m.log.Info("reconcile: a snapshot's switch of the vm's system disk finished", "vm", vm.Name, "snapshot", sn.Name)
+}
+
+// holdsFile reports whether process pid has the file at path open.
+func holdsFile(pid int, path string) bool {
+	want, err := os.Stat(path)
+	if err != nil || pid <= 0 {
+		return false
+	}
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		if fi, err := os.Stat(filepath.Join(dir, e.Name())); err == nil && os.SameFile(fi, want) {
+			return true
+		}
+	}
+	return false
+}

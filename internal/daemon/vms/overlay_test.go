@@ -1,0 +1,240 @@
+package vms
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/banger/banger/internal/daemon/vms/vmstest"
+	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/storage"
+	"github.com/banger/banger/internal/vmm"
+)
+
+// overlayDriver is a SnapDriver with the Overlayer ability: Overlay
+// records the file put on top (or fails with err), Stream runs stream.
+type overlayDriver struct {
+	*vmstest.SnapDriver
+	mu       sync.Mutex
+	err      error
+	overlays []string
+	stream   func(base string) error
+}
+
+var _ vmm.Overlayer = (*overlayDriver)(nil)
+
+func (d *overlayDriver) Overlay(ctx context.Context, h vmm.Handle, diskID, path string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.err != nil {
+		return d.err
+	}
+	if diskID != rootDisk {
+		return fmt.Errorf("overlay of disk %q", diskID)
+	}
+	d.overlays = append(d.overlays, path)
+	return nil
+}
+
+func (d *overlayDriver) Stream(ctx context.Context, h vmm.Handle, diskID, base string) error {
+	return d.stream(base)
+}
+
+// overlayFixture is snapFixture with an overlayDriver, background work
+// started (StartFlatten) and a VM "dev" running over the image, whose
+// system disk's header names the image.
+func overlayFixture(t *testing.T) (*fixture, *overlayDriver, model.VM, string) {
+	t.Helper()
+	f, snap, _ := snapFixture(t)
+	ov := &overlayDriver{SnapDriver: snap}
+	deps := Deps{
+		Config: f.m.cfg, Store: f.m.store, Log: f.m.log, Now: time.Now,
+		Drivers: vmm.NewRegistry(ov), Strategies: f.m.strategies,
+		Taps: f.taps, Subnet: f.m.subnet, AuthorizedKey: f.m.authorizedKey, Artifacts: f.art,
+		WaitGuest:     func(context.Context, model.VM, func() bool) error { return nil },
+		SetGuestClock: func(context.Context, model.VM) error { return nil },
+	}
+	f.m = New(deps)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); f.m.StopFlatten() })
+	f.m.StartFlatten(ctx)
+	vm := startVM(t, f, "dev")
+	im, err := f.st.GetImage(ctx, vm.ImageID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, _ := filepath.Abs(im.Path)
+	writeOverlay(t, vm.SystemDisk, img)
+	return f, ov, vm, img
+}
+
+func backingOf(t *testing.T, p string) string {
+	t.Helper()
+	b, err := storage.Qcow2Backing(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestSnapshotOverlaid: a snapshot takes the VM's system disk file and
+// puts the VM on an overlay over it (no copy); the VM reads through the
+// snapshot until the copy up, after which it reads through the image
+// and the snapshot goes freely. A removal waits for the copy. A VMM that
+// cannot overlay, or fails to, gets a copy and no dependency.
+func TestSnapshotOverlaid(t *testing.T) {
+	f, ov, vm, img := overlayFixture(t)
+	ctx := context.Background()
+	release := make(chan struct{})
+	ov.stream = func(base string) error {
+		<-release
+		writeOverlay(t, vm.SystemDisk, base)
+		return nil
+	}
+	sn, err := f.m.CreateSnapshot(ctx, "dev", "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	snapFile := filepath.Join(sn.Dir, "system.qcow2")
+	if len(ov.overlays) != 1 || ov.overlays[0] != vm.SystemDisk+nextSuffix {
+		t.Fatalf("overlays = %v", ov.overlays)
+	}
+	if b := backingOf(t, vm.SystemDisk); b != snapFile {
+		t.Fatalf("vm's disk reads through %q, want the snapshot's %s", b, snapFile)
+	}
+	if b := backingOf(t, snapFile); b != img {
+		t.Fatalf("snapshot's disk reads through %q, want the image", b)
+	}
+	if _, err := os.Stat(vm.SystemDisk + nextSuffix); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("overlay left under its scratch name: %v", err)
+	}
+	if rd, ok, _ := f.m.readerOf(ctx, vm.ID); !ok || rd.ID != sn.ID {
+		t.Fatalf("vm not recorded reading through its snapshot")
+	}
+
+	// The removal waits for the copy up.
+	removed := make(chan error, 1)
+	go func() { removed <- f.m.RemoveSnapshot(ctx, "s1") }()
+	select {
+	case err := <-removed:
+		t.Fatalf("removal did not wait for the copy up: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	if err := <-removed; err != nil {
+		t.Fatal(err)
+	}
+	if b := backingOf(t, vm.SystemDisk); b != img {
+		t.Fatalf("after the copy up the vm reads through %q", b)
+	}
+	if _, ok, _ := f.m.readerOf(ctx, vm.ID); ok {
+		t.Fatal("vm still recorded reading through a snapshot")
+	}
+	if _, err := os.Stat(sn.Dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("snapshot dir left: %v", err)
+	}
+
+	for _, c := range []struct {
+		name string
+		err  error
+	}{
+		{"cannot", fmt.Errorf("%w: opened by path", vmm.ErrNoOverlay)},
+		{"fails", errors.New("qmp blockdev-snapshot: no")},
+	} {
+		ov.err = c.err
+		sn, err := f.m.CreateSnapshot(ctx, "dev", "copy-"+c.name)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if b := backingOf(t, vm.SystemDisk); b != img {
+			t.Fatalf("%s: vm reads through %q", c.name, b)
+		}
+		if b := backingOf(t, filepath.Join(sn.Dir, "system.qcow2")); b != img {
+			t.Fatalf("%s: the copy reads through %q", c.name, b)
+		}
+		if _, ok, _ := f.m.readerOf(ctx, vm.ID); ok {
+			t.Fatalf("%s: vm recorded reading through a copy", c.name)
+		}
+		if _, err := os.Stat(vm.SystemDisk + nextSuffix); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s: overlay left: %v", c.name, err)
+		}
+		if err := f.m.RemoveSnapshot(ctx, sn.Name); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+	}
+}
+
+// TestSettleSwitch: a daemon that stopped in the middle of a switch
+// leaves an overlay beside the VM's disk. Recorded a reader of its
+// snapshot, the switch was decided: the next daemon switches the live
+// VMM, renames the overlay over the disk and keeps the snapshot, ready.
+// Not recorded, the overlay goes and so does the half-made snapshot.
+func TestSettleSwitch(t *testing.T) {
+	for _, decided := range []bool{true, false} {
+		t.Run(fmt.Sprint("decided=", decided), func(t *testing.T) {
+			f, ov, vm, img := overlayFixture(t)
+			ov.stream = func(string) error { return errors.New("not now") }
+			ctx := context.Background()
+			sn := model.Snapshot{ID: model.NewID(), Name: "half", VMID: vm.ID, VMName: vm.Name, ImageID: vm.ImageID, KernelID: vm.KernelID,
+				CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes, VMM: vm.VMM, CowStrategy: vm.CowStrategy,
+				State: model.SnapshotCreating, CreatedAt: time.Now().UTC()}
+			sn.Dir = filepath.Join(f.m.SnapshotsDir(), sn.ID)
+			if err := f.st.CreateSnapshot(ctx, sn); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.MkdirAll(sn.Dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			snapFile := filepath.Join(sn.Dir, "system.qcow2")
+			if err := os.Link(vm.SystemDisk, snapFile); err != nil {
+				t.Fatal(err)
+			}
+			writeOverlay(t, vm.SystemDisk+nextSuffix, snapFile)
+			if decided {
+				if err := f.st.SetSnapshotReader(ctx, sn.ID, vm.ID); err != nil {
+					t.Fatal(err)
+				}
+			}
+			vm.State = model.VMPausing
+			if err := f.m.save(ctx, &vm); err != nil {
+				t.Fatal(err)
+			}
+			f.m.Reconcile(ctx)
+
+			if _, err := os.Stat(vm.SystemDisk + nextSuffix); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("overlay left: %v", err)
+			}
+			got, err := f.st.GetVM(ctx, vm.ID)
+			if err != nil || got.State != model.VMRunning {
+				t.Fatalf("vm after reconcile: %s, %v", got.State, err)
+			}
+			all, _ := f.st.ListSnapshots(ctx)
+			if decided {
+				if len(ov.overlays) != 1 {
+					t.Fatalf("the live vmm was not switched: %v", ov.overlays)
+				}
+				if b := backingOf(t, vm.SystemDisk); b != snapFile {
+					t.Fatalf("vm reads through %q, want the snapshot's", b)
+				}
+				if len(all) != 1 || all[0].State != model.SnapshotReady {
+					t.Fatalf("snapshots = %+v, want the half-made one kept ready", all)
+				}
+			} else {
+				if len(ov.overlays) != 0 {
+					t.Fatalf("an undecided switch was made: %v", ov.overlays)
+				}
+				if b := backingOf(t, vm.SystemDisk); b != img {
+					t.Fatalf("vm reads through %q, want the image", b)
+				}
+				if len(all) != 0 {
+					t.Fatalf("snapshots = %+v, want the half-made one gone", all)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,351 @@
+package qemu
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/banger/banger/internal/vmm"
+)
+
+// qmpFdset is one entry of query-fdsets.
+type qmpFdset struct {
+	ID  int `json:"fdset-id"`
+	FDs []struct {
+		FD     int    `json:"fd"`
+		Opaque string `json:"opaque"`
+	} `json:"fds"`
+}
+
+// dropWritable removes the read-write descriptor of every fdset (those
+// DescriptorDisks and Overlay add, marked fdWritable). The block nodes
+// keep their own copies, so the disks stay writable; what goes is a
+// spare that would let QEMU write a file again after a node reopened it
+// read-only. QEMU closes a removed descriptor only while the guest runs,
+// so this is called once it does.
+func dropWritable(c *qmp) error {
+	ctx := context.Background()
+	var sets []qmpFdset
+	if err := c.execute(ctx, "query-fdsets", nil, &sets); err != nil {
+		return err
+	}
+	for _, s := range sets {
+		for _, f := range s.FDs {
+			if f.Opaque != fdWritable {
+				continue
+			}
+			if err := c.execute(ctx, "remove-fd", map[string]any{"fdset-id": s.ID, "fd": f.FD}, nil); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// blockInfo is the part of a query-block entry Overlay and Stream read.
+type blockInfo struct {
+	Device   string `json:"device"`
+	Inserted *struct {
+		NodeName    string `json:"node-name"`
+		File        string `json:"file"`
+		BackingFile string `json:"backing_file"`
+	} `json:"inserted"`
+}
+
+// top returns the disk diskID's current top node as query-block shows it.
+func (c *qmp) top(ctx context.Context, diskID string) (blockInfo, error) {
+	var blocks []blockInfo
+	if err := c.execute(ctx, "query-block", nil, &blocks); err != nil {
+		return blockInfo{}, err
+	}
+	for _, b := range blocks {
+		if b.Device == diskID && b.Inserted != nil {
+			return b, nil
+		}
+	}
+	return blockInfo{}, fmt.Errorf("qemu has no disk %q", diskID)
+}
+
+// namedNode is the part of a query-named-block-nodes entry read here.
+type namedNode struct {
+	NodeName string `json:"node-name"`
+	Driver   string `json:"drv"`
+	File     string `json:"file"`
+	RO       bool   `json:"ro"`
+}
+
+func (c *qmp) nodes(ctx context.Context) ([]namedNode, error) {
+	var ns []namedNode
+	err := c.execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &ns)
+	return ns, err
+}
+
+// Overlay implements vmm.Overlayer: the file goes in as a new fdset
+// (read-write and read-only descriptors, QMP add-fd), becomes a node
+// (blockdev-add, with no backing) and is put on top of the disk's node
+// (blockdev-snapshot). QEMU then reopens the former top read-only, which
+// it can do only through the former top's fdset: the disk must have been
+// opened by descriptor (DescriptorDisks) and its read-write descriptor
+// dropped (dropWritable, once the guest ran).
+func (d *Driver) Overlay(ctx context.Context, h vmm.Handle, diskID, path string) error {
+	rw, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("overlay for disk %s: %w", diskID, err)
+	}
+	defer rw.Close()
+	ro, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("overlay for disk %s: %w", diskID, err)
+	}
+	defer ro.Close()
+	return withQMP(ctx, h.APISocket, func(c *qmp) error {
+		var st qmpStatus
+		if err := c.execute(ctx, "query-status", nil, &st); err != nil {
+			return err
+		}
+		if st.Running {
+			return fmt.Errorf("%w: the guest runs", vmm.ErrNoOverlay)
+		}
+		top, err := c.top(ctx, diskID)
+		if err != nil {
+			return err
+		}
+		if err := c.canReopenReadOnly(ctx, protocolFile(top.Inserted.File)); err != nil {
+			return fmt.Errorf("%w: disk %s: %v", vmm.ErrNoOverlay, diskID, err)
+		}
+		var added struct {
+			Set int `json:"fdset-id"`
+		}
+		if err := c.executeFD(ctx, "add-fd", map[string]any{"opaque": fdWritable}, rw, &added); err != nil {
+			return err
+		}
+		undo := func(err error) error {
+			_ = c.execute(ctx, "remove-fd", map[string]any{"fdset-id": added.Set}, nil)
+			return err
+		}
+		if err := c.executeFD(ctx, "add-fd", map[string]any{"fdset-id": added.Set, "opaque": fdReadOnly}, ro, nil); err != nil {
+			return undo(err)
+		}
+		node, err := overlayNodeName()
+		if err != nil {
+			return undo(err)
+		}
+		if err := c.execute(ctx, "blockdev-add", map[string]any{
+			"driver": "qcow2", "node-name": node, "backing": nil,
+			"file": map[string]any{"driver": "file", "filename": fdsetPath(added.Set), "auto-read-only": false, "locking": "off"},
+		}, nil); err != nil {
+			return undo(err)
+		}
+		if err := c.execute(ctx, "blockdev-snapshot", map[string]any{"node": top.Inserted.NodeName, "overlay": node}, nil); err != nil {
+			_ = c.execute(ctx, "blockdev-del", map[string]any{"node-name": node}, nil)
+			return undo(err)
+		}
+		// QEMU reopens the former top read-only after the switch and says
+		// nothing when it cannot: check it did.
+		ns, err := c.nodes(ctx)
+		if err != nil {
+			return fmt.Errorf("%w: %v", vmm.ErrOverlaid, err)
+		}
+		for _, n := range ns {
+			if n.NodeName == top.Inserted.NodeName && !n.RO {
+				return fmt.Errorf("%w, but qemu still holds its former file writable", vmm.ErrOverlaid)
+			}
+		}
+		return nil
+	})
+}
+
+// protocolFile is the file a node reads, from query-block's name for it:
+// a node whose backing was set after it was opened (an Overlay's) is
+// named by its options ("json:{…}"), the file's name under "file".
+func protocolFile(name string) string {
+	js, ok := strings.CutPrefix(name, "json:")
+	if !ok {
+		return name
+	}
+	var o struct {
+		File struct {
+			Filename string `json:"filename"`
+		} `json:"file"`
+	}
+	if json.Unmarshal([]byte(js), &o) != nil {
+		return name
+	}
+	return o.File.Filename
+}
+
+// canReopenReadOnly checks that a node opened from file (query-block's
+// name) can be reopened read-only without a path: file is an fdset's
+// name and the fdset holds a read-only descriptor and no read-write one.
+func (c *qmp) canReopenReadOnly(ctx context.Context, file string) error {
+	n, ok := strings.CutPrefix(file, "/dev/fdset/")
+	set, err := strconv.Atoi(n)
+	if !ok || err != nil {
+		return fmt.Errorf("qemu opened it by path (%s), not by descriptor", file)
+	}
+	var sets []qmpFdset
+	if err := c.execute(ctx, "query-fdsets", nil, &sets); err != nil {
+		return err
+	}
+	for _, s := range sets {
+		if s.ID != set {
+			continue
+		}
+		var hasRO bool
+		for _, f := range s.FDs {
+			switch f.Opaque {
+			case fdWritable:
+				return fmt.Errorf("qemu still holds a spare writable descriptor of it")
+			case fdReadOnly:
+				hasRO = true
+			}
+		}
+		if !hasRO {
+			return fmt.Errorf("its fdset %d has no read-only descriptor", set)
+		}
+		return nil
+	}
+	return fmt.Errorf("its fdset %d is gone", set)
+}
+
+func overlayNodeName() (string, error) {
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return "ovl-" + hex.EncodeToString(b[:]), nil
+}
+
+// underUnder returns the node two steps down node's backing chain: the
+// backing of the file under node. The nodes an Overlay made, and the
+// ones they cover, go by their fdsets' names (and QEMU reports their
+// backing files by those names, not by what their headers say), so the
+// chain is walked on QEMU's block graph (x-debug-query-block-graph,
+// QEMU's only answer that names the nodes' children).
+func (c *qmp) underUnder(ctx context.Context, node string) (string, error) {
+	var g struct {
+		Nodes []struct {
+			ID   int    `json:"id"`
+			Name string `json:"name"`
+		} `json:"nodes"`
+		Edges []struct {
+			Parent int    `json:"parent"`
+			Child  int    `json:"child"`
+			Name   string `json:"name"`
+		} `json:"edges"`
+	}
+	if err := c.execute(ctx, "x-debug-query-block-graph", nil, &g); err != nil {
+		return "", err
+	}
+	ids, names := map[string]int{}, map[int]string{}
+	for _, n := range g.Nodes {
+		ids[n.Name], names[n.ID] = n.ID, n.Name
+	}
+	backing := map[int]int{}
+	for _, e := range g.Edges {
+		if e.Name == "backing" {
+			backing[e.Parent] = e.Child
+		}
+	}
+	id, ok := ids[node]
+	for i := 0; ok && i < 2; i++ {
+		id, ok = backing[id]
+	}
+	if !ok {
+		return "", fmt.Errorf("the chain under %s is not two files deep", node)
+	}
+	return names[id], nil
+}
+
+// streamPoll is how often Stream asks QEMU how its copy goes.
+const streamPoll = 100 * time.Millisecond
+
+// qmpJob is one entry of query-jobs.
+type qmpJob struct {
+	ID     string `json:"id"`
+	Status string `json:"status"`
+	Error  string `json:"error"`
+}
+
+// Stream implements vmm.Overlayer with a block-stream job whose base is
+// the node under the file under the top, named
+// after the disk so that a second Stream finds the first's job. The job
+// outlives the QMP connection (auto-dismiss off: its outcome waits to be
+// read); Stream connects briefly per poll, since QEMU serves one QMP
+// client at a time and a copy can take minutes.
+func (d *Driver) Stream(ctx context.Context, h vmm.Handle, diskID, basePath string) error {
+	job := "stream-" + diskID
+	start := func(c *qmp) error {
+		top, err := c.top(ctx, diskID)
+		if err != nil {
+			return err
+		}
+		var jobs []qmpJob
+		if err := c.execute(ctx, "query-jobs", nil, &jobs); err != nil {
+			return err
+		}
+		for _, j := range jobs {
+			if j.ID == job {
+				return nil // a Stream before this one started it
+			}
+		}
+		base, err := c.underUnder(ctx, top.Inserted.NodeName)
+		if err != nil {
+			return err
+		}
+		return c.execute(ctx, "block-stream", map[string]any{
+			"job-id": job, "device": diskID, "base-node": base, "backing-file": basePath, "auto-dismiss": false,
+		}, nil)
+	}
+	if err := withQMP(ctx, h.APISocket, start); err != nil {
+		return fmt.Errorf("stream disk %s: %w", diskID, err)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("stream disk %s: %w", diskID, ctx.Err())
+		case <-time.After(streamPoll):
+		}
+		var outcome error
+		var finished bool
+		err := withQMP(ctx, h.APISocket, func(c *qmp) error {
+			var jobs []qmpJob
+			if err := c.execute(ctx, "query-jobs", nil, &jobs); err != nil {
+				return err
+			}
+			for _, j := range jobs {
+				if j.ID != job {
+					continue
+				}
+				if j.Status != "concluded" {
+					return nil
+				}
+				finished = true
+				if j.Error != "" {
+					outcome = errors.New(j.Error)
+				}
+				return c.execute(ctx, "job-dismiss", map[string]any{"id": job}, nil)
+			}
+			finished = true
+			outcome = errors.New("its copy job is gone (the VMM restarted?)")
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("stream disk %s: %w", diskID, err)
+		}
+		if !finished {
+			continue
+		}
+		if outcome != nil {
+			return fmt.Errorf("stream disk %s: %w", diskID, outcome)
+		}
+		return nil
+	}
+}
