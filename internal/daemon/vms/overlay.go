@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/banger/banger/internal/model"
@@ -106,6 +108,22 @@ func (m *Manager) overlaySystem(ctx context.Context, vm model.VM, sn model.Snaps
 		m.log.Error("vm system disk overlaid but not renamed", "vm", vm.Name, "err", err)
 	} else if err := syncDir(vm.Dir); err != nil {
 		m.log.Warn("sync vm directory", "vm", vm.Name, "err", err)
+	}
+	// The host's view, not the VMM's word: a VMM that still holds the
+	// captured file writable (one taken over before the snapshot can have
+	// kept a descriptor) could change it under the VMs made from it. The
+	// snapshot then gets a copy of its own, made while the guest is still
+	// frozen; the VM reads on through the file it had.
+	if holdsWritable(vh.PID, captured) {
+		m.log.Warn("the vmm holds the captured system disk writable; the snapshot gets a copy", "vm", vm.Name, "snapshot", sn.Name)
+		tmp := captured + ".copy"
+		if _, err := storage.CaptureFile(ctx, captured, tmp); err != nil {
+			return true, err
+		}
+		if err := os.Rename(tmp, captured); err != nil {
+			_ = os.Remove(tmp)
+			return true, err
+		}
 	}
 	return true, nil
 }
@@ -322,6 +340,18 @@ func (m *Manager) settleSwitch(ctx context.Context, vm model.VM, drv vmm.Driver,
 
 // holdsFile reports whether process pid has the file at path open.
 func holdsFile(pid int, path string) bool {
+	return heldAs(pid, path, false)
+}
+
+// holdsWritable reports whether process pid has the file at path open
+// for writing.
+func holdsWritable(pid int, path string) bool {
+	return heldAs(pid, path, true)
+}
+
+// heldAs scans /proc/<pid>/fd for the file at path (by inode); with
+// writable, only descriptors open for writing count (their fdinfo flags).
+func heldAs(pid int, path string, writable bool) bool {
 	want, err := os.Stat(path)
 	if err != nil || pid <= 0 {
 		return false
@@ -332,8 +362,23 @@ func holdsFile(pid int, path string) bool {
 		return false
 	}
 	for _, e := range ents {
-		if fi, err := os.Stat(filepath.Join(dir, e.Name())); err == nil && os.SameFile(fi, want) {
+		fi, err := os.Stat(filepath.Join(dir, e.Name()))
+		if err != nil || !os.SameFile(fi, want) {
+			continue
+		}
+		if !writable {
 			return true
+		}
+		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, e.Name()))
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(info), "\n") {
+			if v, ok := strings.CutPrefix(l, "flags:"); ok {
+				if f, err := strconv.ParseInt(strings.TrimSpace(v), 8, 64); err == nil && int(f)&(os.O_WRONLY|os.O_RDWR) != 0 {
+					return true
+				}
+			}
 		}
 	}
 	return false

@@ -167,6 +167,40 @@ func TestSnapshotOverlaid(t *testing.T) {
 			t.Fatalf("%s: %v", c.name, err)
 		}
 	}
+
+	// A VMM that holds the file writable after the switch (one taken
+	// over before it can have kept a descriptor; here the test process
+	// plays it): the snapshot gets a copy, not the file the VMM can write.
+	ov.err = nil
+	hold := make(chan struct{})
+	defer close(hold)
+	ov.stream = func(string) error { <-hold; return errors.New("not now") }
+	held, err := os.OpenFile(vm.SystemDisk, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	h, _ := f.m.handles.get(vm.ID)
+	ov.SnapDriver.Procs[vm.APISocket] = os.Getpid()
+	h.PID = os.Getpid()
+	if err := f.m.handles.set(vm.ID, vm.Dir, h); err != nil {
+		t.Fatal(err)
+	}
+	sn, err = f.m.CreateSnapshot(ctx, "dev", "s-held")
+	if err != nil {
+		t.Fatal(err)
+	}
+	snapFile = filepath.Join(sn.Dir, "system.qcow2")
+	hi, _ := held.Stat()
+	if si, err := os.Stat(snapFile); err != nil || os.SameFile(hi, si) {
+		t.Fatalf("the snapshot kept the file its vmm holds writable (%v)", err)
+	}
+	if b := backingOf(t, snapFile); b != img {
+		t.Fatalf("the snapshot's copy reads through %q", b)
+	}
+	if b := backingOf(t, vm.SystemDisk); b != snapFile {
+		t.Fatalf("vm reads through %q, want the snapshot's", b)
+	}
 }
 
 // TestSettleSwitch: a daemon that stopped in the middle of a switch
