@@ -189,13 +189,16 @@ type Snapshot struct {
 const SnapshotBaseUnknown = "?"
 
 // SnapshotState is a snapshot's life: creating until every file is
-// whole, then ready.
+// whole, then ready. A snapshot whose capture failed after its VM's
+// system disk was taken into it in place is failed: it only holds the
+// file that VM reads through, until the daemon has copied it up.
 type SnapshotState string
 
 // Snapshot states.
 const (
 	SnapshotCreating SnapshotState = "creating"
 	SnapshotReady    SnapshotState = "ready"
+	SnapshotFailed   SnapshotState = "failed"
 )
 
 // Forward is a published port of a VM: while the VM runs, the daemon

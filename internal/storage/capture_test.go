@@ -129,3 +129,47 @@ func TestCaptureByClone(t *testing.T) {
 		t.Fatalf("on XFS with reflink: cloned %v, %q", cloned, got)
 	}
 }
+
+// TestHoles maps a file's holes, and punching them in a fully written
+// copy gives back the original's allocation and bytes.
+func TestHoles(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "a")
+	f, err := os.Create(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 16 << 20
+	f.Truncate(size)
+	for _, off := range []int64{1 << 20, 8 << 20} {
+		f.WriteAt(bytes.Repeat([]byte{7}, 1<<20), off)
+	}
+	f.Close()
+	holes, err := Holes(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Extent{{0, 1 << 20}, {2 << 20, 6 << 20}, {9 << 20, 7 << 20}}
+	if len(holes) != len(want) {
+		t.Fatalf("holes = %v, want %v", holes, want)
+	}
+	for i := range want {
+		if holes[i] != want[i] {
+			t.Fatalf("holes = %v, want %v", holes, want)
+		}
+	}
+	data, _ := os.ReadFile(src)
+	dst := filepath.Join(dir, "b")
+	if err := os.WriteFile(dst, data, 0o600); err != nil { // every byte written
+		t.Fatal(err)
+	}
+	if err := PunchHoles(dst, holes); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(dst)
+	var st syscall.Stat_t
+	syscall.Stat(dst, &st)
+	if !bytes.Equal(got, data) || st.Blocks*512 > 2<<20+64<<10 {
+		t.Fatalf("after punching: same bytes %v, %d bytes allocated", bytes.Equal(got, data), st.Blocks*512)
+	}
+}

@@ -239,14 +239,16 @@ type Snapshotter interface {
 }
 
 // Overlayer is an optional ability of a Driver: capturing a running VM's
-// qcow2 disk in constant time, by putting an empty overlay on top of it
-// while the guest is stopped, and later copying the captured file's data
-// up into that overlay while the guest runs, so the disk no longer needs
-// it.
+// disks with the guest frozen only for a moment. A qcow2 disk gets an
+// empty overlay on top while the guest is stopped, and the captured
+// file's data is copied up into that overlay later while the guest runs,
+// so the disk no longer needs it. Any disk can be copied as it is at an
+// instant while the guest runs on (a backup).
 //
-// The flow (a snapshot that keeps the disk's former file):
+// The flows (a snapshot):
 //
 //	Save(h, dir) → Overlay(h, disk, next) → rename files → Resume(h) … Stream(h, disk, base)
+//	Save(h, dir) → StartBackup(h, disk, path) → Resume(h) → WaitBackup(h, job)
 type Overlayer interface {
 	// Overlay puts the qcow2 file at path on top of the disk with id
 	// diskID of the VM behind h, whose guest Save stopped: the guest's
@@ -274,6 +276,22 @@ type Overlayer interface {
 	// VMM exits first the disk is left valid, partly copied, and a Stream
 	// in its next VMM copies the rest.
 	Stream(ctx context.Context, h Handle, diskID, basePath string) error
+
+	// StartBackup starts copying the disk diskID, as it is at this
+	// instant, into the file at path (a raw file of the disk's size,
+	// which the VMM opens by descriptor), on a guest Save stopped, and
+	// returns the copy's name for WaitBackup. The guest may run on
+	// meanwhile: the VMM copies the instant's data of a region before
+	// the guest overwrites it. It refuses with ErrNoOverlay a running
+	// guest.
+	StartBackup(ctx context.Context, h Handle, diskID, path string) (string, error)
+
+	// WaitBackup waits for the copy StartBackup started and lets go of
+	// its file, also when the copy failed or ctx ended (the copy is
+	// cancelled then): the file is whole only when it returns nil. The
+	// regions of the disk that read as zeroes may come out written (not
+	// holes) in the file.
+	WaitBackup(ctx context.Context, h Handle, job string) error
 }
 
 // ErrNoOverlay: Overlayer.Overlay changed nothing; capture the disk

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -59,6 +60,16 @@ func fileMode(t *testing.T, pid int, path string) (open, writable bool) {
 		}
 	}
 	return open, writable
+}
+
+// allocatedBytes is the room a file takes on disk.
+func allocatedBytes(t *testing.T, p string) int64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
 }
 
 // waitBacking waits until the qcow2 file's header names backing.
@@ -154,6 +165,11 @@ func TestVMSnapshot(t *testing.T) {
 	}
 	if fileSum(t, sysSnap) != sysSum {
 		t.Fatal("the snapshot's system disk changed after it was taken")
+	}
+	// Its work disk was copied by the VMM while the guest ran on, its
+	// holes punched back: it takes no more room than the VM's.
+	if a, b := allocatedBytes(t, filepath.Join(sn.Dir, "work.ext4")), allocatedBytes(t, v.WorkDisk); a > b+1<<20 {
+		t.Errorf("the snapshot's work disk holds %d bytes, the vm's %d: its holes were filled", a, b)
 	}
 
 	// A snapshot the VM still reads through is copied up before it goes:

@@ -181,6 +181,7 @@ func (m *Manager) separate(ctx context.Context, vmID string) error {
 		if err := m.separateFrom(ctx, vmID, sn); err != nil {
 			return err
 		}
+		m.removeFailed(ctx, sn.ID)
 	}
 	return nil
 }
@@ -382,4 +383,127 @@ func heldAs(pid int, path string, writable bool) bool {
 		}
 	}
 	return false
+}
+
+// The work disk is raw (the host reads a stopped VM's with debugfs), so
+// it cannot be overlaid as the system disk is. Where it cannot be cloned
+// it is copied by the VMM while the guest runs on (StartBackup: the VMM
+// copies a region's data of the instant before the guest overwrites
+// it), the snapshot's creation waiting for that copy instead of the
+// guest. The copy writes the disk's holes as zeroes; they are punched
+// back from the map of the disk's holes taken at the instant.
+
+// partialMark, in a snapshot's directory, says its work disk is still
+// being copied: a daemon that stops meanwhile must not take the snapshot
+// for whole.
+const partialMark = "work.partial"
+
+// backupWait bounds the wait for a work disk's copy (the VM's lock is
+// held meanwhile).
+const backupWait = time.Hour
+
+// workBackup is a work disk copy under way.
+type workBackup struct {
+	ov    vmm.Overlayer
+	vh    vmm.Handle
+	job   string
+	dst   string
+	holes []storage.Extent
+}
+
+// startWorkBackup starts copying a frozen VM's work disk into dst by its
+// VMM; nil, with nothing made, when the VMM cannot (the caller copies).
+func (m *Manager) startWorkBackup(ctx context.Context, vm model.VM, sn model.Snapshot, drv vmm.Driver, vh vmm.Handle, dst string) (*workBackup, error) {
+	ov, ok := drv.(vmm.Overlayer)
+	if !ok || sn.Template != "" {
+		return nil, nil
+	}
+	fi, err := os.Stat(vm.WorkDisk)
+	if err != nil {
+		return nil, err
+	}
+	holes, err := storage.Holes(vm.WorkDisk)
+	if err != nil {
+		return nil, err
+	}
+	mark := filepath.Join(sn.Dir, partialMark)
+	if err := os.WriteFile(mark, nil, 0o600); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err == nil {
+		err = f.Truncate(fi.Size())
+		f.Close()
+	}
+	if err == nil {
+		err = syncDir(sn.Dir)
+	}
+	if err != nil {
+		_ = os.Remove(dst)
+		_ = os.Remove(mark)
+		return nil, err
+	}
+	job, err := ov.StartBackup(ctx, vh, "work", dst)
+	if err != nil {
+		_ = os.Remove(dst)
+		_ = os.Remove(mark)
+		if errors.Is(err, vmm.ErrNoOverlay) {
+			m.log.Info("vm work disk copied in the freeze", "vm", vm.Name, "why", err)
+			return nil, nil
+		}
+		m.log.Warn("vm work disk copied in the freeze: its vmm's copy did not start", "vm", vm.Name, "err", err)
+		return nil, nil
+	}
+	return &workBackup{ov: ov, vh: vh, job: job, dst: dst, holes: holes}, nil
+}
+
+// wait waits for the copy, punches the disk's holes of the instant back
+// into it and syncs it; then the snapshot is no longer partial.
+func (b *workBackup) wait(ctx context.Context, snapDir string) error {
+	ctx, cancel := context.WithTimeout(ctx, backupWait)
+	defer cancel()
+	if err := b.ov.WaitBackup(ctx, b.vh, b.job); err != nil {
+		return fmt.Errorf("copy the work disk: %w", err)
+	}
+	if err := storage.PunchHoles(b.dst, b.holes); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(snapDir, partialMark)); err != nil {
+		return err
+	}
+	return syncDir(snapDir)
+}
+
+// cancel stops the copy and lets go of its file.
+func (b *workBackup) cancel() {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = b.ov.WaitBackup(ctx, b.vh, b.job)
+}
+
+// failSnapshot records sn failed: its capture failed after its VM's
+// system disk was taken into it, so it keeps only that file, which the
+// VM reads through until its copy up, after which it goes
+// (removeFailed).
+func (m *Manager) failSnapshot(ctx context.Context, sn model.Snapshot, cause error) error {
+	_ = os.RemoveAll(filepath.Join(sn.Dir, snapStateName))
+	_ = os.Remove(filepath.Join(sn.Dir, snapWorkName))
+	_ = os.Remove(filepath.Join(sn.Dir, partialMark))
+	sn.State, sn.SizeBytes = model.SnapshotFailed, treeBytes(sn.Dir)
+	if err := m.store.UpdateSnapshot(ctx, sn); err != nil {
+		return errors.Join(cause, err)
+	}
+	m.log.Error("vm snapshot failed; kept as failed until its vm no longer reads through it", "snapshot", sn.Name, "err", cause)
+	return fmt.Errorf("%w (the snapshot is kept, failed, until its vm's disk is copied up from it, then removed)", cause)
+}
+
+// removeFailed removes a failed snapshot once nothing reads through it.
+func (m *Manager) removeFailed(ctx context.Context, id string) {
+	sn, err := m.store.GetSnapshot(ctx, id)
+	if err != nil || sn.State != model.SnapshotFailed {
+		return
+	}
+	if err := m.removeSnapshot(ctx, sn, "snapshot"); err != nil {
+		m.log.Warn("remove a failed snapshot", "snapshot", sn.Name, "err", err)
+	}
 }

@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/daemon/vms/vmstest"
+	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/storage"
 	"github.com/banger/banger/internal/vmm"
@@ -20,10 +23,11 @@ import (
 // records the file put on top (or fails with err), Stream runs stream.
 type overlayDriver struct {
 	*vmstest.SnapDriver
-	mu       sync.Mutex
-	err      error
-	overlays []string
-	stream   func(base string) error
+	mu        sync.Mutex
+	err       error
+	backupErr error
+	overlays  []string
+	stream    func(base string) error
 }
 
 var _ vmm.Overlayer = (*overlayDriver)(nil)
@@ -43,6 +47,20 @@ func (d *overlayDriver) Overlay(ctx context.Context, h vmm.Handle, diskID, path 
 
 func (d *overlayDriver) Stream(ctx context.Context, h vmm.Handle, diskID, base string) error {
 	return d.stream(base)
+}
+
+// StartBackup writes "backup" into the file, as the copy of the disk.
+func (d *overlayDriver) StartBackup(ctx context.Context, h vmm.Handle, diskID, path string) (string, error) {
+	if diskID != "work" {
+		return "", fmt.Errorf("backup of disk %q", diskID)
+	}
+	return "job", os.WriteFile(path, []byte("backup"), 0o600)
+}
+
+func (d *overlayDriver) WaitBackup(ctx context.Context, h vmm.Handle, job string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.backupErr
 }
 
 // overlayFixture is snapFixture with an overlayDriver, background work
@@ -116,6 +134,12 @@ func TestSnapshotOverlaid(t *testing.T) {
 	if rd, ok, _ := f.m.readerOf(ctx, vm.ID); !ok || rd.ID != sn.ID {
 		t.Fatalf("vm not recorded reading through its snapshot")
 	}
+	if b, err := os.ReadFile(filepath.Join(sn.Dir, "work.ext4")); err != nil || string(b) != "backup" {
+		t.Fatalf("the snapshot's work disk is not the vmm's copy: %q, %v", b, err)
+	}
+	if _, err := os.Stat(filepath.Join(sn.Dir, partialMark)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a whole snapshot marked partial: %v", err)
+	}
 
 	// The removal waits for the copy up.
 	removed := make(chan error, 1)
@@ -168,6 +192,46 @@ func TestSnapshotOverlaid(t *testing.T) {
 		}
 	}
 
+	// The work disk's copy fails after the system disk was taken in
+	// place: the snapshot is kept, failed, holding only that file, until
+	// the vm is copied up from it; then it goes by itself.
+	ov.err = nil
+	ov.backupErr = errors.New("no space left on device")
+	fail := make(chan struct{})
+	ov.stream = func(base string) error {
+		<-fail
+		writeOverlay(t, vm.SystemDisk, base)
+		return nil
+	}
+	if _, err := f.m.CreateSnapshot(ctx, "dev", "s-fail"); err == nil || !errors.Is(err, ov.backupErr) && !strings.Contains(err.Error(), "no space left") {
+		t.Fatalf("snapshot with its work disk's copy failing: %v", err)
+	}
+	ov.backupErr = nil
+	failed, err := f.m.GetSnapshot(ctx, "s-fail")
+	if err != nil || failed.State != model.SnapshotFailed {
+		t.Fatalf("after a failed work disk copy: %+v, %v", failed, err)
+	}
+	for _, p := range []string{"state", "work.ext4"} {
+		if _, err := os.Stat(filepath.Join(failed.Dir, p)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("a failed snapshot keeps its %s (%v)", p, err)
+		}
+	}
+	if _, err := f.m.Fork(ctx, api.ForkRequest{Source: "s-fail", Count: 1}, nil); err == nil {
+		t.Fatal("fork of a failed snapshot")
+	}
+	close(fail)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := f.m.GetSnapshot(ctx, "s-fail"); errdefs.IsNotFound(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the failed snapshot was not removed after the copy up")
+		}
+	}
+	if b := backingOf(t, vm.SystemDisk); b != img {
+		t.Fatalf("after the failed snapshot went, the vm reads through %q", b)
+	}
+
 	// A VMM that holds the file writable after the switch (one taken
 	// over before it can have kept a descriptor; here the test process
 	// plays it): the snapshot gets a copy, not the file the VMM can write.
@@ -207,10 +271,12 @@ func TestSnapshotOverlaid(t *testing.T) {
 // leaves an overlay beside the VM's disk. Recorded a reader of its
 // snapshot, the switch was decided: the next daemon switches the live
 // VMM, renames the overlay over the disk and keeps the snapshot, ready.
-// Not recorded, the overlay goes and so does the half-made snapshot.
+// Not recorded, the overlay goes and so does the half-made snapshot. One
+// whose work disk was still being copied is kept failed, not ready.
 func TestSettleSwitch(t *testing.T) {
-	for _, decided := range []bool{true, false} {
-		t.Run(fmt.Sprint("decided=", decided), func(t *testing.T) {
+	for _, c := range []struct{ decided, partial bool }{{true, false}, {true, true}, {false, false}} {
+		decided, partial := c.decided, c.partial
+		t.Run(fmt.Sprintf("decided=%v,partial=%v", decided, partial), func(t *testing.T) {
 			f, ov, vm, img := overlayFixture(t)
 			ov.stream = func(string) error { return errors.New("not now") }
 			ctx := context.Background()
@@ -229,6 +295,11 @@ func TestSettleSwitch(t *testing.T) {
 				t.Fatal(err)
 			}
 			writeOverlay(t, vm.SystemDisk+nextSuffix, snapFile)
+			if partial {
+				if err := os.WriteFile(filepath.Join(sn.Dir, partialMark), nil, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
 			if decided {
 				if err := f.st.SetSnapshotReader(ctx, sn.ID, vm.ID); err != nil {
 					t.Fatal(err)
@@ -255,8 +326,12 @@ func TestSettleSwitch(t *testing.T) {
 				if b := backingOf(t, vm.SystemDisk); b != snapFile {
 					t.Fatalf("vm reads through %q, want the snapshot's", b)
 				}
-				if len(all) != 1 || all[0].State != model.SnapshotReady {
-					t.Fatalf("snapshots = %+v, want the half-made one kept ready", all)
+				want := model.SnapshotReady
+				if partial {
+					want = model.SnapshotFailed // its work disk was not whole
+				}
+				if len(all) != 1 || all[0].State != want {
+					t.Fatalf("snapshots = %+v, want the half-made one kept %s", all, want)
 				}
 			} else {
 				if len(ov.overlays) != 0 {

@@ -173,13 +173,13 @@ func (m *Manager) createSnapshot(ctx context.Context, ref, name string, tmpl *te
 	frozen := time.Since(start)
 	var cloned [2]bool
 	var overlaid bool
-	if err == nil {
-		cloned[1], err = storage.CaptureFile(sctx, vm.WorkDisk, filepath.Join(sn.Dir, snapWorkName))
-	}
-	// The system disk last: a clone where the filesystem shares blocks
-	// (constant time, and nothing to copy later), else overlaid (once
-	// overlaid, the VM reads through the snapshot, which must then be
-	// kept whatever follows), else copied.
+	var backup *workBackup
+	// The system disk first: a clone where the filesystem shares blocks
+	// (constant time, and nothing to copy later), else taken in place
+	// (overlaySystem: once it is, the VM reads through the snapshot,
+	// which must then be kept whatever follows), else copied. First,
+	// since the VMM's work disk copy below would slow the switch down
+	// (QEMU drains every disk's I/O for it).
 	sysSnap := snapshotSystemFile(sn.Dir, vm.SystemDisk)
 	if err == nil {
 		cloned[0], err = storage.CaptureByClone(vm.SystemDisk, sysSnap)
@@ -189,6 +189,19 @@ func (m *Manager) createSnapshot(ctx context.Context, ref, name string, tmpl *te
 	}
 	if err == nil && !cloned[0] && !overlaid {
 		_, err = storage.CaptureFile(sctx, vm.SystemDisk, sysSnap)
+	}
+	// The work disk: a clone, else copied by the VMM once the guest runs
+	// on, else copied now.
+	var capErr error
+	workSnap := filepath.Join(sn.Dir, snapWorkName)
+	if err == nil {
+		cloned[1], capErr = storage.CaptureByClone(vm.WorkDisk, workSnap)
+	}
+	if err == nil && capErr == nil && !cloned[1] {
+		backup, capErr = m.startWorkBackup(sctx, vm, sn, drv, vh, workSnap)
+	}
+	if err == nil && capErr == nil && !cloned[1] && backup == nil {
+		_, capErr = storage.CaptureFile(sctx, vm.WorkDisk, workSnap)
 	}
 	captured := time.Since(start)
 	// The guest runs on whatever happened (Save resumes it itself when it
@@ -200,15 +213,32 @@ func (m *Manager) createSnapshot(ctx context.Context, ref, name string, tmpl *te
 	if serr := m.save(ctx, &vm); serr != nil {
 		err = errors.Join(err, serr)
 	}
-	if err != nil && !overlaid {
-		return drop(err)
+	if (err != nil || capErr != nil) && !overlaid {
+		if backup != nil {
+			backup.cancel()
+		}
+		return drop(errors.Join(err, capErr))
 	}
 	// The guest's clock stood still while it was frozen.
 	if err := m.stepClock(ctx, vm, drv); err != nil {
 		m.log.Warn("guest clock not set after a snapshot", "vm", vm.Name, "err", err)
 	}
+	if backup != nil && capErr == nil {
+		start := time.Now()
+		if capErr = backup.wait(ctx, sn.Dir); capErr == nil {
+			m.log.Info("vm work disk copied while the guest ran", "vm", vm.Name, "snapshot", sn.Name, "seconds", time.Since(start).Seconds())
+		} else if !overlaid {
+			return drop(capErr)
+		}
+	}
+	if capErr != nil {
+		// Overlaid, so kept, failed: it holds the file the VM reads
+		// through until that is copied up.
+		m.separateLater(vm.ID)
+		return model.Snapshot{}, fmt.Errorf("snapshot vm %s: %w", vm.Name, m.failSnapshot(ctx, sn, errors.Join(err, capErr)))
+	}
 	sn, ferr := m.finishSnapshot(ctx, vm, sn, drop, "frozen_s", captured.Seconds(), "save_s", frozen.Seconds(),
-		"overlaid_system", overlaid, "cloned_system", cloned[0], "cloned_work", cloned[1])
+		"overlaid_system", overlaid, "cloned_system", cloned[0], "cloned_work", cloned[1], "work_copied_after", backup != nil)
 	if ferr == nil && overlaid {
 		m.separateLater(vm.ID)
 	}
@@ -550,7 +580,12 @@ func (m *Manager) reconcileSnapshots(ctx context.Context) {
 		}
 		if rd, ok, err := m.readerOf(ctx, sn.VMID); err == nil && ok && rd.ID == sn.ID {
 			// Its VM's disk was switched onto it (settleSwitch): it was
-			// whole before that, so it is kept.
+			// whole before that, so it is kept, unless its work disk
+			// was still being copied.
+			if _, err := os.Stat(filepath.Join(sn.Dir, partialMark)); err == nil {
+				_ = m.failSnapshot(ctx, sn, errors.New("the daemon stopped while its work disk was being copied"))
+				continue
+			}
 			sn.SizeBytes, sn.State = treeBytes(sn.Dir), model.SnapshotReady
 			if err := errors.Join(syncDir(sn.Dir), m.store.UpdateSnapshot(ctx, sn)); err != nil {
 				m.log.Error("a snapshot its vm reads through could not be recorded ready", "snapshot", sn.Name, "err", err)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -348,4 +349,147 @@ func (d *Driver) Stream(ctx context.Context, h vmm.Handle, diskID, basePath stri
 		}
 		return nil
 	}
+}
+
+// backupOpaque marks the fdset of a backup's target, by job.
+const backupOpaque = "backup:"
+
+// StartBackup implements vmm.Overlayer: the target goes in by descriptor
+// (add-fd), becomes a raw node (blockdev-add) and a blockdev-backup job
+// (sync full, named after the node) copies the disk into it. QEMU
+// refuses to complete a migration while a backup runs, so it starts
+// after Save, on the stopped guest; the job runs once the guest does,
+// copying before the guest overwrites anything the instant's data.
+func (d *Driver) StartBackup(ctx context.Context, h vmm.Handle, diskID, path string) (string, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return "", fmt.Errorf("backup of disk %s: %w", diskID, err)
+	}
+	defer f.Close()
+	node, err := overlayNodeName()
+	if err != nil {
+		return "", err
+	}
+	node = "bk" + strings.TrimPrefix(node, "ovl")
+	err = withQMP(ctx, h.APISocket, func(c *qmp) error {
+		var st qmpStatus
+		if err := c.execute(ctx, "query-status", nil, &st); err != nil {
+			return err
+		}
+		if st.Running {
+			return fmt.Errorf("%w: the guest runs", vmm.ErrNoOverlay)
+		}
+		var added struct {
+			Set int `json:"fdset-id"`
+		}
+		if err := c.executeFD(ctx, "add-fd", map[string]any{"opaque": backupOpaque + node}, f, &added); err != nil {
+			return err
+		}
+		if err := c.execute(ctx, "blockdev-add", map[string]any{
+			"driver": "raw", "node-name": node,
+			"file": map[string]any{"driver": "file", "filename": fdsetPath(added.Set), "locking": "off"},
+		}, nil); err != nil {
+			_ = c.execute(ctx, "remove-fd", map[string]any{"fdset-id": added.Set}, nil)
+			return err
+		}
+		args := map[string]any{"job-id": node, "device": diskID, "target": node, "sync": "full", "auto-dismiss": false}
+		if d.backupSpeed > 0 {
+			args["speed"] = d.backupSpeed
+		}
+		if err := c.execute(ctx, "blockdev-backup", args, nil); err != nil {
+			_ = c.execute(ctx, "blockdev-del", map[string]any{"node-name": node}, nil)
+			_ = c.execute(ctx, "remove-fd", map[string]any{"fdset-id": added.Set}, nil)
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("backup of disk %s: %w", diskID, err)
+	}
+	return node, nil
+}
+
+// WaitBackup implements vmm.Overlayer: it polls the job as Stream does,
+// then takes its target out of QEMU (job-dismiss, blockdev-del,
+// remove-fd), also when the job failed or ctx ended (the job cancelled).
+func (d *Driver) WaitBackup(ctx context.Context, h vmm.Handle, job string) error {
+	var outcome error
+	for {
+		var finished bool
+		err := withQMP(ctx, h.APISocket, func(c *qmp) error {
+			var jobs []qmpJob
+			if err := c.execute(ctx, "query-jobs", nil, &jobs); err != nil {
+				return err
+			}
+			for _, j := range jobs {
+				if j.ID == job {
+					if j.Status == "concluded" {
+						finished = true
+						if j.Error != "" {
+							outcome = errors.New(j.Error)
+						}
+					}
+					return nil
+				}
+			}
+			finished, outcome = true, errors.New("its job is gone")
+			return nil
+		})
+		if err != nil {
+			outcome = err
+			break
+		}
+		if finished {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			outcome = ctx.Err()
+		case <-time.After(streamPoll):
+		}
+		if outcome != nil {
+			break
+		}
+	}
+	// Taken out whatever happened, with a context of its own: the
+	// target must not stay open in QEMU.
+	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cerr := withQMP(cctx, h.APISocket, func(c *qmp) error {
+		if outcome != nil {
+			_ = c.execute(cctx, "block-job-cancel", map[string]any{"device": job, "force": true}, nil)
+			for i := 0; i < 50; i++ {
+				var jobs []qmpJob
+				if c.execute(cctx, "query-jobs", nil, &jobs) != nil || !slices.ContainsFunc(jobs, func(j qmpJob) bool { return j.ID == job && j.Status != "concluded" }) {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+		_ = c.execute(cctx, "job-dismiss", map[string]any{"id": job}, nil)
+		if err := c.execute(cctx, "blockdev-del", map[string]any{"node-name": job}, nil); err != nil {
+			return err
+		}
+		var sets []qmpFdset
+		if err := c.execute(cctx, "query-fdsets", nil, &sets); err != nil {
+			return err
+		}
+		for _, s := range sets {
+			for _, f := range s.FDs {
+				if f.Opaque == backupOpaque+job {
+					if err := c.execute(cctx, "remove-fd", map[string]any{"fdset-id": s.ID, "fd": f.FD}, nil); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		return nil
+	})
+	if outcome != nil {
+		return fmt.Errorf("backup %s: %w", job, outcome)
+	}
+	if cerr != nil {
+		return fmt.Errorf("backup %s: take its target out: %w", job, cerr)
+	}
+	return nil
 }

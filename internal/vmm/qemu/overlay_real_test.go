@@ -131,3 +131,83 @@ func TestRealOverlay(t *testing.T) {
 	runCmd(t, "qemu-io", "-r", "-c", "read -P 7 0 1M", root)
 	assertNothingLeft(t, spec)
 }
+
+// TestRealBackup copies a raw disk as it is at a Save into a file while
+// the guest runs on and writes it (QEMU's own qemu-io over HMP stands in
+// for the guest): the copy holds the instant's data, the disk the new
+// data, and QEMU keeps nothing of the copy's file once WaitBackup
+// returns. A running guest is refused.
+func TestRealBackup(t *testing.T) {
+	needQEMU(t)
+	ctx := context.Background()
+	d := New(Options{Machine: MachineQ35, Accel: "tcg"})
+	spec := firmwareSpec(t)
+	dir := spec.Dir
+	work := filepath.Join(dir, "work.ext4")
+	runCmd(t, "truncate", "-s", "64M", work)
+	runCmd(t, "qemu-io", "-f", "raw", "-c", "write -P 9 0 1M", "-c", "write -P 9 63M 1M", work)
+	spec.Disks = []vmm.Disk{{ID: "work", Path: work, Format: vmm.FormatRaw}}
+	killAfter(t, d, spec)
+	h, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyPath := filepath.Join(dir, "copy.ext4")
+	runCmd(t, "truncate", "-s", "64M", copyPath)
+	if _, err := d.StartBackup(ctx, h, "work", copyPath); !errors.Is(err, vmm.ErrNoOverlay) {
+		t.Fatalf("StartBackup of a running guest: %v, want ErrNoOverlay", err)
+	}
+	state := filepath.Join(dir, "state")
+	if err := os.Mkdir(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Save(ctx, h, state); err != nil {
+		t.Fatal(err)
+	}
+	d.backupSpeed = 1 << 20 // the writes below land before the copy reaches the end
+	job, err := d.StartBackup(ctx, h, "work", copyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hmp := func(c *qmp, cmd string) error {
+		return c.execute(ctx, "human-monitor-command", map[string]any{"command-line": cmd}, nil)
+	}
+	if err := d.Resume(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if err := withQMP(ctx, h.APISocket, func(c *qmp) error {
+		if err := hmp(c, `qemu-io work "write -P 5 0 1M"`); err != nil {
+			return err
+		}
+		if err := hmp(c, `qemu-io work "write -P 5 63M 1M"`); err != nil {
+			return err
+		}
+		var jobs []struct {
+			ID       string `json:"id"`
+			Status   string `json:"status"`
+			Progress int64  `json:"current-progress"`
+			Total    int64  `json:"total-progress"`
+		}
+		if err := c.execute(ctx, "query-jobs", nil, &jobs); err != nil {
+			return err
+		}
+		if len(jobs) != 1 || jobs[0].Status != "running" || jobs[0].Progress >= 63<<20 {
+			return fmt.Errorf("the writes did not land while the copy was short of them: %+v", jobs)
+		}
+		return c.execute(ctx, "block-job-set-speed", map[string]any{"device": job, "speed": 0}, nil)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.WaitBackup(ctx, h, job); err != nil {
+		t.Fatal(err)
+	}
+	if open, _ := openMode(t, h.PID, copyPath); open {
+		t.Fatal("qemu still holds the copy's file")
+	}
+	if err := d.Kill(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	runCmd(t, "qemu-io", "-f", "raw", "-r", "-c", "read -P 9 0 1M", "-c", "read -P 9 63M 1M", copyPath)
+	runCmd(t, "qemu-io", "-f", "raw", "-r", "-c", "read -P 5 0 1M", "-c", "read -P 5 63M 1M", work)
+	assertNothingLeft(t, spec)
+}

@@ -67,6 +67,9 @@ type Options struct {
 // vmm.AccelReporter, vmm.Confiner, vmm.Snapshotter and vmm.Controller.
 type Driver struct {
 	opts Options
+	// backupSpeed caps a StartBackup's copy (bytes/s; 0: none), for a
+	// test to write while one goes.
+	backupSpeed int64
 
 	mu       sync.Mutex
 	decided  bool
