@@ -2,6 +2,7 @@ package vms
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -60,9 +61,15 @@ func (m *Manager) StartFlatten(ctx context.Context) {
 	for _, sn := range all {
 		m.flattenIfDeep(sn, all)
 		// A VM that reads through a snapshot of itself goes on copying
-		// it up (overlay.go).
+		// it up (overlay.go); a failed snapshot nothing reads through
+		// any more goes.
 		if sn.VMID != "" {
 			m.separateIfReader(ctx, sn.VMID)
+		}
+		if sn.State == model.SnapshotFailed {
+			if rd, ok, err := m.readerOf(ctx, sn.VMID); err == nil && (!ok || rd.ID != sn.ID) {
+				m.removeFailed(ctx, sn.ID)
+			}
 		}
 	}
 }
@@ -132,6 +139,13 @@ func (m *Manager) flatten(ctx context.Context, id string) error {
 	}
 	if sn.BaseID == "" {
 		return nil
+	}
+	// The VM it was taken of may read through it in place (overlay.go):
+	// its VMM reads the file as it is, through the base, and its copy up
+	// names that base; flattened under it, the VM would be told the wrong
+	// backing. It can be flattened once the copy is done.
+	if rd, ok, err := m.readerOf(ctx, sn.VMID); err != nil || (ok && rd.ID == sn.ID) {
+		return errors.Join(err, errors.New("the vm it was taken of still reads through it"))
 	}
 	im, err := m.store.GetImage(ctx, sn.ImageID)
 	if err != nil {

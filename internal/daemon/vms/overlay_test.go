@@ -347,3 +347,47 @@ func TestSettleSwitch(t *testing.T) {
 		})
 	}
 }
+
+// TestFlattenWaitsForReader: a snapshot its VM still reads through in
+// place is not flattened (the VM's copy up names the base the VMM reads
+// through); once the VM is copied up it is.
+func TestFlattenWaitsForReader(t *testing.T) {
+	f, ov, vm, _ := overlayFixture(t)
+	ctx := context.Background()
+	release := make(chan struct{})
+	ov.stream = func(base string) error {
+		<-release
+		writeOverlay(t, vm.SystemDisk, base)
+		return nil
+	}
+	ov.err = fmt.Errorf("%w: copy this one", vmm.ErrNoOverlay)
+	s0, err := f.m.CreateSnapshot(ctx, "dev", "s0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ov.err = nil
+	s1, err := f.m.CreateSnapshot(ctx, "dev", "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As if s1 read through s0 (a VM made from s0, snapshotted in place).
+	if err := f.st.SetSnapshotBase(ctx, s1.ID, s0.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.m.flatten(ctx, s1.ID); err == nil || !strings.Contains(err.Error(), "still reads through it") {
+		t.Fatalf("flatten of a snapshot its vm reads through: %v", err)
+	}
+	close(release)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, ok, _ := f.m.readerOf(ctx, vm.ID); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("not copied up")
+		}
+	}
+	err = f.m.flatten(ctx, s1.ID)
+	if err != nil && strings.Contains(err.Error(), "still reads through it") {
+		t.Fatalf("flatten after the copy up: %v", err)
+	}
+}
