@@ -529,7 +529,9 @@ func (m *Manager) checkSystemChain(ctx context.Context, top string, im model.Ima
 func lineageDisks(img, base string, all []model.Snapshot) map[string]string {
 	allowed := map[string]string{img: vmm.FormatRaw}
 	add := func(sn model.Snapshot) {
-		if sn.CowStrategy == "qcow2" && sn.State == model.SnapshotReady {
+		// A failed snapshot keeps the system disk its VM reads through
+		// (overlay.go) until the VM is copied up from it.
+		if sn.CowStrategy == "qcow2" && (sn.State == model.SnapshotReady || sn.State == model.SnapshotFailed) {
 			allowed[filepath.Clean(snapshotSystemFile(sn.Dir, storage.Qcow2File))] = vmm.FormatQcow2
 		}
 	}

@@ -437,6 +437,7 @@ func TestLineageDisks(t *testing.T) {
 		snap("c", "b", model.SnapshotReady),
 		snap("x", "", model.SnapshotReady),
 		snap("half", "", model.SnapshotCreating),
+		snap("failed", "a", model.SnapshotFailed),
 		snap("old", model.SnapshotBaseUnknown, model.SnapshotReady),
 		snap("gone", "missing", model.SnapshotReady),
 		{ID: "ref", CowStrategy: "reflink", State: model.SnapshotReady, Dir: "/s/ref"},
@@ -459,9 +460,10 @@ func TestLineageDisks(t *testing.T) {
 		{"c", files("c", "b", "a")},
 		{"x", files("x")},
 		{"half", files()},
+		{"failed", files("failed", "a")}, // its vm reads through it until copied up
 		{"gone", files("gone")},
 		{"nope", files()},
-		{"old", files("a", "b", "c", "x", "old", "gone", "loop1", "loop2")},
+		{"old", files("a", "b", "c", "x", "failed", "old", "gone", "loop1", "loop2")},
 		{"loop1", files("loop1", "loop2")},
 	} {
 		if got := lineageDisks("/img", c.base, all); !reflect.DeepEqual(got, c.want) {
