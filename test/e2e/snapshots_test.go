@@ -15,6 +15,7 @@ import (
 
 	"github.com/banger/banger/internal/hostnet"
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/proc"
 	"github.com/banger/banger/internal/storage"
 	"github.com/banger/banger/internal/testenv"
 )
@@ -31,35 +32,6 @@ func vmmPID(t *testing.T, v model.VM) int {
 		t.Fatal(err)
 	}
 	return pid
-}
-
-// fileMode reports whether process pid holds the file at path open (by
-// inode) and whether some descriptor on it is writable.
-func fileMode(t *testing.T, pid int, path string) (open, writable bool) {
-	t.Helper()
-	want, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := fmt.Sprintf("/proc/%d/fd", pid)
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		if fi, err := os.Stat(filepath.Join(dir, e.Name())); err != nil || !os.SameFile(fi, want) {
-			continue
-		}
-		open = true
-		info, _ := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, e.Name()))
-		for _, l := range strings.Split(string(info), "\n") {
-			if v, ok := strings.CutPrefix(l, "flags:"); ok {
-				f, _ := strconv.ParseInt(strings.TrimSpace(v), 8, 64)
-				writable = writable || int(f)&(os.O_WRONLY|os.O_RDWR) != 0
-			}
-		}
-	}
-	return open, writable
 }
 
 // allocatedBytes is the room a file takes on disk.
@@ -149,7 +121,7 @@ func TestVMSnapshot(t *testing.T) {
 		t.Errorf("the snapshot's system disk is not the file the vm had (%v): copied, not taken in place", err)
 	}
 	sysSum := fileSum(t, sysSnap)
-	if open, w := fileMode(t, vmmPID(t, v), sysSnap); w {
+	if open, w := proc.Holds(vmmPID(t, v), sysSnap); w {
 		t.Errorf("the vmm holds the snapshot's system disk writable (open %v)", open)
 	}
 	var im model.Image

@@ -6,11 +6,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/proc"
 	"github.com/banger/banger/internal/storage"
 	"github.com/banger/banger/internal/store"
 	"github.com/banger/banger/internal/vmm"
@@ -341,48 +340,15 @@ func (m *Manager) settleSwitch(ctx context.Context, vm model.VM, drv vmm.Driver,
 
 // holdsFile reports whether process pid has the file at path open.
 func holdsFile(pid int, path string) bool {
-	return heldAs(pid, path, false)
+	open, _ := proc.Holds(pid, path)
+	return open
 }
 
 // holdsWritable reports whether process pid has the file at path open
 // for writing.
 func holdsWritable(pid int, path string) bool {
-	return heldAs(pid, path, true)
-}
-
-// heldAs scans /proc/<pid>/fd for the file at path (by inode); with
-// writable, only descriptors open for writing count (their fdinfo flags).
-func heldAs(pid int, path string, writable bool) bool {
-	want, err := os.Stat(path)
-	if err != nil || pid <= 0 {
-		return false
-	}
-	dir := fmt.Sprintf("/proc/%d/fd", pid)
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return false
-	}
-	for _, e := range ents {
-		fi, err := os.Stat(filepath.Join(dir, e.Name()))
-		if err != nil || !os.SameFile(fi, want) {
-			continue
-		}
-		if !writable {
-			return true
-		}
-		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, e.Name()))
-		if err != nil {
-			continue
-		}
-		for _, l := range strings.Split(string(info), "\n") {
-			if v, ok := strings.CutPrefix(l, "flags:"); ok {
-				if f, err := strconv.ParseInt(strings.TrimSpace(v), 8, 64); err == nil && int(f)&(os.O_WRONLY|os.O_RDWR) != 0 {
-					return true
-				}
-			}
-		}
-	}
-	return false
+	_, w := proc.Holds(pid, path)
+	return w
 }
 
 // The work disk is raw (the host reads a stopped VM's with debugfs), so

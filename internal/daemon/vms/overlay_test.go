@@ -350,13 +350,19 @@ func TestSettleSwitch(t *testing.T) {
 
 // TestFlattenWaitsForReader: a snapshot its VM still reads through in
 // place is not flattened (the VM's copy up names the base the VMM reads
-// through); once the VM is copied up it is.
+// through); once the VM is copied up it is. (A flatten that comes while
+// the copy runs waits for the snapshot's lock, which the copy holds.)
 func TestFlattenWaitsForReader(t *testing.T) {
 	f, ov, vm, _ := overlayFixture(t)
 	ctx := context.Background()
-	release := make(chan struct{})
+	var mu sync.Mutex
+	copyUp := false
 	ov.stream = func(base string) error {
-		<-release
+		mu.Lock()
+		defer mu.Unlock()
+		if !copyUp {
+			return errors.New("not now")
+		}
 		writeOverlay(t, vm.SystemDisk, base)
 		return nil
 	}
@@ -377,14 +383,23 @@ func TestFlattenWaitsForReader(t *testing.T) {
 	if err := f.m.flatten(ctx, s1.ID); err == nil || !strings.Contains(err.Error(), "still reads through it") {
 		t.Fatalf("flatten of a snapshot its vm reads through: %v", err)
 	}
-	close(release)
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if _, ok, _ := f.m.readerOf(ctx, vm.ID); !ok {
+	mu.Lock()
+	copyUp = true
+	mu.Unlock()
+	// The attempt the snapshot started (which failed) is over first.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		f.m.flat.mu.Lock()
+		n := len(f.m.flat.separating)
+		f.m.flat.mu.Unlock()
+		if n == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("not copied up")
+			t.Fatal("the first copy up attempt did not end")
 		}
+	}
+	if err := f.m.awaitSeparated(ctx, vm.ID); err != nil {
+		t.Fatal(err)
 	}
 	err = f.m.flatten(ctx, s1.ID)
 	if err != nil && strings.Contains(err.Error(), "still reads through it") {

@@ -308,15 +308,25 @@ func (d *Driver) Stream(ctx context.Context, h vmm.Handle, diskID, basePath stri
 	if err := withQMP(ctx, h.APISocket, start); err != nil {
 		return fmt.Errorf("stream disk %s: %w", diskID, err)
 	}
+	if err := awaitJob(ctx, h.APISocket, job); err != nil {
+		return fmt.Errorf("stream disk %s: %w", diskID, err)
+	}
+	return nil
+}
+
+// errJobGone: the job awaited is not in QEMU (a VMM that restarted).
+var errJobGone = errors.New("its job is gone (the VMM restarted?)")
+
+// awaitJob polls QEMU (a fresh QMP connection each streamPoll: QEMU serves
+// one client at a time, and a job can take minutes) until the job, made
+// with auto-dismiss off, concludes, and dismisses it. It returns the
+// job's error, errJobGone, or the error that ended the wait (ctx, QMP),
+// the job then left as it is.
+func awaitJob(ctx context.Context, socket, job string) error {
 	for {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("stream disk %s: %w", diskID, ctx.Err())
-		case <-time.After(streamPoll):
-		}
 		var outcome error
 		var finished bool
-		err := withQMP(ctx, h.APISocket, func(c *qmp) error {
+		err := withQMP(ctx, socket, func(c *qmp) error {
 			var jobs []qmpJob
 			if err := c.execute(ctx, "query-jobs", nil, &jobs); err != nil {
 				return err
@@ -334,20 +344,20 @@ func (d *Driver) Stream(ctx context.Context, h vmm.Handle, diskID, basePath stri
 				}
 				return c.execute(ctx, "job-dismiss", map[string]any{"id": job}, nil)
 			}
-			finished = true
-			outcome = errors.New("its copy job is gone (the VMM restarted?)")
+			finished, outcome = true, errJobGone
 			return nil
 		})
 		if err != nil {
-			return fmt.Errorf("stream disk %s: %w", diskID, err)
+			return err
 		}
-		if !finished {
-			continue
+		if finished {
+			return outcome
 		}
-		if outcome != nil {
-			return fmt.Errorf("stream disk %s: %w", diskID, outcome)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(streamPoll):
 		}
-		return nil
 	}
 }
 
@@ -409,54 +419,18 @@ func (d *Driver) StartBackup(ctx context.Context, h vmm.Handle, diskID, path str
 	return node, nil
 }
 
-// WaitBackup implements vmm.Overlayer: it polls the job as Stream does,
+// WaitBackup implements vmm.Overlayer: it waits for the job (awaitJob),
 // then takes its target out of QEMU (job-dismiss, blockdev-del,
 // remove-fd), also when the job failed or ctx ended (the job cancelled).
 func (d *Driver) WaitBackup(ctx context.Context, h vmm.Handle, job string) error {
-	var outcome error
-	for {
-		var finished bool
-		err := withQMP(ctx, h.APISocket, func(c *qmp) error {
-			var jobs []qmpJob
-			if err := c.execute(ctx, "query-jobs", nil, &jobs); err != nil {
-				return err
-			}
-			for _, j := range jobs {
-				if j.ID == job {
-					if j.Status == "concluded" {
-						finished = true
-						if j.Error != "" {
-							outcome = errors.New(j.Error)
-						}
-					}
-					return nil
-				}
-			}
-			finished, outcome = true, errors.New("its job is gone")
-			return nil
-		})
-		if err != nil {
-			outcome = err
-			break
-		}
-		if finished {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			outcome = ctx.Err()
-		case <-time.After(streamPoll):
-		}
-		if outcome != nil {
-			break
-		}
-	}
+	outcome := awaitJob(ctx, h.APISocket, job)
 	// Taken out whatever happened, with a context of its own: the
 	// target must not stay open in QEMU.
 	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cerr := withQMP(cctx, h.APISocket, func(c *qmp) error {
-		if outcome != nil {
+		if outcome != nil && !errors.Is(outcome, errJobGone) {
+			// Cut short (ctx, QMP) or failed: cancelled if it runs.
 			_ = c.execute(cctx, "block-job-cancel", map[string]any{"device": job, "force": true}, nil)
 			for i := 0; i < 50; i++ {
 				var jobs []qmpJob

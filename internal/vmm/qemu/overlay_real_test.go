@@ -6,44 +6,20 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 
+	"github.com/banger/banger/internal/proc"
 	"github.com/banger/banger/internal/vmm"
 )
 
-// openMode reports whether pid holds the file at path open (by inode: a
-// file renamed or linked since counts) and whether writable.
+// openMode reports whether pid holds the file at path open and whether
+// writable.
 func openMode(t *testing.T, pid int, path string) (open, writable bool) {
 	t.Helper()
-	want, err := os.Stat(path)
-	if err != nil {
+	if _, err := os.Stat(path); err != nil {
 		t.Fatal(err)
 	}
-	dir := fmt.Sprintf("/proc/%d/fd", pid)
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		fi, err := os.Stat(filepath.Join(dir, e.Name()))
-		if err != nil || !os.SameFile(fi, want) {
-			continue
-		}
-		open = true
-		info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, l := range strings.Split(string(info), "\n") {
-			if v, ok := strings.CutPrefix(l, "flags:"); ok {
-				f, _ := strconv.ParseInt(strings.TrimSpace(v), 8, 64)
-				writable = writable || int(f)&(os.O_WRONLY|os.O_RDWR) != 0
-			}
-		}
-	}
-	return open, writable
+	return proc.Holds(pid, path)
 }
 
 // TestRealOverlay captures a running machine's qcow2 disk twice the way a
