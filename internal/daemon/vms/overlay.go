@@ -181,6 +181,14 @@ func (m *Manager) separate(ctx context.Context, vmID string) error {
 			return err
 		}
 		m.removeFailed(ctx, sn.ID)
+		// A flatten refused while the VM read through it can go now.
+		if all, err := m.store.ListSnapshots(ctx); err == nil {
+			for _, o := range all {
+				if o.ID == sn.ID {
+					m.flattenIfDeep(o, all)
+				}
+			}
+		}
 	}
 	return nil
 }

@@ -41,18 +41,29 @@ func dialQMP(ctx context.Context, socket string) (*qmp, error) {
 	}
 	c := &qmp{conn: conn, r: bufio.NewReader(conn)}
 	c.setDeadline(ctx)
-	var greet struct {
-		QMP *struct {
-			Version json.RawMessage `json:"version"`
-		} `json:"QMP"`
-	}
-	if err := c.readMsg(&greet); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("qmp greeting on %s: %w", socket, err)
-	}
-	if greet.QMP == nil {
-		conn.Close()
-		return nil, fmt.Errorf("qmp greeting on %s: not a QMP server", socket)
+	// The greeting comes first. Once, a connection made right after a
+	// backup job started read another line first (most likely an event):
+	// events are skipped, and an error quotes what came.
+	for i := 0; ; i++ {
+		line, err := c.r.ReadBytes('\n')
+		if err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("qmp greeting on %s: %w", socket, err)
+		}
+		var greet struct {
+			QMP *struct {
+				Version json.RawMessage `json:"version"`
+			} `json:"QMP"`
+			Event string `json:"event"`
+		}
+		jerr := json.Unmarshal(line, &greet)
+		if jerr == nil && greet.QMP != nil {
+			break
+		}
+		if jerr != nil || greet.Event == "" || i >= 16 {
+			conn.Close()
+			return nil, fmt.Errorf("qmp greeting on %s: not a QMP server (read %.200q)", socket, line)
+		}
 	}
 	if err := c.execute(ctx, "qmp_capabilities", nil, nil); err != nil {
 		conn.Close()

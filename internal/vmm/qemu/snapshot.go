@@ -109,13 +109,25 @@ func processLogTail(pid int) string {
 // spare writable descriptor of a disk Overlay added (dropWritable; if
 // that fails, the next Overlay of the disk refuses).
 func (d *Driver) Resume(ctx context.Context, h vmm.Handle) error {
-	return withQMP(ctx, h.APISocket, func(c *qmp) error {
-		if err := c.execute(ctx, "cont", nil, nil); err != nil {
+	// A guest left frozen is the worst outcome: a connection that fails
+	// before QEMU answered is tried again, briefly.
+	var err error
+	for range 5 {
+		answered := false
+		err = withQMP(ctx, h.APISocket, func(c *qmp) error {
+			answered = true
+			if err := c.execute(ctx, "cont", nil, nil); err != nil {
+				return err
+			}
+			_ = dropWritable(c)
+			return nil
+		})
+		if err == nil || answered || !d.Alive(h) || ctx.Err() != nil {
 			return err
 		}
-		_ = dropWritable(c)
-		return nil
-	})
+		time.Sleep(100 * time.Millisecond)
+	}
+	return err
 }
 
 // Restore starts QEMU for spec with -incoming defer and hands it
