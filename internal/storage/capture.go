@@ -2,7 +2,6 @@ package storage
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -75,27 +74,13 @@ func sparseCopy(ctx context.Context, in, out *os.File, size int64) error {
 		return err
 	}
 	buf := make([]byte, 1<<20)
-	for off := int64(0); off < size; {
+	return walkData(in, size, func(d Extent) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			return nil // only a hole is left
-		}
-		if err != nil {
-			return fmt.Errorf("seek data: %w", err)
-		}
-		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
-		if err != nil {
-			return fmt.Errorf("seek hole: %w", err)
-		}
-		if _, err := io.CopyBuffer(io.NewOffsetWriter(out, data), io.NewSectionReader(in, data, hole-data), buf); err != nil {
-			return err
-		}
-		off = hole
-	}
-	return nil
+		_, err := io.CopyBuffer(io.NewOffsetWriter(out, d.Off), io.NewSectionReader(in, d.Off, d.Len), buf)
+		return err
+	})
 }
 
 // ForkQcow2 makes dst a qcow2 overlay whose backing file is the qcow2

@@ -15,6 +15,36 @@ type Extent struct{ Off, Len int64 }
 // its disk, and the map is kept in memory.
 const MaxHoles = 1 << 20
 
+// errStopWalk ends walkData early without an error.
+var errStopWalk = errors.New("stop")
+
+// walkData calls each for every data extent of f (of size bytes), in
+// order, as SEEK_DATA/SEEK_HOLE see them. Its time is proportional to the
+// extents, not the size. each returning errStopWalk ends the walk.
+func walkData(f *os.File, size int64, each func(Extent) error) error {
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			return nil // only a hole is left
+		}
+		if err != nil {
+			return fmt.Errorf("seek data: %w", err)
+		}
+		hole, err := unix.Seek(int(f.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return fmt.Errorf("seek hole: %w", err)
+		}
+		if err := each(Extent{data, hole - data}); err != nil {
+			if errors.Is(err, errStopWalk) {
+				return nil
+			}
+			return err
+		}
+		off = hole
+	}
+	return nil
+}
+
 // Holes returns the holes of the file at path as SEEK_DATA/SEEK_HOLE see
 // them, in order, the one at its end included, at most MaxHoles (the
 // first ones: a file with more simply keeps the rest allocated where
@@ -31,23 +61,22 @@ func Holes(path string) ([]Extent, error) {
 	}
 	size := fi.Size()
 	var holes []Extent
-	for off := int64(0); off < size && len(holes) < MaxHoles; {
-		data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			holes = append(holes, Extent{off, size - off})
-			break
+	end := int64(0) // where the last data extent ended
+	err = walkData(f, size, func(d Extent) error {
+		if d.Off > end {
+			holes = append(holes, Extent{end, d.Off - end})
 		}
-		if err != nil {
-			return nil, fmt.Errorf("holes of %s: seek data: %w", path, err)
+		end = d.Off + d.Len
+		if len(holes) >= MaxHoles {
+			return errStopWalk
 		}
-		if data > off {
-			holes = append(holes, Extent{off, data - off})
-		}
-		hole, err := unix.Seek(int(f.Fd()), data, unix.SEEK_HOLE)
-		if err != nil {
-			return nil, fmt.Errorf("holes of %s: seek hole: %w", path, err)
-		}
-		off = hole
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("holes of %s: %w", path, err)
+	}
+	if end < size && len(holes) < MaxHoles {
+		holes = append(holes, Extent{end, size - end})
 	}
 	return holes, nil
 }

@@ -32,14 +32,25 @@ type qmpFdset struct {
 // read-only. QEMU closes a removed descriptor only while the guest runs,
 // so this is called once it does.
 func dropWritable(c *qmp) error {
-	ctx := context.Background()
+	return c.removeFDs(context.Background(), fdWritable)
+}
+
+// fdsets is QEMU's query-fdsets.
+func (c *qmp) fdsets(ctx context.Context) ([]qmpFdset, error) {
 	var sets []qmpFdset
-	if err := c.execute(ctx, "query-fdsets", nil, &sets); err != nil {
+	err := c.execute(ctx, "query-fdsets", nil, &sets)
+	return sets, err
+}
+
+// removeFDs removes every descriptor, of any fdset, added with opaque.
+func (c *qmp) removeFDs(ctx context.Context, opaque string) error {
+	sets, err := c.fdsets(ctx)
+	if err != nil {
 		return err
 	}
 	for _, s := range sets {
 		for _, f := range s.FDs {
-			if f.Opaque != fdWritable {
+			if f.Opaque != opaque {
 				continue
 			}
 			if err := c.execute(ctx, "remove-fd", map[string]any{"fdset-id": s.ID, "fd": f.FD}, nil); err != nil {
@@ -191,8 +202,8 @@ func (c *qmp) canReopenReadOnly(ctx context.Context, file string) error {
 	if !ok || err != nil {
 		return fmt.Errorf("qemu opened it by path (%s), not by descriptor", file)
 	}
-	var sets []qmpFdset
-	if err := c.execute(ctx, "query-fdsets", nil, &sets); err != nil {
+	sets, err := c.fdsets(ctx)
+	if err != nil {
 		return err
 	}
 	for _, s := range sets {
@@ -444,20 +455,7 @@ func (d *Driver) WaitBackup(ctx context.Context, h vmm.Handle, job string) error
 		if err := c.execute(cctx, "blockdev-del", map[string]any{"node-name": job}, nil); err != nil {
 			return err
 		}
-		var sets []qmpFdset
-		if err := c.execute(cctx, "query-fdsets", nil, &sets); err != nil {
-			return err
-		}
-		for _, s := range sets {
-			for _, f := range s.FDs {
-				if f.Opaque == backupOpaque+job {
-					if err := c.execute(cctx, "remove-fd", map[string]any{"fdset-id": s.ID, "fd": f.FD}, nil); err != nil {
-						return err
-					}
-				}
-			}
-		}
-		return nil
+		return c.removeFDs(cctx, backupOpaque+job)
 	})
 	if outcome != nil {
 		return fmt.Errorf("backup %s: %w", job, outcome)

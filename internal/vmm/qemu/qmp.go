@@ -45,7 +45,7 @@ func dialQMP(ctx context.Context, socket string) (*qmp, error) {
 	// backup job started read another line first (most likely an event):
 	// events are skipped, and an error quotes what came.
 	for i := 0; ; i++ {
-		line, err := c.r.ReadBytes('\n')
+		line, err := c.readLine()
 		if err != nil {
 			conn.Close()
 			return nil, fmt.Errorf("qmp greeting on %s: %w", socket, err)
@@ -82,8 +82,33 @@ func (c *qmp) setDeadline(ctx context.Context) {
 	_ = c.conn.SetDeadline(dl)
 }
 
+// maxQMPLine bounds one message from QEMU. The largest answers banger
+// asks for (the block graph, query-fdsets of one VM) are a few KiB; a
+// QEMU the guest took over must not make the daemon buffer without end.
+const maxQMPLine = 1 << 20
+
+// readLine reads one message, at most maxQMPLine bytes.
+func (c *qmp) readLine() ([]byte, error) {
+	var line []byte
+	for {
+		part, err := c.r.ReadSlice('\n')
+		if len(line)+len(part) > maxQMPLine {
+			return nil, fmt.Errorf("a QMP message longer than %d bytes", maxQMPLine)
+		}
+		line = append(line, part...)
+		switch err {
+		case nil:
+			return line, nil
+		case bufio.ErrBufferFull:
+			continue
+		default:
+			return nil, err
+		}
+	}
+}
+
 func (c *qmp) readMsg(v any) error {
-	line, err := c.r.ReadBytes('\n')
+	line, err := c.readLine()
 	if err != nil {
 		return err
 	}
