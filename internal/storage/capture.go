@@ -98,32 +98,42 @@ func ForkQcow2(ctx context.Context, backing, dst string) error {
 
 // FlattenQcow2 writes to dst a qcow2 file whose guest-visible content is
 // that of the qcow2 chain topped by src, with the raw image as its only
-// backing file: what the files between src and image hold is copied in
-// (`qemu-img rebase` in its safe mode, over a capture of src). It takes
-// time in what those files hold, not in the image's size. The caller
-// keeps the chain unchanged meanwhile and has checked its headers
-// (CheckQcow2Chain): qemu-img opens every file they name. dst is written
-// through dst+".flat" and synced, so it is whole or unchanged; dst may be
-// src.
-func FlattenQcow2(ctx context.Context, src, image, dst string) (err error) {
+// backing file (RebaseQcow2 onto image).
+func FlattenQcow2(ctx context.Context, src, image, dst string) error {
+	if err := RebaseQcow2(ctx, src, image, "raw", dst); err != nil {
+		return fmt.Errorf("flatten %s: %w", src, err)
+	}
+	return nil
+}
+
+// RebaseQcow2 writes to dst a qcow2 file whose guest-visible content is
+// that of the qcow2 chain topped by src, with backing (of format, "raw"
+// or "qcow2", a file of that chain) as its backing file: what the files
+// between src and backing hold is copied in (`qemu-img rebase` in its
+// safe mode, over a capture of src). It takes time in what those files
+// hold, not in the disk's size. The caller keeps the chain unchanged
+// meanwhile and has checked its headers (CheckQcow2Chain): qemu-img opens
+// every file they name. dst is written through dst+".flat" and synced,
+// so it is whole or unchanged; dst may be src.
+func RebaseQcow2(ctx context.Context, src, backing, format, dst string) (err error) {
 	tmp := dst + ".flat"
 	defer func() {
 		if err != nil {
 			os.Remove(tmp)
-			err = fmt.Errorf("flatten %s onto %s: %w", src, image, err)
+			err = fmt.Errorf("rebase %s onto %s: %w", src, backing, err)
 		}
 	}()
 	if _, err := CaptureFile(ctx, src, tmp); err != nil {
 		return err
 	}
-	if _, err := runArgv(ctx, []string{"qemu-img", "rebase", "-q", "-f", "qcow2", "-b", image, "-F", "raw", tmp}); err != nil {
+	if _, err := runArgv(ctx, []string{"qemu-img", "rebase", "-q", "-f", "qcow2", "-b", backing, "-F", format, tmp}); err != nil {
 		return err
 	}
 	h, err := ReadQcow2Header(tmp)
 	if err != nil {
 		return err
 	}
-	if h.Backing != image || h.BackingFormat != "raw" {
+	if h.Backing != backing || h.BackingFormat != format {
 		return fmt.Errorf("rebased file names %q (%q) as its backing file", h.Backing, h.BackingFormat)
 	}
 	f, err := os.OpenFile(tmp, os.O_RDWR, 0)

@@ -197,6 +197,32 @@ func TestVMSnapshot(t *testing.T) {
 	}
 	h.MustRun("vm", "delete", "--force", "from-paused")
 	h.MustRun("vm", "snapshot", "rm", "sp")
+
+	// A VM killed before its VMM copied its snapshot up is copied by the
+	// daemon: the snapshot goes while the VM is stopped, and the VM boots
+	// with everything it wrote.
+	h.MustRun("vm", "resume", vm)
+	bigSum := strings.Fields(h.MustRun("vm", "exec", vm, "--", "sh", "-c", "head -c 96M /dev/urandom > /var/tmp/big && echo late > /etc/late-sys && sync && sha256sum /var/tmp/big"))[0]
+	h.MustRun("vm", "snapshot", "create", vm, "--name", "s2")
+	h.MustRun("vm", "stop", "--force", vm)
+	start = time.Now()
+	h.MustRun("vm", "snapshot", "rm", "s2")
+	logb, _ := os.ReadFile(filepath.Join(h.StateDir, "bangerd.log"))
+	var copies []string
+	for _, l := range strings.Split(string(logb), "\n") {
+		if strings.Contains(l, "copied up") && strings.Contains(l, `"s2"`) {
+			copies = append(copies, l)
+		}
+	}
+	// Offline when the kill came before the VMM's copy ended (usually).
+	t.Logf("snapshot of a stopped vm removed in %.2fs; its copy up: %s", time.Since(start).Seconds(), strings.Join(copies, "\n"))
+	if b, err := storage.Qcow2Backing(v.SystemDisk); err != nil || b != img {
+		t.Fatalf("after removing its snapshot while stopped, the vm's system disk reads through %q (%v), want the image", b, err)
+	}
+	h.MustRun("vm", "start", vm)
+	if out := h.MustRun("vm", "exec", vm, "--", "sh", "-c", "cat /etc/before-sys /etc/late-sys && sha256sum /var/tmp/big"); !strings.HasPrefix(out, "sys\nlate\n"+bigSum+" ") {
+		t.Fatalf("after its snapshot was copied up offline and removed: %q", out)
+	}
 	h.MustRun("vm", "stop", vm)
 	if _, errOut, code := h.Run("vm", "snapshot", "create", vm); code == 0 || !strings.Contains(errOut, "only a running or paused vm can be snapshotted") {
 		t.Errorf("snapshot of a stopped vm: exit %d, %q", code, errOut)

@@ -35,6 +35,7 @@ type flattener struct {
 	ctx        context.Context
 	busy       map[string]bool
 	separating map[string]chan struct{}
+	failed     map[string]error // a VM's last copy up that failed
 	wg         sync.WaitGroup
 }
 

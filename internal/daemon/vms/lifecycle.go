@@ -727,6 +727,9 @@ func (m *Manager) halt(ctx context.Context, vm model.VM, req api.StopVMRequest) 
 		return vm, err
 	}
 	m.log.Info("vm stopped", "vm", vm.Name)
+	// A copy up its VMM did not finish is the daemon's now (it waits
+	// for the VM's lock, held by the caller).
+	m.separateIfReader(ctx, vm.ID)
 	return vm, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/proc"
 	"github.com/banger/banger/internal/storage"
@@ -164,20 +165,27 @@ func (m *Manager) underFile(ctx context.Context, sn model.Snapshot) (string, err
 var errNotRunning = errors.New("the vm is not running")
 
 // separate copies the snapshot the VM reads through (taken of it) up into
-// its system disk's overlay (vmm.Overlayer.Stream) and records it reading
-// through what the snapshot reads through. It holds the snapshot's lock
-// (a flatten of it waits: the file the copy names must stay). The VM
-// must run; its header says whether a copy is needed still, so a copy
-// that ended unseen is not made again.
+// its system disk's overlay and records it reading through what the
+// snapshot reads through: while the VM runs its VMM copies
+// (vmm.Overlayer.Stream), while it is stopped or paused the daemon does
+// (storage.RebaseQcow2). It holds the snapshot's lock (a flatten of it
+// waits: the file the copy names must stay). The VM's header says whether
+// a copy is needed still, so a copy that ended unseen is not made again.
 func (m *Manager) separate(ctx context.Context, vmID string) error {
 	// A snapshot taken while the VM still read through an earlier one
 	// reads through that one: each copy moves the VM one down.
 	for range storage.MaxQcow2Chain {
 		sn, ok, err := m.readerOf(ctx, vmID)
 		if err != nil || !ok {
+			if errors.Is(err, store.ErrNotFound) || errdefs.IsNotFound(err) {
+				return nil // the VM is gone, and its disk with it
+			}
 			return err
 		}
 		if err := m.separateFrom(ctx, vmID, sn); err != nil {
+			if errors.Is(err, store.ErrNotFound) || errdefs.IsNotFound(err) {
+				return nil // the VM went meanwhile
+			}
 			return err
 		}
 		m.removeFailed(ctx, sn.ID)
@@ -195,12 +203,35 @@ func (m *Manager) separate(ctx context.Context, vmID string) error {
 
 // separateFrom is one step of separate: the copy up from sn.
 func (m *Manager) separateFrom(ctx context.Context, vmID string, sn model.Snapshot) error {
-	unlock := m.locks.Lock("snapshot:" + sn.ID)
-	defer unlock()
 	vm, err := m.store.GetVM(ctx, vmID)
 	if err != nil {
 		return err
 	}
+	// Not running: copied by the daemon, under the VM's lock (taken
+	// before the snapshot's, as everywhere), so it cannot start meanwhile.
+	// The wait ends when the VM runs (its VMM copies then): a request that
+	// holds the lock of a running VM may wait for this copy (createSnapshot).
+	offline := false
+	for !m.Alive(vm) {
+		if unlockVM, ok := m.locks.TryLock(vmID); ok {
+			defer unlockVM()
+			offline = true
+			if vm, err = m.store.GetVM(ctx, vmID); err != nil {
+				return err
+			}
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if vm, err = m.store.GetVM(ctx, vmID); err != nil {
+			return err
+		}
+	}
+	unlock := m.locks.Lock("snapshot:" + sn.ID)
+	defer unlock()
 	under, err := m.underFile(ctx, sn)
 	if err != nil {
 		return err
@@ -208,21 +239,28 @@ func (m *Manager) separateFrom(ctx context.Context, vmID string, sn model.Snapsh
 	if b, err := storage.Qcow2Backing(vm.SystemDisk); err == nil && filepath.Clean(b) == filepath.Clean(under) {
 		return m.store.MoveSnapshotUser(ctx, vmID, sn.ID, sn.BaseID)
 	}
-	h, ok := m.handles.get(vm.ID)
-	if !ok || !m.Alive(vm) {
-		return errNotRunning
-	}
-	drv, err := m.driver(vm.VMM)
-	if err != nil {
-		return err
-	}
-	ov, ok := drv.(vmm.Overlayer)
-	if !ok {
-		return fmt.Errorf("vmm %s cannot copy a disk up", vm.VMM)
-	}
 	start := time.Now()
-	if err := ov.Stream(ctx, vmm.Handle{PID: h.PID, APISocket: h.APISocket}, rootDisk, under); err != nil {
-		return err
+	h, ok := m.handles.get(vm.ID)
+	switch alive := ok && m.Alive(vm); {
+	case offline && !alive:
+		if err := m.copyUpOffline(ctx, vm, sn, under); err != nil {
+			return err
+		}
+	case !alive:
+		// It stopped since: its stop asks again (halt).
+		return errNotRunning
+	default:
+		drv, err := m.driver(vm.VMM)
+		if err != nil {
+			return err
+		}
+		ov, ok := drv.(vmm.Overlayer)
+		if !ok {
+			return fmt.Errorf("vmm %s cannot copy a disk up", vm.VMM)
+		}
+		if err := ov.Stream(ctx, vmm.Handle{PID: h.PID, APISocket: h.APISocket}, rootDisk, under); err != nil {
+			return err
+		}
 	}
 	b, err := storage.Qcow2Backing(vm.SystemDisk)
 	if err != nil {
@@ -234,8 +272,26 @@ func (m *Manager) separateFrom(ctx context.Context, vmID string, sn model.Snapsh
 	if err := m.store.MoveSnapshotUser(ctx, vmID, sn.ID, sn.BaseID); err != nil {
 		return err
 	}
-	m.log.Info("vm system disk copied up from its snapshot", "vm", vm.Name, "snapshot", sn.Name, "seconds", time.Since(start).Seconds())
+	m.log.Info("vm system disk copied up from its snapshot", "vm", vm.Name, "snapshot", sn.Name, "offline", offline, "seconds", time.Since(start).Seconds())
 	return nil
+}
+
+// copyUpOffline is separateFrom's copy for a VM that does not run: the
+// VM's system disk is rebased onto under by qemu-img, which opens the
+// chain as root, so its headers are checked first, as before a start.
+func (m *Manager) copyUpOffline(ctx context.Context, vm model.VM, sn model.Snapshot, under string) error {
+	im, err := m.store.GetImage(ctx, vm.ImageID)
+	if err != nil {
+		return store.Describe("image", vm.ImageID, err)
+	}
+	if err := m.checkSystemChain(ctx, vm.SystemDisk, im, sn.ID); err != nil {
+		return fmt.Errorf("system disk: %w", err)
+	}
+	format := vmm.FormatQcow2
+	if sn.BaseID == "" {
+		format = vmm.FormatRaw // the image
+	}
+	return storage.RebaseQcow2(ctx, vm.SystemDisk, under, format, vm.SystemDisk)
 }
 
 // separateLater starts separate for the VM in the background unless it
@@ -259,25 +315,33 @@ func (m *Manager) separateLater(vmID string) <-chan struct{} {
 	f.wg.Add(1)
 	go func(ctx context.Context) {
 		defer f.wg.Done()
+		err := m.separate(ctx, vmID)
 		defer func() {
 			f.mu.Lock()
 			delete(f.separating, vmID)
+			delete(f.failed, vmID)
+			if err != nil {
+				if f.failed == nil {
+					f.failed = map[string]error{}
+				}
+				f.failed[vmID] = err
+			}
 			f.mu.Unlock()
 			close(ch)
 		}()
-		if err := m.separate(ctx, vmID); err != nil {
+		if err != nil {
 			lvl := m.log.Warn
 			if errors.Is(err, errNotRunning) || ctx.Err() != nil {
 				lvl = m.log.Info
 			}
-			lvl("vm system disk still reads through its snapshot; the copy goes on at its next start", "vm", vmID, "err", err)
+			lvl("vm system disk still reads through its snapshot; the copy is tried again at its next start or stop", "vm", vmID, "err", err)
 		}
 	}(f.ctx)
 	return ch
 }
 
 // separateIfReader starts separateLater when the VM reads through a
-// snapshot of itself (after a start, and at the daemon's).
+// snapshot of itself (after a start or a stop, and at the daemon's).
 func (m *Manager) separateIfReader(ctx context.Context, vmID string) {
 	if _, ok, err := m.readerOf(ctx, vmID); err == nil && ok {
 		m.separateLater(vmID)
@@ -285,8 +349,9 @@ func (m *Manager) separateIfReader(ctx context.Context, vmID string) {
 }
 
 // awaitSeparated waits until the VM no longer reads through a snapshot of
-// itself, starting the copy if it is not under way; it says why not when
-// it cannot (the VM does not run, the copy failed, ctx ended).
+// itself, starting the copy if it is not under way (by the VM's VMM while
+// it runs, else by the daemon); it says why not when it cannot (the copy
+// failed, ctx ended).
 func (m *Manager) awaitSeparated(ctx context.Context, vmID string) error {
 	sn, ok, err := m.readerOf(ctx, vmID)
 	if err != nil || !ok {
@@ -304,7 +369,13 @@ func (m *Manager) awaitSeparated(ctx context.Context, vmID string) error {
 	if _, ok, err := m.readerOf(ctx, vmID); err != nil || !ok {
 		return err
 	}
-	return fmt.Errorf("its system disk still reads through snapshot %s (copied up only while it runs)", sn.Name)
+	m.flat.mu.Lock()
+	why := m.flat.failed[vmID]
+	m.flat.mu.Unlock()
+	if why == nil {
+		why = errors.New("the copy up ended")
+	}
+	return fmt.Errorf("its system disk still reads through snapshot %s: %w", sn.Name, why)
 }
 
 // settleSwitch finishes or undoes a switch (overlaySystem) that a daemon

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -404,5 +405,78 @@ func TestFlattenWaitsForReader(t *testing.T) {
 	err = f.m.flatten(ctx, s1.ID)
 	if err != nil && strings.Contains(err.Error(), "still reads through it") {
 		t.Fatalf("flatten after the copy up: %v", err)
+	}
+}
+
+// TestCopyUpOffline: a VM stopped (or paused) before its VMM copied its
+// snapshot up is copied by the daemon: the stop starts the copy, and a
+// removal of the snapshot waits for it, then goes. The copy opens what
+// the VM's VMM wrote, so a header naming a file outside the VM's lineage
+// is refused and the snapshot kept.
+func TestCopyUpOffline(t *testing.T) {
+	for _, tool := range []string{"qemu-img", "qemu-io"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skip(tool + " not installed")
+		}
+	}
+	f, ov, vm, img := overlayFixture(t)
+	ctx := context.Background()
+	streams := 0
+	ov.stream = func(string) error { streams++; return errors.New("qmp: connection reset") }
+	sn, err := f.m.CreateSnapshot(ctx, "dev", "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	snapFile := filepath.Join(sn.Dir, "system.qcow2")
+	if b := backingOf(t, vm.SystemDisk); b != snapFile {
+		t.Fatalf("vm reads through %q, want its snapshot's", b)
+	}
+	// What the guest wrote before the snapshot is in the snapshot's file
+	// only; the copy must bring it into the VM's.
+	qemu := func(argv ...string) {
+		t.Helper()
+		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", argv, err, out)
+		}
+	}
+	qemu("qemu-img", "create", "-q", "-f", "qcow2", "-b", img, "-F", "raw", snapFile+".new", "512")
+	qemu("qemu-io", "-c", "write -P 0xab 0 512", snapFile+".new")
+	if err := os.Rename(snapFile+".new", snapFile); err != nil {
+		t.Fatal(err)
+	}
+
+	// A header the VMM rewrote to name a host file: not copied, kept.
+	writeOverlay(t, vm.SystemDisk, "/etc/passwd")
+	if _, err := f.m.Stop(ctx, "dev", api.StopVMRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	err = f.m.RemoveSnapshot(ctx, "s1")
+	if err == nil || !strings.Contains(err.Error(), "/etc/passwd") || !strings.Contains(err.Error(), "read through by vm dev") {
+		t.Fatalf("removal over a foreign header: %v", err)
+	}
+	if _, err := os.Stat(snapFile); err != nil {
+		t.Fatalf("the snapshot's file went with the copy refused: %v", err)
+	}
+	if rd, ok, _ := f.m.readerOf(ctx, vm.ID); !ok || rd.ID != sn.ID {
+		t.Fatal("vm no longer recorded reading through its snapshot")
+	}
+
+	// Its own header: the stop's copy, or the removal's, copies it.
+	qemu("qemu-img", "create", "-q", "-f", "qcow2", "-b", snapFile, "-F", "qcow2", vm.SystemDisk, "512")
+	if err := f.m.RemoveSnapshot(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if b := backingOf(t, vm.SystemDisk); b != img {
+		t.Fatalf("after the copy the vm reads through %q, want the image", b)
+	}
+	if _, err := os.Stat(sn.Dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("snapshot dir left: %v", err)
+	}
+	qemu("qemu-io", "-r", "-c", "read -P 0xab 0 512", vm.SystemDisk)
+	if matches, _ := filepath.Glob(vm.SystemDisk + ".*"); len(matches) > 0 {
+		t.Fatalf("scratch files left: %v", matches)
+	}
+	if streams == 0 {
+		t.Fatal("the running vm's copy was never tried by its vmm")
 	}
 }

@@ -421,7 +421,7 @@ func (m *Manager) removeSnapshot(ctx context.Context, sn model.Snapshot, kind st
 			return err
 		} else if ok && rd.ID == sn.ID {
 			if err := m.awaitSeparated(ctx, sn.VMID); err != nil {
-				return errdefs.Errorf(errdefs.CodeConflict, "%s %s is read through by vm %s, of which it was taken: %v; start the vm and remove it again, or delete the vm", kind, sn.Name, sn.VMName, err)
+				return errdefs.Errorf(errdefs.CodeConflict, "%s %s is read through by vm %s, of which it was taken, and could not be copied into it: %v", kind, sn.Name, sn.VMName, err)
 			}
 		}
 	}
