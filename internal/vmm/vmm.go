@@ -292,6 +292,12 @@ type Overlayer interface {
 	// regions of the disk that read as zeroes may come out written (not
 	// holes) in the file.
 	WaitBackup(ctx context.Context, h Handle, job string) error
+
+	// DropBackups cancels every copy StartBackup started in the VMM
+	// behind h and lets go of its file, returning how many there were:
+	// for a daemon that restarted, the copies the one before it started
+	// and never waited for (their names went with it).
+	DropBackups(ctx context.Context, h Handle) (int, error)
 }
 
 // ErrNoOverlay: Overlayer.Overlay changed nothing; capture the disk

@@ -552,3 +552,20 @@ func (m *Manager) removeFailed(ctx context.Context, id string) {
 		m.log.Warn("remove a failed snapshot", "snapshot", sn.Name, "err", err)
 	}
 }
+
+// dropBackups cancels, in a VMM found running at the daemon's start, the
+// disk copies a daemon before this one started there and never waited
+// for (a snapshot's work disk: that snapshot is settled without them,
+// reconcileSnapshots), so the VMM lets go of their files.
+func (m *Manager) dropBackups(ctx context.Context, vm model.VM, drv vmm.Driver, vh vmm.Handle) {
+	ov, ok := drv.(vmm.Overlayer)
+	if !ok {
+		return
+	}
+	n, err := ov.DropBackups(ctx, vh)
+	if err != nil {
+		m.log.Warn("reconcile: cancel the disk copies a stopped daemon left in the vmm", "vm", vm.Name, "err", err)
+	} else if n > 0 {
+		m.log.Info("reconcile: cancelled the disk copies a stopped daemon left in the vmm", "vm", vm.Name, "copies", n)
+	}
+}

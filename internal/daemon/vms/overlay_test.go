@@ -28,6 +28,7 @@ type overlayDriver struct {
 	err       error
 	backupErr error
 	overlays  []string
+	drops     int
 	stream    func(base string) error
 }
 
@@ -56,6 +57,14 @@ func (d *overlayDriver) StartBackup(ctx context.Context, h vmm.Handle, diskID, p
 		return "", fmt.Errorf("backup of disk %q", diskID)
 	}
 	return "job", os.WriteFile(path, []byte("backup"), 0o600)
+}
+
+// DropBackups counts its calls.
+func (d *overlayDriver) DropBackups(ctx context.Context, h vmm.Handle) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.drops++
+	return 0, nil
 }
 
 func (d *overlayDriver) WaitBackup(ctx context.Context, h vmm.Handle, job string) error {
@@ -319,6 +328,10 @@ func TestSettleSwitch(t *testing.T) {
 			if err != nil || got.State != model.VMRunning {
 				t.Fatalf("vm after reconcile: %s, %v", got.State, err)
 			}
+			// A work disk's copy the daemon before left in the VMM goes.
+			if ov.drops != 1 {
+				t.Fatalf("the vmm's leftover disk copies were dropped %d times, want once", ov.drops)
+			}
 			all, _ := f.st.ListSnapshots(ctx)
 			if decided {
 				if len(ov.overlays) != 1 {
@@ -478,5 +491,15 @@ func TestCopyUpOffline(t *testing.T) {
 	}
 	if streams == 0 {
 		t.Fatal("the running vm's copy was never tried by its vmm")
+	}
+}
+
+// TestReconcileDropsBackups: a VMM found running at the daemon's start
+// is rid of the disk copies the daemon before started there.
+func TestReconcileDropsBackups(t *testing.T) {
+	f, ov, _, _ := overlayFixture(t)
+	f.m.Reconcile(context.Background())
+	if ov.drops != 1 {
+		t.Fatalf("the vmm's leftover disk copies were dropped %d times, want once", ov.drops)
 	}
 }

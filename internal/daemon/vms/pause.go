@@ -225,6 +225,7 @@ func (m *Manager) reconcilePaused(ctx context.Context, vm model.VM, h model.VMHa
 			vm.State, vm.DesiredState = model.VMRunning, model.VMRunning
 			_ = m.save(ctx, &vm)
 			m.reapplyNet(ctx, vm)
+			m.dropBackups(ctx, vm, drv, vh)
 			m.log.Info("reconcile: vm caught pausing or resuming still runs", "vm", vm.Name, "pid", vh.PID)
 			return
 		}

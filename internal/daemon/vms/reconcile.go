@@ -88,6 +88,7 @@ func (m *Manager) reconcileVM(ctx context.Context, vm model.VM) {
 				_ = m.save(ctx, &vm)
 			}
 			m.reapplyNet(ctx, vm)
+			m.dropBackups(ctx, vm, drv, vh)
 			m.log.Info("reconcile: vm still running", "vm", vm.Name, "pid", vh.PID)
 			return
 		}

@@ -440,22 +440,7 @@ func (d *Driver) WaitBackup(ctx context.Context, h vmm.Handle, job string) error
 	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cerr := withQMP(cctx, h.APISocket, func(c *qmp) error {
-		if outcome != nil && !errors.Is(outcome, errJobGone) {
-			// Cut short (ctx, QMP) or failed: cancelled if it runs.
-			_ = c.execute(cctx, "block-job-cancel", map[string]any{"device": job, "force": true}, nil)
-			for i := 0; i < 50; i++ {
-				var jobs []qmpJob
-				if c.execute(cctx, "query-jobs", nil, &jobs) != nil || !slices.ContainsFunc(jobs, func(j qmpJob) bool { return j.ID == job && j.Status != "concluded" }) {
-					break
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-		}
-		_ = c.execute(cctx, "job-dismiss", map[string]any{"id": job}, nil)
-		if err := c.execute(cctx, "blockdev-del", map[string]any{"node-name": job}, nil); err != nil {
-			return err
-		}
-		return c.removeFDs(cctx, backupOpaque+job)
+		return c.dropBackup(cctx, job, outcome != nil && !errors.Is(outcome, errJobGone))
 	})
 	if outcome != nil {
 		return fmt.Errorf("backup %s: %w", job, outcome)
@@ -464,4 +449,53 @@ func (d *Driver) WaitBackup(ctx context.Context, h vmm.Handle, job string) error
 		return fmt.Errorf("backup %s: take its target out: %w", job, cerr)
 	}
 	return nil
+}
+
+// dropBackup takes the backup job's target out of QEMU (job-dismiss,
+// blockdev-del, remove-fd), cancelling the job first when cancel is set
+// (cut short or failed: it may still run).
+func (c *qmp) dropBackup(ctx context.Context, job string, cancel bool) error {
+	if cancel {
+		_ = c.execute(ctx, "block-job-cancel", map[string]any{"device": job, "force": true}, nil)
+		for i := 0; i < 50; i++ {
+			var jobs []qmpJob
+			if c.execute(ctx, "query-jobs", nil, &jobs) != nil || !slices.ContainsFunc(jobs, func(j qmpJob) bool { return j.ID == job && j.Status != "concluded" }) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	_ = c.execute(ctx, "job-dismiss", map[string]any{"id": job}, nil)
+	if err := c.execute(ctx, "blockdev-del", map[string]any{"node-name": job}, nil); err != nil {
+		return err
+	}
+	return c.removeFDs(ctx, backupOpaque+job)
+}
+
+// DropBackups implements vmm.Overlayer: the copies are found by their
+// targets' fdsets (marked backupOpaque+job by StartBackup).
+func (d *Driver) DropBackups(ctx context.Context, h vmm.Handle) (int, error) {
+	n := 0
+	err := withQMP(ctx, h.APISocket, func(c *qmp) error {
+		sets, err := c.fdsets(ctx)
+		if err != nil {
+			return err
+		}
+		var jobs []string
+		for _, s := range sets {
+			for _, f := range s.FDs {
+				if job, ok := strings.CutPrefix(f.Opaque, backupOpaque); ok && !slices.Contains(jobs, job) {
+					jobs = append(jobs, job)
+				}
+			}
+		}
+		for _, job := range jobs {
+			if err := c.dropBackup(ctx, job, true); err != nil {
+				return fmt.Errorf("backup %s: %w", job, err)
+			}
+			n++
+		}
+		return nil
+	})
+	return n, err
 }

@@ -180,6 +180,44 @@ func TestRealBackup(t *testing.T) {
 	if open, _ := openMode(t, h.PID, copyPath); open {
 		t.Fatal("qemu still holds the copy's file")
 	}
+
+	// A copy whose daemon went before it waited: the next one drops it.
+	lost := filepath.Join(dir, "lost.ext4")
+	runCmd(t, "truncate", "-s", "64M", lost)
+	d.backupSpeed = 1 << 16
+	if err := withQMP(ctx, h.APISocket, func(c *qmp) error { return c.execute(ctx, "stop", nil, nil) }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.StartBackup(ctx, h, "work", lost); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Resume(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if open, _ := openMode(t, h.PID, lost); !open {
+		t.Fatal("qemu does not hold the second copy's file")
+	}
+	if n, err := d.DropBackups(ctx, h); n != 1 || err != nil {
+		t.Fatalf("DropBackups = %d, %v; want the one copy", n, err)
+	}
+	if open, _ := openMode(t, h.PID, lost); open {
+		t.Fatal("qemu still holds a dropped copy's file")
+	}
+	if err := withQMP(ctx, h.APISocket, func(c *qmp) error {
+		var jobs []qmpJob
+		if err := c.execute(ctx, "query-jobs", nil, &jobs); err != nil {
+			return err
+		}
+		if len(jobs) != 0 {
+			return fmt.Errorf("jobs left: %+v", jobs)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := d.DropBackups(ctx, h); n != 0 || err != nil {
+		t.Fatalf("DropBackups with none = %d, %v", n, err)
+	}
 	if err := d.Kill(ctx, h); err != nil {
 		t.Fatal(err)
 	}
