@@ -186,8 +186,17 @@ func TestVMSnapshot(t *testing.T) {
 
 	// A paused VM's snapshot is its saved state and disks as they are; it
 	// stays paused, and a VM made from the snapshot has its files.
+	// Its system disk is taken in place too (no VMM to switch).
 	h.MustRun("vm", "pause", vm)
-	h.MustRun("vm", "snapshot", "create", vm, "--name", "sp")
+	pausedSys, err := os.Stat(v.SystemDisk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sp model.Snapshot
+	h.JSON(&sp, "vm", "snapshot", "create", vm, "--name", "sp")
+	if fi, err := os.Stat(filepath.Join(sp.Dir, "system.qcow2")); err != nil || !os.SameFile(fi, pausedSys) {
+		t.Errorf("the paused vm's snapshot's system disk is not the file the vm had (%v): copied, not taken in place", err)
+	}
 	if st := h.VM(vm).State; st != model.VMPaused {
 		t.Fatalf("after a snapshot of a paused vm: state %s", st)
 	}
@@ -196,7 +205,11 @@ func TestVMSnapshot(t *testing.T) {
 		t.Fatalf("vm from a paused vm's snapshot: %q", out)
 	}
 	h.MustRun("vm", "delete", "--force", "from-paused")
+	// The paused vm reads through it: copied up by the daemon first.
 	h.MustRun("vm", "snapshot", "rm", "sp")
+	if b, err := storage.Qcow2Backing(v.SystemDisk); err != nil || b != img {
+		t.Fatalf("after removing its snapshot while paused, the vm's system disk reads through %q (%v), want the image", b, err)
+	}
 
 	// A VM killed before its VMM copied its snapshot up is copied by the
 	// daemon: the snapshot goes while the VM is stopped, and the VM boots

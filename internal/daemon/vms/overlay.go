@@ -50,56 +50,26 @@ func (m *Manager) overlaySystem(ctx context.Context, vm model.VM, sn model.Snaps
 	if !ok || vm.CowStrategy != "qcow2" || sn.Template != "" {
 		return false, nil
 	}
-	im, err := m.store.GetImage(ctx, vm.ImageID)
+	next, undo, err := m.prepareInPlace(ctx, vm, sn)
 	if err != nil {
-		return false, store.Describe("image", vm.ImageID, err)
-	}
-	fi, err := os.Stat(im.Path)
-	if err != nil {
-		return false, fmt.Errorf("image %s: %w", im.Name, err)
+		return false, err
 	}
 	captured := snapshotSystemFile(sn.Dir, vm.SystemDisk)
-	next := vm.SystemDisk + nextSuffix
-	undo := func() {
-		_ = os.Remove(next)
-		_ = os.Remove(captured)
-	}
-	if err := os.Link(vm.SystemDisk, captured); err != nil {
-		return false, fmt.Errorf("system disk: %w", err)
-	}
-	// Every overlay over the image has its size (storage.Qcow2.Create).
-	if err := storage.WriteQcow2Overlay(next, captured, vmm.FormatQcow2, (fi.Size()+511)&^511); err != nil {
-		undo()
-		return false, err
-	}
-	if err := errors.Join(syncDir(sn.Dir), syncDir(vm.Dir)); err != nil {
-		undo()
-		return false, err
-	}
-	if err := m.store.SetSnapshotReader(ctx, sn.ID, vm.ID); err != nil {
-		undo()
-		return false, err
-	}
-	unrecord := func() error {
-		return m.store.MoveSnapshotUser(ctx, vm.ID, sn.ID, sn.BaseID)
-	}
 	err = ov.Overlay(ctx, vh, rootDisk, next)
 	switch {
 	case errors.Is(err, vmm.ErrOverlaid):
 		m.log.Warn("vm system disk overlaid, with a warning", "vm", vm.Name, "snapshot", sn.Name, "err", err)
 	case errors.Is(err, vmm.ErrNoOverlay):
 		m.log.Info("vm system disk copied, not overlaid", "vm", vm.Name, "snapshot", sn.Name, "why", err)
-		if uerr := unrecord(); uerr != nil {
+		if uerr := undo(); uerr != nil {
 			return false, uerr
 		}
-		undo()
 		return false, nil
 	case err != nil:
 		// Not switched (Overlay undoes what it added): copied instead.
-		if uerr := unrecord(); uerr != nil {
+		if uerr := undo(); uerr != nil {
 			return false, errors.Join(err, uerr)
 		}
-		undo()
 		m.log.Warn("vm system disk copied: overlaying it failed", "vm", vm.Name, "snapshot", sn.Name, "err", err)
 		return false, nil
 	}
@@ -124,6 +94,75 @@ func (m *Manager) overlaySystem(ctx context.Context, vm model.VM, sn model.Snaps
 			_ = os.Remove(tmp)
 			return true, err
 		}
+	}
+	return true, nil
+}
+
+// prepareInPlace does the switch's first two steps for the VM's system
+// disk and the snapshot sn: the file linked into the snapshot, an empty
+// overlay over it written beside the disk (returned: next), both synced,
+// and the VM recorded reading through sn. undo takes all of it back.
+func (m *Manager) prepareInPlace(ctx context.Context, vm model.VM, sn model.Snapshot) (next string, undo func() error, err error) {
+	im, err := m.store.GetImage(ctx, vm.ImageID)
+	if err != nil {
+		return "", nil, store.Describe("image", vm.ImageID, err)
+	}
+	fi, err := os.Stat(im.Path)
+	if err != nil {
+		return "", nil, fmt.Errorf("image %s: %w", im.Name, err)
+	}
+	captured := snapshotSystemFile(sn.Dir, vm.SystemDisk)
+	next = vm.SystemDisk + nextSuffix
+	removeFiles := func() {
+		_ = os.Remove(next)
+		_ = os.Remove(captured)
+	}
+	if err := os.Link(vm.SystemDisk, captured); err != nil {
+		return "", nil, fmt.Errorf("system disk: %w", err)
+	}
+	// Every overlay over the image has its size (storage.Qcow2.Create).
+	if err := storage.WriteQcow2Overlay(next, captured, vmm.FormatQcow2, (fi.Size()+511)&^511); err != nil {
+		removeFiles()
+		return "", nil, err
+	}
+	if err := errors.Join(syncDir(sn.Dir), syncDir(vm.Dir)); err != nil {
+		removeFiles()
+		return "", nil, err
+	}
+	if err := m.store.SetSnapshotReader(ctx, sn.ID, vm.ID); err != nil {
+		removeFiles()
+		return "", nil, err
+	}
+	return next, func() error {
+		if err := m.store.MoveSnapshotUser(ctx, vm.ID, sn.ID, sn.BaseID); err != nil {
+			return err
+		}
+		removeFiles()
+		return nil
+	}, nil
+}
+
+// takePausedInPlace captures a paused VM's qcow2 system disk into the
+// snapshot sn as overlaySystem does a frozen one's, with no VMM to switch
+// (the resume opens the overlay): constant time. false, with everything
+// as it was, when it cannot be (another strategy or VMM, a template); the
+// caller copies the disk then. Its driver must be able to copy up
+// (vmm.Overlayer) once the VM runs again. The caller captures the rest
+// first: once the VM is recorded reading through sn, a daemon's next
+// start keeps sn as it finds it (reconcileSnapshots, settleSwitch).
+func (m *Manager) takePausedInPlace(ctx context.Context, vm model.VM, sn model.Snapshot, drv vmm.Driver) (bool, error) {
+	if _, ok := drv.(vmm.Overlayer); !ok || vm.CowStrategy != "qcow2" || sn.Template != "" {
+		return false, nil
+	}
+	next, undo, err := m.prepareInPlace(ctx, vm, sn)
+	if err != nil {
+		return false, err
+	}
+	if err := os.Rename(next, vm.SystemDisk); err != nil {
+		return false, errors.Join(err, undo())
+	}
+	if err := syncDir(vm.Dir); err != nil {
+		m.log.Warn("sync vm directory", "vm", vm.Name, "err", err)
 	}
 	return true, nil
 }

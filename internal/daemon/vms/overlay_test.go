@@ -492,6 +492,33 @@ func TestCopyUpOffline(t *testing.T) {
 	if streams == 0 {
 		t.Fatal("the running vm's copy was never tried by its vmm")
 	}
+
+	// A VMM that dies before its copy: the daemon copies once it sees.
+	if _, err := f.m.Start(ctx, "dev", nil); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := f.m.CreateSnapshot(ctx, "dev", "s2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := backingOf(t, vm.SystemDisk); b != filepath.Join(s2.Dir, "system.qcow2") {
+		t.Fatalf("vm reads through %q, want s2's", b)
+	}
+	if err := ov.Kill(ctx, vmm.Handle{APISocket: vm.APISocket}); err != nil {
+		t.Fatal(err)
+	}
+	f.m.reapDead(ctx, vm.ID)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, ok, _ := f.m.readerOf(ctx, vm.ID); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a vm whose vmm died still reads through its snapshot")
+		}
+	}
+	if b := backingOf(t, vm.SystemDisk); b != img {
+		t.Fatalf("after the copy the vm reads through %q, want the image", b)
+	}
 }
 
 // TestReconcileDropsBackups: a VMM found running at the daemon's start
@@ -501,5 +528,108 @@ func TestReconcileDropsBackups(t *testing.T) {
 	f.m.Reconcile(context.Background())
 	if ov.drops != 1 {
 		t.Fatalf("the vmm's leftover disk copies were dropped %d times, want once", ov.drops)
+	}
+}
+
+// TestSnapshotPausedInPlace: a paused VM's system disk is taken into its
+// snapshot in place (no VMM to switch: the resume opens the overlay),
+// after its state and work disk were captured; the resumed VM's VMM
+// copies it up. A daemon that stopped mid-switch finishes it at start.
+func TestSnapshotPausedInPlace(t *testing.T) {
+	f, ov, vm, img := overlayFixture(t)
+	ctx := context.Background()
+	var mu sync.Mutex
+	streamed := 0
+	ov.stream = func(base string) error {
+		mu.Lock()
+		defer mu.Unlock()
+		streamed++
+		writeOverlay(t, vm.SystemDisk, base)
+		return nil
+	}
+	if _, err := f.m.Pause(ctx, "dev"); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.Stat(vm.SystemDisk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn, err := f.m.CreateSnapshot(ctx, "dev", "sp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	snapFile := filepath.Join(sn.Dir, "system.qcow2")
+	if fi, err := os.Stat(snapFile); err != nil || !os.SameFile(fi, before) {
+		t.Fatalf("the snapshot's system disk is not the paused vm's file (%v): copied", err)
+	}
+	if b := backingOf(t, vm.SystemDisk); b != snapFile {
+		t.Fatalf("the paused vm reads through %q, want its snapshot's", b)
+	}
+	if rd, ok, _ := f.m.readerOf(ctx, vm.ID); !ok || rd.ID != sn.ID {
+		t.Fatal("vm not recorded reading through its snapshot")
+	}
+	for _, p := range []string{"work.ext4", filepath.Join("state", "fake.state")} {
+		if _, err := os.Stat(filepath.Join(sn.Dir, p)); err != nil {
+			t.Fatalf("snapshot of a paused vm lacks %s: %v", p, err)
+		}
+	}
+	if len(ov.overlays) != 0 {
+		t.Fatalf("a vmm was asked to switch a paused vm: %v", ov.overlays)
+	}
+	if got, _ := f.m.Get(ctx, "dev"); got.State != model.VMPaused {
+		t.Fatalf("after the snapshot: %s, want paused", got.State)
+	}
+	if _, err := f.m.Resume(ctx, "dev", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.m.awaitSeparated(ctx, vm.ID); err != nil {
+		t.Fatal(err)
+	}
+	if b := backingOf(t, vm.SystemDisk); b != img || streamed == 0 {
+		t.Fatalf("after the resume's copy up the vm reads through %q (copies %d)", b, streamed)
+	}
+
+	// Cut short after the decision: the next daemon renames the overlay
+	// over the disk; before it, removes the overlay.
+	for _, decided := range []bool{true, false} {
+		if _, err := f.m.Pause(ctx, "dev"); err != nil {
+			t.Fatal(err)
+		}
+		s2, err := f.m.CreateSnapshot(ctx, "dev", fmt.Sprintf("cut-%v", decided))
+		if err != nil {
+			t.Fatal(err)
+		}
+		file := filepath.Join(s2.Dir, "system.qcow2")
+		// As if the daemon had stopped right before its rename: the
+		// overlay is back under its scratch name, the vm's disk is the
+		// snapshot's file again.
+		if err := os.Rename(vm.SystemDisk, vm.SystemDisk+nextSuffix); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Link(file, vm.SystemDisk); err != nil {
+			t.Fatal(err)
+		}
+		if !decided {
+			if err := f.st.MoveSnapshotUser(ctx, vm.ID, s2.ID, ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+		f.m.Reconcile(ctx)
+		if _, err := os.Stat(vm.SystemDisk + nextSuffix); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("decided=%v: overlay left: %v", decided, err)
+		}
+		want := file
+		if !decided {
+			want = img
+		}
+		if b := backingOf(t, vm.SystemDisk); b != want {
+			t.Fatalf("decided=%v: vm reads through %q, want %q", decided, b, want)
+		}
+		if _, err := f.m.Resume(ctx, "dev", nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.m.awaitSeparated(ctx, vm.ID); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -230,7 +230,9 @@ func (m *Manager) reconcilePaused(ctx context.Context, vm model.VM, h model.VMHa
 			return
 		}
 	}
-	if vm.State == model.VMPausing && err == nil {
+	if (vm.State == model.VMPausing || vm.State == model.VMPaused) && err == nil {
+		// A snapshot's switch cut short: of a frozen VM whose VMM is
+		// gone, or of a paused one (takePausedInPlace).
 		m.settleSwitch(ctx, vm, drv, nil)
 	}
 	// What the daemon before this one parked of the VM's host names

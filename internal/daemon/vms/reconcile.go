@@ -159,6 +159,8 @@ func (m *Manager) markStopped(ctx context.Context, vm model.VM, why string) {
 	vm.State = model.VMStopped
 	vm.LastError = why
 	_ = m.save(ctx, &vm)
+	// A copy up its VMM did not finish is the daemon's now (halt).
+	m.separateIfReader(ctx, vm.ID)
 }
 
 // moveToLostFound moves a VM directory to <state>/lost+found/<id>-<time>,

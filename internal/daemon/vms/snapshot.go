@@ -101,7 +101,12 @@ func (m *Manager) createSnapshot(ctx context.Context, ref, name string, tmpl *te
 		// A VM still copying up its previous snapshot finishes that
 		// first, so its snapshots stay independent of each other (else
 		// this one reads through that one, as a fork's does).
-		if err := m.awaitSeparated(ctx, vm.ID); err != nil {
+		// Bounded: should its VMM end meanwhile, the daemon's copy would
+		// wait for the VM's lock, held here.
+		actx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		err := m.awaitSeparated(actx, vm.ID)
+		cancel()
+		if err != nil {
 			m.log.Info("vm snapshot taken over a snapshot its disk still reads through", "vm", vm.Name, "why", err)
 		}
 	}
@@ -152,12 +157,12 @@ func (m *Manager) createSnapshot(ctx context.Context, ref, name string, tmpl *te
 		// Its memory is on disk already (the pause saved it) and nothing
 		// writes its files while its lock is held: they are captured as
 		// they are, and the VM stays paused.
-		cloned, err := capturePaused(ctx, vm, sn.Dir)
+		cloned, overlaid, err := m.capturePaused(ctx, vm, sn, drv)
 		if err != nil {
 			return drop(err)
 		}
 		return m.finishSnapshot(ctx, vm, sn, drop, "paused", true, "seconds", time.Since(start).Seconds(),
-			"cloned_system", cloned[0], "cloned_work", cloned[1])
+			"overlaid_system", overlaid, "cloned_system", cloned[0], "cloned_work", cloned[1])
 	}
 	h, _ := m.handles.get(vm.ID)
 	vh := vmm.Handle{PID: h.PID, APISocket: h.APISocket}
@@ -267,37 +272,41 @@ func (m *Manager) finishSnapshot(ctx context.Context, vm model.VM, sn model.Snap
 	return sn, nil
 }
 
-// captureDisks captures vm's system and work disks into a snapshot's
-// directory dir (storage.CaptureFile) and reports which were clones.
-func captureDisks(ctx context.Context, vm model.VM, dir string) (cloned [2]bool, err error) {
-	if cloned[0], err = storage.CaptureFile(ctx, vm.SystemDisk, snapshotSystemFile(dir, vm.SystemDisk)); err != nil {
-		return cloned, err
-	}
-	cloned[1], err = storage.CaptureFile(ctx, vm.WorkDisk, filepath.Join(dir, snapWorkName))
-	return cloned, err
-}
-
-// capturePaused captures a paused VM into a snapshot's directory dir: the
-// files of the state its pause saved (regular files only: the VMM wrote
-// them, anything else is refused), then its disks.
-func capturePaused(ctx context.Context, vm model.VM, dir string) ([2]bool, error) {
+// capturePaused captures a paused VM into the snapshot sn's directory:
+// the files of the state its pause saved (regular files only: the VMM
+// wrote them, anything else is refused), its work disk (a clone, else a
+// sparse copy), then its system disk: a clone, else taken in place
+// (takePausedInPlace, last: the VM then reads through sn, which a
+// daemon's next start keeps as it is), else a copy.
+func (m *Manager) capturePaused(ctx context.Context, vm model.VM, sn model.Snapshot, drv vmm.Driver) (cloned [2]bool, overlaid bool, err error) {
 	src := StateDir(vm.Dir)
 	ents, err := os.ReadDir(src)
 	if err != nil {
-		return [2]bool{}, fmt.Errorf("saved state of the paused vm: %w", err)
+		return cloned, false, fmt.Errorf("saved state of the paused vm: %w", err)
 	}
 	if len(ents) == 0 {
-		return [2]bool{}, fmt.Errorf("saved state of the paused vm: %s is empty", src)
+		return cloned, false, fmt.Errorf("saved state of the paused vm: %s is empty", src)
 	}
 	for _, e := range ents {
 		if !e.Type().IsRegular() {
-			return [2]bool{}, fmt.Errorf("saved state of the paused vm: %s is not a regular file", filepath.Join(src, e.Name()))
+			return cloned, false, fmt.Errorf("saved state of the paused vm: %s is not a regular file", filepath.Join(src, e.Name()))
 		}
-		if _, err := storage.CaptureFile(ctx, filepath.Join(src, e.Name()), filepath.Join(dir, snapStateName, e.Name())); err != nil {
-			return [2]bool{}, err
+		if _, err := storage.CaptureFile(ctx, filepath.Join(src, e.Name()), filepath.Join(sn.Dir, snapStateName, e.Name())); err != nil {
+			return cloned, false, err
 		}
 	}
-	return captureDisks(ctx, vm, dir)
+	if cloned[1], err = storage.CaptureFile(ctx, vm.WorkDisk, filepath.Join(sn.Dir, snapWorkName)); err != nil {
+		return cloned, false, err
+	}
+	sysSnap := snapshotSystemFile(sn.Dir, vm.SystemDisk)
+	if cloned[0], err = storage.CaptureByClone(vm.SystemDisk, sysSnap); err != nil || cloned[0] {
+		return cloned, false, err
+	}
+	if overlaid, err = m.takePausedInPlace(ctx, vm, sn, drv); err != nil || overlaid {
+		return cloned, overlaid, err
+	}
+	_, err = storage.CaptureFile(ctx, vm.SystemDisk, sysSnap)
+	return cloned, false, err
 }
 
 // stepClock sets a running guest's wall clock to the host's: over the
