@@ -136,6 +136,30 @@ func RebaseQcow2(ctx context.Context, src, backing, format, dst string) (err err
 	if h.Backing != backing || h.BackingFormat != format {
 		return fmt.Errorf("rebased file names %q (%q) as its backing file", h.Backing, h.BackingFormat)
 	}
+	return syncReplace(tmp, dst)
+}
+
+// Qcow2ToRaw writes to dst the guest-visible content of the qcow2 chain
+// topped by src as a raw file (`qemu-img convert`: what reads as zeroes
+// is left a hole), through dst+".tmp", synced: dst is whole or unchanged.
+// The caller has checked the chain's headers (CheckQcow2Chain): qemu-img
+// opens every file they name, and writes the virtual size they state.
+func Qcow2ToRaw(ctx context.Context, src, dst string) (err error) {
+	tmp := dst + ".tmp"
+	defer func() {
+		if err != nil {
+			os.Remove(tmp)
+			err = fmt.Errorf("convert %s to raw: %w", src, err)
+		}
+	}()
+	if _, err := runArgv(ctx, []string{"qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", src, tmp}); err != nil {
+		return err
+	}
+	return syncReplace(tmp, dst)
+}
+
+// syncReplace syncs the file tmp and renames it over dst.
+func syncReplace(tmp, dst string) error {
 	f, err := os.OpenFile(tmp, os.O_RDWR, 0)
 	if err != nil {
 		return err

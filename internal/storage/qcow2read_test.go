@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -282,4 +283,46 @@ func TestFlattenQcow2(t *testing.T) {
 		t.Errorf("scratch file left after a failure: %v", err)
 	}
 	run("qemu-img", "compare", "-q", "-f", "qcow2", "-F", "raw", top, whole)
+}
+
+// TestQcow2ToRaw: an overlay over a sparse raw file converts to a raw
+// file reading the same, sparse where both were; a failure leaves no
+// file.
+func TestQcow2ToRaw(t *testing.T) {
+	for _, tool := range []string{"qemu-img", "qemu-io"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skip(tool + " not installed")
+		}
+	}
+	dir := t.TempDir()
+	base, top, out := filepath.Join(dir, "base.ext4"), filepath.Join(dir, "work.qcow2"), filepath.Join(dir, "work.ext4")
+	run := func(argv ...string) {
+		t.Helper()
+		if b, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v %s", strings.Join(argv, " "), err, b)
+		}
+	}
+	run("qemu-img", "create", "-q", "-f", "raw", base, "256M")
+	run("qemu-io", "-f", "raw", "-c", "write -P 0x11 0 1M", base)
+	if err := WriteQcow2Overlay(top, base, "raw", 256<<20); err != nil {
+		t.Fatal(err)
+	}
+	run("qemu-io", "-f", "qcow2", "-c", "write -P 0x22 100M 1M", top)
+	if err := Qcow2ToRaw(context.Background(), top, out); err != nil {
+		t.Fatal(err)
+	}
+	run("qemu-io", "-f", "raw", "-r", "-c", "read -P 0x11 0 1M", "-c", "read -P 0x22 100M 1M", "-c", "read -P 0 1M 99M", out)
+	fi, err := os.Stat(out)
+	if err != nil || fi.Size() != 256<<20 {
+		t.Fatalf("raw file: %v, %v", fi, err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Blocks*512 > 8<<20 {
+		t.Errorf("raw file takes %d bytes for 2 MiB of data", st.Blocks*512)
+	}
+	if err := Qcow2ToRaw(context.Background(), filepath.Join(dir, "nope"), filepath.Join(dir, "x")); err == nil {
+		t.Fatal("conversion of a missing file passed")
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, "x*")); len(m) != 0 {
+		t.Fatalf("left: %v", m)
+	}
 }

@@ -293,11 +293,22 @@ type Overlayer interface {
 	// holes) in the file.
 	WaitBackup(ctx context.Context, h Handle, job string) error
 
-	// DropBackups cancels every copy StartBackup started in the VMM
-	// behind h and lets go of its file, returning how many there were:
-	// for a daemon that restarted, the copies the one before it started
-	// and never waited for (their names went with it).
+	// DropBackups cancels every copy StartBackup or Mirror started in the
+	// VMM behind h and lets go of its file, returning how many there
+	// were: for a daemon that restarted, the copies the one before it
+	// started and never waited for (their names went with it). A Mirror
+	// whose disk was switched already is left switched.
 	DropBackups(ctx context.Context, h Handle) (int, error)
+
+	// Mirror makes the file at path (raw, of the disk's size, empty) the
+	// disk diskID of the running VM behind h: the VMM copies the disk
+	// into it while the guest runs on (what reads as zeroes stays a
+	// hole), then switches the disk onto it and lets go of the disk's
+	// former files. It returns nil once the disk is that file; an error
+	// leaves the disk as it was, unless it says the switch was made. A
+	// disk that is raw already (a Mirror cut short after its switch) is
+	// left as it is and nil returned.
+	Mirror(ctx context.Context, h Handle, diskID, path string) error
 }
 
 // ErrNoOverlay: Overlayer.Overlay changed nothing; capture the disk

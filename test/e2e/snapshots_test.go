@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -302,6 +303,17 @@ func TestVMFork(t *testing.T) {
 		}
 	}
 
+	// Each fork's work disk is an overlay over the snapshot's, made in
+	// constant time: no copy of it.
+	for _, f := range forks {
+		if _, err := os.Stat(f.WorkDisk); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("fork %s has a work.ext4 (%v): copied, not overlaid", f.Name, err)
+		}
+		if b, err := storage.Qcow2Backing(filepath.Join(f.Dir, "work.qcow2")); err != nil || b != filepath.Join(base.Dir, "work.ext4") {
+			t.Errorf("fork %s's work overlay reads through %q (%v), want the snapshot's work disk", f.Name, b, err)
+		}
+	}
+
 	// All at once: each answers as itself.
 	type answer struct {
 		out, errOut string
@@ -358,10 +370,27 @@ func TestVMFork(t *testing.T) {
 	h.MustRun("vm", "exec", "kid-1", "--", "sh", "-c", "echo kid > /etc/kid1-sys && sync")
 	var grand model.Snapshot
 	h.JSON(&grand, "vm", "snapshot", "create", "kid-1", "--name", "grand")
+	// Its work disk was made raw by its VMM first, while it ran.
+	workRaw := func(name string) {
+		t.Helper()
+		v := h.VM(name)
+		if _, err := os.Stat(filepath.Join(v.Dir, "work.qcow2")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s's work overlay is still there (%v)", name, err)
+		}
+		if ls := debugfsLs(t, v.WorkDisk, "/"); !strings.Contains(ls, "before.txt") {
+			t.Errorf("%s's raw work disk:\n%s", name, ls)
+		}
+	}
+	workRaw("kid-1")
+	if ls := debugfsLs(t, filepath.Join(grand.Dir, "work.ext4"), "/"); !strings.Contains(ls, "kid1.txt") {
+		t.Errorf("grand's work disk:\n%s", ls)
+	}
 
 	// A fork is an ordinary VM afterwards: stopped and booted cold from
 	// its own disks, it is still itself (its host key is on its work disk).
 	h.MustRun("vm", "stop", "kid-2")
+	// Stopped, its work disk was made raw by the daemon.
+	workRaw("kid-2")
 	// Hostile: a guest that took over its QEMU can rewrite the header of
 	// the qcow2 system disk that QEMU holds open, so that the next start
 	// opens the host's disk as the backing file (QEMU opens backing
@@ -438,6 +467,10 @@ func TestVMFork(t *testing.T) {
 	// made from: that one stays until this one goes, even with no VM
 	// left, and a fork of it has both snapshots' files.
 	h.MustRun("vm", "delete", "--force", "kid-1", "kid-2", "kid-3", vm)
+	// kid-3, deleted running, never copied its work disk.
+	if logb, err := os.ReadFile(filepath.Join(h.StateDir, "bangerd.log")); err != nil || strings.Contains(string(logb), `"msg":"vm work disk made raw","vm":"kid-3"`) {
+		t.Errorf("kid-3's work disk was copied before its deletion (%v)", err)
+	}
 	if _, errOut, code := h.Run("vm", "snapshot", "rm", "base"); code == 0 || !strings.Contains(errOut, "snapshot base is the base of snapshot grand") {
 		t.Errorf("snapshot rm base under grand: exit %d, %q", code, errOut)
 	}
@@ -447,7 +480,7 @@ func TestVMFork(t *testing.T) {
 		t.Errorf("grandkid-1: labels %v, expires %v", gk.Labels, gk.ExpiresAt)
 	}
 	// The system disk is the chain (image, base's, grand's, its own);
-	// the work disk is a copy.
+	// the work disk an overlay over grand's.
 	if out := h.MustRun("vm", "exec", "grandkid-1", "--", "cat", "/etc/before-sys", "/etc/kid1-sys", "/root/before.txt", "/root/kid1.txt"); out != "sys\nkid\nbefore\nmine\n" {
 		t.Errorf("a fork of a fork's snapshot reads %q", out)
 	}

@@ -182,7 +182,10 @@ func (m *Manager) stopOrPause(ctx context.Context, vm model.VM, action string) e
 		}
 		m.log.Warn("cannot pause; stopping the vm instead", "vm", vm.Name, "err", err)
 	}
-	_, err := m.halt(ctx, vm, api.StopVMRequest{})
+	vm, err := m.halt(ctx, vm, api.StopVMRequest{})
+	if err == nil {
+		m.rawWorkAfterStop(ctx, vm)
+	}
 	return err
 }
 

@@ -236,7 +236,7 @@ func (m *Manager) forkOne(ctx context.Context, sn model.Snapshot, in vmIntent, r
 		_, err = storage.CaptureFile(ctx, sysSrc, vm.SystemDisk)
 	}
 	if err == nil {
-		_, err = storage.CaptureFile(ctx, filepath.Join(sn.Dir, snapWorkName), vm.WorkDisk)
+		_, err = m.forkWorkDisk(ctx, vm, sn)
 	}
 	if err != nil {
 		return undo(err)

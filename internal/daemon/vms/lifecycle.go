@@ -535,7 +535,11 @@ func (m *Manager) launch(ctx context.Context, vm model.VM, report progress.Func,
 		}
 		return fail(fmt.Errorf("tap %s: %w", h.Tap, err))
 	}
-	spec := m.spec(vm, k, sys, h, g, opts.envd)
+	work, err := m.workDisk(ctx, vm)
+	if err != nil {
+		return fail(err)
+	}
+	spec := m.spec(vm, k, sys, work, h, g, opts.envd)
 	if fork != nil && carrier {
 		spec.Net.LinkDown = true
 	}
@@ -644,7 +648,7 @@ func (m *Manager) resumeClock(ctx context.Context, vm model.VM, drv vmm.Driver, 
 // spec is the VMM's description of a VM: the same for a boot and for a
 // restore of its saved state, which needs the same machine. envd starts
 // envd at boot (guestinit.Params.Envd; nothing for a restore).
-func (m *Manager) spec(vm model.VM, k model.Kernel, sys storage.SystemDisk, h model.VMHandles, g hostnet.Guest, envd bool) vmm.Spec {
+func (m *Manager) spec(vm model.VM, k model.Kernel, sys storage.SystemDisk, work vmm.Disk, h model.VMHandles, g hostnet.Guest, envd bool) vmm.Spec {
 	gw := m.taps.Gateway()
 	return vmm.Spec{
 		ID: vm.ID, Name: vm.Name, Dir: vm.Dir, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
@@ -655,8 +659,8 @@ func (m *Manager) spec(vm model.VM, k model.Kernel, sys storage.SystemDisk, h mo
 			WorkDisk: "/dev/vdb", Root: "/dev/vda", Envd: envd,
 		}),
 		Disks: []vmm.Disk{
-			{ID: "root", Path: sys.Path, Format: sys.Format},
-			{ID: "work", Path: vm.WorkDisk, Format: "raw"},
+			{ID: rootDisk, Path: sys.Path, Format: sys.Format},
+			work,
 		},
 		Net:       &vmm.NetIface{Tap: h.Tap, MAC: vm.GuestMAC},
 		CID:       vm.CID,
@@ -678,7 +682,11 @@ func (m *Manager) Stop(ctx context.Context, ref string, req api.StopVMRequest) (
 		return vm, err
 	}
 	defer unlock()
-	return m.halt(ctx, vm, req)
+	vm, err = m.halt(ctx, vm, req)
+	if err == nil {
+		m.rawWorkAfterStop(ctx, vm)
+	}
+	return vm, err
 }
 
 // halt stops a VM. Called with the VM's lock held.

@@ -29,6 +29,8 @@ type overlayDriver struct {
 	backupErr error
 	overlays  []string
 	drops     int
+	mirrors   int
+	mirrorErr error
 	stream    func(base string) error
 }
 
@@ -57,6 +59,17 @@ func (d *overlayDriver) StartBackup(ctx context.Context, h vmm.Handle, diskID, p
 		return "", fmt.Errorf("backup of disk %q", diskID)
 	}
 	return "job", os.WriteFile(path, []byte("backup"), 0o600)
+}
+
+// Mirror copies the overlay's bytes into path, as the switch.
+func (d *overlayDriver) Mirror(ctx context.Context, h vmm.Handle, diskID, path string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.mirrors++
+	if d.mirrorErr != nil {
+		return d.mirrorErr
+	}
+	return os.WriteFile(path, []byte("mirrored"), 0o600)
 }
 
 // DropBackups counts its calls.
@@ -631,5 +644,124 @@ func TestSnapshotPausedInPlace(t *testing.T) {
 		if err := f.m.awaitSeparated(ctx, vm.ID); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestWorkOverlay: a VM made from a snapshot whose work disk cannot be
+// cloned gets an overlay over it (no copy); a snapshot of it makes it raw
+// by its VMM first, a stop by the daemon (qemu-img, reading back what
+// both layers hold), and a header naming a host file is refused by
+// both the start and the conversion.
+func TestWorkOverlay(t *testing.T) {
+	for _, tool := range []string{"qemu-img", "qemu-io"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skip(tool + " not installed")
+		}
+	}
+	f, ov, vm, img := overlayFixture(t)
+	ctx := context.Background()
+	qemu := func(argv ...string) {
+		t.Helper()
+		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", argv, err, out)
+		}
+	}
+	ov.stream = func(string) error { return errors.New("not now") }
+	ov.err = fmt.Errorf("%w: copy it", vmm.ErrNoOverlay)
+	// A snapshot of another VM, which dev is taken as made from.
+	other := startVM(t, f, "other")
+	writeOverlay(t, other.SystemDisk, img)
+	s1, err := f.m.CreateSnapshot(ctx, "other", "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ov.err = nil
+	// The snapshot's work disk, as a VMM's copy makes it: raw, sparse.
+	snapWork := filepath.Join(s1.Dir, "work.ext4")
+	if err := os.Remove(snapWork); err != nil {
+		t.Fatal(err)
+	}
+	qemu("qemu-img", "create", "-q", "-f", "raw", snapWork, fmt.Sprint(vm.DiskBytes))
+	qemu("qemu-io", "-f", "raw", "-c", "write -P 0x11 0 1M", snapWork)
+	// As if made from s1.
+	if err := f.st.AddSnapshotUser(ctx, s1.ID, vm.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.m.Stop(ctx, "dev", api.StopVMRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	overlayFromSnapshot := func() {
+		t.Helper()
+		_ = os.Remove(vm.WorkDisk)
+		if over, err := f.m.forkWorkDisk(ctx, vm, s1); err != nil || !over {
+			t.Fatalf("forkWorkDisk = %v, %v; want an overlay", over, err)
+		}
+		if _, err := os.Stat(vm.WorkDisk); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("work.ext4 beside the overlay: %v", err)
+		}
+		if b := backingOf(t, workOverlay(vm)); b != snapWork {
+			t.Fatalf("the overlay reads through %q, want the snapshot's work disk", b)
+		}
+	}
+
+	// Made raw by the VMM before a snapshot.
+	overlayFromSnapshot()
+	if d, err := f.m.workDisk(ctx, vm); err != nil || d.Format != vmm.FormatQcow2 || d.Path != workOverlay(vm) {
+		t.Fatalf("workDisk = %+v, %v; want the overlay", d, err)
+	}
+	if _, err := f.m.Start(ctx, "dev", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.m.CreateSnapshot(ctx, "dev", "s2"); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(vm.WorkDisk); err != nil || string(b) != "mirrored" || ov.mirrors != 1 {
+		t.Fatalf("work disk after a snapshot: %q, %v (mirrors %d); want the vmm's copy", b, err, ov.mirrors)
+	}
+	if _, err := os.Stat(workOverlay(vm)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("overlay left after its copy: %v", err)
+	}
+	if d, err := f.m.workDisk(ctx, vm); err != nil || d.Format != vmm.FormatRaw || d.Path != vm.WorkDisk {
+		t.Fatalf("workDisk = %+v, %v; want work.ext4", d, err)
+	}
+
+	// Made raw by the daemon at a stop, with both layers' data.
+	if _, err := f.m.Stop(ctx, "dev", api.StopVMRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	overlayFromSnapshot()
+	qemu("qemu-io", "-f", "qcow2", "-c", "write -P 0x22 2M 1M", workOverlay(vm))
+	if _, err := f.m.Start(ctx, "dev", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.m.Stop(ctx, "dev", api.StopVMRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	qemu("qemu-io", "-f", "raw", "-r", "-c", "read -P 0x11 0 1M", "-c", "read -P 0 1M 1M", "-c", "read -P 0x22 2M 1M", vm.WorkDisk)
+	if m, _ := filepath.Glob(filepath.Join(vm.Dir, "work.*")); len(m) != 1 {
+		t.Fatalf("work files after the conversion: %v", m)
+	}
+
+	// A header naming a host file: no start, no conversion.
+	_ = os.Remove(vm.WorkDisk)
+	if err := storage.WriteQcow2Overlay(workOverlay(vm), "/etc/passwd", vmm.FormatRaw, vm.DiskBytes); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.m.Start(ctx, "dev", nil); err == nil || !strings.Contains(err.Error(), "work disk") || !strings.Contains(err.Error(), "/etc/passwd") {
+		t.Fatalf("start over a foreign work disk header: %v", err)
+	}
+	if err := f.m.rawWorkOffline(ctx, vm); err == nil || !strings.Contains(err.Error(), "/etc/passwd") {
+		t.Fatalf("conversion over a foreign header: %v", err)
+	}
+	if _, err := os.Stat(vm.WorkDisk); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a raw work disk was made from a foreign header: %v", err)
+	}
+
+	// The daemon's start converts a stopped VM's overlay.
+	overlayFromSnapshot()
+	f.m.Reconcile(ctx)
+	qemu("qemu-io", "-f", "raw", "-r", "-c", "read -P 0x11 0 1M", vm.WorkDisk)
+	if _, err := os.Stat(workOverlay(vm)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("overlay left after the daemon's start: %v", err)
 	}
 }

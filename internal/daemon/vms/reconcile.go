@@ -31,6 +31,9 @@ func (m *Manager) Reconcile(ctx context.Context) {
 		known[vm.ID] = true
 		if !gone[vm.ID] {
 			m.reconcileVM(ctx, vm)
+			if v, err := m.store.GetVM(ctx, vm.ID); err == nil && (v.State == model.VMStopped || v.State == model.VMPaused || v.State == model.VMFailed) {
+				m.rawWorkAfterStop(ctx, v)
+			}
 		}
 	}
 	entries, _ := os.ReadDir(m.cfg.VMsDir())
@@ -89,6 +92,7 @@ func (m *Manager) reconcileVM(ctx context.Context, vm model.VM) {
 			}
 			m.reapplyNet(ctx, vm)
 			m.dropBackups(ctx, vm, drv, vh)
+			m.settleMirror(ctx, vm, drv, vh)
 			m.log.Info("reconcile: vm still running", "vm", vm.Name, "pid", vh.PID)
 			return
 		}
@@ -159,6 +163,7 @@ func (m *Manager) markStopped(ctx context.Context, vm model.VM, why string) {
 	vm.State = model.VMStopped
 	vm.LastError = why
 	_ = m.save(ctx, &vm)
+	m.rawWorkAfterStop(ctx, vm)
 	// A copy up its VMM did not finish is the daemon's now (halt).
 	m.separateIfReader(ctx, vm.ID)
 }

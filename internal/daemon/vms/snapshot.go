@@ -109,6 +109,13 @@ func (m *Manager) createSnapshot(ctx context.Context, ref, name string, tmpl *te
 		if err != nil {
 			m.log.Info("vm snapshot taken over a snapshot its disk still reads through", "vm", vm.Name, "why", err)
 		}
+		// A work disk still an overlay over the snapshot the VM was made
+		// from is made raw first (workdisk.go): the capture reads and
+		// maps work.ext4.
+		h, _ := m.handles.get(vm.ID)
+		if err := m.rawWorkRunning(ctx, vm, drv, vmm.Handle{PID: h.PID, APISocket: h.APISocket}); err != nil {
+			return model.Snapshot{}, fmt.Errorf("snapshot vm %s: %w", vm.Name, err)
+		}
 	}
 	now := m.now().UTC()
 	if name == "" {
@@ -279,6 +286,9 @@ func (m *Manager) finishSnapshot(ctx context.Context, vm model.VM, sn model.Snap
 // (takePausedInPlace, last: the VM then reads through sn, which a
 // daemon's next start keeps as it is), else a copy.
 func (m *Manager) capturePaused(ctx context.Context, vm model.VM, sn model.Snapshot, drv vmm.Driver) (cloned [2]bool, overlaid bool, err error) {
+	if err := m.rawWorkOffline(ctx, vm); err != nil {
+		return cloned, false, err
+	}
 	src := StateDir(vm.Dir)
 	ents, err := os.ReadDir(src)
 	if err != nil {

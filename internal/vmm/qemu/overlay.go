@@ -66,6 +66,7 @@ type blockInfo struct {
 	Device   string `json:"device"`
 	Inserted *struct {
 		NodeName    string `json:"node-name"`
+		Drv         string `json:"drv"`
 		File        string `json:"file"`
 		BackingFile string `json:"backing_file"`
 	} `json:"inserted"`
@@ -334,6 +335,16 @@ var errJobGone = errors.New("its job is gone (the VMM restarted?)")
 // job's error, errJobGone, or the error that ended the wait (ctx, QMP),
 // the job then left as it is.
 func awaitJob(ctx context.Context, socket, job string) error {
+	return pollJob(ctx, socket, job, false)
+}
+
+// awaitReady is awaitJob that also returns, nil, once the job is ready
+// to complete (a mirror); a job that concludes first is an error.
+func awaitReady(ctx context.Context, socket, job string) error {
+	return pollJob(ctx, socket, job, true)
+}
+
+func pollJob(ctx context.Context, socket, job string, untilReady bool) error {
 	for {
 		var outcome error
 		var finished bool
@@ -346,12 +357,18 @@ func awaitJob(ctx context.Context, socket, job string) error {
 				if j.ID != job {
 					continue
 				}
-				if j.Status != "concluded" {
+				switch {
+				case untilReady && j.Status == "ready":
+					finished = true
+					return nil
+				case j.Status != "concluded":
 					return nil
 				}
 				finished = true
 				if j.Error != "" {
 					outcome = errors.New(j.Error)
+				} else if untilReady {
+					outcome = errors.New("the copy ended before it was ready")
 				}
 				return c.execute(ctx, "job-dismiss", map[string]any{"id": job}, nil)
 			}
@@ -440,7 +457,7 @@ func (d *Driver) WaitBackup(ctx context.Context, h vmm.Handle, job string) error
 	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cerr := withQMP(cctx, h.APISocket, func(c *qmp) error {
-		return c.dropBackup(cctx, job, outcome != nil && !errors.Is(outcome, errJobGone))
+		return c.dropBackup(cctx, job, backupOpaque, outcome != nil && !errors.Is(outcome, errJobGone))
 	})
 	if outcome != nil {
 		return fmt.Errorf("backup %s: %w", job, outcome)
@@ -451,10 +468,11 @@ func (d *Driver) WaitBackup(ctx context.Context, h vmm.Handle, job string) error
 	return nil
 }
 
-// dropBackup takes the backup job's target out of QEMU (job-dismiss,
-// blockdev-del, remove-fd), cancelling the job first when cancel is set
-// (cut short or failed: it may still run).
-func (c *qmp) dropBackup(ctx context.Context, job string, cancel bool) error {
+// dropBackup takes the copy job's target out of QEMU (job-dismiss,
+// blockdev-del, remove-fd of the descriptors marked opaque+job),
+// cancelling the job first when cancel is set (cut short or failed: it
+// may still run).
+func (c *qmp) dropBackup(ctx context.Context, job, opaque string, cancel bool) error {
 	if cancel {
 		_ = c.execute(ctx, "block-job-cancel", map[string]any{"device": job, "force": true}, nil)
 		for i := 0; i < 50; i++ {
@@ -469,7 +487,7 @@ func (c *qmp) dropBackup(ctx context.Context, job string, cancel bool) error {
 	if err := c.execute(ctx, "blockdev-del", map[string]any{"node-name": job}, nil); err != nil {
 		return err
 	}
-	return c.removeFDs(ctx, backupOpaque+job)
+	return c.removeFDs(ctx, opaque+job)
 }
 
 // DropBackups implements vmm.Overlayer: the copies are found by their
@@ -481,17 +499,42 @@ func (d *Driver) DropBackups(ctx context.Context, h vmm.Handle) (int, error) {
 		if err != nil {
 			return err
 		}
-		var jobs []string
+		var jobs, mirrors []string
 		for _, s := range sets {
 			for _, f := range s.FDs {
 				if job, ok := strings.CutPrefix(f.Opaque, backupOpaque); ok && !slices.Contains(jobs, job) {
 					jobs = append(jobs, job)
 				}
+				if job, ok := strings.CutPrefix(f.Opaque, mirrorOpaque); ok && !slices.Contains(mirrors, job) {
+					mirrors = append(mirrors, job)
+				}
 			}
 		}
 		for _, job := range jobs {
-			if err := c.dropBackup(ctx, job, true); err != nil {
+			if err := c.dropBackup(ctx, job, backupOpaque, true); err != nil {
 				return fmt.Errorf("backup %s: %w", job, err)
+			}
+			n++
+		}
+		if len(mirrors) == 0 {
+			return nil
+		}
+		var blocks []blockInfo
+		if err := c.execute(ctx, "query-block", nil, &blocks); err != nil {
+			return err
+		}
+		for _, job := range mirrors {
+			// Switched onto already: the target is the disk; only its
+			// spare descriptor goes (Mirror, run again, sees it done).
+			if slices.ContainsFunc(blocks, func(b blockInfo) bool { return b.Inserted != nil && b.Inserted.NodeName == job }) {
+				_ = c.execute(ctx, "job-dismiss", map[string]any{"id": job}, nil)
+				if err := c.removeFDs(ctx, mirrorOpaque+job); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := c.dropBackup(ctx, job, mirrorOpaque, true); err != nil {
+				return fmt.Errorf("mirror %s: %w", job, err)
 			}
 			n++
 		}
@@ -499,3 +542,122 @@ func (d *Driver) DropBackups(ctx context.Context, h vmm.Handle) (int, error) {
 	})
 	return n, err
 }
+
+// mirrorOpaque marks the fdset of a mirror's target, by job.
+const mirrorOpaque = "mirror:"
+
+// Mirror implements vmm.Overlayer: the target goes in by descriptor
+// (add-fd) as a raw node with discard=unmap (what reads as zeroes stays
+// a hole), a blockdev-mirror job (sync full, named after the node)
+// copies the disk into it while the guest writes on, and once it is
+// ready job-complete switches the disk onto it; the former nodes are
+// closed with it. Cut short before the switch, the job is cancelled and
+// the target taken out. A disk whose top is raw already is left as it is
+// (a Mirror cut short after the switch: a daemon that restarted).
+func (d *Driver) Mirror(ctx context.Context, h vmm.Handle, diskID, path string) error {
+	if err := withQMP(ctx, h.APISocket, func(c *qmp) error {
+		b, err := c.top(ctx, diskID)
+		if err != nil {
+			return err
+		}
+		if b.Inserted.Drv == "raw" {
+			return errMirrored
+		}
+		return nil
+	}); errors.Is(err, errMirrored) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("mirror of disk %s: %w", diskID, err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("mirror of disk %s: %w", diskID, err)
+	}
+	defer f.Close()
+	// Emptied first: a Mirror cut short before its switch leaves the
+	// file partly written, and the copy skips what reads as zeroes.
+	fi, err := f.Stat()
+	if err == nil {
+		err = f.Truncate(0)
+	}
+	if err == nil {
+		err = f.Truncate(fi.Size())
+	}
+	if err != nil {
+		return fmt.Errorf("mirror of disk %s: %w", diskID, err)
+	}
+	node, err := overlayNodeName()
+	if err != nil {
+		return err
+	}
+	node = "mr" + strings.TrimPrefix(node, "ovl")
+	err = withQMP(ctx, h.APISocket, func(c *qmp) error {
+		var added struct {
+			Set int `json:"fdset-id"`
+		}
+		if err := c.executeFD(ctx, "add-fd", map[string]any{"opaque": mirrorOpaque + node}, f, &added); err != nil {
+			return err
+		}
+		if err := c.execute(ctx, "blockdev-add", map[string]any{
+			"driver": "raw", "node-name": node, "discard": "unmap",
+			"file": map[string]any{"driver": "file", "filename": fdsetPath(added.Set), "locking": "off"},
+		}, nil); err != nil {
+			_ = c.execute(ctx, "remove-fd", map[string]any{"fdset-id": added.Set}, nil)
+			return err
+		}
+		if err := c.execute(ctx, "blockdev-mirror", map[string]any{
+			"job-id": node, "device": diskID, "target": node, "sync": "full", "auto-dismiss": false,
+		}, nil); err != nil {
+			_ = c.execute(ctx, "blockdev-del", map[string]any{"node-name": node}, nil)
+			_ = c.execute(ctx, "remove-fd", map[string]any{"fdset-id": added.Set}, nil)
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("mirror of disk %s: %w", diskID, err)
+	}
+	switched := false
+	outcome := awaitReady(ctx, h.APISocket, node)
+	if outcome == nil {
+		// Asked for, the switch is QEMU's: its outcome is waited for and
+		// looked at whatever happens to ctx or a QMP call meanwhile, so
+		// a switch made is never taken for one not made.
+		wctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		outcome = withQMP(wctx, h.APISocket, func(c *qmp) error {
+			return c.execute(wctx, "job-complete", map[string]any{"id": node}, nil)
+		})
+		if outcome == nil {
+			outcome = awaitJob(wctx, h.APISocket, node)
+		}
+		switched = outcome == nil
+		if !switched {
+			_ = withQMP(wctx, h.APISocket, func(c *qmp) error {
+				b, err := c.top(wctx, diskID)
+				if err == nil && b.Inserted.NodeName == node {
+					switched, outcome = true, nil
+				}
+				return err
+			})
+		}
+		cancel()
+	}
+	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cerr := withQMP(cctx, h.APISocket, func(c *qmp) error {
+		if switched {
+			// The node is the disk now and keeps its own descriptor; the
+			// spare one in the fdset is the same file, left harmlessly if
+			// this fails (DropBackups takes it later).
+			return c.removeFDs(cctx, mirrorOpaque+node)
+		}
+		return c.dropBackup(cctx, node, mirrorOpaque, !errors.Is(outcome, errJobGone))
+	})
+	if outcome != nil {
+		return fmt.Errorf("mirror of disk %s: %w", diskID, errors.Join(outcome, cerr))
+	}
+	return nil
+}
+
+// errMirrored: the disk's top is raw already.
+var errMirrored = errors.New("mirrored already")

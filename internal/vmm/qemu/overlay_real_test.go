@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/banger/banger/internal/proc"
@@ -223,5 +224,72 @@ func TestRealBackup(t *testing.T) {
 	}
 	runCmd(t, "qemu-io", "-f", "raw", "-r", "-c", "read -P 9 0 1M", "-c", "read -P 9 63M 1M", copyPath)
 	runCmd(t, "qemu-io", "-f", "raw", "-r", "-c", "read -P 5 0 1M", "-c", "read -P 5 63M 1M", work)
+	assertNothingLeft(t, spec)
+}
+
+// TestRealMirror switches a running machine's qcow2 overlay disk (over a
+// raw file, as a fork's work disk over its snapshot's) onto a raw file
+// the VMM copies it into while it runs: afterwards QEMU holds neither
+// the overlay nor the file under it, writes land in the new file, which
+// holds what both held and keeps their holes. A raw disk is left as it
+// is.
+func TestRealMirror(t *testing.T) {
+	needQEMU(t)
+	ctx := context.Background()
+	d := New(Options{Machine: MachineQ35, Accel: "tcg"})
+	spec := firmwareSpec(t)
+	dir := spec.Dir
+	base := filepath.Join(dir, "base.ext4")
+	top := filepath.Join(dir, "work.qcow2")
+	target := filepath.Join(dir, "work.ext4")
+	runCmd(t, "truncate", "-s", "64M", base)
+	runCmd(t, "qemu-io", "-f", "raw", "-c", "write -P 9 0 1M", "-c", "write -P 9 63M 1M", base)
+	runCmd(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", top, "64M")
+	spec.Disks = []vmm.Disk{{ID: "work", Path: top, Format: vmm.FormatQcow2}}
+	killAfter(t, d, spec)
+	h, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hmp := func(cmd string) {
+		t.Helper()
+		if err := withQMP(ctx, h.APISocket, func(c *qmp) error {
+			return c.execute(ctx, "human-monitor-command", map[string]any{"command-line": cmd}, nil)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hmp(`qemu-io work "write -P 5 32M 1M"`)
+	runCmd(t, "truncate", "-s", "64M", target)
+	if err := d.Mirror(ctx, h, "work", target); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{top, base} {
+		if open, _ := openMode(t, h.PID, f); open {
+			t.Fatalf("qemu still holds %s after the switch", filepath.Base(f))
+		}
+	}
+	if open, w := openMode(t, h.PID, target); !open || !w {
+		t.Fatalf("the new disk: open %v writable %v", open, w)
+	}
+	hmp(`qemu-io work "write -P 7 40M 1M"`)
+	// Done already: nothing to do.
+	if err := d.Mirror(ctx, h, "work", filepath.Join(dir, "nothing")); err != nil {
+		t.Fatalf("Mirror of a raw disk: %v", err)
+	}
+	if n, err := d.DropBackups(ctx, h); n != 0 || err != nil {
+		t.Fatalf("DropBackups after a mirror = %d, %v", n, err)
+	}
+	if err := d.Kill(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	runCmd(t, "qemu-io", "-f", "raw", "-r", "-c", "read -P 9 0 1M", "-c", "read -P 5 32M 1M", "-c", "read -P 7 40M 1M", "-c", "read -P 9 63M 1M", "-c", "read -P 0 1M 31M", target)
+	var st syscall.Stat_t
+	if err := syscall.Stat(target, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Blocks*512 > 16<<20 {
+		t.Errorf("the new disk takes %d bytes for 4 MiB written: its holes were filled", st.Blocks*512)
+	}
 	assertNothingLeft(t, spec)
 }
