@@ -365,6 +365,16 @@ func TestVMFork(t *testing.T) {
 		t.Errorf("the parent now says it is %q", out)
 	}
 
+	// A pause keeps a fork's work overlay; the resume opens it again.
+	h.MustRun("vm", "pause", "kid-3")
+	if _, err := os.Stat(filepath.Join(h.VM("kid-3").Dir, "work.qcow2")); err != nil {
+		t.Errorf("kid-3's work overlay after a pause: %v", err)
+	}
+	h.MustRun("vm", "resume", "kid-3")
+	if out := h.MustRun("vm", "exec", "kid-3", "--", "sh", "-c", "cat /root/before.txt; echo three > /root/kid3.txt && cat /root/kid3.txt"); out != "before\nthree\n" {
+		t.Errorf("kid-3 after a pause and resume: %q", out)
+	}
+
 	// A snapshot of a fork: it holds what kid-1 wrote, its system disk
 	// an overlay over base's.
 	h.MustRun("vm", "exec", "kid-1", "--", "sh", "-c", "echo kid > /etc/kid1-sys && sync")

@@ -742,6 +742,33 @@ func TestWorkOverlay(t *testing.T) {
 		t.Fatalf("work files after the conversion: %v", m)
 	}
 
+	// A pause keeps the overlay (nothing reads a paused VM's disks); a
+	// snapshot of the paused VM makes it raw first.
+	overlayFromSnapshot()
+	if _, err := f.m.Start(ctx, "dev", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.m.Pause(ctx, "dev"); err != nil {
+		t.Fatal(err)
+	}
+	if !hasWorkOverlay(vm) {
+		t.Fatal("a pause made the work disk raw")
+	}
+	sp, err := f.m.CreateSnapshot(ctx, "dev", "sp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hasWorkOverlay(vm) {
+		t.Fatal("a paused vm's snapshot left its work disk an overlay")
+	}
+	qemu("qemu-io", "-f", "raw", "-r", "-c", "read -P 0x11 0 1M", filepath.Join(sp.Dir, "work.ext4"))
+	if _, err := f.m.Resume(ctx, "dev", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.m.Stop(ctx, "dev", api.StopVMRequest{}); err != nil {
+		t.Fatal(err)
+	}
+
 	// A header naming a host file: no start, no conversion.
 	_ = os.Remove(vm.WorkDisk)
 	if err := storage.WriteQcow2Overlay(workOverlay(vm), "/etc/passwd", vmm.FormatRaw, vm.DiskBytes); err != nil {

@@ -140,7 +140,6 @@ func (m *Manager) pause(ctx context.Context, vm model.VM) (model.VM, error) {
 		return vm, err
 	}
 	m.log.Info("vm paused", "vm", vm.Name, "state_bytes", dirBytes(dir), "seconds", time.Since(start).Seconds())
-	m.rawWorkAfterStop(ctx, vm)
 	return vm, nil
 }
 

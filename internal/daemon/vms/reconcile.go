@@ -31,7 +31,7 @@ func (m *Manager) Reconcile(ctx context.Context) {
 		known[vm.ID] = true
 		if !gone[vm.ID] {
 			m.reconcileVM(ctx, vm)
-			if v, err := m.store.GetVM(ctx, vm.ID); err == nil && (v.State == model.VMStopped || v.State == model.VMPaused || v.State == model.VMFailed) {
+			if v, err := m.store.GetVM(ctx, vm.ID); err == nil && (v.State == model.VMStopped || v.State == model.VMFailed) {
 				m.rawWorkAfterStop(ctx, v)
 			}
 		}

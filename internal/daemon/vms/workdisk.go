@@ -18,13 +18,14 @@ import (
 // start) whose snapshot's work disk cannot be cloned gets, in constant
 // time, an empty qcow2 overlay over that work disk (work.qcow2; its
 // work.ext4 does not exist meanwhile) instead of a copy. The host reads
-// only raw work disks (debugfs, while the VM is stopped or paused, and
-// a snapshot's hole map), so the overlay becomes work.ext4 before any of
-// that: while the VM runs, by its VMM (vmm.Overlayer.Mirror, before a
-// snapshot's freeze); once its VMM is gone (a stop, a pause, a VMM found
-// dead, the daemon's start), by the daemon (storage.Qcow2ToRaw, after its
-// header is checked). A VM deleted first never copies it at all: a fork
-// used and dropped costs no copy of its work disk.
+// only raw work disks (debugfs, while the VM is stopped, never paused;
+// a snapshot's capture and hole map), so the overlay becomes work.ext4
+// before any of that: before a snapshot's freeze, by the VM's VMM
+// (vmm.Overlayer.Mirror); after a stop, a VMM found dead or at the
+// daemon's start, and before a paused VM's snapshot, by the daemon
+// (storage.Qcow2ToRaw, after its header is checked). A pause keeps it: a
+// paused VM's disks are not read. A VM deleted first never copies it at
+// all: a fork used and dropped costs no copy of its work disk.
 //
 // The files are the truth: work.ext4 present means it is the disk (a
 // leftover work.qcow2 beside it is the former one, made raw before a
