@@ -39,7 +39,11 @@ type fakeVMs struct {
 	envds map[string]*httptest.Server // by VM id
 	ports map[int]string              // guest port → host address, for every VM
 	ttls  map[string]string           // last TTL set, by VM id
-	pause int                         // Pause calls
+	// slowCreate is how long a Create takes after the VM is made, as a
+	// boot or a restore under load does.
+	slowCreate time.Duration
+	made       map[string]api.CreateVMRequest // each Create's request, by VM id
+	pause      int                            // Pause calls
 	// raceResume makes Resume answer a conflict after resuming, as when
 	// another resume won the VM's lock first.
 	raceResume bool
@@ -97,10 +101,18 @@ func (f *fakeVMs) Create(ctx context.Context, req api.CreateVMRequest, report pr
 		f.bootEnvds = append(f.bootEnvds, req.Envd)
 	}
 	f.mu.Unlock()
+	defer time.Sleep(f.slowCreate)
+	makeVM := f.create
 	if req.FromSnapshot != "" {
-		return f.createFromSnapshot(ctx, req)
+		makeVM = f.createFromSnapshot
 	}
-	return f.create(ctx, req)
+	vm, err := makeVM(ctx, req)
+	if err == nil {
+		f.mu.Lock()
+		f.made[vm.ID] = req
+		f.mu.Unlock()
+	}
+	return vm, err
 }
 
 // create is Create of a booted VM.
@@ -183,7 +195,10 @@ func (f *fakeVMs) SetTTL(ctx context.Context, ref string, req api.VMTTLRequest) 
 	f.mu.Lock()
 	f.ttls[vm.ID] = req.TTL
 	f.mu.Unlock()
-	return vm, f.st.SetVMExpiry(ctx, vm.ID, &at, req.Action)
+	if err := f.st.SetVMExpiry(ctx, vm.ID, &at, req.Action); err != nil {
+		return vm, err
+	}
+	return f.Get(ctx, vm.ID)
 }
 
 // Pause marks the VM paused; its envd server goes on (as it would in the
@@ -344,7 +359,7 @@ func newFixtureTLS(t *testing.T, useTLS bool) *fixture {
 	}
 	t.Cleanup(func() { st.Close() })
 	f := &fakeVMs{t: t, st: st, alive: map[string]bool{}, envds: map[string]*httptest.Server{},
-		ports: map[int]string{}, ttls: map[string]string{}, forks: map[string][]string{}, servers: map[string]*envd.Server{}}
+		ports: map[int]string{}, ttls: map[string]string{}, made: map[string]api.CreateVMRequest{}, forks: map[string][]string{}, servers: map[string]*envd.Server{}}
 	svc := New(Deps{Store: st, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), VMs: f,
 		RunGuest: f.runGuest, DialGuest: f.dialGuest, Listen: net.Listen, Now: time.Now, Dir: t.TempDir()})
 	status, err := svc.Serve(Listener{Addr: "127.0.0.1:0", TLS: useTLS})

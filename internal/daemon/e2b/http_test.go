@@ -227,6 +227,32 @@ func TestAutoPause(t *testing.T) {
 	}
 }
 
+// TestTimeoutFromReady: a sandbox's timeout counts from when it is
+// ready, not from the request: a boot longer than the timeout leaves it
+// its whole timeout, with its action, and the deadline meanwhile cannot
+// act before it is made.
+func TestTimeoutFromReady(t *testing.T) {
+	fx := newFixture(t)
+	fx.vms.slowCreate = 1500 * time.Millisecond
+	for _, tc := range []struct{ body, action string }{
+		{`{"timeout":1}`, model.TTLDelete},
+		{`{"timeout":1,"autoPause":true}`, model.TTLPause},
+	} {
+		code, body, _ := fx.do(t, "POST", "/v2/sandboxes", tc.body)
+		var sb sandboxJSON
+		if code != 201 || json.Unmarshal([]byte(body), &sb) != nil {
+			t.Fatalf("create %s = %d %s", tc.body, code, body)
+		}
+		vm, _ := fx.vms.Get(t.Context(), sb.SandboxID)
+		if left := time.Until(*vm.ExpiresAt); left < 500*time.Millisecond || left > time.Second || vm.ExpireAction != tc.action {
+			t.Fatalf("create %s: %v left, action %q; want about 1 s from the answer, %s", tc.body, left, vm.ExpireAction, tc.action)
+		}
+		if fx.vms.made[vm.ID].TTL != makingTTL(1) || fx.vms.made[vm.ID].TTLAction != model.TTLDelete {
+			t.Fatalf("create %s: made with ttl %q %q, want %q delete", tc.body, fx.vms.made[vm.ID].TTL, fx.vms.made[vm.ID].TTLAction, makingTTL(1))
+		}
+	}
+}
+
 // TestAutoResume: a paused sandbox made with autoResume wakes on the
 // first request relayed to it (several at once all get through), with
 // the timeout it was made with; one without it stays paused and answers

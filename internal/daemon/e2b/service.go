@@ -589,7 +589,7 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 	// waited for. envd starts with the boot, while the guest sets
 	// itself up, rather than after it.
 	vmReq := api.CreateVMRequest{Name: newSandboxID(), Image: image, Start: true, Ready: api.ReadyListening, Envd: true,
-		TTL: strconv.Itoa(timeout) + "s", TTLAction: timeoutAction(autoPause), Labels: labels}
+		TTL: makingTTL(timeout), TTLAction: model.TTLDelete, Labels: labels}
 	if netSet {
 		vmReq.Net, vmReq.Allow, vmReq.Deny = net.Mode, net.Allow, net.Deny
 	}
@@ -621,8 +621,7 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 	if err := s.startEnvd(ctx, vm, rec); err != nil {
 		return undo(err)
 	}
-	vm, err = s.VMs.Get(ctx, vm.ID)
-	if err != nil {
+	if vm, err = s.armTimeout(ctx, vm.ID, timeout, autoPause); err != nil {
 		return undo(err)
 	}
 	s.Log.Info("e2b sandbox created", "sandbox", vm.Name, "vm_s", booted.Sub(start).Seconds(), "envd_s", s.Now().Sub(booted).Seconds())
@@ -764,6 +763,27 @@ func (s *Service) waitEnvd(ctx context.Context, vm model.VM) error {
 	}
 }
 
+// makingAllowance is how long a sandbox being made or resumed may take
+// before the deadline it is given meanwhile (makingTTL) acts. A
+// sandbox's timeout counts from when it is ready (armTimeout), as a
+// client counts it from the answer: a deadline counted from the request
+// could pass during a slow boot or restore, pausing or deleting the VM
+// while envd is being started in it.
+const makingAllowance = 10 * time.Minute
+
+// makingTTL is the deadline of a sandbox while it is made or resumed:
+// its timeout plus makingAllowance, so a daemon that dies meanwhile
+// leaves no VM without one.
+func makingTTL(timeout int) string {
+	return (time.Duration(timeout)*time.Second + makingAllowance).String()
+}
+
+// armTimeout sets a sandbox's VM, now ready, its deadline timeout
+// seconds from now with its timeout action, and returns the VM.
+func (s *Service) armTimeout(ctx context.Context, vmID string, timeout int, autoPause bool) (model.VM, error) {
+	return s.VMs.SetTTL(ctx, vmID, api.VMTTLRequest{TTL: strconv.Itoa(timeout) + "s", Action: timeoutAction(autoPause)})
+}
+
 // setTimeout moves a sandbox's deadline to now + seconds.
 func (s *Service) setTimeout(ctx context.Context, id string, seconds int) error {
 	if seconds < 1 {
@@ -851,8 +871,10 @@ func (s *Service) resume(ctx context.Context, id string, timeout int) (sb sandbo
 		if timeout <= 0 {
 			timeout = defaultTimeout
 		}
-		// The deadline first: the one that paused it has passed or gone.
-		if err := s.setTimeout(ctx, id, timeout); err != nil {
+		// A deadline first, one the resume cannot outlast: the one that
+		// paused it has passed or gone. The timeout counts once envd
+		// answers.
+		if _, err := s.VMs.SetTTL(ctx, sb.vm.ID, api.VMTTLRequest{TTL: makingTTL(timeout), Action: timeoutAction(sb.rec.AutoPause)}); err != nil {
 			return sb, false, err
 		}
 		vm, err := s.VMs.Resume(ctx, sb.vm.ID, nil)
@@ -880,6 +902,10 @@ func (s *Service) resume(ctx context.Context, id string, timeout int) (sb sandbo
 	if c, err := s.DialGuest(ctx, sb.vm, envd.Port); err == nil {
 		c.Close()
 	} else if err := s.startEnvd(ctx, sb.vm, sb.rec); err != nil {
+		return sb, resumed, err
+	}
+	if resumed {
+		sb.vm, err = s.armTimeout(ctx, sb.vm.ID, timeout, sb.rec.AutoPause)
 		return sb, resumed, err
 	}
 	sb.vm, err = s.VMs.Get(ctx, sb.vm.ID)

@@ -272,7 +272,7 @@ type snapshotSpec struct {
 // environment of its own. A VM it cannot finish is deleted.
 func (s *Service) createFromSnapshot(ctx context.Context, sn model.Snapshot, spec snapshotSpec, held *hold) (sandbox, error) {
 	req := api.CreateVMRequest{Name: newSandboxID(), FromSnapshot: sn.ID, Ready: api.ReadyListening,
-		TTL: strconv.Itoa(spec.timeout) + "s", TTLAction: timeoutAction(spec.autoPause), Labels: spec.labels}
+		TTL: makingTTL(spec.timeout), TTLAction: model.TTLDelete, Labels: spec.labels}
 	if spec.net != nil {
 		req.Net, req.Allow, req.Deny = spec.net.Mode, spec.net.Allow, spec.net.Deny
 	}
@@ -306,7 +306,7 @@ func (s *Service) createFromSnapshot(ctx context.Context, sn model.Snapshot, spe
 	if err := s.rekeyEnvd(ctx, vm, rec); err != nil {
 		return undo(err)
 	}
-	if vm, err = s.VMs.Get(ctx, vm.ID); err != nil {
+	if vm, err = s.armTimeout(ctx, vm.ID, spec.timeout, spec.autoPause); err != nil {
 		return undo(err)
 	}
 	return sandbox{vm: vm, rec: rec}, nil
