@@ -2,9 +2,11 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -65,6 +67,37 @@ func captureFile(ctx context.Context, src, dst string, copyToo bool) (cloned boo
 		return fail(err)
 	}
 	return cloned, replaceFile(tmp, dst)
+}
+
+// ShareFile makes dst another name of the file src, in constant time: a
+// hard link where both are on one filesystem and only this process's
+// user may write src, else CaptureFile; dst must not exist. It is
+// for files nothing ever writes in place once made (a paused VM's saved
+// state: a pause writes a new one, a restore only reads), so both names
+// may go on reading the same blocks. dst is whole or absent.
+func ShareFile(ctx context.Context, src, dst string) (linked bool, err error) {
+	fi, err := os.Lstat(src)
+	if err != nil {
+		return false, fmt.Errorf("share %s: %w", src, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return false, fmt.Errorf("share %s: not a regular file", src)
+	}
+	// Only a file no one but this process's user may write is shared:
+	// one another user owns (a VMM's) could be written after the link.
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != os.Geteuid() || fi.Mode().Perm()&0o022 != 0 {
+		_, err = CaptureFile(ctx, src, dst)
+		return false, err
+	}
+	err = os.Link(src, dst)
+	if err == nil {
+		return true, nil
+	}
+	if !errors.Is(err, unix.EXDEV) {
+		return false, fmt.Errorf("share %s: %w", src, err)
+	}
+	_, err = CaptureFile(ctx, src, dst)
+	return false, err
 }
 
 // sparseCopy copies in's data extents to the same offsets of out and

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -171,5 +172,56 @@ func TestHoles(t *testing.T) {
 	syscall.Stat(dst, &st)
 	if !bytes.Equal(got, data) || st.Blocks*512 > 2<<20+64<<10 {
 		t.Fatalf("after punching: same bytes %v, %d bytes allocated", bytes.Equal(got, data), st.Blocks*512)
+	}
+}
+
+// TestShareFile: a second name for the same file where one filesystem
+// holds both, a copy across filesystems, and a refusal of anything but a
+// regular file.
+func TestShareFile(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "state")
+	if err := os.WriteFile(src, []byte("saved"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(dir, "snap")
+	linked, err := ShareFile(t.Context(), src, dst)
+	a, _ := os.Stat(src)
+	b, _ := os.Stat(dst)
+	if err != nil || !linked || b == nil || !os.SameFile(a, b) {
+		t.Fatalf("share on one filesystem: linked %v, %v", linked, err)
+	}
+	if _, err := ShareFile(t.Context(), src, dst); err == nil {
+		t.Fatal("share over an existing name succeeded")
+	}
+	other, err := os.MkdirTemp("/dev/shm", "share-")
+	if err != nil {
+		t.Skip("no /dev/shm:", err)
+	}
+	defer os.RemoveAll(other)
+	far := filepath.Join(other, "snap")
+	if linked, err = ShareFile(t.Context(), src, far); err != nil || linked {
+		t.Fatalf("share across filesystems: linked %v, %v", linked, err)
+	}
+	if got, _ := os.ReadFile(far); string(got) != "saved" {
+		t.Fatalf("copy across filesystems holds %q", got)
+	}
+	// A file others may write is copied, not linked.
+	open := filepath.Join(dir, "open")
+	if err := os.WriteFile(open, []byte("saved"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(open, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if linked, err = ShareFile(t.Context(), open, filepath.Join(dir, "open2")); err != nil || linked {
+		t.Fatalf("share of a file others may write: linked %v, %v", linked, err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink("/etc/passwd", link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ShareFile(t.Context(), link, filepath.Join(dir, "x")); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Fatalf("share of a symlink: %v", err)
 	}
 }

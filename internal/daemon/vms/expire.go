@@ -182,10 +182,7 @@ func (m *Manager) stopOrPause(ctx context.Context, vm model.VM, action string) e
 		}
 		m.log.Warn("cannot pause; stopping the vm instead", "vm", vm.Name, "err", err)
 	}
-	vm, err := m.halt(ctx, vm, api.StopVMRequest{})
-	if err == nil {
-		m.rawWorkAfterStop(ctx, vm)
-	}
+	_, err := m.stop(ctx, vm, api.StopVMRequest{})
 	return err
 }
 

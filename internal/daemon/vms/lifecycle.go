@@ -682,7 +682,14 @@ func (m *Manager) Stop(ctx context.Context, ref string, req api.StopVMRequest) (
 		return vm, err
 	}
 	defer unlock()
-	vm, err = m.halt(ctx, vm, req)
+	return m.stop(ctx, vm, req)
+}
+
+// stop halts a VM for good (a stop asked for, or its deadline's or idle
+// timeout's): halt, then its work disk made raw, as what reads a stopped
+// VM's disk needs. Called with the VM's lock held.
+func (m *Manager) stop(ctx context.Context, vm model.VM, req api.StopVMRequest) (model.VM, error) {
+	vm, err := m.halt(ctx, vm, req)
 	if err == nil {
 		m.rawWorkAfterStop(ctx, vm)
 	}
@@ -801,6 +808,7 @@ func (m *Manager) remove(ctx context.Context, vm model.VM, force bool) error {
 		return store.Describe("vm", vm.Name, err)
 	}
 	m.forgetUse(vm.ID)
+	m.flat.forget(vm.ID)
 	m.log.Info("vm deleted", "vm", vm.Name)
 	return nil
 }

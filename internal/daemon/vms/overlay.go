@@ -379,6 +379,14 @@ func (m *Manager) separateLater(vmID string) <-chan struct{} {
 	return ch
 }
 
+// forget drops what the flattener keeps of a deleted VM (its last failed
+// copy up's error).
+func (f *flattener) forget(vmID string) {
+	f.mu.Lock()
+	delete(f.failed, vmID)
+	f.mu.Unlock()
+}
+
 // separateIfReader starts separateLater when the VM reads through a
 // snapshot of itself (after a start or a stop, and at the daemon's).
 func (m *Manager) separateIfReader(ctx context.Context, vmID string) {

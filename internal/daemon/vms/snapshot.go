@@ -281,7 +281,7 @@ func (m *Manager) finishSnapshot(ctx context.Context, vm model.VM, sn model.Snap
 
 // capturePaused captures a paused VM into the snapshot sn's directory:
 // the files of the state its pause saved (regular files only: the VMM
-// wrote them, anything else is refused), its work disk (a clone, else a
+// wrote them, anything else is refused; linked, not copied), its work disk (a clone, else a
 // sparse copy), then its system disk: a clone, else taken in place
 // (takePausedInPlace, last: the VM then reads through sn, which a
 // daemon's next start keeps as it is), else a copy.
@@ -301,7 +301,9 @@ func (m *Manager) capturePaused(ctx context.Context, vm model.VM, sn model.Snaps
 		if !e.Type().IsRegular() {
 			return cloned, false, fmt.Errorf("saved state of the paused vm: %s is not a regular file", filepath.Join(src, e.Name()))
 		}
-		if _, err := storage.CaptureFile(ctx, filepath.Join(src, e.Name()), filepath.Join(sn.Dir, snapStateName, e.Name())); err != nil {
+		// Linked: a saved state is never written in place (a pause
+		// writes a new one), so the snapshot and the VM share it.
+		if _, err := storage.ShareFile(ctx, filepath.Join(src, e.Name()), filepath.Join(sn.Dir, snapStateName, e.Name())); err != nil {
 			return cloned, false, err
 		}
 	}

@@ -131,6 +131,13 @@ func TestSnapshotWithFakes(t *testing.T) {
 	if got, _ := f.m.Get(ctx, "dev"); got.State != model.VMPaused || *clocks != clocksBefore {
 		t.Fatalf("after a snapshot of a paused vm: %s, clock set %d times", got.State, *clocks-clocksBefore)
 	}
+	// The saved state is linked, not copied: the same file under both
+	// names.
+	vmState, _ := os.Stat(filepath.Join(StateDir(vm.Dir), "fake.state"))
+	snState, _ := os.Stat(filepath.Join(sp.Dir, "state/fake.state"))
+	if vmState == nil || snState == nil || !os.SameFile(vmState, snState) {
+		t.Fatalf("paused vm's saved state was not linked into its snapshot: %v %v", vmState, snState)
+	}
 	odd := filepath.Join(StateDir(vm.Dir), "odd")
 	if err := os.Symlink("/etc/passwd", odd); err != nil {
 		t.Fatal(err)
@@ -147,6 +154,9 @@ func TestSnapshotWithFakes(t *testing.T) {
 	os.Remove(odd)
 	if err := f.m.RemoveSnapshot(ctx, "p1"); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(StateDir(vm.Dir), "fake.state")); err != nil {
+		t.Fatalf("removing the snapshot took the paused vm's saved state: %v", err)
 	}
 
 	// A snapshot of a VM made from s1 captures an overlay over s1's
