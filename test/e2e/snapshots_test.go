@@ -193,10 +193,26 @@ func TestVMSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	pausedWork, err := os.Stat(v.WorkDisk)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var sp model.Snapshot
 	h.JSON(&sp, "vm", "snapshot", "create", vm, "--name", "sp")
 	if fi, err := os.Stat(filepath.Join(sp.Dir, "system.qcow2")); err != nil || !os.SameFile(fi, pausedSys) {
 		t.Errorf("the paused vm's snapshot's system disk is not the file the vm had (%v): copied, not taken in place", err)
+	}
+	// Its work disk too: the snapshot's is the file the VM had, and the
+	// VM goes on over an overlay over it.
+	workOverlay := filepath.Join(v.Dir, "work.qcow2")
+	if fi, err := os.Stat(filepath.Join(sp.Dir, "work.ext4")); err != nil || !os.SameFile(fi, pausedWork) {
+		t.Errorf("the paused vm's snapshot's work disk is not the file the vm had (%v): copied, not taken in place", err)
+	}
+	if b, err := storage.Qcow2Backing(workOverlay); err != nil || b != filepath.Join(sp.Dir, "work.ext4") {
+		t.Errorf("the paused vm's work disk reads through %q (%v), want its snapshot's", b, err)
+	}
+	if _, err := os.Stat(v.WorkDisk); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the paused vm kept a work.ext4 beside its overlay: %v", err)
 	}
 	if st := h.VM(vm).State; st != model.VMPaused {
 		t.Fatalf("after a snapshot of a paused vm: state %s", st)
@@ -206,11 +222,27 @@ func TestVMSnapshot(t *testing.T) {
 		t.Fatalf("vm from a paused vm's snapshot: %q", out)
 	}
 	h.MustRun("vm", "delete", "--force", "from-paused")
-	// The paused vm reads through it: copied up by the daemon first.
+	// The paused vm reads through it: copied up by the daemon first, and
+	// its work disk made raw.
 	h.MustRun("vm", "snapshot", "rm", "sp")
 	if b, err := storage.Qcow2Backing(v.SystemDisk); err != nil || b != img {
 		t.Fatalf("after removing its snapshot while paused, the vm's system disk reads through %q (%v), want the image", b, err)
 	}
+	if _, err := os.Stat(workOverlay); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("after removing its snapshot while paused, the vm's work disk is still an overlay: %v", err)
+	}
+	// Again, removed while the VM runs on: its VMM makes the disk raw.
+	h.MustRun("vm", "snapshot", "create", vm, "--name", "sq")
+	h.MustRun("vm", "resume", vm)
+	h.MustRun("vm", "exec", vm, "--", "sh", "-c", "echo over > /root/over.txt && sync")
+	h.MustRun("vm", "snapshot", "rm", "sq")
+	if _, err := os.Stat(workOverlay); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("after removing its snapshot while running, the vm's work disk is still an overlay: %v", err)
+	}
+	if out := h.MustRun("vm", "exec", vm, "--", "cat", "/root/after.txt", "/root/over.txt"); out != "after\nover\n" {
+		t.Fatalf("the vm's files after its work disk was made raw while it ran: %q", out)
+	}
+	h.MustRun("vm", "pause", vm)
 
 	// A VM killed before its VMM copied its snapshot up is copied by the
 	// daemon: the snapshot goes while the VM is stopped, and the VM boots

@@ -743,7 +743,9 @@ func TestWorkOverlay(t *testing.T) {
 	}
 
 	// A pause keeps the overlay (nothing reads a paused VM's disks); a
-	// snapshot of the paused VM makes it raw first.
+	// snapshot of the paused VM makes it raw first, then takes it in
+	// place: the snapshot's work disk is that file, and the VM goes on
+	// over an overlay over it.
 	overlayFromSnapshot()
 	if _, err := f.m.Start(ctx, "dev", nil); err != nil {
 		t.Fatal(err)
@@ -758,13 +760,106 @@ func TestWorkOverlay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if hasWorkOverlay(vm) {
-		t.Fatal("a paused vm's snapshot left its work disk an overlay")
+	spWork := filepath.Join(sp.Dir, "work.ext4")
+	if !hasWorkOverlay(vm) || backingOf(t, workOverlay(vm)) != spWork {
+		t.Fatalf("a paused vm's snapshot left its work disk not over the snapshot's (overlay %v)", hasWorkOverlay(vm))
 	}
-	qemu("qemu-io", "-f", "raw", "-r", "-c", "read -P 0x11 0 1M", filepath.Join(sp.Dir, "work.ext4"))
+	qemu("qemu-io", "-f", "raw", "-r", "-c", "read -P 0x11 0 1M", spWork)
 	if _, err := f.m.Resume(ctx, "dev", nil); err != nil {
 		t.Fatal(err)
 	}
+	qemu("qemu-io", "-f", "qcow2", "-c", "write -P 0x33 4M 1M", workOverlay(vm))
+	if _, err := f.m.Stop(ctx, "dev", api.StopVMRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	qemu("qemu-io", "-f", "raw", "-r", "-c", "read -P 0x11 0 1M", "-c", "read -P 0x33 4M 1M", vm.WorkDisk)
+	qemu("qemu-io", "-f", "raw", "-r", "-c", "read -P 0 4M 1M", spWork)
+
+	// Its removal makes the VM's disk raw first: by the daemon while
+	// the VM is paused, by its VMM while it runs.
+	ov.stream = func(base string) error {
+		writeOverlay(t, vm.SystemDisk, base)
+		return nil
+	}
+	for _, running := range []bool{false, true} {
+		if _, err := f.m.Start(ctx, "dev", nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.m.Pause(ctx, "dev"); err != nil {
+			t.Fatal(err)
+		}
+		sn, err := f.m.CreateSnapshot(ctx, "dev", fmt.Sprintf("rm-%v", running))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !readsWork(vm, sn) {
+			t.Fatalf("running=%v: the vm does not read through its snapshot's work disk", running)
+		}
+		mirrors := ov.mirrors
+		if running {
+			if _, err := f.m.Resume(ctx, "dev", nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := f.m.RemoveSnapshot(ctx, sn.Name); err != nil {
+			t.Fatalf("running=%v: remove: %v", running, err)
+		}
+		if hasWorkOverlay(vm) {
+			t.Fatalf("running=%v: the snapshot went while the vm read through it", running)
+		}
+		if running {
+			if b, err := os.ReadFile(vm.WorkDisk); err != nil || string(b) != "mirrored" || ov.mirrors != mirrors+1 {
+				t.Fatalf("work disk after a removal: %q, %v; want the vmm's copy", b, err)
+			}
+			if err := os.Truncate(vm.WorkDisk, vm.DiskBytes); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			qemu("qemu-io", "-f", "raw", "-r", "-c", "read -P 0x33 4M 1M", vm.WorkDisk)
+		}
+		if _, err := f.m.Stop(ctx, "dev", api.StopVMRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// A daemon stopped before the VM was put over the snapshot's work
+	// disk leaves one file under both names: its next start gives the
+	// snapshot a copy of its own.
+	if _, err := f.m.Start(ctx, "dev", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.m.Pause(ctx, "dev"); err != nil {
+		t.Fatal(err)
+	}
+	half, err := f.m.CreateSnapshot(ctx, "dev", "half-linked")
+	if err != nil {
+		t.Fatal(err)
+	}
+	halfWork := filepath.Join(half.Dir, "work.ext4")
+	if err := storage.Qcow2ToRaw(ctx, workOverlay(vm), vm.WorkDisk); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(halfWork); err != nil {
+		t.Fatal(err)
+	}
+	qemu("qemu-io", "-f", "raw", "-c", "write -P 0x44 6M 1M", vm.WorkDisk)
+	if err := os.Link(vm.WorkDisk, halfWork); err != nil {
+		t.Fatal(err)
+	}
+	half.State = model.SnapshotCreating
+	if err := f.st.UpdateSnapshot(ctx, half); err != nil {
+		t.Fatal(err)
+	}
+	f.m.Reconcile(ctx)
+	a, _ := os.Stat(vm.WorkDisk)
+	b, _ := os.Stat(halfWork)
+	if a == nil || b == nil || os.SameFile(a, b) || hasWorkOverlay(vm) {
+		t.Fatalf("after the daemon's start: vm disk %v, snapshot's %v, overlay %v; want two files", a, b, hasWorkOverlay(vm))
+	}
+	if got, _ := f.m.GetSnapshot(ctx, half.Name); got.State != model.SnapshotReady {
+		t.Fatalf("the half-linked snapshot is %s, want ready", got.State)
+	}
+	qemu("qemu-io", "-f", "raw", "-r", "-c", "read -P 0x44 6M 1M", halfWork)
 	if _, err := f.m.Stop(ctx, "dev", api.StopVMRequest{}); err != nil {
 		t.Fatal(err)
 	}

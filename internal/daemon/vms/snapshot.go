@@ -281,10 +281,13 @@ func (m *Manager) finishSnapshot(ctx context.Context, vm model.VM, sn model.Snap
 
 // capturePaused captures a paused VM into the snapshot sn's directory:
 // the files of the state its pause saved (regular files only: the VMM
-// wrote them, anything else is refused; linked, not copied), its work disk (a clone, else a
-// sparse copy), then its system disk: a clone, else taken in place
-// (takePausedInPlace, last: the VM then reads through sn, which a
-// daemon's next start keeps as it is), else a copy.
+// wrote them, anything else is refused; linked, not copied), its work
+// disk (a clone, else linked, else a sparse copy), then its system disk:
+// a clone, else taken in place (takePausedInPlace: the VM then reads
+// through sn, which a daemon's next start keeps as it is), else a copy;
+// last, a linked work disk becomes sn's alone: the VM is put over it
+// (overlayOwnWork) where its system disk was taken in place, else sn
+// gets a copy.
 func (m *Manager) capturePaused(ctx context.Context, vm model.VM, sn model.Snapshot, drv vmm.Driver) (cloned [2]bool, overlaid bool, err error) {
 	if err := m.rawWorkOffline(ctx, vm); err != nil {
 		return cloned, false, err
@@ -307,18 +310,47 @@ func (m *Manager) capturePaused(ctx context.Context, vm model.VM, sn model.Snaps
 			return cloned, false, err
 		}
 	}
-	if cloned[1], err = storage.CaptureFile(ctx, vm.WorkDisk, filepath.Join(sn.Dir, snapWorkName)); err != nil {
+	// The work disk: a clone, else the same file under the snapshot's
+	// name where the system disk can be taken in place (the VM is put
+	// over it below), else a copy.
+	workSnap := filepath.Join(sn.Dir, snapWorkName)
+	if cloned[1], err = storage.CaptureByClone(vm.WorkDisk, workSnap); err != nil {
 		return cloned, false, err
+	}
+	linked := false
+	if !cloned[1] && canOverlayWork(drv) && vm.CowStrategy == "qcow2" && sn.Template == "" {
+		linked = os.Link(vm.WorkDisk, workSnap) == nil
+	}
+	if !cloned[1] && !linked {
+		if _, err = storage.CaptureFile(ctx, vm.WorkDisk, workSnap); err != nil {
+			return cloned, false, err
+		}
 	}
 	sysSnap := snapshotSystemFile(sn.Dir, vm.SystemDisk)
-	if cloned[0], err = storage.CaptureByClone(vm.SystemDisk, sysSnap); err != nil || cloned[0] {
-		return cloned, false, err
+	if cloned[0], err = storage.CaptureByClone(vm.SystemDisk, sysSnap); err == nil && !cloned[0] {
+		overlaid, err = m.takePausedInPlace(ctx, vm, sn, drv)
+		if err == nil && !overlaid {
+			_, err = storage.CaptureFile(ctx, vm.SystemDisk, sysSnap)
+		}
 	}
-	if overlaid, err = m.takePausedInPlace(ctx, vm, sn, drv); err != nil || overlaid {
+	if err != nil || !linked {
 		return cloned, overlaid, err
 	}
-	_, err = storage.CaptureFile(ctx, vm.SystemDisk, sysSnap)
-	return cloned, false, err
+	// The VM over the snapshot's work disk only where it reads through
+	// the snapshot already: a daemon's next start keeps such a snapshot
+	// whole, and any other is removed with the name the VM would need.
+	if overlaid {
+		if err = m.overlayOwnWork(vm, sn); err == nil {
+			return cloned, overlaid, nil
+		}
+		m.log.Warn("vm work disk copied into its snapshot: overlaying it failed", "vm", vm.Name, "snapshot", sn.Name, "err", err)
+	}
+	if _, err = storage.CaptureFile(ctx, vm.WorkDisk, workSnap); err != nil && overlaid {
+		// Kept, as its VM reads through it, but without the VM's work
+		// disk under its name: the VM may write it once resumed.
+		err = m.failSnapshot(ctx, sn, fmt.Errorf("copy the work disk: %w", err))
+	}
+	return cloned, overlaid, err
 }
 
 // stepClock sets a running guest's wall clock to the host's: over the
@@ -446,11 +478,24 @@ func (m *Manager) removeSnapshot(ctx context.Context, sn model.Snapshot, kind st
 			}
 		}
 	}
+	// Its VM may run over its work disk (overlayOwnWork): made raw first,
+	// unless other VMs use it, which refuses the removal below anyway.
+	if users, err := m.store.SnapshotUsers(ctx, sn.ID); err != nil {
+		return err
+	} else if len(users) > 0 {
+		return errdefs.Errorf(errdefs.CodeConflict, "%s %s is used by vm %s: delete those vms first", kind, sn.Name, joinNames(users))
+	}
+	if err := m.releaseWork(ctx, sn); err != nil {
+		return errdefs.Errorf(errdefs.CodeConflict, "%s %s's work disk is read through by vm %s, of which it was taken, and could not be copied into it: %v", kind, sn.Name, sn.VMName, err)
+	}
 	unlock := m.locks.Lock("snapshot:" + sn.ID)
 	defer unlock()
 	sn, err := m.store.GetSnapshot(ctx, sn.ID)
 	if err != nil {
 		return store.Describe(kind, sn.ID, err)
+	}
+	if vm, err := m.store.GetVM(ctx, sn.VMID); err == nil && readsWork(vm, sn) {
+		return errdefs.Errorf(errdefs.CodeConflict, "%s %s's work disk is read through by vm %s again: remove it when that ends", kind, sn.Name, sn.VMName)
 	}
 	if sn.UsedBy, err = m.store.SnapshotUsers(ctx, sn.ID); err != nil {
 		return err
@@ -607,6 +652,12 @@ func (m *Manager) reconcileSnapshots(ctx context.Context) {
 			// was still being copied.
 			if _, err := os.Stat(filepath.Join(sn.Dir, partialMark)); err == nil {
 				_ = m.failSnapshot(ctx, sn, errors.New("the daemon stopped while its work disk was being copied"))
+				continue
+			}
+			// A paused VM's work disk linked into it and not yet
+			// overlaid (capturePaused) becomes its own.
+			if err := m.unshareWork(ctx, sn); err != nil {
+				_ = m.failSnapshot(ctx, sn, fmt.Errorf("its work disk, still its vm's, could not be copied: %w", err))
 				continue
 			}
 			sn.SizeBytes, sn.State = treeBytes(sn.Dir), model.SnapshotReady

@@ -62,7 +62,7 @@ func (m *Manager) forkWorkDisk(ctx context.Context, vm model.VM, sn model.Snapsh
 	if err != nil {
 		return false, err
 	}
-	if _, ok := drv.(vmm.Overlayer); ok && slices.Contains(drv.Formats(), vmm.FormatQcow2) {
+	if canOverlayWork(drv) {
 		fi, err := os.Stat(src)
 		if err != nil {
 			return false, fmt.Errorf("snapshot %s's work disk: %w", sn.Name, err)
@@ -75,6 +75,121 @@ func (m *Manager) forkWorkDisk(ctx context.Context, vm model.VM, sn model.Snapsh
 	}
 	_, err = storage.CaptureFile(ctx, src, vm.WorkDisk)
 	return false, err
+}
+
+// canOverlayWork reports whether drv can run a VM on a work overlay: it
+// opens qcow2 disks and can make the overlay raw while the VM runs.
+func canOverlayWork(drv vmm.Driver) bool {
+	_, ok := drv.(vmm.Overlayer)
+	return ok && slices.Contains(drv.Formats(), vmm.FormatQcow2)
+}
+
+// A paused VM's snapshot takes its work disk in constant time too, where
+// its system disk is taken in place: the snapshot's work.ext4 is made
+// another name of the VM's (capturePaused; nothing writes it while the VM
+// is paused), then the VM goes on over an empty overlay over the
+// snapshot's name and its own name goes (overlayOwnWork). The two names
+// never serve as two disks: where the overlay is not made, or a daemon
+// stopped before it was, the snapshot gets a copy of its own instead
+// (unshareWork). The snapshot's removal makes the VM's overlay raw first
+// (releaseWork).
+
+// overlayOwnWork puts a paused VM, whose work.ext4 the snapshot sn's is
+// another name of, on an empty overlay over sn's name, then drops the
+// VM's name. Written beside work.ext4 first: until that goes, it is the
+// disk and the overlay a leftover.
+func (m *Manager) overlayOwnWork(vm model.VM, sn model.Snapshot) error {
+	src, err := filepath.Abs(filepath.Join(sn.Dir, snapWorkName))
+	if err != nil {
+		return err
+	}
+	fi, err := os.Stat(src)
+	if err != nil {
+		return fmt.Errorf("snapshot %s's work disk: %w", sn.Name, err)
+	}
+	if err := storage.WriteQcow2Overlay(workOverlay(vm), src, vmm.FormatRaw, fi.Size()); err != nil {
+		return err
+	}
+	if err := syncDir(vm.Dir); err != nil {
+		_ = os.Remove(workOverlay(vm))
+		return err
+	}
+	if err := os.Remove(vm.WorkDisk); err != nil {
+		_ = os.Remove(workOverlay(vm))
+		return fmt.Errorf("work disk: %w", err)
+	}
+	// The overlay is the disk now, whatever the sync says.
+	if err := syncDir(vm.Dir); err != nil {
+		m.log.Warn("sync vm directory", "vm", vm.Name, "err", err)
+	}
+	return nil
+}
+
+// unshareWork gives the snapshot sn a work disk of its own where its
+// work.ext4 is still another name of its VM's: a copy, renamed over the
+// name.
+func (m *Manager) unshareWork(ctx context.Context, sn model.Snapshot) error {
+	if sn.VMID == "" {
+		return nil
+	}
+	vm, err := m.store.GetVM(ctx, sn.VMID)
+	if err != nil {
+		return nil // gone, and its name with its directory
+	}
+	own := filepath.Join(sn.Dir, snapWorkName)
+	a, err1 := os.Stat(vm.WorkDisk)
+	b, err2 := os.Stat(own)
+	if err1 != nil || err2 != nil || !os.SameFile(a, b) {
+		return nil
+	}
+	_, err = storage.CaptureFile(ctx, vm.WorkDisk, own)
+	return err
+}
+
+// readsWork reports whether vm's work disk is an overlay whose header
+// names sn's work disk as its backing file; a header that cannot be read
+// counts, so a doubt keeps sn. It only reads.
+func readsWork(vm model.VM, sn model.Snapshot) bool {
+	if _, err := os.Lstat(workOverlay(vm)); err != nil {
+		return false
+	}
+	if _, err := os.Lstat(vm.WorkDisk); err == nil {
+		return false // a leftover beside the disk
+	}
+	backing, err := storage.Qcow2Backing(workOverlay(vm))
+	if err != nil {
+		return true
+	}
+	own, err := filepath.Abs(filepath.Join(sn.Dir, snapWorkName))
+	return err != nil || filepath.Clean(backing) == own
+}
+
+// releaseWork makes the work disk of the VM sn was taken of raw where its
+// overlay reads through sn's (overlayOwnWork), so that sn can go: by its
+// VMM while it runs, else by the daemon. It takes the VM's lock only
+// then.
+func (m *Manager) releaseWork(ctx context.Context, sn model.Snapshot) error {
+	if sn.VMID == "" {
+		return nil
+	}
+	vm, err := m.store.GetVM(ctx, sn.VMID)
+	if err != nil || !readsWork(vm, sn) {
+		return nil // gone, or not reading it
+	}
+	unlock := m.locks.Lock(vm.ID)
+	defer unlock()
+	if vm, err = m.store.GetVM(ctx, vm.ID); err != nil || !readsWork(vm, sn) {
+		return nil
+	}
+	if !m.Alive(vm) {
+		return m.rawWorkOffline(ctx, vm)
+	}
+	drv, err := m.driver(vm.VMM)
+	if err != nil {
+		return err
+	}
+	h, _ := m.handles.get(vm.ID)
+	return m.rawWorkRunning(ctx, vm, drv, vmm.Handle{PID: h.PID, APISocket: h.APISocket})
 }
 
 // workDisk is vm's work disk as a VMM opens it: work.ext4, or the overlay
@@ -95,7 +210,7 @@ const workDiskID = "work"
 
 // checkWorkChain checks vm's work overlay names, as its only backing file,
 // the raw work disk of a snapshot of its lineage (the one it was made
-// from, that one's base, …), at most its size: written by a VMM a guest
+// from, that one's base, …) or of one taken of it, at most its size: written by a VMM a guest
 // may have taken over.
 func (m *Manager) checkWorkChain(ctx context.Context, vm model.VM) error {
 	origin, err := m.store.SnapshotOf(ctx, vm.ID)
@@ -108,9 +223,20 @@ func (m *Manager) checkWorkChain(ctx context.Context, vm model.VM) error {
 	}
 	allowed := map[string]string{}
 	chain, _ := baseChain(origin, all)
+	// Its own snapshots too: a paused VM's snapshot leaves it over the
+	// snapshot's work disk (overlayOwnWork).
+	for _, sn := range all {
+		if sn.VMID == vm.ID && sn.Template == "" {
+			chain = append(chain, sn)
+		}
+	}
 	for _, sn := range chain {
 		if sn.State == model.SnapshotReady {
-			allowed[filepath.Clean(filepath.Join(sn.Dir, snapWorkName))] = vmm.FormatRaw
+			abs, err := filepath.Abs(filepath.Join(sn.Dir, snapWorkName))
+			if err != nil {
+				return err
+			}
+			allowed[abs] = vmm.FormatRaw
 		}
 	}
 	if err := storage.CheckQcow2Chain(workOverlay(vm), allowed, (vm.DiskBytes+511)&^511); err != nil {
