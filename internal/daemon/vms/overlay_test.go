@@ -765,6 +765,19 @@ func TestWorkOverlay(t *testing.T) {
 		t.Fatalf("a paused vm's snapshot left its work disk not over the snapshot's (overlay %v)", hasWorkOverlay(vm))
 	}
 	qemu("qemu-io", "-f", "raw", "-r", "-c", "read -P 0x11 0 1M", spWork)
+	// A snapshot taken of the VM is accepted under its overlay whatever
+	// its state (the VM is put over it before it is recorded ready).
+	sp.State = model.SnapshotCreating
+	if err := f.st.UpdateSnapshot(ctx, sp); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := f.m.workDisk(ctx, vm); err != nil || d.Path != workOverlay(vm) {
+		t.Fatalf("workDisk over its own snapshot, not yet ready = %+v, %v", d, err)
+	}
+	sp.State = model.SnapshotReady
+	if err := f.st.UpdateSnapshot(ctx, sp); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := f.m.Resume(ctx, "dev", nil); err != nil {
 		t.Fatal(err)
 	}

@@ -210,8 +210,8 @@ const workDiskID = "work"
 
 // checkWorkChain checks vm's work overlay names, as its only backing file,
 // the raw work disk of a snapshot of its lineage (the one it was made
-// from, that one's base, …) or of one taken of it, at most its size: written by a VMM a guest
-// may have taken over.
+// from, that one's base, …) or of one taken of it, at most its size:
+// written by a VMM a guest may have taken over.
 func (m *Manager) checkWorkChain(ctx context.Context, vm model.VM) error {
 	origin, err := m.store.SnapshotOf(ctx, vm.ID)
 	if err != nil {
@@ -222,21 +222,27 @@ func (m *Manager) checkWorkChain(ctx context.Context, vm model.VM) error {
 		return err
 	}
 	allowed := map[string]string{}
-	chain, _ := baseChain(origin, all)
-	// Its own snapshots too: a paused VM's snapshot leaves it over the
-	// snapshot's work disk (overlayOwnWork).
-	for _, sn := range all {
-		if sn.VMID == vm.ID && sn.Template == "" {
-			chain = append(chain, sn)
-		}
+	allow := func(sn model.Snapshot) error {
+		abs, err := filepath.Abs(filepath.Join(sn.Dir, snapWorkName))
+		allowed[abs] = vmm.FormatRaw
+		return err
 	}
+	chain, _ := baseChain(origin, all)
 	for _, sn := range chain {
 		if sn.State == model.SnapshotReady {
-			abs, err := filepath.Abs(filepath.Join(sn.Dir, snapWorkName))
-			if err != nil {
+			if err := allow(sn); err != nil {
 				return err
 			}
-			allowed[abs] = vmm.FormatRaw
+		}
+	}
+	// Its own snapshots too, whatever their state (a paused VM's snapshot
+	// leaves it over the snapshot's work disk, overlayOwnWork, before it
+	// is recorded ready): they hold nothing but its own disk.
+	for _, sn := range all {
+		if sn.VMID == vm.ID && sn.Template == "" {
+			if err := allow(sn); err != nil {
+				return err
+			}
 		}
 	}
 	if err := storage.CheckQcow2Chain(workOverlay(vm), allowed, (vm.DiskBytes+511)&^511); err != nil {
