@@ -238,14 +238,19 @@ func TestTimeoutFromReady(t *testing.T) {
 		{`{"timeout":1}`, model.TTLDelete},
 		{`{"timeout":1,"autoPause":true}`, model.TTLPause},
 	} {
+		asked := time.Now()
 		code, body, _ := fx.do(t, "POST", "/v2/sandboxes", tc.body)
+		answered := time.Now()
 		var sb sandboxJSON
 		if code != 201 || json.Unmarshal([]byte(body), &sb) != nil {
 			t.Fatalf("create %s = %d %s", tc.body, code, body)
 		}
+		// 1 s from when the VM was made (1.5 s after the request at
+		// least), at most 1 s from the answer.
 		vm, _ := fx.vms.Get(t.Context(), sb.SandboxID)
-		if left := time.Until(*vm.ExpiresAt); left < 500*time.Millisecond || left > time.Second || vm.ExpireAction != tc.action {
-			t.Fatalf("create %s: %v left, action %q; want about 1 s from the answer, %s", tc.body, left, vm.ExpireAction, tc.action)
+		if at := *vm.ExpiresAt; at.Before(asked.Add(2500*time.Millisecond)) || at.After(answered.Add(time.Second)) || vm.ExpireAction != tc.action {
+			t.Fatalf("create %s: deadline %v after the request, %v after the answer, action %q; want 1 s from when it was ready, %s",
+				tc.body, at.Sub(asked), at.Sub(answered), vm.ExpireAction, tc.action)
 		}
 		if fx.vms.made[vm.ID].TTL != makingTTL(1) || fx.vms.made[vm.ID].TTLAction != model.TTLDelete {
 			t.Fatalf("create %s: made with ttl %q %q, want %q delete", tc.body, fx.vms.made[vm.ID].TTL, fx.vms.made[vm.ID].TTLAction, makingTTL(1))
