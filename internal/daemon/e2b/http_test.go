@@ -186,7 +186,7 @@ func TestSandboxLifecycle(t *testing.T) {
 	}
 
 	// Bad input.
-	for _, bad := range []string{`{"autoResume":{"enabled":true}}`, `{"autoPause":false,"autoResume":{"enabled":true}}`, `{"metadata":{"bad key":"x"}}`, `{"timeout":0}`, `{"envVars":{"A-B":"x"}}`, `{"volumeMounts":[{}]}`, `{"templateID":"nope"}`, `{`} {
+	for _, bad := range []string{`{"autoResume":{"enabled":true}}`, `{"autoPause":false,"autoResume":{"enabled":true}}`, `{"metadata":{"bad key":"x"}}`, `{"timeout":0}`, `{"timeout":2592001}`, `{"envVars":{"A-B":"x"}}`, `{"volumeMounts":[{}]}`, `{"templateID":"nope"}`, `{`} {
 		if code, body, _ = fx.do(t, "POST", "/v2/sandboxes", bad); code < 400 || code >= 500 {
 			t.Errorf("create %s = %d %s, want 4xx", bad, code, body)
 		}
@@ -254,6 +254,17 @@ func TestTimeoutFromReady(t *testing.T) {
 		}
 		if fx.vms.made[vm.ID].TTL != makingTTL(1) || fx.vms.made[vm.ID].TTLAction != model.TTLDelete {
 			t.Fatalf("create %s: made with ttl %q %q, want %q delete", tc.body, fx.vms.made[vm.ID].TTL, fx.vms.made[vm.ID].TTLAction, makingTTL(1))
+		}
+	}
+}
+
+// TestMakingTTL: the deadline of a sandbox being made is one a VM takes,
+// for the longest timeout too.
+func TestMakingTTL(t *testing.T) {
+	for _, timeout := range []int{1, 300, int(model.MaxTTL / time.Second)} {
+		d, err := model.ParseTTL(makingTTL(timeout))
+		if err != nil || d < time.Duration(timeout)*time.Second || d > model.MaxTTL {
+			t.Errorf("makingTTL(%d) = %q: %v, %v", timeout, makingTTL(timeout), d, err)
 		}
 	}
 }

@@ -559,8 +559,8 @@ func (s *Service) create(ctx context.Context, req createRequest) (sandbox, error
 	if req.Timeout != nil {
 		timeout = *req.Timeout
 	}
-	if timeout < 1 {
-		return sandbox{}, errdefs.Errorf(errdefs.CodeInvalid, "timeout %d: want at least 1 second", timeout)
+	if err := checkTimeout(timeout); err != nil {
+		return sandbox{}, err
 	}
 	image := req.TemplateID
 	if image == DefaultTemplate {
@@ -772,10 +772,10 @@ func (s *Service) waitEnvd(ctx context.Context, vm model.VM) error {
 const makingAllowance = 10 * time.Minute
 
 // makingTTL is the deadline of a sandbox while it is made or resumed:
-// its timeout plus makingAllowance, so a daemon that dies meanwhile
-// leaves no VM without one.
+// its timeout plus makingAllowance (at most the longest deadline a VM
+// takes), so a daemon that dies meanwhile leaves no VM without one.
 func makingTTL(timeout int) string {
-	return (time.Duration(timeout)*time.Second + makingAllowance).String()
+	return min(time.Duration(timeout)*time.Second+makingAllowance, model.MaxTTL).String()
 }
 
 // armTimeout sets a sandbox's VM, now ready, its deadline timeout
@@ -784,10 +784,19 @@ func (s *Service) armTimeout(ctx context.Context, vmID string, timeout int, auto
 	return s.VMs.SetTTL(ctx, vmID, api.VMTTLRequest{TTL: strconv.Itoa(timeout) + "s", Action: timeoutAction(autoPause)})
 }
 
+// checkTimeout refuses a sandbox timeout (seconds) that is not one a VM's
+// deadline can be: under 1 second or over model.MaxTTL.
+func checkTimeout(seconds int) error {
+	if seconds < 1 || int64(seconds) > int64(model.MaxTTL/time.Second) {
+		return errdefs.Errorf(errdefs.CodeInvalid, "timeout %d: want 1 to %d seconds", seconds, int64(model.MaxTTL/time.Second))
+	}
+	return nil
+}
+
 // setTimeout moves a sandbox's deadline to now + seconds.
 func (s *Service) setTimeout(ctx context.Context, id string, seconds int) error {
-	if seconds < 1 {
-		return errdefs.Errorf(errdefs.CodeInvalid, "timeout %d: want at least 1 second", seconds)
+	if err := checkTimeout(seconds); err != nil {
+		return err
 	}
 	sb, err := s.lookup(ctx, id)
 	if err != nil {

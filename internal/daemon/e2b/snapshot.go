@@ -179,8 +179,8 @@ func (s *Service) fork(ctx context.Context, id string, count, timeout int) ([]fo
 	if count < 1 || count > maxFork {
 		return nil, errdefs.Errorf(errdefs.CodeInvalid, "count %d: fork 1 to %d sandboxes at once", count, maxFork)
 	}
-	if timeout < 1 {
-		return nil, errdefs.Errorf(errdefs.CodeInvalid, "timeout %d: want at least 1 second", timeout)
+	if err := checkTimeout(timeout); err != nil {
+		return nil, err
 	}
 	src, err := s.snapshottable(ctx, id)
 	if err != nil {
