@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strconv"
@@ -404,11 +405,10 @@ func (d *Driver) StartBackup(ctx context.Context, h vmm.Handle, diskID, path str
 		return "", fmt.Errorf("backup of disk %s: %w", diskID, err)
 	}
 	defer f.Close()
-	node, err := overlayNodeName()
+	node, err := copyNodeName("bk")
 	if err != nil {
 		return "", err
 	}
-	node = "bk" + strings.TrimPrefix(node, "ovl")
 	err = withQMP(ctx, h.APISocket, func(c *qmp) error {
 		var st qmpStatus
 		if err := c.execute(ctx, "query-status", nil, &st); err != nil {
@@ -417,34 +417,57 @@ func (d *Driver) StartBackup(ctx context.Context, h vmm.Handle, diskID, path str
 		if st.Running {
 			return fmt.Errorf("%w: the guest runs", vmm.ErrNoOverlay)
 		}
-		var added struct {
-			Set int `json:"fdset-id"`
-		}
-		if err := c.executeFD(ctx, "add-fd", map[string]any{"opaque": backupOpaque + node}, f, &added); err != nil {
-			return err
-		}
-		if err := c.execute(ctx, "blockdev-add", map[string]any{
-			"driver": "raw", "node-name": node,
-			"file": map[string]any{"driver": "file", "filename": fdsetPath(added.Set), "locking": "off"},
-		}, nil); err != nil {
-			_ = c.execute(ctx, "remove-fd", map[string]any{"fdset-id": added.Set}, nil)
-			return err
-		}
-		args := map[string]any{"job-id": node, "device": diskID, "target": node, "sync": "full", "auto-dismiss": false}
+		var speed map[string]any
 		if d.backupSpeed > 0 {
-			args["speed"] = d.backupSpeed
+			speed = map[string]any{"speed": d.backupSpeed}
 		}
-		if err := c.execute(ctx, "blockdev-backup", args, nil); err != nil {
-			_ = c.execute(ctx, "blockdev-del", map[string]any{"node-name": node}, nil)
-			_ = c.execute(ctx, "remove-fd", map[string]any{"fdset-id": added.Set}, nil)
-			return err
-		}
-		return nil
+		return c.startCopy(ctx, f, node, backupOpaque, false, "blockdev-backup", diskID, speed)
 	})
 	if err != nil {
 		return "", fmt.Errorf("backup of disk %s: %w", diskID, err)
 	}
 	return node, nil
+}
+
+// copyNodeName is a new node name for a copy job's target, prefix-xxxx
+// (the job is named after it).
+func copyNodeName(prefix string) (string, error) {
+	node, err := overlayNodeName()
+	return prefix + strings.TrimPrefix(node, "ovl"), err
+}
+
+// startCopy puts the file f into QEMU as the raw node node (its fdset
+// marked opaque+node; discard=unmap when unmap, so what reads as zeroes
+// stays a hole) and starts the job cmd (blockdev-backup or
+// blockdev-mirror, sync full, named node, not dismissed on its own)
+// copying the disk diskID into it, with extra arguments. When the job
+// cannot start, the node and its descriptor are taken out again.
+func (c *qmp) startCopy(ctx context.Context, f *os.File, node, opaque string, unmap bool, cmd, diskID string, extra map[string]any) error {
+	var added struct {
+		Set int `json:"fdset-id"`
+	}
+	if err := c.executeFD(ctx, "add-fd", map[string]any{"opaque": opaque + node}, f, &added); err != nil {
+		return err
+	}
+	target := map[string]any{
+		"driver": "raw", "node-name": node,
+		"file": map[string]any{"driver": "file", "filename": fdsetPath(added.Set), "locking": "off"},
+	}
+	if unmap {
+		target["discard"] = "unmap"
+	}
+	if err := c.execute(ctx, "blockdev-add", target, nil); err != nil {
+		_ = c.execute(ctx, "remove-fd", map[string]any{"fdset-id": added.Set}, nil)
+		return err
+	}
+	args := map[string]any{"job-id": node, "device": diskID, "target": node, "sync": "full", "auto-dismiss": false}
+	maps.Copy(args, extra)
+	if err := c.execute(ctx, cmd, args, nil); err != nil {
+		_ = c.execute(ctx, "blockdev-del", map[string]any{"node-name": node}, nil)
+		_ = c.execute(ctx, "remove-fd", map[string]any{"fdset-id": added.Set}, nil)
+		return err
+	}
+	return nil
 }
 
 // WaitBackup implements vmm.Overlayer: it waits for the job (awaitJob),
@@ -586,33 +609,12 @@ func (d *Driver) Mirror(ctx context.Context, h vmm.Handle, diskID, path string) 
 	if err != nil {
 		return fmt.Errorf("mirror of disk %s: %w", diskID, err)
 	}
-	node, err := overlayNodeName()
+	node, err := copyNodeName("mr")
 	if err != nil {
 		return err
 	}
-	node = "mr" + strings.TrimPrefix(node, "ovl")
 	err = withQMP(ctx, h.APISocket, func(c *qmp) error {
-		var added struct {
-			Set int `json:"fdset-id"`
-		}
-		if err := c.executeFD(ctx, "add-fd", map[string]any{"opaque": mirrorOpaque + node}, f, &added); err != nil {
-			return err
-		}
-		if err := c.execute(ctx, "blockdev-add", map[string]any{
-			"driver": "raw", "node-name": node, "discard": "unmap",
-			"file": map[string]any{"driver": "file", "filename": fdsetPath(added.Set), "locking": "off"},
-		}, nil); err != nil {
-			_ = c.execute(ctx, "remove-fd", map[string]any{"fdset-id": added.Set}, nil)
-			return err
-		}
-		if err := c.execute(ctx, "blockdev-mirror", map[string]any{
-			"job-id": node, "device": diskID, "target": node, "sync": "full", "auto-dismiss": false,
-		}, nil); err != nil {
-			_ = c.execute(ctx, "blockdev-del", map[string]any{"node-name": node}, nil)
-			_ = c.execute(ctx, "remove-fd", map[string]any{"fdset-id": added.Set}, nil)
-			return err
-		}
-		return nil
+		return c.startCopy(ctx, f, node, mirrorOpaque, true, "blockdev-mirror", diskID, nil)
 	})
 	if err != nil {
 		return fmt.Errorf("mirror of disk %s: %w", diskID, err)
