@@ -225,11 +225,7 @@ func TestCheckQcow2ChainOfQemuImg(t *testing.T) {
 // the same as the chain, also once the middle layer is gone; the image's
 // own blocks are not copied into it.
 func TestFlattenQcow2(t *testing.T) {
-	for _, tool := range []string{"qemu-img", "qemu-io"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skip(tool + " not installed")
-		}
-	}
+	need(t, "qemu-img", "qemu-io")
 	dir := t.TempDir()
 	img, mid, top := filepath.Join(dir, "image.raw"), filepath.Join(dir, "mid.qcow2"), filepath.Join(dir, "top.qcow2")
 	whole := filepath.Join(dir, "whole.raw")
@@ -289,11 +285,7 @@ func TestFlattenQcow2(t *testing.T) {
 // file reading the same, sparse where both were; a failure leaves no
 // file.
 func TestQcow2ToRaw(t *testing.T) {
-	for _, tool := range []string{"qemu-img", "qemu-io"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skip(tool + " not installed")
-		}
-	}
+	need(t, "qemu-img", "qemu-io")
 	dir := t.TempDir()
 	base, top, out := filepath.Join(dir, "base.ext4"), filepath.Join(dir, "work.qcow2"), filepath.Join(dir, "work.ext4")
 	run := func(argv ...string) {

@@ -40,11 +40,13 @@ func RequireE2E(t testing.TB) {
 	}
 }
 
-// RequireBinary skips the test unless name is on PATH.
-func RequireBinary(t testing.TB, name string) {
+// RequireBinary skips the test unless every one of names is on PATH.
+func RequireBinary(t testing.TB, names ...string) {
 	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		t.Skipf("needs %s on PATH", name)
+	for _, name := range names {
+		if _, err := exec.LookPath(name); err != nil {
+			t.Skipf("needs %s on PATH", name)
+		}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/banger/banger/internal/api"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/storage"
+	"github.com/banger/banger/internal/testenv"
 )
 
 // TestFlattenDeepSnapshots: with chain_depth 1, a snapshot of a VM made
@@ -20,11 +21,7 @@ import (
 // through the image alone, its base is none, and the snapshot it was
 // based on can go.
 func TestFlattenDeepSnapshots(t *testing.T) {
-	for _, tool := range []string{"qemu-img", "qemu-io"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skip(tool + " not installed")
-		}
-	}
+	testenv.RequireBinary(t, "qemu-img", "qemu-io")
 	f, _, _ := snapFixture(t)
 	f.m.cfg.ChainDepth = 1
 	ctx := context.Background()

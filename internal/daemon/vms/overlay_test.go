@@ -17,6 +17,7 @@ import (
 	"github.com/banger/banger/internal/errdefs"
 	"github.com/banger/banger/internal/model"
 	"github.com/banger/banger/internal/storage"
+	"github.com/banger/banger/internal/testenv"
 	"github.com/banger/banger/internal/vmm"
 )
 
@@ -440,11 +441,7 @@ func TestFlattenWaitsForReader(t *testing.T) {
 // the VM's VMM wrote, so a header naming a file outside the VM's lineage
 // is refused and the snapshot kept.
 func TestCopyUpOffline(t *testing.T) {
-	for _, tool := range []string{"qemu-img", "qemu-io"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skip(tool + " not installed")
-		}
-	}
+	testenv.RequireBinary(t, "qemu-img", "qemu-io")
 	f, ov, vm, img := overlayFixture(t)
 	ctx := context.Background()
 	streams := 0
@@ -653,11 +650,7 @@ func TestSnapshotPausedInPlace(t *testing.T) {
 // both layers hold), and a header naming a host file is refused by
 // both the start and the conversion.
 func TestWorkOverlay(t *testing.T) {
-	for _, tool := range []string{"qemu-img", "qemu-io"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skip(tool + " not installed")
-		}
-	}
+	testenv.RequireBinary(t, "qemu-img", "qemu-io")
 	f, ov, vm, img := overlayFixture(t)
 	ctx := context.Background()
 	qemu := func(argv ...string) {
