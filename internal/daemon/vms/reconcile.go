@@ -31,6 +31,11 @@ func (m *Manager) Reconcile(ctx context.Context) {
 		known[vm.ID] = true
 		if !gone[vm.ID] {
 			m.reconcileVM(ctx, vm)
+			// A work overlay left on a VM that does not run (a daemon
+			// stopped mid-stop) is made raw; only such a VM is read again.
+			if _, err := os.Lstat(workOverlay(vm)); err != nil {
+				continue
+			}
 			if v, err := m.store.GetVM(ctx, vm.ID); err == nil && (v.State == model.VMStopped || v.State == model.VMFailed) {
 				m.rawWorkAfterStop(ctx, v)
 			}
