@@ -884,6 +884,28 @@ func TestWorkOverlay(t *testing.T) {
 	if _, err := os.Stat(vm.WorkDisk); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("a raw work disk was made from a foreign header: %v", err)
 	}
+	// An overlay whose header cannot be read (here a symlink to a host
+	// file) counts as reading through the VM's snapshot: the removal
+	// tries to make it raw, is refused, and keeps the snapshot.
+	if err := os.Remove(workOverlay(vm)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc/passwd", workOverlay(vm)); err != nil {
+		t.Fatal(err)
+	}
+	if !readsWork(vm, half) {
+		t.Fatal("an unreadable work overlay was taken as not reading through the snapshot")
+	}
+	if err := f.m.RemoveSnapshot(ctx, half.Name); errdefs.CodeOf(err) != errdefs.CodeConflict {
+		t.Fatalf("removal under an unreadable work overlay: %v, want a conflict", err)
+	}
+	if _, err := f.m.GetSnapshot(ctx, half.Name); err != nil {
+		t.Fatalf("the snapshot went under an unreadable work overlay: %v", err)
+	}
+	if _, err := os.Stat(vm.WorkDisk); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a raw work disk was made through a symlink: %v", err)
+	}
+	_ = os.Remove(workOverlay(vm))
 
 	// The daemon's start converts a stopped VM's overlay.
 	overlayFromSnapshot()
