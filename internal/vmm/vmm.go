@@ -239,10 +239,11 @@ type Snapshotter interface {
 }
 
 // Overlayer is an optional ability of a Driver: capturing a running VM's
-// disks with the guest frozen only for a moment. A qcow2 disk gets an
-// empty overlay on top while the guest is stopped, and the captured
-// file's data is copied up into that overlay later while the guest runs,
-// so the disk no longer needs it. Any disk can be copied as it is at an
+// disks with the guest frozen only for a moment. A disk (qcow2 or raw)
+// gets an empty qcow2 overlay on top while the guest is stopped, and the
+// captured file's data can be copied up into that overlay later while
+// the guest runs (Stream), or the whole disk moved onto a new raw file
+// (Mirror), so the disk no longer needs it. Any disk can be copied as it is at an
 // instant while the guest runs on (a backup).
 //
 // The flows (a snapshot):
@@ -307,7 +308,8 @@ type Overlayer interface {
 	// former files. It returns nil once the disk is that file; an error
 	// leaves the disk as it was, unless it says the switch was made. A
 	// disk that is raw already (a Mirror cut short after its switch) is
-	// left as it is and nil returned.
+	// left as it is and nil returned. A disk Mirror switched can be
+	// overlaid later as one the VM started with.
 	Mirror(ctx context.Context, h Handle, diskID, path string) error
 }
 

@@ -85,6 +85,10 @@ func TestVMSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	workBefore, err := os.Stat(h.VM(vm).WorkDisk)
+	if err != nil {
+		t.Fatal(err)
+	}
 	start := time.Now()
 	var sn model.Snapshot
 	h.JSON(&sn, "vm", "snapshot", "create", vm, "--name", "s1")
@@ -139,21 +143,57 @@ func TestVMSnapshot(t *testing.T) {
 	if fileSum(t, sysSnap) != sysSum {
 		t.Fatal("the snapshot's system disk changed after it was taken")
 	}
-	// Its work disk was copied by the VMM while the guest ran on, its
-	// holes punched back: it takes no more room than the VM's.
-	if a, b := allocatedBytes(t, filepath.Join(sn.Dir, "work.ext4")), allocatedBytes(t, v.WorkDisk); a > b+1<<20 {
-		t.Errorf("the snapshot's work disk holds %d bytes, the vm's %d: its holes were filled", a, b)
+	// Its work disk was taken in place too: the snapshot's work.ext4 is
+	// the file the VM had, which its VMM holds read-only, and the VM
+	// goes on over an overlay over it.
+	workOverlay := filepath.Join(v.Dir, "work.qcow2")
+	snapWork := filepath.Join(sn.Dir, "work.ext4")
+	if fi, err := os.Stat(snapWork); err != nil || !os.SameFile(fi, workBefore) {
+		t.Errorf("the snapshot's work disk is not the file the vm had (%v): copied, not taken in place", err)
+	}
+	if b, err := storage.Qcow2Backing(workOverlay); err != nil || b != snapWork {
+		t.Errorf("the vm's work disk reads through %q (%v), want its snapshot's", b, err)
+	}
+	if _, err := os.Stat(v.WorkDisk); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the vm kept a work.ext4 beside its overlay: %v", err)
+	}
+	if open, w := proc.Holds(vmmPID(t, v), snapWork); w {
+		t.Errorf("the vmm holds the snapshot's work disk writable (open %v)", open)
 	}
 
 	// A snapshot the VM still reads through is copied up before it goes:
-	// its removal waits for that, and the VM keeps its files.
-	h.MustRun("vm", "snapshot", "create", vm, "--name", "s0")
+	// its removal waits for that, and the VM keeps its files. Its work
+	// disk is made raw by the VMM before the next snapshot takes it in
+	// place, and again before that snapshot goes.
+	workS1, err := os.Stat(snapWork)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s0 model.Snapshot
+	h.JSON(&s0, "vm", "snapshot", "create", vm, "--name", "s0")
+	if b, err := storage.Qcow2Backing(workOverlay); err != nil || b != filepath.Join(s0.Dir, "work.ext4") {
+		t.Errorf("after a second snapshot the vm's work disk reads through %q (%v), want the second's", b, err)
+	}
 	h.MustRun("vm", "snapshot", "rm", "s0")
 	if b, err := storage.Qcow2Backing(v.SystemDisk); err != nil || b != img {
 		t.Fatalf("after removing the snapshot it was overlaid on, the vm's system disk reads through %q (%v), want the image", b, err)
 	}
-	if out := h.MustRun("vm", "exec", vm, "--", "cat", "/etc/before-sys", "/etc/after-sys"); out != "sys\nsys\n" {
+	if _, err := os.Stat(workOverlay); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("after removing the snapshot its work disk was over, the vm's work disk is still an overlay: %v", err)
+	}
+	if out := h.MustRun("vm", "exec", vm, "--", "cat", "/etc/before-sys", "/etc/after-sys", "/root/after.txt"); out != "sys\nsys\nafter\n" {
 		t.Fatalf("after removing the snapshot it was overlaid on: %q", out)
+	}
+	// Made raw by the VMM, its holes stay holes: it takes about the room
+	// s1's does (the guest wrote a few small files since).
+	if a, b := allocatedBytes(t, v.WorkDisk), allocatedBytes(t, snapWork); a > b+16<<20 {
+		t.Errorf("the vm's work disk made raw holds %d bytes, s1's %d: its holes were filled", a, b)
+	}
+	if fi, err := os.Stat(snapWork); err != nil || !os.SameFile(fi, workS1) {
+		t.Errorf("s1's work disk changed under the second snapshot (%v)", err)
+	}
+	if ls := debugfsLs(t, snapWork, "/"); !strings.Contains(ls, "before.txt") || strings.Contains(ls, "after.txt") {
+		t.Fatalf("s1's work disk after a second snapshot:\n%s", ls)
 	}
 
 	var list []model.Snapshot
@@ -204,7 +244,6 @@ func TestVMSnapshot(t *testing.T) {
 	}
 	// Its work disk too: the snapshot's is the file the VM had, and the
 	// VM goes on over an overlay over it.
-	workOverlay := filepath.Join(v.Dir, "work.qcow2")
 	if fi, err := os.Stat(filepath.Join(sp.Dir, "work.ext4")); err != nil || !os.SameFile(fi, pausedWork) {
 		t.Errorf("the paused vm's snapshot's work disk is not the file the vm had (%v): copied, not taken in place", err)
 	}
@@ -412,7 +451,11 @@ func TestVMFork(t *testing.T) {
 	h.MustRun("vm", "exec", "kid-1", "--", "sh", "-c", "echo kid > /etc/kid1-sys && sync")
 	var grand model.Snapshot
 	h.JSON(&grand, "vm", "snapshot", "create", "kid-1", "--name", "grand")
-	// Its work disk was made raw by its VMM first, while it ran.
+	// Its work disk was made raw by its VMM first, while it ran, then
+	// taken in place: kid-1 goes on over an overlay over grand's.
+	if b, err := storage.Qcow2Backing(filepath.Join(h.VM("kid-1").Dir, "work.qcow2")); err != nil || b != filepath.Join(grand.Dir, "work.ext4") {
+		t.Errorf("kid-1's work disk reads through %q (%v), want grand's", b, err)
+	}
 	workRaw := func(name string) {
 		t.Helper()
 		v := h.VM(name)
@@ -423,7 +466,6 @@ func TestVMFork(t *testing.T) {
 			t.Errorf("%s's raw work disk:\n%s", name, ls)
 		}
 	}
-	workRaw("kid-1")
 	if ls := debugfsLs(t, filepath.Join(grand.Dir, "work.ext4"), "/"); !strings.Contains(ls, "kid1.txt") {
 		t.Errorf("grand's work disk:\n%s", ls)
 	}

@@ -84,18 +84,29 @@ func (m *Manager) overlaySystem(ctx context.Context, vm model.VM, sn model.Snaps
 	// kept a descriptor) could change it under the VMs made from it. The
 	// snapshot then gets a copy of its own, made while the guest is still
 	// frozen; the VM reads on through the file it had.
-	if holdsWritable(vh.PID, captured) {
-		m.log.Warn("the vmm holds the captured system disk writable; the snapshot gets a copy", "vm", vm.Name, "snapshot", sn.Name)
-		tmp := captured + ".copy"
-		if _, err := storage.CaptureFile(ctx, captured, tmp); err != nil {
-			return true, err
-		}
-		if err := os.Rename(tmp, captured); err != nil {
-			_ = os.Remove(tmp)
-			return true, err
-		}
+	if err := m.ownCopyIfHeld(ctx, vm, sn, vh, captured); err != nil {
+		return true, err
 	}
 	return true, nil
+}
+
+// ownCopyIfHeld gives the snapshot sn's captured disk file a copy of its
+// own, renamed over it, when vm's VMM (vh) still holds the file writable
+// after switching off it; the caller keeps the guest frozen meanwhile.
+func (m *Manager) ownCopyIfHeld(ctx context.Context, vm model.VM, sn model.Snapshot, vh vmm.Handle, captured string) error {
+	if !holdsWritable(vh.PID, captured) {
+		return nil
+	}
+	m.log.Warn("the vmm holds a captured disk writable; the snapshot gets a copy", "vm", vm.Name, "snapshot", sn.Name, "file", filepath.Base(captured))
+	tmp := captured + ".copy"
+	if _, err := storage.CaptureFile(ctx, captured, tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, captured); err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	return nil
 }
 
 // prepareInPlace does the switch's first two steps for the VM's system
@@ -579,7 +590,11 @@ func (b *workBackup) cancel() {
 // (removeFailed).
 func (m *Manager) failSnapshot(ctx context.Context, sn model.Snapshot, cause error) error {
 	_ = os.RemoveAll(filepath.Join(sn.Dir, snapStateName))
-	_ = os.Remove(filepath.Join(sn.Dir, snapWorkName))
+	// Its work disk stays while its VM's overlay reads through it
+	// (overlayWork); releaseWork makes that raw before the removal.
+	if vm, err := m.store.GetVM(ctx, sn.VMID); err != nil || !readsWork(vm, sn) {
+		_ = os.Remove(filepath.Join(sn.Dir, snapWorkName))
+	}
 	_ = os.Remove(filepath.Join(sn.Dir, partialMark))
 	sn.State, sn.SizeBytes = model.SnapshotFailed, treeBytes(sn.Dir)
 	if err := m.store.UpdateSnapshot(ctx, sn); err != nil {

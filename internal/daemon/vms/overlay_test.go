@@ -33,6 +33,10 @@ type overlayDriver struct {
 	mirrors   int
 	mirrorErr error
 	stream    func(base string) error
+	// work: Overlay takes the work disk too (else refuses it, as a VMM
+	// that opened it by path), failing with workErr when set.
+	work    bool
+	workErr error
 }
 
 var _ vmm.Overlayer = (*overlayDriver)(nil)
@@ -43,7 +47,12 @@ func (d *overlayDriver) Overlay(ctx context.Context, h vmm.Handle, diskID, path 
 	if d.err != nil {
 		return d.err
 	}
-	if diskID != rootDisk {
+	switch {
+	case diskID == workDiskID && !d.work:
+		return fmt.Errorf("%w: disk %s opened by path", vmm.ErrNoOverlay, diskID)
+	case diskID == workDiskID && d.workErr != nil:
+		return d.workErr
+	case diskID != rootDisk && diskID != workDiskID:
 		return fmt.Errorf("overlay of disk %q", diskID)
 	}
 	d.overlays = append(d.overlays, path)
@@ -298,9 +307,9 @@ func TestSnapshotOverlaid(t *testing.T) {
 // Not recorded, the overlay goes and so does the half-made snapshot. One
 // whose work disk was still being copied is kept failed, not ready.
 func TestSettleSwitch(t *testing.T) {
-	for _, c := range []struct{ decided, partial bool }{{true, false}, {true, true}, {false, false}} {
-		decided, partial := c.decided, c.partial
-		t.Run(fmt.Sprintf("decided=%v,partial=%v", decided, partial), func(t *testing.T) {
+	for _, c := range []struct{ decided, partial, noWork bool }{{true, false, false}, {true, true, false}, {true, false, true}, {false, false, false}} {
+		decided, partial, noWork := c.decided, c.partial, c.noWork
+		t.Run(fmt.Sprintf("decided=%v,partial=%v,noWork=%v", decided, partial, noWork), func(t *testing.T) {
 			f, ov, vm, img := overlayFixture(t)
 			ov.stream = func(string) error { return errors.New("not now") }
 			ctx := context.Background()
@@ -319,6 +328,13 @@ func TestSettleSwitch(t *testing.T) {
 				t.Fatal(err)
 			}
 			writeOverlay(t, vm.SystemDisk+nextSuffix, snapFile)
+			// The work disk is captured after the switch: a daemon that
+			// stopped before that leaves none.
+			if !noWork {
+				if err := os.WriteFile(filepath.Join(sn.Dir, snapWorkName), []byte("backup"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
 			if partial {
 				if err := os.WriteFile(filepath.Join(sn.Dir, partialMark), nil, 0o600); err != nil {
 					t.Fatal(err)
@@ -355,7 +371,7 @@ func TestSettleSwitch(t *testing.T) {
 					t.Fatalf("vm reads through %q, want the snapshot's", b)
 				}
 				want := model.SnapshotReady
-				if partial {
+				if partial || noWork {
 					want = model.SnapshotFailed // its work disk was not whole
 				}
 				if len(all) != 1 || all[0].State != want {
@@ -641,6 +657,136 @@ func TestSnapshotPausedInPlace(t *testing.T) {
 		if err := f.m.awaitSeparated(ctx, vm.ID); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestWorkOverlayRunning: a running VM's snapshot, where its system disk
+// is taken in place, takes its work disk in place too: the snapshot's
+// work.ext4 is the VM's file (no copy by the VMM), the VM goes on over an
+// overlay naming it, and a stop makes its disk raw again with both
+// layers' data, the snapshot's file untouched. A VMM that refuses the
+// switch gets the file back and copies it. A switch a daemon's end cut
+// short between the rename and the VMM's switch is undone at the next
+// start, and the snapshot, with no work disk, is failed.
+func TestWorkOverlayRunning(t *testing.T) {
+	testenv.RequireBinary(t, "qemu-img", "qemu-io")
+	f, ov, vm, _ := overlayFixture(t)
+	ctx := context.Background()
+	ov.stream = func(string) error { return errors.New("not now") }
+	qemu := func(argv ...string) {
+		t.Helper()
+		if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", argv, err, out)
+		}
+	}
+	_ = os.Remove(vm.WorkDisk)
+	qemu("qemu-img", "create", "-q", "-f", "raw", vm.WorkDisk, fmt.Sprint(vm.DiskBytes))
+	qemu("qemu-io", "-f", "raw", "-c", "write -P 0x22 0 1M", vm.WorkDisk)
+	disk, err := os.Stat(vm.WorkDisk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameAsDisk := func(p string) bool {
+		fi, err := os.Stat(p)
+		return err == nil && os.SameFile(fi, disk)
+	}
+
+	// Refused by the VMM: the file keeps its name, the snapshot a copy.
+	ov.work, ov.workErr = true, fmt.Errorf("%w: not now", vmm.ErrNoOverlay)
+	s0, err := f.m.CreateSnapshot(ctx, "dev", "w0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sameAsDisk(vm.WorkDisk) || hasWorkOverlay(vm) {
+		t.Fatalf("a refused switch left the work disk moved (overlay %v)", hasWorkOverlay(vm))
+	}
+	if b, err := os.ReadFile(filepath.Join(s0.Dir, snapWorkName)); err != nil || string(b) != "backup" {
+		t.Fatalf("refused switch: the snapshot's work disk %q, %v; want the vmm's copy", b, err)
+	}
+
+	ov.workErr = nil
+	s1, err := f.m.CreateSnapshot(ctx, "dev", "w1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	snapWork := filepath.Join(s1.Dir, snapWorkName)
+	abs, _ := filepath.Abs(snapWork)
+	if !sameAsDisk(snapWork) {
+		t.Fatal("the snapshot's work disk is not the vm's file")
+	}
+	if _, err := os.Lstat(vm.WorkDisk); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the vm kept its work.ext4 beside the overlay: %v", err)
+	}
+	if !hasWorkOverlay(vm) || backingOf(t, workOverlay(vm)) != abs {
+		t.Fatalf("the vm's work disk is not an overlay over the snapshot's (overlay %v)", hasWorkOverlay(vm))
+	}
+	if n := len(ov.overlays); n == 0 || ov.overlays[n-1] != workOverlay(vm) {
+		t.Fatalf("the vmm was not switched onto the work overlay: %v", ov.overlays)
+	}
+	if d, err := f.m.workDisk(ctx, vm); err != nil || d.Path != workOverlay(vm) {
+		t.Fatalf("workDisk over its own snapshot = %+v, %v", d, err)
+	}
+	qemu("qemu-io", "-f", "qcow2", "-c", "write -P 0x33 1M 1M", workOverlay(vm))
+	if _, err := f.m.Stop(ctx, "dev", api.StopVMRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	qemu("qemu-io", "-f", "raw", "-r", "-c", "read -P 0x22 0 1M", "-c", "read -P 0x33 1M 1M", vm.WorkDisk)
+	qemu("qemu-io", "-f", "raw", "-r", "-c", "read -P 0x22 0 1M", "-c", "read -P 0 1M 1M", snapWork)
+	if sameAsDisk(vm.WorkDisk) || hasWorkOverlay(vm) {
+		t.Fatal("the stop did not give the vm a raw work disk of its own")
+	}
+
+	// Cut short: the file moved into a snapshot the VM reads through,
+	// the VMM (the test process) still writing it, never switched.
+	if _, err := f.m.Start(ctx, "dev", nil); err != nil {
+		t.Fatal(err)
+	}
+	if vm, err = f.st.GetVM(ctx, vm.ID); err != nil {
+		t.Fatal(err)
+	}
+	sn := model.Snapshot{ID: model.NewID(), Name: "half", VMID: vm.ID, VMName: vm.Name, ImageID: vm.ImageID, KernelID: vm.KernelID,
+		CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes, VMM: vm.VMM, CowStrategy: vm.CowStrategy,
+		State: model.SnapshotCreating, CreatedAt: time.Now().UTC()}
+	sn.Dir = filepath.Join(f.m.SnapshotsDir(), sn.ID)
+	if err := f.st.CreateSnapshot(ctx, sn); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(sn.Dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.st.SetSnapshotReader(ctx, sn.ID, vm.ID); err != nil {
+		t.Fatal(err)
+	}
+	moved := filepath.Join(sn.Dir, snapWorkName)
+	movedAbs, _ := filepath.Abs(moved)
+	before, _ := os.Stat(vm.WorkDisk)
+	if err := storage.WriteQcow2Overlay(workOverlay(vm), movedAbs, vmm.FormatRaw, vm.DiskBytes); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(vm.WorkDisk, moved); err != nil {
+		t.Fatal(err)
+	}
+	held, err := os.OpenFile(moved, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	h, _ := f.m.handles.get(vm.ID)
+	ov.SnapDriver.Procs[vm.APISocket] = os.Getpid()
+	h.PID = os.Getpid()
+	if err := f.m.handles.set(vm.ID, vm.Dir, h); err != nil {
+		t.Fatal(err)
+	}
+	vm.State = model.VMPausing
+	if err := f.m.save(ctx, &vm); err != nil {
+		t.Fatal(err)
+	}
+	f.m.Reconcile(ctx)
+	if fi, err := os.Stat(vm.WorkDisk); err != nil || !os.SameFile(fi, before) || hasWorkOverlay(vm) {
+		t.Fatalf("the cut-short switch was not undone: work.ext4 %v, overlay %v", err, hasWorkOverlay(vm))
+	}
+	if got, err := f.st.GetSnapshot(ctx, sn.ID); err != nil || got.State != model.SnapshotFailed {
+		t.Fatalf("the half-made snapshot: %+v, %v; want failed", got.State, err)
 	}
 }
 

@@ -210,6 +210,7 @@ func (m *Manager) reconcilePaused(ctx context.Context, vm model.VM, h model.VMHa
 		vh, ferr := drv.Find(sock)
 		if ferr == nil && vm.State == model.VMPausing {
 			m.settleSwitch(ctx, vm, drv, &vh)
+			m.settleWorkSwitch(ctx, vm, vh)
 		}
 		if ferr == nil && drv.Alive(vh) {
 			if s, ok := drv.(vmm.Snapshotter); ok && vm.State == model.VMPausing {

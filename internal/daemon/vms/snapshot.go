@@ -202,17 +202,22 @@ func (m *Manager) createSnapshot(ctx context.Context, ref, name string, tmpl *te
 	if err == nil && !cloned[0] && !overlaid {
 		_, err = storage.CaptureFile(sctx, vm.SystemDisk, sysSnap)
 	}
-	// The work disk: a clone, else copied by the VMM once the guest runs
-	// on, else copied now.
+	// The work disk: a clone, else taken in place where the system disk
+	// was (overlayWork), else copied by the VMM once the guest runs on,
+	// else copied now.
 	var capErr error
+	var workOverlaid bool
 	workSnap := filepath.Join(sn.Dir, snapWorkName)
 	if err == nil {
 		cloned[1], capErr = storage.CaptureByClone(vm.WorkDisk, workSnap)
 	}
-	if err == nil && capErr == nil && !cloned[1] {
+	if err == nil && capErr == nil && !cloned[1] && overlaid {
+		workOverlaid, capErr = m.overlayWork(sctx, vm, sn, drv, vh)
+	}
+	if err == nil && capErr == nil && !cloned[1] && !workOverlaid {
 		backup, capErr = m.startWorkBackup(sctx, vm, sn, drv, vh, workSnap)
 	}
-	if err == nil && capErr == nil && !cloned[1] && backup == nil {
+	if err == nil && capErr == nil && !cloned[1] && !workOverlaid && backup == nil {
 		_, capErr = storage.CaptureFile(sctx, vm.WorkDisk, workSnap)
 	}
 	captured := time.Since(start)
@@ -250,7 +255,7 @@ func (m *Manager) createSnapshot(ctx context.Context, ref, name string, tmpl *te
 		return model.Snapshot{}, fmt.Errorf("snapshot vm %s: %w", vm.Name, m.failSnapshot(ctx, sn, errors.Join(err, capErr)))
 	}
 	sn, ferr := m.finishSnapshot(ctx, vm, sn, drop, "frozen_s", captured.Seconds(), "save_s", frozen.Seconds(),
-		"overlaid_system", overlaid, "cloned_system", cloned[0], "cloned_work", cloned[1], "work_copied_after", backup != nil)
+		"overlaid_system", overlaid, "cloned_system", cloned[0], "cloned_work", cloned[1], "overlaid_work", workOverlaid, "work_copied_after", backup != nil)
 	if ferr == nil && overlaid {
 		m.separateLater(vm.ID)
 	}
@@ -658,6 +663,12 @@ func (m *Manager) reconcileSnapshots(ctx context.Context) {
 			// overlaid (capturePaused) becomes its own.
 			if err := m.unshareWork(ctx, sn); err != nil {
 				_ = m.failSnapshot(ctx, sn, fmt.Errorf("its work disk, still its vm's, could not be copied: %w", err))
+				continue
+			}
+			// A running VM's whose switch was undone (settleWorkSwitch),
+			// or which the daemon's end cut short before it: no work disk.
+			if _, err := os.Lstat(filepath.Join(sn.Dir, snapWorkName)); err != nil {
+				_ = m.failSnapshot(ctx, sn, errors.New("the daemon stopped before its work disk was captured"))
 				continue
 			}
 			sn.SizeBytes, sn.State = treeBytes(sn.Dir), model.SnapshotReady

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/model"
+	"github.com/banger/banger/internal/proc"
 	"github.com/banger/banger/internal/storage"
 	"github.com/banger/banger/internal/vmm"
 )
@@ -93,6 +94,108 @@ func canOverlayWork(drv vmm.Driver) bool {
 // stopped before it was, the snapshot gets a copy of its own instead
 // (unshareWork). The snapshot's removal makes the VM's overlay raw first
 // (releaseWork).
+
+// A running VM's snapshot takes its work disk in constant time too, where
+// its system disk is taken in place (overlayWork): while the guest is
+// frozen an empty overlay over the snapshot's work.ext4 is written as the
+// VM's work.qcow2, the VM's work.ext4 is renamed the snapshot's, and the
+// VMM switches the disk onto the overlay. The rename comes before the
+// switch so the files say the truth at every step for the VM: until the
+// switch the VMM writes the renamed file, which the overlay (empty)
+// reads through. For the snapshot, a switch cut short by the daemon's
+// end is undone at its next start (settleWorkSwitch), and the snapshot,
+// then without a work disk, is failed.
+
+// overlayWork takes a frozen VM's raw work disk into the snapshot sn as
+// above, where it can: its driver overlays in place (canOverlayWork),
+// the VM's system disk was taken in place into sn (its caller's
+// overlaid: the VM is recorded reading through sn, which a daemon's next
+// start keeps), and sn is no template. false, with everything as it was,
+// when it cannot be; the caller copies then. Once the file is renamed
+// and not given back it returns true, whatever follows: the VM reads
+// through sn's work disk.
+func (m *Manager) overlayWork(ctx context.Context, vm model.VM, sn model.Snapshot, drv vmm.Driver, vh vmm.Handle) (bool, error) {
+	ov, ok := drv.(vmm.Overlayer)
+	if !ok || !canOverlayWork(drv) || vm.CowStrategy != "qcow2" || sn.Template != "" || hasWorkOverlay(vm) {
+		return false, nil
+	}
+	captured := filepath.Join(sn.Dir, snapWorkName)
+	abs, err := filepath.Abs(captured)
+	if err != nil {
+		return false, err
+	}
+	fi, err := os.Stat(vm.WorkDisk)
+	if err != nil {
+		return false, fmt.Errorf("work disk: %w", err)
+	}
+	// Beside work.ext4 it is a leftover (hasWorkOverlay) until the rename.
+	err = storage.WriteQcow2Overlay(workOverlay(vm), abs, vmm.FormatRaw, fi.Size())
+	if err == nil {
+		err = syncDir(vm.Dir)
+	}
+	if err == nil {
+		err = os.Rename(vm.WorkDisk, captured)
+	}
+	if err != nil {
+		_ = os.Remove(workOverlay(vm))
+		m.log.Warn("vm work disk copied: it could not be moved into the snapshot", "vm", vm.Name, "snapshot", sn.Name, "err", err)
+		return false, nil
+	}
+	if err := errors.Join(syncDir(sn.Dir), syncDir(vm.Dir)); err != nil {
+		m.log.Warn("sync the work disk's move into the snapshot", "vm", vm.Name, "err", err)
+	}
+	err = ov.Overlay(ctx, vh, workDiskID, workOverlay(vm))
+	switch {
+	case errors.Is(err, vmm.ErrOverlaid):
+		m.log.Warn("vm work disk overlaid, with a warning", "vm", vm.Name, "snapshot", sn.Name, "err", err)
+	case err != nil:
+		// Not switched: the file gets its name back, then the overlay
+		// goes (a leftover from then on).
+		if rerr := os.Rename(captured, vm.WorkDisk); rerr != nil {
+			return true, fmt.Errorf("work disk not overlaid (%v), and its name not given back: %w", err, rerr)
+		}
+		_ = os.Remove(workOverlay(vm))
+		if serr := errors.Join(syncDir(sn.Dir), syncDir(vm.Dir)); serr != nil {
+			m.log.Warn("sync the work disk's move back", "vm", vm.Name, "err", serr)
+		}
+		m.log.Info("vm work disk copied, not overlaid", "vm", vm.Name, "snapshot", sn.Name, "why", err)
+		return false, nil
+	}
+	// As for the system disk (overlaySystem): a VMM still holding the
+	// captured file writable gives the snapshot a copy of its own, made
+	// while the guest is frozen.
+	if err := m.ownCopyIfHeld(ctx, vm, sn, vh, captured); err != nil {
+		return true, err
+	}
+	return true, nil
+}
+
+// settleWorkSwitch undoes, at the daemon's start, the switch of a frozen
+// VM's work disk (overlayWork) that its VMM, found running (vh), never
+// made: the VMM writes the file moved into the snapshot the VM reads
+// through, so that file gets the VM's name back and the overlay goes.
+// The snapshot, without a work disk then, is failed (reconcileSnapshots).
+// Called before the guest resumes.
+func (m *Manager) settleWorkSwitch(ctx context.Context, vm model.VM, vh vmm.Handle) {
+	if !hasWorkOverlay(vm) || holdsFile(vh.PID, workOverlay(vm)) {
+		return
+	}
+	sn, ok, err := m.readerOf(ctx, vm.ID)
+	if err != nil || !ok || sn.State != model.SnapshotCreating || !readsWork(vm, sn) {
+		return
+	}
+	captured := filepath.Join(sn.Dir, snapWorkName)
+	if _, w := proc.Holds(vh.PID, captured); !w {
+		return
+	}
+	if err := os.Rename(captured, vm.WorkDisk); err != nil {
+		m.log.Error("reconcile: a vm's work disk not given its name back from a snapshot cut short", "vm", vm.Name, "err", err)
+		return
+	}
+	_ = os.Remove(workOverlay(vm))
+	_ = errors.Join(syncDir(sn.Dir), syncDir(vm.Dir))
+	m.log.Warn("reconcile: a snapshot's switch of the vm's work disk was cut short; undone", "vm", vm.Name, "snapshot", sn.Name)
+}
 
 // overlayOwnWork puts a paused VM, whose work.ext4 the snapshot sn's is
 // another name of, on an empty overlay over sn's name, then drops the

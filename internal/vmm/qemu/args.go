@@ -80,17 +80,18 @@ const (
 )
 
 // DescriptorDisks returns the indices in spec.Disks of the disks QEMU is
-// handed as descriptors rather than paths: the writable qcow2 ones, each
-// as an fdset holding a read-write and a read-only descriptor of the
-// file. That is what lets Overlay put a new file on top of such a disk
-// and leave QEMU holding the old one read-only: QEMU reopens the old
-// file read-only through its fdset, which a QEMU confined to an empty
-// chroot could not do by path. Start passes the files in this order, two
-// per disk (read-write, then read-only), from descriptor 3. Pure.
+// handed as descriptors rather than paths: the writable ones (qcow2 or
+// raw), each as an fdset holding a read-write and a read-only descriptor
+// of the file. That is what lets Overlay put a new file on top of such a
+// disk and leave QEMU holding the old one read-only: QEMU reopens the
+// old file read-only through its fdset, which a QEMU confined to an
+// empty chroot could not do by path. Start passes the files in this
+// order, two per disk (read-write, then read-only), from descriptor 3.
+// Pure.
 func DescriptorDisks(spec vmm.Spec) []int {
 	var out []int
 	for i, d := range spec.Disks {
-		if d.Format == vmm.FormatQcow2 && !d.ReadOnly {
+		if !d.ReadOnly {
 			out = append(out, i)
 		}
 	}

@@ -36,7 +36,8 @@ func TestBuildArgsMicrovmTCG(t *testing.T) {
 		"-add-fd", "fd=3,set=1,opaque=rw", "-add-fd", "fd=4,set=1,opaque=ro",
 		"-drive", "file=/dev/fdset/1,format=qcow2,if=none,id=root,cache=writeback,discard=unmap,file.auto-read-only=off,file.locking=off",
 		"-device", "virtio-blk-device,drive=root",
-		"-drive", "file=/d/work.img,format=raw,if=none,id=work,cache=writeback,discard=unmap,file.auto-read-only=off",
+		"-add-fd", "fd=5,set=2,opaque=rw", "-add-fd", "fd=6,set=2,opaque=ro",
+		"-drive", "file=/dev/fdset/2,format=raw,if=none,id=work,cache=writeback,discard=unmap,file.auto-read-only=off,file.locking=off",
 		"-device", "virtio-blk-device,drive=work",
 		"-netdev", "tap,id=net0,ifname=tap-vm1,script=no,downscript=no",
 		"-device", "virtio-net-device,netdev=net0,mac=02:00:ac:10:00:02",
@@ -77,8 +78,13 @@ func TestBuildArgsVariants(t *testing.T) {
 			want: [][]string{{"-kernel", "/k/bzImage"}}, absent: []string{"/k/vmlinux"}},
 		{name: "read-only disk", mod: func(s *vmm.Spec) { s.Disks[0].ReadOnly = true }, o: ArgOptions{Accel: "tcg"},
 			want: [][]string{{"-drive", "file=/d/root.qcow2,format=qcow2,if=none,id=root,cache=writeback,discard=unmap,file.auto-read-only=off,readonly=on"}}},
-		{name: "commas escaped", mod: func(s *vmm.Spec) { s.Disks[1].Path = "/d/a,b.img"; s.APISocket = "/x,y/api.sock" }, o: ArgOptions{Accel: "tcg"},
-			want: [][]string{{"-drive", "file=/d/a,,b.img,format=raw,if=none,id=work,cache=writeback,discard=unmap,file.auto-read-only=off"}, {"-qmp", "unix:/x,,y/api.sock,server=on,wait=off"}}},
+		{name: "commas escaped", mod: func(s *vmm.Spec) {
+			s.Disks[1].Path = "/d/a,b.img"
+			s.Disks[1].ReadOnly = true
+			s.APISocket = "/x,y/api.sock"
+		}, o: ArgOptions{Accel: "tcg"},
+			// Only read-only disks are opened by path (DescriptorDisks).
+			want: [][]string{{"-drive", "file=/d/a,,b.img,format=raw,if=none,id=work,cache=writeback,discard=unmap,file.auto-read-only=off,readonly=on"}, {"-qmp", "unix:/x,,y/api.sock,server=on,wait=off"}}},
 		{name: "no net no console", mod: func(s *vmm.Spec) { s.Net = nil; s.Console = "" }, o: ArgOptions{Accel: "tcg"},
 			absent: []string{"-netdev", "-serial", "chardev:serial0"}},
 		{name: "console kept, tsc kept", mod: func(s *vmm.Spec) { s.Cmdline = "console=hvc0 tsc_early_khz=5" }, o: ArgOptions{Accel: "tcg", TSCkHz: 99},

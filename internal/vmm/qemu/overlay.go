@@ -43,6 +43,23 @@ func (c *qmp) fdsets(ctx context.Context) ([]qmpFdset, error) {
 	return sets, err
 }
 
+// fdsetOf returns the id of the fdset holding a descriptor added with
+// opaque, ok false when none does.
+func (c *qmp) fdsetOf(ctx context.Context, opaque string) (int, bool, error) {
+	sets, err := c.fdsets(ctx)
+	if err != nil {
+		return 0, false, err
+	}
+	for _, s := range sets {
+		for _, f := range s.FDs {
+			if f.Opaque == opaque {
+				return s.ID, true, nil
+			}
+		}
+	}
+	return 0, false, nil
+}
+
 // removeFDs removes every descriptor, of any fdset, added with opaque.
 func (c *qmp) removeFDs(ctx context.Context, opaque string) error {
 	sets, err := c.fdsets(ctx)
@@ -609,6 +626,13 @@ func (d *Driver) Mirror(ctx context.Context, h vmm.Handle, diskID, path string) 
 	if err != nil {
 		return fmt.Errorf("mirror of disk %s: %w", diskID, err)
 	}
+	// A read-only descriptor too, for the target's fdset once it is the
+	// disk: what a later Overlay needs to leave QEMU holding it read-only.
+	ro, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("mirror of disk %s: %w", diskID, err)
+	}
+	defer ro.Close()
 	node, err := copyNodeName("mr")
 	if err != nil {
 		return err
@@ -650,7 +674,13 @@ func (d *Driver) Mirror(ctx context.Context, h vmm.Handle, diskID, path string) 
 		if switched {
 			// The node is the disk now and keeps its own descriptor; the
 			// spare one in the fdset is the same file, left harmlessly if
-			// this fails (DropBackups takes it later).
+			// this fails (DropBackups takes it later). The read-only one
+			// joins the fdset first, as the disk's (canReopenReadOnly);
+			// without it a later Overlay refuses (ErrNoOverlay) and the
+			// disk is copied instead: nothing is lost.
+			if set, ok, err := c.fdsetOf(cctx, mirrorOpaque+node); err == nil && ok {
+				_ = c.executeFD(cctx, "add-fd", map[string]any{"fdset-id": set, "opaque": fdReadOnly}, ro, nil)
+			}
 			return c.removeFDs(cctx, mirrorOpaque+node)
 		}
 		return c.dropBackup(cctx, node, mirrorOpaque, !errors.Is(outcome, errJobGone))

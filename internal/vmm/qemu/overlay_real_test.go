@@ -23,6 +23,45 @@ func openMode(t *testing.T, pid int, path string) (open, writable bool) {
 	return proc.Holds(pid, path)
 }
 
+// captureRaw takes a running machine's raw disk diskID (the file at
+// path) in place as a snapshot of a running VM does its work disk: Save,
+// the file renamed snap, Overlay onto a qcow2 file over snap (returned),
+// Resume. QEMU must then hold snap read-only and the new top writable.
+func captureRaw(t *testing.T, d *Driver, h vmm.Handle, diskID, path, snap string) string {
+	t.Helper()
+	ctx := context.Background()
+	state := filepath.Join(filepath.Dir(path), "state-"+filepath.Base(snap))
+	if err := os.Mkdir(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Save(ctx, h, state); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	top := snap + ".qcow2"
+	// -u: snap is the name path takes after the switch.
+	runCmd(t, "qemu-img", "create", "-q", "-u", "-f", "qcow2", "-b", snap, "-F", "raw", top, fmt.Sprint(fi.Size()))
+	if err := d.Overlay(ctx, h, diskID, top); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path, snap); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Resume(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if open, w := openMode(t, h.PID, snap); !open || w {
+		t.Fatalf("captured %s: open %v writable %v, want open read-only", filepath.Base(snap), open, w)
+	}
+	if open, w := openMode(t, h.PID, top); !open || !w {
+		t.Fatalf("new top: open %v writable %v, want writable", open, w)
+	}
+	return top
+}
+
 // TestRealOverlay captures a running machine's qcow2 disk twice the way a
 // snapshot does (Save, Overlay, rename, Resume), as confined as this host
 // allows: after each, QEMU holds the captured file read-only and writes
@@ -219,11 +258,19 @@ func TestRealBackup(t *testing.T) {
 	if n, err := d.DropBackups(ctx, h); n != 0 || err != nil {
 		t.Fatalf("DropBackups with none = %d, %v", n, err)
 	}
+	// The raw disk, opened by descriptor, taken in place instead: the
+	// captured file keeps the instant, the top takes what follows.
+	snap := filepath.Join(dir, "snap.ext4")
+	top := captureRaw(t, d, h, "work", work, snap)
+	if err := withQMP(ctx, h.APISocket, func(c *qmp) error { return hmp(c, `qemu-io work "write -P 3 0 1M"`) }); err != nil {
+		t.Fatal(err)
+	}
 	if err := d.Kill(ctx, h); err != nil {
 		t.Fatal(err)
 	}
 	runCmd(t, "qemu-io", "-f", "raw", "-r", "-c", "read -P 9 0 1M", "-c", "read -P 9 63M 1M", copyPath)
-	runCmd(t, "qemu-io", "-f", "raw", "-r", "-c", "read -P 5 0 1M", "-c", "read -P 5 63M 1M", work)
+	runCmd(t, "qemu-io", "-f", "raw", "-r", "-c", "read -P 5 0 1M", "-c", "read -P 5 63M 1M", snap)
+	runCmd(t, "qemu-io", "-r", "-c", "read -P 3 0 1M", "-c", "read -P 5 63M 1M", top)
 	assertNothingLeft(t, spec)
 }
 
@@ -280,9 +327,18 @@ func TestRealMirror(t *testing.T) {
 	if n, err := d.DropBackups(ctx, h); n != 0 || err != nil {
 		t.Fatalf("DropBackups after a mirror = %d, %v", n, err)
 	}
+	// The mirrored disk can be taken in place (its fdset has a read-only
+	// descriptor): a copy of the new disk keeps the instant, for the
+	// checks below, and the top takes what follows.
+	snap := filepath.Join(dir, "snap.ext4")
+	top2 := captureRaw(t, d, h, "work", target, snap)
+	hmp(`qemu-io work "write -P 3 48M 1M"`)
 	if err := d.Kill(ctx, h); err != nil {
 		t.Fatal(err)
 	}
+	runCmd(t, "qemu-io", "-r", "-c", "read -P 3 48M 1M", "-c", "read -P 7 40M 1M", top2)
+	target = snap
+	runCmd(t, "qemu-io", "-f", "raw", "-r", "-c", "read -P 0 48M 1M", target)
 	runCmd(t, "qemu-io", "-f", "raw", "-r", "-c", "read -P 9 0 1M", "-c", "read -P 5 32M 1M", "-c", "read -P 7 40M 1M", "-c", "read -P 9 63M 1M", "-c", "read -P 0 1M 31M", target)
 	var st syscall.Stat_t
 	if err := syscall.Stat(target, &st); err != nil {
