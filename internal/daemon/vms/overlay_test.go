@@ -272,17 +272,7 @@ func TestSnapshotOverlaid(t *testing.T) {
 	hold := make(chan struct{})
 	defer close(hold)
 	ov.stream = func(string) error { <-hold; return errors.New("not now") }
-	held, err := os.OpenFile(vm.SystemDisk, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	h, _ := f.m.handles.get(vm.ID)
-	ov.SnapDriver.Procs[vm.APISocket] = os.Getpid()
-	h.PID = os.Getpid()
-	if err := f.m.handles.set(vm.ID, vm.Dir, h); err != nil {
-		t.Fatal(err)
-	}
+	held := holdAsVMM(t, f, ov, vm, vm.SystemDisk)
 	sn, err = f.m.CreateSnapshot(ctx, "dev", "s-held")
 	if err != nil {
 		t.Fatal(err)
@@ -300,6 +290,41 @@ func TestSnapshotOverlaid(t *testing.T) {
 	}
 }
 
+// holdAsVMM makes the test process vm's VMM, holding the file at path
+// open read-write until the test ends; it returns that file.
+func holdAsVMM(t *testing.T, f *fixture, ov *overlayDriver, vm model.VM, path string) *os.File {
+	t.Helper()
+	held, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { held.Close() })
+	h, _ := f.m.handles.get(vm.ID)
+	ov.SnapDriver.Procs[vm.APISocket] = os.Getpid()
+	h.PID = os.Getpid()
+	if err := f.m.handles.set(vm.ID, vm.Dir, h); err != nil {
+		t.Fatal(err)
+	}
+	return held
+}
+
+// halfSnapshot records a snapshot "half" of vm, creating, with its
+// directory, as a daemon stopped in the middle of a capture leaves it.
+func halfSnapshot(t *testing.T, f *fixture, vm model.VM) model.Snapshot {
+	t.Helper()
+	sn := model.Snapshot{ID: model.NewID(), Name: "half", VMID: vm.ID, VMName: vm.Name, ImageID: vm.ImageID, KernelID: vm.KernelID,
+		CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes, VMM: vm.VMM, CowStrategy: vm.CowStrategy,
+		State: model.SnapshotCreating, CreatedAt: time.Now().UTC()}
+	sn.Dir = filepath.Join(f.m.SnapshotsDir(), sn.ID)
+	if err := f.st.CreateSnapshot(context.Background(), sn); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(sn.Dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return sn
+}
+
 // TestSettleSwitch: a daemon that stopped in the middle of a switch
 // leaves an overlay beside the VM's disk. Recorded a reader of its
 // snapshot, the switch was decided: the next daemon switches the live
@@ -313,16 +338,7 @@ func TestSettleSwitch(t *testing.T) {
 			f, ov, vm, img := overlayFixture(t)
 			ov.stream = func(string) error { return errors.New("not now") }
 			ctx := context.Background()
-			sn := model.Snapshot{ID: model.NewID(), Name: "half", VMID: vm.ID, VMName: vm.Name, ImageID: vm.ImageID, KernelID: vm.KernelID,
-				CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes, VMM: vm.VMM, CowStrategy: vm.CowStrategy,
-				State: model.SnapshotCreating, CreatedAt: time.Now().UTC()}
-			sn.Dir = filepath.Join(f.m.SnapshotsDir(), sn.ID)
-			if err := f.st.CreateSnapshot(ctx, sn); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.MkdirAll(sn.Dir, 0o700); err != nil {
-				t.Fatal(err)
-			}
+			sn := halfSnapshot(t, f, vm)
 			snapFile := filepath.Join(sn.Dir, "system.qcow2")
 			if err := os.Link(vm.SystemDisk, snapFile); err != nil {
 				t.Fatal(err)
@@ -744,16 +760,7 @@ func TestWorkOverlayRunning(t *testing.T) {
 	if vm, err = f.st.GetVM(ctx, vm.ID); err != nil {
 		t.Fatal(err)
 	}
-	sn := model.Snapshot{ID: model.NewID(), Name: "half", VMID: vm.ID, VMName: vm.Name, ImageID: vm.ImageID, KernelID: vm.KernelID,
-		CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes, VMM: vm.VMM, CowStrategy: vm.CowStrategy,
-		State: model.SnapshotCreating, CreatedAt: time.Now().UTC()}
-	sn.Dir = filepath.Join(f.m.SnapshotsDir(), sn.ID)
-	if err := f.st.CreateSnapshot(ctx, sn); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(sn.Dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
+	sn := halfSnapshot(t, f, vm)
 	if err := f.st.SetSnapshotReader(ctx, sn.ID, vm.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -766,17 +773,7 @@ func TestWorkOverlayRunning(t *testing.T) {
 	if err := os.Rename(vm.WorkDisk, moved); err != nil {
 		t.Fatal(err)
 	}
-	held, err := os.OpenFile(moved, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	h, _ := f.m.handles.get(vm.ID)
-	ov.SnapDriver.Procs[vm.APISocket] = os.Getpid()
-	h.PID = os.Getpid()
-	if err := f.m.handles.set(vm.ID, vm.Dir, h); err != nil {
-		t.Fatal(err)
-	}
+	holdAsVMM(t, f, ov, vm, moved)
 	vm.State = model.VMPausing
 	if err := f.m.save(ctx, &vm); err != nil {
 		t.Fatal(err)
