@@ -80,6 +80,19 @@ func KernelArgs(cmdline string, args ...string) string {
 	return strings.Join(parts, " ")
 }
 
+// SetKernelArg returns cmdline with arg (key=value, or a bare key) in place
+// of every argument of the same key, appended when it has none. Pure.
+func SetKernelArg(cmdline, arg string) string {
+	key, _, _ := strings.Cut(arg, "=")
+	var parts []string
+	for _, p := range strings.Fields(cmdline) {
+		if p != key && !strings.HasPrefix(p, key+"=") {
+			parts = append(parts, p)
+		}
+	}
+	return strings.Join(append(parts, arg), " ")
+}
+
 // OpenKVM says why the KVM device dev cannot be opened read-write (nil
 // when it can), as both drivers check before they use KVM; "" is
 // /dev/kvm. The error names the device.

@@ -123,6 +123,20 @@ func TestRegistryOwner(t *testing.T) {
 	}
 }
 
+func TestSetKernelArg(t *testing.T) {
+	for _, tc := range []struct{ in, arg, want string }{
+		{"console=ttyS0 reboot=k panic=1", "reboot=t", "console=ttyS0 panic=1 reboot=t"},
+		{"root=/dev/vda", "reboot=t", "root=/dev/vda reboot=t"},
+		{"reboot=k reboot=b rebooted=1", "reboot=t", "rebooted=1 reboot=t"},
+		{"quiet a", "quiet", "a quiet"},
+		{"", "reboot=t", "reboot=t"},
+	} {
+		if got := SetKernelArg(tc.in, tc.arg); got != tc.want {
+			t.Errorf("SetKernelArg(%q, %q) = %q, want %q", tc.in, tc.arg, got, tc.want)
+		}
+	}
+}
+
 func TestKernelArgs(t *testing.T) {
 	for _, tc := range []struct {
 		in   string

@@ -258,6 +258,22 @@ func (h *Harness) Leaks() []string {
 }
 
 // AssertNoLeaks fails the test if anything is left.
+// AssertStopsClean fails the test when a graceful stop timed out and the
+// daemon killed the VM's VMM (its log says so): a guest's clean shutdown
+// must end its VMM by itself.
+func (h *Harness) AssertStopsClean() {
+	h.t.Helper()
+	b, err := os.ReadFile(filepath.Join(h.StateDir, "bangerd.log"))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, "vm did not stop within its timeout") {
+			h.t.Errorf("a graceful stop ended in a kill: %s", l)
+		}
+	}
+}
+
 func (h *Harness) AssertNoLeaks() {
 	h.t.Helper()
 	if l := h.Leaks(); len(l) > 0 {

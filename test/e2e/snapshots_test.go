@@ -323,6 +323,7 @@ func TestVMSnapshot(t *testing.T) {
 	if _, err := os.Stat(sn.Dir); !os.IsNotExist(err) {
 		t.Fatalf("snapshot dir left: %v", err)
 	}
+	h.AssertStopsClean()
 	h.AssertNoLeaks()
 }
 
@@ -611,6 +612,7 @@ func TestVMFork(t *testing.T) {
 	}
 	h.MustRun("vm", "delete", "--force", "greatkid-1")
 	h.MustRun("vm", "snapshot", "rm", "great")
+	h.AssertStopsClean()
 	h.AssertNoLeaks()
 }
 

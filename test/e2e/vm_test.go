@@ -172,6 +172,7 @@ func TestVMLifecycle(t *testing.T) {
 	if after := fileSum(t, im.Path); after != before {
 		t.Fatalf("image checksum changed: %s → %s", before, after)
 	}
+	h.AssertStopsClean()
 	h.AssertNoLeaks()
 }
 

@@ -696,6 +696,10 @@ func (m *Manager) stop(ctx context.Context, vm model.VM, req api.StopVMRequest) 
 	return vm, err
 }
 
+// stopTimedOut is logged when a VM's VMM is still there when a graceful
+// stop's time is up, and is killed.
+const stopTimedOut = "vm did not stop within its timeout; its vmm is killed"
+
 // halt stops a VM. Called with the VM's lock held.
 func (m *Manager) halt(ctx context.Context, vm model.VM, req api.StopVMRequest) (model.VM, error) {
 	vm.DesiredState = model.VMStopped
@@ -722,6 +726,9 @@ func (m *Manager) halt(ctx context.Context, vm model.VM, req api.StopVMRequest) 
 				wctx, cancel := context.WithTimeout(ctx, timeout)
 				exited = vmm.WaitExit(wctx, drv, vh, 100*time.Millisecond)
 				cancel()
+				if !exited {
+					m.log.Warn(stopTimedOut, "vm", vm.Name, "timeout_s", timeout.Seconds())
+				}
 			}
 		}
 		if !exited {

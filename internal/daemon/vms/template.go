@@ -15,7 +15,7 @@ import (
 // templateFormat changes whenever what the daemon puts into a booting
 // guest changes (its kernel command line, its work disk's layout, what a
 // restore tells it), so templates made before are stale.
-const templateFormat = 1
+const templateFormat = 2 // 2: QEMU guests reboot by triple fault (qemu.Cmdline)
 
 // templateInputs is everything that decides what a warm-start template's
 // guest is: a VM of this shape restored from the template is what a cold

@@ -32,7 +32,7 @@ func TestBuildArgsMicrovmTCG(t *testing.T) {
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
 		"-smp", "2", "-m", "512",
 		"-kernel", "/k/vmlinux", "-initrd", "/k/initrd",
-		"-append", "root=/dev/vda rw console=ttyS0 tsc_early_khz=2096008",
+		"-append", "root=/dev/vda rw console=ttyS0 tsc_early_khz=2096008 reboot=t",
 		"-add-fd", "fd=3,set=1,opaque=rw", "-add-fd", "fd=4,set=1,opaque=ro",
 		"-drive", "file=/dev/fdset/1,format=qcow2,if=none,id=root,cache=writeback,discard=unmap,file.auto-read-only=off,file.locking=off",
 		"-device", "virtio-blk-device,drive=root",
@@ -72,7 +72,7 @@ func TestBuildArgsVariants(t *testing.T) {
 	}{
 		{name: "q35 kvm pci devices", o: ArgOptions{Machine: MachineQ35, Accel: "kvm", TSCkHz: 1},
 			want: [][]string{{"-M", "q35"}, {"-accel", "kvm", "-cpu", "host"}, {"-device", "virtio-blk-pci,drive=root"},
-				{"-device", "virtio-net-pci,netdev=net0,mac=02:00:ac:10:00:02"}, {"-append", "root=/dev/vda rw console=ttyS0"},
+				{"-device", "virtio-net-pci,netdev=net0,mac=02:00:ac:10:00:02"}, {"-append", "root=/dev/vda rw console=ttyS0 reboot=t"},
 				{"-device", "virtio-serial-pci,id=ctlbus"}}},
 		{name: "bzImage preferred", mod: func(s *vmm.Spec) { s.Kernel.BzImage = "/k/bzImage" }, o: ArgOptions{Accel: "tcg"},
 			want: [][]string{{"-kernel", "/k/bzImage"}}, absent: []string{"/k/vmlinux"}},
@@ -88,7 +88,11 @@ func TestBuildArgsVariants(t *testing.T) {
 		{name: "no net no console", mod: func(s *vmm.Spec) { s.Net = nil; s.Console = "" }, o: ArgOptions{Accel: "tcg"},
 			absent: []string{"-netdev", "-serial", "chardev:serial0"}},
 		{name: "console kept, tsc kept", mod: func(s *vmm.Spec) { s.Cmdline = "console=hvc0 tsc_early_khz=5" }, o: ArgOptions{Accel: "tcg", TSCkHz: 99},
-			want: [][]string{{"-append", "console=hvc0 tsc_early_khz=5"}}},
+			want: [][]string{{"-append", "console=hvc0 tsc_early_khz=5 reboot=t"}}},
+		// A kernel's own reboot method (reboot=k, for Firecracker's
+		// i8042) gives way: microvm has no keyboard controller.
+		{name: "reboot by triple fault", mod: func(s *vmm.Spec) { s.Cmdline = "console=ttyS0 reboot=k panic=1" }, o: ArgOptions{Accel: "tcg"},
+			want: [][]string{{"-append", "console=ttyS0 panic=1 reboot=t"}}},
 		{name: "vsock only with vhost", mod: func(s *vmm.Spec) { s.CID = 7 }, o: ArgOptions{Accel: "tcg", VhostVsock: true},
 			want: [][]string{{"-device", "vhost-vsock-device,guest-cid=7"}}},
 		{name: "vsock skipped without vhost", mod: func(s *vmm.Spec) { s.CID = 7 }, o: ArgOptions{Accel: "tcg"},
