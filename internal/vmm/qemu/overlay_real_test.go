@@ -25,8 +25,10 @@ func openMode(t *testing.T, pid int, path string) (open, writable bool) {
 
 // captureRaw takes a running machine's raw disk diskID (the file at
 // path) in place as a snapshot of a running VM does its work disk: Save,
-// the file renamed snap, Overlay onto a qcow2 file over snap (returned),
-// Resume. QEMU must then hold snap read-only and the new top writable.
+// Overlay onto a qcow2 file naming snap (returned), the file renamed
+// snap (the daemon renames it just before the switch; QEMU, holding it
+// by descriptor, sees no difference), Resume. QEMU must then hold snap
+// read-only and the new top writable.
 func captureRaw(t *testing.T, d *Driver, h vmm.Handle, diskID, path, snap string) string {
 	t.Helper()
 	ctx := context.Background()
