@@ -308,8 +308,9 @@ type Overlayer interface {
 	// former files. It returns nil once the disk is that file; an error
 	// leaves the disk as it was, unless it says the switch was made. A
 	// disk that is raw already (a Mirror cut short after its switch) is
-	// left as it is and nil returned. A disk Mirror switched can be
-	// overlaid later as one the VM started with.
+	// left as it is and nil returned if the VMM holds the file at path
+	// (the host's view, not the VMM's word); an error if not. A disk
+	// Mirror switched can be overlaid later as one the VM started with.
 	Mirror(ctx context.Context, h Handle, diskID, path string) error
 }
 

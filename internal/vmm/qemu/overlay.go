@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/banger/banger/internal/proc"
 	"github.com/banger/banger/internal/vmm"
 )
 
@@ -593,7 +594,10 @@ const mirrorOpaque = "mirror:"
 // ready job-complete switches the disk onto it; the former nodes are
 // closed with it. Cut short before the switch, the job is cancelled and
 // the target taken out. A disk whose top is raw already is left as it is
-// (a Mirror cut short after the switch: a daemon that restarted).
+// (a Mirror cut short after the switch: a daemon that restarted) when
+// QEMU holds the file at path, by the host's view (/proc), not QEMU's
+// word; else that is an error, so the caller never takes a file QEMU
+// does not write for the disk.
 func (d *Driver) Mirror(ctx context.Context, h vmm.Handle, diskID, path string) error {
 	if err := withQMP(ctx, h.APISocket, func(c *qmp) error {
 		b, err := c.top(ctx, diskID)
@@ -605,6 +609,9 @@ func (d *Driver) Mirror(ctx context.Context, h vmm.Handle, diskID, path string) 
 		}
 		return nil
 	}); errors.Is(err, errMirrored) {
+		if open, _ := proc.Holds(h.PID, path); !open {
+			return fmt.Errorf("mirror of disk %s: the disk is raw already, but qemu does not hold %s", diskID, path)
+		}
 		return nil
 	} else if err != nil {
 		return fmt.Errorf("mirror of disk %s: %w", diskID, err)

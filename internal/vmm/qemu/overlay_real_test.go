@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -322,9 +323,15 @@ func TestRealMirror(t *testing.T) {
 		t.Fatalf("the new disk: open %v writable %v", open, w)
 	}
 	hmp(`qemu-io work "write -P 7 40M 1M"`)
-	// Done already: nothing to do.
-	if err := d.Mirror(ctx, h, "work", filepath.Join(dir, "nothing")); err != nil {
-		t.Fatalf("Mirror of a raw disk: %v", err)
+	// Done already (a daemon that restarted after the switch): nothing
+	// to do. A raw disk on another file than the one named is an error,
+	// so the caller never takes that file for the disk.
+	if err := d.Mirror(ctx, h, "work", target); err != nil {
+		t.Fatalf("Mirror of a raw disk onto its own file: %v", err)
+	}
+	runCmd(t, "truncate", "-s", "64M", filepath.Join(dir, "other"))
+	if err := d.Mirror(ctx, h, "work", filepath.Join(dir, "other")); err == nil || !strings.Contains(err.Error(), "does not hold") {
+		t.Fatalf("Mirror of a raw disk onto a file qemu does not hold: %v", err)
 	}
 	if n, err := d.DropBackups(ctx, h); n != 0 || err != nil {
 		t.Fatalf("DropBackups after a mirror = %d, %v", n, err)
