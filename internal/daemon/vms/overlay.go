@@ -84,10 +84,7 @@ func (m *Manager) overlaySystem(ctx context.Context, vm model.VM, sn model.Snaps
 	// kept a descriptor) could change it under the VMs made from it. The
 	// snapshot then gets a copy of its own, made while the guest is still
 	// frozen; the VM reads on through the file it had.
-	if err := m.ownCopyIfHeld(ctx, vm, sn, vh, captured); err != nil {
-		return true, err
-	}
-	return true, nil
+	return true, m.ownCopyIfHeld(ctx, vm, sn, vh, captured)
 }
 
 // ownCopyIfHeld gives the snapshot sn's captured disk file a copy of its

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/model"
-	"github.com/banger/banger/internal/proc"
 	"github.com/banger/banger/internal/storage"
 	"github.com/banger/banger/internal/vmm"
 )
@@ -164,10 +163,7 @@ func (m *Manager) overlayWork(ctx context.Context, vm model.VM, sn model.Snapsho
 	// As for the system disk (overlaySystem): a VMM still holding the
 	// captured file writable gives the snapshot a copy of its own, made
 	// while the guest is frozen.
-	if err := m.ownCopyIfHeld(ctx, vm, sn, vh, captured); err != nil {
-		return true, err
-	}
-	return true, nil
+	return true, m.ownCopyIfHeld(ctx, vm, sn, vh, captured)
 }
 
 // settleWorkSwitch undoes, at the daemon's start, the switch of a frozen
@@ -185,7 +181,7 @@ func (m *Manager) settleWorkSwitch(ctx context.Context, vm model.VM, vh vmm.Hand
 		return
 	}
 	captured := filepath.Join(sn.Dir, snapWorkName)
-	if _, w := proc.Holds(vh.PID, captured); !w {
+	if !holdsWritable(vh.PID, captured) {
 		return
 	}
 	if err := os.Rename(captured, vm.WorkDisk); err != nil {
